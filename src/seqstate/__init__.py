@@ -1,0 +1,48 @@
+"""seqstate: stateful recurrent sequence models with the hidden state handled correctly.
+
+The public API is listed in ``__all__``. Names are resolved lazily (PEP 562) so that
+``import seqstate`` stays light: torch-heavy and optional modules load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # data layout
+    "Lanes": "seqstate.lanes",
+    "Window": "seqstate.lanes",
+    # state
+    "State": "seqstate.state",
+    "LSTMState": "seqstate.state",
+    "GRUState": "seqstate.state",
+    "RNNState": "seqstate.state",
+    # layers
+    "LSTM": "seqstate.layers",
+    "GRU": "seqstate.layers",
+    "RNN": "seqstate.layers",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from seqstate.lanes import Lanes, Window
+    from seqstate.layers import GRU, LSTM, RNN
+    from seqstate.state import GRUState, LSTMState, RNNState, State
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'seqstate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
