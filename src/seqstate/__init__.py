@@ -30,9 +30,9 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from seqstate.lanes import Lanes, Window
-    from seqstate.layers import GRU, LSTM, RNN
-    from seqstate.state import GRUState, LSTMState, RNNState, State
+    from seqstate.lanes import Lanes, Window  # noqa: F401
+    from seqstate.layers import GRU, LSTM, RNN  # noqa: F401
+    from seqstate.state import GRUState, LSTMState, RNNState, State  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

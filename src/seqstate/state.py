@@ -1,0 +1,299 @@
+"""Recurrent state containers with addressable batch rows.
+
+A state is an immutable, typed container of tensors shaped ``(num_layers, B, H)``. It is always
+passed into and returned from a model call, never stored on the module, so training,
+validation, prediction and every served stream hold their own state by construction.
+
+Every operation returns a new state; nothing is modified in place (autograd-safe, and a caller
+holding an older state never sees it change underneath).
+
+    state = model.initial_state(4)               # LSTMState(hidden=(L, 4, H), cell=(L, 4, H))
+    state = state.reset_rows(torch.tensor([True, False, False, True]))   # rows 0 and 3 zeroed
+    one = state.select([2])                      # (L, 1, H): row 2 alone
+    state = state.scatter([2], one)              # write it back
+    blob = state.to_bytes(); same = State.from_bytes(blob)   # safetensors, never pickle
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from safetensors.torch import load as _safetensors_load
+from safetensors.torch import save as _safetensors_save
+
+__all__ = ["GRUState", "LSTMState", "RNNState", "Rows", "State"]
+
+S = TypeVar("S", bound="State")
+
+#: Rows of a batch: a bool mask ``(B,)``, an int index tensor/list, or a slice.
+Rows = torch.Tensor | Sequence[int] | Sequence[bool] | slice | int
+
+_FORMAT = "seqstate.state/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    """Base class of all recurrent states. Subclasses declare tensor fields ``(layers, B, H)``.
+
+    Fields must agree on layers and batch size (they may differ in the last dimension).
+    """
+
+    _registry: ClassVar[dict[str, type[State]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        State._registry[cls.__name__] = cls
+
+    def __post_init__(self) -> None:
+        tensors = self.tensors()
+        if not tensors:
+            raise TypeError(f"{type(self).__name__} has no tensor fields")
+        first = tensors[0]
+        for name, t in zip(self.field_names(), tensors, strict=True):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(
+                    f"{type(self).__name__}.{name} must be a torch.Tensor of shape "
+                    f"(num_layers, batch, hidden); received {type(t).__name__}"
+                )
+            if t.dim() != 3 or t.shape[:2] != first.shape[:2]:
+                raise ValueError(
+                    f"{type(self).__name__}.{name} must have shape (num_layers, batch, hidden) "
+                    f"matching the other fields' (num_layers, batch)={tuple(first.shape[:2])}; "
+                    f"received {tuple(t.shape)}"
+                )
+
+    # --- structure -------------------------------------------------------------------------
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, name) for name in self.field_names())
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        # Allows ``h, c = state`` like torch's ``(h, c)`` tuples.
+        return iter(self.tensors())
+
+    def _replace(self: S, tensors: Sequence[torch.Tensor]) -> S:
+        return type(self)(*tensors)
+
+    def map(self: S, fn: Any) -> S:
+        """Apply ``fn`` to every tensor field and return a new state of the same type."""
+        return self._replace([fn(t) for t in self.tensors()])
+
+    @property
+    def num_layers(self) -> int:
+        return self.tensors()[0].shape[0]
+
+    @property
+    def batch_size(self) -> int:
+        return self.tensors()[0].shape[1]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.tensors()[0].shape[2]
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensors()[0].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tensors()[0].dtype
+
+    # --- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def zeros(
+        cls: type[S],
+        num_layers: int,
+        batch_size: int,
+        hidden_size: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> S:
+        """A zero state ``(num_layers, batch_size, hidden_size)`` for every field."""
+        shape = (num_layers, batch_size, hidden_size)
+        return cls(*(torch.zeros(shape, dtype=dtype, device=device) for _ in cls.field_names()))
+
+    def zeros_like(self: S, batch_size: int | None = None) -> S:
+        """Zeros of this state's type, layers, hidden size, dtype and device."""
+        b = self.batch_size if batch_size is None else batch_size
+        return self._replace([t.new_zeros((t.shape[0], b, t.shape[2])) for t in self.tensors()])
+
+    @classmethod
+    def cat(cls: type[S], states: Sequence[S]) -> S:
+        """Concatenate states along the batch dimension."""
+        if not states:
+            raise ValueError("State.cat needs at least one state; received an empty sequence")
+        kinds = {type(s) for s in states}
+        if len(kinds) != 1:
+            names = sorted(k.__name__ for k in kinds)
+            raise TypeError(f"State.cat needs states of one type; received {names}")
+        first = states[0]
+        columns = zip(*(s.tensors() for s in states), strict=True)
+        return first._replace([torch.cat(list(col), dim=1) for col in columns])
+
+    # --- row operations --------------------------------------------------------------------
+
+    def _row_mask(self, rows: Rows, argument: str = "rows") -> torch.Tensor:
+        """Bool mask (B,) on this state's device from any ``Rows`` form."""
+        b = self.batch_size
+        mask = torch.zeros(b, dtype=torch.bool)
+        if isinstance(rows, torch.Tensor) and rows.dtype == torch.bool:
+            if rows.shape != (b,):
+                raise ValueError(
+                    f"{argument} as a bool mask must have shape (batch,)=({b},); "
+                    f"received {tuple(rows.shape)}"
+                )
+            return rows.to(self.device)
+        mask[self._row_index(rows, argument).cpu()] = True
+        return mask.to(self.device)
+
+    def _row_index(self, rows: Rows, argument: str = "rows") -> torch.Tensor:
+        """Int64 index (n,) from any ``Rows`` form, bounds-checked."""
+        b = self.batch_size
+        if isinstance(rows, slice):
+            return torch.arange(b)[rows]
+        if isinstance(rows, int):
+            rows = [rows]
+        index = torch.as_tensor(rows)
+        if index.dtype == torch.bool:
+            if index.shape != (b,):
+                raise ValueError(
+                    f"{argument} as a bool mask must have shape (batch,)=({b},); "
+                    f"received {tuple(index.shape)}"
+                )
+            return index.nonzero().flatten()
+        if index.dim() != 1 or index.is_floating_point():
+            raise TypeError(
+                f"{argument} must be a bool mask (batch,), a 1-D integer index or a slice; "
+                f"received a tensor of dtype {index.dtype} and shape {tuple(index.shape)}"
+            )
+        index = index.long()
+        if index.numel() and (index.min() < -b or index.max() >= b):
+            raise IndexError(
+                f"{argument} index out of range for batch size {b}; received values in "
+                f"[{int(index.min())}, {int(index.max())}]"
+            )
+        return index % b if index.numel() else index
+
+    def reset_rows(self: S, rows: Rows) -> S:
+        """Zero the given rows; other rows keep their values (gradients flow through them)."""
+        # torch.where, not multiplication: a NaN/inf in a reset row must not survive as NaN*0.
+        reset = self._row_mask(rows).view(1, -1, 1)
+        return self.map(lambda t: torch.where(reset, t.new_zeros(()), t))
+
+    def detach(self: S) -> S:
+        """Cut the autograd graph (the TBPTT boundary between windows)."""
+        return self.map(torch.Tensor.detach)
+
+    def select(self: S, rows: Rows) -> S:
+        """The state of the given rows only: ``(layers, len(rows), H)``."""
+        index = self._row_index(rows).to(self.device)
+        return self.map(lambda t: t.index_select(1, index))
+
+    def scatter(self: S, rows: Rows, other: S) -> S:
+        """A new state equal to this one with ``rows`` replaced by the rows of ``other``."""
+        if type(other) is not type(self):
+            raise TypeError(
+                f"other must be a {type(self).__name__}; received {type(other).__name__}"
+            )
+        index = self._row_index(rows).to(self.device)
+        if other.batch_size != index.numel():
+            raise ValueError(
+                f"other must have one row per selected row: batch {index.numel()}; "
+                f"received batch {other.batch_size}"
+            )
+        if (other.num_layers, other.hidden_size) != (self.num_layers, self.hidden_size):
+            raise ValueError(
+                f"other must have (num_layers, hidden)=({self.num_layers}, {self.hidden_size}); "
+                f"received ({other.num_layers}, {other.hidden_size})"
+            )
+        return self._replace(
+            [
+                t.index_copy(1, index, o.to(device=t.device, dtype=t.dtype))
+                for t, o in zip(self.tensors(), other.tensors(), strict=True)
+            ]
+        )
+
+    def to(
+        self: S, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> S:
+        """Move to a device and/or cast to a floating dtype."""
+        return self.map(lambda t: t.to(device=device, dtype=dtype))
+
+    def equal(self, other: State) -> bool:
+        """Bitwise equality of type, shapes and values."""
+        return type(other) is type(self) and all(
+            a.shape == b.shape and torch.equal(a, b)
+            for a, b in zip(self.tensors(), other.tensors(), strict=True)
+        )
+
+    # --- serialisation ---------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """Serialise to safetensors bytes (tensors + a type tag; nothing is pickled)."""
+        tensors = {
+            name: t.detach().contiguous().cpu()
+            for name, t in zip(self.field_names(), self.tensors(), strict=True)
+        }
+        meta = {"format": _FORMAT, "type": type(self).__name__}
+        return _safetensors_save(tensors, metadata={"seqstate": json.dumps(meta)})
+
+    @staticmethod
+    def from_bytes(data: bytes, *, device: torch.device | str | None = None) -> State:
+        """Inverse of :meth:`to_bytes`. Refuses anything that is not a seqstate state."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"data must be bytes; received {type(data).__name__}")
+        data = bytes(data)
+        try:
+            header_len = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8 : 8 + header_len])
+            meta = json.loads(header["__metadata__"]["seqstate"])
+            tensors = _safetensors_load(data)
+        except Exception as error:  # any parse failure is the same user-facing problem
+            raise ValueError(
+                "data is not a serialised seqstate State (expected the bytes of "
+                f"State.to_bytes()): {error}"
+            ) from None
+        if meta.get("format") != _FORMAT or meta.get("type") not in State._registry:
+            raise ValueError(
+                f"data holds an unknown state format {meta.get('format')!r} / type "
+                f"{meta.get('type')!r}; expected {_FORMAT!r} and one of "
+                f"{sorted(State._registry)}"
+            )
+        cls = State._registry[meta["type"]]
+        missing = set(cls.field_names()) - set(tensors)
+        if missing:
+            raise ValueError(f"data for {cls.__name__} lacks fields {sorted(missing)}")
+        state = cls(*(tensors[name] for name in cls.field_names()))
+        return state.to(device) if device is not None else state
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTMState(State):
+    """LSTM state: ``hidden`` and ``cell``, each ``(num_layers, B, H)``."""
+
+    hidden: torch.Tensor
+    cell: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class GRUState(State):
+    """GRU state: ``hidden`` ``(num_layers, B, H)``."""
+
+    hidden: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class RNNState(State):
+    """Elman RNN state: ``hidden`` ``(num_layers, B, H)``."""
+
+    hidden: torch.Tensor
