@@ -25,13 +25,20 @@ _EXPORTS: dict[str, str] = {
     "LSTM": "seqstate.layers",
     "GRU": "seqstate.layers",
     "RNN": "seqstate.layers",
+    # model and run directories
+    "ModelConfig": "seqstate.model",
+    "SequenceModel": "seqstate.model",
+    "save_model": "seqstate.checkpoint",
+    "load_model": "seqstate.checkpoint",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from seqstate.checkpoint import load_model, save_model  # noqa: F401
     from seqstate.lanes import Lanes, Window  # noqa: F401
     from seqstate.layers import GRU, LSTM, RNN  # noqa: F401
+    from seqstate.model import ModelConfig, SequenceModel  # noqa: F401
     from seqstate.state import GRUState, LSTMState, RNNState, State  # noqa: F401
 
 
