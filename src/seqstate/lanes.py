@@ -449,7 +449,8 @@ class Lanes:
             k = _check_int(target, "target", 1, "An int target is the horizon k: y[t] = x[t+k].")
             if k >= N:
                 raise ValueError(
-                    f"target horizon k={k} leaves no targets in a series of {N} steps; use k < {N}."
+                    f"target horizon k={k} leaves no targets in a series of {N} steps; use "
+                    f"k < {N}, or target=None for prediction only."
                 )
             targets = _Targets("shift", num_features, np.dtype(np.float32), shift=k, source=source)
         elif isinstance(target, np.ndarray | torch.Tensor | list | tuple):
