@@ -199,9 +199,11 @@ class _Resettable:
         if bool(active.all()):
             return self._fused(x, state, lengths.cpu())
         rows = active.nonzero().flatten()
+        y = x.new_zeros(x.shape[0], x.shape[1], self.hidden_size)
+        if rows.numel() == 0:  # no row has a real step here (torch cannot pack zero rows)
+            return y, state
         y_active, new_rows = self._fused(x[rows], state.select(rows), lengths[rows].cpu())
-        y = x.new_zeros(x.shape[0], x.shape[1], self.hidden_size).index_copy(0, rows, y_active)
-        return y, state.scatter(rows, new_rows)
+        return y.index_copy(0, rows, y_active), state.scatter(rows, new_rows)
 
     def _run_split(
         self,
