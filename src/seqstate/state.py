@@ -164,6 +164,8 @@ class State:
         if isinstance(rows, int):
             rows = [rows]
         index = torch.as_tensor(rows)
+        if index.numel() == 0 and not isinstance(rows, torch.Tensor):
+            index = index.long()  # torch.as_tensor([]) is float32; [] means "no rows"
         if index.dtype == torch.bool:
             if index.shape != (b,):
                 raise ValueError(
