@@ -208,6 +208,10 @@ class State:
                 f"other must be a {type(self).__name__}; received {type(other).__name__}"
             )
         index = self._row_index(rows).to(self.device)
+        if index.unique().numel() != index.numel():
+            # index_copy with a repeated row keeps an unspecified one of the written rows
+            repeated = sorted({int(i) for i in index if int((index == i).sum()) > 1})
+            raise ValueError(f"rows must not repeat a row in scatter; repeated rows {repeated}")
         if other.batch_size != index.numel():
             raise ValueError(
                 f"other must have one row per selected row: batch {index.numel()}; "
