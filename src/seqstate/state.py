@@ -263,22 +263,33 @@ class State:
             header_len = int.from_bytes(data[:8], "little")
             header = json.loads(data[8 : 8 + header_len])
             meta = json.loads(header["__metadata__"]["seqstate"])
+            if not isinstance(meta, dict):
+                raise TypeError(f"the seqstate metadata is a {type(meta).__name__}, not an object")
             tensors = _safetensors_load(data)
         except Exception as error:  # any parse failure is the same user-facing problem
             raise ValueError(
                 "data is not a serialised seqstate State (expected the bytes of "
                 f"State.to_bytes()): {error}"
             ) from None
-        if meta.get("format") != _FORMAT or meta.get("type") not in State._registry:
+        type_name = meta.get("type")
+        known = isinstance(type_name, str) and type_name in State._registry
+        if meta.get("format") != _FORMAT or not known:
             raise ValueError(
                 f"data holds an unknown state format {meta.get('format')!r} / type "
                 f"{meta.get('type')!r}; expected {_FORMAT!r} and one of "
                 f"{sorted(State._registry)}"
             )
-        cls = State._registry[meta["type"]]
+        cls = State._registry[type_name]
         missing = set(cls.field_names()) - set(tensors)
         if missing:
             raise ValueError(f"data for {cls.__name__} lacks fields {sorted(missing)}")
+        dtypes = {tensors[name].dtype for name in cls.field_names()}
+        if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
+            # a state that no layer accepts would only fail later, far from the bad bytes
+            raise ValueError(
+                f"data for {cls.__name__} must hold floating tensors of one dtype; "
+                f"received {sorted(str(d) for d in dtypes)}"
+            )
         state = cls(*(tensors[name] for name in cls.field_names()))
         return state.to(device) if device is not None else state
 
