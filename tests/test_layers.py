@@ -1,24 +1,732 @@
-"""Tests of seqstate.LSTM / GRU / RNN."""
+"""Equivalence and property tests of seqstate.LSTM / GRU / RNN.
+
+The backbone is one reference: a plain step-by-step loop over ``torch.nn.*Cell`` that loads the
+layer's own weights and applies the documented semantics literally (reset = zero the row's state
+before the step; masked step = state unchanged, output 0). Everything else (chunking, packing
+sequences into one lane, lanes independence, batch-size freedom, masks, strategies) is checked
+against it or against the layer itself, in float64 so that any disagreement above 1e-10 is a bug
+rather than rounding.
+"""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.func import functional_call
 
+from seqstate import layers as layers_module
 from seqstate.layers import GRU, LSTM, RNN
+from seqstate.state import GRUState, LSTMState, RNNState, State
+
+KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+STRATEGIES = ("auto", "split", "gather")
+F64 = torch.float64
+EXACT = {"rtol": 0.0, "atol": 1e-10}
+
+# Each hypothesis example builds a tiny layer; a few dozen examples per property are plenty to
+# hit every branch (fused/split/gather, packed/unpacked, compacted masks) and stay fast.
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.mark.parametrize("factory", [LSTM, GRU, RNN])
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def make_layer(
+    kind: str,
+    input_size: int,
+    hidden_size: int,
+    num_layers: int = 1,
+    *,
+    strategy: str = "auto",
+    dtype: torch.dtype = F64,
+    seed: int = 0,
+    dropout: float = 0.0,
+) -> LSTM | GRU | RNN:
+    """A layer with deterministic weights drawn from ``seed`` (no global RNG involved)."""
+    if kind == "lstm":
+        layer = LSTM(input_size, hidden_size, num_layers, strategy=strategy, dropout=dropout)
+    elif kind == "gru":
+        layer = GRU(input_size, hidden_size, num_layers, strategy=strategy, dropout=dropout)
+    else:
+        nonlinearity = kind.removeprefix("rnn_")
+        layer = RNN(
+            input_size,
+            hidden_size,
+            num_layers,
+            nonlinearity=nonlinearity,
+            strategy=strategy,
+            dropout=dropout,
+        )
+    layer = layer.to(dtype)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in layer.parameters():
+            # scale 0.5 keeps relu RNNs from exploding over a dozen steps
+            parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator, dtype=dtype))
+    return layer.eval()
+
+
+def random_state(layer: LSTM | GRU | RNN, batch_size: int, seed: int) -> State:
+    generator = torch.Generator().manual_seed(seed)
+    zeros = layer.initial_state(batch_size)
+    return zeros.map(lambda t: torch.randn(t.shape, generator=generator, dtype=t.dtype))
+
+
+def random_flags(shape: tuple[int, int], density: float, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=generator) < density
+
+
+_CELLS: dict[type, type[nn.Module]] = {LSTM: nn.LSTMCell, GRU: nn.GRUCell, RNN: nn.RNNCell}
+
+
+def reference(
+    layer: LSTM | GRU | RNN,
+    x: torch.Tensor,
+    state: State | None = None,
+    reset: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, State]:
+    """The loop the layers stand for, one ``*Cell`` per layer sharing the layer's parameters.
+
+    x [B, T, F]; reset/mask [B, T] bool; returns y [B, T, H] and the final state [L, B, H].
+    Parameters enter through ``functional_call`` so gradients reach the layer's own tensors.
+    """
+    B, T, _ = x.shape
+    if state is None:
+        state = layer.initial_state(B)
+    reset = torch.zeros(B, T, dtype=torch.bool) if reset is None else reset
+    mask = torch.ones(B, T, dtype=torch.bool) if mask is None else mask
+    kind = next(k for k in _CELLS if isinstance(layer, k))
+    is_lstm = kind is LSTM
+    cells = []
+    for k in range(layer.num_layers):
+        in_size = layer.input_size if k == 0 else layer.hidden_size
+        kwargs = {"nonlinearity": layer.nonlinearity} if kind is RNN else {}
+        cell = _CELLS[kind](in_size, layer.hidden_size, bias=layer.bias, dtype=x.dtype, **kwargs)
+        names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if layer.bias else [])
+        params = {name: getattr(layer, f"{name}_l{k}") for name in names}
+        cells.append((cell, params))
+
+    hidden = list(state.tensors()[0].unbind(0))  # L x (B, H)
+    cell_state = list(state.tensors()[1].unbind(0)) if is_lstm else []
+    outputs = []
+    for t in range(T):
+        r = reset[:, t, None]
+        hidden = [torch.where(r, torch.zeros_like(h), h) for h in hidden]
+        cell_state = [torch.where(r, torch.zeros_like(c), c) for c in cell_state]
+        m = mask[:, t, None]
+        inputs = x[:, t]
+        for k, (cell, params) in enumerate(cells):
+            if is_lstm:
+                h_new, c_new = functional_call(cell, params, (inputs, (hidden[k], cell_state[k])))
+                cell_state[k] = torch.where(m, c_new, cell_state[k])
+            else:
+                h_new = functional_call(cell, params, (inputs, hidden[k]))
+            hidden[k] = torch.where(m, h_new, hidden[k])
+            inputs = h_new
+        outputs.append(torch.where(m, inputs, torch.zeros_like(inputs)))
+    y = torch.stack(outputs, 1) if outputs else x.new_zeros(B, 0, layer.hidden_size)
+    tensors = [torch.stack(hidden)] + ([torch.stack(cell_state)] if is_lstm else [])
+    return y, layer.state_type(*tensors)
+
+
+def assert_states_close(a: State, b: State, **tolerance: float) -> None:
+    assert type(a) is type(b)
+    for ta, tb in zip(a.tensors(), b.tensors(), strict=True):
+        torch.testing.assert_close(ta, tb, **tolerance)
+
+
+@dataclass
+class Case:
+    """One drawn window: a layer and the inputs of one call."""
+
+    layer: LSTM | GRU | RNN
+    x: torch.Tensor  # (B, T, F)
+    state: State  # (L, B, H)
+    reset: torch.Tensor | None  # (B, T) bool
+    mask: torch.Tensor | None  # (B, T) bool
+
+
+@st.composite
+def cases(
+    draw: Callable,
+    *,
+    kinds: tuple[str, ...] = KINDS,
+    strategies: tuple[str, ...] = STRATEGIES,
+    max_batch: int = 4,
+    max_time: int = 10,
+    dtype: torch.dtype = F64,
+) -> Case:
+    kind = draw(st.sampled_from(kinds))
+    strategy = draw(st.sampled_from(strategies))
+    num_layers = draw(st.integers(1, 3))
+    B = draw(st.integers(1, max_batch))
+    T = draw(st.integers(1, max_time))
+    F = draw(st.integers(1, 3))
+    H = draw(st.integers(1, 4))
+    seed = draw(st.integers(0, 2**16))
+    layer = make_layer(kind, F, H, num_layers, strategy=strategy, dtype=dtype, seed=seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(B, T, F, generator=generator, dtype=dtype)
+    state = random_state(layer, B, seed + 2)
+    reset_density = draw(st.sampled_from([None, 0.0, 0.15, 0.4, 0.8]))
+    mask_density = draw(st.sampled_from([None, 1.0, 0.85, 0.5, 0.0]))
+    reset = None if reset_density is None else random_flags((B, T), reset_density, seed + 3)
+    mask = None if mask_density is None else random_flags((B, T), mask_density, seed + 4)
+    return Case(layer, x, state, reset, mask)
+
+
+def objective(y: torch.Tensor, state: State, seed: int = 7) -> torch.Tensor:
+    """A scalar with random weights on every output and state entry, for gradient checks."""
+    generator = torch.Generator().manual_seed(seed)
+    total = (y * torch.randn(y.shape, generator=generator, dtype=y.dtype)).sum()
+    for t in state.tensors():
+        total = total + (t * torch.randn(t.shape, generator=generator, dtype=t.dtype)).sum()
+    return total
+
+
+# --- equivalence with the reference loop ------------------------------------------------------
+
+
+@PROPERTY
+@given(case=cases())
+def test_outputs_and_state_equal_reference_loop(case: Case) -> None:
+    y, state = case.layer(case.x, case.state, reset=case.reset, mask=case.mask)
+    y_ref, state_ref = reference(case.layer, case.x, case.state, case.reset, case.mask)
+    torch.testing.assert_close(y, y_ref, **EXACT)
+    assert_states_close(state, state_ref, **EXACT)
+
+
+@PROPERTY
+@given(case=cases(max_time=8))
+def test_gradients_equal_reference_loop(case: Case) -> None:
+    x = case.x.clone().requires_grad_()
+    initial = case.state.map(lambda t: t.clone().requires_grad_())
+    parameters = list(case.layer.parameters())
+    inputs = [x, *initial.tensors(), *parameters]
+
+    y, state = case.layer(x, initial, reset=case.reset, mask=case.mask)
+    grads = torch.autograd.grad(objective(y, state), inputs, allow_unused=True)
+    y_ref, state_ref = reference(case.layer, x, initial, case.reset, case.mask)
+    grads_ref = torch.autograd.grad(objective(y_ref, state_ref), inputs, allow_unused=True)
+
+    for grad, grad_ref, tensor in zip(grads, grads_ref, inputs, strict=True):
+        zero = torch.zeros_like(tensor)
+        torch.testing.assert_close(
+            zero if grad is None else grad, zero if grad_ref is None else grad_ref, **EXACT
+        )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_reference_with_dense_resets_and_masks(kind: str, strategy: str) -> None:
+    """Fixed worst case per kind x strategy: 3 layers, resets in most columns, holes in masks."""
+    layer = make_layer(kind, 3, 4, 3, strategy=strategy, seed=11)
+    x = torch.randn(5, 12, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
+    state = random_state(layer, 5, 2)
+    reset = random_flags((5, 12), 0.4, 3)
+    mask = random_flags((5, 12), 0.7, 4)
+    y, final = layer(x, state, reset=reset, mask=mask)
+    y_ref, final_ref = reference(layer, x, state, reset, mask)
+    torch.testing.assert_close(y, y_ref, **EXACT)
+    assert_states_close(final, final_ref, **EXACT)
+
+
+def test_auto_uses_both_strategies_and_matches_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto`` picks split below the column threshold and gather above; both are exact."""
+    layer = make_layer("lstm", 2, 3, 2, strategy="auto", seed=5)
+    chosen: list[str] = []
+    original = layer._choose
+    monkeypatch.setattr(layer, "_choose", lambda n: chosen.append(original(n)) or chosen[-1])
+    x = torch.randn(3, 20, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    few = torch.zeros(3, 20, dtype=torch.bool)
+    few[0, 7] = True
+    many = torch.zeros(3, 20, dtype=torch.bool)
+    many[:, 1:] = random_flags((3, 19), 0.5, 9)
+    many[0, 1 : layers_module.SPLIT_MAX_COLUMNS + 3] = True  # more columns than the threshold
+    for reset in (few, many):
+        y, state = layer(x, reset=reset)
+        y_ref, state_ref = reference(layer, x, None, reset)
+        torch.testing.assert_close(y, y_ref, **EXACT)
+        assert_states_close(state, state_ref, **EXACT)
+    assert chosen == ["split", "gather"]
+
+
+@PROPERTY
+@given(case=cases(strategies=("split",)))
+def test_split_and_gather_agree(case: Case) -> None:
+    y_split, state_split = case.layer(case.x, case.state, reset=case.reset, mask=case.mask)
+    case.layer.strategy = "gather"
+    y_gather, state_gather = case.layer(case.x, case.state, reset=case.reset, mask=case.mask)
+    torch.testing.assert_close(y_split, y_gather, **EXACT)
+    assert_states_close(state_split, state_gather, **EXACT)
+
+
+# --- chunked == whole ------------------------------------------------------------------------
+
+
+def run_in_chunks(case: Case, bounds: list[int]) -> tuple[torch.Tensor, State]:
+    """Run ``case`` chunk by chunk over ``[bounds[i], bounds[i+1])``, carrying the state."""
+    state, outputs = case.state, []
+    for start, end in itertools.pairwise(bounds):
+        reset = None if case.reset is None else case.reset[:, start:end]
+        mask = None if case.mask is None else case.mask[:, start:end]
+        y, state = case.layer(case.x[:, start:end], state, reset=reset, mask=mask)
+        outputs.append(y)
+    return torch.cat(outputs, 1), state
+
+
+@PROPERTY
+@given(case=cases(max_time=12), data=st.data())
+def test_chunked_equals_whole(case: Case, data: st.DataObject) -> None:
+    T = case.x.shape[1]
+    cuts = data.draw(st.sets(st.integers(0, T), max_size=T), label="cuts")
+    bounds = sorted({0, T} | cuts)
+    bounds = [0, *bounds] if data.draw(st.booleans(), label="empty chunk first") else bounds
+    y_whole, state_whole = case.layer(case.x, case.state, reset=case.reset, mask=case.mask)
+    y_chunks, state_chunks = run_in_chunks(case, bounds)
+    torch.testing.assert_close(y_chunks, y_whole, **EXACT)
+    assert_states_close(state_chunks, state_whole, **EXACT)
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=cases(max_time=12, dtype=torch.float32), data=st.data())
+def test_chunked_equals_whole_float32(case: Case, data: st.DataObject) -> None:
+    T = case.x.shape[1]
+    bounds = sorted({0, T} | data.draw(st.sets(st.integers(1, T - 1 if T > 1 else 1))))
+    bounds = [b for b in bounds if b <= T]
+    y_whole, state_whole = case.layer(case.x, case.state, reset=case.reset, mask=case.mask)
+    y_chunks, state_chunks = run_in_chunks(case, bounds)
+    torch.testing.assert_close(y_chunks, y_whole, rtol=0.0, atol=1e-5)
+    assert_states_close(state_chunks, state_whole, rtol=0.0, atol=1e-5)
+
+
+def test_chunked_equals_whole_one_step_at_a_time() -> None:
+    case = Case(
+        make_layer("gru", 2, 3, 2, seed=3),
+        torch.randn(3, 9, 2, generator=torch.Generator().manual_seed(0), dtype=F64),
+        GRUState.zeros(2, 3, 3, dtype=F64),
+        random_flags((3, 9), 0.3, 1),
+        random_flags((3, 9), 0.7, 2),
+    )
+    y_whole, state_whole = case.layer(case.x, case.state, reset=case.reset, mask=case.mask)
+    y_steps, state_steps = run_in_chunks(case, list(range(10)))
+    torch.testing.assert_close(y_steps, y_whole, **EXACT)
+    assert_states_close(state_steps, state_whole, **EXACT)
+
+
+# --- reset == separate -------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(
+    kind=st.sampled_from(KINDS),
+    strategy=st.sampled_from(STRATEGIES),
+    num_layers=st.integers(1, 3),
+    first=st.integers(1, 7),
+    second=st.integers(1, 7),
+    seed=st.integers(0, 1000),
+)
+def test_reset_equals_separate(
+    kind: str, strategy: str, num_layers: int, first: int, second: int, seed: int
+) -> None:
+    layer = make_layer(kind, 2, 3, num_layers, strategy=strategy, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.randn(1, first, 2, generator=generator, dtype=F64)
+    b = torch.randn(1, second, 2, generator=generator, dtype=F64)
+    reset = torch.zeros(1, first + second, dtype=torch.bool)
+    reset[0, 0] = reset[0, first] = True
+    # a stale carried state: the reset at column 0 must discard it
+    carried = random_state(layer, 1, seed + 1)
+
+    y, state = layer(torch.cat([a, b], 1), carried, reset=reset)
+    y_a, _ = layer(a)
+    y_b, state_b = layer(b)
+    torch.testing.assert_close(y[:, :first], y_a, **EXACT)
+    torch.testing.assert_close(y[:, first:], y_b, **EXACT)
+    assert_states_close(state, state_b, **EXACT)
+
+
+# --- lanes are independent, batch-size free --------------------------------------------------
+
+
+@PROPERTY
+@given(case=cases(), data=st.data())
+def test_lanes_are_independent(case: Case, data: st.DataObject) -> None:
+    B, T, _ = case.x.shape
+    row = data.draw(st.integers(0, B - 1), label="row")
+    y, state = case.layer(case.x, case.state, reset=case.reset, mask=case.mask)
+
+    # Change everything about one row: its inputs, its resets and its mask.
+    generator = torch.Generator().manual_seed(123)
+    x = case.x.clone()
+    x[row] = torch.randn(x[row].shape, generator=generator, dtype=x.dtype) * 3
+    reset = torch.zeros(B, T, dtype=torch.bool) if case.reset is None else case.reset.clone()
+    reset[row] = random_flags((1, T), 0.5, 5)[0]
+    mask = torch.ones(B, T, dtype=torch.bool) if case.mask is None else case.mask.clone()
+    mask[row] = random_flags((1, T), 0.5, 6)[0]
+    y2, state2 = case.layer(x, case.state, reset=reset, mask=mask)
+
+    others = [b for b in range(B) if b != row]
+    torch.testing.assert_close(y2[others], y[others], **EXACT)
+    assert_states_close(state2.select(others), state.select(others), **EXACT)
+
+
+@PROPERTY
+@given(case=cases(max_batch=6), data=st.data())
+def test_batch_size_free(case: Case, data: st.DataObject) -> None:
+    B = case.x.shape[0]
+    row = data.draw(st.integers(0, B - 1), label="row")
+    y, state = case.layer(case.x, case.state, reset=case.reset, mask=case.mask)
+    pick = slice(row, row + 1)
+    y_alone, state_alone = case.layer(
+        case.x[pick],
+        case.state.select([row]),
+        reset=None if case.reset is None else case.reset[pick],
+        mask=None if case.mask is None else case.mask[pick],
+    )
+    torch.testing.assert_close(y_alone, y[pick], **EXACT)
+    assert_states_close(state_alone, state.select([row]), **EXACT)
+
+
+def test_batch_size_free_inside_a_large_batch() -> None:
+    layer = make_layer("lstm", 2, 4, 2, seed=1)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 10, 2, generator=generator, dtype=F64)
+    reset = random_flags((64, 10), 0.2, 1)
+    mask = random_flags((64, 10), 0.8, 2)
+    y, state = layer(x, reset=reset, mask=mask)
+    for row in (0, 17, 63):
+        y_alone, state_alone = layer(
+            x[row : row + 1], reset=reset[row : row + 1], mask=mask[row : row + 1]
+        )
+        torch.testing.assert_close(y_alone, y[row : row + 1], **EXACT)
+        assert_states_close(state_alone, state.select([row]), **EXACT)
+
+
+# --- masks ---------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(
+    kind=st.sampled_from(KINDS),
+    num_layers=st.integers(1, 3),
+    lengths=st.lists(st.integers(0, 8), min_size=1, max_size=4),
+    seed=st.integers(0, 1000),
+)
+def test_masked_tail_equals_truncated_sequence(
+    kind: str, num_layers: int, lengths: list[int], seed: int
+) -> None:
+    layer = make_layer(kind, 2, 3, num_layers, seed=seed)
+    B, T = len(lengths), 8
+    x = torch.randn(B, T, 2, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    carried = random_state(layer, B, seed + 1)
+    mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
+    y, state = layer(x, carried, mask=mask)
+    for row, length in enumerate(lengths):
+        y_cut, state_cut = layer(x[row : row + 1, :length], carried.select([row]))
+        torch.testing.assert_close(y[row : row + 1, :length], y_cut, **EXACT)
+        assert bool((y[row, length:] == 0).all())
+        assert_states_close(state.select([row]), state_cut, **EXACT)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_masked_middle_leaves_state_unchanged(kind: str) -> None:
+    layer = make_layer(kind, 2, 3, 2, seed=4)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 9, 2, generator=generator, dtype=F64)
+    carried = random_state(layer, 2, 1)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[:, 3:6] = False
+
+    # A window that is entirely padding: state passes through bitwise, outputs are zero.
+    y_pad, state_pad = layer(x[:, 3:6], carried, mask=mask[:, 3:6])
+    assert state_pad.equal(carried)
+    assert bool((y_pad == 0).all())
+
+    # Padding inside a window == the window with those steps removed.
+    y, state = layer(x, carried, mask=mask)
+    keep = [0, 1, 2, 6, 7, 8]
+    y_removed, state_removed = layer(x[:, keep], carried)
+    torch.testing.assert_close(y[:, keep], y_removed, **EXACT)
+    assert bool((y[:, 3:6] == 0).all())
+    assert_states_close(state, state_removed, **EXACT)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_reset_on_masked_step_without_later_real_step_gives_zero_state(
+    kind: str, strategy: str
+) -> None:
+    layer = make_layer(kind, 2, 3, 2, strategy=strategy, seed=2)
+    x = torch.randn(3, 6, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    carried = random_state(layer, 3, 1)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[0, 4:] = False  # row 0: reset at a masked step after its last real step
+    mask[1, :] = False  # row 1: fully masked, reset inside
+    reset = torch.zeros(3, 6, dtype=torch.bool)
+    reset[0, 5] = reset[1, 2] = True
+    y, state = layer(x, carried, reset=reset, mask=mask)
+    for t in state.tensors():
+        assert bool((t[:, :2] == 0).all())
+    # row 2 is untouched by the others' resets
+    y2, state2 = layer(x[2:], carried.select([2]))
+    torch.testing.assert_close(y[2:], y2, **EXACT)
+    assert_states_close(state.select([2]), state2, **EXACT)
+    _, state_ref = reference(layer, x, carried, reset, mask)
+    assert_states_close(state, state_ref, **EXACT)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("with_reset", [False, True])
-def test_all_rows_fully_masked_leave_state_unchanged(factory: type, with_reset: bool) -> None:
+def test_all_rows_fully_masked_leave_state_unchanged(kind: str, with_reset: bool) -> None:
     """Regression: a window where no row has a real step used to crash in the packed call."""
-    layer = factory(2, 3, 2).double()
-    x = torch.randn(2, 4, 2, dtype=torch.float64)
-    carried = layer.initial_state(2).map(lambda t: torch.randn_like(t))
+    layer = make_layer(kind, 2, 3, 2, seed=2)
+    x = torch.randn(2, 4, 2, dtype=F64)
+    carried = random_state(layer, 2, 1)
     mask = torch.zeros(2, 4, dtype=torch.bool)
     reset = torch.zeros(2, 4, dtype=torch.bool)
     reset[0, 2] = with_reset
     y, state = layer(x, carried, reset=reset, mask=mask)
     assert bool((y == 0).all()) and y.shape == (2, 4, 3)
-    expected = carried.reset_rows(torch.tensor([True, False])) if with_reset else carried
+    expected = carried.reset_rows([0]) if with_reset else carried
     assert state.equal(expected)
+
+
+def test_int_flags_are_accepted_like_bool() -> None:
+    layer = make_layer("gru", 2, 3, seed=1)
+    x = torch.randn(2, 5, 2, dtype=F64)
+    reset = random_flags((2, 5), 0.3, 1)
+    mask = random_flags((2, 5), 0.7, 2)
+    y, state = layer(x, reset=reset, mask=mask)
+    y_int, state_int = layer(x, reset=reset.to(torch.int64), mask=mask.to(torch.uint8))
+    assert torch.equal(y, y_int) and state.equal(state_int)
+
+
+def test_empty_window_returns_state_unchanged() -> None:
+    layer = make_layer("lstm", 2, 3, seed=1)
+    carried = random_state(layer, 2, 1)
+    y, state = layer(torch.zeros(2, 0, 2, dtype=F64), carried)
+    assert y.shape == (2, 0, 3)
+    assert state.equal(carried)
+
+
+# --- interoperability with torch.nn --------------------------------------------------------
+
+
+TORCH_PAIRS = [
+    ("lstm", lambda: LSTM(3, 5, 2), lambda: nn.LSTM(3, 5, 2, batch_first=True)),
+    ("gru", lambda: GRU(3, 5, 2), lambda: nn.GRU(3, 5, 2, batch_first=True)),
+    ("rnn_tanh", lambda: RNN(3, 5, 2), lambda: nn.RNN(3, 5, 2, batch_first=True)),
+    (
+        "rnn_relu",
+        lambda: RNN(3, 5, 2, nonlinearity="relu"),
+        lambda: nn.RNN(3, 5, 2, nonlinearity="relu", batch_first=True),
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "ours_factory", "torch_factory"), TORCH_PAIRS)
+def test_state_dict_round_trips_with_torch_and_outputs_are_bitwise_equal(
+    kind: str, ours_factory: Callable, torch_factory: Callable
+) -> None:
+    torch.manual_seed(0)
+    theirs = torch_factory()
+    ours = ours_factory()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(4, 7, 3)
+    state = random_state(ours, 4, 3).to(dtype=torch.float32)
+    hx = tuple(state.tensors()) if kind == "lstm" else state.tensors()[0]
+
+    y, final = ours(x, state)
+    y_torch, hx_torch = theirs(x, hx)
+    assert torch.equal(y, y_torch)
+    for a, b in zip(final.tensors(), hx_torch if kind == "lstm" else (hx_torch,), strict=True):
+        assert torch.equal(a, b)
+
+    # and the other way: torch loads ours
+    other = torch_factory()
+    other.load_state_dict(ours.state_dict())
+    assert torch.equal(other(x, hx)[0], y)
+    assert set(ours.state_dict()) == set(theirs.state_dict())
+
+
+# --- dropout ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dropout_is_active_in_train_and_off_in_eval(kind: str) -> None:
+    layer = make_layer(kind, 3, 16, 2, dropout=0.5, seed=1)
+    x = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    reset = random_flags((4, 6), 0.3, 1)
+
+    layer.eval()
+    y_eval, _ = layer(x, reset=reset)
+    y_eval_again, _ = layer(x, reset=reset)
+    assert torch.equal(y_eval, y_eval_again)
+    torch.testing.assert_close(y_eval, reference(layer, x, None, reset)[0], **EXACT)
+
+    layer.train()
+    torch.manual_seed(0)
+    y_train, _ = layer(x, reset=reset)
+    y_train_again, _ = layer(x, reset=reset)
+    assert not torch.allclose(y_train, y_eval)
+    assert not torch.allclose(y_train, y_train_again)
+
+    # one layer: torch applies no dropout at all (nothing between layers)
+    single = make_layer(kind, 3, 16, 1, seed=1)
+    single.dropout = 0.5
+    single.train()
+    assert torch.equal(single(x)[0], single.eval()(x)[0])
+
+
+# --- initial_state ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("factory", "state_type"),
+    [
+        (lambda: LSTM(2, 3, 2), LSTMState),
+        (lambda: GRU(2, 3, 2), GRUState),
+        (lambda: RNN(2, 3, 2), RNNState),
+    ],
+)
+def test_initial_state_is_zero_of_the_right_type(factory: Callable, state_type: type) -> None:
+    layer = factory().double()
+    state = layer.initial_state(5)
+    assert type(state) is state_type
+    assert (state.num_layers, state.batch_size, state.hidden_size) == (2, 5, 3)
+    assert state.dtype == F64
+    assert all(bool((t == 0).all()) for t in state.tensors())
+    x = torch.randn(5, 3, 2, dtype=F64)
+    y_none, s_none = layer(x)
+    y_zero, s_zero = layer(x, state)
+    assert torch.equal(y_none, y_zero) and s_none.equal(s_zero)
+
+
+@pytest.mark.parametrize("batch_size", [-1, 2.0, True, "3"])
+def test_initial_state_rejects_bad_batch_size(batch_size: object) -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        LSTM(2, 3).initial_state(batch_size)  # type: ignore[arg-type]
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+def _bad_calls() -> list[tuple[str, Callable, type[Exception], str]]:
+    """(id, call(layer, x, state), exception, message regex) for an LSTM(3, 4, 2) in float64."""
+    B, T = 2, 5
+    ok_flags = torch.zeros(B, T, dtype=torch.bool)
+    return [
+        ("x rank 2", lambda l, x, s: l(x[0], s), ValueError, r"x must have shape \[B, T, F\]"),
+        ("x rank 4", lambda l, x, s: l(x[None], s), ValueError, r"x must have shape"),
+        ("x not tensor", lambda l, x, s: l(x.tolist(), s), TypeError, r"x must be a torch.Tensor"),
+        ("x features", lambda l, x, s: l(x[..., :2], s), ValueError, r"x must have 3 features"),
+        ("x dtype", lambda l, x, s: l(x.float(), s), TypeError, r"x is torch.float32"),
+        ("x int", lambda l, x, s: l(x.long(), s), TypeError, r"x is torch.int64"),
+        (
+            "state type",
+            lambda l, x, s: l(x, GRUState(s.hidden)),
+            TypeError,
+            r"state must be a LSTMState",
+        ),
+        (
+            "state tuple",
+            lambda l, x, s: l(x, tuple(s.tensors())),
+            TypeError,
+            r"state must be a LSTMState",
+        ),
+        ("state batch", lambda l, x, s: l(x, s.select([0])), ValueError, r"state must have shape"),
+        (
+            "state layers",
+            lambda l, x, s: l(x, LSTMState.zeros(1, B, 4, dtype=F64)),
+            ValueError,
+            r"state must have shape \[layers, B, H\]",
+        ),
+        (
+            "state hidden",
+            lambda l, x, s: l(x, LSTMState.zeros(2, B, 5, dtype=F64)),
+            ValueError,
+            r"state must have shape",
+        ),
+        ("state dtype", lambda l, x, s: l(x, s.to(dtype=torch.float32)), TypeError, r"state is"),
+        (
+            "reset shape",
+            lambda l, x, s: l(x, s, reset=ok_flags[:, :-1]),
+            ValueError,
+            r"reset must have shape \[B, T\]=\[2, 5\]",
+        ),
+        (
+            "reset transposed",
+            lambda l, x, s: l(x, s, reset=ok_flags.T),
+            ValueError,
+            r"reset must have shape",
+        ),
+        (
+            "reset float",
+            lambda l, x, s: l(x, s, reset=ok_flags.double()),
+            TypeError,
+            r"reset must be a bool tensor",
+        ),
+        (
+            "reset values",
+            lambda l, x, s: l(x, s, reset=ok_flags.long() + 2),
+            ValueError,
+            r"reset must hold only 0/1",
+        ),
+        (
+            "reset list",
+            lambda l, x, s: l(x, s, reset=ok_flags.tolist()),
+            TypeError,
+            r"reset must be a bool torch.Tensor",
+        ),
+        (
+            "mask shape",
+            lambda l, x, s: l(x, s, mask=ok_flags[:1]),
+            ValueError,
+            r"mask must have shape \[B, T\]",
+        ),
+        (
+            "mask float",
+            lambda l, x, s: l(x, s, mask=ok_flags.float()),
+            TypeError,
+            r"mask must be a bool tensor",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [pytest.param(c, e, m, id=i) for i, c, e, m in _bad_calls()],
+)
+def test_bad_input_raises_naming_the_argument_and_changes_nothing(
+    call: Callable, error: type[Exception], message: str
+) -> None:
+    layer = make_layer("lstm", 3, 4, 2, seed=0)
+    x = torch.randn(2, 5, 3, dtype=F64)
+    state = random_state(layer, 2, 1)
+    before = state.map(torch.clone)
+    weights = {k: v.clone() for k, v in layer.state_dict().items()}
+    with pytest.raises(error, match=message):
+        call(layer, x, state)
+    assert state.equal(before)
+    assert all(torch.equal(v, weights[k]) for k, v in layer.state_dict().items())
+
+
+@pytest.mark.parametrize("factory", [LSTM, GRU, RNN])
+def test_bad_strategy_is_rejected(factory: type) -> None:
+    with pytest.raises(ValueError, match=r"strategy must be 'auto', 'split' or 'gather'.*'fast'"):
+        factory(2, 3, strategy="fast")
+
+
+def test_bad_nonlinearity_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"nonlinearity must be 'tanh' or 'relu'.*'sigmoid'"):
+        RNN(2, 3, nonlinearity="sigmoid")  # type: ignore[arg-type]
