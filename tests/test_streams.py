@@ -1,0 +1,271 @@
+"""Streams: step-by-step == predict on the whole sequence, batched, atomic on bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from seqstate.model import SequenceModel
+from seqstate.predict import predict
+from seqstate.state import GRUState, LSTMState
+from seqstate.streams import Streams, advance
+
+F, O, H = 3, 2, 8
+
+
+def make_model(cell: str = "lstm", dtype: torch.dtype = torch.float64, **kwargs) -> SequenceModel:
+    torch.manual_seed(0)
+    model = SequenceModel(
+        input_size=F, output_size=O, cell=cell, hidden_size=H, num_layers=2, **kwargs
+    )
+    return model.to(dtype).eval()
+
+
+MODELS = {cell: make_model(cell) for cell in ("lstm", "gru", "rnn")}
+
+
+def snapshot(streams: Streams) -> dict:
+    return streams.export_states()
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), cell=st.sampled_from(["lstm", "gru", "rnn"]))
+def test_random_interleavings_equal_predict_on_each_whole_sequence(data, cell):
+    model = MODELS[cell]
+    lengths = data.draw(st.lists(st.integers(1, 20), min_size=1, max_size=6), label="lengths")
+    rng = np.random.default_rng(sum(lengths))
+    sequences = {f"s{i}" if i % 2 else i: rng.normal(size=(n, F)) for i, n in enumerate(lengths)}
+    streams = Streams(model)
+    position = dict.fromkeys(sequences, 0)
+    outputs: dict = {key: [] for key in sequences}
+    for _ in range(200):  # bounded; each call consumes at least one step
+        live = [key for key in sequences if position[key] < len(sequences[key])]
+        if not live:
+            break
+        chosen = data.draw(st.lists(st.sampled_from(live), min_size=1, unique=True), label="ids")
+        room = min(len(sequences[key]) - position[key] for key in chosen)
+        k = data.draw(st.integers(1, room), label="k")
+        one_step = k == 1 and data.draw(st.booleans(), label="(n, F) form")
+        x = np.stack([sequences[key][position[key] : position[key] + k] for key in chosen])
+        y = streams.step(chosen, x[:, 0] if one_step else x)
+        assert y.shape == ((len(chosen), O) if one_step else (len(chosen), k, O))
+        for row, key in enumerate(chosen):
+            outputs[key].append(y[row : row + 1] if one_step else y[row])
+            position[key] += k
+    expected = predict(model, list(sequences.values()), return_state=True)
+    for i, key in enumerate(sequences):
+        np.testing.assert_allclose(np.concatenate(outputs[key]), expected[0][i], atol=1e-10)
+        for got, want in zip(
+            streams.state(key).tensors(), expected[1].select([i]).tensors(), strict=True
+        ):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    assert sorted(map(str, streams.ids)) == sorted(map(str, sequences))
+
+
+def test_one_model_call_per_step_whatever_the_number_of_streams():
+    model = make_model("gru")
+    calls = []
+    handle = model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape))
+    try:
+        streams = Streams(model)
+        streams.step(list(range(50)), np.zeros((50, F)))
+        streams.step([3, 7, "new"], np.zeros((3, 4, F)))
+    finally:
+        handle.remove()
+    assert calls == [torch.Size([50, 1, F]), torch.Size([3, 4, F])]
+
+
+def test_many_streams_growing_and_ending_keep_their_own_states():
+    model = MODELS["lstm"]
+    rng = np.random.default_rng(0)
+    streams = Streams(model)
+    history: dict = {}
+    for round_ in range(6):  # grow past the initial capacity, end some, start others
+        ids = [f"{round_}-{i}" for i in range(20)] + [k for k in list(history)[:15]]
+        x = rng.normal(size=(len(ids), 2, F))
+        y = streams.step(ids, x)
+        for row, key in enumerate(ids):
+            history.setdefault(key, []).append((x[row], y[row]))
+        for key in list(history)[::4]:
+            if key in streams:
+                streams.end(key)
+                del history[key]
+    assert len(streams) == len(history)
+    for pieces in history.values():
+        sequence = np.concatenate([x for x, _ in pieces])
+        np.testing.assert_allclose(
+            np.concatenate([y for _, y in pieces]), predict(model, sequence), atol=1e-10
+        )
+
+
+def test_lifecycle_start_reset_end_state_and_membership():
+    model = MODELS["gru"]
+    streams = Streams(model)
+    x = np.ones((2, 5, F))
+    first = streams.step(["a", 1], x)
+    assert streams.ids == ["a", 1] and len(streams) == 2 and "a" in streams and 2 not in streams
+    np.testing.assert_allclose(first[0], first[1])  # same input, both from zeros
+
+    streams.reset("a")  # zeroed: replays like a fresh stream
+    np.testing.assert_allclose(streams.step(["a"], x[:1])[0], first[0])
+    streams.start(1)  # start on a live stream also zeroes it
+    assert torch.equal(streams.state(1).hidden, torch.zeros(2, 1, H, dtype=torch.float64))
+    streams.start("c")
+    assert "c" in streams and streams.state("c").batch_size == 1
+
+    copy = streams.state("a")
+    copy.hidden.fill_(123.0)  # a copy: the stream is untouched
+    assert not torch.equal(streams.state("a").hidden, copy.hidden)
+
+    streams.end("a")
+    assert "a" not in streams and streams.ids == [1, "c"]
+    with pytest.raises(KeyError, match="unknown stream 'a'"):
+        streams.end("a")
+    with pytest.raises(KeyError, match=r"unknown stream 'zz'.*live streams: \[1, 'c'\]"):
+        streams.state("zz")
+    # an ended stream's id starts again from zero
+    np.testing.assert_allclose(streams.step(["a"], x[:1])[0], first[0])
+
+
+def test_export_and_import_states_continue_exactly():
+    model = MODELS["lstm"]
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(12, F)), rng.normal(size=(9, F))
+    streams = Streams(model)
+    streams.step(["a", "b"], np.stack([a[:5], b[:5]]))
+    saved = streams.export_states()
+    assert set(saved) == {"a", "b"} and all(isinstance(v, bytes) for v in saved.values())
+
+    restored = Streams(model)
+    restored.import_states(saved)
+    assert restored.ids == ["a", "b"]
+    y = restored.step(["b", "a"], np.stack([b[5:9], a[5:9]]))
+    np.testing.assert_allclose(y[0], predict(model, b[:9])[5:], atol=1e-10)
+    np.testing.assert_allclose(y[1], predict(model, a[:9])[5:], atol=1e-10)
+    # import overwrites live streams too, and accepts State objects
+    restored.import_states({"a": LSTMState.from_bytes(saved["a"])})
+    assert restored.state("a").equal(streams.state("a"))
+
+
+def test_bad_imports_change_nothing():
+    model = MODELS["lstm"]
+    streams = Streams(model)
+    streams.step(["a"], np.ones((1, F)))
+    before = snapshot(streams)
+    good = streams.export_states()["a"]
+    bad_cases = [
+        ({"b": good, "c": b"not a state"}, ValueError, r"states\['c'\]"),
+        ({"b": good, "c": GRUState.zeros(2, 1, H).to_bytes()}, TypeError, "GRUState"),
+        ({"b": LSTMState.zeros(2, 2, H).to_bytes()}, ValueError, r"\[2, 1, 8\]"),
+        ({"b": LSTMState.zeros(1, 1, H).to_bytes()}, ValueError, "different model"),
+        ({1.5: good}, TypeError, "str or an int"),
+        ({"b": 3}, TypeError, "bytes"),
+        ([("b", good)], TypeError, "mapping"),
+    ]
+    for mapping, error, message in bad_cases:
+        with pytest.raises(error, match=message):
+            streams.import_states(mapping)
+        assert streams.ids == ["a"] and snapshot(streams) == before
+
+
+@pytest.mark.parametrize(
+    ("ids", "x", "error", "message"),
+    [
+        (["a", "b"], np.ones((2, F + 1)), ValueError, r"F=3"),
+        (["a", "b"], np.ones((3, F)), ValueError, r"one row per stream id \(2\)"),
+        (["a", "b"], np.ones(F), ValueError, r"received \(3,\)"),
+        (["a", "b"], np.ones((2, 1, 1, F)), ValueError, "k steps per stream"),
+        (["a", "a"], np.ones((2, F)), ValueError, "'a' more than once"),
+        ("a", np.ones((1, F)), TypeError, r"pass \[id\]"),
+        ([1.0, "b"], np.ones((2, F)), TypeError, "str or an int"),
+        ([True, "b"], np.ones((2, F)), TypeError, "str or an int"),
+        (["a", "b"], np.array([["x"] * F] * 2), TypeError, "numbers"),
+    ],
+)
+def test_bad_steps_raise_and_change_no_state(ids, x, error, message):
+    streams = Streams(MODELS["rnn"])
+    streams.step(["a", "b"], np.ones((2, 3, F)))
+    before = snapshot(streams)
+    with pytest.raises(error, match=message):
+        streams.step(ids, x)
+    assert streams.ids == ["a", "b"] and snapshot(streams) == before
+
+
+def test_nan_names_the_stream_and_no_stream_starts():
+    streams = Streams(MODELS["lstm"])
+    streams.step(["a"], np.ones((1, F)))
+    before = snapshot(streams)
+    x = np.ones((3, 4, F))
+    x[2, 3, 0] = np.inf
+    with pytest.raises(ValueError, match=r"stream 'new' at step 3.*no state was changed"):
+        streams.step(["a", 7, "new"], x)
+    assert streams.ids == ["a"] and snapshot(streams) == before
+
+
+def test_a_failing_model_call_starts_no_stream():
+    class Broken(SequenceModel):
+        def forward(self, x, state=None, reset=None, mask=None):
+            raise RuntimeError("boom")
+
+    torch.manual_seed(0)
+    streams = Streams(Broken(input_size=F, output_size=O, hidden_size=H))
+    with pytest.raises(RuntimeError, match="boom"):
+        streams.step(["a", "b"], np.ones((2, F)))
+    assert len(streams) == 0
+
+
+def test_empty_steps_and_float32_torch_inputs():
+    model = make_model("lstm", dtype=torch.float32)
+    streams = Streams(model)
+    assert streams.step([], np.zeros((0, F))).shape == (0, O)
+    assert streams.step(["a"], np.zeros((1, 0, F))).shape == (1, 0, O)
+    assert len(streams) == 0
+    x = torch.randn(2, 6, F)
+    y = streams.step(["a", "b"], x)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y[1], predict(model, x[1].numpy()), atol=1e-5)
+
+
+def test_training_flag_is_restored_and_dropout_is_off():
+    model = make_model("gru", dropout=0.5).train()
+    streams = Streams(model)
+    x = np.random.default_rng(2).normal(size=(1, 10, F))
+    y = streams.step(["a"], x)
+    assert model.training
+    model.eval()
+    np.testing.assert_allclose(y[0], predict(model, x[0]), atol=1e-10)
+
+
+def test_advance_is_pure_and_equals_the_model_call():
+    model = MODELS["lstm"]
+    state = model.initial_state(3).map(lambda t: t + 0.1)
+    kept = state.map(torch.clone)
+    x = torch.randn(3, 4, F, dtype=torch.float64)
+    y, new_state = advance(model, state, x)
+    with torch.no_grad():
+        want_y, want_state = model(x, state)
+    assert torch.equal(y, want_y) and new_state.equal(want_state) and state.equal(kept)
+    y1, _ = advance(model, state, x[:, 0])
+    assert y1.shape == (3, O)
+    torch.testing.assert_close(y1, want_y[:, 0], rtol=0, atol=1e-12)
+    assert not y.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("state", "x", "error", "message"),
+    [
+        (None, torch.zeros(3, F, dtype=torch.float64), TypeError, "seqstate State"),
+        ("gru", torch.zeros(3, F, dtype=torch.float64), TypeError, "LSTMState"),
+        ("lstm", torch.zeros(2, F, dtype=torch.float64), ValueError, r"\[n, F\]=\[3, 3\]"),
+        ("lstm", torch.zeros(3, F), TypeError, "float32"),
+        ("lstm", torch.full((3, F), float("nan"), dtype=torch.float64), ValueError, "NaN"),
+        ("lstm", np.zeros((3, F)), TypeError, "torch.Tensor"),
+    ],
+)
+def test_advance_rejects_bad_input(state, x, error, message):
+    states = {"lstm": LSTMState.zeros(2, 3, H, dtype=torch.float64), "gru": GRUState.zeros(2, 3, H)}
+    with pytest.raises(error, match=message):
+        advance(MODELS["lstm"], states.get(state), x)
