@@ -1,0 +1,523 @@
+"""fit / evaluate: TBPTT over lanes, masked losses, validation isolation, early stopping,
+schedules, run-dir outputs and bad input. Exact resume lives in test_resume.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from seqstate.checkpoint import load_model
+from seqstate.lanes import Lanes
+from seqstate.layers import GRU
+from seqstate.losses import MaskedLoss
+from seqstate.model import SequenceModel
+from seqstate.state import GRUState
+from seqstate.train import FitConfig, History, WindowEnd, evaluate, fit
+
+
+def sine_series(n: int = 600, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    wave = np.stack([np.sin(0.2 * t), np.cos(0.13 * t)], axis=1)
+    return (wave + 0.05 * rng.standard_normal((n, 2))).astype(np.float32)
+
+
+def variable_sequences(count: int = 12, seed: int = 0, features: int = 2) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [
+        rng.standard_normal((int(rng.integers(3, 20)), features)).astype(np.float32)
+        for _ in range(count)
+    ]
+
+
+def make_model(seed: int = 0, **fields) -> SequenceModel:
+    torch.manual_seed(seed)
+    fields = {"input_size": 2, "output_size": 2, "hidden_size": 12, **fields}
+    return SequenceModel(**fields)
+
+
+def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+QUIET = {"progress": False}
+
+
+# --------------------------------------------------------------------------------------------
+# Learning
+# --------------------------------------------------------------------------------------------
+
+
+def test_loss_decreases_on_a_learnable_series():
+    series = sine_series()
+    model = make_model()
+    history = fit(model, Lanes.from_series(series, lanes=6, window=20), epochs=6, lr=1e-2, **QUIET)
+    assert isinstance(history, History) and len(history) == 6
+    assert history["epoch"] == list(range(6))
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    assert not model.training  # fit leaves the model ready for prediction
+
+
+def test_classification_with_per_sequence_labels():
+    rng = np.random.default_rng(1)
+    sequences, labels = [], []
+    for _ in range(48):
+        label = int(rng.integers(0, 2))
+        length = int(rng.integers(4, 10))
+        sequences.append(rng.standard_normal((length, 1)) * 0.3 + (1 if label else -1))
+        labels.append(label)
+    lanes = Lanes.from_sequences(
+        [s.astype(np.float32) for s in sequences], labels=np.array(labels), lanes=8, window=6
+    )
+    torch.manual_seed(0)
+    model = SequenceModel(input_size=1, output_size=2, hidden_size=8, task="classification")
+    before = evaluate(model, lanes)
+    history = fit(model, lanes, epochs=12, lr=2e-2, **QUIET)
+    after = evaluate(model, lanes)
+    assert set(after) == {"loss", "accuracy"}
+    assert after["loss"] < before["loss"]
+    assert after["accuracy"] >= 0.9
+    assert history["loss"][-1] < history["loss"][0]
+
+
+@pytest.mark.parametrize("loss", ["mse", "mae", "huber"])
+def test_each_regression_loss_trains(loss):
+    model = make_model()
+    lanes = Lanes.from_series(sine_series(300), lanes=4, window=15)
+    history = fit(model, lanes, epochs=3, lr=1e-2, loss=loss, **QUIET)
+    assert history["loss"][-1] < history["loss"][0]
+
+
+def test_masked_loss_matches_reference_on_counted_steps_only():
+    generator = torch.Generator().manual_seed(0)
+    pred = torch.randn(3, 5, 2, generator=generator)
+    target = torch.randn(3, 5, 2, generator=generator)
+    mask = torch.rand(3, 5, generator=generator) > 0.4
+    references = {
+        "mse": nn.functional.mse_loss,
+        "mae": nn.functional.l1_loss,
+        "huber": nn.functional.huber_loss,
+    }
+    for name, reference in references.items():
+        loss = MaskedLoss(name)
+        expected = reference(pred[mask], target[mask]) * int(mask.sum())
+        torch.testing.assert_close(loss.sum(pred, target, mask), expected)
+        # Anything at a step that does not count (even NaN) changes nothing.
+        noisy_pred, noisy_target = pred.clone(), target.clone()
+        noisy_pred[~mask] = float("nan")
+        noisy_target[~mask] = 1e6
+        assert torch.equal(loss.sum(noisy_pred, noisy_target, mask), loss.sum(pred, target, mask))
+    logits = torch.randn(3, 5, 4, generator=generator)
+    labels = torch.randint(0, 4, (3, 5, 1), generator=generator)
+    expected = nn.functional.cross_entropy(logits[mask], labels[..., 0][mask]) * int(mask.sum())
+    torch.testing.assert_close(MaskedLoss("cross_entropy").sum(logits, labels, mask), expected)
+    # Per-sequence labels repeat at steps that do not count; an out-of-range one there is unused.
+    labels[~mask] = 99
+    torch.testing.assert_close(MaskedLoss("cross_entropy").sum(logits, labels, mask), expected)
+
+
+def test_padded_targets_do_not_change_training():
+    rng = np.random.default_rng(3)
+    lengths = np.array([5, 9, 3, 12, 7, 4])
+    x = rng.standard_normal((6, 12, 2)).astype(np.float32)
+    y = rng.standard_normal((6, 12, 2)).astype(np.float32)
+    garbage = y.copy()
+    for i, length in enumerate(lengths):
+        garbage[i, length:] = 1e6  # targets after each sequence's end are padding
+    results = []
+    for targets in (y, garbage):
+        model = make_model()
+        lanes = Lanes.from_sequences(x, targets, lanes=3, window=5, lengths=lengths)
+        fit(model, lanes, epochs=2, **QUIET)
+        results.append(weights(model))
+    assert_same_weights(*results)
+
+
+def test_loss_is_computed_in_the_normalised_target_space():
+    # Same data in units 1000x larger, with matching normalisation: same unit-free loss.
+    series = sine_series(200)
+    losses = []
+    for scale in (1.0, 1000.0):
+        model = make_model()
+        model.set_normalization(np.zeros(2), np.ones(2) * scale, np.zeros(2), np.ones(2) * scale)
+        history = fit(
+            model, Lanes.from_series(series * scale, lanes=4, window=10), epochs=1, **QUIET
+        )
+        losses.append(history["loss"][0])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# Truncated BPTT
+# --------------------------------------------------------------------------------------------
+
+
+class RecordingGRU(nn.Module):
+    """A protocol-following module that is not a SequenceModel; records its incoming state."""
+
+    def __init__(self, input_size: int, output_size: int, hidden_size: int = 8) -> None:
+        super().__init__()
+        self.recurrent = GRU(input_size, hidden_size)
+        self.head = nn.Linear(hidden_size, output_size)
+        self.incoming: list[GRUState | None] = []
+
+    def initial_state(self, batch_size: int) -> GRUState:
+        return self.recurrent.initial_state(batch_size)
+
+    def forward(self, x, state=None, reset=None, mask=None):
+        self.incoming.append(state)
+        hidden, state = self.recurrent(x, state, reset, mask)
+        return self.head(hidden), state
+
+
+def test_state_is_carried_and_detached_between_windows():
+    torch.manual_seed(0)
+    model = RecordingGRU(2, 2)
+    lanes = Lanes.from_series(sine_series(200), lanes=4, window=10)
+    seen: list[WindowEnd] = []
+    fit(model, lanes, epochs=1, on_window=seen.append, **QUIET)
+    assert len(model.incoming) == len(lanes) == len(seen)
+    # Window k+1 starts from exactly the (detached) state window k ended with.
+    for end, incoming in zip(seen[:-1], model.incoming[1:], strict=True):
+        assert incoming is end.state
+        assert not incoming.hidden.requires_grad and incoming.hidden.grad_fn is None
+    assert not torch.equal(model.incoming[1].hidden, torch.zeros_like(model.incoming[1].hidden))
+
+
+def test_fit_equals_a_hand_written_tbptt_loop():
+    lanes = Lanes.from_sequences(variable_sequences(10), lanes=3, window=6)
+    model = make_model(dropout=0.0)
+    fit(model, lanes, epochs=2, clip_grad_norm=None, seed=None, **QUIET)
+
+    reference = make_model(dropout=0.0)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    reference.train()
+    for epoch in range(2):
+        state = reference.initial_state(3)
+        for window in lanes.windows(epoch):
+            y, state = reference(window.x, state, reset=window.reset, mask=window.valid)
+            per_step = ((y - window.y) ** 2).mean(dim=2)
+            loss = torch.where(window.mask, per_step, 0.0).sum() / window.mask.sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            state = state.detach()
+    for key, value in weights(reference).items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation, determinism, early stopping, schedules
+# --------------------------------------------------------------------------------------------
+
+
+def test_validation_never_touches_training():
+    train = Lanes.from_sequences(variable_sequences(12), lanes=4, window=5, shuffle=True)
+    validation = Lanes.from_sequences(variable_sequences(5, seed=9), lanes=3, window=7)
+
+    def run(with_validation: bool):
+        model = make_model(num_layers=2, dropout=0.3)  # dropout: RNG use would show
+        per_epoch, checks = [], []
+        last: dict = {}
+
+        def on_window(end: WindowEnd) -> None:
+            last["state"] = end.state
+            last["copy"] = end.state.map(torch.clone)
+
+        def on_epoch(record) -> None:
+            per_epoch.append(weights(model))
+            checks.append(last["state"].equal(last["copy"]))  # after validation ran
+
+        history = fit(
+            model,
+            train,
+            validation=validation if with_validation else None,
+            epochs=3,
+            on_window=on_window,
+            on_epoch=on_epoch,
+            **QUIET,
+        )
+        return per_epoch, checks, history
+
+    with_val, checks, history = run(True)
+    without_val, _, _ = run(False)
+    assert all(checks)
+    for a, b in zip(with_val, without_val, strict=True):
+        assert_same_weights(a, b)
+    assert {"val_loss", "val_mae", "val_rmse"} <= set(history.keys())
+    assert history.monitor == "val_loss"
+
+
+def test_seeded_training_is_bitwise_deterministic():
+    lanes = Lanes.from_sequences(variable_sequences(10), lanes=3, window=6, shuffle=True)
+    runs = []
+    for seed in (5, 5, 6):
+        model = make_model(num_layers=2, dropout=0.25)
+        history = fit(model, lanes, epochs=2, seed=seed, **QUIET)
+        runs.append((weights(model), history["loss"]))
+    assert_same_weights(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1]
+    assert not torch.equal(runs[0][0]["head.weight"], runs[2][0]["head.weight"])  # dropout
+
+
+def test_early_stopping_restores_the_best_weights():
+    lanes = Lanes.from_series(sine_series(200), lanes=4, window=10)
+    per_epoch = []
+    model = make_model()
+    history = fit(
+        model,
+        lanes,
+        validation=lanes,
+        epochs=10,
+        patience=2,
+        min_delta=1e9,  # no epoch after the first counts as an improvement
+        on_epoch=lambda record: per_epoch.append(weights(model)),
+        **QUIET,
+    )
+    assert history.stopped_early
+    assert len(history) == 3
+    assert history.best_epoch == 0
+    assert_same_weights(weights(model), per_epoch[0])
+
+    kept = make_model()
+    fit(
+        kept,
+        lanes,
+        validation=lanes,
+        epochs=3,
+        patience=2,
+        min_delta=1e9,
+        restore_best=False,
+        **QUIET,
+    )
+    assert torch.equal(kept.head.weight, per_epoch[-1]["head.weight"])
+
+
+def test_learning_rate_schedules():
+    lanes = Lanes.from_series(sine_series(100), lanes=2, window=25)
+    cosine = fit(make_model(), lanes, epochs=4, lr=1.0, schedule="cosine", **QUIET)
+    expected = [0.5 * (1 + np.cos(np.pi * e / 4)) for e in range(4)]
+    assert cosine["lr"] == pytest.approx(expected)
+    step = fit(make_model(), lanes, epochs=5, lr=1.0, schedule="step", lr_step=2, **QUIET)
+    assert step["lr"] == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01])
+    plateau = fit(
+        make_model(),
+        lanes,
+        epochs=4,
+        lr=1e-3,
+        schedule="plateau",
+        lr_patience=0,
+        lr_factor=0.5,
+        min_delta=0.0,
+        **QUIET,
+    )
+    assert plateau["lr"][0] == 1e-3 and all(
+        b <= a for a, b in zip(plateau["lr"], plateau["lr"][1:], strict=False)
+    )
+    sgd = fit(make_model(), lanes, epochs=1, optimizer="sgd", lr=1e-2, **QUIET)
+    adamw = fit(make_model(), lanes, epochs=1, optimizer="adamw", weight_decay=0.1, **QUIET)
+    assert np.isfinite(sgd["loss"][0]) and np.isfinite(adamw["loss"][0])
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+
+
+def test_evaluate_does_not_depend_on_lanes_or_window():
+    sequences = variable_sequences(9, seed=4)
+    targets = [s[:, :1] * 2.0 for s in sequences]
+    model = make_model(output_size=1)
+    model.eval()
+    results = [
+        evaluate(model, Lanes.from_sequences(sequences, targets, lanes=lanes, window=window))
+        for lanes, window in ((1, 50), (2, 7), (5, 3), (9, 16))
+    ]
+    for result in results[1:]:
+        for key in ("loss", "mae", "rmse"):
+            assert result[key] == pytest.approx(results[0][key], rel=1e-5)
+    # ... and equals running each sequence alone, weighted by its steps.
+    errors = []
+    with torch.no_grad():
+        for x, y in zip(sequences, targets, strict=True):
+            pred, _ = model(torch.from_numpy(x)[None])
+            errors.append((pred[0] - torch.from_numpy(y)).numpy())
+    errors = np.concatenate(errors)
+    assert results[0]["mae"] == pytest.approx(np.abs(errors).mean(), rel=1e-5)
+    assert results[0]["rmse"] == pytest.approx(np.sqrt((errors**2).mean()), rel=1e-5)
+    assert results[0]["loss"] == pytest.approx((errors**2).mean(), rel=1e-5)
+
+
+def test_evaluate_restores_the_model_mode():
+    model = make_model(dropout=0.0)
+    model.train()
+    evaluate(model, Lanes.from_series(sine_series(50), lanes=2, window=8))
+    assert model.training
+
+
+# --------------------------------------------------------------------------------------------
+# Run directory
+# --------------------------------------------------------------------------------------------
+
+
+def test_run_dir_holds_model_metrics_and_plot(tmp_path):
+    lanes = Lanes.from_series(sine_series(200), lanes=4, window=10)
+    model = make_model()
+    history = fit(model, lanes, validation=lanes, epochs=2, run_dir=tmp_path, **QUIET)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records == history.records
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    loaded = load_model(tmp_path)
+    x = torch.from_numpy(sine_series(30))[None]
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[0], model(x)[0])
+    metadata = json.loads((tmp_path / "model.json").read_text())["metadata"]
+    assert metadata["fit"] == FitConfig(epochs=2, progress=False).to_dict()
+    assert metadata["loss"] == "mse"
+
+
+def test_custom_module_trains_with_run_dir(tmp_path):
+    torch.manual_seed(0)
+    model = RecordingGRU(2, 2)
+    history = fit(
+        model,
+        Lanes.from_series(sine_series(100), lanes=2, window=10),
+        epochs=2,
+        run_dir=tmp_path,
+        **QUIET,
+    )
+    assert len(history) == 2
+    assert (tmp_path / "checkpoint" / "latest").is_file()
+    assert not (tmp_path / "model.json").exists()  # no config to save a custom module with
+
+
+def test_progress_bar_shows_loss_and_throughput(capsys, monkeypatch):
+    import seqstate.train as train_module
+
+    monkeypatch.setattr(train_module, "_PROGRESS_REFRESH", 0.0)
+    fit(make_model(), Lanes.from_series(sine_series(100), lanes=2, window=10), epochs=1)
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "loss=" in err and "steps/s=" in err
+    fit(make_model(), Lanes.from_series(sine_series(100), lanes=2, window=10), epochs=1, **QUIET)
+    assert capsys.readouterr().err == ""
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration and bad input
+# --------------------------------------------------------------------------------------------
+
+
+def test_fit_config_json_round_trip():
+    config = FitConfig(epochs=3, loss="huber", schedule="plateau", patience=4, seed=None)
+    assert FitConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match="unknown fit config keys"):
+        FitConfig.from_dict({"epochs": 2, "lr_decay": 0.1})
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "message"),
+    [
+        ({"epochs": 0}, ValueError, "epochs must be an int >= 1; received 0"),
+        ({"epochs": 2.5}, TypeError, "epochs must be an int"),
+        ({"loss": "hinge"}, ValueError, "loss must be one of"),
+        ({"optimizer": "lion"}, ValueError, "optimizer must be one of"),
+        ({"schedule": "linear"}, ValueError, "schedule must be one of"),
+        ({"lr": 0.0}, ValueError, "lr must be a finite number > 0"),
+        ({"lr": float("nan")}, ValueError, "lr must be a finite number"),
+        ({"clip_grad_norm": -1.0}, ValueError, "clip_grad_norm"),
+        ({"patience": 0}, ValueError, "Use None to turn early stopping off"),
+        ({"lr_factor": 1.5}, ValueError, "lr_factor must be in"),
+        ({"device": "tpu:x"}, ValueError, "device must be"),
+        ({"progress": "yes"}, TypeError, "progress must be True or False"),
+        ({"checkpoint_every": 0}, ValueError, "checkpoint_every"),
+    ],
+)
+def test_bad_fit_config_is_refused(fields, error, message):
+    with pytest.raises(error, match=message):
+        FitConfig(**fields)
+
+
+def test_bad_input_fails_before_training_and_changes_nothing(tmp_path):
+    series = sine_series(100)
+    lanes = Lanes.from_series(series, lanes=2, window=10)
+    model = make_model()
+    before = weights(model)
+    run_dir = tmp_path / "run"
+    cases = [
+        (
+            lambda: fit(make_model(input_size=3), lanes, run_dir=run_dir, **QUIET),
+            ValueError,
+            "train has 2 features per step but the model expects input_size=3",
+        ),
+        (
+            lambda: fit(
+                model,
+                lanes,
+                validation=Lanes.from_series(series[:, :1], lanes=2, window=5),
+                run_dir=run_dir,
+                **QUIET,
+            ),
+            ValueError,
+            "validation has 1 features",
+        ),
+        (lambda: fit(model, lanes, loss="hinge"), ValueError, "loss must be one of"),
+        (lambda: fit(model, lanes, optimizer="lion"), ValueError, "optimizer must be one of"),
+        (lambda: fit(model, lanes, epochs=0), ValueError, "epochs must be an int >= 1"),
+        (lambda: fit(model, lanes, learning_rate=0.1), TypeError, "unknown keyword arguments"),
+        (lambda: fit(model, series), TypeError, "train must be seqstate.Lanes"),
+        (lambda: fit(model, lanes, config={"epochs": 1}), TypeError, "config must be a FitC"),
+        (lambda: fit(nn.Linear(2, 2), lanes), TypeError, "initial_state"),
+        (
+            lambda: fit(model, Lanes.from_series(series, lanes=2, window=10, target=None)),
+            ValueError,
+            "has no targets",
+        ),
+        (
+            lambda: fit(make_model(output_size=1), lanes),
+            ValueError,
+            "train has 2 targets per step but the model has output_size=1",
+        ),
+        (lambda: fit(model, lanes, resume=True), ValueError, "resume=True needs run_dir"),
+        (lambda: fit(model, lanes, resume=tmp_path), FileNotFoundError, "no training checkpoint"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+    assert_same_weights(before, weights(model))
+    assert not run_dir.exists()
+
+
+def test_classification_target_mismatches_are_explained():
+    sequences = variable_sequences(6, features=1)
+    float_labels = Lanes.from_sequences(sequences, labels=np.linspace(0, 1, 6), lanes=2, window=4)
+    int_labels = Lanes.from_sequences(sequences, labels=np.arange(6) % 2, lanes=2, window=4)
+    classifier = SequenceModel(input_size=1, output_size=2, task="classification")
+    regressor = SequenceModel(input_size=1, output_size=1)
+    with pytest.raises(ValueError, match="classification model needs integer class labels"):
+        fit(classifier, float_labels, **QUIET)
+    with pytest.raises(ValueError, match="needs float targets but train holds integer"):
+        fit(regressor, int_labels, **QUIET)
+    with pytest.raises(ValueError, match=r"class labels must be in \[0, 2\)"):
+        fit(
+            classifier,
+            Lanes.from_sequences(sequences, labels=np.arange(6), lanes=2, window=4),
+            **QUIET,
+        )
+    with pytest.raises(ValueError, match="loss must be one of"):
+        evaluate(classifier, int_labels, loss="hinge")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_device_without_cuda_is_refused():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        fit(make_model(), Lanes.from_series(sine_series(50), lanes=2, window=5), device="cuda")
