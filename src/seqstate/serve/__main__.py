@@ -1,0 +1,7 @@
+"""``python -m seqstate.serve RUN_DIR [options]``."""
+
+import sys
+
+from seqstate.serve.command import main
+
+sys.exit(main())

@@ -1,0 +1,531 @@
+"""The HTTP API: FastAPI app over the batcher, the engine and a state store.
+
+    POST   /v1/streams/{id}/steps   {seq, x, start?}                -> {seq, y, replayed}
+    POST   /v1/steps                {steps: [{id, seq, x, start?}]} -> {results: [...]} per item
+    GET    /v1/streams/{id}         -> {id, seq, updated, expires}
+    DELETE /v1/streams/{id}         -> {id, deleted}
+    GET    /healthz                 -> {status, ...}        (no auth)
+    GET    /metrics                 Prometheus text
+    GET    /openapi.json            the schema               (no auth)
+
+``x`` is one step of F features ``[F]`` (answer ``y`` is ``[O]``) or k steps ``[[F], ...]``
+(answer ``[[O], ...]``). Resources (model, store, engine, batcher, sweeper) are opened by the
+app's lifespan and live on ``app.state.resources``; nothing is module-global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from seqstate.serve.batcher import Batcher
+from seqstate.serve.config import STREAM_ID_PATTERN, ServeConfig, valid_stream_id
+from seqstate.serve.edge import Edge
+from seqstate.serve.engine import Engine, Outcome, StepRequest
+from seqstate.serve.errors import ApiError, error_response
+from seqstate.serve.metrics import Metrics
+from seqstate.serve.rules import Reject, is_expired
+from seqstate.serve.stores import StateStore, StoreError, open_store
+
+__all__ = ["create_app"]
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_MAX_SEQ = 2**62  # fits SQLite INTEGER and Redis integers with room to spare
+
+
+class StepBody(BaseModel):
+    """One step (or k steps) of one stream."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    seq: int = Field(ge=1, le=_MAX_SEQ, description="step number: 1, 2, 3 … per stream")
+    x: list[float] | list[list[float]] = Field(
+        description="one step of F features [F], or k steps [[F], …]"
+    )
+    start: bool = Field(False, description="reset the stream to a zero state before this step")
+
+
+class BatchStep(StepBody):
+    id: str = Field(pattern=STREAM_ID_PATTERN, description="stream id")
+
+
+class StepAnswer(BaseModel):
+    seq: int
+    y: list[float] | list[list[float]] = Field(description="[O] for one step, [[O], …] for k")
+    replayed: bool = Field(description="true: a retry, answered from the store, not re-applied")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    expected_seq: int | None = None
+
+
+class StreamInfo(BaseModel):
+    id: str
+    seq: int
+    updated: float = Field(description="unix time of the last applied step")
+    expires: float | None = Field(description="unix time the stream expires if idle")
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        400: "malformed JSON",
+        401: "missing or wrong bearer token",
+        404: "unknown stream",
+        409: "sequence conflict (gap, stale, different retry body, race)",
+        413: "body, steps or streams over the limit",
+        422: "invalid body (wrong shape, feature count, NaN/inf, bad id)",
+        503: "state store unavailable",
+    }.items()
+}
+_BATCH_STEP = TypeAdapter(BatchStep)
+
+
+@dataclasses.dataclass
+class Resources:
+    """What one running app holds; opened and closed by the lifespan."""
+
+    config: ServeConfig
+    model: torch.nn.Module
+    store: StateStore
+    batcher: Batcher
+    metrics: Metrics
+    clock: Callable[[], float]
+    input_size: int
+    sweeper: asyncio.Task[None] | None = None
+
+
+def create_app(
+    config: ServeConfig,
+    *,
+    model: torch.nn.Module | None = None,
+    store: StateStore | None = None,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    """The server app for ``config``.
+
+    ``model`` and ``store`` override the run directory's model and ``config.store`` (tests,
+    embedding); ``clock`` is the wall clock used for TTLs.
+    """
+    if not isinstance(config, ServeConfig):
+        raise TypeError(f"config must be a ServeConfig; received {type(config).__name__}")
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resources = await _open(config, model, store, clock, metrics)
+        app.state.resources = resources
+        try:
+            yield
+        finally:
+            await _close(resources)
+
+    app = FastAPI(
+        title="seqstate server",
+        summary="Stateful recurrent sequence models, one durable state per stream.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.metrics = metrics
+    _add_error_handlers(app, metrics)
+    _add_routes(app, config)
+    app.add_middleware(
+        Edge,
+        token=config.token if config.auth else None,
+        max_body_bytes=config.max_body_bytes,
+        metrics=metrics,
+    )
+    return app
+
+
+# --- lifecycle ----------------------------------------------------------------------------
+
+
+async def _open(
+    config: ServeConfig,
+    model: torch.nn.Module | None,
+    store: StateStore | None,
+    clock: Callable[[], float],
+    metrics: Metrics,
+) -> Resources:
+    if config.torch_threads is not None:
+        torch.set_num_threads(config.torch_threads)
+    if model is None:
+        from seqstate.checkpoint import load_model
+
+        model = load_model(config.run_dir, device=config.device)
+    model.eval()
+    if store is None:
+        store = open_store(config.store_url, ttl_s=config.ttl_s)
+    engine = Engine(model, store, ttl_s=config.ttl_s, device=config.device, clock=clock)
+    batcher = Batcher(
+        engine.process,
+        max_batch=config.max_batch,
+        max_wait_s=config.max_wait_ms / 1000,
+        batching=config.batching,
+        on_batch=metrics.observe_batch,
+    )
+    await batcher.start()
+    resources = Resources(
+        config, model, store, batcher, metrics, clock, input_size=int(model.input_size)
+    )
+    if config.ttl_s > 0:
+        resources.sweeper = asyncio.create_task(_sweep(resources), name="seqstate-sweeper")
+    return resources
+
+
+async def _close(resources: Resources) -> None:
+    if resources.sweeper is not None:
+        resources.sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await resources.sweeper
+    await resources.batcher.stop()
+    resources.store.close()
+
+
+async def _sweep(resources: Resources) -> None:
+    config = resources.config
+    while True:
+        await asyncio.sleep(config.sweep_every_s)
+        try:
+            removed = await asyncio.to_thread(
+                resources.store.expire, resources.clock() - config.ttl_s
+            )
+        except StoreError:
+            resources.metrics.store_errors.labels("expire").inc()
+        else:
+            resources.metrics.expired.inc(removed)
+
+
+# --- errors -------------------------------------------------------------------------------
+
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+
+
+def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> Response:
+        return error_response(error.status, error.code, error.message, **error.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> Response:
+        problems = error.errors()
+        if any(p.get("type") == "json_invalid" for p in problems):
+            return error_response(400, "invalid_json", "request body is not valid JSON")
+        return error_response(422, "invalid_request", _describe(problems))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        code = _HTTP_CODES.get(error.status_code, "http_error")
+        return error_response(error.status_code, code, str(error.detail), headers=error.headers)
+
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, error: StoreError) -> Response:
+        metrics.store_errors.labels("request").inc()
+        return _store_unavailable(error)
+
+
+def _store_unavailable(error: StoreError) -> Response:
+    return error_response(503, "store_unavailable", f"state store unavailable: {error}")
+
+
+def _describe(problems: Any) -> str:
+    """Pydantic errors as one line: 'x: Input should be a valid list; seq: ...'."""
+    parts = []
+    for problem in list(problems)[:5]:
+        location = ".".join(str(p) for p in problem.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{location}: {problem.get('msg', 'invalid')}")
+    more = len(problems) - len(parts)
+    return "invalid request: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+# --- input --------------------------------------------------------------------------------
+
+
+def _check_stream_id(stream: str) -> None:
+    if not valid_stream_id(stream):
+        raise ApiError(
+            422,
+            "invalid_stream_id",
+            f"stream id must match {STREAM_ID_PATTERN} (1-128 letters, digits, '.', '_', ':', "
+            f"'-'); received {stream[:140]!r}",
+        )
+
+
+def _step_request(stream: str, body: StepBody, resources: Resources) -> StepRequest:
+    """Validate ``x`` against the model (shape, feature count, finiteness) -> StepRequest."""
+    features = resources.input_size
+    limit = resources.config.max_steps_per_request
+    x = body.x
+    single = not x or not isinstance(x[0], list)
+    rows: list[list[float]] = [x] if single else x  # type: ignore[list-item]
+    if len(rows) > limit:
+        raise ApiError(
+            413,
+            "too_many_steps",
+            f"x may hold at most {limit} steps per request; received {len(rows)}: split it",
+            limit=limit,
+        )
+    if not rows:
+        raise ApiError(422, "invalid_x", f"x must hold at least one step of {features} features")
+    for t, row in enumerate(rows):
+        if len(row) != features:
+            where = "x" if single else f"x[{t}]"
+            raise ApiError(
+                422,
+                "invalid_x",
+                f"{where} must hold {features} features (the model's input size); received "
+                f"{len(row)}. Send one step as [f1, ..., f{features}] or k steps as "
+                f"[[f1, ..., f{features}], ...]",
+            )
+    array = np.asarray(rows, dtype=np.float64)  # (k, F)
+    representable = np.abs(array) <= _FLOAT32_MAX  # False for NaN, inf and float32 overflow
+    if not representable.all():
+        t, f = np.argwhere(~representable)[0]
+        value = rows[t][f]
+        raise ApiError(
+            422,
+            "invalid_x",
+            f"x must be finite float32 values; received {value!r} at step {t}, feature {f}",
+        )
+    return StepRequest(stream, body.seq, array.astype(np.float32), single=single, start=body.start)
+
+
+async def _submit(resources: Resources, step: StepRequest) -> Outcome:
+    try:
+        outcome = await resources.batcher.submit(step)
+    except StoreError:
+        resources.metrics.store_errors.labels("step").inc()
+        raise
+    if isinstance(outcome, Reject):
+        resources.metrics.steps.labels("rejected").inc()
+    else:
+        resources.metrics.steps.labels("replayed" if outcome.replayed else "applied").inc()
+    return outcome
+
+
+def _answer(outcome: Outcome) -> bytes:
+    """``{"seq":…, "y":…, "replayed":…}`` with the stored JSON of y spliced in as is."""
+    assert not isinstance(outcome, Reject)
+    replayed = b"true" if outcome.replayed else b"false"
+    return b'{"seq":%d,"y":%s,"replayed":%s}' % (outcome.seq, outcome.output, replayed)
+
+
+def _json(content: bytes, status: int = 200) -> Response:
+    return Response(content, status_code=status, media_type="application/json")
+
+
+# --- routes -------------------------------------------------------------------------------
+
+
+def _add_routes(app: FastAPI, config: ServeConfig) -> None:
+    batch_schema = {
+        "type": "object",
+        "required": ["steps"],
+        "additionalProperties": False,
+        "properties": {
+            "steps": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": config.max_streams_per_request,
+                "items": BatchStep.model_json_schema(),
+            }
+        },
+    }
+
+    @app.post(
+        "/v1/streams/{stream_id}/steps",
+        response_model=StepAnswer,
+        responses=_ERRORS,
+        summary="Apply the next step(s) of one stream",
+    )
+    async def post_step(stream_id: str, body: StepBody, request: Request) -> Response:
+        resources: Resources = request.app.state.resources
+        _check_stream_id(stream_id)
+        outcome = await _submit(resources, _step_request(stream_id, body, resources))
+        if isinstance(outcome, Reject):
+            raise ApiError(
+                outcome.status, outcome.code, outcome.message, expected_seq=outcome.expected_seq
+            )
+        return _json(_answer(outcome))
+
+    @app.post(
+        "/v1/steps",
+        responses=_ERRORS,
+        summary="Apply steps of many streams in one request; each item succeeds or fails alone",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": batch_schema}},
+            }
+        },
+    )
+    async def post_steps(request: Request) -> Response:
+        resources: Resources = request.app.state.resources
+        items = _parse_batch(await request.body(), config.max_streams_per_request)
+        results: list[bytes] = [b""] * len(items)
+        by_stream: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            if isinstance(item, ApiError):
+                results[i] = _item_error(None, None, item)
+            else:
+                by_stream.setdefault(item.id, []).append(i)
+
+        async def run_stream(indices: list[int]) -> None:
+            # steps of one stream, in request order; different streams run concurrently
+            for i in indices:
+                results[i] = await _batch_item(resources, items[i])  # type: ignore[arg-type]
+
+        await asyncio.gather(*(run_stream(indices) for indices in by_stream.values()))
+        return _json(b'{"results":[' + b",".join(results) + b"]}")
+
+    @app.get(
+        "/v1/streams/{stream_id}",
+        response_model=StreamInfo,
+        responses=_ERRORS,
+        summary="Where a stream stands",
+    )
+    async def get_stream(stream_id: str, request: Request) -> Response:
+        resources: Resources = request.app.state.resources
+        _check_stream_id(stream_id)
+        (record,) = await asyncio.to_thread(resources.store.get_many, [stream_id])
+        ttl = resources.config.ttl_s
+        if record is None or is_expired(record, resources.clock(), ttl):
+            raise _not_found(stream_id)
+        info = {
+            "id": stream_id,
+            "seq": record.seq,
+            "updated": record.updated,
+            "expires": record.updated + ttl if ttl > 0 else None,
+        }
+        return _json(json.dumps(info).encode())
+
+    @app.delete(
+        "/v1/streams/{stream_id}",
+        responses=_ERRORS,
+        summary="End a stream: its state is deleted",
+    )
+    async def delete_stream(stream_id: str, request: Request) -> Response:
+        resources: Resources = request.app.state.resources
+        _check_stream_id(stream_id)
+        (record,) = await asyncio.to_thread(resources.store.get_many, [stream_id])
+        existed = await asyncio.to_thread(resources.store.delete, stream_id)
+        ttl = resources.config.ttl_s
+        if not existed or record is None or is_expired(record, resources.clock(), ttl):
+            raise _not_found(stream_id)
+        return _json(json.dumps({"id": stream_id, "deleted": True}).encode())
+
+    @app.get("/healthz", summary="Liveness and store reachability (no auth)")
+    async def healthz(request: Request) -> Response:
+        resources: Resources = request.app.state.resources
+        try:
+            await asyncio.to_thread(resources.store.ping)
+        except StoreError as error:
+            resources.metrics.store_errors.labels("ping").inc()
+            return _store_unavailable(error)
+        model = resources.model
+        body = {
+            "status": "ok",
+            "store": resources.store.url.split(":", 1)[0],
+            "input_size": resources.input_size,
+            "output_size": int(getattr(model, "output_size", 0)),
+            "batching": resources.config.batching,
+        }
+        return _json(json.dumps(body).encode())
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics(request: Request) -> Response:
+        resources: Resources = request.app.state.resources
+        try:
+            resources.metrics.live_streams.set(await asyncio.to_thread(resources.store.count))
+        except StoreError:
+            resources.metrics.store_errors.labels("count").inc()
+        text = await asyncio.to_thread(resources.metrics.render)
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _not_found(stream: str) -> ApiError:
+    return ApiError(
+        404,
+        "stream_not_found",
+        f"stream {stream!r} does not exist (never started, ended, or expired after the TTL)",
+    )
+
+
+def _parse_batch(raw: bytes, limit: int) -> list[BatchStep | ApiError]:
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
+    if not isinstance(data, dict) or set(data) != {"steps"} or not isinstance(data["steps"], list):
+        raise ApiError(
+            422,
+            "invalid_request",
+            'body must be {"steps": [{"id": ..., "seq": ..., "x": ..., "start": ...}, ...]}; '
+            f"received a {type(data).__name__}"
+            + (f" with keys {sorted(data)[:10]}" if isinstance(data, dict) else ""),
+        )
+    steps = data["steps"]
+    if not steps:
+        raise ApiError(422, "invalid_request", "steps must hold at least one item")
+    if len(steps) > limit:
+        raise ApiError(
+            413,
+            "too_many_streams",
+            f"steps may hold at most {limit} items per request; received {len(steps)}",
+            limit=limit,
+        )
+    items: list[BatchStep | ApiError] = []
+    for item in steps:
+        try:
+            items.append(_BATCH_STEP.validate_python(item))
+        except ValidationError as error:
+            stream = item.get("id") if isinstance(item, dict) else None
+            seq = item.get("seq") if isinstance(item, dict) else None
+            problem = ApiError(422, "invalid_request", _describe(error.errors()))
+            problem.extra = {
+                "id": stream if isinstance(stream, str) else None,
+                "seq": seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+            }
+            items.append(problem)
+    return items
+
+
+async def _batch_item(resources: Resources, item: BatchStep) -> bytes:
+    try:
+        outcome = await _submit(resources, _step_request(item.id, item, resources))
+    except ApiError as error:
+        return _item_error(item.id, item.seq, error)
+    except StoreError as error:
+        return _item_error(item.id, item.seq, ApiError(503, "store_unavailable", str(error)))
+    if isinstance(outcome, Reject):
+        error = ApiError(
+            outcome.status, outcome.code, outcome.message, expected_seq=outcome.expected_seq
+        )
+        return _item_error(item.id, item.seq, error)
+    head = json.dumps({"id": item.id, "status": 200}).encode()[:-1]
+    return head + b"," + _answer(outcome)[1:]
+
+
+def _item_error(stream: str | None, seq: int | None, error: ApiError) -> bytes:
+    extra = dict(error.extra)
+    stream = extra.pop("id", stream)
+    seq = extra.pop("seq", seq)
+    body = {"code": error.code, "message": error.message, **extra}
+    return json.dumps({"id": stream, "seq": seq, "status": error.status, "error": body}).encode()

@@ -1,0 +1,128 @@
+"""The ASGI layer in front of the routes: bearer auth, body size limit, request metrics.
+
+It runs before any parsing, so an unauthenticated or oversized request costs a header check.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+from seqstate.serve.errors import error_response
+from seqstate.serve.metrics import Metrics
+
+__all__ = ["Edge"]
+
+Scope = dict[str, Any]
+
+
+class Edge:
+    def __init__(
+        self, app: Any, *, token: str | None, max_body_bytes: int, metrics: Metrics
+    ) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+
+    @staticmethod
+    def _protected(path: str) -> bool:
+        # health and the OpenAPI schema stay open (load balancers, docs); everything else not
+        return path.startswith("/v1/") or path == "/metrics"
+
+    def _authorized(self, scope: Scope) -> bool:
+        if self.token is None:
+            return True
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credentials = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(
+                    credentials.strip(), self.token
+                )
+        return False
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [499]  # client went away before an answer
+
+        async def send_and_record(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if self._protected(scope["path"]) and not self._authorized(scope):
+                response = error_response(
+                    401,
+                    "unauthorized",
+                    "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send_and_record)
+                return
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                body, refusal = await self._read_body(scope, receive)
+                if refusal is not None:
+                    await refusal(scope, receive, send_and_record)
+                    return
+                if body is None:
+                    return  # disconnected
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(label, str(status[0])).inc()
+            self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+
+    async def _read_body(self, scope: Scope, receive: Any) -> tuple[bytes | None, Any]:
+        limit = self.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    return None, error_response(
+                        400, "bad_request", f"invalid Content-Length header {value[:32]!r}"
+                    )
+                if declared > limit:
+                    return None, _too_large(declared, limit)
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None, None
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                return None, _too_large(total, limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), None
+
+
+def _too_large(received: int, limit: int) -> Any:
+    return error_response(
+        413,
+        "body_too_large",
+        f"request body must be at most {limit} bytes; received {received}: send fewer steps "
+        "or streams per request",
+        limit=limit,
+    )
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # later calls: wait for the disconnect as usual
+
+    return replay

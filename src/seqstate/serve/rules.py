@@ -1,0 +1,101 @@
+"""The sequence rules of a stream, as one pure function (no I/O, no model).
+
+A stream's record remembers its last applied step ``seq`` and that step's answer. A request
+for step ``seq`` (with ``start`` and a body fingerprint ``digest``) is decided like this::
+
+    stream absent (never created, ended, or idle past the TTL):
+        start=true, any seq >= 1  -> apply from a zero state        (a stream (re)starts at any seq)
+        seq == 1                  -> apply from a zero state
+        otherwise                 -> 404 stream_not_found            (expected_seq 1)
+    stream present, last applied L:
+        seq == L + 1              -> apply (from zero if start=true)
+        seq == L, same body       -> replay: the stored answer, nothing applied
+        seq == L, different body  -> 409 seq_conflict                (expected_seq L + 1)
+        seq >  L + 1              -> 409 seq_gap                     (expected_seq L + 1)
+        seq <  L                  -> 409 seq_stale                   (expected_seq L + 1)
+
+Numbering never goes back for a live stream, even on ``start``: a delayed duplicate of an old
+request can then never be mistaken for a new one. To number from 1 again, end the stream
+(DELETE) first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from seqstate.serve.stores.base import Record
+
+__all__ = ["Apply", "Decision", "Reject", "Replay", "decide", "is_expired"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Apply:
+    from_zero: bool  # start from a zero state (new stream or start=true)
+    expected_seq: int | None  # the stored seq the commit must still find (CAS); None: absent
+
+
+@dataclasses.dataclass(frozen=True)
+class Replay:
+    record: Record  # its output is the answer
+
+
+@dataclasses.dataclass(frozen=True)
+class Reject:
+    status: int  # HTTP status
+    code: str  # machine-readable error code
+    message: str
+    expected_seq: int  # the seq the server would apply next
+
+
+Decision = Apply | Replay | Reject
+
+
+def is_expired(record: Record, now: float, ttl_s: float) -> bool:
+    return ttl_s > 0 and now - record.updated > ttl_s
+
+
+def decide(
+    record: Record | None, *, seq: int, start: bool, digest: bytes, now: float, ttl_s: float
+) -> Decision:
+    """What to do with step ``seq`` of a stream whose stored record is ``record``."""
+    # An expired record is absent for the rules, but the CAS still names its seq so that
+    # re-creating the stream overwrites exactly that record.
+    stored_seq = record.seq if record is not None else None
+    if record is not None and is_expired(record, now, ttl_s):
+        record = None
+    if record is None:
+        if start or seq == 1:
+            return Apply(from_zero=True, expected_seq=stored_seq)
+        return Reject(
+            404,
+            "stream_not_found",
+            f"stream does not exist (never started, ended, or expired after the TTL); "
+            f"received seq {seq}: send seq 1, or start=true to (re)start it at any seq",
+            1,
+        )
+    last = record.seq
+    if seq == last + 1:
+        return Apply(from_zero=start, expected_seq=last)
+    if seq == last:
+        if record.digest == digest:
+            return Replay(record)
+        return Reject(
+            409,
+            "seq_conflict",
+            f"step {seq} was already applied with a different body; a retry must repeat the "
+            f"request exactly. The next step is {last + 1}",
+            last + 1,
+        )
+    if seq > last:
+        return Reject(
+            409,
+            "seq_gap",
+            f"expected step {last + 1}; received {seq} (steps {last + 1}..{seq - 1} are missing)",
+            last + 1,
+        )
+    return Reject(
+        409,
+        "seq_stale",
+        f"step {seq} is older than the last applied step {last}; expected {last + 1}",
+        last + 1,
+    )

@@ -1,0 +1,44 @@
+"""State stores behind one interface; :func:`open_store` picks one from a URL.
+
+memory://                      in-process dict (tests; lost on exit)
+sqlite:///absolute/path.db     embedded default, one file, WAL
+redis://host:port/db           shared by several replicas (compare-and-set on seq)
+"""
+
+from __future__ import annotations
+
+from seqstate.serve.stores.base import Record, StateStore, StoreError, Update
+from seqstate.serve.stores.memory import MemoryStore
+from seqstate.serve.stores.sqlite import SQLiteStore
+
+__all__ = [
+    "MemoryStore",
+    "Record",
+    "SQLiteStore",
+    "StateStore",
+    "StoreError",
+    "Update",
+    "open_store",
+]
+
+
+def open_store(url: str, *, ttl_s: float = 0.0) -> StateStore:
+    """Open the store a URL names (``ttl_s`` is used by stores that expire keys natively)."""
+    if not isinstance(url, str):
+        raise TypeError(f"store must be a URL string; received {type(url).__name__}")
+    if url == "memory://":
+        return MemoryStore()
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        if not path:
+            raise ValueError(f"store {url!r} names no file; expected sqlite:///path/to/file.db")
+        # SQLAlchemy's convention: sqlite:///rel.db is relative, sqlite:////abs/file.db absolute
+        return SQLiteStore(path)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from seqstate.serve.stores.redis import RedisStore
+
+        return RedisStore(url, ttl_s=ttl_s)
+    raise ValueError(
+        f"unknown store {url!r}; expected memory://, sqlite:///path/to/file.db or "
+        "redis://host:port/db"
+    )
