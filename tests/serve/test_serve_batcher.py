@@ -1,0 +1,86 @@
+"""The micro-batcher: one call for concurrent streams, never two steps of a stream together."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from seqstate.serve.batcher import Batcher
+from seqstate.serve.engine import StepRequest, StepResult
+
+
+def request(stream: str, seq: int) -> StepRequest:
+    return StepRequest(stream, seq, np.zeros((1, 3), np.float32), single=True, start=False)
+
+
+def recorder():
+    calls: list[list[tuple[str, int]]] = []
+
+    def process(requests):
+        calls.append([(r.stream, r.seq) for r in requests])
+        return [StepResult(r.seq, b"[]", replayed=False) for r in requests]
+
+    return calls, process
+
+
+async def submit_all(batcher: Batcher, requests: list[StepRequest]):
+    await batcher.start()
+    try:
+        return await asyncio.gather(*(batcher.submit(r) for r in requests))
+    finally:
+        await batcher.stop()
+
+
+def test_concurrent_steps_of_different_streams_share_one_call():
+    calls, process = recorder()
+    batcher = Batcher(process, max_batch=64, max_wait_s=0.0)
+    results = asyncio.run(submit_all(batcher, [request(f"s{i}", 1) for i in range(10)]))
+    assert calls == [[(f"s{i}", 1) for i in range(10)]]
+    assert [r.seq for r in results] == [1] * 10
+
+
+def test_steps_of_one_stream_never_share_a_call_and_keep_their_order():
+    calls, process = recorder()
+    batcher = Batcher(process, max_batch=64, max_wait_s=0.0)
+    requests = [request("a", 1), request("a", 2), request("b", 1), request("a", 3), request("b", 2)]
+    asyncio.run(submit_all(batcher, requests))
+    assert calls == [[("a", 1), ("b", 1)], [("a", 2), ("b", 2)], [("a", 3)]]
+
+
+def test_max_batch_bounds_a_call():
+    calls, process = recorder()
+    batcher = Batcher(process, max_batch=4, max_wait_s=0.0)
+    asyncio.run(submit_all(batcher, [request(f"s{i}", 1) for i in range(10)]))
+    assert [len(c) for c in calls] == [4, 4, 2]
+
+
+def test_unbatched_mode_makes_one_call_per_step():
+    calls, process = recorder()
+    batcher = Batcher(process, batching=False)
+    asyncio.run(submit_all(batcher, [request(f"s{i}", 1) for i in range(5)]))
+    assert sorted(calls) == [[(f"s{i}", 1)] for i in range(5)]
+
+
+def test_a_failing_batch_fails_its_steps_only():
+    attempts = []
+
+    def process(requests):
+        attempts.append(len(requests))
+        if len(attempts) == 1:
+            raise RuntimeError("store down")
+        return [StepResult(r.seq, b"[]", replayed=False) for r in requests]
+
+    async def main():
+        batcher = Batcher(process, max_batch=2, max_wait_s=0.0)
+        await batcher.start()
+        try:
+            first = await asyncio.gather(
+                *(batcher.submit(request(f"s{i}", 1)) for i in range(3)), return_exceptions=True
+            )
+        finally:
+            await batcher.stop()
+        return first
+
+    first = asyncio.run(main())
+    assert [type(r).__name__ for r in first] == ["RuntimeError", "RuntimeError", "StepResult"]
