@@ -30,6 +30,17 @@ _EXPORTS: dict[str, str] = {
     "SequenceModel": "seqstate.model",
     "save_model": "seqstate.checkpoint",
     "load_model": "seqstate.checkpoint",
+    # drivers
+    "FitConfig": "seqstate.train",
+    "History": "seqstate.train",
+    "fit": "seqstate.train",
+    "evaluate": "seqstate.train",
+    "predict": "seqstate.predict",
+    "forecast": "seqstate.predict",
+    "Streams": "seqstate.streams",
+    # data in
+    "read_table": "seqstate.sources",
+    "split_table": "seqstate.sources",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -39,7 +50,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from seqstate.lanes import Lanes, Window  # noqa: F401
     from seqstate.layers import GRU, LSTM, RNN  # noqa: F401
     from seqstate.model import ModelConfig, SequenceModel  # noqa: F401
+    from seqstate.predict import forecast, predict  # noqa: F401
+    from seqstate.sources import read_table, split_table  # noqa: F401
     from seqstate.state import GRUState, LSTMState, RNNState, State  # noqa: F401
+    from seqstate.streams import Streams  # noqa: F401
+    from seqstate.train import FitConfig, History, evaluate, fit  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:
