@@ -150,12 +150,31 @@ class SequenceTable:
         targets = [t[shift:] for t in self.targets]
         return inputs, targets
 
-    def lanes(self, *, lanes: int, window: int, shuffle: bool = False, seed: int = 0) -> Any:
-        """:class:`seqstate.Lanes` of :meth:`pairs` (``lanes`` is capped at the number of
-        series so a small validation split still lays out)."""
+    def lanes(
+        self,
+        *,
+        lanes: int,
+        window: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        segments: bool = True,
+    ) -> Any:
+        """:class:`seqstate.Lanes` of :meth:`pairs`.
+
+        Several series are packed into ``min(lanes, series)`` lanes
+        (:meth:`Lanes.from_sequences`). With ``segments`` a table of *one* series is instead
+        cut into ``lanes`` contiguous segments (:meth:`Lanes.from_series`), so training still
+        runs ``lanes`` rows side by side; give ``segments=False`` for evaluation, where the
+        series should be played whole from one zero state.
+        """
         from seqstate.lanes import Lanes
 
         inputs, targets = self.pairs()
+        if segments and len(inputs) == 1:
+            steps = len(inputs[0])
+            return Lanes.from_series(
+                inputs[0], lanes=min(lanes, steps), window=window, target=targets[0]
+            )
         return Lanes.from_sequences(
             inputs,
             targets,
@@ -411,8 +430,8 @@ def read_table(
             strings); ``None`` keeps the rows' order.
         shift: ``y[t]`` is the target columns at step ``t + shift`` (1: next step; 0: same step).
         task: ``"regression"`` or ``"classification"``.
-        require_targets: False to read tables without the target columns (prediction on new
-            data): ``targets`` are then read only if they are all present.
+        require_targets: False to read tables for prediction: ``targets`` are then read only
+            if they are all present, and series of any length are accepted.
 
     Returns:
         A :class:`SequenceTable`: series in order of first appearance of their id, each sorted
@@ -525,7 +544,7 @@ def read_table(
                     f"{rows.name(first)} and at {rows.name(second)}. Each "
                     "series needs one row per time; aggregate or drop duplicates first."
                 )
-        if len(positions) <= shift and target_names:
+        if len(positions) <= shift and target_names and require_targets:
             owner = f"series {id_list[i]!r}" if id_column is not None else "the series"
             raise ValueError(
                 f"{owner} has {len(positions)} row(s), so with shift={shift} it has no step "

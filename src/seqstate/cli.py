@@ -1,0 +1,721 @@
+"""The ``seqstate`` command line: train, evaluate, predict, forecast, doctor, demo, serve, ...
+
+Every command is a thin layer over the Python API (:mod:`seqstate.sources`, :func:`fit`,
+:func:`predict`, :func:`forecast`); the run directory written by ``train`` records the data
+columns, the split and the layout in ``model.json``'s metadata, so ``evaluate``, ``predict``
+and ``forecast`` need nothing but the run directory and a table. See ``docs/cli.md``.
+
+Bad input ends with one line, ``seqstate: error: ...``, and exit code 1 (2 for a wrong command
+line); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+# Where each setting lives in a run.toml, its default, and what it means. CLI flags override.
+SECTIONS: dict[str, dict[str, tuple[Any, str]]] = {
+    "data": {
+        "path": (None, "the table: .csv, .tsv or .parquet (relative to the config file)"),
+        "features": (None, "input columns, in model order"),
+        "targets": (None, "target columns (default: the features, i.e. forecast them)"),
+        "id": (None, "series id column (default: the table is one series)"),
+        "time": (None, "column to sort each series by (default: the file's order)"),
+        "shift": (1, "y[t] = targets[t + shift]; 1 = next step, 0 = same step"),
+        "task": ("regression", "regression | classification (one integer target column)"),
+    },
+    "split": {
+        "by": ("auto", "series | time | none | auto (series if >= 2 series, else time)"),
+        "fraction": (0.2, "share of series (by series) or of each series' end (by time)"),
+    },
+    "layout": {
+        "lanes": (32, "B: sequences trained side by side (batch size)"),
+        "window": (64, "T: steps per window, the truncated-BPTT length"),
+        "shuffle": (True, "reassign sequences to lanes every epoch (never reorders steps)"),
+    },
+    "model": {
+        "cell": ("lstm", "lstm | gru | rnn"),
+        "hidden_size": (64, "units per recurrent layer"),
+        "num_layers": (1, "stacked recurrent layers"),
+        "dropout": (0.0, "dropout between recurrent layers"),
+    },
+    "fit": {},  # any seqstate.FitConfig field; filled in from FitConfig's defaults
+    "run": {
+        "out": (None, "run directory (default: runs/<data file stem>)"),
+        "seed": (0, "seed of the split, the shuffle and training"),
+    },
+}
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 1."""
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``seqstate`` command line; returns the exit code (never raises SystemExit)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `serve` takes the server's own arguments (seqstate.serve.add_arguments), parsed there.
+    words = [i for i, word in enumerate(argv) if not word.startswith("-")]
+    if words and argv[words[0]] == "serve":
+        debug = "--debug" in argv[: words[0]]
+        return _guarded(lambda: _serve(argv[words[0] + 1 :]), debug)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, usage errors
+        return stop.code if isinstance(stop.code, int) else 0
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 2
+    return _guarded(lambda: args.handler(args), args.debug)
+
+
+def _guarded(run: Callable[[], int | None], debug: bool) -> int:
+    try:
+        return int(run() or 0)
+    except KeyboardInterrupt:
+        print("seqstate: interrupted", file=sys.stderr)
+        return 130
+    except (CliError, ValueError, TypeError, KeyError, OSError) as error:
+        if debug:
+            raise
+        print(f"seqstate: error: {_one_line(error)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    if isinstance(error, FileNotFoundError | PermissionError) and error.filename:
+        text = f"{error.strerror or text}: {error.filename}"
+    return " ".join(text.split())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from seqstate import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the full traceback on errors",
+    )
+    parser = argparse.ArgumentParser(
+        prog="seqstate",
+        description="Stateful recurrent sequence models (LSTM/GRU/RNN) whose hidden state "
+        "carries across batches: train, evaluate, predict, forecast and serve them.",
+        epilog="Start with `seqstate demo`, then `seqstate doctor DATA ...` on your own table. "
+        "`seqstate COMMAND --help` describes each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"seqstate {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> Any:
+        sub = commands.add_parser(name, parents=[common], help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    train = command("train", _train, "train a model on a table and write a run directory")
+    _add_data_arguments(train, data_required=False)
+    _add_training_arguments(train)
+    train.add_argument("--out", help="run directory (default: runs/<data file stem>)")
+    train.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from --out/checkpoint"
+    )
+
+    doctor = command(
+        "doctor",
+        _doctor,
+        "explain how a table will be laid out in lanes and windows, and what looks wrong",
+    )
+    _add_data_arguments(doctor, data_required=False)
+    _add_training_arguments(doctor)
+
+    evaluate = command("evaluate", _evaluate, "score a trained run on a table with targets")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="directory written by train")
+    evaluate.add_argument("data", metavar="DATA", help="table with the run's columns")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    predict = command("predict", _predict, "write one prediction per input row")
+    predict.add_argument("run_dir", metavar="RUN_DIR", help="directory written by train")
+    predict.add_argument("data", metavar="DATA", help="table with the run's feature columns")
+    predict.add_argument("--out", "-o", required=True, help="output table (.csv, .tsv or .parquet)")
+    predict.add_argument("--chunk", type=int, help="steps per model call (any value: same result)")
+    predict.add_argument("--batch-size", type=int, help="series run side by side")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    forecast = command(
+        "forecast", _forecast, "warm up on each series, then forecast HORIZON steps past its end"
+    )
+    forecast.add_argument("run_dir", metavar="RUN_DIR", help="directory written by train")
+    forecast.add_argument("data", metavar="DATA", help="the history: table with the run's columns")
+    forecast.add_argument("--horizon", type=int, required=True, help="steps to forecast")
+    forecast.add_argument(
+        "--out", "-o", required=True, help="output table (.csv, .tsv or .parquet)"
+    )
+
+    demo = command("demo", _demo, "train on generated and real data and show what state buys")
+    demo.add_argument("--out", default="seqstate-demo", help="where to write (./seqstate-demo)")
+    demo.add_argument("--quick", action="store_true", help="tiny sizes: seconds, not minutes")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    # Listed for --help only: main() hands `serve ...` to seqstate.serve before parsing.
+    commands.add_parser("serve", help="serve a run over HTTP (`seqstate serve --help`)")
+
+    keras = command(
+        "import-keras", _import_keras, "convert a Keras .keras/.h5 recurrent model to a run"
+    )
+    keras.add_argument("path", metavar="PATH", help="the .keras or .h5 file")
+    keras.add_argument("out_run_dir", metavar="OUT_RUN_DIR", help="run directory to write")
+
+    onnx = command("export-onnx", _export_onnx, "export a run to ONNX with state inputs/outputs")
+    onnx.add_argument("run_dir", metavar="RUN_DIR", help="directory written by train")
+    onnx.add_argument("out", metavar="OUT", help="the .onnx file to write")
+    return parser
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, *, data_required: bool) -> None:
+    parser.add_argument(
+        "data",
+        metavar="DATA",
+        nargs=None if data_required else "?",
+        help="long-format table: .csv, .tsv or .parquet (or [data] path in --config)",
+    )
+    parser.add_argument("--config", "-c", help="run.toml with [data] [split] [layout] [model] ...")
+    group = parser.add_argument_group("data")
+    group.add_argument("--features", "-f", help="input columns, comma-separated")
+    group.add_argument("--targets", "-t", help="target columns (default: the features)")
+    group.add_argument("--id", dest="id", help="series id column (default: one series)")
+    group.add_argument("--time", dest="time", help="column to sort each series by")
+    group.add_argument("--shift", type=int, help="y[t] = targets[t + shift] (default 1)")
+    group.add_argument("--task", choices=["regression", "classification"])
+    group.add_argument("--split", dest="split_by", choices=["auto", "series", "time", "none"])
+    group.add_argument("--validation", type=float, help="validation fraction (default 0.2)")
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    layout = parser.add_argument_group("layout")
+    layout.add_argument("--lanes", "-B", type=int, help="sequences side by side (default 32)")
+    layout.add_argument("--window", "-T", type=int, help="steps per window (default 64)")
+    layout.add_argument("--no-shuffle", action="store_true", help="keep lanes fixed every epoch")
+    model = parser.add_argument_group("model")
+    model.add_argument("--cell", choices=["lstm", "gru", "rnn"])
+    model.add_argument("--hidden-size", type=int, help="units per layer (default 64)")
+    model.add_argument("--num-layers", type=int, help="stacked layers (default 1)")
+    model.add_argument("--dropout", type=float, help="between layers (default 0)")
+    fit = parser.add_argument_group("training")
+    fit.add_argument("--epochs", type=int, help="passes over the data (default 10)")
+    fit.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    fit.add_argument("--patience", type=int, help="early stopping after N epochs w/o progress")
+    fit.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    fit.add_argument("--seed", type=int, help="seed of split, shuffle and training (default 0)")
+    fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# --------------------------------------------------------------------------------------------
+# Settings: defaults <- run.toml <- flags
+# --------------------------------------------------------------------------------------------
+
+
+def _fit_fields() -> dict[str, Any]:
+    from seqstate.train import FitConfig
+
+    return {f.name: f.default for f in dataclasses.fields(FitConfig)}
+
+
+def load_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Merged settings for train/doctor: defaults, then ``--config``, then command-line flags."""
+    settings = {
+        section: {key: default for key, (default, _) in keys.items()}
+        for section, keys in SECTIONS.items()
+    }
+    settings["fit"] = {}
+    config_path = getattr(args, "config", None)
+    if config_path:
+        _merge_toml(settings, Path(config_path))
+    flags = {
+        ("data", "path"): args.data,
+        ("data", "features"): args.features,
+        ("data", "targets"): args.targets,
+        ("data", "id"): args.id,
+        ("data", "time"): args.time,
+        ("data", "shift"): args.shift,
+        ("data", "task"): args.task,
+        ("split", "by"): args.split_by,
+        ("split", "fraction"): args.validation,
+        ("layout", "lanes"): args.lanes,
+        ("layout", "window"): args.window,
+        ("layout", "shuffle"): False if args.no_shuffle else None,
+        ("model", "cell"): args.cell,
+        ("model", "hidden_size"): args.hidden_size,
+        ("model", "num_layers"): args.num_layers,
+        ("model", "dropout"): args.dropout,
+        ("fit", "epochs"): args.epochs,
+        ("fit", "lr"): args.lr,
+        ("fit", "patience"): args.patience,
+        ("fit", "device"): args.device,
+        ("fit", "progress"): False if args.no_progress else None,
+        ("run", "seed"): args.seed,
+        ("run", "out"): getattr(args, "out", None),
+    }
+    for (section, key), value in flags.items():
+        if value is not None:
+            settings[section][key] = value
+    data = settings["data"]
+    for key in ("features", "targets"):
+        if isinstance(data[key], str):
+            data[key] = [name.strip() for name in data[key].split(",") if name.strip()]
+    if not data["path"]:
+        raise CliError("no data: give DATA (a .csv/.tsv/.parquet table) or [data] path in --config")
+    if not data["features"]:
+        raise CliError(
+            "no feature columns: give --features col1,col2 (or [data] features in --config)"
+        )
+    if not data["targets"]:
+        data["targets"] = list(data["features"])
+    if settings["split"]["by"] not in ("auto", "series", "time", "none"):
+        raise CliError(
+            f"split.by must be auto, series, time or none; received {settings['split']['by']!r}"
+        )
+    return settings
+
+
+def _merge_toml(settings: dict[str, dict[str, Any]], path: Path) -> None:
+    import tomllib
+
+    if not path.is_file():
+        raise CliError(f"config file {str(path)!r} does not exist")
+    try:
+        document = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise CliError(f"{path} is not valid TOML: {error}") from None
+    fit_fields = _fit_fields()
+    for section, values in document.items():
+        if section not in SECTIONS:
+            raise CliError(
+                f"{path}: unknown section [{section}]; known sections: {sorted(SECTIONS)}"
+            )
+        if not isinstance(values, dict):
+            raise CliError(f"{path}: {section} must be a [{section}] table of settings")
+        known = fit_fields if section == "fit" else SECTIONS[section]
+        for key, value in values.items():
+            if key not in known:
+                raise CliError(
+                    f"{path}: unknown setting {key!r} in [{section}]; known: {sorted(known)}"
+                )
+            if section == "data" and key == "path":
+                value = str(path.parent / value) if not os.path.isabs(value) else value
+            settings[section][key] = value
+
+
+def _read_training_table(settings: dict[str, dict[str, Any]]) -> Any:
+    from seqstate.sources import read_table
+
+    data = settings["data"]
+    return read_table(
+        data["path"],
+        features=data["features"],
+        targets=data["targets"],
+        id_column=data["id"],
+        time_column=data["time"],
+        shift=data["shift"],
+        task=data["task"],
+    )
+
+
+def split_settings(table: Any, settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, str]:
+    """(train, validation or None, the split actually used)."""
+    from seqstate.sources import split_table
+
+    by = settings["split"]["by"]
+    if by == "auto":
+        by = "series" if len(table) >= 2 else "time"
+    if by == "none":
+        return table, None, by
+    train, validation = split_table(
+        table, by=by, fraction=settings["split"]["fraction"], seed=settings["run"]["seed"]
+    )
+    return train, validation, by
+
+
+def _model_for(table: Any, settings: dict[str, dict[str, Any]]) -> Any:
+    from seqstate.model import SequenceModel
+
+    return SequenceModel(
+        input_size=table.num_features,
+        output_size=table.num_outputs,
+        task=settings["data"]["task"],
+        **settings["model"],
+    )
+
+
+def _lanes_for(train: Any, validation: Any, settings: dict[str, dict[str, Any]]) -> tuple[Any, Any]:
+    layout = settings["layout"]
+    train_lanes = train.lanes(
+        lanes=layout["lanes"],
+        window=layout["window"],
+        shuffle=bool(layout["shuffle"]) and len(train) > 1,
+        seed=settings["run"]["seed"],
+    )
+    validation_lanes = None
+    if validation is not None:
+        validation_lanes = validation.lanes(
+            lanes=layout["lanes"], window=layout["window"], segments=False
+        )
+    return train_lanes, validation_lanes
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+
+def _train(args: argparse.Namespace) -> int:
+    from seqstate.checkpoint import read_model_json, save_model
+    from seqstate.sources import Normalization
+    from seqstate.train import FitConfig, fit
+
+    settings = load_settings(args)
+    fit_settings = {"seed": settings["run"]["seed"], **settings["fit"]}
+    config = FitConfig(**fit_settings)  # validates before any file is touched
+    out = Path(settings["run"]["out"] or Path("runs") / Path(settings["data"]["path"]).stem)
+    if not args.resume and (out / "model.json").exists():
+        raise CliError(
+            f"{out} already holds a run; pass --out to write elsewhere, or --resume to continue it"
+        )
+
+    table = _read_training_table(settings)
+    train, validation, split_by = split_settings(table, settings)
+    model = _model_for(table, settings)
+    stats = Normalization.fit(train)
+    stats.apply(model)
+    train_lanes, validation_lanes = _lanes_for(train, validation, settings)
+    print(
+        f"training on {len(train)} series ({int(train.lengths.sum())} steps) as {train_lanes!r}",
+        file=sys.stderr,
+    )
+    history = fit(
+        model,
+        train_lanes,
+        validation=validation_lanes,
+        config=config,
+        run_dir=out,
+        resume=True if args.resume else None,
+    )
+    metadata = dict(read_model_json(out).get("metadata", {}))
+    metadata.update(
+        run_metadata(table, train, validation, split_by, stats, settings, train_lanes=train_lanes)
+    )
+    save_model(model, out, metadata=metadata)
+
+    best = history.records[history.best_epoch or len(history.records) - 1]
+    shown = ", ".join(
+        f"{key}={value:.4g}"
+        for key, value in best.items()
+        if key.startswith(("loss", "val_")) and isinstance(value, float)
+    )
+    print(f"trained {len(history)} epoch(s); best epoch {best['epoch']}: {shown}")
+    print(f"wrote {out}/ (model.json, model.safetensors, metrics.jsonl, checkpoint/)")
+    print(f"next: seqstate predict {out} {settings['data']['path']} --out predictions.csv")
+    return 0
+
+
+def run_metadata(
+    table: Any,
+    train: Any,
+    validation: Any,
+    split_by: str,
+    stats: Any,
+    settings: dict[str, dict[str, Any]],
+    *,
+    train_lanes: Any,
+) -> dict[str, Any]:
+    """What ``evaluate``/``predict``/``forecast`` and people need to know about a run."""
+    ids: dict[str, Any] = {}
+    if table.columns.id is not None and len(table) <= 1000:
+        ids = {"train": train.ids, "validation": validation.ids if validation else []}
+    return {
+        "data": {
+            "source": str(settings["data"]["path"]),
+            "columns": table.columns.to_dict(),
+            "time_kind": _time_kind(table),
+            **table.describe(),
+        },
+        "split": {
+            "by": split_by,
+            "fraction": settings["split"]["fraction"],
+            "seed": settings["run"]["seed"],
+            "train_series": len(train),
+            "validation_series": len(validation) if validation is not None else 0,
+            **({"ids": ids} if ids else {}),
+        },
+        "layout": {
+            "lanes": train_lanes.num_lanes,
+            "window": train_lanes.window,
+            "shuffle": train_lanes.shuffle,
+            "windows_per_epoch": len(train_lanes),
+        },
+        "normalization": stats.to_dict(),
+    }
+
+
+def _time_kind(table: Any) -> str:
+    import numpy as np
+
+    if table.columns.time is None:
+        return "position"
+    return "datetime" if np.issubdtype(table.times[0].dtype, np.datetime64) else "number"
+
+
+def _load_run(run_dir: str) -> tuple[Any, dict[str, Any], Any]:
+    from seqstate.checkpoint import load_model, read_model_json
+    from seqstate.sources import Columns
+
+    metadata = read_model_json(run_dir).get("metadata", {})
+    if "data" not in metadata or "columns" not in metadata["data"]:
+        raise CliError(
+            f"{run_dir} records no data columns (it was not written by `seqstate train`); use "
+            "the Python API (seqstate.predict) with this model"
+        )
+    return load_model(run_dir), metadata, Columns.from_dict(metadata["data"]["columns"])
+
+
+def _read_for_run(path: str, columns: Any, *, require_targets: bool) -> Any:
+    from seqstate.sources import read_table
+
+    return read_table(
+        path,
+        features=columns.features,
+        targets=columns.targets,
+        id_column=columns.id,
+        time_column=columns.time,
+        shift=columns.shift,
+        task=columns.task,
+        require_targets=require_targets,
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from seqstate.train import evaluate
+
+    model, metadata, columns = _load_run(args.run_dir)
+    table = _read_for_run(args.data, columns, require_targets=True)
+    layout = metadata.get("layout", {})
+    lanes = table.lanes(
+        lanes=int(layout.get("lanes", 32)), window=int(layout.get("window", 64)), segments=False
+    )
+    metrics = evaluate(model, lanes)
+    if args.json:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        described = table.describe()
+        print(f"{args.data}: {described['series']} series, {described['steps']} steps")
+        for key, value in metrics.items():
+            print(f"  {key:<10} {value:.6g}")
+    return 0
+
+
+def _output_path(path: str) -> tuple[Path, str]:
+    target = Path(path)
+    kinds = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+    kind = kinds.get(target.suffix.lower())
+    if kind is None:
+        raise CliError(
+            f"--out {path!r}: cannot tell the format from the suffix {target.suffix!r}; use "
+            ".csv, .tsv or .parquet"
+        )
+    return target, kind
+
+
+def _write_frame(frame: Any, target: Path, kind: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    if kind == "parquet":
+        frame.to_parquet(tmp, index=False)
+    else:
+        frame.to_csv(tmp, index=False, sep="\t" if kind == "tsv" else ",")
+    os.replace(tmp, target)
+
+
+def _key_columns(columns: Any, table: Any, index: int, times: Any) -> dict[str, Any]:
+    keys: dict[str, Any] = {}
+    if columns.id is not None:
+        keys[columns.id] = [table.ids[index]] * len(times)
+    keys[columns.time or "step"] = times
+    return keys
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+    import torch
+    from tqdm.auto import tqdm
+
+    from seqstate.predict import predict
+
+    target, kind = _output_path(args.out)
+    model, _, columns = _load_run(args.run_dir)
+    table = _read_for_run(args.data, columns, require_targets=False)
+    names = _output_names(columns, model)
+    batch = args.batch_size or 256
+    frames = []
+    groups = range(0, len(table), batch)
+    bar = tqdm(groups, desc="predict", unit="batch", disable=args.no_progress or len(groups) < 2)
+    for begin in bar:
+        chunk = table.features[begin : begin + batch]
+        outputs = predict(model, chunk, chunk=args.chunk, batch_size=args.batch_size)
+        for offset, output in enumerate(outputs):
+            index = begin + offset
+            data = _key_columns(columns, table, index, table.times[index])
+            if columns.task == "classification":
+                probabilities = torch.softmax(torch.from_numpy(output), dim=-1).numpy()
+                data[names[0]] = probabilities.argmax(axis=-1)
+                for k in range(probabilities.shape[1]):
+                    data[f"probability_{k}"] = probabilities[:, k]
+            else:
+                data |= {name: output[:, j] for j, name in enumerate(names)}
+            frames.append(pd.DataFrame(data))
+    frame = pd.concat(frames, ignore_index=True)
+    _write_frame(frame, target, kind)
+    ahead = "the same step" if columns.shift == 0 else f"{columns.shift} step(s) ahead"
+    print(
+        f"wrote {len(frame)} rows to {target}: {', '.join(names)} = the prediction of "
+        f"{', '.join(columns.targets)} {ahead}, from the rows up to each row"
+    )
+    return 0
+
+
+def _output_names(columns: Any, model: Any) -> list[str]:
+    if columns.task == "classification":
+        return [f"predicted_{columns.targets[0]}"]
+    if len(columns.targets) != model.output_size:
+        raise CliError(
+            f"the run's model has {model.output_size} outputs but records targets "
+            f"{list(columns.targets)}"
+        )
+    return [f"predicted_{name}" for name in columns.targets]
+
+
+def _forecast(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from seqstate.predict import forecast
+    from seqstate.sources import time_step
+
+    target, kind = _output_path(args.out)
+    if args.horizon is None or args.horizon < 1:
+        raise CliError(f"--horizon must be an int >= 1; received {args.horizon}")
+    model, _, columns = _load_run(args.run_dir)
+    if columns.task != "regression" or columns.shift != 1:
+        raise CliError(
+            "forecast feeds each prediction back as the next input, which needs a regression "
+            f"run trained with shift 1; this run has task {columns.task!r} and shift "
+            f"{columns.shift}. Use `seqstate predict` instead"
+        )
+    covariates = [name for name in columns.features if name not in columns.targets]
+    if covariates or len(columns.targets) != len(columns.features):
+        raise CliError(
+            f"this run forecasts {list(columns.targets)} from {list(columns.features)}: the "
+            f"features {covariates} are not forecast, so their future values would be needed. "
+            "`seqstate forecast` needs targets == features; use seqstate.forecast(..., "
+            "covariates=...) in Python"
+        )
+    table = _read_for_run(args.data, columns, require_targets=False)
+    fed = [columns.features.index(name) for name in columns.targets]
+    result = forecast(model, table.features, args.horizon, target_features=fed)  # (n, H, O)
+    frames = []
+    for index, times in enumerate(table.times):
+        step = time_step(times)
+        future = times[-1] + step * np.arange(1, args.horizon + 1)
+        data = _key_columns(columns, table, index, future)
+        data |= {name: result[index][:, j] for j, name in enumerate(columns.targets)}
+        frames.append(pd.DataFrame(data))
+    frame = pd.concat(frames, ignore_index=True)
+    _write_frame(frame, target, kind)
+    print(
+        f"wrote {len(frame)} rows to {target}: {args.horizon} step(s) past the end of each of "
+        f"{len(table)} series"
+    )
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from seqstate.doctor import diagnose
+
+    settings = load_settings(args)
+    report = diagnose(settings)
+    print(report.text())
+    return 1 if report.problems else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from seqstate.demo import run_demo
+
+    run_demo(out=Path(args.out), quick=args.quick, seed=args.seed)
+    return 0
+
+
+def _serve(argv: list[str]) -> int:
+    try:
+        from seqstate import serve
+    except ImportError as error:
+        raise CliError(
+            f"serving needs the serve extra ({error}); pip install 'seqstate[serve]'"
+        ) from None
+    if not hasattr(serve, "add_arguments") or not hasattr(serve, "run"):
+        raise CliError("this build of seqstate has no HTTP server yet (seqstate.serve.run)")
+    parser = argparse.ArgumentParser(prog="seqstate serve", description="Serve a run over HTTP.")
+    serve.add_arguments(parser)
+    try:
+        serve_args = parser.parse_args(argv)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 0
+    return int(serve.run(serve_args) or 0)
+
+
+def _import_keras(args: argparse.Namespace) -> int:
+    try:
+        from seqstate.interop.keras import import_keras
+    except ImportError as error:
+        raise CliError(
+            f"Keras import needs h5py ({error}); pip install 'seqstate[keras]'"
+        ) from None
+    out = import_keras(args.path, args.out_run_dir)
+    print(f"wrote {out}/ (model.json, model.safetensors) from {args.path}")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    try:
+        from seqstate.interop import onnx as onnx_export
+    except ImportError as error:
+        raise CliError(f"ONNX export needs onnx ({error}); pip install 'seqstate[onnx]'") from None
+    export = getattr(onnx_export, "export_onnx", None) or getattr(onnx_export, "export", None)
+    if export is None:
+        raise CliError("this build of seqstate has no ONNX exporter (seqstate.interop.onnx)")
+    from seqstate.checkpoint import load_model
+
+    model = load_model(args.run_dir)
+    written = export(model, args.out)
+    print(f"wrote {written or args.out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,288 @@
+"""The seqstate command line, end to end on tiny tables (in-process via main, plus subprocesses
+for the exit code and the one-line error)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from seqstate.checkpoint import load_model, read_model_json
+from seqstate.cli import main
+from seqstate.predict import predict
+from seqstate.sources import Normalization, read_table, split_table
+from seqstate.train import evaluate
+
+TINY = ["--lanes", "3", "--window", "8", "--epochs", "2", "--hidden-size", "8", "--no-progress"]
+
+
+def make_table(n_series: int = 6, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_series):
+        n = int(rng.integers(20, 40))
+        value = np.sin(np.arange(n) / 4 + s) + 0.1 * rng.normal(size=n)
+        rows += [(f"s{s}", t, value[t], np.cos(t / 4)) for t in range(n)]
+    frame = pd.DataFrame(rows, columns=["id", "t", "value", "aux"])
+    return frame.sample(frac=1, random_state=seed).reset_index(drop=True)  # unsorted on purpose
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "data.csv"
+    make_table().to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    code = main(
+        [
+            "train",
+            str(data),
+            "-f",
+            "value,aux",
+            "-t",
+            "value",
+            "--id",
+            "id",
+            "--time",
+            "t",
+            *TINY,
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def forecast_run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "forecast"
+    args = ["train", str(data), "-f", "value", "--id", "id", "--time", "t", "--epochs", "3"]
+    code = main([*args, "--hidden-size", "8", "--no-progress", "--out", str(out)])
+    assert code == 0  # default layout: one window per epoch on this table
+    return out
+
+
+def test_help_and_version(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for command in ("train", "evaluate", "predict", "forecast", "doctor", "demo", "serve"):
+        assert command in text
+    for command in ("train", "evaluate", "predict", "forecast", "doctor", "demo", "import-keras"):
+        assert main([command, "--help"]) == 0
+        assert "usage: seqstate" in capsys.readouterr().out
+    assert main(["serve", "--help"]) == 0
+    assert "RUN_DIR" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("seqstate ")
+    assert main([]) == 2
+
+
+def test_train_records_columns_split_and_train_only_normalisation(run, data):
+    metadata = read_model_json(run)["metadata"]
+    assert metadata["data"]["columns"]["features"] == ["value", "aux"]
+    assert metadata["data"]["columns"]["id"] == "id"
+    assert metadata["split"]["by"] == "series"
+    table = read_table(
+        data, features=["value", "aux"], targets=["value"], id_column="id", time_column="t"
+    )
+    train, validation = split_table(table, by="series", fraction=0.2, seed=0)
+    assert metadata["split"]["ids"]["validation"] == validation.ids
+    stats = Normalization.fit(train)
+    model = load_model(run)
+    torch.testing.assert_close(model.input_shift, torch.tensor(stats.input_mean))
+    torch.testing.assert_close(model.output_scale, torch.tensor(stats.output_std))
+    assert metadata["layout"] == {
+        "lanes": 3,
+        "window": 8,
+        "shuffle": True,
+        "windows_per_epoch": metadata["layout"]["windows_per_epoch"],
+    }
+    assert (run / "metrics.jsonl").is_file()
+
+
+def test_predict_writes_one_row_per_input_row(run, data, tmp_path, capsys):
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(run), str(data), "--out", str(out), "--no-progress"]) == 0
+    assert "predicted_value" in capsys.readouterr().out
+    written = pd.read_csv(out)
+    assert list(written.columns) == ["id", "t", "predicted_value"]
+    assert len(written) == len(pd.read_csv(data))
+    table = read_table(data, features=["value", "aux"], id_column="id", time_column="t")
+    expected = predict(load_model(run), table.features)
+    first = written[written["id"] == table.ids[0]]
+    np.testing.assert_array_equal(first["t"], table.times[0])
+    np.testing.assert_allclose(first["predicted_value"], expected[0][:, 0], rtol=1e-5, atol=1e-6)
+    parquet = tmp_path / "predictions.parquet"
+    assert main(["predict", str(run), str(data), "-o", str(parquet), "--chunk", "5"]) == 0
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(parquet), written, check_dtype=False, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_predict_does_not_need_target_columns(run, data, tmp_path):
+    features_only = tmp_path / "new.csv"
+    pd.read_csv(data).to_csv(features_only, index=False)
+    assert main(["predict", str(run), str(features_only), "--out", str(tmp_path / "p.csv")]) == 0
+
+
+def test_evaluate_prints_metrics(run, data, capsys):
+    assert main(["evaluate", str(run), str(data), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    table = read_table(
+        data, features=["value", "aux"], targets=["value"], id_column="id", time_column="t"
+    )
+    expected = evaluate(load_model(run), table.lanes(lanes=3, window=8, segments=False))
+    assert metrics == pytest.approx(expected)
+    assert main(["evaluate", str(run), str(data)]) == 0
+    assert "rmse" in capsys.readouterr().out
+
+
+def test_forecast_continues_each_series(forecast_run, data, tmp_path):
+    out = tmp_path / "forecast.csv"
+    args = ["forecast", str(forecast_run), str(data), "--horizon", "4", "--out", str(out)]
+    assert main(args) == 0
+    written = pd.read_csv(out)
+    table = read_table(data, features=["value"], id_column="id", time_column="t")
+    assert len(written) == 4 * len(table)
+    first = written[written["id"] == table.ids[0]]
+    np.testing.assert_array_equal(first["t"], table.times[0][-1] + np.arange(1, 5))
+    assert np.isfinite(first["value"]).all()
+
+
+def test_forecast_refuses_runs_with_unforecast_features(run, data, tmp_path, capsys):
+    out = tmp_path / "f.csv"
+    assert main(["forecast", str(run), str(data), "--horizon", "2", "--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("seqstate: error: this run forecasts ['value'] from ['value', 'aux']")
+    assert not out.exists()
+
+
+def test_config_file_and_flags(data, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f"""
+[data]
+path = "{data.name}"
+features = ["value", "aux"]
+targets = ["value"]
+id = "id"
+time = "t"
+
+[split]
+by = "time"
+fraction = 0.25
+
+[layout]
+lanes = 2
+window = 6
+
+[model]
+cell = "gru"
+hidden_size = 4
+
+[fit]
+epochs = 1
+progress = false
+"""
+    )
+    (tmp_path / data.name).write_bytes(data.read_bytes())  # path is relative to the config
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--window", "5", "--out", str(out)]) == 0
+    document = read_model_json(out)
+    assert document["model"]["cell"] == "gru"
+    assert document["metadata"]["split"]["by"] == "time"
+    assert document["metadata"]["layout"]["window"] == 5  # the flag wins over the file
+    assert document["metadata"]["fit"]["epochs"] == 1
+
+
+def test_config_errors_name_the_setting(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text("[layout]\nlanes = 2\nwidow = 3\n")
+    assert main(["train", "x.csv", "-f", "v", "--config", str(config)]) == 1
+    assert "unknown setting 'widow' in [layout]" in capsys.readouterr().err
+    config.write_text("[modle]\n")
+    assert main(["doctor", "x.csv", "-f", "v", "--config", str(config)]) == 1
+    assert "unknown section [modle]" in capsys.readouterr().err
+
+
+def test_train_refuses_to_overwrite_a_run(run, data, capsys):
+    before = (run / "model.safetensors").read_bytes()
+    args = ["train", str(data), "-f", "value,aux", "-t", "value", "--id", "id", "--out", str(run)]
+    assert main(args) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "model.safetensors").read_bytes() == before
+
+
+def test_bad_output_suffix_is_refused_before_anything_runs(run, data, tmp_path, capsys):
+    out = tmp_path / "predictions.xlsx"
+    assert main(["predict", str(run), str(data), "--out", str(out)]) == 1
+    assert "cannot tell the format" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_doctor_explains_layout_and_problems(data, tmp_path, capsys):
+    base = ["doctor", str(data), "-f", "value,aux", "-t", "value", "--id", "id", "--time", "t"]
+    assert main([*base, "--lanes", "2", "--window", "8"]) == 0
+    text = capsys.readouterr().out
+    for words in ("6 series", "2 lanes x window 8", "windows per epoch", "padding", "Memory"):
+        assert words in text
+    # More lanes than series, window longer than every sequence, few windows.
+    assert main([*base, "--lanes", "64", "--window", "512"]) == 0
+    text = capsys.readouterr().out
+    assert "more than the 5 training series" in text
+    assert "window=512 is longer than every training sequence" in text
+    # A problem: exit code 1 and the reason.
+    assert main(["doctor", str(data), "-f", "valeu", "--id", "id"]) == 1
+    text = capsys.readouterr().out
+    assert "Problems" in text and "Did you mean 'value'?" in text
+
+
+def test_doctor_flags_constant_features_and_leaks(tmp_path, capsys):
+    frame = make_table().sort_values(["id", "t"])
+    frame["constant"] = 1.0
+    frame["future"] = frame.groupby("id")["value"].shift(-1).fillna(0.0)
+    path = tmp_path / "leaky.csv"
+    frame.to_csv(path, index=False)
+    args = ["doctor", str(path), "-f", "value,constant,future", "-t", "value", "--id", "id"]
+    assert main([*args, "--time", "t", "--lanes", "2", "--window", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "feature 'constant' never changes" in text
+    assert "feature 'future' at each step equals target 'value' at 1 step(s) later" in text
+
+
+def test_one_line_error_and_exit_code_in_a_subprocess(tmp_path):
+    command = [sys.executable, "-m", "seqstate.cli", "train", str(tmp_path / "missing.csv")]
+    result = subprocess.run(
+        [*command, "-f", "x"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("seqstate: error: data file")
+    assert "Traceback" not in result.stderr
+    with pytest.raises(FileNotFoundError):  # --debug: the exception itself, with traceback
+        main(["--debug", "train", str(tmp_path / "missing.csv"), "-f", "x"])
+    usage = subprocess.run(
+        [sys.executable, "-m", "seqstate.cli", "predict"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert usage.returncode == 2 and "usage: seqstate predict" in usage.stderr
+
+
+def test_import_keras_error_is_one_line(tmp_path, capsys):
+    assert main(["import-keras", str(tmp_path / "none.keras"), str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("seqstate: error:") and error.count("\n") == 1
+    assert not (tmp_path / "out").exists()
