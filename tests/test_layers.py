@@ -242,6 +242,7 @@ def test_reference_with_dense_resets_and_masks(kind: str, strategy: str) -> None
 
 def test_auto_uses_both_strategies_and_matches_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     """``auto`` picks split below the column threshold and gather above; both are exact."""
+    monkeypatch.setattr(layers_module, "SPLIT_MAX_COLUMNS", 3)
     layer = make_layer("lstm", 2, 3, 2, strategy="auto", seed=5)
     chosen: list[str] = []
     original = layer._choose
