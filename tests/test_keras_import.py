@@ -341,6 +341,8 @@ def test_stack_state_round_trips_through_bytes(stack) -> None:
 def test_stack_rejects_bad_input(stack) -> None:
     with pytest.raises(ValueError, match=r"\[B, T, F\]=\[batch, time, 3\]; received \(2, 5, 4\)"):
         stack(torch.zeros(2, 5, 4))
+    with pytest.raises(TypeError, match=r"x is torch\.float64 on cpu but the parameters are"):
+        stack(torch.zeros(2, 5, F, dtype=torch.float64))
     with pytest.raises(ValueError, match="add a batch dimension"):
         stack(torch.zeros(5, F))
     with pytest.raises(TypeError, match="state must be a KerasStackState"):

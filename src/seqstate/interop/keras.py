@@ -685,9 +685,12 @@ class KerasStack(nn.Module):
                 f"x must have shape [B, T, F]=[batch, time, {self.input_size}]; received "
                 f"{tuple(x.shape)}{hint}"
             )
-        if not x.is_floating_point():
-            raise TypeError(f"x must be a floating tensor; received dtype {x.dtype}")
-        x = x.to(torch.float32)
+        weight = next(self.parameters())
+        if x.dtype != weight.dtype or x.device != weight.device:
+            raise TypeError(
+                f"x is {x.dtype} on {x.device} but the parameters are {weight.dtype} on "
+                f"{weight.device}; convert one to the other (e.g. x.to(torch.float32))"
+            )
         B, T, _ = x.shape
         if state is None:
             state = self.initial_state(B)
