@@ -293,12 +293,64 @@ class _Replica:
 
     rows: Any = None  # this rank's lanes; None: all
     is_main: bool = True  # writes run_dir files
+    rank: int = 0  # offsets the seed, so ranks draw different dropout masks
+
+    def start(self, model: nn.Module) -> None:
+        return None  # distributed: every rank starts from rank 0's weights
 
     def total_count(self, count: int) -> int:
         return count
 
     def reduce_gradients(self, model: nn.Module) -> None:
         return None
+
+    def reduce_epoch(self, sums: _EpochSums) -> _EpochSums:
+        return sums  # distributed: the sums over all ranks' lanes
+
+    def evaluate(
+        self, model: nn.Module, lanes: Lanes, loss: MaskedLoss, device: torch.device
+    ) -> dict[str, float]:
+        return _evaluate(model, lanes, loss, device)
+
+    def gather_checkpoint(
+        self, state: State | None, sums: _EpochSums | None, rng: Any
+    ) -> tuple[State | None, _EpochSums | None, Any]:
+        """What the main rank saves (called on every rank: distributed, it is collective)."""
+        return state, sums, rng
+
+    def restore_checkpoint(
+        self, state: State | None, sums: _EpochSums | None, rng: Any
+    ) -> tuple[State | None, _EpochSums | None]:
+        """This rank's share of a saved state and sums; restores the random generators."""
+        restore_rng(*rng)
+        return state, sums
+
+
+def _replica_for(
+    train: Lanes, validation: Lanes | None, device: torch.device, agreement: dict[str, Any]
+) -> _Replica:
+    """One process, or this rank's share when ``torch.distributed`` is initialised
+    (``seqstate.distributed.init_from_env`` / ``torchrun``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from seqstate.distributed import rank_replica
+
+        return rank_replica(train, validation, device, agreement)
+    return _Replica()
+
+
+def _agreement(
+    config: FitConfig, signature: dict[str, Any], run: Path | None, snapshot: Snapshot | None
+) -> dict[str, Any]:
+    """What every rank of a distributed run must have been given alike."""
+    return {
+        "config": {k: v for k, v in config.to_dict().items() if k not in ("progress", "device")},
+        "model": signature["model"],
+        "train": signature["train"],
+        "validation": signature["validation"],
+        "loss": signature["loss"],
+        "run_dir": run is not None,
+        "resume": None if snapshot is None else [snapshot.info["epoch"], snapshot.info["cursor"]],
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,7 +448,9 @@ def fit(
         device=device,
         run=run,
         signature=signature,
-        replica=_Replica(),
+        replica=_replica_for(
+            train, validation, device, _agreement(config, signature, run, snapshot)
+        ),
         on_window=on_window,
         on_epoch=on_epoch,
     )
@@ -492,6 +546,8 @@ class _Trainer:
         self.loss = loss
         self.device = device
         self.run_dir = run if replica.is_main else None
+        self.writes_checkpoints = run is not None  # on every rank: checkpoints are collective
+        self.show_progress = config.progress and replica.is_main
         self.signature = signature
         self.replica = replica
         self.on_window = on_window
@@ -506,6 +562,7 @@ class _Trainer:
         self.bad_epochs = 0
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.windows_done = 0
+        replica.start(self.model)
         rows = slice(None) if replica.rows is None else replica.rows
         self.batch_size = len(np.arange(train.num_lanes)[rows])
 
@@ -515,7 +572,7 @@ class _Trainer:
         epoch, cursor, state, sums = 0, 0, None, None
         if snapshot is None:
             if self.config.seed is not None:
-                _seed_everything(self.config.seed)
+                _seed_everything(self.config.seed + self.replica.rank)
         else:
             epoch, cursor, state, sums = self._restore(snapshot)
         while epoch < self.config.epochs and not self.history.stopped_early:
@@ -538,19 +595,18 @@ class _Trainer:
             state = _initial_state(model, self.batch_size, self.device, self.dtype)
         if sums is None:
             sums = _EpochSums(loss=torch.zeros((), dtype=torch.float64, device=self.device))
-        bar = _progress_bar(config, epoch, num_windows, cursor)
+        bar = _progress_bar(config, epoch, num_windows, cursor, self.show_progress)
         last_refresh = time.perf_counter()
         model.train()
         windows = lanes.windows(epoch, start=cursor, rows=self.replica.rows)
         try:
             for index, window in enumerate(windows, start=cursor):
                 started = time.perf_counter()
-                window_loss, state, real = self._train_window(window, state)
+                window_loss, state, real, counted = self._train_window(window, state)
                 sums.real += real
                 if window_loss is not None:
-                    counted = int(window.mask.sum())
                     sums.counted += counted
-                    sums.loss += window_loss.detach().double() * counted
+                    sums.loss += window_loss.double() * counted
                 sums.seconds += time.perf_counter() - started
                 self.windows_done += 1
                 every = config.checkpoint_every
@@ -559,16 +615,18 @@ class _Trainer:
                 if self.on_window is not None:
                     self.on_window(WindowEnd(epoch, index, num_windows, window_loss, state))
                 bar.update(1)
-                if config.progress and time.perf_counter() - last_refresh > _PROGRESS_REFRESH:
+                if self.show_progress and time.perf_counter() - last_refresh > _PROGRESS_REFRESH:
                     last_refresh = time.perf_counter()
                     bar.set_postfix(_bar_stats(sums), refresh=False)
         finally:
             bar.close()
         self._end_epoch(epoch, sums)
 
-    def _train_window(self, window: Window, state: State) -> tuple[torch.Tensor | None, State, int]:
-        """One TBPTT step. Returns (mean loss or None when no target counts, the detached
-        state, real steps)."""
+    def _train_window(
+        self, window: Window, state: State
+    ) -> tuple[torch.Tensor | None, State, int, int]:
+        """One TBPTT step. Returns (this window's mean loss, detached; None when no target
+        counts), the detached state, the real steps and the counted steps."""
         B, T, _ = window.x.shape
         valid = window.valid  # (B, T) real input
         real = int(valid.sum())
@@ -591,7 +649,7 @@ class _Trainer:
                 nn.utils.clip_grad_norm_(self.parameters, self.config.clip_grad_norm)
             self.optimizer.step()
             window_loss = window_loss.detach() * (total / counted) if counted else None
-        return window_loss, _detach(state), real
+        return window_loss, _detach(state), real, counted
 
     def _check_labels(self, window: Window) -> None:
         labels = window.y[..., 0][window.mask]
@@ -605,6 +663,7 @@ class _Trainer:
 
     def _end_epoch(self, epoch: int, sums: _EpochSums) -> None:
         config = self.config
+        sums = self.replica.reduce_epoch(sums)
         if sums.counted == 0:
             raise ValueError(
                 f"epoch {epoch} had no step with a target (every window.mask is False); the "
@@ -618,7 +677,7 @@ class _Trainer:
             )
         record: dict[str, Any] = {"epoch": epoch, "loss": train_loss}
         if self.validation is not None:
-            metrics = _evaluate(self.model, self.validation, self.loss, self.device)
+            metrics = self.replica.evaluate(self.model, self.validation, self.loss, self.device)
             record.update({f"val_{name}": value for name, value in metrics.items()})
         record["lr"] = float(self.optimizer.param_groups[0]["lr"])
         record["steps_per_s"] = sums.real / sums.seconds if sums.seconds > 0 else 0.0
@@ -646,7 +705,7 @@ class _Trainer:
         if self.run_dir is not None:
             _write_metrics(self.run_dir, self.history)
             _write_plot(self.run_dir, self.history)
-            self._checkpoint(epoch + 1, 0, None, None)
+        self._checkpoint(epoch + 1, 0, None, None)
         if self.on_epoch is not None:
             self.on_epoch(dict(record))
 
@@ -655,8 +714,11 @@ class _Trainer:
     def _checkpoint(
         self, epoch: int, cursor: int, state: State | None, sums: _EpochSums | None
     ) -> None:
-        if self.run_dir is None:
+        if not self.writes_checkpoints:
             return
+        state, sums, rng = self.replica.gather_checkpoint(state, sums, capture_rng())
+        if self.run_dir is None:
+            return  # another rank writes
         info = {
             "config": self.config.to_dict(),
             "signature": self.signature,
@@ -675,7 +737,7 @@ class _Trainer:
             scheduler=None if self.scheduler is None else self.scheduler.state_dict(),
             best_weights=self.best_weights,
             carried_state=None if state is None else state.to_bytes(),
-            rng=capture_rng(),
+            rng=rng,
         )
         save_snapshot(self.run_dir / CHECKPOINT_DIR, f"e{epoch:05d}-w{cursor:07d}", snapshot)
 
@@ -703,7 +765,7 @@ class _Trainer:
                 real=saved["real"],
                 seconds=saved["seconds"],
             )
-        restore_rng(*snapshot.rng)
+        state, sums = self.replica.restore_checkpoint(state, sums, snapshot.rng)
         return info["epoch"], info["cursor"], state, sums
 
     def _save_final_model(self) -> None:
@@ -730,21 +792,29 @@ class _Trainer:
 def _evaluate(
     model: nn.Module, lanes: Lanes, loss: MaskedLoss, device: torch.device
 ) -> dict[str, float]:
+    return _evaluate_sums(model, lanes, loss, device).result()
+
+
+def _evaluate_sums(
+    model: nn.Module, lanes: Lanes, loss: MaskedLoss, device: torch.device, rows: Any = None
+) -> MetricSums:
+    """Metric sums over ``rows`` of ``lanes`` (None: all lanes)."""
     dtype = _first_parameter(model).dtype
+    batch_size = len(np.arange(lanes.num_lanes)[slice(None) if rows is None else rows])
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            state = _initial_state(model, lanes.num_lanes, device, dtype)
+            state = _initial_state(model, batch_size, device, dtype)
             sums = MetricSums(loss, device)
-            for window in lanes.windows(0):
+            for window in lanes.windows(0, rows=rows):
                 valid = window.valid
                 counted = int(window.mask.sum())
                 model_mask = None if bool(valid.all()) else valid
                 x, y, mask, reset, model_mask = _to_device(window, model_mask, device, dtype)
                 pred, state = model(x, state, reset=reset, mask=model_mask)
                 sums.add(pred, y, mask, counted)
-            return sums.result()
+            return sums
     finally:
         model.train(was_training)
 
@@ -1003,7 +1073,9 @@ def _differences(saved: Any, given: Any) -> str:
     return f"{saved!r} but received {given!r}"
 
 
-def _progress_bar(config: FitConfig, epoch: int, num_windows: int, cursor: int) -> Any:
+def _progress_bar(
+    config: FitConfig, epoch: int, num_windows: int, cursor: int, show: bool = True
+) -> Any:
     from tqdm import tqdm
 
     return tqdm(
@@ -1011,7 +1083,7 @@ def _progress_bar(config: FitConfig, epoch: int, num_windows: int, cursor: int) 
         initial=cursor,
         desc=f"epoch {epoch + 1}/{config.epochs}",
         unit="window",
-        disable=not config.progress,
+        disable=not show,
         dynamic_ncols=True,
     )
 
