@@ -51,11 +51,11 @@ Strategy = Literal["auto", "split", "gather"]
 
 # ``auto`` uses ``split`` while a window has at most this many distinct reset columns after
 # column 0, ``gather`` beyond. Measured with benchmarks/layers.py on CPU (see BENCHMARKS.md):
-# split beat gather at every count measured, LSTM and GRU, T 50/100, H 128/256, up to ~50
-# columns (e.g. 3x at 46 columns for LSTM): gather's packed call leaves oneDNN for LSTM and
-# pays pack/unpack, while split's per-call cost is small on CPU. No crossover was found below
-# 64 columns, so gather is kept only for very dense windows (and for GPUs, not measured here).
-SPLIT_MAX_COLUMNS = 64
+# no crossover -- split beat gather at every count measured, LSTM and GRU, T 50/100, H 128/256,
+# 1 to 96 columns (LSTM 2-7x, GRU 1.0-2.8x): gather's packed call leaves oneDNN for LSTM and
+# pays pack/unpack, while split's per-call cost is small on CPU. So auto always splits up to
+# 128 columns; gather remains for denser windows (unmeasured, as is any GPU).
+SPLIT_MAX_COLUMNS = 128
 
 
 class _Resettable:
