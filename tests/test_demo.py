@@ -1,0 +1,51 @@
+"""`seqstate demo --quick`: it runs, writes its files, and the stateful model wins."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from seqstate.checkpoint import load_model, read_model_json
+from seqstate.cli import main
+from seqstate.demo import memory_task
+
+
+def test_memory_task_labels_follow_the_last_marker():
+    sequences, labels = memory_task(3, 100, window=8, seed=0)
+    for x, y in zip(sequences, labels, strict=True):
+        assert x.shape == (100, 2) and y.shape == (100,)
+        markers = np.flatnonzero(x[:, 0])
+        assert markers[0] == 0
+        gaps = np.diff(markers)
+        assert (gaps >= 24).all() and (gaps <= 48).all()  # 3 to 6 windows apart
+        sign = np.sign(x[markers, 0])
+        expected = np.repeat(sign > 0, np.diff(np.append(markers, 100)))
+        np.testing.assert_array_equal(y, expected)
+    again, _ = memory_task(3, 100, window=8, seed=0)
+    np.testing.assert_array_equal(again[0], sequences[0])
+
+
+def test_quick_demo_writes_its_files_and_state_wins(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "stateful" in printed and "stateless" in printed and "chance" in printed
+    for name in ("memory.png", "elnino.png", "elnino.csv", "summary.json"):
+        assert (out / name).stat().st_size > 0
+    summary = json.loads((out / "summary.json").read_text())
+    memory = summary["memory"]
+    # Deterministic (seed 0): the carried state solves the task, a window alone cannot.
+    assert memory["stateful"] >= 0.9
+    assert memory["stateless"] <= 0.75
+    assert memory["stateful"] - memory["stateless"] >= 0.2
+    assert memory["stateless"] < memory["chance"] + 0.2
+    series = summary["elnino"]
+    assert np.isfinite(series["one_step_rmse"]) and np.isfinite(series["forecast_rmse"])
+    # The El Niño run is a complete run directory that `seqstate predict` can use.
+    load_model(out / "elnino")
+    assert read_model_json(out / "elnino")["metadata"]["data"]["columns"]["time"] == "month"
+    predictions = tmp_path / "p.csv"
+    args = ["predict", str(out / "elnino"), str(out / "elnino.csv"), "--out", str(predictions)]
+    assert main(args) == 0
+    assert predictions.stat().st_size > 0
