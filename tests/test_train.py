@@ -531,3 +531,43 @@ def test_classification_target_mismatches_are_explained():
 def test_cuda_device_without_cuda_is_refused():
     with pytest.raises(ValueError, match="CUDA is not available"):
         fit(make_model(), Lanes.from_series(sine_series(50), lanes=2, window=5), device="cuda")
+
+
+def test_windows_without_counted_targets_do_not_step_the_optimizer():
+    # One label per sequence, counted at its last step: windows 0 and 1 of this lane (steps
+    # 0-7 of a 10-step sequence) have no target, so the weights must not move there.
+    sequence = np.linspace(-1, 1, 10, dtype=np.float32)[:, None]
+    lanes = Lanes.from_sequences([sequence], labels=np.array([1]), lanes=1, window=4)
+    torch.manual_seed(0)
+    model = SequenceModel(input_size=1, output_size=2, hidden_size=4, task="classification")
+    start = weights(model)
+    after: list[tuple[torch.Tensor | None, dict]] = []
+    fit(
+        model,
+        lanes,
+        epochs=1,
+        on_window=lambda end: after.append((end.loss, weights(model))),
+        **QUIET,
+    )
+    assert [loss is None for loss, _ in after] == [True, True, False]
+    assert_same_weights(after[0][1], start)
+    assert_same_weights(after[1][1], start)
+    assert not torch.equal(after[2][1]["head.weight"], start["head.weight"])
+
+
+class Exploding(RecordingGRU):
+    def forward(self, x, state=None, reset=None, mask=None):
+        y, state = super().forward(x, state, reset, mask)
+        return y * float("inf"), state
+
+
+def test_non_finite_loss_stops_with_an_explanation(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(FloatingPointError, match="training loss became nan in epoch 0"):
+        fit(
+            Exploding(2, 2),
+            Lanes.from_series(sine_series(60), lanes=2, window=10),
+            run_dir=tmp_path,
+            **QUIET,
+        )
+    assert not (tmp_path / "metrics.jsonl").exists()  # the failed epoch is not recorded
