@@ -26,12 +26,12 @@ from seqstate.layers import GRU, LSTM, RNN
 from seqstate.state import GRUState, LSTMState, RNNState, State
 
 KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-STRATEGIES = ("auto", "split", "gather")
+STRATEGIES = ("auto", "split", "aligned")
 F64 = torch.float64
 EXACT = {"rtol": 0.0, "atol": 1e-10}
 
 # Each hypothesis example builds a tiny layer; a few dozen examples per property are plenty to
-# hit every branch (fused/split/gather, packed/unpacked, compacted masks) and stay fast.
+# hit every branch (fused/split/aligned, packed/unpacked, compacted masks) and stay fast.
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -240,35 +240,74 @@ def test_reference_with_dense_resets_and_masks(kind: str, strategy: str) -> None
     assert_states_close(final, final_ref, **EXACT)
 
 
-def test_auto_uses_both_strategies_and_matches_reference(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``auto`` picks split below the column threshold and gather above; both are exact."""
-    monkeypatch.setattr(layers_module, "SPLIT_MAX_COLUMNS", 3)
-    layer = make_layer("lstm", 2, 3, 2, strategy="auto", seed=5)
+@pytest.mark.parametrize("kind", KINDS)
+def test_auto_choice_per_cell_and_window(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: aligned for LSTM on full-length windows, split otherwise; both exact."""
+    layer = make_layer(kind, 2, 3, 2, strategy="auto", seed=5)
     chosen: list[str] = []
     original = layer._choose
-    monkeypatch.setattr(layer, "_choose", lambda n: chosen.append(original(n)) or chosen[-1])
+    monkeypatch.setattr(
+        layer, "_choose", lambda lengths: chosen.append(original(lengths)) or chosen[-1]
+    )
     x = torch.randn(3, 20, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-    few = torch.zeros(3, 20, dtype=torch.bool)
-    few[0, 7] = True
-    many = torch.zeros(3, 20, dtype=torch.bool)
-    many[:, 1:] = random_flags((3, 19), 0.5, 9)
-    many[0, 1 : layers_module.SPLIT_MAX_COLUMNS + 3] = True  # more columns than the threshold
-    for reset in (few, many):
-        y, state = layer(x, reset=reset)
-        y_ref, state_ref = reference(layer, x, None, reset)
+    reset = random_flags((3, 20), 0.3, 9)
+    reset[0, 7] = True
+    tail = torch.ones(3, 20, dtype=torch.bool)
+    tail[1, 15:] = False  # a ragged row: aligned cannot hold an LSTM state, so split
+    for mask in (None, tail):
+        y, state = layer(x, reset=reset, mask=mask)
+        y_ref, state_ref = reference(layer, x, None, reset, mask)
         torch.testing.assert_close(y, y_ref, **EXACT)
         assert_states_close(state, state_ref, **EXACT)
-    assert chosen == ["split", "gather"]
+    assert chosen == (["aligned", "split"] if kind == "lstm" else ["split", "split"])
+
+
+@pytest.mark.parametrize("kind", ("lstm", "gru", "rnn_relu"))
+@pytest.mark.parametrize("num_layers", (1, 3))
+def test_aligned_matches_reference_with_gradients(kind: str, num_layers: int) -> None:
+    """aligned (forced, full-length rows, dense resets) == the step loop, outputs and grads."""
+    layer = make_layer(kind, 3, 4, num_layers, strategy="aligned", seed=3)
+    assert layer._choose(None) == "aligned"
+    reset = random_flags((4, 15), 0.35, 5)
+    outputs = []
+    for use_reference in (False, True):
+        layer.zero_grad()
+        x = torch.randn(4, 15, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
+        x.requires_grad_(True)
+        state = random_state(layer, 4, 6).map(lambda t: t.requires_grad_(True))
+        y, final = reference(layer, x, state, reset) if use_reference else layer(x, state, reset)
+        weights = torch.linspace(-1, 1, y.numel(), dtype=F64).view_as(y)
+        loss = (y * weights).sum() + sum((t**2).sum() for t in final.tensors())
+        loss.backward()
+        grads = [x.grad, *(t.grad for t in state.tensors()), *(p.grad for p in layer.parameters())]
+        outputs.append((y.detach(), final.detach().tensors(), [g.clone() for g in grads]))
+    (y, final, grads), (y_ref, final_ref, grads_ref) = outputs
+    torch.testing.assert_close(y, y_ref, **EXACT)
+    for a, b in zip([*final, *grads], [*final_ref, *grads_ref], strict=True):
+        torch.testing.assert_close(a, b, **EXACT)
+
+
+def test_aligned_groups_many_pieces_into_bounded_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More pieces than one call takes: several calls, same result as split."""
+    monkeypatch.setattr(layers_module, "_ALIGNED_GROUP_ROWS", 2)
+    layer = make_layer("lstm", 2, 3, 2, strategy="aligned", seed=8)
+    x = torch.randn(2, 30, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    reset = random_flags((2, 30), 0.4, 6)
+    y, state = layer(x, reset=reset)
+    layer.strategy = "split"
+    y_split, state_split = layer(x, reset=reset)
+    torch.testing.assert_close(y, y_split, **EXACT)
+    assert_states_close(state, state_split, **EXACT)
 
 
 @PROPERTY
 @given(case=cases(strategies=("split",)))
-def test_split_and_gather_agree(case: Case) -> None:
+def test_split_and_aligned_agree(case: Case) -> None:
     y_split, state_split = case.layer(case.x, case.state, reset=case.reset, mask=case.mask)
-    case.layer.strategy = "gather"
-    y_gather, state_gather = case.layer(case.x, case.state, reset=case.reset, mask=case.mask)
-    torch.testing.assert_close(y_split, y_gather, **EXACT)
-    assert_states_close(state_split, state_gather, **EXACT)
+    case.layer.strategy = "aligned"
+    y_aligned, state_aligned = case.layer(case.x, case.state, reset=case.reset, mask=case.mask)
+    torch.testing.assert_close(y_split, y_aligned, **EXACT)
+    assert_states_close(state_split, state_aligned, **EXACT)
 
 
 # --- chunked == whole ------------------------------------------------------------------------
@@ -724,7 +763,7 @@ def test_bad_input_raises_naming_the_argument_and_changes_nothing(
 
 @pytest.mark.parametrize("factory", [LSTM, GRU, RNN])
 def test_bad_strategy_is_rejected(factory: type) -> None:
-    with pytest.raises(ValueError, match=r"strategy must be 'auto', 'split' or 'gather'.*'fast'"):
+    with pytest.raises(ValueError, match=r"strategy must be 'auto', 'split' or 'aligned'.*'fast'"):
         factory(2, 3, strategy="fast")
 
 

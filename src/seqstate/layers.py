@@ -26,12 +26,13 @@ but never runs a Python loop over steps. How the window is handed to the fused k
 * no reset after column 0, no mask  -> one fused call (oneDNN/MKL on CPU, cuDNN on GPU);
 * masked steps are first compacted per row (real steps moved left, order kept), so padding
   anywhere becomes padding at the end, handled by packed sequences;
-* resets mid-window, two strategies (the faster is chosen per window, see ``_choose``):
+* resets mid-window, two strategies (``auto`` picks per cell and window, see ``_choose``):
   - ``split``: one fused call per span between distinct reset columns, zeroing the rows that
-    reset at each boundary — cheap when resets fall in few columns;
-  - ``gather``: every row is cut at its resets and the pieces become rows of one packed call
-    (first piece of a row starts from the carried state, the others from zeros) — one call
-    however many resets, at the cost of a gather/scatter.
+    reset at each boundary — cheap when resets fall in few columns or calls are cheap;
+  - ``aligned``: every row is cut at its resets and each piece becomes a row of one full-width
+    call per layer; a piece that starts at column s from a zero state is preceded by s *hold*
+    steps whose gates keep the zero state exactly zero (see ``_run_aligned``) — one call
+    however many resets, at the cost of more rows.
 """
 
 from __future__ import annotations
@@ -40,22 +41,28 @@ import itertools
 from typing import Literal
 
 import torch
-from torch import nn
+from torch import _VF, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seqstate.state import GRUState, LSTMState, RNNState, State
 
 __all__ = ["GRU", "LSTM", "RNN", "Strategy"]
 
-Strategy = Literal["auto", "split", "gather"]
+Strategy = Literal["auto", "split", "aligned"]
 
-# ``auto`` uses ``split`` while a window has at most this many distinct reset columns after
-# column 0, ``gather`` beyond. Measured with benchmarks/layers.py on CPU (see BENCHMARKS.md):
-# no crossover -- split beat gather at every count measured, LSTM and GRU, T 50/100, H 128/256,
-# 1 to 96 columns (LSTM 2-7x, GRU 1.0-2.8x): gather's packed call leaves oneDNN for LSTM and
-# pays pack/unpack, while split's per-call cost is small on CPU. So auto always splits up to
-# 128 columns; gather remains for denser windows (unmeasured, as is any GPU).
-SPLIT_MAX_COLUMNS = 128
+# ``auto`` for a window with mid-window resets (measured with benchmarks/layers.py on CPU, see
+# BENCHMARKS.md): LSTM -> ``aligned`` (oneDNN's LSTM has a fixed cost per call of about a
+# third of a millisecond forward+backward, so ``split``'s one call per reset column costs more
+# than ``aligned``'s extra rows); GRU and RNN -> ``split`` (torch's CPU GRU/RNN kernel has
+# little per-call cost, while ``aligned`` multiplies the rows). ``aligned`` needs full-length
+# rows and a cell whose gates can hold a zero state exactly (not the tanh RNN); otherwise split.
+
+# Rows per ``aligned`` call (at least the window's batch): beyond ~64-80 rows the CPU LSTM
+# kernel's cost per row grows (B=64: 0.35 ms/row, B=128: 0.73 ms/row, T=50, H=128).
+_ALIGNED_GROUP_ROWS = 64
+
+# Hold-flag weight: saturates sigmoid to exactly 0/1 (and a ReLU to 0) in float32 and float64.
+_HOLD = 1.0e4
 
 
 class _Resettable:
@@ -183,15 +190,20 @@ class _Resettable:
             columns = torch.empty(0, dtype=torch.long)
         if columns.numel() == 0:
             return self._call_rows(x, state, lengths)
-        strategy = self._choose(columns.numel())
-        if strategy == "split":
-            return self._run_split(x, state, reset, lengths, columns.tolist())  # type: ignore[arg-type]
-        return self._run_gather(x, state, reset, lengths)  # type: ignore[arg-type]
+        if self._choose(lengths) == "aligned":
+            return self._run_aligned(x, state, reset)  # type: ignore[arg-type]
+        return self._run_split(x, state, reset, lengths, columns.tolist())  # type: ignore[arg-type]
 
-    def _choose(self, distinct_columns: int) -> Literal["split", "gather"]:
-        if self.strategy != "auto":
-            return self.strategy  # type: ignore[return-value]
-        return "split" if distinct_columns <= SPLIT_MAX_COLUMNS else "gather"
+    def _choose(self, lengths: torch.Tensor | None) -> Literal["split", "aligned"]:
+        """The strategy for a window with mid-window resets (see SPLIT_ONLY_CELLS)."""
+        aligned_ok = lengths is None and not (
+            isinstance(self, nn.RNN) and self.nonlinearity == "tanh"
+        )
+        if self.strategy == "aligned":
+            return "aligned" if aligned_ok else "split"
+        if self.strategy == "split":
+            return "split"
+        return "aligned" if aligned_ok and isinstance(self, nn.LSTM) else "split"
 
     def _call_rows(
         self, x: torch.Tensor, state: State, lengths: torch.Tensor | None
@@ -228,48 +240,94 @@ class _Resettable:
             outputs.append(y)
         return torch.cat(outputs, dim=1), state
 
-    def _run_gather(
-        self,
-        x: torch.Tensor,
-        state: State,
-        reset: torch.Tensor,
-        lengths: torch.Tensor | None,
+    def _run_aligned(
+        self, x: torch.Tensor, state: State, reset: torch.Tensor
     ) -> tuple[torch.Tensor, State]:
-        B, T, F = x.shape
-        device = x.device
-        if lengths is None:
-            lengths = torch.full((B,), T, dtype=torch.long, device=device)
-        positions = torch.arange(T, device=device)
-        # A piece starts at column 0 of every non-empty row and at every reset inside it.
+        """Every piece of every row becomes its own row of full-width fused calls.
+
+        Rows must all be full length (no trailing padding). A piece starting at column s from a
+        zero state sees ``s`` *hold* steps before it: an extra input feature (the hold flag)
+        with weight ``±_HOLD`` saturates the gates so that a zero state stays exactly zero
+        (LSTM: input gate 0, forget gate 1; GRU: update gate 1; ReLU RNN: pre-activation
+        -inf). What follows a piece is ignored, and the last piece of each row ends at column
+        T - 1, so the final state of its row in the call is the row's final state.
+
+        Example, B=2, T=5, row 1 resets at column 3 (``~`` = hold, ``.`` = ignored)::
+
+            row 0:  a0 a1 a2 a3 a4          (carried state)
+            row 1:  b0 b1 b2 .  .           (carried state)   -> outputs b0..b2
+            row 2:  ~  ~  ~  c0 c1          (zero state)      -> outputs c0, c1, final state
+        """
+        B, T, _ = x.shape
+        H = self.hidden_size
         starts = reset.clone()
         starts[:, 0] = True
-        starts &= positions < lengths[:, None]
         piece_row, piece_start = starts.nonzero(as_tuple=True)  # row-major: pieces in order
-        # piece length: up to the next start in the same row, or to the row's end
-        next_start = torch.cat([piece_start[1:], piece_start.new_zeros(1)])
-        same_row = torch.cat([piece_row[1:] == piece_row[:-1], piece_row.new_zeros(1).bool()])
-        piece_end = torch.where(same_row, next_start, lengths[piece_row])
-        piece_len = piece_end - piece_start
         pieces = piece_row.numel()
-        longest = int(piece_len.max())
+        # (B, T): which piece covers step t of row b
+        piece_of = starts.flatten().cumsum(0).view(B, T) - 1
+        columns = torch.arange(T, device=x.device)
+        hold = (columns[None, :] < piece_start[:, None]).to(x.dtype)[..., None]  # (P, T, 1)
+        inputs = torch.where(hold.bool(), x.new_zeros(()), x[piece_row])  # (P, T, F)
+        first = (piece_start == 0).nonzero().flatten()
+        initial = state.zeros_like(pieces).scatter(first, state.select(piece_row[first]))
 
-        # (pieces, longest) flat indices into x viewed as (B*T, F); padding points at a real
-        # step (clamped) and is ignored by the packed call.
-        offsets = torch.arange(longest, device=device)
-        within = offsets[None, :] < piece_len[:, None]
-        flat = piece_row[:, None] * T + (piece_start[:, None] + offsets).clamp(max=T - 1)
-        xs = x.reshape(B * T, F)[flat]
+        # Calls of at most max(B, 64) rows: past that the per-row cost of the CPU kernel grows
+        # (its workspace leaves the cache), and rows are independent anyway.
+        group = max(B, _ALIGNED_GROUP_ROWS)
+        outputs, finals = [], []
+        for begin in range(0, pieces, group):
+            rows = slice(begin, min(begin + group, pieces))
+            y, final = self._held_call(inputs[rows], hold[rows], initial.select(rows))
+            outputs.append(y)
+            finals.append(final)
+        y_pieces = torch.cat(outputs).reshape(pieces * T, H)
+        y = y_pieces[(piece_of * T + columns).flatten()].view(B, T, H)
+        last = piece_of[:, -1]  # the piece each row ends in carries its final state
+        return y, State.cat(finals).select(last)
 
-        first = piece_start == 0  # a row's first piece continues the carried state
-        h0 = state.zeros_like(pieces).scatter(
-            first.nonzero().flatten(), state.select(piece_row[first])
+    def _held_call(
+        self, x: torch.Tensor, hold: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
+        """Layer by layer fused calls with the hold flag appended to each layer's input."""
+        finals = []
+        layer_input = x
+        for layer in range(self.num_layers):
+            weights = [
+                getattr(self, name)
+                for name in self._flat_weights_names
+                if name.endswith(f"_l{layer}")
+            ]
+            column = _hold_column(self, weights[0])
+            weights[0] = torch.cat([weights[0], column], dim=1)
+            layer_state = state.map(lambda t, layer=layer: t[layer : layer + 1])
+            output, hx = self._layer_call(
+                torch.cat([layer_input, hold], dim=-1), weights, layer_state
+            )
+            finals.append(hx)
+            if layer < self.num_layers - 1 and self.dropout > 0:
+                output = nn.functional.dropout(output, self.dropout, self.training)
+            layer_input = output
+        stacked = [torch.cat(parts) for parts in zip(*(f.tensors() for f in finals), strict=True)]
+        return layer_input, self.state_type(*stacked)
+
+    def _layer_call(
+        self, x: torch.Tensor, weights: list[torch.Tensor], state: State
+    ) -> tuple[torch.Tensor, State]:
+        """One single-layer fused kernel call with explicit weights."""
+        bias = self.bias
+        if isinstance(self, nn.LSTM):
+            y, h, c = _VF.lstm(
+                x, state.tensors(), weights, bias, 1, 0.0, self.training, False, True
+            )
+            return y, self.state_type(h, c)
+        if isinstance(self, nn.GRU):
+            y, h = _VF.gru(x, state.tensors()[0], weights, bias, 1, 0.0, self.training, False, True)
+            return y, self.state_type(h)
+        y, h = _VF.rnn_relu(
+            x, state.tensors()[0], weights, bias, 1, 0.0, self.training, False, True
         )
-        ys, hs = self._fused(xs, h0, piece_len.cpu())
-
-        y = x.new_zeros(B * T, self.hidden_size).index_copy(0, flat[within], ys[within])
-        last = ~same_row  # the last piece of each row carries the row's final state
-        final = state.scatter(piece_row[last], hs.select(last.nonzero().flatten()))
-        return y.view(B, T, self.hidden_size), final
+        return y, self.state_type(h)
 
     # --- validation -------------------------------------------------------------------------
 
@@ -346,8 +404,22 @@ def _check_flags(
 
 
 def _check_common(strategy: str) -> None:
-    if strategy not in ("auto", "split", "gather"):
-        raise ValueError(f"strategy must be 'auto', 'split' or 'gather'; received {strategy!r}")
+    if strategy not in ("auto", "split", "aligned"):
+        raise ValueError(f"strategy must be 'auto', 'split' or 'aligned'; received {strategy!r}")
+
+
+def _hold_column(layer: nn.RNNBase, weight_ih: torch.Tensor) -> torch.Tensor:
+    """The input-weight column of the hold flag: (gates * H, 1), saturating the right gates."""
+    H = layer.hidden_size
+    column = weight_ih.new_zeros(weight_ih.shape[0], 1)
+    if isinstance(layer, nn.LSTM):  # gates i, f, g, o: input gate -> 0, forget gate -> 1
+        column[:H] = -_HOLD
+        column[H : 2 * H] = _HOLD
+    elif isinstance(layer, nn.GRU):  # gates r, z, n: update gate -> 1 keeps h exactly
+        column[H : 2 * H] = _HOLD
+    else:  # ReLU RNN: pre-activation -> -inf, output exactly 0
+        column[:] = -_HOLD
+    return column
 
 
 class LSTM(_Resettable, nn.LSTM):
