@@ -34,6 +34,8 @@ Rows = torch.Tensor | Sequence[int] | Sequence[bool] | slice | int
 
 _FORMAT = "seqstate.state/1"
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
 
 @dataclasses.dataclass(frozen=True)
 class State:
@@ -70,7 +72,12 @@ class State:
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
+        # Cached per class: dataclasses.fields() is slow and this runs on every row operation
+        # (the server does thousands per batch).
+        names = _FIELD_NAMES.get(cls)
+        if names is None:
+            names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+        return names
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return tuple(getattr(self, name) for name in self.field_names())
