@@ -61,10 +61,13 @@ def test_chunked_equals_whole_float64(cell, lengths, chunk, batch_size, seed):
         model, sequences, chunk=chunk, batch_size=batch_size, return_state=True
     )
     assert isinstance(outputs, list) and len(outputs) == len(sequences)
+    # Without return_state padding runs unmasked (a different code path): same outputs.
+    plain = predict(model, sequences, chunk=chunk, batch_size=batch_size)
     for i, sequence in enumerate(sequences):
         expected, state = whole(model, sequence)
         assert outputs[i].shape == (len(sequence), O) and outputs[i].dtype == np.float64
         np.testing.assert_allclose(outputs[i], expected, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(plain[i], expected, rtol=0, atol=1e-10)
         for got, want in zip(final.select([i]).tensors(), state.tensors(), strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 

@@ -265,7 +265,11 @@ def _run(
             x = np.zeros((B, T, info.input_size), dtype=info.numpy_dtype)
             x[valid] = flat[where]
             x_t = torch.from_numpy(x).to(info.device)
-            mask = None if valid.all() else window.valid.to(info.device)
+            # Lanes pads only after a lane's last sequence, so without state capture padding can
+            # run as ordinary steps (outputs dropped, the spoilt state is never read): no mask,
+            # which keeps the plain fused kernel (packed sequences are much slower on CPU).
+            needs_mask = capture_state and not valid.all()
+            mask = window.valid.to(info.device) if needs_mask else None
             reset = window.reset.to(info.device) if bool(window.reset.any()) else None
             if state is None:
                 state = model.initial_state(B)
