@@ -286,3 +286,12 @@ def test_import_keras_error_is_one_line(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.startswith("seqstate: error:") and error.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_export_onnx_writes_a_model(run, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    assert main(["export-onnx", str(run), str(out)]) == 0
+    assert out.stat().st_size > 0
+    assert "inputs ['x', 'h0', 'c0']" in capsys.readouterr().out
+    assert main(["export-onnx", str(run), str(tmp_path / "model.bin")]) == 1
+    assert "OUT must be a .onnx file" in capsys.readouterr().err

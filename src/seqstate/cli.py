@@ -702,18 +702,18 @@ def _import_keras(args: argparse.Namespace) -> int:
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
+    from seqstate.interop.onnx import export_onnx, onnx_input_names, onnx_output_names
+
+    if not Path(args.out).suffix.lower() == ".onnx":
+        raise CliError(f"OUT must be a .onnx file; received {args.out!r}")
     try:
-        from seqstate.interop import onnx as onnx_export
+        written = export_onnx(args.run_dir, args.out)
     except ImportError as error:
         raise CliError(f"ONNX export needs onnx ({error}); pip install 'seqstate[onnx]'") from None
-    export = getattr(onnx_export, "export_onnx", None) or getattr(onnx_export, "export", None)
-    if export is None:
-        raise CliError("this build of seqstate has no ONNX exporter (seqstate.interop.onnx)")
     from seqstate.checkpoint import load_model
 
     model = load_model(args.run_dir)
-    written = export(model, args.out)
-    print(f"wrote {written or args.out}")
+    print(f"wrote {written}: inputs {onnx_input_names(model)}, outputs {onnx_output_names(model)}")
     return 0
 
 
