@@ -295,3 +295,16 @@ def test_export_onnx_writes_a_model(run, tmp_path, capsys):
     assert "inputs ['x', 'h0', 'c0']" in capsys.readouterr().out
     assert main(["export-onnx", str(run), str(tmp_path / "model.bin")]) == 1
     assert "OUT must be a .onnx file" in capsys.readouterr().err
+
+
+def test_train_is_reproducible_and_resume_is_exact(data, tmp_path):
+    # Regression: the model used to be built before seeding, so two runs differed.
+    args = ["train", str(data), "-f", "value,aux", "-t", "value", "--id", "id", *TINY]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    a = (tmp_path / "a" / "model.safetensors").read_bytes()
+    assert (tmp_path / "b" / "model.safetensors").read_bytes() == a
+    resumed = tmp_path / "resumed"
+    assert main([*args, "--epochs", "1", "--out", str(resumed)]) == 0
+    assert main([*args, "--out", str(resumed), "--resume"]) == 0
+    assert (resumed / "model.safetensors").read_bytes() == a

@@ -353,8 +353,11 @@ def split_settings(table: Any, settings: dict[str, dict[str, Any]]) -> tuple[Any
 
 
 def _model_for(table: Any, settings: dict[str, dict[str, Any]]) -> Any:
+    import torch
+
     from seqstate.model import SequenceModel
 
+    torch.manual_seed(settings["run"]["seed"])  # the initial weights are part of the run
     return SequenceModel(
         input_size=table.num_features,
         output_size=table.num_outputs,
