@@ -1,0 +1,267 @@
+"""Benchmark: stateful chunked `predict` vs a stateless sliding-window predictor, and Streams.
+
+Not a test: it measures and writes the ``predict`` section of BENCHMARKS.md.
+
+1. One long series (F=8, LSTM H=128, float32). ``predict`` runs it once, carrying the state
+   chunk to chunk. The stateless baseline is what a user without carried state does: for each
+   output step t, run the model over the previous 50 steps from a zero state, keep the last
+   output; windows batched ``--window-batch`` at a time. Both side by side in one run, at
+   several lengths, to show how each grows.
+2. ``predict``'s chunk length on the longest series (how the default was chosen).
+3. Streams: one step for n streams per call (n = 1, 10, 100, 1000), stream-steps/s, against a
+   dict of per-stream states gathered with State.cat (the alternative design).
+
+    .venv/bin/python benchmarks/predict.py            # full run, rewrites BENCHMARKS.md section
+    .venv/bin/python benchmarks/predict.py --quick    # small sizes, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from seqstate.model import SequenceModel
+from seqstate.predict import DEFAULT_CHUNK, predict
+from seqstate.state import State
+from seqstate.streams import Streams, advance
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- predict:start -->", "<!-- predict:end -->"
+F, H, CONTEXT = 8, 128, 50
+
+
+def best_of(repeats: int, fn) -> float:
+    """Best wall time of ``repeats`` runs (the least disturbed by other load)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+@torch.no_grad()
+def sliding_window_predict(model, series: np.ndarray, context: int, batch: int) -> np.ndarray:
+    """Stateless: output t = last output of the model over series[t-context+1 : t+1] from zeros."""
+    x = torch.from_numpy(series)
+    windows = x.unfold(0, context, 1).transpose(1, 2)  # (N - context + 1, context, F), a view
+    out = []
+    for begin in range(0, len(windows), batch):
+        y, _ = model(windows[begin : begin + batch].contiguous())
+        out.append(y[:, -1])
+    return torch.cat(out).numpy()
+
+
+def bench_series(model, lengths: list[int], repeats: int, window_batch: int) -> list[dict]:
+    rows = []
+    rng = np.random.default_rng(0)
+    for length in lengths:
+        series = rng.normal(size=(length, F)).astype(np.float32)
+        stateful = best_of(repeats, lambda s=series: predict(model, s))
+        stateless = best_of(
+            repeats, lambda s=series: sliding_window_predict(model, s, CONTEXT, window_batch)
+        )
+        rows.append(
+            {
+                "length": length,
+                "stateful_s": stateful,
+                "stateless_s": stateless,
+                "stateful_sps": length / stateful,
+                "stateless_sps": (length - CONTEXT + 1) / stateless,
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def bench_lanes(model, count: int, sizes: list[int], repeats: int) -> list[tuple[int, float]]:
+    """Many sequences of different lengths: steps/s against the number of lanes."""
+    rng = np.random.default_rng(3)
+    sequences = [
+        rng.normal(size=(int(n), F)).astype(np.float32) for n in rng.integers(100, 400, count)
+    ]
+    total = sum(len(s) for s in sequences)
+    rows = []
+    for size in sizes:
+        seconds = best_of(repeats, lambda b=size: predict(model, sequences, batch_size=b))
+        rows.append((size, total / seconds))
+        print("lanes", size, rows[-1][1], flush=True)
+    return rows
+
+
+def bench_chunks(model, length: int, chunks: list[int], repeats: int) -> list[tuple[int, float]]:
+    series = np.random.default_rng(1).normal(size=(length, F)).astype(np.float32)
+    rows = []
+    for chunk in chunks:
+        seconds = best_of(repeats, lambda c=chunk: predict(model, series, chunk=c))
+        rows.append((chunk, length / seconds))
+        print("chunk", chunk, rows[-1][1], flush=True)
+    return rows
+
+
+class DictStreams:
+    """The alternative design: a dict of per-stream batch-1 states, gathered with State.cat
+    and split back with select (O(n) Python work per call)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.states: dict = {}
+
+    def step(self, ids, x: np.ndarray) -> np.ndarray:
+        zero = self.model.initial_state(1)
+        state = State.cat([self.states.get(i, zero) for i in ids])
+        y, state = advance(self.model, state, torch.from_numpy(x))
+        for row, i in enumerate(ids):
+            self.states[i] = state.select([row])
+        return y.numpy()
+
+
+def bench_streams(model, sizes: list[int], calls: int) -> list[dict]:
+    rows = []
+    rng = np.random.default_rng(2)
+    for n in sizes:
+        x = rng.normal(size=(n, F)).astype(np.float32)
+        ids = [f"stream-{i}" for i in range(n)]
+        result = {"streams": n}
+        for name, make in (("stacked", Streams), ("dict", DictStreams)):
+            streams = make(model)
+            streams.step(ids, x)  # start every stream (and warm up)
+            start = time.perf_counter()
+            for _ in range(calls):
+                streams.step(ids, x)
+            seconds = time.perf_counter() - start
+            result[f"{name}_calls_per_s"] = calls / seconds
+            result[f"{name}_steps_per_s"] = calls * n / seconds
+        rows.append(result)
+        print(result, flush=True)
+    return rows
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    return (
+        f"{cpu}, {os.cpu_count()} cores (shared with other jobs; load average at the end "
+        f"{load}), torch {torch.__version__} with {torch.get_num_threads()} threads, "
+        f"Python {platform.python_version()}, {platform.system()}"
+    )
+
+
+def render(args, series_rows, chunk_rows, lane_rows, stream_rows) -> str:
+    lines = [
+        START,
+        "## predict: stateful chunked prediction vs stateless sliding windows; Streams",
+        "",
+        f"Command: `.venv/bin/python benchmarks/predict.py{' --quick' if args.quick else ''}`",
+        "",
+        f"Machine: {machine()}. CPU only. Best of {args.repeats} runs; absolute figures "
+        "on a shared 2-core machine are noisy, the ratios are the point.",
+        "",
+        f"Model: `SequenceModel` LSTM, F={F}, H={H}, 1 layer, float32, eval mode. `predict` "
+        f"runs the series once (default chunk {DEFAULT_CHUNK}, one lane: a single series "
+        f"cannot be split without changing its state). Stateless: for each output step, the "
+        f"model over the previous {CONTEXT} steps from a zero state, {args.window_batch} "
+        "windows per call (what a user without carried state does; it also forgets "
+        f"everything older than {CONTEXT} steps).",
+        "",
+        "| series length | predict (s) | predict steps/s | sliding window (s) | "
+        "sliding window steps/s | speed-up |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in series_rows:
+        lines.append(
+            f"| {row['length']:,} | {row['stateful_s']:.2f} | {row['stateful_sps']:,.0f} | "
+            f"{row['stateless_s']:.2f} | {row['stateless_sps']:,.0f} | "
+            f"{row['stateless_s'] / row['stateful_s']:.1f}x |"
+        )
+    lines += [
+        "",
+        f"`predict` chunk length on {chunk_rows and args.lengths[-1]:,} steps (steps/s):",
+        "",
+        "| chunk | " + " | ".join(str(c) for c, _ in chunk_rows) + " |",
+        "|---|" + "---:|" * len(chunk_rows),
+        "| steps/s | " + " | ".join(f"{sps:,.0f}" for _, sps in chunk_rows) + " |",
+        "",
+        f"`predict` over {args.sequences:,} sequences of 100-399 steps, packed into lanes "
+        "(`batch_size`; default 256), all steps/s:",
+        "",
+        "| lanes | " + " | ".join(str(b) for b, _ in lane_rows) + " |",
+        "|---|" + "---:|" * len(lane_rows),
+        "| steps/s | " + " | ".join(f"{sps:,.0f}" for _, sps in lane_rows) + " |",
+        "",
+        f"Streams: one step for each of n streams per `step` call ({args.calls} calls), "
+        "`Streams` (one stacked state buffer, id -> row) vs a dict of per-stream states "
+        "joined with `State.cat` and split with `select`:",
+        "",
+        "| streams per call | Streams calls/s | Streams stream-steps/s | dict calls/s | "
+        "dict stream-steps/s |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for row in stream_rows:
+        lines.append(
+            f"| {row['streams']:,} | {row['stacked_calls_per_s']:,.0f} | "
+            f"{row['stacked_steps_per_s']:,.0f} | {row['dict_calls_per_s']:,.0f} | "
+            f"{row['dict_steps_per_s']:,.0f} |"
+        )
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def write_section(section: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
+    parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md")
+    parser.add_argument("--window-batch", type=int, default=1024)
+    args = parser.parse_args()
+    if args.quick:
+        args.lengths, args.repeats, args.calls = [2_000, 5_000], 1, 20
+        chunks, sizes = [64, 512], [1, 10, 100]
+        args.sequences, lane_sizes = 100, [16, 100]
+    else:
+        args.lengths, args.repeats, args.calls = [10_000, 30_000, 100_000], 2, 100
+        chunks, sizes = [64, 256, 512, 2048], [1, 10, 100, 1000]
+        args.sequences, lane_sizes = 1000, [16, 64, 256, 1000]
+
+    torch.manual_seed(0)
+    model = SequenceModel(input_size=F, output_size=F, hidden_size=H).eval()
+    predict(model, np.zeros((1000, F), np.float32))  # warm up kernels and allocator
+    series_rows = bench_series(model, args.lengths, args.repeats, args.window_batch)
+    chunk_rows = bench_chunks(model, args.lengths[-1], chunks, args.repeats)
+    lane_rows = bench_lanes(model, args.sequences, lane_sizes, args.repeats)
+    stream_rows = bench_streams(model, sizes, args.calls)
+    section = render(args, series_rows, chunk_rows, lane_rows, stream_rows)
+    print(section)
+    if not args.no_write:
+        write_section(section)
+
+
+if __name__ == "__main__":
+    main()
