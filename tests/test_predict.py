@@ -91,7 +91,7 @@ def test_chunked_equals_whole_float32(lengths, chunk, batch_size):
 def test_defaults_on_a_long_sequence_and_many_short_ones():
     model = MODELS["gru"]
     rng = np.random.default_rng(1)
-    sequences = [rng.normal(size=(1500, F)), *(rng.normal(size=(n, F)) for n in range(1, 40))]
+    sequences = [rng.normal(size=(700, F)), *(rng.normal(size=(n, F)) for n in range(1, 30))]
     outputs = predict(model, sequences)
     for sequence, output in zip(sequences, outputs, strict=True):
         np.testing.assert_allclose(output, whole(model, sequence)[0], rtol=0, atol=1e-10)
