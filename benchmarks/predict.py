@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from seqstate.model import SequenceModel
-from seqstate.predict import DEFAULT_CHUNK, predict
+from seqstate.prediction import DEFAULT_CHUNK, predict
 from seqstate.state import State
 from seqstate.streams import Streams, advance
 

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 import seqstate
-from seqstate.predict import predict
+from seqstate.prediction import predict
 
 QUICK = os.environ.get("SEQSTATE_EXAMPLE_QUICK") == "1"
 rng = np.random.default_rng(0)

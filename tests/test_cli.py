@@ -14,7 +14,7 @@ import torch
 
 from seqstate.checkpoint import load_model, read_model_json
 from seqstate.cli import main
-from seqstate.predict import predict
+from seqstate.prediction import predict
 from seqstate.sources import Normalization, read_table, split_table
 from seqstate.train import evaluate
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqstate.model import SequenceModel
-from seqstate.predict import forecast, predict
+from seqstate.prediction import forecast, predict
 
 F, O, H = 3, 2, 8
 

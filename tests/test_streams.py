@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqstate.model import SequenceModel
-from seqstate.predict import predict
+from seqstate.prediction import predict
 from seqstate.state import GRUState, LSTMState
 from seqstate.streams import Streams, advance
 

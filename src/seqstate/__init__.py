@@ -35,8 +35,8 @@ _EXPORTS: dict[str, str] = {
     "History": "seqstate.train",
     "fit": "seqstate.train",
     "evaluate": "seqstate.train",
-    "predict": "seqstate.predict",
-    "forecast": "seqstate.predict",
+    "predict": "seqstate.prediction",
+    "forecast": "seqstate.prediction",
     "Streams": "seqstate.streams",
     # data in
     "read_table": "seqstate.sources",
@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from seqstate.lanes import Lanes, Window  # noqa: F401
     from seqstate.layers import GRU, LSTM, RNN  # noqa: F401
     from seqstate.model import ModelConfig, SequenceModel  # noqa: F401
-    from seqstate.predict import forecast, predict  # noqa: F401
+    from seqstate.prediction import forecast, predict  # noqa: F401
     from seqstate.sources import read_table, split_table  # noqa: F401
     from seqstate.state import GRUState, LSTMState, RNNState, State  # noqa: F401
     from seqstate.streams import Streams  # noqa: F401

@@ -211,7 +211,7 @@ def _series_part(out: Path, sizes: DemoSizes, seed: int, progress: bool) -> dict
 
     from seqstate.checkpoint import save_model
     from seqstate.model import SequenceModel
-    from seqstate.predict import forecast, predict
+    from seqstate.prediction import forecast, predict
     from seqstate.sources import Normalization, read_table, split_table
     from seqstate.train import fit
 

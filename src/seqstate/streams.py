@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqstate.predict import _as_numeric, _cast, _evaluating, _ModelInfo, _prepare_model
+from seqstate.prediction import _as_numeric, _cast, _evaluating, _ModelInfo, _prepare_model
 from seqstate.state import State
 
 __all__ = ["StreamId", "Streams", "advance"]
