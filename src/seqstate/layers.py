@@ -38,7 +38,7 @@ but never runs a Python loop over steps. How the window is handed to the fused k
 from __future__ import annotations
 
 import itertools
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import _VF, nn
@@ -76,6 +76,37 @@ class _Resettable:
     input_size: int
     hidden_size: int
     num_layers: int
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        dropout: float = 0.0,
+        bias: bool = True,
+        strategy: Strategy = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **torch_options: Any,
+    ) -> None:
+        if strategy not in ("auto", "split", "aligned"):
+            raise ValueError(
+                f"strategy must be 'auto', 'split' or 'aligned'; received {strategy!r}"
+            )
+        self._torch_module.__init__(
+            self,  # type: ignore[arg-type]
+            input_size,
+            hidden_size,
+            num_layers,
+            bias=bias,
+            batch_first=True,  # the stateful protocol is batch-first everywhere
+            dropout=dropout,
+            device=device,
+            dtype=dtype,
+            **torch_options,
+        )
+        self.strategy = strategy
 
     # --- torch <-> State --------------------------------------------------------------------
 
@@ -403,11 +434,6 @@ def _check_flags(
     return flags.to(device)
 
 
-def _check_common(strategy: str) -> None:
-    if strategy not in ("auto", "split", "aligned"):
-        raise ValueError(f"strategy must be 'auto', 'split' or 'aligned'; received {strategy!r}")
-
-
 def _hold_column(layer: nn.RNNBase, weight_ih: torch.Tensor) -> torch.Tensor:
     """The input-weight column of the hold flag: (gates * H, 1), saturating the right gates."""
     H = layer.hidden_size
@@ -437,64 +463,12 @@ class LSTM(_Resettable, nn.LSTM):
     state_type = LSTMState
     _torch_module = nn.LSTM
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        *,
-        dropout: float = 0.0,
-        bias: bool = True,
-        strategy: Strategy = "auto",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        _check_common(strategy)
-        nn.LSTM.__init__(
-            self,
-            input_size,
-            hidden_size,
-            num_layers,
-            bias=bias,
-            batch_first=True,
-            dropout=dropout,
-            device=device,
-            dtype=dtype,
-        )
-        self.strategy = strategy
-
 
 class GRU(_Resettable, nn.GRU):
     """Multi-layer GRU with per-row resets and masks; parameters laid out like ``nn.GRU``."""
 
     state_type = GRUState
     _torch_module = nn.GRU
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        *,
-        dropout: float = 0.0,
-        bias: bool = True,
-        strategy: Strategy = "auto",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        _check_common(strategy)
-        nn.GRU.__init__(
-            self,
-            input_size,
-            hidden_size,
-            num_layers,
-            bias=bias,
-            batch_first=True,
-            dropout=dropout,
-            device=device,
-            dtype=dtype,
-        )
-        self.strategy = strategy
 
 
 class RNN(_Resettable, nn.RNN):
@@ -516,19 +490,16 @@ class RNN(_Resettable, nn.RNN):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        _check_common(strategy)
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; received {nonlinearity!r}")
-        nn.RNN.__init__(
-            self,
+        super().__init__(
             input_size,
             hidden_size,
             num_layers,
-            nonlinearity=nonlinearity,
-            bias=bias,
-            batch_first=True,
             dropout=dropout,
+            bias=bias,
+            strategy=strategy,
             device=device,
             dtype=dtype,
+            nonlinearity=nonlinearity,
         )
-        self.strategy = strategy
