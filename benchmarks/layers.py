@@ -10,14 +10,14 @@ are interleaved inside each repeat, so a noisy neighbour slows all of them alike
 Methods:
   torch          nn.LSTM / nn.GRU (batch_first), one fused call; *ignores* the resets, so it is
                  the speed ceiling, not a correct implementation of them
-  auto           seqstate's default: aligned for LSTM (full-length rows), split for GRU/RNN
+  auto           seqstate's default: split for every cell (the faster on CPU, see below)
   split          seqstate, one fused call per span between distinct reset columns (exact)
   aligned        seqstate, one fused call over every row piece with hold steps (exact)
   loop           nn.LSTMCell / nn.GRUCell over steps with ``state * (1 - reset)`` (what most
                  hand-written stateful code does; exact too)
 
 A second table sweeps reset density (mean sequence length 4T .. 0.25T) for split vs aligned
-at B=32, T=50, H=128, to check the rule ``auto`` uses (LSTM -> aligned, GRU -> split).
+at B=32, T=50, H=128, to check the rule ``auto`` uses (split for every cell).
 
 The script replaces its own section of BENCHMARKS.md (between the layers markers) and leaves
 the rest of the file alone (it re-reads the file right before writing).
@@ -48,7 +48,7 @@ START, END = "<!-- layers:start -->", "<!-- layers:end -->"
 BATCH, FEATURES = 32, 8
 KINDS = ("LSTM", "GRU")
 METHODS = ("torch", "auto", "split", "aligned", "loop")
-AUTO_PICKS = {"LSTM": "aligned", "GRU": "split"}  # what ``auto`` does with full-length rows
+AUTO_PICKS = {"LSTM": "split", "GRU": "split"}  # what ``auto`` does
 # mean sequence length as a multiple of T -> label (a reset per step with probability 1/length)
 DENSITIES = {"none": None, "2T": 2.0, "0.5T": 0.5}
 SWEEP_DENSITIES = {"4T": 4.0, "2T": 2.0, "T": 1.0, "0.5T": 0.5, "0.25T": 0.25}
@@ -345,9 +345,10 @@ Why the numbers look like this (CPU, torch's own kernels):
   `aligned` runs the full window, so its cost per extra row grows with T while `split`'s cost
   per call mostly does not — longer windows favour `split` too, and the H=256 LSTM rows
   suggest larger H does as well (this sweep is only T=50, H=128). The sweep gives the
-  winner per density and whether it matches `auto` (LSTM -> aligned when every row is full
-  length; GRU/RNN -> split); with padding (masks) `aligned` is not possible and LSTM falls
-  back to `split`.
+  winner per density and whether it matches `auto` (split for every cell: an earlier run of
+  this table with auto = aligned for LSTM found split 1.2-2x faster at T=100 or H=256, and
+  aligned ahead only at T=50, H=128); with padding (masks) `aligned` is not possible for LSTM
+  and falls back to `split`.
 - The per-step `*Cell` loop is exact and is the fair comparison for correctness; on CPU it is
   not slow for GRU (same GEMMs as torch's CPU GRU kernel), so a large gap to it is an LSTM /
   oneDNN effect here, and would be a cuDNN effect on GPU.

@@ -242,7 +242,7 @@ def test_reference_with_dense_resets_and_masks(kind: str, strategy: str) -> None
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_auto_choice_per_cell_and_window(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """auto: aligned for LSTM on full-length windows, split otherwise; both exact."""
+    """auto splits (the faster on CPU); forced aligned falls back to split on ragged rows."""
     layer = make_layer(kind, 2, 3, 2, strategy="auto", seed=5)
     chosen: list[str] = []
     original = layer._choose
@@ -259,7 +259,15 @@ def test_auto_choice_per_cell_and_window(kind: str, monkeypatch: pytest.MonkeyPa
         y_ref, state_ref = reference(layer, x, None, reset, mask)
         torch.testing.assert_close(y, y_ref, **EXACT)
         assert_states_close(state, state_ref, **EXACT)
-    assert chosen == (["aligned", "split"] if kind == "lstm" else ["split", "split"])
+    assert chosen == ["split", "split"]
+    layer.strategy = "aligned"
+    chosen.clear()
+    for mask in (None, tail):
+        y, state = layer(x, reset=reset, mask=mask)
+        y_ref, state_ref = reference(layer, x, None, reset, mask)
+        torch.testing.assert_close(y, y_ref, **EXACT)
+        assert_states_close(state, state_ref, **EXACT)
+    assert chosen == (["split", "split"] if kind == "rnn_tanh" else ["aligned", "split"])
 
 
 @pytest.mark.parametrize("kind", ("lstm", "gru", "rnn_relu"))

@@ -26,7 +26,7 @@ but never runs a Python loop over steps. How the window is handed to the fused k
 * no reset after column 0, no mask  -> one fused call (oneDNN/MKL on CPU, cuDNN on GPU);
 * masked steps are first compacted per row (real steps moved left, order kept), so padding
   anywhere becomes padding at the end, handled by packed sequences;
-* resets mid-window, two strategies (``auto`` picks per cell and window, see ``_choose``):
+* resets mid-window, two strategies (``auto`` is ``split``; see the measurements above ``_choose``):
   - ``split``: one fused call per span between distinct reset columns, zeroing the rows that
     reset at each boundary — cheap when resets fall in few columns or calls are cheap;
   - ``aligned``: every row is cut at its resets and each piece becomes a row of one full-width
@@ -50,12 +50,13 @@ __all__ = ["GRU", "LSTM", "RNN", "Strategy"]
 
 Strategy = Literal["auto", "split", "aligned"]
 
-# ``auto`` for a window with mid-window resets (measured with benchmarks/layers.py on CPU, see
-# BENCHMARKS.md): LSTM -> ``aligned`` (oneDNN's LSTM has a fixed cost per call of about a
-# third of a millisecond forward+backward, so ``split``'s one call per reset column costs more
-# than ``aligned``'s extra rows); GRU and RNN -> ``split`` (torch's CPU GRU/RNN kernel has
-# little per-call cost, while ``aligned`` multiplies the rows). ``aligned`` needs full-length
-# rows and a cell whose gates can hold a zero state exactly (not the tanh RNN); otherwise split.
+# ``auto`` uses ``split`` for every cell. Measured on CPU with benchmarks/layers.py (BENCHMARKS.md,
+# B=32, T 50/100, H 128/256, mean sequence length 2T and 0.5T): ``aligned`` beat ``split`` only
+# for the LSTM at T=50, H=128 (by 10-20%); at T=100 or H=256 split was 1.2-2x faster, because
+# aligned's extra rows each run the full window and the CPU kernel's cost per row grows once
+# its workspace leaves the cache, while split pays a fixed oneDNN cost per distinct reset column.
+# For GRU/RNN (no oneDNN path on CPU, little per-call cost) split won everywhere. ``aligned`` stays
+# available for the cases it wins, and for GPUs (where extra rows are nearly free; unmeasured).
 
 # Rows per ``aligned`` call (at least the window's batch): beyond ~64-80 rows the CPU LSTM
 # kernel's cost per row grows (B=64: 0.35 ms/row, B=128: 0.73 ms/row, T=50, H=128).
@@ -226,15 +227,12 @@ class _Resettable:
         return self._run_split(x, state, reset, lengths, columns.tolist())  # type: ignore[arg-type]
 
     def _choose(self, lengths: torch.Tensor | None) -> Literal["split", "aligned"]:
-        """The strategy for a window with mid-window resets (see SPLIT_ONLY_CELLS)."""
-        aligned_ok = lengths is None and not (
-            isinstance(self, nn.RNN) and self.nonlinearity == "tanh"
-        )
-        if self.strategy == "aligned":
-            return "aligned" if aligned_ok else "split"
-        if self.strategy == "split":
+        """The strategy for a window with mid-window resets (see the note on ``auto`` above)."""
+        if self.strategy != "aligned":
             return "split"
-        return "aligned" if aligned_ok and isinstance(self, nn.LSTM) else "split"
+        # aligned needs full-length rows and gates that can hold a zero state (not tanh RNN)
+        tanh_rnn = isinstance(self, nn.RNN) and self.nonlinearity == "tanh"
+        return "aligned" if lengths is None and not tanh_rnn else "split"
 
     def _call_rows(
         self, x: torch.Tensor, state: State, lengths: torch.Tensor | None
