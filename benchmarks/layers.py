@@ -486,7 +486,7 @@ def render(
         "`cols`: mean distinct reset columns per window (split's extra calls); `rows`: mean "
         "rows of aligned's call (B + mid-window resets). `torch` ignores the resets (the speed "
         "ceiling); `loop` is a per-step `*Cell` loop with `state * (1 - reset)`. `auto` is "
-        "aligned for LSTM, split for GRU.",
+        "split for every cell.",
         "",
         "| model | T | H | resets | cols | rows | torch | auto | split | aligned | loop "
         "| auto/torch | split/torch | aligned/torch | auto/loop |",
