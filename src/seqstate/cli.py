@@ -12,6 +12,7 @@ line); ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -89,6 +90,10 @@ def _guarded(run: Callable[[], int | None], debug: bool) -> int:
     except KeyboardInterrupt:
         print("seqstate: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `seqstate ... | head`: the reader left; nothing to report
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (CliError, ValueError, TypeError, KeyError, OSError) as error:
         if debug:
             raise
@@ -569,7 +574,7 @@ def _predict(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from seqstate.predict import predict
+    from seqstate.prediction import predict
 
     target, kind = _output_path(args.out)
     model, _, columns = _load_run(args.run_dir)
@@ -618,7 +623,7 @@ def _forecast(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from seqstate.predict import forecast
+    from seqstate.prediction import forecast
     from seqstate.sources import time_step
 
     target, kind = _output_path(args.out)
