@@ -38,22 +38,28 @@ _EXPORTS: dict[str, str] = {
     "predict": "seqstate.prediction",
     "forecast": "seqstate.prediction",
     "Streams": "seqstate.streams",
+    "advance": "seqstate.streams",
     # data in
     "read_table": "seqstate.sources",
     "split_table": "seqstate.sources",
+    # interop (optional extras, imported on first use)
+    "import_keras": "seqstate.interop.keras",
+    "export_onnx": "seqstate.interop.onnx",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from seqstate.checkpoint import load_model, save_model  # noqa: F401
+    from seqstate.interop.keras import import_keras  # noqa: F401
+    from seqstate.interop.onnx import export_onnx  # noqa: F401
     from seqstate.lanes import Lanes, Window  # noqa: F401
     from seqstate.layers import GRU, LSTM, RNN  # noqa: F401
     from seqstate.model import ModelConfig, SequenceModel  # noqa: F401
     from seqstate.prediction import forecast, predict  # noqa: F401
     from seqstate.sources import read_table, split_table  # noqa: F401
     from seqstate.state import GRUState, LSTMState, RNNState, State  # noqa: F401
-    from seqstate.streams import Streams  # noqa: F401
+    from seqstate.streams import Streams, advance  # noqa: F401
     from seqstate.train import FitConfig, History, evaluate, fit  # noqa: F401
 
 
