@@ -241,9 +241,13 @@ def test_reference_with_dense_resets_and_masks(kind: str, strategy: str) -> None
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_auto_choice_per_cell_and_window(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """auto splits (the faster on CPU); forced aligned falls back to split on ragged rows."""
-    layer = make_layer(kind, 2, 3, 2, strategy="auto", seed=5)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_hold_steps_only_where_exact(
+    kind: str, strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hold steps (aligned pieces) are used only on full-length rows of cells that can hold a
+    zero state (not the tanh RNN) and never under ``split``; every choice is exact."""
+    layer = make_layer(kind, 2, 3, 2, strategy=strategy, seed=5)
     chosen: list[str] = []
     original = layer._choose
     monkeypatch.setattr(
@@ -253,21 +257,52 @@ def test_auto_choice_per_cell_and_window(kind: str, monkeypatch: pytest.MonkeyPa
     reset = random_flags((3, 20), 0.3, 9)
     reset[0, 7] = True
     tail = torch.ones(3, 20, dtype=torch.bool)
-    tail[1, 15:] = False  # a ragged row: aligned cannot hold an LSTM state, so split
+    tail[1, 15:] = False  # a ragged row: hold steps cannot keep an LSTM state, so split
     for mask in (None, tail):
         y, state = layer(x, reset=reset, mask=mask)
         y_ref, state_ref = reference(layer, x, None, reset, mask)
         torch.testing.assert_close(y, y_ref, **EXACT)
         assert_states_close(state, state_ref, **EXACT)
-    assert chosen == ["split", "split"]
-    layer.strategy = "aligned"
-    chosen.clear()
-    for mask in (None, tail):
-        y, state = layer(x, reset=reset, mask=mask)
-        y_ref, state_ref = reference(layer, x, None, reset, mask)
-        torch.testing.assert_close(y, y_ref, **EXACT)
-        assert_states_close(state, state_ref, **EXACT)
-    assert chosen == (["split", "split"] if kind == "rnn_tanh" else ["aligned", "split"])
+    holds = strategy != "split" and kind != "rnn_tanh"
+    assert chosen == (["aligned", "split"] if holds else ["split", "split"])
+
+
+def test_plan_bounds_spans_between_split_and_aligned() -> None:
+    """Cheap calls -> a bound at every reset column (split); dear calls -> none (aligned);
+    in between, a few bounds at reset columns."""
+    reset = torch.zeros(4, 40, dtype=torch.bool)
+    reset[0, [3, 17, 30]] = True
+    reset[1, [9, 17]] = True
+    reset[2, [22, 35]] = True
+    columns = [3, 9, 17, 22, 30, 35]
+    assert layers_module._plan_bounds(reset, call_cost=0.0) == columns
+    assert layers_module._plan_bounds(reset, call_cost=1e9) == []
+    middle = layers_module._plan_bounds(reset, call_cost=30.0)
+    assert 0 < len(middle) < len(columns) and set(middle) <= set(columns)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    call_cost=st.sampled_from([0.0, 5.0, 30.0, 1e9]),
+    seed=st.integers(0, 2**16),
+    kind=st.sampled_from(("lstm", "gru", "rnn_relu")),
+)
+def test_planned_spans_match_reference(call_cost: float, seed: int, kind: str) -> None:
+    """Any plan (split, aligned or mixed spans) gives the step loop's outputs and state."""
+    layer = make_layer(kind, 2, 3, 2, strategy="auto", seed=seed % 7)
+    torch_module = type(layer)._torch_module
+    original = layers_module._CALL_COST[torch_module]
+    layers_module._CALL_COST[torch_module] = call_cost
+    try:
+        x = torch.randn(4, 24, 2, generator=torch.Generator().manual_seed(seed), dtype=F64)
+        state = random_state(layer, 4, seed + 1)
+        reset = random_flags((4, 24), 0.25, seed + 2)
+        y, final = layer(x, state, reset=reset)
+    finally:
+        layers_module._CALL_COST[torch_module] = original
+    y_ref, final_ref = reference(layer, x, state, reset)
+    torch.testing.assert_close(y, y_ref, **EXACT)
+    assert_states_close(final, final_ref, **EXACT)
 
 
 @pytest.mark.parametrize("kind", ("lstm", "gru", "rnn_relu"))

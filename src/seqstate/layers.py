@@ -26,7 +26,7 @@ but never runs a Python loop over steps. How the window is handed to the fused k
 * no reset after column 0, no mask  -> one fused call (oneDNN/MKL on CPU, cuDNN on GPU);
 * masked steps are first compacted per row (real steps moved left, order kept), so padding
   anywhere becomes padding at the end, handled by packed sequences;
-* resets mid-window, two strategies (``auto`` is ``split``; see the measurements above ``_choose``):
+* resets mid-window (``auto`` mixes the two per window, see ``_plan_bounds``):
   - ``split``: one fused call per span between distinct reset columns, zeroing the rows that
     reset at each boundary — cheap when resets fall in few columns or calls are cheap;
   - ``aligned``: every row is cut at its resets and each piece becomes a row of one full-width
@@ -40,6 +40,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import _VF, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -50,13 +51,13 @@ __all__ = ["GRU", "LSTM", "RNN", "Strategy"]
 
 Strategy = Literal["auto", "split", "aligned"]
 
-# ``auto`` uses ``split`` for every cell. Measured on CPU with benchmarks/layers.py (BENCHMARKS.md,
-# B=32, T 50/100, H 128/256, mean sequence length 2T and 0.5T): ``aligned`` beat ``split`` only
-# for the LSTM at T=50, H=128 (by 10-20%); at T=100 or H=256 split was 1.2-2x faster, because
-# aligned's extra rows each run the full window and the CPU kernel's cost per row grows once
-# its workspace leaves the cache, while split pays a fixed oneDNN cost per distinct reset column.
-# For GRU/RNN (no oneDNN path on CPU, little per-call cost) split won everywhere. ``aligned`` stays
-# available for the cases it wins, and for GPUs (where extra rows are nearly free; unmeasured).
+# ``auto`` plans each window with mid-window resets as a few spans (``_plan_bounds``): a span
+# boundary at a reset column costs one more fused call; a reset *inside* a span costs one more
+# row running to the span's end (hold steps before it). ``split`` is the plan with a boundary at
+# every reset column, ``aligned`` the plan with none. The cost of one call in units of one row
+# running one step, measured on CPU (forward+backward, B=32, T=50, H=128/256, one thread):
+# oneDNN's LSTM has a large fixed cost per call; torch's CPU GRU/RNN kernels have little.
+_CALL_COST = {nn.LSTM: 80.0, nn.GRU: 15.0, nn.RNN: 15.0}
 
 # Rows per ``aligned`` call (at least the window's batch): beyond ~64-80 rows the CPU LSTM
 # kernel's cost per row grows (B=64: 0.35 ms/row, B=128: 0.73 ms/row, T=50, H=128).
@@ -222,17 +223,20 @@ class _Resettable:
             columns = torch.empty(0, dtype=torch.long)
         if columns.numel() == 0:
             return self._call_rows(x, state, lengths)
-        if self._choose(lengths) == "aligned":
-            return self._run_aligned(x, state, reset)  # type: ignore[arg-type]
-        return self._run_split(x, state, reset, lengths, columns.tolist())  # type: ignore[arg-type]
+        if self._choose(lengths) == "split":
+            return self._run_spans(x, state, reset, lengths, columns.tolist(), hold=False)  # type: ignore[arg-type]
+        if self.strategy == "aligned":
+            return self._run_spans(x, state, reset, None, [], hold=True)  # type: ignore[arg-type]
+        bounds = _plan_bounds(reset, _CALL_COST[type(self)._torch_module])  # type: ignore[arg-type]
+        return self._run_spans(x, state, reset, None, bounds, hold=True)  # type: ignore[arg-type]
 
     def _choose(self, lengths: torch.Tensor | None) -> Literal["split", "aligned"]:
-        """The strategy for a window with mid-window resets (see the note on ``auto`` above)."""
-        if self.strategy != "aligned":
-            return "split"
-        # aligned needs full-length rows and gates that can hold a zero state (not tanh RNN)
+        """Whether hold steps may be used: full-length rows, and gates that can hold a zero
+        state (not the tanh RNN); forced ``split`` never uses them."""
         tanh_rnn = isinstance(self, nn.RNN) and self.nonlinearity == "tanh"
-        return "aligned" if lengths is None and not tanh_rnn else "split"
+        if self.strategy == "split" or lengths is not None or tanh_rnn:
+            return "split"
+        return "aligned"
 
     def _call_rows(
         self, x: torch.Tensor, state: State, lengths: torch.Tensor | None
@@ -250,22 +254,34 @@ class _Resettable:
         y_active, new_rows = self._fused(x[rows], state.select(rows), lengths[rows].cpu())
         return y.index_copy(0, rows, y_active), state.scatter(rows, new_rows)
 
-    def _run_split(
+    def _run_spans(
         self,
         x: torch.Tensor,
         state: State,
         reset: torch.Tensor,
         lengths: torch.Tensor | None,
-        columns: list[int],
+        bounds: list[int],
+        *,
+        hold: bool,
     ) -> tuple[torch.Tensor, State]:
+        """Fused calls over the spans between ``bounds`` (reset columns > 0).
+
+        At a bound the rows that reset there are zeroed between calls (no cost but the call).
+        Resets strictly inside a span need ``hold`` (``_run_aligned``); without it ``bounds``
+        must hold every reset column (the ``split`` strategy).
+        """
         T = x.shape[1]
-        bounds = [0, *columns, T]
         outputs = []
-        for start, end in itertools.pairwise(bounds):
+        for start, end in itertools.pairwise([0, *bounds, T]):
             if start > 0:
                 state = state.reset_rows(reset[:, start])
-            span = None if lengths is None else (lengths - start).clamp(0, end - start)
-            y, state = self._call_rows(x[:, start:end], state, span)
+            inside = reset[:, start + 1 : end]
+            if hold and bool(inside.any()):
+                span_reset = torch.cat([torch.zeros_like(reset[:, :1]), inside], dim=1)
+                y, state = self._run_aligned(x[:, start:end], state, span_reset)
+            else:
+                span = None if lengths is None else (lengths - start).clamp(0, end - start)
+                y, state = self._call_rows(x[:, start:end], state, span)
             outputs.append(y)
         return torch.cat(outputs, dim=1), state
 
@@ -430,6 +446,37 @@ def _check_flags(
             raise ValueError(f"{name} must hold only 0/1 (or bool); received other values")
         flags = flags.bool()
     return flags.to(device)
+
+
+def _plan_bounds(reset: torch.Tensor, call_cost: float) -> list[int]:
+    """Span boundaries (reset columns > 0) that minimise extra row-steps + calls * call_cost.
+
+    Candidates: 1..C+1 spans with boundaries at the reset columns nearest to even cuts of the
+    window (C = distinct reset columns); C+1 spans is ``split``, one span is ``aligned``.
+    """
+    T = reset.shape[1]
+    counts = reset[:, 1:].sum(0).cpu().numpy()  # (T-1,): resets per column 1..T-1
+    columns = np.flatnonzero(counts) + 1
+    weights = counts[columns - 1]
+    best_cost, best = float("inf"), columns
+    for spans in sorted({1, 2, 3, 4, 6, 8, 12, 16, len(columns) + 1}):
+        if spans > len(columns) + 1:
+            continue
+        if spans == len(columns) + 1:
+            bounds = columns
+        else:
+            cuts = np.arange(1, spans) * (T / spans)
+            nearest = np.abs(columns[None, :] - cuts[:, None]).argmin(1)
+            bounds = np.unique(columns[nearest])
+        starts = np.concatenate([[0], bounds])
+        ends = np.concatenate([bounds, [T]])
+        span_of = np.searchsorted(bounds, columns, side="right")
+        inside = ~np.isin(columns, bounds)
+        extra_rows = float((weights * (ends - starts)[span_of] * inside).sum())
+        cost = extra_rows + (len(bounds) + 1) * call_cost
+        if cost < best_cost:
+            best_cost, best = cost, bounds
+    return [int(c) for c in best]
 
 
 def _hold_column(layer: nn.RNNBase, weight_ih: torch.Tensor) -> torch.Tensor:
