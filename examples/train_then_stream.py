@@ -12,7 +12,6 @@ import os
 import numpy as np
 
 import seqstate
-from seqstate.prediction import predict
 
 QUICK = os.environ.get("SEQSTATE_EXAMPLE_QUICK") == "1"
 rng = np.random.default_rng(0)
@@ -33,7 +32,7 @@ stream = np.sin((np.arange(300) + 1234) / 20).astype(np.float32)
 streams = seqstate.Streams(model)
 stepped = np.stack([streams.step(["sensor-1"], [[value]])[0] for value in stream])  # (300, 1)
 
-whole = predict(model, stream[:, None])  # (300, 1): the same sequence in one call
+whole = seqstate.predict(model, stream[:, None])  # (300, 1): the same sequence in one call
 np.testing.assert_allclose(stepped, whole, rtol=1e-4, atol=1e-5)
 error = np.abs(whole[:-1, 0] - stream[1:]).mean()
 print(f"one stream, step by step == whole sequence; next-value error {error:.3f}")
