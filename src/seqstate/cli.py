@@ -300,7 +300,15 @@ def load_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def _merge_toml(settings: dict[str, dict[str, Any]], path: Path) -> None:
-    import tomllib
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ImportError:
+            raise CliError(
+                "--config needs Python >= 3.11 (tomllib) or the tomli package: pip install tomli"
+            ) from None
 
     if not path.is_file():
         raise CliError(f"config file {str(path)!r} does not exist")
