@@ -4,6 +4,8 @@ for the exit code and the one-line error)."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 
@@ -308,3 +310,47 @@ def test_train_is_reproducible_and_resume_is_exact(data, tmp_path):
     assert main([*args, "--epochs", "1", "--out", str(resumed)]) == 0
     assert main([*args, "--out", str(resumed), "--resume"]) == 0
     assert (resumed / "model.safetensors").read_bytes() == a
+
+
+def test_distributed_outside_torchrun_is_a_one_line_error(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", str(data), "-f", "value,aux", "-t", "value", "--id", "id", "--time", "t"]
+    assert main([*args, *TINY, "--distributed", "--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("seqstate: error:") and "torchrun" in error
+    assert not out.exists()
+
+
+def test_distributed_train_under_torchrun_equals_one_process(data, tmp_path):
+    """`torchrun --nproc_per_node 2 seqstate train --distributed` == one process, same lanes."""
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["train", str(data), "-f", "value,aux", "-t", "value", "--id", "id", "--time", "t"]
+    layout = ["--lanes", "4", "--window", "8", "--epochs", "2", "--hidden-size", "8"]
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    assert main([*args, *layout, "--no-progress", "--out", str(single)]) == 0
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        "-m",
+        "seqstate.cli",
+        *args,
+        *layout,
+        "--no-progress",
+        "--distributed",
+        "--out",
+        str(multi),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("trained 2 epoch(s)") == 1  # rank 0 reports, alone
+    weights = load_model(multi).state_dict()
+    for name, value in load_model(single).state_dict().items():
+        torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-5)

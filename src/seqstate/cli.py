@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from --out/checkpoint"
     )
+    train.add_argument(
+        "--distributed",
+        action="store_true",
+        help="run under torchrun: split the lanes across its processes (docs/distributed.md)",
+    )
 
     doctor = command(
         "doctor",
@@ -401,6 +406,16 @@ def _lanes_for(train: Any, validation: Any, settings: dict[str, dict[str, Any]])
 
 
 def _train(args: argparse.Namespace) -> int:
+    if not args.distributed:
+        return _train_run(args, main=True)
+    from seqstate.distributed import distributed, is_main_process
+
+    # Every rank runs the same command; fit splits the lanes, rank 0 writes and reports.
+    with distributed():
+        return _train_run(args, main=is_main_process())
+
+
+def _train_run(args: argparse.Namespace, *, main: bool) -> int:
     from seqstate.checkpoint import read_model_json, save_model
     from seqstate.sources import Normalization
     from seqstate.train import FitConfig, fit
@@ -420,10 +435,12 @@ def _train(args: argparse.Namespace) -> int:
     stats = Normalization.fit(train)
     stats.apply(model)
     train_lanes, validation_lanes = _lanes_for(train, validation, settings)
-    print(
-        f"training on {len(train)} series ({int(train.lengths.sum())} steps) as {train_lanes!r}",
-        file=sys.stderr,
-    )
+    if main:
+        print(
+            f"training on {len(train)} series ({int(train.lengths.sum())} steps) as "
+            f"{train_lanes!r}",
+            file=sys.stderr,
+        )
     history = fit(
         model,
         train_lanes,
@@ -432,6 +449,8 @@ def _train(args: argparse.Namespace) -> int:
         run_dir=out,
         resume=True if args.resume else None,
     )
+    if not main:
+        return 0
     metadata = dict(read_model_json(out).get("metadata", {}))
     metadata.update(
         run_metadata(table, train, validation, split_by, stats, settings, train_lanes=train_lanes)
