@@ -48,7 +48,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from seqstate.layers import _CALL_COST, GRU, LSTM, _plan_bounds
+from seqstate.layers import _CALL_COST, _HELD_SPAN_COST, GRU, LSTM, _plan_bounds
 from seqstate.state import GRUState, LSTMState, State
 
 START, END = "<!-- layers:start -->", "<!-- layers:end -->"
@@ -56,6 +56,7 @@ BATCH, FEATURES = 32, 8
 KINDS = ("LSTM", "GRU")
 METHODS = ("torch", "auto", "split", "aligned", "loop")
 CALL_COST = {"LSTM": _CALL_COST[nn.LSTM], "GRU": _CALL_COST[nn.GRU]}  # what ``auto`` uses
+HELD_COST = {"LSTM": _HELD_SPAN_COST[nn.LSTM], "GRU": _HELD_SPAN_COST[nn.GRU]}
 GROUP_ROWS = 64  # rows per aligned call (seqstate.layers._ALIGNED_GROUP_ROWS, at least B)
 BEAT = 0.10  # main table: the better of split/aligned "beats" auto by more than this
 RATIO_OFF = 2.0  # calibration: measured call cost this far from ``_CALL_COST`` is flagged
@@ -95,7 +96,7 @@ def planned_spans(kind: str, reset: torch.Tensor) -> int:
     """Fused calls ``auto`` makes on this window (1 = aligned's plan, columns + 1 = split's)."""
     if not bool(reset[:, 1:].any()):
         return 1
-    return len(_plan_bounds(reset, CALL_COST[kind])) + 1
+    return len(_plan_bounds(reset, CALL_COST[kind], HELD_COST[kind])) + 1
 
 
 def window_shape(kind: str, windows: list[Window]) -> dict[str, float]:
@@ -398,8 +399,10 @@ Why the numbers look like this (CPU, torch's own kernels):
   kernel work, in calls of at most 64 rows (past that the CPU kernel's cost per row grows), so
   past 64 rows it also pays for more calls.
 - `auto` mixes the two per window: a span boundary at a reset column costs one fused call
-  (`_CALL_COST[cell]` row-steps: LSTM 80, GRU 15), a reset left inside a span costs one extra
-  row over the rest of that span (span width row-steps). `_plan_bounds` tries 1, 2, 3, 4, 6,
+  (`_CALL_COST[cell]` row-steps: LSTM 100, GRU 25), a reset left inside a span costs one extra
+  row over the rest of that span (span width row-steps) and each span run with hold steps a
+  fixed `_HELD_SPAN_COST[cell]` (LSTM 180, GRU 100: per-layer calls, weight concatenation and
+  gathers, measured by the held-span probe). `_plan_bounds` tries 1, 2, 3, 4, 6,
   8, 12, 16 and C+1 spans (C = distinct reset columns; boundaries snapped to the reset
   columns nearest even cuts) and keeps the cheapest. Expensive calls (oneDNN LSTM) give few
   spans, near `aligned` but with its longest extra rows cut short; cheap calls (GRU) give many,

@@ -279,6 +279,8 @@ def test_plan_bounds_spans_between_split_and_aligned() -> None:
     assert layers_module._plan_bounds(reset, call_cost=1e9) == []
     middle = layers_module._plan_bounds(reset, call_cost=30.0)
     assert 0 < len(middle) < len(columns) and set(middle) <= set(columns)
+    # a dear held span pushes the plan back to split
+    assert layers_module._plan_bounds(reset, call_cost=30.0, held_cost=1e9) == columns
 
 
 @settings(max_examples=40, deadline=None)

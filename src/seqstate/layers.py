@@ -54,10 +54,13 @@ Strategy = Literal["auto", "split", "aligned"]
 # ``auto`` plans each window with mid-window resets as a few spans (``_plan_bounds``): a span
 # boundary at a reset column costs one more fused call; a reset *inside* a span costs one more
 # row running to the span's end (hold steps before it). ``split`` is the plan with a boundary at
-# every reset column, ``aligned`` the plan with none. The cost of one call in units of one row
-# running one step, measured on CPU (forward+backward, B=32, T=50, H=128/256, one thread):
-# oneDNN's LSTM has a large fixed cost per call; torch's CPU GRU/RNN kernels have little.
-_CALL_COST = {nn.LSTM: 80.0, nn.GRU: 15.0, nn.RNN: 15.0}
+# every reset column, ``aligned`` the plan with none. Costs in units of one row running one
+# step, measured on CPU (forward+backward, B=32, T=50, H=128/256, one thread; benchmarks/layers.py
+# prints the calibration): a fused call (oneDNN's LSTM has a large fixed cost per call, torch's
+# CPU GRU/RNN little), and the extra fixed cost of a span run with hold steps (per-layer calls,
+# weight concatenation, gathers).
+_CALL_COST = {nn.LSTM: 100.0, nn.GRU: 25.0, nn.RNN: 25.0}
+_HELD_SPAN_COST = {nn.LSTM: 180.0, nn.GRU: 100.0, nn.RNN: 100.0}
 
 # Rows per ``aligned`` call (at least the window's batch): beyond ~64-80 rows the CPU LSTM
 # kernel's cost per row grows (B=64: 0.35 ms/row, B=128: 0.73 ms/row, T=50, H=128).
@@ -227,7 +230,8 @@ class _Resettable:
             return self._run_spans(x, state, reset, lengths, columns.tolist(), hold=False)  # type: ignore[arg-type]
         if self.strategy == "aligned":
             return self._run_spans(x, state, reset, None, [], hold=True)  # type: ignore[arg-type]
-        bounds = _plan_bounds(reset, _CALL_COST[type(self)._torch_module])  # type: ignore[arg-type]
+        kind = type(self)._torch_module
+        bounds = _plan_bounds(reset, _CALL_COST[kind], _HELD_SPAN_COST[kind])  # type: ignore[arg-type]
         return self._run_spans(x, state, reset, None, bounds, hold=True)  # type: ignore[arg-type]
 
     def _choose(self, lengths: torch.Tensor | None) -> Literal["split", "aligned"]:
@@ -448,8 +452,9 @@ def _check_flags(
     return flags.to(device)
 
 
-def _plan_bounds(reset: torch.Tensor, call_cost: float) -> list[int]:
-    """Span boundaries (reset columns > 0) that minimise extra row-steps + calls * call_cost.
+def _plan_bounds(reset: torch.Tensor, call_cost: float, held_cost: float = 0.0) -> list[int]:
+    """Span boundaries (reset columns > 0) minimising, in row-steps, the extra rows run by hold
+    steps + calls * call_cost + spans that need hold steps * held_cost.
 
     Candidates: 1..C+1 spans with boundaries at the reset columns nearest to even cuts of the
     window (C = distinct reset columns); C+1 spans is ``split``, one span is ``aligned``.
@@ -473,7 +478,8 @@ def _plan_bounds(reset: torch.Tensor, call_cost: float) -> list[int]:
         span_of = np.searchsorted(bounds, columns, side="right")
         inside = ~np.isin(columns, bounds)
         extra_rows = float((weights * (ends - starts)[span_of] * inside).sum())
-        cost = extra_rows + (len(bounds) + 1) * call_cost
+        held_spans = np.unique(span_of[inside]).size
+        cost = extra_rows + (len(bounds) + 1) * call_cost + held_spans * held_cost
         if cost < best_cost:
             best_cost, best = cost, bounds
     return [int(c) for c in best]
