@@ -560,7 +560,8 @@ def forecast(
     outputs, state = _run(
         model, info, arrays, chunk=chunk, batch_size=batch_size, capture_state=True
     )
-    assert state is not None  # capture_state=True always returns one
+    if state is None:  # capture_state=True always returns one
+        raise RuntimeError("internal error: no final state was captured")
     result = torch.empty((n, horizon, info.output_size), dtype=info.dtype, device=info.device)
     result[:, 0] = torch.from_numpy(np.stack([out[-1] for out in outputs])).to(info.device)
     future_t = torch.from_numpy(future).to(info.device)

@@ -532,7 +532,8 @@ def _sequence_model_obstacle(plan: _Plan, *, allow_masking: bool) -> str | None:
 def _build_sequence_model(plan: _Plan) -> SequenceModel:
     recurrent = [layer for layer in plan.layers if isinstance(layer, _Recurrent)]
     head = plan.layers[-1]
-    assert isinstance(head, _Dense)  # internal: checked by _sequence_model_obstacle
+    if not isinstance(head, _Dense):  # checked by _sequence_model_obstacle
+        raise RuntimeError(f"internal error: expected a Dense head, found {type(head).__name__}")
     first = recurrent[0]
     start, end = plan.layers.index(first), plan.layers.index(recurrent[-1])
     rates = [layer.rate for layer in plan.layers[start:end] if isinstance(layer, _Dropout)]

@@ -322,7 +322,8 @@ async def _submit(resources: Resources, step: StepRequest) -> Outcome:
 
 def _answer(outcome: Outcome) -> bytes:
     """``{"seq":…, "y":…, "replayed":…}`` with the stored JSON of y spliced in as is."""
-    assert not isinstance(outcome, Reject)
+    if isinstance(outcome, Reject):
+        raise RuntimeError("internal error: a rejected step reached the success path")
     replayed = b"true" if outcome.replayed else b"false"
     return b'{"seq":%d,"y":%s,"replayed":%s}' % (outcome.seq, outcome.output, replayed)
 

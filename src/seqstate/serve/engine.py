@@ -115,7 +115,8 @@ class Engine:
 
     def _load(self, record: Record | None) -> State | None:
         """The stored state, or None when it does not fit this model (another model's store)."""
-        assert record is not None  # decide() returns from_zero=False only for a stored record
+        if record is None:  # decide() returns from_zero=False only for a stored record
+            raise RuntimeError("internal error: a step continues a stream with no stored record")
         try:
             state = State.from_bytes(record.state)
         except ValueError:
