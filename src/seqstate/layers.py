@@ -224,15 +224,16 @@ class _Resettable:
             columns = reset[:, 1:].any(0).nonzero().flatten() + 1
         else:
             columns = torch.empty(0, dtype=torch.long)
-        if columns.numel() == 0:
+        if reset is None or columns.numel() == 0:
             return self._call_rows(x, state, lengths)
         if self._choose(lengths) == "split":
-            return self._run_spans(x, state, reset, lengths, columns.tolist(), hold=False)  # type: ignore[arg-type]
-        if self.strategy == "aligned":
-            return self._run_spans(x, state, reset, None, [], hold=True)  # type: ignore[arg-type]
-        kind = type(self)._torch_module
-        bounds = _plan_bounds(reset, _CALL_COST[kind], _HELD_SPAN_COST[kind])  # type: ignore[arg-type]
-        return self._run_spans(x, state, reset, None, bounds, hold=True)  # type: ignore[arg-type]
+            bounds, hold = columns.tolist(), False
+        elif self.strategy == "aligned":
+            bounds, hold = [], True
+        else:
+            kind = type(self)._torch_module
+            bounds, hold = _plan_bounds(reset, _CALL_COST[kind], _HELD_SPAN_COST[kind]), True
+        return self._run_spans(x, state, reset, lengths, bounds, hold=hold)
 
     def _choose(self, lengths: torch.Tensor | None) -> Literal["split", "aligned"]:
         """Whether hold steps may be used: full-length rows, and gates that can hold a zero
