@@ -10,6 +10,7 @@ final weights of the 1- and 2-process runs are compared as a correctness check.
 
     .venv/bin/python benchmarks/distributed.py            # full run, writes BENCHMARKS.md
     .venv/bin/python benchmarks/distributed.py --quick    # smoke run (also writes the section)
+    .venv/bin/python benchmarks/distributed.py --quick --no-write   # print only
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import socket
 import statistics
 import subprocess
@@ -30,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _report import machine_info, write_section
+
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ROOT / "BENCHMARKS.md"
-START, END = "<!-- distributed:start -->", "<!-- distributed:end -->"
 B, T, F = 32, 50, 8
 LAUNCH_TIMEOUT = 900  # seconds per launch
 
@@ -132,26 +131,10 @@ def launch(processes: int, threads: int, args: argparse.Namespace, out: Path) ->
     return json.loads((out / "result.json").read_text())
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{cpu}, {os.cpu_count()} logical cores, load average at start {load}; Python "
-        f"{platform.python_version()}, torch {torch.__version__}, {platform.system()} "
-        f"{platform.release()}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one size, fewer repeats")
+    parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--windows", type=int, default=20, help="windows per epoch")
@@ -168,7 +151,7 @@ def main() -> None:
 
     settings = [("1 process x 32 lanes, 1 thread", 1, 1), ("1 process x 32 lanes, 2 threads", 1, 2)]
     settings.append(("2 processes x 16 lanes, 1 thread each (gloo)", 2, 1))
-    header = machine()
+    header = machine_info()
     rates: dict[str, dict[str, list[float]]] = {name: {} for name, _, _ in settings}
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(args.rounds):
@@ -191,7 +174,6 @@ def main() -> None:
         " --quick" if args.quick else ""
     )
     lines = [
-        START,
         "## Distributed training: 1 process vs 2 processes (gloo, CPU)",
         "",
         f"LSTM (1 layer), B={B} lanes, T={T} steps per window, F={F}, next-step targets, Adam, "
@@ -240,20 +222,11 @@ def main() -> None:
         "rank adds a device instead of sharing cores; the TBPTT window itself stays sequential.",
         f"- Machine: {header}.",
         f"- Command: `{command}`",
-        END,
     ]
-    write_section("\n".join(lines))
-    print("\n".join(lines))
-
-
-def write_section(section: str) -> None:
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    BENCHMARKS.write_text(text)
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section("distributed", text)
 
 
 if __name__ == "__main__":

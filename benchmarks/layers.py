@@ -48,10 +48,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _report import BENCHMARKS, cpu_model, load_average, write_section
 from seqstate.layers import _CALL_COST, _HELD_SPAN_COST, GRU, LSTM, _plan_bounds
 from seqstate.state import GRUState, LSTMState, State
 
-START, END = "<!-- layers:start -->", "<!-- layers:end -->"
 BATCH, FEATURES = 32, 8
 KINDS = ("LSTM", "GRU")
 METHODS = ("torch", "auto", "split", "aligned", "loop")
@@ -356,24 +356,9 @@ def format_sweep_row(row: dict[str, object]) -> str:
     )
 
 
-def load_average() -> str:
-    try:
-        return ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
 def machine_info() -> str:
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return (
-        f"CPU: {model}, {os.cpu_count()} logical cores; torch {torch.__version__} "
+        f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; torch {torch.__version__} "
         f"({torch.get_num_threads()} intra-op threads, oneDNN "
         f"{'on' if torch.backends.mkldnn.is_available() else 'off'}); "
         f"Python {platform.python_version()}; {platform.system()} {platform.release()}"
@@ -595,7 +580,6 @@ def render(
     minutes: float,
 ) -> str:
     lines = [
-        START,
         "## Recurrent layers: training-step throughput (`benchmarks/layers.py`)",
         "",
         f"Command: `{command}` ({minutes:.1f} min)  ",
@@ -642,20 +626,7 @@ def render(
     ]
     if notes.strip():
         lines += ["", notes.strip()]
-    lines.append(END)
-    return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the text between the markers, or append the section if they are missing."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"  # re-read right now
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1]
-        text = before + section.rstrip("\n") + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -664,7 +635,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--output",
         type=Path,
-        default=Path(__file__).resolve().parents[1] / "BENCHMARKS.md",
+        default=BENCHMARKS,
         help="markdown file whose layers section is replaced (default: BENCHMARKS.md)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -689,7 +660,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(section)
     if not args.no_write:
-        write_section(args.output, section)
+        write_section("layers", section, args.output)
         print(f"wrote the layers section of {args.output}")
 
 

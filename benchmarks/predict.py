@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -30,13 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _report import cpu_model, load_average, write_section
 from seqstate.model import SequenceModel
 from seqstate.prediction import DEFAULT_CHUNK, predict
 from seqstate.state import State
 from seqstate.streams import Streams, advance
 
-ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- predict:start -->", "<!-- predict:end -->"
 F, H, CONTEXT = 8, 128, 50
 
 
@@ -148,25 +146,15 @@ def bench_streams(model, sizes: list[int], calls: int) -> list[dict]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     return (
-        f"{cpu}, {os.cpu_count()} cores (shared with other jobs; load average at the end "
-        f"{load}), torch {torch.__version__} with {torch.get_num_threads()} threads, "
+        f"{cpu_model()}, {os.cpu_count()} cores (shared with other jobs; load average at the "
+        f"end {load_average()}), torch {torch.__version__} with {torch.get_num_threads()} threads, "
         f"Python {platform.python_version()}, {platform.system()}"
     )
 
 
 def render(args, series_rows, chunk_rows, lane_rows, stream_rows) -> str:
     lines = [
-        START,
         "## predict: stateful chunked prediction vs stateless sliding windows; Streams",
         "",
         f"Command: `.venv/bin/python benchmarks/predict.py{' --quick' if args.quick else ''}`",
@@ -220,19 +208,7 @@ def render(args, series_rows, chunk_rows, lane_rows, stream_rows) -> str:
             f"{row['stacked_steps_per_s']:,.0f} | {row['dict_calls_per_s']:,.0f} | "
             f"{row['dict_steps_per_s']:,.0f} |"
         )
-    lines.append(END)
     return "\n".join(lines)
-
-
-def write_section(section: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
 
 
 def main() -> None:
@@ -260,7 +236,7 @@ def main() -> None:
     section = render(args, series_rows, chunk_rows, lane_rows, stream_rows)
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section("predict", section)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _report import cpu_model, write_section
+
 TOKEN = "bench-token"
 STREAMS = 1000
 FEATURES = 8
@@ -274,33 +275,13 @@ def start_redis(directory: Path) -> tuple[subprocess.Popen, str] | None:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
-        f"{os.cpu_count()} cores ({cpu}), load average {load:.1f} at start; Python "
+        f"{os.cpu_count()} cores ({cpu_model()}), load average {load:.1f} at start; Python "
         f"{platform.python_version()}, torch {torch.__version__}, {platform.system()}"
     )
-
-
-def write_section(text: str) -> None:
-    path = REPO / "BENCHMARKS.md"
-    start, end = "<!-- serve:start -->", "<!-- serve:end -->"
-    block = f"{start}\n{text.rstrip()}\n{end}"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if start in old and end in old:
-        new = old[: old.index(start)] + block + old[old.index(end) + len(end) :]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    path.write_text(new)
 
 
 def main() -> None:
@@ -374,7 +355,7 @@ def main() -> None:
     text = _report(rows, header, seconds, args)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("serve", text)
 
 
 def _row(r: dict) -> str:

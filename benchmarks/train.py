@@ -15,25 +15,18 @@ shared machine hits both alike; the ratio is the median of per-pair ratios.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import re
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from _report import BENCHMARKS, machine_info, write_section
 from seqstate.lanes import Lanes
 from seqstate.model import SequenceModel
 from seqstate.train import fit
-
-ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ROOT / "BENCHMARKS.md"
-START, END = "<!-- train:start -->", "<!-- train:end -->"
 
 B, T, F, H = 32, 50, 8, 128
 
@@ -134,37 +127,6 @@ def window_overhead(lanes: Lanes, repeats: int = 3) -> float:
     return best * 1e6
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        found = re.search(r"model name\s*:\s*(.+)", text)
-        cpu = found.group(1).strip() if found else cpu
-    except OSError:
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return (
-        f"{cpu}, {os.cpu_count()} logical cores, load average at start {load}; "
-        f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} intra-op threads, {platform.system()} {platform.release()}"
-    )
-
-
-def write_section(text: str) -> None:
-    section = f"{START}\n{text.rstrip()}\n{END}"
-    if BENCHMARKS.exists():
-        current = BENCHMARKS.read_text()
-        if START in current and END in current:
-            before, rest = current.split(START, 1)
-            after = rest.split(END, 1)[1]
-            updated = before + section + after
-        else:
-            updated = current.rstrip() + "\n\n" + section + "\n"
-    else:
-        updated = "# Benchmarks\n\n" + section + "\n"
-    BENCHMARKS.write_text(updated)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small run for a smoke test")
@@ -253,14 +215,14 @@ def main(argv: list[str] | None = None) -> None:
         "the normalisation buffers of SequenceModel (four small element-wise ops) and a few "
         "CPU-side counts per window. The spread between pairs is the shared machine: the ratio "
         "of one pair ranges widely while the medians are stable to a few percent.",
-        f"- Machine: {machine()}.",
+        f"- Machine: {machine_info(threads=True)}.",
         f"- Command: `{command}`",
         "",
     ]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("train", text)
         print(f"wrote the train section of {BENCHMARKS}")
 
 
