@@ -340,7 +340,9 @@ def _merge_toml(settings: dict[str, dict[str, Any]], path: Path) -> None:
             settings[section][key] = value
 
 
-def _read_training_table(settings: dict[str, dict[str, Any]]) -> Any:
+def read_training_table(settings: dict[str, dict[str, Any]]) -> Any:
+    """The [data] table of ``settings`` (as ``load_settings`` returns them), read; used by
+    ``seqstate train`` and ``seqstate doctor`` so both read it the same way."""
     from seqstate.sources import read_table
 
     data = settings["data"]
@@ -429,7 +431,7 @@ def _train_run(args: argparse.Namespace, *, main: bool) -> int:
             f"{out} already holds a run; pass --out to write elsewhere, or --resume to continue it"
         )
 
-    table = _read_training_table(settings)
+    table = read_training_table(settings)
     train, validation, split_by = split_settings(table, settings)
     model = _model_for(table, settings)
     stats = Normalization.fit(train)

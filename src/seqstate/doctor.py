@@ -54,22 +54,14 @@ def _megabytes(count: float) -> str:
 
 def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
     """Report on a training setup given as ``seqstate.cli.load_settings`` returns it."""
-    from seqstate.cli import split_settings
-    from seqstate.sources import constant_columns, read_table
+    from seqstate.cli import read_training_table, split_settings
+    from seqstate.sources import constant_columns
 
     report = Report()
     data, layout, model = settings["data"], settings["layout"], settings["model"]
     report.facts.append(("Data", str(data["path"])))
     try:
-        table = read_table(
-            data["path"],
-            features=data["features"],
-            targets=data["targets"],
-            id_column=data["id"],
-            time_column=data["time"],
-            shift=data["shift"],
-            task=data["task"],
-        )
+        table = read_training_table(settings)
     except (ValueError, TypeError, OSError) as error:
         report.problems.append(f"{error}")
         return report
