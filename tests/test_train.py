@@ -467,7 +467,8 @@ def test_bad_input_fails_before_training_and_changes_nothing(tmp_path):
         (
             lambda: fit(make_model(input_size=3), lanes, run_dir=run_dir, **QUIET),
             ValueError,
-            "train has 2 features per step but the model expects input_size=3",
+            r"train has 2 features per step but the model expects input_size=3;"
+            r".*a model with input_size=2\)",
         ),
         (
             lambda: fit(

@@ -931,7 +931,7 @@ def _check_compatible(model: nn.Module, lanes: Lanes, loss: MaskedLoss, name: st
         raise ValueError(
             f"{name} has {lanes.num_features} features per step but the model expects "
             f"input_size={input_size}; build the lanes from the same feature columns the "
-            "model was made for (or a model with input_size={lanes.num_features})"
+            f"model was made for (or a model with input_size={lanes.num_features})"
         )
     if lanes.num_outputs == 0:
         raise ValueError(
