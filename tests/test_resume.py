@@ -17,17 +17,6 @@ from seqstate.model import SequenceModel
 from seqstate.runstate import decode, encode, load_snapshot
 from seqstate.train import FitConfig, WindowEnd, fit
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: one intra-op thread is faster, and far faster on a loaded shared machine
-    # (OpenMP threads spin-wait when cores are oversubscribed).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 CONFIG = FitConfig(
     epochs=3,
     lr=5e-3,

@@ -19,16 +19,6 @@ from seqstate.state import GRUState
 from seqstate.train import FitConfig, History, WindowEnd, evaluate, fit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: one intra-op thread is faster, and far faster on a loaded shared machine
-    # (OpenMP threads spin-wait when cores are oversubscribed).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sine_series(n: int = 600, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(n)
