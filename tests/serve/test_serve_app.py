@@ -6,8 +6,8 @@ import asyncio
 import json
 
 import pytest
-from conftest import AUTH, FEATURES, OUTPUTS, TOKEN, in_process, make_config, replay, serving
 
+from conftest import AUTH, FEATURES, OUTPUTS, TOKEN, in_process, make_config, replay, serving
 from seqstate.serve import ServeConfig, create_app
 
 ATOL = 1e-5  # float32: a batched call may differ from a single-row call in the last bits

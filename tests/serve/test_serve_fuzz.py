@@ -7,10 +7,10 @@ import json
 from urllib.parse import quote
 
 import pytest
-from conftest import make_config, serving
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import make_config, serving
 from seqstate.serve import create_app
 
 json_values = st.recursive(

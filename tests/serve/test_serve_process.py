@@ -10,6 +10,7 @@ import sys
 import httpx
 import numpy as np
 import pytest
+
 from conftest import AUTH, replay
 
 ATOL = 1e-5

@@ -8,6 +8,7 @@ import uuid
 import httpx
 import numpy as np
 import pytest
+
 from conftest import AUTH, ServerProcess, replay
 
 ATOL = 1e-5
