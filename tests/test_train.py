@@ -402,7 +402,7 @@ def test_custom_module_trains_with_run_dir(tmp_path):
 
 
 def test_progress_bar_shows_loss_and_throughput(capsys, monkeypatch):
-    import seqstate.train as train_module
+    import seqstate.train.loop as train_module
 
     monkeypatch.setattr(train_module, "_PROGRESS_REFRESH", 0.0)
     fit(make_model(), Lanes.from_series(sine_series(100), lanes=2, window=10), epochs=1)

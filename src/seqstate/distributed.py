@@ -47,7 +47,8 @@ from seqstate.lanes import Lanes
 from seqstate.losses import MaskedLoss, MetricSums
 from seqstate.runstate import restore_rng
 from seqstate.state import State
-from seqstate.train import _EpochSums, _evaluate_sums, _Replica
+from seqstate.train.evaluation import evaluate_sums
+from seqstate.train.replica import EpochSums, Replica
 
 __all__ = [
     "RankInfo",
@@ -235,7 +236,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# fit's view of one rank (see seqstate.train._Replica for the hook points)
+# fit's view of one rank (see seqstate.train.replica.Replica for the hook points)
 # --------------------------------------------------------------------------------------------
 
 
@@ -297,7 +298,7 @@ def _check_agreement(
 
 
 @dataclasses.dataclass(frozen=True)
-class _RankReplica(_Replica):
+class _RankReplica(Replica):
     """One rank of a distributed fit: its lanes, the collectives and checkpoint gathering."""
 
     world_size: int = 1
@@ -335,10 +336,10 @@ class _RankReplica(_Replica):
                 else:
                     parameter.grad.copy_(chunk)
 
-    def reduce_epoch(self, sums: _EpochSums) -> _EpochSums:
+    def reduce_epoch(self, sums: EpochSums) -> EpochSums:
         values = [float(sums.loss), float(sums.counted), float(sums.real), sums.seconds]
         gathered = self._gather_values(values)
-        return _EpochSums(
+        return EpochSums(
             loss=torch.tensor(
                 sum(row[0] for row in gathered), dtype=torch.float64, device=sums.loss.device
             ),
@@ -354,7 +355,7 @@ class _RankReplica(_Replica):
         rows = _split_block(lanes.num_lanes, self.world_size, self.rank)
         local = MetricSums(loss, device)
         if rows.stop > rows.start:
-            local = _evaluate_sums(model, lanes, loss, device, rows=rows)
+            local = evaluate_sums(model, lanes, loss, device, rows=rows)
         unexpected = sorted(set(local.totals) - set(names))
         if unexpected:
             raise RuntimeError(f"seqstate.distributed does not reduce metrics {unexpected} yet")
@@ -369,8 +370,8 @@ class _RankReplica(_Replica):
         return total.result()
 
     def gather_checkpoint(
-        self, state: State | None, sums: _EpochSums | None, rng: Any
-    ) -> tuple[State | None, _EpochSums | None, Any]:
+        self, state: State | None, sums: EpochSums | None, rng: Any
+    ) -> tuple[State | None, EpochSums | None, Any]:
         if state is not None:
             state = type(state).cat(
                 [
@@ -384,12 +385,12 @@ class _RankReplica(_Replica):
         return state, sums, self._gather_rng(rng)
 
     def restore_checkpoint(
-        self, state: State | None, sums: _EpochSums | None, rng: Any
-    ) -> tuple[State | None, _EpochSums | None]:
+        self, state: State | None, sums: EpochSums | None, rng: Any
+    ) -> tuple[State | None, EpochSums | None]:
         if state is not None:
             state = state.select(self.rows)
         if sums is not None and self.rank != 0:
-            sums = _EpochSums(loss=torch.zeros_like(sums.loss))
+            sums = EpochSums(loss=torch.zeros_like(sums.loss))
         self._restore_rng(rng)
         return state, sums
 

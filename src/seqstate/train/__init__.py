@@ -1,0 +1,58 @@
+"""fit and evaluate: truncated backpropagation through time over lanes, with exact resume.
+
+One epoch is the plain loop below; everything else (checkpoints, validation, early stopping,
+the progress bar) happens between windows or between epochs::
+
+    state = model.initial_state(B)                      # fresh at every epoch
+    for window in train.windows(epoch):                 # (B, T, ...) windows, lane-continuous
+        y, state = model(window.x, state, reset=window.reset, mask=window.valid)
+        loss = masked mean of loss(y, window.y) over window.mask
+        loss.backward(); clip_grad_norm_; optimizer.step()
+        state = state.detach()                          # the TBPTT cut: T = the lane window
+
+Validation runs on its own lanes, from its own zero state, in eval mode under ``no_grad``;
+it never sees the training state and draws no random numbers, so a run with validation ends
+with the same weights as a run without it.
+
+With ``run_dir`` fit writes::
+
+    run_dir/
+      model.json, model.safetensors   final weights (the best epoch's with early stopping)
+      metrics.jsonl                   one JSON record per epoch (History.records)
+      loss.png                        loss curves (when matplotlib is installed)
+      checkpoint/                     everything exact resume needs, see seqstate.runstate
+
+Where each part lives (every module holds one idea):
+
+- ``config``      FitConfig
+- ``history``     History and the hook payload WindowEnd
+- ``checks``      pre-flight checks of model, lanes, loss and device
+- ``fitting``     fit: checks, resume point, replica, then the loop
+- ``loop``        the Trainer: epochs, windows, checkpoints
+- ``replica``     the seam seqstate.distributed plugs into (Replica, EpochSums)
+- ``evaluation``  evaluate and the evaluation pass the loop and replicas share
+- ``resume``      what a checkpoint must agree on to be continued exactly
+- ``runfiles``    metrics.jsonl and loss.png
+- ``tensors``     device/dtype plumbing for windows and carried state
+"""
+
+from seqstate.train.config import FitConfig, OptimizerName, ScheduleName
+from seqstate.train.evaluation import evaluate
+from seqstate.train.fitting import fit
+from seqstate.train.history import EpochHook, History, WindowEnd, WindowHook
+from seqstate.train.runfiles import CHECKPOINT_DIR, METRICS_FILE, PLOT_FILE
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "METRICS_FILE",
+    "PLOT_FILE",
+    "EpochHook",
+    "FitConfig",
+    "History",
+    "OptimizerName",
+    "ScheduleName",
+    "WindowEnd",
+    "WindowHook",
+    "evaluate",
+    "fit",
+]

@@ -1,0 +1,92 @@
+"""Pre-flight checks: everything fit and evaluate refuse before the first window."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from seqstate.lanes import Lanes
+from seqstate.losses import MaskedLoss
+from seqstate.train.config import FitConfig
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={name!r} but CUDA is not available on this machine; use device='cpu' or 'auto'"
+        )
+    return device
+
+
+def check_lanes(lanes: Any, name: str) -> None:
+    if not isinstance(lanes, Lanes):
+        raise TypeError(
+            f"{name} must be seqstate.Lanes (Lanes.from_series / Lanes.from_sequences); "
+            f"received {type(lanes).__name__}"
+        )
+
+
+def resolve_loss(config: FitConfig, model: nn.Module, lanes: Lanes) -> MaskedLoss:
+    name = config.loss
+    if name is None:
+        task = getattr(getattr(model, "config", None), "task", None)
+        if task == "classification":
+            name = "cross_entropy"
+        elif task == "regression":
+            name = "mse"
+        else:
+            name = "cross_entropy" if lanes.target_dtype == torch.int64 else "mse"
+    normalize = getattr(model, "normalize_targets", None)
+    if not callable(normalize):
+        return MaskedLoss(name, config.huber_delta)  # type: ignore[arg-type]
+    return MaskedLoss(name, config.huber_delta, normalize)  # type: ignore[arg-type]
+
+
+def check_compatible(model: nn.Module, lanes: Lanes, loss: MaskedLoss, name: str) -> None:
+    """Shapes and target types of ``lanes`` against the model and the loss, before training."""
+    input_size = getattr(model, "input_size", None)
+    if isinstance(input_size, int) and lanes.num_features != input_size:
+        raise ValueError(
+            f"{name} has {lanes.num_features} features per step but the model expects "
+            f"input_size={input_size}; build the lanes from the same feature columns the "
+            f"model was made for (or a model with input_size={lanes.num_features})"
+        )
+    if lanes.num_outputs == 0:
+        raise ValueError(
+            f"{name} has no targets (built with targets=None); fit and evaluate need targets: "
+            "use targets='next', per-step targets or labels"
+        )
+    task = getattr(getattr(model, "config", None), "task", None)
+    output_size = getattr(model, "output_size", None)
+    integer_targets = lanes.target_dtype == torch.int64
+    if loss.is_classification:
+        if not integer_targets:
+            what = "a classification model" if task == "classification" else "loss cross_entropy"
+            raise ValueError(
+                f"{what} needs integer class labels but {name} holds float targets; build the "
+                "lanes with integer labels, e.g. Lanes.from_sequences(seqs, labels=y.astype("
+                "'int64'), ...)"
+            )
+        if lanes.num_outputs != 1:
+            raise ValueError(
+                f"cross_entropy needs one class index per step (O=1) but {name} has "
+                f"{lanes.num_outputs} targets per step"
+            )
+    else:
+        if integer_targets:
+            raise ValueError(
+                f"loss {loss.name!r} needs float targets but {name} holds integer targets "
+                "(class labels?); for classification use a model with task='classification' "
+                "(loss cross_entropy), for integer-valued regression targets convert them "
+                "with .astype('float32')"
+            )
+        if isinstance(output_size, int) and lanes.num_outputs != output_size:
+            raise ValueError(
+                f"{name} has {lanes.num_outputs} targets per step but the model has "
+                f"output_size={output_size}; they must match for a regression loss"
+            )

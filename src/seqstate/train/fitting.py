@@ -1,0 +1,136 @@
+"""fit: the public entry point that checks its inputs, picks a replica and runs the loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from seqstate.lanes import Lanes
+from seqstate.runstate import load_snapshot
+from seqstate.state import State
+from seqstate.train.checks import check_compatible, check_lanes, resolve_device, resolve_loss
+from seqstate.train.config import FitConfig
+from seqstate.train.history import EpochHook, History, WindowHook
+from seqstate.train.loop import Trainer
+from seqstate.train.replica import Replica
+from seqstate.train.resume import (
+    agreement,
+    check_resume,
+    lanes_signature,
+    model_signature,
+    resolve_dirs,
+)
+from seqstate.train.runfiles import CHECKPOINT_DIR
+
+
+def replica_for(
+    train: Lanes, validation: Lanes | None, device: torch.device, agreement: dict[str, Any]
+) -> Replica:
+    """One process, or this rank's share when ``torch.distributed`` is initialised
+    (``seqstate.distributed.init_from_env`` / ``torchrun``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from seqstate.distributed import rank_replica
+
+        return rank_replica(train, validation, device, agreement)
+    return Replica()
+
+
+def fit(
+    model: nn.Module,
+    train: Lanes,
+    *,
+    validation: Lanes | None = None,
+    config: FitConfig | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool | str | os.PathLike[str] | None = None,
+    on_window: WindowHook | None = None,
+    on_epoch: EpochHook | None = None,
+    **overrides: Any,
+) -> History:
+    """Train ``model`` on ``train`` by truncated BPTT over its lanes; see the module docstring.
+
+    Args:
+        model: a :class:`~seqstate.SequenceModel`, or any ``nn.Module`` with
+            ``forward(x [B, T, F], state, reset [B, T], mask [B, T]) -> (y [B, T, O], state)``
+            and ``initial_state(batch_size) -> State``.
+        train: training lanes with targets; ``train.windows(epoch)`` gives each epoch's windows.
+        validation: lanes evaluated after every epoch (their own state, eval mode, no_grad).
+        config: a :class:`FitConfig` (default ``FitConfig()``; on resume, the checkpoint's).
+        run_dir: where to write the model, metrics, plot and checkpoints.
+        resume: True to continue from ``run_dir/checkpoint``; a path to continue from that
+            run directory's checkpoint (and write into it, unless ``run_dir`` is given).
+        on_window: called after every window's optimiser step (and its checkpoint, if due)
+            with a :class:`WindowEnd`. An exception raised there stops training.
+        on_epoch: called with each epoch's record after it is checkpointed.
+        **overrides: FitConfig fields, e.g. ``epochs=5, lr=3e-3``.
+
+    Returns:
+        The :class:`History`. The model ends in eval mode, on the training device.
+    """
+    if not isinstance(model, nn.Module) or not callable(getattr(model, "initial_state", None)):
+        raise TypeError(
+            "model must be an nn.Module with forward(x, state, reset, mask) -> (y, state) and "
+            f"initial_state(batch_size), e.g. seqstate.SequenceModel; received "
+            f"{type(model).__name__}"
+        )
+    check_lanes(train, "train")
+    if validation is not None:
+        check_lanes(validation, "validation")
+    run, source = resolve_dirs(run_dir, resume)
+    snapshot = load_snapshot(source / CHECKPOINT_DIR) if source is not None else None
+
+    if config is None:
+        config = (
+            FitConfig.from_dict(snapshot.info["config"]) if snapshot is not None else FitConfig()
+        )
+    elif not isinstance(config, FitConfig):
+        raise TypeError(f"config must be a FitConfig; received {type(config).__name__}")
+    if overrides:
+        known = {f.name for f in dataclasses.fields(FitConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(
+                f"fit() got unknown keyword arguments {unknown}; FitConfig fields are "
+                f"{sorted(known)}"
+            )
+        config = dataclasses.replace(config, **overrides)
+
+    loss = resolve_loss(config, model, train)
+    check_compatible(model, train, loss, "train")
+    if validation is not None:
+        check_compatible(model, validation, loss, "validation")
+    device = resolve_device(config.device)
+    probe = model.initial_state(1)
+    if run is not None and not isinstance(probe, State):
+        raise TypeError(
+            "checkpoints need the model's state to be a seqstate State (LSTMState, GRUState, "
+            f"...); initial_state returned {type(probe).__name__}. Return a State, or train "
+            "without run_dir."
+        )
+    signature = {
+        "model": model_signature(model),
+        "train": lanes_signature(train),
+        "validation": None if validation is None else lanes_signature(validation),
+        "loss": loss.name,
+    }
+    if snapshot is not None:
+        check_resume(snapshot, config, signature, source)  # type: ignore[arg-type]
+
+    trainer = Trainer(
+        model=model,
+        train=train,
+        validation=validation,
+        config=config,
+        loss=loss,
+        device=device,
+        run=run,
+        signature=signature,
+        replica=replica_for(train, validation, device, agreement(config, signature, run, snapshot)),
+        on_window=on_window,
+        on_epoch=on_epoch,
+    )
+    return trainer.run(snapshot)

@@ -1,0 +1,48 @@
+"""The files fit writes into a run directory besides the model and the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from seqstate.train.history import History
+
+CHECKPOINT_DIR = "checkpoint"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+
+
+def write_metrics(run_dir: Path, history: History) -> None:
+    # Rewritten whole (atomically) each epoch: after a resume it holds exactly the checkpoint's
+    # epochs, never a duplicate line from an epoch that was interrupted and replayed.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in history.records)
+    tmp = run_dir / (METRICS_FILE + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, run_dir / METRICS_FILE)
+
+
+def write_plot(run_dir: Path, history: History) -> None:
+    try:  # matplotlib is an optional extra (seqstate[plot]); without it, no plot
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return
+    # A bare Figure on the Agg canvas: no pyplot, so no global backend switch for the caller.
+    figure = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    epochs = history["epoch"]
+    axes.plot(epochs, history["loss"], marker="o", label="train loss")
+    if "val_loss" in history:
+        axes.plot(epochs, history["val_loss"], marker="o", label="validation loss")
+    if history.best_epoch is not None:
+        axes.axvline(history.best_epoch, color="grey", linestyle=":", label="best epoch")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("loss")
+    axes.legend()
+    figure.tight_layout()
+    tmp = run_dir / (PLOT_FILE + ".tmp")
+    figure.savefig(tmp, format="png")
+    os.replace(tmp, run_dir / PLOT_FILE)
