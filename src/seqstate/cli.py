@@ -13,47 +13,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_parser", "main"]
+from seqstate.recipe import SECTIONS, default_settings
+from seqstate.recipe import fit_fields as recipe_fit_fields
 
-# Where each setting lives in a run.toml, its default, and what it means. CLI flags override.
-SECTIONS: dict[str, dict[str, tuple[Any, str]]] = {
-    "data": {
-        "path": (None, "the table: .csv, .tsv or .parquet (relative to the config file)"),
-        "features": (None, "input columns, in model order"),
-        "targets": (None, "target columns (default: the features, i.e. forecast them)"),
-        "id": (None, "series id column (default: the table is one series)"),
-        "time": (None, "column to sort each series by (default: the file's order)"),
-        "shift": (1, "y[t] = targets[t + shift]; 1 = next step, 0 = same step"),
-        "task": ("regression", "regression | classification (one integer target column)"),
-    },
-    "split": {
-        "by": ("auto", "series | time | none | auto (series if >= 2 series, else time)"),
-        "fraction": (0.2, "share of series (by series) or of each series' end (by time)"),
-    },
-    "layout": {
-        "lanes": (32, "B: sequences trained side by side (batch size)"),
-        "window": (64, "T: steps per window, the truncated-BPTT length"),
-        "shuffle": (True, "reassign sequences to lanes every epoch (never reorders steps)"),
-    },
-    "model": {
-        "cell": ("lstm", "lstm | gru | rnn"),
-        "hidden_size": (64, "units per recurrent layer"),
-        "num_layers": (1, "stacked recurrent layers"),
-        "dropout": (0.0, "dropout between recurrent layers"),
-    },
-    "fit": {},  # any seqstate.FitConfig field; filled in from FitConfig's defaults
-    "run": {
-        "out": (None, "run directory (default: runs/<data file stem>)"),
-        "seed": (0, "seed of the split, the shuffle and training"),
-    },
-}
+__all__ = ["build_parser", "main"]
 
 
 class CliError(Exception):
@@ -241,19 +210,9 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _fit_fields() -> dict[str, Any]:
-    from seqstate.train import FitConfig
-
-    return {f.name: f.default for f in dataclasses.fields(FitConfig)}
-
-
 def load_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Merged settings for train/doctor: defaults, then ``--config``, then command-line flags."""
-    settings = {
-        section: {key: default for key, (default, _) in keys.items()}
-        for section, keys in SECTIONS.items()
-    }
-    settings["fit"] = {}
+    settings = default_settings()
     config_path = getattr(args, "config", None)
     if config_path:
         _merge_toml(settings, Path(config_path))
@@ -321,7 +280,7 @@ def _merge_toml(settings: dict[str, dict[str, Any]], path: Path) -> None:
         document = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise CliError(f"{path} is not valid TOML: {error}") from None
-    fit_fields = _fit_fields()
+    fit_fields = recipe_fit_fields()
     for section, values in document.items():
         if section not in SECTIONS:
             raise CliError(
@@ -340,68 +299,6 @@ def _merge_toml(settings: dict[str, dict[str, Any]], path: Path) -> None:
             settings[section][key] = value
 
 
-def read_training_table(settings: dict[str, dict[str, Any]]) -> Any:
-    """The [data] table of ``settings`` (as ``load_settings`` returns them), read; used by
-    ``seqstate train`` and ``seqstate doctor`` so both read it the same way."""
-    from seqstate.sources import read_table
-
-    data = settings["data"]
-    return read_table(
-        data["path"],
-        features=data["features"],
-        targets=data["targets"],
-        id_column=data["id"],
-        time_column=data["time"],
-        shift=data["shift"],
-        task=data["task"],
-    )
-
-
-def split_settings(table: Any, settings: dict[str, dict[str, Any]]) -> tuple[Any, Any, str]:
-    """(train, validation or None, the split actually used)."""
-    from seqstate.sources import split_table
-
-    by = settings["split"]["by"]
-    if by == "auto":
-        by = "series" if len(table) >= 2 else "time"
-    if by == "none":
-        return table, None, by
-    train, validation = split_table(
-        table, by=by, fraction=settings["split"]["fraction"], seed=settings["run"]["seed"]
-    )
-    return train, validation, by
-
-
-def _model_for(table: Any, settings: dict[str, dict[str, Any]]) -> Any:
-    import torch
-
-    from seqstate.model import SequenceModel
-
-    torch.manual_seed(settings["run"]["seed"])  # the initial weights are part of the run
-    return SequenceModel(
-        input_size=table.num_features,
-        output_size=table.num_outputs,
-        task=settings["data"]["task"],
-        **settings["model"],
-    )
-
-
-def _lanes_for(train: Any, validation: Any, settings: dict[str, dict[str, Any]]) -> tuple[Any, Any]:
-    layout = settings["layout"]
-    train_lanes = train.lanes(
-        lanes=layout["lanes"],
-        window=layout["window"],
-        shuffle=bool(layout["shuffle"]) and len(train) > 1,
-        seed=settings["run"]["seed"],
-    )
-    validation_lanes = None
-    if validation is not None:
-        validation_lanes = validation.lanes(
-            lanes=layout["lanes"], window=layout["window"], segments=False
-        )
-    return train_lanes, validation_lanes
-
-
 # --------------------------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------------------------
@@ -418,47 +315,18 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_run(args: argparse.Namespace, *, main: bool) -> int:
-    from seqstate.checkpoint import read_model_json, save_model
-    from seqstate.sources import Normalization
-    from seqstate.train import FitConfig, fit
+    from seqstate.recipe import train_run
 
     settings = load_settings(args)
-    fit_settings = {"seed": settings["run"]["seed"], **settings["fit"]}
-    config = FitConfig(**fit_settings)  # validates before any file is touched
-    out = Path(settings["run"]["out"] or Path("runs") / Path(settings["data"]["path"]).stem)
-    if not args.resume and (out / "model.json").exists():
-        raise CliError(
-            f"{out} already holds a run; pass --out to write elsewhere, or --resume to continue it"
-        )
-
-    table = read_training_table(settings)
-    train, validation, split_by = split_settings(table, settings)
-    model = _model_for(table, settings)
-    stats = Normalization.fit(train)
-    stats.apply(model)
-    train_lanes, validation_lanes = _lanes_for(train, validation, settings)
-    if main:
-        print(
-            f"training on {len(train)} series ({int(train.lengths.sum())} steps) as "
-            f"{train_lanes!r}",
-            file=sys.stderr,
-        )
-    history = fit(
-        model,
-        train_lanes,
-        validation=validation_lanes,
-        config=config,
-        run_dir=out,
-        resume=True if args.resume else None,
+    result = train_run(
+        settings,
+        resume=bool(args.resume),
+        main=main,
+        announce=lambda line: print(line, file=sys.stderr),
     )
     if not main:
         return 0
-    metadata = dict(read_model_json(out).get("metadata", {}))
-    metadata.update(
-        run_metadata(table, train, validation, split_by, stats, settings, train_lanes=train_lanes)
-    )
-    save_model(model, out, metadata=metadata)
-
+    history, out = result.history, result.out
     best = history.records[history.best_epoch or len(history.records) - 1]
     shown = ", ".join(
         f"{key}={value:.4g}"
@@ -469,53 +337,6 @@ def _train_run(args: argparse.Namespace, *, main: bool) -> int:
     print(f"wrote {out}/ (model.json, model.safetensors, metrics.jsonl, checkpoint/)")
     print(f"next: seqstate predict {out} {settings['data']['path']} --out predictions.csv")
     return 0
-
-
-def run_metadata(
-    table: Any,
-    train: Any,
-    validation: Any,
-    split_by: str,
-    stats: Any,
-    settings: dict[str, dict[str, Any]],
-    *,
-    train_lanes: Any,
-) -> dict[str, Any]:
-    """What ``evaluate``/``predict``/``forecast`` and people need to know about a run."""
-    ids: dict[str, Any] = {}
-    if table.columns.id is not None and len(table) <= 1000:
-        ids = {"train": train.ids, "validation": validation.ids if validation else []}
-    return {
-        "data": {
-            "source": str(settings["data"]["path"]),
-            "columns": table.columns.to_dict(),
-            "time_kind": _time_kind(table),
-            **table.describe(),
-        },
-        "split": {
-            "by": split_by,
-            "fraction": settings["split"]["fraction"],
-            "seed": settings["run"]["seed"],
-            "train_series": len(train),
-            "validation_series": len(validation) if validation is not None else 0,
-            **({"ids": ids} if ids else {}),
-        },
-        "layout": {
-            "lanes": train_lanes.num_lanes,
-            "window": train_lanes.window,
-            "shuffle": train_lanes.shuffle,
-            "windows_per_epoch": len(train_lanes),
-        },
-        "normalization": stats.to_dict(),
-    }
-
-
-def _time_kind(table: Any) -> str:
-    import numpy as np
-
-    if table.columns.time is None:
-        return "position"
-    return "datetime" if np.issubdtype(table.times[0].dtype, np.datetime64) else "number"
 
 
 def _load_run(run_dir: str) -> tuple[Any, dict[str, Any], Any]:
@@ -715,8 +536,6 @@ def _serve(argv: list[str]) -> int:
         raise CliError(
             f"serving needs the serve extra ({error}); pip install 'seqstate[serve]'"
         ) from None
-    if not hasattr(serve, "add_arguments") or not hasattr(serve, "run"):
-        raise CliError("this build of seqstate has no HTTP server yet (seqstate.serve.run)")
     parser = argparse.ArgumentParser(prog="seqstate serve", description="Serve a run over HTTP.")
     serve.add_arguments(parser)
     try:

@@ -207,11 +207,9 @@ def _rmse(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _series_part(out: Path, sizes: DemoSizes, seed: int, progress: bool) -> dict[str, Any]:
-    import torch
-
     from seqstate.checkpoint import save_model
-    from seqstate.model import SequenceModel
     from seqstate.prediction import forecast, predict
+    from seqstate.recipe import build_model
     from seqstate.sources import Normalization, read_table, split_table
     from seqstate.train import fit
 
@@ -221,8 +219,7 @@ def _series_part(out: Path, sizes: DemoSizes, seed: int, progress: bool) -> dict
     table = read_table(frame, features=features, targets=["sst"], time_column="month")
     train, validation = split_table(table, by="time", fraction=0.2)
     lanes, window = 8, 24
-    torch.manual_seed(seed)
-    model = SequenceModel(input_size=3, output_size=1, hidden_size=32)
+    model = build_model(table, seed=seed, hidden_size=32)  # input 3, output 1, as seqstate train
     stats = Normalization.fit(train)  # training years only
     stats.apply(model)
     print("  training on 1950-1998, validating on 1998-2010 ...", flush=True)

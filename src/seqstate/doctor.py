@@ -53,8 +53,8 @@ def _megabytes(count: float) -> str:
 
 
 def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
-    """Report on a training setup given as ``seqstate.cli.load_settings`` returns it."""
-    from seqstate.cli import read_training_table, split_settings
+    """Report on a training setup given as settings (see :data:`seqstate.recipe.SECTIONS`)."""
+    from seqstate.recipe import lanes_for, read_training_table, split_training_table
     from seqstate.sources import constant_columns
 
     report = Report()
@@ -86,7 +86,7 @@ def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
     )
 
     try:
-        train, validation, split_by = split_settings(table, settings)
+        train, validation, split_by = split_training_table(table, settings)
     except (ValueError, TypeError) as error:
         report.problems.append(f"{error}")
         return report
@@ -103,12 +103,7 @@ def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
         )
 
     try:
-        lanes = train.lanes(
-            lanes=layout["lanes"],
-            window=layout["window"],
-            shuffle=bool(layout["shuffle"]) and len(train) > 1,
-            seed=settings["run"]["seed"],
-        )
+        lanes, _ = lanes_for(train, None, settings)
     except (ValueError, TypeError) as error:
         report.problems.append(f"{error}")
         return report
