@@ -38,9 +38,6 @@ order), never from a padded copy of the data, so memory stays proportional to th
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -48,12 +45,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from seqstate.lane_inputs import (
+    FlatSource,
+    Source,
+    TargetSpec,
+    check_int,
+    check_numeric,
+    describe,
+    first_nonfinite,
+    read_labels,
+    read_sequences,
+    read_targets,
+    to_array,
+)
+from seqstate.layout import Plan, packed_plan, segment_plan
+
 __all__ = ["Lanes", "Window"]
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
-
-# Rows per chunk when scanning a (possibly memory-mapped) array for NaN/inf: bounded memory.
-_SCAN_ELEMENTS = 1 << 22
 
 
 class _DefaultNext(str):
@@ -130,202 +139,6 @@ class Window:
 
 
 # --------------------------------------------------------------------------------------------
-# Input validation (at the public boundary only)
-# --------------------------------------------------------------------------------------------
-
-
-def _check_int(value: Any, name: str, minimum: int, hint: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(
-            f"{name} must be an int >= {minimum}; received {type(value).__name__} {value!r}."
-            + (f" {hint}" if hint else "")
-        )
-    if value < minimum:
-        raise ValueError(
-            f"{name} must be an int >= {minimum}; received {value}." + (f" {hint}" if hint else "")
-        )
-    return int(value)
-
-
-def _to_array(value: Any, name: str) -> np.ndarray:
-    """NumPy view of ``value`` without copying arrays (a memmap stays a memmap)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray):
-        return value
-    try:
-        return np.asarray(value)
-    except (ValueError, TypeError) as error:
-        raise TypeError(
-            f"{name} must be an array (numpy array, numpy.memmap or torch tensor); "
-            f"received {type(value).__name__} that NumPy cannot turn into one ({error})."
-        ) from None
-
-
-def _check_numeric(array: np.ndarray, name: str) -> None:
-    if array.dtype.kind not in "biuf":
-        raise TypeError(
-            f"{name} must hold numbers (bool, int or float); received dtype {array.dtype}. "
-            "Convert it first, e.g. with .astype('float32')."
-        )
-
-
-def _first_nonfinite(array: np.ndarray) -> int:
-    """Index along axis 0 of the first row holding NaN/inf, or -1. Scans in chunks so a memmap
-    is never loaded whole."""
-    if array.dtype.kind != "f" or len(array) == 0:
-        return -1
-    per_row = max(1, math.prod(array.shape[1:]))
-    chunk = max(1, _SCAN_ELEMENTS // per_row)
-    for begin in range(0, len(array), chunk):
-        block = np.asarray(array[begin : begin + chunk])
-        bad = ~np.isfinite(block.astype(np.float32, copy=False))
-        bad = bad.reshape(len(block), -1).any(axis=1)
-        if bad.any():
-            return begin + int(np.argmax(bad))
-    return -1
-
-
-def _first_nonfinite_padded(array: np.ndarray, lengths: np.ndarray) -> tuple[int, int]:
-    """(sequence, step) of the first NaN/inf inside the valid part of an (n, L, ...) array."""
-    if array.dtype.kind != "f":
-        return -1, -1
-    n, L = array.shape[:2]
-    per_row = max(1, math.prod(array.shape[1:]))
-    chunk = max(1, _SCAN_ELEMENTS // per_row)
-    for begin in range(0, n, chunk):
-        block = np.asarray(array[begin : begin + chunk])
-        bad = ~np.isfinite(block.astype(np.float32, copy=False))
-        bad = bad.reshape(len(block), L, -1).any(axis=2)
-        bad &= np.arange(L)[None, :] < lengths[begin : begin + len(block), None]
-        if bad.any():
-            where = np.argwhere(bad)[0]
-            return begin + int(where[0]), int(where[1])
-    return -1, -1
-
-
-def _as_rows(array: np.ndarray) -> np.ndarray:
-    """(L,) -> (L, 1); (L, D) unchanged."""
-    return array.reshape(len(array), 1) if array.ndim == 1 else array
-
-
-def _target_dtype(array: np.ndarray) -> np.dtype:
-    # Integer targets are class indices for a cross-entropy loss: keep them integer.
-    return np.dtype(np.int64) if array.dtype.kind in "iu" else np.dtype(np.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# Data sources: gather the rows a window needs, nothing more
-# --------------------------------------------------------------------------------------------
-
-
-class _Flat:
-    """All sequences in one ``(M,)`` or ``(M, D)`` array; sequence ``i`` occupies rows
-    ``offsets[i] : offsets[i] + lengths[i]``."""
-
-    def __init__(self, data: np.ndarray, offsets: np.ndarray, dtype: np.dtype) -> None:
-        self.data = data
-        self.offsets = offsets
-        self.dtype = dtype
-        self.width = 1 if data.ndim == 1 else int(data.shape[1])
-
-    def gather(self, seq: np.ndarray, step: np.ndarray) -> np.ndarray:
-        rows = np.asarray(self.data[self.offsets[seq] + step])  # fancy index: reads only these
-        return rows.reshape(len(seq), self.width).astype(self.dtype, copy=False)
-
-
-class _Padded:
-    """An ``(n, L)`` or ``(n, L, D)`` array; sequence ``i`` is ``data[i, :lengths[i]]``."""
-
-    def __init__(self, data: np.ndarray, dtype: np.dtype) -> None:
-        self.data = data
-        self.dtype = dtype
-        self.width = 1 if data.ndim == 2 else int(data.shape[2])
-
-    def gather(self, seq: np.ndarray, step: np.ndarray) -> np.ndarray:
-        rows = np.asarray(self.data[seq, step])
-        return rows.reshape(len(seq), self.width).astype(self.dtype, copy=False)
-
-
-_Source = _Flat | _Padded
-
-
-@dataclass(frozen=True)
-class _Targets:
-    """How ``y`` and ``mask`` are derived.
-
-    kind: None (no targets), "shift" (``y[t] = x[t + shift]``), "steps" (per-step array),
-    "labels" (one per sequence, counted at its last step).
-    """
-
-    kind: str | None
-    num_outputs: int
-    dtype: np.dtype
-    shift: int = 0
-    source: _Source | None = None
-    labels: np.ndarray | None = None  # (n, O)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Where every sequence sits for one epoch.
-
-    Sequence ``order[j]`` starts at position ``keys[j] - lane[j] * span`` of lane ``lane[j]``,
-    where ``span = num_windows * T``; ``keys`` is sorted, so the sequence under any (lane,
-    position) is one ``searchsorted`` away.
-    """
-
-    num_windows: int
-    order: np.ndarray  # (n,) sequence index, lane by lane, in lane order
-    lane: np.ndarray  # (n,)
-    keys: np.ndarray  # (n,) lane * span + start position in the lane
-    lengths: np.ndarray  # (n,) lengths[order]
-
-
-def _pack(lengths: np.ndarray, lanes: int, rng: np.random.Generator | None) -> list[list[int]]:
-    """Sequences per lane: longest first into the least-loaded lane (LPT scheduling).
-
-    With ``rng``, equal lengths are tie-broken at random and each block of ``lanes`` consecutive
-    (similar-length) sequences is placed in random order, so the sequence-to-lane assignment
-    changes every epoch while the lanes stay as balanced as plain LPT. Lane numbers and the
-    order inside each lane are then permuted too.
-    """
-    n = len(lengths)
-    if rng is None:
-        order = np.argsort(-lengths, kind="stable")
-    else:
-        order = np.lexsort((rng.random(n), -lengths))
-        order = order[np.lexsort((rng.random(n), np.arange(n) // lanes))]
-    heap = [(0, lane) for lane in range(lanes)]
-    members: list[list[int]] = [[] for _ in range(lanes)]
-    sizes = lengths.tolist()
-    for index in order.tolist():
-        load, lane = heapq.heappop(heap)
-        members[lane].append(index)
-        heapq.heappush(heap, (load + sizes[index], lane))
-    if rng is None:
-        return [sorted(m) for m in members]  # original order inside a lane: easiest to read
-    members = [members[lane] for lane in rng.permutation(lanes).tolist()]
-    return [[m[i] for i in rng.permutation(len(m)).tolist()] for m in members]
-
-
-def _plan_from_members(members: list[list[int]], lengths: np.ndarray, window: int) -> _Plan:
-    loads = [int(lengths[m].sum()) for m in members]
-    num_windows = max(1, -(-max(loads) // window))
-    span = num_windows * window
-    order = np.fromiter((i for m in members for i in m), dtype=np.int64, count=len(lengths))
-    lane = np.repeat(np.arange(len(members), dtype=np.int64), [len(m) for m in members])
-    ordered = lengths[order]
-    keys = lane * span
-    if len(order):
-        # start inside the lane = cumulative length of the sequences before it in that lane
-        cumulative = np.cumsum(ordered) - ordered
-        lane_first = np.searchsorted(lane, lane, side="left")
-        keys = keys + cumulative - cumulative[lane_first]
-    return _Plan(num_windows=num_windows, order=order, lane=lane, keys=keys, lengths=ordered)
-
-
-# --------------------------------------------------------------------------------------------
 # Lanes
 # --------------------------------------------------------------------------------------------
 
@@ -351,10 +164,10 @@ class Lanes:
     def __init__(
         self,
         *,
-        _source: _Source,
+        _source: Source,
         _lengths: np.ndarray,
         _num_features: int,
-        _targets: _Targets,
+        _targets: TargetSpec,
         _lanes: int,
         _window: int,
         _shuffle: bool = False,
@@ -374,7 +187,7 @@ class Lanes:
         self._series_length = _series_length
         # Where each sequence starts in the concatenation of all sequences (for `collect`).
         self._flat_offsets = np.concatenate([[0], np.cumsum(_lengths)[:-1]]).astype(np.int64)
-        self._plans: dict[int, _Plan] = {}
+        self._plans: dict[int, Plan] = {}
 
     # ---- constructors ----------------------------------------------------------------------
 
@@ -408,22 +221,22 @@ class Lanes:
         Each segment is a sequence: ``seq`` is its segment index, ``step`` the offset inside
         it, and ``reset`` is True at its first step. See :attr:`segment_starts`.
         """
-        lanes = _check_int(lanes, "lanes", 1, "It is the number of parallel rows (batch size).")
-        window = _check_int(window, "window", 1, "It is the number of steps per window.")
-        data = _to_array(series, "series")
+        lanes = check_int(lanes, "lanes", 1, "It is the number of parallel rows (batch size).")
+        window = check_int(window, "window", 1, "It is the number of steps per window.")
+        data = to_array(series, "series")
         if data.ndim not in (1, 2) or (data.ndim == 2 and data.shape[1] == 0):
             raise ValueError(
                 f"series must have shape (N,) or (N, F) with F >= 1; received shape "
                 f"{tuple(data.shape)}. For many separate sequences use Lanes.from_sequences."
             )
-        _check_numeric(data, "series")
+        check_numeric(data, "series")
         N = int(data.shape[0])
         if lanes > N:
             raise ValueError(
                 f"series has {N} steps, fewer than lanes={lanes}: every lane needs at least one "
                 f"step. Use lanes <= {N}."
             )
-        bad = _first_nonfinite(data)
+        bad = first_nonfinite(data)
         if bad >= 0:
             raise ValueError(
                 f"series holds NaN or inf at step {bad} (row {bad} of shape {tuple(data.shape)}). "
@@ -434,48 +247,9 @@ class Lanes:
         lengths = np.full(lanes, base, dtype=np.int64)
         lengths[:extra] += 1
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        source = _Flat(data, starts, np.dtype(np.float32))
+        source = FlatSource(data, starts, np.dtype(np.float32))
 
-        if isinstance(target, str):
-            if target != "next":
-                raise ValueError(
-                    f"target must be 'next', an int horizon >= 1, an array (N,) or (N, O), or "
-                    f"None; received the string {target!r}."
-                )
-            target = 1
-        if target is None:
-            targets = _Targets(None, 0, np.dtype(np.float32))
-        elif isinstance(target, int | np.integer) and not isinstance(target, bool):
-            k = _check_int(target, "target", 1, "An int target is the horizon k: y[t] = x[t+k].")
-            if k >= N:
-                raise ValueError(
-                    f"target horizon k={k} leaves no targets in a series of {N} steps; use "
-                    f"k < {N}, or target=None for prediction only."
-                )
-            targets = _Targets("shift", num_features, np.dtype(np.float32), shift=k, source=source)
-        elif isinstance(target, np.ndarray | torch.Tensor | list | tuple):
-            array = _to_array(target, "target")
-            if (
-                array.ndim not in (1, 2)
-                or len(array) != N
-                or (array.ndim == 2 and not array.shape[1])
-            ):
-                raise ValueError(
-                    f"target must have shape ({N},) or ({N}, O) to match series of {N} steps; "
-                    f"received shape {tuple(array.shape)}."
-                )
-            _check_numeric(array, "target")
-            bad = _first_nonfinite(array)
-            if bad >= 0:
-                raise ValueError(f"target holds NaN or inf at step {bad}. Fill or mask it first.")
-            dtype = _target_dtype(array)
-            width = 1 if array.ndim == 1 else int(array.shape[1])
-            targets = _Targets("steps", width, dtype, source=_Flat(array, starts, dtype))
-        else:
-            raise TypeError(
-                f"target must be 'next', an int horizon >= 1, an array (N,) or (N, O), or None; "
-                f"received {type(target).__name__}."
-            )
+        targets = read_targets(target, source, lengths, num_features, series=True)
         return cls(
             _source=source,
             _lengths=lengths,
@@ -531,13 +305,13 @@ class Lanes:
         Without shuffle the layout is the same every epoch, and a lane holds its sequences in
         their original order.
         """
-        lanes = _check_int(lanes, "lanes", 1, "It is the number of parallel rows (batch size).")
-        window = _check_int(window, "window", 1, "It is the number of steps per window.")
+        lanes = check_int(lanes, "lanes", 1, "It is the number of parallel rows (batch size).")
+        window = check_int(window, "window", 1, "It is the number of steps per window.")
         if not isinstance(shuffle, bool | np.bool_):
             raise TypeError(f"shuffle must be True or False; received {shuffle!r}.")
-        seed = _check_int(seed, "seed", 0)
+        seed = check_int(seed, "seed", 0)
 
-        source, seq_lengths, num_features = _read_sequences(sequences, lengths)
+        source, seq_lengths, num_features = read_sequences(sequences, lengths)
         n = len(seq_lengths)
         if lanes > n:
             raise ValueError(
@@ -549,12 +323,12 @@ class Lanes:
             if targets is not _NEXT and targets is not None:
                 raise TypeError(
                     "pass either targets (per step) or labels (one per sequence), not both; "
-                    f"received targets={_describe(targets)} and labels. Drop targets when "
+                    f"received targets={describe(targets)} and labels. Drop targets when "
                     "giving labels."
                 )
-            target_spec = _read_labels(labels, n)
+            target_spec = read_labels(labels, n)
         else:
-            target_spec = _read_targets(targets, source, seq_lengths, num_features)
+            target_spec = read_targets(targets, source, seq_lengths, num_features)
         return cls(
             _source=source,
             _lengths=seq_lengths,
@@ -640,7 +414,7 @@ class Lanes:
 
     def padding_fraction_for(self, epoch: int) -> float:
         """Padded steps / all steps in ``epoch`` (differs from epoch 0 only with shuffle)."""
-        plan = self._plan(_check_int(epoch, "epoch", 0))
+        plan = self._plan(check_int(epoch, "epoch", 0))
         total = plan.num_windows * self._window * self._num_lanes
         return 1.0 - float(self._lengths.sum()) / total
 
@@ -651,13 +425,11 @@ class Lanes:
     def num_windows(self, epoch: int = 0) -> int:
         """Windows in ``epoch``: ``ceil(longest lane / T)``. Constant without shuffle; with
         shuffle the longest lane, hence this count, may change a little between epochs."""
-        return self._plan(_check_int(epoch, "epoch", 0)).num_windows
+        return self._plan(check_int(epoch, "epoch", 0)).num_windows
 
     def assignment(self, epoch: int = 0) -> list[np.ndarray]:
         """For each lane, the indices of its sequences in the order the lane plays them."""
-        plan = self._plan(_check_int(epoch, "epoch", 0))
-        bounds = np.searchsorted(plan.lane, np.arange(self._num_lanes + 1))
-        return [plan.order[a:b].copy() for a, b in itertools.pairwise(bounds)]
+        return self._plan(check_int(epoch, "epoch", 0)).assignment()
 
     def __repr__(self) -> str:
         kind = self.target_kind
@@ -689,8 +461,8 @@ class Lanes:
                 e.g. one rank's share in distributed training. Equals slicing every full
                 window with ``[rows]``.
         """
-        epoch = _check_int(epoch, "epoch", 0)
-        start = _check_int(start, "start", 0, "It counts windows already consumed.")
+        epoch = check_int(epoch, "epoch", 0)
+        start = check_int(start, "start", 0, "It counts windows already consumed.")
         plan = self._plan(epoch)
         if start > plan.num_windows:
             raise ValueError(
@@ -714,7 +486,7 @@ class Lanes:
             One array ``(L_i, ...)`` per sequence, in the original order. For
             :meth:`from_series` these are the segments; ``np.concatenate`` them for the series.
         """
-        plan = self._plan(_check_int(epoch, "epoch", 0))
+        plan = self._plan(check_int(epoch, "epoch", 0))
         all_rows = np.arange(self._num_lanes)
         expected = (self._num_lanes, self._window)
         flat: np.ndarray | None = None
@@ -724,7 +496,7 @@ class Lanes:
                 raise ValueError(
                     f"outputs has more than the {plan.num_windows} windows of epoch {epoch}."
                 )
-            array = _to_array(output, f"outputs[{k}]")
+            array = to_array(output, f"outputs[{k}]")
             if array.shape[:2] != expected or (
                 flat is not None and array.shape[2:] != flat.shape[1:]
             ):
@@ -735,7 +507,7 @@ class Lanes:
                 )
             if flat is None:
                 flat = np.zeros((int(self._lengths.sum()), *array.shape[2:]), dtype=array.dtype)
-            seq, step, valid = self._locate(plan, k, all_rows)
+            seq, step, valid = plan.locate(k, all_rows)
             flat[self._flat_offsets[seq[valid]] + step[valid]] = array[valid]
             count += 1
         if count != plan.num_windows or flat is None:
@@ -747,16 +519,21 @@ class Lanes:
 
     # ---- internals -------------------------------------------------------------------------
 
-    def _plan(self, epoch: int) -> _Plan:
+    def _plan(self, epoch: int) -> Plan:
         key = epoch if self._shuffle else 0
         plan = self._plans.get(key)
         if plan is None:
             if self._series_length is not None:
-                members = [[lane] for lane in range(self._num_lanes)]
+                plan = segment_plan(self._lengths, self._window)
             else:
-                rng = np.random.default_rng([self._seed, key]) if self._shuffle else None
-                members = _pack(self._lengths, self._num_lanes, rng)
-            plan = _plan_from_members(members, self._lengths, self._window)
+                plan = packed_plan(
+                    self._lengths,
+                    self._num_lanes,
+                    self._window,
+                    shuffle=self._shuffle,
+                    seed=self._seed,
+                    epoch=key,
+                )
             if len(self._plans) >= 4:  # a few epochs are enough: trainer + validation + resume
                 self._plans.clear()
             self._plans[key] = plan
@@ -768,7 +545,7 @@ class Lanes:
             return np.arange(B)
         if isinstance(rows, slice):
             return np.arange(B)[rows]
-        array = _to_array(rows, "rows")
+        array = to_array(rows, "rows")
         if array.dtype.kind == "b":
             if array.shape != (B,):
                 raise ValueError(
@@ -789,23 +566,8 @@ class Lanes:
             )
         return array % B
 
-    def _locate(
-        self, plan: _Plan, k: int, lane_rows: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``seq``, ``step`` (-1 on padding) and ``valid`` for window ``k``, each ``(B, T)``."""
-        T = self._window
-        span = plan.num_windows * T
-        keys = lane_rows[:, None] * span + (k * T + np.arange(T))[None, :]  # (B, T)
-        j = np.searchsorted(plan.keys, keys, side="right") - 1
-        jc = np.maximum(j, 0)
-        # The candidate may end before this position, or belong to an earlier lane: padding.
-        valid = (j >= 0) & (keys < plan.keys[jc] + plan.lengths[jc])
-        seq = np.where(valid, plan.order[jc], -1)
-        step = np.where(valid, keys - plan.keys[jc], -1)
-        return seq, step, valid
-
-    def _build(self, plan: _Plan, k: int, lane_rows: np.ndarray) -> Window:
-        seq, step, valid = self._locate(plan, k, lane_rows)
+    def _build(self, plan: Plan, k: int, lane_rows: np.ndarray) -> Window:
+        seq, step, valid = plan.locate(k, lane_rows)
         B, T = seq.shape
         seq_valid, step_valid = seq[valid], step[valid]
 
@@ -843,241 +605,3 @@ class Lanes:
             seq=torch.from_numpy(seq.astype(np.int64, copy=False)),
             step=torch.from_numpy(step.astype(np.int64, copy=False)),
         )
-
-
-# --------------------------------------------------------------------------------------------
-# Reading sequences and targets
-# --------------------------------------------------------------------------------------------
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, np.ndarray | torch.Tensor):
-        return f"{type(value).__name__} of shape {tuple(value.shape)}"
-    if isinstance(value, list | tuple):
-        return f"{type(value).__name__} of {len(value)} items"
-    return repr(value)
-
-
-def _read_sequences(sequences: Any, lengths: Any) -> tuple[_Source, np.ndarray, int]:
-    """Validate ``sequences`` and return (source, lengths (n,), F)."""
-    if isinstance(sequences, np.ndarray | torch.Tensor):
-        array = _to_array(sequences, "sequences")
-        if array.dtype == object and array.ndim == 1:
-            return _read_sequence_list(list(array), lengths)
-        if array.ndim == 3:
-            return _read_sequence_array(array, lengths)
-        hint = (
-            " A 2-D array is ambiguous: for one long series use Lanes.from_series; for n "
-            "univariate sequences of equal length pass array[..., None] (shape (n, L, 1))."
-            if array.ndim == 2
-            else ""
-        )
-        raise ValueError(
-            "sequences must be a list of arrays (L_i,) or (L_i, F), or one array (n, L, F); "
-            f"received an array of shape {tuple(array.shape)}.{hint}"
-        )
-    if isinstance(sequences, list | tuple):
-        return _read_sequence_list(list(sequences), lengths)
-    raise TypeError(
-        "sequences must be a list of arrays (L_i,) or (L_i, F), or one array (n, L, F); "
-        f"received {type(sequences).__name__}."
-    )
-
-
-def _read_sequence_list(items: list[Any], lengths: Any) -> tuple[_Source, np.ndarray, int]:
-    if lengths is not None:
-        raise TypeError(
-            "lengths applies only to a 3-D sequences array (n, L, F) padded at the end; a list "
-            "of sequences already carries each length. Drop lengths."
-        )
-    if not items:
-        raise ValueError("sequences is empty; give at least one sequence.")
-    arrays: list[np.ndarray] = []
-    num_features = -1
-    for i, item in enumerate(items):
-        array = _to_array(item, f"sequences[{i}]")
-        if array.ndim not in (1, 2):
-            raise ValueError(
-                f"sequences[{i}] must have shape (L,) or (L, F); received shape "
-                f"{tuple(array.shape)}."
-            )
-        _check_numeric(array, f"sequences[{i}]")
-        if len(array) == 0:
-            raise ValueError(
-                f"sequences[{i}] is empty (shape {tuple(array.shape)}); every sequence needs at "
-                "least one step. Drop empty sequences first."
-            )
-        width = 1 if array.ndim == 1 else int(array.shape[1])
-        if num_features < 0:
-            num_features = width
-        elif width != num_features:
-            raise ValueError(
-                f"sequences[{i}] has {width} features but sequences[0] has {num_features}; "
-                f"received shape {tuple(array.shape)}. Every sequence needs the same features "
-                "(same columns, in the same order)."
-            )
-        arrays.append(_as_rows(array))
-    if num_features == 0:
-        raise ValueError("sequences have 0 features (shape (L, 0)); give at least one feature.")
-    seq_lengths = np.array([len(a) for a in arrays], dtype=np.int64)
-    # One float32 copy of the data (proportional to it, not to the padded layout).
-    flat = np.concatenate(arrays).astype(np.float32, copy=False)
-    offsets = np.concatenate([[0], np.cumsum(seq_lengths)[:-1]]).astype(np.int64)
-    bad = _first_nonfinite(flat)
-    if bad >= 0:
-        i = int(np.searchsorted(offsets, bad, side="right") - 1)
-        raise ValueError(
-            f"sequences[{i}] holds NaN or inf at step {bad - offsets[i]} (after conversion to "
-            "float32). Fill or drop missing values first."
-        )
-    return _Flat(flat, offsets, np.dtype(np.float32)), seq_lengths, num_features
-
-
-def _read_sequence_array(array: np.ndarray, lengths: Any) -> tuple[_Source, np.ndarray, int]:
-    _check_numeric(array, "sequences")
-    n, L, F = (int(s) for s in array.shape)
-    if n == 0 or L == 0 or F == 0:
-        raise ValueError(
-            f"sequences array (n, L, F) must have n, L, F >= 1; received shape {(n, L, F)}."
-        )
-    if lengths is None:
-        seq_lengths = np.full(n, L, dtype=np.int64)
-    else:
-        given = _to_array(lengths, "lengths")
-        if given.shape != (n,) or given.dtype.kind not in "iu":
-            raise ValueError(
-                f"lengths must be {n} ints, one per row of sequences {(n, L, F)}; received "
-                f"{given.dtype} array of shape {tuple(given.shape)}."
-            )
-        seq_lengths = given.astype(np.int64)
-        wrong = np.flatnonzero((seq_lengths < 1) | (seq_lengths > L))
-        if wrong.size:
-            i = int(wrong[0])
-            raise ValueError(
-                f"lengths[{i}]={seq_lengths[i]} must be between 1 and L={L} (sequences[{i}] "
-                "would be empty or longer than its row). Drop empty sequences first."
-            )
-    i, t = _first_nonfinite_padded(array, seq_lengths)
-    if i >= 0:
-        raise ValueError(
-            f"sequences[{i}] holds NaN or inf at step {t}. Fill or drop missing values first "
-            "(or give lengths= if the row is padded with NaN after its end)."
-        )
-    return _Padded(array, np.dtype(np.float32)), seq_lengths, F
-
-
-_TARGET_KINDS = (
-    "targets must be 'next', an int horizon k >= 1, per-step arrays (a list of (L_i,) or "
-    "(L_i, O), or an array (n, L) / (n, L, O)), or None"
-)
-
-
-def _read_targets(
-    targets: Any, source: _Source, seq_lengths: np.ndarray, num_features: int
-) -> _Targets:
-    n = len(seq_lengths)
-    if targets is None:
-        return _Targets(None, 0, np.dtype(np.float32))
-    if isinstance(targets, str):
-        if targets != "next":
-            raise ValueError(f"{_TARGET_KINDS}; received the string {targets!r}.")
-        return _Targets("shift", num_features, np.dtype(np.float32), shift=1, source=source)
-    if isinstance(targets, int | np.integer) and not isinstance(targets, bool):
-        k = _check_int(targets, "targets", 1, "An int target is the horizon k: y[t] = x[t+k].")
-        return _Targets("shift", num_features, np.dtype(np.float32), shift=k, source=source)
-    if isinstance(targets, np.ndarray | torch.Tensor):
-        array = _to_array(targets, "targets")
-        if array.ndim == 1 and array.dtype != object:
-            raise ValueError(
-                f"targets has shape {tuple(array.shape)}, one value per sequence; per-sequence "
-                "targets go in labels=..., e.g. Lanes.from_sequences(seqs, labels=y, ...)."
-            )
-        if array.ndim in (2, 3) and isinstance(source, _Padded):
-            return _read_padded_targets(array, seq_lengths, source.data.shape[1])
-        if array.ndim in (2, 3) or (array.dtype == object and array.ndim == 1):
-            targets = list(array)
-        else:
-            raise ValueError(f"{_TARGET_KINDS}; received an array of shape {tuple(array.shape)}.")
-    if not isinstance(targets, list | tuple):
-        raise TypeError(f"{_TARGET_KINDS}; received {type(targets).__name__}.")
-    if len(targets) != n:
-        raise ValueError(
-            f"targets has {len(targets)} items but there are {n} sequences; give one per-step "
-            "target array per sequence, in the same order."
-        )
-    arrays: list[np.ndarray] = []
-    width = -1
-    for i, item in enumerate(targets):
-        array = _to_array(item, f"targets[{i}]")
-        if array.ndim == 0:
-            raise ValueError(
-                f"targets[{i}] is a single value {array.item()!r}, not a per-step array; for one "
-                "target per sequence pass labels=... instead of targets."
-            )
-        if array.ndim > 2 or len(array) != seq_lengths[i]:
-            raise ValueError(
-                f"targets[{i}] must have shape ({seq_lengths[i]},) or ({seq_lengths[i]}, O) to "
-                f"match sequences[{i}] of {seq_lengths[i]} steps; received shape "
-                f"{tuple(array.shape)}."
-            )
-        _check_numeric(array, f"targets[{i}]")
-        this_width = 1 if array.ndim == 1 else int(array.shape[1])
-        if width < 0:
-            width = this_width
-        elif this_width != width:
-            raise ValueError(
-                f"targets[{i}] has {this_width} outputs but targets[0] has {width}; every "
-                "sequence's targets need the same number of outputs O."
-            )
-        arrays.append(_as_rows(array))
-    if width == 0:
-        raise ValueError("targets have 0 outputs (shape (L, 0)); use targets=None for no targets.")
-    kinds = {a.dtype.kind in "iu" for a in arrays}
-    if len(kinds) > 1:
-        raise TypeError(
-            "targets mix integer and float arrays; make them all integer (class indices) or all "
-            "float, e.g. with .astype('float32')."
-        )
-    dtype = _target_dtype(arrays[0])
-    flat = np.concatenate(arrays).astype(dtype, copy=False)
-    offsets = np.concatenate([[0], np.cumsum(seq_lengths)[:-1]]).astype(np.int64)
-    bad = _first_nonfinite(flat)
-    if bad >= 0:
-        i = int(np.searchsorted(offsets, bad, side="right") - 1)
-        raise ValueError(
-            f"targets[{i}] holds NaN or inf at step {bad - offsets[i]}. Fill it, or for "
-            "unknown targets use labels/None and mask in the loss."
-        )
-    return _Targets("steps", width, dtype, source=_Flat(flat, offsets, dtype))
-
-
-def _read_padded_targets(array: np.ndarray, seq_lengths: np.ndarray, L: int) -> _Targets:
-    n = len(seq_lengths)
-    if array.shape[:2] != (n, L) or (array.ndim == 3 and array.shape[2] == 0):
-        raise ValueError(
-            f"targets must have shape ({n}, {L}) or ({n}, {L}, O) to match sequences "
-            f"{(n, L)}; received shape {tuple(array.shape)}."
-        )
-    _check_numeric(array, "targets")
-    i, t = _first_nonfinite_padded(array, seq_lengths)
-    if i >= 0:
-        raise ValueError(f"targets[{i}] holds NaN or inf at step {t}. Fill it first.")
-    dtype = _target_dtype(array)
-    width = 1 if array.ndim == 2 else int(array.shape[2])
-    return _Targets("steps", width, dtype, source=_Padded(array, dtype))
-
-
-def _read_labels(labels: Any, n: int) -> _Targets:
-    array = _to_array(labels, "labels")
-    if array.ndim not in (1, 2) or len(array) != n or (array.ndim == 2 and not array.shape[1]):
-        raise ValueError(
-            f"labels must have shape ({n},) or ({n}, O), one label per sequence; received "
-            f"shape {tuple(array.shape)}."
-        )
-    _check_numeric(array, "labels")
-    bad = _first_nonfinite(array)
-    if bad >= 0:
-        raise ValueError(f"labels[{bad}] is NaN or inf. Fill it or drop that sequence.")
-    dtype = _target_dtype(array)
-    rows = _as_rows(np.asarray(array)).astype(dtype)
-    return _Targets("labels", int(rows.shape[1]), dtype, labels=rows)

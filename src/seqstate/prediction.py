@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqstate.lanes import Lanes
+from seqstate.layout import Plan, packed_plan
 from seqstate.state import State
 
 __all__ = ["forecast", "predict"]
@@ -223,17 +223,16 @@ def _read_sequences(sequences: Any, name: str, info: _ModelInfo) -> tuple[list[n
 # --------------------------------------------------------------------------------------------
 
 
-def _layout(lengths: np.ndarray, lanes: int, chunk: int) -> Lanes:
-    """Lanes for the layout only (which sequence and step sits where); the inputs themselves are
-    gathered at the model's precision, since Lanes holds float32."""
-    shapes = [np.broadcast_to(np.float32(0), (int(length),)) for length in lengths]
-    layout = Lanes.from_sequences(shapes, targets=None, lanes=lanes, window=chunk)
+def _layout(lengths: np.ndarray, lanes: int, chunk: int) -> Plan:
+    """Where each sequence and step sits: the lane packing of :meth:`seqstate.Lanes.from_sequences`
+    with windows of at most ``chunk`` steps."""
+    plan = packed_plan(lengths, lanes, chunk)
     # Same number of model calls, less padding: spread the longest lane evenly over them.
-    loads = [int(lengths[members].sum()) for members in layout.assignment()]
-    balanced = -(-max(loads) // len(layout))
+    loads = [int(lengths[members].sum()) for members in plan.assignment()]
+    balanced = -(-max(loads) // plan.num_windows)
     if balanced < chunk:
-        layout = Lanes.from_sequences(shapes, targets=None, lanes=lanes, window=balanced)
-    return layout
+        plan = packed_plan(lengths, lanes, balanced)
+    return plan
 
 
 def _run(
@@ -257,9 +256,9 @@ def _run(
 
     state = None
     with _evaluating(model):
-        for window in layout.windows():
-            seq, step = window.seq.numpy(), window.step.numpy()
-            valid = seq >= 0
+        all_lanes = np.arange(layout.num_lanes)
+        for k in range(layout.num_windows):
+            seq, step, valid = layout.locate(k, all_lanes)  # each (B, T)
             where = offsets[seq[valid]] + step[valid]  # rows of `flat` in this window
             B, T = seq.shape
             x = np.zeros((B, T, info.input_size), dtype=info.numpy_dtype)
@@ -269,8 +268,9 @@ def _run(
             # run as ordinary steps (outputs dropped, the spoilt state is never read): no mask,
             # which keeps the plain fused kernel (packed sequences are much slower on CPU).
             needs_mask = capture_state and not valid.all()
-            mask = window.valid.to(info.device) if needs_mask else None
-            reset = window.reset.to(info.device) if bool(window.reset.any()) else None
+            mask = torch.from_numpy(valid).to(info.device) if needs_mask else None
+            starts = valid & (step == 0)  # a sequence begins: zero that row's state first
+            reset = torch.from_numpy(starts).to(info.device) if bool(starts.any()) else None
             if state is None:
                 state = model.initial_state(B)
 
