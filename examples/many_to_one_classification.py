@@ -1,7 +1,7 @@
 """Many-to-one: one label per variable-length sequence.
 
 ``labels=`` puts each sequence's label on its steps but counts it only at the last step
-(``window.mask``), after the model has read the whole sequence; the prediction is the output
+(``window.loss_mask``), after the model has read the whole sequence; the prediction is the output
 at each sequence's last step.
 
     python examples/many_to_one_classification.py  (SEQSTATE_EXAMPLE_QUICK=1 for a tiny run)

@@ -322,7 +322,7 @@ def test_ranks_see_different_numbers_of_counted_steps():
     # The scenarios are only a test of the global-count loss if the ranks' shares differ.
     lanes = train_lanes()
     per_rank = [
-        [int(w.mask.sum()) for w in lanes.windows(0, rows=slice(16 * r, 16 * (r + 1)))]
+        [int(w.loss_mask.sum()) for w in lanes.windows(0, rows=slice(16 * r, 16 * (r + 1)))]
         for r in range(WORLD_SIZE)
     ]
     assert per_rank[0] != per_rank[1]

@@ -1,8 +1,9 @@
 """The import graph of seqstate has no cycle: each module can be read after the ones it uses.
 
 Every ``import`` counts, including the lazy ones inside functions (they still tie the two
-modules together); only ``if TYPE_CHECKING:`` blocks, which never run, are left out. An edge goes to the module named in the statement (``from seqstate.a
-import b`` is an edge to ``seqstate.a.b`` when that is a module, else to ``seqstate.a``).
+modules together); only ``if TYPE_CHECKING:`` blocks, which never run, are left out. An edge
+goes to the module named in the statement (``from seqstate.a import b`` is an edge to
+``seqstate.a.b`` when that is a module, else to ``seqstate.a``).
 """
 
 from __future__ import annotations

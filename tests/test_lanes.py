@@ -28,7 +28,7 @@ def make_sequences(lengths: list[int], features: int, seed: int = 0) -> list[np.
 
 def stitch(windows: list[Window]) -> dict[str, np.ndarray]:
     """Concatenate windows along time: every field becomes (B, num_windows * T, ...)."""
-    names = ["x", "y", "mask", "reset", "seq", "step"]
+    names = ["x", "y", "loss_mask", "reset", "seq", "step"]
     return {name: torch.cat([getattr(w, name) for w in windows], dim=1).numpy() for name in names}
 
 
@@ -43,7 +43,7 @@ def check_layout(lanes: Lanes, sequences: list[np.ndarray], epoch: int = 0) -> d
 
     # Padding: mask False, seq/step -1, zero x and y, no reset; only at the end of a lane.
     padding = ~valid
-    assert not full["mask"][padding].any()
+    assert not full["loss_mask"][padding].any()
     assert (step[padding] == -1).all()
     assert not full["reset"][padding].any()
     assert (full["x"][padding] == 0).all() and (full["y"][padding] == 0).all()
@@ -76,12 +76,12 @@ def test_window_properties_and_to():
     window = next(lanes.windows())
     assert (window.batch_size, window.length) == (2, 4)
     assert window.x.dtype == torch.float32 and window.y.dtype == torch.float32
-    assert window.mask.dtype == torch.bool and window.reset.dtype == torch.bool
+    assert window.loss_mask.dtype == torch.bool and window.reset.dtype == torch.bool
     assert window.seq.dtype == torch.int64 and window.step.dtype == torch.int64
     np.testing.assert_array_equal(window.valid.numpy(), window.seq.numpy() >= 0)
     moved = window.to("cpu")
     assert isinstance(moved, Window)
-    for name in ["x", "y", "mask", "reset", "seq", "step"]:
+    for name in ["x", "y", "loss_mask", "reset", "seq", "step"]:
         assert torch.equal(getattr(moved, name), getattr(window, name))
     assert "B=2" in repr(window)
 
@@ -281,9 +281,9 @@ def test_series_segments_and_next_targets(length, lanes_count, window, features)
     valid = full["seq"] >= 0
     position = starts[full["seq"][valid]] + full["step"][valid]
     has_target = position + 1 < length
-    np.testing.assert_array_equal(full["mask"][valid], has_target)
+    np.testing.assert_array_equal(full["loss_mask"][valid], has_target)
     np.testing.assert_array_equal(full["y"][valid][has_target], rows[position[has_target] + 1])
-    assert full["mask"].sum() == length - 1
+    assert full["loss_mask"].sum() == length - 1
 
 
 def test_series_next_target_crosses_segment_boundary():
@@ -292,9 +292,9 @@ def test_series_next_target_crosses_segment_boundary():
     (window,) = list(lanes.windows())
     assert window.x[0, :, 0].tolist() == [0, 1, 2, 3, 4]
     assert window.y[0, :, 0].tolist() == [1, 2, 3, 4, 5]  # segment 0's last step targets 5
-    assert window.mask[0].all()
+    assert window.loss_mask[0].all()
     assert window.y[1, :, 0].tolist() == [6, 7, 8, 9, 0]
-    assert window.mask[1].tolist() == [True, True, True, True, False]
+    assert window.loss_mask[1].tolist() == [True, True, True, True, False]
     assert window.reset[:, 0].all() and not window.reset[:, 1:].any()
 
 
@@ -308,24 +308,26 @@ def test_series_segment_lengths_differ_by_at_most_one():
 
 def test_series_horizon_explicit_and_no_targets():
     series = np.arange(12.0)
-    horizon = Lanes.from_series(series, lanes=3, window=4, target=3)
+    horizon = Lanes.from_series(series, lanes=3, window=4, targets=3)
     full = stitch(list(horizon.windows()))
     assert horizon.target_kind == "horizon" and horizon.horizon == 3
     position = horizon.segment_starts[:, None] + full["step"]
-    np.testing.assert_array_equal(full["mask"], position + 3 < 12)
-    np.testing.assert_array_equal(full["y"][..., 0][full["mask"]], position[full["mask"]] + 3)
+    np.testing.assert_array_equal(full["loss_mask"], position + 3 < 12)
+    np.testing.assert_array_equal(
+        full["y"][..., 0][full["loss_mask"]], position[full["loss_mask"]] + 3
+    )
 
     classes = (np.arange(12) % 3).astype(np.int32)
-    explicit = Lanes.from_series(series, lanes=3, window=4, target=classes)
+    explicit = Lanes.from_series(series, lanes=3, window=4, targets=classes)
     full = stitch(list(explicit.windows()))
     assert explicit.num_outputs == 1 and full["y"].dtype == np.int64
-    assert full["mask"].all()
+    assert full["loss_mask"].all()
     np.testing.assert_array_equal(full["y"][..., 0], classes.reshape(3, 4))
 
-    none = Lanes.from_series(series, lanes=3, window=4, target=None)
+    none = Lanes.from_series(series, lanes=3, window=4, targets=None)
     window = next(none.windows())
     assert none.num_outputs == 0 and none.target_kind is None
-    assert window.y.shape == (3, 4, 0) and not window.mask.any() and window.valid.all()
+    assert window.y.shape == (3, 4, 0) and not window.loss_mask.any() and window.valid.all()
 
 
 def test_series_from_memmap(tmp_path):
@@ -338,7 +340,7 @@ def test_series_from_memmap(tmp_path):
     # The memmap itself is kept (no whole copy); windows gather only their rows.
     assert isinstance(from_map._source.data, np.memmap)
     for got, want in zip(from_map.windows(), in_memory.windows(), strict=True):
-        for name in ["x", "y", "mask", "reset", "seq", "step"]:
+        for name in ["x", "y", "loss_mask", "reset", "seq", "step"]:
             assert torch.equal(getattr(got, name), getattr(want, name))
 
 
@@ -367,7 +369,7 @@ def test_sequence_next_and_horizon_targets():
         for i, sequence in enumerate(sequences):
             rows, cols = np.nonzero(full["seq"] == i)
             expected_mask = np.arange(len(sequence)) + k < len(sequence)
-            np.testing.assert_array_equal(full["mask"][rows, cols], expected_mask)
+            np.testing.assert_array_equal(full["loss_mask"][rows, cols], expected_mask)
             np.testing.assert_array_equal(
                 full["y"][rows, cols][expected_mask], sequence[k:], err_msg=f"sequence {i}"
             )
@@ -380,7 +382,7 @@ def test_sequence_per_step_targets_list_and_array():
     assert lanes.target_kind == "steps" and lanes.target_dtype == torch.int64
     full = stitch(list(lanes.windows()))
     assert full["y"].dtype == np.int64
-    np.testing.assert_array_equal(full["mask"], full["seq"] >= 0)
+    np.testing.assert_array_equal(full["loss_mask"], full["seq"] >= 0)
     for i, target in enumerate(per_step):
         rows, cols = np.nonzero(full["seq"] == i)
         np.testing.assert_array_equal(full["y"][rows, cols, 0], target)
@@ -402,26 +404,26 @@ def test_sequence_labels_count_only_at_the_last_step():
     assert lanes.target_kind == "labels" and lanes.num_outputs == 1
     full = stitch(list(lanes.windows()))
     assert full["y"].dtype == np.int64
-    assert full["mask"].sum() == 4
+    assert full["loss_mask"].sum() == 4
     for i, sequence in enumerate(sequences):
         rows, cols = np.nonzero(full["seq"] == i)
         np.testing.assert_array_equal(full["y"][rows, cols, 0], labels[i])
         expected = np.arange(len(sequence)) == len(sequence) - 1
-        np.testing.assert_array_equal(full["mask"][rows, cols], expected)
+        np.testing.assert_array_equal(full["loss_mask"][rows, cols], expected)
 
     # Float labels (n, O), and targets=None given explicitly alongside labels.
     vectors = np.random.default_rng(0).standard_normal((4, 3))
     lanes = Lanes.from_sequences(sequences, None, labels=vectors, lanes=2, window=3)
     full = stitch(list(lanes.windows()))
     assert full["y"].dtype == np.float32 and lanes.num_outputs == 3
-    last = full["mask"]
+    last = full["loss_mask"]
     np.testing.assert_allclose(full["y"][last], vectors[full["seq"][last]], rtol=1e-6)
 
 
 def test_sequence_no_targets():
     lanes = Lanes.from_sequences(make_sequences([3, 4], 2), None, lanes=2, window=3)
     window = next(lanes.windows())
-    assert window.y.shape == (2, 3, 0) and not window.mask.any() and window.valid.all()
+    assert window.y.shape == (2, 3, 0) and not window.loss_mask.any() and window.valid.all()
 
 
 # ---- start and rows -----------------------------------------------------------------------
@@ -448,7 +450,7 @@ def test_start_and_rows_equal_slicing_the_full_iteration(case, shuffle, data):
     )
     partial = list(lanes.windows(epoch, start=start, rows=selector))
     for got, resumed_window, want in zip(partial, resumed, full[start:], strict=True):
-        for name in ["x", "y", "mask", "reset", "seq", "step"]:
+        for name in ["x", "y", "loss_mask", "reset", "seq", "step"]:
             assert torch.equal(getattr(resumed_window, name), getattr(want, name))
             assert torch.equal(getattr(got, name), getattr(want, name)[selector])
 
@@ -571,10 +573,10 @@ def test_from_sequences_bad_padded_input():
         (np.ones((2, 3, 4)), {}, ValueError, r"series must have shape \(N,\) or \(N, F\)"),
         (np.array([0.0, 1.0, np.nan, 3.0]), {}, ValueError, r"series holds NaN or inf at step 2"),
         (np.arange(10.0), {"window": -1}, ValueError, r"window must be an int >= 1"),
-        (np.arange(10.0), {"target": "last"}, ValueError, r"target must be 'next'"),
-        (np.arange(10.0), {"target": 10}, ValueError, r"horizon k=10 leaves no targets.*k < 10"),
-        (np.arange(10.0), {"target": np.ones(9)}, ValueError, r"target must have shape \(10,\)"),
-        (np.arange(10.0), {"target": 2.5}, TypeError, r"target must be 'next'.*received float"),
+        (np.arange(10.0), {"targets": "last"}, ValueError, r"targets must be 'next'"),
+        (np.arange(10.0), {"targets": 10}, ValueError, r"horizon k=10 leaves no targets.*k < 10"),
+        (np.arange(10.0), {"targets": np.ones(9)}, ValueError, r"targets must have shape \(10,\)"),
+        (np.arange(10.0), {"targets": 2.5}, TypeError, r"targets must be 'next'.*received float"),
         (np.array(["a", "b"]), {"lanes": 1}, TypeError, r"series must hold numbers"),
     ],
 )
@@ -621,3 +623,19 @@ def test_bad_input_changes_nothing():
     for got, want in zip(good, before, strict=True):
         np.testing.assert_array_equal(got, want)
     check_layout(lanes, good, 1)
+
+
+def test_deprecated_names_still_work_and_warn():
+    """Window.mask and from_series(target=) were renamed (loss_mask, targets=); the old names
+    keep working for one release, with a DeprecationWarning."""
+    series = np.arange(20.0)
+    new = Lanes.from_series(series, lanes=2, window=3, targets=2)
+    with pytest.warns(DeprecationWarning, match=r"use targets="):
+        old = Lanes.from_series(series, lanes=2, window=3, target=2)
+    for a, b in zip(new.windows(), old.windows(), strict=True):
+        assert torch.equal(a.y, b.y) and torch.equal(a.loss_mask, b.loss_mask)
+    window = next(new.windows())
+    with pytest.warns(DeprecationWarning, match=r"Window.loss_mask"):
+        assert window.mask is window.loss_mask
+    with pytest.raises(TypeError, match=r"targets=\.\.\. only"):
+        Lanes.from_series(series, lanes=2, window=3, targets=2, target=2)

@@ -302,8 +302,11 @@ def test_forecast_refuses_classifiers_bad_horizon_and_needless_covariates():
     with pytest.raises(ValueError, match="classifier"):
         forecast(make_model("lstm", output_size=3, task="classification"), context, 2)
     model = make_model("lstm", output_size=F)
-    for horizon in (0, -1, 2.0, True):
+    for horizon in (0, -1):
         with pytest.raises(ValueError, match="horizon"):
+            forecast(model, context, horizon)
+    for horizon in (2.0, True, "3"):  # wrong type: TypeError, like chunk= and batch_size=
+        with pytest.raises(TypeError, match="horizon must be an int >= 1"):
             forecast(model, context, horizon)
     with pytest.raises(ValueError, match="drop covariates"):
         forecast(model, context, 2, covariates=np.zeros((2, 1)))

@@ -94,11 +94,11 @@ def test_lanes_of_a_table_target_the_next_value():
     lanes = table.lanes(lanes=8, window=4)
     assert lanes.num_lanes == 2  # capped at the number of series
     window = next(iter(lanes.windows()))
-    for b, t in zip(*np.nonzero(window.mask.numpy()), strict=True):
+    for b, t in zip(*np.nonzero(window.loss_mask.numpy()), strict=True):
         series, step = int(window.seq[b, t]), int(window.step[b, t])
         assert float(window.x[b, t, 0]) == table.features[series][step, 0]
         assert float(window.y[b, t, 0]) == table.targets[series][step + 1, 0]
-    assert int(window.mask.sum()) == 4  # 2 series x (3 steps - shift)
+    assert int(window.loss_mask.sum()) == 4  # 2 series x (3 steps - shift)
 
 
 def test_csv_and_parquet_read_the_same(tmp_path):

@@ -207,7 +207,7 @@ def test_fit_equals_a_hand_written_tbptt_loop():
         for window in lanes.windows(epoch):
             y, state = reference(window.x, state, reset=window.reset, mask=window.valid)
             per_step = ((y - window.y) ** 2).mean(dim=2)
-            loss = torch.where(window.mask, per_step, 0.0).sum() / window.mask.sum()
+            loss = torch.where(window.loss_mask, per_step, 0.0).sum() / window.loss_mask.sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -479,7 +479,7 @@ def test_bad_input_fails_before_training_and_changes_nothing(tmp_path):
         (lambda: fit(model, lanes, config={"epochs": 1}), TypeError, "config must be a FitC"),
         (lambda: fit(nn.Linear(2, 2), lanes), TypeError, "initial_state"),
         (
-            lambda: fit(model, Lanes.from_series(series, lanes=2, window=10, target=None)),
+            lambda: fit(model, Lanes.from_series(series, lanes=2, window=10, targets=None)),
             ValueError,
             "has no targets",
         ),

@@ -25,6 +25,8 @@ _EXPORTS: dict[str, str] = {
     "LSTM": "seqstate.layers",
     "GRU": "seqstate.layers",
     "RNN": "seqstate.layers",
+    # the model contract
+    "SequenceCore": "seqstate.core",
     # model and run directories
     "ModelConfig": "seqstate.model",
     "SequenceModel": "seqstate.model",
@@ -36,7 +38,7 @@ _EXPORTS: dict[str, str] = {
     "fit": "seqstate.train",
     "evaluate": "seqstate.train",
     "predict": "seqstate.prediction",
-    "forecast": "seqstate.prediction",
+    "forecast": "seqstate.forecasting",
     "Streams": "seqstate.streams",
     "advance": "seqstate.streams",
     # data in
@@ -51,12 +53,14 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from seqstate.checkpoint import load_model, save_model  # noqa: F401
+    from seqstate.core import SequenceCore  # noqa: F401
+    from seqstate.forecasting import forecast  # noqa: F401
     from seqstate.interop.keras import import_keras  # noqa: F401
     from seqstate.interop.onnx import export_onnx  # noqa: F401
     from seqstate.lanes import Lanes, Window  # noqa: F401
     from seqstate.layers import GRU, LSTM, RNN  # noqa: F401
     from seqstate.model import ModelConfig, SequenceModel  # noqa: F401
-    from seqstate.prediction import forecast, predict  # noqa: F401
+    from seqstate.prediction import predict  # noqa: F401
     from seqstate.sources import read_table, split_table  # noqa: F401
     from seqstate.state import GRUState, LSTMState, RNNState, State  # noqa: F401
     from seqstate.streams import Streams, advance  # noqa: F401

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from seqstate._io import atomic_path
 from seqstate.recipe import SECTIONS, default_settings
 from seqstate.recipe import fit_fields as recipe_fit_fields
 
@@ -268,7 +269,7 @@ def _merge_toml(settings: dict[str, dict[str, Any]], path: Path) -> None:
         import tomllib
     except ImportError:  # Python 3.10
         try:
-            import tomli as tomllib  # type: ignore[no-redef]
+            import tomli as tomllib
         except ImportError:
             raise CliError(
                 "--config needs Python >= 3.11 (tomllib) or the tomli package: pip install tomli"
@@ -403,12 +404,11 @@ def _output_path(path: str) -> tuple[Path, str]:
 
 def _write_frame(frame: Any, target: Path, kind: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    if kind == "parquet":
-        frame.to_parquet(tmp, index=False)
-    else:
-        frame.to_csv(tmp, index=False, sep="\t" if kind == "tsv" else ",")
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        if kind == "parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False, sep="\t" if kind == "tsv" else ",")
 
 
 def _key_columns(columns: Any, table: Any, index: int, times: Any) -> dict[str, Any]:

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from seqstate._validate import check_int
+
 __all__ = ["DemoSizes", "memory_task", "run_demo"]
 
 
@@ -301,8 +303,7 @@ def run_demo(out: Path | str = "seqstate-demo", *, quick: bool = False, seed: in
     """
     import torch
 
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0; received {seed!r}")
+    seed = check_int(seed, "seed", 0)
     sizes = QUICK if quick else FULL
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

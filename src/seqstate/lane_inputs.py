@@ -16,6 +16,8 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from seqstate._validate import check_int
+
 # Rows per chunk when scanning a (possibly memory-mapped) array for NaN/inf: bounded memory.
 _SCAN_ELEMENTS = 1 << 22
 
@@ -23,19 +25,6 @@ _SCAN_ELEMENTS = 1 << 22
 # --------------------------------------------------------------------------------------------
 # Input validation (at the public boundary only)
 # --------------------------------------------------------------------------------------------
-
-
-def check_int(value: Any, name: str, minimum: int, hint: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(
-            f"{name} must be an int >= {minimum}; received {type(value).__name__} {value!r}."
-            + (f" {hint}" if hint else "")
-        )
-    if value < minimum:
-        raise ValueError(
-            f"{name} must be an int >= {minimum}; received {value}." + (f" {hint}" if hint else "")
-        )
-    return int(value)
 
 
 def to_array(value: Any, name: str) -> np.ndarray:
@@ -70,8 +59,8 @@ def first_nonfinite(array: np.ndarray) -> int:
     chunk = max(1, _SCAN_ELEMENTS // per_row)
     for begin in range(0, len(array), chunk):
         block = np.asarray(array[begin : begin + chunk])
-        bad = ~np.isfinite(block.astype(np.float32, copy=False))
-        bad = bad.reshape(len(block), -1).any(axis=1)
+        nonfinite = ~np.isfinite(block.astype(np.float32, copy=False))
+        bad = np.asarray(nonfinite.reshape(len(block), -1).any(axis=1))
         if bad.any():
             return begin + int(np.argmax(bad))
     return -1
@@ -86,8 +75,8 @@ def first_nonfinite_padded(array: np.ndarray, lengths: np.ndarray) -> tuple[int,
     chunk = max(1, _SCAN_ELEMENTS // per_row)
     for begin in range(0, n, chunk):
         block = np.asarray(array[begin : begin + chunk])
-        bad = ~np.isfinite(block.astype(np.float32, copy=False))
-        bad = bad.reshape(len(block), L, -1).any(axis=2)
+        nonfinite = ~np.isfinite(block.astype(np.float32, copy=False))
+        bad = np.asarray(nonfinite.reshape(len(block), L, -1).any(axis=2))
         bad &= np.arange(L)[None, :] < lengths[begin : begin + len(block), None]
         if bad.any():
             where = np.argwhere(bad)[0]
@@ -283,7 +272,7 @@ _TARGET_KINDS = (
     "(L_i, O), or an array (n, L) / (n, L, O)), or None"
 )
 _SERIES_TARGET_KINDS = (
-    "target must be 'next', an int horizon >= 1, an array (N,) or (N, O), or None"
+    "targets must be 'next', an int horizon >= 1, an array (N,) or (N, O), or None"
 )
 
 
@@ -302,7 +291,7 @@ def read_targets(
     series (``series=True``: ``source`` holds its lane segments, ``seq_lengths`` their
     lengths), one per sequence otherwise.
     """
-    name, kinds = ("target", _SERIES_TARGET_KINDS) if series else ("targets", _TARGET_KINDS)
+    kinds = _SERIES_TARGET_KINDS if series else _TARGET_KINDS
     if targets is None:
         return TargetSpec(None, 0, np.dtype(np.float32))
     if isinstance(targets, str):
@@ -310,12 +299,12 @@ def read_targets(
             raise ValueError(f"{kinds}; received the string {targets!r}.")
         targets = 1
     if isinstance(targets, int | np.integer) and not isinstance(targets, bool):
-        k = check_int(targets, name, 1, "An int target is the horizon k: y[t] = x[t+k].")
+        k = check_int(targets, "targets", 1, "An int target is the horizon k: y[t] = x[t+k].")
         N = int(seq_lengths.sum())
         if series and k >= N:
             raise ValueError(
                 f"target horizon k={k} leaves no targets in a series of {N} steps; use "
-                f"k < {N}, or target=None for prediction only."
+                f"k < {N}, or targets=None for prediction only."
             )
         return TargetSpec("shift", num_features, np.dtype(np.float32), shift=k, source=source)
     if not isinstance(targets, np.ndarray | torch.Tensor | list | tuple):
@@ -369,8 +358,8 @@ def read_targets(
         arrays.append(as_rows(array))
     if width == 0:
         raise ValueError("targets have 0 outputs (shape (L, 0)); use targets=None for no targets.")
-    kinds = {a.dtype.kind in "iu" for a in arrays}
-    if len(kinds) > 1:
+    integer_or_not = {a.dtype.kind in "iu" for a in arrays}
+    if len(integer_or_not) > 1:
         raise TypeError(
             "targets mix integer and float arrays; make them all integer (class indices) or all "
             "float, e.g. with .astype('float32')."
@@ -422,16 +411,16 @@ def read_labels(labels: Any, n: int) -> TargetSpec:
 
 def _read_series_targets(target: Any, starts: np.ndarray, N: int) -> TargetSpec:
     """Per-step targets of one series of ``N`` steps cut into segments at ``starts``."""
-    array = to_array(target, "target")
+    array = to_array(target, "targets")
     if array.ndim not in (1, 2) or len(array) != N or (array.ndim == 2 and not array.shape[1]):
         raise ValueError(
-            f"target must have shape ({N},) or ({N}, O) to match series of {N} steps; "
+            f"targets must have shape ({N},) or ({N}, O) to match series of {N} steps; "
             f"received shape {tuple(array.shape)}."
         )
-    check_numeric(array, "target")
+    check_numeric(array, "targets")
     bad = first_nonfinite(array)
     if bad >= 0:
-        raise ValueError(f"target holds NaN or inf at step {bad}. Fill or mask it first.")
+        raise ValueError(f"targets holds NaN or inf at step {bad}. Fill or mask it first.")
     dtype = target_dtype(array)
     width = 1 if array.ndim == 1 else int(array.shape[1])
     return TargetSpec("steps", width, dtype, source=FlatSource(array, starts, dtype))

@@ -38,9 +38,10 @@ order), never from a padded copy of the data, so memory stays proportional to th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -75,6 +76,13 @@ class _DefaultNext(str):
 _NEXT = _DefaultNext("next")
 
 
+class _Unset:
+    """The default of a deprecated keyword: tells "not given" from every value, None too."""
+
+
+_UNSET = _Unset()
+
+
 # --------------------------------------------------------------------------------------------
 # Window
 # --------------------------------------------------------------------------------------------
@@ -88,23 +96,36 @@ class Window:
         x: ``(B, T, F)`` float32 inputs; zeros on padding.
         y: ``(B, T, O)`` targets: float32, or int64 when the given targets are integer-typed
             (class labels, ``O = 1``). ``O = 0`` when the lanes have no targets. Zeros on padding.
-        mask: ``(B, T)`` bool, True where this step's target counts in the loss.
+        loss_mask: ``(B, T)`` bool, True where this step's target counts in the loss
+            (``mask`` before 0.x: a deprecated alias remains for one release).
         reset: ``(B, T)`` bool, True where a new sequence begins; the row's state is zeroed
             *before* the step is consumed.
         seq: ``(B, T)`` int64 index of the sequence each step belongs to, ``-1`` on padding.
         step: ``(B, T)`` int64 position inside that sequence, ``-1`` on padding.
 
     Give the model ``mask=window.valid`` (which steps hold real input) and the loss
-    ``window.mask`` (which targets count). They differ: with "next" targets a sequence's last
+    ``window.loss_mask`` (which targets count). They differ: with "next" targets a sequence's last
     step is valid input but has no target; with per-sequence labels only the last step counts.
     """
 
     x: torch.Tensor
     y: torch.Tensor
-    mask: torch.Tensor
+    loss_mask: torch.Tensor
     reset: torch.Tensor
     seq: torch.Tensor
     step: torch.Tensor
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """Deprecated alias of :attr:`loss_mask`; removed in the next release."""
+        warnings.warn(
+            "Window.mask is deprecated and will be removed in the next release; use "
+            "Window.loss_mask (the targets that count in the loss). The model's mask= wants "
+            "Window.valid.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.loss_mask
 
     @property
     def valid(self) -> torch.Tensor:
@@ -133,7 +154,7 @@ class Window:
         B, T, F = self.x.shape
         return (
             f"Window(B={B}, T={T}, F={F}, O={self.y.shape[2]}, y={self.y.dtype}, "
-            f"valid={int(self.valid.sum())}, mask={int(self.mask.sum())}, "
+            f"valid={int(self.valid.sum())}, loss_mask={int(self.loss_mask.sum())}, "
             f"resets={int(self.reset.sum())})"
         )
 
@@ -198,7 +219,8 @@ class Lanes:
         *,
         lanes: int,
         window: int,
-        target: str | int | ArrayLike | None = "next",
+        targets: str | int | ArrayLike | None = _NEXT,
+        target: str | int | ArrayLike | _Unset | None = _UNSET,
     ) -> Lanes:
         """Split one long series into ``lanes`` contiguous segments, one per lane.
 
@@ -208,7 +230,8 @@ class Lanes:
             lanes: ``B``, number of segments / batch rows. Segment lengths differ by at most 1
                 (the first ``N % lanes`` segments are one step longer).
             window: ``T``, steps per window (the truncated-BPTT length).
-            target: what ``y`` holds:
+            targets: what ``y`` holds (the same keyword as :meth:`from_sequences`; the old
+                name ``target=`` still works for one release, with a DeprecationWarning):
 
                 - ``"next"``: ``y[t] = series[t + 1]`` (``O = F``), computed on the whole series
                   before it is cut, so a segment's last step targets the first value of the next
@@ -221,6 +244,18 @@ class Lanes:
         Each segment is a sequence: ``seq`` is its segment index, ``step`` the offset inside
         it, and ``reset`` is True at its first step. See :attr:`segment_starts`.
         """
+        if not isinstance(target, _Unset):
+            if targets is not _NEXT:
+                raise TypeError(
+                    "pass targets=... only; target= is its deprecated old name, and both were given"
+                )
+            warnings.warn(
+                "Lanes.from_series(target=...) is deprecated and will be removed in the next "
+                "release; use targets=... (the keyword of Lanes.from_sequences)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            targets = target
         lanes = check_int(lanes, "lanes", 1, "It is the number of parallel rows (batch size).")
         window = check_int(window, "window", 1, "It is the number of steps per window.")
         data = to_array(series, "series")
@@ -249,12 +284,12 @@ class Lanes:
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         source = FlatSource(data, starts, np.dtype(np.float32))
 
-        targets = read_targets(target, source, lengths, num_features, series=True)
+        target_spec = read_targets(targets, source, lengths, num_features, series=True)
         return cls(
             _source=source,
             _lengths=lengths,
             _num_features=num_features,
-            _targets=targets,
+            _targets=target_spec,
             _lanes=lanes,
             _window=window,
             _series_length=N,
@@ -397,7 +432,7 @@ class Lanes:
         only; None for :meth:`from_sequences`)."""
         if self._series_length is None:
             return None
-        return self._source.offsets.copy()  # type: ignore[union-attr]
+        return cast(FlatSource, self._source).offsets.copy()  # a series is one flat array
 
     @property
     def shuffle(self) -> bool:
@@ -580,7 +615,8 @@ class Lanes:
         if spec.kind == "shift":
             if self._series_length is not None:
                 # Targets index the whole series, so they cross segment boundaries.
-                position = self._source.offsets[seq_valid] + step_valid  # type: ignore[union-attr]
+                segments = cast(FlatSource, self._source)  # a series is one flat array
+                position = segments.offsets[seq_valid] + step_valid
                 has_target = position + spec.shift < self._series_length
             else:
                 has_target = step_valid + spec.shift < self._lengths[seq_valid]
@@ -591,16 +627,18 @@ class Lanes:
             y[valid] = rows
             mask[valid] = has_target
         elif spec.kind == "steps":
-            y[valid] = spec.source.gather(seq_valid, step_valid)  # type: ignore[union-attr]
+            y[valid] = cast(Source, spec.source).gather(
+                seq_valid, step_valid
+            )  # kind 'steps' has one
             mask = valid.copy()
         elif spec.kind == "labels":
-            y[valid] = spec.labels[seq_valid]  # type: ignore[index]
+            y[valid] = cast(np.ndarray, spec.labels)[seq_valid]  # kind 'labels' has them
             mask[valid] = step_valid == self._lengths[seq_valid] - 1
 
         return Window(
             x=torch.from_numpy(x),
             y=torch.from_numpy(y),
-            mask=torch.from_numpy(mask),
+            loss_mask=torch.from_numpy(mask),
             reset=torch.from_numpy(valid & (step == 0)),
             seq=torch.from_numpy(seq.astype(np.int64, copy=False)),
             step=torch.from_numpy(step.astype(np.int64, copy=False)),

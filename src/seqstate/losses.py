@@ -1,6 +1,6 @@
 """Masked losses and metrics over lane windows.
 
-Every quantity is a *sum over the steps whose target counts* (``window.mask``), kept apart
+Every quantity is a *sum over the steps whose target counts* (``window.loss_mask``), kept apart
 from the count of those steps. Dividing the two sums at the end gives a mean that is exact
 whatever the number of lanes, the window length, or how the steps fall into windows::
 

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from seqstate._io import fsync_path, write_text_atomic
+
 __all__ = ["Snapshot", "capture_rng", "load_snapshot", "restore_rng", "save_snapshot"]
 
 SNAPSHOT_FORMAT = "seqstate.train-snapshot/1"
@@ -105,7 +107,7 @@ def capture_rng() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for index, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda.{index}"] = state
-    kind, keys, position, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    kind, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
     tensors["numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.uint32).astype(np.int64))
     version, internal, gauss_next = random.getstate()
     info = {
@@ -147,18 +149,10 @@ class Snapshot:
     rng: tuple[dict[str, Any], dict[str, torch.Tensor]]  # capture_rng()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     # safetensors refuses shared storage and non-contiguous tensors: store plain copies.
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path))
-    _fsync(path)
+    fsync_path(path)
 
 
 def save_snapshot(directory: Path, name: str, snapshot: Snapshot) -> Path:
@@ -193,17 +187,13 @@ def save_snapshot(directory: Path, name: str, snapshot: Snapshot) -> Path:
         _save_tensors(snapshot.best_weights, partial / "best.safetensors")
     if snapshot.carried_state is not None:
         (partial / "state.safetensors").write_bytes(snapshot.carried_state)
-        _fsync(partial / "state.safetensors")
+        fsync_path(partial / "state.safetensors")
     (partial / "train.json").write_text(text)
-    _fsync(partial / "train.json")
-    _fsync(partial)
+    fsync_path(partial / "train.json")
+    fsync_path(partial)
 
     os.replace(partial, final)
-    pointer = directory / (LATEST + ".tmp")
-    pointer.write_text(name)
-    _fsync(pointer)
-    os.replace(pointer, directory / LATEST)
-    _fsync(directory)
+    write_text_atomic(directory / LATEST, name, durable=True)
     for other in directory.iterdir():
         if other.is_dir() and other.name != name:
             shutil.rmtree(other)

@@ -38,6 +38,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from seqstate._validate import check_int
+
 __all__ = [
     "Columns",
     "Normalization",
@@ -173,7 +175,7 @@ class SequenceTable:
         if segments and len(inputs) == 1:
             steps = len(inputs[0])
             return Lanes.from_series(
-                inputs[0], lanes=min(lanes, steps), window=window, target=targets[0]
+                inputs[0], lanes=min(lanes, steps), window=window, targets=targets[0]
             )
         return Lanes.from_sequences(
             inputs,
@@ -400,11 +402,7 @@ def _time_column(frame: Any, name: str, rows: _Rows) -> np.ndarray:
 
 
 def _check_shift(shift: Any) -> int:
-    if isinstance(shift, bool) or not isinstance(shift, int | np.integer) or shift < 0:
-        raise ValueError(
-            f"shift must be an int >= 0 (y[t] = targets[t + shift]); received {shift!r}."
-        )
-    return int(shift)
+    return check_int(shift, "shift", 0, "y[t] = targets[t + shift].")
 
 
 def read_table(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import torch
 from safetensors.torch import load as _safetensors_load
@@ -286,7 +286,7 @@ class State:
                 f"{meta.get('type')!r}; expected {_FORMAT!r} and one of "
                 f"{sorted(State._registry)}"
             )
-        cls = State._registry[type_name]
+        cls = State._registry[cast(str, type_name)]  # `known` checked it is a str
         missing = set(cls.field_names()) - set(tensors)
         if missing:
             raise ValueError(f"data for {cls.__name__} lacks fields {sorted(missing)}")

@@ -6,7 +6,7 @@ the progress bar) happens between windows or between epochs::
     state = model.initial_state(B)                      # fresh at every epoch
     for window in train.windows(epoch):                 # (B, T, ...) windows, lane-continuous
         y, state = model(window.x, state, reset=window.reset, mask=window.valid)
-        loss = masked mean of loss(y, window.y) over window.mask
+        loss = masked mean of loss(y, window.y) over window.loss_mask
         loss.backward(); clip_grad_norm_; optimizer.step()
         state = state.detach()                          # the TBPTT cut: T = the lane window
 

@@ -43,8 +43,8 @@ def resolve_loss(config: FitConfig, model: nn.Module, lanes: Lanes) -> MaskedLos
             name = "cross_entropy" if lanes.target_dtype == torch.int64 else "mse"
     normalize = getattr(model, "normalize_targets", None)
     if not callable(normalize):
-        return MaskedLoss(name, config.huber_delta)  # type: ignore[arg-type]
-    return MaskedLoss(name, config.huber_delta, normalize)  # type: ignore[arg-type]
+        return MaskedLoss(name, config.huber_delta)
+    return MaskedLoss(name, config.huber_delta, normalize)
 
 
 def check_compatible(model: nn.Module, lanes: Lanes, loss: MaskedLoss, name: str) -> None:

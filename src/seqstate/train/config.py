@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
+from seqstate._validate import check_int, check_number
 from seqstate.losses import LOSSES, LossName
 
 OptimizerName = Literal["adam", "adamw", "sgd"]
@@ -123,26 +122,8 @@ class FitConfig:
 
 
 def _check_int(value: Any, name: str, minimum: int, hint: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(
-            f"FitConfig.{name} must be an int >= {minimum}; received "
-            f"{type(value).__name__} {value!r}. {hint}".rstrip()
-        )
-    if value < minimum:
-        raise ValueError(
-            f"FitConfig.{name} must be an int >= {minimum}; received {value}. {hint}".rstrip()
-        )
-    return int(value)
+    return check_int(value, f"FitConfig.{name}", minimum, hint)
 
 
 def _check_float(value: Any, name: str, *, minimum: float, strict: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(
-            f"FitConfig.{name} must be a number; received {type(value).__name__} {value!r}"
-        )
-    low_ok = value > minimum if strict else value >= minimum
-    if not math.isfinite(value) or not low_ok:
-        bound = ">" if strict else ">="
-        raise ValueError(
-            f"FitConfig.{name} must be a finite number {bound} {minimum}; received {value!r}"
-        )
+    check_number(value, f"FitConfig.{name}", minimum=minimum, strict=strict)

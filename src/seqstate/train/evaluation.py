@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seqstate.core import check_core
 from seqstate.lanes import Lanes
 from seqstate.losses import LOSSES, LossName, MaskedLoss, MetricSums
 from seqstate.train.checks import check_compatible, check_lanes, resolve_loss
@@ -27,18 +28,14 @@ def evaluate(
 
     Returns ``{"loss", "mae", "rmse"}`` for regression (mae/rmse in raw target units; loss in
     the normalised space training uses) or ``{"loss", "accuracy"}`` for classification, each
-    a mean over exactly the steps whose target counts (``window.mask``): the numbers do not
+    a mean over exactly the steps whose target counts (``window.loss_mask``): the numbers do not
     depend on the number of lanes or the window length. The model's mode is restored after.
 
     Args:
         loss: mse | mae | huber | cross_entropy; None: from the model's task (or the targets).
         device: where to run; None: where the model's parameters are (the model is not moved).
     """
-    if not isinstance(model, nn.Module) or not callable(getattr(model, "initial_state", None)):
-        raise TypeError(
-            "model must be an nn.Module with forward(x, state, reset, mask) and "
-            f"initial_state(batch_size); received {type(model).__name__}"
-        )
+    check_core(model)
     check_lanes(lanes, "lanes")
     if loss is not None and loss not in LOSSES:
         raise ValueError(f"loss must be one of {list(LOSSES)} or None; received {loss!r}")
@@ -75,7 +72,7 @@ def evaluate_sums(
             sums = MetricSums(loss, device)
             for window in lanes.windows(0, rows=rows):
                 valid = window.valid
-                counted = int(window.mask.sum())
+                counted = int(window.loss_mask.sum())
                 model_mask = None if bool(valid.all()) else valid
                 x, y, mask, reset, model_mask = to_device(window, model_mask, device, dtype)
                 pred, state = model(x, state, reset=reset, mask=model_mask)

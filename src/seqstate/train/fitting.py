@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
+from seqstate.core import SequenceCore, check_core
 from seqstate.lanes import Lanes
 from seqstate.runstate import load_snapshot
 from seqstate.state import State
@@ -54,7 +55,8 @@ def fit(
     """Train ``model`` on ``train`` by truncated BPTT over its lanes; see the module docstring.
 
     Args:
-        model: a :class:`~seqstate.SequenceModel`, or any ``nn.Module`` with
+        model: a :class:`~seqstate.SequenceModel`, or any ``nn.Module`` following
+            :class:`~seqstate.SequenceCore`:
             ``forward(x [B, T, F], state, reset [B, T], mask [B, T]) -> (y [B, T, O], state)``
             and ``initial_state(batch_size) -> State``.
         train: training lanes with targets; ``train.windows(epoch)`` gives each epoch's windows.
@@ -71,12 +73,7 @@ def fit(
     Returns:
         The :class:`History`. The model ends in eval mode, on the training device.
     """
-    if not isinstance(model, nn.Module) or not callable(getattr(model, "initial_state", None)):
-        raise TypeError(
-            "model must be an nn.Module with forward(x, state, reset, mask) -> (y, state) and "
-            f"initial_state(batch_size), e.g. seqstate.SequenceModel; received "
-            f"{type(model).__name__}"
-        )
+    check_core(model)
     check_lanes(train, "train")
     if validation is not None:
         check_lanes(validation, "validation")
@@ -104,7 +101,7 @@ def fit(
     if validation is not None:
         check_compatible(model, validation, loss, "validation")
     device = resolve_device(config.device)
-    probe = model.initial_state(1)
+    probe = cast(SequenceCore, model).initial_state(1)
     if run is not None and not isinstance(probe, State):
         raise TypeError(
             "checkpoints need the model's state to be a seqstate State (LSTMState, GRUState, "
@@ -117,8 +114,8 @@ def fit(
         "validation": None if validation is None else lanes_signature(validation),
         "loss": loss.name,
     }
-    if snapshot is not None:
-        check_resume(snapshot, config, signature, source)  # type: ignore[arg-type]
+    if snapshot is not None and source is not None:  # a snapshot is read from a source
+        check_resume(snapshot, config, signature, source)
 
     trainer = Trainer(
         model=model,

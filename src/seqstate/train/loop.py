@@ -135,7 +135,7 @@ class Trainer:
         B, T, _ = window.x.shape
         valid = window.valid  # (B, T) real input
         real = int(valid.sum())
-        counted = int(window.mask.sum())
+        counted = int(window.loss_mask.sum())
         if self.loss.is_classification and counted:
             self._check_labels(window)
         # Computed on the CPU, so the layers need no device sync to detect "no padding".
@@ -157,7 +157,7 @@ class Trainer:
         return window_loss, detach_state(state), real, counted
 
     def _check_labels(self, window: Window) -> None:
-        labels = window.y[..., 0][window.mask]
+        labels = window.y[..., 0][window.loss_mask]
         classes = getattr(self.model, "output_size", None)
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or (isinstance(classes, int) and high >= classes):
@@ -171,7 +171,7 @@ class Trainer:
         sums = self.replica.reduce_epoch(sums)
         if sums.counted == 0:
             raise ValueError(
-                f"epoch {epoch} had no step with a target (every window.mask is False); the "
+                f"epoch {epoch} had no step with a target (every window.loss_mask is False); the "
                 "training lanes need targets that count"
             )
         train_loss = float(sums.loss) / sums.counted
@@ -277,7 +277,8 @@ class Trainer:
         from seqstate.checkpoint import save_model
         from seqstate.model import SequenceModel
 
-        if not isinstance(self.model, SequenceModel):
+        model, run_dir = self.model, self.run_dir
+        if run_dir is None or not isinstance(model, SequenceModel):
             return  # a custom module's weights live in checkpoint/; it has no config to save
         metadata = {
             "fit": self.config.to_dict(),
@@ -286,7 +287,7 @@ class Trainer:
             "stopped_early": self.history.stopped_early,
             "epochs_trained": len(self.history),
         }
-        save_model(self.model, self.run_dir, metadata=metadata)  # type: ignore[arg-type]
+        save_model(model, run_dir, metadata=metadata)
 
 
 def seed_everything(seed: int) -> None:

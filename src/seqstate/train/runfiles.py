@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from seqstate._io import atomic_path, write_text_atomic
 from seqstate.train.history import History
 
 CHECKPOINT_DIR = "checkpoint"
@@ -18,9 +18,7 @@ def write_metrics(run_dir: Path, history: History) -> None:
     # epochs, never a duplicate line from an epoch that was interrupted and replayed.
     run_dir.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in history.records)
-    tmp = run_dir / (METRICS_FILE + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, run_dir / METRICS_FILE)
+    write_text_atomic(run_dir / METRICS_FILE, text)
 
 
 def write_plot(run_dir: Path, history: History) -> None:
@@ -43,6 +41,5 @@ def write_plot(run_dir: Path, history: History) -> None:
     axes.set_ylabel("loss")
     axes.legend()
     figure.tight_layout()
-    tmp = run_dir / (PLOT_FILE + ".tmp")
-    figure.savefig(tmp, format="png")
-    os.replace(tmp, run_dir / PLOT_FILE)
+    with atomic_path(run_dir / PLOT_FILE) as tmp:
+        figure.savefig(tmp, format="png")

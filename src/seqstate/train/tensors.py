@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
+from seqstate.core import SequenceCore
 from seqstate.lanes import Window
 from seqstate.state import State
 
@@ -14,7 +15,7 @@ from seqstate.state import State
 def to_device(
     window: Window, model_mask: torch.Tensor | None, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    x, y, mask, reset = window.x, window.y, window.mask, window.reset
+    x, y, mask, reset = window.x, window.y, window.loss_mask, window.reset
     if x.dtype != dtype:
         x = x.to(dtype)
         y = y.to(dtype) if y.is_floating_point() else y
@@ -26,7 +27,7 @@ def to_device(
 
 
 def initial_state(model: nn.Module, batch_size: int, device: torch.device, dtype: Any) -> Any:
-    state = model.initial_state(batch_size)
+    state = cast(SequenceCore, model).initial_state(batch_size)
     if isinstance(state, State) and (state.device != device or state.dtype != dtype):
         state = state.to(device, dtype)
     return state

@@ -1,0 +1,57 @@
+"""Checks of user input at the public boundary, with one rule for every argument:
+
+a value of the wrong *type* raises ``TypeError``, a value of the right type but outside the
+allowed range raises ``ValueError``; both name the argument, what was expected, what was
+received, and (``hint``) the likely fix. ``bool`` is never accepted as a number.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["check_bool", "check_int", "check_number"]
+
+
+def _hinted(message: str, hint: str) -> str:
+    return f"{message} {hint}" if hint else message
+
+
+def check_int(value: Any, name: str, minimum: int, hint: str = "") -> int:
+    """``value`` as an int ``>= minimum`` (a Python or NumPy integer, not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(
+            _hinted(
+                f"{name} must be an int >= {minimum}; received {type(value).__name__} {value!r}.",
+                hint,
+            )
+        )
+    if value < minimum:
+        raise ValueError(_hinted(f"{name} must be an int >= {minimum}; received {value}.", hint))
+    return int(value)
+
+
+def check_number(
+    value: Any, name: str, *, minimum: float, strict: bool = False, hint: str = ""
+) -> float:
+    """``value`` as a finite float ``>= minimum`` (``> minimum`` with ``strict``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(
+            _hinted(f"{name} must be a number; received {type(value).__name__} {value!r}.", hint)
+        )
+    low_ok = value > minimum if strict else value >= minimum
+    if not math.isfinite(value) or not low_ok:
+        bound = ">" if strict else ">="
+        raise ValueError(
+            _hinted(f"{name} must be a finite number {bound} {minimum}; received {value!r}.", hint)
+        )
+    return float(value)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` as True or False (a NumPy bool too)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False; received {type(value).__name__} {value!r}.")
+    return bool(value)
