@@ -26,7 +26,7 @@ from seqstate.layers import GRU, LSTM, RNN
 from seqstate.state import GRUState, LSTMState, RNNState, State
 
 KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-STRATEGIES = ("auto", "split", "aligned")
+STRATEGIES = ("auto", "split")
 F64 = torch.float64
 EXACT = {"rtol": 0.0, "atol": 1e-10}
 
@@ -238,121 +238,6 @@ def test_reference_with_dense_resets_and_masks(kind: str, strategy: str) -> None
     y_ref, final_ref = reference(layer, x, state, reset, mask)
     torch.testing.assert_close(y, y_ref, **EXACT)
     assert_states_close(final, final_ref, **EXACT)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_hold_steps_only_where_exact(
-    kind: str, strategy: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Hold steps (aligned pieces) are used only on full-length rows of cells that can hold a
-    zero state (not the tanh RNN) and never under ``split``; every choice is exact."""
-    layer = make_layer(kind, 2, 3, 2, strategy=strategy, seed=5)
-    chosen: list[str] = []
-    original = layer._choose
-    monkeypatch.setattr(
-        layer, "_choose", lambda lengths: chosen.append(original(lengths)) or chosen[-1]
-    )
-    x = torch.randn(3, 20, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-    reset = random_flags((3, 20), 0.3, 9)
-    reset[0, 7] = True
-    tail = torch.ones(3, 20, dtype=torch.bool)
-    tail[1, 15:] = False  # a ragged row: hold steps cannot keep an LSTM state, so split
-    for mask in (None, tail):
-        y, state = layer(x, reset=reset, mask=mask)
-        y_ref, state_ref = reference(layer, x, None, reset, mask)
-        torch.testing.assert_close(y, y_ref, **EXACT)
-        assert_states_close(state, state_ref, **EXACT)
-    holds = strategy != "split" and kind != "rnn_tanh"
-    assert chosen == (["aligned", "split"] if holds else ["split", "split"])
-
-
-def test_plan_bounds_spans_between_split_and_aligned() -> None:
-    """Cheap calls -> a bound at every reset column (split); dear calls -> none (aligned);
-    in between, a few bounds at reset columns."""
-    reset = torch.zeros(4, 40, dtype=torch.bool)
-    reset[0, [3, 17, 30]] = True
-    reset[1, [9, 17]] = True
-    reset[2, [22, 35]] = True
-    columns = [3, 9, 17, 22, 30, 35]
-    assert layers_module._plan_bounds(reset, call_cost=0.0) == columns
-    assert layers_module._plan_bounds(reset, call_cost=1e9) == []
-    middle = layers_module._plan_bounds(reset, call_cost=30.0)
-    assert 0 < len(middle) < len(columns) and set(middle) <= set(columns)
-    # a dear held span pushes the plan back to split
-    assert layers_module._plan_bounds(reset, call_cost=30.0, held_cost=1e9) == columns
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    call_cost=st.sampled_from([0.0, 5.0, 30.0, 1e9]),
-    seed=st.integers(0, 2**16),
-    kind=st.sampled_from(("lstm", "gru", "rnn_relu")),
-)
-def test_planned_spans_match_reference(call_cost: float, seed: int, kind: str) -> None:
-    """Any plan (split, aligned or mixed spans) gives the step loop's outputs and state."""
-    layer = make_layer(kind, 2, 3, 2, strategy="auto", seed=seed % 7)
-    torch_module = type(layer)._torch_module
-    original = layers_module._CALL_COST[torch_module]
-    layers_module._CALL_COST[torch_module] = call_cost
-    try:
-        x = torch.randn(4, 24, 2, generator=torch.Generator().manual_seed(seed), dtype=F64)
-        state = random_state(layer, 4, seed + 1)
-        reset = random_flags((4, 24), 0.25, seed + 2)
-        y, final = layer(x, state, reset=reset)
-    finally:
-        layers_module._CALL_COST[torch_module] = original
-    y_ref, final_ref = reference(layer, x, state, reset)
-    torch.testing.assert_close(y, y_ref, **EXACT)
-    assert_states_close(final, final_ref, **EXACT)
-
-
-@pytest.mark.parametrize("kind", ("lstm", "gru", "rnn_relu"))
-@pytest.mark.parametrize("num_layers", (1, 3))
-def test_aligned_matches_reference_with_gradients(kind: str, num_layers: int) -> None:
-    """aligned (forced, full-length rows, dense resets) == the step loop, outputs and grads."""
-    layer = make_layer(kind, 3, 4, num_layers, strategy="aligned", seed=3)
-    assert layer._choose(None) == "aligned"
-    reset = random_flags((4, 15), 0.35, 5)
-    outputs = []
-    for use_reference in (False, True):
-        layer.zero_grad()
-        x = torch.randn(4, 15, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
-        x.requires_grad_(True)
-        state = random_state(layer, 4, 6).map(lambda t: t.requires_grad_(True))
-        y, final = reference(layer, x, state, reset) if use_reference else layer(x, state, reset)
-        weights = torch.linspace(-1, 1, y.numel(), dtype=F64).view_as(y)
-        loss = (y * weights).sum() + sum((t**2).sum() for t in final.tensors())
-        loss.backward()
-        grads = [x.grad, *(t.grad for t in state.tensors()), *(p.grad for p in layer.parameters())]
-        outputs.append((y.detach(), final.detach().tensors(), [g.clone() for g in grads]))
-    (y, final, grads), (y_ref, final_ref, grads_ref) = outputs
-    torch.testing.assert_close(y, y_ref, **EXACT)
-    for a, b in zip([*final, *grads], [*final_ref, *grads_ref], strict=True):
-        torch.testing.assert_close(a, b, **EXACT)
-
-
-def test_aligned_groups_many_pieces_into_bounded_calls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """More pieces than one call takes: several calls, same result as split."""
-    monkeypatch.setattr(layers_module, "_ALIGNED_GROUP_ROWS", 2)
-    layer = make_layer("lstm", 2, 3, 2, strategy="aligned", seed=8)
-    x = torch.randn(2, 30, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
-    reset = random_flags((2, 30), 0.4, 6)
-    y, state = layer(x, reset=reset)
-    layer.strategy = "split"
-    y_split, state_split = layer(x, reset=reset)
-    torch.testing.assert_close(y, y_split, **EXACT)
-    assert_states_close(state, state_split, **EXACT)
-
-
-@PROPERTY
-@given(case=cases(strategies=("split",)))
-def test_split_and_aligned_agree(case: Case) -> None:
-    y_split, state_split = case.layer(case.x, case.state, reset=case.reset, mask=case.mask)
-    case.layer.strategy = "aligned"
-    y_aligned, state_aligned = case.layer(case.x, case.state, reset=case.reset, mask=case.mask)
-    torch.testing.assert_close(y_split, y_aligned, **EXACT)
-    assert_states_close(state_split, state_aligned, **EXACT)
 
 
 # --- chunked == whole ------------------------------------------------------------------------
@@ -808,7 +693,7 @@ def test_bad_input_raises_naming_the_argument_and_changes_nothing(
 
 @pytest.mark.parametrize("factory", [LSTM, GRU, RNN])
 def test_bad_strategy_is_rejected(factory: type) -> None:
-    with pytest.raises(ValueError, match=r"strategy must be 'auto', 'split' or 'aligned'.*'fast'"):
+    with pytest.raises(ValueError, match=r"strategy must be 'auto' or 'split'.*'fast'"):
         factory(2, 3, strategy="fast")
 
 

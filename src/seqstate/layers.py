@@ -21,18 +21,45 @@ It stands for this plain loop, one row at a time::
         if mask[b, t]:  y[b, t], state[b] = cell(x[b, t], state[b])
         else:           y[b, t] = 0
 
-but never runs a Python loop over steps. How the window is handed to the fused kernel:
+but never runs a Python loop over steps. How a window reaches the kernels:
 
-* no reset after column 0, no mask  -> one fused call (oneDNN/MKL on CPU, cuDNN on GPU);
-* masked steps are first compacted per row (real steps moved left, order kept), so padding
-  anywhere becomes padding at the end, handled by packed sequences;
-* resets mid-window (``auto`` mixes the two per window, see ``_plan_bounds``):
-  - ``split``: one fused call per span between distinct reset columns, zeroing the rows that
-    reset at each boundary — cheap when resets fall in few columns or calls are cheap;
-  - ``aligned``: every row is cut at its resets and each piece becomes a row of one full-width
-    call per layer; a piece that starts at column s from a zero state is preceded by s *hold*
-    steps whose gates keep the zero state exactly zero (see ``_run_aligned``) — one call
-    however many resets, at the cost of more rows.
+* no reset after column 0 and no mask: one fused call (oneDNN/MKL on CPU, cuDNN on GPU),
+  exactly ``torch.nn``'s; a single step (T = 1) uses the cell kernels instead (``lstm_cell``
+  ...), which cost a fraction of a sequence call — the streaming hot path;
+* anything else (``strategy="auto"``): one fused call per layer on a **timeline** per row.
+  Masked steps are dropped (real steps move left, order kept); every reset after the row's
+  first real step becomes an inserted *zero* step just before that step; the row is filled at
+  the end with *hold* steps up to the longest row. Two flag columns are appended to each
+  layer's input, with fixed weights of ``±_FLAG`` that saturate the gates exactly (sigmoid is
+  exactly 0 or 1 there, its derivative exactly 0, so nothing leaks through, not even gradient):
+
+  ======  =========================================  =====================================
+  cell    zero step (state -> exactly 0)             hold step (state kept)
+  ======  =========================================  =====================================
+  LSTM    input, forget, output gates -> 0           input gate 0, forget gate 1: c kept
+  GRU     reset, update gates -> 0, candidate        update gate 1: h kept
+          column = -input bias (pre-activation 0)
+  ReLU    pre-activation -> -inf: h = 0              the same (h read at the last real step)
+  ======  =========================================  =====================================
+
+  The final ``h`` of each layer is read from its output at the row's last real step (a hold
+  step keeps an LSTM's c but not its h); ``c`` is the kernel's final cell. Example, B=2, T=5,
+  row 0 resets at step 3, row 1 has padding at step 1 and a reset at step 4 (``0`` = zero
+  step, ``~`` = hold step)::
+
+      window     row 0:  a0 a1 a2 a3 a4        reset at a3
+                 row 1:  b0 .  b2 b3 b4        mask False at step 1, reset at b4
+      timeline   row 0:  a0 a1 a2 0  a3 a4     one fused call per layer, T' = 6
+                 row 1:  b0 b2 b3 0  b4 ~
+
+  The tanh RNN cannot be zeroed through its input (tanh(-inf) = -1), and saturation needs the
+  other pre-activation terms far below ``_FLAG``: a per-window bound (weight row norms x input
+  max + recurrent weights x state max + biases) checks it, and when it fails (or for the tanh
+  RNN, or ``strategy="split"``) the window runs the reference way instead;
+* ``split``: masked steps compacted the same way, the remaining padding at each row's end
+  handled by packed sequences, and one fused call per span between distinct reset columns,
+  zeroing the rows that reset at each boundary. Simple and exact, but a call per reset
+  column (each fused call has a fixed cost, large for oneDNN's LSTM and for cuDNN).
 """
 
 from __future__ import annotations
@@ -40,34 +67,24 @@ from __future__ import annotations
 import itertools
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import _VF, nn
+from torch.nn import functional
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seqstate.state import GRUState, LSTMState, RNNState, State
 
 __all__ = ["GRU", "LSTM", "RNN", "Strategy"]
 
-Strategy = Literal["auto", "split", "aligned"]
+#: ``"auto"``: the timeline (one fused call per layer), falling back to ``"split"`` where it is
+#: not exact; ``"split"``: the reference (one fused call per span between reset columns).
+Strategy = Literal["auto", "split"]
 
-# ``auto`` plans each window with mid-window resets as a few spans (``_plan_bounds``): a span
-# boundary at a reset column costs one more fused call; a reset *inside* a span costs one more
-# row running to the span's end (hold steps before it). ``split`` is the plan with a boundary at
-# every reset column, ``aligned`` the plan with none. Costs in units of one row running one
-# step, measured on CPU (forward+backward, B=32, T=50, H=128/256, one thread; benchmarks/layers.py
-# prints the calibration): a fused call (oneDNN's LSTM has a large fixed cost per call, torch's
-# CPU GRU/RNN little), and the extra fixed cost of a span run with hold steps (per-layer calls,
-# weight concatenation, gathers).
-_CALL_COST = {nn.LSTM: 100.0, nn.GRU: 25.0, nn.RNN: 25.0}
-_HELD_SPAN_COST = {nn.LSTM: 180.0, nn.GRU: 100.0, nn.RNN: 100.0}
-
-# Rows per ``aligned`` call (at least the window's batch): beyond ~64-80 rows the CPU LSTM
-# kernel's cost per row grows (B=64: 0.35 ms/row, B=128: 0.73 ms/row, T=50, H=128).
-_ALIGNED_GROUP_ROWS = 64
-
-# Hold-flag weight: saturates sigmoid to exactly 0/1 (and a ReLU to 0) in float32 and float64.
-_HOLD = 1.0e4
+# Flag weight: saturates sigmoid to exactly 0/1 (and ReLU to 0) in float32 and float64 as long
+# as the rest of the pre-activation stays below _SAFE_BOUND: sigmoid(-x) underflows to exactly 0
+# for x > ~750 (float64) and the margin leaves room for rounding.
+_FLAG = 1.0e4
+_SAFE_BOUND = 0.5 * _FLAG
 
 
 class _Resettable:
@@ -81,6 +98,10 @@ class _Resettable:
     input_size: int
     hidden_size: int
     num_layers: int
+    bias: bool
+    dropout: float
+    training: bool
+    _flat_weights: list[torch.Tensor]
 
     def __init__(
         self,
@@ -91,13 +112,35 @@ class _Resettable:
         dropout: float = 0.0,
         bias: bool = True,
         strategy: Strategy = "auto",
+        batch_first: bool = True,
+        bidirectional: bool = False,
+        proj_size: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         **torch_options: Any,
     ) -> None:
-        if strategy not in ("auto", "split", "aligned"):
+        name = type(self).__name__
+        if strategy not in ("auto", "split"):
+            raise ValueError(f"{name}: strategy must be 'auto' or 'split'; received {strategy!r}")
+        # Drop-in honesty: torch options the stateful protocol cannot keep are refused here,
+        # not left to fail on the first call.
+        if batch_first is not True:
             raise ValueError(
-                f"strategy must be 'auto', 'split' or 'aligned'; received {strategy!r}"
+                f"{name}: batch_first={batch_first!r} is not supported: seqstate layers are "
+                "batch-first, x is [B, T, F]; pass time-major input as x.transpose(0, 1)"
+            )
+        if bidirectional is not False:
+            raise ValueError(
+                f"{name}: bidirectional={bidirectional!r} is not supported: a stateful layer "
+                "carries its state forward across windows, and a backward direction needs the "
+                f"whole sequence at once; use torch.nn.{name}(bidirectional=True) for "
+                "whole-sequence models"
+            )
+        if proj_size != 0:
+            raise ValueError(
+                f"{name}: proj_size={proj_size!r} is not supported (the state would mix sizes "
+                "proj_size and hidden_size); use proj_size=0 and project the outputs with a "
+                "Linear layer (SequenceModel's head does)"
             )
         self._torch_module.__init__(
             self,  # type: ignore[arg-type]
@@ -105,7 +148,7 @@ class _Resettable:
             hidden_size,
             num_layers,
             bias=bias,
-            batch_first=True,  # the stateful protocol is batch-first everywhere
+            batch_first=True,
             dropout=dropout,
             device=device,
             dtype=dtype,
@@ -133,6 +176,11 @@ class _Resettable:
         y, hx = self._torch_module.forward(self, packed, hx)  # type: ignore[arg-type]
         y, _ = pad_packed_sequence(y, batch_first=True, total_length=T)
         return y, self._from_hx(hx)
+
+    def _layer_weights(self, layer: int) -> list[torch.Tensor]:
+        """``[weight_ih, weight_hh(, bias_ih, bias_hh)]`` of one layer, as torch lays them out."""
+        per_layer = 4 if self.bias else 2
+        return self._flat_weights[layer * per_layer : (layer + 1) * per_layer]
 
     # --- public protocol --------------------------------------------------------------------
 
@@ -170,12 +218,173 @@ class _Resettable:
         mask = _check_flags(mask, "mask", B, T, x.device)
         if T == 0:
             return x.new_zeros(B, 0, self.hidden_size), state
-
         if mask is not None and bool(mask.all()):
             mask = None
-        if mask is None:
-            return self._run(x, state, reset, None)
+        if mask is None and (reset is None or T == 1 or not bool(reset[:, 1:].any())):
+            if reset is not None:
+                state = state.reset_rows(reset[:, 0])
+            if T == 1:
+                y, state = self._step(x[:, 0], state)
+                return y[:, None], state
+            return self._fused(x, state, None)
+        if self.strategy == "auto" and self._can_flag():
+            result = self._run_timeline(x, state, reset, mask)
+            if result is not None:
+                return result
+        return self._run_split(x, state, reset, mask)
 
+    # --- one step: the cell kernels ---------------------------------------------------------
+
+    def _step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One step of every row, ``x`` [B, F] -> ``y`` [B, H], with the cell kernels."""
+        tensors = state.tensors()
+        layer_input = x
+        finals: list[list[torch.Tensor]] = [[] for _ in tensors]
+        for layer in range(self.num_layers):
+            weights = self._layer_weights(layer)
+            biases = weights[2:] if self.bias else [None, None]
+            hx = [t[layer] for t in tensors]
+            new = self._cell(layer_input, hx, weights[0], weights[1], *biases)
+            for parts, tensor in zip(finals, new, strict=True):
+                parts.append(tensor)
+            layer_input = new[0]
+            if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
+                layer_input = functional.dropout(layer_input, self.dropout, True)
+        return layer_input, self.state_type(*(torch.stack(parts) for parts in finals))
+
+    def _cell(
+        self,
+        x: torch.Tensor,
+        hx: list[torch.Tensor],
+        w_ih: torch.Tensor,
+        w_hh: torch.Tensor,
+        b_ih: torch.Tensor | None,
+        b_hh: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, ...]:
+        """One cell kernel call: ``x`` [B, F_layer], ``hx`` per state field [B, H]."""
+        raise NotImplementedError
+
+    # --- the timeline: one fused call per layer ---------------------------------------------
+
+    def _can_flag(self) -> bool:
+        """Whether flag inputs can zero this cell's state (not the tanh RNN's)."""
+        return True
+
+    def _flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """Input weights ``[gates * H, 2]`` of the (zero, hold) flags; see the module table."""
+        raise NotImplementedError
+
+    def _run_timeline(
+        self,
+        x: torch.Tensor,
+        state: State,
+        reset: torch.Tensor | None,
+        mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, State] | None:
+        """Every row on its own timeline, one fused call per layer (module docstring).
+
+        Returns None when the saturation bound fails (the caller then runs ``split``).
+        """
+        B, T, F = x.shape
+        H = self.hidden_size
+        device = x.device
+        real = torch.ones(B, T, dtype=torch.bool, device=device) if mask is None else mask
+        counts = torch.zeros(B, T, dtype=torch.long, device=device)
+        if reset is not None:
+            counts = reset.long().cumsum(1)  # (B, T): resets up to and including step t
+        # resets up to the last real step <= t, and < t (0 before the first real step)
+        at_real = torch.where(real, counts, 0).cummax(1).values
+        before = functional.pad(at_real[:, :-1], (1, 0))
+        seen = real.long().cumsum(1)  # (B, T): real steps up to and including t
+        fresh = real & (counts > before)  # a reset since the previous real step
+        initial = (fresh & (seen == 1)).any(1)  # before the first real step: zero the state
+        inserted = fresh & (seen > 1)  # mid-row: a zero step before step t
+        tail = counts[:, -1] > at_real[:, -1]  # after the last real step: zero state at the end
+        shifted = inserted.long().cumsum(1)
+        position = seen - 1 + shifted  # (B, T): timeline position of real step t
+        length = seen[:, -1] + shifted[:, -1]  # (B,): real + zero steps of each row
+        steps = int(length.max())  # T'
+        state = state.reset_rows(initial)
+        if steps == 0:  # no row has a real step
+            return x.new_zeros(B, T, H), state.reset_rows(tail)
+
+        # Scatter into [B, T' + 1]; column T' collects what has no place on the timeline.
+        spill = torch.full_like(position, steps)
+        source = torch.zeros(B, steps + 1, dtype=torch.long, device=device)
+        source.scatter_(
+            1, torch.where(real, position, spill), torch.arange(T, device=device).expand(B, T)
+        )
+        is_real = torch.zeros(B, steps + 1, dtype=torch.bool, device=device)
+        is_real.scatter_(1, torch.where(real, position, spill), True)
+        is_zero = torch.zeros(B, steps + 1, dtype=torch.bool, device=device)
+        is_zero.scatter_(1, torch.where(inserted, position - 1, spill), True)
+        source, is_real, is_zero = source[:, :steps], is_real[:, :steps], is_zero[:, :steps]
+        is_hold = torch.arange(steps, device=device) >= length[:, None]
+        flags = torch.stack([is_zero, is_hold], dim=-1).to(x.dtype)  # (B, T', 2)
+        gathered = x.gather(1, source[..., None].expand(B, steps, F))
+        layer_input = torch.where(is_real[..., None], gathered, x.new_zeros(()))  # (B, T', F)
+
+        last = (length - 1).clamp(min=0)[:, None, None].expand(B, 1, H)
+        has_steps = (length > 0)[:, None]
+        initial_tensors = state.tensors()
+        finals: list[list[torch.Tensor]] = [[] for _ in initial_tensors]
+        bounds = []
+        for layer in range(self.num_layers):
+            weights = list(self._layer_weights(layer))
+            b_ih = weights[2] if self.bias else None
+            weights[0] = torch.cat([weights[0], self._flag_columns(b_ih, weights[0])], dim=1)
+            hx = [t[layer : layer + 1] for t in initial_tensors]
+            output, hx_out = self._sequence_kernel(
+                torch.cat([layer_input, flags], dim=-1), hx, weights
+            )
+            bounds.append(self._preactivation_bound(layer, layer_input, hx[0], output))
+            # h at the row's last real step (hold steps keep an LSTM's c, not its h)
+            finals[0].append(torch.where(has_steps, output.gather(1, last)[:, 0], hx[0][0]))
+            for parts, tensor in zip(finals[1:], hx_out[1:], strict=True):
+                parts.append(tensor[0])
+            if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
+                output = functional.dropout(output, self.dropout, True)
+            layer_input = output
+        if not bool(torch.stack(bounds).max() <= _SAFE_BOUND):  # NaN fails too
+            return None
+        y = layer_input.gather(1, position.clamp(min=0)[..., None].expand(B, T, H))
+        y = torch.where(real[..., None], y, y.new_zeros(()))
+        final = self.state_type(*(torch.stack(parts) for parts in finals))
+        return y, final.reset_rows(tail)
+
+    def _sequence_kernel(
+        self, x: torch.Tensor, hx: list[torch.Tensor], weights: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One single-layer fused call with explicit weights; ``x`` [B, T', F + 2]."""
+        raise NotImplementedError
+
+    def _preactivation_bound(
+        self, layer: int, x: torch.Tensor, h0: torch.Tensor, output: torch.Tensor
+    ) -> torch.Tensor:
+        """A bound on |gate pre-activation| without the flags over the whole call: weight row
+        norms x input max + recurrent row norms x state max + biases (states seen: the initial
+        one and every output)."""
+        weights = self._layer_weights(layer)
+        bound = weights[0].abs().sum(1) * x.abs().max()
+        state_max = torch.maximum(h0.abs().max(), output.abs().max())
+        bound = bound + weights[1].abs().sum(1) * state_max
+        if self.bias:
+            bound = bound + weights[2].abs() + weights[3].abs()
+        return bound.max().detach()
+
+    # --- split: the reference ---------------------------------------------------------------
+
+    def _run_split(
+        self,
+        x: torch.Tensor,
+        state: State,
+        reset: torch.Tensor | None,
+        mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, State]:
+        """Compact masked steps, then one fused call per span between reset columns."""
+        B, T, _ = x.shape
+        if mask is None:
+            return self._run_spans(x, state, reset, None)
         # Compact each row's real steps to the left (stable), so that padding anywhere in the
         # window becomes trailing padding that packed sequences handle. A reset that falls on a
         # masked step moves to the row's next real step; with no real step after it, the row's
@@ -198,50 +407,38 @@ class _Resettable:
             last_real = (lengths - 1).clamp(min=0)[:, None]
             seen = torch.where(lengths > 0, counts.gather(1, last_real)[:, 0], 0)
             tail_reset = total > seen
-        y, state = self._run(x, state, reset, lengths)
+        y, state = self._run_spans(x, state, reset, lengths)
         if tail_reset is not None and bool(tail_reset.any()):
             state = state.reset_rows(tail_reset)
         if order is not None:
             y = torch.zeros_like(y).scatter(1, order[:, :, None].expand_as(y), y)
         return y, state
 
-    # --- the fused dispatch -----------------------------------------------------------------
-
-    def _run(
+    def _run_spans(
         self,
         x: torch.Tensor,
         state: State,
         reset: torch.Tensor | None,
         lengths: torch.Tensor | None,
     ) -> tuple[torch.Tensor, State]:
-        """``x`` [B, T, F] with real steps first (``lengths`` [B], None = all T)."""
+        """``x`` [B, T, F] with real steps first (``lengths`` [B], None = all T): one fused call
+        per span between distinct reset columns, the rows that reset zeroed between calls."""
         T = x.shape[1]
         if lengths is not None and bool((lengths == T).all()):
             lengths = None
-        if reset is not None:
-            if bool(reset[:, 0].any()):
-                state = state.reset_rows(reset[:, 0])
-            columns = reset[:, 1:].any(0).nonzero().flatten() + 1
-        else:
-            columns = torch.empty(0, dtype=torch.long)
-        if reset is None or columns.numel() == 0:
+        if reset is None:
             return self._call_rows(x, state, lengths)
-        if self._choose(lengths) == "split":
-            bounds, hold = columns.tolist(), False
-        elif self.strategy == "aligned":
-            bounds, hold = [], True
-        else:
-            kind = type(self)._torch_module
-            bounds, hold = _plan_bounds(reset, _CALL_COST[kind], _HELD_SPAN_COST[kind]), True
-        return self._run_spans(x, state, reset, lengths, bounds, hold=hold)
-
-    def _choose(self, lengths: torch.Tensor | None) -> Literal["split", "aligned"]:
-        """Whether hold steps may be used: full-length rows, and gates that can hold a zero
-        state (not the tanh RNN); forced ``split`` never uses them."""
-        tanh_rnn = isinstance(self, nn.RNN) and self.nonlinearity == "tanh"
-        if self.strategy == "split" or lengths is not None or tanh_rnn:
-            return "split"
-        return "aligned"
+        if bool(reset[:, 0].any()):
+            state = state.reset_rows(reset[:, 0])
+        bounds = (reset[:, 1:].any(0).nonzero().flatten() + 1).tolist()
+        outputs = []
+        for start, end in itertools.pairwise([0, *bounds, T]):
+            if start > 0:
+                state = state.reset_rows(reset[:, start])
+            span = None if lengths is None else (lengths - start).clamp(0, end - start)
+            y, state = self._call_rows(x[:, start:end], state, span)
+            outputs.append(y)
+        return torch.cat(outputs, dim=1), state
 
     def _call_rows(
         self, x: torch.Tensor, state: State, lengths: torch.Tensor | None
@@ -258,126 +455,6 @@ class _Resettable:
             return y, state
         y_active, new_rows = self._fused(x[rows], state.select(rows), lengths[rows].cpu())
         return y.index_copy(0, rows, y_active), state.scatter(rows, new_rows)
-
-    def _run_spans(
-        self,
-        x: torch.Tensor,
-        state: State,
-        reset: torch.Tensor,
-        lengths: torch.Tensor | None,
-        bounds: list[int],
-        *,
-        hold: bool,
-    ) -> tuple[torch.Tensor, State]:
-        """Fused calls over the spans between ``bounds`` (reset columns > 0).
-
-        At a bound the rows that reset there are zeroed between calls (no cost but the call).
-        Resets strictly inside a span need ``hold`` (``_run_aligned``); without it ``bounds``
-        must hold every reset column (the ``split`` strategy).
-        """
-        T = x.shape[1]
-        outputs = []
-        for start, end in itertools.pairwise([0, *bounds, T]):
-            if start > 0:
-                state = state.reset_rows(reset[:, start])
-            inside = reset[:, start + 1 : end]
-            if hold and bool(inside.any()):
-                span_reset = torch.cat([torch.zeros_like(reset[:, :1]), inside], dim=1)
-                y, state = self._run_aligned(x[:, start:end], state, span_reset)
-            else:
-                span = None if lengths is None else (lengths - start).clamp(0, end - start)
-                y, state = self._call_rows(x[:, start:end], state, span)
-            outputs.append(y)
-        return torch.cat(outputs, dim=1), state
-
-    def _run_aligned(
-        self, x: torch.Tensor, state: State, reset: torch.Tensor
-    ) -> tuple[torch.Tensor, State]:
-        """Every piece of every row becomes its own row of full-width fused calls.
-
-        Rows must all be full length (no trailing padding). A piece starting at column s from a
-        zero state sees ``s`` *hold* steps before it: an extra input feature (the hold flag)
-        with weight ``±_HOLD`` saturates the gates so that a zero state stays exactly zero
-        (LSTM: input gate 0, forget gate 1; GRU: update gate 1; ReLU RNN: pre-activation
-        -inf). What follows a piece is ignored, and the last piece of each row ends at column
-        T - 1, so the final state of its row in the call is the row's final state.
-
-        Example, B=2, T=5, row 1 resets at column 3 (``~`` = hold, ``.`` = ignored)::
-
-            row 0:  a0 a1 a2 a3 a4          (carried state)
-            row 1:  b0 b1 b2 .  .           (carried state)   -> outputs b0..b2
-            row 2:  ~  ~  ~  c0 c1          (zero state)      -> outputs c0, c1, final state
-        """
-        B, T, _ = x.shape
-        H = self.hidden_size
-        starts = reset.clone()
-        starts[:, 0] = True
-        piece_row, piece_start = starts.nonzero(as_tuple=True)  # row-major: pieces in order
-        pieces = piece_row.numel()
-        # (B, T): which piece covers step t of row b
-        piece_of = starts.flatten().cumsum(0).view(B, T) - 1
-        columns = torch.arange(T, device=x.device)
-        hold = (columns[None, :] < piece_start[:, None]).to(x.dtype)[..., None]  # (P, T, 1)
-        inputs = torch.where(hold.bool(), x.new_zeros(()), x[piece_row])  # (P, T, F)
-        first = (piece_start == 0).nonzero().flatten()
-        initial = state.zeros_like(pieces).scatter(first, state.select(piece_row[first]))
-
-        # Calls of at most max(B, 64) rows: past that the per-row cost of the CPU kernel grows
-        # (its workspace leaves the cache), and rows are independent anyway.
-        group = max(B, _ALIGNED_GROUP_ROWS)
-        outputs, finals = [], []
-        for begin in range(0, pieces, group):
-            rows = slice(begin, min(begin + group, pieces))
-            y, final = self._held_call(inputs[rows], hold[rows], initial.select(rows))
-            outputs.append(y)
-            finals.append(final)
-        y_pieces = torch.cat(outputs).reshape(pieces * T, H)
-        y = y_pieces[(piece_of * T + columns).flatten()].view(B, T, H)
-        last = piece_of[:, -1]  # the piece each row ends in carries its final state
-        return y, State.cat(finals).select(last)
-
-    def _held_call(
-        self, x: torch.Tensor, hold: torch.Tensor, state: State
-    ) -> tuple[torch.Tensor, State]:
-        """Layer by layer fused calls with the hold flag appended to each layer's input."""
-        finals = []
-        layer_input = x
-        for layer in range(self.num_layers):
-            weights = [
-                getattr(self, name)
-                for name in self._flat_weights_names
-                if name.endswith(f"_l{layer}")
-            ]
-            column = _hold_column(self, weights[0])
-            weights[0] = torch.cat([weights[0], column], dim=1)
-            layer_state = state.map(lambda t, layer=layer: t[layer : layer + 1])
-            output, hx = self._layer_call(
-                torch.cat([layer_input, hold], dim=-1), weights, layer_state
-            )
-            finals.append(hx)
-            if layer < self.num_layers - 1 and self.dropout > 0:
-                output = nn.functional.dropout(output, self.dropout, self.training)
-            layer_input = output
-        stacked = [torch.cat(parts) for parts in zip(*(f.tensors() for f in finals), strict=True)]
-        return layer_input, self.state_type(*stacked)
-
-    def _layer_call(
-        self, x: torch.Tensor, weights: list[torch.Tensor], state: State
-    ) -> tuple[torch.Tensor, State]:
-        """One single-layer fused kernel call with explicit weights."""
-        bias = self.bias
-        if isinstance(self, nn.LSTM):
-            y, h, c = _VF.lstm(
-                x, state.tensors(), weights, bias, 1, 0.0, self.training, False, True
-            )
-            return y, self.state_type(h, c)
-        if isinstance(self, nn.GRU):
-            y, h = _VF.gru(x, state.tensors()[0], weights, bias, 1, 0.0, self.training, False, True)
-            return y, self.state_type(h)
-        y, h = _VF.rnn_relu(
-            x, state.tensors()[0], weights, bias, 1, 0.0, self.training, False, True
-        )
-        return y, self.state_type(h)
 
     # --- validation -------------------------------------------------------------------------
 
@@ -453,53 +530,6 @@ def _check_flags(
     return flags.to(device)
 
 
-def _plan_bounds(reset: torch.Tensor, call_cost: float, held_cost: float = 0.0) -> list[int]:
-    """Span boundaries (reset columns > 0) minimising, in row-steps, the extra rows run by hold
-    steps + calls * call_cost + spans that need hold steps * held_cost.
-
-    Candidates: 1..C+1 spans with boundaries at the reset columns nearest to even cuts of the
-    window (C = distinct reset columns); C+1 spans is ``split``, one span is ``aligned``.
-    """
-    T = reset.shape[1]
-    counts = reset[:, 1:].sum(0).cpu().numpy()  # (T-1,): resets per column 1..T-1
-    columns = np.flatnonzero(counts) + 1
-    weights = counts[columns - 1]
-    best_cost, best = float("inf"), columns
-    for spans in sorted({1, 2, 3, 4, 6, 8, 12, 16, len(columns) + 1}):
-        if spans > len(columns) + 1:
-            continue
-        if spans == len(columns) + 1:
-            bounds = columns
-        else:
-            cuts = np.arange(1, spans) * (T / spans)
-            nearest = np.abs(columns[None, :] - cuts[:, None]).argmin(1)
-            bounds = np.unique(columns[nearest])
-        starts = np.concatenate([[0], bounds])
-        ends = np.concatenate([bounds, [T]])
-        span_of = np.searchsorted(bounds, columns, side="right")
-        inside = ~np.isin(columns, bounds)
-        extra_rows = float((weights * (ends - starts)[span_of] * inside).sum())
-        held_spans = np.unique(span_of[inside]).size
-        cost = extra_rows + (len(bounds) + 1) * call_cost + held_spans * held_cost
-        if cost < best_cost:
-            best_cost, best = cost, bounds
-    return [int(c) for c in best]
-
-
-def _hold_column(layer: nn.RNNBase, weight_ih: torch.Tensor) -> torch.Tensor:
-    """The input-weight column of the hold flag: (gates * H, 1), saturating the right gates."""
-    H = layer.hidden_size
-    column = weight_ih.new_zeros(weight_ih.shape[0], 1)
-    if isinstance(layer, nn.LSTM):  # gates i, f, g, o: input gate -> 0, forget gate -> 1
-        column[:H] = -_HOLD
-        column[H : 2 * H] = _HOLD
-    elif isinstance(layer, nn.GRU):  # gates r, z, n: update gate -> 1 keeps h exactly
-        column[H : 2 * H] = _HOLD
-    else:  # ReLU RNN: pre-activation -> -inf, output exactly 0
-        column[:] = -_HOLD
-    return column
-
-
 class LSTM(_Resettable, nn.LSTM):
     """Multi-layer LSTM with per-row resets and masks; parameters laid out like ``nn.LSTM``.
 
@@ -509,25 +539,66 @@ class LSTM(_Resettable, nn.LSTM):
         num_layers: stacked layers.
         dropout: dropout on the outputs of every layer but the last (training only).
         bias: use bias weights.
-        strategy: how windows with mid-window resets reach the kernel ("auto" picks per window).
+        strategy: "auto" (one fused call per layer per window, see the module docstring) or
+            "split" (the reference: one fused call per span between reset columns).
+
+    ``batch_first=False``, ``bidirectional=True`` and ``proj_size > 0`` are refused: a stateful,
+    batch-first layer cannot keep them.
     """
 
     state_type = LSTMState
     _torch_module = nn.LSTM
 
+    def _cell(self, x, hx, w_ih, w_hh, b_ih, b_hh):  # type: ignore[no-untyped-def]
+        return _VF.lstm_cell(x, hx, w_ih, w_hh, b_ih, b_hh)
+
+    def _flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        # gates i, f, g, o; zero step: i, f, o -> 0; hold step: i -> 0, f -> 1
+        pattern = like.new_tensor([[-_FLAG, -_FLAG], [-_FLAG, _FLAG], [0.0, 0.0], [-_FLAG, 0.0]])
+        return pattern.repeat_interleave(self.hidden_size, dim=0)
+
+    def _sequence_kernel(self, x, hx, weights):  # type: ignore[no-untyped-def]
+        y, h, c = _VF.lstm(x, hx, weights, self.bias, 1, 0.0, self.training, False, True)
+        return y, [h, c]
+
 
 class GRU(_Resettable, nn.GRU):
-    """Multi-layer GRU with per-row resets and masks; parameters laid out like ``nn.GRU``."""
+    """Multi-layer GRU with per-row resets and masks; parameters laid out like ``nn.GRU``.
+
+    Arguments as :class:`LSTM`.
+    """
 
     state_type = GRUState
     _torch_module = nn.GRU
 
+    def _cell(self, x, hx, w_ih, w_hh, b_ih, b_hh):  # type: ignore[no-untyped-def]
+        return (_VF.gru_cell(x, hx[0], w_ih, w_hh, b_ih, b_hh),)
+
+    def _flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        # gates r, z, n; zero step: r, z -> 0 and the candidate's pre-activation exactly 0 (its
+        # column cancels the input bias; not detached, so its gradient cancels too);
+        # hold step: z -> 1
+        H = self.hidden_size
+        gates = like.new_tensor([[-_FLAG, 0.0], [-_FLAG, _FLAG]]).repeat_interleave(H, dim=0)
+        cancel = like.new_zeros(H) if b_ih is None else -b_ih[2 * H :]
+        candidate = torch.stack([cancel, like.new_zeros(H)], dim=1)
+        return torch.cat([gates, candidate])
+
+    def _sequence_kernel(self, x, hx, weights):  # type: ignore[no-untyped-def]
+        y, h = _VF.gru(x, hx[0], weights, self.bias, 1, 0.0, self.training, False, True)
+        return y, [h]
+
 
 class RNN(_Resettable, nn.RNN):
-    """Multi-layer Elman RNN (tanh or relu) with per-row resets and masks, like ``nn.RNN``."""
+    """Multi-layer Elman RNN (tanh or relu) with per-row resets and masks, like ``nn.RNN``.
+
+    Arguments as :class:`LSTM`, plus ``nonlinearity``. The tanh RNN always runs windows with
+    mid-window resets or masks the ``split`` way (tanh cannot be zeroed through its input).
+    """
 
     state_type = RNNState
     _torch_module = nn.RNN
+    nonlinearity: str
 
     def __init__(
         self,
@@ -539,6 +610,8 @@ class RNN(_Resettable, nn.RNN):
         dropout: float = 0.0,
         bias: bool = True,
         strategy: Strategy = "auto",
+        batch_first: bool = True,
+        bidirectional: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -551,7 +624,25 @@ class RNN(_Resettable, nn.RNN):
             dropout=dropout,
             bias=bias,
             strategy=strategy,
+            batch_first=batch_first,
+            bidirectional=bidirectional,
             device=device,
             dtype=dtype,
             nonlinearity=nonlinearity,
         )
+
+    def _can_flag(self) -> bool:
+        return self.nonlinearity == "relu"
+
+    def _cell(self, x, hx, w_ih, w_hh, b_ih, b_hh):  # type: ignore[no-untyped-def]
+        cell = _VF.rnn_relu_cell if self.nonlinearity == "relu" else _VF.rnn_tanh_cell
+        return (cell(x, hx[0], w_ih, w_hh, b_ih, b_hh),)
+
+    def _flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        # zero and hold step alike: pre-activation -> -inf, h = 0 (the final h is read at the
+        # row's last real step)
+        return like.new_full((self.hidden_size, 2), -_FLAG)
+
+    def _sequence_kernel(self, x, hx, weights):  # type: ignore[no-untyped-def]
+        y, h = _VF.rnn_relu(x, hx[0], weights, self.bias, 1, 0.0, self.training, False, True)
+        return y, [h]
