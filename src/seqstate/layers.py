@@ -288,89 +288,113 @@ class _Resettable:
         B, T, F = x.shape
         H = self.hidden_size
         device = x.device
-        real = torch.ones(B, T, dtype=torch.bool, device=device) if mask is None else mask
-        counts = torch.zeros(B, T, dtype=torch.long, device=device)
-        if reset is not None:
-            counts = reset.long().cumsum(1)  # (B, T): resets up to and including step t
-        # resets up to the last real step <= t, and < t (0 before the first real step)
-        at_real = torch.where(real, counts, 0).cummax(1).values
-        before = functional.pad(at_real[:, :-1], (1, 0))
-        seen = real.long().cumsum(1)  # (B, T): real steps up to and including t
-        fresh = real & (counts > before)  # a reset since the previous real step
-        initial = (fresh & (seen == 1)).any(1)  # before the first real step: zero the state
-        inserted = fresh & (seen > 1)  # mid-row: a zero step before step t
-        tail = counts[:, -1] > at_real[:, -1]  # after the last real step: zero state at the end
-        shifted = inserted.long().cumsum(1)
-        position = seen - 1 + shifted  # (B, T): timeline position of real step t
-        length = seen[:, -1] + shifted[:, -1]  # (B,): real + zero steps of each row
+        columns = torch.arange(T, device=device)
+        tail = None
+        if mask is None:
+            real = None
+            reset = torch.zeros(B, T, dtype=torch.bool, device=device) if reset is None else reset
+            initial = reset[:, 0]
+            inserted = reset & (columns > 0)  # (B, T): a zero step goes before step t
+            shifted = inserted.long().cumsum(1)
+            position = columns + shifted  # (B, T): timeline position of step t
+            length = T + shifted[:, -1]  # (B,): real + zero steps of each row
+        else:
+            real = mask
+            counts = torch.zeros(B, T, dtype=torch.long, device=device)
+            if reset is not None:
+                counts = reset.long().cumsum(1)  # (B, T): resets up to and including step t
+            # resets up to the last real step <= t, and < t (0 before the first real step)
+            at_real = torch.where(real, counts, 0).cummax(1).values
+            before = functional.pad(at_real[:, :-1], (1, 0))
+            seen = real.long().cumsum(1)  # (B, T): real steps up to and including t
+            fresh = real & (counts > before)  # a reset since the previous real step
+            initial = (fresh & (seen == 1)).any(1)  # before the first real step
+            inserted = fresh & (seen > 1)  # mid-row: a zero step before step t
+            tail = counts[:, -1] > at_real[:, -1]  # after the last real step
+            shifted = inserted.long().cumsum(1)
+            position = seen - 1 + shifted
+            length = seen[:, -1] + shifted[:, -1]
         steps = int(length.max())  # T'
         state = state.reset_rows(initial)
         if steps == 0:  # no row has a real step
-            return x.new_zeros(B, T, H), state.reset_rows(tail)
+            return x.new_zeros(B, T, H), state if tail is None else state.reset_rows(tail)
 
-        # Scatter into [B, T' + 1]; column T' collects what has no place on the timeline.
-        spill = torch.full_like(position, steps)
-        source = torch.zeros(B, steps + 1, dtype=torch.long, device=device)
-        source.scatter_(
-            1, torch.where(real, position, spill), torch.arange(T, device=device).expand(B, T)
+        # Layer 0's input [B, T', F + 2] is one index_select from a table of the window's steps
+        # with zero flags, then one zero-step row (flags 1, 0) and one hold-step row (0, 1).
+        # Every timeline slot starts as a hold step; real steps and zero steps are scattered
+        # in, into [B, T' + 1] whose last column collects steps that have no slot (padding).
+        zero_row, hold_row, spill = B * T, B * T + 1, steps
+        table = torch.cat(
+            [
+                functional.pad(x.reshape(B * T, F), (0, 2)),
+                functional.pad(x.new_tensor([[1.0, 0.0], [0.0, 1.0]]), (F, 0)),
+            ]
         )
-        is_real = torch.zeros(B, steps + 1, dtype=torch.bool, device=device)
-        is_real.scatter_(1, torch.where(real, position, spill), True)
-        is_zero = torch.zeros(B, steps + 1, dtype=torch.bool, device=device)
-        is_zero.scatter_(1, torch.where(inserted, position - 1, spill), True)
-        source, is_real, is_zero = source[:, :steps], is_real[:, :steps], is_zero[:, :steps]
-        is_hold = torch.arange(steps, device=device) >= length[:, None]
-        flags = torch.stack([is_zero, is_hold], dim=-1).to(x.dtype)  # (B, T', 2)
-        gathered = x.gather(1, source[..., None].expand(B, steps, F))
-        layer_input = torch.where(is_real[..., None], gathered, x.new_zeros(()))  # (B, T', F)
+        slots = torch.full((B, steps + 1), hold_row, dtype=torch.long, device=device)
+        real_at = position if real is None else torch.where(real, position, spill)
+        row_start = (torch.arange(B, device=device) * T)[:, None]
+        slots.scatter_(1, real_at, row_start + columns)
+        zero_at = torch.where(inserted, position - 1, spill)
+        slots.scatter_(1, zero_at, torch.full_like(zero_at, zero_row))
+        layer_input = table.index_select(0, slots[:, :steps].flatten()).view(B, steps, F + 2)
+        flags = layer_input[..., F:]  # (B, T', 2)
 
         last = (length - 1).clamp(min=0)[:, None, None].expand(B, 1, H)
         has_steps = (length > 0)[:, None]
         initial_tensors = state.tensors()
         finals: list[list[torch.Tensor]] = [[] for _ in initial_tensors]
+        input_max = x.detach().abs().max()
         bounds = []
         for layer in range(self.num_layers):
             weights = list(self._layer_weights(layer))
             b_ih = weights[2] if self.bias else None
             weights[0] = torch.cat([weights[0], self._flag_columns(b_ih, weights[0])], dim=1)
             hx = [t[layer : layer + 1] for t in initial_tensors]
-            output, hx_out = self._sequence_kernel(
-                torch.cat([layer_input, flags], dim=-1), hx, weights
-            )
-            bounds.append(self._preactivation_bound(layer, layer_input, hx[0], output))
+            if layer > 0:
+                layer_input = torch.cat([layer_input, flags], dim=-1)
+            output, hx_out = self._sequence_kernel(layer_input, hx, weights)
+            state_max = self._state_max(hx[0], output)
+            bounds.append(self._preactivation_bound(layer, input_max, state_max))
             # h at the row's last real step (hold steps keep an LSTM's c, not its h)
             finals[0].append(torch.where(has_steps, output.gather(1, last)[:, 0], hx[0][0]))
             for parts, tensor in zip(finals[1:], hx_out[1:], strict=True):
                 parts.append(tensor[0])
+            input_max = state_max
             if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
                 output = functional.dropout(output, self.dropout, True)
+                input_max = state_max / (1.0 - self.dropout)
             layer_input = output
         if not bool(torch.stack(bounds).max() <= _SAFE_BOUND):  # NaN fails too
             return None
-        y = layer_input.gather(1, position.clamp(min=0)[..., None].expand(B, T, H))
-        y = torch.where(real[..., None], y, y.new_zeros(()))
+        outputs = (torch.arange(B, device=device) * steps)[:, None] + position.clamp(min=0)
+        y = layer_input.reshape(B * steps, H).index_select(0, outputs.flatten()).view(B, T, H)
+        if real is not None:
+            y = torch.where(real[..., None], y, y.new_zeros(()))
         final = self.state_type(*(torch.stack(parts) for parts in finals))
-        return y, final.reset_rows(tail)
+        return y, final if tail is None else final.reset_rows(tail)
+
+    def _state_max(self, h0: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """A bound on |h| over a call from ``h0`` [1, B, H] with outputs [B, T', H]. LSTM and
+        GRU outputs stay within max(1, |h0|) (tanh, sigmoid and convex mixes); override for
+        the ReLU RNN, whose outputs are unbounded."""
+        return torch.clamp(h0.detach().abs().max(), min=1.0)
+
+    def _preactivation_bound(
+        self, layer: int, input_max: torch.Tensor, state_max: torch.Tensor
+    ) -> torch.Tensor:
+        """A bound on |gate pre-activation| without the flags over a whole call: input row
+        norms x input max + recurrent row norms x state max + biases."""
+        weights = [w.detach() for w in self._layer_weights(layer)]
+        bound = weights[0].abs().sum(1) * input_max + weights[1].abs().sum(1) * state_max
+        if self.bias:
+            bound = bound + weights[2].abs() + weights[3].abs()
+        return bound.max()
 
     def _sequence_kernel(
         self, x: torch.Tensor, hx: list[torch.Tensor], weights: list[torch.Tensor]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """One single-layer fused call with explicit weights; ``x`` [B, T', F + 2]."""
         raise NotImplementedError
-
-    def _preactivation_bound(
-        self, layer: int, x: torch.Tensor, h0: torch.Tensor, output: torch.Tensor
-    ) -> torch.Tensor:
-        """A bound on |gate pre-activation| without the flags over the whole call: weight row
-        norms x input max + recurrent row norms x state max + biases (states seen: the initial
-        one and every output)."""
-        weights = self._layer_weights(layer)
-        bound = weights[0].abs().sum(1) * x.abs().max()
-        state_max = torch.maximum(h0.abs().max(), output.abs().max())
-        bound = bound + weights[1].abs().sum(1) * state_max
-        if self.bias:
-            bound = bound + weights[2].abs() + weights[3].abs()
-        return bound.max().detach()
 
     # --- split: the reference ---------------------------------------------------------------
 
@@ -637,6 +661,9 @@ class RNN(_Resettable, nn.RNN):
     def _cell(self, x, hx, w_ih, w_hh, b_ih, b_hh):  # type: ignore[no-untyped-def]
         cell = _VF.rnn_relu_cell if self.nonlinearity == "relu" else _VF.rnn_tanh_cell
         return (cell(x, hx[0], w_ih, w_hh, b_ih, b_hh),)
+
+    def _state_max(self, h0: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(h0.detach().abs().max(), output.detach().abs().max())
 
     def _flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         # zero and hold step alike: pre-activation -> -inf, h = 0 (the final h is read at the
