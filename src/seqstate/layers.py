@@ -319,27 +319,25 @@ class _Resettable:
         if steps == 0:  # no row has a real step
             return x.new_zeros(B, T, H), state if tail is None else state.reset_rows(tail)
 
-        # Layer 0's input [B, T', F + 2] is one index_select from a table of the window's steps
-        # with zero flags, then one zero-step row (flags 1, 0) and one hold-step row (0, 1).
-        # Every timeline slot starts as a hold step; real steps and zero steps are scattered
-        # in, into [B, T' + 1] whose last column collects steps that have no slot (padding).
-        zero_row, hold_row, spill = B * T, B * T + 1, steps
-        table = torch.cat(
-            [
-                functional.pad(x.reshape(B * T, F), (0, 2)),
-                functional.pad(x.new_tensor([[1.0, 0.0], [0.0, 1.0]]), (F, 0)),
-            ]
-        )
-        slots = torch.full((B, steps + 1), hold_row, dtype=torch.long, device=device)
-        real_at = position if real is None else torch.where(real, position, spill)
-        row_start = (torch.arange(B, device=device) * T)[:, None]
-        slots.scatter_(1, real_at, row_start + columns)
-        zero_at = torch.where(inserted, position - 1, spill)
-        slots.scatter_(1, zero_at, torch.full_like(zero_at, zero_row))
-        layer_input = table.index_select(0, slots[:, :steps].flatten()).view(B, steps, F + 2)
-        flags = layer_input[..., F:]  # (B, T', 2)
+        # The flat timeline [B * T', .] has slot b * T' + p for position p of row b. `writes`
+        # [B * T] gives each step its slot (padding: B * T', a zero row), `reads` [B * T'] each
+        # slot its step (zero and hold steps: B * T, a zero row); one is the other's inverse,
+        # so moving rows either way, and their gradients back, is one index_select.
+        step_index = (torch.arange(B, device=device) * T)[:, None] + columns  # (B, T)
+        slot_index = (torch.arange(B, device=device) * steps)[:, None] + position  # (B, T)
+        no_slot = B * steps
+        writes = slot_index if real is None else torch.where(real, slot_index, no_slot)
+        writes = writes.flatten()
+        reads = torch.full((no_slot + 1,), B * T, dtype=torch.long, device=device)
+        reads = reads.scatter_(0, writes, step_index.flatten())[:no_slot]
+        zero_slots = torch.where(inserted, slot_index - 1, no_slot).flatten()
+        is_zero = torch.zeros(no_slot + 1, dtype=torch.bool, device=device)
+        is_zero = is_zero.scatter_(0, zero_slots, True)[:no_slot].view(B, steps)
+        is_hold = torch.arange(steps, device=device) >= length[:, None]
+        flags = torch.stack([is_zero, is_hold], dim=-1).to(x.dtype)  # (B, T', 2)
+        layer_input = _Remap.apply(x.reshape(B * T, F), reads, writes).view(B, steps, F)
 
-        last = (length - 1).clamp(min=0)[:, None, None].expand(B, 1, H)
+        last = torch.arange(B, device=device) * steps + (length - 1).clamp(min=0)
         has_steps = (length > 0)[:, None]
         initial_tensors = state.tensors()
         finals: list[list[torch.Tensor]] = [[] for _ in initial_tensors]
@@ -350,13 +348,14 @@ class _Resettable:
             b_ih = weights[2] if self.bias else None
             weights[0] = torch.cat([weights[0], self._flag_columns(b_ih, weights[0])], dim=1)
             hx = [t[layer : layer + 1] for t in initial_tensors]
-            if layer > 0:
-                layer_input = torch.cat([layer_input, flags], dim=-1)
-            output, hx_out = self._sequence_kernel(layer_input, hx, weights)
+            output, hx_out = self._sequence_kernel(
+                torch.cat([layer_input, flags], dim=-1), hx, weights
+            )
             state_max = self._state_max(hx[0], output)
             bounds.append(self._preactivation_bound(layer, input_max, state_max))
             # h at the row's last real step (hold steps keep an LSTM's c, not its h)
-            finals[0].append(torch.where(has_steps, output.gather(1, last)[:, 0], hx[0][0]))
+            h_last = output.reshape(B * steps, H).index_select(0, last)
+            finals[0].append(torch.where(has_steps, h_last, hx[0][0]))
             for parts, tensor in zip(finals[1:], hx_out[1:], strict=True):
                 parts.append(tensor[0])
             input_max = state_max
@@ -366,10 +365,7 @@ class _Resettable:
             layer_input = output
         if not bool(torch.stack(bounds).max() <= _SAFE_BOUND):  # NaN fails too
             return None
-        outputs = (torch.arange(B, device=device) * steps)[:, None] + position.clamp(min=0)
-        y = layer_input.reshape(B * steps, H).index_select(0, outputs.flatten()).view(B, T, H)
-        if real is not None:
-            y = torch.where(real[..., None], y, y.new_zeros(()))
+        y = _Remap.apply(layer_input.reshape(B * steps, H), writes, reads).view(B, T, H)
         final = self.state_type(*(torch.stack(parts) for parts in finals))
         return y, final if tail is None else final.reset_rows(tail)
 
@@ -530,6 +526,28 @@ class _Resettable:
                 f"{x.device}; move it with state.to(device, dtype)"
             )
         return state
+
+
+class _Remap(torch.autograd.Function):
+    """Rows of ``source`` [N, D] picked by ``index`` [M] (value N: a zero row); the gradient
+    goes back by ``inverse`` [N] (value M: zero). ``index`` must be injective on its values
+    below N and ``inverse`` its inverse there, so both directions are one index_select (the
+    default backward of index_select accumulates with index_add, several times slower)."""
+
+    @staticmethod
+    def forward(ctx: Any, source: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor):
+        ctx.save_for_backward(inverse)
+        return _pick_rows(source, index)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+        (inverse,) = ctx.saved_tensors
+        return _pick_rows(grad, inverse), None, None
+
+
+def _pick_rows(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``source`` [N, D] with a zero row N appended, rows ``index`` [M] -> [M, D]."""
+    return torch.cat([source, source.new_zeros(1, source.shape[1])]).index_select(0, index)
 
 
 def _check_flags(
