@@ -315,31 +315,34 @@ class _Resettable:
             position = seen - 1 + shifted
             length = seen[:, -1] + shifted[:, -1]
         steps = int(length.max())  # T'
-        state = state.reset_rows(initial)
         if steps == 0:  # no row has a real step
+            state = state.reset_rows(initial)
             return x.new_zeros(B, T, H), state if tail is None else state.reset_rows(tail)
 
-        # The flat timeline [B * T', .] has slot b * T' + p for position p of row b. `writes`
-        # [B * T] gives each step its slot (padding: B * T', a zero row), `reads` [B * T'] each
-        # slot its step (zero and hold steps: B * T, a zero row); one is the other's inverse,
-        # so moving rows either way, and their gradients back, is one index_select.
-        step_index = (torch.arange(B, device=device) * T)[:, None] + columns  # (B, T)
-        slot_index = (torch.arange(B, device=device) * steps)[:, None] + position  # (B, T)
-        no_slot = B * steps
+        # The timeline runs time-major (the kernels' own layout: no transposes), flattened to
+        # [T' * B, .] with slot p * B + b for position p of row b. `writes` [B * T] gives each
+        # step (b * T + t) its slot (padding: T' * B, a zero row), `reads` [T' * B] each slot
+        # its step (zero and hold steps: B * T, a zero row); one is the other's inverse, so
+        # moving rows either way, and their gradients back, is one index_select.
+        rows = torch.arange(B, device=device)
+        step_index = (rows * T)[:, None] + columns  # (B, T)
+        slot_index = position * B + rows[:, None]  # (B, T)
+        no_slot = steps * B
         writes = slot_index if real is None else torch.where(real, slot_index, no_slot)
         writes = writes.flatten()
         reads = torch.full((no_slot + 1,), B * T, dtype=torch.long, device=device)
         reads = reads.scatter_(0, writes, step_index.flatten())[:no_slot]
-        zero_slots = torch.where(inserted, slot_index - 1, no_slot).flatten()
+        zero_slots = torch.where(inserted, slot_index - B, no_slot).flatten()
         is_zero = torch.zeros(no_slot + 1, dtype=torch.bool, device=device)
-        is_zero = is_zero.scatter_(0, zero_slots, True)[:no_slot].view(B, steps)
-        is_hold = torch.arange(steps, device=device) >= length[:, None]
-        flags = torch.stack([is_zero, is_hold], dim=-1).to(x.dtype)  # (B, T', 2)
-        layer_input = _Remap.apply(x.reshape(B * T, F), reads, writes).view(B, steps, F)
+        is_zero = is_zero.scatter_(0, zero_slots, True)[:no_slot].view(steps, B)
+        is_hold = torch.arange(steps, device=device)[:, None] >= length
+        flags = torch.stack([is_zero, is_hold], dim=-1).to(x.dtype)  # (T', B, 2)
+        layer_input = _Remap.apply(x.reshape(B * T, F), reads, writes).view(steps, B, F)
 
-        last = torch.arange(B, device=device) * steps + (length - 1).clamp(min=0)
-        has_steps = (length > 0)[:, None]
-        initial_tensors = state.tensors()
+        last = (length - 1).clamp(min=0) * B + rows
+        has_steps = None if real is None else (length > 0)[:, None]
+        keep = ~initial[:, None]  # (B, 1): rows that do not reset before their first step
+        initial_tensors = [torch.where(keep, t, 0) for t in state.tensors()]
         finals: list[list[torch.Tensor]] = [[] for _ in initial_tensors]
         input_max = x.detach().abs().max()
         bounds = []
@@ -354,8 +357,10 @@ class _Resettable:
             state_max = self._state_max(hx[0], output)
             bounds.append(self._preactivation_bound(layer, input_max, state_max))
             # h at the row's last real step (hold steps keep an LSTM's c, not its h)
-            h_last = output.reshape(B * steps, H).index_select(0, last)
-            finals[0].append(torch.where(has_steps, h_last, hx[0][0]))
+            h_last = output.view(steps * B, H).index_select(0, last)
+            if has_steps is not None:  # rows without a real step keep their state
+                h_last = torch.where(has_steps, h_last, hx[0][0])
+            finals[0].append(h_last)
             for parts, tensor in zip(finals[1:], hx_out[1:], strict=True):
                 parts.append(tensor[0])
             input_max = state_max
@@ -365,7 +370,7 @@ class _Resettable:
             layer_input = output
         if not bool(torch.stack(bounds).max() <= _SAFE_BOUND):  # NaN fails too
             return None
-        y = _Remap.apply(layer_input.reshape(B * steps, H), writes, reads).view(B, T, H)
+        y = _Remap.apply(layer_input.view(steps * B, H), writes, reads).view(B, T, H)
         final = self.state_type(*(torch.stack(parts) for parts in finals))
         return y, final if tail is None else final.reset_rows(tail)
 
@@ -378,18 +383,19 @@ class _Resettable:
     def _preactivation_bound(
         self, layer: int, input_max: torch.Tensor, state_max: torch.Tensor
     ) -> torch.Tensor:
-        """A bound on |gate pre-activation| without the flags over a whole call: input row
-        norms x input max + recurrent row norms x state max + biases."""
+        """A bound on |gate pre-activation| without the flags over a whole call: the largest
+        input row norm x input max + recurrent row norm x state max + the largest biases."""
         weights = [w.detach() for w in self._layer_weights(layer)]
-        bound = weights[0].abs().sum(1) * input_max + weights[1].abs().sum(1) * state_max
-        if self.bias:
-            bound = bound + weights[2].abs() + weights[3].abs()
-        return bound.max()
+        norms = [torch.linalg.matrix_norm(w, ord=float("inf")) for w in weights[:2]]
+        bound = norms[0] * input_max + norms[1] * state_max
+        for bias in weights[2:]:
+            bound = bound + torch.linalg.vector_norm(bias, ord=float("inf"))
+        return bound
 
     def _sequence_kernel(
         self, x: torch.Tensor, hx: list[torch.Tensor], weights: list[torch.Tensor]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """One single-layer fused call with explicit weights; ``x`` [B, T', F + 2]."""
+        """One single-layer fused call with explicit weights, time-major: ``x`` [T', B, F + 2]."""
         raise NotImplementedError
 
     # --- split: the reference ---------------------------------------------------------------
@@ -512,17 +518,18 @@ class _Resettable:
                 f"{name}: state must be a {self.state_type.__name__} (or None for zeros); "
                 f"received {type(state).__name__}"
             )
+        first = state.tensors()[0]  # fields share layers, batch and (here) hidden size
         expected = (self.num_layers, B, self.hidden_size)
-        received = (state.num_layers, state.batch_size, state.hidden_size)
+        received = tuple(first.shape)
         if expected != received:
             raise ValueError(
                 f"{name}: state must have shape [layers, B, H]={list(expected)} for x of batch "
                 f"{B}; received {list(received)}. The state's batch is the number of rows of x: "
                 f"use layer.initial_state({B}) or state.select(rows)"
             )
-        if state.dtype != x.dtype or state.device != x.device:
+        if first.dtype != x.dtype or first.device != x.device:
             raise TypeError(
-                f"{name}: state is {state.dtype} on {state.device}, x is {x.dtype} on "
+                f"{name}: state is {first.dtype} on {first.device}, x is {x.dtype} on "
                 f"{x.device}; move it with state.to(device, dtype)"
             )
         return state
@@ -600,7 +607,7 @@ class LSTM(_Resettable, nn.LSTM):
         return pattern.repeat_interleave(self.hidden_size, dim=0)
 
     def _sequence_kernel(self, x, hx, weights):  # type: ignore[no-untyped-def]
-        y, h, c = _VF.lstm(x, hx, weights, self.bias, 1, 0.0, self.training, False, True)
+        y, h, c = _VF.lstm(x, hx, weights, self.bias, 1, 0.0, self.training, False, False)
         return y, [h, c]
 
 
@@ -627,7 +634,7 @@ class GRU(_Resettable, nn.GRU):
         return torch.cat([gates, candidate])
 
     def _sequence_kernel(self, x, hx, weights):  # type: ignore[no-untyped-def]
-        y, h = _VF.gru(x, hx[0], weights, self.bias, 1, 0.0, self.training, False, True)
+        y, h = _VF.gru(x, hx[0], weights, self.bias, 1, 0.0, self.training, False, False)
         return y, [h]
 
 
@@ -689,5 +696,5 @@ class RNN(_Resettable, nn.RNN):
         return like.new_full((self.hidden_size, 2), -_FLAG)
 
     def _sequence_kernel(self, x, hx, weights):  # type: ignore[no-untyped-def]
-        y, h = _VF.rnn_relu(x, hx[0], weights, self.bias, 1, 0.0, self.training, False, True)
+        y, h = _VF.rnn_relu(x, hx[0], weights, self.bias, 1, 0.0, self.training, False, False)
         return y, [h]
