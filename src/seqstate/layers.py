@@ -238,6 +238,11 @@ class _Resettable:
     def _step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One step of every row, ``x`` [B, F] -> ``y`` [B, H], with the cell kernels."""
         tensors = state.tensors()
+        if self.num_layers == 1:  # the common case, without the stacking
+            weights = self._flat_weights
+            biases = weights[2:] if self.bias else [None, None]
+            new = self._cell(x, [t[0] for t in tensors], weights[0], weights[1], *biases)
+            return new[0], self.state_type(*(t[None] for t in new))
         layer_input = x
         finals: list[list[torch.Tensor]] = [[] for _ in tensors]
         for layer in range(self.num_layers):
@@ -501,7 +506,7 @@ class _Resettable:
                 f"{name}: x must have {self.input_size} features (input_size) in its last "
                 f"dimension; received shape {tuple(x.shape)}"
             )
-        weight = self.weight_ih_l0  # type: ignore[attr-defined]
+        weight = self._flat_weights[0]  # weight_ih_l0, without nn.Module's __getattr__
         if x.dtype != weight.dtype or x.device != weight.device:
             raise TypeError(
                 f"{name}: x is {x.dtype} on {x.device} but the parameters are {weight.dtype} on "

@@ -23,6 +23,7 @@ Streams is not thread-safe: call it from one thread (the server's batcher does).
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqstate.prediction import _as_numeric, _cast, _evaluating, _ModelInfo, _prepare_model
+from seqstate.prediction import _as_numeric, _cast, _ModelInfo, _prepare_model
 from seqstate.state import State
 
 __all__ = ["StreamId", "Streams", "advance"]
@@ -67,9 +68,13 @@ def _check_steps(
             f"({n}) and F={F} features (input_size); received {tuple(array.shape)}"
         )
     single = array.ndim == 2
-    array = _cast(array[:, None] if single else array, info.numpy_dtype)
-    bad = ~np.isfinite(array)
-    if bad.any():
+    if single:
+        array = array[:, None]
+    dtype = info.numpy_dtype
+    if array.dtype != dtype or not array.flags.c_contiguous:
+        array = _cast(array, dtype)
+    if not np.isfinite(array).all():
+        bad = ~np.isfinite(array)
         row, step = (int(v) for v in np.argwhere(bad.any(axis=2))[0])
         who = f"stream {ids[row]!r}" if ids is not None else f"row {row}"
         raise ValueError(
@@ -80,8 +85,38 @@ def _check_steps(
 
 
 def _advance(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Tensor, State]:
-    with _evaluating(model):
-        return model(x, state)
+    """``model(x, state)`` in eval mode without autograd, the training flag restored after.
+
+    (Inlined rather than a context manager: this is the streaming hot path.)
+    """
+    was_training = model.training
+    if was_training:
+        model.eval()
+    try:
+        with torch.no_grad():
+            return model(x, state)
+    finally:
+        if was_training:
+            model.train()
+
+
+# model -> (its info, the parameter the info was read from): advance() is called per batched
+# step by the server; the parameter's dtype and device are re-checked on every call (a model
+# moved with .to() keeps its parameter objects).
+_INFO: weakref.WeakKeyDictionary[nn.Module, tuple[_ModelInfo, torch.Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _model_info(model: Any) -> _ModelInfo:
+    cached = _INFO.get(model) if isinstance(model, nn.Module) else None
+    if cached is not None:
+        info, parameter = cached
+        if parameter.dtype == info.dtype and parameter.device == info.device:
+            return info
+    model, info = _prepare_model(model, None)
+    _INFO[model] = (info, next(model.parameters()))
+    return info
 
 
 def advance(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Tensor, State]:
@@ -96,9 +131,10 @@ def advance(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Tens
     Returns:
         ``y`` ``[n, k, O]`` (``[n, O]`` for ``[n, F]`` input) and the new state, batch n.
 
-    It stands for, per stream i: ``y[i], state[i] = model(x[i][None], state[i])``.
+    It stands for, per stream i: ``y[i], state[i] = model(x[i][None], state[i])``. One step
+    (``[n, F]`` or k = 1) runs the layers' cell kernels, the streaming hot path.
     """
-    _, info = _prepare_model(model, None)
+    info = _model_info(model)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor [n, k, F]; received {type(x).__name__}")
     if not isinstance(state, State):
@@ -195,15 +231,18 @@ class Streams:
             return np.zeros(shape, dtype=self._info.numpy_dtype)
 
         added = self._add([i for i in ids if i not in self._rows])
+        stored = self._buffer.tensors()
         try:
             rows = torch.tensor([self._rows[i] for i in ids], device=self._info.device)
             inputs = torch.from_numpy(array).to(self._info.device)
-            y, state = _advance(self._model, self._buffer.select(rows), inputs)
+            # gather the rows once (the ids are distinct and known: no State.select checks)
+            state = type(self._buffer)(*(t.index_select(1, rows) for t in stored))
+            y, state = _advance(self._model, state, inputs)
         except BaseException:
             self._remove(added)  # nothing changed: the new streams never started
             raise
-        for stored, new in zip(self._buffer.tensors(), state.tensors(), strict=True):
-            stored.index_copy_(1, rows, new)
+        for buffer, new in zip(stored, state.tensors(), strict=True):
+            buffer.index_copy_(1, rows, new)
         y = y.cpu().numpy()
         return y[:, 0] if single else y
 
