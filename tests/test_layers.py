@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
 
-from seqstate import layers as layers_module
 from seqstate.layers import GRU, LSTM, RNN
 from seqstate.state import GRUState, LSTMState, RNNState, State
 
@@ -31,7 +30,7 @@ F64 = torch.float64
 EXACT = {"rtol": 0.0, "atol": 1e-10}
 
 # Each hypothesis example builds a tiny layer; a few dozen examples per property are plenty to
-# hit every branch (fused/split/aligned, packed/unpacked, compacted masks) and stay fast.
+# hit every branch (fused, timeline, split, packed, compacted masks) and stay fast.
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -238,6 +237,185 @@ def test_reference_with_dense_resets_and_masks(kind: str, strategy: str) -> None
     y_ref, final_ref = reference(layer, x, state, reset, mask)
     torch.testing.assert_close(y, y_ref, **EXACT)
     assert_states_close(final, final_ref, **EXACT)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=cases(strategies=("auto",), max_time=8, dtype=torch.float32))
+def test_float32_outputs_states_and_gradients_equal_reference_loop(case: Case) -> None:
+    x = case.x.clone().requires_grad_()
+    initial = case.state.map(lambda t: t.clone().requires_grad_())
+    inputs = [x, *initial.tensors(), *case.layer.parameters()]
+    y, state = case.layer(x, initial, reset=case.reset, mask=case.mask)
+    y_ref, state_ref = reference(case.layer, x, initial, case.reset, case.mask)
+    torch.testing.assert_close(y, y_ref, rtol=0.0, atol=1e-5)
+    assert_states_close(state, state_ref, rtol=0.0, atol=1e-5)
+    grads = torch.autograd.grad(objective(y, state), inputs, allow_unused=True)
+    grads_ref = torch.autograd.grad(objective(y_ref, state_ref), inputs, allow_unused=True)
+    for grad, grad_ref, tensor in zip(grads, grads_ref, inputs, strict=True):
+        zero = torch.zeros_like(tensor)
+        torch.testing.assert_close(
+            zero if grad is None else grad,
+            zero if grad_ref is None else grad_ref,
+            rtol=0.0,
+            atol=1e-4,
+        )
+
+
+def count_paths(layer: LSTM | GRU | RNN, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count, on ``layer`` only, timeline calls that succeed or fall back, and split runs."""
+    counts = {"timeline": 0, "fallback": 0, "split": 0}
+    timeline, split = layer._run_timeline, layer._run_split
+
+    def counted_timeline(*args: object) -> object:
+        result = timeline(*args)
+        counts["timeline" if result is not None else "fallback"] += 1
+        return result
+
+    def counted_split(*args: object) -> object:
+        counts["split"] += 1
+        return split(*args)
+
+    monkeypatch.setattr(layer, "_run_timeline", counted_timeline)
+    monkeypatch.setattr(layer, "_run_split", counted_split)
+    return counts
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_default_runs_one_fused_call_per_layer_on_timelines(
+    kind: str, num_layers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auto takes the timeline whatever the resets and padding (one kernel call per layer);
+    the tanh RNN, which flags cannot zero, runs split; both equal the step loop."""
+    layer = make_layer(kind, 3, 4, num_layers, seed=7)
+    counts = count_paths(layer, monkeypatch)
+    kernel_calls: list[int] = []
+    kernel = layer._sequence_kernel
+    monkeypatch.setattr(layer, "_sequence_kernel", lambda *a: kernel_calls.append(1) or kernel(*a))
+    x = torch.randn(6, 14, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    state = random_state(layer, 6, 1)
+    reset = random_flags((6, 14), 0.3, 2)
+    mask = random_flags((6, 14), 0.7, 3)
+    mask[4] = False  # a row that is all padding
+    mask[5, 9:] = False  # trailing padding
+    for window_mask in (None, mask):
+        y, final = layer(x, state, reset=reset, mask=window_mask)
+        y_ref, final_ref = reference(layer, x, state, reset, window_mask)
+        torch.testing.assert_close(y, y_ref, **EXACT)
+        assert_states_close(final, final_ref, **EXACT)
+    if kind == "rnn_tanh":
+        assert counts == {"timeline": 0, "fallback": 0, "split": 2}
+    else:
+        assert counts == {"timeline": 2, "fallback": 0, "split": 0}
+        assert len(kernel_calls) == 2 * num_layers
+
+
+@pytest.mark.parametrize("kind", ("lstm", "gru", "rnn_relu"))
+def test_saturation_bound_falls_back_to_split_with_huge_weights(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights so large that the flags could not saturate the gates: the bound sends the
+    window to split, and the result is still the step loop's."""
+    layer = make_layer(kind, 3, 4, 2, seed=3)
+    with torch.no_grad():
+        layer.weight_hh_l1.mul_(4e3)  # |pre-activation| of layer 1 far beyond the safe bound
+    counts = count_paths(layer, monkeypatch)
+    x = torch.randn(3, 10, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    state = random_state(layer, 3, 1)
+    reset = random_flags((3, 10), 0.3, 2)
+    y, final = layer(x, state, reset=reset)
+    y_ref, final_ref = reference(layer, x, state, reset)
+    torch.testing.assert_close(y, y_ref, **EXACT)
+    assert_states_close(final, final_ref, **EXACT)
+    assert counts == {"timeline": 0, "fallback": 1, "split": 1}
+
+    with torch.no_grad():
+        layer.weight_hh_l1.div_(4e3)  # back to ordinary weights: the timeline again
+    layer(x, state, reset=reset)
+    assert counts["timeline"] == 1
+
+
+def test_saturation_bound_sees_a_large_input() -> None:
+    """The bound grows with the input: an input of 1e6 cannot be flagged safely."""
+    layer = make_layer("lstm", 2, 3, seed=1)
+    x = torch.randn(2, 6, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    reset = random_flags((2, 6), 0.4, 1)
+    reset[0, 3] = True
+    state = layer.initial_state(2)
+    assert layer._run_timeline(x, state, reset, None) is not None
+    assert layer._run_timeline(x * 1e6, state, reset, None) is None
+
+
+@PROPERTY
+@given(
+    kind=st.sampled_from(KINDS),
+    num_layers=st.integers(1, 3),
+    dtype=st.sampled_from([F64, torch.float32]),
+    T=st.integers(1, 8),
+    seed=st.integers(0, 1000),
+)
+def test_single_steps_use_the_cell_kernels_and_equal_the_whole_window(
+    kind: str, num_layers: int, dtype: torch.dtype, T: int, seed: int
+) -> None:
+    """The streaming hot path (T = 1, no mask: cell kernels) == one call over the window."""
+    layer = make_layer(kind, 2, 3, num_layers, dtype=dtype, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, T, 2, generator=generator, dtype=dtype)
+    reset = random_flags((3, T), 0.3, seed + 1)
+    state = random_state(layer, 3, seed + 2)
+    y_whole, final_whole = layer(x, state, reset=reset)
+    outputs, carried = [], state
+    fused = layer._fused
+    layer._fused = None  # type: ignore[assignment,method-assign]  # T = 1 must not use it
+    try:
+        for t in range(T):
+            y, carried = layer(x[:, t : t + 1], carried, reset=reset[:, t : t + 1])
+            outputs.append(y)
+    finally:
+        layer._fused = fused  # type: ignore[method-assign]
+    tolerance = EXACT if dtype == F64 else {"rtol": 0.0, "atol": 1e-5}
+    torch.testing.assert_close(torch.cat(outputs, 1), y_whole, **tolerance)
+    assert_states_close(carried, final_whole, **tolerance)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_single_step_gradients_equal_reference(kind: str) -> None:
+    layer = make_layer(kind, 2, 3, 2, seed=4).train()  # no dropout: train == eval here
+    x = torch.randn(4, 1, 2, dtype=F64, requires_grad=True)
+    initial = random_state(layer, 4, 1).map(lambda t: t.requires_grad_())
+    inputs = [x, *initial.tensors(), *layer.parameters()]
+    y, state = layer(x, initial)
+    y_ref, state_ref = reference(layer, x, initial)
+    grads = torch.autograd.grad(objective(y, state), inputs)
+    grads_ref = torch.autograd.grad(objective(y_ref, state_ref), inputs)
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(grad, grad_ref, **EXACT)
+
+
+# --- drop-in honesty ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factory", [LSTM, GRU, RNN])
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"batch_first": False}, r"batch_first=False is not supported.*x.transpose\(0, 1\)"),
+        ({"bidirectional": True}, r"bidirectional=True is not supported.*whole sequence"),
+    ],
+)
+def test_options_the_stateful_layer_cannot_keep_are_refused(
+    factory: type, option: dict, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        factory(2, 3, **option)
+
+
+@pytest.mark.parametrize("factory", [LSTM, GRU, RNN])
+def test_proj_size_is_refused_and_harmless_torch_options_are_accepted(factory: type) -> None:
+    with pytest.raises(ValueError, match=r"proj_size=2 is not supported.*Linear"):
+        factory(2, 3, proj_size=2)
+    layer = factory(2, 3, batch_first=True, bidirectional=False)
+    assert layer.batch_first and not layer.bidirectional and layer.proj_size == 0
 
 
 # --- chunked == whole ------------------------------------------------------------------------

@@ -666,6 +666,7 @@ class RNN(_Resettable, nn.RNN):
         strategy: Strategy = "auto",
         batch_first: bool = True,
         bidirectional: bool = False,
+        proj_size: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -680,6 +681,7 @@ class RNN(_Resettable, nn.RNN):
             strategy=strategy,
             batch_first=batch_first,
             bidirectional=bidirectional,
+            proj_size=proj_size,
             device=device,
             dtype=dtype,
             nonlinearity=nonlinearity,
