@@ -269,3 +269,36 @@ def test_advance_rejects_bad_input(state, x, error, message):
     states = {"lstm": LSTMState.zeros(2, 3, H, dtype=torch.float64), "gru": GRUState.zeros(2, 3, H)}
     with pytest.raises(error, match=message):
         advance(MODELS["lstm"], states.get(state), x)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_one_step_runs_the_cell_kernels_and_equals_the_sequence_path(cell, monkeypatch):
+    """The hot path: a step of T=1 never reaches the sequence kernel, and stepping a stream
+    one step at a time gives predict's outputs and final state for the whole sequence."""
+    model = MODELS[cell]
+
+    def no_sequence_kernel(*args):
+        raise AssertionError("a single step reached the sequence kernel")
+
+    sequence = np.random.default_rng(5).normal(size=(12, F))
+    expected, final = predict(model, sequence, return_state=True)
+    monkeypatch.setattr(model.recurrent, "_fused", no_sequence_kernel)
+    streams = Streams(model)
+    outputs = [streams.step(["a"], sequence[t][None]) for t in range(len(sequence))]
+    np.testing.assert_allclose(np.concatenate(outputs), expected, atol=1e-10)
+    for got, want in zip(streams.state("a").tensors(), final.tensors(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    state = model.initial_state(2)
+    y, _ = advance(model, state, torch.from_numpy(np.stack([sequence[0], sequence[1]])))
+    np.testing.assert_allclose(y[:1].numpy(), expected[:1], atol=1e-10)
+
+
+def test_advance_notices_a_model_moved_to_another_dtype():
+    model = make_model("gru")
+    state = model.initial_state(2)
+    advance(model, state, torch.zeros(2, F, dtype=torch.float64))
+    model.float()
+    with pytest.raises(TypeError, match="float32"):
+        advance(model, state.to(dtype=torch.float32), torch.zeros(2, F, dtype=torch.float64))
+    y, _ = advance(model, state.to(dtype=torch.float32), torch.zeros(2, F))
+    assert y.dtype == torch.float32
