@@ -65,7 +65,7 @@ but never runs a Python loop over steps. How a window reaches the kernels:
 from __future__ import annotations
 
 import itertools
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import _VF, nn
@@ -101,7 +101,7 @@ class _Resettable:
     bias: bool
     dropout: float
     training: bool
-    _flat_weights: list[torch.Tensor]
+    _flat_weights: list[torch.Tensor | None]  # as nn.RNNBase declares it; never None here
 
     def __init__(
         self,
@@ -142,8 +142,9 @@ class _Resettable:
                 "proj_size and hidden_size); use proj_size=0 and project the outputs with a "
                 "Linear layer (SequenceModel's head does)"
             )
-        self._torch_module.__init__(
-            self,  # type: ignore[arg-type]
+        torch_init: Any = self._torch_module.__init__  # nn.LSTM/GRU/RNN(*args, **kwargs)
+        torch_init(
+            self,
             input_size,
             hidden_size,
             num_layers,
@@ -163,7 +164,12 @@ class _Resettable:
         return tensors if len(tensors) > 1 else tensors[0]
 
     def _from_hx(self, hx: torch.Tensor | tuple[torch.Tensor, ...]) -> State:
-        return self.state_type(*hx) if isinstance(hx, tuple) else self.state_type(hx)
+        return self._state(*hx) if isinstance(hx, tuple) else self._state(hx)
+
+    def _state(self, *tensors: torch.Tensor) -> State:
+        """``state_type(*tensors)`` (the field count depends on the cell)."""
+        make: Any = self.state_type
+        return make(*tensors)
 
     def _fused(self, x: torch.Tensor, state: State, lengths: torch.Tensor | None):
         """One call of the torch kernel on ``x`` [N, T, F]; ``lengths`` [N] (cpu) or None."""
@@ -180,7 +186,8 @@ class _Resettable:
     def _layer_weights(self, layer: int) -> list[torch.Tensor]:
         """``[weight_ih, weight_hh(, bias_ih, bias_hh)]`` of one layer, as torch lays them out."""
         per_layer = 4 if self.bias else 2
-        return self._flat_weights[layer * per_layer : (layer + 1) * per_layer]
+        weights = self._flat_weights[layer * per_layer : (layer + 1) * per_layer]
+        return cast(list[torch.Tensor], weights)
 
     # --- public protocol --------------------------------------------------------------------
 
@@ -239,15 +246,15 @@ class _Resettable:
         """One step of every row, ``x`` [B, F] -> ``y`` [B, H], with the cell kernels."""
         tensors = state.tensors()
         if self.num_layers == 1:  # the common case, without the stacking
-            weights = self._flat_weights
-            biases = weights[2:] if self.bias else [None, None]
+            weights = self._layer_weights(0)
+            biases: list[torch.Tensor | None] = [*weights[2:]] if self.bias else [None, None]
             new = self._cell(x, [t[0] for t in tensors], weights[0], weights[1], *biases)
-            return new[0], self.state_type(*(t[None] for t in new))
+            return new[0], self._state(*(t[None] for t in new))
         layer_input = x
         finals: list[list[torch.Tensor]] = [[] for _ in tensors]
         for layer in range(self.num_layers):
             weights = self._layer_weights(layer)
-            biases = weights[2:] if self.bias else [None, None]
+            biases = [*weights[2:]] if self.bias else [None, None]
             hx = [t[layer] for t in tensors]
             new = self._cell(layer_input, hx, weights[0], weights[1], *biases)
             for parts, tensor in zip(finals, new, strict=True):
@@ -255,7 +262,7 @@ class _Resettable:
             layer_input = new[0]
             if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
                 layer_input = functional.dropout(layer_input, self.dropout, True)
-        return layer_input, self.state_type(*(torch.stack(parts) for parts in finals))
+        return layer_input, self._state(*(torch.stack(parts) for parts in finals))
 
     def _cell(
         self,
@@ -376,7 +383,7 @@ class _Resettable:
         if not bool(torch.stack(bounds).max() <= _SAFE_BOUND):  # NaN fails too
             return None
         y = _Remap.apply(layer_input.view(steps * B, H), writes, reads).view(B, T, H)
-        final = self.state_type(*(torch.stack(parts) for parts in finals))
+        final = self._state(*(torch.stack(parts) for parts in finals))
         return y, final if tail is None else final.reset_rows(tail)
 
     def _state_max(self, h0: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
@@ -506,7 +513,7 @@ class _Resettable:
                 f"{name}: x must have {self.input_size} features (input_size) in its last "
                 f"dimension; received shape {tuple(x.shape)}"
             )
-        weight = self._flat_weights[0]  # weight_ih_l0, without nn.Module's __getattr__
+        weight = self._layer_weights(0)[0]  # weight_ih_l0, without nn.Module's __getattr__
         if x.dtype != weight.dtype or x.device != weight.device:
             raise TypeError(
                 f"{name}: x is {x.dtype} on {x.device} but the parameters are {weight.dtype} on "
@@ -584,7 +591,7 @@ def _check_flags(
     return flags.to(device)
 
 
-class LSTM(_Resettable, nn.LSTM):
+class LSTM(_Resettable, nn.LSTM):  # type: ignore[misc]  # forward(x, state, reset, mask)
     """Multi-layer LSTM with per-row resets and masks; parameters laid out like ``nn.LSTM``.
 
     Args:
@@ -616,7 +623,7 @@ class LSTM(_Resettable, nn.LSTM):
         return y, [h, c]
 
 
-class GRU(_Resettable, nn.GRU):
+class GRU(_Resettable, nn.GRU):  # type: ignore[misc]  # forward(x, state, reset, mask)
     """Multi-layer GRU with per-row resets and masks; parameters laid out like ``nn.GRU``.
 
     Arguments as :class:`LSTM`.
@@ -643,7 +650,7 @@ class GRU(_Resettable, nn.GRU):
         return y, [h]
 
 
-class RNN(_Resettable, nn.RNN):
+class RNN(_Resettable, nn.RNN):  # type: ignore[misc]  # forward(x, state, reset, mask)
     """Multi-layer Elman RNN (tanh or relu) with per-row resets and masks, like ``nn.RNN``.
 
     Arguments as :class:`LSTM`, plus ``nonlinearity``. The tanh RNN always runs windows with

@@ -184,7 +184,8 @@ class Streams:
         self._model, self._info = _prepare_model(model, device)
         self._rows: dict[StreamId, int] = {}  # id -> row of the buffer, insertion ordered
         self._ids: list[StreamId] = []  # row -> id, rows [0, len) are live
-        self._buffer: State = self._model.initial_state(16)  # [layers, capacity, H]
+        initial_state: Any = self._model.initial_state  # checked by _prepare_model
+        self._buffer: State = initial_state(16)  # [layers, capacity, H]
 
     # --- description ------------------------------------------------------------------------
 
@@ -243,8 +244,8 @@ class Streams:
             raise
         for buffer, new in zip(stored, state.tensors(), strict=True):
             buffer.index_copy_(1, rows, new)
-        y = y.cpu().numpy()
-        return y[:, 0] if single else y
+        outputs = y.cpu().numpy()
+        return outputs[:, 0] if single else outputs
 
     # --- stream lifecycle -------------------------------------------------------------------
 
