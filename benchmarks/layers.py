@@ -3,7 +3,9 @@
     python benchmarks/layers.py --threads 1          # full run (a few minutes on 2 cores)
     python benchmarks/layers.py --threads 1 --quick  # smoke run, same tables
 
-Time per forward+backward of one window (B=32, F=8, one layer), after warm-up, median over
+CPU time of this thread per forward+backward of one window (B=32, F=8, one layer; with one
+intra-op thread torch computes on the calling thread, and thread CPU time does not count the
+time the thread waits while other jobs run on a shared machine), after warm-up, median over
 repeats. Every method sees the same windows (inputs, carried state, resets, masks) and the
 methods are interleaved inside each repeat (order rotated), so a noisy neighbour slows all of
 them alike. Figures are throughput ratios against plain torch on the same window:
@@ -125,9 +127,9 @@ def measure(steps: dict[str, Callable[[Window], None]], windows: list[Window], r
         shift = repeat % len(names)
         window = windows[repeat % len(windows)]
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
+            start = time.thread_time()
             steps[name](window)
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(time.thread_time() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -181,8 +183,8 @@ def render(rows: list[dict], command: str, load: tuple[str, str], minutes: float
         f"Command: `{command}` ({minutes:.1f} min). Machine: {machine_info(threads=True)}; "
         f"load average {load[0]} at start, {load[1]} at the end. CPU only (no GPU lent).",
         "",
-        f"One forward+backward of a window, B={BATCH}, F={FEATURES}, 1 layer, float32, median "
-        "of interleaved repeats; figures are throughput relative to plain torch on the same "
+        f"One forward+backward of a window, B={BATCH}, F={FEATURES}, 1 layer, float32, thread "
+        "CPU time, median of interleaved repeats; figures are throughput relative to plain torch on the same "
         "windows (torch ignores resets and padding: the ceiling). `cols`: distinct reset "
         "columns after 0 per window (split's extra fused calls).",
         "",

@@ -333,23 +333,30 @@ class _Resettable:
 
         # The timeline runs time-major (the kernels' own layout: no transposes), flattened to
         # [T' * B, .] with slot p * B + b for position p of row b. `writes` [B * T] gives each
-        # step (b * T + t) its slot (padding: T' * B, a zero row), `reads` [T' * B] each slot
-        # its step (zero and hold steps: B * T, a zero row); one is the other's inverse, so
-        # moving rows either way, and their gradients back, is one index_select.
+        # step (b * T + t) its slot, `reads` [T' * B] each slot its step; one is the other's
+        # inverse, so moving rows either way, and their gradients back, is one index_select.
+        # Padding steps (no slot) and zero and hold slots (no step) are zero-filled.
         rows = torch.arange(B, device=device)
         step_index = (rows * T)[:, None] + columns  # (B, T)
         slot_index = position * B + rows[:, None]  # (B, T)
         no_slot = steps * B
-        writes = slot_index if real is None else torch.where(real, slot_index, no_slot)
-        writes = writes.flatten()
-        reads = torch.full((no_slot + 1,), B * T, dtype=torch.long, device=device)
-        reads = reads.scatter_(0, writes, step_index.flatten())[:no_slot]
+        reads = torch.zeros(no_slot + 1, dtype=torch.long, device=device)
+        if real is None:
+            writes, padding = slot_index.flatten(), None
+            reads = reads.scatter_(0, writes, step_index.flatten())[:no_slot]
+        else:
+            spilled = torch.where(real, slot_index, no_slot).flatten()
+            reads = reads.scatter_(0, spilled, step_index.flatten())[:no_slot]
+            writes = torch.where(real, slot_index, 0).flatten()
+            padding = (~real).flatten().nonzero().flatten()
         zero_slots = torch.where(inserted, slot_index - B, no_slot).flatten()
         is_zero = torch.zeros(no_slot + 1, dtype=torch.bool, device=device)
         is_zero = is_zero.scatter_(0, zero_slots, True)[:no_slot].view(steps, B)
         is_hold = torch.arange(steps, device=device)[:, None] >= length
         flags = torch.stack([is_zero, is_hold], dim=-1).to(x.dtype)  # (T', B, 2)
-        layer_input = _Remap.apply(x.reshape(B * T, F), reads, writes).view(steps, B, F)
+        stepless = (is_zero | is_hold).flatten().nonzero().flatten()
+        layer_input = _Remap.apply(x.reshape(B * T, F), reads, stepless, writes, padding)
+        layer_input = layer_input.view(steps, B, F)
 
         last = (length - 1).clamp(min=0) * B + rows
         has_steps = None if real is None else (length > 0)[:, None]
@@ -382,9 +389,10 @@ class _Resettable:
             layer_input = output
         if not bool(torch.stack(bounds).max() <= _SAFE_BOUND):  # NaN fails too
             return None
-        y = _Remap.apply(layer_input.view(steps * B, H), writes, reads).view(B, T, H)
-        final = self._state(*(torch.stack(parts) for parts in finals))
-        return y, final if tail is None else final.reset_rows(tail)
+        y = _Remap.apply(layer_input.view(steps * B, H), writes, padding, reads, stepless)
+        if tail is not None:  # a reset after the row's last real step: zero state at the end
+            finals = [[torch.where(tail[:, None], 0, t) for t in parts] for parts in finals]
+        return y.view(B, T, H), self._state(*(torch.stack(parts) for parts in finals))
 
     def _state_max(self, h0: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """A bound on |h| over a call from ``h0`` [1, B, H] with outputs [B, T', H]. LSTM and
@@ -398,10 +406,11 @@ class _Resettable:
         """A bound on |gate pre-activation| without the flags over a whole call: the largest
         input row norm x input max + recurrent row norm x state max + the largest biases."""
         weights = [w.detach() for w in self._layer_weights(layer)]
-        norms = [torch.linalg.matrix_norm(w, ord=float("inf")) for w in weights[:2]]
+        # (abs().sum(1).max(): several times faster than linalg.matrix_norm(ord=inf) here)
+        norms = [w.abs().sum(1).max() for w in weights[:2]]
         bound = norms[0] * input_max + norms[1] * state_max
         for bias in weights[2:]:
-            bound = bound + torch.linalg.vector_norm(bias, ord=float("inf"))
+            bound = bound + bias.abs().max()
         return bound
 
     def _sequence_kernel(
@@ -548,25 +557,33 @@ class _Resettable:
 
 
 class _Remap(torch.autograd.Function):
-    """Rows of ``source`` [N, D] picked by ``index`` [M] (value N: a zero row); the gradient
-    goes back by ``inverse`` [N] (value M: zero). ``index`` must be injective on its values
-    below N and ``inverse`` its inverse there, so both directions are one index_select (the
-    default backward of index_select accumulates with index_add, several times slower)."""
+    """Rows ``index`` [M] of ``source`` [N, D], with the rows listed in ``fill`` zeroed; the
+    gradient goes back the same way by ``inverse`` [N] and ``inverse_fill``. ``index`` must be
+    injective outside ``fill``, and ``inverse`` its inverse there, so both directions are one
+    index_select (index_select's own backward accumulates with index_add, several times
+    slower) and an in-place index_fill_ (a masked fill with a row mask is slower still)."""
 
     @staticmethod
-    def forward(ctx: Any, source: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor):
-        ctx.save_for_backward(inverse)
-        return _pick_rows(source, index)
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        source: torch.Tensor,
+        index: torch.Tensor,
+        fill: torch.Tensor | None,
+        inverse: torch.Tensor,
+        inverse_fill: torch.Tensor | None,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(inverse, inverse_fill)
+        return _pick_rows(source, index, fill)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
-        (inverse,) = ctx.saved_tensors
-        return _pick_rows(grad, inverse), None, None
+        inverse, inverse_fill = ctx.saved_tensors
+        return _pick_rows(grad, inverse, inverse_fill), None, None, None, None
 
 
-def _pick_rows(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``source`` [N, D] with a zero row N appended, rows ``index`` [M] -> [M, D]."""
-    return torch.cat([source, source.new_zeros(1, source.shape[1])]).index_select(0, index)
+def _pick_rows(source: torch.Tensor, index: torch.Tensor, fill: torch.Tensor | None):
+    rows = source.index_select(0, index)
+    return rows if fill is None or fill.numel() == 0 else rows.index_fill_(0, fill, 0)
 
 
 def _check_flags(
