@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,7 +50,7 @@ BATCH, FEATURES = 32, 8
 METHODS = ("torch", "auto", "split")
 WINDOWS = ("none", "2T", "0.5T", "pad20")
 # (label, seqstate class, torch class, extra constructor arguments)
-KINDS: dict[str, tuple[type, type[nn.RNNBase], dict[str, str]]] = {
+KINDS: dict[str, tuple[type, Any, dict[str, str]]] = {
     "LSTM": (LSTM, nn.LSTM, {}),
     "GRU": (GRU, nn.GRU, {}),
     "RNN relu": (RNN, nn.RNN, {"nonlinearity": "relu"}),
@@ -184,9 +185,9 @@ def render(rows: list[dict], command: str, load: tuple[str, str], minutes: float
         f"load average {load[0]} at start, {load[1]} at the end. CPU only (no GPU lent).",
         "",
         f"One forward+backward of a window, B={BATCH}, F={FEATURES}, 1 layer, float32, thread "
-        "CPU time, median of interleaved repeats; figures are throughput relative to plain torch on the same "
-        "windows (torch ignores resets and padding: the ceiling). `cols`: distinct reset "
-        "columns after 0 per window (split's extra fused calls).",
+        "CPU time, median of interleaved repeats; figures are throughput relative to plain "
+        "torch on the same windows (torch ignores resets and padding: the ceiling). `cols`: "
+        "distinct reset columns after 0 per window (split's extra fused calls).",
         "",
         "| cell | T | H | window | auto | split | cols | torch ms |",
         "|---|---:|---:|---|---:|---:|---:|---:|",

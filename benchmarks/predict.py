@@ -10,9 +10,11 @@ Not a test: it measures and writes the ``predict`` section of BENCHMARKS.md.
 2. ``predict``'s chunk length on the longest series (how the default was chosen).
 3. Streams: one step for n streams per call (n = 1, 10, 100, 1000), stream-steps/s, against a
    dict of per-stream states gathered with State.cat (the alternative design).
+4. One step of 1 and of 1 000 streams (``Streams.step`` and ``advance``) against a bare
+   ``nn.LSTMCell`` + ``nn.Linear`` call with the same weights (thread CPU time).
 
-    .venv/bin/python benchmarks/predict.py            # full run, rewrites BENCHMARKS.md section
-    .venv/bin/python benchmarks/predict.py --quick    # small sizes, a smoke run
+    .venv/bin/python benchmarks/predict.py --threads 1          # full run, rewrites its section
+    .venv/bin/python benchmarks/predict.py --threads 1 --quick  # small sizes, a smoke run
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +134,7 @@ def bench_streams(model, sizes: list[int], calls: int) -> list[dict]:
     for n in sizes:
         x = rng.normal(size=(n, F)).astype(np.float32)
         ids = [f"stream-{i}" for i in range(n)]
-        result = {"streams": n}
+        result: dict[str, float] = {"streams": n}
         for name, make in (("stacked", Streams), ("dict", DictStreams)):
             streams = make(model)
             streams.step(ids, x)  # start every stream (and warm up)
@@ -145,6 +149,62 @@ def bench_streams(model, sizes: list[int], calls: int) -> list[dict]:
     return rows
 
 
+def bench_step_vs_cell(model, sizes: list[int], blocks: int, calls: int) -> list[dict]:
+    """One step of n streams: a bare nn.LSTMCell + nn.Linear call (the same weights, torch
+    tensors in and out, no state bookkeeping) vs ``advance`` (torch in and out, validated) vs
+    ``Streams.step`` (NumPy in and out, ids, state rows gathered and written back).
+
+    Thread CPU time per call, median over ``blocks`` interleaved blocks of ``calls`` calls.
+    """
+    cell = torch.nn.LSTMCell(F, H)
+    head = torch.nn.Linear(H, model.output_size)
+    recurrent = model.recurrent
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).copy_(getattr(recurrent, f"{name}_l0"))
+        head.load_state_dict(model.head.state_dict())
+    rows = []
+    rng = np.random.default_rng(4)
+    for n in sizes:
+        x = rng.normal(size=(n, F)).astype(np.float32)
+        x_torch = torch.from_numpy(x)
+        ids = list(range(n))
+        streams = Streams(model)
+        streams.step(ids, x)
+        state = model.initial_state(n)
+        hidden = (torch.zeros(n, H), torch.zeros(n, H))
+
+        def bare(x_torch=x_torch, hidden=hidden) -> None:
+            with torch.no_grad():
+                h, _ = cell(x_torch, hidden)
+                head(h)
+
+        def stepped(x_torch=x_torch, state=state) -> None:
+            advance(model, state, x_torch)
+
+        def streamed(ids=ids, x=x, streams=streams) -> None:
+            streams.step(ids, x)
+
+        methods: dict[str, Callable[[], None]] = {
+            "cell": bare,
+            "advance": stepped,
+            "Streams.step": streamed,
+        }
+        samples: dict[str, list[float]] = {name: [] for name in methods}
+        for block in range(blocks):
+            names = list(methods)
+            shift = block % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = time.thread_time()
+                for _ in range(calls):
+                    methods[name]()
+                samples[name].append((time.thread_time() - start) / calls)
+        row = {"streams": n, **{k: statistics.median(v) for k, v in samples.items()}}
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def machine() -> str:
     return (
         f"{cpu_model()}, {os.cpu_count()} cores (shared with other jobs; load average at the "
@@ -153,11 +213,11 @@ def machine() -> str:
     )
 
 
-def render(args, series_rows, chunk_rows, lane_rows, stream_rows) -> str:
+def render(args, series_rows, chunk_rows, lane_rows, stream_rows, step_rows) -> str:
     lines = [
         "## predict: stateful chunked prediction vs stateless sliding windows; Streams",
         "",
-        f"Command: `.venv/bin/python benchmarks/predict.py{' --quick' if args.quick else ''}`",
+        f"Command: `{args.command}`",
         "",
         f"Machine: {machine()}. CPU only. Best of {args.repeats} runs; absolute figures "
         "on a shared 2-core machine are noisy, the ratios are the point.",
@@ -208,7 +268,45 @@ def render(args, series_rows, chunk_rows, lane_rows, stream_rows) -> str:
             f"{row['stacked_steps_per_s']:,.0f} | {row['dict_calls_per_s']:,.0f} | "
             f"{row['dict_steps_per_s']:,.0f} |"
         )
+    lines += [
+        "",
+        "One step of n streams against a bare `nn.LSTMCell` + `nn.Linear` call on the same "
+        f"weights (F={F}, H={H}; torch tensors in and out, no state bookkeeping, no checks): "
+        "thread CPU time per call (with one thread torch computes on the calling thread; "
+        "CPU time leaves out the waits on this shared machine), median of "
+        f"{args.step_blocks} interleaved blocks of calls. `advance` takes and returns torch "
+        "tensors and validates them; `Streams.step` takes and returns NumPy, maps ids to "
+        "state rows, gathers them and writes them back.",
+        "",
+        "| streams | cell (us) | advance (us) | Streams.step (us) | advance / cell | "
+        "Streams.step / cell | target |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in step_rows:
+        n, cell = row["streams"], row["cell"]
+        goal = "step <= 1.5x cell" if n == 1 else "throughput >= 0.8x cell: step <= 1.25x"
+        limit = 1.5 if n == 1 else 1.25
+        ratio = row["Streams.step"] / cell
+        verdict = "met" if ratio <= limit else f"**missed** ({ratio:.2f}x vs {limit}x)"
+        lines.append(
+            f"| {n:,} | {1e6 * cell:,.1f} | {1e6 * row['advance']:,.1f} | "
+            f"{1e6 * row['Streams.step']:,.1f} | {row['advance'] / cell:.2f} | {ratio:.2f} | "
+            f"{goal}: {verdict} |"
+        )
+    lines += ["", STEP_WHY]
     return "\n".join(lines)
+
+
+STEP_WHY = """\
+Where a single step's time goes: the layers run a step on the cell kernel (`lstm_cell`, the
+same call `nn.LSTMCell` makes) with the layer's own weights, so the recurrent work equals the
+bare cell's. What the bare call does not do: `SequenceModel.forward` normalises inputs and
+de-normalises outputs (four element-wise ops) and applies the head to a [n, 1, H] tensor;
+the layer checks x and the state; `advance` checks the model, shapes, dtype and NaN/inf; and
+`Streams.step` converts NumPy in and out, checks ids and values, and gathers and writes back
+the state rows (one index_select and one index_copy_ per state field). For one stream each
+of those torch calls costs microseconds, as much as the tiny kernel itself, so one stream
+stays several times the bare call; with 1 000 streams the kernel dominates."""
 
 
 def main() -> None:
@@ -216,15 +314,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md")
     parser.add_argument("--window-batch", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    args.command = " ".join([".venv/bin/python benchmarks/predict.py", *sys.argv[1:]])
     if args.quick:
         args.lengths, args.repeats, args.calls = [2_000, 5_000], 1, 20
         chunks, sizes = [64, 512], [1, 10, 100]
         args.sequences, lane_sizes = 100, [16, 100]
+        args.step_blocks, step_calls = 3, 50
     else:
         args.lengths, args.repeats, args.calls = [10_000, 30_000, 100_000], 2, 100
         chunks, sizes = [64, 256, 512, 2048], [1, 10, 100, 1000]
         args.sequences, lane_sizes = 1000, [16, 64, 256, 1000]
+        args.step_blocks, step_calls = 15, 200
 
     torch.manual_seed(0)
     model = SequenceModel(input_size=F, output_size=F, hidden_size=H).eval()
@@ -233,7 +337,11 @@ def main() -> None:
     chunk_rows = bench_chunks(model, args.lengths[-1], chunks, args.repeats)
     lane_rows = bench_lanes(model, args.sequences, lane_sizes, args.repeats)
     stream_rows = bench_streams(model, sizes, args.calls)
-    section = render(args, series_rows, chunk_rows, lane_rows, stream_rows)
+    step_rows = [
+        *bench_step_vs_cell(model, [1], args.step_blocks, step_calls),
+        *bench_step_vs_cell(model, [1000], args.step_blocks, max(1, step_calls // 50)),
+    ]
+    section = render(args, series_rows, chunk_rows, lane_rows, stream_rows, step_rows)
     print(section)
     if not args.no_write:
         write_section("predict", section)

@@ -64,6 +64,7 @@ but never runs a Python loop over steps. How a window reaches the kernels:
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any, Literal, cast
 
@@ -586,6 +587,15 @@ def _pick_rows(source: torch.Tensor, index: torch.Tensor, fill: torch.Tensor | N
     return rows if fill is None or fill.numel() == 0 else rows.index_fill_(0, fill, 0)
 
 
+@functools.lru_cache(maxsize=64)
+def _flag_pattern(
+    pattern: tuple[tuple[float, float], ...], H: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """Constant flag weights ``[len(pattern) * H, 2]``: each gate's (zero, hold) pair repeated
+    over its H rows. Cached (built once per cell kind, size, dtype and device); never written."""
+    return torch.tensor(pattern, dtype=dtype, device=device).repeat_interleave(H, dim=0)
+
+
 def _check_flags(
     flags: torch.Tensor | None, name: str, B: int, T: int, device: torch.device
 ) -> torch.Tensor | None:
@@ -632,8 +642,8 @@ class LSTM(_Resettable, nn.LSTM):  # type: ignore[misc]  # forward(x, state, res
 
     def _flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         # gates i, f, g, o; zero step: i, f, o -> 0; hold step: i -> 0, f -> 1
-        pattern = like.new_tensor([[-_FLAG, -_FLAG], [-_FLAG, _FLAG], [0.0, 0.0], [-_FLAG, 0.0]])
-        return pattern.repeat_interleave(self.hidden_size, dim=0)
+        pattern = ((-_FLAG, -_FLAG), (-_FLAG, _FLAG), (0.0, 0.0), (-_FLAG, 0.0))
+        return _flag_pattern(pattern, self.hidden_size, like.dtype, like.device)
 
     def _sequence_kernel(self, x, hx, weights):  # type: ignore[no-untyped-def]
         y, h, c = _VF.lstm(x, hx, weights, self.bias, 1, 0.0, self.training, False, False)
@@ -657,10 +667,12 @@ class GRU(_Resettable, nn.GRU):  # type: ignore[misc]  # forward(x, state, reset
         # column cancels the input bias; not detached, so its gradient cancels too);
         # hold step: z -> 1
         H = self.hidden_size
-        gates = like.new_tensor([[-_FLAG, 0.0], [-_FLAG, _FLAG]]).repeat_interleave(H, dim=0)
-        cancel = like.new_zeros(H) if b_ih is None else -b_ih[2 * H :]
-        candidate = torch.stack([cancel, like.new_zeros(H)], dim=1)
-        return torch.cat([gates, candidate])
+        pattern = ((-_FLAG, 0.0), (-_FLAG, _FLAG), (0.0, 0.0))
+        columns = _flag_pattern(pattern, H, like.dtype, like.device)
+        if b_ih is None:
+            return columns
+        cancel = functional.pad(-b_ih[2 * H :, None], (0, 1, 2 * H, 0))  # column 0, rows n
+        return columns + cancel
 
     def _sequence_kernel(self, x, hx, weights):  # type: ignore[no-untyped-def]
         y, h = _VF.gru(x, hx[0], weights, self.bias, 1, 0.0, self.training, False, False)
@@ -724,7 +736,7 @@ class RNN(_Resettable, nn.RNN):  # type: ignore[misc]  # forward(x, state, reset
     def _flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         # zero and hold step alike: pre-activation -> -inf, h = 0 (the final h is read at the
         # row's last real step)
-        return like.new_full((self.hidden_size, 2), -_FLAG)
+        return _flag_pattern(((-_FLAG, -_FLAG),), self.hidden_size, like.dtype, like.device)
 
     def _sequence_kernel(self, x, hx, weights):  # type: ignore[no-untyped-def]
         y, h = _VF.rnn_relu(x, hx[0], weights, self.bias, 1, 0.0, self.training, False, False)
