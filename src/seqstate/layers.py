@@ -52,6 +52,12 @@ but never runs a Python loop over steps. How a window reaches the kernels:
       timeline   row 0:  a0 a1 a2 0  a3 a4     one fused call per layer, T' = 6
                  row 1:  b0 b2 b3 0  b4 ~
 
+  A reset before a row's first real step just zeroes its initial state, one after its last
+  real step its final state. The timeline is T' = T + (most resets in one row) long, and the
+  index plan (where each step and flag goes) is a few tensor ops, built once per call; the
+  steps move in and out, and their gradients back, by one index_select each. Dropout between
+  layers is applied to each layer's output, as torch does.
+
   The tanh RNN cannot be zeroed through its input (tanh(-inf) = -1), and saturation needs the
   other pre-activation terms far below ``_FLAG``: a per-window bound (weight row norms x input
   max + recurrent weights x state max + biases) checks it, and when it fails (or for the tanh

@@ -52,9 +52,9 @@ def _check_id(stream_id: Any, name: str = "stream id") -> StreamId:
 
 
 def _check_steps(
-    x: Any, n: int, info: _ModelInfo, name: str, ids: list[StreamId] | None
+    x: Any, n: int, info: _ModelInfo, dtype: np.dtype, name: str, ids: list[StreamId] | None
 ) -> tuple[np.ndarray, bool]:
-    """-> (x [n, k, F] in the model's dtype, whether x was [n, F])."""
+    """-> (x [n, k, F] in the model's dtype (``dtype``, its NumPy form), whether x was [n, F])."""
     array = _as_numeric(x, name)
     F = info.input_size
     if array.ndim not in (2, 3):
@@ -70,7 +70,6 @@ def _check_steps(
     single = array.ndim == 2
     if single:
         array = array[:, None]
-    dtype = info.numpy_dtype
     if array.dtype != dtype or not array.flags.c_contiguous:
         array = _cast(array, dtype)
     if not np.isfinite(array).all():
@@ -182,6 +181,7 @@ class Streams:
 
     def __init__(self, model: nn.Module, *, device: torch.device | str | None = None) -> None:
         self._model, self._info = _prepare_model(model, device)
+        self._numpy_dtype = self._info.numpy_dtype  # a property that builds a tensor: once
         self._rows: dict[StreamId, int] = {}  # id -> row of the buffer, insertion ordered
         self._ids: list[StreamId] = []  # row -> id, rows [0, len) are live
         initial_state: Any = self._model.initial_state  # checked by _prepare_model
@@ -222,14 +222,14 @@ class Streams:
                 NaN/inf — and then no stream's state has changed.
         """
         ids = self._check_ids(ids)
-        array, single = _check_steps(x, len(ids), self._info, "x", ids)
+        array, single = _check_steps(x, len(ids), self._info, self._numpy_dtype, "x", ids)
         if not ids or array.shape[1] == 0:
             shape = (
                 (len(ids), self._info.output_size)
                 if single
                 else (len(ids), array.shape[1], self._info.output_size)
             )
-            return np.zeros(shape, dtype=self._info.numpy_dtype)
+            return np.zeros(shape, dtype=self._numpy_dtype)
 
         added = self._add([i for i in ids if i not in self._rows])
         stored = self._buffer.tensors()
