@@ -303,11 +303,39 @@ def test_default_runs_one_fused_call_per_layer_on_timelines(
         y_ref, final_ref = reference(layer, x, state, reset, window_mask)
         torch.testing.assert_close(y, y_ref, **EXACT)
         assert_states_close(final, final_ref, **EXACT)
-    if kind == "rnn_tanh":
-        assert counts == {"timeline": 0, "fallback": 0, "split": 2}
+    if kind == "rnn_tanh":  # resets inside rows: zero steps it cannot make
+        assert counts == {"timeline": 0, "fallback": 2, "split": 2}
     else:
         assert counts == {"timeline": 2, "fallback": 0, "split": 0}
         assert len(kernel_calls) == 2 * num_layers
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_tanh_rnn_takes_the_timeline_for_padding_and_edge_resets(
+    num_layers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without resets inside rows no zero step is needed: the tanh RNN's hold steps need no
+    flag (its h is read at each row's last real step). Outputs and gradients exact."""
+    layer = make_layer("rnn_tanh", 3, 4, num_layers, seed=9)
+    counts = count_paths(layer, monkeypatch)
+    x = torch.randn(4, 9, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    x.requires_grad_(True)
+    initial = random_state(layer, 4, 1).map(lambda t: t.requires_grad_())
+    mask = random_flags((4, 9), 0.7, 2)
+    mask[1] = False  # all padding
+    reset = torch.zeros(4, 9, dtype=torch.bool)
+    reset[0, 0] = reset[1, 4] = True  # before row 0's first step, inside all-padding row 1
+    reset[2, 8] = bool(mask[2, :8].any()) and not bool(mask[2, 8])  # after row 2's last step
+    inputs = [x, *initial.tensors(), *layer.parameters()]
+    y, state = layer(x, initial, reset=reset, mask=mask)
+    y_ref, state_ref = reference(layer, x, initial, reset, mask)
+    torch.testing.assert_close(y, y_ref, **EXACT)
+    assert_states_close(state, state_ref, **EXACT)
+    grads = torch.autograd.grad(objective(y, state), inputs)
+    grads_ref = torch.autograd.grad(objective(y_ref, state_ref), inputs)
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(grad, grad_ref, **EXACT)
+    assert counts == {"timeline": 1, "fallback": 0, "split": 0}
 
 
 @pytest.mark.parametrize("kind", ("lstm", "gru", "rnn_relu"))

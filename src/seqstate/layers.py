@@ -58,10 +58,12 @@ but never runs a Python loop over steps. How a window reaches the kernels:
   steps move in and out, and their gradients back, by one index_select each. Dropout between
   layers is applied to each layer's output, as torch does.
 
-  The tanh RNN cannot be zeroed through its input (tanh(-inf) = -1), and saturation needs the
-  other pre-activation terms far below ``_FLAG``: a per-window bound (weight row norms x input
-  max + recurrent weights x state max + biases) checks it, and when it fails (or for the tanh
-  RNN, or ``strategy="split"``) the window runs the reference way instead;
+  The tanh RNN cannot be zeroed through its input (tanh(-inf) = -1): it takes the timeline
+  only for windows without zero steps (padding, resets at a row's edges; its hold steps need
+  no flag, as its h is read at the last real step). Saturation needs the other pre-activation
+  terms far below ``_FLAG``: a per-window bound (weight row norms x input max + recurrent
+  weights x state max + biases) checks it, and when it fails (or for the tanh RNN's windows
+  with zero steps, or ``strategy="split"``) the window runs the reference way instead;
 * ``split``: masked steps compacted the same way, the remaining padding at each row's end
   handled by packed sequences, and one fused call per span between distinct reset columns,
   zeroing the rows that reset at each boundary. Simple and exact, but a call per reset
@@ -241,7 +243,7 @@ class _Resettable:
                 y, state = self._step(x[:, 0], state)
                 return y[:, None], state
             return self._fused(x, state, None)
-        if self.strategy == "auto" and self._can_flag():
+        if self.strategy == "auto":
             result = self._run_timeline(x, state, reset, mask)
             if result is not None:
                 return result
@@ -285,8 +287,9 @@ class _Resettable:
 
     # --- the timeline: one fused call per layer ---------------------------------------------
 
-    def _can_flag(self) -> bool:
-        """Whether flag inputs can zero this cell's state (not the tanh RNN's)."""
+    def _can_zero(self) -> bool:
+        """Whether flag inputs can zero this cell's state (not the tanh RNN's: it takes the
+        timeline only for windows without zero steps, padding and edge resets)."""
         return True
 
     def _flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -308,34 +311,40 @@ class _Resettable:
         H = self.hidden_size
         device = x.device
         columns = torch.arange(T, device=device)
-        tail = None
+        inserted = initial = tail = None
         if mask is None:
-            real = None
-            reset = torch.zeros(B, T, dtype=torch.bool, device=device) if reset is None else reset
+            if reset is None:  # (the caller sends such windows to one plain fused call)
+                reset = torch.zeros(B, T, dtype=torch.bool, device=device)
             initial = reset[:, 0]
             inserted = reset & (columns > 0)  # (B, T): a zero step goes before step t
             shifted = inserted.long().cumsum(1)
             position = columns + shifted  # (B, T): timeline position of step t
             length = T + shifted[:, -1]  # (B,): real + zero steps of each row
+        elif reset is None:  # padding only: real steps move left
+            seen = mask.long().cumsum(1)  # (B, T): real steps up to and including t
+            position = seen - 1
+            length = seen[:, -1]
         else:
-            real = mask
-            counts = torch.zeros(B, T, dtype=torch.long, device=device)
-            if reset is not None:
-                counts = reset.long().cumsum(1)  # (B, T): resets up to and including step t
+            counts = reset.long().cumsum(1)  # (B, T): resets up to and including step t
             # resets up to the last real step <= t, and < t (0 before the first real step)
-            at_real = torch.where(real, counts, 0).cummax(1).values
+            at_real = torch.where(mask, counts, 0).cummax(1).values
             before = functional.pad(at_real[:, :-1], (1, 0))
-            seen = real.long().cumsum(1)  # (B, T): real steps up to and including t
-            fresh = real & (counts > before)  # a reset since the previous real step
+            seen = mask.long().cumsum(1)
+            fresh = mask & (counts > before)  # a reset since the previous real step
             initial = (fresh & (seen == 1)).any(1)  # before the first real step
             inserted = fresh & (seen > 1)  # mid-row: a zero step before step t
             tail = counts[:, -1] > at_real[:, -1]  # after the last real step
             shifted = inserted.long().cumsum(1)
             position = seen - 1 + shifted
             length = seen[:, -1] + shifted[:, -1]
+        if inserted is not None and not self._can_zero() and bool(inserted.any()):
+            return None
         steps = int(length.max())  # T'
-        if steps == 0:  # no row has a real step
+        if initial is not None and bool(initial.any()):
             state = state.reset_rows(initial)
+        if tail is not None and not bool(tail.any()):
+            tail = None
+        if steps == 0:  # no row has a real step
             return x.new_zeros(B, T, H), state if tail is None else state.reset_rows(tail)
 
         # The timeline runs time-major (the kernels' own layout: no transposes), flattened to
@@ -348,30 +357,32 @@ class _Resettable:
         slot_index = position * B + rows[:, None]  # (B, T)
         no_slot = steps * B
         reads = torch.zeros(no_slot + 1, dtype=torch.long, device=device)
-        if real is None:
-            writes, padding = slot_index.flatten(), None
+        padding = None
+        if mask is None:
+            writes = slot_index.flatten()
             reads = reads.scatter_(0, writes, step_index.flatten())[:no_slot]
         else:
-            spilled = torch.where(real, slot_index, no_slot).flatten()
+            spilled = torch.where(mask, slot_index, no_slot).flatten()
             reads = reads.scatter_(0, spilled, step_index.flatten())[:no_slot]
-            writes = torch.where(real, slot_index, 0).flatten()
-            padding = (~real).flatten().nonzero().flatten()
-        zero_slots = torch.where(inserted, slot_index - B, no_slot).flatten()
-        is_zero = torch.zeros(no_slot + 1, dtype=torch.bool, device=device)
-        is_zero = is_zero.scatter_(0, zero_slots, True)[:no_slot].view(steps, B)
-        is_hold = torch.arange(steps, device=device)[:, None] >= length
+            writes = torch.where(mask, slot_index, 0).flatten()
+            padding = (~mask).flatten().nonzero().flatten()
+        is_hold = torch.arange(steps, device=device)[:, None] >= length  # (T', B)
+        if inserted is None:
+            is_zero, stepless = torch.zeros_like(is_hold), is_hold
+        else:
+            zero_slots = torch.where(inserted, slot_index - B, no_slot).flatten()
+            is_zero = torch.zeros(no_slot + 1, dtype=torch.bool, device=device)
+            is_zero = is_zero.scatter_(0, zero_slots, True)[:no_slot].view(steps, B)
+            stepless = is_zero | is_hold
         flags = torch.stack([is_zero, is_hold], dim=-1).to(x.dtype)  # (T', B, 2)
-        stepless = (is_zero | is_hold).flatten().nonzero().flatten()
-        layer_input = _Remap.apply(x.reshape(B * T, F), reads, stepless, writes, padding)
+        fill = stepless.flatten().nonzero().flatten()
+        layer_input = _Remap.apply(x.reshape(B * T, F), reads, fill, writes, padding)
         layer_input = layer_input.view(steps, B, F)
 
-        last = (length - 1).clamp(min=0) * B + rows
-        has_steps = None if real is None else (length > 0)[:, None]
-        keep = ~initial[:, None]  # (B, 1): rows that do not reset before their first step
-        initial_tensors = [torch.where(keep, t, 0) for t in state.tensors()]
+        last = (length - 1).clamp(min=0) * B + rows  # slot of each row's last real step
+        initial_tensors = state.tensors()
         finals: list[list[torch.Tensor]] = [[] for _ in initial_tensors]
-        input_max = x.detach().abs().max()
-        bounds = []
+        calls = []  # (h0, output) of each layer, for the saturation bound
         for layer in range(self.num_layers):
             weights = list(self._layer_weights(layer))
             b_ih = weights[2] if self.bias else None
@@ -380,45 +391,55 @@ class _Resettable:
             output, hx_out = self._sequence_kernel(
                 torch.cat([layer_input, flags], dim=-1), hx, weights
             )
-            state_max = self._state_max(hx[0], output)
-            bounds.append(self._preactivation_bound(layer, input_max, state_max))
+            calls.append((hx[0], output))
             # h at the row's last real step (hold steps keep an LSTM's c, not its h)
             h_last = output.view(steps * B, H).index_select(0, last)
-            if has_steps is not None:  # rows without a real step keep their state
-                h_last = torch.where(has_steps, h_last, hx[0][0])
+            if mask is not None:  # rows without a real step keep their state
+                h_last = torch.where((length > 0)[:, None], h_last, hx[0][0])
             finals[0].append(h_last)
             for parts, tensor in zip(finals[1:], hx_out[1:], strict=True):
                 parts.append(tensor[0])
-            input_max = state_max
             if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
                 output = functional.dropout(output, self.dropout, True)
-                input_max = state_max / (1.0 - self.dropout)
             layer_input = output
-        if not bool(torch.stack(bounds).max() <= _SAFE_BOUND):  # NaN fails too
+        if self._can_zero() and not self._saturates(x, calls):
             return None
-        y = _Remap.apply(layer_input.view(steps * B, H), writes, padding, reads, stepless)
+        y = _Remap.apply(layer_input.view(steps * B, H), writes, padding, reads, fill)
         if tail is not None:  # a reset after the row's last real step: zero state at the end
             finals = [[torch.where(tail[:, None], 0, t) for t in parts] for parts in finals]
-        return y.view(B, T, H), self._state(*(torch.stack(parts) for parts in finals))
+        if self.num_layers == 1:
+            stacked = [parts[0][None] for parts in finals]
+        else:
+            stacked = [torch.stack(parts) for parts in finals]
+        return y.view(B, T, H), self._state(*stacked)
+
+    @torch.no_grad()
+    def _saturates(self, x: torch.Tensor, calls: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
+        """Whether every flagged gate saturated exactly: for each layer, a bound on |gate
+        pre-activation| without the flags (the largest input row norm x input max + recurrent
+        row norm x state max + the largest biases) stays below ``_SAFE_BOUND``."""
+        input_max = x.abs().max()
+        bounds = []
+        for layer, (h0, output) in enumerate(calls):
+            state_max = self._state_max(h0, output)
+            weights = self._layer_weights(layer)
+            # (abs().sum(1).max(): several times faster than linalg.matrix_norm(ord=inf) here)
+            bound = weights[0].abs().sum(1).max() * input_max
+            bound = bound + weights[1].abs().sum(1).max() * state_max
+            for bias in weights[2:]:
+                bound = bound + bias.abs().max()
+            bounds.append(bound)
+            input_max = state_max
+            if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
+                input_max = state_max / (1.0 - self.dropout)  # dropout scales its outputs up
+        worst = bounds[0] if len(bounds) == 1 else torch.stack(bounds).max()
+        return bool(worst <= _SAFE_BOUND)  # NaN fails too
 
     def _state_max(self, h0: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        """A bound on |h| over a call from ``h0`` [1, B, H] with outputs [B, T', H]. LSTM and
-        GRU outputs stay within max(1, |h0|) (tanh, sigmoid and convex mixes); override for
-        the ReLU RNN, whose outputs are unbounded."""
-        return torch.clamp(h0.detach().abs().max(), min=1.0)
-
-    def _preactivation_bound(
-        self, layer: int, input_max: torch.Tensor, state_max: torch.Tensor
-    ) -> torch.Tensor:
-        """A bound on |gate pre-activation| without the flags over a whole call: the largest
-        input row norm x input max + recurrent row norm x state max + the largest biases."""
-        weights = [w.detach() for w in self._layer_weights(layer)]
-        # (abs().sum(1).max(): several times faster than linalg.matrix_norm(ord=inf) here)
-        norms = [w.abs().sum(1).max() for w in weights[:2]]
-        bound = norms[0] * input_max + norms[1] * state_max
-        for bias in weights[2:]:
-            bound = bound + bias.abs().max()
-        return bound
+        """A bound on |h| over a call from ``h0`` [1, B, H] with outputs [T', B, H]. LSTM and
+        GRU outputs stay within max(1, |h0|) (tanh, sigmoid and convex mixes); the ReLU RNN
+        overrides it (its outputs are unbounded)."""
+        return torch.clamp(h0.abs().max(), min=1.0)
 
     def _sequence_kernel(
         self, x: torch.Tensor, hx: list[torch.Tensor], weights: list[torch.Tensor]
@@ -688,8 +709,8 @@ class GRU(_Resettable, nn.GRU):  # type: ignore[misc]  # forward(x, state, reset
 class RNN(_Resettable, nn.RNN):  # type: ignore[misc]  # forward(x, state, reset, mask)
     """Multi-layer Elman RNN (tanh or relu) with per-row resets and masks, like ``nn.RNN``.
 
-    Arguments as :class:`LSTM`, plus ``nonlinearity``. The tanh RNN always runs windows with
-    mid-window resets or masks the ``split`` way (tanh cannot be zeroed through its input).
+    Arguments as :class:`LSTM`, plus ``nonlinearity``. The tanh RNN runs windows with resets
+    inside a row the ``split`` way (tanh cannot be zeroed through its input).
     """
 
     state_type = RNNState
@@ -729,7 +750,7 @@ class RNN(_Resettable, nn.RNN):  # type: ignore[misc]  # forward(x, state, reset
             nonlinearity=nonlinearity,
         )
 
-    def _can_flag(self) -> bool:
+    def _can_zero(self) -> bool:
         return self.nonlinearity == "relu"
 
     def _cell(self, x, hx, w_ih, w_hh, b_ih, b_hh):  # type: ignore[no-untyped-def]
@@ -737,13 +758,15 @@ class RNN(_Resettable, nn.RNN):  # type: ignore[misc]  # forward(x, state, reset
         return (cell(x, hx[0], w_ih, w_hh, b_ih, b_hh),)
 
     def _state_max(self, h0: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(h0.detach().abs().max(), output.detach().abs().max())
+        return torch.maximum(h0.abs().max(), output.abs().max())
 
     def _flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-        # zero and hold step alike: pre-activation -> -inf, h = 0 (the final h is read at the
-        # row's last real step)
-        return _flag_pattern(((-_FLAG, -_FLAG),), self.hidden_size, like.dtype, like.device)
+        # ReLU: zero and hold step alike, pre-activation -> -inf, h = 0; tanh: no zero steps,
+        # and hold steps need no flag. Either way the final h is read at the last real step.
+        flag = -_FLAG if self.nonlinearity == "relu" else 0.0
+        return _flag_pattern(((flag, flag),), self.hidden_size, like.dtype, like.device)
 
     def _sequence_kernel(self, x, hx, weights):  # type: ignore[no-untyped-def]
-        y, h = _VF.rnn_relu(x, hx[0], weights, self.bias, 1, 0.0, self.training, False, False)
+        kernel = _VF.rnn_relu if self.nonlinearity == "relu" else _VF.rnn_tanh
+        y, h = kernel(x, hx[0], weights, self.bias, 1, 0.0, self.training, False, False)
         return y, [h]
