@@ -72,8 +72,11 @@ but never runs a Python loop over steps. How a window reaches the kernels:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+import warnings
+from collections.abc import Iterator
 from typing import Any, Literal, cast
 
 import torch
@@ -388,9 +391,10 @@ class _Resettable:
             b_ih = weights[2] if self.bias else None
             weights[0] = torch.cat([weights[0], self._flag_columns(b_ih, weights[0])], dim=1)
             hx = [t[layer : layer + 1] for t in initial_tensors]
-            output, hx_out = self._sequence_kernel(
-                torch.cat([layer_input, flags], dim=-1), hx, weights
-            )
+            with _fresh_weights_quiet() if x.is_cuda else contextlib.nullcontext():
+                output, hx_out = self._sequence_kernel(
+                    torch.cat([layer_input, flags], dim=-1), hx, weights
+                )
             calls.append((hx[0], output))
             # h at the row's last real step (hold steps keep an LSTM's c, not its h)
             h_last = output.view(steps * B, H).index_select(0, last)
@@ -612,6 +616,16 @@ class _Remap(torch.autograd.Function):
 def _pick_rows(source: torch.Tensor, index: torch.Tensor, fill: torch.Tensor | None):
     rows = source.index_select(0, index)
     return rows if fill is None or fill.numel() == 0 else rows.index_fill_(0, fill, 0)
+
+
+@contextlib.contextmanager
+def _fresh_weights_quiet() -> Iterator[None]:
+    """cuDNN warns when an RNN's weights are not one flat buffer (it then packs them for the
+    call); the timeline's weights (with the flag columns) are new tensors every call, so that
+    packing is expected, and the warning would only alarm (and fail warnings-as-errors)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not part of single contiguous chunk")
+        yield
 
 
 @functools.lru_cache(maxsize=64)
