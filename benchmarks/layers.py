@@ -178,11 +178,12 @@ def verdicts(rows: list[dict]) -> list[str]:
 
 
 def render(rows: list[dict], command: str, load: tuple[str, str], minutes: float) -> str:
+    """``load``: (the machine line with the load average at start, the load average at end)."""
     lines = [
         "## Recurrent layers: training-step throughput (`benchmarks/layers.py`)",
         "",
-        f"Command: `{command}` ({minutes:.1f} min). Machine: {machine_info(threads=True)}; "
-        f"load average {load[0]} at start, {load[1]} at the end. CPU only (no GPU lent).",
+        f"Command: `{command}` ({minutes:.1f} min). Machine: {load[0]}; load average at the "
+        f"end {load[1]}. CPU only (no GPU lent).",
         "",
         f"One forward+backward of a window, B={BATCH}, F={FEATURES}, 1 layer, float32, thread "
         "CPU time, median of interleaved repeats; figures are throughput relative to plain "
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     arguments = sys.argv[1:] if argv is None else argv
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/layers.py", *arguments])
-    started, load_start = time.perf_counter(), load_average()
+    started, load_start = time.perf_counter(), machine_info(threads=True)
     rows = run(args.quick)
     minutes = (time.perf_counter() - started) / 60
     section = render(rows, command, (load_start, load_average()), minutes)
