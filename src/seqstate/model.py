@@ -1,10 +1,23 @@
-"""SequenceModel: a recurrent stack and a linear head, built from a JSON-round-tripping config.
+"""SequenceModel: any stack of recurrent layers and a Dense head, from a versioned JSON config.
 
 The model follows the same protocol as the layers, so every driver (fit, predict, forecast,
-Streams, the server) works with it — and with any user module that has these two methods::
+Streams, the server, ONNX export) works with it — and with any user module that has these two
+methods::
 
     y, state = model(x, state=None, reset=None, mask=None)   # x [B, T, F] -> y [B, T, O]
     state = model.initial_state(batch_size)
+
+A stack is a list of :class:`RecurrentSpec` (each layer its own kind, size and variant), an
+optional ``mask_value`` (Keras's ``Masking``: a step whose features all equal it is padding) and
+a head of :class:`DenseSpec` layers. ``SequenceModel(input_size=3, output_size=1, cell="gru",
+hidden_size=32, num_layers=2)`` is shorthand for two equal GRU layers and one linear output.
+
+How a stack runs: consecutive layers that torch's fused kernel computes and that share kind,
+size and activation form one multi-layer fused layer (:mod:`seqstate.layers`); any other variant
+runs exactly step by step (:mod:`seqstate.stepwise`). :meth:`SequenceModel.describe` says which
+layer runs where. The state is that of the fused layer when there is one group
+(``LSTMState``/``GRUState``/``RNNState`` ``[L, B, H]``, as before stacks existed), otherwise
+a ``StackState[...]`` with one ``[1, B, H_i]`` field per layer state (``l0_hidden``, ...).
 
 The model maps *raw* inputs to *raw* outputs: optional normalisation statistics live in the
 model as buffers (saved with the weights), so prediction, forecasting (which feeds outputs
@@ -17,70 +30,347 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from seqstate.activations import activation as activation_function
+from seqstate.activations import check_activation
+from seqstate.cells import CELLS, Kind, cell_kind
 from seqstate.layers import GRU, LSTM, RNN
-from seqstate.state import State
+from seqstate.state import State, stack_state_type
+from seqstate.stepwise import StepwiseLayer, is_fused
 
-__all__ = ["ModelConfig", "SequenceModel"]
+__all__ = ["CONFIG_VERSION", "DenseSpec", "ModelConfig", "RecurrentSpec", "SequenceModel"]
 
-Cell = Literal["lstm", "gru", "rnn"]
+Cell = Kind
 Task = Literal["regression", "classification"]
+
+#: Version of the JSON written by :meth:`ModelConfig.to_dict`. Version 1 (no ``version`` key:
+#: ``cell``, ``hidden_size``, ``num_layers``, ``nonlinearity``) is still read.
+CONFIG_VERSION = 2
+
+_FUSED_LAYERS: dict[str, type[LSTM] | type[GRU] | type[RNN]] = {
+    "lstm": LSTM,
+    "gru": GRU,
+    "rnn": RNN,
+}
+
+
+def _check_size(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1; received {value!r}")
+    return value
+
+
+def _from_mapping(cls: type, value: Any, argument: str) -> Any:
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{argument} must be a {cls.__name__} or a dict of its fields; "
+            f"received {type(value).__name__}"
+        )
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"{argument} has unknown keys {unknown}; known keys: {sorted(known)}")
+    return cls(**value)
 
 
 @dataclasses.dataclass(frozen=True)
+class RecurrentSpec:
+    """One recurrent layer of a stack."""
+
+    kind: Cell = "lstm"  # lstm | gru | rnn
+    hidden_size: int = 64  # H: units
+    activation: str = "tanh"  # candidate / output activation (the RNN's nonlinearity)
+    recurrent_activation: str = "sigmoid"  # gate activation (lstm, gru); see seqstate.activations
+    reset_after: bool = True  # gru: reset gate after the recurrent matmul (torch, Keras default)
+
+    def __post_init__(self) -> None:
+        cell_kind(self.kind, "RecurrentSpec.kind")
+        _check_size(self.hidden_size, "RecurrentSpec.hidden_size")
+        for name in ("activation", "recurrent_activation"):
+            canonical = check_activation(getattr(self, name), f"RecurrentSpec.{name}")
+            object.__setattr__(self, name, canonical)
+        if not isinstance(self.reset_after, bool):
+            raise TypeError(
+                f"RecurrentSpec.reset_after must be a bool; received {self.reset_after!r}"
+            )
+
+    @property
+    def fused(self) -> bool:
+        """torch's fused kernel computes this layer (else it runs step by step)."""
+        return is_fused(self.kind, self.activation, self.recurrent_activation, self.reset_after)
+
+    def describe(self) -> str:
+        """``gru(16, recurrent_activation=hard_sigmoid, reset_after=False)``."""
+        options = [str(self.hidden_size)]
+        if self.activation != "tanh":
+            options.append(f"activation={self.activation}")
+        if self.kind != "rnn" and self.recurrent_activation != "sigmoid":
+            options.append(f"recurrent_activation={self.recurrent_activation}")
+        if self.kind == "gru" and not self.reset_after:
+            options.append("reset_after=False")
+        return f"{self.kind}({', '.join(options)})"
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseSpec:
+    """One Dense layer of the head, applied to every step: ``[B, T, in] -> [B, T, units]``."""
+
+    units: int
+    activation: str = "linear"  # see seqstate.activations
+
+    def __post_init__(self) -> None:
+        _check_size(self.units, "DenseSpec.units")
+        object.__setattr__(
+            self, "activation", check_activation(self.activation, "DenseSpec.activation")
+        )
+
+
+_LEGACY_KEYS = (
+    "input_size",
+    "output_size",
+    "cell",
+    "hidden_size",
+    "num_layers",
+    "dropout",
+    "nonlinearity",
+    "task",
+)
+
+
+@dataclasses.dataclass(frozen=True, init=False)
 class ModelConfig:
-    """Everything needed to rebuild a :class:`SequenceModel` (weights aside)."""
+    """Everything needed to rebuild a :class:`SequenceModel` (weights aside).
+
+    Give the stack either as ``layers`` (a list of :class:`RecurrentSpec` or dicts) or with the
+    shorthand ``cell``, ``hidden_size``, ``num_layers``, ``nonlinearity`` (equal layers). The
+    head is ``head`` (a list of :class:`DenseSpec`, the last with ``output_size`` units) or, by
+    default, one linear layer.
+    """
 
     input_size: int  # F: features per step
     output_size: int  # O: regression outputs, or number of classes for classification
-    cell: Cell = "lstm"  # recurrent cell: lstm | gru | rnn
-    hidden_size: int = 64  # H: units per recurrent layer
-    num_layers: int = 1  # stacked recurrent layers
-    dropout: float = 0.0  # dropout between recurrent layers (training only)
-    nonlinearity: Literal["tanh", "relu"] = "tanh"  # rnn cell only
-    task: Task = "regression"  # regression: raw outputs; classification: logits over classes
+    layers: tuple[RecurrentSpec, ...]  # the recurrent stack, bottom first
+    head: tuple[DenseSpec, ...]  # Dense layers after the stack; the last has output_size units
+    dropout: float  # dropout between recurrent layers (training only)
+    task: Task  # regression: raw outputs; classification: logits over classes
+    mask_value: float | None  # a step whose features all equal this is padding (Keras Masking)
 
-    def __post_init__(self) -> None:
-        for name in ("input_size", "output_size", "hidden_size", "num_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ModelConfig.{name} must be an int >= 1; received {value!r}")
-        if self.cell not in ("lstm", "gru", "rnn"):
-            raise ValueError(
-                f"ModelConfig.cell must be 'lstm', 'gru' or 'rnn'; received {self.cell!r}"
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        cell: Cell | None = None,
+        hidden_size: int | None = None,
+        num_layers: int | None = None,
+        dropout: float = 0.0,
+        nonlinearity: Literal["tanh", "relu"] | None = None,
+        task: Task = "regression",
+        *,
+        layers: Sequence[RecurrentSpec | Mapping[str, Any]] | None = None,
+        head: Sequence[DenseSpec | Mapping[str, Any]] | None = None,
+        mask_value: float | None = None,
+    ) -> None:
+        _check_size(input_size, "ModelConfig.input_size")
+        _check_size(output_size, "ModelConfig.output_size")
+        shorthand = {"cell": cell, "hidden_size": hidden_size, "num_layers": num_layers}
+        shorthand["nonlinearity"] = nonlinearity
+        if layers is None:
+            stack = _shorthand_stack(cell, hidden_size, num_layers, nonlinearity)
+        else:
+            given = sorted(name for name, value in shorthand.items() if value is not None)
+            if given:
+                raise ValueError(
+                    f"ModelConfig: give the stack either as layers= or with {given}, not both"
+                )
+            if isinstance(layers, str | bytes | Mapping) or not isinstance(layers, Sequence):
+                raise TypeError(
+                    "ModelConfig.layers must be a list of RecurrentSpec (or dicts); received "
+                    f"{type(layers).__name__}"
+                )
+            stack = tuple(
+                _from_mapping(RecurrentSpec, layer, f"ModelConfig.layers[{index}]")
+                for index, layer in enumerate(layers)
             )
-        if self.nonlinearity not in ("tanh", "relu"):
-            raise ValueError(
-                f"ModelConfig.nonlinearity must be 'tanh' or 'relu'; received {self.nonlinearity!r}"
+            if not stack:
+                raise ValueError("ModelConfig.layers must hold at least one recurrent layer")
+        if head is None:
+            dense: tuple[DenseSpec, ...] = (DenseSpec(output_size),)
+        else:
+            if isinstance(head, str | bytes | Mapping) or not isinstance(head, Sequence):
+                raise TypeError(
+                    "ModelConfig.head must be a list of DenseSpec (or dicts); received "
+                    f"{type(head).__name__}"
+                )
+            dense = tuple(
+                _from_mapping(DenseSpec, layer, f"ModelConfig.head[{index}]")
+                for index, layer in enumerate(head)
             )
-        if self.task not in ("regression", "classification"):
+            if not dense or dense[-1].units != output_size:
+                last = dense[-1].units if dense else None
+                raise ValueError(
+                    f"ModelConfig.head must end with a layer of output_size={output_size} units; "
+                    f"received {'no layers' if last is None else f'{last} units'}"
+                )
+        if task not in ("regression", "classification"):
             raise ValueError(
-                f"ModelConfig.task must be 'regression' or 'classification'; received {self.task!r}"
+                f"ModelConfig.task must be 'regression' or 'classification'; received {task!r}"
             )
-        if self.task == "classification" and self.output_size < 2:
+        if task == "classification" and output_size < 2:
             raise ValueError(
                 "ModelConfig.output_size is the number of classes for classification and must be "
-                f">= 2; received {self.output_size}"
+                f">= 2; received {output_size}"
             )
-        if not (0.0 <= float(self.dropout) < 1.0):
-            raise ValueError(f"ModelConfig.dropout must be in [0, 1); received {self.dropout!r}")
+        if task == "classification" and dense[-1].activation != "linear":
+            raise ValueError(
+                "ModelConfig.head: a classification model outputs logits, so its last layer must "
+                f"be linear; received activation={dense[-1].activation!r}"
+            )
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float):
+            raise TypeError(f"ModelConfig.dropout must be a float; received {dropout!r}")
+        if not (0.0 <= float(dropout) < 1.0):
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1); received {dropout!r}")
+        if mask_value is not None:
+            if isinstance(mask_value, bool) or not isinstance(mask_value, int | float):
+                raise TypeError(
+                    f"ModelConfig.mask_value must be a number or None; received {mask_value!r}"
+                )
+            if not math.isfinite(mask_value):
+                raise ValueError(f"ModelConfig.mask_value must be finite; received {mask_value!r}")
+            mask_value = float(mask_value)
+        values = {
+            "input_size": input_size,
+            "output_size": output_size,
+            "layers": stack,
+            "head": dense,
+            "dropout": float(dropout),
+            "task": task,
+            "mask_value": mask_value,
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    # --- the shorthand, read back -------------------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        """Recurrent layers in the stack."""
+        return len(self.layers)
+
+    @property
+    def cell(self) -> Cell | None:
+        """The layers' kind when they all share one, else None."""
+        kinds = {layer.kind for layer in self.layers}
+        return self.layers[0].kind if len(kinds) == 1 else None
+
+    @property
+    def hidden_size(self) -> int | None:
+        """The layers' size when they all share one, else None."""
+        sizes = {layer.hidden_size for layer in self.layers}
+        return self.layers[0].hidden_size if len(sizes) == 1 else None
+
+    @property
+    def nonlinearity(self) -> str:
+        """The top layer's activation (the shorthand ``nonlinearity`` of an RNN stack)."""
+        return self.layers[-1].activation
+
+    def groups(self) -> list[tuple[int, int]]:
+        """``[(first, end), ...]``: the layers that run as one module (see the module doc)."""
+        groups: list[tuple[int, int]] = []
+        for index, layer in enumerate(self.layers):
+            if groups and index > 0:
+                previous = self.layers[index - 1]
+                same = (layer.kind, layer.hidden_size, layer.activation) == (
+                    previous.kind,
+                    previous.hidden_size,
+                    previous.activation,
+                )
+                if layer.fused and previous.fused and same:
+                    groups[-1] = (groups[-1][0], index + 1)
+                    continue
+            groups.append((index, index + 1))
+        return groups
+
+    # --- JSON ---------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON-ready dict. A stack the version-1 shorthand describes (equal fused layers, one
+        linear output, no masking) is written as version 1, so older readers still load it."""
+        shorthand = self._shorthand()
+        if shorthand is not None:
+            return shorthand
+        return {
+            "version": CONFIG_VERSION,
+            "input_size": self.input_size,
+            "output_size": self.output_size,
+            "task": self.task,
+            "dropout": self.dropout,
+            "mask_value": self.mask_value,
+            "layers": [dataclasses.asdict(layer) for layer in self.layers],
+            "head": [dataclasses.asdict(layer) for layer in self.head],
+        }
+
+    def _shorthand(self) -> dict[str, Any] | None:
+        first = self.layers[0]
+        uniform = all(layer == first for layer in self.layers) and first.fused
+        plain_head = self.head == (DenseSpec(self.output_size),)
+        if not uniform or not plain_head or self.mask_value is not None:
+            return None
+        return {
+            "input_size": self.input_size,
+            "output_size": self.output_size,
+            "cell": first.kind,
+            "hidden_size": first.hidden_size,
+            "num_layers": len(self.layers),
+            "dropout": self.dropout,
+            "nonlinearity": first.activation if first.kind == "rnn" else "tanh",
+            "task": self.task,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         if not isinstance(data, dict):
             raise TypeError(f"model config must be a JSON object; received {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        version = data.get("version", 1)
+        if version == 1:  # written before stacks: the shorthand fields
+            known = set(_LEGACY_KEYS)
+            body = dict(data)
+            body.pop("version", None)
+        elif version == CONFIG_VERSION:
+            known = {f.name for f in dataclasses.fields(cls)}
+            body = {key: value for key, value in data.items() if key != "version"}
+        else:
+            raise ValueError(
+                f"model config version {version!r} is not readable by this seqstate (reads 1 "
+                f"and {CONFIG_VERSION}); upgrade seqstate"
+            )
+        unknown = sorted(set(body) - known)
         if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+            raise ValueError(
+                f"unknown model config keys {unknown} for version {version}; known keys: "
+                f"{sorted(known)}"
+            )
+        if version == 1:
+            return cls(**body)
+        missing = sorted({"input_size", "output_size", "layers"} - set(body))
+        if missing:
+            raise ValueError(f"model config version {version} lacks keys {missing}")
+        return cls(
+            body["input_size"],
+            body["output_size"],
+            dropout=body.get("dropout", 0.0),
+            task=body.get("task", "regression"),
+            layers=body["layers"],
+            head=body.get("head"),
+            mask_value=body.get("mask_value"),
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -90,14 +380,30 @@ class ModelConfig:
         return cls.from_dict(json.loads(text))
 
 
-_CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+def _shorthand_stack(
+    cell: Any, hidden_size: Any, num_layers: Any, nonlinearity: Any
+) -> tuple[RecurrentSpec, ...]:
+    kind = "lstm" if cell is None else cell
+    if kind not in CELLS:
+        raise ValueError(f"ModelConfig.cell must be 'lstm', 'gru' or 'rnn'; received {cell!r}")
+    size = _check_size(64 if hidden_size is None else hidden_size, "ModelConfig.hidden_size")
+    count = _check_size(1 if num_layers is None else num_layers, "ModelConfig.num_layers")
+    if nonlinearity not in (None, "tanh", "relu"):
+        raise ValueError(
+            f"ModelConfig.nonlinearity must be 'tanh' or 'relu'; received {nonlinearity!r}"
+        )
+    activation = nonlinearity if kind == "rnn" and nonlinearity is not None else "tanh"
+    return tuple(RecurrentSpec(kind, size, activation) for _ in range(count))
+
+
+_SHORTHAND = ("cell", "hidden_size", "num_layers", "nonlinearity")
 
 
 class SequenceModel(nn.Module):
-    """Recurrent stack + linear head: ``x [B, T, F] -> y [B, T, O]``, state carried explicitly.
+    """Recurrent stack + Dense head: ``x [B, T, F] -> y [B, T, O]``, state carried explicitly.
 
     Args:
-        config: a :class:`ModelConfig`; or pass its fields as keyword arguments.
+        config: a :class:`ModelConfig`; or pass its arguments as keyword arguments.
 
     Outputs at masked steps are zero. For classification ``y`` holds logits over
     ``output_size`` classes.
@@ -108,19 +414,50 @@ class SequenceModel(nn.Module):
         if config is None:
             config = ModelConfig(**fields)
         elif fields:
-            config = dataclasses.replace(config, **fields)
+            if not isinstance(config, ModelConfig):
+                raise TypeError(f"config must be a ModelConfig; received {type(config).__name__}")
+            base = {
+                "input_size": config.input_size,
+                "output_size": config.output_size,
+                "dropout": config.dropout,
+                "task": config.task,
+                "mask_value": config.mask_value,
+                "head": config.head,
+            }
+            if not any(name in fields for name in (*_SHORTHAND, "layers")):
+                base["layers"] = config.layers
+            if "output_size" in fields and "head" not in fields and len(config.head) == 1:
+                base["head"] = None  # the default head follows the new output size
+            config = ModelConfig(**{**base, **fields})
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config must be a ModelConfig; received {type(config).__name__}")
         self.config = config
-        extra = {"nonlinearity": config.nonlinearity} if config.cell == "rnn" else {}
-        self.recurrent = _CELLS[config.cell](
-            config.input_size,
-            config.hidden_size,
-            config.num_layers,
-            dropout=config.dropout,
-            **extra,
-        )
-        self.head = nn.Linear(config.hidden_size, config.output_size)
+        groups: list[nn.Module] = []
+        width = config.input_size
+        for first, end in config.groups():
+            spec = config.layers[first]
+            groups.append(_group_module(spec, width, end - first, config.dropout))
+            width = spec.hidden_size
+        linears: list[nn.Module] = []
+        for dense in config.head:
+            linears.append(nn.Linear(width, dense.units))
+            width = dense.units
+        # One group / one head layer are registered as the module itself, not a list of one, so
+        # the parameter names (recurrent.weight_ih_l0, head.weight) stay those of the models and
+        # run directories written before stacks existed.
+        self.recurrent = groups[0] if len(groups) == 1 else nn.ModuleList(groups)
+        self.head = linears[0] if len(linears) == 1 else nn.ModuleList(linears)
+        self._head_activations = [activation_function(dense.activation) for dense in config.head]
+        if len(groups) == 1:
+            self._state_type: type[State] = groups[0].state_type
+        else:
+            self._state_type = stack_state_type(
+                tuple(
+                    (f"l{index}_{name}", layer.hidden_size)
+                    for index, layer in enumerate(config.layers)
+                    for name in CELLS[layer.kind].state_fields
+                )
+            )
         # Normalisation (identity until set_normalization): raw x -> (x - shift) / scale,
         # head output -> output * scale + shift for regression.
         self.register_buffer("input_shift", torch.zeros(config.input_size))
@@ -129,8 +466,20 @@ class SequenceModel(nn.Module):
         self.register_buffer("output_scale", torch.ones(config.output_size))
 
     @property
+    def groups(self) -> list[nn.Module]:
+        """The recurrent modules in order: fused multi-layer layers and step-by-step layers."""
+        return (
+            list(self.recurrent) if isinstance(self.recurrent, nn.ModuleList) else [self.recurrent]
+        )
+
+    @property
+    def dense_layers(self) -> list[nn.Linear]:
+        """The head's linear maps in order (each followed by its activation)."""
+        return list(self.head) if isinstance(self.head, nn.ModuleList) else [self.head]  # type: ignore[list-item]
+
+    @property
     def state_type(self) -> type[State]:
-        return self.recurrent.state_type
+        return self._state_type
 
     @property
     def input_size(self) -> int:
@@ -140,6 +489,34 @@ class SequenceModel(nn.Module):
     def output_size(self) -> int:
         return self.config.output_size
 
+    @property
+    def masks_input(self) -> bool:
+        """The model derives padding from its input (``mask_value``), like Keras's Masking."""
+        return self.config.mask_value is not None
+
+    def describe(self) -> str:
+        """One line per layer: what it computes and whether a fused kernel or the exact
+        step-by-step path runs it."""
+        config = self.config
+        lines = [f"SequenceModel: {config.input_size} features -> {config.output_size} outputs"]
+        if config.mask_value is not None:
+            lines.append(
+                f"  masking: a step whose features all equal {config.mask_value} is padding"
+            )
+        for (first, end), module in zip(config.groups(), self.groups, strict=True):
+            for index in range(first, end):
+                spec = config.layers[index]
+                if isinstance(module, StepwiseLayer):
+                    path = "step-by-step path (torch has no fused kernel for this variant)"
+                else:
+                    kernel = CELLS[spec.kind].torch_module.__name__
+                    shared = f", one call with layers {first}-{end - 1}" if end - first > 1 else ""
+                    path = f"fused kernel (torch.nn.{kernel}{shared})"
+                lines.append(f"  layer {index}: {spec.describe()}: {path}")
+        head = " -> ".join(f"Dense({d.units}, {d.activation})" for d in config.head)
+        lines.append(f"  head: {head}")
+        return "\n".join(lines)
+
     def initial_state(
         self,
         batch_size: int,
@@ -147,8 +524,13 @@ class SequenceModel(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> State:
-        """Zero state ``[num_layers, batch_size, hidden_size]``."""
-        return self.recurrent.initial_state(batch_size, device=device, dtype=dtype)
+        """Zero state: ``[num_layers, B, H]`` per field for one group, else ``[1, B, H_i]``."""
+        states = [
+            group.initial_state(batch_size, device=device, dtype=dtype) for group in self.groups
+        ]
+        if len(states) == 1:
+            return states[0]
+        return self._state_type(*_split_layers(states))
 
     def forward(
         self,
@@ -158,15 +540,62 @@ class SequenceModel(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State]:
         """``x`` [B, T, F] raw inputs -> ``y`` [B, T, O] raw outputs (or logits), new state."""
-        if isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[-1] == self.input_size:
+        valid_x = isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[-1] == self.input_size
+        if valid_x and self.config.mask_value is not None:
+            # Keras's Masking, on the raw input: padding is a step whose features all equal it.
+            derived = (x != self.config.mask_value).any(dim=-1)  # (B, T)
+            if mask is not None:
+                if not isinstance(mask, torch.Tensor) or mask.shape != derived.shape:
+                    shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask)
+                    raise ValueError(
+                        f"mask must have shape [B, T]={list(derived.shape)} like x; received "
+                        f"{shape}"
+                    )
+                derived = derived & mask.to(derived.device).bool()
+            mask = derived
+        if valid_x:
             x = (x - self.input_shift) / self.input_scale
-        hidden, state = self.recurrent(x, state, reset, mask)
-        y = self.head(hidden)  # (B, T, O)
+        if not isinstance(self.recurrent, nn.ModuleList):
+            hidden, state = self.recurrent(x, state, reset, mask)
+        else:
+            hidden, state = self._run_stack(x, state, reset, mask)
+        y = hidden
+        for linear, act in zip(self.dense_layers, self._head_activations, strict=True):
+            y = act(linear(y))  # (B, T, units)
         if self.config.task == "regression":
             y = y * self.output_scale + self.output_shift
         if mask is not None:
             y = torch.where(mask.to(y.device).bool()[..., None], y, y.new_zeros(()))
         return y, state
+
+    def _run_stack(
+        self,
+        x: torch.Tensor,
+        state: State | None,
+        reset: torch.Tensor | None,
+        mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, State]:
+        """The groups in order, each with its slice of a ``StackState``."""
+        if state is None:
+            if not isinstance(x, torch.Tensor) or x.dim() != 3:
+                states: list[State | None] = [None] * len(self.groups)
+            else:
+                states = list(_group_states(self, self.initial_state(x.shape[0], dtype=x.dtype)))
+        elif type(state) is not self._state_type:
+            raise TypeError(
+                f"SequenceModel: state must be a {self._state_type.__name__} (or None for zeros); "
+                f"received {type(state).__name__}; use model.initial_state(batch_size)"
+            )
+        else:
+            states = list(_group_states(self, state))
+        outputs = []
+        hidden = x
+        for index, (group, group_state) in enumerate(zip(self.groups, states, strict=True)):
+            if index > 0 and self.config.dropout > 0:
+                hidden = nn.functional.dropout(hidden, self.config.dropout, self.training)
+            hidden, new_state = group(hidden, group_state, reset, mask)
+            outputs.append(new_state)
+        return hidden, self._state_type(*_split_layers(outputs))
 
     # --- normalisation ----------------------------------------------------------------------
 
@@ -209,4 +638,46 @@ class SequenceModel(nn.Module):
         return (y - self.output_shift) / self.output_scale
 
     def extra_repr(self) -> str:
-        return f"task={self.config.task}"
+        extra = (
+            f", mask_value={self.config.mask_value}" if self.config.mask_value is not None else ""
+        )
+        return f"task={self.config.task}{extra}"
+
+
+def _group_module(spec: RecurrentSpec, input_size: int, count: int, dropout: float) -> nn.Module:
+    """One fused multi-layer module, or one step-by-step layer (``count`` is then 1)."""
+    if not spec.fused:
+        return StepwiseLayer(
+            spec.kind,
+            input_size,
+            spec.hidden_size,
+            activation=spec.activation,
+            recurrent_activation=spec.recurrent_activation,
+            reset_after=spec.reset_after,
+        )
+    extra: dict[str, Any] = {"nonlinearity": spec.activation} if spec.kind == "rnn" else {}
+    return _FUSED_LAYERS[spec.kind](
+        input_size, spec.hidden_size, count, dropout=dropout if count > 1 else 0.0, **extra
+    )
+
+
+def _group_states(model: SequenceModel, state: State) -> list[State]:
+    """A ``StackState`` cut into each group's own state (``[layers_in_group, B, H]``)."""
+    tensors = iter(state.tensors())
+    states = []
+    for (first, end), group in zip(model.config.groups(), model.groups, strict=True):
+        fields = group.state_type.field_names()
+        per_layer = [[next(tensors) for _ in fields] for _ in range(first, end)]
+        states.append(
+            group.state_type(*(torch.cat(parts) for parts in zip(*per_layer, strict=True)))
+        )
+    return states
+
+
+def _split_layers(states: list[State]) -> list[torch.Tensor]:
+    """Group states -> the ``StackState`` fields in order: each layer's tensors ``[1, B, H]``."""
+    tensors: list[torch.Tensor] = []
+    for state in states:
+        for layer in range(state.num_layers):
+            tensors += [t[layer : layer + 1] for t in state.tensors()]
+    return tensors

@@ -16,8 +16,10 @@ holding an older state never sees it change underneath).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, TypeVar, cast
 
@@ -25,7 +27,7 @@ import torch
 from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 
-__all__ = ["GRUState", "LSTMState", "RNNState", "Rows", "State"]
+__all__ = ["GRUState", "LSTMState", "RNNState", "Rows", "State", "stack_state_type"]
 
 S = TypeVar("S", bound="State")
 
@@ -279,6 +281,9 @@ class State:
                 f"State.to_bytes()): {error}"
             ) from None
         type_name = meta.get("type")
+        if isinstance(type_name, str) and type_name.startswith(_STACK_PREFIX):
+            with contextlib.suppress(ValueError):  # malformed names are refused just below
+                stack_state_type(_parse_stack_name(type_name))
         known = isinstance(type_name, str) and type_name in State._registry
         if meta.get("format") != _FORMAT or not known:
             raise ValueError(
@@ -321,3 +326,63 @@ class RNNState(State):
     """Elman RNN state: ``hidden`` ``(num_layers, B, H)``."""
 
     hidden: torch.Tensor
+
+
+# --- the state of a mixed stack ----------------------------------------------------------------
+
+_STACK_PREFIX = "StackState["
+_FIELD = re.compile(r"^(l\d+_[a-z]+):(\d+)$")
+
+
+def stack_state_type(widths: dict[str, int] | tuple[tuple[str, int], ...]) -> type[State]:
+    """The State type of a stack whose layers differ in kind or size: one field per layer state.
+
+    ``widths`` maps each field (``l<layer>_hidden``, ``l<layer>_cell``) to its hidden size, in
+    order; every field is ``(1, B, H_field)``. The type's name spells the structure, e.g.
+    ``StackState[l0_hidden:32,l0_cell:32,l1_hidden:16]``, so :meth:`State.from_bytes` rebuilds
+    it in any process, and two stacks share a state type exactly when their states fit both.
+    """
+    items = tuple(widths.items()) if isinstance(widths, dict) else tuple(widths)
+    name = _STACK_PREFIX + ",".join(f"{field}:{width}" for field, width in items) + "]"
+    existing = State._registry.get(name)
+    if existing is not None:
+        return existing
+    for field, width in items:
+        if not _FIELD.match(f"{field}:{width}") or not isinstance(width, int) or width < 1:
+            raise ValueError(
+                f"stack state fields must look like ('l0_hidden', 32); received {(field, width)!r}"
+            )
+    expected = dict(items)
+
+    def __post_init__(self: State) -> None:
+        State.__post_init__(self)
+        for field, tensor in zip(self.field_names(), self.tensors(), strict=True):
+            if tensor.shape[0] != 1 or tensor.shape[2] != expected[field]:
+                raise ValueError(
+                    f"{type(self).__name__}.{field} must have shape (1, batch, "
+                    f"{expected[field]}); received {tuple(tensor.shape)}"
+                )
+
+    cls = dataclasses.make_dataclass(
+        name,
+        [(field, torch.Tensor) for field, _ in items],
+        bases=(State,),
+        frozen=True,
+        namespace={
+            "__doc__": "State of a mixed recurrent stack: one (1, B, H) field per layer state.",
+            "__post_init__": __post_init__,
+        },
+    )
+    cls.__module__ = __name__
+    return cls
+
+
+def _parse_stack_name(name: str) -> tuple[tuple[str, int], ...]:
+    body = name[len(_STACK_PREFIX) : -1] if name.endswith("]") else ""
+    items = []
+    for part in body.split(","):
+        match = _FIELD.match(part)
+        if match is None:
+            raise ValueError(f"malformed stack state type {name!r}")
+        items.append((match.group(1), int(part.split(":")[1])))
+    return tuple(items)
