@@ -26,7 +26,7 @@ from keras import layers  # noqa: E402
 
 from seqstate.checkpoint import load_model, read_model_json  # noqa: E402
 from seqstate.interop import keras as keras_import  # noqa: E402
-from seqstate.interop.keras import KerasImportError, KerasStack, last_step  # noqa: E402
+from seqstate.interop.keras import KerasImportError, last_step  # noqa: E402
 from seqstate.model import SequenceModel  # noqa: E402
 from seqstate.state import State  # noqa: E402
 
@@ -93,7 +93,7 @@ CASES = [
         lambda: _sequential(
             layers.SimpleRNN(3, activation="linear", return_sequences=True), layers.Dense(1)
         ),
-        KerasStack,
+        SequenceModel,
     ),
     Case(
         "gru_reset_before",
@@ -101,7 +101,7 @@ CASES = [
             layers.GRU(4, reset_after=False, return_sequences=True),
             layers.TimeDistributed(layers.Dense(2)),
         ),
-        KerasStack,
+        SequenceModel,
     ),
     Case(
         "lstm_hard_sigmoid_relu",
@@ -109,7 +109,7 @@ CASES = [
             layers.LSTM(3, activation="relu", recurrent_activation="hard_sigmoid"),
             layers.Dense(3, activation="softmax"),
         ),
-        KerasStack,
+        SequenceModel,
     ),
     Case(
         "gru_hard_sigmoid_no_bias",
@@ -123,7 +123,7 @@ CASES = [
             ),
             layers.Dense(2, use_bias=False),
         ),
-        KerasStack,
+        SequenceModel,
     ),
     Case(
         "mixed_masked",
@@ -135,7 +135,7 @@ CASES = [
             layers.Dense(3, activation="relu"),
             layers.Dense(1),
         ),
-        KerasStack,
+        SequenceModel,
         masked=True,
     ),
     Case(
@@ -143,7 +143,7 @@ CASES = [
         lambda: _sequential(
             layers.Masking(0.0), layers.GRU(4), layers.Dense(2, activation="sigmoid")
         ),
-        KerasStack,
+        SequenceModel,
         masked=True,
     ),
     Case("functional", _functional, SequenceModel),
@@ -285,9 +285,9 @@ def test_imported_model_serves_any_batch_size(stateful) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(saved) -> KerasStack:
+def stack(saved) -> SequenceModel:
     model = keras_import.load(saved["mixed_masked"]["keras"])
-    assert isinstance(model, KerasStack)
+    assert isinstance(model, SequenceModel)
     return model
 
 

@@ -532,6 +532,14 @@ class SequenceModel(nn.Module):
             return states[0]
         return self._state_type(*_split_layers(states))
 
+    def group_states(self, state: State) -> list[State]:
+        """The model's state cut into one state per group (``[layers_in_group, B, H]``)."""
+        return [state] if len(self.groups) == 1 else _group_states(self, state)
+
+    def join_states(self, states: list[State]) -> State:
+        """Inverse of :meth:`group_states`."""
+        return states[0] if len(states) == 1 else self._state_type(*_split_layers(states))
+
     def forward(
         self,
         x: torch.Tensor,

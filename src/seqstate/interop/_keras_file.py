@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from seqstate.interop._keras_graph import layer_name
+
 __all__ = ["KerasFile", "read_keras_file"]
 
 
@@ -38,7 +40,7 @@ class KerasFile:
 
     path: Path  # the file read
     config: dict[str, Any]  # the model's config: {"class_name": ..., "config": {...}}
-    keras_version: str  # the Keras version that wrote the file ("" when not recorded)
+    keras_version: str  # the Keras version that wrote the file (or the one the caller gave)
     weights: dict[str, list[np.ndarray]] = field(repr=False)  # layer name -> variables, in order
 
 
@@ -46,26 +48,56 @@ def _h5py() -> Any:
     try:
         import h5py
     except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("reading Keras files needs h5py: pip install 'seqstate[keras]'") from None
+        raise ImportError(
+            "reading Keras files needs h5py: pip install 'seqstate[keras]'"
+        ) from None
     return h5py
 
 
-def read_keras_file(path: str | os.PathLike[str]) -> KerasFile:
-    """Read a ``.keras`` archive or a legacy ``.h5`` file."""
+def read_keras_file(
+    path: str | os.PathLike[str], *, keras_version: str | None = None
+) -> KerasFile:
+    """Read a ``.keras`` archive or a legacy ``.h5`` file.
+
+    ``keras_version`` is needed for a file that does not record the Keras version that wrote it
+    (definitions changed between versions, e.g. ``hard_sigmoid``); it overrides none that does
+    record one, it fills the gap.
+    """
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"path must be a str or os.PathLike; received {type(path).__name__}")
+    if keras_version is not None and not re.fullmatch(r"\d+(\.\d+)*\S*", str(keras_version)):
+        raise ValueError(
+            f"keras_version must look like '2.15.0' or '3.0'; received {keras_version!r}"
+        )
     file = Path(path)
+    if file.is_dir():
+        saved_model = (file / "saved_model.pb").is_file()
+        kind = "a TensorFlow SavedModel folder" if saved_model else "a directory"
+        raise ValueError(
+            f"path {str(path)!r} is {kind}; seqstate reads Keras model files. In the Python "
+            "that made the model, load it and save it as one file: "
+            "model.save('model.keras') (Keras 3 / tf.keras >= 2.13) or model.save('model.h5')"
+        )
     if not file.is_file():
         raise FileNotFoundError(f"path {str(path)!r} does not exist or is not a file")
     if zipfile.is_zipfile(file):
-        return _read_keras_archive(file)
-    h5py = _h5py()
-    if h5py.is_hdf5(file):
-        return _read_legacy_h5(file)
-    raise ValueError(
+        read = _read_keras_archive(file)
+    elif _h5py().is_hdf5(file):
+        read = _read_legacy_h5(file)
+    else:
+        raise ValueError(
         f"path {str(path)!r} is neither a Keras 3 .keras archive (zip) nor a legacy .h5 file "
-        "(HDF5); save the model with model.save('model.keras') or model.save('model.h5')"
-    )
+            "(HDF5); save the model with model.save('model.keras') or model.save('model.h5')"
+        )
+    if read.keras_version:
+        return read
+    if keras_version is None:
+        raise ValueError(
+            f"{file.name} does not record the Keras version that wrote it, and some definitions "
+            "differ between versions (hard_sigmoid: Keras 2 clip(0.2x + 0.5), Keras 3 "
+            "relu6(x + 3) / 6); pass keras_version= (CLI: --keras-version), e.g. '2.15.0'"
+        )
+    return KerasFile(read.path, read.config, str(keras_version), read.weights)
 
 
 # --- .keras ----------------------------------------------------------------------------------
@@ -139,7 +171,7 @@ def _archive_weights(h5: Any, config: dict[str, Any]) -> dict[str, list[np.ndarr
         else:
             used[key] = 0
         if key in layers:
-            by_name[layer["config"]["name"]] = _layer_variables(layers[key])
+            by_name[layer_name(layer)] = _layer_variables(layers[key])
     return by_name
 
 

@@ -1,21 +1,28 @@
-"""Export a SequenceModel to ONNX with the recurrent state as explicit inputs and outputs.
+"""Export any SequenceModel to ONNX with the recurrent state as explicit inputs and outputs.
 
 The graph computes one chunk of any length for any number of rows::
 
-    inputs   x   [B, T, F] float32  raw inputs (the model's normalisation is in the graph)
-             h0  [L, B, H] float32  hidden state before the chunk
-             c0  [L, B, H] float32  cell state before the chunk (LSTM only)
-    outputs  y   [B, T, O] float32  raw outputs (logits for classification)
-             h1  [L, B, H]          hidden state after the chunk   -> feed back as h0
-             c1  [L, B, H]          cell state after the chunk (LSTM only) -> feed back as c0
+    inputs   x     [B, T, F] float32  raw inputs (the model's normalisation is in the graph)
+             mask  [B, T]    bool     only for a model with mask_value: real steps (True);
+                                      padding is also derived from x like the model does
+             state, one input per state tensor, named from the model's state type:
+               one group (LSTMState/GRUState/RNNState): h0 [L, B, H] (and c0 for LSTM)
+               a mixed stack (StackState):              l0_h0, l0_c0, l1_h0, ... [1, B, H_i]
+    outputs  y     [B, T, O] float32  raw outputs (logits for classification; 0 at padding)
+             the new state, named like the inputs with 1 for 0 (h1, c1 / l0_h1, ...)
+                                      -> feed back as the next chunk's state inputs
 
-B and T are dynamic. Streaming is the same loop as in seqstate: feed ``h1``/``c1`` back as
-``h0``/``c0``; a new sequence in row ``b`` starts by zeroing row ``b`` of the state
-(``h0[:, b] = 0``) before the chunk — that is ``reset``. Masks and mid-chunk resets are not in
-the graph: split a chunk at a reset, and do not feed padding steps.
+B and T are dynamic. Streaming is the same loop as in seqstate: feed the state outputs back; a
+new sequence in row ``b`` starts by zeroing row ``b`` of every state input before the chunk —
+that is ``reset``. Mid-chunk resets are not in the graph: split a chunk at a reset.
 
-The recurrent layers become ONNX ``LSTM``/``GRU``/``RNN`` operators (TorchScript exporter), which
-onnxruntime and TensorRT run with their own fused kernels.
+How layers become ONNX: a fused layer of a model without masking becomes ONNX ``LSTM`` / ``GRU``
+/ ``RNN`` operators (which onnxruntime and TensorRT run with their own kernels). A variant torch
+has no fused kernel for, and every layer of a masking model (ONNX's recurrent operators cannot
+hold the state over padding inside a sequence), becomes a ``Scan`` over steps of per-step ops,
+computing :func:`seqstate.stepwise.cell_step` — the same definition seqstate runs.
+
+The graph is made by torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``).
 """
 
 from __future__ import annotations
@@ -30,82 +37,160 @@ from typing import Any
 import torch
 from torch import nn
 
+from seqstate.activations import activation as activation_function
+from seqstate.cells import CELLS
 from seqstate.model import SequenceModel
+from seqstate.stepwise import StepwiseLayer, cell_step
 
 __all__ = ["export_onnx", "onnx_input_names", "onnx_output_names"]
 
-#: Opset used when none is given: ONNX LSTM/GRU/RNN are stable since 14 and runtimes support 17.
-DEFAULT_OPSET = 17
+#: Opset used when none is given (the dynamo exporter's own default).
+DEFAULT_OPSET = 18
+_SHORT = {"hidden": "h", "cell": "c"}
+
+
+def _state_names(model: SequenceModel, suffix: str) -> list[str]:
+    fields = model.state_type.field_names()
+    if fields in (("hidden", "cell"), ("hidden",)):  # one group: h0/c0 as before stacks
+        return [f"{_SHORT[field]}{suffix}" for field in fields]
+    names = []
+    for field in fields:  # "l3_hidden" -> "l3_h0"
+        layer, kind = field.split("_", 1)
+        names.append(f"{layer}_{_SHORT[kind]}{suffix}")
+    return names
 
 
 def onnx_input_names(model: SequenceModel) -> list[str]:
-    """``["x", "h0"]`` or ``["x", "h0", "c0"]`` (LSTM)."""
-    return ["x", "h0", "c0"] if model.config.cell == "lstm" else ["x", "h0"]
+    """``["x", ("mask",) state inputs...]``: e.g. ``["x", "h0", "c0"]`` for an LSTM stack."""
+    return ["x", *(["mask"] if model.masks_input else []), *_state_names(model, "0")]
 
 
 def onnx_output_names(model: SequenceModel) -> list[str]:
-    """``["y", "h1"]`` or ``["y", "h1", "c1"]`` (LSTM)."""
-    return ["y", "h1", "c1"] if model.config.cell == "lstm" else ["y", "h1"]
+    """``["y", state outputs...]``: e.g. ``["y", "h1", "c1"]`` for an LSTM stack."""
+    return ["y", *_state_names(model, "1")]
 
 
 class _Graph(nn.Module):
-    """The exported computation: raw x and explicit state in, raw y and new state out."""
+    """The exported computation: raw x, (mask) and explicit state in; raw y and state out."""
 
     def __init__(self, model: SequenceModel) -> None:
         super().__init__()
         self.model = model
-        self.is_lstm = model.config.cell == "lstm"
-        self.regression = model.config.task == "regression"
-        torch_module = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[model.config.cell]
-        self.torch_forward = torch_module.forward
 
-    def forward(self, x: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        model = self.model
+    def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        model, config = self.model, self.model.config
+        mask: torch.Tensor | None = None
+        if model.masks_input:
+            mask = rest[0] & (x != config.mask_value).any(dim=-1)  # (B, T)
+            rest = rest[1:]
         x = (x - model.input_shift) / model.input_scale
-        hx = (state[0], state[1]) if self.is_lstm else state[0]
-        # The plain torch forward (no resets, no mask) is what maps onto ONNX's recurrent ops.
-        hidden, new_hx = self.torch_forward(model.recurrent, x, hx)
-        y = model.head(hidden)  # (B, T, O)
-        if self.regression:
+        state = model.state_type(*rest)
+        groups = model.group_states(state)
+        new_states = []
+        hidden = x
+        for (first, _), group, group_state in zip(
+            config.groups(), model.groups, groups, strict=True
+        ):
+            if mask is None and not isinstance(group, StepwiseLayer):
+                # The plain torch forward (no resets, no mask) maps onto ONNX's recurrent ops.
+                tensors = group_state.tensors()
+                hx = tensors if len(tensors) > 1 else tensors[0]
+                hidden, new_hx = CELLS[config.layers[first].kind].torch_module.forward(
+                    group, hidden, hx
+                )
+                new_tensors = new_hx if isinstance(new_hx, tuple) else (new_hx,)
+            else:
+                hidden, new_tensors = _scan_group(model, first, group, hidden, group_state, mask)
+            new_states.append(group.state_type(*new_tensors))
+        y = hidden
+        for linear, act in zip(model.dense_layers, model._head_activations, strict=True):
+            y = act(linear(y))
+        if config.task == "regression":
             y = y * model.output_scale + model.output_shift
-        return (y, *new_hx) if self.is_lstm else (y, new_hx)
+        if mask is not None:
+            y = torch.where(mask[..., None], y, torch.zeros_like(y))
+        return (y, *model.join_states(new_states).tensors())
 
 
-def _onnx_modules() -> Any:
+def _scan_group(
+    model: SequenceModel,
+    first: int,
+    group: nn.Module,
+    x: torch.Tensor,
+    state: Any,
+    mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The group's layers, each a ``scan`` over steps of :func:`cell_step`."""
+    from torch._higher_order_ops.scan import scan
+
+    tensors = state.tensors()
+    finals: list[list[torch.Tensor]] = [[] for _ in tensors]
+    for index in range(state.num_layers):
+        spec = model.config.layers[first + index]
+        kind = CELLS[spec.kind]
+        act = activation_function(spec.activation)
+        recurrent_act = activation_function(spec.recurrent_activation)
+        weight_ih = getattr(group, f"weight_ih_l{index}")
+        weight_hh = getattr(group, f"weight_hh_l{index}")
+        bias_ih = getattr(group, f"bias_ih_l{index}")
+        bias_hh = getattr(group, f"bias_hh_l{index}")
+        projected = (x @ weight_ih.T + bias_ih).transpose(0, 1)  # (T, B, G*H)
+        steps_mask = (
+            torch.ones(projected.shape[:2], dtype=torch.bool, device=x.device)
+            if mask is None
+            else mask.transpose(0, 1)
+        )  # (T, B)
+
+        def step(carry, inputs, kind=kind, act=act, recurrent_act=recurrent_act,
+                 weight_hh=weight_hh, bias_hh=bias_hh, reset_after=spec.reset_after):  # fmt: skip
+            projected_t, real = inputs
+            hidden, cell = carry[0], (carry[1] if len(carry) > 1 else None)
+            new_hidden, new_cell = cell_step(
+                kind, projected_t, hidden, cell, weight_hh, bias_hh, act, recurrent_act,
+                reset_after,
+            )  # fmt: skip
+            real = real[:, None]
+            kept = [torch.where(real, new_hidden, hidden)]
+            if cell is not None and new_cell is not None:
+                kept.append(torch.where(real, new_cell, cell))
+            return tuple(kept), torch.where(real, new_hidden, torch.zeros_like(new_hidden))
+
+        carry = tuple(t[index] for t in tensors)
+        final, outputs = scan(step, carry, (projected, steps_mask))
+        x = outputs.transpose(0, 1)  # (B, T, H)
+        for field, tensor in enumerate(final):
+            finals[field].append(tensor[None])
+    return x, tuple(torch.cat(parts) for parts in finals)
+
+
+def _onnx_module() -> Any:
     try:
         import onnx
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("ONNX export needs onnx: pip install 'seqstate[onnx]'") from None
+        import onnxscript  # noqa: F401  (the dynamo exporter's translation library)
+    except ImportError as error:
+        raise ImportError(
+            f"ONNX export needs onnx and onnxscript ({error.name} is missing): "
+            "pip install 'seqstate[onnx]'"
+        ) from None
     return onnx
 
 
 @contextlib.contextmanager
-def _exporter_warnings() -> Iterator[None]:
-    # Known exporter warnings, each filtered narrowly (nothing else is hidden):
-    # - the TorchScript exporter's deprecation notices (the dynamo exporter cannot yet give
-    #   nn.LSTM/GRU/RNN a dynamic batch and time axis with state inputs as cleanly);
-    # - TracerWarnings from nn.RNNBase.forward's Python-side checks on the example shapes;
-    # - "batch_size other than 1 ... define the initial states (h0/c0) as inputs": we do.
+def _exporter_noise() -> Iterator[None]:
+    # The dynamo exporter's known, harmless warnings, each filtered narrowly:
+    # - its axis-renaming notice when two inputs share the batch (or time) axis;
+    # - torch.utils._pytree's LeafSpec deprecation raised from inside torch.export;
+    # - nn.RNNBase refreshing its _flat_weights list when torch.export swaps in its parameters;
+    # - torch.export's own while-loop LSTM/GRU decomposition calling torch._check_is_size.
     with warnings.catch_warnings():
         warnings.filterwarnings(
-            "ignore",
-            message=r"You are using the legacy TorchScript-based ONNX export",
-            category=DeprecationWarning,
+            "ignore", message=r"_check_is_size will be removed", category=FutureWarning
         )
         warnings.filterwarnings(
-            "ignore",
-            message=r"The feature will be removed",
-            category=DeprecationWarning,
-            module=r"torch\.onnx\.",
+            "ignore", message=r"The tensor attributes .*_flat_weights\[\d+\].* during export"
         )
-        warnings.filterwarnings(
-            "ignore", category=torch.jit.TracerWarning, module=r"torch\.nn\.modules\.rnn"
-        )
-        warnings.filterwarnings(
-            "ignore",
-            message=r"Exporting a model to ONNX with a batch_size other than 1",
-            category=UserWarning,
-        )
+        warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
         yield
 
 
@@ -118,16 +203,16 @@ def export_onnx(
     """Write ``model_or_run_dir`` (a SequenceModel or a run directory) as an ONNX file.
 
     Args:
-        model_or_run_dir: a :class:`seqstate.SequenceModel`, or a run directory written by
-            ``seqstate.save_model`` / ``fit`` / ``seqstate import-keras``.
+        model_or_run_dir: a :class:`seqstate.SequenceModel` (any stack), or a run directory
+            written by ``seqstate.save_model`` / ``fit`` / ``seqstate import-keras``.
         path: the ``.onnx`` file to write (its directory is created).
-        opset: ONNX opset version (default 17).
+        opset: ONNX opset version, 18 to 23 (default 18).
 
     Returns:
         ``path``. The graph's inputs are ``onnx_input_names(model)``, its outputs
         ``onnx_output_names(model)``; see the module docstring for shapes.
     """
-    onnx = _onnx_modules()
+    onnx = _onnx_module()
     if isinstance(model_or_run_dir, SequenceModel):
         model = model_or_run_dir
     elif isinstance(model_or_run_dir, str | os.PathLike):
@@ -137,47 +222,74 @@ def export_onnx(
     else:
         raise TypeError(
             "model_or_run_dir must be a seqstate.SequenceModel or a run directory path; "
-            f"received {type(model_or_run_dir).__name__} (a KerasStack or custom module has no "
-            "single recurrent operator to export)"
+            f"received {type(model_or_run_dir).__name__} (a custom module has no declared "
+            "structure to export)"
         )
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"path must be a str or os.PathLike; received {type(path).__name__}")
-    if opset is not None and (not isinstance(opset, int) or not 14 <= opset <= 23):
-        raise ValueError(f"opset must be an int in [14, 23] (or None for 17); received {opset!r}")
+    if opset is not None and (
+        not isinstance(opset, int) or isinstance(opset, bool) or not 18 <= opset <= 23
+    ):
+        raise ValueError(f"opset must be an int in [18, 23] (or None for 18); received {opset!r}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
 
     # Export a float32 CPU copy in eval mode; the caller's model is left untouched.
-    graph = _Graph(_cpu_copy(model)).eval()
-    config = model.config
+    copy = SequenceModel(model.config)
+    copy.load_state_dict({k: v.detach().cpu().float() for k, v in model.state_dict().items()})
+    graph = _Graph(copy.eval()).eval()
     batch, steps = 2, 3
-    x = torch.zeros(batch, steps, config.input_size)
-    state = [torch.zeros(config.num_layers, batch, config.hidden_size)] * (
-        2 if config.cell == "lstm" else 1
-    )
+    x = torch.randn(batch, steps, model.input_size)
+    example: list[torch.Tensor] = [x]
+    batch_dim, time_dim = torch.export.Dim("batch"), torch.export.Dim("time")
+    shapes: list[dict[int, Any]] = [{0: batch_dim, 1: time_dim}]
+    if model.masks_input:
+        example.append(torch.ones(batch, steps, dtype=torch.bool))
+        shapes.append({0: batch_dim, 1: time_dim})
+    for tensor in copy.initial_state(batch).tensors():
+        example.append(tensor)
+        shapes.append({1: batch_dim})
     inputs, outputs = onnx_input_names(model), onnx_output_names(model)
-    dynamic_axes: dict[str, dict[int, str]] = {"x": {0: "batch", 1: "time"}}
-    dynamic_axes["y"] = {0: "batch", 1: "time"}
-    for name in inputs[1:] + outputs[1:]:
-        dynamic_axes[name] = {1: "batch"}
-    tmp = target.with_name(target.name + ".tmp")
-    with _exporter_warnings(), torch.no_grad():
-        torch.onnx.export(
+    with _exporter_noise(), torch.no_grad():
+        program = torch.onnx.export(
             graph,
-            (x, *state),
-            str(tmp),
+            tuple(example),
+            dynamo=True,
+            dynamic_shapes=(shapes[0], tuple(shapes[1:])),  # forward(x, *rest)
             input_names=inputs,
             output_names=outputs,
-            dynamic_axes=dynamic_axes,
             opset_version=opset or DEFAULT_OPSET,
-            dynamo=False,
+            verbose=False,
         )
+    if program is None:  # pragma: no cover - dynamo=True always returns a program
+        raise RuntimeError("torch.onnx.export returned no program")
+    proto = program.model_proto
+    _declare_output_shapes(proto, copy, outputs)
+    tmp = target.with_name(target.name + ".tmp")
+    onnx.save(proto, str(tmp))
     onnx.checker.check_model(str(tmp))
     os.replace(tmp, target)
     return target
 
 
-def _cpu_copy(model: SequenceModel) -> SequenceModel:
-    copy = SequenceModel(model.config)
-    copy.load_state_dict({k: v.detach().cpu().float() for k, v in model.state_dict().items()})
-    return copy.eval()
+def _declare_output_shapes(proto: Any, model: SequenceModel, names: list[str]) -> None:
+    """Declare ``y [batch, time, O]`` and each state ``[layers, batch, H]`` on the outputs.
+
+    The exporter can record the example's time length on outputs computed by ONNX's recurrent
+    operators; onnxruntime then warns on every other length. Intermediate shape annotations
+    are optional in ONNX and dropped for the same reason.
+    """
+    del proto.graph.value_info[:]
+    state = model.initial_state(1).tensors()
+    shapes: list[list[int | str]] = [["batch", "time", model.output_size]]
+    shapes += [[t.shape[0], "batch", t.shape[2]] for t in state]
+    by_name = {output.name: output for output in proto.graph.output}
+    for name, shape in zip(names, shapes, strict=True):
+        dims = by_name[name].type.tensor_type.shape.dim
+        del dims[:]
+        for value in shape:
+            dim = dims.add()
+            if isinstance(value, str):
+                dim.dim_param = value
+            else:
+                dim.dim_value = value
