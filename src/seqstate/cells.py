@@ -35,7 +35,11 @@ class CellKind:
     state_type: type[State]  # LSTMState / GRUState / RNNState
     gates: int  # gate blocks of H rows in weight_ih / weight_hh
     cell_kernel: Callable[..., object]  # one fused step: torch._VF.lstm_cell / gru_cell / rnn_*
-    onnx_op: str  # ONNX operator the fused layer exports to
+    onnx_op: str  # the ONNX operator of this kind
+    # torch's dynamo ONNX exporter (torch 2.13) turns nn.LSTM/nn.GRU into ONNX LSTM/GRU with a
+    # dynamic time axis, but unrolls nn.RNN over the example's steps (a fixed time length), so
+    # RNN layers are exported as a Scan of per-step ops instead.
+    onnx_fused_export: bool
     keras_class: str  # the Keras layer class
     keras_gate_order: tuple[int, ...]  # Keras gate block b is torch gate block keras_gate_order[b]
 
@@ -47,10 +51,12 @@ class CellKind:
 
 CELLS: dict[str, CellKind] = {
     "lstm": CellKind(
-        "lstm", nn.LSTM, LSTMState, 4, _VF.lstm_cell, "LSTM", "LSTM", (0, 1, 2, 3)
+        "lstm", nn.LSTM, LSTMState, 4, _VF.lstm_cell, "LSTM", True, "LSTM", (0, 1, 2, 3)
     ),  # Keras i f c o == torch i f g o
-    "gru": CellKind("gru", nn.GRU, GRUState, 3, _VF.gru_cell, "GRU", "GRU", (1, 0, 2)),  # z r h
-    "rnn": CellKind("rnn", nn.RNN, RNNState, 1, _VF.rnn_tanh_cell, "RNN", "SimpleRNN", (0,)),
+    "gru": CellKind(
+        "gru", nn.GRU, GRUState, 3, _VF.gru_cell, "GRU", True, "GRU", (1, 0, 2)
+    ),  # Keras z r h
+    "rnn": CellKind("rnn", nn.RNN, RNNState, 1, _VF.rnn_tanh_cell, "RNN", False, "SimpleRNN", (0,)),
 }
 
 

@@ -48,15 +48,11 @@ def _h5py() -> Any:
     try:
         import h5py
     except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "reading Keras files needs h5py: pip install 'seqstate[keras]'"
-        ) from None
+        raise ImportError("reading Keras files needs h5py: pip install 'seqstate[keras]'") from None
     return h5py
 
 
-def read_keras_file(
-    path: str | os.PathLike[str], *, keras_version: str | None = None
-) -> KerasFile:
+def read_keras_file(path: str | os.PathLike[str], *, keras_version: str | None = None) -> KerasFile:
     """Read a ``.keras`` archive or a legacy ``.h5`` file.
 
     ``keras_version`` is needed for a file that does not record the Keras version that wrote it
@@ -86,7 +82,7 @@ def read_keras_file(
         read = _read_legacy_h5(file)
     else:
         raise ValueError(
-        f"path {str(path)!r} is neither a Keras 3 .keras archive (zip) nor a legacy .h5 file "
+            f"path {str(path)!r} is neither a Keras 3 .keras archive (zip) nor a legacy .h5 file "
             "(HDF5); save the model with model.save('model.keras') or model.save('model.h5')"
         )
     if read.keras_version:

@@ -86,9 +86,7 @@ class KerasModelInfo:
         }
 
 
-def describe(
-    path: str | os.PathLike[str], *, keras_version: str | None = None
-) -> KerasModelInfo:
+def describe(path: str | os.PathLike[str], *, keras_version: str | None = None) -> KerasModelInfo:
     """What the Keras model at ``path`` is: sizes, return_sequences, stateful, masking, layers."""
     return _info(parse(read_keras_file(path, keras_version=keras_version)))
 
@@ -182,9 +180,7 @@ def _config(parsed: Parsed) -> ModelConfig:
     dense = [layer for layer in parsed.layers if isinstance(layer, Dense)]
     masking = [layer for layer in parsed.layers if isinstance(layer, Masking)]
     first, last = parsed.layers.index(recurrent[0]), parsed.layers.index(recurrent[-1])
-    rates = [
-        layer.rate for layer in parsed.layers[first:last] if isinstance(layer, Dropout)
-    ]
+    rates = [layer.rate for layer in parsed.layers[first:last] if isinstance(layer, Dropout)]
     output_size = dense[-1].units if dense else recurrent[-1].units
     head = [DenseSpec(layer.units, layer.activation) for layer in dense]
     if not head:  # the recurrent output is the model's output: an identity head keeps it

@@ -16,11 +16,13 @@ B and T are dynamic. Streaming is the same loop as in seqstate: feed the state o
 new sequence in row ``b`` starts by zeroing row ``b`` of every state input before the chunk —
 that is ``reset``. Mid-chunk resets are not in the graph: split a chunk at a reset.
 
-How layers become ONNX: a fused layer of a model without masking becomes ONNX ``LSTM`` / ``GRU``
-/ ``RNN`` operators (which onnxruntime and TensorRT run with their own kernels). A variant torch
-has no fused kernel for, and every layer of a masking model (ONNX's recurrent operators cannot
-hold the state over padding inside a sequence), becomes a ``Scan`` over steps of per-step ops,
-computing :func:`seqstate.stepwise.cell_step` — the same definition seqstate runs.
+How layers become ONNX: a fused LSTM/GRU layer of a model without masking becomes ONNX ``LSTM``
+/ ``GRU`` operators (which onnxruntime and TensorRT run with their own kernels). Everything else
+becomes a ``Scan`` over steps of per-step ops computing :func:`seqstate.stepwise.cell_step`, the
+same definition seqstate runs: variants torch has no fused kernel for, every layer of a masking
+model (ONNX's recurrent operators cannot hold the state over padding inside a sequence), and
+RNN layers (the dynamo exporter unrolls ``nn.RNN`` over a fixed number of steps; see
+``seqstate.cells``).
 
 The graph is made by torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``).
 """
@@ -91,13 +93,12 @@ class _Graph(nn.Module):
         for (first, _), group, group_state in zip(
             config.groups(), model.groups, groups, strict=True
         ):
-            if mask is None and not isinstance(group, StepwiseLayer):
+            kind = CELLS[config.layers[first].kind]
+            if mask is None and kind.onnx_fused_export and not isinstance(group, StepwiseLayer):
                 # The plain torch forward (no resets, no mask) maps onto ONNX's recurrent ops.
                 tensors = group_state.tensors()
                 hx = tensors if len(tensors) > 1 else tensors[0]
-                hidden, new_hx = CELLS[config.layers[first].kind].torch_module.forward(
-                    group, hidden, hx
-                )
+                hidden, new_hx = kind.torch_module.forward(group, hidden, hx)
                 new_tensors = new_hx if isinstance(new_hx, tuple) else (new_hx,)
             else:
                 hidden, new_tensors = _scan_group(model, first, group, hidden, group_state, mask)
