@@ -1,0 +1,334 @@
+"""SequenceModel as any recurrent stack: equal to a plain per-row, per-step reference (float64),
+chunked == whole, reset == separate, batch-size free, gradients; every driver accepts it; old run
+directories still load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from seqstate.checkpoint import load_model, read_model_json, save_model
+from seqstate.lanes import Lanes
+from seqstate.layers import GRU, LSTM, RNN
+from seqstate.model import ModelConfig, RecurrentSpec, SequenceModel
+from seqstate.prediction import forecast, predict
+from seqstate.state import State
+from seqstate.stepwise import StepwiseLayer
+from seqstate.streams import Streams
+from seqstate.train import fit
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run_v1"
+F, O = 3, 2
+EXACT = {"rtol": 0.0, "atol": 1e-10}
+
+STACKS = {
+    # every variant, masking, a head with activations; layers 0-1 share one fused call
+    "mixed": {
+        "layers": [
+            {"kind": "lstm", "hidden_size": 4},
+            {"kind": "lstm", "hidden_size": 4},
+            {
+                "kind": "gru",
+                "hidden_size": 3,
+                "recurrent_activation": "hard_sigmoid",
+                "reset_after": False,
+            },
+            {"kind": "rnn", "hidden_size": 2, "activation": "linear"},
+        ],
+        "head": [{"units": 4, "activation": "relu"}, {"units": O}],
+        "mask_value": 0.0,
+    },
+    "variants": {
+        "layers": [
+            {
+                "kind": "lstm",
+                "hidden_size": 3,
+                "activation": "relu",
+                "recurrent_activation": "hard_sigmoid_keras2",
+            },
+            {"kind": "gru", "hidden_size": 4, "activation": "linear"},
+            {"kind": "rnn", "hidden_size": 3, "activation": "relu"},
+            {"kind": "gru", "hidden_size": 2},
+        ],
+        "head": [{"units": O, "activation": "tanh"}],
+    },
+}
+
+# --- an independent per-row, per-step reference ----------------------------------------------
+
+ACT = {
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+    "linear": lambda v: v,
+    "hard_sigmoid": lambda v: torch.clamp(v / 6 + 0.5, 0, 1),
+    "hard_sigmoid_keras2": lambda v: torch.clamp(0.2 * v + 0.5, 0, 1),
+}
+
+
+def _parameters(model: SequenceModel, layer: int) -> list[torch.Tensor]:
+    for (first, end), module in zip(model.config.groups(), model.groups, strict=True):
+        if first <= layer < end:
+            k = layer - first
+            return [getattr(module, f"{n}_l{k}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]  # fmt: skip  # noqa: E501
+    raise AssertionError(layer)
+
+
+def _reference_cell(spec: RecurrentSpec, p, x, h, c):
+    W, U, b, bh = p
+    a, ra = ACT[spec.activation], ACT[spec.recurrent_activation]
+    if spec.kind == "rnn":
+        return a(W @ x + b + U @ h + bh), c
+    if spec.kind == "lstm":
+        i, f, g, o = (W @ x + b + U @ h + bh).chunk(4)
+        c = ra(f) * c + ra(i) * a(g)
+        return ra(o) * a(c), c
+    xr, xz, xn = (W @ x + b).chunk(3)
+    if spec.reset_after:
+        hr, hz, hn = (U @ h + bh).chunk(3)
+        r, z = ra(xr + hr), ra(xz + hz)
+        n = a(xn + r * hn)
+    else:
+        (Ur, Uz, Un), (br, bz, bn) = U.chunk(3), bh.chunk(3)
+        r, z = ra(xr + Ur @ h + br), ra(xz + Uz @ h + bz)
+        n = a(xn + Un @ (r * h) + bn)
+    return (1 - z) * n + z * h, c
+
+
+def reference(model: SequenceModel, x, reset=None, mask=None):
+    """Outputs [B, T, O] and per-layer final (h, c) lists, one row and one step at a time."""
+    config = model.config
+    B, T, _ = x.shape
+    reset = torch.zeros(B, T, dtype=torch.bool) if reset is None else reset
+    mask = torch.ones(B, T, dtype=torch.bool) if mask is None else mask
+    if config.mask_value is not None:
+        mask = mask & (x != config.mask_value).any(-1)
+    params = [_parameters(model, i) for i in range(len(config.layers))]
+    ys, finals = torch.zeros(B, T, O, dtype=x.dtype), []
+    for b in range(B):
+        hs = [x.new_zeros(s.hidden_size) for s in config.layers]
+        cs = [x.new_zeros(s.hidden_size) for s in config.layers]
+        for t in range(T):
+            if reset[b, t]:
+                hs, cs = [h * 0 for h in hs], [c * 0 for c in cs]
+            if not mask[b, t]:
+                continue
+            v = (x[b, t] - model.input_shift) / model.input_scale
+            for i, spec in enumerate(config.layers):
+                hs[i], cs[i] = _reference_cell(spec, params[i], v, hs[i], cs[i])
+                v = hs[i]
+            for linear, dense in zip(model.dense_layers, config.head, strict=True):
+                v = ACT.get(dense.activation, torch.tanh)(linear.weight @ v + linear.bias)
+            ys[b, t] = v * model.output_scale + model.output_shift
+        finals.append((hs, cs))
+    return ys, finals
+
+
+def _final_per_layer(model: SequenceModel, state: State, row: int) -> list[torch.Tensor]:
+    return [
+        t[layer, row]
+        for group_state in model.group_states(state)
+        for layer in range(group_state.num_layers)
+        for t in group_state.tensors()[:1]
+    ]
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, SequenceModel]:
+    built = {}
+    for index, (name, fields) in enumerate(STACKS.items()):
+        torch.manual_seed(index)
+        model = SequenceModel(input_size=F, output_size=O, **fields).double()
+        model.set_normalization([0.5, -1.0, 0.0], [2.0, 1.0, 0.5], [1.0, -2.0], [3.0, 0.5])
+        built[name] = model.eval()
+    return built
+
+
+@st.composite
+def windows(draw):
+    B, T = draw(st.integers(1, 3)), draw(st.integers(1, 7))
+    seed = draw(st.integers(0, 10_000))
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, F, generator=generator, dtype=torch.float64)
+    holes = torch.rand(B, T, generator=generator) < 0.25
+    x[holes] = 0.0  # padding for a masking model, real zeros for the others
+    reset = torch.rand(B, T, generator=generator) < 0.2
+    mask = torch.rand(B, T, generator=generator) < 0.8
+    cut = draw(st.integers(0, T))
+    return x, reset, mask, cut
+
+
+@pytest.mark.parametrize("name", list(STACKS))
+@settings(max_examples=12, deadline=None)
+@given(window=windows())
+def test_stack_equals_per_step_reference(models, name, window) -> None:
+    model = models[name]
+    x, reset, mask, cut = window
+    with torch.no_grad():
+        y, state = model(x, reset=reset, mask=mask)
+        expected, finals = reference(model, x, reset, mask)
+        torch.testing.assert_close(y, expected, **EXACT)
+        for row, (hs, _) in enumerate(finals):
+            for ours, theirs in zip(_final_per_layer(model, state, row), hs, strict=True):
+                torch.testing.assert_close(ours, theirs, **EXACT)
+        # chunked == whole: the same window in two calls, state carried
+        first, state1 = model(x[:, :cut], reset=reset[:, :cut], mask=mask[:, :cut])
+        second, state2 = model(x[:, cut:], state1, reset=reset[:, cut:], mask=mask[:, cut:])
+    torch.testing.assert_close(torch.cat([first, second], 1), y, **EXACT)
+    for a, b in zip(state2.tensors(), state.tensors(), strict=True):
+        torch.testing.assert_close(a, b, **EXACT)
+
+
+@pytest.mark.parametrize("name", list(STACKS))
+def test_reset_equals_separate_and_batch_size_free(models, name) -> None:
+    model = models[name]
+    a, b = torch.randn(1, 4, F, dtype=torch.float64), torch.randn(1, 3, F, dtype=torch.float64)
+    reset = torch.zeros(1, 7, dtype=torch.bool)
+    reset[0, 4] = True
+    other = torch.randn(4, 7, F, dtype=torch.float64)
+    with torch.no_grad():
+        packed, _ = model(torch.cat([a, b], 1), reset=reset)
+        alone, _ = model(b)
+        crowd, _ = model(torch.cat([other[:2], torch.cat([a, b], 1), other[2:]]),
+                         reset=torch.cat([torch.zeros(2, 7, dtype=torch.bool), reset,
+                                          torch.zeros(2, 7, dtype=torch.bool)]))  # fmt: skip
+    torch.testing.assert_close(packed[:, 4:], alone, **EXACT)
+    torch.testing.assert_close(crowd[2:3], packed, **EXACT)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_stepwise_path_equals_fused_kernel_outputs_and_gradients(kind) -> None:
+    # With default activations the step-by-step layer computes what torch's kernel computes.
+    torch.manual_seed(0)
+    fused = {"lstm": LSTM, "gru": GRU, "rnn": RNN}[kind](F, 4).double()
+    stepwise = StepwiseLayer(kind, F, 4).double()
+    stepwise.load_state_dict(fused.state_dict())
+    x = torch.randn(3, 6, F, dtype=torch.float64, requires_grad=True)
+    reset = torch.zeros(3, 6, dtype=torch.bool)
+    reset[1, 3] = True
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[2, 2:4] = False
+    results = []
+    for layer in (fused, stepwise):
+        y, state = layer(x, reset=reset, mask=mask)
+        loss = (y**2).sum() + sum((t**2).sum() for t in state.tensors())
+        grads = torch.autograd.grad(loss, [x, *layer.parameters()])
+        results.append((y, state, grads))
+    (y1, s1, g1), (y2, s2, g2) = results
+    torch.testing.assert_close(y2, y1, **EXACT)
+    assert s1.equal(s2) or all(
+        torch.allclose(a, b, rtol=0, atol=1e-10) for a, b in zip(s1, s2, strict=True)
+    )
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(b, a, **EXACT)
+
+
+def test_describe_names_the_path_of_every_layer(models) -> None:
+    text = models["mixed"].describe()
+    assert "layer 0: lstm(4): fused kernel (torch.nn.LSTM, one call with layers 0-1)" in text
+    assert (
+        "layer 2: gru(3, recurrent_activation=hard_sigmoid, reset_after=False): step-by-step"
+        in text
+    )
+    assert "masking: a step whose features all equal 0.0 is padding" in text
+    assert "head: Dense(4, relu) -> Dense(2, linear)" in text
+
+
+def test_stack_state_round_trips_and_refuses_other_states(models) -> None:
+    model = models["mixed"]
+    with torch.no_grad():
+        _, state = model(torch.randn(3, 4, F, dtype=torch.float64))
+    assert type(state).__name__ == (
+        "StackState[l0_hidden:4,l0_cell:4,l1_hidden:4,l1_cell:4,l2_hidden:3,l3_hidden:2]"
+    )
+    restored = State.from_bytes(state.to_bytes())
+    assert restored.equal(state)
+    assert state.reset_rows([1]).select([1]).equal(model.initial_state(1, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"state must be a StackState\[l0_hidden:4"):
+        model(torch.zeros(2, 5, F, dtype=torch.float64), models["variants"].initial_state(2))
+    with pytest.raises(ValueError, match=r"mask must have shape \[B, T\]=\[2, 5\]"):
+        model(torch.zeros(2, 5, F, dtype=torch.float64), mask=torch.ones(2, 4, dtype=torch.bool))
+
+
+# --- config, run directories -----------------------------------------------------------------
+
+
+def test_config_json_versions(tmp_path: Path, models) -> None:
+    classic = ModelConfig(input_size=3, output_size=1, cell="gru", hidden_size=8, num_layers=2)
+    assert "version" not in classic.to_dict() and classic.to_dict()["cell"] == "gru"
+    assert (classic.cell, classic.hidden_size, classic.num_layers) == ("gru", 8, 2)
+    mixed = models["mixed"].config
+    assert mixed.to_dict()["version"] == 2 and mixed.cell is None and mixed.hidden_size is None
+    assert ModelConfig.from_json(mixed.to_json()) == mixed
+    run = save_model(models["mixed"], tmp_path / "run")
+    loaded = load_model(run).double()
+    x = torch.randn(2, 5, F, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[0], models["mixed"](x)[0], **EXACT)
+
+
+def test_run_directory_written_before_stacks_still_loads() -> None:
+    # tests/fixtures/run_v1 was written by the code before stacks (format 1, old key names).
+    assert "version" not in read_model_json(FIXTURE)["model"]
+    model = load_model(FIXTURE)
+    expected = json.loads((FIXTURE / "expected.json").read_text())
+    with torch.no_grad():
+        y, state = model(torch.tensor(expected["x"]))
+    torch.testing.assert_close(y, torch.tensor(expected["y"]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(state.cell, torch.tensor(expected["cell"]), rtol=0, atol=1e-6)
+    assert model.config.num_layers == 2 and type(state).__name__ == "LSTMState"
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "message"),
+    [
+        ({"cell": "gru", "layers": [{"kind": "gru"}]}, ValueError, r"either as layers= or with \['cell'\]"),  # noqa: E501
+        ({"layers": [{"kind": "lstm", "activation": "swirl"}]}, ValueError, r"RecurrentSpec\.activation='swirl' is not a known"),  # noqa: E501
+        ({"layers": [{"kind": "tree"}]}, ValueError, r"RecurrentSpec\.kind must be one of"),
+        ({"layers": []}, ValueError, r"at least one recurrent layer"),
+        ({"layers": [{"kind": "gru", "size": 3}]}, ValueError, r"unknown keys \['size'\]"),
+        ({"head": [{"units": 3}]}, ValueError, r"end with a layer of output_size=2 units; received 3"),  # noqa: E501
+        ({"head": [{"units": 2, "activation": "softmax"}], "task": "classification"}, ValueError, r"must be linear"),  # noqa: E501
+        ({"mask_value": float("nan")}, ValueError, r"mask_value must be finite"),
+        ({"mask_value": "0"}, TypeError, r"mask_value must be a number"),
+        ({"layers": "lstm"}, TypeError, r"layers must be a list of RecurrentSpec"),
+    ],
+)  # fmt: skip
+def test_config_rejects_bad_input(fields, error, message) -> None:
+    with pytest.raises(error, match=message):
+        ModelConfig(input_size=F, output_size=O, **fields)
+
+
+def test_config_refuses_an_unknown_version() -> None:
+    with pytest.raises(ValueError, match=r"version 9 is not readable .* upgrade seqstate"):
+        ModelConfig.from_dict({"version": 9, "input_size": 1})
+
+
+# --- every driver accepts any stack ------------------------------------------------------------
+
+
+def test_fit_predict_forecast_streams_accept_a_mixed_stack(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    fields = {**STACKS["variants"], "head": [{"units": 4, "activation": "relu"}, {"units": F}]}
+    model = SequenceModel(input_size=F, output_size=F, **fields)
+    rng = np.random.default_rng(0)
+    series = [rng.standard_normal((int(n), F)).astype(np.float32) for n in (9, 6, 11, 7)]
+    lanes = Lanes.from_sequences(series, lanes=2, window=4, shuffle=True, seed=1)
+    history = fit(model, lanes, epochs=1, progress=False, run_dir=tmp_path / "run", seed=0)
+    assert np.isfinite(history["loss"][-1])
+    model = load_model(tmp_path / "run")  # fit wrote the stack as a run directory
+    whole = predict(model, series)
+    chunked = predict(model, series, chunk=3, batch_size=3)
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
+    streams = Streams(model)
+    steps = [streams.step(["a"], series[0][t : t + 1])[0] for t in range(len(series[0]))]
+    np.testing.assert_allclose(np.stack(steps), whole[0], rtol=0, atol=1e-5)
+    ahead = forecast(model, series[:2], horizon=3)
+    assert ahead.shape == (2, 3, F) and np.isfinite(ahead).all()
