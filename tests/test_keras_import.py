@@ -1,12 +1,14 @@
 """Keras import: models built and saved by Keras 3 itself, loaded without Keras, outputs equal.
 
 Each model is built once (module-scoped), saved as ``.keras`` and ``.h5``, and run by Keras on
-the same inputs; the imported seqstate module must reproduce Keras's outputs at every real step
-within 1e-5 (float32), with the state carried explicitly where Keras keeps it inside.
+the same inputs; the imported SequenceModel must reproduce Keras's outputs at every real step
+within 1e-5 (float32), with the state carried explicitly where Keras keeps it inside. Imported
+models then go the whole way: run directory -> load -> predict -> serve -> ONNX Runtime.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import zipfile
@@ -28,7 +30,6 @@ from seqstate.checkpoint import load_model, read_model_json  # noqa: E402
 from seqstate.interop import keras as keras_import  # noqa: E402
 from seqstate.interop.keras import KerasImportError, last_step  # noqa: E402
 from seqstate.model import SequenceModel  # noqa: E402
-from seqstate.state import State  # noqa: E402
 
 # Keras's torch backend calls np.array(tensor, copy=False) under NumPy 2, which warns; the
 # warning is Keras's, not ours.
@@ -52,7 +53,6 @@ def _inputs(batch: int, steps: int, seed: int, pad_tail: bool = False) -> np.nda
 class Case:
     name: str
     build: Callable[[], keras.Model]
-    expect: type  # SequenceModel or KerasStack
     masked: bool = False
 
 
@@ -60,19 +60,21 @@ def _sequential(*stack) -> keras.Model:
     return keras.Sequential([keras.Input(shape=(None, F)), *stack])
 
 
-def _functional() -> keras.Model:
-    inputs = keras.Input(shape=(None, F))
-    hidden = layers.LSTM(5, return_sequences=True, name="encoder")(inputs)
-    hidden = layers.LSTM(5, return_sequences=True)(hidden)
-    return keras.Model(inputs, layers.Dense(2)(hidden))
+def _functional(masking: bool = False) -> Callable[[], keras.Model]:
+    def build() -> keras.Model:
+        inputs = keras.Input(shape=(None, F))
+        # Keras 3 saves a functional Masking with its mask ops (NotEqual, Any) as graph nodes.
+        hidden = layers.Masking(0.0)(inputs) if masking else inputs
+        hidden = layers.LSTM(5, return_sequences=True, name="encoder")(hidden)
+        hidden = layers.GRU(3, reset_after=False, return_sequences=True)(hidden)
+        hidden = layers.Dense(4, activation="relu")(hidden)
+        return keras.Model(inputs, layers.Dense(2)(hidden))
+
+    return build
 
 
 CASES = [
-    Case(
-        "lstm",
-        lambda: _sequential(layers.LSTM(4, return_sequences=True), layers.Dense(2)),
-        SequenceModel,
-    ),
+    Case("lstm", lambda: _sequential(layers.LSTM(4, return_sequences=True), layers.Dense(2))),
     Case(
         "gru_stack_dropout",
         lambda: _sequential(
@@ -81,19 +83,18 @@ CASES = [
             layers.GRU(3, return_sequences=True),
             layers.TimeDistributed(layers.Dense(1)),
         ),
-        SequenceModel,
+    ),
+    Case(
+        "lstm_32_16",
+        lambda: _sequential(layers.LSTM(6, return_sequences=True), layers.LSTM(3), layers.Dense(2)),
     ),
     Case(
         "rnn_relu_last",
         lambda: _sequential(layers.SimpleRNN(4, activation="relu"), layers.Dense(2)),
-        SequenceModel,
     ),
     Case(
-        "rnn_linear",
-        lambda: _sequential(
-            layers.SimpleRNN(3, activation="linear", return_sequences=True), layers.Dense(1)
-        ),
-        SequenceModel,
+        "rnn_linear_no_head",
+        lambda: _sequential(layers.SimpleRNN(3, activation="linear", return_sequences=True)),
     ),
     Case(
         "gru_reset_before",
@@ -101,7 +102,6 @@ CASES = [
             layers.GRU(4, reset_after=False, return_sequences=True),
             layers.TimeDistributed(layers.Dense(2)),
         ),
-        SequenceModel,
     ),
     Case(
         "lstm_hard_sigmoid_relu",
@@ -109,7 +109,6 @@ CASES = [
             layers.LSTM(3, activation="relu", recurrent_activation="hard_sigmoid"),
             layers.Dense(3, activation="softmax"),
         ),
-        SequenceModel,
     ),
     Case(
         "gru_hard_sigmoid_no_bias",
@@ -121,9 +120,8 @@ CASES = [
                 use_bias=False,
                 return_sequences=True,
             ),
-            layers.Dense(2, use_bias=False),
+            layers.Dense(2, use_bias=False, activation="swish"),
         ),
-        SequenceModel,
     ),
     Case(
         "mixed_masked",
@@ -135,7 +133,6 @@ CASES = [
             layers.Dense(3, activation="relu"),
             layers.Dense(1),
         ),
-        SequenceModel,
         masked=True,
     ),
     Case(
@@ -143,10 +140,10 @@ CASES = [
         lambda: _sequential(
             layers.Masking(0.0), layers.GRU(4), layers.Dense(2, activation="sigmoid")
         ),
-        SequenceModel,
         masked=True,
     ),
-    Case("functional", _functional, SequenceModel),
+    Case("functional", _functional()),
+    Case("functional_masked", _functional(masking=True), masked=True),
 ]
 
 
@@ -172,16 +169,9 @@ def _real_steps(x: np.ndarray, masked: bool) -> np.ndarray:
     return (x != 0).any(-1) if masked else np.ones(x.shape[:2], dtype=bool)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_outputs_equal_keras(saved, case: Case, fmt: str) -> None:
-    entry = saved[case.name]
-    model = keras_import.load(entry[fmt])
-    assert type(model) is case.expect
-    assert not model.training
-    info = keras_import.describe(entry[fmt])
+def _assert_equals_keras(model, entry: dict, info, masked: bool) -> None:
     x = torch.from_numpy(entry["x"])
-    real = torch.from_numpy(_real_steps(entry["x"], case.masked))
+    real = torch.from_numpy(_real_steps(entry["x"], masked))
     with torch.no_grad():
         y, state = model(x)
     assert state.batch_size == x.shape[0]
@@ -192,19 +182,45 @@ def test_outputs_equal_keras(saved, case: Case, fmt: str) -> None:
     else:
         assert expected.shape == (x.shape[0], info.output_size)
         torch.testing.assert_close(last_step(y, real), expected, **TOL)
-    if case.masked:  # seqstate outputs zero at padding (Keras repeats the previous output)
+    if masked:  # seqstate outputs zero at padding (Keras repeats the previous output)
         assert bool((y[~real] == 0).all())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_outputs_equal_keras(saved, case: Case, fmt: str) -> None:
+    entry = saved[case.name]
+    model = keras_import.load(entry[fmt])
+    assert type(model) is SequenceModel and not model.training
+    assert model.masks_input == case.masked
+    _assert_equals_keras(model, entry, keras_import.describe(entry[fmt]), case.masked)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_every_import_is_a_run_directory(saved, case: Case, tmp_path: Path) -> None:
+    entry = saved[case.name]
+    run = keras_import.import_keras(entry["h5"], tmp_path / "run")
+    document = read_model_json(run)
+    assert document["metadata"]["source"]["format"] == "keras"
+    info = keras_import.describe(entry["h5"])
+    columns = document["metadata"]["data"]["columns"]
+    assert columns["features"] == [f"x{i}" for i in range(F)]
+    assert columns["targets"] == [f"y{i}" for i in range(info.output_size)]
+    _assert_equals_keras(load_model(run), entry, info, case.masked)
 
 
 def test_describe_reports_structure(saved) -> None:
     info = keras_import.describe(saved["mixed_masked"]["keras"])
     assert (info.input_size, info.output_size, info.mask_value) == (F, 1, 0.0)
-    assert info.return_sequences and not info.stateful
+    assert info.return_sequences and not info.stateful and not info.notes
     assert info.keras_version == keras.__version__
     assert info.layers[0] == "masking: Masking(mask_value=0.0)"
     assert "GRU(3, reset_after=False, return_sequences)" in info.layers[2]
     last = keras_import.describe(saved["rnn_relu_last"]["h5"])
     assert not last.return_sequences and last.batch_size is None
+    text = keras_import.load(saved["mixed_masked"]["keras"]).describe()
+    assert "layer 0: lstm(4): fused kernel (torch.nn.LSTM)" in text
+    assert "layer 1: gru(3, reset_after=False): step-by-step path" in text
 
 
 # --- stateful models: chunk by chunk with the state carried ---------------------------------
@@ -270,7 +286,7 @@ def test_stateful_chunked_equals_keras(stateful, name: str, fmt: str) -> None:
 
 
 def test_imported_model_serves_any_batch_size(stateful) -> None:
-    # Keras fixed batch_shape=(2, ...); the imported module runs 1 or 3 rows with equal outputs.
+    # Keras fixed batch_shape=(2, ...); the imported model runs 1 or 3 rows with equal outputs.
     model = keras_import.load(stateful["mixed"]["dir"] / "mixed.keras")
     x = torch.from_numpy(stateful["x"])
     with torch.no_grad():
@@ -281,116 +297,154 @@ def test_imported_model_serves_any_batch_size(stateful) -> None:
     torch.testing.assert_close(three[:2], both, rtol=0, atol=1e-6)
 
 
-# --- the seqstate protocol on the general stack ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def stack(saved) -> SequenceModel:
+def test_caller_mask_combines_with_masking(saved) -> None:
     model = keras_import.load(saved["mixed_masked"]["keras"])
-    assert isinstance(model, SequenceModel)
-    return model
-
-
-def test_stack_chunked_equals_whole(stack) -> None:
-    x = torch.randn(2, 10, F)
-    with torch.no_grad():
-        whole, final = stack(x)
-        state, pieces = None, []
-        for start, end in ((0, 4), (4, 5), (5, 10)):
-            y, state = stack(x[:, start:end], state)
-            pieces.append(y)
-    torch.testing.assert_close(torch.cat(pieces, 1), whole, rtol=0, atol=1e-6)
-    assert all(
-        torch.allclose(a, b, rtol=0, atol=1e-6)
-        for a, b in zip(state.tensors(), final.tensors(), strict=True)
-    )
-
-
-def test_stack_reset_equals_separate(stack) -> None:
-    first, second = torch.randn(1, 3, F), torch.randn(1, 4, F)
-    reset = torch.zeros(1, 7, dtype=torch.bool)
-    reset[0, 3] = True
-    with torch.no_grad():
-        packed, _ = stack(torch.cat([first, second], 1), stack.initial_state(1), reset=reset)
-        alone, _ = stack(second)
-    torch.testing.assert_close(packed[:, 3:], alone, rtol=0, atol=1e-6)
-
-
-def test_stack_caller_mask_combines_with_masking(stack) -> None:
     x = torch.randn(2, 5, F)
     mask = torch.ones(2, 5, dtype=torch.bool)
     mask[0, 3:] = False
     with torch.no_grad():
-        y, state = stack(x, mask=mask)
-        prefix, prefix_state = stack(x[:1, :3])
+        y, state = model(x, mask=mask)
+        prefix, prefix_state = model(x[:1, :3])
     assert bool((y[0, 3:] == 0).all())
     torch.testing.assert_close(y[0, :3], prefix[0], rtol=0, atol=1e-6)
-    torch.testing.assert_close(state.select([0]).tensors()[0], prefix_state.tensors()[0])
+    for ours, alone in zip(state.select([0]).tensors(), prefix_state.tensors(), strict=True):
+        torch.testing.assert_close(ours, alone, rtol=0, atol=1e-6)
 
 
-def test_stack_state_round_trips_through_bytes(stack) -> None:
-    with torch.no_grad():
-        _, state = stack(torch.randn(3, 4, F))
-    assert type(state).__name__.startswith("KerasStackState[lstm0_hidden,lstm0_cell,gru1_hidden")
-    assert [t.shape[2] for t in state.tensors()] == [4, 4, 3, 2]
-    restored = State.from_bytes(state.to_bytes())
-    assert restored.equal(state)
-    assert state.reset_rows([1]).select([1]).equal(stack.initial_state(1))
+# --- the whole way: run directory -> predict -> serve -> ONNX Runtime ------------------------
 
 
-def test_stack_rejects_bad_input(stack) -> None:
-    with pytest.raises(ValueError, match=r"\[B, T, F\]=\[batch, time, 3\]; received \(2, 5, 4\)"):
-        stack(torch.zeros(2, 5, 4))
-    with pytest.raises(TypeError, match=r"x is torch\.float64 on cpu but the parameters are"):
-        stack(torch.zeros(2, 5, F, dtype=torch.float64))
-    with pytest.raises(ValueError, match="add a batch dimension"):
-        stack(torch.zeros(5, F))
-    with pytest.raises(TypeError, match="state must be a KerasStackState"):
-        stack(torch.zeros(2, 5, F), SequenceModel(input_size=F, output_size=1).initial_state(2))
-    with pytest.raises(ValueError, match=r"state has batch 3 but x has 2 rows"):
-        stack(torch.zeros(2, 5, F), stack.initial_state(3))
-    with pytest.raises(ValueError, match=r"reset must be a bool tensor of shape \[B, T\]=\[2, 5\]"):
-        stack(torch.zeros(2, 5, F), reset=torch.zeros(2, 4, dtype=torch.bool))
+@pytest.mark.parametrize("name", ["mixed_masked", "functional_masked"])
+def test_imported_run_predicts_serves_and_exports(saved, name: str, tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("httpx")
+    import asyncio
 
+    import httpx
 
-# --- run directories -------------------------------------------------------------------------
+    from seqstate.interop.onnx import export_onnx, onnx_input_names
+    from seqstate.prediction import predict
+    from seqstate.serve import ServeConfig, create_app
 
-
-def test_import_keras_writes_a_run(saved, tmp_path: Path) -> None:
-    entry = saved["gru_stack_dropout"]
-    run = keras_import.import_keras(entry["h5"], tmp_path / "run")
-    document = read_model_json(run)
-    assert document["model"]["cell"] == "gru" and document["model"]["num_layers"] == 2
-    assert document["model"]["dropout"] == pytest.approx(0.2)
-    assert document["metadata"]["source"]["format"] == "keras"
+    entry = saved[name]
+    run = keras_import.import_keras(
+        entry["keras"], tmp_path / "run", features=["a", "b", "c"], targets=None
+    )
     model = load_model(run)
+    x = entry["x"]
+    real = _real_steps(x, masked=True)
     with torch.no_grad():
-        y, _ = model(torch.from_numpy(entry["x"]))
-    torch.testing.assert_close(y, torch.from_numpy(entry["y"]), **TOL)
+        y, _ = model(torch.from_numpy(x))
+    expected = entry["y"]
+    np.testing.assert_allclose(y.numpy()[real], expected[real], rtol=0, atol=1e-5)
+    # predict: each row as its own sequence, in chunks
+    predicted = predict(model, [row for row in x], chunk=2)
+    for row in range(x.shape[0]):
+        np.testing.assert_allclose(predicted[row][real[row]], expected[row][real[row]], atol=1e-5)
+    # serve: one step of row 0 over HTTP (in process)
+
+    async def one_step() -> list:
+        app = create_app(ServeConfig(run, store="memory://", token="t", max_wait_ms=1.0))
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://test", headers={"Authorization": "Bearer t"}
+            ) as client:
+                response = await client.post(
+                    "/v1/streams/s1/steps", json={"seq": 1, "x": x[0, 0].tolist()}
+                )
+                assert response.status_code == 200, response.text
+                return response.json()["y"]
+
+    np.testing.assert_allclose(asyncio.run(one_step()), expected[0, 0], rtol=0, atol=1e-5)
+    # ONNX Runtime, two chunks with the state fed back
+    path = export_onnx(run, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    state = [t.numpy() for t in model.initial_state(x.shape[0]).tensors()]
+    outputs = []
+    for chunk in (x[:, :4], x[:, 4:]):
+        feeds = [chunk, np.ones(chunk.shape[:2], dtype=bool), *state]
+        result = session.run(None, dict(zip(onnx_input_names(model), feeds, strict=True)))
+        outputs.append(result[0])
+        state = result[1:]
+    np.testing.assert_allclose(np.concatenate(outputs, 1)[real], expected[real], atol=1e-5)
 
 
-def test_import_keras_masking_becomes_explicit_mask(saved, tmp_path: Path) -> None:
-    # Masking + uniform stack: saved as a SequenceModel; padding is passed as mask.
-    keras.utils.set_random_seed(3)
-    net = _sequential(layers.Masking(0.0), layers.LSTM(4, return_sequences=True), layers.Dense(1))
-    x = _inputs(3, 6, seed=3, pad_tail=True)
-    expected = torch.from_numpy(np.asarray(net.predict_on_batch(x)))
-    net.save(tmp_path / "masked.keras")
-    assert isinstance(keras_import.load(tmp_path / "masked.keras"), KerasStack)
-    run = keras_import.import_keras(tmp_path / "masked.keras", tmp_path / "run")
-    assert read_model_json(run)["metadata"]["source"]["mask_value"] == 0.0
-    real = torch.from_numpy((x != 0).any(-1))
+# --- files from other Keras versions ----------------------------------------------------------
+
+
+def _rewrite_archive(source: Path, target: Path, edit_config, keras_version: str) -> None:
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w") as out:
+        for item in archive.namelist():
+            data = archive.read(item)
+            if item == "config.json":
+                config = json.loads(data)
+                edit_config(config)
+                data = json.dumps(config).encode()
+            elif item == "metadata.json":
+                metadata = json.loads(data)
+                metadata["keras_version"] = keras_version
+                data = json.dumps(metadata).encode()
+            out.writestr(item, data)
+
+
+def test_keras_3_0_file_without_layer_names_in_op_configs(saved, tmp_path: Path) -> None:
+    # Keras 3.0 writes a functional layer's name next to its config; operations such as Any
+    # and NotEqual have no name inside their config (a KeyError: 'name' before).
+    def strip(config: dict) -> None:
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] in ("Any", "NotEqual"):
+                layer["config"].pop("name", None)
+
+    old = tmp_path / "keras30.keras"
+    _rewrite_archive(saved["functional_masked"]["keras"], old, strip, "3.0.0")
+    assert keras_import.describe(old).keras_version == "3.0.0"
+    _assert_equals_keras(
+        keras_import.load(old), saved["functional_masked"], keras_import.describe(old), True
+    )
+
+
+def test_keras2_hard_sigmoid_and_files_without_a_version(saved, tmp_path: Path) -> None:
+    # tf.keras 2 defined hard_sigmoid as clip(0.2 x + 0.5, 0, 1); Keras 3 as relu6(x + 3) / 6.
+    source = saved["lstm_hard_sigmoid_relu"]["h5"]
+    old = tmp_path / "old.h5"
+    shutil.copy(source, old)
+    with h5py.File(old, "r+") as h5:
+        h5["model_weights"].attrs["keras_version"] = "2.15.0"
+    assert keras_import.describe(old).keras_version == "2.15.0"
+    assert "recurrent_activation=hard_sigmoid_keras2" in keras_import.load(old).describe()
+    x = torch.from_numpy(saved["lstm_hard_sigmoid_relu"]["x"])
     with torch.no_grad():
-        y, _ = load_model(run)(torch.from_numpy(x), mask=real)
-    torch.testing.assert_close(y[real], expected[real], **TOL)
-
-
-def test_import_keras_refuses_general_stack_and_writes_nothing(saved, tmp_path: Path) -> None:
-    with pytest.raises(KerasImportError, match=r"needs a step-by-step cell .*GRU\(4, reset_after"):
-        keras_import.import_keras(saved["gru_reset_before"]["keras"], tmp_path / "run")
+        new_y, _ = keras_import.load(source)(x)
+        old_y, _ = keras_import.load(old)(x)
+    assert not torch.allclose(new_y, old_y, atol=1e-4)
+    # no version recorded: refused, unless the caller says which Keras wrote it
+    unknown = tmp_path / "unknown.h5"
+    shutil.copy(source, unknown)
+    with h5py.File(unknown, "r+") as h5:
+        del h5["model_weights"].attrs["keras_version"]
+        del h5.attrs["keras_version"]
+    with pytest.raises(ValueError, match=r"does not record the Keras version .* keras_version="):
+        keras_import.load(unknown)
+    with pytest.raises(ValueError, match=r"does not record the Keras version"):
+        keras_import.import_keras(unknown, tmp_path / "run")
     assert not (tmp_path / "run").exists()
-    with pytest.raises(KerasImportError, match=r"seqstate\.interop\.keras\.load"):
-        keras_import.import_keras(saved["mixed_masked"]["keras"], tmp_path / "run")
+    with torch.no_grad():
+        given, _ = keras_import.load(unknown, keras_version="2.15.0")(x)
+    torch.testing.assert_close(given, old_y, rtol=0, atol=0)
+
+
+def test_float16_policy_is_noted(tmp_path: Path) -> None:
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        net = _sequential(layers.LSTM(3, return_sequences=True), layers.Dense(1))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    net.save(tmp_path / "half.keras")
+    notes = keras_import.describe(tmp_path / "half.keras").notes
+    assert notes and "'mixed_float16'" in notes[0] and "seqstate in float32" in notes[0]
+    run = keras_import.import_keras(tmp_path / "half.keras", tmp_path / "run")
+    assert read_model_json(run)["metadata"]["source"]["notes"] == list(notes)
 
 
 # --- what is refused, and how ----------------------------------------------------------------
@@ -408,13 +462,13 @@ UNSUPPORTED = [
     ),
     (lambda: _sequential(layers.LSTM(2, go_backwards=True)), r"go_backwards=True\) is not"),
     (lambda: _sequential(layers.Conv1D(2, 2), layers.LSTM(2)), r"class 'Conv1D' is not supported"),
-    (lambda: _sequential(layers.LSTM(2, activation="selu")), r"activation='selu' is not supp"),
-    (
-        lambda: _sequential(layers.GRU(2, recurrent_activation="tanh")),
-        r"recurrent_activation='tanh' is not supported; supported: 'sigmoid', 'hard_sigmoid'",
-    ),
+    (lambda: _sequential(layers.LSTM(2, activation="sparsemax")), r"activation='sparsemax' is not"),
     (_functional_two_inputs, r"2 inputs and 1 outputs"),
     (lambda: _sequential(layers.Dense(2)), r"no SimpleRNN/LSTM/GRU layer"),
+    (
+        lambda: _sequential(layers.Dense(2), layers.LSTM(2)),
+        r"layer 'dense\w*': a Dense layer before or between recurrent layers is not supported",
+    ),
 ]
 
 
@@ -433,6 +487,13 @@ def test_not_a_keras_file(tmp_path: Path) -> None:
         keras_import.load(text)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         keras_import.load(tmp_path / "missing.keras")
+    saved_model = tmp_path / "exported"
+    saved_model.mkdir()
+    (saved_model / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(
+        ValueError, match=r"TensorFlow SavedModel folder.*model\.save\('model\.keras'\)"
+    ):
+        keras_import.load(saved_model)
     archive = tmp_path / "other.keras"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("config.json", "{}")
@@ -445,26 +506,18 @@ def test_not_a_keras_file(tmp_path: Path) -> None:
         keras_import.load(weights_only)
 
 
-def test_keras2_hard_sigmoid_definition(saved, tmp_path: Path) -> None:
-    # tf.keras 2 defined hard_sigmoid as clip(0.2 x + 0.5, 0, 1); Keras 3 as relu6(x + 3) / 6.
-    from seqstate.interop._keras_cells import activation_function
-
-    probe = torch.tensor([-4.0, -1.0, 0.0, 1.0, 4.0])
-    torch.testing.assert_close(
-        activation_function("hard_sigmoid", "2.15.0")(probe),
-        torch.tensor([0.0, 0.3, 0.5, 0.7, 1.0]),
+def test_import_keras_names_columns_and_checks_them(saved, tmp_path: Path) -> None:
+    entry = saved["lstm"]
+    run = keras_import.import_keras(entry["keras"], tmp_path / "run", features=["a", "b", "c"],
+                                    targets=["p", "q"])  # fmt: skip
+    columns = read_model_json(run)["metadata"]["data"]["columns"]
+    assert (columns["features"], columns["targets"], columns["shift"]) == (
+        ["a", "b", "c"],
+        ["p", "q"],
+        0,
     )
-    torch.testing.assert_close(
-        activation_function("hard_sigmoid", "3.3.0")(probe),
-        torch.tensor([0.0, 2 / 6, 0.5, 4 / 6, 1.0]),
-    )
-    old = tmp_path / "old.h5"
-    shutil.copy(saved["lstm_hard_sigmoid_relu"]["h5"], old)
-    with h5py.File(old, "r+") as h5:
-        h5["model_weights"].attrs["keras_version"] = "2.15.0"
-    assert keras_import.describe(old).keras_version == "2.15.0"
-    x = torch.from_numpy(saved["lstm_hard_sigmoid_relu"]["x"])
-    with torch.no_grad():
-        new_y, _ = keras_import.load(saved["lstm_hard_sigmoid_relu"]["h5"])(x)
-        old_y, _ = keras_import.load(old)(x)
-    assert not torch.allclose(new_y, old_y, atol=1e-4)
+    with pytest.raises(ValueError, match=r"features must name the model's 3 inputs; received 2"):
+        keras_import.import_keras(entry["keras"], tmp_path / "bad", features=["a", "b"])
+    with pytest.raises(TypeError, match=r"targets must be a list of column names"):
+        keras_import.import_keras(entry["keras"], tmp_path / "bad", targets="p")
+    assert not (tmp_path / "bad").exists()
