@@ -180,8 +180,12 @@ class ModelConfig:
     ) -> None:
         _check_size(input_size, "ModelConfig.input_size")
         _check_size(output_size, "ModelConfig.output_size")
-        shorthand = {"cell": cell, "hidden_size": hidden_size, "num_layers": num_layers}
-        shorthand["nonlinearity"] = nonlinearity
+        shorthand: dict[str, object] = {
+            "cell": cell,
+            "hidden_size": hidden_size,
+            "num_layers": num_layers,
+            "nonlinearity": nonlinearity,
+        }
         if layers is None:
             stack = _shorthand_stack(cell, hidden_size, num_layers, nonlinearity)
         else:
@@ -245,7 +249,7 @@ class ModelConfig:
             if not math.isfinite(mask_value):
                 raise ValueError(f"ModelConfig.mask_value must be finite; received {mask_value!r}")
             mask_value = float(mask_value)
-        values = {
+        values: dict[str, Any] = {
             "input_size": input_size,
             "output_size": output_size,
             "layers": stack,
@@ -393,7 +397,7 @@ def _shorthand_stack(
             f"ModelConfig.nonlinearity must be 'tanh' or 'relu'; received {nonlinearity!r}"
         )
     activation = nonlinearity if kind == "rnn" and nonlinearity is not None else "tanh"
-    return tuple(RecurrentSpec(kind, size, activation) for _ in range(count))
+    return tuple(RecurrentSpec(kind, size, activation) for _ in range(count))  # type: ignore[arg-type]
 
 
 _SHORTHAND = ("cell", "hidden_size", "num_layers", "nonlinearity")
@@ -409,6 +413,13 @@ class SequenceModel(nn.Module):
     ``output_size`` classes.
     """
 
+    recurrent: nn.Module  # one group's module, or an nn.ModuleList of groups
+    head: nn.Module  # one nn.Linear, or an nn.ModuleList of them
+    input_shift: torch.Tensor
+    input_scale: torch.Tensor
+    output_shift: torch.Tensor
+    output_scale: torch.Tensor
+
     def __init__(self, config: ModelConfig | None = None, **fields: Any) -> None:
         super().__init__()
         if config is None:
@@ -416,7 +427,7 @@ class SequenceModel(nn.Module):
         elif fields:
             if not isinstance(config, ModelConfig):
                 raise TypeError(f"config must be a ModelConfig; received {type(config).__name__}")
-            base = {
+            base: dict[str, Any] = {
                 "input_size": config.input_size,
                 "output_size": config.output_size,
                 "dropout": config.dropout,
@@ -449,7 +460,7 @@ class SequenceModel(nn.Module):
         self.head = linears[0] if len(linears) == 1 else nn.ModuleList(linears)
         self._head_activations = [activation_function(dense.activation) for dense in config.head]
         if len(groups) == 1:
-            self._state_type: type[State] = groups[0].state_type
+            self._state_type: type[State] = getattr(groups[0], "state_type")  # noqa: B009
         else:
             self._state_type = stack_state_type(
                 tuple(
@@ -466,7 +477,7 @@ class SequenceModel(nn.Module):
         self.register_buffer("output_scale", torch.ones(config.output_size))
 
     @property
-    def groups(self) -> list[nn.Module]:
+    def groups(self) -> list[Any]:
         """The recurrent modules in order: fused multi-layer layers and step-by-step layers."""
         return (
             list(self.recurrent) if isinstance(self.recurrent, nn.ModuleList) else [self.recurrent]
@@ -475,7 +486,9 @@ class SequenceModel(nn.Module):
     @property
     def dense_layers(self) -> list[nn.Linear]:
         """The head's linear maps in order (each followed by its activation)."""
-        return list(self.head) if isinstance(self.head, nn.ModuleList) else [self.head]  # type: ignore[list-item]
+        if isinstance(self.head, nn.ModuleList):
+            return list(self.head)  # type: ignore[arg-type]
+        return [self.head]  # type: ignore[list-item]
 
     @property
     def state_type(self) -> type[State]:

@@ -82,7 +82,7 @@ class _Graph(nn.Module):
     def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
         model, config = self.model, self.model.config
         mask: torch.Tensor | None = None
-        if model.masks_input:
+        if config.mask_value is not None:
             mask = rest[0] & (x != config.mask_value).any(dim=-1)  # (B, T)
             rest = rest[1:]
         x = (x - model.input_shift) / model.input_scale
