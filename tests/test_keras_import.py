@@ -26,10 +26,10 @@ h5py = pytest.importorskip("h5py", reason="h5py (the [keras] extra) reads Keras 
 
 from keras import layers  # noqa: E402
 
-from seqstate.checkpoint import load_model, read_model_json  # noqa: E402
 from seqstate.interop import keras as keras_import  # noqa: E402
 from seqstate.interop.keras import KerasImportError, last_step  # noqa: E402
 from seqstate.model import SequenceModel  # noqa: E402
+from seqstate.saved import load_model, read_model_json  # noqa: E402
 
 # Keras's torch backend calls np.array(tensor, copy=False) under NumPy 2, which warns; the
 # warning is Keras's, not ours.

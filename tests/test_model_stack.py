@@ -13,11 +13,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqstate.checkpoint import load_model, read_model_json, save_model
 from seqstate.lanes import Lanes
 from seqstate.layers import GRU, LSTM, RNN
 from seqstate.model import ModelConfig, RecurrentSpec, SequenceModel
 from seqstate.prediction import forecast, predict
+from seqstate.saved import load_model, read_model_json, save_model
 from seqstate.state import State
 from seqstate.stepwise import StepwiseLayer
 from seqstate.streams import Streams

@@ -125,7 +125,7 @@ def import_keras(
     ``x0, x1, ...`` / ``y0, y1, ...`` when not given. Targets are read at the same step as the
     inputs (shift 0), as a Keras model maps x[t] to y[t]. Nothing is written on error.
     """
-    from seqstate.checkpoint import save_model
+    from seqstate.saved import save_model
 
     parsed = parse(read_keras_file(path, keras_version=keras_version))
     info = _info(parsed)

@@ -217,7 +217,7 @@ def export_onnx(
     if isinstance(model_or_run_dir, SequenceModel):
         model = model_or_run_dir
     elif isinstance(model_or_run_dir, str | os.PathLike):
-        from seqstate.checkpoint import load_model
+        from seqstate.saved import load_model
 
         model = load_model(model_or_run_dir)
     else:
