@@ -332,3 +332,38 @@ def test_fit_predict_forecast_streams_accept_a_mixed_stack(tmp_path: Path) -> No
     np.testing.assert_allclose(np.stack(steps), whole[0], rtol=0, atol=1e-5)
     ahead = forecast(model, series[:2], horizon=3)
     assert ahead.shape == (2, 3, F) and np.isfinite(ahead).all()
+
+
+def test_interrupted_fit_of_a_mixed_stack_resumes_bitwise(tmp_path: Path) -> None:
+    from seqstate.train import FitConfig, WindowEnd
+
+    rng = np.random.default_rng(1)
+    series = [rng.standard_normal((int(n), F)).astype(np.float32) for n in (9, 6, 11, 7, 8)]
+
+    def lanes() -> Lanes:
+        return Lanes.from_sequences(series, lanes=2, window=4, shuffle=True, seed=1)
+
+    def model() -> SequenceModel:
+        torch.manual_seed(0)
+        fields = {**STACKS["variants"], "head": [{"units": F}]}
+        return SequenceModel(input_size=F, output_size=F, dropout=0.2, **fields)
+
+    config = FitConfig(epochs=2, checkpoint_every=3, progress=False, seed=3)
+    reference = model()
+    fit(reference, lanes(), config=config)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop(end: WindowEnd) -> None:
+        if end.window == 4:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        fit(model(), lanes(), config=config, run_dir=tmp_path, on_window=stop)
+    resumed = model()
+    fit(resumed, lanes(), run_dir=tmp_path, resume=True)
+    for (key, a), (_, b) in zip(
+        reference.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), key
