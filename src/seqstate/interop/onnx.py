@@ -30,6 +30,7 @@ The graph is made by torch's dynamo exporter (``torch.onnx.export(..., dynamo=Tr
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -182,7 +183,11 @@ def _exporter_noise() -> Iterator[None]:
     # - its axis-renaming notice when two inputs share the batch (or time) axis;
     # - torch.utils._pytree's LeafSpec deprecation raised from inside torch.export;
     # - nn.RNNBase refreshing its _flat_weights list when torch.export swaps in its parameters;
-    # - torch.export's own while-loop LSTM/GRU decomposition calling torch._check_is_size.
+    # - torch.export's own while-loop LSTM/GRU decomposition calling torch._check_is_size;
+    # - the exporter's log lines that torchvision's operators are skipped (we use none).
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=r"_check_is_size will be removed", category=FutureWarning
@@ -192,7 +197,10 @@ def _exporter_noise() -> Iterator[None]:
         )
         warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-        yield
+        try:
+            yield
+        finally:
+            registration.setLevel(level)
 
 
 def export_onnx(
