@@ -367,3 +367,14 @@ def test_interrupted_fit_of_a_mixed_stack_resumes_bitwise(tmp_path: Path) -> Non
         reference.state_dict().items(), resumed.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), key
+
+
+def test_config_replace_keeps_what_is_not_changed(models) -> None:
+    gru = ModelConfig(input_size=3, output_size=1, cell="gru", hidden_size=8, num_layers=2)
+    wider = SequenceModel(gru, hidden_size=16, output_size=4).config
+    assert (wider.cell, wider.hidden_size, wider.num_layers, wider.output_size) == ("gru", 16, 2, 4)
+    assert gru.replace(dropout=0.5).layers == gru.layers
+    mixed = models["mixed"].config
+    assert mixed.replace(output_size=2).head == mixed.head
+    with pytest.raises(ValueError, match=r"\['hidden_size'\] describe a stack of equal layers"):
+        mixed.replace(hidden_size=8)

@@ -133,6 +133,7 @@ class DenseSpec:
         )
 
 
+_SHORTHAND = ("cell", "hidden_size", "num_layers", "nonlinearity")
 _LEGACY_KEYS = (
     "input_size",
     "output_size",
@@ -285,6 +286,32 @@ class ModelConfig:
         """The top layer's activation (the shorthand ``nonlinearity`` of an RNN stack)."""
         return self.layers[-1].activation
 
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with ``changes``: any constructor argument, including the shorthand
+        (``hidden_size=128`` resizes every layer of a stack of equal layers)."""
+        base: dict[str, Any] = {
+            "input_size": self.input_size,
+            "output_size": self.output_size,
+            "dropout": self.dropout,
+            "task": self.task,
+            "mask_value": self.mask_value,
+            # the default head (one linear layer) follows a new output_size
+            "head": None if self.head == (DenseSpec(self.output_size),) else self.head,
+        }
+        if any(name in changes for name in _SHORTHAND):
+            first = self.layers[0]
+            if not first.fused or any(layer != first for layer in self.layers):
+                raise ValueError(
+                    f"ModelConfig.replace: {sorted(set(changes) & set(_SHORTHAND))} describe a "
+                    "stack of equal layers; this stack's layers differ, so pass layers= instead"
+                )
+            base["cell"], base["hidden_size"] = first.kind, first.hidden_size
+            base["num_layers"] = len(self.layers)
+            base["nonlinearity"] = first.activation if first.kind == "rnn" else None
+        elif "layers" not in changes:
+            base["layers"] = self.layers
+        return ModelConfig(**{**base, **changes})
+
     def groups(self) -> list[tuple[int, int]]:
         """``[(first, end), ...]``: the layers that run as one module (see the module doc)."""
         groups: list[tuple[int, int]] = []
@@ -400,9 +427,6 @@ def _shorthand_stack(
     return tuple(RecurrentSpec(kind, size, activation) for _ in range(count))  # type: ignore[arg-type]
 
 
-_SHORTHAND = ("cell", "hidden_size", "num_layers", "nonlinearity")
-
-
 class SequenceModel(nn.Module):
     """Recurrent stack + Dense head: ``x [B, T, F] -> y [B, T, O]``, state carried explicitly.
 
@@ -427,19 +451,7 @@ class SequenceModel(nn.Module):
         elif fields:
             if not isinstance(config, ModelConfig):
                 raise TypeError(f"config must be a ModelConfig; received {type(config).__name__}")
-            base: dict[str, Any] = {
-                "input_size": config.input_size,
-                "output_size": config.output_size,
-                "dropout": config.dropout,
-                "task": config.task,
-                "mask_value": config.mask_value,
-                "head": config.head,
-            }
-            if not any(name in fields for name in (*_SHORTHAND, "layers")):
-                base["layers"] = config.layers
-            if "output_size" in fields and "head" not in fields and len(config.head) == 1:
-                base["head"] = None  # the default head follows the new output size
-            config = ModelConfig(**{**base, **fields})
+            config = config.replace(**fields)
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config must be a ModelConfig; received {type(config).__name__}")
         self.config = config
