@@ -378,3 +378,18 @@ def test_config_replace_keeps_what_is_not_changed(models) -> None:
     assert mixed.replace(output_size=2).head == mixed.head
     with pytest.raises(ValueError, match=r"\['hidden_size'\] describe a stack of equal layers"):
         mixed.replace(hidden_size=8)
+
+
+def test_a_stack_pickles(models, tmp_path: Path) -> None:
+    # torch.save(model) and copy.deepcopy need picklable activations (no lambdas).
+    model = SequenceModel(
+        input_size=F,
+        output_size=O,
+        layers=[{"kind": "gru", "hidden_size": 3, "activation": "leaky_relu"}],
+        head=[{"units": 4, "activation": "softmax"}, {"units": O, "activation": "log_softmax"}],
+    )
+    torch.save(model, tmp_path / "model.pt")
+    again = torch.load(tmp_path / "model.pt", weights_only=False)
+    x = torch.randn(2, 3, F)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)[0], model(x)[0], rtol=0, atol=0)

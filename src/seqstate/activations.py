@@ -27,6 +27,19 @@ def _hard_sigmoid_keras2(x: torch.Tensor) -> torch.Tensor:
     return torch.clamp(0.2 * x + 0.5, 0.0, 1.0)
 
 
+def _leaky_relu(x: torch.Tensor) -> torch.Tensor:
+    return functional.leaky_relu(x, 0.2)  # Keras's default slope 0.2 (torch's is 0.01)
+
+
+def _softmax(x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(x, dim=-1)
+
+
+def _log_softmax(x: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(x, dim=-1)
+
+
+# Module-level functions, not lambdas: a model holding them pickles (torch.save, deepcopy).
 #: name -> function. Softmax-like functions act over the last (feature) axis.
 ACTIVATIONS: dict[str, Activation] = {
     "linear": _identity,
@@ -46,12 +59,12 @@ ACTIVATIONS: dict[str, Activation] = {
     "softsign": functional.softsign,
     "mish": functional.mish,
     "exponential": torch.exp,
-    "leaky_relu": lambda x: functional.leaky_relu(x, 0.2),  # Keras's default slope 0.2
+    "leaky_relu": _leaky_relu,
     "log_sigmoid": functional.logsigmoid,
     "hard_tanh": functional.hardtanh,
     "tanh_shrink": functional.tanhshrink,
-    "softmax": lambda x: torch.softmax(x, dim=-1),
-    "log_softmax": lambda x: torch.log_softmax(x, dim=-1),
+    "softmax": _softmax,
+    "log_softmax": _log_softmax,
 }
 
 #: Other names Keras uses for the same functions.
