@@ -374,6 +374,9 @@ def test_imported_run_predicts_serves_and_exports(saved, name: str, tmp_path: Pa
 
 
 def _rewrite_archive(source: Path, target: Path, edit_config, keras_version: str) -> None:
+    """A copy of a .keras archive as an older Keras writes it: ``edit_config`` applied, the
+    version set, and no layer names on the weight groups (Keras 3.0 and tf.keras 2 address
+    weights by snake-cased class name only)."""
     with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w") as out:
         for item in archive.namelist():
             data = archive.read(item)
@@ -385,6 +388,12 @@ def _rewrite_archive(source: Path, target: Path, edit_config, keras_version: str
                 metadata = json.loads(data)
                 metadata["keras_version"] = keras_version
                 data = json.dumps(metadata).encode()
+            elif item == "model.weights.h5":
+                weights = target.with_suffix(".weights.h5")
+                weights.write_bytes(data)
+                with h5py.File(weights, "r+") as h5:
+                    h5.visititems(lambda _, obj: obj.attrs.pop("name", None))
+                data = weights.read_bytes()
             out.writestr(item, data)
 
 
@@ -402,6 +411,18 @@ def test_keras_3_0_file_without_layer_names_in_op_configs(saved, tmp_path: Path)
     _assert_equals_keras(
         keras_import.load(old), saved["functional_masked"], keras_import.describe(old), True
     )
+
+
+def test_tf_keras_2_archive_uses_keras_2_hard_sigmoid(saved, tmp_path: Path) -> None:
+    entry = saved["lstm_hard_sigmoid_relu"]
+    old = tmp_path / "tf_keras.keras"
+    _rewrite_archive(entry["keras"], old, lambda config: None, "2.15.0")
+    model = keras_import.load(old)
+    assert "recurrent_activation=hard_sigmoid_keras2" in model.describe()
+    with torch.no_grad():
+        ours, _ = model(torch.from_numpy(entry["x"]))
+        keras3, _ = keras_import.load(entry["keras"])(torch.from_numpy(entry["x"]))
+    assert not torch.allclose(ours, keras3, atol=1e-4)  # same weights, the other definition
 
 
 def test_keras2_hard_sigmoid_and_files_without_a_version(saved, tmp_path: Path) -> None:
