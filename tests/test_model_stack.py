@@ -295,8 +295,11 @@ def test_run_directory_written_before_stacks_still_loads() -> None:
         ({"layers": [{"kind": "gru", "size": 3}]}, ValueError, r"unknown keys \['size'\]"),
         ({"head": [{"units": 3}]}, ValueError, r"end with a layer of output_size=2 units; received 3"),  # noqa: E501
         ({"head": [{"units": 2, "activation": "softmax"}], "task": "classification"}, ValueError, r"must be linear"),  # noqa: E501
-        ({"mask_value": float("nan")}, ValueError, r"mask_value must be finite"),
-        ({"mask_value": "0"}, TypeError, r"mask_value must be a number"),
+        ({"mask_value": float("nan")}, ValueError, r"mask_value must be a finite number"),
+        ({"mask_value": "0"}, TypeError, r"mask_value must be a number; received str"),
+        ({"hidden_size": 0}, ValueError, r"hidden_size must be an int >= 1; received 0"),
+        ({"num_layers": 2.0}, TypeError, r"num_layers must be an int >= 1; received float"),
+        ({"dropout": 1.0}, ValueError, r"dropout must be in \[0, 1\); received 1.0"),
         ({"layers": "lstm"}, TypeError, r"layers must be a list of RecurrentSpec"),
     ],
 )  # fmt: skip
@@ -393,3 +396,11 @@ def test_a_stack_pickles(models, tmp_path: Path) -> None:
     x = torch.randn(2, 3, F)
     with torch.no_grad():
         torch.testing.assert_close(again(x)[0], model(x)[0], rtol=0, atol=0)
+
+
+def test_layers_and_models_follow_the_sequence_core_protocol(models) -> None:
+    from seqstate.core import SequenceCore
+
+    assert isinstance(models["mixed"], SequenceCore)
+    assert isinstance(StepwiseLayer("gru", F, 4), SequenceCore)
+    assert StepwiseLayer("gru", F, 4).output_size == 4

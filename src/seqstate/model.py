@@ -37,6 +37,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from seqstate._validate import check_bool, check_int, check_number
 from seqstate.activations import activation as activation_function
 from seqstate.activations import check_activation
 from seqstate.cells import CELLS, Kind, cell_kind
@@ -61,9 +62,7 @@ _FUSED_LAYERS: dict[str, type[LSTM] | type[GRU] | type[RNN]] = {
 
 
 def _check_size(value: Any, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1; received {value!r}")
-    return value
+    return check_int(value, name, 1)
 
 
 def _from_mapping(cls: type, value: Any, argument: str) -> Any:
@@ -97,10 +96,8 @@ class RecurrentSpec:
         for name in ("activation", "recurrent_activation"):
             canonical = check_activation(getattr(self, name), f"RecurrentSpec.{name}")
             object.__setattr__(self, name, canonical)
-        if not isinstance(self.reset_after, bool):
-            raise TypeError(
-                f"RecurrentSpec.reset_after must be a bool; received {self.reset_after!r}"
-            )
+        reset_after = check_bool(self.reset_after, "RecurrentSpec.reset_after")
+        object.__setattr__(self, "reset_after", reset_after)
 
     @property
     def fused(self) -> bool:
@@ -238,18 +235,16 @@ class ModelConfig:
                 "ModelConfig.head: a classification model outputs logits, so its last layer must "
                 f"be linear; received activation={dense[-1].activation!r}"
             )
-        if isinstance(dropout, bool) or not isinstance(dropout, int | float):
-            raise TypeError(f"ModelConfig.dropout must be a float; received {dropout!r}")
-        if not (0.0 <= float(dropout) < 1.0):
+        dropout = check_number(dropout, "ModelConfig.dropout", minimum=0.0)
+        if dropout >= 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1); received {dropout!r}")
         if mask_value is not None:
-            if isinstance(mask_value, bool) or not isinstance(mask_value, int | float):
-                raise TypeError(
-                    f"ModelConfig.mask_value must be a number or None; received {mask_value!r}"
-                )
-            if not math.isfinite(mask_value):
-                raise ValueError(f"ModelConfig.mask_value must be finite; received {mask_value!r}")
-            mask_value = float(mask_value)
+            mask_value = check_number(
+                mask_value,
+                "ModelConfig.mask_value",
+                minimum=-math.inf,
+                hint="It is the input value that marks padding (Keras's Masking), or None.",
+            )
         values: dict[str, Any] = {
             "input_size": input_size,
             "output_size": output_size,

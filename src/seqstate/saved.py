@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from seqstate._io import atomic_path, write_text_atomic
 from seqstate.model import ModelConfig, SequenceModel
 
 __all__ = ["MODEL_FILE", "MODEL_JSON", "RUN_FORMAT", "load_model", "read_model_json", "save_model"]
@@ -31,13 +32,6 @@ __all__ = ["MODEL_FILE", "MODEL_JSON", "RUN_FORMAT", "load_model", "read_model_j
 RUN_FORMAT = "seqstate.run/1"
 MODEL_JSON = "model.json"
 MODEL_FILE = "model.safetensors"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    # Write-then-rename so a crash never leaves a half-written file behind.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_model(
@@ -56,10 +50,11 @@ def save_model(
     document = {"format": RUN_FORMAT, "model": model.config.to_dict(), "metadata": meta}
     text = json.dumps(document, indent=2, sort_keys=True)  # fails early on non-JSON metadata
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = run / (MODEL_FILE + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, run / MODEL_FILE)
-    _atomic_write_text(run / MODEL_JSON, text)
+    # Weights first, then the JSON that describes them: each write is atomic, so a crash
+    # never leaves a half-written file behind.
+    with atomic_path(run / MODEL_FILE) as tmp:
+        save_file(tensors, str(tmp))
+    write_text_atomic(run / MODEL_JSON, text)
     return run
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from seqstate._validate import check_int
 from seqstate.activations import activation as activation_function
 from seqstate.activations import check_activation
 from seqstate.cells import CellKind, cell_kind
@@ -95,6 +96,11 @@ class StepwiseLayer(nn.Module):
 
     num_layers = 1
 
+    @property
+    def output_size(self) -> int:
+        """H: what a layer outputs per step (the :class:`seqstate.core.SequenceCore` size)."""
+        return self.hidden_size
+
     def __init__(
         self,
         kind: str,
@@ -109,11 +115,8 @@ class StepwiseLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.kind = cell_kind(kind)
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1; received {value!r}")
-        self.input_size = input_size
-        self.hidden_size = hidden_size
+        self.input_size = check_int(input_size, "input_size", 1)
+        self.hidden_size = check_int(hidden_size, "hidden_size", 1)
         self.activation = check_activation(activation, "activation")
         self.recurrent_activation = check_activation(recurrent_activation, "recurrent_activation")
         self.reset_after = bool(reset_after)
@@ -146,8 +149,7 @@ class StepwiseLayer(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> State:
         """Zero state ``[1, batch_size, hidden_size]``."""
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 0:
-            raise ValueError(f"batch_size must be an int >= 0; received {batch_size!r}")
+        check_int(batch_size, "batch_size", 0)
         return self.state_type.zeros(
             1,
             batch_size,

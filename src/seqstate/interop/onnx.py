@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from seqstate._io import atomic_path
 from seqstate.activations import activation as activation_function
 from seqstate.cells import CELLS
 from seqstate.model import SequenceModel
@@ -274,10 +275,9 @@ def export_onnx(
         raise RuntimeError("torch.onnx.export returned no program")
     proto = program.model_proto
     _declare_output_shapes(proto, copy, outputs)
-    tmp = target.with_name(target.name + ".tmp")
-    onnx.save(proto, str(tmp))
-    onnx.checker.check_model(str(tmp))
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:  # nothing is left behind when the check fails
+        onnx.save(proto, str(tmp))
+        onnx.checker.check_model(str(tmp))
     return target
 
 
