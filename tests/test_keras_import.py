@@ -542,3 +542,38 @@ def test_import_keras_names_columns_and_checks_them(saved, tmp_path: Path) -> No
     with pytest.raises(TypeError, match=r"targets must be a list of column names"):
         keras_import.import_keras(entry["keras"], tmp_path / "bad", targets="p")
     assert not (tmp_path / "bad").exists()
+
+
+# --- the documented CLI flow: import-keras -> predict ----------------------------------------
+
+
+def test_cli_import_keras_then_predict(saved, tmp_path: Path, capsys) -> None:
+    pd = pytest.importorskip("pandas")
+    from seqstate.cli import main
+
+    entry = saved["mixed_masked"]
+    run = tmp_path / "run"
+    code = main(["import-keras", str(entry["h5"]), str(run), "--features", "a,b,c",
+                 "--targets", "load"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "step-by-step path" in printed and f"next: seqstate predict {run}" in printed
+    x = entry["x"]  # 3 series of 6 steps, zero rows are Keras's padding
+    table = pd.DataFrame(
+        {
+            "series": np.repeat(np.arange(x.shape[0]), x.shape[1]),
+            **{name: x[:, :, j].reshape(-1) for j, name in enumerate("abc")},
+        }
+    )
+    table.to_csv(tmp_path / "data.csv", index=False)
+    out = tmp_path / "predictions.csv"
+    # one series per id: the imported run has no id column, so predict each series' file
+    for series in range(x.shape[0]):
+        table[table.series == series].to_csv(tmp_path / f"s{series}.csv", index=False)
+        assert main(["predict", str(run), str(tmp_path / f"s{series}.csv"), "--out", str(out),
+                     "--no-progress"]) == 0  # fmt: skip
+        predicted = pd.read_csv(out)["predicted_load"].to_numpy()
+        real = _real_steps(x[series : series + 1], masked=True)[0]
+        np.testing.assert_allclose(predicted[real], entry["y"][series, real, 0], atol=1e-5)
+    assert main(["import-keras", str(entry["h5"]), str(tmp_path / "bad"), "--features", "a,b"]) == 1
+    assert "features must name the model's 3 inputs" in capsys.readouterr().err

@@ -69,6 +69,39 @@ def _guarded(run: Callable[[], int | None], debug: bool) -> int:
             raise
         print(f"seqstate: error: {_one_line(error)}", file=sys.stderr)
         return 1
+    except ImportError as error:  # an optional dependency is missing: name the extra
+        if debug:
+            raise
+        print(f"seqstate: error: {_missing_extra(error)}", file=sys.stderr)
+        return 1
+
+
+# Optional dependencies and the extra that installs each (pyproject.toml's
+# [project.optional-dependencies]); commands import them lazily, on first use.
+_EXTRAS = {
+    "pandas": "data",
+    "pyarrow": "data",
+    "matplotlib": "plot",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "redis": "serve",
+    "prometheus_client": "serve",
+    "httpx": "serve",
+    "h5py": "keras",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "onnxscript": "onnx",
+    "statsmodels": "demo",
+}
+
+
+def _missing_extra(error: ImportError) -> str:
+    """One line naming the extra that installs the missing module."""
+    module = (error.name or "").split(".")[0]
+    extra = _EXTRAS.get(module)
+    if extra is None:
+        return _one_line(error)  # already says what to install, or is not about an extra
+    return f"this command needs {module}, which is not installed: pip install 'seqstate[{extra}]'"
 
 
 def _one_line(error: BaseException) -> str:
@@ -161,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keras.add_argument("path", metavar="PATH", help="the .keras or .h5 file")
     keras.add_argument("out_run_dir", metavar="OUT_RUN_DIR", help="run directory to write")
+    keras.add_argument(
+        "--features", "-f", help="the model's input columns in order, comma-separated (x0, x1, ..)"
+    )
+    keras.add_argument(
+        "--targets", "-t", help="the columns its outputs predict, comma-separated (y0, y1, ..)"
+    )
+    keras.add_argument(
+        "--keras-version", help="the Keras that wrote PATH, for files that do not record it"
+    )
 
     onnx = command("export-onnx", _export_onnx, "export a run to ONNX with state inputs/outputs")
     onnx.add_argument("run_dir", metavar="RUN_DIR", help="directory written by train")
@@ -546,29 +588,44 @@ def _serve(argv: list[str]) -> int:
 
 
 def _import_keras(args: argparse.Namespace) -> int:
-    try:
-        from seqstate.interop.keras import import_keras
-    except ImportError as error:
-        raise CliError(
-            f"Keras import needs h5py ({error}); pip install 'seqstate[keras]'"
-        ) from None
-    out = import_keras(args.path, args.out_run_dir)
+    from seqstate.interop.keras import describe, import_keras
+    from seqstate.saved import load_model
+
+    out = import_keras(
+        args.path,
+        args.out_run_dir,
+        features=_column_list(args.features),
+        targets=_column_list(args.targets),
+        keras_version=args.keras_version,
+    )
+    info = describe(args.path, keras_version=args.keras_version)
     print(f"wrote {out}/ (model.json, model.safetensors) from {args.path}")
+    print(load_model(out).describe())
+    for note in info.notes:
+        print(f"note: {note}")
+    if not info.return_sequences:
+        print("note: Keras returned the last step only; seqstate predicts every step")
+    print(f"next: seqstate predict {out} DATA --out predictions.csv")
     return 0
+
+
+def _column_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",")]
+    if not all(names):
+        raise CliError(f"column lists are comma-separated names; received {value!r}")
+    return names
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
     from seqstate.interop.onnx import export_onnx, onnx_input_names, onnx_output_names
+    from seqstate.saved import load_model
 
     if not Path(args.out).suffix.lower() == ".onnx":
         raise CliError(f"OUT must be a .onnx file; received {args.out!r}")
-    try:
-        written = export_onnx(args.run_dir, args.out)
-    except ImportError as error:
-        raise CliError(f"ONNX export needs onnx ({error}); pip install 'seqstate[onnx]'") from None
-    from seqstate.checkpoint import load_model
-
     model = load_model(args.run_dir)
+    written = export_onnx(model, args.out)
     print(f"wrote {written}: inputs {onnx_input_names(model)}, outputs {onnx_output_names(model)}")
     return 0
 
