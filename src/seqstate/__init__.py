@@ -29,9 +29,11 @@ _EXPORTS: dict[str, str] = {
     "SequenceCore": "seqstate.core",
     # model and run directories
     "ModelConfig": "seqstate.model",
+    "RecurrentSpec": "seqstate.model",
+    "DenseSpec": "seqstate.model",
     "SequenceModel": "seqstate.model",
-    "save_model": "seqstate.checkpoint",
-    "load_model": "seqstate.checkpoint",
+    "save_model": "seqstate.saved",
+    "load_model": "seqstate.saved",
     # drivers
     "FitConfig": "seqstate.train",
     "History": "seqstate.train",
@@ -52,15 +54,15 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from seqstate.checkpoint import load_model, save_model  # noqa: F401
     from seqstate.core import SequenceCore  # noqa: F401
     from seqstate.forecasting import forecast  # noqa: F401
     from seqstate.interop.keras import import_keras  # noqa: F401
     from seqstate.interop.onnx import export_onnx  # noqa: F401
     from seqstate.lanes import Lanes, Window  # noqa: F401
     from seqstate.layers import GRU, LSTM, RNN  # noqa: F401
-    from seqstate.model import ModelConfig, SequenceModel  # noqa: F401
+    from seqstate.model import DenseSpec, ModelConfig, RecurrentSpec, SequenceModel  # noqa: F401
     from seqstate.prediction import predict  # noqa: F401
+    from seqstate.saved import load_model, save_model  # noqa: F401
     from seqstate.sources import read_table, split_table  # noqa: F401
     from seqstate.state import GRUState, LSTMState, RNNState, State  # noqa: F401
     from seqstate.streams import Streams, advance  # noqa: F401
