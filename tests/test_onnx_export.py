@@ -198,3 +198,18 @@ def test_export_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"has no model\.json"):
         export_onnx(tmp_path / "missing_run", tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_second_export_in_one_process_keeps_the_time_axis_dynamic(exported, tmp_path) -> None:
+    # Regression: torch 2.13 reused a dispatch-cached LSTM kernel from the first export and
+    # unrolled the second over the example's 3 steps (a fixed time axis).
+    model, _, _ = exported("lstm")  # one export of an LSTM in this process already
+    path = export_onnx(model, tmp_path / "again.onnx")
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", "time", F]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 7, F)
+    state = [t.numpy() for t in model.initial_state(2).tensors()]
+    y = session.run(None, _feeds(model, x, None, state))[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(y), model(x)[0], **TOL)

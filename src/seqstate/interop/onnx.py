@@ -189,6 +189,7 @@ def _exporter_noise() -> Iterator[None]:
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration.level
     registration.setLevel(logging.ERROR)
+    _clear_rnn_dispatch_caches()
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=r"_check_is_size will be removed", category=FutureWarning
@@ -202,6 +203,21 @@ def _exporter_noise() -> Iterator[None]:
             yield
         finally:
             registration.setLevel(level)
+            _clear_rnn_dispatch_caches()
+
+
+def _clear_rnn_dispatch_caches() -> None:
+    """Forget which Python kernel aten.lstm / aten.gru dispatched to.
+
+    With dynamic shapes the exporter swaps in while-loop LSTM/GRU decompositions (a dynamic
+    time axis) by editing the ops' ``py_kernels``, but not their dispatch caches: torch 2.13
+    then reuses a kernel cached by an earlier export in the process, unrolls the layer over
+    the example's steps and fixes the time axis (seen as a second export with T fixed to 3).
+    """
+    for op in (torch.ops.aten.lstm.input, torch.ops.aten.gru.input):
+        cache = getattr(op, "_dispatch_cache", None)
+        if cache is not None:
+            cache.clear()
 
 
 def export_onnx(
