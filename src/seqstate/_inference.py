@@ -44,11 +44,8 @@ class _ModelInfo:
     output_size: int  # O
     dtype: torch.dtype  # of the parameters; inputs are cast to it
     device: torch.device  # of the parameters; inputs are moved to it
+    numpy_dtype: np.dtype  # the NumPy twin of dtype: inputs are read and outputs given in it
     state_type: type[State] | None  # None when the model does not declare one
-
-    @property
-    def numpy_dtype(self) -> np.dtype:
-        return torch.empty((), dtype=self.dtype).numpy().dtype
 
 
 def _prepare_model(model: Any, device: torch.device | str | None) -> tuple[nn.Module, _ModelInfo]:
@@ -68,6 +65,7 @@ def _prepare_model(model: Any, device: torch.device | str | None) -> tuple[nn.Mo
         input_size=input_size,
         output_size=output_size,
         dtype=parameter.dtype,
+        numpy_dtype=torch.empty((), dtype=parameter.dtype).numpy().dtype,
         device=parameter.device,
         state_type=getattr(model, "state_type", None),
     )

@@ -30,7 +30,7 @@ but never runs a Python loop over steps. How a window reaches the kernels:
   Masked steps are dropped (real steps move left, order kept); every reset after the row's
   first real step becomes an inserted *zero* step just before that step; the row is filled at
   the end with *hold* steps up to the longest row. Two flag columns are appended to each
-  layer's input, with fixed weights of ``±_FLAG`` that saturate the gates exactly (sigmoid is
+  layer's input, with fixed weights of ``±FLAG`` that saturate the gates exactly (sigmoid is
   exactly 0 or 1 there, its derivative exactly 0, so nothing leaks through, not even gradient):
 
   ======  =========================================  =====================================
@@ -61,7 +61,7 @@ but never runs a Python loop over steps. How a window reaches the kernels:
   The tanh RNN cannot be zeroed through its input (tanh(-inf) = -1): it takes the timeline
   only for windows without zero steps (padding, resets at a row's edges; its hold steps need
   no flag, as its h is read at the last real step). Saturation needs the other pre-activation
-  terms far below ``_FLAG``: a per-window bound (weight row norms x input max + recurrent
+  terms far below ``FLAG``: a per-window bound (weight row norms x input max + recurrent
   weights x state max + biases) checks it, and when it fails (or for the tanh RNN's windows
   with zero steps, or ``strategy="split"``) the window runs the reference way instead;
 * ``split``: masked steps compacted the same way, the remaining padding at each row's end
@@ -72,11 +72,6 @@ but never runs a Python loop over steps. How a window reaches the kernels:
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import itertools
-import warnings
-from collections.abc import Iterator
 from typing import Any, Literal, cast
 
 import torch
@@ -84,6 +79,8 @@ from torch import _VF, nn
 from torch.nn import functional
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from seqstate._split import run_split
+from seqstate._timeline import FLAG, flag_pattern, run_timeline
 from seqstate.state import GRUState, LSTMState, RNNState, State
 
 __all__ = ["GRU", "LSTM", "RNN", "Strategy"]
@@ -91,12 +88,6 @@ __all__ = ["GRU", "LSTM", "RNN", "Strategy"]
 #: ``"auto"``: the timeline (one fused call per layer), falling back to ``"split"`` where it is
 #: not exact; ``"split"``: the reference (one fused call per span between reset columns).
 Strategy = Literal["auto", "split"]
-
-# Flag weight: saturates sigmoid to exactly 0/1 (and ReLU to 0) in float32 and float64 as long
-# as the rest of the pre-activation stays below _SAFE_BOUND: sigmoid(-x) underflows to exactly 0
-# for x > ~750 (float64) and the margin leaves room for rounding.
-_FLAG = 1.0e4
-_SAFE_BOUND = 0.5 * _FLAG
 
 
 class _Resettable:
@@ -183,15 +174,17 @@ class _Resettable:
         make: Any = self.state_type
         return make(*tensors)
 
-    def _fused(self, x: torch.Tensor, state: State, lengths: torch.Tensor | None):
+    def _fused(
+        self, x: torch.Tensor, state: State, lengths: torch.Tensor | None
+    ) -> tuple[torch.Tensor, State]:
         """One call of the torch kernel on ``x`` [N, T, F]; ``lengths`` [N] (cpu) or None."""
         hx = self._to_hx(state)
         if lengths is None:
-            y, hx = self._torch_module.forward(self, x, hx)  # type: ignore[arg-type]
+            y, hx = self._torch_module.forward(self, x, hx)
             return y, self._from_hx(hx)
         T = x.shape[1]
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        y, hx = self._torch_module.forward(self, packed, hx)  # type: ignore[arg-type]
+        y, hx = self._torch_module.forward(self, packed, hx)
         y, _ = pad_packed_sequence(y, batch_first=True, total_length=T)
         return y, self._from_hx(hx)
 
@@ -222,7 +215,7 @@ class _Resettable:
             device=device or weight.device,
         )
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         x: torch.Tensor,
         state: State | None = None,
@@ -306,138 +299,8 @@ class _Resettable:
         reset: torch.Tensor | None,
         mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, State] | None:
-        """Every row on its own timeline, one fused call per layer (module docstring).
-
-        Returns None when the saturation bound fails (the caller then runs ``split``).
-        """
-        B, T, F = x.shape
-        H = self.hidden_size
-        device = x.device
-        columns = torch.arange(T, device=device)
-        inserted = initial = tail = None
-        if mask is None:
-            if reset is None:  # (the caller sends such windows to one plain fused call)
-                reset = torch.zeros(B, T, dtype=torch.bool, device=device)
-            initial = reset[:, 0]
-            inserted = reset & (columns > 0)  # (B, T): a zero step goes before step t
-            shifted = inserted.long().cumsum(1)
-            position = columns + shifted  # (B, T): timeline position of step t
-            length = T + shifted[:, -1]  # (B,): real + zero steps of each row
-        elif reset is None:  # padding only: real steps move left
-            seen = mask.long().cumsum(1)  # (B, T): real steps up to and including t
-            position = seen - 1
-            length = seen[:, -1]
-        else:
-            counts = reset.long().cumsum(1)  # (B, T): resets up to and including step t
-            # resets up to the last real step <= t, and < t (0 before the first real step)
-            at_real = torch.where(mask, counts, 0).cummax(1).values
-            before = functional.pad(at_real[:, :-1], (1, 0))
-            seen = mask.long().cumsum(1)
-            fresh = mask & (counts > before)  # a reset since the previous real step
-            initial = (fresh & (seen == 1)).any(1)  # before the first real step
-            inserted = fresh & (seen > 1)  # mid-row: a zero step before step t
-            tail = counts[:, -1] > at_real[:, -1]  # after the last real step
-            shifted = inserted.long().cumsum(1)
-            position = seen - 1 + shifted
-            length = seen[:, -1] + shifted[:, -1]
-        if inserted is not None and not self._can_zero() and bool(inserted.any()):
-            return None
-        steps = int(length.max())  # T'
-        if initial is not None and bool(initial.any()):
-            state = state.reset_rows(initial)
-        if tail is not None and not bool(tail.any()):
-            tail = None
-        if steps == 0:  # no row has a real step
-            return x.new_zeros(B, T, H), state if tail is None else state.reset_rows(tail)
-
-        # The timeline runs time-major (the kernels' own layout: no transposes), flattened to
-        # [T' * B, .] with slot p * B + b for position p of row b. `writes` [B * T] gives each
-        # step (b * T + t) its slot, `reads` [T' * B] each slot its step; one is the other's
-        # inverse, so moving rows either way, and their gradients back, is one index_select.
-        # Padding steps (no slot) and zero and hold slots (no step) are zero-filled.
-        rows = torch.arange(B, device=device)
-        step_index = (rows * T)[:, None] + columns  # (B, T)
-        slot_index = position * B + rows[:, None]  # (B, T)
-        no_slot = steps * B
-        reads = torch.zeros(no_slot + 1, dtype=torch.long, device=device)
-        padding = None
-        if mask is None:
-            writes = slot_index.flatten()
-            reads = reads.scatter_(0, writes, step_index.flatten())[:no_slot]
-        else:
-            spilled = torch.where(mask, slot_index, no_slot).flatten()
-            reads = reads.scatter_(0, spilled, step_index.flatten())[:no_slot]
-            writes = torch.where(mask, slot_index, 0).flatten()
-            padding = (~mask).flatten().nonzero().flatten()
-        is_hold = torch.arange(steps, device=device)[:, None] >= length  # (T', B)
-        if inserted is None:
-            is_zero, stepless = torch.zeros_like(is_hold), is_hold
-        else:
-            zero_slots = torch.where(inserted, slot_index - B, no_slot).flatten()
-            is_zero = torch.zeros(no_slot + 1, dtype=torch.bool, device=device)
-            is_zero = is_zero.scatter_(0, zero_slots, True)[:no_slot].view(steps, B)
-            stepless = is_zero | is_hold
-        flags = torch.stack([is_zero, is_hold], dim=-1).to(x.dtype)  # (T', B, 2)
-        fill = stepless.flatten().nonzero().flatten()
-        layer_input = _Remap.apply(x.reshape(B * T, F), reads, fill, writes, padding)
-        layer_input = layer_input.view(steps, B, F)
-
-        last = (length - 1).clamp(min=0) * B + rows  # slot of each row's last real step
-        initial_tensors = state.tensors()
-        finals: list[list[torch.Tensor]] = [[] for _ in initial_tensors]
-        calls = []  # (h0, output) of each layer, for the saturation bound
-        for layer in range(self.num_layers):
-            weights = list(self._layer_weights(layer))
-            b_ih = weights[2] if self.bias else None
-            weights[0] = torch.cat([weights[0], self._flag_columns(b_ih, weights[0])], dim=1)
-            hx = [t[layer : layer + 1] for t in initial_tensors]
-            with _fresh_weights_quiet() if x.is_cuda else contextlib.nullcontext():
-                output, hx_out = self._sequence_kernel(
-                    torch.cat([layer_input, flags], dim=-1), hx, weights
-                )
-            calls.append((hx[0], output))
-            # h at the row's last real step (hold steps keep an LSTM's c, not its h)
-            h_last = output.view(steps * B, H).index_select(0, last)
-            if mask is not None:  # rows without a real step keep their state
-                h_last = torch.where((length > 0)[:, None], h_last, hx[0][0])
-            finals[0].append(h_last)
-            for parts, tensor in zip(finals[1:], hx_out[1:], strict=True):
-                parts.append(tensor[0])
-            if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
-                output = functional.dropout(output, self.dropout, True)
-            layer_input = output
-        if self._can_zero() and not self._saturates(x, calls):
-            return None
-        y = _Remap.apply(layer_input.view(steps * B, H), writes, padding, reads, fill)
-        if tail is not None:  # a reset after the row's last real step: zero state at the end
-            finals = [[torch.where(tail[:, None], 0, t) for t in parts] for parts in finals]
-        if self.num_layers == 1:
-            stacked = [parts[0][None] for parts in finals]
-        else:
-            stacked = [torch.stack(parts) for parts in finals]
-        return y.view(B, T, H), self._state(*stacked)
-
-    @torch.no_grad()
-    def _saturates(self, x: torch.Tensor, calls: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
-        """Whether every flagged gate saturated exactly: for each layer, a bound on |gate
-        pre-activation| without the flags (the largest input row norm x input max + recurrent
-        row norm x state max + the largest biases) stays below ``_SAFE_BOUND``."""
-        input_max = x.abs().max()
-        bounds = []
-        for layer, (h0, output) in enumerate(calls):
-            state_max = self._state_max(h0, output)
-            weights = self._layer_weights(layer)
-            # (abs().sum(1).max(): several times faster than linalg.matrix_norm(ord=inf) here)
-            bound = weights[0].abs().sum(1).max() * input_max
-            bound = bound + weights[1].abs().sum(1).max() * state_max
-            for bias in weights[2:]:
-                bound = bound + bias.abs().max()
-            bounds.append(bound)
-            input_max = state_max
-            if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
-                input_max = state_max / (1.0 - self.dropout)  # dropout scales its outputs up
-        worst = bounds[0] if len(bounds) == 1 else torch.stack(bounds).max()
-        return bool(worst <= _SAFE_BOUND)  # NaN fails too
+        """The timeline (:func:`seqstate._timeline.run_timeline`); None where it is not exact."""
+        return run_timeline(self, x, state, reset, mask)
 
     def _state_max(self, h0: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """A bound on |h| over a call from ``h0`` [1, B, H] with outputs [T', B, H]. LSTM and
@@ -460,80 +323,8 @@ class _Resettable:
         reset: torch.Tensor | None,
         mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, State]:
-        """Compact masked steps, then one fused call per span between reset columns."""
-        B, T, _ = x.shape
-        if mask is None:
-            return self._run_spans(x, state, reset, None)
-        # Compact each row's real steps to the left (stable), so that padding anywhere in the
-        # window becomes trailing padding that packed sequences handle. A reset that falls on a
-        # masked step moves to the row's next real step; with no real step after it, the row's
-        # final state is zero (the reset happened, nothing was consumed after it).
-        lengths = mask.sum(1)
-        positions = torch.arange(T, device=x.device)
-        is_prefix = bool((mask == (positions < lengths[:, None])).all())
-        order = None if is_prefix else torch.sort((~mask).to(torch.int8), dim=1, stable=True)[1]
-        if order is not None:
-            x = x.gather(1, order[:, :, None].expand_as(x))
-        tail_reset = None
-        if reset is not None:
-            counts = reset.cumsum(1)  # (B, T): resets up to and including step t
-            total = counts[:, -1]
-            if order is not None:
-                counts = counts.gather(1, order)
-            previous = torch.cat([counts.new_zeros(B, 1), counts[:, :-1]], dim=1)
-            # (B, T): a reset falls before compacted step j (and after the previous real step)
-            reset = (counts > previous) & (positions < lengths[:, None])
-            last_real = (lengths - 1).clamp(min=0)[:, None]
-            seen = torch.where(lengths > 0, counts.gather(1, last_real)[:, 0], 0)
-            tail_reset = total > seen
-        y, state = self._run_spans(x, state, reset, lengths)
-        if tail_reset is not None and bool(tail_reset.any()):
-            state = state.reset_rows(tail_reset)
-        if order is not None:
-            y = torch.zeros_like(y).scatter(1, order[:, :, None].expand_as(y), y)
-        return y, state
-
-    def _run_spans(
-        self,
-        x: torch.Tensor,
-        state: State,
-        reset: torch.Tensor | None,
-        lengths: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, State]:
-        """``x`` [B, T, F] with real steps first (``lengths`` [B], None = all T): one fused call
-        per span between distinct reset columns, the rows that reset zeroed between calls."""
-        T = x.shape[1]
-        if lengths is not None and bool((lengths == T).all()):
-            lengths = None
-        if reset is None:
-            return self._call_rows(x, state, lengths)
-        if bool(reset[:, 0].any()):
-            state = state.reset_rows(reset[:, 0])
-        bounds = (reset[:, 1:].any(0).nonzero().flatten() + 1).tolist()
-        outputs = []
-        for start, end in itertools.pairwise([0, *bounds, T]):
-            if start > 0:
-                state = state.reset_rows(reset[:, start])
-            span = None if lengths is None else (lengths - start).clamp(0, end - start)
-            y, state = self._call_rows(x[:, start:end], state, span)
-            outputs.append(y)
-        return torch.cat(outputs, dim=1), state
-
-    def _call_rows(
-        self, x: torch.Tensor, state: State, lengths: torch.Tensor | None
-    ) -> tuple[torch.Tensor, State]:
-        """One fused call; rows with ``lengths == 0`` are left out and keep their state."""
-        if lengths is None:
-            return self._fused(x, state, None)
-        active = lengths > 0
-        if bool(active.all()):
-            return self._fused(x, state, lengths.cpu())
-        rows = active.nonzero().flatten()
-        y = x.new_zeros(x.shape[0], x.shape[1], self.hidden_size)
-        if rows.numel() == 0:  # no row has a real step here (torch cannot pack zero rows)
-            return y, state
-        y_active, new_rows = self._fused(x[rows], state.select(rows), lengths[rows].cpu())
-        return y.index_copy(0, rows, y_active), state.scatter(rows, new_rows)
+        """The reference (:func:`seqstate._split.run_split`)."""
+        return run_split(self, x, state, reset, mask)
 
     # --- validation -------------------------------------------------------------------------
 
@@ -588,55 +379,6 @@ class _Resettable:
         return state
 
 
-class _Remap(torch.autograd.Function):
-    """Rows ``index`` [M] of ``source`` [N, D], with the rows listed in ``fill`` zeroed; the
-    gradient goes back the same way by ``inverse`` [N] and ``inverse_fill``. ``index`` must be
-    injective outside ``fill``, and ``inverse`` its inverse there, so both directions are one
-    index_select (index_select's own backward accumulates with index_add, several times
-    slower) and an in-place index_fill_ (a masked fill with a row mask is slower still)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        source: torch.Tensor,
-        index: torch.Tensor,
-        fill: torch.Tensor | None,
-        inverse: torch.Tensor,
-        inverse_fill: torch.Tensor | None,
-    ) -> torch.Tensor:
-        ctx.save_for_backward(inverse, inverse_fill)
-        return _pick_rows(source, index, fill)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
-        inverse, inverse_fill = ctx.saved_tensors
-        return _pick_rows(grad, inverse, inverse_fill), None, None, None, None
-
-
-def _pick_rows(source: torch.Tensor, index: torch.Tensor, fill: torch.Tensor | None):
-    rows = source.index_select(0, index)
-    return rows if fill is None or fill.numel() == 0 else rows.index_fill_(0, fill, 0)
-
-
-@contextlib.contextmanager
-def _fresh_weights_quiet() -> Iterator[None]:
-    """cuDNN warns when an RNN's weights are not one flat buffer (it then packs them for the
-    call); the timeline's weights (with the flag columns) are new tensors every call, so that
-    packing is expected, and the warning would only alarm (and fail warnings-as-errors)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not part of single contiguous chunk")
-        yield
-
-
-@functools.lru_cache(maxsize=64)
-def _flag_pattern(
-    pattern: tuple[tuple[float, float], ...], H: int, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """Constant flag weights ``[len(pattern) * H, 2]``: each gate's (zero, hold) pair repeated
-    over its H rows. Cached (built once per cell kind, size, dtype and device); never written."""
-    return torch.tensor(pattern, dtype=dtype, device=device).repeat_interleave(H, dim=0)
-
-
 def _check_flags(
     flags: torch.Tensor | None, name: str, B: int, T: int, device: torch.device
 ) -> torch.Tensor | None:
@@ -678,15 +420,25 @@ class LSTM(_Resettable, nn.LSTM):  # type: ignore[misc]  # forward(x, state, res
     state_type = LSTMState
     _torch_module = nn.LSTM
 
-    def _cell(self, x, hx, w_ih, w_hh, b_ih, b_hh):  # type: ignore[no-untyped-def]
+    def _cell(
+        self,
+        x: torch.Tensor,
+        hx: list[torch.Tensor],
+        w_ih: torch.Tensor,
+        w_hh: torch.Tensor,
+        b_ih: torch.Tensor | None,
+        b_hh: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, ...]:
         return _VF.lstm_cell(x, hx, w_ih, w_hh, b_ih, b_hh)
 
     def _flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         # gates i, f, g, o; zero step: i, f, o -> 0; hold step: i -> 0, f -> 1
-        pattern = ((-_FLAG, -_FLAG), (-_FLAG, _FLAG), (0.0, 0.0), (-_FLAG, 0.0))
-        return _flag_pattern(pattern, self.hidden_size, like.dtype, like.device)
+        pattern = ((-FLAG, -FLAG), (-FLAG, FLAG), (0.0, 0.0), (-FLAG, 0.0))
+        return flag_pattern(pattern, self.hidden_size, like.dtype, like.device)
 
-    def _sequence_kernel(self, x, hx, weights):  # type: ignore[no-untyped-def]
+    def _sequence_kernel(
+        self, x: torch.Tensor, hx: list[torch.Tensor], weights: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         y, h, c = _VF.lstm(x, hx, weights, self.bias, 1, 0.0, self.training, False, False)
         return y, [h, c]
 
@@ -700,7 +452,15 @@ class GRU(_Resettable, nn.GRU):  # type: ignore[misc]  # forward(x, state, reset
     state_type = GRUState
     _torch_module = nn.GRU
 
-    def _cell(self, x, hx, w_ih, w_hh, b_ih, b_hh):  # type: ignore[no-untyped-def]
+    def _cell(
+        self,
+        x: torch.Tensor,
+        hx: list[torch.Tensor],
+        w_ih: torch.Tensor,
+        w_hh: torch.Tensor,
+        b_ih: torch.Tensor | None,
+        b_hh: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, ...]:
         return (_VF.gru_cell(x, hx[0], w_ih, w_hh, b_ih, b_hh),)
 
     def _flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -708,14 +468,16 @@ class GRU(_Resettable, nn.GRU):  # type: ignore[misc]  # forward(x, state, reset
         # column cancels the input bias; not detached, so its gradient cancels too);
         # hold step: z -> 1
         H = self.hidden_size
-        pattern = ((-_FLAG, 0.0), (-_FLAG, _FLAG), (0.0, 0.0))
-        columns = _flag_pattern(pattern, H, like.dtype, like.device)
+        pattern = ((-FLAG, 0.0), (-FLAG, FLAG), (0.0, 0.0))
+        columns = flag_pattern(pattern, H, like.dtype, like.device)
         if b_ih is None:
             return columns
         cancel = functional.pad(-b_ih[2 * H :, None], (0, 1, 2 * H, 0))  # column 0, rows n
         return columns + cancel
 
-    def _sequence_kernel(self, x, hx, weights):  # type: ignore[no-untyped-def]
+    def _sequence_kernel(
+        self, x: torch.Tensor, hx: list[torch.Tensor], weights: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         y, h = _VF.gru(x, hx[0], weights, self.bias, 1, 0.0, self.training, False, False)
         return y, [h]
 
@@ -767,7 +529,15 @@ class RNN(_Resettable, nn.RNN):  # type: ignore[misc]  # forward(x, state, reset
     def _can_zero(self) -> bool:
         return self.nonlinearity == "relu"
 
-    def _cell(self, x, hx, w_ih, w_hh, b_ih, b_hh):  # type: ignore[no-untyped-def]
+    def _cell(
+        self,
+        x: torch.Tensor,
+        hx: list[torch.Tensor],
+        w_ih: torch.Tensor,
+        w_hh: torch.Tensor,
+        b_ih: torch.Tensor | None,
+        b_hh: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, ...]:
         cell = _VF.rnn_relu_cell if self.nonlinearity == "relu" else _VF.rnn_tanh_cell
         return (cell(x, hx[0], w_ih, w_hh, b_ih, b_hh),)
 
@@ -777,10 +547,12 @@ class RNN(_Resettable, nn.RNN):  # type: ignore[misc]  # forward(x, state, reset
     def _flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         # ReLU: zero and hold step alike, pre-activation -> -inf, h = 0; tanh: no zero steps,
         # and hold steps need no flag. Either way the final h is read at the last real step.
-        flag = -_FLAG if self.nonlinearity == "relu" else 0.0
-        return _flag_pattern(((flag, flag),), self.hidden_size, like.dtype, like.device)
+        flag = -FLAG if self.nonlinearity == "relu" else 0.0
+        return flag_pattern(((flag, flag),), self.hidden_size, like.dtype, like.device)
 
-    def _sequence_kernel(self, x, hx, weights):  # type: ignore[no-untyped-def]
+    def _sequence_kernel(
+        self, x: torch.Tensor, hx: list[torch.Tensor], weights: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         kernel = _VF.rnn_relu if self.nonlinearity == "relu" else _VF.rnn_tanh
         y, h = kernel(x, hx[0], weights, self.bias, 1, 0.0, self.training, False, False)
         return y, [h]

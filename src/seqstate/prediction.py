@@ -29,14 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqstate._inference import (  # noqa: F401  (also re-exported: seqstate.streams uses them)
+from seqstate._inference import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK,
-    _as_numeric,
-    _cast,
     _check_positive_int,
-    _evaluating,
-    _ModelInfo,
     _prepare_model,
     _read_sequences,
     _run,

@@ -15,10 +15,13 @@ in-place ``index_copy_`` whatever the number of streams (benchmarks/predict.py c
 with a dict of per-stream states). Ending a stream moves the last row into its place, so live
 rows stay contiguous.
 
-:func:`advance` is the pure function underneath, for callers (the server) that keep states
-elsewhere: ``y, state = advance(model, state, x)``.
+:func:`advance` is the pure function underneath, for callers that keep states elsewhere:
+``y, state = advance(model, state, x)``.
 
-Streams is not thread-safe: call it from one thread (the server's batcher does).
+The model is checked once against the declared protocol (:class:`seqstate.core.SequenceCore`,
+by :func:`seqstate.core.check_sized_core`, one message for every entry point).
+
+Streams is not thread-safe: call it from one thread.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from __future__ import annotations
 import weakref
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from seqstate.prediction import _as_numeric, _cast, _ModelInfo, _prepare_model
+from seqstate._inference import _as_numeric, _cast, _ModelInfo, _prepare_model
+from seqstate.core import SequenceCore
 from seqstate.state import State
 
 __all__ = ["StreamId", "Streams", "advance"]
@@ -52,9 +56,9 @@ def _check_id(stream_id: Any, name: str = "stream id") -> StreamId:
 
 
 def _check_steps(
-    x: Any, n: int, info: _ModelInfo, dtype: np.dtype, name: str, ids: list[StreamId] | None
+    x: Any, n: int, info: _ModelInfo, name: str, ids: list[StreamId] | None
 ) -> tuple[np.ndarray, bool]:
-    """-> (x [n, k, F] in the model's dtype (``dtype``, its NumPy form), whether x was [n, F])."""
+    """-> (x [n, k, F] in the model's dtype, whether x was [n, F])."""
     array = _as_numeric(x, name)
     F = info.input_size
     if array.ndim not in (2, 3):
@@ -70,8 +74,8 @@ def _check_steps(
     single = array.ndim == 2
     if single:
         array = array[:, None]
-    if array.dtype != dtype or not array.flags.c_contiguous:
-        array = _cast(array, dtype)
+    if array.dtype != info.numpy_dtype or not array.flags.c_contiguous:
+        array = _cast(array, info.numpy_dtype)
     if not np.isfinite(array).all():
         bad = ~np.isfinite(array)
         row, step = (int(v) for v in np.argwhere(bad.any(axis=2))[0])
@@ -99,9 +103,9 @@ def _advance(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Ten
             model.train()
 
 
-# model -> (its info, the parameter the info was read from): advance() is called per batched
-# step by the server; the parameter's dtype and device are re-checked on every call (a model
-# moved with .to() keeps its parameter objects).
+# model -> (its info, the parameter the info was read from): advance() may be called per step,
+# so the model is checked once; the parameter's dtype and device are re-checked on every call
+# (a model moved with .to() keeps its parameter objects).
 _INFO: weakref.WeakKeyDictionary[nn.Module, tuple[_ModelInfo, torch.Tensor]] = (
     weakref.WeakKeyDictionary()
 )
@@ -181,11 +185,10 @@ class Streams:
 
     def __init__(self, model: nn.Module, *, device: torch.device | str | None = None) -> None:
         self._model, self._info = _prepare_model(model, device)
-        self._numpy_dtype = self._info.numpy_dtype  # a property that builds a tensor: once
         self._rows: dict[StreamId, int] = {}  # id -> row of the buffer, insertion ordered
         self._ids: list[StreamId] = []  # row -> id, rows [0, len) are live
-        initial_state: Any = self._model.initial_state  # checked by _prepare_model
-        self._buffer: State = initial_state(16)  # [layers, capacity, H]
+        core = cast(SequenceCore, self._model)  # checked by _prepare_model (check_sized_core)
+        self._buffer: State = core.initial_state(16)  # [layers, capacity, H]
 
     # --- description ------------------------------------------------------------------------
 
@@ -222,14 +225,14 @@ class Streams:
                 NaN/inf — and then no stream's state has changed.
         """
         ids = self._check_ids(ids)
-        array, single = _check_steps(x, len(ids), self._info, self._numpy_dtype, "x", ids)
+        array, single = _check_steps(x, len(ids), self._info, "x", ids)
         if not ids or array.shape[1] == 0:
             shape = (
                 (len(ids), self._info.output_size)
                 if single
                 else (len(ids), array.shape[1], self._info.output_size)
             )
-            return np.zeros(shape, dtype=self._numpy_dtype)
+            return np.zeros(shape, dtype=self._info.numpy_dtype)
 
         known = list(map(self._rows.get, ids))  # (map: C speed for thousands of ids)
         added: list[StreamId] = []
