@@ -9,11 +9,13 @@ one index_select each, the flag weights and the saturation bound that proves the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch.nn import functional
 
@@ -45,76 +47,32 @@ def run_timeline(
     B, T, F = x.shape
     H = rnn.hidden_size
     device = x.device
-    columns = torch.arange(T, device=device)
-    inserted = initial = tail = None
-    if mask is None:
-        if reset is None:  # (the caller sends such windows to one plain fused call)
-            reset = torch.zeros(B, T, dtype=torch.bool, device=device)
-        initial = reset[:, 0]
-        inserted = reset & (columns > 0)  # (B, T): a zero step goes before step t
-        shifted = inserted.long().cumsum(1)
-        position = columns + shifted  # (B, T): timeline position of step t
-        length = T + shifted[:, -1]  # (B,): real + zero steps of each row
-    elif reset is None:  # padding only: real steps move left
-        seen = mask.long().cumsum(1)  # (B, T): real steps up to and including t
-        position = seen - 1
-        length = seen[:, -1]
-    else:
-        counts = reset.long().cumsum(1)  # (B, T): resets up to and including step t
-        # resets up to the last real step <= t, and < t (0 before the first real step)
-        at_real = torch.where(mask, counts, 0).cummax(1).values
-        before = functional.pad(at_real[:, :-1], (1, 0))
-        seen = mask.long().cumsum(1)
-        fresh = mask & (counts > before)  # a reset since the previous real step
-        initial = (fresh & (seen == 1)).any(1)  # before the first real step
-        inserted = fresh & (seen > 1)  # mid-row: a zero step before step t
-        tail = counts[:, -1] > at_real[:, -1]  # after the last real step
-        shifted = inserted.long().cumsum(1)
-        position = seen - 1 + shifted
-        length = seen[:, -1] + shifted[:, -1]
-    if inserted is not None and not rnn._can_zero() and bool(inserted.any()):
+    plan = _plan(
+        None if reset is None else reset.cpu().numpy(),
+        None if mask is None else mask.cpu().numpy(),
+        B,
+        T,
+        rnn._can_zero(),
+    )
+    if plan is None:
         return None
-    steps = int(length.max())  # T'
-    if initial is not None and bool(initial.any()):
-        state = state.reset_rows(initial)
-    if tail is not None and not bool(tail.any()):
-        tail = None
+    steps = plan.steps
+
+    def moved(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(device)
+
+    if plan.initial is not None:
+        state = state.reset_rows(moved(plan.initial))
+    tail = None if plan.tail is None else moved(plan.tail)
     if steps == 0:  # no row has a real step
         return x.new_zeros(B, T, H), state if tail is None else state.reset_rows(tail)
-
-    # The timeline runs time-major (the kernels' own layout: no transposes), flattened to
-    # [T' * B, .] with slot p * B + b for position p of row b. `writes` [B * T] gives each
-    # step (b * T + t) its slot, `reads` [T' * B] each slot its step; one is the other's
-    # inverse, so moving rows either way, and their gradients back, is one index_select.
-    # Padding steps (no slot) and zero and hold slots (no step) are zero-filled.
-    rows = torch.arange(B, device=device)
-    step_index = (rows * T)[:, None] + columns  # (B, T)
-    slot_index = position * B + rows[:, None]  # (B, T)
-    no_slot = steps * B
-    reads = torch.zeros(no_slot + 1, dtype=torch.long, device=device)
-    padding = None
-    if mask is None:
-        writes = slot_index.flatten()
-        reads = reads.scatter_(0, writes, step_index.flatten())[:no_slot]
-    else:
-        spilled = torch.where(mask, slot_index, no_slot).flatten()
-        reads = reads.scatter_(0, spilled, step_index.flatten())[:no_slot]
-        writes = torch.where(mask, slot_index, 0).flatten()
-        padding = (~mask).flatten().nonzero().flatten()
-    is_hold = torch.arange(steps, device=device)[:, None] >= length  # (T', B)
-    if inserted is None:
-        is_zero, stepless = torch.zeros_like(is_hold), is_hold
-    else:
-        zero_slots = torch.where(inserted, slot_index - B, no_slot).flatten()
-        is_zero = torch.zeros(no_slot + 1, dtype=torch.bool, device=device)
-        is_zero = is_zero.scatter_(0, zero_slots, True)[:no_slot].view(steps, B)
-        stepless = is_zero | is_hold
-    flags = torch.stack([is_zero, is_hold], dim=-1).to(x.dtype)  # (T', B, 2)
-    fill = stepless.flatten().nonzero().flatten()
+    reads, writes, fill, last = (moved(a) for a in (plan.reads, plan.writes, plan.fill, plan.last))
+    padding = None if plan.padding is None else moved(plan.padding)
+    empty_rows = None if plan.empty_rows is None else moved(plan.empty_rows)
+    flags = torch.from_numpy(plan.flags).to(device=device, dtype=x.dtype)  # (T', B, 2)
     layer_input = _Remap.apply(x.reshape(B * T, F), reads, fill, writes, padding)
     layer_input = layer_input.view(steps, B, F)
 
-    last = (length - 1).clamp(min=0) * B + rows  # slot of each row's last real step
     initial_tensors = state.tensors()
     finals: list[list[torch.Tensor]] = [[] for _ in initial_tensors]
     calls = []  # (h0, output) of each layer, for the saturation bound
@@ -130,8 +88,8 @@ def run_timeline(
         calls.append((hx[0], output))
         # h at the row's last real step (hold steps keep an LSTM's c, not its h)
         h_last = output.view(steps * B, H).index_select(0, last)
-        if mask is not None:  # rows without a real step keep their state
-            h_last = torch.where((length > 0)[:, None], h_last, hx[0][0])
+        if empty_rows is not None:  # rows without a real step keep their state
+            h_last = torch.where(empty_rows[:, None], hx[0][0], h_last)
         finals[0].append(h_last)
         for parts, tensor in zip(finals[1:], hx_out[1:], strict=True):
             parts.append(tensor[0])
@@ -148,6 +106,92 @@ def run_timeline(
     else:
         stacked = [torch.stack(parts) for parts in finals]
     return y.view(B, T, H), rnn._state(*stacked)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Where each step and flag of a window goes on the timeline (host arrays, int64 unless
+    said). The timeline runs time-major (the kernels' own layout: no transposes), flattened to
+    [T' * B, .]: slot ``p * B + b`` is position p of row b; step ``b * T + t`` is x[b, t].
+    ``writes`` and ``reads`` are each other's inverse where both have a partner, so moving rows
+    either way, and their gradients back, is one index_select; the rest is zero-filled."""
+
+    steps: int  # T', the longest row's real + zero steps
+    reads: np.ndarray  # [T' * B]: the step each slot reads (any step for a stepless slot)
+    writes: np.ndarray  # [B * T]: the slot each step writes (any slot for a padding step)
+    fill: np.ndarray  # slots without a step: zero and hold steps
+    padding: np.ndarray | None  # steps without a slot (masked); None without a mask
+    flags: np.ndarray  # [T', B, 2] float: (zero, hold) flag of each slot
+    last: np.ndarray  # [B]: the slot of each row's last real step (0 for a row without one)
+    initial: np.ndarray | None  # [B] bool: reset before the row's first real step; None: none
+    tail: np.ndarray | None  # [B] bool: reset after the row's last real step; None: none
+    empty_rows: np.ndarray | None  # [B] bool: rows without a real step; None: none
+
+
+def _plan(
+    reset: np.ndarray | None, mask: np.ndarray | None, B: int, T: int, can_zero: bool
+) -> _Plan | None:
+    """The timeline of a window from its ``reset`` and ``mask`` [B, T] (bool, on the host:
+    a few dozen NumPy operations on B * T integers cost far less than as many tensor ops).
+    None when it needs zero steps that the cell cannot take (the tanh RNN)."""
+    columns = np.arange(T)
+    inserted = initial = tail = None
+    if mask is None:
+        if reset is None:  # (the caller sends such windows to one plain fused call)
+            reset = np.zeros((B, T), dtype=bool)
+        initial = reset[:, 0]
+        inserted = reset & (columns > 0)  # (B, T): a zero step goes before step t
+        shifted = inserted.cumsum(1)
+        position = columns + shifted  # (B, T): timeline position of step t
+        length = T + shifted[:, -1]  # (B,): real + zero steps of each row
+    elif reset is None:  # padding only: real steps move left
+        seen = mask.cumsum(1)  # (B, T): real steps up to and including t
+        position = seen - 1
+        length = seen[:, -1]
+    else:
+        counts = reset.cumsum(1)  # (B, T): resets up to and including step t
+        # resets up to the last real step <= t, and < t (0 before the first real step)
+        at_real = np.maximum.accumulate(np.where(mask, counts, 0), axis=1)
+        before = np.pad(at_real[:, :-1], ((0, 0), (1, 0)))
+        seen = mask.cumsum(1)
+        fresh = mask & (counts > before)  # a reset since the previous real step
+        initial = (fresh & (seen == 1)).any(1)  # before the first real step
+        inserted = fresh & (seen > 1)  # mid-row: a zero step before step t
+        tail = counts[:, -1] > at_real[:, -1]  # after the last real step
+        shifted = inserted.cumsum(1)
+        position = seen - 1 + shifted
+        length = seen[:, -1] + shifted[:, -1]
+    if inserted is not None and not can_zero and inserted.any():
+        return None
+    steps = int(length.max())
+    rows = np.arange(B)
+    slot_index = position * B + rows[:, None]  # (B, T)
+    reads = np.zeros(steps * B, dtype=np.int64)
+    padding = None
+    if mask is None:
+        writes = slot_index.ravel()
+        reads[writes] = np.arange(B * T)
+    else:
+        reads[slot_index[mask]] = np.flatnonzero(mask)
+        writes = np.where(mask, slot_index, 0).ravel()
+        padding = np.flatnonzero(~mask)
+    is_hold = np.arange(steps)[:, None] >= length  # (T', B)
+    zero_slots = np.zeros(steps * B, dtype=bool)
+    if inserted is not None:
+        zero_slots[(slot_index - B)[inserted]] = True
+    is_zero = zero_slots.reshape(steps, B)
+    return _Plan(
+        steps=steps,
+        reads=reads,
+        writes=writes.astype(np.int64, copy=False),
+        fill=np.flatnonzero(is_zero | is_hold),
+        padding=padding,
+        flags=np.stack([is_zero, is_hold], axis=-1).astype(np.float64),
+        last=np.maximum(length - 1, 0) * B + rows,
+        initial=initial if initial is not None and initial.any() else None,
+        tail=tail if tail is not None and tail.any() else None,
+        empty_rows=None if mask is None or length.min() > 0 else length == 0,
+    )
 
 
 @torch.no_grad()
