@@ -55,9 +55,9 @@ but never runs a Python loop over steps. How a window reaches the kernels:
   A reset before a row's first real step just zeroes its initial state, one after its last
   real step its final state. The timeline is T' = T + (most resets in one row) long, and the
   index plan (where each step and flag goes) is a few NumPy operations on the host, once per
-  call (cheaper than as many tensor ops); the
-  steps move in and out, and their gradients back, by one index_select each. Dropout between
-  layers is applied to each layer's output, as torch does.
+  call (cheaper than as many tensor ops); the steps move in and out, and their gradients
+  back, by one index_select each. Dropout between layers is applied to each layer's output,
+  as torch does.
 
   The tanh RNN cannot be zeroed through its input (tanh(-inf) = -1): it takes the timeline
   only for windows without zero steps (padding, resets at a row's edges; its hold steps need
