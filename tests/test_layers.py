@@ -14,6 +14,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
 
+from seqstate._timeline import _plan
 from seqstate.layers import GRU, LSTM, RNN
 from seqstate.state import GRUState, LSTMState, RNNState, State
 
@@ -372,6 +374,38 @@ def test_saturation_bound_sees_a_large_input() -> None:
     state = layer.initial_state(2)
     assert layer._run_timeline(x, state, reset, None) is not None
     assert layer._run_timeline(x * 1e6, state, reset, None) is None
+
+
+def test_timeline_plan_of_the_docstring_example() -> None:
+    """The plan of the layers docstring's picture, B=2, T=5: row 0 resets at step 3; row 1 has
+    padding at step 1 and a reset at step 4. Timeline (0 = zero step, ~ = hold step)::
+
+        row 0:  a0 a1 a2 0  a3 a4
+        row 1:  b0 b2 b3 0  b4 ~
+    """
+    reset = np.zeros((2, 5), dtype=bool)
+    reset[0, 3] = reset[1, 4] = True
+    mask = np.ones((2, 5), dtype=bool)
+    mask[1, 1] = False
+    plan = _plan(reset, mask, 2, 5, can_zero=True)
+    assert plan is not None and plan.steps == 6
+    B = 2
+    # slot p * B + b reads step b * T + t; stepless slots are zero-filled
+    row0 = {0: 0, 1: 1, 2: 2, 4: 3, 5: 4}  # position -> t
+    row1 = {0: 0, 1: 2, 2: 3, 4: 4}
+    for b, positions in enumerate((row0, row1)):
+        for p, t in positions.items():
+            assert plan.reads[p * B + b] == b * 5 + t
+            assert plan.writes[b * 5 + t] == p * B + b
+    assert plan.fill.tolist() == [3 * B + 0, 3 * B + 1, 5 * B + 1]
+    assert plan.padding is not None and plan.padding.tolist() == [1 * 5 + 1]
+    zero, hold = plan.flags[..., 0], plan.flags[..., 1]
+    assert np.argwhere(zero).tolist() == [[3, 0], [3, 1]]
+    assert np.argwhere(hold).tolist() == [[5, 1]]
+    assert plan.last.tolist() == [5 * B + 0, 4 * B + 1]
+    assert plan.initial is None and plan.tail is None and plan.empty_rows is None
+    # the tanh RNN cannot take zero steps: no plan
+    assert _plan(reset, mask, 2, 5, can_zero=False) is None
 
 
 @PROPERTY
