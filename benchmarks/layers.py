@@ -207,7 +207,7 @@ def render(rows: list[dict], command: str, load: tuple[str, str], minutes: float
 WHY = """\
 Why: `auto` makes one fused call per layer whatever the resets and padding; its extra cost is
 the longer timeline (T + the most resets in any row: a zero step per reset), two more input
-columns, an index plan of a few tensor ops and the gathers in and out. `split` makes one call
+columns, an index plan (NumPy, on the host) and the gathers in and out. `split` makes one call
 per distinct reset column (most columns have a reset somewhere among 32 lanes at 0.5T), and
 each oneDNN LSTM call has a large fixed cost; torch's CPU GRU/RNN calls are cheap, so split is
 less behind there. The tanh RNN cannot be zeroed through its input, so windows with resets
