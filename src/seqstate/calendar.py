@@ -1,0 +1,349 @@
+"""Calendar time: read dates as people write them, infer a series' frequency, stamp its future.
+
+A monthly series steps by *months*, not by a number of days: stepping 2019-08-01 by its median
+spacing (31 days) gives 2019-09-01, then 2019-10-02, ... and drifts a day every short month, so
+forecasts no longer join the actuals by date. This module works on the series' own calendar::
+
+    times = parse_times(["1939 Jan", "1939 Feb", "1939 Mar"], "month")   # datetime64[ns]
+    frequency = infer_frequency(times)             # Frequency('MS', 'month starts')
+    frequency.future(times[-1], 3)                 # 1939-04-01, 1939-05-01, 1939-06-01
+
+Frequencies recognised (pandas offsets): fixed spacings (hours, days, 15 minutes, ...), business
+days, weeks anchored on a weekday, month starts and ends, the same day of every n months,
+quarter starts and ends, year starts and ends. A few missing steps (gaps) do not stop the
+inference: every time must lie on the frequency's grid, and the gaps are counted.
+
+pandas is imported lazily (the data extra): ``import seqstate`` stays light.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Frequency",
+    "future_times",
+    "infer_frequency",
+    "parse_times",
+    "season_length",
+]
+
+# Formats tried, in order, on a whole text column (after ISO 8601). Each must read every value.
+_TEXT_FORMATS = (
+    "%Y %b",  # 1939 Jan
+    "%b %Y",  # Jan 1939
+    "%Y %B",  # 1939 January
+    "%B %Y",  # January 1939
+    "%Y-%b",  # 1939-Jan
+    "%b-%Y",  # Jan-1939
+    "%YM%m",  # 1939M01 (statistics offices)
+    "%Y/%m",  # 1939/01
+    "%Y.%m",  # 1939.01 as text
+)
+_QUARTER = re.compile(r"^\s*(\d{4})\s*[-/ ]?\s*[Qq]([1-4])\s*$")  # 1939Q1, 1939-Q1, 1939 q1
+_EXAMPLES = "2024-01-31, 2024-01-31T12:00, 2024-01, 2024 Jan, Jan 2024, 2024M01, 2024Q1"
+
+
+def parse_times(values: Sequence[Any] | np.ndarray, name: str = "time") -> np.ndarray:
+    """Read a column of dates written as text into ``datetime64[ns]``.
+
+    Accepts ISO 8601 (``2024-01-31``, ``2024-01``, ``2024-01-31T12:00``), month names
+    (``1939 Jan``, ``Jan 1939``, ``1939 January``), ``1939M01``, ``1939/01`` and quarters
+    (``1939Q1``); one format must read the whole column. Datetime values pass through.
+
+    Raises:
+        ValueError naming ``name``, the first value no format reads, and the formats accepted.
+    """
+    import pandas as pd
+
+    array = np.asarray(values)
+    if np.issubdtype(array.dtype, np.datetime64):
+        return array.astype("datetime64[ns]")
+    text = pd.Series(array, dtype=object).map(lambda v: v.strip() if isinstance(v, str) else v)
+    if len(text) == 0:
+        return np.array([], dtype="datetime64[ns]")
+    if not text.map(lambda v: isinstance(v, str)).all():
+        position = int(np.flatnonzero(~text.map(lambda v: isinstance(v, str)).to_numpy())[0])
+        raise ValueError(
+            f"{name} must hold dates written as text; value {position} is "
+            f"{text.iloc[position]!r} ({type(text.iloc[position]).__name__})"
+        )
+    quarters = text.str.extract(_QUARTER)
+    if quarters.notna().all().all():
+        periods = pd.PeriodIndex.from_fields(
+            year=quarters[0].astype(int).to_numpy(),
+            quarter=quarters[1].astype(int).to_numpy(),
+            freq="Q",
+        )
+        return np.asarray(periods.to_timestamp(how="start"), dtype="datetime64[ns]")
+    best: tuple[int, Any] = (-1, None)
+    for form in ("ISO8601", *_TEXT_FORMATS):
+        parsed = pd.to_datetime(text, format=form, errors="coerce")
+        read = int(parsed.notna().sum())
+        if read == len(text):
+            return _naive_ns(parsed)
+        if read > best[0]:
+            best = (read, parsed)
+    failed = best[1] if best[1] is not None else text
+    position = int(np.flatnonzero(failed.isna().to_numpy())[0]) if best[0] > 0 else 0
+    raise ValueError(
+        f"{name} holds {text.iloc[position]!r} (value {position}), which no date format reads "
+        f"for the whole column; write dates like {_EXAMPLES}"
+    )
+
+
+def _naive_ns(parsed: Any) -> np.ndarray:
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    return parsed.to_numpy(dtype="datetime64[ns]")
+
+
+# --------------------------------------------------------------------------------------------
+# Frequencies
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Frequency:
+    """A series' calendar step.
+
+    Attributes:
+        name: the pandas offset alias (``"MS"``, ``"W-SUN"``, ``"h"``, ``"B"``), or
+            ``"months=N"`` for the same day of every N months (e.g. the 15th).
+        description: in words, for messages (``"month starts"``).
+        missing: steps of the grid between the first and last time that the series lacks.
+    """
+
+    name: str
+    description: str
+    missing: int = 0
+
+    @property
+    def offset(self) -> Any:
+        """The pandas ``DateOffset`` of one step."""
+        import pandas as pd
+
+        if self.name.startswith("months="):
+            return pd.DateOffset(months=int(self.name.split("=", 1)[1]))
+        return pd.tseries.frequencies.to_offset(self.name)
+
+    def future(self, last: Any, horizon: int) -> np.ndarray:
+        """The ``horizon`` times after ``last`` on this calendar, ``datetime64[ns]``."""
+        import pandas as pd
+
+        start = pd.Timestamp(last)
+        offset = self.offset
+        # last + k * step for each k (not step by step), so clamped month ends never drift.
+        stamps = [start + k * offset for k in range(1, int(horizon) + 1)]
+        return np.array(stamps, dtype="datetime64[ns]")
+
+    def season(self) -> int:
+        """Steps in a natural season (the MASE / seasonal-naive period), 1 when none."""
+        return season_length(self)
+
+
+def _months(index: Any) -> np.ndarray:
+    return (index.year.to_numpy() * 12 + index.month.to_numpy()).astype(np.int64)
+
+
+def _on_grid(index: Any, offset: Any) -> int | None:
+    """Grid steps missing between the first and last time, or None when a time is off grid."""
+    import pandas as pd
+
+    if not all(offset.is_on_offset(t) for t in index[:: max(1, len(index) // 64)]):
+        return None
+    grid = pd.date_range(index[0], index[-1], freq=offset)
+    if len(grid) > 50 * len(index) + 1000:  # sparse samples of a fine grid: not this frequency
+        return None
+    if not index.isin(grid).all():
+        return None
+    return len(grid) - len(index)
+
+
+def _month_candidates(index: Any) -> list[tuple[str, str]]:
+    """Calendar-month frequencies worth trying for ``index`` (sorted, unique, >= 2 times)."""
+    import pandas as pd
+
+    months = _months(index)
+    steps = np.diff(months)
+    if (steps <= 0).any():  # two times in one month: not a month-based calendar
+        return []
+    step = int(np.gcd.reduce(steps))
+    same_clock = (index.normalize() == index).all()
+    if not same_clock:
+        return []
+    candidates: list[tuple[str, str]] = []
+    if step % 12 == 0:
+        years = step // 12
+        prefix = "" if years == 1 else str(years)
+        words = "years" if years == 1 else f"{years} years"
+        first = index[0].month
+        candidates += [
+            (f"{prefix}YS-{_MONTH_ABBR[first]}", f"{words} starting in {_MONTH_ABBR[first]}"),
+            (f"{prefix}YE-{_MONTH_ABBR[first]}", f"{words} ending in {_MONTH_ABBR[first]}"),
+        ]
+    if step % 3 == 0 and step < 12:
+        quarters = step // 3
+        prefix = "" if quarters == 1 else str(quarters)
+        words = "" if quarters == 1 else f" (every {quarters})"
+        # pandas anchors quarters on the last month of a quarter (QE) / the first one (QS).
+        start_anchor = _MONTH_ABBR[(index[0].month - 1) % 3 + 1]
+        end_anchor = _MONTH_ABBR[(index[0].month - 1) % 3 + 10]
+        candidates += [
+            (f"{prefix}QS-{start_anchor}", f"quarter starts{words}"),
+            (f"{prefix}QE-{end_anchor}", f"quarter ends{words}"),
+        ]
+    prefix = "" if step == 1 else str(step)
+    words = "month" if step == 1 else f"{step} months"
+    candidates += [
+        (f"{prefix}MS", f"{words} starts" if step > 1 else "month starts"),
+        (f"{prefix}ME", f"{words} ends" if step > 1 else "month ends"),
+        (f"{prefix}BMS", "business month starts" if step == 1 else f"{words}, business starts"),
+        (f"{prefix}BME", "business month ends" if step == 1 else f"{words}, business ends"),
+    ]
+    days = pd.Index(index.day)
+    if days.nunique() == 1 and days[0] <= 28:
+        candidates.append((f"months={step}", f"day {days[0]} of every {words}"))
+    return candidates
+
+
+_MONTH_ABBR = {
+    i + 1: name
+    for i, name in enumerate(
+        ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
+    )
+}
+_WEEKDAYS = ["MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"]
+
+
+def _fixed_candidates(index: Any) -> list[tuple[str, str]]:
+    """Fixed spacings: business days, weeks, and whole multiples of the smallest step."""
+    import pandas as pd
+
+    deltas = np.diff(index.asi8)  # ns
+    smallest = int(deltas.min())
+    if smallest <= 0:
+        return []
+    step = math.gcd(*[int(d) for d in np.unique(deltas)])
+    candidates: list[tuple[str, str]] = []
+    day = 86_400 * 10**9
+    weekdays_only = (index.day_of_week < 5).all() and (deltas == 3 * day).any()
+    if step == day and (index.normalize() == index).all() and weekdays_only:
+        candidates.append(("B", "business days"))
+    if step % (7 * day) == 0 and pd.Index(index.day_of_week).nunique() == 1:
+        weeks = step // (7 * day)
+        prefix = "" if weeks == 1 else str(weeks)
+        weekday = _WEEKDAYS[int(index[0].day_of_week)]
+        words = "weeks" if weeks == 1 else f"every {weeks} weeks"
+        candidates.append((f"{prefix}W-{weekday}", f"{words} ending {weekday.title()}"))
+    if step % day == 0 and (index.normalize() == index).all():
+        days = step // day
+        candidates.append(("D" if days == 1 else f"{days}D", _fixed_words(step)))
+    else:
+        offset = pd.tseries.frequencies.to_offset(pd.Timedelta(step, unit="ns"))
+        candidates.append((offset.freqstr, _fixed_words(step)))
+    return candidates
+
+
+def _fixed_words(step_ns: int) -> str:
+    units = [
+        (86_400 * 10**9, "day"),
+        (3_600 * 10**9, "hour"),
+        (60 * 10**9, "minute"),
+        (10**9, "second"),
+    ]
+    for size, word in units:
+        if step_ns % size == 0:
+            count = step_ns // size
+            return f"{word}s" if count == 1 else f"every {count} {word}s"
+    return f"every {step_ns} ns"
+
+
+def infer_frequency(times: Sequence[Any] | np.ndarray) -> Frequency | None:
+    """The calendar frequency of sorted ``datetime64`` times, or None when none fits.
+
+    Month-based calendars are preferred to fixed spacings (monthly data steps by months, not
+    by 30 days); among those that fit, the one with fewest missing steps wins. Two times give
+    a frequency only when a month-based one fits or the spacing is fixed.
+    """
+    import pandas as pd
+
+    array = np.asarray(times)
+    if not np.issubdtype(array.dtype, np.datetime64):
+        raise TypeError(
+            f"infer_frequency needs datetime64 times; received dtype {array.dtype}. Numbers "
+            "step by their median spacing instead (future_times handles both)"
+        )
+    if len(array) < 2:
+        return None
+    index = pd.DatetimeIndex(array.astype("datetime64[ns]"))
+    if not index.is_monotonic_increasing or index.has_duplicates:
+        raise ValueError(
+            "times must be strictly increasing to infer a frequency (sort each series by time "
+            "and drop duplicate times)"
+        )
+    best: Frequency | None = None
+    for name, words in (*_month_candidates(index), *_fixed_candidates(index)):
+        frequency = Frequency(name, words)
+        missing = _on_grid(index, frequency.offset)
+        if missing is not None and (best is None or missing < best.missing):
+            best = dataclasses.replace(frequency, missing=missing)
+            if missing == 0:
+                break
+    return best
+
+
+def season_length(frequency: Frequency | None) -> int:
+    """The natural seasonal period in steps: 12 for months, 4 quarters, 7 days, 5 business
+    days, 24 hours, 52 weeks; 1 (no seasonality) for years, other spacings and None."""
+    if frequency is None:
+        return 1
+    name = frequency.name
+    if name.startswith("months="):
+        return 12 if name == "months=1" else 1
+    if re.fullmatch(r"B?M[SE]", name):
+        return 12
+    if re.fullmatch(r"Q[SE]-[A-Z]{3}", name):
+        return 4
+    if re.fullmatch(r"W-[A-Z]{3}", name):
+        return 52
+    return {"B": 5, "D": 7, "h": 24}.get(name, 1)
+
+
+def future_times(times: np.ndarray, horizon: int, frequency: Frequency | None = None) -> np.ndarray:
+    """The ``horizon`` times after a series' last time, on the series' own calendar.
+
+    Datetimes step by the inferred (or given) :class:`Frequency`; when none fits they step by
+    the median spacing. Numbers step by their median spacing; one time steps by 1 (or a day).
+
+    Args:
+        times: ``[L]`` a series' sorted times (numbers or datetime64), L >= 1.
+        horizon: steps to stamp, >= 1.
+        frequency: use this calendar instead of inferring one.
+    """
+    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
+        raise ValueError(f"horizon must be an int >= 1; received {horizon!r}")
+    array = np.asarray(times)
+    if len(array) == 0:
+        raise ValueError("times is empty; a series needs at least one time to stamp its future")
+    ahead = np.arange(1, int(horizon) + 1)
+    if np.issubdtype(array.dtype, np.datetime64):
+        frequency = frequency or infer_frequency(array)
+        if frequency is not None:
+            return frequency.future(array[-1], int(horizon))
+        if len(array) < 2:
+            return array[-1] + np.timedelta64(1, "D") * ahead
+        median = np.median(np.diff(array).astype(np.int64))
+        return array[-1] + np.timedelta64(int(median), "ns") * ahead
+    if len(array) < 2:
+        return array[-1] + ahead.astype(array.dtype)
+    step = np.median(np.diff(array))
+    if np.issubdtype(array.dtype, np.integer) and step == int(step):
+        return array[-1] + int(step) * ahead
+    return array[-1] + float(step) * ahead

@@ -1,0 +1,271 @@
+"""Warm-started evaluation and backtests: the right steps warmed, the right steps scored,
+and the numbers equal a plain step-by-step reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from seqstate.evaluation import ModelForecaster, backtest, evaluate_warm, plot_backtest
+from seqstate.metrics import seasonal_naive, series_metrics
+from seqstate.model import SequenceModel
+from seqstate.sources import read_table
+
+
+def panel(lengths=(30, 24, 36), *, covariate=False, seed=0) -> pd.DataFrame:
+    """Monthly series ending together in 2009-12, of different scales."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k, length in enumerate(lengths):
+        months = pd.date_range(end="2009-12-01", periods=length, freq="MS")
+        level = 10.0 ** (k + 1)
+        value = level * (1 + 0.3 * np.sin(np.arange(length) * 2 * np.pi / 12))
+        value = value + rng.normal(scale=0.05 * level, size=length)
+        frame = pd.DataFrame({"id": f"s{k}", "month": months.strftime("%Y-%m"), "value": value})
+        if covariate:
+            frame["cov"] = np.cos(np.arange(length))
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def table_of(frame: pd.DataFrame, features=("value",)):
+    return read_table(
+        frame, features=list(features), targets=["value"], id_column="id", time_column="month"
+    )
+
+
+def model_for(table, seed=0) -> SequenceModel:
+    torch.manual_seed(seed)
+    model = SequenceModel(
+        input_size=table.num_features, output_size=1, hidden_size=6, num_layers=2
+    ).double()
+    features = np.concatenate(table.features).astype(np.float64)
+    targets = np.concatenate(table.targets).astype(np.float64)
+    model.set_normalization(features.mean(0), features.std(0), targets.mean(0), targets.std(0))
+    return model.eval()
+
+
+def step_by_step(model, series: np.ndarray, feed_back_from: int | None = None, covariates=None):
+    """The plain reference: one step per call, the state carried. From ``feed_back_from`` on,
+    the input is the previous output (with the covariate columns from ``covariates``)."""
+    outputs, state, x = [], None, None
+    with torch.no_grad():
+        for t in range(len(series)):
+            if feed_back_from is None or t < feed_back_from:
+                x = torch.as_tensor(series[t], dtype=torch.float64)
+            elif covariates is None:
+                x = outputs[-1]
+            else:
+                x = torch.cat([outputs[-1], torch.as_tensor(covariates[t], dtype=torch.float64)])
+            y, state = model(x[None, None], state)
+            outputs.append(y[0, 0])
+    return torch.stack(outputs).numpy()
+
+
+class Oracle:
+    """Knows the future: predicts the next target exactly, forecasts the actual values."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def _whole(self, context):
+        for features, targets in zip(self.table.features, self.table.targets, strict=True):
+            if np.array_equal(features[: len(context)], context):
+                return targets
+        raise AssertionError("unknown series")
+
+    def predict(self, features):
+        return [np.vstack([self._whole(f)[1:], [[0.0]]]) for f in features]
+
+    def forecast(self, context, horizon, covariates):
+        return np.stack([self._whole(c)[len(c) : len(c) + horizon] for c in context])
+
+
+class SeasonalNaive:
+    """Forecasts like the seasonal-naive baseline, from the context it is given."""
+
+    def __init__(self, season):
+        self.season = season
+        self.contexts = []
+
+    def predict(self, features):
+        return [np.zeros((len(f), 1)) for f in features]
+
+    def forecast(self, context, horizon, covariates):
+        self.contexts.append([len(c) for c in context])
+        return np.stack([seasonal_naive(c[:, 0], horizon, self.season)[:, None] for c in context])
+
+
+def test_warm_one_step_and_horizon_equal_the_step_by_step_reference():
+    table = table_of(panel())
+    model = model_for(table)
+    result = evaluate_warm(ModelForecaster(model, table.columns), table, warmup_until="2008 Dec")
+    assert [r["scored_steps"] for r in result.rows] == [12, 12, 12]
+    for row, features, targets in zip(result.rows, table.features, table.targets, strict=True):
+        cut = len(features) - 12
+        reference = step_by_step(model, features.astype(np.float64))
+        expected = series_metrics(
+            targets[cut:, 0], reference[cut - 1 : -1, 0], targets[:cut, 0], 12
+        )
+        for name, value in expected.items():
+            assert row[f"one_step_{name}"] == pytest.approx(value, rel=1e-10, abs=1e-12)
+        path = step_by_step(model, features.astype(np.float64), feed_back_from=cut)[cut - 1 : -1]
+        horizon = series_metrics(targets[cut:, 0], path[:, 0], targets[:cut, 0], 12)
+        for name, value in horizon.items():
+            assert row[f"horizon_{name}"] == pytest.approx(value, rel=1e-10, abs=1e-12)
+        naive = series_metrics(
+            targets[cut:, 0], seasonal_naive(targets[:cut, 0], 12, 12), targets[:cut, 0], 12
+        )
+        assert row["naive_mase"] == pytest.approx(naive["mase"])
+
+
+def test_warm_state_matters_the_tail_alone_scores_differently():
+    # The bug this replaces: scoring a tail file from a zero state.
+    table = table_of(panel())
+    model = model_for(table)
+    forecaster = ModelForecaster(model, table.columns)
+    warm = evaluate_warm(forecaster, table, tail=12)
+    cold_table = table.slice_steps([len(f) - 13 for f in table.features], table.lengths.tolist())
+    cold = evaluate_warm(forecaster, cold_table, tail=12)
+    assert warm.summary["one_step_rmse"] != pytest.approx(cold.summary["one_step_rmse"])
+
+
+def test_an_oracle_scores_zero_so_the_indexing_is_right():
+    table = table_of(panel())
+    result = evaluate_warm(Oracle(table), table, warmup_until="2009-06")
+    assert result.summary["one_step_mae"] == 0.0
+    assert result.summary["horizon_mae"] == 0.0
+    assert result.summary["naive_mae"] > 0.0
+    assert result.summary["scored_from"] == "2009-07-01"
+    assert result.summary["scored_to"] == "2009-12-01"
+
+
+def test_a_seasonal_naive_forecaster_matches_the_naive_baseline():
+    table = table_of(panel())
+    result = evaluate_warm(SeasonalNaive(12), table, tail=9, horizon=6)
+    for row in result.rows:
+        assert row["horizon"] == 6
+        for name in ("mase", "smape", "mae", "rmse", "scaled_rmse"):
+            assert row[f"horizon_{name}"] == pytest.approx(row[f"naive_{name}"])
+
+
+def test_what_was_warmed_and_scored_is_said():
+    table = table_of(panel((30, 5, 36)))
+    result = evaluate_warm(Oracle(table), table, warmup_until="2009 Sep")
+    assert result.skipped == []
+    result = evaluate_warm(Oracle(table), table, warmup_until="2009 Jul")
+    assert [s for s, _ in result.skipped] == ["s1"]  # s1 starts in 2009-08: no history
+    text = result.text()
+    assert "warmed 2 series" in text and "scored" in text and "skipped 's1'" in text
+    assert result.summary["season"] == 12
+    assert result.to_dict()["summary"]["series"] == 2
+    assert len(result.to_frame()) == 2
+
+
+def test_known_covariates_come_from_the_table():
+    frame = panel(covariate=True)
+    table = table_of(frame, features=("value", "cov"))
+    seen = []
+
+    class Check(Oracle):
+        def forecast(self, context, horizon, covariates):
+            seen.append(covariates)
+            return super().forecast(context, horizon, covariates)
+
+    evaluate_warm(Check(table), table, tail=4)
+    for block, features in zip(seen[0], table.features, strict=True):
+        np.testing.assert_array_equal(block, features[-4:, 1:])
+
+
+def test_model_forecaster_with_covariates_equals_the_reference():
+    table = table_of(panel(covariate=True), features=("value", "cov"))
+    model = model_for(table)
+    result = evaluate_warm(ModelForecaster(model, table.columns), table, tail=5)
+    for row, features, targets in zip(result.rows, table.features, table.targets, strict=True):
+        cut = len(features) - 5
+        series = features.astype(np.float64)
+        path = step_by_step(model, series, feed_back_from=cut, covariates=series[:, 1:])
+        expected = series_metrics(targets[cut:, 0], path[cut - 1 : -1, 0], targets[:cut, 0], 12)
+        assert row["horizon_rmse"] == pytest.approx(expected["rmse"], rel=1e-10)
+
+
+def test_no_horizon_when_targets_are_not_inputs():
+    frame = panel(covariate=True)
+    table = read_table(
+        frame, features=["cov"], targets=["value"], id_column="id", time_column="month"
+    )
+    model = model_for(table)
+    result = evaluate_warm(ModelForecaster(model, table.columns), table, tail=3)
+    assert result.horizon_note is not None and "horizon_mase" not in result.summary
+    assert "not scored" in result.text()
+
+
+def test_bad_arguments():
+    table = table_of(panel())
+    oracle = Oracle(table)
+    with pytest.raises(ValueError, match="exactly one of warmup_until"):
+        evaluate_warm(oracle, table)
+    with pytest.raises(ValueError, match="exactly one of warmup_until"):
+        evaluate_warm(oracle, table, warmup_until="2009-01", tail=3)
+    with pytest.raises(ValueError, match="tail must be an int >= 1"):
+        evaluate_warm(oracle, table, tail=0)
+    with pytest.raises(ValueError, match="leaves no series"):
+        evaluate_warm(oracle, table, warmup_until="2020-01")
+    with pytest.raises(ValueError, match="no date format"):
+        evaluate_warm(oracle, table, warmup_until="someday")
+    with pytest.raises(ValueError, match="season must be an int"):
+        evaluate_warm(oracle, table, tail=3, season=0)
+    numbered = read_table(pd.DataFrame({"v": np.arange(10.0)}), features=["v"], targets=["v"])
+    with pytest.raises(ValueError, match="not a number"):
+        evaluate_warm(oracle, numbered, warmup_until="2009-01")
+
+
+def test_backtest_folds_origins_and_training_cuts():
+    table = table_of(panel())
+    calls = []
+
+    def train(history):
+        calls.append(history.lengths.tolist())
+        return SeasonalNaive(12)
+
+    result = backtest(table, train, folds=3, horizon=4)
+    assert calls == [[18, 12, 24]]  # once, on everything before the first origin
+    assert result.origins[0] == [18, 22, 26]
+    assert [f["origin_from"] for f in result.folds] == ["2009-01-01", "2009-05-01", "2009-09-01"]
+    for fold in result.folds:
+        assert fold["model_mase"] == pytest.approx(fold["naive_mase"])
+    assert result.summary["model_mase"] == pytest.approx(result.summary["naive_mase"])
+    assert "3 fold(s) of 4 step(s)" in result.text()
+
+    calls.clear()
+    refitted = backtest(table, train, folds=3, horizon=4, refit=True)
+    assert calls == [[18, 12, 24], [22, 16, 28], [26, 20, 32]]
+    assert refitted.refit and "refitted" in refitted.text()
+
+
+def test_backtest_with_a_model_and_a_plot(tmp_path):
+    table = table_of(panel())
+    model = model_for(table)
+    result = backtest(table, ModelForecaster(model, table.columns), folds=2, horizon=6)
+    for row in result.rows:
+        assert math.isfinite(row["model_mase"]) and math.isfinite(row["naive_mase"])
+    assert plot_backtest(result, table, tmp_path / "backtest.png")
+    assert (tmp_path / "backtest.png").stat().st_size > 1000
+
+
+def test_backtest_skips_short_series_and_refuses_bad_input():
+    table = table_of(panel((30, 8, 36)))
+    result = backtest(table, Oracle(table), folds=2, horizon=4)
+    assert [s for s, _ in result.skipped] == ["s1"]
+    with pytest.raises(ValueError, match="no series is long enough"):
+        backtest(table, Oracle(table), folds=10, horizon=4)
+    with pytest.raises(ValueError, match="refit=True needs model to be a function"):
+        backtest(table, Oracle(table), folds=2, horizon=4, refit=True)
+    with pytest.raises(TypeError, match="model must be a Forecaster"):
+        backtest(table, 3, folds=2, horizon=4)
+    with pytest.raises(ValueError, match="folds must be an int >= 1"):
+        backtest(table, Oracle(table), folds=0, horizon=4)

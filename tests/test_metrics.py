@@ -1,0 +1,73 @@
+"""Per-series metrics against hand-computed values, and the seasonal-naive baseline."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from seqstate.metrics import mean_metrics, seasonal_naive, series_metrics
+
+
+def test_values_by_hand():
+    history = np.array([1.0, 3.0, 2.0, 4.0])  # one-step |diffs| 2, 1, 2 -> scale 5/3
+    actual = np.array([5.0, 5.0])
+    predicted = np.array([4.0, 7.0])  # errors 1, -2
+    m = series_metrics(actual, predicted, history, season=1)
+    assert m["mae"] == pytest.approx(1.5)
+    assert m["rmse"] == pytest.approx(math.sqrt(2.5))
+    assert m["mase"] == pytest.approx(1.5 / (5 / 3))
+    assert m["smape"] == pytest.approx(100 * (2 * 1 / 9 + 2 * 2 / 12) / 2)
+    assert m["scaled_rmse"] == pytest.approx(math.sqrt(2.5) / np.std(history))
+
+
+def test_seasonal_scale_and_fallbacks():
+    history = np.array([1.0, 5.0, 2.0, 6.0, 3.0, 7.0])  # season 2: |diffs| 1, 1, 1, 1
+    m = series_metrics([4.0], [5.0], history, season=2)
+    assert m["mase"] == pytest.approx(1.0)
+    flat = series_metrics([1.0], [2.0], np.ones(5), season=1)
+    assert math.isnan(flat["mase"]) and math.isnan(flat["scaled_rmse"])
+    assert series_metrics([0.0], [0.0], np.arange(3.0))["smape"] == 0.0  # 0/0 counts as 0
+
+
+def test_scale_free_metrics_do_not_change_with_the_unit():
+    rng = np.random.default_rng(0)
+    history, actual, predicted = rng.normal(size=20), rng.normal(size=6), rng.normal(size=6)
+    small = series_metrics(actual, predicted, history, season=4)
+    large = series_metrics(actual * 1e6, predicted * 1e6, history * 1e6, season=4)
+    for name in ("mase", "smape", "scaled_rmse"):
+        assert large[name] == pytest.approx(small[name], rel=1e-9)
+    assert large["rmse"] == pytest.approx(small["rmse"] * 1e6)
+
+
+def test_seasonal_naive_repeats_the_last_season():
+    np.testing.assert_array_equal(seasonal_naive([1, 2, 3, 4, 5], 5, season=2), [4, 5, 4, 5, 4])
+    np.testing.assert_array_equal(seasonal_naive([1, 2, 3], 2, season=1), [3, 3])
+    np.testing.assert_array_equal(seasonal_naive([1, 2], 3, season=12), [2, 2, 2])  # too short
+    with pytest.raises(ValueError, match="season must be an int >= 1"):
+        seasonal_naive([1.0], 2, season=0)
+    with pytest.raises(ValueError, match="history is empty"):
+        seasonal_naive([], 2)
+
+
+def test_means_are_per_series_not_pooled():
+    # A series in millions and one in units: the mean MASE weighs them equally.
+    rows = [
+        series_metrics([2e6], [3e6], [0.0, 1e6], season=1),
+        series_metrics([2.0], [2.0], [0.0, 1.0], season=1),
+        series_metrics([2.0], [3.0], [1.0, 1.0], season=1),  # constant history: undefined
+    ]
+    means = mean_metrics(rows)
+    assert means["mase"] == pytest.approx(0.5)
+    assert means["undefined"] == 1
+    assert means["rmse"] == pytest.approx((1e6 + 0 + 1) / 3)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="same length"):
+        series_metrics([1.0, 2.0], [1.0], [0.0, 1.0])
+    with pytest.raises(ValueError, match="NaN"):
+        series_metrics([np.nan], [1.0], [0.0, 1.0])
+    with pytest.raises(ValueError, match="actual is empty"):
+        series_metrics([], [], [0.0, 1.0])
