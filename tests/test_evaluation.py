@@ -70,40 +70,37 @@ class Oracle:
     """Knows the future: predicts the next target exactly, forecasts the actual values."""
 
     def __init__(self, table):
-        self.table = table
+        self.targets = dict(zip(table.ids, table.targets, strict=True))
 
-    def _whole(self, context):
-        for features, targets in zip(self.table.features, self.table.targets, strict=True):
-            if np.array_equal(features[: len(context)], context):
-                return targets
-        raise AssertionError("unknown series")
+    def predict(self, table):
+        return [np.vstack([self.targets[i][1:], [[0.0]]]) for i in table.ids]
 
-    def predict(self, features):
-        return [np.vstack([self._whole(f)[1:], [[0.0]]]) for f in features]
-
-    def forecast(self, context, horizon, covariates):
-        return np.stack([self._whole(c)[len(c) : len(c) + horizon] for c in context])
+    def forecast(self, table, horizon, future):
+        lengths = table.lengths.tolist()
+        return np.stack(
+            [self.targets[i][n : n + horizon] for i, n in zip(table.ids, lengths, strict=True)]
+        )
 
 
 class SeasonalNaive:
-    """Forecasts like the seasonal-naive baseline, from the context it is given."""
+    """Forecasts like the seasonal-naive baseline, from the history it is given."""
 
     def __init__(self, season):
         self.season = season
-        self.contexts = []
 
-    def predict(self, features):
-        return [np.zeros((len(f), 1)) for f in features]
+    def predict(self, table):
+        return [np.zeros((len(f), 1)) for f in table.features]
 
-    def forecast(self, context, horizon, covariates):
-        self.contexts.append([len(c) for c in context])
-        return np.stack([seasonal_naive(c[:, 0], horizon, self.season)[:, None] for c in context])
+    def forecast(self, table, horizon, future):
+        return np.stack(
+            [seasonal_naive(t[:, 0], horizon, self.season)[:, None] for t in table.targets]
+        )
 
 
 def test_warm_one_step_and_horizon_equal_the_step_by_step_reference():
     table = table_of(panel())
     model = model_for(table)
-    result = evaluate_warm(ModelForecaster(model, table.columns), table, warmup_until="2008 Dec")
+    result = evaluate_warm(ModelForecaster(model), table, warmup_until="2008 Dec")
     assert [r["scored_steps"] for r in result.rows] == [12, 12, 12]
     for row, features, targets in zip(result.rows, table.features, table.targets, strict=True):
         cut = len(features) - 12
@@ -127,7 +124,7 @@ def test_warm_state_matters_the_tail_alone_scores_differently():
     # The bug this replaces: scoring a tail file from a zero state.
     table = table_of(panel())
     model = model_for(table)
-    forecaster = ModelForecaster(model, table.columns)
+    forecaster = ModelForecaster(model)
     warm = evaluate_warm(forecaster, table, tail=12)
     cold_table = table.slice_steps([len(f) - 13 for f in table.features], table.lengths.tolist())
     cold = evaluate_warm(forecaster, cold_table, tail=12)
@@ -166,25 +163,30 @@ def test_what_was_warmed_and_scored_is_said():
     assert len(result.to_frame()) == 2
 
 
-def test_known_covariates_come_from_the_table():
+def test_known_covariates_come_from_the_table_and_the_answer_is_hidden():
     frame = panel(covariate=True)
     table = table_of(frame, features=("value", "cov"))
     seen = []
 
     class Check(Oracle):
-        def forecast(self, context, horizon, covariates):
-            seen.append(covariates)
-            return super().forecast(context, horizon, covariates)
+        def forecast(self, history, horizon, future):
+            seen.append(future)
+            return super().forecast(history, horizon, future)
 
     evaluate_warm(Check(table), table, tail=4)
-    for block, features in zip(seen[0], table.features, strict=True):
-        np.testing.assert_array_equal(block, features[-4:, 1:])
+    future = seen[0]
+    for block, targets, features in zip(
+        future.features, future.targets, table.features, strict=True
+    ):
+        np.testing.assert_array_equal(block[:, 1:], features[-4:, 1:])
+        assert np.isnan(block[:, 0]).all() and np.isnan(targets).all()
+    assert [len(t) for t in future.times] == [4, 4, 4]
 
 
 def test_model_forecaster_with_covariates_equals_the_reference():
     table = table_of(panel(covariate=True), features=("value", "cov"))
     model = model_for(table)
-    result = evaluate_warm(ModelForecaster(model, table.columns), table, tail=5)
+    result = evaluate_warm(ModelForecaster(model), table, tail=5)
     for row, features, targets in zip(result.rows, table.features, table.targets, strict=True):
         cut = len(features) - 5
         series = features.astype(np.float64)
@@ -199,7 +201,7 @@ def test_no_horizon_when_targets_are_not_inputs():
         frame, features=["cov"], targets=["value"], id_column="id", time_column="month"
     )
     model = model_for(table)
-    result = evaluate_warm(ModelForecaster(model, table.columns), table, tail=3)
+    result = evaluate_warm(ModelForecaster(model), table, tail=3)
     assert result.horizon_note is not None and "horizon_mase" not in result.summary
     assert "not scored" in result.text()
 
@@ -250,7 +252,7 @@ def test_backtest_folds_origins_and_training_cuts():
 def test_backtest_with_a_model_and_a_plot(tmp_path):
     table = table_of(panel())
     model = model_for(table)
-    result = backtest(table, ModelForecaster(model, table.columns), folds=2, horizon=6)
+    result = backtest(table, ModelForecaster(model), folds=2, horizon=6)
     for row in result.rows:
         assert math.isfinite(row["model_mase"]) and math.isfinite(row["naive_mase"])
     assert plot_backtest(result, table, tmp_path / "backtest.png")

@@ -49,43 +49,49 @@ __all__ = [
 
 @runtime_checkable
 class Forecaster(Protocol):
-    """A trained model seen from outside, in the table's raw units.
+    """A trained run seen from outside, on tables, in the table's raw units.
 
-    ``predict``: one ``[L_i, O]`` output per ``[L_i, F]`` input sequence, each from a zero
-    state (row t: the prediction of the targets ``shift`` steps after row t).
-    ``forecast``: ``[n, H, O]``, warm up on each context then roll out ``horizon`` steps;
-    ``covariates`` holds the known future values of the input columns that are not forecast,
-    ``[H, F - O]`` per series (None when every input column is forecast).
+    ``predict(table)``: one ``[L_i, O]`` output per series, each from a zero state (row t:
+    the prediction of the targets ``shift`` steps after row t).
+    ``forecast(table, horizon, future)``: ``[n, H, O]``, warm up on each series of ``table``
+    (the history), then roll out ``horizon`` steps. ``future`` holds the next ``horizon`` rows
+    of each series (times, and the known future values of the input columns that are not
+    forecast); the columns the forecast feeds are NaN there, so the answer cannot leak.
+
+    Tables (not bare arrays) carry the series ids and times, which per-series scaling and
+    calendar covariates need.
     """
 
-    def predict(self, features: list[np.ndarray]) -> list[np.ndarray]: ...
+    def predict(self, table: Any) -> list[np.ndarray]: ...
 
-    def forecast(
-        self, context: list[np.ndarray], horizon: int, covariates: list[np.ndarray] | None
-    ) -> np.ndarray: ...
+    def forecast(self, table: Any, horizon: int, future: Any) -> np.ndarray: ...
 
 
 @dataclasses.dataclass
 class ModelForecaster:
-    """A :class:`Forecaster` over a model and the table columns it was trained on (the model
-    holds its own normalisation)."""
+    """A :class:`Forecaster` over a model that holds its own normalisation and the table
+    columns it was trained on (``seqstate.predict`` / ``seqstate.forecast``)."""
 
     model: Any  # a seqstate.SequenceModel (or the same protocol)
-    columns: Any  # seqstate.sources.Columns: features, targets, shift
 
-    def predict(self, features: list[np.ndarray]) -> list[np.ndarray]:
+    def predict(self, table: Any) -> list[np.ndarray]:
         from seqstate.prediction import predict
 
-        return list(predict(self.model, list(features)))
+        return list(predict(self.model, list(table.features)))
 
-    def forecast(
-        self, context: list[np.ndarray], horizon: int, covariates: list[np.ndarray] | None
-    ) -> np.ndarray:
+    def forecast(self, table: Any, horizon: int, future: Any) -> np.ndarray:
         from seqstate.prediction import forecast
 
-        fed = [list(self.columns.features).index(name) for name in self.columns.targets]
+        feed = _forecast_columns(table.columns)
+        if feed is None:
+            raise ValueError(
+                "this run cannot forecast recursively: it needs shift 1 and every target among "
+                "the features"
+            )
+        fed, others = feed
+        covariates = [f[:, others] for f in future.features] if others else None
         return forecast(
-            self.model, list(context), horizon, covariates=covariates, target_features=fed
+            self.model, list(table.features), horizon, covariates=covariates, target_features=fed
         )
 
 
@@ -327,7 +333,7 @@ def evaluate_warm(
             "inside the series"
         )
 
-    outputs = forecaster.predict([table.features[i] for i in kept])
+    outputs = forecaster.predict(table.select(kept))
     feed = _forecast_columns(table.columns)
     horizon_note = None
     if feed is None:
@@ -403,23 +409,38 @@ def _horizon_forecasts(
     horizon run as one batch."""
     if feed is None:
         return {}
-    _, others = feed
+    fed, _ = feed
     groups: dict[int, list[int]] = {}
     for i in kept:
         room = len(table.features[i]) - origins[i]
         groups.setdefault(min(room, horizon) if horizon else room, []).append(i)
     result: dict[int, np.ndarray] = {}
     for steps, members in groups.items():
-        context = [table.features[i][: origins[i]] for i in members]
-        covariates = None
-        if others:  # known future inputs, read from the table itself
-            covariates = [
-                table.features[i][origins[i] : origins[i] + steps][:, others] for i in members
-            ]
-        paths = forecaster.forecast(context, steps, covariates)
+        chosen = table.select(members)
+        starts = [origins[i] for i in members]
+        history = chosen.slice_steps(0, starts)
+        future = _blind(chosen.slice_steps(starts, [s + steps for s in starts]), fed)
+        paths = np.asarray(forecaster.forecast(history, steps, future))
+        expected = (len(members), steps, len(table.columns.targets))
+        if paths.shape != expected:
+            raise ValueError(
+                f"the forecaster returned shape {paths.shape}; expected {expected} "
+                "(series, horizon, targets)"
+            )
         for position, i in enumerate(members):
-            result[i] = np.asarray(paths[position])
+            result[i] = paths[position]
     return result
+
+
+def _blind(future: Any, fed: list[int]) -> Any:
+    """``future`` with the columns a forecast feeds (and every target) set to NaN."""
+    features = []
+    for block in future.features:
+        block = block.astype(np.float64, copy=True)
+        block[:, fed] = np.nan
+        features.append(block)
+    targets = [np.full(t.shape, np.nan) for t in future.targets]
+    return dataclasses.replace(future, features=features, targets=targets)
 
 
 # --------------------------------------------------------------------------------------------
