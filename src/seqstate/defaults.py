@@ -1,0 +1,206 @@
+"""Training defaults chosen from the data, each with the reason it was chosen.
+
+Fixed defaults fit one kind of table and fail others: 32 lanes and windows of 64 steps suit a
+panel of many series, but cut one long series into 32 short segments with 2 windows per epoch
+and 39% padding, and 10 epochs of 2 windows are 20 optimiser steps. Here the layout and the
+epoch budget follow from the number and lengths of the series:
+
+    lanes, window   enough windows per epoch (>= MIN_WINDOWS) for the optimiser to make
+                    progress within an epoch, little padding, at most MAX_LANES lanes;
+                    a single series gets fewer lanes (longer segments, fewer cold starts)
+    epochs          an optimiser-step budget (UPDATE_BUDGET) spread over the epoch length,
+                    clamped to [MIN_EPOCHS, MAX_EPOCHS]; early stopping ends it sooner
+    patience        PATIENCE epochs without a better validation loss, then the best epoch's
+                    weights are restored
+    validation      the last part of every series (its tail, by time), so the score is about
+                    the future of the series the model trained on
+
+A value the user gave is kept and reported as given. :func:`choose` returns every choice;
+``doctor`` prints them, ``train`` applies them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Choice", "Defaults", "choose", "layout_cost"]
+
+#: Most lanes chosen automatically (batch rows); more rarely helps a small recurrent model.
+MAX_LANES = 32
+#: Longest window chosen automatically (steps of truncated backpropagation).
+MAX_WINDOW = 64
+#: Shortest window chosen automatically.
+MIN_WINDOW = 8
+#: Windows an epoch should have at least (optimiser steps per epoch).
+MIN_WINDOWS = 8
+#: Optimiser steps the epoch budget aims for.
+UPDATE_BUDGET = 2000
+MIN_EPOCHS, MAX_EPOCHS = 20, 500
+#: Early-stopping patience in epochs.
+PATIENCE = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """One setting: its value, whether the data chose it, and why."""
+
+    name: str  # the setting, as in run.toml: "lanes", "window", "epochs", ...
+    value: Any
+    reason: str
+    given: bool = False  # True: the user set it (kept as given)
+
+    def line(self) -> str:
+        source = "given" if self.given else "chosen"
+        return f"{self.name} = {self.value} ({source}: {self.reason})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Defaults:
+    """Every choice :func:`choose` made, by name."""
+
+    choices: tuple[Choice, ...]
+
+    def __getitem__(self, name: str) -> Any:
+        for choice in self.choices:
+            if choice.name == name:
+                return choice.value
+        raise KeyError(f"no default named {name!r}; known: {[c.name for c in self.choices]}")
+
+    def text(self) -> str:
+        return "\n".join(choice.line() for choice in self.choices)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {c.name: {"value": c.value, "reason": c.reason, "given": c.given} for c in self}
+
+    def __iter__(self) -> Any:
+        return iter(self.choices)
+
+
+def layout_cost(lengths: Sequence[int] | np.ndarray, lanes: int, window: int) -> tuple[int, float]:
+    """(windows per epoch, padding fraction) of laying series of ``lengths`` out in ``lanes``
+    lanes of ``window`` steps, as :meth:`SequenceTable.lanes` would (a single series is cut
+    into ``lanes`` segments; many are packed longest first into the least-loaded lane)."""
+    sizes = np.asarray(lengths, dtype=np.int64)
+    total = int(sizes.sum())
+    if len(sizes) == 1:
+        lanes = min(lanes, total)
+        longest = -(-total // lanes)
+    else:
+        lanes = min(lanes, len(sizes))
+        loads = np.zeros(lanes, dtype=np.int64)
+        for size in np.sort(sizes)[::-1]:
+            loads[int(np.argmin(loads))] += size
+        longest = int(loads.max())
+    windows = -(-longest // window)
+    return windows, 1.0 - total / (lanes * window * windows)
+
+
+def _check_lengths(lengths: Any) -> np.ndarray:
+    sizes = np.asarray(lengths)
+    if sizes.ndim != 1 or len(sizes) == 0 or sizes.dtype.kind not in "iu" or (sizes < 1).any():
+        raise ValueError(
+            "lengths must be a non-empty list of series lengths (ints >= 1); received "
+            f"{np.asarray(lengths).tolist()!r}"[:200]
+        )
+    return sizes.astype(np.int64)
+
+
+def _choose_layout(sizes: np.ndarray, lanes: int | None, window: int | None) -> list[Choice]:
+    n, total = len(sizes), int(sizes.sum())
+    what = "one series" if n == 1 else f"{n} series"
+    if window is None:
+        # As long as MAX_WINDOW, but short enough that one lane's steps give MIN_WINDOWS.
+        per_lane = total / min(lanes or MAX_LANES, n if n > 1 else MAX_LANES)
+        window_value = int(np.clip(per_lane // MIN_WINDOWS, MIN_WINDOW, MAX_WINDOW))
+        if n == 1:
+            window_value = int(np.clip(total // MIN_WINDOWS, MIN_WINDOW, MAX_WINDOW))
+    else:
+        window_value = window
+    if lanes is None:
+        ceiling = max(1, min(MAX_LANES, total // (window_value * MIN_WINDOWS)))
+        if n > 1:
+            ceiling = min(ceiling, n)
+        # Among the lane counts from half the ceiling up, the least padding (ties: more lanes).
+        candidates = range(max(1, ceiling // 2), ceiling + 1)
+        lanes_value = min(
+            candidates, key=lambda b: (round(layout_cost(sizes, b, window_value)[1], 3), -b)
+        )
+    else:
+        lanes_value = lanes
+    windows, padding = layout_cost(sizes, lanes_value, window_value)
+    effect = f"{windows} windows per epoch, {padding:.0%} padding"
+    if lanes is None:
+        if n == 1:
+            why = (
+                f"{what} of {total} steps cut into {lanes_value} segment(s) of about "
+                f"{-(-total // lanes_value)} steps: {effect}"
+            )
+        else:
+            why = f"{what}, {total} steps packed: {effect}"
+        lanes_choice = Choice("lanes", lanes_value, why)
+    else:
+        lanes_choice = Choice("lanes", lanes_value, effect, given=True)
+    if window is None:
+        window_choice = Choice(
+            "window",
+            window_value,
+            f"at most {MAX_WINDOW} steps, short enough for >= {MIN_WINDOWS} windows per lane "
+            "when the data allows",
+        )
+    else:
+        window_choice = Choice("window", window_value, "truncated-BPTT length", given=True)
+    return [lanes_choice, window_choice]
+
+
+def choose(
+    lengths: Sequence[int] | np.ndarray,
+    *,
+    lanes: int | None = None,
+    window: int | None = None,
+    epochs: int | None = None,
+    patience: int | None = None,
+    validation: bool = True,
+) -> Defaults:
+    """Choose the layout and epoch budget for training series of ``lengths`` (the part that
+    will be trained on); a value given here is kept and reported as given.
+
+    Args:
+        lengths: ``[n]`` steps per series.
+        lanes, window, epochs, patience: the user's values, or None to choose.
+        validation: whether there is a validation set (early stopping needs one).
+    """
+    sizes = _check_lengths(lengths)
+    choices = _choose_layout(sizes, lanes, window)
+    windows, _ = layout_cost(sizes, choices[0].value, choices[1].value)
+    if epochs is None:
+        value = int(np.clip(math.ceil(UPDATE_BUDGET / windows), MIN_EPOCHS, MAX_EPOCHS))
+        stop = " (early stopping ends it sooner)" if validation else ""
+        choices.append(
+            Choice(
+                "epochs",
+                value,
+                f"a budget of about {UPDATE_BUDGET} optimiser steps at {windows} windows per "
+                f"epoch, within [{MIN_EPOCHS}, {MAX_EPOCHS}]{stop}",
+            )
+        )
+    else:
+        choices.append(Choice("epochs", epochs, "passes over the data", given=True))
+    if patience is None and validation:
+        choices.append(
+            Choice(
+                "patience",
+                PATIENCE,
+                f"stop after {PATIENCE} epochs without a better validation loss, then restore "
+                "the best epoch's weights",
+            )
+        )
+    elif patience is not None:
+        choices.append(Choice("patience", patience, "epochs without progress", given=True))
+    else:
+        choices.append(Choice("patience", None, "no validation set: no early stopping"))
+    return Defaults(tuple(choices))
