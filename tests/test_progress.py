@@ -1,0 +1,119 @@
+"""Progress modes (bar on a terminal, lines in a log, nothing when quiet) and schedules."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from seqstate.progress import Due, EpochProgress, Every, epoch_line, progress_mode
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+RECORD = {
+    "epoch": 2,
+    "loss": 0.123456,
+    "val_loss": 0.5,
+    "lr": 1e-3,
+    "steps_per_s": 12345.6,
+    "seconds": 0.5,
+}
+
+
+def test_auto_is_a_bar_on_a_terminal_and_lines_in_a_log():
+    assert progress_mode(True, Terminal()) == "bar"
+    assert progress_mode("auto", io.StringIO()) == "lines"
+    assert progress_mode(False, Terminal()) == "none"
+    assert progress_mode("lines", Terminal()) == "lines"
+    with pytest.raises(ValueError, match="progress must be True, False or one of"):
+        progress_mode("loud")
+
+
+def test_lines_mode_writes_one_line_per_epoch_and_no_carriage_return():
+    log = io.StringIO()
+    progress = EpochProgress(True, epochs=10, stream=log)
+    bar = progress.bar(2, num_windows=50, cursor=0)
+    for _ in range(50):
+        bar.update(1)
+    bar.close()
+    progress.epoch_done(RECORD, "checkpoint")
+    assert log.getvalue() == (
+        "epoch 3/10  loss 0.1235  val_loss 0.5  12,346 steps/s  0.50 s  checkpoint\n"
+    )
+    assert "\r" not in log.getvalue()
+
+
+def test_bar_mode_draws_tqdm_and_quiet_writes_nothing():
+    terminal = Terminal()
+    progress = EpochProgress(True, epochs=3, stream=terminal)
+    assert progress.live
+    bar = progress.bar(0, num_windows=4, cursor=1)
+    bar.update(3)
+    bar.close()
+    progress.epoch_done(RECORD)
+    assert "epoch 1/3" in terminal.getvalue() and "4/4" in terminal.getvalue()
+    quiet = io.StringIO()
+    silent = EpochProgress(False, epochs=3, stream=quiet)
+    silent.bar(0, 4, 0).update(4)
+    silent.epoch_done(RECORD)
+    assert quiet.getvalue() == "" and not silent.live
+
+
+def test_epoch_line_without_validation():
+    assert epoch_line({"epoch": 0, "loss": 1.0}, 5) == "epoch 1/5  loss 1"
+
+
+@pytest.mark.parametrize(
+    ("text", "every"),
+    [
+        ("5", Every(epochs=5)),
+        ("30s", Every(seconds=30.0)),
+        ("2min", Every(seconds=120.0)),
+        ("5,30s", Every(epochs=5, seconds=30.0)),
+        ("end", Every()),
+        (1, Every(epochs=1)),
+    ],
+)
+def test_parse(text, every):
+    assert Every.parse(text) == every
+    assert Every.parse(every.text()) == every
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "5x", "1.5", "5,6", "30s,40s", "", "0s"])
+def test_parse_refuses(text):
+    with pytest.raises(ValueError, match="plot_every must be a schedule like"):
+        Every.parse(text, "plot_every")
+
+
+def test_parse_type():
+    with pytest.raises(TypeError, match="plot_every must be a schedule"):
+        Every.parse(1.5, "plot_every")
+
+
+def test_due_every_n_epochs_and_always_at_the_end():
+    due = Due(Every(epochs=3), clock=lambda: 0.0)
+    assert [due.check(e, last=(e == 6)) for e in range(7)] == [
+        False,
+        False,
+        True,
+        False,
+        False,
+        True,
+        True,
+    ]
+    only_end = Due(Every(), clock=lambda: 0.0)
+    assert [only_end.check(e, last=(e == 3)) for e in range(4)] == [False, False, False, True]
+
+
+def test_due_by_wall_clock():
+    now = [0.0]
+    due = Due(Every(seconds=10.0), clock=lambda: now[0])
+    results = []
+    for step in (4.0, 4.0, 4.0, 4.0, 4.0, 4.0):
+        now[0] += step
+        results.append(due.check(0, last=False))
+    assert results == [False, False, True, False, False, True]  # at 12 s, then at 24 s
