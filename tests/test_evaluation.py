@@ -10,7 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from seqstate.evaluation import ModelForecaster, backtest, evaluate_warm, plot_backtest
+from seqstate.evaluation import (
+    ModelForecaster,
+    backtest,
+    evaluate_in_sample,
+    evaluate_warm,
+    plot_backtest,
+)
 from seqstate.metrics import seasonal_naive, series_metrics
 from seqstate.model import SequenceModel
 from seqstate.sources import read_table
@@ -271,3 +277,34 @@ def test_backtest_skips_short_series_and_refuses_bad_input():
         backtest(table, 3, folds=2, horizon=4)
     with pytest.raises(ValueError, match="folds must be an int >= 1"):
         backtest(table, Oracle(table), folds=0, horizon=4)
+
+
+def test_in_sample_scores_every_row_from_a_zero_state_and_says_so():
+    table = table_of(panel())
+    model = model_for(table)
+    result = evaluate_in_sample(ModelForecaster(model), table)
+    assert result.summary["scored_steps"] == int(table.lengths.sum()) - len(table)
+    for row, features, targets in zip(result.rows, table.features, table.targets, strict=True):
+        reference = step_by_step(model, features.astype(np.float64))
+        expected = series_metrics(targets[1:, 0], reference[:-1, 0], targets[:, 0], 12)
+        assert row["one_step_rmse"] == pytest.approx(expected["rmse"], rel=1e-10)
+    assert "from a zero state" in result.text() and "--warmup-until" in result.text()
+    perfect = evaluate_in_sample(Oracle(table), table)
+    assert perfect.summary["one_step_mae"] == 0.0
+
+
+def test_rows_without_a_prediction_are_not_scored():
+    # A run that differences its targets has no prediction (NaN) for the first rows.
+    table = table_of(panel())
+
+    class Differenced(Oracle):
+        def predict(self, table):
+            outputs = super().predict(table)
+            for output in outputs:
+                output[:13] = np.nan
+            return outputs
+
+    result = evaluate_in_sample(Differenced(table), table)
+    assert result.summary["one_step_mae"] == 0.0
+    warm = evaluate_warm(Differenced(table), table, tail=12)
+    assert warm.summary["one_step_mae"] == 0.0

@@ -37,6 +37,7 @@ __all__ = [
     "Forecaster",
     "ModelForecaster",
     "backtest",
+    "evaluate_in_sample",
     "evaluate_warm",
     "infer_season",
 ]
@@ -212,6 +213,7 @@ class Evaluation:
     skipped: list[tuple[Any, str]]
     season: int
     horizon_note: str | None = None
+    in_sample: bool = False  # evaluate_in_sample: every row from a zero state, no warm-up
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -230,6 +232,8 @@ class Evaluation:
 
     def text(self) -> str:
         s = self.summary
+        if self.in_sample:
+            return self._in_sample_text()
         lines = [
             f"warmed {s['series']} series on {s['warmup_steps']} steps (each series from a zero "
             f"state through its history, {s['warmup_from']} .. {s['warmup_to']}), then scored "
@@ -270,6 +274,22 @@ class Evaluation:
         if len(self.skipped) > 5:
             lines.append(f"  ... and {len(self.skipped) - 5} more series skipped")
         return "\n".join(lines)
+
+    def _in_sample_text(self) -> str:
+        s = self.summary
+        names = (*SCALE_FREE, "mae", "rmse")
+        values = "".join(f"{s[f'one_step_{name}']:>13.4g}" for name in names)
+        return "\n".join(
+            [
+                f"scored every row of {s['series']} series ({s['scored_steps']} steps) one step "
+                "ahead, each series from a zero state: no hold-out, no warm-up. To score a "
+                "held-out tail after warming up on the history, give --warmup-until TIME "
+                "(or --tail N)",
+                "  means over series (mase, smape in %, scaled_rmse = rmse / the series' std):",
+                f"    {'':<10}" + "".join(f"{name:>13}" for name in names),
+                f"    {'one step':<10}{values}",
+            ]
+        )
 
 
 def evaluate_warm(
@@ -360,7 +380,7 @@ def evaluate_warm(
                 "scored_from": _time_text(times, cut),
                 "scored_to": _time_text(times, length - 1),
             }
-            one_step = series_metrics(targets[cut:, o], predicted[:, o], history, season)
+            one_step = _scored(targets[cut:, o], predicted[:, o], history, season)
             row |= {f"one_step_{k}": v for k, v in one_step.items()}
             if i in forecasts:
                 path = forecasts[i][:, o]
@@ -395,6 +415,50 @@ def evaluate_warm(
         summary |= mean_metrics(rows, "horizon_")
         summary |= mean_metrics(rows, "naive_")
     return Evaluation(rows, summary, skipped, season, horizon_note)
+
+
+def _scored(actual: np.ndarray, predicted: np.ndarray, history: np.ndarray, season: int) -> dict:
+    """:func:`series_metrics` over the steps that have a prediction: a run that differences
+    its targets has none (NaN) for the first rows the differencing consumes."""
+    has = np.isfinite(predicted)
+    if not has.any():
+        return {name: math.nan for name in ("mase", "smape", "scaled_rmse", "mae", "rmse")}
+    return series_metrics(actual[has], predicted[has], history, season)
+
+
+def evaluate_in_sample(
+    forecaster: Forecaster, table: Any, *, season: int | None = None
+) -> Evaluation:
+    """Score every row of every series one step ahead, each series from a zero state.
+
+    No warm-up and no hold-out: on the training table this is an in-sample fit. MASE and the
+    scaled RMSE take their scale from the whole series. Prefer :func:`evaluate_warm`.
+    """
+    _check_regression(table, "evaluate_in_sample")
+    season = _check_season(season, table)
+    shift = table.columns.shift
+    outputs = forecaster.predict(table)
+    rows: list[dict[str, Any]] = []
+    for i, (targets, output) in enumerate(zip(table.targets, outputs, strict=True)):
+        length = len(targets)
+        if length <= shift:
+            continue
+        predicted = output[: length - shift]
+        for o, name in enumerate(table.columns.targets):
+            metrics = _scored(targets[shift:, o], predicted[:, o], targets[:, o], season)
+            row: dict[str, Any] = {
+                "id": _series_name(table, i),
+                "target": name,
+                "scored_steps": length - shift,
+            }
+            rows.append(row | {f"one_step_{k}": v for k, v in metrics.items()})
+    summary: dict[str, Any] = {
+        "series": len({r["id"] for r in rows}),
+        "scored_steps": int(sum(len(t) - shift for t in table.targets if len(t) > shift)),
+        "season": season,
+        **mean_metrics(rows, "one_step_"),
+    }
+    return Evaluation(rows, summary, [], season, "no warm-up point was given", in_sample=True)
 
 
 def _horizon_forecasts(
