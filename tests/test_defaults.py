@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqstate.defaults import MAX_LANES, MIN_WINDOWS, PATIENCE, choose, layout_cost
+from seqstate.defaults import MAX_LANES, MIN_WINDOWS, PATIENCE, apply, choose, layout_cost
 from seqstate.lanes import Lanes
 
 
@@ -79,3 +79,17 @@ def test_bad_lengths():
         choose([3, 0])
     with pytest.raises(KeyError, match="no default named"):
         choose([30])["nope"]
+
+
+def test_apply_fills_only_what_is_unset():
+    settings = {
+        "layout": {"lanes": None, "window": 16, "shuffle": True},
+        "fit": {"lr": 0.01},
+        "split": {"by": "time"},
+    }
+    defaults = apply(settings, [3180])
+    assert settings["layout"]["window"] == 16 and settings["layout"]["lanes"] == defaults["lanes"]
+    assert settings["fit"] == {"lr": 0.01, "epochs": defaults["epochs"], "patience": PATIENCE}
+    unsplit = {"layout": {"lanes": 4, "window": 8}, "fit": {"epochs": 3}, "split": {"by": "none"}}
+    apply(unsplit, [100, 80])
+    assert unsplit["fit"] == {"epochs": 3} and unsplit["layout"] == {"lanes": 4, "window": 8}

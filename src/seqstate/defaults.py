@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Choice", "Defaults", "choose", "layout_cost"]
+__all__ = ["Choice", "Defaults", "apply", "choose", "layout_cost"]
 
 #: Most lanes chosen automatically (batch rows); more rarely helps a small recurrent model.
 MAX_LANES = 32
@@ -204,3 +204,27 @@ def choose(
     else:
         choices.append(Choice("patience", None, "no validation set: no early stopping"))
     return Defaults(tuple(choices))
+
+
+def apply(settings: dict[str, dict[str, Any]], lengths: Sequence[int] | np.ndarray) -> Defaults:
+    """Fill the unset layout and training settings of ``settings`` (the recipe's sections:
+    ``[layout] lanes/window`` None, ``[fit] epochs/patience`` absent) from the training
+    ``lengths`` (steps per training sequence, after ``shift``), in place; returns every choice.
+
+    Early stopping is chosen only when there is a validation set (``[split] by != "none"``).
+    """
+    layout, fit = settings["layout"], settings["fit"]
+    validation = settings.get("split", {}).get("by") != "none"
+    defaults = choose(
+        lengths,
+        lanes=layout.get("lanes"),
+        window=layout.get("window"),
+        epochs=fit.get("epochs"),
+        patience=fit.get("patience") if "patience" in fit else None,
+        validation=validation,
+    )
+    layout["lanes"], layout["window"] = defaults["lanes"], defaults["window"]
+    fit["epochs"] = defaults["epochs"]
+    if defaults["patience"] is not None:
+        fit["patience"] = defaults["patience"]
+    return defaults
