@@ -24,7 +24,7 @@ def test_layout_cost_equals_the_real_lanes(lengths, lanes, window):
             np.zeros(lengths[0], np.float32),
             lanes=min(lanes, lengths[0]),
             window=window,
-            target=None,
+            targets=None,
         )
     else:
         arrays = [np.zeros(n, np.float32) for n in lengths]

@@ -28,7 +28,7 @@ __all__ = ["ScoredFrom", "split_tail"]
 
 
 class ScoredFrom(Lanes):
-    """:class:`Lanes` whose ``window.mask`` counts a sequence's steps only from ``first[i]``
+    """:class:`Lanes` whose ``window.loss_mask`` counts a sequence's steps only from ``first[i]``
     on (the warm-up before it runs but is not scored). Everything else is the base layout."""
 
     def __init__(self, base: Lanes, first: Sequence[int] | np.ndarray) -> None:
@@ -62,7 +62,7 @@ class ScoredFrom(Lanes):
             real = window.seq >= 0
             first = self._first.to(window.seq.device)[window.seq.clamp(min=0)]
             scored = real & (window.step >= first)
-            yield dataclasses.replace(window, mask=window.mask & scored)
+            yield dataclasses.replace(window, loss_mask=window.loss_mask & scored)
 
     def __repr__(self) -> str:
         return f"ScoredFrom({super().__repr__()}, scored steps from {self.first.tolist()[:5]}...)"
