@@ -112,6 +112,38 @@ def test_interrupted_run_resumes_bitwise(tmp_path, stop_after):
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
 
 
+@pytest.mark.parametrize("schedule", ["2", "end", "1,30s"])
+def test_resume_is_exact_with_epoch_checkpoint_schedules(tmp_path, schedule):
+    # Epoch-end checkpoints on a schedule: an interruption replays from the last one written
+    # (or from the start) and still ends bitwise where the uninterrupted run ends.
+    import dataclasses
+
+    config = dataclasses.replace(
+        CONFIG, epochs=4, checkpoint_every=None, epoch_checkpoints=schedule, plot_every="end"
+    )
+    reference = make_model()
+    expected = fit(reference, make_lanes(), config=config)
+    windows_per_epoch = make_lanes().num_windows(0)
+    model = make_model()
+    with pytest.raises(Interrupted):
+        fit(
+            model,
+            make_lanes(),
+            config=config,
+            run_dir=tmp_path,
+            on_window=interrupt_after(3 * windows_per_epoch + 2),
+        )
+    if schedule == "end":  # nothing was written before the end: nothing to resume from
+        assert not (tmp_path / "checkpoint" / "latest").exists()
+        with pytest.raises(FileNotFoundError, match="no training checkpoint"):
+            fit(make_model(), make_lanes(), run_dir=tmp_path, resume=True)
+        return
+    resumed_model = make_model()
+    resumed = fit(resumed_model, make_lanes(), run_dir=tmp_path, resume=True)
+    assert_same_weights(reference, resumed_model)
+    assert without_timing(resumed.records) == without_timing(expected.records)
+
+
 def test_resume_from_another_directory_and_extend_epochs(tmp_path):
     lanes = make_lanes()
     config = FitConfig(epochs=2, progress=False, checkpoint_every=3)

@@ -405,11 +405,62 @@ def test_progress_bar_shows_loss_and_throughput(capsys, monkeypatch):
     import seqstate.train.loop as train_module
 
     monkeypatch.setattr(train_module, "_PROGRESS_REFRESH", 0.0)
-    fit(make_model(), Lanes.from_series(sine_series(100), lanes=2, window=10), epochs=1)
+    lanes = Lanes.from_series(sine_series(100), lanes=2, window=10)
+    fit(make_model(), lanes, epochs=1, progress="bar")
     err = capsys.readouterr().err
     assert "epoch 1/1" in err and "loss=" in err and "steps/s=" in err
-    fit(make_model(), Lanes.from_series(sine_series(100), lanes=2, window=10), epochs=1, **QUIET)
+    fit(make_model(), lanes, epochs=1, **QUIET)
     assert capsys.readouterr().err == ""
+
+
+def test_progress_in_a_log_is_one_line_per_epoch(capsys):
+    # stderr is not a terminal here: the default (auto) writes lines, no carriage returns.
+    fit(make_model(), Lanes.from_series(sine_series(100), lanes=2, window=10), epochs=3)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert "loss " in lines[0] and "steps/s" in lines[0] and "\r" not in err
+
+
+def test_plot_and_checkpoint_follow_their_schedules(tmp_path, monkeypatch):
+    import seqstate.train.loop as loop
+
+    written = {"plot": [], "checkpoint": []}
+    real_plot, real_save = loop.write_plot, loop.save_snapshot
+    monkeypatch.setattr(
+        loop, "write_plot", lambda d, h: (written["plot"].append(len(h)), real_plot(d, h))
+    )
+    monkeypatch.setattr(
+        loop,
+        "save_snapshot",
+        lambda d, name, s: (written["checkpoint"].append(name), real_save(d, name, s))[1],
+    )
+    lanes = Lanes.from_series(sine_series(100), lanes=2, window=10)
+    fit(
+        make_model(),
+        lanes,
+        epochs=7,
+        run_dir=tmp_path / "a",
+        plot_every="3",
+        epoch_checkpoints="end",
+        **QUIET,
+    )
+    assert written["plot"] == [3, 6, 7]  # every 3 epochs, and the last
+    assert written["checkpoint"] == ["e00007-w0000000"]  # only the end
+    assert (tmp_path / "a" / "loss.png").is_file()
+    written["plot"].clear()
+    written["checkpoint"].clear()
+    fit(
+        make_model(),
+        lanes,
+        epochs=4,
+        run_dir=tmp_path / "b",
+        plot_every="1",
+        epoch_checkpoints="2",
+        **QUIET,
+    )
+    assert written["plot"] == [1, 2, 3, 4]
+    assert written["checkpoint"] == ["e00002-w0000000", "e00004-w0000000"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,7 +489,10 @@ def test_fit_config_json_round_trip():
         ({"patience": 0}, ValueError, "Use None to turn early stopping off"),
         ({"lr_factor": 1.5}, ValueError, "lr_factor must be in"),
         ({"device": "tpu:x"}, ValueError, "device must be"),
-        ({"progress": "yes"}, TypeError, "progress must be True or False"),
+        ({"progress": "yes"}, ValueError, "progress must be True, False or one of"),
+        ({"progress": 1.0}, TypeError, "progress must be True, False or one of"),
+        ({"plot_every": "often"}, ValueError, "plot_every must be a schedule like"),
+        ({"epoch_checkpoints": 0}, ValueError, "epoch_checkpoints must be a schedule"),
         ({"checkpoint_every": 0}, ValueError, "checkpoint_every"),
     ],
 )

@@ -42,7 +42,7 @@ def progress_mode(progress: Any, stream: TextIO | None = None) -> Literal["bar",
         stream = sys.stderr if stream is None else stream
         isatty = getattr(stream, "isatty", None)
         return "bar" if callable(isatty) and isatty() else "lines"
-    return progress  # type: ignore[return-value]
+    return progress
 
 
 class _NoBar:

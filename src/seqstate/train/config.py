@@ -10,6 +10,7 @@ import torch
 
 from seqstate._validate import check_int, check_number
 from seqstate.losses import LOSSES, LossName
+from seqstate.progress import PROGRESS_MODES, Every, progress_mode
 
 OptimizerName = Literal["adam", "adamw", "sgd"]
 ScheduleName = Literal["constant", "cosine", "step", "plateau"]
@@ -40,8 +41,12 @@ class FitConfig:
     restore_best: bool = True  # with patience: end with the best epoch's weights
     seed: int | None = 0  # seed torch, numpy, random at start (bitwise on CPU); None: don't
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
-    progress: bool = True  # tqdm bar with loss and steps/s
+    progress: bool | str = True  # True/"auto": a bar on a terminal, a line per epoch in a log;
+    # "bar" | "lines" | "none" (False)
     checkpoint_every: int | None = None  # with run_dir: checkpoint every N windows too
+    plot_every: str = "30s"  # with run_dir: redraw loss.png every N epochs ("5"), at most every
+    # S seconds of training ("30s"), "5,30s" (whichever first) or "end"; always at the end
+    epoch_checkpoints: str = "30s"  # with run_dir: epoch-end checkpoints, same schedule syntax
 
     def __post_init__(self) -> None:
         _check_int(self.epochs, "epochs", 1, "Train for at least one epoch.")
@@ -81,11 +86,18 @@ class FitConfig:
             _check_int(self.seed, "seed", 0, "Use None to leave the random generators alone.")
         if self.checkpoint_every is not None:
             _check_int(self.checkpoint_every, "checkpoint_every", 1, "It counts windows.")
-        for name in ("restore_best", "progress"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(
-                    f"FitConfig.{name} must be True or False; received {getattr(self, name)!r}"
-                )
+        if not isinstance(self.restore_best, bool):
+            raise TypeError(
+                f"FitConfig.restore_best must be True or False; received {self.restore_best!r}"
+            )
+        if not isinstance(self.progress, bool | str):
+            raise TypeError(
+                f"FitConfig.progress must be True, False or one of {list(PROGRESS_MODES)}; "
+                f"received {self.progress!r}"
+            )
+        progress_mode(self.progress, _NO_STREAM)  # a bad mode name raises ValueError here
+        for name in ("plot_every", "epoch_checkpoints"):
+            Every.parse(getattr(self, name), f"FitConfig.{name}")
         if not isinstance(self.device, str):
             raise TypeError(
                 f"FitConfig.device must be a string such as 'auto', 'cpu' or 'cuda:0'; received "
@@ -119,6 +131,16 @@ class FitConfig:
     @classmethod
     def from_json(cls, text: str) -> FitConfig:
         return cls.from_dict(json.loads(text))
+
+
+class _NoStream:
+    """Resolves "auto" without looking at a real stream (validation only)."""
+
+    def isatty(self) -> bool:
+        return False
+
+
+_NO_STREAM: Any = _NoStream()
 
 
 def _check_int(value: Any, name: str, minimum: int, hint: str = "") -> int:

@@ -14,6 +14,7 @@ from torch import nn
 
 from seqstate.lanes import Lanes, Window
 from seqstate.losses import MaskedLoss
+from seqstate.progress import Due, EpochProgress, Every
 from seqstate.runstate import Snapshot, capture_rng, save_snapshot
 from seqstate.state import State
 from seqstate.train.config import FitConfig
@@ -52,7 +53,15 @@ class Trainer:
         self.device = device
         self.run_dir = run if replica.is_main else None
         self.writes_checkpoints = run is not None  # on every rank: checkpoints are collective
-        self.show_progress = config.progress and replica.is_main
+        self.progress = EpochProgress(config.progress if replica.is_main else False, config.epochs)
+        self.show_progress = self.progress.live
+        # Plots and epoch-end checkpoints on a schedule, timed in training seconds: reduced over
+        # ranks, so every rank of a distributed run takes the same (collective) decision.
+        self.trained_seconds = 0.0
+        self.plot_due = Due(Every.parse(config.plot_every), clock=self._trained_seconds)
+        self.checkpoint_due = Due(
+            Every.parse(config.epoch_checkpoints), clock=self._trained_seconds
+        )
         self.signature = signature
         self.replica = replica
         self.on_window = on_window
@@ -70,6 +79,9 @@ class Trainer:
         replica.start(self.model)
         rows = slice(None) if replica.rows is None else replica.rows
         self.batch_size = len(np.arange(train.num_lanes)[rows])
+
+    def _trained_seconds(self) -> float:
+        return self.trained_seconds
 
     # --- run --------------------------------------------------------------------------------
 
@@ -100,7 +112,7 @@ class Trainer:
             state = initial_state(model, self.batch_size, self.device, self.dtype)
         if sums is None:
             sums = EpochSums(loss=torch.zeros((), dtype=torch.float64, device=self.device))
-        bar = progress_bar(config, epoch, num_windows, cursor, self.show_progress)
+        bar = self.progress.bar(epoch, num_windows, cursor)
         last_refresh = time.perf_counter()
         model.train()
         windows = lanes.windows(epoch, start=cursor, rows=self.replica.rows)
@@ -207,10 +219,18 @@ class Trainer:
             self.history.stopped_early = True
         self.history.records.append(record)
 
+        # The last epoch always writes its plot and checkpoint, so the files are complete.
+        self.trained_seconds += sums.seconds
+        last = epoch + 1 >= config.epochs or self.history.stopped_early
+        written = []
         if self.run_dir is not None:
             write_metrics(self.run_dir, self.history)
-            write_plot(self.run_dir, self.history)
-        self._checkpoint(epoch + 1, 0, None, None)
+            if self.plot_due.check(epoch, last):
+                write_plot(self.run_dir, self.history)
+        if self.checkpoint_due.check(epoch, last):
+            self._checkpoint(epoch + 1, 0, None, None)
+            written.append("checkpoint")
+        self.progress.epoch_done(record, " ".join(written) if self.run_dir else "")
         if self.on_epoch is not None:
             self.on_epoch(dict(record))
 
@@ -320,21 +340,6 @@ def make_scheduler(config: FitConfig, optimizer: torch.optim.Optimizer) -> Any:
             optimizer, factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_lr
         )
     return None
-
-
-def progress_bar(
-    config: FitConfig, epoch: int, num_windows: int, cursor: int, show: bool = True
-) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=num_windows,
-        initial=cursor,
-        desc=f"epoch {epoch + 1}/{config.epochs}",
-        unit="window",
-        disable=not show,
-        dynamic_ncols=True,
-    )
 
 
 def bar_stats(sums: EpochSums) -> dict[str, str]:

@@ -17,7 +17,14 @@ from seqstate.train.config import FitConfig
 from seqstate.train.runfiles import CHECKPOINT_DIR
 
 # Fields that may change between an interrupted run and its resume without breaking exactness.
-RESUME_FREE = ("epochs", "progress", "checkpoint_every", "device")
+RESUME_FREE = (
+    "epochs",
+    "progress",
+    "checkpoint_every",
+    "plot_every",
+    "epoch_checkpoints",
+    "device",
+)
 
 
 def agreement(
