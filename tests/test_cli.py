@@ -16,9 +16,9 @@ import torch
 
 from seqstate.checkpoint import load_model, read_model_json
 from seqstate.cli import main
+from seqstate.holdout import split_tail
 from seqstate.prediction import predict
-from seqstate.sources import Normalization, read_table, split_table
-from seqstate.train import evaluate
+from seqstate.sources import Normalization, read_table
 
 TINY = ["--lanes", "3", "--window", "8", "--epochs", "2", "--hidden-size", "8", "--no-progress"]
 
@@ -93,16 +93,24 @@ def test_train_records_columns_split_and_train_only_normalisation(run, data):
     metadata = read_model_json(run)["metadata"]
     assert metadata["data"]["columns"]["features"] == ["value", "aux"]
     assert metadata["data"]["columns"]["id"] == "id"
-    assert metadata["split"]["by"] == "series"
+    # The default split: the last 20% of every series, validated warm; then a refit on all rows.
+    assert metadata["split"]["by"] == "time" and metadata["split"]["refit"] is True
     table = read_table(
         data, features=["value", "aux"], targets=["value"], id_column="id", time_column="t"
     )
-    train, validation = split_table(table, by="series", fraction=0.2, seed=0)
-    assert metadata["split"]["ids"]["validation"] == validation.ids
+    train, _ = split_tail(table, 0.2)
+    assert metadata["split"]["ids"]["validation"] == table.ids
+    # The run that chose the epoch count normalised with its training rows only ...
     stats = Normalization.fit(train)
+    selection = load_model(run / "selection")
+    torch.testing.assert_close(selection.input_shift, torch.tensor(stats.input_mean))
+    torch.testing.assert_close(selection.output_scale, torch.tensor(stats.output_std))
+    # ... the refit, trained on every row, with every row.
+    everything = Normalization.fit(table)
     model = load_model(run)
-    torch.testing.assert_close(model.input_shift, torch.tensor(stats.input_mean))
-    torch.testing.assert_close(model.output_scale, torch.tensor(stats.output_std))
+    torch.testing.assert_close(model.input_shift, torch.tensor(everything.input_mean))
+    torch.testing.assert_close(model.output_scale, torch.tensor(everything.output_std))
+    assert metadata["split"]["selection"]["epochs_trained"] == 2
     assert metadata["layout"] == {
         "lanes": 3,
         "window": 8,
@@ -138,13 +146,19 @@ def test_predict_does_not_need_target_columns(run, data, tmp_path):
 
 
 def test_evaluate_prints_metrics(run, data, capsys):
+    # Means over series of per-series metrics, never errors pooled in raw units.
     assert main(["evaluate", str(run), str(data), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     table = read_table(
         data, features=["value", "aux"], targets=["value"], id_column="id", time_column="t"
     )
-    expected = evaluate(load_model(run), table.lanes(lanes=3, window=8, segments=False))
-    assert metrics == pytest.approx(expected)
+    outputs = predict(load_model(run), table.features)
+    rmse = [
+        np.sqrt(np.mean((output[:-1, 0] - target[1:, 0]) ** 2))
+        for output, target in zip(outputs, table.targets, strict=True)
+    ]
+    assert metrics["one_step_rmse"] == pytest.approx(np.mean(rmse), rel=1e-5)
+    assert metrics["series"] == len(table)
     assert main(["evaluate", str(run), str(data)]) == 0
     assert "rmse" in capsys.readouterr().out
 
@@ -158,7 +172,8 @@ def test_forecast_continues_each_series(forecast_run, data, tmp_path):
     assert len(written) == 4 * len(table)
     first = written[written["id"] == table.ids[0]]
     np.testing.assert_array_equal(first["t"], table.times[0][-1] + np.arange(1, 5))
-    assert np.isfinite(first["value"]).all()
+    assert np.isfinite(first["predicted_value"]).all()
+    assert list(first["horizon"]) == [1, 2, 3, 4]
 
 
 def test_forecast_refuses_runs_with_unforecast_features(run, data, tmp_path, capsys):
@@ -241,7 +256,7 @@ def test_doctor_explains_layout_and_problems(data, tmp_path, capsys):
     # More lanes than series, window longer than every sequence, few windows.
     assert main([*base, "--lanes", "64", "--window", "512"]) == 0
     text = capsys.readouterr().out
-    assert "more than the 5 training series" in text
+    assert "more than the 6 training series" in text  # split by time: every series trains
     assert "window=512 is longer than every training sequence" in text
     # A problem: exit code 1 and the reason.
     assert main(["doctor", str(data), "-f", "valeu", "--id", "id"]) == 1
@@ -350,7 +365,8 @@ def test_distributed_train_under_torchrun_equals_one_process(data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("trained 2 epoch(s)") == 1  # rank 0 reports, alone
+    # rank 0 reports, alone
+    assert result.stdout.count("selection (validation): 2 epoch(s)") == 1
     weights = load_model(multi).state_dict()
     for name, value in load_model(single).state_dict().items():
         torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-5)

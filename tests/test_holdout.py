@@ -32,8 +32,10 @@ def make_model():
 def test_scores_exactly_the_tail_after_a_warm_up(lanes, window):
     table = make_table()
     model = make_model()
-    train, validation = split_tail(table, 0.25, lanes=lanes, window=window)
+    train, tail = split_tail(table, 0.25)
     assert train.lengths.tolist() == [17, 12, 22]
+    assert tail.lengths.tolist() == [6, 5, 8] and len(tail) == 3 and tail.ids == table.ids
+    validation = tail.lanes(lanes=lanes, window=window)
     metrics = evaluate(model, validation)
     errors = []
     for features, cut in zip(table.features, train.lengths.tolist(), strict=True):
@@ -47,7 +49,8 @@ def test_scores_exactly_the_tail_after_a_warm_up(lanes, window):
 def test_a_cold_tail_scores_differently():
     table = make_table()
     model = make_model()
-    train, warm = split_tail(table, 0.25, lanes=2, window=8)
+    train, tail = split_tail(table, 0.25)
+    warm = tail.lanes(lanes=2, window=8)
     cold = table.slice_steps(train.lengths.tolist(), table.lengths.tolist())
     cold_lanes = cold.lanes(lanes=2, window=8, segments=False)
     assert evaluate(model, warm)["mae"] != pytest.approx(evaluate(model, cold_lanes)["mae"])
@@ -55,7 +58,8 @@ def test_a_cold_tail_scores_differently():
 
 def test_fit_with_warm_validation_changes_no_weight():
     table = make_table()
-    train, validation = split_tail(table, 0.25, lanes=2, window=8)
+    train, tail = split_tail(table, 0.25)
+    validation = tail.lanes(lanes=2, window=8)
     lanes = train.lanes(lanes=2, window=8)
     with_validation, without = make_model().float(), make_model().float()
     history = fit(with_validation, lanes, validation=validation, epochs=2, progress=False)
@@ -73,6 +77,6 @@ def test_bad_input():
     with pytest.raises(ValueError, match="must be a step inside sequence"):
         ScoredFrom(base, [1, 2, 99])
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
-        split_tail(table, 1.0, lanes=2, window=8)
+        split_tail(table, 1.0)
     with pytest.raises(ValueError, match="series 's1' has 2 steps: holding out its last 25%"):
-        split_tail(make_table((23, 2, 30)), 0.25, lanes=2, window=8)
+        split_tail(make_table((23, 2, 30)), 0.25)

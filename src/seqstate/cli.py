@@ -20,6 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from seqstate._io import atomic_path
+from seqstate.cli_evaluation import (
+    add_backtest_command,
+    add_evaluate_arguments,
+    backtest_command,
+    evaluate_command,
+)
 from seqstate.recipe import SECTIONS, default_settings
 from seqstate.recipe import fit_fields as recipe_fit_fields
 
@@ -158,10 +164,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arguments(doctor, data_required=False)
     _add_training_arguments(doctor)
 
-    evaluate = command("evaluate", _evaluate, "score a trained run on a table with targets")
+    evaluate = command(
+        "evaluate",
+        _evaluate,
+        "score a trained run on a table with targets: warmed up on each series' history, "
+        "scored on what follows (--warmup-until), or every row (in-sample)",
+    )
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="directory written by train")
     evaluate.add_argument("data", metavar="DATA", help="table with the run's columns")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_evaluate_arguments(evaluate)
+
+    backtest = command(
+        "backtest",
+        _backtest,
+        "rolling origins: train, then forecast HORIZON steps at FOLDS origins at the end of each "
+        "series, against seasonal naive on the same folds",
+    )
+    _add_data_arguments(backtest, data_required=False)
+    _add_training_arguments(backtest)
+    add_backtest_command(backtest)
 
     predict = command("predict", _predict, "write one prediction per input row")
     predict.add_argument("run_dir", metavar="RUN_DIR", help="directory written by train")
@@ -170,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--chunk", type=int, help="steps per model call (any value: same result)")
     predict.add_argument("--batch-size", type=int, help="series run side by side")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+    predict.add_argument("--quiet", "-q", action="store_true", help="print nothing")
 
     forecast = command(
         "forecast", _forecast, "warm up on each series, then forecast HORIZON steps past its end"
@@ -231,8 +254,12 @@ def _add_data_arguments(parser: argparse.ArgumentParser, *, data_required: bool)
 
 def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     layout = parser.add_argument_group("layout")
-    layout.add_argument("--lanes", "-B", type=int, help="sequences side by side (default 32)")
-    layout.add_argument("--window", "-T", type=int, help="steps per window (default 64)")
+    layout.add_argument(
+        "--lanes", "-B", type=int, help="sequences side by side (default: from the data)"
+    )
+    layout.add_argument(
+        "--window", "-T", type=int, help="steps per window (default: from the data)"
+    )
     layout.add_argument("--no-shuffle", action="store_true", help="keep lanes fixed every epoch")
     model = parser.add_argument_group("model")
     model.add_argument("--cell", choices=["lstm", "gru", "rnn"])
@@ -240,12 +267,26 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--num-layers", type=int, help="stacked layers (default 1)")
     model.add_argument("--dropout", type=float, help="between layers (default 0)")
     fit = parser.add_argument_group("training")
-    fit.add_argument("--epochs", type=int, help="passes over the data (default 10)")
+    fit.add_argument(
+        "--epochs", type=int, help="passes over the data (default: from a budget of updates)"
+    )
     fit.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     fit.add_argument("--patience", type=int, help="early stopping after N epochs w/o progress")
     fit.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     fit.add_argument("--seed", type=int, help="seed of split, shuffle and training (default 0)")
-    fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fit.add_argument(
+        "--no-refit",
+        dest="refit",
+        action="store_false",
+        default=None,
+        help="keep the early-stopped model instead of training again on every row",
+    )
+    fit.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress (default: a bar on a terminal, a line per epoch in a log)",
+    )
+    fit.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,6 +310,7 @@ def load_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("data", "task"): args.task,
         ("split", "by"): args.split_by,
         ("split", "fraction"): args.validation,
+        ("split", "refit"): args.refit,
         ("layout", "lanes"): args.lanes,
         ("layout", "window"): args.window,
         ("layout", "shuffle"): False if args.no_shuffle else None,
@@ -280,7 +322,7 @@ def load_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("fit", "lr"): args.lr,
         ("fit", "patience"): args.patience,
         ("fit", "device"): args.device,
-        ("fit", "progress"): False if args.no_progress else None,
+        ("fit", "progress"): False if args.no_progress or args.quiet else None,
         ("run", "seed"): args.seed,
         ("run", "out"): getattr(args, "out", None),
     }
@@ -365,21 +407,38 @@ def _train_run(args: argparse.Namespace, *, main: bool) -> int:
         settings,
         resume=bool(args.resume),
         main=main,
-        announce=lambda line: print(line, file=sys.stderr),
+        announce=None if args.quiet else lambda line: print(line, file=sys.stderr),
     )
-    if not main:
+    if not main or args.quiet:
         return 0
-    history, out = result.history, result.out
+    out = result.out
+    if result.selection is not None:
+        print(_history_line("selection (validation)", result.selection))
+        print(
+            f"refit on every row for {len(result.history)} epoch(s): final training loss "
+            f"{result.history.records[-1]['loss']:.4g}"
+        )
+    else:
+        print(_history_line("trained", result.history))
+    from seqstate.train.runfiles import PLOT_FILE
+
+    files = ["model.json", "model.safetensors", "metrics.jsonl"]
+    files += [PLOT_FILE] if (out / PLOT_FILE).exists() else []
+    files += ["checkpoint/"] + (["selection/"] if result.selection is not None else [])
+    print(f"wrote {out}/ ({', '.join(files)})")
+    print(f"next: seqstate predict {out} {settings['data']['path']} --out predictions.csv")
+    return 0
+
+
+def _history_line(label: str, history: Any) -> str:
     best = history.records[history.best_epoch or len(history.records) - 1]
     shown = ", ".join(
         f"{key}={value:.4g}"
         for key, value in best.items()
         if key.startswith(("loss", "val_")) and isinstance(value, float)
     )
-    print(f"trained {len(history)} epoch(s); best epoch {best['epoch']}: {shown}")
-    print(f"wrote {out}/ (model.json, model.safetensors, metrics.jsonl, checkpoint/)")
-    print(f"next: seqstate predict {out} {settings['data']['path']} --out predictions.csv")
-    return 0
+    stopped = ", stopped early" if history.stopped_early else ""
+    return f"{label}: {len(history)} epoch(s){stopped}; best epoch {best['epoch']}: {shown}"
 
 
 def _load_run(run_dir: str) -> tuple[Any, dict[str, Any], Any]:
@@ -411,12 +470,47 @@ def _read_for_run(path: str, columns: Any, *, require_targets: bool) -> Any:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from seqstate.evaluation import ModelForecaster
+
+    model, metadata, columns = _load_run(args.run_dir)
+    table = _read_for_run(args.data, columns, require_targets=True)
+    if columns.task != "regression":
+        return _evaluate_pooled(args, model, metadata, table)
+    warned = _trained_past(metadata, args.warmup_until)
+    if warned and not args.json:
+        print(f"note: {warned}", file=sys.stderr)
+    return evaluate_command(args, ModelForecaster(model), table)
+
+
+def _trained_past(metadata: dict[str, Any], until: str | None) -> str | None:
+    """A warning when the run was trained on rows after ``until`` (they would be scored)."""
+    last = metadata.get("data", {}).get("time_last")
+    if until is None or last is None:
+        return None
+    from seqstate.calendar import parse_times
+
+    try:
+        if metadata["data"].get("time_kind") == "datetime":
+            trained_past = parse_times([str(last)])[0] > parse_times([until])[0]
+        else:
+            trained_past = float(last) > float(until)
+    except (ValueError, TypeError):
+        return None
+    if not trained_past:
+        return None
+    return (
+        f"the run was trained on rows up to {last}, after --warmup-until {until}: the scored "
+        "rows were seen in training (in-sample). Train on the rows up to that time for an "
+        "honest hold-out, or use `seqstate backtest`"
+    )
+
+
+def _evaluate_pooled(args: argparse.Namespace, model: Any, metadata: Any, table: Any) -> int:
+    """Classification: accuracy and loss over every row from a zero state."""
     import json
 
     from seqstate.train import evaluate
 
-    model, metadata, columns = _load_run(args.run_dir)
-    table = _read_for_run(args.data, columns, require_targets=True)
     layout = metadata.get("layout", {})
     lanes = table.lanes(
         lanes=int(layout.get("lanes", 32)), window=int(layout.get("window", 64)), segments=False
@@ -430,6 +524,22 @@ def _evaluate(args: argparse.Namespace) -> int:
         for key, value in metrics.items():
             print(f"  {key:<10} {value:.6g}")
     return 0
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    from seqstate.recipe import read_training_table, train_model
+
+    settings = load_settings(args)
+    settings["run"]["out"] = None  # --out is where the backtest writes, not a run directory
+    table = read_training_table(settings)
+    announce = None if args.quiet else lambda line: print(line, file=sys.stderr)
+
+    def train(history: Any) -> Any:
+        from seqstate.evaluation import ModelForecaster
+
+        return ModelForecaster(train_model(history, settings, announce=announce))
+
+    return backtest_command(args, table, train)
 
 
 def _output_path(path: str) -> tuple[Path, str]:
@@ -475,7 +585,8 @@ def _predict(args: argparse.Namespace) -> int:
     batch = args.batch_size or 256
     frames = []
     groups = range(0, len(table), batch)
-    bar = tqdm(groups, desc="predict", unit="batch", disable=args.no_progress or len(groups) < 2)
+    quiet = args.no_progress or args.quiet
+    bar = tqdm(groups, desc="predict", unit="batch", disable=quiet or len(groups) < 2)
     for begin in bar:
         chunk = table.features[begin : begin + batch]
         outputs = predict(model, chunk, chunk=args.chunk, batch_size=args.batch_size)
@@ -492,6 +603,8 @@ def _predict(args: argparse.Namespace) -> int:
             frames.append(pd.DataFrame(data))
     frame = pd.concat(frames, ignore_index=True)
     _write_frame(frame, target, kind)
+    if args.quiet:
+        return 0
     ahead = "the same step" if columns.shift == 0 else f"{columns.shift} step(s) ahead"
     print(
         f"wrote {len(frame)} rows to {target}: {', '.join(names)} = the prediction of "
@@ -515,8 +628,8 @@ def _forecast(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
+    from seqstate.calendar import future_times
     from seqstate.prediction import forecast
-    from seqstate.sources import time_step
 
     target, kind = _output_path(args.out)
     if args.horizon is None or args.horizon < 1:
@@ -539,12 +652,16 @@ def _forecast(args: argparse.Namespace) -> int:
     table = _read_for_run(args.data, columns, require_targets=False)
     fed = [columns.features.index(name) for name in columns.targets]
     result = forecast(model, table.features, args.horizon, target_features=fed)  # (n, H, O)
+    names = _output_names(columns, model)
     frames = []
     for index, times in enumerate(table.times):
-        step = time_step(times)
-        future = times[-1] + step * np.arange(1, args.horizon + 1)
+        # On the series' own calendar: monthly data steps by months, not by 31 days.
+        future = times[-1] + np.arange(1, args.horizon + 1) if columns.time is None else None
+        if future is None:
+            future = future_times(times, args.horizon)
         data = _key_columns(columns, table, index, future)
-        data |= {name: result[index][:, j] for j, name in enumerate(columns.targets)}
+        data["horizon"] = np.arange(1, args.horizon + 1)
+        data |= {name: result[index][:, j] for j, name in enumerate(names)}
         frames.append(pd.DataFrame(data))
     frame = pd.concat(frames, ignore_index=True)
     _write_frame(frame, target, kind)

@@ -95,7 +95,7 @@ def add_backtest_command(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--folds", type=int, default=3, help="origins per series (default 3)")
     group.add_argument("--horizon", type=int, required=True, help="steps forecast per fold")
     group.add_argument(
-        "--refit",
+        "--refit-each-fold",
         action="store_true",
         help="train again before every fold (default: once, on the data before the first)",
     )
@@ -119,7 +119,7 @@ def backtest_command(args: argparse.Namespace, table: Any, train: Any) -> int:
         train,
         folds=args.folds,
         horizon=args.horizon,
-        refit=args.refit,
+        refit=args.refit_each_fold,
         season=args.season,
     )
     written = []

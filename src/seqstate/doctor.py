@@ -54,7 +54,13 @@ def _megabytes(count: float) -> str:
 
 def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
     """Report on a training setup given as settings (see :data:`seqstate.recipe.SECTIONS`)."""
-    from seqstate.recipe import lanes_for, read_training_table, split_training_table
+    from seqstate.recipe import (
+        choose_defaults,
+        lanes_for,
+        read_training_table,
+        refit_wanted,
+        split_training_table,
+    )
     from seqstate.sources import constant_columns
 
     report = Report()
@@ -97,10 +103,37 @@ def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
             (
                 "Split",
                 f"by {split_by}: {len(train)} series / {int(train.lengths.sum())} steps train, "
-                f"{len(validation)} series / {int(validation.lengths.sum())} steps validation; "
-                "normalisation is fitted on train only",
+                f"{len(validation)} series / {int(validation.lengths.sum())} steps validation"
+                + (
+                    " (the last part of every series, scored after warming up on the series' "
+                    "history)"
+                    if split_by == "time"
+                    else ""
+                )
+                + "; normalisation is fitted on train only",
             )
         )
+    try:
+        defaults = choose_defaults(train, settings)
+    except (ValueError, TypeError) as error:
+        report.problems.append(f"{error}")
+        return report
+    for choice in defaults:
+        report.facts.append(("Default" if not choice.given else "Setting", choice.line()))
+    if validation is not None:
+        refit = refit_wanted(settings, split_by)
+        report.facts.append(
+            (
+                "Refit",
+                "after early stopping, a fresh model trains on every row for the best epoch "
+                "count (--no-refit to keep the early-stopped one)"
+                if refit
+                else "none: the early-stopped model is kept",
+            )
+        )
+    calendar = _calendar(table)
+    if calendar:
+        report.facts.append(("Calendar", calendar))
 
     try:
         lanes, _ = lanes_for(train, None, settings)
@@ -234,22 +267,50 @@ def _leaks(train: Any) -> list[str]:
     return found
 
 
+def _calendar(table: Any) -> str | None:
+    """The time column's calendar in words, for datetime times."""
+    from seqstate.calendar import infer_frequency, season_length
+
+    if table.columns.time is None or not np.issubdtype(table.times[0].dtype, np.datetime64):
+        return None
+    frequency = infer_frequency(table.times[int(np.argmax(table.lengths))])
+    if frequency is None:
+        return "no regular calendar found in the time column; forecasts step by the median spacing"
+    return (
+        f"{frequency.description} ({frequency.name}), season {season_length(frequency)}: "
+        "forecasts are stamped on this calendar"
+    )
+
+
 def _gaps(train: Any) -> list[str]:
+    from seqstate.calendar import infer_frequency
+
     if train.columns.time is None:
         return []
     irregular = []
     for series_id, times in zip(train.ids, train.times, strict=True):
         if len(times) < 3:
             continue
+        if np.issubdtype(times.dtype, np.datetime64):
+            # On a calendar (months, business days...): a gap is a missing step of it.
+            frequency = infer_frequency(times)
+            if frequency is not None:
+                if frequency.missing:
+                    irregular.append(series_id)
+                continue
         deltas = np.diff(times).astype(np.float64)
         median = float(np.median(deltas))
         if median > 0 and float(deltas.max()) > 2.5 * median:
             irregular.append(series_id)
     if not irregular:
         return []
-    shown = ", ".join(repr(i) for i in irregular[:5]) + (" ..." if len(irregular) > 5 else "")
+    if train.columns.id is None:
+        which = "the series has gaps"
+    else:
+        shown = ", ".join(repr(i) for i in irregular[:5]) + (" ..." if len(irregular) > 5 else "")
+        which = f"{len(irregular)} series have gaps, e.g. {shown},"
     return [
-        f"{len(irregular)} series have gaps in {train.columns.time!r} (a step more than 2.5x "
-        f"their usual spacing), e.g. {shown}. The model sees steps, not times: resample to a "
+        f"{which} in {train.columns.time!r} (missing steps of its calendar, or a step more "
+        "than 2.5x the usual spacing). The model sees steps, not times: resample to a "
         "regular grid, or add the elapsed time as a feature."
     ]

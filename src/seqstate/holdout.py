@@ -24,7 +24,7 @@ import torch
 
 from seqstate.lanes import Lanes, Window
 
-__all__ = ["ScoredFrom", "split_tail"]
+__all__ = ["ScoredFrom", "Tail", "split_tail"]
 
 
 class ScoredFrom(Lanes):
@@ -68,14 +68,44 @@ class ScoredFrom(Lanes):
         return f"ScoredFrom({super().__repr__()}, scored steps from {self.first.tolist()[:5]}...)"
 
 
-def split_tail(table: Any, fraction: float, *, lanes: int, window: int) -> tuple[Any, ScoredFrom]:
-    """(the training table: each series' rows before its cut; validation lanes that warm up on
-    each whole series and score the targets from the cut on).
+@dataclasses.dataclass(frozen=True)
+class Tail:
+    """The validation side of a tail split: the whole series, scored from ``cuts`` on.
+
+    Reads like a validation table where the recipe and doctor need one: ``len`` counts the
+    series, ``lengths`` the steps held out, ``ids`` names them; :meth:`lanes` gives the
+    warm :class:`ScoredFrom` lanes.
+    """
+
+    table: Any  # the whole SequenceTable
+    cuts: np.ndarray  # (n,) rows of each series before its held-out tail
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def ids(self) -> list[Any]:
+        return list(self.table.ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """``(n,)`` the rows of each series held out (scored)."""
+        return np.asarray(self.table.lengths - self.cuts, dtype=np.int64)
+
+    def lanes(self, *, lanes: int, window: int, segments: bool = False, **_: Any) -> ScoredFrom:
+        """Warm validation lanes: each whole series, scored from its cut (``segments`` is
+        accepted for the table interface; whole series are never cut into segments here)."""
+        whole = self.table.lanes(lanes=lanes, window=window, segments=False)
+        return ScoredFrom(whole, self.cuts - self.table.columns.shift)
+
+
+def split_tail(table: Any, fraction: float) -> tuple[Any, Tail]:
+    """(the training table: each series' rows before its cut; the held-out :class:`Tail`,
+    whose lanes warm up on each whole series and score the targets from the cut on).
 
     Args:
         table: a :class:`seqstate.sources.SequenceTable` with targets.
         fraction: share of each series' rows at its end held out, in ``(0, 1)``.
-        lanes, window: the validation layout (any: the result does not depend on it).
     """
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
         raise ValueError(
@@ -93,6 +123,4 @@ def split_tail(table: Any, fraction: float, *, lanes: int, window: int) -> tuple
                 f"shift={shift} and validation at least 1. Use a different fraction, split by "
                 "series, or drop short series."
             )
-    train = table.slice_steps(0, cuts.tolist())
-    whole = table.lanes(lanes=lanes, window=window, segments=False)
-    return train, ScoredFrom(whole, cuts - shift)
+    return table.slice_steps(0, cuts.tolist()), Tail(table, cuts)

@@ -15,18 +15,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "SECTIONS",
     "RunResult",
     "build_model",
+    "choose_defaults",
     "default_settings",
     "fit_config_for",
     "fit_fields",
     "lanes_for",
     "read_training_table",
+    "refit_wanted",
     "run_dir_for",
     "run_metadata",
     "split_training_table",
+    "train_model",
     "train_run",
 ]
 
@@ -44,12 +49,22 @@ SECTIONS: dict[str, dict[str, tuple[Any, str]]] = {
         "task": ("regression", "regression | classification (one integer target column)"),
     },
     "split": {
-        "by": ("auto", "series | time | none | auto (series if >= 2 series, else time)"),
+        "by": (
+            "auto",
+            "time | series | none | auto (time when every series is long enough, else series); "
+            "time: the last fraction of every series, validated warm (after the series' "
+            "history)",
+        ),
         "fraction": (0.2, "share of series (by series) or of each series' end (by time)"),
+        "refit": (
+            "auto",
+            "after early stopping, train again on every row for the best number of epochs: "
+            "auto (when split by time: the held-out tail is the most recent data) | true | false",
+        ),
     },
     "layout": {
-        "lanes": (32, "B: sequences trained side by side (batch size)"),
-        "window": (64, "T: steps per window, the truncated-BPTT length"),
+        "lanes": (None, "B: sequences trained side by side (default: from the data)"),
+        "window": (None, "T: steps per window, the truncated-BPTT length (default: from the data)"),
         "shuffle": (True, "reassign sequences to lanes every epoch (never reorders steps)"),
     },
     "model": {
@@ -112,18 +127,46 @@ def read_training_table(settings: Settings) -> Any:
 
 
 def split_training_table(table: Any, settings: Settings) -> tuple[Any, Any, str]:
-    """(train, validation or None, the split actually used)."""
+    """(train, validation or None, the split actually used).
+
+    By time, validation is a :class:`seqstate.holdout.Tail`: the whole series, scored only
+    after each series' cut, so it runs warm (with the state of the series' history).
+    """
+    from seqstate.holdout import split_tail
     from seqstate.sources import split_table
 
-    by = settings["split"]["by"]
-    if by == "auto":
-        by = "series" if len(table) >= 2 else "time"
+    by, fraction = settings["split"]["by"], settings["split"]["fraction"]
     if by == "none":
         return table, None, by
-    train, validation = split_table(
-        table, by=by, fraction=settings["split"]["fraction"], seed=settings["run"]["seed"]
-    )
+    if by in ("auto", "time"):
+        try:
+            train, tail = split_tail(table, fraction)
+            return train, tail, "time"
+        except ValueError:
+            if by == "time" or len(table) < 2:
+                raise
+            by = "series"  # auto: some series are too short for a tail of their own
+    train, validation = split_table(table, by=by, fraction=fraction, seed=settings["run"]["seed"])
     return train, validation, by
+
+
+def choose_defaults(train: Any, settings: Settings) -> Any:
+    """Fill the layout and epoch settings left unset from the training series, in place;
+    returns the :class:`seqstate.defaults.Defaults` (each value with why)."""
+    from seqstate.defaults import apply
+
+    shift = train.columns.shift
+    return apply(settings, np.maximum(train.lengths - shift, 1))
+
+
+def refit_wanted(settings: Settings, split_by: str) -> bool:
+    """Whether the recipe trains again on every row after choosing the epochs."""
+    refit = settings["split"].get("refit", "auto")
+    if refit not in ("auto", True, False, "true", "false"):
+        raise ValueError(f"split.refit must be auto, true or false; received {refit!r}")
+    if refit in ("auto",):
+        return split_by == "time"
+    return refit in (True, "true")
 
 
 def build_model(table: Any, *, seed: int, task: str = "regression", **model: Any) -> Any:
@@ -163,8 +206,14 @@ class RunResult:
     """What :func:`train_run` produced."""
 
     out: Path  # the run directory
-    history: Any  # seqstate.History
+    history: Any  # seqstate.History of the run whose weights were kept
     model: Any  # the trained SequenceModel (eval mode)
+    defaults: Any = None  # seqstate.defaults.Defaults: the settings chosen from the data
+    selection: Any = None  # with a refit: the History that chose the number of epochs
+
+
+#: With a refit, the run that chose the number of epochs (validation) lives here.
+SELECTION_DIR = "selection"
 
 
 def train_run(
@@ -176,18 +225,23 @@ def train_run(
 ) -> RunResult:
     """Train as ``seqstate train`` does and write the run directory.
 
+    The layout and epoch budget left unset are chosen from the data
+    (:func:`choose_defaults`). With a validation set, early stopping picks the best epoch; with
+    a refit (:func:`refit_wanted`: by default when split by time), a fresh model is then
+    trained on every row for that many epochs, and the selection run is kept in
+    ``<run>/selection/``.
+
     Args:
         settings: the merged sections (see :data:`SECTIONS`; ``[data] path``/``features`` set).
         resume: continue the interrupted run in the run directory.
         main: this process writes the final metadata (False on the other ranks of a
             distributed run, which only train).
-        announce: receives one line describing the training lanes, before training.
+        announce: receives lines describing the chosen settings and the training lanes,
+            before training.
     """
     from seqstate.checkpoint import read_model_json, save_model
-    from seqstate.sources import Normalization
-    from seqstate.train import fit
 
-    config = fit_config_for(settings)  # validates before any file is touched
+    fit_config_for(settings)  # validates before any file is touched
     out = run_dir_for(settings)
     if not resume and (out / "model.json").exists():
         raise ValueError(
@@ -196,24 +250,41 @@ def train_run(
 
     table = read_training_table(settings)
     train, validation, split_by = split_training_table(table, settings)
-    model = build_model(
-        table, seed=settings["run"]["seed"], task=settings["data"]["task"], **settings["model"]
-    )
-    stats = Normalization.fit(train)
-    stats.apply(model)
-    train_lanes, validation_lanes = lanes_for(train, validation, settings)
+    defaults = choose_defaults(train, settings)
+    refit = validation is not None and refit_wanted(settings, split_by)
     if main and announce is not None:
-        announce(
-            f"training on {len(train)} series ({int(train.lengths.sum())} steps) as {train_lanes!r}"
-        )
-    history = fit(
-        model,
-        train_lanes,
-        validation=validation_lanes,
-        config=config,
-        run_dir=out,
-        resume=True if resume else None,
+        for choice in defaults:
+            announce(choice.line())
+    model, stats, train_lanes, history = _fit_on(
+        train,
+        validation,
+        settings,
+        run_dir=out / SELECTION_DIR if refit else out,
+        resume=resume,
+        announce=announce if main else None,
     )
+    selection = None
+    if refit:
+        selection = history
+        epochs = (history.best_epoch if history.best_epoch is not None else len(history) - 1) + 1
+        refit_settings = {**settings, "fit": {**settings["fit"], "epochs": epochs}}
+        refit_settings["fit"].pop("patience", None)
+        if main and announce is not None:
+            announce(
+                f"refit: training again on every row ({int(table.lengths.sum())} steps) for "
+                f"{epochs} epoch(s), the best epoch count on validation"
+            )
+        from seqstate.runstate import has_snapshot
+        from seqstate.train.runfiles import CHECKPOINT_DIR
+
+        model, stats, train_lanes, history = _fit_on(
+            table,
+            None,
+            refit_settings,
+            run_dir=out,
+            resume=resume and has_snapshot(out / CHECKPOINT_DIR),  # the refit may not have begun
+            announce=None,
+        )
     if main:
         metadata = dict(read_model_json(out).get("metadata", {}))
         metadata.update(
@@ -221,8 +292,75 @@ def train_run(
                 table, train, validation, split_by, stats, settings, train_lanes=train_lanes
             )
         )
+        metadata["defaults"] = defaults.to_dict()
+        metadata["split"]["refit"] = refit
+        if selection is not None:
+            metadata["split"]["selection"] = {
+                "best_epoch": selection.best_epoch,
+                "epochs_trained": len(selection),
+                "directory": SELECTION_DIR,
+            }
         save_model(model, out, metadata=metadata)
-    return RunResult(out=out, history=history, model=model)
+    return RunResult(out, history, model, defaults, selection)
+
+
+def train_model(
+    table: Any, settings: Settings, *, announce: Callable[[str], None] | None = None
+) -> Any:
+    """Train on ``table`` (already read) as ``seqstate train`` would, writing no files; returns
+    the model. Used by ``seqstate backtest`` to train on the history before each origin.
+
+    ``settings`` is not changed: the defaults are chosen from ``table`` on a copy.
+    """
+    settings = {section: dict(values) for section, values in settings.items()}
+    train, validation, split_by = split_training_table(table, settings)
+    defaults = choose_defaults(train, settings)
+    if announce is not None:
+        for choice in defaults:
+            announce(choice.line())
+    model, _, _, history = _fit_on(
+        train, validation, settings, run_dir=None, resume=False, announce=announce
+    )
+    if validation is not None and refit_wanted(settings, split_by):
+        epochs = (history.best_epoch if history.best_epoch is not None else len(history) - 1) + 1
+        settings["fit"] = {**settings["fit"], "epochs": epochs}
+        settings["fit"].pop("patience", None)
+        model, _, _, _ = _fit_on(table, None, settings, run_dir=None, resume=False, announce=None)
+    return model
+
+
+def _fit_on(
+    train: Any,
+    validation: Any,
+    settings: Settings,
+    *,
+    run_dir: Path | None,
+    resume: bool,
+    announce: Callable[[str], None] | None,
+) -> tuple[Any, Any, Any, Any]:
+    """(model, normalisation, training lanes, history) of one fit of a fresh model."""
+    from seqstate.sources import Normalization
+    from seqstate.train import fit
+
+    model = build_model(
+        train, seed=settings["run"]["seed"], task=settings["data"]["task"], **settings["model"]
+    )
+    stats = Normalization.fit(train)
+    stats.apply(model)
+    train_lanes, validation_lanes = lanes_for(train, validation, settings)
+    if announce is not None:
+        announce(
+            f"training on {len(train)} series ({int(train.lengths.sum())} steps) as {train_lanes!r}"
+        )
+    history = fit(
+        model,
+        train_lanes,
+        validation=validation_lanes,
+        config=fit_config_for(settings),
+        run_dir=run_dir,
+        resume=True if resume else None,
+    )
+    return model, stats, train_lanes, history
 
 
 def run_metadata(
@@ -244,6 +382,7 @@ def run_metadata(
             "source": str(settings["data"]["path"]),
             "columns": table.columns.to_dict(),
             "time_kind": _time_kind(table),
+            **_time_range(table),
             **table.describe(),
         },
         "split": {
@@ -270,3 +409,18 @@ def _time_kind(table: Any) -> str:
     if table.columns.time is None:
         return "position"
     return "datetime" if np.issubdtype(table.times[0].dtype, np.datetime64) else "number"
+
+
+def _time_range(table: Any) -> dict[str, Any]:
+    """The first and last time in the table (for ``evaluate`` to tell trained rows)."""
+    if table.columns.time is None:
+        return {}
+    firsts = [times[0] for times in table.times]
+    lasts = [times[-1] for times in table.times]
+
+    def text(value: Any) -> Any:
+        if isinstance(value, np.datetime64):
+            return str(value.astype("datetime64[s]"))
+        return value.item() if isinstance(value, np.generic) else value
+
+    return {"time_first": text(min(firsts)), "time_last": text(max(lasts))}

@@ -352,7 +352,8 @@ def _numeric_column(frame: Any, name: str, rows: _Rows, *, integer: bool = False
 
 
 def _time_column(frame: Any, name: str, rows: _Rows) -> np.ndarray:
-    """Numbers stay numbers; datetimes (or ISO-8601 strings) become datetime64[ns]."""
+    """Numbers stay numbers; datetimes, ISO-8601 strings and the common written forms of
+    :func:`seqstate.calendar.parse_times` ("1939 Jan", "1939Q1") become datetime64[ns]."""
     import pandas as pd
 
     column = frame[name]
@@ -377,6 +378,14 @@ def _time_column(frame: Any, name: str, rows: _Rows) -> np.ndarray:
             return _time_column(frame.assign(**{name: numbers}), name, rows)
         text = column.map(lambda value: value if isinstance(value, str) else None)
         parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
+        if not parsed.notna().all() and text.notna().all():
+            # Not ISO 8601: dates as people write them ("1939 Jan", "1939Q1", "1939M01").
+            from seqstate.calendar import parse_times
+
+            try:
+                return parse_times(text.to_numpy(dtype=object), f"time column {name!r}")
+            except ValueError:
+                pass  # the message below names the row
         if not parsed.notna().all():
             failed = numbers if numbers.notna().sum() > parsed.notna().sum() else parsed
             position = int(np.flatnonzero(failed.isna().to_numpy())[0])
@@ -388,8 +397,8 @@ def _time_column(frame: Any, name: str, rows: _Rows) -> np.ndarray:
                 )
             raise ValueError(
                 f"time column {name!r} holds {_plain(value)!r} at {rows.name(position)}, which "
-                "is neither a number nor an ISO-8601 date/time (like 2024-01-31 or "
-                "2024-01-31T12:00:00)."
+                "is neither a number nor a date/time in one format for the whole column (like "
+                "2024-01-31, 2024-01-31T12:00:00, 2024-01, '2024 Jan', 2024Q1 or 2024M01)."
             )
         parsed = parsed.dt.tz_localize(None)
     values = parsed.to_numpy(dtype="datetime64[ns]")

@@ -1,0 +1,131 @@
+"""The command line for #14: evaluate --warmup-until, backtest, calendar-stamped forecasts,
+progress lines / --quiet, defaults in doctor, on a small monthly panel written "1939 Jan"."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from seqstate.cli import main
+
+SMALL = ["--hidden-size", "8", "--epochs", "2"]
+
+
+def monthly_panel() -> pd.DataFrame:
+    """Three monthly series of very different scales, ending in 1944 Dec, written '1939 Jan'."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for k, length in enumerate((72, 60, 66)):
+        months = pd.date_range(end="1944-12-01", periods=length, freq="MS")
+        level = 10.0 ** (k + 1)
+        value = level * (2 + np.sin(np.arange(length) * 2 * np.pi / 12))
+        value += rng.normal(scale=0.05 * level, size=length)
+        frames.append(
+            pd.DataFrame({"id": f"s{k}", "month": months.strftime("%Y %b"), "value": value})
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def panel(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "panel.csv"
+    monthly_panel().to_csv(path, index=False)
+    return path
+
+
+DATA = ["-f", "value", "--id", "id", "--time", "month"]
+
+
+@pytest.fixture(scope="module")
+def run(panel, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["train", str(panel), *DATA, *SMALL, "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+def test_evaluate_warmed_up_on_the_history(run, panel, capsys, tmp_path):
+    per_series = tmp_path / "per_series.csv"
+    args = ["evaluate", str(run), str(panel), "--warmup-until", "1943 Dec", "--json"]
+    assert main([*args, "--per-series", str(per_series)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["series"] == 3 and summary["scored_steps"] == 36
+    assert summary["scored_from"] == "1944-01-01" and summary["warmup_to"] == "1943-12-01"
+    assert summary["season"] == 12 and summary["horizon"] == 12
+    for key in ("one_step_mase", "horizon_mase", "naive_mase", "one_step_smape"):
+        assert np.isfinite(summary[key])
+    rows = pd.read_csv(per_series)
+    assert list(rows["id"]) == ["s0", "s1", "s2"]
+    assert main(["evaluate", str(run), str(panel), "--tail", "6", "--horizon", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "warmed 3 series" in text and "recursive forecast of up to 3 steps" in text
+
+
+def test_evaluate_without_a_warm_up_says_what_it_did(run, panel, capsys):
+    assert main(["evaluate", str(run), str(panel), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {"one_step_mase", "one_step_smape", "one_step_rmse", "series"} <= set(summary)
+    assert main(["evaluate", str(run), str(panel)]) == 0
+    assert "from a zero state" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_a_bad_warm_up_time(run, panel, capsys):
+    assert main(["evaluate", str(run), str(panel), "--warmup-until", "soon"]) == 1
+    assert "no date format reads" in capsys.readouterr().err
+
+
+def test_backtest_writes_folds_and_a_plot(panel, tmp_path, capsys):
+    out = tmp_path / "bt"
+    args = ["backtest", str(panel), *DATA, *SMALL, "--folds", "2", "--horizon", "6"]
+    assert main([*args, "--quiet", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["folds"] == 2 and summary["horizon"] == 6 and summary["series"] == 3
+    assert np.isfinite(summary["model_mase"]) and np.isfinite(summary["naive_mase"])
+    rows = pd.read_csv(out / "backtest.csv")
+    assert sorted(set(rows["origin"])) == ["1944-01-01", "1944-07-01"]
+    assert len(pd.read_csv(out / "folds.csv")) == 2
+    assert (out / "backtest.png").stat().st_size > 1000
+
+
+def test_forecast_is_stamped_on_the_series_calendar(run, panel, tmp_path):
+    out = tmp_path / "forecast.csv"
+    assert main(["forecast", str(run), str(panel), "--horizon", "14", "--out", str(out)]) == 0
+    written = pd.read_csv(out, parse_dates=["month"])
+    first = written[written["id"] == "s0"]["month"]
+    expected = pd.date_range("1945-01-01", periods=14, freq="MS")
+    assert list(first) == list(expected)
+
+
+def test_predict_and_forecast_name_their_columns_alike(run, panel, tmp_path):
+    predicted, forecast = tmp_path / "p.csv", tmp_path / "f.csv"
+    assert main(["predict", str(run), str(panel), "--out", str(predicted), "--quiet"]) == 0
+    assert main(["forecast", str(run), str(panel), "--horizon", "2", "--out", str(forecast)]) == 0
+    shared = {"id", "month", "predicted_value"}
+    assert shared <= set(pd.read_csv(predicted).columns)
+    assert shared <= set(pd.read_csv(forecast).columns)
+
+
+def test_progress_is_a_line_per_epoch_in_a_log_and_nothing_when_quiet(panel, tmp_path, capsys):
+    args = ["train", str(panel), *DATA, *SMALL]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("epoch ")]
+    # Two epochs that choose the epoch count on the warm validation tail, two of the refit.
+    assert len(lines) == 4 and "val_loss" in lines[0] and "\r" not in captured.err
+    assert "refit: training again on every row" in captured.err
+    assert "lanes = " in captured.err  # the chosen defaults, with their reasons
+    assert "loss.png" in captured.out  # the run summary lists the plot
+    assert main([*args, "--quiet", "--out", str(tmp_path / "b")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_doctor_prints_the_chosen_defaults_and_why(panel, capsys):
+    assert main(["doctor", str(panel), *DATA]) == 0
+    text = capsys.readouterr().out
+    for words in ("lanes =", "window =", "epochs =", "patience =", "chosen:"):
+        assert words in text
+    assert main(["doctor", str(panel), *DATA, "--lanes", "2"]) == 0
+    assert "lanes = 2 (given" in capsys.readouterr().out
