@@ -208,8 +208,25 @@ def test_missing_id_or_time_is_refused():
         read_table(data, features=["temp"], time_column="t")
     data = frame().astype({"t": object})
     data.loc[1, "t"] = "yesterday"
-    with pytest.raises(ValueError, match=r"holds 'yesterday' .* ISO-8601"):
+    with pytest.raises(ValueError, match=r"holds 'yesterday' .* '2024 Jan', 2024Q1"):
         read_table(data, features=["temp"], time_column="t")
+
+
+@pytest.mark.parametrize(
+    ("written", "first"),
+    [
+        (["1939 Feb", "1939 Jan", "1939 Mar"], "1939-01-01"),
+        (["1939Q2", "1939Q1", "1939Q3"], "1939-01-01"),
+        (["1939M02", "1939M01", "1939M03"], "1939-01-01"),
+    ],
+)
+def test_times_as_people_write_them(written, first):
+    table = read_table(
+        pd.DataFrame({"t": written, "v": [2.0, 1.0, 3.0]}), features=["v"], time_column="t"
+    )
+    assert table.times[0].dtype == np.dtype("datetime64[ns]")
+    assert table.times[0][0] == np.datetime64(first)
+    np.testing.assert_array_equal(table.features[0][:, 0], [1.0, 2.0, 3.0])  # sorted by time
 
 
 def test_leaky_or_inconsistent_settings_are_refused():
