@@ -111,6 +111,9 @@ def test_train_records_columns_split_and_train_only_normalisation(run, data):
     torch.testing.assert_close(model.input_shift, torch.tensor(everything.input_mean))
     torch.testing.assert_close(model.output_scale, torch.tensor(everything.output_std))
     assert metadata["split"]["selection"]["epochs_trained"] == 2
+    best = metadata["split"]["selection"]["best_epoch"]  # the refit trains that many epochs
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == best + 1
+    assert (run / "selection" / "metrics.jsonl").is_file()
     assert metadata["layout"] == {
         "lanes": 3,
         "window": 8,

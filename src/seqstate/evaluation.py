@@ -249,7 +249,7 @@ class Evaluation:
         else:
             lines.append(f"  horizon: not scored ({self.horizon_note})")
         lines.append(
-            "  means over series (mase, smape in %, scaled_rmse = rmse / the series' std): "
+            "  means over series (mase, smape in %, scaled_rmse = rmse / the series' std):"
         )
         header = f"    {'':<10}" + "".join(f"{name:>13}" for name in (*SCALE_FREE, "mae", "rmse"))
         lines.append(header)

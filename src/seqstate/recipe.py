@@ -266,9 +266,8 @@ def train_run(
     selection = None
     if refit:
         selection = history
-        epochs = (history.best_epoch if history.best_epoch is not None else len(history) - 1) + 1
-        refit_settings = {**settings, "fit": {**settings["fit"], "epochs": epochs}}
-        refit_settings["fit"].pop("patience", None)
+        refit_settings = _refit_settings(settings, history)
+        epochs = refit_settings["fit"]["epochs"]
         if main and announce is not None:
             announce(
                 f"refit: training again on every row ({int(table.lengths.sum())} steps) for "
@@ -322,11 +321,16 @@ def train_model(
         train, validation, settings, run_dir=None, resume=False, announce=announce
     )
     if validation is not None and refit_wanted(settings, split_by):
-        epochs = (history.best_epoch if history.best_epoch is not None else len(history) - 1) + 1
-        settings["fit"] = {**settings["fit"], "epochs": epochs}
-        settings["fit"].pop("patience", None)
-        model, _, _, _ = _fit_on(table, None, settings, run_dir=None, resume=False, announce=None)
+        refit = _refit_settings(settings, history)
+        model, _, _, _ = _fit_on(table, None, refit, run_dir=None, resume=False, announce=None)
     return model
+
+
+def _refit_settings(settings: Settings, history: Any) -> Settings:
+    """``settings`` for the refit on every row: the best epoch count, no early stopping."""
+    epochs = (history.best_epoch if history.best_epoch is not None else len(history) - 1) + 1
+    fit = {key: value for key, value in settings["fit"].items() if key != "patience"}
+    return {**settings, "fit": {**fit, "epochs": epochs}}
 
 
 def _fit_on(
