@@ -558,7 +558,9 @@ class Backtest:
             + "".join(f"{name:>13}" for name in ("mase", "naive mase", "smape", "naive smape")),
         ]
         for fold in self.folds:
-            origins = f"{fold['origin_from']} .. {fold['origin_to']}"
+            origins = fold["origin_from"]
+            if fold["origin_to"] != fold["origin_from"]:
+                origins = f"{fold['origin_from']} .. {fold['origin_to']}"
             lines.append(
                 f"    {fold['fold']:<6}{origins:<27}{fold['model_mase']:>13.4g}"
                 f"{fold['naive_mase']:>13.4g}{fold['model_smape']:>13.4g}"
