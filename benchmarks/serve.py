@@ -34,7 +34,7 @@ from pathlib import Path
 
 from _report import cpu_model, write_section
 
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789"
 STREAMS = 1000
 FEATURES = 8
 

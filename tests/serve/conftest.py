@@ -22,7 +22,7 @@ from seqstate.checkpoint import load_model, save_model
 from seqstate.model import SequenceModel
 from seqstate.serve import ServeConfig, create_app
 
-TOKEN = "test-token"
+TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FEATURES, OUTPUTS = 3, 2
 REPO = Path(__file__).resolve().parents[2]

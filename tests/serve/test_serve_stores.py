@@ -1,67 +1,120 @@
-"""Every store honours the same contract: bulk reads, atomic CAS commits, delete, expiry."""
+"""Every store honours the same contract: bulk reads, atomic CAS on a generation, delete, expiry."""
 
 from __future__ import annotations
+
+import sqlite3
 
 import pytest
 
 from seqstate.serve.stores import Record, SQLiteStore, StoreError, Update, open_store
+from seqstate.serve.stores.base import StoreFullError, new_record
 
 
-def record(seq: int, updated: float = 100.0) -> Record:
-    return Record(
-        seq, state=b"state-%d" % seq, output=b"[%d]" % seq, digest=b"d%d" % seq, updated=updated
+def record(stream: str, seq: int, updated: float = 100.0) -> Record:
+    return new_record(
+        stream, seq=seq, state=b"state-%d" % seq, output=b"[%d]" % seq, digest=b"d", updated=updated
     )
+
+
+def open_kind(kind: str, request, tmp_path, ttl_s: float = 0.0):
+    if kind == "memory":
+        return open_store("memory://")
+    if kind == "sqlite":
+        return open_store(f"sqlite:///{tmp_path / 'streams.sqlite'}")
+    opened = open_store(request.getfixturevalue("redis_url"), ttl_s=ttl_s)
+    opened.prefix = f"test:{tmp_path.name}:"  # isolate from other tests sharing the server
+    return opened
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
 def store(request, tmp_path):
-    if request.param == "memory":
-        opened = open_store("memory://")
-    elif request.param == "sqlite":
-        opened = open_store(f"sqlite:///{tmp_path / 'streams.sqlite'}")
-    else:
-        opened = open_store(request.getfixturevalue("redis_url"), ttl_s=0)
-        opened.prefix = f"test:{tmp_path.name}:"  # isolate from other tests sharing the server
+    opened = open_kind(request.param, request, tmp_path)
     yield opened
     opened.close()
 
 
-def test_commit_is_compare_and_set_on_seq(store):
+@pytest.fixture(params=["sqlite", "redis"])
+def two_handles(request, tmp_path):
+    """Two handles on one shared store: what two replicas (or two servers) hold."""
+    handles = [open_kind(request.param, request, tmp_path) for _ in range(2)]
+    yield handles
+    for handle in handles:
+        handle.close()
+
+
+def test_commit_is_compare_and_set_on_the_generation(store):
     assert store.get_many(["a", "b"]) == [None, None]
-    assert store.commit([Update("a", None, record(1)), Update("b", None, record(1))]) == [
-        True,
-        True,
-    ]
-    assert store.commit([Update("a", None, record(1))]) == [False]  # exists already
-    ok = store.commit([Update("a", 1, record(2)), Update("b", 7, record(8))])
+    a1, b1 = record("a", 1), record("b", 1)
+    assert store.commit([Update("a", None, a1), Update("b", None, b1)]) == [True, True]
+    assert store.commit([Update("a", None, record("a", 1))]) == [False]  # exists already
+    a2 = record("a", 2)
+    ok = store.commit([Update("a", a1.generation, a2), Update("b", b"other", record("b", 8))])
     assert ok == [True, False]
     a, b, c = store.get_many(["a", "b", "c"])
-    assert a == record(2) and b == record(1) and c is None
+    assert a == a2 and b == b1 and c is None
+    assert a.intact("a") and not a.intact("b")  # the checksum covers the stream id
     assert store.count() == 2
 
 
-def test_delete_and_expire(store):
+def test_a_stale_commit_loses_to_a_delete_and_recreate_at_the_same_seq(two_handles):
+    """The lost step across replicas: replica 1 reads S at seq 1; replica 2 deletes S and
+    re-creates it with a different step 1; replica 1's step 2 (from the old state) must lose,
+    although the stored seq is 1 again."""
+    one, two = two_handles
+    first = record("s", 1)
+    assert one.commit([Update("s", None, first)]) == [True]
+    (read,) = one.get_many(["s"])  # replica 1 reads seq 1
+    assert two.delete("s")
+    recreated = new_record("s", seq=1, state=b"new", output=b"[new]", digest=b"e", updated=1.0)
+    assert two.commit([Update("s", None, recreated)]) == [True]  # acknowledged elsewhere
+    stale = record("s", 2)
+    assert one.commit([Update("s", read.generation, stale)]) == [False]  # refused
+    assert one.get_many(["s"]) == [recreated]  # the new step 1 is kept
+
+
+def test_delete_and_expire_including_records_from_the_future(store):
     store.commit(
-        [Update("old", None, record(1, updated=10.0)), Update("new", None, record(1, updated=50.0))]
+        [
+            Update("old", None, record("old", 1, updated=10.0)),
+            Update("new", None, record("new", 1, updated=50.0)),
+            Update("future", None, record("future", 1, updated=1e12)),
+        ]
     )
-    removed = store.expire(older_than=20.0)
+    removed = store.expire(now=50.0, ttl_s=30.0)
     if store.url.startswith("redis"):
-        assert removed == 0  # Redis expires keys itself
+        assert removed == 0  # Redis expires keys itself; reads check `updated`
     else:
-        assert removed == 1 and store.get_many(["old"]) == [None]
+        assert removed == 2 and store.get_many(["old", "future"]) == [None, None]
     assert store.delete("new") is True
     assert store.delete("new") is False
     assert store.get_many(["new"]) == [None]
 
 
+def test_redis_ttl_0_replica_clears_an_expiry_left_by_a_ttl_replica(request, tmp_path):
+    with_ttl = open_kind("redis", request, tmp_path, ttl_s=60.0)
+    without = open_kind("redis", request, tmp_path, ttl_s=0.0)
+    try:
+        first = record("s", 1)
+        with_ttl.commit([Update("s", None, first)])
+        key = with_ttl.prefix + "s"
+        assert with_ttl._client.pttl(key) > 0
+        without.commit([Update("s", first.generation, record("s", 2))])
+        assert without._client.pttl(key) == -1  # PERSIST: no expiry left behind
+    finally:
+        with_ttl.close()
+        without.close()
+
+
 def test_sqlite_commits_survive_reopening(tmp_path):
     path = tmp_path / "s.sqlite"
     first = SQLiteStore(path)
-    first.commit([Update("a", None, record(1))])
-    first.commit([Update("a", 1, record(2))])
+    one = record("a", 1)
+    first.commit([Update("a", None, one)])
+    two = record("a", 2)
+    first.commit([Update("a", one.generation, two)])
     first.close()
     again = SQLiteStore(path)
-    assert again.get_many(["a"]) == [record(2)]
+    assert again.get_many(["a"]) == [two]
     journal = again._db.execute("PRAGMA journal_mode").fetchone()[0]
     again.close()
     assert journal == "wal"
@@ -69,11 +122,45 @@ def test_sqlite_commits_survive_reopening(tmp_path):
 
 def test_sqlite_batch_commit_is_all_or_nothing(tmp_path):
     store = SQLiteStore(tmp_path / "s.sqlite")
-    store.commit([Update("a", None, record(1))])
+    one = record("a", 1)
+    store.commit([Update("a", None, one)])
     broken = Record(2, state=None, output=b"", digest=b"", updated=1.0)  # type: ignore[arg-type]
     with pytest.raises(StoreError):
-        store.commit([Update("a", 1, record(2)), Update("b", None, broken)])  # NOT NULL fails
-    assert store.get_many(["a", "b"]) == [record(1), None]  # the first update rolled back
+        store.commit([Update("a", one.generation, record("a", 2)), Update("b", None, broken)])
+    assert store.get_many(["a", "b"]) == [one, None]  # the first update rolled back
+    assert store.write_problem is None  # a refused row is not a store that cannot write
+    store.close()
+
+
+def test_sqlite_disk_full_is_reported_as_such_and_clears_when_space_returns(tmp_path):
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    store.commit([Update("a", None, record("a", 1))])
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count={pages}")  # the file may not grow: "disk full"
+    big = new_record("b", seq=1, state=b"x" * 200_000, output=b"[]", digest=b"", updated=1.0)
+    with pytest.raises(StoreFullError, match="full"):
+        store.commit([Update("b", None, big)])
+    assert store.write_problem is not None and "full" in store.write_problem
+    assert store.get_many(["b"]) == [None]
+    store._db.execute("PRAGMA max_page_count=1073741823")
+    store.check_writable()
+    assert store.write_problem is None
+    store.close()
+
+
+def test_sqlite_files_from_before_generations_are_upgraded_not_trusted(tmp_path):
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE streams (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, state BLOB NOT NULL, "
+        "output BLOB NOT NULL, digest BLOB NOT NULL, updated REAL NOT NULL) WITHOUT ROWID"
+    )
+    db.execute("INSERT INTO streams VALUES ('s', 3, x'00', '[1]', x'00', 1.0)")
+    db.commit()
+    db.close()
+    store = SQLiteStore(path)
+    (old,) = store.get_many(["s"])
+    assert old is not None and not old.intact("s")  # no checksum: the engine answers 409
     store.close()
 
 

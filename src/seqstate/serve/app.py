@@ -18,19 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from seqstate.serve import jsonio
 from seqstate.serve.batcher import Batcher
 from seqstate.serve.config import STREAM_ID_PATTERN, ServeConfig, valid_stream_id
 from seqstate.serve.edge import Edge
@@ -38,47 +38,14 @@ from seqstate.serve.engine import Engine, Outcome, StepRequest
 from seqstate.serve.errors import ApiError, error_response
 from seqstate.serve.metrics import Metrics
 from seqstate.serve.rules import Reject, is_expired
+from seqstate.serve.schemas import BatchStep, ErrorBody, StepAnswer, StepBody, StreamInfo
 from seqstate.serve.stores import StateStore, StoreError, open_store
+from seqstate.serve.stores.base import StoreFullError
+from seqstate.serve.websocket import serve_websocket
 
 __all__ = ["create_app"]
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-_MAX_SEQ = 2**62  # fits SQLite INTEGER and Redis integers with room to spare
-
-
-class StepBody(BaseModel):
-    """One step (or k steps) of one stream."""
-
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-    seq: int = Field(ge=1, le=_MAX_SEQ, description="step number: 1, 2, 3 … per stream")
-    x: list[float] | list[list[float]] = Field(
-        description="one step of F features [F], or k steps [[F], …]"
-    )
-    start: bool = Field(False, description="reset the stream to a zero state before this step")
-
-
-class BatchStep(StepBody):
-    id: str = Field(pattern=STREAM_ID_PATTERN, description="stream id")
-
-
-class StepAnswer(BaseModel):
-    seq: int
-    y: list[float] | list[list[float]] = Field(description="[O] for one step, [[O], …] for k")
-    replayed: bool = Field(description="true: a retry, answered from the store, not re-applied")
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    expected_seq: int | None = None
-
-
-class StreamInfo(BaseModel):
-    id: str
-    seq: int
-    updated: float = Field(description="unix time of the last applied step")
-    expires: float | None = Field(description="unix time the stream expires if idle")
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -90,7 +57,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         409: "sequence conflict (gap, stale, different retry body, race)",
         413: "body, steps or streams over the limit",
         422: "invalid body (wrong shape, feature count, NaN/inf, bad id)",
-        503: "state store unavailable",
+        429: "too many requests in flight on this server (server_busy); retry later",
+        503: "state store unavailable, or live-stream capacity reached (stream_capacity)",
+        507: "state store full (store_full): nothing was written",
     }.items()
 }
 _BATCH_STEP = TypeAdapter(BatchStep)
@@ -108,6 +77,7 @@ class Resources:
     clock: Callable[[], float]
     input_size: int
     sweeper: asyncio.Task[None] | None = None
+    websockets: int = 0  # open WebSocket connections
 
 
 def create_app(
@@ -149,6 +119,8 @@ def create_app(
         Edge,
         token=config.token if config.auth else None,
         max_body_bytes=config.max_body_bytes,
+        max_inflight_bytes=config.max_inflight_bytes,
+        body_timeout_s=config.body_timeout_s,
         metrics=metrics,
     )
     return app
@@ -168,12 +140,21 @@ async def _open(
         torch.set_num_threads(config.torch_threads)
     if model is None:
         from seqstate.checkpoint import load_model
+        from seqstate.serve.rundir import check_run_dir
 
+        check_run_dir(config.run_dir, config.max_model_parameters)  # before allocating
         model = load_model(config.run_dir, device=config.device)
     model.eval()
     if store is None:
         store = open_store(config.store_url, ttl_s=config.ttl_s)
-    engine = Engine(model, store, ttl_s=config.ttl_s, device=config.device, clock=clock)
+    engine = Engine(
+        model,
+        store,
+        ttl_s=config.ttl_s,
+        device=config.device,
+        clock=clock,
+        max_live_streams=config.max_live_streams,
+    )
     batcher = Batcher(
         engine.process,
         max_batch=config.max_batch,
@@ -205,7 +186,7 @@ async def _sweep(resources: Resources) -> None:
         await asyncio.sleep(config.sweep_every_s)
         try:
             removed = await asyncio.to_thread(
-                resources.store.expire, resources.clock() - config.ttl_s
+                resources.store.expire, resources.clock(), config.ttl_s
             )
         except StoreError:
             resources.metrics.store_errors.labels("expire").inc()
@@ -242,6 +223,8 @@ def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
 
 def _store_unavailable(error: StoreError) -> Response:
+    if isinstance(error, StoreFullError):
+        return error_response(507, "store_full", str(error))
     return error_response(503, "store_unavailable", f"state store unavailable: {error}")
 
 
@@ -407,6 +390,13 @@ def _add_routes(app: FastAPI, config: ServeConfig) -> None:
         _check_stream_id(stream_id)
         (record,) = await asyncio.to_thread(resources.store.get_many, [stream_id])
         ttl = resources.config.ttl_s
+        if record is not None and not record.intact(stream_id):
+            raise ApiError(
+                409,
+                "state_incompatible",
+                f"the stored record of stream {stream_id!r} is damaged (checksum mismatch); "
+                "end it (DELETE) or restart it with start=true",
+            )
         if record is None or is_expired(record, resources.clock(), ttl):
             raise _not_found(stream_id)
         info = {
@@ -415,7 +405,7 @@ def _add_routes(app: FastAPI, config: ServeConfig) -> None:
             "updated": record.updated,
             "expires": record.updated + ttl if ttl > 0 else None,
         }
-        return _json(json.dumps(info).encode())
+        return _json(jsonio.dumps(info))
 
     @app.delete(
         "/v1/streams/{stream_id}",
@@ -428,9 +418,16 @@ def _add_routes(app: FastAPI, config: ServeConfig) -> None:
         (record,) = await asyncio.to_thread(resources.store.get_many, [stream_id])
         existed = await asyncio.to_thread(resources.store.delete, stream_id)
         ttl = resources.config.ttl_s
-        if not existed or record is None or is_expired(record, resources.clock(), ttl):
+        if not existed or record is None:
             raise _not_found(stream_id)
-        return _json(json.dumps({"id": stream_id, "deleted": True}).encode())
+        if record.intact(stream_id) and is_expired(record, resources.clock(), ttl):
+            raise _not_found(stream_id)
+        return _json(jsonio.dumps({"id": stream_id, "deleted": True}))
+
+    @app.websocket("/v1/ws")
+    async def websocket_steps(websocket: WebSocket) -> None:
+        """Steps of many streams over one connection (see ``seqstate.serve.websocket``)."""
+        await serve_websocket(websocket, websocket.app.state.resources)
 
     @app.get("/healthz", summary="Liveness and store reachability (no auth)")
     async def healthz(request: Request) -> Response:
@@ -440,6 +437,17 @@ def _add_routes(app: FastAPI, config: ServeConfig) -> None:
         except StoreError as error:
             resources.metrics.store_errors.labels("ping").inc()
             return _store_unavailable(error)
+        try:
+            await asyncio.to_thread(resources.store.check_writable)
+        except StoreError as error:
+            resources.metrics.store_errors.labels("write_probe").inc()
+            problem = resources.store.write_problem or str(error)
+            return error_response(
+                503,
+                "store_cannot_write",
+                f"the state store cannot take writes: {problem}",
+                store=resources.store.url.split(":", 1)[0],
+            )
         model = resources.model
         body = {
             "status": "ok",
@@ -448,7 +456,7 @@ def _add_routes(app: FastAPI, config: ServeConfig) -> None:
             "output_size": int(getattr(model, "output_size", 0)),
             "batching": resources.config.batching,
         }
-        return _json(json.dumps(body).encode())
+        return _json(jsonio.dumps(body))
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics(request: Request) -> Response:
@@ -471,7 +479,7 @@ def _not_found(stream: str) -> ApiError:
 
 def _parse_batch(raw: bytes, limit: int) -> list[BatchStep | ApiError]:
     try:
-        data = json.loads(raw)
+        data = jsonio.loads(raw)
     except (ValueError, RecursionError):
         raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
     if not isinstance(data, dict) or set(data) != {"steps"} or not isinstance(data["steps"], list):
@@ -513,6 +521,8 @@ async def _batch_item(resources: Resources, item: BatchStep) -> bytes:
         outcome = await _submit(resources, _step_request(item.id, item, resources))
     except ApiError as error:
         return _item_error(item.id, item.seq, error)
+    except StoreFullError as error:
+        return _item_error(item.id, item.seq, ApiError(507, "store_full", str(error)))
     except StoreError as error:
         return _item_error(item.id, item.seq, ApiError(503, "store_unavailable", str(error)))
     if isinstance(outcome, Reject):
@@ -520,7 +530,7 @@ async def _batch_item(resources: Resources, item: BatchStep) -> bytes:
             outcome.status, outcome.code, outcome.message, expected_seq=outcome.expected_seq
         )
         return _item_error(item.id, item.seq, error)
-    head = json.dumps({"id": item.id, "status": 200}).encode()[:-1]
+    head = jsonio.dumps({"id": item.id, "status": 200})[:-1]
     return head + b"," + _answer(outcome)[1:]
 
 
@@ -529,4 +539,4 @@ def _item_error(stream: str | None, seq: int | None, error: ApiError) -> bytes:
     stream = extra.pop("id", stream)
     seq = extra.pop("seq", seq)
     body = {"code": error.code, "message": error.message, **extra}
-    return json.dumps({"id": stream, "seq": seq, "status": error.status, "error": body}).encode()
+    return jsonio.dumps({"id": stream, "seq": seq, "status": error.status, "error": body})

@@ -1,10 +1,15 @@
-"""The ASGI layer in front of the routes: bearer auth, body size limit, request metrics.
+"""The ASGI layer in front of the routes: bearer auth, body limits, request metrics.
 
 It runs before any parsing, so an unauthenticated or oversized request costs a header check.
+Bodies are read here, under three bounds: ``max_body_bytes`` per request (413), a deadline
+for the whole body (408, so a client dribbling bytes cannot hold a task forever), and
+``max_inflight_bytes`` over all requests being read or served at once (429 server_busy, so a
+crowd of large bodies cannot exhaust memory). WebSocket upgrades pass the same auth check.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from typing import Any
@@ -19,12 +24,22 @@ Scope = dict[str, Any]
 
 class Edge:
     def __init__(
-        self, app: Any, *, token: str | None, max_body_bytes: int, metrics: Metrics
+        self,
+        app: Any,
+        *,
+        token: str | None,
+        max_body_bytes: int,
+        max_inflight_bytes: int,
+        body_timeout_s: float,
+        metrics: Metrics,
     ) -> None:
         self.app = app
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
+        self.max_inflight_bytes = max_inflight_bytes
+        self.body_timeout_s = body_timeout_s
         self.metrics = metrics
+        self.inflight_bytes = 0  # bytes of bodies being read or served now (one event loop)
 
     @staticmethod
     def _protected(path: str) -> bool:
@@ -43,6 +58,13 @@ class Edge:
         return False
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            if self._authorized(scope):
+                await self.app(scope, receive, send)
+            else:  # refuse the upgrade: HTTP 403 before any frame
+                await receive()  # websocket.connect
+                await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized"})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -65,13 +87,18 @@ class Edge:
                 await response(scope, receive, send_and_record)
                 return
             if scope["method"] in ("POST", "PUT", "PATCH"):
-                body, refusal = await self._read_body(scope, receive)
-                if refusal is not None:
-                    await refusal(scope, receive, send_and_record)
-                    return
-                if body is None:
-                    return  # disconnected
-                receive = _replay(body, receive)
+                reserved = [0]
+                try:
+                    body, refusal = await self._read_body(scope, receive, reserved)
+                    if refusal is not None:
+                        await refusal(scope, receive, send_and_record)
+                        return
+                    if body is None:
+                        return  # disconnected
+                    await self.app(scope, _replay(body, receive), send_and_record)
+                finally:
+                    self.inflight_bytes -= reserved[0]
+                return
             await self.app(scope, receive, send_and_record)
         finally:
             route = scope.get("route")
@@ -79,7 +106,31 @@ class Edge:
             self.metrics.requests.labels(label, str(status[0])).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - started)
 
-    async def _read_body(self, scope: Scope, receive: Any) -> tuple[bytes | None, Any]:
+    def _reserve(self, reserved: list[int], size: int) -> bool:
+        """Count ``size`` more bytes in flight for this request; False past the bound."""
+        if self.inflight_bytes + size > self.max_inflight_bytes:
+            return False
+        self.inflight_bytes += size
+        reserved[0] += size
+        return True
+
+    async def _read_body(
+        self, scope: Scope, receive: Any, reserved: list[int]
+    ) -> tuple[bytes | None, Any]:
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                return await self._read_body_now(scope, receive, reserved)
+        except TimeoutError:
+            return None, error_response(
+                408,
+                "body_timeout",
+                f"the request body did not arrive within {self.body_timeout_s:g} s",
+                headers={"Connection": "close"},
+            )
+
+    async def _read_body_now(
+        self, scope: Scope, receive: Any, reserved: list[int]
+    ) -> tuple[bytes | None, Any]:
         limit = self.max_body_bytes
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -91,6 +142,8 @@ class Edge:
                     )
                 if declared > limit:
                     return None, _too_large(declared, limit)
+                if not self._reserve(reserved, declared):
+                    return None, self._busy()
         chunks, total = [], 0
         while True:
             message = await receive()
@@ -100,9 +153,22 @@ class Edge:
             total += len(chunk)
             if total > limit:
                 return None, _too_large(total, limit)
+            if total > reserved[0] and not self._reserve(reserved, total - reserved[0]):
+                return None, self._busy()
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks), None
+
+    def _busy(self) -> Any:
+        self.metrics.busy.inc()
+        return error_response(
+            429,
+            "server_busy",
+            f"the server holds its limit of {self.max_inflight_bytes} request bytes in flight; "
+            "retry shortly (with backoff)",
+            headers={"Retry-After": "1"},
+            limit=self.max_inflight_bytes,
+        )
 
 
 def _too_large(received: int, limit: int) -> Any:

@@ -5,8 +5,10 @@ streams::
 
     records  = store.get_many(streams)                 # one read
     decision = rules.decide(record, seq, start, ...)    # apply / replay / reject, per step
-    y, state = model(x [n, k_max, F], State.cat(states), mask=[n, k_max])   # one call
-    written  = store.commit(updates)                    # one transaction, CAS on seq per stream
+    state    = State.from_bytes(record.state)           # per record: a bad one fails alone
+    y, state = advance(model, State.cat(states), x [n, k, F])   # one call
+    finite?  = y and the new state of each row          # NaN/inf: 422, nothing stored
+    written  = store.commit(updates)                    # one transaction, CAS per stream
     lost CAS -> reload: the same step by another replica is a replay, anything else a 409
 
 Steps with different numbers of timesteps ``k`` share the call: shorter ones are padded at
@@ -18,16 +20,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
+from seqstate.serve import jsonio
 from seqstate.serve.rules import Apply, Reject, Replay, decide
-from seqstate.serve.stores.base import Record, StateStore, Update
+from seqstate.serve.stores.base import Record, StateStore, Update, new_record
 from seqstate.state import State
+from seqstate.streams import advance
 
 __all__ = ["Engine", "Outcome", "StepRequest", "StepResult"]
 
@@ -72,12 +75,14 @@ class Engine:
         ttl_s: float,
         device: torch.device | str = "cpu",
         clock: Callable[[], float] = time.time,
+        max_live_streams: int | None = None,
     ) -> None:
         self.model = model
         self.store = store
         self.ttl_s = ttl_s
         self.device = torch.device(device)
         self.clock = clock
+        self.max_live_streams = max_live_streams
         self._zero = model.initial_state(1)  # template: type, layers, hidden size, dtype
 
     def process(self, requests: Sequence[StepRequest]) -> list[Outcome]:
@@ -93,6 +98,7 @@ class Engine:
         for i, (request, record) in enumerate(zip(requests, records, strict=True)):
             decision = decide(
                 record,
+                stream=request.stream,
                 seq=request.seq,
                 start=request.start,
                 digest=digests[i],
@@ -109,25 +115,51 @@ class Engine:
                 outcomes[i] = StepResult(request.seq, decision.record.output, replayed=True)
             else:
                 outcomes[i] = decision
+        to_apply = self._within_capacity(to_apply, outcomes)
         if to_apply:
             self._apply(requests, digests, to_apply, outcomes, now)
         return outcomes  # type: ignore[return-value]  # every slot is filled
 
+    def _within_capacity(
+        self, to_apply: list[tuple[int, Apply, State]], outcomes: list[Outcome | None]
+    ) -> list[tuple[int, Apply, State]]:
+        """Refuse new streams past ``max_live_streams`` (503 stream_capacity); steps of live
+        streams always pass. The count is read only when the batch creates streams."""
+        limit = self.max_live_streams
+        creating = [item for item in to_apply if item[1].creates]
+        if limit is None or not creating:
+            return to_apply
+        room = max(limit - self.store.count(), 0)
+        refused = {i for i, _, _ in creating[room:]}
+        for i in refused:
+            outcomes[i] = Reject(
+                503,
+                "stream_capacity",
+                f"the server holds its limit of {limit} live streams; end idle streams "
+                "(DELETE), wait for them to expire, or raise --max-live-streams",
+                1,
+            )
+        return [item for item in to_apply if item[0] not in refused]
+
     def _load(self, record: Record | None) -> State | None:
-        """The stored state, or None when it does not fit this model (another model's store)."""
+        """The stored state, or None when it does not fit this model (another model's store,
+        a wrong batch size or dtype): that stream's 409, never its batch-mates' failure."""
         if record is None:  # decide() returns from_zero=False only for a stored record
             raise RuntimeError("internal error: a step continues a stream with no stored record")
         try:
             state = State.from_bytes(record.state)
-        except ValueError:
+        except (ValueError, TypeError):
             return None
         zero = self._zero
-        if type(state) is not type(zero) or (state.num_layers, state.hidden_size) != (
-            zero.num_layers,
-            zero.hidden_size,
-        ):
-            return None
-        return state
+        fits = (
+            type(state) is type(zero)
+            and state.batch_size == 1
+            and state.dtype == zero.dtype
+            and all(
+                a.shape == b.shape for a, b in zip(state.tensors(), zero.tensors(), strict=True)
+            )
+        )
+        return state if fits else None
 
     @torch.inference_mode()
     def _run_model(self, xs: list[np.ndarray], state: State) -> tuple[torch.Tensor, State]:
@@ -137,13 +169,14 @@ class Engine:
         x = np.zeros((n, k_max, features), dtype=np.float32)  # (n, k_max, F)
         for row, block in enumerate(xs):
             x[row, : block.shape[0]] = block
-        mask = None
-        if min(steps) != k_max:
+        dtype = self._zero.dtype
+        inputs = torch.from_numpy(x).to(self.device, dtype)
+        state = state.to(self.device)
+        if min(steps) == k_max:  # the streaming case: one public, cell-kernel step
+            y, new_state = advance(self.model, state, inputs)
+        else:
             mask = torch.arange(k_max)[None, :] < torch.tensor(steps)[:, None]  # (n, k_max)
-            mask = mask.to(self.device)
-        y, new_state = self.model(
-            torch.from_numpy(x).to(self.device), state.to(self.device), mask=mask
-        )
+            y, new_state = self.model(inputs, state, mask=mask.to(self.device))
         return y.float().cpu(), new_state.to("cpu")
 
     def _apply(
@@ -156,53 +189,80 @@ class Engine:
     ) -> None:
         state = State.cat([s for _, _, s in to_apply])
         y, new_state = self._run_model([requests[i].x for i, _, _ in to_apply], state)
+        finite = _finite_rows(y, new_state)  # (n,)
         rows = y.tolist()  # one conversion for the batch
-        updates = []
-        answers = []
+        updates, answers, committed = [], [], []
         for row, (i, decision, _) in enumerate(to_apply):
             request = requests[i]
+            if not finite[row]:
+                outcomes[i] = _non_finite(request.seq)
+                continue
             answer = rows[row][: request.x.shape[0]]
-            output = json.dumps(answer[0] if request.single else answer).encode()
+            output = jsonio.dumps(answer[0] if request.single else answer)
             answers.append(output)
-            record = Record(
+            committed.append(i)
+            record = new_record(
+                request.stream,
                 seq=request.seq,
                 state=new_state.map(lambda t, r=row: t[:, r : r + 1]).to_bytes(),
                 output=output,
                 digest=digests[i],
                 updated=now,
             )
-            updates.append(Update(request.stream, decision.expected_seq, record))
+            updates.append(Update(request.stream, decision.expected, record))
+        if not updates:
+            return
         written = self.store.commit(updates)
         lost = []
-        for (i, _, _), output, ok in zip(to_apply, answers, written, strict=True):
+        for i, output, ok in zip(committed, answers, written, strict=True):
             if ok:
                 outcomes[i] = StepResult(requests[i].seq, output, replayed=False)
             else:
                 lost.append(i)
         if lost:
-            # Another writer (a replica, a DELETE, the sweeper) changed the stream between our
-            # read and our commit. Nothing of ours was written; report what is stored now.
+            # Another writer (a replica, a DELETE and re-create, the sweeper) changed the
+            # stream between our read and our commit. Nothing of ours was written.
             current = self.store.get_many([requests[i].stream for i in lost])
             for i, record in zip(lost, current, strict=True):
                 request = requests[i]
-                if record is not None and record.seq == request.seq and record.digest == digests[i]:
-                    outcomes[i] = StepResult(request.seq, record.output, replayed=True)
+                same = record is not None and record.intact(request.stream)
+                if same and record.seq == request.seq and record.digest == digests[i]:  # type: ignore[union-attr]
+                    outcomes[i] = StepResult(request.seq, record.output, replayed=True)  # type: ignore[union-attr]
                 else:
-                    expected = record.seq + 1 if record is not None else 1
+                    expected = record.seq + 1 if record is not None and same else 1
                     outcomes[i] = Reject(
                         409,
                         "seq_race",
                         f"stream changed while step {request.seq} was being applied (another "
-                        f"replica or request advanced, ended or expired it); expected {expected}",
+                        f"replica or request advanced, ended or re-created it); expected "
+                        f"{expected}",
                         expected,
                     )
+
+
+def _finite_rows(y: torch.Tensor, state: State) -> list[bool]:
+    """Per batch row: whether its outputs ``y [n, ...]`` and its new state are all finite."""
+    ok = torch.isfinite(y).flatten(1).all(1)  # (n,)
+    for tensor in state.tensors():  # (L, n, H)
+        ok &= torch.isfinite(tensor).transpose(0, 1).flatten(1).all(1)
+    return ok.tolist()
 
 
 def _incompatible(seq: int) -> Reject:
     return Reject(
         409,
         "state_incompatible",
-        "the stored state of this stream does not fit the served model (it was written by "
-        "another model); end the stream (DELETE) or restart it with start=true",
+        "the stored state of this stream does not fit the served model (another model's "
+        "state, or a damaged record); end the stream (DELETE) or restart it with start=true",
+        seq,
+    )
+
+
+def _non_finite(seq: int) -> Reject:
+    return Reject(
+        422,
+        "non_finite_output",
+        f"step {seq} made the model's output or state NaN or infinite (the input overflows "
+        "after normalisation: check its scale); nothing was stored, the stream is unchanged",
         seq,
     )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.responses import Response
+
+from seqstate.serve import jsonio
 
 __all__ = ["ApiError", "error_response"]
 
@@ -27,5 +28,5 @@ class ApiError(Exception):
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> Response:
-    content = json.dumps({"code": code, "message": message, **extra}).encode()
+    content = jsonio.dumps({"code": code, "message": message, **extra})
     return Response(content, status_code=status, media_type="application/json", headers=headers)

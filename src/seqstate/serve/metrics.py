@@ -48,6 +48,10 @@ class Metrics:
         self.store_errors = Counter(
             "seqstate_store_errors", "Store operations that failed", ["operation"], registry=r
         )
+        self.busy = Counter(
+            "seqstate_busy_refusals", "Requests refused: in-flight bytes at the bound", registry=r
+        )
+        self.websockets = Gauge("seqstate_websockets", "Open WebSocket connections", registry=r)
         self.expired = Counter(
             "seqstate_expired_streams", "Streams removed by the TTL sweeper", registry=r
         )

@@ -3,6 +3,9 @@
 A stream's record remembers its last applied step ``seq`` and that step's answer. A request
 for step ``seq`` (with ``start`` and a body fingerprint ``digest``) is decided like this::
 
+    stored record corrupt (checksum mismatch, undecodable fields):
+        start=true                -> apply from a zero state        (overwrites the bad record)
+        otherwise                 -> 409 state_incompatible
     stream absent (never created, ended, or idle past the TTL):
         start=true, any seq >= 1  -> apply from a zero state        (a stream (re)starts at any seq)
         seq == 1                  -> apply from a zero state
@@ -31,7 +34,8 @@ __all__ = ["Apply", "Decision", "Reject", "Replay", "decide", "is_expired"]
 @dataclasses.dataclass(frozen=True)
 class Apply:
     from_zero: bool  # start from a zero state (new stream or start=true)
-    expected_seq: int | None  # the stored seq the commit must still find (CAS); None: absent
+    expected: bytes | None  # the stored generation the commit must still find; None: absent
+    creates: bool  # the stream is absent (or expired): this step adds a live stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,21 +55,41 @@ Decision = Apply | Replay | Reject
 
 
 def is_expired(record: Record, now: float, ttl_s: float) -> bool:
-    return ttl_s > 0 and now - record.updated > ttl_s
+    """Idle past the TTL, or ``updated`` more than the TTL in the future (a skewed or forged
+    clock must not make a stream immortal)."""
+    return ttl_s > 0 and abs(now - record.updated) > ttl_s
 
 
 def decide(
-    record: Record | None, *, seq: int, start: bool, digest: bytes, now: float, ttl_s: float
+    record: Record | None,
+    *,
+    stream: str,
+    seq: int,
+    start: bool,
+    digest: bytes,
+    now: float,
+    ttl_s: float,
 ) -> Decision:
-    """What to do with step ``seq`` of a stream whose stored record is ``record``."""
-    # An expired record is absent for the rules, but the CAS still names its seq so that
-    # re-creating the stream overwrites exactly that record.
-    stored_seq = record.seq if record is not None else None
+    """What to do with step ``seq`` of ``stream`` whose stored record is ``record``."""
+    # An expired or corrupt record is absent for the rules, but the CAS still names its
+    # generation so that re-creating the stream overwrites exactly that record.
+    stored = record.generation if record is not None else None
+    if record is not None and not record.intact(stream):
+        if start:
+            return Apply(from_zero=True, expected=stored, creates=False)
+        return Reject(
+            409,
+            "state_incompatible",
+            "the stored record of this stream is damaged (checksum mismatch or undecodable "
+            "fields); nothing was applied. End the stream (DELETE) or restart it with "
+            "start=true",
+            1,
+        )
     if record is not None and is_expired(record, now, ttl_s):
         record = None
     if record is None:
         if start or seq == 1:
-            return Apply(from_zero=True, expected_seq=stored_seq)
+            return Apply(from_zero=True, expected=stored, creates=True)
         return Reject(
             404,
             "stream_not_found",
@@ -75,7 +99,7 @@ def decide(
         )
     last = record.seq
     if seq == last + 1:
-        return Apply(from_zero=start, expected_seq=last)
+        return Apply(from_zero=start, expected=record.generation, creates=False)
     if seq == last:
         if record.digest == digest:
             return Replay(record)

@@ -1,16 +1,41 @@
-"""The state store interface: per-stream records, read in bulk, committed atomically with CAS."""
+"""The state store interface: per-stream records, read in bulk, committed atomically with CAS.
+
+Every write gives the record a fresh random ``generation``; a commit names the generation it
+read (or None: the stream must be absent) and is refused when the stored one differs. The seq
+alone is not enough: a DELETE and re-create by another replica can bring the same seq back with
+a different state, and a commit computed from the old state must then lose (see
+``docs/serving.md``, "Replicas and the compare-and-set").
+
+Each record also carries a checksum over its stream id and every field, computed when the
+engine builds it and checked when it is read, so a flipped byte in a stored state becomes that
+stream's 409 instead of a silently wrong answer.
+"""
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
+import os
+import struct
 from collections.abc import Sequence
 
-__all__ = ["Record", "StateStore", "StoreError", "Update"]
+__all__ = [
+    "Record",
+    "StateStore",
+    "StoreError",
+    "StoreFullError",
+    "Update",
+    "new_record",
+]
 
 
 class StoreError(RuntimeError):
     """The store could not be reached or refused an operation (reported as HTTP 503)."""
+
+
+class StoreFullError(StoreError):
+    """The store is out of space: nothing was written (HTTP 507, /healthz says so)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,14 +47,41 @@ class Record:
     output: bytes  # JSON of the answer ``y`` to step ``seq`` (returned again on a retry)
     digest: bytes  # fingerprint of step ``seq``'s request (x and start), to recognise a retry
     updated: float  # unix time step ``seq`` was applied (for TTL expiry)
+    generation: bytes = b""  # random per write: what the compare-and-set compares
+    checksum: bytes = b""  # blake2b over the stream id and the fields above
+
+    def intact(self, stream: str) -> bool:
+        """Whether the stored bytes are what the engine wrote for ``stream``."""
+        return bool(self.checksum) and self.checksum == _checksum(stream, self)
+
+
+def new_record(
+    stream: str, *, seq: int, state: bytes, output: bytes, digest: bytes, updated: float
+) -> Record:
+    """A record for ``stream`` with a fresh generation and its checksum."""
+    record = Record(seq, state, output, digest, updated, generation=os.urandom(16))
+    return dataclasses.replace(record, checksum=_checksum(stream, record))
+
+
+def _checksum(stream: str, record: Record) -> bytes:
+    h = hashlib.blake2b(digest_size=16, person=b"seqstate-rec/1")
+    for part in (stream.encode(), record.state, record.output, record.digest, record.generation):
+        if not isinstance(part, bytes | bytearray):
+            return b"-"  # a field of the wrong type was read: never matches
+        h.update(struct.pack("<Q", len(part)))
+        h.update(part)
+    if not isinstance(record.seq, int) or not isinstance(record.updated, float | int):
+        return b"-"
+    h.update(struct.pack("<qd", record.seq, float(record.updated)))
+    return h.digest()
 
 
 @dataclasses.dataclass(frozen=True)
 class Update:
-    """Write ``record`` for ``stream`` if its stored seq is still ``expected_seq``."""
+    """Write ``record`` for ``stream`` if its stored generation is still ``expected``."""
 
     stream: str
-    expected_seq: int | None  # compare-and-set: the seq read before applying; None = absent
+    expected: bytes | None  # the generation read before applying; None: must be absent
     record: Record
 
 
@@ -37,16 +89,19 @@ class StateStore(abc.ABC):
     """Stream records keyed by id. Implementations must be safe to call from several threads.
 
     ``commit`` is the only write on the step path: all updates of one batch become durable in
-    one atomic operation, each guarded by a compare-and-set on the seq that was read, so a step
-    that raced with another writer (a replica, a DELETE, the expiry sweeper) is never applied
-    on top of a state it did not start from.
+    one atomic operation, each guarded by a compare-and-set on the generation that was read,
+    so a step that raced with another writer (a replica, a DELETE and re-create, the expiry
+    sweeper) is never applied on top of a state it did not start from.
     """
 
     url: str
+    #: why the last write failed (e.g. "disk full"), None once a write succeeded again
+    write_problem: str | None = None
 
     @abc.abstractmethod
     def get_many(self, streams: Sequence[str]) -> list[Record | None]:
-        """The records of ``streams`` (None where absent), in order."""
+        """The records of ``streams`` (None where absent), in order. A record whose fields
+        cannot be decoded is returned with an empty checksum (so it is not ``intact``)."""
 
     @abc.abstractmethod
     def commit(self, updates: Sequence[Update]) -> list[bool]:
@@ -57,8 +112,10 @@ class StateStore(abc.ABC):
         """Remove a stream; whether it existed."""
 
     @abc.abstractmethod
-    def expire(self, older_than: float) -> int:
-        """Remove streams last updated before ``older_than`` (unix time); how many."""
+    def expire(self, now: float, ttl_s: float) -> int:
+        """Remove streams idle for more than ``ttl_s`` at unix time ``now``, and streams whose
+        ``updated`` lies more than ``ttl_s`` in the future (a skewed or forged clock must not
+        keep a stream forever); how many."""
 
     @abc.abstractmethod
     def count(self) -> int:
@@ -66,6 +123,10 @@ class StateStore(abc.ABC):
 
     def ping(self) -> None:  # noqa: B027 - optional hook: health checks of remote stores
         """Raise :class:`StoreError` when the store is unreachable."""
+
+    def check_writable(self) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`StoreError` when the store cannot take a write (clears write_problem
+        when it can again)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files."""

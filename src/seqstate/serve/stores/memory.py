@@ -25,7 +25,7 @@ class MemoryStore(StateStore):
         with self._lock:
             for update in updates:
                 current = self._records.get(update.stream)
-                ok = (current.seq if current else None) == update.expected_seq
+                ok = (current.generation if current else None) == update.expected
                 if ok:
                     self._records[update.stream] = update.record
                 written.append(ok)
@@ -35,9 +35,9 @@ class MemoryStore(StateStore):
         with self._lock:
             return self._records.pop(stream, None) is not None
 
-    def expire(self, older_than: float) -> int:
+    def expire(self, now: float, ttl_s: float) -> int:
         with self._lock:
-            old = [k for k, r in self._records.items() if r.updated < older_than]
+            old = [k for k, r in self._records.items() if abs(now - r.updated) > ttl_s]
             for k in old:
                 del self._records[k]
             return len(old)

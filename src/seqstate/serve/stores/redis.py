@@ -1,9 +1,11 @@
-"""Redis store: several server replicas share one Redis; updates are compare-and-set on seq.
+"""Redis store: several server replicas share one Redis; updates are CAS on a generation.
 
-Each stream is a hash ``{prefix}{id}`` with fields seq, state, output, digest, updated. A batch
-is committed by one Lua script (atomic in Redis): each key is written only if its stored seq
-is still the one the replica read, so two replicas never both apply the same step. Idle
-streams expire through Redis' own key TTL (refreshed on every write).
+Each stream is a hash ``{prefix}{id}`` with fields seq, state, output, digest, updated,
+generation, checksum. A batch is committed by one Lua script (atomic in Redis): each key is
+written only if its stored generation is still the one the replica read, so two replicas never
+both apply a step and a delete + re-create in between always wins. Idle streams expire through
+Redis' own key TTL, set on every write; a replica running with ``ttl 0`` removes the expiry
+(PERSIST) an earlier TTL replica left, so its active streams never vanish under it.
 
 Durability is Redis': run it with ``appendonly yes`` and ``appendfsync always`` for an
 acknowledged step to survive a Redis crash (``everysec`` risks the last second).
@@ -14,22 +16,27 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from seqstate.serve.stores.base import Record, StateStore, StoreError, Update
+from seqstate.serve.stores.base import Record, StateStore, StoreError, StoreFullError, Update
 
 __all__ = ["RedisStore"]
 
-# KEYS: stream keys. ARGV[1]: ttl in ms (0: none); then 6 values per key:
-# expected seq ('' = must be absent), seq, state, output, digest, updated.
+# KEYS: stream keys. ARGV[1]: ttl in ms (0: no expiry, PERSIST); then 8 values per key:
+# expected generation ('' = must be absent, else 'g' .. generation), seq, state, output,
+# digest, updated, generation, checksum.
 _COMMIT = """
 local ttl = tonumber(ARGV[1])
 local result = {}
 for i, key in ipairs(KEYS) do
-  local a = 1 + (i - 1) * 6
-  local current = redis.call('HGET', key, 'seq')
-  if (current == false and ARGV[a + 1] == '') or current == ARGV[a + 1] then
+  local a = 1 + (i - 1) * 8
+  local exists = redis.call('EXISTS', key) == 1
+  local current = redis.call('HGET', key, 'generation') or ''
+  local ok
+  if ARGV[a + 1] == '' then ok = not exists else ok = exists and 'g' .. current == ARGV[a + 1] end
+  if ok then
     redis.call('HSET', key, 'seq', ARGV[a + 2], 'state', ARGV[a + 3], 'output', ARGV[a + 4],
-               'digest', ARGV[a + 5], 'updated', ARGV[a + 6])
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+               'digest', ARGV[a + 5], 'updated', ARGV[a + 6], 'generation', ARGV[a + 7],
+               'checksum', ARGV[a + 8])
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
     result[i] = 1
   else
     result[i] = 0
@@ -37,7 +44,7 @@ for i, key in ipairs(KEYS) do
 end
 return result
 """
-_FIELDS = ("seq", "state", "output", "digest", "updated")
+_FIELDS = ("seq", "state", "output", "digest", "updated", "generation", "checksum")
 
 
 class RedisStore(StateStore):
@@ -48,6 +55,7 @@ class RedisStore(StateStore):
         self.url = url
         self.prefix = prefix
         self.ttl_ms = int(ttl_s * 1000)
+        self.write_problem = None
         try:
             self._client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         except ValueError as error:
@@ -59,6 +67,9 @@ class RedisStore(StateStore):
         try:
             yield
         except self._redis_errors as error:
+            if "OOM" in str(error) or "MISCONF" in str(error):  # maxmemory / failing persistence
+                self.write_problem = f"Redis cannot write: {error}"
+                raise StoreFullError(f"Redis {operation} refused (store full): {error}") from error
             raise StoreError(f"Redis {operation} failed: {error}") from error
 
     def _key(self, stream: str) -> str:
@@ -70,13 +81,7 @@ class RedisStore(StateStore):
             for stream in streams:
                 pipe.hmget(self._key(stream), _FIELDS)
             rows = pipe.execute()
-        records: list[Record | None] = []
-        for seq, state, output, digest, updated in rows:
-            if seq is None:
-                records.append(None)
-            else:
-                records.append(Record(int(seq), state, output, digest, float(updated)))
-        return records
+        return [_record(row) for row in rows]
 
     def commit(self, updates: Sequence[Update]) -> list[bool]:
         if not updates:
@@ -85,18 +90,20 @@ class RedisStore(StateStore):
         args: list[bytes | str | int] = [self.ttl_ms]
         for u in updates:
             r = u.record
-            expected = "" if u.expected_seq is None else str(u.expected_seq)
+            expected = b"" if u.expected is None else b"g" + u.expected
             args += [expected, str(r.seq), r.state, r.output, r.digest, repr(r.updated)]
+            args += [r.generation, r.checksum]
         with self._errors("commit"):
             result = self._commit(keys=keys, args=args)
+        self.write_problem = None
         return [bool(x) for x in result]
 
     def delete(self, stream: str) -> bool:
         with self._errors("delete"):
             return bool(self._client.delete(self._key(stream)))
 
-    def expire(self, older_than: float) -> int:
-        return 0  # Redis expires keys itself (PEXPIRE on every write)
+    def expire(self, now: float, ttl_s: float) -> int:
+        return 0  # Redis expires keys itself (PEXPIRE on every write); reads check `updated`
 
     def count(self) -> int:
         with self._errors("count"):
@@ -106,5 +113,30 @@ class RedisStore(StateStore):
         with self._errors("ping"):
             self._client.ping()
 
+    def check_writable(self) -> None:
+        if self.write_problem is None:
+            return
+        with self._errors("write probe"):
+            self._client.set(self.prefix + "~probe", b"1", px=1000)
+        self.write_problem = None
+
     def close(self) -> None:
         self._client.close()
+
+
+def _record(row: Sequence[bytes | None]) -> Record | None:
+    seq, state, output, digest, updated, generation, checksum = row
+    if all(field is None for field in row):
+        return None
+    try:
+        return Record(
+            int(seq),  # type: ignore[arg-type]
+            bytes(state),  # type: ignore[arg-type]
+            bytes(output),  # type: ignore[arg-type]
+            bytes(digest),  # type: ignore[arg-type]
+            float(updated),  # type: ignore[arg-type]
+            generation or b"",
+            checksum or b"",
+        )
+    except (TypeError, ValueError):  # missing or unparsable fields: corrupt, not a crash
+        return Record(-1, b"", b"", b"", 0.0, generation or b"", b"")

@@ -3,17 +3,19 @@
 Durability: every batch is one ``BEGIN IMMEDIATE … COMMIT``; with ``synchronous=FULL`` (the
 default) the commit returns only after the WAL is fsync'ed, so an acknowledged step survives
 ``kill -9`` and power loss. ``synchronous=NORMAL`` survives ``kill -9`` (not power loss) and
-is faster on slow disks.
+is faster on slow disks. Several processes (``--workers N``, or two servers on one file) share
+the file safely: writes are serialised by SQLite's lock and guarded by the generation CAS.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from seqstate.serve.stores.base import Record, StateStore, StoreError, Update
+from seqstate.serve.stores.base import Record, StateStore, StoreError, StoreFullError, Update
 
 __all__ = ["SQLiteStore"]
 
@@ -24,11 +26,24 @@ CREATE TABLE IF NOT EXISTS streams (
     state BLOB NOT NULL,
     output BLOB NOT NULL,
     digest BLOB NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    generation BLOB NOT NULL DEFAULT x'',
+    checksum BLOB NOT NULL DEFAULT x''
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS streams_updated ON streams (updated);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL);
 """
+# files written before generations existed: their records have no checksum (so they answer
+# state_incompatible until restarted), never a silent wrong state
+_ADDED_COLUMNS = ("generation", "checksum")
 _CHUNK = 500  # ids per SELECT … IN (…), well under SQLite's bound-variable limit
+# errors that mean "this store cannot take writes now" (what /healthz reports)
+_CANNOT_WRITE = (
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_CANTOPEN,
+)
 
 
 class SQLiteStore(StateStore):
@@ -37,6 +52,7 @@ class SQLiteStore(StateStore):
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA; received {synchronous!r}")
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
+        self.write_problem = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # autocommit mode: transactions are explicit (BEGIN IMMEDIATE in commit)
@@ -46,7 +62,13 @@ class SQLiteStore(StateStore):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._db.executescript(_SCHEMA)
-        except sqlite3.Error as error:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(streams)")}
+            for column in _ADDED_COLUMNS:
+                if column not in columns:
+                    self._db.execute(
+                        f"ALTER TABLE streams ADD COLUMN {column} BLOB NOT NULL DEFAULT x''"
+                    )
+        except (sqlite3.Error, OSError) as error:
             raise StoreError(f"cannot open SQLite store {str(self.path)!r}: {error}") from None
         self._lock = threading.Lock()
 
@@ -57,63 +79,104 @@ class SQLiteStore(StateStore):
                 chunk = list(dict.fromkeys(streams[i : i + _CHUNK]))
                 marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(
-                    "SELECT id, seq, state, output, digest, updated FROM streams "
-                    f"WHERE id IN ({marks})",
+                    "SELECT id, seq, state, output, digest, updated, generation, checksum "
+                    f"FROM streams WHERE id IN ({marks})",
                     chunk,
                 )
-                for stream, seq, state, output, digest, updated in rows:
-                    found[stream] = Record(seq, bytes(state), bytes(output), bytes(digest), updated)
+                for stream, *fields in rows:
+                    found[stream] = _record(fields)
         return [found.get(stream) for stream in streams]
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT; a failure rolls back and is reported as itself (a failed
+        ROLLBACK, e.g. after SQLite already rolled back on SQLITE_FULL, must not hide it)."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as error:
+                code = getattr(error, "sqlite_errorcode", None)
+                if code == sqlite3.SQLITE_FULL or "full" in str(error):
+                    self.write_problem = f"disk full ({self.path}): {error}"
+                    raise StoreFullError(
+                        f"SQLite store is full: disk full or size limit reached at "
+                        f"{str(self.path)!r} ({error}); free space, nothing was written"
+                    ) from None
+                if code in _CANNOT_WRITE:
+                    self.write_problem = f"write failed: {error}"
+                raise StoreError(f"SQLite write failed: {error}") from None
+        self.write_problem = None
 
     def commit(self, updates: Sequence[Update]) -> list[bool]:
         written = []
-        with self._lock, _errors("commit"):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for update in updates:
-                    r = update.record
-                    if update.expected_seq is None:
-                        cursor = self._db.execute(
-                            "INSERT INTO streams (id, seq, state, output, digest, updated) "
-                            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
-                            (update.stream, r.seq, r.state, r.output, r.digest, r.updated),
-                        )
-                    else:
-                        cursor = self._db.execute(
-                            "UPDATE streams SET seq=?, state=?, output=?, digest=?, updated=? "
-                            "WHERE id=? AND seq=?",
-                            (
-                                r.seq,
-                                r.state,
-                                r.output,
-                                r.digest,
-                                r.updated,
-                                update.stream,
-                                update.expected_seq,
-                            ),
-                        )
-                    written.append(cursor.rowcount == 1)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            for update in updates:
+                r = update.record
+                values = (r.seq, r.state, r.output, r.digest, r.updated, r.generation, r.checksum)
+                if update.expected is None:
+                    cursor = db.execute(
+                        "INSERT INTO streams "
+                        "(seq, state, output, digest, updated, generation, checksum, id) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+                        (*values, update.stream),
+                    )
+                else:
+                    cursor = db.execute(
+                        "UPDATE streams SET seq=?, state=?, output=?, digest=?, updated=?, "
+                        "generation=?, checksum=? WHERE id=? AND generation=?",
+                        (*values, update.stream, update.expected),
+                    )
+                written.append(cursor.rowcount == 1)
         return written
 
     def delete(self, stream: str) -> bool:
-        with self._lock, _errors("delete"):
-            return self._db.execute("DELETE FROM streams WHERE id=?", (stream,)).rowcount == 1
+        with self._transaction() as db:
+            return db.execute("DELETE FROM streams WHERE id=?", (stream,)).rowcount == 1
 
-    def expire(self, older_than: float) -> int:
-        with self._lock, _errors("expire"):
-            return self._db.execute("DELETE FROM streams WHERE updated < ?", (older_than,)).rowcount
+    def expire(self, now: float, ttl_s: float) -> int:
+        with self._transaction() as db:
+            return db.execute(
+                "DELETE FROM streams WHERE updated < ? OR updated > ?", (now - ttl_s, now + ttl_s)
+            ).rowcount
 
     def count(self) -> int:
         with self._lock, _errors("count"):
             return self._db.execute("SELECT COUNT(*) FROM streams").fetchone()[0]
 
+    def check_writable(self) -> None:
+        if self.write_problem is None:
+            return
+        with self._transaction() as db:  # a tiny real write: clears the problem if it works
+            db.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, julianday('now'))")
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _record(fields: Sequence[object]) -> Record:
+    seq, state, output, digest, updated, generation, checksum = fields
+    try:
+        return Record(
+            int(seq),  # type: ignore[call-overload]
+            bytes(state),  # type: ignore[call-overload]
+            bytes(output),  # type: ignore[call-overload]
+            bytes(digest),  # type: ignore[call-overload]
+            float(updated),  # type: ignore[arg-type]
+            bytes(generation),  # type: ignore[call-overload]
+            bytes(checksum),  # type: ignore[call-overload]
+        )
+    except (TypeError, ValueError):  # a field of the wrong type: a corrupt record, not a crash
+        generation = generation if isinstance(generation, bytes) else b""
+        return Record(-1, b"", b"", b"", 0.0, generation, b"")
 
 
 class _errors:
