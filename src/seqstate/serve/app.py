@@ -94,6 +94,10 @@ def create_app(
     """
     if not isinstance(config, ServeConfig):
         raise TypeError(f"config must be a ServeConfig; received {type(config).__name__}")
+    if model is None:
+        from seqstate.serve.rundir import check_run_dir
+
+        check_run_dir(config.run_dir, config.max_model_parameters)  # before allocating
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
@@ -140,9 +144,7 @@ async def _open(
         torch.set_num_threads(config.torch_threads)
     if model is None:
         from seqstate.checkpoint import load_model
-        from seqstate.serve.rundir import check_run_dir
 
-        check_run_dir(config.run_dir, config.max_model_parameters)  # before allocating
         model = load_model(config.run_dir, device=config.device)
     model.eval()
     if store is None:

@@ -1,12 +1,24 @@
-"""``seqstate serve`` and ``python -m seqstate.serve``: options -> ServeConfig -> uvicorn."""
+"""``seqstate serve`` and ``python -m seqstate.serve``: options -> ServeConfig -> uvicorn.
+
+The server runs on uvicorn with uvloop and httptools (the ``serve`` extra), behind the guarded
+connection protocol of ``guard.py``. ``--workers N`` starts N processes on one port sharing the
+store (SQLite file or Redis; not ``memory://``); they pass the configuration to each other in
+the environment variable ``SEQSTATE_SERVE_CONFIG``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import ipaddress
+import json
 import os
 import sys
+from typing import Any
 
-__all__ = ["add_arguments", "config_from_args", "run"]
+__all__ = ["add_arguments", "config_from_args", "exposure_warning", "run"]
+
+_CONFIG_ENV = "SEQSTATE_SERVE_CONFIG"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,11 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
         default=None,
-        help="memory:// | sqlite:///path.db | redis://host:port/db "
-        "(default: sqlite file RUN_DIR/streams.sqlite)",
+        help="memory:// | sqlite:///path.db | redis://host:port/db (default: an SQLite file "
+        "of the server's own outside RUN_DIR, in $SEQSTATE_STATE_DIR or ~/.local/state/seqstate)",
     )
     parser.add_argument(
-        "--token", default=None, help="bearer token clients must send (default: $SEQSTATE_TOKEN)"
+        "--token",
+        default=None,
+        help="bearer token clients must send, >= 16 characters (default: $SEQSTATE_TOKEN)",
     )
     parser.add_argument(
         "--no-auth", action="store_true", help="serve without authentication (explicit opt-out)"
@@ -39,6 +53,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit")
     parser.add_argument("--max-steps", type=int, default=1024, help="timesteps per request item")
     parser.add_argument("--max-streams", type=int, default=1024, help="items per /v1/steps")
+    parser.add_argument(
+        "--max-live-streams", type=int, default=1_000_000, help="live streams (503 past it)"
+    )
+    parser.add_argument(
+        "--max-inflight-bytes", type=int, default=64 << 20, help="request bytes held at once"
+    )
+    parser.add_argument("--max-connections", type=int, default=1024, help="open HTTP connections")
+    parser.add_argument("--max-websockets", type=int, default=256, help="open WebSockets")
+    parser.add_argument("--header-timeout", type=float, default=10.0, help="seconds for headers")
+    parser.add_argument("--body-timeout", type=float, default=30.0, help="seconds for a body")
+    parser.add_argument("--keepalive-timeout", type=float, default=5.0, help="idle keep-alive s")
+    parser.add_argument(
+        "--shutdown-grace", type=float, default=5.0, help="seconds requests get after SIGTERM"
+    )
+    parser.add_argument(
+        "--max-model-parameters", type=int, default=1 << 28, help="largest model served"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="server processes (shared store)")
+    parser.add_argument(
+        "--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="event loop"
+    )
+    parser.add_argument(
+        "--http", default="auto", choices=["auto", "httptools", "h11"], help="HTTP parser"
+    )
     parser.add_argument("--device", default="cpu", help="torch device for the model")
     parser.add_argument(
         "--torch-threads",
@@ -68,18 +106,97 @@ def config_from_args(args: argparse.Namespace):  # -> ServeConfig (import kept l
         max_streams_per_request=args.max_streams,
         device=args.device,
         torch_threads=args.torch_threads,
+        max_live_streams=args.max_live_streams,
+        max_inflight_bytes=args.max_inflight_bytes,
+        max_connections=args.max_connections,
+        max_websockets=args.max_websockets,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        keepalive_timeout_s=args.keepalive_timeout,
+        shutdown_grace_s=args.shutdown_grace,
+        max_model_parameters=args.max_model_parameters,
     )
+
+
+def exposure_warning(host: str, auth: bool) -> str | None:
+    """The warning for serving without auth on an address other machines can reach."""
+    if auth:
+        return None
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    bar = "!" * 78
+    return (
+        f"{bar}\nWARNING: --no-auth on {host!r}, an address other machines can reach: ANYONE "
+        "who can connect may read, advance and delete every stream. Bind 127.0.0.1 or set a "
+        f"token (--token / SEQSTATE_TOKEN).\n{bar}"
+    )
+
+
+def _app_from_env() -> Any:
+    """The app of one worker process (``--workers N``): the config comes in the environment."""
+    from seqstate.serve.app import create_app
+    from seqstate.serve.config import ServeConfig
+
+    return create_app(ServeConfig(**json.loads(os.environ[_CONFIG_ENV])))
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; 0 on a clean exit, 2 on a configuration error."""
     try:
         config = config_from_args(args)
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1; received {args.workers}")
+        if args.workers > 1 and config.store_url == "memory://":
+            raise ValueError(
+                "--workers > 1 needs a shared store (sqlite:///… or redis://…): each worker "
+                "would hold its own memory:// store and lose streams between them"
+            )
     except ValueError as error:
         print(f"seqstate serve: error: {error}", file=sys.stderr)
         return 2
+    warning = exposure_warning(args.host, config.auth)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    from seqstate.serve.guard import GuardedConfig, GuardedHttpToolsProtocol
+
+    if args.http == "h11":
+        http: Any = "h11"  # the pure-Python parser: only to measure what httptools buys
+    else:
+        http = GuardedHttpToolsProtocol
+    options: dict[str, Any] = dict(
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        lifespan="on",
+        loop=args.loop,
+        http=http,
+        ws="websockets-sansio",
+        ws_max_size=config.max_body_bytes,
+        timeout_keep_alive=config.keepalive_timeout_s,
+        timeout_graceful_shutdown=config.shutdown_grace_s,
+        header_timeout_s=config.header_timeout_s,
+        max_connections=config.max_connections,
+    )
     import uvicorn
 
+    if args.workers > 1:
+        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        fields["run_dir"] = str(fields["run_dir"])
+        fields["store"] = config.store_url  # every worker opens the same store
+        os.environ[_CONFIG_ENV] = json.dumps(fields)
+        uvicorn_config = GuardedConfig(
+            "seqstate.serve.command:_app_from_env", factory=True, workers=args.workers, **options
+        )
+        from uvicorn.supervisors import Multiprocess
+
+        sock = uvicorn_config.bind_socket()
+        Multiprocess(uvicorn_config, sockets=[sock]).run()  # SIGTERM: stops every worker
+        return 0
     from seqstate.serve.app import create_app
 
     try:
@@ -87,16 +204,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"seqstate serve: error: {error}", file=sys.stderr)
         return 2
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            access_log=False,
-            lifespan="on",
-        )
-    )
+    server = uvicorn.Server(GuardedConfig(app, **options))
     server.run()
     return 0 if server.started else 1
 
