@@ -154,8 +154,11 @@ class SQLiteStore(StateStore):
     def check_writable(self) -> None:
         if self.write_problem is None:
             return
-        with self._transaction() as db:  # a tiny real write: clears the problem if it works
-            db.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, julianday('now'))")
+        # a real write that needs fresh pages (64 KiB), undone in the same transaction: it
+        # succeeds only when a step's write would, and then clears the problem
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, zeroblob(65536))")
+            db.execute("DELETE FROM probe")
 
     def close(self) -> None:
         with self._lock:
