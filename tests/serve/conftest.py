@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -89,8 +90,11 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m seqstate.serve`` on 127.0.0.1; always stopped by the fixture that made it."""
 
-    def __init__(self, run_dir: Path, *args: str, port: int | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, *args: str, port: int | None = None, max_files: int | None = None
+    ) -> None:
         self.run_dir, self.args = run_dir, args
+        self.max_files = max_files  # RLIMIT_NOFILE of the server (exhaustion tests)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -102,7 +106,15 @@ class ServerProcess:
             sys.executable, "-m", "seqstate.serve", str(self.run_dir),
             "--port", str(self.port), "--token", TOKEN, "--torch-threads", "1", *self.args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=self.log)
+        limit = self.max_files
+
+        def limit_files() -> None:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+        self.process = subprocess.Popen(
+            command, env=env, stdout=self.log, stderr=self.log, preexec_fn=limit_files
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -138,8 +150,8 @@ class ServerProcess:
 def server_factory(run_dir: Path) -> Iterator:
     servers: list[ServerProcess] = []
 
-    def make(*args: str, port: int | None = None) -> ServerProcess:
-        server = ServerProcess(run_dir, *args, port=port)
+    def make(*args: str, port: int | None = None, max_files: int | None = None) -> ServerProcess:
+        server = ServerProcess(run_dir, *args, port=port, max_files=max_files)
         servers.append(server)
         return server
 
