@@ -166,7 +166,13 @@ async def _open(
     )
     await batcher.start()
     resources = Resources(
-        config, model, store, batcher, metrics, clock, input_size=int(model.input_size)
+        config,
+        model,
+        store,
+        batcher,
+        metrics,
+        clock,
+        input_size=int(model.input_size),  # type: ignore[arg-type]
     )
     if config.ttl_s > 0:
         resources.sweeper = asyncio.create_task(_sweep(resources), name="seqstate-sweeper")
@@ -216,7 +222,9 @@ def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
         code = _HTTP_CODES.get(error.status_code, "http_error")
-        return error_response(error.status_code, code, str(error.detail), headers=error.headers)
+        return error_response(
+            error.status_code, code, str(error.detail), headers=dict(error.headers or {})
+        )
 
     @app.exception_handler(StoreError)
     async def store_error(request: Request, error: StoreError) -> Response:
@@ -259,7 +267,7 @@ def _step_request(stream: str, body: StepBody, resources: Resources) -> StepRequ
     limit = resources.config.max_steps_per_request
     x = body.x
     single = not x or not isinstance(x[0], list)
-    rows: list[list[float]] = [x] if single else x  # type: ignore[list-item]
+    rows: list[list[float]] = [x] if single else x  # type: ignore[list-item,assignment]
     if len(rows) > limit:
         raise ApiError(
             413,
@@ -528,10 +536,10 @@ async def _batch_item(resources: Resources, item: BatchStep) -> bytes:
     except StoreError as error:
         return _item_error(item.id, item.seq, ApiError(503, "store_unavailable", str(error)))
     if isinstance(outcome, Reject):
-        error = ApiError(
+        refusal = ApiError(
             outcome.status, outcome.code, outcome.message, expected_seq=outcome.expected_seq
         )
-        return _item_error(item.id, item.seq, error)
+        return _item_error(item.id, item.seq, refusal)
     head = jsonio.dumps({"id": item.id, "status": 200})[:-1]
     return head + b"," + _answer(outcome)[1:]
 

@@ -82,7 +82,9 @@ class Batcher:
 
     def _take(self) -> list[tuple[StepRequest, asyncio.Future[Outcome], float]]:
         """The oldest queued steps, one per stream, at most max_batch; the rest stay queued."""
-        batch, later, seen = [], [], set()
+        batch: list[tuple[StepRequest, asyncio.Future[Outcome], float]] = []
+        later: list[tuple[StepRequest, asyncio.Future[Outcome], float]] = []
+        seen: set[str] = set()
         while self._queue and len(batch) < self.max_batch:
             item = self._queue.popleft()
             if item[0].stream in seen:

@@ -73,7 +73,7 @@ class ServeConfig:
                     "the bearer token must not contain whitespace or control characters (an "
                     "HTTP header cannot carry them reliably); received one that does"
                 )
-        positive_ints = (
+        positive_ints: tuple[str, ...] = (
             "max_batch",
             "max_body_bytes",
             "max_steps_per_request",

@@ -71,7 +71,7 @@ class Edge:
         started = time.perf_counter()
         status = [499]  # client went away before an answer
 
-        async def send_and_record(message: dict[str, Any]) -> None:
+        async def send_and_record(message: Any) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)

@@ -83,7 +83,7 @@ class Engine:
         self.device = torch.device(device)
         self.clock = clock
         self.max_live_streams = max_live_streams
-        self._zero = model.initial_state(1)  # template: type, layers, hidden size, dtype
+        self._zero: State = model.initial_state(1)  # type: ignore[operator]  # template: type, layers, hidden size, dtype
 
     def process(self, requests: Sequence[StepRequest]) -> list[Outcome]:
         """Apply ``requests`` (distinct streams) and make the new states durable."""
@@ -223,13 +223,13 @@ class Engine:
             # Another writer (a replica, a DELETE and re-create, the sweeper) changed the
             # stream between our read and our commit. Nothing of ours was written.
             current = self.store.get_many([requests[i].stream for i in lost])
-            for i, record in zip(lost, current, strict=True):
+            for i, now_stored in zip(lost, current, strict=True):
                 request = requests[i]
-                same = record is not None and record.intact(request.stream)
-                if same and record.seq == request.seq and record.digest == digests[i]:  # type: ignore[union-attr]
-                    outcomes[i] = StepResult(request.seq, record.output, replayed=True)  # type: ignore[union-attr]
+                intact = now_stored if now_stored and now_stored.intact(request.stream) else None
+                if intact and intact.seq == request.seq and intact.digest == digests[i]:
+                    outcomes[i] = StepResult(request.seq, intact.output, replayed=True)
                 else:
-                    expected = record.seq + 1 if record is not None and same else 1
+                    expected = intact.seq + 1 if intact else 1
                     outcomes[i] = Reject(
                         409,
                         "seq_race",

@@ -43,7 +43,7 @@ else:
             raise ValueError("Out of range float values are not JSON compliant")
         return orjson.dumps(value)
 
-    loads = orjson.loads  # strict: NaN/Infinity literals are a JSONDecodeError (ValueError)
+    loads = orjson.loads  # type: ignore[assignment]  # strict: NaN/Infinity literals are a JSONDecodeError (ValueError)
 
 
 def _has_non_finite(value: Any) -> bool:

@@ -139,13 +139,15 @@ class SQLiteStore(StateStore):
 
     def delete(self, stream: str) -> bool:
         with self._transaction() as db:
-            return db.execute("DELETE FROM streams WHERE id=?", (stream,)).rowcount == 1
+            existed = db.execute("DELETE FROM streams WHERE id=?", (stream,)).rowcount == 1
+        return existed
 
     def expire(self, now: float, ttl_s: float) -> int:
         with self._transaction() as db:
-            return db.execute(
+            removed = db.execute(
                 "DELETE FROM streams WHERE updated < ? OR updated > ?", (now - ttl_s, now + ttl_s)
             ).rowcount
+        return removed
 
     def count(self) -> int:
         with self._lock, _errors("count"):
@@ -191,7 +193,6 @@ class _errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind, error, traceback) -> bool:
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
         if isinstance(error, sqlite3.Error):
             raise StoreError(f"SQLite {self.operation} failed: {error}") from error
-        return False
