@@ -1,18 +1,27 @@
 """Load benchmark of the streaming server on loopback (not a test): steps/s and latency.
 
-Side by side, each server a real uvicorn process with the same settings:
+Every row is a real server process and a closed-loop load: each stream has one step in
+flight at a time (send step seq, wait for its answer, send seq+1), from ``--load-processes``
+load processes on the same machine. Transports:
 
-* ceiling      a trivial FastAPI endpoint that does no work (what HTTP alone costs here)
-* memory       the seqstate server, memory store, batching on
-* unbatched    the same with batching off (one model call per step)
-* sqlite       SQLite store (WAL, synchronous=FULL: every batch fsync'ed before answering)
-* redis        Redis store (if redis-server is installed), appendfsync everysec
+* ``http``  one step per ``POST /v1/streams/{id}/steps`` (a minimal asyncio HTTP/1.1 client,
+            keep-alive pool of at most 100 connections per load process)
+* ``ws``    ``/v1/ws``: each load process opens 2 WebSockets, each carrying half its streams
 
-Each runs two loads over 1 000 streams: ``single`` (one step per request, many concurrent
-clients) and ``batch`` (POST /v1/steps with many streams per request). The load generator is
-asyncio + httpx in ``--load-processes`` processes. Writes the serve section of BENCHMARKS.md.
+Servers, side by side in one run:
 
-    .venv/bin/python benchmarks/serve.py            # full (about 3 minutes)
+* ceiling       an endpoint that does no work, on the same stack (uvloop, httptools, guarded
+                protocol): what HTTP alone costs here
+* memory        the seqstate server, memory store (the fast stack: uvloop, httptools, orjson)
+* memory/...    the same with one piece of the fast stack swapped back (asyncio loop, h11
+                parser, stdlib json) to measure what each buys
+* sqlite        SQLite store (WAL, synchronous=FULL: every batch fsync'ed before answering),
+                with 1 and 2 worker processes
+* redis         Redis store (appendfsync everysec), if redis-server is installed
+
+Writes the serve section of BENCHMARKS.md (ratios of rows of this one run, p50/p99, load).
+
+    .venv/bin/python benchmarks/serve.py            # full (about 3-4 minutes)
     .venv/bin/python benchmarks/serve.py --quick    # smoke run
 """
 
@@ -32,11 +41,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from _report import cpu_model, write_section
+from _report import cpu_model, load_average, write_section
 
 TOKEN = "bench-token-0123456789"
-STREAMS = 1000
 FEATURES = 8
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def free_port() -> int:
@@ -45,102 +54,142 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# --- the ceiling: a FastAPI app doing no work ------------------------------------------------
+# --- the ceiling: an endpoint doing no work, on the server's own stack -----------------------
 
 
-def ceiling_app():
+def serve_ceiling(port: int) -> None:
+    import uvicorn
     from fastapi import FastAPI
     from starlette.responses import Response
 
+    from seqstate.serve.guard import GuardedConfig, GuardedHttpToolsProtocol
+
     app = FastAPI()
-    answer = b'{"seq":1,"y":[0.0],"replayed":false}'
 
     @app.post("/v1/streams/{stream_id}/steps")
     async def step(stream_id: str) -> Response:
-        return Response(answer, media_type="application/json")
-
-    @app.post("/v1/steps")
-    async def steps() -> Response:
-        return Response(b'{"results":[]}', media_type="application/json")
+        return Response(b'{"seq":1,"y":[0.0],"replayed":false}', media_type="application/json")
 
     @app.get("/healthz")
     async def healthz() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    return app
-
-
-def serve_ceiling(port: int) -> None:
-    import uvicorn
-
-    uvicorn.run(ceiling_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    config = GuardedConfig(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+        loop="uvloop", http=GuardedHttpToolsProtocol, header_timeout_s=10.0,
+        max_connections=1024,
+    )  # fmt: skip
+    uvicorn.Server(config).run()
 
 
 # --- load generator (runs in its own process, prints JSON) ----------------------------------
 
 
-async def _load(
-    url: str, mode: str, part: int, parts: int, tasks: int, seconds: float, warmup: float
-) -> dict:
-    import httpx
+class _Connection:
+    """A minimal HTTP/1.1 keep-alive client connection: the load generator must cost far less
+    than the server it measures (httpx's pure-Python parsing cost as much as the server)."""
 
-    mine = [f"bench-{i}" for i in range(STREAMS) if i % parts == part]
-    seqs = dict.fromkeys(mine, 0)
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def post(self, path: str, body: bytes) -> int:
+        self.writer.write(
+            b"POST %s HTTP/1.1\r\nHost: bench\r\nAuthorization: %s\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (path.encode(), HEADERS["Authorization"].encode(), len(body), body)
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        await self.reader.readexactly(length)
+        return status
+
+
+async def _load_http(url: str, streams: list[str], seconds: float, warmup: float) -> dict:
     latencies: list[float] = []
-    counts = {"requests": 0, "steps": 0, "errors": 0}
+    counts = {"steps": 0, "errors": 0}
     x = [0.1] * FEATURES
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    limits = httpx.Limits(max_connections=tasks, max_keepalive_connections=tasks)
+    host, port = url.removeprefix("http://").split(":")
+    pool: asyncio.Queue[_Connection] = asyncio.Queue()
+    for _ in range(min(len(streams), 100)):
+        pool.put_nowait(_Connection(*await asyncio.open_connection(host, int(port))))
     start = time.perf_counter()
     measure_from, end = start + warmup, start + warmup + seconds
-    async with httpx.AsyncClient(
-        base_url=url, headers=headers, limits=limits, timeout=60
-    ) as client:
 
-        async def run(owned: list[str]) -> None:
-            i = 0
-            while time.perf_counter() < end:
-                if mode == "single":
-                    stream = owned[i % len(owned)]
-                    i += 1
-                    seq = seqs[stream] + 1
-                    t0 = time.perf_counter()
-                    r = await client.post(f"/v1/streams/{stream}/steps", json={"seq": seq, "x": x})
-                    ok = r.status_code == 200
-                    if ok:
-                        seqs[stream] = seq
-                    n = 1
-                else:
-                    body = {"steps": [{"id": s, "seq": seqs[s] + 1, "x": x} for s in owned]}
-                    t0 = time.perf_counter()
-                    r = await client.post("/v1/steps", json=body)
-                    ok = r.status_code == 200
-                    if ok:
-                        for s in owned:
-                            seqs[s] += 1
-                    n = len(owned)
-                t1 = time.perf_counter()
-                if t0 >= measure_from and t1 <= end:
+    async def one_stream(stream: str) -> None:
+        seq = 1
+        path = f"/v1/streams/{stream}/steps"
+        while time.perf_counter() < end:
+            connection = await pool.get()
+            t0 = time.perf_counter()
+            status = await connection.post(path, json.dumps({"seq": seq, "x": x}).encode())
+            t1 = time.perf_counter()
+            pool.put_nowait(connection)
+            ok = status == 200
+            seq += ok
+            if measure_from <= t1 <= end:  # completed inside the measured window
+                latencies.append(t1 - t0)
+                counts["steps" if ok else "errors"] += 1
+
+    await asyncio.gather(*(one_stream(s) for s in streams))
+    while not pool.empty():
+        pool.get_nowait().writer.close()
+    return {**counts, "latencies": latencies}
+
+
+async def _load_ws(url: str, streams: list[str], seconds: float, warmup: float) -> dict:
+    import websockets
+
+    latencies: list[float] = []
+    counts = {"steps": 0, "errors": 0}
+    x = [0.1] * FEATURES
+    start = time.perf_counter()
+    measure_from, end = start + warmup, start + warmup + seconds
+    ws_url = url.replace("http://", "ws://") + "/v1/ws"
+
+    async def connection(owned: list[str]) -> None:
+        seqs = dict.fromkeys(owned, 1)
+        sent: dict[str, float] = {}
+        async with websockets.connect(ws_url, additional_headers=HEADERS, max_size=None) as ws:
+
+            async def send(stream: str) -> None:
+                sent[stream] = time.perf_counter()
+                await ws.send(json.dumps({"stream": stream, "seq": seqs[stream], "x": x}))
+
+            for stream in owned:
+                await send(stream)
+            while sent:
+                answer = json.loads(await asyncio.wait_for(ws.recv(), timeout=60))
+                stream = answer["stream"]
+                t0, t1 = sent.pop(stream), time.perf_counter()
+                ok = "y" in answer
+                seqs[stream] += ok
+                if measure_from <= t1 <= end:  # completed inside the measured window
                     latencies.append(t1 - t0)
-                    counts["requests"] += 1
-                    counts["steps"] += n if ok else 0
-                    counts["errors"] += 0 if ok else 1
+                    counts["steps" if ok else "errors"] += 1
+                if t1 < end:
+                    await send(stream)
 
-        groups = [mine[k::tasks] for k in range(tasks)]
-        await asyncio.gather(*(run(g) for g in groups if g))
-    return {**counts, "latencies": latencies, "seconds": seconds}
+    await asyncio.gather(*(connection(streams[k::2]) for k in range(2) if streams[k::2]))
+    return {**counts, "latencies": latencies}
 
 
 def load_worker(args: argparse.Namespace) -> None:
-    result = asyncio.run(
-        _load(args.url, args.mode, args.part, args.parts, args.tasks, args.seconds, args.warmup)
-    )
+    streams = [f"{args.prefix}-{i}" for i in range(args.streams) if i % args.parts == args.part]
+    load = _load_ws if args.transport == "ws" else _load_http
+    try:  # the same fast loop for both transports
+        import uvloop
+
+        result = uvloop.run(load(args.url, streams, args.seconds, args.warmup))
+    except ImportError:
+        result = asyncio.run(load(args.url, streams, args.seconds, args.warmup))
     print(json.dumps(result))
 
 
 def run_load(
-    url: str, mode: str, processes: int, tasks: int, seconds: float, warmup: float
+    url: str, transport: str, streams: int, processes: int, seconds: float, warmup: float
 ) -> dict:
+    prefix = f"{transport}{streams}-{time.monotonic_ns()}"  # fresh streams for every row
     workers = [
         subprocess.Popen(
             [
@@ -149,14 +198,16 @@ def run_load(
                 "--load-worker",
                 "--url",
                 url,
-                "--mode",
-                mode,
+                "--transport",
+                transport,
+                "--prefix",
+                prefix,
+                "--streams",
+                str(streams),
                 "--part",
                 str(p),
                 "--parts",
                 str(processes),
-                "--tasks",
-                str(tasks),
                 "--seconds",
                 str(seconds),
                 "--warmup",
@@ -171,17 +222,14 @@ def run_load(
     for w in workers:
         out, _ = w.communicate(timeout=seconds + warmup + 120)
         results.append(json.loads(out))
-    latencies = sorted(x for r in results for x in r["latencies"])
+    latencies = sorted(v for r in results for v in r["latencies"])
 
     def pct(q: float) -> float:
-        return (
-            1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))]
-            if latencies
-            else float("nan")
-        )
+        if not latencies:
+            return float("nan")
+        return 1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))]
 
     return {
-        "requests_s": sum(r["requests"] for r in results) / seconds,
         "steps_s": sum(r["steps"] for r in results) / seconds,
         "errors": sum(r["errors"] for r in results),
         "p50_ms": pct(0.50),
@@ -193,15 +241,15 @@ def run_load(
 
 
 class Server:
-    def __init__(self, command: list[str], port: int) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+    def __init__(self, command: list[str], port: int, env: dict[str, str] | None = None) -> None:
         import httpx
 
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+        self.process = subprocess.Popen(
+            command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -218,9 +266,7 @@ class Server:
         import httpx
 
         try:
-            text = httpx.get(
-                self.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}
-            ).text
+            text = httpx.get(self.url + "/metrics", headers=HEADERS).text
         except httpx.TransportError:
             return None
         total = re.search(r"^seqstate_batch_size_sum (\S+)$", text, re.M)
@@ -239,11 +285,12 @@ class Server:
                 self.process.wait()
 
 
-def seqstate_server(run_dir: Path, store: str, *extra: str) -> Server:
+def seqstate_server(run_dir: Path, store: str, *extra: str, env: dict | None = None) -> Server:
     port = free_port()
     command = [sys.executable, "-m", "seqstate.serve", str(run_dir), "--port", str(port),
-               "--token", TOKEN, "--store", store, "--ttl", "0", *extra]  # fmt: skip
-    return Server(command, port)
+               "--token", TOKEN, "--store", store, "--ttl", "0", "--max-connections", "4096",
+               *extra]  # fmt: skip
+    return Server(command, port, env=env)
 
 
 def make_run_dir(directory: Path) -> Path:
@@ -277,10 +324,9 @@ def start_redis(directory: Path) -> tuple[subprocess.Popen, str] | None:
 def machine() -> str:
     import torch
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
-        f"{os.cpu_count()} cores ({cpu_model()}), load average {load:.1f} at start; Python "
-        f"{platform.python_version()}, torch {torch.__version__}, {platform.system()}"
+        f"{os.cpu_count()} cores ({cpu_model()}), load average {load_average()} at start; "
+        f"Python {platform.python_version()}, torch {torch.__version__}, {platform.system()}"
     )
 
 
@@ -289,61 +335,69 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test)")
-    parser.add_argument("--seconds", type=float, default=None, help="measured seconds per load")
+    parser.add_argument("--seconds", type=float, default=None, help="measured seconds per row")
     parser.add_argument("--load-processes", type=int, default=2)
-    parser.add_argument("--clients", type=int, default=64, help="concurrent single-step clients")
-    parser.add_argument("--batch-clients", type=int, default=8, help="concurrent batch clients")
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
-    # internal modes
+    # internal mode: one load process
     parser.add_argument("--load-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ceiling-server", type=int, default=None, help=argparse.SUPPRESS)
-    for name in ("url", "mode"):
+    for name in ("url", "transport", "prefix"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
-    for name in ("part", "parts", "tasks"):
+    for name in ("streams", "part", "parts"):
         parser.add_argument(f"--{name}", type=int, help=argparse.SUPPRESS)
-    for name in ("warmup",):
-        parser.add_argument(f"--{name}", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load_worker:
         return load_worker(args)
     if args.ceiling_server is not None:
         return serve_ceiling(args.ceiling_server)
 
-    seconds = args.seconds or (2.0 if args.quick else 8.0)
-    warmup = 0.5 if args.quick else 2.0
-    processes = args.load_processes
-    per_process = max(1, args.clients // processes)
-    batch_tasks = max(1, args.batch_clients // processes)
+    seconds = args.seconds or (2.0 if args.quick else 5.0)
+    warmup = 0.5 if args.quick else 1.0
     header = machine()
     print(header, flush=True)
-    rows = []
+    rows: list[dict] = []
+    started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         run_dir = make_run_dir(tmp_path)
         redis = start_redis(tmp_path)
-        configs: list[tuple[str, object]] = [
-            (
-                "ceiling (FastAPI, no work)",
-                lambda: Server(
-                    [sys.executable, __file__, "--ceiling-server", str(p := free_port())], p
-                ),
-            ),
-            ("memory, batched", lambda: seqstate_server(run_dir, "memory://")),
-            ("memory, unbatched", lambda: seqstate_server(run_dir, "memory://", "--no-batching")),
-            (
-                "sqlite, batched",
-                lambda: seqstate_server(run_dir, f"sqlite:///{tmp_path / 'bench.sqlite'}"),
-            ),
-        ]
+        sqlite = f"sqlite:///{tmp_path / 'bench.sqlite'}"
+        ceiling = [sys.executable, __file__, "--ceiling-server"]
+        plan: list[tuple[str, object, list[tuple[str, int]]]] = [
+            ("ceiling (no work, same stack)", lambda: Server([*ceiling, str(p := free_port())], p),
+             [("http", 100)]),
+            ("memory", lambda: seqstate_server(run_dir, "memory://"),
+             [("http", 100), ("ws", 100), ("http", 1000), ("ws", 1000)]),
+            ("memory/asyncio loop", lambda: seqstate_server(run_dir, "memory://", "--loop",
+             "asyncio"), [("http", 100)]),
+            ("memory/h11 parser", lambda: seqstate_server(run_dir, "memory://", "--http", "h11"),
+             [("http", 100)]),
+            ("memory/stdlib json", lambda: seqstate_server(run_dir, "memory://",
+             env={"SEQSTATE_SERVE_JSON": "stdlib"}), [("http", 100), ("ws", 100)]),
+            ("sqlite, 1 worker", lambda: seqstate_server(run_dir, sqlite),
+             [("http", 100), ("ws", 100), ("ws", 1000)]),
+            ("sqlite, 2 workers", lambda: seqstate_server(run_dir, sqlite, "--workers", "2"),
+             [("http", 100), ("ws", 100), ("ws", 1000)]),
+        ]  # fmt: skip
         if redis is not None:
-            configs.append(("redis, batched", lambda: seqstate_server(run_dir, redis[1])))
+            plan.append(
+                ("redis", lambda: seqstate_server(run_dir, redis[1]), [("http", 100), ("ws", 100)])
+            )
         try:
-            for name, start in configs:
+            for name, start, loads in plan:
                 server = start()  # type: ignore[operator]
                 try:
-                    for mode, tasks in (("single", per_process), ("batch", batch_tasks)):
-                        result = run_load(server.url, mode, processes, tasks, seconds, warmup)
-                        result.update(name=name, mode=mode, batch_mean=server.batch_mean())
+                    for transport, streams in loads:
+                        result = run_load(
+                            server.url, transport, streams, args.load_processes, seconds, warmup
+                        )
+                        result.update(
+                            name=name,
+                            transport=transport,
+                            streams=streams,
+                            batch_mean=server.batch_mean(),
+                        )
                         rows.append(result)
                         print(_row(result), flush=True)
                 finally:
@@ -352,7 +406,8 @@ def main() -> None:
             if redis is not None:
                 redis[0].terminate()
                 redis[0].wait(timeout=20)
-    text = _report(rows, header, seconds, args)
+    elapsed = time.monotonic() - started
+    text = _report(rows, header, seconds, elapsed, args)
     print(text)
     if not args.no_write:
         write_section("serve", text)
@@ -361,49 +416,104 @@ def main() -> None:
 def _row(r: dict) -> str:
     mean = f"{r['batch_mean']:.1f}" if r.get("batch_mean") else "-"
     return (
-        f"| {r['name']} | {r['mode']} | {r['requests_s']:,.0f} | {r['steps_s']:,.0f} | "
+        f"| {r['name']} | {r['transport']} | {r['streams']} | {r['steps_s']:,.0f} | "
         f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {mean} | {r['errors']} |"
     )
 
 
-def _report(rows: list[dict], header: str, seconds: float, args: argparse.Namespace) -> str:
-    def find(name: str, mode: str) -> dict | None:
-        return next((r for r in rows if r["name"].startswith(name) and r["mode"] == mode), None)
+def _report(
+    rows: list[dict], header: str, seconds: float, elapsed: float, args: argparse.Namespace
+) -> str:
+    def find(name: str, transport: str, streams: int) -> dict | None:
+        return next(
+            (
+                r
+                for r in rows
+                if r["name"] == name and r["transport"] == transport and r["streams"] == streams
+            ),
+            None,
+        )
 
+    def ratio(a: dict | None, b: dict | None) -> float | None:
+        if not a or not b or not b["steps_s"]:
+            return None
+        return a["steps_s"] / b["steps_s"]
+
+    def target(label: str, value: float | None, goal: float | None = None) -> str:
+        if value is None:
+            return f"- {label}: n/a (no completed steps)"
+        verdict = ""
+        if goal is not None:
+            verdict = f" (target >= {goal:g}x: {'met' if value >= goal else 'MISSED'})"
+        return f"- {label}: **{value:.2f}x**{verdict}"
+
+    memory_http = find("memory", "http", 100)
     lines = [
         "## Serving (`benchmarks/serve.py`)",
         "",
-        f"Machine: {header}. Shared box: other jobs were running, so absolute figures are noisy;",
-        "the ratios between rows (same run, same machine) are what to read.",
+        f"Machine: {header}; load average {load_average()} at the end. Shared box: other jobs "
+        "were running, so absolute figures are noisy; read the ratios between rows of this one "
+        "run.",
         "",
         f"Command: `.venv/bin/python benchmarks/serve.py{' --quick' if args.quick else ''}` "
-        f"({seconds:g} s measured per row, {STREAMS} streams, LSTM F={FEATURES} H=64, "
-        f"{args.clients} single-step clients / {args.batch_clients} batch clients in "
-        f"{args.load_processes} load processes on the same machine).",
+        f"({seconds:g} s measured per row, {elapsed:.0f} s in all; LSTM F={FEATURES} H=64; "
+        "closed loop: each stream has one step in flight; "
+        f"{args.load_processes} load processes on the same cores as the server; http: one "
+        "step per request, at most 100 keep-alive connections per load process; ws: 2 "
+        "WebSockets per load process carrying all its streams). Latency is per step.",
         "",
-        "| server | load | requests/s | steps/s | p50 ms | p99 ms | mean batch | errors |",
-        "|---|---|---|---|---|---|---|---|",
+        "| server | transport | streams | steps/s | p50 ms | p99 ms | mean batch | errors |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
         *(_row(r) for r in rows),
         "",
-    ]
-    ceiling, memory = find("ceiling", "single"), find("memory, batched", "single")
-    unbatched_b, memory_b = find("memory, unbatched", "batch"), find("memory, batched", "batch")
-    unbatched_s = find("memory, unbatched", "single")
-    sqlite = find("sqlite", "single")
-
-    def ratio(a: dict | None, b: dict | None, key: str) -> str:
-        if not a or not b or not b[key]:
-            return "n/a (no completed requests)"
-        return f"{a[key] / b[key]:.2f}x"
-
-    lines += [
-        f"- memory / ceiling, requests/s (single): {ratio(memory, ceiling, 'requests_s')} "
-        "(target >= 0.5x)",
-        f"- batched / unbatched, steps/s (single-step requests): "
-        f"{ratio(memory, unbatched_s, 'steps_s')}",
-        "- batched / unbatched, steps/s (batch requests): "
-        f"{ratio(memory_b, unbatched_b, 'steps_s')} (target >= 3x)",
-        f"- sqlite / memory, steps/s (single): {ratio(sqlite, memory, 'steps_s')} (target >= 0.7x)",
+        target(
+            "WebSocket / single-step HTTP, steps/s at 100 streams (memory)",
+            ratio(find("memory", "ws", 100), memory_http),
+            5,
+        ),
+        target(
+            "WebSocket / single-step HTTP, steps/s at 1000 streams (memory)",
+            ratio(find("memory", "ws", 1000), find("memory", "http", 1000)),
+        ),
+        target(
+            "memory store / empty endpoint on the same stack, steps/s (http, 100 streams)",
+            ratio(memory_http, find("ceiling (no work, same stack)", "http", 100)),
+            0.5,
+        ),
+        target(
+            "SQLite / memory, steps/s (http, 100 streams)",
+            ratio(find("sqlite, 1 worker", "http", 100), memory_http),
+            0.7,
+        ),
+        target(
+            "SQLite / memory, steps/s (ws, 100 streams)",
+            ratio(find("sqlite, 1 worker", "ws", 100), find("memory", "ws", 100)),
+            0.7,
+        ),
+        target(
+            "2 workers / 1 worker (SQLite, ws, 1000 streams)",
+            ratio(find("sqlite, 2 workers", "ws", 1000), find("sqlite, 1 worker", "ws", 1000)),
+        ),
+        target(
+            "2 workers / 1 worker (SQLite, http, 100 streams)",
+            ratio(find("sqlite, 2 workers", "http", 100), find("sqlite, 1 worker", "http", 100)),
+        ),
+        target(
+            "uvloop / asyncio loop (http, 100)",
+            ratio(memory_http, find("memory/asyncio loop", "http", 100)),
+        ),
+        target(
+            "httptools / h11 parser (http, 100)",
+            ratio(memory_http, find("memory/h11 parser", "http", 100)),
+        ),
+        target(
+            "orjson / stdlib json (http, 100)",
+            ratio(memory_http, find("memory/stdlib json", "http", 100)),
+        ),
+        target(
+            "orjson / stdlib json (ws, 100)",
+            ratio(find("memory", "ws", 100), find("memory/stdlib json", "ws", 100)),
+        ),
     ]
     return "\n".join(lines) + "\n"
 
