@@ -5,8 +5,8 @@ streams::
 
     records  = store.get_many(streams)                 # one read
     decision = rules.decide(record, seq, start, ...)    # apply / replay / reject, per step
-    state    = State.from_bytes(record.state)           # per record: a bad one fails alone
-    y, state = advance(model, State.cat(states), x [n, k, F])   # one call
+    fits?    = codec.fits(record.state)                 # per record: a bad one fails alone
+    y, state = advance(model, codec.decode(rows), x [n, k, F])   # one call
     finite?  = y and the new state of each row          # NaN/inf: 422, nothing stored
     written  = store.commit(updates)                    # one transaction, CAS per stream
     lost CAS -> reload: the same step by another replica is a replay, anything else a 409
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from seqstate.serve import jsonio
+from seqstate.serve.codec import StateCodec
 from seqstate.serve.rules import Apply, Reject, Replay, decide
 from seqstate.serve.stores.base import Record, StateStore, Update, new_record
 from seqstate.state import State
@@ -83,7 +84,9 @@ class Engine:
         self.device = torch.device(device)
         self.clock = clock
         self.max_live_streams = max_live_streams
-        self._zero: State = model.initial_state(1)  # type: ignore[operator]  # template: type, layers, hidden size, dtype
+        # template: type, layers, hidden size, dtype
+        self._zero: State = model.initial_state(1)  # type: ignore[operator]
+        self.codec = StateCodec(self._zero)
 
     def process(self, requests: Sequence[StepRequest]) -> list[Outcome]:
         """Apply ``requests`` (distinct streams) and make the new states durable."""
@@ -94,7 +97,7 @@ class Engine:
         records = self.store.get_many(streams)
         digests = [r.digest for r in requests]
         outcomes: list[Outcome | None] = [None] * len(requests)
-        to_apply: list[tuple[int, Apply, State]] = []
+        to_apply: list[tuple[int, Apply, bytes | None]] = []  # (index, decision, stored row)
         for i, (request, record) in enumerate(zip(requests, records, strict=True)):
             decision = decide(
                 record,
@@ -106,11 +109,11 @@ class Engine:
                 ttl_s=self.ttl_s,
             )
             if isinstance(decision, Apply):
-                state = self._zero if decision.from_zero else self._load(record)
-                if state is None:
+                row = None if decision.from_zero else self._stored_row(record)
+                if row is None and not decision.from_zero:
                     outcomes[i] = _incompatible(request.seq)
                 else:
-                    to_apply.append((i, decision, state))
+                    to_apply.append((i, decision, row))
             elif isinstance(decision, Replay):
                 outcomes[i] = StepResult(request.seq, decision.record.output, replayed=True)
             else:
@@ -121,8 +124,8 @@ class Engine:
         return outcomes  # type: ignore[return-value]  # every slot is filled
 
     def _within_capacity(
-        self, to_apply: list[tuple[int, Apply, State]], outcomes: list[Outcome | None]
-    ) -> list[tuple[int, Apply, State]]:
+        self, to_apply: list[tuple[int, Apply, bytes | None]], outcomes: list[Outcome | None]
+    ) -> list[tuple[int, Apply, bytes | None]]:
         """Refuse new streams past ``max_live_streams`` (503 stream_capacity); steps of live
         streams always pass. The count is read only when the batch creates streams."""
         limit = self.max_live_streams
@@ -141,25 +144,12 @@ class Engine:
             )
         return [item for item in to_apply if item[0] not in refused]
 
-    def _load(self, record: Record | None) -> State | None:
-        """The stored state, or None when it does not fit this model (another model's store,
-        a wrong batch size or dtype): that stream's 409, never its batch-mates' failure."""
+    def _stored_row(self, record: Record | None) -> bytes | None:
+        """The stored state row, or None when it does not fit this model (another model's
+        store, an older format): that stream's 409, never its batch-mates' failure."""
         if record is None:  # decide() returns from_zero=False only for a stored record
             raise RuntimeError("internal error: a step continues a stream with no stored record")
-        try:
-            state = State.from_bytes(record.state)
-        except (ValueError, TypeError):
-            return None
-        zero = self._zero
-        fits = (
-            type(state) is type(zero)
-            and state.batch_size == 1
-            and state.dtype == zero.dtype
-            and all(
-                a.shape == b.shape for a, b in zip(state.tensors(), zero.tensors(), strict=True)
-            )
-        )
-        return state if fits else None
+        return record.state if self.codec.fits(record.state) else None
 
     @torch.inference_mode()
     def _run_model(self, xs: list[np.ndarray], state: State) -> tuple[torch.Tensor, State]:
@@ -183,14 +173,15 @@ class Engine:
         self,
         requests: Sequence[StepRequest],
         digests: list[bytes],
-        to_apply: list[tuple[int, Apply, State]],
+        to_apply: list[tuple[int, Apply, bytes | None]],
         outcomes: list[Outcome | None],
         now: float,
     ) -> None:
-        state = State.cat([s for _, _, s in to_apply])
+        state = self.codec.decode([row for _, _, row in to_apply])
         y, new_state = self._run_model([requests[i].x for i, _, _ in to_apply], state)
         finite = _finite_rows(y, new_state)  # (n,)
         rows = y.tolist()  # one conversion for the batch
+        blobs = self.codec.encode(new_state)
         updates, answers, committed = [], [], []
         for row, (i, decision, _) in enumerate(to_apply):
             request = requests[i]
@@ -204,7 +195,7 @@ class Engine:
             record = new_record(
                 request.stream,
                 seq=request.seq,
-                state=new_state.map(lambda t, r=row: t[:, r : r + 1]).to_bytes(),
+                state=blobs[row],
                 output=output,
                 digest=digests[i],
                 updated=now,
