@@ -183,45 +183,26 @@ def load_worker(args: argparse.Namespace) -> None:
         result = uvloop.run(load(args.url, streams, args.seconds, args.warmup))
     except ImportError:
         result = asyncio.run(load(args.url, streams, args.seconds, args.warmup))
-    print(json.dumps(result))
+    Path(args.out).write_text(json.dumps(result))
 
 
 def run_load(
     url: str, transport: str, streams: int, processes: int, seconds: float, warmup: float
 ) -> dict:
     prefix = f"{transport}{streams}-{time.monotonic_ns()}"  # fresh streams for every row
+    outputs = [Path(tempfile.mkdtemp()) / "load.json" for _ in range(processes)]
+    command = [sys.executable, __file__, "--load-worker", "--url", url, "--transport",
+               transport, "--prefix", prefix, "--streams", str(streams), "--parts",
+               str(processes), "--seconds", str(seconds), "--warmup", str(warmup)]  # fmt: skip
     workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--load-worker",
-                "--url",
-                url,
-                "--transport",
-                transport,
-                "--prefix",
-                prefix,
-                "--streams",
-                str(streams),
-                "--part",
-                str(p),
-                "--parts",
-                str(processes),
-                "--seconds",
-                str(seconds),
-                "--warmup",
-                str(warmup),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        subprocess.Popen([*command, "--part", str(p), "--out", str(outputs[p])])
         for p in range(processes)
     ]
     results = []
-    for w in workers:
-        out, _ = w.communicate(timeout=seconds + warmup + 120)
-        results.append(json.loads(out))
+    for w, output in zip(workers, outputs, strict=True):
+        w.wait(timeout=seconds + warmup + 120)
+        results.append(json.loads(output.read_text()))
+        shutil.rmtree(output.parent)
     latencies = sorted(v for r in results for v in r["latencies"])
 
     def pct(q: float) -> float:
@@ -341,7 +322,7 @@ def main() -> None:
     # internal mode: one load process
     parser.add_argument("--load-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ceiling-server", type=int, default=None, help=argparse.SUPPRESS)
-    for name in ("url", "transport", "prefix"):
+    for name in ("url", "transport", "prefix", "out"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     for name in ("streams", "part", "parts"):
         parser.add_argument(f"--{name}", type=int, help=argparse.SUPPRESS)

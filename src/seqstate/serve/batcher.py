@@ -66,6 +66,16 @@ class Batcher:
             self._collector = None
         self._executor.shutdown(wait=True)
 
+    def enqueue(self, request: StepRequest) -> asyncio.Future[Outcome]:
+        """Queue one step without awaiting it: the future completes when its new state is
+        durable (or it was refused). Steps of one stream complete in the order queued."""
+        if not self.batching:
+            return asyncio.ensure_future(self.submit(request))
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.append((request, future, time.monotonic()))
+        self._arrived.set()
+        return future
+
     async def submit(self, request: StepRequest) -> Outcome:
         """Apply one step; returns when its new state is durable (or it was refused)."""
         loop = asyncio.get_running_loop()

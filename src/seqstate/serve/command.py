@@ -177,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         http=http,
         ws="websockets-sansio",
         ws_max_size=config.max_body_bytes,
+        ws_per_message_deflate=False,  # small JSON frames: compression costs more than it saves
         timeout_keep_alive=config.keepalive_timeout_s,
         timeout_graceful_shutdown=config.shutdown_grace_s,
         header_timeout_s=config.header_timeout_s,

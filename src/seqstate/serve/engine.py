@@ -189,7 +189,7 @@ class Engine:
                 outcomes[i] = _non_finite(request.seq)
                 continue
             answer = rows[row][: request.x.shape[0]]
-            output = jsonio.dumps(answer[0] if request.single else answer)
+            output = jsonio.dumps_finite(answer[0] if request.single else answer)
             answers.append(output)
             committed.append(i)
             record = new_record(

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["BACKEND", "dumps", "loads"]
+__all__ = ["BACKEND", "dumps", "dumps_finite", "loads"]
 
 
 def _reject_constant(name: str) -> Any:
@@ -26,6 +26,16 @@ def _stdlib_loads(data: bytes | str) -> Any:
     return json.loads(data, parse_constant=_reject_constant)
 
 
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    return False
+
+
 try:
     if os.environ.get("SEQSTATE_SERVE_JSON") == "stdlib":
         raise ImportError("stdlib JSON asked for")
@@ -33,22 +43,20 @@ try:
 except ImportError:
     BACKEND = "json"
     dumps = _stdlib_dumps
+    dumps_finite = _stdlib_dumps
     loads = _stdlib_loads
 else:
     BACKEND = "orjson"
 
     def dumps(value: Any) -> bytes:
         # orjson writes NaN as null: refuse it instead, like json.dumps(allow_nan=False)
-        if isinstance(value, list | float) and _has_non_finite(value):
+        if _has_non_finite(value):
             raise ValueError("Out of range float values are not JSON compliant")
         return orjson.dumps(value)
 
-    loads = orjson.loads  # type: ignore[assignment]  # strict: NaN/Infinity literals are a JSONDecodeError (ValueError)
+    def dumps_finite(value: Any) -> bytes:
+        """``dumps`` for values already known to be finite (the engine checks its outputs)."""
+        return orjson.dumps(value)
 
-
-def _has_non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return value != value or value in (float("inf"), float("-inf"))
-    if isinstance(value, list):
-        return any(_has_non_finite(v) for v in value)
-    return False
+    # strict: NaN/Infinity literals are a JSONDecodeError (a ValueError)
+    loads = orjson.loads  # type: ignore[assignment]

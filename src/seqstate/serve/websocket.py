@@ -11,10 +11,15 @@ Frames are JSON text, one object each::
 
 The rules are those of ``POST /v1/streams/{id}/steps`` (gap, stale, conflict, idempotent retry,
 start); a step is answered only after its new state is durable, and steps from every
-connection and HTTP request share the batcher. A client may pipeline: frames of one stream are
-applied in the order sent, frames of different streams concurrently (answers of different
-streams may come back in any order). At most ``max_ws_pending`` steps are in flight per
-connection; past that the server stops reading (TCP backpressure), it never drops a frame.
+connection and HTTP request share the batcher. A client may pipeline: steps of one stream are
+applied and answered in the order sent, steps of different streams concurrently (answers of
+different streams may come back in any order). A frame that fails validation (bad JSON, wrong
+feature count) is answered at once, before steps still in flight. At most ``max_ws_pending``
+steps are in flight per connection; past that the server stops reading (TCP backpressure), it
+never drops a frame.
+
+Per step the loop does no more than parse, validate and queue the step with the batcher; its
+answer is written from the batch's completion callback (no task per frame).
 """
 
 from __future__ import annotations
@@ -35,61 +40,100 @@ from seqstate.serve.stores.base import StoreFullError
 
 if TYPE_CHECKING:  # pragma: no cover
     from seqstate.serve.app import Resources
+    from seqstate.serve.engine import Outcome
 
 __all__ = ["serve_websocket"]
 
-_DRAIN_S = 30.0  # after the client leaves, steps already submitted finish (bounded)
+_DRAIN_S = 30.0  # after the client leaves, steps already queued finish (bounded)
 
 
 async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
-    from seqstate.serve.app import _answer, _describe, _step_request, _submit
+    from seqstate.serve.app import _answer, _describe, _step_request
 
     config = resources.config
+    metrics = resources.metrics
     if resources.websockets >= config.max_websockets:
-        # before accept: the client sees HTTP 403 on the upgrade; logged with its reason
+        # before accept: the client sees HTTP 403 on the upgrade
         await websocket.close(code=1013, reason="too many WebSocket connections; retry later")
         return
     resources.websockets += 1
-    resources.metrics.websockets.inc()
+    metrics.websockets.inc()
     outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
     room = asyncio.Semaphore(config.max_ws_pending)
-    tails: dict[str, asyncio.Task[None]] = {}  # last task of each stream: the next one waits
+    last: dict[str, asyncio.Future[Any]] = {}  # each stream's latest queued step or end
 
-    async def writer() -> None:
-        while (frame := await outbox.get()) is not None:
-            await websocket.send({"type": "websocket.send", "text": frame.decode()})
-
-    async def run(frame: WsStep | WsEnd, before: asyncio.Task[None] | None) -> None:
+    def answered(stream: str, seq: int, future: asyncio.Future[Outcome]) -> None:
+        room.release()
+        if last.get(stream) is future:
+            del last[stream]
         try:
-            if before is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.shield(before)
-            outbox.put_nowait(await _handle(frame))
-        finally:
-            room.release()
-            if tails.get(frame.stream) is asyncio.current_task():
-                del tails[frame.stream]
-
-    async def _handle(frame: WsStep | WsEnd) -> bytes:
-        stream = frame.stream
-        if isinstance(frame, WsEnd):
-            try:
-                existed = await asyncio.to_thread(resources.store.delete, stream)
-            except StoreError as error:
-                return _error(stream, None, _store_problem(error))
-            return jsonio.dumps({"stream": stream, "op": "end", "deleted": existed})
-        try:
-            outcome = await _submit(resources, _step_request(stream, frame, resources))
-        except ApiError as error:
-            return _error(stream, frame.seq, error)
+            outcome = future.result()
         except StoreError as error:
-            return _error(stream, frame.seq, _store_problem(error))
+            metrics.store_errors.labels("step").inc()
+            outbox.put_nowait(_error(stream, seq, _store_problem(error)))
+            return
+        except Exception:  # never leave the client waiting on a lost answer
+            outbox.put_nowait(_error(stream, seq, ApiError(500, "internal", "internal error")))
+            return
         if isinstance(outcome, Reject):
+            metrics.steps.labels("rejected").inc()
             problem = ApiError(
                 outcome.status, outcome.code, outcome.message, expected_seq=outcome.expected_seq
             )
-            return _error(stream, frame.seq, problem)
-        return b'{"stream":' + jsonio.dumps(stream) + b"," + _answer(outcome)[1:]
+            outbox.put_nowait(_error(stream, seq, problem))
+        else:
+            metrics.steps.labels("replayed" if outcome.replayed else "applied").inc()
+            outbox.put_nowait(b'{"stream":"' + stream.encode() + b'",' + _answer(outcome)[1:])
+
+    async def after(before: asyncio.Future[Any] | None, then: Any) -> Any:
+        if before is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(before)
+        return await then()
+
+    def queue_step(frame: WsStep) -> None:
+        try:
+            request = _step_request(frame.stream, frame, resources)
+        except ApiError as error:
+            room.release()
+            outbox.put_nowait(_error(frame.stream, frame.seq, error))
+            return
+        before = last.get(frame.stream)
+        if before is not None and getattr(before, "is_end", False):
+            # a step after an end of the same stream waits for the delete (slow path)
+            async def submit() -> Outcome:
+                return await resources.batcher.enqueue(request)
+
+            future: asyncio.Future[Any] = asyncio.ensure_future(after(before, submit))
+        else:  # the batcher keeps steps of one stream in order by itself
+            future = resources.batcher.enqueue(request)
+        last[frame.stream] = future
+        future.add_done_callback(lambda f: answered(frame.stream, frame.seq, f))
+
+    def queue_end(frame: WsEnd) -> None:
+        async def end() -> bytes:
+            try:
+                existed = await asyncio.to_thread(resources.store.delete, frame.stream)
+            except StoreError as error:
+                return _error(frame.stream, None, _store_problem(error))
+            return jsonio.dumps({"stream": frame.stream, "op": "end", "deleted": existed})
+
+        future = asyncio.ensure_future(after(last.get(frame.stream), end))
+        future.is_end = True  # type: ignore[attr-defined]
+        last[frame.stream] = future
+
+        def ended(f: asyncio.Future[bytes]) -> None:
+            room.release()
+            if last.get(frame.stream) is f:
+                del last[frame.stream]
+            outbox.put_nowait(f.result() if not f.cancelled() and not f.exception() else b"")
+
+        future.add_done_callback(ended)
+
+    async def writer() -> None:
+        while (frame := await outbox.get()) is not None:
+            if frame:
+                await websocket.send({"type": "websocket.send", "text": frame.decode()})
 
     await websocket.accept()
     sender = asyncio.create_task(writer(), name="seqstate-ws-writer")
@@ -109,17 +153,19 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
                 room.release()
                 outbox.put_nowait(_invalid_frame(raw, error, _describe))
                 continue
-            task = asyncio.create_task(run(frame, tails.get(frame.stream)))
-            tails[frame.stream] = task
+            if isinstance(frame, WsEnd):
+                queue_end(frame)
+            else:
+                queue_step(frame)
     finally:
-        pending = list(tails.values())
-        if pending:  # submitted steps are applied anyway; let them finish, bounded
+        pending = list(last.values())
+        if pending:  # queued steps are applied anyway; let them finish, bounded
             await asyncio.wait(pending, timeout=_DRAIN_S)
         outbox.put_nowait(None)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(sender, timeout=5)
         resources.websockets -= 1
-        resources.metrics.websockets.dec()
+        metrics.websockets.dec()
 
 
 def _store_problem(error: StoreError) -> ApiError:

@@ -52,28 +52,38 @@ class Record:
 
     def intact(self, stream: str) -> bool:
         """Whether the stored bytes are what the engine wrote for ``stream``."""
-        return bool(self.checksum) and self.checksum == _checksum(stream, self)
+        return bool(self.checksum) and self.checksum == _checksum(
+            stream, self.seq, self.state, self.output, self.digest, self.updated, self.generation
+        )
 
 
 def new_record(
     stream: str, *, seq: int, state: bytes, output: bytes, digest: bytes, updated: float
 ) -> Record:
     """A record for ``stream`` with a fresh generation and its checksum."""
-    record = Record(seq, state, output, digest, updated, generation=os.urandom(16))
-    return dataclasses.replace(record, checksum=_checksum(stream, record))
+    generation = os.urandom(16)
+    checksum = _checksum(stream, seq, state, output, digest, updated, generation)
+    return Record(seq, state, output, digest, updated, generation, checksum)
 
 
-def _checksum(stream: str, record: Record) -> bytes:
-    h = hashlib.blake2b(digest_size=16, person=b"seqstate-rec/1")
-    for part in (stream.encode(), record.state, record.output, record.digest, record.generation):
-        if not isinstance(part, bytes | bytearray):
-            return b"-"  # a field of the wrong type was read: never matches
-        h.update(struct.pack("<Q", len(part)))
-        h.update(part)
-    if not isinstance(record.seq, int) or not isinstance(record.updated, float | int):
+def _checksum(
+    stream: str,
+    seq: int,
+    state: bytes,
+    output: bytes,
+    digest: bytes,
+    updated: float,
+    generation: bytes,
+) -> bytes:
+    parts = (stream.encode(), state, output, digest, generation)
+    if not all(isinstance(p, bytes) for p in parts) or type(seq) is not int:
+        return b"-"  # a field of the wrong type was read: never matches
+    if not isinstance(updated, float | int):
         return b"-"
-    h.update(struct.pack("<qd", record.seq, float(record.updated)))
-    return h.digest()
+    lengths = struct.pack("<5Qqd", *(len(p) for p in parts), seq, float(updated))
+    return hashlib.blake2b(
+        lengths + b"".join(parts), digest_size=16, person=b"seqstate-rec/1"
+    ).digest()
 
 
 @dataclasses.dataclass(frozen=True)
