@@ -351,10 +351,19 @@ def _add_routes(app: FastAPI, config: ServeConfig) -> None:
         response_model=StepAnswer,
         responses=_ERRORS,
         summary="Apply the next step(s) of one stream",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": StepBody.model_json_schema()}},
+            }
+        },
     )
-    async def post_step(stream_id: str, body: StepBody, request: Request) -> Response:
+    async def post_step(stream_id: str, request: Request) -> Response:
+        # the body is parsed and validated by pydantic-core straight from bytes: the hot path
+        # skips FastAPI's json.loads + body-parameter machinery (same rules, same errors)
         resources: Resources = request.app.state.resources
         _check_stream_id(stream_id)
+        body = _parse_step(await request.body())
         outcome = await _submit(resources, _step_request(stream_id, body, resources))
         if isinstance(outcome, Reject):
             raise ApiError(
@@ -488,6 +497,16 @@ def _not_found(stream: str) -> ApiError:
         "stream_not_found",
         f"stream {stream!r} does not exist (never started, ended, or expired after the TTL)",
     )
+
+
+def _parse_step(raw: bytes) -> StepBody:
+    try:
+        return StepBody.model_validate_json(raw)
+    except ValidationError as error:
+        problems = error.errors()
+        if any(p.get("type") == "json_invalid" for p in problems):
+            raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
+        raise ApiError(422, "invalid_request", _describe(problems)) from None
 
 
 def _parse_batch(raw: bytes, limit: int) -> list[BatchStep | ApiError]:

@@ -40,6 +40,7 @@ class Edge:
         self.body_timeout_s = body_timeout_s
         self.metrics = metrics
         self.inflight_bytes = 0  # bytes of bodies being read or served now (one event loop)
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}  # labelled metrics, cached
 
     @staticmethod
     def _protected(path: str) -> bool:
@@ -102,9 +103,16 @@ class Edge:
             await self.app(scope, receive, send_and_record)
         finally:
             route = scope.get("route")
-            label = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(label, str(status[0])).inc()
-            self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+            key = (getattr(route, "path", "unmatched"), str(status[0]))
+            children = self._children.get(key)
+            if children is None:  # labels() costs a lock and a dict lookup: once per key
+                children = (
+                    self.metrics.requests.labels(*key),
+                    self.metrics.latency.labels(key[0]),
+                )
+                self._children[key] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
 
     def _reserve(self, reserved: list[int], size: int) -> bool:
         """Count ``size`` more bytes in flight for this request; False past the bound."""
