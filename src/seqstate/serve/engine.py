@@ -33,7 +33,7 @@ from seqstate.serve.stores.base import Record, StateStore, Update, new_record
 from seqstate.state import State
 from seqstate.streams import advance
 
-__all__ = ["Engine", "Outcome", "StepRequest", "StepResult"]
+__all__ = ["Engine", "Outcome", "Prepared", "StepRequest", "StepResult"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +65,18 @@ class StepResult:
 Outcome = StepResult | Reject
 
 
+@dataclasses.dataclass
+class Prepared:
+    """A batch between :meth:`Engine.prepare` (model run) and :meth:`Engine.finish` (commit)."""
+
+    requests: Sequence[StepRequest]
+    digests: list[bytes]
+    outcomes: list[Outcome | None]  # filled: rejects and replays now, applied steps on commit
+    updates: list[Update] = dataclasses.field(default_factory=list)
+    committed: list[int] = dataclasses.field(default_factory=list)  # request index per update
+    answers: list[bytes] = dataclasses.field(default_factory=list)  # JSON of y per update
+
+
 class Engine:
     """Applies batches of steps with ``model`` and ``store`` (see the module docstring)."""
 
@@ -90,6 +102,10 @@ class Engine:
 
     def process(self, requests: Sequence[StepRequest]) -> list[Outcome]:
         """Apply ``requests`` (distinct streams) and make the new states durable."""
+        return self.finish(self.prepare(requests))
+
+    def prepare(self, requests: Sequence[StepRequest]) -> Prepared:
+        """Read, decide and run the model; nothing is written yet (see :meth:`finish`)."""
         streams = [r.stream for r in requests]
         if len(set(streams)) != len(streams):
             raise ValueError("a batch must hold at most one step per stream")
@@ -119,8 +135,24 @@ class Engine:
             else:
                 outcomes[i] = decision
         to_apply = self._within_capacity(to_apply, outcomes)
+        prepared = Prepared(requests, digests, outcomes)
         if to_apply:
-            self._apply(requests, digests, to_apply, outcomes, now)
+            self._apply(prepared, to_apply, now)
+        return prepared
+
+    def finish(self, prepared: Prepared) -> list[Outcome]:
+        """Commit what :meth:`prepare` computed (one atomic CAS write) and fill the outcomes."""
+        outcomes, requests, digests = prepared.outcomes, prepared.requests, prepared.digests
+        if prepared.updates:
+            written = self.store.commit(prepared.updates)
+            lost = []
+            for i, output, ok in zip(prepared.committed, prepared.answers, written, strict=True):
+                if ok:
+                    outcomes[i] = StepResult(requests[i].seq, output, replayed=False)
+                else:
+                    lost.append(i)
+            if lost:
+                self._report_lost(requests, digests, lost, outcomes)
         return outcomes  # type: ignore[return-value]  # every slot is filled
 
     def _within_capacity(
@@ -170,19 +202,14 @@ class Engine:
         return y.float().cpu(), new_state.to("cpu")
 
     def _apply(
-        self,
-        requests: Sequence[StepRequest],
-        digests: list[bytes],
-        to_apply: list[tuple[int, Apply, bytes | None]],
-        outcomes: list[Outcome | None],
-        now: float,
+        self, prepared: Prepared, to_apply: list[tuple[int, Apply, bytes | None]], now: float
     ) -> None:
+        requests, outcomes = prepared.requests, prepared.outcomes
         state = self.codec.decode([row for _, _, row in to_apply])
         y, new_state = self._run_model([requests[i].x for i, _, _ in to_apply], state)
         finite = _finite_rows(y, new_state)  # (n,)
         rows = y.tolist()  # one conversion for the batch
         blobs = self.codec.encode(new_state)
-        updates, answers, committed = [], [], []
         for row, (i, decision, _) in enumerate(to_apply):
             request = requests[i]
             if not finite[row]:
@@ -190,45 +217,43 @@ class Engine:
                 continue
             answer = rows[row][: request.x.shape[0]]
             output = jsonio.dumps_finite(answer[0] if request.single else answer)
-            answers.append(output)
-            committed.append(i)
+            prepared.answers.append(output)
+            prepared.committed.append(i)
             record = new_record(
                 request.stream,
                 seq=request.seq,
                 state=blobs[row],
                 output=output,
-                digest=digests[i],
+                digest=prepared.digests[i],
                 updated=now,
             )
-            updates.append(Update(request.stream, decision.expected, record))
-        if not updates:
-            return
-        written = self.store.commit(updates)
-        lost = []
-        for i, output, ok in zip(committed, answers, written, strict=True):
-            if ok:
-                outcomes[i] = StepResult(requests[i].seq, output, replayed=False)
+            prepared.updates.append(Update(request.stream, decision.expected, record))
+
+    def _report_lost(
+        self,
+        requests: Sequence[StepRequest],
+        digests: list[bytes],
+        lost: list[int],
+        outcomes: list[Outcome | None],
+    ) -> None:
+        # Another writer (a replica, a DELETE and re-create, the sweeper) changed the stream
+        # between our read and our commit. Nothing of ours was written.
+        current = self.store.get_many([requests[i].stream for i in lost])
+        for i, now_stored in zip(lost, current, strict=True):
+            request = requests[i]
+            intact = now_stored if now_stored and now_stored.intact(request.stream) else None
+            if intact and intact.seq == request.seq and intact.digest == digests[i]:
+                outcomes[i] = StepResult(request.seq, intact.output, replayed=True)
             else:
-                lost.append(i)
-        if lost:
-            # Another writer (a replica, a DELETE and re-create, the sweeper) changed the
-            # stream between our read and our commit. Nothing of ours was written.
-            current = self.store.get_many([requests[i].stream for i in lost])
-            for i, now_stored in zip(lost, current, strict=True):
-                request = requests[i]
-                intact = now_stored if now_stored and now_stored.intact(request.stream) else None
-                if intact and intact.seq == request.seq and intact.digest == digests[i]:
-                    outcomes[i] = StepResult(request.seq, intact.output, replayed=True)
-                else:
-                    expected = intact.seq + 1 if intact else 1
-                    outcomes[i] = Reject(
-                        409,
-                        "seq_race",
-                        f"stream changed while step {request.seq} was being applied (another "
-                        f"replica or request advanced, ended or re-created it); expected "
-                        f"{expected}",
-                        expected,
-                    )
+                expected = intact.seq + 1 if intact else 1
+                outcomes[i] = Reject(
+                    409,
+                    "seq_race",
+                    f"stream changed while step {request.seq} was being applied (another "
+                    f"replica or request advanced, ended or re-created it); expected "
+                    f"{expected}",
+                    expected,
+                )
 
 
 def _finite_rows(y: torch.Tensor, state: State) -> list[bool]:
