@@ -163,6 +163,7 @@ async def _open(
         max_wait_s=config.max_wait_ms / 1000,
         batching=config.batching,
         on_batch=metrics.observe_batch,
+        stages=(engine.prepare, engine.finish),
     )
     await batcher.start()
     resources = Resources(

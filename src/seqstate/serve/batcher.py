@@ -2,12 +2,22 @@
 
 Like Triton's sequence batcher: steps queue up; the collector takes the oldest steps, at most
 one per stream and at most ``max_batch``, waiting at most ``max_wait_s`` after the oldest
-arrived for more to join, and hands the batch to a single worker thread (the event loop never
-runs the model). While the worker is busy the next batch fills up, so under load batches grow
-by themselves and ``max_wait_s`` only matters when traffic is light.
+arrived for more to join, and hands the batch to a single model thread (the event loop never
+runs the model). While the model runs, the next batch fills up, so under load batches grow by
+themselves and ``max_wait_s`` only matters when traffic is light.
 
-A second step of a stream already in the batch stays queued for a later batch, in arrival
+A second step of a stream already in a batch stays queued for a later batch, in arrival
 order: steps of one stream are applied one after another, never together.
+
+With ``stages=(prepare, finish)`` the durable commit of batch k (``finish``: an fsync for
+SQLite) runs on its own thread while the model thread prepares batch k+1, a two-stage
+pipeline::
+
+    model thread:   prepare k   | prepare k+1 | prepare k+2
+    commit thread:              | finish k    | finish k+1
+
+Batch k+1 never holds a stream that batch k is still committing (those steps wait), so every
+read sees the committed state it continues; at most one commit is in flight.
 
 With ``batching=False`` every submitted step is its own model call on the same worker thread
 (the baseline the benchmark compares against).
@@ -21,12 +31,14 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from seqstate.serve.engine import Outcome, StepRequest
 
 __all__ = ["Batcher"]
 
 Process = Callable[[Sequence[StepRequest]], list[Outcome]]
+Item = tuple[StepRequest, "asyncio.Future[Outcome]", float]
 
 
 class Batcher:
@@ -38,17 +50,21 @@ class Batcher:
         max_wait_s: float = 0.002,
         batching: bool = True,
         on_batch: Callable[[int, float], None] | None = None,
+        stages: tuple[Callable[[Sequence[StepRequest]], Any], Callable[[Any], list[Outcome]]]
+        | None = None,
     ) -> None:
         self._process = process
+        self._stages = stages
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.batching = batching
         self._on_batch = on_batch
-        self._queue: collections.deque[tuple[StepRequest, asyncio.Future[Outcome], float]] = (
-            collections.deque()
-        )
+        self._queue: collections.deque[Item] = collections.deque()
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="seqstate-model")
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="seqstate-commit")
+        self._committing: set[str] = set()  # streams of the batch being committed
+        self._commit: asyncio.Task[None] | None = None
         self._collector: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -56,15 +72,18 @@ class Batcher:
             self._collector = asyncio.create_task(self._collect(), name="seqstate-batcher")
 
     async def stop(self) -> None:
-        """Finish what is queued, then stop the collector and the worker thread."""
+        """Finish what is queued, then stop the collector and the worker threads."""
         if self._collector is not None:
-            while self._queue:
-                await self._run_batch(self._take())
             self._collector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._collector
             self._collector = None
+            while self._queue or self._commit is not None:
+                await self._await_commit()
+                if self._queue:
+                    await self._run_batch(self._take())
         self._executor.shutdown(wait=True)
+        self._committer.shutdown(wait=True)
 
     def enqueue(self, request: StepRequest) -> asyncio.Future[Outcome]:
         """Queue one step without awaiting it: the future completes when its new state is
@@ -85,16 +104,20 @@ class Batcher:
             if self._on_batch is not None:
                 self._on_batch(1, time.perf_counter() - started)
             return outcome
-        future: asyncio.Future[Outcome] = loop.create_future()
-        self._queue.append((request, future, time.monotonic()))
-        self._arrived.set()
-        return await future
+        return await self.enqueue(request)
 
-    def _take(self) -> list[tuple[StepRequest, asyncio.Future[Outcome], float]]:
-        """The oldest queued steps, one per stream, at most max_batch; the rest stay queued."""
-        batch: list[tuple[StepRequest, asyncio.Future[Outcome], float]] = []
-        later: list[tuple[StepRequest, asyncio.Future[Outcome], float]] = []
-        seen: set[str] = set()
+    def _eligible(self) -> Item | None:
+        """The oldest queued step whose stream is not being committed."""
+        for item in self._queue:
+            if item[0].stream not in self._committing:
+                return item
+        return None
+
+    def _take(self) -> list[Item]:
+        """The oldest eligible steps, one per stream, at most max_batch; the rest stay queued."""
+        batch: list[Item] = []
+        later: list[Item] = []
+        seen: set[str] = set(self._committing)
         while self._queue and len(batch) < self.max_batch:
             item = self._queue.popleft()
             if item[0].stream in seen:
@@ -107,10 +130,10 @@ class Batcher:
 
     async def _collect(self) -> None:
         while True:
-            while not self._queue:
+            while (first := self._eligible()) is None:
                 self._arrived.clear()
                 await self._arrived.wait()
-            deadline = self._queue[0][2] + self.max_wait_s
+            deadline = first[2] + self.max_wait_s
             while len(self._queue) < self.max_batch:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -120,24 +143,56 @@ class Batcher:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
                 except asyncio.TimeoutError:
                     break
-            await self._run_batch(self._take())
+            batch = self._take()
+            if batch:
+                await self._run_batch(batch)
 
-    async def _run_batch(
-        self, batch: list[tuple[StepRequest, asyncio.Future[Outcome], float]]
-    ) -> None:
+    async def _await_commit(self) -> None:
+        if self._commit is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._commit)
+            self._commit = None
+
+    async def _run_batch(self, batch: list[Item]) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        requests = [request for request, _, _ in batch]
         try:
-            outcomes = await loop.run_in_executor(
-                self._executor, self._process, [request for request, _, _ in batch]
-            )
+            if self._stages is None:
+                outcomes = await loop.run_in_executor(self._executor, self._process, requests)
+            else:
+                prepared = await loop.run_in_executor(self._executor, self._stages[0], requests)
         except Exception as error:  # the whole batch failed (e.g. the store is down)
-            for _, future, _ in batch:
-                if not future.done():
-                    future.set_exception(error)
+            _fail(batch, error)
             return
+        if self._stages is None:
+            self._resolve(batch, outcomes, started)
+            return
+        await self._await_commit()  # at most one commit in flight, in batch order
+        self._committing.update(requests[i].stream for i in range(len(requests)))
+        self._commit = asyncio.create_task(self._finish(batch, prepared, started))
+
+    async def _finish(self, batch: list[Item], prepared: Any, started: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            outcomes = await loop.run_in_executor(self._committer, self._stages[1], prepared)  # type: ignore[index]
+        except Exception as error:
+            _fail(batch, error)
+        else:
+            self._resolve(batch, outcomes, started)
+        finally:
+            self._committing.difference_update(request.stream for request, _, _ in batch)
+            self._arrived.set()  # steps that waited for this commit may now be taken
+
+    def _resolve(self, batch: list[Item], outcomes: list[Outcome], started: float) -> None:
         if self._on_batch is not None:
             self._on_batch(len(batch), time.perf_counter() - started)
         for (_, future, _), outcome in zip(batch, outcomes, strict=True):
             if not future.done():  # the client may have gone away; the step is applied anyway
                 future.set_result(outcome)
+
+
+def _fail(batch: list[Item], error: Exception) -> None:
+    for _, future, _ in batch:
+        if not future.done():
+            future.set_exception(error)

@@ -68,17 +68,23 @@ class SQLiteStore(StateStore):
                     self._db.execute(
                         f"ALTER TABLE streams ADD COLUMN {column} BLOB NOT NULL DEFAULT x''"
                     )
+            # reads get their own connection: in WAL mode they see the last commit and never
+            # wait for a writer's fsync (the batcher prepares batch k+1 while k commits)
+            self._reader = sqlite3.connect(
+                str(self.path), timeout=30, isolation_level=None, check_same_thread=False
+            )
         except (sqlite3.Error, OSError) as error:
             raise StoreError(f"cannot open SQLite store {str(self.path)!r}: {error}") from None
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
 
     def get_many(self, streams: Sequence[str]) -> list[Record | None]:
         found: dict[str, Record] = {}
-        with self._lock, _errors("read"):
+        with self._read_lock, _errors("read"):
             for i in range(0, len(streams), _CHUNK):
                 chunk = list(dict.fromkeys(streams[i : i + _CHUNK]))
                 marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
+                rows = self._reader.execute(
                     "SELECT id, seq, state, output, digest, updated, generation, checksum "
                     f"FROM streams WHERE id IN ({marks})",
                     chunk,
@@ -163,8 +169,9 @@ class SQLiteStore(StateStore):
             db.execute("DELETE FROM probe")
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
 
 
 def _record(fields: Sequence[object]) -> Record:
