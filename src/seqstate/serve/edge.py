@@ -126,9 +126,10 @@ class Edge:
         self, scope: Scope, receive: Any, reserved: list[int]
     ) -> tuple[bytes | None, Any]:
         try:
-            async with asyncio.timeout(self.body_timeout_s):
-                return await self._read_body_now(scope, receive, reserved)
-        except TimeoutError:
+            return await asyncio.wait_for(
+                self._read_body_now(scope, receive, reserved), self.body_timeout_s
+            )
+        except asyncio.TimeoutError:
             return None, error_response(
                 408,
                 "body_timeout",

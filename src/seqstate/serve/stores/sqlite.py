@@ -37,13 +37,10 @@ CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL);
 # state_incompatible until restarted), never a silent wrong state
 _ADDED_COLUMNS = ("generation", "checksum")
 _CHUNK = 500  # ids per SELECT … IN (…), well under SQLite's bound-variable limit
+# SQLite's primary result codes (sqlite3 names them only from Python 3.11)
+_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN = 8, 10, 13, 14
 # errors that mean "this store cannot take writes now" (what /healthz reports)
-_CANNOT_WRITE = (
-    sqlite3.SQLITE_FULL,
-    sqlite3.SQLITE_IOERR,
-    sqlite3.SQLITE_READONLY,
-    sqlite3.SQLITE_CANTOPEN,
-)
+_CANNOT_WRITE = (_SQLITE_FULL, _SQLITE_IOERR, _SQLITE_READONLY, _SQLITE_CANTOPEN)
 
 
 class SQLiteStore(StateStore):
@@ -109,14 +106,16 @@ class SQLiteStore(StateStore):
                             self._db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as error:
-                code = getattr(error, "sqlite_errorcode", None)
-                if code == sqlite3.SQLITE_FULL or "full" in str(error):
+                code = getattr(error, "sqlite_errorcode", None)  # Python >= 3.11
+                if code is not None:
+                    code &= 0xFF  # extended code -> primary code
+                if code == _SQLITE_FULL or "full" in str(error):
                     self.write_problem = f"disk full ({self.path}): {error}"
                     raise StoreFullError(
                         f"SQLite store is full: disk full or size limit reached at "
                         f"{str(self.path)!r} ({error}); free space, nothing was written"
                     ) from None
-                if code in _CANNOT_WRITE:
+                if code in _CANNOT_WRITE or (code is None and "disk" in str(error)):
                     self.write_problem = f"write failed: {error}"
                 raise StoreError(f"SQLite write failed: {error}") from None
         self.write_problem = None
