@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import numpy as np
 import torch
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -34,18 +32,17 @@ from seqstate.serve import jsonio
 from seqstate.serve.batcher import Batcher
 from seqstate.serve.config import STREAM_ID_PATTERN, ServeConfig, valid_stream_id
 from seqstate.serve.edge import Edge
-from seqstate.serve.engine import Engine, Outcome, StepRequest
+from seqstate.serve.engine import Engine
 from seqstate.serve.errors import ApiError, error_response
 from seqstate.serve.metrics import Metrics
 from seqstate.serve.rules import Reject, is_expired
 from seqstate.serve.schemas import BatchStep, ErrorBody, StepAnswer, StepBody, StreamInfo
+from seqstate.serve.steps import Resources, answer_json, describe, step_request, submit
 from seqstate.serve.stores import StateStore, StoreError, open_store
 from seqstate.serve.stores.base import StoreFullError
 from seqstate.serve.websocket import serve_websocket
 
 __all__ = ["create_app"]
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -63,21 +60,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 _BATCH_STEP = TypeAdapter(BatchStep)
-
-
-@dataclasses.dataclass
-class Resources:
-    """What one running app holds; opened and closed by the lifespan."""
-
-    config: ServeConfig
-    model: torch.nn.Module
-    store: StateStore
-    batcher: Batcher
-    metrics: Metrics
-    clock: Callable[[], float]
-    input_size: int
-    sweeper: asyncio.Task[None] | None = None
-    websockets: int = 0  # open WebSocket connections
 
 
 def create_app(
@@ -218,7 +200,7 @@ def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         problems = error.errors()
         if any(p.get("type") == "json_invalid" for p in problems):
             return error_response(400, "invalid_json", "request body is not valid JSON")
-        return error_response(422, "invalid_request", _describe(problems))
+        return error_response(422, "invalid_request", describe(problems))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
@@ -239,16 +221,6 @@ def _store_unavailable(error: StoreError) -> Response:
     return error_response(503, "store_unavailable", f"state store unavailable: {error}")
 
 
-def _describe(problems: Any) -> str:
-    """Pydantic errors as one line: 'x: Input should be a valid list; seq: ...'."""
-    parts = []
-    for problem in list(problems)[:5]:
-        location = ".".join(str(p) for p in problem.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{location}: {problem.get('msg', 'invalid')}")
-    more = len(problems) - len(parts)
-    return "invalid request: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
-
-
 # --- input --------------------------------------------------------------------------------
 
 
@@ -260,69 +232,6 @@ def _check_stream_id(stream: str) -> None:
             f"stream id must match {STREAM_ID_PATTERN} (1-128 letters, digits, '.', '_', ':', "
             f"'-'); received {stream[:140]!r}",
         )
-
-
-def _step_request(stream: str, body: StepBody, resources: Resources) -> StepRequest:
-    """Validate ``x`` against the model (shape, feature count, finiteness) -> StepRequest."""
-    features = resources.input_size
-    limit = resources.config.max_steps_per_request
-    x = body.x
-    single = not x or not isinstance(x[0], list)
-    rows: list[list[float]] = [x] if single else x  # type: ignore[list-item,assignment]
-    if len(rows) > limit:
-        raise ApiError(
-            413,
-            "too_many_steps",
-            f"x may hold at most {limit} steps per request; received {len(rows)}: split it",
-            limit=limit,
-        )
-    if not rows:
-        raise ApiError(422, "invalid_x", f"x must hold at least one step of {features} features")
-    for t, row in enumerate(rows):
-        if len(row) != features:
-            where = "x" if single else f"x[{t}]"
-            raise ApiError(
-                422,
-                "invalid_x",
-                f"{where} must hold {features} features (the model's input size); received "
-                f"{len(row)}. Send one step as [f1, ..., f{features}] or k steps as "
-                f"[[f1, ..., f{features}], ...]",
-            )
-    # a plain comparison is False for NaN, inf and float32 overflow; for a few features it is
-    # several times cheaper than building arrays first (this runs once per step)
-    low, high = -_FLOAT32_MAX, _FLOAT32_MAX
-    if not all(low <= value <= high for row in rows for value in row):
-        t, f = next(
-            (t, f) for t, row in enumerate(rows) for f, v in enumerate(row) if not low <= v <= high
-        )
-        raise ApiError(
-            422,
-            "invalid_x",
-            f"x must be finite float32 values; received {rows[t][f]!r} at step {t}, feature {f}",
-        )
-    array = np.array(rows, dtype=np.float32)  # (k, F)
-    return StepRequest(stream, body.seq, array, single=single, start=body.start)
-
-
-async def _submit(resources: Resources, step: StepRequest) -> Outcome:
-    try:
-        outcome = await resources.batcher.submit(step)
-    except StoreError:
-        resources.metrics.store_errors.labels("step").inc()
-        raise
-    if isinstance(outcome, Reject):
-        resources.metrics.steps.labels("rejected").inc()
-    else:
-        resources.metrics.steps.labels("replayed" if outcome.replayed else "applied").inc()
-    return outcome
-
-
-def _answer(outcome: Outcome) -> bytes:
-    """``{"seq":…, "y":…, "replayed":…}`` with the stored JSON of y spliced in as is."""
-    if isinstance(outcome, Reject):
-        raise RuntimeError("internal error: a rejected step reached the success path")
-    replayed = b"true" if outcome.replayed else b"false"
-    return b'{"seq":%d,"y":%s,"replayed":%s}' % (outcome.seq, outcome.output, replayed)
 
 
 def _json(content: bytes, status: int = 200) -> Response:
@@ -365,12 +274,12 @@ def _add_routes(app: FastAPI, config: ServeConfig) -> None:
         resources: Resources = request.app.state.resources
         _check_stream_id(stream_id)
         body = _parse_step(await request.body())
-        outcome = await _submit(resources, _step_request(stream_id, body, resources))
+        outcome = await submit(resources, step_request(stream_id, body, resources))
         if isinstance(outcome, Reject):
             raise ApiError(
                 outcome.status, outcome.code, outcome.message, expected_seq=outcome.expected_seq
             )
-        return _json(_answer(outcome))
+        return _json(answer_json(outcome))
 
     @app.post(
         "/v1/steps",
@@ -507,7 +416,7 @@ def _parse_step(raw: bytes) -> StepBody:
         problems = error.errors()
         if any(p.get("type") == "json_invalid" for p in problems):
             raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
-        raise ApiError(422, "invalid_request", _describe(problems)) from None
+        raise ApiError(422, "invalid_request", describe(problems)) from None
 
 
 def _parse_batch(raw: bytes, limit: int) -> list[BatchStep | ApiError]:
@@ -540,7 +449,7 @@ def _parse_batch(raw: bytes, limit: int) -> list[BatchStep | ApiError]:
         except ValidationError as error:
             stream = item.get("id") if isinstance(item, dict) else None
             seq = item.get("seq") if isinstance(item, dict) else None
-            problem = ApiError(422, "invalid_request", _describe(error.errors()))
+            problem = ApiError(422, "invalid_request", describe(error.errors()))
             problem.extra = {
                 "id": stream if isinstance(stream, str) else None,
                 "seq": seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
@@ -551,7 +460,7 @@ def _parse_batch(raw: bytes, limit: int) -> list[BatchStep | ApiError]:
 
 async def _batch_item(resources: Resources, item: BatchStep) -> bytes:
     try:
-        outcome = await _submit(resources, _step_request(item.id, item, resources))
+        outcome = await submit(resources, step_request(item.id, item, resources))
     except ApiError as error:
         return _item_error(item.id, item.seq, error)
     except StoreFullError as error:
@@ -564,7 +473,7 @@ async def _batch_item(resources: Resources, item: BatchStep) -> bytes:
         )
         return _item_error(item.id, item.seq, refusal)
     head = jsonio.dumps({"id": item.id, "status": 200})[:-1]
-    return head + b"," + _answer(outcome)[1:]
+    return head + b"," + answer_json(outcome)[1:]
 
 
 def _item_error(stream: str | None, seq: int | None, error: ApiError) -> bytes:

@@ -35,11 +35,11 @@ from seqstate.serve import jsonio
 from seqstate.serve.errors import ApiError
 from seqstate.serve.rules import Reject
 from seqstate.serve.schemas import WS_FRAME, WsEnd, WsStep
+from seqstate.serve.steps import Resources, answer_json, describe, step_request
 from seqstate.serve.stores import StoreError
 from seqstate.serve.stores.base import StoreFullError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from seqstate.serve.app import Resources
     from seqstate.serve.engine import Outcome
 
 __all__ = ["serve_websocket"]
@@ -48,8 +48,6 @@ _DRAIN_S = 30.0  # after the client leaves, steps already queued finish (bounded
 
 
 async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
-    from seqstate.serve.app import _answer, _describe, _step_request
-
     config = resources.config
     metrics = resources.metrics
     if resources.websockets >= config.max_websockets:
@@ -83,7 +81,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             outbox.put_nowait(_error(stream, seq, problem))
         else:
             metrics.steps.labels("replayed" if outcome.replayed else "applied").inc()
-            outbox.put_nowait(b'{"stream":"' + stream.encode() + b'",' + _answer(outcome)[1:])
+            outbox.put_nowait(b'{"stream":"' + stream.encode() + b'",' + answer_json(outcome)[1:])
 
     async def after(before: asyncio.Future[Any] | None, then: Any) -> Any:
         if before is not None:
@@ -93,7 +91,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
 
     def queue_step(frame: WsStep) -> None:
         try:
-            request = _step_request(frame.stream, frame, resources)
+            request = step_request(frame.stream, frame, resources)
         except ApiError as error:
             room.release()
             outbox.put_nowait(_error(frame.stream, frame.seq, error))
@@ -151,7 +149,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
                 frame = WS_FRAME.validate_python(jsonio.loads(raw))
             except ValueError as error:  # JSONDecodeError and ValidationError are ValueErrors
                 room.release()
-                outbox.put_nowait(_invalid_frame(raw, error, _describe))
+                outbox.put_nowait(_invalid_frame(raw, error, describe))
                 continue
             if isinstance(frame, WsEnd):
                 queue_end(frame)
