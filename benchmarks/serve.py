@@ -19,9 +19,11 @@ Servers, side by side in one run:
                 with 1 and 2 worker processes
 * redis         Redis store (appendfsync everysec), if redis-server is installed
 
-Writes the serve section of BENCHMARKS.md (ratios of rows of this one run, p50/p99, load).
+Every server runs at once and the loads are interleaved round-robin (``--rounds``, median
+shown), so a slow phase of a shared machine hits every row alike. Writes the serve section of
+BENCHMARKS.md (ratios of rows of this one run, p50/p99, load average).
 
-    .venv/bin/python benchmarks/serve.py            # full (about 3-4 minutes)
+    .venv/bin/python benchmarks/serve.py            # full (about 4 minutes)
     .venv/bin/python benchmarks/serve.py --quick    # smoke run
 """
 
@@ -318,6 +320,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per row")
     parser.add_argument("--load-processes", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     # internal mode: one load process
     parser.add_argument("--load-worker", action="store_true", help=argparse.SUPPRESS)
@@ -333,8 +336,8 @@ def main() -> None:
     if args.ceiling_server is not None:
         return serve_ceiling(args.ceiling_server)
 
-    seconds = args.seconds or (2.0 if args.quick else 5.0)
-    warmup = 0.5 if args.quick else 1.0
+    seconds = args.seconds or (1.5 if args.quick else 3.0)
+    warmup = 0.5
     header = machine()
     print(header, flush=True)
     rows: list[dict] = []
@@ -344,6 +347,7 @@ def main() -> None:
         run_dir = make_run_dir(tmp_path)
         redis = start_redis(tmp_path)
         sqlite = f"sqlite:///{tmp_path / 'bench.sqlite'}"
+        sqlite2 = f"sqlite:///{tmp_path / 'bench2.sqlite'}"
         ceiling = [sys.executable, __file__, "--ceiling-server"]
         plan: list[tuple[str, object, list[tuple[str, int]]]] = [
             ("ceiling (no work, same stack)", lambda: Server([*ceiling, str(p := free_port())], p),
@@ -358,32 +362,38 @@ def main() -> None:
              env={"SEQSTATE_SERVE_JSON": "stdlib"}), [("http", 100), ("ws", 100)]),
             ("sqlite, 1 worker", lambda: seqstate_server(run_dir, sqlite),
              [("http", 100), ("ws", 100), ("ws", 1000)]),
-            ("sqlite, 2 workers", lambda: seqstate_server(run_dir, sqlite, "--workers", "2"),
+            ("sqlite, 2 workers", lambda: seqstate_server(run_dir, sqlite2, "--workers", "2"),
              [("http", 100), ("ws", 100), ("ws", 1000)]),
         ]  # fmt: skip
         if redis is not None:
             plan.append(
                 ("redis", lambda: seqstate_server(run_dir, redis[1]), [("http", 100), ("ws", 100)])
             )
+        servers: dict[str, Server] = {}
+        samples: dict[tuple[str, str, int], list[dict]] = {}
         try:
-            for name, start, loads in plan:
-                server = start()  # type: ignore[operator]
-                try:
+            for name, start, _ in plan:  # every server up at once: loads interleave below
+                servers[name] = start()  # type: ignore[operator]
+            for _ in range(args.rounds):  # round-robin: slow phases of the box hit every row
+                for name, _, loads in plan:
                     for transport, streams in loads:
                         result = run_load(
-                            server.url, transport, streams, args.load_processes, seconds, warmup
+                            servers[name].url,
+                            transport,
+                            streams,
+                            args.load_processes,
+                            seconds,
+                            warmup,
                         )
-                        result.update(
-                            name=name,
-                            transport=transport,
-                            streams=streams,
-                            batch_mean=server.batch_mean(),
-                        )
-                        rows.append(result)
-                        print(_row(result), flush=True)
-                finally:
-                    server.stop()
+                        result.update(name=name, transport=transport, streams=streams)
+                        samples.setdefault((name, transport, streams), []).append(result)
+                        print(_row({**result, "batch_mean": None}), flush=True)
+            for (name, _, _), runs in samples.items():
+                median = sorted(runs, key=lambda r: r["steps_s"])[len(runs) // 2]
+                rows.append({**median, "batch_mean": servers[name].batch_mean()})
         finally:
+            for server in servers.values():
+                server.stop()
             if redis is not None:
                 redis[0].terminate()
                 redis[0].wait(timeout=20)
@@ -437,7 +447,8 @@ def _report(
         "run.",
         "",
         f"Command: `.venv/bin/python benchmarks/serve.py{' --quick' if args.quick else ''}` "
-        f"({seconds:g} s measured per row, {elapsed:.0f} s in all; LSTM F={FEATURES} H=64; "
+        f"(every server up at once, loads interleaved round-robin, {args.rounds} rounds of "
+        f"{seconds:g} s per row, median shown; {elapsed:.0f} s in all; LSTM F={FEATURES} H=64; "
         "closed loop: each stream has one step in flight; "
         f"{args.load_processes} load processes on the same cores as the server; http: one "
         "step per request, at most 100 keep-alive connections per load process; ws: 2 "
