@@ -452,7 +452,8 @@ def _report(
         "closed loop: each stream has one step in flight; "
         f"{args.load_processes} load processes on the same cores as the server; http: one "
         "step per request, at most 100 keep-alive connections per load process; ws: 2 "
-        "WebSockets per load process carrying all its streams). Latency is per step.",
+        "WebSockets per load process carrying all its streams). Latency is per step; mean batch "
+        "is over all loads of that server.",
         "",
         "| server | transport | streams | steps/s | p50 ms | p99 ms | mean batch | errors |",
         "|---|---|--:|--:|--:|--:|--:|--:|",
