@@ -255,3 +255,31 @@ def test_live_streams_and_in_flight_bytes_are_bounded(run_dir):
             assert busy.headers["retry-after"] == "1"
 
     run(main())
+
+
+def test_a_mixed_stack_is_served_and_bounded_like_any_model(tmp_path):
+    from seqstate.model import ModelConfig, RecurrentSpec
+
+    torch.manual_seed(0)
+    layers = (RecurrentSpec("gru", 6), RecurrentSpec("lstm", 5))
+    model = SequenceModel(ModelConfig(input_size=3, output_size=2, layers=layers))
+    save_model(model, tmp_path / "stack")
+    steps = [([0.1, 0.2, 0.3], False), ([[0.4, 0.5, 0.6], [0.7, 0.8, 0.9]], False)]
+
+    async def main():
+        async with serving(create_app(make_config(tmp_path / "stack"))) as client:
+            answers = []
+            for seq, (x, _) in enumerate(steps, start=1):
+                r = await client.post("/v1/streams/mixed/steps", json={"seq": seq, "x": x})
+                assert r.status_code == 200, r.text
+                answers.append(r.json()["y"])
+            return answers
+
+    answers = run(main())
+    for got, want in zip(answers, replay(model, steps), strict=True):
+        assert np.allclose(got, want, atol=1e-5)
+    document = json.loads((tmp_path / "stack" / "model.json").read_text())
+    document["model"]["layers"] = [{"kind": "lstm", "hidden_size": 5}] * 100
+    (tmp_path / "stack" / "model.json").write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="layers"):
+        create_app(ServeConfig(tmp_path / "stack", token=TOKEN, store="memory://"))

@@ -125,7 +125,7 @@ async def _open(
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
     if model is None:
-        from seqstate.checkpoint import load_model
+        from seqstate.saved import load_model
 
         model = load_model(config.run_dir, device=config.device)
     model.eval()
