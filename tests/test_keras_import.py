@@ -344,11 +344,14 @@ def test_imported_run_predicts_serves_and_exports(saved, name: str, tmp_path: Pa
     # serve: one step of row 0 over HTTP (in process)
 
     async def one_step() -> list:
-        app = create_app(ServeConfig(run, store="memory://", token="t", max_wait_ms=1.0))
+        token = "keras-import-test-token"  # the server refuses tokens under 16 characters
+        app = create_app(ServeConfig(run, store="memory://", token=token, max_wait_ms=1.0))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(
-                transport=transport, base_url="http://test", headers={"Authorization": "Bearer t"}
+                transport=transport,
+                base_url="http://test",
+                headers={"Authorization": f"Bearer {token}"},
             ) as client:
                 response = await client.post(
                     "/v1/streams/s1/steps", json={"seq": 1, "x": x[0, 0].tolist()}
