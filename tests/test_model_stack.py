@@ -404,3 +404,84 @@ def test_layers_and_models_follow_the_sequence_core_protocol(models) -> None:
     assert isinstance(models["mixed"], SequenceCore)
     assert isinstance(StepwiseLayer("gru", F, 4), SequenceCore)
     assert StepwiseLayer("gru", F, 4).output_size == 4
+
+
+# --- identity normalisation: skipped exactly, any change seen ---------------------------------
+
+
+def _normalised_by_formula(model: SequenceModel, x: torch.Tensor, state: State) -> torch.Tensor:
+    """The forward pass computing every normalisation op, skipped or not."""
+    hidden, _ = model.recurrent((x - model.input_shift) / model.input_scale, state)
+    return model.head(hidden) * model.output_scale + model.output_shift
+
+
+def test_identity_normalisation_is_skipped_exactly_and_every_change_is_seen() -> None:
+    torch.manual_seed(5)
+    model = SequenceModel(input_size=F, output_size=O, cell="lstm", hidden_size=4).eval()
+    keys = sorted(model.state_dict())
+    x = torch.randn(2, 3, F)
+    state = model.initial_state(2)
+
+    def check(expected: tuple[bool, bool]) -> None:
+        with torch.no_grad():
+            y, _ = model(x, state)
+            assert torch.equal(y, _normalised_by_formula(model, x, state))
+            for T in (1, 2):  # one step (the streaming path) as well
+                step, _ = model(x[:, :T], state)
+                assert torch.equal(step, _normalised_by_formula(model, x[:, :T], state))
+        assert model._identity_normalisation() == expected
+
+    check((True, True))
+    model.set_normalization([0.5, -1.0, 0.0], [2.0, 1.0, 0.5])
+    check((False, True))
+    model.set_normalization([0.0] * F, [1.0] * F, [1.0, -2.0], [3.0, 0.5])
+    check((True, False))
+    model.set_normalization([0.0] * F, [1.0] * F, [0.0] * O, [1.0] * O)
+    check((True, True))
+    with torch.no_grad():
+        model.input_scale.fill_(4.0)  # an in-place write to a buffer, no method involved
+    check((False, True))
+    other = SequenceModel(input_size=F, output_size=O, cell="lstm", hidden_size=4)
+    model.load_state_dict(other.state_dict())  # identity again, through load_state_dict
+    check((True, True))
+    other.set_normalization([1.0] * F, [2.0] * F, [3.0] * O, [4.0] * O)
+    model.load_state_dict(other.state_dict())
+    check((False, False))
+    model.double()  # new buffer tensors
+    x, state = x.double(), model.initial_state(2)
+    check((False, False))
+    assert sorted(model.state_dict()) == keys  # nothing added to what is saved
+
+
+def test_skipping_identity_normalisation_keeps_type_promotion() -> None:
+    torch.manual_seed(6)
+    model = SequenceModel(input_size=F, output_size=O, cell="gru", hidden_size=4).eval()
+    integers = torch.randint(-3, 4, (2, 2, F))
+    with torch.no_grad():
+        # integer inputs became floats through the (identity) normalisation, and still do
+        assert torch.equal(model(integers)[0], model(integers.float())[0])
+
+
+def test_a_model_made_in_inference_mode_runs_and_copies() -> None:
+    import copy
+    import pickle
+
+    with torch.inference_mode():  # inference tensors have no version counter
+        model = SequenceModel(input_size=F, output_size=O, cell="lstm", hidden_size=4).eval()
+        x = torch.randn(1, 2, F)
+        plain, _ = model(x)
+        model.set_normalization([1.0] * F, [2.0] * F)
+        assert torch.equal(model(x)[0], _normalised_by_formula(model, x, model.initial_state(1)))
+        assert not torch.equal(model(x)[0], plain)
+    trained = SequenceModel(input_size=F, output_size=O, cell="lstm", hidden_size=4).eval()
+    trained(torch.randn(1, 1, F))  # the identity check cached
+    twin = copy.deepcopy(trained)
+    twin.set_normalization([1.0] * F, [2.0] * F)
+    assert trained._identity_normalisation() == (True, True)
+    assert twin._identity_normalisation() == (False, True)
+    assert pickle.loads(pickle.dumps(trained))._identity_normalisation() == (True, True)
+
+
+def test_group_states_refuses_another_state_type(models) -> None:
+    with pytest.raises(TypeError, match="group_states: state must be a StackState"):
+        models["mixed"].group_states(models["variants"].initial_state(1))

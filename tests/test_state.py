@@ -453,3 +453,22 @@ def test_from_bytes_never_unpickles(monkeypatch: pytest.MonkeyPatch) -> None:
         State.from_bytes(buffer.getvalue())
     # and a real state still loads with pickle unavailable
     assert State.from_bytes(GRUState.zeros(1, 1, 1).to_bytes()).equal(GRUState.zeros(1, 1, 1))
+
+
+# --- the unchecked constructor (internal) and the checked public paths -----------------------
+
+
+@pytest.mark.parametrize("cls", STATE_TYPES)
+def test_unchecked_constructor_equals_the_checked_one(cls: type[State]) -> None:
+    state = numbered(cls)
+    same = cls._unchecked(*state.tensors())
+    assert type(same) is cls and same.equal(state) and same == state
+    assert same.tensors() == state.tensors()  # the very tensors, in field order
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        same.hidden = same.hidden  # type: ignore[misc]
+
+
+def test_map_with_a_callers_function_stays_checked() -> None:
+    state = numbered(LSTMState)
+    with pytest.raises(ValueError, match=r"LSTMState\.hidden must have shape"):
+        state.map(lambda t: t[0])

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -38,8 +39,8 @@ import torch
 from torch import nn
 
 from seqstate._validate import check_bool, check_int, check_number
+from seqstate.activations import ACTIVATIONS, check_activation
 from seqstate.activations import activation as activation_function
-from seqstate.activations import check_activation
 from seqstate.cells import CELLS, Kind, cell_kind
 from seqstate.layers import GRU, LSTM, RNN
 from seqstate.state import State, stack_state_type
@@ -466,6 +467,8 @@ class SequenceModel(nn.Module):
         self.recurrent = groups[0] if len(groups) == 1 else nn.ModuleList(groups)
         self.head = linears[0] if len(linears) == 1 else nn.ModuleList(linears)
         self._head_activations = [activation_function(dense.activation) for dense in config.head]
+        # (linear, activation) per head layer, read once: forward runs on every streamed step
+        self._head_pairs = tuple(zip(linears, self._head_activations, strict=True))
         if len(groups) == 1:
             self._state_type: type[State] = getattr(groups[0], "state_type")  # noqa: B009
         else:
@@ -554,7 +557,14 @@ class SequenceModel(nn.Module):
 
     def group_states(self, state: State) -> list[State]:
         """The model's state cut into one state per group (``[layers_in_group, B, H]``)."""
-        return [state] if len(self.groups) == 1 else _group_states(self, state)
+        if len(self.groups) == 1:
+            return [state]
+        if type(state) is not self._state_type:
+            raise TypeError(
+                f"SequenceModel.group_states: state must be a {self._state_type.__name__}; "
+                f"received {type(state).__name__}"
+            )
+        return _group_states(self, state)
 
     def join_states(self, states: list[State]) -> State:
         """Inverse of :meth:`group_states`."""
@@ -581,20 +591,64 @@ class SequenceModel(nn.Module):
                     )
                 derived = derived & mask.to(derived.device).bool()
             mask = derived
-        if valid_x:
-            x = (x - self.input_shift) / self.input_scale
-        if not isinstance(self.recurrent, nn.ModuleList):
-            hidden, state = self.recurrent(x, state, reset, mask)
+        skip_input, skip_output = self._identity_normalisation()
+        buffers = self._buffers
+        if valid_x and not (skip_input and _same_kind(x, buffers["input_shift"])):
+            x = (x - buffers["input_shift"]) / buffers["input_scale"]
+        recurrent = self._modules["recurrent"]  # (not nn.Module's slower __getattr__)
+        if not isinstance(recurrent, nn.ModuleList):
+            hidden, state = recurrent(x, state, reset, mask)
         else:
             hidden, state = self._run_stack(x, state, reset, mask)
+        # The head runs on [B, T, H] even for one step: slicing to [B, H] and back costs more
+        # than it saves (benchmarks/predict.py, measured).
         y = hidden
-        for linear, act in zip(self.dense_layers, self._head_activations, strict=True):
-            y = act(linear(y))  # (B, T, units)
-        if self.config.task == "regression":
-            y = y * self.output_scale + self.output_shift
+        for linear, act in self._head_pairs:
+            y = linear(y) if act is _IDENTITY else act(linear(y))  # (B, T, units)
+        if self.config.task == "regression" and not (
+            skip_output and _same_kind(y, buffers["output_scale"])
+        ):
+            y = y * buffers["output_scale"] + buffers["output_shift"]
         if mask is not None:
             y = torch.where(mask.to(y.device).bool()[..., None], y, y.new_zeros(()))
         return y, state
+
+    def _identity_normalisation(self) -> tuple[bool, bool]:
+        """(input, output): whether the normalisation buffers hold the identity (shift 0, scale
+        1), which ``forward`` then skips (``(x - 0) / 1 == x`` exactly).
+
+        Cached against the buffers' identity and version counters, so any change (
+        :meth:`set_normalization`, ``load_state_dict``, an in-place write, ``.to()``) is seen
+        without comparing values on every call.
+        """
+        buffers = self._buffers
+        tensors = (
+            buffers["input_shift"],
+            buffers["input_scale"],
+            buffers["output_shift"],
+            buffers["output_scale"],
+        )
+        try:
+            versions = [t._version for t in tensors]  # type: ignore[union-attr]
+        except RuntimeError:  # inference-mode tensors have no version counter: compare values
+            return _identity_pair(tensors)
+        cached = _NORMALISATION_CACHE.get(self)
+        if cached is not None:
+            references, cached_versions, result = cached
+            if (
+                cached_versions == versions
+                and references[0]() is tensors[0]
+                and references[1]() is tensors[1]
+                and references[2]() is tensors[2]
+                and references[3]() is tensors[3]
+            ):
+                return result
+        result = _identity_pair(tensors)
+        # weak references: the cache never keeps a replaced buffer alive, nor matches a new
+        # tensor that happens to reuse a freed one's address
+        references = tuple(weakref.ref(t) for t in tensors)  # type: ignore[arg-type]
+        _NORMALISATION_CACHE[self] = (references, versions, result)
+        return result
 
     def _run_stack(
         self,
@@ -623,7 +677,7 @@ class SequenceModel(nn.Module):
                 hidden = nn.functional.dropout(hidden, self.config.dropout, self.training)
             hidden, new_state = group(hidden, group_state, reset, mask)
             outputs.append(new_state)
-        return hidden, self._state_type(*_split_layers(outputs))
+        return hidden, self._state_type._unchecked(*_split_layers(outputs))
 
     # --- normalisation ----------------------------------------------------------------------
 
@@ -672,6 +726,29 @@ class SequenceModel(nn.Module):
         return f"task={self.config.task}{extra}"
 
 
+_IDENTITY = ACTIVATIONS["linear"]
+
+# model -> (weak references to its four normalisation buffers, their versions, the result of
+# SequenceModel._identity_normalisation). Outside the model, so it neither pickles (weak
+# references cannot) nor travels with a deepcopy.
+_NORMALISATION_CACHE: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
+
+
+def _identity_pair(tensors: tuple[Any, ...]) -> tuple[bool, bool]:
+    """(input, output) normalisation is the identity, from the four buffers' values."""
+    input_shift, input_scale, output_shift, output_scale = tensors
+    return (
+        bool((input_shift == 0).all() and (input_scale == 1).all()),
+        bool((output_shift == 0).all() and (output_scale == 1).all()),
+    )
+
+
+def _same_kind(x: torch.Tensor, buffer: torch.Tensor) -> bool:
+    """Skipping an identity normalisation leaves ``x`` exactly as computing it would, dtype
+    (type promotion) and device included."""
+    return x.dtype == buffer.dtype and x.device == buffer.device
+
+
 def _group_module(spec: RecurrentSpec, input_size: int, count: int, dropout: float) -> nn.Module:
     """One fused multi-layer module, or one step-by-step layer (``count`` is then 1)."""
     if not spec.fused:
@@ -696,9 +773,11 @@ def _group_states(model: SequenceModel, state: State) -> list[State]:
     for (first, end), group in zip(model.config.groups(), model.groups, strict=True):
         fields = group.state_type.field_names()
         per_layer = [[next(tensors) for _ in fields] for _ in range(first, end)]
-        states.append(
-            group.state_type(*(torch.cat(parts) for parts in zip(*per_layer, strict=True)))
-        )
+        if len(per_layer) == 1:  # a group of one layer: its [1, B, H] fields as they are
+            states.append(group.state_type._unchecked(*per_layer[0]))
+        else:
+            parts = zip(*per_layer, strict=True)
+            states.append(group.state_type._unchecked(*(torch.cat(part) for part in parts)))
     return states
 
 

@@ -82,18 +82,32 @@ class State:
         return names
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return tuple(getattr(self, name) for name in self.field_names())
+        # The instance dict in field order (a frozen dataclass keeps its fields there): no
+        # generator of getattr calls, as this runs several times on every streamed step.
+        values = self.__dict__
+        return tuple([values[name] for name in self.field_names()])
+
+    @classmethod
+    def _unchecked(cls: type[S], *tensors: torch.Tensor) -> S:
+        """``cls(*tensors)`` without the shape checks of ``__post_init__``, for internal callers
+        whose tensors are valid by construction (a layer's step, a row operation). Public
+        construction (``cls(...)``, :meth:`from_bytes`) stays checked."""
+        state = object.__new__(cls)
+        state.__dict__.update(zip(cls.field_names(), tensors, strict=True))
+        return state
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         # Allows ``h, c = state`` like torch's ``(h, c)`` tuples.
         return iter(self.tensors())
 
     def _replace(self: S, tensors: Sequence[torch.Tensor]) -> S:
-        return type(self)(*tensors)
+        """A state of this type from tensors that the row operations below shaped validly."""
+        return type(self)._unchecked(*tensors)
 
     def map(self: S, fn: Any) -> S:
-        """Apply ``fn`` to every tensor field and return a new state of the same type."""
-        return self._replace([fn(t) for t in self.tensors()])
+        """Apply ``fn`` to every tensor field and return a new state of the same type (checked:
+        ``fn`` is the caller's)."""
+        return type(self)(*[fn(t) for t in self.tensors()])
 
     @property
     def num_layers(self) -> int:
@@ -199,16 +213,16 @@ class State:
         """Zero the given rows; other rows keep their values (gradients flow through them)."""
         # torch.where, not multiplication: a NaN/inf in a reset row must not survive as NaN*0.
         reset = self._row_mask(rows).view(1, -1, 1)
-        return self.map(lambda t: torch.where(reset, t.new_zeros(()), t))
+        return self._replace([torch.where(reset, t.new_zeros(()), t) for t in self.tensors()])
 
     def detach(self: S) -> S:
         """Cut the autograd graph (the TBPTT boundary between windows)."""
-        return self.map(torch.Tensor.detach)
+        return self._replace([t.detach() for t in self.tensors()])
 
     def select(self: S, rows: Rows) -> S:
         """The state of the given rows only: ``(layers, len(rows), H)``."""
         index = self._row_index(rows).to(self.device)
-        return self.map(lambda t: t.index_select(1, index))
+        return self._replace([t.index_select(1, index) for t in self.tensors()])
 
     def scatter(self: S, rows: Rows, other: S) -> S:
         """A new state equal to this one with ``rows`` replaced by the rows of ``other``."""
