@@ -485,3 +485,30 @@ def test_a_model_made_in_inference_mode_runs_and_copies() -> None:
 def test_group_states_refuses_another_state_type(models) -> None:
     with pytest.raises(TypeError, match="group_states: state must be a StackState"):
         models["mixed"].group_states(models["variants"].initial_state(1))
+
+
+class _Exported(torch.nn.Module):
+    """A SequenceModel with its state as a plain tensor (what torch.export takes)."""
+
+    def __init__(self, model: SequenceModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        y, _ = self.model(x, self.model.state_type(hidden))
+        return y
+
+
+# torch's RNN modules refresh their _flat_weights list when export swaps in its parameters
+@pytest.mark.filterwarnings("ignore:The tensor attributes .*_flat_weights:UserWarning")
+@pytest.mark.parametrize("normalised", [False, True])
+def test_torch_export_traces_the_model_with_either_normalisation(normalised: bool) -> None:
+    # regression: the cached identity check (data-dependent) broke torch.export's tracing
+    torch.manual_seed(7)
+    model = SequenceModel(input_size=F, output_size=O, cell="gru", hidden_size=4).eval()
+    if normalised:
+        model.set_normalization([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [0.5, 1.0], [2.0, 3.0])
+    x, hidden = torch.randn(2, 5, F), torch.randn(1, 2, 4)
+    exported = torch.export.export(_Exported(model), (x, hidden), strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x, hidden), _Exported(model)(x, hidden))

@@ -591,7 +591,10 @@ class SequenceModel(nn.Module):
                     )
                 derived = derived & mask.to(derived.device).bool()
             mask = derived
-        skip_input, skip_output = self._identity_normalisation()
+        # (traced for export or compilation: the plain ops, no data-dependent check)
+        skip_input, skip_output = (
+            (False, False) if torch.compiler.is_compiling() else self._identity_normalisation()
+        )
         buffers = self._buffers
         if valid_x and not (skip_input and _same_kind(x, buffers["input_shift"])):
             x = (x - buffers["input_shift"]) / buffers["input_scale"]
