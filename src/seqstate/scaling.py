@@ -272,6 +272,20 @@ class Scaling:
         # A series the run never saw: its own rows are all it has (its context).
         return robust_location_scale(_series_values(table, index, self.columns))
 
+    def scale_values(
+        self, table: Any, index: int, names: Sequence[str], values: np.ndarray
+    ) -> np.ndarray:
+        """``values [..., K]`` of the columns ``names`` (e.g. known future covariates) scaled
+        with the statistics of series ``index`` of the transformed ``table``."""
+        location, scale = self.statistics_for(table, index)
+        try:
+            picked = [self.columns.index(name) for name in names]
+        except ValueError:
+            raise ValueError(
+                f"columns {list(names)} are not all among the scaled columns {list(self.columns)}."
+            ) from None
+        return _scaled(np.asarray(values), location[picked], scale[picked])
+
     def fitted_on(self, series_id: Any) -> bool:
         return self.config.method != "series" or self._row_of(series_id) is not None
 
