@@ -440,6 +440,45 @@ def verdict(rows: list[dict]) -> list[str]:
     return lines
 
 
+def thread_check(pairs: int, quick: bool) -> str:
+    """Training throughput with 1 vs 2 intra-op threads, interleaved pairs (fit only)."""
+    from seqstate.lanes import Lanes
+    from seqstate.model import SequenceModel
+    from seqstate.threads import choose_threads
+    from seqstate.train import fit
+
+    rng = np.random.default_rng(0)
+    lines = [
+        "",
+        "### Intra-op threads (`seqstate.threads`): training steps/s, 1 vs 2 threads",
+        "",
+        "Interleaved pairs in one process, median of per-pair ratios; what `choose_threads` "
+        "picks for each size.",
+        "",
+        "| model (lanes x hidden) | 1 thread s | 2 threads s | 2 / 1 time | auto picks |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for lanes, hidden in ((32, 64), (64, 512)):
+        steps = lanes * 64 * (4 if quick else 16)
+        data = rng.standard_normal((steps, 1)).astype(np.float32)
+        plan = Lanes.from_series(data[:-1], lanes=lanes, window=64, target=data[1:])
+        times: dict[int, list[float]] = {1: [], 2: []}
+        for _ in range(pairs):
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                model = SequenceModel(input_size=1, output_size=1, hidden_size=hidden)
+                start = time.perf_counter()
+                fit(model, plan, epochs=1, progress=False, device="cpu", seed=0)
+                times[threads].append(time.perf_counter() - start)
+        torch.set_num_threads(1)
+        ratios = [b / a for a, b in zip(times[1], times[2], strict=True)]
+        lines.append(
+            f"| {lanes} x {hidden} | {np.median(times[1]):.2f} | {np.median(times[2]):.2f} | "
+            f"{np.median(ratios):.2f} | {choose_threads(lanes=lanes, hidden_size=hidden)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small data, few steps: a smoke run")
@@ -447,6 +486,7 @@ def main() -> int:
     parser.add_argument("--only", action="append", default=[], help="run only this method")
     parser.add_argument("--dataset", action="append", default=[], help="us_employment|sunspots")
     parser.add_argument("--no-write", action="store_true", help="print, do not write the file")
+    parser.add_argument("--thread-pairs", type=int, default=3, help="1-vs-2-thread pairs (0: skip)")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -459,6 +499,8 @@ def main() -> int:
     arguments = " ".join(["benchmarks/forecast.py", *sys.argv[1:]])
     command = f"PYTHONPATH=src .venv/bin/python {arguments}"
     text = report(datasets, results, seeds, command)
+    if args.thread_pairs:
+        text += thread_check(args.thread_pairs, args.quick)
     print(text)
     if not args.no_write:
         write_section("forecast", text)
