@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import json
 import logging
 import os
 import sys
@@ -344,11 +345,22 @@ def scores(dataset: Dataset, forecast: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def run(datasets: list[Dataset], seeds: list[int], quick: bool, only: list[str]) -> list[dict]:
+def run(
+    datasets: list[Dataset],
+    seeds: list[int],
+    quick: bool,
+    only: list[str],
+    cached: list[dict],
+) -> list[dict]:
     results = []
     for dataset in datasets:
         for name, (method, seeded) in METHODS.items():
             if only and name not in only:
+                continue
+            earlier = [r for r in cached if r["dataset"] == dataset.name and r["method"] == name]
+            if earlier:
+                print(f"  {dataset.name:<14} {name:<22} from the earlier run", flush=True)
+                results.append({**earlier[0], "earlier": True})
                 continue
             runs = []
             for seed in seeds if seeded else seeds[:1]:
@@ -366,6 +378,10 @@ def run(datasets: list[Dataset], seeds: list[int], quick: bool, only: list[str])
             if runs:
                 results.append({"dataset": dataset.name, "method": name, "runs": runs})
     return results
+
+
+def seeded(row: dict) -> bool:
+    return METHODS[row["method"]][1]
 
 
 def _cell(runs: list[dict], key: str) -> str:
@@ -388,7 +404,9 @@ def report(datasets: list[Dataset], results: list[dict], seeds: list[int], comma
         "Each series without its last `horizon` months is the history; every method forecasts "
         "those months. RMSE and MAE are in raw units over all forecast points; MASE is the MAE "
         "over the in-sample seasonal-naive (lag 12) MAE, averaged over series. Training time "
-        "is the fit's wall time (seqstate: the whole `seqstate train` command).",
+        "is the fit's wall time (seqstate: the whole `seqstate train` command). † marks "
+        "results reused from an earlier run on the same data, split and machine "
+        "(`--peers-from`), so their training time saw another load.",
     ]
     for dataset in datasets:
         rows = [r for r in results if r["dataset"] == dataset.name]
@@ -403,7 +421,12 @@ def report(datasets: list[Dataset], results: list[dict], seeds: list[int], comma
         ]
         for row in rows:
             cells = [_cell(row["runs"], key) for key in ("rmse", "mae", "mase", "seconds")]
-            lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+            seeds_used = len(row["runs"])
+            name = row["method"] + (
+                f" ({seeds_used} seed)" if seeds_used == 1 and seeded(row) else ""
+            )
+            name += " †" if row.get("earlier") else ""
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines += ["", *verdict(rows)]
     return "\n".join(lines) + "\n"
 
@@ -486,6 +509,11 @@ def main() -> int:
     parser.add_argument("--only", action="append", default=[], help="run only this method")
     parser.add_argument("--dataset", action="append", default=[], help="us_employment|sunspots")
     parser.add_argument("--no-write", action="store_true", help="print, do not write the file")
+    parser.add_argument("--save-results", help="write the raw results as JSON to this file")
+    parser.add_argument(
+        "--peers-from",
+        help="reuse the peers' results from an earlier --save-results file (seqstate reruns)",
+    )
     parser.add_argument("--thread-pairs", type=int, default=3, help="1-vs-2-thread pairs (0: skip)")
     args = parser.parse_args()
 
@@ -495,7 +523,16 @@ def main() -> int:
     chosen = args.dataset or list(loaders)
     datasets = [loaders[name](args.quick) for name in chosen]
     seeds = list(range(1 if args.quick else args.seeds))
-    results = run(datasets, seeds, args.quick, args.only)
+    cached = []
+    if args.peers_from:
+        cached = [
+            r
+            for r in json.loads(Path(args.peers_from).read_text())
+            if not r["method"].startswith("seqstate")
+        ]
+    results = run(datasets, seeds, args.quick, args.only, cached)
+    if args.save_results:
+        Path(args.save_results).write_text(json.dumps(results, indent=1))
     arguments = " ".join(["benchmarks/forecast.py", *sys.argv[1:]])
     command = f"PYTHONPATH=src .venv/bin/python {arguments}"
     text = report(datasets, results, seeds, command)
