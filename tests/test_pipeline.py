@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from seqstate.model import SequenceModel
-from seqstate.pipeline import encode_table, forecast_table, predict_table
+from seqstate.pipeline import RunForecaster, encode_table, forecast_table, predict_table
 from seqstate.prediction import forecast
 from seqstate.scaling import Scaling, ScalingConfig
 from seqstate.sources import read_table
@@ -103,3 +103,50 @@ def test_missing_future_inputs_are_named():
         forecast_table([model(0, 3)], encode_table(table, None, ["month"]), 2)
     with pytest.raises(TypeError, match="models must be a non-empty list"):
         forecast_table([], table, 2)
+
+
+def test_run_forecaster_reads_covariates_and_times_from_the_future_rows():
+    frame = panel(months=46)
+    frame["price"] = np.arange(len(frame), dtype=float) % 7
+    full = read_table(
+        frame,
+        features=["value", "price"],
+        targets=["value"],
+        id_column="id",
+        time_column="month",
+    )
+    history = full.slice_steps(0, 40)
+    future = full.slice_steps(40, 46)
+    scaling = Scaling.fit(history)
+    members = [model(0, 4)]
+    forecaster = RunForecaster(members, scaling, ("month",))
+    result = forecaster.forecast(history, 6, future)
+    expected = forecast_table(
+        members,
+        history,
+        6,
+        scaling=scaling,
+        calendar=["month"],
+        future_times=list(future.times),
+        covariates=[f[:, 1:2] for f in future.features],
+        covariate_names=["price"],
+    )
+    np.testing.assert_array_equal(result, np.stack(expected.mean))
+    assert result.shape == (2, 6, 1)
+    # The price matters: other future prices give another forecast.
+    changed = [f.copy() for f in future.features]
+    for f in changed:
+        f[:, 1] += 100.0
+    other = forecast_table(
+        members,
+        history,
+        6,
+        scaling=scaling,
+        calendar=["month"],
+        future_times=list(future.times),
+        covariates=[f[:, 1:2] for f in changed],
+        covariate_names=["price"],
+    )
+    assert not np.allclose(np.stack(other.mean)[:, 1:], result[:, 1:])
+    with pytest.raises(ValueError, match=r"covariates \['price'\]; pass their future rows"):
+        forecaster.forecast(history, 6)

@@ -24,7 +24,13 @@ import numpy as np
 from seqstate.covariates import calendar_features, calendar_names, with_calendar
 from seqstate.scaling import Scaling
 
-__all__ = ["TableOutputs", "encode_table", "forecast_table", "predict_table"]
+__all__ = [
+    "RunForecaster",
+    "TableOutputs",
+    "encode_table",
+    "forecast_table",
+    "predict_table",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,3 +179,45 @@ def _combine(members: list[list[np.ndarray]]) -> TableOutputs:
         mean.append(stacked.mean(axis=0))
         spread.append(stacked.std(axis=0))
     return TableOutputs(mean, spread)
+
+
+@dataclasses.dataclass
+class RunForecaster:
+    """A trained run seen from outside, on raw tables: its models (one, or an ensemble's
+    members), its :class:`Scaling` and calendar features. ``predict(table)`` and
+    ``forecast(table, horizon, future)`` answer in raw units (the evaluation protocol:
+    ``future`` holds the next ``horizon`` rows of each series; its times stamp the calendar
+    features, its non-target feature columns are the known future covariates)."""
+
+    models: list[Any]
+    scaling: Scaling | None = None
+    calendar: tuple[str, ...] = ()
+
+    def predict(self, table: Any) -> list[np.ndarray]:
+        return predict_table(self.models, table, scaling=self.scaling, calendar=self.calendar).mean
+
+    def forecast(self, table: Any, horizon: int, future: Any = None) -> np.ndarray:
+        columns = table.columns
+        names = [name for name in columns.features if name not in columns.targets]
+        covariates = None
+        if names:
+            if future is None:
+                raise ValueError(f"the run reads the covariates {names}; pass their future rows.")
+            picked = [columns.features.index(name) for name in names]
+            covariates = [np.asarray(f)[:horizon, picked] for f in future.features]
+        times = None
+        if self.calendar:
+            if future is None:
+                raise ValueError("the run reads calendar features; pass the future rows' times.")
+            times = [np.asarray(t)[:horizon] for t in future.times]
+        result = forecast_table(
+            self.models,
+            table,
+            horizon,
+            scaling=self.scaling,
+            calendar=self.calendar,
+            future_times=times,
+            covariates=covariates,
+            covariate_names=names,
+        )
+        return np.stack(result.mean)
