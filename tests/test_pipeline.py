@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from seqstate.model import SequenceModel
-from seqstate.pipeline import RunForecaster, encode_table, forecast_table, predict_table
+from seqstate.pipeline import (
+    RunForecaster,
+    RunMember,
+    encode_table,
+    forecast_table,
+    predict_table,
+)
 from seqstate.prediction import forecast
 from seqstate.scaling import Scaling, ScalingConfig
 from seqstate.sources import read_table
@@ -119,7 +125,7 @@ def test_run_forecaster_reads_covariates_and_times_from_the_future_rows():
     future = full.slice_steps(40, 46)
     scaling = Scaling.fit(history)
     members = [model(0, 4)]
-    forecaster = RunForecaster(members, scaling, ("month",))
+    forecaster = RunForecaster([RunMember(m, scaling, ("month",)) for m in members])
     result = forecaster.forecast(history, 6, future)
     expected = forecast_table(
         members,

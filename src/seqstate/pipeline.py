@@ -26,9 +26,11 @@ from seqstate.scaling import Scaling
 
 __all__ = [
     "RunForecaster",
+    "RunMember",
     "TableOutputs",
     "encode_table",
     "forecast_table",
+    "load_forecaster",
     "predict_table",
 ]
 
@@ -181,22 +183,42 @@ def _combine(members: list[list[np.ndarray]]) -> TableOutputs:
     return TableOutputs(mean, spread)
 
 
-@dataclasses.dataclass
-class RunForecaster:
-    """A trained run seen from outside, on raw tables: its models (one, or an ensemble's
-    members), its :class:`Scaling` and calendar features. ``predict(table)`` and
-    ``forecast(table, horizon, future)`` answer in raw units (the evaluation protocol:
-    ``future`` holds the next ``horizon`` rows of each series; its times stamp the calendar
-    features, its non-target feature columns are the known future covariates)."""
+@dataclasses.dataclass(frozen=True)
+class RunMember:
+    """One trained model with the preparation it was trained with."""
 
-    models: list[Any]
+    model: Any
     scaling: Scaling | None = None
     calendar: tuple[str, ...] = ()
 
+
+@dataclasses.dataclass
+class RunForecaster:
+    """A trained run seen from outside, on raw tables: one member, or the members of an
+    ensemble (``seqstate train --seeds K``), each with its own scaling and calendar.
+
+    ``predict(table)`` and ``forecast(table, horizon, future)`` answer in raw units, the mean
+    over the members (:meth:`forecast_outputs` also gives their spread). ``future`` holds the
+    next ``horizon`` rows of each series: its times stamp the calendar features, its
+    non-target feature columns are the known future covariates.
+    """
+
+    members: list[RunMember]
+
     def predict(self, table: Any) -> list[np.ndarray]:
-        return predict_table(self.models, table, scaling=self.scaling, calendar=self.calendar).mean
+        return self.predict_outputs(table).mean
+
+    def predict_outputs(self, table: Any) -> TableOutputs:
+        parts = [
+            predict_table([m.model], table, scaling=m.scaling, calendar=m.calendar).mean
+            for m in self.members
+        ]
+        return _combine(parts)
 
     def forecast(self, table: Any, horizon: int, future: Any = None) -> np.ndarray:
+        return np.stack(self.forecast_outputs(table, horizon, future).mean)
+
+    def forecast_outputs(self, table: Any, horizon: int, future: Any = None) -> TableOutputs:
         columns = table.columns
         names = [name for name in columns.features if name not in columns.targets]
         covariates = None
@@ -206,18 +228,34 @@ class RunForecaster:
             picked = [columns.features.index(name) for name in names]
             covariates = [np.asarray(f)[:horizon, picked] for f in future.features]
         times = None
-        if self.calendar:
+        if any(member.calendar for member in self.members):
             if future is None:
                 raise ValueError("the run reads calendar features; pass the future rows' times.")
             times = [np.asarray(t)[:horizon] for t in future.times]
-        result = forecast_table(
-            self.models,
-            table,
-            horizon,
-            scaling=self.scaling,
-            calendar=self.calendar,
-            future_times=times,
-            covariates=covariates,
-            covariate_names=names,
-        )
-        return np.stack(result.mean)
+        parts = [
+            forecast_table(
+                [member.model],
+                table,
+                horizon,
+                scaling=member.scaling,
+                calendar=member.calendar,
+                future_times=times,
+                covariates=covariates,
+                covariate_names=names,
+            ).mean
+            for member in self.members
+        ]
+        return _combine(parts)
+
+
+def load_forecaster(run_dir: Any) -> RunForecaster:
+    """The :class:`RunForecaster` of a run directory: the run and its ensemble members."""
+    from seqstate.checkpoint import load_model, read_model_json
+    from seqstate.preparation import load, member_dirs
+
+    members = []
+    for directory in member_dirs(run_dir):
+        metadata = read_model_json(directory).get("metadata", {})
+        scaling, calendar = load(directory, metadata)
+        members.append(RunMember(load_model(directory), scaling, calendar))
+    return RunForecaster(members)
