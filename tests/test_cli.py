@@ -17,7 +17,9 @@ import torch
 from seqstate.checkpoint import load_model, read_model_json
 from seqstate.cli import main
 from seqstate.holdout import split_tail
+from seqstate.pipeline import load_forecaster
 from seqstate.prediction import predict
+from seqstate.scaling import Scaling
 from seqstate.sources import Normalization, read_table
 
 TINY = ["--lanes", "3", "--window", "8", "--epochs", "2", "--hidden-size", "8", "--no-progress"]
@@ -100,13 +102,18 @@ def test_train_records_columns_split_and_train_only_normalisation(run, data):
     )
     train, _ = split_tail(table, 0.2)
     assert metadata["split"]["ids"]["validation"] == table.ids
+    # Per-series scaling (the default with an id column) is fitted on each series' training
+    # rows; the model's normalisation then sees the scaled rows.
+    scaling = Scaling.load(run)
+    assert scaling is not None and scaling.config.method == "series"
+    assert scaling.ids == train.ids
     # The run that chose the epoch count normalised with its training rows only ...
-    stats = Normalization.fit(train)
+    stats = Normalization.fit(scaling.scale_table(train))
     selection = load_model(run / "selection")
     torch.testing.assert_close(selection.input_shift, torch.tensor(stats.input_mean))
     torch.testing.assert_close(selection.output_scale, torch.tensor(stats.output_std))
     # ... the refit, trained on every row, with every row.
-    everything = Normalization.fit(table)
+    everything = Normalization.fit(scaling.scale_table(table))
     model = load_model(run)
     torch.testing.assert_close(model.input_shift, torch.tensor(everything.input_mean))
     torch.testing.assert_close(model.output_scale, torch.tensor(everything.output_std))
@@ -130,8 +137,13 @@ def test_predict_writes_one_row_per_input_row(run, data, tmp_path, capsys):
     written = pd.read_csv(out)
     assert list(written.columns) == ["id", "t", "predicted_value"]
     assert len(written) == len(pd.read_csv(data))
-    table = read_table(data, features=["value", "aux"], id_column="id", time_column="t")
-    expected = predict(load_model(run), table.features)
+    table = read_table(
+        data, features=["value", "aux"], targets=["value"], id_column="id", time_column="t"
+    )
+    # The model reads each series scaled by the run's scaling; the output is in raw units.
+    scaling = Scaling.load(run)
+    expected = predict(load_model(run), scaling.encode(table).features)
+    expected = [scaling.decode_predictions(table, i, e) for i, e in enumerate(expected)]
     first = written[written["id"] == table.ids[0]]
     np.testing.assert_array_equal(first["t"], table.times[0])
     np.testing.assert_allclose(first["predicted_value"], expected[0][:, 0], rtol=1e-5, atol=1e-6)
@@ -155,7 +167,7 @@ def test_evaluate_prints_metrics(run, data, capsys):
     table = read_table(
         data, features=["value", "aux"], targets=["value"], id_column="id", time_column="t"
     )
-    outputs = predict(load_model(run), table.features)
+    outputs = load_forecaster(run).predict(table)  # raw units, through the scaling
     rmse = [
         np.sqrt(np.mean((output[:-1, 0] - target[1:, 0]) ** 2))
         for output, target in zip(outputs, table.targets, strict=True)
@@ -179,12 +191,31 @@ def test_forecast_continues_each_series(forecast_run, data, tmp_path):
     assert list(first["horizon"]) == [1, 2, 3, 4]
 
 
-def test_forecast_refuses_runs_with_unforecast_features(run, data, tmp_path, capsys):
+def test_forecast_needs_the_future_of_covariates(run, data, tmp_path, capsys):
     out = tmp_path / "f.csv"
     assert main(["forecast", str(run), str(data), "--horizon", "2", "--out", str(out)]) == 1
     error = capsys.readouterr().err
-    assert error.startswith("seqstate: error: this run forecasts ['value'] from ['value', 'aux']")
+    assert error.startswith(
+        "seqstate: error: this run reads the covariates ['aux'] besides ['value']: give their "
+        "future values with --covariates FILE"
+    )
     assert not out.exists()
+    # With the future values of aux, each series is forecast from its own end.
+    history = pd.read_csv(data)
+    last = history.groupby("id")["t"].max()
+    future = pd.DataFrame(
+        [{"id": key, "t": end + h, "aux": 0.5 * h} for key, end in last.items() for h in (1, 2)]
+    )
+    future_path = tmp_path / "future.csv"
+    future.to_csv(future_path, index=False)
+    args = ["forecast", str(run), str(data), "--horizon", "2", "--out", str(out)]
+    assert main([*args, "--covariates", str(future_path)]) == 0
+    written = pd.read_csv(out)
+    assert len(written) == 2 * len(last) and np.isfinite(written["value"]).all()
+    short = tmp_path / "short.csv"
+    future[future["t"] != future["id"].map(last) + 2].to_csv(short, index=False)
+    assert main([*args, "--covariates", str(short)]) == 1
+    assert "needs 2, one per forecast step" in capsys.readouterr().err
 
 
 def test_config_file_and_flags(data, tmp_path):

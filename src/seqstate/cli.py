@@ -26,6 +26,8 @@ from seqstate.cli_evaluation import (
     backtest_command,
     evaluate_command,
 )
+from seqstate.preparation import add_arguments as add_preparation_arguments
+from seqstate.preparation import flag_settings as preparation_flag_settings
 from seqstate.recipe import SECTIONS, default_settings
 from seqstate.recipe import fit_fields as recipe_fit_fields
 
@@ -201,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.add_argument("data", metavar="DATA", help="the history: table with the run's columns")
     forecast.add_argument("--horizon", type=int, required=True, help="steps to forecast")
     forecast.add_argument(
+        "--covariates",
+        help="table of the known future values of the run's non-target features (id, time)",
+    )
+    forecast.add_argument(
         "--out", "-o", required=True, help="output table (.csv, .tsv or .parquet)"
     )
 
@@ -287,6 +293,11 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="no progress (default: a bar on a terminal, a line per epoch in a log)",
     )
     fit.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    fit.add_argument(
+        "--seeds", type=int, help="train K seeds; predict/forecast average them (default 1)"
+    )
+    fit.add_argument("--threads", help="intra-op threads: auto (1 unless the model is large) or N")
+    add_preparation_arguments(parser)
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,10 +336,13 @@ def load_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("fit", "progress"): False if args.no_progress or args.quiet else None,
         ("run", "seed"): args.seed,
         ("run", "out"): getattr(args, "out", None),
+        ("run", "seeds"): getattr(args, "seeds", None),
+        ("run", "threads"): _threads_flag(getattr(args, "threads", None)),
     }
     for (section, key), value in flags.items():
         if value is not None:
             settings[section][key] = value
+    settings["scaling"].update(preparation_flag_settings(args))
     data = settings["data"]
     for key in ("features", "targets"):
         if isinstance(data[key], str):
@@ -346,6 +360,15 @@ def load_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             f"split.by must be auto, series, time or none; received {settings['split']['by']!r}"
         )
     return settings
+
+
+def _threads_flag(value: str | None) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise CliError(f"--threads must be 'auto' or an int >= 1; received {value!r}") from None
 
 
 def _merge_toml(settings: dict[str, dict[str, Any]], path: Path) -> None:
@@ -400,15 +423,18 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_run(args: argparse.Namespace, *, main: bool) -> int:
-    from seqstate.recipe import train_run
+    from seqstate.recipe import train_ensemble, train_run
 
     settings = load_settings(args)
-    result = train_run(
-        settings,
-        resume=bool(args.resume),
-        main=main,
-        announce=None if args.quiet else lambda line: print(line, file=sys.stderr),
-    )
+    announce = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    if settings["run"]["seeds"] != 1:
+        if args.distributed:
+            raise CliError("--seeds K trains K runs one after the other; drop --distributed")
+        results = train_ensemble(settings, resume=bool(args.resume), announce=announce)
+        if not args.quiet:
+            _print_ensemble(results, settings)
+        return 0
+    result = train_run(settings, resume=bool(args.resume), main=main, announce=announce)
     if not main or args.quiet:
         return 0
     out = result.out
@@ -441,6 +467,30 @@ def _history_line(label: str, history: Any) -> str:
     return f"{label}: {len(history)} epoch(s){stopped}; best epoch {best['epoch']}: {shown}"
 
 
+def _print_ensemble(results: list[Any], settings: dict[str, dict[str, Any]]) -> None:
+    """One line per member and the spread of their best validation (or training) loss."""
+    import numpy as np
+
+    losses = []
+    key = "loss"
+    for k, result in enumerate(results):
+        history = result.history
+        best = history.records[history.best_epoch or len(history.records) - 1]
+        key = "val_loss" if "val_loss" in best else "loss"
+        losses.append(float(best[key]))
+        seed = settings["run"]["seed"] + k
+        print(f"seed {seed}: {len(history)} epoch(s), best {key}={losses[-1]:.4g}")
+    spread = np.std(losses)
+    print(
+        f"ensemble of {len(results)} seeds: best {key} mean {np.mean(losses):.4g}, spread (std) "
+        f"{spread:.3g}, min {min(losses):.4g}, max {max(losses):.4g}; predict/forecast "
+        "average the members"
+    )
+    out = results[0].out
+    print(f"wrote {out}/ (model.json, ..., members/seed-*/)")
+    print(f"next: seqstate forecast {out} {settings['data']['path']} --horizon H --out f.csv")
+
+
 def _load_run(run_dir: str) -> tuple[Any, dict[str, Any], Any]:
     from seqstate.checkpoint import load_model, read_model_json
     from seqstate.sources import Columns
@@ -470,7 +520,7 @@ def _read_for_run(path: str, columns: Any, *, require_targets: bool) -> Any:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from seqstate.evaluation import ModelForecaster
+    from seqstate.pipeline import load_forecaster
 
     model, metadata, columns = _load_run(args.run_dir)
     table = _read_for_run(args.data, columns, require_targets=True)
@@ -479,7 +529,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     warned = _trained_past(metadata, args.warmup_until)
     if warned and not args.json:
         print(f"note: {warned}", file=sys.stderr)
-    return evaluate_command(args, ModelForecaster(model), table)
+    # The run's models with its scaling and calendar (#13): answers in raw units.
+    return evaluate_command(args, load_forecaster(args.run_dir), table)
 
 
 def _trained_past(metadata: dict[str, Any], until: str | None) -> str | None:
@@ -509,8 +560,13 @@ def _evaluate_pooled(args: argparse.Namespace, model: Any, metadata: Any, table:
     """Classification: accuracy and loss over every row from a zero state."""
     import json
 
+    from seqstate.pipeline import encode_table
+    from seqstate.preparation import load as load_preparation
     from seqstate.train import evaluate
 
+    # Scored in the units the model reads: each series scaled as the run scaled it.
+    scaling, calendar = load_preparation(args.run_dir, metadata)
+    table = encode_table(table, scaling, calendar)
     layout = metadata.get("layout", {})
     lanes = table.lanes(
         lanes=int(layout.get("lanes", 32)), window=int(layout.get("window", 64)), segments=False
@@ -582,6 +638,9 @@ def _predict(args: argparse.Namespace) -> int:
     model, _, columns = _load_run(args.run_dir)
     table = _read_for_run(args.data, columns, require_targets=False)
     names = _output_names(columns, model)
+    forecaster = _prepared_forecaster(args.run_dir, columns)
+    if forecaster is not None:
+        return _predict_prepared(args, forecaster, table, columns, names, target, kind)
     batch = args.batch_size or 256
     frames = []
     groups = range(0, len(table), batch)
@@ -613,6 +672,53 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepared_forecaster(run_dir: str, columns: Any) -> Any:
+    """The run's :class:`seqstate.pipeline.RunForecaster` when it has a scaling, calendar
+    features or ensemble members (regression runs since #13); None: the model alone."""
+    from seqstate.pipeline import load_forecaster
+
+    if columns.task != "regression":
+        return None
+    forecaster = load_forecaster(run_dir)
+    members = forecaster.members
+    if len(members) == 1 and members[0].scaling is None and not members[0].calendar:
+        return None
+    return forecaster
+
+
+def _predict_prepared(
+    args: argparse.Namespace,
+    forecaster: Any,
+    table: Any,
+    columns: Any,
+    names: list[str],
+    target: Path,
+    kind: str,
+) -> int:
+    import pandas as pd
+
+    outputs = forecaster.predict_outputs(table)
+    several = len(forecaster.members) > 1
+    frames = []
+    for index in range(len(table)):
+        data = _key_columns(columns, table, index, table.times[index])
+        data |= {name: outputs.mean[index][:, j] for j, name in enumerate(names)}
+        if several:
+            data |= {f"{name}_spread": outputs.spread[index][:, j] for j, name in enumerate(names)}
+        frames.append(pd.DataFrame(data))
+    frame = pd.concat(frames, ignore_index=True)
+    _write_frame(frame, target, kind)
+    ahead = "the same step" if columns.shift == 0 else f"{columns.shift} step(s) ahead"
+    mean = (
+        f"the mean of {len(forecaster.members)} seeds' predictions" if several else "the prediction"
+    )
+    print(
+        f"wrote {len(frame)} rows to {target}: {', '.join(names)} = {mean} of "
+        f"{', '.join(columns.targets)} {ahead}, from the rows up to each row (raw units)"
+    )
+    return 0
+
+
 def _output_names(columns: Any, model: Any) -> list[str]:
     if columns.task == "classification":
         return [f"predicted_{columns.targets[0]}"]
@@ -625,49 +731,78 @@ def _output_names(columns: Any, model: Any) -> list[str]:
 
 
 def _forecast(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import numpy as np
     import pandas as pd
 
     from seqstate.calendar import future_times
-    from seqstate.prediction import forecast
+    from seqstate.covariates import future_covariates
+    from seqstate.pipeline import load_forecaster
 
     target, kind = _output_path(args.out)
     if args.horizon is None or args.horizon < 1:
         raise CliError(f"--horizon must be an int >= 1; received {args.horizon}")
-    model, _, columns = _load_run(args.run_dir)
+    _, _, columns = _load_run(args.run_dir)
     if columns.task != "regression" or columns.shift != 1:
         raise CliError(
             "forecast feeds each prediction back as the next input, which needs a regression "
             f"run trained with shift 1; this run has task {columns.task!r} and shift "
             f"{columns.shift}. Use `seqstate predict` instead"
         )
-    covariates = [name for name in columns.features if name not in columns.targets]
-    if covariates or len(columns.targets) != len(columns.features):
+    missing = [name for name in columns.targets if name not in columns.features]
+    if missing:
         raise CliError(
             f"this run forecasts {list(columns.targets)} from {list(columns.features)}: the "
-            f"features {covariates} are not forecast, so their future values would be needed. "
-            "`seqstate forecast` needs targets == features; use seqstate.forecast(..., "
-            "covariates=...) in Python"
+            f"targets {missing} are not inputs, so a forecast cannot be fed back. Use "
+            "`seqstate predict` instead"
+        )
+    covariates = [name for name in columns.features if name not in columns.targets]
+    if covariates and not args.covariates:
+        raise CliError(
+            f"this run reads the covariates {covariates} besides {list(columns.targets)}: give "
+            "their future values with --covariates FILE (the id and time columns and one row "
+            "per forecast step after each series' end)"
         )
     table = _read_for_run(args.data, columns, require_targets=False)
-    fed = [columns.features.index(name) for name in columns.targets]
-    result = forecast(model, table.features, args.horizon, target_features=fed)  # (n, H, O)
-    names = _output_names(columns, model)
-    frames = []
-    for index, times in enumerate(table.times):
+    horizon = args.horizon
+    stamps = []
+    for times in table.times:
         # On the series' own calendar: monthly data steps by months, not by 31 days.
-        future = times[-1] + np.arange(1, args.horizon + 1) if columns.time is None else None
-        if future is None:
-            future = future_times(times, args.horizon)
-        data = _key_columns(columns, table, index, future)
-        data["horizon"] = np.arange(1, args.horizon + 1)
-        data |= {name: result[index][:, j] for j, name in enumerate(names)}
+        if columns.time is None:
+            stamps.append(times[-1] + np.arange(1, horizon + 1))
+        else:
+            stamps.append(future_times(times, horizon))
+    known = future_covariates(args.covariates, covariates, table, horizon) if covariates else None
+    features = []
+    for index in range(len(table)):
+        # The future rows: the fed target columns are unknown (NaN), the covariates known.
+        rows = np.full((horizon, len(columns.features)), np.nan, dtype=np.float32)
+        if known is not None:
+            for j, name in enumerate(covariates):
+                rows[:, columns.features.index(name)] = known[index][:, j]
+        features.append(rows)
+    future = dataclasses.replace(table, features=features, times=stamps)
+    forecaster = load_forecaster(args.run_dir)
+    names = _output_names(columns, forecaster.members[0].model)
+    outputs = forecaster.forecast_outputs(table, horizon, future)
+    several = len(forecaster.members) > 1
+    frames = []
+    for index in range(len(table)):
+        data = _key_columns(columns, table, index, stamps[index])
+        data["horizon"] = np.arange(1, horizon + 1)
+        data |= {name: outputs.mean[index][:, j] for j, name in enumerate(names)}
+        if several:
+            data |= {f"{name}_spread": outputs.spread[index][:, j] for j, name in enumerate(names)}
         frames.append(pd.DataFrame(data))
     frame = pd.concat(frames, ignore_index=True)
     _write_frame(frame, target, kind)
+    members = (
+        f" (the mean of {len(forecaster.members)} seeds; *_spread: their std)" if several else ""
+    )
     print(
-        f"wrote {len(frame)} rows to {target}: {args.horizon} step(s) past the end of each of "
-        f"{len(table)} series"
+        f"wrote {len(frame)} rows to {target}: {horizon} step(s) past the end of each of "
+        f"{len(table)} series{members}"
     )
     return 0
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from seqstate.preparation import DEFAULTS as PREPARATION_DEFAULTS
+
 __all__ = [
     "SECTIONS",
     "RunResult",
@@ -26,11 +28,13 @@ __all__ = [
     "fit_config_for",
     "fit_fields",
     "lanes_for",
+    "prepare_training_table",
     "read_training_table",
     "refit_wanted",
     "run_dir_for",
     "run_metadata",
     "split_training_table",
+    "train_ensemble",
     "train_model",
     "train_run",
 ]
@@ -73,10 +77,13 @@ SECTIONS: dict[str, dict[str, tuple[Any, str]]] = {
         "num_layers": (1, "stacked recurrent layers"),
         "dropout": (0.0, "dropout between recurrent layers"),
     },
+    "scaling": dict(PREPARATION_DEFAULTS),  # seqstate.preparation: scaling and transforms
     "fit": {},  # any seqstate.FitConfig field; filled in from FitConfig's defaults
     "run": {
         "out": (None, "run directory (default: runs/<data file stem>)"),
         "seed": (0, "seed of the split, the shuffle and training"),
+        "seeds": (1, "K: train K seeds (seed, seed+1, ...); predict/forecast average them"),
+        "threads": ("auto", "intra-op threads: auto (1 unless the model is large) or N"),
     },
 }
 
@@ -202,6 +209,63 @@ def lanes_for(train: Any, validation: Any, settings: Settings) -> tuple[Any, Any
 
 
 @dataclasses.dataclass(frozen=True)
+class PreparedTable:
+    """What :func:`prepare_training_table` did to the table."""
+
+    preparation: Any  # seqstate.preparation.Preparation: the resolved [scaling] settings
+    scaling: Any  # seqstate.scaling.Scaling fitted on the training part
+
+
+def prepare_training_table(table: Any, settings: Settings) -> tuple[Any, PreparedTable]:
+    """The raw table in model space, as [scaling] says (``auto``: chosen from the data).
+
+    Targets transformed and differenced over whole series (causal), the statistics fitted on
+    the training part of the split :func:`split_training_table` makes of the transformed
+    table (the same split the recipe then makes of the returned one), every series scaled,
+    the calendar columns appended.
+    """
+    from seqstate.covariates import with_calendar
+    from seqstate.preparation import resolve
+    from seqstate.scaling import Scaling, transform_table
+
+    preparation = resolve(table, settings["scaling"])
+    transformed = transform_table(table, preparation.scaling)
+    train, _, _ = split_training_table(transformed, settings)
+    scaling = Scaling.fit(train, preparation.scaling, transformed=True)
+    scaled = with_calendar(scaling.scale_table(transformed), preparation.calendar)
+    return scaled, PreparedTable(preparation, scaling)
+
+
+def train_ensemble(
+    settings: Settings,
+    *,
+    resume: bool = False,
+    announce: Callable[[str], None] | None = None,
+) -> list[RunResult]:
+    """``[run] seeds`` = K runs: seed s into the run directory, seeds s+1 ... s+K-1 into
+    ``members/seed-<s+k>/`` inside it. ``predict``/``forecast`` average the members."""
+    import copy
+
+    from seqstate.preparation import MEMBERS_DIR
+
+    seeds = settings["run"]["seeds"]
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"[run] seeds must be an int >= 1 (--seeds K); received {seeds!r}")
+    out = run_dir_for(settings)
+    results = []
+    for k in range(seeds):
+        member = copy.deepcopy(settings)
+        seed = settings["run"]["seed"] + k
+        member["run"]["seed"] = seed
+        if k:
+            member["run"]["out"] = str(out / MEMBERS_DIR / f"seed-{seed}")
+            if announce is not None:
+                announce(f"ensemble member {k + 1}/{seeds}: seed {seed}")
+        results.append(train_run(member, resume=resume, announce=announce if not k else None))
+    return results
+
+
+@dataclasses.dataclass(frozen=True)
 class RunResult:
     """What :func:`train_run` produced."""
 
@@ -240,6 +304,8 @@ def train_run(
             before training.
     """
     from seqstate.checkpoint import read_model_json, save_model
+    from seqstate.preparation import save as save_preparation
+    from seqstate.threads import apply_threads
 
     fit_config_for(settings)  # validates before any file is touched
     out = run_dir_for(settings)
@@ -248,7 +314,14 @@ def train_run(
             f"{out} already holds a run; pass --out to write elsewhere, or --resume to continue it"
         )
 
-    table = read_training_table(settings)
+    layout_lanes, hidden = settings["layout"].get("lanes"), settings["model"].get("hidden_size")
+    apply_threads(
+        settings["run"]["threads"],
+        lanes=layout_lanes if isinstance(layout_lanes, int) else 32,
+        hidden_size=hidden if isinstance(hidden, int) else 64,
+    )
+    raw = read_training_table(settings)
+    table, prepared = prepare_training_table(raw, settings)
     train, validation, split_by = split_training_table(table, settings)
     defaults = choose_defaults(train, settings)
     refit = validation is not None and refit_wanted(settings, split_by)
@@ -287,9 +360,7 @@ def train_run(
     if main:
         metadata = dict(read_model_json(out).get("metadata", {}))
         metadata.update(
-            run_metadata(
-                table, train, validation, split_by, stats, settings, train_lanes=train_lanes
-            )
+            run_metadata(raw, train, validation, split_by, stats, settings, train_lanes=train_lanes)
         )
         metadata["defaults"] = defaults.to_dict()
         metadata["split"]["refit"] = refit
@@ -299,6 +370,7 @@ def train_run(
                 "epochs_trained": len(selection),
                 "directory": SELECTION_DIR,
             }
+        metadata.update(save_preparation(out, prepared.scaling, prepared.preparation))
         save_model(model, out, metadata=metadata)
     return RunResult(out, history, model, defaults, selection)
 
