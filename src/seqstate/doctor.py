@@ -52,6 +52,44 @@ def _megabytes(count: float) -> str:
     return f"{size:.1f} MB" if size >= 0.1 else f"{count / 2**10:.0f} KB"
 
 
+def _explain_preparation(report: Report, table: Any, settings: dict[str, dict[str, Any]]) -> None:
+    """The [scaling] choices ``train`` will make (``auto``: from the data), each with its
+    reason, the transforms worth trying, and the intra-op threads."""
+    from seqstate.preparation import resolve
+    from seqstate.threads import choose_threads
+
+    try:
+        preparation = resolve(table, settings["scaling"])
+    except (ValueError, TypeError) as error:
+        report.problems.append(f"{error}")
+        return
+    scaling = preparation.scaling
+    chosen = (
+        f"method {scaling.method}, transform {scaling.transform}, difference "
+        f"{scaling.difference}, season {scaling.season}, calendar {list(preparation.calendar)}"
+    )
+    report.facts.append(("Scaling", chosen))
+    for reason in preparation.reasons:
+        report.facts.append(("  why", reason))
+    for hint in preparation.hints:
+        report.facts.append(("  try", hint))
+    run, layout, model = settings["run"], settings["layout"], settings["model"]
+    try:
+        threads = choose_threads(
+            run.get("threads", "auto"), lanes=layout["lanes"], hidden_size=model["hidden_size"]
+        )
+    except ValueError as error:
+        report.problems.append(f"{error}")
+        return
+    report.facts.append(
+        (
+            "Threads",
+            f"{threads} intra-op thread(s) ({run.get('threads', 'auto')}: more threads only "
+            "pay for large models on idle cores; oversubscribed cores slow training 10-50x)",
+        )
+    )
+
+
 def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
     """Report on a training setup given as settings (see :data:`seqstate.recipe.SECTIONS`)."""
     from seqstate.recipe import (
@@ -90,6 +128,8 @@ def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
             f"({columns.task}), predicted {ahead}",
         )
     )
+
+    _explain_preparation(report, table, settings)
 
     try:
         train, validation, split_by = split_training_table(table, settings)
