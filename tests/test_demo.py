@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 
 from seqstate.checkpoint import load_model, read_model_json
 from seqstate.cli import main
@@ -31,7 +32,7 @@ def test_quick_demo_writes_its_files_and_state_wins(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "stateful" in printed and "stateless" in printed and "chance" in printed
-    for name in ("memory.png", "elnino.png", "elnino.csv", "summary.json"):
+    for name in ("memory.png", "elnino.png", "elnino.csv", "summary.json", "panel.png"):
         assert (out / name).stat().st_size > 0
     summary = json.loads((out / "summary.json").read_text())
     memory = summary["memory"]
@@ -45,6 +46,15 @@ def test_quick_demo_writes_its_files_and_state_wins(tmp_path, capsys):
     # The El Niño run is a complete run directory that `seqstate predict` can use.
     load_model(out / "elnino")
     assert read_model_json(out / "elnino")["metadata"]["data"]["columns"]["time"] == "month"
+    # The panel part: per-series scaling wins by far (deterministic, seed 0), and its run
+    # forecasts from the command line with the scaling it was trained with.
+    panel = summary["panel"]
+    assert panel["series"] == 12 and panel["mase_series"] * 3 < panel["mase_global"]
+    assert "per-series scaling" in printed
+    forecasts = tmp_path / "panel.csv"
+    args = ["forecast", str(out / "panel"), str(out / "macro.csv"), "--horizon", "4"]
+    assert main([*args, "--out", str(forecasts)]) == 0
+    assert len(pd.read_csv(forecasts)) == 12 * 4
     predictions = tmp_path / "p.csv"
     args = ["predict", str(out / "elnino"), str(out / "elnino.csv"), "--out", str(predictions)]
     assert main(args) == 0

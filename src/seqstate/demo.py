@@ -19,6 +19,10 @@ of the El Niño region, 1950-2010. Trained through the same pipeline as ``seqsta
 (:mod:`seqstate.sources`: split by time, normalisation fitted on the training years only),
 scored one step ahead against persistence, then forecast 24 months against the monthly-average
 (climatology) baseline.
+
+Part 3, a panel (:mod:`seqstate.demo_panel`): 12 quarterly US macro series of very different
+scales (statsmodels), one LSTM over all of them with per-series scaling (the default with an id
+column) against one global scaling, forecast 8 quarters, plotted against the truth.
 """
 
 from __future__ import annotations
@@ -321,13 +325,19 @@ def run_demo(out: Path | str = "seqstate-demo", *, quick: bool = False, seed: in
 def _run(out: Path, sizes: DemoSizes, quick: bool, seed: int, progress: bool) -> dict:
     started = time.perf_counter()
     print(f"seqstate demo ({'quick' if quick else 'full'} size, seed {seed}) -> {out}/")
+    from seqstate.demo_panel import FULL as PANEL_FULL
+    from seqstate.demo_panel import QUICK as PANEL_QUICK
+    from seqstate.demo_panel import panel_part
+
     print(
-        f"[1/2] memory task: a sign set {3 * sizes.window}-{6 * sizes.window} steps back, "
+        f"[1/3] memory task: a sign set {3 * sizes.window}-{6 * sizes.window} steps back, "
         f"windows of {sizes.window} steps"
     )
     memory = _memory_part(out, sizes, seed, progress)
-    print("[2/2] El Niño sea-surface temperature, monthly 1950-2010 (statsmodels)")
+    print("[2/3] El Niño sea-surface temperature, monthly 1950-2010 (statsmodels)")
     series = _series_part(out, sizes, seed, progress)
+    print("[3/3] a panel: 12 US macro series of very different scales, quarterly (statsmodels)")
+    panel = panel_part(out, PANEL_QUICK if quick else PANEL_FULL, seed, progress)
     summary = {
         "quick": quick,
         "seed": seed,
@@ -336,6 +346,7 @@ def _run(out: Path, sizes: DemoSizes, quick: bool, seed: int, progress: bool) ->
         "memory": {k: v for k, v in memory.items() if k != "curves"},
         "memory_curves": memory["curves"],
         "elnino": series,
+        "panel": panel,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(_summary_text(summary, out))
@@ -343,7 +354,7 @@ def _run(out: Path, sizes: DemoSizes, quick: bool, seed: int, progress: bool) ->
 
 
 def _summary_text(summary: dict[str, Any], out: Path) -> str:
-    memory, series = summary["memory"], summary["elnino"]
+    memory, series, panel = summary["memory"], summary["elnino"], summary["panel"]
     gain = 1.0 - series["forecast_rmse"] / series["climatology_rmse"]
     verdict = (
         f"the forecast beats the monthly average by {gain:.0%}"
@@ -366,14 +377,23 @@ def _summary_text(summary: dict[str, Any], out: Path) -> str:
             f"  ({verdict}; it is a strong baseline for SST, and El Niño",
             "  events are not predictable from past temperature alone)",
             "",
-            f"Wrote {out}/: memory.png, elnino.png, elnino.csv, summary.json, and the models",
-            f"  {out}/memory-stateful/ and {out}/elnino/ (model.json + model.safetensors).",
+            f"Panel of {panel['series']} US macro series, {panel['horizon']}-quarter forecast "
+            "(MASE, lower is better):",
+            f"  one LSTM, per-series scaling (the default)  {panel['mase_series']:.2f}",
+            f"  one LSTM, one global scaling                {panel['mase_global']:.2f}",
+            f"  naive last value                            {panel['mase_naive']:.2f}",
+            "",
+            f"Wrote {out}/: memory.png, elnino.png, elnino.csv, panel.png, macro.csv, "
+            "summary.json, and the models",
+            f"  {out}/memory-stateful/, {out}/elnino/ and {out}/panel/ (model.json + "
+            "model.safetensors).",
             f"Done in {summary['seconds']:.0f} s.",
             "",
             "Try next:",
             f"  seqstate doctor {out}/elnino.csv --features sst,month_sin,month_cos --targets sst "
             "--time month --lanes 8 --window 24",
             f"  seqstate predict {out}/elnino {out}/elnino.csv --out predictions.csv",
+            f"  seqstate forecast {out}/panel {out}/macro.csv --horizon 8 --out panel.csv",
             "  seqstate train YOUR.csv --features a,b --targets b --id series --time t",
         ]
     )
