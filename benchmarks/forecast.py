@@ -413,7 +413,12 @@ def report(datasets: list[Dataset], results: list[dict], seeds: list[int], comma
         "over the in-sample seasonal-naive (lag 12) MAE, averaged over series. Training time "
         "is the fit's wall time (seqstate: the whole `seqstate train` command). † marks "
         "results reused from an earlier run on the same data, split and machine "
-        "(`--peers-from`), so their training time saw another load.",
+        "(`--peers-from`), so their training time saw another load. The deep peers ran one "
+        "seed each (NeuralForecast's default 1000 steps took 13-40 minutes per run on this "
+        "shared machine); Darts' epochs are bounded by its training windows (see the source).",
+        "seqstate's defaults chose, from the data: per-series scaling, seasonal differences at "
+        "lag 12 and month features for the employment panel; one scaling and no season for "
+        "the sunspots (`seqstate doctor` prints the reasons).",
     ]
     for dataset in datasets:
         rows = [r for r in results if r["dataset"] == dataset.name]
@@ -480,12 +485,13 @@ def thread_check(pairs: int, quick: bool) -> str:
     rng = np.random.default_rng(0)
     lines = [
         "",
-        "### Intra-op threads (`seqstate.threads`): training steps/s, 1 vs 2 threads",
+        "### Intra-op threads (`seqstate.threads`): one training epoch, 1 vs 2 threads",
         "",
         "Interleaved pairs in one process, median of per-pair ratios; what `choose_threads` "
         "picks for each size.",
         "",
-        "| model (lanes x hidden) | 1 thread s | 2 threads s | 2 / 1 time | auto picks |",
+        "| model (lanes x hidden) | 1 thread s/epoch | 2 threads s/epoch | 2 / 1 time "
+        "| auto picks |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for lanes, hidden in ((32, 64), (64, 512)):
