@@ -211,7 +211,7 @@ def test_forecast_needs_the_future_of_covariates(run, data, tmp_path, capsys):
     args = ["forecast", str(run), str(data), "--horizon", "2", "--out", str(out)]
     assert main([*args, "--covariates", str(future_path)]) == 0
     written = pd.read_csv(out)
-    assert len(written) == 2 * len(last) and np.isfinite(written["value"]).all()
+    assert len(written) == 2 * len(last) and np.isfinite(written["predicted_value"]).all()
     short = tmp_path / "short.csv"
     future[future["t"] != future["id"].map(last) + 2].to_csv(short, index=False)
     assert main([*args, "--covariates", str(short)]) == 1

@@ -75,8 +75,11 @@ def _explain_preparation(report: Report, table: Any, settings: dict[str, dict[st
         report.facts.append(("  try", hint))
     run, layout, model = settings["run"], settings["layout"], settings["model"]
     try:
+        lanes, hidden = layout.get("lanes"), model.get("hidden_size")  # None: chosen later
         threads = choose_threads(
-            run.get("threads", "auto"), lanes=layout["lanes"], hidden_size=model["hidden_size"]
+            run.get("threads", "auto"),
+            lanes=lanes if isinstance(lanes, int) else 32,
+            hidden_size=hidden if isinstance(hidden, int) else 64,
         )
     except ValueError as error:
         report.problems.append(f"{error}")

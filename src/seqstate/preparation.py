@@ -91,7 +91,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--difference", type=int, choices=[0, 1], help="1: model lag-1 differences (default 0)"
     )
     group.add_argument(
-        "--season", help="seasonal differences at lag M, 0 for none (default auto: from data)"
+        "--seasonal-difference",
+        dest="scaling_season",
+        metavar="M",
+        help="seasonal differences at lag M, 0 for none (default auto: from the data)",
     )
     group.add_argument(
         "--calendar", help="month,weekday,hour sin/cos features, or none (default auto)"
@@ -104,7 +107,7 @@ def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
         "method": getattr(args, "scaling_method", None),
         "transform": getattr(args, "transform", None),
         "difference": getattr(args, "difference", None),
-        "season": getattr(args, "season", None),
+        "season": getattr(args, "scaling_season", None),
         "calendar": getattr(args, "calendar", None),
     }
     return {key: value for key, value in given.items() if value is not None}
