@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -512,3 +513,73 @@ def test_torch_export_traces_the_model_with_either_normalisation(normalised: boo
     exported = torch.export.export(_Exported(model), (x, hidden), strict=False)
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x, hidden), _Exported(model)(x, hidden))
+
+
+def _step_models() -> list[tuple[str, dict[str, Any]]]:
+    plain = [
+        (
+            f"{cell}{'-relu' if relu else ''}-x{layers}",
+            {
+                "cell": cell,
+                "hidden_size": 5,
+                "num_layers": layers,
+                **({"nonlinearity": "relu"} if relu else {}),
+            },
+        )
+        for cell in ("lstm", "gru", "rnn")
+        for relu in ((False, True) if cell == "rnn" else (False,))
+        for layers in (1, 2)
+    ]
+    stacks = [(name, fields) for name, fields in STACKS.items() if "mask_value" not in fields]
+    return plain + stacks
+
+
+@pytest.mark.parametrize(("name", "fields"), _step_models())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("normalised", [False, True])
+def test_trusted_step_equals_forward_bitwise(name, fields, dtype, normalised) -> None:
+    """The streaming hot path (advance, Streams.step) runs ``_trusted_step``: it must give
+    forward's one-step outputs and state bit for bit, whatever the cells, stack, head,
+    normalisation and dtype."""
+    torch.manual_seed(len(name))
+    model = SequenceModel(input_size=F, output_size=O, **fields).to(dtype).eval()
+    if normalised:
+        model.set_normalization([0.5, -1.0, 0.0], [2.0, 1.0, 0.5], [1.0, -2.0], [3.0, 0.5])
+    assert model._steps_directly()
+    x = torch.randn(4, F, dtype=dtype)
+    state = model.initial_state(4).map(lambda t: torch.randn_like(t) * 0.5)
+    with torch.no_grad():
+        for _ in range(3):  # a few steps, each from the state the last one returned
+            want_y, want_state = model(x[:, None], state)
+            y, new_state = model._trusted_step(x, state)
+            assert y.shape == (4, O) and y.dtype == dtype
+            assert torch.equal(y, want_y[:, 0]), name
+            assert type(new_state) is type(want_state) and new_state.equal(want_state), name
+            state, x = new_state, torch.randn(4, F, dtype=dtype)
+
+
+def test_trusted_step_is_refused_where_forward_must_run(models) -> None:
+    """Masking from the input, an overridden forward and forward hooks (on the model, a layer,
+    the head, or global) all send steps through forward."""
+    assert not models["mixed"]._steps_directly()  # mask_value
+
+    class Overridden(SequenceModel):
+        def forward(self, x, state=None, reset=None, mask=None):
+            return super().forward(x, state, reset, mask)
+
+    assert not Overridden(input_size=F, output_size=O, hidden_size=4)._steps_directly()
+    model = SequenceModel(input_size=F, output_size=O, hidden_size=4, num_layers=2)
+    assert model._steps_directly()
+    for module in (model, model.recurrent, model.head):
+        for register in (module.register_forward_hook, module.register_forward_pre_hook):
+            handle = register(lambda *args: None)
+            assert not model._steps_directly()
+            handle.remove()
+            assert model._steps_directly()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *args: None)
+    try:
+        assert not model._steps_directly()
+    finally:
+        handle.remove()
+    model.recurrent.forward = model.recurrent.forward  # an instance attribute: a patch
+    assert not model._steps_directly()

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from seqstate.layers import GRU
 from seqstate.model import SequenceModel
 from seqstate.prediction import predict
 from seqstate.state import GRUState, LSTMState
@@ -320,3 +321,96 @@ def test_all_streams_in_row_order_and_in_any_other_order_agree():
     for key in ids:  # (rows in another order: the same to rounding, not bitwise)
         for a, b in zip(in_order.state(key).tensors(), shuffled.state(key).tensors(), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+class _Wrapped(torch.nn.Module):
+    """A user module of the same protocol, without SequenceModel's trusted step entry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.inner = GRU(F, H, 2).double()
+        self.input_size, self.output_size = F, H
+        self.calls = 0
+
+    def forward(self, x, state=None, reset=None, mask=None):
+        self.calls += 1
+        return self.inner(x, state, reset, mask)
+
+    def initial_state(self, batch_size):
+        return self.inner.initial_state(batch_size)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_one_step_is_bitwise_the_forward_step(cell):
+    """Streams.step and advance take the model's trusted step; outputs and states are
+    forward's bit for bit, for every stream, in row order or not."""
+    model = MODELS[cell]
+    rng = np.random.default_rng(11)
+    streams = Streams(model)
+    ids = ["a", "b", "c"]
+    state = model.initial_state(3)
+    for round_ in range(4):
+        x = rng.normal(size=(3, F))
+        order = np.arange(3) if round_ % 2 == 0 else np.array([2, 0, 1])
+        y = streams.step([ids[i] for i in order], x[order])
+        with torch.no_grad():
+            want_y, state = model(torch.from_numpy(x)[:, None], state)
+        if round_ % 2 == 0:  # the buffer rows as they are: bitwise
+            assert np.array_equal(y, want_y[:, 0].numpy())
+        else:  # rows gathered in another order: the same to rounding (as the matmul groups)
+            np.testing.assert_allclose(y, want_y[order, 0].numpy(), rtol=0, atol=1e-12)
+        got_y, got_state = advance(model, model.initial_state(3), torch.from_numpy(x))
+        with torch.no_grad():
+            fresh_y, fresh_state = model(torch.from_numpy(x)[:, None], model.initial_state(3))
+        assert torch.equal(got_y, fresh_y[:, 0]) and got_state.equal(fresh_state)
+    for row, key in enumerate(ids):
+        for got, want in zip(
+            streams.state(key).tensors(), state.select([row]).tensors(), strict=True
+        ):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_a_model_without_the_trusted_step_runs_its_forward():
+    model = _Wrapped()
+    sequence = np.random.default_rng(12).normal(size=(6, F))
+    expected, final = predict(model, sequence, return_state=True)
+    model.calls = 0
+    streams = Streams(model)
+    outputs = [streams.step(["a"], sequence[t][None]) for t in range(len(sequence))]
+    assert model.calls == len(sequence)
+    np.testing.assert_allclose(np.concatenate(outputs), expected, rtol=0, atol=1e-12)
+    for got, want in zip(streams.state("a").tensors(), final.tensors(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    layer = model.inner  # a bare layer: the same protocol, forward too
+    y, new_state = advance(layer, layer.initial_state(2), torch.ones(2, F, dtype=torch.float64))
+    with torch.no_grad():
+        want_y, want_state = layer(torch.ones(2, 1, F, dtype=torch.float64))
+    assert torch.equal(y, want_y[:, 0]) and new_state.equal(want_state)
+
+
+def test_advance_tells_nan_and_inf_from_large_finite_values():
+    """The finite check sums x first: a sum that overflows is checked value by value, so
+    large finite inputs pass and a NaN or inf anywhere is refused, nothing changed."""
+    model = MODELS["lstm"]
+    state = model.initial_state(2)
+    kept = state.map(torch.clone)
+    big = torch.full((2, F), 1e308, dtype=torch.float64)  # finite; the sum overflows to inf
+    advance(model, state, big)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.zeros(2, F, dtype=torch.float64)
+        x[1, 2] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            advance(model, state, x)
+    assert state.equal(kept)
+
+
+def test_bad_one_steps_change_no_stream_on_the_trusted_path():
+    model = MODELS["gru"]
+    streams = Streams(model)
+    streams.step(["a", "b"], np.ones((2, F)))
+    before = snapshot(streams)
+    for x in (np.ones((2, F + 1)), np.full((2, F), np.nan), np.ones((3, F))):
+        with pytest.raises(ValueError):
+            streams.step(["b", "new"], x)
+    assert streams.ids == ["a", "b"] and snapshot(streams) == before

@@ -249,18 +249,31 @@ class _Resettable:
     # --- one step: the cell kernels ---------------------------------------------------------
 
     def _step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """One step of every row, ``x`` [B, F] -> ``y`` [B, H], with the cell kernels."""
+        """One step of every row, ``x`` [B, F] -> ``y`` [B, H], with the cell kernels.
+
+        The trusted single-step entry: no checks (``forward`` made them, or the public
+        boundary that calls this directly: :func:`seqstate.advance`, ``Streams.step``), so
+        ``x`` must be [B, input_size] and ``state`` this layer's, batch B, on x's dtype and
+        device.
+        """
         tensors = state.tensors()
+        make = self.state_type._unchecked  # the cell kernels shaped them validly
         if self.num_layers == 1:  # the common case, without the stacking
-            weights = self._layer_weights(0)
-            biases: list[torch.Tensor | None] = [*weights[2:]] if self.bias else [None, None]
-            new = self._cell(x, [t[0] for t in tensors], weights[0], weights[1], *biases)
-            return new[0], self._state(*(t[None] for t in new))
+            flat = cast(list[torch.Tensor], self._flat_weights)  # layer 0's come first
+            new = self._cell(
+                x,
+                [t[0] for t in tensors],
+                flat[0],
+                flat[1],
+                flat[2] if self.bias else None,
+                flat[3] if self.bias else None,
+            )
+            return new[0], make(*[t.unsqueeze(0) for t in new])
         layer_input = x
         finals: list[list[torch.Tensor]] = [[] for _ in tensors]
         for layer in range(self.num_layers):
             weights = self._layer_weights(layer)
-            biases = [*weights[2:]] if self.bias else [None, None]
+            biases: list[torch.Tensor | None] = [*weights[2:]] if self.bias else [None, None]
             hx = [t[layer] for t in tensors]
             new = self._cell(layer_input, hx, weights[0], weights[1], *biases)
             for parts, tensor in zip(finals, new, strict=True):
@@ -268,7 +281,7 @@ class _Resettable:
             layer_input = new[0]
             if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
                 layer_input = functional.dropout(layer_input, self.dropout, True)
-        return layer_input, self._state(*(torch.stack(parts) for parts in finals))
+        return layer_input, make(*[torch.stack(parts) for parts in finals])
 
     def _cell(
         self,

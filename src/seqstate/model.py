@@ -469,6 +469,15 @@ class SequenceModel(nn.Module):
         self._head_activations = [activation_function(dense.activation) for dense in config.head]
         # (linear, activation) per head layer, read once: forward runs on every streamed step
         self._head_pairs = tuple(zip(linears, self._head_activations, strict=True))
+        # What _trusted_step runs, with the forward each module must still have for it to be
+        # exact (_steps_directly checks them: an override or a hook sends steps to forward).
+        self._step_recurrent = self.recurrent
+        self._step_groups: tuple[Any, ...] = tuple(groups)
+        self._step_plan = (
+            (self, SequenceModel.forward),
+            *((group, type(group).forward) for group in groups),
+            *((linear, nn.Linear.forward) for linear in linears),
+        )
         if len(groups) == 1:
             self._state_type: type[State] = getattr(groups[0], "state_type")  # noqa: B009
         else:
@@ -616,6 +625,60 @@ class SequenceModel(nn.Module):
             y = torch.where(mask.to(y.device).bool()[..., None], y, y.new_zeros(()))
         return y, state
 
+    # --- one trusted step (the streaming hot path) ------------------------------------------
+
+    def _steps_directly(self) -> bool:
+        """Whether :meth:`_trusted_step` computes exactly what ``forward`` would for this model
+        now: not when forward is overridden or hooked anywhere (hooks must see the call), not
+        for a model that derives masks from its input, not while traced for export."""
+        if self.config.mask_value is not None or torch.compiler.is_compiling():
+            return False
+        if _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1]:
+            return False
+        if self._modules["recurrent"] is not self._step_recurrent:
+            return False
+        for module, forward in self._step_plan:
+            if (
+                type(module).forward is not forward
+                or module._forward_hooks
+                or module._forward_pre_hooks
+                or "forward" in module.__dict__
+            ):
+                return False
+        return True
+
+    def _trusted_step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One step ``x`` [B, F] -> ``y`` [B, O], new state: ``forward(x[:, None], state)``
+        with ``[:, 0]`` taken, bitwise, without its checks and module calls.
+
+        Trusted: the caller (:func:`seqstate.advance`, ``Streams.step``) has validated ``x``
+        and ``state`` against the model, runs it in eval mode without autograd, and asked
+        :meth:`_steps_directly` first. Each fused layer runs its cell kernels directly
+        (:meth:`seqstate.layers.LSTM._step`), a step-by-step layer its cell.
+        """
+        skip_input, skip_output = self._identity_normalisation()
+        buffers = self._buffers
+        if not (skip_input and _same_kind(x, buffers["input_shift"])):
+            x = (x - buffers["input_shift"]) / buffers["input_scale"]  # type: ignore[operator]
+        groups = self._step_groups
+        if len(groups) == 1:
+            hidden, state = groups[0]._step(x, state)
+        else:
+            hidden = x
+            outputs = []
+            for group, group_state in zip(groups, _group_states(self, state), strict=True):
+                hidden, new_state = group._step(hidden, group_state)  # eval: no dropout
+                outputs.append(new_state)
+            state = self._state_type._unchecked(*_split_layers(outputs))
+        y = hidden
+        for linear, act in self._head_pairs:
+            y = linear.forward(y) if act is _IDENTITY else act(linear.forward(y))  # (B, units)
+        if self.config.task == "regression" and not (
+            skip_output and _same_kind(y, buffers["output_scale"])
+        ):
+            y = y * buffers["output_scale"] + buffers["output_shift"]
+        return y, state
+
     def _identity_normalisation(self) -> tuple[bool, bool]:
         """(input, output): whether the normalisation buffers hold the identity (shift 0, scale
         1), which ``forward`` then skips (``(x - 0) / 1 == x`` exactly).
@@ -730,6 +793,13 @@ class SequenceModel(nn.Module):
 
 
 _IDENTITY = ACTIVATIONS["linear"]
+
+# torch's global forward hooks (nn.modules.module.register_module_forward_(pre_)hook): while any
+# is registered, steps go through forward so that the hooks see them.
+_GLOBAL_HOOKS = (
+    nn.modules.module._global_forward_pre_hooks,
+    nn.modules.module._global_forward_hooks,
+)
 
 # model -> (weak references to its four normalisation buffers, their versions, the result of
 # SequenceModel._identity_normalisation). Outside the model, so it neither pickles (weak

@@ -174,6 +174,17 @@ class StepwiseLayer(nn.Module):
             self.reset_after,
         )
 
+    def _step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One trusted step ``x`` [B, F] -> ``y`` [B, H], new state: ``forward`` for T = 1
+        without its checks (the caller validated ``x`` and ``state``; as the fused layers'
+        ``_step``, for :meth:`seqstate.SequenceModel._trusted_step`)."""
+        tensors = state.tensors()
+        cell = tensors[1][0] if len(tensors) > 1 else None
+        projected = x @ self.weight_ih_l0.T + self.bias_ih_l0  # (B, G*H)
+        hidden, cell = self.step(projected, tensors[0][0], cell)
+        fields = (hidden[None],) if cell is None else (hidden[None], cell[None])
+        return hidden, self.state_type._unchecked(*fields)
+
     def forward(
         self,
         x: torch.Tensor,

@@ -26,6 +26,7 @@ Streams is not thread-safe: call it from one thread.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -87,18 +88,33 @@ def _check_steps(
     return array, single
 
 
-def _advance(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Tensor, State]:
+def _advance(
+    model: nn.Module, state: State, x: torch.Tensor, single: bool
+) -> tuple[torch.Tensor, State]:
     """``model(x, state)`` in eval mode without autograd, the training flag restored after.
+
+    ``x`` is [n, k, F], or [n, F] with ``single`` (one step, y [n, O]). One step of a model
+    with a trusted step entry (:meth:`seqstate.SequenceModel._trusted_step`: the cell kernels
+    and the head, nothing re-validated) takes it; the caller validated ``x`` and ``state``.
+    Any other model, or a step the entry must not take (hooks, overrides), runs its forward.
 
     (Inlined rather than a context manager: this is the streaming hot path.)
     """
     was_training = model.training
     if was_training:
         model.eval()
+    grad_was_enabled = torch.is_grad_enabled()
+    torch.set_grad_enabled(False)
     try:
-        with torch.no_grad():
-            return model(x, state)
+        if single:
+            steps_directly = getattr(model, "_steps_directly", None)
+            if steps_directly is not None and steps_directly():
+                return model._trusted_step(x, state)  # type: ignore[operator]
+            y, state = model(x[:, None], state)
+            return y[:, 0], state
+        return model(x, state)
     finally:
+        torch.set_grad_enabled(grad_was_enabled)
         if was_training:
             model.train()
 
@@ -158,11 +174,11 @@ def advance(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Tens
             f"x is {x.dtype} on {x.device} but the model is {info.dtype} on {info.device}; "
             "move it with x.to(device, dtype)"
         )
-    if not bool(torch.isfinite(x).all()):
+    # A finite sum means finite values (one reduction to a float); only a sum that is not
+    # finite (a NaN/inf, or an overflow of large values) is checked element by element.
+    if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError("x holds NaN or inf; fill or drop missing values first")
-    single = x.dim() == 2
-    y, new_state = _advance(model, state, x[:, None] if single else x)
-    return (y[:, 0] if single else y), new_state
+    return _advance(model, state, x, x.dim() == 2)
 
 
 class Streams:
@@ -189,6 +205,8 @@ class Streams:
         self._ids: list[StreamId] = []  # row -> id, rows [0, len) are live
         core = cast(SequenceCore, self._model)  # checked by _prepare_model (check_sized_core)
         self._buffer: State = core.initial_state(16)  # [layers, capacity, H]
+        # (buffer, n, views of its rows [0, n)): see _rows_view
+        self._views: tuple[State, int, list[torch.Tensor]] | None = None
 
     # --- description ------------------------------------------------------------------------
 
@@ -240,29 +258,40 @@ class Streams:
             added = self._add([i for i, row in zip(ids, known, strict=True) if row is None])
             known = list(map(self._rows.get, ids))
         n = len(known)
-        positions = np.array(known, dtype=np.int64)
         # every live stream in row order (a feed that steps them all): rows [0, n) as they are
-        in_order = n == len(self._ids) and bool((positions == np.arange(n)).all())
-        stored = self._buffer.tensors()
+        in_order = n == len(self._ids) and known == list(range(n))
+        device = self._info.device
         try:
-            rows = torch.from_numpy(positions).to(self._info.device)
-            inputs = torch.from_numpy(array).to(self._info.device)
-            # gather the rows once (the ids are distinct and known: no State.select checks)
             if in_order:
-                state = type(self._buffer)(*(t[:, :n] for t in stored))
+                rows = None
+                stored = self._rows_view(n)
             else:
-                state = type(self._buffer)(*(t.index_select(1, rows) for t in stored))
-            y, state = _advance(self._model, state, inputs)
+                rows = torch.from_numpy(np.array(known, dtype=np.int64)).to(device)
+                # gather the rows once (the ids are distinct and known: no State.select checks)
+                stored = [t.index_select(1, rows) for t in self._buffer.tensors()]
+            inputs = torch.from_numpy(array[:, 0] if single else array).to(device)
+            state = type(self._buffer)._unchecked(*stored)
+            y, state = _advance(self._model, state, inputs, single)
         except BaseException:
             self._remove(added)  # nothing changed: the new streams never started
             raise
-        for buffer, new in zip(stored, state.tensors(), strict=True):
-            if in_order:
-                buffer[:, :n].copy_(new)
-            else:
+        if rows is None:
+            for view, new in zip(stored, state.tensors(), strict=True):
+                view.copy_(new)  # (views of the buffer rows [0, n))
+        else:
+            for buffer, new in zip(self._buffer.tensors(), state.tensors(), strict=True):
                 buffer.index_copy_(1, rows, new)
-        outputs = y.cpu().numpy()
-        return outputs[:, 0] if single else outputs
+        return (y if y.device.type == "cpu" else y.cpu()).numpy()
+
+    def _rows_view(self, n: int) -> list[torch.Tensor]:
+        """Views of the buffer's rows [0, n), one per state field; kept while the buffer is
+        (the slicing costs as much as the tiny step it serves)."""
+        cached = self._views
+        if cached is not None and cached[0] is self._buffer and cached[1] == n:
+            return cached[2]
+        views = [t[:, :n] for t in self._buffer.tensors()]
+        self._views = (self._buffer, n, views)
+        return views
 
     # --- stream lifecycle -------------------------------------------------------------------
 
