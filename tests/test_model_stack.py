@@ -583,3 +583,14 @@ def test_trusted_step_is_refused_where_forward_must_run(models) -> None:
         handle.remove()
     model.recurrent.forward = model.recurrent.forward  # an instance attribute: a patch
     assert not model._steps_directly()
+
+
+def test_the_step_plan_adds_no_parameters_or_state_dict_keys(models) -> None:
+    """The trusted step's references to the layers are plain attributes: the parameters and
+    state_dict keys are those of the modules alone (a second registration broke saving)."""
+    for model in [*models.values(), SequenceModel(input_size=F, output_size=O, hidden_size=4)]:
+        keys = list(model.state_dict())
+        assert all(key.startswith(("recurrent.", "head.", "input_", "output_")) for key in keys)
+        assert len(list(model.parameters())) == len(
+            [k for k in keys if not k.startswith(("input_", "output_"))]
+        )

@@ -471,7 +471,8 @@ class SequenceModel(nn.Module):
         self._head_pairs = tuple(zip(linears, self._head_activations, strict=True))
         # What _trusted_step runs, with the forward each module must still have for it to be
         # exact (_steps_directly checks them: an override or a hook sends steps to forward).
-        self._step_recurrent = self.recurrent
+        # (a plain attribute, not a second registration of the submodule: state_dict keys)
+        object.__setattr__(self, "_step_recurrent", self.recurrent)
         self._step_groups: tuple[Any, ...] = tuple(groups)
         self._step_plan = (
             (self, SequenceModel.forward),

@@ -104,7 +104,7 @@ def _advance(
     if was_training:
         model.eval()
     grad_was_enabled = torch.is_grad_enabled()
-    torch.set_grad_enabled(False)
+    torch._C._set_grad_enabled(False)  # (torch.no_grad without its context-manager objects)
     try:
         if single:
             steps_directly = getattr(model, "_steps_directly", None)
@@ -114,7 +114,7 @@ def _advance(
             return y[:, 0], state
         return model(x, state)
     finally:
-        torch.set_grad_enabled(grad_was_enabled)
+        torch._C._set_grad_enabled(grad_was_enabled)
         if was_training:
             model.train()
 
@@ -261,6 +261,7 @@ class Streams:
         # every live stream in row order (a feed that steps them all): rows [0, n) as they are
         in_order = n == len(self._ids) and known == list(range(n))
         device = self._info.device
+        on_cpu = device.type == "cpu"
         try:
             if in_order:
                 rows = None
@@ -269,7 +270,9 @@ class Streams:
                 rows = torch.from_numpy(np.array(known, dtype=np.int64)).to(device)
                 # gather the rows once (the ids are distinct and known: no State.select checks)
                 stored = [t.index_select(1, rows) for t in self._buffer.tensors()]
-            inputs = torch.from_numpy(array[:, 0] if single else array).to(device)
+            inputs = torch.from_numpy(array[:, 0] if single else array)
+            if not on_cpu:
+                inputs = inputs.to(device)
             state = type(self._buffer)._unchecked(*stored)
             y, state = _advance(self._model, state, inputs, single)
         except BaseException:
@@ -281,7 +284,7 @@ class Streams:
         else:
             for buffer, new in zip(self._buffer.tensors(), state.tensors(), strict=True):
                 buffer.index_copy_(1, rows, new)
-        return (y if y.device.type == "cpu" else y.cpu()).numpy()
+        return (y if on_cpu else y.cpu()).numpy()
 
     def _rows_view(self, n: int) -> list[torch.Tensor]:
         """Views of the buffer's rows [0, n), one per state field; kept while the buffer is
