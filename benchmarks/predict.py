@@ -298,15 +298,19 @@ def render(args, series_rows, chunk_rows, lane_rows, stream_rows, step_rows) -> 
 
 
 STEP_WHY = """\
-Where a single step's time goes: the layers run a step on the cell kernel (`lstm_cell`, the
-same call `nn.LSTMCell` makes) with the layer's own weights, so the recurrent work equals the
-bare cell's. What the bare call does not do: `SequenceModel.forward` normalises inputs and
-de-normalises outputs (four element-wise ops) and applies the head to a [n, 1, H] tensor;
-the layer checks x and the state; `advance` checks the model, shapes, dtype and NaN/inf; and
-`Streams.step` converts NumPy in and out, checks ids and values, and gathers and writes back
-the state rows (one index_select and one index_copy_ per state field). For one stream each
-of those torch calls costs microseconds, as much as the tiny kernel itself, so one stream
-stays several times the bare call; with 1 000 streams the kernel dominates."""
+Where a single step's time goes: `advance` and `Streams.step` validate once at the public
+boundary, then take the model's trusted step entry (`SequenceModel._trusted_step`): each layer's
+cell kernel (`lstm_cell`, the call `nn.LSTMCell` makes, with the layer's own weights) and the
+head's `Linear.forward` directly, without `nn.Module.__call__` or the layers' re-validation
+(hooks, an overridden forward or input masking send steps through `forward` instead; the
+result is `forward`'s bit for bit, tested). What the bare call still does not do: `advance`
+checks the model, shapes, dtype and NaN/inf (a sum first, values only if it is not finite),
+checks that the model may be stepped directly and that its normalisation is the identity,
+and wraps the state in a `State`; `Streams.step` also converts NumPy in and out, checks ids and
+values, and gathers the state rows and writes them back (cached views of the buffer rows
+when every stream steps in row order; one index_select and one index_copy_ per state field
+otherwise). For one stream each of those costs a microsecond or a few next to a kernel of
+about 25-40 us; with 1 000 streams the kernel dominates."""
 
 
 def main() -> None:

@@ -12,8 +12,13 @@ are gathered into one batch, advanced, and written back.
 The states live in one stacked buffer ``[layers, capacity, H]`` per state field, with a map
 ``id -> row``; a step gathers its rows with one ``index_select`` and writes them back with one
 in-place ``index_copy_`` whatever the number of streams (benchmarks/predict.py compares this
-with a dict of per-stream states). Ending a stream moves the last row into its place, so live
-rows stay contiguous.
+with a dict of per-stream states); a step of every live stream in row order uses the rows in
+place. Ending a stream moves the last row into its place, so live rows stay contiguous.
+
+One step per stream (``x`` [n, F]) is the hot path: it is validated here, once, and then runs
+the model's trusted step entry (:meth:`seqstate.SequenceModel._trusted_step`: the layers'
+cell kernels and the head, bit for bit what ``forward`` computes) when the model has one and
+nothing (a hook, an override) needs ``forward``; any other model runs its ``forward``.
 
 :func:`advance` is the pure function underneath, for callers that keep states elsewhere:
 ``y, state = advance(model, state, x)``.
@@ -151,7 +156,9 @@ def advance(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Tens
         ``y`` ``[n, k, O]`` (``[n, O]`` for ``[n, F]`` input) and the new state, batch n.
 
     It stands for, per stream i: ``y[i], state[i] = model(x[i][None], state[i])``. One step
-    (``[n, F]`` or k = 1) runs the layers' cell kernels, the streaming hot path.
+    (``[n, F]`` or k = 1) runs the layers' cell kernels, the streaming hot path; ``[n, F]``
+    input to a :class:`seqstate.SequenceModel` also skips its ``forward`` (validated here once,
+    then its trusted step entry; the same result bit for bit).
     """
     info = _model_info(model)
     if not isinstance(x, torch.Tensor):
