@@ -414,3 +414,14 @@ def test_bad_one_steps_change_no_stream_on_the_trusted_path():
         with pytest.raises(ValueError):
             streams.step(["b", "new"], x)
     assert streams.ids == ["a", "b"] and snapshot(streams) == before
+
+
+def test_streams_take_large_finite_values_whose_sum_overflows():
+    model = MODELS["lstm"]
+    streams = Streams(model)
+    y = streams.step(["a"], np.full((1, F), 1e308))  # finite; the sum overflows to inf
+    assert np.isfinite(y).all()
+    before = snapshot(streams)
+    with pytest.raises(ValueError, match="stream 'a' at step 0"):
+        streams.step(["a"], np.array([[1e308, -np.inf, 0.0]]))
+    assert snapshot(streams) == before
