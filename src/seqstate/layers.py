@@ -207,7 +207,7 @@ class _Resettable:
         """Zero state ``[num_layers, batch_size, hidden_size]`` on the parameters' device."""
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 0:
             raise ValueError(f"batch_size must be an int >= 0; received {batch_size!r}")
-        weight = self.weight_ih_l0  # type: ignore[attr-defined]
+        weight = self.weight_ih_l0  # type: ignore[attr-defined]  # set by torch's RNNBase
         return self.state_type.zeros(
             self.num_layers,
             batch_size,

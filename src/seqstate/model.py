@@ -33,7 +33,7 @@ import json
 import math
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -420,6 +420,7 @@ def _shorthand_stack(
             f"ModelConfig.nonlinearity must be 'tanh' or 'relu'; received {nonlinearity!r}"
         )
     activation = nonlinearity if kind == "rnn" and nonlinearity is not None else "tanh"
+    # kind and activation were checked above; mypy cannot narrow a str to their Literal types
     return tuple(RecurrentSpec(kind, size, activation) for _ in range(count))  # type: ignore[arg-type]
 
 
@@ -507,8 +508,8 @@ class SequenceModel(nn.Module):
     def dense_layers(self) -> list[nn.Linear]:
         """The head's linear maps in order (each followed by its activation)."""
         if isinstance(self.head, nn.ModuleList):
-            return list(self.head)  # type: ignore[arg-type]
-        return [self.head]  # type: ignore[list-item]
+            return [cast(nn.Linear, linear) for linear in self.head]
+        return [cast(nn.Linear, self.head)]
 
     @property
     def state_type(self) -> type[State]:
@@ -605,11 +606,11 @@ class SequenceModel(nn.Module):
         skip_input, skip_output = (
             (False, False) if torch.compiler.is_compiling() else self._identity_normalisation()
         )
-        buffers = self._buffers
+        buffers = _tensor_buffers(self)
         if valid_x and not (skip_input and _same_kind(x, buffers["input_shift"])):
             x = (x - buffers["input_shift"]) / buffers["input_scale"]
         recurrent = self._modules["recurrent"]  # (not nn.Module's slower __getattr__)
-        if not isinstance(recurrent, nn.ModuleList):
+        if recurrent is not None and not isinstance(recurrent, nn.ModuleList):
             hidden, state = recurrent(x, state, reset, mask)
         else:
             hidden, state = self._run_stack(x, state, reset, mask)
@@ -658,9 +659,9 @@ class SequenceModel(nn.Module):
         (:meth:`seqstate.layers.LSTM._step`), a step-by-step layer its cell.
         """
         skip_input, skip_output = self._identity_normalisation()
-        buffers = self._buffers
+        buffers = _tensor_buffers(self)
         if not (skip_input and _same_kind(x, buffers["input_shift"])):
-            x = (x - buffers["input_shift"]) / buffers["input_scale"]  # type: ignore[operator]
+            x = (x - buffers["input_shift"]) / buffers["input_scale"]
         groups = self._step_groups
         if len(groups) == 1:
             hidden, state = groups[0]._step(x, state)
@@ -688,7 +689,7 @@ class SequenceModel(nn.Module):
         :meth:`set_normalization`, ``load_state_dict``, an in-place write, ``.to()``) is seen
         without comparing values on every call.
         """
-        buffers = self._buffers
+        buffers = _tensor_buffers(self)
         tensors = (
             buffers["input_shift"],
             buffers["input_scale"],
@@ -696,7 +697,7 @@ class SequenceModel(nn.Module):
             buffers["output_scale"],
         )
         try:
-            versions = [t._version for t in tensors]  # type: ignore[union-attr]
+            versions = [t._version for t in tensors]
         except RuntimeError:  # inference-mode tensors have no version counter: compare values
             return _identity_pair(tensors)
         cached = _NORMALISATION_CACHE.get(self)
@@ -713,7 +714,7 @@ class SequenceModel(nn.Module):
         result = _identity_pair(tensors)
         # weak references: the cache never keeps a replaced buffer alive, nor matches a new
         # tensor that happens to reuse a freed one's address
-        references = tuple(weakref.ref(t) for t in tensors)  # type: ignore[arg-type]
+        references = tuple(weakref.ref(t) for t in tensors)
         _NORMALISATION_CACHE[self] = (references, versions, result)
         return result
 
@@ -815,6 +816,12 @@ def _identity_pair(tensors: tuple[Any, ...]) -> tuple[bool, bool]:
         bool((input_shift == 0).all() and (input_scale == 1).all()),
         bool((output_shift == 0).all() and (output_scale == 1).all()),
     )
+
+
+def _tensor_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's buffer dict, read directly (faster than ``nn.Module.__getattr__`` on the hot
+    path). torch types it ``Tensor | None``; the normalisation buffers are always registered."""
+    return cast("dict[str, torch.Tensor]", model._buffers)
 
 
 def _same_kind(x: torch.Tensor, buffer: torch.Tensor) -> bool:

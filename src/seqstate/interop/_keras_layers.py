@@ -144,7 +144,7 @@ def _check_order(layers: list[Layer]) -> None:
                 f"layer {layer.name!r}: a Dense layer before or between recurrent layers is not "
                 "supported; a seqstate model is [Masking] -> recurrent layers -> Dense layers"
             )
-        if kind is Recurrent and first <= index < last and not layer.return_sequences:  # type: ignore[union-attr]
+        if isinstance(layer, Recurrent) and first <= index < last and not layer.return_sequences:
             raise KerasImportError(
                 f"layer {layer.name!r} has return_sequences=False but another recurrent layer "
                 "follows it; only the last recurrent layer may return the last step only"

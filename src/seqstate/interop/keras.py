@@ -191,7 +191,7 @@ def _config(parsed: Parsed) -> ModelConfig:
         dropout=max(rates, default=0.0),
         layers=[
             RecurrentSpec(
-                layer.kind,  # type: ignore[arg-type]
+                layer.kind,  # type: ignore[arg-type]  # parsed from the cell table's Keras classes
                 layer.units,
                 layer.activation,
                 layer.recurrent_activation,
