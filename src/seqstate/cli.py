@@ -583,7 +583,7 @@ def _evaluate_pooled(args: argparse.Namespace, model: Any, metadata: Any, table:
 
 
 def _backtest(args: argparse.Namespace) -> int:
-    from seqstate.recipe import read_training_table, train_model
+    from seqstate.recipe import read_training_table, train_forecaster
 
     settings = load_settings(args)
     settings["run"]["out"] = None  # --out is where the backtest writes, not a run directory
@@ -591,9 +591,9 @@ def _backtest(args: argparse.Namespace) -> int:
     announce = None if args.quiet else lambda line: print(line, file=sys.stderr)
 
     def train(history: Any) -> Any:
-        from seqstate.evaluation import ModelForecaster
-
-        return ModelForecaster(train_model(history, settings, announce=announce))
+        # What `seqstate train` with these flags writes ([scaling], defaults, refit, --seeds),
+        # forecast through the RunForecaster that evaluate/forecast load from a run.
+        return train_forecaster(history, settings, announce=announce)
 
     return backtest_command(args, table, train)
 

@@ -33,8 +33,10 @@ __all__ = [
     "refit_wanted",
     "run_dir_for",
     "run_metadata",
+    "seed_settings",
     "split_training_table",
     "train_ensemble",
+    "train_forecaster",
     "train_model",
     "train_run",
 ]
@@ -236,6 +238,22 @@ def prepare_training_table(table: Any, settings: Settings) -> tuple[Any, Prepare
     return scaled, PreparedTable(preparation, scaling)
 
 
+def seed_settings(settings: Settings) -> list[Settings]:
+    """``[run] seeds`` = K: K copies of ``settings`` with the seeds s, s+1, ..., s+K-1 (the
+    members of an ensemble; ``train`` and ``backtest`` both train these)."""
+    import copy
+
+    seeds = settings["run"]["seeds"]
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"[run] seeds must be an int >= 1 (--seeds K); received {seeds!r}")
+    members = []
+    for k in range(seeds):
+        member = copy.deepcopy(settings)
+        member["run"]["seed"] = settings["run"]["seed"] + k
+        members.append(member)
+    return members
+
+
 def train_ensemble(
     settings: Settings,
     *,
@@ -244,23 +262,17 @@ def train_ensemble(
 ) -> list[RunResult]:
     """``[run] seeds`` = K runs: seed s into the run directory, seeds s+1 ... s+K-1 into
     ``members/seed-<s+k>/`` inside it. ``predict``/``forecast`` average the members."""
-    import copy
-
     from seqstate.preparation import MEMBERS_DIR
 
-    seeds = settings["run"]["seeds"]
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"[run] seeds must be an int >= 1 (--seeds K); received {seeds!r}")
     out = run_dir_for(settings)
+    members = seed_settings(settings)
     results = []
-    for k in range(seeds):
-        member = copy.deepcopy(settings)
-        seed = settings["run"]["seed"] + k
-        member["run"]["seed"] = seed
+    for k, member in enumerate(members):
+        seed = member["run"]["seed"]
         if k:
             member["run"]["out"] = str(out / MEMBERS_DIR / f"seed-{seed}")
             if announce is not None:
-                announce(f"ensemble member {k + 1}/{seeds}: seed {seed}")
+                announce(f"ensemble member {k + 1}/{len(members)}: seed {seed}")
         results.append(train_run(member, resume=resume, announce=announce if not k else None))
     return results
 
@@ -305,7 +317,6 @@ def train_run(
     """
     from seqstate.checkpoint import read_model_json, save_model
     from seqstate.preparation import save as save_preparation
-    from seqstate.threads import apply_threads
 
     fit_config_for(settings)  # validates before any file is touched
     out = run_dir_for(settings)
@@ -314,49 +325,18 @@ def train_run(
             f"{out} already holds a run; pass --out to write elsewhere, or --resume to continue it"
         )
 
-    layout_lanes, hidden = settings["layout"].get("lanes"), settings["model"].get("hidden_size")
-    apply_threads(
-        settings["run"]["threads"],
-        lanes=layout_lanes if isinstance(layout_lanes, int) else 32,
-        hidden_size=hidden if isinstance(hidden, int) else 64,
-    )
     raw = read_training_table(settings)
-    table, prepared = prepare_training_table(raw, settings)
-    train, validation, split_by = split_training_table(table, settings)
-    defaults = choose_defaults(train, settings)
-    refit = validation is not None and refit_wanted(settings, split_by)
-    if main and announce is not None:
-        for choice in defaults:
-            announce(choice.line())
-    model, stats, train_lanes, history = _fit_on(
-        train,
-        validation,
-        settings,
-        run_dir=out / SELECTION_DIR if refit else out,
-        resume=resume,
-        announce=announce if main else None,
+    fitted = _train_on(
+        raw, settings, run_dir=out, resume=resume, announce=announce if main else None
     )
-    selection = None
-    if refit:
-        selection = history
-        refit_settings = _refit_settings(settings, history)
-        epochs = refit_settings["fit"]["epochs"]
-        if main and announce is not None:
-            announce(
-                f"refit: training again on every row ({int(table.lengths.sum())} steps) for "
-                f"{epochs} epoch(s), the best epoch count on validation"
-            )
-        from seqstate.runstate import has_snapshot
-        from seqstate.train.runfiles import CHECKPOINT_DIR
-
-        model, stats, train_lanes, history = _fit_on(
-            table,
-            None,
-            refit_settings,
-            run_dir=out,
-            resume=resume and has_snapshot(out / CHECKPOINT_DIR),  # the refit may not have begun
-            announce=None,
-        )
+    model, stats, train_lanes, history = fitted.fit
+    train, validation, split_by = fitted.split
+    prepared, defaults, selection, refit = (
+        fitted.prepared,
+        fitted.defaults,
+        fitted.selection,
+        fitted.selection is not None,
+    )
     if main:
         metadata = dict(read_model_json(out).get("metadata", {}))
         metadata.update(
@@ -375,27 +355,114 @@ def train_run(
     return RunResult(out, history, model, defaults, selection)
 
 
-def train_model(
-    table: Any, settings: Settings, *, announce: Callable[[str], None] | None = None
-) -> Any:
-    """Train on ``table`` (already read) as ``seqstate train`` would, writing no files; returns
-    the model. Used by ``seqstate backtest`` to train on the history before each origin.
+@dataclasses.dataclass(frozen=True)
+class _Trained:
+    """One training of the recipe on a raw table (what :func:`_train_on` did)."""
 
-    ``settings`` is not changed: the defaults are chosen from ``table`` on a copy.
+    fit: tuple[Any, Any, Any, Any]  # (model, normalisation, training lanes, history) kept
+    split: tuple[Any, Any, str]  # (train, validation or None, split used), in model space
+    prepared: PreparedTable
+    defaults: Any  # seqstate.defaults.Defaults
+    selection: Any  # with a refit: the History that chose the number of epochs, else None
+
+
+def _train_on(
+    raw: Any,
+    settings: Settings,
+    *,
+    run_dir: Path | None,
+    resume: bool,
+    announce: Callable[[str], None] | None,
+) -> _Trained:
+    """The recipe on the raw ``table``: threads, [scaling] preparation, split, defaults from
+    the data (filled into ``settings``), fit, and the refit on every row when wanted.
+
+    ``seqstate train`` (:func:`train_run`, with a run directory) and ``seqstate backtest``
+    (:func:`train_model`, without) both train through here, so a backtest scores the model
+    ``train`` would write.
     """
-    settings = {section: dict(values) for section, values in settings.items()}
+    from seqstate.threads import apply_threads
+
+    layout_lanes, hidden = settings["layout"].get("lanes"), settings["model"].get("hidden_size")
+    apply_threads(
+        settings["run"]["threads"],
+        lanes=layout_lanes if isinstance(layout_lanes, int) else 32,
+        hidden_size=hidden if isinstance(hidden, int) else 64,
+    )
+    table, prepared = prepare_training_table(raw, settings)
     train, validation, split_by = split_training_table(table, settings)
     defaults = choose_defaults(train, settings)
+    refit = validation is not None and refit_wanted(settings, split_by)
     if announce is not None:
         for choice in defaults:
             announce(choice.line())
-    model, _, _, history = _fit_on(
-        train, validation, settings, run_dir=None, resume=False, announce=announce
+    fitted = _fit_on(
+        train,
+        validation,
+        settings,
+        run_dir=run_dir / SELECTION_DIR if refit and run_dir is not None else run_dir,
+        resume=resume,
+        announce=announce,
     )
-    if validation is not None and refit_wanted(settings, split_by):
-        refit = _refit_settings(settings, history)
-        model, _, _, _ = _fit_on(table, None, refit, run_dir=None, resume=False, announce=None)
-    return model
+    selection = None
+    if refit:
+        selection = fitted[3]
+        refit_settings = _refit_settings(settings, selection)
+        if announce is not None:
+            announce(
+                f"refit: training again on every row ({int(table.lengths.sum())} steps) for "
+                f"{refit_settings['fit']['epochs']} epoch(s), the best epoch count on validation"
+            )
+        from seqstate.runstate import has_snapshot
+        from seqstate.train.runfiles import CHECKPOINT_DIR
+
+        fitted = _fit_on(
+            table,
+            None,
+            refit_settings,
+            run_dir=run_dir,
+            # the refit may not have begun
+            resume=resume and run_dir is not None and has_snapshot(run_dir / CHECKPOINT_DIR),
+            announce=None,
+        )
+    return _Trained(fitted, (train, validation, split_by), prepared, defaults, selection)
+
+
+def train_model(
+    table: Any, settings: Settings, *, announce: Callable[[str], None] | None = None
+) -> Any:
+    """Train on the raw ``table`` (already read) as ``seqstate train`` would, writing no
+    files: the same [scaling] preparation, defaults, split and refit rule.
+
+    Returns the :class:`seqstate.pipeline.RunMember` (the model with its scaling and
+    calendar), what :func:`seqstate.pipeline.load_forecaster` would read back from the run
+    directory ``train`` writes. ``settings`` is not changed: the defaults are chosen on a copy.
+    """
+    import copy
+
+    from seqstate.pipeline import RunMember
+
+    settings = copy.deepcopy(settings)
+    trained = _train_on(table, settings, run_dir=None, resume=False, announce=announce)
+    prepared = trained.prepared
+    return RunMember(trained.fit[0], prepared.scaling, tuple(prepared.preparation.calendar))
+
+
+def train_forecaster(
+    table: Any, settings: Settings, *, announce: Callable[[str], None] | None = None
+) -> Any:
+    """:func:`train_model` for each seed of ``[run] seeds`` (:func:`seed_settings`, as
+    :func:`train_ensemble` trains them): the :class:`seqstate.pipeline.RunForecaster` that
+    ``load_forecaster`` would return for the run ``seqstate train`` writes. No files."""
+    from seqstate.pipeline import RunForecaster
+
+    members = seed_settings(settings)
+    return RunForecaster(
+        [
+            train_model(table, member, announce=announce if not k else None)
+            for k, member in enumerate(members)
+        ]
+    )
 
 
 def _refit_settings(settings: Settings, history: Any) -> Settings:
