@@ -308,3 +308,29 @@ def test_rows_without_a_prediction_are_not_scored():
     assert result.summary["one_step_mae"] == 0.0
     warm = evaluate_warm(Differenced(table), table, tail=12)
     assert warm.summary["one_step_mae"] == 0.0
+
+
+def test_train_evaluate_gives_per_series_means_beside_the_pooled_errors():
+    """seqstate.evaluate: mae/rmse stay pooled over every scored step; series_mae/series_rmse
+    are the mean over series of each series' own errors, equal to a per-series reference
+    whatever the lanes and window."""
+    from seqstate.prediction import predict
+    from seqstate.train import evaluate
+
+    table = table_of(panel())
+    model = model_for(table)
+    errors = []
+    for features, targets in zip(table.features, table.targets, strict=True):
+        outputs = predict(model, [features])[0]
+        errors.append(outputs[:-1, 0] - targets[1:, 0])  # row t predicts the target at t + 1
+    pooled = np.concatenate(errors)
+    for lanes, window in ((1, 50), (2, 7)):
+        metrics = evaluate(model, table.lanes(lanes=lanes, window=window, segments=False))
+        assert metrics["mae"] == pytest.approx(np.mean(np.abs(pooled)), rel=1e-9)
+        assert metrics["rmse"] == pytest.approx(np.sqrt(np.mean(pooled**2)), rel=1e-9)
+        expected_mae = np.mean([np.mean(np.abs(e)) for e in errors])
+        expected_rmse = np.mean([np.sqrt(np.mean(e**2)) for e in errors])
+        assert metrics["series_mae"] == pytest.approx(expected_mae, rel=1e-9)
+        assert metrics["series_rmse"] == pytest.approx(expected_rmse, rel=1e-9)
+    # Series of 24, 30 and 36 steps: pooled, the longest (and largest) one weighs most.
+    assert metrics["series_mae"] != pytest.approx(metrics["mae"], rel=1e-3)

@@ -26,10 +26,13 @@ def evaluate(
 ) -> dict[str, float]:
     """Metrics of ``model`` on ``lanes``, from a zero state, in eval mode, without gradients.
 
-    Returns ``{"loss", "mae", "rmse"}`` for regression (mae/rmse in raw target units; loss in
-    the normalised space training uses) or ``{"loss", "accuracy"}`` for classification, each
-    a mean over exactly the steps whose target counts (``window.loss_mask``): the numbers do not
-    depend on the number of lanes or the window length. The model's mode is restored after.
+    Returns ``{"loss", "mae", "rmse", "series_mae", "series_rmse"}`` for regression or
+    ``{"loss", "accuracy"}`` for classification. ``loss`` (in the normalised space training
+    uses), ``mae``/``rmse`` (raw target units) and ``accuracy`` are means over exactly the steps
+    whose target counts (``window.loss_mask``), pooled across series, so the largest series
+    dominate the raw errors; ``series_mae``/``series_rmse`` are the mean over series of each
+    series' own MAE/RMSE (each series counted once). None depends on the number of lanes or
+    the window length. The model's mode is restored after.
 
     Args:
         loss: mse | mae | huber | cross_entropy; None: from the model's task (or the targets).
@@ -49,7 +52,49 @@ def evaluate(
             f"device={str(target)!r} but the model's parameters are on {parameter.device}; "
             "move the model first (model.to(device)) or leave device=None"
         )
-    return evaluate_metrics(model, lanes, masked_loss, target)
+    per_series = None if masked_loss.is_classification else _SeriesErrors()
+    metrics = evaluate_sums(model, lanes, masked_loss, target, per_series=per_series).result()
+    if per_series is not None:
+        metrics |= per_series.result()
+    return metrics
+
+
+class _SeriesErrors:
+    """Per-sequence sums of |error| and error² (raw units, averaged over the outputs) and of
+    counted steps, indexed by ``window.seq``."""
+
+    def __init__(self) -> None:
+        self.absolute = np.zeros(0)
+        self.squared = np.zeros(0)
+        self.steps = np.zeros(0)
+
+    def add(
+        self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, seq: torch.Tensor
+    ) -> None:
+        """One window: ``pred``/``target`` ``[B, T, O]``; ``mask``, ``seq`` ``[B, T]``."""
+        error = (pred - target).double()
+        counted = mask.cpu().numpy().astype(bool)
+        index = seq.cpu().numpy()[counted]
+        if index.size == 0:
+            return
+        size = max(len(self.steps), int(index.max()) + 1)
+        for name, values in (
+            ("absolute", error.abs().mean(dim=2)),
+            ("squared", error.square().mean(dim=2)),
+        ):
+            sums = np.bincount(index, weights=values.cpu().numpy()[counted], minlength=size)
+            setattr(self, name, np.pad(getattr(self, name), (0, size - len(self.steps))) + sums)
+        self.steps = np.pad(self.steps, (0, size - len(self.steps))) + np.bincount(
+            index, minlength=size
+        )
+
+    def result(self) -> dict[str, float]:
+        scored = self.steps > 0
+        steps = self.steps[scored]
+        return {
+            "series_mae": float(np.mean(self.absolute[scored] / steps)),
+            "series_rmse": float(np.mean(np.sqrt(self.squared[scored] / steps))),
+        }
 
 
 def evaluate_metrics(
@@ -59,9 +104,16 @@ def evaluate_metrics(
 
 
 def evaluate_sums(
-    model: nn.Module, lanes: Lanes, loss: MaskedLoss, device: torch.device, rows: Any = None
+    model: nn.Module,
+    lanes: Lanes,
+    loss: MaskedLoss,
+    device: torch.device,
+    rows: Any = None,
+    *,
+    per_series: _SeriesErrors | None = None,
 ) -> MetricSums:
-    """Metric sums over ``rows`` of ``lanes`` (None: all lanes)."""
+    """Metric sums over ``rows`` of ``lanes`` (None: all lanes); with ``per_series``, each
+    sequence's errors are summed there too."""
     dtype = first_parameter(model).dtype
     batch_size = len(np.arange(lanes.num_lanes)[slice(None) if rows is None else rows])
     was_training = model.training
@@ -77,6 +129,8 @@ def evaluate_sums(
                 x, y, mask, reset, model_mask = to_device(window, model_mask, device, dtype)
                 pred, state = model(x, state, reset=reset, mask=model_mask)
                 sums.add(pred, y, mask, counted)
+                if per_series is not None and counted:
+                    per_series.add(pred, y, mask, window.seq)
             return sums
     finally:
         model.train(was_training)
