@@ -35,6 +35,7 @@ from seqstate.serve.edge import Edge
 from seqstate.serve.engine import Engine
 from seqstate.serve.errors import ApiError, error_response
 from seqstate.serve.metrics import Metrics
+from seqstate.serve.preprocess import StreamScaling, load_stream_scaling
 from seqstate.serve.rules import Reject, is_expired
 from seqstate.serve.schemas import BatchStep, ErrorBody, StepAnswer, StepBody, StreamInfo
 from seqstate.serve.steps import Resources, answer_json, describe, step_request, submit
@@ -80,11 +81,15 @@ def create_app(
         from seqstate.serve.rundir import check_run_dir
 
         check_run_dir(config.run_dir, config.max_model_parameters)  # before allocating
+        scaling = _run_scaling(config)  # an unservable run is refused here, not per step
+    else:
+        scaling = None  # a model handed in is served as it is (tests, embedding)
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resources = await _open(config, model, store, clock, metrics)
+        resources.scaling = scaling
         app.state.resources = resources
         try:
             yield
@@ -110,6 +115,16 @@ def create_app(
         metrics=metrics,
     )
     return app
+
+
+def _run_scaling(config: ServeConfig) -> StreamScaling | None:
+    """The run directory's per-step preprocessing, from its config alone (before loading)."""
+    from seqstate.saved import read_model_json
+
+    model = read_model_json(config.run_dir).get("model") or {}
+    return load_stream_scaling(
+        config.run_dir, int(model.get("input_size", 0)), int(model.get("output_size", 0))
+    )
 
 
 # --- lifecycle ----------------------------------------------------------------------------

@@ -45,6 +45,11 @@ class StepRequest:
     x: np.ndarray  # [k, F] float32, finite
     single: bool  # the request sent one step as [F]: answer y as [O] rather than [k, O]
     start: bool
+    series: str | None = None  # the series whose scaling was applied (part of the digest)
+    # model-space outputs [k, O] -> raw units (the run's scaling); None: answered as they are
+    decode: Callable[[np.ndarray], np.ndarray] | None = dataclasses.field(
+        default=None, compare=False
+    )
 
     @property
     def digest(self) -> bytes:
@@ -52,6 +57,8 @@ class StepRequest:
         h = hashlib.blake2b(digest_size=16)
         h.update(b"%d:%d:%d:" % (self.start, self.single, self.x.shape[0]))
         h.update(np.ascontiguousarray(self.x, dtype=np.float32).tobytes())
+        if self.series is not None:  # absent: the digest of every request before #13's serving
+            h.update(b":series:" + self.series.encode())
         return h.digest()
 
 
@@ -216,6 +223,12 @@ class Engine:
                 outcomes[i] = _non_finite(request.seq)
                 continue
             answer = rows[row][: request.x.shape[0]]
+            if request.decode is not None:
+                raw = request.decode(np.asarray(answer))  # [k, O] float64, raw units
+                if not np.isfinite(raw).all():
+                    outcomes[i] = _non_finite(request.seq)
+                    continue
+                answer = raw.tolist()
             output = jsonio.dumps_finite(answer[0] if request.single else answer)
             prepared.answers.append(output)
             prepared.committed.append(i)

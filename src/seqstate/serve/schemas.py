@@ -38,6 +38,12 @@ class StepBody(BaseModel):
         description="one step of F features [F], or k steps [[F], …]"
     )
     start: bool = Field(False, description="reset the stream to a zero state before this step")
+    series: str | None = Field(
+        None,
+        max_length=256,
+        description="the series this stream's steps belong to (runs scaled per series need it "
+        "with every step; others ignore it)",
+    )
 
 
 class BatchStep(StepBody):

@@ -16,6 +16,7 @@ from seqstate.serve.config import ServeConfig
 from seqstate.serve.engine import Outcome, StepRequest
 from seqstate.serve.errors import ApiError
 from seqstate.serve.metrics import Metrics
+from seqstate.serve.preprocess import StreamScaling
 from seqstate.serve.rules import Reject
 from seqstate.serve.schemas import StepBody
 from seqstate.serve.stores import StateStore, StoreError
@@ -36,6 +37,7 @@ class Resources:
     metrics: Metrics
     clock: Callable[[], float]
     input_size: int
+    scaling: StreamScaling | None = None  # the run's per-step preprocessing (None: none)
     sweeper: asyncio.Task[None] | None = None
     websockets: int = 0  # open WebSocket connections
 
@@ -89,7 +91,16 @@ def step_request(stream: str, body: StepBody, resources: Resources) -> StepReque
             f"x must be finite float32 values; received {rows[t][f]!r} at step {t}, feature {f}",
         )
     array = np.array(rows, dtype=np.float32)  # (k, F)
-    return StepRequest(stream, body.seq, array, single=single, start=body.start)
+    scaling = resources.scaling
+    if scaling is None:
+        return StepRequest(stream, body.seq, array, single=single, start=body.start)
+    # the digest fingerprints the scaled x and the series (the same raw x and series always
+    # scale alike): a retry naming another series is a seq_conflict, never a replay
+    encoded, decode = scaling.encode(body.series, array)
+    series = body.series if scaling.per_series else None
+    return StepRequest(
+        stream, body.seq, encoded, single=single, start=body.start, series=series, decode=decode
+    )
 
 
 async def submit(resources: Resources, step: StepRequest) -> Outcome:
