@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -122,7 +123,7 @@ def load_stream_scaling(
     from seqstate.saved import read_model_json
 
     metadata = read_model_json(run_dir).get("metadata", {}) or {}
-    scaling, calendar = load(run_dir, metadata if isinstance(metadata, dict) else {})
+    scaling, calendar = load(Path(run_dir), metadata if isinstance(metadata, dict) else {})
     where = f"run directory {str(run_dir)!r}"
     if calendar:
         raise ValueError(
