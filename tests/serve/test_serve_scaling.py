@@ -143,6 +143,8 @@ def test_a_run_that_cannot_be_served_per_step_is_refused_at_start(
 
     with pytest.raises(ValueError, match=needle.replace("[", r"\[").replace("]", r"\]")):
         create_app(make_config(copy))
+    if edit != "calendar":
+        return  # the command's exit path is the same for every refusal: checked once
     process = ServerProcess(copy)
     try:
         with pytest.raises(RuntimeError, match="exited with 2"):
