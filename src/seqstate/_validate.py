@@ -11,8 +11,9 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 
-__all__ = ["check_bool", "check_int", "check_number"]
+__all__ = ["check_bool", "check_flags", "check_int", "check_number"]
 
 
 def _hinted(message: str, hint: str) -> str:
@@ -55,3 +56,27 @@ def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool | np.bool_):
         raise TypeError(f"{name} must be True or False; received {type(value).__name__} {value!r}.")
     return bool(value)
+
+
+def check_flags(
+    flags: Any, name: str, B: int, T: int, device: torch.device
+) -> torch.Tensor | None:
+    """A per-step bool flag tensor ``[B, T]`` (a layer's ``reset`` or ``mask``), on ``device``;
+    0/1 integers are accepted as bools. ``None`` stays ``None``."""
+    if flags is None:
+        return None
+    if not isinstance(flags, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a bool torch.Tensor [B, T]; received {type(flags).__name__}"
+        )
+    if flags.shape != (B, T):
+        raise ValueError(
+            f"{name} must have shape [B, T]=[{B}, {T}] like x; received {tuple(flags.shape)}"
+        )
+    if flags.dtype != torch.bool:
+        if flags.is_floating_point() or flags.is_complex():
+            raise TypeError(f"{name} must be a bool tensor; received dtype {flags.dtype}")
+        if bool(((flags != 0) & (flags != 1)).any()):
+            raise ValueError(f"{name} must hold only 0/1 (or bool); received other values")
+        flags = flags.bool()
+    return flags.to(device)

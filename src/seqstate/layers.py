@@ -82,6 +82,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seqstate._split import run_split
 from seqstate._timeline import FLAG, flag_pattern, run_timeline
+from seqstate._validate import check_flags
 from seqstate.state import GRUState, LSTMState, RNNState, State
 
 __all__ = ["GRU", "LSTM", "RNN", "Strategy"]
@@ -227,8 +228,8 @@ class _Resettable:
         x = self._check_input(x)
         B, T, _ = x.shape
         state = self._check_state(state, B, x)
-        reset = _check_flags(reset, "reset", B, T, x.device)
-        mask = _check_flags(mask, "mask", B, T, x.device)
+        reset = check_flags(reset, "reset", B, T, x.device)
+        mask = check_flags(mask, "mask", B, T, x.device)
         if T == 0:
             return x.new_zeros(B, 0, self.hidden_size), state
         if mask is not None and bool(mask.all()):
@@ -391,28 +392,6 @@ class _Resettable:
                 f"{x.device}; move it with state.to(device, dtype)"
             )
         return state
-
-
-def _check_flags(
-    flags: torch.Tensor | None, name: str, B: int, T: int, device: torch.device
-) -> torch.Tensor | None:
-    if flags is None:
-        return None
-    if not isinstance(flags, torch.Tensor):
-        raise TypeError(
-            f"{name} must be a bool torch.Tensor [B, T]; received {type(flags).__name__}"
-        )
-    if flags.shape != (B, T):
-        raise ValueError(
-            f"{name} must have shape [B, T]=[{B}, {T}] like x; received {tuple(flags.shape)}"
-        )
-    if flags.dtype != torch.bool:
-        if flags.is_floating_point() or flags.is_complex():
-            raise TypeError(f"{name} must be a bool tensor; received dtype {flags.dtype}")
-        if bool(((flags != 0) & (flags != 1)).any()):
-            raise ValueError(f"{name} must hold only 0/1 (or bool); received other values")
-        flags = flags.bool()
-    return flags.to(device)
 
 
 class LSTM(_Resettable, nn.LSTM):  # type: ignore[misc]  # forward(x, state, reset, mask)

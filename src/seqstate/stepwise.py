@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from seqstate._validate import check_int
+from seqstate._validate import check_flags, check_int
 from seqstate.activations import activation as activation_function
 from seqstate.activations import check_activation
 from seqstate.cells import CellKind, cell_kind
@@ -196,8 +196,8 @@ class StepwiseLayer(nn.Module):
         x = _check_input(self, x)
         B, T, _ = x.shape
         state = _check_state(self, state, B, x)
-        reset = _check_flags(reset, "reset", B, T, x.device)
-        mask = _check_flags(mask, "mask", B, T, x.device)
+        reset = check_flags(reset, "reset", B, T, x.device)
+        mask = check_flags(mask, "mask", B, T, x.device)
         hidden = state.tensors()[0][0]  # (B, H)
         cell = state.tensors()[1][0] if len(state.tensors()) > 1 else None
         projected = x @ self.weight_ih_l0.T + self.bias_ih_l0  # (B, T, G*H): one matmul
@@ -267,25 +267,3 @@ def _check_state(layer: StepwiseLayer, state: Any, B: int, x: torch.Tensor) -> S
             "move it with state.to(device, dtype)"
         )
     return state
-
-
-def _check_flags(
-    flags: Any, name: str, B: int, T: int, device: torch.device
-) -> torch.Tensor | None:
-    if flags is None:
-        return None
-    if not isinstance(flags, torch.Tensor):
-        raise TypeError(
-            f"{name} must be a bool torch.Tensor [B, T]; received {type(flags).__name__}"
-        )
-    if flags.shape != (B, T):
-        raise ValueError(
-            f"{name} must have shape [B, T]=[{B}, {T}] like x; received {tuple(flags.shape)}"
-        )
-    if flags.dtype != torch.bool:
-        if flags.is_floating_point() or flags.is_complex():
-            raise TypeError(f"{name} must be a bool tensor; received dtype {flags.dtype}")
-        if bool(((flags != 0) & (flags != 1)).any()):
-            raise ValueError(f"{name} must hold only 0/1 (or bool); received other values")
-        flags = flags.bool()
-    return flags.to(device)
