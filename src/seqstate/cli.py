@@ -686,6 +686,33 @@ def _prepared_forecaster(run_dir: str, columns: Any) -> Any:
     return forecaster
 
 
+def _output_frame(
+    columns: Any,
+    table: Any,
+    outputs: Any,
+    names: list[str],
+    stamps: Any,
+    several: bool,
+    *,
+    horizon: int | None = None,
+) -> Any:
+    """One long-format frame of a run's answers: each series' key columns (id, time ``stamps``),
+    ``horizon`` (forecasts: 1..H), ``predicted_<target>`` and, for an ensemble, its spread."""
+    import numpy as np
+    import pandas as pd
+
+    frames = []
+    for index in range(len(table)):
+        data = _key_columns(columns, table, index, stamps[index])
+        if horizon is not None:
+            data["horizon"] = np.arange(1, horizon + 1)
+        data |= {name: outputs.mean[index][:, j] for j, name in enumerate(names)}
+        if several:
+            data |= {f"{name}_spread": outputs.spread[index][:, j] for j, name in enumerate(names)}
+        frames.append(pd.DataFrame(data))
+    return pd.concat(frames, ignore_index=True)
+
+
 def _predict_prepared(
     args: argparse.Namespace,
     forecaster: Any,
@@ -695,18 +722,10 @@ def _predict_prepared(
     target: Path,
     kind: str,
 ) -> int:
-    import pandas as pd
 
     outputs = forecaster.predict_outputs(table)
     several = len(forecaster.members) > 1
-    frames = []
-    for index in range(len(table)):
-        data = _key_columns(columns, table, index, table.times[index])
-        data |= {name: outputs.mean[index][:, j] for j, name in enumerate(names)}
-        if several:
-            data |= {f"{name}_spread": outputs.spread[index][:, j] for j, name in enumerate(names)}
-        frames.append(pd.DataFrame(data))
-    frame = pd.concat(frames, ignore_index=True)
+    frame = _output_frame(columns, table, outputs, names, table.times, several)
     _write_frame(frame, target, kind)
     ahead = "the same step" if columns.shift == 0 else f"{columns.shift} step(s) ahead"
     mean = (
@@ -734,7 +753,6 @@ def _forecast(args: argparse.Namespace) -> int:
     import dataclasses
 
     import numpy as np
-    import pandas as pd
 
     from seqstate.calendar import future_times
     from seqstate.covariates import future_covariates
@@ -787,15 +805,7 @@ def _forecast(args: argparse.Namespace) -> int:
     names = _output_names(columns, forecaster.members[0].model)
     outputs = forecaster.forecast_outputs(table, horizon, future)
     several = len(forecaster.members) > 1
-    frames = []
-    for index in range(len(table)):
-        data = _key_columns(columns, table, index, stamps[index])
-        data["horizon"] = np.arange(1, horizon + 1)
-        data |= {name: outputs.mean[index][:, j] for j, name in enumerate(names)}
-        if several:
-            data |= {f"{name}_spread": outputs.spread[index][:, j] for j, name in enumerate(names)}
-        frames.append(pd.DataFrame(data))
-    frame = pd.concat(frames, ignore_index=True)
+    frame = _output_frame(columns, table, outputs, names, stamps, several, horizon=horizon)
     _write_frame(frame, target, kind)
     members = (
         f" (the mean of {len(forecaster.members)} seeds; *_spread: their std)" if several else ""
