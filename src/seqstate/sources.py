@@ -21,24 +21,25 @@ The target columns may also be features: ``features=["load"], targets=["load"]``
 "predict the next value" setup. With ``shift = 0`` a target column that is also a feature is a
 leak (the answer is in the input); :func:`read_table` refuses it.
 
-Splits are by series (a seeded fraction of the ids) or by time (the last fraction of every
-series); normalisation is fitted on the training split only (:meth:`Normalization.fit`) and
-stored in the model (:meth:`Normalization.apply`), so it is saved with the weights.
+Splits and normalisation live in :mod:`seqstate.splits`, the table classes in
+:mod:`seqstate.sequence_table`; their public names are importable from here too.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from seqstate._validate import check_int
+from seqstate.sequence_table import Columns, SequenceTable, Task
+from seqstate.splits import Normalization, split_table
+from seqstate.splits import constant_columns as constant_columns  # re-exported (moved there)
 
 __all__ = [
     "Columns",
@@ -48,178 +49,7 @@ __all__ = [
     "split_table",
 ]
 
-Task = Literal["regression", "classification"]
-SplitBy = Literal["series", "time"]
-
 _TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
-
-
-# --------------------------------------------------------------------------------------------
-# Columns and the table
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Columns:
-    """Which columns of a table mean what."""
-
-    features: tuple[str, ...]  # input columns, in the order the model reads them (F)
-    targets: tuple[str, ...] = ()  # target columns (O); may repeat features when forecasting
-    id: str | None = None  # series id column; None: the whole table is one series
-    time: str | None = None  # column to sort each series by; None: rows are already in order
-    shift: int = 1  # y at step t = target columns at step t + shift (0: the same step)
-    task: Task = "regression"  # classification: one integer target column of class indices
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "features": list(self.features),
-            "targets": list(self.targets),
-            "id": self.id,
-            "time": self.time,
-            "shift": self.shift,
-            "task": self.task,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Columns:
-        return cls(
-            features=tuple(data["features"]),
-            targets=tuple(data.get("targets", ())),
-            id=data.get("id"),
-            time=data.get("time"),
-            shift=int(data.get("shift", 1)),
-            task=data.get("task", "regression"),
-        )
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class SequenceTable:
-    """Validated sequences read from a table, one entry per series, sorted by time.
-
-    Attributes:
-        columns: the :class:`Columns` it was read with.
-        ids: one id per series (``None`` for a table without an id column).
-        features: one ``[L_i, F]`` float32 array per series.
-        targets: one ``[L_i, O]`` array per series (float32, or int64 class indices), the target
-            columns *at the same row*; empty ``[L_i, 0]`` when no targets were read. Use
-            :meth:`pairs` for the (input, target) pairs after ``shift``.
-        times: one ``[L_i]`` array per series: the time column (numeric or datetime64), or the
-            row position inside the series when there is no time column.
-        source: where the rows came from, for messages (``"data.csv"``, ``"DataFrame"``).
-    """
-
-    columns: Columns
-    ids: list[Any]
-    features: list[np.ndarray]
-    targets: list[np.ndarray]
-    times: list[np.ndarray]
-    source: str = "table"
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """``(n,)`` int64 steps per series."""
-        return np.array([len(f) for f in self.features], dtype=np.int64)
-
-    @property
-    def num_features(self) -> int:
-        return len(self.columns.features)
-
-    @property
-    def num_outputs(self) -> int:
-        """``O`` target columns, or the number of classes for classification."""
-        if self.columns.task == "classification":
-            top = max((int(t.max()) for t in self.targets if t.size), default=-1)
-            return max(2, top + 1)
-        return len(self.columns.targets)
-
-    def pairs(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """``(inputs, targets)``: for each series ``x [L_i - shift, F]`` and
-        ``y [L_i - shift, O]`` with ``y[t]`` = the target columns at step ``t + shift``.
-
-        The last ``shift`` steps have no target and are left out (their state would never be
-        scored); :func:`read_table` guarantees every series is longer than ``shift``.
-        """
-        if not self.columns.targets:
-            raise ValueError(
-                f"{self.source} was read without target columns; pass targets=[...] to "
-                "read_table to train or evaluate on it."
-            )
-        shift = self.columns.shift
-        inputs = [f[: len(f) - shift] for f in self.features]
-        targets = [t[shift:] for t in self.targets]
-        return inputs, targets
-
-    def lanes(
-        self,
-        *,
-        lanes: int,
-        window: int,
-        shuffle: bool = False,
-        seed: int = 0,
-        segments: bool = True,
-    ) -> Any:
-        """:class:`seqstate.Lanes` of :meth:`pairs`.
-
-        Several series are packed into ``min(lanes, series)`` lanes
-        (:meth:`Lanes.from_sequences`). With ``segments`` a table of *one* series is instead
-        cut into ``lanes`` contiguous segments (:meth:`Lanes.from_series`), so training still
-        runs ``lanes`` rows side by side; give ``segments=False`` for evaluation, where the
-        series should be played whole from one zero state.
-        """
-        from seqstate.lanes import Lanes
-
-        inputs, targets = self.pairs()
-        if segments and len(inputs) == 1:
-            steps = len(inputs[0])
-            return Lanes.from_series(
-                inputs[0], lanes=min(lanes, steps), window=window, targets=targets[0]
-            )
-        return Lanes.from_sequences(
-            inputs,
-            targets,
-            lanes=min(lanes, len(inputs)),
-            window=window,
-            shuffle=shuffle,
-            seed=seed,
-        )
-
-    def select(self, indices: Sequence[int]) -> SequenceTable:
-        """A table holding only the series at ``indices`` (in that order)."""
-        picked = [int(i) for i in indices]
-        return dataclasses.replace(
-            self,
-            ids=[self.ids[i] for i in picked],
-            features=[self.features[i] for i in picked],
-            targets=[self.targets[i] for i in picked],
-            times=[self.times[i] for i in picked],
-        )
-
-    def slice_steps(self, begin: int | Sequence[int], end: int | Sequence[int]) -> SequenceTable:
-        """Each series cut to ``[begin_i : end_i]`` (ints apply to every series)."""
-        n = len(self)
-        begins = [begin] * n if isinstance(begin, int) else list(begin)
-        ends = [end] * n if isinstance(end, int) else list(end)
-        return dataclasses.replace(
-            self,
-            features=[f[b:e] for f, b, e in zip(self.features, begins, ends, strict=True)],
-            targets=[t[b:e] for t, b, e in zip(self.targets, begins, ends, strict=True)],
-            times=[t[b:e] for t, b, e in zip(self.times, begins, ends, strict=True)],
-        )
-
-    def describe(self) -> dict[str, Any]:
-        """Counts for messages and run metadata."""
-        lengths = self.lengths
-        return {
-            "source": self.source,
-            "series": len(self),
-            "steps": int(lengths.sum()),
-            "length_min": int(lengths.min()),
-            "length_median": float(np.median(lengths)),
-            "length_max": int(lengths.max()),
-        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,112 +413,6 @@ def read_table(
 def _plain(value: Any) -> Any:
     """NumPy scalars -> Python scalars (JSON-friendly ids)."""
     return value.item() if isinstance(value, np.generic) else value
-
-
-# --------------------------------------------------------------------------------------------
-# Splits
-# --------------------------------------------------------------------------------------------
-
-
-def split_table(
-    table: SequenceTable, *, by: SplitBy = "series", fraction: float = 0.2, seed: int = 0
-) -> tuple[SequenceTable, SequenceTable]:
-    """Split into (train, validation).
-
-    Args:
-        by: ``"series"``: a seeded random ``fraction`` of the series (at least one, never all)
-            goes to validation whole. ``"time"``: the last ``fraction`` of every series goes to
-            validation; validation then starts from a zero state at the split point, so keep
-            its part long compared to the model's memory.
-        fraction: share of series (``by="series"``) or of each series' steps (``"time"``), in
-            ``(0, 1)``.
-        seed: seed of the series permutation (``by="series"``).
-    """
-    if by not in ("series", "time"):
-        raise ValueError(f"by must be 'series' or 'time'; received {by!r}.")
-    if (
-        isinstance(fraction, bool)
-        or not isinstance(fraction, int | float)
-        or not (0.0 < fraction < 1.0)
-    ):
-        raise ValueError(
-            f"fraction must be a number strictly between 0 and 1; received {fraction!r}."
-        )
-    if by == "series":
-        n = len(table)
-        if n < 2:
-            raise ValueError(
-                f"{table.source} has {n} series; splitting by series needs at least 2. Split by "
-                "time instead (by='time', --split time)."
-            )
-        count = min(n - 1, max(1, round(fraction * n)))
-        permutation = np.random.default_rng(seed).permutation(n)
-        validation = np.sort(permutation[:count])
-        train = np.sort(permutation[count:])
-        return table.select(train.tolist()), table.select(validation.tolist())
-    shift = table.columns.shift
-    lengths = table.lengths
-    cuts = np.floor(lengths * (1.0 - fraction)).astype(np.int64)
-    for i, (length, cut) in enumerate(zip(lengths.tolist(), cuts.tolist(), strict=True)):
-        if cut <= shift or length - cut <= shift:
-            owner = f"series {table.ids[i]!r}" if table.columns.id else "the series"
-            raise ValueError(
-                f"{owner} has {length} steps: splitting its last {fraction:.0%} off leaves "
-                f"{cut} for training and {length - cut} for validation, and each part needs more "
-                f"than shift={shift}. Use a different fraction, split by series, or drop short "
-                "series."
-            )
-    return table.slice_steps(0, cuts.tolist()), table.slice_steps(cuts.tolist(), lengths.tolist())
-
-
-# --------------------------------------------------------------------------------------------
-# Normalisation
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Normalization:
-    """Per-column mean and std, fitted on training data only."""
-
-    input_mean: tuple[float, ...]  # per feature
-    input_std: tuple[float, ...]  # per feature (0 for a constant feature; the model uses 1)
-    output_mean: tuple[float, ...] | None = None  # per target column (regression only)
-    output_std: tuple[float, ...] | None = None  # per target column (regression only)
-
-    @classmethod
-    def fit(cls, table: SequenceTable) -> Normalization:
-        """Statistics of ``table``'s rows: pass the *training* split, never validation."""
-        features = np.concatenate(table.features).astype(np.float64)
-        input_mean, input_std = features.mean(axis=0), features.std(axis=0)
-        if table.columns.task != "regression" or not table.columns.targets:
-            return cls(_floats(input_mean), _floats(input_std))
-        targets = np.concatenate(table.targets).astype(np.float64)
-        return cls(
-            _floats(input_mean),
-            _floats(input_std),
-            _floats(targets.mean(axis=0)),
-            _floats(targets.std(axis=0)),
-        )
-
-    def apply(self, model: Any) -> None:
-        """Store the statistics in ``model``'s buffers (saved with its weights)."""
-        model.set_normalization(self.input_mean, self.input_std, self.output_mean, self.output_std)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            k: (list(v) if v is not None else None) for k, v in dataclasses.asdict(self).items()
-        }
-
-
-def _floats(values: np.ndarray) -> tuple[float, ...]:
-    return tuple(float(v) for v in values)
-
-
-def constant_columns(table: SequenceTable) -> list[str]:
-    """Feature columns whose value never changes (they carry no information)."""
-    features = np.concatenate(table.features)
-    spread = features.max(axis=0) - features.min(axis=0)
-    return [name for name, s in zip(table.columns.features, spread, strict=True) if s == 0]
 
 
 def time_step(times: np.ndarray) -> Any:
