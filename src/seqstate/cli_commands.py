@@ -1,0 +1,500 @@
+"""The bodies of the ``seqstate`` commands (registered and dispatched by :mod:`seqstate.cli`).
+
+train, evaluate, backtest, predict, forecast, doctor, demo, serve, import-keras, export-onnx:
+each is a thin layer over the Python API; heavy modules are imported inside each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from seqstate._io import atomic_path
+from seqstate.cli_evaluation import backtest_command, evaluate_command
+from seqstate.cli_settings import CliError, load_settings
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+
+def _train(args: argparse.Namespace) -> int:
+    if not args.distributed:
+        return _train_run(args, main=True)
+    from seqstate.distributed import distributed, is_main_process
+
+    # Every rank runs the same command; fit splits the lanes, rank 0 writes and reports.
+    with distributed():
+        return _train_run(args, main=is_main_process())
+
+
+def _train_run(args: argparse.Namespace, *, main: bool) -> int:
+    from seqstate.recipe import train_ensemble, train_run
+
+    settings = load_settings(args)
+    announce = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    if settings["run"]["seeds"] != 1:
+        if args.distributed:
+            raise CliError("--seeds K trains K runs one after the other; drop --distributed")
+        results = train_ensemble(settings, resume=bool(args.resume), announce=announce)
+        if not args.quiet:
+            _print_ensemble(results, settings)
+        return 0
+    result = train_run(settings, resume=bool(args.resume), main=main, announce=announce)
+    if not main or args.quiet:
+        return 0
+    out = result.out
+    if result.selection is not None:
+        print(_history_line("selection (validation)", result.selection))
+        print(
+            f"refit on every row for {len(result.history)} epoch(s): final training loss "
+            f"{result.history.records[-1]['loss']:.4g}"
+        )
+    else:
+        print(_history_line("trained", result.history))
+    from seqstate.train.runfiles import PLOT_FILE
+
+    files = ["model.json", "model.safetensors", "metrics.jsonl"]
+    files += [PLOT_FILE] if (out / PLOT_FILE).exists() else []
+    files += ["checkpoint/"] + (["selection/"] if result.selection is not None else [])
+    print(f"wrote {out}/ ({', '.join(files)})")
+    print(f"next: seqstate predict {out} {settings['data']['path']} --out predictions.csv")
+    return 0
+
+
+def _history_line(label: str, history: Any) -> str:
+    best = history.records[history.best_epoch or len(history.records) - 1]
+    shown = ", ".join(
+        f"{key}={value:.4g}"
+        for key, value in best.items()
+        if key.startswith(("loss", "val_")) and isinstance(value, float)
+    )
+    stopped = ", stopped early" if history.stopped_early else ""
+    return f"{label}: {len(history)} epoch(s){stopped}; best epoch {best['epoch']}: {shown}"
+
+
+def _print_ensemble(results: list[Any], settings: dict[str, dict[str, Any]]) -> None:
+    """One line per member and the spread of their best validation (or training) loss."""
+    import numpy as np
+
+    losses = []
+    key = "loss"
+    for k, result in enumerate(results):
+        history = result.history
+        best = history.records[history.best_epoch or len(history.records) - 1]
+        key = "val_loss" if "val_loss" in best else "loss"
+        losses.append(float(best[key]))
+        seed = settings["run"]["seed"] + k
+        print(f"seed {seed}: {len(history)} epoch(s), best {key}={losses[-1]:.4g}")
+    spread = np.std(losses)
+    print(
+        f"ensemble of {len(results)} seeds: best {key} mean {np.mean(losses):.4g}, spread (std) "
+        f"{spread:.3g}, min {min(losses):.4g}, max {max(losses):.4g}; predict/forecast "
+        "average the members"
+    )
+    out = results[0].out
+    print(f"wrote {out}/ (model.json, ..., members/seed-*/)")
+    print(f"next: seqstate forecast {out} {settings['data']['path']} --horizon H --out f.csv")
+
+
+def _load_run(run_dir: str) -> tuple[Any, dict[str, Any], Any]:
+    from seqstate.checkpoint import load_model, read_model_json
+    from seqstate.sources import Columns
+
+    metadata = read_model_json(run_dir).get("metadata", {})
+    if "data" not in metadata or "columns" not in metadata["data"]:
+        raise CliError(
+            f"{run_dir} records no data columns (it was not written by `seqstate train`); use "
+            "the Python API (seqstate.predict) with this model"
+        )
+    return load_model(run_dir), metadata, Columns.from_dict(metadata["data"]["columns"])
+
+
+def _read_for_run(path: str, columns: Any, *, require_targets: bool) -> Any:
+    from seqstate.sources import read_table
+
+    return read_table(
+        path,
+        features=columns.features,
+        targets=columns.targets,
+        id_column=columns.id,
+        time_column=columns.time,
+        shift=columns.shift,
+        task=columns.task,
+        require_targets=require_targets,
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from seqstate.pipeline import load_forecaster
+
+    model, metadata, columns = _load_run(args.run_dir)
+    table = _read_for_run(args.data, columns, require_targets=True)
+    if columns.task != "regression":
+        return _evaluate_pooled(args, model, metadata, table)
+    warned = _trained_past(metadata, args.warmup_until)
+    if warned and not args.json:
+        print(f"note: {warned}", file=sys.stderr)
+    # The run's models with its scaling and calendar (#13): answers in raw units.
+    return evaluate_command(args, load_forecaster(args.run_dir), table)
+
+
+def _trained_past(metadata: dict[str, Any], until: str | None) -> str | None:
+    """A warning when the run was trained on rows after ``until`` (they would be scored)."""
+    last = metadata.get("data", {}).get("time_last")
+    if until is None or last is None:
+        return None
+    from seqstate.calendar import parse_times
+
+    try:
+        if metadata["data"].get("time_kind") == "datetime":
+            trained_past = parse_times([str(last)])[0] > parse_times([until])[0]
+        else:
+            trained_past = float(last) > float(until)
+    except (ValueError, TypeError):
+        return None
+    if not trained_past:
+        return None
+    return (
+        f"the run was trained on rows up to {last}, after --warmup-until {until}: the scored "
+        "rows were seen in training (in-sample). Train on the rows up to that time for an "
+        "honest hold-out, or use `seqstate backtest`"
+    )
+
+
+def _evaluate_pooled(args: argparse.Namespace, model: Any, metadata: Any, table: Any) -> int:
+    """Classification: accuracy and loss over every row from a zero state."""
+    import json
+
+    from seqstate.pipeline import encode_table
+    from seqstate.preparation import load as load_preparation
+    from seqstate.train import evaluate
+
+    # Scored in the units the model reads: each series scaled as the run scaled it.
+    scaling, calendar = load_preparation(args.run_dir, metadata)
+    table = encode_table(table, scaling, calendar)
+    layout = metadata.get("layout", {})
+    lanes = table.lanes(
+        lanes=int(layout.get("lanes", 32)), window=int(layout.get("window", 64)), segments=False
+    )
+    metrics = evaluate(model, lanes)
+    if args.json:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        described = table.describe()
+        print(f"{args.data}: {described['series']} series, {described['steps']} steps")
+        for key, value in metrics.items():
+            print(f"  {key:<10} {value:.6g}")
+    return 0
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    from seqstate.recipe import read_training_table, train_forecaster
+
+    settings = load_settings(args)
+    settings["run"]["out"] = None  # --out is where the backtest writes, not a run directory
+    table = read_training_table(settings)
+    announce = None if args.quiet else lambda line: print(line, file=sys.stderr)
+
+    def train(history: Any) -> Any:
+        # What `seqstate train` with these flags writes ([scaling], defaults, refit, --seeds),
+        # forecast through the RunForecaster that evaluate/forecast load from a run.
+        return train_forecaster(history, settings, announce=announce)
+
+    return backtest_command(args, table, train)
+
+
+def _output_path(path: str) -> tuple[Path, str]:
+    target = Path(path)
+    kinds = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+    kind = kinds.get(target.suffix.lower())
+    if kind is None:
+        raise CliError(
+            f"--out {path!r}: cannot tell the format from the suffix {target.suffix!r}; use "
+            ".csv, .tsv or .parquet"
+        )
+    return target, kind
+
+
+def _write_frame(frame: Any, target: Path, kind: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        if kind == "parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False, sep="\t" if kind == "tsv" else ",")
+
+
+def _key_columns(columns: Any, table: Any, index: int, times: Any) -> dict[str, Any]:
+    keys: dict[str, Any] = {}
+    if columns.id is not None:
+        keys[columns.id] = [table.ids[index]] * len(times)
+    keys[columns.time or "step"] = times
+    return keys
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+    import torch
+    from tqdm.auto import tqdm
+
+    from seqstate.prediction import predict
+
+    target, kind = _output_path(args.out)
+    model, _, columns = _load_run(args.run_dir)
+    table = _read_for_run(args.data, columns, require_targets=False)
+    names = _output_names(columns, model)
+    forecaster = _prepared_forecaster(args.run_dir, columns)
+    if forecaster is not None:
+        return _predict_prepared(args, forecaster, table, columns, names, target, kind)
+    batch = args.batch_size or 256
+    frames = []
+    groups = range(0, len(table), batch)
+    quiet = args.no_progress or args.quiet
+    bar = tqdm(groups, desc="predict", unit="batch", disable=quiet or len(groups) < 2)
+    for begin in bar:
+        chunk = table.features[begin : begin + batch]
+        outputs = predict(model, chunk, chunk=args.chunk, batch_size=args.batch_size)
+        for offset, output in enumerate(outputs):
+            index = begin + offset
+            data = _key_columns(columns, table, index, table.times[index])
+            if columns.task == "classification":
+                probabilities = torch.softmax(torch.from_numpy(output), dim=-1).numpy()
+                data[names[0]] = probabilities.argmax(axis=-1)
+                for k in range(probabilities.shape[1]):
+                    data[f"probability_{k}"] = probabilities[:, k]
+            else:
+                data |= {name: output[:, j] for j, name in enumerate(names)}
+            frames.append(pd.DataFrame(data))
+    frame = pd.concat(frames, ignore_index=True)
+    _write_frame(frame, target, kind)
+    if args.quiet:
+        return 0
+    ahead = "the same step" if columns.shift == 0 else f"{columns.shift} step(s) ahead"
+    print(
+        f"wrote {len(frame)} rows to {target}: {', '.join(names)} = the prediction of "
+        f"{', '.join(columns.targets)} {ahead}, from the rows up to each row"
+    )
+    return 0
+
+
+def _prepared_forecaster(run_dir: str, columns: Any) -> Any:
+    """The run's :class:`seqstate.pipeline.RunForecaster` when it has a scaling, calendar
+    features or ensemble members (regression runs since #13); None: the model alone."""
+    from seqstate.pipeline import load_forecaster
+
+    if columns.task != "regression":
+        return None
+    forecaster = load_forecaster(run_dir)
+    members = forecaster.members
+    if len(members) == 1 and members[0].scaling is None and not members[0].calendar:
+        return None
+    return forecaster
+
+
+def _output_frame(
+    columns: Any,
+    table: Any,
+    outputs: Any,
+    names: list[str],
+    stamps: Any,
+    several: bool,
+    *,
+    horizon: int | None = None,
+) -> Any:
+    """One long-format frame of a run's answers: each series' key columns (id, time ``stamps``),
+    ``horizon`` (forecasts: 1..H), ``predicted_<target>`` and, for an ensemble, its spread."""
+    import numpy as np
+    import pandas as pd
+
+    frames = []
+    for index in range(len(table)):
+        data = _key_columns(columns, table, index, stamps[index])
+        if horizon is not None:
+            data["horizon"] = np.arange(1, horizon + 1)
+        data |= {name: outputs.mean[index][:, j] for j, name in enumerate(names)}
+        if several:
+            data |= {f"{name}_spread": outputs.spread[index][:, j] for j, name in enumerate(names)}
+        frames.append(pd.DataFrame(data))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _predict_prepared(
+    args: argparse.Namespace,
+    forecaster: Any,
+    table: Any,
+    columns: Any,
+    names: list[str],
+    target: Path,
+    kind: str,
+) -> int:
+
+    outputs = forecaster.predict_outputs(table)
+    several = len(forecaster.members) > 1
+    frame = _output_frame(columns, table, outputs, names, table.times, several)
+    _write_frame(frame, target, kind)
+    ahead = "the same step" if columns.shift == 0 else f"{columns.shift} step(s) ahead"
+    mean = (
+        f"the mean of {len(forecaster.members)} seeds' predictions" if several else "the prediction"
+    )
+    print(
+        f"wrote {len(frame)} rows to {target}: {', '.join(names)} = {mean} of "
+        f"{', '.join(columns.targets)} {ahead}, from the rows up to each row (raw units)"
+    )
+    return 0
+
+
+def _output_names(columns: Any, model: Any) -> list[str]:
+    if columns.task == "classification":
+        return [f"predicted_{columns.targets[0]}"]
+    if len(columns.targets) != model.output_size:
+        raise CliError(
+            f"the run's model has {model.output_size} outputs but records targets "
+            f"{list(columns.targets)}"
+        )
+    return [f"predicted_{name}" for name in columns.targets]
+
+
+def _forecast(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import numpy as np
+
+    from seqstate.calendar import future_times
+    from seqstate.covariates import future_covariates
+    from seqstate.pipeline import load_forecaster
+
+    target, kind = _output_path(args.out)
+    if args.horizon is None or args.horizon < 1:
+        raise CliError(f"--horizon must be an int >= 1; received {args.horizon}")
+    _, _, columns = _load_run(args.run_dir)
+    if columns.task != "regression" or columns.shift != 1:
+        raise CliError(
+            "forecast feeds each prediction back as the next input, which needs a regression "
+            f"run trained with shift 1; this run has task {columns.task!r} and shift "
+            f"{columns.shift}. Use `seqstate predict` instead"
+        )
+    missing = [name for name in columns.targets if name not in columns.features]
+    if missing:
+        raise CliError(
+            f"this run forecasts {list(columns.targets)} from {list(columns.features)}: the "
+            f"targets {missing} are not inputs, so a forecast cannot be fed back. Use "
+            "`seqstate predict` instead"
+        )
+    covariates = [name for name in columns.features if name not in columns.targets]
+    if covariates and not args.covariates:
+        raise CliError(
+            f"this run reads the covariates {covariates} besides {list(columns.targets)}: give "
+            "their future values with --covariates FILE (the id and time columns and one row "
+            "per forecast step after each series' end)"
+        )
+    table = _read_for_run(args.data, columns, require_targets=False)
+    horizon = args.horizon
+    stamps = []
+    for times in table.times:
+        # On the series' own calendar: monthly data steps by months, not by 31 days.
+        if columns.time is None:
+            stamps.append(times[-1] + np.arange(1, horizon + 1))
+        else:
+            stamps.append(future_times(times, horizon))
+    known = future_covariates(args.covariates, covariates, table, horizon) if covariates else None
+    features = []
+    for index in range(len(table)):
+        # The future rows: the fed target columns are unknown (NaN), the covariates known.
+        rows = np.full((horizon, len(columns.features)), np.nan, dtype=np.float32)
+        if known is not None:
+            for j, name in enumerate(covariates):
+                rows[:, columns.features.index(name)] = known[index][:, j]
+        features.append(rows)
+    future = dataclasses.replace(table, features=features, times=stamps)
+    forecaster = load_forecaster(args.run_dir)
+    names = _output_names(columns, forecaster.members[0].model)
+    outputs = forecaster.forecast_outputs(table, horizon, future)
+    several = len(forecaster.members) > 1
+    frame = _output_frame(columns, table, outputs, names, stamps, several, horizon=horizon)
+    _write_frame(frame, target, kind)
+    members = (
+        f" (the mean of {len(forecaster.members)} seeds; *_spread: their std)" if several else ""
+    )
+    print(
+        f"wrote {len(frame)} rows to {target}: {horizon} step(s) past the end of each of "
+        f"{len(table)} series{members}"
+    )
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from seqstate.doctor import diagnose
+
+    settings = load_settings(args)
+    report = diagnose(settings)
+    print(report.text())
+    return 1 if report.problems else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from seqstate.demo import run_demo
+
+    run_demo(out=Path(args.out), quick=args.quick, seed=args.seed)
+    return 0
+
+
+def _serve(argv: list[str]) -> int:
+    try:
+        from seqstate import serve
+    except ImportError as error:
+        raise CliError(
+            f"serving needs the serve extra ({error}); pip install 'seqstate[serve]'"
+        ) from None
+    parser = argparse.ArgumentParser(prog="seqstate serve", description="Serve a run over HTTP.")
+    serve.add_arguments(parser)
+    try:
+        serve_args = parser.parse_args(argv)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 0
+    return int(serve.run(serve_args) or 0)
+
+
+def _import_keras(args: argparse.Namespace) -> int:
+    from seqstate.interop.keras import describe, import_keras
+    from seqstate.saved import load_model
+
+    out = import_keras(
+        args.path,
+        args.out_run_dir,
+        features=_column_list(args.features),
+        targets=_column_list(args.targets),
+        keras_version=args.keras_version,
+    )
+    info = describe(args.path, keras_version=args.keras_version)
+    print(f"wrote {out}/ (model.json, model.safetensors) from {args.path}")
+    print(load_model(out).describe())
+    for note in info.notes:
+        print(f"note: {note}")
+    if not info.return_sequences:
+        print("note: Keras returned the last step only; seqstate predicts every step")
+    print(f"next: seqstate predict {out} DATA --out predictions.csv")
+    return 0
+
+
+def _column_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",")]
+    if not all(names):
+        raise CliError(f"column lists are comma-separated names; received {value!r}")
+    return names
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from seqstate.interop.onnx import export_onnx, onnx_input_names, onnx_output_names
+    from seqstate.saved import load_model
+
+    if not Path(args.out).suffix.lower() == ".onnx":
+        raise CliError(f"OUT must be a .onnx file; received {args.out!r}")
+    model = load_model(args.run_dir)
+    written = export_onnx(model, args.out)
+    print(f"wrote {written}: inputs {onnx_input_names(model)}, outputs {onnx_output_names(model)}")
+    return 0
