@@ -18,21 +18,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from seqstate.cli_commands import (
-    _backtest,
-    _demo,
-    _doctor,
-    _evaluate,
-    _export_onnx,
-    _forecast,
-    _import_keras,
-    _predict,
-    _serve,
-    _train,
-)
 from seqstate.cli_evaluation import add_backtest_command, add_evaluate_arguments
+from seqstate.cli_run import _evaluate, _export_onnx, _forecast, _predict, _serve
 from seqstate.cli_settings import CliError
 from seqstate.cli_settings import load_settings as load_settings
+from seqstate.cli_train import _backtest, _demo, _doctor, _import_keras, _train
 from seqstate.preparation import add_arguments as add_preparation_arguments
 
 __all__ = ["build_parser", "main"]
