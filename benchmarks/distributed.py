@@ -51,14 +51,14 @@ def make_series(windows: int, seed: int = 0) -> np.ndarray:
 def worker(args: argparse.Namespace) -> None:
     from safetensors.torch import save_file
 
-    from seqstate.lanes import Lanes
-    from seqstate.model import SequenceModel
+    from seqstate.core.model import SequenceModel
+    from seqstate.lanes.lanes import Lanes
     from seqstate.train import fit
 
     distributed = "RANK" in os.environ
     rank = 0
     if distributed:
-        from seqstate.distributed import init_from_env
+        from seqstate.train.distributed import init_from_env
 
         rank = init_from_env(timeout=LAUNCH_TIMEOUT).rank
     torch.set_num_threads(args.threads)

@@ -266,7 +266,7 @@ SEQSTATE_ARGS: list[str] = []  # extra CLI options (none: the defaults are what 
 
 
 def seqstate_cli(dataset: Dataset, seed: int, quick: bool) -> tuple[pd.DataFrame, float]:
-    from seqstate.cli import main
+    from seqstate.cli.dispatch import main
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / f"{dataset.name}.csv"
@@ -313,7 +313,7 @@ def seqstate_ensemble(dataset: Dataset, seed: int, quick: bool) -> tuple[pd.Data
 
 
 def _quiet_flag() -> list[str]:
-    from seqstate.cli import build_parser
+    from seqstate.cli.dispatch import build_parser
 
     parser = build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
@@ -497,15 +497,15 @@ def verdict(rows: list[dict]) -> list[str]:
 
 def thread_check(pairs: int, quick: bool) -> str:
     """Training throughput with 1 vs 2 intra-op threads, interleaved pairs (fit only)."""
-    from seqstate.lanes import Lanes
-    from seqstate.model import SequenceModel
-    from seqstate.threads import choose_threads
+    from seqstate.core.model import SequenceModel
+    from seqstate.lanes.lanes import Lanes
+    from seqstate.recipe.threads import choose_threads
     from seqstate.train import fit
 
     rng = np.random.default_rng(0)
     lines = [
         "",
-        "### Intra-op threads (`seqstate.threads`): one training epoch, 1 vs 2 threads",
+        "### Intra-op threads (`seqstate.recipe.threads`): one training epoch, 1 vs 2 threads",
         "",
         "Interleaved pairs in one process, median of per-pair ratios; what `choose_threads` "
         "picks for each size.",

@@ -43,8 +43,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from _report import BENCHMARKS, load_average, machine_info, write_section
-from seqstate.layers import GRU, LSTM, RNN
-from seqstate.state import State
+from seqstate.core.layers import GRU, LSTM, RNN
+from seqstate.core.state import State
 
 BATCH, FEATURES = 32, 8
 METHODS = ("torch", "auto", "split")

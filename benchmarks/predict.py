@@ -34,10 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from _report import cpu_model, load_average, write_section
-from seqstate.model import SequenceModel
-from seqstate.prediction import DEFAULT_CHUNK, predict
-from seqstate.state import State
-from seqstate.streams import Streams, advance
+from seqstate.core.model import SequenceModel
+from seqstate.core.state import State
+from seqstate.inference.prediction import DEFAULT_CHUNK, predict
+from seqstate.inference.streams import Streams, advance
 
 F, H, CONTEXT = 8, 128, 50
 

@@ -279,8 +279,8 @@ def seqstate_server(run_dir: Path, store: str, *extra: str, env: dict | None = N
 def make_run_dir(directory: Path) -> Path:
     import torch
 
-    from seqstate.checkpoint import save_model
-    from seqstate.model import SequenceModel
+    from seqstate.core.model import SequenceModel
+    from seqstate.core.saved import save_model
 
     torch.manual_seed(0)
     model = SequenceModel(input_size=FEATURES, output_size=1, cell="lstm", hidden_size=64)

@@ -1,7 +1,7 @@
 """What a layer variant costs: the exact step-by-step path vs torch's fused kernel.
 
 A stack layer whose variant torch has no kernel for (hard_sigmoid gates, GRU reset-before,
-relu/linear LSTM/GRU activations) runs on ``seqstate.stepwise``. This measures, side by side in
+relu/linear LSTM/GRU activations) runs on ``seqstate.core.stepwise``. This measures, side by side in
 one process, a training step (forward + backward) and an inference call of one layer:
 
 * ``fused``: ``seqstate.LSTM`` / ``seqstate.GRU`` (torch's kernel);
@@ -21,8 +21,8 @@ import time
 import torch
 
 from _report import machine_info, write_section
-from seqstate.layers import GRU, LSTM
-from seqstate.stepwise import StepwiseLayer
+from seqstate.core.layers import GRU, LSTM
+from seqstate.core.stepwise import StepwiseLayer
 
 B, T, F, H = 32, 50, 16, 64
 

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from _report import BENCHMARKS, machine_info, write_section
-from seqstate.lanes import Lanes
-from seqstate.model import SequenceModel
+from seqstate.core.model import SequenceModel
+from seqstate.lanes.lanes import Lanes
 from seqstate.train import fit
 
 B, T, F, H = 32, 50, 8, 128

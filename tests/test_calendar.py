@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqstate.calendar import Frequency, future_times, infer_frequency, parse_times, season_length
+from seqstate.recipe.calendar import (
+    Frequency,
+    future_times,
+    infer_frequency,
+    parse_times,
+    season_length,
+)
 
 # (pandas frequency used to build the truth, the name inferred, its season)
 CALENDARS = [

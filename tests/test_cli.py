@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 import torch
 
-from seqstate.checkpoint import load_model, read_model_json
-from seqstate.cli import main
-from seqstate.holdout import split_tail
-from seqstate.pipeline import load_forecaster
-from seqstate.prediction import predict
-from seqstate.scaling import Scaling
-from seqstate.sources import Normalization, read_table
+from seqstate.cli.dispatch import main
+from seqstate.core.saved import load_model, read_model_json
+from seqstate.inference.prediction import predict
+from seqstate.recipe.holdout import split_tail
+from seqstate.recipe.run_forecaster import load_forecaster
+from seqstate.recipe.scaling import Scaling
+from seqstate.recipe.sources import Normalization, read_table
 
 TINY = ["--lanes", "3", "--window", "8", "--epochs", "2", "--hidden-size", "8", "--no-progress"]
 
@@ -323,7 +323,7 @@ def test_one_line_error_and_exit_code_in_a_subprocess(tmp_path):
     with pytest.raises(FileNotFoundError):  # --debug: the exception itself, with traceback
         main(["--debug", "train", str(tmp_path / "missing.csv"), "-f", "x"])
     usage = subprocess.run(
-        [sys.executable, "-m", "seqstate.cli", "predict"],
+        [sys.executable, "-m", "seqstate.cli.dispatch", "predict"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -388,7 +388,7 @@ def test_distributed_train_under_torchrun_equals_one_process(data, tmp_path):
         "--master_addr=127.0.0.1",
         f"--master_port={port}",
         "-m",
-        "seqstate.cli",
+        "seqstate.cli.dispatch",
         *args,
         *layout,
         "--no-progress",

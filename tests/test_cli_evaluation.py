@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seqstate.cli import main
+from seqstate.cli.dispatch import main
 
 SMALL = ["--hidden-size", "8", "--epochs", "2"]
 

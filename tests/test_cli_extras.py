@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from seqstate.cli import main
-from seqstate.model import SequenceModel
-from seqstate.saved import save_model
+from seqstate.cli.dispatch import main
+from seqstate.core.model import SequenceModel
+from seqstate.core.saved import save_model
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from seqstate.checkpoint import read_model_json
-from seqstate.cli import main
-from seqstate.pipeline import forecast_table, load_forecaster
-from seqstate.preparation import member_dirs
-from seqstate.scaling import Scaling
-from seqstate.sources import read_table
+from seqstate.cli.dispatch import main
+from seqstate.core.saved import read_model_json
+from seqstate.recipe.preparation import member_dirs
+from seqstate.recipe.run_forecaster import forecast_table, load_forecaster
+from seqstate.recipe.scaling import Scaling
+from seqstate.recipe.sources import read_table
 
 
 def panel_csv(tmp_path, scales=(1.0, 30.0, 1e3, 3e4, 1e6), months=72, name="panel.csv"):

@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seqstate.covariates import (
+from seqstate.recipe.covariates import (
     calendar_features,
     calendar_names,
     future_covariates,
     parse_calendar,
     with_calendar,
 )
-from seqstate.sources import read_table
+from seqstate.recipe.sources import read_table
 
 
 def test_calendar_features_match_the_plain_formula():

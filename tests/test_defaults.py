@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqstate.defaults import MAX_LANES, MIN_WINDOWS, PATIENCE, apply, choose, layout_cost
-from seqstate.lanes import Lanes
+from seqstate.lanes.lanes import Lanes
+from seqstate.recipe.defaults import MAX_LANES, MIN_WINDOWS, PATIENCE, apply, choose, layout_cost
 
 
 @settings(max_examples=60, deadline=None)

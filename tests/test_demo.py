@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from seqstate.checkpoint import load_model, read_model_json
-from seqstate.cli import main
-from seqstate.demo import memory_task
+from seqstate.cli.demo import memory_task
+from seqstate.cli.dispatch import main
+from seqstate.core.saved import load_model, read_model_json
 
 
 def test_memory_task_labels_follow_the_last_marker():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from seqstate.demo_panel import macro_table
+from seqstate.cli.demo_panel import macro_table
 
 
 def test_macro_table_is_a_panel_of_very_different_scales():

@@ -25,8 +25,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from seqstate.lanes import Lanes
-from seqstate.model import SequenceModel
+from seqstate.core.model import SequenceModel
+from seqstate.lanes.lanes import Lanes
 from seqstate.train import FitConfig, History, WindowEnd, fit
 
 WORLD_SIZE = 2
@@ -125,7 +125,7 @@ def interrupt_point() -> int:
 
 
 def worker(out: Path) -> None:
-    from seqstate.distributed import distributed
+    from seqstate.train.distributed import distributed
 
     torch.set_num_threads(1)
     with distributed(timeout=120) as info:
@@ -433,7 +433,7 @@ def test_refusals_are_raised_on_every_rank(job):
 
 
 def test_init_from_env_outside_torchrun_says_how_to_launch(monkeypatch):
-    from seqstate.distributed import init_from_env, is_main_process, rank_info
+    from seqstate.train.distributed import init_from_env, is_main_process, rank_info
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
@@ -445,7 +445,7 @@ def test_init_from_env_outside_torchrun_says_how_to_launch(monkeypatch):
 
 
 def test_lane_block_splits_contiguously():
-    from seqstate.distributed import lane_block
+    from seqstate.train.distributed import lane_block
 
     assert [lane_block(32, 4, r) for r in range(4)] == [
         slice(0, 8),

@@ -10,16 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
-from seqstate.evaluation import (
+from seqstate.core.model import SequenceModel
+from seqstate.recipe.evaluation import (
     ModelForecaster,
     backtest,
     evaluate_in_sample,
     evaluate_warm,
     plot_backtest,
 )
-from seqstate.metrics import seasonal_naive, series_metrics
-from seqstate.model import SequenceModel
-from seqstate.sources import read_table
+from seqstate.recipe.metrics import seasonal_naive, series_metrics
+from seqstate.recipe.sources import read_table
 
 
 def panel(lengths=(30, 24, 36), *, covariate=False, seed=0) -> pd.DataFrame:
@@ -314,7 +314,7 @@ def test_train_evaluate_gives_per_series_means_beside_the_pooled_errors():
     """seqstate.evaluate: mae/rmse stay pooled over every scored step; series_mae/series_rmse
     are the mean over series of each series' own errors, equal to a per-series reference
     whatever the lanes and window."""
-    from seqstate.prediction import predict
+    from seqstate.inference.prediction import predict
     from seqstate.train import evaluate
 
     table = table_of(panel())

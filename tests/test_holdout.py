@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from seqstate.holdout import ScoredFrom, split_tail
-from seqstate.model import SequenceModel
-from seqstate.sources import read_table
+from seqstate.core.model import SequenceModel
+from seqstate.recipe.holdout import ScoredFrom, split_tail
+from seqstate.recipe.sources import read_table
 from seqstate.train import evaluate, fit
 
 

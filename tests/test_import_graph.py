@@ -85,8 +85,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_real_edges() -> None:
     graph = import_graph()
-    assert "seqstate.train.replica" in graph["seqstate.distributed"]
-    assert "seqstate.distributed" in graph["seqstate.train.fitting"]  # lazy, inside replica_for
+    assert "seqstate.train.replica" in graph["seqstate.train.distributed"]
+    assert "seqstate.train.distributed" in graph["seqstate.train.fitting"]  # lazy import
 
 
 def test_find_cycle_finds_a_planted_cycle() -> None:
@@ -97,3 +97,76 @@ def test_find_cycle_finds_a_planted_cycle() -> None:
 def test_seqstate_modules_import_each_other_without_a_cycle() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+# Which layer may not import which: lower layers never import higher ones, and the server
+# never imports training code (it serves a saved run; training belongs to another process).
+FORBIDDEN: dict[str, set[str]] = {
+    "core": {"lanes", "train", "inference", "recipe", "cli", "serve", "interop"},
+    "lanes": {"train", "inference", "recipe", "cli", "serve", "interop"},
+    "train": {"inference", "recipe", "cli", "serve", "interop"},
+    "inference": {"train", "recipe", "cli", "serve", "interop"},
+    "recipe": {"cli", "serve"},
+    "interop": {"train", "cli", "serve"},
+    "serve": {"train", "cli"},
+}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if _layer(target) in FORBIDDEN.get(_layer(module), set())
+    )
+
+
+def test_layer_rule_catches_a_planted_edge() -> None:
+    assert layer_violations({"seqstate.core.state": {"seqstate.recipe.table"}}) == [
+        "seqstate.core.state -> seqstate.recipe.table"
+    ]
+    assert layer_violations({"seqstate.recipe.table": {"seqstate.core.state"}}) == []
+
+
+def test_lower_layers_never_import_higher_ones() -> None:
+    assert layer_violations(import_graph()) == []
+
+
+def private_imports(root: Path) -> list[str]:
+    """``from seqstate.x import _name`` anywhere in the package (its own modules' names only)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("seqstate"):
+                found += [
+                    f"{path.relative_to(root)}: from {node.module} import {alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_")
+                    and not alias.name.startswith("__")
+                    and node.module != "seqstate"  # a package's own private submodule
+                ]
+    return found
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    assert private_imports(ROOT) == []
+
+
+def test_private_import_rule_catches_a_planted_import(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("from seqstate.core.layers import _Hidden\n")
+    (tmp_path / "b.py").write_text("from seqstate import _aliases\nfrom seqstate.x import y\n")
+    assert private_imports(tmp_path) == ["a.py: from seqstate.core.layers import _Hidden"]
+
+
+def test_the_top_level_shows_the_layers() -> None:
+    top = sorted(
+        p.name for p in ROOT.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()
+    )
+    assert len(top) <= 20, top
+    for layer in ("core", "lanes", "train", "inference", "recipe", "cli", "serve", "interop"):
+        assert layer in top

@@ -26,10 +26,10 @@ h5py = pytest.importorskip("h5py", reason="h5py (the [keras] extra) reads Keras 
 
 from keras import layers  # noqa: E402
 
+from seqstate.core.model import SequenceModel  # noqa: E402
+from seqstate.core.saved import load_model, read_model_json  # noqa: E402
 from seqstate.interop import keras as keras_import  # noqa: E402
 from seqstate.interop.keras import KerasImportError, last_step  # noqa: E402
-from seqstate.model import SequenceModel  # noqa: E402
-from seqstate.saved import load_model, read_model_json  # noqa: E402
 
 # Keras's torch backend calls np.array(tensor, copy=False) under NumPy 2, which warns; the
 # warning is Keras's, not ours.
@@ -322,8 +322,8 @@ def test_imported_run_predicts_serves_and_exports(saved, name: str, tmp_path: Pa
 
     import httpx
 
+    from seqstate.inference.prediction import predict
     from seqstate.interop.onnx import export_onnx, onnx_input_names
-    from seqstate.prediction import predict
     from seqstate.serve import ServeConfig, create_app
 
     entry = saved[name]
@@ -552,7 +552,7 @@ def test_import_keras_names_columns_and_checks_them(saved, tmp_path: Path) -> No
 
 def test_cli_import_keras_then_predict(saved, tmp_path: Path, capsys) -> None:
     pd = pytest.importorskip("pandas")
-    from seqstate.cli import main
+    from seqstate.cli.dispatch import main
 
     entry = saved["mixed_masked"]
     run = tmp_path / "run"

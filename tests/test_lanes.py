@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqstate.lanes import Lanes, Window
+from seqstate.lanes.lanes import Lanes, Window
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -87,9 +87,9 @@ def test_window_properties_and_to():
 
 
 def test_module_docstring_has_the_lane_diagram():
-    import seqstate.lanes
+    import seqstate.lanes.lanes
 
-    doc = seqstate.lanes.__doc__
+    doc = seqstate.lanes.lanes.__doc__
     assert "lane 0" in doc and "window 1" in doc and "reset" in doc
 
 

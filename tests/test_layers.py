@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
 
-from seqstate._timeline import _plan
-from seqstate.layers import GRU, LSTM, RNN
-from seqstate.state import GRUState, LSTMState, RNNState, State
+from seqstate.core.layers import GRU, LSTM, RNN
+from seqstate.core.state import GRUState, LSTMState, RNNState, State
+from seqstate.core.timeline import _plan
 
 KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 STRATEGIES = ("auto", "split")

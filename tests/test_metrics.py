@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from seqstate.metrics import mean_metrics, seasonal_naive, series_metrics
+from seqstate.recipe.metrics import mean_metrics, seasonal_naive, series_metrics
 
 
 def test_values_by_hand():

@@ -14,14 +14,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqstate.lanes import Lanes
-from seqstate.layers import GRU, LSTM, RNN
-from seqstate.model import ModelConfig, RecurrentSpec, SequenceModel
-from seqstate.prediction import forecast, predict
-from seqstate.saved import load_model, read_model_json, save_model
-from seqstate.state import State
-from seqstate.stepwise import StepwiseLayer
-from seqstate.streams import Streams
+from seqstate.core.layers import GRU, LSTM, RNN
+from seqstate.core.model import ModelConfig, RecurrentSpec, SequenceModel
+from seqstate.core.saved import load_model, read_model_json, save_model
+from seqstate.core.state import State
+from seqstate.core.stepwise import StepwiseLayer
+from seqstate.inference.prediction import forecast, predict
+from seqstate.inference.streams import Streams
+from seqstate.lanes.lanes import Lanes
 from seqstate.train import fit
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_v1"
@@ -400,7 +400,7 @@ def test_a_stack_pickles(models, tmp_path: Path) -> None:
 
 
 def test_layers_and_models_follow_the_sequence_core_protocol(models) -> None:
-    from seqstate.core import SequenceCore
+    from seqstate.core.protocol import SequenceCore
 
     assert isinstance(models["mixed"], SequenceCore)
     assert isinstance(StepwiseLayer("gru", F, 4), SequenceCore)

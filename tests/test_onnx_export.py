@@ -17,9 +17,9 @@ import torch
 onnx = pytest.importorskip("onnx", reason="onnx (the [onnx] extra) is needed to export")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the [onnx] extra) runs the graph")
 
+from seqstate.core.model import SequenceModel  # noqa: E402
+from seqstate.core.saved import save_model  # noqa: E402
 from seqstate.interop.onnx import export_onnx, onnx_input_names, onnx_output_names  # noqa: E402
-from seqstate.model import SequenceModel  # noqa: E402
-from seqstate.saved import save_model  # noqa: E402
 
 TOL = {"rtol": 0.0, "atol": 1e-5}
 F, O, H = 3, 2, 5

@@ -7,17 +7,17 @@ import pandas as pd
 import pytest
 import torch
 
-from seqstate.model import SequenceModel
-from seqstate.pipeline import (
+from seqstate.core.model import SequenceModel
+from seqstate.inference.prediction import forecast
+from seqstate.recipe.run_forecaster import (
     RunForecaster,
     RunMember,
     encode_table,
     forecast_table,
     predict_table,
 )
-from seqstate.prediction import forecast
-from seqstate.scaling import Scaling, ScalingConfig
-from seqstate.sources import read_table
+from seqstate.recipe.scaling import Scaling, ScalingConfig
+from seqstate.recipe.sources import read_table
 
 
 def panel(ids=("a", "b"), months=40) -> pd.DataFrame:

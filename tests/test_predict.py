@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqstate.model import SequenceModel
-from seqstate.prediction import forecast, predict
+from seqstate.core.model import SequenceModel
+from seqstate.inference.prediction import forecast, predict
 
 F, O, H = 3, 2, 8
 

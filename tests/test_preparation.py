@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seqstate.preparation import (
+from seqstate.recipe.preparation import (
     Preparation,
     add_arguments,
     flag_settings,
@@ -18,7 +18,7 @@ from seqstate.preparation import (
     resolve,
     save,
 )
-from seqstate.sources import read_table, split_table
+from seqstate.recipe.sources import read_table, split_table
 
 
 def seasonal_panel(months=72):

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from seqstate.progress import Due, EpochProgress, Every, epoch_line, progress_mode
+from seqstate.train.progress import Due, EpochProgress, Every, epoch_line, progress_mode
 
 
 class Terminal(io.StringIO):

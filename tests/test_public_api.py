@@ -28,11 +28,11 @@ def test_every_export_resolves_to_a_non_module(name: str) -> None:
 
 def test_predict_stays_the_function_after_its_module_is_imported() -> None:
     # the imports that used to rebind seqstate.predict to the module
-    import seqstate.prediction
-    import seqstate.streams
+    import seqstate.inference.prediction
+    import seqstate.inference.streams
 
     assert callable(seqstate.predict)
-    assert seqstate.predict.__module__ == "seqstate.prediction"
+    assert seqstate.predict.__module__ == "seqstate.inference.prediction"
 
 
 def test_unknown_attribute_raises_attribute_error() -> None:

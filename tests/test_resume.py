@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from seqstate.lanes import Lanes
-from seqstate.model import SequenceModel
-from seqstate.runstate import decode, encode, load_snapshot
+from seqstate.core.model import SequenceModel
+from seqstate.lanes.lanes import Lanes
 from seqstate.train import FitConfig, WindowEnd, fit
+from seqstate.train.snapshots import decode, encode, load_snapshot
 
 CONFIG = FitConfig(
     epochs=3,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqstate.scaling import (
+from seqstate.recipe.scaling import (
     SCALING_FILE,
     SCALING_JSON,
     Scaling,
@@ -20,7 +20,7 @@ from seqstate.scaling import (
     inverse_transform,
     robust_location_scale,
 )
-from seqstate.sources import read_table, split_table
+from seqstate.recipe.sources import read_table, split_table
 
 CONFIGS = [
     ScalingConfig(transform=kind, difference=d, season=m)

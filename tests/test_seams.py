@@ -10,8 +10,8 @@ from torch import nn
 from seqstate import GRU, SequenceModel, evaluate, fit, forecast, predict
 from seqstate._io import atomic_path, write_text_atomic
 from seqstate._validate import check_int, check_number
-from seqstate.core import SequenceCore, check_core, check_sized_core
-from seqstate.lanes import Lanes
+from seqstate.core.protocol import SequenceCore, check_core, check_sized_core
+from seqstate.lanes.lanes import Lanes
 
 
 class NoSizes(nn.Module):

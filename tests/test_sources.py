@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from seqstate.checkpoint import load_model, read_model_json, save_model
-from seqstate.model import SequenceModel
-from seqstate.sources import (
+from seqstate.core.model import SequenceModel
+from seqstate.core.saved import load_model, read_model_json, save_model
+from seqstate.recipe.sources import (
     Columns,
     Normalization,
     SequenceTable,

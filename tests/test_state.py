@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save as safetensors_save
 
-from seqstate.state import GRUState, LSTMState, RNNState, State
+from seqstate.core.state import GRUState, LSTMState, RNNState, State
 
 STATE_TYPES = (LSTMState, GRUState, RNNState)
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -377,7 +377,7 @@ def _blob(tensors: dict[str, torch.Tensor], meta: object | None) -> bytes:
     return safetensors_save(tensors, metadata=metadata)
 
 
-GOOD_META = {"format": "seqstate.state/1", "type": "GRUState"}
+GOOD_META = {"format": "seqstate.core.state/1", "type": "GRUState"}
 ONE = {"hidden": torch.zeros(1, 2, 3)}
 
 

@@ -8,11 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqstate.layers import GRU
-from seqstate.model import SequenceModel
-from seqstate.prediction import predict
-from seqstate.state import GRUState, LSTMState
-from seqstate.streams import Streams, advance
+from seqstate.core.layers import GRU
+from seqstate.core.model import SequenceModel
+from seqstate.core.state import GRUState, LSTMState
+from seqstate.inference.prediction import predict
+from seqstate.inference.streams import Streams, advance
 
 F, O, H = 3, 2, 8
 

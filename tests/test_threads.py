@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqstate.threads import LARGE_STEP, apply_threads, choose_threads, idle_cores
+from seqstate.recipe.threads import LARGE_STEP, apply_threads, choose_threads, idle_cores
 
 
 def test_small_models_use_one_thread_and_large_ones_the_idle_cores():

@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from seqstate.checkpoint import load_model
-from seqstate.lanes import Lanes
-from seqstate.layers import GRU
-from seqstate.losses import MaskedLoss
-from seqstate.model import SequenceModel
-from seqstate.state import GRUState
+from seqstate.core.layers import GRU
+from seqstate.core.model import SequenceModel
+from seqstate.core.saved import load_model
+from seqstate.core.state import GRUState
+from seqstate.lanes.lanes import Lanes
 from seqstate.train import FitConfig, History, WindowEnd, evaluate, fit
+from seqstate.train.losses import MaskedLoss
 
 
 def sine_series(n: int = 600, seed: int = 0) -> np.ndarray:

@@ -9,43 +9,47 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from seqstate import _aliases
+
 __version__ = "0.1.0"
+
+_aliases.install()  # the flat layout's module paths resolve, with a warning, for one release
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     # data layout
-    "Lanes": "seqstate.lanes",
-    "Window": "seqstate.lanes",
+    "Lanes": "seqstate.lanes.lanes",
+    "Window": "seqstate.lanes.lanes",
     # state
-    "State": "seqstate.state",
-    "LSTMState": "seqstate.state",
-    "GRUState": "seqstate.state",
-    "RNNState": "seqstate.state",
+    "State": "seqstate.core.state",
+    "LSTMState": "seqstate.core.state",
+    "GRUState": "seqstate.core.state",
+    "RNNState": "seqstate.core.state",
     # layers
-    "LSTM": "seqstate.layers",
-    "GRU": "seqstate.layers",
-    "RNN": "seqstate.layers",
+    "LSTM": "seqstate.core.layers",
+    "GRU": "seqstate.core.layers",
+    "RNN": "seqstate.core.layers",
     # the model contract
-    "SequenceCore": "seqstate.core",
+    "SequenceCore": "seqstate.core.protocol",
     # model and run directories
-    "ModelConfig": "seqstate.model",
-    "RecurrentSpec": "seqstate.model",
-    "DenseSpec": "seqstate.model",
-    "SequenceModel": "seqstate.model",
-    "save_model": "seqstate.saved",
-    "load_model": "seqstate.saved",
+    "ModelConfig": "seqstate.core.model",
+    "RecurrentSpec": "seqstate.core.model",
+    "DenseSpec": "seqstate.core.model",
+    "SequenceModel": "seqstate.core.model",
+    "save_model": "seqstate.core.saved",
+    "load_model": "seqstate.core.saved",
     # drivers
     "FitConfig": "seqstate.train",
     "History": "seqstate.train",
     "fit": "seqstate.train",
     "evaluate": "seqstate.train",
-    "predict": "seqstate.prediction",
-    "forecast": "seqstate.forecasting",
-    "Streams": "seqstate.streams",
-    "advance": "seqstate.streams",
+    "predict": "seqstate.inference.prediction",
+    "forecast": "seqstate.inference.forecasting",
+    "Streams": "seqstate.inference.streams",
+    "advance": "seqstate.inference.streams",
     # data in
-    "read_table": "seqstate.sources",
-    "split_table": "seqstate.sources",
+    "read_table": "seqstate.recipe.sources",
+    "split_table": "seqstate.recipe.sources",
     # interop (optional extras, imported on first use)
     "import_keras": "seqstate.interop.keras",
     "export_onnx": "seqstate.interop.onnx",
@@ -54,18 +58,18 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from seqstate.core import SequenceCore  # noqa: F401
-    from seqstate.forecasting import forecast  # noqa: F401
+    from seqstate.core.layers import GRU, LSTM, RNN  # noqa: F401
+    from seqstate.core.model import DenseSpec, ModelConfig, RecurrentSpec, SequenceModel  # noqa: F401
+    from seqstate.core.protocol import SequenceCore  # noqa: F401
+    from seqstate.core.saved import load_model, save_model  # noqa: F401
+    from seqstate.core.state import GRUState, LSTMState, RNNState, State  # noqa: F401
+    from seqstate.inference.forecasting import forecast  # noqa: F401
+    from seqstate.inference.prediction import predict  # noqa: F401
+    from seqstate.inference.streams import Streams, advance  # noqa: F401
     from seqstate.interop.keras import import_keras  # noqa: F401
     from seqstate.interop.onnx import export_onnx  # noqa: F401
-    from seqstate.lanes import Lanes, Window  # noqa: F401
-    from seqstate.layers import GRU, LSTM, RNN  # noqa: F401
-    from seqstate.model import DenseSpec, ModelConfig, RecurrentSpec, SequenceModel  # noqa: F401
-    from seqstate.prediction import predict  # noqa: F401
-    from seqstate.saved import load_model, save_model  # noqa: F401
-    from seqstate.sources import read_table, split_table  # noqa: F401
-    from seqstate.state import GRUState, LSTMState, RNNState, State  # noqa: F401
-    from seqstate.streams import Streams, advance  # noqa: F401
+    from seqstate.lanes.lanes import Lanes, Window  # noqa: F401
+    from seqstate.recipe.sources import read_table, split_table  # noqa: F401
     from seqstate.train import FitConfig, History, evaluate, fit  # noqa: F401
 
 

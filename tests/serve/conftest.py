@@ -19,8 +19,8 @@ import httpx
 import pytest
 import torch
 
-from seqstate.checkpoint import load_model, save_model
-from seqstate.model import SequenceModel
+from seqstate.core.model import SequenceModel
+from seqstate.core.saved import load_model, save_model
 from seqstate.serve import ServeConfig, create_app
 
 TOKEN = "test-token-0123456789"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from seqstate.core.state import GRUState, LSTMState
 from seqstate.serve.codec import StateCodec
-from seqstate.state import GRUState, LSTMState
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import AUTH, TOKEN, make_config, replay, serving
-from seqstate.checkpoint import save_model
-from seqstate.model import SequenceModel
+from seqstate.core.model import SequenceModel
+from seqstate.core.saved import save_model
 from seqstate.serve import ServeConfig, create_app
 from seqstate.serve.command import exposure_warning
 from seqstate.serve.engine import Engine, StepRequest, StepResult
@@ -121,7 +121,7 @@ def test_one_damaged_record_fails_only_its_own_stream(run_dir, model, tmp_path, 
             elif damage == "seq_not_a_number":
                 db.execute("UPDATE streams SET seq='abc' WHERE id='bad'")
             else:  # well-formed records (valid checksums): another model's, or from the future
-                from seqstate.state import LSTMState
+                from seqstate.core.state import LSTMState
 
                 wide = LSTMState(torch.zeros(1, 1, 16), torch.zeros(1, 1, 16)).to_bytes()
                 (state,) = db.execute("SELECT state FROM streams WHERE id='bad'").fetchone()
@@ -258,7 +258,7 @@ def test_live_streams_and_in_flight_bytes_are_bounded(run_dir):
 
 
 def test_a_mixed_stack_is_served_and_bounded_like_any_model(tmp_path):
-    from seqstate.model import ModelConfig, RecurrentSpec
+    from seqstate.core.model import ModelConfig, RecurrentSpec
 
     torch.manual_seed(0)
     layers = (RecurrentSpec("gru", 6), RecurrentSpec("lstm", 5))

@@ -16,10 +16,10 @@ import pytest
 import websockets.sync.client
 
 from conftest import AUTH, ServerProcess, in_process
-from seqstate.cli import main
-from seqstate.pipeline import load_forecaster
+from seqstate.cli.dispatch import main
+from seqstate.recipe.run_forecaster import load_forecaster
+from seqstate.recipe.sources import read_table
 from seqstate.serve import create_app
-from seqstate.sources import read_table
 
 SCALES = (1.0, 1e3, 1e6)
 

@@ -2,7 +2,7 @@
 
 What is understood: ``InputLayer``, ``Masking``, ``SimpleRNN``, ``LSTM``, ``GRU``, ``Dense``,
 ``TimeDistributed(Dense)`` and ``Dropout``, with every activation in
-:data:`seqstate.activations.ACTIVATIONS`. Keras 2's ``hard_sigmoid`` (the file's Keras version
+:data:`seqstate.core.activations.ACTIVATIONS`. Keras 2's ``hard_sigmoid`` (the file's Keras version
 says which) becomes ``hard_sigmoid_keras2``. Anything else is refused with the layer's name.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from seqstate.activations import ACTIVATIONS, ALIASES
-from seqstate.cells import CELLS
+from seqstate.core.activations import ACTIVATIONS, ALIASES
+from seqstate.core.cells import CELLS
 from seqstate.interop._keras_file import KerasFile
 from seqstate.interop._keras_graph import KerasImportError, layer_chain, layer_name
 

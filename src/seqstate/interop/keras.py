@@ -43,11 +43,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqstate.cells import CELLS
+from seqstate.core.cells import CELLS
+from seqstate.core.model import DenseSpec, ModelConfig, RecurrentSpec, SequenceModel
 from seqstate.interop._keras_file import read_keras_file
 from seqstate.interop._keras_graph import KerasImportError
 from seqstate.interop._keras_layers import Dense, Dropout, Masking, Parsed, Recurrent, parse
-from seqstate.model import DenseSpec, ModelConfig, RecurrentSpec, SequenceModel
 
 __all__ = [
     "KerasImportError",
@@ -125,7 +125,7 @@ def import_keras(
     ``x0, x1, ...`` / ``y0, y1, ...`` when not given. Targets are read at the same step as the
     inputs (shift 0), as a Keras model maps x[t] to y[t]. Nothing is written on error.
     """
-    from seqstate.saved import save_model
+    from seqstate.core.saved import save_model
 
     parsed = parse(read_keras_file(path, keras_version=keras_version))
     info = _info(parsed)
@@ -228,7 +228,7 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
 
 
 def _to_torch_gates(array: np.ndarray, kind: str) -> np.ndarray:
-    """Keras gate blocks (last axis) reordered into torch's order (see seqstate.cells)."""
+    """Keras gate blocks (last axis) reordered into torch's order (see seqstate.core.cells)."""
     order = CELLS[kind].keras_gate_order
     blocks = np.split(array, len(order), axis=-1)
     torch_blocks: list[np.ndarray] = [blocks[0]] * len(order)

@@ -18,11 +18,11 @@ that is ``reset``. Mid-chunk resets are not in the graph: split a chunk at a res
 
 How layers become ONNX: a fused LSTM/GRU layer of a model without masking becomes ONNX ``LSTM``
 / ``GRU`` operators (which onnxruntime and TensorRT run with their own kernels). Everything else
-becomes a ``Scan`` over steps of per-step ops computing :func:`seqstate.stepwise.cell_step`, the
+becomes a ``Scan`` over steps of per-step ops computing ``core.stepwise.cell_step``, the
 same definition seqstate runs: variants torch has no fused kernel for, every layer of a masking
 model (ONNX's recurrent operators cannot hold the state over padding inside a sequence), and
 RNN layers (the dynamo exporter unrolls ``nn.RNN`` over a fixed number of steps; see
-``seqstate.cells``).
+``seqstate.core.cells``).
 
 The graph is made by torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``).
 """
@@ -41,10 +41,10 @@ import torch
 from torch import nn
 
 from seqstate._io import atomic_path
-from seqstate.activations import activation as activation_function
-from seqstate.cells import CELLS
-from seqstate.model import SequenceModel
-from seqstate.stepwise import StepwiseLayer, cell_step
+from seqstate.core.activations import activation as activation_function
+from seqstate.core.cells import CELLS
+from seqstate.core.model import SequenceModel
+from seqstate.core.stepwise import StepwiseLayer, cell_step
 
 __all__ = ["export_onnx", "onnx_input_names", "onnx_output_names"]
 
@@ -242,7 +242,7 @@ def export_onnx(
     if isinstance(model_or_run_dir, SequenceModel):
         model = model_or_run_dir
     elif isinstance(model_or_run_dir, str | os.PathLike):
-        from seqstate.saved import load_model
+        from seqstate.core.saved import load_model
 
         model = load_model(model_or_run_dir)
     else:

@@ -119,7 +119,7 @@ def create_app(
 
 def _run_scaling(config: ServeConfig) -> StreamScaling | None:
     """The run directory's per-step preprocessing, from its config alone (before loading)."""
-    from seqstate.saved import read_model_json
+    from seqstate.core.saved import read_model_json
 
     model = read_model_json(config.run_dir).get("model") or {}
     return load_stream_scaling(
@@ -140,7 +140,7 @@ async def _open(
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
     if model is None:
-        from seqstate.saved import load_model
+        from seqstate.core.saved import load_model
 
         model = load_model(config.run_dir, device=config.device)
     model.eval()

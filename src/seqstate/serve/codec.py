@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from seqstate.state import State
+from seqstate.core.state import State
 
 __all__ = ["StateCodec"]
 

@@ -26,12 +26,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from seqstate.core.state import State
+from seqstate.inference.streams import advance
 from seqstate.serve import jsonio
 from seqstate.serve.codec import StateCodec
 from seqstate.serve.rules import Apply, Reject, Replay, decide
 from seqstate.serve.stores.base import Record, StateStore, Update, new_record
-from seqstate.state import State
-from seqstate.streams import advance
 
 __all__ = ["Engine", "Outcome", "Prepared", "StepRequest", "StepResult"]
 

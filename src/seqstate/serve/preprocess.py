@@ -1,6 +1,6 @@
 """The run's preprocessing, applied per stream: raw inputs in, raw-unit outputs out.
 
-A run trained with :mod:`seqstate.scaling` reads model-space inputs and answers in model
+A run trained with :mod:`seqstate.recipe.scaling` reads model-space inputs and answers in model
 space. ``seqstate predict`` brings a table there and back; the server must do the same for
 each step, or a scaled run is served silently wrong::
 
@@ -29,7 +29,7 @@ __all__ = ["StreamScaling", "load_stream_scaling"]
 
 @dataclasses.dataclass(frozen=True)
 class StreamScaling:
-    """The elementwise part of a run's :class:`seqstate.scaling.Scaling`, ready per step.
+    """The elementwise part of a run's :class:`seqstate.recipe.scaling.Scaling`, ready per step.
 
     Attributes:
         scaling: the run's fitted scaling (``config.lags == ()``).
@@ -119,8 +119,8 @@ def load_stream_scaling(
         ValueError: the run cannot be served exactly step by step (differencing, calendar
             features), or its scaling does not match the model's sizes.
     """
-    from seqstate.preparation import load
-    from seqstate.saved import read_model_json
+    from seqstate.core.saved import read_model_json
+    from seqstate.recipe.preparation import load
 
     metadata = read_model_json(run_dir).get("metadata", {}) or {}
     scaling, calendar = load(Path(run_dir), metadata if isinstance(metadata, dict) else {})

@@ -23,7 +23,7 @@ _MAX_HEADER = 100 << 20  # safetensors' own limit
 
 def check_run_dir(run_dir: str | os.PathLike[str], max_parameters: int) -> None:
     """Raise ValueError when ``run_dir`` asks for more than ``max_parameters`` weights."""
-    from seqstate.saved import MODEL_FILE, read_model_json
+    from seqstate.core.saved import MODEL_FILE, read_model_json
 
     config = read_model_json(run_dir).get("model")
     if not isinstance(config, dict):

@@ -20,7 +20,7 @@ With ``run_dir`` fit writes::
       model.json, model.safetensors   final weights (the best epoch's with early stopping)
       metrics.jsonl                   one JSON record per epoch (History.records)
       loss.png                        loss curves (when matplotlib is installed)
-      checkpoint/                     everything exact resume needs, see seqstate.runstate
+      checkpoint/                     everything exact resume needs, see seqstate.train.snapshots
 
 Where each part lives (every module holds one idea):
 
@@ -29,7 +29,7 @@ Where each part lives (every module holds one idea):
 - ``checks``      pre-flight checks of model, lanes, loss and device
 - ``fitting``     fit: checks, resume point, replica, then the loop
 - ``loop``        the Trainer: epochs, windows, checkpoints
-- ``replica``     the seam seqstate.distributed plugs into (Replica, EpochSums)
+- ``replica``     the seam seqstate.train.distributed plugs into (Replica, EpochSums)
 - ``evaluation``  evaluate and the evaluation pass the loop and replicas share
 - ``resume``      what a checkpoint must agree on to be continued exactly
 - ``runfiles``    metrics.jsonl and loss.png

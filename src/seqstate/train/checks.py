@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from seqstate.lanes import Lanes
-from seqstate.losses import MaskedLoss
+from seqstate.lanes.lanes import Lanes
 from seqstate.train.config import FitConfig
+from seqstate.train.losses import MaskedLoss
 
 
 def resolve_device(name: str) -> torch.device:

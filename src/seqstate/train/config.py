@@ -9,8 +9,8 @@ from typing import Any, Literal
 import torch
 
 from seqstate._validate import check_int, check_number
-from seqstate.losses import LOSSES, LossName
-from seqstate.progress import PROGRESS_MODES, Every, progress_mode
+from seqstate.train.losses import LOSSES, LossName
+from seqstate.train.progress import PROGRESS_MODES, Every, progress_mode
 
 OptimizerName = Literal["adam", "adamw", "sgd"]
 ScheduleName = Literal["constant", "cosine", "step", "plateau"]

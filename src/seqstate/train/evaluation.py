@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqstate.core import check_core
-from seqstate.lanes import Lanes
-from seqstate.losses import LOSSES, LossName, MaskedLoss, MetricSums
+from seqstate.core.protocol import check_core
+from seqstate.lanes.lanes import Lanes
 from seqstate.train.checks import check_compatible, check_lanes, resolve_loss
 from seqstate.train.config import FitConfig
+from seqstate.train.losses import LOSSES, LossName, MaskedLoss, MetricSums
 from seqstate.train.tensors import first_parameter, initial_state, to_device
 
 

@@ -9,10 +9,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from seqstate.core import SequenceCore, check_core
-from seqstate.lanes import Lanes
-from seqstate.runstate import load_snapshot
-from seqstate.state import State
+from seqstate.core.protocol import SequenceCore, check_core
+from seqstate.core.state import State
+from seqstate.lanes.lanes import Lanes
 from seqstate.train.checks import check_compatible, check_lanes, resolve_device, resolve_loss
 from seqstate.train.config import FitConfig
 from seqstate.train.history import EpochHook, History, WindowHook
@@ -26,15 +25,16 @@ from seqstate.train.resume import (
     resolve_dirs,
 )
 from seqstate.train.runfiles import CHECKPOINT_DIR
+from seqstate.train.snapshots import load_snapshot
 
 
 def replica_for(
     train: Lanes, validation: Lanes | None, device: torch.device, agreement: dict[str, Any]
 ) -> Replica:
     """One process, or this rank's share when ``torch.distributed`` is initialised
-    (``seqstate.distributed.init_from_env`` / ``torchrun``)."""
+    (``seqstate.train.distributed.init_from_env`` / ``torchrun``)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        from seqstate.distributed import rank_replica
+        from seqstate.train.distributed import rank_replica
 
         return rank_replica(train, validation, device, agreement)
     return Replica()

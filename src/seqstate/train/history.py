@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from seqstate.state import State
+from seqstate.core.state import State
 
 
 class History:

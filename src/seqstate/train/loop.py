@@ -12,15 +12,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqstate.lanes import Lanes, Window
-from seqstate.losses import MaskedLoss
-from seqstate.progress import Due, EpochProgress, Every
-from seqstate.runstate import Snapshot, capture_rng, save_snapshot
-from seqstate.state import State
+from seqstate.core.state import State
+from seqstate.lanes.lanes import Lanes, Window
 from seqstate.train.config import FitConfig
 from seqstate.train.history import EpochHook, History, WindowEnd, WindowHook
+from seqstate.train.losses import MaskedLoss
+from seqstate.train.progress import Due, EpochProgress, Every
 from seqstate.train.replica import EpochSums, Replica
 from seqstate.train.runfiles import CHECKPOINT_DIR, write_metrics, write_plot
+from seqstate.train.snapshots import Snapshot, capture_rng, save_snapshot
 from seqstate.train.tensors import detach_state, first_parameter, initial_state, to_device
 
 # The progress bar's loss needs a device sync; refresh it at most this often (seconds).
@@ -294,8 +294,8 @@ class Trainer:
         return info["epoch"], info["cursor"], state, sums
 
     def _save_final_model(self) -> None:
-        from seqstate.checkpoint import save_model
-        from seqstate.model import SequenceModel
+        from seqstate.core.model import SequenceModel
+        from seqstate.core.saved import save_model
 
         model, run_dir = self.model, self.run_dir
         if run_dir is None or not isinstance(model, SequenceModel):

@@ -1,6 +1,6 @@
 """The replica seam: how one process shares a fit with others.
 
-:class:`Replica` is one process training all lanes; ``seqstate.distributed`` subclasses it
+:class:`Replica` is one process training all lanes; ``seqstate.train.distributed`` subclasses it
 (one rank of a ``torch.distributed`` group) and overrides its hooks. The training loop calls
 only these hooks, so it never knows whether it runs alone.
 """
@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from seqstate.lanes import Lanes
-from seqstate.losses import MaskedLoss
-from seqstate.runstate import restore_rng
-from seqstate.state import State
+from seqstate.core.state import State
+from seqstate.lanes.lanes import Lanes
 from seqstate.train.evaluation import evaluate_metrics
+from seqstate.train.losses import MaskedLoss
+from seqstate.train.snapshots import restore_rng
 
 __all__ = ["EpochSums", "Replica"]
 

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from seqstate.lanes import Lanes
-from seqstate.runstate import Snapshot
+from seqstate.lanes.lanes import Lanes
 from seqstate.train.config import FitConfig
 from seqstate.train.runfiles import CHECKPOINT_DIR
+from seqstate.train.snapshots import Snapshot
 
 # Fields that may change between an interrupted run and its resume without breaking exactness.
 RESUME_FREE = (

@@ -7,9 +7,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from seqstate.core import SequenceCore
-from seqstate.lanes import Window
-from seqstate.state import State
+from seqstate.core.protocol import SequenceCore
+from seqstate.core.state import State
+from seqstate.lanes.lanes import Window
 
 
 def to_device(

@@ -1,0 +1,353 @@
+"""The ``seqstate`` commands that use a run directory: evaluate, predict, forecast, serve and
+export-onnx. Registered and dispatched by :mod:`seqstate.cli.dispatch`; heavy modules are imported
+inside each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from seqstate._io import atomic_path
+from seqstate.cli.evaluation import evaluate_command
+from seqstate.cli.settings import CliError
+
+
+def _load_run(run_dir: str) -> tuple[Any, dict[str, Any], Any]:
+    from seqstate.core.saved import load_model, read_model_json
+    from seqstate.recipe.sources import Columns
+
+    metadata = read_model_json(run_dir).get("metadata", {})
+    if "data" not in metadata or "columns" not in metadata["data"]:
+        raise CliError(
+            f"{run_dir} records no data columns (it was not written by `seqstate train`); use "
+            "the Python API (seqstate.predict) with this model"
+        )
+    return load_model(run_dir), metadata, Columns.from_dict(metadata["data"]["columns"])
+
+
+def _read_for_run(path: str, columns: Any, *, require_targets: bool) -> Any:
+    from seqstate.recipe.sources import read_table
+
+    return read_table(
+        path,
+        features=columns.features,
+        targets=columns.targets,
+        id_column=columns.id,
+        time_column=columns.time,
+        shift=columns.shift,
+        task=columns.task,
+        require_targets=require_targets,
+    )
+
+
+def handle_evaluate(args: argparse.Namespace) -> int:
+    from seqstate.recipe.run_forecaster import load_forecaster
+
+    model, metadata, columns = _load_run(args.run_dir)
+    table = _read_for_run(args.data, columns, require_targets=True)
+    if columns.task != "regression":
+        return _evaluate_pooled(args, model, metadata, table)
+    warned = _trained_past(metadata, args.warmup_until)
+    if warned and not args.json:
+        print(f"note: {warned}", file=sys.stderr)
+    # The run's models with its scaling and calendar (#13): answers in raw units.
+    return evaluate_command(args, load_forecaster(args.run_dir), table)
+
+
+def _trained_past(metadata: dict[str, Any], until: str | None) -> str | None:
+    """A warning when the run was trained on rows after ``until`` (they would be scored)."""
+    last = metadata.get("data", {}).get("time_last")
+    if until is None or last is None:
+        return None
+    from seqstate.recipe.calendar import parse_times
+
+    try:
+        if metadata["data"].get("time_kind") == "datetime":
+            trained_past = parse_times([str(last)])[0] > parse_times([until])[0]
+        else:
+            trained_past = float(last) > float(until)
+    except (ValueError, TypeError):
+        return None
+    if not trained_past:
+        return None
+    return (
+        f"the run was trained on rows up to {last}, after --warmup-until {until}: the scored "
+        "rows were seen in training (in-sample). Train on the rows up to that time for an "
+        "honest hold-out, or use `seqstate backtest`"
+    )
+
+
+def _evaluate_pooled(args: argparse.Namespace, model: Any, metadata: Any, table: Any) -> int:
+    """Classification: accuracy and loss over every row from a zero state."""
+    import json
+
+    from seqstate.recipe.preparation import load as load_preparation
+    from seqstate.recipe.run_forecaster import encode_table
+    from seqstate.train import evaluate
+
+    # Scored in the units the model reads: each series scaled as the run scaled it.
+    scaling, calendar = load_preparation(args.run_dir, metadata)
+    table = encode_table(table, scaling, calendar)
+    layout = metadata.get("layout", {})
+    lanes = table.lanes(
+        lanes=int(layout.get("lanes", 32)), window=int(layout.get("window", 64)), segments=False
+    )
+    metrics = evaluate(model, lanes)
+    if args.json:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        described = table.describe()
+        print(f"{args.data}: {described['series']} series, {described['steps']} steps")
+        for key, value in metrics.items():
+            print(f"  {key:<10} {value:.6g}")
+    return 0
+
+
+def _output_path(path: str) -> tuple[Path, str]:
+    target = Path(path)
+    kinds = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+    kind = kinds.get(target.suffix.lower())
+    if kind is None:
+        raise CliError(
+            f"--out {path!r}: cannot tell the format from the suffix {target.suffix!r}; use "
+            ".csv, .tsv or .parquet"
+        )
+    return target, kind
+
+
+def _write_frame(frame: Any, target: Path, kind: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        if kind == "parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False, sep="\t" if kind == "tsv" else ",")
+
+
+def _key_columns(columns: Any, table: Any, index: int, times: Any) -> dict[str, Any]:
+    keys: dict[str, Any] = {}
+    if columns.id is not None:
+        keys[columns.id] = [table.ids[index]] * len(times)
+    keys[columns.time or "step"] = times
+    return keys
+
+
+def handle_predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+    import torch
+    from tqdm.auto import tqdm
+
+    from seqstate.inference.prediction import predict
+
+    target, kind = _output_path(args.out)
+    model, _, columns = _load_run(args.run_dir)
+    table = _read_for_run(args.data, columns, require_targets=False)
+    names = _output_names(columns, model)
+    forecaster = _prepared_forecaster(args.run_dir, columns)
+    if forecaster is not None:
+        return _predict_prepared(args, forecaster, table, columns, names, target, kind)
+    batch = args.batch_size or 256
+    frames = []
+    groups = range(0, len(table), batch)
+    quiet = args.no_progress or args.quiet
+    bar = tqdm(groups, desc="predict", unit="batch", disable=quiet or len(groups) < 2)
+    for begin in bar:
+        chunk = table.features[begin : begin + batch]
+        outputs = predict(model, chunk, chunk=args.chunk, batch_size=args.batch_size)
+        for offset, output in enumerate(outputs):
+            index = begin + offset
+            data = _key_columns(columns, table, index, table.times[index])
+            if columns.task == "classification":
+                probabilities = torch.softmax(torch.from_numpy(output), dim=-1).numpy()
+                data[names[0]] = probabilities.argmax(axis=-1)
+                for k in range(probabilities.shape[1]):
+                    data[f"probability_{k}"] = probabilities[:, k]
+            else:
+                data |= {name: output[:, j] for j, name in enumerate(names)}
+            frames.append(pd.DataFrame(data))
+    frame = pd.concat(frames, ignore_index=True)
+    _write_frame(frame, target, kind)
+    if args.quiet:
+        return 0
+    ahead = "the same step" if columns.shift == 0 else f"{columns.shift} step(s) ahead"
+    print(
+        f"wrote {len(frame)} rows to {target}: {', '.join(names)} = the prediction of "
+        f"{', '.join(columns.targets)} {ahead}, from the rows up to each row"
+    )
+    return 0
+
+
+def _prepared_forecaster(run_dir: str, columns: Any) -> Any:
+    """The run's ``RunForecaster`` (recipe/run_forecaster.py) if it has a scaling, calendar
+    features or ensemble members (regression runs since #13); None: the model alone."""
+    from seqstate.recipe.run_forecaster import load_forecaster
+
+    if columns.task != "regression":
+        return None
+    forecaster = load_forecaster(run_dir)
+    members = forecaster.members
+    if len(members) == 1 and members[0].scaling is None and not members[0].calendar:
+        return None
+    return forecaster
+
+
+def _output_frame(
+    columns: Any,
+    table: Any,
+    outputs: Any,
+    names: list[str],
+    stamps: Any,
+    several: bool,
+    *,
+    horizon: int | None = None,
+) -> Any:
+    """One long-format frame of a run's answers: each series' key columns (id, time ``stamps``),
+    ``horizon`` (forecasts: 1..H), ``predicted_<target>`` and, for an ensemble, its spread."""
+    import numpy as np
+    import pandas as pd
+
+    frames = []
+    for index in range(len(table)):
+        data = _key_columns(columns, table, index, stamps[index])
+        if horizon is not None:
+            data["horizon"] = np.arange(1, horizon + 1)
+        data |= {name: outputs.mean[index][:, j] for j, name in enumerate(names)}
+        if several:
+            data |= {f"{name}_spread": outputs.spread[index][:, j] for j, name in enumerate(names)}
+        frames.append(pd.DataFrame(data))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _predict_prepared(
+    args: argparse.Namespace,
+    forecaster: Any,
+    table: Any,
+    columns: Any,
+    names: list[str],
+    target: Path,
+    kind: str,
+) -> int:
+
+    outputs = forecaster.predict_outputs(table)
+    several = len(forecaster.members) > 1
+    frame = _output_frame(columns, table, outputs, names, table.times, several)
+    _write_frame(frame, target, kind)
+    ahead = "the same step" if columns.shift == 0 else f"{columns.shift} step(s) ahead"
+    mean = (
+        f"the mean of {len(forecaster.members)} seeds' predictions" if several else "the prediction"
+    )
+    print(
+        f"wrote {len(frame)} rows to {target}: {', '.join(names)} = {mean} of "
+        f"{', '.join(columns.targets)} {ahead}, from the rows up to each row (raw units)"
+    )
+    return 0
+
+
+def _output_names(columns: Any, model: Any) -> list[str]:
+    if columns.task == "classification":
+        return [f"predicted_{columns.targets[0]}"]
+    if len(columns.targets) != model.output_size:
+        raise CliError(
+            f"the run's model has {model.output_size} outputs but records targets "
+            f"{list(columns.targets)}"
+        )
+    return [f"predicted_{name}" for name in columns.targets]
+
+
+def handle_forecast(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import numpy as np
+
+    from seqstate.recipe.calendar import future_times
+    from seqstate.recipe.covariates import future_covariates
+    from seqstate.recipe.run_forecaster import load_forecaster
+
+    target, kind = _output_path(args.out)
+    if args.horizon is None or args.horizon < 1:
+        raise CliError(f"--horizon must be an int >= 1; received {args.horizon}")
+    _, _, columns = _load_run(args.run_dir)
+    if columns.task != "regression" or columns.shift != 1:
+        raise CliError(
+            "forecast feeds each prediction back as the next input, which needs a regression "
+            f"run trained with shift 1; this run has task {columns.task!r} and shift "
+            f"{columns.shift}. Use `seqstate predict` instead"
+        )
+    missing = [name for name in columns.targets if name not in columns.features]
+    if missing:
+        raise CliError(
+            f"this run forecasts {list(columns.targets)} from {list(columns.features)}: the "
+            f"targets {missing} are not inputs, so a forecast cannot be fed back. Use "
+            "`seqstate predict` instead"
+        )
+    covariates = [name for name in columns.features if name not in columns.targets]
+    if covariates and not args.covariates:
+        raise CliError(
+            f"this run reads the covariates {covariates} besides {list(columns.targets)}: give "
+            "their future values with --covariates FILE (the id and time columns and one row "
+            "per forecast step after each series' end)"
+        )
+    table = _read_for_run(args.data, columns, require_targets=False)
+    horizon = args.horizon
+    stamps = []
+    for times in table.times:
+        # On the series' own calendar: monthly data steps by months, not by 31 days.
+        if columns.time is None:
+            stamps.append(times[-1] + np.arange(1, horizon + 1))
+        else:
+            stamps.append(future_times(times, horizon))
+    known = future_covariates(args.covariates, covariates, table, horizon) if covariates else None
+    features = []
+    for index in range(len(table)):
+        # The future rows: the fed target columns are unknown (NaN), the covariates known.
+        rows = np.full((horizon, len(columns.features)), np.nan, dtype=np.float32)
+        if known is not None:
+            for j, name in enumerate(covariates):
+                rows[:, columns.features.index(name)] = known[index][:, j]
+        features.append(rows)
+    future = dataclasses.replace(table, features=features, times=stamps)
+    forecaster = load_forecaster(args.run_dir)
+    names = _output_names(columns, forecaster.members[0].model)
+    outputs = forecaster.forecast_outputs(table, horizon, future)
+    several = len(forecaster.members) > 1
+    frame = _output_frame(columns, table, outputs, names, stamps, several, horizon=horizon)
+    _write_frame(frame, target, kind)
+    members = (
+        f" (the mean of {len(forecaster.members)} seeds; *_spread: their std)" if several else ""
+    )
+    print(
+        f"wrote {len(frame)} rows to {target}: {horizon} step(s) past the end of each of "
+        f"{len(table)} series{members}"
+    )
+    return 0
+
+
+def handle_serve(argv: list[str]) -> int:
+    try:
+        from seqstate import serve
+    except ImportError as error:
+        raise CliError(
+            f"serving needs the serve extra ({error}); pip install 'seqstate[serve]'"
+        ) from None
+    parser = argparse.ArgumentParser(prog="seqstate serve", description="Serve a run over HTTP.")
+    serve.add_arguments(parser)
+    try:
+        serve_args = parser.parse_args(argv)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 0
+    return int(serve.run(serve_args) or 0)
+
+
+def handle_export_onnx(args: argparse.Namespace) -> int:
+    from seqstate.core.saved import load_model
+    from seqstate.interop.onnx import export_onnx, onnx_input_names, onnx_output_names
+
+    if not Path(args.out).suffix.lower() == ".onnx":
+        raise CliError(f"OUT must be a .onnx file; received {args.out!r}")
+    model = load_model(args.run_dir)
+    written = export_onnx(model, args.out)
+    print(f"wrote {written}: inputs {onnx_input_names(model)}, outputs {onnx_output_names(model)}")
+    return 0

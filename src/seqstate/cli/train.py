@@ -1,0 +1,156 @@
+"""The ``seqstate`` commands that train: train, backtest, doctor, demo, and import-keras (which
+writes a run directory from a Keras model). Dispatched by :mod:`seqstate.cli.dispatch`;
+heavy modules are imported inside each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from seqstate.cli.evaluation import backtest_command
+from seqstate.cli.settings import CliError, load_settings
+
+
+def handle_train(args: argparse.Namespace) -> int:
+    if not args.distributed:
+        return _train_run(args, main=True)
+    from seqstate.train.distributed import distributed, is_main_process
+
+    # Every rank runs the same command; fit splits the lanes, rank 0 writes and reports.
+    with distributed():
+        return _train_run(args, main=is_main_process())
+
+
+def _train_run(args: argparse.Namespace, *, main: bool) -> int:
+    from seqstate.recipe.training import train_ensemble, train_run
+
+    settings = load_settings(args)
+    announce = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    if settings["run"]["seeds"] != 1:
+        if args.distributed:
+            raise CliError("--seeds K trains K runs one after the other; drop --distributed")
+        results = train_ensemble(settings, resume=bool(args.resume), announce=announce)
+        if not args.quiet:
+            _print_ensemble(results, settings)
+        return 0
+    result = train_run(settings, resume=bool(args.resume), main=main, announce=announce)
+    if not main or args.quiet:
+        return 0
+    out = result.out
+    if result.selection is not None:
+        print(_history_line("selection (validation)", result.selection))
+        print(
+            f"refit on every row for {len(result.history)} epoch(s): final training loss "
+            f"{result.history.records[-1]['loss']:.4g}"
+        )
+    else:
+        print(_history_line("trained", result.history))
+    from seqstate.train.runfiles import PLOT_FILE
+
+    files = ["model.json", "model.safetensors", "metrics.jsonl"]
+    files += [PLOT_FILE] if (out / PLOT_FILE).exists() else []
+    files += ["checkpoint/"] + (["selection/"] if result.selection is not None else [])
+    print(f"wrote {out}/ ({', '.join(files)})")
+    print(f"next: seqstate predict {out} {settings['data']['path']} --out predictions.csv")
+    return 0
+
+
+def _history_line(label: str, history: Any) -> str:
+    best = history.records[history.best_epoch or len(history.records) - 1]
+    shown = ", ".join(
+        f"{key}={value:.4g}"
+        for key, value in best.items()
+        if key.startswith(("loss", "val_")) and isinstance(value, float)
+    )
+    stopped = ", stopped early" if history.stopped_early else ""
+    return f"{label}: {len(history)} epoch(s){stopped}; best epoch {best['epoch']}: {shown}"
+
+
+def _print_ensemble(results: list[Any], settings: dict[str, dict[str, Any]]) -> None:
+    """One line per member and the spread of their best validation (or training) loss."""
+    import numpy as np
+
+    losses = []
+    key = "loss"
+    for k, result in enumerate(results):
+        history = result.history
+        best = history.records[history.best_epoch or len(history.records) - 1]
+        key = "val_loss" if "val_loss" in best else "loss"
+        losses.append(float(best[key]))
+        seed = settings["run"]["seed"] + k
+        print(f"seed {seed}: {len(history)} epoch(s), best {key}={losses[-1]:.4g}")
+    spread = np.std(losses)
+    print(
+        f"ensemble of {len(results)} seeds: best {key} mean {np.mean(losses):.4g}, spread (std) "
+        f"{spread:.3g}, min {min(losses):.4g}, max {max(losses):.4g}; predict/forecast "
+        "average the members"
+    )
+    out = results[0].out
+    print(f"wrote {out}/ (model.json, ..., members/seed-*/)")
+    print(f"next: seqstate forecast {out} {settings['data']['path']} --horizon H --out f.csv")
+
+
+def handle_backtest(args: argparse.Namespace) -> int:
+    from seqstate.recipe.training import read_training_table, train_forecaster
+
+    settings = load_settings(args)
+    settings["run"]["out"] = None  # --out is where the backtest writes, not a run directory
+    table = read_training_table(settings)
+    announce = None if args.quiet else lambda line: print(line, file=sys.stderr)
+
+    def train(history: Any) -> Any:
+        # What `seqstate train` with these flags writes ([scaling], defaults, refit, --seeds),
+        # forecast through the RunForecaster that evaluate/forecast load from a run.
+        return train_forecaster(history, settings, announce=announce)
+
+    return backtest_command(args, table, train)
+
+
+def handle_doctor(args: argparse.Namespace) -> int:
+    from seqstate.cli.doctor import diagnose
+
+    settings = load_settings(args)
+    report = diagnose(settings)
+    print(report.text())
+    return 1 if report.problems else 0
+
+
+def handle_demo(args: argparse.Namespace) -> int:
+    from seqstate.cli.demo import run_demo
+
+    run_demo(out=Path(args.out), quick=args.quick, seed=args.seed)
+    return 0
+
+
+def handle_import_keras(args: argparse.Namespace) -> int:
+    from seqstate.core.saved import load_model
+    from seqstate.interop.keras import describe, import_keras
+
+    out = import_keras(
+        args.path,
+        args.out_run_dir,
+        features=_column_list(args.features),
+        targets=_column_list(args.targets),
+        keras_version=args.keras_version,
+    )
+    info = describe(args.path, keras_version=args.keras_version)
+    print(f"wrote {out}/ (model.json, model.safetensors) from {args.path}")
+    print(load_model(out).describe())
+    for note in info.notes:
+        print(f"note: {note}")
+    if not info.return_sequences:
+        print("note: Keras returned the last step only; seqstate predicts every step")
+    print(f"next: seqstate predict {out} DATA --out predictions.csv")
+    return 0
+
+
+def _column_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",")]
+    if not all(names):
+        raise CliError(f"column lists are comma-separated names; received {value!r}")
+    return names

@@ -1,0 +1,450 @@
+"""Streams: many live sequences advanced step by step, each with its own state, batched.
+
+    streams = Streams(model)
+    y = streams.step(["a", "b"], x)      # x [2, F] -> y [2, O]: one model call for both
+    y = streams.step(["a"], x)           # x [1, k, F] -> y [1, k, O]: k more steps of "a"
+    streams.end("b")
+
+Stepping a stream piece by piece gives the outputs :func:`seqstate.predict` gives for the
+whole sequence (chunked == whole). A step of several streams is one model call: their states
+are gathered into one batch, advanced, and written back.
+
+The states live in one stacked buffer ``[layers, capacity, H]`` per state field, with a map
+``id -> row``; a step gathers its rows with one ``index_select`` and writes them back with one
+in-place ``index_copy_`` whatever the number of streams (benchmarks/predict.py compares this
+with a dict of per-stream states); a step of every live stream in row order uses the rows in
+place. Ending a stream moves the last row into its place, so live rows stay contiguous.
+
+One step per stream (``x`` [n, F]) is the hot path: it is validated here, once, and then runs
+the model's trusted step entry (:meth:`seqstate.SequenceModel._trusted_step`: the layers'
+cell kernels and the head, bit for bit what ``forward`` computes) when the model has one and
+nothing (a hook, an override) needs ``forward``; any other model runs its ``forward``.
+
+:func:`advance` is the pure function underneath, for callers that keep states elsewhere:
+``y, state = advance(model, state, x)``.
+
+The model is checked once against the declared protocol (:class:`seqstate.SequenceCore`,
+by :func:`seqstate.core.protocol.check_sized_core`, one message for every entry point).
+
+Streams is not thread-safe: call it from one thread.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import nn
+
+from seqstate.core.protocol import SequenceCore
+from seqstate.core.state import State
+from seqstate.inference.common import ModelInfo, as_numeric, cast_array, prepare_model
+
+__all__ = ["StreamId", "Streams", "advance"]
+
+#: A stream id: a str or an int.
+StreamId = str | int
+
+
+def _check_id(stream_id: Any, name: str = "stream id") -> StreamId:
+    if isinstance(stream_id, np.integer):
+        stream_id = int(stream_id)
+    if isinstance(stream_id, bool) or not isinstance(stream_id, str | int):
+        raise TypeError(
+            f"{name} must be a str or an int; received {type(stream_id).__name__} {stream_id!r}"
+        )
+    return stream_id
+
+
+def _check_steps(
+    x: Any, n: int, info: ModelInfo, name: str, ids: list[StreamId] | None
+) -> tuple[np.ndarray, bool]:
+    """-> (x [n, k, F] in the model's dtype, whether x was [n, F])."""
+    array = as_numeric(x, name)
+    F = info.input_size
+    if array.ndim not in (2, 3):
+        raise ValueError(
+            f"{name} must have shape (n, F)=({n}, {F}) (one step per stream) or (n, k, F)="
+            f"({n}, k, {F}) (k steps per stream); received {tuple(array.shape)}"
+        )
+    if array.shape[0] != n or array.shape[-1] != F:
+        raise ValueError(
+            f"{name} must have shape ({n}, {F}) or ({n}, k, {F}): one row per stream id "
+            f"({n}) and F={F} features (input_size); received {tuple(array.shape)}"
+        )
+    single = array.ndim == 2
+    if single:
+        array = array[:, None]
+    if array.dtype != info.numpy_dtype or not array.flags.c_contiguous:
+        array = cast_array(array, info.numpy_dtype)
+    # A finite sum means finite values (one reduction; torch's, cheaper than NumPy's for the
+    # small arrays of a streamed step); only a sum that is not finite (NaN/inf, or an
+    # overflow of large values) is checked value by value.
+    total = float(torch.from_numpy(array).sum()) if array.size else 0.0
+    if not math.isfinite(total) and not np.isfinite(array).all():
+        bad = ~np.isfinite(array)
+        row, step = (int(v) for v in np.argwhere(bad.any(axis=2))[0])
+        who = f"stream {ids[row]!r}" if ids is not None else f"row {row}"
+        raise ValueError(
+            f"{name} holds NaN or inf for {who} at step {step} (after conversion to the model's "
+            "dtype); no state was changed. Fill or drop missing values first"
+        )
+    return array, single
+
+
+def _advance(
+    model: nn.Module, state: State, x: torch.Tensor, single: bool
+) -> tuple[torch.Tensor, State]:
+    """``model(x, state)`` in eval mode without autograd, the training flag restored after.
+
+    ``x`` is [n, k, F], or [n, F] with ``single`` (one step, y [n, O]). One step of a model
+    with a trusted step entry (:meth:`seqstate.SequenceModel._trusted_step`: the cell kernels
+    and the head, nothing re-validated) takes it; the caller validated ``x`` and ``state``.
+    Any other model, or a step the entry must not take (hooks, overrides), runs its forward.
+
+    (Inlined rather than a context manager: this is the streaming hot path.)
+    """
+    was_training = model.training
+    if was_training:
+        model.eval()
+    grad_was_enabled = torch.is_grad_enabled()
+    torch._C._set_grad_enabled(False)  # (torch.no_grad without its context-manager objects)
+    try:
+        if single:
+            steps_directly = getattr(model, "_steps_directly", None)
+            if steps_directly is not None and steps_directly():
+                return model._trusted_step(x, state)  # type: ignore[operator]
+            y, state = model(x[:, None], state)
+            return y[:, 0], state
+        return model(x, state)
+    finally:
+        torch._C._set_grad_enabled(grad_was_enabled)
+        if was_training:
+            model.train()
+
+
+# model -> (its info, the parameter the info was read from): advance() may be called per step,
+# so the model is checked once; the parameter's dtype and device are re-checked on every call
+# (a model moved with .to() keeps its parameter objects).
+_INFO: weakref.WeakKeyDictionary[nn.Module, tuple[ModelInfo, torch.Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _model_info(model: Any) -> ModelInfo:
+    cached = _INFO.get(model) if isinstance(model, nn.Module) else None
+    if cached is not None:
+        info, parameter = cached
+        if parameter.dtype == info.dtype and parameter.device == info.device:
+            return info
+    model, info = prepare_model(model, None)
+    _INFO[model] = (info, next(model.parameters()))
+    return info
+
+
+def advance(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Tensor, State]:
+    """Advance a batch of n streams by k steps in one model call; pure (nothing is modified).
+
+    Args:
+        model: a :class:`seqstate.SequenceModel` (or the same protocol); run in eval mode under
+            ``torch.no_grad``, its training flag restored afterwards.
+        state: the streams' states, batch n (e.g. ``State.cat`` of their states).
+        x: ``[n, k, F]`` (or ``[n, F]`` for one step) on the model's device and dtype.
+
+    Returns:
+        ``y`` ``[n, k, O]`` (``[n, O]`` for ``[n, F]`` input) and the new state, batch n.
+
+    It stands for, per stream i: ``y[i], state[i] = model(x[i][None], state[i])``. One step
+    (``[n, F]`` or k = 1) runs the layers' cell kernels, the streaming hot path; ``[n, F]``
+    input to a :class:`seqstate.SequenceModel` also skips its ``forward`` (validated here once,
+    then its trusted step entry; the same result bit for bit).
+    """
+    info = _model_info(model)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor [n, k, F]; received {type(x).__name__}")
+    if not isinstance(state, State):
+        raise TypeError(f"state must be a seqstate State; received {type(state).__name__}")
+    if info.state_type is not None and not isinstance(state, info.state_type):
+        raise TypeError(
+            f"state must be a {info.state_type.__name__} for this model; received "
+            f"{type(state).__name__}"
+        )
+    n, F = state.batch_size, info.input_size
+    if x.dim() not in (2, 3) or x.shape[0] != n or x.shape[-1] != F:
+        raise ValueError(
+            f"x must have shape [n, F]=[{n}, {F}] or [n, k, F]=[{n}, k, {F}] (n = the state's "
+            f"batch, F = input_size); received {tuple(x.shape)}"
+        )
+    if x.device != info.device or x.dtype != info.dtype:
+        raise TypeError(
+            f"x is {x.dtype} on {x.device} but the model is {info.dtype} on {info.device}; "
+            "move it with x.to(device, dtype)"
+        )
+    # A finite sum means finite values (one reduction to a float); only a sum that is not
+    # finite (a NaN/inf, or an overflow of large values) is checked element by element.
+    if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds NaN or inf; fill or drop missing values first")
+    return _advance(model, state, x, x.dim() == 2)
+
+
+class Streams:
+    """In-process streaming: live sequences keyed by id, advanced step by step in batches.
+
+    Args:
+        model: a :class:`seqstate.SequenceModel` (or the same protocol). Run in eval mode under
+            ``torch.no_grad`` (its training flag is restored after each step).
+        device: where states live and the model runs (default: the model's device; a model
+            elsewhere is copied there).
+
+    Example::
+
+        streams = Streams(model)
+        for tick in feed:                                  # e.g. one row per sensor
+            y = streams.step(tick.sensor_ids, tick.values) # [n, F] -> [n, O] numpy
+        blobs = streams.export_states()                    # save all live streams
+        Streams(model).import_states(blobs)                # ... and restore them elsewhere
+    """
+
+    def __init__(self, model: nn.Module, *, device: torch.device | str | None = None) -> None:
+        self._model, self._info = prepare_model(model, device)
+        self._rows: dict[StreamId, int] = {}  # id -> row of the buffer, insertion ordered
+        self._ids: list[StreamId] = []  # row -> id, rows [0, len) are live
+        core = cast(SequenceCore, self._model)  # checked by prepare_model (check_sized_core)
+        self._buffer: State = core.initial_state(16)  # [layers, capacity, H]
+        # (buffer, n, views of its rows [0, n)): see _rows_view
+        self._views: tuple[State, int, list[torch.Tensor]] | None = None
+
+    # --- description ------------------------------------------------------------------------
+
+    @property
+    def ids(self) -> list[StreamId]:
+        """The live stream ids, in the order they started."""
+        return list(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, stream_id: object) -> bool:
+        return stream_id in self._rows
+
+    def __repr__(self) -> str:
+        return f"Streams(streams={len(self)}, state={type(self._buffer).__name__})"
+
+    # --- stepping ---------------------------------------------------------------------------
+
+    def step(self, ids: Iterable[StreamId], x: Any) -> np.ndarray:
+        """Advance each stream in ``ids`` by its row of ``x``, all in one model call.
+
+        Args:
+            ids: n distinct stream ids (str or int). An unknown id starts a stream from a zero
+                state.
+            x: ``[n, F]`` (one step per stream) or ``[n, k, F]`` (k steps each), numpy or torch.
+
+        Returns:
+            ``[n, O]`` or ``[n, k, O]`` NumPy outputs in the model's dtype, rows in ``ids``
+            order.
+
+        Raises:
+            ValueError / TypeError: duplicate or invalid ids, wrong shape, wrong feature count,
+                NaN/inf — and then no stream's state has changed.
+        """
+        ids = self._check_ids(ids)
+        array, single = _check_steps(x, len(ids), self._info, "x", ids)
+        if not ids or array.shape[1] == 0:
+            shape = (
+                (len(ids), self._info.output_size)
+                if single
+                else (len(ids), array.shape[1], self._info.output_size)
+            )
+            return np.zeros(shape, dtype=self._info.numpy_dtype)
+
+        known = list(map(self._rows.get, ids))  # (map: C speed for thousands of ids)
+        added: list[StreamId] = []
+        if None in known:
+            added = self._add([i for i, row in zip(ids, known, strict=True) if row is None])
+            known = list(map(self._rows.get, ids))
+        n = len(known)
+        # every live stream in row order (a feed that steps them all): rows [0, n) as they are
+        in_order = n == len(self._ids) and known == list(range(n))
+        device = self._info.device
+        on_cpu = device.type == "cpu"
+        try:
+            if in_order:
+                rows = None
+                stored = self._rows_view(n)
+            else:
+                rows = torch.from_numpy(np.array(known, dtype=np.int64)).to(device)
+                # gather the rows once (the ids are distinct and known: no State.select checks)
+                stored = [t.index_select(1, rows) for t in self._buffer.tensors()]
+            inputs = torch.from_numpy(array[:, 0] if single else array)
+            if not on_cpu:
+                inputs = inputs.to(device)
+            state = type(self._buffer)._unchecked(*stored)
+            y, state = _advance(self._model, state, inputs, single)
+        except BaseException:
+            self._remove(added)  # nothing changed: the new streams never started
+            raise
+        if rows is None:
+            for view, new in zip(stored, state.tensors(), strict=True):
+                view.copy_(new)  # (views of the buffer rows [0, n))
+        else:
+            for buffer, new in zip(self._buffer.tensors(), state.tensors(), strict=True):
+                buffer.index_copy_(1, rows, new)
+        return (y if on_cpu else y.cpu()).numpy()
+
+    def _rows_view(self, n: int) -> list[torch.Tensor]:
+        """Views of the buffer's rows [0, n), one per state field; kept while the buffer is
+        (the slicing costs as much as the tiny step it serves)."""
+        cached = self._views
+        if cached is not None and cached[0] is self._buffer and cached[1] == n:
+            return cached[2]
+        views = [t[:, :n] for t in self._buffer.tensors()]
+        self._views = (self._buffer, n, views)
+        return views
+
+    # --- stream lifecycle -------------------------------------------------------------------
+
+    def start(self, stream_id: StreamId) -> None:
+        """Start ``stream_id`` from a zero state; a live stream is reset to zeros."""
+        stream_id = _check_id(stream_id)
+        row = self._rows.get(stream_id)
+        if row is None:
+            self._add([stream_id])
+        else:
+            for stored in self._buffer.tensors():
+                stored[:, row] = 0
+
+    def reset(self, stream_id: StreamId) -> None:
+        """Zero the state of ``stream_id`` (the same as :meth:`start`)."""
+        self.start(stream_id)
+
+    def end(self, stream_id: StreamId) -> None:
+        """Remove ``stream_id`` and its state. Raises KeyError for an unknown id."""
+        self._row_of(stream_id)
+        self._remove([stream_id])
+
+    def state(self, stream_id: StreamId) -> State:
+        """A copy of the state of ``stream_id`` (batch 1); changing it changes no stream."""
+        return self._buffer.select([self._row_of(stream_id)])
+
+    # --- saving and restoring ---------------------------------------------------------------
+
+    def export_states(self) -> dict[StreamId, bytes]:
+        """Every live stream's state as ``State.to_bytes()`` (safetensors), keyed by id."""
+        return {i: self._buffer.select([row]).to_bytes() for i, row in self._rows.items()}
+
+    def import_states(self, states: Mapping[StreamId, bytes | State]) -> None:
+        """Set the states of the given streams (started if unknown) from :meth:`export_states`
+        bytes or :class:`State` objects of batch 1. All are checked first: on any error no
+        stream changes."""
+        if not isinstance(states, Mapping):
+            raise TypeError(
+                "states must be a mapping {stream id: bytes} as returned by export_states(); "
+                f"received {type(states).__name__}"
+            )
+        checked: dict[StreamId, State] = {}
+        for key, value in states.items():
+            stream_id = _check_id(key, "states key")
+            checked[stream_id] = self._check_state(value, f"states[{stream_id!r}]")
+        self._add([i for i in checked if i not in self._rows])
+        for stream_id, state in checked.items():
+            row = self._rows[stream_id]
+            for stored, new in zip(self._buffer.tensors(), state.tensors(), strict=True):
+                stored[:, row] = new[:, 0]
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _row_of(self, stream_id: Any) -> int:
+        row = self._rows.get(stream_id)
+        if row is None:
+            known = ", ".join(repr(i) for i in list(self._rows)[:5])
+            more = "" if len(self._rows) <= 5 else f", ... ({len(self._rows)} in all)"
+            raise KeyError(
+                f"unknown stream {stream_id!r}; live streams: [{known}{more}]. It may have "
+                "ended, or never started (step() and start() start streams)"
+            )
+        return row
+
+    def _check_ids(self, ids: Any) -> list[StreamId]:
+        if isinstance(ids, str | int | np.integer) or not isinstance(ids, Iterable):
+            raise TypeError(
+                f"ids must be a list of stream ids (str or int), one per row of x; received "
+                f"{type(ids).__name__} {ids!r}. For one stream pass [id] and x[None]"
+            )
+        checked = list(ids)
+        if not set(map(type, checked)) <= {str, int}:  # (exact types: bool is refused)
+            checked = [_check_id(i, f"ids[{k}]") for k, i in enumerate(checked)]
+        if len(set(checked)) != len(checked):
+            counts = Counter(checked)
+            duplicates = [repr(i) for i, count in counts.items() if count > 1]
+            raise ValueError(
+                f"ids must be distinct: a stream advances once per call; received "
+                f"{', '.join(duplicates)} more than once. Give a stream k steps at once with x "
+                "of shape (n, k, F) instead"
+            )
+        return checked
+
+    def _check_state(self, value: Any, name: str) -> State:
+        if isinstance(value, bytes | bytearray | memoryview):
+            try:
+                value = State.from_bytes(bytes(value))
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+        if not isinstance(value, State):
+            raise TypeError(
+                f"{name} must be bytes from State.to_bytes() or a State; received "
+                f"{type(value).__name__}"
+            )
+        reference = self._buffer
+        if type(value) is not type(reference):
+            raise TypeError(
+                f"{name} is a {type(value).__name__}; this model's streams hold "
+                f"{type(reference).__name__}"
+            )
+        expected = (reference.num_layers, 1, reference.hidden_size)
+        received = (value.num_layers, value.batch_size, value.hidden_size)
+        if received != expected:
+            raise ValueError(
+                f"{name} must have shape [layers, 1, H]={list(expected)}; received "
+                f"{list(received)}. Was it saved from a different model?"
+            )
+        if not all(bool(torch.isfinite(t).all()) for t in value.tensors()):
+            raise ValueError(f"{name} holds NaN or inf")
+        return value.to(self._info.device, self._info.dtype)
+
+    def _add(self, new_ids: list[StreamId]) -> list[StreamId]:
+        """Give each new id a zeroed row at the end; grow the buffer by doubling."""
+        if not new_ids:
+            return []
+        count = len(self._ids)
+        needed = count + len(new_ids)
+        capacity = self._buffer.batch_size
+        if needed > capacity:
+            bigger = self._buffer.zeros_like(max(needed, 2 * capacity))
+            for old, new in zip(self._buffer.tensors(), bigger.tensors(), strict=True):
+                new[:, :count] = old[:, :count]
+            self._buffer = bigger
+        for stored in self._buffer.tensors():
+            stored[:, count:needed] = 0
+        for offset, stream_id in enumerate(new_ids):
+            self._rows[stream_id] = count + offset
+        self._ids.extend(new_ids)
+        return new_ids
+
+    def _remove(self, ids: list[StreamId]) -> None:
+        """Drop streams; the last live row moves into each freed row."""
+        for stream_id in ids:
+            row = self._rows.pop(stream_id)
+            last = len(self._ids) - 1
+            if row != last:
+                moved = self._ids[last]
+                for stored in self._buffer.tensors():
+                    stored[:, row] = stored[:, last]
+                self._ids[row] = moved
+                self._rows[moved] = row
+            self._ids.pop()

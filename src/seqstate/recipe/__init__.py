@@ -1,0 +1,41 @@
+"""The forecasting recipe: from a long-format table to a trained run and its scores.
+
+sources.py          reading tables (pandas, CSV, Parquet) into sequences
+table.py            SequenceTable and Columns
+splits.py           splits by series or time, and normalisation
+holdout.py          warm validation on the tail of every series
+calendar.py         dates as people write them, frequencies, future timestamps
+covariates.py       calendar features and known-future covariates
+scaling.py          per-series scaling and invertible target transforms
+preparation.py      the run's [scaling] settings, tables to model space and back
+defaults.py         training settings chosen from the data, with reasons
+suggestions.py      transforms and features chosen from the data, with reasons
+threads.py          intra-op threads for a run
+training.py         train a run: read, split, prepare, fit, write the run directory
+forecaster.py       the Forecaster protocol and the recursive horizon forecast
+run_forecaster.py   a run directory seen as a Forecaster, in raw units
+evaluation.py       warm evaluation of a run on a table
+evaluation_checks.py  what evaluation checks and says about a table
+backtest.py         rolling-origin backtests
+metrics.py          forecast accuracy per series and the seasonal-naive baseline
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    # `seqstate.recipe` was a module (now recipe/training.py): its names keep working one release
+    training = importlib.import_module("seqstate.recipe.training")
+    if name.startswith("__") or not hasattr(training, name):
+        raise AttributeError(f"module 'seqstate.recipe' has no attribute {name!r}")
+    warnings.warn(
+        f"seqstate.recipe.{name} moved to seqstate.recipe.training.{name}; "
+        "the old path goes away in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(training, name)

@@ -1,0 +1,362 @@
+"""Warm-started evaluation and rolling-origin backtests of a trained model on a table.
+
+A stateful model's prediction at step t depends on everything before t, so scoring a held-out
+tail from a zero state measures a model that forgot the series. Here each series runs through
+its own history with the carried state (the warm-up), and only the steps after the cut are
+scored, two ways::
+
+    series i:  h0 h1 h2 ... h(c-1) | a(c) a(c+1) ... a(L-1)
+               ------ warm-up ---- | ------- scored --------
+    one step ahead:  p(j) = the model's output after the actual inputs up to step j - shift
+    horizon:         p(c..c+H-1) = forecast from the warm state after h(c-1), each step's
+                     forecast fed back as the next input (no actual value after the cut is seen)
+
+The rolling-origin backtest is in :mod:`seqstate.recipe.backtest` (re-exported here).
+
+Everything runs through a :class:`Forecaster` (:mod:`seqstate.recipe.forecaster`): the run-level
+predict/forecast path (with the run's own preprocessing) that the CLI uses, so what is scored
+is what users get.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from seqstate.recipe.backtest import Backtest, backtest
+from seqstate.recipe.backtest import TrainFunction as TrainFunction
+from seqstate.recipe.backtest import plot_backtest as plot_backtest
+from seqstate.recipe.calendar import parse_times
+from seqstate.recipe.evaluation_checks import (
+    check_regression,
+    check_season,
+    infer_season,
+    series_name,
+    time_text,
+)
+from seqstate.recipe.forecaster import (
+    Forecaster,
+    ModelForecaster,
+    forecast_columns,
+    horizon_forecasts,
+)
+from seqstate.recipe.metrics import SCALE_FREE, mean_metrics, seasonal_naive, series_metrics
+
+__all__ = [
+    "Backtest",
+    "Evaluation",
+    "Forecaster",
+    "ModelForecaster",
+    "backtest",
+    "evaluate_in_sample",
+    "evaluate_warm",
+    "infer_season",
+]
+
+
+def _cut_at(table: Any, until: Any) -> list[int]:
+    """Per series, the number of steps whose time is <= ``until``."""
+    cuts = []
+    for times in table.times:
+        times = np.asarray(times)
+        if np.issubdtype(times.dtype, np.datetime64):
+            if isinstance(until, str):
+                bound = parse_times([until], "warmup_until")[0]
+            else:
+                bound = np.datetime64(until, "ns")
+            cuts.append(int(np.searchsorted(times.astype("datetime64[ns]"), bound, "right")))
+        else:
+            if isinstance(until, str):
+                try:
+                    bound = float(until)
+                except ValueError:
+                    raise ValueError(
+                        f"warmup_until={until!r} is not a number, but the time column holds "
+                        "numbers (or, without a time column, step positions 0, 1, ...)"
+                    ) from None
+            elif isinstance(until, bool) or not isinstance(until, int | float | np.number):
+                raise TypeError(
+                    f"warmup_until must be a number like the time column; received "
+                    f"{type(until).__name__}"
+                )
+            else:
+                bound = float(until)
+            cuts.append(int(np.searchsorted(times.astype(np.float64), bound, "right")))
+    return cuts
+
+
+# --------------------------------------------------------------------------------------------
+# Warm evaluation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """What :func:`evaluate_warm` warmed, what it scored, and how well.
+
+    Attributes:
+        rows: one dict per (series, target): ``id``, ``target``, ``warmup_steps``,
+            ``warmup_from``/``warmup_to`` (times), ``scored_steps``, ``scored_from``/
+            ``scored_to``, ``one_step_<metric>``, ``horizon``, ``horizon_<metric>`` and
+            ``naive_<metric>`` (seasonal naive over the same horizon), metrics as in
+            :mod:`seqstate.recipe.metrics`.
+        summary: each metric's mean over the rows (never pooled across series in raw units),
+            and the counts.
+        skipped: ``(series id, why)`` for series that could not be scored.
+        horizon_note: why there is no horizon score, when there is none.
+    """
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    skipped: list[tuple[Any, str]]
+    season: int
+    horizon_note: str | None = None
+    in_sample: bool = False  # evaluate_in_sample: every row from a zero state, no warm-up
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary,
+            "series": self.rows,
+            "skipped": [{"id": i, "reason": r} for i, r in self.skipped],
+            "season": self.season,
+            "horizon_note": self.horizon_note,
+        }
+
+    def to_frame(self) -> Any:
+        """The per-series rows as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def text(self) -> str:
+        s = self.summary
+        if self.in_sample:
+            return self._in_sample_text()
+        lines = [
+            f"warmed {s['series']} series on {s['warmup_steps']} steps (each series from a zero "
+            f"state through its history, {s['warmup_from']} .. {s['warmup_to']}), then scored "
+            f"{s['scored_steps']} later steps ({s['scored_from']} .. {s['scored_to']})",
+            "  one step ahead: each prediction sees the actual inputs up to the step before",
+        ]
+        if self.horizon_note is None:
+            lines.append(
+                f"  horizon: a recursive forecast of up to {s['horizon']} steps from the warm "
+                "state (no actual value after the cut is seen); seasonal naive (season "
+                f"{self.season}) on the same steps for comparison"
+            )
+        else:
+            lines.append(f"  horizon: not scored ({self.horizon_note})")
+        lines.append(
+            "  means over series (mase, smape in %, scaled_rmse = rmse / the series' std):"
+        )
+        header = f"    {'':<10}" + "".join(f"{name:>13}" for name in (*SCALE_FREE, "mae", "rmse"))
+        lines.append(header)
+        for label, prefix in (
+            ("one step", "one_step_"),
+            ("horizon", "horizon_"),
+            ("naive", "naive_"),
+        ):
+            if f"{prefix}mase" not in s:
+                continue
+            values = "".join(
+                f"{s[f'{prefix}{name}']:>13.4g}" for name in (*SCALE_FREE, "mae", "rmse")
+            )
+            lines.append(f"    {label:<10}{values}")
+        if s.get("one_step_undefined"):
+            lines.append(
+                f"  {s['one_step_undefined']} series had a constant history: MASE/scaled RMSE "
+                "undefined, left out of the means"
+            )
+        for series, why in self.skipped[:5]:
+            lines.append(f"  skipped {series!r}: {why}")
+        if len(self.skipped) > 5:
+            lines.append(f"  ... and {len(self.skipped) - 5} more series skipped")
+        return "\n".join(lines)
+
+    def _in_sample_text(self) -> str:
+        s = self.summary
+        names = (*SCALE_FREE, "mae", "rmse")
+        values = "".join(f"{s[f'one_step_{name}']:>13.4g}" for name in names)
+        return "\n".join(
+            [
+                f"scored every row of {s['series']} series ({s['scored_steps']} steps) one step "
+                "ahead, each series from a zero state: no hold-out, no warm-up. To score a "
+                "held-out tail after warming up on the history, give --warmup-until TIME "
+                "(or --tail N)",
+                "  means over series (mase, smape in %, scaled_rmse = rmse / the series' std):",
+                f"    {'':<10}" + "".join(f"{name:>13}" for name in names),
+                f"    {'one step':<10}{values}",
+            ]
+        )
+
+
+def evaluate_warm(
+    forecaster: Forecaster,
+    table: Any,
+    *,
+    warmup_until: Any = None,
+    tail: int | None = None,
+    horizon: int | None = None,
+    season: int | None = None,
+) -> Evaluation:
+    """Warm each series up on its history, then score the steps after the cut.
+
+    Args:
+        forecaster: the trained run (:class:`ModelForecaster` for a model in hand).
+        table: a :class:`seqstate.recipe.sources.SequenceTable` with targets, the *whole* series
+            (history and the part to score).
+        warmup_until: the last time of the warm-up (inclusive), like the time column: a date
+            (``"1959-12"``, ``"1959 Dec"``, a datetime) or a number; without a time column, the
+            last step position. Give this or ``tail``.
+        tail: score the last ``tail`` steps of every series instead.
+        horizon: the longest recursive forecast scored (default: the whole scored tail).
+        season: the MASE / seasonal-naive period (default: from the time column's calendar).
+
+    Returns:
+        An :class:`Evaluation`; ``.text()`` says what was warmed and what was scored.
+    """
+    check_regression(table, "evaluate_warm")
+    if (warmup_until is None) == (tail is None):
+        raise ValueError(
+            "give exactly one of warmup_until (the last time of the history, e.g. "
+            "'2019-12') or tail (steps to score at the end of each series)"
+        )
+    if tail is not None:
+        if isinstance(tail, bool) or not isinstance(tail, int | np.integer) or tail < 1:
+            raise ValueError(f"tail must be an int >= 1 (steps to score); received {tail!r}")
+        cuts = [len(f) - int(tail) for f in table.features]
+    else:
+        cuts = _cut_at(table, warmup_until)
+    if horizon is not None and (
+        isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1
+    ):
+        raise ValueError(f"horizon must be an int >= 1 or None; received {horizon!r}")
+    season = check_season(season, table)
+    shift = table.columns.shift
+
+    kept: list[int] = []
+    skipped: list[tuple[Any, str]] = []
+    for i, (features, cut) in enumerate(zip(table.features, cuts, strict=True)):
+        if cut < max(1, shift):
+            skipped.append((series_name(table, i), f"only {max(cut, 0)} step(s) to warm up on"))
+        elif cut >= len(features):
+            skipped.append((series_name(table, i), "no step after the cut to score"))
+        else:
+            kept.append(i)
+    if not kept:
+        where = f"warmup_until={warmup_until!r}" if tail is None else f"tail={tail}"
+        raise ValueError(
+            f"{where} leaves no series with both a history and steps to score "
+            f"({len(table)} series; e.g. {skipped[0][0]!r}: {skipped[0][1]}). Pick a time "
+            "inside the series"
+        )
+
+    outputs = forecaster.predict(table.select(kept))
+    feed = forecast_columns(table.columns)
+    horizon_note = None
+    if feed is None:
+        horizon_note = (
+            "a recursive forecast feeds each prediction back as the next input, which needs "
+            "shift 1 and every target among the features"
+        )
+    forecasts = horizon_forecasts(forecaster, table, kept, cuts, horizon, feed)
+
+    rows: list[dict[str, Any]] = []
+    for position, i in enumerate(kept):
+        cut, times, targets = cuts[i], table.times[i], table.targets[i]
+        length = len(targets)
+        predicted = outputs[position][cut - shift : length - shift]  # [L - c, O]
+        for o, name in enumerate(table.columns.targets):
+            history = targets[:cut, o]
+            row: dict[str, Any] = {
+                "id": series_name(table, i),
+                "target": name,
+                "warmup_steps": cut,
+                "warmup_from": time_text(times, 0),
+                "warmup_to": time_text(times, cut - 1),
+                "scored_steps": length - cut,
+                "scored_from": time_text(times, cut),
+                "scored_to": time_text(times, length - 1),
+            }
+            one_step = _scored(targets[cut:, o], predicted[:, o], history, season)
+            row |= {f"one_step_{k}": v for k, v in one_step.items()}
+            if i in forecasts:
+                path = forecasts[i][:, o]
+                steps = len(path)
+                actual = targets[cut : cut + steps, o]
+                naive = seasonal_naive(history, steps, season)
+                row["horizon"] = steps
+                row |= {
+                    f"horizon_{k}": v
+                    for k, v in series_metrics(actual, path, history, season).items()
+                }
+                row |= {
+                    f"naive_{k}": v
+                    for k, v in series_metrics(actual, naive, history, season).items()
+                }
+            rows.append(row)
+
+    summary: dict[str, Any] = {
+        "series": len(kept),
+        "skipped_series": len(skipped),
+        "warmup_steps": int(sum(cuts[i] for i in kept)),
+        "scored_steps": int(sum(len(table.features[i]) - cuts[i] for i in kept)),
+        "warmup_from": min(r["warmup_from"] for r in rows),
+        "warmup_to": max(r["warmup_to"] for r in rows),
+        "scored_from": min(r["scored_from"] for r in rows),
+        "scored_to": max(r["scored_to"] for r in rows),
+        "season": season,
+    }
+    summary |= mean_metrics(rows, "one_step_")
+    if forecasts:
+        summary["horizon"] = max(int(r["horizon"]) for r in rows if "horizon" in r)
+        summary |= mean_metrics(rows, "horizon_")
+        summary |= mean_metrics(rows, "naive_")
+    return Evaluation(rows, summary, skipped, season, horizon_note)
+
+
+def _scored(actual: np.ndarray, predicted: np.ndarray, history: np.ndarray, season: int) -> dict:
+    """:func:`series_metrics` over the steps that have a prediction: a run that differences
+    its targets has none (NaN) for the first rows the differencing consumes."""
+    has = np.isfinite(predicted)
+    if not has.any():
+        return {name: math.nan for name in ("mase", "smape", "scaled_rmse", "mae", "rmse")}
+    return series_metrics(actual[has], predicted[has], history, season)
+
+
+def evaluate_in_sample(
+    forecaster: Forecaster, table: Any, *, season: int | None = None
+) -> Evaluation:
+    """Score every row of every series one step ahead, each series from a zero state.
+
+    No warm-up and no hold-out: on the training table this is an in-sample fit. MASE and the
+    scaled RMSE take their scale from the whole series. Prefer :func:`evaluate_warm`.
+    """
+    check_regression(table, "evaluate_in_sample")
+    season = check_season(season, table)
+    shift = table.columns.shift
+    outputs = forecaster.predict(table)
+    rows: list[dict[str, Any]] = []
+    for i, (targets, output) in enumerate(zip(table.targets, outputs, strict=True)):
+        length = len(targets)
+        if length <= shift:
+            continue
+        predicted = output[: length - shift]
+        for o, name in enumerate(table.columns.targets):
+            metrics = _scored(targets[shift:, o], predicted[:, o], targets[:, o], season)
+            row: dict[str, Any] = {
+                "id": series_name(table, i),
+                "target": name,
+                "scored_steps": length - shift,
+            }
+            rows.append(row | {f"one_step_{k}": v for k, v in metrics.items()})
+    summary: dict[str, Any] = {
+        "series": len({r["id"] for r in rows}),
+        "scored_steps": int(sum(len(t) - shift for t in table.targets if len(t) > shift)),
+        "season": season,
+        **mean_metrics(rows, "one_step_"),
+    }
+    return Evaluation(rows, summary, [], season, "no warm-up point was given", in_sample=True)

@@ -1,0 +1,55 @@
+"""What warm evaluation and the backtest check and say about a table: its season, its task,
+its series names and times as text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from seqstate.recipe.calendar import infer_frequency, season_length
+
+__all__ = ["infer_season"]
+
+
+def infer_season(table: Any) -> int:
+    """The seasonal period of ``table``'s calendar (12 for months, ...), 1 when unknown."""
+    seasons = set()
+    for times in table.times[:50]:
+        if np.issubdtype(np.asarray(times).dtype, np.datetime64) and len(times) >= 3:
+            seasons.add(season_length(infer_frequency(times)))
+    return seasons.pop() if len(seasons) == 1 else 1
+
+
+def check_season(season: Any, table: Any) -> int:
+    if season is None:
+        return infer_season(table)
+    if isinstance(season, bool) or not isinstance(season, int | np.integer) or season < 1:
+        raise ValueError(
+            f"season must be an int >= 1 (steps per season, e.g. 12 for monthly data) or None "
+            f"to infer it from the time column; received {season!r}"
+        )
+    return int(season)
+
+
+def check_regression(table: Any, what: str) -> None:
+    if table.columns.task != "regression":
+        raise ValueError(
+            f"{what} scores forecasts of numbers, which needs a regression run; this table's "
+            "task is classification. Use seqstate.evaluate on lanes (or `seqstate evaluate` "
+            "without --warmup-until)"
+        )
+    if not table.columns.targets or any(t.shape[1] == 0 for t in table.targets):
+        raise ValueError(f"{what} needs the target columns in the table; none were read")
+
+
+def time_text(times: np.ndarray, index: int) -> str:
+    value = times[index]
+    if np.issubdtype(np.asarray(times).dtype, np.datetime64):
+        text = str(np.datetime_as_string(value, unit="s"))
+        return text.removesuffix("T00:00:00")
+    return str(value.item() if isinstance(value, np.generic) else value)
+
+
+def series_name(table: Any, index: int) -> Any:
+    return table.ids[index] if table.columns.id is not None else "(the series)"

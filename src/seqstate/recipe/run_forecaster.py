@@ -1,0 +1,261 @@
+"""Pipeline: a raw table in, predictions and forecasts in raw units out.
+
+What ``seqstate predict`` / ``seqstate forecast`` do between reading a table and writing one,
+for one model or an ensemble of them (the seeds of ``seqstate train --seeds K``)::
+
+    raw table ──Scaling.encode──► ──with_calendar──► model space table
+        │                                                  │
+        │                  models[0..K) ── predict / forecast (one batch for all series)
+        │                                                  │
+        └──── Scaling.decode_predictions / decode_forecast ◄┘ ──► mean over models (+ spread)
+
+Averaging happens in raw units, after each member's outputs are decoded: the ensemble forecast
+is the mean of the members' forecasts, whatever transform they were trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from seqstate.recipe.covariates import calendar_features, calendar_names, with_calendar
+from seqstate.recipe.scaling import Scaling
+
+__all__ = [
+    "RunForecaster",
+    "RunMember",
+    "TableOutputs",
+    "encode_table",
+    "forecast_table",
+    "load_forecaster",
+    "predict_table",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class TableOutputs:
+    """Per-series outputs in raw units.
+
+    Attributes:
+        mean: one ``[L_i, O]`` (predict) or ``[H, O]`` (forecast) array per series: the mean
+            over the ensemble's members (the one model's outputs for a single model).
+        spread: the same shapes: the members' standard deviation (zeros for one model).
+    """
+
+    mean: list[np.ndarray]
+    spread: list[np.ndarray]
+
+
+def encode_table(table: Any, scaling: Scaling | None, calendar: Sequence[str]) -> Any:
+    """The raw ``table`` in model space: transformed, scaled, calendar columns appended."""
+    encoded = scaling.encode(table) if scaling is not None else table
+    return with_calendar(encoded, calendar)
+
+
+def predict_table(
+    models: Sequence[Any],
+    table: Any,
+    *,
+    scaling: Scaling | None = None,
+    calendar: Sequence[str] = (),
+    chunk: int | None = None,
+    batch_size: int | None = None,
+) -> TableOutputs:
+    """One-step predictions for every row of every series of the raw ``table``.
+
+    Returns :class:`TableOutputs` of ``[L_i, O]`` arrays: row t is the prediction of the
+    targets at row ``t + shift``, in raw units (NaN for the first rows that differencing
+    consumes). Classification runs return the raw logits (no scaling applies to them).
+    """
+    from seqstate.inference.prediction import predict
+
+    _check_models(models)
+    encoded = encode_table(table, scaling, calendar)
+    members = []
+    for model in models:
+        outputs = predict(model, encoded.features, chunk=chunk, batch_size=batch_size)
+        if scaling is None or table.columns.task != "regression":
+            members.append([np.asarray(o, dtype=np.float64) for o in outputs])
+        else:
+            members.append([scaling.decode_predictions(table, i, o) for i, o in enumerate(outputs)])
+    return _combine(members)
+
+
+def forecast_table(
+    models: Sequence[Any],
+    table: Any,
+    horizon: int,
+    *,
+    scaling: Scaling | None = None,
+    calendar: Sequence[str] = (),
+    future_times: Sequence[np.ndarray] | None = None,
+    covariates: Sequence[np.ndarray] | None = None,
+    covariate_names: Sequence[str] = (),
+    batch_size: int | None = None,
+) -> TableOutputs:
+    """Forecast ``horizon`` steps past the end of each series of the raw ``table``.
+
+    Args:
+        models: one model or the members of an ensemble (same columns and scaling).
+        table: the history (context) in raw units; its targets are fed back as inputs.
+        horizon: steps to forecast.
+        scaling: the run's :class:`Scaling` (None: the model reads raw values).
+        calendar: the run's calendar features; they need ``future_times``.
+        future_times: one ``[horizon]`` datetime64 array per series, the forecast's stamps.
+        covariates: known future values of the features that are neither targets nor
+            calendar, one ``[horizon, K]`` array per series (raw units), in the order
+            ``covariate_names`` (the run's feature order).
+
+    Returns:
+        :class:`TableOutputs` of ``[horizon, O]`` arrays in raw units.
+    """
+    from seqstate.inference.prediction import forecast
+
+    _check_models(models)
+    columns = table.columns
+    encoded = encode_table(table, scaling, calendar)
+    features = list(encoded.columns.features)
+    fed = [features.index(name) for name in columns.targets]
+    others = [name for name in features if name not in columns.targets]
+    known = list(covariate_names) + list(calendar_names(calendar))
+    if others != known:
+        raise ValueError(
+            f"the model reads {others} besides its targets {list(columns.targets)}; their "
+            f"future values must be given: received covariates {list(covariate_names)} and "
+            f"calendar {list(calendar)}."
+        )
+    future = None
+    if others:
+        future = []
+        for index in range(len(table)):
+            parts = []
+            if covariate_names:
+                if covariates is None:
+                    raise ValueError(
+                        f"the model reads the covariates {list(covariate_names)}; pass their "
+                        "future values (covariates=..., or --covariates FILE)."
+                    )
+                values = np.asarray(covariates[index], dtype=np.float64)
+                if scaling is not None:
+                    values = scaling.scale_values(
+                        scaling.transform_table(table.select([index])), 0, covariate_names, values
+                    )
+                parts.append(values)
+            if calendar:
+                if future_times is None:
+                    raise ValueError("calendar features need the forecast's future_times.")
+                parts.append(calendar_features(future_times[index], calendar))
+            future.append(np.concatenate(parts, axis=1).astype(np.float32))
+    members = []
+    for model in models:
+        rolled = forecast(
+            model,
+            encoded.features,
+            horizon,
+            covariates=future,
+            target_features=fed,
+            batch_size=batch_size,
+        )
+        outputs = [np.asarray(o, dtype=np.float64) for o in rolled]
+        if scaling is not None:
+            outputs = [scaling.decode_forecast(table, i, o) for i, o in enumerate(outputs)]
+        members.append(outputs)
+    return _combine(members)
+
+
+def _check_models(models: Sequence[Any]) -> None:
+    if not isinstance(models, list | tuple) or not models:
+        raise TypeError(
+            "models must be a non-empty list of models (one, or an ensemble's members); "
+            f"received {type(models).__name__}."
+        )
+
+
+def _combine(members: list[list[np.ndarray]]) -> TableOutputs:
+    mean, spread = [], []
+    for per_series in zip(*members, strict=True):
+        stacked = np.stack(per_series)  # (K, L or H, O)
+        mean.append(stacked.mean(axis=0))
+        spread.append(stacked.std(axis=0))
+    return TableOutputs(mean, spread)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunMember:
+    """One trained model with the preparation it was trained with."""
+
+    model: Any
+    scaling: Scaling | None = None
+    calendar: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class RunForecaster:
+    """A trained run seen from outside, on raw tables: one member, or the members of an
+    ensemble (``seqstate train --seeds K``), each with its own scaling and calendar.
+
+    ``predict(table)`` and ``forecast(table, horizon, future)`` answer in raw units, the mean
+    over the members (:meth:`forecast_outputs` also gives their spread). ``future`` holds the
+    next ``horizon`` rows of each series: its times stamp the calendar features, its
+    non-target feature columns are the known future covariates.
+    """
+
+    members: list[RunMember]
+
+    def predict(self, table: Any) -> list[np.ndarray]:
+        return self.predict_outputs(table).mean
+
+    def predict_outputs(self, table: Any) -> TableOutputs:
+        parts = [
+            predict_table([m.model], table, scaling=m.scaling, calendar=m.calendar).mean
+            for m in self.members
+        ]
+        return _combine(parts)
+
+    def forecast(self, table: Any, horizon: int, future: Any = None) -> np.ndarray:
+        return np.stack(self.forecast_outputs(table, horizon, future).mean)
+
+    def forecast_outputs(self, table: Any, horizon: int, future: Any = None) -> TableOutputs:
+        columns = table.columns
+        names = [name for name in columns.features if name not in columns.targets]
+        covariates = None
+        if names:
+            if future is None:
+                raise ValueError(f"the run reads the covariates {names}; pass their future rows.")
+            picked = [columns.features.index(name) for name in names]
+            covariates = [np.asarray(f)[:horizon, picked] for f in future.features]
+        times = None
+        if any(member.calendar for member in self.members):
+            if future is None:
+                raise ValueError("the run reads calendar features; pass the future rows' times.")
+            times = [np.asarray(t)[:horizon] for t in future.times]
+        parts = [
+            forecast_table(
+                [member.model],
+                table,
+                horizon,
+                scaling=member.scaling,
+                calendar=member.calendar,
+                future_times=times,
+                covariates=covariates,
+                covariate_names=names,
+            ).mean
+            for member in self.members
+        ]
+        return _combine(parts)
+
+
+def load_forecaster(run_dir: Any) -> RunForecaster:
+    """The :class:`RunForecaster` of a run directory: the run and its ensemble members."""
+    from seqstate.core.saved import load_model, read_model_json
+    from seqstate.recipe.preparation import load, member_dirs
+
+    members = []
+    for directory in member_dirs(run_dir):
+        metadata = read_model_json(directory).get("metadata", {})
+        scaling, calendar = load(directory, metadata)
+        members.append(RunMember(load_model(directory), scaling, calendar))
+    return RunForecaster(members)

@@ -1,0 +1,426 @@
+"""Sources: read long-format tables (pandas, CSV, Parquet) into sequences and targets.
+
+A *long-format* table has one row per (series, time step)::
+
+    id   time  temp  load          id column (optional: without it the table is one series)
+    a    0     20.1  3.0           time column (optional: without it rows are in time order)
+    a    1     20.4  3.2           feature columns -> x [L_i, F]
+    b    0     18.0  1.1           target columns  -> y [L_i, O]
+    ...
+
+:func:`read_table` groups rows by id (series in order of first appearance), sorts each series by
+time with a *stable* sort, validates every value once, and returns a :class:`SequenceTable`.
+
+Targets are columns, paired with inputs by ``shift``: the model reads the features of step
+``t`` and is asked for the target columns of step ``t + shift``::
+
+    shift = 1 (default, forecasting):  x = features[0 : L-1],  y = targets[1 : L]
+    shift = 0 (labelling each step):   x = features[0 : L],    y = targets[0 : L]
+
+The target columns may also be features: ``features=["load"], targets=["load"]`` is the classic
+"predict the next value" setup. With ``shift = 0`` a target column that is also a feature is a
+leak (the answer is in the input); :func:`read_table` refuses it.
+
+Splits and normalisation live in :mod:`seqstate.recipe.splits`, the table classes in
+:mod:`seqstate.recipe.table`; their public names are importable from here too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqstate._validate import check_int
+from seqstate.recipe.splits import Normalization, split_table
+from seqstate.recipe.splits import constant_columns as constant_columns  # re-exported (moved there)
+from seqstate.recipe.table import Columns, SequenceTable, Task
+
+__all__ = [
+    "Columns",
+    "Normalization",
+    "SequenceTable",
+    "read_table",
+    "split_table",
+]
+
+_TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+class _Rows:
+    """Names a table row the way the user sees it: a 1-based data row of a file (header not
+    counted), or the index label of a DataFrame row."""
+
+    def __init__(self, labels: np.ndarray, source: str, from_file: bool) -> None:
+        self.labels = labels
+        self.source = source
+        self.from_file = from_file
+
+    def name(self, position: int) -> str:
+        label = _plain(self.labels[position])
+        if self.from_file:
+            return f"data row {label} of {self.source} (1-based, header not counted)"
+        return f"the row with index label {label!r}"
+
+
+def _as_names(value: Any, argument: str, *, allow_empty: bool = False) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple):
+        raise TypeError(
+            f"{argument} must be a list of column names (or one comma-separated string); "
+            f"received {type(value).__name__} {value!r}."
+        )
+    names = tuple(value)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"{argument} must hold column names (str); received {type(name).__name__} {name!r}."
+            )
+    if not names and not allow_empty:
+        raise ValueError(f"{argument} is empty; name at least one column.")
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"{argument} names {repeated} more than once; name each column once.")
+    return names
+
+
+def _read_frame(source: Any) -> tuple[Any, str, bool]:
+    """(DataFrame, description, from_file)."""
+    import pandas as pd
+
+    if isinstance(source, pd.DataFrame):
+        return source, "DataFrame", False
+    if not isinstance(source, str | os.PathLike):
+        raise TypeError(
+            "source must be a pandas DataFrame or a path to a .csv/.tsv/.parquet file; "
+            f"received {type(source).__name__}."
+        )
+    path = Path(source)
+    kind = _TABLE_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(
+            f"cannot tell the format of {str(path)!r} from its suffix {path.suffix!r}; expected "
+            f"one of {sorted(_TABLE_SUFFIXES)}. Rename the file or load it with pandas and pass "
+            "the DataFrame."
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {str(path)!r} does not exist.")
+    if kind == "parquet":
+        frame = pd.read_parquet(path)
+    else:
+        try:
+            frame = pd.read_csv(path, sep="\t" if kind == "tsv" else ",")
+        except pd.errors.EmptyDataError:
+            raise ValueError(
+                f"{path.name} is empty; expected a header row and data rows."
+            ) from None
+    return frame, path.name, True
+
+
+def _check_columns(frame: Any, wanted: dict[str, str | None], source: str) -> None:
+    available = [str(c) for c in frame.columns]
+    for role, name in wanted.items():
+        if name is None or name in frame.columns:
+            continue
+        same_case = [c for c in available if c.lower() == name.lower()]
+        close = same_case or difflib.get_close_matches(name, available, n=1, cutoff=0.6)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"{role} column {name!r} is not in {source}; available columns: {available}.{hint}"
+        )
+
+
+def _numeric_column(frame: Any, name: str, rows: _Rows, *, integer: bool = False) -> np.ndarray:
+    """The column as float64 (or int64 with ``integer``), every value checked."""
+    import pandas as pd
+
+    column = frame[name]
+    if pd.api.types.is_bool_dtype(column):
+        column = column.astype("float64")
+    if not pd.api.types.is_numeric_dtype(column):
+        coerced = pd.to_numeric(column, errors="coerce")
+        bad = np.flatnonzero(coerced.isna().to_numpy() & column.notna().to_numpy())
+        if bad.size:
+            position = int(bad[0])
+            raise ValueError(
+                f"column {name!r} holds the non-numeric value {column.iloc[position]!r} at "
+                f"{rows.name(position)}; every feature and target must be a number. Fix or drop "
+                "that row, or leave the column out."
+            )
+        column = coerced
+    values = column.to_numpy(dtype="float64", na_value=np.nan)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        position = int(bad[0])
+        what = "is missing (NaN)" if np.isnan(values[position]) else f"is {values[position]}"
+        raise ValueError(
+            f"column {name!r} {what} at {rows.name(position)}; {bad.size} value(s) of {name!r} "
+            "are NaN or inf. Fill them (e.g. DataFrame.ffill) or drop those rows first."
+        )
+    if integer:
+        fractional = np.flatnonzero((values != np.round(values)) | (values < 0))
+        if fractional.size:
+            position = int(fractional[0])
+            raise ValueError(
+                f"classification target {name!r} must hold class indices 0, 1, 2, ...; it holds "
+                f"{float(values[position])!r} at {rows.name(position)}. Map labels to integers "
+                "first."
+            )
+        return values.astype(np.int64)
+    return values
+
+
+def _time_column(frame: Any, name: str, rows: _Rows) -> np.ndarray:
+    """Numbers stay numbers; datetimes, ISO-8601 strings and the common written forms of
+    :func:`seqstate.recipe.calendar.parse_times` ("1939 Jan", "1939Q1") become datetime64[ns]."""
+    import pandas as pd
+
+    column = frame[name]
+    if pd.api.types.is_datetime64_any_dtype(column):
+        parsed = column
+        if getattr(parsed.dt, "tz", None) is not None:
+            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    elif pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        values = column.to_numpy(dtype="float64", na_value=np.nan)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise ValueError(
+                f"time column {name!r} is missing or not finite at {rows.name(int(bad[0]))}; "
+                "every row needs a time."
+            )
+        return column.to_numpy()
+    else:
+        # Text: all numbers (read as strings) or all ISO-8601 dates; report the first value
+        # that fits neither, judged against the reading that fits more of the column.
+        numbers = pd.to_numeric(column, errors="coerce")
+        if numbers.notna().all():
+            return _time_column(frame.assign(**{name: numbers}), name, rows)
+        text = column.map(lambda value: value if isinstance(value, str) else None)
+        parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
+        if not parsed.notna().all() and text.notna().all():
+            # Not ISO 8601: dates as people write them ("1939 Jan", "1939Q1", "1939M01").
+            from seqstate.recipe.calendar import parse_times
+
+            try:
+                return parse_times(text.to_numpy(dtype=object), f"time column {name!r}")
+            except ValueError:
+                pass  # the message below names the row
+        if not parsed.notna().all():
+            failed = numbers if numbers.notna().sum() > parsed.notna().sum() else parsed
+            position = int(np.flatnonzero(failed.isna().to_numpy())[0])
+            value = column.iloc[position]
+            if pd.isna(value):
+                raise ValueError(
+                    f"time column {name!r} is missing at {rows.name(position)}; every row "
+                    "needs a time."
+                )
+            raise ValueError(
+                f"time column {name!r} holds {_plain(value)!r} at {rows.name(position)}, which "
+                "is neither a number nor a date/time in one format for the whole column (like "
+                "2024-01-31, 2024-01-31T12:00:00, 2024-01, '2024 Jan', 2024Q1 or 2024M01)."
+            )
+        parsed = parsed.dt.tz_localize(None)
+    values = parsed.to_numpy(dtype="datetime64[ns]")
+    bad = np.flatnonzero(np.isnat(values))
+    if bad.size:
+        raise ValueError(
+            f"time column {name!r} is missing at {rows.name(int(bad[0]))}; every row needs a time."
+        )
+    return values
+
+
+def _check_shift(shift: Any) -> int:
+    return check_int(shift, "shift", 0, "y[t] = targets[t + shift].")
+
+
+def read_table(
+    source: Any,
+    *,
+    features: Sequence[str] | str,
+    targets: Sequence[str] | str = (),
+    id_column: str | None = None,
+    time_column: str | None = None,
+    shift: int = 1,
+    task: Task = "regression",
+    require_targets: bool = True,
+) -> SequenceTable:
+    """Read a long-format table into one sequence per series.
+
+    Args:
+        source: a pandas DataFrame, or a path to a ``.csv``, ``.tsv`` or ``.parquet`` file.
+        features: input columns (a list, or one comma-separated string), in model order.
+        targets: target columns (may include feature columns, e.g. to forecast them). For
+            ``task="classification"``: one column of integer class indices.
+        id_column: column naming the series; ``None`` reads the table as one series.
+        time_column: column to sort by inside each series (numbers, datetimes or ISO-8601
+            strings); ``None`` keeps the rows' order.
+        shift: ``y[t]`` is the target columns at step ``t + shift`` (1: next step; 0: same step).
+        task: ``"regression"`` or ``"classification"``.
+        require_targets: False to read tables for prediction: ``targets`` are then read only
+            if they are all present, and series of any length are accepted.
+
+    Returns:
+        A :class:`SequenceTable`: series in order of first appearance of their id, each sorted
+        by time with a stable sort.
+
+    Raises:
+        ValueError / TypeError naming the column and the row — a 1-based data row of a file
+        (header not counted) or a DataFrame's index label — for: missing columns (with the
+        available ones and a close match), non-numeric values, NaN/inf, missing times or ids,
+        duplicate times within a series, series no longer than ``shift``, a target that is also
+        a feature with ``shift=0`` (a leak). Nothing is read partially.
+    """
+    feature_names = _as_names(features, "features")
+    target_names = _as_names(targets, "targets", allow_empty=True)
+    shift = _check_shift(shift)
+    if task not in ("regression", "classification"):
+        raise ValueError(f"task must be 'regression' or 'classification'; received {task!r}.")
+    for role, name in (("id_column", id_column), ("time_column", time_column)):
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"{role} must be a column name (str) or None; received {name!r}.")
+    if task == "classification" and len(target_names) != 1:
+        raise ValueError(
+            "classification needs exactly one target column of class indices; received "
+            f"targets={list(target_names)}."
+        )
+    leaked = [name for name in target_names if name in feature_names]
+    if shift == 0 and leaked:
+        raise ValueError(
+            f"target column(s) {leaked} are also features with shift=0: the model would read the "
+            "answer in its input. Use shift=1 to predict the next step, or drop them from "
+            "features."
+        )
+    roles = {name: "id" for name in [id_column] if name} | {
+        name: "time" for name in [time_column] if name
+    }
+    for name in (*feature_names, *target_names):
+        if name in roles:
+            raise ValueError(
+                f"column {name!r} is the {roles[name]} column and cannot also be a feature or "
+                "target."
+            )
+
+    frame, description, from_file = _read_frame(source)
+    if len(frame) == 0:
+        raise ValueError(f"{description} has no data rows.")
+    if not require_targets and any(name not in frame.columns for name in target_names):
+        target_names = ()
+    wanted: dict[str, str | None] = {"id": id_column, "time": time_column}
+    wanted |= {f"feature {i}": name for i, name in enumerate(feature_names)}
+    wanted |= {f"target {i}": name for i, name in enumerate(target_names)}
+    for role, name in wanted.items():
+        _check_columns(frame, {role.split(" ")[0]: name}, description)
+
+    labels = np.arange(1, len(frame) + 1) if from_file else frame.index.to_numpy()
+    rows = _Rows(labels, description, from_file)
+
+    x = np.stack([_numeric_column(frame, name, rows) for name in feature_names], axis=1)
+    classify = task == "classification"
+    if target_names:
+        y = np.stack(
+            [_numeric_column(frame, name, rows, integer=classify) for name in target_names],
+            axis=1,
+        )
+    else:
+        y = np.zeros((len(frame), 0))
+    times = (
+        _time_column(frame, time_column, rows)
+        if time_column is not None
+        else np.arange(len(frame), dtype=np.int64)
+    )
+
+    # Group by id in order of first appearance; codes keep the grouping O(N log N).
+    if id_column is not None:
+        id_values = frame[id_column]
+        missing = np.flatnonzero(id_values.isna().to_numpy())
+        if missing.size:
+            raise ValueError(
+                f"id column {id_column!r} is missing at {rows.name(int(missing[0]))}; every row "
+                "needs a series id."
+            )
+        import pandas as pd
+
+        codes, uniques = pd.factorize(id_values, sort=False)
+        id_list = [_plain(value) for value in uniques]
+    else:
+        codes = np.zeros(len(frame), dtype=np.int64)
+        id_list = [None]
+
+    # Both sorts are stable: without a time column each series keeps its file order; with one,
+    # equal times would keep file order too, but duplicates are refused below.
+    order = (
+        np.lexsort((times, codes)) if time_column is not None else np.argsort(codes, kind="stable")
+    )
+    bounds = np.searchsorted(codes[order], np.arange(len(id_list) + 1))
+    table_features, table_targets, table_times = [], [], []
+    x_dtype = np.float32
+    y_dtype = np.int64 if classify else np.float32
+    for i, (begin, end) in enumerate(itertools.pairwise(bounds)):
+        positions = order[begin:end]
+        series_times = times[positions]
+        if time_column is not None and len(positions) > 1:
+            same = np.flatnonzero(series_times[1:] == series_times[:-1])
+            if same.size:
+                first, second = int(positions[same[0]]), int(positions[same[0] + 1])
+                first, second = sorted((first, second))
+                owner = f" in series {id_list[i]!r}" if id_column is not None else ""
+                shown = _plain(frame[time_column].iloc[first])
+                raise ValueError(
+                    f"time {shown!r} appears twice{owner} in column {time_column!r}: at "
+                    f"{rows.name(first)} and at {rows.name(second)}. Each "
+                    "series needs one row per time; aggregate or drop duplicates first."
+                )
+        if len(positions) <= shift and target_names and require_targets:
+            owner = f"series {id_list[i]!r}" if id_column is not None else "the series"
+            raise ValueError(
+                f"{owner} has {len(positions)} row(s), so with shift={shift} it has no step "
+                f"with a target; every series needs more than {shift} rows. Drop short series "
+                "or lower shift."
+            )
+        table_features.append(x[positions].astype(x_dtype))
+        table_targets.append(y[positions].astype(y_dtype))
+        table_times.append(series_times)
+
+    columns = Columns(
+        features=feature_names,
+        targets=target_names,
+        id=id_column,
+        time=time_column,
+        shift=shift,
+        task=task,
+    )
+    return SequenceTable(
+        columns=columns,
+        ids=id_list,
+        features=table_features,
+        targets=table_targets,
+        times=table_times,
+        source=description,
+    )
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars -> Python scalars (JSON-friendly ids)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def time_step(times: np.ndarray) -> Any:
+    """The median spacing of a series' times (a number or a numpy timedelta64), or 1."""
+    if len(times) < 2:
+        return np.timedelta64(1, "D") if np.issubdtype(times.dtype, np.datetime64) else 1
+    deltas = np.diff(times)
+    if np.issubdtype(times.dtype, np.datetime64):
+        return np.timedelta64(int(np.median(deltas.astype(np.int64))), "ns")
+    step = float(np.median(deltas))
+    return int(step) if np.issubdtype(times.dtype, np.integer) and step == int(step) else step
