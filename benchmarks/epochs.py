@@ -1,7 +1,7 @@
 """Cheap epochs: a small run's training throughput with its run directory vs the bare loop.
 
 A small run (one monthly-length series of 3 180 steps, 5 lanes x 64 steps, an LSTM of 64 units:
-10 windows per epoch, the layout ``seqstate.recipe.defaults`` picks for it) trains for many short
+10 windows per epoch, the layout ``seqstate.recipe.choices`` picks for it) trains for many short
 epochs, so whatever happens once per epoch — drawing ``loss.png``, writing a checkpoint,
 ``metrics.jsonl``, the validation pass — can cost more than the training itself. Timed, in
 alternating order within one process:

@@ -26,7 +26,7 @@ MOVED: dict[str, str] = {
     "seqstate.cli_settings": "seqstate.cli.settings",
     "seqstate.cli_train": "seqstate.cli.train",
     "seqstate.covariates": "seqstate.recipe.covariates",
-    "seqstate.defaults": "seqstate.recipe.defaults",
+    "seqstate.defaults": "seqstate.recipe.choices",
     "seqstate.demo": "seqstate.cli.demo",
     "seqstate.demo_panel": "seqstate.cli.demo_panel",
     "seqstate.distributed": "seqstate.train.distributed",
@@ -55,8 +55,11 @@ MOVED: dict[str, str] = {
     "seqstate.state": "seqstate.core.state",
     "seqstate.stepwise": "seqstate.core.stepwise",
     "seqstate.streams": "seqstate.inference.streams",
-    "seqstate.suggestions": "seqstate.recipe.suggestions",
+    "seqstate.suggestions": "seqstate.recipe.choices",
     "seqstate.threads": "seqstate.recipe.threads",
+    # renamed inside the recipe: settings chosen from the data are one module
+    "seqstate.recipe.defaults": "seqstate.recipe.choices",
+    "seqstate.recipe.suggestions": "seqstate.recipe.choices",
 }
 
 

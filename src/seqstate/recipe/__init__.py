@@ -8,8 +8,7 @@ calendar.py         dates as people write them, frequencies, future timestamps
 covariates.py       calendar features and known-future covariates
 scaling.py          per-series scaling and invertible target transforms
 preparation.py      the run's [scaling] settings, tables to model space and back
-defaults.py         training settings chosen from the data, with reasons
-suggestions.py      transforms and features chosen from the data, with reasons
+choices.py          settings chosen from the data (layout, epochs, scaling, season), with reasons
 threads.py          intra-op threads for a run
 training.py         train a run: read, split, prepare, fit, write the run directory
 forecaster.py       the Forecaster protocol and the recursive horizon forecast

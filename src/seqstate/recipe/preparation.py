@@ -21,9 +21,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from seqstate.recipe.choices import Suggestion, season_of, suggest
 from seqstate.recipe.covariates import parse_calendar
 from seqstate.recipe.scaling import Scaling, ScalingConfig, transform_table
-from seqstate.recipe.suggestions import Suggestion, season_of, suggest
 
 __all__ = [
     "DEFAULTS",
@@ -114,7 +114,7 @@ def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def resolve(train: Any, settings: dict[str, Any]) -> Preparation:
-    """Fill the ``auto`` settings from the data (:func:`seqstate.recipe.suggestions.suggest` of the
+    """Fill the ``auto`` settings from the data (:func:`seqstate.recipe.choices.suggest` of the
     *training* table) and check the rest.
 
     Args:

@@ -161,8 +161,8 @@ def split_training_table(table: Any, settings: Settings) -> tuple[Any, Any, str]
 
 def choose_defaults(train: Any, settings: Settings) -> Any:
     """Fill the layout and epoch settings left unset from the training series, in place;
-    returns the :class:`seqstate.recipe.defaults.Defaults` (each value with why)."""
-    from seqstate.recipe.defaults import apply
+    returns the :class:`seqstate.recipe.choices.Choices` (each value with why)."""
+    from seqstate.recipe.choices import apply
 
     shift = train.columns.shift
     return apply(settings, np.maximum(train.lengths - shift, 1))
@@ -284,7 +284,7 @@ class RunResult:
     out: Path  # the run directory
     history: Any  # seqstate.History of the run whose weights were kept
     model: Any  # the trained SequenceModel (eval mode)
-    defaults: Any = None  # seqstate.recipe.defaults.Defaults: the settings chosen from the data
+    defaults: Any = None  # seqstate.recipe.choices.Choices: the settings chosen from the data
     selection: Any = None  # with a refit: the History that chose the number of epochs
 
 
@@ -362,7 +362,7 @@ class _Trained:
     fit: tuple[Any, Any, Any, Any]  # (model, normalisation, training lanes, history) kept
     split: tuple[Any, Any, str]  # (train, validation or None, split used), in model space
     prepared: PreparedTable
-    defaults: Any  # seqstate.recipe.defaults.Defaults
+    defaults: Any  # seqstate.recipe.choices.Choices
     selection: Any  # with a refit: the History that chose the number of epochs, else None
 
 

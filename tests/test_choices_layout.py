@@ -1,5 +1,5 @@
-"""Defaults chosen from the data: layout cost equals the real lanes, single series get fewer
-lanes, epochs from a budget, given values kept."""
+"""Layout and epochs chosen from the data (recipe.choices): layout cost equals the real lanes,
+single series get fewer lanes, epochs from a budget, given values kept."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqstate.lanes.lanes import Lanes
-from seqstate.recipe.defaults import MAX_LANES, MIN_WINDOWS, PATIENCE, apply, choose, layout_cost
+from seqstate.recipe.choices import MAX_LANES, MIN_WINDOWS, PATIENCE, apply, choose, layout_cost
 
 
 @settings(max_examples=60, deadline=None)
@@ -93,3 +93,17 @@ def test_apply_fills_only_what_is_unset():
     unsplit = {"layout": {"lanes": 4, "window": 8}, "fit": {"epochs": 3}, "split": {"by": "none"}}
     apply(unsplit, [100, 80])
     assert unsplit["fit"] == {"epochs": 3} and unsplit["layout"] == {"lanes": 4, "window": 8}
+
+
+def test_the_old_module_paths_resolve_to_choices_with_a_warning() -> None:
+    import importlib
+    import sys
+
+    from seqstate.recipe import choices
+
+    for old in ("seqstate.recipe.defaults", "seqstate.recipe.suggestions", "seqstate.defaults"):
+        sys.modules.pop(old, None)
+        with pytest.warns(DeprecationWarning, match="seqstate.recipe.choices"):
+            module = importlib.import_module(old)
+        assert module is choices
+    assert choices.Defaults is choices.Choices

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from seqstate.recipe.choices import season_of, suggest
 from seqstate.recipe.sources import read_table
-from seqstate.recipe.suggestions import season_of, suggest
 
 
 def monthly_panel(seasonal: bool, months: int = 120, scales=(1.0, 100.0, 1e4), seed=0):
