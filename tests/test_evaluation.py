@@ -14,6 +14,8 @@ from seqstate.core.model import SequenceModel
 from seqstate.recipe.evaluation import (
     ModelForecaster,
     backtest,
+    evaluate_forecaster,
+    evaluate_forecaster_in_sample,
     evaluate_in_sample,
     evaluate_warm,
     plot_backtest,
@@ -106,7 +108,7 @@ class SeasonalNaive:
 def test_warm_one_step_and_horizon_equal_the_step_by_step_reference():
     table = table_of(panel())
     model = model_for(table)
-    result = evaluate_warm(ModelForecaster(model), table, warmup_until="2008 Dec")
+    result = evaluate_forecaster(ModelForecaster(model), table, warmup_until="2008 Dec")
     assert [r["scored_steps"] for r in result.rows] == [12, 12, 12]
     for row, features, targets in zip(result.rows, table.features, table.targets, strict=True):
         cut = len(features) - 12
@@ -131,15 +133,15 @@ def test_warm_state_matters_the_tail_alone_scores_differently():
     table = table_of(panel())
     model = model_for(table)
     forecaster = ModelForecaster(model)
-    warm = evaluate_warm(forecaster, table, tail=12)
+    warm = evaluate_forecaster(forecaster, table, tail=12)
     cold_table = table.slice_steps([len(f) - 13 for f in table.features], table.lengths.tolist())
-    cold = evaluate_warm(forecaster, cold_table, tail=12)
+    cold = evaluate_forecaster(forecaster, cold_table, tail=12)
     assert warm.summary["one_step_rmse"] != pytest.approx(cold.summary["one_step_rmse"])
 
 
 def test_an_oracle_scores_zero_so_the_indexing_is_right():
     table = table_of(panel())
-    result = evaluate_warm(Oracle(table), table, warmup_until="2009-06")
+    result = evaluate_forecaster(Oracle(table), table, warmup_until="2009-06")
     assert result.summary["one_step_mae"] == 0.0
     assert result.summary["horizon_mae"] == 0.0
     assert result.summary["naive_mae"] > 0.0
@@ -149,7 +151,7 @@ def test_an_oracle_scores_zero_so_the_indexing_is_right():
 
 def test_a_seasonal_naive_forecaster_matches_the_naive_baseline():
     table = table_of(panel())
-    result = evaluate_warm(SeasonalNaive(12), table, tail=9, horizon=6)
+    result = evaluate_forecaster(SeasonalNaive(12), table, tail=9, horizon=6)
     for row in result.rows:
         assert row["horizon"] == 6
         for name in ("mase", "smape", "mae", "rmse", "scaled_rmse"):
@@ -158,9 +160,9 @@ def test_a_seasonal_naive_forecaster_matches_the_naive_baseline():
 
 def test_what_was_warmed_and_scored_is_said():
     table = table_of(panel((30, 5, 36)))
-    result = evaluate_warm(Oracle(table), table, warmup_until="2009 Sep")
+    result = evaluate_forecaster(Oracle(table), table, warmup_until="2009 Sep")
     assert result.skipped == []
-    result = evaluate_warm(Oracle(table), table, warmup_until="2009 Jul")
+    result = evaluate_forecaster(Oracle(table), table, warmup_until="2009 Jul")
     assert [s for s, _ in result.skipped] == ["s1"]  # s1 starts in 2009-08: no history
     text = result.text()
     assert "warmed 2 series" in text and "scored" in text and "skipped 's1'" in text
@@ -179,7 +181,7 @@ def test_known_covariates_come_from_the_table_and_the_answer_is_hidden():
             seen.append(future)
             return super().forecast(history, horizon, future)
 
-    evaluate_warm(Check(table), table, tail=4)
+    evaluate_forecaster(Check(table), table, tail=4)
     future = seen[0]
     for block, targets, features in zip(
         future.features, future.targets, table.features, strict=True
@@ -192,7 +194,7 @@ def test_known_covariates_come_from_the_table_and_the_answer_is_hidden():
 def test_model_forecaster_with_covariates_equals_the_reference():
     table = table_of(panel(covariate=True), features=("value", "cov"))
     model = model_for(table)
-    result = evaluate_warm(ModelForecaster(model), table, tail=5)
+    result = evaluate_forecaster(ModelForecaster(model), table, tail=5)
     for row, features, targets in zip(result.rows, table.features, table.targets, strict=True):
         cut = len(features) - 5
         series = features.astype(np.float64)
@@ -207,7 +209,7 @@ def test_no_horizon_when_targets_are_not_inputs():
         frame, features=["cov"], targets=["value"], id_column="id", time_column="month"
     )
     model = model_for(table)
-    result = evaluate_warm(ModelForecaster(model), table, tail=3)
+    result = evaluate_forecaster(ModelForecaster(model), table, tail=3)
     assert result.horizon_note is not None and "horizon_mase" not in result.summary
     assert "not scored" in result.text()
 
@@ -216,20 +218,20 @@ def test_bad_arguments():
     table = table_of(panel())
     oracle = Oracle(table)
     with pytest.raises(ValueError, match="exactly one of warmup_until"):
-        evaluate_warm(oracle, table)
+        evaluate_forecaster(oracle, table)
     with pytest.raises(ValueError, match="exactly one of warmup_until"):
-        evaluate_warm(oracle, table, warmup_until="2009-01", tail=3)
+        evaluate_forecaster(oracle, table, warmup_until="2009-01", tail=3)
     with pytest.raises(ValueError, match="tail must be an int >= 1"):
-        evaluate_warm(oracle, table, tail=0)
+        evaluate_forecaster(oracle, table, tail=0)
     with pytest.raises(ValueError, match="leaves no series"):
-        evaluate_warm(oracle, table, warmup_until="2020-01")
+        evaluate_forecaster(oracle, table, warmup_until="2020-01")
     with pytest.raises(ValueError, match="no date format"):
-        evaluate_warm(oracle, table, warmup_until="someday")
+        evaluate_forecaster(oracle, table, warmup_until="someday")
     with pytest.raises(ValueError, match="season must be an int"):
-        evaluate_warm(oracle, table, tail=3, season=0)
+        evaluate_forecaster(oracle, table, tail=3, season=0)
     numbered = read_table(pd.DataFrame({"v": np.arange(10.0)}), features=["v"], targets=["v"])
     with pytest.raises(ValueError, match="not a number"):
-        evaluate_warm(oracle, numbered, warmup_until="2009-01")
+        evaluate_forecaster(oracle, numbered, warmup_until="2009-01")
 
 
 def test_backtest_folds_origins_and_training_cuts():
@@ -282,14 +284,14 @@ def test_backtest_skips_short_series_and_refuses_bad_input():
 def test_in_sample_scores_every_row_from_a_zero_state_and_says_so():
     table = table_of(panel())
     model = model_for(table)
-    result = evaluate_in_sample(ModelForecaster(model), table)
+    result = evaluate_forecaster_in_sample(ModelForecaster(model), table)
     assert result.summary["scored_steps"] == int(table.lengths.sum()) - len(table)
     for row, features, targets in zip(result.rows, table.features, table.targets, strict=True):
         reference = step_by_step(model, features.astype(np.float64))
         expected = series_metrics(targets[1:, 0], reference[:-1, 0], targets[:, 0], 12)
         assert row["one_step_rmse"] == pytest.approx(expected["rmse"], rel=1e-10)
     assert "from a zero state" in result.text() and "--warmup-until" in result.text()
-    perfect = evaluate_in_sample(Oracle(table), table)
+    perfect = evaluate_forecaster_in_sample(Oracle(table), table)
     assert perfect.summary["one_step_mae"] == 0.0
 
 
@@ -304,9 +306,9 @@ def test_rows_without_a_prediction_are_not_scored():
                 output[:13] = np.nan
             return outputs
 
-    result = evaluate_in_sample(Differenced(table), table)
+    result = evaluate_forecaster_in_sample(Differenced(table), table)
     assert result.summary["one_step_mae"] == 0.0
-    warm = evaluate_warm(Differenced(table), table, tail=12)
+    warm = evaluate_forecaster(Differenced(table), table, tail=12)
     assert warm.summary["one_step_mae"] == 0.0
 
 
@@ -334,3 +336,14 @@ def test_train_evaluate_gives_per_series_means_beside_the_pooled_errors():
         assert metrics["series_rmse"] == pytest.approx(expected_rmse, rel=1e-9)
     # Series of 24, 30 and 36 steps: pooled, the longest (and largest) one weighs most.
     assert metrics["series_mae"] != pytest.approx(metrics["mae"], rel=1e-3)
+
+
+def test_the_old_names_still_evaluate_with_a_warning():
+    table = table_of(panel())
+    oracle = Oracle(table)
+    with pytest.warns(DeprecationWarning, match="evaluate_forecaster"):
+        old = evaluate_warm(oracle, table, tail=3)
+    assert old.summary == evaluate_forecaster(oracle, table, tail=3).summary
+    with pytest.warns(DeprecationWarning, match="evaluate_forecaster_in_sample"):
+        old = evaluate_in_sample(oracle, table)
+    assert old.summary == evaluate_forecaster_in_sample(oracle, table).summary

@@ -18,7 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_backtest_command", "add_evaluate_arguments", "backtest_command", "evaluate_command"]
+__all__ = [
+    "add_backtest_command",
+    "add_evaluate_arguments",
+    "backtest_command",
+    "evaluate_forecaster_command",
+]
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,15 +63,15 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def evaluate_command(args: argparse.Namespace, forecaster: Any, table: Any) -> int:
+def evaluate_forecaster_command(args: argparse.Namespace, forecaster: Any, table: Any) -> int:
     """Run ``seqstate evaluate`` on a loaded run (``forecaster``) and table."""
-    from seqstate.recipe.evaluation import evaluate_in_sample, evaluate_warm
+    from seqstate.recipe.evaluation import evaluate_forecaster, evaluate_forecaster_in_sample
 
     warm = args.warmup_until is not None or args.tail is not None
     if not warm and args.horizon is not None:
         raise ValueError("--horizon needs --warmup-until or --tail (the point to forecast from)")
     if warm:
-        result = evaluate_warm(
+        result = evaluate_forecaster(
             forecaster,
             table,
             warmup_until=args.warmup_until,
@@ -75,7 +80,7 @@ def evaluate_command(args: argparse.Namespace, forecaster: Any, table: Any) -> i
             season=args.season,
         )
     else:
-        result = evaluate_in_sample(forecaster, table, season=args.season)
+        result = evaluate_forecaster_in_sample(forecaster, table, season=args.season)
     if args.per_series:
         target = Path(args.per_series)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from seqstate._io import atomic_path
-from seqstate.cli.evaluation import evaluate_command
+from seqstate.cli.evaluation import evaluate_forecaster_command
 from seqstate.cli.settings import CliError
 
 
@@ -49,12 +49,12 @@ def handle_evaluate(args: argparse.Namespace) -> int:
     model, metadata, columns = _load_run(args.run_dir)
     table = _read_for_run(args.data, columns, require_targets=True)
     if columns.task != "regression":
-        return _evaluate_pooled(args, model, metadata, table)
+        return _evaluate_on_lanes(args, model, metadata, table)
     warned = _trained_past(metadata, args.warmup_until)
     if warned and not args.json:
         print(f"note: {warned}", file=sys.stderr)
     # The run's models with its scaling and calendar (#13): answers in raw units.
-    return evaluate_command(args, load_forecaster(args.run_dir), table)
+    return evaluate_forecaster_command(args, load_forecaster(args.run_dir), table)
 
 
 def _trained_past(metadata: dict[str, Any], until: str | None) -> str | None:
@@ -80,7 +80,7 @@ def _trained_past(metadata: dict[str, Any], until: str | None) -> str | None:
     )
 
 
-def _evaluate_pooled(args: argparse.Namespace, model: Any, metadata: Any, table: Any) -> int:
+def _evaluate_on_lanes(args: argparse.Namespace, model: Any, metadata: Any, table: Any) -> int:
     """Classification: accuracy and loss over every row from a zero state."""
     import json
 

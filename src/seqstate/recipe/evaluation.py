@@ -11,6 +11,11 @@ scored, two ways::
     horizon:         p(c..c+H-1) = forecast from the warm state after h(c-1), each step's
                      forecast fed back as the next input (no actual value after the cut is seen)
 
+Three things evaluate, each named for what it scores: :func:`seqstate.evaluate` a model on
+lanes (training's loss and errors, from a zero state); :func:`evaluate_forecaster` here a
+forecaster (a trained run) on a table, warm; the ``seqstate evaluate`` command calls the
+second for regression runs and the first for classification runs.
+
 The rolling-origin backtest is in :mod:`seqstate.recipe.backtest` (re-exported here).
 
 Everything runs through a :class:`Forecaster` (:mod:`seqstate.recipe.forecaster`): the run-level
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -51,6 +57,8 @@ __all__ = [
     "Forecaster",
     "ModelForecaster",
     "backtest",
+    "evaluate_forecaster",
+    "evaluate_forecaster_in_sample",
     "evaluate_in_sample",
     "evaluate_warm",
     "infer_season",
@@ -95,7 +103,7 @@ def _cut_at(table: Any, until: Any) -> list[int]:
 
 @dataclasses.dataclass
 class Evaluation:
-    """What :func:`evaluate_warm` warmed, what it scored, and how well.
+    """What :func:`evaluate_forecaster` warmed, what it scored, and how well.
 
     Attributes:
         rows: one dict per (series, target): ``id``, ``target``, ``warmup_steps``,
@@ -114,7 +122,9 @@ class Evaluation:
     skipped: list[tuple[Any, str]]
     season: int
     horizon_note: str | None = None
-    in_sample: bool = False  # evaluate_in_sample: every row from a zero state, no warm-up
+    in_sample: bool = (
+        False  # evaluate_forecaster_in_sample: every row from a zero state, no warm-up
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -193,7 +203,7 @@ class Evaluation:
         )
 
 
-def evaluate_warm(
+def evaluate_forecaster(
     forecaster: Forecaster,
     table: Any,
     *,
@@ -218,7 +228,7 @@ def evaluate_warm(
     Returns:
         An :class:`Evaluation`; ``.text()`` says what was warmed and what was scored.
     """
-    check_regression(table, "evaluate_warm")
+    check_regression(table, "evaluate_forecaster")
     if (warmup_until is None) == (tail is None):
         raise ValueError(
             "give exactly one of warmup_until (the last time of the history, e.g. "
@@ -327,15 +337,15 @@ def _scored(actual: np.ndarray, predicted: np.ndarray, history: np.ndarray, seas
     return series_metrics(actual[has], predicted[has], history, season)
 
 
-def evaluate_in_sample(
+def evaluate_forecaster_in_sample(
     forecaster: Forecaster, table: Any, *, season: int | None = None
 ) -> Evaluation:
     """Score every row of every series one step ahead, each series from a zero state.
 
     No warm-up and no hold-out: on the training table this is an in-sample fit. MASE and the
-    scaled RMSE take their scale from the whole series. Prefer :func:`evaluate_warm`.
+    scaled RMSE take their scale from the whole series. Prefer :func:`evaluate_forecaster`.
     """
-    check_regression(table, "evaluate_in_sample")
+    check_regression(table, "evaluate_forecaster_in_sample")
     season = check_season(season, table)
     shift = table.columns.shift
     outputs = forecaster.predict(table)
@@ -360,3 +370,26 @@ def evaluate_in_sample(
         **mean_metrics(rows, "one_step_"),
     }
     return Evaluation(rows, summary, [], season, "no warm-up point was given", in_sample=True)
+
+
+def evaluate_warm(forecaster: Forecaster, table: Any, **options: Any) -> Evaluation:
+    """Deprecated name of :func:`evaluate_forecaster` (goes away in the next release)."""
+    warnings.warn(
+        "evaluate_warm is now evaluate_forecaster (seqstate.recipe.evaluation); the old name "
+        "goes away in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return evaluate_forecaster(forecaster, table, **options)
+
+
+def evaluate_in_sample(forecaster: Forecaster, table: Any, **options: Any) -> Evaluation:
+    """Deprecated name of :func:`evaluate_forecaster_in_sample` (goes away in the next
+    release)."""
+    warnings.warn(
+        "evaluate_in_sample is now evaluate_forecaster_in_sample (seqstate.recipe.evaluation); "
+        "the old name goes away in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return evaluate_forecaster_in_sample(forecaster, table, **options)

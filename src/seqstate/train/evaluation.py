@@ -1,4 +1,8 @@
-"""evaluate: metrics of a model over lanes, from a zero state, in eval mode, no gradients."""
+"""evaluate: metrics of a model over lanes, from a zero state, in eval mode, no gradients.
+
+A model on lanes, in training's terms; a trained run on a table (warm, in raw units) is
+:func:`seqstate.recipe.evaluation.evaluate_forecaster`.
+"""
 
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ def evaluate(
             "move the model first (model.to(device)) or leave device=None"
         )
     per_series = None if masked_loss.is_classification else _SeriesErrors()
-    metrics = evaluate_sums(model, lanes, masked_loss, target, per_series=per_series).result()
+    metrics = lane_metric_sums(model, lanes, masked_loss, target, per_series=per_series).result()
     if per_series is not None:
         metrics |= per_series.result()
     return metrics
@@ -97,13 +101,13 @@ class _SeriesErrors:
         }
 
 
-def evaluate_metrics(
+def lane_metrics(
     model: nn.Module, lanes: Lanes, loss: MaskedLoss, device: torch.device
 ) -> dict[str, float]:
-    return evaluate_sums(model, lanes, loss, device).result()
+    return lane_metric_sums(model, lanes, loss, device).result()
 
 
-def evaluate_sums(
+def lane_metric_sums(
     model: nn.Module,
     lanes: Lanes,
     loss: MaskedLoss,

@@ -15,7 +15,7 @@ from torch import nn
 
 from seqstate.core.state import State
 from seqstate.lanes.lanes import Lanes
-from seqstate.train.evaluation import evaluate_metrics
+from seqstate.train.evaluation import lane_metrics
 from seqstate.train.losses import MaskedLoss
 from seqstate.train.snapshots import restore_rng
 
@@ -48,7 +48,7 @@ class Replica:
     def evaluate(
         self, model: nn.Module, lanes: Lanes, loss: MaskedLoss, device: torch.device
     ) -> dict[str, float]:
-        return evaluate_metrics(model, lanes, loss, device)
+        return lane_metrics(model, lanes, loss, device)
 
     def gather_checkpoint(
         self, state: State | None, sums: EpochSums | None, rng: Any
