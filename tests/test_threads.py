@@ -25,7 +25,11 @@ def test_a_requested_count_is_kept_and_applied():
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, "two", True])
-def test_bad_thread_counts_are_refused(bad):
-    with pytest.raises(ValueError, match="threads must be an int >= 1 or 'auto'"):
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [(0, ValueError), (-1, ValueError), ("two", ValueError), (1.5, TypeError), (True, TypeError)],
+)
+def test_bad_thread_counts_are_refused(bad, error):
+    # a wrong type (a float, a bool) is a TypeError; an int below 1 or another word a ValueError
+    with pytest.raises(error, match="threads must be an int >= 1 or 'auto'"):
         choose_threads(bad)

@@ -256,7 +256,10 @@ def export_onnx(
     if opset is not None and (
         not isinstance(opset, int) or isinstance(opset, bool) or not 18 <= opset <= 23
     ):
-        raise ValueError(f"opset must be an int in [18, 23] (or None for 18); received {opset!r}")
+        wrong_type = not isinstance(opset, int) or isinstance(opset, bool)
+        raise (TypeError if wrong_type else ValueError)(
+            f"opset must be an int in [18, 23] (or None for 18); received {opset!r}"
+        )
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from seqstate._validate import check_int
 from seqstate.recipe.evaluation_checks import (
     check_regression,
     check_season,
@@ -126,9 +127,8 @@ def backtest(
         season: the seasonal-naive / MASE period (default: from the calendar).
     """
     check_regression(table, "backtest")
-    for name, value in (("folds", folds), ("horizon", horizon)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1; received {value!r}")
+    check_int(folds, "folds", 1)
+    check_int(horizon, "horizon", 1)
     if not isinstance(refit, bool):
         raise TypeError(f"refit must be True or False; received {refit!r}")
     trained = isinstance(model, Forecaster)

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from seqstate._validate import check_int
+
 __all__ = [
     "Frequency",
     "future_times",
@@ -327,8 +329,7 @@ def future_times(times: np.ndarray, horizon: int, frequency: Frequency | None = 
         horizon: steps to stamp, >= 1.
         frequency: use this calendar instead of inferring one.
     """
-    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
-        raise ValueError(f"horizon must be an int >= 1; received {horizon!r}")
+    check_int(horizon, "horizon", 1)
     array = np.asarray(times)
     if len(array) == 0:
         raise ValueError("times is empty; a series needs at least one time to stamp its future")

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from seqstate._validate import check_int
 from seqstate.recipe.backtest import Backtest, backtest
 from seqstate.recipe.backtest import TrainFunction as TrainFunction
 from seqstate.recipe.backtest import plot_backtest as plot_backtest
@@ -235,15 +236,12 @@ def evaluate_forecaster(
             "'2019-12') or tail (steps to score at the end of each series)"
         )
     if tail is not None:
-        if isinstance(tail, bool) or not isinstance(tail, int | np.integer) or tail < 1:
-            raise ValueError(f"tail must be an int >= 1 (steps to score); received {tail!r}")
+        check_int(tail, "tail", 1, hint="tail counts the steps to score at the end of each series.")
         cuts = [len(f) - int(tail) for f in table.features]
     else:
         cuts = _cut_at(table, warmup_until)
-    if horizon is not None and (
-        isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1
-    ):
-        raise ValueError(f"horizon must be an int >= 1 or None; received {horizon!r}")
+    if horizon is not None:
+        check_int(horizon, "horizon", 1, hint="None scores the whole tail.")
     season = check_season(season, table)
     shift = table.columns.shift
 

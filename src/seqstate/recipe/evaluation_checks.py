@@ -25,7 +25,8 @@ def check_season(season: Any, table: Any) -> int:
     if season is None:
         return infer_season(table)
     if isinstance(season, bool) or not isinstance(season, int | np.integer) or season < 1:
-        raise ValueError(
+        wrong_type = isinstance(season, bool) or not isinstance(season, int | np.integer)
+        raise (TypeError if wrong_type else ValueError)(
             f"season must be an int >= 1 (steps per season, e.g. 12 for monthly data) or None "
             f"to infer it from the time column; received {season!r}"
         )

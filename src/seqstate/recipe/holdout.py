@@ -108,8 +108,10 @@ def split_tail(table: Any, fraction: float) -> tuple[Any, Tail]:
         fraction: share of each series' rows at its end held out, in ``(0, 1)``.
     """
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
-        raise ValueError(
-            f"fraction must be a number strictly between 0 and 1; received {fraction!r}"
+        error = ValueError if isinstance(fraction, int | float) else TypeError
+        raise error(
+            f"fraction must be a number strictly between 0 and 1; received "
+            f"{type(fraction).__name__} {fraction!r}"
         )
     shift = table.columns.shift
     lengths = table.lengths

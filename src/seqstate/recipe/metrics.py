@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from seqstate._validate import check_int
+
 __all__ = [
     "SCALE_FREE",
     "mean_metrics",
@@ -58,10 +60,8 @@ def seasonal_naive(history: Any, horizon: int, season: int = 1) -> np.ndarray:
     values = _vector(history, "history")
     if len(values) == 0:
         raise ValueError("history is empty; the seasonal naive forecast needs at least one step")
-    if isinstance(season, bool) or not isinstance(season, int | np.integer) or season < 1:
-        raise ValueError(f"season must be an int >= 1 (steps per season); received {season!r}")
-    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
-        raise ValueError(f"horizon must be an int >= 1; received {horizon!r}")
+    check_int(season, "season", 1, hint="It counts the steps per season, e.g. 12 for monthly data.")
+    check_int(horizon, "horizon", 1)
     period = int(season) if len(values) >= season else 1
     last = values[-period:]
     return np.resize(last, int(horizon))  # last[0], last[1], ..., wrapping around

@@ -46,8 +46,10 @@ def split_table(
         or not isinstance(fraction, int | float)
         or not (0.0 < fraction < 1.0)
     ):
-        raise ValueError(
-            f"fraction must be a number strictly between 0 and 1; received {fraction!r}."
+        error = ValueError if isinstance(fraction, int | float) else TypeError
+        raise error(
+            f"fraction must be a number strictly between 0 and 1; received "
+            f"{type(fraction).__name__} {fraction!r}."
         )
     if by == "series":
         n = len(table)

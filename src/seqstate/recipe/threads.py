@@ -47,8 +47,10 @@ def choose_threads(requested: Any = None, *, lanes: int = 32, hidden_size: int =
         otherwise the idle cores (at most 8: more never helped a recurrent step).
     """
     if requested is not None and requested != "auto":
-        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
-            raise ValueError(
+        wrong_type = isinstance(requested, bool) or not isinstance(requested, int | str)
+        if wrong_type or isinstance(requested, str) or requested < 1:
+            error = TypeError if wrong_type else ValueError
+            raise error(
                 f"threads must be an int >= 1 or 'auto'; received {requested!r}. Use 1 on a "
                 "busy or small machine, 'auto' to let seqstate choose."
             )

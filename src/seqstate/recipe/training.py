@@ -245,7 +245,8 @@ def seed_settings(settings: Settings) -> list[Settings]:
 
     seeds = settings["run"]["seeds"]
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"[run] seeds must be an int >= 1 (--seeds K); received {seeds!r}")
+        error = ValueError if isinstance(seeds, int) and not isinstance(seeds, bool) else TypeError
+        raise error(f"[run] seeds must be an int >= 1 (--seeds K); received {seeds!r}")
     members = []
     for k in range(seeds):
         member = copy.deepcopy(settings)

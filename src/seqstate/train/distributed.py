@@ -104,7 +104,10 @@ def init_from_env(backend: str | None = None, *, timeout: float | None = None) -
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
     ):
-        raise ValueError(f"timeout must be a positive number of seconds; received {timeout!r}")
+        wrong_type = isinstance(timeout, bool) or not isinstance(timeout, int | float)
+        raise (TypeError if wrong_type else ValueError)(
+            f"timeout must be a positive number of seconds; received {timeout!r}"
+        )
     if not dist.is_available():
         raise RuntimeError("this torch build has no torch.distributed support")
     if dist.is_initialized():

@@ -130,14 +130,18 @@ class Every:
         if self.epochs is not None and (
             isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1
         ):
-            raise ValueError(f"Every.epochs must be an int >= 1 or None; received {self.epochs!r}")
+            wrong_type = isinstance(self.epochs, bool) or not isinstance(self.epochs, int)
+            raise (TypeError if wrong_type else ValueError)(
+                f"Every.epochs must be an int >= 1 or None; received {self.epochs!r}"
+            )
         if self.seconds is not None and (
             isinstance(self.seconds, bool)
             or not isinstance(self.seconds, int | float)
             or not math.isfinite(self.seconds)
             or self.seconds <= 0
         ):
-            raise ValueError(
+            wrong_type = isinstance(self.seconds, bool) or not isinstance(self.seconds, int | float)
+            raise (TypeError if wrong_type else ValueError)(
                 f"Every.seconds must be a number > 0 or None; received {self.seconds!r}"
             )
 
