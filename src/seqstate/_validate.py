@@ -8,10 +8,12 @@ received, and (``hint``) the likely fix. ``bool`` is never accepted as a number.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # check_flags imports torch when called: the other checks load without it
+    import torch
 
 __all__ = ["check_bool", "check_flags", "check_int", "check_number"]
 
@@ -65,6 +67,8 @@ def check_flags(
     0/1 integers are accepted as bools. ``None`` stays ``None``."""
     if flags is None:
         return None
+    import torch
+
     if not isinstance(flags, torch.Tensor):
         raise TypeError(
             f"{name} must be a bool torch.Tensor [B, T]; received {type(flags).__name__}"

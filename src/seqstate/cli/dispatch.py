@@ -16,7 +16,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from seqstate.cli.evaluation import add_backtest_command, add_evaluate_arguments
 from seqstate.cli.run import (
@@ -35,7 +35,9 @@ from seqstate.cli.train import (
     handle_import_keras,
     handle_train,
 )
+from seqstate.core.kinds import KINDS
 from seqstate.recipe.preparation import add_arguments as add_preparation_arguments
+from seqstate.recipe.training import SECTIONS
 
 __all__ = ["build_parser", "main"]
 
@@ -150,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = command("train", handle_train, "train a model on a table and write a run directory")
     _add_data_arguments(train, data_required=False)
     _add_training_arguments(train)
-    train.add_argument("--out", help="run directory (default: runs/<data file stem>)")
+    train.add_argument("--out", help=_setting_help("run", "out"))
     train.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from --out/checkpoint"
     )
@@ -255,37 +257,34 @@ def _add_data_arguments(parser: argparse.ArgumentParser, *, data_required: bool)
     parser.add_argument("--config", "-c", help="run.toml with [data] [split] [layout] [model] ...")
     group = parser.add_argument_group("data")
     group.add_argument("--features", "-f", help="input columns, comma-separated")
-    group.add_argument("--targets", "-t", help="target columns (default: the features)")
-    group.add_argument("--id", dest="id", help="series id column (default: one series)")
-    group.add_argument("--time", dest="time", help="column to sort each series by")
-    group.add_argument("--shift", type=int, help="y[t] = targets[t + shift] (default 1)")
+    group.add_argument("--targets", "-t", help=_setting_help("data", "targets"))
+    group.add_argument("--id", dest="id", help=_setting_help("data", "id"))
+    group.add_argument("--time", dest="time", help=_setting_help("data", "time"))
+    group.add_argument("--shift", type=int, help=_setting_help("data", "shift"))
     group.add_argument("--task", choices=["regression", "classification"])
     group.add_argument("--split", dest="split_by", choices=["auto", "series", "time", "none"])
-    group.add_argument("--validation", type=float, help="validation fraction (default 0.2)")
+    group.add_argument("--validation", type=float, help=_setting_help("split", "fraction"))
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     layout = parser.add_argument_group("layout")
-    layout.add_argument(
-        "--lanes", "-B", type=int, help="sequences side by side (default: from the data)"
-    )
-    layout.add_argument(
-        "--window", "-T", type=int, help="steps per window (default: from the data)"
-    )
+    layout.add_argument("--lanes", "-B", type=int, help=_setting_help("layout", "lanes"))
+    layout.add_argument("--window", "-T", type=int, help=_setting_help("layout", "window"))
     layout.add_argument("--no-shuffle", action="store_true", help="keep lanes fixed every epoch")
     model = parser.add_argument_group("model")
-    model.add_argument("--cell", choices=["lstm", "gru", "rnn"])
-    model.add_argument("--hidden-size", type=int, help="units per layer (default 64)")
-    model.add_argument("--num-layers", type=int, help="stacked layers (default 1)")
-    model.add_argument("--dropout", type=float, help="between layers (default 0)")
+    model.add_argument("--cell", choices=KINDS, help=_setting_help("model", "cell", choices=True))
+    model.add_argument("--hidden-size", type=int, help=_setting_help("model", "hidden_size"))
+    model.add_argument("--num-layers", type=int, help=_setting_help("model", "num_layers"))
+    model.add_argument("--dropout", type=float, help=_setting_help("model", "dropout"))
     fit = parser.add_argument_group("training")
     fit.add_argument(
         "--epochs", type=int, help="passes over the data (default: from a budget of updates)"
     )
-    fit.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    # argparse types help as str; a _FitDefault does what its formatter asks of one
+    fit.add_argument("--lr", type=float, help=cast(str, _FitDefault("learning rate", "lr")))
     fit.add_argument("--patience", type=int, help="early stopping after N epochs w/o progress")
     fit.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    fit.add_argument("--seed", type=int, help="seed of split, shuffle and training (default 0)")
+    fit.add_argument("--seed", type=int, help=_setting_help("run", "seed"))
     fit.add_argument(
         "--no-refit",
         dest="refit",
@@ -299,11 +298,47 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="no progress (default: a bar on a terminal, a line per epoch in a log)",
     )
     fit.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
-    fit.add_argument(
-        "--seeds", type=int, help="train K seeds; predict/forecast average them (default 1)"
-    )
-    fit.add_argument("--threads", help="intra-op threads: auto (1 unless the model is large) or N")
+    fit.add_argument("--seeds", type=int, help=_setting_help("run", "seeds"))
+    fit.add_argument("--threads", help=_setting_help("run", "threads"))
     add_preparation_arguments(parser)
+
+
+# --------------------------------------------------------------------------------------------
+# Help generated from the settings' owners (each description and default written once)
+# --------------------------------------------------------------------------------------------
+
+
+def _setting_help(section: str, key: str, *, choices: bool = False) -> str:
+    """The help of the flag that sets ``[section] key``: its description in
+    :data:`seqstate.recipe.training.SECTIONS` (which reads the model's from
+    :mod:`seqstate.core.model_config`) and its default. ``choices``: the description lists the
+    choices, which argparse shows already, so only the default is said."""
+    default, description = SECTIONS[section][key]
+    if choices:
+        return f"default {default}"
+    if default is None or "default" in description:
+        return description
+    return f"{description} (default {default})"
+
+
+class _FitDefault:
+    """A help text that ends with a :class:`seqstate.train.FitConfig` default, read only when
+    the help is shown: FitConfig loads torch, and parsing the command line does not."""
+
+    def __init__(self, description: str, field: str) -> None:
+        self.description, self.field = description, field
+
+    def __str__(self) -> str:
+        from seqstate.train.config import FitConfig
+
+        return f"{self.description} (default {getattr(FitConfig, self.field)})"
+
+    # what argparse's help formatter does with a help text
+    def strip(self) -> str:
+        return str(self).strip()
+
+    def __mod__(self, values: Any) -> str:
+        return str(self) % values
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,8 +16,6 @@ import numpy as np
 
 __all__ = ["Report", "diagnose"]
 
-# Floats per step and hidden unit kept for the backward pass, by cell (gates + state).
-_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 _FEW_WINDOWS = 10
 _MUCH_PADDING = 0.25
 
@@ -216,7 +214,10 @@ def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
     )
 
     hidden, layers = int(model["hidden_size"]), int(model["num_layers"])
-    gates = _GATES.get(str(model["cell"]), 4)
+    # Floats per step and hidden unit kept for the backward pass: the cell's gate blocks.
+    from seqstate.core.cells import CELLS
+
+    gates = CELLS[model["cell"]].gates if model["cell"] in CELLS else CELLS["lstm"].gates
     F, O = table.num_features, table.num_outputs
     parameters = 0
     for layer in range(layers):

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from torch import _VF, nn
 
+from seqstate.core.kinds import Kind
 from seqstate.core.state import GRUState, LSTMState, RNNState, State
 
 __all__ = ["CELLS", "CellKind", "Kind", "cell_kind"]
-
-Kind = Literal["lstm", "gru", "rnn"]
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,10 @@ from seqstate.core.stepwise import StepwiseLayer
 
 __all__ = ["CONFIG_VERSION", "DenseSpec", "ModelConfig", "RecurrentSpec", "SequenceModel"]
 
+# Each kind's layer is the seqstate layer built on that kind's torch module (cells.CELLS).
 _FUSED_LAYERS: dict[str, type[LSTM] | type[GRU] | type[RNN]] = {
-    "lstm": LSTM,
-    "gru": GRU,
-    "rnn": RNN,
+    name: next(layer for layer in (LSTM, GRU, RNN) if issubclass(layer, cell.torch_module))
+    for name, cell in CELLS.items()
 }
 
 

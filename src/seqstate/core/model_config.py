@@ -16,14 +16,29 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from seqstate._validate import check_bool, check_int, check_number
-from seqstate.core.activations import check_activation
-from seqstate.core.cells import CELLS, Kind, cell_kind
-from seqstate.core.stepwise import is_fused
+from seqstate.core.kinds import KINDS, Kind
 
-__all__ = ["CONFIG_VERSION", "DenseSpec", "ModelConfig", "RecurrentSpec"]
+__all__ = ["CONFIG_VERSION", "MODEL_SETTINGS", "DenseSpec", "ModelConfig", "RecurrentSpec"]
 
 Cell = Kind
 Task = Literal["regression", "classification"]
+
+# The shorthand's defaults, written once: the dataclasses below, run.toml's [model] section
+# (seqstate.recipe.training.SECTIONS) and the command line's model flags read them. This module
+# loads without torch (the checks that need it import it when they run) so that the command line
+# can show these defaults without loading torch.
+DEFAULT_CELL: Kind = "lstm"
+DEFAULT_HIDDEN_SIZE = 64
+DEFAULT_NUM_LAYERS = 1
+DEFAULT_DROPOUT = 0.0
+
+#: Each shorthand setting: its default and what it means (run.toml [model], the CLI's help).
+MODEL_SETTINGS: dict[str, tuple[Any, str]] = {
+    "cell": (DEFAULT_CELL, " | ".join(KINDS)),
+    "hidden_size": (DEFAULT_HIDDEN_SIZE, "units per recurrent layer"),
+    "num_layers": (DEFAULT_NUM_LAYERS, "stacked recurrent layers"),
+    "dropout": (DEFAULT_DROPOUT, "dropout between recurrent layers"),
+}
 
 #: Version of the JSON written by :meth:`ModelConfig.to_dict`. Version 1 (no ``version`` key:
 #: ``cell``, ``hidden_size``, ``num_layers``, ``nonlinearity``) is still read.
@@ -53,13 +68,16 @@ def _from_mapping(cls: type, value: Any, argument: str) -> Any:
 class RecurrentSpec:
     """One recurrent layer of a stack."""
 
-    kind: Cell = "lstm"  # lstm | gru | rnn
-    hidden_size: int = 64  # H: units
+    kind: Cell = DEFAULT_CELL  # lstm | gru | rnn
+    hidden_size: int = DEFAULT_HIDDEN_SIZE  # H: units
     activation: str = "tanh"  # candidate / output activation (the RNN's nonlinearity)
     recurrent_activation: str = "sigmoid"  # gate activation (lstm, gru); core/activations.py
     reset_after: bool = True  # gru: reset gate after the recurrent matmul (torch, Keras default)
 
     def __post_init__(self) -> None:
+        from seqstate.core.activations import check_activation
+        from seqstate.core.cells import cell_kind
+
         cell_kind(self.kind, "RecurrentSpec.kind")
         _check_size(self.hidden_size, "RecurrentSpec.hidden_size")
         for name in ("activation", "recurrent_activation"):
@@ -71,6 +89,8 @@ class RecurrentSpec:
     @property
     def fused(self) -> bool:
         """torch's fused kernel computes this layer (else it runs step by step)."""
+        from seqstate.core.stepwise import is_fused
+
         return is_fused(self.kind, self.activation, self.recurrent_activation, self.reset_after)
 
     def describe(self) -> str:
@@ -93,6 +113,8 @@ class DenseSpec:
     activation: str = "linear"  # see seqstate.core.activations
 
     def __post_init__(self) -> None:
+        from seqstate.core.activations import check_activation
+
         _check_size(self.units, "DenseSpec.units")
         object.__setattr__(
             self, "activation", check_activation(self.activation, "DenseSpec.activation")
@@ -137,7 +159,7 @@ class ModelConfig:
         cell: Cell | None = None,
         hidden_size: int | None = None,
         num_layers: int | None = None,
-        dropout: float = 0.0,
+        dropout: float = DEFAULT_DROPOUT,
         nonlinearity: Literal["tanh", "relu"] | None = None,
         task: Task = "regression",
         *,
@@ -360,7 +382,7 @@ class ModelConfig:
         return cls(
             body["input_size"],
             body["output_size"],
-            dropout=body.get("dropout", 0.0),
+            dropout=body.get("dropout", DEFAULT_DROPOUT),
             task=body.get("task", "regression"),
             layers=body["layers"],
             head=body.get("head"),
@@ -378,15 +400,18 @@ class ModelConfig:
 def _shorthand_stack(
     cell: Any, hidden_size: Any, num_layers: Any, nonlinearity: Any
 ) -> tuple[RecurrentSpec, ...]:
-    kind = "lstm" if cell is None else cell
-    if kind not in CELLS:
-        raise ValueError(f"ModelConfig.cell must be 'lstm', 'gru' or 'rnn'; received {cell!r}")
-    size = _check_size(64 if hidden_size is None else hidden_size, "ModelConfig.hidden_size")
-    count = _check_size(1 if num_layers is None else num_layers, "ModelConfig.num_layers")
+    kind = DEFAULT_CELL if cell is None else cell
+    if kind not in KINDS:
+        raise ValueError(f"ModelConfig.cell must be one of {list(KINDS)}; received {cell!r}")
+    size = _check_size(
+        DEFAULT_HIDDEN_SIZE if hidden_size is None else hidden_size, "ModelConfig.hidden_size"
+    )
+    count = _check_size(
+        DEFAULT_NUM_LAYERS if num_layers is None else num_layers, "ModelConfig.num_layers"
+    )
     if nonlinearity not in (None, "tanh", "relu"):
         raise ValueError(
             f"ModelConfig.nonlinearity must be 'tanh' or 'relu'; received {nonlinearity!r}"
         )
     activation = nonlinearity if kind == "rnn" and nonlinearity is not None else "tanh"
-    # kind and activation were checked above; mypy cannot narrow a str to their Literal types
-    return tuple(RecurrentSpec(kind, size, activation) for _ in range(count))  # type: ignore[arg-type]
+    return tuple(RecurrentSpec(kind, size, activation) for _ in range(count))

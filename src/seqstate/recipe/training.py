@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from seqstate.core.model_config import MODEL_SETTINGS
 from seqstate.recipe.preparation import DEFAULTS as PREPARATION_DEFAULTS
 
 __all__ = [
@@ -73,12 +74,7 @@ SECTIONS: dict[str, dict[str, tuple[Any, str]]] = {
         "window": (None, "T: steps per window, the truncated-BPTT length (default: from the data)"),
         "shuffle": (True, "reassign sequences to lanes every epoch (never reorders steps)"),
     },
-    "model": {
-        "cell": ("lstm", "lstm | gru | rnn"),
-        "hidden_size": (64, "units per recurrent layer"),
-        "num_layers": (1, "stacked recurrent layers"),
-        "dropout": (0.0, "dropout between recurrent layers"),
-    },
+    "model": dict(MODEL_SETTINGS),  # seqstate.core.model_config: the model's shorthand
     "scaling": dict(PREPARATION_DEFAULTS),  # seqstate.recipe.preparation: scaling and transforms
     "fit": {},  # any seqstate.FitConfig field; filled in from FitConfig's defaults
     "run": {
