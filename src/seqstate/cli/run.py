@@ -264,25 +264,16 @@ def handle_forecast(args: argparse.Namespace) -> int:
 
     from seqstate.recipe.calendar import future_times
     from seqstate.recipe.covariates import future_covariates
+    from seqstate.recipe.forecaster import why_not_forecastable
     from seqstate.recipe.run_forecaster import load_forecaster
 
     target, kind = _output_path(args.out)
     if args.horizon is None or args.horizon < 1:
         raise CliError(f"--horizon must be an int >= 1; received {args.horizon}")
     _, _, columns = _load_run(args.run_dir)
-    if columns.task != "regression" or columns.shift != 1:
-        raise CliError(
-            "forecast feeds each prediction back as the next input, which needs a regression "
-            f"run trained with shift 1; this run has task {columns.task!r} and shift "
-            f"{columns.shift}. Use `seqstate predict` instead"
-        )
-    missing = [name for name in columns.targets if name not in columns.features]
-    if missing:
-        raise CliError(
-            f"this run forecasts {list(columns.targets)} from {list(columns.features)}: the "
-            f"targets {missing} are not inputs, so a forecast cannot be fed back. Use "
-            "`seqstate predict` instead"
-        )
+    cannot = why_not_forecastable(columns)
+    if cannot is not None:
+        raise CliError(f"{cannot}. Use `seqstate predict` instead")
     covariates = [name for name in columns.features if name not in columns.targets]
     if covariates and not args.covariates:
         raise CliError(

@@ -24,7 +24,12 @@ from seqstate.recipe.evaluation_checks import (
     series_name,
     time_text,
 )
-from seqstate.recipe.forecaster import Forecaster, forecast_columns, horizon_forecasts
+from seqstate.recipe.forecaster import (
+    Forecaster,
+    forecast_columns,
+    horizon_forecasts,
+    why_not_forecastable,
+)
 from seqstate.recipe.metrics import mean_metrics, seasonal_naive, series_metrics
 
 __all__ = ["Backtest", "TrainFunction", "backtest", "plot_backtest"]
@@ -144,10 +149,7 @@ def backtest(
         )
     feed = forecast_columns(table.columns)
     if feed is None:
-        raise ValueError(
-            "backtest forecasts recursively, feeding each prediction back as the next input: "
-            "the run needs shift 1 and every target among the features"
-        )
+        raise ValueError(f"backtest: {why_not_forecastable(table.columns)}")
     season = check_season(season, table)
     folds, horizon = int(folds), int(horizon)
     # The first origin must leave enough history for training and for the naive baselines.

@@ -49,6 +49,7 @@ from seqstate.recipe.forecaster import (
     ModelForecaster,
     forecast_columns,
     horizon_forecasts,
+    why_not_forecastable,
 )
 from seqstate.recipe.metrics import SCALE_FREE, mean_metrics, seasonal_naive, series_metrics
 
@@ -264,12 +265,7 @@ def evaluate_forecaster(
 
     outputs = forecaster.predict(table.select(kept))
     feed = forecast_columns(table.columns)
-    horizon_note = None
-    if feed is None:
-        horizon_note = (
-            "a recursive forecast feeds each prediction back as the next input, which needs "
-            "shift 1 and every target among the features"
-        )
+    horizon_note = why_not_forecastable(table.columns)
     forecasts = horizon_forecasts(forecaster, table, kept, cuts, horizon, feed)
 
     rows: list[dict[str, Any]] = []

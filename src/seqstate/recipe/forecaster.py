@@ -11,7 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Forecaster", "ModelForecaster"]
+__all__ = ["Forecaster", "ModelForecaster", "forecast_columns", "why_not_forecastable"]
 
 
 @runtime_checkable
@@ -51,10 +51,7 @@ class ModelForecaster:
 
         feed = forecast_columns(table.columns)
         if feed is None:
-            raise ValueError(
-                "this run cannot forecast recursively: it needs shift 1 and every target among "
-                "the features"
-            )
+            raise ValueError(why_not_forecastable(table.columns))
         fed, others = feed
         covariates = [f[:, others] for f in future.features] if others else None
         return forecast(
@@ -62,14 +59,36 @@ class ModelForecaster:
         )
 
 
+def why_not_forecastable(columns: Any) -> str | None:
+    """Why a run over ``columns`` cannot forecast, or None when it can: the one rule (and the
+    one message) behind ``forecast``, ``evaluate``'s horizon scores and ``backtest``.
+
+    A recursive forecast feeds each prediction back as the next input, so the run must be a
+    regression trained with shift 1 (its output at step t is the targets at t + 1) whose
+    targets are all among its inputs.
+    """
+    feeds = "a forecast feeds each prediction back as the next input"
+    if columns.task != "regression" or columns.shift != 1:
+        return (
+            f"{feeds}, which needs a regression run trained with shift 1; this run has task "
+            f"{columns.task!r} and shift {columns.shift}"
+        )
+    missing = [name for name in columns.targets if name not in columns.features]
+    if missing:
+        return (
+            f"{feeds}, which needs every target among the inputs; this run forecasts "
+            f"{list(columns.targets)} from {list(columns.features)}: the targets {missing} are "
+            "not inputs"
+        )
+    return None
+
+
 def forecast_columns(columns: Any) -> tuple[list[int], list[int]] | None:
     """(input columns the targets feed, the other input columns), or None when the run cannot
-    forecast recursively (a target that is not an input, or shift != 1)."""
-    if columns.task != "regression" or columns.shift != 1:
+    forecast (:func:`why_not_forecastable` says why)."""
+    if why_not_forecastable(columns) is not None:
         return None
     features = list(columns.features)
-    if any(name not in features for name in columns.targets):
-        return None
     fed = [features.index(name) for name in columns.targets]
     return fed, [i for i in range(len(features)) if i not in fed]
 
