@@ -30,10 +30,14 @@ Where each part lives (every module holds one idea):
 - ``fitting``     fit: checks, resume point, replica, then the loop
 - ``loop``        the Trainer: epochs, windows, checkpoints
 - ``replica``     the seam seqstate.train.distributed plugs into (Replica, EpochSums)
-- ``evaluation``  evaluate and the evaluation pass the loop and replicas share
+- ``evaluation``  evaluate (a model on lanes) and the pass the loop and replicas share
+- ``losses``      the masked losses and the metric sums
+- ``progress``    the progress bar or lines, and the schedules of plots and checkpoints
 - ``resume``      what a checkpoint must agree on to be continued exactly
+- ``snapshots``   the checkpoint's files: weights, optimiser, data cursor, state, RNG
 - ``runfiles``    metrics.jsonl and loss.png
 - ``tensors``     device/dtype plumbing for windows and carried state
+- ``distributed`` torch.distributed (DDP): lanes split across ranks, a Replica per rank
 """
 
 from seqstate.train.config import FitConfig, OptimizerName, ScheduleName
