@@ -170,3 +170,23 @@ def test_the_top_level_shows_the_layers() -> None:
     assert len(top) <= 20, top
     for layer in ("core", "lanes", "train", "inference", "recipe", "cli", "serve", "interop"):
         assert layer in top
+
+
+def test_the_layer_strategies_use_only_the_declared_kernels() -> None:
+    """core/timeline.py and core/split.py reach a layer only through LayerKernels' members."""
+    from seqstate.core.kernels import LayerKernels
+
+    declared = set(LayerKernels.__annotations__) | {
+        name for name in vars(LayerKernels) if not name.startswith("_")
+    }
+    for module in ("timeline", "split"):
+        tree = ast.parse((ROOT / "core" / f"{module}.py").read_text())
+        used = {
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "rnn"
+        }
+        assert used, module  # the strategies name their layer `rnn`
+        assert used <= declared, (module, sorted(used - declared))

@@ -292,8 +292,8 @@ def test_default_runs_one_fused_call_per_layer_on_timelines(
     layer = make_layer(kind, 3, 4, num_layers, seed=7)
     counts = count_paths(layer, monkeypatch)
     kernel_calls: list[int] = []
-    kernel = layer._sequence_kernel
-    monkeypatch.setattr(layer, "_sequence_kernel", lambda *a: kernel_calls.append(1) or kernel(*a))
+    kernel = layer.sequence_kernel
+    monkeypatch.setattr(layer, "sequence_kernel", lambda *a: kernel_calls.append(1) or kernel(*a))
     x = torch.randn(6, 14, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
     state = random_state(layer, 6, 1)
     reset = random_flags((6, 14), 0.3, 2)
@@ -427,14 +427,14 @@ def test_single_steps_use_the_cell_kernels_and_equal_the_whole_window(
     state = random_state(layer, 3, seed + 2)
     y_whole, final_whole = layer(x, state, reset=reset)
     outputs, carried = [], state
-    fused = layer._fused
-    layer._fused = None  # type: ignore[assignment,method-assign]  # T = 1 must not use it
+    fused = layer.fused
+    layer.fused = None  # type: ignore[assignment,method-assign]  # T = 1 must not use it
     try:
         for t in range(T):
             y, carried = layer(x[:, t : t + 1], carried, reset=reset[:, t : t + 1])
             outputs.append(y)
     finally:
-        layer._fused = fused  # type: ignore[method-assign]
+        layer.fused = fused  # type: ignore[method-assign]
     tolerance = EXACT if dtype == F64 else {"rtol": 0.0, "atol": 1e-5}
     torch.testing.assert_close(torch.cat(outputs, 1), y_whole, **tolerance)
     assert_states_close(carried, final_whole, **tolerance)

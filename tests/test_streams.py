@@ -283,7 +283,7 @@ def test_one_step_runs_the_cell_kernels_and_equals_the_sequence_path(cell, monke
 
     sequence = np.random.default_rng(5).normal(size=(12, F))
     expected, final = predict(model, sequence, return_state=True)
-    monkeypatch.setattr(model.recurrent, "_fused", no_sequence_kernel)
+    monkeypatch.setattr(model.recurrent, "fused", no_sequence_kernel)
     streams = Streams(model)
     outputs = [streams.step(["a"], sequence[t][None]) for t in range(len(sequence))]
     np.testing.assert_allclose(np.concatenate(outputs), expected, atol=1e-10)

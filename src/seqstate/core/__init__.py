@@ -7,6 +7,7 @@ Nothing here imports the data layout, training, the recipe, the CLI or the serve
     cells.py         one table row per cell kind (LSTM, GRU, RNN)
     activations.py   activation functions by name (Keras semantics)
     layers.py        LSTM/GRU/RNN with per-row resets and masks on the fused kernels
+    kernels.py       LayerKernels: what the layers' two strategies may use of a layer
     timeline.py      the one-call strategy of the layers (each row on its own timeline)
     split.py         the reference strategy of the layers (split at resets)
     stepwise.py      any cell variant run exactly step by step

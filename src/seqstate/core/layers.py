@@ -93,7 +93,12 @@ Strategy = Literal["auto", "split"]
 
 
 class ResettableLayer:
-    """The stateful protocol shared by LSTM, GRU and RNN (mixed in before the torch module)."""
+    """The stateful protocol shared by LSTM, GRU and RNN (mixed in before the torch module).
+
+    Its strategies (``run_timeline``, ``run_split``) see it as a
+    :class:`seqstate.core.kernels.LayerKernels`: ``fused``, ``make_state``, ``layer_weights``,
+    ``can_zero``, ``flag_columns``, ``sequence_kernel``, ``state_max``.
+    """
 
     state_type: type[State]
     _torch_module: type[nn.RNNBase]
@@ -169,14 +174,14 @@ class ResettableLayer:
         return tensors if len(tensors) > 1 else tensors[0]
 
     def _from_hx(self, hx: torch.Tensor | tuple[torch.Tensor, ...]) -> State:
-        return self._state(*hx) if isinstance(hx, tuple) else self._state(hx)
+        return self.make_state(*hx) if isinstance(hx, tuple) else self.make_state(hx)
 
-    def _state(self, *tensors: torch.Tensor) -> State:
+    def make_state(self, *tensors: torch.Tensor) -> State:
         """``state_type(*tensors)`` (the field count depends on the cell)."""
         make: Any = self.state_type
         return make(*tensors)
 
-    def _fused(
+    def fused(
         self, x: torch.Tensor, state: State, lengths: torch.Tensor | None
     ) -> tuple[torch.Tensor, State]:
         """One call of the torch kernel on ``x`` [N, T, F]; ``lengths`` [N] (cpu) or None."""
@@ -190,7 +195,7 @@ class ResettableLayer:
         y, _ = pad_packed_sequence(y, batch_first=True, total_length=T)
         return y, self._from_hx(hx)
 
-    def _layer_weights(self, layer: int) -> list[torch.Tensor]:
+    def layer_weights(self, layer: int) -> list[torch.Tensor]:
         """``[weight_ih, weight_hh(, bias_ih, bias_hh)]`` of one layer, as torch lays them out."""
         per_layer = 4 if self.bias else 2
         weights = self._flat_weights[layer * per_layer : (layer + 1) * per_layer]
@@ -240,7 +245,7 @@ class ResettableLayer:
             if T == 1:
                 y, state = self._step(x[:, 0], state)
                 return y[:, None], state
-            return self._fused(x, state, None)
+            return self.fused(x, state, None)
         if self.strategy == "auto":
             result = self._run_timeline(x, state, reset, mask)
             if result is not None:
@@ -273,7 +278,7 @@ class ResettableLayer:
         layer_input = x
         finals: list[list[torch.Tensor]] = [[] for _ in tensors]
         for layer in range(self.num_layers):
-            weights = self._layer_weights(layer)
+            weights = self.layer_weights(layer)
             biases: list[torch.Tensor | None] = [*weights[2:]] if self.bias else [None, None]
             hx = [t[layer] for t in tensors]
             new = self._cell(layer_input, hx, weights[0], weights[1], *biases)
@@ -298,12 +303,12 @@ class ResettableLayer:
 
     # --- the timeline: one fused call per layer ---------------------------------------------
 
-    def _can_zero(self) -> bool:
+    def can_zero(self) -> bool:
         """Whether flag inputs can zero this cell's state (not the tanh RNN's: it takes the
         timeline only for windows without zero steps, padding and edge resets)."""
         return True
 
-    def _flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    def flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         """Input weights ``[gates * H, 2]`` of the (zero, hold) flags; see the module table."""
         raise NotImplementedError
 
@@ -317,13 +322,13 @@ class ResettableLayer:
         """The timeline (:func:`~seqstate.core.timeline.run_timeline`); None if it is not exact."""
         return run_timeline(self, x, state, reset, mask)
 
-    def _state_max(self, h0: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    def state_max(self, h0: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """A bound on |h| over a call from ``h0`` [1, B, H] with outputs [T', B, H]. LSTM and
         GRU outputs stay within max(1, |h0|) (tanh, sigmoid and convex mixes); the ReLU RNN
         overrides it (its outputs are unbounded)."""
         return torch.clamp(h0.abs().max(), min=1.0)
 
-    def _sequence_kernel(
+    def sequence_kernel(
         self, x: torch.Tensor, hx: list[torch.Tensor], weights: list[torch.Tensor]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """One single-layer fused call with explicit weights, time-major: ``x`` [T', B, F + 2]."""
@@ -360,7 +365,7 @@ class ResettableLayer:
                 f"{name}: x must have {self.input_size} features (input_size) in its last "
                 f"dimension; received shape {tuple(x.shape)}"
             )
-        weight = self._layer_weights(0)[0]  # weight_ih_l0, without nn.Module's __getattr__
+        weight = self.layer_weights(0)[0]  # weight_ih_l0, without nn.Module's __getattr__
         if x.dtype != weight.dtype or x.device != weight.device:
             raise TypeError(
                 f"{name}: x is {x.dtype} on {x.device} but the parameters are {weight.dtype} on "
@@ -424,12 +429,12 @@ class LSTM(ResettableLayer, nn.LSTM):  # type: ignore[misc]  # forward(x, state,
     ) -> tuple[torch.Tensor, ...]:
         return _VF.lstm_cell(x, hx, w_ih, w_hh, b_ih, b_hh)
 
-    def _flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    def flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         # gates i, f, g, o; zero step: i, f, o -> 0; hold step: i -> 0, f -> 1
         pattern = ((-FLAG, -FLAG), (-FLAG, FLAG), (0.0, 0.0), (-FLAG, 0.0))
         return flag_pattern(pattern, self.hidden_size, like.dtype, like.device)
 
-    def _sequence_kernel(
+    def sequence_kernel(
         self, x: torch.Tensor, hx: list[torch.Tensor], weights: list[torch.Tensor]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         y, h, c = _VF.lstm(x, hx, weights, self.bias, 1, 0.0, self.training, False, False)
@@ -456,7 +461,7 @@ class GRU(ResettableLayer, nn.GRU):  # type: ignore[misc]  # forward(x, state, r
     ) -> tuple[torch.Tensor, ...]:
         return (_VF.gru_cell(x, hx[0], w_ih, w_hh, b_ih, b_hh),)
 
-    def _flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    def flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         # gates r, z, n; zero step: r, z -> 0 and the candidate's pre-activation exactly 0 (its
         # column cancels the input bias; not detached, so its gradient cancels too);
         # hold step: z -> 1
@@ -468,7 +473,7 @@ class GRU(ResettableLayer, nn.GRU):  # type: ignore[misc]  # forward(x, state, r
         cancel = functional.pad(-b_ih[2 * H :, None], (0, 1, 2 * H, 0))  # column 0, rows n
         return columns + cancel
 
-    def _sequence_kernel(
+    def sequence_kernel(
         self, x: torch.Tensor, hx: list[torch.Tensor], weights: list[torch.Tensor]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         y, h = _VF.gru(x, hx[0], weights, self.bias, 1, 0.0, self.training, False, False)
@@ -519,7 +524,7 @@ class RNN(ResettableLayer, nn.RNN):  # type: ignore[misc]  # forward(x, state, r
             nonlinearity=nonlinearity,
         )
 
-    def _can_zero(self) -> bool:
+    def can_zero(self) -> bool:
         return self.nonlinearity == "relu"
 
     def _cell(
@@ -534,16 +539,16 @@ class RNN(ResettableLayer, nn.RNN):  # type: ignore[misc]  # forward(x, state, r
         cell = _VF.rnn_relu_cell if self.nonlinearity == "relu" else _VF.rnn_tanh_cell
         return (cell(x, hx[0], w_ih, w_hh, b_ih, b_hh),)
 
-    def _state_max(self, h0: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    def state_max(self, h0: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         return torch.maximum(h0.abs().max(), output.abs().max())
 
-    def _flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    def flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         # ReLU: zero and hold step alike, pre-activation -> -inf, h = 0; tanh: no zero steps,
         # and hold steps need no flag. Either way the final h is read at the last real step.
         flag = -FLAG if self.nonlinearity == "relu" else 0.0
         return flag_pattern(((flag, flag),), self.hidden_size, like.dtype, like.device)
 
-    def _sequence_kernel(
+    def sequence_kernel(
         self, x: torch.Tensor, hx: list[torch.Tensor], weights: list[torch.Tensor]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         kernel = _VF.rnn_relu if self.nonlinearity == "relu" else _VF.rnn_tanh

@@ -10,20 +10,17 @@ it is not exact.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
 
 import torch
 
+from seqstate.core.kernels import LayerKernels
 from seqstate.core.state import State
-
-if TYPE_CHECKING:
-    from seqstate.core.layers import ResettableLayer
 
 __all__ = ["run_split"]
 
 
 def run_split(
-    rnn: ResettableLayer,
+    rnn: LayerKernels,
     x: torch.Tensor,
     state: State,
     reset: torch.Tensor | None,
@@ -64,7 +61,7 @@ def run_split(
 
 
 def _run_spans(
-    rnn: ResettableLayer,
+    rnn: LayerKernels,
     x: torch.Tensor,
     state: State,
     reset: torch.Tensor | None,
@@ -91,17 +88,17 @@ def _run_spans(
 
 
 def _call_rows(
-    rnn: ResettableLayer, x: torch.Tensor, state: State, lengths: torch.Tensor | None
+    rnn: LayerKernels, x: torch.Tensor, state: State, lengths: torch.Tensor | None
 ) -> tuple[torch.Tensor, State]:
     """One fused call; rows with ``lengths == 0`` are left out and keep their state."""
     if lengths is None:
-        return rnn._fused(x, state, None)
+        return rnn.fused(x, state, None)
     active = lengths > 0
     if bool(active.all()):
-        return rnn._fused(x, state, lengths.cpu())
+        return rnn.fused(x, state, lengths.cpu())
     rows = active.nonzero().flatten()
     y = x.new_zeros(x.shape[0], x.shape[1], rnn.hidden_size)
     if rows.numel() == 0:  # no row has a real step here (torch cannot pack zero rows)
         return y, state
-    y_active, new_rows = rnn._fused(x[rows], state.select(rows), lengths[rows].cpu())
+    y_active, new_rows = rnn.fused(x[rows], state.select(rows), lengths[rows].cpu())
     return y.index_copy(0, rows, y_active), state.scatter(rows, new_rows)

@@ -13,16 +13,14 @@ import dataclasses
 import functools
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch.nn import functional
 
+from seqstate.core.kernels import LayerKernels
 from seqstate.core.state import State
-
-if TYPE_CHECKING:
-    from seqstate.core.layers import ResettableLayer
 
 __all__ = ["FLAG", "flag_pattern", "run_timeline"]
 
@@ -34,7 +32,7 @@ _SAFE_BOUND = 0.5 * FLAG
 
 
 def run_timeline(
-    rnn: ResettableLayer,
+    rnn: LayerKernels,
     x: torch.Tensor,
     state: State,
     reset: torch.Tensor | None,
@@ -52,7 +50,7 @@ def run_timeline(
         None if mask is None else mask.cpu().numpy(),
         B,
         T,
-        rnn._can_zero(),
+        rnn.can_zero(),
     )
     if plan is None:
         return None
@@ -77,12 +75,12 @@ def run_timeline(
     finals: list[list[torch.Tensor]] = [[] for _ in initial_tensors]
     calls = []  # (h0, output) of each layer, for the saturation bound
     for layer in range(rnn.num_layers):
-        weights = list(rnn._layer_weights(layer))
+        weights = list(rnn.layer_weights(layer))
         b_ih = weights[2] if rnn.bias else None
-        weights[0] = torch.cat([weights[0], rnn._flag_columns(b_ih, weights[0])], dim=1)
+        weights[0] = torch.cat([weights[0], rnn.flag_columns(b_ih, weights[0])], dim=1)
         hx = [t[layer : layer + 1] for t in initial_tensors]
         with _fresh_weights_quiet() if x.is_cuda else contextlib.nullcontext():
-            output, hx_out = rnn._sequence_kernel(
+            output, hx_out = rnn.sequence_kernel(
                 torch.cat([layer_input, flags], dim=-1), hx, weights
             )
         calls.append((hx[0], output))
@@ -96,7 +94,7 @@ def run_timeline(
         if layer < rnn.num_layers - 1 and rnn.dropout > 0 and rnn.training:
             output = functional.dropout(output, rnn.dropout, True)
         layer_input = output
-    if rnn._can_zero() and not _saturates(rnn, x, calls):
+    if rnn.can_zero() and not _saturates(rnn, x, calls):
         return None
     y = _Remap.apply(layer_input.view(steps * B, H), writes, padding, reads, fill)
     if tail is not None:  # a reset after the row's last real step: zero state at the end
@@ -105,7 +103,7 @@ def run_timeline(
         stacked = [parts[0][None] for parts in finals]
     else:
         stacked = [torch.stack(parts) for parts in finals]
-    return y.view(B, T, H), rnn._state(*stacked)
+    return y.view(B, T, H), rnn.make_state(*stacked)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +194,7 @@ def _plan(
 
 @torch.no_grad()
 def _saturates(
-    rnn: ResettableLayer, x: torch.Tensor, calls: list[tuple[torch.Tensor, torch.Tensor]]
+    rnn: LayerKernels, x: torch.Tensor, calls: list[tuple[torch.Tensor, torch.Tensor]]
 ) -> bool:
     """Whether every flagged gate saturated exactly: for each layer, a bound on |gate
     pre-activation| without the flags (the largest input row norm x input max + recurrent
@@ -204,8 +202,8 @@ def _saturates(
     input_max = x.abs().max()
     bounds = []
     for layer, (h0, output) in enumerate(calls):
-        state_max = rnn._state_max(h0, output)
-        weights = rnn._layer_weights(layer)
+        state_max = rnn.state_max(h0, output)
+        weights = rnn.layer_weights(layer)
         # (abs().sum(1).max(): several times faster than linalg.matrix_norm(ord=inf) here)
         bound = weights[0].abs().sum(1).max() * input_max
         bound = bound + weights[1].abs().sum(1).max() * state_max
