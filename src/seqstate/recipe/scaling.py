@@ -289,6 +289,11 @@ class Scaling:
     def fitted_on(self, series_id: Any) -> bool:
         return self.config.method != "series" or self._row_of(series_id) is not None
 
+    def row_of(self, series_id: Any) -> int | None:
+        """The row of :attr:`location` / :attr:`scale` fitted on ``series_id`` (matched as
+        the table reads it or by its text, so ``"7"`` and ``7`` name one series), or None."""
+        return self._row_of(series_id)
+
     # -- backward: model space -> raw units ---------------------------------------------------
 
     def decode_predictions(self, raw: Any, index: int, outputs: np.ndarray) -> np.ndarray:

@@ -523,6 +523,7 @@ def run_metadata(
             "columns": table.columns.to_dict(),
             "time_kind": _time_kind(table),
             **_time_range(table),
+            **_frequency(table),
             **table.describe(),
         },
         "split": {
@@ -549,6 +550,20 @@ def _time_kind(table: Any) -> str:
     if table.columns.time is None:
         return "position"
     return "datetime" if np.issubdtype(table.times[0].dtype, np.datetime64) else "number"
+
+
+def _frequency(table: Any) -> dict[str, Any]:
+    """The calendar step of the table's longest series, for forecasts from a stream's last
+    time (``Run.load`` reads it back); nothing where the times are not dates."""
+    if _time_kind(table) != "datetime":
+        return {}
+    from seqstate.recipe.calendar import infer_frequency
+
+    longest = max(range(len(table)), key=lambda i: len(table.times[i]))
+    frequency = infer_frequency(table.times[longest])
+    if frequency is None:
+        return {}
+    return {"frequency": {"name": frequency.name, "description": frequency.description}}
 
 
 def _time_range(table: Any) -> dict[str, Any]:

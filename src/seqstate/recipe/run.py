@@ -1,0 +1,152 @@
+"""Run: the one type that owns a run directory.
+
+::
+
+    run_dir/
+      model.json, model.safetensors        member 0 (config, weights, metadata)
+      scaling.json, scaling.safetensors    its preparation (absent: the model reads raw values)
+      members/seed-<s>/...                 the other members of a --seeds K ensemble
+
+``Run.load(path)`` reads all of it (models, metadata, scaling, calendar features, covariates,
+frequency); ``run.step_function()`` is the run as one stateful step function
+(:class:`seqstate.recipe.step.RunStep`), which ``predict``, ``forecast``, ``evaluate``,
+``backtest``, streams, the server and the exporters all run. Nobody else parses these files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from seqstate.recipe.table import Columns
+
+__all__ = ["Run", "RunMember"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunMember:
+    """One trained model with the preparation it was trained with."""
+
+    model: Any  # a seqstate.SequenceModel
+    scaling: Any = None  # a seqstate.recipe.scaling.Scaling, or None
+    calendar: tuple[str, ...] = ()
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained run: its members (one model, or an ensemble's) and what they were trained on.
+
+    Attributes:
+        members: member 0 is the run's own model; the others are ``--seeds K`` members.
+        columns: the table columns the run reads (for a model saved without them, e.g. by
+            ``seqstate.save_model``: ``x0, x1, ...`` -> ``y0, ...``).
+        metadata: member 0's ``model.json`` metadata.
+        frequency: the run's :class:`seqstate.recipe.calendar.Frequency`, or None.
+        path: where it was loaded from (None for a run built in memory).
+    """
+
+    members: list[RunMember]
+    columns: Columns
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    frequency: Any = None
+    path: Path | None = None
+    _step: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Run:
+        """Read a run directory (``seqstate train``, ``backtest --out``, ``import-keras``)."""
+        from seqstate.core.saved import load_model, read_model_json
+        from seqstate.recipe.preparation import load as load_preparation
+        from seqstate.recipe.preparation import member_dirs
+
+        members = []
+        for directory in member_dirs(path):
+            metadata = read_model_json(directory).get("metadata", {})
+            scaling, calendar = load_preparation(directory, metadata)
+            members.append(RunMember(load_model(directory), scaling, tuple(calendar), metadata))
+        metadata = members[0].metadata
+        data = metadata.get("data", {})
+        if "columns" in data:
+            columns = Columns.from_dict(data["columns"])
+        else:
+            model = members[0].model
+            columns = Columns(
+                features=tuple(f"x{i}" for i in range(model.input_size)),
+                targets=tuple(f"y{j}" for j in range(model.output_size)),
+                task=model.config.task,
+            )
+        return cls(members, columns, metadata, _frequency(data.get("frequency")), Path(path))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the run directory (member 0 at ``path``, the others under ``members/``)."""
+        from seqstate.core.saved import save_model
+        from seqstate.recipe.preparation import MEMBERS_DIR
+
+        root = Path(path)
+        for k, member in enumerate(self.members):
+            directory = root if k == 0 else root / MEMBERS_DIR / f"seed-{_seed(member, k)}"
+            metadata = dict(member.metadata)
+            data = dict(metadata.get("data", {}))
+            data["columns"] = self.columns.to_dict()
+            if self.frequency is not None:
+                data["frequency"] = {
+                    "name": self.frequency.name,
+                    "description": self.frequency.description,
+                }
+            metadata["data"] = data
+            save_model(member.model, directory, metadata=metadata)
+            if member.scaling is not None:
+                member.scaling.save(directory)
+        return root
+
+    # --- what a caller needs to know ---------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """The run's inputs and outputs: ``inputs`` (raw columns in the order a step's ``x``
+        holds them), ``targets``, ``covariates`` (known-future inputs), ``needs_time``,
+        ``needs_series``, ``warmup_steps``, ``frequency``, ``members``, ``transforms``."""
+        described = self.step_function().describe()
+        return {
+            **described,
+            "task": self.columns.task,
+            "shift": self.columns.shift,
+            "id": self.columns.id,
+            "time": self.columns.time,
+            "path": str(self.path) if self.path is not None else None,
+        }
+
+    def step_function(self) -> Any:
+        """The run as one :class:`seqstate.recipe.step.RunStep` (built once)."""
+        if self._step is None:
+            from seqstate.recipe.step import RunStep
+
+            self._step = RunStep(
+                [(m.model, m.scaling, m.calendar) for m in self.members],
+                self.columns,
+                self.frequency,
+            )
+        return self._step
+
+    def streams(self) -> Any:
+        """Streams of this run keyed by stream id
+        (:class:`seqstate.recipe.run_streams.RunStreams`)."""
+        from seqstate.recipe.run_streams import RunStreams
+
+        return RunStreams(self)
+
+
+def _frequency(entry: Any) -> Any:
+    if not entry:
+        return None
+    from seqstate.recipe.calendar import Frequency
+
+    if isinstance(entry, str):
+        return Frequency(entry, entry)
+    return Frequency(str(entry["name"]), str(entry.get("description", entry["name"])))
+
+
+def _seed(member: RunMember, k: int) -> int:
+    seed = member.metadata.get("split", {}).get("seed")
+    return int(seed) if isinstance(seed, int) else k

@@ -1,0 +1,170 @@
+"""RunStreams: a run's streams in Python, keyed by stream id, in raw units.
+
+    streams = RunStreams.from_run("runs/sensors")
+    y = streams.step(["a", "b"], x, time=t, series=["s1", "s2"])   # x [n, F] or [n, T, F]
+    times, path = streams.forecast(["a"], horizon=24)               # the state is not changed
+    blobs = streams.export_states()                                 # id -> RunState bytes
+
+Each stream holds one row of :class:`seqstate.recipe.step.RunState`; its series is given on
+its first step and kept (a later step naming another series is refused). The server keeps the
+same rows in its store; both run :meth:`seqstate.recipe.step.RunStep.step`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seqstate.recipe.step import RunState
+
+__all__ = ["RunStreams"]
+
+
+class RunStreams:
+    """Streams of one :class:`seqstate.recipe.run.Run`."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        self.function = run.step_function()
+        self._states: dict[Hashable, RunState] = {}
+        self._series: dict[Hashable, Any] = {}
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> RunStreams:
+        from seqstate.recipe.run import Run
+
+        return cls(Run.load(run_dir))
+
+    @property
+    def ids(self) -> list[Hashable]:
+        return list(self._states)
+
+    def __contains__(self, stream_id: object) -> bool:
+        return stream_id in self._states
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def step(
+        self,
+        ids: Sequence[Hashable],
+        x: Any,
+        time: Any = None,
+        series: Sequence[Any] | None = None,
+    ) -> np.ndarray:
+        """Advance the streams ``ids`` (new ones start here) by one or more steps.
+
+        Args:
+            ids: one id per row, no repeats.
+            x: ``[n, F]`` (one step) or ``[n, T, F]`` raw values of the run's inputs.
+            time: ``[n]`` / ``[n, T]`` int64 Unix seconds (required where the run reads the
+                calendar).
+            series: each stream's series, needed on a stream's first step where the run scales
+                per series; a later step may repeat it (a different one is refused).
+
+        Returns:
+            ``[n, O]`` (one step) or ``[n, T, O]`` float64 raw units (the members' mean).
+            Nothing changes on error.
+        """
+        ids = self._check_ids(ids)
+        one_step = np.ndim(x) == 2
+        named = list(series) if series is not None else [None] * len(ids)
+        if len(named) != len(ids):
+            raise ValueError(f"series must name one series per id: {len(ids)}; got {len(named)}")
+        fresh = [i for i, key in enumerate(ids) if key not in self._states]
+        for i, key in enumerate(ids):
+            if key in self._series and named[i] is not None and named[i] != self._series[key]:
+                raise ValueError(
+                    f"stream {key!r} is a stream of series {self._series[key]!r}; this step "
+                    f"names {named[i]!r} (end it and start a new stream for another series)"
+                )
+        if fresh and self.function.needs_series:
+            unnamed = [ids[i] for i in fresh if named[i] is None]
+            if unnamed:
+                raise ValueError(
+                    f"the run scales each series with its own statistics: the first step of "
+                    f"streams {unnamed} must name their series"
+                )
+        parts = []
+        for i, key in enumerate(ids):
+            if key in self._states:
+                parts.append(self._states[key])
+            else:
+                parts.append(self.function.initial_state([named[i]]))
+        state = RunState.cat(parts)
+        y, state = self.function.step(state, x, time)
+        for i, key in enumerate(ids):
+            self._states[key] = state.select([i])
+            if key not in self._series:
+                self._series[key] = named[i]
+        result = y.numpy()
+        return result[:, 0] if one_step else result
+
+    def forecast(
+        self,
+        ids: Sequence[Hashable],
+        horizon: int,
+        covariates: Any = None,
+        *,
+        times: Any = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(times [n, H] int64, y [n, H, O] float64)`` from the streams' current states,
+        which are not changed (see :meth:`seqstate.recipe.step.RunStep.forecast`)."""
+        ids = self._check_ids(ids)
+        unknown = [key for key in ids if key not in self._states]
+        if unknown:
+            raise KeyError(f"unknown stream(s) {unknown}: step them before asking a forecast")
+        state = RunState.cat([self._states[key] for key in ids])
+        stamps, y = self.function.forecast(state, horizon, covariates, times=times)
+        return stamps.numpy(), y.numpy()
+
+    def start(self, stream_id: Hashable) -> None:
+        """Forget a stream's state and series (its next step starts it afresh)."""
+        self.end(stream_id)
+
+    def end(self, stream_id: Hashable) -> None:
+        self._states.pop(stream_id, None)
+        self._series.pop(stream_id, None)
+
+    def state(self, stream_id: Hashable) -> RunState:
+        return self._states[stream_id]
+
+    def series(self, stream_id: Hashable) -> Any:
+        return self._series.get(stream_id)
+
+    def export_states(self) -> dict[Hashable, bytes]:
+        """Each stream's state as :meth:`RunState.to_bytes` (the series is the caller's)."""
+        return {key: state.to_bytes() for key, state in self._states.items()}
+
+    def import_states(
+        self,
+        states: Mapping[Hashable, bytes | RunState],
+        series: Mapping[Hashable, Any] | None = None,
+    ) -> None:
+        """Add or replace streams from :meth:`export_states` (all checked before any change)."""
+        template = self.function.initial_state([])
+        decoded = {}
+        for key, value in states.items():
+            state = value if isinstance(value, RunState) else RunState.from_bytes(value)
+            if state.batch_size != 1 or set(state.transforms) != set(template.transforms):
+                raise ValueError(
+                    f"stream {key!r}: expected one row of this run's state (transforms "
+                    f"{sorted(template.transforms)}); received {state.batch_size} row(s) with "
+                    f"{sorted(state.transforms)}"
+                )
+            decoded[key] = state
+        self._states.update(decoded)
+        for key in decoded:
+            self._series[key] = (series or {}).get(key)
+
+    def _check_ids(self, ids: Any) -> list[Hashable]:
+        if isinstance(ids, str) or not isinstance(ids, Sequence | np.ndarray | torch.Tensor):
+            raise TypeError(f"ids must be a list of stream ids; received {type(ids).__name__}")
+        keys = list(ids)
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"ids must not repeat a stream in one call; received {keys}")
+        return keys

@@ -1,0 +1,221 @@
+"""Transform cells: a run's preprocessing as small torch modules, batched over rows.
+
+Each cell is the torch form of one step of :mod:`seqstate.recipe.scaling` /
+:mod:`seqstate.recipe.covariates`, written so that a table and a stream give the same numbers
+(float64 inside, as the table code computes) and so that it traces for export (plain tensor
+ops, shapes fixed by the run, no data-dependent Python branches):
+
+    raw x [B, T, F] ──TargetTransform──► ──Difference(state: history)──► ──Scaling(state:
+    location, scale)──► model space; time [B, T] ──Calendar──► sin/cos columns
+
+    model output ──Scaling.inverse──► ──Difference.inverse(history)──►
+        ──TargetTransform.inverse──► raw units
+
+A cell that looks at the past keeps what it needs as state, in the caller's hands, like a
+recurrent layer: :class:`Difference` the last transformed target values per lag;
+:class:`Scaling` the statistics of the stream's series, bound when the stream starts. A cell
+is an ``nn.Module``, so a later cell may register parameters (an ES-RNN smoothing
+coefficient) and train them jointly with the core; none here has any.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["Calendar", "Difference", "Scaling", "TargetTransform", "calendar_columns"]
+
+_DAY = 86_400
+_PERIODS = {"month": 12.0, "weekday": 7.0, "hour": 24.0}
+
+
+def _floor_div(a: torch.Tensor, b: int) -> torch.Tensor:
+    return torch.div(a, b, rounding_mode="floor")
+
+
+def calendar_columns(seconds: torch.Tensor, kinds: Sequence[str]) -> torch.Tensor:
+    """``[..., 2K]`` float64 sin/cos calendar features of ``seconds`` (int64 Unix seconds, UTC
+    wall time as the table reads it) for ``kinds`` (``month``, ``weekday``, ``hour``): the
+    same values as :func:`seqstate.recipe.covariates.calendar_features` of those times.
+
+    The month comes from the day number by the proleptic Gregorian civil-from-days algorithm
+    (H. Hinnant), in integer ops so it exports: no date library is needed at serving time.
+    """
+    days = _floor_div(seconds, _DAY)
+    columns = []
+    for kind in kinds:
+        if kind == "month":
+            z = days + 719_468  # days since 0000-03-01
+            era = _floor_div(z, 146_097)
+            day_of_era = z - era * 146_097
+            year_of_era = _floor_div(
+                day_of_era
+                - _floor_div(day_of_era, 1_460)
+                + _floor_div(day_of_era, 36_524)
+                - _floor_div(day_of_era, 146_096),
+                365,
+            )
+            day_of_year = day_of_era - (
+                365 * year_of_era + _floor_div(year_of_era, 4) - _floor_div(year_of_era, 100)
+            )
+            shifted_month = _floor_div(5 * day_of_year + 2, 153)  # 0 = March
+            month = shifted_month + torch.where(shifted_month < 10, 3, -9)  # 1..12
+            position = (month - 1).to(torch.float64)
+        elif kind == "weekday":
+            position = torch.remainder(days + 3, 7).to(torch.float64)  # 1970-01-01: Thursday
+        elif kind == "hour":
+            minutes = _floor_div(seconds - days * _DAY, 60)
+            hours = _floor_div(minutes, 60)
+            position = hours.to(torch.float64) + (minutes - hours * 60).to(torch.float64) / 60.0
+        else:
+            raise ValueError(f"unknown calendar feature {kind!r}; known: {sorted(_PERIODS)}")
+        angle = 2.0 * math.pi * position / _PERIODS[kind]
+        columns += [torch.sin(angle), torch.cos(angle)]
+    if not columns:
+        return seconds.new_zeros((*seconds.shape, 0), dtype=torch.float64)
+    return torch.stack(columns, dim=-1)
+
+
+class Calendar(nn.Module):
+    """Calendar features from the step's time: ``time [B, T]`` int64 -> ``[B, T, 2K]``."""
+
+    def __init__(self, kinds: Sequence[str]) -> None:
+        super().__init__()
+        self.kinds = tuple(kinds)
+
+    @property
+    def width(self) -> int:
+        return 2 * len(self.kinds)
+
+    def forward(self, time: torch.Tensor) -> torch.Tensor:
+        # float32 as the table code stores them (calendar_features casts)
+        return calendar_columns(time, self.kinds).to(torch.float32)
+
+
+class TargetTransform(nn.Module):
+    """log / log1p of the targets and its exact inverse (``none``: identity)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        if kind not in ("none", "log", "log1p"):
+            raise ValueError(f"transform must be none, log or log1p; received {kind!r}")
+        self.kind = kind
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        if self.kind == "log":
+            return torch.log(values)
+        if self.kind == "log1p":
+            return torch.log1p(values)
+        return values
+
+    def inverse(self, values: torch.Tensor) -> torch.Tensor:
+        if self.kind == "log":
+            return torch.exp(values)
+        if self.kind == "log1p":
+            return torch.expm1(values)
+        return values
+
+
+class Difference(nn.Module):
+    """Lag and seasonal differencing ``z[t] = sum_k c_k w[t - k]`` (``c`` the coefficients of
+    ``prod (1 - B^lag)``), with state ``history [B, D, O]``: the last ``D = sum(lags)``
+    transformed target values, oldest first (a shift register; D = 13 for lags (1, 12)).
+
+    The first D steps of a stream have no difference (``valid`` is False there); the inverse
+    turns a model output at step t (the difference at ``t + shift``) back into a value from
+    the actual past values, as :meth:`seqstate.recipe.scaling.Scaling.decode_predictions`.
+    """
+
+    def __init__(self, lags: Sequence[int], shift: int = 1) -> None:
+        super().__init__()
+        from seqstate.recipe.scaling import difference_coefficients
+
+        coefficients = difference_coefficients(lags)
+        self.lags = tuple(int(lag) for lag in lags)
+        self.order = len(coefficients) - 1
+        if self.order and shift not in (0, 1):
+            raise ValueError(
+                f"differencing at lags {list(self.lags)} with shift={shift} would need values "
+                "between a step and its target that a stream has not seen yet; a step function "
+                "supports shift 0 or 1 with differencing."
+            )
+        self.shift = shift
+        # (k, c_k) for the nonzero coefficients: 4 terms for lags (1, 12), not 14
+        self.terms = tuple((k, float(c)) for k, c in enumerate(coefficients) if c != 0.0)
+
+    def extend(self, history: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``[B, D + T, O]``: the history, then this chunk's transformed values."""
+        return torch.cat([history, values], dim=1)
+
+    def forward(self, full: torch.Tensor, steps: int) -> torch.Tensor:
+        """Differences ``[B, T, O]`` of the last ``steps`` values of ``full``."""
+        d = self.order
+        z = torch.zeros_like(full[:, d:])
+        for k, c in self.terms:
+            z = z + c * full[:, d - k : d - k + steps]
+        return z
+
+    def inverse(self, z: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+        """Values ``[B, T, O]`` from output differences ``z`` (step t: the difference at
+        ``t + shift``) and the actual values ``full`` (``[B, D + T, O]``)."""
+        d, steps, shift = self.order, z.shape[1], self.shift
+        w = z
+        for k, c in self.terms:
+            if k >= 1:
+                w = w - c * full[:, d + shift - k : d + shift - k + steps]
+        return w
+
+    def inverse_one(self, z: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """One forecast step ``[B, O]`` from its difference and ``history`` ``[B, D, O]``
+        (the values up to the step before: shift 1)."""
+        d = self.order
+        w = z
+        for k, c in self.terms:
+            if k >= 1:
+                w = w - c * history[:, d - k]
+        return w
+
+
+class Scaling(nn.Module):
+    """``(v - location) / scale`` per column with the stream's statistics (state
+    ``location``, ``scale`` ``[B, C]`` float64, bound when the stream starts) and its inverse.
+
+    ``features`` / ``targets``: which of the C scaled columns the model's input features and
+    its outputs are.
+    """
+
+    def __init__(self, features: Sequence[int], targets: Sequence[int]) -> None:
+        super().__init__()
+        self.register_buffer("features", torch.tensor(list(features), dtype=torch.long))
+        self.register_buffer("targets", torch.tensor(list(targets), dtype=torch.long))
+
+    features: torch.Tensor
+    targets: torch.Tensor
+
+    def forward(
+        self, values: torch.Tensor, location: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
+        """``values [B, T, F]`` float64 (the features) -> scaled float64."""
+        loc = location.index_select(1, self.features)[:, None]
+        return (values - loc) / scale.index_select(1, self.features)[:, None]
+
+    def columns(
+        self,
+        values: torch.Tensor,
+        location: torch.Tensor,
+        scale: torch.Tensor,
+        picked: torch.Tensor,
+    ) -> torch.Tensor:
+        """``values [B, T, K]`` of the scaled columns ``picked`` (indices into C)."""
+        loc = location.index_select(1, picked)[:, None]
+        return (values - loc) / scale.index_select(1, picked)[:, None]
+
+    def inverse(
+        self, outputs: torch.Tensor, location: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
+        """Model outputs ``[B, T, O]`` float64 -> the targets' (transformed) units."""
+        loc = location.index_select(1, self.targets)[:, None]
+        return outputs * scale.index_select(1, self.targets)[:, None] + loc

@@ -1,0 +1,582 @@
+"""RunStep: a trained run as one stateful step function, raw rows in, raw answers out.
+
+::
+
+    raw x [B, T, F], time [B, T] ──► transform cells ──► core ──► head ──► inverse ──► y [B, T, O]
+             │ steps, time                │ location, scale,   │ model    │      (raw units)
+             │                            │ history (a member) │ state    │
+             └────────────── RunState, carried by the caller ───────────────┘
+
+Each ensemble member runs its own cells (members may have been fitted on different training
+series, so their statistics can differ), its model, and its inverse; the answer is the mean
+over members in raw units (:meth:`RunStep.step_members` gives each member's). A table is many
+steps: ``seqstate predict`` / ``forecast`` call this function, chunk by chunk.
+
+The plain loop one step stands for, for one member and one row (lags (1,), log transform,
+per-series scaling)::
+
+    w = log(x[targets]);  z = w - history[-1];  history = [*history[1:], w]
+    m = ((x with z for the targets) - location) / scale, then calendar(time) appended
+    out, model_state = model(m, model_state)                 # skipped while steps < D
+    y = exp(out * scale_t + location_t + history[-1])        # the next value, raw units
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from seqstate.core.state import State
+from seqstate.recipe.step import cells
+from seqstate.recipe.step.state import RunState
+
+__all__ = ["NO_TIME", "MemberStep", "RunStep"]
+
+NO_TIME = -(2**63)  # the "time" of a stream that has not been given one
+
+
+class MemberStep(nn.Module):
+    """One member's cells, model and inverse (see :class:`RunStep`).
+
+    Args:
+        model: the member's trained model (a :class:`seqstate.SequenceModel`).
+        columns: the run's table columns (:class:`seqstate.recipe.table.Columns`).
+        inputs: the raw input column names, in the order ``x`` holds them.
+        scaling: the member's fitted :class:`seqstate.recipe.scaling.Scaling`, or None.
+        calendar: its calendar features (``month``, ``weekday``, ``hour``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        columns: Any,
+        inputs: Sequence[str],
+        scaling: Any,
+        calendar: Sequence[str],
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.scaling = scaling
+        features = list(columns.features)
+        targets = list(columns.targets)
+        self.regression = columns.task == "regression"
+        config = scaling.config if scaling is not None else None
+        lags = config.lags if config is not None else ()
+        kind = config.transform if config is not None else "none"
+        self.transform = cells.TargetTransform(kind)
+        self.difference = cells.Difference(lags, columns.shift)
+        self.calendar = cells.Calendar(calendar)
+        self.order = self.difference.order
+        self.outputs = len(targets) if self.regression else int(getattr(model, "output_size", 0))
+        # the table code transforms the targets (and their feature columns) only when it must
+        self.transforms_targets = self.regression and (kind != "none" or bool(lags))
+        self.feature_count = len(features)
+        self.register_buffer(
+            "target_inputs",
+            torch.tensor(
+                [inputs.index(t) for t in targets] if self.transforms_targets else [],
+                dtype=torch.long,
+            ),
+        )
+        pairs = [(features.index(t), j) for j, t in enumerate(targets) if t in features]
+        self.register_buffer("fed_features", torch.tensor([f for f, _ in pairs], dtype=torch.long))
+        self.register_buffer("fed_targets", torch.tensor([j for _, j in pairs], dtype=torch.long))
+        self.covariate_names = [name for name in features if name not in targets]
+        self.register_buffer(
+            "covariate_features",
+            torch.tensor([features.index(n) for n in self.covariate_names], dtype=torch.long),
+        )
+        self.scale: cells.Scaling | None = None
+        if scaling is not None:
+            self.scale = cells.Scaling(
+                [scaling.columns.index(name) for name in features],
+                [scaling.columns.index(name) for name in scaling.targets],
+            )
+            self.register_buffer(
+                "covariate_columns",
+                torch.tensor(
+                    [scaling.columns.index(n) for n in self.covariate_names], dtype=torch.long
+                ),
+            )
+
+    target_inputs: torch.Tensor
+    fed_features: torch.Tensor
+    fed_targets: torch.Tensor
+    covariate_features: torch.Tensor
+    covariate_columns: torch.Tensor
+
+    # --- state -------------------------------------------------------------------------------
+
+    def initial_state(
+        self, series: Sequence[Any], context: Any, prefix: str
+    ) -> tuple[dict[str, torch.Tensor], State]:
+        """This member's transform state (names ``prefix + ...``) and zero model state."""
+        b = len(series)
+        transforms = {
+            prefix + "history": torch.zeros((b, self.order, self.outputs), dtype=torch.float64),
+            prefix + "output": torch.full((b, self.outputs), float("nan")),
+        }
+        if self.scaling is not None:
+            location, scale = self._statistics(series, context)
+            transforms[prefix + "location"] = location
+            transforms[prefix + "scale"] = scale
+        model_state = self.model.initial_state(b)  # type: ignore[operator]
+        return transforms, model_state
+
+    def _statistics(self, series: Sequence[Any], context: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        scaling = self.scaling
+        rows_location, rows_scale = [], []
+        for i, series_id in enumerate(series):
+            row = scaling.row_of(series_id) if scaling.config.method == "series" else 0
+            if row is not None:
+                location, scale = scaling.location[row], scaling.scale[row]
+            elif context is not None:
+                # A series the run never saw: scaled from its own rows, as predict does.
+                transformed = scaling.transform_table(context.select([i]))
+                location, scale = scaling.statistics_for(transformed, 0)
+            else:
+                known = [str(s) for s in scaling.ids[:5]]
+                raise ValueError(
+                    f"series {series_id!r} was not among the {len(scaling.ids)} series this run "
+                    f"scaled on (e.g. {known}), so a stream has no statistics to scale it by; "
+                    "give its history as context (initial_state(series, context=table)), or "
+                    "use a run trained with --scaling global."
+                )
+            rows_location.append(np.asarray(location, dtype=np.float64))
+            rows_scale.append(np.asarray(scale, dtype=np.float64))
+        width = len(scaling.columns)
+        shape = (len(series), width)
+        location_t = torch.from_numpy(np.stack(rows_location)) if series else torch.zeros(shape)
+        scale_t = torch.from_numpy(np.stack(rows_scale)) if series else torch.ones(shape)
+        return location_t.to(torch.float64), scale_t.to(torch.float64)
+
+    # --- one chunk ---------------------------------------------------------------------------
+
+    def forward(
+        self,
+        transforms: dict[str, torch.Tensor],
+        model_state: State,
+        x: torch.Tensor,
+        time: torch.Tensor | None,
+        valid: torch.Tensor,
+        prefix: str,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], State]:
+        """``x [B, T, F_raw]`` float32 -> ``y [B, T, O]`` float64 raw units (NaN where not
+        ``valid``), this member's new transform state and model state."""
+        steps = x.shape[1]
+        x64 = x.to(torch.float64)
+        features = x64[..., : self.feature_count]
+        new: dict[str, torch.Tensor] = {}
+        full = None
+        if self.transforms_targets:
+            w = self.transform(x64.index_select(2, self.target_inputs))  # (B, T, O)
+            full = self.difference.extend(transforms[prefix + "history"], w)  # (B, D + T, O)
+            z = self.difference(full, steps) if self.order else w
+            # the table code stores the transformed columns as float32 before scaling them
+            z = z.to(torch.float32).to(torch.float64)
+            if self.fed_features.numel():
+                features = features.index_copy(
+                    2, self.fed_features, z.index_select(2, self.fed_targets)
+                )
+            if self.order:
+                new[prefix + "history"] = full[:, steps:]
+        if self.scale is not None:
+            location, scale = transforms[prefix + "location"], transforms[prefix + "scale"]
+            features = self.scale(features, location, scale)
+        inputs = features.to(torch.float32)
+        if self.calendar.kinds:
+            if time is None:
+                raise ValueError(
+                    f"the run reads calendar features {list(self.calendar.kinds)}: each step "
+                    "needs its time (Unix seconds)"
+                )
+            inputs = torch.cat([inputs, self.calendar(time)], dim=2)
+        if self.order:
+            # warm-up steps (no difference yet) leave the model state as it is
+            inputs = torch.where(valid[..., None], inputs, inputs.new_zeros(()))
+            y, model_state = self.model(inputs, model_state, mask=valid)
+        else:
+            y, model_state = self.model(inputs, model_state)
+        last = transforms[prefix + "output"]
+        new[prefix + "output"] = torch.where(valid[:, -1:], y[:, -1].to(last.dtype), last)
+        out = y.to(torch.float64)
+        if self.regression:
+            if self.scale is not None:
+                out = self.scale.inverse(out, location, scale)
+            if self.order and full is not None:
+                out = self.difference.inverse(out, full)
+            out = self.transform.inverse(out)
+        out = torch.where(valid[..., None], out, out.new_full((), float("nan")))
+        return out, new, model_state
+
+    # --- forecast ----------------------------------------------------------------------------
+
+    def forecast(
+        self,
+        transforms: dict[str, torch.Tensor],
+        model_state: State,
+        times: torch.Tensor | None,
+        covariates: torch.Tensor | None,
+        horizon: int,
+        prefix: str,
+    ) -> torch.Tensor:
+        """``[B, H, O]`` float64 raw units: roll out from the state (which is not changed)."""
+        history = transforms[prefix + "history"]
+        z = transforms[prefix + "output"]  # (B, O) model space: the last step's output
+        empty = torch.zeros(0, dtype=torch.float64)  # (no scaling: never read)
+        location = transforms.get(prefix + "location", empty)
+        scale = transforms.get(prefix + "scale", empty)
+        scaled_covariates = None
+        if self.covariate_names:
+            if covariates is None:
+                raise ValueError(
+                    f"the run reads the covariates {self.covariate_names}: pass their future "
+                    "values, covariates [B, horizon, K] in raw units"
+                )
+            values = covariates.to(torch.float32).to(torch.float64)
+            if self.scale is not None:
+                values = self.scale.columns(values, location, scale, self.covariate_columns)
+            scaled_covariates = values.to(torch.float32)
+        calendar = self.calendar(times) if self.calendar.kinds and times is not None else None
+        if self.calendar.kinds and calendar is None:
+            raise ValueError("the run reads calendar features: the forecast needs its times")
+        b = z.shape[0]
+        width = self.feature_count + self.calendar.width
+        outputs = []
+        for h in range(horizon):
+            value = z.to(torch.float64)[:, None]  # (B, 1, O)
+            if self.scale is not None:
+                value = self.scale.inverse(value, location, scale)
+            w = value[:, 0]
+            if self.order:
+                w = self.difference.inverse_one(w, history)
+                history = torch.cat([history[:, 1:], w[:, None]], dim=1)
+            outputs.append(self.transform.inverse(w))
+            if h == horizon - 1:
+                break
+            x = z.new_zeros((b, 1, width))
+            x[:, 0, self.fed_features] = z.index_select(1, self.fed_targets)
+            if scaled_covariates is not None:
+                x[:, 0, self.covariate_features] = scaled_covariates[:, h]
+            if calendar is not None:
+                x[:, 0, self.feature_count :] = calendar[:, h]
+            y, model_state = self.model(x, model_state)
+            z = y[:, 0]
+        return torch.stack(outputs, dim=1)
+
+
+class RunStep(nn.Module):
+    """A trained run (one model or an ensemble's members, each with its preprocessing) as
+    ``step(state, x, time) -> (y, state)`` in raw units.
+
+    Args:
+        members: ``(model, scaling or None, calendar)`` per member.
+        columns: the run's table columns (:class:`seqstate.recipe.table.Columns`).
+        frequency: the run's :class:`seqstate.recipe.calendar.Frequency` (forecast times), or
+            None.
+
+    Attributes:
+        inputs: the raw columns ``x`` holds, in order: the features, then the targets that
+            are not features where differencing needs their past.
+        targets: the output columns.
+        needs_time: whether each step must carry its time (calendar features).
+        needs_series: whether a stream must name its series (per-series scaling).
+    """
+
+    def __init__(
+        self,
+        members: Sequence[tuple[nn.Module, Any, Sequence[str]]],
+        columns: Any,
+        frequency: Any = None,
+    ) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("RunStep needs at least one member (model, scaling, calendar)")
+        self.columns = columns
+        self.frequency = frequency
+        features = list(columns.features)
+        differenced = any(s is not None and s.config.lags for _, s, _ in members)
+        extra = [t for t in columns.targets if t not in features] if differenced else []
+        self.inputs: tuple[str, ...] = (*features, *extra)
+        self.targets: tuple[str, ...] = tuple(columns.targets)
+        self.members = nn.ModuleList(
+            MemberStep(model, columns, self.inputs, scaling, calendar)
+            for model, scaling, calendar in members
+        )
+        self.needs_time = any(m.calendar.kinds for m in self._members())
+        self.needs_series = any(
+            m.scaling is not None and m.scaling.config.method == "series" for m in self._members()
+        )
+        self.order = max(m.order for m in self._members())
+        self.covariates: tuple[str, ...] = tuple(self._members()[0].covariate_names)
+        self.eval()
+
+    def _members(self) -> list[MemberStep]:
+        return [m for m in self.members if isinstance(m, MemberStep)]
+
+    # --- state -------------------------------------------------------------------------------
+
+    def initial_state(self, series: Sequence[Any], *, context: Any = None) -> RunState:
+        """The state of ``len(series)`` fresh streams.
+
+        Args:
+            series: each stream's series id (None for a run without an id column); per-series
+                scaling binds each row to its series' statistics here.
+            context: optional raw table (one series per row of ``series``, in order) from
+                which a series the run never saw takes its statistics, as ``predict`` does.
+        """
+        if isinstance(series, str) or not isinstance(series, Sequence):
+            raise TypeError(
+                f"series must be a list of series ids, one per stream; received "
+                f"{type(series).__name__} {series!r}"
+            )
+        if context is not None and len(context) != len(series):
+            raise ValueError(
+                f"context must hold one series per stream: {len(series)}; received {len(context)}"
+            )
+        b = len(series)
+        transforms: dict[str, torch.Tensor] = {
+            "steps": torch.zeros(b, dtype=torch.int64),
+            "time": torch.full((b,), NO_TIME, dtype=torch.int64),
+        }
+        models = []
+        for k, member in enumerate(self._members()):
+            part, model_state = member.initial_state(series, context, f"m{k}.")
+            transforms |= part
+            models.append(model_state)
+        return RunState(transforms, tuple(models))
+
+    # --- steps -------------------------------------------------------------------------------
+
+    def step(self, state: RunState, x: Any, time: Any = None) -> tuple[torch.Tensor, RunState]:
+        """Advance ``B`` streams by ``T`` steps.
+
+        Args:
+            state: from :meth:`initial_state` or a previous step (not changed).
+            x: ``[B, T, F_raw]`` raw values of :attr:`inputs` (float; ``[B, F_raw]`` for one
+                step).
+            time: ``[B, T]`` int64 Unix seconds of each step (``[B]`` for one step); required
+                when :attr:`needs_time`, else optional.
+
+        Returns:
+            ``(y [B, T, O] float64 raw units, new state)``: y at step t predicts the targets
+            ``shift`` steps later; NaN while differencing has no past (a stream's first D
+            steps). For an ensemble, the members' mean.
+        """
+        members, state = self.step_members(state, x, time)
+        return members.mean(dim=0), state
+
+    def step_members(
+        self, state: RunState, x: Any, time: Any = None
+    ) -> tuple[torch.Tensor, RunState]:
+        """:meth:`step` with each member's answer: ``y [K, B, T, O]``."""
+        x_t, time_t = self._check_step(state, x, time)
+        with torch.no_grad():
+            return self.forward(state, x_t, time_t)
+
+    def forward(
+        self, state: RunState, x: torch.Tensor, time: torch.Tensor | None
+    ) -> tuple[torch.Tensor, RunState]:
+        """The unchecked step (traced for export): ``x [B, T, F_raw]`` float32, ``time
+        [B, T]`` int64 or None -> ``(y [K, B, T, O] float64, state)``."""
+        steps = x.shape[1]
+        seen = state.transforms["steps"]
+        position = seen[:, None] + torch.arange(steps, device=x.device)  # (B, T)
+        transforms = dict(state.transforms)
+        outputs, models = [], []
+        for k, member in enumerate(self._members()):
+            valid = position >= member.order
+            y, new, model_state = member(
+                state.transforms, state.models[k], x, time, valid, f"m{k}."
+            )
+            transforms |= new
+            outputs.append(y)
+            models.append(model_state)
+        transforms["steps"] = seen + steps
+        if time is not None:
+            transforms["time"] = time[:, -1]
+        return torch.stack(outputs), RunState(transforms, tuple(models))
+
+    def forecast(
+        self,
+        state: RunState,
+        horizon: int,
+        covariates: Any = None,
+        *,
+        times: Any = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forecast ``horizon`` steps from the streams' current state, which is not changed.
+
+        Args:
+            state: after at least one step per stream.
+            horizon: steps, >= 1.
+            covariates: ``[B, horizon, K]`` raw future values of :attr:`covariates` (row h:
+                at forecast step h; the last row is not used), where the run has them.
+            times: ``[B, horizon]`` int64 times of the forecast steps; default: the step after
+                each stream's last time on the run's frequency.
+
+        Returns:
+            ``(times [B, H] int64, y [B, H, O] float64 raw units)``; the first row equals the
+            answer of the stream's last step.
+        """
+        times_t, members = self.forecast_members(state, horizon, covariates, times=times)
+        return times_t, members.mean(dim=0)
+
+    def forecast_members(
+        self, state: RunState, horizon: int, covariates: Any = None, *, times: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forecast` with each member's answer: ``y [K, B, H, O]``."""
+        if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
+            raise ValueError(f"horizon must be an int >= 1; received {horizon!r}")
+        if not isinstance(state, RunState):
+            raise TypeError(f"state must be a RunState; received {type(state).__name__}")
+        b = state.batch_size
+        times_t = self._future_times(state, int(horizon), times)
+        covariates_t = None
+        if covariates is not None:
+            covariates_t = torch.as_tensor(np.asarray(covariates, dtype=np.float32))
+            expected = (b, int(horizon), len(self.covariates))
+            if tuple(covariates_t.shape) != expected:
+                raise ValueError(
+                    f"covariates must have shape [B, horizon, K]={list(expected)} (the "
+                    f"covariates {list(self.covariates)}); received {list(covariates_t.shape)}"
+                )
+        with torch.no_grad():
+            outputs = [
+                member.forecast(
+                    dict(state.transforms),
+                    state.models[k],
+                    times_t,
+                    covariates_t,
+                    int(horizon),
+                    f"m{k}.",
+                )
+                for k, member in enumerate(self._members())
+            ]
+        return times_t, torch.stack(outputs)
+
+    # --- checks ------------------------------------------------------------------------------
+
+    def _future_times(self, state: RunState, horizon: int, times: Any) -> torch.Tensor:
+        b = state.batch_size
+        if times is not None:
+            times_t = torch.as_tensor(np.asarray(times, dtype=np.int64))
+            if tuple(times_t.shape) != (b, horizon):
+                raise ValueError(
+                    f"times must have shape [B, horizon]=[{b}, {horizon}]; received "
+                    f"{list(times_t.shape)}"
+                )
+            return times_t
+        last = state.transforms["time"]
+        if bool((last == NO_TIME).any()):
+            if self.needs_time:
+                raise ValueError(
+                    "the forecast's times follow from each stream's last time, and a stream "
+                    "has none yet: step it with its time first, or pass times"
+                )
+            return torch.arange(1, horizon + 1).repeat(b, 1)
+        if self.frequency is None:
+            if self.needs_time:
+                raise ValueError(
+                    "this run records no frequency, so the forecast's times cannot be "
+                    "stamped: pass times [B, horizon] (Unix seconds)"
+                )
+            return last[:, None] + torch.arange(1, horizon + 1)
+        rows = []
+        for seconds in last.tolist():
+            stamps = self.frequency.future(np.datetime64(int(seconds), "s"), horizon)
+            rows.append(stamps.astype("datetime64[s]").astype(np.int64))
+        return torch.from_numpy(np.stack(rows))
+
+    def _check_step(
+        self, state: RunState, x: Any, time: Any
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not isinstance(state, RunState):
+            raise TypeError(f"state must be a RunState; received {type(state).__name__}")
+        b, width = state.batch_size, len(self.inputs)
+        x_t = torch.as_tensor(
+            np.asarray(x, dtype=np.float32) if not isinstance(x, torch.Tensor) else x
+        )
+        if x_t.dim() == 2:
+            x_t = x_t[:, None]
+        if x_t.dim() != 3 or x_t.shape[0] != b or x_t.shape[2] != width or x_t.shape[1] < 1:
+            raise ValueError(
+                f"x must have shape [B, T, F]=[{b}, T>=1, {width}] (the raw columns "
+                f"{list(self.inputs)}); received {list(x_t.shape)}"
+            )
+        if not x_t.is_floating_point():
+            x_t = x_t.to(torch.float32)
+        x_t = x_t.to(torch.float32)
+        if not bool(torch.isfinite(x_t).all()):
+            row, step, column = (int(i) for i in (~torch.isfinite(x_t)).nonzero()[0])
+            raise ValueError(
+                f"x holds {float(x_t[row, step, column])} at row {row}, step {step}, column "
+                f"{self.inputs[column]!r}; every raw value must be finite"
+            )
+        self._check_domain(x_t)
+        time_t = None
+        if time is not None:
+            time_t = torch.as_tensor(
+                np.asarray(time) if not isinstance(time, torch.Tensor) else time
+            )
+            if time_t.dim() == 1:
+                time_t = time_t[:, None]
+            if time_t.is_floating_point() or time_t.dtype == torch.bool:
+                raise TypeError(f"time must be int64 Unix seconds; received dtype {time_t.dtype}")
+            time_t = time_t.to(torch.int64)
+            if tuple(time_t.shape) != tuple(x_t.shape[:2]):
+                raise ValueError(
+                    f"time must have shape [B, T]={list(x_t.shape[:2])} like x; received "
+                    f"{list(time_t.shape)}"
+                )
+        elif self.needs_time:
+            raise ValueError(
+                "this run reads calendar features: each step needs its time, [B, T] int64 Unix "
+                "seconds"
+            )
+        return x_t, time_t
+
+    def _check_domain(self, x: torch.Tensor) -> None:
+        for member in self._members():
+            kind = member.transform.kind
+            if kind == "none" or not member.target_inputs.numel():
+                continue
+            values = x.index_select(2, member.target_inputs)
+            bad = values <= 0 if kind == "log" else values < 0
+            if bool(bad.any()):
+                row, step, column = (int(i) for i in bad.nonzero()[0])
+                need = "> 0" if kind == "log" else ">= 0"
+                raise ValueError(
+                    f"transform={kind!r} needs every target value {need}; x holds "
+                    f"{float(values[row, step, column])!r} at row {row}, step {step}, target "
+                    f"{self.targets[column]!r}"
+                )
+            return
+
+    def describe(self) -> dict[str, Any]:
+        """What a caller must send and gets back."""
+        first = self._members()[0]
+        return {
+            "inputs": list(self.inputs),
+            "targets": list(self.targets),
+            "covariates": list(self.covariates),
+            "needs_time": self.needs_time,
+            "needs_series": self.needs_series,
+            "warmup_steps": self.order,
+            "members": len(self.members),
+            "frequency": self.frequency.name if self.frequency is not None else None,
+            "calendar": list(first.calendar.kinds),
+            "transforms": [
+                {
+                    "scaling": m.scaling.config.method if m.scaling is not None else "none",
+                    "transform": m.transform.kind,
+                    "lags": list(m.difference.lags),
+                    "calendar": list(m.calendar.kinds),
+                }
+                for m in self._members()
+            ],
+        }

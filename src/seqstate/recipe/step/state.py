@@ -1,0 +1,225 @@
+"""RunState: the whole state of a run's step function, as one typed record.
+
+A stream of a trained run carries more than the recurrent state: differencing needs the last
+raw values at each lag, calendar features the last time, per-series scaling the series'
+statistics. All of it is one record, batch rows addressable like :class:`seqstate.State`::
+
+    RunState
+      transforms: {"steps": [B] int64, "time": [B] int64,                 (shared by members)
+                   "m0.location": [B, C] float64, "m0.history": [B, D, O] float64, ...}
+      models:     (member 0's State [L, B, H], member 1's State, ...)
+
+Every transform tensor has the batch on its first dimension; every model state on its second
+(as :class:`seqstate.State`). ``to_bytes`` / ``from_bytes`` use one codec, safetensors (never
+pickle): the transform tensors under their names and each member's state as the bytes of
+:meth:`seqstate.State.to_bytes`, so a member state is read back by the same code that reads
+any state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from seqstate.core.state import State
+
+__all__ = ["RunState"]
+
+_FORMAT = "seqstate.run_state/1"
+_MODEL_PREFIX = "model."
+
+Rows = int | slice | Sequence[int] | torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class RunState:
+    """The state of :class:`seqstate.recipe.step.RunStep` for ``B`` streams.
+
+    Attributes:
+        transforms: name -> tensor ``[B, ...]`` (the transform cells' states, and the step
+            count and last time every cell shares).
+        models: one :class:`seqstate.State` per ensemble member (``[L, B, H]`` fields).
+    """
+
+    transforms: Mapping[str, torch.Tensor]
+    models: tuple[State, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.models, tuple) or not all(isinstance(s, State) for s in self.models):
+            raise TypeError("RunState.models must be a tuple of seqstate.State (one per member)")
+        sizes = {int(t.shape[0]) for t in self.transforms.values()}
+        sizes |= {s.batch_size for s in self.models}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"RunState parts disagree on the batch size: {sorted(sizes)}; every transform "
+                "tensor [B, ...] and member state [L, B, H] must hold the same B rows"
+            )
+
+    @property
+    def batch_size(self) -> int:
+        if self.models:
+            return self.models[0].batch_size
+        return int(next(iter(self.transforms.values())).shape[0])
+
+    # --- rows -------------------------------------------------------------------------------
+
+    def _index(self, rows: Rows) -> torch.Tensor:
+        b = self.batch_size
+        if isinstance(rows, slice):
+            return torch.arange(b)[rows]
+        index = torch.as_tensor([rows] if isinstance(rows, int) else rows)
+        if index.dtype == torch.bool:
+            if index.shape != (b,):
+                raise ValueError(
+                    f"rows as a bool mask must have shape (batch,)=({b},); received "
+                    f"{tuple(index.shape)}"
+                )
+            return index.nonzero().flatten()
+        if index.numel() == 0:
+            return index.long().reshape(0)
+        if index.dim() != 1 or index.is_floating_point():
+            raise TypeError(
+                "rows must be an int, a slice, a bool mask (batch,) or a 1-D integer index; "
+                f"received dtype {index.dtype}, shape {tuple(index.shape)}"
+            )
+        if index.min() < -b or index.max() >= b:
+            raise IndexError(
+                f"rows index out of range for batch size {b}; received values in "
+                f"[{int(index.min())}, {int(index.max())}]"
+            )
+        return index.long() % b
+
+    def select(self, rows: Rows) -> RunState:
+        """The state of the given rows only."""
+        index = self._index(rows)
+        return RunState(
+            {name: t.index_select(0, index.to(t.device)) for name, t in self.transforms.items()},
+            tuple(state.select(index) for state in self.models),
+        )
+
+    def scatter(self, rows: Rows, other: RunState) -> RunState:
+        """A new state equal to this one with ``rows`` replaced by the rows of ``other``."""
+        if not isinstance(other, RunState):
+            raise TypeError(f"other must be a RunState; received {type(other).__name__}")
+        if set(other.transforms) != set(self.transforms) or len(other.models) != len(self.models):
+            raise ValueError(
+                f"other must be a state of the same run: transforms {sorted(self.transforms)} "
+                f"and {len(self.models)} member(s); received {sorted(other.transforms)} and "
+                f"{len(other.models)}"
+            )
+        index = self._index(rows)
+        if index.unique().numel() != index.numel():
+            raise ValueError("rows must not repeat a row in scatter")
+        if other.batch_size != index.numel():
+            raise ValueError(
+                f"other must have one row per selected row: batch {index.numel()}; received "
+                f"batch {other.batch_size}"
+            )
+        transforms = {}
+        for name, t in self.transforms.items():
+            part = other.transforms[name].to(device=t.device, dtype=t.dtype)
+            if part.shape[1:] != t.shape[1:]:
+                raise ValueError(
+                    f"other's {name!r} has row shape {tuple(part.shape[1:])}; expected "
+                    f"{tuple(t.shape[1:])}"
+                )
+            transforms[name] = t.index_copy(0, index.to(t.device), part)
+        models = tuple(
+            mine.scatter(index, theirs)
+            for mine, theirs in zip(self.models, other.models, strict=True)
+        )
+        return RunState(transforms, models)
+
+    @staticmethod
+    def cat(states: Sequence[RunState]) -> RunState:
+        """The rows of ``states`` one after another (states of one run)."""
+        if not states:
+            raise ValueError("RunState.cat needs at least one state")
+        first = states[0]
+        return RunState(
+            {name: torch.cat([s.transforms[name] for s in states]) for name in first.transforms},
+            tuple(
+                type(first.models[k]).cat([s.models[k] for s in states])
+                for k in range(len(first.models))
+            ),
+        )
+
+    def equal(self, other: RunState) -> bool:
+        """Exactly equal (same names, shapes, dtypes and values; NaN equals NaN)."""
+        if set(self.transforms) != set(other.transforms) or len(self.models) != len(other.models):
+            return False
+        for name, t in self.transforms.items():
+            o = other.transforms[name]
+            if t.dtype != o.dtype or t.shape != o.shape:
+                return False
+            if not torch.equal(
+                torch.nan_to_num(t, nan=0.0) if t.is_floating_point() else t,
+                torch.nan_to_num(o, nan=0.0) if o.is_floating_point() else o,
+            ):
+                return False
+            if t.is_floating_point() and not torch.equal(t.isnan(), o.isnan()):
+                return False
+        return all(a.equal(b) for a, b in zip(self.models, other.models, strict=True))
+
+    # --- bytes ------------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """Serialise to safetensors bytes (nothing is pickled)."""
+        from safetensors.torch import save
+
+        tensors: dict[str, torch.Tensor] = {
+            name: t.detach().contiguous().cpu() for name, t in self.transforms.items()
+        }
+        for k, state in enumerate(self.models):
+            blob = state.to_bytes()
+            tensors[f"{_MODEL_PREFIX}{k}"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+        meta = {"format": _FORMAT, "members": len(self.models)}
+        return save(tensors, metadata={"seqstate": json.dumps(meta)})
+
+    @staticmethod
+    def from_bytes(data: bytes, *, device: torch.device | str | None = None) -> RunState:
+        """Inverse of :meth:`to_bytes`; refuses anything that is not a serialised RunState."""
+        from safetensors.torch import load
+
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"data must be bytes; received {type(data).__name__}")
+        data = bytes(data)
+        try:
+            header_length = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8 : 8 + header_length])
+            meta = json.loads(header["__metadata__"]["seqstate"])
+            tensors = load(data)
+        except Exception as error:  # any parse failure is the same user-facing problem
+            raise ValueError(
+                "data is not a serialised RunState (expected the bytes of RunState.to_bytes()): "
+                f"{error}"
+            ) from None
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            received = meta.get("format") if isinstance(meta, dict) else meta
+            raise ValueError(f"data holds format {received!r}; expected {_FORMAT!r}")
+        members = int(meta.get("members", 0))
+        models = []
+        for k in range(members):
+            blob = tensors.pop(f"{_MODEL_PREFIX}{k}", None)
+            if blob is None:
+                raise ValueError(f"data lacks the state of member {k} of {members}")
+            models.append(State.from_bytes(blob.numpy().tobytes(), device=device))
+        transforms = {
+            name: (t.to(device) if device is not None else t) for name, t in tensors.items()
+        }
+        return RunState(transforms, tuple(models))
+
+    def describe(self) -> dict[str, Any]:
+        """Names, shapes and dtypes (for messages and exporters)."""
+        return {
+            "batch_size": self.batch_size,
+            "transforms": {
+                name: {"shape": list(t.shape[1:]), "dtype": str(t.dtype).removeprefix("torch.")}
+                for name, t in self.transforms.items()
+            },
+            "models": [type(s).__name__ for s in self.models],
+        }
