@@ -16,16 +16,22 @@ from seqstate.cli.settings import CliError
 
 
 def _load_run(run_dir: str) -> tuple[Any, dict[str, Any], Any]:
-    from seqstate.core.saved import load_model, read_model_json
-    from seqstate.recipe.sources import Columns
+    run = _read_run(run_dir)
+    return run.members[0].model, run.metadata, run.columns
 
-    metadata = read_model_json(run_dir).get("metadata", {})
-    if "data" not in metadata or "columns" not in metadata["data"]:
+
+def _read_run(run_dir: str) -> Any:
+    """The :class:`seqstate.recipe.run.Run` of ``run_dir``, which must record its columns."""
+    from seqstate.recipe.run import Run
+
+    run = Run.load(run_dir)
+    data = run.metadata.get("data", {})
+    if "columns" not in data:
         raise CliError(
             f"{run_dir} records no data columns (it was not written by `seqstate train`); use "
             "the Python API (seqstate.predict) with this model"
         )
-    return load_model(run_dir), metadata, Columns.from_dict(metadata["data"]["columns"])
+    return run
 
 
 def _read_for_run(path: str, columns: Any, *, require_targets: bool) -> Any:
@@ -84,13 +90,12 @@ def _evaluate_on_lanes(args: argparse.Namespace, model: Any, metadata: Any, tabl
     """Classification: accuracy and loss over every row from a zero state."""
     import json
 
-    from seqstate.recipe.preparation import load as load_preparation
     from seqstate.recipe.run_forecaster import encode_table
     from seqstate.train import evaluate
 
     # Scored in the units the model reads: each series scaled as the run scaled it.
-    scaling, calendar = load_preparation(args.run_dir, metadata)
-    table = encode_table(table, scaling, calendar)
+    member = _read_run(args.run_dir).members[0]
+    table = encode_table(table, member.scaling, member.calendar)
     layout = metadata.get("layout", {})
     lanes = table.lanes(
         lanes=int(layout.get("lanes", 32)), window=int(layout.get("window", 64)), segments=False
@@ -181,17 +186,13 @@ def handle_predict(args: argparse.Namespace) -> int:
 
 
 def _prepared_forecaster(run_dir: str, columns: Any) -> Any:
-    """The run's ``RunForecaster`` (recipe/run_forecaster.py) if it has a scaling, calendar
-    features or ensemble members (regression runs since #13); None: the model alone."""
+    """The run's ``RunForecaster`` (recipe/run_forecaster.py: the run's step function over
+    the table) for a regression run; None: a classifier, run by the model alone."""
     from seqstate.recipe.run_forecaster import load_forecaster
 
     if columns.task != "regression":
         return None
-    forecaster = load_forecaster(run_dir)
-    members = forecaster.members
-    if len(members) == 1 and members[0].scaling is None and not members[0].calendar:
-        return None
-    return forecaster
+    return load_forecaster(run_dir)
 
 
 def _output_frame(

@@ -1,7 +1,16 @@
 """Pipeline: a raw table in, predictions and forecasts in raw units out.
 
-What ``seqstate predict`` / ``seqstate forecast`` do between reading a table and writing one,
-for one model or an ensemble of them (the seeds of ``seqstate train --seeds K``)::
+What ``seqstate predict`` / ``forecast`` / ``evaluate`` / ``backtest`` do between reading a
+table and writing one, for one model or an ensemble of them (the seeds of ``seqstate train
+--seeds K``): :class:`RunForecaster` runs the table through the run's step function
+(:class:`seqstate.recipe.step.RunStep`), a table being just many steps::
+
+    raw table ──rows, chunk by chunk──► RunStep.step ──► [K, L_i, O] members ──► mean (+ spread)
+                                          (transform cells, core, head, inverse)
+
+:func:`predict_table` and :func:`forecast_table` are the table-level reference the step
+function is tested against: they encode whole tables (``Scaling.encode``, ``with_calendar``),
+run the models over them and decode in NumPy, one member at a time::
 
     raw table ──Scaling.encode──► ──with_calendar──► model space table
         │                                                  │
@@ -22,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from seqstate.recipe.covariates import calendar_features, calendar_names, with_calendar
+from seqstate.recipe.run import RunMember
 from seqstate.recipe.scaling import Scaling
 
 __all__ = [
@@ -183,42 +193,52 @@ def _combine(members: list[list[np.ndarray]]) -> TableOutputs:
     return TableOutputs(mean, spread)
 
 
-@dataclasses.dataclass(frozen=True)
-class RunMember:
-    """One trained model with the preparation it was trained with."""
-
-    model: Any
-    scaling: Scaling | None = None
-    calendar: tuple[str, ...] = ()
-
-
 @dataclasses.dataclass
 class RunForecaster:
     """A trained run seen from outside, on raw tables: one member, or the members of an
     ensemble (``seqstate train --seeds K``), each with its own scaling and calendar.
 
     ``predict(table)`` and ``forecast(table, horizon, future)`` answer in raw units, the mean
-    over the members (:meth:`forecast_outputs` also gives their spread). ``future`` holds the
-    next ``horizon`` rows of each series: its times stamp the calendar features, its
-    non-target feature columns are the known future covariates.
+    over the members (:meth:`forecast_outputs` also gives their spread), through the run's
+    step function. ``future`` holds the next ``horizon`` rows of each series: its times stamp
+    the calendar features, its non-target feature columns are the known future covariates.
     """
 
     members: list[RunMember]
+    _steps: dict[Any, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    def step_function(self, columns: Any) -> Any:
+        """The :class:`seqstate.recipe.step.RunStep` of these members reading ``columns``."""
+        from seqstate.recipe.step import RunStep
+
+        if columns not in self._steps:  # (Columns is a frozen dataclass of tuples: hashable)
+            self._steps[columns] = RunStep(
+                [(m.model, m.scaling, m.calendar) for m in self.members], columns
+            )
+        return self._steps[columns]
 
     def predict(self, table: Any) -> list[np.ndarray]:
         return self.predict_outputs(table).mean
 
     def predict_outputs(self, table: Any) -> TableOutputs:
-        parts = [
-            predict_table([m.model], table, scaling=m.scaling, calendar=m.calendar).mean
-            for m in self.members
-        ]
-        return _combine(parts)
+        from seqstate.recipe.step import tables
+
+        if not self._steppable(table):
+            parts = [
+                predict_table([m.model], table, scaling=m.scaling, calendar=m.calendar).mean
+                for m in self.members
+            ]
+            return _combine(parts)
+        self._check_table(table)
+        outputs = tables.predict_table(self.step_function(table.columns), table)
+        return _spread(outputs)
 
     def forecast(self, table: Any, horizon: int, future: Any = None) -> np.ndarray:
         return np.stack(self.forecast_outputs(table, horizon, future).mean)
 
     def forecast_outputs(self, table: Any, horizon: int, future: Any = None) -> TableOutputs:
+        from seqstate.recipe.step import tables
+
         columns = table.columns
         names = [name for name in columns.features if name not in columns.targets]
         covariates = None
@@ -232,30 +252,38 @@ class RunForecaster:
             if future is None:
                 raise ValueError("the run reads calendar features; pass the future rows' times.")
             times = [np.asarray(t)[:horizon] for t in future.times]
-        parts = [
-            forecast_table(
-                [member.model],
-                table,
-                horizon,
-                scaling=member.scaling,
-                calendar=member.calendar,
-                future_times=times,
-                covariates=covariates,
-                covariate_names=names,
-            ).mean
-            for member in self.members
-        ]
-        return _combine(parts)
+        self._check_table(table)
+        members = tables.forecast_table(
+            self.step_function(columns), table, horizon, times=times, covariates=covariates
+        )  # (K, n, H, O)
+        return _spread([members[:, i] for i in range(members.shape[1])])
+
+    def _steppable(self, table: Any) -> bool:
+        # Differencing with shift > 1 decodes from actual values after the input row, which
+        # only a whole table has: that one case keeps the table-level path.
+        lagged = any(m.scaling is not None and m.scaling.config.lags for m in self.members)
+        return not (lagged and table.columns.shift > 1)
+
+    def _check_table(self, table: Any) -> None:
+        # The table-level refusals (too short to difference, outside log's domain), once.
+        for member in self.members:
+            if member.scaling is not None:
+                member.scaling.check_table(table, member.scaling.config)
+
+
+def _spread(outputs: list[np.ndarray]) -> TableOutputs:
+    """Per-series ``[K, L, O]`` member outputs -> their mean and std over K."""
+    return TableOutputs(
+        [np.asarray(o).mean(axis=0) for o in outputs], [np.asarray(o).std(axis=0) for o in outputs]
+    )
 
 
 def load_forecaster(run_dir: Any) -> RunForecaster:
-    """The :class:`RunForecaster` of a run directory: the run and its ensemble members."""
-    from seqstate.core.saved import load_model, read_model_json
-    from seqstate.recipe.preparation import load, member_dirs
+    """The :class:`RunForecaster` of a run directory (read by :class:`seqstate.recipe.run.Run`)."""
+    from seqstate.recipe.run import Run
 
-    members = []
-    for directory in member_dirs(run_dir):
-        metadata = read_model_json(directory).get("metadata", {})
-        scaling, calendar = load(directory, metadata)
-        members.append(RunMember(load_model(directory), scaling, calendar))
-    return RunForecaster(members)
+    run = Run.load(run_dir)
+    forecaster = RunForecaster(list(run.members))
+    # The run's step function knows its frequency: share it.
+    forecaster._steps[run.columns] = run.step_function()
+    return forecaster
