@@ -99,7 +99,13 @@ RUNS = {
         None,
     ),
     "log": (monthly_table, ScalingConfig(transform="log"), (), 1, None),
-    "log1p difference": (monthly_table, ScalingConfig(transform="log1p", difference=1), (), 1, None),
+    "log1p difference": (
+        monthly_table,
+        ScalingConfig(transform="log1p", difference=1),
+        (),
+        1,
+        None,
+    ),
     "difference 1": (monthly_table, ScalingConfig(difference=1), ("month",), 1, None),
     "seasonal and lag difference": (
         monthly_table,
@@ -124,7 +130,10 @@ def build(name):
 
 
 def reference_predictions(members, table):
-    return [predict_table([m.model], table, scaling=m.scaling, calendar=m.calendar).mean for m in members]
+    return [
+        predict_table([m.model], table, scaling=m.scaling, calendar=m.calendar).mean
+        for m in members
+    ]
 
 
 def future_of(table, horizon, frame_maker=None):
