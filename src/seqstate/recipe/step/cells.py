@@ -45,7 +45,7 @@ def calendar_columns(seconds: torch.Tensor, kinds: Sequence[str]) -> torch.Tenso
     (H. Hinnant), in integer ops so it exports: no date library is needed at serving time.
     """
     days = _floor_div(seconds, _DAY)
-    columns = []
+    positions = []
     for kind in kinds:
         if kind == "month":
             z = days + 719_468  # days since 0000-03-01
@@ -63,20 +63,20 @@ def calendar_columns(seconds: torch.Tensor, kinds: Sequence[str]) -> torch.Tenso
             )
             shifted_month = _floor_div(5 * day_of_year + 2, 153)  # 0 = March
             month = shifted_month + torch.where(shifted_month < 10, 3, -9)  # 1..12
-            position = (month - 1).to(torch.float64)
+            positions.append((month - 1).to(torch.float64) * (2.0 * math.pi / 12.0))
         elif kind == "weekday":
-            position = torch.remainder(days + 3, 7).to(torch.float64)  # 1970-01-01: Thursday
+            weekday = torch.remainder(days + 3, 7)  # 1970-01-01 was a Thursday (3)
+            positions.append(weekday.to(torch.float64) * (2.0 * math.pi / 7.0))
         elif kind == "hour":
-            minutes = _floor_div(seconds - days * _DAY, 60)
-            hours = _floor_div(minutes, 60)
-            position = hours.to(torch.float64) + (minutes - hours * 60).to(torch.float64) / 60.0
+            minutes = _floor_div(seconds - days * _DAY, 60)  # of the day
+            positions.append(minutes.to(torch.float64) * (2.0 * math.pi / (24.0 * 60.0)))
         else:
             raise ValueError(f"unknown calendar feature {kind!r}; known: {sorted(_PERIODS)}")
-        angle = 2.0 * math.pi * position / _PERIODS[kind]
-        columns += [torch.sin(angle), torch.cos(angle)]
-    if not columns:
+    if not positions:
         return seconds.new_zeros((*seconds.shape, 0), dtype=torch.float64)
-    return torch.stack(columns, dim=-1)
+    angle = torch.stack(positions, dim=-1)  # (..., K)
+    # one sin and one cos for every kind: (..., K, 2) -> (..., 2K) = k0_sin, k0_cos, k1_sin, ...
+    return torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1).flatten(-2)
 
 
 class Calendar(nn.Module):
@@ -153,9 +153,9 @@ class Difference(nn.Module):
     def forward(self, full: torch.Tensor, steps: int) -> torch.Tensor:
         """Differences ``[B, T, O]`` of the last ``steps`` values of ``full``."""
         d = self.order
-        z = torch.zeros_like(full[:, d:])
-        for k, c in self.terms:
-            z = z + c * full[:, d - k : d - k + steps]
+        z = full[:, d:]  # c_0 = 1
+        for k, c in self.terms[1:]:
+            z = _add(z, c, full[:, d - k : d - k + steps])
         return z
 
     def inverse(self, z: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
@@ -163,9 +163,8 @@ class Difference(nn.Module):
         ``t + shift``) and the actual values ``full`` (``[B, D + T, O]``)."""
         d, steps, shift = self.order, z.shape[1], self.shift
         w = z
-        for k, c in self.terms:
-            if k >= 1:
-                w = w - c * full[:, d + shift - k : d + shift - k + steps]
+        for k, c in self.terms[1:]:
+            w = _add(w, -c, full[:, d + shift - k : d + shift - k + steps])
         return w
 
     def inverse_one(self, z: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
@@ -177,6 +176,16 @@ class Difference(nn.Module):
             if k >= 1:
                 w = w - c * history[:, d - k]
         return w
+
+
+def _add(total: torch.Tensor, coefficient: float, values: torch.Tensor) -> torch.Tensor:
+    """``total + coefficient * values``, one op where the coefficient is +-1 (lag polynomials'
+    coefficients mostly are: a step pays per op)."""
+    if coefficient == 1.0:
+        return total + values
+    if coefficient == -1.0:
+        return total - values
+    return total + coefficient * values
 
 
 class Scaling(nn.Module):
@@ -191,6 +200,9 @@ class Scaling(nn.Module):
         super().__init__()
         self.register_buffer("features", torch.tensor(list(features), dtype=torch.long))
         self.register_buffer("targets", torch.tensor(list(targets), dtype=torch.long))
+        # the usual layout (features first, in order; one target block): views, no gathers
+        self.feature_span = _span(features)
+        self.target_span = _span(targets)
 
     features: torch.Tensor
     targets: torch.Tensor
@@ -199,8 +211,8 @@ class Scaling(nn.Module):
         self, values: torch.Tensor, location: torch.Tensor, scale: torch.Tensor
     ) -> torch.Tensor:
         """``values [B, T, F]`` float64 (the features) -> scaled float64."""
-        loc = location.index_select(1, self.features)[:, None]
-        return (values - loc) / scale.index_select(1, self.features)[:, None]
+        loc, sc = _pick(location, scale, self.features, self.feature_span)
+        return (values - loc) / sc
 
     def columns(
         self,
@@ -210,12 +222,33 @@ class Scaling(nn.Module):
         picked: torch.Tensor,
     ) -> torch.Tensor:
         """``values [B, T, K]`` of the scaled columns ``picked`` (indices into C)."""
-        loc = location.index_select(1, picked)[:, None]
-        return (values - loc) / scale.index_select(1, picked)[:, None]
+        loc, sc = _pick(location, scale, picked, None)
+        return (values - loc) / sc
 
     def inverse(
         self, outputs: torch.Tensor, location: torch.Tensor, scale: torch.Tensor
     ) -> torch.Tensor:
         """Model outputs ``[B, T, O]`` float64 -> the targets' (transformed) units."""
-        loc = location.index_select(1, self.targets)[:, None]
-        return outputs * scale.index_select(1, self.targets)[:, None] + loc
+        loc, sc = _pick(location, scale, self.targets, self.target_span)
+        return outputs * sc + loc
+
+
+def _span(indices: Sequence[int]) -> tuple[int, int] | None:
+    """``(start, stop)`` when ``indices`` are consecutive and rising, else None."""
+    values = list(indices)
+    if values and values == list(range(values[0], values[0] + len(values))):
+        return values[0], values[0] + len(values)
+    return None
+
+
+def _pick(
+    location: torch.Tensor,
+    scale: torch.Tensor,
+    index: torch.Tensor,
+    span: tuple[int, int] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``location``, ``scale`` ``[B, C]`` -> the picked columns as ``[B, 1, K]``."""
+    if span is not None:
+        start, stop = span
+        return location[:, None, start:stop], scale[:, None, start:stop]
+    return location.index_select(1, index)[:, None], scale.index_select(1, index)[:, None]

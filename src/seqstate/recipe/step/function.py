@@ -39,6 +39,12 @@ __all__ = ["NO_TIME", "MemberStep", "RunStep"]
 NO_TIME = -(2**63)  # the "time" of a stream that has not been given one
 
 
+def _tracing() -> bool:
+    """Traced for export or compilation: take the data-independent path."""
+    # (torch.onnx's exporters trace or compile, so these two see an export too)
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
 class MemberStep(nn.Module):
     """One member's cells, model and inverse (see :class:`RunStep`).
 
@@ -168,49 +174,59 @@ class MemberStep(nn.Module):
         """``x [B, T, F_raw]`` float32 -> ``y [B, T, O]`` float64 raw units (NaN where not
         ``valid``), this member's new transform state and model state."""
         steps = x.shape[1]
-        x64 = x.to(torch.float64)
-        features = x64[..., : self.feature_count]
         new: dict[str, torch.Tensor] = {}
         full = None
-        if self.transforms_targets:
-            w = self.transform(x64.index_select(2, self.target_inputs))  # (B, T, O)
-            full = self.difference.extend(transforms[prefix + "history"], w)  # (B, D + T, O)
-            z = self.difference(full, steps) if self.order else w
-            # the table code stores the transformed columns as float32 before scaling them
-            z = z.to(torch.float32).to(torch.float64)
-            if self.fed_features.numel():
-                features = features.index_copy(
-                    2, self.fed_features, z.index_select(2, self.fed_targets)
-                )
-            if self.order:
-                new[prefix + "history"] = full[:, steps:]
-        if self.scale is not None:
-            location, scale = transforms[prefix + "location"], transforms[prefix + "scale"]
-            features = self.scale(features, location, scale)
-        inputs = features.to(torch.float32)
+        location = scale = x  # (read only where self.scale is set)
+        if not (self.transforms_targets or self.scale is not None):
+            # raw values are the model's inputs: no float64 round trip
+            inputs = x if x.shape[2] == self.feature_count else x[..., : self.feature_count]
+        else:
+            x64 = x.to(torch.float64)
+            features = x64[..., : self.feature_count]
+            if self.transforms_targets:
+                w = self.transform.forward(x64.index_select(2, self.target_inputs))  # (B, T, O)
+                full = torch.cat([transforms[prefix + "history"], w], dim=1)  # (B, D + T, O)
+                z = self.difference.forward(full, steps) if self.order else w
+                # the table code stores the transformed columns as float32 before scaling them
+                z = z.to(torch.float32).to(torch.float64)
+                if self.fed_features.numel():
+                    features = features.index_copy(
+                        2, self.fed_features, z.index_select(2, self.fed_targets)
+                    )
+                if self.order:
+                    new[prefix + "history"] = full[:, steps:]
+            if self.scale is not None:
+                location, scale = transforms[prefix + "location"], transforms[prefix + "scale"]
+                features = self.scale.forward(features, location, scale)
+            inputs = features.to(torch.float32)
         if self.calendar.kinds:
             if time is None:
                 raise ValueError(
                     f"the run reads calendar features {list(self.calendar.kinds)}: each step "
                     "needs its time (Unix seconds)"
                 )
-            inputs = torch.cat([inputs, self.calendar(time)], dim=2)
+            inputs = torch.cat([inputs, self.calendar.forward(time)], dim=2)
         if self.order:
-            # warm-up steps (no difference yet) leave the model state as it is
-            inputs = torch.where(valid[..., None], inputs, inputs.new_zeros(()))
-            y, model_state = self.model(inputs, model_state, mask=valid)
+            if _tracing() or not bool(valid.all()):
+                # warm-up steps (no difference yet) leave the model state as it is
+                inputs = torch.where(valid[..., None], inputs, inputs.new_zeros(()))
+                y, model_state = self.model(inputs, model_state, mask=valid)
+            else:
+                y, model_state = self.model(inputs, model_state)
+            last = transforms[prefix + "output"]
+            new[prefix + "output"] = torch.where(valid[:, -1:], y[:, -1].to(last.dtype), last)
         else:
             y, model_state = self.model(inputs, model_state)
-        last = transforms[prefix + "output"]
-        new[prefix + "output"] = torch.where(valid[:, -1:], y[:, -1].to(last.dtype), last)
+            new[prefix + "output"] = y[:, -1]
         out = y.to(torch.float64)
         if self.regression:
             if self.scale is not None:
                 out = self.scale.inverse(out, location, scale)
-            if self.order and full is not None:
+            if full is not None and self.order:
                 out = self.difference.inverse(out, full)
             out = self.transform.inverse(out)
-        out = torch.where(valid[..., None], out, out.new_full((), float("nan")))
+        if self.order:
+            out = torch.where(valid[..., None], out, out.new_full((), float("nan")))
         return out, new, model_state
 
     # --- forecast ----------------------------------------------------------------------------
@@ -303,10 +319,12 @@ class RunStep(nn.Module):
         extra = [t for t in columns.targets if t not in features] if differenced else []
         self.inputs: tuple[str, ...] = (*features, *extra)
         self.targets: tuple[str, ...] = tuple(columns.targets)
-        self.members = nn.ModuleList(
+        steps = [
             MemberStep(model, columns, self.inputs, scaling, calendar)
             for model, scaling, calendar in members
-        )
+        ]
+        self.members = nn.ModuleList(steps)
+        self._member_steps = tuple(steps)  # (typed, and no ModuleList iteration per step)
         self.needs_time = any(m.calendar.kinds for m in self._members())
         self.needs_series = any(
             m.scaling is not None and m.scaling.config.method == "series" for m in self._members()
@@ -315,8 +333,8 @@ class RunStep(nn.Module):
         self.covariates: tuple[str, ...] = tuple(self._members()[0].covariate_names)
         self.eval()
 
-    def _members(self) -> list[MemberStep]:
-        return [m for m in self.members if isinstance(m, MemberStep)]
+    def _members(self) -> tuple[MemberStep, ...]:
+        return self._member_steps
 
     # --- state -------------------------------------------------------------------------------
 
@@ -385,11 +403,11 @@ class RunStep(nn.Module):
         [B, T]`` int64 or None -> ``(y [K, B, T, O] float64, state)``."""
         steps = x.shape[1]
         seen = state.transforms["steps"]
-        position = seen[:, None] + torch.arange(steps, device=x.device)  # (B, T)
+        position = seen[:, None] + torch.arange(steps, device=x.device) if self.order else seen
         transforms = dict(state.transforms)
         outputs, models = [], []
         for k, member in enumerate(self._members()):
-            valid = position >= member.order
+            valid = position >= member.order  # (B, T); read only by a differencing member
             y, new, model_state = member(
                 state.transforms, state.models[k], x, time, valid, f"m{k}."
             )
@@ -399,7 +417,9 @@ class RunStep(nn.Module):
         transforms["steps"] = seen + steps
         if time is not None:
             transforms["time"] = time[:, -1]
-        return torch.stack(outputs), RunState(transforms, tuple(models))
+        y = outputs[0][None] if len(outputs) == 1 else torch.stack(outputs)
+        # (its parts come from this state's, already checked: no second check per step)
+        return y, RunState.unchecked(transforms, tuple(models))
 
     def forecast(
         self,
@@ -498,9 +518,10 @@ class RunStep(nn.Module):
         if not isinstance(state, RunState):
             raise TypeError(f"state must be a RunState; received {type(state).__name__}")
         b, width = state.batch_size, len(self.inputs)
-        x_t = torch.as_tensor(
-            np.asarray(x, dtype=np.float32) if not isinstance(x, torch.Tensor) else x
-        )
+        if isinstance(x, torch.Tensor):
+            x_t = x if x.dtype == torch.float32 else x.to(torch.float32)
+        else:
+            x_t = torch.as_tensor(np.asarray(x, dtype=np.float32))
         if x_t.dim() == 2:
             x_t = x_t[:, None]
         if x_t.dim() != 3 or x_t.shape[0] != b or x_t.shape[2] != width or x_t.shape[1] < 1:
@@ -508,9 +529,6 @@ class RunStep(nn.Module):
                 f"x must have shape [B, T, F]=[{b}, T>=1, {width}] (the raw columns "
                 f"{list(self.inputs)}); received {list(x_t.shape)}"
             )
-        if not x_t.is_floating_point():
-            x_t = x_t.to(torch.float32)
-        x_t = x_t.to(torch.float32)
         if not bool(torch.isfinite(x_t).all()):
             row, step, column = (int(i) for i in (~torch.isfinite(x_t)).nonzero()[0])
             raise ValueError(
@@ -520,14 +538,13 @@ class RunStep(nn.Module):
         self._check_domain(x_t)
         time_t = None
         if time is not None:
-            time_t = torch.as_tensor(
-                np.asarray(time) if not isinstance(time, torch.Tensor) else time
-            )
+            time_t = time if isinstance(time, torch.Tensor) else torch.as_tensor(np.asarray(time))
             if time_t.dim() == 1:
                 time_t = time_t[:, None]
             if time_t.is_floating_point() or time_t.dtype == torch.bool:
                 raise TypeError(f"time must be int64 Unix seconds; received dtype {time_t.dtype}")
-            time_t = time_t.to(torch.int64)
+            if time_t.dtype != torch.int64:
+                time_t = time_t.to(torch.int64)
             if tuple(time_t.shape) != tuple(x_t.shape[:2]):
                 raise ValueError(
                     f"time must have shape [B, T]={list(x_t.shape[:2])} like x; received "

@@ -59,6 +59,17 @@ class RunState:
                 "tensor [B, ...] and member state [L, B, H] must hold the same B rows"
             )
 
+    @classmethod
+    def unchecked(
+        cls, transforms: Mapping[str, torch.Tensor], models: tuple[State, ...]
+    ) -> RunState:
+        """A state built without the checks (for a step function whose parts are consistent
+        by construction: the per-step hot path)."""
+        state = object.__new__(cls)
+        object.__setattr__(state, "transforms", transforms)
+        object.__setattr__(state, "models", models)
+        return state
+
     @property
     def batch_size(self) -> int:
         if self.models:

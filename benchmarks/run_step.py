@@ -1,0 +1,132 @@
+"""Benchmark: what a run's preprocessing costs per step (the ``run step`` section of BENCHMARKS.md).
+
+One step (T = 1) of ``RunStep.step`` for B streams, three runs with the same LSTM weights:
+
+- ``model``: the bare model call, ``model(x, state)`` (no run around it);
+- ``plain``: a run without preparation (no scaling, differencing or calendar);
+- ``default``: what ``train`` picks for hourly sensors: per-series scaling, lag-24 seasonal
+  differencing, weekday and hour calendar features, one known-future covariate.
+
+``preprocessing`` is ``(default - plain) / default``: the share of a default step spent in
+the transform cells and their inverse. Timings are interleaved A/B/C rounds, best of each,
+on one torch thread; ratios, not absolute claims (the machine is shared).
+
+    .venv/bin/python benchmarks/run_step.py --threads 1            # prints, writes its section
+    .venv/bin/python benchmarks/run_step.py --threads 1 --quick    # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from _report import machine_info, write_section
+from seqstate.core.model import SequenceModel
+from seqstate.recipe.scaling import Scaling, ScalingConfig
+from seqstate.recipe.sources import read_table
+from seqstate.recipe.step import RunStep, tables
+
+
+def sensors(n: int, hours: int = 24 * 4) -> object:
+    rng = np.random.default_rng(0)
+    times = pd.date_range("2024-03-01", periods=hours, freq="h")
+    parts = []
+    for i in range(n):
+        day = np.sin(2 * np.pi * np.arange(hours) / 24)
+        temp = 12 + 6 * day + rng.standard_normal(hours)
+        load = 20 * (i + 1) + 8 * day + 0.4 * temp + rng.random(hours)
+        parts.append(pd.DataFrame({"id": f"s{i}", "time": times, "load": load, "temp": temp}))
+    frame = pd.concat(parts, ignore_index=True)
+    return read_table(
+        frame, features=["load", "temp"], targets=["load"], id_column="id", time_column="time"
+    )
+
+
+def build(table, hidden: int, default: bool) -> RunStep:
+    calendar = ("weekday", "hour") if default else ()
+    torch.manual_seed(0)
+    model = SequenceModel(input_size=2 + 2 * len(calendar), output_size=1, hidden_size=hidden)
+    scaling = Scaling.fit(table, ScalingConfig(season=24)) if default else None
+    return RunStep([(model.eval(), scaling, calendar)], table.columns)
+
+
+def measure(hidden: int, batch: int, rounds: int, calls: int) -> dict[str, float]:
+    table = sensors(batch)
+    runs = {"plain": build(table, hidden, False), "default": build(table, hidden, True)}
+    warm = 30  # past the 24 warm-up steps of the differencing
+    x = np.stack([tables.table_inputs(runs["default"], table, i) for i in range(batch)])
+    t = np.stack([tables.table_times(runs["default"], s) for s in table.times])
+    step_x, step_t = (
+        torch.from_numpy(x[:, warm : warm + 1]),
+        torch.from_numpy(t[:, warm : warm + 1]),
+    )
+    states = {}
+    for name, run in runs.items():
+        state = run.initial_state(list(table.ids))
+        _, states[name] = run.step(state, x[:, :warm], t[:, :warm])
+    model = runs["plain"]._members()[0].model
+    model_state = states["plain"].models[0]
+    model_x = step_x.clone()
+
+    def bare() -> None:
+        with torch.no_grad():
+            model(model_x, model_state)
+
+    work = {
+        "model": bare,
+        "plain": lambda: runs["plain"].step(states["plain"], step_x, step_t),
+        "default": lambda: runs["default"].step(states["default"], step_x, step_t),
+    }
+    best = dict.fromkeys(work, float("inf"))
+    for _ in range(rounds):
+        for name, fn in work.items():  # interleaved: load changes hit all three alike
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - start) / calls)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rounds, calls = (3, 20) if args.quick else (15, 100)
+    lines = [
+        "## run step: the cost of a run's preprocessing per step",
+        "",
+        f"`benchmarks/run_step.py --threads {args.threads}`; {machine_info(threads=True)}.",
+        "",
+        "| hidden | streams | model µs | plain run µs | default run µs | default / plain "
+        "| preprocessing share |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for hidden in (64, 256):
+        for batch in (1, 100):
+            best = measure(hidden, batch, rounds, calls)
+            share = (best["default"] - best["plain"]) / best["default"]
+            lines.append(
+                f"| {hidden} | {batch} | {best['model'] * 1e6:.0f} | {best['plain'] * 1e6:.0f} | "
+                f"{best['default'] * 1e6:.0f} | {best['default'] / best['plain']:.2f} | "
+                f"{share:.0%} |"
+            )
+            print(lines[-1], flush=True)
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write and not args.quick:
+        write_section("run step", text)
+
+
+if __name__ == "__main__":
+    main()
