@@ -97,7 +97,7 @@ def test_run_load_describes_what_a_step_carries(monthly, hourly):
 
 @pytest.mark.parametrize("kind", ["monthly", "hourly"])
 def test_streaming_every_row_equals_predict(kind, monthly, hourly, tmp_path):
-    root, data, run = monthly if kind == "monthly" else hourly
+    _, data, run = monthly if kind == "monthly" else hourly
     written = cli_predict(run, data, tmp_path / "p.csv")
     table = read(data, run)
     loaded = Run.load(run)

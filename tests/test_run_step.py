@@ -21,7 +21,7 @@ from seqstate.recipe.scaling import Scaling, ScalingConfig
 from seqstate.recipe.sources import read_table
 from seqstate.recipe.step import RunState, RunStep
 from seqstate.recipe.step import tables as step_tables
-from seqstate.recipe.step.cells import calendar_columns
+from seqstate.recipe.step.cells import Calendar, calendar_columns
 
 RTOL = 1e-5
 
@@ -312,9 +312,9 @@ def test_run_state_rows_select_scatter_and_cat():
 def test_bytes_that_are_not_a_run_state_are_refused():
     with pytest.raises(ValueError, match="not a serialised RunState"):
         RunState.from_bytes(b"nonsense")
-    table, _, run_step = build("plain")
+    _, _, run_step = build("plain")
     model_state = run_step.initial_state([None]).models[0]
-    with pytest.raises(ValueError, match="expected 'seqstate.run_state/1'"):
+    with pytest.raises(ValueError, match=r"expected 'seqstate\.run_state/1'"):
         RunState.from_bytes(model_state.to_bytes())
 
 
@@ -373,3 +373,32 @@ def test_a_series_the_run_never_saw_needs_its_context():
         run_step.initial_state(["new"])
     renamed = dataclasses.replace(table.select([0]), ids=["new"])
     assert run_step.initial_state(["new"], context=renamed).batch_size == 1
+
+
+def test_differencing_with_a_shift_past_one_step_is_refused_by_the_step_function():
+    frame = monthly_frame(n=2, months=30)
+    table = read_table(
+        frame, features=["value"], targets=["value"], id_column="id", time_column="month", shift=2
+    )
+    members = members_for(table, ScalingConfig(difference=1), ())
+    with pytest.raises(ValueError, match="shift=2 would need values"):
+        RunStep([(m.model, m.scaling, m.calendar) for m in members], table.columns)
+    # the table-level path still answers such a run (it reads the actual values in between)
+    from seqstate.recipe.run_forecaster import RunForecaster
+
+    got = RunForecaster(members).predict_outputs(table).mean
+    expected = reference_predictions(members, table)[0]
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.integers(-9_000_000_000, 9_000_000_000), min_size=1, max_size=20),
+    st.sampled_from([("weekday",), ("hour",), ("weekday", "hour"), ("hour", "month")]),
+)
+def test_the_calendar_cell_equals_the_table_calendar_features(seconds, kinds):
+    stamps = np.asarray(seconds, dtype=np.int64)
+    expected = calendar_features(stamps.astype("datetime64[s]").astype("datetime64[ns]"), kinds)
+    got = Calendar(kinds)(torch.from_numpy(stamps)[None])[0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)

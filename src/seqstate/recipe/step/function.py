@@ -206,13 +206,12 @@ class MemberStep(nn.Module):
                     "needs its time (Unix seconds)"
                 )
             inputs = torch.cat([inputs, self.calendar.forward(time)], dim=2)
-        if self.order:
-            if _tracing() or not bool(valid.all()):
-                # warm-up steps (no difference yet) leave the model state as it is
-                inputs = torch.where(valid[..., None], inputs, inputs.new_zeros(()))
-                y, model_state = self.model(inputs, model_state, mask=valid)
-            else:
-                y, model_state = self.model(inputs, model_state)
+        # Past the warm-up (every step valid: the usual streaming step) nothing is masked.
+        warming = bool(self.order) and (_tracing() or not bool(valid.all()))
+        if warming:
+            # warm-up steps (no difference yet) leave the model state as it is
+            inputs = torch.where(valid[..., None], inputs, inputs.new_zeros(()))
+            y, model_state = self.model(inputs, model_state, mask=valid)
             last = transforms[prefix + "output"]
             new[prefix + "output"] = torch.where(valid[:, -1:], y[:, -1].to(last.dtype), last)
         else:
@@ -225,7 +224,7 @@ class MemberStep(nn.Module):
             if full is not None and self.order:
                 out = self.difference.inverse(out, full)
             out = self.transform.inverse(out)
-        if self.order:
+        if warming:
             out = torch.where(valid[..., None], out, out.new_full((), float("nan")))
         return out, new, model_state
 
