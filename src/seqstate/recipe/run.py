@@ -129,13 +129,6 @@ class Run:
             )
         return self._step
 
-    def streams(self) -> Any:
-        """Streams of this run keyed by stream id
-        (:class:`seqstate.recipe.run_streams.RunStreams`)."""
-        from seqstate.recipe.run_streams import RunStreams
-
-        return RunStreams(self)
-
 
 def _frequency(entry: Any) -> Any:
     if not entry:

@@ -13,9 +13,15 @@ ops, shapes fixed by the run, no data-dependent Python branches):
 
 A cell that looks at the past keeps what it needs as state, in the caller's hands, like a
 recurrent layer: :class:`Difference` the last transformed target values per lag;
-:class:`Scaling` the statistics of the stream's series, bound when the stream starts. A cell
-is an ``nn.Module``, so a later cell may register parameters (an ES-RNN smoothing
-coefficient) and train them jointly with the core; none here has any.
+:class:`Scaling` the statistics of the stream's series, bound when the stream starts.
+
+How a learned cell fits (ES-RNN's level and seasonal components, not built yet): a cell is an
+``nn.Module`` inside :class:`seqstate.recipe.step.MemberStep`, so parameters it registers are
+among ``RunStep.parameters()`` and train jointly with the core through the same step
+function; its state lives in ``RunState.transforms`` under the member's prefix (batch first),
+so it is carried, reset, selected, scattered and serialised with everything else, and the
+contracts the tests check (chunked == whole, reset == separate, exact resume) cover it.
+None of the cells here has parameters.
 """
 
 from __future__ import annotations
