@@ -385,7 +385,8 @@ class RunStep(nn.Module):
             steps). For an ensemble, the members' mean.
         """
         members, state = self.step_members(state, x, time)
-        return members.mean(dim=0), state
+        # (one member: its answer as it is, no mean over a dimension of one)
+        return (members[0] if members.shape[0] == 1 else members.mean(dim=0)), state
 
     def step_members(
         self, state: RunState, x: Any, time: Any = None
@@ -406,7 +407,8 @@ class RunStep(nn.Module):
         transforms = dict(state.transforms)
         outputs, models = [], []
         for k, member in enumerate(self._members()):
-            valid = position >= member.order  # (B, T); read only by a differencing member
+            # (B, T); read only by a differencing member
+            valid = position >= member.order if member.order else position
             y, new, model_state = member(
                 state.transforms, state.models[k], x, time, valid, f"m{k}."
             )
@@ -443,7 +445,7 @@ class RunStep(nn.Module):
             answer of the stream's last step.
         """
         times_t, members = self.forecast_members(state, horizon, covariates, times=times)
-        return times_t, members.mean(dim=0)
+        return times_t, (members[0] if members.shape[0] == 1 else members.mean(dim=0))
 
     def forecast_members(
         self, state: RunState, horizon: int, covariates: Any = None, *, times: Any = None
