@@ -54,7 +54,20 @@ MODELS = {
     },
     "rnn": {"cell": "rnn", "hidden_size": H, "nonlinearity": "relu", "num_layers": 2},
     "mixed": MIXED,
+    # fused groups one after another (LSTM(6) -> LSTM(3) -> Dense; and a GRU group after them):
+    # each group is its own ONNX LSTM/GRU operator, joined by reshapes that must keep T dynamic
+    "two_groups": {
+        "layers": [{"kind": "lstm", "hidden_size": 6}, {"kind": "lstm", "hidden_size": 3}],
+    },
+    "three_groups": {
+        "layers": [
+            {"kind": "lstm", "hidden_size": 6},
+            {"kind": "lstm", "hidden_size": 3},
+            {"kind": "gru", "hidden_size": 4},
+        ],
+    },
 }
+GROUPED = ("two_groups", "three_groups")
 
 
 def _model(name: str) -> SequenceModel:
@@ -177,6 +190,8 @@ def test_graph_declares_names_ops_and_dynamic_axes(exported, name: str) -> None:
         assert {"GRU", "Scan"} <= ops and "LSTM" not in ops
     else:
         assert "LSTM" in ops
+    if name in GROUPED:
+        assert onnx_input_names(model)[1:3] == ["l0_h0", "l0_c0"]
     if name == "mixed":
         expected = ["x", "mask", "l0_h0", "l0_c0", "l1_h0", "l1_c0", "l2_h0", "l3_h0"]
         assert onnx_input_names(model) == expected
@@ -188,6 +203,28 @@ def test_graph_declares_names_ops_and_dynamic_axes(exported, name: str) -> None:
     out_dims = [d.dim_param or d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
     assert out_dims == ["batch", "time", O]
     assert [i.name for i in session.get_inputs()] == onnx_input_names(model)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("name", GROUPED)
+def test_fused_groups_run_at_any_chunk_length(exported, name: str, batch: int) -> None:
+    # Regression: with two or more fused groups the graph ran only at the example's T=3.
+    model, path, session = exported(name)
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("LSTM") + ops.count("GRU") == len(model.groups)
+    x = torch.randn(batch, 15, F) * 2
+    with torch.no_grad():
+        whole, final = model(x)
+    for chunk in (1, 7, x.shape[1]):
+        feeds_state = [t.numpy() for t in model.initial_state(batch).tensors()]
+        parts = []
+        for start in range(0, x.shape[1], chunk):
+            outputs = session.run(None, _feeds(model, x[:, start : start + chunk], None, feeds_state))
+            parts.append(torch.from_numpy(outputs[0]))
+            feeds_state = outputs[1:]
+        torch.testing.assert_close(torch.cat(parts, 1), whole, **TOL)
+        for ours, theirs in zip(final.tensors(), feeds_state, strict=True):
+            torch.testing.assert_close(torch.from_numpy(theirs), ours, **TOL)
 
 
 def test_export_rejects_bad_arguments(tmp_path: Path) -> None:
