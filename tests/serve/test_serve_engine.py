@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from seqstate.core.model import SequenceModel
 from seqstate.serve.engine import Engine, StepRequest, StepResult
 from seqstate.serve.rules import Reject
 from seqstate.serve.stores import MemoryStore
@@ -59,9 +60,6 @@ def test_a_state_from_another_model_is_refused_not_crashed(model):
     store = MemoryStore()
     engine = Engine(model, store, ttl_s=0)
     engine.process([request(1, 0.5)])
-    other = torch.nn.Module()
-    other.initial_state = lambda n: model.initial_state(n).map(  # a wider hidden state
-        lambda t: t.new_zeros(t.shape[0], n, t.shape[2] * 2)
-    )
+    other = SequenceModel(input_size=3, output_size=2, cell="lstm", hidden_size=16)  # wider
     (outcome,) = Engine(other, store, ttl_s=0).process([request(2, 0.5)])
     assert isinstance(outcome, Reject) and outcome.code == "state_incompatible"

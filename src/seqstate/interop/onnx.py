@@ -289,15 +289,34 @@ def export_onnx(
             output_names=outputs,
             opset_version=opset or DEFAULT_OPSET,
             verbose=False,
+            optimize=False,  # after _forget_intermediate_shapes, below
         )
     if program is None:  # pragma: no cover - dynamo=True always returns a program
         raise RuntimeError("torch.onnx.export returned no program")
+    _forget_intermediate_shapes(program.model.graph)
+    program.optimize()
     proto = program.model_proto
     _declare_output_shapes(proto, copy, outputs)
     with atomic_path(target) as tmp:  # nothing is left behind when the check fails
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp))
     return target
+
+
+def _forget_intermediate_shapes(graph: Any) -> None:
+    """Drop the shapes the exporter recorded on every value but the graph's inputs and outputs.
+
+    torch's while-loop LSTM/GRU decomposition gives the layer's output the example's time length
+    (3) in the traced metadata. With a second recurrent group after it, the optimizer folds
+    ``Shape`` of that output into a constant and the reshape between the groups only accepts
+    T=3. Without the recorded shapes the optimizer infers them from the graph's own dynamic
+    inputs (``batch``, ``time``), so every T and B runs.
+    """
+    ends = {id(value) for value in (*graph.inputs, *graph.outputs)}
+    for node in graph.all_nodes():
+        for value in node.outputs:
+            if id(value) not in ends:
+                value.shape = None
 
 
 def _declare_output_shapes(proto: Any, model: SequenceModel, names: list[str]) -> None:

@@ -2,15 +2,18 @@
 
     POST   /v1/streams/{id}/steps   {seq, x, start?}                -> {seq, y, replayed}
     POST   /v1/steps                {steps: [{id, seq, x, start?}]} -> {results: [...]} per item
+    POST   /v1/streams/{id}/forecast {horizon, covariates?}         -> {seq, time, y}
+    GET    /v1/model                -> the run's raw inputs in order, targets, what steps carry
     GET    /v1/streams/{id}         -> {id, seq, updated, expires}
     DELETE /v1/streams/{id}         -> {id, deleted}
     GET    /healthz                 -> {status, ...}        (no auth)
     GET    /metrics                 Prometheus text
     GET    /openapi.json            the schema               (no auth)
 
-``x`` is one step of F features ``[F]`` (answer ``y`` is ``[O]``) or k steps ``[[F], ...]``
-(answer ``[[O], ...]``). Resources (model, store, engine, batcher, sweeper) are opened by the
-app's lifespan and live on ``app.state.resources``; nothing is module-global.
+``x`` is one step of the run's F raw inputs ``[F]`` (answer ``y`` is ``[O]`` in raw units) or
+k steps ``[[F], ...]`` (answer ``[[O], ...]``); ``time`` and ``series`` as the run needs them.
+Resources (run step function, store, engine, batcher, sweeper) are opened by the app's
+lifespan and live on ``app.state.resources``; nothing is module-global.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from fastapi import FastAPI, Request, WebSocket
@@ -35,13 +38,31 @@ from seqstate.serve.edge import Edge
 from seqstate.serve.engine import Engine
 from seqstate.serve.errors import ApiError, error_response
 from seqstate.serve.metrics import Metrics
-from seqstate.serve.preprocess import StreamScaling, load_stream_scaling
+from seqstate.serve.preprocess import model_step
 from seqstate.serve.rules import Reject, is_expired
-from seqstate.serve.schemas import BatchStep, ErrorBody, StepAnswer, StepBody, StreamInfo
-from seqstate.serve.steps import Resources, answer_json, describe, step_request, submit
+from seqstate.serve.schemas import (
+    BatchStep,
+    ErrorBody,
+    ForecastAnswer,
+    ForecastBody,
+    StepAnswer,
+    StepBody,
+    StreamInfo,
+)
+from seqstate.serve.steps import (
+    Resources,
+    answer_json,
+    describe,
+    forecast_json,
+    step_request,
+    submit,
+)
 from seqstate.serve.stores import StateStore, StoreError, open_store
 from seqstate.serve.stores.base import StoreFullError
 from seqstate.serve.websocket import serve_websocket
+
+if TYPE_CHECKING:  # pragma: no cover
+    from seqstate.recipe.step import RunStep
 
 __all__ = ["create_app"]
 
@@ -78,18 +99,17 @@ def create_app(
     if not isinstance(config, ServeConfig):
         raise TypeError(f"config must be a ServeConfig; received {type(config).__name__}")
     if model is None:
-        from seqstate.serve.rundir import check_run_dir
+        from seqstate.serve.rundir import check_run_dir, load_run_step
 
         check_run_dir(config.run_dir, config.max_model_parameters)  # before allocating
-        scaling = _run_scaling(config)  # an unservable run is refused here, not per step
+        function = load_run_step(config.run_dir)  # the run as one step function, raw units
     else:
-        scaling = None  # a model handed in is served as it is (tests, embedding)
+        function = model_step(model)  # a model handed in: no preprocessing (tests, embedding)
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        resources = await _open(config, model, store, clock, metrics)
-        resources.scaling = scaling
+        resources = await _open(config, function, store, clock, metrics)
         app.state.resources = resources
         try:
             yield
@@ -117,37 +137,22 @@ def create_app(
     return app
 
 
-def _run_scaling(config: ServeConfig) -> StreamScaling | None:
-    """The run directory's per-step preprocessing, from its config alone (before loading)."""
-    from seqstate.core.saved import read_model_json
-
-    model = read_model_json(config.run_dir).get("model") or {}
-    return load_stream_scaling(
-        config.run_dir, int(model.get("input_size", 0)), int(model.get("output_size", 0))
-    )
-
-
 # --- lifecycle ----------------------------------------------------------------------------
 
 
 async def _open(
     config: ServeConfig,
-    model: torch.nn.Module | None,
+    function: RunStep,
     store: StateStore | None,
     clock: Callable[[], float],
     metrics: Metrics,
 ) -> Resources:
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
-    if model is None:
-        from seqstate.core.saved import load_model
-
-        model = load_model(config.run_dir, device=config.device)
-    model.eval()
     if store is None:
         store = open_store(config.store_url, ttl_s=config.ttl_s)
     engine = Engine(
-        model,
+        function,
         store,
         ttl_s=config.ttl_s,
         device=config.device,
@@ -163,15 +168,7 @@ async def _open(
         stages=(engine.prepare, engine.finish),
     )
     await batcher.start()
-    resources = Resources(
-        config,
-        model,
-        store,
-        batcher,
-        metrics,
-        clock,
-        input_size=int(model.input_size),  # type: ignore[arg-type]
-    )
+    resources = Resources(config, engine.function, store, batcher, metrics, clock, engine=engine)
     if config.ttl_s > 0:
         resources.sweeper = asyncio.create_task(_sweep(resources), name="seqstate-sweeper")
     return resources
@@ -326,6 +323,22 @@ def _add_routes(app: FastAPI, config: ServeConfig) -> None:
         await asyncio.gather(*(run_stream(indices) for indices in by_stream.values()))
         return _json(b'{"results":[' + b",".join(results) + b"]}")
 
+    @app.post(
+        "/v1/streams/{stream_id}/forecast",
+        response_model=ForecastAnswer,
+        responses=_ERRORS,
+        summary="The stream's forecast from its current state (the state is not changed)",
+    )
+    async def post_forecast(stream_id: str, body: ForecastBody, request: Request) -> Response:
+        resources: Resources = request.app.state.resources
+        _check_stream_id(stream_id)
+        return _json(await forecast_json(resources, stream_id, body))
+
+    @app.get("/v1/model", summary="The run served: its raw inputs in order, what a step carries")
+    async def get_model(request: Request) -> Response:
+        resources: Resources = request.app.state.resources
+        return _json(jsonio.dumps(resources.function.describe()))
+
     @app.get(
         "/v1/streams/{stream_id}",
         response_model=StreamInfo,
@@ -395,12 +408,11 @@ def _add_routes(app: FastAPI, config: ServeConfig) -> None:
                 f"the state store cannot take writes: {problem}",
                 store=resources.store.url.split(":", 1)[0],
             )
-        model = resources.model
         body = {
             "status": "ok",
             "store": resources.store.url.split(":", 1)[0],
-            "input_size": resources.input_size,
-            "output_size": int(getattr(model, "output_size", 0)),
+            "input_size": len(resources.function.inputs),
+            "output_size": len(resources.function.targets),
             "batching": resources.config.batching,
         }
         return _json(jsonio.dumps(body))

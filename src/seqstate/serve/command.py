@@ -185,6 +185,15 @@ def run(args: argparse.Namespace) -> int:
     )
     import uvicorn
 
+    from seqstate.serve.rundir import run_summary
+
+    try:
+        summary = run_summary(config.run_dir)
+    except (ValueError, OSError) as error:
+        print(f"seqstate serve: error: {error}", file=sys.stderr)
+        return 2
+    # one line a person (or a script) can read: where, what, and what a step must carry
+    print(f"seqstate serve: http://{args.host}:{args.port} {summary}", flush=True)
     if args.workers > 1:
         fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
         fields["run_dir"] = str(fields["run_dir"])

@@ -1,4 +1,4 @@
-"""Applying a batch of steps: load records, decide, one model call, one atomic commit.
+"""Applying a batch of steps: load records, decide, one step-function call, one atomic commit.
 
 Runs on the model worker thread (never on the event loop). For a batch of steps of distinct
 streams::
@@ -6,14 +6,18 @@ streams::
     records  = store.get_many(streams)                 # one read
     decision = rules.decide(record, seq, start, ...)    # apply / replay / reject, per step
     fits?    = codec.fits(record.state)                 # per record: a bad one fails alone
-    y, state = advance(model, codec.decode(rows), x [n, k, F])   # one call
+    series   = the stream's bound series (first step: bound to the request's)
+    y, state = run_step(codec.decode(rows), x [n, k, F_raw], time [n, k])   # raw units
     finite?  = y and the new state of each row          # NaN/inf: 422, nothing stored
     written  = store.commit(updates)                    # one transaction, CAS per stream
     lost CAS -> reload: the same step by another replica is a replay, anything else a 409
 
-Steps with different numbers of timesteps ``k`` share the call: shorter ones are padded at
-the end and masked, which the layers treat as "state unchanged" (so each row's returned state
-is the state after its own last step).
+The state of a stream is the run's whole state (:class:`seqstate.recipe.step.RunState`: the
+transform cells' rows, each ensemble member's recurrent state) with its series, one stored
+row (:mod:`seqstate.serve.preprocess`); the answer is the members' mean in raw units, what
+``seqstate predict`` answers for the same rows. Steps with the same number of timesteps ``k``
+share one call (the step function takes no padding: a differenced stream's warm-up is
+counted per row).
 """
 
 from __future__ import annotations
@@ -22,15 +26,16 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from seqstate.core.state import State
-from seqstate.inference.streams import advance
+from seqstate.recipe.step import NO_TIME, RunState, RunStep
 from seqstate.serve import jsonio
-from seqstate.serve.codec import StateCodec
-from seqstate.serve.rules import Apply, Reject, Replay, decide
+from seqstate.serve.errors import ApiError
+from seqstate.serve.preprocess import RunRowCodec, iso_times, model_step, template_series
+from seqstate.serve.rules import Apply, Reject, Replay, decide, is_expired
 from seqstate.serve.stores.base import Record, StateStore, Update, new_record
 
 __all__ = ["Engine", "Outcome", "Prepared", "StepRequest", "StepResult"]
@@ -38,18 +43,15 @@ __all__ = ["Engine", "Outcome", "Prepared", "StepRequest", "StepResult"]
 
 @dataclasses.dataclass(frozen=True)
 class StepRequest:
-    """One validated step of one stream."""
+    """One validated step (or k steps) of one stream, in raw units."""
 
     stream: str
     seq: int
-    x: np.ndarray  # [k, F] float32, finite
+    x: np.ndarray  # [k, F_raw] float32, finite: the run's raw input columns
     single: bool  # the request sent one step as [F]: answer y as [O] rather than [k, O]
     start: bool
-    series: str | None = None  # the series whose scaling was applied (part of the digest)
-    # model-space outputs [k, O] -> raw units (the run's scaling); None: answered as they are
-    decode: Callable[[np.ndarray], np.ndarray] | None = dataclasses.field(
-        default=None, compare=False
-    )
+    series: str | None = None  # as sent; bound to the stream on its first step
+    time: np.ndarray | None = None  # [k] int64 Unix seconds, as sent (None: not sent)
 
     @property
     def digest(self) -> bytes:
@@ -59,6 +61,8 @@ class StepRequest:
         h.update(np.ascontiguousarray(self.x, dtype=np.float32).tobytes())
         if self.series is not None:  # absent: the digest of every request before #13's serving
             h.update(b":series:" + self.series.encode())
+        if self.time is not None:
+            h.update(b":time:" + np.ascontiguousarray(self.time, dtype="<i8").tobytes())
         return h.digest()
 
 
@@ -85,11 +89,15 @@ class Prepared:
 
 
 class Engine:
-    """Applies batches of steps with ``model`` and ``store`` (see the module docstring)."""
+    """Applies batches of steps of ``function`` (a run's step function) with ``store``.
+
+    ``function`` is a :class:`seqstate.recipe.step.RunStep` (the run directory's, raw units in
+    and out); a bare :class:`seqstate.SequenceModel` is served as a run without preprocessing.
+    """
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        function: torch.nn.Module,
         store: StateStore,
         *,
         ttl_s: float,
@@ -97,15 +105,16 @@ class Engine:
         clock: Callable[[], float] = time.time,
         max_live_streams: int | None = None,
     ) -> None:
-        self.model = model
+        if not isinstance(function, RunStep):
+            function = model_step(function)
+        self.device = torch.device(device)
+        self.function: RunStep = function.to(self.device).eval()
         self.store = store
         self.ttl_s = ttl_s
-        self.device = torch.device(device)
         self.clock = clock
         self.max_live_streams = max_live_streams
-        # template: type, layers, hidden size, dtype
-        self._zero: State = model.initial_state(1)  # type: ignore[operator]
-        self.codec = StateCodec(self._zero)
+        # the row layout: transform tensors, members' state types, layers, sizes, dtypes
+        self.codec = RunRowCodec(self._to_cpu(function.initial_state([template_series(function)])))
 
     def process(self, requests: Sequence[StepRequest]) -> list[Outcome]:
         """Apply ``requests`` (distinct streams) and make the new states durable."""
@@ -135,6 +144,8 @@ class Engine:
                 row = None if decision.from_zero else self._stored_row(record)
                 if row is None and not decision.from_zero:
                     outcomes[i] = _incompatible(request.seq)
+                elif row is not None and request.series not in (None, self.codec.series(row)):
+                    outcomes[i] = _series_mismatch(request, self.codec.series(row))
                 else:
                     to_apply.append((i, decision, row))
             elif isinstance(decision, Replay):
@@ -184,54 +195,143 @@ class Engine:
         return [item for item in to_apply if item[0] not in refused]
 
     def _stored_row(self, record: Record | None) -> bytes | None:
-        """The stored state row, or None when it does not fit this model (another model's
+        """The stored state row, or None when it does not fit this run (another run's
         store, an older format): that stream's 409, never its batch-mates' failure."""
         if record is None:  # decide() returns from_zero=False only for a stored record
             raise RuntimeError("internal error: a step continues a stream with no stored record")
         return record.state if self.codec.fits(record.state) else None
 
-    @torch.inference_mode()
-    def _run_model(self, xs: list[np.ndarray], state: State) -> tuple[torch.Tensor, State]:
-        steps = [x.shape[0] for x in xs]
-        k_max = max(steps)
-        n, features = len(xs), xs[0].shape[1]
-        x = np.zeros((n, k_max, features), dtype=np.float32)  # (n, k_max, F)
-        for row, block in enumerate(xs):
-            x[row, : block.shape[0]] = block
-        dtype = self._zero.dtype
-        inputs = torch.from_numpy(x).to(self.device, dtype)
-        state = state.to(self.device)
-        if k_max == 1:  # the streaming case: [n, F] takes advance's trusted cell-kernel step
-            y, new_state = advance(self.model, state, inputs[:, 0])
-            y = y[:, None]  # (n, 1, O)
-        elif min(steps) == k_max:
-            y, new_state = advance(self.model, state, inputs)
-        else:
-            mask = torch.arange(k_max)[None, :] < torch.tensor(steps)[:, None]  # (n, k_max)
-            y, new_state = self.model(inputs, state, mask=mask.to(self.device))
-        return y.float().cpu(), new_state.to("cpu")
+    def _to_device(self, state: RunState) -> RunState:
+        if self.device.type == "cpu":
+            return state
+        transforms = {name: t.to(self.device) for name, t in state.transforms.items()}
+        return RunState(transforms, tuple(s.to(self.device) for s in state.models))
+
+    def _to_cpu(self, state: RunState) -> RunState:
+        transforms = {name: t.cpu() for name, t in state.transforms.items()}
+        return RunState(transforms, tuple(s.to("cpu") for s in state.models))
+
+    def _fresh(self, request: StepRequest) -> RunState | Reject:
+        """A new stream's state, bound to the request's series (the run's statistics)."""
+        if self.function.needs_series and request.series is None:
+            return Reject(
+                422,
+                "series_required",
+                "this run scales each series with its own statistics: name the stream's "
+                'series as "series" on its first step (the id column\'s value it was trained '
+                "on); later steps may leave it out",
+                request.seq,
+            )
+        try:
+            return self.function.initial_state([request.series])
+        except ValueError as error:
+            return Reject(422, "unknown_series", str(error), request.seq)
+
+    def _states(
+        self, prepared: Prepared, to_apply: list[tuple[int, Apply, bytes | None]]
+    ) -> tuple[RunState | None, list[int], list[str | None]]:
+        """The batch state of ``to_apply`` (stored rows decoded at once, new streams bound to
+        their series), each item's row in it (-1: refused) and its series."""
+        requests, outcomes = prepared.requests, prepared.outcomes
+        stored = [row for _, _, row in to_apply if row is not None]
+        parts = [self.codec.decode(stored)] if stored else []
+        position, series = [], []
+        next_stored, next_fresh = 0, len(stored)
+        for i, _, row in to_apply:
+            request = requests[i]
+            if row is not None:
+                position.append(next_stored)
+                series.append(self.codec.series(row))
+                next_stored += 1
+                continue
+            fresh = self._fresh(request)
+            if isinstance(fresh, Reject):
+                outcomes[i] = fresh
+                position.append(-1)
+            else:
+                parts.append(fresh)
+                position.append(next_fresh)
+                next_fresh += 1
+            series.append(request.series)
+        if not parts:
+            return None, position, series
+        return RunState.cat(parts), position, series
 
     def _apply(
         self, prepared: Prepared, to_apply: list[tuple[int, Apply, bytes | None]], now: float
     ) -> None:
         requests, outcomes = prepared.requests, prepared.outcomes
-        state = self.codec.decode([row for _, _, row in to_apply])
-        y, new_state = self._run_model([requests[i].x for i, _, _ in to_apply], state)
-        finite = _finite_rows(y, new_state)  # (n,)
-        rows = y.tolist()  # one conversion for the batch
-        blobs = self.codec.encode(new_state)
-        for row, (i, decision, _) in enumerate(to_apply):
+        state, position, series = self._states(prepared, to_apply)
+        if state is None:
+            return
+        last_time = state.transforms["time"].tolist()
+        # one call per (steps, time sent?) group: the step function takes no padding
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for j, (i, _, _) in enumerate(to_apply):
+            request = requests[i]
+            if position[j] < 0:
+                continue
+            if request.time is None and self.function.needs_time:
+                outcomes[i] = _time_required(request.seq)
+                continue
+            last = last_time[position[j]]
+            if request.time is not None and last != NO_TIME and int(request.time[0]) <= last:
+                outcomes[i] = _time_not_after(request, last)
+                continue
+            groups.setdefault((request.x.shape[0], request.time is not None), []).append(j)
+        for members in groups.values():
+            self._apply_group(prepared, to_apply, state, position, series, members, now)
+
+    @torch.inference_mode()
+    def _run(
+        self, state: RunState, xs: list[np.ndarray], times: list[np.ndarray] | None
+    ) -> tuple[torch.Tensor, RunState]:
+        x = torch.from_numpy(np.stack(xs)).to(self.device)  # (n, k, F_raw)
+        time_t = None if times is None else torch.from_numpy(np.stack(times)).to(self.device)
+        members, new_state = self.function.step_members(self._to_device(state), x, time_t)
+        return members.mean(dim=0).cpu(), self._to_cpu(new_state)  # (n, k, O) float64
+
+    def _apply_group(
+        self,
+        prepared: Prepared,
+        to_apply: list[tuple[int, Apply, bytes | None]],
+        state: RunState,
+        position: list[int],
+        series: list[str | None],
+        members: list[int],
+        now: float,
+    ) -> None:
+        requests, outcomes = prepared.requests, prepared.outcomes
+        indices = [to_apply[j][0] for j in members]
+        rows = state.select([position[j] for j in members])
+        xs = [requests[i].x for i in indices]
+        times = None if requests[indices[0]].time is None else [requests[i].time for i in indices]
+        try:
+            y, new_state = self._run(rows, xs, times)  # type: ignore[arg-type]
+        except ValueError as error:  # an input outside the run's domain (log of a negative)
+            if len(members) > 1:  # find the row(s): each alone, the others still apply
+                for j in members:
+                    self._apply_group(prepared, to_apply, state, position, series, [j], now)
+            else:
+                seq = requests[indices[0]].seq
+                outcomes[indices[0]] = Reject(422, "invalid_x", str(error), seq)
+            return
+        steps = y.shape[1]
+        # a differenced stream's first steps have no past to difference: no answer (null)
+        seen = rows.transforms["steps"][:, None] + torch.arange(steps)  # (n, k)
+        warm = (seen < self.function.order).numpy()
+        finite = _finite_rows(y, warm, new_state)
+        answers = y.tolist()
+        blobs = self.codec.encode(new_state, [series[j] for j in members])
+        for row, (j, i) in enumerate(zip(members, indices, strict=True)):
             request = requests[i]
             if not finite[row]:
                 outcomes[i] = _non_finite(request.seq)
                 continue
-            answer = rows[row][: request.x.shape[0]]
-            if request.decode is not None:
-                raw = request.decode(np.asarray(answer))  # [k, O] float64, raw units
-                if not np.isfinite(raw).all():
-                    outcomes[i] = _non_finite(request.seq)
-                    continue
-                answer = raw.tolist()
+            answer = [
+                [None] * len(values) if warm[row, t] else values
+                for t, values in enumerate(answers[row])
+            ]
             output = jsonio.dumps_finite(answer[0] if request.single else answer)
             prepared.answers.append(output)
             prepared.committed.append(i)
@@ -243,7 +343,89 @@ class Engine:
                 digest=prepared.digests[i],
                 updated=now,
             )
-            prepared.updates.append(Update(request.stream, decision.expected, record))
+            prepared.updates.append(Update(request.stream, to_apply[j][1].expected, record))
+
+    # --- forecasts ---------------------------------------------------------------------------
+
+    def forecast(
+        self, stream: str, horizon: int, covariates: dict[str, list[float]] | None
+    ) -> tuple[int, list[Any], list[list[float]]]:
+        """``(seq, times [H], y [H][O])``: the stream's forecast from its stored state, which
+        is not changed (nothing is written). Raises ApiError when it cannot be given."""
+        (record,) = self.store.get_many([stream])
+        if record is not None and not record.intact(stream):
+            raise ApiError(409, "state_incompatible", _incompatible(record.seq).message)
+        if record is None or is_expired(record, self.clock(), self.ttl_s):
+            raise ApiError(
+                404,
+                "stream_not_found",
+                f"stream {stream!r} does not exist (never started, ended, or expired after the "
+                "TTL)",
+            )
+        if not self.codec.fits(record.state):
+            raise ApiError(409, "state_incompatible", _incompatible(record.seq).message)
+        state = self.codec.decode([record.state])
+        future = self._covariates(covariates, horizon)
+        try:
+            with torch.inference_mode():
+                times, y = self.function.forecast(self._to_device(state), horizon, future)
+        except ValueError as error:
+            raise ApiError(422, "invalid_forecast", str(error)) from None
+        values = y[0].cpu()  # (H, O) float64
+        if int(state.transforms["steps"][0]) < max(self.function.order, 1):
+            raise ApiError(
+                409,
+                "stream_warming_up",
+                f"stream {stream!r} has taken {int(state.transforms['steps'][0])} step(s); this "
+                f"run forecasts after {max(self.function.order, 1)} (its differencing needs "
+                "that much past)",
+            )
+        if not bool(torch.isfinite(values).all()):
+            raise ApiError(
+                422,
+                "non_finite_output",
+                "the forecast overflowed to NaN or infinity; the stream is unchanged",
+            )
+        stamps = times[0].tolist()
+        has_time = int(state.transforms["time"][0]) != NO_TIME
+        shown: list[Any] = iso_times(stamps) if has_time and self.function.frequency else stamps
+        return record.seq, shown, values.tolist()
+
+    def _covariates(
+        self, covariates: dict[str, list[float]] | None, horizon: int
+    ) -> np.ndarray | None:
+        names = list(self.function.covariates)
+        if not names:
+            if covariates:
+                raise ApiError(
+                    422,
+                    "invalid_covariates",
+                    f"this run reads no covariates; received {sorted(covariates)[:5]}",
+                )
+            return None
+        given = covariates or {}
+        missing = [name for name in names if name not in given]
+        extra = sorted(set(given) - set(names))
+        if missing or extra:
+            raise ApiError(
+                422,
+                "invalid_covariates",
+                f"covariates must name exactly the run's known-future columns {names}, each "
+                f"with {horizon} values (one per forecast step); missing {missing}, unknown "
+                f"{extra}",
+            )
+        values = np.zeros((1, horizon, len(names)), dtype=np.float32)
+        for k, name in enumerate(names):
+            column = given[name]
+            if len(column) != horizon or not all(np.isfinite(v) for v in column):
+                raise ApiError(
+                    422,
+                    "invalid_covariates",
+                    f"covariates[{name!r}] must hold {horizon} finite values (one per forecast "
+                    f"step); received {len(column)}",
+                )
+            values[0, :, k] = column
+        return values
 
     def _report_lost(
         self,
@@ -272,12 +454,47 @@ class Engine:
                 )
 
 
-def _finite_rows(y: torch.Tensor, state: State) -> list[bool]:
-    """Per batch row: whether its outputs ``y [n, ...]`` and its new state are all finite."""
-    ok = torch.isfinite(y).flatten(1).all(1)  # (n,)
-    for tensor in state.tensors():  # (L, n, H)
-        ok &= torch.isfinite(tensor).transpose(0, 1).flatten(1).all(1)
+def _finite_rows(y: torch.Tensor, warm: np.ndarray, state: RunState) -> list[bool]:
+    """Per batch row: whether its answers ``y [n, k, O]`` (outside the warm-up steps ``warm
+    [n, k]``, which have none) and its new model states are all finite."""
+    ok = (torch.isfinite(y).all(2) | torch.from_numpy(warm)).all(1)  # (n,)
+    for model_state in state.models:
+        for tensor in model_state.tensors():  # (L, n, H)
+            ok &= torch.isfinite(tensor).transpose(0, 1).flatten(1).all(1)
     return ok.tolist()
+
+
+def _series_mismatch(request: StepRequest, bound: str | None) -> Reject:
+    return Reject(
+        409,
+        "series_mismatch",
+        f"stream {request.stream!r} is bound to series {bound!r} (named on its first step); "
+        f"this step names {request.series!r}. Leave series out after the first step, or end "
+        "the stream (DELETE) to start it on another series",
+        request.seq,
+    )
+
+
+def _time_required(seq: int) -> Reject:
+    return Reject(
+        422,
+        "time_required",
+        'this run reads calendar features computed from each step\'s time: send "time" '
+        "(Unix seconds or a date like 2024-01-31T12:00:00; a list for k steps)",
+        seq,
+    )
+
+
+def _time_not_after(request: StepRequest, last: int) -> Reject:
+    received = str(np.datetime64(int(request.time[0]), "s")) if request.time is not None else "?"
+    return Reject(
+        422,
+        "invalid_time",
+        f"step {request.seq} is at {received}, not after the stream's last step at "
+        f"{np.datetime64(int(last), 's')}; a stream's times must increase (a table with "
+        "repeated or unordered times is refused by predict too). Nothing was applied",
+        request.seq,
+    )
 
 
 def _incompatible(seq: int) -> Reject:

@@ -1,155 +1,202 @@
-"""The run's preprocessing, applied per stream: raw inputs in, raw-unit outputs out.
+"""A served stream is a run's step function: its stored row and the times its steps carry.
 
-A run trained with :mod:`seqstate.recipe.scaling` reads model-space inputs and answers in model
-space. ``seqstate predict`` brings a table there and back; the server must do the same for
-each step, or a scaled run is served silently wrong::
+The server runs :class:`seqstate.recipe.step.RunStep` (``seqstate predict`` runs the same
+function), so preprocessing is state like the recurrent state. What a stream's record keeps::
 
-    x [k, F] raw ──log/log1p (target columns)──► ──(x - location_s) / scale_s──► model
-    y [k, O]     ◄──exp/expm1── ◄──y * scale_s + location_s── model output
+    row = header                         the run's layout (names, dtypes, shapes): a row of
+                                         another run does not fit (409 state_incompatible)
+          u16 length + series (UTF-8)    the series the stream was bound to on its first step
+                                         (0xFFFF: none)
+          transform tensors, one row     steps, time, each member's history/location/scale/...
+          member states, one row each    the rows :class:`seqstate.serve.codec.StateCodec`
+                                         writes, without their header
 
-``s`` is the series the stream is bound to by the request's ``series`` field (per-series
-scaling), or the one global row. Everything here is elementwise per step. What is not
-(differencing needs the series' past raw values, calendar features need each step's time) is
-refused when the server starts: such a run cannot be served step by step exactly.
+Encoding and decoding a batch is a few NumPy copies, like the model-state codec.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from pathlib import Path
+import json
+import struct
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
+from seqstate.recipe.step import RunState, RunStep
+from seqstate.serve.codec import StateCodec
 from seqstate.serve.errors import ApiError
 
-__all__ = ["StreamScaling", "load_stream_scaling"]
+__all__ = ["RunRowCodec", "model_step", "parse_step_times", "template_series"]
+
+_MAGIC = b"seqstate-run-row/1 "
+_NO_SERIES = 0xFFFF
+_MAX_SERIES_BYTES = 0xFFFE
 
 
-@dataclasses.dataclass(frozen=True)
-class StreamScaling:
-    """The elementwise part of a run's :class:`seqstate.recipe.scaling.Scaling`, ready per step.
+def model_step(model: torch.nn.Module) -> RunStep:
+    """A bare :class:`seqstate.SequenceModel` as a run without preprocessing (inputs ``x0..``,
+    outputs ``y0..``): what the server serves when handed a model rather than a run."""
+    from seqstate.recipe.table import Columns
 
-    Attributes:
-        scaling: the run's fitted scaling (``config.lags == ()``).
-        feature_index, target_index: positions of the model's ``F`` input features and
-            ``O`` outputs among ``scaling.columns``.
-        logged: ``[F]`` bool: the input features that are targets (log/log1p applies).
-    """
-
-    scaling: Any
-    feature_index: np.ndarray
-    target_index: np.ndarray
-    logged: np.ndarray
-
-    @property
-    def per_series(self) -> bool:
-        return bool(self.scaling.config.method == "series")
-
-    def statistics(self, series: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """``(location [C], scale [C])`` of ``series``; ApiError 422 when it cannot be given."""
-        scaling = self.scaling
-        if not self.per_series:
-            return scaling.location[0], scaling.scale[0]
-        if series is None:
-            raise ApiError(
-                422,
-                "series_required",
-                "this run scales each series with its own statistics: send the stream's "
-                'series id as "series" with every step (the id column\'s value it was '
-                "trained on)",
-            )
-        row = scaling._row_of(series)
-        if row is None:
-            raise ApiError(
-                422,
-                "unknown_series",
-                f"series {series!r} is not among the {len(scaling.ids)} series this run was "
-                "trained on; a series the run never saw is scaled from its own history, which "
-                "a step-by-step stream does not have: use `seqstate predict` on its table",
-            )
-        return scaling.location[row], scaling.scale[row]
-
-    def encode(self, series: str | None, x: np.ndarray) -> tuple[np.ndarray, Any]:
-        """``x [k, F]`` raw float32 -> ``(model-space x [k, F] float32, decode)``; ``decode``
-        maps the model's ``[k, O]`` outputs back to raw units (float64)."""
-        location, scale = self.statistics(series)
-        kind = self.scaling.config.transform
-        values = x.astype(np.float64)
-        if kind != "none" and self.logged.any():
-            logged = values[:, self.logged]
-            bad = logged <= 0 if kind == "log" else logged < 0
-            if bad.any():
-                t, f = np.argwhere(bad)[0]
-                feature = int(np.flatnonzero(self.logged)[f])
-                need = "> 0" if kind == "log" else ">= 0"
-                raise ApiError(
-                    422,
-                    "invalid_x",
-                    f"this run takes the {kind} of feature {feature} (a target): it must be "
-                    f"{need}; received {float(logged[t, f])!r} at step {int(t)}",
-                )
-            values[:, self.logged] = np.log(logged) if kind == "log" else np.log1p(logged)
-            # the pipeline stores the transformed table as float32 before scaling it
-            values = values.astype(np.float32).astype(np.float64)
-        features = self.feature_index
-        encoded = ((values - location[features]) / scale[features]).astype(np.float32)
-        if not self.target_index.size:  # classification: logits, nothing to map back
-            return encoded, None
-        out_location, out_scale = location[self.target_index], scale[self.target_index]
-
-        def decode(y: np.ndarray) -> np.ndarray:
-            z = np.asarray(y, dtype=np.float64) * out_scale + out_location
-            if kind == "log":
-                return np.exp(z)
-            if kind == "log1p":
-                return np.expm1(z)
-            return z
-
-        return encoded, decode
+    task: Any = getattr(getattr(model, "config", None), "task", "regression")
+    columns = Columns(
+        features=tuple(f"x{i}" for i in range(int(model.input_size))),  # type: ignore[arg-type]
+        targets=tuple(f"y{j}" for j in range(int(model.output_size))),  # type: ignore[arg-type]
+        task=task,
+    )
+    return RunStep([(model, None, ())], columns)
 
 
-def load_stream_scaling(
-    run_dir: str | os.PathLike[str], input_size: int, output_size: int
-) -> StreamScaling | None:
-    """The run's per-step preprocessing (None: the run has none, inputs are served as sent).
+def template_series(function: RunStep) -> Any:
+    """A series id every member can bind (for the row layout): a trained one, or None."""
+    for member in function.members:
+        scaling = getattr(member, "scaling", None)
+        if scaling is not None and scaling.config.method == "series" and len(scaling.ids):
+            return scaling.ids[0]
+    return None
+
+
+class RunRowCodec:
+    """Encodes and decodes stream rows (series + one :class:`RunState` row) of one run."""
+
+    def __init__(self, template: RunState) -> None:
+        if template.batch_size != 1:
+            raise ValueError(f"template must be a batch-1 RunState; received {template.batch_size}")
+        self.transforms = [
+            (name, t.dtype, tuple(t.shape[1:]), np.dtype(str(t.dtype).removeprefix("torch.")))
+            for name, t in template.transforms.items()
+        ]
+        self.models = [StateCodec(state) for state in template.models]
+        spec = {
+            "transforms": [[n, str(d), list(s)] for n, d, s, _ in self.transforms],
+            "models": [codec.header.decode().strip() for codec in self.models],
+        }
+        self.header = _MAGIC + json.dumps(spec, separators=(",", ":")).encode() + b"\n"
+        self.transform_bytes = [
+            int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+            for _, _, shape, np_dtype in self.transforms
+        ]
+        self.model_bytes = [c.row_bytes - len(c.header) for c in self.models]
+        self.body_bytes = sum(self.transform_bytes) + sum(self.model_bytes)
+
+    def _series_end(self, blob: bytes) -> int | None:
+        start = len(self.header)
+        if len(blob) < start + 2 or not blob.startswith(self.header):
+            return None
+        (length,) = struct.unpack_from("<H", blob, start)
+        end = start + 2 + (0 if length == _NO_SERIES else length)
+        return end if len(blob) == end + self.body_bytes else None
+
+    def fits(self, blob: bytes) -> bool:
+        """Whether ``blob`` is a row of this run (else: that stream's 409)."""
+        return self._series_end(blob) is not None
+
+    def series(self, blob: bytes) -> str | None:
+        """The series a fitting row was bound to."""
+        start = len(self.header)
+        (length,) = struct.unpack_from("<H", blob, start)
+        if length == _NO_SERIES:
+            return None
+        return blob[start + 2 : start + 2 + length].decode()
+
+    def encode(self, state: RunState, series: Sequence[str | None]) -> list[bytes]:
+        """One row per batch row of ``state``, bound to ``series[row]``."""
+        n = state.batch_size
+        columns = []
+        for name, _, _, np_dtype in self.transforms:
+            array = state.transforms[name].detach().cpu().numpy().astype(np_dtype.newbyteorder("<"))
+            columns.append(np.ascontiguousarray(array).reshape(n, -1).view(np.uint8))
+        for codec, model_state in zip(self.models, state.models, strict=True):
+            skip = len(codec.header)
+            blobs = codec.encode(model_state)
+            body = b"".join(blob[skip:] for blob in blobs)
+            columns.append(np.frombuffer(body, np.uint8).reshape(n, -1))
+        table = np.concatenate(columns, axis=1) if columns else np.zeros((n, 0), np.uint8)
+        rows = []
+        for row, bound in enumerate(series):
+            if bound is None:
+                label = struct.pack("<H", _NO_SERIES)
+            else:
+                raw = bound.encode()
+                if len(raw) > _MAX_SERIES_BYTES:
+                    raise ValueError(f"series id of {len(raw)} bytes is too long to store")
+                label = struct.pack("<H", len(raw)) + raw
+            rows.append(self.header + label + table[row].tobytes())
+        return rows
+
+    def decode(self, blobs: Sequence[bytes]) -> RunState:
+        """The batch state of ``blobs`` (each ``fits``)."""
+        n = len(blobs)
+        bodies = np.empty((n, self.body_bytes), dtype=np.uint8)
+        for i, blob in enumerate(blobs):
+            end = self._series_end(blob)
+            if end is None:
+                raise ValueError(f"row {i} is not a row of this run (check fits() first)")
+            bodies[i] = np.frombuffer(blob, np.uint8, offset=end)
+        transforms: dict[str, torch.Tensor] = {}
+        start = 0
+        for (name, dtype, shape, np_dtype), size in zip(
+            self.transforms, self.transform_bytes, strict=True
+        ):
+            block = np.ascontiguousarray(bodies[:, start : start + size])
+            values = block.view(np_dtype.newbyteorder("<")).reshape(n, *shape)
+            transforms[name] = torch.from_numpy(values.astype(np_dtype)).to(dtype)
+            start += size
+        models = []
+        for codec, size in zip(self.models, self.model_bytes, strict=True):
+            block = bodies[:, start : start + size]
+            models.append(codec.decode([codec.header + row.tobytes() for row in block]))
+            start += size
+        return RunState(transforms, tuple(models))
+
+
+def parse_step_times(values: Any, steps: int) -> np.ndarray:
+    """A request's ``time`` (one value, or one per step) -> ``[steps]`` int64 Unix seconds.
+
+    Values are Unix seconds (integers) or dates written as the CSV reader reads them
+    (``2024-01-31``, ``2024-01-31T12:00:00``, ``2024-01``, ``2024 Jan``, ``2024Q1``).
 
     Raises:
-        ValueError: the run cannot be served exactly step by step (differencing, calendar
-            features), or its scaling does not match the model's sizes.
+        ApiError 422 ``invalid_time``: wrong count, unreadable, or not increasing.
     """
-    from seqstate.core.saved import read_model_json
-    from seqstate.recipe.preparation import load
+    items = values if isinstance(values, list) else [values]
+    if len(items) != steps:
+        raise ApiError(
+            422,
+            "invalid_time",
+            f"time must hold one value per step: {steps}; received {len(items)} (send one "
+            "time for a one-step x, a list for k steps)",
+        )
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        seconds = np.asarray(items, dtype=np.int64)
+    elif all(isinstance(v, str) for v in items):
+        from seqstate.recipe.calendar import parse_times
 
-    metadata = read_model_json(run_dir).get("metadata", {}) or {}
-    scaling, calendar = load(Path(run_dir), metadata if isinstance(metadata, dict) else {})
-    where = f"run directory {str(run_dir)!r}"
-    if calendar:
-        raise ValueError(
-            f"{where} reads calendar features {list(calendar)} computed from each row's time, "
-            "which a step does not carry; the server cannot serve it. Train with --calendar "
-            "none to serve it, or use `seqstate predict`/`forecast`"
+        try:
+            stamps = parse_times(items, "time")
+        except ValueError as error:
+            raise ApiError(422, "invalid_time", str(error)) from None
+        seconds = stamps.astype("datetime64[s]").astype(np.int64)
+    else:
+        raise ApiError(
+            422,
+            "invalid_time",
+            "time must be Unix seconds (integers) or dates as text (like 2024-01-31T12:00:00), "
+            f"one kind for the whole request; received {items[:3]!r}",
         )
-    if scaling is None or scaling.config.is_identity:
-        return None
-    if scaling.config.lags:
-        raise ValueError(
-            f"{where} models differences at lags {list(scaling.config.lags)}: turning its "
-            "outputs back into values needs the series' past raw values, which the server "
-            "does not keep; it cannot serve it. Train without --difference/--season to "
-            "serve it, or use `seqstate predict`/`forecast`"
+    if steps > 1 and not bool((np.diff(seconds) > 0).all()):
+        t = int(np.flatnonzero(np.diff(seconds) <= 0)[0]) + 1
+        raise ApiError(
+            422,
+            "invalid_time",
+            f"time must increase from step to step (as a table's rows do); step {t} is at "
+            f"{items[t]!r}, not after step {t - 1} at {items[t - 1]!r}",
         )
-    columns = list(scaling.columns)
-    features = columns[:input_size]
-    if len(columns) < input_size or output_size != (len(scaling.targets) or output_size):
-        raise ValueError(
-            f"{where}: its scaling covers columns {columns} with targets "
-            f"{list(scaling.targets)}, which does not fit the model's {input_size} inputs and "
-            f"{output_size} outputs; the run directory is inconsistent"
-        )
-    targets = [columns.index(name) for name in scaling.targets]
-    logged = np.array([name in scaling.targets for name in features], dtype=bool)
-    return StreamScaling(
-        scaling, np.arange(input_size), np.asarray(targets, dtype=np.int64), logged
-    )
+    return seconds
+
+
+def iso_times(seconds: Sequence[int]) -> list[str]:
+    """Unix seconds -> ``2024-01-31T12:00:00`` (the form the server reads back)."""
+    return [str(np.datetime64(int(s), "s")) for s in seconds]

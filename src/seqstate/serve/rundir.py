@@ -14,7 +14,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_run_dir"]
+__all__ = ["check_run_dir", "load_run_step", "run_summary"]
 
 _MAX_LAYERS = 64
 _MAX_DIMENSION = 1 << 20
@@ -98,3 +98,30 @@ def _safetensors_parameters(path: Path) -> int:
             count *= int(dim)
         total += count
     return total
+
+
+def load_run_step(run_dir: str | os.PathLike[str]) -> Any:
+    """The run directory as one step function (:class:`seqstate.recipe.step.RunStep`), read
+    through :class:`seqstate.recipe.run.Run`, the one reader of run directories."""
+    from seqstate.recipe.run import Run
+
+    return Run.load(Path(run_dir)).step_function()
+
+
+def run_summary(run_dir: str | os.PathLike[str]) -> str:
+    """What a client must send to this run, in one line (printed when the server starts)."""
+    from seqstate.recipe.run import Run
+
+    described = Run.load(Path(run_dir)).describe()
+    carries = ['"seq"', f'"x" [{len(described["inputs"])}]']
+    if described["needs_time"]:
+        carries.append('"time" (calendar features: every step)')
+    else:
+        carries.append('"time" (optional)')
+    if described["needs_series"]:
+        carries.append('"series" (on the first step)')
+    members = f", {described['members']} members (answers: their mean)"
+    return (
+        f"run {str(run_dir)!r}: inputs {described['inputs']} -> {described['targets']}"
+        f"{members if described['members'] > 1 else ''}; each step carries " + ", ".join(carries)
+    )

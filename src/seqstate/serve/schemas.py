@@ -18,10 +18,13 @@ __all__ = [
     "WS_FRAME",
     "BatchStep",
     "ErrorBody",
+    "ForecastAnswer",
+    "ForecastBody",
     "StepAnswer",
     "StepBody",
     "StreamInfo",
     "WsEnd",
+    "WsForecast",
     "WsStep",
 ]
 
@@ -33,16 +36,27 @@ class StepBody(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    seq: int = Field(ge=1, le=MAX_SEQ, description="step number: 1, 2, 3 … per stream")
-    x: list[float] | list[list[float]] = Field(
-        description="one step of F features [F], or k steps [[F], …]"
+    seq: int = Field(
+        ge=1,
+        le=MAX_SEQ,
+        description="request number: 1, 2, 3 … per stream, one per request (a request of k "
+        "steps counts once)",
     )
-    start: bool = Field(False, description="reset the stream to a zero state before this step")
+    x: list[float] | list[list[float]] = Field(
+        description="one step of the run's raw inputs [F] (in the order GET /v1/model lists "
+        "them), or k steps [[F], …]"
+    )
+    start: bool = Field(False, description="reset the stream to a fresh state before this step")
     series: str | None = Field(
         None,
         max_length=256,
-        description="the series this stream's steps belong to (runs scaled per series need it "
-        "with every step; others ignore it)",
+        description="the series (id column value) the stream belongs to: given on its first "
+        "step and kept; a later step may repeat it or leave it out (another series: 409)",
+    )
+    time: int | str | list[int] | list[str] | None = Field(
+        None,
+        description="the step's time: Unix seconds or a date as text (2024-01-31T12:00:00); a "
+        "list for k steps. Required where the run uses calendar features",
     )
 
 
@@ -59,6 +73,32 @@ class WsStep(StepBody):
     stream: str = Field(pattern=STREAM_ID_PATTERN, description="stream id")
 
 
+class ForecastBody(BaseModel):
+    """``POST /v1/streams/{id}/forecast``: the stream's forecast; its state is not changed."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    horizon: int = Field(ge=1, le=10_000, description="steps ahead")
+    covariates: dict[str, list[float]] | None = Field(
+        None,
+        description="the run's known-future columns, each with horizon values (only where the "
+        "run has them)",
+    )
+
+
+class WsForecast(ForecastBody):
+    """A WebSocket frame asking a stream's forecast ``{"op": "forecast", "stream", "horizon"}``."""
+
+    op: Literal["forecast"]
+    stream: str = Field(pattern=STREAM_ID_PATTERN, description="stream id")
+
+
+class ForecastAnswer(BaseModel):
+    seq: int = Field(description="the stream's last applied request")
+    time: list[str] | list[int] = Field(description="the forecast steps' times")
+    y: list[list[float]] = Field(description="[[O], …] one row per step, raw units")
+
+
 class WsEnd(BaseModel):
     """A WebSocket frame ending a stream ``{"op": "end", "stream"}`` (like DELETE)."""
 
@@ -68,12 +108,15 @@ class WsEnd(BaseModel):
     stream: str = Field(pattern=STREAM_ID_PATTERN, description="stream id")
 
 
-WS_FRAME: TypeAdapter[Any] = TypeAdapter(WsStep | WsEnd)
+WS_FRAME: TypeAdapter[Any] = TypeAdapter(WsStep | WsEnd | WsForecast)
 
 
 class StepAnswer(BaseModel):
     seq: int
-    y: list[float] | list[list[float]] = Field(description="[O] for one step, [[O], …] for k")
+    y: list[float | None] | list[list[float | None]] = Field(
+        description="[O] for one step, [[O], …] for k, raw units; null during a differenced "
+        "stream's first steps (no past to difference yet)"
+    )
     replayed: bool = Field(description="true: a retry, answered from the store, not re-applied")
 
 

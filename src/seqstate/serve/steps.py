@@ -9,19 +9,20 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 
+from seqstate.recipe.step import RunStep
+from seqstate.serve import jsonio
 from seqstate.serve.batcher import Batcher
 from seqstate.serve.config import ServeConfig
-from seqstate.serve.engine import Outcome, StepRequest
+from seqstate.serve.engine import Engine, Outcome, StepRequest
 from seqstate.serve.errors import ApiError
 from seqstate.serve.metrics import Metrics
-from seqstate.serve.preprocess import StreamScaling
+from seqstate.serve.preprocess import parse_step_times
 from seqstate.serve.rules import Reject
-from seqstate.serve.schemas import StepBody
+from seqstate.serve.schemas import ForecastBody, StepBody
 from seqstate.serve.stores import StateStore, StoreError
 
-__all__ = ["Resources", "answer_json", "describe", "step_request", "submit"]
+__all__ = ["Resources", "answer_json", "describe", "forecast_json", "step_request", "submit"]
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -31,13 +32,12 @@ class Resources:
     """What one running app holds; opened and closed by the lifespan."""
 
     config: ServeConfig
-    model: torch.nn.Module
+    function: RunStep  # the run's step function: raw inputs in, raw answers out
     store: StateStore
     batcher: Batcher
     metrics: Metrics
     clock: Callable[[], float]
-    input_size: int
-    scaling: StreamScaling | None = None  # the run's per-step preprocessing (None: none)
+    engine: Engine
     sweeper: asyncio.Task[None] | None = None
     websockets: int = 0  # open WebSocket connections
 
@@ -53,8 +53,9 @@ def describe(problems: Any) -> str:
 
 
 def step_request(stream: str, body: StepBody, resources: Resources) -> StepRequest:
-    """Validate ``x`` against the model (shape, feature count, finiteness) -> StepRequest."""
-    features = resources.input_size
+    """Validate ``x`` against the run (shape, raw column count, finiteness) and parse ``time``
+    -> StepRequest."""
+    features = len(resources.function.inputs)
     limit = resources.config.max_steps_per_request
     x = body.x
     single = not x or not isinstance(x[0], list)
@@ -74,7 +75,8 @@ def step_request(stream: str, body: StepBody, resources: Resources) -> StepReque
             raise ApiError(
                 422,
                 "invalid_x",
-                f"{where} must hold {features} features (the model's input size); received "
+                f"{where} must hold {features} values, the run's raw inputs "
+                f"{list(resources.function.inputs)} in that order; received "
                 f"{len(row)}. Send one step as [f1, ..., f{features}] or k steps as "
                 f"[[f1, ..., f{features}], ...]",
             )
@@ -91,15 +93,16 @@ def step_request(stream: str, body: StepBody, resources: Resources) -> StepReque
             f"x must be finite float32 values; received {rows[t][f]!r} at step {t}, feature {f}",
         )
     array = np.array(rows, dtype=np.float32)  # (k, F)
-    scaling = resources.scaling
-    if scaling is None:
-        return StepRequest(stream, body.seq, array, single=single, start=body.start)
-    # the digest fingerprints the scaled x and the series (the same raw x and series always
-    # scale alike): a retry naming another series is a seq_conflict, never a replay
-    encoded, decode = scaling.encode(body.series, array)
-    series = body.series if scaling.per_series else None
+    times = None if body.time is None else parse_step_times(body.time, len(rows))
+    if times is None and resources.function.needs_time:
+        raise ApiError(
+            422,
+            "time_required",
+            'this run reads calendar features computed from each step\'s time: send "time" '
+            "(Unix seconds or a date like 2024-01-31T12:00:00; a list for k steps)",
+        )
     return StepRequest(
-        stream, body.seq, encoded, single=single, start=body.start, series=series, decode=decode
+        stream, body.seq, array, single=single, start=body.start, series=body.series, time=times
     )
 
 
@@ -114,6 +117,18 @@ async def submit(resources: Resources, step: StepRequest) -> Outcome:
     else:
         resources.metrics.steps.labels("replayed" if outcome.replayed else "applied").inc()
     return outcome
+
+
+async def forecast_json(resources: Resources, stream: str, body: ForecastBody) -> bytes:
+    """``{"seq", "time", "y"}``: the stream's forecast (read only; off the event loop)."""
+    try:
+        seq, times, y = await asyncio.to_thread(
+            resources.engine.forecast, stream, body.horizon, body.covariates
+        )
+    except StoreError:
+        resources.metrics.store_errors.labels("forecast").inc()
+        raise
+    return jsonio.dumps({"seq": seq, "time": times, "y": y})
 
 
 def answer_json(outcome: Outcome) -> bytes:

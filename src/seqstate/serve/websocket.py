@@ -4,8 +4,10 @@ Frames are JSON text, one object each::
 
     client -> {"stream": "s1", "seq": 7, "x": [f1, ...], "start": false}   a step ([F] or [[F],..])
     client -> {"op": "end", "stream": "s1"}                                end (delete) a stream
+    client -> {"op": "forecast", "stream": "s1", "horizon": 12}            forecast (read only)
     server -> {"stream": "s1", "seq": 7, "y": [...], "replayed": false}    the answer
     server -> {"stream": "s1", "op": "end", "deleted": true}
+    server -> {"stream": "s1", "op": "forecast", "seq": 7, "time": [...], "y": [[...], ...]}
     server -> {"stream": "s1", "seq": 7, "status": 409,
                "error": {"code": "seq_gap", "message": "...", "expected_seq": 5}}
 
@@ -34,8 +36,8 @@ from starlette.websockets import WebSocket
 from seqstate.serve import jsonio
 from seqstate.serve.errors import ApiError
 from seqstate.serve.rules import Reject
-from seqstate.serve.schemas import WS_FRAME, WsEnd, WsStep
-from seqstate.serve.steps import Resources, answer_json, describe, step_request
+from seqstate.serve.schemas import WS_FRAME, WsEnd, WsForecast, WsStep
+from seqstate.serve.steps import Resources, answer_json, describe, forecast_json, step_request
 from seqstate.serve.stores import StoreError
 from seqstate.serve.stores.base import StoreFullError
 
@@ -108,6 +110,25 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
         last[frame.stream] = future
         future.add_done_callback(lambda f: answered(frame.stream, frame.seq, f))
 
+    def queue_forecast(frame: WsForecast) -> None:
+        # after the stream's steps already sent: the forecast sees their state
+        async def forecast() -> bytes:
+            try:
+                answer = await forecast_json(resources, frame.stream, frame)
+            except ApiError as error:
+                return _error(frame.stream, None, error)
+            except StoreError as error:
+                return _error(frame.stream, None, _store_problem(error))
+            return b'{"stream":"' + frame.stream.encode() + b'","op":"forecast",' + answer[1:]
+
+        future = asyncio.ensure_future(after(last.get(frame.stream), forecast))
+
+        def forecasted(f: asyncio.Future[bytes]) -> None:
+            room.release()
+            outbox.put_nowait(f.result() if not f.cancelled() and not f.exception() else b"")
+
+        future.add_done_callback(forecasted)
+
     def queue_end(frame: WsEnd) -> None:
         async def end() -> bytes:
             try:
@@ -153,6 +174,8 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
                 continue
             if isinstance(frame, WsEnd):
                 queue_end(frame)
+            elif isinstance(frame, WsForecast):
+                queue_forecast(frame)
             else:
                 queue_step(frame)
     finally:
