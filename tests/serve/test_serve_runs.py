@@ -1,0 +1,195 @@
+"""Every run serves (#18): each kind of run ``seqstate train`` writes, streamed row by row
+through a real server process, answers what ``seqstate predict`` answers for that row; the
+forecast endpoint answers what ``seqstate forecast`` answers for the table up to that row, and
+changes nothing; a SIGKILLed server restarted on its store continues exactly.
+
+Tiny tables and models: the point is that the server runs the same step function as predict,
+not that the forecasts are good.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import websockets.sync.client
+
+from conftest import AUTH, ServerProcess
+from seqstate.cli.dispatch import main
+
+RTOL = 1e-5
+HORIZON = 3
+QUIET = ["--epochs", "1", "--hidden-size", "4", "--quiet", "--no-progress", "--seed", "0"]
+PLAIN = ["--difference", "0", "--seasonal-difference", "0", "--calendar", "none"]
+
+# kind -> (table, extra train options)
+KINDS = {
+    "monthly_defaults": ("monthly", []),
+    "hourly_calendar_covariate": (
+        "hourly",
+        ["-f", "value,temp", "--calendar", "hour,weekday", "--seasonal-difference", "24"],
+    ),
+    "log": ("monthly", ["--transform", "log", *PLAIN]),
+    "difference": ("monthly", ["--difference", "1", "--seasonal-difference", "0"]),
+    "seeds": ("monthly", ["--seeds", "3", "--difference", "1", "--calendar", "month"]),
+    "global": ("monthly", ["--scaling", "global", *PLAIN]),
+}
+
+
+def _tables(root: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    monthly, hourly = [], []
+    for i in range(2):
+        months = np.arange(40)
+        value = 100 * (i + 1) + 10 * np.sin(2 * np.pi * months / 12 + i) + months
+        value += rng.random(40)
+        times = pd.date_range("2015-01-01", periods=40, freq="MS")
+        monthly.append(pd.DataFrame({"id": f"m{i}", "month": times, "value": value}))
+        hours = np.arange(60)
+        temp = 20 + 5 * np.sin(2 * np.pi * (hours - 3) / 24) + rng.random(60)
+        load = 50 + 10 * np.sin(2 * np.pi * hours / 24 + i) + 0.5 * temp + rng.random(60)
+        stamps = pd.date_range("2024-03-01", periods=60, freq="h")
+        hourly.append(pd.DataFrame({"id": f"h{i}", "month": stamps, "value": load, "temp": temp}))
+    paths = {}
+    for name, parts in (("monthly", monthly), ("hourly", hourly)):
+        paths[name] = root / f"{name}.csv"
+        pd.concat(parts, ignore_index=True).to_csv(paths[name], index=False)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """kind -> (run dir, table path, frame, predict's answers per series); built on first use."""
+    root = tmp_path_factory.mktemp("runs")
+    tables = _tables(root)
+    cache: dict[str, tuple] = {}
+
+    def get(kind: str):
+        if kind not in cache:
+            table, options = KINDS[kind]
+            run = root / kind
+            args = ["train", str(tables[table]), "-t", "value", "--id", "id", "--time", "month"]
+            if "-f" not in options:
+                args += ["-f", "value"]
+            assert main([*args, *options, *QUIET, "--out", str(run)]) == 0
+            out = root / f"{kind}-predict.csv"
+            assert main(["predict", str(run), str(tables[table]), "--out", str(out), "-q"]) == 0
+            frame = pd.read_csv(tables[table])
+            predicted = pd.read_csv(out)
+            expected = {
+                series: predicted[predicted["id"] == series]["predicted_value"].to_numpy()
+                for series in frame["id"].unique()
+            }
+            cache[kind] = (run, tables[table], frame, expected)
+        return cache[kind]
+
+    return get
+
+
+def _rows(frame: pd.DataFrame, series: str) -> tuple[list[list[float]], list[str]]:
+    part = frame[frame["id"] == series]
+    columns = ["value", "temp"] if "temp" in frame else ["value"]
+    times = [str(pd.Timestamp(t).isoformat()) for t in part["month"]]
+    return part[columns].to_numpy().tolist(), times
+
+
+def _assert_row(served, expected: float, where: str) -> None:
+    value = served[0] if isinstance(served, list) else served
+    if np.isnan(expected):
+        assert value is None, f"{where}: expected no answer (warm-up), served {value}"
+    else:
+        assert value is not None, f"{where}: served null, predict answered {expected}"
+        np.testing.assert_allclose(value, expected, rtol=RTOL, err_msg=where)
+
+
+def _cli_forecast(run: Path, frame: pd.DataFrame, series: str, t: int, root: Path) -> np.ndarray:
+    """``seqstate forecast RUN TABLE[:t] --horizon H`` for one series."""
+    part = frame[frame["id"] == series]
+    history = root / f"{series}-{t}.csv"
+    part.iloc[:t].to_csv(history, index=False)
+    args = ["forecast", str(run), str(history), "--horizon", str(HORIZON)]
+    if "temp" in frame:
+        future = root / f"{series}-{t}-future.csv"
+        part.iloc[t : t + HORIZON][["id", "month", "temp"]].to_csv(future, index=False)
+        args += ["--covariates", str(future)]
+    out = root / f"{series}-{t}-forecast.csv"
+    assert main([*args, "--out", str(out)]) == 0
+    return pd.read_csv(out)["predicted_value"].to_numpy()
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_run_serves_what_predict_and_forecast_answer(runs, kind, tmp_path):
+    run, _, frame, expected = runs(kind)
+    server = ServerProcess(run, "--store", f"sqlite:///{tmp_path / 'streams.db'}")
+    try:
+        server.start()
+        assert "each step carries" in server.output()  # the one line printed on start
+        with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as client:
+            model = client.get("/v1/model").json()
+            assert model["inputs"] == (["value", "temp"] if "temp" in frame else ["value"])
+            for index, series in enumerate(expected):
+                rows, times = _rows(frame, series)
+                stream, seq, t = f"http-{index}", 0, 0
+                forecast_at = len(rows) // 2
+                while t < len(rows):
+                    # single steps first, then requests of 4 steps; the series on step 1 only
+                    k = 1 if t < forecast_at else min(4, len(rows) - t)
+                    seq += 1
+                    body: dict = {"seq": seq, "x": rows[t] if k == 1 else rows[t : t + k]}
+                    body["time"] = times[t] if k == 1 else times[t : t + k]
+                    if seq == 1:
+                        body["series"] = series
+                    reply = client.post(f"/v1/streams/{stream}/steps", json=body)
+                    assert reply.status_code == 200, reply.text
+                    answers = [reply.json()["y"]] if k == 1 else reply.json()["y"]
+                    for step, answer in enumerate(answers):
+                        _assert_row(answer, expected[series][t + step], f"{series} row {t + step}")
+                    t += k
+                    if t == forecast_at:
+                        covariates = {}
+                        if "temp" in frame:
+                            future = frame[frame["id"] == series]["temp"].to_numpy()
+                            covariates = {"temp": future[t : t + HORIZON].tolist()}
+                        body = {"horizon": HORIZON, "covariates": covariates or None}
+                        reply = client.post(f"/v1/streams/{stream}/forecast", json=body)
+                        assert reply.status_code == 200, reply.text
+                        answer = reply.json()
+                        assert answer["seq"] == seq and len(answer["time"]) == HORIZON
+                        assert answer["time"][0] == pd.Timestamp(times[t]).isoformat()
+                        cli = _cli_forecast(run, frame, series, t, tmp_path)
+                        np.testing.assert_allclose(
+                            np.asarray(answer["y"])[:, 0], cli, rtol=RTOL, err_msg=series
+                        )
+                    if index == 0 and t == forecast_at + 4:
+                        server.kill()  # mid-stream: what was answered is durable
+                        server.start()
+                # a later step naming another series is refused; nothing changes
+                other = next(s for s in expected if s != series)
+                body = {"seq": seq + 1, "x": rows[-1], "time": "2099-01-01", "series": other}
+                reply = client.post(f"/v1/streams/{stream}/steps", json=body)
+                assert reply.status_code == 409 and reply.json()["code"] == "series_mismatch"
+        # the WebSocket: one frame per step, a forecast in between
+        series = next(iter(expected))
+        rows, times = _rows(frame, series)
+        ws_url = server.url.replace("http", "ws") + "/v1/ws"
+        with websockets.sync.client.connect(ws_url, additional_headers=AUTH) as ws:
+            for t, row in enumerate(rows):
+                frame_ = {"stream": "ws", "seq": t + 1, "x": row, "time": times[t]}
+                if t == 0:
+                    frame_["series"] = series
+                ws.send(json.dumps(frame_))
+                answer = json.loads(ws.recv(timeout=30))
+                assert "y" in answer, answer
+                _assert_row(answer["y"], expected[series][t], f"ws {series} row {t}")
+            covariates = {"temp": [20.0] * HORIZON} if "temp" in frame else None
+            ws.send(json.dumps({"op": "forecast", "stream": "ws", "horizon": HORIZON,
+                                "covariates": covariates}))  # fmt: skip
+            answer = json.loads(ws.recv(timeout=30))
+            assert answer["op"] == "forecast" and len(answer["y"]) == HORIZON, answer
+    finally:
+        server.stop()
+        server.log.close()
