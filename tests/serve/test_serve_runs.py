@@ -9,6 +9,7 @@ not that the forecasts are good.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pandas as pd
 import pytest
 import websockets.sync.client
 
-from conftest import AUTH, ServerProcess
+from conftest import AUTH, ServerProcess, in_process
 from seqstate.cli.dispatch import main
 
 RTOL = 1e-5
@@ -149,7 +150,7 @@ def test_every_run_serves_what_predict_and_forecast_answer(runs, kind, tmp_path)
                     for step, answer in enumerate(answers):
                         _assert_row(answer, expected[series][t + step], f"{series} row {t + step}")
                     t += k
-                    if t == forecast_at:
+                    if t == forecast_at and index == 0:
                         covariates = {}
                         if "temp" in frame:
                             future = frame[frame["id"] == series]["temp"].to_numpy()
@@ -193,3 +194,56 @@ def test_every_run_serves_what_predict_and_forecast_answer(runs, kind, tmp_path)
     finally:
         server.stop()
         server.log.close()
+
+
+def test_time_series_and_forecast_refusals_change_nothing(runs):
+    asyncio.run(_refusals(*runs("hourly_calendar_covariate")[:3]))
+
+
+async def _refusals(run, _, frame):
+    rows, times = _rows(frame, "h0")
+    async with in_process(run) as client:
+
+        async def step(body, stream="a"):
+            return await client.post(f"/v1/streams/{stream}/steps", json=body)
+
+        cases = [
+            ({"seq": 1, "x": rows[0], "series": "h0"}, 422, "time_required"),
+            ({"seq": 1, "x": rows[0], "time": times[0]}, 422, "series_required"),
+            ({"seq": 1, "x": rows[0], "time": times[0], "series": "nope"}, 422, "unknown_series"),
+            ({"seq": 1, "x": rows[0], "time": "not a date", "series": "h0"}, 422, "invalid_time"),
+            ({"seq": 1, "x": rows[:2], "time": times[1::-1], "series": "h0"}, 422, "invalid_time"),
+            ({"seq": 1, "x": rows[:2], "time": times[0], "series": "h0"}, 422, "invalid_time"),
+            ({"seq": 1, "x": rows[0][:1], "time": times[0], "series": "h0"}, 422, "invalid_x"),
+        ]
+        for body, status, code in cases:
+            reply = await step(body)
+            assert (reply.status_code, reply.json()["code"]) == (status, code), reply.text
+            assert (await client.get("/v1/streams/a")).status_code == 404  # nothing stored
+        missing = await client.post("/v1/streams/a/forecast", json={"horizon": 2})
+        assert missing.status_code == 404
+        first = await step({"seq": 1, "x": rows[0], "time": times[0], "series": "h0"})
+        assert first.status_code == 200 and first.json()["y"] == [None]  # differencing warms up
+        warming = await client.post("/v1/streams/a/forecast", json={"horizon": 2})
+        assert warming.status_code == 409 and warming.json()["code"] == "stream_warming_up"
+        # a time not after the stream's last one; another series; both leave the stream as is
+        reply = await step({"seq": 2, "x": rows[1], "time": times[0]})
+        assert reply.status_code == 422 and reply.json()["code"] == "invalid_time"
+        reply = await step({"seq": 2, "x": rows[1], "time": times[1], "series": "h1"})
+        assert reply.status_code == 409 and reply.json()["code"] == "series_mismatch"
+        for t in range(1, 30):  # series and time kept by the stream
+            assert (await step({"seq": t + 1, "x": rows[t], "time": times[t]})).status_code == 200
+        model = (await client.get("/v1/model")).json()
+        assert model["inputs"] == ["value", "temp"] and model["needs_time"]
+        assert model["covariates"] == ["temp"]
+        bad = [None, {"temp": [1.0]}, {"temp": [1.0, 2.0], "other": [1.0, 2.0]}]
+        for covariates in bad:
+            body = {"horizon": 2, "covariates": covariates}
+            reply = await client.post("/v1/streams/a/forecast", json=body)
+            assert reply.status_code == 422 and reply.json()["code"] == "invalid_covariates"
+        body = {"horizon": 2, "covariates": {"temp": [20.0, 21.0]}}
+        once = (await client.post("/v1/streams/a/forecast", json=body)).json()
+        again = (await client.post("/v1/streams/a/forecast", json=body)).json()
+        assert once == again and once["seq"] == 30
+        assert once["time"] == [pd.Timestamp(t).isoformat() for t in times[30:32]]
+        assert (await client.get("/v1/streams/a")).json()["seq"] == 30  # nothing written

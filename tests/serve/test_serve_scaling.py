@@ -1,13 +1,12 @@
 """The server applies the run's preprocessing per stream (#13): a run trained with per-series
 scaling and a log1p transform, served step by step over a real server process, answers what
 the pipeline (``seqstate predict``) answers for the same rows; what cannot be applied per step
-is refused."""
+is refused. (Runs with differencing and calendar features serve too: test_serve_runs.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 
 import httpx
 import numpy as np
@@ -19,7 +18,6 @@ from conftest import AUTH, ServerProcess, in_process
 from seqstate.cli.dispatch import main
 from seqstate.recipe.run_forecaster import load_forecaster
 from seqstate.recipe.sources import read_table
-from seqstate.serve import create_app
 
 SCALES = (1.0, 1e3, 1e6)
 
@@ -114,42 +112,3 @@ async def _refusals(run, table):
         assert results[1]["status"] == 200
         alone = await client.post("/v1/streams/d/steps", json={"seq": 1, "x": x, "series": "s1"})
         assert alone.json()["y"] == results[1]["y"]
-
-
-@pytest.mark.parametrize(
-    ("edit", "needle"),
-    [
-        ({"season": 12}, "differences at lags [12]"),
-        ({"difference": 1}, "differences at lags [1]"),
-        ("calendar", "calendar features"),
-    ],
-)
-def test_a_run_that_cannot_be_served_per_step_is_refused_at_start(
-    scaled_run, tmp_path, edit, needle
-):
-    run, _ = scaled_run
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
-    if edit == "calendar":
-        path = copy / "model.json"
-        document = json.loads(path.read_text())
-        document["metadata"]["preparation"]["calendar"] = ["month"]
-    else:
-        path = copy / "scaling.json"
-        document = json.loads(path.read_text())
-        document["config"].update(edit)
-    path.write_text(json.dumps(document))
-    from conftest import make_config
-
-    with pytest.raises(ValueError, match=needle.replace("[", r"\[").replace("]", r"\]")):
-        create_app(make_config(copy))
-    if edit != "calendar":
-        return  # the command's exit path is the same for every refusal: checked once
-    process = ServerProcess(copy)
-    try:
-        with pytest.raises(RuntimeError, match="exited with 2"):
-            process.start()
-        assert "cannot serve it" in process.output()
-    finally:
-        process.stop()
-        process.log.close()

@@ -365,6 +365,15 @@ class Engine:
         if not self.codec.fits(record.state):
             raise ApiError(409, "state_incompatible", _incompatible(record.seq).message)
         state = self.codec.decode([record.state])
+        need = self.function.order + 1  # the first answer comes after the differencing's lags
+        taken = int(state.transforms["steps"][0])
+        if taken < need:
+            raise ApiError(
+                409,
+                "stream_warming_up",
+                f"stream {stream!r} has taken {taken} step(s); this run forecasts after {need} "
+                "(its differencing needs that much past)",
+            )
         future = self._covariates(covariates, horizon)
         try:
             with torch.inference_mode():
@@ -372,14 +381,6 @@ class Engine:
         except ValueError as error:
             raise ApiError(422, "invalid_forecast", str(error)) from None
         values = y[0].cpu()  # (H, O) float64
-        if int(state.transforms["steps"][0]) < max(self.function.order, 1):
-            raise ApiError(
-                409,
-                "stream_warming_up",
-                f"stream {stream!r} has taken {int(state.transforms['steps'][0])} step(s); this "
-                f"run forecasts after {max(self.function.order, 1)} (its differencing needs "
-                "that much past)",
-            )
         if not bool(torch.isfinite(values).all()):
             raise ApiError(
                 422,
