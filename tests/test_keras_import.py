@@ -373,6 +373,31 @@ def test_imported_run_predicts_serves_and_exports(saved, name: str, tmp_path: Pa
     np.testing.assert_allclose(np.concatenate(outputs, 1)[real], expected[real], atol=1e-5)
 
 
+def test_imported_stack_of_fused_groups_runs_in_onnx_at_any_chunk(saved, tmp_path: Path) -> None:
+    # Regression: LSTM -> LSTM -> Dense (two fused groups) ran in ONNX Runtime only at the
+    # export example's T=3.
+    ort = pytest.importorskip("onnxruntime")
+    from seqstate.interop.onnx import export_onnx, onnx_input_names
+
+    entry = saved["lstm_32_16"]
+    model = keras_import.load(entry["keras"])
+    path = export_onnx(model, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).normal(size=(batch, 9, F)).astype(np.float32)
+        with torch.no_grad():
+            whole, _ = model(torch.from_numpy(x))
+        for chunk in (1, 7, x.shape[1]):
+            state = [t.numpy() for t in model.initial_state(batch).tensors()]
+            parts = []
+            for start in range(0, x.shape[1], chunk):
+                feeds = [x[:, start : start + chunk], *state]
+                result = session.run(None, dict(zip(onnx_input_names(model), feeds, strict=True)))
+                parts.append(result[0])
+                state = result[1:]
+            np.testing.assert_allclose(np.concatenate(parts, 1), whole.numpy(), rtol=0, atol=1e-5)
+
+
 # --- files from other Keras versions ----------------------------------------------------------
 
 
