@@ -114,7 +114,8 @@ def decide(
         return Reject(
             409,
             "seq_gap",
-            f"expected step {last + 1}; received {seq} (steps {last + 1}..{seq - 1} are missing)",
+            f"expected seq {last + 1} (seq counts requests, one per request however many steps "
+            f"it holds); received {seq}. Send the request numbered {last + 1} next",
             last + 1,
         )
     return Reject(
