@@ -343,6 +343,9 @@ def test_export_onnx_writes_a_model(run, tmp_path, capsys):
     out = tmp_path / "model.onnx"
     assert main(["export-onnx", str(run), str(out)]) == 0
     assert out.stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "the whole run, raw units; inputs ['x', 'steps', 'time_last'" in printed
+    assert main(["export-onnx", str(run), str(out), "--model-space"]) == 0
     assert "inputs ['x', 'h0', 'c0']" in capsys.readouterr().out
     assert main(["export-onnx", str(run), str(tmp_path / "model.bin")]) == 1
     assert "OUT must be a .onnx file" in capsys.readouterr().err

@@ -244,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     onnx.add_argument("run_dir", metavar="RUN_DIR", help="directory written by train")
     onnx.add_argument("out", metavar="OUT", help="the .onnx file to write")
+    onnx.add_argument(
+        "--model-space",
+        action="store_true",
+        help="the model alone: inputs are the model-space columns (scaled, differenced, "
+        "calendar) the run's preprocessing makes, outputs model space (default: the whole run, "
+        "raw inputs and outputs, its preprocessing state as state inputs/outputs)",
+    )
     return parser
 
 

@@ -339,7 +339,23 @@ def handle_export_onnx(args: argparse.Namespace) -> int:
 
     if not Path(args.out).suffix.lower() == ".onnx":
         raise CliError(f"OUT must be a .onnx file; received {args.out!r}")
+    if not getattr(args, "model_space", False):
+        from seqstate.interop.onnx import export_run_onnx, run_onnx_names
+        from seqstate.recipe.run import Run
+
+        written = export_run_onnx(args.run_dir, args.out)
+        inputs, outputs = run_onnx_names(Run.load(args.run_dir).step_function())
+        print(
+            f"wrote {written}: the whole run, raw units; inputs {inputs}, outputs {outputs} "
+            "(state: feed each output back as the next chunk's input; a stream's first state "
+            "is Run.load(RUN).step_function().initial_state([series]))"
+        )
+        return 0
     model = load_model(args.run_dir)
     written = export_onnx(model, args.out)
-    print(f"wrote {written}: inputs {onnx_input_names(model)}, outputs {onnx_output_names(model)}")
+    print(
+        f"wrote {written}: the model alone, model-space columns (the run's scaling, "
+        f"differencing and calendar features are not in it); inputs "
+        f"{onnx_input_names(model)}, outputs {onnx_output_names(model)}"
+    )
     return 0

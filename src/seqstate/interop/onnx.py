@@ -81,11 +81,16 @@ class _Graph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, x: torch.Tensor, *rest: torch.Tensor, steps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """``steps [B, T]`` (only from :class:`_MemberGraph`, never a graph input): real steps,
+        like ``mask``; the state is held elsewhere (a differenced run's warm-up)."""
         model, config = self.model, self.model.config
-        mask: torch.Tensor | None = None
+        mask: torch.Tensor | None = steps
         if config.mask_value is not None:
-            mask = rest[0] & (x != config.mask_value).any(dim=-1)  # (B, T)
+            padding = rest[0] & (x != config.mask_value).any(dim=-1)  # (B, T)
+            mask = padding if mask is None else mask & padding
             rest = rest[1:]
         x = (x - model.input_shift) / model.input_scale
         state = model.state_type(*rest)
@@ -340,3 +345,174 @@ def _declare_output_shapes(proto: Any, model: SequenceModel, names: list[str]) -
                 dim.dim_param = value
             else:
                 dim.dim_value = value
+
+
+# --- a whole run: raw inputs, the run's state explicit -----------------------------------------
+
+
+class _MemberGraph(nn.Module):
+    """Stands in for a run member's model while the run's step function is exported: the same
+    ``model(x, state, mask=None) -> (y, state)`` call, computed by :class:`_Graph`."""
+
+    def __init__(self, model: SequenceModel) -> None:
+        super().__init__()
+        self.graph = _Graph(model)
+        self.state_type = model.state_type
+
+    def forward(
+        self, x: torch.Tensor, state: Any, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Any]:
+        model = self.graph.model
+        padding = [torch.ones(x.shape[:2], dtype=torch.bool)] if model.masks_input else []
+        outputs = self.graph(x, *padding, *state.tensors(), steps=mask)
+        return outputs[0], self.state_type(*outputs[1:])
+
+
+def run_onnx_names(function: Any) -> tuple[list[str], list[str]]:
+    """``(inputs, outputs)`` of a run's graph (:func:`export_run_onnx`): ``x``, ``time`` where
+    the run reads calendar features, then the state: every transform tensor under its name
+    (``steps``, ``time_last``, ``m0.history``, ``m0.location`` ...) and each member's model
+    state (``m0.h0``, ``m0.c0``, ...); outputs ``y`` and the same state names with ``1``
+    for ``0`` (transforms: a ``_next`` suffix)."""
+    template = function.initial_state([_any_series(function)])
+    inputs = ["x", *(["time"] if function.needs_time else [])]
+    outputs = ["y"]
+    for name in template.transforms:
+        shown = "time_last" if name == "time" else name
+        inputs.append(shown)
+        outputs.append(f"{shown}_next")
+    for k, member in enumerate(function.members):
+        model = member.model
+        inputs += [f"m{k}.{n}" for n in _state_names(model, "0")]
+        outputs += [f"m{k}.{n}" for n in _state_names(model, "1")]
+    return inputs, outputs
+
+
+def _any_series(function: Any) -> Any:
+    for member in function.members:
+        scaling = member.scaling
+        if scaling is not None and scaling.config.method == "series" and len(scaling.ids):
+            return scaling.ids[0]
+    return None
+
+
+class _RunGraph(nn.Module):
+    """The run's step function over explicit tensors: ``(x, [time], *state) -> (y, *state)``."""
+
+    def __init__(self, function: Any, names: list[str], sizes: list[int]) -> None:
+        super().__init__()
+        self.function = function
+        self.names = names  # the transform tensors' names, in order
+        self.sizes = sizes  # model state tensors per member
+
+    def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from seqstate.recipe.step import RunState
+
+        time: torch.Tensor | None = None
+        if self.function.needs_time:
+            time, rest = rest[0], rest[1:]
+        transforms = dict(zip(self.names, rest[: len(self.names)], strict=True))
+        flat = rest[len(self.names) :]
+        models, start = [], 0
+        for member, size in zip(self.function.members, self.sizes, strict=True):
+            models.append(member.model.state_type(*flat[start : start + size]))
+            start += size
+        state = RunState.unchecked(transforms, tuple(models))
+        members, new = self.function.forward(state, x, time)
+        y = members.mean(dim=0)  # (B, T, O) float64, raw units
+        # a tensor the step leaves as it is (the series' statistics) is still its own output
+        tensors = [
+            new.transforms[name].clone() if new.transforms[name] is state.transforms[name]
+            else new.transforms[name]
+            for name in self.names
+        ]  # fmt: skip
+        for model_state in new.models:
+            tensors += list(model_state.tensors())
+        return (y, *tensors)
+
+
+def export_run_onnx(
+    run_dir: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    opset: int | None = None,
+) -> Path:
+    """Write a whole run (``seqstate train``'s run directory) as one ONNX graph: raw inputs in,
+    raw answers out, every piece of the run's state an explicit input and output.
+
+    The graph is the run's step function (:class:`seqstate.recipe.step.RunStep`), the one
+    ``seqstate predict`` runs::
+
+        inputs   x     [B, T, F_raw] float32  the run's raw input columns, in order
+                 time  [B, T] int64           Unix seconds (only where calendar features are used)
+                 the run's state, named by run_onnx_names(): transform tensors [B, ...] (step
+                 count, last time, each member's history per lag, series statistics) and each
+                 member's model state [L, B, H]
+        outputs  y     [B, T, O] float64      raw units (the members' mean); NaN during a
+                                              differenced stream's first D steps
+                 the new state, in the same order -> the next chunk's state inputs
+
+    A stream's first state is ``Run.load(run_dir).step_function().initial_state([series])``
+    (its tensors in that order): the series' statistics are bound there. B and T are dynamic.
+
+    Returns:
+        ``path``.
+    """
+    import copy
+
+    onnx = _onnx_module()
+    from seqstate.recipe.run import Run
+
+    if not isinstance(run_dir, str | os.PathLike):
+        raise TypeError(f"run_dir must be a run directory path; received {type(run_dir).__name__}")
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a str or os.PathLike; received {type(path).__name__}")
+    if opset is not None and (
+        not isinstance(opset, int) or isinstance(opset, bool) or not 18 <= opset <= 23
+    ):
+        raise ValueError(f"opset must be an int in [18, 23] (or None for 18); received {opset!r}")
+    function = copy.deepcopy(Run.load(Path(run_dir)).step_function()).cpu().eval()
+    inputs, outputs = run_onnx_names(function)
+    template = function.initial_state([_any_series(function)] * 2)
+    names = list(template.transforms)
+    sizes = [len(s.tensors()) for s in template.models]
+    for member in function.members:
+        member.model = _MemberGraph(member.model.float().eval())
+    graph = _RunGraph(function, names, sizes).eval()
+    batch, steps = 2, 3
+    batch_dim, time_dim = torch.export.Dim("batch"), torch.export.Dim("time")
+    example: list[torch.Tensor] = [torch.rand(batch, steps, len(function.inputs)) + 1.0]
+    shapes: list[dict[int, Any]] = [{0: batch_dim, 1: time_dim}]
+    if function.needs_time:
+        example.append(1_700_000_000 + 3600 * torch.arange(steps).repeat(batch, 1))
+        shapes.append({0: batch_dim, 1: time_dim})
+    for name in names:
+        example.append(template.transforms[name])
+        shapes.append({0: batch_dim})
+    for model_state in template.models:
+        for tensor in model_state.tensors():
+            example.append(tensor)
+            shapes.append({1: batch_dim})
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exporter_noise(), torch.no_grad():
+        program = torch.onnx.export(
+            graph,
+            tuple(example),
+            dynamo=True,
+            dynamic_shapes=(shapes[0], tuple(shapes[1:])),
+            input_names=inputs,
+            output_names=outputs,
+            opset_version=opset or DEFAULT_OPSET,
+            verbose=False,
+            optimize=False,
+        )
+    if program is None:  # pragma: no cover - dynamo=True always returns a program
+        raise RuntimeError("torch.onnx.export returned no program")
+    _forget_intermediate_shapes(program.model.graph)
+    program.optimize()
+    proto = program.model_proto
+    with atomic_path(target) as tmp:
+        onnx.save(proto, str(tmp))
+        onnx.checker.check_model(str(tmp))
+    return target
