@@ -247,3 +247,43 @@ async def _refusals(run, _, frame):
         assert once == again and once["seq"] == 30
         assert once["time"] == [pd.Timestamp(t).isoformat() for t in times[30:32]]
         assert (await client.get("/v1/streams/a")).json()["seq"] == 30  # nothing written
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_onnx_runtime_equals_predict_for_every_run(runs, kind, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the [onnx] extra) runs it")
+    pytest.importorskip("onnxscript", reason="onnxscript (the [onnx] extra) exports")
+    from seqstate.interop.onnx import export_run_onnx, run_onnx_names
+    from seqstate.recipe.run import Run
+
+    run, _, frame, expected = runs(kind)
+    path = export_run_onnx(run, tmp_path / "run.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    function = Run.load(run).step_function()
+    inputs, _ = run_onnx_names(function)
+    ids = list(expected)
+    for batch in (1, 4):
+        series = [ids[b % len(ids)] for b in range(batch)]
+        parts = [_rows(frame, s) for s in series]
+        x = np.asarray([rows for rows, _ in parts], dtype=np.float32)  # (B, L, F)
+        seconds = np.asarray(
+            [pd.to_datetime(times).to_numpy().astype("datetime64[s]").astype(np.int64)
+             for _, times in parts]
+        )  # fmt: skip
+        for chunk in (1, 7, x.shape[1]):
+            initial = function.initial_state(series)
+            state = [t.numpy() for t in initial.transforms.values()]
+            state += [t.numpy() for member in initial.models for t in member.tensors()]
+            answers = []
+            for start in range(0, x.shape[1], chunk):
+                feeds = [x[:, start : start + chunk]]
+                if function.needs_time:
+                    feeds.append(seconds[:, start : start + chunk])
+                result = session.run(None, dict(zip(inputs, [*feeds, *state], strict=True)))
+                answers.append(result[0][..., 0])
+                state = result[1:]
+            served = np.concatenate(answers, axis=1)  # (B, L)
+            for b, name in enumerate(series):
+                np.testing.assert_allclose(
+                    served[b], expected[name], rtol=RTOL, err_msg=f"{kind} {name} chunk {chunk}"
+                )
