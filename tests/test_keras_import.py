@@ -396,6 +396,30 @@ def test_imported_stack_of_fused_groups_runs_in_onnx_at_any_chunk(saved, tmp_pat
                 parts.append(result[0])
                 state = result[1:]
             np.testing.assert_allclose(np.concatenate(parts, 1), whole.numpy(), rtol=0, atol=1e-5)
+    # the imported run as a whole (raw inputs, the run's state explicit): the same answers
+    from seqstate.interop.onnx import export_run_onnx, run_onnx_names
+    from seqstate.recipe.run import Run
+
+    run = keras_import.import_keras(entry["keras"], tmp_path / "run")
+    session = ort.InferenceSession(
+        str(export_run_onnx(run, tmp_path / "run.onnx")), providers=["CPUExecutionProvider"]
+    )
+    function = Run.load(run).step_function()
+    names, _ = run_onnx_names(function)
+    x = np.random.default_rng(0).normal(size=(4, 9, F)).astype(np.float32)
+    with torch.no_grad():
+        whole, _ = model(torch.from_numpy(x))
+    for chunk in (1, 7, x.shape[1]):
+        initial = function.initial_state([None] * 4)
+        state = [t.numpy() for t in initial.transforms.values()]
+        state += [t.numpy() for member in initial.models for t in member.tensors()]
+        parts = []
+        for start in range(0, x.shape[1], chunk):
+            feeds = [x[:, start : start + chunk], *state]
+            result = session.run(None, dict(zip(names, feeds, strict=True)))
+            parts.append(result[0])
+            state = result[1:]
+        np.testing.assert_allclose(np.concatenate(parts, 1), whole.numpy(), rtol=0, atol=1e-5)
 
 
 # --- files from other Keras versions ----------------------------------------------------------
