@@ -222,8 +222,8 @@ class Engine:
                 "on); later steps may leave it out",
                 request.seq,
             )
-        try:
-            return self.function.initial_state([request.series])
+        try:  # on the CPU, like the rows decoded from the store it joins
+            return self._to_cpu(self.function.initial_state([request.series]))
         except ValueError as error:
             return Reject(422, "unknown_series", str(error), request.seq)
 
