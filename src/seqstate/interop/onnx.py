@@ -1,4 +1,8 @@
-"""Export any SequenceModel to ONNX with the recurrent state as explicit inputs and outputs.
+"""Export a run, or any SequenceModel, to ONNX with every piece of state as inputs and outputs.
+
+:func:`export_run_onnx` (``seqstate export-onnx RUN``) writes a whole run: raw inputs, the
+run's preprocessing and ensemble members inside, their state explicit (see its docstring).
+:func:`export_onnx` (``--model-space``) writes the model alone, described below.
 
 The graph computes one chunk of any length for any number of rows::
 
@@ -46,7 +50,13 @@ from seqstate.core.cells import CELLS
 from seqstate.core.model import SequenceModel
 from seqstate.core.stepwise import StepwiseLayer, cell_step
 
-__all__ = ["export_onnx", "onnx_input_names", "onnx_output_names"]
+__all__ = [
+    "export_onnx",
+    "export_run_onnx",
+    "onnx_input_names",
+    "onnx_output_names",
+    "run_onnx_names",
+]
 
 #: Opset used when none is given (the dynamo exporter's own default).
 DEFAULT_OPSET = 18
