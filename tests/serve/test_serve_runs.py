@@ -151,12 +151,12 @@ def test_every_run_serves_what_predict_and_forecast_answer(runs, kind, tmp_path)
                         _assert_row(answer, expected[series][t + step], f"{series} row {t + step}")
                     t += k
                     if t == forecast_at and index == 0:
-                        covariates = {}
+                        covariates: dict = {}
                         if "temp" in frame:
                             future = frame[frame["id"] == series]["temp"].to_numpy()
                             covariates = {"temp": future[t : t + HORIZON].tolist()}
-                        body = {"horizon": HORIZON, "covariates": covariates or None}
-                        reply = client.post(f"/v1/streams/{stream}/forecast", json=body)
+                        asked = {"horizon": HORIZON, "covariates": covariates or None}
+                        reply = client.post(f"/v1/streams/{stream}/forecast", json=asked)
                         assert reply.status_code == 200, reply.text
                         answer = reply.json()
                         assert answer["seq"] == seq and len(answer["time"]) == HORIZON
@@ -173,24 +173,28 @@ def test_every_run_serves_what_predict_and_forecast_answer(runs, kind, tmp_path)
                 body = {"seq": seq + 1, "x": rows[-1], "time": "2099-01-01", "series": other}
                 reply = client.post(f"/v1/streams/{stream}/steps", json=body)
                 assert reply.status_code == 409 and reply.json()["code"] == "series_mismatch"
-        # the WebSocket: one frame per step, a forecast in between
+        # the WebSocket: every frame sent at once (pipelined), a forecast between two steps:
+        # it sees the steps before it and none after
         series = next(iter(expected))
         rows, times = _rows(frame, series)
         ws_url = server.url.replace("http", "ws") + "/v1/ws"
         with websockets.sync.client.connect(ws_url, additional_headers=AUTH) as ws:
             for t, row in enumerate(rows):
-                frame_ = {"stream": "ws", "seq": t + 1, "x": row, "time": times[t]}
+                frame_: dict = {"stream": "ws", "seq": t + 1, "x": row, "time": times[t]}
                 if t == 0:
                     frame_["series"] = series
                 ws.send(json.dumps(frame_))
-                answer = json.loads(ws.recv(timeout=30))
-                assert "y" in answer, answer
-                _assert_row(answer["y"], expected[series][t], f"ws {series} row {t}")
-            covariates = {"temp": [20.0] * HORIZON} if "temp" in frame else None
-            ws.send(json.dumps({"op": "forecast", "stream": "ws", "horizon": HORIZON,
-                                "covariates": covariates}))  # fmt: skip
-            answer = json.loads(ws.recv(timeout=30))
-            assert answer["op"] == "forecast" and len(answer["y"]) == HORIZON, answer
+                if t + 1 == forecast_at:
+                    ws.send(json.dumps({"op": "forecast", "stream": "ws", **asked}))
+            answers = [json.loads(ws.recv(timeout=30)) for _ in range(len(rows) + 1)]
+        forecasts = [a for a in answers if a.get("op") == "forecast"]
+        assert len(forecasts) == 1 and forecasts[0]["seq"] == forecast_at, forecasts
+        np.testing.assert_allclose(np.asarray(forecasts[0]["y"])[:, 0], cli, rtol=RTOL)
+        steps = sorted((a for a in answers if "y" in a and "op" not in a), key=lambda a: a["seq"])
+        refused = [a for a in answers if "y" not in a]
+        assert [a["seq"] for a in steps] == list(range(1, len(rows) + 1)), refused[:3]
+        for t, answer in enumerate(steps):
+            _assert_row(answer["y"], expected[series][t], f"ws {series} row {t}")
     finally:
         server.stop()
         server.log.close()

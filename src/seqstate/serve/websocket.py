@@ -105,6 +105,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
                 return await resources.batcher.enqueue(request)
 
             future: asyncio.Future[Any] = asyncio.ensure_future(after(before, submit))
+            future.is_end = True  # type: ignore[attr-defined]  # the steps after it chain too
         else:  # the batcher keeps steps of one stream in order by itself
             future = resources.batcher.enqueue(request)
         last[frame.stream] = future
@@ -122,9 +123,13 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             return b'{"stream":"' + frame.stream.encode() + b'","op":"forecast",' + answer[1:]
 
         future = asyncio.ensure_future(after(last.get(frame.stream), forecast))
+        future.is_end = True  # type: ignore[attr-defined]  # later steps wait, as after an end
+        last[frame.stream] = future
 
         def forecasted(f: asyncio.Future[bytes]) -> None:
             room.release()
+            if last.get(frame.stream) is f:
+                del last[frame.stream]
             outbox.put_nowait(f.result() if not f.cancelled() and not f.exception() else b"")
 
         future.add_done_callback(forecasted)
