@@ -219,7 +219,8 @@ def test_fused_groups_run_at_any_chunk_length(exported, name: str, batch: int) -
         feeds_state = [t.numpy() for t in model.initial_state(batch).tensors()]
         parts = []
         for start in range(0, x.shape[1], chunk):
-            outputs = session.run(None, _feeds(model, x[:, start : start + chunk], None, feeds_state))
+            chunk_x = x[:, start : start + chunk]
+            outputs = session.run(None, _feeds(model, chunk_x, None, feeds_state))
             parts.append(torch.from_numpy(outputs[0]))
             feeds_state = outputs[1:]
         torch.testing.assert_close(torch.cat(parts, 1), whole, **TOL)
