@@ -11,6 +11,7 @@ rather than rounding.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -478,6 +479,28 @@ def test_proj_size_is_refused_and_harmless_torch_options_are_accepted(factory: t
         factory(2, 3, proj_size=2)
     layer = factory(2, 3, batch_first=True, bidirectional=False)
     assert layer.batch_first and not layer.bidirectional and layer.proj_size == 0
+
+
+@pytest.mark.parametrize(
+    ("factory", "extra", "meant"),
+    [
+        (LSTM, (True, True, 0.5), "bias=True, batch_first=True, dropout=0.5"),
+        (GRU, (False,), "bias=False"),
+        (RNN, ("relu",), "nonlinearity='relu'"),
+    ],
+)
+def test_torch_positional_arguments_are_named_as_keywords(
+    factory: type, extra: tuple, meant: str
+) -> None:
+    """Regression: torch's positional order (bias, batch_first, dropout...) used to fail with
+    "_Resettable.__init__() takes from 3 to 4 positional arguments"."""
+    name = factory.__name__
+    message = (
+        rf"^{name}\(\) takes input_size, hidden_size and num_layers by position.*"
+        rf"write {name}\(input_size, hidden_size, num_layers, {re.escape(meant)}\)$"
+    )
+    with pytest.raises(TypeError, match=message):
+        factory(2, 3, 1, *extra)
 
 
 # --- chunked == whole ------------------------------------------------------------------------

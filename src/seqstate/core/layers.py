@@ -92,6 +92,21 @@ __all__ = ["GRU", "LSTM", "RNN", "Strategy"]
 Strategy = Literal["auto", "split"]
 
 
+def _refuse_positional(name: str, extra: tuple[object, ...], torch_order: tuple[str, ...]) -> None:
+    """Refuse arguments past ``num_layers`` given by position (torch.nn takes them so; here
+    they are keywords), naming what torch's order ``torch_order`` would have made of them."""
+    if not extra:
+        return
+    meant = ", ".join(f"{k}={v!r}" for k, v in zip(torch_order, extra, strict=False))
+    too_many = f" (torch.nn.{name} takes at most {3 + len(torch_order)})"
+    raise TypeError(
+        f"{name}() takes input_size, hidden_size and num_layers by position and the rest by "
+        f"keyword; received {3 + len(extra)} positional arguments"
+        f"{too_many if len(extra) > len(torch_order) else ''}. In torch.nn.{name}'s order the "
+        f"extra ones are {meant}: write {name}(input_size, hidden_size, num_layers, {meant})"
+    )
+
+
 class ResettableLayer:
     """The stateful protocol shared by LSTM, GRU and RNN (mixed in before the torch module).
 
@@ -102,6 +117,7 @@ class ResettableLayer:
 
     state_type: type[State]
     _torch_module: type[nn.RNNBase]
+    _torch_positional: tuple[str, ...]  # torch's positional parameters after num_layers
     strategy: Strategy
 
     # set by nn.RNNBase
@@ -118,7 +134,7 @@ class ResettableLayer:
         input_size: int,
         hidden_size: int,
         num_layers: int = 1,
-        *,
+        *more_positional: object,
         dropout: float = 0.0,
         bias: bool = True,
         strategy: Strategy = "auto",
@@ -130,6 +146,7 @@ class ResettableLayer:
         **torch_options: Any,
     ) -> None:
         name = type(self).__name__
+        _refuse_positional(name, more_positional, self._torch_positional)
         if strategy not in ("auto", "split"):
             raise ValueError(f"{name}: strategy must be 'auto' or 'split'; received {strategy!r}")
         # Drop-in honesty: torch options the stateful protocol cannot keep are refused here,
@@ -417,6 +434,15 @@ class LSTM(ResettableLayer, nn.LSTM):  # type: ignore[misc]  # forward(x, state,
 
     state_type = LSTMState
     _torch_module = nn.LSTM
+    _torch_positional = (
+        "bias",
+        "batch_first",
+        "dropout",
+        "bidirectional",
+        "proj_size",
+        "device",
+        "dtype",
+    )
 
     def _cell(
         self,
@@ -449,6 +475,7 @@ class GRU(ResettableLayer, nn.GRU):  # type: ignore[misc]  # forward(x, state, r
 
     state_type = GRUState
     _torch_module = nn.GRU
+    _torch_positional = ("bias", "batch_first", "dropout", "bidirectional", "device", "dtype")
 
     def _cell(
         self,
@@ -489,6 +516,15 @@ class RNN(ResettableLayer, nn.RNN):  # type: ignore[misc]  # forward(x, state, r
 
     state_type = RNNState
     _torch_module = nn.RNN
+    _torch_positional = (
+        "nonlinearity",
+        "bias",
+        "batch_first",
+        "dropout",
+        "bidirectional",
+        "device",
+        "dtype",
+    )
     nonlinearity: str
 
     def __init__(
@@ -496,7 +532,7 @@ class RNN(ResettableLayer, nn.RNN):  # type: ignore[misc]  # forward(x, state, r
         input_size: int,
         hidden_size: int,
         num_layers: int = 1,
-        *,
+        *more_positional: object,
         nonlinearity: Literal["tanh", "relu"] = "tanh",
         dropout: float = 0.0,
         bias: bool = True,
@@ -507,6 +543,7 @@ class RNN(ResettableLayer, nn.RNN):  # type: ignore[misc]  # forward(x, state, r
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
+        _refuse_positional("RNN", more_positional, self._torch_positional)
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; received {nonlinearity!r}")
         super().__init__(
