@@ -107,6 +107,21 @@ def _refuse_positional(name: str, extra: tuple[object, ...], torch_order: tuple[
     )
 
 
+# torch.jit.trace cannot carry a State, nor the batch size as an int; torch.export cannot trace
+# resets or masks: the kernel calls depend on their values (the timeline's length, the split's
+# spans). One line each, naming what works instead.
+_NO_JIT_TRACE = (
+    "{name}: torch.jit.trace is not supported (the state is a typed container and the batch "
+    "size a property of each call); use torch.export.export (without reset=/mask=) or "
+    "seqstate.export_onnx"
+)
+_NO_EXPORTED_FLAGS = (
+    "{name}: torch.export cannot trace reset= or mask= (the kernel calls depend on their "
+    "values, and a SequenceModel with mask_value always has a mask); export the plain call "
+    "without them, or use seqstate.export_onnx, whose graph takes the state and mask of a chunk"
+)
+
+
 class ResettableLayer:
     """The stateful protocol shared by LSTM, GRU and RNN (mixed in before the torch module).
 
@@ -247,6 +262,10 @@ class ResettableLayer:
         mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State]:
         """Run ``x`` [B, T, F] from ``state``; see the module docstring for the semantics."""
+        if torch.jit.is_tracing():
+            raise TypeError(_NO_JIT_TRACE.format(name=type(self).__name__))
+        if (reset is not None or mask is not None) and torch.compiler.is_exporting():
+            raise ValueError(_NO_EXPORTED_FLAGS.format(name=type(self).__name__))
         x = self._check_input(x)
         B, T, _ = x.shape
         state = self._check_state(state, B, x)

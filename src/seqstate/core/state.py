@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, TypeVar, cast
 
 import torch
+import torch.utils._pytree as pytree  # torch's pytree registry (no public module yet)
 from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 
@@ -39,6 +40,32 @@ _FORMAT = "seqstate.core.state/1"
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
+def _register_pytree(cls: type[State]) -> None:
+    """Make ``cls`` a pytree node (its tensor fields are the leaves), so that torch.export,
+    torch.compile and anything else that walks pytrees (DDP's outputs, ``tree_map``) see
+    through a state to its tensors. The functions read the fields when called: at class
+    creation the dataclass decorator has not declared them yet."""
+
+    def flatten(state: State) -> tuple[list[torch.Tensor], None]:
+        return list(state.tensors()), None
+
+    def flatten_with_keys(state: State) -> tuple[list[tuple[Any, torch.Tensor]], None]:
+        keys = [pytree.GetAttrKey(name) for name in type(state).field_names()]
+        return list(zip(keys, state.tensors(), strict=True)), None
+
+    def unflatten(leaves: Any, context: None) -> State:
+        # unchecked: the leaves may be fake or symbolic tensors while torch traces
+        return cls._unchecked(*leaves)
+
+    pytree.register_pytree_node(
+        cls,
+        flatten,
+        unflatten,
+        serialized_type_name=f"seqstate.{cls.__name__}",
+        flatten_with_keys_fn=flatten_with_keys,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class State:
     """Base class of all recurrent states. Subclasses declare tensor fields ``(layers, B, H)``.
@@ -51,6 +78,7 @@ class State:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         State._registry[cls.__name__] = cls
+        _register_pytree(cls)
 
     def __post_init__(self) -> None:
         tensors = self.tensors()

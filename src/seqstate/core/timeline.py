@@ -126,6 +126,9 @@ class _Plan:
     empty_rows: np.ndarray | None  # [B] bool: rows without a real step; None: none
 
 
+# Host NumPy by design, also under torch.compile: traced by dynamo, its data-dependent sizes
+# would break the graph many times over, and its bool cumsums met a kernel that has none.
+@torch.compiler.disable
 def _plan(
     reset: np.ndarray | None, mask: np.ndarray | None, B: int, T: int, can_zero: bool
 ) -> _Plan | None:
