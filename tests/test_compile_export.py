@@ -94,6 +94,14 @@ def test_states_are_pytrees_with_named_leaves() -> None:
     assert len(pytree.tree_leaves(stack)) == len(stack.tensors()) == 3
 
 
+def assert_same_to_rounding(y, state, y_eager, state_eager) -> None:
+    """export decomposes the fused kernel into per-step ops (its own summation order, on any
+    CPU): equal to float32 rounding, not bitwise."""
+    torch.testing.assert_close(y, y_eager, rtol=1e-6, atol=1e-6)
+    for ours, theirs in zip(state.tensors(), state_eager.tensors(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
 def test_torch_export_of_a_model_takes_and_returns_its_state_with_a_dynamic_batch() -> None:
     torch.manual_seed(2)
     model = SequenceModel(input_size=3, output_size=2, cell="lstm", hidden_size=4, num_layers=2)
@@ -112,7 +120,7 @@ def test_torch_export_of_a_model_takes_and_returns_its_state_with_a_dynamic_batc
             y, final = exported.module()(x, state)
             y_eager, final_eager = model(x, state)
         assert type(final) is LSTMState
-        assert torch.equal(y, y_eager) and final.equal(final_eager)
+        assert_same_to_rounding(y, final, y_eager, final_eager)
 
 
 def test_torch_export_of_a_layer() -> None:
@@ -123,7 +131,7 @@ def test_torch_export_of_a_layer() -> None:
     y, final = torch.export.export(layer, (x, state)).module()(x, state)
     y_eager, final_eager = layer(x, state)
     assert type(final) is GRUState
-    assert torch.equal(y, y_eager) and final.equal(final_eager)
+    assert_same_to_rounding(y, final, y_eager, final_eager)
 
 
 @pytest.mark.parametrize("flags", ["reset", "mask", "mask_value"])

@@ -343,7 +343,7 @@ def test_ranks_end_with_identical_weights(job):
     _, rank1 = rank_results(job, 1)
     assert sorted(rank0) == sorted(rank1)
     for key in rank0:
-        if ".state." not in key:
+        if ".state." not in key:  # bitwise: every rank applies the same all-reduced gradients
             assert torch.equal(rank0[key], rank1[key]), key
 
 
@@ -385,7 +385,7 @@ def test_resume_under_two_ranks_is_bitwise_with_dropout(job):
     # Each rank's dropout stream is checkpointed and restored: resumed == uninterrupted.
     _, tensors = rank_results(job, 0)
     whole, resumed = part(tensors, "E-whole"), part(tensors, "E")
-    for key in whole:
+    for key in whole:  # bitwise: the same kernel calls on the same shapes, values restored exactly
         assert torch.equal(whole[key], resumed[key]), key
     saved = json.loads(next((job / "E" / "checkpoint").glob("e*/train.json")).read_text())
     assert saved["rng"]["world_size"] == WORLD_SIZE and len(saved["rng"]["ranks"]) == 1

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.numerics  # run again on another kernel path: scripts/test
+
 onnx = pytest.importorskip("onnx", reason="onnx (the [onnx] extra) is needed to export")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the [onnx] extra) runs the graph")
 
@@ -21,7 +23,8 @@ from seqstate.core.model import SequenceModel  # noqa: E402
 from seqstate.core.saved import save_model  # noqa: E402
 from seqstate.interop.onnx import export_onnx, onnx_input_names, onnx_output_names  # noqa: E402
 
-TOL = {"rtol": 0.0, "atol": 1e-5}
+# onnxruntime's kernels and torch's (MKL's, chosen by CPU) sum in their own orders
+TOL = {"rtol": 1e-6, "atol": 1e-5}
 F, O, H = 3, 2, 5
 CHUNKS = (3, 1, 4)  # chunk lengths; row 0 starts a new sequence at chunk 1
 

@@ -137,7 +137,7 @@ def test_run_forecaster_reads_covariates_and_times_from_the_future_rows():
         covariates=[f[:, 1:2] for f in future.features],
         covariate_names=["price"],
     )
-    np.testing.assert_array_equal(result, np.stack(expected.mean))
+    np.testing.assert_allclose(result, np.stack(expected.mean), rtol=1e-6, atol=1e-6)
     assert result.shape == (2, 6, 1)
     # The price matters: other future prices give another forecast.
     changed = [f.copy() for f in future.features]

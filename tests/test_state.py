@@ -14,6 +14,8 @@ from safetensors.torch import save as safetensors_save
 
 from seqstate.core.state import GRUState, LSTMState, RNNState, State
 
+pytestmark = pytest.mark.numerics  # run again on another kernel path: scripts/test
+
 STATE_TYPES = (LSTMState, GRUState, RNNState)
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 

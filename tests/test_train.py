@@ -45,6 +45,8 @@ def weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    # Bitwise on every CPU: both runs make the same kernel calls on the same shapes in one
+    # process (what the runs compare, padding values or validation, never reaches them).
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -116,6 +118,7 @@ def test_masked_loss_matches_reference_on_counted_steps_only():
         noisy_pred, noisy_target = pred.clone(), target.clone()
         noisy_pred[~mask] = float("nan")
         noisy_target[~mask] = 1e6
+        # bitwise: the same reduction over the same shape, masked entries zero either way
         assert torch.equal(loss.sum(noisy_pred, noisy_target, mask), loss.sum(pred, target, mask))
     logits = torch.randn(3, 5, 4, generator=generator)
     labels = torch.randint(0, 4, (3, 5, 1), generator=generator)
@@ -380,7 +383,7 @@ def test_run_dir_holds_model_metrics_and_plot(tmp_path):
     loaded = load_model(tmp_path)
     x = torch.from_numpy(sine_series(30))[None]
     with torch.no_grad():
-        assert torch.equal(loaded(x)[0], model(x)[0])
+        assert torch.equal(loaded(x)[0], model(x)[0])  # the same weights, the same kernels
     metadata = json.loads((tmp_path / "model.json").read_text())["metadata"]
     assert metadata["fit"] == FitConfig(epochs=2, progress=False).to_dict()
     assert metadata["loss"] == "mse"

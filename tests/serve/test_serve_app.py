@@ -23,7 +23,7 @@ def x_of(i: int, k: int | None = None) -> list:
 def close(a, b) -> bool:
     import numpy as np
 
-    return np.allclose(np.asarray(a), np.asarray(b), atol=ATOL, rtol=0)
+    return np.allclose(np.asarray(a), np.asarray(b), atol=ATOL, rtol=1e-6)
 
 
 def run(coroutine):
