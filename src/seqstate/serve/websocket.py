@@ -97,12 +97,16 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             outbox.put_nowait(_error(frame.stream, frame.seq, error))
             return
         before = last.get(frame.stream)
-        if before is not None and getattr(before, "is_end", False):
-            # a step after an end of the same stream waits for the delete (slow path)
+        if before is not None and getattr(before, "chained", False):
+            # Behind an end, every later op of the stream waits for the one before it (slow
+            # path): the end waits for the steps before it, each step after it for its
+            # predecessor. A step that skipped the chain would overtake the end (and be
+            # deleted by it) or the step just behind the end (and be refused).
             async def submit() -> Outcome:
                 return await resources.batcher.enqueue(request)
 
             future: asyncio.Future[Any] = asyncio.ensure_future(after(before, submit))
+            future.chained = True  # type: ignore[attr-defined]
         else:  # the batcher keeps steps of one stream in order by itself
             future = resources.batcher.enqueue(request)
         last[frame.stream] = future
@@ -117,7 +121,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             return jsonio.dumps({"stream": frame.stream, "op": "end", "deleted": existed})
 
         future = asyncio.ensure_future(after(last.get(frame.stream), end))
-        future.is_end = True  # type: ignore[attr-defined]
+        future.chained = True  # type: ignore[attr-defined]
         last[frame.stream] = future
 
         def ended(f: asyncio.Future[bytes]) -> None:
