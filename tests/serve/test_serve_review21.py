@@ -67,3 +67,60 @@ def test_steps_pipelined_after_an_end_apply_in_order(server_factory, model, tmp_
             assert np.allclose(second["y"], expected_b, atol=ATOL)
             assert np.allclose(third["y"], expected_c, atol=ATOL)
             assert client.get(f"/v1/streams/e{t}").json()["seq"] == 2  # C is stored, not lost
+
+
+# --- 3./4. no lockout without a token -------------------------------------------------------
+
+
+def open_silent_bodies(port: int, paths: list[str], declared: int, sent: bytes) -> list:
+    """Sockets that POST to ``paths`` declaring ``declared`` body bytes and send ``sent``."""
+    sockets = []
+    for path in paths:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {declared}\r\n\r\n".encode() + sent
+        )
+        sockets.append(sock)
+    return sockets
+
+
+def step_once(server, stream: str) -> httpx.Response:
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as client:
+        return client.post(f"/v1/streams/{stream}/steps", json={"seq": 1, "x": x_for(0, 1)})
+
+
+def test_bodies_declared_on_open_or_unknown_paths_reserve_nothing(server_factory):
+    # the review: 70 sockets declaring 1 MiB on /nope, /healthz, /v1, /openapi.json against a
+    # 64 MiB budget; here 24 of them against a 4 MiB budget
+    server = server_factory("--store", "memory://", "--max-inflight-bytes", str(4 << 20))
+    server.start()
+    paths = ["/nope", "/healthz", "/v1", "/openapi.json", "/v1/streams/x/steps", "/v1/steps"]
+    sockets = open_silent_bodies(server.port, paths * 4, 1 << 20, b"")  # no token, no bytes
+    try:
+        time.sleep(0.3)
+        answer = step_once(server, "after-silent")
+        assert answer.status_code == 200, answer.text
+        for sock in sockets:  # each was answered at once and closed, its body never read
+            sock.settimeout(5)
+            head = sock.recv(4096)
+            assert head.split(b" ")[1] in (b"401", b"404", b"405"), head[:80]
+            assert b"connection: close" in head.lower()
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_slow_bodies_without_a_token_cannot_hold_every_connection(server_factory):
+    # the review: 1 044 slow bodies on /nope filled 1 024 slots; here 30 fill 20
+    server = server_factory("--store", "memory://", "--max-connections", "20")
+    server.start()
+    paths = ["/nope"] * 20 + ["/v1/steps"] * 10
+    sockets = open_silent_bodies(server.port, paths, 1 << 20, b'{"steps": [')
+    try:
+        time.sleep(0.3)
+        answers = [step_once(server, f"slow-{i}").status_code for i in range(3)]
+        assert answers == [200, 200, 200]
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -182,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=config.shutdown_grace_s,
         header_timeout_s=config.header_timeout_s,
         max_connections=config.max_connections,
+        token=config.token if config.auth else None,
     )
     import uvicorn
 

@@ -1,16 +1,21 @@
 """The ASGI layer in front of the routes: bearer auth, body limits, request metrics.
 
 It runs before any parsing, so an unauthenticated or oversized request costs a header check.
-Bodies are read here, under three bounds: ``max_body_bytes`` per request (413), a deadline
-for the whole body (408, so a client dribbling bytes cannot hold a task forever), and
-``max_inflight_bytes`` over all requests being read or served at once (429 server_busy, so a
-crowd of large bodies cannot exhaust memory). WebSocket upgrades pass the same auth check.
+Only the two step routes read a body, and only once the request is authenticated: any other
+request that declares one (an unknown path, ``/healthz``, a missing token) is answered without
+reading a byte of it, with ``Connection: close``, so it reserves nothing and frees its
+connection at once. Bodies are read under three bounds: ``max_body_bytes`` per request (413),
+a deadline for the whole body (408, so a client dribbling bytes cannot hold a task forever),
+and ``max_inflight_bytes`` over all requests being read or served at once (429 server_busy,
+so a crowd of large bodies cannot exhaust memory), charged as bytes arrive, never for what a
+header merely declares. WebSocket upgrades pass the same auth check.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import time
 from typing import Any
 
@@ -78,14 +83,24 @@ class Edge:
             await send(message)
 
         try:
+            has_body = _declares_body(scope)
             if self._protected(scope["path"]) and not self._authorized(scope):
+                headers = {"WWW-Authenticate": "Bearer"}
+                if has_body:  # never read: the connection goes with the answer
+                    headers["Connection"] = "close"
                 response = error_response(
                     401,
                     "unauthorized",
                     "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
-                    headers={"WWW-Authenticate": "Bearer"},
+                    headers=headers,
                 )
                 await response(scope, receive, send_and_record)
+                return
+            if has_body and not _takes_body(scope):
+                # an unknown path, or a route that takes no body: answered (404/405) without
+                # reading a byte of it, and the connection closed, so a crowd of bodies that
+                # never arrive reserves no budget and holds no connection slot
+                await self.app(scope, _no_body, _closing(send_and_record))
                 return
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 reserved = [0]
@@ -151,8 +166,8 @@ class Edge:
                     )
                 if declared > limit:
                     return None, _too_large(declared, limit)
-                if not self._reserve(reserved, declared):
-                    return None, self._busy()
+                # nothing is reserved for what is only declared: bytes are charged as they
+                # arrive, so sockets that declare large bodies and send nothing hold nothing
         chunks, total = [], 0
         while True:
             message = await receive()
@@ -175,7 +190,7 @@ class Edge:
             "server_busy",
             f"the server holds its limit of {self.max_inflight_bytes} request bytes in flight; "
             "retry shortly (with backoff)",
-            headers={"Retry-After": "1"},
+            headers={"Retry-After": "1", "Connection": "close"},  # the body is left unread
             limit=self.max_inflight_bytes,
         )
 
@@ -186,8 +201,45 @@ def _too_large(received: int, limit: int) -> Any:
         "body_too_large",
         f"request body must be at most {limit} bytes; received {received}: send fewer steps "
         "or streams per request",
+        headers={"Connection": "close"},  # the rest of the body is never read
         limit=limit,
     )
+
+
+_STEPS_PATH = re.compile(r"^/v1/streams/[^/]+/steps$")
+
+
+def _takes_body(scope: Scope) -> bool:
+    """Whether the request is one of the routes that read a body (the two step routes)."""
+    if scope["method"] != "POST":
+        return False
+    path = scope["path"]
+    return path == "/v1/steps" or _STEPS_PATH.match(path) is not None
+
+
+def _declares_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _closing(send: Any) -> Any:
+    """``send`` with ``Connection: close`` added to the response head."""
+
+    async def send_closing(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            headers = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return send_closing
 
 
 def _replay(body: bytes, receive: Any) -> Any:
