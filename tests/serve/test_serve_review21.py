@@ -124,3 +124,50 @@ def test_slow_bodies_without_a_token_cannot_hold_every_connection(server_factory
     finally:
         for sock in sockets:
             sock.close()
+
+
+# --- 7. a foreign Redis key fails alone; --workers die with their parent ----------------------
+
+
+def test_a_foreign_redis_string_key_fails_only_its_own_step(server_factory, redis_url):
+    import redis
+
+    prefix = "seqstate:stream:"
+    client = redis.Redis.from_url(redis_url)
+    client.set(prefix + "foreign-1", b"not a hash")  # the review: a string under the prefix
+    server = server_factory("--store", redis_url, "--max-wait-ms", "20")
+    server.start()
+    mates = [f"mate-{i}-{os.getpid()}" for i in range(30)]  # the review: 30 batch-mates
+    items = [{"id": "foreign-1", "seq": 1, "x": x_for(0, 1)}]
+    items += [{"id": stream, "seq": 1, "x": x_for(i, 1)} for i, stream in enumerate(mates)]
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=20) as http:
+        results = http.post("/v1/steps", json={"steps": items}).json()["results"]
+        assert results[0]["status"] == 409, results[0]
+        assert results[0]["error"]["code"] == "state_incompatible"
+        assert [r["status"] for r in results[1:]] == [200] * 30
+        # over the WebSocket too, and start=true overwrites the foreign key
+        restart = http.post(
+            "/v1/streams/foreign-1/steps", json={"seq": 1, "x": x_for(0, 1), "start": True}
+        )
+        assert restart.status_code == 200, restart.text
+    assert client.type(prefix + "foreign-1") == b"hash"
+    client.close()
+
+
+def test_workers_die_with_their_supervisor_and_a_restart_binds(server_factory, tmp_path):
+    database = f"sqlite:///{tmp_path / 'workers.sqlite'}"
+    server = server_factory("--store", database, "--workers", "2", "--ttl", "0")
+    server.start(timeout=60)
+    assert step_once(server, "before-kill").status_code == 200
+    server.kill()  # kill -9 of the supervisor only
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # bounded: the workers must let go of the port
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=0.5).close()
+        except OSError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("workers still serve the port 15 s after their supervisor was killed")
+    server.start(timeout=60)  # the same port: a restart binds
+    assert step_once(server, "after-restart").status_code == 200

@@ -28,10 +28,15 @@ local ttl = tonumber(ARGV[1])
 local result = {}
 for i, key in ipairs(KEYS) do
   local a = 1 + (i - 1) * 8
-  local exists = redis.call('EXISTS', key) == 1
-  local current = redis.call('HGET', key, 'generation') or ''
+  -- a foreign key of another type under the prefix reads as a damaged record (generation
+  -- ''): only a start=true step of its stream may replace it, and it never fails the batch
+  local kind = redis.call('TYPE', key).ok
+  local exists = kind ~= 'none'
+  local current = ''
+  if kind == 'hash' then current = redis.call('HGET', key, 'generation') or '' end
   local ok
   if ARGV[a + 1] == '' then ok = not exists else ok = exists and 'g' .. current == ARGV[a + 1] end
+  if ok and exists and kind ~= 'hash' then redis.call('DEL', key) end
   if ok then
     redis.call('HSET', key, 'seq', ARGV[a + 2], 'state', ARGV[a + 3], 'output', ARGV[a + 4],
                'digest', ARGV[a + 5], 'updated', ARGV[a + 6], 'generation', ARGV[a + 7],
@@ -52,6 +57,7 @@ class RedisStore(StateStore):
         import redis  # lazily: only servers using Redis need the client
 
         self._redis_errors = (redis.RedisError,)
+        self._response_error = redis.ResponseError
         self.url = url
         self.prefix = prefix
         self.ttl_ms = int(ttl_s * 1000)
@@ -80,8 +86,18 @@ class RedisStore(StateStore):
             pipe = self._client.pipeline(transaction=False)
             for stream in streams:
                 pipe.hmget(self._key(stream), _FIELDS)
-            rows = pipe.execute()
-        return [_record(row) for row in rows]
+            # per-key errors come back in place: a foreign key (a string under the prefix)
+            # is that stream's damaged record, never its batch-mates' 503
+            rows = pipe.execute(raise_on_error=False)
+        records = []
+        for row in rows:
+            if isinstance(row, self._response_error) and str(row).startswith("WRONGTYPE"):
+                records.append(_DAMAGED)
+            elif isinstance(row, Exception):
+                raise StoreError(f"Redis read failed: {row}")
+            else:
+                records.append(_record(row))
+        return records
 
     def commit(self, updates: Sequence[Update]) -> list[bool]:
         if not updates:
@@ -122,6 +138,9 @@ class RedisStore(StateStore):
 
     def close(self) -> None:
         self._client.close()
+
+
+_DAMAGED = Record(-1, b"", b"", b"", 0.0, b"", b"")  # not intact: its stream's 409 alone
 
 
 def _record(row: Sequence[bytes | None]) -> Record | None:
