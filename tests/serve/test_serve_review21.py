@@ -171,3 +171,66 @@ def test_workers_die_with_their_supervisor_and_a_restart_binds(server_factory, t
         pytest.fail("workers still serve the port 15 s after their supervisor was killed")
     server.start(timeout=60)  # the same port: a restart binds
     assert step_once(server, "after-restart").status_code == 200
+
+
+# --- 5. creating a stream never scans the store -------------------------------------------
+
+
+def test_creating_streams_does_not_scan_the_store(server_factory, redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    pipe = client.pipeline(transaction=False)
+    for i in range(30_000):  # the review: 300 000 and 500 000 stored streams
+        pipe.hset(f"seqstate:stream:idle-{i}", "seq", 1)
+    pipe.execute()
+    server = server_factory("--store", redis_url, "--max-live-streams", "10000000")
+    server.start()
+    client.config_resetstat()
+    items = [{"id": f"new-{os.getpid()}-{i}", "seq": 1, "x": x_for(i, 1)} for i in range(40)]
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=20) as http:
+        for item in items:  # one create per request: the review's "one client creating"
+            response = http.post(f"/v1/streams/{item['id']}/steps", json={"seq": 1, "x": item["x"]})
+            assert response.status_code == 200, response.text
+        http.get("/metrics")  # a scrape reads the kept count, no scan either
+    scans = client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0)
+    for start in range(0, 30_000, 5_000):  # the session's Redis is shared: leave it clean
+        client.delete(*(f"seqstate:stream:idle-{i}" for i in range(start, start + 5_000)))
+    client.close()
+    assert scans == 0
+
+
+# --- 2. a dropped WebSocket loses no answer -----------------------------------------------
+
+
+def test_every_step_in_flight_when_the_websocket_dropped_is_replayed(server_factory, model):
+    server = server_factory("--store", "memory://", "--max-wait-ms", "5")
+    server.start()
+    streams, steps = 10, 8  # the review: 1 400 retries, 1 350 answered seq_stale
+
+    async def main():
+        async with websockets.connect(ws_url(server), additional_headers=AUTH) as ws:
+            for seq in range(1, steps + 1):
+                for s in range(streams):
+                    await ws.send(json.dumps({"stream": f"d{s}", "seq": seq, "x": x_for(s, seq)}))
+        # dropped before reading a single answer; the server applies what it read
+        async with httpx.AsyncClient(base_url=server.url, headers=AUTH) as client:
+            for _ in range(200):  # bounded wait until every stream is at its last step
+                seqs = [(await client.get(f"/v1/streams/d{s}")).json().get("seq") for s in
+                        range(streams)]  # fmt: skip
+                if seqs == [steps] * streams:
+                    break
+                await asyncio.sleep(0.05)
+        async with websockets.connect(ws_url(server), additional_headers=AUTH) as ws:
+            for seq in range(1, steps + 1):  # every unanswered step is resent
+                for s in range(streams):
+                    await ws.send(json.dumps({"stream": f"d{s}", "seq": seq, "x": x_for(s, seq)}))
+            return [json.loads(await ws.recv()) for _ in range(streams * steps)]
+
+    retries = asyncio.run(main())
+    assert all("error" not in r for r in retries), [r for r in retries if "error" in r][:3]
+    assert all(r["replayed"] for r in retries)
+    for s in range(streams):
+        got = [r["y"] for r in retries if r["stream"] == f"d{s}"]
+        expected = replay(model, [(x_for(s, seq), False) for seq in range(1, steps + 1)])
+        assert np.allclose(got, expected, atol=ATOL)

@@ -63,6 +63,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-connections", type=int, default=1024, help="open HTTP connections")
     parser.add_argument("--max-websockets", type=int, default=256, help="open WebSockets")
+    parser.add_argument(
+        "--max-ws-pending-bytes",
+        type=int,
+        default=4 << 20,
+        help="bytes of frames and unwritten answers one WebSocket may hold before reads pause",
+    )
+    parser.add_argument(
+        "--replay-window",
+        type=int,
+        default=16,
+        help="answers kept per stream (retries of any of them are replayed); also the most "
+        "steps of one stream in flight on a WebSocket",
+    )
     parser.add_argument("--header-timeout", type=float, default=10.0, help="seconds for headers")
     parser.add_argument("--body-timeout", type=float, default=30.0, help="seconds for a body")
     parser.add_argument("--keepalive-timeout", type=float, default=5.0, help="idle keep-alive s")
@@ -112,6 +125,8 @@ def config_from_args(args: argparse.Namespace):  # -> ServeConfig (import kept l
         max_inflight_bytes=args.max_inflight_bytes,
         max_connections=args.max_connections,
         max_websockets=args.max_websockets,
+        max_ws_pending_bytes=args.max_ws_pending_bytes,
+        replay_window=args.replay_window,
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,
         keepalive_timeout_s=args.keepalive_timeout,

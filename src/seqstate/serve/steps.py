@@ -15,6 +15,7 @@ from seqstate.serve.batcher import Batcher
 from seqstate.serve.config import ServeConfig
 from seqstate.serve.engine import Outcome, StepRequest
 from seqstate.serve.errors import ApiError
+from seqstate.serve.livecount import LiveCount
 from seqstate.serve.metrics import Metrics
 from seqstate.serve.preprocess import StreamScaling
 from seqstate.serve.rules import Reject
@@ -39,6 +40,8 @@ class Resources:
     input_size: int
     scaling: StreamScaling | None = None  # the run's per-step preprocessing (None: none)
     sweeper: asyncio.Task[None] | None = None
+    live: LiveCount = dataclasses.field(default_factory=LiveCount)  # live streams, kept
+    recounter: asyncio.Task[None] | None = None
     websockets: int = 0  # open WebSocket connections
 
 

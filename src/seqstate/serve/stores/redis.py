@@ -1,7 +1,7 @@
 """Redis store: several server replicas share one Redis; updates are CAS on a generation.
 
 Each stream is a hash ``{prefix}{id}`` with fields seq, state, output, digest, updated,
-generation, checksum. A batch is committed by one Lua script (atomic in Redis): each key is
+generation, checksum, history. A batch is committed by one Lua script (atomic in Redis): each key is
 written only if its stored generation is still the one the replica read, so two replicas never
 both apply a step and a delete + re-create in between always wins. Idle streams expire through
 Redis' own key TTL, set on every write; a replica running with ``ttl 0`` removes the expiry
@@ -20,14 +20,14 @@ from seqstate.serve.stores.base import Record, StateStore, StoreError, StoreFull
 
 __all__ = ["RedisStore"]
 
-# KEYS: stream keys. ARGV[1]: ttl in ms (0: no expiry, PERSIST); then 8 values per key:
+# KEYS: stream keys. ARGV[1]: ttl in ms (0: no expiry, PERSIST); then 9 values per key:
 # expected generation ('' = must be absent, else 'g' .. generation), seq, state, output,
-# digest, updated, generation, checksum.
+# digest, updated, generation, checksum, history.
 _COMMIT = """
 local ttl = tonumber(ARGV[1])
 local result = {}
 for i, key in ipairs(KEYS) do
-  local a = 1 + (i - 1) * 8
+  local a = 1 + (i - 1) * 9
   -- a foreign key of another type under the prefix reads as a damaged record (generation
   -- ''): only a start=true step of its stream may replace it, and it never fails the batch
   local kind = redis.call('TYPE', key).ok
@@ -40,7 +40,7 @@ for i, key in ipairs(KEYS) do
   if ok then
     redis.call('HSET', key, 'seq', ARGV[a + 2], 'state', ARGV[a + 3], 'output', ARGV[a + 4],
                'digest', ARGV[a + 5], 'updated', ARGV[a + 6], 'generation', ARGV[a + 7],
-               'checksum', ARGV[a + 8])
+               'checksum', ARGV[a + 8], 'history', ARGV[a + 9])
     if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
     result[i] = 1
   else
@@ -49,7 +49,7 @@ for i, key in ipairs(KEYS) do
 end
 return result
 """
-_FIELDS = ("seq", "state", "output", "digest", "updated", "generation", "checksum")
+_FIELDS = ("seq", "state", "output", "digest", "updated", "generation", "checksum", "history")
 
 
 class RedisStore(StateStore):
@@ -108,7 +108,7 @@ class RedisStore(StateStore):
             r = u.record
             expected = b"" if u.expected is None else b"g" + u.expected
             args += [expected, str(r.seq), r.state, r.output, r.digest, repr(r.updated)]
-            args += [r.generation, r.checksum]
+            args += [r.generation, r.checksum, r.history]
         with self._errors("commit"):
             result = self._commit(keys=keys, args=args)
         self.write_problem = None
@@ -144,7 +144,7 @@ _DAMAGED = Record(-1, b"", b"", b"", 0.0, b"", b"")  # not intact: its stream's 
 
 
 def _record(row: Sequence[bytes | None]) -> Record | None:
-    seq, state, output, digest, updated, generation, checksum = row
+    seq, state, output, digest, updated, generation, checksum, history = row
     if all(field is None for field in row):
         return None
     try:
@@ -156,6 +156,7 @@ def _record(row: Sequence[bytes | None]) -> Record | None:
             float(updated),  # type: ignore[arg-type]
             generation or b"",
             checksum or b"",
+            history or b"",
         )
     except (TypeError, ValueError):  # missing or unparsable fields: corrupt, not a crash
         return Record(-1, b"", b"", b"", 0.0, generation or b"", b"")
