@@ -13,12 +13,14 @@ acknowledged step to survive a Redis crash (``everysec`` risks the last second).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from seqstate.serve.stores.base import Record, StateStore, StoreError, StoreFullError, Update
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisClusterStore", "RedisStore"]
 
 # KEYS: stream keys. ARGV[1]: ttl in ms (0: no expiry, PERSIST); then 9 values per key:
 # expected generation ('' = must be absent, else 'g' .. generation), seq, state, output,
@@ -160,3 +162,126 @@ def _record(row: Sequence[bytes | None]) -> Record | None:
         )
     except (TypeError, ValueError):  # missing or unparsable fields: corrupt, not a crash
         return Record(-1, b"", b"", b"", 0.0, generation or b"", b"")
+
+
+class RedisClusterStore(RedisStore):
+    """Redis Cluster: streams shard over the cluster's masters by hash slot.
+
+    ``redis+cluster://host:port[?replicas=N&wait_ms=T]`` (any node of the cluster; the client
+    discovers the rest). Each stream's key is ``{prefix}{{id}}``: the hash tag puts every key
+    of a stream in one slot, so the per-stream compare-and-set script (the one of
+    :class:`RedisStore`, one key per call) runs atomically on the master owning that slot.
+    A batch spans many slots, so it is not one atomic write: each stream commits alone, which
+    is all the rules need (a step is acknowledged only when its own write succeeded; a
+    failed batch is answered 503 and its retries are replayed where the write did land).
+
+    Reads go through redis-py's cluster client (redirections, failover). Commits go to each
+    master on one connection, the scripts then ``WAIT N`` on that same connection: a step is
+    acknowledged only once N replicas hold it (default 1), so a failover that promotes a
+    replica never loses it. Fewer replicas within ``wait_ms`` -> StoreError (503); the write
+    may have landed, and the client's retry is then replayed.
+    """
+
+    def __init__(self, url: str, *, ttl_s: float = 0.0, prefix: str = "seqstate:stream:") -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        import redis
+        from redis.cluster import RedisCluster
+
+        self._redis_errors = (redis.RedisError,)
+        self._response_error = redis.ResponseError
+        self.url = url
+        self.prefix = prefix
+        self.ttl_ms = int(ttl_s * 1000)
+        self.write_problem = None
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        try:
+            self.replicas = int(query.get("replicas", ["1"])[0])
+            self.wait_ms = int(query.get("wait_ms", ["1000"])[0])
+            host, port = parts.hostname, parts.port or 6379
+            if not host or self.replicas < 0 or self.wait_ms < 1:
+                raise ValueError("expected redis+cluster://host:port?replicas=N&wait_ms=T")
+        except ValueError as error:
+            raise ValueError(f"invalid Redis Cluster URL {url!r}: {error}") from None
+        try:
+            self._client = RedisCluster(
+                host=host,
+                port=port,
+                password=parts.password,
+                socket_timeout=5,
+                socket_connect_timeout=2,
+                cluster_error_retry_attempts=3,
+            )
+        except self._redis_errors as error:
+            raise StoreError(f"cannot reach Redis Cluster {url!r}: {error}") from None
+
+    def _key(self, stream: str) -> str:
+        return self.prefix + "{" + stream + "}"  # the hash tag: one slot per stream
+
+    def commit(self, updates: Sequence[Update]) -> list[bool]:
+        if not updates:
+            return []
+        by_node: dict[str, list[int]] = {}
+        nodes = {}
+        with self._errors("commit"):
+            for i, update in enumerate(updates):
+                node = self._client.get_node_from_key(self._key(update.stream))
+                by_node.setdefault(node.name, []).append(i)
+                nodes[node.name] = node
+        written = [False] * len(updates)
+        problems = []
+        for name, indices in by_node.items():
+            try:
+                self._commit_on(nodes[name], updates, indices, written)
+            except self._redis_errors as error:
+                problems.append(f"{name}: {error}")
+        if problems:
+            # a master is gone or moved its slots: learn the new layout for the next batch
+            with contextlib.suppress(*self._redis_errors):
+                self._client.nodes_manager.initialize()
+            if any("OOM" in p or "MISCONF" in p for p in problems):
+                self.write_problem = f"Redis cannot write: {problems[0]}"
+                raise StoreFullError(f"Redis Cluster commit refused (store full): {problems[0]}")
+            raise StoreError(f"Redis Cluster commit failed: {'; '.join(problems)[:500]}")
+        self.write_problem = None
+        return written
+
+    def _commit_on(
+        self, node: Any, updates: Sequence[Update], indices: list[int], written: list[bool]
+    ) -> None:
+        pipe = node.redis_connection.pipeline(transaction=False)  # one connection: WAIT sees it
+        for i in indices:
+            u, r = updates[i], updates[i].record
+            expected = b"" if u.expected is None else b"g" + u.expected
+            args = [self.ttl_ms, expected, str(r.seq), r.state, r.output, r.digest]
+            args += [repr(r.updated), r.generation, r.checksum, r.history]
+            pipe.eval(_COMMIT, 1, self._key(u.stream), *args)
+        if self.replicas:
+            pipe.execute_command("WAIT", self.replicas, self.wait_ms)
+        results = pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result  # MOVED (a failover moved the slot), CLUSTERDOWN, ...
+        if self.replicas and int(results[-1]) < self.replicas:
+            raise self._response_error(
+                f"only {results[-1]} of {self.replicas} replicas acknowledged within "
+                f"{self.wait_ms} ms"
+            )
+        for i, result in zip(indices, results, strict=False):
+            written[i] = bool(result[0])
+
+    def count(self) -> int:
+        with self._errors("count"):
+            total = 0
+            for node in self._client.get_primaries():
+                connection = node.redis_connection
+                total += sum(1 for _ in connection.scan_iter(match=self.prefix + "*", count=1000))
+            return total
+
+    def check_writable(self) -> None:
+        if self.write_problem is None:
+            return
+        with self._errors("write probe"):
+            self._client.set(self.prefix + "{~probe}", b"1", px=1000)
+        self.write_problem = None
