@@ -87,7 +87,11 @@ async def _http_attack(url: str, requests: int) -> list[int]:
     item_steps = 200  # ~1 MiB: 100 streams x 200 steps x 3 features
     body = {
         "steps": [
-            {"id": f"h{i}", "seq": 1, "x": [[0.123456789012, -1.23456789012, 2.3456789012]] * item_steps}
+            {
+                "id": f"h{i}",
+                "seq": 1,
+                "x": [[0.123456789012, -1.23456789012, 2.3456789012]] * item_steps,
+            }
             for i in range(100)
         ]
     }

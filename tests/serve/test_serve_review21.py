@@ -7,10 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -79,7 +76,8 @@ def open_silent_bodies(port: int, paths: list[str], declared: int, sent: bytes) 
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         sock.sendall(
             f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {declared}\r\n\r\n".encode() + sent
+            f"Content-Length: {declared}\r\n\r\n".encode()
+            + sent
         )
         sockets.append(sock)
     return sockets
@@ -241,7 +239,8 @@ def test_every_step_in_flight_when_the_websocket_dropped_is_replayed(server_fact
 
 def _applied(server) -> float:
     text = httpx.get(server.url + "/metrics", headers=AUTH).text
-    line = next(x for x in text.splitlines() if x.startswith('seqstate_steps_total{outcome="applied"}'))
+    applied = 'seqstate_steps_total{outcome="applied"}'
+    line = next(x for x in text.splitlines() if x.startswith(applied))
     return float(line.split()[-1])
 
 
@@ -457,4 +456,3 @@ def test_redis_cluster_keeps_acknowledged_steps_when_a_master_is_killed(
     assert len(redis_cluster.masters()) == 3  # the failover happened
     total = load.check(model)
     assert total > progress["at_kill"]  # and steps were acknowledged after it
-

@@ -144,8 +144,10 @@ class Engine:
                     outcomes[i] = _incompatible(request.seq)
                 else:
                     to_apply.append((i, decision, row))
-                    if record is not None and not decision.creates and record.intact(
-                        request.stream
+                    if (
+                        record is not None
+                        and not decision.creates
+                        and record.intact(request.stream)
                     ):
                         histories[i] = kept_answers(record, self.replay_window - 1)
             elif isinstance(decision, Replay):

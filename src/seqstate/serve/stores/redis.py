@@ -91,7 +91,7 @@ class RedisStore(StateStore):
             # per-key errors come back in place: a foreign key (a string under the prefix)
             # is that stream's damaged record, never its batch-mates' 503
             rows = pipe.execute(raise_on_error=False)
-        records = []
+        records: list[Record | None] = []
         for row in rows:
             if isinstance(row, self._response_error) and str(row).startswith("WRONGTYPE"):
                 records.append(_DAMAGED)
@@ -205,7 +205,7 @@ class RedisClusterStore(RedisStore):
         except ValueError as error:
             raise ValueError(f"invalid Redis Cluster URL {url!r}: {error}") from None
         try:
-            self._client = RedisCluster(
+            self._cluster = RedisCluster(
                 host=host,
                 port=port,
                 password=parts.password,
@@ -215,6 +215,9 @@ class RedisClusterStore(RedisStore):
             )
         except self._redis_errors as error:
             raise StoreError(f"cannot reach Redis Cluster {url!r}: {error}") from None
+        # reads (get_many's pipeline, ping, delete) go through the cluster client as through
+        # a plain one: it routes each key to its slot's master
+        self._client = self._cluster  # type: ignore[assignment]
 
     def _key(self, stream: str) -> str:
         return self.prefix + "{" + stream + "}"  # the hash tag: one slot per stream
@@ -226,7 +229,7 @@ class RedisClusterStore(RedisStore):
         nodes = {}
         with self._errors("commit"):
             for i, update in enumerate(updates):
-                node = self._client.get_node_from_key(self._key(update.stream))
+                node = self._cluster.get_node_from_key(self._key(update.stream))
                 by_node.setdefault(node.name, []).append(i)
                 nodes[node.name] = node
         written = [False] * len(updates)
@@ -239,7 +242,7 @@ class RedisClusterStore(RedisStore):
         if problems:
             # a master is gone or moved its slots: learn the new layout for the next batch
             with contextlib.suppress(*self._redis_errors):
-                self._client.nodes_manager.initialize()
+                self._cluster.nodes_manager.initialize()
             if any("OOM" in p or "MISCONF" in p for p in problems):
                 self.write_problem = f"Redis cannot write: {problems[0]}"
                 raise StoreFullError(f"Redis Cluster commit refused (store full): {problems[0]}")
@@ -274,7 +277,7 @@ class RedisClusterStore(RedisStore):
     def count(self) -> int:
         with self._errors("count"):
             total = 0
-            for node in self._client.get_primaries():
+            for node in self._cluster.get_primaries():
                 connection = node.redis_connection
                 total += sum(1 for _ in connection.scan_iter(match=self.prefix + "*", count=1000))
             return total
