@@ -281,14 +281,14 @@ class RedisCluster:
         import redis
 
         client = redis.Redis(host="127.0.0.1", port=port)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while True:
             try:
                 client.ping()
                 break
             except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
+                if time.monotonic() > deadline or self.processes[port].poll() is not None:
+                    raise RuntimeError(f"redis-server on port {port} did not start") from None
                 time.sleep(0.05)
         client.close()
 
@@ -347,9 +347,17 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
             "REDIS CLUSTER TESTS SKIPPED: redis-server / redis-cli are not installed and could "
             "not be installed (Debian packages redis-server, redis-tools)"
         )
-    cluster = RedisCluster(binary, tmp_path_factory.mktemp("redis-cluster"))
+    for attempt in range(2):  # a port taken by someone else between the check and the bind
+        cluster = RedisCluster(binary, tmp_path_factory.mktemp("redis-cluster"))
+        try:
+            cluster.start()
+        except RuntimeError:
+            cluster.stop()
+            if attempt:
+                raise
+            continue
+        break
     try:
-        cluster.start()
         yield cluster
     finally:
         cluster.stop()

@@ -28,14 +28,48 @@ def ws_url(server) -> str:
     return f"ws://127.0.0.1:{server.port}/v1/ws"
 
 
+def _started(run_dir, *args: str):
+    from conftest import ServerProcess
+
+    server = ServerProcess(run_dir, *args)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def small_server(run_dir):
+    """One memory:// server with small bounds, shared by the tests that fit them (server
+    starts are most of these tests' time)."""
+    server = _started(
+        run_dir, "--store", "memory://", "--max-wait-ms", "2",
+        "--max-inflight-bytes", str(4 << 20), "--max-connections", "20",
+        "--max-ws-pending", "8", "--max-ws-pending-bytes", "16384",
+    )  # fmt: skip
+    yield server
+    server.stop()
+    server.log.close()
+
+
+@pytest.fixture(scope="module")
+def redis_server(run_dir, redis_url):
+    server = _started(run_dir, "--store", redis_url, "--max-wait-ms", "20")
+    yield server
+    server.stop()
+    server.log.close()
+
+
 # --- 1. the WebSocket `end` keeps per-stream order ----------------------------------------
 
 
 @pytest.mark.parametrize("store", ["memory", "sqlite"])
-def test_steps_pipelined_after_an_end_apply_in_order(server_factory, model, tmp_path, store):
-    url = "memory://" if store == "memory" else f"sqlite:///{tmp_path / 'end.sqlite'}"
-    server = server_factory("--store", url, "--max-wait-ms", "2")
-    server.start()
+def test_steps_pipelined_after_an_end_apply_in_order(
+    server_factory, small_server, model, tmp_path, store
+):
+    if store == "memory":
+        server = small_server
+    else:
+        server = server_factory("--store", f"sqlite:///{tmp_path / 'end.sqlite'}")
+        server.start()
     trials = 25  # the review: 50 trials per store, 49 wrong
     a, b, c = x_for(0, 1), x_for(1, 1, 0.5), x_for(2, 2)
 
@@ -88,11 +122,10 @@ def step_once(server, stream: str) -> httpx.Response:
         return client.post(f"/v1/streams/{stream}/steps", json={"seq": 1, "x": x_for(0, 1)})
 
 
-def test_bodies_declared_on_open_or_unknown_paths_reserve_nothing(server_factory):
+def test_bodies_declared_on_open_or_unknown_paths_reserve_nothing(small_server):
     # the review: 70 sockets declaring 1 MiB on /nope, /healthz, /v1, /openapi.json against a
     # 64 MiB budget; here 24 of them against a 4 MiB budget
-    server = server_factory("--store", "memory://", "--max-inflight-bytes", str(4 << 20))
-    server.start()
+    server = small_server
     paths = ["/nope", "/healthz", "/v1", "/openapi.json", "/v1/streams/x/steps", "/v1/steps"]
     sockets = open_silent_bodies(server.port, paths * 4, 1 << 20, b"")  # no token, no bytes
     try:
@@ -109,10 +142,9 @@ def test_bodies_declared_on_open_or_unknown_paths_reserve_nothing(server_factory
             sock.close()
 
 
-def test_slow_bodies_without_a_token_cannot_hold_every_connection(server_factory):
+def test_slow_bodies_without_a_token_cannot_hold_every_connection(small_server):
     # the review: 1 044 slow bodies on /nope filled 1 024 slots; here 30 fill 20
-    server = server_factory("--store", "memory://", "--max-connections", "20")
-    server.start()
+    server = small_server
     paths = ["/nope"] * 20 + ["/v1/steps"] * 10
     sockets = open_silent_bodies(server.port, paths, 1 << 20, b'{"steps": [')
     try:
@@ -127,14 +159,13 @@ def test_slow_bodies_without_a_token_cannot_hold_every_connection(server_factory
 # --- 7. a foreign Redis key fails alone; --workers die with their parent ----------------------
 
 
-def test_a_foreign_redis_string_key_fails_only_its_own_step(server_factory, redis_url):
+def test_a_foreign_redis_string_key_fails_only_its_own_step(redis_server, redis_url):
     import redis
 
     prefix = "seqstate:stream:"
     client = redis.Redis.from_url(redis_url)
     client.set(prefix + "foreign-1", b"not a hash")  # the review: a string under the prefix
-    server = server_factory("--store", redis_url, "--max-wait-ms", "20")
-    server.start()
+    server = redis_server
     mates = [f"mate-{i}-{os.getpid()}" for i in range(30)]  # the review: 30 batch-mates
     items = [{"id": "foreign-1", "seq": 1, "x": x_for(0, 1)}]
     items += [{"id": stream, "seq": 1, "x": x_for(i, 1)} for i, stream in enumerate(mates)]
@@ -174,7 +205,7 @@ def test_workers_die_with_their_supervisor_and_a_restart_binds(server_factory, t
 # --- 5. creating a stream never scans the store -------------------------------------------
 
 
-def test_creating_streams_does_not_scan_the_store(server_factory, redis_url):
+def test_creating_streams_does_not_scan_the_store(redis_server, redis_url):
     import redis
 
     client = redis.Redis.from_url(redis_url)
@@ -182,8 +213,7 @@ def test_creating_streams_does_not_scan_the_store(server_factory, redis_url):
     for i in range(30_000):  # the review: 300 000 and 500 000 stored streams
         pipe.hset(f"seqstate:stream:idle-{i}", "seq", 1)
     pipe.execute()
-    server = server_factory("--store", redis_url, "--max-live-streams", "10000000")
-    server.start()
+    server = redis_server
     client.config_resetstat()
     items = [{"id": f"new-{os.getpid()}-{i}", "seq": 1, "x": x_for(i, 1)} for i in range(40)]
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=20) as http:
@@ -201,9 +231,8 @@ def test_creating_streams_does_not_scan_the_store(server_factory, redis_url):
 # --- 2. a dropped WebSocket loses no answer -----------------------------------------------
 
 
-def test_every_step_in_flight_when_the_websocket_dropped_is_replayed(server_factory, model):
-    server = server_factory("--store", "memory://", "--max-wait-ms", "5")
-    server.start()
+def test_every_step_in_flight_when_the_websocket_dropped_is_replayed(small_server, model):
+    server = small_server
     streams, steps = 10, 8  # the review: 1 400 retries, 1 350 answered seq_stale
 
     async def main():
@@ -240,8 +269,8 @@ def test_every_step_in_flight_when_the_websocket_dropped_is_replayed(server_fact
 def _applied(server) -> float:
     text = httpx.get(server.url + "/metrics", headers=AUTH).text
     applied = 'seqstate_steps_total{outcome="applied"}'
-    line = next(x for x in text.splitlines() if x.startswith(applied))
-    return float(line.split()[-1])
+    lines = [x for x in text.splitlines() if x.startswith(applied)]
+    return float(lines[0].split()[-1]) if lines else 0.0
 
 
 def _raw_websocket(port: int) -> socket.socket:
@@ -270,14 +299,12 @@ def _frame(text: str) -> bytes:
     return bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask + masked
 
 
-def test_a_websocket_client_that_never_reads_is_not_read_from_either(server_factory):
+def test_a_websocket_client_that_never_reads_is_not_read_from_either(small_server):
     # the review: 3 000 frames of 512 steps read and applied from a client that never read,
     # although the docs promised 1 024 in flight; here up to 800 frames of 1 000 steps against
     # a bound of 8 frames / 16 KiB held (plus what the kernel's socket buffers hold)
-    server = server_factory(
-        "--store", "memory://", "--max-ws-pending", "8", "--max-ws-pending-bytes", "16384"
-    )
-    server.start()
+    server = small_server
+    before = _applied(server)
     sock = _raw_websocket(server.port)
     x = [[0.1, 0.2, 0.3]] * 1000
     sent = 0
@@ -291,7 +318,7 @@ def test_a_websocket_client_that_never_reads_is_not_read_from_either(server_fact
                 break
             sent += 1
         time.sleep(1.0)
-        applied = _applied(server)
+        applied = _applied(server) - before
     finally:
         sock.close()
     # ~45 KB answers: the kernel's buffers (a few MB on loopback) hold about a hundred, the
@@ -389,6 +416,14 @@ class Load:
         return sum(len(a) for a in self.acked.values())
 
 
+def start_all(servers: list) -> None:
+    """Start server processes at once (each start is mostly imports)."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(len(servers)) as pool:
+        list(pool.map(lambda server: server.start(), servers))
+
+
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 def test_replicas_lose_and_double_nothing_across_sigkills(
     server_factory, model, tmp_path, store, request
@@ -397,13 +432,12 @@ def test_replicas_lose_and_double_nothing_across_sigkills(
     if store == "redis":
         url = request.getfixturevalue("redis_url").replace("/0", "/3")
     servers = [server_factory("--store", url, "--ttl", "0", "--max-wait-ms", "2") for _ in "ab"]
-    for server in servers:
-        server.start()
+    start_all(servers)
     load = Load(servers, streams=12)
 
     async def main():
         tasks = load.tasks()
-        for victim in (0, 1, 0):  # bounded: three kill -9, each replica restarted
+        for victim in (0, 1):  # bounded: a kill -9 of each replica, each restarted
             await asyncio.sleep(0.6)
             servers[victim].kill()
             await asyncio.sleep(0.1)
@@ -423,8 +457,7 @@ def test_redis_cluster_keeps_acknowledged_steps_when_a_master_is_killed(
         server_factory("--store", redis_cluster.url, "--ttl", "0", "--max-wait-ms", "2")
         for _ in "ab"
     ]
-    for server in servers:
-        server.start()
+    start_all(servers)
     load = Load(servers, streams=12)
     masters = redis_cluster.masters()
     assert len(masters) == 3
