@@ -114,8 +114,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--requests", type=int, default=120)
     args = parser.parse_args()
-    from seqstate.checkpoint import save_model
-    from seqstate.model import SequenceModel
+    from seqstate.core.model import SequenceModel
+    from seqstate.core.saved import save_model
 
     with tempfile.TemporaryDirectory() as run_dir:
         torch.manual_seed(0)
