@@ -489,3 +489,44 @@ def test_redis_cluster_keeps_acknowledged_steps_when_a_master_is_killed(
     assert len(redis_cluster.masters()) == 3  # the failover happened
     total = load.check(model)
     assert total > progress["at_kill"]  # and steps were acknowledged after it
+
+
+def _batches_over(server, size: int) -> float:
+    """How many model calls held more than ``size`` steps (the batch-size histogram)."""
+    text = httpx.get(server.url + "/metrics", headers=AUTH).text
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith("seqstate_batch_size_bucket"):
+            bound = line.split('le="')[1].split('"')[0]
+            buckets[bound] = float(line.split()[-1])
+    total = buckets["+Inf"]
+    within = max(v for k, v in buckets.items() if k != "+Inf" and float(k) <= size)
+    return total - within
+
+
+def test_large_requests_are_served_one_parsed_budget_at_a_time(server_factory):
+    # the review: 120 concurrent ~1 MiB /v1/steps held 1.95 GB: a body's parsed form is ~8x
+    # its bytes, and every body that fit the raw byte budget was parsed and held at once.
+    # Here bodies of ~0.5 MiB (10 streams each) against a 4 MiB budget: parsed, one fills it,
+    # so requests are served one at a time and no model call mixes two requests' streams.
+    server = server_factory(
+        "--store", "memory://", "--max-inflight-bytes", str(4 << 20), "--max-wait-ms", "50"
+    )  # the wait lets concurrent requests' streams meet in one batch, if both are admitted
+    server.start()
+    row = [0.123456789012, -1.23456789012, 2.3456789012]
+
+    def body(r: int) -> bytes:
+        items = [{"id": f"L{r}-{i}", "seq": 1, "x": [row] * 1000} for i in range(10)]
+        return json.dumps({"steps": items}).encode()
+
+    async def main():
+        limits = httpx.Limits(max_connections=8)
+        async with httpx.AsyncClient(headers=AUTH, timeout=120, limits=limits) as client:
+            answers = await asyncio.gather(
+                *(client.post(server.url + "/v1/steps", content=body(r)) for r in range(8))
+            )
+            return [a.status_code for a in answers]
+
+    statuses = asyncio.run(main())
+    assert 400_000 < len(body(0)) < (1 << 20) and set(statuses) <= {200, 429}
+    assert _batches_over(server, 16) == 0  # a request alone is a batch of 10
