@@ -59,28 +59,65 @@ def _server(run_dir: str) -> tuple[subprocess.Popen, str, int]:
     raise RuntimeError("server did not start")
 
 
-async def _ws_attack(port: int, frames: int, seconds: float, clients: int = 4) -> int:
-    import websockets
+def _raw_websocket(port: int) -> socket.socket:
+    """A WebSocket opened by hand on a plain socket that is never read from again (a client
+    library would read answers into its own buffers behind the attack's back)."""
+    import base64
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError(f"upgrade refused: {head[:80]!r}")
+    return sock
+
+
+def _frame(text: str) -> bytes:
+    """A masked client text frame (RFC 6455 5.2), payloads under 64 KiB."""
+    payload, mask = text.encode(), os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask + masked
+
+
+def _ws_attack(port: int, frames: int, seconds: float, clients: int = 4) -> int:
+    """``clients`` connections send ``frames`` frames of 512 steps in all, never reading."""
+    import threading
 
     x = [[0.1, 0.2, 0.3]] * 512
-    sent = 0
+    sent = [0] * clients
+    sockets = [_raw_websocket(port) for _ in range(clients)]
+    deadline = time.monotonic() + seconds
 
-    async def one(c: int) -> None:
-        nonlocal sent
-        async with websockets.connect(
-            f"ws://127.0.0.1:{port}/v1/ws", additional_headers=AUTH, max_queue=4
-        ) as ws:
-            for i in range(frames // clients):
-                frame = {"stream": f"m{c}-{i}", "seq": 1, "x": x}
-                await ws.send(json.dumps(frame))
-                sent += 1
-            await asyncio.sleep(3600)  # never read
+    def flood(c: int) -> None:
+        sockets[c].settimeout(1.0)
+        for i in range(frames // clients):
+            while time.monotonic() < deadline:
+                try:
+                    frame = _frame(json.dumps({"stream": f"m{c}-{i}", "seq": 1, "x": x}))
+                    sockets[c].sendall(frame)
+                    break
+                except TimeoutError:  # the server stopped reading: keep pushing until time
+                    continue
+            else:
+                return
+            sent[c] += 1
 
-    tasks = [asyncio.create_task(one(c)) for c in range(clients)]
-    await asyncio.wait(tasks, timeout=seconds)
-    for task in tasks:
-        task.cancel()
-    return sent
+    threads = [threading.Thread(target=flood, args=(c,)) for c in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    time.sleep(max(deadline - time.monotonic(), 0))
+    for sock in sockets:
+        sock.close()
+    return sum(sent)
 
 
 async def _http_attack(url: str, requests: int) -> list[int]:
@@ -124,13 +161,13 @@ def main() -> None:
         try:
             before, _ = _rss(process.pid)
             if args.attack == "ws":
-                sent = asyncio.run(_ws_attack(port, args.frames, args.seconds))
+                sent = _ws_attack(port, args.frames, args.seconds)
                 detail = f"frames sent {sent}"
             else:
                 statuses = asyncio.run(_http_attack(url, args.requests))
                 detail = "statuses " + json.dumps({s: statuses.count(s) for s in set(statuses)})
             time.sleep(1.0)
-            now, peak = _rss(process.pid)
+            now, peak = _rss(process.pid)  # (the attack's sockets are closed by now)
             metrics = httpx.get(url + "/metrics", headers=AUTH).text
             applied = [line for line in metrics.splitlines() if "steps_total{" in line]
             detail += "; " + ", ".join(line.split("{")[1] for line in applied)
