@@ -32,7 +32,11 @@ def _started(run_dir, *args: str):
     from conftest import ServerProcess
 
     server = ServerProcess(run_dir, *args)
-    server.start()
+    try:
+        server.start(timeout=60)  # a loaded machine imports torch slowly
+    except BaseException:
+        server.log.close()
+        raise
     return server
 
 
@@ -421,7 +425,7 @@ def start_all(servers: list) -> None:
     import concurrent.futures
 
     with concurrent.futures.ThreadPoolExecutor(len(servers)) as pool:
-        list(pool.map(lambda server: server.start(), servers))
+        list(pool.map(lambda server: server.start(timeout=60), servers))
 
 
 @pytest.mark.parametrize("store", ["sqlite", "redis"])

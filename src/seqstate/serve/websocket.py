@@ -72,11 +72,15 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
     in_flight: dict[str, int] = {}  # steps of each stream not yet answered
     last: dict[str, asyncio.Future[Any]] = {}  # each stream's latest queued step or end
 
-    def put(frame: bytes, charge: int) -> None:
-        held[0] += len(frame)
-        outbox.put_nowait((frame, charge + len(frame)))
+    def put(frame: bytes, charge: int, estimate: int = 0) -> None:
+        # the answer replaces its estimate (charged when the frame was read)
+        change = len(frame) - estimate
+        held[0] += change
+        outbox.put_nowait((frame, charge + change))
 
-    def answered(stream: str, seq: int, charge: int, future: asyncio.Future[Outcome]) -> None:
+    def answered(
+        stream: str, seq: int, charge: int, estimate: int, future: asyncio.Future[Outcome]
+    ) -> None:
         in_flight[stream] -= 1
         if not in_flight[stream]:
             del in_flight[stream]
@@ -87,20 +91,22 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             outcome = future.result()
         except StoreError as error:
             metrics.store_errors.labels("step").inc()
-            put(_error(stream, seq, _store_problem(error)), charge)
+            put(_error(stream, seq, _store_problem(error)), charge, estimate)
             return
         except Exception:  # never leave the client waiting on a lost answer
-            put(_error(stream, seq, ApiError(500, "internal", "internal error")), charge)
+            internal = ApiError(500, "internal", "internal error")
+            put(_error(stream, seq, internal), charge, estimate)
             return
         if isinstance(outcome, Reject):
             metrics.steps.labels("rejected").inc()
             problem = ApiError(
                 outcome.status, outcome.code, outcome.message, expected_seq=outcome.expected_seq
             )
-            put(_error(stream, seq, problem), charge)
+            put(_error(stream, seq, problem), charge, estimate)
         else:
             metrics.steps.labels("replayed" if outcome.replayed else "applied").inc()
-            put(b'{"stream":"' + stream.encode() + b'",' + answer_json(outcome)[1:], charge)
+            answer = b'{"stream":"' + stream.encode() + b'",' + answer_json(outcome)[1:]
+            put(answer, charge, estimate)
 
     async def after(before: asyncio.Future[Any] | None, then: Any) -> Any:
         if before is not None:
@@ -108,11 +114,11 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
                 await asyncio.shield(before)
         return await then()
 
-    def queue_step(frame: WsStep, charge: int) -> None:
+    def queue_step(frame: WsStep, charge: int, estimate: int) -> None:
         try:
             request = step_request(frame.stream, frame, resources)
         except ApiError as error:
-            put(_error(frame.stream, frame.seq, error), charge)
+            put(_error(frame.stream, frame.seq, error), charge, estimate)
             return
         before = last.get(frame.stream)
         if before is not None and getattr(before, "chained", False):
@@ -129,7 +135,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             future = resources.batcher.enqueue(request)
         last[frame.stream] = future
         in_flight[frame.stream] = in_flight.get(frame.stream, 0) + 1
-        future.add_done_callback(lambda f: answered(frame.stream, frame.seq, charge, f))
+        future.add_done_callback(lambda f: answered(frame.stream, frame.seq, charge, estimate, f))
 
     def queue_end(frame: WsEnd, charge: int) -> None:
         async def end() -> bytes:
@@ -175,6 +181,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
 
     byte_bound = config.max_ws_pending_bytes
     window = config.replay_window
+    answer_row_bytes = 24 * int(getattr(resources.model, "output_size", 1) or 1)  # JSON numbers
     await websocket.accept()
     sender = asyncio.create_task(writer(), name="seqstate-ws-writer")
     try:
@@ -199,11 +206,16 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             if isinstance(frame, WsEnd):
                 queue_end(frame, charge)
             else:
+                # its answer is charged now, estimated (k rows of O numbers), so that the
+                # bound holds for frames and their answers together
+                rows = len(frame.x) if frame.x and isinstance(frame.x[0], list) else 1
+                estimate = 64 + rows * answer_row_bytes
+                held[0] += estimate
                 # at most replay_window steps of one stream in flight: each of them can be
                 # replayed after a dropped connection (the store keeps that many answers)
                 stream = frame.stream
                 await wait_until(lambda: in_flight.get(stream, 0) < window)  # noqa: B023
-                queue_step(frame, charge)
+                queue_step(frame, charge + estimate, estimate)
     finally:
         pending = list(last.values())
         if pending:  # queued steps are applied anyway; let them finish, bounded
