@@ -233,15 +233,16 @@ def _too_large(received: int, limit: int) -> Any:
 # against a second max_inflight_bytes, and wait their turn for it instead of being parsed.
 PARSED_FACTOR = 8
 
-_STEPS_PATH = re.compile(r"^/v1/streams/[^/]+/steps$")
+# the routes that read a body: a stream's steps and its forecast (and /v1/steps below)
+_BODY_PATH = re.compile(r"^/v1/streams/[^/]+/(steps|forecast)$")
 
 
 def _takes_body(scope: Scope) -> bool:
-    """Whether the request is one of the routes that read a body (the two step routes)."""
+    """Whether the request is one of the routes that read a body (steps and forecast)."""
     if scope["method"] != "POST":
         return False
     path = scope["path"]
-    return path == "/v1/steps" or _STEPS_PATH.match(path) is not None
+    return path == "/v1/steps" or _BODY_PATH.match(path) is not None
 
 
 def _declares_body(scope: Scope) -> bool:
