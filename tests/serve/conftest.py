@@ -171,7 +171,7 @@ def _redis_binary() -> str | None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (
         ["apt-get", "update", "-qq"],
-        ["apt-get", "install", "-y", "-qq", "redis-server"],
+        ["apt-get", "install", "-y", "-qq", "redis-server", "redis-tools"],
     ):
         subprocess.run(command, env=env, capture_output=True, timeout=300, check=False)
     return shutil.which("redis-server")
@@ -214,3 +214,150 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+def _cluster_ports(count: int) -> list[int]:
+    """Free loopback ports whose cluster bus port (port + 10000) is free too."""
+    import random
+
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randint(20000, 45000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+class RedisCluster:
+    """A real Redis Cluster on loopback: 3 masters with one replica each (6 redis-server)."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary, self.directory = binary, directory
+        self.ports = _cluster_ports(6)
+        self.processes: dict[int, subprocess.Popen] = {}
+
+    def start_node(self, port: int) -> None:
+        node_dir = self.directory / str(port)
+        node_dir.mkdir(exist_ok=True)
+        self.processes[port] = subprocess.Popen(
+            [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
+             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+             "--cluster-node-timeout", "1000", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        import redis
+
+        for port in self.ports:
+            self.start_node(port)
+        for port in self.ports:
+            self.wait_ping(port)
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        created = subprocess.run(
+            ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "1",
+             "--cluster-yes"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}")
+        deadline = time.monotonic() + 30
+        for port in self.ports:
+            client = redis.Redis(host="127.0.0.1", port=port)
+            while client.cluster("info").get("cluster_state") != "ok":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+                time.sleep(0.1)
+            client.close()
+
+    def wait_ping(self, port: int) -> None:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.processes[port].poll() is not None:
+                    raise RuntimeError(f"redis-server on port {port} did not start") from None
+                time.sleep(0.05)
+        client.close()
+
+    def masters(self) -> list[int]:
+        import redis
+
+        masters = []
+        for port, process in self.processes.items():
+            if process.poll() is None:
+                client = redis.Redis(host="127.0.0.1", port=port)
+                if client.info("replication")["role"] == "master":
+                    masters.append(port)
+                client.close()
+        return masters
+
+    def replicated(self) -> bool:
+        """Whether every master has a replica in sync."""
+        import redis
+
+        for port in self.masters():
+            client = redis.Redis(host="127.0.0.1", port=port)
+            info = client.info("replication")
+            client.close()
+            online = [v for k, v in info.items() if k.startswith("slave") and
+                      isinstance(v, dict) and v.get("state") == "online"]  # fmt: skip
+            if not online:
+                return False
+        return True
+
+    def kill(self, port: int) -> None:
+        self.processes[port].kill()  # kill -9
+        self.processes[port].wait(timeout=10)
+
+    @property
+    def url(self) -> str:
+        alive = [p for p in self.ports if self.processes[p].poll() is None]
+        return f"redis+cluster://127.0.0.1:{alive[0]}"
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    binary = _redis_binary()
+    if binary is None or shutil.which("redis-cli") is None:
+        pytest.skip(
+            "REDIS CLUSTER TESTS SKIPPED: redis-server / redis-cli are not installed and could "
+            "not be installed (Debian packages redis-server, redis-tools)"
+        )
+    for attempt in range(2):  # a port taken by someone else between the check and the bind
+        cluster = RedisCluster(binary, tmp_path_factory.mktemp("redis-cluster"))
+        try:
+            cluster.start()
+        except RuntimeError:
+            cluster.stop()
+            if attempt:
+                raise
+            continue
+        break
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

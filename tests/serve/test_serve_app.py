@@ -97,21 +97,29 @@ def _metric(text: str, name: str, labels: str = "") -> float:
 
 def test_gap_stale_and_unknown_stream_are_refused_without_changing_state(run_dir, model):
     async def main():
-        async with in_process(run_dir) as client:
-            assert (await step(client, "a", 1, x_of(1))).status_code == 200
+        async with in_process(run_dir, replay_window=2) as client:
+            first = await step(client, "a", 1, x_of(1))
+            assert first.status_code == 200
             gap = await step(client, "a", 3, x_of(3))
             assert gap.status_code == 409
             assert gap.json()["code"] == "seq_gap" and gap.json()["expected_seq"] == 2
+            assert "expected seq 2" in gap.json()["message"]  # names the next seq
             assert (await step(client, "a", 2, x_of(2))).status_code == 200
-            stale = await step(client, "a", 1, x_of(1))
+            kept = await step(client, "a", 1, x_of(1))  # within the replay window: replayed
+            assert kept.json() == {**first.json(), "replayed": True}
+            other = await step(client, "a", 1, x_of(7))
+            assert other.status_code == 409 and other.json()["code"] == "seq_conflict"
+            assert (await step(client, "a", 3, x_of(3))).status_code == 200
+            stale = await step(client, "a", 1, x_of(1))  # older than the window
             assert stale.status_code == 409 and stale.json()["code"] == "seq_stale"
-            assert stale.json()["expected_seq"] == 3
+            assert stale.json()["expected_seq"] == 4
             unknown = await step(client, "never-seen", 5, x_of(1))
             assert unknown.status_code == 404
             assert unknown.json()["code"] == "stream_not_found"
             assert unknown.json()["expected_seq"] == 1
             assert (await client.get("/v1/streams/never-seen")).status_code == 404
             third = await step(client, "a", 3, x_of(3))
+            assert third.json()["replayed"] is True
             assert (await client.get("/v1/streams/a")).json()["seq"] == 3
             return third.json()["y"]
 

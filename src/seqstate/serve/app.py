@@ -37,6 +37,7 @@ from seqstate.serve.config import STREAM_ID_PATTERN, ServeConfig, valid_stream_i
 from seqstate.serve.edge import Edge
 from seqstate.serve.engine import Engine
 from seqstate.serve.errors import ApiError, error_response
+from seqstate.serve.livecount import RECOUNT_S, LiveCount
 from seqstate.serve.metrics import Metrics
 from seqstate.serve.preprocess import model_step
 from seqstate.serve.rules import Reject, is_expired
@@ -151,6 +152,9 @@ async def _open(
         torch.set_num_threads(config.torch_threads)
     if store is None:
         store = open_store(config.store_url, ttl_s=config.ttl_s)
+    live = LiveCount()
+    with contextlib.suppress(StoreError):  # unreachable now: the recounter catches up
+        live.recounted(await asyncio.to_thread(store.count), 0)  # once, before serving
     engine = Engine(
         function,
         store,
@@ -158,6 +162,8 @@ async def _open(
         device=config.device,
         clock=clock,
         max_live_streams=config.max_live_streams,
+        live=live,
+        replay_window=config.replay_window,
     )
     batcher = Batcher(
         engine.process,
@@ -168,17 +174,21 @@ async def _open(
         stages=(engine.prepare, engine.finish),
     )
     await batcher.start()
-    resources = Resources(config, engine.function, store, batcher, metrics, clock, engine=engine)
+    resources = Resources(
+        config, engine.function, store, batcher, metrics, clock, engine=engine, live=live
+    )
     if config.ttl_s > 0:
         resources.sweeper = asyncio.create_task(_sweep(resources), name="seqstate-sweeper")
+    resources.recounter = asyncio.create_task(_recount(resources), name="seqstate-recounter")
     return resources
 
 
 async def _close(resources: Resources) -> None:
-    if resources.sweeper is not None:
-        resources.sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await resources.sweeper
+    for task in (resources.sweeper, resources.recounter):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     await resources.batcher.stop()
     resources.store.close()
 
@@ -195,6 +205,21 @@ async def _sweep(resources: Resources) -> None:
             resources.metrics.store_errors.labels("expire").inc()
         else:
             resources.metrics.expired.inc(removed)
+            resources.live.add(-removed)
+
+
+async def _recount(resources: Resources) -> None:
+    """Correct the kept live-stream count by a full count, off the step path (see
+    ``livecount.py``): Redis' own key expiry and other replicas' creates show up here."""
+    while True:
+        await asyncio.sleep(RECOUNT_S)
+        started = resources.live.begin_recount()
+        try:
+            counted = await asyncio.to_thread(resources.store.count)
+        except StoreError:
+            resources.metrics.store_errors.labels("count").inc()
+        else:
+            resources.live.recounted(counted, started)
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -377,6 +402,7 @@ def _add_routes(app: FastAPI, config: ServeConfig) -> None:
         _check_stream_id(stream_id)
         (record,) = await asyncio.to_thread(resources.store.get_many, [stream_id])
         existed = await asyncio.to_thread(resources.store.delete, stream_id)
+        resources.live.add(-int(existed))
         ttl = resources.config.ttl_s
         if not existed or record is None:
             raise _not_found(stream_id)
@@ -420,10 +446,7 @@ def _add_routes(app: FastAPI, config: ServeConfig) -> None:
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics(request: Request) -> Response:
         resources: Resources = request.app.state.resources
-        try:
-            resources.metrics.live_streams.set(await asyncio.to_thread(resources.store.count))
-        except StoreError:
-            resources.metrics.store_errors.labels("count").inc()
+        resources.metrics.live_streams.set(resources.live.value)  # kept, never a scan
         text = await asyncio.to_thread(resources.metrics.render)
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 

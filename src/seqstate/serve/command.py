@@ -3,7 +3,8 @@
 The server runs on uvicorn with uvloop and httptools (the ``serve`` extra), behind the guarded
 connection protocol of ``guard.py``. ``--workers N`` starts N processes on one port sharing the
 store (SQLite file or Redis; not ``memory://``); they pass the configuration to each other in
-the environment variable ``SEQSTATE_SERVE_CONFIG``.
+the environment variable ``SEQSTATE_SERVE_CONFIG``. Workers die with their supervisor (a
+parent-death signal), so a supervisor killed with ``kill -9`` leaves no process on the port.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 __all__ = ["add_arguments", "config_from_args", "exposure_warning", "run"]
 
 _CONFIG_ENV = "SEQSTATE_SERVE_CONFIG"
+_PARENT_ENV = "SEQSTATE_SERVE_SUPERVISOR"  # the pid workers must die with
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +63,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-connections", type=int, default=1024, help="open HTTP connections")
     parser.add_argument("--max-websockets", type=int, default=256, help="open WebSockets")
+    parser.add_argument(
+        "--max-ws-pending-bytes",
+        type=int,
+        default=4 << 20,
+        help="bytes of frames and unwritten answers one WebSocket may hold before reads pause",
+    )
+    parser.add_argument(
+        "--replay-window",
+        type=int,
+        default=16,
+        help="answers kept per stream (retries of any of them are replayed); also the most "
+        "steps of one stream in flight on a WebSocket",
+    )
     parser.add_argument("--header-timeout", type=float, default=10.0, help="seconds for headers")
     parser.add_argument("--body-timeout", type=float, default=30.0, help="seconds for a body")
     parser.add_argument("--keepalive-timeout", type=float, default=5.0, help="idle keep-alive s")
@@ -110,6 +125,8 @@ def config_from_args(args: argparse.Namespace):  # -> ServeConfig (import kept l
         max_inflight_bytes=args.max_inflight_bytes,
         max_connections=args.max_connections,
         max_websockets=args.max_websockets,
+        max_ws_pending_bytes=args.max_ws_pending_bytes,
+        replay_window=args.replay_window,
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,
         keepalive_timeout_s=args.keepalive_timeout,
@@ -141,7 +158,23 @@ def _app_from_env() -> Any:
     from seqstate.serve.app import create_app
     from seqstate.serve.config import ServeConfig
 
+    _die_with_parent(int(os.environ.get(_PARENT_ENV, "0")))
     return create_app(ServeConfig(**json.loads(os.environ[_CONFIG_ENV])))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this worker when its supervisor dies (Linux' parent-death
+    signal), so a ``kill -9`` of the supervisor never leaves workers holding the port and a
+    restart binds. Killing a worker loses no acknowledged step (they are durable first)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if parent and os.getppid() != parent:  # the supervisor died before the signal was set
+        os._exit(1)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=config.shutdown_grace_s,
         header_timeout_s=config.header_timeout_s,
         max_connections=config.max_connections,
+        token=config.token if config.auth else None,
     )
     import uvicorn
 
@@ -199,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
         fields["run_dir"] = str(fields["run_dir"])
         fields["store"] = config.store_url  # every worker opens the same store
         os.environ[_CONFIG_ENV] = json.dumps(fields)
+        os.environ[_PARENT_ENV] = str(os.getpid())
         uvicorn_config = GuardedConfig(
             "seqstate.serve.command:_app_from_env", factory=True, workers=args.workers, **options
         )

@@ -39,7 +39,9 @@ class ServeConfig:
     max_inflight_bytes: int = 64 << 20  # request bytes held at once; past it 429 server_busy
     max_connections: int = 1024  # open HTTP connections; idle ones are evicted past it
     max_websockets: int = 256  # open WebSocket connections; past it the upgrade gets 503
-    max_ws_pending: int = 1024  # steps one WebSocket may have in flight before reads pause
+    max_ws_pending: int = 1024  # frames one WebSocket may have in flight before reads pause
+    max_ws_pending_bytes: int = 4 << 20  # and bytes of frames + unwritten answers in flight
+    replay_window: int = 16  # answers kept per stream: a retry of any of them is replayed
     header_timeout_s: float = 10.0  # a request's headers must arrive within this (slowloris)
     body_timeout_s: float = 30.0  # and its body within this after the headers (408)
     keepalive_timeout_s: float = 5.0  # idle keep-alive connections are closed after this
@@ -82,6 +84,8 @@ class ServeConfig:
             "max_connections",
             "max_websockets",
             "max_ws_pending",
+            "max_ws_pending_bytes",
+            "replay_window",
             "max_model_parameters",
         )
         if self.max_live_streams is not None:

@@ -34,9 +34,10 @@ import torch
 from seqstate.recipe.step import NO_TIME, RunState, RunStep
 from seqstate.serve import jsonio
 from seqstate.serve.errors import ApiError
+from seqstate.serve.livecount import LiveCount
 from seqstate.serve.preprocess import RunRowCodec, iso_times, model_step, template_series
 from seqstate.serve.rules import Apply, Reject, Replay, decide, is_expired
-from seqstate.serve.stores.base import Record, StateStore, Update, new_record
+from seqstate.serve.stores.base import Record, StateStore, Update, kept_answers, new_record
 
 __all__ = ["Engine", "Outcome", "Prepared", "StepRequest", "StepResult"]
 
@@ -86,6 +87,9 @@ class Prepared:
     updates: list[Update] = dataclasses.field(default_factory=list)
     committed: list[int] = dataclasses.field(default_factory=list)  # request index per update
     answers: list[bytes] = dataclasses.field(default_factory=list)  # JSON of y per update
+    creates: list[bool] = dataclasses.field(default_factory=list)  # per update: a new stream
+    # request index -> the earlier answers its new record keeps (replayed after a drop)
+    histories: dict[int, bytes] = dataclasses.field(default_factory=dict)
 
 
 class Engine:
@@ -104,6 +108,8 @@ class Engine:
         device: torch.device | str = "cpu",
         clock: Callable[[], float] = time.time,
         max_live_streams: int | None = None,
+        live: LiveCount | None = None,
+        replay_window: int = 1,
     ) -> None:
         if not isinstance(function, RunStep):
             function = model_step(function)
@@ -113,6 +119,8 @@ class Engine:
         self.ttl_s = ttl_s
         self.clock = clock
         self.max_live_streams = max_live_streams
+        self.live = live if live is not None else LiveCount()  # never a scan per step
+        self.replay_window = replay_window  # answers kept per stream (retries replayed)
         # the row layout: transform tensors, members' state types, layers, sizes, dtypes
         self.codec = RunRowCodec(self._to_cpu(function.initial_state([template_series(function)])))
 
@@ -130,6 +138,7 @@ class Engine:
         digests = [r.digest for r in requests]
         outcomes: list[Outcome | None] = [None] * len(requests)
         to_apply: list[tuple[int, Apply, bytes | None]] = []  # (index, decision, stored row)
+        histories: dict[int, bytes] = {}  # index -> the answers the new record keeps
         for i, (request, record) in enumerate(zip(requests, records, strict=True)):
             decision = decide(
                 record,
@@ -148,14 +157,20 @@ class Engine:
                     outcomes[i] = _series_mismatch(request, self.codec.series(row))
                 else:
                     to_apply.append((i, decision, row))
+                    if (
+                        record is not None
+                        and not decision.creates
+                        and record.intact(request.stream)
+                    ):
+                        histories[i] = kept_answers(record, self.replay_window - 1)
             elif isinstance(decision, Replay):
-                outcomes[i] = StepResult(request.seq, decision.record.output, replayed=True)
+                outcomes[i] = StepResult(request.seq, decision.output, replayed=True)
             else:
                 outcomes[i] = decision
         to_apply = self._within_capacity(to_apply, outcomes)
         prepared = Prepared(requests, digests, outcomes)
         if to_apply:
-            self._apply(prepared, to_apply, now)
+            self._apply(prepared, to_apply, now, histories)
         return prepared
 
     def finish(self, prepared: Prepared) -> list[Outcome]:
@@ -163,6 +178,7 @@ class Engine:
         outcomes, requests, digests = prepared.outcomes, prepared.requests, prepared.digests
         if prepared.updates:
             written = self.store.commit(prepared.updates)
+            self.live.add(sum(ok and c for ok, c in zip(written, prepared.creates, strict=True)))
             lost = []
             for i, output, ok in zip(prepared.committed, prepared.answers, written, strict=True):
                 if ok:
@@ -177,12 +193,12 @@ class Engine:
         self, to_apply: list[tuple[int, Apply, bytes | None]], outcomes: list[Outcome | None]
     ) -> list[tuple[int, Apply, bytes | None]]:
         """Refuse new streams past ``max_live_streams`` (503 stream_capacity); steps of live
-        streams always pass. The count is read only when the batch creates streams."""
+        streams always pass. The count is the kept estimate (``livecount.py``), never a scan."""
         limit = self.max_live_streams
         creating = [item for item in to_apply if item[1].creates]
         if limit is None or not creating:
             return to_apply
-        room = max(limit - self.store.count(), 0)
+        room = max(limit - self.live.value, 0)
         refused = {i for i, _, _ in creating[room:]}
         for i in refused:
             outcomes[i] = Reject(
@@ -258,9 +274,14 @@ class Engine:
         return RunState.cat(parts), position, series
 
     def _apply(
-        self, prepared: Prepared, to_apply: list[tuple[int, Apply, bytes | None]], now: float
+        self,
+        prepared: Prepared,
+        to_apply: list[tuple[int, Apply, bytes | None]],
+        now: float,
+        histories: dict[int, bytes],
     ) -> None:
         requests, outcomes = prepared.requests, prepared.outcomes
+        prepared.histories = histories
         state, position, series = self._states(prepared, to_apply)
         if state is None:
             return
@@ -342,8 +363,10 @@ class Engine:
                 output=output,
                 digest=prepared.digests[i],
                 updated=now,
+                history=prepared.histories.get(i, b""),
             )
             prepared.updates.append(Update(request.stream, to_apply[j][1].expected, record))
+            prepared.creates.append(to_apply[j][1].creates)
 
     # --- forecasts ---------------------------------------------------------------------------
 
@@ -441,8 +464,12 @@ class Engine:
         for i, now_stored in zip(lost, current, strict=True):
             request = requests[i]
             intact = now_stored if now_stored and now_stored.intact(request.stream) else None
-            if intact and intact.seq == request.seq and intact.digest == digests[i]:
-                outcomes[i] = StepResult(request.seq, intact.output, replayed=True)
+            kept = None
+            if intact is not None:
+                same = intact.seq == request.seq
+                kept = (intact.digest, intact.output) if same else intact.earlier(request.seq)
+            if kept is not None and kept[0] == digests[i]:  # the other writer applied it
+                outcomes[i] = StepResult(request.seq, kept[1], replayed=True)
             else:
                 expected = intact.seq + 1 if intact else 1
                 outcomes[i] = Reject(

@@ -8,9 +8,10 @@ slot. This protocol adds, per connection:
   complete within ``header_timeout_s``, else the socket is closed;
 - a header size bound (431 past ``MAX_HEADER_BYTES``);
 - a cap of ``max_connections`` open HTTP connections: at the cap, a new connection evicts the
-  oldest one that is idle or still sending headers (a slowloris socket, or an idle keep-alive)
-  rather than being refused, so a real client is served at once; only when every connection
-  is busy inside a request is the newcomer refused with 503 ``too_many_connections``.
+  oldest one that has not authenticated: idle, still sending headers (a slowloris socket, or
+  an idle keep-alive), or inside a request that carried no valid bearer token; only when every
+  connection is busy inside an authenticated request is the newcomer refused with 503
+  ``too_many_connections``.
 
 The body deadline and the in-flight byte bound are the ASGI layer's (``edge.py``); keep-alive
 and graceful shutdown are uvicorn's own (``timeout_keep_alive``, ``timeout_graceful_shutdown``).
@@ -19,6 +20,7 @@ and graceful shutdown are uvicorn's own (``timeout_keep_alive``, ``timeout_grace
 from __future__ import annotations
 
 import asyncio
+import hmac
 from typing import Any
 
 import uvicorn
@@ -33,11 +35,18 @@ class GuardedConfig(uvicorn.Config):
     """uvicorn's Config plus the guard's settings (module-level: workers pickle it)."""
 
     def __init__(
-        self, app: Any, *, header_timeout_s: float, max_connections: int, **kwargs: Any
+        self,
+        app: Any,
+        *,
+        header_timeout_s: float,
+        max_connections: int,
+        token: str | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self.header_timeout_s = header_timeout_s
         self.max_connections = max_connections
+        self.token = token  # None: no auth, every request counts as authenticated
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -47,6 +56,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._awaiting_headers = True  # idle or sending headers: may be evicted at the cap
         self._header_bytes = 0
         self._since = 0.0
+        token = getattr(config, "token", None)
+        self._token = token.encode() if token else None
+        self._authenticated = self._token is None  # the current request carried the token
 
     # --- deadline ---------------------------------------------------------------------------
 
@@ -83,7 +95,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             for c in self.connections
             if c is not self
             and isinstance(c, GuardedHttpToolsProtocol)
-            and c._awaiting_headers
+            and (c._awaiting_headers or not c._authenticated)
             and not c.transport.is_closing()
         ]
         if idle:
@@ -116,10 +128,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count_header_bytes(len(name) + len(value) + 4)
+        if self._token is not None and name.lower() == b"authorization":
+            scheme, _, credentials = value.partition(b" ")
+            self._authenticated = scheme.lower() == b"bearer" and hmac.compare_digest(
+                credentials.strip(), self._token
+            )
         super().on_header(name, value)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._authenticated = self._token is None
         if self._header_timer is None:
             self._arm()
 

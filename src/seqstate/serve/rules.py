@@ -15,7 +15,12 @@ for step ``seq`` (with ``start`` and a body fingerprint ``digest``) is decided l
         seq == L, same body       -> replay: the stored answer, nothing applied
         seq == L, different body  -> 409 seq_conflict                (expected_seq L + 1)
         seq >  L + 1              -> 409 seq_gap                     (expected_seq L + 1)
-        seq <  L                  -> 409 seq_stale                   (expected_seq L + 1)
+        seq <  L, answer kept     -> replay (same body) or 409 seq_conflict
+        seq <  L, older           -> 409 seq_stale                   (expected_seq L + 1)
+
+The answers of the last W steps are kept (the replay window: W - 1 in ``record.history``),
+so a client that had several steps of a stream in flight when its connection dropped gets
+every one of them replayed.
 
 Numbering never goes back for a live stream, even on ``start``: a delayed duplicate of an old
 request can then never be mistaken for a new one. To number from 1 again, end the stream
@@ -40,7 +45,7 @@ class Apply:
 
 @dataclasses.dataclass(frozen=True)
 class Replay:
-    record: Record  # its output is the answer
+    output: bytes  # the stored answer (JSON of y)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,14 +105,15 @@ def decide(
     last = record.seq
     if seq == last + 1:
         return Apply(from_zero=start, expected=record.generation, creates=False)
-    if seq == last:
-        if record.digest == digest:
-            return Replay(record)
+    kept = (record.digest, record.output) if seq == last else record.earlier(seq)
+    if kept is not None:
+        if kept[0] == digest:
+            return Replay(kept[1])
         return Reject(
             409,
             "seq_conflict",
             f"step {seq} was already applied with a different body; a retry must repeat the "
-            f"request exactly. The next step is {last + 1}",
+            f"request exactly. The next seq is {last + 1}",
             last + 1,
         )
     if seq > last:
@@ -121,6 +127,7 @@ def decide(
     return Reject(
         409,
         "seq_stale",
-        f"step {seq} is older than the last applied step {last}; expected {last + 1}",
+        f"step {seq} is older than the answers kept for this stream (the last applied is "
+        f"{last}); expected seq {last + 1}",
         last + 1,
     )

@@ -16,6 +16,7 @@ from seqstate.serve.batcher import Batcher
 from seqstate.serve.config import ServeConfig
 from seqstate.serve.engine import Engine, Outcome, StepRequest
 from seqstate.serve.errors import ApiError
+from seqstate.serve.livecount import LiveCount
 from seqstate.serve.metrics import Metrics
 from seqstate.serve.preprocess import parse_step_times
 from seqstate.serve.rules import Reject
@@ -39,6 +40,8 @@ class Resources:
     clock: Callable[[], float]
     engine: Engine
     sweeper: asyncio.Task[None] | None = None
+    live: LiveCount = dataclasses.field(default_factory=LiveCount)  # live streams, kept
+    recounter: asyncio.Task[None] | None = None
     websockets: int = 0  # open WebSocket connections
 
 

@@ -16,9 +16,14 @@ start); a step is answered only after its new state is durable, and steps from e
 connection and HTTP request share the batcher. A client may pipeline: steps of one stream are
 applied and answered in the order sent, steps of different streams concurrently (answers of
 different streams may come back in any order). A frame that fails validation (bad JSON, wrong
-feature count) is answered at once, before steps still in flight. At most ``max_ws_pending``
-steps are in flight per connection; past that the server stops reading (TCP backpressure), it
-never drops a frame.
+feature count) is answered at once, before steps still in flight.
+
+Backpressure, never a dropped frame: a frame counts as in flight from when it is read until
+its answer is written to the socket. Past ``max_ws_pending`` frames or ``max_ws_pending_bytes``
+bytes (frames plus unwritten answers) in flight the server stops reading the connection, and
+past ``replay_window`` unanswered steps of one stream it waits for that stream (the store
+keeps the answers of a stream's last ``replay_window`` steps, so after a dropped connection
+every step that was in flight is replayed on retry).
 
 Per step the loop does no more than parse, validate and queue the step with the batcher; its
 answer is written from the batch's completion callback (no task per frame).
@@ -58,32 +63,52 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
         return
     resources.websockets += 1
     metrics.websockets.inc()
-    outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+    # Every frame read is held until its answer has been written to the socket: its bytes
+    # and its answer's count against max_ws_pending_bytes, the frame against max_ws_pending.
+    # A client that stops reading therefore stops the server reading from it, with at most
+    # those bounds (plus the one frame being read) held for it.
+    outbox: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue()
     room = asyncio.Semaphore(config.max_ws_pending)
+    held = [0]  # bytes of frames in flight and of answers not yet written
+    changed = asyncio.Event()  # set whenever held bytes or a stream's in-flight count drop
+    in_flight: dict[str, int] = {}  # steps of each stream not yet answered
     last: dict[str, asyncio.Future[Any]] = {}  # each stream's latest queued step or end
 
-    def answered(stream: str, seq: int, future: asyncio.Future[Outcome]) -> None:
-        room.release()
+    def put(frame: bytes, charge: int, estimate: int = 0) -> None:
+        # the answer replaces its estimate (charged when the frame was read)
+        change = len(frame) - estimate
+        held[0] += change
+        outbox.put_nowait((frame, charge + change))
+
+    def answered(
+        stream: str, seq: int, charge: int, estimate: int, future: asyncio.Future[Outcome]
+    ) -> None:
+        in_flight[stream] -= 1
+        if not in_flight[stream]:
+            del in_flight[stream]
+        changed.set()
         if last.get(stream) is future:
             del last[stream]
         try:
             outcome = future.result()
         except StoreError as error:
             metrics.store_errors.labels("step").inc()
-            outbox.put_nowait(_error(stream, seq, _store_problem(error)))
+            put(_error(stream, seq, _store_problem(error)), charge, estimate)
             return
         except Exception:  # never leave the client waiting on a lost answer
-            outbox.put_nowait(_error(stream, seq, ApiError(500, "internal", "internal error")))
+            internal = ApiError(500, "internal", "internal error")
+            put(_error(stream, seq, internal), charge, estimate)
             return
         if isinstance(outcome, Reject):
             metrics.steps.labels("rejected").inc()
             problem = ApiError(
                 outcome.status, outcome.code, outcome.message, expected_seq=outcome.expected_seq
             )
-            outbox.put_nowait(_error(stream, seq, problem))
+            put(_error(stream, seq, problem), charge, estimate)
         else:
             metrics.steps.labels("replayed" if outcome.replayed else "applied").inc()
-            outbox.put_nowait(b'{"stream":"' + stream.encode() + b'",' + answer_json(outcome)[1:])
+            answer = b'{"stream":"' + stream.encode() + b'",' + answer_json(outcome)[1:]
+            put(answer, charge, estimate)
 
     async def after(before: asyncio.Future[Any] | None, then: Any) -> Any:
         if before is not None:
@@ -91,27 +116,30 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
                 await asyncio.shield(before)
         return await then()
 
-    def queue_step(frame: WsStep) -> None:
+    def queue_step(frame: WsStep, charge: int, estimate: int) -> None:
         try:
             request = step_request(frame.stream, frame, resources)
         except ApiError as error:
-            room.release()
-            outbox.put_nowait(_error(frame.stream, frame.seq, error))
+            put(_error(frame.stream, frame.seq, error), charge, estimate)
             return
         before = last.get(frame.stream)
-        if before is not None and getattr(before, "is_end", False):
-            # a step after an end of the same stream waits for the delete (slow path)
+        if before is not None and getattr(before, "chained", False):
+            # Behind an end, every later op of the stream waits for the one before it (slow
+            # path): the end waits for the steps before it, each step after it for its
+            # predecessor. A step that skipped the chain would overtake the end (and be
+            # deleted by it) or the step just behind the end (and be refused).
             async def submit() -> Outcome:
                 return await resources.batcher.enqueue(request)
 
             future: asyncio.Future[Any] = asyncio.ensure_future(after(before, submit))
-            future.is_end = True  # type: ignore[attr-defined]  # the steps after it chain too
+            future.chained = True  # type: ignore[attr-defined]
         else:  # the batcher keeps steps of one stream in order by itself
             future = resources.batcher.enqueue(request)
         last[frame.stream] = future
-        future.add_done_callback(lambda f: answered(frame.stream, frame.seq, f))
+        in_flight[frame.stream] = in_flight.get(frame.stream, 0) + 1
+        future.add_done_callback(lambda f: answered(frame.stream, frame.seq, charge, estimate, f))
 
-    def queue_forecast(frame: WsForecast) -> None:
+    def queue_forecast(frame: WsForecast, charge: int) -> None:
         # after the stream's steps already sent: the forecast sees their state
         async def forecast() -> bytes:
             try:
@@ -123,47 +151,71 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             return b'{"stream":"' + frame.stream.encode() + b'","op":"forecast",' + answer[1:]
 
         future = asyncio.ensure_future(after(last.get(frame.stream), forecast))
-        future.is_end = True  # type: ignore[attr-defined]  # later steps wait, as after an end
+        future.chained = True  # type: ignore[attr-defined]  # later steps wait, as after an end
         last[frame.stream] = future
 
         def forecasted(f: asyncio.Future[bytes]) -> None:
-            room.release()
             if last.get(frame.stream) is f:
                 del last[frame.stream]
-            outbox.put_nowait(f.result() if not f.cancelled() and not f.exception() else b"")
+            if f.cancelled() or f.exception() is not None:
+                answer = _error(frame.stream, None, ApiError(500, "internal", "internal error"))
+            else:
+                answer = f.result()
+            put(answer, charge)
 
         future.add_done_callback(forecasted)
 
-    def queue_end(frame: WsEnd) -> None:
+    def queue_end(frame: WsEnd, charge: int) -> None:
         async def end() -> bytes:
             try:
                 existed = await asyncio.to_thread(resources.store.delete, frame.stream)
             except StoreError as error:
                 return _error(frame.stream, None, _store_problem(error))
+            resources.live.add(-int(existed))
             return jsonio.dumps({"stream": frame.stream, "op": "end", "deleted": existed})
 
         future = asyncio.ensure_future(after(last.get(frame.stream), end))
-        future.is_end = True  # type: ignore[attr-defined]
+        future.chained = True  # type: ignore[attr-defined]
         last[frame.stream] = future
 
         def ended(f: asyncio.Future[bytes]) -> None:
-            room.release()
             if last.get(frame.stream) is f:
                 del last[frame.stream]
-            outbox.put_nowait(f.result() if not f.cancelled() and not f.exception() else b"")
+            if f.cancelled() or f.exception() is not None:
+                answer = _error(frame.stream, None, ApiError(500, "internal", "internal error"))
+            else:
+                answer = f.result()
+            put(answer, charge)
 
         future.add_done_callback(ended)
 
-    async def writer() -> None:
-        while (frame := await outbox.get()) is not None:
-            if frame:
-                await websocket.send({"type": "websocket.send", "text": frame.decode()})
+    async def wait_until(ready: Any) -> None:
+        while not ready():
+            changed.clear()
+            await changed.wait()
 
+    async def writer() -> None:
+        open_ = True
+        while (item := await outbox.get()) is not None:
+            frame, charge = item
+            if open_:
+                try:  # waits while the client does not read (the transport's flow control)
+                    await websocket.send({"type": "websocket.send", "text": frame.decode()})
+                except Exception:  # the client left: the rest is released unsent
+                    open_ = False
+            held[0] -= charge
+            room.release()
+            changed.set()
+
+    byte_bound = config.max_ws_pending_bytes
+    window = config.replay_window
+    answer_row_bytes = 24 * max(len(resources.function.targets), 1)  # JSON numbers
     await websocket.accept()
     sender = asyncio.create_task(writer(), name="seqstate-ws-writer")
     try:
         while True:
             await room.acquire()
+            await wait_until(lambda: held[0] < byte_bound)
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 room.release()
@@ -171,18 +223,29 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             raw = message.get("text")
             if raw is None:
                 raw = message.get("bytes") or b""
+            charge = len(raw)
+            held[0] += charge
             try:
                 frame = WS_FRAME.validate_python(jsonio.loads(raw))
             except ValueError as error:  # JSONDecodeError and ValidationError are ValueErrors
-                room.release()
-                outbox.put_nowait(_invalid_frame(raw, error, describe))
+                put(_invalid_frame(raw, error, describe), charge)
                 continue
+            del raw, message  # only the parsed frame is kept
             if isinstance(frame, WsEnd):
-                queue_end(frame)
+                queue_end(frame, charge)
             elif isinstance(frame, WsForecast):
-                queue_forecast(frame)
+                queue_forecast(frame, charge)
             else:
-                queue_step(frame)
+                # its answer is charged now, estimated (k rows of O numbers), so that the
+                # bound holds for frames and their answers together
+                rows = len(frame.x) if frame.x and isinstance(frame.x[0], list) else 1
+                estimate = 64 + rows * answer_row_bytes
+                held[0] += estimate
+                # at most replay_window steps of one stream in flight: each of them can be
+                # replayed after a dropped connection (the store keeps that many answers)
+                stream = frame.stream
+                await wait_until(lambda: in_flight.get(stream, 0) < window)  # noqa: B023
+                queue_step(frame, charge + estimate, estimate)
     finally:
         pending = list(last.values())
         if pending:  # queued steps are applied anyway; let them finish, bounded

@@ -2,7 +2,8 @@
 
 memory://                      in-process dict (tests; lost on exit)
 sqlite:///absolute/path.db     embedded default, one file, WAL
-redis://host:port/db           shared by several replicas (compare-and-set on seq)
+redis://host:port/db           shared by several replicas (compare-and-set on a generation)
+redis+cluster://host:port      Redis Cluster: streams sharded by hash slot, WAIT for replicas
 """
 
 from __future__ import annotations
@@ -34,11 +35,15 @@ def open_store(url: str, *, ttl_s: float = 0.0) -> StateStore:
             raise ValueError(f"store {url!r} names no file; expected sqlite:///path/to/file.db")
         # SQLAlchemy's convention: sqlite:///rel.db is relative, sqlite:////abs/file.db absolute
         return SQLiteStore(path)
+    if url.startswith("redis+cluster://"):
+        from seqstate.serve.stores.redis import RedisClusterStore
+
+        return RedisClusterStore(url, ttl_s=ttl_s)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from seqstate.serve.stores.redis import RedisStore
 
         return RedisStore(url, ttl_s=ttl_s)
     raise ValueError(
-        f"unknown store {url!r}; expected memory://, sqlite:///path/to/file.db or "
-        "redis://host:port/db"
+        f"unknown store {url!r}; expected memory://, sqlite:///path/to/file.db, "
+        "redis://host:port/db or redis+cluster://host:port"
     )

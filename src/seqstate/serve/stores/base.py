@@ -26,6 +26,7 @@ __all__ = [
     "StoreError",
     "StoreFullError",
     "Update",
+    "kept_answers",
     "new_record",
 ]
 
@@ -48,22 +49,74 @@ class Record:
     digest: bytes  # fingerprint of step ``seq``'s request (x and start), to recognise a retry
     updated: float  # unix time step ``seq`` was applied (for TTL expiry)
     generation: bytes = b""  # random per write: what the compare-and-set compares
-    checksum: bytes = b""  # blake2b over the stream id and the fields above
+    checksum: bytes = b""  # blake2b over the stream id and the fields above (and history)
+    # the answers of the steps just before ``seq`` (see :func:`kept_answers`), so a client
+    # that pipelined several steps and lost its connection gets each of them replayed
+    history: bytes = b""
 
     def intact(self, stream: str) -> bool:
         """Whether the stored bytes are what the engine wrote for ``stream``."""
         return bool(self.checksum) and self.checksum == _checksum(
-            stream, self.seq, self.state, self.output, self.digest, self.updated, self.generation
+            stream,
+            self.seq,
+            self.state,
+            self.output,
+            self.digest,
+            self.updated,
+            self.generation,
+            self.history,
         )
+
+    def earlier(self, seq: int) -> tuple[bytes, bytes] | None:
+        """``(digest, output)`` of step ``seq < self.seq`` if its answer is still kept."""
+        for entry_seq, digest, output in _entries(self.history):
+            if entry_seq == seq:
+                return digest, output
+        return None
 
 
 def new_record(
-    stream: str, *, seq: int, state: bytes, output: bytes, digest: bytes, updated: float
+    stream: str,
+    *,
+    seq: int,
+    state: bytes,
+    output: bytes,
+    digest: bytes,
+    updated: float,
+    history: bytes = b"",
 ) -> Record:
     """A record for ``stream`` with a fresh generation and its checksum."""
     generation = os.urandom(16)
-    checksum = _checksum(stream, seq, state, output, digest, updated, generation)
-    return Record(seq, state, output, digest, updated, generation, checksum)
+    checksum = _checksum(stream, seq, state, output, digest, updated, generation, history)
+    return Record(seq, state, output, digest, updated, generation, checksum, history)
+
+
+# history: entries (seq, digest, output), oldest first, each a fixed header then the bytes
+_ENTRY = struct.Struct("<qHI")  # seq, len(digest), len(output)
+
+
+def kept_answers(previous: Record, keep: int) -> bytes:
+    """The history of the record that follows ``previous``: its history plus its own step,
+    the newest ``keep`` entries (``keep`` = the replay window - 1; 0 keeps none)."""
+    if keep <= 0:
+        return b""
+    entries = [*_entries(previous.history), (previous.seq, previous.digest, previous.output)]
+    return b"".join(
+        _ENTRY.pack(seq, len(digest), len(output)) + digest + output
+        for seq, digest, output in entries[-keep:]
+    )
+
+
+def _entries(history: bytes) -> list[tuple[int, bytes, bytes]]:
+    entries, at = [], 0
+    while at + _ENTRY.size <= len(history):
+        seq, digest_size, output_size = _ENTRY.unpack_from(history, at)
+        at += _ENTRY.size
+        digest = history[at : at + digest_size]
+        output = history[at + digest_size : at + digest_size + output_size]
+        at += digest_size + output_size
+        entries.append((seq, digest, output))
+    return entries
 
 
 def _checksum(
@@ -74,13 +127,16 @@ def _checksum(
     digest: bytes,
     updated: float,
     generation: bytes,
+    history: bytes = b"",
 ) -> bytes:
-    parts = (stream.encode(), state, output, digest, generation)
+    parts: tuple[bytes, ...] = (stream.encode(), state, output, digest, generation)
+    if history:  # absent: the checksum of every record written before histories were kept
+        parts += (history,)
     if not all(isinstance(p, bytes) for p in parts) or type(seq) is not int:
         return b"-"  # a field of the wrong type was read: never matches
     if not isinstance(updated, float | int):
         return b"-"
-    lengths = struct.pack("<5Qqd", *(len(p) for p in parts), seq, float(updated))
+    lengths = struct.pack(f"<{len(parts)}Qqd", *(len(p) for p in parts), seq, float(updated))
     return hashlib.blake2b(
         lengths + b"".join(parts), digest_size=16, person=b"seqstate-rec/1"
     ).digest()

@@ -1,7 +1,7 @@
 """Redis store: several server replicas share one Redis; updates are CAS on a generation.
 
 Each stream is a hash ``{prefix}{id}`` with fields seq, state, output, digest, updated,
-generation, checksum. A batch is committed by one Lua script (atomic in Redis): each key is
+generation, checksum, history. A batch is committed by one Lua script (atomic in Redis): each key is
 written only if its stored generation is still the one the replica read, so two replicas never
 both apply a step and a delete + re-create in between always wins. Idle streams expire through
 Redis' own key TTL, set on every write; a replica running with ``ttl 0`` removes the expiry
@@ -13,29 +13,36 @@ acknowledged step to survive a Redis crash (``everysec`` risks the last second).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from seqstate.serve.stores.base import Record, StateStore, StoreError, StoreFullError, Update
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisClusterStore", "RedisStore"]
 
-# KEYS: stream keys. ARGV[1]: ttl in ms (0: no expiry, PERSIST); then 8 values per key:
+# KEYS: stream keys. ARGV[1]: ttl in ms (0: no expiry, PERSIST); then 9 values per key:
 # expected generation ('' = must be absent, else 'g' .. generation), seq, state, output,
-# digest, updated, generation, checksum.
+# digest, updated, generation, checksum, history.
 _COMMIT = """
 local ttl = tonumber(ARGV[1])
 local result = {}
 for i, key in ipairs(KEYS) do
-  local a = 1 + (i - 1) * 8
-  local exists = redis.call('EXISTS', key) == 1
-  local current = redis.call('HGET', key, 'generation') or ''
+  local a = 1 + (i - 1) * 9
+  -- a foreign key of another type under the prefix reads as a damaged record (generation
+  -- ''): only a start=true step of its stream may replace it, and it never fails the batch
+  local kind = redis.call('TYPE', key).ok
+  local exists = kind ~= 'none'
+  local current = ''
+  if kind == 'hash' then current = redis.call('HGET', key, 'generation') or '' end
   local ok
   if ARGV[a + 1] == '' then ok = not exists else ok = exists and 'g' .. current == ARGV[a + 1] end
+  if ok and exists and kind ~= 'hash' then redis.call('DEL', key) end
   if ok then
     redis.call('HSET', key, 'seq', ARGV[a + 2], 'state', ARGV[a + 3], 'output', ARGV[a + 4],
                'digest', ARGV[a + 5], 'updated', ARGV[a + 6], 'generation', ARGV[a + 7],
-               'checksum', ARGV[a + 8])
+               'checksum', ARGV[a + 8], 'history', ARGV[a + 9])
     if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
     result[i] = 1
   else
@@ -44,7 +51,7 @@ for i, key in ipairs(KEYS) do
 end
 return result
 """
-_FIELDS = ("seq", "state", "output", "digest", "updated", "generation", "checksum")
+_FIELDS = ("seq", "state", "output", "digest", "updated", "generation", "checksum", "history")
 
 
 class RedisStore(StateStore):
@@ -52,6 +59,7 @@ class RedisStore(StateStore):
         import redis  # lazily: only servers using Redis need the client
 
         self._redis_errors = (redis.RedisError,)
+        self._response_error = redis.ResponseError
         self.url = url
         self.prefix = prefix
         self.ttl_ms = int(ttl_s * 1000)
@@ -80,8 +88,18 @@ class RedisStore(StateStore):
             pipe = self._client.pipeline(transaction=False)
             for stream in streams:
                 pipe.hmget(self._key(stream), _FIELDS)
-            rows = pipe.execute()
-        return [_record(row) for row in rows]
+            # per-key errors come back in place: a foreign key (a string under the prefix)
+            # is that stream's damaged record, never its batch-mates' 503
+            rows = pipe.execute(raise_on_error=False)
+        records: list[Record | None] = []
+        for row in rows:
+            if isinstance(row, self._response_error) and str(row).startswith("WRONGTYPE"):
+                records.append(_DAMAGED)
+            elif isinstance(row, Exception):
+                raise StoreError(f"Redis read failed: {row}")
+            else:
+                records.append(_record(row))
+        return records
 
     def commit(self, updates: Sequence[Update]) -> list[bool]:
         if not updates:
@@ -92,7 +110,7 @@ class RedisStore(StateStore):
             r = u.record
             expected = b"" if u.expected is None else b"g" + u.expected
             args += [expected, str(r.seq), r.state, r.output, r.digest, repr(r.updated)]
-            args += [r.generation, r.checksum]
+            args += [r.generation, r.checksum, r.history]
         with self._errors("commit"):
             result = self._commit(keys=keys, args=args)
         self.write_problem = None
@@ -124,8 +142,11 @@ class RedisStore(StateStore):
         self._client.close()
 
 
+_DAMAGED = Record(-1, b"", b"", b"", 0.0, b"", b"")  # not intact: its stream's 409 alone
+
+
 def _record(row: Sequence[bytes | None]) -> Record | None:
-    seq, state, output, digest, updated, generation, checksum = row
+    seq, state, output, digest, updated, generation, checksum, history = row
     if all(field is None for field in row):
         return None
     try:
@@ -137,6 +158,133 @@ def _record(row: Sequence[bytes | None]) -> Record | None:
             float(updated),  # type: ignore[arg-type]
             generation or b"",
             checksum or b"",
+            history or b"",
         )
     except (TypeError, ValueError):  # missing or unparsable fields: corrupt, not a crash
         return Record(-1, b"", b"", b"", 0.0, generation or b"", b"")
+
+
+class RedisClusterStore(RedisStore):
+    """Redis Cluster: streams shard over the cluster's masters by hash slot.
+
+    ``redis+cluster://host:port[?replicas=N&wait_ms=T]`` (any node of the cluster; the client
+    discovers the rest). Each stream's key is ``{prefix}{{id}}``: the hash tag puts every key
+    of a stream in one slot, so the per-stream compare-and-set script (the one of
+    :class:`RedisStore`, one key per call) runs atomically on the master owning that slot.
+    A batch spans many slots, so it is not one atomic write: each stream commits alone, which
+    is all the rules need (a step is acknowledged only when its own write succeeded; a
+    failed batch is answered 503 and its retries are replayed where the write did land).
+
+    Reads go through redis-py's cluster client (redirections, failover). Commits go to each
+    master on one connection, the scripts then ``WAIT N`` on that same connection: a step is
+    acknowledged only once N replicas hold it (default 1), so a failover that promotes a
+    replica never loses it. Fewer replicas within ``wait_ms`` -> StoreError (503); the write
+    may have landed, and the client's retry is then replayed.
+    """
+
+    def __init__(self, url: str, *, ttl_s: float = 0.0, prefix: str = "seqstate:stream:") -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        import redis
+        from redis.cluster import RedisCluster
+
+        self._redis_errors = (redis.RedisError,)
+        self._response_error = redis.ResponseError
+        self.url = url
+        self.prefix = prefix
+        self.ttl_ms = int(ttl_s * 1000)
+        self.write_problem = None
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        try:
+            self.replicas = int(query.get("replicas", ["1"])[0])
+            self.wait_ms = int(query.get("wait_ms", ["1000"])[0])
+            host, port = parts.hostname, parts.port or 6379
+            if not host or self.replicas < 0 or self.wait_ms < 1:
+                raise ValueError("expected redis+cluster://host:port?replicas=N&wait_ms=T")
+        except ValueError as error:
+            raise ValueError(f"invalid Redis Cluster URL {url!r}: {error}") from None
+        try:
+            self._cluster = RedisCluster(
+                host=host,
+                port=port,
+                password=parts.password,
+                socket_timeout=5,
+                socket_connect_timeout=2,
+                cluster_error_retry_attempts=3,
+            )
+        except self._redis_errors as error:
+            raise StoreError(f"cannot reach Redis Cluster {url!r}: {error}") from None
+        # reads (get_many's pipeline, ping, delete) go through the cluster client as through
+        # a plain one: it routes each key to its slot's master
+        self._client = self._cluster  # type: ignore[assignment]
+
+    def _key(self, stream: str) -> str:
+        return self.prefix + "{" + stream + "}"  # the hash tag: one slot per stream
+
+    def commit(self, updates: Sequence[Update]) -> list[bool]:
+        if not updates:
+            return []
+        by_node: dict[str, list[int]] = {}
+        nodes = {}
+        with self._errors("commit"):
+            for i, update in enumerate(updates):
+                node = self._cluster.get_node_from_key(self._key(update.stream))
+                by_node.setdefault(node.name, []).append(i)
+                nodes[node.name] = node
+        written = [False] * len(updates)
+        problems = []
+        for name, indices in by_node.items():
+            try:
+                self._commit_on(nodes[name], updates, indices, written)
+            except self._redis_errors as error:
+                problems.append(f"{name}: {error}")
+        if problems:
+            # a master is gone or moved its slots: learn the new layout for the next batch
+            with contextlib.suppress(*self._redis_errors):
+                self._cluster.nodes_manager.initialize()
+            if any("OOM" in p or "MISCONF" in p for p in problems):
+                self.write_problem = f"Redis cannot write: {problems[0]}"
+                raise StoreFullError(f"Redis Cluster commit refused (store full): {problems[0]}")
+            raise StoreError(f"Redis Cluster commit failed: {'; '.join(problems)[:500]}")
+        self.write_problem = None
+        return written
+
+    def _commit_on(
+        self, node: Any, updates: Sequence[Update], indices: list[int], written: list[bool]
+    ) -> None:
+        pipe = node.redis_connection.pipeline(transaction=False)  # one connection: WAIT sees it
+        for i in indices:
+            u, r = updates[i], updates[i].record
+            expected = b"" if u.expected is None else b"g" + u.expected
+            args = [self.ttl_ms, expected, str(r.seq), r.state, r.output, r.digest]
+            args += [repr(r.updated), r.generation, r.checksum, r.history]
+            pipe.eval(_COMMIT, 1, self._key(u.stream), *args)
+        if self.replicas:
+            pipe.execute_command("WAIT", self.replicas, self.wait_ms)
+        results = pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result  # MOVED (a failover moved the slot), CLUSTERDOWN, ...
+        if self.replicas and int(results[-1]) < self.replicas:
+            raise self._response_error(
+                f"only {results[-1]} of {self.replicas} replicas acknowledged within "
+                f"{self.wait_ms} ms"
+            )
+        for i, result in zip(indices, results, strict=False):
+            written[i] = bool(result[0])
+
+    def count(self) -> int:
+        with self._errors("count"):
+            total = 0
+            for node in self._cluster.get_primaries():
+                connection = node.redis_connection
+                total += sum(1 for _ in connection.scan_iter(match=self.prefix + "*", count=1000))
+            return total
+
+    def check_writable(self) -> None:
+        if self.write_problem is None:
+            return
+        with self._errors("write probe"):
+            self._client.set(self.prefix + "{~probe}", b"1", px=1000)
+        self.write_problem = None

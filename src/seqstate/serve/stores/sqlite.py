@@ -28,14 +28,15 @@ CREATE TABLE IF NOT EXISTS streams (
     digest BLOB NOT NULL,
     updated REAL NOT NULL,
     generation BLOB NOT NULL DEFAULT x'',
-    checksum BLOB NOT NULL DEFAULT x''
+    checksum BLOB NOT NULL DEFAULT x'',
+    history BLOB NOT NULL DEFAULT x''
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS streams_updated ON streams (updated);
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL);
 """
 # files written before generations existed: their records have no checksum (so they answer
 # state_incompatible until restarted), never a silent wrong state
-_ADDED_COLUMNS = ("generation", "checksum")
+_ADDED_COLUMNS = ("generation", "checksum", "history")
 _CHUNK = 500  # ids per SELECT … IN (…), well under SQLite's bound-variable limit
 # SQLite's primary result codes (sqlite3 names them only from Python 3.11)
 _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN = 8, 10, 13, 14
@@ -82,7 +83,8 @@ class SQLiteStore(StateStore):
                 chunk = list(dict.fromkeys(streams[i : i + _CHUNK]))
                 marks = ",".join("?" * len(chunk))
                 rows = self._reader.execute(
-                    "SELECT id, seq, state, output, digest, updated, generation, checksum "
+                    "SELECT id, seq, state, output, digest, updated, generation, checksum, "
+                    "history "
                     f"FROM streams WHERE id IN ({marks})",
                     chunk,
                 )
@@ -125,18 +127,21 @@ class SQLiteStore(StateStore):
         with self._transaction() as db:
             for update in updates:
                 r = update.record
-                values = (r.seq, r.state, r.output, r.digest, r.updated, r.generation, r.checksum)
+                values = (
+                    r.seq, r.state, r.output, r.digest, r.updated, r.generation, r.checksum,
+                    r.history,
+                )  # fmt: skip
                 if update.expected is None:
                     cursor = db.execute(
-                        "INSERT INTO streams "
-                        "(seq, state, output, digest, updated, generation, checksum, id) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+                        "INSERT INTO streams (seq, state, output, digest, updated, generation, "
+                        "checksum, history, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT(id) DO NOTHING",
                         (*values, update.stream),
                     )
                 else:
                     cursor = db.execute(
                         "UPDATE streams SET seq=?, state=?, output=?, digest=?, updated=?, "
-                        "generation=?, checksum=? WHERE id=? AND generation=?",
+                        "generation=?, checksum=?, history=? WHERE id=? AND generation=?",
                         (*values, update.stream, update.expected),
                     )
                 written.append(cursor.rowcount == 1)
@@ -174,7 +179,7 @@ class SQLiteStore(StateStore):
 
 
 def _record(fields: Sequence[object]) -> Record:
-    seq, state, output, digest, updated, generation, checksum = fields
+    seq, state, output, digest, updated, generation, checksum, history = fields
     try:
         return Record(
             int(seq),  # type: ignore[call-overload]
@@ -184,6 +189,7 @@ def _record(fields: Sequence[object]) -> Record:
             float(updated),  # type: ignore[arg-type]
             bytes(generation),  # type: ignore[call-overload]
             bytes(checksum),  # type: ignore[call-overload]
+            bytes(history),  # type: ignore[call-overload]
         )
     except (TypeError, ValueError):  # a field of the wrong type: a corrupt record, not a crash
         generation = generation if isinstance(generation, bytes) else b""
