@@ -29,6 +29,8 @@ def _train_run(args: argparse.Namespace, *, main: bool) -> int:
 
     settings = load_settings(args)
     announce = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    if announce is not None and main:
+        _warn_order(settings, announce)
     if settings["run"]["seeds"] != 1:
         if args.distributed:
             raise CliError("--seeds K trains K runs one after the other; drop --distributed")
@@ -56,6 +58,23 @@ def _train_run(args: argparse.Namespace, *, main: bool) -> int:
     print(f"wrote {out}/ ({', '.join(files)})")
     print(f"next: seqstate predict {out} {settings['data']['path']} --out predictions.csv")
     return 0
+
+
+def _warn_order(settings: dict[str, dict[str, Any]], announce: Any) -> None:
+    """Without a time column the file's order is the time order: say so when a column that
+    looks like a time says otherwise (``doctor`` warns the same)."""
+    from seqstate.doctor import order_warning, read_frame, source_name
+
+    data = settings["data"]
+    if data["time"] is not None:
+        return
+    try:
+        frame = read_frame(data["path"])
+    except (ValueError, TypeError, OSError):
+        return  # train's own reading reports it
+    warning = order_warning(frame, data, source=source_name(data["path"]))
+    if warning is not None:
+        announce(f"warning: {warning}")
 
 
 def _history_line(label: str, history: Any) -> str:
