@@ -78,14 +78,20 @@ def _warn_order(settings: dict[str, dict[str, Any]], announce: Any) -> None:
 
 
 def _history_line(label: str, history: Any) -> str:
-    best = history.records[history.best_epoch or len(history.records) - 1]
+    best = history.records[_best_index(history)]
     shown = ", ".join(
         f"{key}={value:.4g}"
         for key, value in best.items()
         if key.startswith(("loss", "val_")) and isinstance(value, float)
     )
     stopped = ", stopped early" if history.stopped_early else ""
-    return f"{label}: {len(history)} epoch(s){stopped}; best epoch {best['epoch']}: {shown}"
+    number = int(best["epoch"]) + 1  # numbered from 1, as in the log
+    return f"{label}: {len(history)} epoch(s){stopped}; best epoch {number}: {shown}"
+
+
+def _best_index(history: Any) -> int:
+    # best_epoch 0 is the first epoch, not "none"
+    return history.best_epoch if history.best_epoch is not None else len(history.records) - 1
 
 
 def _print_ensemble(results: list[Any], settings: dict[str, dict[str, Any]]) -> None:
@@ -96,7 +102,7 @@ def _print_ensemble(results: list[Any], settings: dict[str, dict[str, Any]]) -> 
     key = "loss"
     for k, result in enumerate(results):
         history = result.history
-        best = history.records[history.best_epoch or len(history.records) - 1]
+        best = history.records[_best_index(history)]
         key = "val_loss" if "val_loss" in best else "loss"
         losses.append(float(best[key]))
         seed = settings["run"]["seed"] + k
