@@ -173,16 +173,47 @@ def handle_predict(args: argparse.Namespace) -> int:
             else:
                 data |= {name: output[:, j] for j, name in enumerate(names)}
             frames.append(pd.DataFrame(data))
-    frame = pd.concat(frames, ignore_index=True)
+    frame = _in_input_order(pd.concat(frames, ignore_index=True), table)
     _write_frame(frame, target, kind)
     if args.quiet:
         return 0
     ahead = "the same step" if columns.shift == 0 else f"{columns.shift} step(s) ahead"
     print(
-        f"wrote {len(frame)} rows to {target}: {', '.join(names)} = the prediction of "
-        f"{', '.join(columns.targets)} {ahead}, from the rows up to each row"
+        f"wrote {len(frame)} rows to {target}, in the input's row order: {', '.join(names)} = "
+        f"the prediction of {', '.join(columns.targets)} {ahead}, from the rows up to each row"
     )
     return 0
+
+
+def _in_input_order(frame: Any, table: Any) -> Any:
+    """``frame``, one row per step of ``table`` series by series, put back in the order of the
+    rows ``table`` was read from (a file sorted by time on read answers row for row)."""
+    import numpy as np
+
+    if table.rows is None:
+        return frame
+    positions = np.concatenate(table.rows)
+    return frame.iloc[np.argsort(positions, kind="stable")].reset_index(drop=True)
+
+
+def _unpredicted(frame: Any, names: list[str], table: Any, forecaster: Any) -> str:
+    """A note line when some predictions are empty (and why), else ``""``."""
+    empty = frame[names].isna().any(axis=1).to_numpy()
+    count = int(empty.sum())
+    if not count:
+        return ""
+    lags = sorted(
+        {lag for m in forecaster.members if m.scaling is not None for lag in m.scaling.config.lags}
+    )
+    first = int(sum(lags))
+    why = (
+        f": the first {first} step(s) of each series are the history that differencing at lag "
+        f"{' and '.join(str(lag) for lag in lags)} needs (a run trained with "
+        "--seasonal-difference 0 and --difference 0 predicts every row)"
+        if lags
+        else ""
+    )
+    return f"\nnote: {count} of the {len(frame)} rows have no prediction (empty){why}"
 
 
 def _prepared_forecaster(run_dir: str, columns: Any) -> Any:
@@ -235,14 +266,18 @@ def _predict_prepared(
     outputs = forecaster.predict_outputs(table)
     several = len(forecaster.members) > 1
     frame = _output_frame(columns, table, outputs, names, table.times, several)
+    frame = _in_input_order(frame, table)
     _write_frame(frame, target, kind)
+    if args.quiet:
+        return 0
     ahead = "the same step" if columns.shift == 0 else f"{columns.shift} step(s) ahead"
     mean = (
         f"the mean of {len(forecaster.members)} seeds' predictions" if several else "the prediction"
     )
     print(
-        f"wrote {len(frame)} rows to {target}: {', '.join(names)} = {mean} of "
-        f"{', '.join(columns.targets)} {ahead}, from the rows up to each row (raw units)"
+        f"wrote {len(frame)} rows to {target}, in the input's row order: {', '.join(names)} = "
+        f"{mean} of {', '.join(columns.targets)} {ahead}, from the rows up to each row (raw "
+        f"units){_unpredicted(frame, names, table, forecaster)}"
     )
     return 0
 

@@ -363,7 +363,7 @@ def read_table(
         np.lexsort((times, codes)) if time_column is not None else np.argsort(codes, kind="stable")
     )
     bounds = np.searchsorted(codes[order], np.arange(len(id_list) + 1))
-    table_features, table_targets, table_times = [], [], []
+    table_features, table_targets, table_times, table_rows = [], [], [], []
     x_dtype = np.float32
     y_dtype = np.int64 if classify else np.float32
     for i, (begin, end) in enumerate(itertools.pairwise(bounds)):
@@ -391,6 +391,7 @@ def read_table(
         table_features.append(x[positions].astype(x_dtype))
         table_targets.append(y[positions].astype(y_dtype))
         table_times.append(series_times)
+        table_rows.append(positions.astype(np.int64))
 
     columns = Columns(
         features=feature_names,
@@ -407,6 +408,7 @@ def read_table(
         targets=table_targets,
         times=table_times,
         source=description,
+        rows=table_rows,
     )
 
 
