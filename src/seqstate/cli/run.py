@@ -79,8 +79,15 @@ def _trained_past(metadata: dict[str, Any], until: str | None) -> str | None:
         return None
     if not trained_past:
         return None
+    from seqstate.recipe.calendar import format_time
+
+    shown = (
+        format_time(parse_times([str(last)])[0])
+        if metadata["data"].get("time_kind") == ("datetime")
+        else last
+    )
     return (
-        f"the run was trained on rows up to {last}, after --warmup-until {until}: the scored "
+        f"the run was trained on rows up to {shown}, after --warmup-until {until}: the scored "
         "rows were seen in training (in-sample). Train on the rows up to that time for an "
         "honest hold-out, or use `seqstate backtest`"
     )

@@ -7,7 +7,10 @@ Also :class:`CliError`, the user-facing error every command raises (printed as o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +18,37 @@ from seqstate.recipe.preparation import flag_settings as preparation_flag_settin
 from seqstate.recipe.training import SECTIONS, default_settings
 from seqstate.recipe.training import fit_fields as recipe_fit_fields
 
-__all__ = ["CliError", "load_settings"]
+__all__ = ["CliError", "flags_named", "load_settings"]
 
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit code 1."""
+
+
+@contextlib.contextmanager
+def flags_named(flags: Mapping[str, str]) -> Iterator[None]:
+    """Errors of the Python API, reworded for the command line: ``horizon must be ...`` from
+    :func:`seqstate.evaluation.evaluate_warm` reaches the user as ``--horizon must be ...``.
+
+    ``flags`` maps each keyword argument to its flag (``{"warmup_until": "--warmup-until"}``);
+    a name is replaced where it is used as the argument (``name=``, ``name must``,
+    ``name (``, ``name is``), never inside prose such as "a shorter horizon".
+    """
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        text = str(error)
+        for name, flag in flags.items():
+            # a name with an underscore is never a word of prose: replace it everywhere
+            used = "" if "_" in name else r"(?==| must| \(| is | holds )"
+            text = re.sub(rf"(?<![\w-]){re.escape(name)}{used}", lambda _, flag=flag: flag, text)
+            text = re.sub(rf"(?<![\w-]){re.escape(flag)}=", f"{flag} ", text)
+            # Python-only details: None (a flag left out), a value's index in a list
+            text = re.sub(rf"({re.escape(flag)} must be [^;]*?) or None", r"\1 or left out", text)
+            text = re.sub(rf"({re.escape(flag)} holds .*?) \(value \d+\)", r"\1", text)
+        if text == str(error):
+            raise
+        raise type(error)(text) from error
 
 
 # --------------------------------------------------------------------------------------------
