@@ -326,6 +326,7 @@ def handle_forecast(args: argparse.Namespace) -> int:
         )
     table = _read_for_run(args.data, columns, require_targets=False)
     horizon = args.horizon
+    _check_horizon(horizon, table, columns)
     stamps = []
     for times in table.times:
         # On the series' own calendar: monthly data steps by months, not by 31 days.
@@ -345,7 +346,8 @@ def handle_forecast(args: argparse.Namespace) -> int:
     future = dataclasses.replace(table, features=features, times=stamps)
     forecaster = load_forecaster(args.run_dir)
     names = _output_names(columns, forecaster.members[0].model)
-    outputs = forecaster.forecast_outputs(table, horizon, future)
+    with forecast_progress(horizon, quiet=args.no_progress) as on_step:
+        outputs = forecaster.forecast_outputs(table, horizon, future, on_step=on_step)
     several = len(forecaster.members) > 1
     frame = _output_frame(columns, table, outputs, names, stamps, several, horizon=horizon)
     _write_frame(frame, target, kind)
@@ -357,6 +359,77 @@ def handle_forecast(args: argparse.Namespace) -> int:
         f"{len(table)} series{members}"
     )
     return 0
+
+
+#: Most rows a forecast writes (series x horizon): beyond this the table alone is gigabytes.
+MAX_FORECAST_ROWS = 10_000_000
+#: Forecasts of at least this many steps show a progress bar (one model call per step).
+PROGRESS_HORIZON = 1000
+
+
+def _check_horizon(horizon: int, table: Any, columns: Any) -> None:
+    """Refuse at once a --horizon that cannot be written: too many rows, or stamps past the
+    last date a datetime64[ns] holds (2262-04-11)."""
+    import numpy as np
+
+    from seqstate.recipe.calendar import format_time, future_times
+
+    rows = horizon * len(table)
+    if rows > MAX_FORECAST_ROWS:
+        raise CliError(
+            f"--horizon {horizon} for {len(table)} series is {rows:,} forecast rows, more than "
+            f"{MAX_FORECAST_ROWS:,} (gigabytes of output, one model call per step); forecast "
+            f"at most {max(1, MAX_FORECAST_ROWS // len(table)):,} steps, or fewer series at a time"
+        )
+    if columns.time is None:
+        return
+    for times in table.times:
+        if not np.issubdtype(times.dtype, np.datetime64):
+            return
+        first, second = future_times(times, 2)
+        # Python ints: the arithmetic that would overflow datetime64[ns] cannot overflow here
+        step = int((second - first).astype("timedelta64[ns]").astype(np.int64))
+        last = int(np.datetime64(first, "ns").astype(np.int64)) + step * (horizon - 1)
+        if last >= int(np.iinfo(np.int64).max):
+            limit = format_time(np.datetime64(np.iinfo(np.int64).max, "ns"))
+            raise CliError(
+                f"--horizon {horizon} steps past {format_time(times[-1])} would reach beyond "
+                f"{limit}, the last time a forecast can be stamped with; give a shorter "
+                "--horizon"
+            )
+    longest = int(table.lengths.max())
+    if horizon > 10 * longest:
+        print(
+            f"note: --horizon {horizon} is more than 10x the longest history ({longest} steps): "
+            "so far past the data a recursive forecast mostly feeds on its own output",
+            file=sys.stderr,
+        )
+
+
+def forecast_progress(horizon: int, *, quiet: bool, stream: Any = None) -> Any:
+    """A context giving ``on_step`` for :meth:`RunForecaster.forecast_outputs`: a bar of the
+    forecast steps on a terminal (``stream``, default stderr) for long horizons, else None."""
+    import contextlib
+
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    if quiet or horizon < PROGRESS_HORIZON or not (callable(isatty) and isatty()):
+        return contextlib.nullcontext(None)
+
+    @contextlib.contextmanager
+    def bar() -> Any:
+        from tqdm import tqdm
+
+        with tqdm(total=horizon, desc="forecast", unit="step", file=stream) as progress:
+            # the first step comes from the warm-up; each later one is one model call
+            progress.update(1)
+
+            def on_step(done: int) -> None:
+                progress.update(done - progress.n)
+
+            yield on_step
+
+    return bar()
 
 
 def handle_serve(argv: list[str]) -> int:

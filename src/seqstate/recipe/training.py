@@ -269,8 +269,7 @@ class TrainingPlan:
             lines.append(("Split", "none: no validation (--split none)"))
         else:
             tail = (
-                " (the last part of every series, scored after warming up on the series' "
-                "history)"
+                " (the last part of every series, scored after warming up on the series' history)"
                 if self.split_by == "time"
                 else ""
             )
