@@ -180,11 +180,16 @@ def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
         if len(train) == 1
         else f"{len(train)} series packed longest-first into {B} lanes"
     )
+    refit = ""
+    if plan.refit:
+        # The refit trains on every row (train + the held-out tail) in the same lanes/window.
+        whole, _ = lanes_for(plan.table, None, settings)
+        refit = f"; the refit on every row: {len(whole)} windows per epoch"
     report.facts.append(
         (
             "Layout",
             f"{B} lanes x window {T}: {windows} windows per epoch, padding "
-            f"{lanes.padding_fraction:.1%} ({how})",
+            f"{lanes.padding_fraction:.1%} ({how}){refit}",
         )
     )
     spans = float(np.median(segment_lengths)) / T
@@ -508,9 +513,12 @@ def check_frame(frame: Any, data: dict[str, Any], *, source: str = "DataFrame") 
     classify = data.get("task") == "classification"
     for name in dict.fromkeys([*features, *targets]):
         column = frame[name]
-        numbers = pd.to_numeric(column, errors="coerce") if column.dtype == object else column
-        if pd.api.types.is_bool_dtype(numbers):
-            numbers = numbers.astype("float64")
+        if pd.api.types.is_bool_dtype(column):
+            numbers = column.astype("float64")
+        elif pd.api.types.is_numeric_dtype(column):
+            numbers = column
+        else:  # text (object or string dtype)
+            numbers = pd.to_numeric(column, errors="coerce")
         empty = column.isna().to_numpy()
         text = numbers.isna().to_numpy() & ~empty
         add(
@@ -638,7 +646,10 @@ def order_warning(frame: Any, data: dict[str, Any], *, source: str = "DataFrame"
             continue
         column = frame[name]
         named = str(name).strip().lower() in _TIME_NAMES
-        if not (named or pd.api.types.is_datetime64_any_dtype(column) or column.dtype == object):
+        textual = not pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(
+            column
+        )
+        if not (named or pd.api.types.is_datetime64_any_dtype(column) or textual):
             continue
         times, unreadable = _read_times(column)
         if unreadable.any() or (not named and np.issubdtype(np.asarray(times).dtype, np.number)):
