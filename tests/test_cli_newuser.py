@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seqstate.checkpoint import read_model_json
 from seqstate.cli import main
-from seqstate.cli_settings import flags_named
+from seqstate.cli.settings import flags_named
+from seqstate.core.saved import read_model_json
 
 QUIET = ["--hidden-size", "8", "--no-progress"]
 
@@ -232,7 +232,7 @@ def test_flags_named_rewrites_only_argument_uses():
         raise ValueError("horizon=5 for x_y; use a shorter horizon")
     assert str(caught.value) == "--horizon 5 for --x-y; use a shorter horizon"
     with (
-        pytest.raises(TypeError, match="^--horizon must be"),
+        pytest.raises(TypeError, match=r"^--horizon must be"),
         flags_named({"horizon": "--horizon"}),
     ):
         raise TypeError("horizon must be an int")
@@ -255,7 +255,7 @@ def test_covariates_errors_show_times_as_dates(files, tmp_path, capsys):
 
 
 def test_the_server_refusal_names_the_train_flags(files, tmp_path):
-    from seqstate.checkpoint import load_model
+    from seqstate.core.saved import load_model
     from seqstate.serve.preprocess import load_stream_scaling
 
     run = tmp_path / "r"
@@ -269,7 +269,7 @@ def test_the_server_refusal_names_the_train_flags(files, tmp_path):
 
 
 def test_a_duplicate_time_names_its_rows_once(tmp_path):
-    from seqstate.sources import read_table
+    from seqstate.recipe.sources import read_table
 
     frame = seasonal_panel(n_series=1, months=5)
     frame.loc[3, "month"] = frame.loc[2, "month"]
@@ -286,7 +286,7 @@ def test_a_duplicate_time_names_its_rows_once(tmp_path):
 
 
 def test_format_time_is_one_format():
-    from seqstate.calendar import format_time
+    from seqstate.recipe.calendar import format_time
 
     assert format_time(np.datetime64("2019-12-01T00:00:00.000000000")) == "2019-12-01"
     assert format_time(np.datetime64("2019-12-01T06:30", "ns")) == "2019-12-01T06:30:00"
@@ -313,7 +313,7 @@ def test_an_impossible_horizon_is_refused_at_once(run, files, capsys, horizon, e
 
 
 def test_a_long_forecast_shows_its_progress():
-    from seqstate.cli_run import PROGRESS_HORIZON, forecast_progress
+    from seqstate.cli.run import PROGRESS_HORIZON, forecast_progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

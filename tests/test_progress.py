@@ -124,8 +124,8 @@ def test_bar_ends_each_epoch_with_its_loss_and_val_loss(capsys):
     # still show on the bar when the epoch ends, numbered from 1 as in the log.
     import numpy as np
 
+    from seqstate.core.model import SequenceModel
     from seqstate.lanes import Lanes
-    from seqstate.model import SequenceModel
     from seqstate.train import fit
 
     series = np.sin(np.arange(100, dtype=np.float32) / 5)[:, None]

@@ -622,4 +622,3 @@ def test_non_finite_loss_stops_with_an_explanation(tmp_path):
             **QUIET,
         )
     assert not (tmp_path / "metrics.jsonl").exists()  # the failed epoch is not recorded
-

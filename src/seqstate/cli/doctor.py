@@ -98,8 +98,8 @@ def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
     """
     import copy
 
-    from seqstate.recipe.training import lanes_for, plan_training, read_training_table
     from seqstate.recipe.sources import constant_columns
+    from seqstate.recipe.training import lanes_for, plan_training, read_training_table
 
     report = Report()
     settings = copy.deepcopy(settings)  # plan_training fills in the defaults

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 
-# The keyword arguments of seqstate.evaluation each flag sets: its errors name the flags.
+# The keyword arguments of seqstate.recipe.evaluation each flag sets: its errors name the flags.
 _EVALUATE_FLAGS = {
     "warmup_until": "--warmup-until",
     "tail": "--tail",

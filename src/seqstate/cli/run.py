@@ -38,7 +38,7 @@ def _threads_for(model: Any, series: int) -> None:
     """Intra-op threads as ``train`` chooses them (``auto``: one unless the model is large):
     a forecast is one small model call per step, and extra threads only spin on it (a
     500-step forecast of 20 series took 5x the CPU time with torch's default threads)."""
-    from seqstate.threads import apply_threads
+    from seqstate.recipe.threads import apply_threads
 
     hidden = max((getattr(layer, "hidden_size", 0) for layer in model.modules()), default=0)
     apply_threads("auto", lanes=max(1, series), hidden_size=int(hidden) or 64)

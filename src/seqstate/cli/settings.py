@@ -10,7 +10,7 @@ import argparse
 import contextlib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,14 @@ class CliError(Exception):
     """A user-facing error: printed as one line, exit code 1."""
 
 
+def _constant(text: str) -> Callable[[re.Match[str]], str]:
+    return lambda _: text
+
+
 @contextlib.contextmanager
 def flags_named(flags: Mapping[str, str]) -> Iterator[None]:
     """Errors of the Python API, reworded for the command line: ``horizon must be ...`` from
-    :func:`seqstate.evaluation.evaluate_warm` reaches the user as ``--horizon must be ...``.
+    :func:`seqstate.recipe.evaluation.evaluate_warm` reaches the user as ``--horizon must be ...``.
 
     ``flags`` maps each keyword argument to its flag (``{"warmup_until": "--warmup-until"}``);
     a name is replaced where it is used as the argument (``name=``, ``name must``,
@@ -41,7 +45,8 @@ def flags_named(flags: Mapping[str, str]) -> Iterator[None]:
         for name, flag in flags.items():
             # a name with an underscore is never a word of prose: replace it everywhere
             used = "" if "_" in name else r"(?==| must| \(| is | holds )"
-            text = re.sub(rf"(?<![\w-]){re.escape(name)}{used}", lambda _, flag=flag: flag, text)
+            # a function, not a template: a flag is text, never a backreference
+            text = re.sub(rf"(?<![\w-]){re.escape(name)}{used}", _constant(flag), text)
             text = re.sub(rf"(?<![\w-]){re.escape(flag)}=", f"{flag} ", text)
             # Python-only details: None (a flag left out), a value's index in a list
             text = re.sub(rf"({re.escape(flag)} must be [^;]*?) or None", r"\1 or left out", text)

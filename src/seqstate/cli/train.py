@@ -63,7 +63,7 @@ def _train_run(args: argparse.Namespace, *, main: bool) -> int:
 def _warn_order(settings: dict[str, dict[str, Any]], announce: Any) -> None:
     """Without a time column the file's order is the time order: say so when a column that
     looks like a time says otherwise (``doctor`` warns the same)."""
-    from seqstate.doctor import order_warning, read_frame, source_name
+    from seqstate.cli.doctor import order_warning, read_frame, source_name
 
     data = settings["data"]
     if data["time"] is not None:

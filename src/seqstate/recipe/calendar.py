@@ -56,10 +56,11 @@ _EXAMPLES = "2024-01-31, 2024-01-31T12:00, 2024-01, 2024 Jan, Jan 2024, 2024M01,
 def format_time(value: Any) -> str:
     """A time as messages show it, one format everywhere: ``2019-12-01`` for a midnight,
     ``2019-12-01T06:30:00`` otherwise (never raw nanoseconds); numbers as they are."""
-    if isinstance(value, np.datetime64) or (
-        isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.datetime64)
+    if isinstance(value, np.datetime64 | np.ndarray) and np.issubdtype(
+        np.asarray(value).dtype, np.datetime64
     ):
-        text = str(np.datetime_as_string(np.datetime64(value), unit="s"))
+        stamp = np.asarray(value, dtype="datetime64[s]").reshape(())
+        text = str(np.datetime_as_string(stamp, unit="s"))
         return text.removesuffix("T00:00:00")
     if hasattr(value, "to_datetime64"):  # pandas Timestamp
         return format_time(value.to_datetime64())

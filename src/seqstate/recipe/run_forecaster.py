@@ -119,7 +119,8 @@ def forecast_table(
         covariates: known future values of the features that are neither targets nor
             calendar, one ``[horizon, K]`` array per series (raw units), in the order
             ``covariate_names`` (the run's feature order).
-        on_step: called after each forecast step (see :func:`seqstate.forecasting.forecast`).
+        on_step: called after each forecast step
+            (see :func:`seqstate.inference.forecasting.forecast`).
 
     Returns:
         :class:`TableOutputs` of ``[horizon, O]`` arrays in raw units.

@@ -247,7 +247,7 @@ class TrainingPlan:
     train: Any  # the training part of ``table``
     validation: Any  # its validation part (a holdout.Tail when split by time), or None
     split_by: str  # the split actually used: time | series | none
-    defaults: Any  # seqstate.defaults.Defaults, already filled into the settings
+    defaults: Any  # seqstate.recipe.defaults.Defaults, already filled into the settings
     refit: bool  # train again on every row for the best epoch count
 
     def lines(self) -> list[tuple[str, str]]:
