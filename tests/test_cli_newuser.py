@@ -328,3 +328,21 @@ def test_a_long_forecast_shows_its_progress():
         assert on_step is None  # short: no bar
     with forecast_progress(PROGRESS_HORIZON, quiet=False, stream=io.StringIO()) as on_step:
         assert on_step is None  # a log, not a terminal
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--lanes", "0", "an int >= 1"),
+        ("--window", "0", "an int >= 1"),  # was a ZeroDivisionError
+        ("--epochs", "0", "an int >= 1"),
+        ("--lr", "-1", "a number > 0"),
+        ("--validation", "2", "a number > 0 and < 1"),
+        ("--hidden-size", "0", "an int >= 1"),
+    ],
+)
+def test_train_flags_out_of_range_are_named_as_flags(files, capsys, flag, value, expected):
+    args = ["train", str(files / "panel.csv"), "-f", "v", "--id", "id", flag, value]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"seqstate: error: {flag} (or [") and f"must be {expected};" in err

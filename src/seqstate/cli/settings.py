@@ -111,11 +111,53 @@ def load_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         )
     if not data["targets"]:
         data["targets"] = list(data["features"])
+    _check_numbers(settings)
     if settings["split"]["by"] not in ("auto", "series", "time", "none"):
         raise CliError(
             f"split.by must be auto, series, time or none; received {settings['split']['by']!r}"
         )
     return settings
+
+
+# Numeric settings checked before anything is read, named by their flag (and config key):
+# (section, key) -> (flag, kind, low, high, low inclusive); None (unset, "auto") passes.
+_NUMBERS: dict[tuple[str, str], tuple[str, type, float, float | None, bool]] = {
+    ("layout", "lanes"): ("--lanes", int, 1, None, True),
+    ("layout", "window"): ("--window", int, 1, None, True),
+    ("model", "hidden_size"): ("--hidden-size", int, 1, None, True),
+    ("model", "num_layers"): ("--num-layers", int, 1, None, True),
+    ("model", "dropout"): ("--dropout", float, 0.0, 1.0, True),
+    ("data", "shift"): ("--shift", int, 0, None, True),
+    ("split", "fraction"): ("--validation", float, 0.0, 1.0, False),
+    ("fit", "epochs"): ("--epochs", int, 1, None, True),
+    ("fit", "patience"): ("--patience", int, 1, None, True),
+    ("fit", "lr"): ("--lr", float, 0.0, None, False),
+    ("run", "seed"): ("--seed", int, 0, None, True),
+    ("run", "seeds"): ("--seeds", int, 1, None, True),
+}
+
+
+def _check_numbers(settings: dict[str, dict[str, Any]]) -> None:
+    """Refuse a number out of range with the flag's name (not FitConfig's, nor a crash deep
+    in the layout: ``--window 0`` divided by zero)."""
+    import math
+
+    for (section, key), (flag, kind, low, high, inclusive) in _NUMBERS.items():
+        value = settings[section].get(key)
+        if value is None:
+            continue
+        where = f"{flag} (or [{section}] {key} in --config)"
+        if kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+            expected = f"an int >= {int(low)}"
+        else:
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            ok = number and math.isfinite(value) and (value >= low if inclusive else value > low)
+            ok = ok and (high is None or value < high)
+            bound = f">= {low:g}" if inclusive else f"> {low:g}"
+            expected = f"a number {bound}" + ("" if high is None else f" and < {high:g}")
+        if not ok:
+            raise CliError(f"{where} must be {expected}; received {value!r}")
 
 
 def _threads_flag(value: str | None) -> int | str | None:
