@@ -55,7 +55,7 @@ FULL = PanelSizes(epochs=40, horizon=8, folds=3, hidden_size=32)
 QUICK = PanelSizes(epochs=4, horizon=8, folds=3, hidden_size=16)
 
 #: The variants trained, by name: [scaling] settings and what the summary calls them.
-VARIANTS = {
+VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "differences": ({"method": "series", "difference": 1}, "per-series scaling, lag-1 differences"),
     "levels": ({"method": "series"}, "per-series scaling, levels (the default)"),
     "global": ({"method": "global"}, "one global scaling, levels"),
