@@ -212,7 +212,7 @@ def test_predict_keeps_the_input_order_and_says_what_has_no_prediction(
         (["--tail", "0"], "--tail must be an int >= 1"),
         (
             ["--tail", "3", "--horizon", "0"],
-            "--horizon must be an int >= 1 or left out; received 0",
+            "--horizon must be an int >= 1; received 0. Leaving --horizon out scores",
         ),
         (["--warmup-until", "someday"], "--warmup-until holds 'someday', which no date"),
         (["--warmup-until", "2030-01-01"], "--warmup-until '2030-01-01' leaves no series"),

@@ -51,6 +51,9 @@ def flags_named(flags: Mapping[str, str]) -> Iterator[None]:
             # Python-only details: None (a flag left out), a value's index in a list
             text = re.sub(rf"({re.escape(flag)} must be [^;]*?) or None", r"\1 or left out", text)
             text = re.sub(rf"({re.escape(flag)} holds .*?) \(value \d+\)", r"\1", text)
+        present = [flag for flag in flags.values() if flag in text]
+        if len(present) == 1:  # "None scores the whole tail." -> leaving the flag out
+            text = re.sub(r"(^|\. )None\b", rf"\1Leaving {present[0]} out", text)
         if text == str(error):
             raise
         raise type(error)(text) from error
