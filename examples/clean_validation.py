@@ -14,6 +14,10 @@ import torch
 
 import seqstate
 
+# A small model: one intra-op thread. More only spin-wait on small matrix products, which made
+# training 10-50x slower on a busy 2-core machine (seqstate train chooses this for you).
+torch.set_num_threads(1)
+
 QUICK = os.environ.get("SEQSTATE_EXAMPLE_QUICK") == "1"
 rng = np.random.default_rng(0)
 steps = 1_500 if QUICK else 30_000

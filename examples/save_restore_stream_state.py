@@ -8,8 +8,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import seqstate
+
+# A small model: one intra-op thread. More only spin-wait on small matrix products, which made
+# training 10-50x slower on a busy 2-core machine (seqstate train chooses this for you).
+torch.set_num_threads(1)
 
 rng = np.random.default_rng(0)
 model = seqstate.SequenceModel(input_size=3, output_size=1, hidden_size=16, cell="gru")

@@ -144,7 +144,10 @@ def test_predict_writes_one_row_per_input_row(run, data, tmp_path, capsys):
     scaling = Scaling.load(run)
     expected = predict(load_model(run), scaling.encode(table).features)
     expected = [scaling.decode_predictions(table, i, e) for i, e in enumerate(expected)]
-    first = written[written["id"] == table.ids[0]]
+    # rows come back in the input's (shuffled) order: the keys match the input row for row
+    given = pd.read_csv(data)
+    pd.testing.assert_frame_equal(written[["id", "t"]], given[["id", "t"]])
+    first = written[written["id"] == table.ids[0]].sort_values("t")
     np.testing.assert_array_equal(first["t"], table.times[0])
     np.testing.assert_allclose(first["predicted_value"], expected[0][:, 0], rtol=1e-5, atol=1e-6)
     parquet = tmp_path / "predictions.parquet"

@@ -182,7 +182,7 @@ def test_bad_scaling_flags_are_refused_before_training(tmp_path, capsys):
     assert main(["train", str(data), "-f", "value", "--calendar", "moon", "--out", str(out)]) == 1
     assert "unknown calendar feature(s) ['moon']" in capsys.readouterr().err
     assert main(["train", str(data), "-f", "value", "--seeds", "0", "--out", str(out)]) == 1
-    assert "seeds must be an int >= 1" in capsys.readouterr().err
+    assert "--seeds (or [run] seeds in --config) must be an int >= 1" in capsys.readouterr().err
     assert not out.exists()
 
 

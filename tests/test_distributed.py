@@ -419,7 +419,7 @@ def test_rank_zero_writes_the_run_dir(job):
     run = job / "A"
     assert (run / "model.json").is_file() and (run / "model.safetensors").is_file()
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     snapshot = json.loads(next((run / "checkpoint").glob("e*/train.json")).read_text())
     assert snapshot["epoch"] == 2 and snapshot["cursor"] == 0
 

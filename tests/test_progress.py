@@ -117,3 +117,40 @@ def test_due_by_wall_clock():
         now[0] += step
         results.append(due.check(0, last=False))
     assert results == [False, False, True, False, False, True]  # at 12 s, then at 24 s
+
+
+def test_bar_ends_each_epoch_with_its_loss_and_val_loss(capsys):
+    # A short epoch never reaches the bar's refresh interval: the loss and the validation loss
+    # still show on the bar when the epoch ends, numbered from 1 as in the log.
+    import numpy as np
+
+    from seqstate.core.model import SequenceModel
+    from seqstate.lanes import Lanes
+    from seqstate.train import fit
+
+    series = np.sin(np.arange(100, dtype=np.float32) / 5)[:, None]
+    lanes = Lanes.from_series(series, lanes=2, window=10)
+    model = SequenceModel(input_size=1, output_size=1, hidden_size=4)
+    fit(model, lanes, validation=lanes, epochs=2, progress="bar")
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "epoch 0/" not in err
+    assert err.count("val_loss=") == 2 and err.count(" loss=") >= 2
+
+
+def test_a_plot_without_validation_draws_no_best_epoch(tmp_path, monkeypatch):
+    # A refit trains on every row for a fixed number of epochs: no validation loss chose a
+    # "best epoch" there, so its loss.png draws none; with validation the line is at the
+    # 1-based epoch the summaries print.
+    from matplotlib.axes import Axes
+
+    from seqstate.train.history import History
+    from seqstate.train.runfiles import write_plot
+
+    lines: list[float] = []
+    monkeypatch.setattr(Axes, "axvline", lambda self, x, **kw: lines.append(x))
+    records = [{"epoch": k, "loss": 1.0 / (k + 1)} for k in range(3)]
+    write_plot(tmp_path, History(records=records, best_epoch=2))
+    assert lines == []
+    records = [{**r, "val_loss": 2.0 - r["epoch"] % 2} for r in records]
+    write_plot(tmp_path, History(records=records, best_epoch=1))
+    assert lines == [2]

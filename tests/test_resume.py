@@ -113,7 +113,7 @@ def test_interrupted_run_resumes_bitwise(tmp_path, stop_after):
     assert without_timing(resumed.records) == without_timing(expected.records)
     assert resumed.best_epoch == expected.best_epoch
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("schedule", ["2", "end", "1,30s"])

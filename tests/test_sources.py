@@ -187,8 +187,8 @@ def test_duplicate_time_within_a_series_names_both_rows(tmp_path):
     data.loc[5, "t"] = 1  # series a now has t=1 twice: data rows 2 and 6
     with pytest.raises(
         ValueError,
-        match=r"time 1 appears twice in series 'a' in column 't': at data row 2 .* "
-        r"and at data row 6",
+        match=r"time 1 appears twice in series 'a' in column 't': at data rows 2 and 6 "
+        r"of data.csv \(1-based, header not counted\)\.",
     ):
         read_table(write_csv(tmp_path, data), features=["temp"], id_column="id", time_column="t")
     # the same time in *different* series is fine

@@ -378,7 +378,10 @@ def test_run_dir_holds_model_metrics_and_plot(tmp_path):
     model = make_model()
     history = fit(model, lanes, validation=lanes, epochs=2, run_dir=tmp_path, **QUIET)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert records == history.records
+    # metrics.jsonl numbers epochs from 1, as printed; epoch_index is the History's index.
+    assert [{**r, "epoch": r["epoch"] - 1} for r in records] == [
+        {**r, "epoch_index": r["epoch"]} for r in history.records
+    ]
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     loaded = load_model(tmp_path)
     x = torch.from_numpy(sine_series(30))[None]

@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.add_argument(
         "--out", "-o", required=True, help="output table (.csv, .tsv or .parquet)"
     )
+    forecast.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (long horizons show one)"
+    )
 
     demo = command("demo", handle_demo, "train on generated and real data and show what state buys")
     demo.add_argument("--out", default="seqstate-demo", help="where to write (./seqstate-demo)")

@@ -10,11 +10,20 @@ each with what to change.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Report", "diagnose"]
+__all__ = [
+    "FrameCheck",
+    "Report",
+    "check_frame",
+    "diagnose",
+    "order_warning",
+    "read_frame",
+    "source_name",
+]
 
 _FEW_WINDOWS = 10
 _MUCH_PADDING = 0.25
@@ -27,12 +36,18 @@ class Report:
     facts: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (topic, text)
     problems: list[str] = dataclasses.field(default_factory=list)  # training would fail
     warnings: list[str] = dataclasses.field(default_factory=list)  # it would run, but ...
+    problem_note: str = ""  # how the problems name rows (once, not in every line)
 
     def text(self) -> str:
-        lines = [f"  {topic:<9} {text}" for topic, text in self.facts]
+        # Problems first: they are what to fix; the facts after them describe the layout of
+        # the rows without problems.
+        lines = []
         if self.problems:
-            lines += ["", "Problems (training would fail):"]
+            note = f" {self.problem_note}" if self.problem_note else ""
+            lines += [f"Problems (training would fail){note}:"]
             lines += [f"  - {problem}" for problem in self.problems]
+            lines += [""]
+        lines += [f"  {topic:<9} {text}" for topic, text in self.facts]
         if self.warnings:
             lines += ["", "Warnings (training would run, but check these):"]
             lines += [f"  - {warning}" for warning in self.warnings]
@@ -50,27 +65,10 @@ def _megabytes(count: float) -> str:
     return f"{size:.1f} MB" if size >= 0.1 else f"{count / 2**10:.0f} KB"
 
 
-def _explain_preparation(report: Report, table: Any, settings: dict[str, dict[str, Any]]) -> None:
-    """The [scaling] choices ``train`` will make (``auto``: from the data), each with its
-    reason, the transforms worth trying, and the intra-op threads."""
-    from seqstate.recipe.preparation import resolve
+def _threads(report: Report, settings: dict[str, dict[str, Any]]) -> None:
+    """The intra-op threads ``train`` will use."""
     from seqstate.recipe.threads import choose_threads
 
-    try:
-        preparation = resolve(table, settings["scaling"])
-    except (ValueError, TypeError) as error:
-        report.problems.append(f"{error}")
-        return
-    scaling = preparation.scaling
-    chosen = (
-        f"method {scaling.method}, transform {scaling.transform}, difference "
-        f"{scaling.difference}, season {scaling.season}, calendar {list(preparation.calendar)}"
-    )
-    report.facts.append(("Scaling", chosen))
-    for reason in preparation.reasons:
-        report.facts.append(("  why", reason))
-    for hint in preparation.hints:
-        report.facts.append(("  try", hint))
     run, layout, model = settings["run"], settings["layout"], settings["model"]
     try:
         lanes, hidden = layout.get("lanes"), model.get("hidden_size")  # None: chosen later
@@ -92,21 +90,45 @@ def _explain_preparation(report: Report, table: Any, settings: dict[str, dict[st
 
 
 def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
-    """Report on a training setup given as settings (see ``recipe.training.SECTIONS``)."""
+    """Report on a training setup given as settings (see ``recipe.training.SECTIONS``).
+
+    Every data problem of the table is reported at once (:func:`check_frame`:
+    column, row, value, fix); the layout is then explained for the rows without problems, with
+    the same choices ``train`` makes (:func:`seqstate.recipe.training.plan_training`).
+    """
+    import copy
+
     from seqstate.recipe.sources import constant_columns
-    from seqstate.recipe.training import (
-        choose_defaults,
-        lanes_for,
-        read_training_table,
-        refit_wanted,
-        split_training_table,
-    )
+    from seqstate.recipe.training import lanes_for, plan_training, read_training_table
 
     report = Report()
+    settings = copy.deepcopy(settings)  # plan_training fills in the defaults
     data, layout, model = settings["data"], settings["layout"], settings["model"]
     report.facts.append(("Data", str(data["path"])))
     try:
-        table = read_training_table(settings)
+        frame = read_frame(data["path"])
+    except (ValueError, TypeError, OSError) as error:
+        report.problems.append(f"{error}")
+        return report
+    source = source_name(data["path"])
+    check = check_frame(frame, data, source=source)
+    report.problems += [problem.text() for problem in check.problems]
+    report.problem_note = check.note
+    if check.blocking:
+        return report
+    warning = order_warning(frame, data, source=source)
+    if warning is not None:
+        report.warnings.append(warning)
+    clean = frame if check.bad_rows.size == 0 else frame.drop(frame.index[check.bad_rows])
+    if check.bad_rows.size:
+        report.facts.append(
+            (
+                "Note",
+                f"the facts below leave out the {check.bad_rows.size} row(s) with problems",
+            )
+        )
+    try:
+        table = read_training_table({**settings, "data": {**data, "path": clean}})
     except (ValueError, TypeError, OSError) as error:
         report.problems.append(f"{error}")
         return report
@@ -130,52 +152,19 @@ def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
         )
     )
 
-    _explain_preparation(report, table, settings)
-
     try:
-        train, validation, split_by = split_training_table(table, settings)
+        plan = plan_training(table, settings)
     except (ValueError, TypeError) as error:
         report.problems.append(f"{error}")
         return report
-    if validation is None:
-        report.facts.append(("Split", "none: no validation (--split none)"))
-    else:
-        report.facts.append(
-            (
-                "Split",
-                f"by {split_by}: {len(train)} series / {int(train.lengths.sum())} steps train, "
-                f"{len(validation)} series / {int(validation.lengths.sum())} steps validation"
-                + (
-                    " (the last part of every series, scored after warming up on the series' "
-                    "history)"
-                    if split_by == "time"
-                    else ""
-                )
-                + "; normalisation is fitted on train only",
-            )
-        )
-    try:
-        defaults = choose_defaults(train, settings)
-    except (ValueError, TypeError) as error:
-        report.problems.append(f"{error}")
-        return report
-    for choice in defaults:
-        report.facts.append(("Default" if not choice.given else "Setting", choice.line()))
-    if validation is not None:
-        refit = refit_wanted(settings, split_by)
-        report.facts.append(
-            (
-                "Refit",
-                "after early stopping, a fresh model trains on every row for the best epoch "
-                "count (--no-refit to keep the early-stopped one)"
-                if refit
-                else "none: the early-stopped model is kept",
-            )
-        )
+    report.facts += plan.lines()
+    report.facts += [("  try", hint) for hint in plan.prepared.preparation.hints]
+    _threads(report, settings)
     calendar = _calendar(table)
     if calendar:
         report.facts.append(("Calendar", calendar))
 
+    train = plan.train
     try:
         lanes, _ = lanes_for(train, None, settings)
     except (ValueError, TypeError) as error:
@@ -191,11 +180,16 @@ def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
         if len(train) == 1
         else f"{len(train)} series packed longest-first into {B} lanes"
     )
+    refit = ""
+    if plan.refit:
+        # The refit trains on every row (train + the held-out tail) in the same lanes/window.
+        whole, _ = lanes_for(plan.table, None, settings)
+        refit = f"; the refit on every row: {len(whole)} windows per epoch"
     report.facts.append(
         (
             "Layout",
             f"{B} lanes x window {T}: {windows} windows per epoch, padding "
-            f"{lanes.padding_fraction:.1%} ({how})",
+            f"{lanes.padding_fraction:.1%} ({how}){refit}",
         )
     )
     spans = float(np.median(segment_lengths)) / T
@@ -218,7 +212,7 @@ def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
     from seqstate.core.cells import CELLS
 
     gates = CELLS[model["cell"]].gates if model["cell"] in CELLS else CELLS["lstm"].gates
-    F, O = table.num_features, table.num_outputs
+    F, O = plan.table.num_features, plan.table.num_outputs
     parameters = 0
     for layer in range(layers):
         width = F if layer == 0 else hidden
@@ -236,14 +230,16 @@ def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
     )
 
     _check_layout(report, table, train, lanes, layout)
-    for name in constant_columns(train):
+    # On the raw table: a leak or a constant column is about the user's columns, not about
+    # their scaled differences.
+    for name in constant_columns(table):
         report.warnings.append(
             f"feature {name!r} never changes in the training data: it carries no information "
             "(and cannot be normalised). Drop it from --features."
         )
-    for warning in _leaks(train):
+    for warning in _leaks(table):
         report.warnings.append(warning)
-    for warning in _gaps(train):
+    for warning in _gaps(table):
         report.warnings.append(warning)
     return report
 
@@ -358,3 +354,320 @@ def _gaps(train: Any) -> list[str]:
         "than 2.5x the usual spacing). The model sees steps, not times: resample to a "
         "regular grid, or add the elapsed time as a feature."
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# Every problem of a table at once
+# --------------------------------------------------------------------------------------------
+
+#: Rows listed per problem; the count says how many more.
+_SHOWN_ROWS = 5
+_TIME_NAMES = (
+    "time",
+    "date",
+    "datetime",
+    "timestamp",
+    "ds",
+    "t",
+    "period",
+    "month",
+    "day",
+    "week",
+    "year",
+    "hour",
+    "minute",
+    "quarter",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataProblem:
+    """One problem of a table: a column, the rows where it shows, their values, and the fix."""
+
+    column: str
+    what: str  # "is missing (NaN)", "is not a number", ...
+    rows: tuple[str, ...]  # the rows, as the user finds them ("data row 6")
+    values: tuple[Any, ...]
+    count: int  # rows with this problem (rows/values list the first few)
+    fix: str
+
+    def text(self) -> str:
+        if not self.rows:
+            return f"column {self.column!r} {self.what}. {self.fix}"
+        shown = ", ".join(
+            f"{row} ({_shown(value)})" for row, value in zip(self.rows, self.values, strict=True)
+        )
+        more = f" and {self.count - len(self.rows)} more" if self.count > len(self.rows) else ""
+        return f"column {self.column!r} {self.what} at {shown}{more}. {self.fix}"
+
+
+def _shown(value: Any) -> str:
+    import pandas as pd
+
+    if value is None or (not isinstance(value, str) and bool(pd.isna(value))):
+        return "empty"
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameCheck:
+    """What :func:`check_frame` found."""
+
+    problems: list[DataProblem]
+    bad_rows: np.ndarray  # (n,) positions of the rows with a problem, sorted
+    blocking: bool  # a problem no row can be dropped to fix (a missing column)
+    note: str  # how rows are named
+
+
+def source_name(source: Any) -> str:
+    """How rows of ``source`` are named: its file name, or "DataFrame"."""
+    import pandas as pd
+
+    return "DataFrame" if isinstance(source, pd.DataFrame) else Path(str(source)).name
+
+
+def read_frame(source: Any) -> Any:
+    """The table as a pandas DataFrame (a path to .csv/.tsv/.parquet, or a DataFrame)."""
+    import pandas as pd
+
+    if isinstance(source, pd.DataFrame):
+        return source
+    from seqstate.recipe.sources import read_table
+
+    path = Path(str(source))
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".parquet", ".pq") or not path.is_file():
+        # read_table's own message names the path, the suffixes or the missing file
+        read_table(path, features=["?"])
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    try:
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path.name} is empty; expected a header row and data rows.") from None
+
+
+def check_frame(frame: Any, data: dict[str, Any], *, source: str = "DataFrame") -> FrameCheck:
+    """Every problem ``read_table`` would refuse in ``frame`` for the [data] settings ``data``
+    (features, targets, id, time, shift, task), at once, each with its column, rows, values and
+    fix; ``read_table`` stops at the first.
+
+    Rows are named as the user finds them: ``data row N`` (1-based, the header not counted) of
+    a text file, the row number of a Parquet file, the index label of a DataFrame.
+    """
+    import pandas as pd
+
+    problems: list[DataProblem] = []
+    features = list(data.get("features") or [])
+    targets = list(data.get("targets") or [])
+    id_column, time_column = data.get("id"), data.get("time")
+    available = [str(c) for c in frame.columns]
+    wanted = [*features, *targets, *(name for name in (id_column, time_column) if name)]
+    missing = [name for name in dict.fromkeys(wanted) if name not in frame.columns]
+    for name in missing:
+        import difflib
+
+        close = difflib.get_close_matches(name, available, n=1, cutoff=0.6)
+        hint = f"Did you mean {close[0]!r}? " if close else ""
+        problems.append(
+            DataProblem(
+                name, f"is not in {source}", (), (), 0, f"{hint}Available columns: {available}."
+            )
+        )
+    is_text = source.lower().endswith((".csv", ".tsv"))
+    if source == "DataFrame":
+        note, labels = "(rows by index label)", [repr(v) for v in frame.index]
+    elif is_text:
+        note = f"(data rows of {source}: 1-based, the header not counted)"
+        labels = [f"data row {k}" for k in range(1, len(frame) + 1)]
+    else:
+        note, labels = (
+            f"(rows of {source}, 1-based)",
+            [f"row {k}" for k in range(1, len(frame) + 1)],
+        )
+    if missing:
+        return FrameCheck(problems, np.zeros(0, dtype=np.int64), True, "")
+    if len(frame) == 0:
+        problems.append(DataProblem("(all)", f"{source} has no data rows", (), (), 0, ""))
+        return FrameCheck(problems, np.zeros(0, dtype=np.int64), True, "")
+
+    bad = np.zeros(len(frame), dtype=bool)
+
+    def add(column: str, what: str, where: np.ndarray, values: Any, fix: str) -> None:
+        positions = np.flatnonzero(where)
+        if positions.size == 0:
+            return
+        bad[positions] = True
+        shown = positions[:_SHOWN_ROWS]
+        problems.append(
+            DataProblem(
+                column,
+                what,
+                tuple(labels[k] for k in shown),
+                tuple(values.iloc[k] if hasattr(values, "iloc") else values[k] for k in shown),
+                int(positions.size),
+                fix,
+            )
+        )
+
+    classify = data.get("task") == "classification"
+    for name in dict.fromkeys([*features, *targets]):
+        column = frame[name]
+        if pd.api.types.is_bool_dtype(column):
+            numbers = column.astype("float64")
+        elif pd.api.types.is_numeric_dtype(column):
+            numbers = column
+        else:  # text (object or string dtype)
+            numbers = pd.to_numeric(column, errors="coerce")
+        empty = column.isna().to_numpy()
+        text = numbers.isna().to_numpy() & ~empty
+        add(
+            name,
+            "is not a number",
+            text,
+            column,
+            "Every feature and target must be a number: "
+            "fix or drop those rows, or leave the column out.",
+        )
+        add(
+            name,
+            "is missing",
+            empty,
+            column,
+            "Fill the gaps (e.g. DataFrame.ffill) or drop those rows.",
+        )
+        values = numbers.to_numpy(dtype="float64", na_value=np.nan)
+        add(name, "is infinite", np.isinf(values), column, "Replace or drop those rows.")
+        if classify and name in targets:
+            fractional = np.isfinite(values) & ((values != np.round(values)) | (values < 0))
+            add(
+                name,
+                "is not a class index 0, 1, 2, ...",
+                fractional,
+                column,
+                "Map the labels to integers first.",
+            )
+    series = None
+    if id_column:
+        empty = frame[id_column].isna().to_numpy()
+        add(
+            id_column,
+            "is empty (no series id)",
+            empty,
+            frame[id_column],
+            "Every row needs a series id: fill it or drop those rows.",
+        )
+        series = frame[id_column]
+    if time_column:
+        times, unreadable = _read_times(frame[time_column])
+        add(
+            time_column,
+            "is not a time",
+            unreadable,
+            frame[time_column],
+            "Every row needs a number or a date/time, in one format for the whole column "
+            "(2024-01-31, 2024-01-31T12:00:00, 2024-01, '2024 Jan', 2024Q1 or 2024M01).",
+        )
+        keys = pd.DataFrame({"id": series if series is not None else 0, "time": times})
+        ok = ~bad
+        repeated = keys[ok].duplicated(keep="first").reindex(keys.index, fill_value=False)
+        add(
+            time_column,
+            "repeats a time of its series",
+            repeated.to_numpy(),
+            frame[time_column],
+            "Each series needs one row per time: aggregate or drop the duplicates.",
+        )
+    shift = data.get("shift", 1)
+    if targets and isinstance(shift, int) and not isinstance(shift, bool):
+        ok = ~bad
+        groups = (series if series is not None else pd.Series(0, index=frame.index))[ok]
+        sizes = groups.groupby(groups, sort=False).transform("size") if len(groups) else groups
+        short = np.zeros(len(frame), dtype=bool)
+        short[np.flatnonzero(ok)] = sizes.to_numpy() <= shift
+        column = id_column or (features[0] if features else "")
+        add(
+            column,
+            f"names a series of {shift} row(s) or fewer (no step with a target at shift {shift})",
+            short,
+            frame[column] if column in frame else frame.iloc[:, 0],
+            "Drop short series or lower --shift.",
+        )
+    return FrameCheck(problems, np.flatnonzero(bad), False, note)
+
+
+def _row_name(frame: Any, position: int, source: str) -> str:
+    if source == "DataFrame":
+        return f"the row with index label {frame.index[position]!r}"
+    if source.lower().endswith((".csv", ".tsv")):
+        return f"data row {position + 1} of {source} (1-based, the header not counted)"
+    return f"row {position + 1} of {source} (1-based)"
+
+
+def _read_times(column: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(times as numbers or datetime64, or NaN/NaT where unreadable; (n,) bool unreadable)."""
+    import pandas as pd
+
+    empty = column.isna().to_numpy()
+    if pd.api.types.is_datetime64_any_dtype(column):
+        return column.to_numpy(), empty
+    numbers = pd.to_numeric(column, errors="coerce")
+    if numbers.notna().sum() >= (~empty).sum() or pd.api.types.is_numeric_dtype(column):
+        values = numbers.to_numpy(dtype="float64", na_value=np.nan)
+        return values, ~np.isfinite(values)
+    text = column.map(lambda value: value if isinstance(value, str) else None)
+    parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
+    if parsed.notna().sum() < (~empty).sum():
+        from seqstate.recipe.calendar import parse_times
+
+        readable = text.notna()
+        try:
+            written = parse_times(text[readable].to_numpy(dtype=object))
+        except ValueError:
+            pass
+        else:
+            values = np.full(len(column), np.datetime64("NaT"), dtype="datetime64[ns]")
+            values[readable.to_numpy()] = written
+            return values, np.isnat(values)
+    values = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+    return values, np.isnat(values)
+
+
+def order_warning(frame: Any, data: dict[str, Any], *, source: str = "DataFrame") -> str | None:
+    """A warning when no time column is named and a column that looks like one is not in
+    order within its series: the file's order is then taken as the time order."""
+    import pandas as pd
+
+    if data.get("time") or len(frame) < 3:
+        return None
+    used = {*(data.get("features") or []), *(data.get("targets") or []), data.get("id")}
+    for name in frame.columns:
+        if name in used:
+            continue
+        column = frame[name]
+        named = str(name).strip().lower() in _TIME_NAMES
+        textual = not pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(
+            column
+        )
+        if not (named or pd.api.types.is_datetime64_any_dtype(column) or textual):
+            continue
+        times, unreadable = _read_times(column)
+        if unreadable.any() or (not named and np.issubdtype(np.asarray(times).dtype, np.number)):
+            continue  # not a time column (an unnamed number column may be anything)
+        keys = frame[data["id"]] if data.get("id") else pd.Series(0, index=frame.index)
+        order = pd.DataFrame({"id": keys.to_numpy(), "time": times})
+        back = order.groupby("id", sort=False)["time"].diff()
+        if np.issubdtype(back.dtype, np.timedelta64):
+            behind = (back < pd.Timedelta(0)).to_numpy()
+        else:
+            behind = (back < 0).to_numpy()
+        if behind.any():
+            row = int(np.flatnonzero(behind)[0])
+            return (
+                f"the rows are not in time order: column {str(name)!r} goes back in time at "
+                f"{_row_name(frame, row, source)} ({int(behind.sum())} such rows), and no time "
+                "column is "
+                f"named, so each series is read in the file's order. Pass --time {name} to "
+                "sort each series by it."
+            )
+    return None

@@ -18,12 +18,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from seqstate.cli.settings import flags_named
+
 __all__ = [
     "add_backtest_command",
     "add_evaluate_arguments",
     "backtest_command",
     "evaluate_forecaster_command",
 ]
+
+
+# The keyword arguments of seqstate.recipe.evaluation each flag sets: its errors name the flags.
+_EVALUATE_FLAGS = {
+    "warmup_until": "--warmup-until",
+    "tail": "--tail",
+    "horizon": "--horizon",
+    "season": "--season",
+}
+_BACKTEST_FLAGS = {
+    "folds": "--folds",
+    "horizon": "--horizon",
+    "season": "--season",
+    "refit": "--refit-each-fold",
+}
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,16 +88,18 @@ def evaluate_forecaster_command(args: argparse.Namespace, forecaster: Any, table
     if not warm and args.horizon is not None:
         raise ValueError("--horizon needs --warmup-until or --tail (the point to forecast from)")
     if warm:
-        result = evaluate_forecaster(
-            forecaster,
-            table,
-            warmup_until=args.warmup_until,
-            tail=args.tail,
-            horizon=args.horizon,
-            season=args.season,
-        )
+        with flags_named(_EVALUATE_FLAGS):
+            result = evaluate_forecaster(
+                forecaster,
+                table,
+                warmup_until=args.warmup_until,
+                tail=args.tail,
+                horizon=args.horizon,
+                season=args.season,
+            )
     else:
-        result = evaluate_forecaster_in_sample(forecaster, table, season=args.season)
+        with flags_named(_EVALUATE_FLAGS):
+            result = evaluate_forecaster_in_sample(forecaster, table, season=args.season)
     if args.per_series:
         target = Path(args.per_series)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -119,14 +138,15 @@ def backtest_command(args: argparse.Namespace, table: Any, train: Any) -> int:
 
     from seqstate.recipe.evaluation import backtest, plot_backtest
 
-    result = backtest(
-        table,
-        train,
-        folds=args.folds,
-        horizon=args.horizon,
-        refit=args.refit_each_fold,
-        season=args.season,
-    )
+    with flags_named(_BACKTEST_FLAGS):
+        result = backtest(
+            table,
+            train,
+            folds=args.folds,
+            horizon=args.horizon,
+            refit=args.refit_each_fold,
+            season=args.season,
+        )
     written = []
     if args.out:
         out = Path(args.out)

@@ -7,7 +7,10 @@ Also :class:`CliError`, the user-facing error every command raises (printed as o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +18,45 @@ from seqstate.recipe.preparation import flag_settings as preparation_flag_settin
 from seqstate.recipe.training import SECTIONS, default_settings
 from seqstate.recipe.training import fit_fields as recipe_fit_fields
 
-__all__ = ["CliError", "load_settings"]
+__all__ = ["CliError", "flags_named", "load_settings"]
 
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit code 1."""
+
+
+def _constant(text: str) -> Callable[[re.Match[str]], str]:
+    return lambda _: text
+
+
+@contextlib.contextmanager
+def flags_named(flags: Mapping[str, str]) -> Iterator[None]:
+    """Errors of the Python API, reworded for the command line: ``horizon must be ...`` from
+    :func:`seqstate.recipe.evaluation.evaluate_warm` reaches the user as ``--horizon must be ...``.
+
+    ``flags`` maps each keyword argument to its flag (``{"warmup_until": "--warmup-until"}``);
+    a name is replaced where it is used as the argument (``name=``, ``name must``,
+    ``name (``, ``name is``), never inside prose such as "a shorter horizon".
+    """
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        text = str(error)
+        for name, flag in flags.items():
+            # a name with an underscore is never a word of prose: replace it everywhere
+            used = "" if "_" in name else r"(?==| must| \(| is | holds )"
+            # a function, not a template: a flag is text, never a backreference
+            text = re.sub(rf"(?<![\w-]){re.escape(name)}{used}", _constant(flag), text)
+            text = re.sub(rf"(?<![\w-]){re.escape(flag)}=", f"{flag} ", text)
+            # Python-only details: None (a flag left out), a value's index in a list
+            text = re.sub(rf"({re.escape(flag)} must be [^;]*?) or None", r"\1 or left out", text)
+            text = re.sub(rf"({re.escape(flag)} holds .*?) \(value \d+\)", r"\1", text)
+        present = [flag for flag in flags.values() if flag in text]
+        if len(present) == 1:  # "None scores the whole tail." -> leaving the flag out
+            text = re.sub(r"(^|\. )None\b", rf"\1Leaving {present[0]} out", text)
+        if text == str(error):
+            raise
+        raise type(error)(text) from error
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,11 +114,53 @@ def load_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         )
     if not data["targets"]:
         data["targets"] = list(data["features"])
+    _check_numbers(settings)
     if settings["split"]["by"] not in ("auto", "series", "time", "none"):
         raise CliError(
             f"split.by must be auto, series, time or none; received {settings['split']['by']!r}"
         )
     return settings
+
+
+# Numeric settings checked before anything is read, named by their flag (and config key):
+# (section, key) -> (flag, kind, low, high, low inclusive); None (unset, "auto") passes.
+_NUMBERS: dict[tuple[str, str], tuple[str, type, float, float | None, bool]] = {
+    ("layout", "lanes"): ("--lanes", int, 1, None, True),
+    ("layout", "window"): ("--window", int, 1, None, True),
+    ("model", "hidden_size"): ("--hidden-size", int, 1, None, True),
+    ("model", "num_layers"): ("--num-layers", int, 1, None, True),
+    ("model", "dropout"): ("--dropout", float, 0.0, 1.0, True),
+    ("data", "shift"): ("--shift", int, 0, None, True),
+    ("split", "fraction"): ("--validation", float, 0.0, 1.0, False),
+    ("fit", "epochs"): ("--epochs", int, 1, None, True),
+    ("fit", "patience"): ("--patience", int, 1, None, True),
+    ("fit", "lr"): ("--lr", float, 0.0, None, False),
+    ("run", "seed"): ("--seed", int, 0, None, True),
+    ("run", "seeds"): ("--seeds", int, 1, None, True),
+}
+
+
+def _check_numbers(settings: dict[str, dict[str, Any]]) -> None:
+    """Refuse a number out of range with the flag's name (not FitConfig's, nor a crash deep
+    in the layout: ``--window 0`` divided by zero)."""
+    import math
+
+    for (section, key), (flag, kind, low, high, inclusive) in _NUMBERS.items():
+        value = settings[section].get(key)
+        if value is None:
+            continue
+        where = f"{flag} (or [{section}] {key} in --config)"
+        if kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+            expected = f"an int >= {int(low)}"
+        else:
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            ok = number and math.isfinite(value) and (value >= low if inclusive else value > low)
+            ok = ok and (high is None or value < high)
+            bound = f">= {low:g}" if inclusive else f"> {low:g}"
+            expected = f"a number {bound}" + ("" if high is None else f" and < {high:g}")
+        if not ok:
+            raise CliError(f"{where} must be {expected}; received {value!r}")
 
 
 def _threads_flag(value: str | None) -> int | str | None:

@@ -29,6 +29,8 @@ def _train_run(args: argparse.Namespace, *, main: bool) -> int:
 
     settings = load_settings(args)
     announce = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    if announce is not None and main:
+        _warn_order(settings, announce)
     if settings["run"]["seeds"] != 1:
         if args.distributed:
             raise CliError("--seeds K trains K runs one after the other; drop --distributed")
@@ -58,15 +60,38 @@ def _train_run(args: argparse.Namespace, *, main: bool) -> int:
     return 0
 
 
+def _warn_order(settings: dict[str, dict[str, Any]], announce: Any) -> None:
+    """Without a time column the file's order is the time order: say so when a column that
+    looks like a time says otherwise (``doctor`` warns the same)."""
+    from seqstate.cli.doctor import order_warning, read_frame, source_name
+
+    data = settings["data"]
+    if data["time"] is not None:
+        return
+    try:
+        frame = read_frame(data["path"])
+    except (ValueError, TypeError, OSError):
+        return  # train's own reading reports it
+    warning = order_warning(frame, data, source=source_name(data["path"]))
+    if warning is not None:
+        announce(f"warning: {warning}")
+
+
 def _history_line(label: str, history: Any) -> str:
-    best = history.records[history.best_epoch or len(history.records) - 1]
+    best = history.records[_best_index(history)]
     shown = ", ".join(
         f"{key}={value:.4g}"
         for key, value in best.items()
         if key.startswith(("loss", "val_")) and isinstance(value, float)
     )
     stopped = ", stopped early" if history.stopped_early else ""
-    return f"{label}: {len(history)} epoch(s){stopped}; best epoch {best['epoch']}: {shown}"
+    number = int(best["epoch"]) + 1  # numbered from 1, as in the log
+    return f"{label}: {len(history)} epoch(s){stopped}; best epoch {number}: {shown}"
+
+
+def _best_index(history: Any) -> int:
+    # best_epoch 0 is the first epoch, not "none"
+    return history.best_epoch if history.best_epoch is not None else len(history.records) - 1
 
 
 def _print_ensemble(results: list[Any], settings: dict[str, dict[str, Any]]) -> None:
@@ -77,7 +102,7 @@ def _print_ensemble(results: list[Any], settings: dict[str, dict[str, Any]]) -> 
     key = "loss"
     for k, result in enumerate(results):
         history = result.history
-        best = history.records[history.best_epoch or len(history.records) - 1]
+        best = history.records[_best_index(history)]
         key = "val_loss" if "val_loss" in best else "loss"
         losses.append(float(best[key]))
         seed = settings["run"]["seed"] + k

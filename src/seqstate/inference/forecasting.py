@@ -8,7 +8,7 @@ roll-out then feeds each output back as the next input, one step per call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -132,6 +132,7 @@ def forecast(
     chunk: int | None = None,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Warm the state up on ``context``, then forecast ``horizon`` steps autoregressively.
 
@@ -160,6 +161,8 @@ def forecast(
         target_features: which input column each output feeds (O indices). Default when
             O == F: output j feeds input j. Required when O < F.
         chunk, batch_size, device: as in :func:`predict`, for the warm-up.
+        on_step: called with the number of forecast steps done after each one (a progress
+            bar for long horizons).
 
     Returns:
         ``[horizon, O]`` for one series, ``[n, horizon, O]`` otherwise (NumPy).
@@ -198,5 +201,7 @@ def forecast(
             x[:, 0, others_t] = future_t[:, h - 1]
             y, state = model(x, state)
             result[:, h] = y[:, 0]
+            if on_step is not None:
+                on_step(h + 1)
     array = result.cpu().numpy()
     return array[0] if form == "one" else array

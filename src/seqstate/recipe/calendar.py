@@ -30,6 +30,7 @@ from seqstate._validate import check_int
 
 __all__ = [
     "Frequency",
+    "format_time",
     "future_times",
     "infer_frequency",
     "parse_times",
@@ -50,6 +51,20 @@ _TEXT_FORMATS = (
 )
 _QUARTER = re.compile(r"^\s*(\d{4})\s*[-/ ]?\s*[Qq]([1-4])\s*$")  # 1939Q1, 1939-Q1, 1939 q1
 _EXAMPLES = "2024-01-31, 2024-01-31T12:00, 2024-01, 2024 Jan, Jan 2024, 2024M01, 2024Q1"
+
+
+def format_time(value: Any) -> str:
+    """A time as messages show it, one format everywhere: ``2019-12-01`` for a midnight,
+    ``2019-12-01T06:30:00`` otherwise (never raw nanoseconds); numbers as they are."""
+    if isinstance(value, np.datetime64 | np.ndarray) and np.issubdtype(
+        np.asarray(value).dtype, np.datetime64
+    ):
+        stamp = np.asarray(value, dtype="datetime64[s]").reshape(())
+        text = str(np.datetime_as_string(stamp, unit="s"))
+        return text.removesuffix("T00:00:00")
+    if hasattr(value, "to_datetime64"):  # pandas Timestamp
+        return format_time(value.to_datetime64())
+    return str(value.item() if isinstance(value, np.generic) else value)
 
 
 def parse_times(values: Sequence[Any] | np.ndarray, name: str = "time") -> np.ndarray:

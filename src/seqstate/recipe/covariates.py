@@ -174,4 +174,6 @@ def future_covariates(
 
 
 def _shown(value: Any) -> str:
-    return str(value.item() if isinstance(value, np.generic) else value)
+    from seqstate.recipe.calendar import format_time
+
+    return format_time(value)  # a datetime64's .item() would be raw nanoseconds

@@ -45,11 +45,9 @@ def check_regression(table: Any, what: str) -> None:
 
 
 def time_text(times: np.ndarray, index: int) -> str:
-    value = times[index]
-    if np.issubdtype(np.asarray(times).dtype, np.datetime64):
-        text = str(np.datetime_as_string(value, unit="s"))
-        return text.removesuffix("T00:00:00")
-    return str(value.item() if isinstance(value, np.generic) else value)
+    from seqstate.recipe.calendar import format_time
+
+    return format_time(times[index])
 
 
 def series_name(table: Any, index: int) -> Any:

@@ -25,7 +25,7 @@ is the mean of the members' forecasts, whatever transform they were trained on.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -105,6 +105,7 @@ def forecast_table(
     covariates: Sequence[np.ndarray] | None = None,
     covariate_names: Sequence[str] = (),
     batch_size: int | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> TableOutputs:
     """Forecast ``horizon`` steps past the end of each series of the raw ``table``.
 
@@ -118,6 +119,8 @@ def forecast_table(
         covariates: known future values of the features that are neither targets nor
             calendar, one ``[horizon, K]`` array per series (raw units), in the order
             ``covariate_names`` (the run's feature order).
+        on_step: called after each forecast step
+            (see :func:`seqstate.inference.forecasting.forecast`).
 
     Returns:
         :class:`TableOutputs` of ``[horizon, O]`` arrays in raw units.
@@ -168,6 +171,7 @@ def forecast_table(
             covariates=future,
             target_features=fed,
             batch_size=batch_size,
+            on_step=on_step,
         )
         outputs = [np.asarray(o, dtype=np.float64) for o in rolled]
         if scaling is not None:
@@ -236,7 +240,15 @@ class RunForecaster:
     def forecast(self, table: Any, horizon: int, future: Any = None) -> np.ndarray:
         return np.stack(self.forecast_outputs(table, horizon, future).mean)
 
-    def forecast_outputs(self, table: Any, horizon: int, future: Any = None) -> TableOutputs:
+    def forecast_outputs(
+        self,
+        table: Any,
+        horizon: int,
+        future: Any = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> TableOutputs:
+        """``on_step(done)``: told the forecast steps done (the step function rolls the whole
+        horizon out in one call, so it is told once, at the end)."""
         from seqstate.recipe.step import tables
 
         columns = table.columns
@@ -256,6 +268,8 @@ class RunForecaster:
         members = tables.forecast_table(
             self.step_function(columns), table, horizon, times=times, covariates=covariates
         )  # (K, n, H, O)
+        if on_step is not None:
+            on_step(horizon)
         return _spread([members[:, i] for i in range(members.shape[1])])
 
     def _steppable(self, table: Any) -> bool:

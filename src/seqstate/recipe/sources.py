@@ -65,12 +65,25 @@ class _Rows:
         self.labels = labels
         self.source = source
         self.from_file = from_file
+        # A text file has a header line; a Parquet file's rows are just rows.
+        self.text = from_file and not source.lower().endswith((".parquet", ".pq"))
 
-    def name(self, position: int) -> str:
-        label = _plain(self.labels[position])
-        if self.from_file:
-            return f"data row {label} of {self.source} (1-based, header not counted)"
-        return f"the row with index label {label!r}"
+    def name(self, *positions: int) -> str:
+        """``data row 6 of x.csv (1-based, header not counted)``; several positions share the
+        one explanation (``data rows 6 and 9 of ...``)."""
+        labels = [_plain(self.labels[position]) for position in positions]
+        several = len(labels) > 1
+        if not self.from_file:
+            shown = " and ".join(repr(label) for label in labels)
+            plural = "s" if several else ""
+            return f"the row{plural} with index label{plural} {shown}"
+        shown = " and ".join(str(label) for label in labels)
+        if self.text:
+            return (
+                f"data row{'s' if several else ''} {shown} of {self.source} (1-based, header not "
+                "counted)"
+            )
+        return f"row{'s' if several else ''} {shown} of {self.source} (1-based)"
 
 
 def _as_names(value: Any, argument: str, *, allow_empty: bool = False) -> tuple[str, ...]:
@@ -363,7 +376,7 @@ def read_table(
         np.lexsort((times, codes)) if time_column is not None else np.argsort(codes, kind="stable")
     )
     bounds = np.searchsorted(codes[order], np.arange(len(id_list) + 1))
-    table_features, table_targets, table_times = [], [], []
+    table_features, table_targets, table_times, table_rows = [], [], [], []
     x_dtype = np.float32
     y_dtype = np.int64 if classify else np.float32
     for i, (begin, end) in enumerate(itertools.pairwise(bounds)):
@@ -378,7 +391,7 @@ def read_table(
                 shown = _plain(frame[time_column].iloc[first])
                 raise ValueError(
                     f"time {shown!r} appears twice{owner} in column {time_column!r}: at "
-                    f"{rows.name(first)} and at {rows.name(second)}. Each "
+                    f"{rows.name(first, second)}. Each "
                     "series needs one row per time; aggregate or drop duplicates first."
                 )
         if len(positions) <= shift and target_names and require_targets:
@@ -391,6 +404,7 @@ def read_table(
         table_features.append(x[positions].astype(x_dtype))
         table_targets.append(y[positions].astype(y_dtype))
         table_times.append(series_times)
+        table_rows.append(positions.astype(np.int64))
 
     columns = Columns(
         features=feature_names,
@@ -407,6 +421,7 @@ def read_table(
         targets=table_targets,
         times=table_times,
         source=description,
+        rows=table_rows,
     )
 
 

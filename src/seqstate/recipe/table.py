@@ -65,6 +65,8 @@ class SequenceTable:
         times: one ``[L_i]`` array per series: the time column (numeric or datetime64), or the
             row position inside the series when there is no time column.
         source: where the rows came from, for messages (``"data.csv"``, ``"DataFrame"``).
+        rows: one ``[L_i]`` int64 array per series: the 0-based position in the read table
+            of each step (None when the table was not read by ``read_table``).
     """
 
     columns: Columns
@@ -73,6 +75,19 @@ class SequenceTable:
     targets: list[np.ndarray]
     times: list[np.ndarray]
     source: str = "table"
+    # One [L_i] int64 array per series: each step's 0-based row in the table it was read from
+    # (read_table sets it; None for tables built otherwise). Writers use it to answer in the
+    # input's row order.
+    rows: list[np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        # A table derived with other steps (transformed, differenced) has no row map: drop it
+        # rather than carry positions that no longer match the steps.
+        if self.rows is not None and (
+            len(self.rows) != len(self.features)
+            or any(len(r) != len(f) for r, f in zip(self.rows, self.features, strict=True))
+        ):
+            object.__setattr__(self, "rows", None)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -154,6 +169,7 @@ class SequenceTable:
             features=[self.features[i] for i in picked],
             targets=[self.targets[i] for i in picked],
             times=[self.times[i] for i in picked],
+            rows=None if self.rows is None else [self.rows[i] for i in picked],
         )
 
     def slice_steps(self, begin: int | Sequence[int], end: int | Sequence[int]) -> SequenceTable:
@@ -166,6 +182,9 @@ class SequenceTable:
             features=[f[b:e] for f, b, e in zip(self.features, begins, ends, strict=True)],
             targets=[t[b:e] for t, b, e in zip(self.targets, begins, ends, strict=True)],
             times=[t[b:e] for t, b, e in zip(self.times, begins, ends, strict=True)],
+            rows=None
+            if self.rows is None
+            else [r[b:e] for r, b, e in zip(self.rows, begins, ends, strict=True)],
         )
 
     def describe(self) -> dict[str, Any]:

@@ -23,12 +23,14 @@ from seqstate.recipe.preparation import DEFAULTS as PREPARATION_DEFAULTS
 __all__ = [
     "SECTIONS",
     "RunResult",
+    "TrainingPlan",
     "build_model",
     "choose_defaults",
     "default_settings",
     "fit_config_for",
     "fit_fields",
     "lanes_for",
+    "plan_training",
     "prepare_training_table",
     "read_training_table",
     "refit_wanted",
@@ -234,6 +236,76 @@ def prepare_training_table(table: Any, settings: Settings) -> tuple[Any, Prepare
     return scaled, PreparedTable(preparation, scaling)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingPlan:
+    """Every choice made before training, in one place: ``train`` trains on it, ``doctor``
+    prints it, so the two never disagree (the layout follows from the *prepared* table:
+    differencing at lag m shortens every series by m steps)."""
+
+    table: Any  # the whole table in model space (transformed, scaled, calendar appended)
+    prepared: PreparedTable
+    train: Any  # the training part of ``table``
+    validation: Any  # its validation part (a holdout.Tail when split by time), or None
+    split_by: str  # the split actually used: time | series | none
+    defaults: Any  # seqstate.recipe.defaults.Defaults, already filled into the settings
+    refit: bool  # train again on every row for the best epoch count
+
+    def lines(self) -> list[tuple[str, str]]:
+        """``(topic, text)`` for each choice, with its reason: what ``train`` prints at its
+        start and ``doctor`` in its report."""
+        preparation = self.prepared.preparation
+        scaling = preparation.scaling
+        lines = [
+            (
+                "Scaling",
+                f"method {scaling.method}, transform {scaling.transform}, difference "
+                f"{scaling.difference}, season {scaling.season}, calendar "
+                f"{list(preparation.calendar)}",
+            )
+        ]
+        lines += [("  why", reason) for reason in preparation.reasons]
+        train, validation = self.train, self.validation
+        if validation is None:
+            lines.append(("Split", "none: no validation (--split none)"))
+        else:
+            tail = (
+                " (the last part of every series, scored after warming up on the series' history)"
+                if self.split_by == "time"
+                else ""
+            )
+            lines.append(
+                (
+                    "Split",
+                    f"by {self.split_by}: {len(train)} series / {int(train.lengths.sum())} steps "
+                    f"train, {len(validation)} series / {int(validation.lengths.sum())} steps "
+                    f"validation{tail}; normalisation is fitted on train only",
+                )
+            )
+        for choice in self.defaults:
+            lines.append(("Setting" if choice.given else "Default", choice.line()))
+        if validation is not None:
+            lines.append(
+                (
+                    "Refit",
+                    "after early stopping, a fresh model trains on every row for the best "
+                    "epoch count (--no-refit to keep the early-stopped one)"
+                    if self.refit
+                    else "none: the early-stopped model is kept",
+                )
+            )
+        return lines
+
+
+def plan_training(raw: Any, settings: Settings) -> TrainingPlan:
+    """The [scaling] preparation, the split and the defaults of training on the raw table,
+    as ``train`` makes them; the chosen layout and epochs are filled into ``settings``."""
+    table, prepared = prepare_training_table(raw, settings)
+    train, validation, split_by = split_training_table(table, settings)
+    defaults = choose_defaults(train, settings)
+    refit = validation is not None and refit_wanted(settings, split_by)
+    return TrainingPlan(table, prepared, train, validation, split_by, defaults, refit)
+
+
 def seed_settings(settings: Settings) -> list[Settings]:
     """``[run] seeds`` = K: K copies of ``settings`` with the seeds s, s+1, ..., s+K-1 (the
     members of an ensemble; ``train`` and ``backtest`` both train these)."""
@@ -386,13 +458,12 @@ def _train_on(
         lanes=layout_lanes if isinstance(layout_lanes, int) else 32,
         hidden_size=hidden if isinstance(hidden, int) else 64,
     )
-    table, prepared = prepare_training_table(raw, settings)
-    train, validation, split_by = split_training_table(table, settings)
-    defaults = choose_defaults(train, settings)
-    refit = validation is not None and refit_wanted(settings, split_by)
+    plan = plan_training(raw, settings)
+    table, prepared, defaults, refit = plan.table, plan.prepared, plan.defaults, plan.refit
+    train, validation, split_by = plan.train, plan.validation, plan.split_by
     if announce is not None:
-        for choice in defaults:
-            announce(choice.line())
+        for topic, text in plan.lines():
+            announce(f"  {topic:<9} {text}")
     fitted = _fit_on(
         train,
         validation,

@@ -135,8 +135,10 @@ class Trainer:
                 if self.show_progress and time.perf_counter() - last_refresh > _PROGRESS_REFRESH:
                     last_refresh = time.perf_counter()
                     bar.set_postfix(bar_stats(sums), refresh=False)
-        finally:
+        except BaseException:
             bar.close()
+            raise
+        # The bar stays open: _end_epoch shows the epoch's loss and val loss on it and closes it.
         self._end_epoch(epoch, sums)
 
     def _train_window(

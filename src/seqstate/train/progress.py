@@ -67,6 +67,7 @@ class EpochProgress:
         self.stream = sys.stderr if stream is None else stream
         self.mode = progress_mode(progress, self.stream)
         self.epochs = epochs
+        self._bar: Any = None  # the open bar of the current epoch ("bar" mode)
 
     @property
     def live(self) -> bool:
@@ -74,11 +75,14 @@ class EpochProgress:
         return self.mode == "bar"
 
     def bar(self, epoch: int, num_windows: int, cursor: int) -> Any:
+        """The epoch's bar (epochs numbered from 1, as everywhere people read them). It stays
+        open after the last window so :meth:`epoch_done` can show the epoch's loss and
+        validation loss on it; the caller closes it only when the epoch fails."""
         if self.mode != "bar":
             return _NoBar()
         from tqdm import tqdm
 
-        return tqdm(
+        self._bar = tqdm(
             total=num_windows,
             initial=cursor,
             desc=f"epoch {epoch + 1}/{self.epochs}",
@@ -86,12 +90,33 @@ class EpochProgress:
             dynamic_ncols=True,
             file=self.stream,
         )
+        return self._bar
 
     def epoch_done(self, record: Mapping[str, Any], note: str = "") -> None:
+        """The end of an epoch: "lines" prints its line; "bar" shows its loss and validation
+        loss on the bar and closes it (each epoch's bar stays on the terminal)."""
+        if self.mode == "bar":
+            bar, self._bar = self._bar, None
+            if bar is not None:
+                bar.set_postfix(epoch_stats(record), refresh=False)
+                bar.close()
+            return
         if self.mode != "lines":
             return
         self.stream.write(epoch_line(record, self.epochs, note) + "\n")
         self.stream.flush()
+
+
+def epoch_stats(record: Mapping[str, Any]) -> dict[str, str]:
+    """``{"loss": "0.1234", "val_loss": "0.2345", "steps/s": "12,345"}`` of an epoch's record."""
+    stats = {
+        key: f"{value:.4g}"
+        for key, value in record.items()
+        if key in ("loss", "val_loss") and isinstance(value, float)
+    }
+    if isinstance(record.get("steps_per_s"), float):
+        stats["steps/s"] = f"{record['steps_per_s']:,.0f}"
+    return stats
 
 
 def epoch_line(record: Mapping[str, Any], epochs: int, note: str = "") -> str:

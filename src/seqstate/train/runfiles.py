@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from seqstate._io import atomic_path, write_text_atomic
 from seqstate.train.history import History
@@ -16,9 +17,19 @@ PLOT_FILE = "loss.png"
 def write_metrics(run_dir: Path, history: History) -> None:
     # Rewritten whole (atomically) each epoch: after a resume it holds exactly the checkpoint's
     # epochs, never a duplicate line from an epoch that was interrupted and replayed.
+    # Epochs are numbered from 1 wherever people read them (the log, the bar, summaries, the
+    # plot): "epoch" here is that number, "epoch_index" the 0-based History.records index.
     run_dir.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in history.records)
+    text = "".join(
+        json.dumps(metrics_line(record), sort_keys=True) + "\n" for record in history.records
+    )
     write_text_atomic(run_dir / METRICS_FILE, text)
+
+
+def metrics_line(record: dict[str, Any]) -> dict[str, Any]:
+    """One line of metrics.jsonl: the History record with ``epoch`` numbered from 1 and the
+    0-based index as ``epoch_index``."""
+    return {**record, "epoch": int(record["epoch"]) + 1, "epoch_index": int(record["epoch"])}
 
 
 def write_plot(run_dir: Path, history: History) -> None:
@@ -31,12 +42,14 @@ def write_plot(run_dir: Path, history: History) -> None:
     figure = Figure(figsize=(6, 4), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    epochs = history["epoch"]
+    epochs = [int(epoch) + 1 for epoch in history["epoch"]]  # numbered from 1, as printed
     axes.plot(epochs, history["loss"], marker="o", label="train loss")
     if "val_loss" in history:
         axes.plot(epochs, history["val_loss"], marker="o", label="validation loss")
-    if history.best_epoch is not None:
-        axes.axvline(history.best_epoch, color="grey", linestyle=":", label="best epoch")
+        # Only a validation loss picks a best epoch; a run without one (a refit on every row)
+        # trains for a fixed number of epochs and keeps the last.
+        if history.best_epoch is not None:
+            axes.axvline(history.best_epoch + 1, color="grey", linestyle=":", label="best epoch")
     axes.set_xlabel("epoch")
     axes.set_ylabel("loss")
     axes.legend()
