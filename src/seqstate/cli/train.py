@@ -48,6 +48,9 @@ def _train_run(args: argparse.Namespace, *, main: bool) -> int:
         )
     else:
         print(_history_line("trained", result.history))
+    if result.chosen is not None:
+        for line in result.chosen.lines():
+            print(line)
     from seqstate.train.runfiles import PLOT_FILE
 
     files = ["model.json", "model.safetensors", "metrics.jsonl"]
@@ -59,7 +62,7 @@ def _train_run(args: argparse.Namespace, *, main: bool) -> int:
 
 
 def _history_line(label: str, history: Any) -> str:
-    best = history.records[history.best_epoch or len(history.records) - 1]
+    best = history.records[_best_index(history)]
     shown = ", ".join(
         f"{key}={value:.4g}"
         for key, value in best.items()
@@ -69,25 +72,43 @@ def _history_line(label: str, history: Any) -> str:
     return f"{label}: {len(history)} epoch(s){stopped}; best epoch {best['epoch']}: {shown}"
 
 
+def _best_index(history: Any) -> int:
+    # best_epoch 0 is a real epoch (not "none"): only None falls back to the last record.
+    return history.best_epoch if history.best_epoch is not None else len(history.records) - 1
+
+
 def _print_ensemble(results: list[Any], settings: dict[str, dict[str, Any]]) -> None:
-    """One line per member and the spread of their best validation (or training) loss."""
+    """One line per member and the spread of their forecasts' validation MASE (the network's,
+    on the validation windows); of their best loss when the run made no selection."""
     import numpy as np
 
-    losses = []
-    key = "loss"
+    from seqstate.recipe.selection import NETWORK, merge_selections
+
+    chosen = [r.chosen for r in results if r.chosen is not None]
+    scored = len(chosen) == len(results)
+    values = []
+    key = "validation MASE of the forecasts" if scored else "loss"
     for k, result in enumerate(results):
-        history = result.history
-        best = history.records[history.best_epoch or len(history.records) - 1]
-        key = "val_loss" if "val_loss" in best else "loss"
-        losses.append(float(best[key]))
+        history = result.selection or result.history
         seed = settings["run"]["seed"] + k
-        print(f"seed {seed}: {len(history)} epoch(s), best {key}={losses[-1]:.4g}")
-    spread = np.std(losses)
+        if scored:
+            values.append(float(result.chosen.scores[NETWORK]))
+            print(f"seed {seed}: {len(history)} epoch(s), network validation MASE {values[-1]:.4g}")
+            continue
+        best = history.records[_best_index(history)]
+        key = "val_loss" if "val_loss" in best else "loss"
+        values.append(float(best[key]))
+        print(f"seed {seed}: {len(history)} epoch(s), best {key}={values[-1]:.4g}")
+    spread = np.std(values)
     print(
-        f"ensemble of {len(results)} seeds: best {key} mean {np.mean(losses):.4g}, spread (std) "
-        f"{spread:.3g}, min {min(losses):.4g}, max {max(losses):.4g}; predict/forecast "
+        f"ensemble of {len(results)} seeds: {key} mean {np.mean(values):.4g}, spread (std) "
+        f"{spread:.3g}, min {min(values):.4g}, max {max(values):.4g}; predict/forecast "
         "average the members"
     )
+    merged = merge_selections(chosen)
+    if merged is not None:
+        for line in merged.lines():
+            print(line)
     out = results[0].out
     print(f"wrote {out}/ (model.json, ..., members/seed-*/)")
     print(f"next: seqstate forecast {out} {settings['data']['path']} --horizon H --out f.csv")

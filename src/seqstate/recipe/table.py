@@ -65,6 +65,9 @@ class SequenceTable:
         times: one ``[L_i]`` array per series: the time column (numeric or datetime64), or the
             row position inside the series when there is no time column.
         source: where the rows came from, for messages (``"data.csv"``, ``"DataFrame"``).
+        time_format: how a text time column was written (``"%YQ%q"`` for ``1998Q1``, see
+            :func:`seqstate.recipe.calendar.written_format`), so output times keep it; None
+            for numbers, datetimes and forms no pattern writes back exactly.
     """
 
     columns: Columns
@@ -73,6 +76,7 @@ class SequenceTable:
     targets: list[np.ndarray]
     times: list[np.ndarray]
     source: str = "table"
+    time_format: str | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
