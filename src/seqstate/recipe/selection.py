@@ -153,10 +153,15 @@ def _label(name: str) -> str:
 
 
 def _per_target(table: Any, run: Any) -> list[np.ndarray]:
-    """One ``[*, O]`` array per series from ``run(histories of one target) -> [n, *]``."""
+    """One ``[*, O]`` array per series from ``run(histories of one target) -> [n, *]``.
+
+    The histories are read from the feature columns that hold the targets (a selection is
+    only made for runs whose targets are inputs), so tables read without targets work too."""
+    features = list(table.columns.features)
     columns = []
-    for o in range(len(table.columns.targets)):
-        histories = [np.asarray(t[:, o], dtype=np.float64) for t in table.targets]
+    for name in table.columns.targets:
+        at = features.index(name)
+        histories = [np.asarray(f[:, at], dtype=np.float64) for f in table.features]
         result = run(histories)
         columns.append([np.asarray(r) for r in result])
     return [np.stack([c[i] for c in columns], axis=-1) for i in range(len(table))]
