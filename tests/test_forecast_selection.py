@@ -344,3 +344,20 @@ def test_members_selections_average_their_weights():
     assert merged is not None and merged.weights == {"network": 0.5, "seasonal_naive_12": 0.5}
     assert merge_selections([]) is None
     assert Selection.from_dict(merged.to_dict()) == merged
+
+
+def test_an_ensemble_reports_the_spread_of_its_members_validation_mase(tmp_path, capsys):
+    data = seasonal_random_walk_csv(tmp_path / "srw.csv", series=4, years=6)
+    run = tmp_path / "run"
+    args = ["train", str(data), "-f", "value", "--id", "id", "--time", "month", "--seeds", "2"]
+    args += ["--epochs", "1", "--hidden-size", "4", "--no-progress", "--out", str(run)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    scores = [
+        Selection.from_dict(read_model_json(d)["metadata"]["selection"]).scores["network"]
+        for d in (run, run / "members" / "seed-1")
+    ]
+    assert f"seed 0: 1 epoch(s), network validation MASE {scores[0]:.4g}" in printed
+    assert f"seed 1: 1 epoch(s), network validation MASE {scores[1]:.4g}" in printed
+    assert f"validation MASE of the forecasts mean {np.mean(scores):.4g}" in printed
+    assert f"spread (std) {np.std(scores):.3g}" in printed
