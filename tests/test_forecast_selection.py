@@ -28,7 +28,7 @@ from seqstate.recipe.calendar import (
     season_lengths,
     written_format,
 )
-from seqstate.recipe.evaluation import backtest, evaluate_warm, infer_season
+from seqstate.recipe.evaluation import backtest, evaluate_forecaster, infer_season
 from seqstate.recipe.metrics import seasonal_naive, series_metrics
 from seqstate.recipe.run_forecaster import load_forecaster
 from seqstate.recipe.selection import Selection, merge_selections
@@ -84,7 +84,7 @@ class LastValue:
 def test_evaluate_and_backtest_compare_with_the_daily_seasonal_naive_on_half_hours():
     table = read_table(half_hourly(), features=["value"], targets=["value"], time_column="time")
     assert infer_season(table) == 48
-    result = evaluate_warm(LastValue(), table, tail=96, horizon=96)
+    result = evaluate_forecaster(LastValue(), table, tail=96, horizon=96)
     assert result.season == 48 and result.summary["season"] == 48
     history, actual = table.targets[0][:-96, 0], table.targets[0][-96:, 0]
     naive = series_metrics(actual, seasonal_naive(history, 96, 48), history, 48)
@@ -299,6 +299,11 @@ def test_selection_falls_back_on_a_seasonal_random_walk(tmp_path, capsys):
     assert not chosen.network_only, chosen
     assert chosen.scores[chosen.chosen] < chosen.scores["network"]
     assert "selected:" in printed and "the network" in printed
+    # The server does not step the baselines yet: it refuses the run rather than answer otherwise.
+    from seqstate.serve.rundir import load_run_step
+
+    with pytest.raises(ValueError, match="Train with --select network to serve it"):
+        load_run_step(run)
     # The run answers with the selection: forecast == its weights over the members.
     out = tmp_path / "f.csv"
     assert main(["forecast", str(run), str(data), "--horizon", "6", "--out", str(out)]) == 0
