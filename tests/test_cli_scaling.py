@@ -34,6 +34,8 @@ def panel_csv(tmp_path, scales=(1.0, 30.0, 1e3, 3e4, 1e6), months=72, name="pane
 def train(data, out, *extra):
     args = ["train", str(data), "-f", "value", "--id", "id", "--time", "month"]
     args += ["--epochs", "8", "--hidden-size", "16", "--lr", "0.01", "--no-progress"]
+    # These tests are about the network's scaling: no blend with the baselines (selection).
+    args += ["--select", "network"]
     assert main([*args, "--out", str(out), *extra]) == 0
 
 

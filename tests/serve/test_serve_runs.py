@@ -74,6 +74,7 @@ def runs(tmp_path_factory):
             table, options = KINDS[kind]
             run = root / kind
             args = ["train", str(tables[table]), "-t", "value", "--id", "id", "--time", "month"]
+            args += ["--select", "network"]  # served step by step: the network alone
             if "-f" not in options:
                 args += ["-f", "value"]
             assert main([*args, *options, *QUIET, "--out", str(run)]) == 0

@@ -310,6 +310,12 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     fit.add_argument("--seeds", type=int, help=_setting_help("run", "seeds"))
     fit.add_argument("--threads", help=_setting_help("run", "threads"))
+    fit.add_argument(
+        "--select",
+        choices=("auto", "network"),
+        help="auto (default): score the network against seasonal naive and damped ETS on the "
+        "last validation windows and answer with the best or a blend; network: the network alone",
+    )
     add_preparation_arguments(parser)
 
 

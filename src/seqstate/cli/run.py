@@ -151,10 +151,13 @@ def _write_frame(frame: Any, target: Path, kind: str) -> None:
 
 
 def _key_columns(columns: Any, table: Any, index: int, times: Any) -> dict[str, Any]:
+    from seqstate.recipe.calendar import format_times
+
     keys: dict[str, Any] = {}
     if columns.id is not None:
         keys[columns.id] = [table.ids[index]] * len(times)
-    keys[columns.time or "step"] = times
+    # Times written as they were read ("1998Q1" stays "1998Q1"), so outputs join the input.
+    keys[columns.time or "step"] = format_times(times, table.time_format)
     return keys
 
 

@@ -97,6 +97,7 @@ def load_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("run", "out"): getattr(args, "out", None),
         ("run", "seeds"): getattr(args, "seeds", None),
         ("run", "threads"): _threads_flag(getattr(args, "threads", None)),
+        ("run", "select"): getattr(args, "select", None),
     }
     for (section, key), value in flags.items():
         if value is not None:

@@ -50,6 +50,9 @@ def _train_run(args: argparse.Namespace, *, main: bool) -> int:
         )
     else:
         print(_history_line("trained", result.history))
+    if result.chosen is not None:
+        for line in result.chosen.lines():
+            print(line)
     from seqstate.train.runfiles import PLOT_FILE
 
     files = ["model.json", "model.safetensors", "metrics.jsonl"]
@@ -95,24 +98,37 @@ def _best_index(history: Any) -> int:
 
 
 def _print_ensemble(results: list[Any], settings: dict[str, dict[str, Any]]) -> None:
-    """One line per member and the spread of their best validation (or training) loss."""
+    """One line per member and the spread of their forecasts' validation MASE (the network's,
+    on the validation windows); of their best loss when the run made no selection."""
     import numpy as np
 
-    losses = []
-    key = "loss"
+    from seqstate.recipe.selection import NETWORK, merge_selections
+
+    chosen = [r.chosen for r in results if r.chosen is not None]
+    scored = len(chosen) == len(results)
+    values = []
+    key = "validation MASE of the forecasts" if scored else "loss"
     for k, result in enumerate(results):
-        history = result.history
+        history = result.selection or result.history
+        seed = settings["run"]["seed"] + k
+        if scored:
+            values.append(float(result.chosen.scores[NETWORK]))
+            print(f"seed {seed}: {len(history)} epoch(s), network validation MASE {values[-1]:.4g}")
+            continue
         best = history.records[_best_index(history)]
         key = "val_loss" if "val_loss" in best else "loss"
-        losses.append(float(best[key]))
-        seed = settings["run"]["seed"] + k
-        print(f"seed {seed}: {len(history)} epoch(s), best {key}={losses[-1]:.4g}")
-    spread = np.std(losses)
+        values.append(float(best[key]))
+        print(f"seed {seed}: {len(history)} epoch(s), best {key}={values[-1]:.4g}")
+    spread = np.std(values)
     print(
-        f"ensemble of {len(results)} seeds: best {key} mean {np.mean(losses):.4g}, spread (std) "
-        f"{spread:.3g}, min {min(losses):.4g}, max {max(losses):.4g}; predict/forecast "
+        f"ensemble of {len(results)} seeds: {key} mean {np.mean(values):.4g}, spread (std) "
+        f"{spread:.3g}, min {min(values):.4g}, max {max(values):.4g}; predict/forecast "
         "average the members"
     )
+    merged = merge_selections(chosen)
+    if merged is not None:
+        for line in merged.lines():
+            print(line)
     out = results[0].out
     print(f"wrote {out}/ (model.json, ..., members/seed-*/)")
     print(f"next: seqstate forecast {out} {settings['data']['path']} --horizon H --out f.csv")

@@ -17,6 +17,9 @@ evaluation.py       warm evaluation of a run on a table
 evaluation_checks.py  what evaluation checks and says about a table
 backtest.py         rolling-origin backtests
 metrics.py          forecast accuracy per series and the seasonal-naive baseline
+baselines.py        seasonal naive and damped ETS as stateful step cells
+selection.py        the network against the baselines on the validation windows, and the
+                    choice (or blend) the run answers with
 """
 
 from __future__ import annotations

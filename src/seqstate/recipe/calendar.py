@@ -31,10 +31,13 @@ from seqstate._validate import check_int
 __all__ = [
     "Frequency",
     "format_time",
+    "format_times",
     "future_times",
     "infer_frequency",
     "parse_times",
     "season_length",
+    "season_lengths",
+    "written_format",
 ]
 
 # Formats tried, in order, on a whole text column (after ISO 8601). Each must read every value.
@@ -115,6 +118,63 @@ def parse_times(values: Sequence[Any] | np.ndarray, name: str = "time") -> np.nd
     )
 
 
+# ISO 8601 forms a column may be written in (parse_times reads them all as "ISO8601").
+_ISO_FORMATS = (
+    "%Y-%m-%d",
+    "%Y-%m",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%dT%H:%M",
+    "%Y%m%d",
+)
+
+
+def written_format(text: Sequence[Any] | np.ndarray, times: np.ndarray) -> str | None:
+    """How a text time column was written, so output times can be written the same way.
+
+    ``text`` holds the column as read (strings), ``times`` its parsed ``datetime64`` values.
+    Returns a format for :func:`format_times` (a ``strftime`` pattern; ``%q`` stands for the
+    quarter, as in ``"%YQ%q"`` for ``1998Q1``) that writes every sampled value back exactly as
+    it was read, or None when no format does (times are then written as ISO dates).
+    """
+    values = [v.strip() if isinstance(v, str) else None for v in np.asarray(text, dtype=object)]
+    if not values or any(v is None for v in values) or len(values) != len(times):
+        return None
+    sample = np.unique(np.linspace(0, len(values) - 1, min(len(values), 64)).astype(int))
+    written = [values[i] for i in sample]
+    stamps = np.asarray(times)[sample]
+    candidates: list[str] = []
+    quarter = _QUARTER.match(written[0])
+    if quarter:
+        # Keep the separator and the letter's case: "1998Q1", "1998 Q1", "1998-q1".
+        candidates.append("%Y" + written[0][quarter.end(1) : quarter.start(2)] + "%q")
+    candidates += [*_ISO_FORMATS, *_TEXT_FORMATS]
+    for form in candidates:
+        try:
+            if list(format_times(stamps, form)) == written:
+                return form
+        except ValueError:
+            continue
+    return None
+
+
+def format_times(times: np.ndarray, form: str | None) -> np.ndarray:
+    """``datetime64`` ``times`` written with ``form`` (from :func:`written_format`) as an
+    object array of strings; the times themselves when ``form`` is None."""
+    import pandas as pd
+
+    if form is None:
+        return np.asarray(times)
+    index = pd.DatetimeIndex(np.asarray(times).astype("datetime64[ns]"))
+    if "%q" in form:
+        head, tail = form.split("%q", 1)
+        quarters = ((index.month - 1) // 3 + 1).astype(str)
+        parts = zip(index.strftime(head), quarters, index.strftime(tail), strict=True)
+        return np.array([a + q + b for a, q, b in parts], dtype=object)
+    return np.asarray(index.strftime(form), dtype=object)
+
+
 def _naive_ns(parsed: Any) -> np.ndarray:
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
@@ -163,6 +223,10 @@ class Frequency:
     def season(self) -> int:
         """Steps in a natural season (the MASE / seasonal-naive period), 1 when none."""
         return season_length(self)
+
+    def seasons(self) -> tuple[int, ...]:
+        """Every natural season in steps, the shortest first (48 and 336 for half hours)."""
+        return season_lengths(self)
 
 
 def _months(index: Any) -> np.ndarray:
@@ -316,21 +380,51 @@ def infer_frequency(times: Sequence[Any] | np.ndarray) -> Frequency | None:
     return best
 
 
-def season_length(frequency: Frequency | None) -> int:
-    """The natural seasonal period in steps: 12 for months, 4 quarters, 7 days, 5 business
-    days, 24 hours, 52 weeks; 1 (no seasonality) for years, other spacings and None."""
+def season_lengths(frequency: Frequency | None) -> tuple[int, ...]:
+    """Every natural seasonal period in steps, the shortest first; ``()`` when none.
+
+    Sub-daily data that divides a day has a daily and a weekly season (48 and 336 for half
+    hours, 24 and 168 for hours, 96 and 672 for 15 minutes); days have 7, business days 5,
+    weeks 52, months 12, quarters 4. Years, other spacings and None have none.
+    """
     if frequency is None:
-        return 1
+        return ()
     name = frequency.name
     if name.startswith("months="):
-        return 12 if name == "months=1" else 1
+        return (12,) if name == "months=1" else ()
     if re.fullmatch(r"B?M[SE]", name):
-        return 12
+        return (12,)
     if re.fullmatch(r"Q[SE]-[A-Z]{3}", name):
-        return 4
+        return (4,)
     if re.fullmatch(r"W-[A-Z]{3}", name):
-        return 52
-    return {"B": 5, "D": 7, "h": 24}.get(name, 1)
+        return (52,)
+    if name in ("B", "D"):
+        return {"B": (5,), "D": (7,)}[name]
+    step = _fixed_step_ns(name)
+    day = 86_400 * 10**9
+    if step is None or step >= day or day % step:
+        return ()
+    per_day = day // step
+    return (per_day, 7 * per_day)
+
+
+def _fixed_step_ns(name: str) -> int | None:
+    """The step of a fixed-spacing alias (``30min``, ``h``, ``2h``) in ns, else None."""
+    import pandas as pd
+
+    try:
+        offset = pd.tseries.frequencies.to_offset(name)
+        return int(pd.Timedelta(offset).value)
+    except (ValueError, TypeError):
+        return None
+
+
+def season_length(frequency: Frequency | None) -> int:
+    """The main seasonal period in steps (the MASE / seasonal-naive period): the shortest of
+    :func:`season_lengths` (12 for months, 4 quarters, 7 days, 5 business days, 52 weeks, 24
+    hours, 48 half hours); 1 (no seasonality) for years, other spacings and None."""
+    seasons = season_lengths(frequency)
+    return seasons[0] if seasons else 1
 
 
 def future_times(times: np.ndarray, horizon: int, frequency: Frequency | None = None) -> np.ndarray:

@@ -375,13 +375,40 @@ def suggest(table: Any) -> Suggestion:
         level = np.percentile(v[:, 0], 95) - np.percentile(v[:, 0], 5)
         drifts.append(level / steps if steps > 0 else 0.0)
     drift = float(np.median(drifts))
-    if drift > _DRIFT and not season:
+    if drift > _DRIFT and not season and _last_value_wins(table, values):
         hints.append(
             f"transform: lag-1 differences (the level ranges over {drift:.0f} typical steps: "
             "a trend or wandering level): --difference 1"
         )
     config = ScalingConfig(method=method, season=season)
     return Suggestion(config, tuple(calendar), tuple(reasons), tuple(hints))
+
+
+def _last_value_wins(table: Any, values: list[np.ndarray]) -> bool:
+    """A quick validation of the lag-1 differences hint: a differenced model starts from the
+    last value, so the hint is offered only when the last value forecasts the end of the
+    series (two seasons, or 8 steps) better than seasonal naive at every season of the
+    calendar (on half-hourly load, the daily season wins and differencing tripled the error)."""
+    from seqstate.recipe.baselines import baseline_forecasts
+    from seqstate.recipe.evaluation_checks import infer_seasons
+
+    seasons = [m for m in infer_seasons(table) if m > 1]
+    if not seasons:
+        return True
+    horizon = 2 * seasons[0]
+    kept = [v[:, 0] for v in values if len(v) > horizon + seasons[0]]
+    if not kept:
+        return True
+    history = [v[:-horizon] for v in kept]
+
+    def error(name: str) -> float:
+        paths = baseline_forecasts(name, history, horizon)
+        return float(
+            np.mean([np.mean(np.abs(p - v[-horizon:])) for p, v in zip(paths, kept, strict=True)])
+        )
+
+    last = error("seasonal_naive_1")
+    return all(last < error(f"seasonal_naive_{m}") for m in seasons)
 
 
 def _seasonal_correlation(series: np.ndarray, period: int) -> float:

@@ -7,18 +7,26 @@ from typing import Any
 
 import numpy as np
 
-from seqstate.recipe.calendar import infer_frequency, season_length
+from seqstate.recipe.calendar import infer_frequency, season_lengths
 
-__all__ = ["infer_season"]
+__all__ = ["infer_season", "infer_seasons"]
+
+
+def infer_seasons(table: Any) -> tuple[int, ...]:
+    """Every seasonal period of ``table``'s calendar, the shortest first: ``(12,)`` for
+    months, ``(48, 336)`` for half hours; ``()`` when the series disagree or have none."""
+    found = set()
+    for times in table.times[:50]:
+        if np.issubdtype(np.asarray(times).dtype, np.datetime64) and len(times) >= 3:
+            found.add(season_lengths(infer_frequency(times)))
+    return found.pop() if len(found) == 1 else ()
 
 
 def infer_season(table: Any) -> int:
-    """The seasonal period of ``table``'s calendar (12 for months, ...), 1 when unknown."""
-    seasons = set()
-    for times in table.times[:50]:
-        if np.issubdtype(np.asarray(times).dtype, np.datetime64) and len(times) >= 3:
-            seasons.add(season_length(infer_frequency(times)))
-    return seasons.pop() if len(seasons) == 1 else 1
+    """The main seasonal period of ``table``'s calendar (12 for months, 48 for half hours,
+    the shortest of :func:`infer_seasons`), 1 when unknown."""
+    seasons = infer_seasons(table)
+    return seasons[0] if seasons else 1
 
 
 def check_season(season: Any, table: Any) -> int:

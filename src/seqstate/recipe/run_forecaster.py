@@ -232,10 +232,10 @@ class RunForecaster:
                 predict_table([m.model], table, scaling=m.scaling, calendar=m.calendar).mean
                 for m in self.members
             ]
-            return _combine(parts)
+            return self._selected_predictions(_combine(parts), table)
         self._check_table(table)
         outputs = tables.predict_table(self.step_function(table.columns), table)
-        return _spread(outputs)
+        return self._selected_predictions(_spread(outputs), table)
 
     def forecast(self, table: Any, horizon: int, future: Any = None) -> np.ndarray:
         return np.stack(self.forecast_outputs(table, horizon, future).mean)
@@ -270,7 +270,28 @@ class RunForecaster:
         )  # (K, n, H, O)
         if on_step is not None:
             on_step(horizon)
-        return _spread([members[:, i] for i in range(members.shape[1])])
+        outputs = _spread([members[:, i] for i in range(members.shape[1])])
+        selection = self.selection()
+        if selection is None:
+            return outputs
+        return dataclasses.replace(outputs, mean=selection.forecast(outputs.mean, table, horizon))
+
+    # -- the validation's choice (recipe/selection.py), applied after the members' mean --------
+
+    def selection(self) -> Any:
+        """The members' validation choices (``metadata["selection"]``) as one
+        :class:`seqstate.recipe.selection.Selection` (their weights averaged), or None when no
+        member made one: the network alone."""
+        from seqstate.recipe.selection import Selection, merge_selections
+
+        chosen = [m.metadata.get("selection") for m in self.members]
+        return merge_selections([Selection.from_dict(c) for c in chosen if c])
+
+    def _selected_predictions(self, outputs: TableOutputs, table: Any) -> TableOutputs:
+        selection = self.selection()
+        if selection is None or table.columns.shift != 1:
+            return outputs
+        return dataclasses.replace(outputs, mean=selection.predict(outputs.mean, table))
 
     def _steppable(self, table: Any) -> bool:
         # Differencing with shift > 1 decodes from actual values after the input row, which

@@ -352,6 +352,13 @@ def read_table(
         if time_column is not None
         else np.arange(len(frame), dtype=np.int64)
     )
+    time_format = None
+    if time_column is not None and np.issubdtype(times.dtype, np.datetime64):
+        from seqstate.recipe.calendar import written_format
+
+        raw = frame[time_column]
+        if not pd_is_datetime(raw):
+            time_format = written_format(raw.to_numpy(dtype=object), times)
 
     # Group by id in order of first appearance; codes keep the grouping O(N log N).
     if id_column is not None:
@@ -422,7 +429,15 @@ def read_table(
         times=table_times,
         source=description,
         rows=table_rows,
+        time_format=time_format,
     )
+
+
+def pd_is_datetime(column: Any) -> bool:
+    """Whether a pandas column holds datetimes already (not text to be parsed)."""
+    import pandas as pd
+
+    return bool(pd.api.types.is_datetime64_any_dtype(column))
 
 
 def _plain(value: Any) -> Any:

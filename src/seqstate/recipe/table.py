@@ -67,6 +67,9 @@ class SequenceTable:
         source: where the rows came from, for messages (``"data.csv"``, ``"DataFrame"``).
         rows: one ``[L_i]`` int64 array per series: the 0-based position in the read table
             of each step (None when the table was not read by ``read_table``).
+        time_format: how a text time column was written (``"%YQ%q"`` for ``1998Q1``, see
+            :func:`seqstate.recipe.calendar.written_format`), so output times keep it; None
+            for numbers, datetimes and forms no pattern writes back exactly.
     """
 
     columns: Columns
@@ -88,6 +91,7 @@ class SequenceTable:
             or any(len(r) != len(f) for r, f in zip(self.rows, self.features, strict=True))
         ):
             object.__setattr__(self, "rows", None)
+    time_format: str | None = None
 
     def __len__(self) -> int:
         return len(self.ids)

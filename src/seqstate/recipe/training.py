@@ -84,6 +84,12 @@ SECTIONS: dict[str, dict[str, tuple[Any, str]]] = {
         "seed": (0, "seed of the split, the shuffle and training"),
         "seeds": (1, "K: train K seeds (seed, seed+1, ...); predict/forecast average them"),
         "threads": ("auto", "intra-op threads: auto (1 unless the model is large) or N"),
+        "select": (
+            "auto",
+            "auto: score the network against seasonal naive and damped ETS on the last "
+            "validation windows and answer with the best or a combination | network: the "
+            "network alone",
+        ),
     },
 }
 
@@ -355,6 +361,7 @@ class RunResult:
     model: Any  # the trained SequenceModel (eval mode)
     defaults: Any = None  # seqstate.recipe.choices.Choices: the settings chosen from the data
     selection: Any = None  # with a refit: the History that chose the number of epochs
+    chosen: Any = None  # seqstate.recipe.selection.Selection: what the run answers with
 
 
 #: With a refit, the run that chose the number of epochs (validation) lives here.
@@ -420,8 +427,10 @@ def train_run(
                 "directory": SELECTION_DIR,
             }
         metadata.update(save_preparation(out, prepared.scaling, prepared.preparation))
+        if fitted.chosen is not None:
+            metadata["selection"] = fitted.chosen.to_dict()
         save_model(model, out, metadata=metadata)
-    return RunResult(out, history, model, defaults, selection)
+    return RunResult(out, history, model, defaults, selection, fitted.chosen)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,6 +442,7 @@ class _Trained:
     prepared: PreparedTable
     defaults: Any  # seqstate.recipe.choices.Choices
     selection: Any  # with a refit: the History that chose the number of epochs, else None
+    chosen: Any = None  # seqstate.recipe.selection.Selection from the validation windows
 
 
 def _train_on(
@@ -472,6 +482,7 @@ def _train_on(
         resume=resume,
         announce=announce,
     )
+    chosen = select_members(raw, fitted[0], prepared, validation, settings)
     selection = None
     if refit:
         selection = fitted[3]
@@ -493,7 +504,39 @@ def _train_on(
             resume=resume and run_dir is not None and has_snapshot(run_dir / CHECKPOINT_DIR),
             announce=None,
         )
-    return _Trained(fitted, (train, validation, split_by), prepared, defaults, selection)
+    return _Trained(fitted, (train, validation, split_by), prepared, defaults, selection, chosen)
+
+
+def select_members(
+    raw: Any, model: Any, prepared: PreparedTable, validation: Any, settings: Settings
+) -> Any:
+    """The :class:`seqstate.recipe.selection.Selection` of the network ``model`` (trained on
+    the training part) against the baselines on the validation windows, or None (``[run]
+    select = network``, no validation, or a run that cannot forecast recursively).
+
+    Split by time, the windows are the end of each series' held-out tail; split by series,
+    the second half of each held-out series (the network never saw those series).
+    """
+    from seqstate.recipe.evaluation_checks import infer_seasons
+    from seqstate.recipe.holdout import Tail
+    from seqstate.recipe.run_forecaster import RunForecaster, RunMember
+    from seqstate.recipe.selection import validate_selection
+
+    select = settings["run"].get("select", "auto")
+    if select not in ("auto", "network"):
+        raise ValueError(f"[run] select must be 'auto' or 'network'; received {select!r}")
+    if select == "network" or validation is None or raw.columns.task != "regression":
+        return None
+    if isinstance(validation, Tail):
+        table, cuts = raw, [int(c) for c in validation.cuts]
+    else:
+        positions = {identity: i for i, identity in enumerate(raw.ids)}
+        table = raw.select([positions[identity] for identity in validation.ids])
+        cuts = [int(length) // 2 for length in table.lengths]
+    network = RunForecaster(
+        [RunMember(model, prepared.scaling, tuple(prepared.preparation.calendar))]
+    )
+    return validate_selection(network, table, cuts, seasons=infer_seasons(raw))
 
 
 def train_model(
@@ -513,7 +556,13 @@ def train_model(
     settings = copy.deepcopy(settings)
     trained = _train_on(table, settings, run_dir=None, resume=False, announce=announce)
     prepared = trained.prepared
-    return RunMember(trained.fit[0], prepared.scaling, tuple(prepared.preparation.calendar))
+    chosen = trained.chosen
+    return RunMember(
+        trained.fit[0],
+        prepared.scaling,
+        tuple(prepared.preparation.calendar),
+        {"selection": chosen.to_dict()} if chosen is not None else {},
+    )
 
 
 def train_forecaster(

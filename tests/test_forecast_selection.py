@@ -1,0 +1,368 @@
+"""Seasons from the calendar, time formats that round-trip, the statistical baselines as step
+cells, and the honest selection a run answers with (#19)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from seqstate.cli.dispatch import main
+from seqstate.core.saved import read_model_json
+from seqstate.recipe.baselines import (
+    DampedETS,
+    SeasonalNaive,
+    baseline_forecasts,
+    baseline_predictions,
+    fit_damped_ets,
+)
+from seqstate.recipe.calendar import (
+    format_times,
+    future_times,
+    infer_frequency,
+    parse_times,
+    season_lengths,
+    written_format,
+)
+from seqstate.recipe.evaluation import backtest, evaluate_forecaster, infer_season
+from seqstate.recipe.metrics import seasonal_naive, series_metrics
+from seqstate.recipe.run_forecaster import load_forecaster
+from seqstate.recipe.selection import Selection, merge_selections
+from seqstate.recipe.sources import read_table
+
+# ------------------------------------------------------------------------------------------
+# Seasons
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("alias", "seasons"),
+    [
+        ("30min", (48, 336)),
+        ("h", (24, 168)),
+        ("15min", (96, 672)),
+        ("D", (7,)),
+        ("B", (5,)),
+        ("W-SUN", (52,)),
+        ("MS", (12,)),
+        ("QS-JAN", (4,)),
+        ("YS-JAN", ()),
+        ("7h", ()),  # does not divide a day: no daily season
+    ],
+)
+def test_the_seasons_of_each_frequency(alias, seasons):
+    times = pd.date_range("2001-01-01", periods=40, freq=alias).to_numpy()
+    frequency = infer_frequency(times)
+    assert frequency is not None
+    assert season_lengths(frequency) == seasons
+    assert frequency.season() == (seasons[0] if seasons else 1)
+
+
+def half_hourly(days=12, seed=0) -> pd.DataFrame:
+    """One half-hourly series with a strong daily shape: the last value is a poor forecast."""
+    rng = np.random.default_rng(seed)
+    times = pd.date_range("2020-01-06", periods=48 * days, freq="30min")
+    daily = np.sin(2 * np.pi * np.arange(len(times)) / 48)
+    value = 100 + 20 * daily + rng.normal(scale=1.0, size=len(times))
+    return pd.DataFrame({"time": times.strftime("%Y-%m-%d %H:%M:%S"), "value": value})
+
+
+class LastValue:
+    """A forecaster that repeats the last value (the naive forecast with season 1)."""
+
+    def predict(self, table):
+        return [t.astype(np.float64) for t in table.targets]
+
+    def forecast(self, table, horizon, future):
+        return np.stack([np.repeat(t[-1:], horizon, axis=0) for t in table.targets])
+
+
+def test_evaluate_and_backtest_compare_with_the_daily_seasonal_naive_on_half_hours():
+    table = read_table(half_hourly(), features=["value"], targets=["value"], time_column="time")
+    assert infer_season(table) == 48
+    result = evaluate_forecaster(LastValue(), table, tail=96, horizon=96)
+    assert result.season == 48 and result.summary["season"] == 48
+    history, actual = table.targets[0][:-96, 0], table.targets[0][-96:, 0]
+    naive = series_metrics(actual, seasonal_naive(history, 96, 48), history, 48)
+    assert result.rows[0]["naive_mase"] == pytest.approx(naive["mase"])
+    # Against the daily season the last value loses clearly (it would "win" against itself).
+    assert result.summary["horizon_mase"] > 3 * result.summary["naive_mase"]
+    folds = backtest(table, LastValue(), folds=2, horizon=48)
+    assert folds.season == 48
+    _, stored_naive = folds.forecasts[(0, 0)]
+    origin = folds.origins[0][0]
+    expected = seasonal_naive(table.targets[0][:origin, 0], 48, 48)
+    np.testing.assert_allclose(stored_naive[:, 0], expected)  # what backtest.png draws
+
+
+# ------------------------------------------------------------------------------------------
+# Time formats
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        ["1998Q1", "1998Q2", "1998Q3"],
+        ["1998 Q4", "1999 Q1"],
+        ["1939 Jan", "1939 Feb"],
+        ["2024-01", "2024-02"],
+        ["2024-01-31", "2024-02-29"],
+        ["2024-01-31 12:30:00", "2024-01-31 13:00:00"],
+        ["1939M01", "1939M02"],
+    ],
+)
+def test_written_formats_round_trip(written):
+    times = parse_times(written)
+    form = written_format(written, times)
+    assert form is not None
+    assert list(format_times(times, form)) == written
+
+
+def test_a_form_no_pattern_writes_back_gives_none():
+    written = ["2024-1-5", "2024-1-6"]  # ISO-ish without zero padding
+    assert written_format(written, parse_times(written)) is None
+
+
+def quarterly_csv(path, quarters=40, series=3, seed=0):
+    rng = np.random.default_rng(seed)
+    periods = pd.period_range("1998Q1", periods=quarters, freq="Q")
+    parts = []
+    for k in range(series):
+        value = 50 + 10 * np.sin(np.arange(quarters) * np.pi / 2 + k) + rng.normal(size=quarters)
+        parts.append(
+            pd.DataFrame({"id": f"r{k}", "quarter": [str(p) for p in periods], "value": value})
+        )
+    pd.concat(parts).to_csv(path, index=False)
+    return path
+
+
+def test_forecast_output_keeps_the_quarter_format(tmp_path):
+    data = quarterly_csv(tmp_path / "q.csv")
+    run = tmp_path / "run"
+    common = ["--id", "id", "--time", "quarter", "--no-progress", "--quiet"]
+    train = ["train", str(data), "-f", "value", "--epochs", "1", "--hidden-size", "4"]
+    assert main([*train, *common, "--out", str(run)]) == 0
+    out = tmp_path / "f.csv"
+    assert main(["forecast", str(run), str(data), "--horizon", "4", "--out", str(out)]) == 0
+    written = pd.read_csv(out)
+    assert list(written.loc[written["id"] == "r0", "quarter"]) == [
+        "2008Q1",
+        "2008Q2",
+        "2008Q3",
+        "2008Q4",
+    ]
+    predicted = tmp_path / "p.csv"
+    assert main(["predict", str(run), str(data), "--out", str(predicted)]) == 0
+    source = pd.read_csv(data)
+    assert list(pd.read_csv(predicted)["quarter"]) == list(source["quarter"])
+
+
+# ------------------------------------------------------------------------------------------
+# Baselines as step cells
+# ------------------------------------------------------------------------------------------
+
+
+def ets_reference(values, alpha, beta, phi, gamma, season, horizon):
+    """The plain recursion, one value at a time (the docstring of recipe/baselines.py)."""
+    m = season
+    head = values[:m]
+    level = float(np.mean(head))
+    season_values = [0.0] * m
+    if m > 1:
+        season_values[: len(head)] = [v - level for v in head]
+    trend = 0.0
+    if len(values) >= 2 * m and m > 1:
+        trend = (float(np.mean(values[m : 2 * m])) - level) / m
+    position = 0
+    for y in values:
+        error = y - (level + phi * trend + season_values[position])
+        level = level + phi * trend + alpha * error
+        trend = phi * trend + beta * error
+        season_values[position] += gamma * error
+        position = (position + 1) % m
+    path = []
+    damping = 0.0
+    for h in range(1, horizon + 1):
+        damping += phi**h
+        path.append(level + damping * trend + season_values[(position + h - 1) % m])
+    return np.array(path)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 40), min_size=1, max_size=4),
+    season=st.sampled_from([1, 4, 12]),
+    split=st.integers(0, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_ets_cell_equals_the_plain_recursion_chunked_and_masked(lengths, season, split, seed):
+    rng = np.random.default_rng(seed)
+    series = [rng.normal(size=n).cumsum() + 5 for n in lengths]
+    batch = len(series)
+    coefficients = [rng.uniform(0.05, 0.9, batch) for _ in range(4)]
+    cell = DampedETS(season, *coefficients)
+    longest = max(lengths)
+    values = np.full((batch, longest), np.nan)
+    for row, s in enumerate(series):
+        values[row, : len(s)] = s
+    state = cell.initial_state(values[:, : 2 * season])
+    # Two chunks, padding masked at the end of short rows: the same as one pass per row.
+    for t in range(min(split, longest)):
+        state = cell.step(state, values[:, t], np.isfinite(values[:, t]))
+    for t in range(min(split, longest), longest):
+        state = cell.step(state, values[:, t], np.isfinite(values[:, t]))
+    paths = cell.forecast(state, 5)
+    for row, s in enumerate(series):
+        a, b, p, g = (c[row] for c in coefficients)
+        np.testing.assert_allclose(paths[row], ets_reference(s, a, b, p, g, season, 5), rtol=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 30), min_size=1, max_size=4),
+    season=st.integers(1, 8),
+    seed=st.integers(0, 2**16),
+)
+def test_seasonal_naive_cell_equals_the_metrics_baseline(lengths, season, seed):
+    rng = np.random.default_rng(seed)
+    series = [rng.normal(size=n) for n in lengths]
+    naive = SeasonalNaive(season)
+    stepped = naive.initial_state(len(series))
+    longest = max(lengths)
+    for t in range(longest):
+        y = np.array([s[t] if t < len(s) else np.nan for s in series])
+        stepped = naive.step(stepped, y, np.array([t < len(s) for s in series]))
+    direct = naive.state_after(series)
+    np.testing.assert_array_equal(stepped.seen, direct.seen)
+    forecasts = naive.forecast(stepped, 7)
+    np.testing.assert_allclose(forecasts, naive.forecast(direct, 7))
+    for row, s in enumerate(series):
+        np.testing.assert_allclose(forecasts[row], seasonal_naive(s, 7, season))
+    one_step = baseline_predictions(f"seasonal_naive_{season}", series)
+    for row, s in enumerate(series):
+        for t in range(len(s)):
+            np.testing.assert_allclose(one_step[row][t], seasonal_naive(s[: t + 1], 1, season))
+
+
+def test_ets_fits_a_seasonal_series_better_than_seasonal_naive():
+    rng = np.random.default_rng(1)
+    t = np.arange(156)
+    y = 20 + 0.1 * t + 4 * np.sin(2 * np.pi * t / 12) + rng.normal(scale=0.3, size=len(t))
+    history, actual = y[:132], y[132:]
+    ets = baseline_forecasts("ets_12", [history], 24)[0]
+    naive = baseline_forecasts("seasonal_naive_12", [history], 24)[0]
+    assert np.abs(ets - actual).mean() < 0.7 * np.abs(naive - actual).mean()
+    cell, _ = fit_damped_ets([history], 12)
+    assert 0 < cell.alpha[0] < 1 and 0 < cell.phi[0] <= 1
+
+
+def test_unknown_baselines_are_refused():
+    with pytest.raises(ValueError, match="seasonal_naive_M or ets_M"):
+        baseline_forecasts("arima_12", [np.ones(5)], 3)
+    with pytest.raises(ValueError, match="season must be an int >= 1"):
+        SeasonalNaive(0)
+
+
+# ------------------------------------------------------------------------------------------
+# Selection
+# ------------------------------------------------------------------------------------------
+
+
+def seasonal_random_walk_csv(path, series=12, years=12, seed=0):
+    """y[t] = y[t - 12] + noise: seasonal naive is the best forecast there is."""
+    rng = np.random.default_rng(seed)
+    months = pd.date_range("2000-01-01", periods=12 * years, freq="MS")
+    parts = []
+    for k in range(series):
+        y = np.empty(len(months))
+        y[:12] = rng.normal(scale=5.0, size=12)
+        for i in range(12, len(months)):
+            y[i] = y[i - 12] + rng.normal()
+        parts.append(pd.DataFrame({"id": f"s{k}", "month": months.strftime("%Y-%m"), "value": y}))
+    pd.concat(parts).to_csv(path, index=False)
+    return path
+
+
+def test_selection_falls_back_on_a_seasonal_random_walk(tmp_path, capsys):
+    data = seasonal_random_walk_csv(tmp_path / "srw.csv")
+    run = tmp_path / "run"
+    args = ["train", str(data), "-f", "value", "--id", "id", "--time", "month"]
+    args += ["--epochs", "3", "--hidden-size", "8", "--no-progress", "--out", str(run)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    chosen = Selection.from_dict(read_model_json(run)["metadata"]["selection"])
+    assert not chosen.network_only, chosen
+    assert chosen.scores[chosen.chosen] < chosen.scores["network"]
+    assert "selected:" in printed and "the network" in printed
+    # The server does not step the baselines yet: it refuses the run rather than answer otherwise.
+    from seqstate.serve.rundir import load_run_step
+
+    with pytest.raises(ValueError, match="Train with --select network to serve it"):
+        load_run_step(run)
+    # The run answers with the selection: forecast == its weights over the members.
+    out = tmp_path / "f.csv"
+    assert main(["forecast", str(run), str(data), "--horizon", "6", "--out", str(out)]) == 0
+    table = read_table(
+        data, features=["value"], targets=["value"], id_column="id", time_column="month"
+    )
+    forecaster = load_forecaster(run)
+    network_only = load_forecaster(run)
+    for member in network_only.members:
+        object.__setattr__(member, "selection", None)
+    future = dataclasses.replace(
+        table,
+        features=[np.full((6, 1), np.nan, dtype=np.float32) for _ in table.ids],
+        times=[future_times(t, 6) for t in table.times],
+    )
+    own = network_only.forecast(table, 6, future)
+    members = {
+        name: [f[:, None] for f in baseline_forecasts(name, [t[:, 0] for t in table.targets], 6)]
+        for name in chosen.weights
+        if name != "network"
+    }
+    expected = np.stack(chosen.combine(list(own), members))
+    written = pd.read_csv(out)["predicted_value"].to_numpy()
+    np.testing.assert_allclose(written, expected[:, :, 0].reshape(-1), rtol=1e-5)
+    np.testing.assert_allclose(forecaster.forecast(table, 6, future), expected, rtol=1e-6)
+
+
+def test_select_network_keeps_the_network_alone(tmp_path):
+    data = seasonal_random_walk_csv(tmp_path / "srw.csv", series=3, years=6)
+    run = tmp_path / "run"
+    args = ["train", str(data), "-f", "value", "--id", "id", "--time", "month", "--quiet"]
+    args += ["--epochs", "1", "--hidden-size", "4", "--select", "network", "--out", str(run)]
+    assert main(args) == 0
+    assert "selection" not in read_model_json(run)["metadata"]
+    assert load_forecaster(run).selection() is None
+
+
+def test_members_selections_average_their_weights():
+    common = dict(scores={"network": 1.0}, season=12, horizon=24, windows=1, series=3)
+    one = Selection(weights={"network": 1.0}, chosen="network", **common)
+    two = Selection(weights={"seasonal_naive_12": 1.0}, chosen="seasonal_naive_12", **common)
+    merged = merge_selections([one, two])
+    assert merged is not None and merged.weights == {"network": 0.5, "seasonal_naive_12": 0.5}
+    assert merge_selections([]) is None
+    assert Selection.from_dict(merged.to_dict()) == merged
+
+
+def test_an_ensemble_reports_the_spread_of_its_members_validation_mase(tmp_path, capsys):
+    data = seasonal_random_walk_csv(tmp_path / "srw.csv", series=4, years=6)
+    run = tmp_path / "run"
+    args = ["train", str(data), "-f", "value", "--id", "id", "--time", "month", "--seeds", "2"]
+    args += ["--epochs", "1", "--hidden-size", "4", "--no-progress", "--out", str(run)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    scores = [
+        Selection.from_dict(read_model_json(d)["metadata"]["selection"]).scores["network"]
+        for d in (run, run / "members" / "seed-1")
+    ]
+    assert f"seed 0: 1 epoch(s), network validation MASE {scores[0]:.4g}" in printed
+    assert f"seed 1: 1 epoch(s), network validation MASE {scores[1]:.4g}" in printed
+    assert f"validation MASE of the forecasts mean {np.mean(scores):.4g}" in printed
+    assert f"spread (std) {np.std(scores):.3g}" in printed
