@@ -60,9 +60,7 @@ def check_bool(value: Any, name: str) -> bool:
     return bool(value)
 
 
-def check_flags(
-    flags: Any, name: str, B: int, T: int, device: torch.device
-) -> torch.Tensor | None:
+def check_flags(flags: Any, name: str, B: int, T: int, device: torch.device) -> torch.Tensor | None:
     """A per-step bool flag tensor ``[B, T]`` (a layer's ``reset`` or ``mask``), on ``device``;
     0/1 integers are accepted as bools. ``None`` stays ``None``."""
     if flags is None:
