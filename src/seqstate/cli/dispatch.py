@@ -283,6 +283,12 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--hidden-size", type=int, help=_setting_help("model", "hidden_size"))
     model.add_argument("--num-layers", type=int, help=_setting_help("model", "num_layers"))
     model.add_argument("--dropout", type=float, help=_setting_help("model", "dropout"))
+    model.add_argument(
+        "--distribution",
+        choices=["none", "auto", "normal", "studentt", "negbin", "quantile"],
+        help=_setting_help("model", "distribution"),
+    )
+    model.add_argument("--quantiles", help=_setting_help("model", "quantiles"))
     fit = parser.add_argument_group("training")
     fit.add_argument(
         "--epochs", type=int, help="passes over the data (default: from a budget of updates)"

@@ -44,6 +44,13 @@ MODEL_SETTINGS: dict[str, tuple[Any, str]] = {
     "hidden_size": (DEFAULT_HIDDEN_SIZE, "units per recurrent layer"),
     "num_layers": (DEFAULT_NUM_LAYERS, "stacked recurrent layers"),
     "dropout": (DEFAULT_DROPOUT, "dropout between recurrent layers"),
+    "distribution": (
+        "none",
+        "none | auto | normal | studentt | negbin | quantile: a distribution head, whose median "
+        "is the point forecast (auto: negbin when the model-space targets are non-negative "
+        "integers, studentt otherwise)",
+    ),
+    "quantiles": ("0.1,0.5,0.9", "the levels a quantile head predicts"),
 }
 
 #: Version of the JSON written by :meth:`ModelConfig.to_dict`. Version 1 (no ``version`` key:

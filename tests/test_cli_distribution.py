@@ -1,0 +1,64 @@
+"""seqstate train --distribution: the run's model gets a distribution head (auto: negbin for
+counts the transforms leave as counts, studentt otherwise); its forecasts are medians."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from seqstate.cli.dispatch import main
+from seqstate.core.saved import load_model
+
+
+def _write(path: Path, counts: bool) -> Path:
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(3):
+        for t in range(40):
+            value = int(rng.poisson(4 + s)) if counts else 10 + rng.standard_t(4)
+            rows.append({"id": f"s{s}", "t": t, "value": value})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _train(data: Path, out: Path, *flags: str) -> int:
+    return main(["train", str(data), "--features", "value", "--targets", "value", "--id", "id",
+          "--time", "t", "--epochs", "1", "--out", str(out), "--quiet", *flags])  # fmt: skip
+
+
+def test_auto_picks_studentt_for_real_values_and_forecasts_medians(tmp_path: Path) -> None:
+    data = _write(tmp_path / "real.csv", counts=False)
+    _train(data, tmp_path / "run", "--distribution", "auto")
+    model = load_model(tmp_path / "run")
+    assert model.config.distribution is not None
+    assert model.config.distribution.name == "studentt"
+    main(["forecast", str(tmp_path / "run"), str(data), "--horizon", "2",
+          "--out", str(tmp_path / "f.csv")])  # fmt: skip
+    forecast = pd.read_csv(tmp_path / "f.csv")
+    assert len(forecast) == 6 and np.isfinite(forecast["predicted_value"]).all()
+
+
+def test_auto_picks_negbin_for_unscaled_counts_and_medians_are_counts(tmp_path: Path) -> None:
+    data = _write(tmp_path / "counts.csv", counts=True)
+    flags = ("--scaling", "none", "--seasonal-difference", "0")
+    _train(data, tmp_path / "run", "--distribution", "auto", *flags)
+    model = load_model(tmp_path / "run")
+    assert model.config.distribution is not None and model.config.distribution.name == "negbin"
+    main(["forecast", str(tmp_path / "run"), str(data), "--horizon", "2",
+          "--out", str(tmp_path / "f.csv")])  # fmt: skip
+    values = pd.read_csv(tmp_path / "f.csv")["predicted_value"].to_numpy()
+    np.testing.assert_array_equal(values, np.round(values))
+
+
+def test_the_default_stays_a_point_model_and_negbin_refuses_scaled_targets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write(tmp_path / "counts.csv", counts=True)
+    assert _train(data, tmp_path / "point") == 0
+    assert load_model(tmp_path / "point").config.distribution is None
+    assert _train(data, tmp_path / "scaled", "--distribution", "negbin") != 0
+    assert "negbin models counts" in capsys.readouterr().err
+    assert not (tmp_path / "scaled" / "model.json").exists()
