@@ -62,3 +62,35 @@ def test_the_default_stays_a_point_model_and_negbin_refuses_scaled_targets(
     assert _train(data, tmp_path / "scaled", "--distribution", "negbin") != 0
     assert "negbin models counts" in capsys.readouterr().err
     assert not (tmp_path / "scaled" / "model.json").exists()
+
+
+def test_forecast_samples_writes_monotone_quantiles_and_paths_reproducibly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _write(tmp_path / "real.csv", counts=False)
+    assert _train(data, tmp_path / "run", "--distribution", "studentt") == 0
+
+    def sampled(name: str, seed: str, *extra: str) -> pd.DataFrame:
+        out = tmp_path / name
+        assert main(["forecast", str(tmp_path / "run"), str(data), "--horizon", "3", "--out",
+                     str(out), "--samples", "40", "--quantiles", "0.025,0.1,0.9",
+                     "--seed", seed, *extra]) == 0  # fmt: skip
+        return pd.read_csv(out)
+
+    first = sampled("a.csv", "1", "--paths", str(tmp_path / "paths.csv"))
+    columns = ["predicted_value_q2.5", "predicted_value_q10", "predicted_value",
+               "predicted_value_q90"]  # fmt: skip
+    assert list(first.columns[-4:]) == ["predicted_value", *columns[:2], columns[3]]
+    values = first[columns].to_numpy()
+    assert (np.diff(values, axis=1) >= 0).all()
+    pd.testing.assert_frame_equal(first, sampled("b.csv", "1"))
+    assert not first.equals(sampled("c.csv", "2"))
+    paths = pd.read_csv(tmp_path / "paths.csv")
+    assert len(paths) == 3 * 40 * 3 and set(paths["path"]) == set(range(40))
+    # the median column is the paths' median
+    one = paths[(paths["id"] == "s0") & (paths["horizon"] == 1)]["predicted_value"]
+    assert first["predicted_value"].iloc[0] == pytest.approx(float(np.median(one)))
+    assert _train(data, tmp_path / "point") == 0
+    code = main(["forecast", str(tmp_path / "point"), str(data), "--horizon", "2", "--out",
+                 str(tmp_path / "p.csv"), "--samples", "5"])  # fmt: skip
+    assert code != 0 and "needs a run trained with a distribution head" in capsys.readouterr().err

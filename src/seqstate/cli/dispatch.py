@@ -215,6 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.add_argument(
         "--out", "-o", required=True, help="output table (.csv, .tsv or .parquet)"
     )
+    forecast.add_argument(
+        "--samples",
+        type=int,
+        help="sample paths per series (a run trained with --distribution): the median and "
+        "one column per quantile, predicted_<target>_q10 ...",
+    )
+    forecast.add_argument(
+        "--quantiles", default="0.1,0.9", help="quantile levels with --samples (default 0.1,0.9)"
+    )
+    forecast.add_argument("--seed", type=int, help="seed of the sample paths (reproducible)")
+    forecast.add_argument("--paths", help="write the sample paths to this table too")
 
     demo = command("demo", handle_demo, "train on generated and real data and show what state buys")
     demo.add_argument("--out", default="seqstate-demo", help="where to write (./seqstate-demo)")
