@@ -94,3 +94,19 @@ def test_forecast_samples_writes_monotone_quantiles_and_paths_reproducibly(
     code = main(["forecast", str(tmp_path / "point"), str(data), "--horizon", "2", "--out",
                  str(tmp_path / "p.csv"), "--samples", "5"])  # fmt: skip
     assert code != 0 and "needs a run trained with a distribution head" in capsys.readouterr().err
+
+
+def test_doctor_says_which_output_head_train_would_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    counts = _write(tmp_path / "counts.csv", counts=True)
+    real = _write(tmp_path / "real.csv", counts=False)
+    columns = ["--features", "value", "--targets", "value", "--id", "id", "--time", "t"]
+    main(["doctor", str(counts), *columns, "--distribution", "auto"])
+    assert "non-negative integers, so negbin" in capsys.readouterr().out
+    main(["doctor", str(real), *columns, "--distribution", "auto"])
+    assert "studentt distribution head (auto: the targets are not counts)" in (
+        capsys.readouterr().out
+    )
+    main(["doctor", str(real), *columns])
+    assert "point forecasts" in capsys.readouterr().out

@@ -532,6 +532,14 @@ def _fit_on(
     stats.apply(model)
     train_lanes, validation_lanes = lanes_for(train, validation, settings)
     if announce is not None:
+        head = getattr(model.config, "distribution", None)
+        if head is not None:
+            why = " (auto: " + ("counts" if head.name == "negbin" else "not counts") + ")"
+            asked = settings["model"].get("distribution")
+            announce(
+                f"output: a {head.name} distribution head{why if asked == 'auto' else ''}; "
+                "the forecasts are its medians, `seqstate forecast --samples N` its quantiles"
+            )
         announce(
             f"training on {len(train)} series ({int(train.lengths.sum())} steps) as {train_lanes!r}"
         )
