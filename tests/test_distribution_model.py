@@ -188,3 +188,18 @@ def test_masked_nll_counts_only_masked_steps() -> None:
         if mask[b, t]
     )
     assert float(loss.sum(raw, y, mask)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_streams_and_predict_give_the_medians() -> None:
+    from seqstate import Streams, predict
+
+    model = _model("studentt").float()
+    x = np.random.default_rng(0).normal(size=(6, F)).astype(np.float32)
+    whole = predict(model, x)
+    with torch.no_grad():
+        raw, _ = model.distribution_parameters(torch.from_numpy(x)[None])
+        medians = model.distribution(raw).median()[0].numpy()
+    np.testing.assert_allclose(whole, medians, rtol=1e-5, atol=1e-6)
+    streams = Streams(model)
+    stepped = np.concatenate([streams.step(["a"], x[t][None]) for t in range(6)])
+    np.testing.assert_allclose(stepped, whole, rtol=1e-5, atol=1e-6)
