@@ -71,3 +71,64 @@ def test_bad_input():
         series_metrics([np.nan], [1.0], [0.0, 1.0])
     with pytest.raises(ValueError, match="actual is empty"):
         series_metrics([], [], [0.0, 1.0])
+
+
+# --------------------------------------------------------------------------------------------
+# Probabilistic forecasts
+# --------------------------------------------------------------------------------------------
+
+
+def _normal_crps(actual: np.ndarray, sd: float) -> np.ndarray:
+    """Closed form CRPS of N(0, sd) at ``actual`` (Gneiting and Raftery 2007)."""
+    from scipy.stats import norm
+
+    z = actual / sd
+    return sd * (z * (2 * norm.cdf(z) - 1) + 2 * norm.pdf(z) - 1 / np.sqrt(np.pi))
+
+
+def test_interval_metrics_against_the_normal_closed_form() -> None:
+    pytest.importorskip("scipy")
+    from scipy.stats import norm
+
+    from seqstate.recipe.metrics import interval_metrics
+
+    rng = np.random.default_rng(0)
+    actual = np.array([-1.5, 0.0, 0.3, 2.0])
+    history = np.array([0.0, 2.0, 0.0, 2.0, 0.0])  # MASE scale 2
+    draws = rng.standard_normal((40_000, 4))
+    from_samples = interval_metrics(actual, history, samples=draws)
+    expected = float(np.mean(_normal_crps(actual, 1.0))) / 2.0
+    assert from_samples["crps"] == pytest.approx(expected, rel=0.01)
+    levels = np.linspace(0.005, 0.995, 199)
+    quantiles = {float(q): np.full(4, norm.ppf(q)) for q in levels}
+    from_quantiles = interval_metrics(actual, history, quantiles=quantiles)
+    assert from_quantiles["crps"] == pytest.approx(expected, rel=0.02)
+    assert from_samples["coverage_80"] == 0.5  # -1.5 and 2.0 lie outside +-1.28
+    assert from_samples["coverage_95"] == 0.75  # 2.0 lies outside +-1.96
+    assert from_samples["width_80"] == pytest.approx(2 * 1.2816 / 2.0, rel=0.02)
+
+
+def test_crps_from_samples_equals_the_pairwise_definition() -> None:
+    from seqstate.recipe.metrics import interval_metrics
+
+    rng = np.random.default_rng(1)
+    draws, actual, history = rng.normal(size=(9, 3)), rng.normal(size=3), np.array([0.0, 1.0])
+    pairs = np.mean(np.abs(draws[:, None] - draws[None]), axis=(0, 1))
+    plain = np.mean(np.abs(draws - actual), axis=0) - 0.5 * pairs
+    got = interval_metrics(actual, history, samples=draws)["crps"]
+    assert got == pytest.approx(float(np.mean(plain)), rel=1e-12)
+
+
+def test_pinball_and_coverage_from_quantiles() -> None:
+    from seqstate.recipe.metrics import interval_metrics, mean_metrics
+
+    actual, history = np.array([1.0, 5.0]), np.array([0.0, 1.0, 2.0])  # scale 1
+    quantiles = {0.1: np.array([0.0, 0.0]), 0.9: np.array([2.0, 2.0])}
+    got = interval_metrics(actual, history, quantiles=quantiles)
+    # step 0 inside: pinball 0.1*1 and 0.1*1; step 1 above: 0.1*5 and 0.9*3
+    assert got["pinball"] == pytest.approx((0.1 + 0.1 + 0.5 + 2.7) / 4)
+    assert got["coverage_80"] == 0.5 and got["width_80"] == 2.0
+    assert "coverage_95" not in got
+    assert mean_metrics([got, {**got, "coverage_80": 1.0}])["coverage_80"] == 0.75
+    with pytest.raises(ValueError, match="either samples"):
+        interval_metrics(actual, history)

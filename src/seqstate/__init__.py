@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "RecurrentSpec": "seqstate.core.model",
     "DenseSpec": "seqstate.core.model",
     "SequenceModel": "seqstate.core.model",
+    "DistributionHead": "seqstate.core.distributions",
     "save_model": "seqstate.core.saved",
     "load_model": "seqstate.core.saved",
     # drivers
@@ -45,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "evaluate": "seqstate.train",
     "predict": "seqstate.inference.prediction",
     "forecast": "seqstate.inference.forecasting",
+    "Forecast": "seqstate.inference.sampling",
     "Streams": "seqstate.inference.streams",
     "advance": "seqstate.inference.streams",
     # data in
@@ -58,6 +60,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from seqstate.core.distributions import DistributionHead  # noqa: F401
     from seqstate.core.layers import GRU, LSTM, RNN  # noqa: F401
     from seqstate.core.model import DenseSpec, ModelConfig, RecurrentSpec, SequenceModel  # noqa: F401
     from seqstate.core.protocol import SequenceCore  # noqa: F401
@@ -65,6 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from seqstate.core.state import GRUState, LSTMState, RNNState, State  # noqa: F401
     from seqstate.inference.forecasting import forecast  # noqa: F401
     from seqstate.inference.prediction import predict  # noqa: F401
+    from seqstate.inference.sampling import Forecast  # noqa: F401
     from seqstate.inference.streams import Streams, advance  # noqa: F401
     from seqstate.interop.keras import import_keras  # noqa: F401
     from seqstate.interop.onnx import export_onnx  # noqa: F401

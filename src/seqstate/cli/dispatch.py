@@ -218,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.add_argument(
         "--no-progress", action="store_true", help="no progress bar (long horizons show one)"
     )
+    forecast.add_argument(
+        "--samples",
+        type=int,
+        help="sample paths per series (a run trained with --distribution): the median and "
+        "one column per quantile, predicted_<target>_q10 ...",
+    )
+    forecast.add_argument(
+        "--quantiles", default="0.1,0.9", help="quantile levels with --samples (default 0.1,0.9)"
+    )
+    forecast.add_argument("--seed", type=int, help="seed of the sample paths (reproducible)")
+    forecast.add_argument("--paths", help="write the sample paths to this table too")
 
     demo = command("demo", handle_demo, "train on generated and real data and show what state buys")
     demo.add_argument("--out", default="seqstate-demo", help="where to write (./seqstate-demo)")
@@ -286,6 +297,12 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--hidden-size", type=int, help=_setting_help("model", "hidden_size"))
     model.add_argument("--num-layers", type=int, help=_setting_help("model", "num_layers"))
     model.add_argument("--dropout", type=float, help=_setting_help("model", "dropout"))
+    model.add_argument(
+        "--distribution",
+        choices=["none", "auto", "normal", "studentt", "negbin", "quantile"],
+        help=_setting_help("model", "distribution"),
+    )
+    model.add_argument("--quantiles", help=_setting_help("model", "quantiles"))
     fit = parser.add_argument_group("training")
     fit.add_argument(
         "--epochs", type=int, help="passes over the data (default: from a budget of updates)"

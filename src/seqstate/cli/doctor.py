@@ -89,6 +89,25 @@ def _threads(report: Report, settings: dict[str, dict[str, Any]]) -> None:
     )
 
 
+def _explain_distribution(report: Report, table: Any, model: dict[str, Any]) -> None:
+    """The output head train would fit: a point model, or which distribution and why."""
+    name = model.get("distribution", "none")
+    if name in (None, "none") or table.columns.task != "regression":
+        report.facts.append(("Output", "point forecasts (--distribution auto for intervals)"))
+        return
+    counts = all(bool(np.all(t >= 0) and np.all(t == np.round(t))) for t in table.targets if t.size)
+    if name == "auto":
+        text = (
+            "a distribution head, auto: the targets are non-negative integers, so negbin if "
+            "the run leaves them unscaled (--scaling none), else studentt"
+            if counts
+            else "a studentt distribution head (auto: the targets are not counts)"
+        )
+    else:
+        text = f"a {name} distribution head"
+    report.facts.append(("Output", text + "; forecasts are its medians"))
+
+
 def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
     """Report on a training setup given as settings (see ``recipe.training.SECTIONS``).
 
@@ -143,6 +162,7 @@ def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
         )
     )
     columns = table.columns
+    _explain_distribution(report, table, model)
     ahead = "the same step (labelling)" if columns.shift == 0 else f"{columns.shift} step(s) ahead"
     report.facts.append(
         (

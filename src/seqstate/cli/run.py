@@ -362,6 +362,15 @@ def handle_forecast(args: argparse.Namespace) -> int:
     future = dataclasses.replace(table, features=features, times=stamps)
     forecaster = load_forecaster(args.run_dir)
     names = _output_names(columns, forecaster.members[0].model)
+    samples = getattr(args, "samples", None)
+    if samples is not None:
+        frame = _sampled_frame(args, forecaster, columns, table, future, names, stamps)
+        _write_frame(frame, target, kind)
+        print(
+            f"wrote {len(frame)} rows to {target}: {horizon} step(s) past the end of each of "
+            f"{len(table)} series, the median and quantiles of {samples} sample paths"
+        )
+        return 0
     with forecast_progress(horizon, quiet=args.no_progress) as on_step:
         outputs = forecaster.forecast_outputs(table, horizon, future, on_step=on_step)
     several = len(forecaster.members) > 1
@@ -446,6 +455,63 @@ def forecast_progress(horizon: int, *, quiet: bool, stream: Any = None) -> Any:
             yield on_step
 
     return bar()
+
+
+def _sampled_frame(
+    args: argparse.Namespace,
+    forecaster: Any,
+    columns: Any,
+    table: Any,
+    future: Any,
+    names: list[str],
+    stamps: Any,
+) -> Any:
+    """The forecast frame from sample paths: ``predicted_<target>`` (the median) and
+    ``predicted_<target>_q10`` ... (one column per level); ``--paths`` writes the paths."""
+    import numpy as np
+    import pandas as pd
+
+    from seqstate.core.distributions import quantile_name
+
+    if any(getattr(m.model.config, "distribution", None) is None for m in forecaster.members):
+        raise CliError(
+            "--samples needs a run trained with a distribution head (seqstate train "
+            "--distribution auto|normal|studentt|negbin|quantile); this run's model has none"
+        )
+    if args.samples < 1:
+        raise CliError(f"--samples must be an int >= 1; received {args.samples}")
+    try:
+        levels = [float(part) for part in str(args.quantiles).split(",") if part.strip()]
+    except ValueError:
+        raise CliError(
+            f"--quantiles must be levels like 0.1,0.9; received {args.quantiles!r}"
+        ) from None
+    if not levels or any(not 0 < level < 1 for level in levels):
+        raise CliError(f"--quantiles must be levels in (0, 1); received {args.quantiles!r}")
+    horizon = args.horizon
+    paths = forecaster.sample_paths(table, horizon, future, samples=args.samples, seed=args.seed)
+    frames, path_frames = [], []
+    for index in range(len(table)):
+        data = _key_columns(columns, table, index, stamps[index])
+        data["horizon"] = np.arange(1, horizon + 1)
+        series = paths[index]  # (S, H, O)
+        median = np.median(series, axis=0)
+        data |= {name: median[:, j] for j, name in enumerate(names)}
+        for level in sorted(levels):
+            values = np.quantile(series, level, axis=0)
+            data |= {f"{name}_{quantile_name(level)}": values[:, j] for j, name in enumerate(names)}
+        frames.append(pd.DataFrame(data))
+        if args.paths:
+            for path in range(series.shape[0]):
+                keys = _key_columns(columns, table, index, stamps[index])
+                keys["horizon"] = np.arange(1, horizon + 1)
+                keys["path"] = path
+                keys |= {name: series[path, :, j] for j, name in enumerate(names)}
+                path_frames.append(pd.DataFrame(keys))
+    if args.paths:
+        paths_target, paths_kind = _output_path(args.paths)
+        _write_frame(pd.concat(path_frames, ignore_index=True), paths_target, paths_kind)
+    return pd.concat(frames, ignore_index=True)
 
 
 def handle_serve(argv: list[str]) -> int:

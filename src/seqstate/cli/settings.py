@@ -88,6 +88,8 @@ def load_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("model", "hidden_size"): args.hidden_size,
         ("model", "num_layers"): args.num_layers,
         ("model", "dropout"): args.dropout,
+        ("model", "distribution"): getattr(args, "distribution", None),
+        ("model", "quantiles"): getattr(args, "quantiles", None),
         ("fit", "epochs"): args.epochs,
         ("fit", "lr"): args.lr,
         ("fit", "patience"): args.patience,

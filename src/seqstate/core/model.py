@@ -26,6 +26,13 @@ model as buffers (saved with the weights), so prediction, forecasting (which fee
 back as inputs), streaming, serving and export never need a separate preprocessing step.
 Training computes the loss in the normalised target space (:meth:`normalize_targets`) so the
 loss scale and gradient clipping do not depend on the data's units.
+
+A model with a distribution head (``ModelConfig.distribution``) still maps raw inputs to raw
+outputs ``[B, T, O]``: each output is its distribution's median, so every driver gets the point
+forecast. :meth:`SequenceModel.distribution_parameters` returns the head's ``k * O`` raw
+parameters ``[B, T, k * O]`` (what training's NLL reads) and :meth:`SequenceModel.distribution`
+turns them into the distribution of each output in raw units
+(:mod:`seqstate.core.distributions`).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from torch import nn
 from seqstate.core.activations import ACTIVATIONS
 from seqstate.core.activations import activation as activation_function
 from seqstate.core.cells import CELLS
+from seqstate.core.distributions import OutputDistribution
 from seqstate.core.layers import GRU, LSTM, RNN
 from seqstate.core.model_config import CONFIG_VERSION, DenseSpec, ModelConfig, RecurrentSpec
 from seqstate.core.state import State, stack_state_type
@@ -178,6 +186,12 @@ class SequenceModel(nn.Module):
                 lines.append(f"  layer {index}: {spec.describe()}: {path}")
         head = " -> ".join(f"Dense({d.units}, {d.activation})" for d in config.head)
         lines.append(f"  head: {head}")
+        if config.distribution is not None:
+            lines.append(
+                f"  distribution: {config.distribution.name} "
+                f"({config.distribution.parameter_count} parameters per output; outputs are "
+                "medians)"
+            )
         return "\n".join(lines)
 
     def initial_state(
@@ -218,6 +232,69 @@ class SequenceModel(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State]:
         """``x`` [B, T, F] raw inputs -> ``y`` [B, T, O] raw outputs (or logits), new state."""
+        if self.config.distribution is not None:
+            raw, state, mask = self._head_outputs(x, state, reset, mask)
+            y = self.distribution(raw).median()
+            if mask is not None:
+                y = torch.where(mask.to(y.device).bool()[..., None], y, y.new_zeros(()))
+            return y, state
+        y, state, mask = self._head_outputs(x, state, reset, mask)
+        buffers = _tensor_buffers(self)
+        skip_output = False if torch.compiler.is_compiling() else self._identity_normalisation()[1]
+        if self.config.task == "regression" and not (
+            skip_output and _same_kind(y, buffers["output_scale"])
+        ):
+            y = y * buffers["output_scale"] + buffers["output_shift"]
+        if mask is not None:
+            y = torch.where(mask.to(y.device).bool()[..., None], y, y.new_zeros(()))
+        return y, state
+
+    def distribution_parameters(
+        self,
+        x: torch.Tensor,
+        state: State | None = None,
+        reset: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, State]:
+        """``x`` [B, T, F] raw inputs -> the head's raw parameters [B, T, k * O] (before the
+        constraint maps and the target normalisation; zero at masked steps), new state.
+
+        For a point model these are its outputs in the normalised space."""
+        raw, state, mask = self._head_outputs(x, state, reset, mask)
+        if mask is not None:
+            raw = torch.where(mask.to(raw.device).bool()[..., None], raw, raw.new_zeros(()))
+        return raw, state
+
+    def distribution(self, raw: torch.Tensor) -> OutputDistribution:
+        """Raw parameters [..., k * O] (from :meth:`distribution_parameters`) -> the
+        distribution of each output in raw units, batch shape [..., O]."""
+        head = self.config.distribution
+        if head is None:
+            raise ValueError(
+                "SequenceModel.distribution: this model has no distribution head (it was built "
+                "with ModelConfig.distribution=None); build it with distribution='studentt' etc."
+            )
+        buffers = _tensor_buffers(self)
+        return head.distribution(raw, buffers["output_shift"], buffers["output_scale"])
+
+    def distribution_loss(self, raw: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-element training loss [B, T, O] of raw parameters [B, T, k * O] against raw
+        targets [B, T, O], in the normalised space (:mod:`seqstate.core.distributions`)."""
+        head = self.config.distribution
+        if head is None:
+            raise ValueError("SequenceModel.distribution_loss: this model has no distribution head")
+        buffers = _tensor_buffers(self)
+        return head.normalized_loss(raw, target, buffers["output_shift"], buffers["output_scale"])
+
+    def _head_outputs(
+        self,
+        x: torch.Tensor,
+        state: State | None,
+        reset: torch.Tensor | None,
+        mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+        """The stack and the head, before the output normalisation: (head output [B, T, units],
+        new state, the mask in effect)."""
         valid_x = isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[-1] == self.input_size
         if valid_x and self.config.mask_value is not None:
             # Keras's Masking, on the raw input: padding is a step whose features all equal it.
@@ -232,9 +309,7 @@ class SequenceModel(nn.Module):
                 derived = derived & mask.to(derived.device).bool()
             mask = derived
         # (traced for export or compilation: the plain ops, no data-dependent check)
-        skip_input, skip_output = (
-            (False, False) if torch.compiler.is_compiling() else self._identity_normalisation()
-        )
+        skip_input = False if torch.compiler.is_compiling() else self._identity_normalisation()[0]
         buffers = _tensor_buffers(self)
         if valid_x and not (skip_input and _same_kind(x, buffers["input_shift"])):
             x = (x - buffers["input_shift"]) / buffers["input_scale"]
@@ -248,13 +323,7 @@ class SequenceModel(nn.Module):
         y = hidden
         for linear, act in self._head_pairs:
             y = linear(y) if act is _IDENTITY else act(linear(y))  # (B, T, units)
-        if self.config.task == "regression" and not (
-            skip_output and _same_kind(y, buffers["output_scale"])
-        ):
-            y = y * buffers["output_scale"] + buffers["output_shift"]
-        if mask is not None:
-            y = torch.where(mask.to(y.device).bool()[..., None], y, y.new_zeros(()))
-        return y, state
+        return y, state, mask
 
     # --- one trusted step (the streaming hot path) ------------------------------------------
 
@@ -263,6 +332,8 @@ class SequenceModel(nn.Module):
         now: not when forward is overridden or hooked anywhere (hooks must see the call), not
         for a model that derives masks from its input, not while traced for export."""
         if self.config.mask_value is not None or torch.compiler.is_compiling():
+            return False
+        if self.config.distribution is not None:  # the median goes through forward
             return False
         if _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1]:
             return False

@@ -2,7 +2,10 @@
 
 :class:`RecurrentSpec` (one recurrent layer), :class:`DenseSpec` (one Dense layer of the head)
 and :class:`ModelConfig` (input/output sizes, the stack, the head, dropout, task, mask value)
-rebuild a :class:`seqstate.core.model.SequenceModel` (weights aside). The JSON written by
+rebuild a :class:`seqstate.core.model.SequenceModel` (weights aside). With ``distribution`` (a
+:class:`seqstate.core.distributions.DistributionHead`, or its name) the head emits ``k * O`` raw
+parameters of a distribution per step instead of ``O`` values (None: a point model, whose JSON
+is unchanged). The JSON written by
 :meth:`ModelConfig.to_dict` is versioned (:data:`CONFIG_VERSION`); version 1 (no ``version``
 key: the shorthand ``cell``, ``hidden_size``, ``num_layers``, ``nonlinearity``) is still read.
 """
@@ -13,10 +16,13 @@ import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from seqstate._validate import check_bool, check_int, check_number
 from seqstate.core.kinds import KINDS, Kind
+
+if TYPE_CHECKING:
+    from seqstate.core.distributions import DistributionHead
 
 __all__ = ["CONFIG_VERSION", "MODEL_SETTINGS", "DenseSpec", "ModelConfig", "RecurrentSpec"]
 
@@ -38,6 +44,13 @@ MODEL_SETTINGS: dict[str, tuple[Any, str]] = {
     "hidden_size": (DEFAULT_HIDDEN_SIZE, "units per recurrent layer"),
     "num_layers": (DEFAULT_NUM_LAYERS, "stacked recurrent layers"),
     "dropout": (DEFAULT_DROPOUT, "dropout between recurrent layers"),
+    "distribution": (
+        "none",
+        "none | auto | normal | studentt | negbin | quantile: a distribution head, whose median "
+        "is the point forecast (auto: negbin when the model-space targets are non-negative "
+        "integers, studentt otherwise)",
+    ),
+    "quantiles": ("0.1,0.5,0.9", "the levels a quantile head predicts"),
 }
 
 #: Version of the JSON written by :meth:`ModelConfig.to_dict`. Version 1 (no ``version`` key:
@@ -151,6 +164,7 @@ class ModelConfig:
     dropout: float  # dropout between recurrent layers (training only)
     task: Task  # regression: raw outputs; classification: logits over classes
     mask_value: float | None  # a step whose features all equal this is padding (Keras Masking)
+    distribution: DistributionHead | None  # None: point outputs; else k * O raw parameters
 
     def __init__(
         self,
@@ -166,6 +180,7 @@ class ModelConfig:
         layers: Sequence[RecurrentSpec | Mapping[str, Any]] | None = None,
         head: Sequence[DenseSpec | Mapping[str, Any]] | None = None,
         mask_value: float | None = None,
+        distribution: DistributionHead | str | Mapping[str, Any] | None = None,
     ) -> None:
         _check_size(input_size, "ModelConfig.input_size")
         _check_size(output_size, "ModelConfig.output_size")
@@ -194,8 +209,18 @@ class ModelConfig:
             )
             if not stack:
                 raise ValueError("ModelConfig.layers must hold at least one recurrent layer")
+        head_distribution = _distribution(distribution)
+        if head_distribution is not None and task != "regression":
+            raise ValueError(
+                "ModelConfig.distribution applies to regression models only; received "
+                f"task={task!r} with distribution={head_distribution.name!r}"
+            )
+        # the head's last layer: O values, or k raw parameters for each of the O targets
+        units = output_size * (
+            1 if head_distribution is None else head_distribution.parameter_count
+        )
         if head is None:
-            dense: tuple[DenseSpec, ...] = (DenseSpec(output_size),)
+            dense: tuple[DenseSpec, ...] = (DenseSpec(units),)
         else:
             if isinstance(head, str | bytes | Mapping) or not isinstance(head, Sequence):
                 raise TypeError(
@@ -206,10 +231,16 @@ class ModelConfig:
                 _from_mapping(DenseSpec, layer, f"ModelConfig.head[{index}]")
                 for index, layer in enumerate(head)
             )
-            if not dense or dense[-1].units != output_size:
+            if not dense or dense[-1].units != units:
                 last = dense[-1].units if dense else None
+                what = (
+                    f"output_size={output_size}"
+                    if head_distribution is None
+                    else f"output_size * {head_distribution.parameter_count} parameters of "
+                    f"{head_distribution.name} = {units}"
+                )
                 raise ValueError(
-                    f"ModelConfig.head must end with a layer of output_size={output_size} units; "
+                    f"ModelConfig.head must end with a layer of {what} units; "
                     f"received {'no layers' if last is None else f'{last} units'}"
                 )
         if task not in ("regression", "classification"):
@@ -244,6 +275,7 @@ class ModelConfig:
             "dropout": float(dropout),
             "task": task,
             "mask_value": mask_value,
+            "distribution": head_distribution,
         }
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -272,6 +304,12 @@ class ModelConfig:
         """The top layer's activation (the shorthand ``nonlinearity`` of an RNN stack)."""
         return self.layers[-1].activation
 
+    @property
+    def head_units(self) -> int:
+        """Units of the head's last layer: ``O``, or ``k * O`` with a distribution."""
+        k = 1 if self.distribution is None else self.distribution.parameter_count
+        return self.output_size * k
+
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with ``changes``: any constructor argument, including the shorthand
         (``hidden_size=128`` resizes every layer of a stack of equal layers)."""
@@ -281,8 +319,9 @@ class ModelConfig:
             "dropout": self.dropout,
             "task": self.task,
             "mask_value": self.mask_value,
+            "distribution": self.distribution,
             # the default head (one linear layer) follows a new output_size
-            "head": None if self.head == (DenseSpec(self.output_size),) else self.head,
+            "head": None if self.head == (DenseSpec(self.head_units),) else self.head,
         }
         if any(name in changes for name in _SHORTHAND):
             first = self.layers[0]
@@ -323,7 +362,9 @@ class ModelConfig:
         shorthand = self._shorthand()
         if shorthand is not None:
             return shorthand
+        extra = {} if self.distribution is None else {"distribution": self.distribution.to_dict()}
         return {
+            **extra,
             "version": CONFIG_VERSION,
             "input_size": self.input_size,
             "output_size": self.output_size,
@@ -338,7 +379,12 @@ class ModelConfig:
         first = self.layers[0]
         uniform = all(layer == first for layer in self.layers) and first.fused
         plain_head = self.head == (DenseSpec(self.output_size),)
-        if not uniform or not plain_head or self.mask_value is not None:
+        if (
+            not uniform
+            or not plain_head
+            or self.mask_value is not None
+            or self.distribution is not None
+        ):
             return None
         return {
             "input_size": self.input_size,
@@ -387,6 +433,7 @@ class ModelConfig:
             layers=body["layers"],
             head=body.get("head"),
             mask_value=body.get("mask_value"),
+            distribution=body.get("distribution"),
         )
 
     def to_json(self) -> str:
@@ -395,6 +442,30 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         return cls.from_dict(json.loads(text))
+
+
+def _distribution(value: Any) -> DistributionHead | None:
+    """None, a head, its name, or its JSON dict (``{"name": ..., "quantiles": [...]}``)."""
+    from seqstate.core.distributions import DistributionHead
+
+    if value is None or isinstance(value, DistributionHead):
+        return value
+    if isinstance(value, str):
+        return DistributionHead(value)  # type: ignore[arg-type]
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - {"name", "quantiles"})
+        if unknown or "name" not in value:
+            raise ValueError(
+                "ModelConfig.distribution as a dict must have 'name' (and, for a quantile head, "
+                f"'quantiles'); received keys {sorted(value)}"
+            )
+        if "quantiles" not in value:
+            return DistributionHead(value["name"])
+        return DistributionHead(value["name"], tuple(value["quantiles"]))
+    raise TypeError(
+        "ModelConfig.distribution must be None, a DistributionHead, its name or its dict; "
+        f"received {type(value).__name__}"
+    )
 
 
 def _shorthand_stack(

@@ -12,7 +12,7 @@ import contextlib
 import copy
 import dataclasses
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -292,3 +292,87 @@ def _run_capturing(
                 seq[rows, end_columns[here]].tolist(), state.select(rows.tolist())
             )
     return torch.cat(pieces, dim=1), state, final
+
+
+def feed_columns(
+    info: ModelInfo, target_features: Sequence[int] | None
+) -> tuple[list[int], list[int]]:
+    """(input columns the outputs feed, in output order; the other input columns)."""
+    F, O = info.input_size, info.output_size
+    if target_features is None:
+        if O != F:
+            raise ValueError(
+                f"the model has O={O} outputs and F={F} inputs, so its outputs cannot simply be "
+                "fed back as the next inputs: give target_features, the input column each "
+                f"output feeds (a list of {O} indices in [0, {F}))"
+                + (
+                    f", and the other {F - O} columns' known future values as covariates"
+                    if O < F
+                    else ""
+                )
+            )
+        return list(range(F)), []
+    if isinstance(target_features, str | bytes) or not isinstance(
+        target_features, Sequence | np.ndarray | torch.Tensor
+    ):
+        raise TypeError(
+            f"target_features must be a list of {O} input column indices; received "
+            f"{type(target_features).__name__}"
+        )
+    columns = [int(c) for c in np.asarray(target_features).reshape(-1).tolist()]
+    if (
+        len(columns) != O
+        or len(set(columns)) != O
+        or any(c < 0 or c >= F for c in columns)
+        or np.asarray(target_features).dtype.kind not in "iu"
+    ):
+        raise ValueError(
+            f"target_features must be {O} distinct int indices in [0, {F}), one input column per "
+            f"model output; received {np.asarray(target_features).tolist()!r}"
+        )
+    return columns, [c for c in range(F) if c not in set(columns)]
+
+
+def read_covariates(
+    covariates: Any, n: int, horizon: int, width: int, form: Form, info: ModelInfo
+) -> np.ndarray:
+    """-> (n, horizon, width) in the model's dtype."""
+    if width == 0:
+        if covariates is not None:
+            raise ValueError(
+                "covariates were given but every input column is fed by the model's outputs "
+                "(target_features covers all F columns); drop covariates"
+            )
+        return np.zeros((n, horizon, 0), dtype=info.numpy_dtype)
+    expected = f"({horizon}, {width})" if form == "one" else f"({n}, {horizon}, {width})"
+    if covariates is None:
+        raise ValueError(
+            f"covariates are required: the model's outputs feed {info.input_size - width} of its "
+            f"F={info.input_size} input columns; the other {width} need known future values, "
+            f"an array {expected}: row h holds them at the time of forecast step h"
+        )
+    items = [covariates] if form == "one" else covariates
+    if isinstance(items, np.ndarray | torch.Tensor | list | tuple):
+        items = list(items)
+    else:
+        raise TypeError(f"covariates must be an array {expected}; received {type(items).__name__}")
+    if len(items) != n:
+        raise ValueError(
+            f"covariates must have shape {expected}, one block per series; received "
+            f"{len(items)} blocks for {n} series"
+        )
+    blocks = []
+    for i, item in enumerate(items):
+        name = "covariates" if form == "one" else f"covariates[{i}]"
+        array = as_numeric(item, name)
+        if array.ndim == 1 and width == 1:
+            array = array[:, None]
+        if array.shape != (horizon, width):
+            raise ValueError(
+                f"{name} must have shape ({horizon}, {width}) (horizon, F - O); received "
+                f"{tuple(array.shape)}"
+            )
+        array = cast_array(array, info.numpy_dtype)
+        check_finite_array(array, name)
+        blocks.append(array)
+    return np.stack(blocks)

@@ -19,14 +19,11 @@ from seqstate._validate import check_int
 from seqstate.inference.common import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHUNK,
-    Form,
-    ModelInfo,
-    as_numeric,
-    cast_array,
-    check_finite_array,
     check_positive_int,
     evaluating,
+    feed_columns,
     prepare_model,
+    read_covariates,
     read_sequences,
     run_chunked,
 )
@@ -36,90 +33,6 @@ __all__ = ["forecast"]
 # --------------------------------------------------------------------------------------------
 # forecast
 # --------------------------------------------------------------------------------------------
-
-
-def _feed_columns(
-    info: ModelInfo, target_features: Sequence[int] | None
-) -> tuple[list[int], list[int]]:
-    """(input columns the outputs feed, in output order; the other input columns)."""
-    F, O = info.input_size, info.output_size
-    if target_features is None:
-        if O != F:
-            raise ValueError(
-                f"the model has O={O} outputs and F={F} inputs, so its outputs cannot simply be "
-                "fed back as the next inputs: give target_features, the input column each "
-                f"output feeds (a list of {O} indices in [0, {F}))"
-                + (
-                    f", and the other {F - O} columns' known future values as covariates"
-                    if O < F
-                    else ""
-                )
-            )
-        return list(range(F)), []
-    if isinstance(target_features, str | bytes) or not isinstance(
-        target_features, Sequence | np.ndarray | torch.Tensor
-    ):
-        raise TypeError(
-            f"target_features must be a list of {O} input column indices; received "
-            f"{type(target_features).__name__}"
-        )
-    columns = [int(c) for c in np.asarray(target_features).reshape(-1).tolist()]
-    if (
-        len(columns) != O
-        or len(set(columns)) != O
-        or any(c < 0 or c >= F for c in columns)
-        or np.asarray(target_features).dtype.kind not in "iu"
-    ):
-        raise ValueError(
-            f"target_features must be {O} distinct int indices in [0, {F}), one input column per "
-            f"model output; received {np.asarray(target_features).tolist()!r}"
-        )
-    return columns, [c for c in range(F) if c not in set(columns)]
-
-
-def _read_covariates(
-    covariates: Any, n: int, horizon: int, width: int, form: Form, info: ModelInfo
-) -> np.ndarray:
-    """-> (n, horizon, width) in the model's dtype."""
-    if width == 0:
-        if covariates is not None:
-            raise ValueError(
-                "covariates were given but every input column is fed by the model's outputs "
-                "(target_features covers all F columns); drop covariates"
-            )
-        return np.zeros((n, horizon, 0), dtype=info.numpy_dtype)
-    expected = f"({horizon}, {width})" if form == "one" else f"({n}, {horizon}, {width})"
-    if covariates is None:
-        raise ValueError(
-            f"covariates are required: the model's outputs feed {info.input_size - width} of its "
-            f"F={info.input_size} input columns; the other {width} need known future values, "
-            f"an array {expected}: row h holds them at the time of forecast step h"
-        )
-    items = [covariates] if form == "one" else covariates
-    if isinstance(items, np.ndarray | torch.Tensor | list | tuple):
-        items = list(items)
-    else:
-        raise TypeError(f"covariates must be an array {expected}; received {type(items).__name__}")
-    if len(items) != n:
-        raise ValueError(
-            f"covariates must have shape {expected}, one block per series; received "
-            f"{len(items)} blocks for {n} series"
-        )
-    blocks = []
-    for i, item in enumerate(items):
-        name = "covariates" if form == "one" else f"covariates[{i}]"
-        array = as_numeric(item, name)
-        if array.ndim == 1 and width == 1:
-            array = array[:, None]
-        if array.shape != (horizon, width):
-            raise ValueError(
-                f"{name} must have shape ({horizon}, {width}) (horizon, F - O); received "
-                f"{tuple(array.shape)}"
-            )
-        array = cast_array(array, info.numpy_dtype)
-        check_finite_array(array, name)
-        blocks.append(array)
-    return np.stack(blocks)
 
 
 def forecast(
@@ -133,7 +46,10 @@ def forecast(
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     on_step: Callable[[int], None] | None = None,
-) -> np.ndarray:
+    samples: int | None = None,
+    quantiles: Sequence[float] | None = None,
+    seed: int | None = None,
+) -> Any:
     """Warm the state up on ``context``, then forecast ``horizon`` steps autoregressively.
 
     The model's output at step t is read as its forecast of the inputs at step t + 1, so the
@@ -163,10 +79,37 @@ def forecast(
         chunk, batch_size, device: as in :func:`predict`, for the warm-up.
         on_step: called with the number of forecast steps done after each one (a progress
             bar for long horizons).
+        samples, quantiles, seed: for a model with a distribution head, ``samples`` sample
+            paths per series (see :func:`seqstate.inference.sampling.sample_forecast`); a
+            :class:`~seqstate.inference.sampling.Forecast` is returned then. Without
+            ``samples`` a distribution model's forecast feeds its medians back.
 
     Returns:
-        ``[horizon, O]`` for one series, ``[n, horizon, O]`` otherwise (NumPy).
+        ``[horizon, O]`` for one series, ``[n, horizon, O]`` otherwise (NumPy); a ``Forecast``
+        when ``samples`` is given.
     """
+    if samples is not None:
+        from seqstate.core.distributions import DEFAULT_QUANTILES
+        from seqstate.inference.sampling import sample_forecast
+
+        return sample_forecast(
+            model,
+            context,
+            horizon,
+            samples=samples,
+            quantiles=DEFAULT_QUANTILES if quantiles is None else quantiles,
+            seed=seed,
+            covariates=covariates,
+            target_features=target_features,
+            chunk=chunk,
+            batch_size=batch_size,
+            device=device,
+        )
+    if quantiles is not None or seed is not None:
+        raise ValueError(
+            "forecast: quantiles and seed apply to sample paths; give samples=N too (a model "
+            "with a distribution head)"
+        )
     model, info = prepare_model(model, device)
     config = getattr(model, "config", None)
     if getattr(config, "task", "regression") == "classification":
@@ -179,10 +122,10 @@ def forecast(
     batch_size = check_positive_int(
         batch_size, "batch_size", DEFAULT_BATCH_SIZE, "sequences run side by side"
     )
-    fed, others = _feed_columns(info, target_features)
+    fed, others = feed_columns(info, target_features)
     arrays, form = read_sequences(context, "context", info)
     n = len(arrays)
-    future = _read_covariates(covariates, n, horizon, len(others), form, info)
+    future = read_covariates(covariates, n, horizon, len(others), form, info)
 
     outputs, state = run_chunked(
         model, info, arrays, chunk=chunk, batch_size=batch_size, capture_state=True

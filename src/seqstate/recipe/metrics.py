@@ -17,6 +17,16 @@ values ``a [H]`` and predictions ``p [H]``::
 The denominators come from the history only, never from the scored steps. A history with no
 variation (constant) leaves MASE and scaled RMSE undefined (NaN); they are then left out of
 the means and counted in ``undefined``.
+
+Probabilistic forecasts (:func:`interval_metrics`), from sample paths ``s [S, H]`` or quantiles
+``{level: q [H]}``, on the MASE scale ``d = mean |h[t] - h[t - m]|``::
+
+    crps         = mean_t (E|s - a| - E|s - s'| / 2) / d      (from samples: exact for them)
+                 = mean_t 2 * mean_levels pinball_q(a, q) / d  (from quantiles: its estimate)
+    pinball      = mean_t mean_levels pinball_q(a, q) / d
+                   pinball_q(a, v) = max(q (a - v), (q - 1)(a - v))
+    coverage_80  = mean_t [q0.1 <= a <= q0.9]                  (each central interval present)
+    width_80     = mean_t (q0.9 - q0.1) / d
 """
 
 from __future__ import annotations
@@ -30,7 +40,9 @@ import numpy as np
 from seqstate._validate import check_int
 
 __all__ = [
+    "INTERVALS",
     "SCALE_FREE",
+    "interval_metrics",
     "mean_metrics",
     "seasonal_naive",
     "series_metrics",
@@ -109,6 +121,90 @@ def series_metrics(actual: Any, predicted: Any, history: Any, season: int = 1) -
     }
 
 
+#: Central intervals scored by :func:`interval_metrics`: name -> (lower level, upper level).
+INTERVALS: dict[str, tuple[float, float]] = {"80": (0.1, 0.9), "95": (0.025, 0.975)}
+#: The levels read from sample paths.
+SAMPLE_LEVELS = (0.025, 0.1, 0.5, 0.9, 0.975)
+#: What :func:`interval_metrics` may return, in display order.
+PROBABILISTIC = ("crps", "pinball", "coverage_80", "width_80", "coverage_95", "width_95")
+
+
+def _crps_from_samples(samples: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """CRPS per step of the empirical distribution of ``samples [S, H]`` at ``actual [H]``:
+    ``E|X - a| - E|X - X'| / 2``, the pair term from the sorted draws in O(S log S)."""
+    count = samples.shape[0]
+    first = np.mean(np.abs(samples - actual[None]), axis=0)
+    ordered = np.sort(samples, axis=0)
+    weights = (2 * np.arange(1, count + 1) - count - 1)[:, None]  # sum_i<j |x_j - x_i|
+    pairs = 2.0 * np.sum(weights * ordered, axis=0) / count**2  # E|X - X'|
+    return first - 0.5 * pairs
+
+
+def _pinball(actual: np.ndarray, value: np.ndarray, level: float) -> np.ndarray:
+    error = actual - value
+    return np.maximum(level * error, (level - 1.0) * error)
+
+
+def interval_metrics(
+    actual: Any,
+    history: Any,
+    *,
+    samples: Any = None,
+    quantiles: Mapping[float, Any] | None = None,
+    season: int = 1,
+) -> dict[str, float]:
+    """Scaled CRPS, scaled pinball loss, coverage and width of each central interval
+    (:data:`INTERVALS`) of one series' probabilistic forecast; see the module doc.
+
+    Args:
+        actual: ``[H]`` the values that happened.
+        history: ``[L]`` the values before them (the scale, as for MASE).
+        samples: ``[S, H]`` sample paths; or
+        quantiles: ``{level: [H]}`` predicted quantiles (CRPS is then estimated from them).
+        season: steps per season for the scale.
+    """
+    a = _vector(actual, "actual")
+    h = _vector(history, "history")
+    if (samples is None) == (quantiles is None):
+        raise ValueError("interval_metrics: give either samples [S, H] or quantiles {level: [H]}")
+    if samples is not None:
+        draws = np.asarray(samples, dtype=np.float64)
+        if draws.ndim != 2 or draws.shape[1] != len(a) or draws.shape[0] < 1:
+            raise ValueError(
+                f"samples must have shape [S, H] with H={len(a)} (actual's length); received "
+                f"{tuple(draws.shape)}"
+            )
+        levels = {q: np.quantile(draws, q, axis=0) for q in SAMPLE_LEVELS}
+        crps = float(np.mean(_crps_from_samples(draws, a)))
+    else:
+        assert quantiles is not None
+        levels = {float(q): _vector(v, f"quantiles[{q}]") for q, v in quantiles.items()}
+        if not levels or any(len(v) != len(a) for v in levels.values()):
+            raise ValueError(f"quantiles must map levels to arrays [H] with H={len(a)}")
+        crps = float(np.mean([2.0 * np.mean(_pinball(a, v, q)) for q, v in levels.items()]))
+    scale = _mase_scale(h, int(check_int(season, "season", 1)))
+    pinball = float(np.mean([np.mean(_pinball(a, v, q)) for q, v in levels.items()]))
+    result = {
+        "crps": crps / scale if math.isfinite(scale) else math.nan,
+        "pinball": pinball / scale if math.isfinite(scale) else math.nan,
+    }
+    for name, (low, high) in INTERVALS.items():
+        lower, upper = _level(levels, low), _level(levels, high)
+        if lower is None or upper is None:
+            continue
+        result[f"coverage_{name}"] = float(np.mean((lower <= a) & (a <= upper)))
+        width = float(np.mean(upper - lower))
+        result[f"width_{name}"] = width / scale if math.isfinite(scale) else math.nan
+    return result
+
+
+def _level(levels: Mapping[float, np.ndarray], level: float) -> np.ndarray | None:
+    for key, value in levels.items():
+        if math.isclose(key, level, abs_tol=1e-9):
+            return value
+    return None
+
+
 def mean_metrics(rows: Iterable[Mapping[str, Any]], prefix: str = "") -> dict[str, float | int]:
     """The mean of each metric over ``rows`` (one per series and target), NaN left out.
 
@@ -124,7 +220,7 @@ def mean_metrics(rows: Iterable[Mapping[str, Any]], prefix: str = "") -> dict[st
             for name in ("mase", "scaled_rmse")
         ):
             undefined += 1
-    for name in METRICS:
+    for name in (*METRICS, *PROBABILISTIC):
         values = [float(row[f"{prefix}{name}"]) for row in rows if f"{prefix}{name}" in row]
         finite = [v for v in values if math.isfinite(v)]
         if values:

@@ -252,6 +252,54 @@ class RunForecaster:
         from seqstate.recipe.step import tables
 
         columns = table.columns
+        covariates, times = self._future_inputs(table, horizon, future)
+        self._check_table(table)
+        members = tables.forecast_table(
+            self.step_function(columns), table, horizon, times=times, covariates=covariates
+        )  # (K, n, H, O)
+        if on_step is not None:
+            on_step(horizon)
+        outputs = _spread([members[:, i] for i in range(members.shape[1])])
+        selection = self.selection()
+        if selection is None:
+            return outputs
+        return dataclasses.replace(outputs, mean=selection.forecast(outputs.mean, table, horizon))
+
+    def sample_paths(
+        self,
+        table: Any,
+        horizon: int,
+        future: Any = None,
+        *,
+        samples: int,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """Sample paths ``[n, K * samples, H, O]`` float64 raw units of a run whose models have
+        a distribution head: warm up on each series of ``table``, then
+        :meth:`seqstate.recipe.step.RunStep.sample_forecast` (an ensemble pools its members'
+        paths)."""
+        from seqstate.recipe.step import tables
+
+        covariates, times = self._future_inputs(table, horizon, future)
+        self._check_table(table)
+        run_step = self.step_function(table.columns)
+        _, state = tables.warm_up(run_step, table)
+        stamps = None
+        if times is not None:
+            converted = [tables.table_times(run_step, t) for t in times]
+            if all(c is not None for c in converted):
+                stamps = np.stack([np.asarray(c)[:horizon] for c in converted if c is not None])
+        known = None
+        if covariates is not None:
+            known = np.stack([np.asarray(c, dtype=np.float32)[:horizon] for c in covariates])
+        _, paths = run_step.sample_forecast(
+            state, horizon, known, times=stamps, samples=samples, seed=seed
+        )
+        return paths.numpy()
+
+    def _future_inputs(self, table: Any, horizon: int, future: Any) -> tuple[Any, Any]:
+        """(covariates, times) of the forecast steps from ``future``, where the run reads them."""
+        columns = table.columns
         names = [name for name in columns.features if name not in columns.targets]
         covariates = None
         if names:
@@ -264,17 +312,7 @@ class RunForecaster:
             if future is None:
                 raise ValueError("the run reads calendar features; pass the future rows' times.")
             times = [np.asarray(t)[:horizon] for t in future.times]
-        self._check_table(table)
-        members = tables.forecast_table(
-            self.step_function(columns), table, horizon, times=times, covariates=covariates
-        )  # (K, n, H, O)
-        if on_step is not None:
-            on_step(horizon)
-        outputs = _spread([members[:, i] for i in range(members.shape[1])])
-        selection = self.selection()
-        if selection is None:
-            return outputs
-        return dataclasses.replace(outputs, mean=selection.forecast(outputs.mean, table, horizon))
+        return covariates, times
 
     # -- the validation's choice (recipe/selection.py), applied after the members' mean --------
 

@@ -191,10 +191,53 @@ def build_model(table: Any, *, seed: int, task: str = "regression", **model: Any
 
     from seqstate.core.model import SequenceModel
 
+    model = dict(model)
+    head = choose_distribution(
+        table, model.pop("distribution", "none"), model.pop("quantiles", "0.1,0.5,0.9"), task
+    )
     torch.manual_seed(seed)  # the initial weights are part of the run
     return SequenceModel(
-        input_size=table.num_features, output_size=table.num_outputs, task=task, **model
+        input_size=table.num_features,
+        output_size=table.num_outputs,
+        task=task,
+        distribution=head,
+        **model,
     )
+
+
+def choose_distribution(table: Any, name: Any, quantiles: Any, task: str) -> Any:
+    """The [model] distribution for the model-space ``table``: None (a point model) or a
+    :class:`seqstate.core.distributions.DistributionHead`. ``auto``: negbin when every target
+    is a non-negative integer (counts the transforms left as counts), studentt otherwise."""
+    from seqstate.core.distributions import DISTRIBUTIONS, DistributionHead
+
+    if name in (None, "none") or task != "regression":
+        return None
+    if name not in ("auto", *DISTRIBUTIONS):
+        raise ValueError(
+            f"model.distribution must be none, auto or one of {list(DISTRIBUTIONS)}; received "
+            f"{name!r}"
+        )
+    counts = all(bool(np.all(t >= 0) and np.all(t == np.round(t))) for t in table.targets if t.size)
+    if name == "auto":
+        name = "negbin" if counts else "studentt"
+    if name == "negbin" and not counts:
+        raise ValueError(
+            "model.distribution negbin models counts, but the model-space targets are not all "
+            "non-negative integers (the run's scaling or transforms changed them, or the data "
+            "are not counts); use --scaling none --seasonal-difference 0 without --transform "
+            "or --difference, or --distribution studentt"
+        )
+    if isinstance(quantiles, str):
+        try:
+            levels = tuple(float(part) for part in quantiles.split(",") if part.strip())
+        except ValueError:
+            raise ValueError(
+                f"model.quantiles must be levels like 0.1,0.5,0.9; received {quantiles!r}"
+            ) from None
+    else:
+        levels = tuple(quantiles)
+    return DistributionHead(name, levels)
 
 
 def lanes_for(train: Any, validation: Any, settings: Settings) -> tuple[Any, Any]:
@@ -609,6 +652,14 @@ def _fit_on(
     stats.apply(model)
     train_lanes, validation_lanes = lanes_for(train, validation, settings)
     if announce is not None:
+        head = getattr(model.config, "distribution", None)
+        if head is not None:
+            why = " (auto: " + ("counts" if head.name == "negbin" else "not counts") + ")"
+            asked = settings["model"].get("distribution")
+            announce(
+                f"output: a {head.name} distribution head{why if asked == 'auto' else ''}; "
+                "the forecasts are its medians, `seqstate forecast --samples N` its quantiles"
+            )
         announce(
             f"training on {len(train)} series ({int(train.lengths.sum())} steps) as {train_lanes!r}"
         )

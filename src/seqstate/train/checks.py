@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -10,6 +10,9 @@ from torch import nn
 from seqstate.lanes.lanes import Lanes
 from seqstate.train.config import FitConfig
 from seqstate.train.losses import MaskedLoss
+
+if TYPE_CHECKING:
+    from seqstate.core.model import SequenceModel
 
 
 def resolve_device(name: str) -> torch.device:
@@ -33,6 +36,21 @@ def check_lanes(lanes: Any, name: str) -> None:
 
 def resolve_loss(config: FitConfig, model: nn.Module, lanes: Lanes) -> MaskedLoss:
     name = config.loss
+    head = getattr(getattr(model, "config", None), "distribution", None)
+    if head is not None:
+        if name not in (None, "nll"):
+            raise ValueError(
+                f"FitConfig.loss={name!r} does not fit a model with a {head.name} distribution "
+                "head, which trains on its negative log likelihood: leave loss=None or 'nll'"
+            )
+        sequence_model = cast("SequenceModel", model)
+        return MaskedLoss(
+            "nll",
+            config.huber_delta,
+            sequence_model.normalize_targets,
+            head_loss=sequence_model.distribution_loss,
+            point=lambda raw: sequence_model.distribution(raw).median(),
+        )
     if name is None:
         task = getattr(getattr(model, "config", None), "task", None)
         if task == "classification":

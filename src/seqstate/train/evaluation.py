@@ -16,7 +16,7 @@ from seqstate.core.protocol import check_core
 from seqstate.lanes.lanes import Lanes
 from seqstate.train.checks import check_compatible, check_lanes, resolve_loss
 from seqstate.train.config import FitConfig
-from seqstate.train.losses import LOSSES, LossName, MaskedLoss, MetricSums
+from seqstate.train.losses import LOSSES, LossName, MaskedLoss, MetricSums, loss_forward
 from seqstate.train.tensors import first_parameter, initial_state, to_device
 
 
@@ -131,10 +131,11 @@ def lane_metric_sums(
                 counted = int(window.loss_mask.sum())
                 model_mask = None if bool(valid.all()) else valid
                 x, y, mask, reset, model_mask = to_device(window, model_mask, device, dtype)
-                pred, state = model(x, state, reset=reset, mask=model_mask)
+                forward = loss_forward(model, loss)
+                pred, state = forward(x, state, reset=reset, mask=model_mask)
                 sums.add(pred, y, mask, counted)
                 if per_series is not None and counted:
-                    per_series.add(pred, y, mask, window.seq)
+                    per_series.add(loss.point(pred), y, mask, window.seq)
             return sums
     finally:
         model.train(was_training)

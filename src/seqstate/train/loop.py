@@ -16,7 +16,7 @@ from seqstate.core.state import State
 from seqstate.lanes.lanes import Lanes, Window
 from seqstate.train.config import FitConfig
 from seqstate.train.history import EpochHook, History, WindowEnd, WindowHook
-from seqstate.train.losses import MaskedLoss
+from seqstate.train.losses import MaskedLoss, loss_forward
 from seqstate.train.progress import Due, EpochProgress, Every
 from seqstate.train.replica import EpochSums, Replica
 from seqstate.train.runfiles import CHECKPOINT_DIR, write_metrics, write_plot
@@ -157,7 +157,8 @@ class Trainer:
         x, y, mask, reset, model_mask = to_device(window, model_mask, self.device, self.dtype)
         total = self.replica.total_count(counted)
         with torch.set_grad_enabled(total > 0):
-            pred, state = self.model(x, state, reset=reset, mask=model_mask)
+            forward = loss_forward(self.model, self.loss)
+            pred, state = forward(x, state, reset=reset, mask=model_mask)
         window_loss = None
         if total > 0:
             window_loss = self.loss.sum(pred, y, mask) / total

@@ -10,23 +10,31 @@ whatever the number of lanes, the window length, or how the steps fall into wind
 
 Padding and unlabelled steps are excluded with ``torch.where`` (not a multiplication), so a
 NaN the model emits on a step that does not count cannot leak into the sum.
+
+``nll`` is the loss of a model with a distribution head: ``pred`` is then the head's raw
+parameters ``[B, T, k * O]`` (``SequenceModel.distribution_parameters``), the per-element loss
+is the model's ``distribution_loss`` (the negative log likelihood in the normalised space; the
+pinball loss averaged over the levels for a quantile head), and the raw-unit metrics (mae,
+rmse) read the distribution's median (``point``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as functional
+from torch import nn
 
-__all__ = ["LOSSES", "LossName", "MaskedLoss", "MetricSums"]
+__all__ = ["LOSSES", "LossName", "MaskedLoss", "MetricSums", "loss_forward"]
 
-LossName = Literal["mse", "mae", "huber", "cross_entropy"]
-LOSSES: tuple[str, ...] = ("mse", "mae", "huber", "cross_entropy")
+LossName = Literal["mse", "mae", "huber", "cross_entropy", "nll"]
+LOSSES: tuple[str, ...] = ("mse", "mae", "huber", "cross_entropy", "nll")
 
 Normalize = Callable[[torch.Tensor], torch.Tensor]
+HeadLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _identity(y: torch.Tensor) -> torch.Tensor:
@@ -42,11 +50,29 @@ class MaskedLoss:
         huber_delta: where the huber loss turns from quadratic to linear (normalised units).
         normalize: maps raw regression targets/outputs into the space the loss is computed in
             (``SequenceModel.normalize_targets``); identity for other modules.
+        head_loss: for ``nll``: raw parameters [B, T, k * O], raw targets [B, T, O] -> the
+            per-element loss [B, T, O] (``SequenceModel.distribution_loss``).
+        point: for ``nll``: raw parameters -> the point outputs [B, T, O] in raw units (the
+            median), which the raw-unit metrics read.
     """
 
     name: LossName
     huber_delta: float = 1.0
     normalize: Normalize = field(default=_identity, compare=False)
+    head_loss: HeadLoss | None = field(default=None, compare=False)
+    point: Normalize = field(default=_identity, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.name == "nll" and self.head_loss is None:
+            raise ValueError(
+                "the nll loss needs a model with a distribution head (ModelConfig.distribution); "
+                "this model has none: pick mse, mae or huber, or build it with a distribution"
+            )
+
+    @property
+    def reads_parameters(self) -> bool:
+        """The loss reads the model's raw distribution parameters, not its outputs."""
+        return self.name == "nll"
 
     @property
     def is_classification(self) -> bool:
@@ -61,6 +87,8 @@ class MaskedLoss:
                 pred.reshape(B * T, C), target.reshape(B * T), reduction="none"
             )
             return flat.view(B, T)
+        if self.head_loss is not None:
+            return self.head_loss(pred, target).mean(dim=2)  # (B, T)
         pred, target = self.normalize(pred), self.normalize(target)
         if self.name == "mse":
             elementwise = functional.mse_loss(pred, target, reduction="none")
@@ -104,7 +132,7 @@ class MetricSums:
             correct = (pred.argmax(dim=2) == target[..., 0]).to(pred.dtype)
             sums["accuracy"] = torch.where(mask, correct, zero).sum().double()
         else:
-            error = (pred - target).double()  # raw units
+            error = (self.loss.point(pred) - target).double()  # raw units
             sums["mae"] = torch.where(mask, error.abs().mean(dim=2), zero.double()).sum()
             sums["mse"] = torch.where(mask, error.square().mean(dim=2), zero.double()).sum()
         for name, value in sums.items():
@@ -121,3 +149,11 @@ class MetricSums:
         if "mse" in means:
             means["rmse"] = means.pop("mse") ** 0.5
         return means
+
+
+def loss_forward(model: nn.Module, loss: MaskedLoss) -> Callable[..., tuple[torch.Tensor, Any]]:
+    """What the loss reads: ``model`` itself, or for a distribution loss its
+    ``distribution_parameters`` (the raw parameters, not the medians)."""
+    if loss.reads_parameters:
+        return cast("Callable[..., tuple[torch.Tensor, Any]]", model.distribution_parameters)
+    return model

@@ -78,6 +78,9 @@ class MemberStep(nn.Module):
         self.calendar = cells.Calendar(calendar)
         self.order = self.difference.order
         self.outputs = len(targets) if self.regression else int(getattr(model, "output_size", 0))
+        # a distribution head: the state keeps the last step's raw parameters for sample paths
+        head = getattr(getattr(model, "config", None), "distribution", None)
+        self.head = head if self.regression else None
         # the table code transforms the targets (and their feature columns) only when it must
         self.transforms_targets = self.regression and (kind != "none" or bool(lags))
         self.feature_count = len(features)
@@ -126,6 +129,9 @@ class MemberStep(nn.Module):
             prefix + "history": torch.zeros((b, self.order, self.outputs), dtype=torch.float64),
             prefix + "output": torch.full((b, self.outputs), float("nan")),
         }
+        if self.head is not None:
+            width = self.head.parameter_count * self.outputs
+            transforms[prefix + "parameters"] = torch.zeros((b, width))
         if self.scaling is not None:
             location, scale = self._statistics(series, context)
             transforms[prefix + "location"] = location
@@ -211,12 +217,17 @@ class MemberStep(nn.Module):
         if warming:
             # warm-up steps (no difference yet) leave the model state as it is
             inputs = torch.where(valid[..., None], inputs, inputs.new_zeros(()))
-            y, model_state = self.model(inputs, model_state, mask=valid)
+            y, raw, model_state = self._model(inputs, model_state, valid)
             last = transforms[prefix + "output"]
             new[prefix + "output"] = torch.where(valid[:, -1:], y[:, -1].to(last.dtype), last)
+            if raw is not None:
+                kept = transforms[prefix + "parameters"]
+                new[prefix + "parameters"] = torch.where(valid[:, -1:], raw[:, -1], kept)
         else:
-            y, model_state = self.model(inputs, model_state)
+            y, raw, model_state = self._model(inputs, model_state, None)
             new[prefix + "output"] = y[:, -1]
+            if raw is not None:
+                new[prefix + "parameters"] = raw[:, -1]
         out = y.to(torch.float64)
         if self.regression:
             if self.scale is not None:
@@ -228,6 +239,18 @@ class MemberStep(nn.Module):
             out = torch.where(valid[..., None], out, out.new_full((), float("nan")))
         return out, new, model_state
 
+    def _model(
+        self, inputs: torch.Tensor, model_state: State, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
+        """(outputs, raw distribution parameters or None, new state): a distribution model's
+        outputs are its medians, computed from the parameters it returns too."""
+        if self.head is None:
+            y, model_state = self.model(inputs, model_state, mask=mask)
+            return y, None, model_state
+        model: Any = self.model
+        raw, model_state = model.distribution_parameters(inputs, model_state, mask=mask)
+        return model.distribution(raw).median(), raw, model_state
+
     # --- forecast ----------------------------------------------------------------------------
 
     def forecast(
@@ -238,11 +261,35 @@ class MemberStep(nn.Module):
         covariates: torch.Tensor | None,
         horizon: int,
         prefix: str,
+        *,
+        samples: int = 0,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """``[B, H, O]`` float64 raw units: roll out from the state (which is not changed)."""
+        """``[B, H, O]`` float64 raw units: roll out from the state (which is not changed).
+
+        With ``samples`` > 0 (a distribution model): ``[B, samples, H, O]`` sample paths, each
+        step's value drawn in model space from ``generator``, fed back, and inverted through
+        this member's transforms on its own path (its own differencing history)."""
+        empty = torch.zeros(0, dtype=torch.float64)  # (no scaling: never read)
+        if samples:
+            if self.head is None:
+                raise ValueError(
+                    "sample paths need a run trained with a distribution head "
+                    "(seqstate train --distribution ...); this run's model has none"
+                )
+            # each stream's state repeated: rows b * samples ... (b + 1) * samples - 1
+            rows = torch.arange(model_state.batch_size).repeat_interleave(samples)
+            transforms = {
+                name: value[rows] for name, value in transforms.items() if value.dim() > 0
+            }
+            model_state = model_state.select(rows)
+            times = times[rows] if times is not None else None
+            covariates = covariates[rows] if covariates is not None else None
         history = transforms[prefix + "history"]
         z = transforms[prefix + "output"]  # (B, O) model space: the last step's output
-        empty = torch.zeros(0, dtype=torch.float64)  # (no scaling: never read)
+        if samples:
+            model: Any = self.model
+            z = model.distribution(transforms[prefix + "parameters"]).sample(generator=generator)
         location = transforms.get(prefix + "location", empty)
         scale = transforms.get(prefix + "scale", empty)
         scaled_covariates = None
@@ -279,9 +326,16 @@ class MemberStep(nn.Module):
                 x[:, 0, self.covariate_features] = scaled_covariates[:, h]
             if calendar is not None:
                 x[:, 0, self.feature_count :] = calendar[:, h]
-            y, model_state = self.model(x, model_state)
-            z = y[:, 0]
-        return torch.stack(outputs, dim=1)
+            if samples:
+                raw, model_state = model.distribution_parameters(x, model_state)
+                z = model.distribution(raw[:, 0]).sample(generator=generator)
+            else:
+                y, model_state = self.model(x, model_state)
+                z = y[:, 0]
+        paths = torch.stack(outputs, dim=1)  # (B, H, O) or (B * samples, H, O)
+        if samples:
+            return paths.unflatten(0, (-1, samples))
+        return paths
 
 
 class RunStep(nn.Module):
@@ -479,6 +533,56 @@ class RunStep(nn.Module):
                 for k, member in enumerate(self._members())
             ]
         return times_t, torch.stack(outputs)
+
+    def sample_forecast(
+        self,
+        state: RunState,
+        horizon: int,
+        covariates: Any = None,
+        *,
+        times: Any = None,
+        samples: int,
+        seed: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample paths from the streams' current state (not changed): each path draws every
+        step's value in model space, feeds it back and inverts it through the run's transforms
+        (scaling, log, differencing) on its own path. An ensemble pools its members' paths.
+
+        Returns:
+            ``(times [B, H] int64, paths [B, K * samples, H, O] float64 raw units)``.
+        """
+        if isinstance(samples, bool) or not isinstance(samples, int | np.integer):
+            raise TypeError(f"samples must be an int >= 1; received {type(samples).__name__}")
+        if samples < 1:
+            raise ValueError(f"samples must be an int >= 1 (paths per stream); received {samples}")
+        if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
+            raise ValueError(f"horizon must be an int >= 1; received {horizon!r}")
+        if not isinstance(state, RunState):
+            raise TypeError(f"state must be a RunState; received {type(state).__name__}")
+        times_t = self._future_times(state, int(horizon), times)
+        covariates_t = None
+        if covariates is not None:
+            covariates_t = torch.as_tensor(np.asarray(covariates, dtype=np.float32))
+        generator = torch.Generator()
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(int(seed))
+        with torch.no_grad():
+            paths = [
+                member.forecast(
+                    dict(state.transforms),
+                    state.models[k],
+                    times_t,
+                    covariates_t,
+                    int(horizon),
+                    f"m{k}.",
+                    samples=int(samples),
+                    generator=generator,
+                )
+                for k, member in enumerate(self._members())
+            ]
+        return times_t, torch.cat(paths, dim=1)
 
     # --- checks ------------------------------------------------------------------------------
 

@@ -1,0 +1,187 @@
+"""Sample-path forecasts (DeepAR style) from a model with a distribution head.
+
+    result = sample_forecast(model, context, horizon=24, samples=200, seed=0)
+    result.median            # [H, O]   (one series) or [n, H, O]
+    result.quantile(0.9)     # the same shapes
+    result.samples           # [S, H, O] (one series) or [n, S, H, O]
+
+The plain loop, for one series::
+
+    raw, state = model.distribution_parameters(context[None])    # warm up once
+    raw, state = raw[:, -1].repeat(S), state.select([0] * S)      # S rows, one per path
+    for h in range(horizon):
+        y = model.distribution(raw).sample(generator)             # [S, O]: each path's value
+        paths[:, h] = y
+        x = empty(S, F); x[:, target_features] = y; x[:, others] = covariates[h]
+        raw, state = model.distribution_parameters(x[:, None], state)  # fed back, state carried
+
+Every path draws from the same generator, so a seed gives the same paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import nn
+
+from seqstate._validate import check_int
+from seqstate.core.distributions import DEFAULT_QUANTILES, quantile_name
+from seqstate.core.model import SequenceModel
+from seqstate.core.state import State
+from seqstate.inference.common import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHUNK,
+    check_positive_int,
+    evaluating,
+    feed_columns,
+    prepare_model,
+    read_covariates,
+    read_sequences,
+    run_chunked,
+)
+
+__all__ = ["DEFAULT_SAMPLES", "Forecast", "sample_forecast"]
+
+#: Sample paths per series when none are asked for.
+DEFAULT_SAMPLES = 200
+
+
+def _check_level(level: Any, argument: str) -> float:
+    if isinstance(level, bool) or not isinstance(level, int | float | np.floating):
+        raise TypeError(f"{argument} must be a number in (0, 1); received {type(level).__name__}")
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"{argument} must be strictly between 0 and 1; received {level!r}")
+    return float(level)
+
+
+@dataclasses.dataclass(frozen=True)
+class Forecast:
+    """Sample paths and the quantiles read from them.
+
+    Attributes:
+        samples: ``[S, H, O]`` for one series or ``[n, S, H, O]`` for many (NumPy).
+        levels: the quantile levels a caller asked for (``.quantiles()`` gives them all).
+    """
+
+    samples: np.ndarray
+    levels: tuple[float, ...] = DEFAULT_QUANTILES
+
+    @property
+    def median(self) -> np.ndarray:
+        """``[H, O]`` or ``[n, H, O]``: the point forecast."""
+        return self.quantile(0.5)
+
+    def quantile(self, level: float) -> np.ndarray:
+        """``[H, O]`` or ``[n, H, O]``: the ``level`` quantile over the paths."""
+        level = _check_level(level, "level")
+        axis = self.samples.ndim - 3  # the paths' axis
+        return np.quantile(self.samples, level, axis=axis).astype(self.samples.dtype)
+
+    def quantiles(self) -> dict[str, np.ndarray]:
+        """``{"q10": ..., "q50": ..., "q90": ...}``: each asked level, named by percentage."""
+        return {quantile_name(level): self.quantile(level) for level in self.levels}
+
+
+class _ParameterView(nn.Module):
+    """The model with its raw distribution parameters as outputs (for the chunked warm-up)."""
+
+    def __init__(self, model: SequenceModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, state: Any = None, reset: Any = None, mask: Any = None):
+        return self.model.distribution_parameters(x, state, reset, mask)
+
+    def initial_state(self, batch_size: int, **kwargs: Any) -> State:
+        return self.model.initial_state(batch_size, **kwargs)
+
+
+def sample_forecast(
+    model: nn.Module,
+    context: Any,
+    horizon: int,
+    *,
+    samples: int = DEFAULT_SAMPLES,
+    quantiles: Sequence[float] = DEFAULT_QUANTILES,
+    seed: int | None = None,
+    covariates: Any = None,
+    target_features: Sequence[int] | None = None,
+    chunk: int | None = None,
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+) -> Forecast:
+    """Warm up on ``context`` once, then roll ``samples`` paths per series forward, each
+    feeding its own sampled value back (see the module doc).
+
+    Args:
+        model: a :class:`SequenceModel` with a distribution head.
+        context, horizon, covariates, target_features, chunk, batch_size, device: as in
+            :func:`seqstate.forecast`.
+        samples: paths per series, >= 1.
+        quantiles: the levels :meth:`Forecast.quantiles` reports.
+        seed: seeds the paths' generator (None: a fresh random seed).
+
+    Returns:
+        a :class:`Forecast`.
+    """
+    if not isinstance(model, SequenceModel) or model.config.distribution is None:
+        raise ValueError(
+            "sample paths need a SequenceModel with a distribution head "
+            "(ModelConfig.distribution); this model has none, so use forecast for its point "
+            "forecast"
+        )
+    model, info = prepare_model(model, device)
+    sequence_model = cast(SequenceModel, model)
+    head = sequence_model.config.distribution
+    assert head is not None  # checked above
+    horizon = check_int(horizon, "horizon", 1, "It is the number of steps to forecast.")
+    samples = check_int(samples, "samples", 1, "It is the number of sample paths per series.")
+    levels = tuple(_check_level(q, f"quantiles[{i}]") for i, q in enumerate(quantiles))
+    if seed is not None:
+        seed = check_int(seed, "seed", 0, "It seeds the sample paths.")
+    chunk = check_positive_int(chunk, "chunk", DEFAULT_CHUNK, "steps per model call")
+    batch_size = check_positive_int(
+        batch_size, "batch_size", DEFAULT_BATCH_SIZE, "sequences run side by side"
+    )
+    fed, others = feed_columns(info, target_features)
+    arrays, form = read_sequences(context, "context", info)
+    n = len(arrays)
+    future = read_covariates(covariates, n, horizon, len(others), form, info)
+
+    view = _ParameterView(sequence_model)
+    k = head.parameter_count
+    view_info = dataclasses.replace(info, output_size=k * info.output_size)
+    outputs, state = run_chunked(
+        view, view_info, arrays, chunk=chunk, batch_size=batch_size, capture_state=True
+    )
+    if state is None:  # capture_state=True always returns one
+        raise RuntimeError("internal error: no final state was captured")
+    generator = torch.Generator(device=info.device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    rows = torch.arange(n, device=info.device).repeat_interleave(samples)  # series i: S rows
+    state = state.select(rows)
+    raw = torch.from_numpy(np.stack([out[-1] for out in outputs])).to(info.device)[rows]
+    paths = torch.empty(
+        (n * samples, horizon, info.output_size), dtype=info.dtype, device=info.device
+    )
+    future_t = torch.from_numpy(future).to(info.device)[rows]
+    fed_t = torch.tensor(fed, device=info.device)
+    others_t = torch.tensor(others, dtype=torch.long, device=info.device)
+    x = torch.empty((n * samples, 1, info.input_size), dtype=info.dtype, device=info.device)
+    with evaluating(model):
+        for h in range(horizon):
+            paths[:, h] = sequence_model.distribution(raw).sample(generator=generator)
+            if h + 1 < horizon:
+                x[:, 0, fed_t] = paths[:, h]
+                x[:, 0, others_t] = future_t[:, h]
+                step, state = sequence_model.distribution_parameters(x, state)
+                raw = step[:, 0]
+    array = paths.reshape(n, samples, horizon, info.output_size).cpu().numpy()
+    return Forecast(array[0] if form == "one" else array, levels)

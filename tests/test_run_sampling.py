@@ -1,0 +1,100 @@
+"""Sample paths through a run (RunStep): sampled in model space, each path inverted through
+the run's transforms (scaling, log, differencing, calendar, covariates)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from seqstate.core.model import SequenceModel
+from seqstate.recipe.covariates import calendar_names
+from seqstate.recipe.run_forecaster import RunMember
+from seqstate.recipe.scaling import Scaling
+from seqstate.recipe.step import RunStep
+from seqstate.recipe.step import tables as step_tables
+from test_run_step import RUNS, assert_close, future_of, reference_predictions
+
+KINDS = ["monthly defaults", "hourly calendar covariate", "log1p difference",
+         "seasonal and lag difference", "seeds 3", "plain"]  # fmt: skip
+
+
+def build(name: str, distribution: str = "normal", narrow: bool = False):
+    """The run ``name`` of test_run_step.py with distribution heads; ``narrow``: every sd at
+    its floor (1e-6 in model space), so each path must retrace the point forecast."""
+    make, config, calendar, seeds, fitted_on = RUNS[name]
+    table = make()
+    inputs = len(table.columns.features) + len(calendar_names(calendar))
+    members = []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        model = SequenceModel(
+            input_size=inputs, output_size=1, hidden_size=8, distribution=distribution
+        )
+        if narrow:
+            with torch.no_grad():  # the sd's raw parameter: softplus(-40) ~ 0
+                model.head.weight[1:].zero_()
+                model.head.bias[1:] = -40.0
+        scaling = None
+        if config is not None:
+            part = table if fitted_on is None else table.select(fitted_on[seed])
+            scaling = Scaling.fit(part, config)
+        members.append(RunMember(model.eval(), scaling, tuple(calendar)))
+    run_step = RunStep([(m.model, m.scaling, m.calendar) for m in members], table.columns)
+    return table, members, run_step
+
+
+def warm(run_step, table, horizon):
+    _, state = step_tables.warm_up(run_step, table)
+    times, covariates, _ = future_of(table, horizon)
+    stamps = np.stack([step_tables.table_times(run_step, t) for t in times])
+    return state, (np.stack(covariates) if covariates is not None else None), stamps
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_a_distribution_run_steps_its_medians_like_the_table_reference(name: str) -> None:
+    table, members, run_step = build(name, "studentt")
+    expected = reference_predictions(members, table)
+    got = step_tables.predict_table(run_step, table, chunk=5, batch_size=3)
+    for i in range(len(table)):
+        for k in range(len(members)):
+            assert_close(got[i][k], expected[k][i])
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_narrow_paths_retrace_the_point_forecast_through_every_transform(name: str) -> None:
+    table, members, run_step = build(name, narrow=True)
+    horizon = 5
+    state, covariates, stamps = warm(run_step, table, horizon)
+    _, point = run_step.forecast_members(state, horizon, covariates, times=stamps)  # [K, n, H, 1]
+    _, paths = run_step.sample_forecast(state, horizon, covariates, times=stamps, samples=3, seed=0)
+    assert paths.shape == (len(table), 3 * len(members), horizon, 1)
+    for k in range(len(members)):
+        for s in range(3):
+            got = paths[:, k * 3 + s].numpy()
+            np.testing.assert_allclose(got, point[k].numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_run_paths_are_reproducible_spread_and_leave_the_state_unchanged() -> None:
+    table, _, run_step = build("log1p difference", "studentt")
+    state, covariates, stamps = warm(run_step, table, 4)
+    before = state.to_bytes()
+    _, first = run_step.sample_forecast(state, 4, covariates, times=stamps, samples=20, seed=3)
+    _, again = run_step.sample_forecast(state, 4, covariates, times=stamps, samples=20, seed=3)
+    _, other = run_step.sample_forecast(state, 4, covariates, times=stamps, samples=20, seed=4)
+    assert state.to_bytes() == before
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert bool((first.std(dim=1) > 0).all())  # the paths spread
+    assert bool(torch.isfinite(first).all()) and bool((first > -1).all())  # log1p's domain
+
+
+def test_a_point_run_refuses_sample_paths() -> None:
+    make, *_ = RUNS["plain"]
+    table = make()
+    model = SequenceModel(input_size=1, output_size=1, hidden_size=4).eval()
+    run_step = RunStep([(model, None, ())], table.columns)
+    _, state = step_tables.warm_up(run_step, table)
+    with pytest.raises(ValueError, match="need a run trained with a distribution head"):
+        run_step.sample_forecast(state, 2, samples=2)
+    with pytest.raises(ValueError, match="samples must be an int >= 1"):
+        run_step.sample_forecast(state, 2, samples=0)
