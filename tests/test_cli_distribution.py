@@ -43,7 +43,8 @@ def test_auto_picks_studentt_for_real_values_and_forecasts_medians(tmp_path: Pat
 
 def test_auto_picks_negbin_for_unscaled_counts_and_medians_are_counts(tmp_path: Path) -> None:
     data = _write(tmp_path / "counts.csv", counts=True)
-    flags = ("--scaling", "none", "--seasonal-difference", "0")
+    # the network alone: a validation choice may blend in a baseline, whose values are not counts
+    flags = ("--scaling", "none", "--seasonal-difference", "0", "--select", "network")
     _train(data, tmp_path / "run", "--distribution", "auto", *flags)
     model = load_model(tmp_path / "run")
     assert model.config.distribution is not None and model.config.distribution.name == "negbin"
