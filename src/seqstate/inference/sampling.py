@@ -134,10 +134,9 @@ def sample_forecast(
             "(ModelConfig.distribution); this model has none, so use forecast for its point "
             "forecast"
         )
+    head = model.config.distribution  # narrowed to a head by the check above
     model, info = prepare_model(model, device)
     sequence_model = cast(SequenceModel, model)
-    head = sequence_model.config.distribution
-    assert head is not None  # checked above
     horizon = check_int(horizon, "horizon", 1, "It is the number of steps to forecast.")
     samples = check_int(samples, "samples", 1, "It is the number of sample paths per series.")
     levels = tuple(_check_level(q, f"quantiles[{i}]") for i, q in enumerate(quantiles))

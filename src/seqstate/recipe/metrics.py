@@ -167,7 +167,7 @@ def interval_metrics(
     h = _vector(history, "history")
     if (samples is None) == (quantiles is None):
         raise ValueError("interval_metrics: give either samples [S, H] or quantiles {level: [H]}")
-    if samples is not None:
+    if quantiles is None:
         draws = np.asarray(samples, dtype=np.float64)
         if draws.ndim != 2 or draws.shape[1] != len(a) or draws.shape[0] < 1:
             raise ValueError(
@@ -177,7 +177,6 @@ def interval_metrics(
         levels = {q: np.quantile(draws, q, axis=0) for q in SAMPLE_LEVELS}
         crps = float(np.mean(_crps_from_samples(draws, a)))
     else:
-        assert quantiles is not None
         levels = {float(q): _vector(v, f"quantiles[{q}]") for q, v in quantiles.items()}
         if not levels or any(len(v) != len(a) for v in levels.values()):
             raise ValueError(f"quantiles must map levels to arrays [H] with H={len(a)}")
