@@ -379,7 +379,7 @@ def _blob(tensors: dict[str, torch.Tensor], meta: object | None) -> bytes:
     return safetensors_save(tensors, metadata=metadata)
 
 
-GOOD_META = {"format": "seqstate.core.state/1", "type": "GRUState"}
+GOOD_META = {"format": "seqstate.state/1", "type": "GRUState"}
 ONE = {"hidden": torch.zeros(1, 2, 3)}
 
 

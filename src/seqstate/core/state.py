@@ -35,7 +35,8 @@ S = TypeVar("S", bound="State")
 #: Rows of a batch: a bool mask ``(B,)``, an int index tensor/list, or a slice.
 Rows = torch.Tensor | Sequence[int] | Sequence[bool] | slice | int
 
-_FORMAT = "seqstate.core.state/1"
+# a file format name, not a module path: it does not follow module moves
+_FORMAT = "seqstate.state/1"
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 

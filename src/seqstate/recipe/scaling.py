@@ -51,7 +51,8 @@ TransformKind = Literal["none", "log", "log1p"]
 
 SCALING_JSON = "scaling.json"
 SCALING_FILE = "scaling.safetensors"
-_FORMAT = "seqstate.recipe.scaling/1"
+# a file format name, not a module path: it does not follow module moves
+_FORMAT = "seqstate.scaling/1"
 _SCALE_METHODS = ("series", "global", "none")
 _TRANSFORMS = ("none", "log", "log1p")
 
