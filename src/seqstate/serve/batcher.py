@@ -66,6 +66,8 @@ class Batcher:
         self._committing: set[str] = set()  # streams of the batch being committed
         self._commit: asyncio.Task[None] | None = None
         self._collector: asyncio.Task[None] | None = None
+        # each stream's last step not yet completed: what a read of the stream waits for
+        self._latest: dict[str, asyncio.Future[Outcome]] = {}
 
     async def start(self) -> None:
         if self.batching and self._collector is None:
@@ -88,23 +90,45 @@ class Batcher:
     def enqueue(self, request: StepRequest) -> asyncio.Future[Outcome]:
         """Queue one step without awaiting it: the future completes when its new state is
         durable (or it was refused). Steps of one stream complete in the order queued."""
+        future: asyncio.Future[Outcome]
         if not self.batching:
-            return asyncio.ensure_future(self.submit(request))
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._queue.append((request, future, time.monotonic()))
-        self._arrived.set()
+            future = asyncio.ensure_future(self._submit_alone(request))
+        else:
+            future = asyncio.get_running_loop().create_future()
+            self._queue.append((request, future, time.monotonic()))
+            self._arrived.set()
+        self._track(request.stream, future)
         return future
+
+    def _track(self, stream: str, future: asyncio.Future[Outcome]) -> None:
+        self._latest[stream] = future
+
+        def forget(done: asyncio.Future[Outcome]) -> None:
+            if self._latest.get(stream) is done:
+                del self._latest[stream]
+
+        future.add_done_callback(forget)
+
+    async def settled(self, stream: str) -> None:
+        """Return once every step of ``stream`` queued so far is durable (or refused or
+        failed): steps of one stream complete in order, so waiting for its last one is
+        enough. A read that follows sees the state they leave."""
+        latest = self._latest.get(stream)
+        if latest is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(latest)
 
     async def submit(self, request: StepRequest) -> Outcome:
         """Apply one step; returns when its new state is durable (or it was refused)."""
-        loop = asyncio.get_running_loop()
-        if not self.batching:
-            started = time.perf_counter()
-            (outcome,) = await loop.run_in_executor(self._executor, self._process, [request])
-            if self._on_batch is not None:
-                self._on_batch(1, time.perf_counter() - started)
-            return outcome
         return await self.enqueue(request)
+
+    async def _submit_alone(self, request: StepRequest) -> Outcome:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        (outcome,) = await loop.run_in_executor(self._executor, self._process, [request])
+        if self._on_batch is not None:
+            self._on_batch(1, time.perf_counter() - started)
+        return outcome
 
     def _eligible(self) -> Item | None:
         """The oldest queued step whose stream is not being committed."""

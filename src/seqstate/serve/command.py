@@ -17,74 +17,42 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["add_arguments", "config_from_args", "exposure_warning", "run"]
+from seqstate.serve.config import ServeConfig
+
+__all__ = ["add_arguments", "config_from_args", "config_options", "exposure_warning", "run"]
 
 _CONFIG_ENV = "SEQSTATE_SERVE_CONFIG"
 _PARENT_ENV = "SEQSTATE_SERVE_SUPERVISOR"  # the pid workers must die with
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the server's options to ``parser`` (used by ``seqstate serve`` and ``-m``)."""
+    """Add the server's options to ``parser`` (used by ``seqstate serve`` and ``-m``).
+
+    The options of :class:`ServeConfig` (defaults and help) are generated from its fields;
+    only the process's own options (address, workers, event loop, parser, log level) are
+    declared here.
+    """
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory with model.json")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
-    parser.add_argument(
-        "--store",
-        default=None,
-        help="memory:// | sqlite:///path.db | redis://host:port/db (default: an SQLite file "
-        "of the server's own outside RUN_DIR, in $SEQSTATE_STATE_DIR or ~/.local/state/seqstate)",
-    )
-    parser.add_argument(
-        "--token",
-        default=None,
-        help="bearer token clients must send, >= 16 characters (default: $SEQSTATE_TOKEN)",
-    )
-    parser.add_argument(
-        "--no-auth", action="store_true", help="serve without authentication (explicit opt-out)"
-    )
-    parser.add_argument(
-        "--no-batching", action="store_true", help="one model call per request (baseline)"
-    )
-    parser.add_argument("--max-batch", type=int, default=256, help="steps per model call")
-    parser.add_argument(
-        "--max-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill"
-    )
-    parser.add_argument(
-        "--ttl", type=float, default=3600.0, help="idle stream expiry in seconds (0: never)"
-    )
-    parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit")
-    parser.add_argument("--max-steps", type=int, default=1024, help="timesteps per request item")
-    parser.add_argument("--max-streams", type=int, default=1024, help="items per /v1/steps")
-    parser.add_argument(
-        "--max-live-streams", type=int, default=1_000_000, help="live streams (503 past it)"
-    )
-    parser.add_argument(
-        "--max-inflight-bytes", type=int, default=64 << 20, help="request bytes held at once"
-    )
-    parser.add_argument("--max-connections", type=int, default=1024, help="open HTTP connections")
-    parser.add_argument("--max-websockets", type=int, default=256, help="open WebSockets")
-    parser.add_argument(
-        "--max-ws-pending-bytes",
-        type=int,
-        default=4 << 20,
-        help="bytes of frames and unwritten answers one WebSocket may hold before reads pause",
-    )
-    parser.add_argument(
-        "--replay-window",
-        type=int,
-        default=16,
-        help="answers kept per stream (retries of any of them are replayed); also the most "
-        "steps of one stream in flight on a WebSocket",
-    )
-    parser.add_argument("--header-timeout", type=float, default=10.0, help="seconds for headers")
-    parser.add_argument("--body-timeout", type=float, default=30.0, help="seconds for a body")
-    parser.add_argument("--keepalive-timeout", type=float, default=5.0, help="idle keep-alive s")
-    parser.add_argument(
-        "--shutdown-grace", type=float, default=5.0, help="seconds requests get after SIGTERM"
-    )
-    parser.add_argument(
-        "--max-model-parameters", type=int, default=1 << 28, help="largest model served"
-    )
+    for field in config_options():
+        flag, help_text = field.metadata["flag"], field.metadata["help"]
+        extra = {k: v for k, v in field.metadata.items() if k not in ("flag", "help")}
+        if field.default is True:  # an opt-out: --no-auth, --no-batching
+            parser.add_argument(
+                flag, dest=field.name, action="store_false", default=True, help=help_text
+            )
+            continue
+        shown = "" if field.default is None else f" (default: {_shown(field.default)})"
+        extra.setdefault("metavar", flag[2:].upper().replace("-", "_"))
+        parser.add_argument(
+            flag,
+            dest=field.name,
+            type=_option_type(field),
+            default=field.default,
+            help=help_text + shown,
+            **extra,
+        )
     parser.add_argument("--workers", type=int, default=1, help="server processes (shared store)")
     parser.add_argument(
         "--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="event loop"
@@ -92,47 +60,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--http", default="auto", choices=["auto", "httptools", "h11"], help="HTTP parser"
     )
-    parser.add_argument("--device", default="cpu", help="torch device for the model")
-    parser.add_argument(
-        "--torch-threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (default 1: measured faster for per-step batches, the "
-        "model thread and the event loop otherwise fight for the cores)",
-    )
     parser.add_argument("--log-level", default="warning", help="uvicorn log level")
 
 
-def config_from_args(args: argparse.Namespace):  # -> ServeConfig (import kept lazy)
-    from seqstate.serve.config import ServeConfig
+def config_options() -> list[dataclasses.Field[Any]]:
+    """The fields of :class:`ServeConfig` that have a command-line option."""
+    return [f for f in dataclasses.fields(ServeConfig) if f.metadata.get("flag")]
 
-    token = args.token if args.token is not None else os.environ.get("SEQSTATE_TOKEN")
-    return ServeConfig(
-        run_dir=args.run_dir,
-        store=args.store,
-        token=token or None,
-        auth=not args.no_auth,
-        batching=not args.no_batching,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        ttl_s=args.ttl,
-        max_body_bytes=args.max_body_bytes,
-        max_steps_per_request=args.max_steps,
-        max_streams_per_request=args.max_streams,
-        device=args.device,
-        torch_threads=args.torch_threads,
-        max_live_streams=args.max_live_streams,
-        max_inflight_bytes=args.max_inflight_bytes,
-        max_connections=args.max_connections,
-        max_websockets=args.max_websockets,
-        max_ws_pending_bytes=args.max_ws_pending_bytes,
-        replay_window=args.replay_window,
-        header_timeout_s=args.header_timeout,
-        body_timeout_s=args.body_timeout,
-        keepalive_timeout_s=args.keepalive_timeout,
-        shutdown_grace_s=args.shutdown_grace,
-        max_model_parameters=args.max_model_parameters,
-    )
+
+def _option_type(field: dataclasses.Field[Any]) -> Any:
+    # the annotation is a string (postponed evaluation): its first type names the parser
+    kind = str(field.type).split("|")[0].strip()
+    return {"int": int, "float": float, "str": str}[kind]
+
+
+def _shown(default: Any) -> str:
+    if isinstance(default, int) and default >= 1 << 16 and not default & (default - 1):
+        return f"2^{default.bit_length() - 1}"
+    return str(default)
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    """The :class:`ServeConfig` of parsed ``args`` (the token falls back to $SEQSTATE_TOKEN)."""
+    values = {field.name: getattr(args, field.name) for field in config_options()}
+    if values["token"] is None:
+        values["token"] = os.environ.get("SEQSTATE_TOKEN") or None
+    return ServeConfig(run_dir=args.run_dir, **values)
 
 
 def exposure_warning(host: str, auth: bool) -> str | None:
@@ -156,7 +109,6 @@ def exposure_warning(host: str, auth: bool) -> str | None:
 def _app_from_env() -> Any:
     """The app of one worker process (``--workers N``): the config comes in the environment."""
     from seqstate.serve.app import create_app
-    from seqstate.serve.config import ServeConfig
 
     _die_with_parent(int(os.environ.get(_PARENT_ENV, "0")))
     return create_app(ServeConfig(**json.loads(os.environ[_CONFIG_ENV])))

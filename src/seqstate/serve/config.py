@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 __all__ = ["MIN_TOKEN_LENGTH", "STREAM_ID_PATTERN", "ServeConfig", "default_state_dir"]
 
@@ -17,36 +18,111 @@ MIN_TOKEN_LENGTH = 16
 STREAM_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
 
+def _option(default: Any, flag: str | None, help: str, **argparse: Any) -> Any:
+    """A field with its one default and its one description; ``flag`` is its command-line
+    option (``seqstate serve``), generated from here by ``command.py``; None: Python only."""
+    return dataclasses.field(default=default, metadata={"flag": flag, "help": help, **argparse})
+
+
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
-    """Configuration of one server process (see ``docs/serving.md``)."""
+    """Configuration of one server process (see ``docs/serving.md``).
+
+    Each field is declared once, with its default and its description; the options and help of
+    ``seqstate serve`` are generated from these fields (``seqstate.serve.command``), so the
+    defaults of the Python API and of the command line cannot drift apart.
+    """
 
     run_dir: str | os.PathLike[str]  # run directory holding model.json + model.safetensors
-    store: str | None = None  # memory:// | sqlite:///path | redis://…; None: see store_url
-    token: str | None = None  # bearer token (>= 16 chars, surrounding whitespace stripped)
-    auth: bool = True  # False only when explicitly asked for (--no-auth)
-    batching: bool = True  # stack concurrent steps of different streams into one model call
-    max_batch: int = 256  # most steps (streams) in one model call
-    max_wait_ms: float = 2.0  # longest a step waits for others to join its batch
-    ttl_s: float = 3600.0  # idle streams expire after this many seconds; 0 disables expiry
-    sweep_interval_s: float | None = None  # seconds between expiry sweeps; None: ttl/2, <= 60
-    max_body_bytes: int = 1 << 20  # larger request bodies are refused (413) before parsing
-    max_steps_per_request: int = 1024  # most timesteps k in one request item
-    max_streams_per_request: int = 1024  # most items in one POST /v1/steps request
-    device: str = "cpu"  # torch device the model runs on
-    torch_threads: int | None = None  # torch intra-op threads for the model; None: torch default
-    max_live_streams: int | None = 1_000_000  # new streams past this get 503 stream_capacity
-    max_inflight_bytes: int = 64 << 20  # request bytes held at once; past it 429 server_busy
-    max_connections: int = 1024  # open HTTP connections; idle ones are evicted past it
-    max_websockets: int = 256  # open WebSocket connections; past it the upgrade gets 503
-    max_ws_pending: int = 1024  # frames one WebSocket may have in flight before reads pause
-    max_ws_pending_bytes: int = 4 << 20  # and bytes of frames + unwritten answers in flight
-    replay_window: int = 16  # answers kept per stream: a retry of any of them is replayed
-    header_timeout_s: float = 10.0  # a request's headers must arrive within this (slowloris)
-    body_timeout_s: float = 30.0  # and its body within this after the headers (408)
-    keepalive_timeout_s: float = 5.0  # idle keep-alive connections are closed after this
-    shutdown_grace_s: float = 5.0  # on SIGTERM, requests in flight get this long to finish
-    max_model_parameters: int = 1 << 28  # a run directory asking for more is refused
+    store: str | None = _option(
+        None,
+        "--store",
+        "memory:// | sqlite:///path.db | redis://host:port/db (default: an SQLite file of the "
+        "server's own outside RUN_DIR, in $SEQSTATE_STATE_DIR or ~/.local/state/seqstate)",
+        metavar="URL",
+    )
+    token: str | None = _option(
+        None,
+        "--token",
+        "bearer token clients must send, >= 16 characters; surrounding whitespace is stripped "
+        "(default: $SEQSTATE_TOKEN)",
+    )
+    auth: bool = _option(True, "--no-auth", "serve without authentication (explicit opt-out)")
+    batching: bool = _option(
+        True,
+        "--no-batching",
+        "one model call per request (the baseline); by default concurrent steps of different "
+        "streams are stacked into one model call",
+    )
+    max_batch: int = _option(256, "--max-batch", "most steps (streams) in one model call")
+    max_wait_ms: float = _option(
+        2.0, "--max-wait-ms", "longest a step waits for others to join its batch (ms)"
+    )
+    ttl_s: float = _option(
+        3600.0, "--ttl", "idle streams expire after this many seconds (0: never)"
+    )
+    sweep_interval_s: float | None = _option(
+        None, "--sweep-interval", "seconds between expiry sweeps (default: ttl/2, at most 60)"
+    )
+    max_body_bytes: int = _option(
+        1 << 20, "--max-body-bytes", "larger request bodies (and WebSocket frames) are refused"
+    )
+    max_steps_per_request: int = _option(1024, "--max-steps", "most timesteps in one step item")
+    max_streams_per_request: int = _option(
+        1024, "--max-streams", "most items in one POST /v1/steps request or WebSocket steps frame"
+    )
+    device: str = _option("cpu", "--device", "torch device the model runs on")
+    # 1, not torch's default (all cores): measured faster for the server's per-step batches,
+    # where the model thread, the commit thread and the event loop otherwise fight for the
+    # cores (see BENCHMARKS.md); an embedding process that manages torch's threads itself
+    # passes None, which leaves them as they are.
+    torch_threads: int | None = _option(
+        1,
+        "--torch-threads",
+        "torch intra-op threads for the model (1: measured faster for per-step batches; the "
+        "model thread and the event loop otherwise fight for the cores)",
+    )
+    max_live_streams: int | None = _option(
+        1_000_000, "--max-live-streams", "live streams; new ones past this get 503"
+    )
+    max_inflight_bytes: int = _option(
+        64 << 20, "--max-inflight-bytes", "request bytes held at once; past it 429 server_busy"
+    )
+    max_connections: int = _option(
+        1024, "--max-connections", "open HTTP connections; idle ones are evicted past it"
+    )
+    max_websockets: int = _option(
+        256, "--max-websockets", "open WebSocket connections; past it the upgrade is refused"
+    )
+    max_ws_pending: int = _option(
+        1024, "--max-ws-pending", "frames one WebSocket may have in flight before reads pause"
+    )
+    max_ws_pending_bytes: int = _option(
+        4 << 20,
+        "--max-ws-pending-bytes",
+        "bytes of frames and unwritten answers one WebSocket may hold before reads pause",
+    )
+    replay_window: int = _option(
+        16,
+        "--replay-window",
+        "answers kept per stream (retries of any of them are replayed); also the most steps "
+        "of one stream in flight on a WebSocket",
+    )
+    header_timeout_s: float = _option(
+        10.0, "--header-timeout", "seconds a request's headers may take (slowloris)"
+    )
+    body_timeout_s: float = _option(
+        30.0, "--body-timeout", "seconds a request's body may take after its headers (408)"
+    )
+    keepalive_timeout_s: float = _option(
+        5.0, "--keepalive-timeout", "idle keep-alive connections are closed after this (s)"
+    )
+    shutdown_grace_s: float = _option(
+        5.0, "--shutdown-grace", "on SIGTERM, requests in flight get this long to finish (s)"
+    )
+    max_model_parameters: int = _option(
+        1 << 28, "--max-model-parameters", "a run directory asking for more is refused"
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.token, str):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -23,7 +22,7 @@ from seqstate.serve.rules import Reject
 from seqstate.serve.schemas import ForecastBody, StepBody
 from seqstate.serve.stores import StateStore, StoreError
 
-__all__ = ["Resources", "answer_json", "describe", "forecast_json", "step_request", "submit"]
+__all__ = ["Resources", "answer_json", "forecast_json", "step_request", "submit"]
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -43,16 +42,6 @@ class Resources:
     live: LiveCount = dataclasses.field(default_factory=LiveCount)  # live streams, kept
     recounter: asyncio.Task[None] | None = None
     websockets: int = 0  # open WebSocket connections
-
-
-def describe(problems: Any) -> str:
-    """Pydantic errors as one line: 'x: Input should be a valid list; seq: ...'."""
-    parts = []
-    for problem in list(problems)[:5]:
-        location = ".".join(str(p) for p in problem.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{location}: {problem.get('msg', 'invalid')}")
-    more = len(problems) - len(parts)
-    return "invalid request: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
 def step_request(stream: str, body: StepBody, resources: Resources) -> StepRequest:
@@ -123,7 +112,12 @@ async def submit(resources: Resources, step: StepRequest) -> Outcome:
 
 
 async def forecast_json(resources: Resources, stream: str, body: ForecastBody) -> bytes:
-    """``{"seq", "time", "y"}``: the stream's forecast (read only; off the event loop)."""
+    """``{"seq", "time", "y"}``: the stream's forecast (read only; off the event loop).
+
+    It first waits for the stream's steps this server has already received (queued, in a
+    batch or being committed): a forecast asked after a step reads the state that step leaves,
+    whether or not its answer has reached the client yet."""
+    await resources.batcher.settled(stream)
     try:
         seq, times, y = await asyncio.to_thread(
             resources.engine.forecast, stream, body.horizon, body.covariates

@@ -35,16 +35,14 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
 from starlette.websockets import WebSocket
 
 from seqstate.serve import jsonio
-from seqstate.serve.errors import ApiError
+from seqstate.serve.errors import ApiError, item_error
 from seqstate.serve.rules import Reject
 from seqstate.serve.schemas import WS_FRAME, WsEnd, WsForecast, WsStep
-from seqstate.serve.steps import Resources, answer_json, describe, forecast_json, step_request
+from seqstate.serve.steps import Resources, answer_json, forecast_json, step_request
 from seqstate.serve.stores import StoreError
-from seqstate.serve.stores.base import StoreFullError
 
 if TYPE_CHECKING:  # pragma: no cover
     from seqstate.serve.engine import Outcome
@@ -91,20 +89,14 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             del last[stream]
         try:
             outcome = future.result()
-        except StoreError as error:
-            metrics.store_errors.labels("step").inc()
-            put(_error(stream, seq, _store_problem(error)), charge, estimate)
-            return
-        except Exception:  # never leave the client waiting on a lost answer
-            internal = ApiError(500, "internal", "internal error")
-            put(_error(stream, seq, internal), charge, estimate)
+        except Exception as error:  # never leave the client waiting on a lost answer
+            if isinstance(error, StoreError):
+                metrics.store_errors.labels("step").inc()
+            put(_error(error, stream, seq), charge, estimate)
             return
         if isinstance(outcome, Reject):
             metrics.steps.labels("rejected").inc()
-            problem = ApiError(
-                outcome.status, outcome.code, outcome.message, expected_seq=outcome.expected_seq
-            )
-            put(_error(stream, seq, problem), charge, estimate)
+            put(_error(outcome, stream, seq), charge, estimate)
         else:
             metrics.steps.labels("replayed" if outcome.replayed else "applied").inc()
             answer = b'{"stream":"' + stream.encode() + b'",' + answer_json(outcome)[1:]
@@ -120,7 +112,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
         try:
             request = step_request(frame.stream, frame, resources)
         except ApiError as error:
-            put(_error(frame.stream, frame.seq, error), charge, estimate)
+            put(_error(error, frame.stream, frame.seq), charge, estimate)
             return
         before = last.get(frame.stream)
         if before is not None and getattr(before, "chained", False):
@@ -144,10 +136,8 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
         async def forecast() -> bytes:
             try:
                 answer = await forecast_json(resources, frame.stream, frame)
-            except ApiError as error:
-                return _error(frame.stream, None, error)
-            except StoreError as error:
-                return _error(frame.stream, None, _store_problem(error))
+            except (ApiError, StoreError) as error:
+                return _error(error, frame.stream, None)
             return b'{"stream":"' + frame.stream.encode() + b'","op":"forecast",' + answer[1:]
 
         future = asyncio.ensure_future(after(last.get(frame.stream), forecast))
@@ -158,7 +148,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             if last.get(frame.stream) is f:
                 del last[frame.stream]
             if f.cancelled() or f.exception() is not None:
-                answer = _error(frame.stream, None, ApiError(500, "internal", "internal error"))
+                answer = _error(_Internal(), frame.stream, None)
             else:
                 answer = f.result()
             put(answer, charge)
@@ -170,7 +160,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             try:
                 existed = await asyncio.to_thread(resources.store.delete, frame.stream)
             except StoreError as error:
-                return _error(frame.stream, None, _store_problem(error))
+                return _error(error, frame.stream, None)
             resources.live.add(-int(existed))
             return jsonio.dumps({"stream": frame.stream, "op": "end", "deleted": existed})
 
@@ -182,7 +172,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             if last.get(frame.stream) is f:
                 del last[frame.stream]
             if f.cancelled() or f.exception() is not None:
-                answer = _error(frame.stream, None, ApiError(500, "internal", "internal error"))
+                answer = _error(_Internal(), frame.stream, None)
             else:
                 answer = f.result()
             put(answer, charge)
@@ -228,7 +218,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             try:
                 frame = WS_FRAME.validate_python(jsonio.loads(raw))
             except ValueError as error:  # JSONDecodeError and ValidationError are ValueErrors
-                put(_invalid_frame(raw, error, describe), charge)
+                put(_invalid_frame(raw, error), charge)
                 continue
             del raw, message  # only the parsed frame is kept
             if isinstance(frame, WsEnd):
@@ -257,26 +247,19 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
         metrics.websockets.dec()
 
 
-def _store_problem(error: StoreError) -> ApiError:
-    if isinstance(error, StoreFullError):
-        return ApiError(507, "store_full", str(error))
-    return ApiError(503, "store_unavailable", f"state store unavailable: {error}")
+class _Internal(Exception):
+    """A task that failed unexpectedly: answered as 500 internal (errors.py)."""
 
 
-def _error(stream: str | None, seq: int | None, error: ApiError) -> bytes:
-    body = {"code": error.code, "message": error.message, **error.extra}
-    return jsonio.dumps({"stream": stream, "seq": seq, "status": error.status, "error": body})
+def _error(error: BaseException | Reject, stream: str | None, seq: int | None) -> bytes:
+    return item_error(error, key="stream", stream=stream, seq=seq)
 
 
-def _invalid_frame(raw: Any, error: ValueError, describe: Any) -> bytes:
+def _invalid_frame(raw: Any, error: ValueError) -> bytes:
     stream = seq = None
     with contextlib.suppress(Exception):
         data = jsonio.loads(raw)
         if isinstance(data, dict):
             stream = data.get("stream") if isinstance(data.get("stream"), str) else None
             seq = data.get("seq") if type(data.get("seq")) is int else None
-    if isinstance(error, ValidationError):
-        problem = ApiError(422, "invalid_request", describe(error.errors()))
-    else:
-        problem = ApiError(400, "invalid_json", "frame is not valid JSON")
-    return _error(stream if stream and len(stream) <= 128 else None, seq, problem)
+    return _error(error, stream if stream and len(stream) <= 128 else None, seq)
