@@ -18,85 +18,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import websockets.sync.client
+from served_runs import table_rows, trained_runs
 
 from conftest import AUTH, ServerProcess, in_process
 from seqstate.cli.dispatch import main
 
 RTOL = 1e-5
 HORIZON = 3
-QUIET = ["--epochs", "1", "--hidden-size", "4", "--quiet", "--no-progress", "--seed", "0"]
-PLAIN = ["--difference", "0", "--seasonal-difference", "0", "--calendar", "none"]
-
-# kind -> (table, extra train options)
-KINDS = {
-    "monthly_defaults": ("monthly", []),
-    "hourly_calendar_covariate": (
-        "hourly",
-        ["-f", "value,temp", "--calendar", "hour,weekday", "--seasonal-difference", "24"],
-    ),
-    "log": ("monthly", ["--transform", "log", *PLAIN]),
-    "difference": ("monthly", ["--difference", "1", "--seasonal-difference", "0"]),
-    "seeds": ("monthly", ["--seeds", "3", "--difference", "1", "--calendar", "month"]),
-    "global": ("monthly", ["--scaling", "global", *PLAIN]),
-}
-
-
-def _tables(root: Path) -> dict[str, Path]:
-    rng = np.random.default_rng(0)
-    monthly, hourly = [], []
-    for i in range(2):
-        months = np.arange(40)
-        value = 100 * (i + 1) + 10 * np.sin(2 * np.pi * months / 12 + i) + months
-        value += rng.random(40)
-        times = pd.date_range("2015-01-01", periods=40, freq="MS")
-        monthly.append(pd.DataFrame({"id": f"m{i}", "month": times, "value": value}))
-        hours = np.arange(60)
-        temp = 20 + 5 * np.sin(2 * np.pi * (hours - 3) / 24) + rng.random(60)
-        load = 50 + 10 * np.sin(2 * np.pi * hours / 24 + i) + 0.5 * temp + rng.random(60)
-        stamps = pd.date_range("2024-03-01", periods=60, freq="h")
-        hourly.append(pd.DataFrame({"id": f"h{i}", "month": stamps, "value": load, "temp": temp}))
-    paths = {}
-    for name, parts in (("monthly", monthly), ("hourly", hourly)):
-        paths[name] = root / f"{name}.csv"
-        pd.concat(parts, ignore_index=True).to_csv(paths[name], index=False)
-    return paths
+SERVED = [
+    "monthly_defaults", "hourly_calendar_covariate", "log", "difference", "seeds", "global",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """kind -> (run dir, table path, frame, predict's answers per series); built on first use."""
-    root = tmp_path_factory.mktemp("runs")
-    tables = _tables(root)
-    cache: dict[str, tuple] = {}
-
-    def get(kind: str):
-        if kind not in cache:
-            table, options = KINDS[kind]
-            run = root / kind
-            args = ["train", str(tables[table]), "-t", "value", "--id", "id", "--time", "month"]
-            args += ["--select", "network"]  # served step by step: the network alone
-            if "-f" not in options:
-                args += ["-f", "value"]
-            assert main([*args, *options, *QUIET, "--out", str(run)]) == 0
-            out = root / f"{kind}-predict.csv"
-            assert main(["predict", str(run), str(tables[table]), "--out", str(out), "-q"]) == 0
-            frame = pd.read_csv(tables[table])
-            predicted = pd.read_csv(out)
-            expected = {
-                series: predicted[predicted["id"] == series]["predicted_value"].to_numpy()
-                for series in frame["id"].unique()
-            }
-            cache[kind] = (run, tables[table], frame, expected)
-        return cache[kind]
-
-    return get
-
-
-def _rows(frame: pd.DataFrame, series: str) -> tuple[list[list[float]], list[str]]:
-    part = frame[frame["id"] == series]
-    columns = ["value", "temp"] if "temp" in frame else ["value"]
-    times = [str(pd.Timestamp(t).isoformat()) for t in part["month"]]
-    return part[columns].to_numpy().tolist(), times
+    return trained_runs(tmp_path_factory.mktemp("runs"))
 
 
 def _assert_row(served, expected: float, where: str) -> None:
@@ -123,7 +60,7 @@ def _cli_forecast(run: Path, frame: pd.DataFrame, series: str, t: int, root: Pat
     return pd.read_csv(out)["predicted_value"].to_numpy()
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", SERVED)
 def test_every_run_serves_what_predict_and_forecast_answer(runs, kind, tmp_path):
     run, _, frame, expected = runs(kind)
     server = ServerProcess(run, "--store", f"sqlite:///{tmp_path / 'streams.db'}")
@@ -134,7 +71,7 @@ def test_every_run_serves_what_predict_and_forecast_answer(runs, kind, tmp_path)
             model = client.get("/v1/model").json()
             assert model["inputs"] == (["value", "temp"] if "temp" in frame else ["value"])
             for index, series in enumerate(expected):
-                rows, times = _rows(frame, series)
+                rows, times = table_rows(frame, series)
                 stream, seq, t = f"http-{index}", 0, 0
                 forecast_at = len(rows) // 2
                 while t < len(rows):
@@ -177,7 +114,7 @@ def test_every_run_serves_what_predict_and_forecast_answer(runs, kind, tmp_path)
         # the WebSocket: every frame sent at once (pipelined), a forecast between two steps:
         # it sees the steps before it and none after
         series = next(iter(expected))
-        rows, times = _rows(frame, series)
+        rows, times = table_rows(frame, series)
         ws_url = server.url.replace("http", "ws") + "/v1/ws"
         with websockets.sync.client.connect(ws_url, additional_headers=AUTH) as ws:
             for t, row in enumerate(rows):
@@ -206,7 +143,7 @@ def test_time_series_and_forecast_refusals_change_nothing(runs):
 
 
 async def _refusals(run, _, frame):
-    rows, times = _rows(frame, "h0")
+    rows, times = table_rows(frame, "h0")
     async with in_process(run) as client:
 
         async def step(body, stream="a"):
@@ -254,7 +191,7 @@ async def _refusals(run, _, frame):
         assert (await client.get("/v1/streams/a")).json()["seq"] == 30  # nothing written
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", SERVED)
 def test_onnx_runtime_equals_predict_for_every_run(runs, kind, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the [onnx] extra) runs it")
     pytest.importorskip("onnxscript", reason="onnxscript (the [onnx] extra) exports")
@@ -269,7 +206,7 @@ def test_onnx_runtime_equals_predict_for_every_run(runs, kind, tmp_path):
     ids = list(expected)
     for batch in (1, 4):
         series = [ids[b % len(ids)] for b in range(batch)]
-        parts = [_rows(frame, s) for s in series]
+        parts = [table_rows(frame, s) for s in series]
         x = np.asarray([rows for rows, _ in parts], dtype=np.float32)  # (B, L, F)
         seconds = np.asarray(
             [pd.to_datetime(times).to_numpy().astype("datetime64[s]").astype(np.int64)

@@ -37,9 +37,10 @@ from seqstate.serve.errors import ApiError
 from seqstate.serve.livecount import LiveCount
 from seqstate.serve.preprocess import RunRowCodec, iso_times, model_step, template_series
 from seqstate.serve.rules import Apply, Reject, Replay, decide, is_expired
+from seqstate.serve.schemas import MAX_SAMPLED_STEPS
 from seqstate.serve.stores.base import Record, StateStore, Update, kept_answers, new_record
 
-__all__ = ["Engine", "Outcome", "Prepared", "StepRequest", "StepResult"]
+__all__ = ["Engine", "Outcome", "Prepared", "Sampling", "StepRequest", "StepResult"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,16 @@ class StepRequest:
         if self.time is not None:
             h.update(b":time:" + np.ascontiguousarray(self.time, dtype="<i8").tobytes())
         return h.digest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """What a forecast samples: ``samples`` paths (seeded by ``seed``, None: fresh
+    entropy), answered as their ``quantiles`` per step."""
+
+    samples: int
+    quantiles: tuple[float, ...]
+    seed: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,10 +382,18 @@ class Engine:
     # --- forecasts ---------------------------------------------------------------------------
 
     def forecast(
-        self, stream: str, horizon: int, covariates: dict[str, list[float]] | None
-    ) -> tuple[int, list[Any], list[list[float]]]:
-        """``(seq, times [H], y [H][O])``: the stream's forecast from its stored state, which
-        is not changed (nothing is written). Raises ApiError when it cannot be given."""
+        self,
+        stream: str,
+        horizon: int,
+        covariates: dict[str, list[float]] | None,
+        sampling: Sampling | None = None,
+    ) -> tuple[int, list[Any], list[list[float]], dict[float, list[list[float]]] | None]:
+        """``(seq, times [H], y [H][O], quantiles {level: [H][O]} or None)``: the stream's
+        forecast from its stored state, which is not changed (nothing is written); with
+        ``sampling``, also the quantiles of that many sampled paths
+        (:meth:`RunStep.sample_forecast`). Raises ApiError when it cannot be given."""
+        if sampling is not None:
+            self._check_sampling(sampling, horizon)
         (record,) = self.store.get_many([stream])
         if record is not None and not record.intact(stream):
             raise ApiError(409, "state_incompatible", _incompatible(record.seq).message)
@@ -413,7 +432,59 @@ class Engine:
         stamps = times[0].tolist()
         has_time = int(state.transforms["time"][0]) != NO_TIME
         shown: list[Any] = iso_times(stamps) if has_time and self.function.frequency else stamps
-        return record.seq, shown, values.tolist()
+        quantiles = None
+        if sampling is not None:
+            quantiles = self._quantiles(state, horizon, future, sampling)
+        return record.seq, shown, values.tolist(), quantiles
+
+    def can_sample(self) -> bool:
+        """Whether the run samples paths: every member has a distribution head."""
+        return all(member.head is not None for member in self.function.members)
+
+    def _check_sampling(self, sampling: Sampling, horizon: int) -> None:
+        if not self.can_sample():
+            raise ApiError(
+                422,
+                "sampling_unsupported",
+                "this run has no distribution head, so it cannot sample paths or answer "
+                "quantiles: leave samples/quantiles out, or train with seqstate train "
+                "--distribution auto|normal|studentt|negbin|quantile",
+            )
+        if sampling.samples * horizon > MAX_SAMPLED_STEPS:
+            raise ApiError(
+                422,
+                "too_many_samples",
+                f"samples x horizon must be at most {MAX_SAMPLED_STEPS}; received "
+                f"{sampling.samples} x {horizon}: ask fewer samples or a shorter horizon",
+            )
+        bad = [level for level in sampling.quantiles if not 0 < level < 1]
+        if bad:
+            raise ApiError(
+                422, "invalid_quantiles", f"quantiles must be levels in (0, 1); received {bad}"
+            )
+
+    def _quantiles(
+        self, state: RunState, horizon: int, future: np.ndarray | None, sampling: Sampling
+    ) -> dict[float, list[list[float]]]:
+        try:
+            with torch.inference_mode():
+                _, paths = self.function.sample_forecast(
+                    self._to_device(state),
+                    horizon,
+                    future,
+                    samples=sampling.samples,
+                    seed=sampling.seed,
+                )
+        except ValueError as error:
+            raise ApiError(422, "invalid_forecast", str(error)) from None
+        drawn = paths[0].cpu().numpy()  # (K * samples, H, O) raw units
+        if not np.isfinite(drawn).all():
+            raise ApiError(
+                422,
+                "non_finite_output",
+                "a sampled path overflowed to NaN or infinity; the stream is unchanged",
+            )
+        return {level: np.quantile(drawn, level, axis=0).tolist() for level in sampling.quantiles}
 
     def _covariates(
         self, covariates: dict[str, list[float]] | None, horizon: int

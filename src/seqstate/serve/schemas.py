@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from seqstate.serve.config import STREAM_ID_PATTERN
 
 __all__ = [
+    "DEFAULT_QUANTILES",
+    "MAX_SAMPLED_STEPS",
+    "MAX_SAMPLES",
     "MAX_SEQ",
     "WS_FRAME",
     "BatchStep",
@@ -29,6 +32,9 @@ __all__ = [
 ]
 
 MAX_SEQ = 2**62  # fits SQLite INTEGER and Redis integers with room to spare
+MAX_SAMPLES = 10_000  # sample paths in one forecast
+MAX_SAMPLED_STEPS = 1_000_000  # samples x horizon: bounds the memory one forecast takes
+DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 
 
 class StepBody(BaseModel):
@@ -84,6 +90,24 @@ class ForecastBody(BaseModel):
         description="the run's known-future columns, each with horizon values (only where the "
         "run has them)",
     )
+    samples: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_SAMPLES,
+        description="sample this many paths (a run trained with a distribution head) and "
+        "answer their quantiles as well; samples x horizon is at most "
+        f"{MAX_SAMPLED_STEPS}",
+    )
+    quantiles: list[float] | None = Field(
+        None,
+        min_length=1,
+        max_length=99,
+        description="quantile levels in (0, 1) of the sampled paths (needs samples; default "
+        "[0.1, 0.5, 0.9])",
+    )
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="seed of the sampling: the same seed, the same paths"
+    )
 
 
 class WsForecast(ForecastBody):
@@ -97,6 +121,11 @@ class ForecastAnswer(BaseModel):
     seq: int = Field(description="the stream's last applied request")
     time: list[str] | list[int] = Field(description="the forecast steps' times")
     y: list[list[float]] = Field(description="[[O], …] one row per step, raw units")
+    quantiles: dict[str, list[list[float]]] | None = Field(
+        None,
+        description='with samples: level (as sent, e.g. "0.1") -> [[O], …] that quantile of '
+        "the sampled paths per step, raw units",
+    )
 
 
 class WsEnd(BaseModel):

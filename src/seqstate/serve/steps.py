@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -13,13 +14,13 @@ from seqstate.recipe.step import RunStep
 from seqstate.serve import jsonio
 from seqstate.serve.batcher import Batcher
 from seqstate.serve.config import ServeConfig
-from seqstate.serve.engine import Engine, Outcome, StepRequest
+from seqstate.serve.engine import Engine, Outcome, Sampling, StepRequest
 from seqstate.serve.errors import ApiError
 from seqstate.serve.livecount import LiveCount
 from seqstate.serve.metrics import Metrics
 from seqstate.serve.preprocess import parse_step_times
 from seqstate.serve.rules import Reject
-from seqstate.serve.schemas import ForecastBody, StepBody
+from seqstate.serve.schemas import DEFAULT_QUANTILES, ForecastBody, StepBody
 from seqstate.serve.stores import StateStore, StoreError
 
 __all__ = ["Resources", "answer_json", "forecast_json", "step_request", "submit"]
@@ -117,15 +118,28 @@ async def forecast_json(resources: Resources, stream: str, body: ForecastBody) -
     It first waits for the stream's steps this server has already received (queued, in a
     batch or being committed): a forecast asked after a step reads the state that step leaves,
     whether or not its answer has reached the client yet."""
+    sampling = None
+    if body.samples is not None:
+        sampling = Sampling(body.samples, tuple(body.quantiles or DEFAULT_QUANTILES), body.seed)
+    elif body.quantiles is not None or body.seed is not None:
+        raise ApiError(
+            422,
+            "samples_required",
+            'quantiles and seed describe sampled paths: send "samples" too (e.g. "samples": '
+            '200, "quantiles": [0.1, 0.5, 0.9])',
+        )
     await resources.batcher.settled(stream)
     try:
-        seq, times, y = await asyncio.to_thread(
-            resources.engine.forecast, stream, body.horizon, body.covariates
+        seq, times, y, quantiles = await asyncio.to_thread(
+            resources.engine.forecast, stream, body.horizon, body.covariates, sampling
         )
     except StoreError:
         resources.metrics.store_errors.labels("forecast").inc()
         raise
-    return jsonio.dumps({"seq": seq, "time": times, "y": y})
+    answer: dict[str, Any] = {"seq": seq, "time": times, "y": y}
+    if quantiles is not None:
+        answer["quantiles"] = {f"{level:g}": rows for level, rows in quantiles.items()}
+    return jsonio.dumps(answer)
 
 
 def answer_json(outcome: Outcome) -> bytes:
