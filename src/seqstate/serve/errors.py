@@ -129,7 +129,8 @@ def item_error(
     name its own stream and seq (an item that failed validation knows what it could read)."""
     problem = api_error(error)
     extra = dict(problem.extra)
-    stream = extra.pop("id", stream)
+    named = extra.pop("stream", stream)  # an item that failed validation names what it read
+    stream = extra.pop("id", named)
     seq = extra.pop("seq", seq)
     body = {"code": problem.code, "message": problem.message, **extra}
     return jsonio.dumps({key: stream, "seq": seq, "status": problem.status, "error": body})

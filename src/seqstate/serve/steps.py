@@ -13,17 +13,24 @@ import numpy as np
 from seqstate.recipe.step import RunStep
 from seqstate.serve import jsonio
 from seqstate.serve.batcher import Batcher
-from seqstate.serve.config import ServeConfig
+from seqstate.serve.config import STREAM_ID_PATTERN, ServeConfig, valid_stream_id
 from seqstate.serve.engine import Engine, Outcome, Sampling, StepRequest
 from seqstate.serve.errors import ApiError
 from seqstate.serve.livecount import LiveCount
 from seqstate.serve.metrics import Metrics
 from seqstate.serve.preprocess import parse_step_times
 from seqstate.serve.rules import Reject
-from seqstate.serve.schemas import DEFAULT_QUANTILES, ForecastBody, StepBody
+from seqstate.serve.schemas import DEFAULT_QUANTILES, MAX_SEQ, ForecastBody, StepBody
 from seqstate.serve.stores import StateStore, StoreError
 
-__all__ = ["Resources", "answer_json", "forecast_json", "step_request", "submit"]
+__all__ = [
+    "Resources",
+    "answer_json",
+    "array_request",
+    "forecast_json",
+    "step_request",
+    "submit",
+]
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -86,7 +93,54 @@ def step_request(stream: str, body: StepBody, resources: Resources) -> StepReque
             f"x must be finite float32 values; received {rows[t][f]!r} at step {t}, feature {f}",
         )
     array = np.array(rows, dtype=np.float32)  # (k, F)
-    times = None if body.time is None else parse_step_times(body.time, len(rows))
+    return _with_time(
+        stream, body.seq, array, single, body.start, body.series, body.time, resources
+    )
+
+
+def array_request(
+    stream: str,
+    seq: int,
+    x: np.ndarray,
+    *,
+    start: bool,
+    series: str | None,
+    time: Any,
+    resources: Resources,
+) -> StepRequest:
+    """A step of a binary frame: ``x [k, F]`` float32 (count and size checked by the frame's
+    decoder) -> StepRequest, with the checks of :func:`step_request`. ``k == 1`` is the
+    single step ``x: [F]`` of a JSON frame (the same digest: a retry may switch encodings)."""
+    if not 1 <= seq <= MAX_SEQ:
+        raise ApiError(422, "invalid_request", f"seq must be in 1..{MAX_SEQ}; received {seq}")
+    if not valid_stream_id(stream):
+        raise ApiError(
+            422, "invalid_stream_id", f"stream id must match {STREAM_ID_PATTERN}; received "
+            f"{stream[:140]!r}"
+        )  # fmt: skip
+    if series is not None and len(series) > 256:
+        raise ApiError(422, "invalid_request", "series must be at most 256 characters")
+    if not np.isfinite(x).all():
+        t, f = np.argwhere(~np.isfinite(x))[0]
+        raise ApiError(
+            422,
+            "invalid_x",
+            f"x must be finite float32 values; received {x[t, f]!r} at step {t}, feature {f}",
+        )
+    return _with_time(stream, seq, x, x.shape[0] == 1, start, series, time, resources)
+
+
+def _with_time(
+    stream: str,
+    seq: int,
+    array: np.ndarray,
+    single: bool,
+    start: bool,
+    series: str | None,
+    time: Any,
+    resources: Resources,
+) -> StepRequest:
+    times = None if time is None else parse_step_times(time, array.shape[0])
     if times is None and resources.function.needs_time:
         raise ApiError(
             422,
@@ -94,9 +148,7 @@ def step_request(stream: str, body: StepBody, resources: Resources) -> StepReque
             'this run reads calendar features computed from each step\'s time: send "time" '
             "(Unix seconds or a date like 2024-01-31T12:00:00; a list for k steps)",
         )
-    return StepRequest(
-        stream, body.seq, array, single=single, start=body.start, series=body.series, time=times
-    )
+    return StepRequest(stream, seq, array, single=single, start=start, series=series, time=times)
 
 
 async def submit(resources: Resources, step: StepRequest) -> Outcome:

@@ -11,6 +11,15 @@ Frames are JSON text, one object each::
     server -> {"stream": "s1", "seq": 7, "status": 409,
                "error": {"code": "seq_gap", "message": "...", "expected_seq": 5}}
 
+Many steps of many streams in one frame, answered by one frame in the same order::
+
+    client -> {"op": "steps", "steps": [{"stream": "s1", "seq": 7, "x": [...]}, ...]}
+    server -> {"op": "steps", "results": [<the answer of each item, as above>, ...]}
+
+or the same as a binary message, numbers as float32 (``frames.py``), answered in binary.
+Each item follows the rules of a step frame on its own (one may fail, the others apply); the
+answer frame is written once every item is answered.
+
 The rules are those of ``POST /v1/streams/{id}/steps`` (gap, stale, conflict, idempotent retry,
 start); a step is answered only after its new state is durable, and steps from every
 connection and HTTP request share the batcher. A client may pipeline: steps of one stream are
@@ -35,17 +44,25 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+from pydantic import TypeAdapter
 from starlette.websockets import WebSocket
 
 from seqstate.serve import jsonio
-from seqstate.serve.errors import ApiError, item_error
+from seqstate.serve.errors import ApiError, api_error, item_error
+from seqstate.serve.frames import BinarySteps, decode_steps, encode_answers
 from seqstate.serve.rules import Reject
 from seqstate.serve.schemas import WS_FRAME, WsEnd, WsForecast, WsStep
-from seqstate.serve.steps import Resources, answer_json, forecast_json, step_request
+from seqstate.serve.steps import (
+    Resources,
+    answer_json,
+    array_request,
+    forecast_json,
+    step_request,
+)
 from seqstate.serve.stores import StoreError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from seqstate.serve.engine import Outcome
+    from seqstate.serve.engine import Outcome, StepRequest
 
 __all__ = ["serve_websocket"]
 
@@ -65,22 +82,21 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
     # and its answer's count against max_ws_pending_bytes, the frame against max_ws_pending.
     # A client that stops reading therefore stops the server reading from it, with at most
     # those bounds (plus the one frame being read) held for it.
-    outbox: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue()
+    outbox: asyncio.Queue[tuple[bytes, int, bool] | None] = asyncio.Queue()
     room = asyncio.Semaphore(config.max_ws_pending)
     held = [0]  # bytes of frames in flight and of answers not yet written
     changed = asyncio.Event()  # set whenever held bytes or a stream's in-flight count drop
     in_flight: dict[str, int] = {}  # steps of each stream not yet answered
     last: dict[str, asyncio.Future[Any]] = {}  # each stream's latest queued step or end
 
-    def put(frame: bytes, charge: int, estimate: int = 0) -> None:
+    def put(frame: bytes, charge: int, estimate: int = 0, binary: bool = False) -> None:
         # the answer replaces its estimate (charged when the frame was read)
         change = len(frame) - estimate
         held[0] += change
-        outbox.put_nowait((frame, charge + change))
+        outbox.put_nowait((frame, charge + change, binary))
 
-    def answered(
-        stream: str, seq: int, charge: int, estimate: int, future: asyncio.Future[Outcome]
-    ) -> None:
+    def settle(stream: str, future: asyncio.Future[Any]) -> Outcome | BaseException:
+        """Book a finished step of ``stream``: its outcome, or the failure to answer."""
         in_flight[stream] -= 1
         if not in_flight[stream]:
             del in_flight[stream]
@@ -88,19 +104,16 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
         if last.get(stream) is future:
             del last[stream]
         try:
-            outcome = future.result()
+            outcome: Outcome = future.result()
         except Exception as error:  # never leave the client waiting on a lost answer
             if isinstance(error, StoreError):
                 metrics.store_errors.labels("step").inc()
-            put(_error(error, stream, seq), charge, estimate)
-            return
+            return error
         if isinstance(outcome, Reject):
             metrics.steps.labels("rejected").inc()
-            put(_error(outcome, stream, seq), charge, estimate)
         else:
             metrics.steps.labels("replayed" if outcome.replayed else "applied").inc()
-            answer = b'{"stream":"' + stream.encode() + b'",' + answer_json(outcome)[1:]
-            put(answer, charge, estimate)
+        return outcome
 
     async def after(before: asyncio.Future[Any] | None, then: Any) -> Any:
         if before is not None:
@@ -108,13 +121,9 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
                 await asyncio.shield(before)
         return await then()
 
-    def queue_step(frame: WsStep, charge: int, estimate: int) -> None:
-        try:
-            request = step_request(frame.stream, frame, resources)
-        except ApiError as error:
-            put(_error(error, frame.stream, frame.seq), charge, estimate)
-            return
-        before = last.get(frame.stream)
+    def queue(request: StepRequest) -> asyncio.Future[Any]:
+        """Queue one validated step, in order behind its stream's earlier ops."""
+        before = last.get(request.stream)
         if before is not None and getattr(before, "chained", False):
             # Behind an end, every later op of the stream waits for the one before it (slow
             # path): the end waits for the steps before it, each step after it for its
@@ -127,9 +136,58 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             future.chained = True  # type: ignore[attr-defined]
         else:  # the batcher keeps steps of one stream in order by itself
             future = resources.batcher.enqueue(request)
-        last[frame.stream] = future
-        in_flight[frame.stream] = in_flight.get(frame.stream, 0) + 1
-        future.add_done_callback(lambda f: answered(frame.stream, frame.seq, charge, estimate, f))
+        last[request.stream] = future
+        in_flight[request.stream] = in_flight.get(request.stream, 0) + 1
+        return future
+
+    def queue_step(frame: WsStep, charge: int, estimate: int) -> None:
+        try:
+            request = step_request(frame.stream, frame, resources)
+        except ApiError as error:
+            put(_error(error, frame.stream, frame.seq), charge, estimate)
+            return
+        stream, seq = frame.stream, frame.seq
+
+        def answered(future: asyncio.Future[Any]) -> None:
+            put(_answer(settle(stream, future), stream, seq), charge, estimate)
+
+        queue(request).add_done_callback(answered)
+
+    async def queue_batch(items: list[Any], charge: int, estimate: int, binary: bool) -> None:
+        """Queue the items of one steps frame (each a StepRequest, or the ApiError it failed
+        with); one answer frame when every item is answered."""
+        results: list[Outcome | BaseException | None] = [None] * len(items)
+        remaining = [len(items)]
+
+        def done() -> None:
+            if binary:
+                put(_binary_answers(items, results, outputs), charge, estimate, binary=True)
+            else:
+                answers = [
+                    _answer(result, *_where(item))  # type: ignore[arg-type]
+                    for item, result in zip(items, results, strict=True)
+                ]
+                put(b'{"op":"steps","results":[' + b",".join(answers) + b"]}", charge, estimate)
+
+        def one(i: int, stream: str) -> Any:
+            def answered(future: asyncio.Future[Any]) -> None:
+                results[i] = settle(stream, future)
+                remaining[0] -= 1
+                if not remaining[0]:
+                    done()
+
+            return answered
+
+        for i, item in enumerate(items):
+            if isinstance(item, ApiError):
+                results[i] = item
+                remaining[0] -= 1
+                continue
+            stream = item.stream
+            await wait_until(lambda: in_flight.get(stream, 0) < window)  # noqa: B023
+            queue(item).add_done_callback(one(i, stream))
+        if not remaining[0]:
+            done()
 
     def queue_forecast(frame: WsForecast, charge: int) -> None:
         # after the stream's steps already sent: the forecast sees their state
@@ -187,10 +245,15 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
     async def writer() -> None:
         open_ = True
         while (item := await outbox.get()) is not None:
-            frame, charge = item
+            frame, charge, binary = item
             if open_:
+                sent: dict[str, Any] = {"type": "websocket.send"}
+                if binary:
+                    sent["bytes"] = frame
+                else:
+                    sent["text"] = frame.decode()
                 try:  # waits while the client does not read (the transport's flow control)
-                    await websocket.send({"type": "websocket.send", "text": frame.decode()})
+                    await websocket.send(sent)
                 except Exception:  # the client left: the rest is released unsent
                     open_ = False
             held[0] -= charge
@@ -199,7 +262,10 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
 
     byte_bound = config.max_ws_pending_bytes
     window = config.replay_window
-    answer_row_bytes = 24 * max(len(resources.function.targets), 1)  # JSON numbers
+    outputs = len(resources.function.targets)
+    features = len(resources.function.inputs)
+    max_items, max_steps = config.max_streams_per_request, config.max_steps_per_request
+    answer_row_bytes = 24 * max(outputs, 1)  # JSON numbers
     await websocket.accept()
     sender = asyncio.create_task(writer(), name="seqstate-ws-writer")
     try:
@@ -210,13 +276,42 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             if message["type"] == "websocket.disconnect":
                 room.release()
                 break
-            raw = message.get("text")
-            if raw is None:
+            raw: Any = message.get("text")
+            binary = raw is None
+            if binary:
                 raw = message.get("bytes") or b""
             charge = len(raw)
             held[0] += charge
+            if binary:
+                try:
+                    decoded = decode_steps(raw, features, max_items, max_steps)
+                except ApiError as error:
+                    put(_error(error, None, None), charge)
+                    continue
+                del raw, message
+                items = _binary_items(decoded, resources)
+                n, k = decoded.x.shape[:2]
+                estimate = n * (64 + 4 * k * outputs)
+                held[0] += estimate
+                await queue_batch(items, charge + estimate, estimate, binary=True)
+                continue
             try:
-                frame = WS_FRAME.validate_python(jsonio.loads(raw))
+                data = jsonio.loads(raw)
+                if isinstance(data, dict) and data.get("op") == "steps":
+                    items = _json_items(data, resources, max_items)
+                    del raw, message
+                    estimate = sum(
+                        64 + _rows(item) * answer_row_bytes
+                        for item in items
+                        if not isinstance(item, ApiError)
+                    )
+                    held[0] += estimate
+                    await queue_batch(items, charge + estimate, estimate, binary=False)
+                    continue
+                frame = WS_FRAME.validate_python(data)
+            except ApiError as error:  # a steps frame refused as a whole
+                put(_error(error, None, None), charge)
+                continue
             except ValueError as error:  # JSONDecodeError and ValidationError are ValueErrors
                 put(_invalid_frame(raw, error), charge)
                 continue
@@ -245,6 +340,107 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             await asyncio.wait_for(sender, timeout=5)
         resources.websockets -= 1
         metrics.websockets.dec()
+
+
+def _answer(result: Outcome | BaseException, stream: str | None, seq: int | None) -> bytes:
+    """The JSON answer of one step: ``{"stream", "seq", "y", "replayed"}`` or its error."""
+    if isinstance(result, BaseException | Reject):
+        return _error(result, stream, seq)
+    return b'{"stream":' + jsonio.dumps(stream) + b"," + answer_json(result)[1:]
+
+
+def _where(item: StepRequest | ApiError) -> tuple[str | None, int | None]:
+    if isinstance(item, ApiError):
+        return item.extra.get("stream"), item.extra.get("seq")
+    return item.stream, item.seq
+
+
+def _rows(item: StepRequest) -> int:
+    return int(item.x.shape[0])
+
+
+def _json_items(data: dict[str, Any], resources: Resources, limit: int) -> list[Any]:
+    """The items of a JSON steps frame: each a StepRequest, or the ApiError it failed with
+    (naming the stream and seq it could read)."""
+    steps = data.get("steps")
+    if set(data) != {"op", "steps"} or not isinstance(steps, list) or not steps:
+        raise ApiError(
+            422,
+            "invalid_request",
+            'a steps frame is {"op": "steps", "steps": [{"stream", "seq", "x", ...}, ...]} '
+            "with at least one item",
+        )
+    if len(steps) > limit:
+        raise ApiError(
+            413,
+            "too_many_streams",
+            f"a steps frame may hold at most {limit} items; received {len(steps)}",
+            limit=limit,
+        )
+    items: list[Any] = []
+    for raw in steps:
+        stream = raw.get("stream") if isinstance(raw, dict) else None
+        seq = raw.get("seq") if isinstance(raw, dict) else None
+        try:
+            frame = _WS_STEP.validate_python(raw)
+            items.append(step_request(frame.stream, frame, resources))
+        except (ApiError, ValueError) as error:
+            problem = api_error(error)
+            readable_stream = stream if isinstance(stream, str) and len(stream) <= 128 else None
+            readable_seq = seq if type(seq) is int else None
+            items.append(_located(problem, readable_stream, readable_seq))
+    return items
+
+
+def _binary_items(decoded: BinarySteps, resources: Resources) -> list[Any]:
+    items: list[Any] = []
+    for i, stream in enumerate(decoded.stream):
+        try:
+            items.append(
+                array_request(
+                    stream,
+                    decoded.seq[i],
+                    decoded.x[i],
+                    start=decoded.start[i],
+                    series=decoded.series[i],
+                    time=None if decoded.time is None else decoded.time[i],
+                    resources=resources,
+                )
+            )
+        except ApiError as error:
+            items.append(_located(error, stream[:128], decoded.seq[i]))
+    return items
+
+
+def _located(error: ApiError, stream: str | None, seq: int | None) -> ApiError:
+    located = ApiError(error.status, error.code, error.message, **error.extra)
+    located.extra.update(stream=stream, seq=seq)
+    return located
+
+
+def _binary_answers(
+    items: list[Any], results: list[Outcome | BaseException | None], outputs: int
+) -> bytes:
+    streams: list[Any] = []
+    seqs: list[Any] = []
+    rows: list[tuple[int, bytes | None, bool, dict[str, Any] | None]] = []
+    for item, result in zip(items, results, strict=True):
+        stream, seq = _where(item)
+        streams.append(stream)
+        seqs.append(seq)
+        if result is None or isinstance(result, BaseException | Reject):
+            problem = api_error(result if result is not None else _Internal())
+            body = {"code": problem.code, "message": problem.message, **problem.extra}
+            body.pop("stream", None)
+            body.pop("seq", None)
+            rows.append((problem.status, None, False, body))
+        else:
+            rows.append((200, result.output, result.replayed, None))
+    steps = max((_rows(i) for i in items if not isinstance(i, ApiError)), default=1)
+    return encode_answers(streams, seqs, rows, steps, outputs)
+
+
+_WS_STEP = TypeAdapter(WsStep)
 
 
 class _Internal(Exception):
