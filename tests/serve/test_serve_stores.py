@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from seqstate.serve.stores import Record, SQLiteStore, StoreError, Update, open_store
 from seqstate.serve.stores.base import StoreFullError, new_record
@@ -168,3 +170,49 @@ def test_sqlite_files_from_before_generations_are_upgraded_not_trusted(tmp_path)
 def test_unknown_store_urls_are_refused(url):
     with pytest.raises(ValueError, match="store"):
         open_store(url)
+
+
+def test_the_record_checksum_format_is_fixed():
+    """Records already stored must stay intact: the checksum of known fields is pinned."""
+    from seqstate.serve.stores.base import Record, _checksum
+
+    fields = ("s1", 7, b"state", b"[1.0]", b"d" * 16, 1700000000.5, b"g" * 16)
+    assert _checksum(*fields).hex() == "e11f960b7963de877f35d12d5325036b"
+    assert _checksum(*fields, b"hist").hex() == "89a1fc05a81ff0c9f00fa3a88cfb0cc1"
+    assert _checksum(*fields[:5], 17, b"g" * 16).hex() == "2813b24d5fe57dac058fac3da82e3c9c"
+    assert _checksum("s1", 7, "not bytes", b"", b"", 1.0, b"") == b"-"  # type: ignore[arg-type]
+    record = Record(*fields[1:], checksum=_checksum(*fields))  # type: ignore[misc]
+    assert record.intact("s1") and not record.intact("s2") and record.intact("s1")
+
+
+def _kept_answers_reference(previous, keep: int) -> bytes:
+    """The plain rule: unpack every entry, add the record's own, keep the newest ``keep``."""
+    import struct
+
+    from seqstate.serve.stores.base import _entries
+
+    if keep <= 0:
+        return b""
+    entry = struct.Struct("<qHI")
+    entries = [*_entries(previous.history), (previous.seq, previous.digest, previous.output)]
+    return b"".join(
+        entry.pack(seq, len(digest), len(output)) + digest + output
+        for seq, digest, output in entries[-keep:]
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(st.tuples(st.binary(max_size=20), st.binary(max_size=40)), max_size=12),
+    keeps=st.lists(st.integers(0, 6), min_size=12, max_size=12),
+)
+def test_kept_answers_equal_the_plain_rule(steps, keeps):
+    from seqstate.serve.stores.base import Record, kept_answers
+
+    record = Record(0, b"", b"[0]", b"d0", 0.0)
+    for seq, ((digest, output), keep) in enumerate(zip(steps, keeps, strict=False), start=1):
+        history = kept_answers(record, keep)
+        assert history == _kept_answers_reference(record, keep)
+        record = Record(seq, b"", output, digest, 0.0, history=history)
+        if keep:  # the step before is always among the kept answers
+            assert record.earlier(seq - 1) == (steps[seq - 2] if seq > 1 else (b"d0", b"[0]"))

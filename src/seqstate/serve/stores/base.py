@@ -55,7 +55,16 @@ class Record:
     history: bytes = b""
 
     def intact(self, stream: str) -> bool:
-        """Whether the stored bytes are what the engine wrote for ``stream``."""
+        """Whether the stored bytes are what the engine wrote for ``stream`` (computed once
+        per record and stream: the rules and the engine both ask)."""
+        known = self.__dict__.get("_intact_for")
+        if known is not None and known[0] == stream:
+            return bool(known[1])
+        ok = self._intact(stream)
+        object.__setattr__(self, "_intact_for", (stream, ok))  # a cache, not a field
+        return ok
+
+    def _intact(self, stream: str) -> bool:
         return bool(self.checksum) and self.checksum == _checksum(
             stream,
             self.seq,
@@ -97,14 +106,29 @@ _ENTRY = struct.Struct("<qHI")  # seq, len(digest), len(output)
 
 def kept_answers(previous: Record, keep: int) -> bytes:
     """The history of the record that follows ``previous``: its history plus its own step,
-    the newest ``keep`` entries (``keep`` = the replay window - 1; 0 keeps none)."""
+    the newest ``keep`` entries (``keep`` = the replay window - 1; 0 keeps none). Once per
+    step: the kept entries are sliced as they are stored, never unpacked and packed again."""
     if keep <= 0:
         return b""
-    entries = [*_entries(previous.history), (previous.seq, previous.digest, previous.output)]
-    return b"".join(
-        _ENTRY.pack(seq, len(digest), len(output)) + digest + output
-        for seq, digest, output in entries[-keep:]
+    own = (
+        _ENTRY.pack(previous.seq, len(previous.digest), len(previous.output))
+        + previous.digest
+        + previous.output
     )
+    history = previous.history
+    starts, at = [], 0  # where each stored entry starts; at: the end of the last whole one
+    while at + _ENTRY.size <= len(history):
+        _, digest_size, output_size = _ENTRY.unpack_from(history, at)
+        if at + _ENTRY.size + digest_size + output_size > len(history):
+            break  # a cut entry: dropped, as _entries drops it
+        starts.append(at)
+        at += _ENTRY.size + digest_size + output_size
+    drop = len(starts) + 1 - keep  # entries (the stored ones and our own) past the newest keep
+    if drop <= 0:
+        return history[:at] + own
+    if drop >= len(starts):
+        return own
+    return history[starts[drop] : at] + own
 
 
 def _entries(history: bytes) -> list[tuple[int, bytes, bytes]]:
@@ -129,17 +153,40 @@ def _checksum(
     generation: bytes,
     history: bytes = b"",
 ) -> bytes:
-    parts: tuple[bytes, ...] = (stream.encode(), state, output, digest, generation)
-    if history:  # absent: the checksum of every record written before histories were kept
-        parts += (history,)
-    if not all(isinstance(p, bytes) for p in parts) or type(seq) is not int:
+    """blake2b over the lengths of the parts, seq, updated, then the parts. Once per record
+    written and read, so written without generators (the format is fixed: stored records)."""
+    name = stream.encode()
+    if (
+        type(state) is not bytes
+        or type(output) is not bytes
+        or type(digest) is not bytes
+        or type(generation) is not bytes
+        or (history and type(history) is not bytes)
+        or type(seq) is not int
+        or not isinstance(updated, float | int)
+    ):
         return b"-"  # a field of the wrong type was read: never matches
-    if not isinstance(updated, float | int):
-        return b"-"
-    lengths = struct.pack(f"<{len(parts)}Qqd", *(len(p) for p in parts), seq, float(updated))
-    return hashlib.blake2b(
-        lengths + b"".join(parts), digest_size=16, person=b"seqstate-rec/1"
-    ).digest()
+    hasher = hashlib.blake2b(digest_size=16, person=b"seqstate-rec/1")
+    if history:  # absent: the checksum of every record written before histories were kept
+        hasher.update(
+            _LENGTHS_6.pack(
+                len(name), len(state), len(output), len(digest), len(generation), len(history),
+                seq, float(updated),
+            )
+        )  # fmt: skip
+    else:
+        hasher.update(
+            _LENGTHS_5.pack(
+                len(name), len(state), len(output), len(digest), len(generation), seq,
+                float(updated),
+            )
+        )  # fmt: skip
+    for part in (name, state, output, digest, generation, history):
+        hasher.update(part)
+    return hasher.digest()
+
+
+_LENGTHS_5, _LENGTHS_6 = struct.Struct("<5Qqd"), struct.Struct("<6Qqd")
 
 
 @dataclasses.dataclass(frozen=True)
