@@ -116,6 +116,18 @@ def kept_answers(previous: Record, keep: int) -> bytes:
         + previous.output
     )
     history = previous.history
+    if len(history) < _ENTRY.size:
+        return own
+    # The stored entries are the steps just before previous.seq, consecutive (a step applies
+    # only on top of the one before it, and each history is cut from the one before): their
+    # count follows from the first one's seq, so the usual case (the window full: drop the
+    # oldest) reads one header instead of walking every entry.
+    first, digest_size, output_size = _ENTRY.unpack_from(history, 0)
+    drop = (previous.seq - first) + 1 - keep
+    if drop <= 0:
+        return history + own
+    if drop == 1:
+        return history[_ENTRY.size + digest_size + output_size :] + own
     starts, at = [], 0  # where each stored entry starts; at: the end of the last whole one
     while at + _ENTRY.size <= len(history):
         _, digest_size, output_size = _ENTRY.unpack_from(history, at)
@@ -181,8 +193,7 @@ def _checksum(
                 float(updated),
             )
         )  # fmt: skip
-    for part in (name, state, output, digest, generation, history):
-        hasher.update(part)
+    hasher.update(b"".join((name, state, output, digest, generation, history)))
     return hasher.digest()
 
 
