@@ -87,8 +87,9 @@ def test_a_failing_batch_fails_its_steps_only():
 
 
 def test_the_commit_of_a_batch_overlaps_the_next_batch_but_never_shares_a_stream():
-    """Two stages: batch k+1 is prepared while batch k commits; a stream being committed
-    waits, so each stream's steps are prepared only after its previous step is durable."""
+    """Two stages: batches are prepared while a commit runs, and committed together next
+    (group commit); a stream being committed waits, so each stream's steps are prepared
+    only after its previous step is durable."""
     import threading
     import time
 
@@ -96,6 +97,7 @@ def test_the_commit_of_a_batch_overlaps_the_next_batch_but_never_shares_a_stream
     committed: set[tuple[str, int]] = set()
     commit_started, release_commit = threading.Event(), threading.Event()
     overlapped: list[bool] = []
+    groups: list[int] = []  # batches per commit
 
     def prepare(requests):
         for r in requests:  # the previous step of this stream is already durable
@@ -105,26 +107,29 @@ def test_the_commit_of_a_batch_overlaps_the_next_batch_but_never_shares_a_stream
         log.append(("prepare", [(r.stream, r.seq) for r in requests]))
         return requests
 
-    def finish(requests):
+    def finish(batches):
         commit_started.set()
         release_commit.wait(timeout=0.2)  # a slow fsync
         release_commit.set()
-        committed.update((r.stream, r.seq) for r in requests)
+        groups.append(len(batches))
+        for requests in batches:
+            committed.update((r.stream, r.seq) for r in requests)
         commit_started.clear()
         release_commit.clear()
-        return [StepResult(r.seq, b"[]", replayed=False) for r in requests]
+        return [[StepResult(r.seq, b"[]", replayed=False) for r in rs] for rs in batches]
 
     async def main():
         batcher = Batcher(None, max_batch=4, max_wait_s=0.001, stages=(prepare, finish))
         await batcher.start()
         try:
-            streams = [f"s{i}" for i in range(6)]
+            streams = [f"s{i}" for i in range(12)]  # 3 batches: 2 prepared during a commit
             futures = [batcher.enqueue(request(s, seq)) for seq in (1, 2, 3) for s in streams]
             return await asyncio.gather(*futures)
         finally:
             await batcher.stop()
 
     outcomes = asyncio.run(main())
-    assert [o.seq for o in outcomes] == [seq for seq in (1, 2, 3) for _ in range(6)]
-    assert len(committed) == 18
+    assert [o.seq for o in outcomes] == [seq for seq in (1, 2, 3) for _ in range(12)]
+    assert len(committed) == 36
     assert any(overlapped)  # some batch was prepared while another one was committing
+    assert sum(groups) == len(log) and len(groups) < len(log)  # some commits held several

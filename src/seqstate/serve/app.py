@@ -131,7 +131,7 @@ async def _open(
         max_wait_s=config.max_wait_ms / 1000,
         batching=config.batching,
         on_batch=metrics.observe_batch,
-        stages=(engine.prepare, engine.finish),
+        stages=(engine.prepare, engine.finish_many),
     )
     await batcher.start()
     resources = Resources(

@@ -9,15 +9,18 @@ themselves and ``max_wait_s`` only matters when traffic is light.
 A second step of a stream already in a batch stays queued for a later batch, in arrival
 order: steps of one stream are applied one after another, never together.
 
-With ``stages=(prepare, finish)`` the durable commit of batch k (``finish``: an fsync for
-SQLite) runs on its own thread while the model thread prepares batch k+1, a two-stage
-pipeline::
+With ``stages=(prepare, commit)`` the durable commit (an fsync for SQLite) runs on its own
+thread while the model thread prepares the next batches, a two-stage pipeline with group
+commit: every batch prepared while a commit runs waits for the next one, and ``commit``
+writes them all at once (``commit`` takes a list of prepared batches and returns their
+outcomes, one list per batch)::
 
-    model thread:   prepare k   | prepare k+1 | prepare k+2
-    commit thread:              | finish k    | finish k+1
+    model thread:   prepare k | prepare k+1 | prepare k+2 | prepare k+3
+    commit thread:            | commit [k]                | commit [k+1, k+2] ...
 
-Batch k+1 never holds a stream that batch k is still committing (those steps wait), so every
-read sees the committed state it continues; at most one commit is in flight.
+A batch never holds a stream that an earlier batch is still committing (those steps wait),
+so every read sees the committed state it continues; at most one commit is in flight, and a
+step is answered only when the commit holding it has returned.
 
 With ``batching=False`` every submitted step is its own model call on the same worker thread
 (the baseline the benchmark compares against).
@@ -50,7 +53,9 @@ class Batcher:
         max_wait_s: float = 0.002,
         batching: bool = True,
         on_batch: Callable[[int, float], None] | None = None,
-        stages: tuple[Callable[[Sequence[StepRequest]], Any], Callable[[Any], list[Outcome]]]
+        stages: tuple[
+            Callable[[Sequence[StepRequest]], Any], Callable[[list[Any]], list[list[Outcome]]]
+        ]
         | None = None,
     ) -> None:
         self._process = process
@@ -63,7 +68,8 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="seqstate-model")
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="seqstate-commit")
-        self._committing: set[str] = set()  # streams of the batch being committed
+        self._committing: set[str] = set()  # streams prepared and not yet committed
+        self._ready: list[tuple[list[Item], Any, float]] = []  # prepared, awaiting a commit
         self._commit: asyncio.Task[None] | None = None
         self._collector: asyncio.Task[None] | None = None
         # each stream's last step not yet completed: what a read of the stream waits for
@@ -192,21 +198,36 @@ class Batcher:
         if self._stages is None:
             self._resolve(batch, outcomes, started)
             return
-        await self._await_commit()  # at most one commit in flight, in batch order
-        self._committing.update(requests[i].stream for i in range(len(requests)))
-        self._commit = asyncio.create_task(self._finish(batch, prepared, started))
+        self._committing.update(request.stream for request in requests)
+        self._ready.append((batch, prepared, started))
+        if self._commit is None:  # else the running commit takes it next, with the others
+            self._commit = asyncio.create_task(self._commit_ready())
 
-    async def _finish(self, batch: list[Item], prepared: Any, started: float) -> None:
+    async def _commit_ready(self) -> None:
+        """Commit every prepared batch, several at once (one write, one fsync) when several
+        were prepared while the previous commit ran."""
         loop = asyncio.get_running_loop()
         try:
-            outcomes = await loop.run_in_executor(self._committer, self._stages[1], prepared)  # type: ignore[index]
-        except Exception as error:
-            _fail(batch, error)
-        else:
-            self._resolve(batch, outcomes, started)
+            while self._ready:
+                group, self._ready = self._ready, []
+                try:
+                    results = await loop.run_in_executor(
+                        self._committer,
+                        self._stages[1],  # type: ignore[index]
+                        [prepared for _, prepared, _ in group],
+                    )
+                except Exception as error:
+                    for batch, _, _ in group:
+                        _fail(batch, error)
+                else:
+                    for (batch, _, started), outcomes in zip(group, results, strict=True):
+                        self._resolve(batch, outcomes, started)
+                finally:
+                    for batch, _, _ in group:
+                        self._committing.difference_update(r.stream for r, _, _ in batch)
+                    self._arrived.set()  # steps that waited for this commit may now be taken
         finally:
-            self._committing.difference_update(request.stream for request, _, _ in batch)
-            self._arrived.set()  # steps that waited for this commit may now be taken
+            self._commit = None
 
     def _resolve(self, batch: list[Item], outcomes: list[Outcome], started: float) -> None:
         if self._on_batch is not None:

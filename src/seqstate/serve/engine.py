@@ -186,9 +186,24 @@ class Engine:
 
     def finish(self, prepared: Prepared) -> list[Outcome]:
         """Commit what :meth:`prepare` computed (one atomic CAS write) and fill the outcomes."""
+        return self.finish_many([prepared])[0]
+
+    def finish_many(self, batches: Sequence[Prepared]) -> list[list[Outcome]]:
+        """Commit several prepared batches (of distinct streams) in ONE atomic write: one
+        fsync for all of them (group commit). Nothing is acknowledged before it returns."""
+        updates = [update for prepared in batches for update in prepared.updates]
+        written = self.store.commit(updates) if updates else []
+        results, at = [], 0
+        for prepared in batches:
+            count = len(prepared.updates)
+            results.append(self._settle(prepared, written[at : at + count]))
+            at += count
+        return results
+
+    def _settle(self, prepared: Prepared, written: Sequence[bool]) -> list[Outcome]:
+        """Fill the outcomes of ``prepared`` from what its updates' CAS gave."""
         outcomes, requests, digests = prepared.outcomes, prepared.requests, prepared.digests
         if prepared.updates:
-            written = self.store.commit(prepared.updates)
             self.live.add(sum(ok and c for ok, c in zip(written, prepared.creates, strict=True)))
             lost = []
             for i, output, ok in zip(prepared.committed, prepared.answers, written, strict=True):
