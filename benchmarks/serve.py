@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _report import cpu_model, load_average, write_section
 
@@ -176,9 +177,65 @@ async def _load_ws(url: str, streams: list[str], seconds: float, warmup: float) 
     return {**counts, "latencies": latencies}
 
 
+async def _load_ws_frames(
+    url: str, streams: list[str], seconds: float, warmup: float, binary: bool
+) -> dict:
+    """Each connection sends one frame holding the next step of every stream it carries,
+    waits for the answer frame (the same order), and sends the next: closed loop per frame."""
+    import numpy as np
+    import websockets
+
+    from seqstate.serve.frames import decode, encode
+
+    latencies: list[float] = []
+    counts = {"steps": 0, "errors": 0}
+    start = time.perf_counter()
+    measure_from, end = start + warmup, start + warmup + seconds
+    ws_url = url.replace("http://", "ws://") + "/v1/ws"
+
+    async def connection(owned: list[str]) -> None:
+        x = np.full((len(owned), 1, FEATURES), 0.1, dtype=np.float32)
+        plain_x = [0.1] * FEATURES
+        seq = 1
+        async with websockets.connect(ws_url, additional_headers=HEADERS, max_size=None) as ws:
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= end:
+                    break
+                if binary:
+                    await ws.send(encode({"op": "steps", "stream": owned,
+                                          "seq": [seq] * len(owned)}, x))  # fmt: skip
+                    header, _ = decode(await asyncio.wait_for(ws.recv(), timeout=60))
+                    ok = sum(status == 200 for status in header["status"])
+                else:
+                    items = [{"stream": s, "seq": seq, "x": plain_x} for s in owned]
+                    await ws.send(json.dumps({"op": "steps", "steps": items}))
+                    answer = json.loads(await asyncio.wait_for(ws.recv(), timeout=60))
+                    ok = sum("y" in r for r in answer["results"])
+                t1 = time.perf_counter()
+                if ok != len(owned):  # a stream out of step: stop this connection's load
+                    counts["errors"] += len(owned) - ok
+                    break
+                seq += 1
+                if measure_from <= t1 <= end:
+                    latencies.extend([t1 - t0] * ok)  # each step waited the whole frame
+                    counts["steps"] += ok
+
+    await asyncio.gather(*(connection(streams[k::2]) for k in range(2) if streams[k::2]))
+    return {**counts, "latencies": latencies}
+
+
 def load_worker(args: argparse.Namespace) -> None:
     streams = [f"{args.prefix}-{i}" for i in range(args.streams) if i % args.parts == args.part]
-    load = _load_ws if args.transport == "ws" else _load_http
+
+    def load(url: str, owned: list[str], seconds: float, warmup: float) -> Any:
+        if args.transport in ("ws-frames", "ws-binary"):
+            binary = args.transport == "ws-binary"
+            return _load_ws_frames(url, owned, seconds, warmup, binary)
+        if args.transport == "ws":
+            return _load_ws(url, owned, seconds, warmup)
+        return _load_http(url, owned, seconds, warmup)
+
     try:  # the same fast loop for both transports
         import uvloop
 
@@ -218,6 +275,58 @@ def run_load(
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
     }
+
+
+# --- the same model in-process (no server): what the server is compared with ----------------
+
+
+def inprocess_worker(args: argparse.Namespace) -> None:
+    """Steps/s of ``Streams.step`` and of the server's engine alone (memory store, no
+    transport) for ``--streams`` streams on the benchmark's model, 1 torch thread."""
+    import numpy as np
+    import torch
+
+    from seqstate.core.saved import load_model
+    from seqstate.inference.streams import Streams
+    from seqstate.serve.engine import Engine, StepRequest
+    from seqstate.serve.stores import MemoryStore
+
+    torch.set_num_threads(1)
+    model = load_model(args.url)  # the run directory
+    ids = [f"s{i}" for i in range(args.streams)]
+    x = np.full((len(ids), FEATURES), 0.1, dtype=np.float32)
+    streams = Streams(model)
+    streams.step(ids, x)
+    engine = Engine(model, MemoryStore(), ttl_s=0)
+
+    def requests(seq: int) -> list[StepRequest]:
+        return [StepRequest(s, seq, x[i : i + 1], single=True, start=False)
+                for i, s in enumerate(ids)]  # fmt: skip
+
+    engine.process(requests(1))
+    result = {}
+    for name, step in (
+        ("streams", lambda k: streams.step(ids, x)),
+        ("engine", lambda k: engine.process(requests(k))),
+    ):
+        count, started, k = 0, time.perf_counter(), 2
+        while time.perf_counter() - started < args.seconds / 2:
+            step(k)
+            count, k = count + len(ids), k + 1
+        result[name] = count / (time.perf_counter() - started)
+    Path(args.out).write_text(json.dumps(result))
+
+
+def run_inprocess(run_dir: Path, streams: int, seconds: float) -> dict:
+    output = Path(tempfile.mkdtemp()) / "inprocess.json"
+    command = [sys.executable, __file__, "--inprocess-worker", "--url", str(run_dir),
+               "--streams", str(streams), "--seconds", str(seconds),
+               "--out", str(output)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command, check=True, timeout=seconds * 4 + 120, env=env)
+    result = json.loads(output.read_text())
+    shutil.rmtree(output.parent)
+    return result
 
 
 # --- servers --------------------------------------------------------------------------------
@@ -324,15 +433,21 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     # internal mode: one load process
     parser.add_argument("--load-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--inprocess-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ceiling-server", type=int, default=None, help=argparse.SUPPRESS)
     for name in ("url", "transport", "prefix", "out"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     for name in ("streams", "part", "parts"):
         parser.add_argument(f"--{name}", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=float, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--core", action="store_true", help="only the rows the targets need (no stack swaps)"
+    )
     args = parser.parse_args()
     if args.load_worker:
         return load_worker(args)
+    if args.inprocess_worker:
+        return inprocess_worker(args)
     if args.ceiling_server is not None:
         return serve_ceiling(args.ceiling_server)
 
@@ -353,7 +468,8 @@ def main() -> None:
             ("ceiling (no work, same stack)", lambda: Server([*ceiling, str(p := free_port())], p),
              [("http", 100)]),
             ("memory", lambda: seqstate_server(run_dir, "memory://"),
-             [("http", 100), ("ws", 100), ("http", 1000), ("ws", 1000)]),
+             [("http", 100), ("ws", 100), ("ws-frames", 100), ("ws-binary", 100),
+              ("http", 1000), ("ws", 1000), ("ws-frames", 1000), ("ws-binary", 1000)]),
             ("memory/asyncio loop", lambda: seqstate_server(run_dir, "memory://", "--loop",
              "asyncio"), [("http", 100)]),
             ("memory/h11 parser", lambda: seqstate_server(run_dir, "memory://", "--http", "h11"),
@@ -361,16 +477,19 @@ def main() -> None:
             ("memory/stdlib json", lambda: seqstate_server(run_dir, "memory://",
              env={"SEQSTATE_SERVE_JSON": "stdlib"}), [("http", 100), ("ws", 100)]),
             ("sqlite, 1 worker", lambda: seqstate_server(run_dir, sqlite),
-             [("http", 100), ("ws", 100), ("ws", 1000)]),
+             [("http", 100), ("ws", 100), ("ws", 1000), ("ws-binary", 100), ("ws-binary", 1000)]),
             ("sqlite, 2 workers", lambda: seqstate_server(run_dir, sqlite2, "--workers", "2"),
              [("http", 100), ("ws", 100), ("ws", 1000)]),
         ]  # fmt: skip
-        if redis is not None:
+        if args.core:  # the stack swaps were measured before; the targets need the rest
+            plan = [row for row in plan if "/" not in row[0] and "2 workers" not in row[0]]
+        if redis is not None and not args.core:
             plan.append(
                 ("redis", lambda: seqstate_server(run_dir, redis[1]), [("http", 100), ("ws", 100)])
             )
         servers: dict[str, Server] = {}
         samples: dict[tuple[str, str, int], list[dict]] = {}
+        inprocess: list[dict] = []
         try:
             for name, start, _ in plan:  # every server up at once: loads interleave below
                 servers[name] = start()  # type: ignore[operator]
@@ -388,6 +507,8 @@ def main() -> None:
                         result.update(name=name, transport=transport, streams=streams)
                         samples.setdefault((name, transport, streams), []).append(result)
                         print(_row({**result, "batch_mean": None}), flush=True)
+                inprocess.append(run_inprocess(run_dir, 1000, seconds))
+                print(f"in-process, 1000 streams: {inprocess[-1]}", flush=True)
             for (name, _, _), runs in samples.items():
                 median = sorted(runs, key=lambda r: r["steps_s"])[len(runs) // 2]
                 rows.append({**median, "batch_mean": servers[name].batch_mean()})
@@ -398,7 +519,11 @@ def main() -> None:
                 redis[0].terminate()
                 redis[0].wait(timeout=20)
     elapsed = time.monotonic() - started
-    text = _report(rows, header, seconds, elapsed, args)
+    baseline = {
+        name: sorted(r[name] for r in inprocess)[len(inprocess) // 2]
+        for name in ("streams", "engine")
+    }
+    text = _report(rows, header, seconds, elapsed, args, baseline)
     print(text)
     if not args.no_write:
         write_section("serve", text)
@@ -413,7 +538,12 @@ def _row(r: dict) -> str:
 
 
 def _report(
-    rows: list[dict], header: str, seconds: float, elapsed: float, args: argparse.Namespace
+    rows: list[dict],
+    header: str,
+    seconds: float,
+    elapsed: float,
+    args: argparse.Namespace,
+    baseline: dict[str, float],
 ) -> str:
     def find(name: str, transport: str, streams: int) -> dict | None:
         return next(
@@ -446,14 +576,19 @@ def _report(
         "were running, so absolute figures are noisy; read the ratios between rows of this one "
         "run.",
         "",
-        f"Command: `.venv/bin/python benchmarks/serve.py{' --quick' if args.quick else ''}` "
+        f"Command: `.venv/bin/python benchmarks/serve.py{' --quick' if args.quick else ''}"
+        f"{' --core' if args.core else ''}` "
         f"(every server up at once, loads interleaved round-robin, {args.rounds} rounds of "
         f"{seconds:g} s per row, median shown; {elapsed:.0f} s in all; LSTM F={FEATURES} H=64; "
         "closed loop: each stream has one step in flight; "
         f"{args.load_processes} load processes on the same cores as the server; http: one "
         "step per request, at most 100 keep-alive connections per load process; ws: 2 "
-        "WebSockets per load process carrying all its streams). Latency is per step; mean batch "
-        "is over all loads of that server.",
+        "WebSockets per load process carrying all its streams, one frame per step; ws-frames / "
+        "ws-binary: the same 2 WebSockets, each frame holding the next step of every stream "
+        "of its connection (JSON, or the binary float32 encoding), closed loop per frame). "
+        "Latency is per step; mean batch is over all loads of that server. In-process: "
+        "`Streams.step` and the server's engine alone (memory store) on the same model, 1000 "
+        "streams, 1 torch thread, measured once per round between the loads (median).",
         "",
         "| server | transport | streams | steps/s | p50 ms | p99 ms | mean batch | errors |",
         "|---|---|--:|--:|--:|--:|--:|--:|",
@@ -465,8 +600,35 @@ def _report(
             5,
         ),
         target(
+            "WebSocket, JSON frames of many steps / single-step HTTP, steps/s at 100 streams "
+            "(memory)",
+            ratio(find("memory", "ws-frames", 100), memory_http),
+            5,
+        ),
+        target(
+            "WebSocket, binary frames of many steps / single-step HTTP, steps/s at 100 streams "
+            "(memory)",
+            ratio(find("memory", "ws-binary", 100), memory_http),
+            5,
+        ),
+        target(
             "WebSocket / single-step HTTP, steps/s at 1000 streams (memory)",
             ratio(find("memory", "ws", 1000), find("memory", "http", 1000)),
+        ),
+        target(
+            "server (memory, binary frames) / in-process `Streams.step`, steps/s at 1000 "
+            f"streams (in-process: {baseline['streams']:,.0f} steps/s)",
+            ratio(find("memory", "ws-binary", 1000), {"steps_s": baseline["streams"]}),
+            0.3,
+        ),
+        target(
+            "the server's engine alone (memory store, no transport) / in-process "
+            f"`Streams.step` at 1000 streams (engine: {baseline['engine']:,.0f} steps/s)",
+            baseline["engine"] / baseline["streams"],
+        ),
+        target(
+            "server (memory, binary frames) / its engine alone, at 1000 streams",
+            ratio(find("memory", "ws-binary", 1000), {"steps_s": baseline["engine"]}),
         ),
         target(
             "memory store / empty endpoint on the same stack, steps/s (http, 100 streams)",
@@ -481,6 +643,16 @@ def _report(
         target(
             "SQLite / memory, steps/s (ws, 100 streams)",
             ratio(find("sqlite, 1 worker", "ws", 100), find("memory", "ws", 100)),
+            0.7,
+        ),
+        target(
+            "SQLite / memory, steps/s (ws binary frames, 100 streams)",
+            ratio(find("sqlite, 1 worker", "ws-binary", 100), find("memory", "ws-binary", 100)),
+            0.7,
+        ),
+        target(
+            "SQLite / memory, steps/s (ws binary frames, 1000 streams)",
+            ratio(find("sqlite, 1 worker", "ws-binary", 1000), find("memory", "ws-binary", 1000)),
             0.7,
         ),
         target(
