@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from _report import BENCHMARKS, load_average, machine_info, write_section
 from seqstate.core.layers import GRU, LSTM, RNN
 from seqstate.core.state import State
+from seqstate.core.timeline import Timeline
 
 BATCH, FEATURES = 32, 8
 METHODS = ("torch", "auto", "split")
@@ -72,6 +73,7 @@ class Window:
     reset: torch.Tensor | None  # (B, T) bool
     mask: torch.Tensor | None  # (B, T) bool
     state: State  # (1, B, H), carried from "the previous window", detached
+    timeline: Timeline | None  # built with the window, as Lanes does (None: plain window)
 
 
 def make_windows(layer, T: int, H: int, window: str, count: int, seed: int) -> list[Window]:
@@ -89,7 +91,8 @@ def make_windows(layer, T: int, H: int, window: str, count: int, seed: int) -> l
         elif window == "pad20":
             padding = torch.randint(0, int(0.4 * T) + 1, (BATCH,), generator=generator)
             mask = torch.arange(T)[None, :] < (T - padding)[:, None]
-        windows.append(Window(x, reset, mask, state))
+        timeline = None if reset is None and mask is None else Timeline(reset, mask)
+        windows.append(Window(x, reset, mask, state, timeline))
     return windows
 
 
@@ -110,7 +113,13 @@ def make_steps(kind: str, H: int) -> dict[str, Callable[[Window], None]]:
     def seqstate_step(layer) -> Callable[[Window], None]:
         def step(window: Window) -> None:
             layer.zero_grad(set_to_none=True)
-            y, _ = layer(window.x, window.state, reset=window.reset, mask=window.mask)
+            y, _ = layer(
+                window.x,
+                window.state,
+                reset=window.reset,
+                mask=window.mask,
+                timeline=window.timeline,
+            )
             y.square().mean().backward()
 
         return step
