@@ -42,14 +42,17 @@ but never runs a Python loop over steps. How a window reaches the kernels:
   ======  =========================================  =====================================
   cell    zero step (state -> exactly 0)             hold step (state kept)
   ======  =========================================  =====================================
-  LSTM    input, forget, output gates -> 0           input gate 0, forget gate 1: c kept
+  LSTM    input, forget, output gates -> 0           input gate 0, forget gate 1: c kept;
+                                                     output gate 0: h = 0
   GRU     reset, update gates -> 0, candidate        update gate 1: h kept
           column = -input bias (pre-activation 0)
   ReLU    pre-activation -> -inf: h = 0              the same (h read at the last real step)
   ======  =========================================  =====================================
 
   The final ``h`` of each layer is read from its output at the row's last real step (a hold
-  step keeps an LSTM's c but not its h); ``c`` is the kernel's final cell. Example, B=2, T=5,
+  step keeps an LSTM's c but not its h); ``c`` is the kernel's final cell. Where every zero
+  and hold step outputs exactly 0 (LSTM, ReLU), a padding step's zero output is read from
+  such a step rather than written afterwards. Example, B=2, T=5,
   row 0 resets at step 3, row 1 has padding at step 1 and a reset at step 4 (``0`` = zero
   step, ``~`` = hold step)::
 
@@ -380,6 +383,11 @@ class ResettableLayer:
         """Input weights ``[gates * H, 2]`` of the (zero, hold) flags; see the module table."""
         raise NotImplementedError
 
+    def fill_outputs_zero(self) -> bool:
+        """Whether every zero and hold step outputs exactly 0 (LSTM, ReLU RNN; not the GRU,
+        whose hold step outputs the kept h, nor the tanh RNN, whose hold steps are unflagged)."""
+        return False
+
     def _run_timeline(
         self,
         x: torch.Tensor,
@@ -491,6 +499,9 @@ class LSTM(ResettableLayer, nn.LSTM):  # type: ignore[misc]  # forward(x, state,
 
     state_type = LSTMState
     _torch_module = nn.LSTM
+
+    def fill_outputs_zero(self) -> bool:
+        return True
     _torch_positional = (
         "bias",
         "batch_first",
@@ -513,8 +524,9 @@ class LSTM(ResettableLayer, nn.LSTM):  # type: ignore[misc]  # forward(x, state,
         return _VF.lstm_cell(x, hx, w_ih, w_hh, b_ih, b_hh)
 
     def flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-        # gates i, f, g, o; zero step: i, f, o -> 0; hold step: i -> 0, f -> 1
-        pattern = ((-FLAG, -FLAG), (-FLAG, FLAG), (0.0, 0.0), (-FLAG, 0.0))
+        # gates i, f, g, o; zero step: i, f, o -> 0; hold step: i -> 0, f -> 1 (c kept),
+        # o -> 0 (h = 0: every zero and hold step outputs exactly 0)
+        pattern = ((-FLAG, -FLAG), (-FLAG, FLAG), (0.0, 0.0), (-FLAG, -FLAG))
         return flag_pattern(pattern, self.hidden_size, like.dtype, like.device)
 
     def sequence_kernel(
@@ -619,6 +631,9 @@ class RNN(ResettableLayer, nn.RNN):  # type: ignore[misc]  # forward(x, state, r
         )
 
     def can_zero(self) -> bool:
+        return self.nonlinearity == "relu"
+
+    def fill_outputs_zero(self) -> bool:
         return self.nonlinearity == "relu"
 
     def _cell(

@@ -134,9 +134,10 @@ class Timeline:
             return False
         if not (mask is given_mask or mask is own_mask):
             return False
+        shape = x.shape
         return (
-            x.shape[0] == self.batch_size
-            and x.shape[1] == self.length
+            shape[0] == self.batch_size
+            and shape[1] == self.length
             and x.device == self.device
             and _versions(self._sources) == self._versions
         )
@@ -211,6 +212,7 @@ class _MovedPlan:
     empty_rows: torch.Tensor | None
     initial: torch.Tensor | None
     tail: torch.Tensor | None
+    writes_to_fill: torch.Tensor | None  # writes, padding steps sent to a fill slot (or None)
 
     @staticmethod
     def of(plan: _Plan, device: torch.device) -> _MovedPlan:
@@ -226,6 +228,7 @@ class _MovedPlan:
             empty_rows=moved(plan.empty_rows),
             initial=moved(plan.initial),
             tail=moved(plan.tail),
+            writes_to_fill=moved(plan.writes_to_fill),
         )
 
 
@@ -254,7 +257,10 @@ def run_timeline(
     reads, writes, fill, last = moved.reads, moved.writes, moved.fill, moved.last
     padding, empty_rows = moved.padding, moved.empty_rows
     flags = timeline.flags(x.dtype)  # (T', B, 2)
-    layer_input = _Remap.apply(x.reshape(B * T, F), reads, fill, writes, padding)
+    if x.requires_grad:
+        layer_input = _Remap.apply(x.reshape(B * T, F), reads, fill, writes, padding)
+    else:  # (training data: no gradient to route back, so no autograd node either)
+        layer_input = _pick_rows(x.reshape(B * T, F), reads, fill)
     layer_input = layer_input.view(steps, B, F)
 
     initial_tensors = state.tensors()
@@ -265,10 +271,12 @@ def run_timeline(
         b_ih = weights[2] if rnn.bias else None
         weights[0] = torch.cat([weights[0], rnn.flag_columns(b_ih, weights[0])], dim=1)
         hx = [t[layer : layer + 1] for t in initial_tensors]
-        with _fresh_weights_quiet() if x.is_cuda else contextlib.nullcontext():
-            output, hx_out = rnn.sequence_kernel(
-                torch.cat([layer_input, flags], dim=-1), hx, weights
-            )
+        layer_input = torch.cat([layer_input, flags], dim=-1)
+        if x.is_cuda:
+            with _fresh_weights_quiet():
+                output, hx_out = rnn.sequence_kernel(layer_input, hx, weights)
+        else:
+            output, hx_out = rnn.sequence_kernel(layer_input, hx, weights)
         calls.append((hx[0], output))
         # h at the row's last real step (hold steps keep an LSTM's c, not its h)
         h_last = output.view(steps * B, H).index_select(0, last)
@@ -282,7 +290,12 @@ def run_timeline(
         layer_input = output
     if rnn.can_zero() and not _saturates(rnn, x, calls):
         return None
-    y = _Remap.apply(layer_input.view(steps * B, H), writes, padding, reads, fill)
+    if moved.writes_to_fill is not None and rnn.fill_outputs_zero():
+        # padding steps read a fill slot's exact 0 (no zeroing pass); its gradient there is
+        # dropped, which is exact: a saturated gate passes none back through that slot
+        y = _Remap.apply(layer_input.view(steps * B, H), moved.writes_to_fill, None, reads, fill)
+    else:
+        y = _Remap.apply(layer_input.view(steps * B, H), writes, padding, reads, fill)
     if tail is not None:  # a reset after the row's last real step: zero state at the end
         finals = [[torch.where(tail[:, None], 0, t) for t in parts] for parts in finals]
     if rnn.num_layers == 1:
@@ -305,6 +318,9 @@ class _Plan:
     writes: np.ndarray  # [B * T]: the slot each step writes (any slot for a padding step)
     fill: np.ndarray  # slots without a step: zero and hold steps
     padding: np.ndarray | None  # steps without a slot (masked); None without a mask
+    # writes with each padding step sent to a zero or hold slot instead, for cells whose fill
+    # slots output exactly 0; None without padding or without a fill slot
+    writes_to_fill: np.ndarray | None
     flags: np.ndarray  # [T', B, 2] float: (zero, hold) flag of each slot
     last: np.ndarray  # [B]: the slot of each row's last real step (0 for a row without one)
     zero_steps: bool  # the timeline has zero steps (resets inside rows)
@@ -369,12 +385,18 @@ def _plan(
     if inserted is not None:
         zero_slots[(slot_index - B)[inserted]] = True
     is_zero = zero_slots.reshape(steps, B)
+    fill = np.flatnonzero(is_zero | is_hold)
+    writes_to_fill = None
+    if padding is not None and padding.size and fill.size:
+        writes_to_fill = writes.copy()
+        writes_to_fill[padding] = fill[0]
     return _Plan(
         steps=steps,
         reads=reads,
         writes=writes.astype(np.int64, copy=False),
-        fill=np.flatnonzero(is_zero | is_hold),
+        fill=fill,
         padding=padding,
+        writes_to_fill=None if writes_to_fill is None else writes_to_fill.astype(np.int64),
         flags=np.stack([is_zero, is_hold], axis=-1).astype(np.float64),
         last=np.maximum(length - 1, 0) * B + rows,
         zero_steps=zero_steps,
