@@ -639,3 +639,35 @@ def test_deprecated_names_still_work_and_warn():
         assert window.mask is window.loss_mask
     with pytest.raises(TypeError, match=r"targets=\.\.\. only"):
         Lanes.from_series(series, lanes=2, window=3, targets=2, target=2)
+
+
+# ---- the window's timeline ------------------------------------------------------------------
+
+
+def test_each_window_carries_the_timeline_of_its_reset_and_valid_steps():
+    import dataclasses
+
+    from seqstate.core.timeline import Timeline
+
+    sequences = make_sequences([7, 3, 12, 5, 9, 2, 4], features=2)
+    lanes = Lanes.from_sequences(sequences, lanes=3, window=6)
+    for window in lanes.windows():
+        timeline = window.timeline
+        assert timeline is not None and timeline.reset is window.reset
+        valid = window.valid
+        if bool(valid.all()):
+            assert timeline.mask is None
+        else:
+            assert timeline.mask is not None and torch.equal(timeline.mask, valid)
+        fresh = Timeline(window.reset, valid)
+        assert timeline.plain == fresh.plain
+        if fresh.plan is not None:
+            assert timeline.plan is not None
+            for name in ("reads", "writes", "fill", "last"):
+                np.testing.assert_array_equal(
+                    getattr(timeline.plan, name), getattr(fresh.plan, name)
+                )
+        moved = window.to("cpu")
+        assert moved.timeline is not None and moved.timeline.plain == timeline.plain
+        replaced = dataclasses.replace(window, loss_mask=~window.loss_mask)
+        assert replaced.timeline is timeline

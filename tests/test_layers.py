@@ -24,9 +24,11 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
 
+from seqstate.core import layers as layers_module
+from seqstate.core import timeline as timeline_module
 from seqstate.core.layers import GRU, LSTM, RNN
 from seqstate.core.state import GRUState, LSTMState, RNNState, State
-from seqstate.core.timeline import _plan
+from seqstate.core.timeline import Timeline, _plan
 
 pytestmark = pytest.mark.numerics  # run again on another kernel path: scripts/test
 
@@ -1030,3 +1032,148 @@ def test_bad_strategy_is_rejected(factory: type) -> None:
 def test_bad_nonlinearity_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"nonlinearity must be 'tanh' or 'relu'.*'sigmoid'"):
         RNN(2, 3, nonlinearity="sigmoid")  # type: ignore[arg-type]
+
+
+# --- a window's timeline, built once and handed to the layers ---------------------------------
+
+
+@PROPERTY
+@given(case=cases())
+def test_a_prebuilt_timeline_gives_the_same_outputs_states_and_gradients(
+    case: Case,
+) -> None:
+    """``timeline=Timeline(reset, mask)`` is only a plan made earlier: outputs, states and
+    gradients equal the reference loop's, as without it."""
+    layer, x = case.layer, case.x.clone().requires_grad_()
+    if case.reset is None and case.mask is None:
+        return  # (nothing to plan: Timeline refuses it, tested below)
+    timeline = Timeline(case.reset, case.mask)
+    initial = case.state.map(lambda t: t.clone().requires_grad_())
+    inputs = [x, *initial.tensors(), *layer.parameters()]
+    y, state = layer(x, initial, reset=case.reset, mask=case.mask, timeline=timeline)
+    y_ref, state_ref = reference(layer, x, initial, case.reset, case.mask)
+    torch.testing.assert_close(y, y_ref, **EXACT)
+    assert_states_close(state, state_ref, **EXACT)
+    grads = torch.autograd.grad(objective(y, state), inputs, allow_unused=True)
+    grads_ref = torch.autograd.grad(objective(y_ref, state_ref), inputs, allow_unused=True)
+    for grad, grad_ref, tensor in zip(grads, grads_ref, inputs, strict=True):
+        zero = torch.zeros_like(tensor)
+        torch.testing.assert_close(
+            zero if grad is None else grad, zero if grad_ref is None else grad_ref, **EXACT
+        )
+
+
+def _count_planning(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the windows the layers plan themselves (``plan_window`` calls)."""
+    calls: list[int] = []
+    planner = layers_module.plan_window
+
+    def counted(*args: object) -> Timeline:
+        calls.append(1)
+        return planner(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(layers_module, "plan_window", counted)
+    return calls
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_layer_given_its_windows_timeline_does_not_plan_again(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layer = make_layer(kind, 3, 4, 2, seed=5)
+    x = torch.randn(4, 8, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    reset = random_flags((4, 8), 0.3, 1)
+    mask = random_flags((4, 8), 0.8, 2)
+    timeline = Timeline(reset, mask)
+    calls = _count_planning(monkeypatch)
+    y, state = layer(x, reset=reset, mask=mask, timeline=timeline)
+    assert calls == []
+    y_ref, state_ref = reference(layer, x, None, reset, mask)
+    torch.testing.assert_close(y, y_ref, **EXACT)
+    assert_states_close(state, state_ref, **EXACT)
+    layer(x, reset=reset, mask=mask)  # without it the layer plans the window itself
+    assert calls == [1]
+
+
+def test_a_timeline_of_other_flags_is_ignored_and_the_result_stays_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A timeline is used only for the very tensors it was built from, unchanged since: equal
+    values in another tensor, or its own tensor written in place, are planned afresh."""
+    layer = make_layer("lstm", 3, 4, seed=2)
+    x = torch.randn(3, 7, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    reset = random_flags((3, 7), 0.3, 1)
+    timeline = Timeline(reset, None)
+    calls = _count_planning(monkeypatch)
+    layer(x, reset=reset.clone(), timeline=timeline)  # equal values, another tensor
+    assert calls == [1]
+    reset[1, 4] = ~reset[1, 4]  # written in place after the timeline was built
+    y, state = layer(x, reset=reset, timeline=timeline)
+    assert calls == [1, 1]
+    y_ref, state_ref = reference(layer, x, None, reset)
+    torch.testing.assert_close(y, y_ref, **EXACT)
+    assert_states_close(state, state_ref, **EXACT)
+
+
+def test_a_timeline_normalises_an_all_true_mask_and_knows_plain_windows() -> None:
+    reset = torch.zeros(2, 5, dtype=torch.bool)
+    reset[:, 0] = True
+    timeline = Timeline(reset, torch.ones(2, 5, dtype=torch.bool))
+    assert timeline.mask is None and timeline.plain and not timeline.zero_steps
+    assert timeline.initial is not None and timeline.initial.tolist() == [True, True]
+    reset[0, 3] = True
+    timeline = Timeline(reset, None)
+    assert not timeline.plain and timeline.zero_steps and timeline.plan is not None
+    assert timeline.plan.steps == 6
+    assert timeline.to("cpu") is timeline
+    assert "timeline of 6 steps" in repr(timeline)
+
+
+@pytest.mark.parametrize(
+    ("reset", "mask", "error", "match"),
+    [
+        (None, None, ValueError, "reset= or mask="),
+        ([[True]], None, TypeError, r"\[B, T\] bool tensors"),
+        (
+            torch.zeros(2, 3, dtype=torch.bool),
+            torch.ones(2, 4, dtype=torch.bool),
+            ValueError,
+            r"mask must have shape \[B, T\]=\[2, 3\]",
+        ),
+        (torch.zeros(2, 3), None, TypeError, "reset must be a bool tensor"),
+    ],
+)
+def test_a_timeline_of_bad_flags_is_refused_naming_them(
+    reset: object, mask: object, error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        Timeline(reset, mask)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ("lstm", "gru", "rnn_relu"))
+def test_the_cached_saturation_bound_follows_every_weight_change(kind: str) -> None:
+    """The bound's weight terms are cached against the weights; an optimizer step,
+    load_state_dict and a replaced parameter each give the terms computed afresh."""
+    layer = make_layer(kind, 3, 4, 2, seed=4)
+
+    def fresh() -> list[tuple[float, float, float]]:
+        timeline_module._WEIGHT_TERMS.pop(layer, None)
+        return timeline_module._weight_terms(layer)
+
+    def cached() -> list[tuple[float, float, float]]:
+        return timeline_module._weight_terms(layer)
+
+    first = fresh()
+    assert cached() == first
+    optimizer = torch.optim.SGD(layer.parameters(), lr=10.0)
+    x = torch.randn(2, 5, 3, dtype=F64)
+    y, _ = layer(x, reset=random_flags((2, 5), 0.4, 0))
+    y.square().sum().backward()
+    optimizer.step()
+    after_step = cached()
+    assert after_step != first and after_step == fresh()
+    other = make_layer(kind, 3, 4, 2, seed=11)
+    layer.load_state_dict(other.state_dict())
+    assert cached() == fresh() == timeline_module._weight_terms(other)
+    layer.weight_hh_l1 = nn.Parameter(layer.weight_hh_l1.detach() * 3)
+    assert cached() == fresh()

@@ -429,3 +429,69 @@ def test_streams_take_large_finite_values_whose_sum_overflows():
     with pytest.raises(ValueError, match="stream 'a' at step 0"):
         streams.step(["a"], np.array([[1e308, -np.inf, 0.0]]))
     assert snapshot(streams) == before
+
+
+# --- the direct one-step path ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_the_direct_step_is_bitwise_forward_with_normalisation_and_a_deep_head(
+    cell, num_layers, monkeypatch
+):
+    """Streams.step (all streams in row order) and advance run the cell kernels and the head
+    directly, never the model's forward nor its trusted step; outputs and states are
+    forward's bit for bit, the normalisation and a two-layer head included."""
+    torch.manual_seed(3)
+    model = SequenceModel(
+        input_size=F,
+        output_size=O,
+        cell=cell,
+        hidden_size=H,
+        num_layers=num_layers,
+        head=[{"units": 5, "activation": "tanh"}, {"units": O}],
+    ).to(torch.float64)
+    model.set_normalization(
+        np.array([0.5, -1.0, 2.0]), np.array([2.0, 0.5, 1.5]), np.array([1.0, -2.0]), [3.0, 0.1]
+    )
+    model.eval()
+    reference = SequenceModel(model.config).to(torch.float64).eval()
+    reference.load_state_dict(model.state_dict())
+    rng = np.random.default_rng(7)
+    streams = Streams(model)
+    streams.step(["a", "b"], rng.normal(size=(2, F)))  # starts them (the general path)
+    state = streams._buffer.select([0, 1])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the direct step ran the model's forward or trusted step")
+
+    monkeypatch.setattr(model, "forward", refuse)
+    monkeypatch.setattr(model, "_trusted_step", refuse)
+    monkeypatch.setattr(model, "_steps_directly", lambda: True)  # (forward is patched above)
+    for _ in range(3):
+        x = rng.normal(size=(2, F))
+        y = streams.step(["a", "b"], x)
+        with torch.no_grad():
+            want_y, state = reference(torch.from_numpy(x)[:, None], state)
+        assert np.array_equal(y, want_y[:, 0].numpy())
+        assert streams._buffer.select([0, 1]).equal(state)
+        got_y, got_state = advance(model, state, torch.from_numpy(x))
+        with torch.no_grad():
+            next_y, next_state = reference(torch.from_numpy(x)[:, None], state)
+        assert torch.equal(got_y, next_y[:, 0]) and got_state.equal(next_state)
+
+
+def test_a_hook_sends_direct_steps_through_forward():
+    """A forward hook must see every step: while one is registered, the direct path steps
+    aside (Streams.step and advance alike), and the results stay forward's."""
+    model = make_model("lstm")
+    seen = []
+    handle = model.register_forward_hook(lambda module, args, output: seen.append(1))
+    try:
+        streams = Streams(model)
+        streams.step(["a"], np.ones((1, F)))
+        streams.step(["a"], np.ones((1, F)))  # all streams in row order: the direct case
+        advance(model, model.initial_state(1), torch.ones(1, F, dtype=torch.float64))
+    finally:
+        handle.remove()
+    assert len(seen) == 3

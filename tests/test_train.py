@@ -622,3 +622,53 @@ def test_non_finite_loss_stops_with_an_explanation(tmp_path):
             **QUIET,
         )
     assert not (tmp_path / "metrics.jsonl").exists()  # the failed epoch is not recorded
+
+
+# --------------------------------------------------------------------------------------------
+# The window's timeline reaches the layers
+# --------------------------------------------------------------------------------------------
+
+
+def test_fit_and_evaluate_hand_each_windows_timeline_to_the_layers(monkeypatch):
+    """Lanes plans each window once (Window.timeline); the training step and evaluation pass
+    it through the model, so no layer plans a window again."""
+    import seqstate.core.layers as layers_module
+
+    calls = []
+    planner = layers_module.plan_window
+    monkeypatch.setattr(
+        layers_module, "plan_window", lambda *args: calls.append(1) or planner(*args)
+    )
+    lanes = Lanes.from_sequences(variable_sequences(10), lanes=3, window=6)
+    assert any(not w.timeline.plain for w in lanes.windows())  # resets inside rows, padding
+    model = make_model(dropout=0.0)
+    fit(model, lanes, epochs=1, validation=lanes, clip_grad_norm=None, seed=None, **QUIET)
+    evaluate(model, lanes)
+    assert calls == []
+
+
+def test_call_model_passes_the_timeline_only_where_it_is_taken():
+    from seqstate.train.tensors import call_model, takes_timeline
+
+    model = make_model()
+    assert takes_timeline(model) and takes_timeline(model.distribution_parameters)
+
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = make_model()
+
+        def forward(self, x, state=None, reset=None, mask=None):
+            return self.inner(x, state, reset=reset, mask=mask)
+
+        def initial_state(self, batch_size):
+            return self.inner.initial_state(batch_size)
+
+    plain = Plain()
+    assert not takes_timeline(plain)
+    window = next(iter(Lanes.from_sequences(variable_sequences(6), lanes=2, window=5).windows()))
+    timeline = window.timeline
+    plain.inner.load_state_dict(model.state_dict())
+    y_plain, _ = call_model(plain, window.x, None, timeline.reset, timeline.mask, timeline)
+    y, _ = call_model(model, window.x, None, timeline.reset, timeline.mask, timeline)
+    torch.testing.assert_close(y, y_plain, rtol=0, atol=0)

@@ -52,6 +52,11 @@ class LayerKernels(Protocol):
         """Input weights ``[gates * H, 2]`` of the (zero, hold) flag columns."""
         ...
 
+    def fill_outputs_zero(self) -> bool:
+        """Whether the timeline's zero and hold steps output exactly 0 (so a padding step's
+        zero output can be read from one of them)."""
+        ...
+
     def sequence_kernel(
         self, x: torch.Tensor, hx: list[torch.Tensor], weights: list[torch.Tensor]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -42,14 +42,17 @@ but never runs a Python loop over steps. How a window reaches the kernels:
   ======  =========================================  =====================================
   cell    zero step (state -> exactly 0)             hold step (state kept)
   ======  =========================================  =====================================
-  LSTM    input, forget, output gates -> 0           input gate 0, forget gate 1: c kept
+  LSTM    input, forget, output gates -> 0           input gate 0, forget gate 1: c kept;
+                                                     output gate 0: h = 0
   GRU     reset, update gates -> 0, candidate        update gate 1: h kept
           column = -input bias (pre-activation 0)
   ReLU    pre-activation -> -inf: h = 0              the same (h read at the last real step)
   ======  =========================================  =====================================
 
   The final ``h`` of each layer is read from its output at the row's last real step (a hold
-  step keeps an LSTM's c but not its h); ``c`` is the kernel's final cell. Example, B=2, T=5,
+  step keeps an LSTM's c but not its h); ``c`` is the kernel's final cell. Where every zero
+  and hold step outputs exactly 0 (LSTM, ReLU), a padding step's zero output is read from
+  such a step rather than written afterwards. Example, B=2, T=5,
   row 0 resets at step 3, row 1 has padding at step 1 and a reset at step 4 (``0`` = zero
   step, ``~`` = hold step)::
 
@@ -60,10 +63,12 @@ but never runs a Python loop over steps. How a window reaches the kernels:
 
   A reset before a row's first real step just zeroes its initial state, one after its last
   real step its final state. The timeline is T' = T + (most resets in one row) long, and the
-  index plan (where each step and flag goes) is a few NumPy operations on the host, once per
-  call (cheaper than as many tensor ops); the steps move in and out, and their gradients
-  back, by one index_select each. Dropout between layers is applied to each layer's output,
-  as torch does.
+  index plan (where each step and flag goes, a :class:`~seqstate.core.timeline.Timeline`) is
+  a few NumPy operations on the host (cheaper than as many tensor ops), a pure function of
+  ``reset`` and ``mask``: built once per window and passed as ``timeline=`` (``Lanes`` builds
+  it with each window, ``fit`` hands it to every layer), else once per call; the steps move
+  in and out, and their gradients back, by one index_select each. Dropout between layers is
+  applied to each layer's output, as torch does.
 
   The tanh RNN cannot be zeroed through its input (tanh(-inf) = -1): it takes the timeline
   only for windows without zero steps (padding, resets at a row's edges; its hold steps need
@@ -89,7 +94,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from seqstate._validate import check_flags
 from seqstate.core.split import run_split
 from seqstate.core.state import GRUState, LSTMState, RNNState, State
-from seqstate.core.timeline import FLAG, flag_pattern, run_timeline
+from seqstate.core.timeline import FLAG, Timeline, flag_pattern, plan_window, run_timeline
 
 __all__ = ["GRU", "LSTM", "RNN", "Strategy"]
 
@@ -266,8 +271,15 @@ class ResettableLayer:
         state: State | None = None,
         reset: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        *,
+        timeline: Timeline | None = None,
     ) -> tuple[torch.Tensor, State]:
-        """Run ``x`` [B, T, F] from ``state``; see the module docstring for the semantics."""
+        """Run ``x`` [B, T, F] from ``state``; see the module docstring for the semantics.
+
+        ``timeline``: the window's :class:`~seqstate.core.timeline.Timeline`, built once from
+        these ``reset`` and ``mask`` (e.g. ``Window.timeline``); the layer then skips their
+        checks and its own planning. A timeline of other flags is ignored (planned afresh).
+        """
         if torch.jit.is_tracing():
             raise TypeError(_NO_JIT_TRACE.format(name=type(self).__name__))
         if (reset is not None or mask is not None) and torch.compiler.is_exporting():
@@ -275,24 +287,41 @@ class ResettableLayer:
         x = self._check_input(x)
         B, T, _ = x.shape
         state = self._check_state(state, B, x)
-        reset = check_flags(reset, "reset", B, T, x.device)
-        mask = check_flags(mask, "mask", B, T, x.device)
-        if T == 0:
+        if (
+            timeline is None
+            or torch.compiler.is_compiling()  # (planned inside, by the compiler-disabled planner)
+            or not timeline.describes(reset, mask, x)
+        ):
+            reset = check_flags(reset, "reset", B, T, x.device)
+            mask = check_flags(mask, "mask", B, T, x.device)
+            if T == 0:
+                return x.new_zeros(B, 0, self.hidden_size), state
+            if mask is not None and bool(mask.all()):
+                mask = None
+            if mask is None and (reset is None or T == 1 or not bool(reset[:, 1:].any())):
+                return self._plain(x, state, None if reset is None else reset[:, 0])
+            timeline = plan_window(reset, mask)
+        elif T == 0:
             return x.new_zeros(B, 0, self.hidden_size), state
-        if mask is not None and bool(mask.all()):
-            mask = None
-        if mask is None and (reset is None or T == 1 or not bool(reset[:, 1:].any())):
-            if reset is not None:
-                state = state.reset_rows(reset[:, 0])
-            if T == 1:
-                y, state = self._step(x[:, 0], state)
-                return y[:, None], state
-            return self.fused(x, state, None)
+        elif timeline.plain:
+            return self._plain(x, state, timeline.initial)
         if self.strategy == "auto":
-            result = self._run_timeline(x, state, reset, mask)
+            result = self._run_timeline(x, state, timeline.reset, timeline.mask, timeline)
             if result is not None:
                 return result
-        return self._run_split(x, state, reset, mask)
+        return self._run_split(x, state, timeline.reset, timeline.mask)
+
+    def _plain(
+        self, x: torch.Tensor, state: State, initial: torch.Tensor | None
+    ) -> tuple[torch.Tensor, State]:
+        """A window without a mask or resets after column 0 (``initial`` [B]: rows reset at
+        column 0, or None): torch's own fused call, or the cell kernels for one step."""
+        if initial is not None:
+            state = state.reset_rows(initial)
+        if x.shape[1] == 1:
+            y, state = self._step(x[:, 0], state)
+            return y[:, None], state
+        return self.fused(x, state, None)
 
     # --- one step: the cell kernels ---------------------------------------------------------
 
@@ -354,15 +383,26 @@ class ResettableLayer:
         """Input weights ``[gates * H, 2]`` of the (zero, hold) flags; see the module table."""
         raise NotImplementedError
 
+    def fill_outputs_zero(self) -> bool:
+        """Whether every zero and hold step outputs exactly 0 (LSTM, ReLU RNN; not the GRU,
+        whose hold step outputs the kept h, nor the tanh RNN, whose hold steps are unflagged)."""
+        return False
+
     def _run_timeline(
         self,
         x: torch.Tensor,
         state: State,
         reset: torch.Tensor | None,
         mask: torch.Tensor | None,
+        timeline: Timeline | None = None,
     ) -> tuple[torch.Tensor, State] | None:
-        """The timeline (:func:`~seqstate.core.timeline.run_timeline`); None if it is not exact."""
-        return run_timeline(self, x, state, reset, mask)
+        """The timeline (:func:`~seqstate.core.timeline.run_timeline`) of ``reset`` and
+        ``mask`` (``timeline``: theirs, already built); None if it is not exact."""
+        if timeline is None:
+            timeline = plan_window(reset, mask)
+            if timeline.plain:  # (no mask, no mid-row reset: the caller's plain call)
+                return self._plain(x, state, timeline.initial)
+        return run_timeline(self, x, state, timeline)
 
     def state_max(self, h0: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """A bound on |h| over a call from ``h0`` [1, B, H] with outputs [T', B, H]. LSTM and
@@ -459,6 +499,9 @@ class LSTM(ResettableLayer, nn.LSTM):  # type: ignore[misc]  # forward(x, state,
 
     state_type = LSTMState
     _torch_module = nn.LSTM
+
+    def fill_outputs_zero(self) -> bool:
+        return True
     _torch_positional = (
         "bias",
         "batch_first",
@@ -481,8 +524,9 @@ class LSTM(ResettableLayer, nn.LSTM):  # type: ignore[misc]  # forward(x, state,
         return _VF.lstm_cell(x, hx, w_ih, w_hh, b_ih, b_hh)
 
     def flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-        # gates i, f, g, o; zero step: i, f, o -> 0; hold step: i -> 0, f -> 1
-        pattern = ((-FLAG, -FLAG), (-FLAG, FLAG), (0.0, 0.0), (-FLAG, 0.0))
+        # gates i, f, g, o; zero step: i, f, o -> 0; hold step: i -> 0, f -> 1 (c kept),
+        # o -> 0 (h = 0: every zero and hold step outputs exactly 0)
+        pattern = ((-FLAG, -FLAG), (-FLAG, FLAG), (0.0, 0.0), (-FLAG, -FLAG))
         return flag_pattern(pattern, self.hidden_size, like.dtype, like.device)
 
     def sequence_kernel(
@@ -587,6 +631,9 @@ class RNN(ResettableLayer, nn.RNN):  # type: ignore[misc]  # forward(x, state, r
         )
 
     def can_zero(self) -> bool:
+        return self.nonlinearity == "relu"
+
+    def fill_outputs_zero(self) -> bool:
         return self.nonlinearity == "relu"
 
     def _cell(

@@ -51,6 +51,7 @@ from seqstate.core.layers import GRU, LSTM, RNN
 from seqstate.core.model_config import CONFIG_VERSION, DenseSpec, ModelConfig, RecurrentSpec
 from seqstate.core.state import State, stack_state_type
 from seqstate.core.stepwise import StepwiseLayer
+from seqstate.core.timeline import Timeline
 
 __all__ = ["CONFIG_VERSION", "DenseSpec", "ModelConfig", "RecurrentSpec", "SequenceModel"]
 
@@ -230,15 +231,21 @@ class SequenceModel(nn.Module):
         state: State | None = None,
         reset: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        *,
+        timeline: Timeline | None = None,
     ) -> tuple[torch.Tensor, State]:
-        """``x`` [B, T, F] raw inputs -> ``y`` [B, T, O] raw outputs (or logits), new state."""
+        """``x`` [B, T, F] raw inputs -> ``y`` [B, T, O] raw outputs (or logits), new state.
+
+        ``timeline``: the window's :class:`~seqstate.core.timeline.Timeline` of these
+        ``reset`` and ``mask`` (``Window.timeline``), handed to every layer so that none plans
+        the window again; optional (ignored when the model derives its mask from x)."""
         if self.config.distribution is not None:
-            raw, state, mask = self._head_outputs(x, state, reset, mask)
+            raw, state, mask = self._head_outputs(x, state, reset, mask, timeline)
             y = self.distribution(raw).median()
             if mask is not None:
                 y = torch.where(mask.to(y.device).bool()[..., None], y, y.new_zeros(()))
             return y, state
-        y, state, mask = self._head_outputs(x, state, reset, mask)
+        y, state, mask = self._head_outputs(x, state, reset, mask, timeline)
         buffers = _tensor_buffers(self)
         skip_output = False if torch.compiler.is_compiling() else self._identity_normalisation()[1]
         if self.config.task == "regression" and not (
@@ -255,12 +262,15 @@ class SequenceModel(nn.Module):
         state: State | None = None,
         reset: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        *,
+        timeline: Timeline | None = None,
     ) -> tuple[torch.Tensor, State]:
         """``x`` [B, T, F] raw inputs -> the head's raw parameters [B, T, k * O] (before the
         constraint maps and the target normalisation; zero at masked steps), new state.
 
-        For a point model these are its outputs in the normalised space."""
-        raw, state, mask = self._head_outputs(x, state, reset, mask)
+        For a point model these are its outputs in the normalised space. ``timeline`` as in
+        :meth:`forward`."""
+        raw, state, mask = self._head_outputs(x, state, reset, mask, timeline)
         if mask is not None:
             raw = torch.where(mask.to(raw.device).bool()[..., None], raw, raw.new_zeros(()))
         return raw, state
@@ -292,6 +302,7 @@ class SequenceModel(nn.Module):
         state: State | None,
         reset: torch.Tensor | None,
         mask: torch.Tensor | None,
+        timeline: Timeline | None = None,
     ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
         """The stack and the head, before the output normalisation: (head output [B, T, units],
         new state, the mask in effect)."""
@@ -308,6 +319,7 @@ class SequenceModel(nn.Module):
                     )
                 derived = derived & mask.to(derived.device).bool()
             mask = derived
+            timeline = None  # (the plan of the given flags, not of the derived mask)
         # (traced for export or compilation: the plain ops, no data-dependent check)
         skip_input = False if torch.compiler.is_compiling() else self._identity_normalisation()[0]
         buffers = _tensor_buffers(self)
@@ -315,9 +327,9 @@ class SequenceModel(nn.Module):
             x = (x - buffers["input_shift"]) / buffers["input_scale"]
         recurrent = self._modules["recurrent"]  # (not nn.Module's slower __getattr__)
         if recurrent is not None and not isinstance(recurrent, nn.ModuleList):
-            hidden, state = recurrent(x, state, reset, mask)
+            hidden, state = recurrent(x, state, reset, mask, timeline=timeline)
         else:
-            hidden, state = self._run_stack(x, state, reset, mask)
+            hidden, state = self._run_stack(x, state, reset, mask, timeline)
         # The head runs on [B, T, H] even for one step: slicing to [B, H] and back costs more
         # than it saves (benchmarks/predict.py, measured).
         y = hidden
@@ -424,8 +436,10 @@ class SequenceModel(nn.Module):
         state: State | None,
         reset: torch.Tensor | None,
         mask: torch.Tensor | None,
+        timeline: Timeline | None = None,
     ) -> tuple[torch.Tensor, State]:
-        """The groups in order, each with its slice of a ``StackState``."""
+        """The groups in order, each with its slice of a ``StackState`` (and the window's
+        ``timeline``, the same for every group)."""
         if state is None:
             if not isinstance(x, torch.Tensor) or x.dim() != 3:
                 states: list[State | None] = [None] * len(self.groups)
@@ -443,7 +457,7 @@ class SequenceModel(nn.Module):
         for index, (group, group_state) in enumerate(zip(self.groups, states, strict=True)):
             if index > 0 and self.config.dropout > 0:
                 hidden = nn.functional.dropout(hidden, self.config.dropout, self.training)
-            hidden, new_state = group(hidden, group_state, reset, mask)
+            hidden, new_state = group(hidden, group_state, reset, mask, timeline=timeline)
             outputs.append(new_state)
         return hidden, self._state_type._unchecked(*_split_layers(outputs))
 

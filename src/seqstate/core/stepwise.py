@@ -22,7 +22,7 @@ inside a ``scan``), so the exported graph computes what this layer computes.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -32,6 +32,9 @@ from seqstate.core.activations import activation as activation_function
 from seqstate.core.activations import check_activation
 from seqstate.core.cells import CellKind, cell_kind
 from seqstate.core.state import State
+
+if TYPE_CHECKING:
+    from seqstate.core.timeline import Timeline
 
 __all__ = ["StepwiseLayer", "cell_step", "is_fused"]
 
@@ -191,8 +194,13 @@ class StepwiseLayer(nn.Module):
         state: State | None = None,
         reset: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        *,
+        timeline: Timeline | None = None,
     ) -> tuple[torch.Tensor, State]:
-        """``x`` [B, T, F] from ``state`` -> ``y`` [B, T, H] (zeros at masked steps), state."""
+        """``x`` [B, T, F] from ``state`` -> ``y`` [B, T, H] (zeros at masked steps), state.
+
+        ``timeline`` is accepted like the fused layers' and not needed: this layer runs step
+        by step, without a timeline."""
         x = _check_input(self, x)
         B, T, _ = x.shape
         state = _check_state(self, state, B, x)

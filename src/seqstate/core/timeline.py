@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,10 +20,11 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from seqstate._validate import check_flags
 from seqstate.core.kernels import LayerKernels
 from seqstate.core.state import State
 
-__all__ = ["FLAG", "flag_pattern", "run_timeline"]
+__all__ = ["FLAG", "Timeline", "flag_pattern", "plan_window", "run_timeline"]
 
 # Flag weight: saturates sigmoid to exactly 0/1 (and ReLU to 0) in float32 and float64 as long
 # as the rest of the pre-activation stays below _SAFE_BOUND: sigmoid(-x) underflows to exactly 0
@@ -31,44 +33,234 @@ FLAG = 1.0e4
 _SAFE_BOUND = 0.5 * FLAG
 
 
+class Timeline:
+    """The timeline of one window: where each step and flag goes, from its ``reset`` and
+    ``mask`` [B, T] alone, built once and handed to every layer that runs the window.
+
+    A pure function of the flags (not of x, the state or the weights), so a window can carry
+    it from where it is made (:class:`seqstate.lanes.lanes.Lanes` builds it with the window,
+    off the training step) through ``SequenceModel(..., timeline=)`` to each layer, which then
+    neither re-validates the flags nor plans (NumPy, on the host) nor asks the device whether
+    the window needs the timeline at all.
+
+    Args:
+        reset: ``[B, T]`` bool (or 0/1 integers), or None.
+        mask: ``[B, T]`` bool (or 0/1 integers), or None; an all-True mask is no mask.
+
+    A layer uses a timeline only for the very tensors it was built from (the same objects, not
+    written to since: :meth:`describes`); given other flags it plans them itself, so a stale
+    timeline costs time, never correctness. Pass ``reset=timeline.reset, mask=timeline.mask``.
+    """
+
+    __slots__ = (
+        "_flags",
+        "_moved",
+        "_sources",
+        "_versions",
+        "batch_size",
+        "device",
+        "initial",
+        "length",
+        "mask",
+        "plan",
+        "reset",
+    )
+
+    def __init__(
+        self,
+        reset: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        *,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if reset is None and mask is None:
+            raise ValueError(
+                "Timeline needs reset= or mask= (a [B, T] bool tensor); a window with neither "
+                "runs as one plain fused call and needs no timeline"
+            )
+        like = reset if reset is not None else mask
+        if not isinstance(like, torch.Tensor) or like.dim() != 2:
+            shape = tuple(like.shape) if isinstance(like, torch.Tensor) else type(like).__name__
+            raise TypeError(
+                f"Timeline: reset and mask must be [B, T] bool tensors; received {shape}"
+            )
+        B, T = (int(n) for n in like.shape)
+        target = torch.device(device) if device is not None else like.device
+        given_reset, given_mask = reset, mask
+        reset = check_flags(reset, "reset", B, T, target)
+        mask = check_flags(mask, "mask", B, T, target)
+        reset_host = None if reset is None else reset.cpu().numpy()
+        mask_host = None if mask is None else mask.cpu().numpy()
+        if mask_host is not None and mask_host.all():
+            mask, mask_host = None, None
+        self.reset = reset
+        self.mask = mask
+        self.batch_size, self.length = B, T
+        self.device = target
+        # the tensors it describes, and their version counters (an in-place write changes them)
+        self._sources = (given_reset, given_mask, reset, mask)
+        self._versions = _versions(self._sources)
+        self._flags: dict[torch.dtype, torch.Tensor] = {}
+        self.initial: torch.Tensor | None = None
+        self.plan: _Plan | None = None
+        mid_row = reset_host is not None and T > 1 and bool(reset_host[:, 1:].any())
+        if T == 0:
+            pass
+        elif mask_host is None and not mid_row:  # one plain fused call; resets at column 0
+            if reset_host is not None and reset_host[:, 0].any():
+                self.initial = reset[:, 0]  # type: ignore[index]  # not None here
+        else:
+            self.plan = _plan(reset_host, mask_host, B, T, True)
+        self._moved = None if self.plan is None else _MovedPlan.of(self.plan, target)
+
+    @property
+    def plain(self) -> bool:
+        """The window runs as one plain fused call (no mask, no reset after column 0)."""
+        return self.plan is None
+
+    @property
+    def zero_steps(self) -> bool:
+        """The timeline has zero steps (resets inside rows), which the tanh RNN cannot take."""
+        return self.plan is not None and self.plan.zero_steps
+
+    def describes(
+        self, reset: torch.Tensor | None, mask: torch.Tensor | None, x: torch.Tensor
+    ) -> bool:
+        """Whether this is the timeline of ``reset`` and ``mask`` for ``x`` [B, T, F]: they are
+        the tensors it was built from (or its own normalised ``reset``/``mask``), unchanged
+        since, on x's device. An identity check, not a comparison of values."""
+        given_reset, given_mask, own_reset, own_mask = self._sources
+        if not (reset is given_reset or reset is own_reset):
+            return False
+        if not (mask is given_mask or mask is own_mask):
+            return False
+        shape = x.shape
+        return (
+            shape[0] == self.batch_size
+            and shape[1] == self.length
+            and x.device == self.device
+            and _versions(self._sources) == self._versions
+        )
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> Timeline:
+        """The same plan with its tensors on ``device`` (self when already there)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        moved = object.__new__(Timeline)
+        for name in ("batch_size", "length", "plan"):
+            setattr(moved, name, getattr(self, name))
+
+        def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.to(device, non_blocking=non_blocking)
+
+        moved.reset, moved.mask, moved.initial = (
+            move(self.reset),
+            move(self.mask),
+            move(self.initial),
+        )
+        moved.device = device
+        moved._sources = (moved.reset, moved.mask, moved.reset, moved.mask)
+        moved._versions = _versions(moved._sources)
+        moved._flags = {}
+        moved._moved = None if self.plan is None else _MovedPlan.of(self.plan, device)
+        return moved
+
+    def flags(self, dtype: torch.dtype) -> torch.Tensor:
+        """The (zero, hold) flag inputs ``[T', B, 2]`` in ``dtype`` (cached per dtype)."""
+        flags = self._flags.get(dtype)
+        if flags is None:
+            plan = self.plan
+            if plan is None:
+                raise ValueError("a plain window has no timeline flags")
+            flags = torch.from_numpy(plan.flags).to(device=self.device, dtype=dtype)
+            self._flags[dtype] = flags
+        return flags
+
+    def __repr__(self) -> str:
+        kind = "plain" if self.plan is None else f"timeline of {self.plan.steps} steps"
+        return f"Timeline(B={self.batch_size}, T={self.length}, {kind})"
+
+
+# Host work by design, also under torch.compile (see _plan): built outside the graph.
+@torch.compiler.disable
+def plan_window(reset: torch.Tensor | None, mask: torch.Tensor | None) -> Timeline:
+    """``Timeline(reset, mask)``, built outside any compiled graph (the layers' own planning)."""
+    return Timeline(reset, mask)
+
+
+def _versions(tensors: tuple[torch.Tensor | None, ...]) -> tuple[int, ...]:
+    """Version counters (-1 for None, or for inference tensors, which have none)."""
+    versions = []
+    for tensor in tensors:
+        try:
+            versions.append(-1 if tensor is None else tensor._version)
+        except RuntimeError:
+            versions.append(-1)
+    return tuple(versions)
+
+
+@dataclasses.dataclass(frozen=True)
+class _MovedPlan:
+    """The index arrays of a :class:`_Plan` as tensors on the window's device."""
+
+    reads: torch.Tensor
+    writes: torch.Tensor
+    fill: torch.Tensor
+    last: torch.Tensor
+    padding: torch.Tensor | None
+    empty_rows: torch.Tensor | None
+    initial: torch.Tensor | None
+    tail: torch.Tensor | None
+    writes_to_fill: torch.Tensor | None  # writes, padding steps sent to a fill slot (or None)
+
+    @staticmethod
+    def of(plan: _Plan, device: torch.device) -> _MovedPlan:
+        def moved(array: np.ndarray | None) -> torch.Tensor | None:
+            return None if array is None else torch.from_numpy(array).to(device)
+
+        return _MovedPlan(
+            reads=torch.from_numpy(plan.reads).to(device),
+            writes=torch.from_numpy(plan.writes).to(device),
+            fill=torch.from_numpy(plan.fill).to(device),
+            last=torch.from_numpy(plan.last).to(device),
+            padding=moved(plan.padding),
+            empty_rows=moved(plan.empty_rows),
+            initial=moved(plan.initial),
+            tail=moved(plan.tail),
+            writes_to_fill=moved(plan.writes_to_fill),
+        )
+
+
 def run_timeline(
-    rnn: LayerKernels,
-    x: torch.Tensor,
-    state: State,
-    reset: torch.Tensor | None,
-    mask: torch.Tensor | None,
+    rnn: LayerKernels, x: torch.Tensor, state: State, timeline: Timeline
 ) -> tuple[torch.Tensor, State] | None:
     """Every row on its own timeline, one fused call per layer (module docstring).
 
-    Returns None when the saturation bound fails (the caller then runs ``split``).
+    ``timeline`` is the window's (:meth:`Timeline.describes` checked by the caller) and not
+    plain. Returns None when the timeline is not exact for this layer: zero steps for a cell
+    that cannot take them, or the saturation bound fails (the caller then runs ``split``).
     """
+    plan, moved = timeline.plan, timeline._moved
+    if plan is None or moved is None:
+        raise ValueError("run_timeline needs a timeline that is not plain")
+    if plan.zero_steps and not rnn.can_zero():
+        return None
     B, T, F = x.shape
     H = rnn.hidden_size
-    device = x.device
-    plan = _plan(
-        None if reset is None else reset.cpu().numpy(),
-        None if mask is None else mask.cpu().numpy(),
-        B,
-        T,
-        rnn.can_zero(),
-    )
-    if plan is None:
-        return None
     steps = plan.steps
-
-    def moved(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(array).to(device)
-
-    if plan.initial is not None:
-        state = state.reset_rows(moved(plan.initial))
-    tail = None if plan.tail is None else moved(plan.tail)
+    if moved.initial is not None:
+        state = state.reset_rows(moved.initial)
+    tail = moved.tail
     if steps == 0:  # no row has a real step
         return x.new_zeros(B, T, H), state if tail is None else state.reset_rows(tail)
-    reads, writes, fill, last = (moved(a) for a in (plan.reads, plan.writes, plan.fill, plan.last))
-    padding = None if plan.padding is None else moved(plan.padding)
-    empty_rows = None if plan.empty_rows is None else moved(plan.empty_rows)
-    flags = torch.from_numpy(plan.flags).to(device=device, dtype=x.dtype)  # (T', B, 2)
-    layer_input = _Remap.apply(x.reshape(B * T, F), reads, fill, writes, padding)
+    reads, writes, fill, last = moved.reads, moved.writes, moved.fill, moved.last
+    padding, empty_rows = moved.padding, moved.empty_rows
+    flags = timeline.flags(x.dtype)  # (T', B, 2)
+    if x.requires_grad:
+        layer_input = _Remap.apply(x.reshape(B * T, F), reads, fill, writes, padding)
+    else:  # (training data: no gradient to route back, so no autograd node either)
+        layer_input = _pick_rows(x.reshape(B * T, F), reads, fill)
     layer_input = layer_input.view(steps, B, F)
 
     initial_tensors = state.tensors()
@@ -79,10 +271,12 @@ def run_timeline(
         b_ih = weights[2] if rnn.bias else None
         weights[0] = torch.cat([weights[0], rnn.flag_columns(b_ih, weights[0])], dim=1)
         hx = [t[layer : layer + 1] for t in initial_tensors]
-        with _fresh_weights_quiet() if x.is_cuda else contextlib.nullcontext():
-            output, hx_out = rnn.sequence_kernel(
-                torch.cat([layer_input, flags], dim=-1), hx, weights
-            )
+        layer_input = torch.cat([layer_input, flags], dim=-1)
+        if x.is_cuda:
+            with _fresh_weights_quiet():
+                output, hx_out = rnn.sequence_kernel(layer_input, hx, weights)
+        else:
+            output, hx_out = rnn.sequence_kernel(layer_input, hx, weights)
         calls.append((hx[0], output))
         # h at the row's last real step (hold steps keep an LSTM's c, not its h)
         h_last = output.view(steps * B, H).index_select(0, last)
@@ -96,7 +290,12 @@ def run_timeline(
         layer_input = output
     if rnn.can_zero() and not _saturates(rnn, x, calls):
         return None
-    y = _Remap.apply(layer_input.view(steps * B, H), writes, padding, reads, fill)
+    if moved.writes_to_fill is not None and rnn.fill_outputs_zero():
+        # padding steps read a fill slot's exact 0 (no zeroing pass); its gradient there is
+        # dropped, which is exact: a saturated gate passes none back through that slot
+        y = _Remap.apply(layer_input.view(steps * B, H), moved.writes_to_fill, None, reads, fill)
+    else:
+        y = _Remap.apply(layer_input.view(steps * B, H), writes, padding, reads, fill)
     if tail is not None:  # a reset after the row's last real step: zero state at the end
         finals = [[torch.where(tail[:, None], 0, t) for t in parts] for parts in finals]
     if rnn.num_layers == 1:
@@ -119,8 +318,12 @@ class _Plan:
     writes: np.ndarray  # [B * T]: the slot each step writes (any slot for a padding step)
     fill: np.ndarray  # slots without a step: zero and hold steps
     padding: np.ndarray | None  # steps without a slot (masked); None without a mask
+    # writes with each padding step sent to a zero or hold slot instead, for cells whose fill
+    # slots output exactly 0; None without padding or without a fill slot
+    writes_to_fill: np.ndarray | None
     flags: np.ndarray  # [T', B, 2] float: (zero, hold) flag of each slot
     last: np.ndarray  # [B]: the slot of each row's last real step (0 for a row without one)
+    zero_steps: bool  # the timeline has zero steps (resets inside rows)
     initial: np.ndarray | None  # [B] bool: reset before the row's first real step; None: none
     tail: np.ndarray | None  # [B] bool: reset after the row's last real step; None: none
     empty_rows: np.ndarray | None  # [B] bool: rows without a real step; None: none
@@ -162,7 +365,8 @@ def _plan(
         shifted = inserted.cumsum(1)
         position = seen - 1 + shifted
         length = seen[:, -1] + shifted[:, -1]
-    if inserted is not None and not can_zero and inserted.any():
+    zero_steps = inserted is not None and bool(inserted.any())
+    if zero_steps and not can_zero:
         return None
     steps = int(length.max())
     rows = np.arange(B)
@@ -181,14 +385,21 @@ def _plan(
     if inserted is not None:
         zero_slots[(slot_index - B)[inserted]] = True
     is_zero = zero_slots.reshape(steps, B)
+    fill = np.flatnonzero(is_zero | is_hold)
+    writes_to_fill = None
+    if padding is not None and padding.size and fill.size:
+        writes_to_fill = writes.copy()
+        writes_to_fill[padding] = fill[0]
     return _Plan(
         steps=steps,
         reads=reads,
         writes=writes.astype(np.int64, copy=False),
-        fill=np.flatnonzero(is_zero | is_hold),
+        fill=fill,
         padding=padding,
+        writes_to_fill=None if writes_to_fill is None else writes_to_fill.astype(np.int64),
         flags=np.stack([is_zero, is_hold], axis=-1).astype(np.float64),
         last=np.maximum(length - 1, 0) * B + rows,
+        zero_steps=zero_steps,
         initial=initial if initial is not None and initial.any() else None,
         tail=tail if tail is not None and tail.any() else None,
         empty_rows=None if mask is None or length.min() > 0 else length == 0,
@@ -201,23 +412,61 @@ def _saturates(
 ) -> bool:
     """Whether every flagged gate saturated exactly: for each layer, a bound on |gate
     pre-activation| without the flags (the largest input row norm x input max + recurrent
-    row norm x state max + the largest biases) stays below ``_SAFE_BOUND``."""
-    input_max = x.abs().max()
+    row norm x state max + the largest biases) stays below ``_SAFE_BOUND``.
+
+    The weight terms change only when the weights do: they are cached (:func:`_weight_terms`),
+    so a call costs the input and state maxima and one transfer of them to the host."""
+    terms = _weight_terms(rnn)
+    maxima = [x.abs().max(), *(rnn.state_max(h0, output) for h0, output in calls)]
+    values = torch.stack(maxima).tolist()  # one transfer (a device sync on a GPU)
+    input_max = values[0]
     bounds = []
-    for layer, (h0, output) in enumerate(calls):
-        state_max = rnn.state_max(h0, output)
-        weights = rnn.layer_weights(layer)
-        # (abs().sum(1).max(): several times faster than linalg.matrix_norm(ord=inf) here)
-        bound = weights[0].abs().sum(1).max() * input_max
-        bound = bound + weights[1].abs().sum(1).max() * state_max
-        for bias in weights[2:]:
-            bound = bound + bias.abs().max()
-        bounds.append(bound)
+    for layer, (w_ih, w_hh, biases) in enumerate(terms):
+        state_max = values[layer + 1]
+        bounds.append(w_ih * input_max + w_hh * state_max + biases)
         input_max = state_max
         if layer < rnn.num_layers - 1 and rnn.dropout > 0 and rnn.training:
             input_max = state_max / (1.0 - rnn.dropout)  # dropout scales its outputs up
-    worst = bounds[0] if len(bounds) == 1 else torch.stack(bounds).max()
-    return bool(worst <= _SAFE_BOUND)  # NaN fails too
+    return all(bound <= _SAFE_BOUND for bound in bounds)  # NaN fails too
+
+
+# layer module -> (weak references to its weights, their storage and versions, per layer
+# (input row norm, recurrent row norm, largest biases)). Outside the module, so it neither
+# pickles nor travels with a copy; weak references, so a replaced weight is never matched by a
+# new tensor that reuses its address.
+_WEIGHT_TERMS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+
+
+def _weight_terms(rnn: LayerKernels) -> list[tuple[float, float, float]]:
+    """Per layer: (max row sum of |W_ih|, max row sum of |W_hh|, sum of the largest |bias|),
+    cached against the weights' identities, storage and version counters (an optimizer step,
+    ``load_state_dict``, ``.to()`` or any in-place write changes one of them)."""
+    weights = [w for layer in range(rnn.num_layers) for w in rnn.layer_weights(layer)]
+    try:
+        key: tuple[Any, ...] | None = tuple((w.data_ptr(), w._version) for w in weights)
+    except RuntimeError:  # inference tensors have no version counter: never cached
+        key = None
+    cached = _WEIGHT_TERMS.get(rnn) if key is not None else None
+    if (
+        cached is not None
+        and cached[1] == key
+        and all(ref() is w for ref, w in zip(cached[0], weights, strict=True))
+    ):
+        return cached[2]
+    norms = []
+    for layer in range(rnn.num_layers):
+        layer_weights = rnn.layer_weights(layer)
+        # (abs().sum(1).max(): several times faster than linalg.matrix_norm(ord=inf) here)
+        norms.append(layer_weights[0].abs().sum(1).max())
+        norms.append(layer_weights[1].abs().sum(1).max())
+        biases = [bias.abs().max() for bias in layer_weights[2:]]
+        norms.append(torch.stack(biases).sum() if biases else layer_weights[0].new_zeros(()))
+    values = torch.stack(norms).double().tolist()
+    terms = [(values[i], values[i + 1], values[i + 2]) for i in range(0, len(values), 3)]
+    if key is not None:
+        with contextlib.suppress(TypeError):  # not weakly referenceable: computed each call
+            _WEIGHT_TERMS[rnn] = ([weakref.ref(w) for w in weights], key, terms)
+    return terms
 
 
 class _Remap(torch.autograd.Function):

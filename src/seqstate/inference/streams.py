@@ -44,11 +44,13 @@ from torch import nn
 from seqstate.core.protocol import SequenceCore
 from seqstate.core.state import State
 from seqstate.inference.common import ModelInfo, as_numeric, cast_array, prepare_model
+from seqstate.inference.direct import DirectStep
 
 __all__ = ["StreamId", "Streams", "advance"]
 
 #: A stream id: a str or an int.
 StreamId = str | int
+_ID_TYPES = {str, int}  # (exact types: bool, a subclass of int, is refused)
 
 
 def _check_id(stream_id: Any, name: str = "stream id") -> StreamId:
@@ -189,7 +191,36 @@ def advance(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Tens
     # finite (a NaN/inf, or an overflow of large values) is checked element by element.
     if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError("x holds NaN or inf; fill or drop missing values first")
+    if x.dim() == 2:
+        direct = _direct_step(model)
+        if direct is not None and direct.applies():
+            return _advance_directly(direct, state, x)
     return _advance(model, state, x, x.dim() == 2)
+
+
+def _advance_directly(
+    direct: DirectStep, state: State, x: torch.Tensor
+) -> tuple[torch.Tensor, State]:
+    """:func:`advance`'s one step on the cell kernels (validated by the caller)."""
+    tensors = state.tensors()
+    if direct.num_layers == 1:
+        y, new = direct.run(x, [[t[0] for t in tensors]])
+        return y, type(state)._unchecked(*[t.unsqueeze(0) for t in new[0]])
+    hx = [[t[index] for t in tensors] for index in range(direct.num_layers)]
+    y, new = direct.run(x, hx)
+    return y, type(state)._unchecked(*[torch.stack(field) for field in zip(*new, strict=True)])
+
+
+# model -> its DirectStep (or None where it does not apply), built once per model
+_DIRECT: weakref.WeakKeyDictionary[nn.Module, DirectStep | None] = weakref.WeakKeyDictionary()
+
+
+def _direct_step(model: nn.Module) -> DirectStep | None:
+    try:
+        return _DIRECT[model]
+    except KeyError:
+        direct = _DIRECT[model] = DirectStep.of(model)
+        return direct
 
 
 class Streams:
@@ -218,6 +249,10 @@ class Streams:
         self._buffer: State = core.initial_state(16)  # [layers, capacity, H]
         # (buffer, n, views of its rows [0, n)): see _rows_view
         self._views: tuple[State, int, list[torch.Tensor]] | None = None
+        # the one-step hot path (None where the model has none) and its 2-D views of the
+        # buffer rows [0, n) per layer: (buffer, n, views)
+        self._direct = DirectStep.of(self._model)
+        self._layer_views: tuple[State, int, list[list[torch.Tensor]]] | None = None
 
     # --- description ------------------------------------------------------------------------
 
@@ -253,6 +288,10 @@ class Streams:
             ValueError / TypeError: duplicate or invalid ids, wrong shape, wrong feature count,
                 NaN/inf — and then no stream's state has changed.
         """
+        if self._direct is not None and type(x) is np.ndarray and type(ids) is list:
+            stepped = self._step_directly(ids, x)
+            if stepped is not None:
+                return stepped
         ids = self._check_ids(ids)
         array, single = _check_steps(x, len(ids), self._info, "x", ids)
         if not ids or array.shape[1] == 0:
@@ -296,6 +335,55 @@ class Streams:
             for buffer, new in zip(self._buffer.tensors(), state.tensors(), strict=True):
                 buffer.index_copy_(1, rows, new)
         return (y if on_cpu else y.cpu()).numpy()
+
+    def _step_directly(self, ids: list[Any], x: np.ndarray) -> np.ndarray | None:
+        """The hot path of :meth:`step`: one step ``x`` [n, F] of every live stream, in row
+        order, on the model's cell kernels (:class:`~seqstate.inference.direct.DirectStep`),
+        the state rows read and written in place. None when the call is anything else (then
+        :meth:`step`'s general path runs it, and checks it with its own messages): other ids
+        or order, another shape, dtype or layout, a value that is not finite, a model that
+        must run its forward."""
+        live = self._ids
+        n = len(ids)
+        info = self._info
+        if (
+            n == 0
+            or n != len(live)
+            or x.ndim != 2
+            or x.shape[0] != n
+            or x.shape[1] != info.input_size
+            or x.dtype != info.numpy_dtype
+            or not x.flags.c_contiguous
+            or info.device.type != "cpu"
+        ):
+            return None
+        # exact id types (bool, float and NumPy ids take the general path's checks); live ids
+        # are distinct, so equal lists mean distinct, known ids in row order
+        if not set(map(type, ids)) <= _ID_TYPES or ids != live:
+            return None
+        if not math.isfinite(x.sum()):  # NaN/inf, or an overflow: the general path decides
+            return None
+        direct = self._direct
+        if direct is None or not direct.applies():
+            return None
+        views = self._layer_rows(n)
+        y, new = direct.run(torch.from_numpy(x), views)
+        for layer_views, layer_new in zip(views, new, strict=True):
+            for view, tensor in zip(layer_views, layer_new, strict=True):
+                view.copy_(tensor)
+        return y.numpy()
+
+    def _layer_rows(self, n: int) -> list[list[torch.Tensor]]:
+        """2-D views ``[n, H]`` of the buffer's rows [0, n), per layer per state field; kept
+        while the buffer is."""
+        cached = self._layer_views
+        if cached is not None and cached[0] is self._buffer and cached[1] == n:
+            return cached[2]
+        tensors = self._buffer.tensors()
+        layers = tensors[0].shape[0]
+        views = [[t[index, :n] for t in tensors] for index in range(layers)]
+        self._layer_views = (self._buffer, n, views)
+        return views
 
     def _rows_view(self, n: int) -> list[torch.Tensor]:
         """Views of the buffer's rows [0, n), one per state field; kept while the buffer is

@@ -59,7 +59,7 @@ from seqstate.lanes.inputs import (
     to_array,
 )
 from seqstate.lanes.layout import Plan, packed_plan, segment_plan
-from seqstate.lanes.window import Window, select_lanes, window_arrays
+from seqstate.lanes.window import Window, select_lanes, window_arrays, window_timeline
 
 __all__ = ["Lanes", "Window"]
 
@@ -504,4 +504,7 @@ class Lanes:
             targets=self._targets,
             series_length=self._series_length,
         )
-        return Window(**{name: torch.from_numpy(array) for name, array in arrays.items()})
+        tensors = {name: torch.from_numpy(array) for name, array in arrays.items()}
+        # the timeline plan, once per window here rather than in every layer's forward
+        timeline = window_timeline(tensors["reset"], tensors["seq"])
+        return Window(**tensors, timeline=timeline)

@@ -9,16 +9,17 @@ per sequence), and the masks, resets and positions follow from where each step l
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, cast
 
 import numpy as np
 import torch
 
+from seqstate.core.timeline import Timeline
 from seqstate.lanes.inputs import FlatSource, Source, TargetSpec, to_array
 from seqstate.lanes.layout import Plan
 
-__all__ = ["Window", "select_lanes", "window_arrays"]
+__all__ = ["Window", "select_lanes", "window_arrays", "window_timeline"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,6 +36,12 @@ class Window:
             *before* the step is consumed.
         seq: ``(B, T)`` int64 index of the sequence each step belongs to, ``-1`` on padding.
         step: ``(B, T)`` int64 position inside that sequence, ``-1`` on padding.
+        timeline: the :class:`~seqstate.core.timeline.Timeline` of ``reset`` and ``valid``
+            (built with the window by :class:`~seqstate.lanes.lanes.Lanes`; None for a window
+            built without one). Hand it to the model with the flags it was built from:
+            ``model(x, state, reset=timeline.reset, mask=timeline.mask, timeline=timeline)``
+            (``timeline.mask`` is None when no step is padding); the layers then skip
+            planning the window.
 
     Give the model ``mask=window.valid`` (which steps hold real input) and the loss
     ``window.loss_mask`` (which targets count). They differ: with "next" targets a sequence's last
@@ -47,6 +54,7 @@ class Window:
     reset: torch.Tensor
     seq: torch.Tensor
     step: torch.Tensor
+    timeline: Timeline | None = field(default=None, compare=False, repr=False)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -80,6 +88,7 @@ class Window:
         moved = {
             f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
             for f in fields(self)
+            if getattr(self, f.name) is not None
         }
         return Window(**moved)
 
@@ -90,6 +99,13 @@ class Window:
             f"valid={int(self.valid.sum())}, loss_mask={int(self.loss_mask.sum())}, "
             f"resets={int(self.reset.sum())})"
         )
+
+
+def window_timeline(reset: torch.Tensor, seq: torch.Tensor) -> Timeline:
+    """The timeline of a window's ``reset`` and ``valid`` (``seq >= 0``) [B, T]; its ``mask`` is
+    None when no step is padding."""
+    valid = seq >= 0
+    return Timeline(reset, None if bool(valid.all()) else valid)
 
 
 def select_lanes(rows: Any, B: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from seqstate.lanes.lanes import Lanes
 from seqstate.train.checks import check_compatible, check_lanes, resolve_loss
 from seqstate.train.config import FitConfig
 from seqstate.train.losses import LOSSES, LossName, MaskedLoss, MetricSums, loss_forward
-from seqstate.train.tensors import first_parameter, initial_state, to_device
+from seqstate.train.tensors import call_model, first_parameter, initial_state, to_device
 
 
 def evaluate(
@@ -130,9 +130,11 @@ def lane_metric_sums(
                 valid = window.valid
                 counted = int(window.loss_mask.sum())
                 model_mask = None if bool(valid.all()) else valid
-                x, y, mask, reset, model_mask = to_device(window, model_mask, device, dtype)
+                x, y, mask, reset, model_mask, timeline = to_device(
+                    window, model_mask, device, dtype
+                )
                 forward = loss_forward(model, loss)
-                pred, state = forward(x, state, reset=reset, mask=model_mask)
+                pred, state = call_model(forward, x, state, reset, model_mask, timeline)
                 sums.add(pred, y, mask, counted)
                 if per_series is not None and counted:
                     per_series.add(loss.point(pred), y, mask, window.seq)

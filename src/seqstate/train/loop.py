@@ -21,7 +21,13 @@ from seqstate.train.progress import Due, EpochProgress, Every
 from seqstate.train.replica import EpochSums, Replica
 from seqstate.train.runfiles import CHECKPOINT_DIR, write_metrics, write_plot
 from seqstate.train.snapshots import Snapshot, capture_rng, save_snapshot
-from seqstate.train.tensors import detach_state, first_parameter, initial_state, to_device
+from seqstate.train.tensors import (
+    call_model,
+    detach_state,
+    first_parameter,
+    initial_state,
+    to_device,
+)
 
 # The progress bar's loss needs a device sync; refresh it at most this often (seconds).
 _PROGRESS_REFRESH = 0.5
@@ -154,11 +160,13 @@ class Trainer:
             self._check_labels(window)
         # Computed on the CPU, so the layers need no device sync to detect "no padding".
         model_mask = None if real == B * T else valid
-        x, y, mask, reset, model_mask = to_device(window, model_mask, self.device, self.dtype)
+        x, y, mask, reset, model_mask, timeline = to_device(
+            window, model_mask, self.device, self.dtype
+        )
         total = self.replica.total_count(counted)
         with torch.set_grad_enabled(total > 0):
             forward = loss_forward(self.model, self.loss)
-            pred, state = forward(x, state, reset=reset, mask=model_mask)
+            pred, state = call_model(forward, x, state, reset, model_mask, timeline)
         window_loss = None
         if total > 0:
             window_loss = self.loss.sum(pred, y, mask) / total
