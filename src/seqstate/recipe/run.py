@@ -21,7 +21,7 @@ from typing import Any
 
 from seqstate.recipe.table import Columns
 
-__all__ = ["Run", "RunMember"]
+__all__ = ["Run", "RunMember", "selection_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,8 +126,19 @@ class Run:
                 [(m.model, m.scaling, m.calendar) for m in self.members],
                 self.columns,
                 self.frequency,
+                selection_of(self.members),
             )
         return self._step
+
+
+def selection_of(members: Any) -> Any:
+    """The members' validation choices (``metadata["selection"]``) as one
+    :class:`seqstate.recipe.selection.Selection` (their weights averaged), or None when no
+    member made one: the network alone."""
+    from seqstate.recipe.selection import Selection, merge_selections
+
+    chosen = [m.metadata.get("selection") for m in members]
+    return merge_selections([Selection.from_dict(c) for c in chosen if c])
 
 
 def _frequency(entry: Any) -> Any:
