@@ -431,8 +431,18 @@ class ETSStream:
                     new["counted"][rows].reshape(-1),
                 )
                 self._store(new, rows, cell.step(grid_state, value), squared, counted)
-            predictions[:, t] = self.forecast(new, 1)[:, 0]
+            predictions[:, t] = self._next(new)
         return predictions, new
+
+    def _next(self, state: StreamState) -> np.ndarray:
+        """``[B]`` the best point's forecast of the next value: :meth:`forecast` at horizon
+        1, in the same operations, without building the chosen cell."""
+        g = len(self.points)
+        best = best_points(state["squared"].reshape(-1), state["counted"].reshape(-1), g)
+        rows = np.arange(len(best))
+        phi = self.points[best, 2]
+        seasonal = state["season"][rows, best, state["position"]]
+        return state["level"][rows, best] + phi * state["trend"][rows, best] + seasonal
 
     def _gather(self, state: StreamState, rows: np.ndarray | None) -> ETSState:
         """The grid state of ``rows`` (None: all) flattened to rows ``b * G + g``."""
