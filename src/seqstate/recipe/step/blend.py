@@ -63,7 +63,7 @@ class Blend:
         """Baseline ``name``'s stream state, rows ``b * O + o``."""
         head = f"{PREFIX}{name}."
         return {
-            key[len(head) :]: value.detach().cpu().numpy().reshape(-1, *value.shape[2:])
+            key[len(head) :]: value.cpu().numpy().reshape(-1, *value.shape[2:])
             for key, value in transforms.items()
             if key.startswith(head)
         }
@@ -120,5 +120,6 @@ class Blend:
 
 def _tensor(value: Any, batch: int, outputs: int) -> torch.Tensor:
     """A stream's ``[B * O, ...]`` array as a state tensor ``[B, O, ...]``."""
-    array = np.ascontiguousarray(value)
-    return torch.from_numpy(array.reshape(batch, outputs, *array.shape[1:]).copy())
+    # (a stream returns arrays of its own, never its input's: they are shared, not copied)
+    array = np.asarray(value)
+    return torch.from_numpy(array.reshape(batch, outputs, *array.shape[1:]))

@@ -218,7 +218,8 @@ def _add(total: torch.Tensor, coefficient: float, values: torch.Tensor) -> torch
 
 class Scaling(nn.Module):
     """``(v - location) / scale`` per column with the stream's statistics (state
-    ``location``, ``scale`` ``[B, C]`` float64, bound when the stream starts) and its inverse.
+    ``location``, ``scale`` ``[B, C]`` float64, bound when the stream starts; every method
+    also takes them as ``[B, 1, C]``) and its inverse.
 
     ``features`` / ``targets``: which of the C scaled columns the model's input features and
     its outputs are.
@@ -258,7 +259,7 @@ class Scaling(nn.Module):
     ) -> torch.Tensor:
         """Model outputs ``[B, T, O]`` float64 -> the targets' (transformed) units."""
         loc, sc = _pick(location, scale, self.targets, self.target_span)
-        return outputs * sc + loc
+        return torch.addcmul(loc, outputs, sc)  # outputs * sc + loc, one op
 
 
 def _span(indices: Sequence[int]) -> tuple[int, int] | None:
@@ -275,8 +276,13 @@ def _pick(
     index: torch.Tensor,
     span: tuple[int, int] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``location``, ``scale`` ``[B, C]`` -> the picked columns as ``[B, 1, K]``."""
+    """``location``, ``scale`` ``[B, C]`` (or ``[B, 1, C]``, unsqueezed once by a caller that
+    picks twice) -> the picked columns as ``[B, 1, K]``."""
+    if location.dim() == 2:
+        location, scale = location[:, None], scale[:, None]
     if span is not None:
         start, stop = span
-        return location[:, None, start:stop], scale[:, None, start:stop]
-    return location.index_select(1, index)[:, None], scale.index_select(1, index)[:, None]
+        if start == 0 and stop == location.shape[2]:  # every column: no slice
+            return location, scale
+        return location[..., start:stop], scale[..., start:stop]
+    return location.index_select(2, index), scale.index_select(2, index)

@@ -95,6 +95,8 @@ class MemberStep(nn.Module):
         pairs = [(features.index(t), j) for j, t in enumerate(targets) if t in features]
         self.register_buffer("fed_features", torch.tensor([f for f, _ in pairs], dtype=torch.long))
         self.register_buffer("fed_targets", torch.tensor([j for _, j in pairs], dtype=torch.long))
+        # every target is fed, in order (the usual forecasting run): no gather of z
+        self.feeds_all = [j for _, j in pairs] == list(range(len(targets)))
         self.covariate_names = [name for name in features if name not in targets]
         self.register_buffer(
             "covariate_features",
@@ -175,15 +177,16 @@ class MemberStep(nn.Module):
 
     def forward(
         self,
-        transforms: dict[str, torch.Tensor],
+        transforms: Mapping[str, torch.Tensor],
         model_state: State,
         x: torch.Tensor,
         time: torch.Tensor | None,
-        valid: torch.Tensor,
+        valid: torch.Tensor | None,
         prefix: str,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], State]:
         """``x [B, T, F_raw]`` float32 -> ``y [B, T, O]`` float64 raw units (NaN where not
-        ``valid``), this member's new transform state and model state."""
+        ``valid [B, T]``; None: every step has its difference), this member's new transform
+        state and model state."""
         steps = x.shape[1]
         new: dict[str, torch.Tensor] = {}
         full = None
@@ -193,7 +196,7 @@ class MemberStep(nn.Module):
             inputs = x if x.shape[2] == self.feature_count else x[..., : self.feature_count]
         else:
             x64 = x.to(torch.float64)
-            features = x64[..., : self.feature_count]
+            features = x64 if x.shape[2] == self.feature_count else x64[..., : self.feature_count]
             if self.transforms_targets:
                 w = self.transform.forward(x64.index_select(2, self.target_inputs))  # (B, T, O)
                 full = torch.cat([transforms[prefix + "history"], w], dim=1)  # (B, D + T, O)
@@ -201,13 +204,14 @@ class MemberStep(nn.Module):
                 # the table code stores the transformed columns as float32 before scaling them
                 z = z.to(torch.float32).to(torch.float64)
                 if self.fed_features.numel():
-                    features = features.index_copy(
-                        2, self.fed_features, z.index_select(2, self.fed_targets)
-                    )
+                    fed = z if self.feeds_all else z.index_select(2, self.fed_targets)
+                    features = features.index_copy(2, self.fed_features, fed)
                 if self.order:
                     new[prefix + "history"] = full[:, steps:]
             if self.scale is not None:
-                location, scale = transforms[prefix + "location"], transforms[prefix + "scale"]
+                # [B, 1, C] once: the inverse picks from the same views
+                location = transforms[prefix + "location"][:, None]
+                scale = transforms[prefix + "scale"][:, None]
                 features = self.scale.forward(features, location, scale)
             inputs = features.to(torch.float32)
         if self.calendar.kinds:
@@ -217,9 +221,7 @@ class MemberStep(nn.Module):
                     "needs its time (Unix seconds)"
                 )
             inputs = torch.cat([inputs, self.calendar.forward(time)], dim=2)
-        # Past the warm-up (every step valid: the usual streaming step) nothing is masked.
-        warming = bool(self.order) and (_tracing() or not bool(valid.all()))
-        if warming:
+        if valid is not None:
             # warm-up steps (no difference yet) leave the model state as it is
             inputs = torch.where(valid[..., None], inputs, inputs.new_zeros(()))
             y, raw, model_state = self._model(inputs, model_state, valid)
@@ -234,7 +236,7 @@ class MemberStep(nn.Module):
             if raw is not None:
                 new[prefix + "parameters"] = raw[:, -1]
         out = y.to(torch.float64)
-        if warming:
+        if valid is not None:
             out = torch.where(valid[..., None], out, out.new_full((), float("nan")))
         if self.regression:
             if self.scale is not None:
@@ -566,13 +568,17 @@ class RunStep(nn.Module):
         [B, T]`` int64 or None -> ``(y [K, B, T, O] float64, state)``."""
         steps = x.shape[1]
         seen = state.transforms["steps"]
-        position = seen[:, None] + torch.arange(steps, device=x.device) if self.order else seen
+        position = None
+        # Past every row's warm-up (the usual streaming step) no step is masked: one check
+        # instead of a mask per step; a trace takes the masked path, which holds for any data.
+        if self.order and (_tracing() or seen.numel() == 0 or int(seen.min()) < self.order):
+            position = seen[:, None] + torch.arange(steps, device=x.device)
         transforms = dict(state.transforms)
         outputs, models = [], []
         for k, member in enumerate(self._members()):
-            # (B, T); read only by a differencing member
-            valid = position >= member.order if member.order else position
-            y, new, model_state = member(
+            # (B, T) the steps with a difference, or None: all of them
+            valid = position >= member.order if position is not None and member.order else None
+            y, new, model_state = member.forward(
                 state.transforms, state.models[k], x, time, valid, f"m{k}."
             )
             transforms |= new
