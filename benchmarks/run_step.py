@@ -1,6 +1,6 @@
 """Benchmark: what a run's preprocessing costs per step (the ``run_step`` section of BENCHMARKS.md).
 
-One step (T = 1) of ``RunStep.step`` for B streams, three runs with the same LSTM weights:
+One step (T = 1) of ``RunStep.step`` for B streams, four runs with the same LSTM weights:
 
 - ``model``: the bare model call, ``model(x, state)`` (no run around it);
 - ``plain``: a run without preparation (no scaling, differencing or calendar);
@@ -11,8 +11,9 @@ One step (T = 1) of ``RunStep.step`` for B streams, three runs with the same LST
   60-point grid, steps beside the network's).
 
 ``preprocessing`` is ``(default - plain) / default``: the share of a default step spent in
-the transform cells and their inverse. Timings are interleaved rounds (A B C D, D C B A, ...),
-best of each, on one torch thread; ratios, not absolute claims (the machine is shared).
+the transform cells and their inverse. Timings are the calling thread's CPU time (so time
+spent waiting for a core on a shared machine is not counted), interleaved rounds (A B C D,
+D C B A, ...), best of each, on one torch thread; ratios, not absolute claims.
 
     .venv/bin/python benchmarks/run_step.py --threads 1            # prints, writes its section
     .venv/bin/python benchmarks/run_step.py --threads 1 --quick    # a smoke run
@@ -103,10 +104,10 @@ def measure(hidden: int, batch: int, rounds: int, calls: int) -> dict[str, float
     for turn in range(rounds):
         # interleaved, the order reversed every other round: load changes hit all alike
         for name, fn in order if turn % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
+            start = time.thread_time()
             for _ in range(calls):
                 fn()
-            best[name] = min(best[name], (time.perf_counter() - start) / calls)
+            best[name] = min(best[name], (time.thread_time() - start) / calls)
     return best
 
 
@@ -121,7 +122,8 @@ def main() -> None:
     lines = [
         "## run step: the cost of a run's preprocessing per step",
         "",
-        f"`benchmarks/run_step.py --threads {args.threads}`; {machine_info(threads=True)}.",
+        f"`benchmarks/run_step.py --threads {args.threads}`; {machine_info(threads=True)}; "
+        "thread CPU time per step, best of 60 interleaved rounds of 20 calls.",
         "",
         "| hidden | streams | model µs | plain run µs | default run µs | blended run µs "
         "| default / plain | preprocessing share |",
