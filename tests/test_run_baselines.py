@@ -399,3 +399,43 @@ def test_the_forecaster_progress_moves_before_the_end():
     seen = []
     forecaster.forecast_outputs(table, horizon, future, on_step=seen.append)
     assert seen == [16, 32, 48, 50]
+
+
+def test_a_saved_run_with_a_selection_streams_and_forecasts_as_predict_and_forecast(tmp_path):
+    """Through the run directory (what `seqstate serve` and `RunStreams` load): a stream fed
+    row by row answers what predict answers, and its forecast after row t equals forecast on
+    the table cut at t."""
+    import dataclasses
+
+    from seqstate.recipe.run import Run, RunMember
+    from seqstate.recipe.run_forecaster import load_forecaster
+    from seqstate.recipe.run_streams import RunStreams
+
+    table, members, chosen, _ = build("seeds 2")
+    saved = [
+        RunMember(m.model, m.scaling, m.calendar, {"selection": chosen.to_dict()}) for m in members
+    ]
+    path = Run(saved, table.columns).save(tmp_path / "run")
+    forecaster = load_forecaster(path)
+    assert Run.load(path).describe()["selection"] == chosen.weights
+    predicted = forecaster.predict(table)
+    streams = RunStreams.from_run(path)
+    function = streams.function
+    i, cut = 1, 30
+    x = step_tables.table_inputs(function, table, i)
+    time = step_tables.table_times(function, table.times[i])
+    answers = [
+        streams.step(["a"], x[None, t], time=time[None, t], series=[table.ids[i]])[0]
+        for t in range(cut)
+    ]
+    assert_close(np.stack(answers), predicted[i][:cut])
+    horizon = 6
+    stamps = time[None, cut : cut + horizon]
+    _, path_after = streams.forecast(["a"], horizon, times=stamps)
+    head = table.select([i]).slice_steps(0, [cut])
+    future = dataclasses.replace(
+        head,
+        features=[np.zeros((horizon, 1), dtype=np.float32)],
+        times=[table.times[i][cut : cut + horizon]],
+    )
+    assert_close(path_after[0], forecaster.forecast(head, horizon, future)[0])

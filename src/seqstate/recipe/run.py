@@ -82,7 +82,8 @@ class Run:
     def save(self, path: str | Path) -> Path:
         """Write the run directory (member 0 at ``path``, the others under ``members/``)."""
         from seqstate.core.saved import save_model
-        from seqstate.recipe.preparation import MEMBERS_DIR
+        from seqstate.recipe.preparation import MEMBERS_DIR, Preparation
+        from seqstate.recipe.preparation import save as save_preparation
 
         root = Path(path)
         for k, member in enumerate(self.members):
@@ -96,9 +97,13 @@ class Run:
                     "description": self.frequency.description,
                 }
             metadata["data"] = data
-            save_model(member.model, directory, metadata=metadata)
             if member.scaling is not None:
-                member.scaling.save(directory)
+                # the scaling files and the preparation entry that names the calendar (a run
+                # built in memory has none: without it the calendar would not load back)
+                directory.mkdir(parents=True, exist_ok=True)
+                config = Preparation(member.scaling.config, tuple(member.calendar))
+                metadata = {**save_preparation(directory, member.scaling, config), **metadata}
+            save_model(member.model, directory, metadata=metadata)
         return root
 
     # --- what a caller needs to know ---------------------------------------------------------
