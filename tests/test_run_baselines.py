@@ -439,3 +439,35 @@ def test_a_saved_run_with_a_selection_streams_and_forecasts_as_predict_and_forec
         times=[table.times[i][cut : cut + horizon]],
     )
     assert_close(path_after[0], forecaster.forecast(head, horizon, future)[0])
+
+
+@pytest.mark.parametrize("name", ["combination", "difference, baseline only"])
+def test_the_server_engine_answers_each_step_as_predict(name):
+    """The server's engine steps the same function: every answer equals predict's for that
+    row (null where predict has none: the network's warm-up in a blend), the baselines'
+    answers included where a differenced run answers with them alone."""
+    import json
+
+    from seqstate.serve.engine import Engine, StepRequest, StepResult
+    from seqstate.serve.stores import MemoryStore
+
+    table, _, _, run_step = build(name)
+    expected = step_tables.predict_table(run_step, table).answers
+    engine = Engine(run_step, MemoryStore(), ttl_s=0)
+    i = 1
+    x = step_tables.table_inputs(run_step, table, i)
+    time = step_tables.table_times(run_step, table.times[i])
+    for t in range(len(x)):
+        request = StepRequest(
+            "s",
+            t + 1,
+            x[t : t + 1],
+            single=True,
+            start=False,
+            series=table.ids[i],
+            time=time[t : t + 1],
+        )
+        (outcome,) = engine.process([request])
+        assert isinstance(outcome, StepResult), outcome
+        answer = np.array(json.loads(outcome.output), dtype=np.float64)  # null -> nan
+        np.testing.assert_allclose(answer, expected[i][t], rtol=1e-5)

@@ -343,6 +343,8 @@ class Engine:
         # its answers come `delay` steps late): no answer (null)
         seen = rows.transforms["steps"][:, None] + torch.arange(steps)  # (n, k)
         warm = (seen < self.function.order + self.function.delay).numpy()
+        # (a run answering with baselines alone has their answer there, as predict does)
+        warm &= ~np.isfinite(y.numpy()).all(axis=-1)
         finite = _finite_rows(y, warm, new_state)
         answers = y.tolist()
         blobs = self.codec.encode(new_state, [series[j] for j in members])
