@@ -299,11 +299,13 @@ def test_selection_falls_back_on_a_seasonal_random_walk(tmp_path, capsys):
     assert not chosen.network_only, chosen
     assert chosen.scores[chosen.chosen] < chosen.scores["network"]
     assert "selected:" in printed and "the network" in printed
-    # The server does not step the baselines yet: it refuses the run rather than answer otherwise.
+    # The server steps the baselines too: its step function answers as predict does.
+    from seqstate.recipe.step import tables as step_tables
     from seqstate.serve.rundir import load_run_step
 
-    with pytest.raises(ValueError, match="Train with --select network to serve it"):
-        load_run_step(run)
+    served = step_tables.predict_table(load_run_step(run), table_of(data))
+    for got, want in zip(served.answers, load_forecaster(run).predict(table_of(data)), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
     # The run answers with the selection: forecast == its weights over the members.
     out = tmp_path / "f.csv"
     assert main(["forecast", str(run), str(data), "--horizon", "6", "--out", str(out)]) == 0
@@ -329,6 +331,12 @@ def test_selection_falls_back_on_a_seasonal_random_walk(tmp_path, capsys):
     written = pd.read_csv(out)["predicted_value"].to_numpy()
     np.testing.assert_allclose(written, expected[:, :, 0].reshape(-1), rtol=1e-5)
     np.testing.assert_allclose(forecaster.forecast(table, 6, future), expected, rtol=1e-6)
+
+
+def table_of(data):
+    return read_table(
+        data, features=["value"], targets=["value"], id_column="id", time_column="month"
+    )
 
 
 def test_select_network_keeps_the_network_alone(tmp_path):

@@ -254,3 +254,20 @@ def test_a_second_export_in_one_process_keeps_the_time_axis_dynamic(exported, tm
     y = session.run(None, _feeds(model, x, None, state))[0]
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(y), model(x)[0], **TOL)
+
+
+def test_a_run_that_answers_with_baselines_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A run whose validation chose baselines answers with them; a graph of the network alone
+    would answer otherwise, so the export refuses (and writes nothing)."""
+    from seqstate.interop.onnx import export_run_onnx
+    from seqstate.recipe.run import Run, RunMember
+    from seqstate.recipe.selection import Selection
+    from seqstate.recipe.table import Columns
+
+    chosen = Selection({"network": 0.5, "ets_12": 0.5}, "network+ets_12", {}, 12, 24, 1, 1)
+    model = SequenceModel(input_size=1, output_size=1, hidden_size=4)
+    member = RunMember(model, None, (), {"selection": chosen.to_dict()})
+    run = Run([member], Columns(features=("y",), targets=("y",))).save(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"train with --select network to export it"):
+        export_run_onnx(run, tmp_path / "run.onnx")
+    assert not (tmp_path / "run.onnx").exists()

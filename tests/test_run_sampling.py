@@ -11,7 +11,7 @@ from seqstate.core.model import SequenceModel
 from seqstate.recipe.covariates import calendar_names
 from seqstate.recipe.run_forecaster import RunMember
 from seqstate.recipe.scaling import Scaling
-from seqstate.recipe.step import RunStep
+from seqstate.recipe.step import RunState, RunStep
 from seqstate.recipe.step import tables as step_tables
 from test_run_step import RUNS, assert_close, future_of, reference_predictions
 
@@ -55,7 +55,7 @@ def warm(run_step, table, horizon):
 def test_a_distribution_run_steps_its_medians_like_the_table_reference(name: str) -> None:
     table, members, run_step = build(name, "studentt")
     expected = reference_predictions(members, table)
-    got = step_tables.predict_table(run_step, table, chunk=5, batch_size=3)
+    got = step_tables.predict_table(run_step, table, chunk=5, batch_size=3).members
     for i in range(len(table)):
         for k in range(len(members)):
             assert_close(got[i][k], expected[k][i])
@@ -98,3 +98,36 @@ def test_a_point_run_refuses_sample_paths() -> None:
         run_step.sample_forecast(state, 2, samples=2)
     with pytest.raises(ValueError, match="samples must be an int >= 1"):
         run_step.sample_forecast(state, 2, samples=0)
+
+
+@pytest.mark.parametrize("name", ["monthly defaults", "seeds 3"])
+def test_paths_of_a_run_with_baselines_are_each_path_combined_like_the_point_forecast(name):
+    """A run whose validation chose network + ETS + seasonal naive: every path is the
+    selection's weights over the network's path (the same draws) and the baselines'
+    forecasts; narrow heads retrace the (combined) point forecast that predict answers."""
+    from seqstate.recipe.selection import Selection
+
+    table, members, network = build(name, narrow=True)
+    weights = {"network": 0.5, "ets_12": 0.25, "seasonal_naive_12": 0.25}
+    chosen = Selection(weights, "network+ets_12+seasonal_naive_12", {}, 12, 24, 1, 1)
+    run_step = RunStep(
+        [(m.model, m.scaling, m.calendar) for m in members], table.columns, selection=chosen
+    )
+    horizon = 5
+    state, covariates, stamps = warm(run_step, table, horizon)
+    _, paths = run_step.sample_forecast(state, horizon, covariates, times=stamps, samples=3, seed=1)
+    # the network alone, from the same state (its baselines' entries are not read), same seed
+    alone_state = RunState(
+        {k: v for k, v in state.transforms.items() if not k.startswith("baseline.")},
+        state.models,
+    )
+    _, alone = network.sample_forecast(
+        alone_state, horizon, covariates, times=stamps, samples=3, seed=1
+    )
+    parts = run_step.blend.forecast(state.transforms, horizon)
+    expected = sum(w * (alone if n == "network" else parts[n][:, None]) for n, w in weights.items())
+    np.testing.assert_allclose(paths.numpy(), expected.numpy(), rtol=1e-12)
+    if len(members) == 1:  # (an ensemble's point forecast combines the members' mean)
+        _, point = run_step.forecast(state, horizon, covariates, times=stamps)
+        for s in range(paths.shape[1]):
+            np.testing.assert_allclose(paths[:, s].numpy(), point.numpy(), rtol=1e-4, atol=1e-6)

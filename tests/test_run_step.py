@@ -168,7 +168,7 @@ def assert_close(got, expected):
 def test_stepping_a_table_equals_predict_for_every_kind_of_run(name):
     table, members, run_step = build(name)
     expected = reference_predictions(members, table)
-    got = step_tables.predict_table(run_step, table, chunk=5, batch_size=3)
+    got = step_tables.predict_table(run_step, table, chunk=5, batch_size=3).members
     for i in range(len(table)):
         assert got[i].shape == (len(members), len(table.features[i]), 1)
         for k in range(len(members)):
@@ -182,7 +182,9 @@ def test_forecast_from_the_warm_state_equals_forecast_for_every_kind_of_run(name
     table, members, run_step = build(name)
     horizon = 5
     times, covariates, names = future_of(table, horizon)
-    got = step_tables.forecast_table(run_step, table, horizon, times=times, covariates=covariates)
+    _, got = step_tables.forecast_table(
+        run_step, table, horizon, times=times, covariates=covariates
+    )
     for k, member in enumerate(members):
         expected = forecast_table(
             [member.model],
@@ -206,7 +208,7 @@ def test_the_first_forecast_step_is_the_last_step_answer_and_the_state_is_unchan
     stamps = np.stack([step_tables.table_times(run_step, t) for t in times])
     _, path = run_step.forecast(state, 4, np.stack(covariates), times=stamps)
     assert state.to_bytes() == before
-    last = np.stack([o.mean(axis=0)[-1] for o in outputs])
+    last = np.stack([o.mean(axis=0)[-1] for o in outputs.members])
     np.testing.assert_array_equal(path[:, 0].numpy(), last)
     # and again: a forecast changes nothing, so it repeats exactly
     _, again = run_step.forecast(state, 4, np.stack(covariates), times=stamps)
@@ -375,21 +377,43 @@ def test_a_series_the_run_never_saw_needs_its_context():
     assert run_step.initial_state(["new"], context=renamed).batch_size == 1
 
 
-def test_differencing_with_a_shift_past_one_step_is_refused_by_the_step_function():
-    frame = monthly_frame(n=2, months=30)
+@pytest.mark.parametrize("shift", [2, 3])
+@pytest.mark.parametrize(
+    "config", [ScalingConfig(difference=1), ScalingConfig(difference=1, season=3, transform="log")]
+)
+def test_differencing_with_a_shift_past_one_step_equals_the_table_path(shift, config):
+    frame = monthly_frame(n=3, months=30)
     table = read_table(
-        frame, features=["value"], targets=["value"], id_column="id", time_column="month", shift=2
+        frame,
+        features=["value"],
+        targets=["value"],
+        id_column="id",
+        time_column="month",
+        shift=shift,
     )
-    members = members_for(table, ScalingConfig(difference=1), ())
-    with pytest.raises(ValueError, match="shift=2 would need values"):
-        RunStep([(m.model, m.scaling, m.calendar) for m in members], table.columns)
-    # the table-level path still answers such a run (it reads the actual values in between)
+    members = members_for(table, config, ())
+    run_step = RunStep([(m.model, m.scaling, m.calendar) for m in members], table.columns)
+    assert run_step.delay == shift - 1
+    expected = reference_predictions(members, table)[0]
+    # the table through the step function (in chunks of 4: pending differences carried)
+    got = step_tables.predict_table(run_step, table, chunk=4, batch_size=2)
+    for i in range(len(table)):
+        assert_close(got.answers[i], expected[i])
+        assert np.array_equal(np.isnan(got.answers[i]), np.isnan(expected[i]))
+    # a stream answers row t at step t + delay, one step at a time as in any chunking
+    x = step_tables.table_inputs(run_step, table, 1)[None]
+    state = run_step.initial_state([table.ids[1]])
+    answers = []
+    for t in range(x.shape[1]):
+        y, state = run_step.step(state, x[:, t])
+        answers.append(y[0, 0].numpy())
+    streamed = np.stack(answers)[shift - 1 :]
+    assert_close(streamed, expected[1][: len(streamed)])
+    # and the run through RunForecaster (predict) answers the same
     from seqstate.recipe.run_forecaster import RunForecaster
 
-    got = RunForecaster(members).predict_outputs(table).mean
-    expected = reference_predictions(members, table)[0]
-    for a, b in zip(got, expected, strict=True):
-        np.testing.assert_array_equal(a, b)
+    for a, b in zip(RunForecaster(members).predict_outputs(table).mean, expected, strict=True):
+        assert_close(a, b)
 
 
 @settings(max_examples=30, deadline=None)

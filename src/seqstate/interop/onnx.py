@@ -482,6 +482,15 @@ def export_run_onnx(
     ):
         raise ValueError(f"opset must be an int in [18, 23] (or None for 18); received {opset!r}")
     function = copy.deepcopy(Run.load(Path(run_dir)).step_function()).cpu().eval()
+    if function.blend is not None:
+        # The ETS baseline replays its first two seasons and picks its coefficients per
+        # step: no fixed graph. A graph of the network alone would answer otherwise.
+        raise ValueError(
+            f"run directory {str(run_dir)!r} answers with {dict(function.blend.weights)} "
+            "(validation chose baselines over the network alone), which the ONNX graph does "
+            "not compute; train with --select network to export it, or serve it with "
+            "`seqstate serve`"
+        )
     inputs, outputs = run_onnx_names(function)
     template = function.initial_state([_any_series(function)] * 2)
     names = list(template.transforms)

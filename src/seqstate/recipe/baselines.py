@@ -30,18 +30,23 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 __all__ = [
+    "STREAMS",
+    "BaselineStream",
     "DampedETS",
     "ETSState",
+    "ETSStream",
+    "NaiveStream",
     "SeasonalNaive",
     "SeasonalNaiveState",
     "baseline_forecasts",
     "baseline_predictions",
+    "baseline_stream",
     "fit_damped_ets",
 ]
 
@@ -207,6 +212,87 @@ def _grid() -> np.ndarray:
     return np.array(points)
 
 
+def grid(season: int) -> np.ndarray:
+    """``[G, 4]`` (alpha, beta, phi, gamma) points damped ETS chooses from at ``season`` (no
+    seasonal smoothing without a season)."""
+    points = _grid()
+    return points if season > 1 else points[points[:, 3] == 0.0]
+
+
+class GridPass(NamedTuple):
+    """Every grid point run over histories, rows ``b * G + g`` (series b, point g):
+    the cell, its state after the last value, and the scored squared errors and counts."""
+
+    cell: DampedETS
+    state: ETSState
+    squared: np.ndarray
+    counted: np.ndarray
+
+
+def grid_pass(values: np.ndarray, mask: np.ndarray, season: int) -> GridPass:
+    """Run every grid point of :func:`grid` over ``values [B, L]`` (``mask [B, L]``: the
+    real values, padding after them), from the state :meth:`DampedETS.initial_state` reads off
+    each row's first two seasons; a step's one-step squared error counts once the first season
+    (which fitted the start) is past."""
+    m = max(1, int(season))
+    points = grid(m)
+    g = len(points)
+    batch, longest = values.shape
+    rows = np.repeat(values, g, axis=0)  # (B * G, L): series-major
+    rows_mask = np.repeat(mask, g, axis=0)
+    coefficient = np.tile(points, (batch, 1))
+    cell = DampedETS(m, *(coefficient[:, k] for k in range(4)))
+    state = cell.initial_state(rows[:, : 2 * m])
+    lengths = np.repeat(mask.sum(axis=1), g)
+    burn_in = np.minimum(m, np.maximum(lengths - 1, 0))  # the first season fits the start
+    squared = np.zeros(batch * g)
+    counted = np.zeros(batch * g)
+    for t in range(longest):
+        y = rows[:, t]
+        scored = rows_mask[:, t] & (t >= burn_in)
+        squared, counted = _score(cell, state, y, scored, squared, counted)
+        state = cell.step(state, y, rows_mask[:, t])
+    return GridPass(cell, state, squared, counted)
+
+
+def _score(
+    cell: DampedETS,
+    state: ETSState,
+    y: np.ndarray,
+    scored: np.ndarray,
+    squared: np.ndarray,
+    counted: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The running squared one-step errors and counts after ``y`` (rows ``scored``)."""
+    rows = np.arange(len(y))
+    predicted = state.level + cell.phi * state.trend + state.season[rows, state.position]
+    return squared + np.where(scored, (y - predicted) ** 2, 0.0), counted + scored
+
+
+def best_points(squared: np.ndarray, counted: np.ndarray, points: int) -> np.ndarray:
+    """``[B]`` each series' grid point with the lowest mean scored squared error (the first
+    on ties; NaN errors never win)."""
+    error = (squared / np.maximum(counted, 1)).reshape(-1, points)
+    return np.where(np.isfinite(error), error, np.inf).argmin(axis=1)
+
+
+def _chosen(run: GridPass, best: np.ndarray) -> tuple[DampedETS, ETSState]:
+    """The cell and state of the grid point ``best [B]`` of each series."""
+    points = len(run.squared) // max(len(best), 1) if len(best) else 1
+    chosen = np.arange(len(best)) * points + best
+    cell, state = run.cell, run.state
+    fitted = DampedETS(
+        cell.season_length,
+        cell.alpha[chosen],
+        cell.beta[chosen],
+        cell.phi[chosen],
+        cell.gamma[chosen],
+    )
+    return fitted, ETSState(
+        state.level[chosen], state.trend[chosen], state.season[chosen], state.position[chosen]
+    )
+
+
 def fit_damped_ets(histories: Sequence[np.ndarray], season: int) -> tuple[DampedETS, ETSState]:
     """Choose each series' coefficients and run it through its history.
 
@@ -219,91 +305,253 @@ def fit_damped_ets(histories: Sequence[np.ndarray], season: int) -> tuple[Damped
     """
     m = max(1, int(season))
     values, mask = _padded(histories)
-    batch, longest = values.shape
-    grid = _grid() if m > 1 else _grid()[_grid()[:, 3] == 0.0]
-    points = len(grid)
-    # Every (grid point, series) pair is one row of a single cell: [G * B].
-    tiled = np.tile(values, (points, 1))
-    tiled_mask = np.tile(mask, (points, 1))
-    coefficient = np.repeat(grid, batch, axis=0)
-    cell = DampedETS(m, *(coefficient[:, k] for k in range(4)))
-    state = cell.initial_state(tiled[:, : 2 * m])
-    squared = np.zeros(points * batch)
-    lengths = mask.sum(axis=1)
-    burn_in = np.minimum(m, np.maximum(lengths - 1, 0))  # the first season fits the start
-    counted = np.zeros(points * batch)
-    rows = np.arange(points * batch)
-    for t in range(longest):
-        y = tiled[:, t]
-        predicted = state.level + cell.phi * state.trend + state.season[rows, state.position]
-        scored = tiled_mask[:, t] & (t >= np.tile(burn_in, points))
-        squared += np.where(scored, (y - predicted) ** 2, 0.0)
-        counted += scored
-        state = cell.step(state, y, tiled_mask[:, t])
-    error = (squared / np.maximum(counted, 1)).reshape(points, batch)
-    error = np.where(np.isfinite(error), error, np.inf)
-    best = error.argmin(axis=0)  # [B]
-    chosen = best * batch + np.arange(batch)
-    fitted = DampedETS(m, *(coefficient[best, k] for k in range(4)))
-    final = ETSState(
-        state.level[chosen], state.trend[chosen], state.season[chosen], state.position[chosen]
-    )
-    return fitted, final
+    run = grid_pass(values, mask, m)
+    return _chosen(run, best_points(run.squared, run.counted, len(grid(m))))
 
 
 # --------------------------------------------------------------------------------------------
-# Whole histories in, forecasts out
+# Streams: one baseline of a run as a step cell over raw values (what RunStep carries)
 # --------------------------------------------------------------------------------------------
+
+StreamState = dict[str, np.ndarray]
+
+
+class BaselineStream(Protocol):
+    """A baseline as a stateful step cell over rows of raw values (one row per series and
+    target), the form a run carries it in (:class:`seqstate.recipe.step.RunStep`).
+
+    The state is a dict of arrays, each with the rows on its first axis (int64 or float64), so
+    it is stored, selected and serialised with the rest of a run's state. Every value given to
+    :meth:`step` is real (no padding). The contract the tests check for every kind: the
+    prediction after value t equals ``forecast(state after values 0..t, 1)`` and equals
+    :func:`baseline_forecasts` of the history up to t; chunked == whole.
+    """
+
+    def initial_state(self, batch_size: int) -> StreamState:
+        """The state of ``batch_size`` rows that have seen nothing."""
+        ...
+
+    def step(self, state: StreamState, y: np.ndarray) -> tuple[np.ndarray, StreamState]:
+        """Consume ``y [B, T]`` float64; returns ``([B, T]`` the one-step forecast after each
+        value, the new state) (``state`` is not changed)."""
+        ...
+
+    def forecast(self, state: StreamState, horizon: int) -> np.ndarray:
+        """``[B, horizon]`` from ``state`` (not changed)."""
+        ...
+
+
+class NaiveStream:
+    """:class:`SeasonalNaive` as a stream: state ``values [B, m]`` (the last m values,
+    oldest first, NaN before any) and ``seen [B]``."""
+
+    def __init__(self, season: int) -> None:
+        self.cell = SeasonalNaive(season)
+        self.season = season
+
+    def initial_state(self, batch_size: int) -> StreamState:
+        values, seen = self.cell.initial_state(batch_size)
+        return {"values": values, "seen": seen}
+
+    def step(self, state: StreamState, y: np.ndarray) -> tuple[np.ndarray, StreamState]:
+        m, steps = self.season, y.shape[1]
+        joined = np.concatenate([state["values"], y], axis=1)  # (B, m + T)
+        seen = state["seen"][:, None] + np.arange(1, steps + 1)  # (B, T) after each value
+        # after value t the window is joined[:, t + 1 : t + 1 + m]: its oldest is one season
+        # back from t + 1; a row with fewer than m values repeats its last one
+        seasonal = joined[:, 1 : 1 + steps]
+        last = joined[:, m : m + steps]
+        predictions = np.where(seen >= m, seasonal, last)
+        return predictions, {"values": joined[:, steps:], "seen": state["seen"] + steps}
+
+    def forecast(self, state: StreamState, horizon: int) -> np.ndarray:
+        return self.cell.forecast(SeasonalNaiveState(state["values"], state["seen"]), horizon)
+
+
+class ETSStream:
+    """Damped ETS fitted on a stream's whole history as it arrives, exactly as
+    :func:`fit_damped_ets` fits a table's: every grid point of :func:`grid` runs side by side
+    (state ``level``, ``trend`` ``[B, G]``, ``season [B, G, m]``, ``position [B]``) with its
+    running scored squared error (``squared``, ``counted`` ``[B, G]``); the answer is the
+    best point's. The starting state reads the first two seasons, so while a row has seen
+    fewer than 2m values (``first [B, 2m]`` keeps them) each step replays them from the
+    start (at most 2m steps, once per stream); after that a step is one grid step."""
+
+    def __init__(self, season: int) -> None:
+        self.season = max(1, int(season))
+        self.points = grid(self.season)
+
+    def initial_state(self, batch_size: int) -> StreamState:
+        b, g, m = batch_size, len(self.points), self.season
+        return {
+            "first": np.full((b, 2 * m), np.nan),
+            "seen": np.zeros(b, dtype=np.int64),
+            "level": np.zeros((b, g)),
+            "trend": np.zeros((b, g)),
+            "season": np.zeros((b, g, m)),
+            "position": np.zeros(b, dtype=np.int64),
+            "squared": np.zeros((b, g)),
+            "counted": np.zeros((b, g)),
+        }
+
+    def _cell(self, rows: int) -> DampedETS:
+        coefficient = np.tile(self.points, (rows, 1))
+        return DampedETS(self.season, *(coefficient[:, k] for k in range(4)))
+
+    def step(self, state: StreamState, y: np.ndarray) -> tuple[np.ndarray, StreamState]:
+        m, g = self.season, len(self.points)
+        b, steps = y.shape
+        new = {name: value.copy() for name, value in state.items()}
+        flat = self._cell(b)
+        predictions = np.empty((b, steps))
+        for t in range(steps):
+            seen = new["seen"] + 1
+            new["seen"] = seen
+            warm = seen <= 2 * m
+            if warm.any():
+                rows = np.flatnonzero(warm)
+                new["first"][rows, seen[rows] - 1] = y[rows, t]
+                for length in np.unique(seen[rows]):
+                    group = rows[seen[rows] == length]
+                    values = new["first"][group, :length]
+                    run = grid_pass(values, np.ones_like(values, dtype=bool), m)
+                    self._store(new, group, run.state, run.squared, run.counted)
+            if not warm.all():
+                rows = np.flatnonzero(~warm)
+                every = len(rows) == b
+                cell = flat if every else self._cell(len(rows))
+                grid_state = self._gather(new, None if every else rows)
+                value = np.repeat(y[rows, t], g)
+                squared, counted = _score(
+                    cell,
+                    grid_state,
+                    value,
+                    np.ones(len(value), dtype=bool),
+                    new["squared"][rows].reshape(-1),
+                    new["counted"][rows].reshape(-1),
+                )
+                self._store(new, rows, cell.step(grid_state, value), squared, counted)
+            predictions[:, t] = self._next(new)
+        return predictions, new
+
+    def _next(self, state: StreamState) -> np.ndarray:
+        """``[B]`` the best point's forecast of the next value: :meth:`forecast` at horizon
+        1, in the same operations, without building the chosen cell."""
+        g = len(self.points)
+        best = best_points(state["squared"].reshape(-1), state["counted"].reshape(-1), g)
+        rows = np.arange(len(best))
+        phi = self.points[best, 2]
+        seasonal = state["season"][rows, best, state["position"]]
+        return state["level"][rows, best] + phi * state["trend"][rows, best] + seasonal
+
+    def _gather(self, state: StreamState, rows: np.ndarray | None) -> ETSState:
+        """The grid state of ``rows`` (None: all) flattened to rows ``b * G + g``."""
+        g, m = len(self.points), self.season
+        pick = (lambda a: a) if rows is None else (lambda a: a[rows])
+        return ETSState(
+            pick(state["level"]).reshape(-1),
+            pick(state["trend"]).reshape(-1),
+            pick(state["season"]).reshape(-1, m),
+            np.repeat(pick(state["position"]), g),
+        )
+
+    def _store(
+        self,
+        state: StreamState,
+        rows: np.ndarray,
+        grid_state: ETSState,
+        squared: np.ndarray,
+        counted: np.ndarray,
+    ) -> None:
+        g, m = len(self.points), self.season
+        state["level"][rows] = grid_state.level.reshape(-1, g)
+        state["trend"][rows] = grid_state.trend.reshape(-1, g)
+        state["season"][rows] = grid_state.season.reshape(-1, g, m)
+        state["position"][rows] = grid_state.position.reshape(-1, g)[:, 0]
+        state["squared"][rows] = squared.reshape(-1, g)
+        state["counted"][rows] = counted.reshape(-1, g)
+
+    def forecast(self, state: StreamState, horizon: int) -> np.ndarray:
+        g = len(self.points)
+        b = len(state["seen"])
+        run = GridPass(
+            self._cell(b),
+            self._gather(state, None),
+            state["squared"].reshape(-1),
+            state["counted"].reshape(-1),
+        )
+        cell, chosen = _chosen(run, best_points(run.squared, run.counted, g))
+        return cell.forecast(chosen, horizon)
+
+
+#: baseline kind -> its stream given the season; a new kind registers here and every run
+#: (predict, forecast, streams, the server) carries it through :class:`BaselineStream`.
+STREAMS: dict[str, Callable[[int], BaselineStream]] = {
+    "seasonal_naive": NaiveStream,
+    "ets": ETSStream,
+}
 
 
 def _member(name: str) -> tuple[str, int]:
     """``"seasonal_naive_12"`` -> ("seasonal_naive", 12); ``"ets_4"`` -> ("ets", 4)."""
     kind, _, season = name.rpartition("_")
-    if kind not in ("seasonal_naive", "ets") or not season.isdigit() or int(season) < 1:
-        raise ValueError(
-            f"unknown baseline {name!r}; expected seasonal_naive_M or ets_M (M >= 1 steps)"
-        )
+    if kind not in STREAMS or not season.isdigit() or int(season) < 1:
+        expected = " or ".join(f"{k}_M" for k in STREAMS)
+        raise ValueError(f"unknown baseline {name!r}; expected {expected} (M >= 1 steps)")
     return kind, int(season)
 
 
-def ets_window(season: int) -> int:
-    """Steps of the end of a history that damped ETS is fitted on and run through: older
-    values have faded (0.95 ** 400 < 1e-8 for the slowest level); bounds the cost on long
-    sub-daily series."""
-    return max(20 * season, 400)
+def baseline_stream(name: str) -> BaselineStream:
+    """The :class:`BaselineStream` of baseline ``name`` (``"seasonal_naive_12"``, ...)."""
+    kind, season = _member(name)
+    return STREAMS[kind](season)
+
+
+def _stepped(name: str, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, StreamState]:
+    """Every history stepped as one batch (``[B, L_max]`` predictions, rows padded after
+    their end by repeating their last value), and the state after each one's last value."""
+    stream = baseline_stream(name)
+    lengths = [len(h) for h in histories]
+    longest = max(lengths, default=0)
+    values = np.zeros((len(histories), longest))
+    for row, history in enumerate(histories):
+        h = np.asarray(history, dtype=np.float64)
+        if len(h):
+            values[row] = np.concatenate([h, np.repeat(h[-1:], longest - len(h))])
+    state = stream.initial_state(len(histories))
+    finals = stream.initial_state(len(histories))
+    predictions = np.full((len(histories), longest), np.nan)
+    # chunks end at each history's end, so its state is taken before the padding
+    begin = 0
+    for end in sorted({*lengths} - {0}):
+        predictions[:, begin:end], state = stream.step(state, values[:, begin:end])
+        ended = [row for row, length in enumerate(lengths) if length == end]
+        for field in finals:
+            finals[field][ended] = state[field][ended]
+        begin = end
+    return predictions, finals
 
 
 def baseline_forecasts(name: str, histories: Sequence[np.ndarray], horizon: int) -> np.ndarray:
-    """``[n, horizon]`` forecasts of baseline ``name`` after each ``[L_i]`` history."""
+    """``[n, horizon]`` forecasts of baseline ``name`` after each ``[L_i]`` history (the
+    forecast of its stream after stepping through the history)."""
     kind, season = _member(name)
-    if kind == "ets":
-        window = ets_window(season)
-        cell, state = fit_damped_ets([np.asarray(h)[-window:] for h in histories], season)
+    if kind == "ets":  # (the same fit, straight from the histories: no replayed warm-up)
+        cell, state = fit_damped_ets(histories, season)
         return cell.forecast(state, horizon)
-    naive = SeasonalNaive(season)
-    return naive.forecast(naive.state_after(histories), horizon)
+    if kind == "seasonal_naive":
+        naive = SeasonalNaive(season)
+        return naive.forecast(naive.state_after(histories), horizon)
+    _, finals = _stepped(name, histories)
+    return baseline_stream(name).forecast(finals, horizon)
 
 
 def baseline_predictions(name: str, histories: Sequence[np.ndarray]) -> list[np.ndarray]:
     """One ``[L_i]`` array per series: row t is the baseline's forecast of step t + 1 from the
-    values up to t (what ``predict`` answers with shift 1)."""
-    kind, season = _member(name)
-    values, mask = _padded(histories)
-    batch, longest = values.shape
-    out = np.full((batch, longest), np.nan)
-    if kind == "ets":
-        cell, _ = fit_damped_ets([np.asarray(h)[-ets_window(season) :] for h in histories], season)
-        ets_state = cell.initial_state(values[:, : 2 * season])
-        for t in range(longest):
-            ets_state = cell.step(ets_state, values[:, t], mask[:, t])
-            out[:, t] = cell.forecast(ets_state, 1)[:, 0]
-    else:
-        naive = SeasonalNaive(season)
-        naive_state = naive.initial_state(batch)
-        for t in range(longest):
-            naive_state = naive.step(naive_state, values[:, t], mask[:, t])
-            out[:, t] = naive.forecast(naive_state, 1)[:, 0]
-    return [out[row, : len(h)] for row, h in enumerate(histories)]
+    values up to t (what ``predict`` answers with shift 1), i.e.
+    ``baseline_forecasts(name, [history[: t + 1]], 1)``, as its stream answers it."""
+    predictions, _ = _stepped(name, histories)
+    return [predictions[row, : len(h)] for row, h in enumerate(histories)]
 
 
 def describe(name: str) -> str:

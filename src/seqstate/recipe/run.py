@@ -21,7 +21,7 @@ from typing import Any
 
 from seqstate.recipe.table import Columns
 
-__all__ = ["Run", "RunMember"]
+__all__ = ["Run", "RunMember", "selection_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +82,8 @@ class Run:
     def save(self, path: str | Path) -> Path:
         """Write the run directory (member 0 at ``path``, the others under ``members/``)."""
         from seqstate.core.saved import save_model
-        from seqstate.recipe.preparation import MEMBERS_DIR
+        from seqstate.recipe.preparation import MEMBERS_DIR, Preparation
+        from seqstate.recipe.preparation import save as save_preparation
 
         root = Path(path)
         for k, member in enumerate(self.members):
@@ -96,9 +97,13 @@ class Run:
                     "description": self.frequency.description,
                 }
             metadata["data"] = data
-            save_model(member.model, directory, metadata=metadata)
             if member.scaling is not None:
-                member.scaling.save(directory)
+                # the scaling files and the preparation entry that names the calendar (a run
+                # built in memory has none: without it the calendar would not load back)
+                directory.mkdir(parents=True, exist_ok=True)
+                config = Preparation(member.scaling.config, tuple(member.calendar))
+                metadata = {**save_preparation(directory, member.scaling, config), **metadata}
+            save_model(member.model, directory, metadata=metadata)
         return root
 
     # --- what a caller needs to know ---------------------------------------------------------
@@ -126,8 +131,19 @@ class Run:
                 [(m.model, m.scaling, m.calendar) for m in self.members],
                 self.columns,
                 self.frequency,
+                selection_of(self.members),
             )
         return self._step
+
+
+def selection_of(members: Any) -> Any:
+    """The members' validation choices (``metadata["selection"]``) as one
+    :class:`seqstate.recipe.selection.Selection` (their weights averaged), or None when no
+    member made one: the network alone."""
+    from seqstate.recipe.selection import Selection, merge_selections
+
+    chosen = [m.metadata.get("selection") for m in members]
+    return merge_selections([Selection.from_dict(c) for c in chosen if c])
 
 
 def _frequency(entry: Any) -> Any:

@@ -6,7 +6,8 @@ table and writing one, for one model or an ensemble of them (the seeds of ``seqs
 (:class:`seqstate.recipe.step.RunStep`), a table being just many steps::
 
     raw table ──rows, chunk by chunk──► RunStep.step ──► [K, L_i, O] members ──► mean (+ spread)
-                                          (transform cells, core, head, inverse)
+                                          (transform cells, core, head, inverse)  ──► combined
+                                          (the baselines validation chose, as cells)   with them
 
 :func:`predict_table` and :func:`forecast_table` are the table-level reference the step
 function is tested against: they encode whole tables (``Scaling.encode``, ``with_calendar``),
@@ -217,7 +218,9 @@ class RunForecaster:
 
         if columns not in self._steps:  # (Columns is a frozen dataclass of tuples: hashable)
             self._steps[columns] = RunStep(
-                [(m.model, m.scaling, m.calendar) for m in self.members], columns
+                [(m.model, m.scaling, m.calendar) for m in self.members],
+                columns,
+                selection=self.selection(),
             )
         return self._steps[columns]
 
@@ -227,15 +230,9 @@ class RunForecaster:
     def predict_outputs(self, table: Any) -> TableOutputs:
         from seqstate.recipe.step import tables
 
-        if not self._steppable(table):
-            parts = [
-                predict_table([m.model], table, scaling=m.scaling, calendar=m.calendar).mean
-                for m in self.members
-            ]
-            return self._selected_predictions(_combine(parts), table)
         self._check_table(table)
         outputs = tables.predict_table(self.step_function(table.columns), table)
-        return self._selected_predictions(_spread(outputs), table)
+        return TableOutputs(outputs.answers, [np.asarray(o).std(axis=0) for o in outputs.members])
 
     def forecast(self, table: Any, horizon: int, future: Any = None) -> np.ndarray:
         return np.stack(self.forecast_outputs(table, horizon, future).mean)
@@ -247,23 +244,22 @@ class RunForecaster:
         future: Any = None,
         on_step: Callable[[int], None] | None = None,
     ) -> TableOutputs:
-        """``on_step(done)``: told the forecast steps done (the step function rolls the whole
-        horizon out in one call, so it is told once, at the end)."""
+        """``on_step(done)``: told the forecast steps done as the roll-out advances (every
+        :attr:`seqstate.recipe.step.RunStep.progress_every` steps and at the end)."""
         from seqstate.recipe.step import tables
 
         columns = table.columns
         covariates, times = self._future_inputs(table, horizon, future)
         self._check_table(table)
-        members = tables.forecast_table(
-            self.step_function(columns), table, horizon, times=times, covariates=covariates
-        )  # (K, n, H, O)
-        if on_step is not None:
-            on_step(horizon)
-        outputs = _spread([members[:, i] for i in range(members.shape[1])])
-        selection = self.selection()
-        if selection is None:
-            return outputs
-        return dataclasses.replace(outputs, mean=selection.forecast(outputs.mean, table, horizon))
+        answers, members = tables.forecast_table(
+            self.step_function(columns),
+            table,
+            horizon,
+            times=times,
+            covariates=covariates,
+            on_step=None if on_step is None else (lambda done, _total: on_step(done)),
+        )  # (n, H, O), (K, n, H, O)
+        return TableOutputs(list(answers), [members[:, i].std(axis=0) for i in range(len(table))])
 
     def sample_paths(
         self,
@@ -314,41 +310,20 @@ class RunForecaster:
             times = [np.asarray(t)[:horizon] for t in future.times]
         return covariates, times
 
-    # -- the validation's choice (recipe/selection.py), applied after the members' mean --------
+    # -- the validation's choice (recipe/selection.py), run by the step function -------------
 
     def selection(self) -> Any:
-        """The members' validation choices (``metadata["selection"]``) as one
-        :class:`seqstate.recipe.selection.Selection` (their weights averaged), or None when no
-        member made one: the network alone."""
-        from seqstate.recipe.selection import Selection, merge_selections
+        """The members' validation choices as one :class:`seqstate.recipe.selection.Selection`,
+        or None: the network alone (:func:`seqstate.recipe.run.selection_of`)."""
+        from seqstate.recipe.run import selection_of
 
-        chosen = [m.metadata.get("selection") for m in self.members]
-        return merge_selections([Selection.from_dict(c) for c in chosen if c])
-
-    def _selected_predictions(self, outputs: TableOutputs, table: Any) -> TableOutputs:
-        selection = self.selection()
-        if selection is None or table.columns.shift != 1:
-            return outputs
-        return dataclasses.replace(outputs, mean=selection.predict(outputs.mean, table))
-
-    def _steppable(self, table: Any) -> bool:
-        # Differencing with shift > 1 decodes from actual values after the input row, which
-        # only a whole table has: that one case keeps the table-level path.
-        lagged = any(m.scaling is not None and m.scaling.config.lags for m in self.members)
-        return not (lagged and table.columns.shift > 1)
+        return selection_of(self.members)
 
     def _check_table(self, table: Any) -> None:
         # The table-level refusals (too short to difference, outside log's domain), once.
         for member in self.members:
             if member.scaling is not None:
                 member.scaling.check_table(table, member.scaling.config)
-
-
-def _spread(outputs: list[np.ndarray]) -> TableOutputs:
-    """Per-series ``[K, L, O]`` member outputs -> their mean and std over K."""
-    return TableOutputs(
-        [np.asarray(o).mean(axis=0) for o in outputs], [np.asarray(o).std(axis=0) for o in outputs]
-    )
 
 
 def load_forecaster(run_dir: Any) -> RunForecaster:

@@ -335,8 +335,9 @@ class Engine:
     ) -> tuple[torch.Tensor, RunState]:
         x = torch.from_numpy(np.stack(xs)).to(self.device)  # (n, k, F_raw)
         time_t = None if times is None else torch.from_numpy(np.stack(times)).to(self.device)
-        members, new_state = self.function.step_members(self._to_device(state), x, time_t)
-        return members.mean(dim=0).cpu(), self._to_cpu(new_state)  # (n, k, O) float64
+        # the run's answer: the members' mean, with the baselines validation chose
+        y, new_state = self.function.step(self._to_device(state), x, time_t)
+        return y.cpu(), self._to_cpu(new_state)  # (n, k, O) float64
 
     def _apply_group(
         self,
@@ -364,9 +365,12 @@ class Engine:
                 outcomes[indices[0]] = Reject(422, "invalid_x", str(error), seq)
             return
         steps = y.shape[1]
-        # a differenced stream's first steps have no past to difference: no answer (null)
+        # a differenced stream's first steps have no past to difference (and with shift > 1
+        # its answers come `delay` steps late): no answer (null)
         seen = rows.transforms["steps"][:, None] + torch.arange(steps)  # (n, k)
-        warm = (seen < self.function.order).numpy()
+        warm = (seen < self.function.order + self.function.delay).numpy()
+        # (a run answering with baselines alone has their answer there, as predict does)
+        warm &= ~np.isfinite(y.numpy()).all(axis=-1)
         finite = _finite_rows(y, warm, new_state)
         answers = y.tolist()
         blobs = self.codec.encode(new_state, [series[j] for j in members])

@@ -106,16 +106,6 @@ def load_run_step(run_dir: str | os.PathLike[str]) -> Any:
     from seqstate.recipe.run import Run
 
     run = Run.load(Path(run_dir))
-    chosen = run.members[0].metadata.get("selection") or {}
-    if set(chosen.get("weights", {"network": 1.0})) != {"network"}:
-        # predict/forecast answer with the baselines validation chose; the step function does
-        # not run them yet, so serving it would answer differently: refuse, and say the fix.
-        raise ValueError(
-            f"run directory {str(run_dir)!r} answers with {chosen.get('chosen')!r}, chosen on "
-            "validation over the network alone; the server does not step those baselines yet, "
-            "so it cannot serve it. Train with --select network to serve it, or use `seqstate "
-            "predict`/`forecast`"
-        )
     return run.step_function()
 
 

@@ -151,6 +151,8 @@ class Difference(nn.Module):
     The first D steps of a stream have no difference (``valid`` is False there); the inverse
     turns a model output at step t (the difference at ``t + shift``) back into a value from
     the actual past values, as :meth:`seqstate.recipe.scaling.Scaling.decode_predictions`.
+    With shift s > 1 those values run up to ``t + s - 1``, so the answer is given at step
+    ``t + s - 1`` (``delay = s - 1``; the pending differences are state).
     """
 
     def __init__(self, lags: Sequence[int], shift: int = 1) -> None:
@@ -160,13 +162,11 @@ class Difference(nn.Module):
         coefficients = difference_coefficients(lags)
         self.lags = tuple(int(lag) for lag in lags)
         self.order = len(coefficients) - 1
-        if self.order and shift not in (0, 1):
-            raise ValueError(
-                f"differencing at lags {list(self.lags)} with shift={shift} would need values "
-                "between a step and its target that a stream has not seen yet; a step function "
-                "supports shift 0 or 1 with differencing."
-            )
         self.shift = shift
+        # With shift s > 1 a difference predicted at step t is integrated onto the values up
+        # to t + s - 1 (as the table code does), which a stream sees s - 1 steps later: its
+        # answer comes ``delay`` steps after the step that made it (RunStep.delay).
+        self.delay = max(shift - 1, 0) if self.order else 0
         # (k, c_k) for the nonzero coefficients: 4 terms for lags (1, 12), not 14
         self.terms = tuple((k, float(c)) for k, c in enumerate(coefficients) if c != 0.0)
 
@@ -182,10 +182,14 @@ class Difference(nn.Module):
             z = _add(z, c, full[:, d - k : d - k + steps])
         return z
 
-    def inverse(self, z: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    def inverse(
+        self, z: torch.Tensor, full: torch.Tensor, shift: int | None = None
+    ) -> torch.Tensor:
         """Values ``[B, T, O]`` from output differences ``z`` (step t: the difference at
-        ``t + shift``) and the actual values ``full`` (``[B, D + T, O]``)."""
-        d, steps, shift = self.order, z.shape[1], self.shift
+        ``t + shift``, default :attr:`shift`) and the actual values ``full`` (``[B, D + T,
+        O]``)."""
+        d, steps = self.order, z.shape[1]
+        shift = self.shift if shift is None else shift
         w = z
         for k, c in self.terms[1:]:
             w = _add(w, -c, full[:, d + shift - k : d + shift - k + steps])
@@ -214,7 +218,8 @@ def _add(total: torch.Tensor, coefficient: float, values: torch.Tensor) -> torch
 
 class Scaling(nn.Module):
     """``(v - location) / scale`` per column with the stream's statistics (state
-    ``location``, ``scale`` ``[B, C]`` float64, bound when the stream starts) and its inverse.
+    ``location``, ``scale`` ``[B, C]`` float64, bound when the stream starts; every method
+    also takes them as ``[B, 1, C]``) and its inverse.
 
     ``features`` / ``targets``: which of the C scaled columns the model's input features and
     its outputs are.
@@ -254,7 +259,7 @@ class Scaling(nn.Module):
     ) -> torch.Tensor:
         """Model outputs ``[B, T, O]`` float64 -> the targets' (transformed) units."""
         loc, sc = _pick(location, scale, self.targets, self.target_span)
-        return outputs * sc + loc
+        return torch.addcmul(loc, outputs, sc)  # outputs * sc + loc, one op
 
 
 def _span(indices: Sequence[int]) -> tuple[int, int] | None:
@@ -271,8 +276,13 @@ def _pick(
     index: torch.Tensor,
     span: tuple[int, int] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``location``, ``scale`` ``[B, C]`` -> the picked columns as ``[B, 1, K]``."""
+    """``location``, ``scale`` ``[B, C]`` (or ``[B, 1, C]``, unsqueezed once by a caller that
+    picks twice) -> the picked columns as ``[B, 1, K]``."""
+    if location.dim() == 2:
+        location, scale = location[:, None], scale[:, None]
     if span is not None:
         start, stop = span
-        return location[:, None, start:stop], scale[:, None, start:stop]
-    return location.index_select(1, index)[:, None], scale.index_select(1, index)[:, None]
+        if start == 0 and stop == location.shape[2]:  # every column: no slice
+            return location, scale
+        return location[..., start:stop], scale[..., start:stop]
+    return location.index_select(2, index), scale.index_select(2, index)

@@ -23,8 +23,8 @@ per-series scaling)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from torch import nn
 
 from seqstate.core.state import State
 from seqstate.recipe.step import cells
+from seqstate.recipe.step.blend import NETWORK, Blend
 from seqstate.recipe.step.state import RunState
 
 __all__ = ["NO_TIME", "MemberStep", "RunStep"]
@@ -94,6 +95,8 @@ class MemberStep(nn.Module):
         pairs = [(features.index(t), j) for j, t in enumerate(targets) if t in features]
         self.register_buffer("fed_features", torch.tensor([f for f, _ in pairs], dtype=torch.long))
         self.register_buffer("fed_targets", torch.tensor([j for _, j in pairs], dtype=torch.long))
+        # every target is fed, in order (the usual forecasting run): no gather of z
+        self.feeds_all = [j for _, j in pairs] == list(range(len(targets)))
         self.covariate_names = [name for name in features if name not in targets]
         self.register_buffer(
             "covariate_features",
@@ -129,6 +132,10 @@ class MemberStep(nn.Module):
             prefix + "history": torch.zeros((b, self.order, self.outputs), dtype=torch.float64),
             prefix + "output": torch.full((b, self.outputs), float("nan")),
         }
+        if self.difference.delay:
+            # the differences predicted in the last `delay` steps, not yet integrated
+            shape = (b, self.difference.delay, self.outputs)
+            transforms[prefix + "pending"] = torch.full(shape, float("nan"), dtype=torch.float64)
         if self.head is not None:
             width = self.head.parameter_count * self.outputs
             transforms[prefix + "parameters"] = torch.zeros((b, width))
@@ -170,15 +177,16 @@ class MemberStep(nn.Module):
 
     def forward(
         self,
-        transforms: dict[str, torch.Tensor],
+        transforms: Mapping[str, torch.Tensor],
         model_state: State,
         x: torch.Tensor,
         time: torch.Tensor | None,
-        valid: torch.Tensor,
+        valid: torch.Tensor | None,
         prefix: str,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], State]:
         """``x [B, T, F_raw]`` float32 -> ``y [B, T, O]`` float64 raw units (NaN where not
-        ``valid``), this member's new transform state and model state."""
+        ``valid [B, T]``; None: every step has its difference), this member's new transform
+        state and model state."""
         steps = x.shape[1]
         new: dict[str, torch.Tensor] = {}
         full = None
@@ -188,7 +196,7 @@ class MemberStep(nn.Module):
             inputs = x if x.shape[2] == self.feature_count else x[..., : self.feature_count]
         else:
             x64 = x.to(torch.float64)
-            features = x64[..., : self.feature_count]
+            features = x64 if x.shape[2] == self.feature_count else x64[..., : self.feature_count]
             if self.transforms_targets:
                 w = self.transform.forward(x64.index_select(2, self.target_inputs))  # (B, T, O)
                 full = torch.cat([transforms[prefix + "history"], w], dim=1)  # (B, D + T, O)
@@ -196,13 +204,14 @@ class MemberStep(nn.Module):
                 # the table code stores the transformed columns as float32 before scaling them
                 z = z.to(torch.float32).to(torch.float64)
                 if self.fed_features.numel():
-                    features = features.index_copy(
-                        2, self.fed_features, z.index_select(2, self.fed_targets)
-                    )
+                    fed = z if self.feeds_all else z.index_select(2, self.fed_targets)
+                    features = features.index_copy(2, self.fed_features, fed)
                 if self.order:
                     new[prefix + "history"] = full[:, steps:]
             if self.scale is not None:
-                location, scale = transforms[prefix + "location"], transforms[prefix + "scale"]
+                # [B, 1, C] once: the inverse picks from the same views
+                location = transforms[prefix + "location"][:, None]
+                scale = transforms[prefix + "scale"][:, None]
                 features = self.scale.forward(features, location, scale)
             inputs = features.to(torch.float32)
         if self.calendar.kinds:
@@ -212,9 +221,7 @@ class MemberStep(nn.Module):
                     "needs its time (Unix seconds)"
                 )
             inputs = torch.cat([inputs, self.calendar.forward(time)], dim=2)
-        # Past the warm-up (every step valid: the usual streaming step) nothing is masked.
-        warming = bool(self.order) and (_tracing() or not bool(valid.all()))
-        if warming:
+        if valid is not None:
             # warm-up steps (no difference yet) leave the model state as it is
             inputs = torch.where(valid[..., None], inputs, inputs.new_zeros(()))
             y, raw, model_state = self._model(inputs, model_state, valid)
@@ -229,14 +236,20 @@ class MemberStep(nn.Module):
             if raw is not None:
                 new[prefix + "parameters"] = raw[:, -1]
         out = y.to(torch.float64)
+        if valid is not None:
+            out = torch.where(valid[..., None], out, out.new_full((), float("nan")))
         if self.regression:
             if self.scale is not None:
                 out = self.scale.inverse(out, location, scale)
             if full is not None and self.order:
-                out = self.difference.inverse(out, full)
+                if self.difference.delay:
+                    # each step integrates the difference made `delay` steps before it
+                    joined = torch.cat([transforms[prefix + "pending"], out], dim=1)
+                    new[prefix + "pending"] = joined[:, steps:]
+                    out = self.difference.inverse(joined[:, :steps], full, shift=1)
+                else:
+                    out = self.difference.inverse(out, full)
             out = self.transform.inverse(out)
-        if warming:
-            out = torch.where(valid[..., None], out, out.new_full((), float("nan")))
         return out, new, model_state
 
     def _model(
@@ -270,6 +283,32 @@ class MemberStep(nn.Module):
         With ``samples`` > 0 (a distribution model): ``[B, samples, H, O]`` sample paths, each
         step's value drawn in model space from ``generator``, fed back, and inverted through
         this member's transforms on its own path (its own differencing history)."""
+        steps = self.rollout(
+            transforms,
+            model_state,
+            times,
+            covariates,
+            horizon,
+            prefix,
+            samples=samples,
+            generator=generator,
+        )
+        return _paths(list(steps), samples)
+
+    def rollout(
+        self,
+        transforms: dict[str, torch.Tensor],
+        model_state: State,
+        times: torch.Tensor | None,
+        covariates: torch.Tensor | None,
+        horizon: int,
+        prefix: str,
+        *,
+        samples: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """:meth:`forecast` one step at a time: yields each step's ``[B, O]`` (``[B * samples,
+        O]``) raw values, so a caller can interleave members and report progress."""
         empty = torch.zeros(0, dtype=torch.float64)  # (no scaling: never read)
         if samples:
             if self.head is None:
@@ -308,7 +347,6 @@ class MemberStep(nn.Module):
             raise ValueError("the run reads calendar features: the forecast needs its times")
         b = z.shape[0]
         width = self.feature_count + self.calendar.width
-        outputs = []
         for h in range(horizon):
             value = z.to(torch.float64)[:, None]  # (B, 1, O)
             if self.scale is not None:
@@ -317,7 +355,7 @@ class MemberStep(nn.Module):
             if self.order:
                 w = self.difference.inverse_one(w, history)
                 history = torch.cat([history[:, 1:], w[:, None]], dim=1)
-            outputs.append(self.transform.inverse(w))
+            yield self.transform.inverse(w)
             if h == horizon - 1:
                 break
             x = z.new_zeros((b, 1, width))
@@ -332,10 +370,33 @@ class MemberStep(nn.Module):
             else:
                 y, model_state = self.model(x, model_state)
                 z = y[:, 0]
-        paths = torch.stack(outputs, dim=1)  # (B, H, O) or (B * samples, H, O)
-        if samples:
-            return paths.unflatten(0, (-1, samples))
-        return paths
+
+
+def _paths(steps: list[torch.Tensor], samples: int) -> torch.Tensor:
+    """Rolled-out steps ``[B(*samples), O]`` -> ``[B, H, O]`` (``[B, samples, H, O]``)."""
+    paths = torch.stack(steps, dim=1)
+    return paths.unflatten(0, (-1, samples)) if samples else paths
+
+
+class StepOutputs(NamedTuple):
+    """A step's answer ``[B, T, O]`` (what :meth:`RunStep.step` returns) and the network
+    members' answers ``[K, B, T, O]`` (their spread is the ensemble's)."""
+
+    answer: torch.Tensor
+    members: torch.Tensor
+
+
+class ForecastOutputs(NamedTuple):
+    """A forecast's times ``[B, H]``, answer ``[B, H, O]`` (paths: ``[B, S, H, O]``) and the
+    network members' ``[K, B, H, O]`` (paths: ``[K, B, S, H, O]``)."""
+
+    times: torch.Tensor
+    answer: torch.Tensor
+    members: torch.Tensor
+
+
+#: Progress callback of a forecast: ``on_step(done, total)`` forecast steps.
+OnStep = Callable[[int, int], None]
 
 
 class RunStep(nn.Module):
@@ -361,6 +422,7 @@ class RunStep(nn.Module):
         members: Sequence[tuple[nn.Module, Any, Sequence[str]]],
         columns: Any,
         frequency: Any = None,
+        selection: Any = None,
     ) -> None:
         super().__init__()
         if not members:
@@ -383,8 +445,36 @@ class RunStep(nn.Module):
             m.scaling is not None and m.scaling.config.method == "series" for m in self._members()
         )
         self.order = max(m.order for m in self._members())
+        #: steps between the step that makes an answer and the step that returns it (a
+        #: differenced run with shift s > 1: s - 1; else 0)
+        self.delay = max(m.difference.delay for m in self._members())
         self.covariates: tuple[str, ...] = tuple(self._members()[0].covariate_names)
+        self.selection = selection
+        self.blend = self._blend(selection)
+        #: forecast steps between two ``on_step`` calls (a long roll-out reports steadily)
+        self.progress_every = 16
         self.eval()
+
+    def _blend(self, selection: Any) -> Blend | None:
+        """The baselines the validation chose, as cells (None: the network alone)."""
+        if selection is None:
+            return None
+        weights = getattr(selection, "weights", None)
+        if not isinstance(weights, Mapping):
+            raise TypeError(
+                "selection must be a seqstate.recipe.selection.Selection (or None); received "
+                f"{type(selection).__name__}"
+            )
+        if set(weights) == {NETWORK}:
+            return None
+        missing = [t for t in self.targets if t not in self.inputs]
+        if missing:
+            raise ValueError(
+                f"the run answers with the baselines {sorted(set(weights) - {NETWORK})}, which "
+                f"read the targets' past, but its inputs {list(self.inputs)} lack {missing}; "
+                "a selection is only made for runs whose targets are inputs"
+            )
+        return Blend(weights, [self.inputs.index(t) for t in self.targets])
 
     def _members(self) -> tuple[MemberStep, ...]:
         return self._member_steps
@@ -419,6 +509,8 @@ class RunStep(nn.Module):
             part, model_state = member.initial_state(series, context, f"m{k}.")
             transforms |= part
             models.append(model_state)
+        if self.blend is not None:
+            transforms |= self.blend.initial_state(b)
         return RunState(transforms, tuple(models))
 
     # --- steps -------------------------------------------------------------------------------
@@ -436,19 +528,38 @@ class RunStep(nn.Module):
         Returns:
             ``(y [B, T, O] float64 raw units, new state)``: y at step t predicts the targets
             ``shift`` steps later; NaN while differencing has no past (a stream's first D
-            steps). For an ensemble, the members' mean.
+            steps). For an ensemble, the members' mean; where validation chose baselines
+            (:attr:`selection`), their weighted combination with it. A differenced run with
+            shift s > 1 integrates each predicted difference onto the values up to the step
+            before its target, so y at step t is the answer made at step ``t - delay``
+            (:attr:`delay` = s - 1: the targets at t + 1).
         """
-        members, state = self.step_members(state, x, time)
-        # (one member: its answer as it is, no mean over a dimension of one)
-        return (members[0] if members.shape[0] == 1 else members.mean(dim=0)), state
+        outputs, state = self.step_outputs(state, x, time)
+        return outputs.answer, state
 
     def step_members(
         self, state: RunState, x: Any, time: Any = None
     ) -> tuple[torch.Tensor, RunState]:
-        """:meth:`step` with each member's answer: ``y [K, B, T, O]``."""
+        """:meth:`step` with each network member's answer: ``y [K, B, T, O]`` (the baselines
+        step too: the state is the same as :meth:`step`'s)."""
+        outputs, state = self.step_outputs(state, x, time)
+        return outputs.members, state
+
+    def step_outputs(
+        self, state: RunState, x: Any, time: Any = None
+    ) -> tuple[StepOutputs, RunState]:
+        """:meth:`step` with both the answer and each network member's."""
         x_t, time_t = self._check_step(state, x, time)
         with torch.no_grad():
-            return self.forward(state, x_t, time_t)
+            members, new_state = self.forward(state, x_t, time_t)
+            network = members[0] if members.shape[0] == 1 else members.mean(dim=0)
+            if self.blend is None:
+                return StepOutputs(network, members), new_state
+            parts, baselines = self.blend.advance(state.transforms, x_t)
+            # (the selection is of one-step forecasts: with another shift the network answers)
+            answer = self.blend.combine(network, parts) if self.columns.shift == 1 else network
+        transforms = {**new_state.transforms, **baselines}
+        return StepOutputs(answer, members), RunState.unchecked(transforms, new_state.models)
 
     def forward(
         self, state: RunState, x: torch.Tensor, time: torch.Tensor | None
@@ -457,13 +568,17 @@ class RunStep(nn.Module):
         [B, T]`` int64 or None -> ``(y [K, B, T, O] float64, state)``."""
         steps = x.shape[1]
         seen = state.transforms["steps"]
-        position = seen[:, None] + torch.arange(steps, device=x.device) if self.order else seen
+        position = None
+        # Past every row's warm-up (the usual streaming step) no step is masked: one check
+        # instead of a mask per step; a trace takes the masked path, which holds for any data.
+        if self.order and (_tracing() or seen.numel() == 0 or int(seen.min()) < self.order):
+            position = seen[:, None] + torch.arange(steps, device=x.device)
         transforms = dict(state.transforms)
         outputs, models = [], []
         for k, member in enumerate(self._members()):
-            # (B, T); read only by a differencing member
-            valid = position >= member.order if member.order else position
-            y, new, model_state = member(
+            # (B, T) the steps with a difference, or None: all of them
+            valid = position >= member.order if position is not None and member.order else None
+            y, new, model_state = member.forward(
                 state.transforms, state.models[k], x, time, valid, f"m{k}."
             )
             transforms |= new
@@ -483,6 +598,7 @@ class RunStep(nn.Module):
         covariates: Any = None,
         *,
         times: Any = None,
+        on_step: OnStep | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Forecast ``horizon`` steps from the streams' current state, which is not changed.
 
@@ -493,46 +609,92 @@ class RunStep(nn.Module):
                 at forecast step h; the last row is not used), where the run has them.
             times: ``[B, horizon]`` int64 times of the forecast steps; default: the step after
                 each stream's last time on the run's frequency.
+            on_step: ``on_step(done, total)``, called as the roll-out advances (every
+                :attr:`progress_every` steps and at the end).
 
         Returns:
             ``(times [B, H] int64, y [B, H, O] float64 raw units)``; the first row equals the
-            answer of the stream's last step.
+            answer of the stream's last step. For an ensemble, the members' mean; where
+            validation chose baselines, their weighted combination with it.
         """
-        times_t, members = self.forecast_members(state, horizon, covariates, times=times)
-        return times_t, (members[0] if members.shape[0] == 1 else members.mean(dim=0))
+        outputs = self.forecast_outputs(state, horizon, covariates, times=times, on_step=on_step)
+        return outputs.times, outputs.answer
 
     def forecast_members(
         self, state: RunState, horizon: int, covariates: Any = None, *, times: Any = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forecast` with each member's answer: ``y [K, B, H, O]``."""
-        if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
-            raise ValueError(f"horizon must be an int >= 1; received {horizon!r}")
+        """:meth:`forecast` with each network member's answer: ``y [K, B, H, O]``."""
+        outputs = self.forecast_outputs(state, horizon, covariates, times=times)
+        return outputs.times, outputs.members
+
+    def forecast_outputs(
+        self,
+        state: RunState,
+        horizon: int,
+        covariates: Any = None,
+        *,
+        times: Any = None,
+        on_step: OnStep | None = None,
+    ) -> ForecastOutputs:
+        """:meth:`forecast` with both the answer and each network member's."""
+        horizon = _check_horizon(horizon)
+        self._check_forecastable()
         if not isinstance(state, RunState):
             raise TypeError(f"state must be a RunState; received {type(state).__name__}")
+        _check_on_step(on_step)
         b = state.batch_size
-        times_t = self._future_times(state, int(horizon), times)
+        times_t = self._future_times(state, horizon, times)
         covariates_t = None
         if covariates is not None:
             covariates_t = torch.as_tensor(np.asarray(covariates, dtype=np.float32))
-            expected = (b, int(horizon), len(self.covariates))
+            expected = (b, horizon, len(self.covariates))
             if tuple(covariates_t.shape) != expected:
                 raise ValueError(
                     f"covariates must have shape [B, horizon, K]={list(expected)} (the "
                     f"covariates {list(self.covariates)}); received {list(covariates_t.shape)}"
                 )
         with torch.no_grad():
-            outputs = [
-                member.forecast(
-                    dict(state.transforms),
-                    state.models[k],
-                    times_t,
-                    covariates_t,
-                    int(horizon),
-                    f"m{k}.",
-                )
-                for k, member in enumerate(self._members())
-            ]
-        return times_t, torch.stack(outputs)
+            members = self._roll_out(state, times_t, covariates_t, horizon, 0, None, on_step)
+            network = members[0] if members.shape[0] == 1 else members.mean(dim=0)
+            answer = network
+            if self.blend is not None:
+                answer = self.blend.combine(network, self.blend.forecast(state.transforms, horizon))
+        return ForecastOutputs(times_t, answer, members)
+
+    def _roll_out(
+        self,
+        state: RunState,
+        times: torch.Tensor | None,
+        covariates: torch.Tensor | None,
+        horizon: int,
+        samples: int,
+        generator: torch.Generator | None,
+        on_step: OnStep | None,
+    ) -> torch.Tensor:
+        """Every member's roll-out, step by step side by side (so progress is reported as the
+        horizon advances): ``[K, B, H, O]`` (``[K, B, samples, H, O]``)."""
+        rollouts = [
+            member.rollout(
+                dict(state.transforms),
+                state.models[k],
+                times,
+                covariates,
+                horizon,
+                f"m{k}.",
+                samples=samples,
+                generator=generator,
+            )
+            for k, member in enumerate(self._members())
+        ]
+        steps: list[list[torch.Tensor]] = [[] for _ in rollouts]
+        every = self.progress_every
+        for h in range(horizon):
+            for k, rollout in enumerate(rollouts):
+                steps[k].append(next(rollout))
+            done = h + 1
+            if on_step is not None and (done % every == 0 or done == horizon):
+                on_step(done, horizon)
+        return torch.stack([_paths(s, samples) for s in steps])
 
     def sample_forecast(
         self,
@@ -543,10 +705,13 @@ class RunStep(nn.Module):
         times: Any = None,
         samples: int,
         seed: int | None = None,
+        on_step: OnStep | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample paths from the streams' current state (not changed): each path draws every
         step's value in model space, feeds it back and inverts it through the run's transforms
-        (scaling, log, differencing) on its own path. An ensemble pools its members' paths.
+        (scaling, log, differencing) on its own path. An ensemble pools its members' paths;
+        where validation chose baselines, each path is combined with their (deterministic)
+        forecasts by the selection's weights, as the point forecast is.
 
         Returns:
             ``(times [B, H] int64, paths [B, K * samples, H, O] float64 raw units)``.
@@ -555,11 +720,12 @@ class RunStep(nn.Module):
             raise TypeError(f"samples must be an int >= 1; received {type(samples).__name__}")
         if samples < 1:
             raise ValueError(f"samples must be an int >= 1 (paths per stream); received {samples}")
-        if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
-            raise ValueError(f"horizon must be an int >= 1; received {horizon!r}")
+        horizon = _check_horizon(horizon)
+        self._check_forecastable()
         if not isinstance(state, RunState):
             raise TypeError(f"state must be a RunState; received {type(state).__name__}")
-        times_t = self._future_times(state, int(horizon), times)
+        _check_on_step(on_step)
+        times_t = self._future_times(state, horizon, times)
         covariates_t = None
         if covariates is not None:
             covariates_t = torch.as_tensor(np.asarray(covariates, dtype=np.float32))
@@ -569,22 +735,22 @@ class RunStep(nn.Module):
         else:
             generator.manual_seed(int(seed))
         with torch.no_grad():
-            paths = [
-                member.forecast(
-                    dict(state.transforms),
-                    state.models[k],
-                    times_t,
-                    covariates_t,
-                    int(horizon),
-                    f"m{k}.",
-                    samples=int(samples),
-                    generator=generator,
-                )
-                for k, member in enumerate(self._members())
-            ]
-        return times_t, torch.cat(paths, dim=1)
+            members = self._roll_out(
+                state, times_t, covariates_t, horizon, int(samples), generator, on_step
+            )  # (K, B, samples, H, O)
+            paths = torch.cat(list(members), dim=1)  # (B, K * samples, H, O)
+            if self.blend is not None:
+                paths = self.blend.combine(paths, self.blend.forecast(state.transforms, horizon))
+        return times_t, paths
 
     # --- checks ------------------------------------------------------------------------------
+
+    def _check_forecastable(self) -> None:
+        from seqstate.recipe.forecaster import why_not_forecastable
+
+        why = why_not_forecastable(self.columns)
+        if why is not None:
+            raise ValueError(f"this run cannot forecast: {why}")
 
     def _future_times(self, state: RunState, horizon: int, times: Any) -> torch.Tensor:
         b = state.batch_size
@@ -689,6 +855,8 @@ class RunStep(nn.Module):
             "needs_time": self.needs_time,
             "needs_series": self.needs_series,
             "warmup_steps": self.order,
+            "answer_delay": self.delay,
+            "selection": dict(self.blend.weights) if self.blend is not None else {NETWORK: 1.0},
             "members": len(self.members),
             "frequency": self.frequency.name if self.frequency is not None else None,
             "calendar": list(first.calendar.kinds),
@@ -702,3 +870,19 @@ class RunStep(nn.Module):
                 for m in self._members()
             ],
         }
+
+
+def _check_horizon(horizon: Any) -> int:
+    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer):
+        raise TypeError(f"horizon must be an int >= 1; received {type(horizon).__name__}")
+    if horizon < 1:
+        raise ValueError(f"horizon must be an int >= 1; received {horizon!r}")
+    return int(horizon)
+
+
+def _check_on_step(on_step: Any) -> None:
+    if on_step is not None and not callable(on_step):
+        raise TypeError(
+            f"on_step must be a callable on_step(done, total) or None; received "
+            f"{type(on_step).__name__}"
+        )

@@ -12,15 +12,22 @@ row's answers depend on another row's.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from seqstate.recipe.step.function import RunStep
+from seqstate.recipe.step.function import OnStep, RunStep
 from seqstate.recipe.step.state import RunState
 
-__all__ = ["forecast_table", "predict_table", "table_inputs", "table_times", "warm_up"]
+__all__ = [
+    "TableAnswers",
+    "forecast_table",
+    "predict_table",
+    "table_inputs",
+    "table_times",
+    "warm_up",
+]
 
 DEFAULT_CHUNK = 512
 DEFAULT_BATCH = 256
@@ -61,8 +68,20 @@ def table_times(run_step: RunStep, times: Any) -> np.ndarray | None:
     return None
 
 
-def _run_group(run_step: RunStep, table: Any, chunk: int) -> tuple[list[torch.Tensor], RunState]:
-    """Each series' member outputs ``[K, L_i, O]`` and the state after its last step."""
+class TableAnswers(NamedTuple):
+    """Per series: ``answers`` ``[L_i, O]`` (the run's answer: the members' mean, combined
+    with the baselines validation chose) and ``members`` ``[K, L_i, O]`` (the network
+    members' own), float64 raw units."""
+
+    answers: list[np.ndarray]
+    members: list[np.ndarray]
+
+
+def _run_group(
+    run_step: RunStep, table: Any, chunk: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor], RunState]:
+    """Each series' answers ``[L_i, O]``, member outputs ``[K, L_i, O]`` and the state after
+    its last step."""
     n = len(table)
     lengths = [len(f) for f in table.features]
     longest = max(lengths)
@@ -81,62 +100,86 @@ def _run_group(run_step: RunStep, table: Any, chunk: int) -> tuple[list[torch.Te
     state = run_step.initial_state(list(table.ids), context=table)
     # Chunks also end at each series' end, so its final state is taken before any padding.
     bounds = sorted({*range(chunk, longest, chunk), *lengths, longest})
-    pieces = []
+    pieces, answers = [], []
     finals: dict[int, RunState] = {}
     begin = 0
     for end in bounds:
-        y, state = run_step.step_members(
+        outputs, state = run_step.step_outputs(
             state,
             torch.from_numpy(x[:, begin:end]),
             torch.from_numpy(time[:, begin:end]) if time is not None else None,
         )
-        pieces.append(y)
+        pieces.append(outputs.members)
+        answers.append(outputs.answer)
         ended = [i for i, length in enumerate(lengths) if length == end]
         if ended:
             picked = state.select(ended)
             for position, i in enumerate(ended):
                 finals[i] = picked.select([position])
         begin = end
-    outputs = torch.cat(pieces, dim=2)  # (K, n, longest, O)
-    result = [outputs[:, i, :length] for i, length in enumerate(lengths)]
-    return result, RunState.cat([finals[i] for i in range(n)])
+    members = torch.cat(pieces, dim=2)  # (K, n, longest, O)
+    answer = torch.cat(answers, dim=1)  # (n, longest, O)
+    delay = run_step.delay
+    if delay:
+        # row t's answer came at step t + delay (a differenced run with shift > 1); the last
+        # `delay` rows of each series have none yet, as the table code leaves them
+        answer = _realign(answer, lengths, delay, dim=1)
+        members = _realign(members, lengths, delay, dim=2)
+    return (
+        [answer[i, :length] for i, length in enumerate(lengths)],
+        [members[:, i, :length] for i, length in enumerate(lengths)],
+        RunState.cat([finals[i] for i in range(n)]),
+    )
+
+
+def _realign(values: torch.Tensor, lengths: Sequence[int], delay: int, dim: int) -> torch.Tensor:
+    """Each series' answers moved ``delay`` steps back along ``dim`` (series on ``dim - 1``),
+    NaN after its ``length - delay`` first rows."""
+    moved = torch.full_like(values, float("nan"))
+    for i, length in enumerate(lengths):
+        if length > delay:
+            source = values.select(dim - 1, i).narrow(dim - 1, delay, length - delay)
+            moved.select(dim - 1, i).narrow(dim - 1, 0, length - delay).copy_(source)
+    return moved
 
 
 def predict_table(
     run_step: RunStep, table: Any, *, chunk: int | None = None, batch_size: int | None = None
-) -> list[np.ndarray]:
-    """Each series' member predictions ``[K, L_i, O]`` float64, raw units (row t: the
-    targets ``shift`` steps later; NaN while differencing has no past)."""
+) -> TableAnswers:
+    """Each series' predictions (row t: the targets ``shift`` steps later; NaN while
+    differencing has no past), the answers and the members'."""
     outputs, _ = _each_group(run_step, table, chunk, batch_size)
     return outputs
 
 
 def warm_up(
     run_step: RunStep, table: Any, *, chunk: int | None = None, batch_size: int | None = None
-) -> tuple[list[np.ndarray], RunState]:
+) -> tuple[TableAnswers, RunState]:
     """:func:`predict_table` and the state after each series' last row (batch n)."""
     return _each_group(run_step, table, chunk, batch_size)
 
 
 def _each_group(
     run_step: RunStep, table: Any, chunk: int | None, batch_size: int | None
-) -> tuple[list[np.ndarray], RunState]:
+) -> tuple[TableAnswers, RunState]:
     chunk = chunk or DEFAULT_CHUNK
     batch_size = batch_size or DEFAULT_BATCH
     order = np.argsort([-len(f) for f in table.features], kind="stable")  # similar lengths
-    outputs: list[np.ndarray | None] = [None] * len(table)
+    answers: list[np.ndarray] = [np.empty(0)] * len(table)
+    outputs: list[np.ndarray] = [np.empty(0)] * len(table)
     states: list[RunState] = []
     positions: list[int] = []
     for begin in range(0, len(table), batch_size):
         members = [int(i) for i in order[begin : begin + batch_size]]
-        result, state = _run_group(run_step, table.select(members), chunk)
+        answer, result, state = _run_group(run_step, table.select(members), chunk)
         for position, i in enumerate(members):
+            answers[i] = answer[position].numpy()
             outputs[i] = result[position].numpy()
         states.append(state)
         positions += members
     joined = RunState.cat(states)
     inverse = np.argsort(positions)
-    return [o for o in outputs if o is not None], joined.select(torch.from_numpy(inverse))
+    return TableAnswers(answers, outputs), joined.select(torch.from_numpy(inverse))
 
 
 def forecast_table(
@@ -147,9 +190,11 @@ def forecast_table(
     times: Sequence[np.ndarray] | None = None,
     covariates: Sequence[np.ndarray] | None = None,
     batch_size: int | None = None,
-) -> np.ndarray:
-    """Member forecasts ``[K, n, H, O]`` float64 raw units: warm up on each series of the raw
-    ``table``, then roll out ``horizon`` steps.
+    on_step: OnStep | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Forecasts ``[n, H, O]`` (the run's answer) and the network members' ``[K, n, H, O]``,
+    float64 raw units: warm up on each series of the raw ``table``, then roll out ``horizon``
+    steps (``on_step(done, total)`` told as it advances).
 
     Args:
         times: one ``[horizon]`` array of the forecast steps' times per series (datetime64 or
@@ -165,5 +210,5 @@ def forecast_table(
     known = None
     if covariates is not None:
         known = np.stack([np.asarray(c, dtype=np.float32)[:horizon] for c in covariates])
-    _, members = run_step.forecast_members(state, horizon, known, times=stamps)
-    return members.numpy()
+    outputs = run_step.forecast_outputs(state, horizon, known, times=stamps, on_step=on_step)
+    return outputs.answer.numpy(), outputs.members.numpy()

@@ -1,0 +1,125 @@
+"""Blend: the validation's choice (:class:`seqstate.recipe.selection.Selection`) as cells of
+the step function: the chosen baselines run as streams beside the network, and each answer is
+their weighted combination.
+
+::
+
+    raw x [B, T, F] ──targets' raw values──► baseline streams (state: last m values, the ETS
+         │                                       grid)  ──► one-step forecasts [B, T, O] each
+         └──► network members ──► mean [B, T, O] ──► sum_k w_k * (part_k, or the network's
+                                                           where part_k has no value)
+
+Each baseline's state lives in ``RunState.transforms`` as ``baseline.<name>.<field>``
+``[B, O, ...]`` (one row per stream and target), so it is selected, scattered, stored and
+serialised with the rest of the run's state; its kind is looked up by name
+(:func:`seqstate.recipe.baselines.baseline_stream`), so any kind registered there runs here.
+The arithmetic of the combination is :meth:`Selection.combine`'s, in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from seqstate.recipe.baselines import baseline_stream
+
+__all__ = ["PREFIX", "Blend"]
+
+PREFIX = "baseline."
+NETWORK = "network"  # (the name seqstate.recipe.selection gives the trained model)
+
+
+class Blend:
+    """The selection ``weights`` (name -> weight, ``"network"`` the members' mean) over the
+    targets at ``target_inputs`` (their indices among the raw inputs ``x`` holds).
+
+    Args:
+        weights: the chosen combination (:attr:`Selection.weights`).
+        target_inputs: for each target, its column in ``x``.
+    """
+
+    def __init__(self, weights: Mapping[str, float], target_inputs: Sequence[int]) -> None:
+        self.weights = {str(k): float(v) for k, v in weights.items()}
+        self.names = tuple(name for name in self.weights if name != NETWORK)
+        self.streams = {name: baseline_stream(name) for name in self.names}
+        self.target_inputs = torch.tensor(list(target_inputs), dtype=torch.long)
+        self.outputs = len(target_inputs)
+
+    # --- state -------------------------------------------------------------------------------
+
+    def initial_state(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """The baselines' states of ``batch_size`` fresh streams: ``[B, O, ...]`` each."""
+        rows = batch_size * self.outputs
+        state = {}
+        for name, stream in self.streams.items():
+            for field, value in stream.initial_state(rows).items():
+                state[f"{PREFIX}{name}.{field}"] = _tensor(value, batch_size, self.outputs)
+        return state
+
+    def _read(self, transforms: Mapping[str, torch.Tensor], name: str) -> dict[str, np.ndarray]:
+        """Baseline ``name``'s stream state, rows ``b * O + o``."""
+        head = f"{PREFIX}{name}."
+        return {
+            key[len(head) :]: value.cpu().numpy().reshape(-1, *value.shape[2:])
+            for key, value in transforms.items()
+            if key.startswith(head)
+        }
+
+    # --- steps -------------------------------------------------------------------------------
+
+    def advance(
+        self, transforms: Mapping[str, torch.Tensor], x: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Step every baseline through ``x [B, T, F]``'s target values: ``({name: [B, T, O]
+        float64 one-step forecasts}, {the new state tensors})``."""
+        b, steps = x.shape[0], x.shape[1]
+        values = x.index_select(2, self.target_inputs.to(x.device)).to(torch.float64)
+        # (B, T, O) -> rows b * O + o, (B * O, T)
+        rows = values.permute(0, 2, 1).reshape(b * self.outputs, steps).cpu().numpy()
+        parts, new = {}, {}
+        for name, stream in self.streams.items():
+            predictions, state = stream.step(self._read(transforms, name), rows)
+            parts[name] = (
+                torch.from_numpy(predictions).reshape(b, self.outputs, steps).permute(0, 2, 1)
+            ).to(x.device)
+            for field, value in state.items():
+                new[f"{PREFIX}{name}.{field}"] = _tensor(value, b, self.outputs).to(x.device)
+        return parts, new
+
+    def forecast(
+        self, transforms: Mapping[str, torch.Tensor], horizon: int
+    ) -> dict[str, torch.Tensor]:
+        """``{name: [B, H, O] float64}``: each baseline's forecast from the state."""
+        parts = {}
+        for name, stream in self.streams.items():
+            state = self._read(transforms, name)
+            path = stream.forecast(state, horizon)  # (B * O, H)
+            b = len(path) // max(self.outputs, 1)
+            parts[name] = torch.from_numpy(path).reshape(b, self.outputs, horizon).permute(0, 2, 1)
+        return parts
+
+    def combine(self, network: torch.Tensor, parts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``sum_k w_k * part_k`` with the network's value standing in where a part has none
+        (NaN). ``network [B, ..., T, O]``; each part ``[B, T, O]`` (broadcast over the middle
+        dimensions of sample paths)."""
+        total = torch.zeros_like(network, dtype=torch.float64)
+        for name, weight in self.weights.items():
+            if name == NETWORK:
+                part = network
+            else:
+                part = parts[name].to(network.device)
+                while part.dim() < network.dim():
+                    part = part.unsqueeze(1)
+                part = torch.where(torch.isfinite(part), part, network)
+            total = total + weight * part
+        return total
+
+
+def _tensor(value: Any, batch: int, outputs: int) -> torch.Tensor:
+    """A stream's ``[B * O, ...]`` array as a state tensor ``[B, O, ...]``."""
+    # (a stream returns arrays of its own, never its input's: they are shared, not copied)
+    array = np.asarray(value)
+    return torch.from_numpy(array.reshape(batch, outputs, *array.shape[1:]))
