@@ -21,7 +21,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_ORIGINS", "ORIGIN_BUDGET", "calibrate", "collect_errors", "validation_series"]
+__all__ = [
+    "MAX_HORIZON",
+    "MAX_ORIGINS",
+    "ORIGIN_BUDGET",
+    "calibrate",
+    "calibration_horizon",
+    "collect_errors",
+    "validation_series",
+]
 
 #: Origins per series at most (each is one warm forecast of every series that has it).
 MAX_ORIGINS = 24
@@ -29,9 +37,16 @@ MAX_ORIGINS = 24
 ORIGIN_BUDGET = 2400
 
 
-def calibration_horizon(season: int) -> int:
-    """Steps the errors are collected for: two seasons, at least 8 (the selection's too)."""
-    return max(2 * int(season), 8)
+#: Most steps the errors are collected for (the table's power law carries on past them).
+MAX_HORIZON = 256
+
+
+def calibration_horizon(season: int, tails: Sequence[int]) -> int:
+    """Steps the errors are collected for: two seasons, at least 8 (the selection's horizon),
+    or half the longest validation tail when that is longer (a forecast far past the data
+    drifts in ways the first steps do not show), at most :data:`MAX_HORIZON`."""
+    longest = max((int(t) for t in tails), default=0)
+    return min(max(2 * int(season), 8, longest // 2), MAX_HORIZON)
 
 
 def validation_series(raw: Any, validation: Any) -> tuple[Any, list[int]] | None:
@@ -119,6 +134,12 @@ def calibrate(
         [RunMember(model, prepared.scaling, tuple(prepared.preparation.calendar), metadata)]
     )
     errors = collect_errors(
-        forecaster, table, cuts, season=season, horizon=calibration_horizon(season)
+        forecaster,
+        table,
+        cuts,
+        season=season,
+        horizon=calibration_horizon(
+            season, [int(n) - c for n, c in zip(table.lengths, cuts, strict=True)]
+        ),
     )
     return fit_table(errors, season)
