@@ -137,7 +137,13 @@ def test_predict_writes_one_row_per_input_row(run, data, tmp_path, capsys):
     assert main(["predict", str(run), str(data), "--out", str(out), "--no-progress"]) == 0
     assert "predicted_value" in capsys.readouterr().out
     written = pd.read_csv(out)
-    assert list(written.columns) == ["id", "t", "predicted_value"]
+    assert list(written.columns) == [
+        "id",
+        "t",
+        "predicted_value",
+        "predicted_value_q10",
+        "predicted_value_q90",
+    ]
     assert len(written) == len(pd.read_csv(data))
     table = read_table(
         data, features=["value", "aux"], targets=["value"], id_column="id", time_column="t"

@@ -347,3 +347,67 @@ def test_the_old_names_still_evaluate_with_a_warning():
     with pytest.warns(DeprecationWarning, match="evaluate_forecaster_in_sample"):
         old = evaluate_in_sample(oracle, table)
     assert old.summary == evaluate_forecaster_in_sample(oracle, table).summary
+
+
+class NaiveWithIntervals(SeasonalNaive):
+    """Seasonal naive with an interval table: a run's ``interval_table()``."""
+
+    def __init__(self, season, intervals):
+        super().__init__(season)
+        self.intervals = intervals
+
+    def interval_table(self):
+        return self.intervals
+
+
+def _known_table():
+    from seqstate.recipe.intervals import fit_table
+
+    errors = np.random.default_rng(7).normal(size=(30, 6)) * np.sqrt(np.arange(1, 7))
+    return fit_table(errors, season=12)
+
+
+def test_evaluate_scores_the_intervals_against_a_per_series_reference():
+    from seqstate.recipe.intervals import path_quantiles
+    from seqstate.recipe.metrics import CRPS_LEVELS, SCORED_LEVELS, interval_metrics
+
+    table = table_of(panel())
+    intervals = _known_table()
+    result = evaluate_forecaster(NaiveWithIntervals(12, intervals), table, tail=6)
+    for row, targets in zip(result.rows, table.targets, strict=True):
+        history, actual = targets[:-6], targets[-6:]
+        path = seasonal_naive(history[:, 0], 6, 12)[:, None]
+        bands = path_quantiles(path, history, intervals, SCORED_LEVELS)[0]
+        expected = interval_metrics(
+            actual[:, 0],
+            history[:, 0],
+            quantiles={q: bands[:, k] for k, q in enumerate(SCORED_LEVELS)},
+            season=12,
+            score_levels=CRPS_LEVELS,
+        )
+        for name, value in expected.items():
+            assert row[f"horizon_{name}"] == pytest.approx(value)
+    rows = result.rows
+    assert result.summary["horizon_coverage_80"] == pytest.approx(
+        np.mean([r["horizon_coverage_80"] for r in rows])
+    )
+    assert "coverage" in result.text()
+    # a forecaster without a table is scored as before: no interval columns
+    plain = evaluate_forecaster(SeasonalNaive(12), table, tail=6)
+    assert "horizon_coverage_80" not in plain.rows[0] and "coverage" not in plain.text()
+
+
+def test_backtest_keeps_the_bands_and_draws_them(tmp_path):
+    from seqstate.recipe.backtest import PLOTTED_LEVELS
+    from seqstate.recipe.intervals import path_quantiles
+
+    table = table_of(panel())
+    intervals = _known_table()
+    result = backtest(table, NaiveWithIntervals(12, intervals), folds=2, horizon=4)
+    origin = result.origins[0][1]
+    history = table.targets[0][:origin]
+    expected = path_quantiles(result.forecasts[(1, 0)][0], history, intervals, PLOTTED_LEVELS)
+    np.testing.assert_allclose(result.bands[(1, 0)], expected)
+    assert all(0.0 <= r["model_coverage_95"] <= 1.0 for r in result.rows)
+    assert "80% interval" in result.text()
+    assert plot_backtest(result, table, tmp_path / "backtest.png")

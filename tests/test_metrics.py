@@ -132,3 +132,19 @@ def test_pinball_and_coverage_from_quantiles() -> None:
     assert mean_metrics([got, {**got, "coverage_80": 1.0}])["coverage_80"] == 0.75
     with pytest.raises(ValueError, match="either samples"):
         interval_metrics(actual, history)
+
+
+def test_crps_over_chosen_levels_and_the_mase_scale() -> None:
+    from seqstate.recipe.metrics import CRPS_LEVELS, interval_metrics, mase_scale
+
+    rng = np.random.default_rng(0)
+    history, actual = rng.normal(size=40), rng.normal(size=5)
+    quantiles = {q: np.full(5, q - 0.5) for q in (*CRPS_LEVELS, 0.1, 0.9)}
+    scored = interval_metrics(actual, history, quantiles=quantiles, score_levels=CRPS_LEVELS)
+    only = interval_metrics(actual, history, quantiles={q: quantiles[q] for q in CRPS_LEVELS})
+    assert scored["crps"] == pytest.approx(only["crps"])
+    assert scored["pinball"] == pytest.approx(only["pinball"])
+    assert scored["coverage_80"] == pytest.approx(np.mean((actual >= -0.4) & (actual <= 0.4)))
+    assert mase_scale(history, 1) == pytest.approx(np.mean(np.abs(np.diff(history))))
+    with pytest.raises(ValueError, match="score_levels"):
+        interval_metrics(actual, history, quantiles=quantiles, score_levels=(0.3333,))

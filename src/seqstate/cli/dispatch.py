@@ -199,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, help="series run side by side")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     predict.add_argument("--quiet", "-q", action="store_true", help="print nothing")
+    predict.add_argument(
+        "--quantiles",
+        default="0.1,0.9",
+        help="quantile levels of each one-step prediction, predicted_<target>_q10 ... "
+        "(default 0.1,0.9; 'none' for the point prediction alone)",
+    )
 
     forecast = command(
         "forecast",
@@ -225,7 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
         "one column per quantile, predicted_<target>_q10 ...",
     )
     forecast.add_argument(
-        "--quantiles", default="0.1,0.9", help="quantile levels with --samples (default 0.1,0.9)"
+        "--quantiles",
+        default="0.1,0.9",
+        help="quantile levels, one column each, predicted_<target>_q10 ...: from the run's "
+        "calibrated intervals, or of the sample paths with --samples (default 0.1,0.9; "
+        "'none' for the point forecast alone)",
     )
     forecast.add_argument("--seed", type=int, help="seed of the sample paths (reproducible)")
     forecast.add_argument("--paths", help="write the sample paths to this table too")

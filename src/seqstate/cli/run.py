@@ -257,22 +257,68 @@ def _output_frame(
     several: bool,
     *,
     horizon: int | None = None,
+    levels: tuple[float, ...] = (),
 ) -> Any:
     """One long-format frame of a run's answers: each series' key columns (id, time ``stamps``),
-    ``horizon`` (forecasts: 1..H), ``predicted_<target>`` and, for an ensemble, its spread."""
+    ``horizon`` (forecasts: 1..H), ``predicted_<target>``, its quantiles at ``levels``
+    (``predicted_<target>_q10`` ..., where the run has intervals) and, for an ensemble, its
+    spread."""
     import numpy as np
     import pandas as pd
 
+    from seqstate.core.distributions import quantile_name
+
+    bands = outputs.quantiles(levels) if levels and outputs.has_intervals else {}
     frames = []
     for index in range(len(table)):
         data = _key_columns(columns, table, index, stamps[index])
         if horizon is not None:
             data["horizon"] = np.arange(1, horizon + 1)
         data |= {name: outputs.mean[index][:, j] for j, name in enumerate(names)}
+        for level, values in bands.items():
+            suffix = quantile_name(level)
+            data |= {f"{name}_{suffix}": values[index][:, j] for j, name in enumerate(names)}
         if several:
             data |= {f"{name}_spread": outputs.spread[index][:, j] for j, name in enumerate(names)}
         frames.append(pd.DataFrame(data))
     return pd.concat(frames, ignore_index=True)
+
+
+def _levels(text: Any) -> tuple[float, ...]:
+    """``--quantiles`` as sorted levels; ``()`` for ``none``."""
+    if text is None or str(text).strip().lower() in ("", "none"):
+        return ()
+    try:
+        levels = [float(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise CliError(
+            f"--quantiles must be levels like 0.1,0.9 (or none); received {text!r}"
+        ) from None
+    if not levels or any(not 0 < level < 1 for level in levels):
+        raise CliError(
+            f"--quantiles must be levels strictly between 0 and 1, like 0.1,0.9 (0.025 for "
+            f"the 2.5% quantile); received {text!r}"
+        )
+    return tuple(sorted(set(levels)))
+
+
+def _bands_note(outputs: Any, levels: tuple[float, ...], names: list[str]) -> str:
+    """What the quantile columns are, or why there are none."""
+    if not levels:
+        return ""
+    if not outputs.has_intervals:
+        return (
+            "\nnote: no quantile columns: this run has no interval table (trained before "
+            "intervals, or with --split none); train it again for calibrated intervals"
+        )
+    from seqstate.core.distributions import quantile_name
+
+    shown = ", ".join(f"{names[0]}_{quantile_name(level)}" for level in levels)
+    table = outputs.intervals
+    return (
+        f"\n{shown}: quantiles calibrated on the run's own validation errors "
+        f"({table.windows} windows)"
+    )
 
 
 def _predict_prepared(
@@ -285,9 +331,10 @@ def _predict_prepared(
     kind: str,
 ) -> int:
 
+    levels = _levels(getattr(args, "quantiles", None))
     outputs = forecaster.predict_outputs(table)
     several = len(forecaster.members) > 1
-    frame = _output_frame(columns, table, outputs, names, table.times, several)
+    frame = _output_frame(columns, table, outputs, names, table.times, several, levels=levels)
     frame = _in_input_order(frame, table)
     _write_frame(frame, target, kind)
     if args.quiet:
@@ -300,6 +347,7 @@ def _predict_prepared(
         f"wrote {len(frame)} rows to {target}, in the input's row order: {', '.join(names)} = "
         f"{mean} of {', '.join(columns.targets)} {ahead}, from the rows up to each row (raw "
         f"units){_unpredicted(frame, names, table, forecaster)}"
+        f"{_bands_note(outputs, levels, names)}"
     )
     return 0
 
@@ -371,17 +419,20 @@ def handle_forecast(args: argparse.Namespace) -> int:
             f"{len(table)} series, the median and quantiles of {samples} sample paths"
         )
         return 0
+    levels = _levels(getattr(args, "quantiles", None))
     with forecast_progress(horizon, quiet=args.no_progress) as on_step:
         outputs = forecaster.forecast_outputs(table, horizon, future, on_step=on_step)
     several = len(forecaster.members) > 1
-    frame = _output_frame(columns, table, outputs, names, stamps, several, horizon=horizon)
+    frame = _output_frame(
+        columns, table, outputs, names, stamps, several, horizon=horizon, levels=levels
+    )
     _write_frame(frame, target, kind)
     members = (
         f" (the mean of {len(forecaster.members)} seeds; *_spread: their std)" if several else ""
     )
     print(
         f"wrote {len(frame)} rows to {target}: {horizon} step(s) past the end of each of "
-        f"{len(table)} series{members}"
+        f"{len(table)} series{members}{_bands_note(outputs, levels, names)}"
     )
     return 0
 
@@ -480,14 +531,7 @@ def _sampled_frame(
         )
     if args.samples < 1:
         raise CliError(f"--samples must be an int >= 1; received {args.samples}")
-    try:
-        levels = [float(part) for part in str(args.quantiles).split(",") if part.strip()]
-    except ValueError:
-        raise CliError(
-            f"--quantiles must be levels like 0.1,0.9; received {args.quantiles!r}"
-        ) from None
-    if not levels or any(not 0 < level < 1 for level in levels):
-        raise CliError(f"--quantiles must be levels in (0, 1); received {args.quantiles!r}")
+    levels = _levels(args.quantiles)
     horizon = args.horizon
     paths = forecaster.sample_paths(table, horizon, future, samples=args.samples, seed=args.seed)
     frames, path_frames = [], []

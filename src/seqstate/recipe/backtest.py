@@ -21,6 +21,8 @@ from seqstate._validate import check_int
 from seqstate.recipe.evaluation_checks import (
     check_regression,
     check_season,
+    interval_lines,
+    interval_table_of,
     series_name,
     time_text,
 )
@@ -30,6 +32,7 @@ from seqstate.recipe.forecaster import (
     horizon_forecasts,
     why_not_forecastable,
 )
+from seqstate.recipe.intervals import path_quantiles, score_path
 from seqstate.recipe.metrics import mean_metrics, seasonal_naive, series_metrics
 
 __all__ = ["Backtest", "TrainFunction", "backtest", "plot_backtest"]
@@ -46,6 +49,8 @@ class Backtest:
         summary: the mean over folds of each fold mean, and the counts.
         forecasts: ``{(fold, series index): (model [H, O], naive [H, O])}`` for plots.
         origins: series index -> its ``folds`` origins (step positions).
+        bands: ``{(fold, series index): [O, H, 4]}`` the 2.5, 10, 90 and 97.5% quantiles
+            around the model's forecast, where the forecaster has intervals (for plots).
     """
 
     rows: list[dict[str, Any]]
@@ -57,6 +62,7 @@ class Backtest:
     horizon: int
     season: int
     refit: bool
+    bands: dict[tuple[int, int], np.ndarray] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +99,7 @@ class Backtest:
             f"    {'mean':<6}{'':<27}{s['model_mase']:>13.4g}{s['naive_mase']:>13.4g}"
             f"{s['model_smape']:>13.4g}{s['naive_smape']:>13.4g}"
         )
+        lines += interval_lines(s, "model_")
         verdict = "beats" if s["model_mase"] < s["naive_mase"] else "does not beat"
         lines.append(
             f"  the model {verdict} seasonal naive on mean MASE "
@@ -104,6 +111,8 @@ class Backtest:
 
 
 TrainFunction = Callable[[Any], Forecaster]
+#: The quantiles a backtest keeps for its plot: the 95% and the 80% bands.
+PLOTTED_LEVELS = (0.025, 0.1, 0.9, 0.975)
 
 
 def backtest(
@@ -181,6 +190,7 @@ def backtest(
     rows: list[dict[str, Any]] = []
     fold_rows: list[dict[str, Any]] = []
     stored: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    bands: dict[tuple[int, int], np.ndarray] = {}
     for fold in range(folds):
         cut = [origins[i][fold] if i in origins else 0 for i in range(len(table))]
         if forecaster is None or refit:
@@ -192,6 +202,7 @@ def backtest(
                     f"returned {type(forecaster).__name__}"
                 )
         paths = horizon_forecasts(forecaster, table, kept, cut, horizon, feed)
+        intervals = interval_table_of(forecaster)
         these: list[dict[str, Any]] = []
         for i in kept:
             targets, origin = table.targets[i], cut[i]
@@ -204,6 +215,12 @@ def backtest(
                 axis=1,
             )
             stored[(fold, i)] = (paths[i], naive)
+            scores: list[dict[str, float]] = []
+            if intervals is not None:
+                scores = score_path(actual, paths[i], targets[:origin], intervals, season)
+                bands[(fold, i)] = path_quantiles(
+                    paths[i], targets[:origin], intervals, PLOTTED_LEVELS
+                )
             for o, name in enumerate(table.columns.targets):
                 history_o = targets[:origin, o]
                 row = {
@@ -216,6 +233,8 @@ def backtest(
                 naive_metrics = series_metrics(actual[:, o], naive[:, o], history_o, season)
                 row |= {f"model_{k}": v for k, v in model_metrics.items()}
                 row |= {f"naive_{k}": v for k, v in naive_metrics.items()}
+                if scores:
+                    row |= {f"model_{k}": v for k, v in scores[o].items()}
                 these.append(row)
         rows += these
         fold_summary: dict[str, Any] = {
@@ -232,7 +251,9 @@ def backtest(
         if key.startswith(("model_", "naive_")) and not key.endswith("undefined"):
             values = [f[key] for f in fold_rows if math.isfinite(f[key])]
             summary[key] = float(np.mean(values)) if values else math.nan
-    return Backtest(rows, fold_rows, summary, stored, origins, skipped, horizon, season, refit)
+    return Backtest(
+        rows, fold_rows, summary, stored, origins, skipped, horizon, season, refit, bands
+    )
 
 
 def plot_backtest(result: Backtest, table: Any, path: Any, *, series: int = 4) -> bool:
@@ -256,6 +277,17 @@ def plot_backtest(result: Backtest, table: Any, path: Any, *, series: int = 4) -
         for fold, origin in enumerate(result.origins[i]):
             model_path, naive_path = result.forecasts[(fold, i)]
             span = times[origin : origin + result.horizon]
+            band = result.bands.get((fold, i))
+            if band is not None:  # [O, H, 4]: 2.5, 10, 90, 97.5%
+                first = fold == 0
+                axes.fill_between(
+                    span, band[0, :, 0], band[0, :, 3], color="tab:blue", alpha=0.12,
+                    linewidth=0, label="95% interval" if first else None,
+                )  # fmt: skip
+                axes.fill_between(
+                    span, band[0, :, 1], band[0, :, 2], color="tab:blue", alpha=0.25,
+                    linewidth=0, label="80% interval" if first else None,
+                )  # fmt: skip
             axes.plot(
                 span, model_path[:, 0], color="tab:blue", label="model" if fold == 0 else None
             )

@@ -41,6 +41,8 @@ from seqstate.recipe.evaluation_checks import (
     check_regression,
     check_season,
     infer_season,
+    interval_lines,
+    interval_table_of,
     series_name,
     time_text,
 )
@@ -51,6 +53,7 @@ from seqstate.recipe.forecaster import (
     horizon_forecasts,
     why_not_forecastable,
 )
+from seqstate.recipe.intervals import score_path
 from seqstate.recipe.metrics import SCALE_FREE, mean_metrics, seasonal_naive, series_metrics
 
 __all__ = [
@@ -177,6 +180,7 @@ class Evaluation:
                 f"{s[f'{prefix}{name}']:>13.4g}" for name in (*SCALE_FREE, "mae", "rmse")
             )
             lines.append(f"    {label:<10}{values}")
+        lines += interval_lines(s, "horizon_")
         if s.get("one_step_undefined"):
             lines.append(
                 f"  {s['one_step_undefined']} series had a constant history: MASE/scaled RMSE "
@@ -267,12 +271,19 @@ def evaluate_forecaster(
     feed = forecast_columns(table.columns)
     horizon_note = why_not_forecastable(table.columns)
     forecasts = horizon_forecasts(forecaster, table, kept, cuts, horizon, feed)
+    intervals = interval_table_of(forecaster)
 
     rows: list[dict[str, Any]] = []
     for position, i in enumerate(kept):
         cut, times, targets = cuts[i], table.times[i], table.targets[i]
         length = len(targets)
         predicted = outputs[position][cut - shift : length - shift]  # [L - c, O]
+        bands: list[dict[str, float]] = []
+        if i in forecasts and intervals is not None:
+            steps = len(forecasts[i])
+            bands = score_path(
+                targets[cut : cut + steps], forecasts[i], targets[:cut], intervals, season
+            )
         for o, name in enumerate(table.columns.targets):
             history = targets[:cut, o]
             row: dict[str, Any] = {
@@ -301,6 +312,8 @@ def evaluate_forecaster(
                     f"naive_{k}": v
                     for k, v in series_metrics(actual, naive, history, season).items()
                 }
+                if bands:
+                    row |= {f"horizon_{k}": v for k, v in bands[o].items()}
             rows.append(row)
 
     summary: dict[str, Any] = {

@@ -9,7 +9,7 @@ import numpy as np
 
 from seqstate.recipe.calendar import infer_frequency, season_lengths
 
-__all__ = ["infer_season", "infer_seasons"]
+__all__ = ["infer_season", "infer_seasons", "interval_lines", "interval_table_of"]
 
 
 def infer_seasons(table: Any) -> tuple[int, ...]:
@@ -60,3 +60,23 @@ def time_text(times: np.ndarray, index: int) -> str:
 
 def series_name(table: Any, index: int) -> Any:
     return table.ids[index] if table.columns.id is not None else "(the series)"
+
+
+def interval_table_of(forecaster: Any) -> Any:
+    """The forecaster's calibrated :class:`~seqstate.recipe.intervals.IntervalTable` (a run's
+    ``interval_table()``), or None: a bare model, or a run trained without one."""
+    getter = getattr(forecaster, "interval_table", None)
+    return getter() if callable(getter) else None
+
+
+def interval_lines(summary: dict[str, Any], prefix: str) -> list[str]:
+    """The summary line of the interval scores under ``prefix`` (none when not scored)."""
+    if f"{prefix}coverage_80" not in summary:
+        return []
+    s = {key[len(prefix) :]: value for key, value in summary.items() if key.startswith(prefix)}
+    return [
+        f"  intervals (the run's calibrated quantiles around its forecast): coverage "
+        f"{s['coverage_80']:.1%} of the 80% interval, {s.get('coverage_95', float('nan')):.1%} "
+        f"of the 95%; mean width {s['width_80']:.3g} (80%, MASE-scaled); CRPS "
+        f"{s['crps']:.4g}, pinball {s['pinball']:.4g} (MASE-scaled)"
+    ]

@@ -32,7 +32,7 @@ Probabilistic forecasts (:func:`interval_metrics`), from sample paths ``s [S, H]
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ __all__ = [
     "INTERVALS",
     "SCALE_FREE",
     "interval_metrics",
+    "mase_scale",
     "mean_metrics",
     "seasonal_naive",
     "series_metrics",
@@ -79,7 +80,9 @@ def seasonal_naive(history: Any, horizon: int, season: int = 1) -> np.ndarray:
     return np.resize(last, int(horizon))  # last[0], last[1], ..., wrapping around
 
 
-def _mase_scale(history: np.ndarray, season: int) -> float:
+def mase_scale(history: np.ndarray, season: int) -> float:
+    """The MASE denominator of ``history [L]``: mean |h[t] - h[t - m]| (lag 1 when the
+    history is too short or seasonally constant); NaN when it has no variation."""
     period = season if len(history) > season else 1
     if len(history) <= period:
         return math.nan
@@ -110,7 +113,7 @@ def series_metrics(actual: Any, predicted: Any, history: Any, season: int = 1) -
     rmse = float(np.sqrt(np.mean(error**2)))
     denominator = np.abs(a) + np.abs(p)
     ratio = np.divide(2.0 * np.abs(error), denominator, out=np.zeros_like(a), where=denominator > 0)
-    scale = _mase_scale(h, int(season))
+    scale = mase_scale(h, int(season))
     spread = float(np.std(h)) if len(h) > 1 else math.nan
     return {
         "mase": mae / scale if math.isfinite(scale) else math.nan,
@@ -125,6 +128,12 @@ def series_metrics(actual: Any, predicted: Any, history: Any, season: int = 1) -
 INTERVALS: dict[str, tuple[float, float]] = {"80": (0.1, 0.9), "95": (0.025, 0.975)}
 #: The levels read from sample paths.
 SAMPLE_LEVELS = (0.025, 0.1, 0.5, 0.9, 0.975)
+#: Twenty evenly spaced levels (0.025, 0.075, ..., 0.975): CRPS = 2 * the integral of the
+#: pinball loss over the level, here by the midpoint rule.
+CRPS_LEVELS = tuple(round(0.025 + 0.05 * k, 3) for k in range(20))
+#: What ``evaluate`` and ``backtest`` ask a forecaster with intervals for: the CRPS levels and
+#: the ends of every central interval of :data:`INTERVALS`.
+SCORED_LEVELS = tuple(sorted({*CRPS_LEVELS, 0.1, 0.9}))
 #: What :func:`interval_metrics` may return, in display order.
 PROBABILISTIC = ("crps", "pinball", "coverage_80", "width_80", "coverage_95", "width_95")
 
@@ -152,6 +161,7 @@ def interval_metrics(
     samples: Any = None,
     quantiles: Mapping[float, Any] | None = None,
     season: int = 1,
+    score_levels: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Scaled CRPS, scaled pinball loss, coverage and width of each central interval
     (:data:`INTERVALS`) of one series' probabilistic forecast; see the module doc.
@@ -162,6 +172,8 @@ def interval_metrics(
         samples: ``[S, H]`` sample paths; or
         quantiles: ``{level: [H]}`` predicted quantiles (CRPS is then estimated from them).
         season: steps per season for the scale.
+        score_levels: with ``quantiles``, the levels CRPS and the pinball loss average over
+            (default: all of them; :data:`CRPS_LEVELS` for an even grid).
     """
     a = _vector(actual, "actual")
     h = _vector(history, "history")
@@ -180,9 +192,20 @@ def interval_metrics(
         levels = {float(q): _vector(v, f"quantiles[{q}]") for q, v in quantiles.items()}
         if not levels or any(len(v) != len(a) for v in levels.values()):
             raise ValueError(f"quantiles must map levels to arrays [H] with H={len(a)}")
-        crps = float(np.mean([2.0 * np.mean(_pinball(a, v, q)) for q, v in levels.items()]))
-    scale = _mase_scale(h, int(check_int(season, "season", 1)))
-    pinball = float(np.mean([np.mean(_pinball(a, v, q)) for q, v in levels.items()]))
+        scored = levels
+        if score_levels is not None:
+            scored = {q: v for q in score_levels if (v := _level(levels, float(q))) is not None}
+            if len(scored) != len(score_levels):
+                raise ValueError(
+                    f"score_levels {list(score_levels)} must all be among the quantiles' "
+                    f"levels {sorted(levels)}"
+                )
+        crps = float(np.mean([2.0 * np.mean(_pinball(a, v, q)) for q, v in scored.items()]))
+    scale = mase_scale(h, int(check_int(season, "season", 1)))
+    if quantiles is not None:
+        pinball = float(np.mean([np.mean(_pinball(a, v, q)) for q, v in scored.items()]))
+    else:
+        pinball = float(np.mean([np.mean(_pinball(a, v, q)) for q, v in levels.items()]))
     result = {
         "crps": crps / scale if math.isfinite(scale) else math.nan,
         "pinball": pinball / scale if math.isfinite(scale) else math.nan,

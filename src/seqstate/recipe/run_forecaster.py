@@ -51,13 +51,53 @@ class TableOutputs:
     """Per-series outputs in raw units.
 
     Attributes:
-        mean: one ``[L_i, O]`` (predict) or ``[H, O]`` (forecast) array per series: the mean
-            over the ensemble's members (the one model's outputs for a single model).
+        mean: one ``[L_i, O]`` (predict) or ``[H, O]`` (forecast) array per series: the
+            point forecast (the ensemble's mean, with the validation's selection applied).
         spread: the same shapes: the members' standard deviation (zeros for one model).
+        scales: one ``[O]`` array per series, the MASE scale of its history, where the run
+            has an interval table (:mod:`seqstate.recipe.intervals`); else None.
+        intervals: the run's :class:`~seqstate.recipe.intervals.IntervalTable`, or None.
+        one_step: every row of ``mean`` is one step ahead (predict), not step h of a horizon.
     """
 
     mean: list[np.ndarray]
     spread: list[np.ndarray]
+    scales: list[np.ndarray] | None = None
+    intervals: Any = None
+    one_step: bool = False
+
+    @property
+    def has_intervals(self) -> bool:
+        return self.intervals is not None and self.scales is not None
+
+    def quantile(self, level: float) -> list[np.ndarray]:
+        """The ``level`` quantile of each series' forecast: arrays shaped like ``mean``."""
+        return self.quantiles([level])[float(level)]
+
+    def quantiles(self, levels: Sequence[float]) -> dict[float, list[np.ndarray]]:
+        """``{level: [per series, shaped like mean]}``, non-decreasing in the level, from the
+        run's calibrated interval table around the point forecast."""
+        from seqstate.recipe.intervals import check_levels, quantiles
+
+        wanted = check_levels(levels, "levels")
+        if self.intervals is None or self.scales is None:
+            raise ValueError(
+                "this run has no interval table, so it gives point forecasts only: it was "
+                "trained before intervals existed or without a validation part (--split none); "
+                "train it again to get quantiles"
+            )
+        result: dict[float, list[np.ndarray]] = {level: [] for level in wanted}
+        for point, scale in zip(self.mean, self.scales, strict=True):
+            rows, outputs = point.shape
+            if self.one_step:  # each row its own first step: [L * O, 1]
+                flat = quantiles(
+                    point.reshape(-1, 1), np.tile(scale, rows), self.intervals, wanted
+                ).reshape(rows, outputs, len(wanted))
+            else:  # [O, H] -> [O, H, Q] -> [H, O, Q]
+                flat = quantiles(point.T, scale, self.intervals, wanted).transpose(1, 0, 2)
+            for q, level in enumerate(wanted):
+                result[level].append(flat[:, :, q])
+        return result
 
 
 def encode_table(table: Any, scaling: Scaling | None, calendar: Sequence[str]) -> Any:
@@ -231,8 +271,13 @@ class RunForecaster:
         from seqstate.recipe.step import tables
 
         self._check_table(table)
-        outputs = tables.predict_table(self.step_function(table.columns), table)
-        return TableOutputs(outputs.answers, [np.asarray(o).std(axis=0) for o in outputs.members])
+        answers = tables.predict_table(self.step_function(table.columns), table)
+        outputs = TableOutputs(
+            answers.answers, [np.asarray(o).std(axis=0) for o in answers.members]
+        )
+        if table.columns.shift != 1:  # the table's first step is one step ahead
+            return outputs
+        return self._with_intervals(outputs, table, one_step=True)
 
     def forecast(self, table: Any, horizon: int, future: Any = None) -> np.ndarray:
         return np.stack(self.forecast_outputs(table, horizon, future).mean)
@@ -259,7 +304,38 @@ class RunForecaster:
             covariates=covariates,
             on_step=None if on_step is None else (lambda done, _total: on_step(done)),
         )  # (n, H, O), (K, n, H, O)
-        return TableOutputs(list(answers), [members[:, i].std(axis=0) for i in range(len(table))])
+        outputs = TableOutputs(
+            list(answers), [members[:, i].std(axis=0) for i in range(len(table))]
+        )
+        return self._with_intervals(outputs, table)
+
+    # -- calibrated intervals (recipe/intervals.py) around the answer ----------------------------
+
+    def interval_table(self) -> Any:
+        """The members' :class:`seqstate.recipe.intervals.IntervalTable` (``metadata
+        ["intervals"]``, averaged over an ensemble's members), or None: no intervals."""
+        from seqstate.recipe.intervals import IntervalTable, merge_tables
+
+        entries = [m.metadata.get("intervals") for m in self.members]
+        tables = [IntervalTable.from_dict(e) for e in entries if e]
+        return merge_tables([t for t in tables if t is not None])
+
+    def _with_intervals(
+        self, outputs: TableOutputs, table: Any, *, one_step: bool = False
+    ) -> TableOutputs:
+        """``outputs`` with each series' MASE scale and the run's interval table attached."""
+        from seqstate.recipe.intervals import series_scales
+
+        intervals = self.interval_table()
+        features = list(table.columns.features)
+        if intervals is None or any(name not in features for name in table.columns.targets):
+            return outputs
+        at = [features.index(name) for name in table.columns.targets]
+        scales = [
+            series_scales([np.asarray(f[:, o], dtype=np.float64) for o in at], intervals.season)
+            for f in table.features
+        ]
+        return dataclasses.replace(outputs, scales=scales, intervals=intervals, one_step=one_step)
 
     def sample_paths(
         self,

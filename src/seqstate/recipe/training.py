@@ -472,6 +472,8 @@ def train_run(
         metadata.update(save_preparation(out, prepared.scaling, prepared.preparation))
         if fitted.chosen is not None:
             metadata["selection"] = fitted.chosen.to_dict()
+        if fitted.intervals is not None:
+            metadata["intervals"] = fitted.intervals.to_dict()
         save_model(model, out, metadata=metadata)
     return RunResult(out, history, model, defaults, selection, fitted.chosen)
 
@@ -486,6 +488,7 @@ class _Trained:
     defaults: Any  # seqstate.recipe.choices.Choices
     selection: Any  # with a refit: the History that chose the number of epochs, else None
     chosen: Any = None  # seqstate.recipe.selection.Selection from the validation windows
+    intervals: Any = None  # seqstate.recipe.intervals.IntervalTable of the chosen forecast
 
 
 def _train_on(
@@ -526,6 +529,7 @@ def _train_on(
         announce=announce,
     )
     chosen = select_members(raw, fitted[0], prepared, validation, settings)
+    intervals = _calibrate(raw, fitted[0], prepared, validation, chosen)
     selection = None
     if refit:
         selection = fitted[3]
@@ -547,7 +551,18 @@ def _train_on(
             resume=resume and run_dir is not None and has_snapshot(run_dir / CHECKPOINT_DIR),
             announce=None,
         )
-    return _Trained(fitted, (train, validation, split_by), prepared, defaults, selection, chosen)
+    return _Trained(
+        fitted, (train, validation, split_by), prepared, defaults, selection, chosen, intervals
+    )
+
+
+def _calibrate(raw: Any, model: Any, prepared: PreparedTable, validation: Any, chosen: Any) -> Any:
+    """The intervals of the run's point forecast from its validation errors
+    (:func:`seqstate.recipe.calibration.calibrate`), or None."""
+    from seqstate.recipe.calibration import calibrate
+    from seqstate.recipe.evaluation_checks import infer_seasons
+
+    return calibrate(raw, model, prepared, validation, chosen, infer_seasons(raw))
 
 
 def select_members(
@@ -599,13 +614,12 @@ def train_model(
     settings = copy.deepcopy(settings)
     trained = _train_on(table, settings, run_dir=None, resume=False, announce=announce)
     prepared = trained.prepared
-    chosen = trained.chosen
-    return RunMember(
-        trained.fit[0],
-        prepared.scaling,
-        tuple(prepared.preparation.calendar),
-        {"selection": chosen.to_dict()} if chosen is not None else {},
-    )
+    chosen, intervals = trained.chosen, trained.intervals
+    metadata = {"selection": chosen.to_dict()} if chosen is not None else {}
+    if intervals is not None:
+        metadata["intervals"] = intervals.to_dict()
+    calendar = tuple(prepared.preparation.calendar)
+    return RunMember(trained.fit[0], prepared.scaling, calendar, metadata)
 
 
 def train_forecaster(

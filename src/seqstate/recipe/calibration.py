@@ -1,0 +1,145 @@
+"""The errors a run's intervals are calibrated on: its own point forecast, warm, at rolling
+origins in the validation part of every series (:mod:`seqstate.recipe.intervals` turns them
+into the run's table).
+
+::
+
+    series i:  ... train rows ... | c_i  o_1   o_2  ...  o_k        L_i
+                                  | origins spread evenly over the validation tail; from
+                                  | each, a forecast of up to H steps (fewer near the end)
+    e[w, h] = (actual - point) / d   d: the MASE scale of the series before the origin
+
+The forecaster is the one the run answers with: the network trained on the training part
+(never on the validation rows), with the validation's selection applied (a baseline or a
+combination), so the intervals belong to whatever point forecast the run gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MAX_HORIZON",
+    "MAX_ORIGINS",
+    "ORIGIN_BUDGET",
+    "calibrate",
+    "calibration_horizon",
+    "collect_errors",
+    "validation_series",
+]
+
+#: Origins per series at most (each is one warm forecast of every series that has it).
+MAX_ORIGINS = 24
+#: Forecast windows in all (series x origins) beyond which fewer origins per series are used.
+ORIGIN_BUDGET = 2400
+
+
+#: Most steps the errors are collected for (the table's power law carries on past them).
+MAX_HORIZON = 256
+
+
+def calibration_horizon(season: int, tails: Sequence[int]) -> int:
+    """Steps the errors are collected for: two seasons, at least 8 (the selection's horizon),
+    or half the longest validation tail when that is longer (a forecast far past the data
+    drifts in ways the first steps do not show), at most :data:`MAX_HORIZON`."""
+    longest = max((int(t) for t in tails), default=0)
+    return min(max(2 * int(season), 8, longest // 2), MAX_HORIZON)
+
+
+def validation_series(raw: Any, validation: Any) -> tuple[Any, list[int]] | None:
+    """(the raw series holding validation rows, per series the first validation row), or None.
+
+    Split by time the validation is each series' tail (:class:`~seqstate.recipe.holdout.Tail`);
+    split by series, the second half of each held-out series (the network never saw them).
+    """
+    from seqstate.recipe.holdout import Tail
+
+    if validation is None:
+        return None
+    if isinstance(validation, Tail):
+        return raw, [int(c) for c in validation.cuts]
+    positions = {identity: i for i, identity in enumerate(raw.ids)}
+    table = raw.select([positions[identity] for identity in validation.ids])
+    return table, [int(length) // 2 for length in table.lengths]
+
+
+def collect_errors(
+    forecaster: Any,
+    table: Any,
+    cuts: Sequence[int],
+    *,
+    season: int,
+    horizon: int,
+    max_origins: int = MAX_ORIGINS,
+    budget: int = ORIGIN_BUDGET,
+) -> np.ndarray:
+    """Scaled errors ``[W, horizon]`` (NaN past a series' end) of ``forecaster``'s warm
+    forecasts from rolling origins in ``[cuts[i], L_i)`` of each series of the raw ``table``;
+    W = windows x targets. ``[0, horizon]`` when no series has a validation row."""
+    from seqstate.recipe.forecaster import forecast_columns, horizon_forecasts
+    from seqstate.recipe.intervals import series_scales
+
+    feed = forecast_columns(table.columns)
+    if feed is None:
+        return np.zeros((0, horizon))
+    series = [i for i, cut in enumerate(cuts) if 2 <= cut < int(table.lengths[i])]
+    if not series:
+        return np.zeros((0, horizon))
+    per_series = max(2, min(max_origins, budget // len(series)))
+    origins: dict[int, list[int]] = {}
+    for i in series:
+        length, cut = int(table.lengths[i]), int(cuts[i])
+        count = min(per_series, length - cut)
+        origins[i] = sorted(set(np.rint(np.linspace(cut, length - 1, count)).astype(int).tolist()))
+    rows: list[np.ndarray] = []
+    for j in range(max(len(o) for o in origins.values())):
+        chosen = [i for i in series if j < len(origins[i])]
+        at = [0] * len(table)
+        for i in chosen:
+            at[i] = origins[i][j]
+        paths = horizon_forecasts(forecaster, table, chosen, at, horizon, feed)
+        for i in chosen:
+            targets = np.asarray(table.targets[i], dtype=np.float64)
+            origin, path = at[i], paths[i]
+            actual = targets[origin : origin + len(path)]
+            scales = series_scales([targets[:origin, o] for o in range(targets.shape[1])], season)
+            for o in range(targets.shape[1]):
+                row = np.full(horizon, np.nan)
+                if scales[o] > 0:
+                    row[: len(path)] = (actual[:, o] - path[:, o]) / scales[o]
+                rows.append(row)
+    return np.stack(rows) if rows else np.zeros((0, horizon))
+
+
+def calibrate(
+    raw: Any, model: Any, prepared: Any, validation: Any, chosen: Any, seasons: Sequence[int]
+) -> Any:
+    """The :class:`~seqstate.recipe.intervals.IntervalTable` of a network ``model`` trained on
+    the training part (with its ``prepared`` scaling and calendar) and the validation's
+    ``chosen`` selection (or None), from the rolling validation origins of the raw table; None
+    when there is no validation part or the run cannot forecast recursively."""
+    from seqstate.recipe.intervals import fit_table
+    from seqstate.recipe.run_forecaster import RunForecaster, RunMember
+
+    found = validation_series(raw, validation)
+    if found is None or raw.columns.task != "regression":
+        return None
+    table, cuts = found
+    season = int(seasons[0]) if len(seasons) else 1
+    metadata = {"selection": chosen.to_dict()} if chosen is not None else {}
+    forecaster = RunForecaster(
+        [RunMember(model, prepared.scaling, tuple(prepared.preparation.calendar), metadata)]
+    )
+    errors = collect_errors(
+        forecaster,
+        table,
+        cuts,
+        season=season,
+        horizon=calibration_horizon(
+            season, [int(n) - c for n, c in zip(table.lengths, cuts, strict=True)]
+        ),
+    )
+    return fit_table(errors, season)

@@ -1,0 +1,361 @@
+"""Calibrated forecast intervals around any point forecast, from its own held-out errors.
+
+A run answers with one point forecast per step (the network, a baseline or their combination,
+whatever validation chose). Its intervals come from how wrong that same forecast was on the
+validation windows (:mod:`seqstate.recipe.calibration` collects the errors), not from a model
+of the noise::
+
+    validation windows w (rolling origins, warm):  e[w, h] = (actual - point) / d_w
+        d_w: the series' in-sample seasonal-naive MAE before the origin (the MASE scale)
+    scale per step:      s[h] = a smooth, non-decreasing fit of mean_w |e[w, h]|
+                         (few windows at h: shrunk to a power law a * h^b, b in [0, 1])
+    standardised errors: z = e[w, h] / s[h], pooled over every w and h
+    table:               s[1..H], the growth b beyond H, and the quantiles of z on a grid of
+                         levels (conformal finite-sample correction; a Laplace tail past the
+                         data)
+    forecast:            q_tau[i, h] = point[i, h] + d_i * s[h] * z_tau
+
+Pooling the standardised errors over the steps is what makes one short series usable: the
+shape of the error distribution is estimated from every step at once, and only its width
+varies with h. The table is a small versioned entry of the run (``metadata["intervals"]``,
+format :data:`FORMAT`); a run without one gives point forecasts only.
+
+:func:`quantiles` is the one function a caller needs at forecast time (the step function, the
+server): ``quantiles(point [S, H], scale [S], table, levels [Q]) -> [S, H, Q]`` with
+``scale`` from :func:`series_scales` of each series' history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_LEVELS",
+    "FORMAT",
+    "GRID",
+    "IntervalTable",
+    "check_levels",
+    "fit_table",
+    "merge_tables",
+    "path_quantiles",
+    "quantiles",
+    "score_path",
+    "series_scales",
+]
+
+#: The run-directory entry's format name; a later change to its fields bumps the number.
+FORMAT = "seqstate.intervals/1"
+#: The quantile levels ``forecast`` writes when none are asked for.
+DEFAULT_LEVELS = (0.1, 0.9)
+#: The levels at which the table stores the standardised error quantiles.
+GRID = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5,
+    0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99, 0.995,
+)  # fmt: skip
+#: Pseudo-windows of the power law a step's own mean error is shrunk to (few windows at a
+#: step: mostly the law; many: mostly the step's own errors).
+_SHRINK = 4.0
+#: Windows at which the signed (possibly skewed) error quantiles and their mirror image
+#: weigh the same; fewer windows lean on the symmetric version.
+_SKEW_WINDOWS = 5.0
+#: The growth exponent b when the errors cover a single step (a random walk's).
+_DEFAULT_GROWTH = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class IntervalTable:
+    """Per-step scale and standardised error quantiles of a run's point forecast.
+
+    Attributes:
+        scale: ``[H]`` s[h] for h = 1..H (in units of the series' MASE scale).
+        growth: b: past H, ``s[h] = s[H] * (h / H) ** b``.
+        levels: ``[G]`` the grid of levels (:data:`GRID`).
+        z: ``[G]`` the standardised error quantile at each level, non-decreasing.
+        season: the season of the MASE scale the errors were divided by.
+        windows: validation windows the errors came from; errors: scaled errors in all.
+    """
+
+    scale: tuple[float, ...]
+    growth: float
+    levels: tuple[float, ...]
+    z: tuple[float, ...]
+    season: int
+    windows: int
+    errors: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IntervalTable | None:
+        """The table of a run's entry, or None for an entry of another (later) format: such a
+        run then forecasts without intervals rather than with misread ones."""
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+            return None
+        return cls(
+            scale=tuple(float(v) for v in data["scale"]),
+            growth=float(data["growth"]),
+            levels=tuple(float(v) for v in data["levels"]),
+            z=tuple(float(v) for v in data["z"]),
+            season=int(data["season"]),
+            windows=int(data["windows"]),
+            errors=int(data["errors"]),
+        )
+
+    def step_scales(self, horizon: int) -> np.ndarray:
+        """``[horizon]`` s[h] for h = 1..horizon, the power law past the table's steps."""
+        known = np.asarray(self.scale, dtype=np.float64)
+        steps = np.arange(1, horizon + 1, dtype=np.float64)
+        last = len(known)
+        beyond = known[-1] * (steps / last) ** self.growth
+        return np.where(steps <= last, known[np.minimum(steps, last).astype(int) - 1], beyond)
+
+    def standard_quantiles(self, levels: Sequence[float]) -> np.ndarray:
+        """``[Q]`` z at ``levels``: interpolated on the grid, a Laplace tail past its ends."""
+        grid = np.asarray(self.levels)
+        z = np.asarray(self.z)
+        wanted = np.asarray(levels, dtype=np.float64)
+        inside = np.interp(wanted, grid, z)
+        # Laplace tails: z(tau) = z(t0) + beta * log((1 - t0) / (1 - tau)) above the grid.
+        top = (z[-1] - z[-2]) / max(math.log((1 - grid[-2]) / (1 - grid[-1])), 1e-12)
+        bottom = (z[1] - z[0]) / max(math.log(grid[1] / grid[0]), 1e-12)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            above = z[-1] + top * np.log((1 - grid[-1]) / (1 - wanted))
+            below = z[0] - bottom * np.log(grid[0] / wanted)
+        return np.where(wanted > grid[-1], above, np.where(wanted < grid[0], below, inside))
+
+
+def check_levels(levels: Any, argument: str = "levels", *, sort: bool = True) -> tuple[float, ...]:
+    """``levels`` as a tuple of floats in (0, 1) (sorted and distinct with ``sort``);
+    TypeError/ValueError naming ``argument`` otherwise."""
+    if isinstance(levels, str | bytes) or not isinstance(levels, Sequence | np.ndarray):
+        raise TypeError(
+            f"{argument} must be a sequence of levels in (0, 1) like (0.1, 0.9); received "
+            f"{type(levels).__name__}"
+        )
+    values = []
+    for level in levels:
+        if isinstance(level, bool) or not isinstance(level, int | float | np.number):
+            raise TypeError(
+                f"{argument} must hold numbers in (0, 1); received {type(level).__name__}"
+            )
+        if not 0.0 < float(level) < 1.0:
+            raise ValueError(
+                f"{argument} must hold levels strictly between 0 and 1 (0.1 for the 10% "
+                f"quantile); received {level!r}"
+            )
+        values.append(float(level))
+    if not values:
+        raise ValueError(f"{argument} is empty; give at least one level, like (0.1, 0.9)")
+    return tuple(sorted(set(values))) if sort else tuple(values)
+
+
+def series_scales(histories: Sequence[Any], season: int) -> np.ndarray:
+    """``[S]`` the MASE scale of each history ``[L_i]``: the mean absolute difference at lag
+    ``season`` (lag 1 when the history is too short or seasonally constant). A history with
+    no variation at all takes the median scale of the others (0 when none has one)."""
+    from seqstate.recipe.metrics import mase_scale
+
+    scales = np.array(
+        [mase_scale(np.asarray(h, dtype=np.float64), int(season)) for h in histories],
+        dtype=np.float64,
+    )
+    finite = scales[np.isfinite(scales)]
+    fallback = float(np.median(finite)) if finite.size else 0.0
+    return np.where(np.isfinite(scales), scales, fallback)
+
+
+def quantiles(point: Any, scale: Any, table: IntervalTable, levels: Sequence[float]) -> np.ndarray:
+    """The ``levels`` quantiles of the forecasts ``point [S, H]`` (step h = column h - 1).
+
+    Args:
+        point: ``[S, H]`` point forecasts (S series, or series x targets flattened).
+        scale: ``[S]`` each row's MASE scale (:func:`series_scales` of its history).
+        table: the run's :class:`IntervalTable`.
+        levels: ``[Q]`` levels in (0, 1).
+
+    Returns:
+        ``[S, H, Q]`` float64, non-decreasing along Q when ``levels`` is sorted.
+    """
+    point = np.asarray(point, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
+    if point.ndim != 2 or scale.shape != (point.shape[0],):
+        raise ValueError(
+            f"quantiles needs point [S, H] and scale [S]; received shapes {point.shape} and "
+            f"{scale.shape}"
+        )
+    levels = check_levels(levels, sort=False)
+    steps = table.step_scales(point.shape[1])  # [H]
+    z = table.standard_quantiles(levels)  # [Q]
+    width = scale[:, None, None] * steps[None, :, None] * z[None, None, :]
+    return point[:, :, None] + width
+
+
+def path_quantiles(
+    path: Any, history: Any, table: IntervalTable, levels: Sequence[float]
+) -> np.ndarray:
+    """``[O, H, Q]`` quantiles of one series' forecast ``path [H, O]`` after ``history [L, O]``
+    (its columns the targets, in the table's raw units)."""
+    path = np.asarray(path, dtype=np.float64)
+    history = np.asarray(history, dtype=np.float64)
+    scales = series_scales([history[:, o] for o in range(history.shape[1])], table.season)
+    return quantiles(path.T, scales, table, levels)
+
+
+def score_path(
+    actual: Any, path: Any, history: Any, table: IntervalTable, season: int
+) -> list[dict[str, float]]:
+    """Per target, :func:`seqstate.recipe.metrics.interval_metrics` of the table's quantiles
+    around ``path [H, O]`` against ``actual [H, O]``: coverage and scaled width of each central
+    interval, scaled CRPS and pinball loss over :data:`~seqstate.recipe.metrics.CRPS_LEVELS`."""
+    from seqstate.recipe.metrics import CRPS_LEVELS, SCORED_LEVELS, interval_metrics
+
+    actual = np.asarray(actual, dtype=np.float64)
+    history = np.asarray(history, dtype=np.float64)
+    bands = path_quantiles(path, history, table, SCORED_LEVELS)  # [O, H, Q]
+    return [
+        interval_metrics(
+            actual[:, o],
+            history[:, o],
+            quantiles={level: bands[o, :, q] for q, level in enumerate(SCORED_LEVELS)},
+            season=season,
+            score_levels=CRPS_LEVELS,
+        )
+        for o in range(actual.shape[1])
+    ]
+
+
+def _power_law(mean_abs: np.ndarray, counts: np.ndarray) -> tuple[float, float]:
+    """(a, b) of ``log mean_abs[h] = log a + b log h`` weighted by ``counts``, b in [0, 1]."""
+    seen = (counts > 0) & (mean_abs > 0)
+    steps = np.arange(1, len(mean_abs) + 1, dtype=np.float64)[seen]
+    values, weights = np.log(mean_abs[seen]), counts[seen].astype(np.float64)
+    if len(steps) < 2:
+        b = _DEFAULT_GROWTH
+    else:
+        x = np.log(steps)
+        mean_x = np.average(x, weights=weights)
+        spread = np.average((x - mean_x) ** 2, weights=weights)
+        centred = values - np.average(values, weights=weights)
+        slope = np.average((x - mean_x) * centred, weights=weights)
+        b = float(np.clip(slope / spread, 0.0, 1.0)) if spread > 0 else _DEFAULT_GROWTH
+    log_a = float(np.average(values - b * np.log(steps), weights=weights))
+    return math.exp(log_a), b
+
+
+def _non_decreasing(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The weighted least-squares non-decreasing fit of ``values`` (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, weight, length]
+    for value, weight in zip(values.tolist(), weights.tolist(), strict=True):
+        blocks.append([value, weight, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            right = blocks.pop()
+            left = blocks[-1]
+            total = left[1] + right[1]
+            left[0] = (left[0] * left[1] + right[0] * right[1]) / total
+            left[1], left[2] = total, left[2] + right[2]
+    return np.concatenate([np.full(int(length), mean) for mean, _, length in blocks])
+
+
+def _adjusted(level: float, count: float) -> float:
+    """The split-conformal level for ``count`` calibration draws: each tail's probability
+    less ``(1 - tail) / count`` (the ceil((n + 1) tau)-th of n; at most 4x less, so finite)."""
+    if level == 0.5:
+        return level
+    tail = min(level, 1.0 - level)
+    shrunk = max(tail - (1.0 - tail) / count, tail / 4.0)
+    return shrunk if level < 0.5 else 1.0 - shrunk
+
+
+def _empirical(values: np.ndarray, level: float) -> float:
+    """The ``level`` quantile of sorted ``values`` [N]; past the outermost plotting positions
+    (1/(N+1), N/(N+1)) a Laplace tail fitted to the quartile-to-median spread."""
+    count = len(values)
+    low, high = 1.0 / (count + 1), count / (count + 1.0)
+    if low <= level <= high:
+        return float(np.quantile(values, level, method="weibull"))
+    median = float(np.quantile(values, 0.5))
+    if level > high:
+        spread = max(float(np.quantile(values, 0.75)) - median, 1e-12) / math.log(2.0)
+        return float(values[-1]) + spread * math.log((1.0 - high) / (1.0 - level))
+    spread = max(median - float(np.quantile(values, 0.25)), 1e-12) / math.log(2.0)
+    return float(values[0]) - spread * math.log(low / level)
+
+
+def fit_table(errors: Any, season: int) -> IntervalTable | None:
+    """The :class:`IntervalTable` of scaled errors ``[W, H]`` (NaN where window w has no step
+    h), or None when there is no finite error.
+
+    See the module doc: s[h] from each step's mean absolute error shrunk to a power law in h
+    and made non-decreasing; the grid quantiles of the standardised errors pooled over every
+    step, with the conformal correction (for sqrt(windows x errors) draws) and the signed
+    quantiles leaned towards their mirror image when the windows are few.
+    """
+    e = np.asarray(errors, dtype=np.float64)
+    if e.ndim != 2:
+        raise ValueError(f"errors must be [windows, steps]; received shape {e.shape}")
+    finite = np.isfinite(e)
+    used = finite.any(axis=1)
+    e, finite = e[used], finite[used]
+    if not finite.any():
+        return None
+    last = int(np.nonzero(finite.any(axis=0))[0].max()) + 1
+    e, finite = e[:, :last], finite[:, :last]
+    counts = finite.sum(axis=0).astype(np.float64)  # [H]
+    absolute = np.where(finite, np.abs(e), 0.0)
+    mean_abs = absolute.sum(axis=0) / np.maximum(counts, 1)
+    if not (mean_abs > 0).any():  # every forecast exact: a zero-width table
+        mean_abs = np.full_like(mean_abs, 1e-12)
+    a, growth = _power_law(mean_abs, counts)
+    law = a * np.arange(1, last + 1, dtype=np.float64) ** growth
+    shrunk = (counts * mean_abs + _SHRINK * law) / (counts + _SHRINK)
+    scale = np.maximum(_non_decreasing(shrunk, counts + _SHRINK), 1e-12)
+    z = np.sort((e / scale[None, :])[finite])
+    windows = int(e.shape[0])
+    # The errors of one window are correlated (one path): as many independent draws as the
+    # windows at worst, the errors at best; the conformal correction takes the geometric mean.
+    effective = max(1.0, math.sqrt(windows * float(finite.sum())))
+    mirrored = np.sort(np.concatenate([z, -z]))
+    weight = windows / (windows + _SKEW_WINDOWS)
+    values = []
+    for level in GRID:
+        adjusted = _adjusted(level, effective)
+        values.append(
+            weight * _empirical(z, adjusted) + (1 - weight) * _empirical(mirrored, adjusted)
+        )
+    quantile_values = np.maximum.accumulate(np.asarray(values))
+    return IntervalTable(
+        scale=tuple(float(s) for s in scale),
+        growth=float(growth),
+        levels=tuple(GRID),
+        z=tuple(float(v) for v in quantile_values),
+        season=int(season),
+        windows=windows,
+        errors=int(finite.sum()),
+    )
+
+
+def merge_tables(tables: Sequence[IntervalTable]) -> IntervalTable | None:
+    """One table for an ensemble's members: their per-step scales (over the longest table's
+    steps) and grid quantiles averaged. None when ``tables`` is empty."""
+    if not tables:
+        return None
+    if len(tables) == 1:
+        return tables[0]
+    steps = max(len(t.scale) for t in tables)
+    scale = np.mean([t.step_scales(steps) for t in tables], axis=0)
+    z = np.mean([t.standard_quantiles(GRID) for t in tables], axis=0)
+    return IntervalTable(
+        scale=tuple(float(s) for s in scale),
+        growth=float(np.mean([t.growth for t in tables])),
+        levels=tuple(GRID),
+        z=tuple(float(v) for v in np.maximum.accumulate(z)),
+        season=tables[0].season,
+        windows=sum(t.windows for t in tables),
+        errors=sum(t.errors for t in tables),
+    )

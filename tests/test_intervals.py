@@ -1,0 +1,186 @@
+"""Calibrated intervals (recipe/intervals.py): the quantile formula against a plain loop,
+monotone levels, calibration on a process with a known error distribution, small samples,
+the run-directory entry, and the scores evaluate and backtest report."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from seqstate.recipe.intervals import (
+    FORMAT,
+    GRID,
+    IntervalTable,
+    check_levels,
+    fit_table,
+    merge_tables,
+    path_quantiles,
+    quantiles,
+    score_path,
+    series_scales,
+)
+from seqstate.recipe.metrics import CRPS_LEVELS, SCORED_LEVELS, interval_metrics, mase_scale
+
+
+def _table(steps: int = 4, growth: float = 0.5) -> IntervalTable:
+    z = np.linspace(-3.0, 2.5, len(GRID))  # skewed on purpose
+    return IntervalTable(
+        scale=tuple(0.5 + 0.25 * h for h in range(steps)),
+        growth=growth,
+        levels=GRID,
+        z=tuple(float(v) for v in z),
+        season=1,
+        windows=10,
+        errors=40,
+    )
+
+
+def test_quantiles_equal_the_per_element_formula_and_past_the_table_the_power_law():
+    table = _table()
+    rng = np.random.default_rng(0)
+    point, scale = rng.normal(size=(3, 7)), np.array([1.0, 2.5, 0.1])
+    levels = (0.1, 0.5, 0.9, 0.003, 0.999)
+    result = quantiles(point, scale, table, levels)
+    assert result.shape == (3, 7, 5)
+    for i in range(3):
+        for h in range(7):
+            s = table.scale[h] if h < 4 else table.scale[-1] * ((h + 1) / 4) ** 0.5
+            for q, level in enumerate(levels):
+                if level in GRID:
+                    z = table.z[GRID.index(level)]
+                elif level > GRID[-1]:  # Laplace tail from the last two grid points
+                    beta = (table.z[-1] - table.z[-2]) / math.log((1 - GRID[-2]) / (1 - GRID[-1]))
+                    z = table.z[-1] + beta * math.log((1 - GRID[-1]) / (1 - level))
+                else:
+                    beta = (table.z[1] - table.z[0]) / math.log(GRID[1] / GRID[0])
+                    z = table.z[0] - beta * math.log(GRID[0] / level)
+                expected = point[i, h] + scale[i] * s * z
+                assert result[i, h, q] == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    levels=st.lists(st.floats(0.0005, 0.9995), min_size=2, max_size=8, unique=True),
+    growth=st.floats(0.0, 1.0),
+    horizon=st.integers(1, 12),
+)
+def test_quantiles_are_monotone_in_the_level(levels, growth, horizon):
+    table = _table(growth=growth)
+    ordered = sorted(levels)
+    result = quantiles(np.zeros((2, horizon)), np.array([1.0, 3.0]), table, ordered)
+    assert np.all(np.diff(result, axis=-1) >= -1e-12)
+
+
+def _random_walk_errors(rng, windows: int, steps: int) -> np.ndarray:
+    """Errors of the naive forecast of a random walk with Student-t(4) steps, divided by the
+    walk's MASE scale E|step|: e[w, h] = (step_1 + ... + step_h) / E|step|."""
+    innovations = rng.standard_t(4, size=(windows, steps))
+    return np.cumsum(innovations, axis=1) / 1.0  # E|t_4| = 1 exactly
+
+
+def test_calibrated_on_a_known_process_the_80_and_95_intervals_cover_their_level():
+    rng = np.random.default_rng(1)
+    steps = 12
+    table = fit_table(_random_walk_errors(rng, 400, steps), season=1)
+    assert table is not None and table.windows == 400
+    fresh = _random_walk_errors(rng, 4000, steps)
+    bands = quantiles(np.zeros((1, steps)), np.ones(1), table, (0.025, 0.1, 0.9, 0.975))[0]
+    inside_80 = (fresh >= bands[:, 1]) & (fresh <= bands[:, 2])
+    inside_95 = (fresh >= bands[:, 0]) & (fresh <= bands[:, 3])
+    assert abs(inside_80.mean() - 0.8) < 0.03
+    assert abs(inside_95.mean() - 0.95) < 0.02
+    # per step too: the width grows with h as the errors do (sqrt(h) for a random walk)
+    for h in (0, 5, 11):
+        assert abs(inside_80[:, h].mean() - 0.8) < 0.05
+
+
+def test_one_short_series_with_few_windows_still_gives_calibrated_finite_intervals():
+    """Few windows, errors only at the first steps: the power law carries the width on, and
+    the conformal correction keeps the coverage at the level on average over many fits."""
+    rng = np.random.default_rng(2)
+    covered = []
+    for _ in range(300):
+        errors = _random_walk_errors(rng, 6, 8)
+        errors[3:, 4:] = np.nan  # the later origins see fewer steps
+        table = fit_table(errors, season=1)
+        assert table is not None
+        bands = quantiles(np.zeros((1, 8)), np.ones(1), table, (0.1, 0.9))[0]
+        assert np.isfinite(bands).all() and np.all(bands[:, 1] > bands[:, 0])
+        fresh = _random_walk_errors(rng, 1, 8)[0]
+        covered.append(np.mean((fresh >= bands[:, 0]) & (fresh <= bands[:, 1])))
+    assert 0.75 <= float(np.mean(covered)) <= 0.9
+    # only the first step seen: a random walk's sqrt(h) growth beyond it
+    single = fit_table(_random_walk_errors(rng, 30, 1), season=1)
+    assert single is not None and single.growth == 0.5
+    widths = single.step_scales(4)
+    np.testing.assert_allclose(widths, widths[0] * np.sqrt([1, 2, 3, 4]))
+
+
+def test_the_scale_per_step_is_non_decreasing_and_the_grid_monotone():
+    rng = np.random.default_rng(3)
+    errors = rng.normal(size=(20, 10)) * np.array([1, 3, 2, 2, 5, 4, 4, 4, 6, 5])
+    table = fit_table(errors, season=1)
+    assert table is not None
+    assert np.all(np.diff(table.scale) >= 0) and np.all(np.diff(table.z) >= 0)
+    assert fit_table(np.full((3, 4), np.nan), season=1) is None
+
+
+def test_the_entry_round_trips_and_another_format_is_ignored():
+    table = fit_table(np.random.default_rng(4).normal(size=(10, 5)), season=12)
+    assert table is not None
+    entry = table.to_dict()
+    assert entry["format"] == FORMAT
+    assert IntervalTable.from_dict(entry) == table
+    assert IntervalTable.from_dict({**entry, "format": "seqstate.intervals/2"}) is None
+    merged = merge_tables([table, _table()])
+    assert merged is not None and len(merged.scale) == 5
+    assert merge_tables([table]) is table and merge_tables([]) is None
+
+
+def test_series_scales_are_the_mase_scale_with_a_fallback_for_flat_series():
+    rng = np.random.default_rng(5)
+    histories = [rng.normal(size=40), np.full(30, 2.0), rng.normal(size=50) * 3]
+    scales = series_scales(histories, 12)
+    assert scales[0] == pytest.approx(mase_scale(histories[0], 12))
+    assert scales[2] == pytest.approx(mase_scale(histories[2], 12))
+    assert scales[1] == pytest.approx(np.median([scales[0], scales[2]]))
+
+
+def test_score_path_equals_interval_metrics_of_the_quantiles():
+    rng = np.random.default_rng(6)
+    table = _table()
+    history, path, actual = (
+        rng.normal(size=(30, 2)),
+        rng.normal(size=(6, 2)),
+        rng.normal(size=(6, 2)),
+    )
+    scores = score_path(actual, path, history, table, season=1)
+    bands = path_quantiles(path, history, table, SCORED_LEVELS)
+    for o in range(2):
+        expected = interval_metrics(
+            actual[:, o],
+            history[:, o],
+            quantiles={level: bands[o, :, q] for q, level in enumerate(SCORED_LEVELS)},
+            score_levels=CRPS_LEVELS,
+        )
+        assert scores[o] == pytest.approx(expected)
+        lower, upper = bands[o, :, SCORED_LEVELS.index(0.1)], bands[o, :, SCORED_LEVELS.index(0.9)]
+        inside = (actual[:, o] >= lower) & (actual[:, o] <= upper)
+        assert scores[o]["coverage_80"] == pytest.approx(inside.mean())
+
+
+def test_bad_levels_and_shapes_are_refused_with_the_argument_named():
+    with pytest.raises(ValueError, match="levels must hold levels strictly between 0 and 1"):
+        check_levels([0.1, 1.0])
+    with pytest.raises(TypeError, match="levels must be a sequence"):
+        check_levels("0.1,0.9")
+    with pytest.raises(TypeError, match="numbers"):
+        check_levels([0.1, True])
+    with pytest.raises(ValueError, match=r"point \[S, H\] and scale \[S\]"):
+        quantiles(np.zeros((2, 3)), np.ones(3), _table(), (0.1,))
+    with pytest.raises(ValueError, match="errors must be"):
+        fit_table(np.zeros(4), season=1)
