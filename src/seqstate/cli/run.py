@@ -15,11 +15,6 @@ from seqstate.cli.evaluation import evaluate_forecaster_command
 from seqstate.cli.settings import CliError
 
 
-def _load_run(run_dir: str) -> tuple[Any, dict[str, Any], Any]:
-    run = _read_run(run_dir)
-    return run.members[0].model, run.metadata, run.columns
-
-
 def _read_run(run_dir: str) -> Any:
     """The :class:`seqstate.recipe.run.Run` of ``run_dir``, which must record its columns."""
     from seqstate.recipe.run import Run
@@ -60,18 +55,19 @@ def _read_for_run(path: str, columns: Any, *, require_targets: bool) -> Any:
 
 
 def handle_evaluate(args: argparse.Namespace) -> int:
-    from seqstate.recipe.run_forecaster import load_forecaster
+    from seqstate.recipe.run_forecaster import forecaster_of
 
-    model, metadata, columns = _load_run(args.run_dir)
+    run = _read_run(args.run_dir)
+    model, metadata, columns = run.members[0].model, run.metadata, run.columns
     table = _read_for_run(args.data, columns, require_targets=True)
     _threads_for(model, len(table))
     if columns.task != "regression":
-        return _evaluate_on_lanes(args, model, metadata, table)
+        return _evaluate_on_lanes(args, run, table)
     warned = _trained_past(metadata, args.warmup_until)
     if warned and not args.json:
         print(f"note: {warned}", file=sys.stderr)
     # The run's models with its scaling and calendar (#13): answers in raw units.
-    return evaluate_forecaster_command(args, load_forecaster(args.run_dir), table)
+    return evaluate_forecaster_command(args, forecaster_of(run), table)
 
 
 def _trained_past(metadata: dict[str, Any], until: str | None) -> str | None:
@@ -104,7 +100,7 @@ def _trained_past(metadata: dict[str, Any], until: str | None) -> str | None:
     )
 
 
-def _evaluate_on_lanes(args: argparse.Namespace, model: Any, metadata: Any, table: Any) -> int:
+def _evaluate_on_lanes(args: argparse.Namespace, run: Any, table: Any) -> int:
     """Classification: accuracy and loss over every row from a zero state."""
     import json
 
@@ -112,9 +108,10 @@ def _evaluate_on_lanes(args: argparse.Namespace, model: Any, metadata: Any, tabl
     from seqstate.train import evaluate
 
     # Scored in the units the model reads: each series scaled as the run scaled it.
-    member = _read_run(args.run_dir).members[0]
+    member = run.members[0]
+    model = member.model
     table = encode_table(table, member.scaling, member.calendar)
-    layout = metadata.get("layout", {})
+    layout = run.metadata.get("layout", {})
     lanes = table.lanes(
         lanes=int(layout.get("lanes", 32)), window=int(layout.get("window", 64)), segments=False
     )
@@ -167,22 +164,26 @@ def handle_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from seqstate.inference.prediction import predict
+    from seqstate.recipe.run_forecaster import encode_table
 
     target, kind = _output_path(args.out)
-    model, _, columns = _load_run(args.run_dir)
+    run = _read_run(args.run_dir)
+    model, columns = run.members[0].model, run.columns
     table = _read_for_run(args.data, columns, require_targets=False)
     _threads_for(model, len(table))
     names = _output_names(columns, model)
-    forecaster = _prepared_forecaster(args.run_dir, columns)
+    forecaster = _prepared_forecaster(run)
     if forecaster is not None:
         return _predict_prepared(args, forecaster, table, columns, names, target, kind)
+    # A classifier reads its features as the run scaled them (and its calendar columns).
+    encoded = encode_table(table, run.members[0].scaling, run.members[0].calendar)
     batch = args.batch_size or 256
     frames = []
     groups = range(0, len(table), batch)
     quiet = args.no_progress or args.quiet
     bar = tqdm(groups, desc="predict", unit="batch", disable=quiet or len(groups) < 2)
     for begin in bar:
-        chunk = table.features[begin : begin + batch]
+        chunk = encoded.features[begin : begin + batch]
         outputs = predict(model, chunk, chunk=args.chunk, batch_size=args.batch_size)
         for offset, output in enumerate(outputs):
             index = begin + offset
@@ -238,14 +239,15 @@ def _unpredicted(frame: Any, names: list[str], table: Any, forecaster: Any) -> s
     return f"\nnote: {count} of the {len(frame)} rows have no prediction (empty){why}"
 
 
-def _prepared_forecaster(run_dir: str, columns: Any) -> Any:
+def _prepared_forecaster(run: Any) -> Any:
     """The run's ``RunForecaster`` (recipe/run_forecaster.py: the run's step function over
-    the table) for a regression run; None: a classifier, run by the model alone."""
-    from seqstate.recipe.run_forecaster import load_forecaster
+    the table) for a regression run; None: a classifier, run by its model on the encoded
+    table."""
+    from seqstate.recipe.run_forecaster import forecaster_of
 
-    if columns.task != "regression":
+    if run.columns.task != "regression":
         return None
-    return load_forecaster(run_dir)
+    return forecaster_of(run)
 
 
 def _output_frame(
@@ -371,12 +373,13 @@ def handle_forecast(args: argparse.Namespace) -> int:
     from seqstate.recipe.calendar import future_times
     from seqstate.recipe.covariates import future_covariates
     from seqstate.recipe.forecaster import why_not_forecastable
-    from seqstate.recipe.run_forecaster import load_forecaster
+    from seqstate.recipe.run_forecaster import forecaster_of
 
     target, kind = _output_path(args.out)
     if args.horizon is None or args.horizon < 1:
         raise CliError(f"--horizon must be an int >= 1; received {args.horizon}")
-    model, _, columns = _load_run(args.run_dir)
+    run = _read_run(args.run_dir)
+    model, columns = run.members[0].model, run.columns
     cannot = why_not_forecastable(columns)
     if cannot is not None:
         raise CliError(f"{cannot}. Use `seqstate predict` instead")
@@ -408,7 +411,7 @@ def handle_forecast(args: argparse.Namespace) -> int:
                 rows[:, columns.features.index(name)] = known[index][:, j]
         features.append(rows)
     future = dataclasses.replace(table, features=features, times=stamps)
-    forecaster = load_forecaster(args.run_dir)
+    forecaster = forecaster_of(run)
     names = _output_names(columns, forecaster.members[0].model)
     samples = getattr(args, "samples", None)
     if samples is not None:

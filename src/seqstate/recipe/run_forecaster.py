@@ -41,6 +41,7 @@ __all__ = [
     "TableOutputs",
     "encode_table",
     "forecast_table",
+    "forecaster_of",
     "load_forecaster",
     "predict_table",
 ]
@@ -406,7 +407,11 @@ def load_forecaster(run_dir: Any) -> RunForecaster:
     """The :class:`RunForecaster` of a run directory (read by :class:`seqstate.recipe.run.Run`)."""
     from seqstate.recipe.run import Run
 
-    run = Run.load(run_dir)
+    return forecaster_of(Run.load(run_dir))
+
+
+def forecaster_of(run: Any) -> RunForecaster:
+    """The :class:`RunForecaster` of a loaded :class:`seqstate.recipe.run.Run`."""
     forecaster = RunForecaster(list(run.members))
     # The run's step function knows its frequency: share it.
     forecaster._steps[run.columns] = run.step_function()

@@ -251,7 +251,7 @@ class Scaling:
             features.append(
                 _scaled(table.features[i], location[feature_index], scale[feature_index])
             )
-            if table.targets[i].shape[1]:
+            if target_index:  # a classifier's labels are not scaled
                 targets.append(
                     _scaled(table.targets[i], location[target_index], scale[target_index])
                 )
@@ -425,9 +425,10 @@ class Scaling:
         return found if found is not None else lookup.get(("text", str(series_id)))
 
     def _indices(self, columns: Any) -> tuple[list[int], list[int]]:
+        """Positions of ``columns``' features and scaled targets (none for a classifier)."""
         try:
             features = [self.columns.index(name) for name in columns.features]
-            targets = [self.columns.index(name) for name in columns.targets]
+            targets = [self.columns.index(name) for name in _scaled_columns(columns)[1]]
         except ValueError:
             raise ValueError(
                 f"the table has features {list(columns.features)} and targets "
