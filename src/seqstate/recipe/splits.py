@@ -85,7 +85,20 @@ def split_table(
 
 @dataclasses.dataclass(frozen=True)
 class Normalization:
-    """Per-column mean and std, fitted on training data only."""
+    """Per-column mean and std, fitted on training data only: the model's input layer.
+
+    Not a second copy of :class:`seqstate.recipe.scaling.Scaling`; the two act at different
+    layers and are each stored once:
+
+    - ``Scaling`` belongs to the *run* (raw units <-> run space): per-series robust location
+      and scale, log and differencing, with exact inverses. It is a cell of the run's step
+      function (``scaling.json`` + ``scaling.safetensors``); a bare model knows nothing of it.
+    - ``Normalization`` belongs to the *model*: it standardises the columns the network reads
+      (run-space values, and the calendar columns appended after ``Scaling``, in their own
+      units) so that every input has unit spread for the optimiser. It is kept in the
+      model's buffers (saved with its weights, so a bare ``load_model`` predicts correctly);
+      the ``normalization`` entry of a run's metadata only describes it.
+    """
 
     input_mean: tuple[float, ...]  # per feature
     input_std: tuple[float, ...]  # per feature (0 for a constant feature; the model uses 1)
