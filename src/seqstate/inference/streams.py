@@ -99,6 +99,15 @@ def _check_steps(
     return array, single
 
 
+def _finite_sum(array: np.ndarray) -> bool:
+    """Whether the sum of ``array`` is finite, so every value is (or an overflow: then the
+    caller checks value by value). A small array (a streamed step) sums faster as Python
+    floats (in float64: no overflow of float32 values) than through a NumPy reduction."""
+    if array.size <= 64:
+        return math.isfinite(sum(array.ravel().tolist()))
+    return math.isfinite(array.sum())
+
+
 def _advance(
     model: nn.Module, state: State, x: torch.Tensor, single: bool
 ) -> tuple[torch.Tensor, State]:
@@ -246,13 +255,44 @@ class Streams:
         self._rows: dict[StreamId, int] = {}  # id -> row of the buffer, insertion ordered
         self._ids: list[StreamId] = []  # row -> id, rows [0, len) are live
         core = cast(SequenceCore, self._model)  # checked by prepare_model (check_sized_core)
-        self._buffer: State = core.initial_state(16)  # [layers, capacity, H]
+        self._stored: State = core.initial_state(16)  # [layers, capacity, H]: see _buffer
+        # the hot path's newest states of rows [0, n), not yet written to _stored: (n, per
+        # layer its fields [n, H]); None when _stored is current (see _buffer)
+        self._pending: tuple[int, list[tuple[torch.Tensor, ...]]] | None = None
         # (buffer, n, views of its rows [0, n)): see _rows_view
         self._views: tuple[State, int, list[torch.Tensor]] | None = None
         # the one-step hot path (None where the model has none) and its 2-D views of the
         # buffer rows [0, n) per layer: (buffer, n, views)
         self._direct = DirectStep.of(self._model)
         self._layer_views: tuple[State, int, list[list[torch.Tensor]]] | None = None
+
+    @property
+    def _buffer(self) -> State:
+        """The stacked states ``[layers, capacity, H]``, current.
+
+        The hot path (:meth:`_step_directly`) keeps each step's new state tensors as they come
+        from the cell kernels and feeds them to the next step, writing them into the buffer
+        rows only when anything else reads or changes the buffer (here: every other use goes
+        through this property): two in-place copies per step saved."""
+        if self._pending is not None:
+            self._settle()
+        return self._stored
+
+    @_buffer.setter
+    def _buffer(self, value: State) -> None:
+        self._settle()
+        self._stored = value
+
+    def _settle(self) -> None:
+        """Write the hot path's pending state rows into the buffer."""
+        pending = self._pending
+        if pending is None:
+            return
+        n, new = pending
+        for layer_views, layer_new in zip(self._layer_rows(n), new, strict=True):
+            for view, tensor in zip(layer_views, layer_new, strict=True):
+                view.copy_(tensor)
+        self._pending = None
 
     # --- description ------------------------------------------------------------------------
 
@@ -361,28 +401,30 @@ class Streams:
         # are distinct, so equal lists mean distinct, known ids in row order
         if not set(map(type, ids)) <= _ID_TYPES or ids != live:
             return None
-        if not math.isfinite(x.sum()):  # NaN/inf, or an overflow: the general path decides
+        if not _finite_sum(x):  # NaN/inf (or an overflow): the general path decides
             return None
         direct = self._direct
         if direct is None or not direct.applies():
             return None
-        views = self._layer_rows(n)
-        y, new = direct.run(torch.from_numpy(x), views)
-        for layer_views, layer_new in zip(views, new, strict=True):
-            for view, tensor in zip(layer_views, layer_new, strict=True):
-                view.copy_(tensor)
+        pending = self._pending  # (while set, the live rows are unchanged: n is theirs)
+        states = pending[1] if pending is not None else self._layer_rows(n)
+        y, new = direct.run(torch.from_numpy(x), states)
+        self._pending = (n, new)  # (written back by _settle when anything else needs it)
+        if y is new[-1][0]:  # (no head: the output is the new h, which the caller must not
+            y = y.clone()  # be able to change through the returned array)
         return y.numpy()
 
     def _layer_rows(self, n: int) -> list[list[torch.Tensor]]:
         """2-D views ``[n, H]`` of the buffer's rows [0, n), per layer per state field; kept
         while the buffer is."""
+        stored = self._stored  # (not _buffer: this serves the hot path and _settle)
         cached = self._layer_views
-        if cached is not None and cached[0] is self._buffer and cached[1] == n:
+        if cached is not None and cached[0] is stored and cached[1] == n:
             return cached[2]
-        tensors = self._buffer.tensors()
+        tensors = stored.tensors()
         layers = tensors[0].shape[0]
         views = [[t[index, :n] for t in tensors] for index in range(layers)]
-        self._layer_views = (self._buffer, n, views)
+        self._layer_views = (stored, n, views)
         return views
 
     def _rows_view(self, n: int) -> list[torch.Tensor]:
