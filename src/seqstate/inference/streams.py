@@ -99,11 +99,16 @@ def _check_steps(
     return array, single
 
 
+# Up to this many values, a finite check sums Python floats (float64: float32 values cannot
+# overflow it) rather than running a reduction, whose fixed cost dominates a streamed step.
+_SMALL = 64
+
+
 def _finite_sum(array: np.ndarray) -> bool:
     """Whether the sum of ``array`` is finite, so every value is (or an overflow: then the
     caller checks value by value). A small array (a streamed step) sums faster as Python
     floats (in float64: no overflow of float32 values) than through a NumPy reduction."""
-    if array.size <= 64:
+    if array.size <= _SMALL:
         return math.isfinite(sum(array.ravel().tolist()))
     return math.isfinite(array.sum())
 
@@ -196,9 +201,14 @@ def advance(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Tens
             f"x is {x.dtype} on {x.device} but the model is {info.dtype} on {info.device}; "
             "move it with x.to(device, dtype)"
         )
-    # A finite sum means finite values (one reduction to a float); only a sum that is not
+    # A finite sum means finite values (one reduction to a float; a small step's values
+    # summed as Python floats, cheaper than a tensor reduction); only a sum that is not
     # finite (a NaN/inf, or an overflow of large values) is checked element by element.
-    if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
+    if x.numel() <= _SMALL and x.device.type == "cpu":
+        total = sum(x.detach().reshape(-1).tolist())
+    else:
+        total = float(x.sum())
+    if not math.isfinite(total) and not bool(torch.isfinite(x).all()):
         raise ValueError("x holds NaN or inf; fill or drop missing values first")
     if x.dim() == 2:
         direct = _direct_step(model)
