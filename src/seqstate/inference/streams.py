@@ -13,7 +13,9 @@ The states live in one stacked buffer ``[layers, capacity, H]`` per state field,
 ``id -> row``; a step gathers its rows with one ``index_select`` and writes them back with one
 in-place ``index_copy_`` whatever the number of streams (benchmarks/predict.py compares this
 with a dict of per-stream states); a step of every live stream in row order uses the rows in
-place. Ending a stream moves the last row into its place, so live rows stay contiguous.
+place (and, for a few streams, keeps the new rows as the kernels return them until anything
+else needs the buffer: see ``Streams._buffer``). Ending a stream moves the last row into its
+place, so live rows stay contiguous.
 
 One step per stream (``x`` [n, F]) is the hot path: it is validated here, once, and then runs
 the model's trusted step entry (:meth:`seqstate.SequenceModel._trusted_step`: the layers'
