@@ -180,7 +180,12 @@ class Trainer:
             if self.config.clip_grad_norm is not None:
                 nn.utils.clip_grad_norm_(self.parameters, self.config.clip_grad_norm)
             self.optimizer.step()
-            window_loss = window_loss.detach() * (total / counted) if counted else None
+            if not counted:
+                window_loss = None
+            elif total == counted:  # (one process: the factor is 1, x * 1.0 == x)
+                window_loss = window_loss.detach()
+            else:  # the mean over this rank's counted steps (the loss is over every rank's)
+                window_loss = window_loss.detach() * (total / counted)
         return window_loss, detach_state(state), real, counted
 
     def _check_labels(self, window: Window) -> None:
