@@ -2,6 +2,7 @@
 
     python benchmarks/layers.py --threads 1          # full run (a few minutes on 2 cores)
     python benchmarks/layers.py --threads 1 --quick  # smoke run, same tables
+    python benchmarks/layers.py --threads 1 --floor  # where auto's time goes (print only)
 
 CPU time of this thread per forward+backward of one window (B=32, F=8, one layer; with one
 intra-op thread torch computes on the calling thread, and thread CPU time does not count the
@@ -168,6 +169,68 @@ def run(quick: bool) -> list[dict]:
     return rows
 
 
+def floor_split(T: int, H: int, window: str, repeats: int) -> dict[str, tuple[float, float]]:
+    """Forward / backward seconds (medians, interleaved) of one LSTM window: torch's call,
+    the *floor* of the timeline design (the bare kernel on the window's timeline: its T'
+    steps and flag columns, no gathers in or out, no saturation bound) and seqstate's layer.
+    Where auto trails torch by more than the floor, the rest is its fixed cost per window."""
+    from torch.nn import functional
+
+    torch.manual_seed(0)
+    theirs = nn.LSTM(FEATURES, H, batch_first=True)
+    ours = LSTM(FEATURES, H)
+    ours.load_state_dict(theirs.state_dict())
+    windows = make_windows(ours, T, H, window, 4, seed=T + H)
+
+    def torch_call(window: Window) -> torch.Tensor:
+        return theirs(window.x, window.state.tensors())[0]
+
+    def floor_call(window: Window) -> torch.Tensor:
+        timeline = window.timeline
+        assert timeline is not None and timeline.plan is not None
+        steps = timeline.plan.steps
+        weights = list(ours.layer_weights(0))
+        weights[0] = torch.cat([weights[0], ours.flag_columns(weights[2], weights[0])], 1)
+        x = functional.pad(window.x, (0, 0, 0, steps - T)).transpose(0, 1)
+        layer_input = torch.cat([x, timeline.flags(x.dtype)], -1)
+        output, _ = ours.sequence_kernel(layer_input, list(window.state.tensors()), weights)
+        return output.transpose(0, 1)[:, :T]
+
+    def auto_call(window: Window) -> torch.Tensor:
+        return ours(window.x, window.state, window.reset, window.mask, timeline=window.timeline)[0]
+
+    calls = {"torch": torch_call, "floor": floor_call, "auto": auto_call}
+    samples: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in calls}
+    for repeat in range(repeats):
+        window = windows[repeat % len(windows)]
+        names = list(calls)
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            theirs.zero_grad(set_to_none=True)
+            ours.zero_grad(set_to_none=True)
+            start = time.thread_time()
+            loss = calls[name](window).square().mean()
+            middle = time.thread_time()
+            loss.backward()
+            samples[name][0].append(middle - start)
+            samples[name][1].append(time.thread_time() - middle)
+    return {k: (statistics.median(f), statistics.median(b)) for k, (f, b) in samples.items()}
+
+
+def print_floors(repeats: int) -> None:
+    for window in ("2T", "0.5T"):
+        split = floor_split(50, 128, window, repeats)
+        torch_total = sum(split["torch"])
+        print(
+            f"LSTM T=50 H=128 {window}: "
+            + "; ".join(
+                f"{name} {1e3 * f:.2f} / {1e3 * b:.2f} ms ({torch_total / (f + b):.3f}x)"
+                for name, (f, b) in split.items()
+            ),
+            flush=True,
+        )
+
+
 def ratio(row: dict, method: str) -> float:
     return row["torch"] / row[method]
 
@@ -216,16 +279,23 @@ def render(rows: list[dict], command: str, load: tuple[str, str], minutes: float
 
 
 WHY = """\
-Why: `auto` makes one fused call per layer whatever the resets and padding; its extra cost is
-the longer timeline (T + the most resets in any row: a zero step per reset), two more input
-columns, an index plan (NumPy, on the host) and the gathers in and out. `split` makes one call
-per distinct reset column (most columns have a reset somewhere among 32 lanes at 0.5T), and
-each oneDNN LSTM call has a large fixed cost; torch's CPU GRU/RNN calls are cheap, so split is
-less behind there. The tanh RNN cannot be zeroed through its input, so windows with resets
-inside rows run `split` for it (auto == split there); padding alone takes the timeline.
-Without resets or padding every strategy is torch's own call. Ratios move by a few percent
-between runs on this shared machine (see the load average); thread CPU time removes the
-waiting, not the contention for caches and memory."""
+Why: `auto` makes one fused call per layer whatever the resets and padding. Its costs beyond
+torch's call: the longer timeline (T' = T + the most resets in any row: a zero step per
+reset; at T=50 a window at 2T has T' of about 52, at 0.5T about 55, so the kernel alone is
+0.96x and 0.91x before anything else), two more input columns, and, for windows with zero
+steps, one gather of the steps in and one of the outputs (with each row's final h) out, each
+mirrored in the backward pass. Windows whose padding sits at row ends (`pad20`) keep every
+real step in its column: for LSTM and the ReLU RNN (whose hold steps output exactly 0) the
+steps go in and out as transposed views, no gather, as torch's own batch-first call does.
+The timeline plan is built with the window (as `Lanes` does), the saturation bound costs four
+small ops on the input and initial state. `split` makes one call per distinct reset column
+(most columns have a reset somewhere among 32 lanes at 0.5T), and each oneDNN LSTM call has
+a large fixed cost; torch's CPU GRU/RNN calls are cheap, so split is less behind there. The
+tanh RNN cannot be zeroed through its input, so windows with resets inside rows run `split`
+for it (auto == split there); padding alone takes the timeline. Without resets or padding
+every strategy is torch's own call. Ratios move by a few percent between runs on this shared
+machine (see the load average); thread CPU time removes the waiting, not the contention for
+caches and memory."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -233,9 +303,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="only the forward / backward split of torch, the timeline's floor and auto "
+        "(LSTM, T=50, H=128, 2T and 0.5T); print only",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.floor:
+        print_floors(61)
+        return
     arguments = sys.argv[1:] if argv is None else argv
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/layers.py", *arguments])
     started, load_start = time.perf_counter(), machine_info(threads=True)

@@ -230,13 +230,17 @@ def main(argv: list[str] | None = None) -> None:
         "progress=False (one run).",
         "- What limits the ratio: the forward and backward passes are the same fused "
         "`torch.lstm` kernel in both loops (equal in isolation); `fit` adds building each "
-        "Window from the lane plan (the line above; the plain loop slices a pre-cut tensor), "
-        "the normalisation buffers of SequenceModel (four small element-wise ops) and a few "
-        "CPU-side counts per window; with a run directory, the model, metrics, plot and "
-        "checkpoint files on their default schedules. Each window's timeline plan is built "
-        "with the window (Lanes) and handed to the layer, so the step does not plan. The "
-        "spread between pairs is the shared machine: the ratio "
-        "of one pair ranges widely while the medians are stable to a few percent.",
+        "Window from the lane plan (the line above; the plain loop slices a pre-cut tensor) "
+        "and a few CPU-side counts per window (identity normalisations are skipped, in the "
+        "model and in the loss); with a run directory, the metrics after each epoch and, at "
+        "the end of every fit, loss.png (matplotlib: about 35 ms alone, 60-65 ms measured "
+        "inside a fit at load 9), a checkpoint (about 6 ms) and the model (about 1 ms): "
+        "fixed costs against the under-a-second fit timed here (2 epochs of 40 windows), so "
+        "a longer fit pays proportionally less; without a run directory the same benchmark "
+        "measured 0.935x (`benchmarks/train.py`, load 9.5). Each window's timeline "
+        "plan is built with the window (Lanes) and handed to the layer, so the step does not "
+        "plan. The spread between pairs is the shared machine: the ratio of one pair ranges "
+        "widely while the medians are stable to a few percent.",
         f"- Machine: {machine_info(threads=True)}.",
         f"- Command: `{command}`",
         "",

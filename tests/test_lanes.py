@@ -671,3 +671,20 @@ def test_each_window_carries_the_timeline_of_its_reset_and_valid_steps():
         assert moved.timeline is not None and moved.timeline.plain == timeline.plain
         replaced = dataclasses.replace(window, loss_mask=~window.loss_mask)
         assert replaced.timeline is timeline
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_windows_own_their_arrays(padded):
+    """A window (with or without padding) never shares memory with the data it was read
+    from: writing into its x and y changes neither the data nor a window built again."""
+    series = np.arange(24.0 if not padded else 23.0, dtype=np.float32).reshape(-1, 1)
+    kept = series.copy()
+    lanes = Lanes.from_series(series, lanes=2, window=6)
+    first = list(lanes.windows())
+    assert bool((first[-1].seq < 0).any()) == padded
+    for window in first:
+        window.x.add_(100.0)
+        window.y.add_(100.0)
+    np.testing.assert_array_equal(series, kept)
+    for window, again in zip(first, lanes.windows(), strict=True):
+        torch.testing.assert_close(window.x - 100.0, again.x)

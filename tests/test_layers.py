@@ -367,6 +367,96 @@ def test_tanh_rnn_takes_the_timeline_for_padding_and_edge_resets(
     assert counts == {"timeline": 1, "fallback": 0, "split": 0}
 
 
+def trailing_mask(lengths: list[int], T: int) -> torch.Tensor:
+    """[B, T] mask with row b's real steps at columns [0, lengths[b])."""
+    return torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("lengths", [[7, 3, 0, 5], [4, 6, 2, 6]], ids=["full-row", "all-short"])
+def test_padding_at_row_ends_runs_in_place_and_equals_the_reference(
+    kind: str, num_layers: int, lengths: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Padding only at row ends (no zero steps) keeps every real step in its column: the
+    steps go in and out as transposed views (for the cells whose fill steps output 0), also
+    when every row ends in padding (the timeline is shorter than the window). Outputs, final
+    states (read at each row's last real step) and gradients equal the step loop."""
+    T = 7
+    layer = make_layer(kind, 3, 4, num_layers, seed=4)
+    counts = count_paths(layer, monkeypatch)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(4, T, 3, generator=generator, dtype=F64).requires_grad_()
+    initial = random_state(layer, 4, 2).map(lambda t: t.requires_grad_())
+    mask = trailing_mask(lengths, T)
+    reset = torch.zeros(4, T, dtype=torch.bool)
+    reset[1, 0] = True  # before row 1's first step
+    reset[3, 6] = True  # after row 3's last real step: a zero final state
+    timeline = Timeline(reset, mask)
+    assert timeline.plan is not None and timeline.plan.in_place
+    assert timeline.plan.steps == max(lengths)
+    inputs = [x, *initial.tensors(), *layer.parameters()]
+    y, state = layer(x, initial, reset=reset, mask=mask, timeline=timeline)
+    y_ref, state_ref = reference(layer, x, initial, reset, mask)
+    torch.testing.assert_close(y, y_ref, **EXACT)
+    assert_states_close(state, state_ref, **EXACT)
+    grads = torch.autograd.grad(objective(y, state), inputs)
+    grads_ref = torch.autograd.grad(objective(y_ref, state_ref), inputs)
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(grad, grad_ref, **EXACT)
+    assert counts == {"timeline": 1, "fallback": 0, "split": 0}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("uses", ["outputs", "state"])
+def test_gradients_of_outputs_alone_or_state_alone_equal_the_reference(
+    kind: str, uses: str
+) -> None:
+    """The top layer's outputs and final h leave by one gather; a loss on only one of them
+    (the other's gradient is None) still gets the reference loop's gradients."""
+    layer = make_layer(kind, 2, 3, 2, seed=6)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 8, 2, generator=generator, dtype=F64).requires_grad_()
+    initial = random_state(layer, 3, 4).map(lambda t: t.requires_grad_())
+    reset = random_flags((3, 8), 0.25, 5)
+    mask = random_flags((3, 8), 0.8, 6)
+    inputs = [x, *initial.tensors(), *layer.parameters()]
+
+    def loss(y: torch.Tensor, state: State) -> torch.Tensor:
+        if uses == "outputs":
+            return (y * torch.linspace(-1, 1, y.numel(), dtype=F64).view(y.shape)).sum()
+        return sum((t * t).sum() for t in state.tensors())  # type: ignore[return-value]
+
+    y, state = layer(x, initial, reset=reset, mask=mask)
+    y_ref, state_ref = reference(layer, x, initial, reset, mask)
+    grads = torch.autograd.grad(loss(y, state), inputs, allow_unused=True)
+    grads_ref = torch.autograd.grad(loss(y_ref, state_ref), inputs, allow_unused=True)
+    for grad, grad_ref, tensor in zip(grads, grads_ref, inputs, strict=True):
+        zero = torch.zeros_like(tensor)
+        torch.testing.assert_close(
+            zero if grad is None else grad, zero if grad_ref is None else grad_ref, **EXACT
+        )
+
+
+@pytest.mark.parametrize("kind", ("lstm", "gru", "rnn_relu"))
+def test_non_finite_values_at_padding_steps_change_nothing(kind: str) -> None:
+    """Padding steps' inputs are never consumed: NaN or inf there (which an in-place
+    timeline's hold steps would read) gives the outputs and state of zeros there."""
+    layer = make_layer(kind, 2, 3, seed=8)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 6, 2, generator=generator, dtype=F64)
+    mask = trailing_mask([6, 4, 2], 6)
+    dirty = x.clone()
+    dirty[1, 4] = float("nan")
+    dirty[2, 3] = float("inf")
+    clean = torch.where(mask[..., None], x, 0.0)
+    initial = random_state(layer, 3, 1)
+    y, state = layer(dirty, initial, mask=mask)
+    y_clean, state_clean = layer(clean, initial, mask=mask)
+    torch.testing.assert_close(y, y_clean, **EXACT)
+    assert_states_close(state, state_clean, **EXACT)
+
+
 @pytest.mark.parametrize("kind", ("lstm", "gru", "rnn_relu"))
 def test_saturation_bound_falls_back_to_split_with_huge_weights(
     kind: str, monkeypatch: pytest.MonkeyPatch

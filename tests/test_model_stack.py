@@ -604,3 +604,21 @@ def test_the_step_plan_adds_no_parameters_or_state_dict_keys(models) -> None:
         assert len(list(model.parameters())) == len(
             [k for k in keys if not k.startswith(("input_", "output_"))]
         )
+
+
+def test_normalize_targets_skips_only_an_identity_of_the_same_dtype():
+    """normalize_targets returns y itself while the output normalisation is the identity
+    (the same values (y - 0) / 1 gives), and maps y as soon as the buffers change, also by
+    an in-place write; a y of another dtype is promoted as the arithmetic would."""
+    model = SequenceModel(input_size=F, output_size=O, hidden_size=4)
+    y = torch.randn(2, 3, O)
+    assert model.normalize_targets(y) is y
+    assert model.normalize_targets(y.double()).dtype == torch.float64  # (buffers are float32)
+    model.set_normalization([0.0] * F, [1.0] * F, [1.0, -2.0], [2.0, 4.0])
+    expected = (y - torch.tensor([1.0, -2.0])) / torch.tensor([2.0, 4.0])
+    torch.testing.assert_close(model.normalize_targets(y), expected, rtol=0, atol=0)
+    model.set_normalization([0.0] * F, [1.0] * F, [0.0, 0.0], [1.0, 1.0])
+    assert model.normalize_targets(y) is y
+    with torch.no_grad():
+        model.output_scale.mul_(3.0)  # an in-place write is seen
+    torch.testing.assert_close(model.normalize_targets(y), y / 3.0, rtol=0, atol=0)

@@ -495,3 +495,61 @@ def test_a_hook_sends_direct_steps_through_forward():
     finally:
         handle.remove()
     assert len(seen) == 3
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_hot_paths_pending_states_reach_every_reader_and_writer(cell):
+    """Steps of every live stream in row order keep their new states as the kernels return
+    them and write them into the buffer only when something else needs it: every reader
+    (state, export, a step in another order) and writer (start, end, a new stream, import)
+    sees exactly the states one advance per stream gives."""
+    model = MODELS[cell]
+    rng = np.random.default_rng(11)
+    streams = Streams(model)
+    reference: dict[str, object] = {}
+
+    def hot_step() -> None:
+        ids = streams.ids
+        x = rng.normal(size=(len(ids), F))
+        y = streams.step(ids, x)
+        for row, key in enumerate(ids):
+            state = reference.get(key) or model.initial_state(1)
+            y_ref, reference[key] = advance(model, state, torch.from_numpy(x[row : row + 1]))
+            np.testing.assert_allclose(y[row], y_ref[0].numpy(), rtol=1e-12, atol=1e-12)
+
+    def check() -> None:
+        assert set(streams.ids) == set(reference)
+        for key, state in reference.items():
+            for a, b in zip(streams.state(key).tensors(), state.tensors(), strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+    for key in ("a", "b", "c"):
+        streams.start(key)
+        reference[key] = model.initial_state(1)
+    hot_step()
+    hot_step()
+    check()
+    streams.start("b")  # a reset of a live stream, after hot steps
+    reference["b"] = model.initial_state(1)
+    hot_step()
+    x = rng.normal(size=(2, F))
+    streams.step(["c", "a"], x)  # another order: the general path
+    for row, key in enumerate(["c", "a"]):
+        reference[key] = advance(model, reference[key], torch.from_numpy(x[row : row + 1]))[1]
+    hot_step()
+    streams.end("a")  # the last row moves into a's
+    del reference["a"]
+    hot_step()
+    ids = [*streams.ids, "d"]  # a new stream: the buffer grows around pending rows
+    x = rng.normal(size=(3, F))
+    y = streams.step(ids, x)
+    reference["d"] = model.initial_state(1)
+    for row, key in enumerate(ids):
+        y_ref, reference[key] = advance(model, reference[key], torch.from_numpy(x[row : row + 1]))
+        np.testing.assert_allclose(y[row], y_ref[0].numpy(), rtol=1e-12, atol=1e-12)
+    hot_step()
+    check()
+    copy = Streams(model)
+    copy.import_states(streams.export_states())  # exported right after hot steps
+    x = rng.normal(size=(3, F))
+    np.testing.assert_array_equal(copy.step(streams.ids, x), streams.step(streams.ids, x))

@@ -53,8 +53,9 @@ class LayerKernels(Protocol):
         ...
 
     def fill_outputs_zero(self) -> bool:
-        """Whether the timeline's zero and hold steps output exactly 0 (so a padding step's
-        zero output can be read from one of them)."""
+        """Whether the timeline's zero and hold steps output exactly 0 and set the state
+        whatever their input within the saturation bound (so a padding step's zero output can
+        be read from one of them, and their slots need no zeroed input)."""
         ...
 
     def sequence_kernel(
@@ -64,6 +65,7 @@ class LayerKernels(Protocol):
         ``hx`` per state field [1, B, H] -> (output [T', B, H], final ``hx``)."""
         ...
 
-    def state_max(self, h0: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        """A bound on |h| over a call from ``h0`` [1, B, H] with outputs [T', B, H]."""
+    def output_bound(self) -> float | None:
+        """A bound on |output| for any input (with |h0|, a bound on |h| over a call), or None
+        where the outputs are unbounded (the ReLU RNN: then read from them)."""
         ...

@@ -67,7 +67,10 @@ but never runs a Python loop over steps. How a window reaches the kernels:
   a few NumPy operations on the host (cheaper than as many tensor ops), a pure function of
   ``reset`` and ``mask``: built once per window and passed as ``timeline=`` (``Lanes`` builds
   it with each window, ``fit`` hands it to every layer), else once per call; the steps move
-  in and out, and their gradients back, by one index_select each. Dropout between layers is
+  in and out, and their gradients back, by one index_select each (the way out also reads
+  each row's final h), or, where every real step keeps its column (padding only at row ends,
+  no zero steps) and the fill steps output 0 (LSTM, ReLU), as transposed views with no
+  gather at all, as torch's own batch-first call returns them. Dropout between layers is
   applied to each layer's output, as torch does.
 
   The tanh RNN cannot be zeroed through its input (tanh(-inf) = -1): it takes the timeline
@@ -84,6 +87,7 @@ but never runs a Python loop over steps. How a window reaches the kernels:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, cast
 
 import torch
@@ -138,7 +142,7 @@ class ResettableLayer:
 
     Its strategies (``run_timeline``, ``run_split``) see it as a
     :class:`seqstate.core.kernels.LayerKernels`: ``fused``, ``make_state``, ``layer_weights``,
-    ``can_zero``, ``flag_columns``, ``sequence_kernel``, ``state_max``.
+    ``can_zero``, ``flag_columns``, ``sequence_kernel``, ``output_bound``.
     """
 
     state_type: type[State]
@@ -220,9 +224,9 @@ class ResettableLayer:
         return self.make_state(*hx) if isinstance(hx, tuple) else self.make_state(hx)
 
     def make_state(self, *tensors: torch.Tensor) -> State:
-        """``state_type(*tensors)`` (the field count depends on the cell)."""
-        make: Any = self.state_type
-        return make(*tensors)
+        """``state_type(*tensors)`` (the field count depends on the cell), unchecked: the
+        strategies build it from the kernels' own results, shaped validly."""
+        return self.state_type._unchecked(*tensors)
 
     def fused(
         self, x: torch.Tensor, state: State, lengths: torch.Tensor | None
@@ -363,7 +367,7 @@ class ResettableLayer:
     def _cell(
         self,
         x: torch.Tensor,
-        hx: list[torch.Tensor],
+        hx: Sequence[torch.Tensor],
         w_ih: torch.Tensor,
         w_hh: torch.Tensor,
         b_ih: torch.Tensor | None,
@@ -384,8 +388,10 @@ class ResettableLayer:
         raise NotImplementedError
 
     def fill_outputs_zero(self) -> bool:
-        """Whether every zero and hold step outputs exactly 0 (LSTM, ReLU RNN; not the GRU,
-        whose hold step outputs the kept h, nor the tanh RNN, whose hold steps are unflagged)."""
+        """Whether every zero and hold step outputs exactly 0 and sets the state whatever its
+        input (within the saturation bound), so its slot may read any step (LSTM, ReLU RNN;
+        not the GRU, whose hold step outputs the kept h and whose zero step needs a zero
+        input, nor the tanh RNN, whose hold steps are unflagged)."""
         return False
 
     def _run_timeline(
@@ -404,11 +410,10 @@ class ResettableLayer:
                 return self._plain(x, state, timeline.initial)
         return run_timeline(self, x, state, timeline)
 
-    def state_max(self, h0: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        """A bound on |h| over a call from ``h0`` [1, B, H] with outputs [T', B, H]. LSTM and
-        GRU outputs stay within max(1, |h0|) (tanh, sigmoid and convex mixes); the ReLU RNN
-        overrides it (its outputs are unbounded)."""
-        return torch.clamp(h0.abs().max(), min=1.0)
+    def output_bound(self) -> float | None:
+        """A bound on |output| (so on |h|) for any input, or None. LSTM and GRU outputs stay
+        within max(1, |h0|) (tanh, sigmoid and convex mixes); the ReLU RNN's are unbounded."""
+        return 1.0
 
     def sequence_kernel(
         self, x: torch.Tensor, hx: list[torch.Tensor], weights: list[torch.Tensor]
@@ -502,6 +507,7 @@ class LSTM(ResettableLayer, nn.LSTM):  # type: ignore[misc]  # forward(x, state,
 
     def fill_outputs_zero(self) -> bool:
         return True
+
     _torch_positional = (
         "bias",
         "batch_first",
@@ -515,13 +521,13 @@ class LSTM(ResettableLayer, nn.LSTM):  # type: ignore[misc]  # forward(x, state,
     def _cell(
         self,
         x: torch.Tensor,
-        hx: list[torch.Tensor],
+        hx: Sequence[torch.Tensor],
         w_ih: torch.Tensor,
         w_hh: torch.Tensor,
         b_ih: torch.Tensor | None,
         b_hh: torch.Tensor | None,
     ) -> tuple[torch.Tensor, ...]:
-        return _VF.lstm_cell(x, hx, w_ih, w_hh, b_ih, b_hh)
+        return _VF.lstm_cell(x, cast(list[torch.Tensor], hx), w_ih, w_hh, b_ih, b_hh)
 
     def flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         # gates i, f, g, o; zero step: i, f, o -> 0; hold step: i -> 0, f -> 1 (c kept),
@@ -549,7 +555,7 @@ class GRU(ResettableLayer, nn.GRU):  # type: ignore[misc]  # forward(x, state, r
     def _cell(
         self,
         x: torch.Tensor,
-        hx: list[torch.Tensor],
+        hx: Sequence[torch.Tensor],
         w_ih: torch.Tensor,
         w_hh: torch.Tensor,
         b_ih: torch.Tensor | None,
@@ -639,7 +645,7 @@ class RNN(ResettableLayer, nn.RNN):  # type: ignore[misc]  # forward(x, state, r
     def _cell(
         self,
         x: torch.Tensor,
-        hx: list[torch.Tensor],
+        hx: Sequence[torch.Tensor],
         w_ih: torch.Tensor,
         w_hh: torch.Tensor,
         b_ih: torch.Tensor | None,
@@ -648,8 +654,8 @@ class RNN(ResettableLayer, nn.RNN):  # type: ignore[misc]  # forward(x, state, r
         cell = _VF.rnn_relu_cell if self.nonlinearity == "relu" else _VF.rnn_tanh_cell
         return (cell(x, hx[0], w_ih, w_hh, b_ih, b_hh),)
 
-    def state_max(self, h0: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(h0.abs().max(), output.abs().max())
+    def output_bound(self) -> float | None:
+        return None if self.nonlinearity == "relu" else 1.0
 
     def flag_columns(self, b_ih: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         # ReLU: zero and hold step alike, pre-activation -> -inf, h = 0; tanh: no zero steps,

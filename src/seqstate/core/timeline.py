@@ -240,6 +240,12 @@ def run_timeline(
     ``timeline`` is the window's (:meth:`Timeline.describes` checked by the caller) and not
     plain. Returns None when the timeline is not exact for this layer: zero steps for a cell
     that cannot take them, or the saturation bound fails (the caller then runs ``split``).
+
+    Each op here costs several times its isolated time next to the fused call (the kernel
+    evicts the caches), so the path keeps them few: where every real step keeps its column
+    (padding only at row ends, no zero steps) and the fill steps output exactly 0, the steps
+    go in and out as transposed views (no gathers); elsewhere one gather in and one out,
+    which also reads each row's final h.
     """
     plan, moved = timeline.plan, timeline._moved
     if plan is None or moved is None:
@@ -257,52 +263,76 @@ def run_timeline(
     reads, writes, fill, last = moved.reads, moved.writes, moved.fill, moved.last
     padding, empty_rows = moved.padding, moved.empty_rows
     flags = timeline.flags(x.dtype)  # (T', B, 2)
-    if x.requires_grad:
-        layer_input = _Remap.apply(x.reshape(B * T, F), reads, fill, writes, padding)
+    # zero and hold steps that output exactly 0 whatever they read (LSTM, ReLU) need no
+    # zeroed input: their slots read any real step (within the saturation bound's input max)
+    fill_free = rnn.fill_outputs_zero()
+    in_place = plan.in_place and fill_free  # slot p * B + b is step (b, p): views, no gathers
+    if in_place:
+        layer_input = (x if steps == T else x[:, :steps]).transpose(0, 1)  # (T', B, F)
+    elif x.requires_grad:
+        input_fill = None if fill_free else fill
+        layer_input = _Remap.apply(x.reshape(B * T, F), reads, input_fill, writes, padding)
     else:  # (training data: no gradient to route back, so no autograd node either)
-        layer_input = _pick_rows(x.reshape(B * T, F), reads, fill)
-    layer_input = layer_input.view(steps, B, F)
+        layer_input = _pick_rows(x.reshape(B * T, F), reads, None if fill_free else fill)
+    layer_input = layer_input.view(steps, B, F) if not in_place else layer_input
 
     initial_tensors = state.tensors()
+    # the saturation bound, before the calls where the cell bounds its outputs (its terms
+    # are known then, and a window that fails it costs no wasted call)
+    bounded = rnn.output_bound() is not None
+    if bounded and rnn.can_zero() and not _saturates(rnn, x, initial_tensors[0], None):
+        return None
     finals: list[list[torch.Tensor]] = [[] for _ in initial_tensors]
-    calls = []  # (h0, output) of each layer, for the saturation bound
+    outputs = []  # each layer's, for the saturation bound of a cell with unbounded outputs
+    top = rnn.num_layers - 1
+    y: torch.Tensor | None = None
     for layer in range(rnn.num_layers):
         weights = list(rnn.layer_weights(layer))
         b_ih = weights[2] if rnn.bias else None
         weights[0] = torch.cat([weights[0], rnn.flag_columns(b_ih, weights[0])], dim=1)
-        hx = [t[layer : layer + 1] for t in initial_tensors]
+        hx = list(initial_tensors) if top == 0 else [t[layer : layer + 1] for t in initial_tensors]
         layer_input = torch.cat([layer_input, flags], dim=-1)
         if x.is_cuda:
             with _fresh_weights_quiet():
                 output, hx_out = rnn.sequence_kernel(layer_input, hx, weights)
         else:
             output, hx_out = rnn.sequence_kernel(layer_input, hx, weights)
-        calls.append((hx[0], output))
-        # h at the row's last real step (hold steps keep an LSTM's c, not its h)
-        h_last = output.view(steps * B, H).index_select(0, last)
+        if not bounded:
+            outputs.append(output)
+        flat = output.view(steps * B, H)
+        # h at the row's last real step (hold steps keep an LSTM's c, not its h, and a GRU's
+        # h only to rounding); on the top layer read by the same gather as the outputs
+        if layer == top and not in_place:
+            if fill_free and moved.writes_to_fill is not None:
+                # padding steps read a fill slot's exact 0 (no zeroing pass); its gradient
+                # there is dropped, which is exact: a saturated gate passes none back
+                y, h_last = _Outputs.apply(flat, moved.writes_to_fill, None, last, reads, fill)
+            else:
+                y, h_last = _Outputs.apply(flat, writes, padding, last, reads, fill)
+        else:
+            h_last = flat.index_select(0, last)
         if empty_rows is not None:  # rows without a real step keep their state
             h_last = torch.where(empty_rows[:, None], hx[0][0], h_last)
         finals[0].append(h_last)
         for parts, tensor in zip(finals[1:], hx_out[1:], strict=True):
-            parts.append(tensor[0])
-        if layer < rnn.num_layers - 1 and rnn.dropout > 0 and rnn.training:
+            parts.append(tensor)
+        if layer < top and rnn.dropout > 0 and rnn.training:
             output = functional.dropout(output, rnn.dropout, True)
         layer_input = output
-    if rnn.can_zero() and not _saturates(rnn, x, calls):
+    if not bounded and rnn.can_zero() and not _saturates(rnn, x, initial_tensors[0], outputs):
         return None
-    if moved.writes_to_fill is not None and rnn.fill_outputs_zero():
-        # padding steps read a fill slot's exact 0 (no zeroing pass); its gradient there is
-        # dropped, which is exact: a saturated gate passes none back through that slot
-        y = _Remap.apply(layer_input.view(steps * B, H), moved.writes_to_fill, None, reads, fill)
+    if y is None:  # in place: the time-major outputs, batch-first as a view
+        y = layer_input.transpose(0, 1)  # (B, T', H); padding steps are hold steps: 0
+        if steps < T:  # (every row ends in padding: the columns past the longest row)
+            y = functional.pad(y, (0, 0, 0, T - steps))
     else:
-        y = _Remap.apply(layer_input.view(steps * B, H), writes, padding, reads, fill)
+        y = y.view(B, T, H)
     if tail is not None:  # a reset after the row's last real step: zero state at the end
         finals = [[torch.where(tail[:, None], 0, t) for t in parts] for parts in finals]
-    if rnn.num_layers == 1:
-        stacked = [parts[0][None] for parts in finals]
-    else:
-        stacked = [torch.stack(parts) for parts in finals]
-    return y.view(B, T, H), rnn.make_state(*stacked)
+    # h_last is [B, H] per layer; the other fields come from the kernel as [1, B, H]
+    hidden = torch.stack(finals[0]) if top else finals[0][0].unsqueeze(0)
+    others = [torch.cat(parts) if top else parts[0] for parts in finals[1:]]
+    return y, rnn.make_state(hidden, *others)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,6 +354,9 @@ class _Plan:
     flags: np.ndarray  # [T', B, 2] float: (zero, hold) flag of each slot
     last: np.ndarray  # [B]: the slot of each row's last real step (0 for a row without one)
     zero_steps: bool  # the timeline has zero steps (resets inside rows)
+    # every real step keeps its column (slot t * B + b is step (b, t)): padding only at row
+    # ends and no zero steps, so steps can move in and out as transposed views
+    in_place: bool
     initial: np.ndarray | None  # [B] bool: reset before the row's first real step; None: none
     tail: np.ndarray | None  # [B] bool: reset after the row's last real step; None: none
     empty_rows: np.ndarray | None  # [B] bool: rows without a real step; None: none
@@ -368,6 +401,7 @@ def _plan(
     zero_steps = inserted is not None and bool(inserted.any())
     if zero_steps and not can_zero:
         return None
+    in_place = not zero_steps and (mask is None or bool((position == columns)[mask].all()))
     steps = int(length.max())
     rows = np.arange(B)
     slot_index = position * B + rows[:, None]  # (B, T)
@@ -400,34 +434,58 @@ def _plan(
         flags=np.stack([is_zero, is_hold], axis=-1).astype(np.float64),
         last=np.maximum(length - 1, 0) * B + rows,
         zero_steps=zero_steps,
+        in_place=in_place,
         initial=initial if initial is not None and initial.any() else None,
         tail=tail if tail is not None and tail.any() else None,
         empty_rows=None if mask is None or length.min() > 0 else length == 0,
     )
 
 
-@torch.no_grad()
 def _saturates(
-    rnn: LayerKernels, x: torch.Tensor, calls: list[tuple[torch.Tensor, torch.Tensor]]
+    rnn: LayerKernels,
+    x: torch.Tensor,
+    hidden: torch.Tensor,
+    outputs: list[torch.Tensor] | None,
 ) -> bool:
-    """Whether every flagged gate saturated exactly: for each layer, a bound on |gate
+    """Whether every flagged gate saturates exactly: for each layer, a bound on |gate
     pre-activation| without the flags (the largest input row norm x input max + recurrent
     row norm x state max + the largest biases) stays below ``_SAFE_BOUND``.
 
-    The weight terms change only when the weights do: they are cached (:func:`_weight_terms`),
-    so a call costs the input and state maxima and one transfer of them to the host."""
+    ``hidden`` [L, B, H] is the initial h; the state max of a layer is the larger of its
+    initial |h| and :meth:`~seqstate.core.kernels.LayerKernels.output_bound`, or, for a cell
+    without one, of its ``outputs`` (each [T', B, H], after the calls). The weight terms
+    change only when the weights do: they are cached (:func:`_weight_terms`), so a call
+    costs a few maxima and one transfer of them to the host (a sync on a GPU)."""
     terms = _weight_terms(rnn)
-    maxima = [x.abs().max(), *(rnn.state_max(h0, output) for h0, output in calls)]
-    values = torch.stack(maxima).tolist()  # one transfer (a device sync on a GPU)
+    x, hidden = x.detach(), hidden.detach()  # (no graph for the bound)
+    if outputs is None and len(terms) == 1:  # (the common case in its fewest ops)
+        x_low, x_high, h_low, h_high = torch.stack([*x.aminmax(), *hidden.aminmax()]).tolist()
+        values = [_extent(x_low, x_high), _extent(h_low, h_high)]
+    else:
+        states = hidden.abs().amax(dim=(1, 2))  # (L,)
+        if outputs is not None:
+            produced = torch.stack([output.detach().abs().max() for output in outputs])
+            states = torch.maximum(states, produced)
+        values = torch.cat([x.abs().max()[None], states]).tolist()
+    floor = rnn.output_bound()
     input_max = values[0]
     bounds = []
     for layer, (w_ih, w_hh, biases) in enumerate(terms):
         state_max = values[layer + 1]
+        if floor is not None and state_max < floor:  # (a NaN stays NaN, and fails below)
+            state_max = floor
         bounds.append(w_ih * input_max + w_hh * state_max + biases)
         input_max = state_max
         if layer < rnn.num_layers - 1 and rnn.dropout > 0 and rnn.training:
             input_max = state_max / (1.0 - rnn.dropout)  # dropout scales its outputs up
     return all(bound <= _SAFE_BOUND for bound in bounds)  # NaN fails too
+
+
+def _extent(low: float, high: float) -> float:
+    """max(|low|, |high|), NaN when either is NaN."""
+    if low != low or high != high:  # (NaN)
+        return float("nan")
+    return high if high >= -low else -low
 
 
 # layer module -> (weak references to its weights, their storage and versions, per layer
@@ -467,6 +525,41 @@ def _weight_terms(rnn: LayerKernels) -> list[tuple[float, float, float]]:
         with contextlib.suppress(TypeError):  # not weakly referenceable: computed each call
             _WEIGHT_TERMS[rnn] = ([weakref.ref(w) for w in weights], key, terms)
     return terms
+
+
+class _Outputs(torch.autograd.Function):
+    """The top layer's outputs and each row's final h in one gather: ``(rows, last)`` of
+    ``source`` [N, H] are :class:`_Remap`'s rows and ``source[last]`` [B, H]. Backward is
+    :class:`_Remap`'s one index_select plus an in-place index_add of the B rows of h's
+    gradient (not a second [N, H] gradient for autograd to allocate and add)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        source: torch.Tensor,
+        index: torch.Tensor,
+        fill: torch.Tensor | None,
+        last: torch.Tensor,
+        inverse: torch.Tensor,
+        inverse_fill: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(inverse, inverse_fill, last)
+        ctx.shape = source.shape
+        return _pick_rows(source, index, fill), source.index_select(0, last)
+
+    @staticmethod
+    def backward(ctx: Any, grad_rows: torch.Tensor | None, grad_last: torch.Tensor | None):
+        inverse, inverse_fill, last = ctx.saved_tensors
+        if grad_rows is None:
+            if grad_last is None:
+                return None, None, None, None, None, None
+            grad = grad_last.new_zeros(ctx.shape)
+        else:
+            grad = _pick_rows(grad_rows, inverse, inverse_fill)  # a new tensor: ours to add to
+        if grad_last is not None:
+            grad.index_add_(0, last, grad_last)
+        return grad, None, None, None, None, None
 
 
 class _Remap(torch.autograd.Function):

@@ -16,6 +16,7 @@ applies dropout: a streamed step runs in eval mode.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 import torch
@@ -69,7 +70,7 @@ class DirectStep:
         return bool(self._model._steps_directly())
 
     def run(
-        self, x: torch.Tensor, hx: list[list[torch.Tensor]]
+        self, x: torch.Tensor, hx: Sequence[Sequence[torch.Tensor]]
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
         """``x`` [n, F] and ``hx`` (per layer, its state fields [n, H]) -> (``y`` [n, O], per
         layer the new fields [n, H]). Nothing is written; autograd is off for the call."""

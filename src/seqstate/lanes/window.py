@@ -137,6 +137,19 @@ def select_lanes(rows: Any, B: int) -> np.ndarray:
     return array % B
 
 
+def _place(
+    rows: np.ndarray, valid: np.ndarray, full: bool, width: int, dtype: np.dtype | type
+) -> np.ndarray:
+    """``rows`` [valid steps, width] of a window -> ``[B, T, width]``, zeros on padding
+    (``full``: no padding, the rows are every step in row-major order)."""
+    B, T = valid.shape
+    if full:  # (gather copies: the window never shares memory with the source)
+        return rows.reshape(B, T, width).astype(dtype, copy=False)
+    placed = np.zeros((B, T, width), dtype=dtype)
+    placed[valid] = rows
+    return placed
+
+
 def window_arrays(
     plan: Plan,
     k: int,
@@ -153,10 +166,15 @@ def window_arrays(
     ``seq``, ``step`` [B, T]); zeros (``-1`` for ``seq`` and ``step``) on padding."""
     seq, step, valid = plan.locate(k, lane_rows)
     B, T = seq.shape
-    seq_valid, step_valid = seq[valid], step[valid]
+    # A window without padding (most of them) skips the zero fill and the boolean scatters:
+    # its valid steps, in row-major order, are all of them.
+    full = bool(valid.all())
+    if full:
+        seq_valid, step_valid = seq.ravel(), step.ravel()
+    else:
+        seq_valid, step_valid = seq[valid], step[valid]
 
-    x = np.zeros((B, T, num_features), dtype=np.float32)
-    x[valid] = source.gather(seq_valid, step_valid)
+    x = _place(source.gather(seq_valid, step_valid), valid, full, num_features, np.float32)
 
     spec = targets
     y = np.zeros((B, T, spec.num_outputs), dtype=spec.dtype)
@@ -169,12 +187,20 @@ def window_arrays(
             has_target = position + spec.shift < series_length
         else:
             has_target = step_valid + spec.shift < lengths[seq_valid]
-        rows = np.zeros((len(seq_valid), spec.num_outputs), dtype=spec.dtype)
-        rows[has_target] = source.gather(seq_valid[has_target], step_valid[has_target] + spec.shift)
-        y[valid] = rows
+        if has_target.all():
+            rows = source.gather(seq_valid, step_valid + spec.shift)
+        else:
+            rows = np.zeros((len(seq_valid), spec.num_outputs), dtype=spec.dtype)
+            rows[has_target] = source.gather(
+                seq_valid[has_target], step_valid[has_target] + spec.shift
+            )
+        y = _place(rows, valid, full, spec.num_outputs, spec.dtype)
         mask[valid] = has_target
     elif spec.kind == "steps":
-        y[valid] = cast(Source, spec.source).gather(seq_valid, step_valid)  # kind 'steps' has one
+        steps_source = cast(Source, spec.source)  # kind 'steps' has one
+        y = _place(
+            steps_source.gather(seq_valid, step_valid), valid, full, spec.num_outputs, spec.dtype
+        )
         mask = valid.copy()
     elif spec.kind == "labels":
         y[valid] = cast(np.ndarray, spec.labels)[seq_valid]  # kind 'labels' has them

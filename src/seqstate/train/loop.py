@@ -153,13 +153,17 @@ class Trainer:
         """One TBPTT step. Returns (this window's mean loss, detached; None when no target
         counts), the detached state, the real steps and the counted steps."""
         B, T, _ = window.x.shape
-        valid = window.valid  # (B, T) real input
-        real = int(valid.sum())
-        counted = int(window.loss_mask.sum())
+        # counted on the host without tensor ops (each costs more than its work next to the
+        # model's kernels): a window's timeline has no mask when no step is padding
+        if window.timeline is not None and window.timeline.mask is None:
+            real = B * T
+        else:
+            real = int(np.count_nonzero(window.seq.numpy(force=True) >= 0))
+        counted = int(np.count_nonzero(window.loss_mask.numpy(force=True)))
         if self.loss.is_classification and counted:
             self._check_labels(window)
         # Computed on the CPU, so the layers need no device sync to detect "no padding".
-        model_mask = None if real == B * T else valid
+        model_mask = None if real == B * T else window.valid  # (B, T) real input
         x, y, mask, reset, model_mask, timeline = to_device(
             window, model_mask, self.device, self.dtype
         )
@@ -176,7 +180,12 @@ class Trainer:
             if self.config.clip_grad_norm is not None:
                 nn.utils.clip_grad_norm_(self.parameters, self.config.clip_grad_norm)
             self.optimizer.step()
-            window_loss = window_loss.detach() * (total / counted) if counted else None
+            if not counted:
+                window_loss = None
+            elif total == counted:  # (one process: the factor is 1, x * 1.0 == x)
+                window_loss = window_loss.detach()
+            else:  # the mean over this rank's counted steps (the loss is over every rank's)
+                window_loss = window_loss.detach() * (total / counted)
         return window_loss, detach_state(state), real, counted
 
     def _check_labels(self, window: Window) -> None:
