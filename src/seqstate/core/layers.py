@@ -502,6 +502,7 @@ class LSTM(ResettableLayer, nn.LSTM):  # type: ignore[misc]  # forward(x, state,
 
     def fill_outputs_zero(self) -> bool:
         return True
+
     _torch_positional = (
         "bias",
         "batch_first",
