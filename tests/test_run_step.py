@@ -433,9 +433,13 @@ def test_the_calendar_cell_equals_the_table_calendar_features(seconds, kinds):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("streams", ["all", "one"])
 @pytest.mark.parametrize("name", sorted(RUNS))
-def test_the_one_step_numpy_path_equals_the_torch_step_for_every_kind_of_run(name):
+def test_the_one_step_numpy_path_equals_the_torch_step_for_every_kind_of_run(name, streams):
+    # several streams: NumPy rows (forward_row); one: Python floats (forward_single)
     table, _, run_step = build(name)
+    if streams == "one":
+        table = table.select([1])
     length = min(len(t) for t in table.times)
     x = np.stack([step_tables.table_inputs(run_step, table, i)[:length] for i in range(len(table))])
     time = np.stack([step_tables.table_times(run_step, t)[:length] for t in table.times])

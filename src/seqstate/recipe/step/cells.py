@@ -129,6 +129,13 @@ class Calendar(nn.Module):
             return self.week_rows[(time // 60) % _WEEK_MINUTES]
         return calendar_columns(torch.from_numpy(time), self.kinds).to(torch.float32).numpy()
 
+    def one(self, time: int) -> list[float]:
+        """:meth:`rows` of one stream's step: the ``2K`` features of ``time`` as floats."""
+        if self.by_week and self.week_rows is not None:
+            # (Python's // and % floor like torch's and NumPy's for these int64 values)
+            return self.week_rows[(time // 60) % _WEEK_MINUTES].tolist()
+        return self.rows(np.array([time], dtype=np.int64))[0].tolist()
+
 
 class TargetTransform(nn.Module):
     """log / log1p of the targets and its exact inverse (``none``: identity)."""
@@ -167,6 +174,22 @@ class TargetTransform(nn.Module):
             return np.exp(values)
         if self.kind == "log1p":
             return np.expm1(values)
+        return values
+
+    def forward_one(self, values: list[float]) -> list[float]:
+        """:meth:`forward` of one stream's values (Python floats: doubles, as float64)."""
+        if self.kind == "log":
+            return [math.log(v) for v in values]
+        if self.kind == "log1p":
+            return [math.log1p(v) for v in values]
+        return values
+
+    def inverse_one(self, values: list[float]) -> list[float]:
+        """:meth:`inverse` of one stream's values."""
+        if self.kind == "log":
+            return [math.exp(v) for v in values]
+        if self.kind == "log1p":
+            return [math.expm1(v) for v in values]
         return values
 
 
@@ -244,6 +267,29 @@ class Difference(nn.Module):
             value = _add_rows(value, -c, past)
         return value
 
+    def forward_single(
+        self, history: np.ndarray, w: list[float]
+    ) -> tuple[list[float], np.ndarray]:
+        """:meth:`forward_row` of one stream: ``history [D, O]`` (its row of the state) and
+        ``w`` (O floats) -> (the difference, O floats; the new history ``[1, D, O]``)."""
+        d = self.order
+        z = w
+        for k, c in self.terms[1:]:
+            z = [_add_one(a, c, p) for a, p in zip(z, history[d - k].tolist(), strict=True)]
+        kept = np.empty((1, *history.shape))
+        kept[0, :-1] = history[1:]
+        kept[0, -1] = w
+        return z, kept
+
+    def inverse_single(self, z: list[float], history: np.ndarray, w: list[float]) -> list[float]:
+        """:meth:`inverse_row` of one stream (``history [D, O]``, ``z`` and ``w`` O floats)."""
+        d = self.order
+        value = z
+        for k, c in self.terms[1:]:
+            past = w if k == 1 else history[d + 1 - k].tolist()
+            value = [_add_one(a, -c, p) for a, p in zip(value, past, strict=True)]
+        return value
+
     def inverse_one(self, z: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """One forecast step ``[B, O]`` from its difference and ``history`` ``[B, D, O]``
         (the values up to the step before: shift 1)."""
@@ -274,6 +320,15 @@ def _add_rows(total: np.ndarray, coefficient: float, values: np.ndarray) -> np.n
     return total + coefficient * values
 
 
+def _add_one(total: float, coefficient: float, value: float) -> float:
+    """:func:`_add` of Python floats."""
+    if coefficient == 1.0:
+        return total + value
+    if coefficient == -1.0:
+        return total - value
+    return total + coefficient * value
+
+
 class Scaling(nn.Module):
     """``(v - location) / scale`` per column with the stream's statistics (state
     ``location``, ``scale`` ``[B, C]`` float64, bound when the stream starts; every method
@@ -293,6 +348,8 @@ class Scaling(nn.Module):
         # (the NumPy step picks with these: they never move to a device)
         self.feature_rows = np.asarray(list(features), dtype=np.int64)
         self.target_rows = np.asarray(list(targets), dtype=np.int64)
+        self.feature_list = [int(i) for i in features]
+        self.target_list = [int(i) for i in targets]
 
     features: torch.Tensor
     targets: torch.Tensor
@@ -336,6 +393,23 @@ class Scaling(nn.Module):
         """One step of :meth:`inverse` in NumPy: ``outputs [B, O]`` float64 -> ``[B, O]``."""
         loc, sc = _pick_rows(location, scale, self.target_rows, self.target_span)
         return outputs * sc + loc
+
+
+    def forward_one(
+        self, values: list[float], location: list[float], scale: list[float]
+    ) -> list[float]:
+        """:meth:`forward_rows` of one stream (its ``C`` statistics as floats)."""
+        return [
+            (v - location[i]) / scale[i] for v, i in zip(values, self.feature_list, strict=True)
+        ]
+
+    def inverse_one(
+        self, outputs: list[float], location: list[float], scale: list[float]
+    ) -> list[float]:
+        """:meth:`inverse_rows` of one stream."""
+        return [
+            o * scale[i] + location[i] for o, i in zip(outputs, self.target_list, strict=True)
+        ]
 
 
 def _pick_rows(
