@@ -267,9 +267,7 @@ class Difference(nn.Module):
             value = _add_rows(value, -c, past)
         return value
 
-    def forward_single(
-        self, history: np.ndarray, w: list[float]
-    ) -> tuple[list[float], np.ndarray]:
+    def forward_single(self, history: np.ndarray, w: list[float]) -> tuple[list[float], np.ndarray]:
         """:meth:`forward_row` of one stream: ``history [D, O]`` (its row of the state) and
         ``w`` (O floats) -> (the difference, O floats; the new history ``[1, D, O]``)."""
         d = self.order
@@ -394,7 +392,6 @@ class Scaling(nn.Module):
         loc, sc = _pick_rows(location, scale, self.target_rows, self.target_span)
         return outputs * sc + loc
 
-
     def forward_one(
         self, values: list[float], location: list[float], scale: list[float]
     ) -> list[float]:
@@ -407,9 +404,7 @@ class Scaling(nn.Module):
         self, outputs: list[float], location: list[float], scale: list[float]
     ) -> list[float]:
         """:meth:`inverse_rows` of one stream."""
-        return [
-            o * scale[i] + location[i] for o, i in zip(outputs, self.target_list, strict=True)
-        ]
+        return [o * scale[i] + location[i] for o, i in zip(outputs, self.target_list, strict=True)]
 
 
 def _pick_rows(

@@ -108,9 +108,11 @@ class MemberStep(nn.Module):
         # (location, scale tensors, their floats) of the last stream forward_single scaled
         self.statistics_floats: tuple[torch.Tensor, torch.Tensor, list, list] | None = None
         self.fed_pairs = [(int(f), j) for f, j in pairs]
-        #: forward_row computes this member's steps (no answer delay to carry)
-        self.steps_rows = self.difference.delay == 0
         self.prepares = self.transforms_targets or scaling is not None
+        #: forward_row computes this member's steps: it has no answer delay to carry, and
+        #: something to prepare (a member without preparation feeds x to its model as it is,
+        #: which the torch step does with fewer conversions)
+        self.steps_rows = self.difference.delay == 0 and (self.prepares or bool(calendar))
         self.input_width = self.feature_count + self.calendar.width
         self.register_buffer(
             "covariate_features",
@@ -765,7 +767,7 @@ class RunStep(nn.Module):
         """:meth:`forward` of one step of CPU rows, every member and every row past the
         warm-up, in NumPy (:meth:`MemberStep.forward_row`): ``((network [B, 1, O], members
         [K, B, 1, O]), state)``; None where that does not apply (then :meth:`forward`)."""
-        if x.shape[1] != 1 or x.shape[0] == 0 or x.device.type != "cpu" or not self.steps_rows:
+        if not self.steps_rows or x.shape[1] != 1 or x.shape[0] == 0 or x.device.type != "cpu":
             return None
         if time is not None and time.device.type != "cpu":
             return None
@@ -775,7 +777,8 @@ class RunStep(nn.Module):
         rows = x.numpy()[:, 0]
         stamps = time.numpy()[:, 0] if time is not None else None
         transforms = dict(state.transforms)
-        outputs, models = [], []
+        outputs: list[Any] = []  # (each member's [B, O] rows, or one stream's O floats)
+        models = []
         single = x.shape[0] == 1  # one stream: Python floats (MemberStep.forward_single)
         if single:
             row = rows[0].tolist()
@@ -799,10 +802,8 @@ class RunStep(nn.Module):
         # (K, B, 1, O): from each member's [B, O] rows, or one stream's O floats
         answers = np.array(outputs, dtype=np.float64).reshape(len(outputs), x.shape[0], 1, -1)
         members = torch.from_numpy(answers)
-        if len(outputs) == 1:
-            network = torch.from_numpy(answers[0])  # (a view: cheaper than a select)
-        else:
-            network = members.mean(0)  # (the same torch reduction as step_outputs')
+        # (one member: a view, cheaper than a select; an ensemble: step_outputs' reduction)
+        network = torch.from_numpy(answers[0]) if len(outputs) == 1 else members.mean(0)
         answer = StepOutputs(network, members)
         # (its parts come from this state's, already checked: no second check per step)
         return answer, RunState.unchecked(transforms, tuple(models))
