@@ -11,7 +11,8 @@ One step (T = 1) of ``RunStep.step`` for B streams, four runs with the same LSTM
   60-point grid, steps beside the network's).
 
 ``preprocessing`` is ``(default - plain) / default``: the share of a default step spent in
-the transform cells and their inverse. Timings are the calling thread's CPU time (so time
+the transform cells and their inverse. (One step of CPU rows past the warm-up runs them on
+NumPy rows, or on Python floats for one stream: ``RunStep.forward_rows``.) Timings are the calling thread's CPU time (so time
 spent waiting for a core on a shared machine is not counted), interleaved rounds (A B C D,
 D C B A, ...), best of each, on one torch thread; ratios, not absolute claims.
 
