@@ -12,9 +12,10 @@ One step (T = 1) of ``RunStep.step`` for B streams, four runs with the same LSTM
 
 ``preprocessing`` is ``(default - plain) / default``: the share of a default step spent in
 the transform cells and their inverse. (One step of CPU rows past the warm-up runs them on
-NumPy rows, or on Python floats for one stream: ``RunStep.forward_rows``.) Timings are the calling thread's CPU time (so time
-spent waiting for a core on a shared machine is not counted), interleaved rounds (A B C D,
-D C B A, ...), best of each, on one torch thread; ratios, not absolute claims.
+NumPy rows, or on Python floats for one stream: ``RunStep.forward_rows``.) Timings are the
+calling thread's CPU time (so time spent waiting for a core on a shared machine is not
+counted), interleaved rounds (A B C D, D C B A, ...), best of each, on one torch thread;
+ratios, not absolute claims.
 
     .venv/bin/python benchmarks/run_step.py --threads 1            # prints, writes its section
     .venv/bin/python benchmarks/run_step.py --threads 1 --quick    # a smoke run
