@@ -426,3 +426,47 @@ def test_the_calendar_cell_equals_the_table_calendar_features(seconds, kinds):
     expected = calendar_features(stamps.astype("datetime64[s]").astype("datetime64[ns]"), kinds)
     got = Calendar(kinds)(torch.from_numpy(stamps)[None])[0].numpy()
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# The one-step NumPy path (a served or streamed step) equals the torch step
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("streams", ["all", "one"])
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_the_one_step_numpy_path_equals_the_torch_step_for_every_kind_of_run(name, streams):
+    # several streams: NumPy rows (forward_row); one: Python floats (forward_single)
+    table, _, run_step = build(name)
+    if streams == "one":
+        table = table.select([1])
+    length = min(len(t) for t in table.times)
+    x = np.stack([step_tables.table_inputs(run_step, table, i)[:length] for i in range(len(table))])
+    time = np.stack([step_tables.table_times(run_step, t)[:length] for t in table.times])
+    x_t, time_t = torch.from_numpy(x), torch.from_numpy(time)
+    state = run_step.initial_state(list(table.ids), context=table)
+    if not run_step.steps_rows:  # nothing to prepare: the torch step does it with less
+        assert run_step.forward_rows(state, x_t[:, :1], time_t[:, :1]) is None
+        return
+    taken = 0
+    with torch.no_grad():
+        for j in range(length):
+            step_x, step_time = x_t[:, j : j + 1], time_t[:, j : j + 1]
+            rows = run_step.forward_rows(state, step_x, step_time)
+            members, expected_state = run_step.forward(state, step_x, step_time)
+            if j < run_step.order:  # a row in its warm-up: the torch step's masks
+                assert rows is None
+            else:
+                (network, got_members), got_state = rows
+                taken += 1
+                np.testing.assert_allclose(got_members.numpy(), members.numpy(), rtol=1e-12)
+                np.testing.assert_allclose(network.numpy(), members.mean(0).numpy(), rtol=1e-12)
+                assert set(got_state.transforms) == set(expected_state.transforms)
+                for key, value in expected_state.transforms.items():
+                    got = got_state.transforms[key]
+                    assert got.dtype == value.dtype and got.shape == value.shape, key
+                    np.testing.assert_allclose(got.numpy(), value.numpy(), rtol=1e-12)
+                for a, b in zip(got_state.models, expected_state.models, strict=True):
+                    assert a.equal(b)
+            state = expected_state
+    assert taken == length - run_step.order > 0

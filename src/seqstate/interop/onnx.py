@@ -409,11 +409,14 @@ def _any_series(function: Any) -> Any:
 class _RunGraph(nn.Module):
     """The run's step function over explicit tensors: ``(x, [time], *state) -> (y, *state)``."""
 
-    def __init__(self, function: Any, names: list[str], sizes: list[int]) -> None:
+    def __init__(
+        self, function: Any, names: list[str], sizes: list[int], blend: nn.Module | None
+    ) -> None:
         super().__init__()
         self.function = function
         self.names = names  # the transform tensors' names, in order
         self.sizes = sizes  # model state tensors per member
+        self.blend = blend  # the selection's baselines in torch (BlendCell), or None
 
     def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from seqstate.recipe.step import RunState
@@ -430,12 +433,16 @@ class _RunGraph(nn.Module):
         state = RunState.unchecked(transforms, tuple(models))
         members, new = self.function.forward(state, x, time)
         y = members.mean(dim=0)  # (B, T, O) float64, raw units
+        stepped = dict(new.transforms)
+        if self.blend is not None:
+            # the baselines validation chose, stepped beside the network and combined
+            y, baselines = self.blend(state.transforms, x, y)
+            stepped |= baselines
         # a tensor the step leaves as it is (the series' statistics) is still its own output
         tensors = [
-            new.transforms[name].clone() if new.transforms[name] is state.transforms[name]
-            else new.transforms[name]
+            stepped[name].clone() if stepped[name] is state.transforms[name] else stepped[name]
             for name in self.names
-        ]  # fmt: skip
+        ]
         for model_state in new.models:
             tensors += list(model_state.tensors())
         return (y, *tensors)
@@ -472,6 +479,7 @@ def export_run_onnx(
 
     onnx = _onnx_module()
     from seqstate.recipe.run import Run
+    from seqstate.recipe.step.baseline_cells import BlendCell, torch_form
 
     if not isinstance(run_dir, str | os.PathLike):
         raise TypeError(f"run_dir must be a run directory path; received {type(run_dir).__name__}")
@@ -482,22 +490,28 @@ def export_run_onnx(
     ):
         raise ValueError(f"opset must be an int in [18, 23] (or None for 18); received {opset!r}")
     function = copy.deepcopy(Run.load(Path(run_dir)).step_function()).cpu().eval()
+    blend = None
     if function.blend is not None:
-        # The ETS baseline replays its first two seasons and picks its coefficients per
-        # step: no fixed graph. A graph of the network alone would answer otherwise.
-        raise ValueError(
-            f"run directory {str(run_dir)!r} answers with {dict(function.blend.weights)} "
-            "(validation chose baselines over the network alone), which the ONNX graph does "
-            "not compute; train with --select network to export it, or serve it with "
-            "`seqstate serve`"
-        )
+        weights = dict(function.blend.weights)
+        missing = [name for name in weights if name != "network" and torch_form(name) is None]
+        if missing:
+            # Damped ETS replays its first two seasons and picks its coefficients per step:
+            # no fixed graph. A graph without it would answer otherwise.
+            raise ValueError(
+                f"run directory {str(run_dir)!r} answers with {weights} (validation chose "
+                f"baselines over the network alone), and {missing} has no form in an ONNX "
+                "graph (seasonal naive has); train with --select network to export it, or "
+                "serve it with `seqstate serve`"
+            )
+        targets = [function.inputs.index(t) for t in function.targets]
+        blend = BlendCell(weights, targets, combines=function.columns.shift == 1)
     inputs, outputs = run_onnx_names(function)
     template = function.initial_state([_any_series(function)] * 2)
     names = list(template.transforms)
     sizes = [len(s.tensors()) for s in template.models]
     for member in function.members:
         member.model = _MemberGraph(member.model.float().eval())
-    graph = _RunGraph(function, names, sizes).eval()
+    graph = _RunGraph(function, names, sizes, blend).eval()
     batch, steps = 2, 3
     batch_dim, time_dim = torch.export.Dim("batch"), torch.export.Dim("time")
     example: list[torch.Tensor] = [torch.rand(batch, steps, len(function.inputs)) + 1.0]

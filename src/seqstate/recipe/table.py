@@ -91,6 +91,7 @@ class SequenceTable:
             or any(len(r) != len(f) for r, f in zip(self.rows, self.features, strict=True))
         ):
             object.__setattr__(self, "rows", None)
+
     time_format: str | None = None
 
     def __len__(self) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -102,6 +103,7 @@ class Calendar(nn.Module):
         super().__init__()
         self.kinds = tuple(kinds)
         self.by_week = bool(self.kinds) and "month" not in self.kinds
+        self.week_rows: np.ndarray | None = None
         if self.by_week:
             minutes = torch.arange(_WEEK_MINUTES, dtype=torch.int64) * 60  # from 1970-01-01
             table = calendar_columns(minutes, self.kinds).to(torch.float32)
@@ -117,6 +119,22 @@ class Calendar(nn.Module):
             return self.week[minute]
         # float32 as the table code stores them (calendar_features casts)
         return calendar_columns(time, self.kinds).to(torch.float32)
+
+    def rows(self, time: np.ndarray) -> np.ndarray:
+        """:meth:`forward` of one step in NumPy: ``time [B]`` int64 -> ``[B, 2K]`` float32
+        (the same values: a lookup in the same table, or :func:`calendar_columns`)."""
+        if self.by_week:
+            if self.week_rows is None:  # (a view of the buffer, made once on first use)
+                self.week_rows = self.week.cpu().numpy()
+            return self.week_rows[(time // 60) % _WEEK_MINUTES]
+        return calendar_columns(torch.from_numpy(time), self.kinds).to(torch.float32).numpy()
+
+    def one(self, time: int) -> list[float]:
+        """:meth:`rows` of one stream's step: the ``2K`` features of ``time`` as floats."""
+        if self.by_week and self.week_rows is not None:
+            # (Python's // and % floor like torch's and NumPy's for these int64 values)
+            return self.week_rows[(time // 60) % _WEEK_MINUTES].tolist()
+        return self.rows(np.array([time], dtype=np.int64))[0].tolist()
 
 
 class TargetTransform(nn.Module):
@@ -140,6 +158,38 @@ class TargetTransform(nn.Module):
             return torch.exp(values)
         if self.kind == "log1p":
             return torch.expm1(values)
+        return values
+
+    def forward_rows(self, values: np.ndarray) -> np.ndarray:
+        """:meth:`forward` in NumPy (float64)."""
+        if self.kind == "log":
+            return np.log(values)
+        if self.kind == "log1p":
+            return np.log1p(values)
+        return values
+
+    def inverse_rows(self, values: np.ndarray) -> np.ndarray:
+        """:meth:`inverse` in NumPy (float64)."""
+        if self.kind == "log":
+            return np.exp(values)
+        if self.kind == "log1p":
+            return np.expm1(values)
+        return values
+
+    def forward_one(self, values: list[float]) -> list[float]:
+        """:meth:`forward` of one stream's values (Python floats: doubles, as float64)."""
+        if self.kind == "log":
+            return [math.log(v) for v in values]
+        if self.kind == "log1p":
+            return [math.log1p(v) for v in values]
+        return values
+
+    def inverse_one(self, values: list[float]) -> list[float]:
+        """:meth:`inverse` of one stream's values."""
+        if self.kind == "log":
+            return [math.exp(v) for v in values]
+        if self.kind == "log1p":
+            return [math.expm1(v) for v in values]
         return values
 
 
@@ -195,6 +245,49 @@ class Difference(nn.Module):
             w = _add(w, -c, full[:, d + shift - k : d + shift - k + steps])
         return w
 
+    def forward_row(self, history: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One step (T = 1, D >= 1) of :meth:`forward` in NumPy: ``history [B, D, O]`` and
+        this step's transformed values ``w [B, O]`` float64 -> (the difference ``[B, O]``,
+        the new history ``[B, D, O]``), the same operations in the same order."""
+        d = self.order
+        z = w
+        for k, c in self.terms[1:]:
+            z = _add_rows(z, c, history[:, d - k])
+        return z, np.concatenate((history[:, 1:], w[:, None]), axis=1)
+
+    def inverse_row(self, z: np.ndarray, history: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """One step of :meth:`inverse` (shift 1) in NumPy: the value ``[B, O]`` from the
+        output difference ``z [B, O]``, the history before this step ``[B, D, O]`` and this
+        step's values ``w [B, O]`` (``full = [history, w]``)."""
+        d = self.order
+        value = z
+        for k, c in self.terms[1:]:
+            # full[:, d + 1 - k]: this step's value for k = 1, else the history's
+            past = w if k == 1 else history[:, d + 1 - k]
+            value = _add_rows(value, -c, past)
+        return value
+
+    def forward_single(self, history: np.ndarray, w: list[float]) -> tuple[list[float], np.ndarray]:
+        """:meth:`forward_row` of one stream: ``history [D, O]`` (its row of the state) and
+        ``w`` (O floats) -> (the difference, O floats; the new history ``[1, D, O]``)."""
+        d = self.order
+        z = w
+        for k, c in self.terms[1:]:
+            z = [_add_one(a, c, p) for a, p in zip(z, history[d - k].tolist(), strict=True)]
+        kept = np.empty((1, *history.shape))
+        kept[0, :-1] = history[1:]
+        kept[0, -1] = w
+        return z, kept
+
+    def inverse_single(self, z: list[float], history: np.ndarray, w: list[float]) -> list[float]:
+        """:meth:`inverse_row` of one stream (``history [D, O]``, ``z`` and ``w`` O floats)."""
+        d = self.order
+        value = z
+        for k, c in self.terms[1:]:
+            past = w if k == 1 else history[d + 1 - k].tolist()
+            value = [_add_one(a, -c, p) for a, p in zip(value, past, strict=True)]
+        return value
+
     def inverse_one(self, z: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """One forecast step ``[B, O]`` from its difference and ``history`` ``[B, D, O]``
         (the values up to the step before: shift 1)."""
@@ -216,6 +309,24 @@ def _add(total: torch.Tensor, coefficient: float, values: torch.Tensor) -> torch
     return total + coefficient * values
 
 
+def _add_rows(total: np.ndarray, coefficient: float, values: np.ndarray) -> np.ndarray:
+    """:func:`_add` in NumPy."""
+    if coefficient == 1.0:
+        return total + values
+    if coefficient == -1.0:
+        return total - values
+    return total + coefficient * values
+
+
+def _add_one(total: float, coefficient: float, value: float) -> float:
+    """:func:`_add` of Python floats."""
+    if coefficient == 1.0:
+        return total + value
+    if coefficient == -1.0:
+        return total - value
+    return total + coefficient * value
+
+
 class Scaling(nn.Module):
     """``(v - location) / scale`` per column with the stream's statistics (state
     ``location``, ``scale`` ``[B, C]`` float64, bound when the stream starts; every method
@@ -232,6 +343,11 @@ class Scaling(nn.Module):
         # the usual layout (features first, in order; one target block): views, no gathers
         self.feature_span = _span(features)
         self.target_span = _span(targets)
+        # (the NumPy step picks with these: they never move to a device)
+        self.feature_rows = np.asarray(list(features), dtype=np.int64)
+        self.target_rows = np.asarray(list(targets), dtype=np.int64)
+        self.feature_list = [int(i) for i in features]
+        self.target_list = [int(i) for i in targets]
 
     features: torch.Tensor
     targets: torch.Tensor
@@ -260,6 +376,45 @@ class Scaling(nn.Module):
         """Model outputs ``[B, T, O]`` float64 -> the targets' (transformed) units."""
         loc, sc = _pick(location, scale, self.targets, self.target_span)
         return torch.addcmul(loc, outputs, sc)  # outputs * sc + loc, one op
+
+    def forward_rows(
+        self, values: np.ndarray, location: np.ndarray, scale: np.ndarray
+    ) -> np.ndarray:
+        """One step of :meth:`forward` in NumPy: ``values [B, F]`` float64, ``location``,
+        ``scale`` ``[B, C]`` -> ``[B, F]``."""
+        loc, sc = _pick_rows(location, scale, self.feature_rows, self.feature_span)
+        return (values - loc) / sc
+
+    def inverse_rows(
+        self, outputs: np.ndarray, location: np.ndarray, scale: np.ndarray
+    ) -> np.ndarray:
+        """One step of :meth:`inverse` in NumPy: ``outputs [B, O]`` float64 -> ``[B, O]``."""
+        loc, sc = _pick_rows(location, scale, self.target_rows, self.target_span)
+        return outputs * sc + loc
+
+    def forward_one(
+        self, values: list[float], location: list[float], scale: list[float]
+    ) -> list[float]:
+        """:meth:`forward_rows` of one stream (its ``C`` statistics as floats)."""
+        return [
+            (v - location[i]) / scale[i] for v, i in zip(values, self.feature_list, strict=True)
+        ]
+
+    def inverse_one(
+        self, outputs: list[float], location: list[float], scale: list[float]
+    ) -> list[float]:
+        """:meth:`inverse_rows` of one stream."""
+        return [o * scale[i] + location[i] for o, i in zip(outputs, self.target_list, strict=True)]
+
+
+def _pick_rows(
+    location: np.ndarray, scale: np.ndarray, index: np.ndarray, span: tuple[int, int] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_pick` of ``[B, C]`` arrays -> ``[B, K]`` (views where ``span`` is set)."""
+    if span is not None:
+        start, stop = span
+        return location[:, start:stop], scale[:, start:stop]
+    return location[:, index], scale[:, index]
 
 
 def _span(indices: Sequence[int]) -> tuple[int, int] | None:

@@ -23,6 +23,7 @@ per-series scaling)::
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -32,6 +33,7 @@ from torch import nn
 
 from seqstate.core.state import State
 from seqstate.recipe.step import cells
+from seqstate.recipe.step.baseline_rows import lean_stream
 from seqstate.recipe.step.blend import NETWORK, Blend
 from seqstate.recipe.step.state import RunState
 
@@ -98,6 +100,20 @@ class MemberStep(nn.Module):
         # every target is fed, in order (the usual forecasting run): no gather of z
         self.feeds_all = [j for _, j in pairs] == list(range(len(targets)))
         self.covariate_names = [name for name in features if name not in targets]
+        # The same indices as NumPy arrays for the one-step path (forward_row), never moved.
+        self.target_input_rows = self.target_inputs.numpy().copy()
+        self.fed_feature_rows = self.fed_features.numpy().copy()
+        self.fed_target_rows = self.fed_targets.numpy().copy()
+        self.target_input_list = self.target_input_rows.tolist()
+        # (location, scale tensors, their floats) of the last stream forward_single scaled
+        self.statistics_floats: tuple[torch.Tensor, torch.Tensor, list, list] | None = None
+        self.fed_pairs = [(int(f), j) for f, j in pairs]
+        self.prepares = self.transforms_targets or scaling is not None
+        #: forward_row computes this member's steps: it has no answer delay to carry, and
+        #: something to prepare (a member without preparation feeds x to its model as it is,
+        #: which the torch step does with fewer conversions)
+        self.steps_rows = self.difference.delay == 0 and (self.prepares or bool(calendar))
+        self.input_width = self.feature_count + self.calendar.width
         self.register_buffer(
             "covariate_features",
             torch.tensor([features.index(n) for n in self.covariate_names], dtype=torch.long),
@@ -114,6 +130,7 @@ class MemberStep(nn.Module):
                     [scaling.columns.index(n) for n in self.covariate_names], dtype=torch.long
                 ),
             )
+        self.row_cells = (self.transform, self.difference, self.scale, self.calendar, model)
 
     target_inputs: torch.Tensor
     fed_features: torch.Tensor
@@ -251,6 +268,149 @@ class MemberStep(nn.Module):
                     out = self.difference.inverse(out, full)
             out = self.transform.inverse(out)
         return out, new, model_state
+
+    def forward_row(
+        self,
+        transforms: Mapping[str, torch.Tensor],
+        model_state: State,
+        x: np.ndarray,
+        time: np.ndarray | None,
+        prefix: str,
+    ) -> tuple[np.ndarray, dict[str, torch.Tensor], State]:
+        """:meth:`forward` of one step on the CPU without gradients, for rows that are all
+        past the warm-up (``valid`` None) of a member with :attr:`steps_rows`: ``x [B,
+        F_raw]`` float32 and ``time [B]`` int64 NumPy rows -> ``y [B, O]`` float64 NumPy,
+        this member's new transform state and model state. The same operations in the same
+        order as :meth:`forward`, on float64 NumPy rows.
+
+        Why: a served or streamed step is one step of a few rows, where each eager torch op
+        costs 1.5-3 µs of dispatch whatever its size and a NumPy op a fraction of that; the
+        transforms and their inverse are about twenty such ops.
+        """
+        # (plain references: an nn.Module attribute lookup costs as much as a NumPy op)
+        transform, difference, scale_cell, calendar, model = self.row_cells
+        new: dict[str, torch.Tensor] = {}
+        location = scale = history = w = None
+        count = self.feature_count
+        if not self.prepares:
+            features = x[:, :count]
+        else:
+            features = x[:, :count].astype(np.float64)  # (a copy: written below)
+            if self.transforms_targets:
+                w = transform.forward_rows(x[:, self.target_input_rows].astype(np.float64))
+                z = w
+                if self.order:
+                    history = transforms[prefix + "history"].numpy()
+                    z, kept = difference.forward_row(history, w)
+                    new[prefix + "history"] = torch.from_numpy(kept)
+                if self.fed_feature_rows.size:
+                    # (float32 as the table code stores the transformed columns)
+                    fed = z.astype(np.float32)
+                    fed = fed if self.feeds_all else fed[:, self.fed_target_rows]
+                    features[:, self.fed_feature_rows] = fed
+            if scale_cell is not None:
+                location = transforms[prefix + "location"].numpy()
+                scale = transforms[prefix + "scale"].numpy()
+                features = scale_cell.forward_rows(features, location, scale)
+        inputs = np.empty((x.shape[0], 1, self.input_width), dtype=np.float32)
+        inputs[:, 0, :count] = features
+        if calendar.kinds:
+            if time is None:
+                raise ValueError(
+                    f"the run reads calendar features {list(calendar.kinds)}: each step "
+                    "needs its time (Unix seconds)"
+                )
+            inputs[:, 0, count:] = calendar.rows(time)
+        if self.head is None:
+            y, model_state = model(torch.from_numpy(inputs), model_state)
+            raw = None
+        else:
+            y, raw, model_state = self._model(torch.from_numpy(inputs), model_state, None)
+        out = y.numpy()[:, 0]  # (B, O) float32
+        new[prefix + "output"] = torch.from_numpy(out)
+        if raw is not None:
+            new[prefix + "parameters"] = raw[:, -1]
+        out = out.astype(np.float64)
+        if self.regression:
+            if scale_cell is not None and location is not None and scale is not None:
+                out = scale_cell.inverse_rows(out, location, scale)
+            if w is not None and history is not None:  # (history: differenced)
+                out = difference.inverse_row(out, history, w)
+            out = transform.inverse_rows(out)
+        return out, new, model_state
+
+    def forward_single(
+        self,
+        transforms: Mapping[str, torch.Tensor],
+        model_state: State,
+        x: list[float],
+        time: int | None,
+        prefix: str,
+    ) -> tuple[list[float], dict[str, torch.Tensor], State]:
+        """:meth:`forward_row` of one stream (``B = 1``): ``x`` its F_raw raw values and
+        ``time`` as Python numbers -> its O answers as floats (float64), this member's new
+        transform state and model state. The same operations in the same order, on Python
+        floats (IEEE doubles, as float64), whose arithmetic costs tens of ns an op against a
+        NumPy op's microsecond: one stream's preparation is about twenty of them."""
+        transform, difference, scale_cell, calendar, model = self.row_cells
+        new: dict[str, torch.Tensor] = {}
+        location = scale = history = w = None
+        features = x[: self.feature_count]
+        if self.transforms_targets:
+            w = transform.forward_one([x[i] for i in self.target_input_list])
+            z = w
+            if self.order:
+                history = transforms[prefix + "history"].numpy()[0]  # (D, O)
+                z, kept = difference.forward_single(history, w)
+                new[prefix + "history"] = torch.from_numpy(kept)
+            if self.fed_pairs:
+                # (float32 as the table code stores the transformed columns)
+                fed = array("f", z).tolist()
+                features = list(features)
+                for f, j in self.fed_pairs:
+                    features[f] = fed[j]
+        if scale_cell is not None:
+            location, scale = self._statistics_of(transforms, prefix)
+            features = scale_cell.forward_one(features, location, scale)
+        if calendar.kinds:
+            if time is None:
+                raise ValueError(
+                    f"the run reads calendar features {list(calendar.kinds)}: each step "
+                    "needs its time (Unix seconds)"
+                )
+            features = [*features, *calendar.one(time)]
+        inputs = torch.from_numpy(np.array([[features]], dtype=np.float32))  # (1, 1, F)
+        if self.head is None:
+            y, model_state = model(inputs, model_state)
+            raw = None
+        else:
+            y, raw, model_state = self._model(inputs, model_state, None)
+        out = y.numpy()[:, 0]  # (1, O) float32
+        new[prefix + "output"] = torch.from_numpy(out)
+        if raw is not None:
+            new[prefix + "parameters"] = raw[:, -1]
+        values: list[float] = out[0].tolist()
+        if self.regression:
+            if scale_cell is not None and location is not None and scale is not None:
+                values = scale_cell.inverse_one(values, location, scale)
+            if w is not None and history is not None:  # (history: differenced)
+                values = difference.inverse_single(values, history, w)
+            values = transform.inverse_one(values)
+        return values, new, model_state
+
+    def _statistics_of(
+        self, transforms: Mapping[str, torch.Tensor], prefix: str
+    ) -> tuple[list[float], list[float]]:
+        """One stream's location and scale as floats. A stream's statistics are bound at its
+        start and every step passes the same tensors on (nothing writes a state tensor in
+        place), so the last stream's floats are kept and reused while its tensors are."""
+        location_t, scale_t = transforms[prefix + "location"], transforms[prefix + "scale"]
+        kept = self.statistics_floats
+        if kept is not None and kept[0] is location_t and kept[1] is scale_t:
+            return kept[2], kept[3]
+        location, scale = location_t.numpy()[0].tolist(), scale_t.numpy()[0].tolist()
+        self.statistics_floats = (location_t, scale_t, location, scale)
+        return location, scale
 
     def _model(
         self, inputs: torch.Tensor, model_state: State, mask: torch.Tensor | None
@@ -440,6 +600,9 @@ class RunStep(nn.Module):
         ]
         self.members = nn.ModuleList(steps)
         self._member_steps = tuple(steps)  # (typed, and no ModuleList iteration per step)
+        self.prefixes = tuple(f"m{k}." for k in range(len(steps)))  # (their state's names)
+        #: every member's steps can take the NumPy one-step path (forward_rows)
+        self.steps_rows = all(m.steps_rows for m in steps)
         self.needs_time = any(m.calendar.kinds for m in self._members())
         self.needs_series = any(
             m.scaling is not None and m.scaling.config.method == "series" for m in self._members()
@@ -474,7 +637,10 @@ class RunStep(nn.Module):
                 f"read the targets' past, but its inputs {list(self.inputs)} lack {missing}; "
                 "a selection is only made for runs whose targets are inputs"
             )
-        return Blend(weights, [self.inputs.index(t) for t in self.targets])
+        blend = Blend(weights, [self.inputs.index(t) for t in self.targets])
+        # damped ETS steps past its warm-up on the whole grid at once (the same bits)
+        blend.streams = {name: lean_stream(stream) for name, stream in blend.streams.items()}
+        return blend
 
     def _members(self) -> tuple[MemberStep, ...]:
         return self._member_steps
@@ -551,8 +717,12 @@ class RunStep(nn.Module):
         """:meth:`step` with both the answer and each network member's."""
         x_t, time_t = self._check_step(state, x, time)
         with torch.no_grad():
-            members, new_state = self.forward(state, x_t, time_t)
-            network = members[0] if members.shape[0] == 1 else members.mean(dim=0)
+            advanced = self.forward_rows(state, x_t, time_t)
+            if advanced is not None:
+                (network, members), new_state = advanced
+            else:
+                members, new_state = self.forward(state, x_t, time_t)
+                network = members[0] if members.shape[0] == 1 else members.mean(dim=0)
             if self.blend is None:
                 return StepOutputs(network, members), new_state
             parts, baselines = self.blend.advance(state.transforms, x_t)
@@ -590,6 +760,53 @@ class RunStep(nn.Module):
         y = outputs[0][None] if len(outputs) == 1 else torch.stack(outputs)
         # (its parts come from this state's, already checked: no second check per step)
         return y, RunState.unchecked(transforms, tuple(models))
+
+    def forward_rows(
+        self, state: RunState, x: torch.Tensor, time: torch.Tensor | None
+    ) -> tuple[StepOutputs, RunState] | None:
+        """:meth:`forward` of one step of CPU rows, every member and every row past the
+        warm-up, in NumPy (:meth:`MemberStep.forward_row`): ``((network [B, 1, O], members
+        [K, B, 1, O]), state)``; None where that does not apply (then :meth:`forward`)."""
+        if not self.steps_rows or x.shape[1] != 1 or x.shape[0] == 0 or x.device.type != "cpu":
+            return None
+        if time is not None and time.device.type != "cpu":
+            return None
+        seen = state.transforms["steps"].numpy()
+        if self.order and int(seen.min()) < self.order:
+            return None
+        rows = x.numpy()[:, 0]
+        stamps = time.numpy()[:, 0] if time is not None else None
+        transforms = dict(state.transforms)
+        outputs: list[Any] = []  # (each member's [B, O] rows, or one stream's O floats)
+        models = []
+        single = x.shape[0] == 1  # one stream: Python floats (MemberStep.forward_single)
+        if single:
+            row = rows[0].tolist()
+            stamp = int(stamps[0]) if stamps is not None else None
+        for k, member in enumerate(self._members()):
+            if single:
+                values, new, model_state = member.forward_single(
+                    state.transforms, state.models[k], row, stamp, self.prefixes[k]
+                )
+                outputs.append(values)
+            else:
+                y, new, model_state = member.forward_row(
+                    state.transforms, state.models[k], rows, stamps, self.prefixes[k]
+                )
+                outputs.append(y)
+            transforms |= new
+            models.append(model_state)
+        transforms["steps"] = torch.from_numpy(seen + 1)
+        if stamps is not None:
+            transforms["time"] = torch.from_numpy(stamps)
+        # (K, B, 1, O): from each member's [B, O] rows, or one stream's O floats
+        answers = np.array(outputs, dtype=np.float64).reshape(len(outputs), x.shape[0], 1, -1)
+        members = torch.from_numpy(answers)
+        # (one member: a view, cheaper than a select; an ensemble: step_outputs' reduction)
+        network = torch.from_numpy(answers[0]) if len(outputs) == 1 else members.mean(0)
+        answer = StepOutputs(network, members)
+        # (its parts come from this state's, already checked: no second check per step)
+        return answer, RunState.unchecked(transforms, tuple(models))
 
     def forecast(
         self,
@@ -800,7 +1017,12 @@ class RunStep(nn.Module):
                 f"x must have shape [B, T, F]=[{b}, T>=1, {width}] (the raw columns "
                 f"{list(self.inputs)}); received {list(x_t.shape)}"
             )
-        if not bool(torch.isfinite(x_t).all()):
+        if x_t.device.type == "cpu" and not x_t.requires_grad:
+            # (NumPy's check of a few values costs a fifth of torch's)
+            finite = bool(np.isfinite(x_t.numpy()).all())
+        else:
+            finite = bool(torch.isfinite(x_t).all())
+        if not finite:
             row, step, column = (int(i) for i in (~torch.isfinite(x_t)).nonzero()[0])
             raise ValueError(
                 f"x holds {float(x_t[row, step, column])} at row {row}, step {step}, column "
@@ -833,6 +1055,10 @@ class RunStep(nn.Module):
             kind = member.transform.kind
             if kind == "none" or not member.target_inputs.numel():
                 continue
+            if x.device.type == "cpu" and not x.requires_grad:
+                array = x.numpy()[..., member.target_input_rows]
+                if bool((array > 0).all() if kind == "log" else (array >= 0).all()):
+                    return
             values = x.index_select(2, member.target_inputs)
             bad = values <= 0 if kind == "log" else values < 0
             if bool(bad.any()):
