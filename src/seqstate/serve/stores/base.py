@@ -39,33 +39,79 @@ class StoreFullError(StoreError):
     """The store is out of space: nothing was written (HTTP 507, /healthz says so)."""
 
 
-@dataclasses.dataclass(frozen=True)
 class Record:
-    """What the server keeps per stream: enough to continue it and to answer a retry."""
+    """What the server keeps per stream: enough to continue it and to answer a retry.
+
+    Immutable by convention (the stores share records between threads; nothing assigns a
+    field after construction). A record built by :func:`new_record` knows the stream it was
+    built for: its checksum is computed only when a durable store asks for it (the memory
+    store never does), and it is intact for that stream by construction. A record read back
+    from bytes carries the stored checksum, which :meth:`intact` checks once.
+    """
+
+    __slots__ = (
+        "seq", "state", "output", "digest", "updated", "generation", "history", "_sum",
+        "_built_for", "_intact_for",
+    )  # fmt: skip
 
     seq: int  # last applied step number
-    state: bytes  # State.to_bytes() of the stream after step ``seq``
+    state: bytes  # the stream's stored state row after step ``seq``
     output: bytes  # JSON of the answer ``y`` to step ``seq`` (returned again on a retry)
     digest: bytes  # fingerprint of step ``seq``'s request (x and start), to recognise a retry
     updated: float  # unix time step ``seq`` was applied (for TTL expiry)
-    generation: bytes = b""  # random per write: what the compare-and-set compares
-    checksum: bytes = b""  # blake2b over the stream id and the fields above (and history)
+    generation: bytes  # random per write: what the compare-and-set compares
     # the answers of the steps just before ``seq`` (see :func:`kept_answers`), so a client
     # that pipelined several steps and lost its connection gets each of them replayed
-    history: bytes = b""
+    history: bytes
+
+    def __init__(
+        self,
+        seq: int,
+        state: bytes,
+        output: bytes,
+        digest: bytes,
+        updated: float,
+        generation: bytes = b"",
+        checksum: bytes = b"",
+        history: bytes = b"",
+    ) -> None:
+        self.seq = seq
+        self.state = state
+        self.output = output
+        self.digest = digest
+        self.updated = updated
+        self.generation = generation
+        self.history = history
+        self._sum: bytes | None = checksum
+        self._built_for: str | None = None  # set by new_record: the checksum is then lazy
+        self._intact_for: tuple[str, bool] | None = None
+
+    @property
+    def checksum(self) -> bytes:
+        """blake2b over the stream id and the fields above (and history); b"": none stored."""
+        if self._sum is None:  # built by new_record: computed once, when first asked
+            assert self._built_for is not None
+            self._sum = _checksum(
+                self._built_for,
+                self.seq,
+                self.state,
+                self.output,
+                self.digest,
+                self.updated,
+                self.generation,
+                self.history,
+            )
+        return self._sum
 
     def intact(self, stream: str) -> bool:
         """Whether the stored bytes are what the engine wrote for ``stream`` (computed once
         per record and stream: the rules and the engine both ask)."""
-        known = self.__dict__.get("_intact_for")
+        if self._built_for is not None and self._built_for == stream:
+            return True  # built in this process for this stream: its checksum is its own
+        known = self._intact_for
         if known is not None and known[0] == stream:
-            return bool(known[1])
-        ok = self._intact(stream)
-        object.__setattr__(self, "_intact_for", (stream, ok))  # a cache, not a field
-        return ok
-
-    def _intact(self, stream: str) -> bool:
-        return bool(self.checksum) and self.checksum == _checksum(
+            return known[1]
+        ok = bool(self.checksum) and self.checksum == _checksum(
             stream,
             self.seq,
             self.state,
@@ -75,6 +121,8 @@ class Record:
             self.generation,
             self.history,
         )
+        self._intact_for = (stream, ok)  # a cache, not a field
+        return ok
 
     def earlier(self, seq: int) -> tuple[bytes, bytes] | None:
         """``(digest, output)`` of step ``seq < self.seq`` if its answer is still kept."""
@@ -82,6 +130,26 @@ class Record:
             if entry_seq == seq:
                 return digest, output
         return None
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.seq, self.state, self.output, self.digest, self.updated, self.generation,
+            self.checksum, self.history,
+        )  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable by construction, like a dataclass
+
+    def __repr__(self) -> str:
+        return (
+            f"Record(seq={self.seq!r}, state=<{len(self.state)} bytes>, output={self.output!r}, "
+            f"digest={self.digest!r}, updated={self.updated!r}, generation={self.generation!r}, "
+            f"checksum={self.checksum!r}, history=<{len(self.history)} bytes>)"
+        )
 
 
 def new_record(
@@ -94,10 +162,12 @@ def new_record(
     updated: float,
     history: bytes = b"",
 ) -> Record:
-    """A record for ``stream`` with a fresh generation and its checksum."""
-    generation = os.urandom(16)
-    checksum = _checksum(stream, seq, state, output, digest, updated, generation, history)
-    return Record(seq, state, output, digest, updated, generation, checksum, history)
+    """A record for ``stream`` with a fresh generation; its checksum is computed when a store
+    first asks for it (a durable store, on commit)."""
+    record = Record(seq, state, output, digest, updated, os.urandom(16), b"", history)
+    record._sum = None
+    record._built_for = stream
+    return record
 
 
 # history: entries (seq, digest, output), oldest first, each a fixed header then the bytes
