@@ -289,6 +289,10 @@ class StateStore(abc.ABC):
     """
 
     url: str
+    #: whether ``commit`` writes somewhere slow (a disk, a network): the server then commits
+    #: on its own thread while the next batch is prepared (group commit); an in-process
+    #: store commits on the model thread, one thread hop less per batch
+    slow_commit: bool = True
     #: why the last write failed (e.g. "disk full"), None once a write succeeded again
     write_problem: str | None = None
 
