@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,7 +39,7 @@ from seqstate.serve.livecount import LiveCount
 from seqstate.serve.preprocess import RunRowCodec, iso_times, model_step, template_series
 from seqstate.serve.rules import Apply, Reject, Replay, decide, is_expired
 from seqstate.serve.schemas import MAX_SAMPLED_STEPS
-from seqstate.serve.stores.base import Record, StateStore, Update, kept_answers, new_record
+from seqstate.serve.stores.base import StateStore, Update, kept_answers, new_record
 
 __all__ = ["Engine", "Outcome", "Prepared", "Sampling", "StepRequest", "StepResult"]
 
@@ -171,9 +172,13 @@ class Engine:
             if type(decision) is Apply:
                 if decision.from_zero:
                     to_apply.append((i, decision, None, request.series))
-                    if keep > 0 and record is not None and not decision.creates:
-                        if record.intact(request.stream):  # a restart keeps the answers
-                            histories[i] = kept_answers(record, keep)
+                    if (  # a restart keeps the answers of the stream it restarts
+                        record is not None
+                        and keep > 0
+                        and not decision.creates
+                        and record.intact(request.stream)
+                    ):
+                        histories[i] = kept_answers(record, keep)
                     continue
                 if record is None:  # decide() continues only a stored record
                     raise RuntimeError(
@@ -231,9 +236,7 @@ class Engine:
                 self._report_lost(requests, digests, lost, outcomes)
         return outcomes  # type: ignore[return-value]  # every slot is filled
 
-    def _within_capacity(
-        self, to_apply: list[Item], outcomes: list[Outcome | None]
-    ) -> list[Item]:
+    def _within_capacity(self, to_apply: list[Item], outcomes: list[Outcome | None]) -> list[Item]:
         """Refuse new streams past ``max_live_streams`` (503 stream_capacity); steps of live
         streams always pass. The count is the kept estimate (``livecount.py``), never a scan."""
         limit = self.max_live_streams
@@ -377,15 +380,20 @@ class Engine:
         steps = y.shape[1]
         # a differenced stream's first steps have no past to difference (and with shift > 1
         # its answers come `delay` steps late): no answer (null)
-        seen = rows.transforms["steps"][:, None] + torch.arange(steps)  # (n, k)
-        warm = (seen < self.function.order + self.function.delay).numpy()
+        # (NumPy views of the CPU tensors: for a small batch each torch op costs more than
+        # the work it does)
+        seen = rows.transforms["steps"].numpy()[:, None] + np.arange(steps)  # (n, k)
+        warm: np.ndarray = seen < self.function.order + self.function.delay
         # (a run answering with baselines alone has their answer there, as predict does)
-        warm &= ~np.isfinite(y.numpy()).all(axis=-1)
-        finite = _finite_rows(y, warm, new_state)
-        answers = y.tolist()
-        warm_rows = warm.any(axis=1).tolist()  # rows with a step that has no answer yet
+        answered = np.isfinite(y.numpy()).all(axis=-1)  # (n, k)
+        warm &= ~answered
+        finite = _finite_rows(answered, warm, new_state)
+        answers: list[Any] = y.tolist()
+        # rows with a step that has no answer yet
+        warm_rows: list[bool] = list(warm.any(axis=1).tolist())  # type: ignore[arg-type]
         blobs = self.codec.encode(new_state, [series[j] for j in members])
         digests, histories = prepared.digests, prepared.histories
+        fresh = os.urandom(16 * len(members))  # every new record's generation, drawn at once
         for row, (j, i) in enumerate(zip(members, indices, strict=True)):
             request = requests[i]
             if not finite[row]:
@@ -409,6 +417,7 @@ class Engine:
                 digest=digests[i],
                 updated=now,
                 history=histories.get(i, b""),
+                generation=fresh[16 * row : 16 * row + 16],
             )
             prepared.updates.append(Update(request.stream, decision.expected, record))
             prepared.creates.append(decision.creates)
@@ -587,13 +596,14 @@ class Engine:
                 )
 
 
-def _finite_rows(y: torch.Tensor, warm: np.ndarray, state: RunState) -> list[bool]:
-    """Per batch row: whether its answers ``y [n, k, O]`` (outside the warm-up steps ``warm
-    [n, k]``, which have none) and its new model states are all finite."""
-    ok = (torch.isfinite(y).all(2) | torch.from_numpy(warm)).all(1)  # (n,)
+def _finite_rows(answered: np.ndarray, warm: np.ndarray, state: RunState) -> list[bool]:
+    """Per batch row: whether its answers (``answered [n, k]``: finite, outside the warm-up
+    steps ``warm [n, k]``, which have none) and its new model states are all finite."""
+    ok = (answered | warm).all(axis=1)  # (n,)
     for model_state in state.models:
         for tensor in model_state.tensors():  # (L, n, H)
-            ok &= torch.isfinite(tensor).transpose(0, 1).flatten(1).all(1)
+            values = tensor.detach().cpu().numpy()
+            ok &= np.isfinite(values).all(axis=(0, 2))
     return ok.tolist()
 
 

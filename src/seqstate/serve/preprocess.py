@@ -173,12 +173,14 @@ class RunRowCodec:
             count, length = len(members), width - head - 2 - self.body_bytes
             joined = b"".join([blobs[i] for i in members])
             block = np.frombuffer(joined, np.uint8).reshape(count, width) if length >= 0 else None
-            if block is not None:
-                stored = block[:, head].astype(np.int64) | (block[:, head + 1].astype(np.int64) << 8)
-                lengths_ok = (stored == length) | ((stored == _NO_SERIES) & (length == 0))
-                headers_ok = (block[:, :head] == self._header_array).all(axis=1)
-            if block is None or not bool((lengths_ok & headers_ok).all()):
-                bad = members[0] if block is None else members[int(np.argmin(lengths_ok & headers_ok))]
+            ok = np.zeros(count, dtype=bool)
+            if block is not None:  # each row: this run's header, a label as long as its room
+                low, high = block[:, head].astype(np.int64), block[:, head + 1].astype(np.int64)
+                stored = low | (high << 8)
+                ok = (stored == length) | ((stored == _NO_SERIES) & (length == 0))
+                ok &= (block[:, :head] == self._header_array).all(axis=1)
+            if block is None or not bool(ok.all()):
+                bad = members[int(np.argmin(ok))]
                 raise ValueError(f"row {bad} is not a row of this run (check fits() first)")
             bodies[members if count < n else slice(None)] = block[:, width - self.body_bytes :]
         transforms: dict[str, torch.Tensor] = {}

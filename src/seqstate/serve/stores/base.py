@@ -49,7 +49,7 @@ class Record:
     from bytes carries the stored checksum, which :meth:`intact` checks once.
     """
 
-    __slots__ = (
+    __slots__ = (  # noqa: RUF023 - the fields' order, then the private caches
         "seq", "state", "output", "digest", "updated", "generation", "history", "_sum",
         "_built_for", "_intact_for",
     )  # fmt: skip
@@ -161,10 +161,16 @@ def new_record(
     digest: bytes,
     updated: float,
     history: bytes = b"",
+    generation: bytes | None = None,
 ) -> Record:
-    """A record for ``stream`` with a fresh generation; its checksum is computed when a store
-    first asks for it (a durable store, on commit)."""
-    record = Record(seq, state, output, digest, updated, os.urandom(16), b"", history)
+    """A record for ``stream`` with a fresh generation (``generation``: 16 random bytes drawn
+    by the caller, e.g. a batch's at once); its checksum is computed when a store first asks
+    for it (a durable store, on commit)."""
+    if generation is None:
+        generation = os.urandom(16)
+    elif type(generation) is not bytes or len(generation) != 16:
+        raise ValueError(f"generation must be 16 random bytes; received {generation!r:.40}")
+    record = Record(seq, state, output, digest, updated, generation, b"", history)
     record._sum = None
     record._built_for = stream
     return record
