@@ -143,9 +143,7 @@ class RunRowCodec:
             columns.append(codec.encode_rows(model_state))
         table = np.concatenate(columns, axis=1) if columns else np.zeros((n, 0), np.uint8)
         labels = [self._label(bound) for bound in series]
-        by_length: dict[int, list[int]] = {}
-        for row, label in enumerate(labels):
-            by_length.setdefault(len(label), []).append(row)
+        by_length = _by_length(labels)
         rows: list[bytes] = [b""] * n
         head = len(self.header)
         for length, members in by_length.items():
@@ -165,9 +163,7 @@ class RunRowCodec:
         one array (checked against the header and their label lengths at once)."""
         n = len(blobs)
         bodies = np.empty((n, self.body_bytes), dtype=np.uint8)
-        by_length: dict[int, list[int]] = {}
-        for i, blob in enumerate(blobs):
-            by_length.setdefault(len(blob), []).append(i)
+        by_length = _by_length(blobs)
         head = len(self.header)
         for width, members in by_length.items():
             count, length = len(members), width - head - 2 - self.body_bytes
@@ -197,6 +193,18 @@ class RunRowCodec:
             models.append(codec.decode_rows(np.ascontiguousarray(bodies[:, start : start + size])))
             start += size
         return RunState(transforms, tuple(models))
+
+
+def _by_length(items: Sequence[bytes]) -> dict[int, list[int]]:
+    """The indices of ``items`` by their length (one group in the usual batch: its streams'
+    series ids have one length, or none)."""
+    lengths = list(map(len, items))
+    if len(set(lengths)) == 1:
+        return {lengths[0]: list(range(len(items)))}
+    groups: dict[int, list[int]] = {}
+    for i, length in enumerate(lengths):
+        groups.setdefault(length, []).append(i)
+    return groups
 
 
 def parse_step_times(values: Any, steps: int) -> np.ndarray:

@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydantic import TypeAdapter
 from starlette.websockets import WebSocket
 
@@ -95,8 +96,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
         held[0] += change
         outbox.put_nowait((frame, charge + change, binary))
 
-    # the step counters, resolved once per connection (a labels() lookup costs a lock)
-    counters = [metrics.steps.labels(kind) for kind in ("applied", "replayed", "rejected")]
+    counters = metrics.step_outcomes  # applied, replayed, rejected
 
     def settle(
         stream: str, future: asyncio.Future[Any], tally: list[int] | None = None
@@ -407,6 +407,7 @@ def _json_items(data: dict[str, Any], resources: Resources, limit: int) -> list[
 
 def _binary_items(decoded: BinarySteps, resources: Resources) -> list[Any]:
     items: list[Any] = []
+    finite = bool(np.isfinite(decoded.x).all())  # the whole frame at once; else per item
     for i, stream in enumerate(decoded.stream):
         try:
             items.append(
@@ -418,6 +419,7 @@ def _binary_items(decoded: BinarySteps, resources: Resources) -> list[Any]:
                     series=decoded.series[i],
                     time=None if decoded.time is None else decoded.time[i],
                     resources=resources,
+                    finite=finite,
                 )
             )
         except ApiError as error:
