@@ -593,8 +593,10 @@ def _report(
         "ws-binary: the same 2 WebSockets, each frame holding the next step of every stream "
         "of its connection (JSON, or the binary float32 encoding), closed loop per frame). "
         "Latency is per step; mean batch is over all loads of that server. In-process: "
-        "`Streams.step` and the server's engine alone (memory store) on the same model, 1000 "
-        "streams, 1 torch thread, measured once per round between the loads (median).",
+        "`Streams.step` and the server's engine alone (memory store, replay window 16, the "
+        "objects alive after startup frozen out of GC scans: as the server runs it) on the "
+        "same model, 1000 streams, 1 torch thread, measured once per round between the loads "
+        "(median).",
         "",
         "| server | transport | streams | steps/s | p50 ms | p99 ms | mean batch | errors |",
         "|---|---|--:|--:|--:|--:|--:|--:|",
