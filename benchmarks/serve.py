@@ -583,7 +583,8 @@ def _report(
         "run.",
         "",
         f"Command: `.venv/bin/python benchmarks/serve.py{' --quick' if args.quick else ''}"
-        f"{' --core' if args.core else ''}` "
+        f"{' --core' if args.core else ''}"
+        f"{f' --rounds {args.rounds}' if args.rounds != 3 else ''}` "
         f"(every server up at once, loads interleaved round-robin, {args.rounds} rounds of "
         f"{seconds:g} s per row, median shown; {elapsed:.0f} s in all; LSTM F={FEATURES} H=64; "
         "closed loop: each stream has one step in flight; "
