@@ -6,9 +6,10 @@ alone is not enough: a DELETE and re-create by another replica can bring the sam
 a different state, and a commit computed from the old state must then lose (see
 ``docs/serving.md``, "Replicas and the compare-and-set").
 
-Each record also carries a checksum over its stream id and every field, computed when the
-engine builds it and checked when it is read, so a flipped byte in a stored state becomes that
-stream's 409 instead of a silently wrong answer.
+Each record also carries a checksum over its stream id and every field, computed when a
+durable store first writes it and checked when it is read back, so a flipped byte in a stored
+state becomes that stream's 409 instead of a silently wrong answer. (The memory store holds
+the very records the engine built: intact by construction, never checksummed.)
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ class Record:
             return NotImplemented
         return self._fields() == other._fields()
 
-    __hash__ = None  # type: ignore[assignment]  # mutable by construction, like a dataclass
+    def __hash__(self) -> int:  # a value, as the frozen dataclass it replaces
+        return hash(self._fields())
 
     def __repr__(self) -> str:
         return (
