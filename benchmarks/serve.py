@@ -283,6 +283,8 @@ def run_load(
 def inprocess_worker(args: argparse.Namespace) -> None:
     """Steps/s of ``Streams.step`` and of the server's engine alone (memory store, no
     transport) for ``--streams`` streams on the benchmark's model, 1 torch thread."""
+    import gc
+
     import numpy as np
     import torch
 
@@ -297,13 +299,17 @@ def inprocess_worker(args: argparse.Namespace) -> None:
     x = np.full((len(ids), FEATURES), 0.1, dtype=np.float32)
     streams = Streams(model)
     streams.step(ids, x)
-    engine = Engine(model, MemoryStore(), ttl_s=0)
+    # as the server runs it: its default replay window (16 answers kept per stream), and the
+    # objects alive after startup frozen out of the garbage collector's scans
+    engine = Engine(model, MemoryStore(), ttl_s=0, replay_window=16)
 
     def requests(seq: int) -> list[StepRequest]:
         return [StepRequest(s, seq, x[i : i + 1], single=True, start=False)
                 for i, s in enumerate(ids)]  # fmt: skip
 
     engine.process(requests(1))
+    gc.collect()
+    gc.freeze()
     result = {}
     for name, step in (
         ("streams", lambda k: streams.step(ids, x)),
@@ -577,7 +583,8 @@ def _report(
         "run.",
         "",
         f"Command: `.venv/bin/python benchmarks/serve.py{' --quick' if args.quick else ''}"
-        f"{' --core' if args.core else ''}` "
+        f"{' --core' if args.core else ''}"
+        f"{f' --rounds {args.rounds}' if args.rounds != 3 else ''}` "
         f"(every server up at once, loads interleaved round-robin, {args.rounds} rounds of "
         f"{seconds:g} s per row, median shown; {elapsed:.0f} s in all; LSTM F={FEATURES} H=64; "
         "closed loop: each stream has one step in flight; "
@@ -587,8 +594,10 @@ def _report(
         "ws-binary: the same 2 WebSockets, each frame holding the next step of every stream "
         "of its connection (JSON, or the binary float32 encoding), closed loop per frame). "
         "Latency is per step; mean batch is over all loads of that server. In-process: "
-        "`Streams.step` and the server's engine alone (memory store) on the same model, 1000 "
-        "streams, 1 torch thread, measured once per round between the loads (median).",
+        "`Streams.step` and the server's engine alone (memory store, replay window 16, the "
+        "objects alive after startup frozen out of GC scans: as the server runs it) on the "
+        "same model, 1000 streams, 1 torch thread, measured once per round between the loads "
+        "(median).",
         "",
         "| server | transport | streams | steps/s | p50 ms | p99 ms | mean batch | errors |",
         "|---|---|--:|--:|--:|--:|--:|--:|",

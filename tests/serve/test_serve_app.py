@@ -406,3 +406,23 @@ def test_health_metrics_schema_and_unknown_routes(run_dir):
             assert method.status_code == 405 and method.json()["code"] == "method_not_allowed"
 
     run(main())
+
+
+def test_the_server_process_freezes_its_startup_objects_out_of_gc_scans(run_dir, model):
+    """``seqstate serve`` (freeze_startup): what is alive once the server is open leaves the
+    collector's scans; steps still apply and match the model."""
+    import gc
+
+    async def main():
+        app = create_app(make_config(run_dir), freeze_startup=True)
+        async with serving(app) as client:
+            frozen = gc.get_freeze_count()
+            response = await step(client, "f", 1, x_of(1))
+        return frozen, response
+
+    try:
+        frozen, response = run(main())
+    finally:
+        gc.unfreeze()  # the test process goes on collecting as before
+    assert frozen > 0 and response.status_code == 200
+    assert close(response.json()["y"], replay(model, [(x_of(1), False)])[-1])

@@ -133,3 +133,47 @@ def test_the_commit_of_a_batch_overlaps_the_next_batch_but_never_shares_a_stream
     assert len(committed) == 36
     assert any(overlapped)  # some batch was prepared while another one was committing
     assert sum(groups) == len(log) and len(groups) < len(log)  # some commits held several
+
+
+def test_an_idle_batcher_answers_a_lone_step_without_waiting_for_more():
+    """No commit in flight: the queued steps go at once, whatever max_wait_s says (an hour
+    here: a wait would time the test out)."""
+    calls, process = recorder()
+
+    async def main():
+        batcher = Batcher(process, max_batch=64, max_wait_s=3600.0)
+        await batcher.start()
+        try:
+            first = await asyncio.wait_for(batcher.submit(request("a", 1)), 60)
+            second = await asyncio.wait_for(batcher.submit(request("a", 2)), 60)
+        finally:
+            await batcher.stop()
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert (first.seq, second.seq) == (1, 2) and calls == [[("a", 1)], [("a", 2)]]
+
+
+def test_a_settled_stream_is_forgotten_once_answered():
+    """The batcher keeps each stream's last unanswered step (what a read waits for) and
+    forgets it when answered, failed or not: nothing is kept per stream after that."""
+    _, process = recorder()
+
+    def failing(requests):
+        raise RuntimeError("store down")
+
+    async def main():
+        kept = []
+        for work in (process, failing):
+            batcher = Batcher(work, max_batch=64, max_wait_s=0.0)
+            await batcher.start()
+            try:
+                futures = [batcher.enqueue(request(s, 1)) for s in ("a", "b")]
+                await asyncio.gather(*futures, return_exceptions=True)
+                await batcher.settled("a")
+                kept.append(dict(batcher._latest))
+            finally:
+                await batcher.stop()
+        return kept
+
+    assert asyncio.run(main()) == [{}, {}]

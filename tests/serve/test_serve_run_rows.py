@@ -74,3 +74,27 @@ def test_step_times_read_seconds_and_dates_and_refuse_the_rest():
         with pytest.raises(ApiError, match=needle) as caught:
             parse_step_times(value, steps)
         assert caught.value.status == 422 and caught.value.code == "invalid_time"
+
+
+def test_rows_of_mixed_label_lengths_decode_in_any_order_and_read_their_label():
+    """Rows are read as one array per row length: rows of several series lengths (and none)
+    interleaved decode to their own state, and read_label agrees with fits and series."""
+    function = _function()
+    codec = RunRowCodec(function.initial_state([None]))
+    series = ["a", None, "long-series", "", "a", None, "bb"]
+    state = function.initial_state([None] * len(series))
+    x = np.random.default_rng(3).normal(size=(len(series), 2, 2))
+    _, state = function.step(state, x, None)
+    rows = codec.encode(state, series)
+    assert [codec.read_label(row) for row in rows] == [(True, s) for s in series]
+    order = [6, 0, 3, 1, 5, 2, 4]
+    assert codec.decode([rows[i] for i in order]).equal(state.select(order))
+    damaged = bytearray(rows[2])
+    damaged[0] ^= 0x01  # the header: same length as its row group, wrong bytes
+    assert codec.read_label(bytes(damaged)) == (False, None)
+    with pytest.raises(ValueError, match="row 1 is not a row of this run"):
+        codec.decode([rows[0], bytes(damaged)])
+    wrong_label = bytearray(rows[0])  # "a": claims a 2-byte series in a row holding 1
+    wrong_label[len(codec.header)] = 2
+    with pytest.raises(ValueError, match="row 0 is not a row of this run"):
+        codec.decode([bytes(wrong_label), rows[4]])

@@ -216,3 +216,54 @@ def test_kept_answers_equal_the_plain_rule(steps, keeps):
         record = Record(seq, b"", output, digest, 0.0, history=history)
         if keep:  # the step before is always among the kept answers
             assert record.earlier(seq - 1) == (steps[seq - 2] if seq > 1 else (b"d0", b"[0]"))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    stream=st.text(min_size=1, max_size=10),
+    seq=st.integers(1, 2**40),
+    state=st.binary(max_size=64),
+    output=st.binary(max_size=16),
+    history=st.binary(max_size=32),
+)
+def test_a_built_record_checksums_as_the_stored_format(stream, seq, state, output, history):
+    """A record built in process computes its checksum only when asked (a durable store's
+    commit); it is the checksum of the pinned format, and a record read back from its fields
+    is intact exactly where the built one is."""
+    from seqstate.serve.stores.base import _checksum
+
+    built = new_record(
+        stream, seq=seq, state=state, output=output, digest=b"d", updated=2.5, history=history
+    )
+    fields = (seq, state, output, b"d", 2.5, built.generation)
+    assert built.checksum == _checksum(stream, *fields, history)
+    read = Record(*fields, checksum=built.checksum, history=history)
+    assert read == built
+    for other in (stream, stream + "x"):
+        assert built.intact(other) == read.intact(other) == (other == stream)
+    damaged = Record(seq, state + b"\0", output, b"d", 2.5, built.generation, built.checksum)
+    assert not damaged.intact(stream)
+
+
+def test_a_caller_drawn_generation_must_be_16_bytes():
+    drawn = new_record("s", seq=1, state=b"", output=b"[]", digest=b"", updated=0.0,
+                       generation=b"g" * 16)  # fmt: skip
+    assert drawn.generation == b"g" * 16 and drawn.intact("s")
+    for bad in (b"short", "g" * 16):
+        with pytest.raises(ValueError, match="generation must be 16 random bytes"):
+            new_record("s", seq=1, state=b"", output=b"[]", digest=b"", updated=0.0,
+                       generation=bad)  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_a_commit_naming_a_stream_twice_applies_its_updates_in_order(store):
+    """Each update's CAS sees the ones before it in the same commit (the batched SQLite
+    write reads back which held; a stream named twice goes one statement at a time)."""
+    first, second, stale = record("t", 1), record("t", 2), record("t", 3)
+    ok = store.commit(
+        [Update("t", None, first), Update("t", first.generation, second), Update("t", b"x", stale)]
+    )
+    assert ok == [True, True, False]
+    assert store.get_many(["t"]) == [second]
+    mixed = [Update("t", second.generation, record("t", 3)), Update("u", None, record("u", 1))]
+    assert store.commit([*mixed, Update("v", b"absent", record("v", 1))]) == [True, True, False]
+    assert [r.seq if r else None for r in store.get_many(["t", "u", "v"])] == [3, 1, None]

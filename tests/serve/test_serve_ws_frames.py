@@ -138,3 +138,20 @@ def test_binary_frames_round_trip(n, k, values, start):
     bad_seq = _binary_steps(streams, [True] * n, x)  # a bool is not a seq
     with pytest.raises(ApiError, match=r"header\.seq"):
         decode_steps(bad_seq, FEATURES, max_items=10, max_steps=10)
+
+
+def test_answer_frames_read_answers_of_either_nesting():
+    """A k=1 answer is [O] (one step sent as [F]) or [[O]] (sent as [[F]]); an answer frame
+    holding both (a replay of a JSON step beside a binary one) reads each."""
+    from seqstate.serve.frames import encode_answers
+
+    results = [
+        (200, b"[1.5,2.5]", False, None),
+        (200, b"[[3.5,null]]", True, None),
+        (409, None, False, {"code": "seq_gap"}),
+    ]
+    header, y = decode(encode_answers(["a", "b", "c"], [1, 2, 3], results, 1, 2))
+    assert y.shape == (3, 1, 2) and header["status"] == [200, 200, 409]
+    assert y[0, 0].tolist() == [1.5, 2.5] and y[1, 0, 0] == 3.5
+    assert np.isnan(y[1, 0, 1]) and np.isnan(y[2]).all()
+    assert header["errors"] == {"2": {"code": "seq_gap"}} and header["replayed"][1] is True

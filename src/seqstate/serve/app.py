@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
@@ -51,11 +52,15 @@ def create_app(
     model: torch.nn.Module | None = None,
     store: StateStore | None = None,
     clock: Callable[[], float] = time.time,
+    freeze_startup: bool = False,
 ) -> FastAPI:
     """The server app for ``config``.
 
     ``model`` and ``store`` override the run directory's model and ``config.store`` (tests,
-    embedding); ``clock`` is the wall clock used for TTLs.
+    embedding); ``clock`` is the wall clock used for TTLs. ``freeze_startup`` (the server
+    process, ``seqstate serve``) moves every object alive once the server is open (torch,
+    the model, the imports) out of the garbage collector's scans: a full collection then
+    looks at the records and requests only (it cost ~30% of a 1000-stream batch).
     """
     if not isinstance(config, ServeConfig):
         raise TypeError(f"config must be a ServeConfig; received {type(config).__name__}")
@@ -72,6 +77,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resources = await _open(config, function, store, clock, metrics)
         app.state.resources = resources
+        if freeze_startup:
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
@@ -131,7 +139,8 @@ async def _open(
         max_wait_s=config.max_wait_ms / 1000,
         batching=config.batching,
         on_batch=metrics.observe_batch,
-        stages=(engine.prepare, engine.finish_many),
+        # a slow store commits on its own thread (group commit); a fast one within process
+        stages=(engine.prepare, engine.finish_many) if store.slow_commit else None,
     )
     await batcher.start()
     resources = Resources(

@@ -1,10 +1,11 @@
 """Cross-stream micro-batcher: concurrent steps of different streams share one model call.
 
 Like Triton's sequence batcher: steps queue up; the collector takes the oldest steps, at most
-one per stream and at most ``max_batch``, waiting at most ``max_wait_s`` after the oldest
-arrived for more to join, and hands the batch to a single model thread (the event loop never
-runs the model). While the model runs, the next batch fills up, so under load batches grow by
-themselves and ``max_wait_s`` only matters when traffic is light.
+one per stream and at most ``max_batch``, and hands the batch to a single model thread (the
+event loop never runs the model). An idle batcher takes what is queued at once (a lone step
+is answered without waiting); while a commit is in flight it waits for that commit, at most
+``max_wait_s`` after the oldest step arrived, for more to join. While the model runs, the
+next batch fills up, so under load batches grow by themselves.
 
 A second step of a stream already in a batch stays queued for a later batch, in arrival
 order: steps of one stream are applied one after another, never together.
@@ -99,12 +100,20 @@ class Batcher:
         future: asyncio.Future[Outcome]
         if not self.batching:
             future = asyncio.ensure_future(self._submit_alone(request))
-        else:
+            self._track(request.stream, future)
+        else:  # _resolve and _fail forget it (no callback per step)
             future = asyncio.get_running_loop().create_future()
             self._queue.append((request, future, time.monotonic()))
             self._arrived.set()
-        self._track(request.stream, future)
+            self._latest[request.stream] = future
         return future
+
+    def _forget(self, batch: list[Item]) -> None:
+        """Drop the batch's steps from ``_latest`` where they are their stream's last."""
+        latest = self._latest
+        for request, future, _ in batch:
+            if latest.get(request.stream) is future:
+                del latest[request.stream]
 
     def _track(self, stream: str, future: asyncio.Future[Outcome]) -> None:
         self._latest[stream] = future
@@ -120,7 +129,7 @@ class Batcher:
         failed): steps of one stream complete in order, so waiting for its last one is
         enough. A read that follows sees the state they leave."""
         latest = self._latest.get(stream)
-        if latest is not None:
+        if latest is not None and not latest.done():  # done: cancelled by its waiter
             with contextlib.suppress(Exception):
                 await asyncio.shield(latest)
 
@@ -163,16 +172,14 @@ class Batcher:
             while (first := self._eligible()) is None:
                 self._arrived.clear()
                 await self._arrived.wait()
-            deadline = first[2] + self.max_wait_s
-            while len(self._queue) < self.max_batch:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
-                except asyncio.TimeoutError:
-                    break
+            # Idle (no commit in flight): the steps queued now go at once; those arriving
+            # meanwhile make the next batch, so batches grow with the load by themselves.
+            # Busy: wait for the commit (or max_wait_s after the oldest step), so that the
+            # steps it holds back and the ones arriving join this batch.
+            commit = self._commit
+            remaining = first[2] + self.max_wait_s - time.monotonic()
+            if commit is not None and remaining > 0 and len(self._queue) < self.max_batch:
+                await asyncio.wait({commit}, timeout=remaining)
             batch = self._take()
             if batch:
                 await self._run_batch(batch)
@@ -193,7 +200,7 @@ class Batcher:
             else:
                 prepared = await loop.run_in_executor(self._executor, self._stages[0], requests)
         except Exception as error:  # the whole batch failed (e.g. the store is down)
-            _fail(batch, error)
+            self._fail(batch, error)
             return
         if self._stages is None:
             self._resolve(batch, outcomes, started)
@@ -218,7 +225,7 @@ class Batcher:
                     )
                 except Exception as error:
                     for batch, _, _ in group:
-                        _fail(batch, error)
+                        self._fail(batch, error)
                 else:
                     for (batch, _, started), outcomes in zip(group, results, strict=True):
                         self._resolve(batch, outcomes, started)
@@ -232,12 +239,13 @@ class Batcher:
     def _resolve(self, batch: list[Item], outcomes: list[Outcome], started: float) -> None:
         if self._on_batch is not None:
             self._on_batch(len(batch), time.perf_counter() - started)
+        self._forget(batch)
         for (_, future, _), outcome in zip(batch, outcomes, strict=True):
             if not future.done():  # the client may have gone away; the step is applied anyway
                 future.set_result(outcome)
 
-
-def _fail(batch: list[Item], error: Exception) -> None:
-    for _, future, _ in batch:
-        if not future.done():
-            future.set_exception(error)
+    def _fail(self, batch: list[Item], error: Exception) -> None:
+        self._forget(batch)
+        for _, future, _ in batch:
+            if not future.done():
+                future.set_exception(error)

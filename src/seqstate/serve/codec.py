@@ -42,13 +42,8 @@ class StateCodec:
 
     def encode(self, state: State) -> list[bytes]:
         """One blob per batch row of ``state`` (fields ``[L, n, H_f]``)."""
-        columns = [
-            t.detach().to("cpu").transpose(0, 1).reshape(t.shape[1], -1).numpy()  # (n, L*H_f)
-            for t in state.tensors()
-        ]
-        rows = np.ascontiguousarray(np.concatenate(columns, axis=1), dtype=self.np_dtype)
         header = self.header
-        return [header + row.tobytes() for row in rows]
+        return [header + row.tobytes() for row in self.encode_rows(state)]
 
     def decode(self, blobs: Sequence[bytes | None]) -> State:
         """The batch state of ``blobs`` (each ``fits``); None rows are zero states."""
@@ -58,9 +53,26 @@ class StateCodec:
         for i, blob in enumerate(blobs):
             if blob is not None:
                 rows[i] = np.frombuffer(blob, dtype=self.np_dtype, offset=skip)
+        return self.decode_rows(rows)
+
+    def decode_rows(self, rows: np.ndarray) -> State:
+        """The batch state of ``rows`` ``[n, sum L*H_f]`` (the row bodies without their
+        header, as one array: a batch's rows decoded in one copy per field)."""
+        n = rows.shape[0]
+        rows = rows.view(self.np_dtype).reshape(n, -1)
         fields, start = [], 0
         for (layers, hidden), size in zip(self.shapes, self.sizes, strict=True):
             block = rows[:, start : start + size].reshape(n, layers, hidden)
             fields.append(torch.from_numpy(np.ascontiguousarray(block.transpose(1, 0, 2))))
             start += size
         return self.state_type(*(f.to(self.dtype) for f in fields))
+
+    def encode_rows(self, state: State) -> np.ndarray:
+        """The bodies of ``encode``'s rows (no header) as one ``[n, row_bytes - header]``
+        uint8 array."""
+        columns = [
+            t.detach().to("cpu").transpose(0, 1).reshape(t.shape[1], -1).numpy()  # (n, L*H_f)
+            for t in state.tensors()
+        ]
+        rows = np.ascontiguousarray(np.concatenate(columns, axis=1), dtype=self.np_dtype)
+        return rows.view(np.uint8)

@@ -111,7 +111,7 @@ def _app_from_env() -> Any:
     from seqstate.serve.app import create_app
 
     _die_with_parent(int(os.environ.get(_PARENT_ENV, "0")))
-    return create_app(ServeConfig(**json.loads(os.environ[_CONFIG_ENV])))
+    return create_app(ServeConfig(**json.loads(os.environ[_CONFIG_ENV])), freeze_startup=True)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     from seqstate.serve.app import create_app
 
     try:
-        app = create_app(config)
+        app = create_app(config, freeze_startup=True)
     except ValueError as error:
         print(f"seqstate serve: error: {error}", file=sys.stderr)
         return 2

@@ -56,7 +56,10 @@ class ServeConfig:
     )
     max_batch: int = _option(256, "--max-batch", "most steps (streams) in one model call")
     max_wait_ms: float = _option(
-        2.0, "--max-wait-ms", "longest a step waits for others to join its batch (ms)"
+        2.0,
+        "--max-wait-ms",
+        "longest a step waits for others to join its batch while a commit is in flight (ms); "
+        "an idle server takes what is queued at once",
     )
     ttl_s: float = _option(
         3600.0, "--ttl", "idle streams expire after this many seconds (0: never)"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,7 +39,7 @@ from seqstate.serve.livecount import LiveCount
 from seqstate.serve.preprocess import RunRowCodec, iso_times, model_step, template_series
 from seqstate.serve.rules import Apply, Reject, Replay, decide, is_expired
 from seqstate.serve.schemas import MAX_SAMPLED_STEPS
-from seqstate.serve.stores.base import Record, StateStore, Update, kept_answers, new_record
+from seqstate.serve.stores.base import StateStore, Update, kept_answers, new_record
 
 __all__ = ["Engine", "Outcome", "Prepared", "Sampling", "StepRequest", "StepResult"]
 
@@ -60,7 +61,10 @@ class StepRequest:
         """Fingerprint of what the request asks for, to tell a retry from a different step."""
         h = hashlib.blake2b(digest_size=16)
         h.update(b"%d:%d:%d:" % (self.start, self.single, self.x.shape[0]))
-        h.update(np.ascontiguousarray(self.x, dtype=np.float32).tobytes())
+        x = self.x
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        h.update(x.data)  # the buffer itself: no copy
         if self.series is not None:  # absent: the digest of every request before #13's serving
             h.update(b":series:" + self.series.encode())
         if self.time is not None:
@@ -86,6 +90,8 @@ class StepResult:
 
 
 Outcome = StepResult | Reject
+# a step to apply: (request index, decision, stored row or None: from zero, its series)
+Item = tuple[int, Apply, bytes | None, str | None]
 
 
 @dataclasses.dataclass
@@ -148,8 +154,11 @@ class Engine:
         records = self.store.get_many(streams)
         digests = [r.digest for r in requests]
         outcomes: list[Outcome | None] = [None] * len(requests)
-        to_apply: list[tuple[int, Apply, bytes | None]] = []  # (index, decision, stored row)
+        # (index, decision, stored row or None: from zero, the series the row is bound to)
+        to_apply: list[Item] = []
         histories: dict[int, bytes] = {}  # index -> the answers the new record keeps
+        keep = self.replay_window - 1
+        ttl_s, codec = self.ttl_s, self.codec
         for i, (request, record) in enumerate(zip(requests, records, strict=True)):
             decision = decide(
                 record,
@@ -158,26 +167,38 @@ class Engine:
                 start=request.start,
                 digest=digests[i],
                 now=now,
-                ttl_s=self.ttl_s,
+                ttl_s=ttl_s,
             )
-            if isinstance(decision, Apply):
-                row = None if decision.from_zero else self._stored_row(record)
-                if row is None and not decision.from_zero:
-                    outcomes[i] = _incompatible(request.seq)
-                elif row is not None and request.series not in (None, self.codec.series(row)):
-                    outcomes[i] = _series_mismatch(request, self.codec.series(row))
-                else:
-                    to_apply.append((i, decision, row))
-                    if (
+            if type(decision) is Apply:
+                if decision.from_zero:
+                    to_apply.append((i, decision, None, request.series))
+                    if (  # a restart keeps the answers of the stream it restarts
                         record is not None
+                        and keep > 0
                         and not decision.creates
                         and record.intact(request.stream)
                     ):
-                        histories[i] = kept_answers(record, self.replay_window - 1)
-            elif isinstance(decision, Replay):
+                        histories[i] = kept_answers(record, keep)
+                    continue
+                if record is None:  # decide() continues only a stored record
+                    raise RuntimeError(
+                        "internal error: a step continues a stream with no stored record"
+                    )
+                # a row that does not fit this run (another run's store, an older format):
+                # that stream's 409, never its batch-mates' failure
+                fits, bound = codec.read_label(record.state)
+                if not fits:
+                    outcomes[i] = _incompatible(request.seq)
+                elif request.series is not None and request.series != bound:
+                    outcomes[i] = _series_mismatch(request, bound)
+                else:
+                    to_apply.append((i, decision, record.state, bound))
+                    if keep > 0 and not decision.creates and record.intact(request.stream):
+                        histories[i] = kept_answers(record, keep)
+            elif type(decision) is Replay:
                 outcomes[i] = StepResult(request.seq, decision.output, replayed=True)
             else:
-                outcomes[i] = decision
+                outcomes[i] = decision  # type: ignore[assignment]
         to_apply = self._within_capacity(to_apply, outcomes)
         prepared = Prepared(requests, digests, outcomes)
         if to_apply:
@@ -215,9 +236,7 @@ class Engine:
                 self._report_lost(requests, digests, lost, outcomes)
         return outcomes  # type: ignore[return-value]  # every slot is filled
 
-    def _within_capacity(
-        self, to_apply: list[tuple[int, Apply, bytes | None]], outcomes: list[Outcome | None]
-    ) -> list[tuple[int, Apply, bytes | None]]:
+    def _within_capacity(self, to_apply: list[Item], outcomes: list[Outcome | None]) -> list[Item]:
         """Refuse new streams past ``max_live_streams`` (503 stream_capacity); steps of live
         streams always pass. The count is the kept estimate (``livecount.py``), never a scan."""
         limit = self.max_live_streams
@@ -225,7 +244,7 @@ class Engine:
         if limit is None or not creating:
             return to_apply
         room = max(limit - self.live.value, 0)
-        refused = {i for i, _, _ in creating[room:]}
+        refused = {item[0] for item in creating[room:]}
         for i in refused:
             outcomes[i] = Reject(
                 503,
@@ -235,13 +254,6 @@ class Engine:
                 1,
             )
         return [item for item in to_apply if item[0] not in refused]
-
-    def _stored_row(self, record: Record | None) -> bytes | None:
-        """The stored state row, or None when it does not fit this run (another run's
-        store, an older format): that stream's 409, never its batch-mates' failure."""
-        if record is None:  # decide() returns from_zero=False only for a stored record
-            raise RuntimeError("internal error: a step continues a stream with no stored record")
-        return record.state if self.codec.fits(record.state) else None
 
     def _to_device(self, state: RunState) -> RunState:
         if self.device.type == "cpu":
@@ -270,20 +282,20 @@ class Engine:
             return Reject(422, "unknown_series", str(error), request.seq)
 
     def _states(
-        self, prepared: Prepared, to_apply: list[tuple[int, Apply, bytes | None]]
+        self, prepared: Prepared, to_apply: list[Item]
     ) -> tuple[RunState | None, list[int], list[str | None]]:
         """The batch state of ``to_apply`` (stored rows decoded at once, new streams bound to
         their series), each item's row in it (-1: refused) and its series."""
         requests, outcomes = prepared.requests, prepared.outcomes
-        stored = [row for _, _, row in to_apply if row is not None]
+        stored = [row for _, _, row, _ in to_apply if row is not None]
         parts = [self.codec.decode(stored)] if stored else []
         position, series = [], []
         next_stored, next_fresh = 0, len(stored)
-        for i, _, row in to_apply:
+        for i, _, row, bound in to_apply:
             request = requests[i]
+            series.append(bound)
             if row is not None:
                 position.append(next_stored)
-                series.append(self.codec.series(row))
                 next_stored += 1
                 continue
             fresh = self._fresh(request)
@@ -294,7 +306,6 @@ class Engine:
                 parts.append(fresh)
                 position.append(next_fresh)
                 next_fresh += 1
-            series.append(request.series)
         if not parts:
             return None, position, series
         return RunState.cat(parts), position, series
@@ -302,7 +313,7 @@ class Engine:
     def _apply(
         self,
         prepared: Prepared,
-        to_apply: list[tuple[int, Apply, bytes | None]],
+        to_apply: list[Item],
         now: float,
         histories: dict[int, bytes],
     ) -> None:
@@ -314,7 +325,7 @@ class Engine:
         last_time = state.transforms["time"].tolist()
         # one call per (steps, time sent?) group: the step function takes no padding
         groups: dict[tuple[int, bool], list[int]] = {}
-        for j, (i, _, _) in enumerate(to_apply):
+        for j, (i, _, _, _) in enumerate(to_apply):
             request = requests[i]
             if position[j] < 0:
                 continue
@@ -342,7 +353,7 @@ class Engine:
     def _apply_group(
         self,
         prepared: Prepared,
-        to_apply: list[tuple[int, Apply, bytes | None]],
+        to_apply: list[Item],
         state: RunState,
         position: list[int],
         series: list[str | None],
@@ -351,7 +362,9 @@ class Engine:
     ) -> None:
         requests, outcomes = prepared.requests, prepared.outcomes
         indices = [to_apply[j][0] for j in members]
-        rows = state.select([position[j] for j in members])
+        picked = [position[j] for j in members]
+        whole = len(picked) == state.batch_size and picked == list(range(len(picked)))
+        rows = state if whole else state.select(picked)
         xs = [requests[i].x for i in indices]
         times = None if requests[indices[0]].time is None else [requests[i].time for i in indices]
         try:
@@ -367,36 +380,47 @@ class Engine:
         steps = y.shape[1]
         # a differenced stream's first steps have no past to difference (and with shift > 1
         # its answers come `delay` steps late): no answer (null)
-        seen = rows.transforms["steps"][:, None] + torch.arange(steps)  # (n, k)
-        warm = (seen < self.function.order + self.function.delay).numpy()
+        # (NumPy views of the CPU tensors: for a small batch each torch op costs more than
+        # the work it does)
+        seen = rows.transforms["steps"].numpy()[:, None] + np.arange(steps)  # (n, k)
+        warm: np.ndarray = seen < self.function.order + self.function.delay
         # (a run answering with baselines alone has their answer there, as predict does)
-        warm &= ~np.isfinite(y.numpy()).all(axis=-1)
-        finite = _finite_rows(y, warm, new_state)
-        answers = y.tolist()
+        answered = np.isfinite(y.numpy()).all(axis=-1)  # (n, k)
+        warm &= ~answered
+        finite = _finite_rows(answered, warm, new_state)
+        answers: list[Any] = y.tolist()
+        # rows with a step that has no answer yet
+        warm_rows: list[bool] = list(warm.any(axis=1).tolist())  # type: ignore[arg-type]
         blobs = self.codec.encode(new_state, [series[j] for j in members])
+        digests, histories = prepared.digests, prepared.histories
+        fresh = os.urandom(16 * len(members))  # every new record's generation, drawn at once
         for row, (j, i) in enumerate(zip(members, indices, strict=True)):
             request = requests[i]
             if not finite[row]:
                 outcomes[i] = _non_finite(request.seq)
                 continue
-            answer = [
-                [None] * len(values) if warm[row, t] else values
-                for t, values in enumerate(answers[row])
-            ]
+            answer = answers[row]  # [k][O]
+            if warm_rows[row]:
+                answer = [
+                    [None] * len(values) if warm[row, t] else values
+                    for t, values in enumerate(answer)
+                ]
             output = jsonio.dumps_finite(answer[0] if request.single else answer)
             prepared.answers.append(output)
             prepared.committed.append(i)
+            decision = to_apply[j][1]
             record = new_record(
                 request.stream,
                 seq=request.seq,
                 state=blobs[row],
                 output=output,
-                digest=prepared.digests[i],
+                digest=digests[i],
                 updated=now,
-                history=prepared.histories.get(i, b""),
+                history=histories.get(i, b""),
+                generation=fresh[16 * row : 16 * row + 16],
             )
-            prepared.updates.append(Update(request.stream, to_apply[j][1].expected, record))
-            prepared.creates.append(to_apply[j][1].creates)
+            prepared.updates.append(Update(request.stream, decision.expected, record))
+            prepared.creates.append(decision.creates)
 
     # --- forecasts ---------------------------------------------------------------------------
 
@@ -572,13 +596,14 @@ class Engine:
                 )
 
 
-def _finite_rows(y: torch.Tensor, warm: np.ndarray, state: RunState) -> list[bool]:
-    """Per batch row: whether its answers ``y [n, k, O]`` (outside the warm-up steps ``warm
-    [n, k]``, which have none) and its new model states are all finite."""
-    ok = (torch.isfinite(y).all(2) | torch.from_numpy(warm)).all(1)  # (n,)
+def _finite_rows(answered: np.ndarray, warm: np.ndarray, state: RunState) -> list[bool]:
+    """Per batch row: whether its answers (``answered [n, k]``: finite, outside the warm-up
+    steps ``warm [n, k]``, which have none) and its new model states are all finite."""
+    ok = (answered | warm).all(axis=1)  # (n,)
     for model_state in state.models:
         for tensor in model_state.tensors():  # (L, n, H)
-            ok &= torch.isfinite(tensor).transpose(0, 1).flatten(1).all(1)
+            values = tensor.detach().cpu().numpy()
+            ok &= np.isfinite(values).all(axis=(0, 2))
     return ok.tolist()
 
 

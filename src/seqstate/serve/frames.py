@@ -60,7 +60,8 @@ class BinarySteps:
 def encode(header: dict[str, Any], array: np.ndarray) -> bytes:
     """``MAGIC + len + JSON header + float32 LE array`` (``header["shape"]`` is set here)."""
     data = np.ascontiguousarray(array, dtype=_FLOAT)
-    text = jsonio.dumps({**header, "shape": list(data.shape)})
+    # the header holds ids, ints, bools and error texts, never a float: no NaN to refuse
+    text = jsonio.dumps_finite({**header, "shape": list(data.shape)})
     return MAGIC + _LENGTH.pack(len(text)) + text + data.tobytes()
 
 
@@ -169,12 +170,20 @@ def encode_answers(
     """The answer frame: per item ``(status, JSON of y or None, replayed, error body)``."""
     y = np.full((len(results), steps, outputs), np.nan, dtype=_FLOAT)
     errors: dict[str, Any] = {}
+    answered, texts = [], []
     for i, (_, output, _, error) in enumerate(results):
         if output is not None:
-            values = np.asarray(jsonio.loads(output), dtype=np.float64)  # null -> nan
-            y[i] = values.reshape(steps, outputs)
+            answered.append(i)
+            texts.append(output)
         if error is not None:
             errors[str(i)] = error
+    if answered:  # every answer parsed in one call: [answer, answer, ...]; null -> nan
+        parsed = jsonio.loads(b"[" + b",".join(texts) + b"]")
+        try:  # answers nest alike ([O] for one step, [k][O] for k)
+            values = np.asarray(parsed, dtype=np.float64)
+        except ValueError:  # not alike (one step sent as [[x]]): each answer alone
+            values = np.stack([np.asarray(v, dtype=np.float64).reshape(-1) for v in parsed])
+        y[answered] = values.reshape(len(answered), steps, outputs)
     header = {
         "op": "steps",
         "stream": list(streams),

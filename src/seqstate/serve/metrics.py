@@ -33,6 +33,10 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        # resolved once: a labels() lookup per step costs a lock and a dict walk
+        self.step_outcomes = tuple(
+            self.steps.labels(outcome) for outcome in ("applied", "replayed", "rejected")
+        )
         self.batch_size = Histogram(
             "seqstate_batch_size", "Steps per model call", buckets=_BATCH_BUCKETS, registry=r
         )

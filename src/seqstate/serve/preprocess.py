@@ -33,6 +33,8 @@ __all__ = ["RunRowCodec", "model_step", "parse_step_times", "template_series"]
 _MAGIC = b"seqstate-run-row/1 "
 _NO_SERIES = 0xFFFF
 _MAX_SERIES_BYTES = 0xFFFE
+_LENGTH = struct.Struct("<H")
+_LABELS_KEPT = 65536
 
 
 def model_step(model: torch.nn.Module) -> RunStep:
@@ -80,12 +82,14 @@ class RunRowCodec:
         ]
         self.model_bytes = [c.row_bytes - len(c.header) for c in self.models]
         self.body_bytes = sum(self.transform_bytes) + sum(self.model_bytes)
+        self._header_array = np.frombuffer(self.header, np.uint8)
+        self._labels: dict[str | None, bytes] = {}  # series -> its stored label
 
     def _series_end(self, blob: bytes) -> int | None:
         start = len(self.header)
         if len(blob) < start + 2 or not blob.startswith(self.header):
             return None
-        (length,) = struct.unpack_from("<H", blob, start)
+        (length,) = _LENGTH.unpack_from(blob, start)
         end = start + 2 + (0 if length == _NO_SERIES else length)
         return end if len(blob) == end + self.body_bytes else None
 
@@ -93,48 +97,88 @@ class RunRowCodec:
         """Whether ``blob`` is a row of this run (else: that stream's 409)."""
         return self._series_end(blob) is not None
 
+    def read_label(self, blob: bytes) -> tuple[bool, str | None]:
+        """``(fits, series)`` of ``blob`` in one read (series is None when it does not fit
+        or was bound to none): the step path asks both for every stored row."""
+        end = self._series_end(blob)
+        if end is None:
+            return False, None
+        (length,) = _LENGTH.unpack_from(blob, len(self.header))
+        if length == _NO_SERIES:
+            return True, None
+        return True, blob[len(self.header) + 2 : end].decode()
+
     def series(self, blob: bytes) -> str | None:
         """The series a fitting row was bound to."""
         start = len(self.header)
-        (length,) = struct.unpack_from("<H", blob, start)
+        (length,) = _LENGTH.unpack_from(blob, start)
         if length == _NO_SERIES:
             return None
         return blob[start + 2 : start + 2 + length].decode()
 
+    def _label(self, bound: str | None) -> bytes:
+        label = self._labels.get(bound)
+        if label is None:
+            if bound is None:
+                label = _LENGTH.pack(_NO_SERIES)
+            else:
+                raw = bound.encode()
+                if len(raw) > _MAX_SERIES_BYTES:
+                    raise ValueError(f"series id of {len(raw)} bytes is too long to store")
+                label = _LENGTH.pack(len(raw)) + raw
+            if len(self._labels) >= _LABELS_KEPT:  # a bounded cache: series ids come from clients
+                self._labels.clear()
+            self._labels[bound] = label
+        return label
+
     def encode(self, state: RunState, series: Sequence[str | None]) -> list[bytes]:
-        """One row per batch row of ``state``, bound to ``series[row]``."""
+        """One row per batch row of ``state``, bound to ``series[row]``. The rows of one
+        label length are written as one array (header, labels, bodies) and sliced."""
         n = state.batch_size
         columns = []
         for name, _, _, np_dtype in self.transforms:
             array = state.transforms[name].detach().cpu().numpy().astype(np_dtype.newbyteorder("<"))
             columns.append(np.ascontiguousarray(array).reshape(n, -1).view(np.uint8))
         for codec, model_state in zip(self.models, state.models, strict=True):
-            skip = len(codec.header)
-            blobs = codec.encode(model_state)
-            body = b"".join(blob[skip:] for blob in blobs)
-            columns.append(np.frombuffer(body, np.uint8).reshape(n, -1))
+            columns.append(codec.encode_rows(model_state))
         table = np.concatenate(columns, axis=1) if columns else np.zeros((n, 0), np.uint8)
-        rows = []
-        for row, bound in enumerate(series):
-            if bound is None:
-                label = struct.pack("<H", _NO_SERIES)
-            else:
-                raw = bound.encode()
-                if len(raw) > _MAX_SERIES_BYTES:
-                    raise ValueError(f"series id of {len(raw)} bytes is too long to store")
-                label = struct.pack("<H", len(raw)) + raw
-            rows.append(self.header + label + table[row].tobytes())
+        labels = [self._label(bound) for bound in series]
+        by_length = _by_length(labels)
+        rows: list[bytes] = [b""] * n
+        head = len(self.header)
+        for length, members in by_length.items():
+            count, width = len(members), head + length + self.body_bytes
+            block = np.empty((count, width), dtype=np.uint8)
+            block[:, :head] = self._header_array
+            joined = b"".join([labels[row] for row in members])
+            block[:, head : head + length] = np.frombuffer(joined, np.uint8).reshape(count, length)
+            block[:, head + length :] = table if count == n else table[members]
+            data = block.tobytes()
+            for k, row in enumerate(members):
+                rows[row] = data[k * width : (k + 1) * width]
         return rows
 
     def decode(self, blobs: Sequence[bytes]) -> RunState:
-        """The batch state of ``blobs`` (each ``fits``)."""
+        """The batch state of ``blobs`` (each ``fits``): the rows of one length are read as
+        one array (checked against the header and their label lengths at once)."""
         n = len(blobs)
         bodies = np.empty((n, self.body_bytes), dtype=np.uint8)
-        for i, blob in enumerate(blobs):
-            end = self._series_end(blob)
-            if end is None:
-                raise ValueError(f"row {i} is not a row of this run (check fits() first)")
-            bodies[i] = np.frombuffer(blob, np.uint8, offset=end)
+        by_length = _by_length(blobs)
+        head = len(self.header)
+        for width, members in by_length.items():
+            count, length = len(members), width - head - 2 - self.body_bytes
+            joined = b"".join([blobs[i] for i in members])
+            block = np.frombuffer(joined, np.uint8).reshape(count, width) if length >= 0 else None
+            ok = np.zeros(count, dtype=bool)
+            if block is not None:  # each row: this run's header, a label as long as its room
+                low, high = block[:, head].astype(np.int64), block[:, head + 1].astype(np.int64)
+                stored = low | (high << 8)
+                ok = (stored == length) | ((stored == _NO_SERIES) & (length == 0))
+                ok &= (block[:, :head] == self._header_array).all(axis=1)
+            if block is None or not bool(ok.all()):
+                bad = members[int(np.argmin(ok))]
+                raise ValueError(f"row {bad} is not a row of this run (check fits() first)")
+            bodies[members if count < n else slice(None)] = block[:, width - self.body_bytes :]
         transforms: dict[str, torch.Tensor] = {}
         start = 0
         for (name, dtype, shape, np_dtype), size in zip(
@@ -146,10 +190,21 @@ class RunRowCodec:
             start += size
         models = []
         for codec, size in zip(self.models, self.model_bytes, strict=True):
-            block = bodies[:, start : start + size]
-            models.append(codec.decode([codec.header + row.tobytes() for row in block]))
+            models.append(codec.decode_rows(np.ascontiguousarray(bodies[:, start : start + size])))
             start += size
         return RunState(transforms, tuple(models))
+
+
+def _by_length(items: Sequence[bytes]) -> dict[int, list[int]]:
+    """The indices of ``items`` by their length (one group in the usual batch: its streams'
+    series ids have one length, or none)."""
+    lengths = list(map(len, items))
+    if len(set(lengths)) == 1:
+        return {lengths[0]: list(range(len(items)))}
+    groups: dict[int, list[int]] = {}
+    for i, length in enumerate(lengths):
+        groups.setdefault(length, []).append(i)
+    return groups
 
 
 def parse_step_times(values: Any, steps: int) -> np.ndarray:

@@ -107,10 +107,12 @@ def array_request(
     series: str | None,
     time: Any,
     resources: Resources,
+    finite: bool = False,
 ) -> StepRequest:
     """A step of a binary frame: ``x [k, F]`` float32 (count and size checked by the frame's
     decoder) -> StepRequest, with the checks of :func:`step_request`. ``k == 1`` is the
-    single step ``x: [F]`` of a JSON frame (the same digest: a retry may switch encodings)."""
+    single step ``x: [F]`` of a JSON frame (the same digest: a retry may switch encodings).
+    ``finite``: the caller checked the whole frame's x at once (the usual case)."""
     if not 1 <= seq <= MAX_SEQ:
         raise ApiError(422, "invalid_request", f"seq must be in 1..{MAX_SEQ}; received {seq}")
     if not valid_stream_id(stream):
@@ -120,7 +122,7 @@ def array_request(
         )  # fmt: skip
     if series is not None and len(series) > 256:
         raise ApiError(422, "invalid_request", "series must be at most 256 characters")
-    if not np.isfinite(x).all():
+    if not finite and not np.isfinite(x).all():
         t, f = np.argwhere(~np.isfinite(x))[0]
         raise ApiError(
             422,
@@ -157,10 +159,8 @@ async def submit(resources: Resources, step: StepRequest) -> Outcome:
     except StoreError:
         resources.metrics.store_errors.labels("step").inc()
         raise
-    if isinstance(outcome, Reject):
-        resources.metrics.steps.labels("rejected").inc()
-    else:
-        resources.metrics.steps.labels("replayed" if outcome.replayed else "applied").inc()
+    # applied, replayed, rejected
+    resources.metrics.step_outcomes[2 if isinstance(outcome, Reject) else outcome.replayed].inc()
     return outcome
 
 

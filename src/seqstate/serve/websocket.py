@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from pydantic import TypeAdapter
 from starlette.websockets import WebSocket
 
@@ -95,8 +96,14 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
         held[0] += change
         outbox.put_nowait((frame, charge + change, binary))
 
-    def settle(stream: str, future: asyncio.Future[Any]) -> Outcome | BaseException:
-        """Book a finished step of ``stream``: its outcome, or the failure to answer."""
+    counters = metrics.step_outcomes  # applied, replayed, rejected
+
+    def settle(
+        stream: str, future: asyncio.Future[Any], tally: list[int] | None = None
+    ) -> Outcome | BaseException:
+        """Book a finished step of ``stream``: its outcome, or the failure to answer. With
+        ``tally`` ([applied, replayed, rejected]) the step is counted there, and the frame
+        adds its counts to the metrics once."""
         in_flight[stream] -= 1
         if not in_flight[stream]:
             del in_flight[stream]
@@ -109,10 +116,11 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             if isinstance(error, StoreError):
                 metrics.store_errors.labels("step").inc()
             return error
-        if isinstance(outcome, Reject):
-            metrics.steps.labels("rejected").inc()
+        kind = 2 if isinstance(outcome, Reject) else int(outcome.replayed)
+        if tally is None:
+            counters[kind].inc()
         else:
-            metrics.steps.labels("replayed" if outcome.replayed else "applied").inc()
+            tally[kind] += 1
         return outcome
 
     async def after(before: asyncio.Future[Any] | None, then: Any) -> Any:
@@ -158,8 +166,12 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
         with); one answer frame when every item is answered."""
         results: list[Outcome | BaseException | None] = [None] * len(items)
         remaining = [len(items)]
+        tally = [0, 0, 0]  # applied, replayed, rejected
 
         def done() -> None:
+            for counter, count in zip(counters, tally, strict=True):
+                if count:
+                    counter.inc(count)
             if binary:
                 put(_binary_answers(items, results, outputs), charge, estimate, binary=True)
             else:
@@ -171,7 +183,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
 
         def one(i: int, stream: str) -> Any:
             def answered(future: asyncio.Future[Any]) -> None:
-                results[i] = settle(stream, future)
+                results[i] = settle(stream, future, tally)
                 remaining[0] -= 1
                 if not remaining[0]:
                     done()
@@ -184,7 +196,8 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
                 remaining[0] -= 1
                 continue
             stream = item.stream
-            await wait_until(lambda: in_flight.get(stream, 0) < window)  # noqa: B023
+            if in_flight.get(stream, 0) >= window:  # (the usual case never awaits)
+                await wait_until(lambda: in_flight.get(stream, 0) < window)  # noqa: B023
             queue(item).add_done_callback(one(i, stream))
         if not remaining[0]:
             done()
@@ -394,6 +407,7 @@ def _json_items(data: dict[str, Any], resources: Resources, limit: int) -> list[
 
 def _binary_items(decoded: BinarySteps, resources: Resources) -> list[Any]:
     items: list[Any] = []
+    finite = bool(np.isfinite(decoded.x).all())  # the whole frame at once; else per item
     for i, stream in enumerate(decoded.stream):
         try:
             items.append(
@@ -405,6 +419,7 @@ def _binary_items(decoded: BinarySteps, resources: Resources) -> list[Any]:
                     series=decoded.series[i],
                     time=None if decoded.time is None else decoded.time[i],
                     resources=resources,
+                    finite=finite,
                 )
             )
         except ApiError as error:

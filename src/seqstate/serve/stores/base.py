@@ -6,9 +6,10 @@ alone is not enough: a DELETE and re-create by another replica can bring the sam
 a different state, and a commit computed from the old state must then lose (see
 ``docs/serving.md``, "Replicas and the compare-and-set").
 
-Each record also carries a checksum over its stream id and every field, computed when the
-engine builds it and checked when it is read, so a flipped byte in a stored state becomes that
-stream's 409 instead of a silently wrong answer.
+Each record also carries a checksum over its stream id and every field, computed when a
+durable store first writes it and checked when it is read back, so a flipped byte in a stored
+state becomes that stream's 409 instead of a silently wrong answer. (The memory store holds
+the very records the engine built: intact by construction, never checksummed.)
 """
 
 from __future__ import annotations
@@ -39,33 +40,79 @@ class StoreFullError(StoreError):
     """The store is out of space: nothing was written (HTTP 507, /healthz says so)."""
 
 
-@dataclasses.dataclass(frozen=True)
 class Record:
-    """What the server keeps per stream: enough to continue it and to answer a retry."""
+    """What the server keeps per stream: enough to continue it and to answer a retry.
+
+    Immutable by convention (the stores share records between threads; nothing assigns a
+    field after construction). A record built by :func:`new_record` knows the stream it was
+    built for: its checksum is computed only when a durable store asks for it (the memory
+    store never does), and it is intact for that stream by construction. A record read back
+    from bytes carries the stored checksum, which :meth:`intact` checks once.
+    """
+
+    __slots__ = (  # noqa: RUF023 - the fields' order, then the private caches
+        "seq", "state", "output", "digest", "updated", "generation", "history", "_sum",
+        "_built_for", "_intact_for",
+    )  # fmt: skip
 
     seq: int  # last applied step number
-    state: bytes  # State.to_bytes() of the stream after step ``seq``
+    state: bytes  # the stream's stored state row after step ``seq``
     output: bytes  # JSON of the answer ``y`` to step ``seq`` (returned again on a retry)
     digest: bytes  # fingerprint of step ``seq``'s request (x and start), to recognise a retry
     updated: float  # unix time step ``seq`` was applied (for TTL expiry)
-    generation: bytes = b""  # random per write: what the compare-and-set compares
-    checksum: bytes = b""  # blake2b over the stream id and the fields above (and history)
+    generation: bytes  # random per write: what the compare-and-set compares
     # the answers of the steps just before ``seq`` (see :func:`kept_answers`), so a client
     # that pipelined several steps and lost its connection gets each of them replayed
-    history: bytes = b""
+    history: bytes
+
+    def __init__(
+        self,
+        seq: int,
+        state: bytes,
+        output: bytes,
+        digest: bytes,
+        updated: float,
+        generation: bytes = b"",
+        checksum: bytes = b"",
+        history: bytes = b"",
+    ) -> None:
+        self.seq = seq
+        self.state = state
+        self.output = output
+        self.digest = digest
+        self.updated = updated
+        self.generation = generation
+        self.history = history
+        self._sum: bytes | None = checksum
+        self._built_for: str | None = None  # set by new_record: the checksum is then lazy
+        self._intact_for: tuple[str, bool] | None = None
+
+    @property
+    def checksum(self) -> bytes:
+        """blake2b over the stream id and the fields above (and history); b"": none stored."""
+        if self._sum is None:  # built by new_record: computed once, when first asked
+            assert self._built_for is not None
+            self._sum = _checksum(
+                self._built_for,
+                self.seq,
+                self.state,
+                self.output,
+                self.digest,
+                self.updated,
+                self.generation,
+                self.history,
+            )
+        return self._sum
 
     def intact(self, stream: str) -> bool:
         """Whether the stored bytes are what the engine wrote for ``stream`` (computed once
         per record and stream: the rules and the engine both ask)."""
-        known = self.__dict__.get("_intact_for")
+        if self._built_for is not None and self._built_for == stream:
+            return True  # built in this process for this stream: its checksum is its own
+        known = self._intact_for
         if known is not None and known[0] == stream:
-            return bool(known[1])
-        ok = self._intact(stream)
-        object.__setattr__(self, "_intact_for", (stream, ok))  # a cache, not a field
-        return ok
-
-    def _intact(self, stream: str) -> bool:
-        return bool(self.checksum) and self.checksum == _checksum(
+            return known[1]
+        ok = bool(self.checksum) and self.checksum == _checksum(
             stream,
             self.seq,
             self.state,
@@ -75,6 +122,8 @@ class Record:
             self.generation,
             self.history,
         )
+        self._intact_for = (stream, ok)  # a cache, not a field
+        return ok
 
     def earlier(self, seq: int) -> tuple[bytes, bytes] | None:
         """``(digest, output)`` of step ``seq < self.seq`` if its answer is still kept."""
@@ -82,6 +131,27 @@ class Record:
             if entry_seq == seq:
                 return digest, output
         return None
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.seq, self.state, self.output, self.digest, self.updated, self.generation,
+            self.checksum, self.history,
+        )  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:  # a value, as the frozen dataclass it replaces
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"Record(seq={self.seq!r}, state=<{len(self.state)} bytes>, output={self.output!r}, "
+            f"digest={self.digest!r}, updated={self.updated!r}, generation={self.generation!r}, "
+            f"checksum={self.checksum!r}, history=<{len(self.history)} bytes>)"
+        )
 
 
 def new_record(
@@ -93,11 +163,19 @@ def new_record(
     digest: bytes,
     updated: float,
     history: bytes = b"",
+    generation: bytes | None = None,
 ) -> Record:
-    """A record for ``stream`` with a fresh generation and its checksum."""
-    generation = os.urandom(16)
-    checksum = _checksum(stream, seq, state, output, digest, updated, generation, history)
-    return Record(seq, state, output, digest, updated, generation, checksum, history)
+    """A record for ``stream`` with a fresh generation (``generation``: 16 random bytes drawn
+    by the caller, e.g. a batch's at once); its checksum is computed when a store first asks
+    for it (a durable store, on commit)."""
+    if generation is None:
+        generation = os.urandom(16)
+    elif type(generation) is not bytes or len(generation) != 16:
+        raise ValueError(f"generation must be 16 random bytes; received {generation!r:.40}")
+    record = Record(seq, state, output, digest, updated, generation, b"", history)
+    record._sum = None
+    record._built_for = stream
+    return record
 
 
 # history: entries (seq, digest, output), oldest first, each a fixed header then the bytes
@@ -219,6 +297,10 @@ class StateStore(abc.ABC):
     """
 
     url: str
+    #: whether ``commit`` writes somewhere slow (a disk, a network): the server then commits
+    #: on its own thread while the next batch is prepared (group commit); an in-process
+    #: store commits on the model thread, one thread hop less per batch
+    slow_commit: bool = True
     #: why the last write failed (e.g. "disk full"), None once a write succeeded again
     write_problem: str | None = None
 

@@ -11,6 +11,11 @@ __all__ = ["MemoryStore"]
 
 
 class MemoryStore(StateStore):
+    """Records held as the objects the engine built: nothing is serialised or checksummed
+    (a record built in this process is intact by construction, see ``Record``)."""
+
+    slow_commit = False  # a dict under a lock: committed on the model thread
+
     def __init__(self) -> None:
         self.url = "memory://"
         self._records: dict[str, Record] = {}

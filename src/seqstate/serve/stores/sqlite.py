@@ -37,6 +37,14 @@ CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL);
 # files written before generations existed: their records have no checksum (so they answer
 # state_incompatible until restarted), never a silent wrong state
 _ADDED_COLUMNS = ("generation", "checksum", "history")
+_INSERT = (
+    "INSERT INTO streams (seq, state, output, digest, updated, generation, checksum, history, "
+    "id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING"
+)
+_UPDATE = (
+    "UPDATE streams SET seq=?, state=?, output=?, digest=?, updated=?, generation=?, "
+    "checksum=?, history=? WHERE id=? AND generation=?"
+)
 _CHUNK = 500  # ids per SELECT … IN (…), well under SQLite's bound-variable limit
 # SQLite's primary result codes (sqlite3 names them only from Python 3.11)
 _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN = 8, 10, 13, 14
@@ -123,27 +131,53 @@ class SQLiteStore(StateStore):
         self.write_problem = None
 
     def commit(self, updates: Sequence[Update]) -> list[bool]:
+        """One transaction: each update's compare-and-set, then COMMIT (one fsync).
+
+        The writes go as two ``executemany`` calls (inserts, then CAS updates) rather than a
+        statement per stream; which of them held their CAS is then read back in the same
+        transaction: an update was written exactly when its stream now holds its new (random,
+        16-byte) generation."""
+        if len({update.stream for update in updates}) != len(updates):
+            return self._commit_each(updates)  # a stream twice: applied in order, one by one
+        inserts, changes = [], []
+        for update in updates:
+            r = update.record
+            values = (
+                r.seq, r.state, r.output, r.digest, r.updated, r.generation, r.checksum,
+                r.history, update.stream,
+            )  # fmt: skip
+            if update.expected is None:
+                inserts.append(values)
+            else:
+                changes.append((*values, update.expected))
+        with self._transaction() as db:
+            if inserts:
+                db.executemany(_INSERT, inserts)
+            if changes:
+                db.executemany(_UPDATE, changes)
+            held: dict[str, bytes] = {}
+            streams = [update.stream for update in updates]
+            for i in range(0, len(streams), _CHUNK):
+                chunk = streams[i : i + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                held.update(
+                    db.execute(f"SELECT id, generation FROM streams WHERE id IN ({marks})", chunk)
+                )
+        return [held.get(update.stream) == update.record.generation for update in updates]
+
+    def _commit_each(self, updates: Sequence[Update]) -> list[bool]:
         written = []
         with self._transaction() as db:
             for update in updates:
                 r = update.record
                 values = (
                     r.seq, r.state, r.output, r.digest, r.updated, r.generation, r.checksum,
-                    r.history,
+                    r.history, update.stream,
                 )  # fmt: skip
                 if update.expected is None:
-                    cursor = db.execute(
-                        "INSERT INTO streams (seq, state, output, digest, updated, generation, "
-                        "checksum, history, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT(id) DO NOTHING",
-                        (*values, update.stream),
-                    )
+                    cursor = db.execute(_INSERT, values)
                 else:
-                    cursor = db.execute(
-                        "UPDATE streams SET seq=?, state=?, output=?, digest=?, updated=?, "
-                        "generation=?, checksum=?, history=? WHERE id=? AND generation=?",
-                        (*values, update.stream, update.expected),
-                    )
+                    cursor = db.execute(_UPDATE, (*values, update.expected))
                 written.append(cursor.rowcount == 1)
         return written
 
