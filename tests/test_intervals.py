@@ -15,6 +15,7 @@ from seqstate.recipe.intervals import (
     FORMAT,
     GRID,
     IntervalTable,
+    answer_quantiles,
     check_levels,
     fit_table,
     merge_tables,
@@ -184,3 +185,54 @@ def test_bad_levels_and_shapes_are_refused_with_the_argument_named():
         quantiles(np.zeros((2, 3)), np.ones(3), _table(), (0.1,))
     with pytest.raises(ValueError, match="errors must be"):
         fit_table(np.zeros(4), season=1)
+
+
+@pytest.mark.parametrize("season", [1, 4])
+def test_the_streamed_scale_is_the_mase_scale_of_the_history_in_any_chunks(season):
+    import torch
+
+    from seqstate.recipe.step.history_scale import HistoryScale
+
+    rng = np.random.default_rng(7)
+    # the target is input column 1 (column 0 is not a target); a flat history (NaN), a
+    # seasonally flat one (the one-step fallback), random ones
+    length = 23
+    x = rng.normal(size=(4, length, 2)).astype(np.float32)
+    x[2, :, 1] = 3.0
+    x[3, :, 1] = np.tile(np.float32([1.0, 2.0, 5.0, 3.0]), 6)[:length]
+    cell = HistoryScale(season, [1])
+    drawn = sorted({*rng.integers(2, length, 4).tolist(), length})
+    for cuts in ([length], [1, season, season + 1, 11, length], drawn):
+        state = {"steps": torch.zeros(4, dtype=torch.int64), **cell.initial_state(4)}
+        begin = 0
+        for end in cuts:  # chunked == whole: after each chunk, the scale of the prefix
+            state = {**state, **cell.advance(state, torch.from_numpy(x[:, begin:end]))}
+            state["steps"] = state["steps"] + (end - begin)
+            begin = end
+            got = cell.scales(state).numpy()[:, 0]
+            for row in range(4):
+                want = mase_scale(x[row, :end, 1].astype(np.float64), season)
+                np.testing.assert_allclose(got[row], want, rtol=1e-12, err_msg=f"{row} {end}")
+
+
+def test_answer_quantiles_is_quantiles_per_stream_and_target_with_no_width_for_a_flat_history():
+    table = _table()
+    rng = np.random.default_rng(8)
+    point = rng.normal(size=(3, 5, 2))
+    scale = np.array([[1.0, 2.0], [0.5, np.nan], [3.0, 0.25]])
+    levels = (0.9, 0.1)
+    got = answer_quantiles(point, scale, table, levels)
+    assert got.shape == (3, 5, 2, 2)
+    for b in range(3):
+        for o in range(2):
+            width = 0.0 if np.isnan(scale[b, o]) else scale[b, o]
+            want = quantiles(point[b, :, o][None], [width], table, levels)[0]
+            np.testing.assert_allclose(got[b, :, o], want, rtol=1e-12)
+    np.testing.assert_allclose(got[1, :, 1, 0], point[1, :, 1])  # flat: the point itself
+    one = answer_quantiles(point, scale, table, levels, one_step=True)
+    first = quantiles(
+        point.reshape(-1, 1), np.repeat(np.nan_to_num(scale), 5, 0).ravel(), table, levels
+    )
+    np.testing.assert_allclose(one, first.reshape(3, 5, 2, 2))
+    with pytest.raises(ValueError, match=r"point \[B, H, O\] and scale \[B, O\]"):
+        answer_quantiles(point[0], scale, table, levels)

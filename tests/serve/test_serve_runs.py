@@ -45,7 +45,7 @@ def _assert_row(served, expected: float, where: str) -> None:
         np.testing.assert_allclose(value, expected, rtol=RTOL, err_msg=where)
 
 
-def _cli_forecast(run: Path, frame: pd.DataFrame, series: str, t: int, root: Path) -> np.ndarray:
+def _cli_forecast(run: Path, frame: pd.DataFrame, series: str, t: int, root: Path) -> pd.DataFrame:
     """``seqstate forecast RUN TABLE[:t] --horizon H`` for one series."""
     part = frame[frame["id"] == series]
     history = root / f"{series}-{t}.csv"
@@ -57,7 +57,20 @@ def _cli_forecast(run: Path, frame: pd.DataFrame, series: str, t: int, root: Pat
         args += ["--covariates", str(future)]
     out = root / f"{series}-{t}-forecast.csv"
     assert main([*args, "--out", str(out)]) == 0
-    return pd.read_csv(out)["predicted_value"].to_numpy()
+    return pd.read_csv(out)
+
+
+def _assert_forecast(answer: dict, cli: pd.DataFrame, where: str) -> None:
+    """The served forecast and its calibrated quantiles are the CLI's columns."""
+    np.testing.assert_allclose(
+        np.asarray(answer["y"])[:, 0], cli["predicted_value"], rtol=RTOL, err_msg=where
+    )
+    assert answer["quantiles_from"] == "calibrated", answer
+    assert list(answer["quantiles"]) == ["0.1", "0.9"]
+    for level, column in (("0.1", "predicted_value_q10"), ("0.9", "predicted_value_q90")):
+        served = np.asarray(answer["quantiles"][level])[:, 0]
+        np.testing.assert_allclose(served, cli[column], rtol=RTOL, err_msg=f"{where} {level}")
+    assert (cli["predicted_value_q10"] < cli["predicted_value_q90"]).all()  # not zero-width
 
 
 @pytest.mark.parametrize("kind", SERVED)
@@ -100,9 +113,7 @@ def test_every_run_serves_what_predict_and_forecast_answer(runs, kind, tmp_path)
                         assert answer["seq"] == seq and len(answer["time"]) == HORIZON
                         assert answer["time"][0] == pd.Timestamp(times[t]).isoformat()
                         cli = _cli_forecast(run, frame, series, t, tmp_path)
-                        np.testing.assert_allclose(
-                            np.asarray(answer["y"])[:, 0], cli, rtol=RTOL, err_msg=series
-                        )
+                        _assert_forecast(answer, cli, series)
                     if index == 0 and t == forecast_at + 4:
                         server.kill()  # mid-stream: what was answered is durable
                         server.start()
@@ -127,7 +138,7 @@ def test_every_run_serves_what_predict_and_forecast_answer(runs, kind, tmp_path)
             answers = [json.loads(ws.recv(timeout=30)) for _ in range(len(rows) + 1)]
         forecasts = [a for a in answers if a.get("op") == "forecast"]
         assert len(forecasts) == 1 and forecasts[0]["seq"] == forecast_at, forecasts
-        np.testing.assert_allclose(np.asarray(forecasts[0]["y"])[:, 0], cli, rtol=RTOL)
+        _assert_forecast(forecasts[0], cli, "ws")
         steps = sorted((a for a in answers if "y" in a and "op" not in a), key=lambda a: a["seq"])
         refused = [a for a in answers if "y" not in a]
         assert [a["seq"] for a in steps] == list(range(1, len(rows) + 1)), refused[:3]
@@ -229,3 +240,4 @@ def test_onnx_runtime_equals_predict_for_every_run(runs, kind, tmp_path):
                 np.testing.assert_allclose(
                     served[b], expected[name], rtol=RTOL, err_msg=f"{kind} {name} chunk {chunk}"
                 )
+

@@ -20,9 +20,12 @@ shape of the error distribution is estimated from every step at once, and only i
 varies with h. The table is a small versioned entry of the run (``metadata["intervals"]``,
 format :data:`FORMAT`); a run without one gives point forecasts only.
 
-:func:`quantiles` is the one function a caller needs at forecast time (the step function, the
-server): ``quantiles(point [S, H], scale [S], table, levels [Q]) -> [S, H, Q]`` with
-``scale`` from :func:`series_scales` of each series' history.
+:func:`answer_quantiles` is the one rule a run's answers get their quantiles by (``forecast``,
+``predict``, ``RunStreams`` and the server all call it through
+:meth:`seqstate.recipe.step.RunStep.interval_quantiles`): ``answer_quantiles(point [B, H, O],
+scale [B, O], table, levels [Q]) -> [B, H, O, Q]``, each stream's MASE scale kept in its state
+(:mod:`seqstate.recipe.step.history_scale`); a history that has not varied yet (NaN scale)
+gets no width. :func:`quantiles` is its arithmetic on rows ``[S, H]``.
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ __all__ = [
     "FORMAT",
     "GRID",
     "IntervalTable",
+    "answer_quantiles",
     "check_levels",
     "fit_table",
+    "members_table",
     "merge_tables",
     "path_quantiles",
     "quantiles",
@@ -194,6 +199,53 @@ def quantiles(point: Any, scale: Any, table: IntervalTable, levels: Sequence[flo
     z = table.standard_quantiles(levels)  # [Q]
     width = scale[:, None, None] * steps[None, :, None] * z[None, None, :]
     return point[:, :, None] + width
+
+
+def answer_quantiles(
+    point: Any,
+    scale: Any,
+    table: IntervalTable,
+    levels: Sequence[float],
+    *,
+    one_step: bool = False,
+) -> np.ndarray:
+    """The ``levels`` quantiles of a run's answers ``point [B, H, O]`` (B streams or series,
+    H steps, O targets).
+
+    Args:
+        point: ``[B, H, O]`` raw units: a forecast (row h: step h + 1 ahead), or with
+            ``one_step`` answers that each predict one step ahead (every row at step 1).
+        scale: ``[B, O]`` each stream's MASE scale per target (NaN: its history has not varied
+            yet, so there is nothing to scale the errors by: zero width).
+        table: the run's :class:`IntervalTable`.
+        levels: ``[Q]`` levels in (0, 1).
+
+    Returns:
+        ``[B, H, O, Q]`` float64, non-decreasing along Q when ``levels`` is sorted; NaN where
+        ``point`` is NaN.
+    """
+    point = np.asarray(point, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
+    if point.ndim != 3 or scale.shape != (point.shape[0], point.shape[2]):
+        raise ValueError(
+            f"answer_quantiles needs point [B, H, O] and scale [B, O]; received shapes "
+            f"{point.shape} and {scale.shape}"
+        )
+    b, h, o = point.shape
+    scale = np.where(np.isfinite(scale), scale, 0.0)
+    if one_step:  # every answer its own first step: rows [B * H * O, 1]
+        rows = quantiles(point.reshape(-1, 1), np.repeat(scale, h, axis=0).ravel(), table, levels)
+        return rows.reshape(b, h, o, -1)
+    rows = quantiles(point.transpose(0, 2, 1).reshape(b * o, h), scale.ravel(), table, levels)
+    return rows.reshape(b, o, h, -1).transpose(0, 2, 1, 3)
+
+
+def members_table(members: Sequence[Any]) -> IntervalTable | None:
+    """The interval table of a run's members (``metadata["intervals"]``, averaged over an
+    ensemble's: :func:`merge_tables`), or None: the run gives point forecasts only."""
+    entries = [m.metadata.get("intervals") for m in members]
+    tables = [IntervalTable.from_dict(e) for e in entries if e]
+    return merge_tables([t for t in tables if t is not None])
 
 
 def path_quantiles(
