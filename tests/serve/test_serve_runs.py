@@ -241,3 +241,50 @@ def test_onnx_runtime_equals_predict_for_every_run(runs, kind, tmp_path):
                     served[b], expected[name], rtol=RTOL, err_msg=f"{kind} {name} chunk {chunk}"
                 )
 
+
+@pytest.mark.parametrize("kind", ["normal", "quantile"])
+def test_onnx_runtime_keeps_the_distribution_parameters_and_the_interval_state(
+    runs, kind, tmp_path
+):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the [onnx] extra) runs it")
+    pytest.importorskip("onnxscript", reason="onnxscript (the [onnx] extra) exports")
+    import torch
+
+    from seqstate.interop.onnx import export_run_onnx, run_onnx_names
+    from seqstate.recipe.run import Run
+
+    run, _, frame, expected = runs(kind)
+    path = export_run_onnx(run, tmp_path / "run.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    function = Run.load(run).step_function()
+    inputs, outputs = run_onnx_names(function)
+    assert outputs[-1] == "m0.distribution_parameters" and function.intervals is not None
+    series = list(expected)
+    parts = [table_rows(frame, s) for s in series]
+    x = np.asarray([rows for rows, _ in parts], dtype=np.float32)  # (B, L, 1)
+    initial = function.initial_state(series)
+    names = list(initial.transforms)
+    state = [t.numpy() for t in initial.transforms.values()]
+    state += [t.numpy() for member in initial.models for t in member.tensors()]
+    answers, parameters = [], []
+    for start in range(0, x.shape[1], 7):
+        feeds = [x[:, start : start + 7], *state]
+        result = session.run(None, dict(zip(inputs, feeds, strict=True)))
+        answers.append(result[0][..., 0])
+        parameters.append(result[-1])
+        state = result[1 : 1 + len(state)]
+    for b, name in enumerate(series):  # y: the median, what predict answers
+        np.testing.assert_allclose(np.concatenate(answers, 1)[b], expected[name], rtol=RTOL)
+    # the raw parameters of every step, against torch's step function one step at a time
+    torch_state, steps = initial, []
+    with torch.no_grad():
+        for t in range(x.shape[1]):
+            _, torch_state = function.step(torch_state, x[:, t : t + 1])
+            steps.append(torch_state.transforms["m0.parameters"].numpy())
+    np.testing.assert_allclose(
+        np.concatenate(parameters, axis=1), np.stack(steps, axis=1), rtol=1e-4, atol=1e-5
+    )
+    # the stream's MASE scale travels in the state: the calibrated quantiles agree
+    onnx_state = dict(zip(names, state[: len(names)], strict=True))
+    for key in ("interval.lag_sum", "interval.one_sum", "interval.last"):
+        np.testing.assert_allclose(onnx_state[key], torch_state.transforms[key].numpy(), rtol=1e-9)
