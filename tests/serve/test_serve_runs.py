@@ -83,6 +83,7 @@ def test_every_run_serves_what_predict_and_forecast_answer(runs, kind, tmp_path)
         with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as client:
             model = client.get("/v1/model").json()
             assert model["inputs"] == (["value", "temp"] if "temp" in frame else ["value"])
+            assert model["intervals"]["levels"] == [0.1, 0.9]  # what a forecast answers
             for index, series in enumerate(expected):
                 rows, times = table_rows(frame, series)
                 stream, seq, t = f"http-{index}", 0, 0

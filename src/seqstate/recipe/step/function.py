@@ -879,6 +879,14 @@ class RunStep(nn.Module):
                 )
             return
 
+    def _describe_intervals(self) -> dict[str, Any] | None:
+        from seqstate.recipe.intervals import DEFAULT_LEVELS
+
+        table = self.intervals
+        if table is None:
+            return None
+        return {"levels": list(DEFAULT_LEVELS), "windows": table.windows, "paths": table.paths}
+
     def describe(self) -> dict[str, Any]:
         """What a caller must send and gets back."""
         first = self._members()[0]
@@ -894,6 +902,8 @@ class RunStep(nn.Module):
             "members": len(self.members),
             "frequency": self.frequency.name if self.frequency is not None else None,
             "calendar": list(first.calendar.kinds),
+            # the calibrated quantiles a forecast answers by default (None: point forecasts)
+            "intervals": self._describe_intervals(),
             "transforms": [
                 {
                     "scaling": m.scaling.config.method if m.scaling is not None else "none",
