@@ -9,7 +9,11 @@ Per data set, each series without its last ``horizon`` steps is the history:
   chose) and the quantiles of its calibrated interval table;
 * ``head, table`` / ``head, paths`` (with ``--heads``): ``seqstate train --distribution auto``,
   then the same interval table around its fed-back medians, and the quantiles of 200 sample
-  paths (``--samples 200 --seed 0``).
+  paths (``--samples 200 --seed 0``);
+* ``DeepAR`` (with ``--deepar``): GluonTS 0.17's ``DeepAREstimator`` (torch) with its defaults
+  (2 LSTM layers of 40, Student-t likelihood, context = horizon, 50 batches of 32 per epoch,
+  100 sample paths) except the epochs, capped at ``--deepar-epochs`` (default 20; its default is
+  100), trained on the same histories; quantiles of its sample paths.
 
 Scores per series, then the mean over series, all divided by the series' in-sample
 seasonal-naive MAE: MASE of the point forecast, CRPS from the 20 quantiles 2.5%, 7.5%, ...,
@@ -18,6 +22,7 @@ gets), coverage of the central 80% and 95% intervals, width of the 80% interval.
 
     PYTHONPATH=src /work/envs/bench/bin/python benchmarks/probabilistic.py --quick --no-write
     PYTHONPATH=src /work/envs/bench/bin/python benchmarks/probabilistic.py --quick --heads
+    PYTHONPATH=src /work/envs/bench/bin/python benchmarks/probabilistic.py --quick --deepar
 
 One intra-op thread; the load average is printed.
 """
@@ -32,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -87,12 +93,66 @@ def _forecast(split: Split, data: Path, run: Path, *extra: str) -> tuple[dict, d
     return quantiles, point
 
 
-def measure(split: Split, seed: int, heads: bool) -> list[tuple[str, dict[str, float], float]]:
+def deepar(split: Split, seed: int, epochs: int) -> tuple[dict, dict, float]:
+    """(id -> {level: [H]}, id -> median [H], training seconds) of GluonTS DeepAR (torch) with
+    its defaults but ``epochs``, on ``split``'s histories."""
+    import logging
+
+    import lightning.pytorch as pl
+    from gluonts.dataset.pandas import PandasDataset
+    from gluonts.torch import DeepAREstimator
+
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "gluonts"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # gluonts takes period frequencies: month / quarter starts are months / quarters
+    freq = {"MS": "M", "QS": "Q", "YS": "Y", "AS": "Y"}.get(split.freq, split.freq)
+    history = split.history.copy()
+    if split.counts:
+        history["value"] = history["value"].round()
+    dataset = PandasDataset.from_long_dataframe(
+        history, target="value", item_id="id", timestamp="time", freq=freq
+    )
+    pl.seed_everything(seed, workers=False, verbose=False)
+    estimator = DeepAREstimator(
+        freq=freq,
+        prediction_length=split.horizon,
+        trainer_kwargs={
+            "max_epochs": epochs,
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": False,
+            "default_root_dir": None,
+        },
+    )
+    with (
+        tempfile.TemporaryDirectory() as directory,  # (its checkpoints)
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
+        estimator.trainer_kwargs["default_root_dir"] = directory
+        start = time.perf_counter()
+        predictor = estimator.train(dataset)
+        seconds = time.perf_counter() - start
+    quantiles, point = {}, {}
+    for forecast in predictor.predict(dataset):
+        key = forecast.item_id
+        quantiles[key] = {q: np.asarray(forecast.quantile(q), dtype=float) for q in LEVELS}
+        point[key] = quantiles[key][0.5]
+    return quantiles, point, seconds
+
+
+def measure(
+    split: Split, seed: int, heads: bool, deepar_epochs: int | None = None
+) -> list[tuple[str, dict[str, float], float]]:
     results = []
     with tempfile.TemporaryDirectory() as directory:
         tmp = Path(directory)
         data, run, seconds = _train(split, tmp, "default", seed)
         results.append(("default", score(split, *_forecast(split, data, run)), seconds))
+        if deepar_epochs:
+            quantiles, point, seconds = deepar(split, seed, deepar_epochs)
+            results.append(("DeepAR", score(split, quantiles, point), seconds))
         if heads:
             data, run, seconds = _train(split, tmp, "head", seed, "--distribution", "auto")
             results.append(("head, table", score(split, *_forecast(split, data, run)), seconds))
@@ -106,6 +166,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small subsets of the big data")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--heads", action="store_true", help="also --distribution auto")
+    parser.add_argument("--deepar", action="store_true", help="also GluonTS DeepAR (torch)")
+    parser.add_argument("--deepar-epochs", type=int, default=20, help="DeepAR's epoch cap")
     parser.add_argument("--dataset", action="append", default=[], help=f"one of {DATASETS}")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -118,7 +180,8 @@ def main() -> int:
     for name in args.dataset or DATASETS:
         split = load(name, args.quick)
         for seed in range(args.seeds):
-            for label, r, seconds in measure(split, seed, args.heads):
+            epochs = args.deepar_epochs if args.deepar else None
+            for label, r, seconds in measure(split, seed, args.heads, epochs):
                 line = (
                     f"| {name} | {label} | {seed} | {r['mase']:.3f} | {r['crps']:.3f} "
                     f"({r['crps_5q']:.3f}) | {r['coverage_80']:.3f} | {r['coverage_95']:.3f} "

@@ -156,3 +156,27 @@ def test_evaluate_and_backtest_report_coverage_width_and_crps(trained, tmp_path,
     assert "80% interval" in text
     rows = pd.read_csv(out / "backtest.csv")
     assert rows["model_coverage_80"].between(0, 1).all() and (rows["model_width_80"] > 0).all()
+
+
+def test_streams_stepped_in_chunks_answer_the_forecast_columns_quantiles(trained, tmp_path):
+    from seqstate.recipe.run_streams import RunStreams
+
+    data, run = trained
+    frame = _forecast(run, data, tmp_path / "f.csv", "--quantiles", "0.9,0.05")
+    table = read_table(
+        data, features=["value"], targets=["value"], id_column="id", time_column="month"
+    )
+    streams = RunStreams.from_run(run)
+    ids = list(table.ids)
+    x = np.stack([np.asarray(f, dtype=np.float32) for f in table.features])  # [n, L, 1]
+    seconds = np.stack([np.asarray(t, dtype="datetime64[s]").astype(np.int64) for t in table.times])
+    for begin, end in ((0, 1), (1, 13), (13, 40), (40, x.shape[1])):  # chunk by chunk
+        streams.step(ids, x[:, begin:end], seconds[:, begin:end], series=ids)
+    _, y, bands = streams.forecast_quantiles(ids, 30, levels=(0.9, 0.05))
+    assert bands.shape == (3, 30, 1, 2)
+    np.testing.assert_allclose(y[:, :, 0].ravel(), frame["predicted_value"], rtol=1e-5)
+    for q, column in enumerate(("predicted_value_q90", "predicted_value_q5")):
+        np.testing.assert_allclose(bands[:, :, 0, q].ravel(), frame[column], rtol=1e-5)
+    # one stream alone answers what it answers beside the others
+    _, _, alone = streams.forecast_quantiles(ids[1:2], 30, levels=(0.9, 0.05))
+    np.testing.assert_allclose(alone[0], bands[1], rtol=1e-6)

@@ -4,6 +4,7 @@ the run-directory entry, and the scores evaluate and backtest report."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -15,6 +16,7 @@ from seqstate.recipe.intervals import (
     FORMAT,
     GRID,
     IntervalTable,
+    answer_quantiles,
     check_levels,
     fit_table,
     merge_tables,
@@ -184,3 +186,107 @@ def test_bad_levels_and_shapes_are_refused_with_the_argument_named():
         quantiles(np.zeros((2, 3)), np.ones(3), _table(), (0.1,))
     with pytest.raises(ValueError, match="errors must be"):
         fit_table(np.zeros(4), season=1)
+
+
+@pytest.mark.parametrize("season", [1, 4])
+def test_the_streamed_scale_is_the_mase_scale_of_the_history_in_any_chunks(season):
+    import torch
+
+    from seqstate.recipe.step.history_scale import HistoryScale
+
+    rng = np.random.default_rng(7)
+    # the target is input column 1 (column 0 is not a target); a flat history (NaN), a
+    # seasonally flat one (the one-step fallback), random ones
+    length = 23
+    x = rng.normal(size=(4, length, 2)).astype(np.float32)
+    x[2, :, 1] = 3.0
+    x[3, :, 1] = np.tile(np.float32([1.0, 2.0, 5.0, 3.0]), 6)[:length]
+    cell = HistoryScale(season, [1])
+    drawn = sorted({*rng.integers(2, length, 4).tolist(), length})
+    cases = [
+        ([length], [1, season, season + 1, 11, length], drawn),
+        (cell.advance, cell.advance_graph),
+    ]
+    for cuts, advance in itertools.product(*cases):  # the NumPy path and the traced one
+        state = {"steps": torch.zeros(4, dtype=torch.int64), **cell.initial_state(4)}
+        begin = 0
+        for end in cuts:  # chunked == whole: after each chunk, the scale of the prefix
+            state = {**state, **advance(state, torch.from_numpy(x[:, begin:end]))}
+            state["steps"] = state["steps"] + (end - begin)
+            begin = end
+            got = cell.scales(state).numpy()[:, 0]
+            for row in range(4):
+                want = mase_scale(x[row, :end, 1].astype(np.float64), season)
+                np.testing.assert_allclose(got[row], want, rtol=1e-12, err_msg=f"{row} {end}")
+
+
+def test_answer_quantiles_is_quantiles_per_stream_and_target_with_no_width_for_a_flat_history():
+    table = _table()
+    rng = np.random.default_rng(8)
+    point = rng.normal(size=(3, 5, 2))
+    scale = np.array([[1.0, 2.0], [0.5, np.nan], [3.0, 0.25]])
+    levels = (0.9, 0.1)
+    got = answer_quantiles(point, scale, table, levels)
+    assert got.shape == (3, 5, 2, 2)
+    for b in range(3):
+        for o in range(2):
+            width = 0.0 if np.isnan(scale[b, o]) else scale[b, o]
+            want = quantiles(point[b, :, o][None], [width], table, levels)[0]
+            np.testing.assert_allclose(got[b, :, o], want, rtol=1e-12)
+    np.testing.assert_allclose(got[1, :, 1, 0], point[1, :, 1])  # flat: the point itself
+    one = answer_quantiles(point, scale, table, levels, one_step=True)
+    first = quantiles(
+        point.reshape(-1, 1), np.repeat(np.nan_to_num(scale), 5, 0).ravel(), table, levels
+    )
+    np.testing.assert_allclose(one, first.reshape(3, 5, 2, 2))
+    with pytest.raises(ValueError, match=r"point \[B, H, O\] and scale \[B, O\]"):
+        answer_quantiles(point[0], scale, table, levels)
+
+
+def _overlapping_errors(rng, tail: int, horizon: int, origins: int = 24) -> np.ndarray:
+    """A random walk's naive-forecast errors from ``origins`` rolling origins in a validation
+    part ``tail`` steps long (the windows overlap, as calibration's do); NaN past its end."""
+    path = np.concatenate([[0.0], np.cumsum(rng.standard_t(4, size=tail))])
+    rows = []
+    for origin in sorted(set(np.rint(np.linspace(0, tail - 1, origins)).astype(int).tolist())):
+        row = np.full(horizon, np.nan)
+        seen = min(horizon, tail - origin)
+        row[:seen] = path[origin + 1 : origin + 1 + seen] - path[origin]
+        rows.append(row)
+    return np.array(rows)
+
+
+def test_overlapping_windows_of_one_series_are_widened_to_their_independent_paths():
+    """One series two horizons long: 24 overlapping windows hold a few independent paths, and
+    a table that took them as independent under-covers; counted as independent_paths does, the
+    coverage is at the level on average over many fits (a known process)."""
+    from seqstate.recipe.calibration import independent_paths
+
+    rng = np.random.default_rng(11)
+    tail, horizon = 48, 24
+    paths = independent_paths([10], [10 + tail], horizon)
+    assert paths == pytest.approx(4.0)
+    covered: dict[bool, list] = {False: [], True: []}
+    for _ in range(150):
+        errors = _overlapping_errors(rng, tail, horizon)
+        fresh = np.cumsum(rng.standard_t(4, size=horizon))
+        for widened in (False, True):
+            table = fit_table(errors, season=1, paths=paths if widened else None)
+            bands = quantiles(np.zeros((1, horizon)), np.ones(1), table, (0.025, 0.1, 0.9, 0.975))
+            low, high = bands[0].T[[0, 1]], bands[0].T[[3, 2]]
+            covered[widened].append([np.mean((fresh >= lo) & (fresh <= hi)) for lo, hi in
+                                     zip(low, high, strict=True)])  # fmt: skip
+    before, after = np.mean(covered[False], axis=0), np.mean(covered[True], axis=0)  # [95, 80]
+    assert before[1] < 0.77 and before[0] < 0.93  # the overlap's under-coverage
+    assert abs(after[1] - 0.8) < 0.04 and abs(after[0] - 0.95) < 0.025
+    assert independent_paths([5, 30], [5, 20], horizon) is None  # no validation rows
+
+
+def test_t_widening_is_the_student_t_over_the_normal_quantile():
+    from seqstate.recipe.intervals import t_widening
+
+    # t_1(0.975) = 12.706, t_2(0.9) = 1.886, t_5(0.975) = 2.571 (tables)
+    np.testing.assert_allclose(t_widening([0.975], 1.0), [12.7062 / 1.95996], rtol=1e-3)
+    np.testing.assert_allclose(t_widening([0.1, 0.9], 2.0), [1.8856 / 1.28155] * 2, rtol=1e-3)
+    np.testing.assert_allclose(t_widening([0.025], 5.0), [2.5706 / 1.95996], rtol=1e-3)
+    assert t_widening([0.5], 3.0)[0] == 1.0 and abs(t_widening([0.9], 1e6)[0] - 1) < 1e-4

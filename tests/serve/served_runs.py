@@ -29,6 +29,7 @@ KINDS = {
     "seeds2": ("monthly", ["--seeds", "2", *PLAIN]),
     "plain": ("monthly", PLAIN),
     "normal": ("monthly", ["--distribution", "normal", *PLAIN]),
+    "quantile": ("monthly", ["--distribution", "quantile", *PLAIN]),
 }
 
 

@@ -4,6 +4,8 @@ the state its stream's earlier steps leave; sampled forecasts answer quantiles (
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import threading
 
 import httpx
@@ -209,11 +211,35 @@ def test_sampled_forecasts_answer_quantiles_and_a_run_without_a_head_refuses(run
             first["quantiles"][f"{level:g}"], np.quantile(drawn, level, axis=0), rtol=RTOL
         )
     low, high = np.asarray(first["quantiles"]["0.1"]), np.asarray(first["quantiles"]["0.9"])
-    assert (low <= high).all()
-    # refusals: quantiles without samples; a run without a distribution head; bad levels
+    assert (low <= high).all() and first["quantiles_from"] == "samples"
+    # without samples: the run's calibrated quantiles, at the levels asked, in their order
+    levels = [0.975, 0.025]
+    replies, _ = asyncio.run(main(run, horizon=HORIZON, quantiles=levels))
+    calibrated = replies[0].json()
+    assert calibrated["quantiles_from"] == "calibrated" and list(calibrated["quantiles"]) == [
+        "0.975",
+        "0.025",
+    ]
+    _, y = function.forecast(state, HORIZON)
+    bands = function.interval_quantiles(state, y, levels)  # [1, H, O, Q]
+    for q, level in enumerate(levels):
+        np.testing.assert_allclose(
+            calibrated["quantiles"][f"{level:g}"], bands[0, :, :, q], rtol=RTOL
+        )
+    assert (bands[..., 0] > bands[..., 1]).all()
+    # refusals: a seed without samples; a run without a distribution head; bad levels; a run
+    # without an interval table asked for quantiles
     plain_run = runs("plain")[0]
+    bare = plain_run.parent / "plain-without-intervals"
+    if not bare.exists():
+        shutil.copytree(plain_run, bare)
+        meta = json.loads((bare / "model.json").read_text())
+        del meta["metadata"]["intervals"]
+        (bare / "model.json").write_text(json.dumps(meta))
     refusals = [
-        (run, {"horizon": 2, "quantiles": [0.5]}, "samples_required"),
+        (run, {"horizon": 2, "seed": 1}, "samples_required"),
+        (run, {"horizon": 2, "quantiles": [1.5]}, "invalid_quantiles"),
+        (bare, {"horizon": 2, "quantiles": [0.5]}, "intervals_unavailable"),
         (run, {"horizon": 2, "samples": 10, "quantiles": [1.5]}, "invalid_quantiles"),
         (run, {"horizon": 200, "samples": 10_000}, "too_many_samples"),
         (plain_run, {"horizon": 2, "samples": 10}, "sampling_unsupported"),
@@ -221,3 +247,6 @@ def test_sampled_forecasts_answer_quantiles_and_a_run_without_a_head_refuses(run
     for run_dir, request, code in refusals:
         replies, _ = asyncio.run(main(run_dir, **request))
         assert replies[0].status_code == 422 and replies[0].json()["code"] == code, code
+    # a run without a table answers the point forecast alone
+    _, plain = asyncio.run(main(bare, horizon=2))
+    assert plain.status_code == 200 and "quantiles" not in plain.json()

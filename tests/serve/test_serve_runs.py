@@ -45,7 +45,7 @@ def _assert_row(served, expected: float, where: str) -> None:
         np.testing.assert_allclose(value, expected, rtol=RTOL, err_msg=where)
 
 
-def _cli_forecast(run: Path, frame: pd.DataFrame, series: str, t: int, root: Path) -> np.ndarray:
+def _cli_forecast(run: Path, frame: pd.DataFrame, series: str, t: int, root: Path) -> pd.DataFrame:
     """``seqstate forecast RUN TABLE[:t] --horizon H`` for one series."""
     part = frame[frame["id"] == series]
     history = root / f"{series}-{t}.csv"
@@ -57,7 +57,20 @@ def _cli_forecast(run: Path, frame: pd.DataFrame, series: str, t: int, root: Pat
         args += ["--covariates", str(future)]
     out = root / f"{series}-{t}-forecast.csv"
     assert main([*args, "--out", str(out)]) == 0
-    return pd.read_csv(out)["predicted_value"].to_numpy()
+    return pd.read_csv(out)
+
+
+def _assert_forecast(answer: dict, cli: pd.DataFrame, where: str) -> None:
+    """The served forecast and its calibrated quantiles are the CLI's columns."""
+    np.testing.assert_allclose(
+        np.asarray(answer["y"])[:, 0], cli["predicted_value"], rtol=RTOL, err_msg=where
+    )
+    assert answer["quantiles_from"] == "calibrated", answer
+    assert list(answer["quantiles"]) == ["0.1", "0.9"]
+    for level, column in (("0.1", "predicted_value_q10"), ("0.9", "predicted_value_q90")):
+        served = np.asarray(answer["quantiles"][level])[:, 0]
+        np.testing.assert_allclose(served, cli[column], rtol=RTOL, err_msg=f"{where} {level}")
+    assert (cli["predicted_value_q10"] < cli["predicted_value_q90"]).all()  # not zero-width
 
 
 @pytest.mark.parametrize("kind", SERVED)
@@ -70,6 +83,7 @@ def test_every_run_serves_what_predict_and_forecast_answer(runs, kind, tmp_path)
         with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as client:
             model = client.get("/v1/model").json()
             assert model["inputs"] == (["value", "temp"] if "temp" in frame else ["value"])
+            assert model["intervals"]["levels"] == [0.1, 0.9]  # what a forecast answers
             for index, series in enumerate(expected):
                 rows, times = table_rows(frame, series)
                 stream, seq, t = f"http-{index}", 0, 0
@@ -100,9 +114,7 @@ def test_every_run_serves_what_predict_and_forecast_answer(runs, kind, tmp_path)
                         assert answer["seq"] == seq and len(answer["time"]) == HORIZON
                         assert answer["time"][0] == pd.Timestamp(times[t]).isoformat()
                         cli = _cli_forecast(run, frame, series, t, tmp_path)
-                        np.testing.assert_allclose(
-                            np.asarray(answer["y"])[:, 0], cli, rtol=RTOL, err_msg=series
-                        )
+                        _assert_forecast(answer, cli, series)
                     if index == 0 and t == forecast_at + 4:
                         server.kill()  # mid-stream: what was answered is durable
                         server.start()
@@ -127,7 +139,7 @@ def test_every_run_serves_what_predict_and_forecast_answer(runs, kind, tmp_path)
             answers = [json.loads(ws.recv(timeout=30)) for _ in range(len(rows) + 1)]
         forecasts = [a for a in answers if a.get("op") == "forecast"]
         assert len(forecasts) == 1 and forecasts[0]["seq"] == forecast_at, forecasts
-        np.testing.assert_allclose(np.asarray(forecasts[0]["y"])[:, 0], cli, rtol=RTOL)
+        _assert_forecast(forecasts[0], cli, "ws")
         steps = sorted((a for a in answers if "y" in a and "op" not in a), key=lambda a: a["seq"])
         refused = [a for a in answers if "y" not in a]
         assert [a["seq"] for a in steps] == list(range(1, len(rows) + 1)), refused[:3]
@@ -229,3 +241,51 @@ def test_onnx_runtime_equals_predict_for_every_run(runs, kind, tmp_path):
                 np.testing.assert_allclose(
                     served[b], expected[name], rtol=RTOL, err_msg=f"{kind} {name} chunk {chunk}"
                 )
+
+
+@pytest.mark.parametrize("kind", ["normal", "quantile"])
+def test_onnx_runtime_keeps_the_distribution_parameters_and_the_interval_state(
+    runs, kind, tmp_path
+):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the [onnx] extra) runs it")
+    pytest.importorskip("onnxscript", reason="onnxscript (the [onnx] extra) exports")
+    import torch
+
+    from seqstate.interop.onnx import export_run_onnx, run_onnx_names
+    from seqstate.recipe.run import Run
+
+    run, _, frame, expected = runs(kind)
+    path = export_run_onnx(run, tmp_path / "run.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    function = Run.load(run).step_function()
+    inputs, outputs = run_onnx_names(function)
+    assert outputs[-1] == "m0.distribution_parameters" and function.intervals is not None
+    series = list(expected)
+    parts = [table_rows(frame, s) for s in series]
+    x = np.asarray([rows for rows, _ in parts], dtype=np.float32)  # (B, L, 1)
+    initial = function.initial_state(series)
+    names = list(initial.transforms)
+    state = [t.numpy() for t in initial.transforms.values()]
+    state += [t.numpy() for member in initial.models for t in member.tensors()]
+    answers, parameters = [], []
+    for start in range(0, x.shape[1], 7):
+        feeds = [x[:, start : start + 7], *state]
+        result = session.run(None, dict(zip(inputs, feeds, strict=True)))
+        answers.append(result[0][..., 0])
+        parameters.append(result[-1])
+        state = result[1 : 1 + len(state)]
+    for b, name in enumerate(series):  # y: the median, what predict answers
+        np.testing.assert_allclose(np.concatenate(answers, 1)[b], expected[name], rtol=RTOL)
+    # the raw parameters of every step, against torch's step function one step at a time
+    torch_state, steps = initial, []
+    with torch.no_grad():
+        for t in range(x.shape[1]):
+            _, torch_state = function.step(torch_state, x[:, t : t + 1])
+            steps.append(torch_state.transforms["m0.parameters"].numpy())
+    np.testing.assert_allclose(
+        np.concatenate(parameters, axis=1), np.stack(steps, axis=1), rtol=1e-4, atol=1e-5
+    )
+    # the stream's MASE scale travels in the state: the calibrated quantiles agree
+    onnx_state = dict(zip(names, state[: len(names)], strict=True))
+    for key in ("interval.lag_sum", "interval.one_sum", "interval.last"):
+        np.testing.assert_allclose(onnx_state[key], torch_state.transforms[key].numpy(), rtol=1e-9)

@@ -30,6 +30,7 @@ method from that generator's normals and uniforms.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -134,7 +135,8 @@ class DistributionHead:
                 f"raw parameters must have k * O = {k} * O columns for a {self.name} head; "
                 f"received {raw.shape[-1]}"
             )
-        parts = raw.unflatten(-1, (k, raw.shape[-1] // k)).unbind(-2)  # k x [..., O]
+        # k x [..., O] (slices, not a reshape: an ONNX export keeps B and T dynamic)
+        parts = raw.split(raw.shape[-1] // k, dim=-1)
         if self.name == "negbin":
             mean = scale * functional.softplus(parts[0]) + _FLOOR
             return OutputDistribution(
@@ -366,8 +368,21 @@ def _standard_t_quantiles(df: torch.Tensor, levels: Sequence[float]) -> torch.Te
 def _interpolate(
     values: torch.Tensor, known: Sequence[float], levels: Sequence[float]
 ) -> torch.Tensor:
-    q = torch.as_tensor(levels, dtype=values.dtype, device=values.device)
-    return _interpolate_at(values, known, q.expand(*values.shape[:-1], len(levels)))
+    """:func:`_interpolate_at` at fixed ``levels``: the segments are found here, in Python,
+    so the graph is plain indexing (an ONNX export has no ``searchsorted`` of floats)."""
+    if len(known) == 1:
+        return values[..., :1].expand(*values.shape[:-1], len(levels))
+    grid = [float(k) for k in known]
+    right = [min(max(bisect.bisect_left(grid, float(q)), 1), len(grid) - 1) for q in levels]
+    left = [r - 1 for r in right]
+    weight = [
+        min(max((float(q) - grid[i]) / (grid[j] - grid[i]), 0.0), 1.0)
+        for q, i, j in zip(levels, left, right, strict=True)
+    ]
+    index = torch.tensor(left, device=values.device)
+    y0 = values.index_select(-1, index)
+    y1 = values.index_select(-1, torch.tensor(right, device=values.device))
+    return y0 + torch.tensor(weight, dtype=values.dtype, device=values.device) * (y1 - y0)
 
 
 def _interpolate_at(

@@ -92,10 +92,16 @@ class _Graph(nn.Module):
         self.model = model
 
     def forward(
-        self, x: torch.Tensor, *rest: torch.Tensor, steps: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        *rest: torch.Tensor,
+        steps: torch.Tensor | None = None,
+        raw: bool = False,
     ) -> tuple[torch.Tensor, ...]:
         """``steps [B, T]`` (only from :class:`_MemberGraph`, never a graph input): real steps,
-        like ``mask``; the state is held elsewhere (a differenced run's warm-up)."""
+        like ``mask``; the state is held elsewhere (a differenced run's warm-up). ``raw``: the
+        head's output as it is (a distribution head's raw parameters), not mapped to the
+        targets' units."""
         model, config = self.model, self.model.config
         mask: torch.Tensor | None = steps
         if config.mask_value is not None:
@@ -123,7 +129,7 @@ class _Graph(nn.Module):
         y = hidden
         for linear, act in zip(model.dense_layers, model._head_activations, strict=True):
             y = act(linear(y))
-        if config.task == "regression":
+        if config.task == "regression" and not raw:
             y = y * model.output_scale + model.output_shift
         if mask is not None:
             y = torch.where(mask[..., None], y, torch.zeros_like(y))
@@ -368,6 +374,9 @@ class _MemberGraph(nn.Module):
         super().__init__()
         self.graph = _Graph(model)
         self.state_type = model.state_type
+        #: a distribution head's raw parameters ``[B, T, k * O]`` of the last call (the run
+        #: graph outputs them beside y)
+        self.last_parameters: torch.Tensor | None = None
 
     def forward(
         self, x: torch.Tensor, state: Any, mask: torch.Tensor | None = None
@@ -376,6 +385,19 @@ class _MemberGraph(nn.Module):
         padding = [torch.ones(x.shape[:2], dtype=torch.bool)] if model.masks_input else []
         outputs = self.graph(x, *padding, *state.tensors(), steps=mask)
         return outputs[0], self.state_type(*outputs[1:])
+
+    def distribution_parameters(
+        self, x: torch.Tensor, state: Any, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Any]:
+        """:meth:`seqstate.SequenceModel.distribution_parameters`, computed by the graph."""
+        model = self.graph.model
+        padding = [torch.ones(x.shape[:2], dtype=torch.bool)] if model.masks_input else []
+        outputs = self.graph(x, *padding, *state.tensors(), steps=mask, raw=True)
+        self.last_parameters = outputs[0]
+        return outputs[0], self.state_type(*outputs[1:])
+
+    def distribution(self, raw: torch.Tensor) -> Any:
+        return self.graph.model.distribution(raw)
 
 
 def run_onnx_names(function: Any) -> tuple[list[str], list[str]]:
@@ -395,6 +417,11 @@ def run_onnx_names(function: Any) -> tuple[list[str], list[str]]:
         model = member.model
         inputs += [f"m{k}.{n}" for n in _state_names(model, "0")]
         outputs += [f"m{k}.{n}" for n in _state_names(model, "1")]
+    outputs += [
+        f"m{k}.distribution_parameters"
+        for k, member in enumerate(function.members)
+        if member.head is not None
+    ]
     return inputs, outputs
 
 
@@ -445,6 +472,9 @@ class _RunGraph(nn.Module):
         ]
         for model_state in new.models:
             tensors += list(model_state.tensors())
+        for member in self.function.members:
+            if member.head is not None:
+                tensors.append(member.model.last_parameters)
         return (y, *tensors)
 
 
@@ -468,9 +498,16 @@ def export_run_onnx(
         outputs  y     [B, T, O] float64      raw units (the members' mean); NaN during a
                                               differenced stream's first D steps
                  the new state, in the same order -> the next chunk's state inputs
+                 m<k>.distribution_parameters [B, T, P] float32   (a member with a distribution
+                                              head) its raw parameters at every step, in model
+                                              space: ``model.distribution(raw)`` maps them
 
     A stream's first state is ``Run.load(run_dir).step_function().initial_state([series])``
     (its tensors in that order): the series' statistics are bound there. B and T are dynamic.
+    A run with an interval table carries its streams' MASE scale in the state
+    (``interval.lag_sum``, ``interval.one_sum``, ``interval.last``): the calibrated quantiles
+    are arithmetic on ``y`` and those, outside the graph (docs/onnx.md). A negative binomial
+    head is refused (its median needs lgamma, which ONNX lacks).
 
     Returns:
         ``path``.
@@ -505,6 +542,14 @@ def export_run_onnx(
             )
         targets = [function.inputs.index(t) for t in function.targets]
         blend = BlendCell(weights, targets, combines=function.columns.shift == 1)
+    heads = {member.head.name for member in function.members if member.head is not None}
+    if "negbin" in heads:
+        # its median (the run's answer) sums the pmf through lgamma, which ONNX has no op for
+        raise ValueError(
+            f"run directory {str(run_dir)!r} has a negative binomial head, whose median (the "
+            "run's answer) needs lgamma, which ONNX has no operator for; serve it with "
+            "`seqstate serve`, or train with --distribution studentt|normal|quantile to export"
+        )
     inputs, outputs = run_onnx_names(function)
     template = function.initial_state([_any_series(function)] * 2)
     names = list(template.transforms)

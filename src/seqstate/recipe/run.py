@@ -125,6 +125,7 @@ class Run:
     def step_function(self) -> Any:
         """The run as one :class:`seqstate.recipe.step.RunStep` (built once)."""
         if self._step is None:
+            from seqstate.recipe.intervals import members_table
             from seqstate.recipe.step import RunStep
 
             self._step = RunStep(
@@ -132,6 +133,7 @@ class Run:
                 self.columns,
                 self.frequency,
                 selection_of(self.members),
+                members_table(self.members),
             )
         return self._step
 

@@ -55,8 +55,9 @@ class TableOutputs:
         mean: one ``[L_i, O]`` (predict) or ``[H, O]`` (forecast) array per series: the
             point forecast (the ensemble's mean, with the validation's selection applied).
         spread: the same shapes: the members' standard deviation (zeros for one model).
-        scales: one ``[O]`` array per series, the MASE scale of its history, where the run
-            has an interval table (:mod:`seqstate.recipe.intervals`); else None.
+        scales: one ``[O]`` array per series, the MASE scale of its history (NaN: it never
+            varied), where the run has an interval table (:mod:`seqstate.recipe.intervals`);
+            else None.
         intervals: the run's :class:`~seqstate.recipe.intervals.IntervalTable`, or None.
         one_step: every row of ``mean`` is one step ahead (predict), not step h of a horizon.
     """
@@ -77,8 +78,9 @@ class TableOutputs:
 
     def quantiles(self, levels: Sequence[float]) -> dict[float, list[np.ndarray]]:
         """``{level: [per series, shaped like mean]}``, non-decreasing in the level, from the
-        run's calibrated interval table around the point forecast."""
-        from seqstate.recipe.intervals import check_levels, quantiles
+        run's calibrated interval table around the point forecast
+        (:func:`seqstate.recipe.intervals.answer_quantiles`, the server's rule too)."""
+        from seqstate.recipe.intervals import answer_quantiles, check_levels
 
         wanted = check_levels(levels, "levels")
         if self.intervals is None or self.scales is None:
@@ -89,15 +91,11 @@ class TableOutputs:
             )
         result: dict[float, list[np.ndarray]] = {level: [] for level in wanted}
         for point, scale in zip(self.mean, self.scales, strict=True):
-            rows, outputs = point.shape
-            if self.one_step:  # each row its own first step: [L * O, 1]
-                flat = quantiles(
-                    point.reshape(-1, 1), np.tile(scale, rows), self.intervals, wanted
-                ).reshape(rows, outputs, len(wanted))
-            else:  # [O, H] -> [O, H, Q] -> [H, O, Q]
-                flat = quantiles(point.T, scale, self.intervals, wanted).transpose(1, 0, 2)
+            bands = answer_quantiles(
+                point[None], scale[None], self.intervals, wanted, one_step=self.one_step
+            )[0]  # [L or H, O, Q]
             for q, level in enumerate(wanted):
-                result[level].append(flat[:, :, q])
+                result[level].append(bands[:, :, q])
         return result
 
 
@@ -262,6 +260,7 @@ class RunForecaster:
                 [(m.model, m.scaling, m.calendar) for m in self.members],
                 columns,
                 selection=self.selection(),
+                intervals=self.interval_table(),
             )
         return self._steps[columns]
 
@@ -272,13 +271,15 @@ class RunForecaster:
         from seqstate.recipe.step import tables
 
         self._check_table(table)
-        answers = tables.predict_table(self.step_function(table.columns), table)
+        run_step = self.step_function(table.columns)
+        answers, state = tables.warm_up(run_step, table)
         outputs = TableOutputs(
             answers.answers, [np.asarray(o).std(axis=0) for o in answers.members]
         )
         if table.columns.shift != 1:  # the table's first step is one step ahead
             return outputs
-        return self._with_intervals(outputs, table, one_step=True)
+        # (each row gets the scale of the whole history, as the forecast from its end does)
+        return self._with_intervals(outputs, run_step, state, one_step=True)
 
     def forecast(self, table: Any, horizon: int, future: Any = None) -> np.ndarray:
         return np.stack(self.forecast_outputs(table, horizon, future).mean)
@@ -297,46 +298,42 @@ class RunForecaster:
         columns = table.columns
         covariates, times = self._future_inputs(table, horizon, future)
         self._check_table(table)
+        run_step = self.step_function(columns)
+        _, state = tables.warm_up(run_step, table)
         answers, members = tables.forecast_table(
-            self.step_function(columns),
+            run_step,
             table,
             horizon,
             times=times,
             covariates=covariates,
             on_step=None if on_step is None else (lambda done, _total: on_step(done)),
+            state=state,
         )  # (n, H, O), (K, n, H, O)
         outputs = TableOutputs(
             list(answers), [members[:, i].std(axis=0) for i in range(len(table))]
         )
-        return self._with_intervals(outputs, table)
+        return self._with_intervals(outputs, run_step, state)
 
     # -- calibrated intervals (recipe/intervals.py) around the answer ----------------------------
 
     def interval_table(self) -> Any:
         """The members' :class:`seqstate.recipe.intervals.IntervalTable` (``metadata
         ["intervals"]``, averaged over an ensemble's members), or None: no intervals."""
-        from seqstate.recipe.intervals import IntervalTable, merge_tables
+        from seqstate.recipe.intervals import members_table
 
-        entries = [m.metadata.get("intervals") for m in self.members]
-        tables = [IntervalTable.from_dict(e) for e in entries if e]
-        return merge_tables([t for t in tables if t is not None])
+        return members_table(self.members)
 
     def _with_intervals(
-        self, outputs: TableOutputs, table: Any, *, one_step: bool = False
+        self, outputs: TableOutputs, run_step: Any, state: Any, *, one_step: bool = False
     ) -> TableOutputs:
-        """``outputs`` with each series' MASE scale and the run's interval table attached."""
-        from seqstate.recipe.intervals import series_scales
-
-        intervals = self.interval_table()
-        features = list(table.columns.features)
-        if intervals is None or any(name not in features for name in table.columns.targets):
+        """``outputs`` with each series' MASE scale (kept in ``state``, after its history) and
+        the run's interval table attached."""
+        if run_step.history_scale is None:
             return outputs
-        at = [features.index(name) for name in table.columns.targets]
-        scales = [
-            series_scales([np.asarray(f[:, o], dtype=np.float64) for o in at], intervals.season)
-            for f in table.features
-        ]
-        return dataclasses.replace(outputs, scales=scales, intervals=intervals, one_step=one_step)
+        scales = run_step.history_scale.scales(state.transforms).cpu().numpy()  # [n, O]
+        return dataclasses.replace(
+            outputs, scales=list(scales), intervals=run_step.intervals, one_step=one_step
+        )
 
     def sample_paths(
         self,

@@ -3,6 +3,7 @@
     streams = RunStreams.from_run("runs/sensors")
     y = streams.step(["a", "b"], x, time=t, series=["s1", "s2"])   # x [n, F] or [n, T, F]
     times, path = streams.forecast(["a"], horizon=24)               # the state is not changed
+    times, path, bands = streams.forecast_quantiles(["a"], 24)      # + calibrated [n, H, O, Q]
     blobs = streams.export_states()                                 # id -> RunState bytes
 
 Each stream holds one row of :class:`seqstate.recipe.step.RunState`; its series is given on
@@ -121,6 +122,39 @@ class RunStreams:
         state = RunState.cat([self._states[key] for key in ids])
         stamps, y = self.function.forecast(state, horizon, covariates, times=times)
         return stamps.numpy(), y.numpy()
+
+    def forecast_quantiles(
+        self,
+        ids: Sequence[Hashable],
+        horizon: int,
+        covariates: Any = None,
+        *,
+        times: Any = None,
+        levels: Sequence[float] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(times [n, H], y [n, H, O], quantiles [n, H, O, Q])``: :meth:`forecast` and its
+        calibrated quantiles at ``levels`` (default
+        :data:`seqstate.recipe.intervals.DEFAULT_LEVELS`, in the order given), by the rule
+        ``seqstate forecast`` and the server use (:meth:`RunStep.interval_quantiles`).
+        ValueError for a run without an interval table."""
+        from seqstate.recipe.intervals import DEFAULT_LEVELS, check_levels
+
+        wanted = check_levels(DEFAULT_LEVELS if levels is None else levels, sort=False)
+        if self.function.intervals is None:
+            raise ValueError(
+                "this run has no interval table (trained before calibrated intervals, or with "
+                "--split none), so it gives point forecasts only; train it again for quantiles"
+            )
+        ids = self._check_ids(ids)
+        unknown = [key for key in ids if key not in self._states]
+        if unknown:
+            raise KeyError(f"unknown stream(s) {unknown}: step them before asking a forecast")
+        state = RunState.cat([self._states[key] for key in ids])
+        stamps, y = self.function.forecast(state, horizon, covariates, times=times)
+        bands = self.function.interval_quantiles(state, y, wanted)
+        if bands is None:  # (the run has a table: checked above)
+            raise RuntimeError("internal error: a run with an interval table gave no quantiles")
+        return stamps.numpy(), y.numpy(), bands
 
     def start(self, stream_id: Hashable) -> None:
         """Forget a stream's state and series (its next step starts it afresh)."""

@@ -430,13 +430,19 @@ class Engine:
         horizon: int,
         covariates: dict[str, list[float]] | None,
         sampling: Sampling | None = None,
+        levels: Sequence[float] | None = None,
     ) -> tuple[int, list[Any], list[list[float]], dict[float, list[list[float]]] | None]:
         """``(seq, times [H], y [H][O], quantiles {level: [H][O]} or None)``: the stream's
-        forecast from its stored state, which is not changed (nothing is written); with
-        ``sampling``, also the quantiles of that many sampled paths
-        (:meth:`RunStep.sample_forecast`). Raises ApiError when it cannot be given."""
+        forecast from its stored state, which is not changed (nothing is written). Its
+        quantiles: with ``sampling``, of that many sampled paths
+        (:meth:`RunStep.sample_forecast`); else the run's calibrated intervals at ``levels``
+        (default :data:`seqstate.recipe.intervals.DEFAULT_LEVELS`, what ``seqstate forecast``
+        writes) by :meth:`RunStep.interval_quantiles`, None for a run without an interval
+        table. Raises ApiError when it cannot be given."""
         if sampling is not None:
             self._check_sampling(sampling, horizon)
+        else:
+            levels = self._check_levels(levels)
         (record,) = self.store.get_many([stream])
         if record is not None and not record.intact(stream):
             raise ApiError(409, "state_incompatible", _incompatible(record.seq).message)
@@ -478,7 +484,33 @@ class Engine:
         quantiles = None
         if sampling is not None:
             quantiles = self._quantiles(state, horizon, future, sampling)
+        elif levels:
+            bands = self.function.interval_quantiles(state, y.cpu(), levels)
+            if bands is not None:  # [1, H, O, Q]
+                quantiles = {level: bands[0, :, :, q].tolist() for q, level in enumerate(levels)}
         return record.seq, shown, values.tolist(), quantiles
+
+    def _check_levels(self, levels: Sequence[float] | None) -> tuple[float, ...]:
+        """The calibrated quantiles' levels: ``levels`` (422 when the run has no interval
+        table or a level is outside (0, 1)), or the default ones where the run has a table."""
+        from seqstate.recipe.intervals import DEFAULT_LEVELS
+
+        if levels is None:
+            return DEFAULT_LEVELS if self.function.intervals is not None else ()
+        if self.function.intervals is None:
+            raise ApiError(
+                422,
+                "intervals_unavailable",
+                "this run has no interval table (it was trained before calibrated intervals, "
+                "or with --split none), so it answers point forecasts only: leave quantiles "
+                "out, send samples for a run with a distribution head, or train it again",
+            )
+        bad = [level for level in levels if not 0 < level < 1]
+        if bad:
+            raise ApiError(
+                422, "invalid_quantiles", f"quantiles must be levels in (0, 1); received {bad}"
+            )
+        return tuple(float(level) for level in levels)
 
     def can_sample(self) -> bool:
         """Whether the run samples paths: every member has a distribution head."""

@@ -102,8 +102,9 @@ class ForecastBody(BaseModel):
         None,
         min_length=1,
         max_length=99,
-        description="quantile levels in (0, 1) of the sampled paths (needs samples; default "
-        "[0.1, 0.5, 0.9])",
+        description="quantile levels in (0, 1): of the sampled paths with samples (default "
+        "[0.1, 0.5, 0.9]); else of the run's calibrated intervals, as seqstate forecast "
+        "--quantiles writes them (default [0.1, 0.9]; a run without an interval table: 422)",
     )
     seed: int | None = Field(
         None, ge=0, le=2**63 - 1, description="seed of the sampling: the same seed, the same paths"
@@ -123,8 +124,12 @@ class ForecastAnswer(BaseModel):
     y: list[list[float]] = Field(description="[[O], …] one row per step, raw units")
     quantiles: dict[str, list[list[float]]] | None = Field(
         None,
-        description='with samples: level (as sent, e.g. "0.1") -> [[O], …] that quantile of '
-        "the sampled paths per step, raw units",
+        description='level (as sent, e.g. "0.1") -> [[O], …] that quantile per step, raw '
+        "units: of the run's calibrated intervals (every run with an interval table), or "
+        "with samples of the sampled paths",
+    )
+    quantiles_from: Literal["calibrated", "samples"] | None = Field(
+        None, description="where the quantiles come from (absent with no quantiles)"
     )
 
 

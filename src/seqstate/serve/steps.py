@@ -165,25 +165,30 @@ async def submit(resources: Resources, step: StepRequest) -> Outcome:
 
 
 async def forecast_json(resources: Resources, stream: str, body: ForecastBody) -> bytes:
-    """``{"seq", "time", "y"}``: the stream's forecast (read only; off the event loop).
+    """``{"seq", "time", "y"}`` and, where the run has them, ``"quantiles"`` (level ->
+    ``[H][O]``) with ``"quantiles_from"``: ``"calibrated"`` (the run's interval table, what
+    ``seqstate forecast`` writes) or ``"samples"`` (sampled paths); read only, off the event
+    loop.
 
     It first waits for the stream's steps this server has already received (queued, in a
     batch or being committed): a forecast asked after a step reads the state that step leaves,
     whether or not its answer has reached the client yet."""
-    sampling = None
+    sampling, levels = None, None
     if body.samples is not None:
         sampling = Sampling(body.samples, tuple(body.quantiles or DEFAULT_QUANTILES), body.seed)
-    elif body.quantiles is not None or body.seed is not None:
+    elif body.seed is not None:
         raise ApiError(
             422,
             "samples_required",
-            'quantiles and seed describe sampled paths: send "samples" too (e.g. "samples": '
-            '200, "quantiles": [0.1, 0.5, 0.9])',
+            'seed is the seed of sampled paths: send "samples" too (e.g. "samples": 200, '
+            '"seed": 1), or leave it out for the calibrated quantiles',
         )
+    else:
+        levels = None if body.quantiles is None else tuple(body.quantiles)
     await resources.batcher.settled(stream)
     try:
         seq, times, y, quantiles = await asyncio.to_thread(
-            resources.engine.forecast, stream, body.horizon, body.covariates, sampling
+            resources.engine.forecast, stream, body.horizon, body.covariates, sampling, levels
         )
     except StoreError:
         resources.metrics.store_errors.labels("forecast").inc()
@@ -191,6 +196,7 @@ async def forecast_json(resources: Resources, stream: str, body: ForecastBody) -
     answer: dict[str, Any] = {"seq": seq, "time": times, "y": y}
     if quantiles is not None:
         answer["quantiles"] = {f"{level:g}": rows for level, rows in quantiles.items()}
+        answer["quantiles_from"] = "samples" if sampling is not None else "calibrated"
     return jsonio.dumps(answer)
 
 

@@ -35,6 +35,7 @@ from seqstate.core.state import State
 from seqstate.recipe.step import cells
 from seqstate.recipe.step.baseline_rows import lean_stream
 from seqstate.recipe.step.blend import NETWORK, Blend
+from seqstate.recipe.step.history_scale import HistoryScale
 from seqstate.recipe.step.state import RunState
 
 __all__ = ["NO_TIME", "MemberStep", "RunStep"]
@@ -568,6 +569,9 @@ class RunStep(nn.Module):
         columns: the run's table columns (:class:`seqstate.recipe.table.Columns`).
         frequency: the run's :class:`seqstate.recipe.calendar.Frequency` (forecast times), or
             None.
+        intervals: the run's :class:`seqstate.recipe.intervals.IntervalTable`, or None; with
+            it the state keeps each stream's MASE scale (:mod:`.history_scale`) and
+            :meth:`interval_quantiles` answers the calibrated quantiles.
 
     Attributes:
         inputs: the raw columns ``x`` holds, in order: the features, then the targets that
@@ -583,6 +587,7 @@ class RunStep(nn.Module):
         columns: Any,
         frequency: Any = None,
         selection: Any = None,
+        intervals: Any = None,
     ) -> None:
         super().__init__()
         if not members:
@@ -614,6 +619,14 @@ class RunStep(nn.Module):
         self.covariates: tuple[str, ...] = tuple(self._members()[0].covariate_names)
         self.selection = selection
         self.blend = self._blend(selection)
+        # (a run whose targets are not among its inputs has no history to scale by)
+        known = intervals is not None and all(t in self.inputs for t in self.targets)
+        self.intervals = intervals if known else None
+        self.history_scale = (
+            HistoryScale(intervals.season, [self.inputs.index(t) for t in self.targets])
+            if known
+            else None
+        )
         #: forecast steps between two ``on_step`` calls (a long roll-out reports steadily)
         self.progress_every = 16
         self.eval()
@@ -677,6 +690,8 @@ class RunStep(nn.Module):
             models.append(model_state)
         if self.blend is not None:
             transforms |= self.blend.initial_state(b)
+        if self.history_scale is not None:
+            transforms |= self.history_scale.initial_state(b)
         return RunState(transforms, tuple(models))
 
     # --- steps -------------------------------------------------------------------------------
@@ -754,6 +769,8 @@ class RunStep(nn.Module):
             transforms |= new
             outputs.append(y)
             models.append(model_state)
+        if self.history_scale is not None:
+            transforms |= self.history_scale.advance(state.transforms, x)
         transforms["steps"] = seen + steps
         if time is not None:
             transforms["time"] = time[:, -1]
@@ -796,6 +813,8 @@ class RunStep(nn.Module):
                 outputs.append(y)
             transforms |= new
             models.append(model_state)
+        if self.history_scale is not None:
+            transforms |= self.history_scale.advance(state.transforms, x)
         transforms["steps"] = torch.from_numpy(seen + 1)
         if stamps is not None:
             transforms["time"] = torch.from_numpy(stamps)
@@ -877,6 +896,23 @@ class RunStep(nn.Module):
             if self.blend is not None:
                 answer = self.blend.combine(network, self.blend.forecast(state.transforms, horizon))
         return ForecastOutputs(times_t, answer, members)
+
+    def interval_quantiles(
+        self, state: RunState, answer: Any, levels: Sequence[float], *, one_step: bool = False
+    ) -> np.ndarray | None:
+        """The calibrated quantiles of the streams' ``answer [B, H, O]`` (a forecast from
+        ``state``, or with ``one_step`` the answers of ``H`` steps that each predict one step
+        ahead, ``state`` after them): ``[B, H, O, Q]`` float64 raw units at ``levels``, or None
+        for a run without an interval table. The rule is
+        :func:`seqstate.recipe.intervals.answer_quantiles` with each stream's MASE scale from
+        its state, the one ``forecast``, ``predict``, :class:`RunStreams` and the server use."""
+        from seqstate.recipe.intervals import answer_quantiles
+
+        if self.history_scale is None or self.intervals is None:
+            return None
+        scales = self.history_scale.scales(state.transforms).cpu().numpy()
+        point = np.asarray(torch.as_tensor(answer).cpu(), dtype=np.float64)
+        return answer_quantiles(point, scales, self.intervals, levels, one_step=one_step)
 
     def _roll_out(
         self,
@@ -1071,6 +1107,14 @@ class RunStep(nn.Module):
                 )
             return
 
+    def _describe_intervals(self) -> dict[str, Any] | None:
+        from seqstate.recipe.intervals import DEFAULT_LEVELS
+
+        table = self.intervals
+        if table is None:
+            return None
+        return {"levels": list(DEFAULT_LEVELS), "windows": table.windows, "paths": table.paths}
+
     def describe(self) -> dict[str, Any]:
         """What a caller must send and gets back."""
         first = self._members()[0]
@@ -1086,6 +1130,8 @@ class RunStep(nn.Module):
             "members": len(self.members),
             "frequency": self.frequency.name if self.frequency is not None else None,
             "calendar": list(first.calendar.kinds),
+            # the calibrated quantiles a forecast answers by default (None: point forecasts)
+            "intervals": self._describe_intervals(),
             "transforms": [
                 {
                     "scaling": m.scaling.config.method if m.scaling is not None else "none",

@@ -191,6 +191,7 @@ def forecast_table(
     covariates: Sequence[np.ndarray] | None = None,
     batch_size: int | None = None,
     on_step: OnStep | None = None,
+    state: RunState | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Forecasts ``[n, H, O]`` (the run's answer) and the network members' ``[K, n, H, O]``,
     float64 raw units: warm up on each series of the raw ``table``, then roll out ``horizon``
@@ -200,8 +201,11 @@ def forecast_table(
         times: one ``[horizon]`` array of the forecast steps' times per series (datetime64 or
             int); default: from the run's frequency.
         covariates: one ``[horizon, K]`` array per series of :attr:`RunStep.covariates`.
+        state: the state after each series of ``table`` (:func:`warm_up`'s), when the caller
+            has it already.
     """
-    _, state = warm_up(run_step, table, batch_size=batch_size)
+    if state is None:
+        _, state = warm_up(run_step, table, batch_size=batch_size)
     stamps = None
     if times is not None:
         converted = [table_times(run_step, t) for t in times]

@@ -1,0 +1,121 @@
+"""HistoryScale: the MASE scale of each stream's history, kept as it streams.
+
+A run's calibrated intervals (:mod:`seqstate.recipe.intervals`) are its validation errors in
+units of each series' MASE scale, the mean absolute seasonal difference of the history before
+the forecast origin. A stream has no history to look back at, only its state, so the scale is
+carried like every other transform that looks at the past::
+
+    state (per stream row b, target o):
+        interval.last     [B, m, O] float64  the last m raw target values, oldest first
+        interval.lag_sum  [B, O]    float64  sum over t >= m of |v[t] - v[t - m]|
+        interval.one_sum  [B, O]    float64  sum over t >= 1 of |v[t] - v[t - 1]|
+    with n = the stream's steps (``steps``, shared by every cell):
+        scale = lag_sum / (n - m)          when n > m, unless that is 0 (seasonally flat)
+              = one_sum / (n - 1)          otherwise, when n > 1
+              = NaN                        when n <= 1 or the history never varied
+
+which is :func:`seqstate.recipe.metrics.mase_scale` of the history, step by step: chunked ==
+whole, reset == separate, and the same number whether a table is run through ``forecast`` or
+streamed step by step through the server (the sums are float64 over the float32 values the
+step function reads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["PREFIX", "HistoryScale"]
+
+PREFIX = "interval."
+
+
+def _tracing() -> bool:
+    """Traced for export or compilation: torch ops only."""
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+class HistoryScale:
+    """The running MASE scale at season ``season`` of the targets at ``target_inputs``
+    (their columns among the raw inputs ``x`` holds)."""
+
+    def __init__(self, season: int, target_inputs: Sequence[int]) -> None:
+        if int(season) < 1:
+            raise ValueError(f"season must be >= 1; received {season}")
+        self.season = int(season)
+        self.target_inputs = torch.tensor(list(target_inputs), dtype=torch.long)
+        self.target_columns = np.asarray(list(target_inputs), dtype=np.int64)
+        self.outputs = len(target_inputs)
+
+    def initial_state(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """Zero sums and an empty past for ``batch_size`` fresh streams."""
+        m, o = self.season, self.outputs
+        return {
+            f"{PREFIX}last": torch.zeros(batch_size, m, o, dtype=torch.float64),
+            f"{PREFIX}lag_sum": torch.zeros(batch_size, o, dtype=torch.float64),
+            f"{PREFIX}one_sum": torch.zeros(batch_size, o, dtype=torch.float64),
+        }
+
+    def advance(
+        self, transforms: Mapping[str, torch.Tensor], x: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The state after the steps ``x [B, T, F_raw]`` (``transforms["steps"]``: the steps
+        before them)."""
+        if x.device.type != "cpu" or _tracing():
+            return self.advance_graph(transforms, x)
+        # the same arithmetic in NumPy: a served step's few small arrays cost a third of the
+        # torch ops' dispatch (tested equal to advance_graph)
+        m, steps = self.season, x.shape[1]
+        values = x.numpy()[:, :, self.target_columns].astype(np.float64)  # [B, T, O]
+        full = np.concatenate([transforms[f"{PREFIX}last"].numpy(), values], axis=1)
+        seasonal = np.abs(values - full[:, :steps])
+        one = np.abs(values - full[:, m - 1 : m - 1 + steps])
+        before = transforms["steps"].numpy()  # [B]
+        if before.min(initial=m) < m:  # some row's first steps have no past at a lag
+            seen = (before[:, None] + np.arange(steps))[..., None]  # [B, T, 1]
+            seasonal = np.where(seen >= m, seasonal, 0.0)
+            one = np.where(seen >= 1, one, 0.0)
+        lag_sum = transforms[f"{PREFIX}lag_sum"].numpy() + seasonal.sum(axis=1)
+        one_sum = transforms[f"{PREFIX}one_sum"].numpy() + one.sum(axis=1)
+        return {
+            f"{PREFIX}last": torch.from_numpy(np.ascontiguousarray(full[:, steps:])),
+            f"{PREFIX}lag_sum": torch.from_numpy(lag_sum),
+            f"{PREFIX}one_sum": torch.from_numpy(one_sum),
+        }
+
+    def advance_graph(
+        self, transforms: Mapping[str, torch.Tensor], x: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`advance` in torch ops, data-independent (traced for export; any device)."""
+        m, steps = self.season, x.shape[1]
+        values = x.index_select(2, self.target_inputs.to(x.device)).to(torch.float64)
+        last = transforms[f"{PREFIX}last"]
+        full = torch.cat([last, values], dim=1)  # [B, m + T, O]: full[:, m + j] is step j
+        seen = transforms["steps"][:, None] + torch.arange(steps, device=x.device)  # [B, T]
+        seasonal = (values - full[:, :steps]).abs()  # step j minus the step m earlier
+        one = (values - full[:, m - 1 : m - 1 + steps]).abs()  # minus the step before
+        zero = torch.zeros((), dtype=torch.float64, device=x.device)
+        lag_sum = transforms[f"{PREFIX}lag_sum"] + torch.where(
+            (seen >= m)[..., None], seasonal, zero
+        ).sum(dim=1)
+        one_sum = transforms[f"{PREFIX}one_sum"] + torch.where(
+            (seen >= 1)[..., None], one, zero
+        ).sum(dim=1)
+        return {
+            f"{PREFIX}last": full[:, steps:],
+            f"{PREFIX}lag_sum": lag_sum,
+            f"{PREFIX}one_sum": one_sum,
+        }
+
+    def scales(self, transforms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, O]`` float64: each stream's MASE scale per target (NaN: no variation yet)."""
+        n = transforms["steps"].to(torch.float64)[:, None]  # [B, 1]
+        m = self.season
+        nan = torch.full((), float("nan"), dtype=torch.float64)
+        seasonal = transforms[f"{PREFIX}lag_sum"] / (n - m).clamp(min=1)
+        one = transforms[f"{PREFIX}one_sum"] / (n - 1).clamp(min=1)
+        one = torch.where(n > 1, one, nan)
+        scale = torch.where((n > m) & (seasonal > 0), seasonal, one)
+        return torch.where(scale > 0, scale, nan)
