@@ -31,7 +31,15 @@ from seqstate.recipe.calendar import (
 from seqstate.recipe.evaluation import backtest, evaluate_forecaster, infer_season
 from seqstate.recipe.metrics import seasonal_naive, series_metrics
 from seqstate.recipe.run_forecaster import load_forecaster
-from seqstate.recipe.selection import Selection, merge_selections
+from seqstate.recipe.selection import (
+    MARGIN,
+    TOLERANCE,
+    Evidence,
+    Selection,
+    candidate_weights,
+    choose,
+    merge_selections,
+)
 from seqstate.recipe.sources import read_table
 
 # ------------------------------------------------------------------------------------------
@@ -357,6 +365,61 @@ def test_members_selections_average_their_weights():
     assert merged is not None and merged.weights == {"network": 0.5, "seasonal_naive_12": 0.5}
     assert merge_selections([]) is None
     assert Selection.from_dict(merged.to_dict()) == merged
+
+
+def evidence_of(scores, wins):
+    """Evidence against seasonal naive (score 1.0) from label -> score and label -> wins."""
+    return {
+        label: Evidence(score, score / 1.0, wins.get(label, 0.5)) for label, score in scores.items()
+    }
+
+
+def test_the_choice_keeps_seasonal_naive_unless_a_candidate_beats_it_clearly():
+    candidates = candidate_weights((12,))
+    naive = "seasonal_naive_12"
+    # better on the mean, but by less than the margin: seasonal naive stays
+    close = 1.0 - MARGIN / 2
+    chosen, why = choose(
+        evidence_of({naive: 1.0, "network": close}, {"network": 1.0}), candidates, naive
+    )
+    assert chosen == naive and "nothing beat" in why
+    # far better on the mean, but on fewer than half the windows (one lucky window)
+    chosen, _ = choose(
+        evidence_of({naive: 1.0, "network": 0.6}, {"network": 0.4}), candidates, naive
+    )
+    assert chosen == naive
+    # clearly better on both: chosen
+    chosen, why = choose(
+        evidence_of({naive: 1.0, "network": 0.6}, {"network": 0.8}), candidates, naive
+    )
+    assert chosen == "network" and "by 40%" in why and "80%" in why
+
+
+def test_the_choice_prefers_the_combination_the_evidence_cannot_tell_from_the_best():
+    candidates = candidate_weights((12,))
+    naive = "seasonal_naive_12"
+    four = "network+seasonal_naive_12+ets_12+theta_12"
+    assert candidates[four] == {n: 0.25 for n in ("network", naive, "ets_12", "theta_12")}
+    wins = {"network": 0.9, four: 0.9, "ets_12": 0.9}
+    inside = 0.8 * (1 + TOLERANCE / 2)
+    scores = {naive: 1.0, "network": 0.8, four: inside, "ets_12": 0.85}
+    chosen, why = choose(evidence_of(scores, wins), candidates, naive)
+    assert chosen == four and "more members" in why
+    # outside the tolerance the best alone wins
+    scores[four] = 0.8 * (1 + 2 * TOLERANCE)
+    chosen, _ = choose(evidence_of(scores, wins), candidates, naive)
+    assert chosen == "network"
+
+
+def test_the_candidates_of_two_seasons_combine_the_chosen_seasonal_naive():
+    candidates = candidate_weights((48, 336), naive=336)
+    assert "seasonal_naive_48" in candidates and "seasonal_naive_336" in candidates
+    assert candidates["seasonal_naive_336+ets_48+theta_48"] == {
+        "seasonal_naive_336": 1 / 3,
+        "ets_48": 1 / 3,
+        "theta_48": 1 / 3,
+    }
+    assert all(abs(sum(w.values()) - 1.0) < 1e-12 for w in candidates.values())
 
 
 def test_an_ensemble_reports_the_spread_of_its_members_validation_mase(tmp_path, capsys):
