@@ -9,6 +9,11 @@ at the calendar's main season) and sMAPE (%). Rank: by MASE within the data set.
 a method's MASE over seasonal naive's on the same data set; its mean over the set is the
 headline.
 
+Two groups, reported apart: the development set (``DATASETS``: measured while seqstate's
+defaults and its validation rule were developed) and the held-out set (``HELD_OUT``: run only
+once the rule was frozen, so its figures say how the defaults do on data they were not
+chosen on).
+
 Methods: seasonal naive; statsforecast AutoETS and AutoARIMA (season from the calendar; MSTL
 with AutoETS trend for data with two seasons, where AutoETS/AutoARIMA would need seasons
 above 24); NeuralForecast's LSTM and GluonTS's DeepAR with their defaults except the training

@@ -19,6 +19,7 @@ from seqstate.recipe.baselines import (
     baseline_forecasts,
     baseline_predictions,
     baseline_stream,
+    origin_forecasts,
 )
 from seqstate.recipe.run_forecaster import RunForecaster, forecast_table, predict_table
 from seqstate.recipe.scaling import ScalingConfig
@@ -238,6 +239,21 @@ def test_a_baseline_stream_keeps_its_rows_apart(lengths, name, seed):
         for t in range(steps):
             expected = plain(name, history[: offset + t + 1], 1)[0]
             np.testing.assert_allclose(predicted[row, t], expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["seasonal_naive_4", "ets_4", "theta_4"])
+def test_forecasts_from_several_origins_in_one_pass_equal_each_history_cut(name):
+    """Validation's rolling origins: one pass of the stream forecasts from every origin of
+    every series as each history cut at that origin does."""
+    rng = np.random.default_rng(3)
+    histories = [10 + rng.normal(size=n).cumsum() for n in (30, 17, 24)]
+    origins = [[12, 20, 26], [5, 17], [24]]
+    steps = [4, 6, 3]
+    got = origin_forecasts(name, histories, origins, steps)
+    for i, history in enumerate(histories):
+        for k, origin in enumerate(origins[i]):
+            want = baseline_forecasts(name, [history[:origin]], steps[i])[0]
+            np.testing.assert_allclose(got[i][k], want, rtol=1e-9, atol=1e-9)
 
 
 def test_every_registered_kind_is_a_stream():

@@ -51,6 +51,7 @@ __all__ = [
     "baseline_predictions",
     "baseline_stream",
     "fit_damped_ets",
+    "origin_forecasts",
 ]
 
 #: The smoothing coefficients :class:`ThetaStream` chooses from (its SES of the adjusted data).
@@ -676,6 +677,47 @@ def _stepped(name: str, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, St
             finals[field][ended] = state[field][ended]
         begin = end
     return predictions, finals
+
+
+def origin_forecasts(
+    name: str,
+    histories: Sequence[np.ndarray],
+    origins: Sequence[Sequence[int]],
+    steps: Sequence[int],
+) -> list[list[np.ndarray]]:
+    """Baseline ``name``'s forecasts from several origins of each history in one pass of its
+    stream (what validation on rolling origins needs; a pass per origin would repeat the
+    history each time).
+
+    Args:
+        histories: one ``[L_i]`` array of real values per series.
+        origins: per series, the origins (``1 <= o <= L_i``: forecast after values 0..o-1).
+        steps: per series, the horizon of its forecasts.
+
+    Returns:
+        ``out[i][k]``: the ``[steps[i]]`` forecast from ``origins[i][k]``, equal to
+        ``baseline_forecasts(name, [histories[i][:origins[i][k]]], steps[i])[0]``.
+    """
+    stream = baseline_stream(name)
+    count = len(histories)
+    longest = max((len(h) for h in histories), default=0)
+    values = np.zeros((count, longest))
+    for row, history in enumerate(histories):
+        h = np.asarray(history, dtype=np.float64)
+        if len(h):  # (rows are padded after their end; no origin reads the padding)
+            values[row] = np.concatenate([h, np.repeat(h[-1:], longest - len(h))])
+    out: list[list[np.ndarray]] = [[np.empty(0)] * len(o) for o in origins]
+    state = stream.initial_state(count)
+    begin = 0
+    for stop in sorted({int(o) for row in origins for o in row}):
+        if stop > begin:
+            _, state = stream.step(state, values[:, begin:stop])
+            begin = stop
+        rows = [i for i in range(count) if stop in origins[i]]
+        paths = stream.forecast(state, max(int(steps[i]) for i in rows))
+        for i in rows:
+            out[i][list(origins[i]).index(stop)] = paths[i, : int(steps[i])]
+    return out
 
 
 def baseline_forecasts(name: str, histories: Sequence[np.ndarray], horizon: int) -> np.ndarray:

@@ -33,7 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from seqstate.recipe.baselines import baseline_forecasts, baseline_predictions, describe
+from seqstate.recipe.baselines import (
+    baseline_forecasts,
+    baseline_predictions,
+    describe,
+    origin_forecasts,
+)
 from seqstate.recipe.metrics import series_metrics
 
 __all__ = [
@@ -317,36 +322,41 @@ def validate_selection(
         windows[i] = [last - j * stride for j in range(count - 1, -1, -1)]
     if not windows:
         return None
-    members = [
-        NETWORK,
-        *sorted({n for w in candidate_weights(seasons).values() for n in w} - {NETWORK}),
-    ]
+    members = sorted({n for w in candidate_weights(seasons).values() for n in w} - {NETWORK})
     most = max(len(w) for w in windows.values())
+    keys = sorted(windows)
     # paths[i][j][name]: member name's [H_i, O] forecast of series i's window j; actual[i][j]
-    paths: dict[int, list[dict[str, np.ndarray]]] = {i: [] for i in windows}
-    actuals: dict[int, list[np.ndarray]] = {i: [] for i in windows}
+    paths: dict[int, list[dict[str, np.ndarray]]] = {i: [{} for _ in windows[i]] for i in keys}
+    actuals = {i: [table.targets[i][o : o + steps[i]] for o in windows[i]] for i in keys}
+    # The baselines: one pass of each stream over every series, forecasting at each origin.
+    features = list(table.columns.features)
+    columns = [features.index(name) for name in table.columns.targets]
+    for name in members:
+        per_target = [
+            origin_forecasts(
+                name,
+                [np.asarray(table.features[i][:, at], dtype=np.float64) for i in keys],
+                [windows[i] for i in keys],
+                [steps[i] for i in keys],
+            )
+            for at in columns
+        ]
+        for k, i in enumerate(keys):
+            for j in range(len(windows[i])):
+                paths[i][j][name] = np.stack([target[k][j] for target in per_target], axis=-1)
+    # The network: series whose window j has the same length run as one batch.
     for j in range(most):
-        chosen = [i for i in windows if j < len(windows[i])]
+        chosen = [i for i in keys if j < len(windows[i])]
         origins = [0] * len(table)
         for i in chosen:
             origins[i] = windows[i][j]
-        # Series whose window j has the same length run as one batch.
         by_length: dict[int, list[int]] = {}
         for i in chosen:
             by_length.setdefault(steps[i], []).append(i)
         for length, group in by_length.items():
             network = horizon_forecasts(forecaster, table, group, origins, length, feed)
-            history = table.select(group).slice_steps(0, [origins[i] for i in group])
-            forecasts = {
-                name: _per_target(history, lambda h, n=name, s=length: baseline_forecasts(n, h, s))
-                for name in members
-                if name != NETWORK
-            }
-            for position, i in enumerate(group):
-                window = {name: forecasts[name][position] for name in forecasts}
-                window[NETWORK] = np.asarray(network[i])
-                paths[i].append(window)
-                actuals[i].append(table.targets[i][origins[i] : origins[i] + length])
+            for i in group:
+                paths[i][j][NETWORK] = np.asarray(network[i])
 
     def errors(weights: dict[str, float]) -> dict[int, list[float]]:
         """Series -> its windows' MASE (mean over targets) of the combination ``weights``."""
