@@ -367,48 +367,52 @@ def test_members_selections_average_their_weights():
     assert Selection.from_dict(merged.to_dict()) == merged
 
 
-def evidence_of(scores, wins):
-    """Evidence against seasonal naive (score 1.0) from label -> score and label -> wins."""
-    return {
-        label: Evidence(score, score / 1.0, wins.get(label, 0.5)) for label, score in scores.items()
-    }
+def evidence_of(units):
+    """label -> Evidence from label -> its MASE on each (series, window) pair (one series)."""
+    return {label: Evidence(float(np.mean(u)), tuple(u)) for label, u in units.items()}
+
+
+NAIVE = "seasonal_naive_12"
 
 
 def test_the_choice_keeps_seasonal_naive_unless_a_candidate_beats_it_clearly():
     candidates = candidate_weights((12,))
-    naive = "seasonal_naive_12"
-    # better on the mean, but by less than the margin: seasonal naive stays
-    close = 1.0 - MARGIN / 2
-    chosen, why = choose(
-        evidence_of({naive: 1.0, "network": close}, {"network": 1.0}), candidates, naive
-    )
-    assert chosen == naive and "nothing beat" in why
-    # far better on the mean, but on fewer than half the windows (one lucky window)
-    chosen, _ = choose(
-        evidence_of({naive: 1.0, "network": 0.6}, {"network": 0.4}), candidates, naive
-    )
-    assert chosen == naive
+    units = {NAIVE: [1.0] * 4}
+    # better on every window, but by less than the margin on the mean: seasonal naive stays
+    units["network"] = [1.0 - MARGIN / 2] * 4
+    chosen, why = choose(evidence_of(units), candidates, NAIVE)
+    assert chosen == NAIVE and "nothing beat" in why
+    # far better on the mean from two lucky windows, but not on most: seasonal naive stays
+    units["network"] = [0.2, 0.2, 1.1, 1.1]
+    assert choose(evidence_of(units), candidates, NAIVE)[0] == NAIVE
     # clearly better on both: chosen
-    chosen, why = choose(
-        evidence_of({naive: 1.0, "network": 0.6}, {"network": 0.8}), candidates, naive
-    )
-    assert chosen == "network" and "by 40%" in why and "80%" in why
+    units["network"] = [0.6, 0.6, 0.6, 0.6]
+    chosen, why = choose(evidence_of(units), candidates, NAIVE)
+    assert chosen == "network" and "by 40%" in why and "100%" in why
+
+
+def test_the_network_must_also_beat_the_best_statistical_candidate_clearly():
+    candidates = candidate_weights((12,))
+    units = {NAIVE: [1.0] * 4, "ets_12": [0.8] * 4, "network": [0.78] * 4}
+    # the network beats seasonal naive clearly, but damped ETS by under the margin
+    chosen, why = choose(evidence_of(units), candidates, NAIVE)
+    assert chosen == "ets_12" and "no candidate with the network" in why
+    units["network"] = [0.5] * 4
+    chosen, why = choose(evidence_of(units), candidates, NAIVE)
+    assert chosen == "network" and "best statistical candidate (ets_12 0.800)" in why
 
 
 def test_the_choice_prefers_the_combination_the_evidence_cannot_tell_from_the_best():
     candidates = candidate_weights((12,))
-    naive = "seasonal_naive_12"
     four = "network+seasonal_naive_12+ets_12+theta_12"
-    assert candidates[four] == {n: 0.25 for n in ("network", naive, "ets_12", "theta_12")}
-    wins = {"network": 0.9, four: 0.9, "ets_12": 0.9}
-    inside = 0.8 * (1 + TOLERANCE / 2)
-    scores = {naive: 1.0, "network": 0.8, four: inside, "ets_12": 0.85}
-    chosen, why = choose(evidence_of(scores, wins), candidates, naive)
+    assert candidates[four] == {n: 0.25 for n in ("network", NAIVE, "ets_12", "theta_12")}
+    inside = 0.5 * (1 + TOLERANCE / 2)
+    units = {NAIVE: [1.0] * 4, "ets_12": [0.9] * 4, "network": [0.5] * 4, four: [inside] * 4}
+    chosen, why = choose(evidence_of(units), candidates, NAIVE)
     assert chosen == four and "more members" in why
     # outside the tolerance the best alone wins
-    scores[four] = 0.8 * (1 + 2 * TOLERANCE)
-    chosen, _ = choose(evidence_of(scores, wins), candidates, naive)
-    assert chosen == "network"
+    units[four] = [0.5 * (1 + 2 * TOLERANCE)] * 4
+    assert choose(evidence_of(units), candidates, NAIVE)[0] == "network"
 
 
 def test_the_candidates_of_two_seasons_combine_the_chosen_seasonal_naive():

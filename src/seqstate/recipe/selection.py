@@ -16,9 +16,9 @@ alone. ``train`` therefore scores, on rolling origins at the end of every valida
 
 MASE (scaled by the in-sample seasonal naive before c_i) is averaged over windows and targets
 per series, then over series. The choice (:func:`choose`) shrinks toward the safe answer:
-seasonal naive unless a candidate beats it clearly (by a margin on the mean and on at least
-half the windows), and among candidates the evidence cannot tell apart, the combination with
-the most members. Its weights are stored in the run (``metadata["selection"]``) and the run's
+seasonal naive unless a candidate beats it clearly (by a margin on the mean and on most
+windows); a candidate with the network must also beat the best statistical candidate so; and
+among candidates the evidence cannot tell apart, the combination with the most members. Its weights are stored in the run (``metadata["selection"]``) and the run's
 step function applies them in ``predict``, ``forecast``, ``evaluate``, ``backtest`` and
 serving: the baselines run as streams on the context each call gets (their coefficients
 chosen on that context), the network as trained.
@@ -231,51 +231,92 @@ def candidate_weights(
 
 @dataclasses.dataclass(frozen=True)
 class Evidence:
-    """One candidate against the reference (seasonal naive at the main season) on the same
-    windows: ``score`` its mean MASE, ``ratio`` score / the reference's, ``wins`` the share of
-    (series, window) pairs where its MASE is lower (ties count half)."""
+    """One candidate on the validation windows: ``score`` its mean MASE (over series, of each
+    series' mean over its windows) and ``units`` its MASE on each (series, window) pair, in
+    the same order for every candidate (NaN where it could not be scored)."""
 
     score: float
-    ratio: float
-    wins: float
+    units: tuple[float, ...]
+
+    def wins(self, other: Evidence) -> float:
+        """The share of the pairs where this MASE is lower than ``other``'s (ties: half)."""
+        pairs = [
+            (a, b)
+            for a, b in zip(self.units, other.units, strict=True)
+            if math.isfinite(a) and math.isfinite(b)
+        ]
+        if not pairs:
+            return 0.5
+        return float(np.mean([1.0 if a < b else 0.5 if a == b else 0.0 for a, b in pairs]))
+
+    def beats(self, other: Evidence) -> bool:
+        """Clearly better: by :data:`MARGIN` on the mean and on more than half the pairs."""
+        return self.score <= (1.0 - MARGIN) * other.score and self.wins(other) > 0.5
+
+
+def _pick(group: dict[str, Evidence], candidates: dict[str, dict[str, float]]) -> str:
+    """Among ``group``, those within :data:`TOLERANCE` of the best mean cannot be told apart:
+    the one with the most members (a combination hedges its members' errors), then the
+    lower mean."""
+    best = min(e.score for e in group.values())
+    near = [label for label, e in group.items() if e.score <= best * (1.0 + TOLERANCE)]
+    return min(near, key=lambda k: (-len(candidates[k]), group[k].score, k))
 
 
 def choose(
     evidence: dict[str, Evidence], candidates: dict[str, dict[str, float]], reference: str
 ) -> tuple[str, str]:
     """(the chosen label, why), by a rule that prefers the safe choice unless the evidence is
-    clear:
+    clear (:meth:`Evidence.beats`: by :data:`MARGIN` on the mean and on more than half the
+    (series, window) pairs):
 
-    1. a candidate other than ``reference`` is eligible only if it beats it by
-       :data:`MARGIN` on the mean and on at least half the (series, window) pairs;
-    2. among the eligible (the reference always is), those within :data:`TOLERANCE` of the
-       best mean are indistinguishable on this evidence: the one with the most members (a
-       combination hedges the others' errors) wins, then the lower mean.
+    1. the statistical candidates (no network) that beat ``reference`` (seasonal naive), and
+       the reference itself, are eligible; :func:`_pick` chooses among them;
+    2. a candidate with the network must beat the reference *and* the best eligible
+       statistical candidate: the network validated is trained without the validation rows,
+       the one served is refit on every row, and a neural fit varies more from seed to seed
+       and from fit to refit than a statistical one, so its edge must be clear twice;
+       :func:`_pick` chooses among those that do.
     """
     base = evidence[reference]
-    eligible = {
+    stats = {
         label: e
         for label, e in evidence.items()
-        if label == reference or (e.ratio <= 1.0 - MARGIN and e.wins >= 0.5)
+        if NETWORK not in candidates[label] and (label == reference or e.beats(base))
     }
-    best = min(e.score for e in eligible.values())
-    near = [label for label, e in eligible.items() if e.score <= best * (1.0 + TOLERANCE)]
-    chosen = min(near, key=lambda k: (-len(candidates[k]), eligible[k].score, k))
-    if chosen == reference:
-        return chosen, (
-            f"nothing beat {_label(reference)} by {MARGIN:.0%} on the mean and on at least half "
-            "the windows"
-        )
+    top = min(stats, key=lambda k: (stats[k].score, k != reference))
+    networks = {
+        label: e
+        for label, e in evidence.items()
+        if NETWORK in candidates[label] and e.beats(base) and e.beats(stats[top])
+    }
+    group = networks or stats
+    chosen = _pick(group, candidates)
     e = evidence[chosen]
-    why = (
-        f"beat {_label(reference)} {base.score:.3f} by {1 - e.ratio:.0%} on the mean and on "
-        f"{e.wins:.0%} of the windows"
-    )
-    top = min(eligible, key=lambda k: eligible[k].score)
-    if top != chosen:
+    if chosen == reference:
+        why = f"nothing beat {_label(reference)} by {MARGIN:.0%} on the mean and on most windows"
+    else:
+        why = (
+            f"beat {_label(reference)} {base.score:.3f} by {1 - e.score / base.score:.0%} on the "
+            f"mean and on {e.wins(base):.0%} of the windows"
+        )
+    if networks and top != reference:
         why += (
-            f"; within {TOLERANCE:.0%} of the best ({top} {eligible[top].score:.3f}), the "
-            "combination with more members is preferred"
+            f", and the best statistical candidate ({top} {stats[top].score:.3f}) on "
+            f"{e.wins(stats[top]):.0%}"
+        )
+    elif not networks and any(
+        NETWORK in candidates[k] and v.beats(base) for k, v in evidence.items()
+    ):
+        why += (
+            f"; no candidate with the network beat the best statistical one ({top}) by "
+            f"{MARGIN:.0%} on the mean and on most windows"
+        )
+    best = min(group, key=lambda k: group[k].score)
+    if best != chosen:
+        why += (
+            f"; within {TOLERANCE:.0%} of {best} {group[best].score:.3f}, the combination with "
+            "more members is preferred"
         )
     return chosen, why
 
@@ -393,15 +434,8 @@ def validate_selection(
     for label, values in per_series.items():
         if not math.isfinite(means[label]):
             continue
-        pairs = [
-            (a, b)
-            for i in values
-            for a, b in zip(values[i], per_series[reference][i], strict=True)
-            if math.isfinite(a) and math.isfinite(b)
-        ]
-        wins = float(np.mean([1.0 if a < b else 0.5 if a == b else 0.0 for a, b in pairs]))
-        ratio = means[label] / means[reference] if means[reference] > 0 else 1.0
-        evidence[label] = Evidence(means[label], ratio, wins)
+        units = tuple(v for i in keys for v in values.get(i, [math.nan] * len(windows[i])))
+        evidence[label] = Evidence(means[label], units)
     best, why = choose(evidence, candidates, reference)
     return Selection(
         weights=dict(candidates[best]),
