@@ -18,7 +18,8 @@ MASE (scaled by the in-sample seasonal naive before c_i) is averaged over window
 per series, then over series. The choice (:func:`choose`) shrinks toward the safe answer:
 seasonal naive unless a candidate beats it clearly (by a margin on the mean and on most
 windows); a candidate with the network must also beat the best statistical candidate so; and
-among candidates the evidence cannot tell apart, the combination with the most members. Its weights are stored in the run (``metadata["selection"]``) and the run's
+among candidates the evidence cannot tell apart, the combination with the most members. Its
+weights are stored in the run (``metadata["selection"]``) and the run's
 step function applies them in ``predict``, ``forecast``, ``evaluate``, ``backtest`` and
 serving: the baselines run as streams on the context each call gets (their coefficients
 chosen on that context), the network as trained.
