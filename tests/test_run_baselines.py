@@ -19,6 +19,7 @@ from seqstate.recipe.baselines import (
     baseline_forecasts,
     baseline_predictions,
     baseline_stream,
+    origin_forecasts,
 )
 from seqstate.recipe.run_forecaster import RunForecaster, forecast_table, predict_table
 from seqstate.recipe.scaling import ScalingConfig
@@ -108,15 +109,85 @@ def plain_naive(values, m, horizon):
     return np.full(horizon, values[-1])
 
 
+THETA_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
+
+
+def plain_indices(values, m):
+    """Additive seasonal indices from scratch: per slot, the mean of the value less its
+    centred moving average (2 x m for even m), less the mean over the slots seen."""
+    if m == 1:
+        return [0.0]
+    sums, counts = [0.0] * m, [0] * m
+    span = m + 1 if m % 2 == 0 else m
+    for end in range(span, len(values) + 1):
+        w = values[end - span : end]
+        if m % 2 == 0:
+            average, centre = (0.5 * w[0] + sum(w[1:-1]) + 0.5 * w[-1]) / m, m // 2
+        else:
+            average, centre = sum(w) / m, (m - 1) // 2
+        slot = (end - span + centre) % m
+        sums[slot] += w[centre] - average
+        counts[slot] += 1
+    raw = [sums[k] / counts[k] if counts[k] else 0.0 for k in range(m)]
+    seen = [k for k in range(m) if counts[k]]
+    centre = sum(raw[k] for k in seen) / max(len(seen), 1)
+    return [raw[k] - centre if counts[k] else 0.0 for k in range(m)]
+
+
+def plain_ses(adjusted, alpha):
+    level = adjusted[0]
+    for a in adjusted[1:]:
+        level = alpha * a + (1 - alpha) * level
+    return level
+
+
+def plain_theta(values, m, horizon):
+    """Theta recomputed from scratch at every step (the docstring of ThetaStream): alpha by
+    the mean squared one-step SES error from step m on, each with the indices of the values
+    before it; then SES + half the least-squares slope of the adjusted series + the index."""
+    values = [float(v) for v in values]
+    n = len(values)
+    best = None
+    for alpha in THETA_ALPHAS:
+        squared, counted = 0.0, 0
+        for t in range(max(m, 1), n):
+            s = plain_indices(values[:t], m)
+            level = plain_ses([values[i] - s[i % m] for i in range(t)], alpha)
+            squared += (values[t] - s[t % m] - level) ** 2
+            counted += 1
+        score = squared / max(counted, 1)
+        if best is None or score < best[0]:
+            best = (score, alpha)
+    alpha = best[1]
+    s = plain_indices(values, m)
+    adjusted = [values[i] - s[i % m] for i in range(n)]
+    level = plain_ses(adjusted, alpha)
+    slope = np.polyfit(np.arange(n), adjusted, 1)[0] if n >= 2 else 0.0
+    return np.array(
+        [
+            level
+            + slope / 2 * ((h - 1) + 1 / alpha - (1 - alpha) ** n / alpha)
+            + s[(n - 1 + h) % m]
+            for h in range(1, horizon + 1)
+        ]
+    )
+
+
 def plain(name, values, horizon):
     kind, _, season = name.rpartition("_")
-    return (plain_ets if kind == "ets" else plain_naive)(values, int(season), horizon)
+    reference = {"ets": plain_ets, "theta": plain_theta, "seasonal_naive": plain_naive}[kind]
+    return reference(values, int(season), horizon)
 
 
 @settings(max_examples=30, deadline=None)
 @given(
     length=st.integers(1, 30),
-    name=st.sampled_from(["ets_1", "ets_3", "ets_4", "seasonal_naive_1", "seasonal_naive_5"]),
+    name=st.sampled_from(
+        [
+            *("ets_1", "ets_3", "ets_4", "seasonal_naive_1", "seasonal_naive_5"),
+            *("theta_1", "theta_3", "theta_4"),
+        ]
+    ),
     chunks=st.lists(st.integers(1, 7), min_size=1, max_size=5),
     seed=st.integers(0, 2**16),
 )
@@ -144,7 +215,7 @@ def test_a_baseline_stream_equals_the_plain_reference_in_any_chunking(length, na
 @settings(max_examples=15, deadline=None)
 @given(
     lengths=st.lists(st.integers(1, 25), min_size=2, max_size=4),
-    name=st.sampled_from(["ets_3", "seasonal_naive_4"]),
+    name=st.sampled_from(["ets_3", "seasonal_naive_4", "theta_4"]),
     seed=st.integers(0, 2**16),
 )
 def test_a_baseline_stream_keeps_its_rows_apart(lengths, name, seed):
@@ -168,6 +239,21 @@ def test_a_baseline_stream_keeps_its_rows_apart(lengths, name, seed):
         for t in range(steps):
             expected = plain(name, history[: offset + t + 1], 1)[0]
             np.testing.assert_allclose(predicted[row, t], expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["seasonal_naive_4", "ets_4", "theta_4"])
+def test_forecasts_from_several_origins_in_one_pass_equal_each_history_cut(name):
+    """Validation's rolling origins: one pass of the stream forecasts from every origin of
+    every series as each history cut at that origin does."""
+    rng = np.random.default_rng(3)
+    histories = [10 + rng.normal(size=n).cumsum() for n in (30, 17, 24)]
+    origins = [[12, 20, 26], [5, 17], [24]]
+    steps = [4, 6, 3]
+    got = origin_forecasts(name, histories, origins, steps)
+    for i, history in enumerate(histories):
+        for k, origin in enumerate(origins[i]):
+            want = baseline_forecasts(name, [history[:origin]], steps[i])[0]
+            np.testing.assert_allclose(got[i][k], want, rtol=1e-9, atol=1e-9)
 
 
 def test_every_registered_kind_is_a_stream():
@@ -208,7 +294,14 @@ RUNS = {
         ScalingConfig(season=12),
         ("month",),
         1,
-        {"network": 1 / 3, "ets_12": 1 / 3, "seasonal_naive_12": 1 / 3},
+        {"network": 0.25, "seasonal_naive_12": 0.25, "ets_12": 0.25, "theta_12": 0.25},
+    ),
+    "statistics only": (
+        monthly_table,
+        ScalingConfig(season=12),
+        (),
+        1,
+        {"seasonal_naive_12": 1 / 3, "ets_12": 1 / 3, "theta_12": 1 / 3},
     ),
     "seeds 2": (monthly_table, ScalingConfig(), ("month",), 2, {"network": 0.5, "ets_12": 0.5}),
     "difference": (

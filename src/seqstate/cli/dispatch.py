@@ -340,8 +340,9 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument(
         "--select",
         choices=("auto", "network"),
-        help="auto (default): score the network against seasonal naive and damped ETS on the "
-        "last validation windows and answer with the best or a blend; network: the network alone",
+        help="auto (default): score the network against seasonal naive, damped ETS, Theta and "
+        "their combinations on the last validation windows; answer with seasonal naive unless "
+        "one beats it clearly; network: the network alone",
     )
     add_preparation_arguments(parser)
 

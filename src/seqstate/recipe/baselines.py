@@ -1,4 +1,5 @@
-"""Statistical baselines as stateful step cells: seasonal naive and damped exponential smoothing.
+"""Statistical baselines as stateful step cells: seasonal naive, damped exponential smoothing and
+the Theta method.
 
 A trained run compares its network with these on the last windows of every series and chooses
 or combines them (:mod:`seqstate.recipe.selection`). Like the recurrent core, each baseline is a
@@ -37,6 +38,7 @@ import numpy as np
 
 __all__ = [
     "STREAMS",
+    "THETA_ALPHAS",
     "BaselineStream",
     "DampedETS",
     "ETSState",
@@ -44,11 +46,16 @@ __all__ = [
     "NaiveStream",
     "SeasonalNaive",
     "SeasonalNaiveState",
+    "ThetaStream",
     "baseline_forecasts",
     "baseline_predictions",
     "baseline_stream",
     "fit_damped_ets",
+    "origin_forecasts",
 ]
+
+#: The smoothing coefficients :class:`ThetaStream` chooses from (its SES of the adjusted data).
+THETA_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
 
 # Grid of (alpha, beta as a share of alpha, phi, gamma as a share of 1 - alpha).
 _ALPHAS = (0.05, 0.2, 0.5, 0.9)
@@ -484,11 +491,151 @@ class ETSStream:
         return cell.forecast(chosen, horizon)
 
 
+class ThetaStream:
+    """The Theta method (Assimakopoulos & Nikolopoulos, the M3 winner) as a stream: simple
+    exponential smoothing (SES) of the seasonally adjusted series plus a drift of half its
+    linear trend's slope (Hyndman & Billah's form), the season added back::
+
+        a_t = y_t - s[t mod m]          s: additive seasonal indices (classical decomposition)
+        level_t = alpha * a_t + (1 - alpha) * level_{t-1};   level_0 = a_0
+        b = least-squares slope of a_t on t over the n values seen
+        forecast(h) = level_n + b/2 * ((h - 1) + 1/alpha - (1 - alpha)^n / alpha)
+                      + s[(n - 1 + h) mod m]
+
+    Everything is read from the whole history seen so far, exactly and step by step: the
+    indices are the per-slot means of ``y - (centred moving average)`` (sums ``dsum``,
+    counts ``dcount`` ``[B, m]``, from the last ``m + 1`` values ``recent``), normalised to
+    mean 0; as the indices move, the level follows without a replay because it is linear in
+    them: ``level = ses - sum_k s[k] * weight[k]`` where ``ses [B, G]`` smooths the raw values
+    and ``weight [B, G, m]`` the slot indicators, one column per alpha of
+    :data:`THETA_ALPHAS`; the slope's sums (``sum_y``, ``sum_ty`` ``[B]``, ``slot_count``,
+    ``slot_time`` ``[B, m]``) are linear in them too. Alpha is each row's grid point with the
+    lowest mean squared one-step SES error (``squared``, ``counted`` ``[B, G]``, each error
+    with the indices known at its time, from step m on). O(G m) per step; the answer after
+    value t is ``forecast(state after 0..t, 1)``.
+    """
+
+    def __init__(self, season: int) -> None:
+        self.season = max(1, int(season))
+        self.alphas = np.asarray(THETA_ALPHAS)
+
+    def initial_state(self, batch_size: int) -> StreamState:
+        b, g, m = batch_size, len(self.alphas), self.season
+        return {
+            "seen": np.zeros(b, dtype=np.int64),
+            "recent": np.full((b, m + 1), np.nan),
+            "dsum": np.zeros((b, m)),
+            "dcount": np.zeros((b, m)),
+            "sum_y": np.zeros(b),
+            "sum_ty": np.zeros(b),
+            "slot_count": np.zeros((b, m)),
+            "slot_time": np.zeros((b, m)),
+            "ses": np.zeros((b, g)),
+            "weight": np.zeros((b, g, m)),
+            "squared": np.zeros((b, g)),
+            "counted": np.zeros((b, g)),
+        }
+
+    def indices(self, state: StreamState) -> np.ndarray:
+        """``[B, m]`` the seasonal indices: each slot's mean detrended value, less their mean
+        over the slots seen (0 for a slot not seen yet, and without a season)."""
+        counts = state["dcount"]
+        seen = counts > 0
+        raw = np.where(seen, state["dsum"] / np.maximum(counts, 1), 0.0)
+        centre = raw.sum(axis=1) / np.maximum(seen.sum(axis=1), 1)
+        return np.where(seen, raw - centre[:, None], 0.0)
+
+    def step(self, state: StreamState, y: np.ndarray) -> tuple[np.ndarray, StreamState]:
+        m, alphas = self.season, self.alphas
+        b, steps = y.shape
+        new = {name: value.copy() for name, value in state.items()}
+        rows = np.arange(b)
+        predictions = np.empty((b, steps))
+        for t in range(steps):
+            value = np.asarray(y[:, t], dtype=np.float64)
+            index = new["seen"]  # (B,) this value's position in its series
+            slot = index % m
+            indices = self.indices(new)
+            # one-step SES error on the adjusted value, with the indices known before it
+            level = new["ses"] - np.einsum("bgm,bm->bg", new["weight"], indices)
+            error = (value - indices[rows, slot])[:, None] - level
+            scored = (index >= max(m, 1))[:, None]
+            new["squared"] += np.where(scored, error**2, 0.0)
+            new["counted"] += scored
+            # SES of the raw values and of the slot indicators (level_0 = a_0)
+            first = (index == 0)[:, None]
+            keep = 1.0 - alphas[None, :]
+            new["ses"] = np.where(
+                first, value[:, None], keep * new["ses"] + alphas * value[:, None]
+            )
+            new["weight"] *= np.where(first, 0.0, keep)[:, :, None]
+            new["weight"][rows, :, slot] += np.where(first, 1.0, alphas[None, :])
+            # the slope's sums
+            new["sum_y"] += value
+            new["sum_ty"] += index * value
+            new["slot_count"][rows, slot] += 1.0
+            new["slot_time"][rows, slot] += index
+            # the centred moving average of the last m + 1 (even m) or m (odd m) values
+            new["recent"] = np.concatenate([new["recent"][:, 1:], value[:, None]], axis=1)
+            new["seen"] = index + 1
+            if m > 1:
+                self._detrend(new, rows)
+            predictions[:, t] = self.forecast(new, 1)[:, 0]
+        return predictions, new
+
+    def _detrend(self, state: StreamState, rows: np.ndarray) -> None:
+        """Add the value at the centre of the newest whole moving-average window, less the
+        window's centred mean, to its slot's sums."""
+        m, recent, seen = self.season, state["recent"], state["seen"]
+        if m % 2 == 0:
+            weights = np.full(m + 1, 1.0 / m)
+            weights[[0, -1]] = 0.5 / m
+            span, centre = m + 1, m // 2
+        else:
+            weights = np.r_[0.0, np.full(m, 1.0 / m)]
+            span, centre = m, (m - 1) // 2
+        ready = seen >= span
+        if not ready.any():
+            return
+        window = np.where(ready[:, None] & np.isfinite(recent), recent, 0.0)
+        average = window @ weights
+        at = recent.shape[1] - span + centre  # the centre's column in recent
+        slot = (seen - span + centre) % m
+        state["dsum"][rows, slot] += np.where(ready, window[:, at] - average, 0.0)
+        state["dcount"][rows, slot] += ready
+
+    def forecast(self, state: StreamState, horizon: int) -> np.ndarray:
+        m, g = self.season, len(self.alphas)
+        rows = np.arange(len(state["seen"]))
+        best = best_points(state["squared"].reshape(-1), state["counted"].reshape(-1), g)
+        alpha = self.alphas[best]
+        indices = self.indices(state)
+        level = state["ses"][rows, best] - np.einsum(
+            "bm,bm->b", state["weight"][rows, best], indices
+        )
+        n = state["seen"].astype(np.float64)
+        adjusted = state["sum_y"] - np.einsum("bm,bm->b", state["slot_count"], indices)
+        timed = state["sum_ty"] - np.einsum("bm,bm->b", state["slot_time"], indices)
+        sum_t = n * (n - 1) / 2
+        sum_tt = (n - 1) * n * (2 * n - 1) / 6
+        spread = n * sum_tt - sum_t**2
+        slope = np.where(
+            spread > 0, (n * timed - sum_t * adjusted) / np.where(spread > 0, spread, 1), 0.0
+        )
+        steps = np.arange(1, horizon + 1)
+        drift = (steps[None, :] - 1) + (1.0 - (1.0 - alpha[:, None]) ** n[:, None]) / alpha[:, None]
+        slots = (state["seen"][:, None] - 1 + steps[None, :]) % m
+        seasonal = np.take_along_axis(indices, slots, axis=1)
+        path = level[:, None] + slope[:, None] / 2 * drift + seasonal
+        return np.where((state["seen"] > 0)[:, None], path, np.nan)
+
+
 #: baseline kind -> its stream given the season; a new kind registers here and every run
 #: (predict, forecast, streams, the server) carries it through :class:`BaselineStream`.
 STREAMS: dict[str, Callable[[int], BaselineStream]] = {
     "seasonal_naive": NaiveStream,
     "ets": ETSStream,
+    "theta": ThetaStream,
 }
 
 
@@ -532,6 +679,47 @@ def _stepped(name: str, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, St
     return predictions, finals
 
 
+def origin_forecasts(
+    name: str,
+    histories: Sequence[np.ndarray],
+    origins: Sequence[Sequence[int]],
+    steps: Sequence[int],
+) -> list[list[np.ndarray]]:
+    """Baseline ``name``'s forecasts from several origins of each history in one pass of its
+    stream (what validation on rolling origins needs; a pass per origin would repeat the
+    history each time).
+
+    Args:
+        histories: one ``[L_i]`` array of real values per series.
+        origins: per series, the origins (``1 <= o <= L_i``: forecast after values 0..o-1).
+        steps: per series, the horizon of its forecasts.
+
+    Returns:
+        ``out[i][k]``: the ``[steps[i]]`` forecast from ``origins[i][k]``, equal to
+        ``baseline_forecasts(name, [histories[i][:origins[i][k]]], steps[i])[0]``.
+    """
+    stream = baseline_stream(name)
+    count = len(histories)
+    longest = max((len(h) for h in histories), default=0)
+    values = np.zeros((count, longest))
+    for row, history in enumerate(histories):
+        h = np.asarray(history, dtype=np.float64)
+        if len(h):  # (rows are padded after their end; no origin reads the padding)
+            values[row] = np.concatenate([h, np.repeat(h[-1:], longest - len(h))])
+    out: list[list[np.ndarray]] = [[np.empty(0)] * len(o) for o in origins]
+    state = stream.initial_state(count)
+    begin = 0
+    for stop in sorted({int(o) for row in origins for o in row}):
+        if stop > begin:
+            _, state = stream.step(state, values[:, begin:stop])
+            begin = stop
+        rows = [i for i in range(count) if stop in origins[i]]
+        paths = stream.forecast(state, max(int(steps[i]) for i in rows))
+        for i in rows:
+            out[i][list(origins[i]).index(stop)] = paths[i, : int(steps[i])]
+    return out
+
+
 def baseline_forecasts(name: str, histories: Sequence[np.ndarray], horizon: int) -> np.ndarray:
     """``[n, horizon]`` forecasts of baseline ``name`` after each ``[L_i]`` history (the
     forecast of its stream after stepping through the history)."""
@@ -559,4 +747,6 @@ def describe(name: str) -> str:
     kind, season = _member(name)
     if kind == "ets":
         return "damped ETS" + (f" (season {season})" if season > 1 else "")
+    if kind == "theta":
+        return "Theta" + (f" (season {season})" if season > 1 else "")
     return "naive (last value)" if season == 1 else f"seasonal naive (season {season})"

@@ -2,21 +2,27 @@
 windows, and the choice (or combination) a run then applies to every answer.
 
 A network that does not beat seasonal naive on data like the user's should not be served
-alone. ``train`` therefore scores, on the last windows of every validation series (warm: each
-window's forecast starts from the state after the series' actual history, as ``evaluate``
-does), the network trained on the training part and the baselines of
+alone. ``train`` therefore scores, on rolling origins at the end of every validation series
+(warm: each window's forecast starts from the state after the series' actual history, as
+``evaluate`` does), the network trained on the training part and the baselines of
 :mod:`seqstate.recipe.baselines` fitted on the same history::
 
-    series i:  ... train rows ... | c_i ........ o_1 ...... o_2 ...... L_i
-                                  | validation tail: origins o_j = L_i - j*H (the last windows)
-    candidates: network, seasonal naive at each calendar season, damped ETS, and the equal
-    combinations network+ETS and network+ETS+seasonal naive
+    series i:  ... train rows ... | c_i ..... o_1 .. o_2 .. ... o_K ...... L_i
+                                  | validation tail: windows of H steps from o_k, the last
+                                  | ending at L_i, each half a window after the one before
+    candidates: network, seasonal naive at each calendar season, damped ETS, Theta, and the
+    equal combinations ETS+Theta, seasonal naive+ETS+Theta, network+ETS, network+ETS+Theta,
+    network+seasonal naive+ETS+Theta
 
 MASE (scaled by the in-sample seasonal naive before c_i) is averaged over windows and targets
-per series, then over series; the candidate with the lowest mean wins. Its weights are stored
-in the run (``metadata["selection"]``) and :class:`seqstate.recipe.run_forecaster.RunForecaster`
-applies them in ``predict``, ``forecast``, ``evaluate`` and ``backtest``: the baselines run on
-the context each call gets (their coefficients chosen on that context), the network as trained.
+per series, then over series. The choice (:func:`choose`) shrinks toward the safe answer:
+seasonal naive unless a candidate beats it clearly (by a margin on the mean and on most
+windows); a candidate with the network must also beat the best statistical candidate so; and
+among candidates the evidence cannot tell apart, the combination with the most members. Its
+weights are stored in the run (``metadata["selection"]``) and the run's
+step function applies them in ``predict``, ``forecast``, ``evaluate``, ``backtest`` and
+serving: the baselines run as streams on the context each call gets (their coefficients
+chosen on that context), the network as trained.
 """
 
 from __future__ import annotations
@@ -28,19 +34,36 @@ from typing import Any
 
 import numpy as np
 
-from seqstate.recipe.baselines import baseline_forecasts, baseline_predictions, describe
+from seqstate.recipe.baselines import (
+    baseline_forecasts,
+    baseline_predictions,
+    describe,
+    origin_forecasts,
+)
 from seqstate.recipe.metrics import series_metrics
 
 __all__ = [
+    "MARGIN",
     "NETWORK",
+    "TOLERANCE",
+    "Evidence",
     "Selection",
     "candidate_weights",
+    "choose",
     "merge_selections",
     "validate_selection",
 ]
 
 NETWORK = "network"
-MAX_WINDOWS = 3  # origins per series at the end of its validation tail
+#: Rolling origins per series, half a window apart, ending with its last whole window.
+MAX_WINDOWS = 6
+#: A candidate must beat seasonal naive by this share of its mean validation MASE (and on at
+#: least half the windows) to be chosen over it: validation on a few windows is noisy, and a
+#: forecast worse than seasonal naive is the failure users notice.
+MARGIN = 0.05
+#: Candidates whose mean is within this share of the best are not told apart by the evidence;
+#: the one with the most members is chosen among them.
+TOLERANCE = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +85,7 @@ class Selection:
     horizon: int
     windows: int
     series: int
+    reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -76,6 +100,7 @@ class Selection:
             horizon=int(data.get("horizon", 0)),
             windows=int(data.get("windows", 0)),
             series=int(data.get("series", 0)),
+            reason=str(data.get("reason", "")),
         )
 
     @property
@@ -89,20 +114,27 @@ class Selection:
         )
         network = self.scores.get(NETWORK, math.nan)
         lines = [
-            f"validation ({self.series} series, last {self.windows} window(s) of {self.horizon} "
-            f"steps, warm; mean MASE, season {self.season}): {shown}"
+            f"validation ({self.series} series, up to {self.windows} window(s) of {self.horizon} "
+            f"steps at the end, warm; mean MASE, season {self.season}): {shown}"
         ]
         if self.network_only:
-            lines.append("selected: the network alone (it beat the baselines on validation)")
+            lines.append(
+                "selected: the network alone"
+                + (f" ({self.reason})" if self.reason else " (it beat the baselines on validation)")
+            )
         else:
             parts = " + ".join(f"{w:.2g} x {_label(name)}" for name, w in self.weights.items())
-            why = (
+            why = self.reason or (
                 "the network did not beat it on validation"
                 if NETWORK not in self.weights
                 else "the combination beat the network alone on validation"
             )
             score = self.scores.get(self.chosen)
-            versus = f"MASE {score:.3f} vs the network's {network:.3f}; " if score else ""
+            versus = (
+                f"MASE {score:.3f} vs the network's {network:.3f}; "
+                if score is not None and math.isfinite(score)
+                else ""
+            )
             lines.append(
                 f"selected: {parts} ({versus}{why}); predict, forecast, evaluate and backtest "
                 "answer with it"
@@ -167,18 +199,127 @@ def _per_target(table: Any, run: Any) -> list[np.ndarray]:
     return [np.stack([c[i] for c in columns], axis=-1) for i in range(len(table))]
 
 
-def candidate_weights(seasons: Sequence[int]) -> dict[str, dict[str, float]]:
-    """Candidate label -> weights, for a calendar with ``seasons`` (``()``: none)."""
+def candidate_weights(
+    seasons: Sequence[int], naive: int | None = None
+) -> dict[str, dict[str, float]]:
+    """Candidate label -> weights, for a calendar with ``seasons`` (``()``: none).
+
+    The network, seasonal naive at each season, damped ETS and Theta at the main season, and
+    equal-weight combinations: of the statistical models (ETS + Theta, and with seasonal naive
+    at season ``naive``, the main one by default) and of the network with them. Combinations
+    are the robust choice forecasting practice knows (the M3/M4 lesson): their errors
+    partly cancel, and they are rarely far from their best member.
+    """
     seasons = tuple(seasons) or (1,)
-    ets = f"ets_{seasons[0]}"
+    main = seasons[0]
+    ets, theta = f"ets_{main}", f"theta_{main}"
+    snaive = f"seasonal_naive_{naive if naive is not None else main}"
     candidates: dict[str, dict[str, float]] = {NETWORK: {NETWORK: 1.0}}
     for m in seasons:
         candidates[f"seasonal_naive_{m}"] = {f"seasonal_naive_{m}": 1.0}
     candidates[ets] = {ets: 1.0}
-    candidates[f"{NETWORK}+{ets}"] = {NETWORK: 0.5, ets: 0.5}
-    naive = f"seasonal_naive_{seasons[0]}"
-    candidates[f"{NETWORK}+{ets}+{naive}"] = {NETWORK: 1 / 3, ets: 1 / 3, naive: 1 / 3}
+    candidates[theta] = {theta: 1.0}
+    for members in (
+        (ets, theta),
+        (snaive, ets, theta),
+        (NETWORK, ets),
+        (NETWORK, ets, theta),
+        (NETWORK, snaive, ets, theta),
+    ):
+        candidates["+".join(members)] = {name: 1.0 / len(members) for name in members}
     return candidates
+
+
+@dataclasses.dataclass(frozen=True)
+class Evidence:
+    """One candidate on the validation windows: ``score`` its mean MASE (over series, of each
+    series' mean over its windows) and ``units`` its MASE on each (series, window) pair, in
+    the same order for every candidate (NaN where it could not be scored)."""
+
+    score: float
+    units: tuple[float, ...]
+
+    def wins(self, other: Evidence) -> float:
+        """The share of the pairs where this MASE is lower than ``other``'s (ties: half)."""
+        pairs = [
+            (a, b)
+            for a, b in zip(self.units, other.units, strict=True)
+            if math.isfinite(a) and math.isfinite(b)
+        ]
+        if not pairs:
+            return 0.5
+        return float(np.mean([1.0 if a < b else 0.5 if a == b else 0.0 for a, b in pairs]))
+
+    def beats(self, other: Evidence) -> bool:
+        """Clearly better: by :data:`MARGIN` on the mean and on more than half the pairs."""
+        return self.score <= (1.0 - MARGIN) * other.score and self.wins(other) > 0.5
+
+
+def _pick(group: dict[str, Evidence], candidates: dict[str, dict[str, float]]) -> str:
+    """Among ``group``, those within :data:`TOLERANCE` of the best mean cannot be told apart:
+    the one with the most members (a combination hedges its members' errors), then the
+    lower mean."""
+    best = min(e.score for e in group.values())
+    near = [label for label, e in group.items() if e.score <= best * (1.0 + TOLERANCE)]
+    return min(near, key=lambda k: (-len(candidates[k]), group[k].score, k))
+
+
+def choose(
+    evidence: dict[str, Evidence], candidates: dict[str, dict[str, float]], reference: str
+) -> tuple[str, str]:
+    """(the chosen label, why), by a rule that prefers the safe choice unless the evidence is
+    clear (:meth:`Evidence.beats`: by :data:`MARGIN` on the mean and on more than half the
+    (series, window) pairs):
+
+    1. the statistical candidates (no network) that beat ``reference`` (seasonal naive), and
+       the reference itself, are eligible; :func:`_pick` chooses among them;
+    2. a candidate with the network must beat the reference *and* the best eligible
+       statistical candidate: the network validated is trained without the validation rows,
+       the one served is refit on every row, and a neural fit varies more from seed to seed
+       and from fit to refit than a statistical one, so its edge must be clear twice;
+       :func:`_pick` chooses among those that do.
+    """
+    base = evidence[reference]
+    stats = {
+        label: e
+        for label, e in evidence.items()
+        if NETWORK not in candidates[label] and (label == reference or e.beats(base))
+    }
+    top = min(stats, key=lambda k: (stats[k].score, k != reference))
+    networks = {
+        label: e
+        for label, e in evidence.items()
+        if NETWORK in candidates[label] and e.beats(base) and e.beats(stats[top])
+    }
+    group = networks or stats
+    chosen = _pick(group, candidates)
+    e = evidence[chosen]
+    if chosen == reference:
+        why = f"nothing beat {_label(reference)} by {MARGIN:.0%} on the mean and on most windows"
+    else:
+        why = (
+            f"beat {_label(reference)} {base.score:.3f} by {1 - e.score / base.score:.0%} on the "
+            f"mean and on {e.wins(base):.0%} of the windows"
+        )
+    if networks and top != reference:
+        why += (
+            f", and the best statistical candidate ({top} {stats[top].score:.3f}) on "
+            f"{e.wins(stats[top]):.0%}"
+        )
+    elif not networks and any(
+        NETWORK in candidates[k] and v.beats(base) for k, v in evidence.items()
+    ):
+        why += (
+            f"; no candidate with the network beat the best statistical one ({top}) by "
+            f"{MARGIN:.0%} on the mean and on most windows"
+        )
+    best = min(group, key=lambda k: group[k].score)
+    if best != chosen:
+        why += (
+            f"; within {TOLERANCE:.0%} of {best} {group[best].score:.3f}, the combination with "
+            "more members is preferred"
+        )
+    return chosen, why
 
 
 def validate_selection(
@@ -189,7 +330,8 @@ def validate_selection(
     seasons: Sequence[int],
 ) -> Selection | None:
     """Score the network (``forecaster``, trained without the rows from ``cuts`` on) and the
-    baselines on the last windows of each series of the raw ``table``; choose the best.
+    baselines on rolling origins at the end of each series of the raw ``table``; choose by
+    :func:`choose`.
 
     Args:
         forecaster: a Forecaster (predict/forecast on raw tables) of the network alone.
@@ -215,54 +357,87 @@ def validate_selection(
         if tail < 1 or cut < 2:
             continue
         steps[i] = min(horizon, tail)
-        count = max(1, min(MAX_WINDOWS, tail // steps[i]))
-        windows[i] = [int(length) - j * steps[i] for j in range(count, 0, -1)]
+        # origins every half window back from the last whole window, all inside the tail
+        stride = max(1, steps[i] // 2)
+        count = max(1, min(MAX_WINDOWS, (tail - steps[i]) // stride + 1))
+        last = int(length) - steps[i]
+        windows[i] = [last - j * stride for j in range(count - 1, -1, -1)]
     if not windows:
         return None
-    candidates = candidate_weights(seasons)
-    members = sorted({name for w in candidates.values() for name in w if name != NETWORK})
+    members = sorted({n for w in candidate_weights(seasons).values() for n in w} - {NETWORK})
     most = max(len(w) for w in windows.values())
-    per_series: dict[str, dict[int, list[float]]] = {label: {} for label in candidates}
+    keys = sorted(windows)
+    # paths[i][j][name]: member name's [H_i, O] forecast of series i's window j; actual[i][j]
+    paths: dict[int, list[dict[str, np.ndarray]]] = {i: [{} for _ in windows[i]] for i in keys}
+    actuals = {i: [table.targets[i][o : o + steps[i]] for o in windows[i]] for i in keys}
+    # The baselines: one pass of each stream over every series, forecasting at each origin.
+    features = list(table.columns.features)
+    columns = [features.index(name) for name in table.columns.targets]
+    for name in members:
+        per_target = [
+            origin_forecasts(
+                name,
+                [np.asarray(table.features[i][:, at], dtype=np.float64) for i in keys],
+                [windows[i] for i in keys],
+                [steps[i] for i in keys],
+            )
+            for at in columns
+        ]
+        for k, i in enumerate(keys):
+            for j in range(len(windows[i])):
+                paths[i][j][name] = np.stack([target[k][j] for target in per_target], axis=-1)
+    # The network: series whose window j has the same length run as one batch.
     for j in range(most):
-        chosen = [i for i in windows if j < len(windows[i])]
+        chosen = [i for i in keys if j < len(windows[i])]
         origins = [0] * len(table)
         for i in chosen:
             origins[i] = windows[i][j]
-        # Series whose window j has the same length run as one batch.
         by_length: dict[int, list[int]] = {}
         for i in chosen:
             by_length.setdefault(steps[i], []).append(i)
         for length, group in by_length.items():
             network = horizon_forecasts(forecaster, table, group, origins, length, feed)
-            history = table.select(group).slice_steps(0, [origins[i] for i in group])
-            paths = {
-                name: _per_target(history, lambda h, n=name, s=length: baseline_forecasts(n, h, s))
-                for name in members
-            }
-            for position, i in enumerate(group):
-                actual = table.targets[i][origins[i] : origins[i] + length]
-                scale_history = table.targets[i][: int(cuts[i])]
-                for label, weights in candidates.items():
-                    path = sum(
-                        w * (network[i] if name == NETWORK else paths[name][position])
-                        for name, w in weights.items()
-                    )
-                    errors = [
-                        series_metrics(
-                            actual[:, o], np.asarray(path)[:, o], scale_history[:, o], season
-                        )["mase"]
-                        for o in range(actual.shape[1])
-                    ]
-                    per_series[label].setdefault(i, []).extend(errors)
-    means: dict[str, float] = {}
-    for label in candidates:
-        values = [float(np.mean(v)) for v in per_series[label].values()]
+            for i in group:
+                paths[i][j][NETWORK] = np.asarray(network[i])
+
+    def errors(weights: dict[str, float]) -> dict[int, list[float]]:
+        """Series -> its windows' MASE (mean over targets) of the combination ``weights``."""
+        out: dict[int, list[float]] = {}
+        for i in windows:
+            scale_history = table.targets[i][: int(cuts[i])]
+            for window, actual in zip(paths[i], actuals[i], strict=True):
+                path = sum(w * window[name] for name, w in weights.items())
+                mase = [
+                    series_metrics(
+                        actual[:, o], np.asarray(path)[:, o], scale_history[:, o], season
+                    )["mase"]
+                    for o in range(actual.shape[1])
+                ]
+                out.setdefault(i, []).append(float(np.mean(mase)))
+        return out
+
+    def mean_score(per_series: dict[int, list[float]]) -> float:
+        values = [float(np.mean(v)) for v in per_series.values()]
         finite = [v for v in values if math.isfinite(v)]
-        means[label] = float(np.mean(finite)) if finite else math.nan
-    finite_scores = {k: v for k, v in means.items() if math.isfinite(v)}
-    if NETWORK not in finite_scores:
+        return float(np.mean(finite)) if finite else math.nan
+
+    # seasonal naive in the combinations: the calendar season that validates best
+    naive_scores = {m: mean_score(errors({f"seasonal_naive_{m}": 1.0})) for m in seasons or (1,)}
+    finite_naive = {m: v for m, v in naive_scores.items() if math.isfinite(v)}
+    naive = min(finite_naive, key=lambda m: (finite_naive[m], m)) if finite_naive else season
+    candidates = candidate_weights(seasons, naive)
+    per_series = {label: errors(weights) for label, weights in candidates.items()}
+    means = {label: mean_score(values) for label, values in per_series.items()}
+    reference = f"seasonal_naive_{season}"
+    if not math.isfinite(means.get(NETWORK, math.nan)) or not math.isfinite(means[reference]):
         return None
-    best = min(finite_scores, key=lambda k: (finite_scores[k], k != NETWORK))
+    evidence = {}
+    for label, values in per_series.items():
+        if not math.isfinite(means[label]):
+            continue
+        units = tuple(v for i in keys for v in values.get(i, [math.nan] * len(windows[i])))
+        evidence[label] = Evidence(means[label], units)
+    best, why = choose(evidence, candidates, reference)
     return Selection(
         weights=dict(candidates[best]),
         chosen=best,
@@ -271,6 +446,7 @@ def validate_selection(
         horizon=horizon,
         windows=most,
         series=len(windows),
+        reason=why,
     )
 
 
@@ -296,4 +472,5 @@ def merge_selections(selections: Sequence[Selection]) -> Selection | None:
         weights=weights,
         chosen=labels.pop() if len(labels) == 1 else "members' choices averaged",
         scores=scores,
+        reason=first.reason if len(labels) == 1 else "each member's own choice, averaged",
     )

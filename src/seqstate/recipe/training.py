@@ -86,9 +86,9 @@ SECTIONS: dict[str, dict[str, tuple[Any, str]]] = {
         "threads": ("auto", "intra-op threads: auto (1 unless the model is large) or N"),
         "select": (
             "auto",
-            "auto: score the network against seasonal naive and damped ETS on the last "
-            "validation windows and answer with the best or a combination | network: the "
-            "network alone",
+            "auto: score the network against seasonal naive, damped ETS, Theta and their "
+            "combinations on the last validation windows; answer with seasonal naive unless "
+            "one beats it clearly | network: the network alone",
         ),
     },
 }
