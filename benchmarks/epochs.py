@@ -11,7 +11,7 @@ alternating order within one process:
 - fit + run dir: ``fit(..., run_dir=...)`` with the default bookkeeping schedules;
 - fit + run dir, every epoch: plot and checkpoint after every epoch (the old behaviour).
 
-Target (issue #14): "fit + run dir" within 10% of the bare loop's throughput.
+Target: "fit + run dir" within 10% of the bare loop's throughput.
 
     PYTHONPATH=src .venv/bin/python benchmarks/epochs.py            # writes BENCHMARKS.md
     PYTHONPATH=src .venv/bin/python benchmarks/epochs.py --quick    # smoke run

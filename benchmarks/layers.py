@@ -58,7 +58,7 @@ KINDS: dict[str, tuple[type, Any, dict[str, str]]] = {
     "RNN relu": (RNN, nn.RNN, {"nonlinearity": "relu"}),
     "RNN tanh": (RNN, nn.RNN, {"nonlinearity": "tanh"}),
 }
-# the targets (issue #22): (kind, window) -> minimum auto/torch ratio on every shape
+# the targets: (kind, window) -> minimum auto/torch ratio on every shape
 TARGETS = {
     ("LSTM", "2T"): 0.95,
     ("LSTM", "0.5T"): 0.9,
@@ -273,7 +273,7 @@ def render(rows: list[dict], command: str, load: tuple[str, str], minutes: float
             f"{ratio(row, 'auto'):.2f} | {ratio(row, 'split'):.2f} | {row['columns']:.1f} | "
             f"{1000 * row['torch']:.1f} |"
         )
-    lines += ["", "Targets (issue #22; ratios auto/torch in this one run):", "", *verdicts(rows)]
+    lines += ["", "Targets (ratios auto/torch in this one run):", "", *verdicts(rows)]
     lines += ["", WHY]
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Peak memory (VmHWM) of a real server process under the two memory attacks of issue #21:
+"""Peak memory (VmHWM) of a real server process under the two memory attacks:
 
   ws:   WebSocket clients that send frames of 512 steps and never read an answer
   http: 120 concurrent POST /v1/steps of about 1 MiB each (the default body limit)

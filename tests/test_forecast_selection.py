@@ -1,5 +1,5 @@
 """Seasons from the calendar, time formats that round-trip, the statistical baselines as step
-cells, and the honest selection a run answers with (#19)."""
+cells, and the honest selection a run answers with."""
 
 from __future__ import annotations
 

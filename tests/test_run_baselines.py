@@ -1,4 +1,4 @@
-"""The baselines validation chose run inside the step function (#18): each baseline stream
+"""The baselines validation chose run inside the step function: each baseline stream
 against a plain per-step reference (chunked == whole, reset == separate, exact resume), and
 RunStep over a table of every kind of run with a selection (network only, baseline only, a
 combination, two seeds, differencing, calendar) equal to the table-level reference

@@ -1,4 +1,4 @@
-"""The run as one stateful step function (#18): RunStep over a table equals the table-level
+"""The run as one stateful step function: RunStep over a table equals the table-level
 reference (recipe/run_forecaster.py's ``predict_table`` / ``forecast_table``, which decode in
 NumPy from whole tables) for every kind of run, in any chunking; RunState rows and bytes."""
 

@@ -100,7 +100,9 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by server_factory
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 90.0) -> None:
+        # (a bound for a server that never comes up, not a wait: a healthy one returns at
+        # once; importing torch and the app on 2 busy cores has taken over 30 s)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         command = [
             sys.executable, "-m", "seqstate.serve", str(self.run_dir),

@@ -1,4 +1,4 @@
-"""The connection edge of a real server process (issue #10, item 2): slowloris, SIGTERM."""
+"""The connection edge of a real server process: slowloris, SIGTERM."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Regression tests of the adversarial review (issue #10, item 1): each failed before the fix."""
+"""Failures a real server process must survive, each failing before its fix: a delete racing a
+step, overflowing outputs, damaged records, a full disk, planted files, oversized runs, weak
+tokens, unbounded streams."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Runs served by two replicas on one store answer what one process answers; a forecast reads
-the state its stream's earlier steps leave; sampled forecasts answer quantiles (#18)."""
+the state its stream's earlier steps leave; sampled forecasts answer quantiles."""
 
 from __future__ import annotations
 

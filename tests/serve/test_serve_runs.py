@@ -1,4 +1,4 @@
-"""Every run serves (#18): each kind of run ``seqstate train`` writes, streamed row by row
+"""Every run serves: each kind of run ``seqstate train`` writes, streamed row by row
 through a real server process, answers what ``seqstate predict`` answers for that row; the
 forecast endpoint answers what ``seqstate forecast`` answers for the table up to that row, and
 changes nothing; a SIGKILLed server restarted on its store continues exactly.

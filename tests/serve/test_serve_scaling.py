@@ -1,4 +1,4 @@
-"""The server applies the run's preprocessing per stream (#13): a run trained with per-series
+"""The server applies the run's preprocessing per stream: a run trained with per-series
 scaling and a log1p transform, served step by step over a real server process, answers what
 the pipeline (``seqstate predict``) answers for the same rows; what cannot be applied per step
 is refused. (Runs with differencing and calendar features serve too: test_serve_runs.py.)"""

@@ -1,4 +1,4 @@
-"""The WebSocket endpoint and --workers, against real server processes (issue #10, item 3)."""
+"""The WebSocket endpoint and --workers, against real server processes."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """WebSocket frames that carry many steps of many streams, as JSON or as the binary encoding
-(``serve/frames.py``), answered by one frame in the same order (#22)."""
+(``serve/frames.py``), answered by one frame in the same order."""
 
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ def handle_evaluate(args: argparse.Namespace) -> int:
     warned = _trained_past(metadata, args.warmup_until)
     if warned and not args.json:
         print(f"note: {warned}", file=sys.stderr)
-    # The run's models with its scaling and calendar (#13): answers in raw units.
+    # The run's models with its scaling and calendar: answers in raw units.
     return evaluate_forecaster_command(args, forecaster_of(run), table)
 
 

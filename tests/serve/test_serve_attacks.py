@@ -1,6 +1,7 @@
-"""Regression tests of the adversarial review of issue #21, each against real server processes
-over loopback (and a real redis-server where Redis is involved); each failed before its fix.
-The review's numbers are the cases, scaled to run in seconds."""
+"""Attacks and races against real server processes over loopback (and a real redis-server where
+Redis is involved): ending a WebSocket stream mid-flight, retries past the replay window,
+unauthenticated floods, foreign keys in a shared Redis; each case failed before its fix. The
+numbers of the cases as first found are given beside them, scaled here to run in seconds."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def test_steps_pipelined_after_an_end_apply_in_order(
     else:
         server = server_factory("--store", f"sqlite:///{tmp_path / 'end.sqlite'}")
         server.start()
-    trials = 25  # the review: 50 trials per store, 49 wrong
+    trials = 25  # as found: 50 trials per store, 49 wrong
     a, b, c = x_for(0, 1), x_for(1, 1, 0.5), x_for(2, 2)
 
     async def main():
@@ -127,7 +128,7 @@ def step_once(server, stream: str) -> httpx.Response:
 
 
 def test_bodies_declared_on_open_or_unknown_paths_reserve_nothing(small_server):
-    # the review: 70 sockets declaring 1 MiB on /nope, /healthz, /v1, /openapi.json against a
+    # as found: 70 sockets declaring 1 MiB on /nope, /healthz, /v1, /openapi.json against a
     # 64 MiB budget; here 24 of them against a 4 MiB budget
     server = small_server
     paths = ["/nope", "/healthz", "/v1", "/openapi.json", "/v1/streams/x/steps", "/v1/steps"]
@@ -147,7 +148,7 @@ def test_bodies_declared_on_open_or_unknown_paths_reserve_nothing(small_server):
 
 
 def test_slow_bodies_without_a_token_cannot_hold_every_connection(small_server):
-    # the review: 1 044 slow bodies on /nope filled 1 024 slots; here 30 fill 20
+    # as found: 1 044 slow bodies on /nope filled 1 024 slots; here 30 fill 20
     server = small_server
     paths = ["/nope"] * 20 + ["/v1/steps"] * 10
     sockets = open_silent_bodies(server.port, paths, 1 << 20, b'{"steps": [')
@@ -168,9 +169,9 @@ def test_a_foreign_redis_string_key_fails_only_its_own_step(redis_server, redis_
 
     prefix = "seqstate:stream:"
     client = redis.Redis.from_url(redis_url)
-    client.set(prefix + "foreign-1", b"not a hash")  # the review: a string under the prefix
+    client.set(prefix + "foreign-1", b"not a hash")  # as found: a string under the prefix
     server = redis_server
-    mates = [f"mate-{i}-{os.getpid()}" for i in range(30)]  # the review: 30 batch-mates
+    mates = [f"mate-{i}-{os.getpid()}" for i in range(30)]  # as found: 30 batch-mates
     items = [{"id": "foreign-1", "seq": 1, "x": x_for(0, 1)}]
     items += [{"id": stream, "seq": 1, "x": x_for(i, 1)} for i, stream in enumerate(mates)]
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=20) as http:
@@ -214,14 +215,14 @@ def test_creating_streams_does_not_scan_the_store(redis_server, redis_url):
 
     client = redis.Redis.from_url(redis_url)
     pipe = client.pipeline(transaction=False)
-    for i in range(30_000):  # the review: 300 000 and 500 000 stored streams
+    for i in range(30_000):  # as found: 300 000 and 500 000 stored streams
         pipe.hset(f"seqstate:stream:idle-{i}", "seq", 1)
     pipe.execute()
     server = redis_server
     client.config_resetstat()
     items = [{"id": f"new-{os.getpid()}-{i}", "seq": 1, "x": x_for(i, 1)} for i in range(40)]
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=20) as http:
-        for item in items:  # one create per request: the review's "one client creating"
+        for item in items:  # one create per request: "one client creating", as found
             response = http.post(f"/v1/streams/{item['id']}/steps", json={"seq": 1, "x": item["x"]})
             assert response.status_code == 200, response.text
         http.get("/metrics")  # a scrape reads the kept count, no scan either
@@ -237,7 +238,7 @@ def test_creating_streams_does_not_scan_the_store(redis_server, redis_url):
 
 def test_every_step_in_flight_when_the_websocket_dropped_is_replayed(small_server, model):
     server = small_server
-    streams, steps = 10, 8  # the review: 1 400 retries, 1 350 answered seq_stale
+    streams, steps = 10, 8  # as found: 1 400 retries, 1 350 answered seq_stale
 
     async def main():
         async with websockets.connect(ws_url(server), additional_headers=AUTH) as ws:
@@ -304,7 +305,7 @@ def _frame(text: str) -> bytes:
 
 
 def test_a_websocket_client_that_never_reads_is_not_read_from_either(small_server):
-    # the review: 3 000 frames of 512 steps read and applied from a client that never read,
+    # as found: 3 000 frames of 512 steps read and applied from a client that never read,
     # although the docs promised 1 024 in flight; here up to 800 frames of 1 000 steps against
     # a bound of 8 frames / 16 KiB held (plus what the kernel's socket buffers hold)
     server = small_server
@@ -509,7 +510,7 @@ def _batches_over(server, size: int) -> float:
 
 
 def test_large_requests_are_served_one_parsed_budget_at_a_time(server_factory):
-    # the review: 120 concurrent ~1 MiB /v1/steps held 1.95 GB: a body's parsed form is ~8x
+    # as found: 120 concurrent ~1 MiB /v1/steps held 1.95 GB: a body's parsed form is ~8x
     # its bytes, and every body that fit the raw byte budget was parsed and held at once.
     # Here bodies of ~0.5 MiB (10 streams each) against a 4 MiB budget: parsed, one fills it,
     # so requests are served one at a time and no model call mixes two requests' streams.
