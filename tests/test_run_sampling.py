@@ -103,8 +103,9 @@ def test_a_point_run_refuses_sample_paths() -> None:
 @pytest.mark.parametrize("name", ["monthly defaults", "seeds 3"])
 def test_paths_of_a_run_with_baselines_are_each_path_combined_like_the_point_forecast(name):
     """A run whose validation chose network + ETS + seasonal naive: every path is the
-    selection's weights over the network's path (the same draws) and the baselines'
-    forecasts; narrow heads retrace the (combined) point forecast that predict answers."""
+    network's path (the same draws) re-centred from the paths' median onto the selection's
+    weights over that median and the baselines' forecasts; narrow heads retrace the
+    (combined) point forecast that predict answers."""
     from seqstate.recipe.selection import Selection
 
     table, members, network = build(name, narrow=True)
@@ -125,9 +126,40 @@ def test_paths_of_a_run_with_baselines_are_each_path_combined_like_the_point_for
         alone_state, horizon, covariates, times=stamps, samples=3, seed=1
     )
     parts = run_step.blend.forecast(state.transforms, horizon)
-    expected = sum(w * (alone if n == "network" else parts[n][:, None]) for n, w in weights.items())
-    np.testing.assert_allclose(paths.numpy(), expected.numpy(), rtol=1e-12)
+    centre = alone.median(dim=1, keepdim=True).values
+    answer = sum(w * (centre if n == "network" else parts[n][:, None]) for n, w in weights.items())
+    np.testing.assert_allclose(paths.numpy(), (alone - centre + answer).numpy(), rtol=1e-12)
     if len(members) == 1:  # (an ensemble's point forecast combines the members' mean)
         _, point = run_step.forecast(state, horizon, covariates, times=stamps)
         for s in range(paths.shape[1]):
             np.testing.assert_allclose(paths[:, s].numpy(), point.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_paths_of_a_run_answering_with_baselines_alone_keep_the_network_spread():
+    """Validation chose seasonal naive alone: the paths centre on its forecast (their median
+    is the run's point forecast) and keep the network's spread, not none."""
+    from seqstate.recipe.selection import Selection
+
+    table, members, network = build("monthly defaults")
+    chosen = Selection({"seasonal_naive_12": 1.0}, "seasonal_naive_12", {}, 12, 24, 1, 1)
+    run_step = RunStep(
+        [(m.model, m.scaling, m.calendar) for m in members], table.columns, selection=chosen
+    )
+    horizon = 4
+    state, covariates, stamps = warm(run_step, table, horizon)
+    _, paths = run_step.sample_forecast(
+        state, horizon, covariates, times=stamps, samples=41, seed=3
+    )
+    _, point = run_step.forecast(state, horizon, covariates, times=stamps)
+    np.testing.assert_allclose(paths.median(dim=1).values.numpy(), point.numpy(), rtol=1e-9)
+    alone_state = RunState(
+        {k: v for k, v in state.transforms.items() if not k.startswith("baseline.")},
+        state.models,
+    )
+    _, alone = network.sample_forecast(
+        alone_state, horizon, covariates, times=stamps, samples=41, seed=3
+    )
+    spread = paths.quantile(0.9, dim=1) - paths.quantile(0.1, dim=1)
+    expected = alone.quantile(0.9, dim=1) - alone.quantile(0.1, dim=1)
+    assert float(spread.min()) > 0
+    np.testing.assert_allclose(spread.numpy(), expected.numpy(), rtol=1e-9)

@@ -963,8 +963,9 @@ class RunStep(nn.Module):
         """Sample paths from the streams' current state (not changed): each path draws every
         step's value in model space, feeds it back and inverts it through the run's transforms
         (scaling, log, differencing) on its own path. An ensemble pools its members' paths;
-        where validation chose baselines, each path is combined with their (deterministic)
-        forecasts by the selection's weights, as the point forecast is.
+        where validation chose baselines, the paths are re-centred on the selection's answer
+        (the paths' median combined with the baselines' forecasts by the selection's weights,
+        as the point forecast is) and keep the network's spread about it.
 
         Returns:
             ``(times [B, H] int64, paths [B, K * samples, H, O] float64 raw units)``.
@@ -993,7 +994,14 @@ class RunStep(nn.Module):
             )  # (K, B, samples, H, O)
             paths = torch.cat(list(members), dim=1)  # (B, K * samples, H, O)
             if self.blend is not None:
-                paths = self.blend.combine(paths, self.blend.forecast(state.transforms, horizon))
+                # The selection moves the answer, not the spread: each path keeps its
+                # deviation from the paths' median and is re-centred on the selection's
+                # combination of that median with the baselines' forecasts. (A weighted sum
+                # of the paths with deterministic baselines would shrink the spread by the
+                # network's weight: to nothing where validation chose baselines alone.)
+                centre = paths.median(dim=1, keepdim=True).values  # (B, 1, H, O)
+                parts = self.blend.forecast(state.transforms, horizon)
+                paths = paths - centre + self.blend.combine(centre, parts)
         return times_t, paths
 
     # --- checks ------------------------------------------------------------------------------
