@@ -322,15 +322,7 @@ class MemberStep(nn.Module):
                     "needs its time (Unix seconds)"
                 )
             inputs[:, 0, count:] = calendar.rows(time)
-        if self.head is None:
-            y, model_state = model(torch.from_numpy(inputs), model_state)
-            raw = None
-        else:
-            y, raw, model_state = self._model(torch.from_numpy(inputs), model_state, None)
-        out = y.numpy()[:, 0]  # (B, O) float32
-        new[prefix + "output"] = torch.from_numpy(out)
-        if raw is not None:
-            new[prefix + "parameters"] = raw[:, -1]
+        out, model_state = self._one_step(model, torch.from_numpy(inputs), model_state, new, prefix)
         out = out.astype(np.float64)
         if self.regression:
             if scale_cell is not None and location is not None and scale is not None:
@@ -381,15 +373,7 @@ class MemberStep(nn.Module):
                 )
             features = [*features, *calendar.one(time)]
         inputs = torch.from_numpy(np.array([[features]], dtype=np.float32))  # (1, 1, F)
-        if self.head is None:
-            y, model_state = model(inputs, model_state)
-            raw = None
-        else:
-            y, raw, model_state = self._model(inputs, model_state, None)
-        out = y.numpy()[:, 0]  # (1, O) float32
-        new[prefix + "output"] = torch.from_numpy(out)
-        if raw is not None:
-            new[prefix + "parameters"] = raw[:, -1]
+        out, model_state = self._one_step(model, inputs, model_state, new, prefix)
         values: list[float] = out[0].tolist()
         if self.regression:
             if scale_cell is not None and location is not None and scale is not None:
@@ -412,6 +396,29 @@ class MemberStep(nn.Module):
         location, scale = location_t.numpy()[0].tolist(), scale_t.numpy()[0].tolist()
         self.statistics_floats = (location_t, scale_t, location, scale)
         return location, scale
+
+    def _one_step(
+        self,
+        model: Any,
+        inputs: torch.Tensor,
+        model_state: State,
+        new: dict[str, torch.Tensor],
+        prefix: str,
+    ) -> tuple[np.ndarray, State]:
+        """The member's model on one step ``inputs [B, 1, F]`` float32 -> (its answers
+        ``[B, O]`` float32 in model space, its new state); the answers (and a head's raw
+        parameters) go into ``new`` as this member's transform state. ``model``: the plain
+        reference the fast paths hold (no ``nn.Module`` attribute lookup)."""
+        if self.head is None:
+            y, model_state = model(inputs, model_state)
+            raw = None
+        else:
+            y, raw, model_state = self._model(inputs, model_state, None)
+        out = y.numpy()[:, 0]
+        new[prefix + "output"] = torch.from_numpy(out)
+        if raw is not None:
+            new[prefix + "parameters"] = raw[:, -1]
+        return out, model_state
 
     def _model(
         self, inputs: torch.Tensor, model_state: State, mask: torch.Tensor | None
