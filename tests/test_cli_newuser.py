@@ -347,3 +347,17 @@ def test_train_flags_out_of_range_are_named_as_flags(files, capsys, flag, value,
     assert main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"seqstate: error: {flag} (or [") and f"must be {expected};" in err
+
+
+def test_a_regression_without_features_reads_its_targets(files, tmp_path, capsys):
+    """`train TABLE --targets v` forecasts v from its own past (as --features v --targets v);
+    a classifier still needs its features named."""
+    out = tmp_path / "targets-only"
+    args = ["train", str(files / "panel.csv"), "--targets", "v", "--id", "id", "--time", "month"]
+    assert main([*args, *QUIET, "--epochs", "1", "--out", str(out), "-q"]) == 0
+    columns = read_model_json(out)["metadata"]["data"]["columns"]
+    assert columns["features"] == ["v"] and columns["targets"] == ["v"]
+    capsys.readouterr()
+    refused = [*args, "--task", "classification", "--out", str(tmp_path / "c"), "-q"]
+    assert main(refused) == 1
+    assert "no feature columns: give --features" in capsys.readouterr().err

@@ -287,7 +287,12 @@ def _add_data_arguments(parser: argparse.ArgumentParser, *, data_required: bool)
     )
     parser.add_argument("--config", "-c", help="run.toml with [data] [split] [layout] [model] ...")
     group = parser.add_argument_group("data")
-    group.add_argument("--features", "-f", help="input columns, comma-separated")
+    group.add_argument(
+        "--features",
+        "-f",
+        help="input columns, comma-separated (default for a regression: the targets, so the "
+        "model reads the past values of what it forecasts)",
+    )
     group.add_argument("--targets", "-t", help=_setting_help("data", "targets"))
     group.add_argument("--id", dest="id", help=_setting_help("data", "id"))
     group.add_argument("--time", dest="time", help=_setting_help("data", "time"))

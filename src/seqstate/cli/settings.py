@@ -111,9 +111,13 @@ def load_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             data[key] = [name.strip() for name in data[key].split(",") if name.strip()]
     if not data["path"]:
         raise CliError("no data: give DATA (a .csv/.tsv/.parquet table) or [data] path in --config")
+    if not data["features"] and data["targets"] and data.get("task") == "regression":
+        # A forecasting table: the model reads the past values of what it forecasts.
+        data["features"] = list(data["targets"])
     if not data["features"]:
         raise CliError(
-            "no feature columns: give --features col1,col2 (or [data] features in --config)"
+            "no feature columns: give --features col1,col2 (or [data] features in --config); "
+            "a regression without --features reads its --targets"
         )
     if not data["targets"]:
         data["targets"] = list(data["features"])
