@@ -112,4 +112,4 @@ def test_doctor_says_which_output_head_train_would_fit(
         capsys.readouterr().out
     )
     main(["doctor", str(real), *columns])
-    assert "point forecasts" in capsys.readouterr().out
+    assert "point forecasts, with intervals calibrated" in capsys.readouterr().out

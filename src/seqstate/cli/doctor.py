@@ -92,8 +92,16 @@ def _threads(report: Report, settings: dict[str, dict[str, Any]]) -> None:
 def _explain_distribution(report: Report, table: Any, model: dict[str, Any]) -> None:
     """The output head train would fit: a point model, or which distribution and why."""
     name = model.get("distribution", "none")
-    if name in (None, "none") or table.columns.task != "regression":
-        report.facts.append(("Output", "point forecasts (--distribution auto for intervals)"))
+    if table.columns.task != "regression":
+        report.facts.append(("Output", "class probabilities"))
+        return
+    if name in (None, "none"):
+        text = (
+            "point forecasts, with intervals calibrated on the run's own validation errors "
+            "where it has a validation part (--distribution auto: a distribution head and "
+            "sample paths)"
+        )
+        report.facts.append(("Output", text))
         return
     counts = all(bool(np.all(t >= 0) and np.all(t == np.round(t))) for t in table.targets if t.size)
     if name == "auto":
