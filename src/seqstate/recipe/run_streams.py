@@ -115,11 +115,7 @@ class RunStreams:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(times [n, H] int64, y [n, H, O] float64)`` from the streams' current states,
         which are not changed (see :meth:`seqstate.recipe.step.RunStep.forecast`)."""
-        ids = self._check_ids(ids)
-        unknown = [key for key in ids if key not in self._states]
-        if unknown:
-            raise KeyError(f"unknown stream(s) {unknown}: step them before asking a forecast")
-        state = RunState.cat([self._states[key] for key in ids])
+        state = self._stepped_state(ids)
         stamps, y = self.function.forecast(state, horizon, covariates, times=times)
         return stamps.numpy(), y.numpy()
 
@@ -145,16 +141,20 @@ class RunStreams:
                 "this run has no interval table (trained before calibrated intervals, or with "
                 "--split none), so it gives point forecasts only; train it again for quantiles"
             )
-        ids = self._check_ids(ids)
-        unknown = [key for key in ids if key not in self._states]
-        if unknown:
-            raise KeyError(f"unknown stream(s) {unknown}: step them before asking a forecast")
-        state = RunState.cat([self._states[key] for key in ids])
+        state = self._stepped_state(ids)
         stamps, y = self.function.forecast(state, horizon, covariates, times=times)
         bands = self.function.interval_quantiles(state, y, wanted)
         if bands is None:  # (the run has a table: checked above)
             raise RuntimeError("internal error: a run with an interval table gave no quantiles")
         return stamps.numpy(), y.numpy(), bands
+
+    def _stepped_state(self, ids: Sequence[Hashable]) -> RunState:
+        """The streams ``ids``' states, one row each; KeyError for a stream never stepped."""
+        ids = self._check_ids(ids)
+        unknown = [key for key in ids if key not in self._states]
+        if unknown:
+            raise KeyError(f"unknown stream(s) {unknown}: step them before asking a forecast")
+        return RunState.cat([self._states[key] for key in ids])
 
     def start(self, stream_id: Hashable) -> None:
         """Forget a stream's state and series (its next step starts it afresh)."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -39,6 +39,8 @@ from seqstate.recipe.step.history_scale import HistoryScale
 from seqstate.recipe.step.state import RunState
 
 __all__ = ["NO_TIME", "MemberStep", "RunStep"]
+
+_T = TypeVar("_T")
 
 NO_TIME = -(2**63)  # the "time" of a stream that has not been given one
 
@@ -233,11 +235,7 @@ class MemberStep(nn.Module):
                 features = self.scale.forward(features, location, scale)
             inputs = features.to(torch.float32)
         if self.calendar.kinds:
-            if time is None:
-                raise ValueError(
-                    f"the run reads calendar features {list(self.calendar.kinds)}: each step "
-                    "needs its time (Unix seconds)"
-                )
+            time = _checked_time(time, self.calendar.kinds)
             inputs = torch.cat([inputs, self.calendar.forward(time)], dim=2)
         if valid is not None:
             # warm-up steps (no difference yet) leave the model state as it is
@@ -316,11 +314,7 @@ class MemberStep(nn.Module):
         inputs = np.empty((x.shape[0], 1, self.input_width), dtype=np.float32)
         inputs[:, 0, :count] = features
         if calendar.kinds:
-            if time is None:
-                raise ValueError(
-                    f"the run reads calendar features {list(calendar.kinds)}: each step "
-                    "needs its time (Unix seconds)"
-                )
+            time = _checked_time(time, calendar.kinds)
             inputs[:, 0, count:] = calendar.rows(time)
         out, model_state = self._one_step(model, torch.from_numpy(inputs), model_state, new, prefix)
         out = out.astype(np.float64)
@@ -366,11 +360,7 @@ class MemberStep(nn.Module):
             location, scale = self._statistics_of(transforms, prefix)
             features = scale_cell.forward_one(features, location, scale)
         if calendar.kinds:
-            if time is None:
-                raise ValueError(
-                    f"the run reads calendar features {list(calendar.kinds)}: each step "
-                    "needs its time (Unix seconds)"
-                )
+            time = _checked_time(time, calendar.kinds)
             features = [*features, *calendar.one(time)]
         inputs = torch.from_numpy(np.array([[features]], dtype=np.float32))  # (1, 1, F)
         out, model_state = self._one_step(model, inputs, model_state, new, prefix)
@@ -1173,3 +1163,13 @@ def _check_on_step(on_step: Any) -> None:
             f"on_step must be a callable on_step(done, total) or None; received "
             f"{type(on_step).__name__}"
         )
+
+
+def _checked_time(time: _T | None, kinds: Sequence[str]) -> _T:
+    """``time``: a run with calendar features needs each step's time."""
+    if time is None:
+        raise ValueError(
+            f"the run reads calendar features {list(kinds)}: each step needs its time (Unix "
+            "seconds)"
+        )
+    return time

@@ -91,17 +91,9 @@ class Record:
     def checksum(self) -> bytes:
         """blake2b over the stream id and the fields above (and history); b"": none stored."""
         if self._sum is None:  # built by new_record: computed once, when first asked
-            assert self._built_for is not None
-            self._sum = _checksum(
-                self._built_for,
-                self.seq,
-                self.state,
-                self.output,
-                self.digest,
-                self.updated,
-                self.generation,
-                self.history,
-            )
+            if self._built_for is None:
+                raise RuntimeError("a record without a checksum must come from new_record")
+            self._sum = self._sum_for(self._built_for)
         return self._sum
 
     def intact(self, stream: str) -> bool:
@@ -112,7 +104,12 @@ class Record:
         known = self._intact_for
         if known is not None and known[0] == stream:
             return known[1]
-        ok = bool(self.checksum) and self.checksum == _checksum(
+        ok = bool(self.checksum) and self.checksum == self._sum_for(stream)
+        self._intact_for = (stream, ok)  # a cache, not a field
+        return ok
+
+    def _sum_for(self, stream: str) -> bytes:
+        return _checksum(
             stream,
             self.seq,
             self.state,
@@ -122,8 +119,6 @@ class Record:
             self.generation,
             self.history,
         )
-        self._intact_for = (stream, ok)  # a cache, not a field
-        return ok
 
     def earlier(self, seq: int) -> tuple[bytes, bytes] | None:
         """``(digest, output)`` of step ``seq < self.seq`` if its answer is still kept."""

@@ -141,11 +141,7 @@ class SQLiteStore(StateStore):
             return self._commit_each(updates)  # a stream twice: applied in order, one by one
         inserts, changes = [], []
         for update in updates:
-            r = update.record
-            values = (
-                r.seq, r.state, r.output, r.digest, r.updated, r.generation, r.checksum,
-                r.history, update.stream,
-            )  # fmt: skip
+            values = _row(update)
             if update.expected is None:
                 inserts.append(values)
             else:
@@ -169,11 +165,7 @@ class SQLiteStore(StateStore):
         written = []
         with self._transaction() as db:
             for update in updates:
-                r = update.record
-                values = (
-                    r.seq, r.state, r.output, r.digest, r.updated, r.generation, r.checksum,
-                    r.history, update.stream,
-                )  # fmt: skip
+                values = _row(update)
                 if update.expected is None:
                     cursor = db.execute(_INSERT, values)
                 else:
@@ -210,6 +202,15 @@ class SQLiteStore(StateStore):
         with self._lock, self._read_lock:
             self._db.close()
             self._reader.close()
+
+
+def _row(update: Update) -> tuple[object, ...]:
+    """The parameters of ``_INSERT`` (and the head of ``_UPDATE``'s) for ``update``."""
+    r = update.record
+    return (
+        r.seq, r.state, r.output, r.digest, r.updated, r.generation, r.checksum, r.history,
+        update.stream,
+    )  # fmt: skip
 
 
 def _record(fields: Sequence[object]) -> Record:
