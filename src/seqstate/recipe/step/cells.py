@@ -33,7 +33,22 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Calendar", "Difference", "Scaling", "TargetTransform", "calendar_columns"]
+__all__ = [
+    "Calendar",
+    "Difference",
+    "Scaling",
+    "TargetTransform",
+    "calendar_columns",
+    "tracing",
+]
+
+
+def tracing() -> bool:
+    """Traced for export or compilation: the step takes its data-independent torch path (no
+    NumPy, no branch on values)."""
+    # (torch.onnx's exporters trace or compile, so these two see an export too)
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())
+
 
 _DAY = 86_400
 _PERIODS = {"month": 12.0, "weekday": 7.0, "hour": 24.0}

@@ -45,12 +45,6 @@ _T = TypeVar("_T")
 NO_TIME = -(2**63)  # the "time" of a stream that has not been given one
 
 
-def _tracing() -> bool:
-    """Traced for export or compilation: take the data-independent path."""
-    # (torch.onnx's exporters trace or compile, so these two see an export too)
-    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())
-
-
 class MemberStep(nn.Module):
     """One member's cells, model and inverse (see :class:`RunStep`).
 
@@ -753,7 +747,7 @@ class RunStep(nn.Module):
         position = None
         # Past every row's warm-up (the usual streaming step) no step is masked: one check
         # instead of a mask per step; a trace takes the masked path, which holds for any data.
-        if self.order and (_tracing() or seen.numel() == 0 or int(seen.min()) < self.order):
+        if self.order and (cells.tracing() or seen.numel() == 0 or int(seen.min()) < self.order):
             position = seen[:, None] + torch.arange(steps, device=x.device)
         transforms = dict(state.transforms)
         outputs, models = [], []

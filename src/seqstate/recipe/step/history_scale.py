@@ -27,14 +27,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from seqstate.recipe.step.cells import tracing
+
 __all__ = ["PREFIX", "HistoryScale"]
 
 PREFIX = "interval."
-
-
-def _tracing() -> bool:
-    """Traced for export or compilation: torch ops only."""
-    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 class HistoryScale:
@@ -63,7 +60,7 @@ class HistoryScale:
     ) -> dict[str, torch.Tensor]:
         """The state after the steps ``x [B, T, F_raw]`` (``transforms["steps"]``: the steps
         before them)."""
-        if x.device.type != "cpu" or _tracing():
+        if x.device.type != "cpu" or tracing():
             return self.advance_graph(transforms, x)
         # the same arithmetic in NumPy: a served step's few small arrays cost a third of the
         # torch ops' dispatch (tested equal to advance_graph)
