@@ -64,10 +64,28 @@ _PHIS = (0.9, 0.98)
 _GAMMA_SHARES = (0.0, 0.05, 0.3)
 
 
+def pairwise_sum(values: np.ndarray) -> np.ndarray:
+    """``[..., k] -> [...]``: the sum over the last axis by adding neighbours, level by level
+    (``((v0 + v1) + (v2 + v3)) + v4``; an odd last one moves up as it is).
+
+    The streams sum in this order rather than NumPy's (which depends on k and the memory
+    layout) because their torch forms (:mod:`seqstate.recipe.step.baseline_cells`) and ONNX
+    repeat it op for op: the same bits, so the same grid point wins a tie. A row padded with
+    zeros after its k values sums to the same bits as the k values alone.
+    """
+    while values.shape[-1] > 1:
+        k = values.shape[-1]
+        pairs = values[..., 0 : k - 1 : 2] + values[..., 1:k:2]
+        values = np.concatenate([pairs, values[..., k - 1 :]], axis=-1) if k % 2 else pairs
+    if values.shape[-1] == 0:
+        return np.zeros(values.shape[:-1])
+    return values[..., 0]
+
+
 def _mean(values: np.ndarray) -> np.ndarray:
     """Row means of ``[B, k]`` over the finite entries (0 for a row with none)."""
     finite = np.isfinite(values)
-    total = np.where(finite, values, 0.0).sum(axis=1)
+    total = pairwise_sum(np.where(finite, values, 0.0))
     return total / np.maximum(finite.sum(axis=1), 1)
 
 
@@ -226,6 +244,100 @@ def grid(season: int) -> np.ndarray:
     return points if season > 1 else points[points[:, 3] == 0.0]
 
 
+class Grid(NamedTuple):
+    """Every point of the coefficient grid run side by side on every row: ``level``,
+    ``trend`` ``[B, G]``, ``season [B, G, m]``, ``position [B]`` (the season slot of the next
+    step, one per row: every point steps together) and the running scored one-step squared
+    errors and their count ``squared``, ``counted`` ``[B, G]``."""
+
+    level: np.ndarray
+    trend: np.ndarray
+    season: np.ndarray
+    position: np.ndarray
+    squared: np.ndarray
+    counted: np.ndarray
+
+
+def grid_start(first: np.ndarray, season: int, points: int) -> Grid:
+    """The grid before step 0 of rows whose first values are ``first [B, k]`` (k <= 2m, NaN
+    after a row's values): :meth:`DampedETS.initial_state` for each of the ``points``."""
+    m = max(1, int(season))
+    start = DampedETS(m, *([np.zeros(len(first))] * 4)).initial_state(first)
+    b = len(first)
+
+    def wide(row: np.ndarray) -> np.ndarray:  # (B, ...) -> (B, G, ...): the same start
+        return np.repeat(row[:, None], points, axis=1)
+
+    zeros = np.zeros((b, points))
+    return Grid(
+        wide(start.level), wide(start.trend), wide(start.season), start.position, zeros, zeros
+    )
+
+
+def grid_step(
+    points: np.ndarray,
+    grid: Grid,
+    y: np.ndarray,
+    keep: np.ndarray | None = None,
+    scored: np.ndarray | None = None,
+) -> Grid:
+    """One value ``y [B]`` through every grid point ``points [G, 4]`` of every row, exactly
+    :meth:`DampedETS.step` per point and row (the same operations in the same order)::
+
+        seasonal = season[b, g, position[b]];  e = y[b] - (level + phi * trend + seasonal)
+        squared += e ** 2 where scored[b];  counted += scored[b]
+        where keep[b]: level = level + phi * trend + alpha * e;  trend = phi * trend + beta * e
+                       season[b, g, position[b]] += gamma * e;  position = (position + 1) mod m
+
+    Rows where ``keep [B]`` is False (padding, a NaN value) keep their state; ``scored [B]``:
+    the rows whose error counts (None: every row). ``grid.season`` is written in place (the
+    caller owns it).
+    """
+    alpha, beta, phi, gamma = points[:, 0], points[:, 1], points[:, 2], points[:, 3]
+    level, trend, season, position, squared, counted = grid
+    m = season.shape[-1]
+    rows = np.arange(len(y))
+    seasonal = season[rows, :, position]  # (B, G)
+    base = level + phi * trend
+    missed = y[:, None] - (base + seasonal)
+    # (where every row is kept or scored the masks are left out: the same values, fewer ops)
+    if scored is None:
+        squared, counted = squared + missed**2, counted + 1.0
+    else:
+        squared = squared + np.where(scored[:, None], missed**2, 0.0)
+        counted = counted + scored[:, None]
+    if keep is None:
+        season[rows, :, position] = seasonal + gamma * missed
+        return Grid(
+            base + alpha * missed, phi * trend + beta * missed, season, (position + 1) % m,
+            squared, counted,
+        )  # fmt: skip
+    kept = keep[:, None]
+    error = np.where(kept, missed, 0.0)
+    level = np.where(kept, base + alpha * error, level)
+    trend = np.where(kept, phi * trend + beta * error, trend)
+    season[rows, :, position] = seasonal + gamma * error
+    position = np.where(keep, (position + 1) % m, position)
+    return Grid(level, trend, season, position, squared, counted)
+
+
+def grid_run(values: np.ndarray, mask: np.ndarray, season: int) -> Grid:
+    """Every grid point of :func:`grid` run over ``values [B, L]`` (``mask [B, L]``: the real
+    values, padding after them) from the state :meth:`DampedETS.initial_state` reads off each
+    row's first two seasons; a step's one-step squared error counts once the first season
+    (which fitted the start) is past."""
+    m = max(1, int(season))
+    points = grid(m)
+    values = np.where(mask, values, np.nan)  # (the start reads only real values)
+    state = grid_start(values[:, : 2 * m], m, len(points))
+    burn_in = np.minimum(m, np.maximum(mask.sum(axis=1) - 1, 0))
+    for t in range(values.shape[1]):
+        y = values[:, t]
+        scored = mask[:, t] & (t >= burn_in)
+        state = grid_step(points, state, y, mask[:, t] & np.isfinite(y), scored)
+    return state
+
+
 class GridPass(NamedTuple):
     """Every grid point run over histories, rows ``b * G + g`` (series b, point g):
     the cell, its state after the last value, and the scored squared errors and counts."""
@@ -236,44 +348,28 @@ class GridPass(NamedTuple):
     counted: np.ndarray
 
 
-def grid_pass(values: np.ndarray, mask: np.ndarray, season: int) -> GridPass:
-    """Run every grid point of :func:`grid` over ``values [B, L]`` (``mask [B, L]``: the
-    real values, padding after them), from the state :meth:`DampedETS.initial_state` reads off
-    each row's first two seasons; a step's one-step squared error counts once the first season
-    (which fitted the start) is past."""
+def flat_pass(state: Grid, season: int) -> GridPass:
+    """``state``'s points as rows ``b * G + g`` of one :class:`DampedETS` (to pick from)."""
     m = max(1, int(season))
     points = grid(m)
-    g = len(points)
-    batch, longest = values.shape
-    rows = np.repeat(values, g, axis=0)  # (B * G, L): series-major
-    rows_mask = np.repeat(mask, g, axis=0)
-    coefficient = np.tile(points, (batch, 1))
-    cell = DampedETS(m, *(coefficient[:, k] for k in range(4)))
-    state = cell.initial_state(rows[:, : 2 * m])
-    lengths = np.repeat(mask.sum(axis=1), g)
-    burn_in = np.minimum(m, np.maximum(lengths - 1, 0))  # the first season fits the start
-    squared = np.zeros(batch * g)
-    counted = np.zeros(batch * g)
-    for t in range(longest):
-        y = rows[:, t]
-        scored = rows_mask[:, t] & (t >= burn_in)
-        squared, counted = _score(cell, state, y, scored, squared, counted)
-        state = cell.step(state, y, rows_mask[:, t])
-    return GridPass(cell, state, squared, counted)
+    b, g = state.level.shape
+    coefficient = np.tile(points, (b, 1))
+    return GridPass(
+        DampedETS(m, *(coefficient[:, k] for k in range(4))),
+        ETSState(
+            state.level.reshape(-1),
+            state.trend.reshape(-1),
+            state.season.reshape(-1, m),
+            np.repeat(state.position, g),
+        ),
+        state.squared.reshape(-1),
+        state.counted.reshape(-1),
+    )
 
 
-def _score(
-    cell: DampedETS,
-    state: ETSState,
-    y: np.ndarray,
-    scored: np.ndarray,
-    squared: np.ndarray,
-    counted: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The running squared one-step errors and counts after ``y`` (rows ``scored``)."""
-    rows = np.arange(len(y))
-    predicted = state.level + cell.phi * state.trend + state.season[rows, state.position]
-    return squared + np.where(scored, (y - predicted) ** 2, 0.0), counted + scored
+def grid_pass(values: np.ndarray, mask: np.ndarray, season: int) -> GridPass:
+    """:func:`grid_run` over ``values [B, L]`` (``mask [B, L]``) as rows ``b * G + g``."""
+    return flat_pass(grid_run(values, mask, season), season)
 
 
 def best_points(squared: np.ndarray, counted: np.ndarray, points: int) -> np.ndarray:
@@ -378,11 +474,15 @@ class NaiveStream:
 class ETSStream:
     """Damped ETS fitted on a stream's whole history as it arrives, exactly as
     :func:`fit_damped_ets` fits a table's: every grid point of :func:`grid` runs side by side
-    (state ``level``, ``trend`` ``[B, G]``, ``season [B, G, m]``, ``position [B]``) with its
-    running scored squared error (``squared``, ``counted`` ``[B, G]``); the answer is the
-    best point's. The starting state reads the first two seasons, so while a row has seen
-    fewer than 2m values (``first [B, 2m]`` keeps them) each step replays them from the
-    start (at most 2m steps, once per stream); after that a step is one grid step."""
+    (:class:`Grid`: state ``level``, ``trend`` ``[B, G]``, ``season [B, G, m]``,
+    ``position [B]``, ``squared``, ``counted`` ``[B, G]``) and the answer is the best point's.
+
+    The starting state reads the first two seasons, so while a row has seen at most 2m values
+    (``first [B, 2m]`` keeps them, NaN after) each step runs the grid over them from the start
+    (:func:`grid_run`: at most 2m steps, once per stream); after that a step is one
+    :func:`grid_step` of the whole grid. Every step is written as the fixed-shape torch form
+    (:class:`seqstate.recipe.step.baseline_cells.ETSCell`) computes it, which replays ``first``
+    under a mask at every step instead of only for the rows that need it."""
 
     def __init__(self, season: int) -> None:
         self.season = max(1, int(season))
@@ -401,94 +501,66 @@ class ETSStream:
             "counted": np.zeros((b, g)),
         }
 
-    def _cell(self, rows: int) -> DampedETS:
-        coefficient = np.tile(self.points, (rows, 1))
-        return DampedETS(self.season, *(coefficient[:, k] for k in range(4)))
-
     def step(self, state: StreamState, y: np.ndarray) -> tuple[np.ndarray, StreamState]:
-        m, g = self.season, len(self.points)
+        m, points = self.season, self.points
         b, steps = y.shape
-        new = {name: value.copy() for name, value in state.items()}
-        flat = self._cell(b)
+        first, seen = state["first"].copy(), state["seen"]
+        grid_state = Grid(
+            state["level"],
+            state["trend"],
+            state["season"].copy(),  # (grid_step writes the season in place)
+            state["position"],
+            state["squared"],
+            state["counted"],
+        )
+        columns = np.arange(2 * m)
+        y = np.asarray(y, dtype=np.float64)
+        finite = np.isfinite(y)
+        every_finite = bool(finite.all())
+        settled = b == 0 or int(seen.min()) >= 2 * m  # (no row replays in this call)
         predictions = np.empty((b, steps))
         for t in range(steps):
-            seen = new["seen"] + 1
-            new["seen"] = seen
-            warm = seen <= 2 * m
-            if warm.any():
+            value = y[:, t]
+            seen = seen + 1
+            warm = None if settled else seen <= 2 * m
+            if warm is None or not warm.all():
+                keep = None if every_finite else finite[:, t]
+                grid_state = grid_step(points, grid_state, value, keep)
+            if warm is not None and warm.any():
                 rows = np.flatnonzero(warm)
-                new["first"][rows, seen[rows] - 1] = y[rows, t]
-                for length in np.unique(seen[rows]):
-                    group = rows[seen[rows] == length]
-                    values = new["first"][group, :length]
-                    run = grid_pass(values, np.ones_like(values, dtype=bool), m)
-                    self._store(new, group, run.state, run.squared, run.counted)
-            if not warm.all():
-                rows = np.flatnonzero(~warm)
-                every = len(rows) == b
-                cell = flat if every else self._cell(len(rows))
-                grid_state = self._gather(new, None if every else rows)
-                value = np.repeat(y[rows, t], g)
-                squared, counted = _score(
-                    cell,
-                    grid_state,
-                    value,
-                    np.ones(len(value), dtype=bool),
-                    new["squared"][rows].reshape(-1),
-                    new["counted"][rows].reshape(-1),
-                )
-                self._store(new, rows, cell.step(grid_state, value), squared, counted)
-            predictions[:, t] = self._next(new)
-        return predictions, new
-
-    def _next(self, state: StreamState) -> np.ndarray:
-        """``[B]`` the best point's forecast of the next value: :meth:`forecast` at horizon
-        1, in the same operations, without building the chosen cell."""
-        g = len(self.points)
-        best = best_points(state["squared"].reshape(-1), state["counted"].reshape(-1), g)
-        rows = np.arange(len(best))
-        phi = self.points[best, 2]
-        seasonal = state["season"][rows, best, state["position"]]
-        return state["level"][rows, best] + phi * state["trend"][rows, best] + seasonal
-
-    def _gather(self, state: StreamState, rows: np.ndarray | None) -> ETSState:
-        """The grid state of ``rows`` (None: all) flattened to rows ``b * G + g``."""
-        g, m = len(self.points), self.season
-        pick = (lambda a: a) if rows is None else (lambda a: a[rows])
-        return ETSState(
-            pick(state["level"]).reshape(-1),
-            pick(state["trend"]).reshape(-1),
-            pick(state["season"]).reshape(-1, m),
-            np.repeat(pick(state["position"]), g),
-        )
-
-    def _store(
-        self,
-        state: StreamState,
-        rows: np.ndarray,
-        grid_state: ETSState,
-        squared: np.ndarray,
-        counted: np.ndarray,
-    ) -> None:
-        g, m = len(self.points), self.season
-        state["level"][rows] = grid_state.level.reshape(-1, g)
-        state["trend"][rows] = grid_state.trend.reshape(-1, g)
-        state["season"][rows] = grid_state.season.reshape(-1, g, m)
-        state["position"][rows] = grid_state.position.reshape(-1, g)[:, 0]
-        state["squared"][rows] = squared.reshape(-1, g)
-        state["counted"][rows] = counted.reshape(-1, g)
+                first[rows, seen[rows] - 1] = value[rows]
+                replayed = grid_run(first[rows], columns < seen[rows, None], m)
+                grid_state = _placed(grid_state, rows, replayed)
+            predictions[:, t] = _next(points, grid_state)
+        new = dict(zip(Grid._fields, grid_state, strict=True))
+        return predictions, {"first": first, "seen": seen, **new}
 
     def forecast(self, state: StreamState, horizon: int) -> np.ndarray:
         g = len(self.points)
-        b = len(state["seen"])
-        run = GridPass(
-            self._cell(b),
-            self._gather(state, None),
-            state["squared"].reshape(-1),
-            state["counted"].reshape(-1),
-        )
+        run = flat_pass(Grid(*(state[field] for field in Grid._fields)), self.season)
         cell, chosen = _chosen(run, best_points(run.squared, run.counted, g))
         return cell.forecast(chosen, horizon)
+
+
+def _placed(grid_state: Grid, rows: np.ndarray, replayed: Grid) -> Grid:
+    """``grid_state`` with ``rows`` taken from ``replayed`` (new arrays but the season,
+    written in place)."""
+    fields = []
+    for name, whole, part in zip(Grid._fields, grid_state, replayed, strict=True):
+        whole = whole if name == "season" else whole.copy()
+        whole[rows] = part
+        fields.append(whole)
+    return Grid(*fields)
+
+
+def _next(points: np.ndarray, grid_state: Grid) -> np.ndarray:
+    """``[B]`` the best point's forecast of the next value: ``DampedETS.forecast`` at
+    horizon 1, in the same operations, without building the chosen cell."""
+    level, trend, season, position, squared, counted = grid_state
+    best = best_points(squared.reshape(-1), counted.reshape(-1), len(points))
+    rows = np.arange(len(best))
+    phi = points[best, 2]
+    return level[rows, best] + phi * trend[rows, best] + season[rows, best, position]
 
 
 class ThetaStream:
@@ -542,7 +614,7 @@ class ThetaStream:
         counts = state["dcount"]
         seen = counts > 0
         raw = np.where(seen, state["dsum"] / np.maximum(counts, 1), 0.0)
-        centre = raw.sum(axis=1) / np.maximum(seen.sum(axis=1), 1)
+        centre = pairwise_sum(raw) / np.maximum(seen.sum(axis=1), 1)
         return np.where(seen, raw - centre[:, None], 0.0)
 
     def step(self, state: StreamState, y: np.ndarray) -> tuple[np.ndarray, StreamState]:
@@ -557,7 +629,7 @@ class ThetaStream:
             slot = index % m
             indices = self.indices(new)
             # one-step SES error on the adjusted value, with the indices known before it
-            level = new["ses"] - np.einsum("bgm,bm->bg", new["weight"], indices)
+            level = new["ses"] - pairwise_sum(new["weight"] * indices[:, None, :])
             error = (value - indices[rows, slot])[:, None] - level
             scored = (index >= max(m, 1))[:, None]
             new["squared"] += np.where(scored, error**2, 0.0)
@@ -598,7 +670,7 @@ class ThetaStream:
         if not ready.any():
             return
         window = np.where(ready[:, None] & np.isfinite(recent), recent, 0.0)
-        average = window @ weights
+        average = pairwise_sum(window * weights)
         at = recent.shape[1] - span + centre  # the centre's column in recent
         slot = (seen - span + centre) % m
         state["dsum"][rows, slot] += np.where(ready, window[:, at] - average, 0.0)
@@ -610,12 +682,10 @@ class ThetaStream:
         best = best_points(state["squared"].reshape(-1), state["counted"].reshape(-1), g)
         alpha = self.alphas[best]
         indices = self.indices(state)
-        level = state["ses"][rows, best] - np.einsum(
-            "bm,bm->b", state["weight"][rows, best], indices
-        )
+        level = state["ses"][rows, best] - pairwise_sum(state["weight"][rows, best] * indices)
         n = state["seen"].astype(np.float64)
-        adjusted = state["sum_y"] - np.einsum("bm,bm->b", state["slot_count"], indices)
-        timed = state["sum_ty"] - np.einsum("bm,bm->b", state["slot_time"], indices)
+        adjusted = state["sum_y"] - pairwise_sum(state["slot_count"] * indices)
+        timed = state["sum_ty"] - pairwise_sum(state["slot_time"] * indices)
         sum_t = n * (n - 1) / 2
         sum_tt = (n - 1) * n * (2 * n - 1) / 6
         spread = n * sum_tt - sum_t**2

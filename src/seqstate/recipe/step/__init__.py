@@ -5,7 +5,6 @@ function.py        RunStep and MemberStep: raw rows in, raw answers out, state c
 state.py           RunState: the whole state as one typed record (safetensors codec)
 cells.py           transform cells: scaling, log, differencing, calendar
 blend.py           the validation's choice: baselines stepped beside the network, combined
-baseline_rows.py   damped ETS's steps past its warm-up in whole-grid NumPy ops
 baseline_cells.py  baselines as torch cells over explicit state (the ONNX graph's form)
 history_scale.py   each stream's MASE scale, kept as it streams (the intervals' width)
 tables.py          predict and forecast of a whole table through RunStep

@@ -33,7 +33,6 @@ from torch import nn
 
 from seqstate.core.state import State
 from seqstate.recipe.step import cells
-from seqstate.recipe.step.baseline_rows import lean_stream
 from seqstate.recipe.step.blend import NETWORK, Blend
 from seqstate.recipe.step.history_scale import HistoryScale
 from seqstate.recipe.step.state import RunState
@@ -641,10 +640,7 @@ class RunStep(nn.Module):
                 f"read the targets' past, but its inputs {list(self.inputs)} lack {missing}; "
                 "a selection is only made for runs whose targets are inputs"
             )
-        blend = Blend(weights, [self.inputs.index(t) for t in self.targets])
-        # damped ETS steps past its warm-up on the whole grid at once (the same bits)
-        blend.streams = {name: lean_stream(stream) for name, stream in blend.streams.items()}
-        return blend
+        return Blend(weights, [self.inputs.index(t) for t in self.targets])
 
     def _members(self) -> tuple[MemberStep, ...]:
         return self._member_steps
