@@ -1,7 +1,8 @@
-"""A run whose selection blends the network with seasonal naive exports to ONNX: the baseline's
-state explicit inputs and outputs, ONNX Runtime equal to the run's step function (what
-``predict`` runs) chunk by chunk; a run blending damped ETS (no torch form) is refused in one
-line; the torch cell equals the NumPy stream."""
+"""A run whose selection blends the network with baselines (seasonal naive, damped ETS, Theta,
+any mix) exports to ONNX: each baseline's state explicit inputs and outputs, ONNX Runtime
+equal to the run's step function (what ``predict`` runs) chunk by chunk, at T = 1, 7 and
+whole, one row and four, several series, a differenced run's NaN warm-up included; each
+torch cell equals its NumPy stream bit for bit in any chunking."""
 
 from __future__ import annotations
 
@@ -10,13 +11,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from seqstate.core.model import SequenceModel
-from seqstate.recipe.baselines import NaiveStream
+from seqstate.recipe.baselines import ETSStream, NaiveStream, ThetaStream
 from seqstate.recipe.run import Run, RunMember
 from seqstate.recipe.selection import Selection
-from seqstate.recipe.step.baseline_cells import NaiveCell, torch_form
+from seqstate.recipe.step import tables as step_tables
+from seqstate.recipe.step.baseline_cells import (
+    TORCH_FORMS,
+    ETSCell,
+    NaiveCell,
+    ThetaCell,
+    pairwise_sum,
+    torch_form,
+)
 from seqstate.recipe.table import Columns
+
+PAIRS = {"seasonal_naive": (NaiveStream, NaiveCell), "ets": (ETSStream, ETSCell)}
+PAIRS["theta"] = (ThetaStream, ThetaCell)
 
 
 def blended_run(root: Path, weights: dict[str, float]) -> Path:
@@ -29,32 +43,123 @@ def blended_run(root: Path, weights: dict[str, float]) -> Path:
     return Run([member], columns).save(root / "run")
 
 
-def test_the_naive_cell_equals_the_numpy_stream_in_any_chunking():
-    rng = np.random.default_rng(0)
-    y = rng.standard_normal((3, 2, 23))  # (B, O, L)
-    stream, cell = NaiveStream(4), NaiveCell(4)
-    state = stream.initial_state(6)
-    tensors = {k: torch.from_numpy(v.reshape(3, 2, *v.shape[1:])) for k, v in state.items()}
-    begin = 0
-    for size in (1, 3, 7, 1, 11):
-        chunk = y[..., begin : begin + size]
-        expected, state = stream.step(state, chunk.reshape(6, -1))
-        got, tensors = cell(tensors, torch.from_numpy(chunk))
-        np.testing.assert_array_equal(got.numpy().reshape(6, -1), expected)
+# --------------------------------------------------------------------------------------------
+# The torch cells against the NumPy streams
+# --------------------------------------------------------------------------------------------
+
+
+def step_both(kind, season, y, sizes):
+    """Step ``y [B, O, L]`` through the stream and the cell in chunks of ``sizes`` (cycled);
+    assert the state the same bits after each chunk; return both answers ``[B * O, L]``."""
+    stream_type, cell_type = PAIRS[kind]
+    stream, cell = stream_type(season), cell_type(season)
+    b, o, length = y.shape
+    state = stream.initial_state(b * o)
+    tensors = {k: torch.from_numpy(v.reshape(b, o, *v.shape[1:])) for k, v in state.items()}
+    expected, got = [], []
+    begin, turn = 0, 0
+    while begin < length:
+        chunk = y[..., begin : begin + sizes[turn % len(sizes)]]
+        answer, state = stream.step(state, chunk.reshape(b * o, -1))
+        cell_answer, tensors = cell(tensors, torch.from_numpy(chunk))
+        expected.append(answer)
+        got.append(cell_answer.numpy().reshape(b * o, -1))
+        assert set(tensors) == set(state)
         for field, value in state.items():
-            np.testing.assert_array_equal(tensors[field].numpy().reshape(value.shape), value)
-        begin += size
-    assert torch_form("ets_12") is None and isinstance(torch_form("seasonal_naive_7"), NaiveCell)
+            assert tensors[field].dtype == torch.from_numpy(value).dtype, field
+            np.testing.assert_array_equal(
+                tensors[field].numpy().reshape(value.shape), value, err_msg=field
+            )
+        begin, turn = begin + chunk.shape[-1], turn + 1
+    return np.concatenate(got, axis=1), np.concatenate(expected, axis=1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(PAIRS)),
+    season=st.sampled_from([1, 2, 3, 4, 7]),
+    sizes=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+    length=st.integers(1, 40),
+    gaps=st.lists(st.integers(0, 39), max_size=2),
+    seed=st.integers(0, 2**16),
+)
+def test_each_torch_cell_equals_its_numpy_stream_in_any_chunking(
+    kind, season, sizes, length, gaps, seed
+):
+    rng = np.random.default_rng(seed)
+    y = 5 + np.cumsum(rng.standard_normal((2, 2, length)), axis=-1)
+    y[1, 0, [g for g in gaps if g < length]] = np.nan  # (a differenced run's warm-up)
+    got, expected = step_both(kind, season, y, sizes)
+    if kind == "theta":  # (its answer's (1 - alpha) ** n is torch's pow: the last bit may move)
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    else:
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_the_cells_cover_every_kind_at_a_long_season():
+    # a season past 8 slots takes the pairwise sums past one level of pairs
+    rng = np.random.default_rng(3)
+    y = 10 + np.cumsum(rng.standard_normal((1, 3, 40)), axis=-1)
+    for kind in PAIRS:
+        got, expected = step_both(kind, 12, y, [5, 1, 13])
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
+    assert set(TORCH_FORMS) == {"seasonal_naive", "ets", "theta"}
+    assert isinstance(torch_form("ets_12"), ETSCell) and isinstance(
+        torch_form("theta_4"), ThetaCell
+    )
+    assert isinstance(torch_form("seasonal_naive_7"), NaiveCell) and torch_form("arima_3") is None
+
+
+def test_the_torch_pairwise_sum_is_the_numpy_one():
+    from seqstate.recipe.baselines import pairwise_sum as numpy_sum
+
+    rng = np.random.default_rng(0)
+    for k in (0, 1, 2, 3, 7, 8, 12, 13, 52):
+        values = rng.standard_normal((4, k)) * 10.0 ** rng.integers(-8, 8, (4, k))
+        assert (
+            pairwise_sum(torch.from_numpy(values)).numpy().tobytes() == numpy_sum(values).tobytes()
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX Runtime against the step function
+# --------------------------------------------------------------------------------------------
+
+
+def onnx_session(run: Path, tmp_path: Path):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the [onnx] extra) runs it")
+    pytest.importorskip("onnxscript", reason="onnxscript (the [onnx] extra) exports")
+    from seqstate.interop.onnx import export_run_onnx
+
+    path = export_run_onnx(run, tmp_path / "run.onnx")
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, function, x, time, series, chunk):
+    """The answers ``[B, T, O]`` of ONNX Runtime fed ``x`` in chunks of ``chunk`` from the
+    step function's initial state of ``series``, and its last state outputs."""
+    from seqstate.interop.onnx import run_onnx_names
+
+    inputs, _ = run_onnx_names(function)
+    initial = function.initial_state(series)
+    state = [t.numpy() for t in initial.transforms.values()]
+    state += [t.numpy() for member in initial.models for t in member.tensors()]
+    answers = []
+    for start in range(0, x.shape[1], chunk):
+        head = [x[:, start : start + chunk]]
+        if function.needs_time:
+            head.append(time[:, start : start + chunk])
+        result = session.run(None, dict(zip(inputs, [*head, *state], strict=True)))
+        answers.append(result[0])
+        state = result[1 : 1 + len(state)]
+    return np.concatenate(answers, axis=1), state
 
 
 def test_onnx_runtime_equals_the_step_function_of_a_naive_blend(tmp_path: Path):
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the [onnx] extra) runs it")
-    pytest.importorskip("onnxscript", reason="onnxscript (the [onnx] extra) exports")
-    from seqstate.interop.onnx import export_run_onnx, run_onnx_names
+    from seqstate.interop.onnx import run_onnx_names
 
     run = blended_run(tmp_path, {"network": 0.4, "seasonal_naive_4": 0.6})
-    path = export_run_onnx(run, tmp_path / "run.onnx")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(run, tmp_path)
     function = Run.load(run).step_function()
     inputs, outputs = run_onnx_names(function)
     assert "baseline.seasonal_naive_4.values" in inputs
@@ -67,26 +172,52 @@ def test_onnx_runtime_equals_the_step_function_of_a_naive_blend(tmp_path: Path):
         # the blend changes the answer: a graph of the network alone would fail here
         assert not np.allclose(expected.numpy(), network[0].numpy())
         for chunk in (1, 7, x.shape[1]):
-            initial = function.initial_state([None] * batch)
-            state = [t.numpy() for t in initial.transforms.values()]
-            state += [t.numpy() for member in initial.models for t in member.tensors()]
-            answers = []
-            for start in range(0, x.shape[1], chunk):
-                feeds = dict(zip(inputs, [x[:, start : start + chunk], *state], strict=True))
-                result = session.run(None, feeds)
-                answers.append(result[0])
-                state = result[1:]
-            np.testing.assert_allclose(
-                np.concatenate(answers, axis=1), expected.numpy(), rtol=1e-5, atol=1e-6
+            got, _ = run_onnx(session, function, x, None, [None] * batch, chunk)
+            np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# runs of several series, as test_run_baselines builds them: name -> RUNS entry there
+BLENDS = ["combination", "difference"]
+
+
+@pytest.mark.parametrize("name", BLENDS)
+def test_onnx_runtime_equals_the_step_function_of_every_blend(name, tmp_path: Path):
+    """Series scaling, calendar features, a differenced run's NaN warm-up, damped ETS and
+    Theta at season 12 beside seasonal naive: ONNX Runtime answers what the step function
+    (predict) answers, and ends in its state, at every chunk size and batch."""
+    from seqstate.interop.onnx import run_onnx_names
+    from test_run_baselines import build
+
+    table, members, chosen, _ = build(name)
+    saved = [
+        RunMember(m.model, m.scaling, m.calendar, {"selection": chosen.to_dict()}) for m in members
+    ]
+    run = Run(saved, table.columns).save(tmp_path / "run")
+    session = onnx_session(run, tmp_path)
+    function = Run.load(run).step_function()
+    inputs, _ = run_onnx_names(function)
+    baselines = {n.split(".")[1] for n in inputs if n.startswith("baseline.")}
+    assert baselines == set(chosen.weights) - {"network"}
+    length = min(len(f) for f in table.features)
+    for rows in ([0], [0, 1, 2, 3]):
+        rows = [r % len(table) for r in rows]
+        x = np.stack([step_tables.table_inputs(function, table, r)[:length] for r in rows])
+        time = None
+        if function.needs_time:
+            time = np.stack(
+                [step_tables.table_times(function, table.times[r])[:length] for r in rows]
             )
-
-
-def test_a_run_blending_ets_is_refused_in_one_line(tmp_path: Path):
-    pytest.importorskip("onnxscript", reason="onnxscript (the [onnx] extra) exports")
-    from seqstate.interop.onnx import export_run_onnx
-
-    run = blended_run(tmp_path, {"network": 0.5, "ets_4": 0.5})
-    with pytest.raises(ValueError, match=r"\['ets_4'\] has no form in an ONNX graph") as error:
-        export_run_onnx(run, tmp_path / "run.onnx")
-    assert "\n" not in str(error.value)
-    assert not (tmp_path / "run.onnx").exists()
+        series = [table.ids[r] for r in rows]
+        initial = function.initial_state(series)
+        expected, final = function.step(initial, x, None if time is None else time)
+        expected = expected.numpy()
+        if name == "difference":  # (the network's warm-up: no answer for the first steps)
+            assert np.isnan(expected[:, 0]).all() and np.isfinite(expected[:, -1]).all()
+        for chunk in (1, 7, length):
+            got, state = run_onnx(session, function, x, time, series, chunk)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+            for field, value in zip(final.transforms, state, strict=False):
+                if field.startswith("baseline."):
+                    np.testing.assert_allclose(
+                        value, final.transforms[field].numpy(), rtol=1e-9, err_msg=field
+                    )

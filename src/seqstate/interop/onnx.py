@@ -478,6 +478,18 @@ class _RunGraph(nn.Module):
         return (y, *tensors)
 
 
+def _declare_time_axis(proto: Any, names: list[str]) -> None:
+    """Declare the outputs ``names`` ``[batch, time, ...]``: a ``Scan`` over steps (a
+    baseline's recurrence) can leave the example's time length on them, and onnxruntime
+    then warns on every other length."""
+    by_name = {output.name: output for output in proto.graph.output}
+    for name in names:
+        dims = by_name[name].type.tensor_type.shape.dim
+        for dim, label in zip(dims, ("batch", "time"), strict=False):
+            dim.Clear()
+            dim.dim_param = label
+
+
 def export_run_onnx(
     run_dir: str | os.PathLike[str],
     path: str | os.PathLike[str],
@@ -516,7 +528,7 @@ def export_run_onnx(
 
     onnx = _onnx_module()
     from seqstate.recipe.run import Run
-    from seqstate.recipe.step.baseline_cells import BlendCell, torch_form
+    from seqstate.recipe.step.baseline_cells import BlendCell
 
     if not isinstance(run_dir, str | os.PathLike):
         raise TypeError(f"run_dir must be a run directory path; received {type(run_dir).__name__}")
@@ -530,16 +542,6 @@ def export_run_onnx(
     blend = None
     if function.blend is not None:
         weights = dict(function.blend.weights)
-        missing = [name for name in weights if name != "network" and torch_form(name) is None]
-        if missing:
-            # Damped ETS replays its first two seasons and picks its coefficients per step:
-            # no fixed graph. A graph without it would answer otherwise.
-            raise ValueError(
-                f"run directory {str(run_dir)!r} answers with {weights} (validation chose "
-                f"baselines over the network alone), and {missing} has no form in an ONNX "
-                "graph (seasonal naive has); train with --select network to export it, or "
-                "serve it with `seqstate serve`"
-            )
         targets = [function.inputs.index(t) for t in function.targets]
         blend = BlendCell(weights, targets, combines=function.columns.shift == 1)
     heads = {member.head.name for member in function.members if member.head is not None}
@@ -590,6 +592,9 @@ def export_run_onnx(
     _forget_intermediate_shapes(program.model.graph)
     program.optimize()
     proto = program.model_proto
+    _declare_time_axis(
+        proto, [n for n in outputs if n == "y" or n.endswith(".distribution_parameters")]
+    )
     with atomic_path(target) as tmp:
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp))
