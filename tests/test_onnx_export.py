@@ -256,21 +256,39 @@ def test_a_second_export_in_one_process_keeps_the_time_axis_dynamic(exported, tm
         torch.testing.assert_close(torch.from_numpy(y), model(x)[0], **TOL)
 
 
-def test_a_run_that_answers_with_baselines_is_refused_in_one_line(tmp_path: Path) -> None:
-    """A run whose validation chose baselines answers with them; a graph of the network alone
-    would answer otherwise, so the export refuses (and writes nothing)."""
+def test_a_run_of_two_fused_groups_blending_ets_runs_at_any_chunk_length(tmp_path: Path) -> None:
+    """LSTM(32) -> LSTM(16) -> Dense as a run whose validation blended damped ETS: the run
+    graph (ONNX LSTM operators, the baseline's Scan) equals the step function at T = 1, 7 and
+    whole, for one row and four."""
     from seqstate.interop.onnx import export_run_onnx
     from seqstate.recipe.run import Run, RunMember
     from seqstate.recipe.selection import Selection
     from seqstate.recipe.table import Columns
+    from test_onnx_run_baselines import run_onnx
 
-    chosen = Selection({"network": 0.5, "ets_12": 0.5}, "network+ets_12", {}, 12, 24, 1, 1)
-    model = SequenceModel(input_size=1, output_size=1, hidden_size=4)
+    torch.manual_seed(0)
+    model = SequenceModel(
+        input_size=1,
+        output_size=1,
+        layers=[{"kind": "lstm", "hidden_size": 32}, {"kind": "lstm", "hidden_size": 16}],
+        head=[{"units": 8, "activation": "relu"}, {"units": 1}],
+    )
+    assert len(model.groups) == 2
+    chosen = Selection({"network": 0.5, "ets_4": 0.5}, "network+ets_4", {}, 4, 8, 1, 1)
     member = RunMember(model, None, (), {"selection": chosen.to_dict()})
     run = Run([member], Columns(features=("y",), targets=("y",))).save(tmp_path / "run")
-    with pytest.raises(ValueError, match=r"train with --select network to export it"):
-        export_run_onnx(run, tmp_path / "run.onnx")
-    assert not (tmp_path / "run.onnx").exists()
+    path = export_run_onnx(run, tmp_path / "run.onnx")
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops.count("LSTM") == 2 and "Scan" in ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    function = Run.load(run).step_function()
+    rng = np.random.default_rng(0)
+    for batch in (1, 4):
+        x = (5 + np.cumsum(rng.standard_normal((batch, 15, 1)), axis=1)).astype(np.float32)
+        expected, _ = function.step(function.initial_state([None] * batch), x)
+        for chunk in (1, 7, x.shape[1]):
+            got, _ = run_onnx(session, function, x, None, [None] * batch, chunk)
+            np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_a_negative_binomial_run_is_refused_with_the_reason(tmp_path):
