@@ -518,8 +518,11 @@ def export_run_onnx(
     (its tensors in that order): the series' statistics are bound there. B and T are dynamic.
     A run with an interval table carries its streams' MASE scale in the state
     (``interval.lag_sum``, ``interval.one_sum``, ``interval.last``): the calibrated quantiles
-    are arithmetic on ``y`` and those, outside the graph (docs/onnx.md). A negative binomial
-    head is refused (its median needs lgamma, which ONNX lacks).
+    are arithmetic on ``y`` and those, outside the graph (docs/cli.md). A run whose validation
+    chose baselines answers with the same combination as ``predict``: each baseline's state is
+    in the run state (``baseline.<name>.<field>``), stepped by its torch form
+    (:mod:`seqstate.recipe.step.baseline_cells`). A negative binomial head is refused (its
+    median needs lgamma, which ONNX lacks).
 
     Returns:
         ``path``.

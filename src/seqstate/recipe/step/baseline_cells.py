@@ -9,10 +9,13 @@ each baseline's state an explicit input and output under the names the run state
     x [B, T, F] ──targets──► y [B, O, T] float64 ──BaselineCell(state)──► part [B, O, T]
     network [B, T, O] ──► sum_k w_k * (part_k, or the network where part_k has no value)
 
-:class:`NaiveCell` is :class:`seqstate.recipe.baselines.NaiveStream`'s step in torch, the same
-operations in the same order. Damped ETS has no torch form: its stream replays a row's first
-two seasons from scratch and picks its coefficients per step (a data-dependent number of grid
-passes), so a run that blends it is refused by the exporter (:func:`torch_form` is None).
+Every kind of :data:`seqstate.recipe.baselines.STREAMS` has one (:data:`TORCH_FORMS`), its
+stream's step in torch with the same operations in the same order, so the state comes out the
+same bits and the same grid point wins a tie: :class:`NaiveCell` (no recurrence: whole-chunk
+ops), :class:`ETSCell` and :class:`ThetaCell` (a step at a time: a ``scan`` when exported, ONNX
+``Scan``, so T stays dynamic). Sums run in :func:`pairwise_sum`'s order on both sides; a slot
+write is a ``where`` over the slots; nothing branches on values (damped ETS replays its first
+two seasons under a mask at every step instead of only while a stream is young).
 """
 
 from __future__ import annotations
