@@ -48,13 +48,19 @@ def blended_run(root: Path, weights: dict[str, float]) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def step_both(kind, season, y, sizes):
+def step_both(kind, season, y, sizes, ahead=0):
     """Step ``y [B, O, L]`` through the stream and the cell in chunks of ``sizes`` (cycled);
-    assert the state the same bits after each chunk; return both answers ``[B * O, L]``."""
+    assert the state the same bits after each chunk; return both answers ``[B * O, L]``.
+    ``ahead``: the first row starts that many values further on (rows in different phases)."""
     stream_type, cell_type = PAIRS[kind]
     stream, cell = stream_type(season), cell_type(season)
     b, o, length = y.shape
     state = stream.initial_state(b * o)
+    if ahead:
+        before = 5 + np.arange(o * ahead, dtype=np.float64).reshape(o, ahead) % 7
+        _, alone = stream.step(stream.initial_state(o), before)
+        for field in state:
+            state[field][:o] = alone[field]
     tensors = {k: torch.from_numpy(v.reshape(b, o, *v.shape[1:])) for k, v in state.items()}
     expected, got = [], []
     begin, turn = 0, 0
@@ -81,15 +87,16 @@ def step_both(kind, season, y, sizes):
     sizes=st.lists(st.integers(1, 9), min_size=1, max_size=4),
     length=st.integers(1, 40),
     gaps=st.lists(st.integers(0, 39), max_size=2),
+    ahead=st.integers(0, 16),
     seed=st.integers(0, 2**16),
 )
 def test_each_torch_cell_equals_its_numpy_stream_in_any_chunking(
-    kind, season, sizes, length, gaps, seed
+    kind, season, sizes, length, gaps, ahead, seed
 ):
     rng = np.random.default_rng(seed)
     y = 5 + np.cumsum(rng.standard_normal((2, 2, length)), axis=-1)
     y[1, 0, [g for g in gaps if g < length]] = np.nan  # (a differenced run's warm-up)
-    got, expected = step_both(kind, season, y, sizes)
+    got, expected = step_both(kind, season, y, sizes, ahead)
     if kind == "theta":  # (its answer's (1 - alpha) ** n is torch's pow: the last bit may move)
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
     else:
@@ -135,13 +142,16 @@ def onnx_session(run: Path, tmp_path: Path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def run_onnx(session, function, x, time, series, chunk):
+def run_onnx(session, function, x, time, initial, chunk):
     """The answers ``[B, T, O]`` of ONNX Runtime fed ``x`` in chunks of ``chunk`` from the
-    step function's initial state of ``series``, and its last state outputs."""
+    run state ``initial`` (or the step function's initial state of those series), and its
+    last state outputs."""
     from seqstate.interop.onnx import run_onnx_names
+    from seqstate.recipe.step import RunState
 
     inputs, _ = run_onnx_names(function)
-    initial = function.initial_state(series)
+    if not isinstance(initial, RunState):
+        initial = function.initial_state(initial)
     state = [t.numpy() for t in initial.transforms.values()]
     state += [t.numpy() for member in initial.models for t in member.tensors()]
     answers = []
@@ -155,24 +165,37 @@ def run_onnx(session, function, x, time, series, chunk):
     return np.concatenate(answers, axis=1), state
 
 
-def test_onnx_runtime_equals_the_step_function_of_a_naive_blend(tmp_path: Path):
+def test_onnx_runtime_equals_the_step_function_with_rows_in_different_phases(tmp_path: Path):
+    """Naive, damped ETS and Theta blended, the rows of one call at different points of
+    their streams (fresh, in ETS's warm-up, past it): ONNX Runtime answers as the step
+    function at every chunk size (ETS's replay runs while any row is young)."""
     from seqstate.interop.onnx import run_onnx_names
+    from seqstate.recipe.step import RunState
 
-    run = blended_run(tmp_path, {"network": 0.4, "seasonal_naive_4": 0.6})
+    weights = {"network": 0.4, "seasonal_naive_4": 0.2, "ets_4": 0.2, "theta_4": 0.2}
+    run = blended_run(tmp_path, weights)
     session = onnx_session(run, tmp_path)
     function = Run.load(run).step_function()
     inputs, outputs = run_onnx_names(function)
-    assert "baseline.seasonal_naive_4.values" in inputs
-    assert "baseline.seasonal_naive_4.values_next" in outputs
+    for name in ("seasonal_naive_4.values", "ets_4.season", "theta_4.weight"):
+        assert f"baseline.{name}" in inputs and f"baseline.{name}_next" in outputs
     rng = np.random.default_rng(1)
-    for batch in (1, 4):
-        x = (5 + rng.standard_normal((batch, 19, 1))).astype(np.float32)
-        expected, _ = function.step(function.initial_state([None] * batch), x)
-        network, _ = function.step_members(function.initial_state([None] * batch), x)
+    history = (5 + np.cumsum(rng.standard_normal((4, 12, 1)), axis=1)).astype(np.float32)
+    starts = []
+    for row, done in enumerate((0, 3, 12, 7)):  # values each row has seen before
+        state = function.initial_state([None])
+        if done:
+            _, state = function.step(state, history[row : row + 1, :done])
+        starts.append(state)
+    for rows in ([2], [0, 1, 2, 3]):
+        initial = RunState.cat([starts[r] for r in rows])
+        x = (5 + np.cumsum(rng.standard_normal((len(rows), 19, 1)), axis=1)).astype(np.float32)
+        expected, _ = function.step(initial, x)
+        network, _ = function.step_members(initial, x)
         # the blend changes the answer: a graph of the network alone would fail here
         assert not np.allclose(expected.numpy(), network[0].numpy())
         for chunk in (1, 7, x.shape[1]):
-            got, _ = run_onnx(session, function, x, None, [None] * batch, chunk)
+            got, _ = run_onnx(session, function, x, None, initial, chunk)
             np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
 
 

@@ -481,8 +481,8 @@ class ETSStream:
     (``first [B, 2m]`` keeps them, NaN after) each step runs the grid over them from the start
     (:func:`grid_run`: at most 2m steps, once per stream); after that a step is one
     :func:`grid_step` of the whole grid. Every step is written as the fixed-shape torch form
-    (:class:`seqstate.recipe.step.baseline_cells.ETSCell`) computes it, which replays ``first``
-    under a mask at every step instead of only for the rows that need it."""
+    (:class:`seqstate.recipe.step.baseline_cells.ETSCell`) computes it, which replays
+    ``first`` under a mask for every row of a step where any row needs it."""
 
     def __init__(self, season: int) -> None:
         self.season = max(1, int(season))

@@ -14,8 +14,8 @@ stream's step in torch with the same operations in the same order, so the state 
 same bits and the same grid point wins a tie: :class:`NaiveCell` (no recurrence: whole-chunk
 ops), :class:`ETSCell` and :class:`ThetaCell` (a step at a time: a ``scan`` when exported, ONNX
 ``Scan``, so T stays dynamic). Sums run in :func:`pairwise_sum`'s order on both sides; a slot
-write is a ``where`` over the slots; nothing branches on values (damped ETS replays its first
-two seasons under a mask at every step instead of only while a stream is young).
+write is a ``where`` over the slots. Damped ETS replays its first two seasons under a mask
+for all the rows of a step while any of them is young (an ONNX ``If``), not row by row.
 """
 
 from __future__ import annotations
@@ -155,12 +155,13 @@ class ETSCell(nn.Module):
     2m grid steps); rows that have seen at most 2m values take the replay::
 
         seen += 1;  warm = seen <= 2m;  first[seen - 1] = y where warm
-        grid = where(warm, grid_run(first, columns < seen), grid_step(grid, y))
+        grid = grid_step(grid, y)
+        if any(warm): grid = where(warm, grid_run(first, columns < seen), grid)
         answer = level + phi * trend + season[position] at g = argmin squared / counted
 
     The same operations in the same order as the NumPy stream (the same bits, so the same
-    point wins a tie). The replay costs 2m grid steps on every step, warm or not: the price of
-    one graph without branches."""
+    point wins a tie). Exported, the ``if`` is a ``torch.cond`` (ONNX ``If``): a step costs
+    one grid step once every row of the call is past its first 2m values, 2m + 1 before."""
 
     def __init__(self, season: int) -> None:
         super().__init__()
@@ -187,11 +188,23 @@ class ETSCell(nn.Module):
             writes = warm[:, None] & (columns == (seen - 1)[:, None])
             first = torch.where(writes, value[:, None], first)
             stepped = self._step(tuple(grid_state), value, torch.isfinite(value), None)
-            replayed = self._run(first, columns < seen[:, None])
-            chosen = tuple(
-                torch.where(warm.reshape(-1, *([1] * (a.dim() - 1))), r, a)
-                for a, r in zip(stepped, replayed, strict=True)
-            )
+
+            def replay(first: torch.Tensor, seen: torch.Tensor, *stepped: torch.Tensor) -> Carry:
+                replayed = self._run(first, columns < seen[:, None])
+                warm = seen <= 2 * m
+                return tuple(
+                    torch.where(warm.reshape(-1, *([1] * (a.dim() - 1))), r, a)
+                    for a, r in zip(stepped, replayed, strict=True)
+                )
+
+            def settled(first: torch.Tensor, seen: torch.Tensor, *stepped: torch.Tensor) -> Carry:
+                return tuple(a.clone() for a in stepped)  # (a branch may not return its input)
+
+            operands = (first, seen, *stepped)
+            if tracing():  # the replay only while a row is young: an ONNX If
+                chosen = tuple(torch.cond(warm.any(), replay, settled, operands))
+            else:
+                chosen = replay(*operands) if bool(warm.any()) else stepped
             return (first, seen, *chosen), self._next(chosen)
 
         carry, predictions = over_time(step, _rows(state, self.fields), y.flatten(0, 1))
