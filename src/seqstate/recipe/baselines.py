@@ -529,7 +529,10 @@ class ETSStream:
             if warm is not None and warm.any():
                 rows = np.flatnonzero(warm)
                 first[rows, seen[rows] - 1] = value[rows]
-                replayed = grid_run(first[rows], columns < seen[rows, None], m)
+                # (the columns past the longest row's values would be masked no-ops)
+                longest = int(seen[rows].max())
+                values, real = first[rows, :longest], columns[:longest] < seen[rows, None]
+                replayed = grid_run(values, real, m)
                 grid_state = _placed(grid_state, rows, replayed)
             predictions[:, t] = _next(points, grid_state)
         new = dict(zip(Grid._fields, grid_state, strict=True))
