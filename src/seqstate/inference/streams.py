@@ -192,14 +192,27 @@ class _Plan:
 _PLANS: weakref.WeakKeyDictionary[nn.Module, _Plan] = weakref.WeakKeyDictionary()
 
 
+# the model advance() saw last and its plan: a weak reference's call instead of a
+# WeakKeyDictionary lookup (which makes a new weak reference) on every step
+_last: tuple[weakref.ref[nn.Module], _Plan] | None = None
+
+
 def _plan(model: Any) -> _Plan:
-    plan = _PLANS.get(model) if isinstance(model, nn.Module) else None
+    global _last
+    last = _last
+    if last is not None and last[0]() is model:
+        plan: _Plan | None = last[1]
+    else:
+        plan = _PLANS.get(model) if isinstance(model, nn.Module) else None
+        if plan is not None:
+            _last = (weakref.ref(model), plan)
     if plan is not None:
         parameter, info = plan.parameter, plan.info
         if parameter.dtype == info.dtype and parameter.device == info.device:
             return plan
     model, info = prepare_model(model, None)
     plan = _PLANS[model] = _Plan(model, info)
+    _last = (weakref.ref(model), plan)
     return plan
 
 
