@@ -284,14 +284,20 @@ def render(args, series_rows, chunk_rows, lane_rows, stream_rows, step_rows) -> 
     ]
     for row in step_rows:
         n, cell = row["streams"], row["cell"]
-        goal = "step <= 1.2x cell" if n == 1 else "throughput >= 0.95x cell: step <= 1.053x"
-        limit = 1.2 if n == 1 else 1 / 0.95
-        ratio = row["Streams.step"] / cell
-        verdict = "met" if ratio <= limit else f"**missed** ({ratio:.2f}x vs {limit}x)"
+        # (one stream: advance <= 1.1x and Streams.step <= 1.2x the cell; 1 000 streams:
+        # Streams.step's throughput >= 0.95x the cell's)
+        goals = (
+            [("advance", 1.1), ("Streams.step", 1.2)] if n == 1 else [("Streams.step", 1 / 0.95)]
+        )
+        verdicts = []
+        for name, limit in goals:
+            ratio = row[name] / cell
+            verdict = "met" if ratio <= limit else f"**missed** ({ratio:.2f}x)"
+            verdicts.append(f"{name} <= {limit:.3g}x cell: {verdict}")
         lines.append(
             f"| {n:,} | {1e6 * cell:,.1f} | {1e6 * row['advance']:,.1f} | "
-            f"{1e6 * row['Streams.step']:,.1f} | {row['advance'] / cell:.2f} | {ratio:.2f} | "
-            f"{goal}: {verdict} |"
+            f"{1e6 * row['Streams.step']:,.1f} | {row['advance'] / cell:.2f} | "
+            f"{row['Streams.step'] / cell:.2f} | {'; '.join(verdicts)} |"
         )
     lines += ["", STEP_WHY]
     return "\n".join(lines)
@@ -305,12 +311,17 @@ head's `Linear.forward` directly, without `nn.Module.__call__` or the layers' re
 (hooks, an overridden forward or input masking send steps through `forward` instead; the
 result is `forward`'s bit for bit, tested). What the bare call still does not do: `advance`
 checks the model, shapes, dtype and NaN/inf (a sum first, values only if it is not finite),
-checks that the model may be stepped directly and that its normalisation is the identity,
-and wraps the state in a `State`; `Streams.step` also converts NumPy in and out, checks ids and
-values, and gathers the state rows and writes them back (cached views of the buffer rows
-when every stream steps in row order; one index_select and one index_copy_ per state field
-otherwise). For one stream each of those costs a microsecond or a few next to a kernel of
-about 25-40 us; with 1 000 streams the kernel dominates."""
+checks that the model may be stepped directly and that its normalisation is the identity
+(cached against the buffers' versions), finds the 2-D views the cell kernels take of the
+state it was given (kept for the last state given and the last returned, while they live)
+and wraps the new state in a `State`; `Streams.step` also converts NumPy in and out, checks
+ids and values, and gathers the state rows and writes them back (cached views of the buffer
+rows when every stream steps in row order, and for small states the kernels' outputs kept
+until anything else needs the buffer; one index_select and one index_copy_ per state field
+otherwise). For one stream each of those costs a microsecond or less alone, but about three
+times that between kernel calls (measured by removing one piece at a time), next to a kernel
+of about 25-40 us; with 1 000 streams the kernel dominates and what remains is the ids'
+type check, the finite check and the write-back of the new rows (2-5% together)."""
 
 
 def main() -> None:

@@ -154,3 +154,26 @@ def test_a_plot_without_validation_draws_no_best_epoch(tmp_path, monkeypatch):
     records = [{**r, "val_loss": 2.0 - r["epoch"] % 2} for r in records]
     write_plot(tmp_path, History(records=records, best_epoch=1))
     assert lines == [2]
+
+
+def test_a_redrawn_plot_keeps_nothing_of_the_one_before(tmp_path):
+    # The figure is kept between draws (building it costs as much as drawing it): a plot
+    # drawn after another, longer one with a best-epoch line is the same image as before.
+    from seqstate.train.history import History
+    from seqstate.train.runfiles import write_plot
+
+    short = History(
+        records=[{"epoch": k, "loss": 0.5 - 0.1 * k, "val_loss": 0.6 - 0.1 * k} for k in range(3)]
+    )
+    long = History(
+        records=[
+            {"epoch": k, "loss": 90.0 / (k + 1), "val_loss": 99.0 / (k + 1)} for k in range(12)
+        ],
+        best_epoch=9,
+    )
+    images = []
+    for name, history in (("a", short), ("b", long), ("c", short)):
+        (tmp_path / name).mkdir()
+        write_plot(tmp_path / name, history)
+        images.append((tmp_path / name / "loss.png").read_bytes())
+    assert images[0] == images[2] != images[1]

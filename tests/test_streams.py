@@ -553,3 +553,47 @@ def test_the_hot_paths_pending_states_reach_every_reader_and_writer(cell):
     copy.import_states(streams.export_states())  # exported right after hot steps
     x = rng.normal(size=(3, F))
     np.testing.assert_array_equal(copy.step(streams.ids, x), streams.step(streams.ids, x))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_advance_in_a_loop_sees_in_place_changes_and_never_mixes_states(cell):
+    """advance keeps the 2-D views of the last states it saw: a loop over its own returned
+    states, an in-place change of a state between steps, repeated steps from one state and
+    new states (at the addresses of freed ones) all give forward's answer for that state."""
+    torch.manual_seed(4)
+    model = SequenceModel(input_size=F, output_size=O, cell=cell, hidden_size=H)
+    model = model.to(torch.float64).eval()
+    rng = np.random.default_rng(12)
+
+    def forward(state, x):
+        with torch.no_grad():
+            y, new = model(x[:, None], state.map(torch.clone))
+        return y[:, 0], new
+
+    state = model.initial_state(2)
+    for step in range(6):
+        x = torch.from_numpy(rng.normal(size=(2, F)))
+        want_y, want_state = forward(state, x)
+        y, state = advance(model, state, x)
+        assert torch.equal(y, want_y) and state.equal(want_state)
+        if step % 2 == 0:
+            state.hidden.mul_(-0.5)  # (seen by the next step)
+    x = torch.from_numpy(rng.normal(size=(2, F)))
+    want_y, want_state = forward(state, x)
+    for _ in range(2):  # from the same state twice: the same answer, the state unchanged
+        y, new = advance(model, state, x)
+        assert torch.equal(y, want_y) and new.equal(want_state)
+    for _ in range(5):  # fresh states, each freed before the next is made
+        fresh = model.initial_state(2).map(lambda t: t + float(rng.normal()))
+        want_y, _ = forward(fresh, x)
+        assert torch.equal(advance(model, fresh, x)[0], want_y)
+        del fresh
+
+
+def test_advance_refuses_a_state_of_another_layer_count():
+    model = make_model("lstm")  # two layers
+    state = LSTMState.zeros(1, 3, H, dtype=torch.float64)
+    with pytest.raises(
+        ValueError, match=r"\[layers, n, H\]=\[2, n, 8\] for this model; received \[1, 3, 8\]"
+    ):
+        advance(model, state, torch.zeros(3, F, dtype=torch.float64))

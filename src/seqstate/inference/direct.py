@@ -38,16 +38,31 @@ class DirectStep:
     step-by-step layer, a module that is not a :class:`seqstate.SequenceModel`).
     """
 
-    __slots__ = ("_heads", "_layer", "_model", "_regression", "num_layers")
+    __slots__ = (
+        "_buffers",
+        "_cell",
+        "_heads",
+        "_layer",
+        "_model",
+        "_normalisation",
+        "_regression",
+        "num_layers",
+    )
 
     def __init__(self, model: Any, layer: ResettableLayer) -> None:
         self._model = model
         self._layer = layer
         self.num_layers = layer.num_layers
+        self._cell = layer._cell  # (the bound method, looked up once)
         self._heads = tuple(
             (linear._parameters, activation) for linear, activation in model._head_pairs
         )
         self._regression = model.config.task == "regression"
+        self._buffers: dict[str, torch.Tensor] = model._buffers
+        # (the four normalisation buffers, their versions, whether input and output
+        # normalisation are the identity): see _identity
+        self._normalisation: tuple[tuple[torch.Tensor, ...], list[int], tuple[bool, bool]] | None
+        self._normalisation = None
 
     @staticmethod
     def of(model: nn.Module) -> DirectStep | None:
@@ -69,22 +84,51 @@ class DirectStep:
         call.)"""
         return bool(self._model._steps_directly())
 
+    def _identity(self) -> tuple[bool, bool]:
+        """The model's ``_identity_normalisation()``, kept while the same four buffers hold
+        the same versions (an in-place write, ``load_state_dict`` or ``.to()`` changes one or
+        the other): cheaper than the model's own cache, this runs on every step. (The strong
+        references only keep replaced buffers until the next step.)"""
+        buffers = self._buffers
+        tensors = (
+            buffers["input_shift"],
+            buffers["input_scale"],
+            buffers["output_shift"],
+            buffers["output_scale"],
+        )
+        cached = self._normalisation
+        try:
+            versions = [t._version for t in tensors]
+        except RuntimeError:  # inference-mode tensors have no version counter
+            return cast("tuple[bool, bool]", self._model._identity_normalisation())
+        if (
+            cached is not None
+            and cached[1] == versions
+            and cached[0][0] is tensors[0]
+            and cached[0][1] is tensors[1]
+            and cached[0][2] is tensors[2]
+            and cached[0][3] is tensors[3]
+        ):
+            return cached[2]
+        result = cast("tuple[bool, bool]", self._model._identity_normalisation())
+        self._normalisation = (tensors, versions, result)
+        return result
+
     def run(
         self, x: torch.Tensor, hx: Sequence[Sequence[torch.Tensor]]
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
         """``x`` [n, F] and ``hx`` (per layer, its state fields [n, H]) -> (``y`` [n, O], per
         layer the new fields [n, H]). Nothing is written; autograd is off for the call."""
-        model = self._model
         layer = self._layer
         grad_was_enabled = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
         try:
-            skip_input, skip_output = model._identity_normalisation()
-            buffers = model._buffers
+            skip_input, skip_output = self._identity()
+            buffers = self._buffers
             shift = buffers["input_shift"]
             if not (skip_input and x.dtype == shift.dtype and x.device == shift.device):
                 x = (x - shift) / buffers["input_scale"]
-            cell = layer._cell
+            cell = self._cell
             new: list[tuple[torch.Tensor, ...]] = []
             if self.num_layers == 1 and layer.bias:
                 flat = cast(list[torch.Tensor], layer._flat_weights)  # layer 0's come first

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -101,10 +101,12 @@ def _check_steps(
     return array, single
 
 
-# Up to this many streams, the hot path keeps each step's new states as the kernels return
-# them (see Streams._buffer): two copies saved, ~10% of a one-stream step. For many rows,
-# stepping from the buffer rows and copying back measured faster (2-6% at 100-1000 rows).
-_DEFERRED_ROWS = 16
+# Up to this many state values per field (streams x H), the hot path keeps each step's new
+# states as the kernels return them (see Streams._buffer): two copies saved (2-10% of a step
+# at 1-100 streams of H=128). Larger states step from the buffer rows and are copied back:
+# keeping the kernels' outputs alive makes the allocator hand out fresh memory every step,
+# measured 2-4% slower at 1 000 x 128 (benchmarks/predict.py).
+_DEFERRED_VALUES = 32_768
 
 # Up to this many values, a finite check sums Python floats (float64: float32 values cannot
 # overflow it) rather than running a reduction, whose fixed cost dominates a streamed step.
@@ -151,23 +153,92 @@ def _advance(
             model.train()
 
 
-# model -> (its info, the parameter the info was read from): advance() may be called per step,
-# so the model is checked once; the parameter's dtype and device are re-checked on every call
-# (a model moved with .to() keeps its parameter objects).
-_INFO: weakref.WeakKeyDictionary[nn.Module, tuple[ModelInfo, torch.Tensor]] = (
-    weakref.WeakKeyDictionary()
-)
+class _Views(weakref.ref[State]):
+    """A weak reference to a State that carries its per-layer 2-D views ``[n, H]`` (what
+    the cell kernels take) and drops them when the state dies, so a cached entry never keeps
+    a state's memory alive after its caller let it go."""
+
+    __slots__ = ("views",)
+    views: Sequence[Sequence[torch.Tensor]] | None
 
 
-def _model_info(model: Any) -> ModelInfo:
-    cached = _INFO.get(model) if isinstance(model, nn.Module) else None
-    if cached is not None:
-        info, parameter = cached
+def _drop_views(reference: _Views) -> None:
+    reference.views = None
+
+
+class _Plan:
+    """What :func:`advance` needs of one model, read once: its info, the parameter the info
+    was read from (dtype and device re-checked on every call: a model moved with ``.to()``
+    keeps its parameter objects), its direct step, and the 2-D state views of the last state
+    given and the last returned (see :func:`_layer_views`)."""
+
+    __slots__ = ("direct", "given", "info", "layout", "parameter", "returned")
+
+    def __init__(self, model: nn.Module, info: ModelInfo) -> None:
+        self.info = info
+        self.parameter = next(model.parameters())
+        self.direct = DirectStep.of(model)
+        # (layers, H) of the state's first field, as the model makes it
+        first = cast(SequenceCore, model).initial_state(1).tensors()[0]
+        self.layout = (first.shape[0], first.shape[2])
+        # the last state stepped from and the last one returned with their views, so that
+        # a loop ``y, state = advance(model, state, x)`` and repeated steps from one state
+        # both find them (see _layer_views)
+        self.given: _Views | None = None
+        self.returned: _Views | None = None
+
+
+# model -> its _Plan: advance() may be called per step, so the model is checked once
+_PLANS: weakref.WeakKeyDictionary[nn.Module, _Plan] = weakref.WeakKeyDictionary()
+
+
+# the model advance() saw last and its plan: a weak reference's call instead of a
+# WeakKeyDictionary lookup (which makes a new weak reference) on every step
+_last: tuple[weakref.ref[nn.Module], _Plan] | None = None
+
+
+def _plan(model: Any) -> _Plan:
+    global _last
+    last = _last
+    if last is not None and last[0]() is model:
+        plan: _Plan | None = last[1]
+    else:
+        plan = _PLANS.get(model) if isinstance(model, nn.Module) else None
+        if plan is not None:
+            _last = (weakref.ref(model), plan)
+    if plan is not None:
+        parameter, info = plan.parameter, plan.info
         if parameter.dtype == info.dtype and parameter.device == info.device:
-            return info
+            return plan
     model, info = prepare_model(model, None)
-    _INFO[model] = (info, next(model.parameters()))
-    return info
+    plan = _PLANS[model] = _Plan(model, info)
+    _last = (weakref.ref(model), plan)
+    return plan
+
+
+def _remember(state: State, views: Sequence[Sequence[torch.Tensor]]) -> _Views:
+    reference = _Views(state, _drop_views)
+    reference.views = views
+    return reference
+
+
+def _layer_views(
+    plan: _Plan, state: State, tensors: tuple[torch.Tensor, ...], layers: int
+) -> Sequence[Sequence[torch.Tensor]]:
+    """Per layer, the state's fields as 2-D views ``[n, H]`` (what the cell kernels take).
+
+    Cached for the last state given and the last returned while they live (a view costs
+    about a microsecond, as much as the rest of a small step's bookkeeping); a view shares its
+    state's storage, so an in-place change of the state is seen, and a weak reference never
+    matches a new state at a freed address."""
+    for reference in (plan.returned, plan.given):
+        if reference is not None and reference() is state:
+            views = reference.views
+            if views is not None:
+                return views
+    views = [[t[index] for t in tensors] for index in range(layers)]
+    plan.given = _remember(state, views)
+    return views
 
 
 def advance(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Tensor, State]:
@@ -187,7 +258,8 @@ def advance(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Tens
     input to a :class:`seqstate.SequenceModel` also skips its ``forward`` (validated here once,
     then its trusted step entry; the same result bit for bit).
     """
-    info = _model_info(model)
+    plan = _plan(model)
+    info = plan.info
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor [n, k, F]; received {type(x).__name__}")
     if not isinstance(state, State):
@@ -197,11 +269,20 @@ def advance(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Tens
             f"state must be a {info.state_type.__name__} for this model; received "
             f"{type(state).__name__}"
         )
-    n, F = state.batch_size, info.input_size
-    if x.dim() not in (2, 3) or x.shape[0] != n or x.shape[-1] != F:
+    tensors = state.tensors()
+    layers, n, width = tensors[0].shape
+    if (layers, width) != plan.layout:
+        raise ValueError(
+            f"state must have shape [layers, n, H]=[{plan.layout[0]}, n, {plan.layout[1]}] for "
+            f"this model; received {[layers, n, width]}. Was it made for a different model?"
+        )
+    shape = x.shape
+    F = info.input_size
+    dims = len(shape)
+    if dims not in (2, 3) or shape[0] != n or shape[-1] != F:
         raise ValueError(
             f"x must have shape [n, F]=[{n}, {F}] or [n, k, F]=[{n}, k, {F}] (n = the state's "
-            f"batch, F = input_size); received {tuple(x.shape)}"
+            f"batch, F = input_size); received {tuple(shape)}"
         )
     if x.device != info.device or x.dtype != info.dtype:
         raise TypeError(
@@ -211,42 +292,37 @@ def advance(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Tens
     # A finite sum means finite values (one reduction to a float; a small step's values
     # summed as Python floats, cheaper than a tensor reduction); only a sum that is not
     # finite (a NaN/inf, or an overflow of large values) is checked element by element.
-    if x.numel() <= _SMALL and x.device.type == "cpu":
+    total: float
+    if n * F <= _SMALL and dims == 2 and x.is_cpu:
+        total = sum(map(sum, x.tolist()))
+    elif x.numel() <= _SMALL and x.is_cpu:
         total = sum(x.detach().reshape(-1).tolist())
     else:
         total = float(x.sum())
     if not math.isfinite(total) and not bool(torch.isfinite(x).all()):
         raise ValueError("x holds NaN or inf; fill or drop missing values first")
-    if x.dim() == 2:
-        direct = _direct_step(model)
-        if direct is not None and direct.applies():
-            return _advance_directly(direct, state, x)
-    return _advance(model, state, x, x.dim() == 2)
+    direct = plan.direct
+    if dims == 2 and direct is not None and direct.applies():
+        return _advance_directly(plan, direct, state, tensors, x)
+    return _advance(model, state, x, dims == 2)
 
 
 def _advance_directly(
-    direct: DirectStep, state: State, x: torch.Tensor
+    plan: _Plan,
+    direct: DirectStep,
+    state: State,
+    tensors: tuple[torch.Tensor, ...],
+    x: torch.Tensor,
 ) -> tuple[torch.Tensor, State]:
     """:func:`advance`'s one step on the cell kernels (validated by the caller)."""
-    tensors = state.tensors()
-    if direct.num_layers == 1:
-        y, new = direct.run(x, [[t[0] for t in tensors]])
-        return y, type(state)._unchecked(*[t.unsqueeze(0) for t in new[0]])
-    hx = [[t[index] for t in tensors] for index in range(direct.num_layers)]
-    y, new = direct.run(x, hx)
+    layers = direct.num_layers
+    y, new = direct.run(x, _layer_views(plan, state, tensors, layers))
+    if layers == 1:
+        stepped = type(state)._unchecked(*[t.unsqueeze(0) for t in new[0]])
+        # (views of the kernels' outputs, so the next step from this state needs no views)
+        plan.returned = _remember(stepped, new)
+        return y, stepped
     return y, type(state)._unchecked(*[torch.stack(field) for field in zip(*new, strict=True)])
-
-
-# model -> its DirectStep (or None where it does not apply), built once per model
-_DIRECT: weakref.WeakKeyDictionary[nn.Module, DirectStep | None] = weakref.WeakKeyDictionary()
-
-
-def _direct_step(model: nn.Module) -> DirectStep | None:
-    try:
-        return _DIRECT[model]
-    except KeyError:
-        direct = _DIRECT[model] = DirectStep.of(model)
-        return direct
 
 
 class Streams:
@@ -287,11 +363,11 @@ class Streams:
     def _buffer(self) -> State:
         """The stacked states ``[layers, capacity, H]``, current.
 
-        For a few streams (up to ``_DEFERRED_ROWS``) the hot path (:meth:`_step_directly`)
-        keeps each step's new state tensors as they come from the cell kernels and feeds them
-        to the next step, writing them into the buffer rows only when anything else reads or
-        changes the buffer (every other use goes through this property): two in-place copies
-        per step saved."""
+        For a few streams (up to ``_DEFERRED_VALUES`` state values) the hot path
+        (:meth:`_step_directly`) keeps each step's new state tensors as they come from the
+        cell kernels and feeds them to the next step, writing them into the buffer rows only
+        when anything else reads or changes the buffer (every other use goes through this
+        property): two in-place copies per step saved."""
         if self._pending is not None:
             self._settle()
         return self._stored
@@ -427,7 +503,7 @@ class Streams:
         pending = self._pending  # (while set, the live rows are unchanged: n is theirs)
         states = pending[1] if pending is not None else self._layer_rows(n)
         y, new = direct.run(torch.from_numpy(x), states)
-        if n <= _DEFERRED_ROWS:
+        if n * new[0][0].shape[1] <= _DEFERRED_VALUES:
             self._pending = (n, new)  # (written back by _settle when anything else needs it)
             if y is new[-1][0]:  # (no head: the output is the new h, which the caller must
                 y = y.clone()  # not be able to change through the returned array)

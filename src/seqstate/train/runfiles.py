@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,32 +35,71 @@ def metrics_line(record: dict[str, Any]) -> dict[str, Any]:
 
 def write_plot(run_dir: Path, history: History) -> None:
     try:  # matplotlib is an optional extra (seqstate[plot]); without it, no plot
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    validation = "val_loss" in history
+    with _FIGURES_LOCK:
+        figure = _FIGURES.get(validation)
+        if figure is None:
+            figure = _FIGURES[validation] = _LossFigure(validation)
+        figure.draw(run_dir / PLOT_FILE, history)
+
+
+class _LossFigure:
+    """The loss plot's figure, kept between draws: building the figure, its axes and their
+    ticks costs about as much as drawing it (measured: 37 ms for a fresh figure against 22 ms
+    redrawn, matplotlib Agg), and the plot is drawn at the end of every fit."""
+
+    def __init__(self, validation: bool) -> None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        return
-    # A bare Figure on the Agg canvas: no pyplot, so no global backend switch for the caller.
-    figure = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    epochs = [int(epoch) + 1 for epoch in history["epoch"]]  # numbered from 1, as printed
-    axes.plot(epochs, history["loss"], marker="o", label="train loss")
-    if "val_loss" in history:
-        axes.plot(epochs, history["val_loss"], marker="o", label="validation loss")
-        # Only a validation loss picks a best epoch; a run without one (a refit on every row)
-        # trains for a fixed number of epochs and keeps the last.
-        if history.best_epoch is not None:
-            axes.axvline(history.best_epoch + 1, color="grey", linestyle=":", label="best epoch")
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("loss")
-    # Whole epochs, a handful of loss ticks and fixed margins (room for 7-character tick
-    # labels): the plot is redrawn on a schedule and at the end of every fit, and
-    # tight_layout and the default locators' extra ticks cost more than the rest of it.
-    axes.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
-    axes.yaxis.set_major_locator(MaxNLocator(nbins=6))
-    axes.legend()
-    figure.subplots_adjust(left=0.15, right=0.97, bottom=0.13, top=0.93)
-    with atomic_path(run_dir / PLOT_FILE) as tmp:
-        # (zlib level 1: a few ms less than the default 6 for a slightly larger file)
-        figure.savefig(tmp, format="png", pil_kwargs={"compress_level": 1})
+
+        # A bare Figure on the Agg canvas: no pyplot, so no global backend switch for the
+        # caller.
+        self.figure = Figure(figsize=(6, 4), dpi=100)
+        FigureCanvasAgg(self.figure)
+        self.axes = axes = self.figure.add_subplot()
+        (self.train,) = axes.plot([], [], marker="o", label="train loss")
+        self.validation = (
+            axes.plot([], [], marker="o", label="validation loss")[0] if validation else None
+        )
+        axes.set_xlabel("epoch")
+        axes.set_ylabel("loss")
+        # Whole epochs, a handful of loss ticks and fixed margins (room for 7-character tick
+        # labels): tight_layout and the default locators' extra ticks cost more than the rest.
+        axes.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        axes.yaxis.set_major_locator(MaxNLocator(nbins=6))
+        self.figure.subplots_adjust(left=0.15, right=0.97, bottom=0.13, top=0.93)
+
+    def draw(self, path: Path, history: History) -> None:
+        axes = self.axes
+        epochs = [int(epoch) + 1 for epoch in history["epoch"]]  # numbered from 1, as printed
+        self.train.set_data(epochs, history["loss"])
+        best = None
+        if self.validation is not None:
+            self.validation.set_data(epochs, history["val_loss"])
+            # Only a validation loss picks a best epoch; a run without one (a refit on every
+            # row) trains for a fixed number of epochs and keeps the last.
+            if history.best_epoch is not None:
+                best = axes.axvline(
+                    history.best_epoch + 1, color="grey", linestyle=":", label="best epoch"
+                )
+        axes.relim()
+        axes.autoscale_view()
+        legend = axes.legend()
+        try:
+            with atomic_path(path) as tmp:
+                # (zlib level 1: a few ms less than the default 6 for a slightly larger file)
+                self.figure.savefig(tmp, format="png", pil_kwargs={"compress_level": 1})
+        finally:
+            legend.remove()
+            if best is not None:
+                best.remove()
+
+
+# validation or not -> its figure (one process draws one plot at a time: fits in threads
+# share these under the lock)
+_FIGURES: dict[bool, _LossFigure] = {}
+_FIGURES_LOCK = threading.Lock()
