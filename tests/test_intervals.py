@@ -220,6 +220,30 @@ def test_the_streamed_scale_is_the_mase_scale_of_the_history_in_any_chunks(seaso
                 np.testing.assert_allclose(got[row], want, rtol=1e-12, err_msg=f"{row} {end}")
 
 
+@pytest.mark.parametrize("season", [1, 4])
+def test_one_streams_step_on_floats_equals_the_numpy_step(season):
+    import torch
+
+    from seqstate.recipe.step.history_scale import HistoryScale
+
+    rng = np.random.default_rng(11)
+    length = 14
+    x = rng.normal(size=(3, length, 3)).astype(np.float32)
+    x[1, :, 2] = 3.0  # a flat target
+    cell = HistoryScale(season, [2, 0])
+    for row in range(3):
+        state = {"steps": torch.zeros(1, dtype=torch.int64), **cell.initial_state(1)}
+        for t in range(length):  # from the first step, through the warm-up at the lag
+            step = torch.from_numpy(x[row : row + 1, t : t + 1])
+            expected = cell.advance(state, step)
+            got = cell.advance_single(state, x[row, t].tolist(), t)
+            assert set(got) == set(expected)
+            for name, value in expected.items():
+                assert got[name].dtype == value.dtype and got[name].shape == value.shape
+                assert torch.equal(got[name], value), (row, t, name)
+            state = {**expected, "steps": state["steps"] + 1}
+
+
 def test_answer_quantiles_is_quantiles_per_stream_and_target_with_no_width_for_a_flat_history():
     table = _table()
     rng = np.random.default_rng(8)

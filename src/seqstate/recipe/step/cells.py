@@ -119,6 +119,8 @@ class Calendar(nn.Module):
         self.kinds = tuple(kinds)
         self.by_week = bool(self.kinds) and "month" not in self.kinds
         self.week_rows: np.ndarray | None = None
+        # the same table as Python floats, one list per minute, for one stream's steps
+        self.week_lists: list[list[float]] | None = None
         if self.by_week:
             minutes = torch.arange(_WEEK_MINUTES, dtype=torch.int64) * 60  # from 1970-01-01
             table = calendar_columns(minutes, self.kinds).to(torch.float32)
@@ -145,10 +147,13 @@ class Calendar(nn.Module):
         return calendar_columns(torch.from_numpy(time), self.kinds).to(torch.float32).numpy()
 
     def one(self, time: int) -> list[float]:
-        """:meth:`rows` of one stream's step: the ``2K`` features of ``time`` as floats."""
-        if self.by_week and self.week_rows is not None:
+        """:meth:`rows` of one stream's step: the ``2K`` features of ``time`` as floats (a
+        list the caller must not change)."""
+        if self.by_week:
+            if self.week_lists is None:  # (made once: a NumPy call a step costs more)
+                self.week_lists = self.week.cpu().numpy().tolist()
             # (Python's // and % floor like torch's and NumPy's for these int64 values)
-            return self.week_rows[(time // 60) % _WEEK_MINUTES].tolist()
+            return self.week_lists[(time // 60) % _WEEK_MINUTES]
         return self.rows(np.array([time], dtype=np.int64))[0].tolist()
 
 
@@ -282,24 +287,25 @@ class Difference(nn.Module):
             value = _add_rows(value, -c, past)
         return value
 
-    def forward_single(self, history: np.ndarray, w: list[float]) -> tuple[list[float], np.ndarray]:
-        """:meth:`forward_row` of one stream: ``history [D, O]`` (its row of the state) and
-        ``w`` (O floats) -> (the difference, O floats; the new history ``[1, D, O]``)."""
-        d = self.order
+    def forward_single(self, history: list[float], w: list[float]) -> tuple[list[float], list[float]]:
+        """:meth:`forward_row` of one stream, on Python floats: ``history`` its ``D x O``
+        values flat (oldest first, ``history[i * O + o]``) and ``w`` (O floats) -> (the
+        difference, O floats; the new history, flat)."""
+        d, o = self.order, len(w)
         z = w
         for k, c in self.terms[1:]:
-            z = [_add_one(a, c, p) for a, p in zip(z, history[d - k].tolist(), strict=True)]
-        kept = np.empty((1, *history.shape))
-        kept[0, :-1] = history[1:]
-        kept[0, -1] = w
-        return z, kept
+            start = (d - k) * o
+            z = [_add_one(a, c, p) for a, p in zip(z, history[start : start + o], strict=True)]
+        return z, history[o:] + w
 
-    def inverse_single(self, z: list[float], history: np.ndarray, w: list[float]) -> list[float]:
-        """:meth:`inverse_row` of one stream (``history [D, O]``, ``z`` and ``w`` O floats)."""
-        d = self.order
+    def inverse_single(self, z: list[float], history: list[float], w: list[float]) -> list[float]:
+        """:meth:`inverse_row` of one stream (``history`` flat as in :meth:`forward_single`,
+        ``z`` and ``w`` O floats)."""
+        d, o = self.order, len(w)
         value = z
         for k, c in self.terms[1:]:
-            past = w if k == 1 else history[d + 1 - k].tolist()
+            start = (d + 1 - k) * o
+            past = w if k == 1 else history[start : start + o]
             value = [_add_one(a, -c, p) for a, p in zip(value, past, strict=True)]
         return value
 

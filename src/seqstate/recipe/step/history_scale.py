@@ -44,6 +44,7 @@ class HistoryScale:
         self.season = int(season)
         self.target_inputs = torch.tensor(list(target_inputs), dtype=torch.long)
         self.target_columns = np.asarray(list(target_inputs), dtype=np.int64)
+        self.target_list = [int(i) for i in target_inputs]
         self.outputs = len(target_inputs)
 
     def initial_state(self, batch_size: int) -> dict[str, torch.Tensor]:
@@ -80,6 +81,29 @@ class HistoryScale:
             f"{PREFIX}last": torch.from_numpy(np.ascontiguousarray(full[:, steps:])),
             f"{PREFIX}lag_sum": torch.from_numpy(lag_sum),
             f"{PREFIX}one_sum": torch.from_numpy(one_sum),
+        }
+
+    def advance_single(
+        self, transforms: Mapping[str, torch.Tensor], row: Sequence[float], before: int
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`advance` of one stream's one step, on Python floats: ``row`` its F_raw raw
+        values (float32 values as doubles, as the NumPy path reads them), ``before`` its
+        steps before this one. The same sums in the same order (one term each)."""
+        m, o = self.season, self.outputs
+        values = [row[i] for i in self.target_list]
+        last = transforms[f"{PREFIX}last"].numpy().ravel().tolist()  # m * O, oldest first
+        lag_sum = transforms[f"{PREFIX}lag_sum"].tolist()[0]
+        one_sum = transforms[f"{PREFIX}one_sum"].tolist()[0]
+        if before >= m:  # full[:, 0]: the value m steps back
+            oldest = last[:o]
+            lag_sum = [s + abs(v - p) for s, v, p in zip(lag_sum, values, oldest, strict=True)]
+        if before >= 1:  # full[:, m - 1]: the value one step back
+            previous = last[(m - 1) * o :]
+            one_sum = [s + abs(v - p) for s, v, p in zip(one_sum, values, previous, strict=True)]
+        return {
+            f"{PREFIX}last": torch.from_numpy(np.array(last[o:] + values).reshape(1, m, o)),
+            f"{PREFIX}lag_sum": torch.from_numpy(np.array([lag_sum])),
+            f"{PREFIX}one_sum": torch.from_numpy(np.array([one_sum])),
         }
 
     def advance_graph(
