@@ -287,7 +287,9 @@ class Difference(nn.Module):
             value = _add_rows(value, -c, past)
         return value
 
-    def forward_single(self, history: list[float], w: list[float]) -> tuple[list[float], list[float]]:
+    def forward_single(
+        self, history: list[float], w: list[float]
+    ) -> tuple[list[float], list[float]]:
         """:meth:`forward_row` of one stream, on Python floats: ``history`` its ``D x O``
         values flat (oldest first, ``history[i * O + o]``) and ``w`` (O floats) -> (the
         difference, O floats; the new history, flat)."""
