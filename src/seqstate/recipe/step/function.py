@@ -739,11 +739,37 @@ class RunStep(nn.Module):
                 network = members[0] if members.shape[0] == 1 else members.mean(dim=0)
             if self.blend is None:
                 return StepOutputs(network, members), new_state
-            parts, baselines = self.blend.advance(state.transforms, x_t)
-            # (the selection is of one-step forecasts: with another shift the network answers)
-            answer = self.blend.combine(network, parts) if self.columns.shift == 1 else network
+            if x_t.device.type == "cpu":
+                answer, baselines = self._blend_rows(state, x_t, network)
+            else:
+                parts, baselines = self.blend.advance(state.transforms, x_t)
+                # (the selection is of one-step forecasts: with another shift the network
+                # answers)
+                answer = self.blend.combine(network, parts) if self.columns.shift == 1 else network
         transforms = {**new_state.transforms, **baselines}
         return StepOutputs(answer, members), RunState.unchecked(transforms, new_state.models)
+
+    def _blend_rows(
+        self, state: RunState, x: torch.Tensor, network: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The baselines' step and the answer on CPU rows (:meth:`Blend.advance_rows`): a
+        few values combined as floats, more in NumPy; the same operations as
+        :meth:`Blend.combine`. ``x [B, T, F_raw]``, ``network [B, T, O]`` -> (answer, the
+        baselines' new state tensors)."""
+        blend = self.blend
+        if blend is None:  # (step_outputs calls this for a run with baselines)
+            raise RuntimeError("internal error: no baselines to step")
+        values = x.numpy()[:, :, blend.target_columns].astype(np.float64)  # (B, T, O)
+        parts, baselines = blend.advance_rows(state.transforms, values)
+        if self.columns.shift != 1:
+            # (the selection is of one-step forecasts: with another shift the network answers)
+            return network, baselines
+        rows = network.numpy()
+        if rows.size > _SMALL:
+            return torch.from_numpy(blend.combine_rows(rows, parts)), baselines
+        flat = {name: part.ravel().tolist() for name, part in parts.items()}
+        answer = blend.combine_one(rows.ravel().tolist(), flat)
+        return torch.from_numpy(np.array(answer).reshape(rows.shape)), baselines
 
     def forward(
         self, state: RunState, x: torch.Tensor, time: torch.Tensor | None
