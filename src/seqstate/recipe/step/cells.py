@@ -39,6 +39,7 @@ __all__ = [
     "Scaling",
     "TargetTransform",
     "calendar_columns",
+    "span",
     "tracing",
 ]
 
@@ -364,8 +365,8 @@ class Scaling(nn.Module):
         self.register_buffer("features", torch.tensor(list(features), dtype=torch.long))
         self.register_buffer("targets", torch.tensor(list(targets), dtype=torch.long))
         # the usual layout (features first, in order; one target block): views, no gathers
-        self.feature_span = _span(features)
-        self.target_span = _span(targets)
+        self.feature_span = span(features)
+        self.target_span = span(targets)
         # (the NumPy step picks with these: they never move to a device)
         self.feature_rows = np.asarray(list(features), dtype=np.int64)
         self.target_rows = np.asarray(list(targets), dtype=np.int64)
@@ -401,12 +402,17 @@ class Scaling(nn.Module):
         return torch.addcmul(loc, outputs, sc)  # outputs * sc + loc, one op
 
     def forward_rows(
-        self, values: np.ndarray, location: np.ndarray, scale: np.ndarray
+        self,
+        values: np.ndarray,
+        location: np.ndarray,
+        scale: np.ndarray,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """One step of :meth:`forward` in NumPy: ``values [B, F]`` float64, ``location``,
-        ``scale`` ``[B, C]`` -> ``[B, F]``."""
+        ``scale`` ``[B, C]`` -> ``[B, F]`` (written into ``out`` where given: a float32
+        ``out`` holds the float64 quotient rounded, as ``astype`` rounds it)."""
         loc, sc = _pick_rows(location, scale, self.feature_rows, self.feature_span)
-        return (values - loc) / sc
+        return np.divide(values - loc, sc, out=out)
 
     def inverse_rows(
         self, outputs: np.ndarray, location: np.ndarray, scale: np.ndarray
@@ -436,11 +442,13 @@ def _pick_rows(
     """:func:`_pick` of ``[B, C]`` arrays -> ``[B, K]`` (views where ``span`` is set)."""
     if span is not None:
         start, stop = span
+        if start == 0 and stop == location.shape[1]:  # every column: no view to make
+            return location, scale
         return location[:, start:stop], scale[:, start:stop]
     return location[:, index], scale[:, index]
 
 
-def _span(indices: Sequence[int]) -> tuple[int, int] | None:
+def span(indices: Sequence[int]) -> tuple[int, int] | None:
     """``(start, stop)`` when ``indices`` are consecutive and rising, else None."""
     values = list(indices)
     if values and values == list(range(values[0], values[0] + len(values))):

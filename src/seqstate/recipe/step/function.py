@@ -106,6 +106,9 @@ class MemberStep(nn.Module):
         self.fed_feature_rows = self.fed_features.numpy().copy()
         self.fed_target_rows = self.fed_targets.numpy().copy()
         self.target_input_list = self.target_input_rows.tolist()
+        # (consecutive columns, the usual layout: slices, not gathers)
+        self.target_input_span = cells.span(self.target_input_list)
+        self.fed_feature_span = cells.span(self.fed_feature_rows.tolist())
         # (location, scale tensors, their floats) of the last stream forward_single scaled
         self.statistics_floats: tuple[torch.Tensor, torch.Tensor, list, list] | None = None
         self.fed_pairs = [(int(f), j) for f, j in pairs]
@@ -289,39 +292,61 @@ class MemberStep(nn.Module):
         new: dict[str, torch.Tensor] = {}
         location = scale = history = w = None
         count = self.feature_count
+        # The model's input, which the cells write into (no intermediate copies): [B, 1, F]
+        inputs = np.empty((x.shape[0], 1, self.input_width), dtype=np.float32)
+        model_row = inputs[:, 0]
         if not self.prepares:
-            features = x[:, :count]
+            model_row[:, :count] = x[:, :count]
         else:
-            features = x[:, :count].astype(np.float64)  # (a copy: written below)
+            x64 = x.astype(np.float64)  # (a copy: the fed targets are written into it)
+            features = x64 if x.shape[1] == count else x64[:, :count]
             if self.transforms_targets:
-                w = transform.forward_rows(x[:, self.target_input_rows].astype(np.float64))
+                span = self.target_input_span
+                w = (
+                    x64[:, span[0] : span[1]]
+                    if span is not None
+                    else x64[:, self.target_input_rows]
+                )
+                w = transform.forward_rows(w)
                 z = w
                 if self.order:
                     history = transforms[prefix + "history"].numpy()
                     z, kept = difference.forward_row(history, w)
                     new[prefix + "history"] = torch.from_numpy(kept)
+                    # (w may be a view of x64, written below: the new history holds a copy)
+                    w = kept[:, -1]
                 if self.fed_feature_rows.size:
                     # (float32 as the table code stores the transformed columns)
                     fed = z.astype(np.float32)
                     fed = fed if self.feeds_all else fed[:, self.fed_target_rows]
-                    features[:, self.fed_feature_rows] = fed
+                    fed_span = self.fed_feature_span
+                    if fed_span is not None:
+                        features[:, fed_span[0] : fed_span[1]] = fed
+                    else:
+                        features[:, self.fed_feature_rows] = fed
             if scale_cell is not None:
                 location = transforms[prefix + "location"].numpy()
                 scale = transforms[prefix + "scale"].numpy()
-                features = scale_cell.forward_rows(features, location, scale)
-        inputs = np.empty((x.shape[0], 1, self.input_width), dtype=np.float32)
-        inputs[:, 0, :count] = features
+                # (the float64 quotient rounded to float32 as it is stored: as astype does)
+                scale_cell.forward_rows(features, location, scale, out=model_row[:, :count])
+            else:
+                model_row[:, :count] = features
         if calendar.kinds:
             time = _checked_time(time, calendar.kinds)
-            inputs[:, 0, count:] = calendar.rows(time)
+            model_row[:, count:] = calendar.rows(time)
         y, model_state = self._one_step(model, torch.from_numpy(inputs), model_state, new, prefix)
-        out = y.numpy()[:, 0].astype(np.float64)
+        out = y.numpy()[:, 0]  # [B, O] float32
         if self.regression:
             if scale_cell is not None and location is not None and scale is not None:
+                # (float32 * float64 computes in float64 from the exact widened values)
                 out = scale_cell.inverse_rows(out, location, scale)
+            else:
+                out = out.astype(np.float64)
             if w is not None and history is not None:  # (history: differenced)
                 out = difference.inverse_row(out, history, w)
             out = transform.inverse_rows(out)
+        else:
+            out = out.astype(np.float64)
         return out, new, model_state
 
     def forward_single(
@@ -816,8 +841,8 @@ class RunStep(nn.Module):
         if x.shape[0] == 1:
             return self._forward_single(state, x, time)
         seen = state.transforms["steps"].numpy()
-        # (Python's min of a list: a NumPy reduction slows the model call after it)
-        if self.order and min(seen.tolist()) < self.order:
+        first = int(seen.min())
+        if first < self.order:
             return None
         rows = x.numpy()[:, 0]
         stamps = time.numpy()[:, 0] if time is not None else None
@@ -832,7 +857,7 @@ class RunStep(nn.Module):
             transforms |= new
             models.append(model_state)
         if self.history_scale is not None:
-            transforms |= self.history_scale.advance(state.transforms, x)
+            transforms |= self.history_scale.advance_rows(state.transforms, rows, first)
         transforms["steps"] = torch.from_numpy(seen + 1)
         if stamps is not None:
             transforms["time"] = torch.from_numpy(stamps)
@@ -868,7 +893,10 @@ class RunStep(nn.Module):
     def _answers(self, outputs: Sequence[Any], batch: int) -> StepOutputs:
         """``StepOutputs`` of each member's ``[B, O]`` rows (or one stream's O floats):
         ``network [B, 1, O]``, ``members [K, B, 1, O]`` float64."""
-        answers = np.array(outputs, dtype=np.float64).reshape(len(outputs), batch, 1, -1)
+        if len(outputs) == 1 and isinstance(outputs[0], np.ndarray):  # (a view, no copy)
+            answers = outputs[0].reshape(1, batch, 1, -1)
+        else:
+            answers = np.array(outputs, dtype=np.float64).reshape(len(outputs), batch, 1, -1)
         members = torch.from_numpy(answers)
         # (one member: a view, cheaper than a select; an ensemble: step_outputs' reduction)
         network = torch.from_numpy(answers[0]) if len(outputs) == 1 else members.mean(0)

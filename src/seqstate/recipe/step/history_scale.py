@@ -66,6 +66,8 @@ class HistoryScale:
         # the same arithmetic in NumPy: a served step's few small arrays cost a third of the
         # torch ops' dispatch (tested equal to advance_graph)
         m, steps = self.season, x.shape[1]
+        if steps == 1:
+            return self.advance_rows(transforms, x.numpy()[:, 0])
         values = x.numpy()[:, :, self.target_columns].astype(np.float64)  # [B, T, O]
         full = np.concatenate([transforms[f"{PREFIX}last"].numpy(), values], axis=1)
         seasonal = np.abs(values - full[:, :steps])
@@ -81,6 +83,32 @@ class HistoryScale:
             f"{PREFIX}last": torch.from_numpy(np.ascontiguousarray(full[:, steps:])),
             f"{PREFIX}lag_sum": torch.from_numpy(lag_sum),
             f"{PREFIX}one_sum": torch.from_numpy(one_sum),
+        }
+
+    def advance_rows(
+        self, transforms: Mapping[str, torch.Tensor], rows: np.ndarray, first: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`advance` of one step, ``rows [B, F_raw]`` float32 NumPy: the same sums
+        (one term each: a sum over one step is its term) in fewer NumPy calls. ``first``:
+        the fewest steps any row has seen before this one, where the caller knows it."""
+        m = self.season
+        values = rows[:, self.target_columns].astype(np.float64)  # [B, O]
+        last = transforms[f"{PREFIX}last"].numpy()  # [B, m, O]
+        seasonal = np.abs(values - last[:, 0])  # minus the value m steps back
+        one = np.abs(values - last[:, m - 1])  # minus the value one step back
+        if first is None:
+            first = int(transforms["steps"].numpy().min(initial=m))
+        if first < m:  # some row's first steps have no past at a lag
+            before = transforms["steps"].numpy()[:, None]  # [B, 1]
+            seasonal = np.where(before >= m, seasonal, 0.0)
+            one = np.where(before >= 1, one, 0.0)
+        kept = np.empty_like(last)
+        kept[:, :-1] = last[:, 1:]
+        kept[:, -1] = values
+        return {
+            f"{PREFIX}last": torch.from_numpy(kept),
+            f"{PREFIX}lag_sum": torch.from_numpy(transforms[f"{PREFIX}lag_sum"].numpy() + seasonal),
+            f"{PREFIX}one_sum": torch.from_numpy(transforms[f"{PREFIX}one_sum"].numpy() + one),
         }
 
     def advance_single(
