@@ -45,6 +45,7 @@ class HistoryScale:
         self.target_inputs = torch.tensor(list(target_inputs), dtype=torch.long)
         self.target_columns = np.asarray(list(target_inputs), dtype=np.int64)
         self.target_list = [int(i) for i in target_inputs]
+        self.keys = (f"{PREFIX}last", f"{PREFIX}lag_sum", f"{PREFIX}one_sum")
         self.outputs = len(target_inputs)
 
     def initial_state(self, batch_size: int) -> dict[str, torch.Tensor]:
@@ -117,21 +118,23 @@ class HistoryScale:
         """:meth:`advance` of one stream's one step, on Python floats: ``row`` its F_raw raw
         values (float32 values as doubles, as the NumPy path reads them), ``before`` its
         steps before this one. The same sums in the same order (one term each)."""
-        m, o = self.season, self.outputs
+        m = self.season
+        key_last, key_lag, key_one = self.keys
         values = [row[i] for i in self.target_list]
-        last = transforms[f"{PREFIX}last"].numpy().ravel().tolist()  # m * O, oldest first
-        lag_sum = transforms[f"{PREFIX}lag_sum"].tolist()[0]
-        one_sum = transforms[f"{PREFIX}one_sum"].tolist()[0]
-        if before >= m:  # full[:, 0]: the value m steps back
-            oldest = last[:o]
-            lag_sum = [s + abs(v - p) for s, v, p in zip(lag_sum, values, oldest, strict=True)]
-        if before >= 1:  # full[:, m - 1]: the value one step back
-            previous = last[(m - 1) * o :]
-            one_sum = [s + abs(v - p) for s, v, p in zip(one_sum, values, previous, strict=True)]
+        last = transforms[key_last].numpy()  # [1, m, O]
+        sums = [transforms[key_lag].tolist()[0], transforms[key_one].tolist()[0]]
+        # (the value m steps back, and the one one step back; a row without one adds 0)
+        for k, (back, seen) in enumerate(((last[0, 0], m), (last[0, m - 1], 1))):
+            if before >= seen:
+                past = back.tolist()
+                sums[k] = [s + abs(v - p) for s, v, p in zip(sums[k], values, past, strict=True)]
+        kept = np.empty_like(last)
+        kept[0, :-1] = last[0, 1:]
+        kept[0, -1] = values
         return {
-            f"{PREFIX}last": torch.from_numpy(np.array(last[o:] + values).reshape(1, m, o)),
-            f"{PREFIX}lag_sum": torch.from_numpy(np.array([lag_sum])),
-            f"{PREFIX}one_sum": torch.from_numpy(np.array([one_sum])),
+            key_last: torch.from_numpy(kept),
+            key_lag: torch.from_numpy(np.array(sums[:1])),
+            key_one: torch.from_numpy(np.array(sums[1:])),
         }
 
     def advance_graph(
