@@ -361,10 +361,10 @@ class MemberStep(nn.Module):
         ``time`` as Python numbers -> its O answers as floats (float64), this member's new
         transform state and model state. The same operations in the same order, on Python
         floats (IEEE doubles, as float64), whose arithmetic costs tens of ns an op against a
-        NumPy call's microsecond; and a NumPy call between two model calls also makes the
-        next model call slower (measured: 5-10 µs each at hidden 64), Python floats hardly.
-        So the only array calls left are reading the history and making the new state's
-        tensors and the model's input."""
+        NumPy call's microsecond; and array calls between two model calls also make the
+        next model call slower (measured at hidden 64: a few small NumPy calls, 5-25 µs; a
+        NumPy reduction alone, ~8 µs), Python floats hardly. So the only array calls left
+        read the state and make the new state's tensors and the model's input."""
         transform, difference, scale_cell, calendar, model = self.row_cells
         new: dict[str, torch.Tensor] = {}
         location = scale = history = w = None
