@@ -220,6 +220,39 @@ def test_the_streamed_scale_is_the_mase_scale_of_the_history_in_any_chunks(seaso
                 np.testing.assert_allclose(got[row], want, rtol=1e-12, err_msg=f"{row} {end}")
 
 
+@pytest.mark.parametrize("season", [1, 4])
+def test_one_step_on_rows_and_on_floats_equals_the_torch_step_bit_for_bit(season):
+    import torch
+
+    from seqstate.recipe.step.history_scale import HistoryScale
+
+    rng = np.random.default_rng(11)
+    length = 14
+    x = rng.normal(size=(3, length, 3)).astype(np.float32)
+    x[1, :, 2] = 3.0  # a flat target
+    cell = HistoryScale(season, [2, 0])
+    # rows that started at different steps: some in their warm-up at the lag, some past it
+    state = {"steps": torch.tensor([0, 2, 5]), **cell.initial_state(3)}
+    for t in range(length):
+        step = torch.from_numpy(x[:, t : t + 1])
+        expected = cell.advance_graph(state, step)
+        candidates = {
+            "rows": cell.advance_rows(state, x[:, t]),
+            "rows, first given": cell.advance_rows(state, x[:, t], int(state["steps"].min())),
+        }
+        for row in range(3):  # one stream's step on Python floats
+            alone = {name: value[row : row + 1] for name, value in state.items()}
+            got = cell.advance_single(alone, x[row, t].tolist(), int(state["steps"][row]))
+            for name, value in got.items():
+                assert torch.equal(value, expected[name][row : row + 1]), (row, t, name)
+        for how, got in candidates.items():
+            assert set(got) == set(expected)
+            for name, value in expected.items():
+                assert got[name].dtype == value.dtype and got[name].shape == value.shape
+                assert torch.equal(got[name], value), (how, t, name)
+        state = {**expected, "steps": state["steps"] + 1}
+
+
 def test_answer_quantiles_is_quantiles_per_stream_and_target_with_no_width_for_a_flat_history():
     table = _table()
     rng = np.random.default_rng(8)

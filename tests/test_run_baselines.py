@@ -386,6 +386,31 @@ def test_a_run_with_its_selection_steps_like_predict_and_forecast(name):
         assert_close(answers[i], paths[i])
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.lists(st.floats(0.0, 1.0), min_size=1, max_size=3),
+    st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 2)),
+)
+def test_the_combination_is_the_same_in_torch_numpy_and_floats(seed, weights, shape):
+    from seqstate.recipe.step.blend import Blend
+
+    names = ["network", "seasonal_naive_2", "ets_4"][: len(weights)]
+    blend = Blend(dict(zip(names, weights, strict=False)), [0] * shape[2])
+    rng = np.random.default_rng(seed)
+    network = rng.normal(size=shape)
+    parts = {name: rng.normal(size=shape) for name in blend.names}
+    for part in parts.values():  # no value yet (NaN) or a bad one: the network stands in
+        part[rng.random(shape) < 0.3] = np.nan
+        part[rng.random(shape) < 0.1] = np.inf
+    expected = blend.combine(
+        torch.from_numpy(network), {n: torch.from_numpy(p) for n, p in parts.items()}
+    ).numpy()
+    assert np.array_equal(blend.combine_rows(network, parts), expected)
+    flat = {name: part.ravel().tolist() for name, part in parts.items()}
+    assert blend.combine_one(network.ravel().tolist(), flat) == expected.ravel().tolist()
+
+
 @pytest.mark.parametrize("name", ["combination", "difference, baseline only"])
 def test_a_stream_one_step_at_a_time_answers_as_the_table(name):
     table, _, _, run_step = build(name)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from seqstate.core.model import SequenceModel
 from seqstate.recipe.calendar import Frequency
 from seqstate.recipe.covariates import calendar_features, calendar_names
+from seqstate.recipe.intervals import fit_table
 from seqstate.recipe.run_forecaster import RunMember, forecast_table, predict_table
 from seqstate.recipe.scaling import Scaling, ScalingConfig
 from seqstate.recipe.sources import read_table
@@ -369,6 +370,33 @@ def test_a_log_run_refuses_values_outside_its_domain():
         run_step.step(state, np.array([[[3.0], [0.0]]]))
 
 
+@pytest.mark.parametrize("streams", [1, 40])  # a few values checked in Python, many in NumPy
+@pytest.mark.parametrize("bad", [(1.0, np.nan), (1.0, np.inf), (1.0, -np.inf), (np.inf, -np.inf)])
+def test_every_non_finite_value_is_refused_however_many_streams(bad, streams):
+    table, _, run_step = build("hourly calendar covariate")
+    x = np.ones((streams, 1, 2))
+    time = np.zeros((streams, 1), dtype=np.int64)
+    state = run_step.initial_state([table.ids[0]] * streams)
+    x[-1, 0, :] = 3.0e38  # the largest float32 values are finite, and so is their sum
+    assert run_step.step(state, x, time)[0].shape == (streams, 1, 1)
+    x[-1, 0, :] = bad
+    with pytest.raises(ValueError, match=f"row {streams - 1}, step 0, column"):
+        run_step.step(state, x, time)
+
+
+@pytest.mark.parametrize("streams", [1, 40])
+@pytest.mark.parametrize(("name", "bad"), [("log", 0.0), ("log", -1.0), ("log1p difference", -1.0)])
+def test_values_outside_the_domain_are_refused_however_many_streams(name, bad, streams):
+    table, _, run_step = build(name)
+    x = np.full((streams, 2, 1), 3.0)
+    x[-1, 1, 0] = bad
+    state = run_step.initial_state([table.ids[0]] * streams)
+    with pytest.raises(ValueError, match=f"at row {streams - 1}, step 1, target"):
+        run_step.step(state, x)
+    x[-1, 1, 0] = 0.0 if name != "log" else 1e-30  # the domain's edge is inside it
+    assert run_step.step(state, x)[0].shape == (streams, 2, 1)
+
+
 def test_a_series_the_run_never_saw_needs_its_context():
     table, _, run_step = build("monthly defaults")
     with pytest.raises(ValueError, match="series 'new' was not among the 4 series"):
@@ -433,11 +461,23 @@ def test_the_calendar_cell_equals_the_table_calendar_features(seconds, kinds):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("intervals", [False, True])
 @pytest.mark.parametrize("streams", ["all", "one"])
 @pytest.mark.parametrize("name", sorted(RUNS))
-def test_the_one_step_numpy_path_equals_the_torch_step_for_every_kind_of_run(name, streams):
-    # several streams: NumPy rows (forward_row); one: Python floats (forward_single)
-    table, _, run_step = build(name)
+def test_the_one_step_numpy_path_equals_the_torch_step_for_every_kind_of_run(
+    name, streams, intervals
+):
+    # several streams: NumPy rows (forward_row); one: Python floats (forward_single); with
+    # intervals the state also keeps each stream's MASE scale (HistoryScale)
+    table, members, run_step = build(name)
+    if intervals:
+        errors = np.random.default_rng(3).normal(size=(6, 4))
+        run_step = RunStep(
+            [(m.model, m.scaling, m.calendar) for m in members],
+            table.columns,
+            intervals=fit_table(errors, season=3),
+        )
+        assert run_step.history_scale is not None
     if streams == "one":
         table = table.select([1])
     length = min(len(t) for t in table.times)

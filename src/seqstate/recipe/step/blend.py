@@ -18,6 +18,7 @@ The arithmetic of the combination is :meth:`Selection.combine`'s, in the same or
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -46,7 +47,14 @@ class Blend:
         self.names = tuple(name for name in self.weights if name != NETWORK)
         self.streams = {name: baseline_stream(name) for name in self.names}
         self.target_inputs = torch.tensor(list(target_inputs), dtype=torch.long)
+        self.target_columns = [int(i) for i in target_inputs]
         self.outputs = len(target_inputs)
+        # The flat plan a step walks: each baseline's state fields and their state names
+        # (looked up once here, not by matching every state name against a prefix per step).
+        self.fields = {
+            name: tuple((field, f"{PREFIX}{name}.{field}") for field in stream.initial_state(1))
+            for name, stream in self.streams.items()
+        }
 
     # --- state -------------------------------------------------------------------------------
 
@@ -60,13 +68,14 @@ class Blend:
         return state
 
     def _read(self, transforms: Mapping[str, torch.Tensor], name: str) -> dict[str, np.ndarray]:
-        """Baseline ``name``'s stream state, rows ``b * O + o``."""
-        head = f"{PREFIX}{name}."
-        return {
-            key[len(head) :]: value.cpu().numpy().reshape(-1, *value.shape[2:])
-            for key, value in transforms.items()
-            if key.startswith(head)
-        }
+        """Baseline ``name``'s stream state, rows ``b * O + o`` (views of the tensors' memory
+        on the CPU: a stream never writes its input state)."""
+        state = {}
+        for field, key in self.fields[name]:
+            tensor = transforms[key]
+            value = tensor.numpy() if tensor.device.type == "cpu" else tensor.cpu().numpy()
+            state[field] = value.reshape(-1, *value.shape[2:])
+        return state
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -75,18 +84,28 @@ class Blend:
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Step every baseline through ``x [B, T, F]``'s target values: ``({name: [B, T, O]
         float64 one-step forecasts}, {the new state tensors})``."""
-        b, steps = x.shape[0], x.shape[1]
         values = x.index_select(2, self.target_inputs.to(x.device)).to(torch.float64)
+        parts, new = self.advance_rows(transforms, values.cpu().numpy())
+        device = x.device
+        if device.type != "cpu":
+            new = {key: value.to(device) for key, value in new.items()}
+        return {name: torch.from_numpy(part).to(device) for name, part in parts.items()}, new
+
+    def advance_rows(
+        self, transforms: Mapping[str, torch.Tensor], values: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
+        """:meth:`advance` of the targets' raw values ``[B, T, O]`` float64 in NumPy:
+        ``({name: [B, T, O] float64 NumPy}, {the new state tensors, on the CPU})``."""
+        b, steps, outputs = values.shape
         # (B, T, O) -> rows b * O + o, (B * O, T)
-        rows = values.permute(0, 2, 1).reshape(b * self.outputs, steps).cpu().numpy()
+        rows = values[:, :, 0] if outputs == 1 else values.transpose(0, 2, 1).reshape(-1, steps)
         parts, new = {}, {}
         for name, stream in self.streams.items():
             predictions, state = stream.step(self._read(transforms, name), rows)
-            parts[name] = (
-                torch.from_numpy(predictions).reshape(b, self.outputs, steps).permute(0, 2, 1)
-            ).to(x.device)
-            for field, value in state.items():
-                new[f"{PREFIX}{name}.{field}"] = _tensor(value, b, self.outputs).to(x.device)
+            # (B * O, T) -> (B, T, O)
+            parts[name] = predictions.reshape(b, outputs, steps).transpose(0, 2, 1)
+            for field, key in self.fields[name]:
+                new[key] = _tensor(state[field], b, outputs)
         return parts, new
 
     def forecast(
@@ -117,9 +136,30 @@ class Blend:
             total = total + weight * part
         return total
 
+    def combine_rows(self, network: np.ndarray, parts: Mapping[str, np.ndarray]) -> np.ndarray:
+        """:meth:`combine` of ``[B, T, O]`` float64 NumPy arrays (the same operations)."""
+        total = np.zeros_like(network, dtype=np.float64)
+        for name, weight in self.weights.items():
+            part = network if name == NETWORK else parts[name]
+            if name != NETWORK:
+                part = np.where(np.isfinite(part), part, network)
+            total = total + weight * part
+        return total
+
+    def combine_one(self, network: list[float], parts: Mapping[str, list[float]]) -> list[float]:
+        """:meth:`combine` of flat lists of floats (one stream's few values), the same
+        operations on doubles."""
+        total = [0.0] * len(network)
+        for name, weight in self.weights.items():
+            part = network if name == NETWORK else parts[name]
+            if name != NETWORK:
+                part = [p if math.isfinite(p) else n for p, n in zip(part, network, strict=True)]
+            total = [t + weight * p for t, p in zip(total, part, strict=True)]
+        return total
+
 
 def _tensor(value: Any, batch: int, outputs: int) -> torch.Tensor:
     """A stream's ``[B * O, ...]`` array as a state tensor ``[B, O, ...]``."""
     # (a stream returns arrays of its own, never its input's: they are shared, not copied)
-    array = np.asarray(value)
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
     return torch.from_numpy(array.reshape(batch, outputs, *array.shape[1:]))

@@ -39,6 +39,7 @@ __all__ = [
     "Scaling",
     "TargetTransform",
     "calendar_columns",
+    "span",
     "tracing",
 ]
 
@@ -119,6 +120,8 @@ class Calendar(nn.Module):
         self.kinds = tuple(kinds)
         self.by_week = bool(self.kinds) and "month" not in self.kinds
         self.week_rows: np.ndarray | None = None
+        # the same table as Python floats, one list per minute, for one stream's steps
+        self.week_lists: list[list[float]] | None = None
         if self.by_week:
             minutes = torch.arange(_WEEK_MINUTES, dtype=torch.int64) * 60  # from 1970-01-01
             table = calendar_columns(minutes, self.kinds).to(torch.float32)
@@ -145,10 +148,13 @@ class Calendar(nn.Module):
         return calendar_columns(torch.from_numpy(time), self.kinds).to(torch.float32).numpy()
 
     def one(self, time: int) -> list[float]:
-        """:meth:`rows` of one stream's step: the ``2K`` features of ``time`` as floats."""
-        if self.by_week and self.week_rows is not None:
+        """:meth:`rows` of one stream's step: the ``2K`` features of ``time`` as floats (a
+        list the caller must not change)."""
+        if self.by_week:
+            if self.week_lists is None:  # (made once: a NumPy call a step costs more)
+                self.week_lists = self.week.cpu().numpy().tolist()
             # (Python's // and % floor like torch's and NumPy's for these int64 values)
-            return self.week_rows[(time // 60) % _WEEK_MINUTES].tolist()
+            return self.week_lists[(time // 60) % _WEEK_MINUTES]
         return self.rows(np.array([time], dtype=np.int64))[0].tolist()
 
 
@@ -282,24 +288,27 @@ class Difference(nn.Module):
             value = _add_rows(value, -c, past)
         return value
 
-    def forward_single(self, history: np.ndarray, w: list[float]) -> tuple[list[float], np.ndarray]:
-        """:meth:`forward_row` of one stream: ``history [D, O]`` (its row of the state) and
-        ``w`` (O floats) -> (the difference, O floats; the new history ``[1, D, O]``)."""
-        d = self.order
+    def forward_single(
+        self, history: list[float], w: list[float]
+    ) -> tuple[list[float], list[float]]:
+        """:meth:`forward_row` of one stream, on Python floats: ``history`` its ``D x O``
+        values flat (oldest first, ``history[i * O + o]``) and ``w`` (O floats) -> (the
+        difference, O floats; the new history, flat)."""
+        d, o = self.order, len(w)
         z = w
         for k, c in self.terms[1:]:
-            z = [_add_one(a, c, p) for a, p in zip(z, history[d - k].tolist(), strict=True)]
-        kept = np.empty((1, *history.shape))
-        kept[0, :-1] = history[1:]
-        kept[0, -1] = w
-        return z, kept
+            start = (d - k) * o
+            z = [_add_one(a, c, p) for a, p in zip(z, history[start : start + o], strict=True)]
+        return z, history[o:] + w
 
-    def inverse_single(self, z: list[float], history: np.ndarray, w: list[float]) -> list[float]:
-        """:meth:`inverse_row` of one stream (``history [D, O]``, ``z`` and ``w`` O floats)."""
-        d = self.order
+    def inverse_single(self, z: list[float], history: list[float], w: list[float]) -> list[float]:
+        """:meth:`inverse_row` of one stream (``history`` flat as in :meth:`forward_single`,
+        ``z`` and ``w`` O floats)."""
+        d, o = self.order, len(w)
         value = z
         for k, c in self.terms[1:]:
-            past = w if k == 1 else history[d + 1 - k].tolist()
+            start = (d + 1 - k) * o
+            past = w if k == 1 else history[start : start + o]
             value = [_add_one(a, -c, p) for a, p in zip(value, past, strict=True)]
         return value
 
@@ -356,8 +365,8 @@ class Scaling(nn.Module):
         self.register_buffer("features", torch.tensor(list(features), dtype=torch.long))
         self.register_buffer("targets", torch.tensor(list(targets), dtype=torch.long))
         # the usual layout (features first, in order; one target block): views, no gathers
-        self.feature_span = _span(features)
-        self.target_span = _span(targets)
+        self.feature_span = span(features)
+        self.target_span = span(targets)
         # (the NumPy step picks with these: they never move to a device)
         self.feature_rows = np.asarray(list(features), dtype=np.int64)
         self.target_rows = np.asarray(list(targets), dtype=np.int64)
@@ -393,12 +402,17 @@ class Scaling(nn.Module):
         return torch.addcmul(loc, outputs, sc)  # outputs * sc + loc, one op
 
     def forward_rows(
-        self, values: np.ndarray, location: np.ndarray, scale: np.ndarray
+        self,
+        values: np.ndarray,
+        location: np.ndarray,
+        scale: np.ndarray,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """One step of :meth:`forward` in NumPy: ``values [B, F]`` float64, ``location``,
-        ``scale`` ``[B, C]`` -> ``[B, F]``."""
+        ``scale`` ``[B, C]`` -> ``[B, F]`` (written into ``out`` where given: a float32
+        ``out`` holds the float64 quotient rounded, as ``astype`` rounds it)."""
         loc, sc = _pick_rows(location, scale, self.feature_rows, self.feature_span)
-        return (values - loc) / sc
+        return np.divide(values - loc, sc, out=out)
 
     def inverse_rows(
         self, outputs: np.ndarray, location: np.ndarray, scale: np.ndarray
@@ -428,11 +442,13 @@ def _pick_rows(
     """:func:`_pick` of ``[B, C]`` arrays -> ``[B, K]`` (views where ``span`` is set)."""
     if span is not None:
         start, stop = span
+        if start == 0 and stop == location.shape[1]:  # every column: no view to make
+            return location, scale
         return location[:, start:stop], scale[:, start:stop]
     return location[:, index], scale[:, index]
 
 
-def _span(indices: Sequence[int]) -> tuple[int, int] | None:
+def span(indices: Sequence[int]) -> tuple[int, int] | None:
     """``(start, stop)`` when ``indices`` are consecutive and rising, else None."""
     values = list(indices)
     if values and values == list(range(values[0], values[0] + len(values))):

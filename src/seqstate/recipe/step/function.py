@@ -23,6 +23,7 @@ per-series scaling)::
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -42,6 +43,9 @@ __all__ = ["NO_TIME", "MemberStep", "RunStep"]
 _T = TypeVar("_T")
 
 NO_TIME = -(2**63)  # the "time" of a stream that has not been given one
+
+# x of at most this many values is checked in Python floats (a served step of a few streams)
+_SMALL = 64
 
 
 class MemberStep(nn.Module):
@@ -101,6 +105,9 @@ class MemberStep(nn.Module):
         self.fed_feature_rows = self.fed_features.numpy().copy()
         self.fed_target_rows = self.fed_targets.numpy().copy()
         self.target_input_list = self.target_input_rows.tolist()
+        # (consecutive columns, the usual layout: slices, not gathers)
+        self.target_input_span = cells.span(self.target_input_list)
+        self.fed_feature_span = cells.span(self.fed_feature_rows.tolist())
         # (location, scale tensors, their floats) of the last stream forward_single scaled
         self.statistics_floats: tuple[torch.Tensor, torch.Tensor, list, list] | None = None
         self.fed_pairs = [(int(f), j) for f, j in pairs]
@@ -284,39 +291,61 @@ class MemberStep(nn.Module):
         new: dict[str, torch.Tensor] = {}
         location = scale = history = w = None
         count = self.feature_count
+        # The model's input, which the cells write into (no intermediate copies): [B, 1, F]
+        inputs = np.empty((x.shape[0], 1, self.input_width), dtype=np.float32)
+        model_row = inputs[:, 0]
         if not self.prepares:
-            features = x[:, :count]
+            model_row[:, :count] = x[:, :count]
         else:
-            features = x[:, :count].astype(np.float64)  # (a copy: written below)
+            x64 = x.astype(np.float64)  # (a copy: the fed targets are written into it)
+            features = x64 if x.shape[1] == count else x64[:, :count]
             if self.transforms_targets:
-                w = transform.forward_rows(x[:, self.target_input_rows].astype(np.float64))
+                span = self.target_input_span
+                w = (
+                    x64[:, span[0] : span[1]]
+                    if span is not None
+                    else x64[:, self.target_input_rows]
+                )
+                w = transform.forward_rows(w)
                 z = w
                 if self.order:
                     history = transforms[prefix + "history"].numpy()
                     z, kept = difference.forward_row(history, w)
                     new[prefix + "history"] = torch.from_numpy(kept)
+                    # (w may be a view of x64, written below: the new history holds a copy)
+                    w = kept[:, -1]
                 if self.fed_feature_rows.size:
                     # (float32 as the table code stores the transformed columns)
                     fed = z.astype(np.float32)
                     fed = fed if self.feeds_all else fed[:, self.fed_target_rows]
-                    features[:, self.fed_feature_rows] = fed
+                    fed_span = self.fed_feature_span
+                    if fed_span is not None:
+                        features[:, fed_span[0] : fed_span[1]] = fed
+                    else:
+                        features[:, self.fed_feature_rows] = fed
             if scale_cell is not None:
                 location = transforms[prefix + "location"].numpy()
                 scale = transforms[prefix + "scale"].numpy()
-                features = scale_cell.forward_rows(features, location, scale)
-        inputs = np.empty((x.shape[0], 1, self.input_width), dtype=np.float32)
-        inputs[:, 0, :count] = features
+                # (the float64 quotient rounded to float32 as it is stored: as astype does)
+                scale_cell.forward_rows(features, location, scale, out=model_row[:, :count])
+            else:
+                model_row[:, :count] = features
         if calendar.kinds:
             time = _checked_time(time, calendar.kinds)
-            inputs[:, 0, count:] = calendar.rows(time)
-        out, model_state = self._one_step(model, torch.from_numpy(inputs), model_state, new, prefix)
-        out = out.astype(np.float64)
+            model_row[:, count:] = calendar.rows(time)
+        y, model_state = self._one_step(model, torch.from_numpy(inputs), model_state, new, prefix)
+        out = y.numpy()[:, 0]  # [B, O] float32
         if self.regression:
             if scale_cell is not None and location is not None and scale is not None:
+                # (float32 * float64 computes in float64 from the exact widened values)
                 out = scale_cell.inverse_rows(out, location, scale)
+            else:
+                out = out.astype(np.float64)
             if w is not None and history is not None:  # (history: differenced)
                 out = difference.inverse_row(out, history, w)
             out = transform.inverse_rows(out)
+        else:
+            out = out.astype(np.float64)
         return out, new, model_state
 
     def forward_single(
@@ -331,7 +360,10 @@ class MemberStep(nn.Module):
         ``time`` as Python numbers -> its O answers as floats (float64), this member's new
         transform state and model state. The same operations in the same order, on Python
         floats (IEEE doubles, as float64), whose arithmetic costs tens of ns an op against a
-        NumPy op's microsecond: one stream's preparation is about twenty of them."""
+        NumPy call's microsecond; and array calls between two model calls also make the
+        next model call slower (measured at hidden 64: a few small NumPy calls, 5-25 µs; a
+        NumPy reduction alone, ~8 µs), Python floats hardly. So the only array calls left
+        read the state and make the new state's tensors and the model's input."""
         transform, difference, scale_cell, calendar, model = self.row_cells
         new: dict[str, torch.Tensor] = {}
         location = scale = history = w = None
@@ -340,9 +372,11 @@ class MemberStep(nn.Module):
             w = transform.forward_one([x[i] for i in self.target_input_list])
             z = w
             if self.order:
-                history = transforms[prefix + "history"].numpy()[0]  # (D, O)
+                # [1, D, O] -> D * O floats, oldest first
+                history = transforms[prefix + "history"].numpy().ravel().tolist()
                 z, kept = difference.forward_single(history, w)
-                new[prefix + "history"] = torch.from_numpy(kept)
+                shape = (1, self.order, len(w))
+                new[prefix + "history"] = torch.from_numpy(np.array(kept).reshape(shape))
             if self.fed_pairs:
                 # (float32 as the table code stores the transformed columns)
                 fed = array("f", z).tolist()
@@ -356,8 +390,8 @@ class MemberStep(nn.Module):
             time = _checked_time(time, calendar.kinds)
             features = [*features, *calendar.one(time)]
         inputs = torch.from_numpy(np.array([[features]], dtype=np.float32))  # (1, 1, F)
-        out, model_state = self._one_step(model, inputs, model_state, new, prefix)
-        values: list[float] = out[0].tolist()
+        y, model_state = self._one_step(model, inputs, model_state, new, prefix)
+        values: list[float] = y.tolist()[0][0]
         if self.regression:
             if scale_cell is not None and location is not None and scale is not None:
                 values = scale_cell.inverse_one(values, location, scale)
@@ -387,9 +421,9 @@ class MemberStep(nn.Module):
         model_state: State,
         new: dict[str, torch.Tensor],
         prefix: str,
-    ) -> tuple[np.ndarray, State]:
+    ) -> tuple[torch.Tensor, State]:
         """The member's model on one step ``inputs [B, 1, F]`` float32 -> (its answers
-        ``[B, O]`` float32 in model space, its new state); the answers (and a head's raw
+        ``[B, 1, O]`` float32 in model space, its new state); the answers (and a head's raw
         parameters) go into ``new`` as this member's transform state. ``model``: the plain
         reference the fast paths hold (no ``nn.Module`` attribute lookup)."""
         if self.head is None:
@@ -397,11 +431,10 @@ class MemberStep(nn.Module):
             raw = None
         else:
             y, raw, model_state = self._model(inputs, model_state, None)
-        out = y.numpy()[:, 0]
-        new[prefix + "output"] = torch.from_numpy(out)
+        new[prefix + "output"] = y.select(1, 0)
         if raw is not None:
             new[prefix + "parameters"] = raw[:, -1]
-        return out, model_state
+        return y, model_state
 
     def _model(
         self, inputs: torch.Tensor, model_state: State, mask: torch.Tensor | None
@@ -727,11 +760,37 @@ class RunStep(nn.Module):
                 network = members[0] if members.shape[0] == 1 else members.mean(dim=0)
             if self.blend is None:
                 return StepOutputs(network, members), new_state
-            parts, baselines = self.blend.advance(state.transforms, x_t)
-            # (the selection is of one-step forecasts: with another shift the network answers)
-            answer = self.blend.combine(network, parts) if self.columns.shift == 1 else network
+            if x_t.device.type == "cpu":
+                answer, baselines = self._blend_rows(state, x_t, network)
+            else:
+                parts, baselines = self.blend.advance(state.transforms, x_t)
+                # (the selection is of one-step forecasts: with another shift the network
+                # answers)
+                answer = self.blend.combine(network, parts) if self.columns.shift == 1 else network
         transforms = {**new_state.transforms, **baselines}
         return StepOutputs(answer, members), RunState.unchecked(transforms, new_state.models)
+
+    def _blend_rows(
+        self, state: RunState, x: torch.Tensor, network: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The baselines' step and the answer on CPU rows (:meth:`Blend.advance_rows`): a
+        few values combined as floats, more in NumPy; the same operations as
+        :meth:`Blend.combine`. ``x [B, T, F_raw]``, ``network [B, T, O]`` -> (answer, the
+        baselines' new state tensors)."""
+        blend = self.blend
+        if blend is None:  # (step_outputs calls this for a run with baselines)
+            raise RuntimeError("internal error: no baselines to step")
+        values = x.numpy()[:, :, blend.target_columns].astype(np.float64)  # (B, T, O)
+        parts, baselines = blend.advance_rows(state.transforms, values)
+        if self.columns.shift != 1:
+            # (the selection is of one-step forecasts: with another shift the network answers)
+            return network, baselines
+        rows = network.numpy()
+        if rows.size > _SMALL:
+            return torch.from_numpy(blend.combine_rows(rows, parts)), baselines
+        flat = {name: part.ravel().tolist() for name, part in parts.items()}
+        answer = blend.combine_one(rows.ravel().tolist(), flat)
+        return torch.from_numpy(np.array(answer).reshape(rows.shape)), baselines
 
     def forward(
         self, state: RunState, x: torch.Tensor, time: torch.Tensor | None
@@ -775,44 +834,70 @@ class RunStep(nn.Module):
             return None
         if time is not None and time.device.type != "cpu":
             return None
+        if x.shape[0] == 1:
+            return self._forward_single(state, x, time)
         seen = state.transforms["steps"].numpy()
-        if self.order and int(seen.min()) < self.order:
+        first = int(seen.min())
+        if first < self.order:
             return None
         rows = x.numpy()[:, 0]
         stamps = time.numpy()[:, 0] if time is not None else None
         transforms = dict(state.transforms)
-        outputs: list[Any] = []  # (each member's [B, O] rows, or one stream's O floats)
+        outputs: list[np.ndarray] = []  # each member's [B, O] rows
         models = []
-        single = x.shape[0] == 1  # one stream: Python floats (MemberStep.forward_single)
-        if single:
-            row = rows[0].tolist()
-            stamp = int(stamps[0]) if stamps is not None else None
-        for k, member in enumerate(self._members()):
-            if single:
-                values, new, model_state = member.forward_single(
-                    state.transforms, state.models[k], row, stamp, self.prefixes[k]
-                )
-                outputs.append(values)
-            else:
-                y, new, model_state = member.forward_row(
-                    state.transforms, state.models[k], rows, stamps, self.prefixes[k]
-                )
-                outputs.append(y)
+        for k, member in enumerate(self._member_steps):
+            y, new, model_state = member.forward_row(
+                state.transforms, state.models[k], rows, stamps, self.prefixes[k]
+            )
+            outputs.append(y)
             transforms |= new
             models.append(model_state)
         if self.history_scale is not None:
-            transforms |= self.history_scale.advance(state.transforms, x)
+            transforms |= self.history_scale.advance_rows(state.transforms, rows, first)
         transforms["steps"] = torch.from_numpy(seen + 1)
         if stamps is not None:
             transforms["time"] = torch.from_numpy(stamps)
-        # (K, B, 1, O): from each member's [B, O] rows, or one stream's O floats
-        answers = np.array(outputs, dtype=np.float64).reshape(len(outputs), x.shape[0], 1, -1)
+        return self._answers(outputs, x.shape[0]), RunState.unchecked(transforms, tuple(models))
+
+    def _forward_single(
+        self, state: RunState, x: torch.Tensor, time: torch.Tensor | None
+    ) -> tuple[StepOutputs, RunState] | None:
+        """:meth:`forward_rows` of one stream: its values as Python floats
+        (:meth:`MemberStep.forward_single`)."""
+        (seen,) = state.transforms["steps"].tolist()
+        if seen < self.order:
+            return None
+        row: list[float] = x.tolist()[0][0]
+        stamp: int | None = time.tolist()[0][0] if time is not None else None
+        transforms = dict(state.transforms)
+        outputs: list[list[float]] = []  # each member's O floats
+        models = []
+        for k, member in enumerate(self._member_steps):
+            values, new, model_state = member.forward_single(
+                state.transforms, state.models[k], row, stamp, self.prefixes[k]
+            )
+            outputs.append(values)
+            transforms |= new
+            models.append(model_state)
+        if self.history_scale is not None:
+            transforms |= self.history_scale.advance_single(state.transforms, row, seen)
+        transforms["steps"] = torch.from_numpy(np.array([seen + 1], dtype=np.int64))
+        if stamp is not None:
+            transforms["time"] = torch.from_numpy(np.array([stamp], dtype=np.int64))
+        return self._answers(outputs, 1), RunState.unchecked(transforms, tuple(models))
+
+    def _answers(self, outputs: Sequence[Any], batch: int) -> StepOutputs:
+        """``StepOutputs`` of each member's ``[B, O]`` rows (or one stream's O floats):
+        ``network [B, 1, O]``, ``members [K, B, 1, O]`` float64."""
+        if len(outputs) == 1 and isinstance(outputs[0], np.ndarray):  # (a view, no copy)
+            answers = outputs[0].reshape(1, batch, 1, -1)
+        else:
+            answers = np.array(outputs, dtype=np.float64).reshape(len(outputs), batch, 1, -1)
         members = torch.from_numpy(answers)
         # (one member: a view, cheaper than a select; an ensemble: step_outputs' reduction)
         network = torch.from_numpy(answers[0]) if len(outputs) == 1 else members.mean(0)
-        answer = StepOutputs(network, members)
         # (its parts come from this state's, already checked: no second check per step)
-        return answer, RunState.unchecked(transforms, tuple(models))
+        return StepOutputs(network, members)
 
     def forecast(
         self,
@@ -1048,7 +1133,13 @@ class RunStep(nn.Module):
                 f"x must have shape [B, T, F]=[{b}, T>=1, {width}] (the raw columns "
                 f"{list(self.inputs)}); received {list(x_t.shape)}"
             )
-        if x_t.device.type == "cpu" and not x_t.requires_grad:
+        small = x_t.numel() <= _SMALL and x_t.device.type == "cpu" and not x_t.requires_grad
+        if small:
+            # A served step's few values: their sum in doubles is finite exactly when every
+            # float32 value is (it cannot overflow), and a NumPy reduction here slows the
+            # model call after it (measured: ~8 µs at hidden 64), a Python sum hardly.
+            finite = math.isfinite(sum(x_t.numpy().ravel().tolist()))
+        elif x_t.device.type == "cpu" and not x_t.requires_grad:
             # (NumPy's check of a few values costs a fifth of torch's)
             finite = bool(np.isfinite(x_t.numpy()).all())
         else:
@@ -1086,7 +1177,15 @@ class RunStep(nn.Module):
             kind = member.transform.kind
             if kind == "none" or not member.target_inputs.numel():
                 continue
-            if x.device.type == "cpu" and not x.requires_grad:
+            if x.numel() <= _SMALL and x.device.type == "cpu" and not x.requires_grad:
+                # (as the finite check: no NumPy reduction for a served step's few values)
+                flat = x.numpy().reshape(-1, x.shape[2]).tolist()
+                columns = member.target_input_list
+                if kind == "log" and all(row[c] > 0 for row in flat for c in columns):
+                    return
+                if kind != "log" and all(row[c] >= 0 for row in flat for c in columns):
+                    return
+            elif x.device.type == "cpu" and not x.requires_grad:
                 array = x.numpy()[..., member.target_input_rows]
                 if bool((array > 0).all() if kind == "log" else (array >= 0).all()):
                     return

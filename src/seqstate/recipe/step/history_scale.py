@@ -44,6 +44,8 @@ class HistoryScale:
         self.season = int(season)
         self.target_inputs = torch.tensor(list(target_inputs), dtype=torch.long)
         self.target_columns = np.asarray(list(target_inputs), dtype=np.int64)
+        self.target_list = [int(i) for i in target_inputs]
+        self.keys = (f"{PREFIX}last", f"{PREFIX}lag_sum", f"{PREFIX}one_sum")
         self.outputs = len(target_inputs)
 
     def initial_state(self, batch_size: int) -> dict[str, torch.Tensor]:
@@ -65,6 +67,8 @@ class HistoryScale:
         # the same arithmetic in NumPy: a served step's few small arrays cost a third of the
         # torch ops' dispatch (tested equal to advance_graph)
         m, steps = self.season, x.shape[1]
+        if steps == 1:
+            return self.advance_rows(transforms, x.numpy()[:, 0])
         values = x.numpy()[:, :, self.target_columns].astype(np.float64)  # [B, T, O]
         full = np.concatenate([transforms[f"{PREFIX}last"].numpy(), values], axis=1)
         seasonal = np.abs(values - full[:, :steps])
@@ -80,6 +84,57 @@ class HistoryScale:
             f"{PREFIX}last": torch.from_numpy(np.ascontiguousarray(full[:, steps:])),
             f"{PREFIX}lag_sum": torch.from_numpy(lag_sum),
             f"{PREFIX}one_sum": torch.from_numpy(one_sum),
+        }
+
+    def advance_rows(
+        self, transforms: Mapping[str, torch.Tensor], rows: np.ndarray, first: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`advance` of one step, ``rows [B, F_raw]`` float32 NumPy: the same sums
+        (one term each: a sum over one step is its term) in fewer NumPy calls. ``first``:
+        the fewest steps any row has seen before this one, where the caller knows it."""
+        m = self.season
+        values = rows[:, self.target_columns].astype(np.float64)  # [B, O]
+        last = transforms[f"{PREFIX}last"].numpy()  # [B, m, O]
+        seasonal = np.abs(values - last[:, 0])  # minus the value m steps back
+        one = np.abs(values - last[:, m - 1])  # minus the value one step back
+        if first is None:
+            first = int(transforms["steps"].numpy().min(initial=m))
+        if first < m:  # some row's first steps have no past at a lag
+            before = transforms["steps"].numpy()[:, None]  # [B, 1]
+            seasonal = np.where(before >= m, seasonal, 0.0)
+            one = np.where(before >= 1, one, 0.0)
+        kept = np.empty_like(last)
+        kept[:, :-1] = last[:, 1:]
+        kept[:, -1] = values
+        return {
+            f"{PREFIX}last": torch.from_numpy(kept),
+            f"{PREFIX}lag_sum": torch.from_numpy(transforms[f"{PREFIX}lag_sum"].numpy() + seasonal),
+            f"{PREFIX}one_sum": torch.from_numpy(transforms[f"{PREFIX}one_sum"].numpy() + one),
+        }
+
+    def advance_single(
+        self, transforms: Mapping[str, torch.Tensor], row: Sequence[float], before: int
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`advance` of one stream's one step, on Python floats: ``row`` its F_raw raw
+        values (float32 values as doubles, as the NumPy path reads them), ``before`` its
+        steps before this one. The same sums in the same order (one term each)."""
+        m = self.season
+        key_last, key_lag, key_one = self.keys
+        values = [row[i] for i in self.target_list]
+        last = transforms[key_last].numpy()  # [1, m, O]
+        sums = [transforms[key_lag].tolist()[0], transforms[key_one].tolist()[0]]
+        # (the value m steps back, and the one one step back; a row without one adds 0)
+        for k, (back, seen) in enumerate(((last[0, 0], m), (last[0, m - 1], 1))):
+            if before >= seen:
+                past = back.tolist()
+                sums[k] = [s + abs(v - p) for s, v, p in zip(sums[k], values, past, strict=True)]
+        kept = np.empty_like(last)
+        kept[0, :-1] = last[0, 1:]
+        kept[0, -1] = values
+        return {
+            key_last: torch.from_numpy(kept),
+            key_lag: torch.from_numpy(np.array(sums[:1])),
+            key_one: torch.from_numpy(np.array(sums[1:])),
         }
 
     def advance_graph(
