@@ -546,3 +546,37 @@ def test_a_hedge_with_seasonal_naive_loses_at_most_half_the_candidates_loss(seed
     # naive is at most half the candidate's
     assert mae(mixed) <= 0.5 * (mae(candidate) + mae(naive)) + 1e-12
     assert mae(mixed) - mae(naive) <= 0.5 * max(mae(candidate) - mae(naive), 0.0) + 1e-12
+
+
+class _Oracle:
+    """A forecaster that answers each series' true future (it reads the whole table): the
+    network candidate then wins every window."""
+
+    def __init__(self, table):
+        self.truth = {identity: t for identity, t in zip(table.ids, table.targets, strict=True)}
+
+    def forecast(self, history, steps, future):
+        return np.stack(
+            [
+                self.truth[identity][length : length + steps]
+                for identity, length in zip(history.ids, history.lengths.tolist(), strict=True)
+            ]
+        )
+
+
+@pytest.mark.parametrize("series", [1, 2])
+def test_one_window_of_one_series_keeps_half_on_seasonal_naive(tmp_path, series):
+    from seqstate.recipe.selection import validate_selection
+
+    path = seasonal_random_walk_csv(tmp_path / "srw.csv", series=series, years=5)
+    table = table_of(path)
+    # the last 24 months (two seasons: one window) of each series are the validation tail
+    cuts = [int(length) - 24 for length in table.lengths]
+    chosen = validate_selection(_Oracle(table), table, cuts, seasons=(12,))
+    assert chosen is not None and chosen.windows == 1 and chosen.series == series
+    if series == 1:
+        assert chosen.weights == {"network": 0.5, NAIVE: 0.5}
+        assert chosen.chosen == f"(network)+{NAIVE}" and "too thin" in chosen.reason
+        assert chosen.scores[chosen.chosen] == pytest.approx(chosen.scores[NAIVE] / 2)
+    else:
+        assert chosen.weights == {"network": 1.0} and "too thin" not in chosen.reason
