@@ -704,7 +704,9 @@ def report(results: list[dict], args: Any, command: str, load_before: str) -> st
         for method in methods:
             values = relative[group][method]
             if values:
-                under = sum(v <= 1.0 for v in values)
+                # seqstate's forecast is read back from the CSV it writes: a run answering
+                # with seasonal naive scores its MASE to about 1e-7, not exactly
+                under = sum(v <= 1.0 + 1e-6 for v in values)
                 lines.append(
                     f"| {method} | {len(values)} | {np.mean(values):.3f} | {under} | "
                     f"{firsts[group][method]} |"
