@@ -9,10 +9,11 @@ at the calendar's main season) and sMAPE (%). Rank: by MASE within the data set.
 a method's MASE over seasonal naive's on the same data set; its mean over the set is the
 headline.
 
-Two groups, reported apart: the development set (``DATASETS``: measured while seqstate's
-defaults and its validation rule were developed) and the held-out set (``HELD_OUT``: run only
-once the rule was frozen, so its figures say how the defaults do on data they were not
-chosen on).
+Groups, reported apart: the development set (``DATASETS``: measured while seqstate's
+defaults and its validation rule were developed) and three held-out groups (``HELD_OUT``,
+``SECOND_HELD_OUT``, ``THIRD_HELD_OUT``: each run first once a version of the rule was
+frozen, so its figures say how the defaults do on data they were not chosen on; the earlier
+groups' misses shaped the later versions, the third group's none).
 
 Methods: seasonal naive; statsforecast AutoETS and AutoARIMA (season from the calendar; MSTL
 with AutoETS trend for data with two seasons, where AutoETS/AutoARIMA would need seasons
@@ -161,7 +162,12 @@ def load(name: str) -> Dataset:
         )
     if name in HELD_OUT_SOURCES:
         return _held_out(name)
-    raise ValueError(f"unknown data set {name!r}; expected one of {DATASETS + HELD_OUT}")
+    if name in THIRD_HELD_OUT:
+        return _third(name)
+    raise ValueError(
+        f"unknown data set {name!r}; expected one of {DATASETS + HELD_OUT + SECOND_HELD_OUT}"
+        f" {THIRD_HELD_OUT}"
+    )
 
 
 def _from_ts(raw: pd.DataFrame, per_year: int, freq: str) -> pd.DatetimeIndex:
@@ -228,6 +234,88 @@ def _held_out(name: str) -> Dataset:
     seen = "held out, second group" if name in SECOND_HELD_OUT else "held out"
     return Dataset(name, description, frame, horizon, freq, seasons, seen)
 
+
+def _third(name: str) -> Dataset:
+    """The third held-out group: chosen (data sets never used here before, a mix of panels
+    and single series, monthly, quarterly and daily) and added before the selection rule's
+    third version was frozen, and first run after. (fpp2's elecdemand, first chosen for its
+    half hours, is the series behind the development set's elecdaily: left out.)"""
+    seen = "held out, third group"
+    if name == "prison":  # 32 quarterly series: state x gender x remanded/sentenced
+        raw = _rd("fpp2", "prisonLF")
+        frame = pd.DataFrame(
+            {
+                "id": raw["state"].astype(str).str.strip()
+                + "/"
+                + raw["gender"].astype(str)
+                + "/"
+                + raw["legal"].astype(str),
+                "time": pd.to_datetime(raw["t"]).dt.to_period("Q").dt.to_timestamp(),
+                "value": raw["count"].astype(float),
+            }
+        )
+        return Dataset(name, "fpp2, 32 quarterly series", frame, 8, "QS", (4,), seen)
+    if name == "souvenirs":
+        raw = _rd("fpp3", "souvenirs")
+        frame = pd.DataFrame(
+            {
+                "id": "souvenirs",
+                "time": pd.to_datetime(raw["Month"], format="%Y %b"),
+                "value": raw["Sales"].astype(float),
+            }
+        )
+        return Dataset(name, "fpp3, 1 monthly series", frame, 24, "MS", (12,), seen)
+    if name == "deaths":  # UK lung-disease deaths, male and female, 1974-1979
+        parts = []
+        for source in ("mdeaths", "fdeaths"):
+            raw = _rd("datasets", source)
+            times = _from_ts(raw, 12, "MS")
+            parts.append(
+                pd.DataFrame({"id": source, "time": times, "value": raw["value"].astype(float)})
+            )
+        frame = pd.concat(parts)
+        return Dataset(
+            name, "datasets mdeaths + fdeaths, 2 monthly series", frame, 12, "MS", (12,), seen
+        )
+    if name == "nyc_flights":  # flights leaving each New York airport per day, 2013
+        raw = _rd("nycflights13", "flights")
+        counts = raw.groupby(["origin", "year", "month", "day"]).size().reset_index(name="n")
+        frame = pd.DataFrame(
+            {
+                "id": counts["origin"].astype(str),
+                "time": pd.to_datetime(counts[["year", "month", "day"]]),
+                "value": counts["n"].astype(float),
+            }
+        )
+        return Dataset(name, "nycflights13, 3 daily series", frame, 14, "D", (7,), seen)
+    if name == "Hstarts":  # log housing starts in Canada, quarterly from 1960
+        raw = _rd("Ecdat", "Hstarts")
+        times = pd.date_range("1960-01-01", periods=len(raw), freq="QS")
+        frame = pd.DataFrame({"id": "hs", "time": times, "value": raw["hs"].astype(float)})
+        return Dataset(name, "Ecdat, 1 quarterly series", frame, 8, "QS", (4,), seen)
+    if name == "FrozenJuice":  # orange juice price index, monthly from 1950
+        raw = _rd("AER", "FrozenJuice")
+        times = pd.date_range("1950-01-01", periods=len(raw), freq="MS")
+        frame = pd.DataFrame({"id": "price", "time": times, "value": raw["price"].astype(float)})
+        return Dataset(name, "AER, 1 monthly series", frame, 24, "MS", (12,), seen)
+    package, description, horizon, freq, per_year, seasons = {
+        "euretail": ("fpp2", "fpp2, 1 quarterly series", 8, "QS", 4, (4,)),
+        "UKDriverDeaths": ("datasets", "datasets, 1 monthly series", 24, "MS", 12, (12,)),
+        "JohnsonJohnson": ("datasets", "datasets, 1 quarterly series", 8, "QS", 4, (4,)),
+        "austres": ("datasets", "datasets, 1 quarterly series", 8, "QS", 4, (4,)),
+        "UKNonDurables": ("AER", "AER, 1 quarterly series", 8, "QS", 4, (4,)),
+    }[name]
+    raw = _rd(package, name)
+    times = _from_ts(raw, per_year, freq)
+    frame = pd.DataFrame({"id": name, "time": times, "value": raw["value"].astype(float)})
+    return Dataset(name, description, frame, horizon, freq, seasons, seen)
+
+
+#: The third held-out group (see _third): its figures were first seen once, after the rule
+#: was final, and are reported as they came.
+THIRD_HELD_OUT = ["euretail", "prison", "UKDriverDeaths", "deaths", "JohnsonJohnson"]
+THIRD_HELD_OUT += ["souvenirs", "austres", "UKNonDurables", "Hstarts", "FrozenJuice"]
+THIRD_HELD_OUT += ["nyc_flights"]
 
 DATASETS = [
     "us_employment",
@@ -533,10 +621,11 @@ def report(results: list[dict], args: Any, command: str, load_before: str) -> st
         "development": DATASETS,
         "held out": HELD_OUT,
         "held out, second group": SECOND_HELD_OUT,
+        "held out, third group": THIRD_HELD_OUT,
     }
     relative = {g: {m: [] for m in methods} for g in groups}  # group -> method -> rel MASEs
     firsts = {g: {m: 0 for m in methods} for g in groups}
-    ordered = DATASETS + HELD_OUT + SECOND_HELD_OUT
+    ordered = DATASETS + HELD_OUT + SECOND_HELD_OUT + THIRD_HELD_OUT
     for dataset in [d for d in ordered if any(r["dataset"] == d for r in results)]:
         group = next(g for g, names in groups.items() if dataset in names)
         data = load(dataset)
@@ -615,7 +704,9 @@ def report(results: list[dict], args: Any, command: str, load_before: str) -> st
         for method in methods:
             values = relative[group][method]
             if values:
-                under = sum(v <= 1.0 for v in values)
+                # seqstate's forecast is read back from the CSV it writes: a run answering
+                # with seasonal naive scores its MASE to about 1e-7, not exactly
+                under = sum(v <= 1.0 + 1e-6 for v in values)
                 lines.append(
                     f"| {method} | {len(values)} | {np.mean(values):.3f} | {under} | "
                     f"{firsts[group][method]} |"
@@ -630,7 +721,7 @@ def main() -> int:
         "--datasets",
         nargs="+",
         default=DATASETS,
-        choices=DATASETS + HELD_OUT + SECOND_HELD_OUT,
+        choices=DATASETS + HELD_OUT + SECOND_HELD_OUT + THIRD_HELD_OUT,
         metavar="NAME",
         help=f"data sets (default: the development set); held out: {' '.join(HELD_OUT)}",
     )

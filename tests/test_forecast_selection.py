@@ -33,12 +33,15 @@ from seqstate.recipe.metrics import seasonal_naive, series_metrics
 from seqstate.recipe.run_forecaster import load_forecaster
 from seqstate.recipe.selection import (
     MARGIN,
+    RECENCY,
     TOLERANCE,
     Evidence,
     Selection,
     candidate_weights,
     choose,
+    hedged,
     merge_selections,
+    window_weights,
 )
 from seqstate.recipe.sources import read_table
 
@@ -441,3 +444,139 @@ def test_an_ensemble_reports_the_spread_of_its_members_validation_mase(tmp_path,
     assert f"seed 1: 1 epoch(s), network validation MASE {scores[1]:.4g}" in printed
     assert f"validation MASE of the forecasts mean {np.mean(scores):.4g}" in printed
     assert f"spread (std) {np.std(scores):.3g}" in printed
+
+
+@given(st.integers(1, 12))
+def test_window_weights_lean_to_the_most_recent_window(count):
+    weights = window_weights(count)
+    assert weights.shape == (count,) and abs(weights.sum() - 1.0) < 1e-12
+    # each window weighs RECENCY times the next (newer) one
+    np.testing.assert_allclose(weights[:-1], RECENCY * weights[1:])
+    assert weights.argmax() == count - 1
+    with pytest.raises(ValueError, match="count"):
+        window_weights(0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.5, 1.0, 2.0, float("nan")]),
+            st.sampled_from([0.5, 1.0, 2.0, float("nan")]),
+            st.floats(0.01, 1.0),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_weighted_wins_equal_the_plain_weighted_share(rows):
+    mine, theirs, weights = (tuple(column) for column in zip(*rows, strict=True))
+    a = Evidence(1.0, mine, weights)
+    b = Evidence(1.0, theirs, weights)
+    scored = [(x, y, w) for x, y, w in rows if np.isfinite(x) and np.isfinite(y)]
+    if not scored:
+        assert a.wins(b) == 0.5
+        return
+    share = sum(w * (1.0 if x < y else 0.5 if x == y else 0.0) for x, y, w in scored)
+    assert a.wins(b) == pytest.approx(share / sum(w for _, _, w in scored))
+    # equal weights: the plain share of the pairs
+    plain = np.mean([1.0 if x < y else 0.5 if x == y else 0.0 for x, y, _ in scored])
+    assert Evidence(1.0, mine).wins(Evidence(1.0, theirs)) == pytest.approx(plain)
+
+
+def test_evidence_refuses_weights_of_another_length():
+    with pytest.raises(ValueError, match="weights"):
+        Evidence(1.0, (1.0, 2.0), (0.5,))
+
+
+def test_recent_windows_outvote_older_ones():
+    candidates = candidate_weights((12,))
+    # better on the two older windows only: a plain majority is a tie, the weighted one is not
+    weights = tuple(window_weights(4))
+    units = {NAIVE: [1.0] * 4, "ets_12": [0.5, 0.5, 1.2, 1.2]}
+    evidence = {
+        label: Evidence(float(np.average(u, weights=weights)), tuple(u), weights)
+        for label, u in units.items()
+    }
+    assert evidence["ets_12"].wins(evidence[NAIVE]) < 0.5
+    assert choose(evidence, candidates, NAIVE)[0] == NAIVE
+    # better on the two newest: chosen
+    units["ets_12"] = [1.2, 1.2, 0.5, 0.5]
+    evidence["ets_12"] = Evidence(
+        float(np.average(units["ets_12"], weights=weights)), tuple(units["ets_12"]), weights
+    )
+    assert evidence["ets_12"].wins(evidence[NAIVE]) > 0.5
+    assert choose(evidence, candidates, NAIVE)[0] == "ets_12"
+
+
+def test_a_choice_that_lost_on_the_most_recent_window_keeps_seasonal_naive():
+    candidates = candidate_weights((12,))
+    units = {NAIVE: [1.0] * 4, "ets_12": [0.6, 0.6, 0.6, 1.1]}
+    evidence = {
+        label: Evidence(float(np.mean(u)), tuple(u), None, u[-1]) for label, u in units.items()
+    }
+    # clearly better on the mean and on 3 of 4 windows, but worse on the last one
+    chosen, why = choose(evidence, candidates, NAIVE)
+    assert chosen == NAIVE and "most recent window" in why and "(1.100 vs 1.000)" in why
+    # not worse there: chosen
+    units["ets_12"][-1] = 1.0
+    evidence["ets_12"] = Evidence(
+        float(np.mean(units["ets_12"])), tuple(units["ets_12"]), None, 1.0
+    )
+    assert choose(evidence, candidates, NAIVE)[0] == "ets_12"
+    # unknown recent scores (NaN): no check
+    evidence = evidence_of({NAIVE: [1.0] * 4, "ets_12": [0.6, 0.6, 0.6, 1.1]})
+    assert choose(evidence, candidates, NAIVE)[0] == "ets_12"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 30))
+def test_a_hedge_with_seasonal_naive_loses_at_most_half_the_candidates_loss(seed, steps):
+    rng = np.random.default_rng(seed)
+    actual, candidate, naive = rng.normal(size=(3, steps)) * rng.uniform(0.1, 10, size=(3, 1))
+    weights = hedged({"network": 0.5, "ets_12": 0.5}, NAIVE)
+    assert weights == {"network": 0.25, "ets_12": 0.25, NAIVE: 0.5}
+    assert hedged({NAIVE: 0.5, "ets_12": 0.5}, NAIVE) == {NAIVE: 0.75, "ets_12": 0.25}
+    mixed = 0.5 * candidate + 0.5 * naive
+
+    def mae(x):
+        return float(np.mean(np.abs(actual - x)))
+
+    # the MAE of the mean is at most the mean of the MAEs: the hedge's excess over seasonal
+    # naive is at most half the candidate's
+    assert mae(mixed) <= 0.5 * (mae(candidate) + mae(naive)) + 1e-12
+    assert mae(mixed) - mae(naive) <= 0.5 * max(mae(candidate) - mae(naive), 0.0) + 1e-12
+
+
+class _Oracle:
+    """A forecaster that answers each series' true future (it reads the whole table): the
+    network candidate then wins every window."""
+
+    def __init__(self, table):
+        self.truth = {identity: t for identity, t in zip(table.ids, table.targets, strict=True)}
+
+    def forecast(self, history, steps, future):
+        return np.stack(
+            [
+                self.truth[identity][length : length + steps]
+                for identity, length in zip(history.ids, history.lengths.tolist(), strict=True)
+            ]
+        )
+
+
+@pytest.mark.parametrize("series", [1, 2])
+def test_one_window_of_one_series_keeps_half_on_seasonal_naive(tmp_path, series):
+    from seqstate.recipe.selection import validate_selection
+
+    path = seasonal_random_walk_csv(tmp_path / "srw.csv", series=series, years=5)
+    table = table_of(path)
+    # the last 24 months (two seasons: one window) of each series are the validation tail
+    cuts = [int(length) - 24 for length in table.lengths]
+    chosen = validate_selection(_Oracle(table), table, cuts, seasons=(12,))
+    assert chosen is not None and chosen.windows == 1 and chosen.series == series
+    if series == 1:
+        assert chosen.weights == {"network": 0.5, NAIVE: 0.5}
+        assert chosen.chosen == f"(network)+{NAIVE}" and "too thin" in chosen.reason
+        assert chosen.scores[chosen.chosen] == pytest.approx(chosen.scores[NAIVE] / 2)
+    else:
+        assert chosen.weights == {"network": 1.0} and "too thin" not in chosen.reason

@@ -14,11 +14,15 @@ alone. ``train`` therefore scores, on rolling origins at the end of every valida
     equal combinations ETS+Theta, seasonal naive+ETS+Theta, network+ETS, network+ETS+Theta,
     network+seasonal naive+ETS+Theta
 
-MASE (scaled by the in-sample seasonal naive before c_i) is averaged over windows and targets
-per series, then over series. The choice (:func:`choose`) shrinks toward the safe answer:
-seasonal naive unless a candidate beats it clearly (by a margin on the mean and on most
-windows); a candidate with the network must also beat the best statistical candidate so; and
-among candidates the evidence cannot tell apart, the combination with the most members. Its
+MASE (scaled by the in-sample seasonal naive before c_i) is averaged over targets, then over
+each series' windows weighed by recency (:data:`RECENCY`: a series' data nearest the forecast
+says most about it), then over series. The choice (:func:`choose`) shrinks toward the safe
+answer: seasonal naive unless a candidate beats it clearly (by a margin on the mean and on most
+windows, both weighed so); a candidate with the network must also beat the best statistical
+candidate so; among candidates the evidence cannot tell apart, the combination with the most
+members; and the choice must also not lose to seasonal naive on each series' most recent
+window, or seasonal naive stays (a lead that reversed at the end of the data is the mark of a
+change of regime the earlier windows cannot show). Its
 weights are stored in the run (``metadata["selection"]``) and the run's
 step function applies them in ``predict``, ``forecast``, ``evaluate``, ``backtest`` and
 serving: the baselines run as streams on the context each call gets (their coefficients
@@ -44,14 +48,18 @@ from seqstate.recipe.metrics import series_metrics
 
 __all__ = [
     "MARGIN",
+    "MIN_PAIRS",
     "NETWORK",
+    "RECENCY",
     "TOLERANCE",
     "Evidence",
     "Selection",
     "candidate_weights",
     "choose",
+    "hedged",
     "merge_selections",
     "validate_selection",
+    "window_weights",
 ]
 
 NETWORK = "network"
@@ -64,6 +72,33 @@ MARGIN = 0.05
 #: Candidates whose mean is within this share of the best are not told apart by the evidence;
 #: the one with the most members is chosen among them.
 TOLERANCE = 0.05
+#: A series' windows are weighed by recency: each window half a window (one stride) older than
+#: the next weighs this factor times as much. With 6 windows the last carries about a third
+#: of the series' weight and the oldest a sixth of the last's, so the evidence leans to the
+#: data nearest the forecast (where a change of regime shows first) without resting on one
+#: window.
+RECENCY = 0.7
+#: Evidence from fewer (series, window) pairs than this (one series with one window) cannot
+#: tell a real lead from one lucky window: the choice is then hedged half and half with
+#: seasonal naive (:func:`hedged`), whose MAE is at most the mean of the two MAEs, so the loss
+#: to seasonal naive is at most half the chosen candidate's.
+MIN_PAIRS = 2
+
+
+def hedged(weights: dict[str, float], reference: str) -> dict[str, float]:
+    """``weights`` at half their weight, the other half on ``reference``."""
+    out = {name: weight / 2 for name, weight in weights.items()}
+    out[reference] = out.get(reference, 0.0) + 0.5
+    return out
+
+
+def window_weights(count: int) -> np.ndarray:
+    """The weights ``[count]`` of one series' windows, oldest first, summing to 1: each is
+    :data:`RECENCY` times the next one's."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1; received {count}")
+    raw = RECENCY ** np.arange(count - 1, -1, -1, dtype=np.float64)
+    return raw / raw.sum()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +150,8 @@ class Selection:
         network = self.scores.get(NETWORK, math.nan)
         lines = [
             f"validation ({self.series} series, up to {self.windows} window(s) of {self.horizon} "
-            f"steps at the end, warm; mean MASE, season {self.season}): {shown}"
+            f"steps at the end, warm; mean MASE, recent windows weighing more, season "
+            f"{self.season}): {shown}"
         ]
         if self.network_only:
             lines.append(
@@ -232,23 +268,38 @@ def candidate_weights(
 
 @dataclasses.dataclass(frozen=True)
 class Evidence:
-    """One candidate on the validation windows: ``score`` its mean MASE (over series, of each
-    series' mean over its windows) and ``units`` its MASE on each (series, window) pair, in
-    the same order for every candidate (NaN where it could not be scored)."""
+    """One candidate on the validation windows.
+
+    Attributes:
+        score: its mean MASE: over series, of each series' recency-weighted mean over its
+            windows (:data:`RECENCY`).
+        units: its MASE on each (series, window) pair, in the same order for every candidate
+            (NaN where it could not be scored).
+        weights: each pair's weight in :meth:`wins` (the same for every candidate; ``None``:
+            equal weights).
+        recent: its mean MASE over series on each series' most recent window (NaN: not
+            known, and :func:`choose` does not check it).
+    """
 
     score: float
     units: tuple[float, ...]
+    weights: tuple[float, ...] | None = None
+    recent: float = math.nan
+
+    def __post_init__(self) -> None:
+        if self.weights is not None and len(self.weights) != len(self.units):
+            raise ValueError(f"weights has {len(self.weights)} values for {len(self.units)} units")
 
     def wins(self, other: Evidence) -> float:
-        """The share of the pairs where this MASE is lower than ``other``'s (ties: half)."""
-        pairs = [
-            (a, b)
-            for a, b in zip(self.units, other.units, strict=True)
-            if math.isfinite(a) and math.isfinite(b)
-        ]
-        if not pairs:
-            return 0.5
-        return float(np.mean([1.0 if a < b else 0.5 if a == b else 0.0 for a, b in pairs]))
+        """The weighted share of the pairs where this MASE is lower than ``other``'s (ties:
+        half)."""
+        weights = self.weights or (1.0,) * len(self.units)
+        total = won = 0.0
+        for a, b, w in zip(self.units, other.units, weights, strict=True):
+            if math.isfinite(a) and math.isfinite(b):
+                total += w
+                won += w * (1.0 if a < b else 0.5 if a == b else 0.0)
+        return won / total if total > 0 else 0.5
 
     def beats(self, other: Evidence) -> bool:
         """Clearly better: by :data:`MARGIN` on the mean and on more than half the pairs."""
@@ -277,7 +328,11 @@ def choose(
        statistical candidate: the network validated is trained without the validation rows,
        the one served is refit on every row, and a neural fit varies more from seed to seed
        and from fit to refit than a statistical one, so its edge must be clear twice;
-       :func:`_pick` chooses among those that do.
+       :func:`_pick` chooses among those that do;
+    3. the choice must not do worse than ``reference`` on each series' most recent window
+       (:attr:`Evidence.recent`, where both are known), or ``reference`` stays: the windows
+       nearest the forecast are where a change of regime shows first, and a lead built on
+       older windows that reversed there is the evidence the earlier rules cannot weigh.
     """
     base = evidence[reference]
     stats = {
@@ -319,6 +374,12 @@ def choose(
             f"; within {TOLERANCE:.0%} of {best} {group[best].score:.3f}, the combination with "
             "more members is preferred"
         )
+    if chosen != reference and e.recent > base.recent:  # False where either is NaN
+        why = (
+            f"{chosen} {why}, but did worse on the most recent window of the series "
+            f"({e.recent:.3f} vs {base.recent:.3f}): {_label(reference)} is kept"
+        )
+        chosen = reference
     return chosen, why
 
 
@@ -416,9 +477,15 @@ def validate_selection(
                 out.setdefault(i, []).append(float(np.mean(mase)))
         return out
 
+    recency = {i: window_weights(len(windows[i])) for i in keys}
+
     def mean_score(per_series: dict[int, list[float]]) -> float:
-        values = [float(np.mean(v)) for v in per_series.values()]
+        values = [float(np.average(v, weights=recency[i])) for i, v in per_series.items()]
         finite = [v for v in values if math.isfinite(v)]
+        return float(np.mean(finite)) if finite else math.nan
+
+    def recent_score(per_series: dict[int, list[float]]) -> float:
+        finite = [v[-1] for v in per_series.values() if math.isfinite(v[-1])]
         return float(np.mean(finite)) if finite else math.nan
 
     # seasonal naive in the combinations: the calendar season that validates best
@@ -431,15 +498,27 @@ def validate_selection(
     reference = f"seasonal_naive_{season}"
     if not math.isfinite(means.get(NETWORK, math.nan)) or not math.isfinite(means[reference]):
         return None
+    # a pair's weight in wins: its share of its series' weight, each series weighing the same
+    pair_weights = tuple(float(w) for i in keys for w in recency[i])
     evidence = {}
     for label, values in per_series.items():
         if not math.isfinite(means[label]):
             continue
         units = tuple(v for i in keys for v in values.get(i, [math.nan] * len(windows[i])))
-        evidence[label] = Evidence(means[label], units)
+        evidence[label] = Evidence(means[label], units, pair_weights, recent_score(values))
     best, why = choose(evidence, candidates, reference)
+    weights = dict(candidates[best])
+    pairs = sum(len(v) for v in windows.values())
+    if best != reference and pairs < MIN_PAIRS:
+        weights = hedged(weights, reference)
+        best = f"({best})+{reference}"
+        means[best] = mean_score(errors(weights))
+        why += (
+            f"; on {pairs} (series, window) pair(s) the evidence is too thin to drop "
+            f"{_label(reference)}: half the weight stays on it"
+        )
     return Selection(
-        weights=dict(candidates[best]),
+        weights=weights,
         chosen=best,
         scores=means,
         season=season,
