@@ -294,19 +294,21 @@ def test_t_widening_is_the_student_t_over_the_normal_quantile():
 
 def _naive_errors_loop(series: list[np.ndarray], season: int, horizon: int) -> np.ndarray:
     """The plain loop naive_errors stands for: every origin o of every series, the seasonal
-    naive's forecast of row o + h - 1 (the last season before o, repeated) against the row."""
+    naive's forecast of row o + h - 1 (the last season before o, repeated) against the row;
+    an error that touches a missing value is left out."""
     totals, counts = np.zeros(horizon), np.zeros(horizon)
     for values in series:
         lag = season if len(values) > season else 1
-        scale = mase_scale(values, season)
+        scale = mase_scale(values[np.isfinite(values)], lag)
         if not scale > 0:
             continue
         for origin in range(lag, len(values)):
             for step in range(horizon):
                 if origin + step < len(values):
-                    guess = values[origin - lag + step % lag]
-                    totals[step] += abs(values[origin + step] - guess) / scale
-                    counts[step] += 1
+                    error = values[origin + step] - values[origin - lag + step % lag]
+                    if np.isfinite(error):
+                        totals[step] += abs(error) / scale
+                        counts[step] += 1
     with np.errstate(invalid="ignore"):
         return np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
 
@@ -317,9 +319,10 @@ def _naive_errors_loop(series: list[np.ndarray], season: int, horizon: int) -> n
     season=st.integers(1, 7),
     horizon=st.integers(1, 12),
     seed=st.integers(0, 2**16),
+    missing=st.booleans(),
 )
 def test_naive_errors_are_the_seasonal_naive_s_scaled_errors_from_every_origin(
-    lengths, season, horizon, seed
+    lengths, season, horizon, seed, missing
 ):
     from types import SimpleNamespace
 
@@ -327,6 +330,9 @@ def test_naive_errors_are_the_seasonal_naive_s_scaled_errors_from_every_origin(
 
     rng = np.random.default_rng(seed)
     series = [np.cumsum(rng.normal(size=n)) for n in lengths]
+    if missing:  # one missing value in the longest series
+        longest = max(series, key=len)
+        longest[len(longest) // 2] = np.nan
     got = naive_errors(SimpleNamespace(targets=[s[:, None] for s in series]), season, horizon)
     expected = _naive_errors_loop(series, season, horizon)
     if np.isnan(expected[0]):

@@ -166,16 +166,16 @@ def naive_errors(table: Any, season: int, horizon: int) -> np.ndarray | None:
     for targets in table.targets:
         targets = np.asarray(targets, dtype=np.float64)
         for column in targets.T:  # [L] per target
-            column = column[np.isfinite(column)]
             lag = int(season) if len(column) > int(season) else 1
-            scale = series_scales([column], lag)[0]
+            scale = series_scales([column[np.isfinite(column)]], lag)[0]
             if not scale > 0 or len(column) <= lag:
                 continue
             for step in range(min(horizon, len(column) - lag)):
                 origins = np.arange(lag, len(column) - step)  # first forecast row o
                 errors = column[origins + step] - column[origins - lag + step % lag]
-                totals[step] += float(np.abs(errors).sum()) / scale
-                counts[step] += len(origins)
+                seen = np.isfinite(errors)  # (a missing value spoils only its own errors)
+                totals[step] += float(np.abs(errors[seen]).sum()) / scale
+                counts[step] += int(seen.sum())
     if counts[0] == 0:
         return None
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -441,7 +441,9 @@ def lean_on_naive(scale: Any, step_paths: Any, naive: Any) -> np.ndarray:
     ``step_paths [H]`` independent paths at each step) leaned on the seasonal naive's errors
     ``naive [>= 1]`` (per step over the whole history; past its last finite step, its last
     value): ``sqrt((P_h s[h]^2 + g[h]^2) / (P_h + 1))`` with g the naive's non-decreasing
-    fit, never below s[h], non-decreasing.
+    fit, made non-decreasing in h. A shrinkage both ways: where the naive erred less than
+    the model it narrows s[h] by as little as it widens it in the other case (a floor would
+    only ever widen, and over-cover on average where validation is like the rest).
 
     The naive's history-wide errors count as one more independent path: a validation part
     that holds few paths at step h (one series' tail at long horizons) cannot tell the
