@@ -89,8 +89,9 @@ def load(name: str, quick: bool) -> Split:
 
 
 def score(split: Split, quantiles: dict, point: dict) -> dict[str, float]:
-    """Means over series of the interval scores of ``quantiles`` (id -> {level: [H]}) and the
-    MASE of ``point`` (id -> [H]), on the MASE scale of each series' history."""
+    """Means over series of the interval scores of ``quantiles`` (id -> {level: [H]}), the
+    MASE of ``point`` (id -> [H]) and of the 50% quantile (``mase_median``), on the MASE scale
+    of each series' history."""
     rows = []
     for key, group in split.future.groupby("id"):
         truth = group.sort_values("time")["value"].to_numpy(dtype=float)
@@ -102,7 +103,9 @@ def score(split: Split, quantiles: dict, point: dict) -> dict[str, float]:
         )
         five = {q: levels[q] for q in FIVE}
         row["crps_5q"] = interval_metrics(truth, past, quantiles=five, season=split.season)["crps"]
-        row["mase"] = float(np.mean(np.abs(point[key] - truth)) / mase_scale(past, split.season))
+        scale = mase_scale(past, split.season)
+        row["mase"] = float(np.mean(np.abs(point[key] - truth)) / scale)
+        row["mase_median"] = float(np.mean(np.abs(levels[0.5] - truth)) / scale)
         rows.append(row)
     return {name: float(np.nanmean([r[name] for r in rows])) for name in rows[0]}
 

@@ -13,12 +13,18 @@ Per data set, each series without its last ``horizon`` steps is the history:
 * ``DeepAR`` (with ``--deepar``): GluonTS 0.17's ``DeepAREstimator`` (torch) with its defaults
   (2 LSTM layers of 40, Student-t likelihood, context = horizon, 50 batches of 32 per epoch,
   100 sample paths) except the epochs, capped at ``--deepar-epochs`` (default 20; its default is
-  100), trained on the same histories; quantiles of its sample paths.
+  100), trained on the same histories; quantiles of its sample paths;
+* ``NF LSTM StudentT`` / ``NF LSTM MQLoss`` (with ``--neuralforecast``): NeuralForecast's
+  ``LSTM`` with its defaults (2 encoder layers of 128, an MLP decoder, input 3 x horizon,
+  robust scaling, windows of 128 per batch) and ``DistributionLoss("StudentT")`` or ``MQLoss``
+  asked for the scored levels, except ``max_steps``, capped at ``--nf-steps`` (default 200;
+  its default is 1000), trained on the same histories; the loss's quantiles.
 
 Scores per series, then the mean over series, all divided by the series' in-sample
-seasonal-naive MAE: MASE of the point forecast, CRPS from the 20 quantiles 2.5%, 7.5%, ...,
-97.5% (in brackets, from the five 2.5/10/50/90/97.5% ones, the estimate an interval-only peer
-gets), coverage of the central 80% and 95% intervals, width of the 80% interval.
+seasonal-naive MAE: MASE of the point forecast and of the 50% quantile, CRPS from the 20
+quantiles 2.5%, 7.5%, ..., 97.5% (in brackets, from the five 2.5/10/50/90/97.5% ones, the
+estimate an interval-only peer gets), coverage of the central 80% and 95% intervals, width of
+the 80% interval.
 
     PYTHONPATH=src /work/envs/bench/bin/python benchmarks/probabilistic.py --quick --no-write
     PYTHONPATH=src /work/envs/bench/bin/python benchmarks/probabilistic.py --quick --heads
@@ -142,8 +148,72 @@ def deepar(split: Split, seed: int, epochs: int) -> tuple[dict, dict, float]:
     return quantiles, point, seconds
 
 
+#: NeuralForecast LSTM losses measured with ``--neuralforecast``: label -> loss factory.
+NF_LOSSES = ("LSTM StudentT", "LSTM MQLoss")
+
+
+def neuralforecast_lstm(
+    split: Split, seed: int, loss: str, max_steps: int
+) -> tuple[dict, dict, float]:
+    """(id -> {level: [H]}, id -> median [H], training seconds) of NeuralForecast's ``LSTM``
+    with its defaults but ``max_steps`` and the loss: ``DistributionLoss("StudentT")`` or
+    ``MQLoss``, both asked for :data:`LEVELS` (the quantiles scored) instead of their default
+    levels [80, 90]."""
+    import logging
+    import warnings
+
+    from neuralforecast import NeuralForecast
+    from neuralforecast.losses.pytorch import DistributionLoss, MQLoss, quantiles_to_outputs
+    from neuralforecast.models import LSTM
+
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    levels = sorted(LEVELS)
+    if loss == "LSTM StudentT":
+        objective = DistributionLoss(distribution="StudentT", quantiles=levels)
+    elif loss == "LSTM MQLoss":
+        objective = MQLoss(quantiles=levels)
+    else:
+        raise ValueError(f"loss must be one of {NF_LOSSES}; received {loss!r}")
+    history = split.history.rename(columns={"id": "unique_id", "time": "ds", "value": "y"})
+    if split.counts:
+        history["y"] = history["y"].round()
+    model = LSTM(
+        h=split.horizon,
+        loss=objective,
+        max_steps=max_steps,
+        random_seed=seed,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        accelerator="cpu",
+    )
+    forecaster = NeuralForecast(models=[model], freq=split.freq)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        start = time.perf_counter()
+        forecaster.fit(df=history)
+        seconds = time.perf_counter() - start
+        predicted = forecaster.predict()
+    predicted = predicted.reset_index() if "unique_id" not in predicted else predicted
+    _, names = quantiles_to_outputs(levels)
+    quantiles, point = {}, {}
+    for key in split.future["id"].unique():
+        mine = predicted[predicted["unique_id"].astype(str) == str(key)].sort_values("ds")
+        quantiles[key] = {
+            q: mine[f"LSTM{suffix}"].to_numpy(dtype=float)
+            for q, suffix in zip(levels, names, strict=True)
+        }
+        point[key] = quantiles[key][0.5]
+    return quantiles, point, seconds
+
+
 def measure(
-    split: Split, seed: int, heads: bool, deepar_epochs: int | None = None
+    split: Split,
+    seed: int,
+    heads: bool,
+    deepar_epochs: int | None = None,
+    nf_steps: int | None = None,
 ) -> list[tuple[str, dict[str, float], float]]:
     results = []
     with tempfile.TemporaryDirectory() as directory:
@@ -153,6 +223,9 @@ def measure(
         if deepar_epochs:
             quantiles, point, seconds = deepar(split, seed, deepar_epochs)
             results.append(("DeepAR", score(split, quantiles, point), seconds))
+        for loss in NF_LOSSES if nf_steps else ():
+            quantiles, point, seconds = neuralforecast_lstm(split, seed, loss, nf_steps)
+            results.append((f"NF {loss}", score(split, quantiles, point), seconds))
         if heads:
             data, run, seconds = _train(split, tmp, "head", seed, "--distribution", "auto")
             results.append(("head, table", score(split, *_forecast(split, data, run)), seconds))
@@ -168,12 +241,28 @@ def main() -> int:
     parser.add_argument("--heads", action="store_true", help="also --distribution auto")
     parser.add_argument("--deepar", action="store_true", help="also GluonTS DeepAR (torch)")
     parser.add_argument("--deepar-epochs", type=int, default=20, help="DeepAR's epoch cap")
-    parser.add_argument("--dataset", action="append", default=[], help=f"one of {DATASETS}")
+    parser.add_argument(
+        "--neuralforecast",
+        action="store_true",
+        help="also NeuralForecast's LSTM with DistributionLoss(StudentT) and with MQLoss",
+    )
+    parser.add_argument(
+        "--nf-steps",
+        type=int,
+        default=200,
+        help="NeuralForecast's max_steps cap (its default: 1000)",
+    )
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        help=f"one of {DATASETS} or of benchmarks/forecast.py's (repeatable)",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     lines = [
-        "| data | seqstate | seed | MASE | CRPS (20 q; 5 q) | cover 80% | cover 95% "
+        "| data | method | seed | MASE (point; q50) | CRPS (20 q; 5 q) | cover 80% | cover 95% "
         "| width 80% | train |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -181,9 +270,11 @@ def main() -> int:
         split = load(name, args.quick)
         for seed in range(args.seeds):
             epochs = args.deepar_epochs if args.deepar else None
-            for label, r, seconds in measure(split, seed, args.heads, epochs):
+            nf_steps = args.nf_steps if args.neuralforecast else None
+            for label, r, seconds in measure(split, seed, args.heads, epochs, nf_steps):
                 line = (
-                    f"| {name} | {label} | {seed} | {r['mase']:.3f} | {r['crps']:.3f} "
+                    f"| {name} | {label} | {seed} | {r['mase']:.3f}; {r['mase_median']:.3f} "
+                    f"| {r['crps']:.3f} "
                     f"({r['crps_5q']:.3f}) | {r['coverage_80']:.3f} | {r['coverage_95']:.3f} "
                     f"| {r['width_80']:.2f} | {seconds:.0f} s |"
                 )

@@ -323,3 +323,117 @@ def test_t_widening_is_the_student_t_over_the_normal_quantile():
     np.testing.assert_allclose(t_widening([0.1, 0.9], 2.0), [1.8856 / 1.28155] * 2, rtol=1e-3)
     np.testing.assert_allclose(t_widening([0.025], 5.0), [2.5706 / 1.95996], rtol=1e-3)
     assert t_widening([0.5], 3.0)[0] == 1.0 and abs(t_widening([0.9], 1e6)[0] - 1) < 1e-4
+
+
+def _naive_errors_loop(series: list[np.ndarray], season: int, horizon: int) -> np.ndarray:
+    """The plain loop naive_errors stands for: every origin o of every series, the seasonal
+    naive's forecast of row o + h - 1 (the last season before o, repeated) against the row;
+    an error that touches a missing value is left out."""
+    totals, counts = np.zeros(horizon), np.zeros(horizon)
+    for values in series:
+        lag = season if len(values) > season else 1
+        scale = mase_scale(values[np.isfinite(values)], lag)
+        if not scale > 0:
+            continue
+        for origin in range(lag, len(values)):
+            for step in range(horizon):
+                if origin + step < len(values):
+                    error = values[origin + step] - values[origin - lag + step % lag]
+                    if np.isfinite(error):
+                        totals[step] += abs(error) / scale
+                        counts[step] += 1
+    with np.errstate(invalid="ignore"):
+        return np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 40), min_size=1, max_size=4),
+    season=st.integers(1, 7),
+    horizon=st.integers(1, 12),
+    seed=st.integers(0, 2**16),
+    missing=st.booleans(),
+)
+def test_naive_errors_are_the_seasonal_naive_s_scaled_errors_from_every_origin(
+    lengths, season, horizon, seed, missing
+):
+    from types import SimpleNamespace
+
+    from seqstate.recipe.calibration import naive_errors
+
+    rng = np.random.default_rng(seed)
+    series = [np.cumsum(rng.normal(size=n)) for n in lengths]
+    if missing:  # one missing value in the longest series
+        longest = max(series, key=len)
+        longest[len(longest) // 2] = np.nan
+    got = naive_errors(SimpleNamespace(targets=[s[:, None] for s in series]), season, horizon)
+    expected = _naive_errors_loop(series, season, horizon)
+    if np.isnan(expected[0]):
+        assert got is None
+    else:
+        assert got is not None
+        np.testing.assert_allclose(got, expected, rtol=1e-10, equal_nan=True)
+
+
+def test_lean_on_naive_weighs_the_naive_as_one_more_path():
+    from seqstate.recipe.intervals import lean_on_naive
+
+    scale = np.array([0.5, 0.5, 0.5, 0.5])
+    naive = np.array([1.0, 2.0, np.nan, 3.0])  # a step no series reached: the one before
+    got = lean_on_naive(scale, np.array([99.0, 9.0, 3.0, 1.0]), naive)
+    expected = np.sqrt((np.array([99, 9, 3, 1]) * 0.25 + np.array([1, 4, 4, 9])) / [100, 10, 4, 2])
+    np.testing.assert_allclose(got, expected)
+    assert np.all(np.diff(got) >= 0)
+    # many paths: the validation's own scale; a naive shorter than the table: its last value
+    np.testing.assert_allclose(lean_on_naive(scale, np.full(4, 1e9), naive[:1]), scale, rtol=1e-8)
+    with pytest.raises(ValueError, match="step_paths"):
+        lean_on_naive(scale, np.ones(3), naive)
+
+
+def _calm_validation_coverage(calm: float, *, lean: bool, fits: int = 150) -> np.ndarray:
+    """[80%, 95%] coverage of one random walk's table fitted on the overlapping windows of a
+    validation part whose steps are ``calm`` times as large as the rest of the series' (and
+    of the future's), with or without the naive's errors over the whole series."""
+    from types import SimpleNamespace
+
+    from seqstate.recipe.calibration import independent_paths, naive_errors
+
+    rng = np.random.default_rng(12)
+    before, tail, horizon = 120, 48, 24
+    covered = []
+    for _ in range(fits):
+        steps = rng.standard_t(4, size=before + tail)
+        steps[before:] *= calm
+        path = np.cumsum(steps)
+        scale = float(np.mean(np.abs(np.diff(path))))
+        errors = []
+        for origin in sorted(set(np.rint(np.linspace(before, len(path) - 1, 24)).astype(int))):
+            row = np.full(horizon, np.nan)
+            seen = min(horizon, len(path) - origin)
+            row[:seen] = (path[origin : origin + seen] - path[origin - 1]) / scale
+            errors.append(row)
+        naive = naive_errors(SimpleNamespace(targets=[path[:, None]]), 1, horizon)
+        paths = independent_paths([before], [len(path)], horizon)
+        table = fit_table(np.array(errors), 1, paths=paths, naive=naive if lean else None)
+        fresh = np.cumsum(rng.standard_t(4, size=horizon)) / scale
+        bands = quantiles(np.zeros((1, horizon)), np.ones(1), table, (0.025, 0.1, 0.9, 0.975))[0]
+        covered.append(
+            [
+                np.mean((fresh >= bands[:, 1]) & (fresh <= bands[:, 2])),
+                np.mean((fresh >= bands[:, 0]) & (fresh <= bands[:, 3])),
+            ]
+        )
+    return np.mean(covered, axis=0)
+
+
+def test_a_calm_validation_part_is_widened_by_the_naive_s_history_wide_errors():
+    """A random walk whose validation stretch moves a third as much as the rest: its own
+    windows give intervals far too narrow; the naive's errors over the whole series, one more
+    path among the validation's few at long horizons, widen them a good part of the way. A
+    validation part like the rest stays calibrated."""
+    calm_before = _calm_validation_coverage(0.3, lean=False)
+    calm_after = _calm_validation_coverage(0.3, lean=True)
+    assert calm_before[0] < 0.4 and calm_before[1] < 0.6
+    assert calm_after[0] > calm_before[0] + 0.1 and calm_after[1] > calm_before[1] + 0.15
+    usual = _calm_validation_coverage(1.0, lean=True)
+    assert abs(usual[0] - 0.8) < 0.04 and abs(usual[1] - 0.95) < 0.03

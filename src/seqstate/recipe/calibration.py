@@ -9,6 +9,9 @@ into the run's table).
                                   | each, a forecast of up to H steps (fewer near the end)
     e[w, h] = (actual - point) / d   d: the MASE scale of the series before the origin
 
+Beside them, :func:`naive_errors`: the seasonal naive's mean scaled error per step from every
+origin of the whole series, which the table leans on where the validation holds few paths.
+
 The forecaster is the one the run answers with: the network trained on the training part
 (never on the validation rows), with the validation's selection applied (a baseline or a
 combination), so the intervals belong to whatever point forecast the run gives.
@@ -29,6 +32,7 @@ __all__ = [
     "calibration_horizon",
     "collect_errors",
     "independent_paths",
+    "naive_errors",
     "validation_series",
 ]
 
@@ -137,7 +141,45 @@ def calibrate(
     tails = [int(n) - c for n, c in zip(table.lengths, cuts, strict=True)]
     horizon = calibration_horizon(season, tails)
     errors = collect_errors(forecaster, table, cuts, season=season, horizon=horizon)
-    return fit_table(errors, season, paths=independent_paths(cuts, table.lengths, horizon))
+    return fit_table(
+        errors,
+        season,
+        paths=independent_paths(cuts, table.lengths, horizon),
+        naive=naive_errors(table, season, horizon),
+    )
+
+
+def naive_errors(table: Any, season: int, horizon: int) -> np.ndarray | None:
+    """``[horizon]`` the mean absolute error of the seasonal-naive forecast h = 1..horizon
+    steps ahead, from every origin of every series (training and validation rows alike), over
+    each series' MASE scale; NaN at a step no series is long enough for; None when no series
+    has an error at the first step.
+
+    The naive's errors over the whole history say how fast this data drifts away from its
+    last season as the horizon grows (flat for a stable seasonal series, like sqrt(h) for a
+    random walk, faster for a trend), seen from far more origins than the validation part
+    holds; :func:`~seqstate.recipe.intervals.fit_table` leans on them where the validation
+    windows are few paths."""
+    from seqstate.recipe.intervals import series_scales
+
+    totals, counts = np.zeros(horizon), np.zeros(horizon)
+    for targets in table.targets:
+        targets = np.asarray(targets, dtype=np.float64)
+        for column in targets.T:  # [L] per target
+            lag = int(season) if len(column) > int(season) else 1
+            scale = series_scales([column[np.isfinite(column)]], lag)[0]
+            if not scale > 0 or len(column) <= lag:
+                continue
+            for step in range(min(horizon, len(column) - lag)):
+                origins = np.arange(lag, len(column) - step)  # first forecast row o
+                errors = column[origins + step] - column[origins - lag + step % lag]
+                seen = np.isfinite(errors)  # (a missing value spoils only its own errors)
+                totals[step] += float(np.abs(errors[seen]).sum()) / scale
+                counts[step] += int(seen.sum())
+    if counts[0] == 0:
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
 
 
 def independent_paths(cuts: Sequence[int], lengths: Sequence[int], horizon: int) -> float | None:

@@ -8,7 +8,9 @@ of the noise::
     validation windows w (rolling origins, warm):  e[w, h] = (actual - point) / d_w
         d_w: the series' in-sample seasonal-naive MAE before the origin (the MASE scale)
     scale per step:      s[h] = a smooth, non-decreasing fit of mean_w |e[w, h]|
-                         (few windows at h: shrunk to a power law a * h^b, b in [0, 1])
+                         (few windows at h: shrunk to a power law a * h^b, b in [0, 1]),
+                         then leaned on the seasonal naive's errors g[h] over the whole
+                         history as one more path: sqrt((P_h s[h]^2 + g[h]^2) / (P_h + 1))
     standardised errors: z = e[w, h] / s[h], pooled over every w and h
     table:               s[1..H], the growth b beyond H, and the quantiles of z on a grid of
                          levels (conformal finite-sample correction; a Laplace tail past the
@@ -24,8 +26,16 @@ estimated from few paths is too narrow on average (a random walk, one series, P 
 0.88 coverage of the 80% / 95% intervals). As for a normal sample's scale estimated from P
 draws, the quantiles are widened by the Student-t's at P degrees of freedom over the normal's
 (P = sum over series of validation length / H; 1.00-1.04x at P = 100, 1.5x / 2.2x for the 80%
-/ 95% ends at P = 2). The table is a small versioned entry of the run (``metadata["intervals"]``,
-format :data:`FORMAT`); a run without one gives point forecasts only.
+/ 95% ends at P = 2). The same few paths cannot tell a model's skill from a calm stretch of
+the data at long horizons: a validation tail on a solar cycle's decline saw a sunspot
+forecast's errors stay flat for 54 months, and the next cycle's were four times larger. So
+each step's scale also counts the seasonal naive's mean error at that step over the whole
+history (every origin, training and validation rows) as one more independent path, beside
+the validation's P_h = P (H / 2) / h at step h: it moves a panel's or a short horizon's scale
+by a few percent and a single series' far steps towards how fast the data drift from their
+last season (flat for a stable season, like sqrt(h) for a random walk). The table is a small
+versioned entry of the run (``metadata["intervals"]``, format :data:`FORMAT`); a run without
+one gives point forecasts only.
 
 :func:`answer_quantiles` is the one rule a run's answers get their quantiles by (``forecast``,
 ``predict``, ``RunStreams`` and the server all call it through
@@ -52,6 +62,7 @@ __all__ = [
     "answer_quantiles",
     "check_levels",
     "fit_table",
+    "lean_on_naive",
     "members_table",
     "merge_tables",
     "path_quantiles",
@@ -351,7 +362,9 @@ def _empirical(values: np.ndarray, level: float) -> float:
     return float(values[0]) - spread * math.log(low / level)
 
 
-def fit_table(errors: Any, season: int, *, paths: float | None = None) -> IntervalTable | None:
+def fit_table(
+    errors: Any, season: int, *, paths: float | None = None, naive: Any = None
+) -> IntervalTable | None:
     """The :class:`IntervalTable` of scaled errors ``[W, H]`` (NaN where window w has no step
     h), or None when there is no finite error.
 
@@ -360,13 +373,17 @@ def fit_table(errors: Any, season: int, *, paths: float | None = None) -> Interv
     step, with the conformal correction (for sqrt(windows x errors) draws) and the signed
     quantiles leaned towards their mirror image when the windows are few; with ``paths`` (the
     independent error paths the windows hold, when they overlap), widened about their median
-    by :func:`t_widening`.
+    by :func:`t_widening`; with ``naive`` (``[H]`` the seasonal naive's mean absolute scaled
+    error per step over the whole history, :func:`seqstate.recipe.calibration.naive_errors`),
+    s[h] widened towards it where the windows hold few independent paths at step h
+    (:func:`lean_on_naive`).
     """
     if paths is not None and not (isinstance(paths, int | float) and paths > 0):
         raise ValueError(f"paths must be a number > 0 or None; received {paths!r}")
     e = np.asarray(errors, dtype=np.float64)
     if e.ndim != 2:
         raise ValueError(f"errors must be [windows, steps]; received shape {e.shape}")
+    horizon = int(e.shape[1])
     finite = np.isfinite(e)
     used = finite.any(axis=1)
     e, finite = e[used], finite[used]
@@ -401,6 +418,12 @@ def fit_table(errors: Any, season: int, *, paths: float | None = None) -> Interv
         middle = float(np.interp(0.5, GRID, quantile_values))
         quantile_values = middle + (quantile_values - middle) * t_widening(GRID, paths)
     quantile_values = np.maximum.accumulate(quantile_values)
+    if naive is not None:  # after z: the standardised errors keep the validation's own shape
+        step_paths = counts
+        if paths is not None:  # windows h apart share no step at step h
+            steps = np.arange(1, last + 1, dtype=np.float64)
+            step_paths = np.minimum(counts, paths * (horizon / 2) / steps)
+        scale = lean_on_naive(scale, step_paths, naive)
     return IntervalTable(
         scale=tuple(float(s) for s in scale),
         growth=float(growth),
@@ -411,6 +434,44 @@ def fit_table(errors: Any, season: int, *, paths: float | None = None) -> Interv
         errors=int(finite.sum()),
         paths=None if paths is None else float(paths),
     )
+
+
+def lean_on_naive(scale: Any, step_paths: Any, naive: Any) -> np.ndarray:
+    """``[H]`` the per-step scale ``scale [H]`` (from the validation windows, which hold
+    ``step_paths [H]`` independent paths at each step) leaned on the seasonal naive's errors
+    ``naive [>= 1]`` (per step over the whole history; past its last finite step, its last
+    value): ``sqrt((P_h s[h]^2 + g[h]^2) / (P_h + 1))`` with g the naive's non-decreasing
+    fit, made non-decreasing in h. A shrinkage both ways: where the naive erred less than
+    the model it narrows s[h] by as little as it widens it in the other case (a floor would
+    only ever widen, and over-cover on average where validation is like the rest).
+
+    The naive's history-wide errors count as one more independent path: a validation part
+    that holds few paths at step h (one series' tail at long horizons) cannot tell the
+    model's skill from a calm stretch of the data, and a width that stays flat where the
+    data drift (the errors of a forecast 60 months ahead of a sunspot cycle) is then pulled
+    towards how fast the data drift away from their last season; where the windows hold many
+    paths (short horizons, panels) it changes next to nothing.
+    """
+    scale = np.asarray(scale, dtype=np.float64)
+    step_paths = np.asarray(step_paths, dtype=np.float64)
+    reference = np.asarray(naive, dtype=np.float64).ravel()
+    if scale.shape != step_paths.shape or reference.size == 0:
+        raise ValueError(
+            f"lean_on_naive needs scale [H], step_paths [H] and naive [>= 1]; received shapes "
+            f"{scale.shape}, {step_paths.shape} and {reference.shape}"
+        )
+    known = np.nonzero(np.isfinite(reference))[0]
+    if known.size == 0:
+        return scale
+    # forward-fill the steps no series reached, then past its end: its last value
+    filled = reference[known[np.searchsorted(known, np.arange(reference.size), side="right") - 1]]
+    filled = np.where(np.arange(reference.size) < known[0], reference[known[0]], filled)
+    steps = len(scale)
+    padded = np.concatenate([filled, np.full(max(0, steps - filled.size), filled[-1])])[:steps]
+    smooth = _non_decreasing(padded, np.ones(steps))
+    weight = np.maximum(step_paths, 0.0)
+    blended = np.sqrt((weight * scale**2 + smooth**2) / (weight + 1.0))
+    return np.maximum.accumulate(blended)
 
 
 def t_widening(levels: Sequence[float], paths: float) -> np.ndarray:
