@@ -449,6 +449,21 @@ def main() -> None:
     parser.add_argument(
         "--core", action="store_true", help="only the rows the targets need (no stack swaps)"
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="SERVER:TRANSPORT:STREAMS",
+        help="run only these rows (repeatable; SERVER as in the table, e.g. "
+        "'memory:ws-binary:100', 'sqlite, 1 worker:ws-binary:100'); no in-process baseline "
+        "and no BENCHMARKS.md update",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        default=None,
+        help="also run every selected seqstate server from this source tree (PYTHONPATH), "
+        "as rows named '<server> [baseline]', interleaved with this tree's: before/after pairs",
+    )
     args = parser.parse_args()
     if args.load_worker:
         return load_worker(args)
@@ -493,6 +508,10 @@ def main() -> None:
             plan.append(
                 ("redis", lambda: seqstate_server(run_dir, redis[1]), [("http", 100), ("ws", 100)])
             )
+        if args.only:
+            plan = _select(plan, args.only)
+        if args.baseline_src:
+            plan = _with_baseline(plan, args.baseline_src, tmp_path)
         servers: dict[str, Server] = {}
         samples: dict[tuple[str, str, int], list[dict]] = {}
         inprocess: list[dict] = []
@@ -513,8 +532,9 @@ def main() -> None:
                         result.update(name=name, transport=transport, streams=streams)
                         samples.setdefault((name, transport, streams), []).append(result)
                         print(_row({**result, "batch_mean": None}), flush=True)
-                inprocess.append(run_inprocess(run_dir, 1000, seconds))
-                print(f"in-process, 1000 streams: {inprocess[-1]}", flush=True)
+                if not args.only:
+                    inprocess.append(run_inprocess(run_dir, 1000, seconds))
+                    print(f"in-process, 1000 streams: {inprocess[-1]}", flush=True)
             for (name, _, _), runs in samples.items():
                 median = sorted(runs, key=lambda r: r["steps_s"])[len(runs) // 2]
                 rows.append({**median, "batch_mean": servers[name].batch_mean()})
@@ -525,6 +545,11 @@ def main() -> None:
                 redis[0].terminate()
                 redis[0].wait(timeout=20)
     elapsed = time.monotonic() - started
+    if args.only:  # a selection: the rows only
+        print(f"load average {load_average()} at the end; {elapsed:.0f} s")
+        for r in rows:
+            print(_row(r))
+        return
     baseline = {
         name: sorted(r[name] for r in inprocess)[len(inprocess) // 2]
         for name in ("streams", "engine")
@@ -533,6 +558,47 @@ def main() -> None:
     print(text)
     if not args.no_write:
         write_section("serve", text)
+
+
+def _select(plan: list, only: list[str]) -> list:
+    """The plan's rows named by ``--only`` (``SERVER:TRANSPORT:STREAMS``)."""
+    wanted = set()
+    for spec in only:
+        name, transport, streams = spec.rsplit(":", 2)
+        wanted.add((name, transport, int(streams)))
+    selected = []
+    for name, start, loads in plan:
+        kept = [(t, n) for t, n in loads if (name, t, n) in wanted]
+        if kept:
+            selected.append((name, start, kept))
+    missing = wanted - {(name, t, n) for name, _, loads in selected for t, n in loads}
+    if missing:
+        raise SystemExit(f"--only: no such rows {sorted(missing)}")
+    return selected
+
+
+def _with_baseline(plan: list, source: str, tmp_path: Path) -> list:
+    """Each seqstate server of the plan twice: this tree's and ``source``'s (its own store
+    file), loads alternating between the two."""
+    paired = []
+    for name, start, loads in plan:
+        paired.append((name, start, loads))
+        if name.startswith("ceiling"):
+            continue
+
+        def baseline(start: Any = start, name: str = name) -> Server:
+            env = {"PYTHONPATH": str(Path(source).resolve())}
+            store = f"sqlite:///{tmp_path / ('base-' + str(abs(hash(name))) + '.sqlite')}"
+            extra = ("--workers", "2") if "2 workers" in name else ()
+            run_dir = tmp_path / "run"
+            if name.startswith("sqlite"):
+                return seqstate_server(run_dir, store, *extra, env=env)
+            if name == "memory":
+                return seqstate_server(run_dir, "memory://", env=env)
+            raise SystemExit(f"--baseline-src: no baseline for {name!r}")
+
+        paired.append((f"{name} [baseline]", baseline, loads))
+    return paired
 
 
 def _row(r: dict) -> str:

@@ -267,3 +267,44 @@ def test_a_commit_naming_a_stream_twice_applies_its_updates_in_order(store):
     mixed = [Update("t", second.generation, record("t", 3)), Update("u", None, record("u", 1))]
     assert store.commit([*mixed, Update("v", b"absent", record("v", 1))]) == [True, True, False]
     assert [r.seq if r else None for r in store.get_many(["t", "u", "v"])] == [3, 1, None]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcdef"), st.sampled_from(["insert", "held", "stale"])),
+        min_size=1,
+        max_size=6,
+        unique_by=lambda op: op[0],
+    ),
+    st.sets(st.sampled_from("abcdef")),
+)
+def test_sqlite_batch_commit_equals_one_compare_and_set_per_update(tmp_path_factory, ops, present):
+    """A batch of inserts and CAS updates, some of which must fail, reports and writes exactly
+    what applying each update alone to a plain dict would (the all-held fast path and the
+    readback both)."""
+    store = SQLiteStore(tmp_path_factory.mktemp("cas") / "streams.sqlite")
+    try:
+        reference: dict[str, Record] = {}
+        store.commit([Update(s, None, record(s, 1)) for s in sorted(present)])
+        reference.update(zip(sorted(present), store.get_many(sorted(present)), strict=True))
+        updates, expected = [], []
+        for stream, kind in ops:
+            new = record(stream, 2)
+            before = reference.get(stream)
+            if kind == "insert":
+                update = Update(stream, None, new)
+                ok = before is None
+            else:
+                generation = before.generation if before is not None else b"x" * 16
+                update = Update(stream, generation if kind == "held" else b"y" * 16, new)
+                ok = before is not None and kind == "held"
+            updates.append(update)
+            expected.append(ok)
+            if ok:
+                reference[stream] = new
+        assert store.commit(updates) == expected
+        streams = sorted(set(present) | {s for s, _ in ops})
+        assert store.get_many(streams) == [reference.get(s) for s in streams]
+    finally:
+        store.close()

@@ -134,9 +134,11 @@ class SQLiteStore(StateStore):
         """One transaction: each update's compare-and-set, then COMMIT (one fsync).
 
         The writes go as two ``executemany`` calls (inserts, then CAS updates) rather than a
-        statement per stream; which of them held their CAS is then read back in the same
-        transaction: an update was written exactly when its stream now holds its new (random,
-        16-byte) generation."""
+        statement per stream. Each statement changes at most one row (distinct primary keys),
+        and ``executemany`` sums the changes: when the sums equal the number of updates, every
+        compare-and-set held (the usual case: no readback). Otherwise which of them held is
+        read back in the same transaction: an update was written exactly when its stream now
+        holds its new (random, 16-byte) generation."""
         if len({update.stream for update in updates}) != len(updates):
             return self._commit_each(updates)  # a stream twice: applied in order, one by one
         inserts, changes = [], []
@@ -147,10 +149,13 @@ class SQLiteStore(StateStore):
             else:
                 changes.append((*values, update.expected))
         with self._transaction() as db:
+            changed = 0
             if inserts:
-                db.executemany(_INSERT, inserts)
+                changed += db.executemany(_INSERT, inserts).rowcount
             if changes:
-                db.executemany(_UPDATE, changes)
+                changed += db.executemany(_UPDATE, changes).rowcount
+            if changed == len(updates):
+                return [True] * len(updates)  # committed on leaving the block
             held: dict[str, bytes] = {}
             streams = [update.stream for update in updates]
             for i in range(0, len(streams), _CHUNK):
