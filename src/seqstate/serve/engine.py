@@ -308,7 +308,8 @@ class Engine:
                 next_fresh += 1
         if not parts:
             return None, position, series
-        return RunState.cat(parts), position, series
+        # (one part, the usual batch of stored streams or one new one: no copy to make)
+        return (parts[0] if len(parts) == 1 else RunState.cat(parts)), position, series
 
     def _apply(
         self,

@@ -1,0 +1,262 @@
+"""Load benchmark: a served step of a default run against one of a plain run (not a test).
+
+The question: what does a run's preprocessing (per-series scaling, seasonal differencing,
+calendar features, the intervals' running scale, and whatever blend validation chose) cost
+per step *as served*, next to the same model served without it? Two runs are trained with
+the command line on the same table of hourly sensors with a daily cycle:
+
+* ``default``: ``seqstate train`` with its defaults (it picks the preparation from the data);
+* ``network``: the same with ``--select network``: the transform cells and the network,
+  without the baselines validation may blend in (their cost is the forecasting model's,
+  not the preprocessing's);
+* ``plain``: the same with ``--scaling none --difference 0 --seasonal-difference 0
+  --calendar none --select network`` (the model alone, no transform cells).
+
+Each is served by a real ``seqstate serve`` process (memory store) on loopback. A closed loop
+per stream (send step ``seq``, wait for its answer, send ``seq + 1``) over single-step HTTP
+requests, and over the WebSocket one step per message, carries raw rows: ``x`` (load,
+temperature), ``time`` as Unix seconds, ``series`` on a stream's first step. Every stream is
+first stepped past the run's warm-up (``warmup_steps`` of ``GET /v1/model``) so every timed
+step runs every cell. The rows are interleaved round-robin (``--rounds``, median shown) so a
+slow phase of a shared machine hits every run alike. The load generator runs in this process, on
+the same cores as the server.
+
+``preprocessing share`` = ``(1 / network steps/s - 1 / plain steps/s) / (1 / network
+steps/s)``: the share of a served step's time spent in the transform cells; ``with the
+blend``, the same for the default run as chosen (the cells and the baselines).
+``benchmarks/run_step.py`` measures the same cells around the step function alone, in
+process, where no transport hides them.
+
+    .venv/bin/python benchmarks/serve_run.py              # about 3 minutes
+    .venv/bin/python benchmarks/serve_run.py --quick      # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from _report import load_average, machine_info, write_section
+from serve import HEADERS, _Connection, seqstate_server
+
+HOUR = 3600
+#: what makes a run plain: no scaling, differencing or calendar, the network alone
+PLAIN = ("--scaling", "none", "--difference", "0", "--seasonal-difference", "0",
+         "--calendar", "none", "--select", "network")  # fmt: skip
+START = int(pd.Timestamp("2024-03-01").timestamp())
+
+
+def sensors(path: Path, series: int, hours: int) -> Path:
+    """A long table of hourly sensors: load follows a daily cycle and the temperature."""
+    rng = np.random.default_rng(0)
+    times = pd.date_range("2024-01-01", periods=hours, freq="h")
+    day = np.sin(2 * np.pi * np.arange(hours) / 24)
+    parts = []
+    for i in range(series):
+        temp = 15 + 5 * day + rng.standard_normal(hours)
+        load = 40 + 3 * i + 8 * day + 0.5 * temp + rng.standard_normal(hours)
+        parts.append(pd.DataFrame({"id": f"s{i}", "time": times, "load": load, "temp": temp}))
+    pd.concat(parts).to_csv(path, index=False)
+    return path
+
+
+def train(table: Path, out: Path, *extra: str) -> Path:
+    command = [sys.executable, "-m", "seqstate.cli", "train", str(table), "--id", "id", "--time",
+               "time", "--targets", "load", "--features", "load,temp", "--epochs", "3",
+               "--hidden-size", "64", "--out", str(out), "--quiet", "--no-progress",
+               *extra]  # fmt: skip
+    subprocess.run(command, check=True)
+    return out
+
+
+def model_info(url: str) -> dict:
+    request = urllib.request.Request(url + "/v1/model", headers=HEADERS)
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def _body(seq: int, series: str, first: bool) -> bytes:
+    step = {"seq": seq, "x": [40.0 + seq % 7, 15.0], "time": START + seq * HOUR}
+    if first:
+        step["series"] = series
+    return json.dumps(step).encode()
+
+
+async def _http(url: str, streams: list[str], warm: int, seconds: float) -> int:
+    """Steps answered in ``seconds`` after every stream took ``warm`` steps."""
+    host, port = url.removeprefix("http://").split(":")
+    pool: asyncio.Queue[_Connection] = asyncio.Queue()
+    for _ in range(min(len(streams), 100)):
+        pool.put_nowait(_Connection(*await asyncio.open_connection(host, int(port))))
+    seqs = dict.fromkeys(streams, 1)
+
+    async def steps(stream: str, until: float | None, count: int | None) -> int:
+        done = 0
+        while (count is None or done < count) and (until is None or time.perf_counter() < until):
+            connection = await pool.get()
+            series = f"s{int(stream.rsplit('-', 1)[1]) % 20}"
+            status = await connection.post(
+                f"/v1/streams/{stream}/steps", _body(seqs[stream], series, seqs[stream] == 1)
+            )
+            pool.put_nowait(connection)
+            if status != 200:
+                raise RuntimeError(f"step {seqs[stream]} of {stream} answered {status}")
+            seqs[stream] += 1
+            done += 1
+        return done
+
+    await asyncio.gather(*(steps(s, None, warm) for s in streams))
+    until = time.perf_counter() + seconds
+    counts = await asyncio.gather(*(steps(s, until, None) for s in streams))
+    while not pool.empty():
+        pool.get_nowait().writer.close()
+    return sum(counts)
+
+
+async def _ws(url: str, streams: list[str], warm: int, seconds: float) -> int:
+    import websockets
+
+    seqs = dict.fromkeys(streams, 1)
+    ws_url = url.replace("http://", "ws://") + "/v1/ws"
+    async with websockets.connect(ws_url, additional_headers=HEADERS, max_size=None) as ws:
+
+        async def send(stream: str) -> None:
+            series = f"s{int(stream.rsplit('-', 1)[1]) % 20}"
+            step = json.loads(_body(seqs[stream], series, seqs[stream] == 1))
+            await ws.send(json.dumps({"stream": stream, **step}))
+
+        async def phase(until: float | None, count: int | None) -> int:
+            done, pending = 0, set(streams)
+            taken = dict.fromkeys(streams, 0)
+            for stream in streams:
+                await send(stream)
+            while pending:
+                answer = json.loads(await asyncio.wait_for(ws.recv(), timeout=60))
+                stream = answer["stream"]
+                if "y" not in answer:
+                    raise RuntimeError(f"{stream}: {answer}")
+                seqs[stream] += 1
+                taken[stream] += 1
+                done += 1
+                more = (count is None or taken[stream] < count) and (
+                    until is None or time.perf_counter() < until
+                )
+                if more:
+                    await send(stream)
+                else:
+                    pending.discard(stream)
+            return done
+
+        await phase(None, warm)
+        return await phase(time.perf_counter() + seconds, None)
+
+
+def measure(url: str, transport: str, count: int, warm: int, seconds: float) -> float:
+    """Steps/s of ``count`` fresh streams on ``url`` after their warm-up."""
+    streams = [f"{transport}{count}-{time.monotonic_ns()}-{i}" for i in range(count)]
+    load = _http if transport == "http" else _ws
+    try:
+        import uvloop
+
+        steps = uvloop.run(load(url, streams, warm, seconds))
+    except ImportError:
+        steps = asyncio.run(load(url, streams, warm, seconds))
+    return steps / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="short runs (smoke test)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
+    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    args = parser.parse_args()
+    seconds = 1.0 if args.quick else 3.0
+    rounds = 1 if args.quick else args.rounds
+    loads = [("http", 1), ("http", 100), ("ws", 100)]
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        table = sensors(tmp_path / "sensors.csv", series=20, hours=24 * 60)
+        runs = {
+            "plain": train(table, tmp_path / "plain", *PLAIN),
+            "network": train(table, tmp_path / "network", "--select", "network"),
+            "default": train(table, tmp_path / "default"),
+        }
+        servers = {name: seqstate_server(run, "memory://") for name, run in runs.items()}
+        try:
+            infos = {name: model_info(server.url) for name, server in servers.items()}
+            warm = max(int(info.get("warmup_steps", 0)) for info in infos.values()) + 2
+            rates: dict[tuple[str, str, int], list[float]] = {}
+            for turn in range(rounds):
+                order = list(servers.items())
+                if turn % 2:  # the order reversed every other round
+                    order.reverse()
+                for transport, count in loads:
+                    for name, server in order:
+                        rate = measure(server.url, transport, count, warm, seconds)
+                        rates.setdefault((name, transport, count), []).append(rate)
+                        print(f"{name} {transport} {count}: {rate:,.0f} steps/s", flush=True)
+        finally:
+            for server in servers.values():
+                server.stop()
+    text = report(rates, infos, seconds, rounds, time.monotonic() - started, args.quick)
+    print(text)
+    if not args.no_write and not args.quick:
+        write_section("serve_run", text)
+
+
+def report(
+    rates: dict[tuple[str, str, int], list[float]],
+    infos: dict[str, dict],
+    seconds: float,
+    rounds: int,
+    elapsed: float,
+    quick: bool,
+) -> str:
+    default = infos["default"]
+    lines = [
+        "## Serving a default run vs a plain run: the preprocessing's share of a served step "
+        "(`benchmarks/serve_run.py`)",
+        "",
+        f"`benchmarks/serve_run.py{' --quick' if quick else ''}`; {machine_info()}; load "
+        f"average at the end {load_average()}; {rounds} interleaved rounds of {seconds:g} s per "
+        f"row (median), {elapsed:.0f} s in all. Memory store, one server process per run, the "
+        "load generator in one process on the same 2 cores. The default run as `train` chose "
+        f"it: {json.dumps({k: default.get(k) for k in ('frequency', 'warmup_steps', 'needs_series', 'needs_time', 'members')})}.",  # noqa: E501
+        "",
+        "| transport | streams | plain steps/s | network steps/s | default steps/s | "
+        "preprocessing share (network vs plain) | with the blend (default vs plain) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for transport, count in sorted({(t, c) for _, t, c in rates}, key=lambda k: (k[0], k[1])):
+        rate = {name: statistics.median(rates[(name, transport, count)]) for name in infos}
+        cells = (1 / rate["network"] - 1 / rate["plain"]) * rate["network"]
+        blended = (1 / rate["default"] - 1 / rate["plain"]) * rate["default"]
+        lines.append(
+            f"| {transport} | {count} | {rate['plain']:,.0f} | {rate['network']:,.0f} | "
+            f"{rate['default']:,.0f} | {cells:.0%} | {blended:.0%} |"
+        )
+    lines += [
+        "",
+        "Target: the preprocessing costs at most 10% of a served step. The share in process, "
+        "around the step function alone (no transport), is in the run step section "
+        "(`benchmarks/run_step.py`).",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
