@@ -546,8 +546,11 @@ def export_run_onnx(
     are arithmetic on ``y`` and those, outside the graph (docs/cli.md). A run whose validation
     chose baselines answers with the same combination as ``predict``: each baseline's state is
     in the run state (``baseline.<name>.<field>``), stepped by its torch form
-    (:mod:`seqstate.recipe.step.baseline_cells`). A negative binomial head is refused (its
-    median needs lgamma, which ONNX lacks).
+    (:mod:`seqstate.recipe.step.baseline_cells`). A negative binomial head's median is the
+    pmf summed by its recurrence in float64 over counts up to the call's largest mean + 12 sd
+    (``seqstate.core.distributions.negbin_quantiles_by_recurrence``; ONNX has no ``lgamma``,
+    which ``predict``'s form uses): the exact median, which is ``predict``'s except where
+    float32 rounds the lgamma form's cdf across 0.5 (near the dispersion's floor, r ~ 1e6).
 
     Returns:
         ``path``.
