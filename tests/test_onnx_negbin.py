@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from seqstate.core.distributions import DistributionHead, negbin_quantiles_by_recurrence
 from seqstate.core.model import SequenceModel
@@ -90,6 +92,25 @@ def test_the_recurrence_equals_the_lgamma_form_in_float64_on_random_parameters()
         assert torch.equal(
             negbin_quantiles_by_recurrence(m, d, [0.5]), _lgamma_quantiles_direct(m, d, [0.5])
         )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(1e-6, 2000.0), min_size=1, max_size=6),
+    st.floats(1e-6, 100.0),
+    st.floats(0.01, 0.99),
+)
+def test_the_recurrence_equals_the_lgamma_form_in_float64_for_any_parameters(
+    means: list[float], dispersion: float, level: float
+) -> None:
+    """Rows of one call share the bound (the largest mean + 12 sd): a row far below it sums
+    many more counts than it needs, and still lands on the same count."""
+    mean = torch.tensor(means, dtype=torch.float64)[:, None]
+    spread = torch.full_like(mean, dispersion)
+    assert torch.equal(
+        negbin_quantiles_by_recurrence(mean, spread, [level]),
+        _lgamma_quantiles_direct(mean, spread, [level]),
+    )
 
 
 def test_in_float32_the_forms_differ_only_where_the_lgamma_form_rounds() -> None:
