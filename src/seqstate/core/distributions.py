@@ -350,9 +350,11 @@ def negbin_quantiles_by_recurrence(
 
     (a cumulative sum over the counts, not a product of pmfs, so pmf(0) cannot underflow to 0
     and drag every later term with it when r log(r / (r + m)) is very negative). In float64 it
-    equals the lgamma form up to a cdf within about 1e-12 of a level; in float32 the lgamma
-    form's own rounding (lgamma of counts in the hundreds has an ulp near 1e-4) moves a
-    median by one count where the cdf passes 0.5 within that.
+    equals the lgamma form up to a cdf within about 1e-12 of a level. In float32 (the dtype
+    of a run's head) the lgamma form's own rounding moves a quantile whose cdf passes the
+    level within it, and this form, float64 inside, is the exact one: lgamma(k + r) -
+    lgamma(r) cancels badly when r = 1 / dispersion is near 1e6 (medians off by up to 8
+    counts at means near 1000), and lgamma of counts in the hundreds has an ulp near 1e-4.
     """
     levels = _check_levels(levels, "levels")
     sd = torch.sqrt(mean + dispersion * mean.square())
