@@ -289,29 +289,3 @@ def test_a_run_of_two_fused_groups_blending_ets_runs_at_any_chunk_length(tmp_pat
         for chunk in (1, 7, x.shape[1]):
             got, _ = run_onnx(session, function, x, None, [None] * batch, chunk)
             np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
-
-
-def test_a_negative_binomial_run_is_refused_with_the_reason(tmp_path):
-    """Its median (the run's answer) needs lgamma, which ONNX has no operator for: a clear
-    ValueError naming the head and what to do, and no file."""
-    import pandas as pd
-
-    from seqstate.cli.dispatch import main
-    from seqstate.interop.onnx import export_run_onnx
-
-    rng = np.random.default_rng(0)
-    months = pd.date_range("2015-01-01", periods=30, freq="MS")
-    frame = pd.concat(
-        pd.DataFrame({"id": f"c{i}", "month": months, "value": rng.poisson(5, size=30)})
-        for i in range(2)
-    )
-    frame.to_csv(tmp_path / "counts.csv", index=False)
-    run = tmp_path / "run"
-    assert main(["train", str(tmp_path / "counts.csv"), "-t", "value", "-f", "value", "--id", "id",
-                 "--time", "month", "--select", "network", "--distribution", "negbin",
-                 "--scaling", "none", "--difference", "0", "--seasonal-difference", "0",
-                 "--epochs", "1", "--hidden-size", "4", "--quiet", "--no-progress",
-                 "--out", str(run)]) == 0  # fmt: skip
-    with pytest.raises(ValueError, match=r"negative binomial head.*lgamma.*studentt"):
-        export_run_onnx(run, tmp_path / "run.onnx")
-    assert not (tmp_path / "run.onnx").exists()

@@ -47,6 +47,7 @@ from torch import nn
 from seqstate._io import atomic_path
 from seqstate.core.activations import activation as activation_function
 from seqstate.core.cells import CELLS
+from seqstate.core.distributions import negbin_quantiles_by_recurrence
 from seqstate.core.model import SequenceModel
 from seqstate.core.stepwise import StepwiseLayer, cell_step
 
@@ -206,6 +207,8 @@ def _exporter_noise() -> Iterator[None]:
     # - torch.utils._pytree's LeafSpec deprecation raised from inside torch.export;
     # - nn.RNNBase refreshing its _flat_weights list when torch.export swaps in its parameters;
     # - torch.export's own while-loop LSTM/GRU decomposition calling torch._check_is_size;
+    # - torch.export's notice that a run member's last raw parameters are set during the trace
+    #   (read back by the same forward: not state that could go stale);
     # - the exporter's log lines that torchvision's operators are skipped (we use none).
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration.level
@@ -219,6 +222,10 @@ def _exporter_noise() -> Iterator[None]:
             "ignore", message=r"The tensor attributes .*_flat_weights\[\d+\].* during export"
         )
         warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
+        # a member's raw parameters, kept on _MemberGraph within one forward and returned by it
+        warnings.filterwarnings(
+            "ignore", message=r"The tensor attribute .*\.last_parameters was assigned during"
+        )
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
         try:
             yield
@@ -397,7 +404,25 @@ class _MemberGraph(nn.Module):
         return outputs[0], self.state_type(*outputs[1:])
 
     def distribution(self, raw: torch.Tensor) -> Any:
-        return self.graph.model.distribution(raw)
+        distribution = self.graph.model.distribution(raw)
+        if distribution.head.name == "negbin":
+            return _RecurrenceNegbin(distribution)
+        return distribution
+
+
+class _RecurrenceNegbin:
+    """A negative binomial head's distribution whose median the graph can compute: the pmf
+    by its recurrence in float64 (``negbin_quantiles_by_recurrence``), over counts up to a
+    bound the graph computes from its rows (an ONNX ``Range``), where ``predict`` sums it
+    through ``lgamma``, which ONNX has no operator for."""
+
+    def __init__(self, distribution: Any) -> None:
+        self.distribution = distribution
+
+    def median(self) -> torch.Tensor:
+        params = self.distribution.params
+        levels = [0.5]
+        return negbin_quantiles_by_recurrence(params["mean"], params["dispersion"], levels)[..., 0]
 
 
 def run_onnx_names(function: Any) -> tuple[list[str], list[str]]:
@@ -521,8 +546,11 @@ def export_run_onnx(
     are arithmetic on ``y`` and those, outside the graph (docs/cli.md). A run whose validation
     chose baselines answers with the same combination as ``predict``: each baseline's state is
     in the run state (``baseline.<name>.<field>``), stepped by its torch form
-    (:mod:`seqstate.recipe.step.baseline_cells`). A negative binomial head is refused (its
-    median needs lgamma, which ONNX lacks).
+    (:mod:`seqstate.recipe.step.baseline_cells`). A negative binomial head's median is the
+    pmf summed by its recurrence in float64 over counts up to the call's largest mean + 12 sd
+    (``seqstate.core.distributions.negbin_quantiles_by_recurrence``; ONNX has no ``lgamma``,
+    which ``predict``'s form uses): the exact median, which is ``predict``'s except where
+    float32 rounds the lgamma form's cdf across 0.5 (near the dispersion's floor, r ~ 1e6).
 
     Returns:
         ``path``.
@@ -547,14 +575,6 @@ def export_run_onnx(
         weights = dict(function.blend.weights)
         targets = [function.inputs.index(t) for t in function.targets]
         blend = BlendCell(weights, targets, combines=function.columns.shift == 1)
-    heads = {member.head.name for member in function.members if member.head is not None}
-    if "negbin" in heads:
-        # its median (the run's answer) sums the pmf through lgamma, which ONNX has no op for
-        raise ValueError(
-            f"run directory {str(run_dir)!r} has a negative binomial head, whose median (the "
-            "run's answer) needs lgamma, which ONNX has no operator for; serve it with "
-            "`seqstate serve`, or train with --distribution studentt|normal|quantile to export"
-        )
     inputs, outputs = run_onnx_names(function)
     template = function.initial_state([_any_series(function)] * 2)
     names = list(template.transforms)
@@ -595,6 +615,10 @@ def export_run_onnx(
     _forget_intermediate_shapes(program.model.graph)
     program.optimize()
     proto = program.model_proto
+    # intermediate shapes are optional in ONNX; the optimizer's can carry the example's time
+    # length (3) where a member's head meets a data-dependent count (a negative binomial
+    # median), and onnxruntime then warns on every other length
+    del proto.graph.value_info[:]
     _declare_time_axis(
         proto, [n for n in outputs if n == "y" or n.endswith(".distribution_parameters")]
     )
