@@ -256,7 +256,8 @@ class OutputDistribution:
     def quantile(self, levels: Sequence[float]) -> torch.Tensor:
         """[..., O, Q]: each target's quantiles at ``levels``, non-decreasing in the level.
 
-        normal: closed form; negative binomial: exact, from the cumulative pmf; quantile head:
+        normal: closed form; negative binomial: exact, from the cumulative pmf (in float64);
+        quantile head:
         linear between its levels, flat past the outermost; Student-t: the CDF by quadrature,
         inverted by bisection (torch has no Student-t inverse CDF), to about 1e-9.
         """
@@ -273,7 +274,13 @@ class OutputDistribution:
         if self.head.name == "quantile":
             return _interpolate(self.params["values"], self.head.quantiles, levels)
         if self.head.name == "negbin":
-            return _negbin_quantiles(self.params["mean"], self.params["dispersion"], levels)
+            # in float64 whatever the head's dtype: in float32, lgamma(k + r) - lgamma(r)
+            # cancels near the dispersion's floor (r near 1e6) and the cumulative sum drifts
+            # over a long tail, moving the median by up to 8 counts; in float64 it is exact
+            # (and equal to the exported graph's recurrence, which sums in float64 too)
+            mean, dispersion = self.params["mean"], self.params["dispersion"]
+            exact = _negbin_quantiles(mean.double(), dispersion.double(), levels)
+            return exact.to(mean.dtype)
         standard = _standard_t_quantiles(self.params["df"], levels)  # [..., O, Q]
         return self.params["loc"][..., None] + self.params["sd"][..., None] * standard
 

@@ -549,8 +549,7 @@ def export_run_onnx(
     (:mod:`seqstate.recipe.step.baseline_cells`). A negative binomial head's median is the
     pmf summed by its recurrence in float64 over counts up to the call's largest mean + 12 sd
     (``seqstate.core.distributions.negbin_quantiles_by_recurrence``; ONNX has no ``lgamma``,
-    which ``predict``'s form uses): the exact median, which is ``predict``'s except where
-    float32 rounds the lgamma form's cdf across 0.5 (near the dispersion's floor, r ~ 1e6).
+    which ``predict``'s form uses, also in float64): the exact median, ``predict``'s.
 
     Returns:
         ``path``.
