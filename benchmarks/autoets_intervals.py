@@ -5,7 +5,7 @@ median MASE, scaled CRPS from the 20 quantiles 2.5%, 7.5%, ..., 97.5% (central l
 Runs in the peers' environment (statsforecast pulls numba), with seqstate's sources on the path
 for the metrics (they need no torch); the data loaders here are the ones probabilistic.py uses::
 
-    PYTHONPATH=src /work/envs/bench/bin/python benchmarks/autoets_intervals.py --quick
+    PYTHONPATH=src .venv-bench/bin/python benchmarks/autoets_intervals.py --quick
 """
 
 from __future__ import annotations

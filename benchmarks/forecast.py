@@ -25,10 +25,10 @@ seed (seeds 0, 1, 2: mean and min-max) and ``--seeds 3`` (its default ensemble).
 Each (data set, method) runs in its own process under a wall-clock cap (``--cap``); a method
 that passes it is reported as such. Peers need their own environment (never the project's)::
 
-    python3 -m venv /work/envs/bench && /work/envs/bench/bin/pip install torch==2.13.0
-    /work/envs/bench/bin/pip install statsforecast neuralforecast gluonts -e '.[bench]'
-    /work/envs/bench/bin/python benchmarks/forecast.py            # all, writes BENCHMARKS.md
-    /work/envs/bench/bin/python benchmarks/forecast.py --datasets taylor --methods seqstate
+    python3 -m venv .venv-bench && .venv-bench/bin/pip install torch==2.13.0
+    .venv-bench/bin/pip install statsforecast neuralforecast gluonts -e '.[bench]'
+    .venv-bench/bin/python benchmarks/forecast.py            # all, writes BENCHMARKS.md
+    .venv-bench/bin/python benchmarks/forecast.py --datasets taylor --methods seqstate
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ and traced once (its first fit, untimed) and then reused: each timing is ``fit``
 favours Keras (seqstate's timing includes making its model). Keras's loss counts the series'
 last step, which has no next value (seqstate masks it): one step in 64 000.
 
-    .venv/bin/python benchmarks/keras_stateful.py --keras-python /work/envs/tf/bin/python
+    .venv/bin/python benchmarks/keras_stateful.py --keras-python .venv-tf/bin/python
 """
 
 from __future__ import annotations

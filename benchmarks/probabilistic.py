@@ -26,9 +26,9 @@ quantiles 2.5%, 7.5%, ..., 97.5% (in brackets, from the five 2.5/10/50/90/97.5% 
 estimate an interval-only peer gets), coverage of the central 80% and 95% intervals, width of
 the 80% interval.
 
-    PYTHONPATH=src /work/envs/bench/bin/python benchmarks/probabilistic.py --quick --no-write
-    PYTHONPATH=src /work/envs/bench/bin/python benchmarks/probabilistic.py --quick --heads
-    PYTHONPATH=src /work/envs/bench/bin/python benchmarks/probabilistic.py --quick --deepar
+    PYTHONPATH=src .venv-bench/bin/python benchmarks/probabilistic.py --quick --no-write
+    PYTHONPATH=src .venv-bench/bin/python benchmarks/probabilistic.py --quick --heads
+    PYTHONPATH=src .venv-bench/bin/python benchmarks/probabilistic.py --quick --deepar
 
 One intra-op thread; the load average is printed.
 """
