@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from seqstate.recipe.baselines import THETA_ALPHAS, grid
-from seqstate.recipe.step.blend import NETWORK, PREFIX
+from seqstate.recipe.step.blend import NETWORK, PREFIX, combine
 from seqstate.recipe.step.cells import tracing
 
 __all__ = [
@@ -472,10 +472,4 @@ class BlendCell(nn.Module):
             new |= {head + field: value for field, value in stepped.items()}
         if not self.combines:
             return network, new
-        total = torch.zeros_like(network, dtype=torch.float64)
-        for name, weight in self.weights.items():
-            part = network if name == NETWORK else parts[name]
-            if name != NETWORK:
-                part = torch.where(torch.isfinite(part), part, network)
-            total = total + weight * part
-        return total, new
+        return combine(self.weights, network, parts), new

@@ -27,7 +27,7 @@ import torch
 
 from seqstate.recipe.baselines import baseline_stream
 
-__all__ = ["PREFIX", "Blend"]
+__all__ = ["PREFIX", "Blend", "combine"]
 
 PREFIX = "baseline."
 NETWORK = "network"  # (the name seqstate.recipe.selection gives the trained model)
@@ -121,20 +121,8 @@ class Blend:
         return parts
 
     def combine(self, network: torch.Tensor, parts: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """``sum_k w_k * part_k`` with the network's value standing in where a part has none
-        (NaN). ``network [B, ..., T, O]``; each part ``[B, T, O]`` (broadcast over the middle
-        dimensions of sample paths)."""
-        total = torch.zeros_like(network, dtype=torch.float64)
-        for name, weight in self.weights.items():
-            if name == NETWORK:
-                part = network
-            else:
-                part = parts[name].to(network.device)
-                while part.dim() < network.dim():
-                    part = part.unsqueeze(1)
-                part = torch.where(torch.isfinite(part), part, network)
-            total = total + weight * part
-        return total
+        """:func:`combine` with this selection's weights."""
+        return combine(self.weights, network, parts)
 
     def combine_rows(self, network: np.ndarray, parts: Mapping[str, np.ndarray]) -> np.ndarray:
         """:meth:`combine` of ``[B, T, O]`` float64 NumPy arrays (the same operations)."""
@@ -156,6 +144,26 @@ class Blend:
                 part = [p if math.isfinite(p) else n for p, n in zip(part, network, strict=True)]
             total = [t + weight * p for t, p in zip(total, part, strict=True)]
         return total
+
+
+def combine(
+    weights: Mapping[str, float], network: torch.Tensor, parts: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    """``sum_k w_k * part_k`` with the network's value standing in where a part has none
+    (NaN). ``network [B, ..., T, O]``; each part ``[B, T, O]`` (broadcast over the middle
+    dimensions of sample paths). Plain torch ops: the exported graph (its blend cell) runs
+    this too."""
+    total = torch.zeros_like(network, dtype=torch.float64)
+    for name, weight in weights.items():
+        if name == NETWORK:
+            part = network
+        else:
+            part = parts[name].to(network.device)
+            while part.dim() < network.dim():
+                part = part.unsqueeze(1)
+            part = torch.where(torch.isfinite(part), part, network)
+        total = total + weight * part
+    return total
 
 
 def _tensor(value: Any, batch: int, outputs: int) -> torch.Tensor:
