@@ -43,6 +43,8 @@ class RunStreams:
         self._series: dict[Hashable, Any] = {}
         # the last step's streams, in its order, and their batched state
         self._batch_ids: list[Hashable] = []
+        # id -> its row in the batch, built when first asked (not on every step)
+        self._batch_rows: dict[Hashable, int] | None = {}
         self._batch: RunState | None = None
 
     @classmethod
@@ -119,7 +121,7 @@ class RunStreams:
             self._states[key] = None
             if key not in self._series:
                 self._series[key] = named[i]
-        self._batch_ids, self._batch = ids, state
+        self._batch_ids, self._batch, self._batch_rows = ids, state, None
         result = y.numpy()
         return result[:, 0] if one_step else result
 
@@ -130,7 +132,13 @@ class RunStreams:
             return state
         if self._batch is None:  # (None marks a row of the batch, which is then kept)
             raise RuntimeError(f"internal error: stream {key!r} has no state")
-        return self._batch.select([self._batch_ids.index(key)])
+        return self._batch.select([self._rows()[key]])
+
+    def _rows(self) -> dict[Hashable, int]:
+        """Each id of the kept batch -> its row."""
+        if self._batch_rows is None:
+            self._batch_rows = {key: row for row, key in enumerate(self._batch_ids)}
+        return self._batch_rows
 
     def _split(self, keep: set[Hashable] | None = None) -> None:
         """Give each stream of the kept batch its own row state (those in ``keep`` are about
@@ -139,7 +147,7 @@ class RunStreams:
             for i, key in enumerate(self._batch_ids):
                 if self._states.get(key, 0) is None and (keep is None or key not in keep):
                     self._states[key] = self._batch.select([i])
-        self._batch_ids, self._batch = [], None
+        self._batch_ids, self._batch, self._batch_rows = [], None, {}
 
     def forecast(
         self,
@@ -199,7 +207,7 @@ class RunStreams:
         self.end(stream_id)
 
     def end(self, stream_id: Hashable) -> None:
-        if stream_id in self._batch_ids:
+        if stream_id in self._rows():
             self._split()
         self._states.pop(stream_id, None)
         self._series.pop(stream_id, None)
