@@ -414,20 +414,20 @@ class SequenceModel(nn.Module):
             return _identity_pair(tensors)
         cached = _NORMALISATION_CACHE.get(self)
         if cached is not None:
-            references, cached_versions, result = cached
+            kept, cached_versions, result = cached
             if (
                 cached_versions == versions
-                and references[0]() is tensors[0]
-                and references[1]() is tensors[1]
-                and references[2]() is tensors[2]
-                and references[3]() is tensors[3]
+                and kept[0] is tensors[0]
+                and kept[1] is tensors[1]
+                and kept[2] is tensors[2]
+                and kept[3] is tensors[3]
             ):
                 return result
         result = _identity_pair(tensors)
-        # weak references: the cache never keeps a replaced buffer alive, nor matches a new
-        # tensor that happens to reuse a freed one's address
-        references = tuple(weakref.ref(t) for t in tensors)
-        _NORMALISATION_CACHE[self] = (references, versions, result)
+        # the buffers themselves, not weak references: this runs on every streaming step, and
+        # a kept tensor cannot be matched by a new one at its address (a replaced buffer of a
+        # few values stays alive until the next call)
+        _NORMALISATION_CACHE[self] = (tensors, versions, result)
         return result
 
     def _run_stack(
@@ -527,9 +527,9 @@ _GLOBAL_HOOKS = (
     nn.modules.module._global_forward_hooks,
 )
 
-# model -> (weak references to its four normalisation buffers, their versions, the result of
-# SequenceModel._identity_normalisation). Outside the model, so it neither pickles (weak
-# references cannot) nor travels with a deepcopy.
+# model -> (its four normalisation buffers, their versions, the result of
+# SequenceModel._identity_normalisation). Outside the model, so it neither pickles nor travels
+# with a deepcopy.
 _NORMALISATION_CACHE: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
 
 

@@ -44,7 +44,6 @@ class DirectStep:
         "_heads",
         "_layer",
         "_model",
-        "_normalisation",
         "_regression",
         "num_layers",
     )
@@ -59,10 +58,6 @@ class DirectStep:
         )
         self._regression = model.config.task == "regression"
         self._buffers: dict[str, torch.Tensor] = model._buffers
-        # (the four normalisation buffers, their versions, whether input and output
-        # normalisation are the identity): see _identity
-        self._normalisation: tuple[tuple[torch.Tensor, ...], list[int], tuple[bool, bool]] | None
-        self._normalisation = None
 
     @staticmethod
     def of(model: nn.Module) -> DirectStep | None:
@@ -84,36 +79,6 @@ class DirectStep:
         call.)"""
         return bool(self._model._steps_directly())
 
-    def _identity(self) -> tuple[bool, bool]:
-        """The model's ``_identity_normalisation()``, kept while the same four buffers hold
-        the same versions (an in-place write, ``load_state_dict`` or ``.to()`` changes one or
-        the other): cheaper than the model's own cache, this runs on every step. (The strong
-        references only keep replaced buffers until the next step.)"""
-        buffers = self._buffers
-        tensors = (
-            buffers["input_shift"],
-            buffers["input_scale"],
-            buffers["output_shift"],
-            buffers["output_scale"],
-        )
-        cached = self._normalisation
-        try:
-            versions = [t._version for t in tensors]
-        except RuntimeError:  # inference-mode tensors have no version counter
-            return cast("tuple[bool, bool]", self._model._identity_normalisation())
-        if (
-            cached is not None
-            and cached[1] == versions
-            and cached[0][0] is tensors[0]
-            and cached[0][1] is tensors[1]
-            and cached[0][2] is tensors[2]
-            and cached[0][3] is tensors[3]
-        ):
-            return cached[2]
-        result = cast("tuple[bool, bool]", self._model._identity_normalisation())
-        self._normalisation = (tensors, versions, result)
-        return result
-
     def run(
         self, x: torch.Tensor, hx: Sequence[Sequence[torch.Tensor]]
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
@@ -123,7 +88,7 @@ class DirectStep:
         grad_was_enabled = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
         try:
-            skip_input, skip_output = self._identity()
+            skip_input, skip_output = self._model._identity_normalisation()
             buffers = self._buffers
             shift = buffers["input_shift"]
             if not (skip_input and x.dtype == shift.dtype and x.device == shift.device):
