@@ -34,6 +34,7 @@ from seqstate.recipe.run_forecaster import load_forecaster
 from seqstate.recipe.selection import (
     MARGIN,
     RECENCY,
+    STANDARD_ERRORS,
     TOLERANCE,
     Evidence,
     Selection,
@@ -527,6 +528,78 @@ def test_a_choice_that_lost_on_the_most_recent_window_keeps_seasonal_naive():
     # unknown recent scores (NaN): no check
     evidence = evidence_of({NAIVE: [1.0] * 4, "ets_12": [0.6, 0.6, 0.6, 1.1]})
     assert choose(evidence, candidates, NAIVE)[0] == "ets_12"
+
+
+def test_a_lead_inside_the_noise_of_the_windows_keeps_seasonal_naive():
+    candidates = candidate_weights((12,))
+    # 17.5% better on the mean and on 4 of 6 windows, but from two windows far ahead and two
+    # far behind: the lead is under one standard error of the paired differences
+    units = {NAIVE: [1.0] * 6, "ets_12": [0.05, 1.5, 0.05, 1.5, 0.9, 0.95]}
+    evidence = evidence_of(units)
+    assert evidence["ets_12"].beats(evidence[NAIVE])
+    lead, error = evidence["ets_12"].lead(evidence[NAIVE])
+    assert lead == pytest.approx(0.175) and lead < STANDARD_ERRORS * error
+    chosen, why = choose(evidence, candidates, NAIVE)
+    assert chosen == NAIVE and "standard error" in why and why.startswith("ets_12 beat")
+    # the same lead on the mean, steady over the windows: kept
+    units["ets_12"] = [0.8, 0.85, 0.8, 0.85, 0.82, 0.83]
+    evidence = evidence_of(units)
+    lead, error = evidence["ets_12"].lead(evidence[NAIVE])
+    assert lead == pytest.approx(0.175) and lead > 10 * error
+    assert choose(evidence, candidates, NAIVE)[0] == "ets_12"
+    # the network is held to the same check against seasonal naive
+    units = {NAIVE: [1.0] * 6, "ets_12": [1.0] * 6, "network": [0.05, 1.5, 0.05, 1.5, 0.9, 0.95]}
+    assert choose(evidence_of(units), candidates, NAIVE)[0] == NAIVE
+    units["network"] = [0.8, 0.85, 0.8, 0.85, 0.82, 0.83]
+    assert choose(evidence_of(units), candidates, NAIVE)[0] == "network"
+
+
+def test_one_pair_has_no_standard_error_and_no_check():
+    # one (series, window) pair: no spread to measure; the one-pair hedge of
+    # validate_selection covers it instead
+    one = Evidence(0.5, (0.5,))
+    assert np.isnan(one.lead(Evidence(1.0, (1.0,)))[1])
+    chosen, _ = choose(
+        {NAIVE: Evidence(1.0, (1.0,)), "ets_12": one}, candidate_weights((12,)), NAIVE
+    )
+    assert chosen == "ets_12"
+    with pytest.raises(ValueError, match="units"):
+        one.lead(Evidence(1.0, (1.0, 1.0)))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.floats(0.0, 5.0), st.just(float("nan"))),
+            st.floats(0.0, 5.0),
+            st.floats(0.01, 1.0),
+        ),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_the_lead_and_its_standard_error_equal_the_plain_formulas(rows):
+    mine, theirs, weights = (tuple(column) for column in zip(*rows, strict=True))
+    lead, error = Evidence(1.0, mine, weights).lead(Evidence(1.0, theirs, weights))
+    scored = [(y - x, w) for x, y, w in rows if np.isfinite(x)]
+    if not scored:
+        assert np.isnan(lead) and np.isnan(error)
+        return
+    total = sum(w for _, w in scored)
+    mean = sum(d * w for d, w in scored) / total
+    assert lead == pytest.approx(mean, abs=1e-12)
+    squares = sum((w / total) ** 2 for _, w in scored)
+    if len(scored) == 1 or squares > 1 - 1e-9:
+        assert np.isnan(error)
+        return
+    spread = sum(w / total * (d - mean) ** 2 for d, w in scored) / (1 - squares)
+    assert error == pytest.approx((spread * squares) ** 0.5, rel=1e-9, abs=1e-12)
+    # equal weights: the textbook standard error of a mean, s / sqrt(n)
+    plain = Evidence(1.0, mine).lead(Evidence(1.0, theirs))[1]
+    differences = [d for d, _ in scored]
+    expected = np.std(differences, ddof=1) / np.sqrt(len(differences))
+    assert plain == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
 @settings(max_examples=60, deadline=None)

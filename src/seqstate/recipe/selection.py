@@ -22,7 +22,9 @@ windows, both weighed so); a candidate with the network must also beat the best 
 candidate so; among candidates the evidence cannot tell apart, the combination with the most
 members; and the choice must also not lose to seasonal naive on each series' most recent
 window, or seasonal naive stays (a lead that reversed at the end of the data is the mark of a
-change of regime the earlier windows cannot show). Its
+change of regime the earlier windows cannot show); and its lead over seasonal naive must be at
+least one standard error of the paired (series, window) differences (:data:`STANDARD_ERRORS`),
+or seasonal naive stays (a lead the windows' spread can explain is not evidence). Its
 weights are stored in the run (``metadata["selection"]``) and the run's
 step function applies them in ``predict``, ``forecast``, ``evaluate``, ``backtest`` and
 serving: the baselines run as streams on the context each call gets (their coefficients
@@ -51,6 +53,7 @@ __all__ = [
     "MIN_PAIRS",
     "NETWORK",
     "RECENCY",
+    "STANDARD_ERRORS",
     "TOLERANCE",
     "Evidence",
     "Selection",
@@ -83,6 +86,15 @@ RECENCY = 0.7
 #: seasonal naive (:func:`hedged`), whose MAE is at most the mean of the two MAEs, so the loss
 #: to seasonal naive is at most half the chosen candidate's.
 MIN_PAIRS = 2
+#: The chosen candidate's lead over seasonal naive (weighted mean over (series, window) pairs of
+#: the difference of their MASEs) must be at least this many standard errors of that mean, or
+#: seasonal naive stays: the one-standard-error rule of model selection (prefer the simpler
+#: model unless the other is better by more than the noise of the estimate). The margin and
+#: the share of windows say how large and how broad a lead is; neither says whether the
+#: windows' spread could explain it (a lead of 23% from one window far ahead and others mixed).
+#: Windows of a series that overlap are counted as independent here: the standard error is
+#: then smaller and the check looser than with the overlap counted.
+STANDARD_ERRORS = 1.0
 
 
 def hedged(weights: dict[str, float], reference: str) -> dict[str, float]:
@@ -301,6 +313,32 @@ class Evidence:
                 won += w * (1.0 if a < b else 0.5 if a == b else 0.0)
         return won / total if total > 0 else 0.5
 
+    def lead(self, other: Evidence) -> tuple[float, float]:
+        """(mean, standard error) of ``other``'s MASE minus this one's over the pairs both
+        scored, weighed by :attr:`weights` (normalised to sum to 1 over those pairs).
+
+        The standard error is that of a weighted mean of independent differences:
+        ``sqrt(v * sum(w**2))`` with ``v = sum(w * (d - mean)**2) / (1 - sum(w**2))`` the
+        unbiased weighted variance; NaN when fewer than two pairs carry weight (no spread to
+        measure), and the mean NaN too when none does."""
+        weights = self.weights or (1.0,) * len(self.units)
+        mine = np.asarray(self.units, dtype=np.float64)
+        theirs = np.asarray(other.units, dtype=np.float64)
+        if mine.shape != theirs.shape:
+            raise ValueError(f"other has {theirs.size} units for {mine.size}")
+        scored = np.isfinite(mine) & np.isfinite(theirs)
+        w = np.asarray(weights, dtype=np.float64)[scored]
+        if w.sum() <= 0:
+            return math.nan, math.nan
+        w = w / w.sum()
+        difference = (theirs - mine)[scored]
+        mean = float(np.sum(w * difference))
+        squares = float(np.sum(w * w))
+        if squares >= 1.0 - 1e-12:
+            return mean, math.nan
+        variance = float(np.sum(w * (difference - mean) ** 2)) / (1.0 - squares)
+        return mean, math.sqrt(variance * squares)
+
     def beats(self, other: Evidence) -> bool:
         """Clearly better: by :data:`MARGIN` on the mean and on more than half the pairs."""
         return self.score <= (1.0 - MARGIN) * other.score and self.wins(other) > 0.5
@@ -332,7 +370,10 @@ def choose(
     3. the choice must not do worse than ``reference`` on each series' most recent window
        (:attr:`Evidence.recent`, where both are known), or ``reference`` stays: the windows
        nearest the forecast are where a change of regime shows first, and a lead built on
-       older windows that reversed there is the evidence the earlier rules cannot weigh.
+       older windows that reversed there is the evidence the earlier rules cannot weigh;
+    4. the choice's lead over ``reference`` (:meth:`Evidence.lead`) must be at least
+       :data:`STANDARD_ERRORS` standard errors, where the error is known (two pairs or more),
+       or ``reference`` stays: a lead inside the noise of the windows is not one to serve.
     """
     base = evidence[reference]
     stats = {
@@ -380,6 +421,15 @@ def choose(
             f"({e.recent:.3f} vs {base.recent:.3f}): {_label(reference)} is kept"
         )
         chosen = reference
+    if chosen != reference:
+        lead, error = evidence[chosen].lead(base)
+        if lead < STANDARD_ERRORS * error:  # False where the error is NaN
+            why = (
+                f"{chosen} {why}, but its lead over {_label(reference)} ({lead:.3f} MASE) is "
+                f"under {STANDARD_ERRORS:g} standard error of the paired window differences "
+                f"({error:.3f}): {_label(reference)} is kept"
+            )
+            chosen = reference
     return chosen, why
 
 
