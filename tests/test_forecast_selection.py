@@ -540,7 +540,9 @@ def test_a_lead_inside_the_noise_of_the_windows_keeps_seasonal_naive():
     lead, error = evidence["ets_12"].lead(evidence[NAIVE])
     assert lead == pytest.approx(0.175) and lead < STANDARD_ERRORS * error
     chosen, why = choose(evidence, candidates, NAIVE)
-    assert chosen == NAIVE and "standard error" in why and why.startswith("ets_12 beat")
+    assert chosen == NAIVE and why.startswith("ets_12 beat")
+    assert "the lead of ets_12 over seasonal naive (season 12) (0.175 MASE)" in why
+    assert f"under 1 standard error of the paired window differences ({error:.3f})" in why
     # the same lead on the mean, steady over the windows: kept
     units["ets_12"] = [0.8, 0.85, 0.8, 0.85, 0.82, 0.83]
     evidence = evidence_of(units)

@@ -425,9 +425,9 @@ def choose(
         lead, error = evidence[chosen].lead(base)
         if lead < STANDARD_ERRORS * error:  # False where the error is NaN
             why = (
-                f"{chosen} {why}, but its lead over {_label(reference)} ({lead:.3f} MASE) is "
-                f"under {STANDARD_ERRORS:g} standard error of the paired window differences "
-                f"({error:.3f}): {_label(reference)} is kept"
+                f"{chosen} {why}, but the lead of {chosen} over {_label(reference)} "
+                f"({lead:.3f} MASE) is under {STANDARD_ERRORS:g} standard error of the paired "
+                f"window differences ({error:.3f}): {_label(reference)} is kept"
             )
             chosen = reference
     return chosen, why
