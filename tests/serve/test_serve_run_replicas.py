@@ -71,26 +71,51 @@ def _same(got: list, want: list) -> None:
         np.testing.assert_allclose(left, right, rtol=RTOL, equal_nan=True)
 
 
-@pytest.mark.parametrize("kind", ["difference_calendar", "seeds2", "plain"])
-def test_two_replicas_on_one_store_answer_what_one_process_answers(runs, kind, tmp_path, redis_url):
+def _in_process(run, series: str, bodies: list[dict]) -> tuple[list, list]:
+    """What :func:`_drive` must get, from the run's step function in this process: each
+    request's answer and the forecast after every 7th request from the 21st on."""
+    function = load_run_step(run)
+    state = function.initial_state([series])
+    answers, forecasts = [], []
+    with torch.no_grad():
+        for i, body in enumerate(bodies):
+            x = np.asarray(body["x"], dtype=np.float32).reshape(1, -1, len(function.inputs))
+            stamps = np.atleast_1d(np.asarray(body["time"], dtype="datetime64[s]"))
+            y, state = function.step(state, x, stamps.astype(np.int64)[None])
+            rows = y[0].numpy().tolist()
+            answers.append({"seq": body["seq"], "y": rows[0] if len(rows) == 1 else rows})
+            if i % 7 == 6 and i >= 20:
+                _, ahead = function.forecast(state, HORIZON)
+                forecasts.append({"seq": body["seq"], "y": ahead[0].numpy().tolist()})
+    return answers, forecasts
+
+
+# Each run kind through two replicas of one durable store; both stores with the richest
+# transform state, one each for the others (the stores' replica races are tested for every
+# store in test_serve_attacks, the run kinds' answers against predict in test_serve_runs).
+@pytest.mark.parametrize(
+    ("kind", "stores"),
+    [
+        ("difference_calendar", ("sqlite", "redis")),
+        ("seeds2", ("redis",)),
+        ("plain", ("sqlite",)),
+    ],
+)
+def test_two_replicas_on_one_store_answer_what_one_process_answers(
+    runs, kind, stores, tmp_path, redis_url
+):
     run, _, frame, expected = runs(kind)
     series = next(iter(expected))
     bodies = _bodies(frame, series)
-    one = ServerProcess(run, "--store", "memory://")
-    try:
-        one.start()
-        with httpx.Client(base_url=one.url, headers=AUTH, timeout=30) as client:
-            want = _drive([client], bodies, "s")
-    finally:
-        one.stop()
-        one.log.close()
-    # what one process answered is what predict answers (the replicas are held to it)
+    want = _in_process(run, series, bodies)
+    # what the step function answers is what predict answers (the replicas are held to it)
     served = [a["y"] for a in want[0]]
     flat = [row for y in served for row in (y if isinstance(y[0], list) else [y])]
     np.testing.assert_allclose(
         np.asarray(flat, dtype=float)[:, 0], expected[series], rtol=RTOL, equal_nan=True
     )
-    for store in (f"sqlite:///{tmp_path / 'shared.db'}", redis_url):
+    urls = {"sqlite": f"sqlite:///{tmp_path / 'shared.db'}", "redis": redis_url}
+    for store in (urls[name] for name in stores):
         replicas = [ServerProcess(run, "--store", store) for _ in range(2)]
         try:
             for replica in replicas:
