@@ -477,6 +477,11 @@ def test_a_biased_forecast_s_median_is_the_point_and_its_bias_stays_in_the_tails
     low_fair, high_fair = quantiles(zero, unit, fair, (0.1, 0.9))[0].T
     low, high = quantiles(zero, unit, biased, (0.1, 0.9))[0].T
     assert np.all(high > 1.5 * -low) and np.all(high_fair < 1.5 * -low_fair)  # leans up
+    merged = merge_tables([biased, fair])  # an ensemble's members: still the point
+    assert merged is not None
+    np.testing.assert_array_equal(
+        answer_quantiles(point, np.ones((2, 1)), merged, (0.5,))[..., 0], point
+    )
     actual = point[..., 0] + rng.normal(size=(2, 12)) * 50
     assert np.mean(np.abs(actual - bands[..., 0, 3])) == np.mean(np.abs(actual - point[..., 0]))
 
