@@ -65,6 +65,8 @@ def test_train_stores_a_versioned_table_and_forecast_writes_monotone_quantiles(t
     assert list(levels.columns[-3:]) == names
     assert np.all(np.diff(levels[names].to_numpy(), axis=1) > 0)
     np.testing.assert_allclose(levels["predicted_value"], frame["predicted_value"])
+    # the 50% quantile is the point forecast itself (the median's MASE is the point's)
+    np.testing.assert_allclose(levels["predicted_value_q50"], levels["predicted_value"], rtol=1e-7)
     bare = _forecast(run, data, tmp_path / "h.csv", "--quantiles", "none")
     assert not any("_q" in name for name in bare.columns)
 

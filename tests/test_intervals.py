@@ -437,3 +437,74 @@ def test_a_calm_validation_part_is_widened_by_the_naive_s_history_wide_errors():
     assert calm_after[0] > calm_before[0] + 0.1 and calm_after[1] > calm_before[1] + 0.15
     usual = _calm_validation_coverage(1.0, lean=True)
     assert abs(usual[0] - 0.8) < 0.04 and abs(usual[1] - 0.95) < 0.03
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    z=st.lists(st.floats(-5.0, 5.0), min_size=len(GRID), max_size=len(GRID)),
+    shift=st.floats(-3.0, 3.0),
+)
+def test_median_at_zero_clips_each_level_to_its_side_of_the_point(z, shift):
+    from seqstate.recipe.intervals import median_at_zero
+
+    values = np.sort(np.asarray(z)) + shift  # any monotone quantiles, any median
+    got = median_at_zero(GRID, values)
+    for level, before, after in zip(GRID, values, got, strict=True):  # the plain rule
+        expected = min(before, 0.0) if level < 0.5 else max(before, 0.0) if level > 0.5 else 0.0
+        assert after == expected
+    assert np.all(np.diff(got) >= 0) and got[GRID.index(0.5)] == 0.0
+    with pytest.raises(ValueError, match="levels"):
+        median_at_zero(GRID[:-1], values)
+
+
+def test_a_biased_forecast_s_median_is_the_point_and_its_bias_stays_in_the_tails():
+    """Validation errors of a forecast that under-shoots (a random walk's naive forecast plus
+    a constant bias): the 50% quantile of every answer is the point forecast bit for bit (so
+    the median's MASE is the point's), the 80% interval leans upwards as the errors did (the
+    unbiased table's does not) and the lower side never crosses the point."""
+    rng = np.random.default_rng(21)
+    errors = _random_walk_errors(rng, 40, 8)
+    fair = fit_table(errors, season=1, paths=6.0)
+    biased = fit_table(errors + 1.5, season=1, paths=6.0)
+    assert fair is not None and biased is not None
+    levels = (0.025, 0.1, 0.3, 0.5, 0.7, 0.9, 0.975)
+    point = rng.normal(size=(2, 12, 1)) * 100
+    bands = answer_quantiles(point, np.array([[2.0], [0.5]]), biased, levels)  # [B, H, O, Q]
+    np.testing.assert_array_equal(bands[..., 3], point)
+    assert np.all(bands[..., :3] <= point[..., None]) and np.all(bands[..., 4:] >= point[..., None])
+    assert np.all(np.diff(bands, axis=-1) >= 0)
+    zero, unit = np.zeros((1, 8)), np.ones(1)
+    low_fair, high_fair = quantiles(zero, unit, fair, (0.1, 0.9))[0].T
+    low, high = quantiles(zero, unit, biased, (0.1, 0.9))[0].T
+    assert np.all(high > 1.5 * -low) and np.all(high_fair < 1.5 * -low_fair)  # leans up
+    merged = merge_tables([biased, fair])  # an ensemble's members: still the point
+    assert merged is not None
+    np.testing.assert_array_equal(
+        answer_quantiles(point, np.ones((2, 1)), merged, (0.5,))[..., 0], point
+    )
+    actual = point[..., 0] + rng.normal(size=(2, 12)) * 50
+    assert np.mean(np.abs(actual - bands[..., 0, 3])) == np.mean(np.abs(actual - point[..., 0]))
+
+
+def test_the_skew_is_weighed_by_independent_paths_not_by_overlapping_windows():
+    """25 windows that hold few independent paths: their skew (one path's sign) leans on the
+    symmetric version as few paths' does; with paths beyond the windows' count, the windows'
+    own weight (a table of independent windows) is kept. The errors' median is 0, so the
+    widening about it leaves the asymmetry of the 10% / 90% pair as the weight made it."""
+    rng = np.random.default_rng(22)
+    columns = []
+    for _ in range(4):  # per step: 12 small negative, one zero, 12 large positive errors
+        column = np.concatenate([-rng.uniform(0.1, 0.5, 12), [0.0], rng.uniform(0.5, 3.0, 12)])
+        columns.append(rng.permutation(column))
+    errors = np.stack(columns, axis=1)  # [25, 4]
+    asymmetry = {}
+    for paths in (2.0, 8.0, 1e6):
+        table = fit_table(errors, season=1, paths=paths)
+        assert table is not None
+        low, high = table.standard_quantiles([0.1, 0.9])
+        asymmetry[paths] = (high + low) / (high - low)
+    assert 0 < asymmetry[2.0] < asymmetry[8.0] < asymmetry[1e6]
+    unwidened = fit_table(errors, season=1)
+    assert unwidened is not None
+    low, high = unwidened.standard_quantiles([0.1, 0.9])
+    assert asymmetry[1e6] == pytest.approx((high + low) / (high - low), rel=1e-4)

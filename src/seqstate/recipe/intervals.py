@@ -14,9 +14,11 @@ of the noise::
     standardised errors: z = e[w, h] / s[h], pooled over every w and h
     table:               s[1..H], the growth b beyond H, and the quantiles of z on a grid of
                          levels (conformal finite-sample correction; a Laplace tail past the
-                         data), widened about their median by t_P(tau) / Phi^-1(tau) where the
-                         windows hold only P independent paths (below)
-    forecast:            q_tau[i, h] = point[i, h] + d_i * s[h] * z_tau
+                         data; the signed errors leaned on their mirror image when they hold
+                         few independent paths), widened about their median by
+                         t_P(tau) / Phi^-1(tau) where the windows hold only P independent paths
+                         (below), then each level clipped to its side of 0: z_0.5 = 0
+    forecast:            q_tau[i, h] = point[i, h] + d_i * s[h] * z_tau   (q_0.5: the point)
 
 Pooling the standardised errors over the steps is what makes one short series usable: the
 shape of the error distribution is estimated from every step at once, and only its width
@@ -33,9 +35,12 @@ each step's scale also counts the seasonal naive's mean error at that step over 
 history (every origin, training and validation rows) as one more independent path, beside
 the validation's P_h = P (H / 2) / h at step h: it moves a panel's or a short horizon's scale
 by a few percent and a single series' far steps towards how fast the data drift from their
-last season (flat for a stable season, like sqrt(h) for a random walk). The table is a small
-versioned entry of the run (``metadata["intervals"]``, format :data:`FORMAT`); a run without
-one gives point forecasts only.
+last season (flat for a stable season, like sqrt(h) for a random walk). The 50% quantile is
+the point forecast itself (:func:`median_at_zero`): the validation errors' median is a bias of
+the forecaster trained without the validation rows, kept in the tails only, so the median's
+error is the point's. The table is a small versioned entry of the run
+(``metadata["intervals"]``, format :data:`FORMAT`); a run without one gives point forecasts
+only.
 
 :func:`answer_quantiles` is the one rule a run's answers get their quantiles by (``forecast``,
 ``predict``, ``RunStreams`` and the server all call it through
@@ -63,6 +68,7 @@ __all__ = [
     "check_levels",
     "fit_table",
     "lean_on_naive",
+    "median_at_zero",
     "members_table",
     "merge_tables",
     "path_quantiles",
@@ -84,9 +90,9 @@ GRID = (
 #: Pseudo-windows of the power law a step's own mean error is shrunk to (few windows at a
 #: step: mostly the law; many: mostly the step's own errors).
 _SHRINK = 4.0
-#: Windows at which the signed (possibly skewed) error quantiles and their mirror image
-#: weigh the same; fewer windows lean on the symmetric version.
-_SKEW_WINDOWS = 5.0
+#: Independent paths at which the signed (possibly skewed) error quantiles and their mirror
+#: image weigh the same; fewer lean on the symmetric version.
+_SKEW_PATHS = 5.0
 #: The growth exponent b when the errors cover a single step (a random walk's).
 _DEFAULT_GROWTH = 0.5
 
@@ -371,9 +377,10 @@ def fit_table(
     See the module doc: s[h] from each step's mean absolute error shrunk to a power law in h
     and made non-decreasing; the grid quantiles of the standardised errors pooled over every
     step, with the conformal correction (for sqrt(windows x errors) draws) and the signed
-    quantiles leaned towards their mirror image when the windows are few; with ``paths`` (the
-    independent error paths the windows hold, when they overlap), widened about their median
-    by :func:`t_widening`; with ``naive`` (``[H]`` the seasonal naive's mean absolute scaled
+    quantiles leaned towards their mirror image when the windows (or the independent paths
+    they hold) are few; with ``paths`` (the independent error paths the windows hold, when they
+    overlap), widened about their median by :func:`t_widening`; then clipped to a median of 0
+    (:func:`median_at_zero`); with ``naive`` (``[H]`` the seasonal naive's mean absolute scaled
     error per step over the whole history, :func:`seqstate.recipe.calibration.naive_errors`),
     s[h] widened towards it where the windows hold few independent paths at step h
     (:func:`lean_on_naive`).
@@ -406,7 +413,10 @@ def fit_table(
     # windows at worst, the errors at best; the conformal correction takes the geometric mean.
     effective = max(1.0, math.sqrt(windows * float(finite.sum())))
     mirrored = np.sort(np.concatenate([z, -z]))
-    weight = windows / (windows + _SKEW_WINDOWS)
+    # The skew is seen in as many independent paths as the windows hold, not in the windows:
+    # overlapping windows of one path share its sign (the paths counted as for the widening).
+    skew_paths = float(windows) if paths is None else min(float(windows), float(paths))
+    weight = skew_paths / (skew_paths + _SKEW_PATHS)
     values = []
     for level in GRID:
         adjusted = _adjusted(level, effective)
@@ -417,7 +427,7 @@ def fit_table(
     if paths is not None:
         middle = float(np.interp(0.5, GRID, quantile_values))
         quantile_values = middle + (quantile_values - middle) * t_widening(GRID, paths)
-    quantile_values = np.maximum.accumulate(quantile_values)
+    quantile_values = median_at_zero(GRID, np.maximum.accumulate(quantile_values))
     if naive is not None:  # after z: the standardised errors keep the validation's own shape
         step_paths = counts
         if paths is not None:  # windows h apart share no step at step h
@@ -434,6 +444,29 @@ def fit_table(
         errors=int(finite.sum()),
         paths=None if paths is None else float(paths),
     )
+
+
+def median_at_zero(levels: Sequence[float], z: Any) -> np.ndarray:
+    """``[G]`` the standardised quantiles ``z [G]`` (non-decreasing at sorted ``levels``) with
+    their median at 0, so the 50% quantile of every answer is the point forecast itself: each
+    level below 1/2 clipped to at most 0, each above to at least 0, the median 0.
+
+    Of the quantile functions whose median is the point, this is the nearest to ``z`` at every
+    level (so the one with the least pinball loss at every level the validation errors
+    support). The validation errors' own median is a bias of the forecaster trained on the
+    training part only, often not the run's (refitted on every row, or a baseline the
+    selection took): it stays in the tails (a forecast that under-shot keeps its wide upper
+    side), and the median's error is the point's.
+    """
+    levels_array = np.asarray(levels, dtype=np.float64)
+    values = np.asarray(z, dtype=np.float64)
+    if levels_array.shape != values.shape:
+        raise ValueError(
+            f"median_at_zero needs levels [G] and z [G]; received shapes {levels_array.shape} "
+            f"and {values.shape}"
+        )
+    below, above = levels_array < 0.5, levels_array > 0.5
+    return np.where(below, np.minimum(values, 0.0), np.where(above, np.maximum(values, 0.0), 0.0))
 
 
 def lean_on_naive(scale: Any, step_paths: Any, naive: Any) -> np.ndarray:
