@@ -44,6 +44,7 @@ from seqstate.recipe.step.state import (
     as_array,
     as_floats,
     entry_of,
+    fewest_steps,
 )
 
 __all__ = ["NO_TIME", "MemberStep", "RunStep"]
@@ -369,12 +370,13 @@ class MemberStep(nn.Module):
     ) -> tuple[list[float], dict[str, Entry], State]:
         """:meth:`forward_row` of one stream (``B = 1``): ``x`` its F_raw raw values and
         ``time`` as Python numbers -> its O answers as floats (float64), this member's new
-        transform fields (:class:`Floats`) and model state. The same operations in the same order, on Python
-        floats (IEEE doubles, as float64), whose arithmetic costs tens of ns an op against a
-        NumPy call's microsecond; and array calls between two model calls also make the
-        next model call slower (measured at hidden 64: a few small NumPy calls, 5-25 µs; a
-        NumPy reduction alone, ~8 µs), Python floats hardly. So the only array calls left
-        read the state and make the new state's tensors and the model's input."""
+        transform fields (:class:`Floats`) and model state. The same operations in the same
+        order, on Python floats (IEEE doubles, as float64), whose arithmetic costs tens of
+        ns an op against a NumPy call's microsecond; and array calls between two model
+        calls also make the next model call slower (measured at hidden 64: a few small
+        NumPy calls, 5-25 µs; a NumPy reduction alone, ~8 µs), Python floats hardly. So the
+        only array calls left make the model's input and read its answer: the new fields
+        stay floats until someone reads them as tensors (:class:`StepTransforms`)."""
         transform, difference, scale_cell, calendar, model = self.row_cells
         new: dict[str, Entry] = {}
         location = scale = history = w = None
@@ -781,7 +783,9 @@ class RunStep(nn.Module):
                 # answers)
                 answer = self.blend.combine(network, parts) if self.columns.shift == 1 else network
         # (the step's fields as held: merged without making them tensors)
-        transforms = StepTransforms({**StepTransforms.entries(new_state.transforms), **baselines})
+        stepped = new_state.transforms
+        known = stepped.fewest_steps if type(stepped) is StepTransforms else None
+        transforms = StepTransforms({**StepTransforms.entries(stepped), **baselines}, known)
         return StepOutputs(answer, members), RunState.unchecked(transforms, new_state.models)
 
     def _blend_rows(
@@ -850,8 +854,7 @@ class RunStep(nn.Module):
             return None
         if x.shape[0] == 1:
             return self._forward_single(state, x, time)
-        seen = as_array(entry_of(state.transforms, "steps"))
-        first = int(seen.min())
+        first = fewest_steps(state.transforms)  # (a reduction only where not known)
         if first < self.order:
             return None
         rows = x.numpy()[:, 0]
@@ -869,11 +872,11 @@ class RunStep(nn.Module):
             models.append(model_state)
         if self.history_scale is not None:
             transforms |= self.history_scale.advance_rows(state.transforms, rows, first)
-        transforms["steps"] = seen + 1
+        transforms["steps"] = as_array(entry_of(state.transforms, "steps")) + 1
         if stamps is not None:
             transforms["time"] = stamps
         answers = self._answers(outputs, x.shape[0])
-        return answers, RunState.unchecked(StepTransforms(transforms), tuple(models))
+        return answers, RunState.unchecked(StepTransforms(transforms, first + 1), tuple(models))
 
     def _forward_single(
         self, state: RunState, x: torch.Tensor, time: torch.Tensor | None

@@ -28,7 +28,15 @@ import torch
 
 from seqstate.core.state import State
 
-__all__ = ["Floats", "RunState", "StepTransforms", "as_array", "as_floats", "entry_of"]
+__all__ = [
+    "Floats",
+    "RunState",
+    "StepTransforms",
+    "as_array",
+    "as_floats",
+    "entry_of",
+    "fewest_steps",
+]
 
 _FORMAT = "seqstate.run_state/1"
 _MODEL_PREFIX = "model."
@@ -67,10 +75,14 @@ class StepTransforms(Mapping[str, torch.Tensor]):
     place is what the next step reads).
     """
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "fewest_steps")
 
-    def __init__(self, entries: dict[str, Entry]) -> None:
+    def __init__(self, entries: dict[str, Entry], fewest_steps: int | None = None) -> None:
         self._entries = entries
+        #: the fewest steps any row has taken (``steps.min()``), where the step that made
+        #: these fields knew it: read only while ``steps`` is not yet a tensor (see
+        #: :func:`fewest_steps`)
+        self.fewest_steps = fewest_steps
 
     @staticmethod
     def entries(transforms: Mapping[str, torch.Tensor]) -> dict[str, Entry]:
@@ -110,6 +122,18 @@ def entry_of(transforms: Mapping[str, torch.Tensor], name: str) -> Entry:
     if type(transforms) is StepTransforms:
         return transforms.entry(name)
     return transforms[name]
+
+
+def fewest_steps(transforms: Mapping[str, torch.Tensor]) -> int:
+    """``int(transforms["steps"].min())`` of a CPU state, without the reduction where the
+    step that made ``transforms`` kept it (and nobody has read ``steps`` as a tensor since,
+    which could have changed it in place)."""
+    if type(transforms) is StepTransforms:
+        entry = transforms.entry("steps")
+        if transforms.fewest_steps is not None and not isinstance(entry, torch.Tensor):
+            return transforms.fewest_steps
+        return int(as_array(entry).min())
+    return int(transforms["steps"].min())
 
 
 def as_floats(entry: Entry) -> list[Any]:
