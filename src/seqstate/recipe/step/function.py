@@ -775,6 +775,7 @@ class RunStep(nn.Module):
                 network = members[0] if members.shape[0] == 1 else members.mean(dim=0)
             if self.blend is None:
                 return StepOutputs(network, members), new_state
+            baselines: Mapping[str, Entry]
             if x_t.device.type == "cpu":
                 answer, baselines = self._blend_rows(state, x_t, network)
             else:
@@ -790,11 +791,11 @@ class RunStep(nn.Module):
 
     def _blend_rows(
         self, state: RunState, x: torch.Tensor, network: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> tuple[torch.Tensor, Mapping[str, Entry]]:
         """The baselines' step and the answer on CPU rows (:meth:`Blend.advance_rows`): a
         few values combined as floats, more in NumPy; the same operations as
         :meth:`Blend.combine`. ``x [B, T, F_raw]``, ``network [B, T, O]`` -> (answer, the
-        baselines' new state tensors)."""
+        baselines' new state fields, as arrays)."""
         blend = self.blend
         if blend is None:  # (step_outputs calls this for a run with baselines)
             raise RuntimeError("internal error: no baselines to step")
