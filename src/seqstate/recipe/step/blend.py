@@ -14,6 +14,13 @@ Each baseline's state lives in ``RunState.transforms`` as ``baseline.<name>.<fie
 serialised with the rest of the run's state; its kind is looked up by name
 (:func:`seqstate.recipe.baselines.baseline_stream`), so any kind registered there runs here.
 The arithmetic of the combination is :meth:`Selection.combine`'s, in the same order.
+
+The network steps even where the selection gives it no weight (``ets_24+theta_24``): sample
+paths (:meth:`RunStep.sample_forecast`, the server's ``paths``) take their spread from it,
+an ensemble's ``*_spread`` is its members' spread, the members' answers are returned
+(``step_members``, ``forecast_members``), and its answer stands in where a baseline has
+none (a forecast from a stream no step has reached). So its state is kept exact, and a
+stored or exported state is the same whatever the weights.
 """
 
 from __future__ import annotations
