@@ -15,6 +15,9 @@ One step (T = 1) of ``RunStep.step`` for B streams, four runs with the same LSTM
 same streams every call (what a Python caller streaming sensors runs: the step plus the
 streams' bookkeeping).
 
+Each call steps the state the previous call returned, as a stream does (a caller's loop,
+``RunStreams``): the same raw row and time every call, the state moving on.
+
 ``preprocessing`` is ``(default - plain) / default``: the share of a default step spent in
 the transform cells and their inverse. (One step of CPU rows past the warm-up runs them on
 NumPy rows, or on Python floats for one stream: ``RunStep.forward_rows``.) Timings are the
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -127,11 +131,17 @@ def measure(hidden: int, batch: int, rounds: int, calls: int) -> dict[str, float
         with torch.no_grad():
             model(model_x, model_state)
 
+    def stepper(name: str) -> Callable[[], None]:
+        def step() -> None:  # (each call from the state the last one returned)
+            _, states[name] = runs[name].step(states[name], step_x, step_t)
+
+        return step
+
     work = {
         "model": bare,
-        "plain": lambda: runs["plain"].step(states["plain"], step_x, step_t),
-        "default": lambda: runs["default"].step(states["default"], step_x, step_t),
-        "blended": lambda: runs["blended"].step(states["blended"], step_x, step_t),
+        "plain": stepper("plain"),
+        "default": stepper("default"),
+        "blended": stepper("blended"),
         "streamed": lambda: streams.step(ids, stream_x, stream_t),
     }
     best = dict.fromkeys(work, float("inf"))
@@ -158,7 +168,8 @@ def main() -> None:
         "## run step: the cost of a run's preprocessing per step",
         "",
         f"`benchmarks/run_step.py --threads {args.threads}`; {machine_info(threads=True)}; "
-        "thread CPU time per step, best of 60 interleaved rounds of 20 calls.",
+        "thread CPU time per step, best of 60 interleaved rounds of 20 calls, each call "
+        "stepping the state the last one returned.",
         "",
         "| hidden | streams | model µs | plain run µs | default run µs | blended run µs "
         "| streamed µs | default / plain | preprocessing share |",

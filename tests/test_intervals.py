@@ -225,6 +225,7 @@ def test_one_step_on_rows_and_on_floats_equals_the_torch_step_bit_for_bit(season
     import torch
 
     from seqstate.recipe.step.history_scale import HistoryScale
+    from seqstate.recipe.step.state import StepTransforms
 
     rng = np.random.default_rng(11)
     length = 14
@@ -236,13 +237,19 @@ def test_one_step_on_rows_and_on_floats_equals_the_torch_step_bit_for_bit(season
     for t in range(length):
         step = torch.from_numpy(x[:, t : t + 1])
         expected = cell.advance_graph(state, step)
+        # (the fast paths hold arrays or floats: read as the step's state reads them)
         candidates = {
-            "rows": cell.advance_rows(state, x[:, t]),
-            "rows, first given": cell.advance_rows(state, x[:, t], int(state["steps"].min())),
+            "rows": StepTransforms(cell.advance_rows(state, x[:, t])),
+            "rows, first given": StepTransforms(
+                cell.advance_rows(state, x[:, t], int(state["steps"].min()))
+            ),
+            "advance": cell.advance(state, step),
         }
         for row in range(3):  # one stream's step on Python floats
             alone = {name: value[row : row + 1] for name, value in state.items()}
-            got = cell.advance_single(alone, x[row, t].tolist(), int(state["steps"][row]))
+            got = StepTransforms(
+                cell.advance_single(alone, x[row, t].tolist(), int(state["steps"][row]))
+            )
             for name, value in got.items():
                 assert torch.equal(value, expected[name][row : row + 1]), (row, t, name)
         for how, got in candidates.items():

@@ -589,3 +589,22 @@ def test_the_server_engine_answers_each_step_as_predict(name):
         assert isinstance(outcome, StepResult), outcome
         answer = np.array(json.loads(outcome.output), dtype=np.float64)  # null -> nan
         np.testing.assert_allclose(answer, expected[i][t], rtol=1e-5)
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+@pytest.mark.parametrize("name", ["combination", "difference, baseline only", "ets only"])
+def test_a_chain_of_fast_steps_with_baselines_equals_one_whose_state_is_tensors(name, streams):
+    # A fast step hands the next one the baselines' fields as the arrays it computed
+    # (StepTransforms); a chain whose every state is made plain tensors again steps alike.
+    table, _, _, run_step = build(name)
+    table = table.select(list(range(streams)))
+    length = min(len(t) for t in table.times)
+    x = np.stack([step_tables.table_inputs(run_step, table, i)[:length] for i in range(streams)])
+    time = np.stack([step_tables.table_times(run_step, t)[:length] for t in table.times])
+    fast = plain = run_step.initial_state(list(table.ids), context=table)
+    for j in range(length):
+        y_fast, fast = run_step.step(fast, x[:, j], time[:, j])
+        y_plain, stepped = run_step.step(plain, x[:, j], time[:, j])
+        plain = RunState({k: v.clone() for k, v in stepped.transforms.items()}, stepped.models)
+        np.testing.assert_array_equal(y_fast.numpy(), y_plain.numpy())
+    assert fast.equal(plain)

@@ -510,3 +510,78 @@ def test_the_one_step_numpy_path_equals_the_torch_step_for_every_kind_of_run(
                     assert a.equal(b)
             state = expected_state
     assert taken == length - run_step.order > 0
+
+
+@pytest.mark.parametrize("streams", ["all", "one"])
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_a_chain_of_fast_steps_equals_the_torch_step_chained(name, streams):
+    # Each fast step hands the next one its fields as arrays or floats (StepTransforms): a
+    # caller's loop of one-step calls, read back, equals the torch step stepped alike, and
+    # so does a state whose fields were read as tensors half way (then the tensors lead).
+    table, members, run_step = build(name)
+    errors = np.random.default_rng(3).normal(size=(6, 4))
+    run_step = RunStep(
+        [(m.model, m.scaling, m.calendar) for m in members],
+        table.columns,
+        intervals=fit_table(errors, season=3),
+    )
+    if streams == "one":
+        table = table.select([2])
+    length = min(len(t) for t in table.times)
+    x = np.stack([step_tables.table_inputs(run_step, table, i)[:length] for i in range(len(table))])
+    time = np.stack([step_tables.table_times(run_step, t)[:length] for t in table.times])
+    x_t, time_t = torch.from_numpy(x), torch.from_numpy(time)
+    fast = run_step.initial_state(list(table.ids), context=table)
+    looked = reference = fast
+    with torch.no_grad():
+        for j in range(length):
+            step_x, step_time = x_t[:, j], time_t[:, j]
+            y_fast, fast = run_step.step(fast, step_x, step_time)
+            y_looked, looked = run_step.step(looked, step_x, step_time)
+            members_y, reference = run_step.forward(reference, step_x[:, None], step_time[:, None])
+            expected = members_y.mean(0)
+            np.testing.assert_allclose(y_fast.numpy(), expected.numpy(), rtol=1e-12)
+            np.testing.assert_allclose(y_looked.numpy(), expected.numpy(), rtol=1e-12)
+            if j % 3 == 1:  # read every field as a tensor (a codec, an export would)
+                assert set(looked.transforms) == set(reference.transforms)
+                for key, value in reference.transforms.items():
+                    got = looked.transforms[key]
+                    assert isinstance(got, torch.Tensor), key
+                    assert got.dtype == value.dtype and got.shape == value.shape, key
+                    np.testing.assert_allclose(got.numpy(), value.numpy(), rtol=1e-12)
+                    assert looked.transforms[key] is got  # made once
+    assert fast.transforms.keys() == reference.transforms.keys()
+    for key, value in reference.transforms.items():
+        got = fast.transforms[key]
+        assert got.dtype == value.dtype and got.shape == value.shape, key
+        np.testing.assert_allclose(got.numpy(), value.numpy(), rtol=1e-12)
+    for a, b in zip(fast.models, reference.models, strict=True):
+        assert a.equal(b)
+    assert RunState.from_bytes(fast.to_bytes()).equal(fast)
+
+
+@pytest.mark.parametrize("field", ["m0.history", "steps"])
+@pytest.mark.parametrize("streams", [1, 3])
+def test_a_fast_step_state_changed_in_place_is_what_the_next_step_reads(streams, field):
+    # Once read as tensors, a StepTransforms' fields are those tensors: a change made to one
+    # in place (as to any state tensor) is what the next step reads, as in a dict of tensors.
+    table, _, run_step = build("difference 1")
+    table = table.select(list(range(streams)))
+    length = min(len(t) for t in table.times)
+    x = np.stack([step_tables.table_inputs(run_step, table, i)[:length] for i in range(streams)])
+    time = np.stack([step_tables.table_times(run_step, t)[:length] for t in table.times])
+    state = run_step.initial_state(list(table.ids), context=table)
+    for j in range(length - 1):
+        _, state = run_step.step(state, x[:, j], time[:, j])
+    plain = RunState({k: v.clone() for k, v in state.transforms.items()}, state.models)
+    assert plain.equal(state)
+    for s in (state, plain):
+        if field == "steps":  # the first row back in its warm-up: the next step masks it
+            s.transforms["steps"][0] = 0
+        else:
+            s.transforms[field].add_(0.5)
+    y, _ = run_step.step(state, x[:, -1], time[:, -1])
+    expected, _ = run_step.step(plain, x[:, -1], time[:, -1])
+    np.testing.assert_array_equal(y.numpy(), expected.numpy())
+    if field == "steps":
+        assert np.isnan(y.numpy()[0]).all() and not np.isnan(y.numpy()[1:]).any()

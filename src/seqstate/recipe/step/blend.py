@@ -14,6 +14,13 @@ Each baseline's state lives in ``RunState.transforms`` as ``baseline.<name>.<fie
 serialised with the rest of the run's state; its kind is looked up by name
 (:func:`seqstate.recipe.baselines.baseline_stream`), so any kind registered there runs here.
 The arithmetic of the combination is :meth:`Selection.combine`'s, in the same order.
+
+The network steps even where the selection gives it no weight (``ets_24+theta_24``): sample
+paths (:meth:`RunStep.sample_forecast`, the server's ``paths``) take their spread from it,
+an ensemble's ``*_spread`` is its members' spread, the members' answers are returned
+(``step_members``, ``forecast_members``), and its answer stands in where a baseline has
+none (a forecast from a stream no step has reached). So its state is kept exact, and a
+stored or exported state is the same whatever the weights.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import numpy as np
 import torch
 
 from seqstate.recipe.baselines import baseline_stream
+from seqstate.recipe.step.state import Entry, as_array, entry_of
 
 __all__ = ["PREFIX", "Blend", "combine"]
 
@@ -72,8 +80,11 @@ class Blend:
         on the CPU: a stream never writes its input state)."""
         state = {}
         for field, key in self.fields[name]:
-            tensor = transforms[key]
-            value = tensor.numpy() if tensor.device.type == "cpu" else tensor.cpu().numpy()
+            entry = entry_of(transforms, key)  # (a fast step's array as it is)
+            if isinstance(entry, torch.Tensor) and entry.device.type != "cpu":
+                value = entry.cpu().numpy()
+            else:
+                value = as_array(entry)
             state[field] = value.reshape(-1, *value.shape[2:])
         return state
 
@@ -85,27 +96,28 @@ class Blend:
         """Step every baseline through ``x [B, T, F]``'s target values: ``({name: [B, T, O]
         float64 one-step forecasts}, {the new state tensors})``."""
         values = x.index_select(2, self.target_inputs.to(x.device)).to(torch.float64)
-        parts, new = self.advance_rows(transforms, values.cpu().numpy())
+        parts, arrays = self.advance_rows(transforms, values.cpu().numpy())
         device = x.device
-        if device.type != "cpu":
-            new = {key: value.to(device) for key, value in new.items()}
+        new = {key: torch.from_numpy(as_array(value)).to(device) for key, value in arrays.items()}
         return {name: torch.from_numpy(part).to(device) for name, part in parts.items()}, new
 
     def advance_rows(
         self, transforms: Mapping[str, torch.Tensor], values: np.ndarray
-    ) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
+    ) -> tuple[dict[str, np.ndarray], dict[str, Entry]]:
         """:meth:`advance` of the targets' raw values ``[B, T, O]`` float64 in NumPy:
-        ``({name: [B, T, O] float64 NumPy}, {the new state tensors, on the CPU})``."""
+        ``({name: [B, T, O] float64 NumPy}, {the new state fields as arrays})`` (which
+        :class:`seqstate.recipe.step.state.StepTransforms` makes tensors when read)."""
         b, steps, outputs = values.shape
         # (B, T, O) -> rows b * O + o, (B * O, T)
         rows = values[:, :, 0] if outputs == 1 else values.transpose(0, 2, 1).reshape(-1, steps)
-        parts, new = {}, {}
+        parts: dict[str, np.ndarray] = {}
+        new: dict[str, Entry] = {}
         for name, stream in self.streams.items():
             predictions, state = stream.step(self._read(transforms, name), rows)
             # (B * O, T) -> (B, T, O)
             parts[name] = predictions.reshape(b, outputs, steps).transpose(0, 2, 1)
             for field, key in self.fields[name]:
-                new[key] = _tensor(state[field], b, outputs)
+                new[key] = _rows(state[field], b, outputs)
         return parts, new
 
     def forecast(
@@ -166,8 +178,13 @@ def combine(
     return total
 
 
-def _tensor(value: Any, batch: int, outputs: int) -> torch.Tensor:
-    """A stream's ``[B * O, ...]`` array as a state tensor ``[B, O, ...]``."""
+def _rows(value: Any, batch: int, outputs: int) -> np.ndarray:
+    """A stream's ``[B * O, ...]`` array as a state field's ``[B, O, ...]``."""
     # (a stream returns arrays of its own, never its input's: they are shared, not copied)
     array = value if isinstance(value, np.ndarray) else np.asarray(value)
-    return torch.from_numpy(array.reshape(batch, outputs, *array.shape[1:]))
+    return array.reshape(batch, outputs, *array.shape[1:])
+
+
+def _tensor(value: Any, batch: int, outputs: int) -> torch.Tensor:
+    """A stream's ``[B * O, ...]`` array as a state tensor ``[B, O, ...]``."""
+    return torch.from_numpy(_rows(value, batch, outputs))

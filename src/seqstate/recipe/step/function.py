@@ -36,7 +36,16 @@ from seqstate.core.state import State
 from seqstate.recipe.step import cells
 from seqstate.recipe.step.blend import NETWORK, Blend
 from seqstate.recipe.step.history_scale import HistoryScale
-from seqstate.recipe.step.state import RunState
+from seqstate.recipe.step.state import (
+    Entry,
+    Floats,
+    RunState,
+    StepTransforms,
+    as_array,
+    as_floats,
+    entry_of,
+    fewest_steps,
+)
 
 __all__ = ["NO_TIME", "MemberStep", "RunStep"]
 
@@ -275,11 +284,12 @@ class MemberStep(nn.Module):
         x: np.ndarray,
         time: np.ndarray | None,
         prefix: str,
-    ) -> tuple[np.ndarray, dict[str, torch.Tensor], State]:
+    ) -> tuple[np.ndarray, dict[str, Entry], State]:
         """:meth:`forward` of one step on the CPU without gradients, for rows that are all
         past the warm-up (``valid`` None) of a member with :attr:`steps_rows`: ``x [B,
         F_raw]`` float32 and ``time [B]`` int64 NumPy rows -> ``y [B, O]`` float64 NumPy,
-        this member's new transform state and model state. The same operations in the same
+        this member's new transform fields (arrays, which :class:`StepTransforms` makes
+        tensors when read) and model state. The same operations in the same
         order as :meth:`forward`, on float64 NumPy rows.
 
         Why: a served or streamed step is one step of a few rows, where each eager torch op
@@ -288,7 +298,7 @@ class MemberStep(nn.Module):
         """
         # (plain references: an nn.Module attribute lookup costs as much as a NumPy op)
         transform, difference, scale_cell, calendar, model = self.row_cells
-        new: dict[str, torch.Tensor] = {}
+        new: dict[str, Entry] = {}
         location = scale = history = w = None
         count = self.feature_count
         # The model's input, which the cells write into (no intermediate copies): [B, 1, F]
@@ -309,9 +319,9 @@ class MemberStep(nn.Module):
                 w = transform.forward_rows(w)
                 z = w
                 if self.order:
-                    history = transforms[prefix + "history"].numpy()
+                    history = as_array(entry_of(transforms, prefix + "history"))
                     z, kept = difference.forward_row(history, w)
-                    new[prefix + "history"] = torch.from_numpy(kept)
+                    new[prefix + "history"] = kept
                     # (w may be a view of x64, written below: the new history holds a copy)
                     w = kept[:, -1]
                 if self.fed_feature_rows.size:
@@ -335,6 +345,8 @@ class MemberStep(nn.Module):
             model_row[:, count:] = calendar.rows(time)
         y, model_state = self._one_step(model, torch.from_numpy(inputs), model_state, new, prefix)
         out = y.numpy()[:, 0]  # [B, O] float32
+        if self.head is None:
+            new[prefix + "output"] = out  # (a view of y, as y.select(1, 0) was)
         if self.regression:
             if scale_cell is not None and location is not None and scale is not None:
                 # (float32 * float64 computes in float64 from the exact widened values)
@@ -355,17 +367,18 @@ class MemberStep(nn.Module):
         x: list[float],
         time: int | None,
         prefix: str,
-    ) -> tuple[list[float], dict[str, torch.Tensor], State]:
+    ) -> tuple[list[float], dict[str, Entry], State]:
         """:meth:`forward_row` of one stream (``B = 1``): ``x`` its F_raw raw values and
         ``time`` as Python numbers -> its O answers as floats (float64), this member's new
-        transform state and model state. The same operations in the same order, on Python
-        floats (IEEE doubles, as float64), whose arithmetic costs tens of ns an op against a
-        NumPy call's microsecond; and array calls between two model calls also make the
-        next model call slower (measured at hidden 64: a few small NumPy calls, 5-25 µs; a
-        NumPy reduction alone, ~8 µs), Python floats hardly. So the only array calls left
-        read the state and make the new state's tensors and the model's input."""
+        transform fields (:class:`Floats`) and model state. The same operations in the same
+        order, on Python floats (IEEE doubles, as float64), whose arithmetic costs tens of
+        ns an op against a NumPy call's microsecond; and array calls between two model
+        calls also make the next model call slower (measured at hidden 64: a few small
+        NumPy calls, 5-25 µs; a NumPy reduction alone, ~8 µs), Python floats hardly. So the
+        only array calls left make the model's input and read its answer: the new fields
+        stay floats until someone reads them as tensors (:class:`StepTransforms`)."""
         transform, difference, scale_cell, calendar, model = self.row_cells
-        new: dict[str, torch.Tensor] = {}
+        new: dict[str, Entry] = {}
         location = scale = history = w = None
         features = x[: self.feature_count]
         if self.transforms_targets:
@@ -373,10 +386,9 @@ class MemberStep(nn.Module):
             z = w
             if self.order:
                 # [1, D, O] -> D * O floats, oldest first
-                history = transforms[prefix + "history"].numpy().ravel().tolist()
+                history = as_floats(entry_of(transforms, prefix + "history"))
                 z, kept = difference.forward_single(history, w)
-                shape = (1, self.order, len(w))
-                new[prefix + "history"] = torch.from_numpy(np.array(kept).reshape(shape))
+                new[prefix + "history"] = Floats(kept, (1, self.order, len(w)), torch.float64)
             if self.fed_pairs:
                 # (float32 as the table code stores the transformed columns)
                 fed = array("f", z).tolist()
@@ -392,6 +404,8 @@ class MemberStep(nn.Module):
         inputs = torch.from_numpy(np.array([[features]], dtype=np.float32))  # (1, 1, F)
         y, model_state = self._one_step(model, inputs, model_state, new, prefix)
         values: list[float] = y.tolist()[0][0]
+        if self.head is None:
+            new[prefix + "output"] = Floats(values, (1, len(values)), torch.float32)
         if self.regression:
             if scale_cell is not None and location is not None and scale is not None:
                 values = scale_cell.inverse_one(values, location, scale)
@@ -419,18 +433,19 @@ class MemberStep(nn.Module):
         model: Any,
         inputs: torch.Tensor,
         model_state: State,
-        new: dict[str, torch.Tensor],
+        new: dict[str, Entry],
         prefix: str,
     ) -> tuple[torch.Tensor, State]:
         """The member's model on one step ``inputs [B, 1, F]`` float32 -> (its answers
-        ``[B, 1, O]`` float32 in model space, its new state); the answers (and a head's raw
-        parameters) go into ``new`` as this member's transform state. ``model``: the plain
-        reference the fast paths hold (no ``nn.Module`` attribute lookup)."""
+        ``[B, 1, O]`` float32 in model space, its new state). A head's answers and raw
+        parameters go into ``new`` as this member's transform state; without a head the
+        caller keeps the answers as its ``output``, in the form it reads them (an array,
+        floats). ``model``: the plain reference the fast paths hold (no ``nn.Module``
+        attribute lookup)."""
         if self.head is None:
             y, model_state = model(inputs, model_state)
-            raw = None
-        else:
-            y, raw, model_state = self._model(inputs, model_state, None)
+            return y, model_state
+        y, raw, model_state = self._model(inputs, model_state, None)
         new[prefix + "output"] = y.select(1, 0)
         if raw is not None:
             new[prefix + "parameters"] = raw[:, -1]
@@ -760,6 +775,7 @@ class RunStep(nn.Module):
                 network = members[0] if members.shape[0] == 1 else members.mean(dim=0)
             if self.blend is None:
                 return StepOutputs(network, members), new_state
+            baselines: Mapping[str, Entry]
             if x_t.device.type == "cpu":
                 answer, baselines = self._blend_rows(state, x_t, network)
             else:
@@ -767,16 +783,19 @@ class RunStep(nn.Module):
                 # (the selection is of one-step forecasts: with another shift the network
                 # answers)
                 answer = self.blend.combine(network, parts) if self.columns.shift == 1 else network
-        transforms = {**new_state.transforms, **baselines}
+        # (the step's fields as held: merged without making them tensors)
+        stepped = new_state.transforms
+        known = stepped.fewest_steps if type(stepped) is StepTransforms else None
+        transforms = StepTransforms({**StepTransforms.entries(stepped), **baselines}, known)
         return StepOutputs(answer, members), RunState.unchecked(transforms, new_state.models)
 
     def _blend_rows(
         self, state: RunState, x: torch.Tensor, network: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> tuple[torch.Tensor, Mapping[str, Entry]]:
         """The baselines' step and the answer on CPU rows (:meth:`Blend.advance_rows`): a
         few values combined as floats, more in NumPy; the same operations as
         :meth:`Blend.combine`. ``x [B, T, F_raw]``, ``network [B, T, O]`` -> (answer, the
-        baselines' new state tensors)."""
+        baselines' new state fields, as arrays)."""
         blend = self.blend
         if blend is None:  # (step_outputs calls this for a run with baselines)
             raise RuntimeError("internal error: no baselines to step")
@@ -836,13 +855,13 @@ class RunStep(nn.Module):
             return None
         if x.shape[0] == 1:
             return self._forward_single(state, x, time)
-        seen = state.transforms["steps"].numpy()
-        first = int(seen.min())
+        first = fewest_steps(state.transforms)  # (a reduction only where not known)
         if first < self.order:
             return None
         rows = x.numpy()[:, 0]
         stamps = time.numpy()[:, 0] if time is not None else None
-        transforms = dict(state.transforms)
+        # (the fields as held: arrays stay arrays, StepTransforms)
+        transforms = StepTransforms.entries(state.transforms)
         outputs: list[np.ndarray] = []  # each member's [B, O] rows
         models = []
         for k, member in enumerate(self._member_steps):
@@ -854,22 +873,23 @@ class RunStep(nn.Module):
             models.append(model_state)
         if self.history_scale is not None:
             transforms |= self.history_scale.advance_rows(state.transforms, rows, first)
-        transforms["steps"] = torch.from_numpy(seen + 1)
+        transforms["steps"] = as_array(entry_of(state.transforms, "steps")) + 1
         if stamps is not None:
-            transforms["time"] = torch.from_numpy(stamps)
-        return self._answers(outputs, x.shape[0]), RunState.unchecked(transforms, tuple(models))
+            transforms["time"] = stamps
+        answers = self._answers(outputs, x.shape[0])
+        return answers, RunState.unchecked(StepTransforms(transforms, first + 1), tuple(models))
 
     def _forward_single(
         self, state: RunState, x: torch.Tensor, time: torch.Tensor | None
     ) -> tuple[StepOutputs, RunState] | None:
         """:meth:`forward_rows` of one stream: its values as Python floats
         (:meth:`MemberStep.forward_single`)."""
-        (seen,) = state.transforms["steps"].tolist()
+        (seen,) = as_floats(entry_of(state.transforms, "steps"))
         if seen < self.order:
             return None
         row: list[float] = x.tolist()[0][0]
         stamp: int | None = time.tolist()[0][0] if time is not None else None
-        transforms = dict(state.transforms)
+        transforms = StepTransforms.entries(state.transforms)
         outputs: list[list[float]] = []  # each member's O floats
         models = []
         for k, member in enumerate(self._member_steps):
@@ -881,10 +901,11 @@ class RunStep(nn.Module):
             models.append(model_state)
         if self.history_scale is not None:
             transforms |= self.history_scale.advance_single(state.transforms, row, seen)
-        transforms["steps"] = torch.from_numpy(np.array([seen + 1], dtype=np.int64))
+        transforms["steps"] = Floats([seen + 1], (1,), torch.int64)
         if stamp is not None:
-            transforms["time"] = torch.from_numpy(np.array([stamp], dtype=np.int64))
-        return self._answers(outputs, 1), RunState.unchecked(transforms, tuple(models))
+            transforms["time"] = Floats([stamp], (1,), torch.int64)
+        answers = self._answers(outputs, 1)
+        return answers, RunState.unchecked(StepTransforms(transforms), tuple(models))
 
     def _answers(self, outputs: Sequence[Any], batch: int) -> StepOutputs:
         """``StepOutputs`` of each member's ``[B, O]`` rows (or one stream's O floats):

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from seqstate.recipe.step.cells import tracing
+from seqstate.recipe.step.state import Entry, Floats, as_array, as_floats, entry_of
 
 __all__ = ["PREFIX", "HistoryScale"]
 
@@ -68,7 +69,8 @@ class HistoryScale:
         # torch ops' dispatch (tested equal to advance_graph)
         m, steps = self.season, x.shape[1]
         if steps == 1:
-            return self.advance_rows(transforms, x.numpy()[:, 0])
+            advanced = self.advance_rows(transforms, x.numpy()[:, 0])
+            return {name: torch.from_numpy(as_array(value)) for name, value in advanced.items()}
         values = x.numpy()[:, :, self.target_columns].astype(np.float64)  # [B, T, O]
         full = np.concatenate([transforms[f"{PREFIX}last"].numpy(), values], axis=1)
         seasonal = np.abs(values - full[:, :steps])
@@ -88,53 +90,54 @@ class HistoryScale:
 
     def advance_rows(
         self, transforms: Mapping[str, torch.Tensor], rows: np.ndarray, first: int | None = None
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, Entry]:
         """:meth:`advance` of one step, ``rows [B, F_raw]`` float32 NumPy: the same sums
-        (one term each: a sum over one step is its term) in fewer NumPy calls. ``first``:
-        the fewest steps any row has seen before this one, where the caller knows it."""
+        (one term each: a sum over one step is its term) in fewer NumPy calls, as arrays
+        (:class:`seqstate.recipe.step.state.StepTransforms` makes them tensors when read).
+        ``first``: the fewest steps any row has seen before this one, where the caller
+        knows it."""
         m = self.season
+        key_last, key_lag, key_one = self.keys
         values = rows[:, self.target_columns].astype(np.float64)  # [B, O]
-        last = transforms[f"{PREFIX}last"].numpy()  # [B, m, O]
+        last = as_array(entry_of(transforms, key_last))  # [B, m, O]
         seasonal = np.abs(values - last[:, 0])  # minus the value m steps back
         one = np.abs(values - last[:, m - 1])  # minus the value one step back
-        if first is None:
-            first = int(transforms["steps"].numpy().min(initial=m))
+        if first is None or first < m:
+            before = as_array(entry_of(transforms, "steps"))[:, None]  # [B, 1]
+            first = int(before.min(initial=m))
         if first < m:  # some row's first steps have no past at a lag
-            before = transforms["steps"].numpy()[:, None]  # [B, 1]
             seasonal = np.where(before >= m, seasonal, 0.0)
             one = np.where(before >= 1, one, 0.0)
         kept = np.empty_like(last)
         kept[:, :-1] = last[:, 1:]
         kept[:, -1] = values
         return {
-            f"{PREFIX}last": torch.from_numpy(kept),
-            f"{PREFIX}lag_sum": torch.from_numpy(transforms[f"{PREFIX}lag_sum"].numpy() + seasonal),
-            f"{PREFIX}one_sum": torch.from_numpy(transforms[f"{PREFIX}one_sum"].numpy() + one),
+            key_last: kept,
+            key_lag: as_array(entry_of(transforms, key_lag)) + seasonal,
+            key_one: as_array(entry_of(transforms, key_one)) + one,
         }
 
     def advance_single(
         self, transforms: Mapping[str, torch.Tensor], row: Sequence[float], before: int
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, Entry]:
         """:meth:`advance` of one stream's one step, on Python floats: ``row`` its F_raw raw
         values (float32 values as doubles, as the NumPy path reads them), ``before`` its
-        steps before this one. The same sums in the same order (one term each)."""
-        m = self.season
+        steps before this one. The same sums in the same order (one term each), as
+        :class:`seqstate.recipe.step.state.Floats`."""
+        m, o = self.season, self.outputs
         key_last, key_lag, key_one = self.keys
         values = [row[i] for i in self.target_list]
-        last = transforms[key_last].numpy()  # [1, m, O]
-        sums = [transforms[key_lag].tolist()[0], transforms[key_one].tolist()[0]]
+        last = as_floats(entry_of(transforms, key_last))  # m * O floats, oldest first
+        sums = [as_floats(entry_of(transforms, key_lag)), as_floats(entry_of(transforms, key_one))]
         # (the value m steps back, and the one one step back; a row without one adds 0)
-        for k, (back, seen) in enumerate(((last[0, 0], m), (last[0, m - 1], 1))):
+        for k, (start, seen) in enumerate(((0, m), ((m - 1) * o, 1))):
             if before >= seen:
-                past = back.tolist()
+                past = last[start : start + o]
                 sums[k] = [s + abs(v - p) for s, v, p in zip(sums[k], values, past, strict=True)]
-        kept = np.empty_like(last)
-        kept[0, :-1] = last[0, 1:]
-        kept[0, -1] = values
         return {
-            key_last: torch.from_numpy(kept),
-            key_lag: torch.from_numpy(np.array(sums[:1])),
-            key_one: torch.from_numpy(np.array(sums[1:])),
+            key_last: Floats(last[o:] + values, (1, m, o), torch.float64),
+            key_lag: Floats(sums[0], (1, o), torch.float64),
+            key_one: Floats(sums[1], (1, o), torch.float64),
         }
 
     def advance_graph(

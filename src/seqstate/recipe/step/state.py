@@ -20,19 +20,139 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from seqstate.core.state import State
 
-__all__ = ["RunState"]
+__all__ = [
+    "Floats",
+    "RunState",
+    "StepTransforms",
+    "as_array",
+    "as_floats",
+    "entry_of",
+    "fewest_steps",
+]
 
 _FORMAT = "seqstate.run_state/1"
 _MODEL_PREFIX = "model."
 
 Rows = int | slice | Sequence[int] | torch.Tensor
+
+
+class Floats(NamedTuple):
+    """One stream's transform field as Python numbers: ``values`` flat, row-major, of the
+    tensor of ``shape`` (batch first, so ``(1, ...)``) and ``dtype`` it stands for (floats
+    of float32 or float64 values, ints of int64 ones: each converts back exactly)."""
+
+    values: list[Any]
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+#: what a :class:`StepTransforms` holds for a field before anyone reads it as a tensor
+Entry = torch.Tensor | np.ndarray | Floats
+
+_NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32, torch.int64: np.int64}
+
+
+class StepTransforms(Mapping[str, torch.Tensor]):
+    """The transform fields of a state made by a CPU one-step path, as that path computed
+    them: NumPy arrays (several streams) or :class:`Floats` (one stream), each made a tensor
+    when first read (and kept), so every reader sees a mapping of tensors as ever.
+
+    Why: a served or streamed step writes about ten small fields, and a tensor costs
+    about a microsecond to make and another to read back as an array; the next step of the
+    same path reads the arrays or floats it wrote as they are (:func:`entry_of`), so a
+    chain of steps (a caller's loop, :class:`seqstate.recipe.run_streams.RunStreams`) makes
+    no tensor for a field nobody else reads. A tensor made from an array shares its memory
+    (as ``torch.from_numpy`` always did here); a field made from floats is read as floats
+    only until its tensor is made (after that the tensor is the field, so a change to it in
+    place is what the next step reads).
+    """
+
+    __slots__ = ("_entries", "fewest_steps")
+
+    def __init__(self, entries: dict[str, Entry], fewest_steps: int | None = None) -> None:
+        self._entries = entries
+        #: the fewest steps any row has taken (``steps.min()``), where the step that made
+        #: these fields knew it: read only while ``steps`` is not yet a tensor (see
+        #: :func:`fewest_steps`)
+        self.fewest_steps = fewest_steps
+
+    @staticmethod
+    def entries(transforms: Mapping[str, torch.Tensor]) -> dict[str, Entry]:
+        """A new dict of ``transforms``' fields as they are held (nothing made a tensor)."""
+        if type(transforms) is StepTransforms:
+            return dict(transforms._entries)
+        return dict(transforms)
+
+    def entry(self, name: str) -> Entry:
+        """Field ``name`` as held: a tensor, an array or :class:`Floats`."""
+        return self._entries[name]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        entry = self._entries[name]
+        if isinstance(entry, torch.Tensor):
+            return entry
+        if isinstance(entry, np.ndarray):
+            tensor = torch.from_numpy(entry)
+        else:
+            tensor = torch.tensor(entry.values, dtype=entry.dtype).reshape(entry.shape)
+        self._entries[name] = tensor
+        return tensor
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+
+def entry_of(transforms: Mapping[str, torch.Tensor], name: str) -> Entry:
+    """Field ``name`` of ``transforms`` as held (:meth:`StepTransforms.entry`; a tensor from
+    any other mapping)."""
+    if type(transforms) is StepTransforms:
+        return transforms.entry(name)
+    return transforms[name]
+
+
+def fewest_steps(transforms: Mapping[str, torch.Tensor]) -> int:
+    """``int(transforms["steps"].min())`` of a CPU state, without the reduction where the
+    step that made ``transforms`` kept it (and nobody has read ``steps`` as a tensor since,
+    which could have changed it in place)."""
+    if type(transforms) is StepTransforms:
+        entry = transforms.entry("steps")
+        if transforms.fewest_steps is not None and not isinstance(entry, torch.Tensor):
+            return transforms.fewest_steps
+        return int(as_array(entry).min())
+    return int(transforms["steps"].min())
+
+
+def as_floats(entry: Entry) -> list[Any]:
+    """A CPU field's values flat, row-major, as Python numbers."""
+    if isinstance(entry, Floats):
+        return entry.values
+    if isinstance(entry, np.ndarray):
+        return entry.ravel().tolist()
+    return entry.numpy().ravel().tolist()
+
+
+def as_array(entry: Entry) -> np.ndarray:
+    """A CPU field as a NumPy array of its tensor's shape and dtype (an array or a
+    tensor's: its memory, not a copy)."""
+    if isinstance(entry, np.ndarray):
+        return entry
+    if isinstance(entry, Floats):
+        return np.array(entry.values, dtype=_NUMPY_DTYPES[entry.dtype]).reshape(entry.shape)
+    return entry.numpy()
 
 
 @dataclasses.dataclass(frozen=True)
