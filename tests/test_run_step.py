@@ -585,3 +585,34 @@ def test_a_fast_step_state_changed_in_place_is_what_the_next_step_reads(streams,
     np.testing.assert_array_equal(y.numpy(), expected.numpy())
     if field == "steps":
         assert np.isnan(y.numpy()[0]).all() and not np.isnan(y.numpy()[1:]).any()
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_a_state_holds_nothing_of_the_callers_arrays(name, streams):
+    # A caller reuses its input buffers: the state a step returned must not change when the
+    # caller writes the next step's values into the arrays it passed (x and time), on the
+    # torch path (two steps at once) and the one-step fast paths alike.
+    table, _, run_step = build(name)
+    table = table.select(list(range(streams)))
+    length = min(len(t) for t in table.times)
+    x = np.stack([step_tables.table_inputs(run_step, table, i)[:length] for i in range(streams)])
+    time = np.stack([step_tables.table_times(run_step, t)[:length] for t in table.times])
+    state = run_step.initial_state(list(table.ids), context=table)
+    for j in range(length - 2):
+        chunk = 2 if j % 5 == 0 else 1
+        step_x = x[:, j : j + chunk].copy() if chunk == 2 else x[:, j].copy()
+        step_time = time[:, j : j + chunk].copy() if chunk == 2 else time[:, j].copy()
+        for as_tensor in (True, False):
+            given_x = torch.from_numpy(step_x.copy()) if as_tensor else step_x.copy()
+            given_time = torch.from_numpy(step_time.copy()) if as_tensor else step_time.copy()
+            _, after = run_step.step(state, given_x, given_time)
+            kept = after.to_bytes()
+            if isinstance(given_x, torch.Tensor):
+                given_x.add_(1000.0)
+                given_time.add_(3600)
+            else:
+                given_x += 1000.0
+                given_time += 3600
+            assert after.to_bytes() == kept, (j, as_tensor)
+        state = after

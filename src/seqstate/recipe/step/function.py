@@ -837,8 +837,8 @@ class RunStep(nn.Module):
         if self.history_scale is not None:
             transforms |= self.history_scale.advance(state.transforms, x)
         transforms["steps"] = seen + steps
-        if time is not None:
-            transforms["time"] = time[:, -1]
+        if time is not None:  # (a copy: the state keeps nothing of the caller's tensors)
+            transforms["time"] = time[:, -1].clone()
         y = outputs[0][None] if len(outputs) == 1 else torch.stack(outputs)
         # (its parts come from this state's, already checked: no second check per step)
         return y, RunState.unchecked(transforms, tuple(models))
@@ -874,8 +874,8 @@ class RunStep(nn.Module):
         if self.history_scale is not None:
             transforms |= self.history_scale.advance_rows(state.transforms, rows, first)
         transforms["steps"] = as_array(entry_of(state.transforms, "steps")) + 1
-        if stamps is not None:
-            transforms["time"] = stamps
+        if stamps is not None:  # (a copy: the state keeps nothing of the caller's arrays)
+            transforms["time"] = stamps.copy()
         answers = self._answers(outputs, x.shape[0])
         return answers, RunState.unchecked(StepTransforms(transforms, first + 1), tuple(models))
 
