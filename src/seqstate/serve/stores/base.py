@@ -52,7 +52,7 @@ class Record:
 
     __slots__ = (  # noqa: RUF023 - the fields' order, then the private caches
         "seq", "state", "output", "digest", "updated", "generation", "history", "_sum",
-        "_built_for", "_intact_for",
+        "_built_for", "_intact_for", "row_label",
     )  # fmt: skip
 
     seq: int  # last applied step number
@@ -64,6 +64,10 @@ class Record:
     # the answers of the steps just before ``seq`` (see :func:`kept_answers`), so a client
     # that pipelined several steps and lost its connection gets each of them replayed
     history: bytes
+    # what the engine that built the record knows of its state row without parsing it: (the
+    # row codec, the series it is bound to); None: read from ``state``. Not a stored field
+    # (neither compared nor checksummed)
+    row_label: tuple[object, str | None] | None
 
     def __init__(
         self,
@@ -86,6 +90,7 @@ class Record:
         self._sum: bytes | None = checksum
         self._built_for: str | None = None  # set by new_record: the checksum is then lazy
         self._intact_for: tuple[str, bool] | None = None
+        self.row_label = None
 
     @property
     def checksum(self) -> bytes:
