@@ -362,3 +362,22 @@ def test_sqlite_reads_with_kept_records_equal_reads_of_the_file(tmp_path_factory
         assert len(kept._known) <= limit
     for handle in (kept, other, plain):
         handle.close()
+
+
+def test_sqlite_new_files_hold_a_row_per_page_and_old_files_keep_their_pages(tmp_path):
+    """New files use 8 KiB pages (a stored row stays on its leaf page); a file written with
+    another page size opens, reads and commits as before, its pages unchanged."""
+    fresh = SQLiteStore(tmp_path / "new.sqlite")
+    assert fresh._db.execute("PRAGMA page_size").fetchone() == (8192,)
+    fresh.close()
+    with sqlite3.connect(tmp_path / "old.sqlite") as db:
+        db.execute("PRAGMA page_size=4096")
+        db.execute("CREATE TABLE other (a)")
+    old = SQLiteStore(tmp_path / "old.sqlite")
+    assert old.commit([Update("a", None, record("a", 1))]) == [True]
+    old.close()
+    reopened = SQLiteStore(tmp_path / "old.sqlite", known_records=0)
+    assert reopened._db.execute("PRAGMA page_size").fetchone() == (4096,)
+    (a,) = reopened.get_many(["a"])
+    assert a is not None and a.seq == 1 and a.intact("a")
+    reopened.close()
