@@ -27,7 +27,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -44,9 +44,9 @@ from seqstate.serve.stores.base import StateStore, Update, kept_answers, new_rec
 __all__ = ["Engine", "Outcome", "Prepared", "Sampling", "StepRequest", "StepResult"]
 
 
-@dataclasses.dataclass(frozen=True)
-class StepRequest:
-    """One validated step (or k steps) of one stream, in raw units."""
+class StepRequest(NamedTuple):
+    """One validated step (or k steps) of one stream, in raw units. (A named tuple, not a
+    frozen dataclass: one per step, and building one costs several times less.)"""
 
     stream: str
     seq: int
@@ -82,8 +82,10 @@ class Sampling:
     seed: int | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class StepResult:
+class StepResult(NamedTuple):
+    """A step's answer. (A named tuple, not a frozen dataclass: one per step, and building a
+    frozen dataclass costs several times more.)"""
+
     seq: int
     output: bytes  # JSON of y
     replayed: bool  # True: a retry answered from the store, nothing applied
