@@ -164,3 +164,27 @@ def test_every_step_is_decided_as_the_rules_say(model, batches, advance):
                     b.digest,
                     b.history,
                 )
+
+
+def test_replicas_on_one_store_answer_as_one_engine_reading_every_row_back(model):
+    """Two engines (replicas) on one store, steps of several streams in changing orders and
+    subsets, each replica stepping streams the other wrote last (a record it did not build):
+    every answer equals an engine that reads every record back from its fields."""
+    shared, plain_store = MemoryStore(), FileLikeStore()
+    replicas = [Engine(model, shared, ttl_s=0) for _ in range(2)]
+    plain = Engine(model, plain_store, ttl_s=0)
+    streams = [f"s{k}" for k in range(5)]
+    seqs = dict.fromkeys(streams, 0)
+    orders = [streams, streams[::-1], streams[1::2], streams[::2][::-1], streams[2:], streams]
+    for step in range(12):
+        engine = replicas[step % 3 % 2]  # A, B, A, A, B, A, ...: own rows, stale rows, both
+        batch = orders[step % len(orders)]
+        requests = []
+        for stream in batch:
+            seqs[stream] += 1
+            value = int(stream[1:]) - 2 + step / 7
+            x = np.full((1, 3), value, np.float32)
+            requests.append(StepRequest(stream, seqs[stream], x, single=True, start=False))
+        got = engine.process(requests)
+        assert all(isinstance(o, StepResult) and not o.replayed for o in got)
+        assert got == plain.process(requests)
