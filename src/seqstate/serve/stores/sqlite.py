@@ -122,18 +122,21 @@ class SQLiteStore(StateStore):
         with self._read_lock, _errors("read"):
             for i in range(0, len(streams), _CHUNK):
                 chunk = list(dict.fromkeys(streams[i : i + _CHUNK]))
-                if known:  # the generations first: a kept record need not be read again
-                    marks = ",".join("?" * len(chunk))
+                kept = [stream for stream in chunk if stream in known] if known else []
+                if kept:  # their generations first: a kept record need not be read again
+                    marks = ",".join("?" * len(kept))
+                    held = dict(self._reader.execute(_GENERATIONS.format(marks=marks), kept))
                     missing = []
-                    for stream, generation in self._reader.execute(
-                        _GENERATIONS.format(marks=marks), chunk
-                    ):
+                    for stream in chunk:
                         record = known.get(stream)
-                        if record is not None and record.generation == generation:
-                            found[stream] = record
-                        else:
-                            missing.append(stream)
-                    chunk = missing  # absent streams are absent: not asked twice
+                        if record is None:
+                            missing.append(stream)  # never kept: read in full
+                        elif stream in held:  # (absent from the file: absent)
+                            if record.generation == held[stream]:
+                                found[stream] = record
+                            else:  # written since by another writer
+                                missing.append(stream)
+                    chunk = missing
                 if chunk:
                     marks = ",".join("?" * len(chunk))
                     for stream, *fields in self._reader.execute(_FULL.format(marks=marks), chunk):
