@@ -144,6 +144,9 @@ def test_one_damaged_record_fails_only_its_own_stream(run_dir, model, tmp_path, 
                 )  # fmt: skip
             db.commit()
             db.close()
+        # the server that wrote the records keeps them and would not read them back: the
+        # damage is found by the server that reads the file next (a restart, another replica)
+        async with serving(create_app(config)) as client:
             batch = await client.post(
                 "/v1/steps",
                 json={"steps": [{"id": "bad", "seq": 2, "x": X}, {"id": "good", "seq": 2, "x": X}]},
@@ -159,6 +162,37 @@ def test_one_damaged_record_fails_only_its_own_stream(run_dir, model, tmp_path, 
                 "/v1/streams/bad/steps", json={"seq": 2, "x": X, "start": True}
             )
             assert restarted.status_code == 200  # start=true overwrites the damaged record
+
+    run(main())
+
+
+def test_a_damaged_state_under_the_server_that_wrote_it_is_answered_from_its_copy(
+    run_dir, model, tmp_path
+):
+    """The server keeps the records it committed: a byte flipped in the file under it does
+    not reach an answer (the kept copy, recognised by its generation, is the one it wrote),
+    and its next commit writes the whole row again, whose checksum then holds."""
+    path = tmp_path / "s.sqlite"
+
+    async def main():
+        config = make_config(run_dir, store=f"sqlite:///{path}")
+        async with serving(create_app(config)) as client:
+            r = await client.post("/v1/streams/a/steps", json={"seq": 1, "x": X})
+            assert r.status_code == 200
+            db = sqlite3.connect(path)
+            (state,) = db.execute("SELECT state FROM streams WHERE id='a'").fetchone()
+            flipped = bytearray(state)
+            flipped[-1] ^= 0x01
+            db.execute("UPDATE streams SET state=? WHERE id='a'", (bytes(flipped),))
+            db.commit()
+            db.close()
+            r = await client.post("/v1/streams/a/steps", json={"seq": 2, "x": X})
+            assert r.status_code == 200
+            assert np.allclose(r.json()["y"], replay(model, [(X, False), (X, False)])[1], atol=1e-5)
+        reader = SQLiteStore(path, known_records=0)
+        (record,) = reader.get_many(["a"])
+        reader.close()
+        assert record is not None and record.seq == 2 and record.intact("a")
 
     run(main())
 

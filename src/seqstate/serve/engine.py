@@ -27,7 +27,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -44,9 +44,9 @@ from seqstate.serve.stores.base import StateStore, Update, kept_answers, new_rec
 __all__ = ["Engine", "Outcome", "Prepared", "Sampling", "StepRequest", "StepResult"]
 
 
-@dataclasses.dataclass(frozen=True)
-class StepRequest:
-    """One validated step (or k steps) of one stream, in raw units."""
+class StepRequest(NamedTuple):
+    """One validated step (or k steps) of one stream, in raw units. (A named tuple, not a
+    frozen dataclass: one per step, and building one costs several times less.)"""
 
     stream: str
     seq: int
@@ -82,16 +82,19 @@ class Sampling:
     seed: int | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class StepResult:
+class StepResult(NamedTuple):
+    """A step's answer. (A named tuple, not a frozen dataclass: one per step, and building a
+    frozen dataclass costs several times more.)"""
+
     seq: int
     output: bytes  # JSON of y
     replayed: bool  # True: a retry answered from the store, nothing applied
 
 
 Outcome = StepResult | Reject
-# a step to apply: (request index, decision, stored row or None: from zero, its series)
-Item = tuple[int, Apply, bytes | None, str | None]
+# a step to apply: (request index, the generation its commit expects (None: absent), whether
+# it adds a live stream, stored row or None: from zero, the series the row is bound to)
+Item = tuple[int, bytes | None, bool, bytes | None, str | None]
 
 
 @dataclasses.dataclass
@@ -160,6 +163,27 @@ class Engine:
         keep = self.replay_window - 1
         ttl_s, codec = self.ttl_s, self.codec
         for i, (request, record) in enumerate(zip(requests, records, strict=True)):
+            if (  # the usual step: the next one of a live stream (decide()'s Apply, inline)
+                record is not None
+                and not request.start
+                and request.seq == record.seq + 1
+                and record.intact(request.stream)
+                and not (ttl_s > 0 and abs(now - record.updated) > ttl_s)
+            ):
+                label = record.row_label
+                if label is not None and label[0] is codec:  # built by this engine
+                    fits, bound = True, label[1]
+                else:
+                    fits, bound = codec.read_label(record.state)
+                if not fits:
+                    outcomes[i] = _incompatible(request.seq)
+                elif request.series is not None and request.series != bound:
+                    outcomes[i] = _series_mismatch(request, bound)
+                else:
+                    to_apply.append((i, record.generation, False, record.state, bound))
+                    if keep > 0:
+                        histories[i] = kept_answers(record, keep)
+                continue
             decision = decide(
                 record,
                 stream=request.stream,
@@ -171,7 +195,7 @@ class Engine:
             )
             if type(decision) is Apply:
                 if decision.from_zero:
-                    to_apply.append((i, decision, None, request.series))
+                    to_apply.append((i, decision.expected, decision.creates, None, request.series))
                     if (  # a restart keeps the answers of the stream it restarts
                         record is not None
                         and keep > 0
@@ -192,7 +216,7 @@ class Engine:
                 elif request.series is not None and request.series != bound:
                     outcomes[i] = _series_mismatch(request, bound)
                 else:
-                    to_apply.append((i, decision, record.state, bound))
+                    to_apply.append((i, decision.expected, False, record.state, bound))
                     if keep > 0 and not decision.creates and record.intact(request.stream):
                         histories[i] = kept_answers(record, keep)
             elif type(decision) is Replay:
@@ -240,7 +264,7 @@ class Engine:
         """Refuse new streams past ``max_live_streams`` (503 stream_capacity); steps of live
         streams always pass. The count is the kept estimate (``livecount.py``), never a scan."""
         limit = self.max_live_streams
-        creating = [item for item in to_apply if item[1].creates]
+        creating = [item for item in to_apply if item[2]]
         if limit is None or not creating:
             return to_apply
         room = max(limit - self.live.value, 0)
@@ -287,11 +311,11 @@ class Engine:
         """The batch state of ``to_apply`` (stored rows decoded at once, new streams bound to
         their series), each item's row in it (-1: refused) and its series."""
         requests, outcomes = prepared.requests, prepared.outcomes
-        stored = [row for _, _, row, _ in to_apply if row is not None]
+        stored = [item[3] for item in to_apply if item[3] is not None]
         parts = [self.codec.decode(stored)] if stored else []
         position, series = [], []
         next_stored, next_fresh = 0, len(stored)
-        for i, _, row, bound in to_apply:
+        for i, _, _, row, bound in to_apply:
             request = requests[i]
             series.append(bound)
             if row is not None:
@@ -326,7 +350,8 @@ class Engine:
         last_time = state.transforms["time"].tolist()
         # one call per (steps, time sent?) group: the step function takes no padding
         groups: dict[tuple[int, bool], list[int]] = {}
-        for j, (i, _, _, _) in enumerate(to_apply):
+        for j, item in enumerate(to_apply):
+            i = item[0]
             request = requests[i]
             if position[j] < 0:
                 continue
@@ -392,9 +417,13 @@ class Engine:
         answers: list[Any] = y.tolist()
         # rows with a step that has no answer yet
         warm_rows: list[bool] = list(warm.any(axis=1).tolist())  # type: ignore[arg-type]
-        blobs = self.codec.encode(new_state, [series[j] for j in members])
+        bound = [series[j] for j in members]
+        codec = self.codec
+        blobs = codec.encode(new_state, bound)
         digests, histories = prepared.digests, prepared.histories
         fresh = os.urandom(16 * len(members))  # every new record's generation, drawn at once
+        answered_list, committed, updates = prepared.answers, prepared.committed, prepared.updates
+        creates, single_dumps = prepared.creates, jsonio.dumps_finite
         for row, (j, i) in enumerate(zip(members, indices, strict=True)):
             request = requests[i]
             if not finite[row]:
@@ -406,10 +435,10 @@ class Engine:
                     [None] * len(values) if warm[row, t] else values
                     for t, values in enumerate(answer)
                 ]
-            output = jsonio.dumps_finite(answer[0] if request.single else answer)
-            prepared.answers.append(output)
-            prepared.committed.append(i)
-            decision = to_apply[j][1]
+            output = single_dumps(answer[0] if request.single else answer)
+            answered_list.append(output)
+            committed.append(i)
+            item = to_apply[j]
             record = new_record(
                 request.stream,
                 seq=request.seq,
@@ -420,8 +449,9 @@ class Engine:
                 history=histories.get(i, b""),
                 generation=fresh[16 * row : 16 * row + 16],
             )
-            prepared.updates.append(Update(request.stream, decision.expected, record))
-            prepared.creates.append(decision.creates)
+            record.row_label = (codec, bound[row])  # the next step need not parse the row
+            updates.append(Update(request.stream, item[1], record))
+            creates.append(item[2])
 
     # --- forecasts ---------------------------------------------------------------------------
 

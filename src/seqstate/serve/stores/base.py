@@ -15,11 +15,11 @@ the very records the engine built: intact by construction, never checksummed.)
 from __future__ import annotations
 
 import abc
-import dataclasses
 import hashlib
 import os
 import struct
 from collections.abc import Sequence
+from typing import NamedTuple
 
 __all__ = [
     "Record",
@@ -52,7 +52,7 @@ class Record:
 
     __slots__ = (  # noqa: RUF023 - the fields' order, then the private caches
         "seq", "state", "output", "digest", "updated", "generation", "history", "_sum",
-        "_built_for", "_intact_for",
+        "_built_for", "_intact_for", "row_label",
     )  # fmt: skip
 
     seq: int  # last applied step number
@@ -64,6 +64,10 @@ class Record:
     # the answers of the steps just before ``seq`` (see :func:`kept_answers`), so a client
     # that pipelined several steps and lost its connection gets each of them replayed
     history: bytes
+    # what the engine that built the record knows of its state row without parsing it: (the
+    # row codec, the series it is bound to); None: read from ``state``. Not a stored field
+    # (neither compared nor checksummed)
+    row_label: tuple[object, str | None] | None
 
     def __init__(
         self,
@@ -86,6 +90,7 @@ class Record:
         self._sum: bytes | None = checksum
         self._built_for: str | None = None  # set by new_record: the checksum is then lazy
         self._intact_for: tuple[str, bool] | None = None
+        self.row_label = None
 
     @property
     def checksum(self) -> bytes:
@@ -273,9 +278,10 @@ def _checksum(
 _LENGTHS_5, _LENGTHS_6 = struct.Struct("<5Qqd"), struct.Struct("<6Qqd")
 
 
-@dataclasses.dataclass(frozen=True)
-class Update:
-    """Write ``record`` for ``stream`` if its stored generation is still ``expected``."""
+class Update(NamedTuple):
+    """Write ``record`` for ``stream`` if its stored generation is still ``expected``. (A
+    named tuple, not a frozen dataclass: one per step, and building one costs several times
+    less.)"""
 
     stream: str
     expected: bytes | None  # the generation read before applying; None: must be absent

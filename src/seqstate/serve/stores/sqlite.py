@@ -5,11 +5,19 @@ default) the commit returns only after the WAL is fsync'ed, so an acknowledged s
 ``kill -9`` and power loss. ``synchronous=NORMAL`` survives ``kill -9`` (not power loss) and
 is faster on slow disks. Several processes (``--workers N``, or two servers on one file) share
 the file safely: writes are serialised by SQLite's lock and guarded by the generation CAS.
+
+Reads: the store keeps the records it committed (at most ``known_records`` of them, the most
+recently written). A read asks the file for each stream's generation alone; where that is the
+generation of a kept record, the kept record is the stored one (a generation is 16 random
+bytes, written once), so its wide fields are not read back, copied or checksummed again.
+Every other stream (written by another process, deleted, never kept) is read in full as
+before: what a read returns is what the file holds, the cache only saves the copy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -45,6 +53,12 @@ _UPDATE = (
     "UPDATE streams SET seq=?, state=?, output=?, digest=?, updated=?, generation=?, "
     "checksum=?, history=? WHERE id=? AND generation=?"
 )
+_GENERATIONS = "SELECT id, generation FROM streams WHERE id IN ({marks})"
+_FULL = (
+    "SELECT id, seq, state, output, digest, updated, generation, checksum, history "
+    "FROM streams WHERE id IN ({marks})"
+)
+_PAGE_SIZE = 8192  # bytes, for new files (see SQLiteStore.__init__)
 _CHUNK = 500  # ids per SELECT … IN (…), well under SQLite's bound-variable limit
 # SQLite's primary result codes (sqlite3 names them only from Python 3.11)
 _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN = 8, 10, 13, 14
@@ -53,9 +67,16 @@ _CANNOT_WRITE = (_SQLITE_FULL, _SQLITE_IOERR, _SQLITE_READONLY, _SQLITE_CANTOPEN
 
 
 class SQLiteStore(StateStore):
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+    """``known_records``: how many committed records are kept in memory to be recognised by
+    their generation on the next read (0: none; every read then copies every field)."""
+
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "FULL", known_records: int = 65536
+    ) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA; received {synchronous!r}")
+        if type(known_records) is not int or known_records < 0:
+            raise ValueError(f"known_records must be an int >= 0; received {known_records!r}")
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self.write_problem = None
@@ -65,6 +86,13 @@ class SQLiteStore(StateStore):
             self._db = sqlite3.connect(
                 str(self.path), timeout=30, isolation_level=None, check_same_thread=False
             )
+            # a new file's pages hold a whole stored row (state, answer, kept answers: ~1.5
+            # KB for a small model with 16 answers kept): SQLite keeps at most ~1/4 of a page
+            # of a row on its leaf page and writes the rest to an overflow page of its own, so
+            # with the default 4 KiB pages every updated row wrote a whole 4 KiB overflow page
+            # too (a commit of 1000 rows took twice as long). A file already written keeps its
+            # page size (the pragma is ignored there): compatible both ways.
+            self._db.execute(f"PRAGMA page_size={_PAGE_SIZE}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._db.executescript(_SCHEMA)
@@ -83,22 +111,54 @@ class SQLiteStore(StateStore):
             raise StoreError(f"cannot open SQLite store {str(self.path)!r}: {error}") from None
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
+        # stream -> the last record this store committed for it, oldest write first
+        self.known_records = known_records
+        self._known: dict[str, Record] = {}
+        self._known_lock = threading.Lock()
 
     def get_many(self, streams: Sequence[str]) -> list[Record | None]:
         found: dict[str, Record] = {}
+        known = self._known
         with self._read_lock, _errors("read"):
             for i in range(0, len(streams), _CHUNK):
                 chunk = list(dict.fromkeys(streams[i : i + _CHUNK]))
-                marks = ",".join("?" * len(chunk))
-                rows = self._reader.execute(
-                    "SELECT id, seq, state, output, digest, updated, generation, checksum, "
-                    "history "
-                    f"FROM streams WHERE id IN ({marks})",
-                    chunk,
-                )
-                for stream, *fields in rows:
-                    found[stream] = _record(fields)
+                kept = [stream for stream in chunk if stream in known] if known else []
+                if kept:  # their generations first: a kept record need not be read again
+                    marks = ",".join("?" * len(kept))
+                    held = dict(self._reader.execute(_GENERATIONS.format(marks=marks), kept))
+                    missing = []
+                    for stream in chunk:
+                        record = known.get(stream)
+                        if record is None:
+                            missing.append(stream)  # never kept: read in full
+                        elif stream in held:  # (absent from the file: absent)
+                            if record.generation == held[stream]:
+                                found[stream] = record
+                            else:  # written since by another writer
+                                missing.append(stream)
+                    chunk = missing
+                if chunk:
+                    marks = ",".join("?" * len(chunk))
+                    for stream, *fields in self._reader.execute(_FULL.format(marks=marks), chunk):
+                        found[stream] = _record(fields)
         return [found.get(stream) for stream in streams]
+
+    def _keep(self, updates: Sequence[Update], written: Sequence[bool]) -> None:
+        """Keep the records just committed (and forget the ones whose CAS lost: another
+        writer holds that stream now)."""
+        limit = self.known_records
+        if limit == 0:
+            return
+        with self._known_lock:
+            known = self._known
+            for update, ok in zip(updates, written, strict=True):
+                known.pop(update.stream, None)  # re-inserted last: the newest write
+                if ok:
+                    known[update.stream] = update.record
+            excess = len(known) - limit
+            if excess > 0:
+                for stream in list(itertools.islice(known, excess)):
+                    del known[stream]
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -154,17 +214,21 @@ class SQLiteStore(StateStore):
                 changed += db.executemany(_INSERT, inserts).rowcount
             if changes:
                 changed += db.executemany(_UPDATE, changes).rowcount
-            if changed == len(updates):
-                return [True] * len(updates)  # committed on leaving the block
-            held: dict[str, bytes] = {}
-            streams = [update.stream for update in updates]
-            for i in range(0, len(streams), _CHUNK):
-                chunk = streams[i : i + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                held.update(
-                    db.execute(f"SELECT id, generation FROM streams WHERE id IN ({marks})", chunk)
-                )
-        return [held.get(update.stream) == update.record.generation for update in updates]
+            held: dict[str, bytes] | None = None
+            if changed != len(updates):
+                held = {}
+                streams = [update.stream for update in updates]
+                for i in range(0, len(streams), _CHUNK):
+                    chunk = streams[i : i + _CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    held.update(db.execute(_GENERATIONS.format(marks=marks), chunk))
+        # committed: the transaction ended without an error
+        if held is None:
+            written = [True] * len(updates)  # the usual case: no readback
+        else:
+            written = [held.get(u.stream) == u.record.generation for u in updates]
+        self._keep(updates, written)
+        return written
 
     def _commit_each(self, updates: Sequence[Update]) -> list[bool]:
         written = []
@@ -176,11 +240,17 @@ class SQLiteStore(StateStore):
                 else:
                     cursor = db.execute(_UPDATE, (*values, update.expected))
                 written.append(cursor.rowcount == 1)
+        # a stream twice: keep its last write (only if that one held)
+        last = {update.stream: i for i, update in enumerate(updates)}
+        kept = list(last.values())
+        self._keep([updates[i] for i in kept], [written[i] for i in kept])
         return written
 
     def delete(self, stream: str) -> bool:
         with self._transaction() as db:
             existed = db.execute("DELETE FROM streams WHERE id=?", (stream,)).rowcount == 1
+        with self._known_lock:
+            self._known.pop(stream, None)
         return existed
 
     def expire(self, now: float, ttl_s: float) -> int:
@@ -188,6 +258,13 @@ class SQLiteStore(StateStore):
             removed = db.execute(
                 "DELETE FROM streams WHERE updated < ? OR updated > ?", (now - ttl_s, now + ttl_s)
             ).rowcount
+        if removed:
+            with self._known_lock:  # (a kept record not in the file is never returned anyway)
+                self._known = {
+                    stream: record
+                    for stream, record in self._known.items()
+                    if abs(now - record.updated) <= ttl_s
+                }
         return removed
 
     def count(self) -> int:
