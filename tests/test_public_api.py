@@ -53,6 +53,21 @@ def test_core_import_stays_light() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_running_a_model_does_not_import_the_compiler() -> None:
+    """A process that never compiles (predict, forecast, serve) does not import torch._dynamo
+    (2-3 s at every start): the planner is kept out of compiled graphs only when one is made."""
+    code = (
+        "import sys, torch, seqstate\n"
+        "import seqstate.serve.app, seqstate.recipe.step.function, seqstate.cli.dispatch\n"
+        "layer = seqstate.LSTM(3, 4)\n"
+        "reset = torch.zeros(2, 5, dtype=torch.bool); reset[1, 2] = True\n"
+        "layer(torch.randn(2, 5, 3), reset=reset)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 # torch's RNN modules refresh their _flat_weights list when export swaps in its parameters
 # (torch.nn.LSTM itself warns the same)
 @pytest.mark.filterwarnings("ignore:The tensor attributes .*_flat_weights:UserWarning")

@@ -182,8 +182,26 @@ class Timeline:
         return f"Timeline(B={self.batch_size}, T={self.length}, {kind})"
 
 
+def host_only(fn: Any) -> Any:
+    """``fn`` kept out of any compiled graph (``torch.compiler.disable``), applied when first
+    called under compilation: the decorator imports ``torch._dynamo``, which costs as much as
+    importing torch itself (2-3 s), and a process that never compiles (``predict``,
+    ``forecast``, ``serve``) should not pay it for two functions it calls eagerly."""
+    disabled: list[Any] = []  # torch.compiler.disable(fn), once made
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if not torch.compiler.is_compiling():
+            return fn(*args, **kwargs)
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args, **kwargs)
+
+    return call
+
+
 # Host work by design, also under torch.compile (see _plan): built outside the graph.
-@torch.compiler.disable
+@host_only
 def plan_window(reset: torch.Tensor | None, mask: torch.Tensor | None) -> Timeline:
     """``Timeline(reset, mask)``, built outside any compiled graph (the layers' own planning)."""
     return Timeline(reset, mask)
@@ -364,7 +382,7 @@ class _Plan:
 
 # Host NumPy by design, also under torch.compile: traced by dynamo, its data-dependent sizes
 # would break the graph many times over, and its bool cumsums met a kernel that has none.
-@torch.compiler.disable
+@host_only
 def _plan(
     reset: np.ndarray | None, mask: np.ndarray | None, B: int, T: int, can_zero: bool
 ) -> _Plan | None:
