@@ -15,6 +15,7 @@ from torch import nn
 from seqstate.core.state import State
 from seqstate.lanes.lanes import Lanes, Window
 from seqstate.train.config import FitConfig
+from seqstate.train.evaluation import WindowCache
 from seqstate.train.history import EpochHook, History, WindowEnd, WindowHook
 from seqstate.train.losses import MaskedLoss, loss_forward
 from seqstate.train.progress import Due, EpochProgress, Every
@@ -54,6 +55,8 @@ class Trainer:
         self.model = model.to(device)
         self.train_lanes = train
         self.validation = validation
+        # the validation windows, built once: every epoch validates the same lanes
+        self.validation_windows = WindowCache()
         self.config = config
         self.loss = loss
         self.device = device
@@ -214,7 +217,9 @@ class Trainer:
             )
         record: dict[str, Any] = {"epoch": epoch, "loss": train_loss}
         if self.validation is not None:
-            metrics = self.replica.evaluate(self.model, self.validation, self.loss, self.device)
+            metrics = self.replica.evaluate(
+                self.model, self.validation, self.loss, self.device, self.validation_windows
+            )
             record.update({f"val_{name}": value for name, value in metrics.items()})
         record["lr"] = float(self.optimizer.param_groups[0]["lr"])
         record["steps_per_s"] = sums.real / sums.seconds if sums.seconds > 0 else 0.0
