@@ -417,6 +417,29 @@ def test_evaluate_restores_the_model_mode():
 # --------------------------------------------------------------------------------------------
 
 
+def test_metrics_file_appends_exactly_what_a_whole_rewrite_writes(tmp_path):
+    from seqstate.train.runfiles import METRICS_FILE, MetricsFile, write_metrics
+
+    records = [{"epoch": k, "loss": 1.0 / (k + 1), "val_loss": 0.5 + k} for k in range(5)]
+    (tmp_path / "ref").mkdir()
+
+    def reference(count: int) -> str:
+        write_metrics(tmp_path / "ref", History(records=records[:count]))
+        return (tmp_path / "ref" / METRICS_FILE).read_text()
+
+    path = tmp_path / METRICS_FILE
+    path.write_text("stale line from an interrupted epoch\n" * 9)  # first write: rewritten
+    metrics = MetricsFile(tmp_path)
+    for count in (2, 2, 3, 5):  # (2 twice: nothing new, nothing appended)
+        metrics.write(History(records=records[:count]))
+        assert path.read_text() == reference(count)
+    metrics.write(History(records=records[:1]))  # fewer records than written: rewritten
+    assert path.read_text() == reference(1)
+    path.unlink()  # gone: written whole again
+    metrics.write(History(records=records[:4]))
+    assert path.read_text() == reference(4)
+
+
 def test_run_dir_holds_model_metrics_and_plot(tmp_path):
     lanes = Lanes.from_series(sine_series(200), lanes=4, window=10)
     model = make_model()

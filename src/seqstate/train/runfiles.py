@@ -29,6 +29,34 @@ def write_metrics(run_dir: Path, history: History) -> None:
     write_text_atomic(run_dir / METRICS_FILE, text)
 
 
+class MetricsFile:
+    """metrics.jsonl kept in step with one fit's History, epoch by epoch.
+
+    The first write rewrites the file whole (atomically, :func:`write_metrics`): after a
+    resume it may hold epochs past the checkpoint. Later writes append the new epochs' lines
+    in one ``write`` on a file opened for appending, instead of a rewrite and a rename per
+    epoch (a rename cost more than validating a small data set). The file then reads exactly
+    as :func:`write_metrics` would write it.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / METRICS_FILE
+        self.written: int | None = None  # records in the file, once this object wrote it
+
+    def write(self, history: History) -> None:
+        records = history.records
+        if self.written is None or self.written > len(records) or not self.path.is_file():
+            write_metrics(self.path.parent, history)
+        elif self.written < len(records):
+            text = "".join(
+                json.dumps(metrics_line(record), sort_keys=True) + "\n"
+                for record in records[self.written :]
+            )
+            with open(self.path, "a", encoding="utf-8") as file:
+                file.write(text)
+        self.written = len(records)
+
+
 def metrics_line(record: dict[str, Any]) -> dict[str, Any]:
     """One line of metrics.jsonl: the History record with ``epoch`` numbered from 1 and the
     0-based index as ``epoch_index``."""
