@@ -261,6 +261,50 @@ def test_validation_never_touches_training():
     assert history.monitor == "val_loss"
 
 
+def test_kept_validation_windows_score_each_epoch_as_a_fresh_pass():
+    # fit builds the validation windows once and reuses them every epoch; each epoch's
+    # metrics must equal a pass over freshly built windows (padding, resets and a timeline
+    # in play: variable lengths, several lanes).
+    train = Lanes.from_sequences(variable_sequences(12), lanes=4, window=5, shuffle=True)
+    validation = Lanes.from_sequences(variable_sequences(7, seed=9), lanes=3, window=4)
+    model = make_model(num_layers=2, dropout=0.3)
+    fresh: list[dict[str, float]] = []
+    history = fit(
+        model,
+        train,
+        validation=validation,
+        epochs=4,
+        on_epoch=lambda record: fresh.append(evaluate(model, validation)),
+        **QUIET,
+    )
+    assert len(fresh) == 4
+    for record, reference in zip(history.records, fresh, strict=True):
+        for name in ("loss", "mae", "rmse"):
+            assert record[f"val_{name}"] == reference[name], name
+
+
+def test_window_cache_keeps_the_first_pass_within_its_budget():
+    from seqstate.train.evaluation import WindowCache
+
+    lanes = Lanes.from_sequences(variable_sequences(7, seed=9), lanes=3, window=4)
+    cpu = torch.device("cpu")
+    cache = WindowCache()
+    first = list(cache.windows(lanes, None, cpu, torch.float32))
+    again = list(cache.windows(lanes, None, cpu, torch.float32))
+    assert len(first) == len(lanes) and all(a is b for a, b in zip(first, again, strict=True))
+    other = Lanes.from_sequences(variable_sequences(7, seed=9), lanes=3, window=4)
+    rebuilt = list(cache.windows(other, None, cpu, torch.float32))  # other lanes: built anew
+    assert all(a is not b for a, b in zip(first, rebuilt, strict=True))
+    for a, b in zip(first, rebuilt, strict=True):
+        assert torch.equal(a.x, b.x) and torch.equal(a.reset, b.reset) and a.counted == b.counted
+    tight = WindowCache(budget=0)  # nothing fits: every pass builds its windows
+    once = list(tight.windows(lanes, None, cpu, torch.float32))
+    twice = list(tight.windows(lanes, None, cpu, torch.float32))
+    assert all(a is not b for a, b in zip(once, twice, strict=True))
+    with pytest.raises(ValueError, match="budget"):
+        WindowCache(budget=-1)
+
+
 def test_seeded_training_is_bitwise_deterministic():
     lanes = Lanes.from_sequences(variable_sequences(10), lanes=3, window=6, shuffle=True)
     runs = []
@@ -371,6 +415,29 @@ def test_evaluate_restores_the_model_mode():
 # --------------------------------------------------------------------------------------------
 # Run directory
 # --------------------------------------------------------------------------------------------
+
+
+def test_metrics_file_appends_exactly_what_a_whole_rewrite_writes(tmp_path):
+    from seqstate.train.runfiles import METRICS_FILE, MetricsFile, write_metrics
+
+    records = [{"epoch": k, "loss": 1.0 / (k + 1), "val_loss": 0.5 + k} for k in range(5)]
+    (tmp_path / "ref").mkdir()
+
+    def reference(count: int) -> str:
+        write_metrics(tmp_path / "ref", History(records=records[:count]))
+        return (tmp_path / "ref" / METRICS_FILE).read_text()
+
+    path = tmp_path / METRICS_FILE
+    path.write_text("stale line from an interrupted epoch\n" * 9)  # first write: rewritten
+    metrics = MetricsFile(tmp_path)
+    for count in (2, 2, 3, 5):  # (2 twice: nothing new, nothing appended)
+        metrics.write(History(records=records[:count]))
+        assert path.read_text() == reference(count)
+    metrics.write(History(records=records[:1]))  # fewer records than written: rewritten
+    assert path.read_text() == reference(1)
+    path.unlink()  # gone: written whole again
+    metrics.write(History(records=records[:4]))
+    assert path.read_text() == reference(4)
 
 
 def test_run_dir_holds_model_metrics_and_plot(tmp_path):

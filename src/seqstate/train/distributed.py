@@ -45,7 +45,7 @@ from torch import nn
 
 from seqstate.core.state import State
 from seqstate.lanes.lanes import Lanes
-from seqstate.train.evaluation import lane_metric_sums
+from seqstate.train.evaluation import WindowCache, lane_metric_sums
 from seqstate.train.losses import MaskedLoss, MetricSums
 from seqstate.train.replica import EpochSums, Replica
 from seqstate.train.snapshots import restore_rng
@@ -352,13 +352,18 @@ class _RankReplica(Replica):
         )
 
     def evaluate(
-        self, model: nn.Module, lanes: Lanes, loss: MaskedLoss, device: torch.device
+        self,
+        model: nn.Module,
+        lanes: Lanes,
+        loss: MaskedLoss,
+        device: torch.device,
+        cache: WindowCache | None = None,
     ) -> dict[str, float]:
         names = ["loss", "accuracy"] if loss.is_classification else ["loss", "mae", "mse"]
         rows = _split_block(lanes.num_lanes, self.world_size, self.rank)
         local = MetricSums(loss, device)
         if rows.stop > rows.start:
-            local = lane_metric_sums(model, lanes, loss, device, rows=rows)
+            local = lane_metric_sums(model, lanes, loss, device, rows=rows, cache=cache)
         unexpected = sorted(set(local.totals) - set(names))
         if unexpected:
             raise RuntimeError(f"distributed training does not reduce metrics {unexpected} yet")

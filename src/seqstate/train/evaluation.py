@@ -6,13 +6,15 @@ A model on lanes, in training's terms; a trained run on a table (warm, in raw un
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from seqstate.core.protocol import check_core
+from seqstate.core.timeline import Timeline
 from seqstate.lanes.lanes import Lanes
 from seqstate.train.checks import check_compatible, check_lanes, resolve_loss
 from seqstate.train.config import FitConfig
@@ -102,9 +104,85 @@ class _SeriesErrors:
 
 
 def lane_metrics(
-    model: nn.Module, lanes: Lanes, loss: MaskedLoss, device: torch.device
+    model: nn.Module,
+    lanes: Lanes,
+    loss: MaskedLoss,
+    device: torch.device,
+    cache: WindowCache | None = None,
 ) -> dict[str, float]:
-    return lane_metric_sums(model, lanes, loss, device).result()
+    return lane_metric_sums(model, lanes, loss, device, cache=cache).result()
+
+
+class PreparedWindow(NamedTuple):
+    """One window as an evaluation pass feeds it to the model (see :func:`to_device`)."""
+
+    x: torch.Tensor  # (B, T, F) on the device, in the model's dtype
+    y: torch.Tensor  # (B, T, O)
+    mask: torch.Tensor  # (B, T) loss mask
+    reset: torch.Tensor  # (B, T)
+    model_mask: torch.Tensor | None  # (B, T) real input, None when no step is padding
+    timeline: Timeline | None
+    counted: int  # steps whose target counts
+    seq: torch.Tensor  # (B, T) sequence index, -1 for padding (on the host)
+
+
+class WindowCache:
+    """Evaluation windows kept between passes over the same lanes.
+
+    Training validates the same lanes (epoch 0, unshuffled) after every epoch; building their
+    windows (gathering the rows, planning each window's timeline, moving it to the device)
+    costs about as much as running a small model on them, and gives the same tensors every
+    time. A cache keeps them from the first pass while they fit in ``budget`` bytes; past
+    that, every pass builds them again. The model never writes into its inputs, so a kept
+    window gives exactly the outputs of a fresh one.
+    """
+
+    def __init__(self, budget: int = 128 * 2**20) -> None:
+        if not isinstance(budget, int) or budget < 0:
+            raise ValueError(f"budget must be a non-negative int (bytes); received {budget!r}")
+        self.budget = budget
+        # (rows, device, dtype) -> (the lanes, their windows or None when over budget)
+        self._kept: dict[tuple[Any, ...], tuple[Lanes, list[PreparedWindow] | None]] = {}
+
+    def windows(
+        self, lanes: Lanes, rows: Any, device: torch.device, dtype: torch.dtype
+    ) -> Iterator[PreparedWindow]:
+        """The windows of ``rows`` of ``lanes`` (epoch 0), kept from the first pass."""
+        rows_key = None if rows is None else (rows.start, rows.stop, rows.step)
+        key = (rows_key, str(device), dtype)
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] is lanes:
+            if kept[1] is not None:
+                yield from kept[1]
+                return
+            yield from prepared_windows(lanes, rows, device, dtype)
+            return
+        windows: list[PreparedWindow] | None = []
+        size = 0
+        for window in prepared_windows(lanes, rows, device, dtype):
+            if windows is not None:
+                size += sum(
+                    t.numel() * t.element_size()
+                    for t in (window.x, window.y, window.mask, window.reset, window.seq)
+                )
+                if size <= self.budget:
+                    windows.append(window)
+                else:
+                    windows = None
+            yield window
+        self._kept[key] = (lanes, windows)
+
+
+def prepared_windows(
+    lanes: Lanes, rows: Any, device: torch.device, dtype: torch.dtype
+) -> Iterator[PreparedWindow]:
+    """The windows of ``rows`` of ``lanes`` (epoch 0) on ``device``, built as they are read."""
+    for window in lanes.windows(0, rows=rows):
+        valid = window.valid
+        counted = int(window.loss_mask.sum())
+        model_mask = None if bool(valid.all()) else valid
+        x, y, mask, reset, model_mask, timeline = to_device(window, model_mask, device, dtype)
+        yield PreparedWindow(x, y, mask, reset, model_mask, timeline, counted, window.seq)
 
 
 def lane_metric_sums(
@@ -115,29 +193,32 @@ def lane_metric_sums(
     rows: Any = None,
     *,
     per_series: _SeriesErrors | None = None,
+    cache: WindowCache | None = None,
 ) -> MetricSums:
     """Metric sums over ``rows`` of ``lanes`` (None: all lanes); with ``per_series``, each
-    sequence's errors are summed there too."""
+    sequence's errors are summed there too; with ``cache``, the windows are kept there for
+    the next pass over the same lanes."""
     dtype = first_parameter(model).dtype
     batch_size = len(np.arange(lanes.num_lanes)[slice(None) if rows is None else rows])
     was_training = model.training
     model.eval()
+    windows = (
+        prepared_windows(lanes, rows, device, dtype)
+        if cache is None
+        else cache.windows(lanes, rows, device, dtype)
+    )
     try:
         with torch.no_grad():
             state = initial_state(model, batch_size, device, dtype)
             sums = MetricSums(loss, device)
-            for window in lanes.windows(0, rows=rows):
-                valid = window.valid
-                counted = int(window.loss_mask.sum())
-                model_mask = None if bool(valid.all()) else valid
-                x, y, mask, reset, model_mask, timeline = to_device(
-                    window, model_mask, device, dtype
-                )
+            for window in windows:
                 forward = loss_forward(model, loss)
-                pred, state = call_model(forward, x, state, reset, model_mask, timeline)
-                sums.add(pred, y, mask, counted)
-                if per_series is not None and counted:
-                    per_series.add(loss.point(pred), y, mask, window.seq)
+                pred, state = call_model(
+                    forward, window.x, state, window.reset, window.model_mask, window.timeline
+                )
+                sums.add(pred, window.y, window.mask, window.counted)
+                if per_series is not None and window.counted:
+                    per_series.add(loss.point(pred), window.y, window.mask, window.seq)
             return sums
     finally:
         model.train(was_training)

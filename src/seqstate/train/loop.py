@@ -15,11 +15,12 @@ from torch import nn
 from seqstate.core.state import State
 from seqstate.lanes.lanes import Lanes, Window
 from seqstate.train.config import FitConfig
+from seqstate.train.evaluation import WindowCache
 from seqstate.train.history import EpochHook, History, WindowEnd, WindowHook
 from seqstate.train.losses import MaskedLoss, loss_forward
 from seqstate.train.progress import Due, EpochProgress, Every
 from seqstate.train.replica import EpochSums, Replica
-from seqstate.train.runfiles import CHECKPOINT_DIR, write_metrics, write_plot
+from seqstate.train.runfiles import CHECKPOINT_DIR, MetricsFile, write_plot
 from seqstate.train.snapshots import Snapshot, capture_rng, save_snapshot
 from seqstate.train.tensors import (
     call_model,
@@ -54,10 +55,13 @@ class Trainer:
         self.model = model.to(device)
         self.train_lanes = train
         self.validation = validation
+        # the validation windows, built once: every epoch validates the same lanes
+        self.validation_windows = WindowCache()
         self.config = config
         self.loss = loss
         self.device = device
         self.run_dir = run if replica.is_main else None
+        self.metrics_file = None if self.run_dir is None else MetricsFile(self.run_dir)
         self.writes_checkpoints = run is not None  # on every rank: checkpoints are collective
         self.progress = EpochProgress(config.progress if replica.is_main else False, config.epochs)
         self.show_progress = self.progress.live
@@ -214,7 +218,9 @@ class Trainer:
             )
         record: dict[str, Any] = {"epoch": epoch, "loss": train_loss}
         if self.validation is not None:
-            metrics = self.replica.evaluate(self.model, self.validation, self.loss, self.device)
+            metrics = self.replica.evaluate(
+                self.model, self.validation, self.loss, self.device, self.validation_windows
+            )
             record.update({f"val_{name}": value for name, value in metrics.items()})
         record["lr"] = float(self.optimizer.param_groups[0]["lr"])
         record["steps_per_s"] = sums.real / sums.seconds if sums.seconds > 0 else 0.0
@@ -243,8 +249,8 @@ class Trainer:
         self.trained_seconds += sums.seconds
         last = epoch + 1 >= config.epochs or self.history.stopped_early
         written = []
-        if self.run_dir is not None:
-            write_metrics(self.run_dir, self.history)
+        if self.run_dir is not None and self.metrics_file is not None:
+            self.metrics_file.write(self.history)
             if self.plot_due.check(epoch, last):
                 write_plot(self.run_dir, self.history)
         if self.checkpoint_due.check(epoch, last):

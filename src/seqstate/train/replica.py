@@ -15,7 +15,7 @@ from torch import nn
 
 from seqstate.core.state import State
 from seqstate.lanes.lanes import Lanes
-from seqstate.train.evaluation import lane_metrics
+from seqstate.train.evaluation import WindowCache, lane_metrics
 from seqstate.train.losses import MaskedLoss
 from seqstate.train.snapshots import restore_rng
 
@@ -46,9 +46,14 @@ class Replica:
         return sums  # distributed: the sums over all ranks' lanes
 
     def evaluate(
-        self, model: nn.Module, lanes: Lanes, loss: MaskedLoss, device: torch.device
+        self,
+        model: nn.Module,
+        lanes: Lanes,
+        loss: MaskedLoss,
+        device: torch.device,
+        cache: WindowCache | None = None,
     ) -> dict[str, float]:
-        return lane_metrics(model, lanes, loss, device)
+        return lane_metrics(model, lanes, loss, device, cache)
 
     def gather_checkpoint(
         self, state: State | None, sums: EpochSums | None, rng: Any
