@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 
 import pytest
 
@@ -138,49 +137,23 @@ def test_bar_ends_each_epoch_with_its_loss_and_val_loss(capsys):
     assert err.count("val_loss=") == 2 and err.count(" loss=") >= 2
 
 
-def test_a_plot_without_validation_draws_no_best_epoch(tmp_path):
+def test_a_plot_without_validation_draws_no_best_epoch(tmp_path, monkeypatch):
     # A refit trains on every row for a fixed number of epochs: no validation loss chose a
     # "best epoch" there, so its loss.png draws none; with validation the line is at the
     # 1-based epoch the summaries print.
-    from seqstate.train.history import History
-    from seqstate.train.runfiles import plot_layout, write_plot
+    from matplotlib.axes import Axes
 
+    from seqstate.train.history import History
+    from seqstate.train.runfiles import write_plot
+
+    lines: list[float] = []
+    monkeypatch.setattr(Axes, "axvline", lambda self, x, **kw: lines.append(x))
     records = [{"epoch": k, "loss": 1.0 / (k + 1)} for k in range(3)]
-    layout = plot_layout(History(records=records, best_epoch=2))
-    assert layout.best is None and [c[0] for c in layout.curves] == ["train loss"]
-    assert layout.curves[0][1:] == ((1, 2, 3), (1.0, 0.5, 1.0 / 3))
+    write_plot(tmp_path, History(records=records, best_epoch=2))
+    assert lines == []
     records = [{**r, "val_loss": 2.0 - r["epoch"] % 2} for r in records]
-    history = History(records=records, best_epoch=1)
-    layout = plot_layout(history)
-    assert layout.best == 2 and layout.curves[1] == ("validation loss", (1, 2, 3), (2.0, 1.0, 2.0))
-    # every point and every tick inside the axes
-    assert layout.x_range[0] < 1 and layout.x_range[1] > 3
-    assert layout.y_range[0] < 1.0 / 3 and layout.y_range[1] > 2.0
-    assert all(layout.x_range[0] <= t <= layout.x_range[1] for t in layout.x_ticks)
-    assert all(t == int(t) for t in layout.x_ticks) and 3 <= len(layout.x_ticks) <= 7
-    assert all(layout.y_range[0] <= t <= layout.y_range[1] for t in layout.y_ticks)
-    assert 3 <= len(layout.y_ticks) <= 8
-    write_plot(tmp_path, history)
-    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_a_plot_of_one_epoch_or_a_flat_or_missing_loss_still_draws(tmp_path):
-    from PIL import Image
-
-    from seqstate.train.history import History
-    from seqstate.train.runfiles import plot_layout, write_plot
-
-    for records in (
-        [{"epoch": 0, "loss": 0.5}],
-        [{"epoch": k, "loss": 0.5, "val_loss": 0.5} for k in range(4)],
-        [{"epoch": k, "loss": 0.5, "val_loss": math.nan} for k in range(4)],
-    ):
-        history = History(records=records, best_epoch=0)
-        layout = plot_layout(history)
-        assert layout.x_range[0] < layout.x_range[1] and layout.y_range[0] < layout.y_range[1]
-        write_plot(tmp_path, history)
-        with Image.open(tmp_path / "loss.png") as image:
-            assert image.size == (600, 400)
+    write_plot(tmp_path, History(records=records, best_epoch=1))
+    assert lines == [2]
 
 
 def test_a_redrawn_plot_keeps_nothing_of_the_one_before(tmp_path):

@@ -19,7 +19,7 @@ With ``run_dir`` fit writes::
     run_dir/
       model.json, model.safetensors   final weights (the best epoch's with early stopping)
       metrics.jsonl                   one JSON record per epoch (History.records)
-      loss.png                        loss curves (when Pillow is installed: seqstate[plot])
+      loss.png                        loss curves (when matplotlib is installed)
       checkpoint/                     everything exact resume needs, see seqstate.train.snapshots
 
 Where each part lives (every module holds one idea):
