@@ -726,3 +726,23 @@ def test_advance_steps_from_its_returned_states_as_forward_does(cell, num_layers
         if step % 3 == 2:
             assert state.equal(want)  # (reads the 3-D fields between steps)
     assert state.equal(want) and state.select([1, 0]).equal(want.select([1, 0]))
+
+
+def test_the_direct_step_skips_the_normalisation_exactly_when_forward_does():
+    """forward skips an identity normalisation when the input's shift and the output's scale
+    are of x's kind, whatever the other two buffers are: replacing those two by float64
+    ones leaves forward's answer in float32, and the direct step's with it."""
+    torch.manual_seed(7)
+    model = SequenceModel(input_size=F, output_size=O, hidden_size=H).eval()
+    model.input_scale = torch.ones(F, dtype=torch.float64)
+    model.output_shift = torch.zeros(O, dtype=torch.float64)
+    x = np.random.default_rng(11).normal(size=(1, F)).astype(np.float32)
+    with torch.no_grad():
+        want_y, want_state = model(torch.from_numpy(x)[:, None])
+    streams = Streams(model)
+    streams.step(["a"], np.zeros((1, F), np.float32))
+    streams.start("a")  # (the next step takes the hot path from a zero state)
+    y = streams.step(["a"], x)
+    assert y.dtype == np.float32 and np.array_equal(y, want_y[:, 0].numpy())
+    y, state = advance(model, model.initial_state(1), torch.from_numpy(x))
+    assert torch.equal(y, want_y[:, 0]) and state.equal(want_state)

@@ -88,11 +88,12 @@ class DirectStep:
     def _skips(self, x: torch.Tensor) -> tuple[bool, bool]:
         """(input, output): whether this step may skip the normalisation, as ``forward``
         does: the model's answer that it is the identity (``(x - 0) / 1 == x`` exactly),
-        with the buffers of ``x``'s dtype and device (type promotion and device unchanged;
-        the output's are the parameters' too). Kept with the buffers it was read from, the
-        sum of their versions (a counter only grows, so an equal sum means no buffer was
-        written) and the dtype of ``x``, so that a step asks again only after a buffer was
-        replaced or written (``x`` is on the parameters' device: the callers check it)."""
+        with the input's shift and the output's scale of ``x``'s dtype and device (type
+        promotion and device unchanged; the output is of ``x``'s kind too). Kept with the
+        buffers it was read from, the sum of their versions (a counter only grows, so an
+        equal sum means no buffer was written) and the dtype of ``x``, so that a step asks
+        again only after a buffer was replaced or written (``x`` is on the parameters'
+        device: the callers check it)."""
         buffers = self._buffers
         kept = self._normalisation
         if kept is not None:
@@ -117,9 +118,12 @@ class DirectStep:
             buffers["output_shift"],
             buffers["output_scale"],
         )
-        # (the buffers must be those of x: what forward's type promotion and device need)
-        same = all(t.dtype == x.dtype and t.device == x.device for t in tensors)
-        skips = (skip_input and same, skip_output and same)
+        # (forward's own test: the shift of x's kind, and the scale of the output's, which
+        # is x's: the head's parameters are those of the layers)
+        skips = (
+            skip_input and _same_kind(x, tensors[0]),
+            skip_output and _same_kind(x, tensors[3]),
+        )
         try:
             versions = sum(t._version for t in tensors)
         except RuntimeError:  # inference-mode tensors have no version counter: ask each time
@@ -167,6 +171,12 @@ class DirectStep:
             return y, new
         finally:
             torch._C._set_grad_enabled(grad_was_enabled)
+
+
+def _same_kind(x: torch.Tensor, buffer: torch.Tensor) -> bool:
+    """Skipping an identity normalisation leaves ``x`` exactly as computing it would: the
+    buffer is of ``x``'s dtype (no type promotion) and on its device."""
+    return x.dtype == buffer.dtype and x.device == buffer.device
 
 
 def _biased(layer: ResettableLayer, index: int) -> list[Any]:
