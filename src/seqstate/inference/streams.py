@@ -23,7 +23,11 @@ cell kernels and the head, bit for bit what ``forward`` computes) when the model
 nothing (a hook, an override) needs ``forward``; any other model runs its ``forward``.
 
 :func:`advance` is the pure function underneath, for callers that keep states elsewhere:
-``y, state = advance(model, state, x)``.
+``y, state = advance(model, state, x)``. A one-step state it returns keeps the cell kernels'
+2-D outputs and makes its 3-D fields only when something reads them
+(:meth:`seqstate.State._of_layers`), and a step from such a state (or from the state given
+last) is recognised by a few identity and shape tests before the full checks, which take
+every call those tests do not recognise.
 
 The model is checked once against the declared protocol (:class:`seqstate.SequenceCore`,
 by :func:`seqstate.core.protocol.check_sized_core`, one message for every entry point).
