@@ -151,10 +151,13 @@ def bench_streams(model, sizes: list[int], calls: int) -> list[dict]:
 
 def bench_step_vs_cell(model, sizes: list[int], blocks: int, calls: int) -> list[dict]:
     """One step of n streams: a bare nn.LSTMCell + nn.Linear call (the same weights, torch
-    tensors in and out, no state bookkeeping) vs ``advance`` (torch in and out, validated) vs
-    ``Streams.step`` (NumPy in and out, ids, state rows gathered and written back).
+    tensors in and out, no state bookkeeping) vs ``advance`` (torch in and out, validated;
+    from one state again and again, and carried: ``y, state = advance(model, state, x)``)
+    vs ``Streams.step`` (NumPy in and out, ids, state rows gathered and written back).
 
-    Thread CPU time per call, median over ``blocks`` interleaved blocks of ``calls`` calls.
+    Thread CPU time per call, median over ``blocks`` interleaved blocks of ``calls`` calls;
+    each ratio to the cell is the median of the per-block ratios (a block's methods run
+    back to back, so a change of the machine's load between blocks cancels out).
     """
     cell = torch.nn.LSTMCell(F, H)
     head = torch.nn.Linear(H, model.output_size)
@@ -182,12 +185,18 @@ def bench_step_vs_cell(model, sizes: list[int], blocks: int, calls: int) -> list
         def stepped(x_torch=x_torch, state=state) -> None:
             advance(model, state, x_torch)
 
+        carried = [state]
+
+        def carrying(x_torch=x_torch, carried=carried) -> None:
+            _, carried[0] = advance(model, carried[0], x_torch)
+
         def streamed(ids=ids, x=x, streams=streams) -> None:
             streams.step(ids, x)
 
         methods: dict[str, Callable[[], None]] = {
             "cell": bare,
             "advance": stepped,
+            "advance, carried": carrying,
             "Streams.step": streamed,
         }
         samples: dict[str, list[float]] = {name: [] for name in methods}
@@ -199,7 +208,13 @@ def bench_step_vs_cell(model, sizes: list[int], blocks: int, calls: int) -> list
                 for _ in range(calls):
                     methods[name]()
                 samples[name].append((time.thread_time() - start) / calls)
-        row = {"streams": n, **{k: statistics.median(v) for k, v in samples.items()}}
+        row: dict = {"streams": n, **{k: statistics.median(v) for k, v in samples.items()}}
+        row["ratio"] = {
+            name: statistics.median(
+                t / c for t, c in zip(samples[name], samples["cell"], strict=True)
+            )
+            for name in methods
+        }
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -268,22 +283,29 @@ def render(args, series_rows, chunk_rows, lane_rows, stream_rows, step_rows) -> 
             f"{row['stacked_steps_per_s']:,.0f} | {row['dict_calls_per_s']:,.0f} | "
             f"{row['dict_steps_per_s']:,.0f} |"
         )
-    lines += [
-        "",
+    lines += ["", render_steps(args, step_rows)]
+    return "\n".join(lines)
+
+
+def render_steps(args, step_rows) -> str:
+    """The table of one step of n streams against the bare cell, and why."""
+    lines = [
         "One step of n streams against a bare `nn.LSTMCell` + `nn.Linear` call on the same "
         f"weights (F={F}, H={H}; torch tensors in and out, no state bookkeeping, no checks): "
         "thread CPU time per call (with one thread torch computes on the calling thread; "
         "CPU time leaves out the waits on this shared machine), median of "
-        f"{args.step_blocks} interleaved blocks of calls. `advance` takes and returns torch "
-        "tensors and validates them; `Streams.step` takes and returns NumPy, maps ids to "
-        "state rows, gathers them and writes them back.",
+        f"{args.step_blocks} interleaved blocks of calls; each ratio is the median of the "
+        "per-block ratios (the methods of a block run back to back). `advance` takes and "
+        "returns torch tensors and validates them, from one state again and again and "
+        "carried (`y, state = advance(model, state, x)`); `Streams.step` takes and returns "
+        "NumPy, maps ids to state rows, gathers them and writes them back.",
         "",
-        "| streams | cell (us) | advance (us) | Streams.step (us) | advance / cell | "
-        "Streams.step / cell | target |",
-        "|---:|---:|---:|---:|---:|---:|---|",
+        "| streams | cell (us) | advance (us) | advance, carried (us) | Streams.step (us) | "
+        "advance / cell | advance, carried / cell | Streams.step / cell | target |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in step_rows:
-        n, cell = row["streams"], row["cell"]
+        n, cell, ratio = row["streams"], row["cell"], row["ratio"]
         # (one stream: advance <= 1.1x and Streams.step <= 1.2x the cell; 1 000 streams:
         # Streams.step's throughput >= 0.95x the cell's)
         goals = (
@@ -291,37 +313,38 @@ def render(args, series_rows, chunk_rows, lane_rows, stream_rows, step_rows) -> 
         )
         verdicts = []
         for name, limit in goals:
-            ratio = row[name] / cell
-            verdict = "met" if ratio <= limit else f"**missed** ({ratio:.2f}x)"
+            verdict = "met" if ratio[name] <= limit else f"**missed** ({ratio[name]:.2f}x)"
             verdicts.append(f"{name} <= {limit:.3g}x cell: {verdict}")
         lines.append(
             f"| {n:,} | {1e6 * cell:,.1f} | {1e6 * row['advance']:,.1f} | "
-            f"{1e6 * row['Streams.step']:,.1f} | {row['advance'] / cell:.2f} | "
-            f"{row['Streams.step'] / cell:.2f} | {'; '.join(verdicts)} |"
+            f"{1e6 * row['advance, carried']:,.1f} | {1e6 * row['Streams.step']:,.1f} | "
+            f"{ratio['advance']:.2f} | {ratio['advance, carried']:.2f} | "
+            f"{ratio['Streams.step']:.2f} | {'; '.join(verdicts)} |"
         )
     lines += ["", STEP_WHY]
     return "\n".join(lines)
 
 
 STEP_WHY = """\
-Where a single step's time goes: `advance` and `Streams.step` validate once at the public
-boundary, then take the model's trusted step entry (`SequenceModel._trusted_step`): each layer's
-cell kernel (`lstm_cell`, the call `nn.LSTMCell` makes, with the layer's own weights) and the
-head's `Linear.forward` directly, without `nn.Module.__call__` or the layers' re-validation
-(hooks, an overridden forward or input masking send steps through `forward` instead; the
-result is `forward`'s bit for bit, tested). What the bare call still does not do: `advance`
-checks the model, shapes, dtype and NaN/inf (a sum first, values only if it is not finite),
-checks that the model may be stepped directly and that its normalisation is the identity
-(cached against the buffers' versions), finds the 2-D views the cell kernels take of the
-state it was given (kept for the last state given and the last returned, while they live)
-and wraps the new state in a `State`; `Streams.step` also converts NumPy in and out, checks
-ids and values, and gathers the state rows and writes them back (cached views of the buffer
-rows when every stream steps in row order, and for small states the kernels' outputs kept
-until anything else needs the buffer; one index_select and one index_copy_ per state field
-otherwise). For one stream each of those costs a microsecond or less alone, but about three
-times that between kernel calls (measured by removing one piece at a time), next to a kernel
-of about 25-40 us; with 1 000 streams the kernel dominates and what remains is the ids'
-type check, the finite check and the write-back of the new rows (2-5% together)."""
+Where a single step's time goes: `advance` and `Streams.step` validate at the public boundary,
+then run each layer's cell kernel (`lstm_cell`, the call `nn.LSTMCell` makes, with the layer's
+own weights) and the head's linear maps directly (`DirectStep`), without `nn.Module.__call__`
+or the layers' re-validation (hooks, an overridden forward or input masking send steps through
+`forward` instead; the result is `forward`'s bit for bit, tested). `advance` returns a state
+that keeps the kernels' 2-D outputs and makes its 3-D fields only when something reads them,
+and recognises a step from such a state (or from the state it was given last) with a few
+identity and shape tests; whether the normalisation may be skipped is kept with its buffers
+and the sum of their versions. What the bare call does not do and these still do: the model's
+test that no hook or override needs `forward` (about 1-2 us between kernel calls, the largest
+piece left), the NaN/inf check (a sum of the inputs first; it cannot look at the outputs
+instead: an inf input can saturate every gate and give finite outputs), the shape and dtype
+tests; `Streams.step` also converts NumPy in and out, checks the ids (exact types, the live
+streams in row order) and keeps a few streams' new states as the kernels return them (larger
+states are copied back into the buffer rows: keeping the kernels' outputs there makes the
+allocator fault in fresh pages every step, 90-200 minor faults per step at 1 000 x 128
+against 0-10 for the copy). With 1 000 streams the kernel dominates; what remains is the ids'
+check, the finite check and the copy back of two 512 KiB fields, 2-5% together, which is the
+size of this shared machine's noise."""
 
 
 def main() -> None:
@@ -351,12 +374,17 @@ def main() -> None:
     torch.manual_seed(0)
     model = SequenceModel(input_size=F, output_size=F, hidden_size=H).eval()
     if args.steps_only:
+        args.step_blocks, step_rows = 21, []
         for n, calls in ((1, 400), (1000, 8)):
-            row = bench_step_vs_cell(model, [n], 21, calls)[0]
+            row = bench_step_vs_cell(model, [n], args.step_blocks, calls)[0]
+            step_rows.append(row)
+            ratio = row["ratio"]
             print(
-                f"streams={n}: advance/cell {row['advance'] / row['cell']:.3f}, "
-                f"Streams.step/cell {row['Streams.step'] / row['cell']:.3f}"
+                f"streams={n}: advance/cell {ratio['advance']:.3f}, advance carried/cell "
+                f"{ratio['advance, carried']:.3f}, Streams.step/cell {ratio['Streams.step']:.3f}"
             )
+        print(f"\nCommand: `{args.command}`; {machine()}.\n")
+        print(render_steps(args, step_rows))
         return
     predict(model, np.zeros((1000, F), np.float32))  # warm up kernels and allocator
     series_rows = bench_series(model, args.lengths, args.repeats, args.window_batch)

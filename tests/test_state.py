@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy as copy_module
 import dataclasses
 import json
 import pickle
@@ -474,3 +475,81 @@ def test_map_with_a_callers_function_stays_checked() -> None:
     state = numbered(LSTMState)
     with pytest.raises(ValueError, match=r"LSTMState\.hidden must have shape"):
         state.map(lambda t: t[0])
+
+
+# --- a state of per-layer 2-D fields, made 3-D when read (internal: the streamed step) --------
+
+
+def per_layer(state: State) -> list[list[torch.Tensor]]:
+    """The fields of ``state`` as the cell kernels give them: per layer, [B, H] copies."""
+    return [[t[layer].clone() for t in state.tensors()] for layer in range(state.num_layers)]
+
+
+@pytest.mark.parametrize("cls", STATE_TYPES)
+@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.parametrize(
+    "read",
+    ["tensors", "attribute", "iterate", "equal", "select", "to_bytes", "pickle", "deepcopy"],
+)
+def test_a_state_of_layers_reads_as_the_stacked_state(
+    cls: type[State], layers: int, read: str
+) -> None:
+    """Whatever reads it first, a state made of per-layer [B, H] fields is the state whose
+    fields stack them: the same type, values, shapes and serialisation."""
+    want = numbered(cls, layers=layers)
+    state = cls._of_layers(per_layer(want))
+    assert type(state) is cls
+    if read == "tensors":
+        got: State = cls._unchecked(*state.tensors())
+    elif read == "attribute":
+        got = cls._unchecked(*[getattr(state, name) for name in cls.field_names()])
+    elif read == "iterate":
+        got = cls._unchecked(*state)
+    elif read == "equal":
+        assert state.equal(want) and want.equal(state)
+        got = state
+    elif read == "select":
+        got = state.select([1, 0, 2, 3]).select([1, 0, 2, 3])
+    elif read == "to_bytes":
+        got = State.from_bytes(state.to_bytes())
+    elif read == "pickle":
+        got = pickle.loads(pickle.dumps(state))
+    else:
+        got = copy_module.deepcopy(state)
+    assert got.equal(want)
+    assert all(t.shape == (layers, 4, 3) for t in got.tensors())
+    assert state.tensors() == state.tensors()  # made once: the same tensors every time
+    assert dataclasses.replace(state, **{cls.field_names()[0]: want.tensors()[0]}).equal(want)
+    assert torch.utils._pytree.tree_flatten(state)[0] == list(state.tensors())
+
+
+def test_one_layer_fields_are_views_of_the_per_layer_tensors() -> None:
+    """One layer: the 3-D fields share the 2-D tensors' storage (an in-place change of one is
+    seen through the other), and the 2-D tensors stay available."""
+    rows = per_layer(numbered(LSTMState, layers=1))
+    state = LSTMState._of_layers(rows)
+    assert state._layers() is rows
+    state.hidden.mul_(-1)
+    assert torch.equal(rows[0][0], state.hidden[0]) and state._layers() is rows
+    rows[0][1].add_(5)
+    assert torch.equal(state.cell[0], rows[0][1])
+
+
+def test_several_layers_are_stacked_once_and_the_per_layer_tensors_forgotten() -> None:
+    """Several layers: reading the fields stacks them (copies), after which _layers is None,
+    so a reader of the 2-D tensors never misses an in-place change of a field."""
+    state = GRUState._of_layers(per_layer(numbered(GRUState, layers=2)))
+    assert state._layers() is not None
+    hidden = state.hidden
+    assert state._layers() is None and state.hidden is hidden
+    assert numbered(GRUState).equal(state)
+
+
+def test_a_state_of_layers_is_frozen_and_has_only_its_fields() -> None:
+    state = LSTMState._of_layers(per_layer(numbered(LSTMState)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.hidden = state.cell  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="'LSTMState' object has no attribute 'missing'"):
+        state.missing  # type: ignore[attr-defined]
+    assert not hasattr(state, "missing") and hasattr(state, "cell")
+    assert not hasattr(numbered(LSTMState), "missing") and numbered(LSTMState)._layers() is None

@@ -597,3 +597,152 @@ def test_advance_refuses_a_state_of_another_layer_count():
         ValueError, match=r"\[layers, n, H\]=\[2, n, 8\] for this model; received \[1, 3, 8\]"
     ):
         advance(model, state, torch.zeros(3, F, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_direct_step_sees_every_change_of_the_normalisation(dtype):
+    """The direct step keeps whether the normalisation is the identity with the buffers it
+    read and their versions: writing a buffer in place, replacing one, loading a state dict
+    and going back to the identity are each seen by the next step (Streams.step and advance
+    alike), whose answers stay forward's."""
+    torch.manual_seed(5)
+    model = SequenceModel(input_size=F, output_size=O, hidden_size=H).to(dtype).eval()
+    other = SequenceModel(input_size=F, output_size=O, hidden_size=H).to(dtype).eval()
+    other.load_state_dict(model.state_dict())
+    other.set_normalization([1.0, 2.0, 3.0], [2.0, 2.0, 0.5], [-1.0, 1.0], [0.5, 4.0])
+    rng = np.random.default_rng(9)
+    streams = Streams(model)
+    state = model.initial_state(1)  # the stream's, by forward
+    advanced = model.initial_state(1)  # advance's own loop, from the same states
+    changes = [
+        lambda: None,
+        lambda: model.set_normalization([0.5, -1.0, 2.0], [2.0, 0.5, 1.5]),  # in place
+        lambda: model.input_scale.mul_(3.0),  # in place, by hand
+        lambda: model.set_normalization([0.0] * F, [1.0] * F),  # the identity again
+        lambda: setattr(model, "input_shift", torch.full((F,), 0.25, dtype=dtype)),  # replaced
+        lambda: model.load_state_dict(other.state_dict()),  # output normalisation too
+        lambda: model.load_state_dict(other.state_dict() | {"output_scale": torch.ones(O)}),
+        lambda: model.set_normalization([0.0] * F, [1.0] * F, [0.0] * O, [1.0] * O),
+    ]
+    for change in changes:
+        change()
+        for _ in range(2):
+            x = rng.normal(size=(1, F)).astype(np.dtype(str(dtype).split(".")[1]))
+            with torch.no_grad():
+                want_y, want_state = model(torch.from_numpy(x)[:, None], state)
+                want_advanced = model(torch.from_numpy(x)[:, None], advanced)[0][:, 0]
+            assert np.array_equal(streams.step(["a"], x), want_y[:, 0].numpy())
+            y, advanced = advance(model, advanced, torch.from_numpy(x))
+            assert torch.equal(y, want_advanced)
+            state = want_state
+        assert streams.state("a").equal(state)
+
+
+def test_the_direct_step_of_a_model_made_in_inference_mode():
+    """Buffers made under torch.inference_mode have no version counters: the direct step
+    then asks the model on every step, and its answers are still forward's."""
+    torch.manual_seed(6)
+    with torch.inference_mode():
+        model = SequenceModel(input_size=F, output_size=O, hidden_size=H).eval()
+        model.set_normalization([0.5, -1.0, 2.0], [2.0, 0.5, 1.5])
+    streams = Streams(model)
+    state = model.initial_state(1)
+    rng = np.random.default_rng(10)
+    for _ in range(3):
+        x = rng.normal(size=(1, F)).astype(np.float32)
+        with torch.no_grad():
+            want_y, state = model(torch.from_numpy(x)[:, None], state)
+        assert np.array_equal(streams.step(["a"], x), want_y[:, 0].numpy())
+        y, _ = advance(model, state, torch.from_numpy(x))
+        with torch.no_grad():
+            assert torch.equal(y, model(torch.from_numpy(x)[:, None], state)[0][:, 0])
+
+
+@pytest.mark.parametrize(
+    ("x", "error", "message"),
+    [
+        (torch.zeros(2, F, dtype=torch.float64), ValueError, r"\[n, F\]=\[3, 3\]"),
+        (torch.zeros(3, F + 1, dtype=torch.float64), ValueError, r"\[n, F\]=\[3, 3\]"),
+        (torch.zeros(3 * F, dtype=torch.float64), ValueError, r"\[n, F\]=\[3, 3\]"),
+        (torch.zeros(3, F), TypeError, "float32"),
+        (torch.full((3, F), float("nan"), dtype=torch.float64), ValueError, "NaN"),
+        (
+            torch.tensor([[0.0, 0.0, 0.0]] * 2 + [[0.0, -np.inf, 1.0]], dtype=torch.float64),
+            ValueError,
+            "NaN or inf",
+        ),
+        (np.zeros((3, F)), TypeError, "torch.Tensor"),
+    ],
+)
+def test_advance_refuses_bad_steps_from_a_state_it_returned(x, error, message):
+    """The states advance returns carry their per-layer tensors and take the hot path: bad
+    input from one is refused with the messages a plain state gets, nothing changed."""
+    model = MODELS["lstm"]
+    _, state = advance(model, model.initial_state(3), torch.ones(3, F, dtype=torch.float64))
+    assert state._layers() is not None  # (the state a step returned: the hot path's)
+    kept = [[t.clone() for t in layer] for layer in state._layers()]
+    with pytest.raises(error, match=message):
+        advance(model, state, x)
+    assert state._layers() is not None
+    for layer, kept_layer in zip(state._layers(), kept, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(layer, kept_layer, strict=True))
+
+
+def test_advance_refuses_a_returned_state_of_another_model():
+    """A state a step of one model returned, given to another: refused by the type and
+    layout checks, whose messages count its per-layer tensors as layers."""
+    one_layer = SequenceModel(input_size=F, output_size=O, hidden_size=H).double().eval()
+    x = torch.ones(3, F, dtype=torch.float64)
+    _, state = advance(one_layer, one_layer.initial_state(3), x)
+    with pytest.raises(ValueError, match=r"\[2, n, 8\] for this model; received \[1, 3, 8\]"):
+        advance(MODELS["lstm"], state, x)
+    _, gru_state = advance(MODELS["gru"], MODELS["gru"].initial_state(3), x)
+    with pytest.raises(TypeError, match="must be a LSTMState for this model; received GRUState"):
+        advance(MODELS["lstm"], gru_state, x)
+    y, _ = advance(one_layer, state, x)  # and its own model still takes it
+    with torch.no_grad():
+        assert torch.equal(y, one_layer(x[:, None], state)[0][:, 0])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_advance_steps_from_its_returned_states_as_forward_does(cell, num_layers):
+    """A loop of single steps from the states advance returns, with k-step calls and reads
+    of the state in between, equals forward on the same states bit for bit."""
+    torch.manual_seed(8)
+    model = SequenceModel(
+        input_size=F, output_size=O, cell=cell, hidden_size=H, num_layers=num_layers
+    )
+    model = model.double().eval()
+    rng = np.random.default_rng(13)
+    state = want = model.initial_state(2)
+    for step in range(8):
+        k = 3 if step == 4 else 1
+        x = torch.from_numpy(rng.normal(size=(2, k, F)))
+        with torch.no_grad():
+            want_y, want = model(x, want)
+        y, state = advance(model, state, x if k > 1 else x[:, 0])
+        assert torch.equal(y, want_y if k > 1 else want_y[:, 0])
+        if step % 3 == 2:
+            assert state.equal(want)  # (reads the 3-D fields between steps)
+    assert state.equal(want) and state.select([1, 0]).equal(want.select([1, 0]))
+
+
+def test_the_direct_step_skips_the_normalisation_exactly_when_forward_does():
+    """forward skips an identity normalisation when the input's shift and the output's scale
+    are of x's kind, whatever the other two buffers are: replacing those two by float64
+    ones leaves forward's answer in float32, and the direct step's with it."""
+    torch.manual_seed(7)
+    model = SequenceModel(input_size=F, output_size=O, hidden_size=H).eval()
+    model.input_scale = torch.ones(F, dtype=torch.float64)
+    model.output_shift = torch.zeros(O, dtype=torch.float64)
+    x = np.random.default_rng(11).normal(size=(1, F)).astype(np.float32)
+    with torch.no_grad():
+        want_y, want_state = model(torch.from_numpy(x)[:, None])
+    streams = Streams(model)
+    streams.step(["a"], np.zeros((1, F), np.float32))
+    streams.start("a")  # (the next step takes the hot path from a zero state)
+    y = streams.step(["a"], x)
+    assert y.dtype == np.float32 and np.array_equal(y, want_y[:, 0].numpy())
+    y, state = advance(model, model.initial_state(1), torch.from_numpy(x))
+    assert torch.equal(y, want_y[:, 0]) and state.equal(want_state)

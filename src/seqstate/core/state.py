@@ -21,7 +21,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import torch
 import torch.utils._pytree as pytree  # torch's pytree registry (no public module yet)
@@ -39,6 +39,10 @@ Rows = torch.Tensor | Sequence[int] | Sequence[bool] | slice | int
 _FORMAT = "seqstate.state/1"
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+# the instance-dict key of a state's per-layer 2-D fields (State._of_layers): not an identifier
+# a dataclass field can have
+_PER_LAYER = "per layer"
 
 
 def _register_pytree(cls: type[State]) -> None:
@@ -114,7 +118,60 @@ class State:
         # The instance dict in field order (a frozen dataclass keeps its fields there): no
         # generator of getattr calls, as this runs several times on every streamed step.
         values = self.__dict__
-        return tuple([values[name] for name in self.field_names()])
+        try:
+            return tuple([values[name] for name in self.field_names()])
+        except KeyError:  # a state made by _of_layers whose fields were never asked for
+            return self._materialise()
+
+    @classmethod
+    def _of_layers(cls: type[S], layers: Sequence[Sequence[torch.Tensor]]) -> S:
+        """The state whose field ``j`` is ``stack([layer[j] for layer in layers])``
+        ``(len(layers), B, H)``, from per layer its fields ``[B, H]`` (what the cell kernels
+        return), unchecked like :meth:`_unchecked`.
+
+        The 3-D fields are made when first read (any read: an attribute, :meth:`tensors`,
+        iteration, a row operation), so a streamed step whose state only feeds the next step
+        never makes them; until then :meth:`_layers` gives the 2-D tensors back as they
+        came. One layer's fields are views of those tensors (an in-place change of one is a
+        change of the other); several layers' are stacked copies, and the 2-D tensors are
+        then forgotten (:meth:`_layers` is None), so an in-place change of a field is what
+        every later reader sees."""
+        state = object.__new__(cls)
+        state.__dict__[_PER_LAYER] = layers
+        return state
+
+    def _layers(self) -> Sequence[Sequence[torch.Tensor]] | None:
+        """Per layer, the fields ``[B, H]`` of a state made by :meth:`_of_layers` (None for
+        any other state, or once several layers' fields were stacked)."""
+        return self.__dict__.get(_PER_LAYER)
+
+    def _materialise(self) -> tuple[torch.Tensor, ...]:
+        """Make the 3-D fields of a state made by :meth:`_of_layers` (once: setdefault keeps
+        the first made, should two threads race) and return :meth:`tensors`."""
+        values = self.__dict__
+        names = self.field_names()
+        layers = values.get(_PER_LAYER)
+        if layers is not None:
+            if len(layers) == 1:
+                made = [t.unsqueeze(0) for t in layers[0]]
+            else:
+                made = [torch.stack(list(field)) for field in zip(*layers, strict=True)]
+            for name, tensor in zip(names, made, strict=True):
+                values.setdefault(name, tensor)
+            if len(layers) > 1:
+                values.pop(_PER_LAYER, None)
+        return tuple([values[name] for name in names])
+
+    if not TYPE_CHECKING:  # (at run time only: for mypy, a State has its declared fields only)
+
+        def __getattr__(self, name: str) -> Any:
+            # Python calls this only for a name missing from the instance dict: the fields of
+            # a state made by _of_layers before they are made.
+            names = type(self).field_names()
+            if name in names:
+                with contextlib.suppress(KeyError):  # (KeyError: not such a state)
+                    return self._materialise()[names.index(name)]
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @classmethod
     def _unchecked(cls: type[S], *tensors: torch.Tensor) -> S:

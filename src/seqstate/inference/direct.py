@@ -44,6 +44,7 @@ class DirectStep:
         "_heads",
         "_layer",
         "_model",
+        "_normalisation",
         "_regression",
         "num_layers",
     )
@@ -58,6 +59,11 @@ class DirectStep:
         )
         self._regression = model.config.task == "regression"
         self._buffers: dict[str, torch.Tensor] = model._buffers
+        # (the four buffers, the sum of their versions, the dtype of x, skip the input's,
+        # skip the output's): see _skips
+        self._normalisation: (
+            tuple[tuple[torch.Tensor, ...], int, torch.dtype, bool, bool] | None
+        ) = None
 
     @staticmethod
     def of(model: nn.Module) -> DirectStep | None:
@@ -79,20 +85,68 @@ class DirectStep:
         call.)"""
         return bool(self._model._steps_directly())
 
+    def _skips(self, x: torch.Tensor) -> tuple[bool, bool]:
+        """(input, output): whether this step may skip the normalisation, as ``forward``
+        does: the model's answer that it is the identity (``(x - 0) / 1 == x`` exactly),
+        with the input's shift and the output's scale of ``x``'s dtype and device (type
+        promotion and device unchanged; the output is of ``x``'s kind too). Kept with the
+        buffers it was read from, the sum of their versions (a counter only grows, so an
+        equal sum means no buffer was written) and the dtype of ``x``, so that a step asks
+        again only after a buffer was replaced or written (``x`` is on the parameters'
+        device: the callers check it)."""
+        buffers = self._buffers
+        kept = self._normalisation
+        if kept is not None:
+            tensors = kept[0]
+            if (
+                buffers["input_shift"] is tensors[0]
+                and buffers["input_scale"] is tensors[1]
+                and buffers["output_shift"] is tensors[2]
+                and buffers["output_scale"] is tensors[3]
+                and tensors[0]._version
+                + tensors[1]._version
+                + tensors[2]._version
+                + tensors[3]._version
+                == kept[1]
+                and x.dtype is kept[2]
+            ):
+                return kept[3], kept[4]
+        skip_input, skip_output = self._model._identity_normalisation()
+        tensors = (
+            buffers["input_shift"],
+            buffers["input_scale"],
+            buffers["output_shift"],
+            buffers["output_scale"],
+        )
+        # (forward's own test: the shift of x's kind, and the scale of the output's, which
+        # is x's: the head's parameters are those of the layers)
+        skips = (
+            skip_input and _same_kind(x, tensors[0]),
+            skip_output and _same_kind(x, tensors[3]),
+        )
+        try:
+            versions = sum(t._version for t in tensors)
+        except RuntimeError:  # inference-mode tensors have no version counter: ask each time
+            self._normalisation = None
+            return skips
+        self._normalisation = (tensors, versions, x.dtype, *skips)
+        return skips
+
     def run(
         self, x: torch.Tensor, hx: Sequence[Sequence[torch.Tensor]]
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
         """``x`` [n, F] and ``hx`` (per layer, its state fields [n, H]) -> (``y`` [n, O], per
-        layer the new fields [n, H]). Nothing is written; autograd is off for the call."""
+        layer the new fields [n, H]). Nothing is written; autograd is off for the call.
+
+        ``x`` must be of the parameters' dtype and device (the callers check it)."""
         layer = self._layer
         grad_was_enabled = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
         try:
-            skip_input, skip_output = self._model._identity_normalisation()
-            buffers = self._buffers
-            shift = buffers["input_shift"]
-            if not (skip_input and x.dtype == shift.dtype and x.device == shift.device):
-                x = (x - shift) / buffers["input_scale"]
+            skip_input, skip_output = self._skips(x)
+            if not skip_input:
+                buffers = self._buffers
+                x = (x - buffers["input_shift"]) / buffers["input_scale"]
             cell = self._cell
             new: list[tuple[torch.Tensor, ...]] = []
             if self.num_layers == 1 and layer.bias:
@@ -111,13 +165,18 @@ class DirectStep:
                 y = functional.linear(y, params["weight"], params["bias"])
                 if activation is not _IDENTITY:
                     y = activation(y)
-            if self._regression:
-                scale = buffers["output_scale"]
-                if not (skip_output and y.dtype == scale.dtype and y.device == scale.device):
-                    y = y * scale + buffers["output_shift"]
+            if self._regression and not skip_output:
+                buffers = self._buffers
+                y = y * buffers["output_scale"] + buffers["output_shift"]
             return y, new
         finally:
             torch._C._set_grad_enabled(grad_was_enabled)
+
+
+def _same_kind(x: torch.Tensor, buffer: torch.Tensor) -> bool:
+    """Skipping an identity normalisation leaves ``x`` exactly as computing it would: the
+    buffer is of ``x``'s dtype (no type promotion) and on its device."""
+    return x.dtype == buffer.dtype and x.device == buffer.device
 
 
 def _biased(layer: ResettableLayer, index: int) -> list[Any]:

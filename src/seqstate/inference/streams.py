@@ -23,7 +23,11 @@ cell kernels and the head, bit for bit what ``forward`` computes) when the model
 nothing (a hook, an override) needs ``forward``; any other model runs its ``forward``.
 
 :func:`advance` is the pure function underneath, for callers that keep states elsewhere:
-``y, state = advance(model, state, x)``.
+``y, state = advance(model, state, x)``. A one-step state it returns keeps the cell kernels'
+2-D outputs and makes its 3-D fields only when something reads them
+(:meth:`seqstate.State._of_layers`), and a step from such a state (or from the state given
+last) is recognised by a few identity and shape tests before the full checks, which take
+every call those tests do not recognise.
 
 The model is checked once against the declared protocol (:class:`seqstate.SequenceCore`,
 by :func:`seqstate.core.protocol.check_sized_core`, one message for every entry point).
@@ -169,23 +173,33 @@ def _drop_views(reference: _Views) -> None:
 class _Plan:
     """What :func:`advance` needs of one model, read once: its info, the parameter the info
     was read from (dtype and device re-checked on every call: a model moved with ``.to()``
-    keeps its parameter objects), its direct step, and the 2-D state views of the last state
-    given and the last returned (see :func:`_layer_views`)."""
+    keeps its parameter objects), its direct step, and the 2-D state views of the last
+    3-D state given (see :func:`_layer_views`; a state that ``advance`` returned carries
+    its own, :meth:`State._layers`)."""
 
-    __slots__ = ("direct", "given", "info", "layout", "parameter", "returned")
+    __slots__ = ("direct", "given", "info", "layout", "on_cpu", "parameter", "state_type")
 
     def __init__(self, model: nn.Module, info: ModelInfo) -> None:
         self.info = info
         self.parameter = next(model.parameters())
+        self.on_cpu = info.device.type == "cpu"
         self.direct = DirectStep.of(model)
-        # (layers, H) of the state's first field, as the model makes it
-        first = cast(SequenceCore, model).initial_state(1).tensors()[0]
-        self.layout = (first.shape[0], first.shape[2])
-        # the last state stepped from and the last one returned with their views, so that
-        # a loop ``y, state = advance(model, state, x)`` and repeated steps from one state
-        # both find them (see _layer_views)
+        first_state = cast(SequenceCore, model).initial_state(1)
+        # the exact type the direct step's states are made of (a subclass takes the checks)
+        self.state_type = type(first_state)
+        first = first_state.tensors()[0]
+        self.layout = (first.shape[0], first.shape[2])  # (layers, H) of the first field
+        # the last 3-D state stepped from, with its views, so that repeated steps from one
+        # state find them (see _layer_views)
         self.given: _Views | None = None
-        self.returned: _Views | None = None
+
+    def current(self) -> bool:
+        """Whether the model's parameters are still of the dtype and on the device the info
+        was read from."""
+        parameter, info = self.parameter, self.info
+        if parameter.dtype is not info.dtype:
+            return False
+        return parameter.is_cpu if self.on_cpu else parameter.device == info.device
 
 
 # model -> its _Plan: advance() may be called per step, so the model is checked once
@@ -206,38 +220,36 @@ def _plan(model: Any) -> _Plan:
         plan = _PLANS.get(model) if isinstance(model, nn.Module) else None
         if plan is not None:
             _last = (weakref.ref(model), plan)
-    if plan is not None:
-        parameter, info = plan.parameter, plan.info
-        if parameter.dtype == info.dtype and parameter.device == info.device:
-            return plan
+    if plan is not None and plan.current():
+        return plan
     model, info = prepare_model(model, None)
     plan = _PLANS[model] = _Plan(model, info)
     _last = (weakref.ref(model), plan)
     return plan
 
 
-def _remember(state: State, views: Sequence[Sequence[torch.Tensor]]) -> _Views:
-    reference = _Views(state, _drop_views)
-    reference.views = views
-    return reference
-
-
 def _layer_views(
     plan: _Plan, state: State, tensors: tuple[torch.Tensor, ...], layers: int
 ) -> Sequence[Sequence[torch.Tensor]]:
-    """Per layer, the state's fields as 2-D views ``[n, H]`` (what the cell kernels take).
+    """Per layer, the state's fields as 2-D tensors ``[n, H]`` (what the cell kernels take).
 
-    Cached for the last state given and the last returned while they live (a view costs
-    about a microsecond, as much as the rest of a small step's bookkeeping); a view shares its
-    state's storage, so an in-place change of the state is seen, and a weak reference never
-    matches a new state at a freed address."""
-    for reference in (plan.returned, plan.given):
-        if reference is not None and reference() is state:
-            views = reference.views
-            if views is not None:
-                return views
+    A state that a direct step returned carries them (:meth:`State._layers`). For any other,
+    views, kept for the last state given while it lives (a view costs about a microsecond, as
+    much as the rest of a small step's bookkeeping); a view shares its state's storage, so an
+    in-place change of the state is seen, and a weak reference never matches a new state at
+    a freed address."""
+    rows = state._layers()
+    if rows is not None:
+        return rows
+    reference = plan.given
+    if reference is not None and reference() is state:
+        views = reference.views
+        if views is not None:
+            return views
     views = [[t[index] for t in tensors] for index in range(layers)]
-    plan.given = _remember(state, views)
+    reference = _Views(state, _drop_views)
+    reference.views = views
+    plan.given = reference
     return views
 
 
@@ -258,6 +270,52 @@ def advance(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Tens
     input to a :class:`seqstate.SequenceModel` also skips its ``forward`` (validated here once,
     then its trusted step entry; the same result bit for bit).
     """
+    # The hot path: one step [n, F] of the model stepped last, from a state a step returned
+    # (or the state given last), recognised with a few identity and shape tests; any other
+    # call, and any call these tests do not recognise, takes the checks below (which then
+    # accept or refuse it with their messages).
+    last = _last
+    if last is not None and type(x) is torch.Tensor and last[0]() is model:
+        plan = last[1]
+        direct = plan.direct
+        if direct is not None and type(state) is plan.state_type:
+            rows = state._layers()
+            if rows is None:
+                reference = plan.given
+                if reference is not None and reference() is state:
+                    rows = reference.views
+            shape = x.shape
+            if (
+                rows is not None
+                and len(rows) == plan.layout[0]
+                and len(shape) == 2
+                and shape[1] == plan.info.input_size
+                and rows[0][0].shape == (shape[0], plan.layout[1])
+                and x.dtype is plan.info.dtype
+                and (x.is_cpu if plan.on_cpu else x.device == plan.info.device)
+                and plan.current()
+                and _finite(x)
+                and direct.applies()
+            ):
+                y, new = direct.run(x, rows)
+                return y, plan.state_type._of_layers(new)
+    return _advance_checked(model, state, x)
+
+
+def _finite(x: torch.Tensor) -> bool:
+    """Whether every value of ``x`` [n, F] is finite: a finite sum means finite values (a
+    small step's values summed as Python floats, float64, cheaper than a tensor reduction);
+    only a sum that is not finite (a NaN/inf, or an overflow of large values) is checked
+    element by element."""
+    if x.is_cpu and x.numel() <= _SMALL:
+        total = sum(map(sum, x.tolist())) if x.dim() == 2 else sum(x.reshape(-1).tolist())
+    else:
+        total = float(x.sum())
+    return math.isfinite(total) or bool(torch.isfinite(x).all())
+
+
+def _advance_checked(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Tensor, State]:
+    """:func:`advance` with every check (what its hot path does not recognise)."""
     plan = _plan(model)
     info = plan.info
     if not isinstance(x, torch.Tensor):
@@ -269,8 +327,11 @@ def advance(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Tens
             f"state must be a {info.state_type.__name__} for this model; received "
             f"{type(state).__name__}"
         )
-    tensors = state.tensors()
-    layers, n, width = tensors[0].shape
+    rows = state._layers()
+    if rows is not None:  # (a state a direct step returned: its 2-D fields, unstacked)
+        layers, (n, width) = len(rows), rows[0][0].shape
+    else:
+        layers, n, width = state.tensors()[0].shape
     if (layers, width) != plan.layout:
         raise ValueError(
             f"state must have shape [layers, n, H]=[{plan.layout[0]}, n, {plan.layout[1]}] for "
@@ -289,40 +350,13 @@ def advance(model: nn.Module, state: State, x: torch.Tensor) -> tuple[torch.Tens
             f"x is {x.dtype} on {x.device} but the model is {info.dtype} on {info.device}; "
             "move it with x.to(device, dtype)"
         )
-    # A finite sum means finite values (one reduction to a float; a small step's values
-    # summed as Python floats, cheaper than a tensor reduction); only a sum that is not
-    # finite (a NaN/inf, or an overflow of large values) is checked element by element.
-    total: float
-    if n * F <= _SMALL and dims == 2 and x.is_cpu:
-        total = sum(map(sum, x.tolist()))
-    elif x.numel() <= _SMALL and x.is_cpu:
-        total = sum(x.detach().reshape(-1).tolist())
-    else:
-        total = float(x.sum())
-    if not math.isfinite(total) and not bool(torch.isfinite(x).all()):
+    if not _finite(x):
         raise ValueError("x holds NaN or inf; fill or drop missing values first")
     direct = plan.direct
     if dims == 2 and direct is not None and direct.applies():
-        return _advance_directly(plan, direct, state, tensors, x)
+        y, new = direct.run(x, _layer_views(plan, state, state.tensors(), layers))
+        return y, type(state)._of_layers(new)
     return _advance(model, state, x, dims == 2)
-
-
-def _advance_directly(
-    plan: _Plan,
-    direct: DirectStep,
-    state: State,
-    tensors: tuple[torch.Tensor, ...],
-    x: torch.Tensor,
-) -> tuple[torch.Tensor, State]:
-    """:func:`advance`'s one step on the cell kernels (validated by the caller)."""
-    layers = direct.num_layers
-    y, new = direct.run(x, _layer_views(plan, state, tensors, layers))
-    if layers == 1:
-        stepped = type(state)._unchecked(*[t.unsqueeze(0) for t in new[0]])
-        # (views of the kernels' outputs, so the next step from this state needs no views)
-        plan.returned = _remember(stepped, new)
-        return y, stepped
-    return y, type(state)._unchecked(*[torch.stack(field) for field in zip(*new, strict=True)])
 
 
 class Streams:
@@ -354,9 +388,13 @@ class Streams:
         self._pending: tuple[int, list[tuple[torch.Tensor, ...]]] | None = None
         # (buffer, n, views of its rows [0, n)): see _rows_view
         self._views: tuple[State, int, list[torch.Tensor]] | None = None
-        # the one-step hot path (None where the model has none) and its 2-D views of the
-        # buffer rows [0, n) per layer: (buffer, n, views)
-        self._direct = DirectStep.of(self._model)
+        # the one-step hot path (None where the model has none, or runs off the CPU: the
+        # NumPy input would be copied there) and its 2-D views of the buffer rows [0, n) per
+        # layer: (buffer, n, views)
+        on_cpu = self._info.device.type == "cpu"
+        self._direct = DirectStep.of(self._model) if on_cpu else None
+        # up to this many streams, the hot path keeps the kernels' new states (_DEFERRED_VALUES)
+        self._deferred_streams = _DEFERRED_VALUES // self._stored.hidden_size
         self._layer_views: tuple[State, int, list[list[torch.Tensor]]] | None = None
 
     @property
@@ -488,7 +526,6 @@ class Streams:
             or x.shape[1] != info.input_size
             or x.dtype != info.numpy_dtype
             or not x.flags.c_contiguous
-            or info.device.type != "cpu"
         ):
             return None
         # exact id types (bool, float and NumPy ids take the general path's checks); live ids
@@ -503,7 +540,7 @@ class Streams:
         pending = self._pending  # (while set, the live rows are unchanged: n is theirs)
         states = pending[1] if pending is not None else self._layer_rows(n)
         y, new = direct.run(torch.from_numpy(x), states)
-        if n * new[0][0].shape[1] <= _DEFERRED_VALUES:
+        if n <= self._deferred_streams:
             self._pending = (n, new)  # (written back by _settle when anything else needs it)
             if y is new[-1][0]:  # (no head: the output is the new h, which the caller must
                 y = y.clone()  # not be able to change through the returned array)
