@@ -637,6 +637,26 @@ def test_what_sends_steps_through_forward_is_seen_after_the_answer_was_kept(
     assert model._steps_directly()
 
 
+def test_every_module_of_a_stack_is_watched_after_the_answer_was_kept() -> None:
+    """In a stack of several groups and head layers, a hook or an instance forward added to
+    any group or head layer after the kept answer turns it to no (every module the trusted
+    step runs is looked at, not only the first)."""
+    fields = {key: value for key, value in STACKS["mixed"].items() if key != "mask_value"}
+    model = SequenceModel(input_size=F, output_size=O, **fields).eval()
+    modules = [*model.groups, *model.head]
+    assert len(modules) == 5
+    for module in modules:
+        assert model._steps_directly() and model._steps_directly()
+        handle = module.register_forward_pre_hook(lambda *args: None)
+        assert not model._steps_directly()
+        handle.remove()
+        assert model._steps_directly()
+        module.forward = module.forward  # an instance attribute: a patch
+        assert not model._steps_directly()
+        del module.forward
+    assert model._steps_directly()
+
+
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_a_copy_asks_again_whether_it_steps_directly(how) -> None:
     """What _steps_directly keeps (the hook counter, the attribute dicts) is the original's: a
