@@ -595,6 +595,87 @@ def test_trusted_step_is_refused_where_forward_must_run(models) -> None:
     assert not model._steps_directly()
 
 
+@pytest.mark.parametrize("where", ["model", "recurrent", "head", "global"])
+@pytest.mark.parametrize("kind", ["hook", "pre-hook", "instance forward", "class forward"])
+def test_what_sends_steps_through_forward_is_seen_after_the_answer_was_kept(
+    where, kind, monkeypatch
+) -> None:
+    """_steps_directly keeps its answer between calls: a hook registered, an instance or class
+    forward patched after it answered yes (on the model, its layer, its head, or globally)
+    still turns the answer to no, and its removal back to yes."""
+    model = SequenceModel(input_size=F, output_size=O, hidden_size=4, num_layers=2)
+    for _ in range(2):  # (the second answer is the kept one)
+        assert model._steps_directly()
+    module = {"model": model, "recurrent": model.recurrent, "head": model.head}.get(where)
+    undo: Any
+    if kind in ("hook", "pre-hook"):
+        if module is None:
+            register = (
+                torch.nn.modules.module.register_module_forward_hook
+                if kind == "hook"
+                else torch.nn.modules.module.register_module_forward_pre_hook
+            )
+        else:
+            register = (
+                module.register_forward_hook if kind == "hook" else module.register_forward_pre_hook
+            )
+        undo = register(lambda *args: None).remove
+    elif module is None:
+        return  # (no global forward to patch)
+    elif kind == "instance forward":
+        monkeypatch.setattr(module, "forward", module.forward)
+        undo = monkeypatch.undo
+    else:
+        original = type(module).forward
+        monkeypatch.setattr(type(module), "forward", lambda self, *a, **k: original(self, *a, **k))
+        undo = monkeypatch.undo
+    try:
+        for _ in range(2):
+            assert not model._steps_directly()
+    finally:
+        undo()
+    assert model._steps_directly()
+
+
+def test_every_module_of_a_stack_is_watched_after_the_answer_was_kept() -> None:
+    """In a stack of several groups and head layers, a hook or an instance forward added to
+    any group or head layer after the kept answer turns it to no (every module the trusted
+    step runs is looked at, not only the first)."""
+    fields = {key: value for key, value in STACKS["mixed"].items() if key != "mask_value"}
+    model = SequenceModel(input_size=F, output_size=O, **fields).eval()
+    modules = [*model.groups, *model.head]
+    assert len(modules) == 5
+    for module in modules:
+        assert model._steps_directly() and model._steps_directly()
+        handle = module.register_forward_pre_hook(lambda *args: None)
+        assert not model._steps_directly()
+        handle.remove()
+        assert model._steps_directly()
+        module.forward = module.forward  # an instance attribute: a patch
+        assert not model._steps_directly()
+        del module.forward
+    assert model._steps_directly()
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_asks_again_whether_it_steps_directly(how) -> None:
+    """What _steps_directly keeps (the hook counter, the attribute dicts) is the original's: a
+    copied or unpickled model starts afresh, so an override of the copy is seen."""
+    import copy
+    import pickle
+
+    model = SequenceModel(input_size=F, output_size=O, hidden_size=4)
+    assert model._steps_directly()
+    twin = copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
+    assert twin._steps_directly()
+    twin.head.forward = twin.head.forward  # an instance attribute of the copy: a patch
+    assert not twin._steps_directly()
+    assert model._steps_directly()
+    twin.recurrent = LSTM(F, 4)  # another layer: forward runs the new one
+    del twin.head.forward
+    assert not twin._steps_directly()
+
+
 def test_the_step_plan_adds_no_parameters_or_state_dict_keys(models) -> None:
     """The trusted step's references to the layers are plain attributes: the parameters and
     state_dict keys are those of the modules alone (a second registration broke saving)."""

@@ -497,6 +497,37 @@ def test_a_hook_sends_direct_steps_through_forward():
     assert len(seen) == 3
 
 
+@pytest.mark.parametrize("where", ["model", "head", "global"])
+def test_a_hook_registered_after_direct_steps_sees_the_next_ones(where):
+    """The model keeps its answer that no hook needs forward between steps: a hook registered
+    after steps took the direct path sees every later step (Streams.step and advance), and
+    once it is removed the steps are forward's results still."""
+    model = make_model("lstm")
+    streams = Streams(model)
+    state = model.initial_state(1)
+    x = np.ones((1, F))
+    for _ in range(3):  # the direct path, its answer kept
+        streams.step(["a"], x)
+        _, state = advance(model, state, torch.ones(1, F, dtype=torch.float64))
+    seen = []
+    hook = lambda *args: seen.append(1)  # noqa: E731
+    if where == "global":
+        handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    else:
+        handle = (model if where == "model" else model.head).register_forward_hook(hook)
+    try:
+        streams.step(["a"], x)
+        advance(model, state, torch.ones(1, F, dtype=torch.float64))
+    finally:
+        handle.remove()
+    assert len(seen) >= 2  # (a global hook sees the model's modules too)
+    before = streams.state("a")
+    y = streams.step(["a"], x)
+    with torch.no_grad():
+        want_y, want_state = model(torch.from_numpy(x)[:, None], before)
+    assert np.array_equal(y, want_y[:, 0].numpy()) and streams.state("a").equal(want_state)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_the_hot_paths_pending_states_reach_every_reader_and_writer(cell):
     """Steps of every live stream in row order keep their new states as the kernels return

@@ -42,6 +42,7 @@ from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from seqstate.core.activations import ACTIVATIONS
 from seqstate.core.activations import activation as activation_function
@@ -118,6 +119,8 @@ class SequenceModel(nn.Module):
             *((group, type(group).forward) for group in groups),
             *((linear, nn.Linear.forward) for linear in linears),
         )
+        # what _steps_directly keeps between calls (a copy starts afresh)
+        self._step_check = _StepCheck()
         if len(groups) == 1:
             self._state_type: type[State] = getattr(groups[0], "state_type")  # noqa: B009
         else:
@@ -342,23 +345,45 @@ class SequenceModel(nn.Module):
     def _steps_directly(self) -> bool:
         """Whether :meth:`_trusted_step` computes exactly what ``forward`` would for this model
         now: not when forward is overridden or hooked anywhere (hooks must see the call), not
-        for a model that derives masks from its input, not while traced for export."""
-        if self.config.mask_value is not None or torch.compiler.is_compiling():
+        for a model that derives masks from its input, not while traced for export.
+
+        The hooks are looked at only after one was registered somewhere: torch numbers every
+        registration (a module's forward hook or pre-hook, a global one) with the next
+        ``RemovableHandle.next_id``, so while that counter is where it was when this model
+        last had none, none was added (removing one only takes one away). The rest is tested
+        on every call (an override is a plain attribute, which nothing counts), on the
+        modules' attribute dicts kept by :class:`_StepCheck` (reading them through
+        ``nn.Module``'s attribute lookup cost more than the tests).
+        """
+        if torch.compiler.is_compiling():
             return False
-        if self.config.distribution is not None:  # the median goes through forward
+        check: _StepCheck = self._step_check
+        if check.unhooked_at != RemovableHandle.next_id and not self._unhooked(check):
             return False
+        namespace = check.namespace  # (the model's __dict__)
+        config = namespace["config"]
+        if config.mask_value is not None or config.distribution is not None:
+            return False  # (the median of a distribution head goes through forward)
+        if namespace["_modules"]["recurrent"] is not namespace["_step_recurrent"]:
+            return False
+        for module_namespace, module, forward in check.plan:
+            if "forward" in module_namespace or type(module).forward is not forward:
+                return False
+        return True
+
+    def _unhooked(self, check: _StepCheck) -> bool:
+        """Whether no forward hook or pre-hook is registered on a module the trusted step runs
+        or globally; when none is, ``check`` notes the registration counter (and the attribute
+        dicts) for :meth:`_steps_directly`."""
+        next_id = RemovableHandle.next_id  # (read first: a hook added meanwhile gets a later id)
         if _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1]:
             return False
-        if self._modules["recurrent"] is not self._step_recurrent:
-            return False
-        for module, forward in self._step_plan:
-            if (
-                type(module).forward is not forward
-                or module._forward_hooks
-                or module._forward_pre_hooks
-                or "forward" in module.__dict__
-            ):
+        for module, _ in self._step_plan:
+            if module._forward_hooks or module._forward_pre_hooks:
                 return False
+        check.namespace = self.__dict__
+        check.plan = tuple((module.__dict__, module, fn) for module, fn in self._step_plan)
+        check.unhooked_at = next_id
         return True
 
     def _trusted_step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -526,6 +551,24 @@ _GLOBAL_HOOKS = (
     nn.modules.module._global_forward_pre_hooks,
     nn.modules.module._global_forward_hooks,
 )
+
+
+class _StepCheck:
+    """What :meth:`SequenceModel._steps_directly` keeps: ``RemovableHandle.next_id`` when the
+    model was last seen without forward hooks (-1: not yet), and the attribute dicts of the
+    model and of the modules the trusted step runs, read then. A copy or an unpickled model
+    gets a fresh one: the counter is this process's, and the dicts are the original's."""
+
+    __slots__ = ("namespace", "plan", "unhooked_at")
+
+    def __init__(self) -> None:
+        self.unhooked_at = -1
+        self.namespace: dict[str, Any] = {}
+        self.plan: tuple[tuple[dict[str, Any], nn.Module, Any], ...] = ()
+
+    def __reduce__(self) -> tuple[type[_StepCheck], tuple[()]]:
+        return (_StepCheck, ())
+
 
 # model -> (its four normalisation buffers, their versions, the result of
 # SequenceModel._identity_normalisation). Outside the model, so it neither pickles nor travels
