@@ -4,6 +4,7 @@ the run-directory entry, and the scores evaluate and backtest report."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -515,3 +516,99 @@ def test_the_skew_is_weighed_by_independent_paths_not_by_overlapping_windows():
     assert unwidened is not None
     low, high = unwidened.standard_quantiles([0.1, 0.9])
     assert asymmetry[1e6] == pytest.approx((high + low) / (high - low), rel=1e-4)
+
+
+def _short_history_coverage(before: int, tail: int, *, floor: bool, fits: int = 200):
+    """([80%, 95%] coverage, [80%, 95%] median width) of the tables of one short random walk
+    (Student-t(4) steps, ``before + tail`` steps of history, a 24-step horizon) whose
+    validation part is ``tail`` steps long, so holds P = tail / 12 independent paths, fitted
+    with the naive's errors over its whole history; ``floor=False`` is the rule before the
+    floor (the widening at max(P, 1) degrees of freedom), rebuilt from the table without
+    the naive."""
+    from types import SimpleNamespace
+
+    from seqstate.recipe.calibration import independent_paths, naive_errors
+    from seqstate.recipe.intervals import lean_on_naive
+
+    rng = np.random.default_rng(21)
+    horizon = 24
+    covered, widths = [], []
+    for _ in range(fits):
+        path = np.cumsum(rng.standard_t(4, size=before + tail))
+        scale = float(np.mean(np.abs(np.diff(path))))
+        errors = []
+        for origin in sorted(set(np.rint(np.linspace(before, len(path) - 1, 24)).astype(int))):
+            row = np.full(horizon, np.nan)
+            seen = min(horizon, len(path) - origin)
+            row[:seen] = (path[origin : origin + seen] - path[origin - 1]) / scale
+            errors.append(row)
+        errors = np.array(errors)
+        naive = naive_errors(SimpleNamespace(targets=[path[:, None]]), 1, horizon)
+        paths = independent_paths([before], [len(path)], horizon)
+        table = fit_table(errors, 1, paths=paths, naive=naive)
+        if not floor:
+            plain = fit_table(errors, 1, paths=paths)
+            counts = np.isfinite(errors).sum(axis=0)[: len(plain.scale)].astype(np.float64)
+            steps = np.arange(1, len(plain.scale) + 1, dtype=np.float64)
+            step_paths = np.minimum(counts, paths * (horizon / 2) / steps)
+            scale_h = lean_on_naive(np.asarray(plain.scale), step_paths, naive)
+            table = dataclasses.replace(plain, scale=tuple(float(s) for s in scale_h))
+        fresh = np.cumsum(rng.standard_t(4, size=horizon)) / scale
+        bands = quantiles(np.zeros((1, horizon)), np.ones(1), table, (0.025, 0.1, 0.9, 0.975))[0]
+        assert np.isfinite(bands).all()
+        covered.append(
+            [
+                np.mean((fresh >= bands[:, 1]) & (fresh <= bands[:, 2])),
+                np.mean((fresh >= bands[:, 0]) & (fresh <= bands[:, 3])),
+            ]
+        )
+        widths.append([np.mean(bands[:, 2] - bands[:, 1]), np.mean(bands[:, 3] - bands[:, 0])])
+    return np.mean(covered, axis=0), np.median(widths, axis=0)
+
+
+def test_a_validation_part_shorter_than_the_horizon_is_not_widened_by_a_cauchy():
+    """One short random walk, 36 steps of history for a 24-step horizon, its validation part
+    a horizon or less (P = 1 and 0.5): the widening at max(P, 1) degrees of freedom (a
+    Cauchy) covers nearly every point with 95% intervals several times too wide; floored at
+    three degrees of freedom (the naive's history-wide errors carry the far steps' scale) the
+    95% widths are a quarter as wide, and the coverage nearer its level, still on the wide
+    side (0.87 / 0.985 at P = 1, 0.92 / 0.993 at P = 0.5)."""
+    before, widths_before = _short_history_coverage(24, 12, floor=False)
+    after, widths_after = _short_history_coverage(24, 12, floor=True)
+    assert before[0] > 0.95 and before[1] > 0.995  # the Cauchy's over-coverage
+    assert 0.8 <= after[0] < 0.9 and 0.95 <= after[1] < 0.99
+    assert widths_after[1] < widths_before[1] / 3
+    shorter_before, shorter_widths_before = _short_history_coverage(30, 6, floor=False)
+    shorter, shorter_widths = _short_history_coverage(30, 6, floor=True)
+    assert shorter_before[0] > 0.95 and shorter_before[1] > 0.995
+    assert 0.8 <= shorter[0] < 0.94 and 0.95 <= shorter[1] < 0.996
+    assert shorter_widths[1] < shorter_widths_before[1] / 3
+
+
+def test_the_floor_leaves_tables_of_three_or_more_paths_unchanged_bit_for_bit():
+    """The widening's floor acts only below :data:`FLOOR_PATHS` independent paths and only
+    with the naive's errors: with three or more paths the table equals the rule without the
+    floor (z as without the naive, the scale then leaned on it) exactly; below, its ends are
+    narrower than that rule's, its median still 0 and its levels still in order."""
+    from seqstate.recipe.intervals import FLOOR_PATHS, lean_on_naive
+
+    rng = np.random.default_rng(22)
+    horizon = 24
+    naive = np.sqrt(np.arange(1, horizon + 1, dtype=np.float64)) * 1.1
+    for paths in (3.0, 4.0, 7.5, 40.0, 500.0, 0.25, 1.0, 2.9):
+        errors = _overlapping_errors(rng, max(2, int(paths * 12)) if paths < 20 else 240, horizon)
+        table = fit_table(errors, 1, paths=paths, naive=naive)
+        plain = fit_table(errors, 1, paths=paths)  # z of the rule without the floor
+        counts = np.isfinite(errors).sum(axis=0)[: len(plain.scale)].astype(np.float64)
+        steps = np.arange(1, len(plain.scale) + 1, dtype=np.float64)
+        step_paths = np.minimum(counts, paths * (horizon / 2) / steps)
+        leaned = lean_on_naive(np.asarray(plain.scale), step_paths, naive)
+        assert table.scale == tuple(float(s) for s in leaned)
+        assert table.paths == paths
+        z, old = np.asarray(table.z), np.asarray(plain.z)
+        if paths >= FLOOR_PATHS:
+            assert table == dataclasses.replace(plain, scale=table.scale)
+        else:
+            assert z[0] > old[0] and z[-1] < old[-1]
+            assert np.all(np.abs(z) <= np.abs(old) + 1e-12)
+        assert np.all(np.diff(z) >= 0) and z[GRID.index(0.5)] == 0.0

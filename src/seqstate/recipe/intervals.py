@@ -28,9 +28,13 @@ estimated from few paths is too narrow on average (a random walk, one series, P 
 0.88 coverage of the 80% / 95% intervals). As for a normal sample's scale estimated from P
 draws, the quantiles are widened by the Student-t's at P degrees of freedom over the normal's
 (P = sum over series of validation length / H; 1.00-1.04x at P = 100, 1.5x / 2.2x for the 80%
-/ 95% ends at P = 2). The same few paths cannot tell a model's skill from a calm stretch of
-the data at long horizons: a validation tail on a solar cycle's decline saw a sunspot
-forecast's errors stay flat for 54 months, and the next cycle's were four times larger. So
+/ 95% ends at P = 2). With the seasonal naive's errors beside them (below: every trained run)
+the degrees of freedom are at least :data:`FLOOR_PATHS` = 3, where a t has a variance: a
+validation part shorter than the horizon (P < 1: 36 months of history for a 24-month horizon)
+is not widened by a Cauchy, its far steps' scale being mostly the history's. The same few
+paths cannot tell a model's skill from a calm stretch of the data at long horizons: a
+validation tail on a solar cycle's decline saw a sunspot forecast's errors stay flat for 54
+months, and the next cycle's were four times larger. So
 each step's scale also counts the seasonal naive's mean error at that step over the whole
 history (every origin, training and validation rows) as one more independent path, beside
 the validation's P_h = P (H / 2) / h at step h: it moves a panel's or a short horizon's scale
@@ -61,6 +65,7 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_LEVELS",
+    "FLOOR_PATHS",
     "FORMAT",
     "GRID",
     "IntervalTable",
@@ -95,6 +100,12 @@ _SHRINK = 4.0
 _SKEW_PATHS = 5.0
 #: The growth exponent b when the errors cover a single step (a random walk's).
 _DEFAULT_GROWTH = 0.5
+#: The fewest degrees of freedom the widening for few paths takes when the scale also leans
+#: on the seasonal naive's history-wide errors: the fewest at which a Student-t has a finite
+#: variance. A validation part shorter than the horizon (P < 1) would otherwise be widened by
+#: a Cauchy (t_1(0.975) / Phi^-1(0.975) = 6.5, 25x at the 0.995 level) although its scale at
+#: far steps is mostly the naive's, measured from every origin of the history.
+FLOOR_PATHS = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,7 +390,8 @@ def fit_table(
     step, with the conformal correction (for sqrt(windows x errors) draws) and the signed
     quantiles leaned towards their mirror image when the windows (or the independent paths
     they hold) are few; with ``paths`` (the independent error paths the windows hold, when they
-    overlap), widened about their median by :func:`t_widening`; then clipped to a median of 0
+    overlap), widened about their median by :func:`t_widening` (at least :data:`FLOOR_PATHS`
+    degrees of freedom with ``naive``); then clipped to a median of 0
     (:func:`median_at_zero`); with ``naive`` (``[H]`` the seasonal naive's mean absolute scaled
     error per step over the whole history, :func:`seqstate.recipe.calibration.naive_errors`),
     s[h] widened towards it where the windows hold few independent paths at step h
@@ -426,7 +438,10 @@ def fit_table(
     quantile_values = np.asarray(values)
     if paths is not None:
         middle = float(np.interp(0.5, GRID, quantile_values))
-        quantile_values = middle + (quantile_values - middle) * t_widening(GRID, paths)
+        # With the naive's history-wide errors the scale is known from more than the
+        # validation's few paths: their degrees of freedom floored where a t has a variance.
+        freedom = paths if naive is None else max(float(paths), FLOOR_PATHS)
+        quantile_values = middle + (quantile_values - middle) * t_widening(GRID, freedom)
     quantile_values = median_at_zero(GRID, np.maximum.accumulate(quantile_values))
     if naive is not None:  # after z: the standardised errors keep the validation's own shape
         step_paths = counts
