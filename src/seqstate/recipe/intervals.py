@@ -444,9 +444,13 @@ def fit_table(
         quantile_values = middle + (quantile_values - middle) * t_widening(GRID, freedom)
     quantile_values = median_at_zero(GRID, np.maximum.accumulate(quantile_values))
     if naive is not None:  # after z: the standardised errors keep the validation's own shape
+        reach = _naive_reach(naive, horizon)
+        if reach > last:  # steps no window reached (P < 2): no validation path, the history's
+            scale = np.concatenate([scale, np.full(reach - last, scale[-1])])
+            counts = np.concatenate([counts, np.zeros(reach - last)])
         step_paths = counts
         if paths is not None:  # windows h apart share no step at step h
-            steps = np.arange(1, last + 1, dtype=np.float64)
+            steps = np.arange(1, len(scale) + 1, dtype=np.float64)
             step_paths = np.minimum(counts, paths * (horizon / 2) / steps)
         scale = lean_on_naive(scale, step_paths, naive)
     return IntervalTable(
@@ -459,6 +463,12 @@ def fit_table(
         errors=int(finite.sum()),
         paths=None if paths is None else float(paths),
     )
+
+
+def _naive_reach(naive: Any, horizon: int) -> int:
+    """Steps (of at most ``horizon``) up to the naive's last finite error ``naive [>= 1]``."""
+    known = np.nonzero(np.isfinite(np.asarray(naive, dtype=np.float64).ravel()))[0]
+    return min(int(known[-1]) + 1, horizon) if known.size else 0
 
 
 def median_at_zero(levels: Sequence[float], z: Any) -> np.ndarray:
