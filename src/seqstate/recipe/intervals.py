@@ -31,7 +31,10 @@ draws, the quantiles are widened by the Student-t's at P degrees of freedom over
 / 95% ends at P = 2). With the seasonal naive's errors beside them (below: every trained run)
 the degrees of freedom are at least :data:`FLOOR_PATHS` = 3, where a t has a variance: a
 validation part shorter than the horizon (P < 1: 36 months of history for a 24-month horizon)
-is not widened by a Cauchy, its far steps' scale being mostly the history's. The same few
+is not widened by a Cauchy, its far steps' scale being mostly the history's: at the steps
+no validation window reached (a validation part shorter than the horizon) the scale is the
+naive's alone, up to its last step, rather than a power law fitted on the few steps seen
+(souvenirs, 3 validation steps for 24: a growth of 0.93 from step 3). The same few
 paths cannot tell a model's skill from a calm stretch of the data at long horizons: a
 validation tail on a solar cycle's decline saw a sunspot forecast's errors stay flat for 54
 months, and the next cycle's were four times larger. So
@@ -395,7 +398,8 @@ def fit_table(
     (:func:`median_at_zero`); with ``naive`` (``[H]`` the seasonal naive's mean absolute scaled
     error per step over the whole history, :func:`seqstate.recipe.calibration.naive_errors`),
     s[h] widened towards it where the windows hold few independent paths at step h
-    (:func:`lean_on_naive`).
+    (:func:`lean_on_naive`), and at the steps no window reached (up to the naive's last
+    finite step) its value alone.
     """
     if paths is not None and not (isinstance(paths, int | float) and paths > 0):
         raise ValueError(f"paths must be a number > 0 or None; received {paths!r}")
