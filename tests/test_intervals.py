@@ -4,6 +4,7 @@ the run-directory entry, and the scores evaluate and backtest report."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -515,3 +516,124 @@ def test_the_skew_is_weighed_by_independent_paths_not_by_overlapping_windows():
     assert unwidened is not None
     low, high = unwidened.standard_quantiles([0.1, 0.9])
     assert asymmetry[1e6] == pytest.approx((high + low) / (high - low), rel=1e-4)
+
+
+def _unfloored_table(errors: np.ndarray, paths: float, naive: np.ndarray) -> IntervalTable:
+    """The plain rule before the floor and the history's far steps: the table without the
+    naive (widened at max(P, 1) degrees of freedom, its steps those the windows reached), its
+    scale then leaned on the naive at each step's independent paths."""
+    from seqstate.recipe.intervals import lean_on_naive
+
+    plain = fit_table(errors, 1, paths=paths)
+    counts = np.isfinite(errors).sum(axis=0)[: len(plain.scale)].astype(np.float64)
+    steps = np.arange(1, len(plain.scale) + 1, dtype=np.float64)
+    step_paths = np.minimum(counts, paths * (errors.shape[1] / 2) / steps)
+    leaned = lean_on_naive(np.asarray(plain.scale), step_paths, naive)
+    return dataclasses.replace(plain, scale=tuple(float(s) for s in leaned))
+
+
+def _short_history_coverage(before: int, tail: int, *, new: bool, fits: int = 200):
+    """([80%, 95%] coverage, [80%, 95%] median width) of the tables of one short random walk
+    (Student-t(4) steps, ``before + tail`` steps of history, a 24-step horizon) whose
+    validation part is ``tail`` steps long, so holds P = tail / 12 independent paths, fitted
+    with the naive's errors over its whole history; ``new=False``: :func:`_unfloored_table`."""
+    from types import SimpleNamespace
+
+    from seqstate.recipe.calibration import independent_paths, naive_errors
+
+    rng = np.random.default_rng(21)
+    horizon = 24
+    covered, widths = [], []
+    for _ in range(fits):
+        path = np.cumsum(rng.standard_t(4, size=before + tail))
+        scale = float(np.mean(np.abs(np.diff(path))))
+        errors = []
+        for origin in sorted(set(np.rint(np.linspace(before, len(path) - 1, 24)).astype(int))):
+            row = np.full(horizon, np.nan)
+            seen = min(horizon, len(path) - origin)
+            row[:seen] = (path[origin : origin + seen] - path[origin - 1]) / scale
+            errors.append(row)
+        errors = np.array(errors)
+        naive = naive_errors(SimpleNamespace(targets=[path[:, None]]), 1, horizon)
+        paths = independent_paths([before], [len(path)], horizon)
+        if new:
+            table = fit_table(errors, 1, paths=paths, naive=naive)
+        else:
+            table = _unfloored_table(errors, paths, naive)
+        fresh = np.cumsum(rng.standard_t(4, size=horizon)) / scale
+        bands = quantiles(np.zeros((1, horizon)), np.ones(1), table, (0.025, 0.1, 0.9, 0.975))[0]
+        assert np.isfinite(bands).all()
+        covered.append(
+            [
+                np.mean((fresh >= bands[:, 1]) & (fresh <= bands[:, 2])),
+                np.mean((fresh >= bands[:, 0]) & (fresh <= bands[:, 3])),
+            ]
+        )
+        widths.append([np.mean(bands[:, 2] - bands[:, 1]), np.mean(bands[:, 3] - bands[:, 0])])
+    return np.mean(covered, axis=0), np.median(widths, axis=0)
+
+
+def test_a_validation_part_shorter_than_the_horizon_is_not_widened_by_a_cauchy():
+    """One short random walk, 36 steps of history for a 24-step horizon, its validation part
+    a horizon or half one (P = 1 and 0.5): the widening at max(P, 1) degrees of freedom (a
+    Cauchy) covers nearly every point with 95% intervals several times too wide; floored at
+    three degrees of freedom, the far steps' scale the naive's, the 95% widths are a quarter
+    as wide and the coverage nearer its level at P = 1 (0.88 / 0.99). At P = 0.5 it stays on
+    the wide side (0.94 / 0.998: the few errors' conformal correction, not the widening)."""
+    before, widths_before = _short_history_coverage(24, 12, new=False)
+    after, widths_after = _short_history_coverage(24, 12, new=True)
+    assert before[0] > 0.95 and before[1] > 0.995  # the Cauchy's over-coverage
+    assert 0.8 <= after[0] < 0.9 and 0.95 <= after[1] < 0.993
+    assert widths_after[1] < widths_before[1] / 3
+    shorter_before, shorter_widths_before = _short_history_coverage(30, 6, new=False)
+    shorter, shorter_widths = _short_history_coverage(30, 6, new=True)
+    assert shorter_before[0] > 0.95 and shorter_before[1] > 0.995
+    assert shorter[0] >= 0.8 and shorter[1] >= 0.95
+    assert shorter_widths[1] < shorter_widths_before[1] / 3
+
+
+def test_steps_no_validation_window_reached_take_the_naive_s_scale():
+    """A validation part 3 steps long for a 12-step horizon: its windows reach 3 steps; the
+    table's scale carries on to the naive's last step with the naive's errors alone (no
+    validation path there), non-decreasing, and past that the growth law."""
+    from seqstate.recipe.intervals import lean_on_naive
+
+    errors = np.full((3, 12), np.nan)
+    errors[0, :3], errors[1, :2], errors[2, :1] = [1.0, 2.0, 2.5], [0.5, 1.5], [1.2]
+    naive = np.array([1.0, 1.3, 1.6, 2.0, 2.2, 3.1, 3.0, 4.0, np.nan, np.nan, np.nan, np.nan])
+    table = fit_table(errors, 1, paths=0.5, naive=naive)
+    plain = fit_table(errors, 1, paths=0.5)
+    assert len(plain.scale) == 3 and len(table.scale) == 8
+    step_paths = np.minimum([3.0, 2.0, 1.0], 0.5 * 6 / np.arange(1, 4))
+    head = lean_on_naive(np.asarray(plain.scale), step_paths, naive)
+    np.testing.assert_allclose(table.scale[:3], head, rtol=1e-12)
+    tail = np.maximum.accumulate(np.concatenate([head, [2.0, 2.2, 3.05, 3.05, 4.0]]))[3:]
+    np.testing.assert_allclose(table.scale[3:], tail, rtol=1e-12)
+    assert table.growth == plain.growth
+    far = table.step_scales(16)
+    np.testing.assert_allclose(far[8:], table.scale[-1] * (np.arange(9, 17) / 8) ** table.growth)
+
+
+def test_the_floor_leaves_tables_of_three_or_more_paths_unchanged_bit_for_bit():
+    """The widening's floor and the history's far steps act only below :data:`FLOOR_PATHS`
+    independent paths (the windows reach every step from two on) and only with the naive's
+    errors: with three or more the table equals the rule without them exactly; below, its
+    ends are narrower than that rule's, its median still 0 and its levels still in order."""
+    from seqstate.recipe.intervals import FLOOR_PATHS
+
+    rng = np.random.default_rng(22)
+    horizon = 24
+    naive = np.sqrt(np.arange(1, horizon + 1, dtype=np.float64)) * 1.1
+    for paths in (3.0, 4.0, 7.5, 40.0, 500.0, 0.25, 1.0, 2.9):
+        errors = _overlapping_errors(rng, max(2, int(paths * 12)) if paths < 20 else 240, horizon)
+        table = fit_table(errors, 1, paths=paths, naive=naive)
+        old = _unfloored_table(errors, paths, naive)
+        assert table.paths == paths
+        z, old_z = np.asarray(table.z), np.asarray(old.z)
+        if paths >= FLOOR_PATHS:
+            assert table == old
+        else:
+            assert z[0] > old_z[0] and z[-1] < old_z[-1]
+            assert np.all(np.abs(z) <= np.abs(old_z) + 1e-12)
+            assert table.scale[: len(old.scale)] == old.scale
+        assert np.all(np.diff(z) >= 0) and z[GRID.index(0.5)] == 0.0

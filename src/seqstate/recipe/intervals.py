@@ -28,9 +28,16 @@ estimated from few paths is too narrow on average (a random walk, one series, P 
 0.88 coverage of the 80% / 95% intervals). As for a normal sample's scale estimated from P
 draws, the quantiles are widened by the Student-t's at P degrees of freedom over the normal's
 (P = sum over series of validation length / H; 1.00-1.04x at P = 100, 1.5x / 2.2x for the 80%
-/ 95% ends at P = 2). The same few paths cannot tell a model's skill from a calm stretch of
-the data at long horizons: a validation tail on a solar cycle's decline saw a sunspot
-forecast's errors stay flat for 54 months, and the next cycle's were four times larger. So
+/ 95% ends at P = 2). With the seasonal naive's errors beside them (below: every trained run)
+the degrees of freedom are at least :data:`FLOOR_PATHS` = 3, where a t has a variance: a
+validation part shorter than the horizon (P < 1: 36 months of history for a 24-month horizon)
+is not widened by a Cauchy, its far steps' scale being mostly the history's: at the steps
+no validation window reached (a validation part shorter than the horizon) the scale is the
+naive's alone, up to its last step, rather than a power law fitted on the few steps seen
+(souvenirs, 3 validation steps for 24: a growth of 0.93 from step 3). The same few
+paths cannot tell a model's skill from a calm stretch of the data at long horizons: a
+validation tail on a solar cycle's decline saw a sunspot forecast's errors stay flat for 54
+months, and the next cycle's were four times larger. So
 each step's scale also counts the seasonal naive's mean error at that step over the whole
 history (every origin, training and validation rows) as one more independent path, beside
 the validation's P_h = P (H / 2) / h at step h: it moves a panel's or a short horizon's scale
@@ -61,6 +68,7 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_LEVELS",
+    "FLOOR_PATHS",
     "FORMAT",
     "GRID",
     "IntervalTable",
@@ -95,6 +103,12 @@ _SHRINK = 4.0
 _SKEW_PATHS = 5.0
 #: The growth exponent b when the errors cover a single step (a random walk's).
 _DEFAULT_GROWTH = 0.5
+#: The fewest degrees of freedom the widening for few paths takes when the scale also leans
+#: on the seasonal naive's history-wide errors: the fewest at which a Student-t has a finite
+#: variance. A validation part shorter than the horizon (P < 1) would otherwise be widened by
+#: a Cauchy (t_1(0.975) / Phi^-1(0.975) = 6.5, 25x at the 0.995 level) although its scale at
+#: far steps is mostly the naive's, measured from every origin of the history.
+FLOOR_PATHS = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,11 +393,13 @@ def fit_table(
     step, with the conformal correction (for sqrt(windows x errors) draws) and the signed
     quantiles leaned towards their mirror image when the windows (or the independent paths
     they hold) are few; with ``paths`` (the independent error paths the windows hold, when they
-    overlap), widened about their median by :func:`t_widening`; then clipped to a median of 0
+    overlap), widened about their median by :func:`t_widening` (at least :data:`FLOOR_PATHS`
+    degrees of freedom with ``naive``); then clipped to a median of 0
     (:func:`median_at_zero`); with ``naive`` (``[H]`` the seasonal naive's mean absolute scaled
     error per step over the whole history, :func:`seqstate.recipe.calibration.naive_errors`),
     s[h] widened towards it where the windows hold few independent paths at step h
-    (:func:`lean_on_naive`).
+    (:func:`lean_on_naive`), and at the steps no window reached (up to the naive's last
+    finite step) its value alone.
     """
     if paths is not None and not (isinstance(paths, int | float) and paths > 0):
         raise ValueError(f"paths must be a number > 0 or None; received {paths!r}")
@@ -426,12 +442,19 @@ def fit_table(
     quantile_values = np.asarray(values)
     if paths is not None:
         middle = float(np.interp(0.5, GRID, quantile_values))
-        quantile_values = middle + (quantile_values - middle) * t_widening(GRID, paths)
+        # With the naive's history-wide errors the scale is known from more than the
+        # validation's few paths: their degrees of freedom floored where a t has a variance.
+        freedom = paths if naive is None else max(float(paths), FLOOR_PATHS)
+        quantile_values = middle + (quantile_values - middle) * t_widening(GRID, freedom)
     quantile_values = median_at_zero(GRID, np.maximum.accumulate(quantile_values))
     if naive is not None:  # after z: the standardised errors keep the validation's own shape
+        reach = _naive_reach(naive, horizon)
+        if reach > last:  # steps no window reached (P < 2): no validation path, the history's
+            scale = np.concatenate([scale, np.full(reach - last, scale[-1])])
+            counts = np.concatenate([counts, np.zeros(reach - last)])
         step_paths = counts
         if paths is not None:  # windows h apart share no step at step h
-            steps = np.arange(1, last + 1, dtype=np.float64)
+            steps = np.arange(1, len(scale) + 1, dtype=np.float64)
             step_paths = np.minimum(counts, paths * (horizon / 2) / steps)
         scale = lean_on_naive(scale, step_paths, naive)
     return IntervalTable(
@@ -444,6 +467,12 @@ def fit_table(
         errors=int(finite.sum()),
         paths=None if paths is None else float(paths),
     )
+
+
+def _naive_reach(naive: Any, horizon: int) -> int:
+    """Steps (of at most ``horizon``) up to the naive's last finite error ``naive [>= 1]``."""
+    known = np.nonzero(np.isfinite(np.asarray(naive, dtype=np.float64).ravel()))[0]
+    return min(int(known[-1]) + 1, horizon) if known.size else 0
 
 
 def median_at_zero(levels: Sequence[float], z: Any) -> np.ndarray:
