@@ -39,7 +39,7 @@ from seqstate.serve.livecount import LiveCount
 from seqstate.serve.preprocess import RunRowCodec, iso_times, model_step, template_series
 from seqstate.serve.rules import Apply, Reject, Replay, decide, is_expired
 from seqstate.serve.schemas import MAX_SAMPLED_STEPS
-from seqstate.serve.stores.base import StateStore, Update, kept_answers, new_record
+from seqstate.serve.stores.base import Record, StateStore, Update, kept_answers, new_record
 
 __all__ = ["Engine", "Outcome", "Prepared", "Sampling", "StepRequest", "StepResult"]
 
@@ -170,15 +170,9 @@ class Engine:
                 and record.intact(request.stream)
                 and not (ttl_s > 0 and abs(now - record.updated) > ttl_s)
             ):
-                label = record.row_label
-                if label is not None and label[0] is codec:  # built by this engine
-                    fits, bound = True, label[1]
-                else:
-                    fits, bound = codec.read_label(record.state)
-                if not fits:
-                    outcomes[i] = _incompatible(request.seq)
-                elif request.series is not None and request.series != bound:
-                    outcomes[i] = _series_mismatch(request, bound)
+                refusal, bound = _continuation(codec, record, request)
+                if refusal is not None:
+                    outcomes[i] = refusal
                 else:
                     to_apply.append((i, record.generation, False, record.state, bound))
                     if keep > 0:
@@ -208,13 +202,9 @@ class Engine:
                     raise RuntimeError(
                         "internal error: a step continues a stream with no stored record"
                     )
-                # a row that does not fit this run (another run's store, an older format):
-                # that stream's 409, never its batch-mates' failure
-                fits, bound = codec.read_label(record.state)
-                if not fits:
-                    outcomes[i] = _incompatible(request.seq)
-                elif request.series is not None and request.series != bound:
-                    outcomes[i] = _series_mismatch(request, bound)
+                refusal, bound = _continuation(codec, record, request)
+                if refusal is not None:
+                    outcomes[i] = refusal
                 else:
                     to_apply.append((i, decision.expected, False, record.state, bound))
                     if keep > 0 and not decision.creates and record.intact(request.stream):
@@ -668,6 +658,25 @@ def _finite_rows(answered: np.ndarray, warm: np.ndarray, state: RunState) -> lis
             values = tensor.detach().cpu().numpy()
             ok &= np.isfinite(values).all(axis=(0, 2))
     return ok.tolist()
+
+
+def _continuation(
+    codec: RunRowCodec, record: Record, request: StepRequest
+) -> tuple[Reject | None, Any]:
+    """(the step's refusal or None, the series the stream is bound to) of ``request``
+    continuing the stored ``record``: a row that does not fit this run (another run's store,
+    an older format) is that stream's 409, never its batch-mates' failure; a step naming
+    another series than the stream's is refused."""
+    label = record.row_label
+    if label is not None and label[0] is codec:  # built by this engine: no parse of the row
+        fits, bound = True, label[1]
+    else:
+        fits, bound = codec.read_label(record.state)
+    if not fits:
+        return _incompatible(request.seq), bound
+    if request.series is not None and request.series != bound:
+        return _series_mismatch(request, bound), bound
+    return None, bound
 
 
 def _series_mismatch(request: StepRequest, bound: str | None) -> Reject:
