@@ -398,6 +398,18 @@ def test_lean_on_naive_weighs_the_naive_as_one_more_path():
         lean_on_naive(scale, np.ones(3), naive)
 
 
+def _walk_validation_errors(path, before: int, horizon: int, scale: float) -> np.ndarray:
+    """``[W, horizon]`` a random walk's last-value forecast errors over ``scale`` from up to 24
+    origins spread over ``path[before:]`` (NaN past the path's end): its validation part's."""
+    errors = []
+    for origin in sorted(set(np.rint(np.linspace(before, len(path) - 1, 24)).astype(int))):
+        row = np.full(horizon, np.nan)
+        seen = min(horizon, len(path) - origin)
+        row[:seen] = (path[origin : origin + seen] - path[origin - 1]) / scale
+        errors.append(row)
+    return np.array(errors)
+
+
 def _calm_validation_coverage(calm: float, *, lean: bool, fits: int = 150) -> np.ndarray:
     """[80%, 95%] coverage of one random walk's table fitted on the overlapping windows of a
     validation part whose steps are ``calm`` times as large as the rest of the series' (and
@@ -414,15 +426,10 @@ def _calm_validation_coverage(calm: float, *, lean: bool, fits: int = 150) -> np
         steps[before:] *= calm
         path = np.cumsum(steps)
         scale = float(np.mean(np.abs(np.diff(path))))
-        errors = []
-        for origin in sorted(set(np.rint(np.linspace(before, len(path) - 1, 24)).astype(int))):
-            row = np.full(horizon, np.nan)
-            seen = min(horizon, len(path) - origin)
-            row[:seen] = (path[origin : origin + seen] - path[origin - 1]) / scale
-            errors.append(row)
+        errors = _walk_validation_errors(path, before, horizon, scale)
         naive = naive_errors(SimpleNamespace(targets=[path[:, None]]), 1, horizon)
         paths = independent_paths([before], [len(path)], horizon)
-        table = fit_table(np.array(errors), 1, paths=paths, naive=naive if lean else None)
+        table = fit_table(errors, 1, paths=paths, naive=naive if lean else None)
         fresh = np.cumsum(rng.standard_t(4, size=horizon)) / scale
         bands = quantiles(np.zeros((1, horizon)), np.ones(1), table, (0.025, 0.1, 0.9, 0.975))[0]
         covered.append(
@@ -547,13 +554,7 @@ def _short_history_coverage(before: int, tail: int, *, new: bool, fits: int = 20
     for _ in range(fits):
         path = np.cumsum(rng.standard_t(4, size=before + tail))
         scale = float(np.mean(np.abs(np.diff(path))))
-        errors = []
-        for origin in sorted(set(np.rint(np.linspace(before, len(path) - 1, 24)).astype(int))):
-            row = np.full(horizon, np.nan)
-            seen = min(horizon, len(path) - origin)
-            row[:seen] = (path[origin : origin + seen] - path[origin - 1]) / scale
-            errors.append(row)
-        errors = np.array(errors)
+        errors = _walk_validation_errors(path, before, horizon, scale)
         naive = naive_errors(SimpleNamespace(targets=[path[:, None]]), 1, horizon)
         paths = independent_paths([before], [len(path)], horizon)
         if new:

@@ -16,8 +16,8 @@ PLOT_FILE = "loss.png"
 
 
 def write_metrics(run_dir: Path, history: History) -> None:
-    # Rewritten whole (atomically) each epoch: after a resume it holds exactly the checkpoint's
-    # epochs, never a duplicate line from an epoch that was interrupted and replayed.
+    # Written whole (atomically; MetricsFile then appends): after a resume it holds exactly the
+    # checkpoint's epochs, never a duplicate line from an epoch that was interrupted and replayed.
     # Epochs are numbered from 1 wherever people read them (the log, the bar, summaries, the
     # plot): "epoch" here is that number, "epoch_index" the 0-based History.records index.
     run_dir.mkdir(parents=True, exist_ok=True)
