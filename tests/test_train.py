@@ -284,7 +284,7 @@ def test_kept_validation_windows_score_each_epoch_as_a_fresh_pass():
 
 
 def test_window_cache_keeps_the_first_pass_within_its_budget():
-    from seqstate.train.evaluation import WindowCache
+    from seqstate.train.windows import WindowCache
 
     lanes = Lanes.from_sequences(variable_sequences(7, seed=9), lanes=3, window=4)
     cpu = torch.device("cpu")
@@ -303,6 +303,78 @@ def test_window_cache_keeps_the_first_pass_within_its_budget():
     assert all(a is not b for a, b in zip(once, twice, strict=True))
     with pytest.raises(ValueError, match="budget"):
         WindowCache(budget=-1)
+
+
+def test_window_cache_resumes_from_a_cursor_like_a_fresh_pass():
+    from seqstate.train.windows import WindowCache, prepared_windows
+
+    lanes = Lanes.from_sequences(variable_sequences(9, seed=4), lanes=2, window=5)
+    cpu = torch.device("cpu")
+    cache = WindowCache()
+    late = list(cache.windows(lanes, None, cpu, torch.float32, start=2))  # not kept
+    first = list(cache.windows(lanes, None, cpu, torch.float32))
+    assert all(a is not b for a, b in zip(late, first[2:], strict=True))
+    for start in range(len(lanes) + 1):
+        kept = list(cache.windows(lanes, None, cpu, torch.float32, start=start))
+        assert all(a is b for a, b in zip(kept, first[start:], strict=True))
+        fresh = list(prepared_windows(lanes, None, cpu, torch.float32, start=start))
+        assert len(kept) == len(fresh) == len(lanes) - start
+        for a, b in zip(kept, fresh, strict=True):
+            for name in ("x", "y", "mask", "reset", "seq"):
+                assert torch.equal(getattr(a, name), getattr(b, name)), name
+            assert (a.counted, a.real, a.label_range) == (b.counted, b.real, b.label_range)
+    with pytest.raises(ValueError, match="past the end"):
+        list(cache.windows(lanes, None, cpu, torch.float32, start=len(lanes) + 1))
+
+
+def test_prepared_windows_count_real_and_counted_steps_and_read_the_labels():
+    from seqstate.train.windows import prepared_windows
+
+    sequences = variable_sequences(7, seed=2)
+    labels = np.array([2, 0, 1, 1, 0, 2, 1])
+    for lanes in (
+        Lanes.from_sequences(sequences, lanes=3, window=4),
+        Lanes.from_sequences(sequences, labels=labels, lanes=3, window=4),
+    ):
+        windows = list(prepared_windows(lanes, None, torch.device("cpu"), torch.float32))
+        for window, plain in zip(windows, lanes.windows(), strict=True):
+            assert window.real == int(plain.valid.sum())
+            assert window.counted == int(plain.loss_mask.sum())
+            assert (window.model_mask is None) == bool(plain.valid.all())
+            if plain.y.is_floating_point() or not window.counted:
+                assert window.label_range is None
+            else:
+                counted = plain.y[..., 0][plain.loss_mask]
+                assert window.label_range == (int(counted.min()), int(counted.max()))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_training_windows_are_built_once_when_the_layout_is_fixed(monkeypatch, shuffle):
+    """Without shuffle every epoch trains on the same windows: fit builds them in the first
+    epoch and keeps them; with shuffle each epoch builds its own. Both train exactly as a fit
+    that keeps nothing."""
+    import seqstate.train.loop as loop_module
+    from seqstate.train.windows import WindowCache
+
+    lanes = Lanes.from_sequences(variable_sequences(10), lanes=3, window=6, shuffle=shuffle)
+    built: list[int] = []
+    plain_windows = Lanes.windows
+    monkeypatch.setattr(
+        Lanes,
+        "windows",
+        lambda self, epoch=0, **kw: built.append(epoch) or plain_windows(self, epoch, **kw),
+    )
+    kept = make_model(num_layers=2, dropout=0.2)
+    kept_history = fit(kept, lanes, epochs=4, seed=3, **QUIET)
+    assert built == ([0, 1, 2, 3] if shuffle else [0])
+
+    built.clear()
+    monkeypatch.setattr(loop_module, "WindowCache", lambda: WindowCache(budget=0))
+    rebuilt = make_model(num_layers=2, dropout=0.2)
+    rebuilt_history = fit(rebuilt, lanes, epochs=4, seed=3, **QUIET)
+    assert len(built) == 4
+    assert_same_weights(weights(kept), weights(rebuilt))
+    assert kept_history["loss"] == rebuilt_history["loss"]
 
 
 def test_seeded_training_is_bitwise_deterministic():

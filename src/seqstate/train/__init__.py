@@ -31,6 +31,7 @@ Where each part lives (every module holds one idea):
 - ``loop``        the Trainer: epochs, windows, checkpoints
 - ``replica``     the seam seqstate.train.distributed plugs into (Replica, EpochSums)
 - ``evaluation``  evaluate (a model on lanes) and the pass the loop and replicas share
+- ``windows``     windows prepared for the model, kept between passes when the layout is fixed
 - ``losses``      the masked losses and the metric sums
 - ``progress``    the progress bar or lines, and the schedules of plots and checkpoints
 - ``resume``      what a checkpoint must agree on to be continued exactly

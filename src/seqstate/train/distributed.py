@@ -45,10 +45,11 @@ from torch import nn
 
 from seqstate.core.state import State
 from seqstate.lanes.lanes import Lanes
-from seqstate.train.evaluation import WindowCache, lane_metric_sums
+from seqstate.train.evaluation import lane_metric_sums
 from seqstate.train.losses import MaskedLoss, MetricSums
 from seqstate.train.replica import EpochSums, Replica
 from seqstate.train.snapshots import restore_rng
+from seqstate.train.windows import WindowCache
 
 __all__ = [
     "RankInfo",

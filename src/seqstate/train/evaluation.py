@@ -6,20 +6,19 @@ A model on lanes, in training's terms; a trained run on a table (warm, in raw un
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from seqstate.core.protocol import check_core
-from seqstate.core.timeline import Timeline
 from seqstate.lanes.lanes import Lanes
 from seqstate.train.checks import check_compatible, check_lanes, resolve_loss
 from seqstate.train.config import FitConfig
 from seqstate.train.losses import LOSSES, LossName, MaskedLoss, MetricSums, loss_forward
-from seqstate.train.tensors import call_model, first_parameter, initial_state, to_device
+from seqstate.train.tensors import call_model, first_parameter, initial_state
+from seqstate.train.windows import WindowCache, prepared_windows
 
 
 def evaluate(
@@ -111,78 +110,6 @@ def lane_metrics(
     cache: WindowCache | None = None,
 ) -> dict[str, float]:
     return lane_metric_sums(model, lanes, loss, device, cache=cache).result()
-
-
-class PreparedWindow(NamedTuple):
-    """One window as an evaluation pass feeds it to the model (see :func:`to_device`)."""
-
-    x: torch.Tensor  # (B, T, F) on the device, in the model's dtype
-    y: torch.Tensor  # (B, T, O)
-    mask: torch.Tensor  # (B, T) loss mask
-    reset: torch.Tensor  # (B, T)
-    model_mask: torch.Tensor | None  # (B, T) real input, None when no step is padding
-    timeline: Timeline | None
-    counted: int  # steps whose target counts
-    seq: torch.Tensor  # (B, T) sequence index, -1 for padding (on the host)
-
-
-class WindowCache:
-    """Evaluation windows kept between passes over the same lanes.
-
-    Training validates the same lanes (epoch 0, unshuffled) after every epoch; building their
-    windows (gathering the rows, planning each window's timeline, moving it to the device)
-    costs about as much as running a small model on them, and gives the same tensors every
-    time. A cache keeps them from the first pass while they fit in ``budget`` bytes; past
-    that, every pass builds them again. The model never writes into its inputs, so a kept
-    window gives exactly the outputs of a fresh one.
-    """
-
-    def __init__(self, budget: int = 128 * 2**20) -> None:
-        if not isinstance(budget, int) or budget < 0:
-            raise ValueError(f"budget must be a non-negative int (bytes); received {budget!r}")
-        self.budget = budget
-        # (rows, device, dtype) -> (the lanes, their windows or None when over budget)
-        self._kept: dict[tuple[Any, ...], tuple[Lanes, list[PreparedWindow] | None]] = {}
-
-    def windows(
-        self, lanes: Lanes, rows: Any, device: torch.device, dtype: torch.dtype
-    ) -> Iterator[PreparedWindow]:
-        """The windows of ``rows`` of ``lanes`` (epoch 0), kept from the first pass."""
-        rows_key = None if rows is None else (rows.start, rows.stop, rows.step)
-        key = (rows_key, str(device), dtype)
-        kept = self._kept.get(key)
-        if kept is not None and kept[0] is lanes:
-            if kept[1] is not None:
-                yield from kept[1]
-                return
-            yield from prepared_windows(lanes, rows, device, dtype)
-            return
-        windows: list[PreparedWindow] | None = []
-        size = 0
-        for window in prepared_windows(lanes, rows, device, dtype):
-            if windows is not None:
-                size += sum(
-                    t.numel() * t.element_size()
-                    for t in (window.x, window.y, window.mask, window.reset, window.seq)
-                )
-                if size <= self.budget:
-                    windows.append(window)
-                else:
-                    windows = None
-            yield window
-        self._kept[key] = (lanes, windows)
-
-
-def prepared_windows(
-    lanes: Lanes, rows: Any, device: torch.device, dtype: torch.dtype
-) -> Iterator[PreparedWindow]:
-    """The windows of ``rows`` of ``lanes`` (epoch 0) on ``device``, built as they are read."""
-    for window in lanes.windows(0, rows=rows):
-        valid = window.valid
-        counted = int(window.loss_mask.sum())
-        model_mask = None if bool(valid.all()) else valid
-        x, y, mask, reset, model_mask, timeline = to_device(window, model_mask, device, dtype)
-        yield PreparedWindow(x, y, mask, reset, model_mask, timeline, counted, window.seq)
 
 
 def lane_metric_sums(

@@ -13,22 +13,16 @@ import torch
 from torch import nn
 
 from seqstate.core.state import State
-from seqstate.lanes.lanes import Lanes, Window
+from seqstate.lanes.lanes import Lanes
 from seqstate.train.config import FitConfig
-from seqstate.train.evaluation import WindowCache
 from seqstate.train.history import EpochHook, History, WindowEnd, WindowHook
 from seqstate.train.losses import MaskedLoss, loss_forward
 from seqstate.train.progress import Due, EpochProgress, Every
 from seqstate.train.replica import EpochSums, Replica
 from seqstate.train.runfiles import CHECKPOINT_DIR, MetricsFile, write_plot
 from seqstate.train.snapshots import Snapshot, capture_rng, save_snapshot
-from seqstate.train.tensors import (
-    call_model,
-    detach_state,
-    first_parameter,
-    initial_state,
-    to_device,
-)
+from seqstate.train.tensors import call_model, detach_state, first_parameter, initial_state
+from seqstate.train.windows import PreparedWindow, WindowCache, prepared_windows
 
 # The progress bar's loss needs a device sync; refresh it at most this often (seconds).
 _PROGRESS_REFRESH = 0.5
@@ -57,6 +51,8 @@ class Trainer:
         self.validation = validation
         # the validation windows, built once: every epoch validates the same lanes
         self.validation_windows = WindowCache()
+        # the training windows, built once when the layout is the same every epoch (no shuffle)
+        self.train_windows = WindowCache()
         self.config = config
         self.loss = loss
         self.device = device
@@ -125,7 +121,13 @@ class Trainer:
         bar = self.progress.bar(epoch, num_windows, cursor)
         last_refresh = time.perf_counter()
         model.train()
-        windows = lanes.windows(epoch, start=cursor, rows=self.replica.rows)
+        rows = self.replica.rows
+        if lanes.shuffle:  # a new layout every epoch: nothing to keep
+            windows = prepared_windows(
+                lanes, rows, self.device, self.dtype, epoch=epoch, start=cursor
+            )
+        else:
+            windows = self.train_windows.windows(lanes, rows, self.device, self.dtype, start=cursor)
         try:
             for index, window in enumerate(windows, start=cursor):
                 started = time.perf_counter()
@@ -152,32 +154,22 @@ class Trainer:
         self._end_epoch(epoch, sums)
 
     def _train_window(
-        self, window: Window, state: State
+        self, window: PreparedWindow, state: State
     ) -> tuple[torch.Tensor | None, State, int, int]:
         """One TBPTT step. Returns (this window's mean loss, detached; None when no target
         counts), the detached state, the real steps and the counted steps."""
-        B, T, _ = window.x.shape
-        # counted on the host without tensor ops (each costs more than its work next to the
-        # model's kernels): a window's timeline has no mask when no step is padding
-        if window.timeline is not None and window.timeline.mask is None:
-            real = B * T
-        else:
-            real = int(np.count_nonzero(window.seq.numpy(force=True) >= 0))
-        counted = int(np.count_nonzero(window.loss_mask.numpy(force=True)))
+        counted = window.counted
         if self.loss.is_classification and counted:
-            self._check_labels(window)
-        # Computed on the CPU, so the layers need no device sync to detect "no padding".
-        model_mask = None if real == B * T else window.valid  # (B, T) real input
-        x, y, mask, reset, model_mask, timeline = to_device(
-            window, model_mask, self.device, self.dtype
-        )
+            self._check_labels(window.label_range)
         total = self.replica.total_count(counted)
         with torch.set_grad_enabled(total > 0):
             forward = loss_forward(self.model, self.loss)
-            pred, state = call_model(forward, x, state, reset, model_mask, timeline)
+            pred, state = call_model(
+                forward, window.x, state, window.reset, window.model_mask, window.timeline
+            )
         window_loss = None
         if total > 0:
-            window_loss = self.loss.sum(pred, y, mask) / total
+            window_loss = self.loss.sum(pred, window.y, window.mask) / total
             self.optimizer.zero_grad(set_to_none=True)
             window_loss.backward()
             self.replica.reduce_gradients(self.model)
@@ -190,12 +182,13 @@ class Trainer:
                 window_loss = window_loss.detach()
             else:  # the mean over this rank's counted steps (the loss is over every rank's)
                 window_loss = window_loss.detach() * (total / counted)
-        return window_loss, detach_state(state), real, counted
+        return window_loss, detach_state(state), window.real, counted
 
-    def _check_labels(self, window: Window) -> None:
-        labels = window.y[..., 0][window.loss_mask]
+    def _check_labels(self, label_range: tuple[int, int] | None) -> None:
+        if label_range is None:
+            return
         classes = getattr(self.model, "output_size", None)
-        low, high = int(labels.min()), int(labels.max())
+        low, high = label_range
         if low < 0 or (isinstance(classes, int) and high >= classes):
             raise ValueError(
                 f"class labels must be in [0, {classes}) for a model with output_size={classes} "

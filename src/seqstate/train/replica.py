@@ -15,9 +15,10 @@ from torch import nn
 
 from seqstate.core.state import State
 from seqstate.lanes.lanes import Lanes
-from seqstate.train.evaluation import WindowCache, lane_metrics
+from seqstate.train.evaluation import lane_metrics
 from seqstate.train.losses import MaskedLoss
 from seqstate.train.snapshots import restore_rng
+from seqstate.train.windows import WindowCache
 
 __all__ = ["EpochSums", "Replica"]
 
