@@ -608,6 +608,78 @@ def test_plot_and_checkpoint_follow_their_schedules(tmp_path, monkeypatch):
     assert written["checkpoint"] == ["e00002-w0000000", "e00004-w0000000"]
 
 
+def test_background_writer_runs_one_job_at_a_time_in_order_and_reports_errors():
+    import threading
+
+    from seqstate.train.runfiles import BackgroundWriter
+
+    writer = BackgroundWriter()
+    done: list[int] = []
+    running = threading.Event()
+
+    def job(number: int) -> None:
+        assert not running.is_set()  # never two at once
+        running.set()
+        done.append(number)
+        running.clear()
+
+    for number in range(5):
+        writer.submit(job, number)
+    writer.wait()
+    assert done == [0, 1, 2, 3, 4]
+
+    def failing() -> None:
+        raise OSError("disk full")
+
+    writer.submit(failing)
+    with pytest.raises(OSError, match="disk full"):
+        writer.wait()
+    writer.wait()  # reported once
+    writer.submit(failing)
+    writer.wait(raise_error=False)  # dropped when another error is being reported
+    writer.wait()
+
+
+def test_a_failed_plot_fails_fit_and_fit_returns_after_the_plot(tmp_path, monkeypatch):
+    import seqstate.train.loop as loop
+
+    lanes = Lanes.from_series(sine_series(100), lanes=2, window=10)
+    finished: list[int] = []
+    real_plot = loop.write_plot
+
+    def slow_plot(run_dir, history):
+        real_plot(run_dir, history)
+        finished.append(len(history))
+
+    monkeypatch.setattr(loop, "write_plot", slow_plot)
+    fit(make_model(), lanes, epochs=3, run_dir=tmp_path / "a", plot_every="1", **QUIET)
+    assert finished == [1, 2, 3]  # every plot is written when fit returns
+
+    def failing_plot(run_dir, history):
+        raise OSError("no space left for loss.png")
+
+    monkeypatch.setattr(loop, "write_plot", failing_plot)
+    with pytest.raises(OSError, match="no space left"):
+        fit(make_model(), lanes, epochs=2, run_dir=tmp_path / "b", **QUIET)
+
+    def stop(record):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "write_plot", slow_plot)
+    finished.clear()
+    with pytest.raises(KeyboardInterrupt):  # the training error wins; the plot is finished
+        fit(
+            make_model(),
+            lanes,
+            epochs=3,
+            run_dir=tmp_path / "c",
+            plot_every="1",
+            on_epoch=stop,
+            **QUIET,
+        )
+    assert finished == [1]
+
+
 # --------------------------------------------------------------------------------------------
 # Configuration and bad input
 # --------------------------------------------------------------------------------------------

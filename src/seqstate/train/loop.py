@@ -19,7 +19,13 @@ from seqstate.train.history import EpochHook, History, WindowEnd, WindowHook
 from seqstate.train.losses import MaskedLoss, loss_forward
 from seqstate.train.progress import Due, EpochProgress, Every
 from seqstate.train.replica import EpochSums, Replica
-from seqstate.train.runfiles import CHECKPOINT_DIR, MetricsFile, write_plot
+from seqstate.train.runfiles import (
+    CHECKPOINT_DIR,
+    BackgroundWriter,
+    MetricsFile,
+    history_copy,
+    write_plot,
+)
 from seqstate.train.snapshots import Snapshot, capture_rng, save_snapshot
 from seqstate.train.tensors import call_model, detach_state, first_parameter, initial_state
 from seqstate.train.windows import PreparedWindow, WindowCache, prepared_windows
@@ -58,6 +64,8 @@ class Trainer:
         self.device = device
         self.run_dir = run if replica.is_main else None
         self.metrics_file = None if self.run_dir is None else MetricsFile(self.run_dir)
+        # the plot is drawn off the training thread; fit returns only once it is written
+        self.plots = BackgroundWriter()
         self.writes_checkpoints = run is not None  # on every rank: checkpoints are collective
         self.progress = EpochProgress(config.progress if replica.is_main else False, config.epochs)
         self.show_progress = self.progress.live
@@ -98,15 +106,20 @@ class Trainer:
                 seed_everything(self.config.seed + self.replica.rank)
         else:
             epoch, cursor, state, sums = self._restore(snapshot)
-        while epoch < self.config.epochs and not self.history.stopped_early:
-            self._train_epoch(epoch, cursor, state, sums)
-            epoch, cursor, state, sums = epoch + 1, 0, None, None
+        try:
+            while epoch < self.config.epochs and not self.history.stopped_early:
+                self._train_epoch(epoch, cursor, state, sums)
+                epoch, cursor, state, sums = epoch + 1, 0, None, None
 
-        if self.config.patience is not None and self.config.restore_best and self.best_weights:
-            self.model.load_state_dict(self.best_weights)
-        self.model.eval()
-        if self.run_dir is not None:
-            self._save_final_model()
+            if self.config.patience is not None and self.config.restore_best and self.best_weights:
+                self.model.load_state_dict(self.best_weights)
+            self.model.eval()
+            if self.run_dir is not None:
+                self._save_final_model()
+        except BaseException:
+            self.plots.wait(raise_error=False)  # (the error in hand is the one to report)
+            raise
+        self.plots.wait()
         return self.history
 
     def _train_epoch(
@@ -245,7 +258,7 @@ class Trainer:
         if self.run_dir is not None and self.metrics_file is not None:
             self.metrics_file.write(self.history)
             if self.plot_due.check(epoch, last):
-                write_plot(self.run_dir, self.history)
+                self.plots.submit(write_plot, self.run_dir, history_copy(self.history))
         if self.checkpoint_due.check(epoch, last):
             self._checkpoint(epoch + 1, 0, None, None)
             written.append("checkpoint")

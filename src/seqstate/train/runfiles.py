@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,55 @@ class _LossFigure:
             legend.remove()
             if best is not None:
                 best.remove()
+
+
+class BackgroundWriter:
+    """Runs one file-writing job at a time off the training thread.
+
+    Drawing ``loss.png`` is Python and PNG encoding (about 30 ms); the training loop hands it
+    here and goes on (the checkpoint's fsyncs, the next epoch), so the two overlap. A new job
+    first waits for the previous one, so files are written in order and at most one job is in
+    flight; :meth:`wait` joins the job in flight and raises its error, if any. The caller
+    passes a job everything it reads (a copy of the History), never state it goes on changing.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, job: Callable[..., object], *args: Any) -> None:
+        self.wait()
+        self._thread = threading.Thread(
+            target=self._run, args=(job, *args), name="seqstate-run-files", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, job: Callable[..., object], *args: Any) -> None:
+        try:
+            job(*args)
+        except BaseException as error:  # raised in the training thread by wait()
+            self._error = error
+
+    def wait(self, *, raise_error: bool = True) -> None:
+        """Join the job in flight; raise its error (``raise_error=False``: drop it, when the
+        caller is already handling another)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+        error, self._error = self._error, None
+        if error is not None and raise_error:
+            raise error
+
+
+def history_copy(history: History) -> History:
+    """A copy a background job can read while training appends to ``history`` (records are
+    never changed once appended)."""
+    return History(
+        list(history.records),
+        monitor=history.monitor,
+        best_epoch=history.best_epoch,
+        stopped_early=history.stopped_early,
+    )
 
 
 # validation or not -> its figure (one process draws one plot at a time: fits in threads
