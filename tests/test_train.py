@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from seqstate.core.layers import GRU
@@ -375,6 +377,33 @@ def test_training_windows_are_built_once_when_the_layout_is_fixed(monkeypatch, s
     assert len(built) == 4
     assert_same_weights(weights(kept), weights(rebuilt))
     assert kept_history["loss"] == rebuilt_history["loss"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    start=st.floats(0, 1e6, allow_nan=False),
+    windows=st.lists(
+        st.tuples(st.floats(0, 1e4, allow_nan=False, width=32), st.integers(1, 10**6)),
+        max_size=40,
+    ),
+    settle_at=st.sets(st.integers(0, 40)),
+)
+def test_epoch_sums_fold_windows_exactly_as_window_by_window_tensor_sums(start, windows, settle_at):
+    """EpochSums keeps each window's loss and folds them in later; the total must be bitwise
+    the float64 tensor sum taken window by window (the history and checkpoints hold it)."""
+    from seqstate.train.replica import EpochSums
+
+    reference = torch.tensor(start, dtype=torch.float64)
+    sums = EpochSums(loss=torch.tensor(start, dtype=torch.float64))
+    for index, (value, counted) in enumerate(windows):
+        window_loss = torch.tensor(value, dtype=torch.float32)
+        reference += window_loss.double() * counted
+        sums.add(window_loss, counted)
+        if index in settle_at:  # (a checkpoint or the progress bar reads it mid-epoch)
+            sums.settle()
+    assert sums.counted == sum(counted for _, counted in windows)
+    assert sums.settle().loss.item() == reference.item()
+    assert sums.to_dict()["loss"] == reference.item() and not sums.pending
 
 
 def test_seeded_training_is_bitwise_deterministic():

@@ -341,6 +341,7 @@ class _RankReplica(Replica):
                     parameter.grad.copy_(chunk)
 
     def reduce_epoch(self, sums: EpochSums) -> EpochSums:
+        sums.settle()
         values = [float(sums.loss), float(sums.counted), float(sums.real), sums.seconds]
         gathered = self._gather_values(values)
         return EpochSums(

@@ -147,8 +147,7 @@ class Trainer:
                 window_loss, state, real, counted = self._train_window(window, state)
                 sums.real += real
                 if window_loss is not None:
-                    sums.counted += counted
-                    sums.loss += window_loss.double() * counted
+                    sums.add(window_loss, counted)
                 sums.seconds += time.perf_counter() - started
                 self.windows_done += 1
                 every = config.checkpoint_every
@@ -210,7 +209,7 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, sums: EpochSums) -> None:
         config = self.config
-        sums = self.replica.reduce_epoch(sums)
+        sums = self.replica.reduce_epoch(sums.settle())
         if sums.counted == 0:
             raise ValueError(
                 f"epoch {epoch} had no step with a target (every window.loss_mask is False); the "
@@ -273,6 +272,8 @@ class Trainer:
     ) -> None:
         if not self.writes_checkpoints:
             return
+        if sums is not None:
+            sums.settle()
         state, sums, rng = self.replica.gather_checkpoint(state, sums, capture_rng())
         if self.run_dir is None:
             return  # another rank writes
@@ -377,7 +378,7 @@ def make_scheduler(config: FitConfig, optimizer: torch.optim.Optimizer) -> Any:
 def bar_stats(sums: EpochSums) -> dict[str, str]:
     stats = {}
     if sums.counted:
-        stats["loss"] = f"{float(sums.loss) / sums.counted:.4g}"  # one device sync
+        stats["loss"] = f"{float(sums.settle().loss) / sums.counted:.4g}"  # one device sync
     if sums.seconds > 0:
         stats["steps/s"] = f"{sums.real / sums.seconds:,.0f}"
     return stats

@@ -44,7 +44,7 @@ class Replica:
         return None
 
     def reduce_epoch(self, sums: EpochSums) -> EpochSums:
-        return sums  # distributed: the sums over all ranks' lanes
+        return sums.settle()  # distributed: the sums over all ranks' lanes
 
     def evaluate(
         self,
@@ -70,17 +70,52 @@ class Replica:
         return state, sums
 
 
+# windows kept by EpochSums.add before they are folded in (one device sync each time)
+_SETTLE_EVERY = 1024
+
+
 @dataclasses.dataclass
 class EpochSums:
     """Running totals of the current epoch (checkpointed, so a resumed epoch reports the same
-    loss as an uninterrupted one)."""
+    loss as an uninterrupted one).
+
+    A window's loss is added with :meth:`add`, which only keeps it: folding it into ``loss``
+    is a conversion, a product and a sum per window, each a tensor op that costs more than
+    its work next to a small model's step (and a kernel launch on a GPU). :meth:`settle`
+    folds the kept windows in one pass, in the same order and with the same float64
+    roundings as ``loss += window_loss.double() * counted`` window by window; read ``loss``
+    only after it.
+    """
 
     loss: torch.Tensor  # float64 sum of per-step losses over counted steps
     counted: int = 0  # steps whose target counted
     real: int = 0  # non-padding steps consumed (for steps/s)
     seconds: float = 0.0
+    # (window mean loss [] detached, its counted steps), not yet in ``loss``
+    pending: list[tuple[torch.Tensor, int]] = dataclasses.field(default_factory=list)
+
+    def add(self, window_loss: torch.Tensor, counted: int) -> None:
+        """One window's mean loss over its ``counted`` steps."""
+        self.counted += counted
+        self.pending.append((window_loss, counted))
+        if len(self.pending) >= _SETTLE_EVERY:  # a long epoch keeps a bounded list
+            self.settle()
+
+    def settle(self) -> EpochSums:
+        """Fold the added windows into ``loss`` (one device sync); returns self."""
+        if not self.pending:
+            return self
+        values = torch.stack([loss for loss, _ in self.pending]).double().tolist()
+        # Python floats are IEEE doubles: the same roundings as the float64 tensor ops
+        total = float(self.loss)
+        for value, (_, counted) in zip(values, self.pending, strict=True):
+            total += value * counted
+        self.loss = torch.tensor(total, dtype=torch.float64, device=self.loss.device)
+        self.pending.clear()
+        return self
 
     def to_dict(self) -> dict[str, Any]:
+        self.settle()
         return {
             "loss": float(self.loss),
             "counted": self.counted,
