@@ -4,8 +4,9 @@ Both train the same LSTM (B=32 lanes, T=50 steps per window, F=8 features, H=128
 same series with next-step targets, Adam, gradient clipping at 1.0, the state detached between
 windows and the same masked MSE. The plain loop is the ``word_language_model`` recipe:
 the series is cut into B contiguous columns once (``batchify``) and each window is a slice.
-``fit`` additionally builds every window from the lane plan, carries typed state, masks,
-checks labels and counts steps. Runs alternate (fit, plain, fit, plain, ...) so load on a
+``fit`` additionally builds the windows from the lane plan (in the first epoch; without
+shuffle it keeps them for the next ones), carries typed state, masks, checks labels and counts
+steps. Runs alternate (fit, plain, fit, plain, ...) so load on a
 shared machine hits both alike; the ratio is the median of per-pair ratios.
 
     .venv/bin/python benchmarks/train.py            # full run, writes BENCHMARKS.md
@@ -229,13 +230,15 @@ def main(argv: list[str] | None = None) -> None:
         f"- `fit` with the tqdm progress bar on: {bar_ratio:.3f}x the CPU-time rate of "
         "progress=False (one run).",
         "- What limits the ratio: the forward and backward passes are the same fused "
-        "`torch.lstm` kernel in both loops (equal in isolation); `fit` adds building each "
-        "Window from the lane plan (the line above; the plain loop slices a pre-cut tensor) "
-        "and a few CPU-side counts per window (identity normalisations are skipped, in the "
-        "model and in the loss); with a run directory, the metrics after each epoch and, at "
-        "the end of every fit, loss.png (matplotlib; its figure is kept between draws, so "
-        "a plot costs about 25 ms of CPU against 41-49 ms for a fresh figure, measured alone "
-        "at load 10), a checkpoint (about 6 ms) and the model (about 1 ms): fixed costs "
+        "`torch.lstm` kernel in both loops (equal in isolation); `fit` adds building the "
+        "windows from the lane plan in the first epoch (the line above; they are kept for "
+        "the second, the layout being the same; the plain loop slices a pre-cut tensor), "
+        "the model's checks and typed state around the kernels (identity normalisations "
+        "are skipped, in the model and in the loss); with a run directory, the metrics after "
+        "each epoch and, at the end of every fit, loss.png (matplotlib, drawn off the "
+        "training thread while the checkpoint is written; its figure is kept between draws, "
+        "so a plot costs about 25 ms of CPU against 41-49 ms for a fresh figure, measured "
+        "alone at load 10), a checkpoint (about 6 ms) and the model (about 1 ms): fixed costs "
         "against the one-to-two-second fit timed here (2 epochs of 40 windows), so a longer "
         "fit pays proportionally less. Each window's timeline "
         "plan is built with the window (Lanes) and handed to the layer, so the step does not "
