@@ -42,8 +42,8 @@ def sequences(count: int = 14, seed: int = 0) -> list[np.ndarray]:
     ]
 
 
-def make_lanes(window: int = 5) -> Lanes:
-    return Lanes.from_sequences(sequences(), lanes=3, window=window, shuffle=True, seed=1)
+def make_lanes(window: int = 5, shuffle: bool = True) -> Lanes:
+    return Lanes.from_sequences(sequences(), lanes=3, window=window, shuffle=shuffle, seed=1)
 
 
 def make_model(**fields) -> SequenceModel:
@@ -89,16 +89,18 @@ def without_timing(records: list[dict]) -> list[dict]:
         12,  # in epoch 1 (shuffled differently), past an epoch-end checkpoint
     ],
 )
-def test_interrupted_run_resumes_bitwise(tmp_path, stop_after):
+# without shuffle fit keeps the first epoch's windows: a resumed epoch starts past window 0
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_interrupted_run_resumes_bitwise(tmp_path, stop_after, shuffle):
     validation = Lanes.from_sequences(sequences(4, seed=7), lanes=2, window=6)
     reference = make_model()
-    expected = fit(reference, make_lanes(), validation=validation, config=CONFIG)
+    expected = fit(reference, make_lanes(shuffle=shuffle), validation=validation, config=CONFIG)
 
     model = make_model()
     with pytest.raises(Interrupted):
         fit(
             model,
-            make_lanes(),
+            make_lanes(shuffle=shuffle),
             validation=validation,
             config=CONFIG,
             run_dir=tmp_path,
@@ -107,7 +109,13 @@ def test_interrupted_run_resumes_bitwise(tmp_path, stop_after):
     torch.manual_seed(12345)  # the resumed process starts from unrelated RNG states
     np.random.seed(12345)
     resumed_model = make_model()
-    resumed = fit(resumed_model, make_lanes(), validation=validation, run_dir=tmp_path, resume=True)
+    resumed = fit(
+        resumed_model,
+        make_lanes(shuffle=shuffle),
+        validation=validation,
+        run_dir=tmp_path,
+        resume=True,
+    )
 
     assert_same_weights(reference, resumed_model)
     assert without_timing(resumed.records) == without_timing(expected.records)
