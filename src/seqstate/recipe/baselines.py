@@ -487,6 +487,10 @@ class ETSStream:
     def __init__(self, season: int) -> None:
         self.season = max(1, int(season))
         self.points = grid(self.season)
+        # each coefficient over the grid [G], contiguous (the grid's columns)
+        self.alpha, self.beta, self.phi, self.gamma = (
+            np.ascontiguousarray(self.points[:, k]) for k in range(4)
+        )
 
     def initial_state(self, batch_size: int) -> StreamState:
         b, g, m = batch_size, len(self.points), self.season
@@ -503,8 +507,12 @@ class ETSStream:
 
     def step(self, state: StreamState, y: np.ndarray) -> tuple[np.ndarray, StreamState]:
         m, points = self.season, self.points
+        y = np.asarray(y, dtype=np.float64)
         b, steps = y.shape
-        first, seen = state["first"].copy(), state["seen"]
+        seen = state["seen"]
+        if b and int(seen.min()) >= 2 * m:  # (no row replays in this call: the usual step)
+            return self._settled(state, y)
+        first = state["first"].copy()
         grid_state = Grid(
             state["level"],
             state["trend"],
@@ -514,10 +522,9 @@ class ETSStream:
             state["counted"],
         )
         columns = np.arange(2 * m)
-        y = np.asarray(y, dtype=np.float64)
         finite = np.isfinite(y)
         every_finite = bool(finite.all())
-        settled = b == 0 or int(seen.min()) >= 2 * m  # (no row replays in this call)
+        settled = b == 0  # (no row replays in this call)
         predictions = np.empty((b, steps))
         for t in range(steps):
             value = y[:, t]
@@ -537,6 +544,52 @@ class ETSStream:
             predictions[:, t] = _next(points, grid_state)
         new = dict(zip(Grid._fields, grid_state, strict=True))
         return predictions, {"first": first, "seen": seen, **new}
+
+    def _settled(self, state: StreamState, y: np.ndarray) -> tuple[np.ndarray, StreamState]:
+        """:meth:`step` of rows that have all seen their first two seasons: :func:`grid_step`
+        and :func:`_next` in the same operations, written out for the grid's coefficients
+        (``[G]`` each) with nothing rebuilt per value."""
+        alpha, beta, phi, gamma = self.alpha, self.beta, self.phi, self.gamma
+        b, steps = y.shape
+        m, g = self.season, len(alpha)
+        level, trend, position = state["level"], state["trend"], state["position"]
+        squared, counted = state["squared"], state["counted"]
+        season = state["season"].copy()  # (written in place)
+        finite = np.isfinite(y)
+        every_finite = bool(finite.all())
+        rows = np.arange(b)
+        predictions = np.empty((b, steps))
+        for t in range(steps):
+            value = y[:, t]
+            seasonal = season[rows, :, position]  # (B, G)
+            base = level + phi * trend
+            missed = value[:, None] - (base + seasonal)
+            squared, counted = squared + missed**2, counted + 1.0
+            if every_finite:
+                season[rows, :, position] = seasonal + gamma * missed
+                level, trend = base + alpha * missed, phi * trend + beta * missed
+                position = (position + 1) % m
+            else:
+                keep = finite[:, t]
+                kept = keep[:, None]
+                error = np.where(kept, missed, 0.0)
+                level = np.where(kept, base + alpha * error, level)
+                trend = np.where(kept, phi * trend + beta * error, trend)
+                season[rows, :, position] = seasonal + gamma * error
+                position = np.where(keep, (position + 1) % m, position)
+            # the best point's forecast of the next value (_next)
+            best = best_points(squared, counted, g)
+            predictions[:, t] = (
+                level[rows, best] + phi[best] * trend[rows, best] + season[rows, best, position]
+            )
+        new = {
+            "first": state["first"].copy(), "seen": state["seen"] + steps,
+            "level": level, "trend": trend, "season": season, "position": position,
+            "squared": squared, "counted": counted,
+        }  # fmt: skip
+        if steps == 0:  # (copies all the same: the state returned is never the one given)
+            new = {name: np.array(value) for name, value in new.items()}
+        return predictions, new
 
     def forecast(self, state: StreamState, horizon: int) -> np.ndarray:
         g = len(self.points)
@@ -593,6 +646,18 @@ class ThetaStream:
     def __init__(self, season: int) -> None:
         self.season = max(1, int(season))
         self.alphas = np.asarray(THETA_ALPHAS)
+        self.keep = 1.0 - self.alphas[None, :]  # (1, G) each SES's weight of its past
+        # the centred moving average: its weights over the last values, its span and centre
+        m = self.season
+        if m % 2 == 0:
+            self.average_weights = np.full(m + 1, 1.0 / m)
+            self.average_weights[[0, -1]] = 0.5 / m
+            self.span, centre = m + 1, m // 2
+        else:
+            self.average_weights = np.r_[0.0, np.full(m, 1.0 / m)]
+            self.span, centre = m, (m - 1) // 2
+        self.centre = centre
+        self.at = m + 1 - self.span + centre  # the centre's column in recent
 
     def initial_state(self, batch_size: int) -> StreamState:
         b, g, m = batch_size, len(self.alphas), self.season
@@ -614,70 +679,125 @@ class ThetaStream:
     def indices(self, state: StreamState) -> np.ndarray:
         """``[B, m]`` the seasonal indices: each slot's mean detrended value, less their mean
         over the slots seen (0 for a slot not seen yet, and without a season)."""
-        counts = state["dcount"]
+        return self._indices(state["dsum"], state["dcount"])
+
+    def _indices(self, dsum: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """:meth:`indices` of the slots' sums and counts ``[B, m]``."""
         seen = counts > 0
-        raw = np.where(seen, state["dsum"] / np.maximum(counts, 1), 0.0)
+        if seen.all():  # (every slot seen, the usual case: the masks change nothing)
+            raw = dsum / counts
+            return raw - (pairwise_sum(raw) / self.season)[:, None]
+        raw = np.where(seen, dsum / np.maximum(counts, 1), 0.0)
         centre = pairwise_sum(raw) / np.maximum(seen.sum(axis=1), 1)
         return np.where(seen, raw - centre[:, None], 0.0)
 
     def step(self, state: StreamState, y: np.ndarray) -> tuple[np.ndarray, StreamState]:
-        m, alphas = self.season, self.alphas
+        # The same operations as the plain loop (:mod:`tests.test_baseline_steps` keeps it),
+        # in fewer NumPy calls: where every row is past a threshold (known from the fewest
+        # values any row has seen, one reduction per call) the masks that hold rows before
+        # it are left out (``x + where(True, v, 0.0)`` is ``x + v``), and sums over the last
+        # axis that are ready together run as one :func:`pairwise_sum` (rows padded with
+        # -0.0, which adds exactly: the same bits).
+        m, g, alphas, keep = self.season, len(self.alphas), self.alphas, self.keep
+        y = np.asarray(y, dtype=np.float64)
         b, steps = y.shape
-        new = {name: value.copy() for name, value in state.items()}
+        seen, recent = state["seen"], state["recent"]
+        sum_y, sum_ty, ses, weight = state["sum_y"], state["sum_ty"], state["ses"], state["weight"]
+        squared, counted = state["squared"], state["counted"]
+        # (written in place below: copies, so the given state is not changed)
+        dsum, dcount = state["dsum"].copy(), state["dcount"].copy()
+        slot_count, slot_time = state["slot_count"].copy(), state["slot_time"].copy()
+        fewest = int(seen.min()) if b else 0
         rows = np.arange(b)
         predictions = np.empty((b, steps))
+        indices = self._indices(dsum, dcount)  # (the indices before each value)
+        level = None  # (each grid point's level before the value, once known)
         for t in range(steps):
-            value = np.asarray(y[:, t], dtype=np.float64)
-            index = new["seen"]  # (B,) this value's position in its series
+            value = y[:, t]
+            index = seen  # (B,) this value's position in its series
             slot = index % m
-            indices = self.indices(new)
-            # one-step SES error on the adjusted value, with the indices known before it
-            level = new["ses"] - pairwise_sum(new["weight"] * indices[:, None, :])
-            error = (value - indices[rows, slot])[:, None] - level
-            scored = (index >= max(m, 1))[:, None]
-            new["squared"] += np.where(scored, error**2, 0.0)
-            new["counted"] += scored
-            # SES of the raw values and of the slot indicators (level_0 = a_0)
-            first = (index == 0)[:, None]
-            keep = 1.0 - alphas[None, :]
-            new["ses"] = np.where(
-                first, value[:, None], keep * new["ses"] + alphas * value[:, None]
-            )
-            new["weight"] *= np.where(first, 0.0, keep)[:, :, None]
-            new["weight"][rows, :, slot] += np.where(first, 1.0, alphas[None, :])
-            # the slope's sums
-            new["sum_y"] += value
-            new["sum_ty"] += index * value
-            new["slot_count"][rows, slot] += 1.0
-            new["slot_time"][rows, slot] += index
             # the centred moving average of the last m + 1 (even m) or m (odd m) values
-            new["recent"] = np.concatenate([new["recent"][:, 1:], value[:, None]], axis=1)
-            new["seen"] = index + 1
-            if m > 1:
-                self._detrend(new, rows)
-            predictions[:, t] = self.forecast(new, 1)[:, 0]
+            recent = np.concatenate([recent[:, 1:], value[:, None]], axis=1)
+            seen = index + 1
+            every_ready = fewest + t + 1 >= self.span
+            ready = None if every_ready else seen >= self.span
+            detrending = m > 1 and (every_ready or bool(ready.any()))
+            window = average = None
+            if detrending:
+                finite = np.isfinite(recent)
+                window = np.where(finite if ready is None else ready[:, None] & finite, recent, 0.0)
+            # one-step SES error on the adjusted value, with the indices known before it
+            if level is None and detrending:  # (both sums in one: [B, G + 1, m + 1])
+                terms = np.empty((b, g + 1, m + 1))
+                np.multiply(weight, indices[:, None, :], out=terms[:, :g, :m])
+                terms[:, :g, m] = -0.0
+                np.multiply(window, self.average_weights, out=terms[:, g])
+                sums = pairwise_sum(terms)
+                level, average = ses - sums[:, :g], sums[:, g]
+            else:
+                if level is None:
+                    level = ses - pairwise_sum(weight * indices[:, None, :])
+                if detrending:
+                    average = pairwise_sum(window * self.average_weights)
+            error = (value - indices[rows, slot])[:, None] - level
+            if fewest + t >= m:  # (every row scored)
+                squared = squared + error**2
+                counted = counted + 1.0
+            else:
+                scored = (index >= m)[:, None]
+                squared = squared + np.where(scored, error**2, 0.0)
+                counted = counted + scored
+            # SES of the raw values and of the slot indicators (level_0 = a_0)
+            if fewest + t > 0:  # (no row's first value)
+                ses = keep * ses + alphas * value[:, None]
+                weight = weight * keep[:, :, None]
+                weight[rows, :, slot] += alphas[None, :]
+            else:
+                first = (index == 0)[:, None]
+                ses = np.where(first, value[:, None], keep * ses + alphas * value[:, None])
+                weight = weight * np.where(first, 0.0, keep)[:, :, None]
+                weight[rows, :, slot] += np.where(first, 1.0, alphas[None, :])
+            # the slope's sums
+            sum_y = sum_y + value
+            sum_ty = sum_ty + index * value
+            slot_count[rows, slot] += 1.0
+            slot_time[rows, slot] += index
+            if window is not None and average is not None:
+                # the value at the centre of the newest whole window, less the window's
+                # centred mean, to its slot's sums
+                middle = (seen - self.span + self.centre) % m  # (the centre's slot)
+                if ready is None:
+                    dsum[rows, middle] += window[:, self.at] - average
+                    dcount[rows, middle] += 1.0
+                else:
+                    dsum[rows, middle] += np.where(ready, window[:, self.at] - average, 0.0)
+                    dcount[rows, middle] += ready
+            indices = self._indices(dsum, dcount)
+            # the forecast of the next value (forecast at horizon 1)
+            best = best_points(squared, counted, g)
+            if t + 1 < steps:  # (the next value's levels, and the slope's sums, in one)
+                terms = np.empty((b, g + 2, m))
+                np.multiply(weight, indices[:, None, :], out=terms[:, :g])
+                np.multiply(slot_count, indices, out=terms[:, g])
+                np.multiply(slot_time, indices, out=terms[:, g + 1])
+                sums = pairwise_sum(terms)
+                level = ses - sums[:, :g]
+                weighted, counts, times = sums[rows, best], sums[:, g], sums[:, g + 1]
+            else:
+                terms = np.stack([weight[rows, best], slot_count, slot_time]) * indices
+                weighted, counts, times = pairwise_sum(terms)
+            predictions[:, t] = _theta_next(
+                ses[rows, best] - weighted, sum_y - counts, sum_ty - times, seen,
+                alphas[best], indices[rows, seen % m],
+            )  # fmt: skip
+        new = {
+            "seen": seen, "recent": recent, "dsum": dsum, "dcount": dcount,
+            "sum_y": sum_y, "sum_ty": sum_ty, "slot_count": slot_count, "slot_time": slot_time,
+            "ses": ses, "weight": weight, "squared": squared, "counted": counted,
+        }  # fmt: skip
+        if steps == 0:  # (copies all the same: the state returned is never the one given)
+            new = {name: np.array(value) for name, value in new.items()}
         return predictions, new
-
-    def _detrend(self, state: StreamState, rows: np.ndarray) -> None:
-        """Add the value at the centre of the newest whole moving-average window, less the
-        window's centred mean, to its slot's sums."""
-        m, recent, seen = self.season, state["recent"], state["seen"]
-        if m % 2 == 0:
-            weights = np.full(m + 1, 1.0 / m)
-            weights[[0, -1]] = 0.5 / m
-            span, centre = m + 1, m // 2
-        else:
-            weights = np.r_[0.0, np.full(m, 1.0 / m)]
-            span, centre = m, (m - 1) // 2
-        ready = seen >= span
-        if not ready.any():
-            return
-        window = np.where(ready[:, None] & np.isfinite(recent), recent, 0.0)
-        average = pairwise_sum(window * weights)
-        at = recent.shape[1] - span + centre  # the centre's column in recent
-        slot = (seen - span + centre) % m
-        state["dsum"][rows, slot] += np.where(ready, window[:, at] - average, 0.0)
-        state["dcount"][rows, slot] += ready
 
     def forecast(self, state: StreamState, horizon: int) -> np.ndarray:
         m, g = self.season, len(self.alphas)
@@ -689,18 +809,42 @@ class ThetaStream:
         n = state["seen"].astype(np.float64)
         adjusted = state["sum_y"] - pairwise_sum(state["slot_count"] * indices)
         timed = state["sum_ty"] - pairwise_sum(state["slot_time"] * indices)
-        sum_t = n * (n - 1) / 2
-        sum_tt = (n - 1) * n * (2 * n - 1) / 6
-        spread = n * sum_tt - sum_t**2
-        slope = np.where(
-            spread > 0, (n * timed - sum_t * adjusted) / np.where(spread > 0, spread, 1), 0.0
-        )
+        slope = _theta_slope(n, adjusted, timed)
         steps = np.arange(1, horizon + 1)
         drift = (steps[None, :] - 1) + (1.0 - (1.0 - alpha[:, None]) ** n[:, None]) / alpha[:, None]
         slots = (state["seen"][:, None] - 1 + steps[None, :]) % m
         seasonal = np.take_along_axis(indices, slots, axis=1)
         path = level[:, None] + slope[:, None] / 2 * drift + seasonal
         return np.where((state["seen"] > 0)[:, None], path, np.nan)
+
+
+def _theta_slope(n: np.ndarray, adjusted: np.ndarray, timed: np.ndarray) -> np.ndarray:
+    """``[B]`` the least-squares slope of the adjusted values on time from their sums
+    ``adjusted`` and ``timed`` over the ``n`` values seen (0 below two values)."""
+    sum_t = n * (n - 1) / 2
+    sum_tt = (n - 1) * n * (2 * n - 1) / 6
+    spread = n * sum_tt - sum_t**2
+    return np.where(
+        spread > 0, (n * timed - sum_t * adjusted) / np.where(spread > 0, spread, 1), 0.0
+    )
+
+
+def _theta_next(
+    level: np.ndarray,
+    adjusted: np.ndarray,
+    timed: np.ndarray,
+    seen: np.ndarray,
+    alpha: np.ndarray,
+    seasonal: np.ndarray,
+) -> np.ndarray:
+    """``[B]`` :meth:`ThetaStream.forecast` at horizon 1 (every row has seen a value) from
+    the chosen level, the slope's sums, the values seen, the chosen alpha and the next
+    slot's index, in the same operations."""
+    n = seen.astype(np.float64)
+    slope = _theta_slope(n, adjusted, timed)
+    # ((h - 1) + ...: the integer 0 as a float, as the path of any horizon adds it)
+    drift = 0.0 + (1.0 - (1.0 - alpha) ** n) / alpha
+    return level + slope / 2 * drift + seasonal
 
 
 #: baseline kind -> its stream given the season; a new kind registers here and every run
