@@ -551,7 +551,7 @@ class ETSStream:
         (``[G]`` each) with nothing rebuilt per value."""
         alpha, beta, phi, gamma = self.alpha, self.beta, self.phi, self.gamma
         b, steps = y.shape
-        m, g = self.season, len(alpha)
+        m = self.season
         level, trend, position = state["level"], state["trend"], state["position"]
         squared, counted = state["squared"], state["counted"]
         season = state["season"].copy()  # (written in place)
@@ -577,8 +577,10 @@ class ETSStream:
                 trend = np.where(kept, phi * trend + beta * error, trend)
                 season[rows, :, position] = seasonal + gamma * error
                 position = np.where(keep, (position + 1) % m, position)
-            # the best point's forecast of the next value (_next)
-            best = best_points(squared, counted, g)
+            # the best point's forecast of the next value (_next); best_points, where every
+            # count is at least 1 (just counted): max(counted, 1) is counted
+            error = squared / counted
+            best = np.where(np.isfinite(error), error, np.inf).argmin(axis=1)
             predictions[:, t] = (
                 level[rows, best] + phi[best] * trend[rows, best] + season[rows, best, position]
             )
@@ -658,6 +660,8 @@ class ThetaStream:
             self.span, centre = m, (m - 1) // 2
         self.centre = centre
         self.at = m + 1 - self.span + centre  # the centre's column in recent
+        # the sums' rows padded with -0.0 to a power of two (> m): no odd level
+        self.width = 1 << m.bit_length()
 
     def initial_state(self, batch_size: int) -> StreamState:
         b, g, m = batch_size, len(self.alphas), self.season
@@ -685,8 +689,9 @@ class ThetaStream:
         """:meth:`indices` of the slots' sums and counts ``[B, m]``."""
         seen = counts > 0
         if seen.all():  # (every slot seen, the usual case: the masks change nothing)
-            raw = dsum / counts
-            return raw - (pairwise_sum(raw) / self.season)[:, None]
+            padded = np.full((len(dsum), self.width), -0.0)
+            raw = np.divide(dsum, counts, out=padded[:, : self.season])
+            return raw - (pairwise_sum(padded) / self.season)[:, None]
         raw = np.where(seen, dsum / np.maximum(counts, 1), 0.0)
         centre = pairwise_sum(raw) / np.maximum(seen.sum(axis=1), 1)
         return np.where(seen, raw - centre[:, None], 0.0)
@@ -728,10 +733,9 @@ class ThetaStream:
                 window = np.where(finite if ready is None else ready[:, None] & finite, recent, 0.0)
             # one-step SES error on the adjusted value, with the indices known before it
             if level is None and detrending:  # (both sums in one: [B, G + 1, m + 1])
-                terms = np.empty((b, g + 1, m + 1))
+                terms = np.full((b, g + 1, self.width), -0.0)
                 np.multiply(weight, indices[:, None, :], out=terms[:, :g, :m])
-                terms[:, :g, m] = -0.0
-                np.multiply(window, self.average_weights, out=terms[:, g])
+                np.multiply(window, self.average_weights, out=terms[:, g, : m + 1])
                 sums = pairwise_sum(terms)
                 level, average = ses - sums[:, :g], sums[:, g]
             else:
@@ -776,15 +780,18 @@ class ThetaStream:
             # the forecast of the next value (forecast at horizon 1)
             best = best_points(squared, counted, g)
             if t + 1 < steps:  # (the next value's levels, and the slope's sums, in one)
-                terms = np.empty((b, g + 2, m))
-                np.multiply(weight, indices[:, None, :], out=terms[:, :g])
-                np.multiply(slot_count, indices, out=terms[:, g])
-                np.multiply(slot_time, indices, out=terms[:, g + 1])
+                terms = np.full((b, g + 2, self.width), -0.0)
+                np.multiply(weight, indices[:, None, :], out=terms[:, :g, :m])
+                np.multiply(slot_count, indices, out=terms[:, g, :m])
+                np.multiply(slot_time, indices, out=terms[:, g + 1, :m])
                 sums = pairwise_sum(terms)
                 level = ses - sums[:, :g]
                 weighted, counts, times = sums[rows, best], sums[:, g], sums[:, g + 1]
             else:
-                terms = np.stack([weight[rows, best], slot_count, slot_time]) * indices
+                terms = np.full((3, b, self.width), -0.0)
+                np.multiply(weight[rows, best], indices, out=terms[0, :, :m])
+                np.multiply(slot_count, indices, out=terms[1, :, :m])
+                np.multiply(slot_time, indices, out=terms[2, :, :m])
                 weighted, counts, times = pairwise_sum(terms)
             predictions[:, t] = _theta_next(
                 ses[rows, best] - weighted, sum_y - counts, sum_ty - times, seen,
