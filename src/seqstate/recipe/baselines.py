@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -558,15 +558,22 @@ class ETSStream:
         finite = np.isfinite(y)
         every_finite = bool(finite.all())
         rows = np.arange(b)
+        one = b == 1  # (one row: basic indexing, views, where more rows gather and scatter)
         predictions = np.empty((b, steps))
         for t in range(steps):
             value = y[:, t]
-            seasonal = season[rows, :, position]  # (B, G)
+            # season[rows, :, position]: (B, G)
+            at = (
+                (slice(None), slice(None), position.item())
+                if one
+                else (rows, slice(None), position)
+            )
+            seasonal = season[at]
             base = level + phi * trend
             missed = value[:, None] - (base + seasonal)
             squared, counted = squared + missed**2, counted + 1.0
             if every_finite:
-                season[rows, :, position] = seasonal + gamma * missed
+                season[at] = seasonal + gamma * missed
                 level, trend = base + alpha * missed, phi * trend + beta * missed
                 position = (position + 1) % m
             else:
@@ -575,15 +582,21 @@ class ETSStream:
                 error = np.where(kept, missed, 0.0)
                 level = np.where(kept, base + alpha * error, level)
                 trend = np.where(kept, phi * trend + beta * error, trend)
-                season[rows, :, position] = seasonal + gamma * error
+                season[at] = seasonal + gamma * error
                 position = np.where(keep, (position + 1) % m, position)
             # the best point's forecast of the next value (_next); best_points, where every
             # count is at least 1 (just counted): max(counted, 1) is counted
             error = squared / counted
             best = np.where(np.isfinite(error), error, np.inf).argmin(axis=1)
-            predictions[:, t] = (
-                level[rows, best] + phi[best] * trend[rows, best] + season[rows, best, position]
-            )
+            if one:
+                j = best.item()
+                predictions[:, t] = (
+                    level[:, j] + phi[j] * trend[:, j] + season[:, j, position.item()]
+                )
+            else:
+                predictions[:, t] = (
+                    level[rows, best] + phi[best] * trend[rows, best] + season[rows, best, position]
+                )
         new = {
             "first": state["first"].copy(), "seen": state["seen"] + steps,
             "level": level, "trend": trend, "season": season, "position": position,
@@ -714,6 +727,7 @@ class ThetaStream:
         slot_count, slot_time = state["slot_count"].copy(), state["slot_time"].copy()
         fewest = int(seen.min()) if b else 0
         rows = np.arange(b)
+        one = b == 1  # (one row: basic indexing, views, where more rows gather and scatter)
         predictions = np.empty((b, steps))
         indices = self._indices(dsum, dcount)  # (the indices before each value)
         level = None  # (each grid point's level before the value, once known)
@@ -721,6 +735,9 @@ class ThetaStream:
             value = y[:, t]
             index = seen  # (B,) this value's position in its series
             slot = index % m
+            # [rows, slot] of a [B, m] field, [rows, :, slot] of weight [B, G, m]
+            at = (slice(None), (fewest + t) % m) if one else (rows, slot)
+            at_weight = (at[0], slice(None), at[1])
             # the centred moving average of the last m + 1 (even m) or m (odd m) values
             recent = np.concatenate([recent[:, 1:], value[:, None]], axis=1)
             seen = index + 1
@@ -743,7 +760,7 @@ class ThetaStream:
                     level = ses - pairwise_sum(weight * indices[:, None, :])
                 if detrending:
                     average = pairwise_sum(window * self.average_weights)
-            error = (value - indices[rows, slot])[:, None] - level
+            error = (value - indices[at])[:, None] - level
             if fewest + t >= m:  # (every row scored)
                 squared = squared + error**2
                 counted = counted + 1.0
@@ -755,30 +772,35 @@ class ThetaStream:
             if fewest + t > 0:  # (no row's first value)
                 ses = keep * ses + alphas * value[:, None]
                 weight = weight * keep[:, :, None]
-                weight[rows, :, slot] += alphas[None, :]
+                weight[at_weight] += alphas[None, :]
             else:
                 first = (index == 0)[:, None]
                 ses = np.where(first, value[:, None], keep * ses + alphas * value[:, None])
                 weight = weight * np.where(first, 0.0, keep)[:, :, None]
-                weight[rows, :, slot] += np.where(first, 1.0, alphas[None, :])
+                weight[at_weight] += np.where(first, 1.0, alphas[None, :])
             # the slope's sums
             sum_y = sum_y + value
             sum_ty = sum_ty + index * value
-            slot_count[rows, slot] += 1.0
-            slot_time[rows, slot] += index
+            slot_count[at] += 1.0
+            slot_time[at] += index
             if window is not None and average is not None:
                 # the value at the centre of the newest whole window, less the window's
                 # centred mean, to its slot's sums
-                middle = (seen - self.span + self.centre) % m  # (the centre's slot)
-                if ready is None:
-                    dsum[rows, middle] += window[:, self.at] - average
-                    dcount[rows, middle] += 1.0
+                # (the centre's slot)
+                if one:
+                    middle: Any = (slice(None), (fewest + t + 1 - self.span + self.centre) % m)
                 else:
-                    dsum[rows, middle] += np.where(ready, window[:, self.at] - average, 0.0)
-                    dcount[rows, middle] += ready
+                    middle = (rows, (seen - self.span + self.centre) % m)
+                if ready is None:
+                    dsum[middle] += window[:, self.at] - average
+                    dcount[middle] += 1.0
+                else:
+                    dsum[middle] += np.where(ready, window[:, self.at] - average, 0.0)
+                    dcount[middle] += ready
             indices = self._indices(dsum, dcount)
             # the forecast of the next value (forecast at horizon 1)
             best = best_points(squared, counted, g)
+            chosen = (slice(None), best.item()) if one else (rows, best)  # ([rows, best])
             if t + 1 < steps:  # (the next value's levels, and the slope's sums, in one)
                 terms = np.full((b, g + 2, self.width), -0.0)
                 np.multiply(weight, indices[:, None, :], out=terms[:, :g, :m])
@@ -786,16 +808,16 @@ class ThetaStream:
                 np.multiply(slot_time, indices, out=terms[:, g + 1, :m])
                 sums = pairwise_sum(terms)
                 level = ses - sums[:, :g]
-                weighted, counts, times = sums[rows, best], sums[:, g], sums[:, g + 1]
+                weighted, counts, times = sums[chosen], sums[:, g], sums[:, g + 1]
             else:
                 terms = np.full((3, b, self.width), -0.0)
-                np.multiply(weight[rows, best], indices, out=terms[0, :, :m])
+                np.multiply(weight[chosen], indices, out=terms[0, :, :m])
                 np.multiply(slot_count, indices, out=terms[1, :, :m])
                 np.multiply(slot_time, indices, out=terms[2, :, :m])
                 weighted, counts, times = pairwise_sum(terms)
             predictions[:, t] = _theta_next(
-                ses[rows, best] - weighted, sum_y - counts, sum_ty - times, seen,
-                alphas[best], indices[rows, seen % m],
+                ses[chosen] - weighted, sum_y - counts, sum_ty - times, seen, alphas[best],
+                indices[(slice(None), (fewest + t + 1) % m) if one else (rows, seen % m)],
             )  # fmt: skip
         new = {
             "seen": seen, "recent": recent, "dsum": dsum, "dcount": dcount,
@@ -848,9 +870,20 @@ def _theta_next(
     the chosen level, the slope's sums, the values seen, the chosen alpha and the next
     slot's index, in the same operations."""
     n = seen.astype(np.float64)
+    powered = (1.0 - alpha) ** n  # (NumPy's power in both forms)
+    if len(n) == 1:
+        # One stream: the same operations on Python floats (IEEE doubles, as float64; the
+        # square as a product, as NumPy squares), without a dozen one-element array calls.
+        count, last, total, timing = n.item(), level.item(), adjusted.item(), timed.item()
+        sum_t = count * (count - 1) / 2
+        sum_tt = (count - 1) * count * (2 * count - 1) / 6
+        spread = count * sum_tt - sum_t * sum_t
+        slope = (count * timing - sum_t * total) / spread if spread > 0 else 0.0
+        drift = 0.0 + (1.0 - powered.item()) / alpha.item()
+        return np.array([last + slope / 2 * drift + seasonal.item()])
     slope = _theta_slope(n, adjusted, timed)
     # ((h - 1) + ...: the integer 0 as a float, as the path of any horizon adds it)
-    drift = 0.0 + (1.0 - (1.0 - alpha) ** n) / alpha
+    drift = 0.0 + (1.0 - powered) / alpha
     return level + slope / 2 * drift + seasonal
 
 
