@@ -741,15 +741,15 @@ class ThetaStream:
             # the centred moving average of the last m + 1 (even m) or m (odd m) values
             recent = np.concatenate([recent[:, 1:], value[:, None]], axis=1)
             seen = index + 1
-            every_ready = fewest + t + 1 >= self.span
-            ready = None if every_ready else seen >= self.span
-            detrending = m > 1 and (every_ready or bool(ready.any()))
-            window = average = None
-            if detrending:
+            # (None: every row has seen a whole window)
+            ready = None if fewest + t + 1 >= self.span else seen >= self.span
+            window: np.ndarray | None = None  # (the rows' windows, where any row has one)
+            average: np.ndarray | None = None
+            if m > 1 and (ready is None or bool(ready.any())):
                 finite = np.isfinite(recent)
                 window = np.where(finite if ready is None else ready[:, None] & finite, recent, 0.0)
             # one-step SES error on the adjusted value, with the indices known before it
-            if level is None and detrending:  # (both sums in one: [B, G + 1, m + 1])
+            if level is None and window is not None:  # (both sums in one: [B, G + 1, m + 1])
                 terms = np.full((b, g + 1, self.width), -0.0)
                 np.multiply(weight, indices[:, None, :], out=terms[:, :g, :m])
                 np.multiply(window, self.average_weights, out=terms[:, g, : m + 1])
@@ -758,7 +758,7 @@ class ThetaStream:
             else:
                 if level is None:
                     level = ses - pairwise_sum(weight * indices[:, None, :])
-                if detrending:
+                if window is not None:
                     average = pairwise_sum(window * self.average_weights)
             error = (value - indices[at])[:, None] - level
             if fewest + t >= m:  # (every row scored)
