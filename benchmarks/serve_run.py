@@ -279,8 +279,8 @@ def report(
     if compared is not None and COMPARED in infos:
         lines += [
             "",
-            f"The default run served by the code in `{compared}` in the same rounds (`before`) "
-            "and by this tree (`after`):",
+            f"The default run served by the code of {_describe_tree(compared)} in the same "
+            "rounds (`before`) and by this tree (`after`):",
             "",
             "| transport | streams | default steps/s before | after | with the blend before "
             "| after |",
@@ -297,6 +297,20 @@ def report(
                 f"{share[COMPARED]:.0%} | {share['default']:.0%} |"
             )
     return "\n".join(lines)
+
+
+def _describe_tree(src: Path) -> str:
+    """``src``'s checkout as its short commit where git knows it, else its path."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"`{src}`"
+    return f"commit {commit}"
 
 
 if __name__ == "__main__":
