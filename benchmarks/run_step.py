@@ -7,9 +7,13 @@ One step (T = 1) of ``RunStep.step`` for B streams, four runs with the same LSTM
 - ``default``: what ``train`` picks for hourly sensors: per-series scaling, lag-24 seasonal
   differencing, weekday and hour calendar features, one known-future covariate, and the
   calibrated intervals' running MASE scale of each stream (every trained run keeps it);
-- ``blended``: the default run answering with ``0.5 x network + 0.5 x damped ETS (season
+- ``ETS blend``: the default run answering with ``0.5 x network + 0.5 x damped ETS (season
   24)``, as validation chooses on data the network does not beat (the baseline's state, its
-  60-point grid, steps beside the network's).
+  60-point grid, steps beside the network's);
+- ``blended``: the default run answering with ``network + ets_24 + theta_24`` (a third
+  each), the combination ``train``'s validation chooses on the serving benchmark's sensors
+  (``benchmarks/serve_run.py``): damped ETS and Theta (its 8 smoothing coefficients, its
+  seasonal indices) step beside the network.
 
 ``streamed``: the default run through :class:`seqstate.recipe.run_streams.RunStreams`, the
 same streams every call (what a Python caller streaming sensors runs: the step plus the
@@ -71,15 +75,22 @@ def sensors(n: int, hours: int = 24 * 4) -> object:
     )
 
 
-def build(table, hidden: int, default: bool, blended: bool = False) -> RunStep:
+#: the selections of the blended runs: name -> (weights, the selection's name)
+BLENDS = {
+    "ets blend": ({"network": 0.5, "ets_24": 0.5}, "network+ets_24"),
+    "blended": ({"network": 1 / 3, "ets_24": 1 / 3, "theta_24": 1 / 3}, "network+ets_24+theta_24"),
+}
+
+
+def build(table, hidden: int, default: bool, blended: str | None = None) -> RunStep:
     calendar = ("weekday", "hour") if default else ()
     torch.manual_seed(0)
     model = SequenceModel(input_size=2 + 2 * len(calendar), output_size=1, hidden_size=hidden)
     scaling = Scaling.fit(table, ScalingConfig(season=24)) if default else None
     selection = None
-    if blended:
-        weights = {"network": 0.5, "ets_24": 0.5}
-        selection = Selection(weights, "network+ets_24", {}, 24, 48, 1, 1)
+    if blended is not None:
+        weights, name = BLENDS[blended]
+        selection = Selection(weights, name, {}, 24, 48, 1, 1)
     # (any table of validation errors: the step keeps the MASE scale whatever its numbers)
     errors = np.random.default_rng(1).normal(size=(8, 24))
     intervals = fit_table(errors, season=24) if default else None
@@ -106,7 +117,7 @@ def measure(hidden: int, batch: int, rounds: int, calls: int) -> dict[str, float
     runs = {
         "plain": build(table, hidden, False),
         "default": build(table, hidden, True),
-        "blended": build(table, hidden, True, blended=True),
+        **{name: build(table, hidden, True, blended=name) for name in BLENDS},
     }
     warm = 60  # past the 24 warm-up steps of the differencing and ETS's 48
     x = np.stack([tables.table_inputs(runs["default"], table, i) for i in range(batch)])
@@ -141,7 +152,7 @@ def measure(hidden: int, batch: int, rounds: int, calls: int) -> dict[str, float
         "model": bare,
         "plain": stepper("plain"),
         "default": stepper("default"),
-        "blended": stepper("blended"),
+        **{name: stepper(name) for name in BLENDS},
         "streamed": lambda: streams.step(ids, stream_x, stream_t),
     }
     best = dict.fromkeys(work, float("inf"))
@@ -161,29 +172,35 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (60)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 100])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rounds, calls = (3, 20) if args.quick else (60, 20)
+    rounds = args.rounds or rounds
     lines = [
         "## run step: the cost of a run's preprocessing per step",
         "",
         f"`benchmarks/run_step.py --threads {args.threads}`; {machine_info(threads=True)}; "
-        "thread CPU time per step, best of 60 interleaved rounds of 20 calls, each call "
-        "stepping the state the last one returned.",
+        f"thread CPU time per step, best of {rounds} interleaved rounds of {calls} calls, each "
+        "call stepping the state the last one returned.",
         "",
-        "| hidden | streams | model µs | plain run µs | default run µs | blended run µs "
-        "| streamed µs | default / plain | preprocessing share |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| hidden | streams | model µs | plain run µs | default run µs | ETS blend µs "
+        "| blended run µs | streamed µs | default / plain | preprocessing share "
+        "| blended / plain |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for hidden in (64, 256):
-        for batch in (1, 100):
+    for hidden in args.hidden:
+        for batch in args.streams:
             best = measure(hidden, batch, rounds, calls)
             share = (best["default"] - best["plain"]) / best["default"]
             lines.append(
                 f"| {hidden} | {batch} | {best['model'] * 1e6:.0f} | {best['plain'] * 1e6:.0f} | "
-                f"{best['default'] * 1e6:.0f} | {best['blended'] * 1e6:.0f} | "
-                f"{best['streamed'] * 1e6:.0f} | "
-                f"{best['default'] / best['plain']:.2f} | {share:.0%} |"
+                f"{best['default'] * 1e6:.0f} | {best['ets blend'] * 1e6:.0f} | "
+                f"{best['blended'] * 1e6:.0f} | {best['streamed'] * 1e6:.0f} | "
+                f"{best['default'] / best['plain']:.2f} | {share:.0%} | "
+                f"{best['blended'] / best['plain']:.2f} |"
             )
             print(lines[-1], flush=True)
     text = "\n".join(lines)

@@ -29,6 +29,11 @@ process, where no transport hides them.
 
     .venv/bin/python benchmarks/serve_run.py              # about 3 minutes
     .venv/bin/python benchmarks/serve_run.py --quick      # a smoke run
+
+``--compare-src DIR`` also serves the default run from another source tree (``DIR`` on the
+server's ``PYTHONPATH``, e.g. a checkout's ``src``) in the same interleaved rounds, so a
+change to the step is measured against the code before it on the same machine at the same
+time (the runs are trained once, by this tree).
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ HOUR = 3600
 PLAIN = ("--scaling", "none", "--difference", "0", "--seasonal-difference", "0",
          "--calendar", "none", "--select", "network")  # fmt: skip
 START = int(pd.Timestamp("2024-03-01").timestamp())
+#: the default run served by the code of ``--compare-src``
+COMPARED = "default, compared"
 
 
 def sensors(path: Path, series: int, hours: int) -> Path:
@@ -182,6 +189,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short runs (smoke test)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    parser.add_argument(
+        "--compare-src",
+        type=Path,
+        default=None,
+        help="also serve the default run from this source tree (its src folder)",
+    )
     args = parser.parse_args()
     seconds = 1.0 if args.quick else 3.0
     rounds = 1 if args.quick else args.rounds
@@ -196,6 +209,10 @@ def main() -> None:
             "default": train(table, tmp_path / "default"),
         }
         servers = {name: seqstate_server(run, "memory://") for name, run in runs.items()}
+        if args.compare_src is not None:
+            servers[COMPARED] = seqstate_server(
+                runs["default"], "memory://", env={"PYTHONPATH": str(args.compare_src.resolve())}
+            )
         try:
             infos = {name: model_info(server.url) for name, server in servers.items()}
             warm = max(int(info.get("warmup_steps", 0)) for info in infos.values()) + 2
@@ -212,7 +229,9 @@ def main() -> None:
         finally:
             for server in servers.values():
                 server.stop()
-    text = report(rates, infos, seconds, rounds, time.monotonic() - started, args.quick)
+    text = report(
+        rates, infos, seconds, rounds, time.monotonic() - started, args.quick, args.compare_src
+    )
     print(text)
     if not args.no_write and not args.quick:
         write_section("serve_run", text)
@@ -225,6 +244,7 @@ def report(
     rounds: int,
     elapsed: float,
     quick: bool,
+    compared: Path | None = None,
 ) -> str:
     default = infos["default"]
     lines = [
@@ -241,7 +261,8 @@ def report(
         "preprocessing share (network vs plain) | with the blend (default vs plain) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for transport, count in sorted({(t, c) for _, t, c in rates}, key=lambda k: (k[0], k[1])):
+    loads = sorted({(t, c) for _, t, c in rates}, key=lambda k: (k[0], k[1]))
+    for transport, count in loads:
         rate = {name: statistics.median(rates[(name, transport, count)]) for name in infos}
         cells = (1 / rate["network"] - 1 / rate["plain"]) * rate["network"]
         blended = (1 / rate["default"] - 1 / rate["plain"]) * rate["default"]
@@ -255,7 +276,41 @@ def report(
         "around the step function alone (no transport), is in the run step section "
         "(`benchmarks/run_step.py`).",
     ]
+    if compared is not None and COMPARED in infos:
+        lines += [
+            "",
+            f"The default run served by the code of {_describe_tree(compared)} in the same "
+            "rounds (`before`) and by this tree (`after`):",
+            "",
+            "| transport | streams | default steps/s before | after | with the blend before "
+            "| after |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for transport, count in loads:
+            rate = {name: statistics.median(rates[(name, transport, count)]) for name in infos}
+            share = {
+                name: (1 / rate[name] - 1 / rate["plain"]) * rate[name]
+                for name in (COMPARED, "default")
+            }
+            lines.append(
+                f"| {transport} | {count} | {rate[COMPARED]:,.0f} | {rate['default']:,.0f} | "
+                f"{share[COMPARED]:.0%} | {share['default']:.0%} |"
+            )
     return "\n".join(lines)
+
+
+def _describe_tree(src: Path) -> str:
+    """``src``'s checkout as its short commit where git knows it, else its path."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"`{src}`"
+    return f"commit {commit}"
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -487,6 +487,10 @@ class ETSStream:
     def __init__(self, season: int) -> None:
         self.season = max(1, int(season))
         self.points = grid(self.season)
+        # each coefficient over the grid [G], contiguous (the grid's columns)
+        self.alpha, self.beta, self.phi, self.gamma = (
+            np.ascontiguousarray(self.points[:, k]) for k in range(4)
+        )
 
     def initial_state(self, batch_size: int) -> StreamState:
         b, g, m = batch_size, len(self.points), self.season
@@ -503,8 +507,12 @@ class ETSStream:
 
     def step(self, state: StreamState, y: np.ndarray) -> tuple[np.ndarray, StreamState]:
         m, points = self.season, self.points
+        y = np.asarray(y, dtype=np.float64)
         b, steps = y.shape
-        first, seen = state["first"].copy(), state["seen"]
+        seen = state["seen"]
+        if b and int(seen.min()) >= 2 * m:  # (no row replays in this call: the usual step)
+            return self._settled(state, y)
+        first = state["first"].copy()
         grid_state = Grid(
             state["level"],
             state["trend"],
@@ -514,10 +522,9 @@ class ETSStream:
             state["counted"],
         )
         columns = np.arange(2 * m)
-        y = np.asarray(y, dtype=np.float64)
         finite = np.isfinite(y)
         every_finite = bool(finite.all())
-        settled = b == 0 or int(seen.min()) >= 2 * m  # (no row replays in this call)
+        settled = b == 0  # (no row replays in this call)
         predictions = np.empty((b, steps))
         for t in range(steps):
             value = y[:, t]
@@ -537,6 +544,67 @@ class ETSStream:
             predictions[:, t] = _next(points, grid_state)
         new = dict(zip(Grid._fields, grid_state, strict=True))
         return predictions, {"first": first, "seen": seen, **new}
+
+    def _settled(self, state: StreamState, y: np.ndarray) -> tuple[np.ndarray, StreamState]:
+        """:meth:`step` of rows that have all seen their first two seasons: :func:`grid_step`
+        and :func:`_next` in the same operations, written out for the grid's coefficients
+        (``[G]`` each) with nothing rebuilt per value."""
+        alpha, beta, phi, gamma = self.alpha, self.beta, self.phi, self.gamma
+        b, steps = y.shape
+        m = self.season
+        level, trend, position = state["level"], state["trend"], state["position"]
+        squared, counted = state["squared"], state["counted"]
+        season = state["season"].copy()  # (written in place)
+        finite = np.isfinite(y)
+        every_finite = bool(finite.all())
+        rows = np.arange(b)
+        one = b == 1  # (one row: basic indexing, views, where more rows gather and scatter)
+        predictions = np.empty((b, steps))
+        for t in range(steps):
+            value = y[:, t]
+            # season[rows, :, position]: (B, G)
+            at = (
+                (slice(None), slice(None), position.item())
+                if one
+                else (rows, slice(None), position)
+            )
+            seasonal = season[at]
+            base = level + phi * trend
+            missed = value[:, None] - (base + seasonal)
+            squared, counted = squared + missed**2, counted + 1.0
+            if every_finite:
+                season[at] = seasonal + gamma * missed
+                level, trend = base + alpha * missed, phi * trend + beta * missed
+                position = (position + 1) % m
+            else:
+                keep = finite[:, t]
+                kept = keep[:, None]
+                error = np.where(kept, missed, 0.0)
+                level = np.where(kept, base + alpha * error, level)
+                trend = np.where(kept, phi * trend + beta * error, trend)
+                season[at] = seasonal + gamma * error
+                position = np.where(keep, (position + 1) % m, position)
+            # the best point's forecast of the next value (_next); best_points, where every
+            # count is at least 1 (just counted): max(counted, 1) is counted
+            error = squared / counted
+            best = np.where(np.isfinite(error), error, np.inf).argmin(axis=1)
+            if one:
+                j = best.item()
+                predictions[:, t] = (
+                    level[:, j] + phi[j] * trend[:, j] + season[:, j, position.item()]
+                )
+            else:
+                predictions[:, t] = (
+                    level[rows, best] + phi[best] * trend[rows, best] + season[rows, best, position]
+                )
+        new = {
+            "first": state["first"].copy(), "seen": state["seen"] + steps,
+            "level": level, "trend": trend, "season": season, "position": position,
+            "squared": squared, "counted": counted,
+        }  # fmt: skip
+        if steps == 0:  # (copies all the same: the state returned is never the one given)
+            new = {name: np.array(value) for name, value in new.items()}
+        return predictions, new
 
     def forecast(self, state: StreamState, horizon: int) -> np.ndarray:
         g = len(self.points)
@@ -593,6 +661,20 @@ class ThetaStream:
     def __init__(self, season: int) -> None:
         self.season = max(1, int(season))
         self.alphas = np.asarray(THETA_ALPHAS)
+        self.keep = 1.0 - self.alphas[None, :]  # (1, G) each SES's weight of its past
+        # the centred moving average: its weights over the last values, its span and centre
+        m = self.season
+        if m % 2 == 0:
+            self.average_weights = np.full(m + 1, 1.0 / m)
+            self.average_weights[[0, -1]] = 0.5 / m
+            self.span, centre = m + 1, m // 2
+        else:
+            self.average_weights = np.r_[0.0, np.full(m, 1.0 / m)]
+            self.span, centre = m, (m - 1) // 2
+        self.centre = centre
+        self.at = m + 1 - self.span + centre  # the centre's column in recent
+        # the sums' rows padded with -0.0 to a power of two (> m): no odd level
+        self.width = 1 << m.bit_length()
 
     def initial_state(self, batch_size: int) -> StreamState:
         b, g, m = batch_size, len(self.alphas), self.season
@@ -614,70 +696,137 @@ class ThetaStream:
     def indices(self, state: StreamState) -> np.ndarray:
         """``[B, m]`` the seasonal indices: each slot's mean detrended value, less their mean
         over the slots seen (0 for a slot not seen yet, and without a season)."""
-        counts = state["dcount"]
+        return self._indices(state["dsum"], state["dcount"])
+
+    def _indices(self, dsum: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """:meth:`indices` of the slots' sums and counts ``[B, m]``."""
         seen = counts > 0
-        raw = np.where(seen, state["dsum"] / np.maximum(counts, 1), 0.0)
+        if seen.all():  # (every slot seen, the usual case: the masks change nothing)
+            padded = np.full((len(dsum), self.width), -0.0)
+            raw = np.divide(dsum, counts, out=padded[:, : self.season])
+            return raw - (pairwise_sum(padded) / self.season)[:, None]
+        raw = np.where(seen, dsum / np.maximum(counts, 1), 0.0)
         centre = pairwise_sum(raw) / np.maximum(seen.sum(axis=1), 1)
         return np.where(seen, raw - centre[:, None], 0.0)
 
     def step(self, state: StreamState, y: np.ndarray) -> tuple[np.ndarray, StreamState]:
-        m, alphas = self.season, self.alphas
+        # The same operations as the plain loop (:mod:`tests.test_baseline_steps` keeps it),
+        # in fewer NumPy calls: where every row is past a threshold (known from the fewest
+        # values any row has seen, one reduction per call) the masks that hold rows before
+        # it are left out (``x + where(True, v, 0.0)`` is ``x + v``), and sums over the last
+        # axis that are ready together run as one :func:`pairwise_sum` (rows padded with
+        # -0.0, which adds exactly: the same bits).
+        m, g, alphas, keep = self.season, len(self.alphas), self.alphas, self.keep
+        y = np.asarray(y, dtype=np.float64)
         b, steps = y.shape
-        new = {name: value.copy() for name, value in state.items()}
+        seen, recent = state["seen"], state["recent"]
+        sum_y, sum_ty, ses, weight = state["sum_y"], state["sum_ty"], state["ses"], state["weight"]
+        squared, counted = state["squared"], state["counted"]
+        # (written in place below: copies, so the given state is not changed)
+        dsum, dcount = state["dsum"].copy(), state["dcount"].copy()
+        slot_count, slot_time = state["slot_count"].copy(), state["slot_time"].copy()
+        fewest = int(seen.min()) if b else 0
         rows = np.arange(b)
+        one = b == 1  # (one row: basic indexing, views, where more rows gather and scatter)
         predictions = np.empty((b, steps))
+        indices = self._indices(dsum, dcount)  # (the indices before each value)
+        level = None  # (each grid point's level before the value, once known)
         for t in range(steps):
-            value = np.asarray(y[:, t], dtype=np.float64)
-            index = new["seen"]  # (B,) this value's position in its series
+            value = y[:, t]
+            index = seen  # (B,) this value's position in its series
             slot = index % m
-            indices = self.indices(new)
-            # one-step SES error on the adjusted value, with the indices known before it
-            level = new["ses"] - pairwise_sum(new["weight"] * indices[:, None, :])
-            error = (value - indices[rows, slot])[:, None] - level
-            scored = (index >= max(m, 1))[:, None]
-            new["squared"] += np.where(scored, error**2, 0.0)
-            new["counted"] += scored
-            # SES of the raw values and of the slot indicators (level_0 = a_0)
-            first = (index == 0)[:, None]
-            keep = 1.0 - alphas[None, :]
-            new["ses"] = np.where(
-                first, value[:, None], keep * new["ses"] + alphas * value[:, None]
-            )
-            new["weight"] *= np.where(first, 0.0, keep)[:, :, None]
-            new["weight"][rows, :, slot] += np.where(first, 1.0, alphas[None, :])
-            # the slope's sums
-            new["sum_y"] += value
-            new["sum_ty"] += index * value
-            new["slot_count"][rows, slot] += 1.0
-            new["slot_time"][rows, slot] += index
+            # [rows, slot] of a [B, m] field, [rows, :, slot] of weight [B, G, m]
+            at = (slice(None), (fewest + t) % m) if one else (rows, slot)
+            at_weight = (at[0], slice(None), at[1])
             # the centred moving average of the last m + 1 (even m) or m (odd m) values
-            new["recent"] = np.concatenate([new["recent"][:, 1:], value[:, None]], axis=1)
-            new["seen"] = index + 1
-            if m > 1:
-                self._detrend(new, rows)
-            predictions[:, t] = self.forecast(new, 1)[:, 0]
+            recent = np.concatenate([recent[:, 1:], value[:, None]], axis=1)
+            seen = index + 1
+            # (None: every row has seen a whole window)
+            ready = None if fewest + t + 1 >= self.span else seen >= self.span
+            window: np.ndarray | None = None  # (the rows' windows, where any row has one)
+            average: np.ndarray | None = None
+            if m > 1 and (ready is None or bool(ready.any())):
+                finite = np.isfinite(recent)
+                window = np.where(finite if ready is None else ready[:, None] & finite, recent, 0.0)
+            # one-step SES error on the adjusted value, with the indices known before it
+            if level is None and window is not None:  # (both sums in one: [B, G + 1, m + 1])
+                terms = np.full((b, g + 1, self.width), -0.0)
+                np.multiply(weight, indices[:, None, :], out=terms[:, :g, :m])
+                np.multiply(window, self.average_weights, out=terms[:, g, : m + 1])
+                sums = pairwise_sum(terms)
+                level, average = ses - sums[:, :g], sums[:, g]
+            else:
+                if level is None:
+                    level = ses - pairwise_sum(weight * indices[:, None, :])
+                if window is not None:
+                    average = pairwise_sum(window * self.average_weights)
+            error = (value - indices[at])[:, None] - level
+            if fewest + t >= m:  # (every row scored)
+                squared = squared + error**2
+                counted = counted + 1.0
+            else:
+                scored = (index >= m)[:, None]
+                squared = squared + np.where(scored, error**2, 0.0)
+                counted = counted + scored
+            # SES of the raw values and of the slot indicators (level_0 = a_0)
+            if fewest + t > 0:  # (no row's first value)
+                ses = keep * ses + alphas * value[:, None]
+                weight = weight * keep[:, :, None]
+                weight[at_weight] += alphas[None, :]
+            else:
+                first = (index == 0)[:, None]
+                ses = np.where(first, value[:, None], keep * ses + alphas * value[:, None])
+                weight = weight * np.where(first, 0.0, keep)[:, :, None]
+                weight[at_weight] += np.where(first, 1.0, alphas[None, :])
+            # the slope's sums
+            sum_y = sum_y + value
+            sum_ty = sum_ty + index * value
+            slot_count[at] += 1.0
+            slot_time[at] += index
+            if window is not None and average is not None:
+                # the value at the centre of the newest whole window, less the window's
+                # centred mean, to its slot's sums
+                # (the centre's slot)
+                if one:
+                    middle: Any = (slice(None), (fewest + t + 1 - self.span + self.centre) % m)
+                else:
+                    middle = (rows, (seen - self.span + self.centre) % m)
+                if ready is None:
+                    dsum[middle] += window[:, self.at] - average
+                    dcount[middle] += 1.0
+                else:
+                    dsum[middle] += np.where(ready, window[:, self.at] - average, 0.0)
+                    dcount[middle] += ready
+            indices = self._indices(dsum, dcount)
+            # the forecast of the next value (forecast at horizon 1)
+            best = best_points(squared, counted, g)
+            chosen = (slice(None), best.item()) if one else (rows, best)  # ([rows, best])
+            if t + 1 < steps:  # (the next value's levels, and the slope's sums, in one)
+                terms = np.full((b, g + 2, self.width), -0.0)
+                np.multiply(weight, indices[:, None, :], out=terms[:, :g, :m])
+                np.multiply(slot_count, indices, out=terms[:, g, :m])
+                np.multiply(slot_time, indices, out=terms[:, g + 1, :m])
+                sums = pairwise_sum(terms)
+                level = ses - sums[:, :g]
+                weighted, counts, times = sums[chosen], sums[:, g], sums[:, g + 1]
+            else:
+                terms = np.full((3, b, self.width), -0.0)
+                np.multiply(weight[chosen], indices, out=terms[0, :, :m])
+                np.multiply(slot_count, indices, out=terms[1, :, :m])
+                np.multiply(slot_time, indices, out=terms[2, :, :m])
+                weighted, counts, times = pairwise_sum(terms)
+            predictions[:, t] = _theta_next(
+                ses[chosen] - weighted, sum_y - counts, sum_ty - times, seen, alphas[best],
+                indices[(slice(None), (fewest + t + 1) % m) if one else (rows, seen % m)],
+            )  # fmt: skip
+        new = {
+            "seen": seen, "recent": recent, "dsum": dsum, "dcount": dcount,
+            "sum_y": sum_y, "sum_ty": sum_ty, "slot_count": slot_count, "slot_time": slot_time,
+            "ses": ses, "weight": weight, "squared": squared, "counted": counted,
+        }  # fmt: skip
+        if steps == 0:  # (copies all the same: the state returned is never the one given)
+            new = {name: np.array(value) for name, value in new.items()}
         return predictions, new
-
-    def _detrend(self, state: StreamState, rows: np.ndarray) -> None:
-        """Add the value at the centre of the newest whole moving-average window, less the
-        window's centred mean, to its slot's sums."""
-        m, recent, seen = self.season, state["recent"], state["seen"]
-        if m % 2 == 0:
-            weights = np.full(m + 1, 1.0 / m)
-            weights[[0, -1]] = 0.5 / m
-            span, centre = m + 1, m // 2
-        else:
-            weights = np.r_[0.0, np.full(m, 1.0 / m)]
-            span, centre = m, (m - 1) // 2
-        ready = seen >= span
-        if not ready.any():
-            return
-        window = np.where(ready[:, None] & np.isfinite(recent), recent, 0.0)
-        average = pairwise_sum(window * weights)
-        at = recent.shape[1] - span + centre  # the centre's column in recent
-        slot = (seen - span + centre) % m
-        state["dsum"][rows, slot] += np.where(ready, window[:, at] - average, 0.0)
-        state["dcount"][rows, slot] += ready
 
     def forecast(self, state: StreamState, horizon: int) -> np.ndarray:
         m, g = self.season, len(self.alphas)
@@ -689,18 +838,53 @@ class ThetaStream:
         n = state["seen"].astype(np.float64)
         adjusted = state["sum_y"] - pairwise_sum(state["slot_count"] * indices)
         timed = state["sum_ty"] - pairwise_sum(state["slot_time"] * indices)
-        sum_t = n * (n - 1) / 2
-        sum_tt = (n - 1) * n * (2 * n - 1) / 6
-        spread = n * sum_tt - sum_t**2
-        slope = np.where(
-            spread > 0, (n * timed - sum_t * adjusted) / np.where(spread > 0, spread, 1), 0.0
-        )
+        slope = _theta_slope(n, adjusted, timed)
         steps = np.arange(1, horizon + 1)
         drift = (steps[None, :] - 1) + (1.0 - (1.0 - alpha[:, None]) ** n[:, None]) / alpha[:, None]
         slots = (state["seen"][:, None] - 1 + steps[None, :]) % m
         seasonal = np.take_along_axis(indices, slots, axis=1)
         path = level[:, None] + slope[:, None] / 2 * drift + seasonal
         return np.where((state["seen"] > 0)[:, None], path, np.nan)
+
+
+def _theta_slope(n: np.ndarray, adjusted: np.ndarray, timed: np.ndarray) -> np.ndarray:
+    """``[B]`` the least-squares slope of the adjusted values on time from their sums
+    ``adjusted`` and ``timed`` over the ``n`` values seen (0 below two values)."""
+    sum_t = n * (n - 1) / 2
+    sum_tt = (n - 1) * n * (2 * n - 1) / 6
+    spread = n * sum_tt - sum_t**2
+    return np.where(
+        spread > 0, (n * timed - sum_t * adjusted) / np.where(spread > 0, spread, 1), 0.0
+    )
+
+
+def _theta_next(
+    level: np.ndarray,
+    adjusted: np.ndarray,
+    timed: np.ndarray,
+    seen: np.ndarray,
+    alpha: np.ndarray,
+    seasonal: np.ndarray,
+) -> np.ndarray:
+    """``[B]`` :meth:`ThetaStream.forecast` at horizon 1 (every row has seen a value) from
+    the chosen level, the slope's sums, the values seen, the chosen alpha and the next
+    slot's index, in the same operations."""
+    n = seen.astype(np.float64)
+    powered = (1.0 - alpha) ** n  # (NumPy's power in both forms)
+    if len(n) == 1:
+        # One stream: the same operations on Python floats (IEEE doubles, as float64; the
+        # square as a product, as NumPy squares), without a dozen one-element array calls.
+        count, last, total, timing = n.item(), level.item(), adjusted.item(), timed.item()
+        sum_t = count * (count - 1) / 2
+        sum_tt = (count - 1) * count * (2 * count - 1) / 6
+        spread = count * sum_tt - sum_t * sum_t
+        slope = (count * timing - sum_t * total) / spread if spread > 0 else 0.0
+        drift = 0.0 + (1.0 - powered.item()) / alpha.item()
+        return np.array([last + slope / 2 * drift + seasonal.item()])
+    slope = _theta_slope(n, adjusted, timed)
+    # ((h - 1) + ...: the integer 0 as a float, as the path of any horizon adds it)
+    drift = 0.0 + (1.0 - powered) / alpha
+    return level + slope / 2 * drift + seasonal
 
 
 #: baseline kind -> its stream given the season; a new kind registers here and every run

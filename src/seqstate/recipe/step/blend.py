@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from seqstate.recipe.baselines import baseline_stream
-from seqstate.recipe.step.state import Entry, as_array, entry_of
+from seqstate.recipe.step.state import Entry, StepTransforms, as_array
 
 __all__ = ["PREFIX", "Blend", "combine"]
 
@@ -78,13 +78,21 @@ class Blend:
     def _read(self, transforms: Mapping[str, torch.Tensor], name: str) -> dict[str, np.ndarray]:
         """Baseline ``name``'s stream state, rows ``b * O + o`` (views of the tensors' memory
         on the CPU: a stream never writes its input state)."""
+        return self._read_held(StepTransforms.entries(transforms), name)
+
+    def _read_held(self, held: Mapping[str, Entry], name: str) -> dict[str, np.ndarray]:
+        """:meth:`_read` of the fields as held (:meth:`StepTransforms.entries`: a fast
+        step's arrays as it computed them, read without a conversion)."""
         state = {}
         for field, key in self.fields[name]:
-            entry = entry_of(transforms, key)  # (a fast step's array as it is)
-            if isinstance(entry, torch.Tensor) and entry.device.type != "cpu":
+            entry = held[key]
+            if type(entry) is np.ndarray:  # (a fast step's array: no conversion)
+                value = entry
+            elif isinstance(entry, torch.Tensor) and entry.device.type != "cpu":
                 value = entry.cpu().numpy()
             else:
                 value = as_array(entry)
+            # (B, O, ...) -> (B * O, ...)
             state[field] = value.reshape(-1, *value.shape[2:])
         return state
 
@@ -110,14 +118,18 @@ class Blend:
         b, steps, outputs = values.shape
         # (B, T, O) -> rows b * O + o, (B * O, T)
         rows = values[:, :, 0] if outputs == 1 else values.transpose(0, 2, 1).reshape(-1, steps)
+        held = StepTransforms.entries(transforms)  # (the fields as held: one look-up each)
         parts: dict[str, np.ndarray] = {}
         new: dict[str, Entry] = {}
         for name, stream in self.streams.items():
-            predictions, state = stream.step(self._read(transforms, name), rows)
+            predictions, state = stream.step(self._read_held(held, name), rows)
             # (B * O, T) -> (B, T, O)
             parts[name] = predictions.reshape(b, outputs, steps).transpose(0, 2, 1)
             for field, key in self.fields[name]:
-                new[key] = _rows(state[field], b, outputs)
+                # (a stream returns arrays of its own, never its input's: they are shared,
+                # not copied) (B * O, ...) -> (B, O, ...)
+                value = state[field]
+                new[key] = value.reshape(b, outputs, *value.shape[1:])
         return parts, new
 
     def forecast(

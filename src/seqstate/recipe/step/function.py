@@ -786,7 +786,9 @@ class RunStep(nn.Module):
         # (the step's fields as held: merged without making them tensors)
         stepped = new_state.transforms
         known = stepped.fewest_steps if type(stepped) is StepTransforms else None
-        transforms = StepTransforms({**StepTransforms.entries(stepped), **baselines}, known)
+        held = StepTransforms.entries(stepped)  # (a new dict: updated in place)
+        held.update(baselines)
+        transforms = StepTransforms(held, known)
         return StepOutputs(answer, members), RunState.unchecked(transforms, new_state.models)
 
     def _blend_rows(
