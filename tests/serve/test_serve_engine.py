@@ -14,10 +14,11 @@ from seqstate.serve.stores import MemoryStore, Record
 
 
 class RacingStore(MemoryStore):
-    """Lets ``rival`` run right after our read, before our commit (a replica racing us)."""
+    """Lets ``rival`` run right after our read, before our commit (a replica racing us).
+    Records only: every step is read through ``get_many``."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(columns=False)
         self.rival = None
 
     def get_many(self, streams):
@@ -77,7 +78,11 @@ class Clock:
 
 class FileLikeStore(MemoryStore):
     """Hands out each record as a durable store reads it back: rebuilt from its fields with
-    its checksum (so nothing the engine cached on the built record is seen)."""
+    its checksum (so nothing the engine cached on the built record is seen). Records only:
+    the per-stream path, the reference the row table's bulk path is compared with."""
+
+    def __init__(self) -> None:
+        super().__init__(columns=False)
 
     def get_many(self, streams):
         records = super().get_many(streams)
