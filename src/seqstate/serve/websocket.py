@@ -49,6 +49,7 @@ from pydantic import TypeAdapter
 from starlette.websockets import WebSocket
 
 from seqstate.serve import jsonio
+from seqstate.serve.engine import StepRequest
 from seqstate.serve.errors import ApiError, api_error, item_error
 from seqstate.serve.frames import BinarySteps, decode_steps, encode_answers
 from seqstate.serve.rules import Reject
@@ -63,7 +64,7 @@ from seqstate.serve.steps import (
 from seqstate.serve.stores import StoreError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from seqstate.serve.engine import Outcome, StepRequest
+    from seqstate.serve.engine import Outcome
 
 __all__ = ["serve_websocket"]
 
@@ -202,6 +203,52 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
         if not remaining[0]:
             done()
 
+    def queue_block(items: list[StepRequest], charge: int, estimate: int) -> bool:
+        """Queue a binary frame's steps as one batcher block (one future, one callback, the
+        answer frame built from the outcomes in order): only when every item is a step of a
+        distinct stream with room in its replay window and no end or forecast before it;
+        else False and nothing is queued (the frame goes item by item)."""
+        streams = [item.stream for item in items]
+        if len(set(streams)) != len(streams):
+            return False
+        for stream in streams:
+            before = last.get(stream)
+            if in_flight.get(stream, 0) >= window or (
+                before is not None and getattr(before, "chained", False)
+            ):
+                return False
+        future = resources.batcher.enqueue_block(items)
+        for stream in streams:
+            last[stream] = future
+            in_flight[stream] = in_flight.get(stream, 0) + 1
+
+        def answered(done: asyncio.Future[list[Outcome]]) -> None:
+            for stream in streams:
+                in_flight[stream] -= 1
+                if not in_flight[stream]:
+                    del in_flight[stream]
+                if last.get(stream) is done:
+                    del last[stream]
+            changed.set()
+            results: list[Outcome | BaseException | None]
+            try:
+                results = list(done.result())
+            except Exception as error:  # never leave the client waiting on a lost answer
+                if isinstance(error, StoreError):
+                    metrics.store_errors.labels("step").inc()
+                results = [error] * len(items)
+            else:
+                tally = [0, 0, 0]  # applied, replayed, rejected
+                for outcome in results:
+                    tally[2 if isinstance(outcome, Reject) else int(outcome.replayed)] += 1  # type: ignore[union-attr]
+                for counter, count in zip(counters, tally, strict=True):
+                    if count:
+                        counter.inc(count)
+            put(_binary_answers(items, results, outputs), charge, estimate, binary=True)
+
+        future.add_done_callback(answered)
+        return True
+
     def queue_forecast(frame: WsForecast, charge: int) -> None:
         # after the stream's steps already sent: the forecast sees their state
         async def forecast() -> bytes:
@@ -306,6 +353,10 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
                 n, k = decoded.x.shape[:2]
                 estimate = n * (64 + 4 * k * outputs)
                 held[0] += estimate
+                if all(type(item) is StepRequest for item in items) and queue_block(
+                    items, charge + estimate, estimate
+                ):
+                    continue
                 await queue_batch(items, charge + estimate, estimate, binary=True)
                 continue
             try:
