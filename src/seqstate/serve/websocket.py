@@ -49,11 +49,12 @@ from pydantic import TypeAdapter
 from starlette.websockets import WebSocket
 
 from seqstate.serve import jsonio
-from seqstate.serve.engine import StepRequest
+from seqstate.serve.config import valid_stream_ids
+from seqstate.serve.engine import StepRequest, StepResult
 from seqstate.serve.errors import ApiError, api_error, item_error
 from seqstate.serve.frames import BinarySteps, decode_steps, encode_answers
 from seqstate.serve.rules import Reject
-from seqstate.serve.schemas import WS_FRAME, WsEnd, WsForecast, WsStep
+from seqstate.serve.schemas import MAX_SEQ, WS_FRAME, WsEnd, WsForecast, WsStep
 from seqstate.serve.steps import (
     Resources,
     answer_json,
@@ -457,8 +458,24 @@ def _json_items(data: dict[str, Any], resources: Resources, limit: int) -> list[
 
 
 def _binary_items(decoded: BinarySteps, resources: Resources) -> list[Any]:
-    items: list[Any] = []
     finite = bool(np.isfinite(decoded.x).all())  # the whole frame at once; else per item
+    if (  # the usual frame, checked as a whole: the checks of array_request, in bulk
+        finite
+        and decoded.time is None
+        and not resources.function.needs_time
+        and all(series is None for series in decoded.series)
+        and min(decoded.seq) >= 1
+        and max(decoded.seq) <= MAX_SEQ
+        and valid_stream_ids(decoded.stream)
+    ):
+        x, single = decoded.x, decoded.x.shape[1] == 1
+        return [
+            StepRequest(stream, seq, x[i], single=single, start=start)
+            for i, (stream, seq, start) in enumerate(
+                zip(decoded.stream, decoded.seq, decoded.start, strict=True)
+            )
+        ]
+    items: list[Any] = []
     for i, stream in enumerate(decoded.stream):
         try:
             items.append(
@@ -487,6 +504,16 @@ def _located(error: ApiError, stream: str | None, seq: int | None) -> ApiError:
 def _binary_answers(
     items: list[Any], results: list[Outcome | BaseException | None], outputs: int
 ) -> bytes:
+    if all(type(result) is StepResult for result in results) and all(
+        type(item) is StepRequest for item in items
+    ):  # the usual answer: every item applied or replayed, no error to place
+        return encode_answers(
+            [item.stream for item in items],
+            [item.seq for item in items],
+            [(200, result.output, result.replayed, None) for result in results],  # type: ignore[union-attr]
+            max(item.x.shape[0] for item in items),
+            outputs,
+        )
     streams: list[Any] = []
     seqs: list[Any] = []
     rows: list[tuple[int, bytes | None, bool, dict[str, Any] | None]] = []
