@@ -212,6 +212,8 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
         streams = [item.stream for item in items]
         if len(set(streams)) != len(streams):
             return False
+        if len(items) * items[0].x.shape[0] > resources.batcher.max_batch * max_steps:
+            return False  # one model call holds at most max_batch x max_steps timesteps
         for stream in streams:
             before = last.get(stream)
             if in_flight.get(stream, 0) >= window or (

@@ -153,6 +153,16 @@ class RowTable:
         self._free.append(row)
         return True
 
+    def expire(self, now: float, ttl_s: float) -> int:
+        """Release the rows idle (or ahead of ``now``) by more than ``ttl_s``; how many."""
+        live = self.version >= 0
+        stale = np.flatnonzero(live & (np.abs(now - self.updated) > ttl_s))
+        for row in stale.tolist():
+            stream = self._streams[row]
+            if stream is not None:
+                self.release(stream)
+        return len(stale)
+
     def generation(self, row: int) -> bytes:
         """The 16-byte generation a record of ``row`` carries: the store's random salt and the
         row's version (a counter no two writes share)."""
@@ -340,13 +350,7 @@ class MemoryStore(StateStore):
                 del self.records[k]
             removed = len(old)
             for table in self._tables.values():
-                live = table.version >= 0
-                stale = np.flatnonzero(live & (np.abs(now - table.updated) > ttl_s))
-                for row in stale.tolist():
-                    stream = table._streams[row]
-                    if stream is not None:
-                        table.release(stream)
-                        removed += 1
+                removed += table.expire(now, ttl_s)
             return removed
 
     def count(self) -> int:
