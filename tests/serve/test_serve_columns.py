@@ -16,6 +16,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import OUTPUTS
+from seqstate.serve import jsonio
 from seqstate.serve.engine import Engine, StepRequest, StepResult
 from seqstate.serve.preprocess import RunRowCodec
 from seqstate.serve.rules import Reject
@@ -131,6 +133,12 @@ def test_the_bulk_path_answers_and_stores_as_the_per_stream_path(model, window, 
         ]
         got, want = bulk.process(requests), plain.process(requests)
         _same_outcomes(got, want)
+        for request, outcome in zip(requests, got, strict=True):
+            if isinstance(outcome, StepResult):  # [O] for a step sent as [F], else [k][O]
+                parsed = json.loads(outcome.output)
+                shape = (OUTPUTS,) if request.single else (request.x.shape[0], OUTPUTS)
+                assert np.asarray(parsed, dtype=np.float64).shape == shape
+                assert outcome.output == jsonio.dumps_finite(parsed)  # as one dumps writes it
         for request, outcome in zip(requests, got, strict=True):
             if isinstance(outcome, StepResult) and not outcome.replayed:
                 last[request.stream] = request.seq
