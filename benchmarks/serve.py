@@ -302,21 +302,25 @@ def inprocess_worker(args: argparse.Namespace) -> None:
     # as the server runs it: its default replay window (16 answers kept per stream), and the
     # objects alive after startup frozen out of the garbage collector's scans
     engine = Engine(model, MemoryStore(), ttl_s=0, replay_window=16)
+    # the same engine on a records-only memory store: the per-stream path, for comparison
+    records = Engine(model, MemoryStore(columns=False), ttl_s=0, replay_window=16)
 
     def requests(seq: int) -> list[StepRequest]:
         return [StepRequest(s, seq, x[i : i + 1], single=True, start=False)
                 for i, s in enumerate(ids)]  # fmt: skip
 
     engine.process(requests(1))
+    records.process(requests(1))
     gc.collect()
     gc.freeze()
     result = {}
     for name, step in (
         ("streams", lambda k: streams.step(ids, x)),
         ("engine", lambda k: engine.process(requests(k))),
+        ("engine_records", lambda k: records.process(requests(k))),
     ):
         count, started, k = 0, time.perf_counter(), 2
-        while time.perf_counter() - started < args.seconds / 2:
+        while time.perf_counter() - started < args.seconds / 3:
             step(k)
             count, k = count + len(ids), k + 1
         result[name] = count / (time.perf_counter() - started)
@@ -552,7 +556,7 @@ def main() -> None:
         return
     baseline = {
         name: sorted(r[name] for r in inprocess)[len(inprocess) // 2]
-        for name in ("streams", "engine")
+        for name in ("streams", "engine", "engine_records")
     }
     text = _report(rows, header, seconds, elapsed, args, baseline)
     print(text)
@@ -661,9 +665,9 @@ def _report(
         "of its connection (JSON, or the binary float32 encoding), closed loop per frame). "
         "Latency is per step; mean batch is over all loads of that server. In-process: "
         "`Streams.step` and the server's engine alone (memory store, replay window 16, the "
-        "objects alive after startup frozen out of GC scans: as the server runs it) on the "
-        "same model, 1000 streams, 1 torch thread, measured once per round between the loads "
-        "(median).",
+        "objects alive after startup frozen out of GC scans: as the server runs it; and the "
+        "same engine on a records-only memory store, the per-stream path) on the same model, "
+        "1000 streams, 1 torch thread, measured once per round between the loads (median).",
         "",
         "| server | transport | streams | steps/s | p50 ms | p99 ms | mean batch | errors |",
         "|---|---|--:|--:|--:|--:|--:|--:|",
@@ -700,6 +704,11 @@ def _report(
             "the server's engine alone (memory store, no transport) / in-process "
             f"`Streams.step` at 1000 streams (engine: {baseline['engine']:,.0f} steps/s)",
             baseline["engine"] / baseline["streams"],
+        ),
+        target(
+            "the engine alone, the memory store's row table / records only (the per-stream "
+            f"path: {baseline['engine_records']:,.0f} steps/s), 1000 streams, same process",
+            baseline["engine"] / baseline["engine_records"],
         ),
         target(
             "server (memory, binary frames) / its engine alone, at 1000 streams",

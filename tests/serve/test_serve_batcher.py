@@ -177,3 +177,48 @@ def test_a_settled_stream_is_forgotten_once_answered():
         return kept
 
     assert asyncio.run(main()) == [{}, {}]
+
+
+def test_a_block_joins_a_call_whole_and_keeps_every_stream_in_order():
+    """Steps and blocks (a frame's steps of distinct streams, one future) queued at once: a
+    stream's steps are applied in the order queued whatever carries them, a block is never
+    split, one larger than max_batch goes alone, and each block is answered with its
+    outcomes in order. Equal to the plain reference: queue order, one step per stream per
+    call, calls filled in order."""
+    calls, process = recorder()
+    batcher = Batcher(process, max_batch=5, max_wait_s=0.0)
+
+    async def main():
+        await batcher.start()
+        try:
+            queued = [
+                batcher.enqueue(request("a", 1)),
+                batcher.enqueue_block([request("b", 1), request("c", 1)]),
+                batcher.enqueue_block([request("a", 2), request("d", 1)]),  # behind a 1
+                batcher.enqueue(request("d", 2)),  # behind its block
+                batcher.enqueue(request("e", 1)),
+                batcher.enqueue_block([request(f"w{i}", 1) for i in range(6)]),  # > max_batch
+                batcher.enqueue(request("b", 2)),
+            ]
+            return await asyncio.gather(*queued)
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(main())
+    for call in calls:  # never two steps of a stream in one call
+        assert len({stream for stream, _ in call}) == len(call)
+    applied = [step for call in calls for step in call]
+    for stream in "abcde":
+        seqs = [seq for name, seq in applied if name == stream]
+        assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)), (stream, calls)
+    wide = [call for call in calls if ("w0", 1) in call]
+    assert wide == [[(f"w{i}", 1) for i in range(6)]]  # whole, alone
+    block_calls = [call for call in calls if ("b", 1) in call]
+    assert ("c", 1) in block_calls[0]  # never split
+    assert [r.seq for r in results[1]] == [1, 1] and [r.seq for r in results[2]] == [2, 1]
+    assert results[3].seq == 2 and results[6].seq == 2
+    assert sorted(applied) == sorted(
+        [("a", 1), ("b", 1), ("c", 1), ("a", 2), ("d", 1), ("d", 2), ("e", 1), ("b", 2)]
+        + [(f"w{i}", 1) for i in range(6)]
+    )
+    assert batcher._latest == {}  # every stream forgotten once answered

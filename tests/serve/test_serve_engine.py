@@ -14,10 +14,11 @@ from seqstate.serve.stores import MemoryStore, Record
 
 
 class RacingStore(MemoryStore):
-    """Lets ``rival`` run right after our read, before our commit (a replica racing us)."""
+    """Lets ``rival`` run right after our read, before our commit (a replica racing us).
+    Records only: every step is read through ``get_many``."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(columns=False)
         self.rival = None
 
     def get_many(self, streams):
@@ -77,7 +78,11 @@ class Clock:
 
 class FileLikeStore(MemoryStore):
     """Hands out each record as a durable store reads it back: rebuilt from its fields with
-    its checksum (so nothing the engine cached on the built record is seen)."""
+    its checksum (so nothing the engine cached on the built record is seen). Records only:
+    the per-stream path, the reference the row table's bulk path is compared with."""
+
+    def __init__(self) -> None:
+        super().__init__(columns=False)
 
     def get_many(self, streams):
         records = super().get_many(streams)
@@ -114,7 +119,9 @@ def test_every_step_is_decided_as_the_rules_say(model, batches, advance):
     about the stored record, and its answers and records equal those of an engine that reads
     every record back from its fields (the plain path: rows parsed, checksums checked)."""
     clock = Clock()
-    fast_store, plain_store = MemoryStore(), FileLikeStore()
+    # records only: this compares the per-stream path's inline next step with the plain one,
+    # bit for bit (the row table's bulk path runs its own model call: test_serve_columns)
+    fast_store, plain_store = MemoryStore(columns=False), FileLikeStore()
     fast = Engine(model, fast_store, ttl_s=20.0, clock=clock, replay_window=3)
     plain = Engine(model, plain_store, ttl_s=20.0, clock=clock, replay_window=3)
     last = {"a": 0, "b": 0, "c": 0}

@@ -11,6 +11,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 import websockets.sync.client
@@ -23,6 +24,7 @@ from seqstate.serve import create_app
 from seqstate.serve.command import add_arguments, config_from_args, config_options
 from seqstate.serve.config import ServeConfig
 from seqstate.serve.errors import ApiError, api_error, http_response, item_error
+from seqstate.serve.frames import decode, encode
 from seqstate.serve.rules import Reject
 from seqstate.serve.schemas import StepBody
 from seqstate.serve.stores import MemoryStore, StoreError
@@ -115,17 +117,21 @@ def test_the_same_failure_is_answered_alike_on_every_transport(run_dir):
             ) as ws:
                 ws.send(json.dumps({"stream": "s", "seq": seq, "x": x}))
                 frame = json.loads(ws.recv(timeout=10))
+                # a binary frame of one valid step: queued as one block
+                ws.send(encode({"op": "steps", "stream": ["s"], "seq": [seq]}, np.array([[x]])))
+                header, _ = decode(ws.recv(timeout=10))
             (item,) = batch.json()["results"]
             answers[str(seq)] = [
                 {"status": single.status_code, **single.json()},
                 {"status": item["status"], **item["error"]},
                 {"status": frame["status"], **frame["error"]},
+                {"status": header["status"][0], **header["errors"]["0"]},
             ]
     down, gap = answers["1"], answers["5"]
     assert down[0]["status"] == 503 and down[0]["code"] == "store_unavailable"
     assert gap[0]["status"] == 404 and gap[0]["code"] == "stream_not_found"
     for same in (down, gap):
-        assert same[0] == same[1] == same[2], same
+        assert same[0] == same[1] == same[2] == same[3], same
 
 
 # --- one source of the defaults -------------------------------------------------------------

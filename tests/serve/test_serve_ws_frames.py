@@ -155,3 +155,77 @@ def test_answer_frames_read_answers_of_either_nesting():
     assert y[0, 0].tolist() == [1.5, 2.5] and y[1, 0, 0] == 3.5
     assert np.isnan(y[1, 0, 1]) and np.isnan(y[2]).all()
     assert header["errors"] == {"2": {"code": "seq_gap"}} and header["replayed"][1] is True
+
+
+def test_binary_frames_of_many_streams_answer_as_the_per_stream_engine(server, model):
+    """A real client over loopback: binary frames of 150 streams, two pipelined before their
+    answers are read (the second frame's steps continue the first's), a retry of an
+    acknowledged frame, a frame with a gap and a repeated stream. Every answer (status,
+    replayed, y, the error's code and expected seq) equals the engine's per-stream path in
+    this process (a records-only store) given the same frames."""
+    from seqstate.serve.engine import Engine, StepRequest
+    from seqstate.serve.rules import Reject
+    from seqstate.serve.stores import MemoryStore
+
+    reference = Engine(model, MemoryStore(columns=False), ttl_s=0, replay_window=16)
+    n = 150
+    streams = [f"many{s}" for s in range(n)]
+
+    def frame(seq_of: list[int], names: list[str] = streams) -> tuple[bytes, list[StepRequest]]:
+        x = np.asarray(
+            [
+                x_for(int(name.removeprefix("many")), seq)
+                for name, seq in zip(names, seq_of, strict=True)
+            ],
+            dtype=np.float32,
+        )[:, None]
+        requests = [
+            StepRequest(name, seq, x[i], single=True, start=False)
+            for i, (name, seq) in enumerate(zip(names, seq_of, strict=True))
+        ]
+        return _binary_steps(names, seq_of, x), requests
+
+    def expected(requests: list[StepRequest]) -> list:
+        outcomes: list = []
+        for at in range(0, len(requests)):  # in order: a repeated stream's steps one by one
+            (outcome,) = reference.process([requests[at]])
+            outcomes.append(outcome)
+        return outcomes
+
+    def check(answer: bytes, outcomes: list) -> None:
+        header, y = decode(answer)
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, Reject):
+                assert header["status"][i] == outcome.status
+                error = header["errors"][str(i)]
+                assert (error["code"], error["expected_seq"]) == (
+                    outcome.code,
+                    outcome.expected_seq,
+                )
+            else:
+                assert header["status"][i] == 200 and header["replayed"][i] == outcome.replayed
+                want = np.asarray(json.loads(outcome.output), dtype=np.float32)
+                np.testing.assert_allclose(y[i, 0], want, atol=ATOL, rtol=1e-5)
+
+    sent: dict[int, bytes] = {}
+    with _connect(server) as ws:
+        for seq in range(1, 7, 2):  # two frames in flight: seq and seq + 1 of every stream
+            first, first_requests = frame([seq] * n)
+            second, second_requests = frame([seq + 1] * n)
+            sent[seq], sent[seq + 1] = first, second
+            ws.send(first)
+            ws.send(second)
+            check(ws.recv(timeout=60), expected(first_requests))
+            check(ws.recv(timeout=60), expected(second_requests))
+        ws.send(sent[5])  # a retry of an acknowledged frame: replayed, the same answers
+        _, retry_requests = frame([5] * n)
+        check(ws.recv(timeout=60), expected(retry_requests))
+        seqs = [7] * n
+        seqs[10] = 9  # a gap
+        gap, gap_requests = frame(seqs)
+        ws.send(gap)
+        check(ws.recv(timeout=60), expected(gap_requests))
+        names = [streams[0], streams[1], streams[0]]  # a stream twice: seq 8 then 9
+        repeated, repeated_requests = frame([8, 8, 9], names)
+        ws.send(repeated)
+        check(ws.recv(timeout=60), expected(repeated_requests))

@@ -23,6 +23,11 @@ A batch never holds a stream that an earlier batch is still committing (those st
 so every read sees the committed state it continues; at most one commit is in flight, and a
 step is answered only when the commit holding it has returned.
 
+A block (:meth:`Batcher.enqueue_block`: the steps of one frame, of distinct streams) is one
+queue item with one future for all its steps: it joins a batch whole (or waits whole, and
+holds back the later steps of its streams), so a frame of many streams costs one future and
+one callback, not one per step.
+
 With ``batching=False`` every submitted step is its own model call on the same worker thread
 (the baseline the benchmark compares against).
 """
@@ -42,7 +47,29 @@ from seqstate.serve.engine import Outcome, StepRequest
 __all__ = ["Batcher"]
 
 Process = Callable[[Sequence[StepRequest]], list[Outcome]]
-Item = tuple[StepRequest, "asyncio.Future[Outcome]", float]
+# a step or a block of steps of distinct streams, its future (a block's: the list of its
+# outcomes), when it was queued
+Item = tuple["StepRequest | Block", "asyncio.Future[Any]", float]
+
+
+class Block(tuple[StepRequest, ...]):
+    """The steps of one frame, of distinct streams, queued and answered together."""
+
+    __slots__ = ()
+
+
+def _streams(step: StepRequest | Block) -> list[str]:
+    return [r.stream for r in step] if type(step) is Block else [step.stream]  # type: ignore[union-attr]
+
+
+def _flatten(batch: list[Item]) -> list[StepRequest]:
+    requests: list[StepRequest] = []
+    for step, _, _ in batch:
+        if type(step) is Block:
+            requests.extend(step)
+        else:
+            requests.append(step)  # type: ignore[arg-type]
+    return requests
 
 
 class Batcher:
@@ -108,12 +135,43 @@ class Batcher:
             self._latest[request.stream] = future
         return future
 
+    def enqueue_block(self, requests: Sequence[StepRequest]) -> asyncio.Future[list[Outcome]]:
+        """Queue the steps of distinct streams as one block: one future, completed with their
+        outcomes (in order) when all of them are durable (or refused). Each stream's earlier
+        queued steps go first, as with :meth:`enqueue`."""
+        block = Block(requests)
+        streams = _streams(block)
+        if len(set(streams)) != len(streams):
+            raise ValueError("a block must hold at most one step per stream")
+        future: asyncio.Future[list[Outcome]]
+        if not self.batching:
+            future = asyncio.ensure_future(self._submit_block_alone(block))
+        else:
+            future = asyncio.get_running_loop().create_future()
+            self._queue.append((block, future, time.monotonic()))
+            self._arrived.set()
+        latest = self._latest
+        for stream in streams:
+            latest[stream] = future  # type: ignore[assignment]
+        if not self.batching:
+            future.add_done_callback(lambda done: self._forget([(block, done, 0.0)]))
+        return future
+
+    async def _submit_block_alone(self, block: Block) -> list[Outcome]:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        outcomes = await loop.run_in_executor(self._executor, self._process, list(block))
+        if self._on_batch is not None:
+            self._on_batch(len(block), time.perf_counter() - started)
+        return outcomes
+
     def _forget(self, batch: list[Item]) -> None:
         """Drop the batch's steps from ``_latest`` where they are their stream's last."""
         latest = self._latest
-        for request, future, _ in batch:
-            if latest.get(request.stream) is future:
-                del latest[request.stream]
+        for step, future, _ in batch:
+            for stream in _streams(step):
+                if latest.get(stream) is future:
+                    del latest[stream]
 
     def _track(self, stream: str, future: asyncio.Future[Outcome]) -> None:
         self._latest[stream] = future
@@ -146,24 +204,41 @@ class Batcher:
         return outcome
 
     def _eligible(self) -> Item | None:
-        """The oldest queued step whose stream is not being committed."""
+        """The oldest queued step (or block) whose streams are not being committed."""
+        committing = self._committing
         for item in self._queue:
-            if item[0].stream not in self._committing:
+            if not any(stream in committing for stream in _streams(item[0])):
                 return item
         return None
 
     def _take(self) -> list[Item]:
-        """The oldest eligible steps, one per stream, at most max_batch; the rest stay queued."""
+        """The oldest eligible steps, one per stream, at most max_batch steps (a block joins
+        whole; one larger than max_batch goes alone); the rest stay queued."""
         batch: list[Item] = []
         later: list[Item] = []
         seen: set[str] = set(self._committing)
-        while self._queue and len(batch) < self.max_batch:
+        size = 0
+        while self._queue and size < self.max_batch:
             item = self._queue.popleft()
-            if item[0].stream in seen:
+            step = item[0]
+            if type(step) is Block:
+                streams = _streams(step)
+                full = size > 0 and size + len(step) > self.max_batch
+                if full or not seen.isdisjoint(streams):
+                    later.append(item)
+                    seen.update(streams)  # the later steps of its streams wait behind it
+                    if full:
+                        break  # the block goes first next time
+                    continue
+                seen.update(streams)
+                batch.append(item)
+                size += len(step)
+            elif step.stream in seen:  # type: ignore[union-attr]
                 later.append(item)
             else:
-                seen.add(item[0].stream)
+                seen.add(step.stream)  # type: ignore[union-attr]
                 batch.append(item)
+                size += 1
         self._queue.extendleft(reversed(later))  # back in front, order kept
         return batch
 
@@ -193,7 +268,7 @@ class Batcher:
     async def _run_batch(self, batch: list[Item]) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        requests = [request for request, _, _ in batch]
+        requests = _flatten(batch)
         try:
             if self._stages is None:
                 outcomes = await loop.run_in_executor(self._executor, self._process, requests)
@@ -231,18 +306,27 @@ class Batcher:
                         self._resolve(batch, outcomes, started)
                 finally:
                     for batch, _, _ in group:
-                        self._committing.difference_update(r.stream for r, _, _ in batch)
+                        self._committing.difference_update(r.stream for r in _flatten(batch))
                     self._arrived.set()  # steps that waited for this commit may now be taken
         finally:
             self._commit = None
 
     def _resolve(self, batch: list[Item], outcomes: list[Outcome], started: float) -> None:
         if self._on_batch is not None:
-            self._on_batch(len(batch), time.perf_counter() - started)
+            self._on_batch(len(outcomes), time.perf_counter() - started)
         self._forget(batch)
-        for (_, future, _), outcome in zip(batch, outcomes, strict=True):
+        at = 0
+        for step, future, _ in batch:
+            if type(step) is Block:
+                result: Any = outcomes[at : at + len(step)]
+                at += len(step)
+            else:
+                result = outcomes[at]
+                at += 1
             if not future.done():  # the client may have gone away; the step is applied anyway
-                future.set_result(outcome)
+                future.set_result(result)
+        if at != len(outcomes):
+            raise RuntimeError(f"internal error: {len(outcomes)} outcomes for {at} steps")
 
     def _fail(self, batch: list[Item], error: Exception) -> None:
         self._forget(batch)

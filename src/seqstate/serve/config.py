@@ -214,6 +214,11 @@ def valid_stream_id(stream: str) -> bool:
     return _STREAM_ID.fullmatch(stream) is not None
 
 
+def valid_stream_ids(streams: list[str]) -> bool:
+    """Whether every id of ``streams`` is valid (a frame's ids checked in one pass)."""
+    return all(map(_STREAM_ID.fullmatch, streams))
+
+
 _STREAM_ID = re.compile(STREAM_ID_PATTERN)
 
 

@@ -40,6 +40,7 @@ from seqstate.serve.preprocess import RunRowCodec, iso_times, model_step, templa
 from seqstate.serve.rules import Apply, Reject, Replay, decide, is_expired
 from seqstate.serve.schemas import MAX_SAMPLED_STEPS
 from seqstate.serve.stores.base import Record, StateStore, Update, kept_answers, new_record
+from seqstate.serve.stores.memory import ColumnWrite, MemoryStore, RowTable
 
 __all__ = ["Engine", "Outcome", "Prepared", "Sampling", "StepRequest", "StepResult"]
 
@@ -110,6 +111,9 @@ class Prepared:
     creates: list[bool] = dataclasses.field(default_factory=list)  # per update: a new stream
     # request index -> the earlier answers its new record keeps (replayed after a drop)
     histories: dict[int, bytes] = dataclasses.field(default_factory=dict)
+    # the steps continued in bulk on a row table (None: none): their request indices and
+    # what to write
+    columns: tuple[list[int], ColumnWrite] | None = None
 
 
 class Engine:
@@ -143,6 +147,17 @@ class Engine:
         self.replay_window = replay_window  # answers kept per stream (retries replayed)
         # the row layout: transform tensors, members' state types, layers, sizes, dtypes
         self.codec = RunRowCodec(self._to_cpu(function.initial_state([template_series(function)])))
+        # the usual step (the next one of a stream, one timestep, nothing else asked) is
+        # continued in bulk where the store holds streams as rows of arrays
+        self.table: RowTable | None = None
+        if isinstance(store, MemoryStore) and not self.function.needs_time:
+            self.table = store.table(
+                self.codec.header,
+                self.codec.body_bytes,
+                len(self.function.inputs),
+                max(replay_window, 1),
+                _kept_digest,
+            )
 
     def process(self, requests: Sequence[StepRequest]) -> list[Outcome]:
         """Apply ``requests`` (distinct streams) and make the new states durable."""
@@ -154,15 +169,22 @@ class Engine:
         if len(set(streams)) != len(streams):
             raise ValueError("a batch must hold at most one step per stream")
         now = self.clock()
-        records = self.store.get_many(streams)
-        digests = [r.digest for r in requests]
         outcomes: list[Outcome | None] = [None] * len(requests)
+        columns = None
+        rest: Sequence[int] = range(len(requests))
+        if self.table is not None:
+            columns, rest = self._columns(self.table, requests, now, outcomes)
+        records = self.store.get_many([streams[i] for i in rest])
+        digests: list[bytes] = [b""] * len(requests)  # the bulk steps' are derived when asked
+        for i in rest:
+            digests[i] = requests[i].digest
         # (index, decision, stored row or None: from zero, the series the row is bound to)
         to_apply: list[Item] = []
         histories: dict[int, bytes] = {}  # index -> the answers the new record keeps
         keep = self.replay_window - 1
         ttl_s, codec = self.ttl_s, self.codec
-        for i, (request, record) in enumerate(zip(requests, records, strict=True)):
+        for i, record in zip(rest, records, strict=True):
+            request = requests[i]
             if (  # the usual step: the next one of a live stream (decide()'s Apply, inline)
                 record is not None
                 and not request.start
@@ -214,10 +236,88 @@ class Engine:
             else:
                 outcomes[i] = decision  # type: ignore[assignment]
         to_apply = self._within_capacity(to_apply, outcomes)
-        prepared = Prepared(requests, digests, outcomes)
+        prepared = Prepared(requests, digests, outcomes, columns=columns)
         if to_apply:
             self._apply(prepared, to_apply, now, histories)
         return prepared
+
+    def _columns(
+        self, table: RowTable, requests: Sequence[StepRequest], now: float, outcomes: list[Any]
+    ) -> tuple[tuple[list[int], ColumnWrite] | None, list[int]]:
+        """Continue the usual steps in bulk: one gather of their rows, one model call, their
+        answers and new rows as arrays. ``(what to write or None, the indices left to the
+        per-stream path)``: a step is taken when it is the next one of a live stream, one
+        timestep, without start, series or time (what :func:`decide` applies as a plain
+        continuation); everything else (a first step, a restart, a retry, a gap, a row of
+        another layout, an input the run refuses) goes the per-stream way, as before."""
+        usual = [
+            i
+            for i, r in enumerate(requests)
+            if not r.start and r.series is None and r.time is None and r.x.shape[0] == 1
+        ]
+        if not usual:
+            return None, list(range(len(requests)))
+        read = table.read([requests[i].stream for i in usual])
+        seqs = np.fromiter((requests[i].seq for i in usual), np.int64, len(usual))
+        ok = (read.rows >= 0) & (read.seq + 1 == seqs)
+        if self.ttl_s > 0:
+            ok &= np.abs(now - read.updated) <= self.ttl_s
+        moved: list[Record | None] = [None] * len(usual)
+        prefixes: list[bytes] = [b""] * len(usual)
+        bodies = read.bodies
+        body_bytes = self.codec.body_bytes
+        for k in np.flatnonzero(read.rows < 0).tolist():  # a record: moved to the table
+            record = read.records[k]
+            request = requests[usual[k]]
+            if (
+                record is not None
+                and record.seq + 1 == request.seq
+                and record.intact(request.stream)
+                and not is_expired(record, now, self.ttl_s)
+                and _continuation(self.codec, record, request)[0] is None
+            ):
+                ok[k] = True
+                moved[k] = record
+                prefixes[k] = record.state[:-body_bytes]
+                at = len(record.state) - body_bytes
+                bodies[k] = np.frombuffer(record.state, np.uint8, body_bytes, at)
+        taken = np.flatnonzero(ok)
+        if not len(taken):
+            return None, [i for i in range(len(requests))]
+        picks = taken.tolist()
+        indices = [usual[k] for k in picks]
+        state = self.codec.decode_bodies(bodies[taken])
+        x = np.stack([requests[i].x for i in indices])  # (m, 1, F_raw)
+        try:
+            y, new_state = self._run(state, x, None)
+        except ValueError:  # an input outside the run's domain: found row by row
+            return None, list(range(len(requests)))
+        warm, finite = self._checks(state, y, new_state)
+        single = np.fromiter((requests[i].single for i in indices), bool, len(indices))
+        outputs = _outputs(y, warm, single.tolist())
+        keep = [j for j, good in enumerate(finite) if good]
+        for j, good in enumerate(finite):
+            if not good:
+                outcomes[indices[j]] = _non_finite(requests[indices[j]].seq)
+        taken_set = set(indices)
+        rest = [i for i in range(len(requests)) if i not in taken_set]
+        if not keep:
+            return None, rest
+        chosen = taken[keep]
+        write = ColumnWrite(
+            streams=[requests[indices[j]].stream for j in keep],
+            rows=read.rows[chosen],
+            version=read.version[chosen],
+            moved=[moved[picks[j]] for j in keep],
+            prefixes=[prefixes[picks[j]] for j in keep],
+            seq=seqs[chosen],
+            bodies=self.codec.encode_bodies(new_state)[keep],
+            outputs=[outputs[j] for j in keep],
+            x=x[keep, 0],
+            single=single[keep],
+            updated=now,
+        )
+        return ([indices[j] for j in keep], write), rest
 
     def finish(self, prepared: Prepared) -> list[Outcome]:
         """Commit what :meth:`prepare` computed (one atomic CAS write) and fill the outcomes."""
@@ -231,9 +331,27 @@ class Engine:
         results, at = [], 0
         for prepared in batches:
             count = len(prepared.updates)
+            if prepared.columns is not None and self.table is not None:
+                self._settle_columns(prepared, self.table.write(prepared.columns[1]))
             results.append(self._settle(prepared, written[at : at + count]))
             at += count
         return results
+
+    def _settle_columns(self, prepared: Prepared, written: list[bool]) -> None:
+        """Fill the outcomes of the bulk steps from what their row writes' CAS gave."""
+        if prepared.columns is None:
+            return
+        indices, write = prepared.columns
+        requests, outcomes, digests = prepared.requests, prepared.outcomes, prepared.digests
+        lost = []
+        for i, output, ok in zip(indices, write.outputs, written, strict=True):
+            if ok:
+                outcomes[i] = StepResult(requests[i].seq, output, replayed=False)
+            else:
+                lost.append(i)
+                digests[i] = requests[i].digest
+        if lost:
+            self._report_lost(requests, digests, lost, outcomes)
 
     def _settle(self, prepared: Prepared, written: Sequence[bool]) -> list[Outcome]:
         """Fill the outcomes of ``prepared`` from what its updates' CAS gave."""
@@ -358,9 +476,9 @@ class Engine:
 
     @torch.inference_mode()
     def _run(
-        self, state: RunState, xs: list[np.ndarray], times: list[np.ndarray] | None
+        self, state: RunState, xs: np.ndarray, times: list[np.ndarray] | None
     ) -> tuple[torch.Tensor, RunState]:
-        x = torch.from_numpy(np.stack(xs)).to(self.device)  # (n, k, F_raw)
+        x = torch.from_numpy(xs).to(self.device)  # (n, k, F_raw)
         time_t = None if times is None else torch.from_numpy(np.stack(times)).to(self.device)
         # the run's answer: the members' mean, with the baselines validation chose
         y, new_state = self.function.step(self._to_device(state), x, time_t)
@@ -384,7 +502,7 @@ class Engine:
         xs = [requests[i].x for i in indices]
         times = None if requests[indices[0]].time is None else [requests[i].time for i in indices]
         try:
-            y, new_state = self._run(rows, xs, times)  # type: ignore[arg-type]
+            y, new_state = self._run(rows, np.stack(xs), times)  # type: ignore[arg-type]
         except ValueError as error:  # an input outside the run's domain (log of a negative)
             if len(members) > 1:  # find the row(s): each alone, the others still apply
                 for j in members:
@@ -393,39 +511,21 @@ class Engine:
                 seq = requests[indices[0]].seq
                 outcomes[indices[0]] = Reject(422, "invalid_x", str(error), seq)
             return
-        steps = y.shape[1]
-        # a differenced stream's first steps have no past to difference (and with shift > 1
-        # its answers come `delay` steps late): no answer (null)
-        # (NumPy views of the CPU tensors: for a small batch each torch op costs more than
-        # the work it does)
-        seen = rows.transforms["steps"].numpy()[:, None] + np.arange(steps)  # (n, k)
-        warm: np.ndarray = seen < self.function.order + self.function.delay
-        # (a run answering with baselines alone has their answer there, as predict does)
-        answered = np.isfinite(y.numpy()).all(axis=-1)  # (n, k)
-        warm &= ~answered
-        finite = _finite_rows(answered, warm, new_state)
-        answers: list[Any] = y.tolist()
-        # rows with a step that has no answer yet
-        warm_rows: list[bool] = list(warm.any(axis=1).tolist())  # type: ignore[arg-type]
+        warm, finite = self._checks(rows, y, new_state)
+        outputs = _outputs(y, warm, [requests[i].single for i in indices])
         bound = [series[j] for j in members]
         codec = self.codec
         blobs = codec.encode(new_state, bound)
         digests, histories = prepared.digests, prepared.histories
         fresh = os.urandom(16 * len(members))  # every new record's generation, drawn at once
         answered_list, committed, updates = prepared.answers, prepared.committed, prepared.updates
-        creates, single_dumps = prepared.creates, jsonio.dumps_finite
+        creates = prepared.creates
         for row, (j, i) in enumerate(zip(members, indices, strict=True)):
             request = requests[i]
             if not finite[row]:
                 outcomes[i] = _non_finite(request.seq)
                 continue
-            answer = answers[row]  # [k][O]
-            if warm_rows[row]:
-                answer = [
-                    [None] * len(values) if warm[row, t] else values
-                    for t, values in enumerate(answer)
-                ]
-            output = single_dumps(answer[0] if request.single else answer)
+            output = outputs[row]
             answered_list.append(output)
             committed.append(i)
             item = to_apply[j]
@@ -442,6 +542,23 @@ class Engine:
             record.row_label = (codec, bound[row])  # the next step need not parse the row
             updates.append(Update(request.stream, item[1], record))
             creates.append(item[2])
+
+    def _checks(
+        self, rows: RunState, y: torch.Tensor, new_state: RunState
+    ) -> tuple[np.ndarray, list[bool]]:
+        """``(warm [n, k], finite [n])`` of a model call on ``rows``: the steps with no answer
+        yet, and whether each row's answers and new state are finite."""
+        steps = y.shape[1]
+        # a differenced stream's first steps have no past to difference (and with shift > 1
+        # its answers come `delay` steps late): no answer (null)
+        # (NumPy views of the CPU tensors: for a small batch each torch op costs more than
+        # the work it does)
+        seen = rows.transforms["steps"].numpy()[:, None] + np.arange(steps)  # (n, k)
+        warm: np.ndarray = seen < self.function.order + self.function.delay
+        # (a run answering with baselines alone has their answer there, as predict does)
+        answered = np.isfinite(y.numpy()).all(axis=-1)  # (n, k)
+        warm &= ~answered
+        return warm, _finite_rows(answered, warm, new_state)
 
     # --- forecasts ---------------------------------------------------------------------------
 
@@ -647,6 +764,35 @@ class Engine:
                     f"{expected}",
                     expected,
                 )
+
+
+def _outputs(y: torch.Tensor, warm: np.ndarray, single: Sequence[bool]) -> list[bytes]:
+    """JSON of each row's answer ``y [n, k, O]`` (null at its ``warm [n, k]`` steps): ``[O]``
+    where the step was sent as one ``[F]`` (``single``), else ``[k][O]``."""
+    if y.shape[1] == 1 and y.shape[0] and not warm.any():
+        # one timestep per row, no nulls: one JSON text of the batch, cut at the rows (a
+        # number's text holds no bracket), each row's text as dumps of that row writes it
+        parts = jsonio.dumps_finite(y[:, 0, :].tolist())[2:-2].split(b"],[")
+        return [
+            b"[" + part + b"]" if one else b"[[" + part + b"]]"
+            for part, one in zip(parts, single, strict=True)
+        ]
+    answers: list[Any] = y.tolist()
+    warm_rows: list[bool] = list(warm.any(axis=1).tolist())  # type: ignore[arg-type]
+    dumps, outputs = jsonio.dumps_finite, []
+    for row, answer in enumerate(answers):  # answer: [k][O]
+        if warm_rows[row]:
+            answer = [
+                [None] * len(values) if warm[row, t] else values for t, values in enumerate(answer)
+            ]
+        outputs.append(dumps(answer[0] if single[row] else answer))
+    return outputs
+
+
+def _kept_digest(x: np.ndarray, single: bool) -> bytes:
+    """The digest of a kept bulk step (``x [1, F]``, no start, series or time): what its
+    request's :attr:`StepRequest.digest` was."""
+    return StepRequest("", 0, x, single=single, start=False).digest
 
 
 def _finite_rows(answered: np.ndarray, warm: np.ndarray, state: RunState) -> list[bool]:

@@ -135,13 +135,7 @@ class RunRowCodec:
         """One row per batch row of ``state``, bound to ``series[row]``. The rows of one
         label length are written as one array (header, labels, bodies) and sliced."""
         n = state.batch_size
-        columns = []
-        for name, _, _, np_dtype in self.transforms:
-            array = state.transforms[name].detach().cpu().numpy().astype(np_dtype.newbyteorder("<"))
-            columns.append(np.ascontiguousarray(array).reshape(n, -1).view(np.uint8))
-        for codec, model_state in zip(self.models, state.models, strict=True):
-            columns.append(codec.encode_rows(model_state))
-        table = np.concatenate(columns, axis=1) if columns else np.zeros((n, 0), np.uint8)
+        table = self.encode_bodies(state)
         labels = [self._label(bound) for bound in series]
         by_length = _by_length(labels)
         rows: list[bytes] = [b""] * n
@@ -157,6 +151,18 @@ class RunRowCodec:
             for k, row in enumerate(members):
                 rows[row] = data[k * width : (k + 1) * width]
         return rows
+
+    def encode_bodies(self, state: RunState) -> np.ndarray:
+        """The bodies of :meth:`encode`'s rows (no header, no label): ``[n, body_bytes]``
+        uint8, one row per batch row of ``state``."""
+        n = state.batch_size
+        columns = []
+        for name, _, _, np_dtype in self.transforms:
+            array = state.transforms[name].detach().cpu().numpy().astype(np_dtype.newbyteorder("<"))
+            columns.append(np.ascontiguousarray(array).reshape(n, -1).view(np.uint8))
+        for codec, model_state in zip(self.models, state.models, strict=True):
+            columns.append(codec.encode_rows(model_state))
+        return np.concatenate(columns, axis=1) if columns else np.zeros((n, 0), np.uint8)
 
     def decode(self, blobs: Sequence[bytes]) -> RunState:
         """The batch state of ``blobs`` (each ``fits``): the rows of one length are read as
@@ -179,6 +185,12 @@ class RunRowCodec:
                 bad = members[int(np.argmin(ok))]
                 raise ValueError(f"row {bad} is not a row of this run (check fits() first)")
             bodies[members if count < n else slice(None)] = block[:, width - self.body_bytes :]
+        return self.decode_bodies(bodies)
+
+    def decode_bodies(self, bodies: np.ndarray) -> RunState:
+        """The batch state of row bodies ``[n, body_bytes]`` uint8 (rows without their
+        header and label, as :meth:`encode_bodies` writes them)."""
+        n = bodies.shape[0]
         transforms: dict[str, torch.Tensor] = {}
         start = 0
         for (name, dtype, shape, np_dtype), size in zip(

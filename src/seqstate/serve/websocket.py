@@ -49,10 +49,12 @@ from pydantic import TypeAdapter
 from starlette.websockets import WebSocket
 
 from seqstate.serve import jsonio
+from seqstate.serve.config import valid_stream_ids
+from seqstate.serve.engine import StepRequest, StepResult
 from seqstate.serve.errors import ApiError, api_error, item_error
 from seqstate.serve.frames import BinarySteps, decode_steps, encode_answers
 from seqstate.serve.rules import Reject
-from seqstate.serve.schemas import WS_FRAME, WsEnd, WsForecast, WsStep
+from seqstate.serve.schemas import MAX_SEQ, WS_FRAME, WsEnd, WsForecast, WsStep
 from seqstate.serve.steps import (
     Resources,
     answer_json,
@@ -63,7 +65,7 @@ from seqstate.serve.steps import (
 from seqstate.serve.stores import StoreError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from seqstate.serve.engine import Outcome, StepRequest
+    from seqstate.serve.engine import Outcome
 
 __all__ = ["serve_websocket"]
 
@@ -202,6 +204,54 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
         if not remaining[0]:
             done()
 
+    def queue_block(items: list[StepRequest], charge: int, estimate: int) -> bool:
+        """Queue a binary frame's steps as one batcher block (one future, one callback, the
+        answer frame built from the outcomes in order): only when every item is a step of a
+        distinct stream with room in its replay window and no end or forecast before it;
+        else False and nothing is queued (the frame goes item by item)."""
+        streams = [item.stream for item in items]
+        if len(set(streams)) != len(streams):
+            return False
+        if len(items) * items[0].x.shape[0] > resources.batcher.max_batch * max_steps:
+            return False  # one model call holds at most max_batch x max_steps timesteps
+        for stream in streams:
+            before = last.get(stream)
+            if in_flight.get(stream, 0) >= window or (
+                before is not None and getattr(before, "chained", False)
+            ):
+                return False
+        future = resources.batcher.enqueue_block(items)
+        for stream in streams:
+            last[stream] = future
+            in_flight[stream] = in_flight.get(stream, 0) + 1
+
+        def answered(done: asyncio.Future[list[Outcome]]) -> None:
+            for stream in streams:
+                in_flight[stream] -= 1
+                if not in_flight[stream]:
+                    del in_flight[stream]
+                if last.get(stream) is done:
+                    del last[stream]
+            changed.set()
+            results: list[Outcome | BaseException | None]
+            try:
+                results = list(done.result())
+            except Exception as error:  # never leave the client waiting on a lost answer
+                if isinstance(error, StoreError):
+                    metrics.store_errors.labels("step").inc()
+                results = [error] * len(items)
+            else:
+                tally = [0, 0, 0]  # applied, replayed, rejected
+                for outcome in results:
+                    tally[2 if isinstance(outcome, Reject) else int(outcome.replayed)] += 1  # type: ignore[union-attr]
+                for counter, count in zip(counters, tally, strict=True):
+                    if count:
+                        counter.inc(count)
+            put(_binary_answers(items, results, outputs), charge, estimate, binary=True)
+
+        future.add_done_callback(answered)
+        return True
+
     def queue_forecast(frame: WsForecast, charge: int) -> None:
         # after the stream's steps already sent: the forecast sees their state
         async def forecast() -> bytes:
@@ -306,6 +356,10 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
                 n, k = decoded.x.shape[:2]
                 estimate = n * (64 + 4 * k * outputs)
                 held[0] += estimate
+                if all(type(item) is StepRequest for item in items) and queue_block(
+                    items, charge + estimate, estimate
+                ):
+                    continue
                 await queue_batch(items, charge + estimate, estimate, binary=True)
                 continue
             try:
@@ -406,8 +460,24 @@ def _json_items(data: dict[str, Any], resources: Resources, limit: int) -> list[
 
 
 def _binary_items(decoded: BinarySteps, resources: Resources) -> list[Any]:
-    items: list[Any] = []
     finite = bool(np.isfinite(decoded.x).all())  # the whole frame at once; else per item
+    if (  # the usual frame, checked as a whole: the checks of array_request, in bulk
+        finite
+        and decoded.time is None
+        and not resources.function.needs_time
+        and all(series is None for series in decoded.series)
+        and min(decoded.seq) >= 1
+        and max(decoded.seq) <= MAX_SEQ
+        and valid_stream_ids(decoded.stream)
+    ):
+        x, single = decoded.x, decoded.x.shape[1] == 1
+        return [
+            StepRequest(stream, seq, x[i], single=single, start=start)
+            for i, (stream, seq, start) in enumerate(
+                zip(decoded.stream, decoded.seq, decoded.start, strict=True)
+            )
+        ]
+    items: list[Any] = []
     for i, stream in enumerate(decoded.stream):
         try:
             items.append(
@@ -436,6 +506,16 @@ def _located(error: ApiError, stream: str | None, seq: int | None) -> ApiError:
 def _binary_answers(
     items: list[Any], results: list[Outcome | BaseException | None], outputs: int
 ) -> bytes:
+    if all(type(result) is StepResult for result in results) and all(
+        type(item) is StepRequest for item in items
+    ):  # the usual answer: every item applied or replayed, no error to place
+        return encode_answers(
+            [item.stream for item in items],
+            [item.seq for item in items],
+            [(200, result.output, result.replayed, None) for result in results],  # type: ignore[union-attr]
+            max(item.x.shape[0] for item in items),
+            outputs,
+        )
     streams: list[Any] = []
     seqs: list[Any] = []
     rows: list[tuple[int, bytes | None, bool, dict[str, Any] | None]] = []

@@ -27,8 +27,10 @@ __all__ = [
     "StoreError",
     "StoreFullError",
     "Update",
+    "history_entries",
     "kept_answers",
     "new_record",
+    "pack_history",
 ]
 
 
@@ -219,6 +221,20 @@ def kept_answers(previous: Record, keep: int) -> bytes:
     if drop >= len(starts):
         return own
     return history[starts[drop] : at] + own
+
+
+def history_entries(history: bytes) -> list[tuple[int, bytes, bytes]]:
+    """The ``(seq, digest, output)`` entries of a record's ``history``, oldest first."""
+    return _entries(history)
+
+
+def pack_history(entries: Sequence[tuple[int, bytes, bytes]]) -> bytes:
+    """The ``history`` bytes of ``entries`` ``(seq, digest, output)``, oldest first (what
+    :func:`kept_answers` builds step by step)."""
+    return b"".join(
+        _ENTRY.pack(seq, len(digest), len(output)) + digest + output
+        for seq, digest, output in entries
+    )
 
 
 def _entries(history: bytes) -> list[tuple[int, bytes, bytes]]:
