@@ -608,3 +608,58 @@ def test_a_chain_of_fast_steps_with_baselines_equals_one_whose_state_is_tensors(
         plain = RunState({k: v.clone() for k, v in stepped.transforms.items()}, stepped.models)
         np.testing.assert_array_equal(y_fast.numpy(), y_plain.numpy())
     assert fast.equal(plain)
+
+
+def _reshaped_advance(blend, transforms, values):
+    """:meth:`Blend.advance_rows` as plain reshapes: each field ``[B, O, ...]`` read as
+    ``[B * O, ...]``, the stream's new fields and answers reshaped back."""
+    b, steps, outputs = values.shape
+    rows = values.transpose(0, 2, 1).reshape(-1, steps)
+    parts, new = {}, {}
+    for name, stream in blend.streams.items():
+        state = {}
+        for field, key in blend.fields[name]:
+            value = transforms[key].numpy()
+            state[field] = value.reshape(-1, *value.shape[2:])
+        predictions, stepped = stream.step(state, rows)
+        parts[name] = predictions.reshape(b, outputs, steps).transpose(0, 2, 1)
+        for field, key in blend.fields[name]:
+            new[key] = stepped[field].reshape(b, outputs, *stepped[field].shape[1:])
+    return parts, new
+
+
+def _same_bits(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.lists(st.integers(1, 5), min_size=1, max_size=6),
+)
+def test_the_blend_steps_its_fields_as_plain_reshapes_of_them(seed, batch, outputs, chunks):
+    # One target reads and writes its fields as views of the column (no reshape); any number
+    # of targets equals the fields reshaped to the streams' rows and back, bit for bit, and
+    # the next step reads the arrays a step wrote as it reads tensors.
+    from seqstate.recipe.step.blend import Blend
+    from seqstate.recipe.step.state import StepTransforms
+
+    names = ["network", "ets_4", "theta_4", "seasonal_naive_2"]
+    blend = Blend(dict.fromkeys(names, 0.25), list(range(outputs)))
+    rng = np.random.default_rng(seed)
+    fast = plain = blend.initial_state(batch)
+    for steps in chunks:
+        values = rng.normal(size=(batch, steps, outputs))
+        values[rng.random(values.shape) < 0.1] = np.nan
+        parts, new = blend.advance_rows(fast, values)
+        expected_parts, expected = _reshaped_advance(blend, plain, values)
+        for name in blend.names:
+            assert _same_bits(parts[name], expected_parts[name]), name
+        assert new.keys() == expected.keys()
+        for key in expected:
+            assert _same_bits(new[key], expected[key]), key
+        fast = StepTransforms(dict(new))  # (the arrays as held, as a fast step hands them on)
+        plain = {key: torch.from_numpy(value.copy()) for key, value in expected.items()}
