@@ -663,3 +663,13 @@ def test_the_blend_steps_its_fields_as_plain_reshapes_of_them(seed, batch, outpu
             assert _same_bits(new[key], expected[key]), key
         fast = StepTransforms(dict(new))  # (the arrays as held, as a fast step hands them on)
         plain = {key: torch.from_numpy(value.copy()) for key, value in expected.items()}
+
+
+@pytest.mark.parametrize("columns", [[0], [2], [1, 2, 3], [3, 1], [0, 2], [2, 2]])
+def test_the_blend_reads_its_targets_columns_as_the_list_names_them(columns):
+    from seqstate.recipe.step.blend import Blend
+
+    blend = Blend({"network": 0.5, "ets_4": 0.5}, columns)
+    x = np.random.default_rng(0).normal(size=(3, 5, 4)).astype(np.float32)
+    read = x[:, :, blend.target_index].astype(np.float64)
+    assert _same_bits(read, x[:, :, columns].astype(np.float64))

@@ -56,6 +56,14 @@ class Blend:
         self.streams = {name: baseline_stream(name) for name in self.names}
         self.target_inputs = torch.tensor(list(target_inputs), dtype=torch.long)
         self.target_columns = [int(i) for i in target_inputs]
+        columns = self.target_columns
+        consecutive = bool(columns) and columns == list(range(columns[0], columns[-1] + 1))
+        #: the targets' columns as a slice where they are consecutive (one target, the
+        #: usual case): the same values as the list, read as a view, where a list gathers a
+        #: copy before ``astype`` makes its own
+        self.target_index: slice | list[int] = (
+            slice(columns[0], columns[-1] + 1) if consecutive else columns
+        )
         self.outputs = len(target_inputs)
         # The flat plan a step walks: each baseline's state fields and their state names
         # (looked up once here, not by matching every state name against a prefix per step).

@@ -801,7 +801,7 @@ class RunStep(nn.Module):
         blend = self.blend
         if blend is None:  # (step_outputs calls this for a run with baselines)
             raise RuntimeError("internal error: no baselines to step")
-        values = x.numpy()[:, :, blend.target_columns].astype(np.float64)  # (B, T, O)
+        values = x.numpy()[:, :, blend.target_index].astype(np.float64)  # (B, T, O)
         parts, baselines = blend.advance_rows(state.transforms, values)
         if self.columns.shift != 1:
             # (the selection is of one-step forecasts: with another shift the network answers)
