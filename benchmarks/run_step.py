@@ -167,6 +167,67 @@ def measure(hidden: int, batch: int, rounds: int, calls: int) -> dict[str, float
     return best
 
 
+def inside(hidden: int, batch: int, rounds: int, calls: int) -> dict[str, float]:
+    """The blended run's baseline streams timed inside its steps, alone (each call from the
+    state the last returned, nothing between), and alone with a bare model call before each
+    step (the network's work between two baseline steps, as in a run step): thread CPU time
+    of one stream's ``step`` per call, best of ``rounds`` interleaved rounds."""
+    table = sensors(batch)
+    run = build(table, hidden, True, blended="blended")
+    blend = run.blend
+    if blend is None:
+        raise RuntimeError("the blended run has no baselines")
+    warm = 60
+    x = np.stack([tables.table_inputs(run, table, i) for i in range(batch)])
+    t = np.stack([tables.table_times(run, s) for s in table.times])
+    step_x = torch.from_numpy(x[:, warm : warm + 1])
+    step_t = torch.from_numpy(t[:, warm : warm + 1])
+    _, state = run.step(run.initial_state(list(table.ids)), x[:, :warm], t[:, :warm])
+    spent = dict.fromkeys(blend.streams, 0.0)
+    given: dict[str, tuple[dict, np.ndarray]] = {}
+    plain = {name: stream.step for name, stream in blend.streams.items()}
+
+    def timed(name: str) -> Callable:
+        def step(stream_state: dict, rows: np.ndarray) -> tuple:
+            given[name] = (stream_state, rows.copy())
+            start = time.thread_time()
+            answer = plain[name](stream_state, rows)
+            spent[name] += time.thread_time() - start
+            return answer
+
+        return step
+
+    for name, stream in blend.streams.items():  # (an instance attribute shadows the method)
+        stream.step = timed(name)  # type: ignore[method-assign]
+    model, model_state = run._members()[0].model, state.models[0]
+    model_x = torch.zeros(batch, 1, model.input_size)
+    best: dict[str, float] = {}
+
+    def keep(key: str, seconds: float) -> None:
+        best[key] = min(best.get(key, float("inf")), seconds / calls)
+
+    for _ in range(rounds):
+        spent.update(dict.fromkeys(spent, 0.0))
+        for _ in range(calls):
+            _, state = run.step(state, step_x, step_t)
+        for name in blend.streams:
+            keep(f"{name} inside", spent[name])
+        for label, between in (("alone", False), ("after a model call", True)):
+            chained = {name: given[name][0] for name in blend.streams}
+            took = dict.fromkeys(blend.streams, 0.0)
+            for _ in range(calls):
+                if between:
+                    with torch.no_grad():
+                        model(model_x, model_state)
+                for name in blend.streams:
+                    start = time.thread_time()
+                    _, chained[name] = plain[name](chained[name], given[name][1])
+                    took[name] += time.thread_time() - start
+            for name in blend.streams:
+                keep(f"{name} {label}", took[name])
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -175,10 +236,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (60)")
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 100])
+    parser.add_argument(
+        "--inside",
+        action="store_true",
+        help="print the blended run's baseline streams timed inside its steps and alone",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rounds, calls = (3, 20) if args.quick else (60, 20)
     rounds = args.rounds or rounds
+    if args.inside:
+        for hidden in args.hidden:
+            for batch in args.streams:
+                found = inside(hidden, batch, rounds, calls)
+                cells = ", ".join(f"{key} {value * 1e6:.1f}" for key, value in found.items())
+                print(f"hidden {hidden}, streams {batch} (µs per step): {cells}", flush=True)
+        return
     lines = [
         "## run step: the cost of a run's preprocessing per step",
         "",
