@@ -412,7 +412,9 @@ def test_distributed_train_under_torchrun_equals_one_process(data, tmp_path):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
-    assert result.returncode == 0, result.stderr[-2000:]
+    # the ranks' own output comes before the launcher's summary (~2 KB): keep enough to
+    # show why a rank failed, not only that it did
+    assert result.returncode == 0, result.stderr[-12000:]
     # rank 0 reports, alone
     assert result.stdout.count("selection (validation): 2 epoch(s)") == 1
     weights = load_model(multi).state_dict()
