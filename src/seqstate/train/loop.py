@@ -209,7 +209,7 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, sums: EpochSums) -> None:
         config = self.config
-        sums = self.replica.reduce_epoch(sums.settle())
+        sums = self.replica.reduce_epoch(sums)  # (settles the kept windows)
         if sums.counted == 0:
             raise ValueError(
                 f"epoch {epoch} had no step with a target (every window.loss_mask is False); the "
@@ -272,8 +272,6 @@ class Trainer:
     ) -> None:
         if not self.writes_checkpoints:
             return
-        if sums is not None:
-            sums.settle()
         state, sums, rng = self.replica.gather_checkpoint(state, sums, capture_rng())
         if self.run_dir is None:
             return  # another rank writes
