@@ -40,7 +40,7 @@ from seqstate.serve.preprocess import RunRowCodec, iso_times, model_step, templa
 from seqstate.serve.rules import Apply, Reject, Replay, decide, is_expired
 from seqstate.serve.schemas import MAX_SAMPLED_STEPS
 from seqstate.serve.stores.base import Record, StateStore, Update, kept_answers, new_record
-from seqstate.serve.stores.memory import ColumnWrite, MemoryStore, RowTable
+from seqstate.serve.stores.memory import ColumnWrite, RowTable
 
 __all__ = ["Engine", "Outcome", "Prepared", "Sampling", "StepRequest", "StepResult"]
 
@@ -150,7 +150,7 @@ class Engine:
         # the usual step (the next one of a stream, one timestep, nothing else asked) is
         # continued in bulk where the store holds streams as rows of arrays
         self.table: RowTable | None = None
-        if isinstance(store, MemoryStore) and not self.function.needs_time:
+        if not self.function.needs_time:
             self.table = store.table(
                 self.codec.header,
                 self.codec.body_bytes,
@@ -283,7 +283,7 @@ class Engine:
                 bodies[k] = np.frombuffer(record.state, np.uint8, body_bytes, at)
         taken = np.flatnonzero(ok)
         if not len(taken):
-            return None, [i for i in range(len(requests))]
+            return None, list(range(len(requests)))
         picks = taken.tolist()
         indices = [usual[k] for k in picks]
         state = self.codec.decode_bodies(bodies[taken])

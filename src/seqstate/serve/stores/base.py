@@ -18,8 +18,13 @@ import abc
 import hashlib
 import os
 import struct
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:  # (memory.py imports this module)
+    import numpy as np
+
+    from seqstate.serve.stores.memory import RowTable
 
 __all__ = [
     "Record",
@@ -343,6 +348,18 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def count(self) -> int:
         """Number of stored streams (expired ones not yet swept included)."""
+
+    def table(
+        self,
+        layout: Any,
+        body_bytes: int,
+        features: int,
+        window: int,
+        digest_of: Callable[[np.ndarray, bool], bytes],
+    ) -> RowTable | None:
+        """The rows-of-arrays table the engine continues usual steps on in bulk, for streams of
+        ``layout``; None (the default): every step takes the per-stream path."""
+        return None
 
     def ping(self) -> None:  # noqa: B027 - optional hook: health checks of remote stores
         """Raise :class:`StoreError` when the store is unreachable."""
