@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -387,9 +386,6 @@ def test_distributed_outside_torchrun_is_a_one_line_error(data, tmp_path, capsys
 def test_distributed_train_under_torchrun_equals_one_process(data, tmp_path):
     """`torchrun --nproc_per_node 2 seqstate train --distributed` == one process, same lanes."""
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     args = ["train", str(data), "-f", "value,aux", "-t", "value", "--id", "id", "--time", "t"]
     layout = ["--lanes", "4", "--window", "8", "--epochs", "2", "--hidden-size", "8"]
     single, multi = tmp_path / "single", tmp_path / "multi"
@@ -399,8 +395,9 @@ def test_distributed_train_under_torchrun_equals_one_process(data, tmp_path):
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={port}",
+        # the launcher binds its own free loopback port (a port picked here and released
+        # before torchrun binds it can be taken by a concurrent job in between)
+        "--standalone",
         "-m",
         "seqstate.cli.dispatch",
         *args,
