@@ -80,19 +80,21 @@ def collect_errors(
     horizon: int,
     max_origins: int = MAX_ORIGINS,
     budget: int = ORIGIN_BUDGET,
-) -> np.ndarray:
+    with_series: bool = False,
+) -> Any:
     """Scaled errors ``[W, horizon]`` (NaN past a series' end) of ``forecaster``'s warm
     forecasts from rolling origins in ``[cuts[i], L_i)`` of each series of the raw ``table``;
-    W = windows x targets. ``[0, horizon]`` when no series has a validation row."""
+    W = windows x targets. ``[0, horizon]`` when no series has a validation row. With
+    ``with_series``: (those errors, ``[W]`` the series x target each window belongs to, a
+    series' windows in origin order), what the table counts independent draws by."""
     from seqstate.recipe.forecaster import forecast_columns, horizon_forecasts
     from seqstate.recipe.intervals import series_scales
 
+    empty = np.zeros((0, horizon))
     feed = forecast_columns(table.columns)
-    if feed is None:
-        return np.zeros((0, horizon))
     series = [i for i, cut in enumerate(cuts) if 2 <= cut < int(table.lengths[i])]
-    if not series:
-        return np.zeros((0, horizon))
+    if feed is None or not series:
+        return (empty, np.zeros(0, dtype=np.int64)) if with_series else empty
     per_series = max(2, min(max_origins, budget // len(series)))
     origins: dict[int, list[int]] = {}
     for i in series:
@@ -100,6 +102,7 @@ def collect_errors(
         count = min(per_series, length - cut)
         origins[i] = sorted(set(np.rint(np.linspace(cut, length - 1, count)).astype(int).tolist()))
     rows: list[np.ndarray] = []
+    owners: list[int] = []  # series x target of each row
     for j in range(max(len(o) for o in origins.values())):
         chosen = [i for i in series if j < len(origins[i])]
         at = [0] * len(table)
@@ -116,7 +119,9 @@ def collect_errors(
                 if scales[o] > 0:
                     row[: len(path)] = (actual[:, o] - path[:, o]) / scales[o]
                 rows.append(row)
-    return np.stack(rows) if rows else np.zeros((0, horizon))
+                owners.append(i * targets.shape[1] + o)
+    errors = np.stack(rows) if rows else empty
+    return (errors, np.asarray(owners, dtype=np.int64)) if with_series else errors
 
 
 def calibrate(
@@ -140,12 +145,15 @@ def calibrate(
     )
     tails = [int(n) - c for n, c in zip(table.lengths, cuts, strict=True)]
     horizon = calibration_horizon(season, tails)
-    errors = collect_errors(forecaster, table, cuts, season=season, horizon=horizon)
+    errors, series = collect_errors(
+        forecaster, table, cuts, season=season, horizon=horizon, with_series=True
+    )
     return fit_table(
         errors,
         season,
         paths=independent_paths(cuts, table.lengths, horizon),
         naive=naive_errors(table, season, horizon),
+        series=series,
     )
 
 

@@ -16,8 +16,8 @@ of the noise::
                          levels (conformal finite-sample correction; a Laplace tail past the
                          data; the signed errors leaned on their mirror image when they hold
                          few independent paths), widened about their median by
-                         t_P(tau) / Phi^-1(tau) where the windows hold only P independent paths
-                         (below), then each level clipped to its side of 0: z_0.5 = 0
+                         t_nu(tau) / Phi^-1(tau) where the errors hold only nu independent
+                         draws (measured from their autocorrelation, below), then each level clipped to its side of 0: z_0.5 = 0
     forecast:            q_tau[i, h] = point[i, h] + d_i * s[h] * z_tau   (q_0.5: the point)
 
 Pooling the standardised errors over the steps is what makes one short series usable: the
@@ -25,11 +25,18 @@ shape of the error distribution is estimated from every step at once, and only i
 varies with h. Rolling origins overlap, though: a series whose validation part is P horizons
 long holds about P independent error paths however many origins it is cut at, and a width
 estimated from few paths is too narrow on average (a random walk, one series, P = 2: 0.70 /
-0.88 coverage of the 80% / 95% intervals). As for a normal sample's scale estimated from P
-draws, the quantiles are widened by the Student-t's at P degrees of freedom over the normal's
-(P = sum over series of validation length / H; 1.00-1.04x at P = 100, 1.5x / 2.2x for the 80%
-/ 95% ends at P = 2). With the seasonal naive's errors beside them (below: every trained run)
-the degrees of freedom are at least :data:`FLOOR_PATHS` = 3, where a t has a variance: a
+0.88 coverage of the 80% / 95% intervals). As for a normal sample's scale estimated from nu
+independent draws, the quantiles are widened by the Student-t's at nu degrees of freedom over
+the normal's (1.00-1.04x at 100, 1.5x / 2.2x for the 80% / 95% ends at 2). How many draws
+the windows hold depends on how long the errors remember: a random walk's errors at step h
+stay correlated over h origins (P = sum over series of validation length / (H / 2) paths,
+the worst case and the count without the windows' series), a seasonal random walk's or an
+AR(1)'s within a few, so nu is measured (:func:`independent_draws`): each step's errors over
+their integrated autocorrelation across a series' origins, summed over the steps, over the
+standardised errors' correlation time along a window's steps (a seasonal random walk, one
+series, P = 4: nu in the hundreds, coverage 0.88 / 0.995 with t_4, 0.82 / 0.96 measured).
+With the seasonal naive's errors beside them (below: every trained run) the degrees of
+freedom are at least :data:`FLOOR_PATHS` = 3, where a t has a variance: a
 validation part shorter than the horizon (P < 1: 36 months of history for a 24-month horizon)
 is not widened by a Cauchy, its far steps' scale being mostly the history's: at the steps
 no validation window reached (a validation part shorter than the horizon) the scale is the
@@ -75,6 +82,7 @@ __all__ = [
     "answer_quantiles",
     "check_levels",
     "fit_table",
+    "independent_draws",
     "lean_on_naive",
     "median_at_zero",
     "members_table",
@@ -383,7 +391,12 @@ def _empirical(values: np.ndarray, level: float) -> float:
 
 
 def fit_table(
-    errors: Any, season: int, *, paths: float | None = None, naive: Any = None
+    errors: Any,
+    season: int,
+    *,
+    paths: float | None = None,
+    naive: Any = None,
+    series: Any = None,
 ) -> IntervalTable | None:
     """The :class:`IntervalTable` of scaled errors ``[W, H]`` (NaN where window w has no step
     h), or None when there is no finite error.
@@ -393,8 +406,13 @@ def fit_table(
     step, with the conformal correction (for sqrt(windows x errors) draws) and the signed
     quantiles leaned towards their mirror image when the windows (or the independent paths
     they hold) are few; with ``paths`` (the independent error paths the windows hold, when they
-    overlap), widened about their median by :func:`t_widening` (at least :data:`FLOOR_PATHS`
-    degrees of freedom with ``naive``); then clipped to a median of 0
+    overlap), widened about their median by :func:`t_widening` at as many degrees of freedom
+    as the errors hold independent draws: with ``series`` (``[W]`` the series of each window,
+    a series' windows in origin order, as :func:`seqstate.recipe.calibration.collect_errors`
+    gives them) measured from the errors' own autocorrelation (:func:`independent_draws` summed
+    over the steps, over the standardised errors' correlation time along a window's steps),
+    without it ``paths`` (the count for a random walk's errors, the most persistent); at least
+    :data:`FLOOR_PATHS` with ``naive``; then clipped to a median of 0
     (:func:`median_at_zero`); with ``naive`` (``[H]`` the seasonal naive's mean absolute scaled
     error per step over the whole history, :func:`seqstate.recipe.calibration.naive_errors`),
     s[h] widened towards it where the windows hold few independent paths at step h
@@ -406,10 +424,18 @@ def fit_table(
     e = np.asarray(errors, dtype=np.float64)
     if e.ndim != 2:
         raise ValueError(f"errors must be [windows, steps]; received shape {e.shape}")
+    if series is not None:
+        series = np.asarray(series)
+        if series.shape != (e.shape[0],):
+            raise ValueError(
+                f"series must name the series of each window, shape ({e.shape[0]},); "
+                f"received shape {series.shape}"
+            )
     horizon = int(e.shape[1])
     finite = np.isfinite(e)
     used = finite.any(axis=1)
     e, finite = e[used], finite[used]
+    series = None if series is None else series[used]
     if not finite.any():
         return None
     last = int(np.nonzero(finite.any(axis=0))[0].max()) + 1
@@ -440,11 +466,20 @@ def fit_table(
             weight * _empirical(z, adjusted) + (1 - weight) * _empirical(mirrored, adjusted)
         )
     quantile_values = np.asarray(values)
-    if paths is not None:
+    freedom: float | None = None
+    if series is not None:
+        # The draws the pool holds, measured: each step's across origins, over how long the
+        # standardised errors of one window stay correlated along its steps.
+        standard = np.where(finite, e / scale[None, :], np.nan)
+        draws = independent_draws(e, series)  # [last]
+        freedom = float(draws.sum()) / _correlation_time(standard.T)
+    elif paths is not None:  # the worst case: a random walk's windows half a horizon apart
+        freedom = float(paths)
+    if freedom is not None:
         middle = float(np.interp(0.5, GRID, quantile_values))
         # With the naive's history-wide errors the scale is known from more than the
         # validation's few paths: their degrees of freedom floored where a t has a variance.
-        freedom = paths if naive is None else max(float(paths), FLOOR_PATHS)
+        freedom = freedom if naive is None else max(freedom, FLOOR_PATHS)
         quantile_values = middle + (quantile_values - middle) * t_widening(GRID, freedom)
     quantile_values = median_at_zero(GRID, np.maximum.accumulate(quantile_values))
     if naive is not None:  # after z: the standardised errors keep the validation's own shape
@@ -534,6 +569,59 @@ def lean_on_naive(scale: Any, step_paths: Any, naive: Any) -> np.ndarray:
     weight = np.maximum(step_paths, 0.0)
     blended = np.sqrt((weight * scale**2 + smooth**2) / (weight + 1.0))
     return np.maximum.accumulate(blended)
+
+
+def independent_draws(errors: Any, series: Any) -> np.ndarray:
+    """``[H]`` how many independent draws the windows' errors ``errors [W, H]`` hold at each
+    step, from their own autocorrelation across a series' consecutive origins (``series
+    [W]``: the series of each window, a series' windows in origin order; NaN: no error).
+
+    The count at step h is the errors there over their integrated autocorrelation time,
+    ``n_h / (1 + 2 sum_k rho_k(h))``, rho_k(h) the correlation of the errors of windows k
+    origins apart in one series (about zero, not about their mean: a bias that every window
+    shares is one draw, not many), pooled over the series and summed up to its first lag
+    that is not positive (Geyer's initial positive sequence). Rolling origins overlap: a
+    random walk's errors at step h stay correlated for h steps of origin, so its windows h
+    apart are the independent ones; an AR(1)'s or a seasonal random walk's forget within
+    a few origins and most windows count. At least one draw per series, at most the
+    windows at h.
+    """
+    e = np.asarray(errors, dtype=np.float64)
+    groups = np.asarray(series)
+    finite = np.isfinite(e)
+    x = np.where(finite, e, 0.0)
+    counts = finite.sum(axis=0).astype(np.float64)  # [H]
+    power = (x**2).sum(axis=0)  # [H]
+    rows = [np.nonzero(groups == g)[0] for g in np.unique(groups)]
+    longest = max(len(r) for r in rows)
+    lagged = np.zeros((max(longest - 1, 0), e.shape[1]))  # [K, H] sum of x_w x_{w+k}
+    for r in rows:
+        for k in range(1, len(r)):
+            lagged[k - 1] += (x[r[:-k]] * x[r[k:]]).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where(power > 0, lagged / np.where(power > 0, power, 1.0), 0.0)  # [K, H]
+    positive = np.cumprod(rho > 0, axis=0).astype(bool)  # up to the first lag <= 0
+    time = 1.0 + 2.0 * np.where(positive, rho, 0.0).sum(axis=0)
+    series_there = np.sum([finite[r].any(axis=0) for r in rows], axis=0)  # [H]
+    return np.clip(counts / time, series_there, counts)
+
+
+def _correlation_time(values: np.ndarray) -> float:
+    """``1 + 2 sum_k rho_k`` of the rows of ``values [K, N]`` (NaN: none) pooled over its
+    columns, rho_k the correlation about zero of rows k apart, summed up to the first lag
+    that is not positive (Geyer's initial positive sequence); at least 1."""
+    finite = np.isfinite(values)
+    x = np.where(finite, values, 0.0)
+    power = float((x**2).sum())
+    if power <= 0:
+        return 1.0
+    total = 1.0
+    for k in range(1, x.shape[0]):
+        rho = float((x[:-k] * x[k:]).sum()) / power
+        if rho <= 0:
+            break
+        total += 2.0 * rho
+    return total
 
 
 def t_widening(levels: Sequence[float], paths: float) -> np.ndarray:
