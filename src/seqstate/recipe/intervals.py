@@ -17,7 +17,8 @@ of the noise::
                          data; the signed errors leaned on their mirror image when they hold
                          few independent paths), widened about their median by
                          t_nu(tau) / Phi^-1(tau) where the errors hold only nu independent
-                         draws (measured from their autocorrelation, below), then each level clipped to its side of 0: z_0.5 = 0
+                         draws (measured from their autocorrelation, below), then each
+                         level clipped to its side of 0: z_0.5 = 0
     forecast:            q_tau[i, h] = point[i, h] + d_i * s[h] * z_tau   (q_0.5: the point)
 
 Pooling the standardised errors over the steps is what makes one short series usable: the
