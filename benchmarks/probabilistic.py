@@ -285,6 +285,117 @@ def summary(scored: dict[str, list[tuple[dict[str, float], int]]]) -> list[str]:
     return lines
 
 
+#: Known processes for ``--synthetic``: (process, series, history length, horizon, season).
+SYNTHETIC = (
+    ("random walk with drift", 1, 120, 24, 12),
+    ("random walk with drift", 10, 120, 12, 12),
+    ("AR(1), Student-t(4)", 1, 240, 24, 12),
+    ("AR(1), Student-t(4)", 10, 120, 12, 12),
+    ("seasonal random walk", 1, 240, 24, 12),
+    ("seasonal random walk", 10, 96, 12, 12),
+    ("random walk", 1, 80, 8, 4),
+    ("iid", 5, 60, 8, 4),
+)
+
+
+def _simulate(process: str, rng: np.random.Generator, steps: int) -> np.ndarray:
+    """``[steps]`` one path of ``process`` (normal noise but the AR(1)'s)."""
+    if process == "AR(1), Student-t(4)":
+        noise, path = rng.standard_t(4, size=steps), np.zeros(steps)
+        for t in range(1, steps):
+            path[t] = 0.8 * path[t - 1] + noise[t]
+        return path + 10.0
+    noise = rng.standard_normal(steps)
+    if process == "random walk with drift":
+        return np.cumsum(0.3 + noise)
+    if process == "random walk":
+        return np.cumsum(noise)
+    if process == "seasonal random walk":
+        path = np.concatenate([3.0 * rng.standard_normal(12), np.zeros(steps - 12)])
+        for t in range(12, steps):
+            path[t] = path[t - 12] + noise[t]
+        return path
+    return 5.0 + noise
+
+
+def _point(process: str, past: np.ndarray, horizon: int) -> np.ndarray:
+    """``[horizon]`` the process's textbook forecast from ``past [L]``: the drift method, a
+    fitted AR(1), the seasonal naive, the last value, the mean."""
+    ahead = np.arange(1, horizon + 1)
+    if process == "random walk with drift":
+        return past[-1] + (past[-1] - past[0]) / (len(past) - 1) * ahead
+    if process == "AR(1), Student-t(4)":
+        centred = past - past.mean()
+        phi = float(centred[:-1] @ centred[1:] / (centred[:-1] @ centred[:-1]))
+        return past.mean() + centred[-1] * phi**ahead
+    if process == "seasonal random walk":
+        return past[len(past) - 12 + (ahead - 1) % 12]
+    if process == "random walk":
+        return np.full(horizon, past[-1])
+    return np.full(horizon, past.mean())
+
+
+def synthetic(fits: int, seed: int = 0) -> list[str]:
+    """Coverage of the 80% / 95% intervals on known processes, the table fitted as
+    ``seqstate train`` fits it (rolling origins in each series' last 20%, the calibration
+    horizon, the seasonal naive's errors over the history) around the process's own point
+    forecast, scored on the next ``horizon`` steps; ``fits`` draws of each case. The
+    widening's degrees of freedom measured from the errors (``series`` given) or the random
+    walk's count P (without: the rule before the measured draws)."""
+    from types import SimpleNamespace
+
+    from seqstate.recipe.calibration import calibration_horizon, independent_paths, naive_errors
+    from seqstate.recipe.intervals import fit_table, quantiles, series_scales
+
+    lines = [
+        "| process | series | history / horizon | rule | cover 80% | cover 95% |",
+        "|---|---|---|---|---|---|",
+    ]
+    for process, count, length, horizon, season in SYNTHETIC:
+        covered: dict[str, list[list[float]]] = {"random walk's P": [], "measured": []}
+        rng = np.random.default_rng(seed)
+        for _ in range(fits):
+            paths = [_simulate(process, rng, length + horizon) for _ in range(count)]
+            histories = [path[:length] for path in paths]
+            cut = round(0.8 * length)
+            steps = calibration_horizon(season, [length - cut] * count)
+            rows, owners = [], []
+            for i, history in enumerate(histories):
+                for origin in np.unique(np.rint(np.linspace(cut, length - 1, 24)).astype(int)):
+                    seen = min(steps, length - origin)
+                    row = np.full(steps, np.nan)
+                    scale = series_scales([history[:origin]], season)[0]
+                    point = _point(process, history[:origin], steps)[:seen]
+                    row[:seen] = (history[origin : origin + seen] - point) / scale
+                    rows.append(row)
+                    owners.append(i)
+            table = SimpleNamespace(targets=[history[:, None] for history in histories])
+            common = {
+                "paths": independent_paths([cut] * count, [length] * count, steps),
+                "naive": naive_errors(table, season, steps),
+            }
+            for rule, series in (("random walk's P", None), ("measured", np.array(owners))):
+                fitted = fit_table(np.array(rows), season, **common, series=series)
+                if fitted is None:
+                    raise RuntimeError(f"no table for {process}")
+                for path, history in zip(paths, histories, strict=True):
+                    point = _point(process, history, horizon)
+                    scale = series_scales([history], season)
+                    band = quantiles(point[None], scale, fitted, (0.025, 0.1, 0.9, 0.975))[0]
+                    truth = path[length:]
+                    inside = [(truth >= band[:, q]) & (truth <= band[:, 3 - q]) for q in (1, 0)]
+                    covered[rule].append([float(np.mean(i)) for i in inside])
+        for rule, values in covered.items():
+            mean = np.mean(values, axis=0)
+            line = (
+                f"| {process} | {count} | {length} / {horizon} | {rule} | {mean[0]:.3f} "
+                f"| {mean[1]:.3f} |"
+            )
+            print(line, flush=True)
+            lines.append(line)
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small subsets of the big data")
@@ -317,8 +428,18 @@ def main() -> int:
         help=f"one of {DATASETS} or of benchmarks/forecast.py's (repeatable)",
     )
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--synthetic",
+        type=int,
+        default=0,
+        metavar="FITS",
+        help="only the known processes (no training): coverage over FITS fits of each",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.synthetic:
+        synthetic(args.synthetic)
+        return 0
     lines = [
         "| data | method | origin | seed | MASE (point; q50) | CRPS (20 q; 5 q) | cover 80% "
         "| cover 95% | width 80% | train |",
