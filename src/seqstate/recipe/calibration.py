@@ -200,7 +200,10 @@ def independent_paths(cuts: Sequence[int], lengths: Sequence[int], horizon: int)
     intervals with this count, from one series two horizons long to fifty series (without it:
     0.70 / 0.88 for the one series); a mean-reverting AR(1) (phi 0.8), whose errors decorrelate
     sooner, 0.80-0.81 / 0.94-0.96 for panels but 0.84-0.85 / 0.98 for one series (without it:
-    0.77-0.79 / 0.93): the count errs on the wide side when errors forget fast."""
+    0.77-0.79 / 0.93): the count errs on the wide side when errors forget fast, so
+    :func:`calibrate` also gives the table each window's series, and the table measures the
+    draws from the errors' autocorrelation instead
+    (:func:`seqstate.recipe.intervals.independent_draws`)."""
     total = sum(
         (int(length) - int(cut)) / (horizon / 2)
         for cut, length in zip(cuts, lengths, strict=True)
