@@ -356,6 +356,8 @@ class StateStore(abc.ABC):
         features: int,
         window: int,
         digest_of: Callable[[np.ndarray, bool], bytes],
+        outputs: int,
+        answer_of: Callable[[np.ndarray, bool], bytes],
     ) -> RowTable | None:
         """The rows-of-arrays table the engine continues usual steps on in bulk, for streams of
         ``layout``; None (the default): every step takes the per-stream path."""
