@@ -164,9 +164,7 @@ class Batcher:
             future = asyncio.get_running_loop().create_future()
             self._queue.append((block, future, time.monotonic()))
             self._arrived.set()
-        latest = self._latest
-        for stream in streams:
-            latest[stream] = future
+        self._latest.update(dict.fromkeys(streams, future))
         if not self.batching:
             future.add_done_callback(lambda done: self._forget([(block, done, 0.0)]))
         return future
@@ -222,8 +220,10 @@ class Batcher:
     def _eligible(self) -> Item | None:
         """The oldest queued step (or block) whose streams are not being committed."""
         committing = self._committing
+        if not committing:
+            return self._queue[0] if self._queue else None
         for item in self._queue:
-            if not any(stream in committing for stream in _streams(item[0])):
+            if committing.isdisjoint(_streams(item[0])):
                 return item
         return None
 

@@ -493,7 +493,9 @@ class Engine:
             left = np.arange(n)
             written = np.empty(0, np.int64)
         else:
-            left = np.setdiff1d(np.arange(n), bulk.taken, assume_unique=True)
+            rest = np.ones(n, bool)
+            rest[bulk.taken] = False
+            left = np.flatnonzero(rest)
             finite = np.asarray(bulk.finite, bool)
             written = bulk.taken[finite] if len(finite) else bulk.taken[:0]
             if len(written):
@@ -618,6 +620,8 @@ class Engine:
         return RunState(transforms, tuple(s.to(self.device) for s in state.models))
 
     def _to_cpu(self, state: RunState) -> RunState:
+        if self.device.type == "cpu":  # (every tensor of a CPU run is there already)
+            return state
         transforms = {name: t.cpu() for name, t in state.transforms.items()}
         return RunState(transforms, tuple(s.to("cpu") for s in state.models))
 

@@ -218,21 +218,29 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
         steps = 1 if type(items) is FrameSteps else items[0].x.shape[0]  # type: ignore[index]
         if len(streams) * steps > resources.batcher.max_batch * max_steps:
             return False  # one model call holds at most max_batch x max_steps timesteps
-        for stream in streams:
-            before = last.get(stream)
-            if in_flight.get(stream, 0) >= window or (
-                before is not None and getattr(before, "chained", False)
-            ):
-                return False
+        # (the usual frame: none of its streams has an op in flight, checked as sets)
+        idle = last.keys().isdisjoint(streams) and in_flight.keys().isdisjoint(streams)
+        if not idle:
+            for stream in streams:
+                before = last.get(stream)
+                if in_flight.get(stream, 0) >= window or (
+                    before is not None and getattr(before, "chained", False)
+                ):
+                    return False
         future = resources.batcher.enqueue_block(items)
-        for stream in streams:
-            last[stream] = future
-            in_flight[stream] = in_flight.get(stream, 0) + 1
+        last.update(dict.fromkeys(streams, future))
+        if idle:
+            in_flight.update(dict.fromkeys(streams, 1))
+        else:
+            for stream in streams:
+                in_flight[stream] = in_flight.get(stream, 0) + 1
 
         def answered(done: asyncio.Future[Any]) -> None:
             for stream in streams:
-                in_flight[stream] -= 1
-                if not in_flight[stream]:
+                count = in_flight[stream] - 1
+                if count:
+                    in_flight[stream] = count
+                else:
                     del in_flight[stream]
                 if last.get(stream) is done:
                     del last[stream]
@@ -482,7 +490,7 @@ def _usual(decoded: BinarySteps, resources: Resources, finite: bool) -> bool:
         finite
         and decoded.time is None
         and not resources.function.needs_time
-        and all(series is None for series in decoded.series)
+        and decoded.series.count(None) == len(decoded.series)
         and min(decoded.seq) >= 1
         and max(decoded.seq) <= MAX_SEQ
         and valid_stream_ids(decoded.stream)

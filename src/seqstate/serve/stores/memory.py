@@ -22,6 +22,7 @@ Every :class:`StateStore` method sees both homes: ``get_many`` builds a table ro
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import struct
 import threading
@@ -207,8 +208,8 @@ class RowTable:
         """The rows of ``streams`` (one gather per array) and, for those without one, their
         records. Takes the store's lock."""
         with self._store.lock:
-            get = self.index.get
-            rows = np.fromiter((get(s, -1) for s in streams), np.int64, len(streams))
+            found = map(self.index.get, streams, itertools.repeat(-1))
+            rows = np.fromiter(found, np.int64, len(streams))
             present = rows >= 0
             safe = np.where(present, rows, 0)
             version = np.where(present, self.version[safe], -1)
