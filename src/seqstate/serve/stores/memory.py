@@ -7,7 +7,8 @@ Two homes for a stream, never both:
   record built in this process is intact by construction, see ``Record``).
 * a :class:`RowTable`: the streams the engine's columnar path continues, one row each of
   arrays shared by all of them (state bodies ``[rows, body_bytes]``, last seq, updated,
-  generation, the replay window's answers ``[rows, W]``). A batch is read with one gather and
+  generation, the replay window's answers ``[rows, W, O]`` as numbers, their JSON written only
+  when a record of the row is asked for). A batch is read with one gather and
   written with one scatter per array, under one lock, with its compare-and-set on the
   generations as one array comparison::
 
