@@ -166,3 +166,29 @@ def test_a_frame_must_hold_each_stream_once(model):
         assert "one step per stream" in str(error)
     else:
         raise AssertionError("a frame with a stream twice was accepted")
+
+
+def test_kept_answers_written_on_demand_are_the_bytes_first_answered(model):
+    """The row table keeps answers as numbers; the JSON it writes for a replay (or a read of
+    the record) is byte for byte the answer first sent, for a step sent as [F] or [[F]]."""
+    store = MemoryStore()
+    engine = Engine(model, store, ttl_s=0, replay_window=3)
+    rng = np.random.default_rng(1)
+    sent: dict[int, list[StepRequest]] = {}
+    first: dict[tuple[str, int], bytes] = {}
+    for seq in range(1, 5):
+        sent[seq] = [
+            StepRequest(f"k{i}", seq, rng.normal(size=(1, 3)).astype(np.float32), single=i == 0,
+                        start=False)
+            for i in range(2)
+        ]  # fmt: skip
+        for request, outcome in zip(sent[seq], engine.process(sent[seq]), strict=True):
+            assert outcome.replayed is False
+            first[(request.stream, seq)] = outcome.output
+    assert engine.table is not None and len(engine.table.index) == 2  # continued in bulk
+    for seq in (4, 3, 2):  # the window of 3
+        for request, outcome in zip(sent[seq], engine.process(sent[seq]), strict=True):
+            assert outcome.replayed is True
+            assert outcome.output == first[(request.stream, seq)]
+    for i, record in enumerate(store.get_many(["k0", "k1"])):
+        assert record is not None and record.output == first[(f"k{i}", 4)]
