@@ -311,14 +311,28 @@ def inprocess_worker(args: argparse.Namespace) -> None:
 
     engine.process(requests(1))
     records.process(requests(1))
-    gc.collect()
-    gc.freeze()
-    result = {}
-    for name, step in (
+    measures = [
         ("streams", lambda k: streams.step(ids, x)),
         ("engine", lambda k: engine.process(requests(k))),
         ("engine_records", lambda k: records.process(requests(k))),
-    ):
+    ]
+    try:  # a binary frame's steps as arrays, as the server hands them to its engine
+        from seqstate.serve.engine import FrameSteps
+    except ImportError:  # (a source tree from before frames travelled as arrays)
+        pass
+    else:
+        frames = Engine(model, MemoryStore(), ttl_s=0, replay_window=16)
+        x3 = x[:, None, :].copy()  # (n, 1, F)
+
+        def frame(seq: int) -> list:
+            return frames.process([FrameSteps(ids, np.full(len(ids), seq, np.int64), x3)])
+
+        frame(1)
+        measures.append(("engine_frames", frame))
+    gc.collect()
+    gc.freeze()
+    result = {}
+    for name, step in measures:
         count, started, k = 0, time.perf_counter(), 2
         while time.perf_counter() - started < args.seconds / 3:
             step(k)
@@ -327,12 +341,15 @@ def inprocess_worker(args: argparse.Namespace) -> None:
     Path(args.out).write_text(json.dumps(result))
 
 
-def run_inprocess(run_dir: Path, streams: int, seconds: float) -> dict:
+def run_inprocess(run_dir: Path, streams: int, seconds: float, source: str | None = None) -> dict:
+    """The in-process measures (``source``: of the seqstate source tree there)."""
     output = Path(tempfile.mkdtemp()) / "inprocess.json"
     command = [sys.executable, __file__, "--inprocess-worker", "--url", str(run_dir),
                "--streams", str(streams), "--seconds", str(seconds),
                "--out", str(output)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if source is not None:
+        env["PYTHONPATH"] = str(Path(source).resolve())
     subprocess.run(command, check=True, timeout=seconds * 4 + 120, env=env)
     result = json.loads(output.read_text())
     shutil.rmtree(output.parent)
@@ -463,6 +480,12 @@ def main() -> None:
         "and no BENCHMARKS.md update",
     )
     parser.add_argument(
+        "--inprocess",
+        action="store_true",
+        help="with --only: also measure in process each round (Streams.step and the engine "
+        "alone, of this tree and of --baseline-src), medians printed",
+    )
+    parser.add_argument(
         "--baseline-src",
         default=None,
         help="also run every selected seqstate server from this source tree (PYTHONPATH), "
@@ -519,6 +542,7 @@ def main() -> None:
         servers: dict[str, Server] = {}
         samples: dict[tuple[str, str, int], list[dict]] = {}
         inprocess: list[dict] = []
+        previous: list[dict] = []  # the baseline source's in-process measures
         try:
             for name, start, _ in plan:  # every server up at once: loads interleave below
                 servers[name] = start()  # type: ignore[operator]
@@ -536,9 +560,12 @@ def main() -> None:
                         result.update(name=name, transport=transport, streams=streams)
                         samples.setdefault((name, transport, streams), []).append(result)
                         print(_row({**result, "batch_mean": None}), flush=True)
-                if not args.only:
+                if not args.only or args.inprocess:
                     inprocess.append(run_inprocess(run_dir, 1000, seconds))
                     print(f"in-process, 1000 streams: {inprocess[-1]}", flush=True)
+                if args.only and args.inprocess and args.baseline_src:
+                    previous.append(run_inprocess(run_dir, 1000, seconds, args.baseline_src))
+                    print(f"in-process [baseline], 1000 streams: {previous[-1]}", flush=True)
             for (name, _, _), runs in samples.items():
                 median = sorted(runs, key=lambda r: r["steps_s"])[len(runs) // 2]
                 rows.append({**median, "batch_mean": servers[name].batch_mean()})
@@ -553,15 +580,24 @@ def main() -> None:
         print(f"load average {load_average()} at the end; {elapsed:.0f} s")
         for r in rows:
             print(_row(r))
+        for label, runs in (("in-process", inprocess), ("in-process [baseline]", previous)):
+            if runs:
+                print(f"{label}, 1000 streams, median steps/s: {_medians(runs)}")
         return
-    baseline = {
-        name: sorted(r[name] for r in inprocess)[len(inprocess) // 2]
-        for name in ("streams", "engine", "engine_records")
-    }
+    baseline = _medians(inprocess)
     text = _report(rows, header, seconds, elapsed, args, baseline)
     print(text)
     if not args.no_write:
         write_section("serve", text)
+
+
+def _medians(runs: list[dict]) -> dict[str, float]:
+    """Each in-process measure's median over the rounds."""
+    return {
+        name: sorted(r[name] for r in runs)[len(runs) // 2]
+        for name in runs[0]
+        if all(name in r for r in runs)
+    }
 
 
 def _select(plan: list, only: list[str]) -> list:
@@ -705,6 +741,18 @@ def _report(
             f"`Streams.step` at 1000 streams (engine: {baseline['engine']:,.0f} steps/s)",
             baseline["engine"] / baseline["streams"],
         ),
+        *(
+            [
+                target(
+                    "the engine alone given binary frames as arrays (memory store, no "
+                    "transport) / in-process `Streams.step` at 1000 streams (engine: "
+                    f"{baseline['engine_frames']:,.0f} steps/s)",
+                    baseline["engine_frames"] / baseline["streams"],
+                )
+            ]
+            if "engine_frames" in baseline
+            else []
+        ),
         target(
             "the engine alone, the memory store's row table / records only (the per-stream "
             f"path: {baseline['engine_records']:,.0f} steps/s), 1000 streams, same process",
@@ -712,7 +760,10 @@ def _report(
         ),
         target(
             "server (memory, binary frames) / its engine alone, at 1000 streams",
-            ratio(find("memory", "ws-binary", 1000), {"steps_s": baseline["engine"]}),
+            ratio(
+                find("memory", "ws-binary", 1000),
+                {"steps_s": baseline.get("engine_frames", baseline["engine"])},
+            ),
         ),
         target(
             "memory store / empty endpoint on the same stack, steps/s (http, 100 streams)",

@@ -222,3 +222,59 @@ def test_a_block_joins_a_call_whole_and_keeps_every_stream_in_order():
         + [(f"w{i}", 1) for i in range(6)]
     )
     assert batcher._latest == {}  # every stream forgotten once answered
+
+
+def test_a_frame_as_arrays_is_one_item_queued_and_answered_like_a_block():
+    """A FrameSteps (a frame's steps as arrays) reaches the engine as one item, joins a call
+    whole or goes alone past max_batch, holds back the later steps of its streams, and is
+    answered with the one outcome the engine gives it; unbatched, it is one call too."""
+    from seqstate.serve.engine import FrameSteps
+
+    calls: list[list] = []
+
+    def process(requests):
+        calls.append(
+            [
+                ("frame", tuple(r.streams)) if type(r) is FrameSteps else (r.stream, r.seq)
+                for r in requests
+            ]
+        )
+        return [
+            ("outcome", tuple(r.streams))
+            if type(r) is FrameSteps
+            else StepResult(r.seq, b"[]", replayed=False)
+            for r in requests
+        ]
+
+    def frame(*streams: str, seq: int = 1) -> FrameSteps:
+        n = len(streams)
+        return FrameSteps(list(streams), np.full(n, seq, np.int64), np.zeros((n, 1, 3), np.float32))
+
+    async def main(batching: bool):
+        batcher = Batcher(process, max_batch=4, max_wait_s=0.0, batching=batching)
+        await batcher.start()
+        try:
+            queued = [
+                batcher.enqueue(request("a", 1)),
+                batcher.enqueue_block(frame("a", "b", seq=2)),  # behind a 1
+                batcher.enqueue(request("b", 3)),  # behind the frame
+                batcher.enqueue_block(frame("c", "d", "e", "f", "g")),  # > max_batch: alone
+                batcher.enqueue(request("h", 1)),
+            ]
+            results = await asyncio.gather(*queued)
+            return results, dict(batcher._latest)
+        finally:
+            await batcher.stop()
+
+    results, latest = asyncio.run(main(True))
+    assert results[1] == ("outcome", ("a", "b")) and results[3] == ("outcome", tuple("cdefg"))
+    assert results[2].seq == 3 and latest == {}
+    order = [step for call in calls for step in call]
+    assert order.index(("a", 1)) < order.index(("frame", ("a", "b"))) < order.index(("b", 3))
+    assert [("frame", tuple("cdefg"))] in calls  # whole, alone
+    for call in calls:  # never a stream twice in a call
+        streams = [s for item in call for s in (item[1] if item[0] == "frame" else [item[0]])]
+        assert len(streams) == len(set(streams))
+    calls.clear()
+    results, _ = asyncio.run(main(False))
+    assert results[1] == ("outcome", ("a", "b")) and [("frame", ("a", "b"))] in calls

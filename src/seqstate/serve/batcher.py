@@ -26,7 +26,9 @@ step is answered only when the commit holding it has returned.
 A block (:meth:`Batcher.enqueue_block`: the steps of one frame, of distinct streams) is one
 queue item with one future for all its steps: it joins a batch whole (or waits whole, and
 holds back the later steps of its streams), so a frame of many streams costs one future and
-one callback, not one per step.
+one callback, not one per step. A binary frame's usual steps come as one
+:class:`~seqstate.serve.engine.FrameSteps` (arrays, no object per step): queued and taken like
+a block, handed to the engine whole, answered with one :class:`~seqstate.serve.engine.FrameOutcome`.
 
 With ``batching=False`` every submitted step is its own model call on the same worker thread
 (the baseline the benchmark compares against).
@@ -42,14 +44,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from seqstate.serve.engine import Outcome, StepRequest
+from seqstate.serve.engine import FrameSteps, Outcome, StepRequest
 
 __all__ = ["Batcher"]
 
-Process = Callable[[Sequence[StepRequest]], list[Outcome]]
-# a step or a block of steps of distinct streams, its future (a block's: the list of its
-# outcomes), when it was queued
-Item = tuple["StepRequest | Block", "asyncio.Future[Any]", float]
+Process = Callable[[Sequence[StepRequest | FrameSteps]], list[Any]]
+# a step, a block of steps of distinct streams or a frame's steps as arrays, its future (a
+# block's: the list of its outcomes; a frame's: its FrameOutcome), when it was queued
+Item = tuple["StepRequest | Block | FrameSteps", "asyncio.Future[Any]", float]
 
 
 class Block(tuple[StepRequest, ...]):
@@ -58,17 +60,28 @@ class Block(tuple[StepRequest, ...]):
     __slots__ = ()
 
 
-def _streams(step: StepRequest | Block) -> list[str]:
-    return [r.stream for r in step] if type(step) is Block else [step.stream]  # type: ignore[union-attr]
+def _streams(step: StepRequest | Block | FrameSteps) -> list[str]:
+    kind = type(step)
+    if kind is FrameSteps:
+        return step.streams  # type: ignore[union-attr]
+    return [r.stream for r in step] if kind is Block else [step.stream]  # type: ignore[union-attr]
 
 
-def _flatten(batch: list[Item]) -> list[StepRequest]:
-    requests: list[StepRequest] = []
+def _size(step: StepRequest | Block | FrameSteps) -> int:
+    """How many steps ``step`` holds."""
+    kind = type(step)
+    if kind is FrameSteps:
+        return len(step.streams)  # type: ignore[union-attr]
+    return len(step) if kind is Block else 1  # type: ignore[arg-type]
+
+
+def _flatten(batch: list[Item]) -> list[StepRequest | FrameSteps]:
+    requests: list[StepRequest | FrameSteps] = []
     for step, _, _ in batch:
-        if type(step) is Block:
+        if isinstance(step, Block):
             requests.extend(step)
         else:
-            requests.append(step)  # type: ignore[arg-type]
+            requests.append(step)
     return requests
 
 
@@ -82,7 +95,8 @@ class Batcher:
         batching: bool = True,
         on_batch: Callable[[int, float], None] | None = None,
         stages: tuple[
-            Callable[[Sequence[StepRequest]], Any], Callable[[list[Any]], list[list[Outcome]]]
+            Callable[[Sequence[StepRequest | FrameSteps]], Any],
+            Callable[[list[Any]], list[list[Any]]],
         ]
         | None = None,
     ) -> None:
@@ -135,35 +149,35 @@ class Batcher:
             self._latest[request.stream] = future
         return future
 
-    def enqueue_block(self, requests: Sequence[StepRequest]) -> asyncio.Future[list[Outcome]]:
+    def enqueue_block(self, requests: Sequence[StepRequest] | FrameSteps) -> asyncio.Future[Any]:
         """Queue the steps of distinct streams as one block: one future, completed with their
-        outcomes (in order) when all of them are durable (or refused). Each stream's earlier
-        queued steps go first, as with :meth:`enqueue`."""
-        block = Block(requests)
+        outcomes (in order; a FrameOutcome for a FrameSteps) when all of them are durable (or
+        refused). Each stream's earlier queued steps go first, as with :meth:`enqueue`."""
+        block = requests if type(requests) is FrameSteps else Block(requests)  # type: ignore[arg-type]
         streams = _streams(block)
         if len(set(streams)) != len(streams):
             raise ValueError("a block must hold at most one step per stream")
-        future: asyncio.Future[list[Outcome]]
+        future: asyncio.Future[Any]
         if not self.batching:
             future = asyncio.ensure_future(self._submit_block_alone(block))
         else:
             future = asyncio.get_running_loop().create_future()
             self._queue.append((block, future, time.monotonic()))
             self._arrived.set()
-        latest = self._latest
-        for stream in streams:
-            latest[stream] = future  # type: ignore[assignment]
+        self._latest.update(dict.fromkeys(streams, future))
         if not self.batching:
             future.add_done_callback(lambda done: self._forget([(block, done, 0.0)]))
         return future
 
-    async def _submit_block_alone(self, block: Block) -> list[Outcome]:
+    async def _submit_block_alone(self, block: Block | FrameSteps) -> Any:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        outcomes = await loop.run_in_executor(self._executor, self._process, list(block))
+        frame = type(block) is FrameSteps
+        requests: list[StepRequest | FrameSteps] = [block] if frame else list(block)  # type: ignore[list-item,arg-type]
+        outcomes = await loop.run_in_executor(self._executor, self._process, requests)
         if self._on_batch is not None:
-            self._on_batch(len(block), time.perf_counter() - started)
-        return outcomes
+            self._on_batch(_size(block), time.perf_counter() - started)
+        return outcomes[0] if frame else outcomes
 
     def _forget(self, batch: list[Item]) -> None:
         """Drop the batch's steps from ``_latest`` where they are their stream's last."""
@@ -206,8 +220,10 @@ class Batcher:
     def _eligible(self) -> Item | None:
         """The oldest queued step (or block) whose streams are not being committed."""
         committing = self._committing
+        if not committing:
+            return self._queue[0] if self._queue else None
         for item in self._queue:
-            if not any(stream in committing for stream in _streams(item[0])):
+            if committing.isdisjoint(_streams(item[0])):
                 return item
         return None
 
@@ -221,9 +237,10 @@ class Batcher:
         while self._queue and size < self.max_batch:
             item = self._queue.popleft()
             step = item[0]
-            if type(step) is Block:
+            if type(step) is Block or type(step) is FrameSteps:
                 streams = _streams(step)
-                full = size > 0 and size + len(step) > self.max_batch
+                steps = _size(step)
+                full = size > 0 and size + steps > self.max_batch
                 if full or not seen.isdisjoint(streams):
                     later.append(item)
                     seen.update(streams)  # the later steps of its streams wait behind it
@@ -232,7 +249,7 @@ class Batcher:
                     continue
                 seen.update(streams)
                 batch.append(item)
-                size += len(step)
+                size += steps
             elif step.stream in seen:  # type: ignore[union-attr]
                 later.append(item)
             else:
@@ -280,7 +297,8 @@ class Batcher:
         if self._stages is None:
             self._resolve(batch, outcomes, started)
             return
-        self._committing.update(request.stream for request in requests)
+        for step, _, _ in batch:
+            self._committing.update(_streams(step))
         self._ready.append((batch, prepared, started))
         if self._commit is None:  # else the running commit takes it next, with the others
             self._commit = asyncio.create_task(self._commit_ready())
@@ -306,21 +324,23 @@ class Batcher:
                         self._resolve(batch, outcomes, started)
                 finally:
                     for batch, _, _ in group:
-                        self._committing.difference_update(r.stream for r in _flatten(batch))
+                        for step, _, _ in batch:
+                            self._committing.difference_update(_streams(step))
                     self._arrived.set()  # steps that waited for this commit may now be taken
         finally:
             self._commit = None
 
-    def _resolve(self, batch: list[Item], outcomes: list[Outcome], started: float) -> None:
+    def _resolve(self, batch: list[Item], outcomes: list[Any], started: float) -> None:
         if self._on_batch is not None:
-            self._on_batch(len(outcomes), time.perf_counter() - started)
+            steps = sum(_size(step) for step, _, _ in batch)
+            self._on_batch(steps, time.perf_counter() - started)
         self._forget(batch)
         at = 0
         for step, future, _ in batch:
             if type(step) is Block:
                 result: Any = outcomes[at : at + len(step)]
                 at += len(step)
-            else:
+            else:  # a step, or a frame's steps: one outcome
                 result = outcomes[at]
                 at += 1
             if not future.done():  # the client may have gone away; the step is applied anyway

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +43,20 @@ from seqstate.serve.schemas import MAX_SAMPLED_STEPS
 from seqstate.serve.stores.base import Record, StateStore, Update, kept_answers, new_record
 from seqstate.serve.stores.memory import ColumnWrite, RowTable
 
-__all__ = ["Engine", "Outcome", "Prepared", "Sampling", "StepRequest", "StepResult"]
+__all__ = [
+    "Engine",
+    "FrameOutcome",
+    "FrameSteps",
+    "Outcome",
+    "Prepared",
+    "Sampling",
+    "StepRequest",
+    "StepResult",
+]
+
+
+# (start, single, k) -> blake2b holding the hash of a digest's first bytes; never updated
+_DIGEST_PREFIXES: dict[tuple[bool, bool, int], Any] = {}
 
 
 class StepRequest(NamedTuple):
@@ -60,8 +74,14 @@ class StepRequest(NamedTuple):
     @property
     def digest(self) -> bytes:
         """Fingerprint of what the request asks for, to tell a retry from a different step."""
-        h = hashlib.blake2b(digest_size=16)
-        h.update(b"%d:%d:%d:" % (self.start, self.single, self.x.shape[0]))
+        kind = (self.start, self.single, self.x.shape[0])
+        prefix = _DIGEST_PREFIXES.get(kind)
+        if prefix is None:
+            prefix = hashlib.blake2b(digest_size=16)
+            prefix.update(b"%d:%d:%d:" % kind)
+            if len(_DIGEST_PREFIXES) < 4096:  # (k is bounded by --max-steps)
+                _DIGEST_PREFIXES[kind] = prefix
+        h = prefix.copy()  # the hash of the prefix, copied: several times cheaper than anew
         x = self.x
         if x.dtype != np.float32 or not x.flags.c_contiguous:
             x = np.ascontiguousarray(x, dtype=np.float32)
@@ -93,6 +113,81 @@ class StepResult(NamedTuple):
 
 
 Outcome = StepResult | Reject
+
+
+class FrameSteps:
+    """The steps of one binary frame, carried as arrays: the next step of each of ``n``
+    distinct streams, one timestep each, sent as ``[F]``, without start, series or time (the
+    usual frame; any other goes as StepRequests). Each step follows the rules of the
+    StepRequest it stands for (:meth:`request`): the usual ones are applied as arrays, the
+    others (a first step, a retry, a gap) as that StepRequest."""
+
+    __slots__ = ("seq", "streams", "x")
+
+    def __init__(self, streams: list[str], seq: np.ndarray, x: np.ndarray) -> None:
+        self.streams = streams  # [n] distinct ids
+        self.seq = seq  # [n] int64
+        self.x = x  # [n, 1, F_raw] float32, finite
+
+    def request(self, k: int) -> StepRequest:
+        """Step ``k`` as a StepRequest (same digest: a retry may come either way)."""
+        return StepRequest(self.streams[k], int(self.seq[k]), self.x[k], single=True, start=False)
+
+
+class FrameOutcome(NamedTuple):
+    """A frame's answers: ``y [n, 1, O]`` float64, each step applied in bulk's answer (NaN:
+    none here, or none yet in a differenced stream's first steps); ``others``: the outcome
+    of every other step (applied or replayed the per-stream way, or refused), by index."""
+
+    y: np.ndarray
+    others: dict[int, Outcome]
+
+
+class _Bulk(NamedTuple):
+    """What :meth:`Engine._continue` ran: the indices of the steps taken ``[t]``, their
+    answers ``y [t, 1, O]``, warm-up steps ``[t, 1]``, finite rows ``[t]`` and the write of
+    the finite ones (None: none)."""
+
+    taken: np.ndarray
+    y: torch.Tensor
+    warm: np.ndarray
+    finite: list[bool]
+    write: ColumnWrite | None
+
+
+@dataclasses.dataclass
+class _FrameBatch:
+    """A batch's frames, their steps concatenated (``n`` in all), between prepare and
+    finish."""
+
+    sizes: list[int]  # steps per frame
+    streams: list[str]  # [n]
+    seq: np.ndarray  # [n] int64
+    x: np.ndarray  # [n, 1, F] float32
+    y: np.ndarray  # [n, 1, O] float64: the bulk steps' answers, NaN elsewhere
+    others: dict[int, Outcome]  # step index -> its outcome, for the steps not applied in bulk
+    written: np.ndarray  # the indices of the steps in ``write``, in its order
+    write: ColumnWrite | None
+    left: list[int]  # the indices of the steps left to the per-stream path
+    requests: list[StepRequest]  # those steps, as StepRequests
+
+    def request(self, k: int) -> StepRequest:
+        return StepRequest(self.streams[k], int(self.seq[k]), self.x[k], single=True, start=False)
+
+    def split(self) -> list[FrameOutcome]:
+        """One :class:`FrameOutcome` per frame."""
+        if len(self.sizes) == 1:
+            return [FrameOutcome(self.y, self.others)]
+        bounds = np.cumsum([0, *self.sizes])
+        answers = [FrameOutcome(self.y[a:b], {}) for a, b in itertools.pairwise(bounds.tolist())]
+        if self.others:
+            keys = list(self.others)
+            frame_of = np.searchsorted(bounds, keys, side="right") - 1
+            for k, f in zip(keys, frame_of.tolist(), strict=True):
+                answers[f].others[k - int(bounds[f])] = self.others[k]
+        return answers
+
+
 # a step to apply: (request index, the generation its commit expects (None: absent), whether
 # it adds a live stream, stored row or None: from zero, the series the row is bound to)
 Item = tuple[int, bytes | None, bool, bytes | None, str | None]
@@ -111,9 +206,13 @@ class Prepared:
     creates: list[bool] = dataclasses.field(default_factory=list)  # per update: a new stream
     # request index -> the earlier answers its new record keeps (replayed after a drop)
     histories: dict[int, bytes] = dataclasses.field(default_factory=dict)
-    # the steps continued in bulk on a row table (None: none): their request indices and
-    # what to write
-    columns: tuple[list[int], ColumnWrite] | None = None
+    # the steps continued in bulk on a row table (None: none): their request indices, what
+    # to write and their answers' JSON
+    columns: tuple[list[int], ColumnWrite, list[bytes]] | None = None
+    # the frames of the batch (None: none) and where each item of the batch is: a
+    # StepRequest's index in ``requests``, or -1 - the frame's number
+    frames: _FrameBatch | None = None
+    order: list[int] | None = None
 
 
 class Engine:
@@ -157,18 +256,46 @@ class Engine:
                 len(self.function.inputs),
                 max(replay_window, 1),
                 _kept_digest,
+                len(self.function.targets),
+                _kept_answer,
             )
 
-    def process(self, requests: Sequence[StepRequest]) -> list[Outcome]:
-        """Apply ``requests`` (distinct streams) and make the new states durable."""
+    def process(self, requests: Sequence[StepRequest | FrameSteps]) -> list[Any]:
+        """Apply ``requests`` (distinct streams) and make the new states durable: per item
+        its :data:`Outcome`, a :class:`FrameOutcome` for a :class:`FrameSteps`."""
         return self.finish(self.prepare(requests))
 
-    def prepare(self, requests: Sequence[StepRequest]) -> Prepared:
+    def prepare(self, requests: Sequence[StepRequest | FrameSteps]) -> Prepared:
         """Read, decide and run the model; nothing is written yet (see :meth:`finish`)."""
-        streams = [r.stream for r in requests]
+        if not any(type(r) is FrameSteps for r in requests):
+            return self._prepare_steps(requests, self.clock())  # type: ignore[arg-type]
+        frames: list[FrameSteps] = []
+        steps: list[StepRequest] = []
+        order: list[int] = []
+        for r in requests:
+            if type(r) is FrameSteps:
+                order.append(-1 - len(frames))
+                frames.append(r)
+            else:
+                order.append(len(steps))
+                steps.append(r)  # type: ignore[arg-type]
+        streams = [r.stream for r in steps]
+        for frame in frames:
+            streams.extend(frame.streams)
         if len(set(streams)) != len(streams):
             raise ValueError("a batch must hold at most one step per stream")
         now = self.clock()
+        batch = self._frames(frames, now)
+        # the frames' steps left to the per-stream path join the batch's other steps
+        prepared = self._prepare_steps([*steps, *batch.requests], now)
+        prepared.frames, prepared.order = batch, order
+        return prepared
+
+    def _prepare_steps(self, requests: Sequence[StepRequest], now: float) -> Prepared:
+        """:meth:`prepare` of StepRequests."""
+        streams = [r.stream for r in requests]
+        if len(set(streams)) != len(streams):
+            raise ValueError("a batch must hold at most one step per stream")
         outcomes: list[Outcome | None] = [None] * len(requests)
         columns = None
         rest: Sequence[int] = range(len(requests))
@@ -243,7 +370,7 @@ class Engine:
 
     def _columns(
         self, table: RowTable, requests: Sequence[StepRequest], now: float, outcomes: list[Any]
-    ) -> tuple[tuple[list[int], ColumnWrite] | None, list[int]]:
+    ) -> tuple[tuple[list[int], ColumnWrite, list[bytes]] | None, list[int]]:
         """Continue the usual steps in bulk: one gather of their rows, one model call, their
         answers and new rows as arrays. ``(what to write or None, the indices left to the
         per-stream path)``: a step is taken when it is the next one of a live stream, one
@@ -257,18 +384,54 @@ class Engine:
         ]
         if not usual:
             return None, list(range(len(requests)))
-        read = table.read([requests[i].stream for i in usual])
+        streams = [requests[i].stream for i in usual]
         seqs = np.fromiter((requests[i].seq for i in usual), np.int64, len(usual))
+        x = np.stack([requests[i].x for i in usual])  # (m, 1, F_raw)
+        single = np.fromiter((requests[i].single for i in usual), bool, len(usual))
+        bulk = self._continue(table, streams, seqs, x, single, now)
+        if bulk is None or not len(bulk.taken):
+            return None, list(range(len(requests)))
+        taken = bulk.taken.tolist()
+        outputs = _outputs(bulk.y, bulk.warm, single[bulk.taken].tolist())
+        kept, answers = [], []
+        for j, good in enumerate(bulk.finite):
+            i = usual[taken[j]]
+            if good:
+                kept.append(i)
+                answers.append(outputs[j])
+            else:
+                outcomes[i] = _non_finite(requests[i].seq)
+        taken_set = {usual[k] for k in taken}
+        rest = [i for i in range(len(requests)) if i not in taken_set]
+        if bulk.write is None:
+            return None, rest
+        return (kept, bulk.write, answers), rest
+
+    def _continue(
+        self,
+        table: RowTable,
+        streams: list[str],
+        seqs: np.ndarray,
+        x: np.ndarray,
+        single: np.ndarray,
+        now: float,
+    ) -> _Bulk | None:
+        """The steps ``x [m, 1, F]`` (``seqs [m]``, sent as ``[F]`` where ``single [m]``) of
+        ``streams`` that continue a live stream of ``table`` (or a record of this layout,
+        moved to the table on write), run in one model call. None: the run refused an input
+        (every step goes the per-stream way, which finds the row)."""
+        read = table.read(streams)
         ok = (read.rows >= 0) & (read.seq + 1 == seqs)
         if self.ttl_s > 0:
             ok &= np.abs(now - read.updated) <= self.ttl_s
-        moved: list[Record | None] = [None] * len(usual)
-        prefixes: list[bytes] = [b""] * len(usual)
+        m = len(streams)
+        moved: list[Record | None] = [None] * m
+        prefixes: list[bytes] = [b""] * m
         bodies = read.bodies
         body_bytes = self.codec.body_bytes
         for k in np.flatnonzero(read.rows < 0).tolist():  # a record: moved to the table
             record = read.records[k]
-            request = requests[usual[k]]
+            request = StepRequest(streams[k], int(seqs[k]), x[k], bool(single[k]), False)
             if (
                 record is not None
                 and record.seq + 1 == request.seq
@@ -283,47 +446,88 @@ class Engine:
                 bodies[k] = np.frombuffer(record.state, np.uint8, body_bytes, at)
         taken = np.flatnonzero(ok)
         if not len(taken):
-            return None, list(range(len(requests)))
-        picks = taken.tolist()
-        indices = [usual[k] for k in picks]
-        state = self.codec.decode_bodies(bodies[taken])
-        x = np.stack([requests[i].x for i in indices])  # (m, 1, F_raw)
+            nothing = torch.empty((0, 1, len(self.function.targets)), dtype=torch.float64)
+            return _Bulk(taken, nothing, np.empty((0, 1), bool), [], None)
+        whole = len(taken) == m
+        state = self.codec.decode_bodies(bodies if whole else bodies[taken])
         try:
-            y, new_state = self._run(state, x, None)
+            y, new_state = self._run(state, x if whole else x[taken], None)
         except ValueError:  # an input outside the run's domain: found row by row
-            return None, list(range(len(requests)))
+            return None
         warm, finite = self._checks(state, y, new_state)
-        single = np.fromiter((requests[i].single for i in indices), bool, len(indices))
-        outputs = _outputs(y, warm, single.tolist())
         keep = [j for j, good in enumerate(finite) if good]
-        for j, good in enumerate(finite):
-            if not good:
-                outcomes[indices[j]] = _non_finite(requests[indices[j]].seq)
-        taken_set = set(indices)
-        rest = [i for i in range(len(requests)) if i not in taken_set]
         if not keep:
-            return None, rest
+            return _Bulk(taken, y, warm, finite, None)
         chosen = taken[keep]
+        answers = y.numpy()[keep, 0]  # (c, O) float64
+        if warm.any():  # no answer yet (JSON null): kept as a NaN row
+            answers = answers.copy()
+            answers[warm[keep, 0]] = np.nan
+        bodies = self.codec.encode_bodies(new_state)
+        if len(keep) < len(taken):
+            bodies = bodies[keep]
         write = ColumnWrite(
-            streams=[requests[indices[j]].stream for j in keep],
+            streams=[streams[k] for k in chosen.tolist()],
             rows=read.rows[chosen],
             version=read.version[chosen],
-            moved=[moved[picks[j]] for j in keep],
-            prefixes=[prefixes[picks[j]] for j in keep],
+            moved=[moved[k] for k in chosen.tolist()],
+            prefixes=[prefixes[k] for k in chosen.tolist()],
             seq=seqs[chosen],
-            bodies=self.codec.encode_bodies(new_state)[keep],
-            outputs=[outputs[j] for j in keep],
-            x=x[keep, 0],
-            single=single[keep],
+            bodies=bodies,
+            y=answers,
+            x=x[chosen, 0],
+            single=single[chosen],
             updated=now,
         )
-        return ([indices[j] for j in keep], write), rest
+        return _Bulk(taken, y, warm, finite, write)
 
-    def finish(self, prepared: Prepared) -> list[Outcome]:
+    def _frames(self, frames: Sequence[FrameSteps], now: float) -> _FrameBatch:
+        """The vectorised part of a batch's frames: their steps that continue a table row, in
+        one model call; the others (a first step, a retry, a gap, a stale or expired stream, an
+        input the run refuses) are left to the per-stream path, each as its StepRequest."""
+        sizes = [len(frame.streams) for frame in frames]
+        if len(frames) == 1:
+            streams, seqs, x = frames[0].streams, frames[0].seq, frames[0].x
+        else:
+            streams = [stream for frame in frames for stream in frame.streams]
+            seqs = np.concatenate([frame.seq for frame in frames])
+            x = np.concatenate([frame.x for frame in frames])
+        n = len(streams)
+        outputs = len(self.function.targets)
+        y = np.full((n, 1, outputs), np.nan, np.float64)  # (n, 1, O): NaN, no answer (yet)
+        others: dict[int, Outcome] = {}
+        bulk = None
+        if self.table is not None:
+            bulk = self._continue(self.table, streams, seqs, x, np.ones(n, bool), now)
+        if bulk is None:
+            left = np.arange(n)
+            written = np.empty(0, np.int64)
+        else:
+            rest = np.ones(n, bool)
+            rest[bulk.taken] = False
+            left = np.flatnonzero(rest)
+            finite = np.asarray(bulk.finite, bool)
+            written = bulk.taken[finite] if len(finite) else bulk.taken[:0]
+            if len(written):
+                y[written] = bulk.y.numpy()[finite]
+                if bulk.warm.any():
+                    y[written[bulk.warm[finite, 0]]] = np.nan
+            for k in bulk.taken[~finite].tolist() if len(finite) else []:
+                others[k] = _non_finite(int(seqs[k]))
+        requests = [
+            StepRequest(streams[k], int(seqs[k]), x[k], single=True, start=False)
+            for k in left.tolist()
+        ]
+        return _FrameBatch(
+            sizes, streams, seqs, x, y, others, written, bulk.write if bulk else None,
+            left.tolist(), requests,
+        )  # fmt: skip
+
+    def finish(self, prepared: Prepared) -> list[Any]:
         """Commit what :meth:`prepare` computed (one atomic CAS write) and fill the outcomes."""
         return self.finish_many([prepared])[0]
 
-    def finish_many(self, batches: Sequence[Prepared]) -> list[list[Outcome]]:
+    def finish_many(self, batches: Sequence[Prepared]) -> list[list[Any]]:
         """Commit several prepared batches (of distinct streams) in ONE atomic write: one
         fsync for all of them (group commit). Nothing is acknowledged before it returns."""
         updates = [update for prepared in batches for update in prepared.updates]
@@ -333,7 +537,11 @@ class Engine:
             count = len(prepared.updates)
             if prepared.columns is not None and self.table is not None:
                 self._settle_columns(prepared, self.table.write(prepared.columns[1]))
-            results.append(self._settle(prepared, written[at : at + count]))
+            frames = prepared.frames
+            if frames is not None and frames.write is not None and self.table is not None:
+                self._settle_frames(frames, self.table.write(frames.write))
+            outcomes = self._settle(prepared, written[at : at + count])
+            results.append(outcomes if frames is None else self._assemble(prepared, outcomes))
             at += count
         return results
 
@@ -341,10 +549,10 @@ class Engine:
         """Fill the outcomes of the bulk steps from what their row writes' CAS gave."""
         if prepared.columns is None:
             return
-        indices, write = prepared.columns
+        indices, _, outputs = prepared.columns
         requests, outcomes, digests = prepared.requests, prepared.outcomes, prepared.digests
         lost = []
-        for i, output, ok in zip(indices, write.outputs, written, strict=True):
+        for i, output, ok in zip(indices, outputs, written, strict=True):
             if ok:
                 outcomes[i] = StepResult(requests[i].seq, output, replayed=False)
             else:
@@ -352,6 +560,34 @@ class Engine:
                 digests[i] = requests[i].digest
         if lost:
             self._report_lost(requests, digests, lost, outcomes)
+
+    def _settle_frames(self, frames: _FrameBatch, written: list[bool]) -> None:
+        """A frame step whose row write lost its CAS (another writer changed the stream since
+        it was read) is answered as the per-stream path answers it: a replay when that
+        writer applied this very step, else 409 seq_race; its answer is taken back."""
+        ok = np.asarray(written, bool)
+        if ok.all():
+            return
+        lost = frames.written[~ok].tolist()
+        frames.y[lost] = np.nan
+        requests = [frames.request(k) for k in lost]
+        outcomes: list[Outcome | None] = [None] * len(lost)
+        digests = [request.digest for request in requests]
+        self._report_lost(requests, digests, list(range(len(lost))), outcomes)
+        for k, outcome in zip(lost, outcomes, strict=True):
+            frames.others[k] = outcome  # type: ignore[assignment]
+
+    def _assemble(self, prepared: Prepared, outcomes: list[Outcome]) -> list[Any]:
+        """The batch's outcomes in the order of its items: a StepRequest's, or a frame's
+        :class:`FrameOutcome` (with the outcomes of its steps that went the per-stream way)."""
+        frames, order = prepared.frames, prepared.order
+        if frames is None or order is None:
+            return outcomes
+        plain = len(outcomes) - len(frames.left)
+        for k, outcome in zip(frames.left, outcomes[plain:], strict=True):
+            frames.others[k] = outcome
+        answers = frames.split()
+        return [outcomes[at] if at >= 0 else answers[-1 - at] for at in order]
 
     def _settle(self, prepared: Prepared, written: Sequence[bool]) -> list[Outcome]:
         """Fill the outcomes of ``prepared`` from what its updates' CAS gave."""
@@ -394,6 +630,8 @@ class Engine:
         return RunState(transforms, tuple(s.to(self.device) for s in state.models))
 
     def _to_cpu(self, state: RunState) -> RunState:
+        if self.device.type == "cpu":  # (every tensor of a CPU run is there already)
+            return state
         transforms = {name: t.cpu() for name, t in state.transforms.items()}
         return RunState(transforms, tuple(s.to("cpu") for s in state.models))
 
@@ -793,6 +1031,15 @@ def _kept_digest(x: np.ndarray, single: bool) -> bytes:
     """The digest of a kept bulk step (``x [1, F]``, no start, series or time): what its
     request's :attr:`StepRequest.digest` was."""
     return StepRequest("", 0, x, single=single, start=False).digest
+
+
+def _kept_answer(y: np.ndarray, single: bool) -> bytes:
+    """The JSON answer of a kept bulk step (``y [O]`` float64, a NaN row: no answer yet):
+    what :func:`_outputs` wrote for it."""
+    values: list[Any] = y.tolist()
+    if not np.isfinite(y).all():
+        values = [None] * len(values)
+    return jsonio.dumps_finite(values if single else [values])
 
 
 def _finite_rows(answered: np.ndarray, warm: np.ndarray, state: RunState) -> list[bool]:

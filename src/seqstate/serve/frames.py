@@ -146,13 +146,12 @@ def _column(
         return []
     ok = isinstance(values, list) and len(values) == n
     if ok:
-        for value in values:
-            if value is None and nullable:
-                continue
-            # bool is an int in Python: a seq must be a real int, a start a real bool
-            if type(value) is not kind:
-                ok = False
-                break
+        # bool is an int in Python: a seq must be a real int, a start a real bool (the
+        # types of all values at once: a frame holds thousands)
+        types = set(map(type, values))
+        if nullable:
+            types.discard(type(None))
+        ok = types <= {kind}
     if not ok:
         raise _invalid(
             f"header.{name} must hold n={n} values of type {kind.__name__}; received {values!r:.80}"

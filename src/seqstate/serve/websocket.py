@@ -50,9 +50,9 @@ from starlette.websockets import WebSocket
 
 from seqstate.serve import jsonio
 from seqstate.serve.config import valid_stream_ids
-from seqstate.serve.engine import StepRequest, StepResult
+from seqstate.serve.engine import FrameOutcome, FrameSteps, StepRequest, StepResult
 from seqstate.serve.errors import ApiError, api_error, item_error
-from seqstate.serve.frames import BinarySteps, decode_steps, encode_answers
+from seqstate.serve.frames import BinarySteps, decode_steps, encode, encode_answers
 from seqstate.serve.rules import Reject
 from seqstate.serve.schemas import MAX_SEQ, WS_FRAME, WsEnd, WsForecast, WsStep
 from seqstate.serve.steps import (
@@ -204,50 +204,69 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
         if not remaining[0]:
             done()
 
-    def queue_block(items: list[StepRequest], charge: int, estimate: int) -> bool:
-        """Queue a binary frame's steps as one batcher block (one future, one callback, the
-        answer frame built from the outcomes in order): only when every item is a step of a
-        distinct stream with room in its replay window and no end or forecast before it;
-        else False and nothing is queued (the frame goes item by item)."""
-        streams = [item.stream for item in items]
+    def queue_block(
+        items: list[StepRequest] | FrameSteps, streams: list[str], charge: int, estimate: int
+    ) -> bool:
+        """Queue a binary frame's steps (of ``streams``) as one batcher block (one future,
+        one callback, the answer frame built from the outcomes in order): a list of
+        StepRequests, or the usual frame as arrays (:class:`FrameSteps`, answered straight
+        from its answer array). Only when every item is a step of a distinct stream with
+        room in its replay window and no end or forecast before it; else False and nothing
+        is queued (the frame goes item by item)."""
         if len(set(streams)) != len(streams):
             return False
-        if len(items) * items[0].x.shape[0] > resources.batcher.max_batch * max_steps:
+        steps = 1 if type(items) is FrameSteps else items[0].x.shape[0]  # type: ignore[index]
+        if len(streams) * steps > resources.batcher.max_batch * max_steps:
             return False  # one model call holds at most max_batch x max_steps timesteps
-        for stream in streams:
-            before = last.get(stream)
-            if in_flight.get(stream, 0) >= window or (
-                before is not None and getattr(before, "chained", False)
-            ):
-                return False
-        future = resources.batcher.enqueue_block(items)
-        for stream in streams:
-            last[stream] = future
-            in_flight[stream] = in_flight.get(stream, 0) + 1
-
-        def answered(done: asyncio.Future[list[Outcome]]) -> None:
+        # (the usual frame: none of its streams has an op in flight, checked as sets)
+        idle = last.keys().isdisjoint(streams) and in_flight.keys().isdisjoint(streams)
+        if not idle:
             for stream in streams:
-                in_flight[stream] -= 1
-                if not in_flight[stream]:
+                before = last.get(stream)
+                if in_flight.get(stream, 0) >= window or (
+                    before is not None and getattr(before, "chained", False)
+                ):
+                    return False
+        future = resources.batcher.enqueue_block(items)
+        last.update(dict.fromkeys(streams, future))
+        if idle:
+            in_flight.update(dict.fromkeys(streams, 1))
+        else:
+            for stream in streams:
+                in_flight[stream] = in_flight.get(stream, 0) + 1
+
+        def answered(done: asyncio.Future[Any]) -> None:
+            for stream in streams:
+                count = in_flight[stream] - 1
+                if count:
+                    in_flight[stream] = count
+                else:
                     del in_flight[stream]
                 if last.get(stream) is done:
                     del last[stream]
             changed.set()
+            requests = items
             results: list[Outcome | BaseException | None]
+            tally = [0, 0, 0]  # applied, replayed, rejected
             try:
-                results = list(done.result())
+                outcome = done.result()
             except Exception as error:  # never leave the client waiting on a lost answer
                 if isinstance(error, StoreError):
                     metrics.store_errors.labels("step").inc()
-                results = [error] * len(items)
+                if type(items) is FrameSteps:
+                    requests = [items.request(k) for k in range(len(streams))]
+                results = [error] * len(streams)
             else:
-                tally = [0, 0, 0]  # applied, replayed, rejected
-                for outcome in results:
-                    tally[2 if isinstance(outcome, Reject) else int(outcome.replayed)] += 1  # type: ignore[union-attr]
-                for counter, count in zip(counters, tally, strict=True):
-                    if count:
-                        counter.inc(count)
-            put(_binary_answers(items, results, outputs), charge, estimate, binary=True)
+                if type(items) is FrameSteps:
+                    answer = _frame_answers(items, outcome, outputs, tally)
+                    _count(counters, tally)
+                    put(answer, charge, estimate, binary=True)
+                    return
+                results = list(outcome)
+                for one in results:
+                    tally[2 if isinstance(one, Reject) else int(one.replayed)] += 1  # type: ignore[union-attr]
+                _count(counters, tally)
+            put(_binary_answers(requests, results, outputs), charge, estimate, binary=True)  # type: ignore[arg-type]
 
         future.add_done_callback(answered)
         return True
@@ -352,12 +371,17 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
                     put(_error(error, None, None), charge)
                     continue
                 del raw, message
-                items = _binary_items(decoded, resources)
                 n, k = decoded.x.shape[:2]
                 estimate = n * (64 + 4 * k * outputs)
                 held[0] += estimate
+                frame = _frame_steps(decoded, resources)
+                if frame is not None and queue_block(
+                    frame, frame.streams, charge + estimate, estimate
+                ):
+                    continue
+                items = _binary_items(decoded, resources)
                 if all(type(item) is StepRequest for item in items) and queue_block(
-                    items, charge + estimate, estimate
+                    items, [item.stream for item in items], charge + estimate, estimate
                 ):
                     continue
                 await queue_batch(items, charge + estimate, estimate, binary=True)
@@ -459,17 +483,90 @@ def _json_items(data: dict[str, Any], resources: Resources, limit: int) -> list[
     return items
 
 
-def _binary_items(decoded: BinarySteps, resources: Resources) -> list[Any]:
-    finite = bool(np.isfinite(decoded.x).all())  # the whole frame at once; else per item
-    if (  # the usual frame, checked as a whole: the checks of array_request, in bulk
+def _usual(decoded: BinarySteps, resources: Resources, finite: bool) -> bool:
+    """Whether every item of ``decoded`` passes :func:`array_request`'s checks, checked as a
+    whole (``finite``: the frame's x is)."""
+    return (
         finite
         and decoded.time is None
         and not resources.function.needs_time
-        and all(series is None for series in decoded.series)
+        and decoded.series.count(None) == len(decoded.series)
         and min(decoded.seq) >= 1
         and max(decoded.seq) <= MAX_SEQ
         and valid_stream_ids(decoded.stream)
-    ):
+    )
+
+
+def _frame_steps(decoded: BinarySteps, resources: Resources) -> FrameSteps | None:
+    """The usual frame as arrays (one timestep per item, no start, every item valid), or
+    None: the frame goes as StepRequests."""
+    if decoded.x.shape[1] != 1 or any(decoded.start):
+        return None
+    if not _usual(decoded, resources, bool(np.isfinite(decoded.x).all())):
+        return None
+    # (a copy: the frame's buffer is read-only, and torch takes the array as it is)
+    x = np.array(decoded.x, dtype=np.float32)
+    return FrameSteps(decoded.stream, np.array(decoded.seq, dtype=np.int64), x)
+
+
+def _frame_answers(
+    frame: FrameSteps, outcome: FrameOutcome, outputs: int, tally: list[int]
+) -> bytes:
+    """The answer frame of ``frame``: what :func:`_binary_answers` writes for its steps, from
+    the answer array (the bulk steps') and the outcomes of the others; counts them in
+    ``tally`` ([applied, replayed, rejected])."""
+    n = len(frame.streams)
+    y = outcome.y.astype(np.float32)  # (n, 1, O)
+    status = [200] * n
+    replayed = [False] * n
+    errors: dict[str, Any] = {}
+    rejected = replays = 0
+    answered, texts = [], []
+    for k in sorted(outcome.others):
+        result = outcome.others[k]
+        if isinstance(result, StepResult):
+            replays += result.replayed
+            replayed[k] = result.replayed
+            answered.append(k)
+            texts.append(result.output)
+        else:
+            problem = api_error(result)
+            body = {"code": problem.code, "message": problem.message, **problem.extra}
+            body.pop("stream", None)
+            body.pop("seq", None)
+            status[k] = problem.status
+            errors[str(k)] = body
+            rejected += 1
+    if answered:  # every answer parsed in one call, as encode_answers does
+        parsed = jsonio.loads(b"[" + b",".join(texts) + b"]")
+        try:  # [O] each (one step sent as [F]); null -> nan
+            values = np.asarray(parsed, dtype=np.float64)
+        except ValueError:  # not alike (a retry of a step first sent as [[x]]): each alone
+            values = np.stack([np.asarray(v, dtype=np.float64).reshape(-1) for v in parsed])
+        y[answered] = values.reshape(len(answered), 1, -1)
+    tally[0] += n - rejected - replays
+    tally[1] += replays
+    tally[2] += rejected
+    header = {
+        "op": "steps",
+        "stream": frame.streams,
+        "seq": frame.seq.tolist(),
+        "status": status,
+        "replayed": replayed,
+        "errors": errors,
+    }
+    return encode(header, y)
+
+
+def _count(counters: Any, tally: list[int]) -> None:
+    for counter, count in zip(counters, tally, strict=True):
+        if count:
+            counter.inc(count)
+
+
+def _binary_items(decoded: BinarySteps, resources: Resources) -> list[Any]:
+    finite = bool(np.isfinite(decoded.x).all())  # the whole frame at once; else per item
+    if _usual(decoded, resources, finite):  # the checks of array_request, in bulk
         x, single = decoded.x, decoded.x.shape[1] == 1
         return [
             StepRequest(stream, seq, x[i], single=single, start=start)

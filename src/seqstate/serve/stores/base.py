@@ -277,7 +277,7 @@ def _checksum(
         or not isinstance(updated, float | int)
     ):
         return b"-"  # a field of the wrong type was read: never matches
-    hasher = hashlib.blake2b(digest_size=16, person=b"seqstate-rec/1")
+    hasher = _RECORD_HASH.copy()  # (a copy of the keyed-up hasher: cheaper than a new one)
     if history:  # absent: the checksum of every record written before histories were kept
         hasher.update(
             _LENGTHS_6.pack(
@@ -297,6 +297,7 @@ def _checksum(
 
 
 _LENGTHS_5, _LENGTHS_6 = struct.Struct("<5Qqd"), struct.Struct("<6Qqd")
+_RECORD_HASH = hashlib.blake2b(digest_size=16, person=b"seqstate-rec/1")  # never updated
 
 
 class Update(NamedTuple):
@@ -356,6 +357,8 @@ class StateStore(abc.ABC):
         features: int,
         window: int,
         digest_of: Callable[[np.ndarray, bool], bytes],
+        outputs: int,
+        answer_of: Callable[[np.ndarray, bool], bytes],
     ) -> RowTable | None:
         """The rows-of-arrays table the engine continues usual steps on in bulk, for streams of
         ``layout``; None (the default): every step takes the per-stream path."""

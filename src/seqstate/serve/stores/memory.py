@@ -7,7 +7,8 @@ Two homes for a stream, never both:
   record built in this process is intact by construction, see ``Record``).
 * a :class:`RowTable`: the streams the engine's columnar path continues, one row each of
   arrays shared by all of them (state bodies ``[rows, body_bytes]``, last seq, updated,
-  generation, the replay window's answers ``[rows, W]``). A batch is read with one gather and
+  generation, the replay window's answers ``[rows, W, O]`` as numbers, their JSON written only
+  when a record of the row is asked for). A batch is read with one gather and
   written with one scatter per array, under one lock, with its compare-and-set on the
   generations as one array comparison::
 
@@ -22,6 +23,7 @@ Every :class:`StateStore` method sees both homes: ``get_many`` builds a table ro
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import struct
 import threading
@@ -68,7 +70,7 @@ class ColumnWrite:
     prefixes: list[bytes]  # per item: the stored row's header and label (kept as they were)
     seq: np.ndarray  # [m] int64: the applied seq
     bodies: np.ndarray  # [m, body_bytes] uint8: the new state bodies
-    outputs: list[bytes]  # [m] JSON of each answer
+    y: np.ndarray  # [m, O] float64: each answer (a NaN row: no answer yet, JSON null)
     x: np.ndarray  # [m, F] float32: each step's input (its digest is derived on demand)
     single: np.ndarray  # [m] bool: the step was sent as [F]
     updated: float
@@ -86,12 +88,18 @@ class RowTable:
         features: int,
         window: int,
         digest_of: Callable[[np.ndarray, bool], bytes],
+        outputs: int,
+        answer_of: Callable[[np.ndarray, bool], bytes],
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1 answers kept; received {window}")
         self._store = store
         self.body_bytes, self.features, self.window = body_bytes, features, window
+        self.outputs = outputs
         self._digest_of = digest_of  # the request digest of a kept step (x [1, F], single)
+        # the JSON answer of a kept step (y [O], single): written only when a record of the
+        # row is asked for (a replay, a gap), never per step
+        self._answer_of = answer_of
         self.index: dict[str, int] = {}
         self._free: list[int] = []
         self._streams: list[str | None] = []
@@ -105,7 +113,8 @@ class RowTable:
         self.version = np.full(rows, -1, np.int64)  # -1: a free row (never a live version)
         # the replay window: step s of a row sits in slot s % window
         self.kept_seq = np.full((rows, self.window), -1, np.int64)
-        self.kept_output = np.empty((rows, self.window), object)
+        self.kept_output = np.empty((rows, self.window), object)  # None: derive from kept_y
+        self.kept_y = np.zeros((rows, self.window, self.outputs), np.float64)
         self.kept_digest = np.empty((rows, self.window), object)  # None: derive from kept_x
         self.kept_x = np.zeros((rows, self.window, self.features), np.float32)
         self.kept_single = np.zeros((rows, self.window), bool)
@@ -117,8 +126,8 @@ class RowTable:
         """Double every array (the old rows keep their index)."""
         old = len(self.seq)
         arrays = (
-            "body", "seq", "updated", "version", "kept_seq", "kept_output", "kept_digest",
-            "kept_x", "kept_single",
+            "body", "seq", "updated", "version", "kept_seq", "kept_output", "kept_y",
+            "kept_digest", "kept_x", "kept_single",
         )  # fmt: skip
         kept = {name: getattr(self, name) for name in arrays}
         streams, prefixes = self._streams, self._prefix
@@ -180,7 +189,10 @@ class RowTable:
             if digest is None:
                 x = self.kept_x[row, slot][None, :]
                 digest = self._digest_of(x, bool(self.kept_single[row, slot]))
-            entries.append((seq, digest, self.kept_output[row, slot]))
+            output = self.kept_output[row, slot]
+            if output is None:
+                output = self._answer_of(self.kept_y[row, slot], bool(self.kept_single[row, slot]))
+            entries.append((seq, digest, output))
         (_, digest, output), history = entries[0], entries[:0:-1]
         return new_record(
             stream,
@@ -197,8 +209,8 @@ class RowTable:
         """The rows of ``streams`` (one gather per array) and, for those without one, their
         records. Takes the store's lock."""
         with self._store.lock:
-            get = self.index.get
-            rows = np.fromiter((get(s, -1) for s in streams), np.int64, len(streams))
+            found = map(self.index.get, streams, itertools.repeat(-1))
+            rows = np.fromiter(found, np.int64, len(streams))
             present = rows >= 0
             safe = np.where(present, rows, 0)
             version = np.where(present, self.version[safe], -1)
@@ -243,9 +255,8 @@ class RowTable:
             self.version[target] = store.next_versions(len(target))
             slot = seq % self.window
             self.kept_seq[target, slot] = seq
-            outputs = np.empty(len(take), object)
-            outputs[:] = [batch.outputs[k] for k in take.tolist()]
-            self.kept_output[target, slot] = outputs
+            self.kept_output[target, slot] = None
+            self.kept_y[target, slot] = batch.y[take]
             self.kept_digest[target, slot] = None
             self.kept_x[target, slot] = batch.x[take]
             self.kept_single[target, slot] = batch.single[take]
@@ -283,15 +294,17 @@ class MemoryStore(StateStore):
         features: int,
         window: int,
         digest_of: Callable[[np.ndarray, bool], bytes],
+        outputs: int,
+        answer_of: Callable[[np.ndarray, bool], bytes],
     ) -> RowTable | None:
         """The row table of ``layout`` (created on first use); None when ``columns`` is off."""
         if not self.columns:
             return None
         with self.lock:
-            key = (layout, body_bytes, features, window)
+            key = (layout, body_bytes, features, window, outputs)
             table = self._tables.get(key)
             if table is None:
-                table = RowTable(self, body_bytes, features, window, digest_of)
+                table = RowTable(self, body_bytes, features, window, digest_of, outputs, answer_of)
                 self._tables[key] = table
             return table
 
