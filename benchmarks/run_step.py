@@ -31,11 +31,18 @@ ratios, not absolute claims.
 
     .venv/bin/python benchmarks/run_step.py --threads 1            # prints, writes its section
     .venv/bin/python benchmarks/run_step.py --threads 1 --quick    # a smoke run
+
+``--baseline-src DIR`` (a source tree of earlier code: ``git archive REV | tar -x -C DIR``)
+adds a table of this tree against that one: each (hidden, streams) measured ``--repeats``
+times in fresh processes, the two trees alternating (each process imports its own tree's
+``benchmarks/run_step.py`` and ``src``), best of each.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -47,7 +54,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _report import machine_info, write_section
+from _report import load_average, machine_info, write_section
 from seqstate.core.model import SequenceModel
 from seqstate.recipe.intervals import fit_table
 from seqstate.recipe.run_streams import RunStreams
@@ -228,6 +235,76 @@ def inside(hidden: int, batch: int, rounds: int, calls: int) -> dict[str, float]
     return best
 
 
+# Run in a fresh process: ``measure`` of the tree given, its JSON on stdout.
+_MEASURE = """
+import json, sys
+from pathlib import Path
+tree = Path(sys.argv[1]).resolve()
+sys.path[:0] = [str(tree / "benchmarks"), str(tree / "src")]
+import torch
+torch.set_num_threads(int(sys.argv[6]))
+import run_step
+import seqstate
+if not Path(seqstate.__file__).resolve().is_relative_to(tree):
+    raise SystemExit(f"imported seqstate from {seqstate.__file__}, not from {tree}")
+print(json.dumps(run_step.measure(*(int(a) for a in sys.argv[2:6]))))
+"""
+
+
+def measure_in(tree: Path, hidden: int, batch: int, rounds: int, calls: int, threads: int) -> dict:
+    """:func:`measure` of the source tree ``tree``, in a fresh process."""
+    arguments = [str(v) for v in (tree, hidden, batch, rounds, calls, threads)]
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *arguments], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"measuring {tree} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare(args: argparse.Namespace, rounds: int, calls: int) -> list[str]:
+    """The table of this tree against ``args.baseline_src``, processes alternating."""
+    this, baseline = Path(__file__).resolve().parents[1], Path(args.baseline_src).resolve()
+    lines = [
+        "",
+        f"This tree against `{args.baseline_src}` (`--baseline-src`): each row measured "
+        f"{args.repeats} times per tree in fresh processes, the trees alternating "
+        f"(previous, this, this, previous, ...), best of each; load average at start "
+        f"{load_average()}.",
+        "",
+        "| hidden | streams | plain µs prev / this | default µs prev / this "
+        "| preprocessing share prev / this | ETS blend µs prev / this | blended µs prev / this "
+        "| blended / plain prev / this | streamed µs prev / this | load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for hidden in args.hidden:
+        for batch in args.streams:
+            best: dict[str, dict[str, float]] = {"prev": {}, "this": {}}
+            for repeat in range(args.repeats):
+                pair = [("prev", baseline), ("this", this)]
+                for tag, tree in pair if repeat % 2 == 0 else pair[::-1]:
+                    found = measure_in(tree, hidden, batch, rounds, calls, args.threads)
+                    for key, value in found.items():
+                        best[tag][key] = min(best[tag].get(key, float("inf")), value)
+            prev, now = best["prev"], best["this"]
+
+            def share(b: dict[str, float]) -> float:
+                return (b["default"] - b["plain"]) / b["default"]
+
+            lines.append(
+                f"| {hidden} | {batch} | {prev['plain'] * 1e6:.0f} / {now['plain'] * 1e6:.0f} | "
+                f"{prev['default'] * 1e6:.0f} / {now['default'] * 1e6:.0f} | "
+                f"{share(prev):.0%} / {share(now):.0%} | "
+                f"{prev['ets blend'] * 1e6:.0f} / {now['ets blend'] * 1e6:.0f} | "
+                f"{prev['blended'] * 1e6:.0f} / {now['blended'] * 1e6:.0f} | "
+                f"{prev['blended'] / prev['plain']:.2f} / {now['blended'] / now['plain']:.2f} | "
+                f"{prev['streamed'] * 1e6:.0f} / {now['streamed'] * 1e6:.0f} | "
+                f"{load_average()} |"
+            )
+            print(lines[-1], flush=True)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -236,6 +313,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (60)")
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 100])
+    parser.add_argument(
+        "--baseline-src",
+        default=None,
+        help="a source tree of earlier code: add a table of this tree against it",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="processes per tree and row (--baseline-src)"
+    )
     parser.add_argument(
         "--inside",
         action="store_true",
@@ -276,6 +361,8 @@ def main() -> None:
                 f"{best['blended'] / best['plain']:.2f} |"
             )
             print(lines[-1], flush=True)
+    if args.baseline_src:
+        lines += compare(args, rounds, calls)
     text = "\n".join(lines)
     print(text)
     if not args.no_write and not args.quick:

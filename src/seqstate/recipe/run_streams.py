@@ -84,18 +84,23 @@ class RunStreams:
             ``[n, O]`` (one step) or ``[n, T, O]`` float64 raw units (the members' mean).
             Nothing changes on error.
         """
-        ids = self._check_ids(ids)
+        # The usual loop steps the same streams every call: the kept batch's ids, checked
+        # (no repeats) and known when it was stepped, so only a series given is checked.
+        same = self._batch is not None and type(ids) is list and ids == self._batch_ids
+        ids = self._batch_ids if same else self._check_ids(ids)
         one_step = np.ndim(x) == 2
         named = list(series) if series is not None else [None] * len(ids)
         if len(named) != len(ids):
             raise ValueError(f"series must name one series per id: {len(ids)}; got {len(named)}")
-        fresh = [i for i, key in enumerate(ids) if key not in self._states]
-        for i, key in enumerate(ids):
-            if key in self._series and named[i] is not None and named[i] != self._series[key]:
-                raise ValueError(
-                    f"stream {key!r} is a stream of series {self._series[key]!r}; this step "
-                    f"names {named[i]!r} (end it and start a new stream for another series)"
-                )
+        fresh = [] if same else [i for i, key in enumerate(ids) if key not in self._states]
+        if series is not None:
+            for i, key in enumerate(ids):
+                if key in self._series and named[i] is not None and named[i] != self._series[key]:
+                    raise ValueError(
+                        f"stream {key!r} is a stream of series {self._series[key]!r}; this "
+                        f"step names {named[i]!r} (end it and start a new stream for another "
+                        "series)"
+                    )
         if fresh and self.function.needs_series:
             unnamed = [ids[i] for i in fresh if named[i] is None]
             if unnamed:
@@ -115,13 +120,16 @@ class RunStreams:
             state = RunState.cat(parts)
         y, state = self.function.step(state, x, time)
         # (nothing has changed up to here: a refused step leaves every stream as it was)
-        if ids != self._batch_ids:
-            self._split(keep=set(ids))
-        for i, key in enumerate(ids):
-            self._states[key] = None
-            if key not in self._series:
-                self._series[key] = named[i]
-        self._batch_ids, self._batch, self._batch_rows = ids, state, None
+        if same:  # (its rows are the batch's already, each stream's series kept)
+            self._batch = state
+        else:
+            if ids != self._batch_ids:
+                self._split(keep=set(ids))
+            for i, key in enumerate(ids):
+                self._states[key] = None
+                if key not in self._series:
+                    self._series[key] = named[i]
+            self._batch_ids, self._batch, self._batch_rows = ids, state, None
         result = y.numpy()
         return result[:, 0] if one_step else result
 
