@@ -230,7 +230,11 @@ def test_creating_streams_does_not_scan_the_store(redis_server, redis_url):
     for start in range(0, 30_000, 5_000):  # the session's Redis is shared: leave it clean
         client.delete(*(f"seqstate:stream:idle-{i}" for i in range(start, start + 5_000)))
     client.close()
-    assert scans == 0
+    # The server's background recount (every RECOUNT_S, off the step path) is one SCAN pass,
+    # about keys / 1000 calls, and on a slow machine one may fall inside this window; a scan
+    # per create would be 40 such passes.
+    one_pass = 1.5 * 30_040 / 1000
+    assert scans <= one_pass, f"{scans} SCAN calls for 40 creates: more than one recount pass"
 
 
 # --- 2. a dropped WebSocket loses no answer -----------------------------------------------
