@@ -21,6 +21,43 @@ def x_for(stream: int, seq: int) -> list[float]:
     return [np.sin(stream + 0.3 * seq), np.cos(0.7 * seq), 0.01 * ((stream * 31 + seq) % 17)]
 
 
+async def kill_three_times(server, rng, low: float, high: float) -> None:
+    """SIGKILL the server three times at random moments (``low``-``high`` s apart) and start
+    it again each time; then let the clients run on a little."""
+    for _ in range(3):  # bounded
+        await asyncio.sleep(rng.uniform(low, high))
+        server.kill()
+        await asyncio.sleep(rng.uniform(0.0, 0.2))
+        await asyncio.to_thread(server.start)
+    await asyncio.sleep(0.5)
+
+
+def check_nothing_lost_or_doubled(server, model, acked, prefix: str) -> None:
+    """Each stream ``{prefix}-{i}``: its acknowledged steps are 1..last in order, the store
+    holds ``last`` or ``last + 1`` (applied, unacknowledged), and after finishing the step in
+    flight and one more, every answer equals a plain replay (a step applied twice would shift
+    every later answer)."""
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=20) as client:
+        for stream, answered in acked.items():
+            seqs = [seq for seq, _ in answered]
+            last = seqs[-1] if seqs else 0
+            assert seqs == list(range(1, last + 1))
+            info = client.get(f"/v1/streams/{prefix}-{stream}")
+            stored = info.json()["seq"] if info.status_code == 200 else 0
+            assert stored in (last, last + 1)  # nothing acknowledged lost
+            more = []
+            for seq in (last + 1, last + 2):  # retry or finish step last + 1, then one more
+                response = client.post(
+                    f"/v1/streams/{prefix}-{stream}/steps",
+                    json={"seq": seq, "x": x_for(stream, seq)},
+                )
+                assert response.status_code == 200, response.text
+                more.append(response.json()["y"])
+            expected = replay(model, [(x_for(stream, seq), False) for seq in range(1, last + 3)])
+            got = [y for _, y in answered] + more
+            assert np.allclose(got, expected, atol=ATOL), f"stream {stream} diverged"
+
+
 def test_the_server_refuses_to_start_without_a_token(run_dir):
     result = subprocess.run(
         [sys.executable, "-m", "seqstate.serve", str(run_dir), "--store", "memory://"],
@@ -65,12 +102,7 @@ def test_no_acknowledged_step_is_lost_or_applied_twice_across_sigkills(
             base_url=server.url, headers=AUTH, timeout=20, limits=limits
         ) as client:
             tasks = [asyncio.create_task(client_loop(client, s, stop)) for s in range(streams)]
-            for _ in range(3):  # bounded: three kills at random moments
-                await asyncio.sleep(rng.uniform(0.2, 0.8))
-                server.kill()
-                await asyncio.sleep(rng.uniform(0.0, 0.2))
-                await asyncio.to_thread(server.start)
-            await asyncio.sleep(0.5)
+            await kill_three_times(server, rng, 0.2, 0.8)
             stop.set()
             await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
 
@@ -78,26 +110,7 @@ def test_no_acknowledged_step_is_lost_or_applied_twice_across_sigkills(
     assert not errors, errors[:3]
     assert sum(len(a) for a in acked.values()) > streams  # the streams made progress
 
-    with httpx.Client(base_url=server.url, headers=AUTH, timeout=20) as client:
-        for stream in range(streams):
-            seqs = [seq for seq, _ in acked[stream]]
-            last = seqs[-1] if seqs else 0
-            assert seqs == list(range(1, last + 1))
-            info = client.get(f"/v1/streams/st-{stream}")
-            stored = info.json()["seq"] if info.status_code == 200 else 0
-            assert stored in (last, last + 1)  # nothing acknowledged lost (+1: applied, unacked)
-            # continue past the crash: retry/finish step last+1, then one more
-            more = []
-            for seq in (last + 1, last + 2):
-                response = client.post(
-                    f"/v1/streams/st-{stream}/steps", json={"seq": seq, "x": x_for(stream, seq)}
-                )
-                assert response.status_code == 200, response.text
-                more.append(response.json()["y"])
-            expected = replay(model, [(x_for(stream, seq), False) for seq in range(1, last + 3)])
-            got = [y for _, y in acked[stream]] + more
-            # a step applied twice would shift every later answer of the stream
-            assert np.allclose(got, expected, atol=ATOL), f"stream {stream} diverged"
+    check_nothing_lost_or_doubled(server, model, acked, "st")
     server.stop()
     assert server.process.returncode is not None
 
@@ -153,12 +166,7 @@ def test_binary_frames_on_sqlite_lose_no_acknowledged_step_across_sigkills(
             asyncio.create_task(connection(list(range(c, streams, connections)), stop))
             for c in range(connections)
         ]
-        for _ in range(3):  # bounded: three kills at random moments
-            await asyncio.sleep(rng.uniform(0.3, 0.9))
-            server.kill()
-            await asyncio.sleep(rng.uniform(0.0, 0.2))
-            await asyncio.to_thread(server.start)
-        await asyncio.sleep(0.5)
+        await kill_three_times(server, rng, 0.3, 0.9)
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
 
@@ -166,23 +174,5 @@ def test_binary_frames_on_sqlite_lose_no_acknowledged_step_across_sigkills(
     assert not errors, errors[:3]
     assert sum(len(a) for a in acked.values()) > streams  # the streams made progress
 
-    with httpx.Client(base_url=server.url, headers=AUTH, timeout=20) as client:
-        for stream in range(streams):
-            seqs = [seq for seq, _ in acked[stream]]
-            last = seqs[-1] if seqs else 0
-            assert seqs == list(range(1, last + 1))
-            info = client.get(f"/v1/streams/bf-{stream}")
-            stored = info.json()["seq"] if info.status_code == 200 else 0
-            assert stored in (last, last + 1)  # nothing acknowledged lost (+1: applied, unacked)
-            more = []
-            for seq in (last + 1, last + 2):  # finish the frame in flight, then one more
-                response = client.post(
-                    f"/v1/streams/bf-{stream}/steps", json={"seq": seq, "x": x_for(stream, seq)}
-                )
-                assert response.status_code == 200, response.text
-                more.append(response.json()["y"])
-            expected = replay(model, [(x_for(stream, seq), False) for seq in range(1, last + 3)])
-            got = [y for _, y in acked[stream]] + more
-            # a step applied twice would shift every later answer of the stream
-            assert np.allclose(got, expected, atol=ATOL), f"stream {stream} diverged"
+    check_nothing_lost_or_doubled(server, model, acked, "bf")
     server.stop()
