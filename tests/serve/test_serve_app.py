@@ -426,3 +426,23 @@ def test_the_server_process_freezes_its_startup_objects_out_of_gc_scans(run_dir,
         gc.unfreeze()  # the test process goes on collecting as before
     assert frozen > 0 and response.status_code == 200
     assert close(response.json()["y"], replay(model, [(x_of(1), False)])[-1])
+
+
+def test_the_step_route_documents_its_body_answer_and_path_parameter(run_dir):
+    """The single-step route parses its body itself (no per-request parameter solving); its
+    OpenAPI operation still names the path parameter, the StepBody request body, the
+    StepAnswer answer and the error answers."""
+    from seqstate.serve.schemas import StepBody
+
+    app = create_app(make_config(run_dir))
+    operation = app.openapi()["paths"]["/v1/streams/{stream_id}/steps"]["post"]
+    assert [(p["name"], p["in"], p["required"]) for p in operation["parameters"]] == [
+        ("stream_id", "path", True)
+    ]
+    body = operation["requestBody"]
+    schema = body["content"]["application/json"]["schema"]
+    assert body["required"] and set(schema["properties"]) == set(StepBody.model_fields)
+    assert schema["required"] == ["seq", "x"] and schema["additionalProperties"] is False
+    answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/StepAnswer"}
+    assert {"401", "409", "413", "422", "429", "503"} <= set(operation["responses"])

@@ -10,10 +10,12 @@ batch limit).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -112,6 +114,20 @@ async def post_step(stream_id: str, request: Request) -> Response:
     if isinstance(outcome, Reject):
         raise api_error(outcome)
     return _json(answer_json(outcome))
+
+
+class _StepRoute(APIRoute):
+    """The single-step route: its handler hands the path's stream id and the request to
+    :func:`post_step` as they are. ``post_step`` parses and checks the rest itself, so
+    FastAPI's per-request parameter solving (a dependency pass, an exit stack, a params dict)
+    would only repeat work; the OpenAPI document is still built from the route's signature,
+    ``response_model`` and ``openapi_extra``, as for any route."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        async def handle(request: Request) -> Response:
+            return await post_step(request.path_params["stream_id"], request)
+
+        return handle
 
 
 async def post_steps(request: Request) -> Response:
@@ -309,7 +325,7 @@ def add_routes(app: FastAPI, config: ServeConfig) -> None:
         },
     }
     route = app.add_api_route
-    route(
+    app.router.add_api_route(
         "/v1/streams/{stream_id}/steps",
         post_step,
         methods=["POST"],
@@ -317,6 +333,7 @@ def add_routes(app: FastAPI, config: ServeConfig) -> None:
         responses=ERRORS,
         summary="Apply the next step(s) of one stream",
         openapi_extra=_body_schema(StepBody.model_json_schema()),
+        route_class_override=_StepRoute,
     )
     route(
         "/v1/steps",
