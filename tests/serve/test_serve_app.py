@@ -446,3 +446,51 @@ def test_the_step_route_documents_its_body_answer_and_path_parameter(run_dir):
     answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
     assert answer == {"$ref": "#/components/schemas/StepAnswer"}
     assert {"401", "409", "413", "422", "429", "503"} <= set(operation["responses"])
+
+
+def test_a_body_that_does_not_arrive_in_time_is_a_408_and_a_slow_one_in_time_is_served(run_dir):
+    """The body deadline bounds the whole read (a client dribbling bytes cannot hold a
+    request forever); chunks arriving within it make one body."""
+    body = json.dumps({"seq": 1, "x": x_of(1)}).encode()
+
+    async def post(app, chunks: list[bytes], stall: bool) -> tuple[int, dict]:
+        messages = [
+            {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1 or stall}
+            for i, chunk in enumerate(chunks)
+        ]
+
+        async def receive():
+            if messages:
+                await asyncio.sleep(0.01)
+                return messages.pop(0)
+            await asyncio.sleep(3600)  # the rest never comes
+
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        headers = [
+            (b"authorization", f"Bearer {TOKEN}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": "/v1/streams/slow/steps",
+            "raw_path": b"/v1/streams/slow/steps", "query_string": b"", "root_path": "",
+            "headers": headers, "server": ("test", 80), "client": ("test", 1),
+        }  # fmt: skip
+        await app(scope, receive, send)
+        return sent[0]["status"], json.loads(sent[1]["body"])
+
+    async def main():
+        app = create_app(make_config(run_dir, body_timeout_s=0.2))
+        async with app.router.lifespan_context(app):
+            stalled = await post(app, [body[:5]], stall=True)
+            slow = await post(app, [body[:5], body[5:9], body[9:]], stall=False)
+        return stalled, slow
+
+    (status, answer), (slow_status, slow_answer) = run(main())
+    assert status == 408 and answer["code"] == "body_timeout"
+    assert slow_status == 200 and slow_answer["seq"] == 1 and not slow_answer["replayed"]
