@@ -494,3 +494,20 @@ def test_a_body_that_does_not_arrive_in_time_is_a_408_and_a_slow_one_in_time_is_
     (status, answer), (slow_status, slow_answer) = run(main())
     assert status == 408 and answer["code"] == "body_timeout"
     assert slow_status == 200 and slow_answer["seq"] == 1 and not slow_answer["replayed"]
+
+
+def test_json_answers_carry_their_length_and_type(run_dir):
+    async def main():
+        async with in_process(run_dir) as client:
+            answers = [
+                await step(client, "h", 1, x_of(1)),
+                await client.get("/v1/streams/h"),
+                await client.get("/v1/model"),
+            ]
+        return answers
+
+    for answer in run(main()):
+        assert answer.status_code == 200
+        assert answer.headers["content-type"] == "application/json"
+        assert int(answer.headers["content-length"]) == len(answer.content)
+        assert json.loads(answer.content)

@@ -61,8 +61,25 @@ def _resources(request: Request | WebSocket) -> Resources:
     return resources
 
 
+_CONTENT_TYPE = (b"content-type", b"application/json")
+
+
+class _Json(Response):
+    """An answer already encoded as JSON. Its head is written directly: the headers
+    ``Response`` would build (content-length, content-type), without its per-answer pass
+    over optional headers, charset and status rules."""
+
+    media_type = "application/json"
+
+    def __init__(self, content: bytes, status_code: int = 200) -> None:
+        self.status_code = status_code
+        self.background = None
+        self.body = content
+        self.raw_headers = [(b"content-length", b"%d" % len(content)), _CONTENT_TYPE]
+
+
 def _json(content: bytes, status: int = 200) -> Response:
-    return Response(content, status_code=status, media_type="application/json")
+    return _Json(content, status)
 
 
 def _check_stream_id(stream: str) -> None:
