@@ -134,17 +134,27 @@ async def post_step(stream_id: str, request: Request) -> Response:
 
 
 class _StepRoute(APIRoute):
-    """The single-step route: its handler hands the path's stream id and the request to
+    """The single-step route: the stream id from the path and the request go to
     :func:`post_step` as they are. ``post_step`` parses and checks the rest itself, so
-    FastAPI's per-request parameter solving (a dependency pass, an exit stack, a params dict)
-    would only repeat work; the OpenAPI document is still built from the route's signature,
-    ``response_model`` and ``openapi_extra``, as for any route."""
+    FastAPI's per-request machinery (a dependency pass, two exit stacks, a second exception
+    wrapper) would only repeat work: an error it raises goes up to the app's exception
+    middleware, which answers it through the same handlers. The OpenAPI document is still
+    built from the route's signature, ``response_model`` and ``openapi_extra``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app = _serve_step
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         async def handle(request: Request) -> Response:
             return await post_step(request.path_params["stream_id"], request)
 
         return handle
+
+
+async def _serve_step(scope: Any, receive: Any, send: Any) -> None:
+    response = await post_step(scope["path_params"]["stream_id"], Request(scope, receive, send))
+    await response(scope, receive, send)
 
 
 async def post_steps(request: Request) -> Response:
