@@ -426,3 +426,88 @@ def test_the_server_process_freezes_its_startup_objects_out_of_gc_scans(run_dir,
         gc.unfreeze()  # the test process goes on collecting as before
     assert frozen > 0 and response.status_code == 200
     assert close(response.json()["y"], replay(model, [(x_of(1), False)])[-1])
+
+
+def test_the_step_route_documents_its_body_answer_and_path_parameter(run_dir):
+    """The single-step route parses its body itself (no per-request parameter solving); its
+    OpenAPI operation still names the path parameter, the StepBody request body, the
+    StepAnswer answer and the error answers."""
+    from seqstate.serve.schemas import StepBody
+
+    app = create_app(make_config(run_dir))
+    operation = app.openapi()["paths"]["/v1/streams/{stream_id}/steps"]["post"]
+    assert [(p["name"], p["in"], p["required"]) for p in operation["parameters"]] == [
+        ("stream_id", "path", True)
+    ]
+    body = operation["requestBody"]
+    schema = body["content"]["application/json"]["schema"]
+    assert body["required"] and set(schema["properties"]) == set(StepBody.model_fields)
+    assert schema["required"] == ["seq", "x"] and schema["additionalProperties"] is False
+    answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/StepAnswer"}
+    assert {"401", "409", "413", "422", "429", "503"} <= set(operation["responses"])
+
+
+def test_a_body_that_does_not_arrive_in_time_is_a_408_and_a_slow_one_in_time_is_served(run_dir):
+    """The body deadline bounds the whole read (a client dribbling bytes cannot hold a
+    request forever); chunks arriving within it make one body."""
+    body = json.dumps({"seq": 1, "x": x_of(1)}).encode()
+
+    async def post(app, chunks: list[bytes], stall: bool) -> tuple[int, dict]:
+        messages = [
+            {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1 or stall}
+            for i, chunk in enumerate(chunks)
+        ]
+
+        async def receive():
+            if messages:
+                await asyncio.sleep(0.01)
+                return messages.pop(0)
+            await asyncio.sleep(3600)  # the rest never comes
+
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        headers = [
+            (b"authorization", f"Bearer {TOKEN}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": "/v1/streams/slow/steps",
+            "raw_path": b"/v1/streams/slow/steps", "query_string": b"", "root_path": "",
+            "headers": headers, "server": ("test", 80), "client": ("test", 1),
+        }  # fmt: skip
+        await app(scope, receive, send)
+        return sent[0]["status"], json.loads(sent[1]["body"])
+
+    async def main():
+        app = create_app(make_config(run_dir, body_timeout_s=0.2))
+        async with app.router.lifespan_context(app):
+            stalled = await post(app, [body[:5]], stall=True)
+            slow = await post(app, [body[:5], body[5:9], body[9:]], stall=False)
+        return stalled, slow
+
+    (status, answer), (slow_status, slow_answer) = run(main())
+    assert status == 408 and answer["code"] == "body_timeout"
+    assert slow_status == 200 and slow_answer["seq"] == 1 and not slow_answer["replayed"]
+
+
+def test_json_answers_carry_their_length_and_type(run_dir):
+    async def main():
+        async with in_process(run_dir) as client:
+            answers = [
+                await step(client, "h", 1, x_of(1)),
+                await client.get("/v1/streams/h"),
+                await client.get("/v1/model"),
+            ]
+        return answers
+
+    for answer in run(main()):
+        assert answer.status_code == 200
+        assert answer.headers["content-type"] == "application/json"
+        assert int(answer.headers["content-length"]) == len(answer.content)
+        assert json.loads(answer.content)

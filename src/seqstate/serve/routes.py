@@ -10,10 +10,12 @@ batch limit).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -59,8 +61,25 @@ def _resources(request: Request | WebSocket) -> Resources:
     return resources
 
 
+_CONTENT_TYPE = (b"content-type", b"application/json")
+
+
+class _Json(Response):
+    """An answer already encoded as JSON. Its head is written directly: the headers
+    ``Response`` would build (content-length, content-type), without its per-answer pass
+    over optional headers, charset and status rules."""
+
+    media_type = "application/json"
+
+    def __init__(self, content: bytes, status_code: int = 200) -> None:
+        self.status_code = status_code
+        self.background = None
+        self.body = content
+        self.raw_headers = [(b"content-length", b"%d" % len(content)), _CONTENT_TYPE]
+
+
 def _json(content: bytes, status: int = 200) -> Response:
-    return Response(content, status_code=status, media_type="application/json")
+    return _Json(content, status)
 
 
 def _check_stream_id(stream: str) -> None:
@@ -112,6 +131,30 @@ async def post_step(stream_id: str, request: Request) -> Response:
     if isinstance(outcome, Reject):
         raise api_error(outcome)
     return _json(answer_json(outcome))
+
+
+class _StepRoute(APIRoute):
+    """The single-step route: the stream id from the path and the request go to
+    :func:`post_step` as they are. ``post_step`` parses and checks the rest itself, so
+    FastAPI's per-request machinery (a dependency pass, two exit stacks, a second exception
+    wrapper) would only repeat work: an error it raises goes up to the app's exception
+    middleware, which answers it through the same handlers. The OpenAPI document is still
+    built from the route's signature, ``response_model`` and ``openapi_extra``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app = _serve_step
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        async def handle(request: Request) -> Response:
+            return await post_step(request.path_params["stream_id"], request)
+
+        return handle
+
+
+async def _serve_step(scope: Any, receive: Any, send: Any) -> None:
+    response = await post_step(scope["path_params"]["stream_id"], Request(scope, receive, send))
+    await response(scope, receive, send)
 
 
 async def post_steps(request: Request) -> Response:
@@ -309,7 +352,7 @@ def add_routes(app: FastAPI, config: ServeConfig) -> None:
         },
     }
     route = app.add_api_route
-    route(
+    app.router.add_api_route(
         "/v1/streams/{stream_id}/steps",
         post_step,
         methods=["POST"],
@@ -317,6 +360,7 @@ def add_routes(app: FastAPI, config: ServeConfig) -> None:
         responses=ERRORS,
         summary="Apply the next step(s) of one stream",
         openapi_extra=_body_schema(StepBody.model_json_schema()),
+        route_class_override=_StepRoute,
     )
     route(
         "/v1/steps",
