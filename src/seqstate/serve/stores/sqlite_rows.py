@@ -96,9 +96,7 @@ def layout_text(layout: bytes, body_bytes: int, features: int, window: int, outp
 def _row_sum(name: bytes, generation: bytes, data: bytes) -> bytes:
     """(The generation's and the data's sizes are fixed by the layout: no lengths hashed.)"""
     hasher = _ROW_HASH.copy()
-    hasher.update(generation)
-    hasher.update(data)
-    hasher.update(name)
+    hasher.update(generation + data + name)  # (one call: cheaper than three)
     return hasher.digest()
 
 
@@ -355,10 +353,14 @@ class SQLiteRows:
             return
         with self._written_lock:
             kept = self._written
-            for stream, (generation, blob, _), ok in zip(streams, rows, written, strict=True):
-                kept.pop(stream, None)  # re-inserted last: the newest write
-                if ok:
-                    kept[stream] = (generation, blob)
+            if all(written):  # (a stream kept before stays in its place: a cache, not an LRU)
+                fresh = [(generation, blob) for generation, blob, _ in rows]
+                kept.update(zip(streams, fresh, strict=True))
+            else:
+                for stream, (generation, blob, _), ok in zip(streams, rows, written, strict=True):
+                    kept.pop(stream, None)
+                    if ok:
+                        kept[stream] = (generation, blob)
             excess = len(kept) - limit
             if excess > 0:
                 for stream in list(itertools.islice(kept, excess)):
