@@ -258,3 +258,30 @@ def test_a_record_written_for_a_row_moves_it_back_and_delete_and_expire_see_rows
     _answer(engine, _frame(["m"], 5, x[:1]))  # back to a row
     assert store.count() == 1
     assert store.expire(clock.now + 100.0, 10.0) == 1 and store.count() == 0
+
+
+def test_rows_of_another_replay_window_are_continued_with_their_kept_answers(model, tmp_path):
+    """A server restarted with another replay window reads the rows the previous one wrote
+    as records, continues them, and replays the answers they kept, bit for bit."""
+    path = tmp_path / "window.sqlite"
+    engine = Engine(model, SQLiteStore(path), ttl_s=0, replay_window=4)
+    x = np.full((2, 1, 3), 0.6, np.float32)
+    first = {}
+    for seq in (1, 2, 3):
+        frame = _frame(["u", "v"], seq, x)
+        first[seq] = engine.process([frame.request(k) for k in range(2)])
+    engine.store.close()
+    for window in (2, 6):
+        engine = Engine(model, SQLiteStore(path), ttl_s=0, replay_window=window)
+        retry = engine.process([_frame(["u", "v"], 3, x).request(k) for k in range(2)])
+        assert [o.output for o in retry] == [o.output for o in first[3]]
+        assert all(o.replayed for o in retry)
+        seq = 4 if window == 2 else 5
+        header, _ = decode(_answer(engine, _frame(["u", "v"], seq, x)))
+        assert header["status"] == [200, 200]
+        (record,) = engine.store.get_many(["u"])
+        assert record is not None and record.seq == seq and record.intact("u")
+        if window == 6:  # step 3, kept under window 4, is still replayed
+            (again,) = engine.process([_frame(["u"], 3, x[:1]).request(0)])
+            assert again.replayed and again.output == first[3][0].output
+        engine.store.close()

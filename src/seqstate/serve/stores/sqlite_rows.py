@@ -62,6 +62,11 @@ _READ = "SELECT id, generation, data, checksum, layout FROM rows WHERE id IN ({m
 _GENERATIONS = "SELECT id, generation FROM rows WHERE id IN ({marks})"
 _UPDATE = "UPDATE rows SET generation=?, updated=?, data=?, checksum=? WHERE id=? AND generation=?"
 _MOVE_OUT = "DELETE FROM streams WHERE id=? AND generation=?"
+# a row of another layout (the server restarted with another replay window) read as a record
+_RELAYOUT = (
+    "UPDATE rows SET generation=?, updated=?, data=?, checksum=?, layout=? "
+    "WHERE id=? AND generation=?"
+)
 _INSERT = "INSERT INTO rows (id, generation, updated, data, checksum, layout) VALUES (?,?,?,?,?,?)"
 _INSERT_LABEL = (
     "INSERT OR REPLACE INTO row_labels (id, label, older, fixed_sum) VALUES (?, ?, ?, ?)"
@@ -328,13 +333,20 @@ class SQLiteRows:
             if record is None:
                 continue
             stream = batch.streams[k]
-            if db.execute(_MOVE_OUT, (stream, record.generation)).rowcount != 1:
-                continue  # written or deleted since it was read: the CAS is lost
             generation, blob, checksum = new_rows[k]
+            if db.execute(_MOVE_OUT, (stream, record.generation)).rowcount == 1:
+                db.execute(_INSERT, (stream, generation, updated, blob, checksum, self.layout))
+            elif (
+                db.execute(
+                    _RELAYOUT,
+                    (generation, updated, blob, checksum, self.layout, stream, record.generation),
+                ).rowcount
+                != 1
+            ):
+                continue  # written or deleted since it was read: the CAS is lost
             label = batch.prefixes[k]
             kept = [*history_entries(record.history), (record.seq, record.digest, record.output)]
             older = pack_history(kept[-(self.window - 1) :] if self.window > 1 else [])
-            db.execute(_INSERT, (stream, generation, updated, blob, checksum, self.layout))
             fixed_sum = _fixed_sum(names[k], self.layout, label, older)
             db.execute(_INSERT_LABEL, (stream, label, older, fixed_sum))
             written[k] = True
