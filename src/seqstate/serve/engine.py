@@ -23,7 +23,6 @@ counted per row).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import os
 import time
@@ -40,8 +39,17 @@ from seqstate.serve.livecount import LiveCount
 from seqstate.serve.preprocess import RunRowCodec, iso_times, model_step, template_series
 from seqstate.serve.rules import Apply, Reject, Replay, decide, is_expired
 from seqstate.serve.schemas import MAX_SAMPLED_STEPS
-from seqstate.serve.stores.base import Record, StateStore, Update, kept_answers, new_record
-from seqstate.serve.stores.memory import ColumnWrite, RowTable
+from seqstate.serve.stores.base import (
+    Record,
+    StateStore,
+    Update,
+    kept_answer,
+    kept_answers,
+    kept_digest,
+    new_record,
+    step_digest,
+)
+from seqstate.serve.stores.memory import ColumnTable, ColumnWrite
 
 __all__ = [
     "Engine",
@@ -56,7 +64,6 @@ __all__ = [
 
 
 # (start, single, k) -> blake2b holding the hash of a digest's first bytes; never updated
-_DIGEST_PREFIXES: dict[tuple[bool, bool, int], Any] = {}
 
 
 class StepRequest(NamedTuple):
@@ -74,23 +81,7 @@ class StepRequest(NamedTuple):
     @property
     def digest(self) -> bytes:
         """Fingerprint of what the request asks for, to tell a retry from a different step."""
-        kind = (self.start, self.single, self.x.shape[0])
-        prefix = _DIGEST_PREFIXES.get(kind)
-        if prefix is None:
-            prefix = hashlib.blake2b(digest_size=16)
-            prefix.update(b"%d:%d:%d:" % kind)
-            if len(_DIGEST_PREFIXES) < 4096:  # (k is bounded by --max-steps)
-                _DIGEST_PREFIXES[kind] = prefix
-        h = prefix.copy()  # the hash of the prefix, copied: several times cheaper than anew
-        x = self.x
-        if x.dtype != np.float32 or not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x, dtype=np.float32)
-        h.update(x.data)  # the buffer itself: no copy
-        if self.series is not None:  # absent: the digest of every request before #13's serving
-            h.update(b":series:" + self.series.encode())
-        if self.time is not None:
-            h.update(b":time:" + np.ascontiguousarray(self.time, dtype="<i8").tobytes())
-        return h.digest()
+        return step_digest(self.x, self.start, self.single, self.series, self.time)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,16 +239,16 @@ class Engine:
         self.codec = RunRowCodec(self._to_cpu(function.initial_state([template_series(function)])))
         # the usual step (the next one of a stream, one timestep, nothing else asked) is
         # continued in bulk where the store holds streams as rows of arrays
-        self.table: RowTable | None = None
+        self.table: ColumnTable | None = None
         if not self.function.needs_time:
             self.table = store.table(
                 self.codec.header,
                 self.codec.body_bytes,
                 len(self.function.inputs),
                 max(replay_window, 1),
-                _kept_digest,
+                kept_digest,
                 len(self.function.targets),
-                _kept_answer,
+                kept_answer,
             )
 
     def process(self, requests: Sequence[StepRequest | FrameSteps]) -> list[Any]:
@@ -369,7 +360,7 @@ class Engine:
         return prepared
 
     def _columns(
-        self, table: RowTable, requests: Sequence[StepRequest], now: float, outcomes: list[Any]
+        self, table: ColumnTable, requests: Sequence[StepRequest], now: float, outcomes: list[Any]
     ) -> tuple[tuple[list[int], ColumnWrite, list[bytes]] | None, list[int]]:
         """Continue the usual steps in bulk: one gather of their rows, one model call, their
         answers and new rows as arrays. ``(what to write or None, the indices left to the
@@ -409,7 +400,7 @@ class Engine:
 
     def _continue(
         self,
-        table: RowTable,
+        table: ColumnTable,
         streams: list[str],
         seqs: np.ndarray,
         x: np.ndarray,
@@ -478,6 +469,7 @@ class Engine:
             x=x[chosen, 0],
             single=single[chosen],
             updated=now,
+            extra=None if read.extra is None else read.extra[chosen],
         )
         return _Bulk(taken, y, warm, finite, write)
 
@@ -531,15 +523,28 @@ class Engine:
         """Commit several prepared batches (of distinct streams) in ONE atomic write: one
         fsync for all of them (group commit). Nothing is acknowledged before it returns."""
         updates = [update for prepared in batches for update in prepared.updates]
-        written = self.store.commit(updates) if updates else []
-        results, at = [], 0
+        table = self.table
+        writes: list[tuple[ColumnTable, ColumnWrite]] = []
+        if table is not None:  # the bulk steps' rows, written with the records
+            for prepared in batches:
+                if prepared.columns is not None:
+                    writes.append((table, prepared.columns[1]))
+                if prepared.frames is not None and prepared.frames.write is not None:
+                    writes.append((table, prepared.frames.write))
+        if writes:
+            written, rows_written = self.store.commit_with_rows(updates, writes)
+        else:
+            written, rows_written = (self.store.commit(updates) if updates else []), []
+        results, at, next_write = [], 0, 0
         for prepared in batches:
             count = len(prepared.updates)
-            if prepared.columns is not None and self.table is not None:
-                self._settle_columns(prepared, self.table.write(prepared.columns[1]))
+            if prepared.columns is not None and table is not None:
+                self._settle_columns(prepared, rows_written[next_write])
+                next_write += 1
             frames = prepared.frames
-            if frames is not None and frames.write is not None and self.table is not None:
-                self._settle_frames(frames, self.table.write(frames.write))
+            if frames is not None and frames.write is not None and table is not None:
+                self._settle_frames(frames, rows_written[next_write])
+                next_write += 1
             outcomes = self._settle(prepared, written[at : at + count])
             results.append(outcomes if frames is None else self._assemble(prepared, outcomes))
             at += count
@@ -1025,21 +1030,6 @@ def _outputs(y: torch.Tensor, warm: np.ndarray, single: Sequence[bool]) -> list[
             ]
         outputs.append(dumps(answer[0] if single[row] else answer))
     return outputs
-
-
-def _kept_digest(x: np.ndarray, single: bool) -> bytes:
-    """The digest of a kept bulk step (``x [1, F]``, no start, series or time): what its
-    request's :attr:`StepRequest.digest` was."""
-    return StepRequest("", 0, x, single=single, start=False).digest
-
-
-def _kept_answer(y: np.ndarray, single: bool) -> bytes:
-    """The JSON answer of a kept bulk step (``y [O]`` float64, a NaN row: no answer yet):
-    what :func:`_outputs` wrote for it."""
-    values: list[Any] = y.tolist()
-    if not np.isfinite(y).all():
-        values = [None] * len(values)
-    return jsonio.dumps_finite(values if single else [values])
 
 
 def _finite_rows(answered: np.ndarray, warm: np.ndarray, state: RunState) -> list[bool]:

@@ -21,10 +21,12 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-if TYPE_CHECKING:  # (memory.py imports this module)
-    import numpy as np
+import numpy as np
 
-    from seqstate.serve.stores.memory import RowTable
+from seqstate.serve import jsonio
+
+if TYPE_CHECKING:  # (memory.py imports this module)
+    from seqstate.serve.stores.memory import ColumnTable, ColumnWrite
 
 __all__ = [
     "Record",
@@ -33,9 +35,12 @@ __all__ = [
     "StoreFullError",
     "Update",
     "history_entries",
+    "kept_answer",
     "kept_answers",
+    "kept_digest",
     "new_record",
     "pack_history",
+    "step_digest",
 ]
 
 
@@ -300,6 +305,53 @@ _LENGTHS_5, _LENGTHS_6 = struct.Struct("<5Qqd"), struct.Struct("<6Qqd")
 _RECORD_HASH = hashlib.blake2b(digest_size=16, person=b"seqstate-rec/1")  # never updated
 
 
+_DIGEST_PREFIXES: dict[tuple[bool, bool, int], Any] = {}
+
+
+def step_digest(
+    x: np.ndarray,
+    start: bool,
+    single: bool,
+    series: str | None = None,
+    time: np.ndarray | None = None,
+) -> bytes:
+    """Fingerprint of a step request (``x [k, F]`` float32, its ``start`` and ``single``
+    flags, the ``series`` and ``time [k]`` sent), to tell a retry from a different step: a
+    record's ``digest``."""
+    kind = (start, single, x.shape[0])
+    prefix = _DIGEST_PREFIXES.get(kind)
+    if prefix is None:
+        prefix = hashlib.blake2b(digest_size=16)
+        prefix.update(b"%d:%d:%d:" % kind)
+        if len(_DIGEST_PREFIXES) < 4096:  # (k is bounded by --max-steps)
+            _DIGEST_PREFIXES[kind] = prefix
+    h = prefix.copy()  # the hash of the prefix, copied: several times cheaper than anew
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    h.update(x.data)  # the buffer itself: no copy
+    if series is not None:  # absent: the digest of every request before series were sent
+        h.update(b":series:" + series.encode())
+    if time is not None:
+        h.update(b":time:" + np.ascontiguousarray(time, dtype="<i8").tobytes())
+    return h.digest()
+
+
+def kept_digest(x: np.ndarray, single: bool) -> bytes:
+    """The digest of a step continued in bulk (``x [1, F]``, no start, series or time), kept
+    as numbers: what its request's digest was."""
+    return step_digest(x, False, single)
+
+
+def kept_answer(y: np.ndarray, single: bool) -> bytes:
+    """The JSON answer of a step continued in bulk (``y [O]`` float64, a NaN row: no answer
+    yet), kept as numbers: what the engine answered for it (``[O]``, or ``[[O]]`` for a step
+    not sent as ``[F]``)."""
+    values: list[Any] = y.tolist()
+    if not np.isfinite(y).all():
+        values = [None] * len(values)
+    return jsonio.dumps_finite(values if single else [values])
+
+
 class Update(NamedTuple):
     """Write ``record`` for ``stream`` if its stored generation is still ``expected``. (A
     named tuple, not a frozen dataclass: one per step, and building one costs several times
@@ -359,10 +411,19 @@ class StateStore(abc.ABC):
         digest_of: Callable[[np.ndarray, bool], bytes],
         outputs: int,
         answer_of: Callable[[np.ndarray, bool], bytes],
-    ) -> RowTable | None:
+    ) -> ColumnTable | None:
         """The rows-of-arrays table the engine continues usual steps on in bulk, for streams of
         ``layout``; None (the default): every step takes the per-stream path."""
         return None
+
+    def commit_with_rows(
+        self, updates: Sequence[Update], writes: Sequence[tuple[ColumnTable, ColumnWrite]]
+    ) -> tuple[list[bool], list[list[bool]]]:
+        """``commit(updates)``, then each table write (distinct streams throughout): per
+        update and per write item, whether written. A durable store does it all in one
+        transaction (one fsync for the group)."""
+        written = self.commit(updates) if updates else []
+        return written, [table.write(write) for table, write in writes]
 
     def ping(self) -> None:  # noqa: B027 - optional hook: health checks of remote stores
         """Raise :class:`StoreError` when the store is unreachable."""

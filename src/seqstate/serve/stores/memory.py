@@ -28,7 +28,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -41,7 +41,7 @@ from seqstate.serve.stores.base import (
     pack_history,
 )
 
-__all__ = ["ColumnWrite", "MemoryStore", "RowTable", "TableRead"]
+__all__ = ["ColumnTable", "ColumnWrite", "MemoryStore", "RowTable", "TableRead"]
 
 _VERSION = struct.Struct("<q")
 _FIRST_ROWS = 64
@@ -57,6 +57,9 @@ class TableRead:
     updated: np.ndarray  # [n] float64: when it was applied
     bodies: np.ndarray  # [n, body_bytes] uint8: the state bodies (zeros: no row)
     records: list[Record | None]  # where rows < 0: the stream's record (None: absent)
+    # what a durable table read of each row besides (its stored row, which the write keeps
+    # but for the new step); None: the table holds it in memory
+    extra: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -74,6 +77,18 @@ class ColumnWrite:
     x: np.ndarray  # [m, F] float32: each step's input (its digest is derived on demand)
     single: np.ndarray  # [m] bool: the step was sent as [F]
     updated: float
+    extra: np.ndarray | None = None  # [m]: ``TableRead.extra`` of the items (None: none)
+
+
+class ColumnTable(Protocol):
+    """Streams of one row layout held as rows of arrays: a batch read with one gather, written
+    with one compare-and-set per row (:class:`RowTable` in memory; the SQLite store's rows)."""
+
+    def read(self, streams: Sequence[str]) -> TableRead:
+        """The rows of ``streams`` and, for those without one, their records."""
+
+    def write(self, batch: ColumnWrite) -> list[bool]:
+        """Write every item whose compare-and-set holds; per item, whether written."""
 
 
 class RowTable:

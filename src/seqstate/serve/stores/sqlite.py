@@ -20,10 +20,23 @@ import contextlib
 import itertools
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from seqstate.serve.stores.base import Record, StateStore, StoreError, StoreFullError, Update
+import numpy as np
+
+from seqstate.serve.stores.base import (
+    Record,
+    StateStore,
+    StoreError,
+    StoreFullError,
+    Update,
+    kept_answer,
+    kept_digest,
+)
+from seqstate.serve.stores.memory import ColumnTable, ColumnWrite
+from seqstate.serve.stores.sqlite_rows import ROWS_SCHEMA, SQLiteRows, row_record
 
 __all__ = ["SQLiteStore"]
 
@@ -45,9 +58,19 @@ CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL);
 # files written before generations existed: their records have no checksum (so they answer
 # state_incompatible until restarted), never a silent wrong state
 _ADDED_COLUMNS = ("generation", "checksum", "history")
+# a new stream: absent from both homes (``rows``: see sqlite_rows)
 _INSERT = (
     "INSERT INTO streams (seq, state, output, digest, updated, generation, checksum, history, "
-    "id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING"
+    "id) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE NOT EXISTS (SELECT 1 FROM rows "
+    "WHERE id=?9) "
+    "ON CONFLICT(id) DO NOTHING"
+)
+# a record written for a stream held in ``rows`` (a restart, a step the per-stream path
+# applied): it moves back to ``streams`` when the row still holds the generation read
+_ROW_OUT = "DELETE FROM rows WHERE id=? AND generation=?"
+_ROW_FULL = (
+    "SELECT rows.id, generation, data, checksum, layout, label, older, fixed_sum "
+    "FROM rows LEFT JOIN row_labels ON row_labels.id = rows.id WHERE rows.id IN ({marks})"
 )
 _UPDATE = (
     "UPDATE streams SET seq=?, state=?, output=?, digest=?, updated=?, generation=?, "
@@ -95,7 +118,7 @@ class SQLiteStore(StateStore):
             self._db.execute(f"PRAGMA page_size={_PAGE_SIZE}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(_SCHEMA + ROWS_SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(streams)")}
             for column in _ADDED_COLUMNS:
                 if column not in columns:
@@ -115,6 +138,49 @@ class SQLiteStore(StateStore):
         self.known_records = known_records
         self._known: dict[str, Record] = {}
         self._known_lock = threading.Lock()
+        self._tables: dict[Any, SQLiteRows] = {}
+        # how a row's kept steps become a record's digests and JSON answers (the engine's;
+        # a store opened without one, e.g. to inspect a file, reads rows all the same)
+        self._digest_of: Callable[[np.ndarray, bool], bytes] = kept_digest
+        self._answer_of: Callable[[np.ndarray, bool], bytes] = kept_answer
+
+    def table(
+        self,
+        layout: Any,
+        body_bytes: int,
+        features: int,
+        window: int,
+        digest_of: Callable[[np.ndarray, bool], bytes],
+        outputs: int,
+        answer_of: Callable[[np.ndarray, bool], bytes],
+    ) -> ColumnTable | None:
+        """The rows of ``layout`` (see :mod:`seqstate.serve.stores.sqlite_rows`)."""
+        if not isinstance(layout, bytes):
+            return None
+        self._digest_of, self._answer_of = digest_of, answer_of
+        key = (layout, body_bytes, features, window, outputs)
+        with self._known_lock:
+            table = self._tables.get(key)
+            if table is None:
+                table = SQLiteRows(self, layout, body_bytes, features, window, outputs)
+                self._tables[key] = table
+            return table
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The read connection, under its lock (errors reported as StoreError)."""
+        with self._read_lock, _errors("read"):
+            yield self._reader
+
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT on the write connection (see ``_transaction``)."""
+        return self._transaction()
+
+    def forget(self, streams: Sequence[str]) -> None:
+        """Drop the kept records of ``streams`` (moved to ``rows``)."""
+        with self._known_lock:
+            for stream in streams:
+                self._known.pop(stream, None)
 
     def get_many(self, streams: Sequence[str]) -> list[Record | None]:
         found: dict[str, Record] = {}
@@ -141,6 +207,15 @@ class SQLiteStore(StateStore):
                     marks = ",".join("?" * len(chunk))
                     for stream, *fields in self._reader.execute(_FULL.format(marks=marks), chunk):
                         found[stream] = _record(fields)
+                    rest = [stream for stream in chunk if stream not in found]
+                    if rest:  # held as rows
+                        marks = ",".join("?" * len(rest))
+                        for stream, *fields in self._reader.execute(
+                            _ROW_FULL.format(marks=marks), rest
+                        ):
+                            found[stream] = row_record(
+                                stream, fields, self._digest_of, self._answer_of
+                            )
         return [found.get(stream) for stream in streams]
 
     def _keep(self, updates: Sequence[Update], written: Sequence[bool]) -> None:
@@ -201,6 +276,14 @@ class SQLiteStore(StateStore):
         holds its new (random, 16-byte) generation."""
         if len({update.stream for update in updates}) != len(updates):
             return self._commit_each(updates)  # a stream twice: applied in order, one by one
+        with self._transaction() as db:
+            written = self._commit_in(db, updates)
+        # committed: the transaction ended without an error
+        self._keep(updates, written)
+        return written
+
+    def _commit_in(self, db: sqlite3.Connection, updates: Sequence[Update]) -> list[bool]:
+        """:meth:`commit`'s writes of distinct streams, in the open transaction of ``db``."""
         inserts, changes = [], []
         for update in updates:
             values = _row(update)
@@ -208,27 +291,48 @@ class SQLiteStore(StateStore):
                 inserts.append(values)
             else:
                 changes.append((*values, update.expected))
-        with self._transaction() as db:
-            changed = 0
-            if inserts:
-                changed += db.executemany(_INSERT, inserts).rowcount
-            if changes:
-                changed += db.executemany(_UPDATE, changes).rowcount
-            held: dict[str, bytes] | None = None
-            if changed != len(updates):
-                held = {}
-                streams = [update.stream for update in updates]
-                for i in range(0, len(streams), _CHUNK):
-                    chunk = streams[i : i + _CHUNK]
-                    marks = ",".join("?" * len(chunk))
-                    held.update(db.execute(_GENERATIONS.format(marks=marks), chunk))
-        # committed: the transaction ended without an error
-        if held is None:
-            written = [True] * len(updates)  # the usual case: no readback
-        else:
-            written = [held.get(u.stream) == u.record.generation for u in updates]
-        self._keep(updates, written)
+        changed = 0
+        if inserts:
+            changed += db.executemany(_INSERT, inserts).rowcount
+        if changes:
+            changed += db.executemany(_UPDATE, changes).rowcount
+        if changed == len(updates):
+            return [True] * len(updates)  # the usual case: no readback
+        held: dict[str, bytes] = {}
+        streams = [update.stream for update in updates]
+        for i in range(0, len(streams), _CHUNK):
+            chunk = streams[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            held.update(db.execute(_GENERATIONS.format(marks=marks), chunk))
+        written = []
+        for update in updates:
+            ok = held.get(update.stream) == update.record.generation
+            if not ok and update.expected is not None:
+                ok = self._move_out(db, update)
+            written.append(ok)
         return written
+
+    def _move_out(self, db: sqlite3.Connection, update: Update) -> bool:
+        """Write ``update`` for a stream held in ``rows`` whose generation it read."""
+        if db.execute(_ROW_OUT, (update.stream, update.expected)).rowcount != 1:
+            return False
+        db.execute("DELETE FROM row_labels WHERE id=?", (update.stream,))
+        db.execute(_INSERT, _row(update))
+        return True
+
+    def commit_with_rows(
+        self, updates: Sequence[Update], writes: Sequence[tuple[ColumnTable, ColumnWrite]]
+    ) -> tuple[list[bool], list[list[bool]]]:
+        """:meth:`commit` and the rows' writes in ONE transaction (one fsync)."""
+        if len({update.stream for update in updates}) != len(updates) or not all(
+            isinstance(table, SQLiteRows) for table, _ in writes
+        ):
+            return super().commit_with_rows(updates, writes)
+        with self._transaction() as db:
+            written = self._commit_in(db, updates) if updates else []
+            rows = [table.write_in(db, write) for table, write in writes]  # type: ignore[attr-defined]
+        self._keep(updates, written)
+        return written, rows
 
     def _commit_each(self, updates: Sequence[Update]) -> list[bool]:
         written = []
@@ -237,9 +341,10 @@ class SQLiteStore(StateStore):
                 values = _row(update)
                 if update.expected is None:
                     cursor = db.execute(_INSERT, values)
+                    written.append(cursor.rowcount == 1)
                 else:
                     cursor = db.execute(_UPDATE, (*values, update.expected))
-                written.append(cursor.rowcount == 1)
+                    written.append(cursor.rowcount == 1 or self._move_out(db, update))
         # a stream twice: keep its last write (only if that one held)
         last = {update.stream: i for i, update in enumerate(updates)}
         kept = list(last.values())
@@ -249,15 +354,23 @@ class SQLiteStore(StateStore):
     def delete(self, stream: str) -> bool:
         with self._transaction() as db:
             existed = db.execute("DELETE FROM streams WHERE id=?", (stream,)).rowcount == 1
+            if db.execute("DELETE FROM rows WHERE id=?", (stream,)).rowcount == 1:
+                db.execute("DELETE FROM row_labels WHERE id=?", (stream,))
+                existed = True
         with self._known_lock:
             self._known.pop(stream, None)
         return existed
 
     def expire(self, now: float, ttl_s: float) -> int:
         with self._transaction() as db:
-            removed = db.execute(
-                "DELETE FROM streams WHERE updated < ? OR updated > ?", (now - ttl_s, now + ttl_s)
-            ).rowcount
+            removed = 0
+            for table in ("streams", "rows"):
+                removed += db.execute(
+                    f"DELETE FROM {table} WHERE updated < ? OR updated > ?",
+                    (now - ttl_s, now + ttl_s),
+                ).rowcount
+            if removed:
+                db.execute("DELETE FROM row_labels WHERE id NOT IN (SELECT id FROM rows)")
         if removed:
             with self._known_lock:  # (a kept record not in the file is never returned anyway)
                 self._known = {
@@ -269,7 +382,8 @@ class SQLiteStore(StateStore):
 
     def count(self) -> int:
         with self._lock, _errors("count"):
-            return self._db.execute("SELECT COUNT(*) FROM streams").fetchone()[0]
+            query = "SELECT (SELECT COUNT(*) FROM streams) + (SELECT COUNT(*) FROM rows)"
+            return self._db.execute(query).fetchone()[0]
 
     def check_writable(self) -> None:
         if self.write_problem is None:
