@@ -43,9 +43,7 @@ from seqstate.serve.stores.base import (
     Record,
     StateStore,
     Update,
-    kept_answer,
     kept_answers,
-    kept_digest,
     new_record,
     step_digest,
 )
@@ -61,9 +59,6 @@ __all__ = [
     "StepRequest",
     "StepResult",
 ]
-
-
-# (start, single, k) -> blake2b holding the hash of a digest's first bytes; never updated
 
 
 class StepRequest(NamedTuple):
@@ -122,7 +117,13 @@ class FrameSteps:
 
     def request(self, k: int) -> StepRequest:
         """Step ``k`` as a StepRequest (same digest: a retry may come either way)."""
-        return StepRequest(self.streams[k], int(self.seq[k]), self.x[k], single=True, start=False)
+        return _frame_step(self.streams, self.seq, self.x, k)
+
+
+def _frame_step(streams: list[str], seq: np.ndarray, x: np.ndarray, k: int) -> StepRequest:
+    """Step ``k`` of a frame's arrays (``seq [n]``, ``x [n, 1, F]``) as the StepRequest it
+    stands for: one timestep sent as ``[F]``, no start, series or time."""
+    return StepRequest(streams[k], int(seq[k]), x[k], single=True, start=False)
 
 
 class FrameOutcome(NamedTuple):
@@ -163,7 +164,7 @@ class _FrameBatch:
     requests: list[StepRequest]  # those steps, as StepRequests
 
     def request(self, k: int) -> StepRequest:
-        return StepRequest(self.streams[k], int(self.seq[k]), self.x[k], single=True, start=False)
+        return _frame_step(self.streams, self.seq, self.x, k)
 
     def split(self) -> list[FrameOutcome]:
         """One :class:`FrameOutcome` per frame."""
@@ -246,9 +247,7 @@ class Engine:
                 self.codec.body_bytes,
                 len(self.function.inputs),
                 max(replay_window, 1),
-                kept_digest,
                 len(self.function.targets),
-                kept_answer,
             )
 
     def process(self, requests: Sequence[StepRequest | FrameSteps]) -> list[Any]:
@@ -506,10 +505,7 @@ class Engine:
                     y[written[bulk.warm[finite, 0]]] = np.nan
             for k in bulk.taken[~finite].tolist() if len(finite) else []:
                 others[k] = _non_finite(int(seqs[k]))
-        requests = [
-            StepRequest(streams[k], int(seqs[k]), x[k], single=True, start=False)
-            for k in left.tolist()
-        ]
+        requests = [_frame_step(streams, seqs, x, k) for k in left.tolist()]
         return _FrameBatch(
             sizes, streams, seqs, x, y, others, written, bulk.write if bulk else None,
             left.tolist(), requests,

@@ -18,7 +18,7 @@ import abc
 import hashlib
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -408,9 +408,7 @@ class StateStore(abc.ABC):
         body_bytes: int,
         features: int,
         window: int,
-        digest_of: Callable[[np.ndarray, bool], bytes],
         outputs: int,
-        answer_of: Callable[[np.ndarray, bool], bytes],
     ) -> ColumnTable | None:
         """The rows-of-arrays table the engine continues usual steps on in bulk, for streams of
         ``layout``; None (the default): every step takes the per-stream path."""

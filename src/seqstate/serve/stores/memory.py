@@ -27,7 +27,7 @@ import itertools
 import os
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -37,6 +37,8 @@ from seqstate.serve.stores.base import (
     StateStore,
     Update,
     history_entries,
+    kept_answer,
+    kept_digest,
     new_record,
     pack_history,
 )
@@ -102,19 +104,13 @@ class RowTable:
         body_bytes: int,
         features: int,
         window: int,
-        digest_of: Callable[[np.ndarray, bool], bytes],
         outputs: int,
-        answer_of: Callable[[np.ndarray, bool], bytes],
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1 answers kept; received {window}")
         self._store = store
         self.body_bytes, self.features, self.window = body_bytes, features, window
         self.outputs = outputs
-        self._digest_of = digest_of  # the request digest of a kept step (x [1, F], single)
-        # the JSON answer of a kept step (y [O], single): written only when a record of the
-        # row is asked for (a replay, a gap), never per step
-        self._answer_of = answer_of
         self.index: dict[str, int] = {}
         self._free: list[int] = []
         self._streams: list[str | None] = []
@@ -203,10 +199,10 @@ class RowTable:
             digest = self.kept_digest[row, slot]
             if digest is None:
                 x = self.kept_x[row, slot][None, :]
-                digest = self._digest_of(x, bool(self.kept_single[row, slot]))
+                digest = kept_digest(x, bool(self.kept_single[row, slot]))
             output = self.kept_output[row, slot]
-            if output is None:
-                output = self._answer_of(self.kept_y[row, slot], bool(self.kept_single[row, slot]))
+            if output is None:  # (derived only when a record of the row is asked for)
+                output = kept_answer(self.kept_y[row, slot], bool(self.kept_single[row, slot]))
             entries.append((seq, digest, output))
         (_, digest, output), history = entries[0], entries[:0:-1]
         return new_record(
@@ -308,9 +304,7 @@ class MemoryStore(StateStore):
         body_bytes: int,
         features: int,
         window: int,
-        digest_of: Callable[[np.ndarray, bool], bytes],
         outputs: int,
-        answer_of: Callable[[np.ndarray, bool], bytes],
     ) -> RowTable | None:
         """The row table of ``layout`` (created on first use); None when ``columns`` is off."""
         if not self.columns:
@@ -319,7 +313,7 @@ class MemoryStore(StateStore):
             key = (layout, body_bytes, features, window, outputs)
             table = self._tables.get(key)
             if table is None:
-                table = RowTable(self, body_bytes, features, window, digest_of, outputs, answer_of)
+                table = RowTable(self, body_bytes, features, window, outputs)
                 self._tables[key] = table
             return table
 

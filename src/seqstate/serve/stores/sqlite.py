@@ -20,11 +20,9 @@ import contextlib
 import itertools
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from seqstate.serve.stores.base import (
     Record,
@@ -32,8 +30,6 @@ from seqstate.serve.stores.base import (
     StoreError,
     StoreFullError,
     Update,
-    kept_answer,
-    kept_digest,
 )
 from seqstate.serve.stores.memory import ColumnTable, ColumnWrite
 from seqstate.serve.stores.sqlite_rows import ROWS_SCHEMA, SQLiteRows, row_record
@@ -139,10 +135,6 @@ class SQLiteStore(StateStore):
         self._known: dict[str, Record] = {}
         self._known_lock = threading.Lock()
         self._tables: dict[Any, SQLiteRows] = {}
-        # how a row's kept steps become a record's digests and JSON answers (the engine's;
-        # a store opened without one, e.g. to inspect a file, reads rows all the same)
-        self._digest_of: Callable[[np.ndarray, bool], bytes] = kept_digest
-        self._answer_of: Callable[[np.ndarray, bool], bytes] = kept_answer
 
     def table(
         self,
@@ -150,14 +142,11 @@ class SQLiteStore(StateStore):
         body_bytes: int,
         features: int,
         window: int,
-        digest_of: Callable[[np.ndarray, bool], bytes],
         outputs: int,
-        answer_of: Callable[[np.ndarray, bool], bytes],
     ) -> ColumnTable | None:
         """The rows of ``layout`` (see :mod:`seqstate.serve.stores.sqlite_rows`)."""
         if not isinstance(layout, bytes):
             return None
-        self._digest_of, self._answer_of = digest_of, answer_of
         key = (layout, body_bytes, features, window, outputs)
         with self._known_lock:
             table = self._tables.get(key)
@@ -213,9 +202,7 @@ class SQLiteStore(StateStore):
                         for stream, *fields in self._reader.execute(
                             _ROW_FULL.format(marks=marks), rest
                         ):
-                            found[stream] = row_record(
-                                stream, fields, self._digest_of, self._answer_of
-                            )
+                            found[stream] = row_record(stream, fields)
         return [found.get(stream) for stream in streams]
 
     def _keep(self, updates: Sequence[Update], written: Sequence[bool]) -> None:

@@ -28,12 +28,19 @@ import itertools
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from seqstate.serve.stores.base import Record, history_entries, new_record, pack_history
+from seqstate.serve.stores.base import (
+    Record,
+    history_entries,
+    kept_answer,
+    kept_digest,
+    new_record,
+    pack_history,
+)
 from seqstate.serve.stores.memory import ColumnWrite, TableRead
 
 if TYPE_CHECKING:
@@ -115,8 +122,6 @@ def _fixed_sum(name: bytes, layout: str, label: bytes, older: bytes) -> bytes:
 def row_record(
     stream: str,
     fields: Sequence[object],
-    digest_of: Callable[[np.ndarray, bool], bytes] | None,
-    answer_of: Callable[[np.ndarray, bool], bytes] | None,
 ) -> Record:
     """The :class:`Record` of a stored row (``_FULL``'s fields after the id): what the
     per-stream path would have stored. A row whose checksums fail (or unreadable here) gives a
@@ -126,9 +131,7 @@ def row_record(
         generation = b""
     corrupt = Record(-1, b"", b"", b"", 0.0, generation, b"")
     if (
-        digest_of is None
-        or answer_of is None
-        or not isinstance(data, bytes)
+        not isinstance(data, bytes)
         or not isinstance(label, bytes)
         or not isinstance(older, bytes)
         or not isinstance(layout, str)
@@ -152,8 +155,8 @@ def row_record(
         slot = seq % window
         if int(row["kept_seq"][slot]) == seq:
             single = bool(row["kept_single"][slot])
-            digest = digest_of(row["kept_x"][slot][None, :], single)
-            output = answer_of(row["kept_y"][slot], single)
+            digest = kept_digest(row["kept_x"][slot][None, :], single)
+            output = kept_answer(row["kept_y"][slot], single)
         elif seq in earlier:  # kept before the stream moved in
             digest, output = earlier[seq]
         else:
