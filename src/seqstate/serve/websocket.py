@@ -530,12 +530,7 @@ def _frame_answers(
             answered.append(k)
             texts.append(result.output)
         else:
-            problem = api_error(result)
-            body = {"code": problem.code, "message": problem.message, **problem.extra}
-            body.pop("stream", None)
-            body.pop("seq", None)
-            status[k] = problem.status
-            errors[str(k)] = body
+            status[k], errors[str(k)] = _item_problem(result)
             rejected += 1
     if answered:  # every answer parsed in one call, as encode_answers does
         parsed = jsonio.loads(b"[" + b",".join(texts) + b"]")
@@ -621,15 +616,22 @@ def _binary_answers(
         streams.append(stream)
         seqs.append(seq)
         if result is None or isinstance(result, BaseException | Reject):
-            problem = api_error(result if result is not None else _Internal())
-            body = {"code": problem.code, "message": problem.message, **problem.extra}
-            body.pop("stream", None)
-            body.pop("seq", None)
-            rows.append((problem.status, None, False, body))
+            code, body = _item_problem(result if result is not None else _Internal())
+            rows.append((code, None, False, body))
         else:
             rows.append((200, result.output, result.replayed, None))
     steps = max((_rows(i) for i in items if not isinstance(i, ApiError)), default=1)
     return encode_answers(streams, seqs, rows, steps, outputs)
+
+
+def _item_problem(error: BaseException | Reject) -> tuple[int, dict[str, Any]]:
+    """The status and error body of one refused item of a binary answer frame (its stream
+    and seq are the frame's columns, not repeated in the body)."""
+    problem = api_error(error)
+    body = {"code": problem.code, "message": problem.message, **problem.extra}
+    body.pop("stream", None)
+    body.pop("seq", None)
+    return problem.status, body
 
 
 _WS_STEP = TypeAdapter(WsStep)
