@@ -5,6 +5,7 @@ connection protocol of ``guard.py``. ``--workers N`` starts N processes on one p
 store (SQLite file or Redis; not ``memory://``); they pass the configuration to each other in
 the environment variable ``SEQSTATE_SERVE_CONFIG``. Workers die with their supervisor (a
 parent-death signal), so a supervisor killed with ``kill -9`` leaves no process on the port.
+Each serving process keeps the memory it frees for its next batches (``allocator.py``).
 """
 
 from __future__ import annotations
@@ -108,9 +109,11 @@ def exposure_warning(host: str, auth: bool) -> str | None:
 
 def _app_from_env() -> Any:
     """The app of one worker process (``--workers N``): the config comes in the environment."""
+    from seqstate.serve.allocator import keep_freed_memory
     from seqstate.serve.app import create_app
 
     _die_with_parent(int(os.environ.get(_PARENT_ENV, "0")))
+    keep_freed_memory()
     return create_app(ServeConfig(**json.loads(os.environ[_CONFIG_ENV])), freeze_startup=True)
 
 
@@ -194,8 +197,10 @@ def run(args: argparse.Namespace) -> int:
         sock = uvicorn_config.bind_socket()
         Multiprocess(uvicorn_config, sockets=[sock]).run()  # SIGTERM: stops every worker
         return 0
+    from seqstate.serve.allocator import keep_freed_memory
     from seqstate.serve.app import create_app
 
+    keep_freed_memory()
     try:
         app = create_app(config, freeze_startup=True)
     except ValueError as error:
