@@ -47,6 +47,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,90 @@ async def _ws(url: str, streams: list[str], warm: int, seconds: float) -> int:
         return await phase(time.perf_counter() + seconds, None)
 
 
+#: streams per batch of the engine-alone measure
+ENGINE_STREAMS = (1, 100)
+#: steps every stream takes before the engine is timed: past the warm-up of every cell (the
+#: run's differencing and the baselines' first two seasons, 48 steps at season 24)
+ENGINE_WARM = 60
+
+
+def engine_alone(runs: dict[str, Path], counts: Sequence[int], rounds: int) -> dict:
+    """Thread CPU µs per step of the server's engine alone (memory store, no transport), per
+    run and streams per batch: ``{(name, streams): [per round]}``. The requests are what the
+    HTTP route hands the batcher (one timestep with its time; the series on a first step),
+    in the server process's allocator settings."""
+    import torch
+
+    from seqstate.serve.allocator import keep_freed_memory
+    from seqstate.serve.engine import Engine, StepRequest
+    from seqstate.serve.rundir import load_run_step
+    from seqstate.serve.stores import MemoryStore
+
+    keep_freed_memory()  # as `seqstate serve` runs (the load servers are stopped by now)
+    torch.set_num_threads(1)
+    times: dict[tuple[str, int], list[float]] = {}
+    for count in counts:
+        ids = [f"e{count}-{i}" for i in range(count)]
+        engines = {
+            name: Engine(load_run_step(run), MemoryStore(), ttl_s=0, replay_window=16)
+            for name, run in runs.items()
+        }
+
+        def requests(seq: int, ids: list[str] = ids) -> list[StepRequest]:
+            stamp = np.array([START + seq * HOUR], dtype=np.int64)
+            x = np.array([[40.0 + seq % 7, 15.0]], dtype=np.float32)
+            return [
+                StepRequest(s, seq, x, single=True, start=False,
+                            series=f"s{i % 20}" if seq == 1 else None, time=stamp)
+                for i, s in enumerate(ids)
+            ]  # fmt: skip
+
+        seq = 1
+        for seq in range(1, ENGINE_WARM + 1):
+            for engine in engines.values():
+                engine.process(requests(seq))
+        order = list(engines)
+        for turn in range(rounds):
+            batch = [requests(seq + 1 + k) for k in range(10)]
+            seq += 10
+            for name in order if turn % 2 == 0 else order[::-1]:
+                engine = engines[name]
+                started = time.thread_time()
+                for step in batch:
+                    engine.process(step)
+                elapsed = time.thread_time() - started
+                times.setdefault((name, count), []).append(elapsed / (10 * count) * 1e6)
+    return times
+
+
+def engine_report(times: dict[tuple[str, int], list[float]]) -> str:
+    """The engine-alone table: best and median µs per step, and the shares."""
+    lines = [
+        f"The server's engine alone, the same three runs (memory store, no transport; "
+        f"`Engine.process` of single-step requests with their time, as the HTTP route hands "
+        f"them over, every stream {ENGINE_WARM} steps in; thread CPU time per step, "
+        f"{len(next(iter(times.values())))} interleaved rounds of 10 batches; best / median):",
+        "",
+        "| streams | plain µs | network µs | default µs | preprocessing share (network vs "
+        "plain), best / median | with the blend, best / median |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for count in sorted({c for _, c in times}):
+        best = {n: min(times[(n, count)]) for n in ("plain", "network", "default")}
+        mid = {n: statistics.median(times[(n, count)]) for n in ("plain", "network", "default")}
+
+        def share(of: dict[str, float], name: str) -> str:
+            return f"{(of[name] - of['plain']) / of[name]:.0%}"
+
+        lines.append(
+            f"| {count} | {best['plain']:.1f} / {mid['plain']:.1f} | {best['network']:.1f} / "
+            f"{mid['network']:.1f} | {best['default']:.1f} / {mid['default']:.1f} | "
+            f"{share(best, 'network')} / {share(mid, 'network')} | {share(best, 'default')} / "
+            f"{share(mid, 'default')} |"
+        )
+    return "\n".join(lines)
+
+
 def measure(url: str, transport: str, count: int, warm: int, seconds: float) -> float:
     """Steps/s of ``count`` fresh streams on ``url`` after their warm-up."""
     streams = [f"{transport}{count}-{time.monotonic_ns()}-{i}" for i in range(count)]
@@ -229,9 +314,11 @@ def main() -> None:
         finally:
             for server in servers.values():
                 server.stop()
+        engine = engine_alone(runs, ENGINE_STREAMS, 6 if args.quick else 40)
     text = report(
         rates, infos, seconds, rounds, time.monotonic() - started, args.quick, args.compare_src
     )
+    text += "\n\n" + engine_report(engine)
     print(text)
     if not args.no_write and not args.quick:
         write_section("serve_run", text)

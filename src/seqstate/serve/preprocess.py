@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from seqstate.recipe.step import RunState, RunStep
+from seqstate.recipe.step.state import as_array, entry_of
 from seqstate.serve.codec import StateCodec
 from seqstate.serve.errors import ApiError
 
@@ -69,6 +70,11 @@ class RunRowCodec:
         self.transforms = [
             (name, t.dtype, tuple(t.shape[1:]), np.dtype(str(t.dtype).removeprefix("torch.")))
             for name, t in template.transforms.items()
+        ]
+        #: per field: its name, torch dtype, shape and its stored (little-endian) NumPy dtype
+        self._stored = [
+            (name, dtype, shape, np_dtype.newbyteorder("<"))
+            for name, dtype, shape, np_dtype in self.transforms
         ]
         self.models = [StateCodec(state) for state in template.models]
         spec = {
@@ -157,9 +163,18 @@ class RunRowCodec:
         uint8, one row per batch row of ``state``."""
         n = state.batch_size
         columns = []
-        for name, _, _, np_dtype in self.transforms:
-            array = state.transforms[name].detach().cpu().numpy().astype(np_dtype.newbyteorder("<"))
-            columns.append(np.ascontiguousarray(array).reshape(n, -1).view(np.uint8))
+        transforms = state.transforms
+        for name, _, _, stored in self._stored:
+            # the field as the step left it (an array, floats or a tensor): reading a fast
+            # step's field as a tensor would make one per field only to read it back
+            entry = entry_of(transforms, name)
+            if isinstance(entry, torch.Tensor):
+                entry = entry.detach().cpu()
+            array = as_array(entry)
+            if array.dtype != stored or not array.flags.c_contiguous:
+                array = np.ascontiguousarray(array, dtype=stored)
+            # (concatenate copies it into the rows: no copy of its own first)
+            columns.append(array.reshape(n, -1).view(np.uint8))
         for codec, model_state in zip(self.models, state.models, strict=True):
             columns.append(codec.encode_rows(model_state))
         return np.concatenate(columns, axis=1) if columns else np.zeros((n, 0), np.uint8)
@@ -193,12 +208,13 @@ class RunRowCodec:
         n = bodies.shape[0]
         transforms: dict[str, torch.Tensor] = {}
         start = 0
-        for (name, dtype, shape, np_dtype), size in zip(
-            self.transforms, self.transform_bytes, strict=True
-        ):
-            block = np.ascontiguousarray(bodies[:, start : start + size])
-            values = block.view(np_dtype.newbyteorder("<")).reshape(n, *shape)
-            transforms[name] = torch.from_numpy(values.astype(np_dtype)).to(dtype)
+        for (name, _, shape, stored), size in zip(self._stored, self.transform_bytes, strict=True):
+            # a copy of the field's bytes, aligned and the array's own (rows of a body may be
+            # read from a shared buffer), read in the native byte order
+            values = bodies[:, start : start + size].copy().view(stored).reshape(n, *shape)
+            transforms[name] = torch.from_numpy(
+                values if stored.isnative else values.astype(stored.newbyteorder("="))
+            )
             start += size
         models = []
         for codec, size in zip(self.models, self.model_bytes, strict=True):
