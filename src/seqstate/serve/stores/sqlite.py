@@ -143,9 +143,11 @@ class SQLiteStore(StateStore):
         features: int,
         window: int,
         outputs: int,
+        timed: bool = False,
     ) -> ColumnTable | None:
-        """The rows of ``layout`` (see :mod:`seqstate.serve.stores.sqlite_rows`)."""
-        if not isinstance(layout, bytes):
+        """The rows of ``layout`` (see :mod:`seqstate.serve.stores.sqlite_rows`); None for a
+        timed table (rows that keep steps' times): such steps take the per-stream path."""
+        if not isinstance(layout, bytes) or timed:
             return None
         key = (layout, body_bytes, features, window, outputs)
         with self._known_lock:

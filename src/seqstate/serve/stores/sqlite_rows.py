@@ -207,6 +207,8 @@ class SQLiteRows:
         self._written: dict[str, tuple[bytes, bytes]] = {}
         self._written_lock = threading.Lock()
 
+    timed = False  # steps sent with a time take the per-stream path
+
     def read(self, streams: Sequence[str]) -> TableRead:
         """The rows of ``streams`` of this layout whose checksum holds; the records of the
         others (from ``streams``, or built from a row of another layout or a corrupt one)."""
