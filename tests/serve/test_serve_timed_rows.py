@@ -23,6 +23,7 @@ their series, restarts, two-step requests, deletes and TTL expiry.
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ from seqstate.serve.engine import Engine, FrameOutcome, FrameSteps, StepRequest,
 from seqstate.serve.frames import decode, decode_steps, encode
 from seqstate.serve.preprocess import RunRowCodec
 from seqstate.serve.rules import Reject
-from seqstate.serve.stores import MemoryStore
+from seqstate.serve.stores import MemoryStore, SQLiteStore
 from seqstate.serve.stores.base import history_entries, step_digest
 from seqstate.serve.websocket import _binary_answers, _frame_answers, _frame_steps
 
@@ -148,14 +149,12 @@ _STEP = st.tuples(
     st.sampled_from([0.5, 0.5, -1.0]),  # a retry with the same or another x
     st.sampled_from([0, 0, 0, 0, 0, 1, 2, 3]),  # plain, two steps, restart, series named
 )
-_BATCHES = st.lists(
-    st.tuples(
-        st.lists(_STEP, min_size=1, max_size=6, unique_by=lambda step: step[0]),
-        st.sampled_from([0.0, 0.0, 1.0, 30.0]),  # clock advance (TTL 20 s)
-        st.sampled_from([None, None, None, "s0", "s3"]),  # a stream deleted before
-    ),
-    max_size=10,
+_BATCH = (
+    st.lists(_STEP, min_size=1, max_size=6, unique_by=lambda step: step[0]),
+    st.sampled_from([0.0, 0.0, 1.0, 30.0]),  # clock advance (TTL 20 s)
+    st.sampled_from([None, None, None, "s0", "s3"]),  # a stream deleted before
 )
+_BATCHES = st.lists(st.tuples(*_BATCH), max_size=10)
 
 
 @settings(
@@ -472,3 +471,111 @@ def test_binary_frames_with_times_over_a_websocket_answer_as_the_per_stream_engi
     finally:
         server.stop()
         server.log.close()
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=SLOW)
+@given(
+    window=st.sampled_from([1, 2, 16]),
+    batches=st.lists(st.tuples(*_BATCH, st.booleans()), max_size=8),  # and a reopen before
+)
+def test_sqlite_timed_rows_answer_and_store_as_the_memory_row_table(
+    served, tmp_path_factory, window, batches
+):
+    """The SQLite store's timed rows: the same bytes as the memory row table (answer frames,
+    outcomes, stored records), across reopens of the file."""
+    function, features, series = served
+    outputs = len(Engine(function, MemoryStore(columns=False), ttl_s=0).function.targets)
+    clock = Clock()
+    path = tmp_path_factory.mktemp("timed") / "rows.sqlite"
+    sqlite, memory = SQLiteStore(path), MemoryStore()
+
+    def engine(store):
+        return Engine(function, store, ttl_s=20.0, clock=clock, replay_window=window)
+
+    on_sqlite, on_memory = engine(sqlite), engine(memory)
+    assert on_sqlite.table is not None and on_sqlite.table.timed
+    last = dict.fromkeys(STREAMS, 0)
+    try:
+        for batch, dt, deleted, reopen in batches:
+            clock.now += dt
+            if reopen:  # what was acknowledged is what a new process reads
+                sqlite.close()
+                sqlite = SQLiteStore(path)
+                on_sqlite = engine(sqlite)
+            if deleted is not None:
+                assert sqlite.delete(deleted) == memory.delete(deleted)
+                last[deleted] = 0
+            plain, framed = [], []
+            for stream, offset, jitter, value, kind in batch:
+                seq = max(last[stream] + offset, 1)
+                named = series is not None and (kind == 3 or (seq == 1 and value > 0))
+                request = _request(
+                    stream, seq, value, features, jitter, steps=2 if kind == 1 else 1,
+                    start=kind == 2, series=series[stream] if named else None,
+                )  # fmt: skip
+                usual = kind == 0 and not named
+                (framed if usual else plain).append(request)
+            items: list = list(plain)
+            if framed:
+                timed = all(r.time is not None for r in framed)
+                items.append(
+                    FrameSteps(
+                        [r.stream for r in framed],
+                        np.array([r.seq for r in framed], np.int64),
+                        np.stack([r.x for r in framed]),
+                        np.concatenate([r.time for r in framed]) if timed else None,
+                    )
+                )
+            got, want = on_sqlite.process(items), on_memory.process(items)
+            assert got[: len(plain)] == want[: len(plain)]
+            done = list(zip(plain, want, strict=False))
+            if framed:
+                frame = items[-1]
+                answer = _frame_answers(frame, got[-1], outputs, [0, 0, 0])
+                assert answer == _frame_answers(frame, want[-1], outputs, [0, 0, 0])
+                header, _ = decode(answer)
+                for k in range(len(framed)):
+                    if header["status"][k] == 200 and not header["replayed"][k]:
+                        last[frame.streams[k]] = int(frame.seq[k])
+            for request, outcome in done:
+                if isinstance(outcome, StepResult) and not outcome.replayed:
+                    last[request.stream] = request.seq
+            assert _stored(sqlite) == _stored(memory)
+            assert sqlite.count() == memory.count()
+    finally:
+        sqlite.close()
+
+
+class _UntimedSQLite(SQLiteStore):
+    """A store that has only untimed rows (what the previous code wrote for every run)."""
+
+    def table(self, *shape, timed=False):
+        return super().table(*shape, timed=False)
+
+
+def test_untimed_rows_of_an_earlier_file_are_continued_in_timed_rows(model, tmp_path):
+    """A file whose rows were written untimed is continued in timed rows: each stream moves
+    once, keeping its answers, which retries replay bit for bit."""
+    path = tmp_path / "untimed.sqlite"
+    engine = Engine(model, _UntimedSQLite(path), ttl_s=0, replay_window=4)
+    assert engine.table is not None and not engine.table.timed
+    streams = ["u", "v"]
+    first = {}
+    for seq in (1, 2, 3):
+        first[seq] = engine.process([_request(s, seq, 0.5, 3, None) for s in streams])
+    assert all(isinstance(o, StepResult) for o in first[3])
+    engine.store.close()
+    engine = Engine(model, SQLiteStore(path), ttl_s=0, replay_window=4)
+    assert engine.table is not None and engine.table.timed
+    retry = engine.process([_request(s, 3, 0.5, 3, None) for s in streams])
+    assert [o.output for o in retry] == [o.output for o in first[3]] and retry[0].replayed
+    fourth = engine.process([_request(s, 4, 0.5, 3, 0) for s in streams])  # with its time
+    assert all(isinstance(o, StepResult) and not o.replayed for o in fourth)
+    layouts = sqlite3.connect(path).execute("SELECT layout FROM rows").fetchall()
+    assert [text.startswith("t") for (text,) in layouts] == [True, True]
+    for seq in (2, 3, 4):  # kept before and after the move
+        want = first[seq] if seq < 4 else fourth
+        again = engine.process([_request(s, seq, 0.5, 3, None if seq < 4 else 0) for s in streams])
+        assert [o.output for o in again] == [o.output for o in want]
+        assert all(o.replayed for o in again)
+    engine.store.close()

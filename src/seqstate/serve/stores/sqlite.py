@@ -145,15 +145,14 @@ class SQLiteStore(StateStore):
         outputs: int,
         timed: bool = False,
     ) -> ColumnTable | None:
-        """The rows of ``layout`` (see :mod:`seqstate.serve.stores.sqlite_rows`); None for a
-        timed table (rows that keep steps' times): such steps take the per-stream path."""
-        if not isinstance(layout, bytes) or timed:
+        """The rows of ``layout`` (see :mod:`seqstate.serve.stores.sqlite_rows`)."""
+        if not isinstance(layout, bytes):
             return None
-        key = (layout, body_bytes, features, window, outputs)
+        key = (layout, body_bytes, features, window, outputs, timed)
         with self._known_lock:
             table = self._tables.get(key)
             if table is None:
-                table = SQLiteRows(self, layout, body_bytes, features, window, outputs)
+                table = SQLiteRows(self, layout, body_bytes, features, window, outputs, timed)
                 self._tables[key] = table
             return table
 
