@@ -14,8 +14,10 @@ the command line on the same table of hourly sensors with a daily cycle:
 
 Each is served by a real ``seqstate serve`` process (memory store) on loopback. A closed loop
 per stream (send step ``seq``, wait for its answer, send ``seq + 1``) over single-step HTTP
-requests, and over the WebSocket one step per message, carries raw rows: ``x`` (load,
-temperature), ``time`` as Unix seconds, ``series`` on a stream's first step. Every stream is
+requests, over the WebSocket one step per message, and over the WebSocket as binary frames
+(``frames``: one frame of all the streams, one step each with its time, the next frame sent
+when its answer frame is read) carries raw rows: ``x`` (load, temperature), ``time`` as Unix
+seconds, ``series`` on a stream's first step. Every stream is
 first stepped past the run's warm-up (``warmup_steps`` of ``GET /v1/model``) so every timed
 step runs every cell. The rows are interleaved round-robin (``--rounds``, median shown) so a
 slow phase of a shared machine hits every run alike. The load generator runs in this process, on
@@ -34,6 +36,13 @@ process, where no transport hides them.
 server's ``PYTHONPATH``, e.g. a checkout's ``src``) in the same interleaved rounds, so a
 change to the step is measured against the code before it on the same machine at the same
 time (the runs are trained once, by this tree).
+
+``engine alone``: the default run's :class:`~seqstate.serve.engine.Engine` on a memory store
+in a fresh process per tree (this one, and ``--compare-src``'s), 100 streams past their
+warm-up, each batch their next step with its time: as StepRequests (what HTTP and the JSON
+WebSocket hand the engine) and, in this tree, as one :class:`FrameSteps` (a binary frame).
+CPU time of the calling thread per step, one torch thread, the trees alternating
+(``--engine-rounds`` processes each), best of each.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -169,10 +179,46 @@ async def _ws(url: str, streams: list[str], warm: int, seconds: float) -> int:
         return await phase(time.perf_counter() + seconds, None)
 
 
+async def _frames(url: str, streams: list[str], warm: int, seconds: float) -> int:
+    """Closed loop of binary frames: one frame of every stream's next step (with its time),
+    the next sent when its answer frame is read."""
+    import websockets
+
+    from seqstate.serve.frames import decode, encode
+
+    n = len(streams)
+    series = [f"s{int(stream.rsplit('-', 1)[1]) % 20}" for stream in streams]
+    ws_url = url.replace("http://", "ws://") + "/v1/ws"
+    seq = 1
+    async with websockets.connect(ws_url, additional_headers=HEADERS, max_size=None) as ws:
+
+        async def step() -> None:
+            nonlocal seq
+            header: dict = {"op": "steps", "stream": streams, "seq": [seq] * n,
+                            "time": [[START + seq * HOUR]] * n}  # fmt: skip
+            if seq == 1:
+                header["series"] = series
+            x = np.empty((n, 1, 2), np.float32)
+            x[..., 0], x[..., 1] = 40.0 + seq % 7, 15.0
+            await ws.send(encode(header, x))
+            answer, _ = decode(await asyncio.wait_for(ws.recv(), timeout=60))
+            if answer["status"] != [200] * n:
+                raise RuntimeError(f"frame {seq}: {answer['errors']}")
+            seq += 1
+
+        for _ in range(warm):
+            await step()
+        until, done = time.perf_counter() + seconds, 0
+        while time.perf_counter() < until:
+            await step()
+            done += n
+        return done
+
+
 def measure(url: str, transport: str, count: int, warm: int, seconds: float) -> float:
     """Steps/s of ``count`` fresh streams on ``url`` after their warm-up."""
     streams = [f"{transport}{count}-{time.monotonic_ns()}-{i}" for i in range(count)]
-    load = _http if transport == "http" else _ws
+    load = {"http": _http, "ws": _ws, "frames": _frames}[transport]
     try:
         import uvloop
 
@@ -195,10 +241,18 @@ def main() -> None:
         default=None,
         help="also serve the default run from this source tree (its src folder)",
     )
+    parser.add_argument(
+        "--engine-rounds", type=int, default=3, help="processes per tree (engine alone)"
+    )
+    parser.add_argument("--engine-child", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-frames", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.engine_child is not None:
+        engine_child(args.engine_child, args.child_frames, quick=args.quick)
+        return
     seconds = 1.0 if args.quick else 3.0
     rounds = 1 if args.quick else args.rounds
-    loads = [("http", 1), ("http", 100), ("ws", 100)]
+    loads = [("http", 1), ("http", 100), ("ws", 100), ("frames", 100)]
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -229,9 +283,13 @@ def main() -> None:
         finally:
             for server in servers.values():
                 server.stop()
+        engine = engine_alone(
+            runs["default"], args.compare_src, 1 if args.quick else args.engine_rounds, args.quick
+        )
     text = report(
         rates, infos, seconds, rounds, time.monotonic() - started, args.quick, args.compare_src
     )
+    text += "\n\n" + engine_report(engine, args.compare_src)
     print(text)
     if not args.no_write and not args.quick:
         write_section("serve_run", text)
@@ -296,6 +354,107 @@ def report(
                 f"| {transport} | {count} | {rate[COMPARED]:,.0f} | {rate['default']:,.0f} | "
                 f"{share[COMPARED]:.0%} | {share['default']:.0%} |"
             )
+    return "\n".join(lines)
+
+
+def engine_child(run_dir: Path, frames: bool, quick: bool) -> None:
+    """(In a fresh process, the tree under test on its path.) Print the CPU time per step of
+    the default run's engine, 100 streams, each batch their next step with its time."""
+    import torch
+
+    torch.set_num_threads(1)
+    from seqstate.recipe.run import Run
+    from seqstate.serve.engine import Engine, FrameSteps, StepRequest, StepResult
+    from seqstate.serve.stores import MemoryStore
+
+    n, warm, batches, repeats = 100, 40, (20 if quick else 100), (2 if quick else 5)
+    engine = Engine(Run.load(run_dir).step_function(), MemoryStore(), ttl_s=0)
+    streams = [f"e{i}" for i in range(n)]
+
+    def batch(seq: int) -> list:
+        x = np.empty((n, 1, 2), np.float32)
+        x[..., 0], x[..., 1] = 40.0 + seq % 7, 15.0
+        stamps = np.full(n, START + seq * HOUR, np.int64)
+        if frames and seq > 1:
+            return [FrameSteps(streams, np.full(n, seq, np.int64), x, stamps)]
+        return [
+            StepRequest(
+                stream,
+                seq,
+                x[k],
+                True,
+                False,
+                f"s{k % 20}" if seq == 1 else None,
+                stamps[k : k + 1],
+            )
+            for k, stream in enumerate(streams)
+        ]
+
+    def applied(outcomes: list) -> bool:
+        if frames and len(outcomes) == 1 and not isinstance(outcomes[0], StepResult):
+            return not outcomes[0].others  # every step taken in bulk (answers: null in warm-up)
+        return all(isinstance(o, StepResult) and not o.replayed for o in outcomes)
+
+    seq = 1
+    for _ in range(warm):
+        if not applied(engine.process(batch(seq))):
+            raise RuntimeError(f"step {seq} was not applied")
+        seq += 1
+    best = float("inf")
+    for _ in range(repeats):
+        prepared = [batch(seq + b) for b in range(batches)]
+        started = time.thread_time()
+        for items in prepared:
+            engine.process(items)
+        best = min(best, (time.thread_time() - started) / (batches * n))
+        seq += batches
+    if not applied(engine.process(batch(seq))):
+        raise RuntimeError(f"step {seq} was not applied")
+    print(json.dumps({"us": best * 1e6}))
+
+
+def engine_alone(run_dir: Path, compared: Path | None, rounds: int, quick: bool) -> dict:
+    """(tree, way) -> the best CPU µs per step over ``rounds`` fresh processes, the trees
+    alternating."""
+    src = Path(__file__).resolve().parent.parent / "src"
+    trees = [("this", src)] + ([("compared", compared.resolve())] if compared else [])
+    best: dict[tuple[str, str], float] = {}
+    for turn in range(rounds):
+        for tree, path in trees if turn % 2 == 0 else trees[::-1]:
+            for way in ("steps", "frames") if tree == "this" else ("steps",):
+                command = [sys.executable, __file__, "--engine-child", str(run_dir)]
+                command += ["--child-frames"] if way == "frames" else []
+                command += ["--quick"] if quick else []
+                env = {**os.environ, "PYTHONPATH": str(path), "OMP_NUM_THREADS": "1"}
+                out = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+                us = json.loads(out.stdout.strip().splitlines()[-1])["us"]
+                print(f"engine alone, {tree} tree, {way}: {us:.1f} us/step", flush=True)
+                best[(tree, way)] = min(best.get((tree, way), float("inf")), us)
+    return best
+
+
+def engine_report(best: dict, compared: Path | None) -> str:
+    lines = [
+        "The default run's engine alone (no transport; memory store, 100 streams, each batch "
+        "their next step with its time; CPU time of the calling thread per step, one torch "
+        "thread, best of fresh processes, the trees alternating):",
+        "",
+        "| handed to the engine as | "
+        + (f"{_describe_tree(compared)} µs/step | " if compared else "")
+        + "this tree µs/step |"
+        + (" before / after |" if compared else ""),
+        "|---|" + ("---:|" if compared else "") + "---:|" + ("---:|" if compared else ""),
+    ]
+    before = best.get(("compared", "steps"))
+    for way, label in (
+        ("steps", "100 StepRequests"),
+        ("frames", "one FrameSteps (a binary frame)"),
+    ):
+        after = best[("this", way)]
+        if before is not None:  # before: a frame of timed steps went as StepRequests
+            lines.append(f"| {label} | {before:.1f} | {after:.1f} | {before / after:.2f}x |")
+        else:
+            lines.append(f"| {label} | {after:.1f} |")
     return "\n".join(lines)
 
 
