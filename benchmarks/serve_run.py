@@ -245,10 +245,9 @@ def main() -> None:
         "--engine-rounds", type=int, default=3, help="processes per tree (engine alone)"
     )
     parser.add_argument("--engine-child", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--child-frames", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engine_child is not None:
-        engine_child(args.engine_child, args.child_frames, quick=args.quick)
+        engine_child(args.engine_child, quick=args.quick)
         return
     seconds = 1.0 if args.quick else 3.0
     rounds = 1 if args.quick else args.rounds
@@ -357,9 +356,12 @@ def report(
     return "\n".join(lines)
 
 
-def engine_child(run_dir: Path, frames: bool, quick: bool) -> None:
+def engine_child(run_dir: Path, quick: bool) -> None:
     """(In a fresh process, the tree under test on its path.) Print the CPU time per step of
-    the default run's engine, 100 streams, each batch their next step with its time."""
+    the default run's engine, 100 streams, each batch their next step with its time, each
+    way the tree has (rounds of the ways interleaved, best of each): ``per-stream`` (a
+    records-only store), ``steps`` (StepRequests, the memory store's table where the tree
+    takes timed steps there), ``frames`` (a FrameSteps with times, where the tree has it)."""
     import torch
 
     torch.set_num_threads(1)
@@ -367,50 +369,55 @@ def engine_child(run_dir: Path, frames: bool, quick: bool) -> None:
     from seqstate.serve.engine import Engine, FrameSteps, StepRequest, StepResult
     from seqstate.serve.stores import MemoryStore
 
-    n, warm, batches, repeats = 100, 40, (20 if quick else 100), (2 if quick else 5)
-    engine = Engine(Run.load(run_dir).step_function(), MemoryStore(), ttl_s=0)
+    n, warm, batches, rounds = 100, 40, (10 if quick else 30), (2 if quick else 8)
+    function = Run.load(run_dir).step_function()
     streams = [f"e{i}" for i in range(n)]
 
-    def batch(seq: int) -> list:
+    def batch(seq: int, frames: bool) -> list:
         x = np.empty((n, 1, 2), np.float32)
         x[..., 0], x[..., 1] = 40.0 + seq % 7, 15.0
         stamps = np.full(n, START + seq * HOUR, np.int64)
         if frames and seq > 1:
-            return [FrameSteps(streams, np.full(n, seq, np.int64), x, stamps)]
+            return [FrameSteps(streams, np.full(n, seq, np.int64), x, stamps)]  # type: ignore[call-arg]
         return [
             StepRequest(
-                stream,
-                seq,
-                x[k],
-                True,
-                False,
-                f"s{k % 20}" if seq == 1 else None,
+                stream, seq, x[k], True, False, f"s{k % 20}" if seq == 1 else None,
                 stamps[k : k + 1],
             )
             for k, stream in enumerate(streams)
-        ]
+        ]  # fmt: skip
 
     def applied(outcomes: list) -> bool:
-        if frames and len(outcomes) == 1 and not isinstance(outcomes[0], StepResult):
-            return not outcomes[0].others  # every step taken in bulk (answers: null in warm-up)
+        if len(outcomes) == 1 and hasattr(outcomes[0], "others"):  # a frame's
+            return not outcomes[0].others  # every step taken in bulk (null in warm-up)
         return all(isinstance(o, StepResult) and not o.replayed for o in outcomes)
 
-    seq = 1
-    for _ in range(warm):
-        if not applied(engine.process(batch(seq))):
-            raise RuntimeError(f"step {seq} was not applied")
-        seq += 1
-    best = float("inf")
-    for _ in range(repeats):
-        prepared = [batch(seq + b) for b in range(batches)]
-        started = time.thread_time()
-        for items in prepared:
-            engine.process(items)
-        best = min(best, (time.thread_time() - started) / (batches * n))
-        seq += batches
-    if not applied(engine.process(batch(seq))):
-        raise RuntimeError(f"step {seq} was not applied")
-    print(json.dumps({"us": best * 1e6}))
+    ways: dict[str, list] = {}  # way -> [engine, frames?, next seq]
+    for way, columns, frames in (
+        ("per-stream", False, False), ("steps", True, False), ("frames", True, True),
+    ):  # fmt: skip
+        engine = Engine(function, MemoryStore(columns=columns), ttl_s=0)
+        try:
+            for seq in range(1, warm + 1):
+                if not applied(engine.process(batch(seq, frames))):
+                    raise RuntimeError(f"{way}: step {seq} was not applied")
+        except TypeError:  # a tree whose frames carry no times
+            continue
+        ways[way] = [engine, frames, warm + 1]
+    best = dict.fromkeys(ways, float("inf"))
+    for turn in range(rounds):
+        for way, held in ways.items() if turn % 2 == 0 else reversed(ways.items()):
+            engine, frames, seq = held
+            prepared = [batch(seq + b, frames) for b in range(batches)]
+            held[2] += batches
+            started = time.thread_time()
+            for items in prepared:
+                engine.process(items)
+            best[way] = min(best[way], (time.thread_time() - started) / (batches * n) * 1e6)
+            if not applied(engine.process(batch(held[2], frames))):
+                raise RuntimeError(f"{way}: step {held[2]} was not applied")
+            held[2] += 1
+    print(json.dumps(best))
 
 
 def engine_alone(run_dir: Path, compared: Path | None, rounds: int, quick: bool) -> dict:
@@ -421,13 +428,11 @@ def engine_alone(run_dir: Path, compared: Path | None, rounds: int, quick: bool)
     best: dict[tuple[str, str], float] = {}
     for turn in range(rounds):
         for tree, path in trees if turn % 2 == 0 else trees[::-1]:
-            for way in ("steps", "frames") if tree == "this" else ("steps",):
-                command = [sys.executable, __file__, "--engine-child", str(run_dir)]
-                command += ["--child-frames"] if way == "frames" else []
-                command += ["--quick"] if quick else []
-                env = {**os.environ, "PYTHONPATH": str(path), "OMP_NUM_THREADS": "1"}
-                out = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
-                us = json.loads(out.stdout.strip().splitlines()[-1])["us"]
+            command = [sys.executable, __file__, "--engine-child", str(run_dir)]
+            command += ["--quick"] if quick else []
+            env = {**os.environ, "PYTHONPATH": str(path), "OMP_NUM_THREADS": "1"}
+            out = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+            for way, us in json.loads(out.stdout.strip().splitlines()[-1]).items():
                 print(f"engine alone, {tree} tree, {way}: {us:.1f} us/step", flush=True)
                 best[(tree, way)] = min(best.get((tree, way), float("inf")), us)
     return best
@@ -437,24 +442,25 @@ def engine_report(best: dict, compared: Path | None) -> str:
     lines = [
         "The default run's engine alone (no transport; memory store, 100 streams, each batch "
         "their next step with its time; CPU time of the calling thread per step, one torch "
-        "thread, best of fresh processes, the trees alternating):",
+        "thread; in each process the ways interleaved, best of each over fresh processes, the "
+        "trees alternating). `per-stream`: a records-only store; `steps`: 100 StepRequests "
+        "(HTTP, JSON WebSocket); `frames`: one FrameSteps (a binary frame; before, such a "
+        "frame went as StepRequests):",
         "",
-        "| handed to the engine as | "
+        "| way | "
         + (f"{_describe_tree(compared)} µs/step | " if compared else "")
-        + "this tree µs/step |"
-        + (" before / after |" if compared else ""),
-        "|---|" + ("---:|" if compared else "") + "---:|" + ("---:|" if compared else ""),
+        + "this tree µs/step | this tree's per-stream / this way |",
+        "|---|" + ("---:|" if compared else "") + "---:|---:|",
     ]
-    before = best.get(("compared", "steps"))
-    for way, label in (
-        ("steps", "100 StepRequests"),
-        ("frames", "one FrameSteps (a binary frame)"),
-    ):
-        after = best[("this", way)]
-        if before is not None:  # before: a frame of timed steps went as StepRequests
-            lines.append(f"| {label} | {before:.1f} | {after:.1f} | {before / after:.2f}x |")
-        else:
-            lines.append(f"| {label} | {after:.1f} |")
+    own = best.get(("this", "per-stream"))
+    for way in ("per-stream", "steps", "frames"):
+        after = best.get(("this", way))
+        if after is None:
+            continue
+        before = best.get(("compared", way), best.get(("compared", "steps")))
+        cells = [way] + ([f"{before:.1f}"] if compared and before is not None else [])
+        cells += [f"{after:.1f}", f"{own / after:.2f}x" if own else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
