@@ -328,6 +328,11 @@ def test_a_calendar_run_continues_timed_steps_in_bulk_and_refuses_the_rest(calen
     )
     state = engine.codec.decode([record.state])
     assert int(state.transforms["time"][0]) == T0 + 3 * HOUR != NO_TIME
+    # one step with its time among more without: the timed one still continues in bulk
+    mixed = engine.process([_request(f"c{i}", 4, 0.5, 2, None if i else 0) for i in range(3)])
+    assert isinstance(mixed[0], StepResult) and not mixed[0].replayed
+    assert [o.code for o in mixed[1:]] == ["time_required"] * 2
+    assert "c0" not in store.records and "c0" in table.index
 
 
 def _stored_of(store: MemoryStore, streams: list[str]) -> list:

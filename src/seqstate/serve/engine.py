@@ -383,10 +383,17 @@ class Engine:
             self._apply(prepared, to_apply, now, histories)
         return prepared
 
-    def _takes(self, table: ColumnTable, timed: bool) -> bool:
-        """Whether ``table`` continues steps sent with a time (``timed``) or without: the
-        per-stream path refuses a step without one for a run that reads times."""
-        return table.timed if timed else not self.function.needs_time
+    def _with_time(self, table: ColumnTable, timed: int, untimed: int) -> bool | None:
+        """Which kind of a batch's ``timed`` steps sent with a time and ``untimed`` steps
+        sent without ``table`` continues (they take separate model calls, as on the
+        per-stream path): the more numerous kind it takes, the other the per-stream way.
+        None: neither (a run that reads times refuses a step without one; an untimed table
+        keeps no times)."""
+        takes_timed = timed > 0 and table.timed
+        takes_untimed = untimed > 0 and not self.function.needs_time
+        if takes_timed and (not takes_untimed or timed >= untimed):
+            return True
+        return False if takes_untimed else None
 
     def _columns(
         self, table: ColumnTable, requests: Sequence[StepRequest], now: float, outcomes: list[Any]
@@ -403,12 +410,10 @@ class Engine:
         for i, r in enumerate(requests):
             if not r.start and r.series is None and r.x.shape[0] == 1:
                 (untimed if r.time is None else timed).append(i)
-        # steps with and without a time take separate model calls (as on the per-stream
-        # path): the more numerous kind here, the other the per-stream way
-        with_time = len(timed) >= len(untimed) and len(timed) > 0
-        usual = timed if with_time else untimed
-        if not usual or not self._takes(table, with_time):
+        with_time = self._with_time(table, len(timed), len(untimed))
+        if with_time is None:
             return None, list(range(len(requests)))
+        usual = timed if with_time else untimed
         streams = [requests[i].stream for i in usual]
         seqs = np.fromiter((requests[i].seq for i in usual), np.int64, len(usual))
         x = np.stack([requests[i].x for i in usual])  # (m, 1, F_raw)
@@ -551,14 +556,12 @@ class Engine:
         bulk = None
         table = self.table
         if table is not None:
-            # steps with and without a time take separate model calls: the more numerous
-            # kind here (the usual batch holds one), the other the per-stream way
-            pick = None
-            with_time = time is not None
-            if sent is not None:
-                with_time = 2 * int(sent.sum()) >= n
-                pick = np.flatnonzero(sent if with_time else ~sent)
-            if self._takes(table, with_time):
+            # the steps sent with a time (the usual batch holds one kind: all, or none)
+            every = n if time is not None else 0
+            count = int(sent.sum()) if sent is not None else every
+            with_time = self._with_time(table, count, n - count)
+            if with_time is not None:
+                pick = None if sent is None else np.flatnonzero(sent if with_time else ~sent)
                 times = time if with_time else None
                 bulk = self._continue_some(table, streams, seqs, x, times, pick, now)
         if bulk is None:
