@@ -14,8 +14,10 @@ the command line on the same table of hourly sensors with a daily cycle:
 
 Each is served by a real ``seqstate serve`` process (memory store) on loopback. A closed loop
 per stream (send step ``seq``, wait for its answer, send ``seq + 1``) over single-step HTTP
-requests, and over the WebSocket one step per message, carries raw rows: ``x`` (load,
-temperature), ``time`` as Unix seconds, ``series`` on a stream's first step. Every stream is
+requests, over the WebSocket one step per message, and over the WebSocket as binary frames
+(``frames``: one frame of all the streams, one step each with its time, the next frame sent
+when its answer frame is read) carries raw rows: ``x`` (load, temperature), ``time`` as Unix
+seconds, ``series`` on a stream's first step. Every stream is
 first stepped past the run's warm-up (``warmup_steps`` of ``GET /v1/model``) so every timed
 step runs every cell. The rows are interleaved round-robin (``--rounds``, median shown) so a
 slow phase of a shared machine hits every run alike. The load generator runs in this process, on
@@ -34,6 +36,13 @@ process, where no transport hides them.
 server's ``PYTHONPATH``, e.g. a checkout's ``src``) in the same interleaved rounds, so a
 change to the step is measured against the code before it on the same machine at the same
 time (the runs are trained once, by this tree).
+
+``engine alone``: the default run's :class:`~seqstate.serve.engine.Engine` on a memory store
+in a fresh process per tree (this one, and ``--compare-src``'s), 100 streams past their
+warm-up, each batch their next step with its time: as StepRequests (what HTTP and the JSON
+WebSocket hand the engine) and, in this tree, as one :class:`FrameSteps` (a binary frame).
+CPU time of the calling thread per step, one torch thread, the trees alternating
+(``--engine-rounds`` processes each), best of each.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -170,14 +180,50 @@ async def _ws(url: str, streams: list[str], warm: int, seconds: float) -> int:
         return await phase(time.perf_counter() + seconds, None)
 
 
-#: streams per batch of the engine-alone measure
+async def _frames(url: str, streams: list[str], warm: int, seconds: float) -> int:
+    """Closed loop of binary frames: one frame of every stream's next step (with its time),
+    the next sent when its answer frame is read."""
+    import websockets
+
+    from seqstate.serve.frames import decode, encode
+
+    n = len(streams)
+    series = [f"s{int(stream.rsplit('-', 1)[1]) % 20}" for stream in streams]
+    ws_url = url.replace("http://", "ws://") + "/v1/ws"
+    seq = 1
+    async with websockets.connect(ws_url, additional_headers=HEADERS, max_size=None) as ws:
+
+        async def step() -> None:
+            nonlocal seq
+            header: dict = {"op": "steps", "stream": streams, "seq": [seq] * n,
+                            "time": [[START + seq * HOUR]] * n}  # fmt: skip
+            if seq == 1:
+                header["series"] = series
+            x = np.empty((n, 1, 2), np.float32)
+            x[..., 0], x[..., 1] = 40.0 + seq % 7, 15.0
+            await ws.send(encode(header, x))
+            answer, _ = decode(await asyncio.wait_for(ws.recv(), timeout=60))
+            if answer["status"] != [200] * n:
+                raise RuntimeError(f"frame {seq}: {answer['errors']}")
+            seq += 1
+
+        for _ in range(warm):
+            await step()
+        until, done = time.perf_counter() + seconds, 0
+        while time.perf_counter() < until:
+            await step()
+            done += n
+        return done
+
+
+#: streams per batch of the three runs' engine-alone measure (:func:`engine_runs`)
 ENGINE_STREAMS = (1, 100)
 #: steps every stream takes before the engine is timed: past the warm-up of every cell (the
 #: run's differencing and the baselines' first two seasons, 48 steps at season 24)
 ENGINE_WARM = 60
 
 
-def engine_alone(runs: dict[str, Path], counts: Sequence[int], rounds: int) -> dict:
+def engine_runs(runs: dict[str, Path], counts: Sequence[int], rounds: int) -> dict:
     """Thread CPU µs per step of the server's engine alone (memory store, no transport), per
     run and streams per batch: ``{(name, streams): [per round]}``. The requests are what the
     HTTP route hands the batcher (one timestep with its time; the series on a first step),
@@ -226,8 +272,8 @@ def engine_alone(runs: dict[str, Path], counts: Sequence[int], rounds: int) -> d
     return times
 
 
-def engine_report(times: dict[tuple[str, int], list[float]]) -> str:
-    """The engine-alone table: best and median µs per step, and the shares."""
+def engine_runs_report(times: dict[tuple[str, int], list[float]]) -> str:
+    """The :func:`engine_runs` table: best and median µs per step, and the shares."""
     lines = [
         f"The server's engine alone, the same three runs (memory store, no transport; "
         f"`Engine.process` of single-step requests with their time, as the HTTP route hands "
@@ -257,7 +303,7 @@ def engine_report(times: dict[tuple[str, int], list[float]]) -> str:
 def measure(url: str, transport: str, count: int, warm: int, seconds: float) -> float:
     """Steps/s of ``count`` fresh streams on ``url`` after their warm-up."""
     streams = [f"{transport}{count}-{time.monotonic_ns()}-{i}" for i in range(count)]
-    load = _http if transport == "http" else _ws
+    load = {"http": _http, "ws": _ws, "frames": _frames}[transport]
     try:
         import uvloop
 
@@ -280,10 +326,17 @@ def main() -> None:
         default=None,
         help="also serve the default run from this source tree (its src folder)",
     )
+    parser.add_argument(
+        "--engine-rounds", type=int, default=3, help="processes per tree (engine alone)"
+    )
+    parser.add_argument("--engine-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.engine_child is not None:
+        engine_child(args.engine_child, quick=args.quick)
+        return
     seconds = 1.0 if args.quick else 3.0
     rounds = 1 if args.quick else args.rounds
-    loads = [("http", 1), ("http", 100), ("ws", 100)]
+    loads = [("http", 1), ("http", 100), ("ws", 100), ("frames", 100)]
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -314,11 +367,15 @@ def main() -> None:
         finally:
             for server in servers.values():
                 server.stop()
-        engine = engine_alone(runs, ENGINE_STREAMS, 6 if args.quick else 40)
+        by_runs = engine_runs(runs, ENGINE_STREAMS, 6 if args.quick else 40)
+        engine = engine_alone(
+            runs["default"], args.compare_src, 1 if args.quick else args.engine_rounds, args.quick
+        )
     text = report(
         rates, infos, seconds, rounds, time.monotonic() - started, args.quick, args.compare_src
     )
-    text += "\n\n" + engine_report(engine)
+    text += "\n\n" + engine_runs_report(by_runs)
+    text += "\n\n" + engine_report(engine, args.compare_src)
     print(text)
     if not args.no_write and not args.quick:
         write_section("serve_run", text)
@@ -383,6 +440,120 @@ def report(
                 f"| {transport} | {count} | {rate[COMPARED]:,.0f} | {rate['default']:,.0f} | "
                 f"{share[COMPARED]:.0%} | {share['default']:.0%} |"
             )
+    return "\n".join(lines)
+
+
+def engine_child(run_dir: Path, quick: bool) -> None:
+    """(In a fresh process, the tree under test on its path.) Print the CPU time per step of
+    the default run's engine, 100 streams, each batch their next step with its time, each
+    way the tree has (rounds of the ways interleaved, best of each): ``per-stream`` (a
+    records-only store), ``steps`` (StepRequests, the memory store's table where the tree
+    takes timed steps there), ``frames`` (a FrameSteps with times, where the tree has it)."""
+    import torch
+
+    torch.set_num_threads(1)
+    try:  # as the tree's own `seqstate serve` process runs
+        from seqstate.serve.allocator import keep_freed_memory
+    except ImportError:  # (a tree from before the serving process kept its freed memory)
+        pass
+    else:
+        keep_freed_memory()
+    from seqstate.recipe.run import Run
+    from seqstate.serve.engine import Engine, FrameSteps, StepRequest, StepResult
+    from seqstate.serve.stores import MemoryStore
+
+    n, warm, batches, rounds = 100, 40, (10 if quick else 30), (2 if quick else 8)
+    function = Run.load(run_dir).step_function()
+    streams = [f"e{i}" for i in range(n)]
+
+    def batch(seq: int, frames: bool) -> list:
+        x = np.empty((n, 1, 2), np.float32)
+        x[..., 0], x[..., 1] = 40.0 + seq % 7, 15.0
+        stamps = np.full(n, START + seq * HOUR, np.int64)
+        if frames and seq > 1:
+            return [FrameSteps(streams, np.full(n, seq, np.int64), x, stamps)]  # type: ignore[call-arg]
+        return [
+            StepRequest(
+                stream, seq, x[k], True, False, f"s{k % 20}" if seq == 1 else None,
+                stamps[k : k + 1],
+            )
+            for k, stream in enumerate(streams)
+        ]  # fmt: skip
+
+    def applied(outcomes: list) -> bool:
+        if len(outcomes) == 1 and hasattr(outcomes[0], "others"):  # a frame's
+            return not outcomes[0].others  # every step taken in bulk (null in warm-up)
+        return all(isinstance(o, StepResult) and not o.replayed for o in outcomes)
+
+    ways: dict[str, list] = {}  # way -> [engine, frames?, next seq]
+    for way, columns, frames in (
+        ("per-stream", False, False), ("steps", True, False), ("frames", True, True),
+    ):  # fmt: skip
+        engine = Engine(function, MemoryStore(columns=columns), ttl_s=0)
+        try:
+            for seq in range(1, warm + 1):
+                if not applied(engine.process(batch(seq, frames))):
+                    raise RuntimeError(f"{way}: step {seq} was not applied")
+        except TypeError:  # a tree whose frames carry no times
+            continue
+        ways[way] = [engine, frames, warm + 1]
+    best = dict.fromkeys(ways, float("inf"))
+    for turn in range(rounds):
+        for way, held in ways.items() if turn % 2 == 0 else reversed(ways.items()):
+            engine, frames, seq = held
+            prepared = [batch(seq + b, frames) for b in range(batches)]
+            held[2] += batches
+            started = time.thread_time()
+            for items in prepared:
+                engine.process(items)
+            best[way] = min(best[way], (time.thread_time() - started) / (batches * n) * 1e6)
+            if not applied(engine.process(batch(held[2], frames))):
+                raise RuntimeError(f"{way}: step {held[2]} was not applied")
+            held[2] += 1
+    print(json.dumps(best))
+
+
+def engine_alone(run_dir: Path, compared: Path | None, rounds: int, quick: bool) -> dict:
+    """(tree, way) -> the best CPU µs per step over ``rounds`` fresh processes, the trees
+    alternating."""
+    src = Path(__file__).resolve().parent.parent / "src"
+    trees = [("this", src)] + ([("compared", compared.resolve())] if compared else [])
+    best: dict[tuple[str, str], float] = {}
+    for turn in range(rounds):
+        for tree, path in trees if turn % 2 == 0 else trees[::-1]:
+            command = [sys.executable, __file__, "--engine-child", str(run_dir)]
+            command += ["--quick"] if quick else []
+            env = {**os.environ, "PYTHONPATH": str(path), "OMP_NUM_THREADS": "1"}
+            out = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+            for way, us in json.loads(out.stdout.strip().splitlines()[-1]).items():
+                print(f"engine alone, {tree} tree, {way}: {us:.1f} us/step", flush=True)
+                best[(tree, way)] = min(best.get((tree, way), float("inf")), us)
+    return best
+
+
+def engine_report(best: dict, compared: Path | None) -> str:
+    lines = [
+        "The default run's engine alone (no transport; memory store, 100 streams, each batch "
+        "their next step with its time; CPU time of the calling thread per step, one torch "
+        "thread; in each process the ways interleaved, best of each over fresh processes, the "
+        "trees alternating). `per-stream`: a records-only store; `steps`: 100 StepRequests "
+        "(HTTP, JSON WebSocket); `frames`: one FrameSteps (a binary frame; before, such a "
+        "frame went as StepRequests):",
+        "",
+        "| way | "
+        + (f"{_describe_tree(compared)} µs/step | " if compared else "")
+        + "this tree µs/step | this tree's per-stream / this way |",
+        "|---|" + ("---:|" if compared else "") + "---:|---:|",
+    ]
+    own = best.get(("this", "per-stream"))
+    for way in ("per-stream", "steps", "frames"):
+        after = best.get(("this", way))
+        if after is None:
+            continue
+        before = best.get(("compared", way), best.get(("compared", "steps")))
+        cells = [way] + ([f"{before:.1f}"] if compared and before is not None else [])
+        cells += [f"{after:.1f}", f"{own / after:.2f}x" if own else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from conftest import OUTPUTS
 from seqstate.serve import jsonio
-from seqstate.serve.engine import Engine, FrameOutcome, FrameSteps, StepRequest
+from seqstate.serve.engine import Engine, FrameOutcome, FrameSteps, StepRequest, StepResult
 from seqstate.serve.frames import decode
 from seqstate.serve.stores import MemoryStore, SQLiteStore
 from seqstate.serve.stores.base import Update, new_record
@@ -285,3 +285,23 @@ def test_rows_of_another_replay_window_are_continued_with_their_kept_answers(mod
             (again,) = engine.process([_frame(["u"], 3, x[:1]).request(0)])
             assert again.replayed and again.output == first[3][0].output
         engine.store.close()
+
+
+def test_a_record_another_writer_moved_to_a_row_is_read_from_the_row(model, tmp_path):
+    """A writer keeps the record it wrote; another writer of the file continues the stream
+    as a row (the record leaves ``streams``): the first writer then reads the row, not an
+    absent stream."""
+    path = tmp_path / "two.sqlite"
+    first = Engine(model, SQLiteStore(path), ttl_s=0)
+    second = Engine(model, SQLiteStore(path), ttl_s=0)
+    x = np.full((1, 3), 0.4, np.float32)
+    (one,) = first.process([StepRequest("m", 1, x, single=True, start=False)])
+    (two,) = second.process([StepRequest("m", 2, x, single=True, start=False)])
+    assert not one.replayed and not two.replayed
+    (record,) = first.store.get_many(["m"])
+    assert record is not None and record.seq == 2 and record.intact("m")
+    # a step the per-stream path applies (two timesteps) continues it
+    (three,) = first.process([StepRequest("m", 3, np.repeat(x, 2, 0), single=False, start=False)])
+    assert isinstance(three, StepResult) and not three.replayed
+    first.store.close()
+    second.store.close()

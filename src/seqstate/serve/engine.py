@@ -103,27 +103,46 @@ Outcome = StepResult | Reject
 
 class FrameSteps:
     """The steps of one binary frame, carried as arrays: the next step of each of ``n``
-    distinct streams, one timestep each, sent as ``[F]``, without start, series or time (the
-    usual frame; any other goes as StepRequests). Each step follows the rules of the
-    StepRequest it stands for (:meth:`request`): the usual ones are applied as arrays, the
-    others (a first step, a retry, a gap) as that StepRequest."""
+    distinct streams, one timestep each, sent as ``[F]``, without start or series, each with
+    its time or none sent (the usual frame; any other goes as StepRequests). Each step follows
+    the rules of the StepRequest it stands for (:meth:`request`): the usual ones are applied as
+    arrays, the others (a first step, a retry, a gap, a time not after the stream's last) as
+    that StepRequest."""
 
-    __slots__ = ("seq", "streams", "x")
+    __slots__ = ("seq", "streams", "time", "x")
 
-    def __init__(self, streams: list[str], seq: np.ndarray, x: np.ndarray) -> None:
+    def __init__(
+        self,
+        streams: list[str],
+        seq: np.ndarray,
+        x: np.ndarray,
+        time: np.ndarray | None = None,
+    ) -> None:
         self.streams = streams  # [n] distinct ids
         self.seq = seq  # [n] int64
         self.x = x  # [n, 1, F_raw] float32, finite
+        self.time = time  # [n] int64 Unix seconds, as sent; None: sent without
 
     def request(self, k: int) -> StepRequest:
         """Step ``k`` as a StepRequest (same digest: a retry may come either way)."""
-        return _frame_step(self.streams, self.seq, self.x, k)
+        return _frame_step(self.streams, self.seq, self.x, k, self.time)
 
 
-def _frame_step(streams: list[str], seq: np.ndarray, x: np.ndarray, k: int) -> StepRequest:
-    """Step ``k`` of a frame's arrays (``seq [n]``, ``x [n, 1, F]``) as the StepRequest it
-    stands for: one timestep sent as ``[F]``, no start, series or time."""
-    return StepRequest(streams[k], int(seq[k]), x[k], single=True, start=False)
+def _frame_step(
+    streams: list[str],
+    seq: np.ndarray,
+    x: np.ndarray,
+    k: int,
+    time: np.ndarray | None = None,
+    sent: np.ndarray | None = None,
+) -> StepRequest:
+    """Step ``k`` of a frame's arrays (``seq [n]``, ``x [n, 1, F]``, ``time [n]`` or None:
+    none sent; ``sent [n]``: which steps sent theirs, None: all) as the StepRequest it stands
+    for: one timestep sent as ``[F]``, no start or series."""
+    stamp = None
+    if time is not None and (sent is None or sent[k]):
+        stamp = time[k : k + 1]  # [1] int64, as parse_step_times reads one step's time
+    return StepRequest(streams[k], int(seq[k]), x[k], single=True, start=False, time=stamp)
 
 
 class FrameOutcome(NamedTuple):
@@ -156,6 +175,8 @@ class _FrameBatch:
     streams: list[str]  # [n]
     seq: np.ndarray  # [n] int64
     x: np.ndarray  # [n, 1, F] float32
+    time: np.ndarray | None  # [n] int64: the steps' times (None: none sent)
+    sent: np.ndarray | None  # [n] bool: which steps sent a time (None: all, when time is)
     y: np.ndarray  # [n, 1, O] float64: the bulk steps' answers, NaN elsewhere
     others: dict[int, Outcome]  # step index -> its outcome, for the steps not applied in bulk
     written: np.ndarray  # the indices of the steps in ``write``, in its order
@@ -164,7 +185,7 @@ class _FrameBatch:
     requests: list[StepRequest]  # those steps, as StepRequests
 
     def request(self, k: int) -> StepRequest:
-        return _frame_step(self.streams, self.seq, self.x, k)
+        return _frame_step(self.streams, self.seq, self.x, k, self.time, self.sent)
 
     def split(self) -> list[FrameOutcome]:
         """One :class:`FrameOutcome` per frame."""
@@ -239,16 +260,20 @@ class Engine:
         # the row layout: transform tensors, members' state types, layers, sizes, dtypes
         self.codec = RunRowCodec(self._to_cpu(function.initial_state([template_series(function)])))
         # the usual step (the next one of a stream, one timestep, nothing else asked) is
-        # continued in bulk where the store holds streams as rows of arrays
-        self.table: ColumnTable | None = None
-        if not self.function.needs_time:
-            self.table = store.table(
-                self.codec.header,
-                self.codec.body_bytes,
-                len(self.function.inputs),
-                max(replay_window, 1),
-                len(self.function.targets),
-            )
+        # continued in bulk where the store holds streams as rows of arrays: a table that
+        # keeps the steps' times where the store has one (it takes steps with and without a
+        # time), else one without (steps without a time only: none for a run that reads
+        # times)
+        shape = (
+            self.codec.header,
+            self.codec.body_bytes,
+            len(self.function.inputs),
+            max(replay_window, 1),
+            len(self.function.targets),
+        )
+        self.table: ColumnTable | None = store.table(*shape, timed=True)
+        if self.table is None and not self.function.needs_time:
+            self.table = store.table(*shape, timed=False)
 
     def process(self, requests: Sequence[StepRequest | FrameSteps]) -> list[Any]:
         """Apply ``requests`` (distinct streams) and make the new states durable: per item
@@ -358,27 +383,46 @@ class Engine:
             self._apply(prepared, to_apply, now, histories)
         return prepared
 
+    def _with_time(self, table: ColumnTable, timed: int, untimed: int) -> bool | None:
+        """Which kind of a batch's ``timed`` steps sent with a time and ``untimed`` steps
+        sent without ``table`` continues (they take separate model calls, as on the
+        per-stream path): the more numerous kind it takes, the other the per-stream way.
+        None: neither (a run that reads times refuses a step without one; an untimed table
+        keeps no times)."""
+        takes_timed = timed > 0 and table.timed
+        takes_untimed = untimed > 0 and not self.function.needs_time
+        if takes_timed and (not takes_untimed or timed >= untimed):
+            return True
+        return False if takes_untimed else None
+
     def _columns(
         self, table: ColumnTable, requests: Sequence[StepRequest], now: float, outcomes: list[Any]
     ) -> tuple[tuple[list[int], ColumnWrite, list[bytes]] | None, list[int]]:
         """Continue the usual steps in bulk: one gather of their rows, one model call, their
         answers and new rows as arrays. ``(what to write or None, the indices left to the
         per-stream path)``: a step is taken when it is the next one of a live stream, one
-        timestep, without start, series or time (what :func:`decide` applies as a plain
-        continuation); everything else (a first step, a restart, a retry, a gap, a row of
-        another layout, an input the run refuses) goes the per-stream way, as before."""
-        usual = [
-            i
-            for i, r in enumerate(requests)
-            if not r.start and r.series is None and r.time is None and r.x.shape[0] == 1
-        ]
-        if not usual:
+        timestep, without start or series, its time (if sent) after the stream's last (what
+        :func:`decide` applies as a plain continuation); everything else (a first step, a
+        restart, a retry, a gap, a time not after the last or missing, a row of another
+        layout, an input the run refuses) goes the per-stream way, as before."""
+        untimed: list[int] = []
+        timed: list[int] = []
+        for i, r in enumerate(requests):
+            if not r.start and r.series is None and r.x.shape[0] == 1:
+                (untimed if r.time is None else timed).append(i)
+        with_time = self._with_time(table, len(timed), len(untimed))
+        if with_time is None:
             return None, list(range(len(requests)))
+        usual = timed if with_time else untimed
         streams = [requests[i].stream for i in usual]
         seqs = np.fromiter((requests[i].seq for i in usual), np.int64, len(usual))
         x = np.stack([requests[i].x for i in usual])  # (m, 1, F_raw)
         single = np.fromiter((requests[i].single for i in usual), bool, len(usual))
-        bulk = self._continue(table, streams, seqs, x, single, now)
+        time = None
+        if with_time:
+            stamps: list[Any] = [requests[i].time for i in usual]  # each [1] int64
+            time = np.concatenate(stamps).astype(np.int64, copy=False)  # (m,)
+        bulk = self._continue(table, streams, seqs, x, single, time, now)
         if bulk is None or not len(bulk.taken):
             return None, list(range(len(requests)))
         taken = bulk.taken.tolist()
@@ -404,12 +448,15 @@ class Engine:
         seqs: np.ndarray,
         x: np.ndarray,
         single: np.ndarray,
+        time: np.ndarray | None,
         now: float,
     ) -> _Bulk | None:
-        """The steps ``x [m, 1, F]`` (``seqs [m]``, sent as ``[F]`` where ``single [m]``) of
-        ``streams`` that continue a live stream of ``table`` (or a record of this layout,
-        moved to the table on write), run in one model call. None: the run refused an input
-        (every step goes the per-stream way, which finds the row)."""
+        """The steps ``x [m, 1, F]`` (``seqs [m]``, sent as ``[F]`` where ``single [m]``, at
+        ``time [m]`` int64 or None: sent without) of ``streams`` that continue a live stream
+        of ``table`` (or a record of this layout, moved to the table on write), run in one
+        model call; a step whose time is not after its stream's last is left to the
+        per-stream path (which refuses it). None: the run refused an input (every step goes
+        the per-stream way, which finds the row)."""
         read = table.read(streams)
         ok = (read.rows >= 0) & (read.seq + 1 == seqs)
         if self.ttl_s > 0:
@@ -422,6 +469,7 @@ class Engine:
         for k in np.flatnonzero(read.rows < 0).tolist():  # a record: moved to the table
             record = read.records[k]
             request = StepRequest(streams[k], int(seqs[k]), x[k], bool(single[k]), False)
+            # (the series and fit checks of _continuation; its time is checked below)
             if (
                 record is not None
                 and record.seq + 1 == request.seq
@@ -434,6 +482,9 @@ class Engine:
                 prefixes[k] = record.state[:-body_bytes]
                 at = len(record.state) - body_bytes
                 bodies[k] = np.frombuffer(record.state, np.uint8, body_bytes, at)
+        if time is not None:  # a stream's times increase (NO_TIME: it has none yet)
+            last = self.codec.body_times(bodies)
+            ok &= (last == NO_TIME) | (time > last)
         taken = np.flatnonzero(ok)
         if not len(taken):
             nothing = torch.empty((0, 1, len(self.function.targets)), dtype=torch.float64)
@@ -441,7 +492,8 @@ class Engine:
         whole = len(taken) == m
         state = self.codec.decode_bodies(bodies if whole else bodies[taken])
         try:
-            y, new_state = self._run(state, x if whole else x[taken], None)
+            times = None if time is None else (time if whole else time[taken])[:, None]
+            y, new_state = self._run(state, x if whole else x[taken], times)
         except ValueError:  # an input outside the run's domain: found row by row
             return None
         warm, finite = self._checks(state, y, new_state)
@@ -469,6 +521,7 @@ class Engine:
             single=single[chosen],
             updated=now,
             extra=None if read.extra is None else read.extra[chosen],
+            time=None if time is None else time[chosen],
         )
         return _Bulk(taken, y, warm, finite, write)
 
@@ -477,19 +530,40 @@ class Engine:
         one model call; the others (a first step, a retry, a gap, a stale or expired stream, an
         input the run refuses) are left to the per-stream path, each as its StepRequest."""
         sizes = [len(frame.streams) for frame in frames]
+        time: np.ndarray | None
+        sent: np.ndarray | None = None
         if len(frames) == 1:
-            streams, seqs, x = frames[0].streams, frames[0].seq, frames[0].x
+            streams, seqs, x, time = frames[0].streams, frames[0].seq, frames[0].x, frames[0].time
         else:
             streams = [stream for frame in frames for stream in frame.streams]
             seqs = np.concatenate([frame.seq for frame in frames])
             x = np.concatenate([frame.x for frame in frames])
+            timed = [frame.time is not None for frame in frames]
+            time = None
+            if any(timed):  # (a frame sent without times: zeros, never read)
+                time = np.concatenate(
+                    [
+                        np.zeros(size, np.int64) if frame.time is None else frame.time
+                        for frame, size in zip(frames, sizes, strict=True)
+                    ]
+                )
+                if not all(timed):
+                    sent = np.repeat(timed, sizes)
         n = len(streams)
         outputs = len(self.function.targets)
         y = np.full((n, 1, outputs), np.nan, np.float64)  # (n, 1, O): NaN, no answer (yet)
         others: dict[int, Outcome] = {}
         bulk = None
-        if self.table is not None:
-            bulk = self._continue(self.table, streams, seqs, x, np.ones(n, bool), now)
+        table = self.table
+        if table is not None:
+            # the steps sent with a time (the usual batch holds one kind: all, or none)
+            every = n if time is not None else 0
+            count = int(sent.sum()) if sent is not None else every
+            with_time = self._with_time(table, count, n - count)
+            if with_time is not None:
+                pick = None if sent is None else np.flatnonzero(sent if with_time else ~sent)
+                times = time if with_time else None
+                bulk = self._continue_some(table, streams, seqs, x, times, pick, now)
         if bulk is None:
             left = np.arange(n)
             written = np.empty(0, np.int64)
@@ -505,11 +579,35 @@ class Engine:
                     y[written[bulk.warm[finite, 0]]] = np.nan
             for k in bulk.taken[~finite].tolist() if len(finite) else []:
                 others[k] = _non_finite(int(seqs[k]))
-        requests = [_frame_step(streams, seqs, x, k) for k in left.tolist()]
+        requests = [_frame_step(streams, seqs, x, k, time, sent) for k in left.tolist()]
         return _FrameBatch(
-            sizes, streams, seqs, x, y, others, written, bulk.write if bulk else None,
-            left.tolist(), requests,
+            sizes, streams, seqs, x, time, sent, y, others, written,
+            bulk.write if bulk else None, left.tolist(), requests,
         )  # fmt: skip
+
+    def _continue_some(
+        self,
+        table: ColumnTable,
+        streams: list[str],
+        seqs: np.ndarray,
+        x: np.ndarray,
+        time: np.ndarray | None,
+        pick: np.ndarray | None,
+        now: float,
+    ) -> _Bulk | None:
+        """:meth:`_continue` of a frame's steps sent as ``[F]`` (``pick``: those of its
+        indices only, None: all; ``time [n]`` or None: those steps were sent without), with
+        ``taken`` as indices of all the steps."""
+        if pick is None:
+            return self._continue(table, streams, seqs, x, np.ones(len(streams), bool), time, now)
+        chosen = [streams[k] for k in pick.tolist()]
+        times = None if time is None else time[pick]
+        bulk = self._continue(
+            table, chosen, seqs[pick], x[pick], np.ones(len(pick), bool), times, now
+        )
+        if bulk is None:
+            return None
+        return bulk._replace(taken=pick[bulk.taken])
 
     def finish(self, prepared: Prepared) -> list[Any]:
         """Commit what :meth:`prepare` computed (one atomic CAS write) and fill the outcomes."""
@@ -715,10 +813,13 @@ class Engine:
 
     @torch.inference_mode()
     def _run(
-        self, state: RunState, xs: np.ndarray, times: list[np.ndarray] | None
+        self, state: RunState, xs: np.ndarray, times: np.ndarray | list[np.ndarray] | None
     ) -> tuple[torch.Tensor, RunState]:
         x = torch.from_numpy(xs).to(self.device)  # (n, k, F_raw)
-        time_t = None if times is None else torch.from_numpy(np.stack(times)).to(self.device)
+        time_t = None
+        if times is not None:  # (n, k) int64
+            stamps = times if isinstance(times, np.ndarray) else np.stack(times)
+            time_t = torch.from_numpy(stamps).to(self.device)
         # the run's answer: the members' mean, with the baselines validation chose
         y, new_state = self.function.step(self._to_device(state), x, time_t)
         return y.cpu(), self._to_cpu(new_state)  # (n, k, O) float64

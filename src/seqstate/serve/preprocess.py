@@ -179,6 +179,22 @@ class RunRowCodec:
             columns.append(codec.encode_rows(model_state))
         return np.concatenate(columns, axis=1) if columns else np.zeros((n, 0), np.uint8)
 
+    def body_times(self, bodies: np.ndarray) -> np.ndarray:
+        """The ``time`` transform (each row's last step's time, Unix seconds; ``NO_TIME``:
+        none yet) of row bodies ``[n, body_bytes]``: ``[n]`` int64, read without decoding
+        the rest."""
+        start = 0
+        for (name, _, shape, np_dtype), size in zip(
+            self.transforms, self.transform_bytes, strict=True
+        ):
+            if name == "time":
+                if shape or np_dtype != np.int64:
+                    break
+                block = np.ascontiguousarray(bodies[:, start : start + size])
+                return block.view("<i8").reshape(-1).astype(np.int64)
+            start += size
+        raise ValueError(f"the run's rows hold no time of one int64 per row: {self.header[:80]!r}")
+
     def decode(self, blobs: Sequence[bytes]) -> RunState:
         """The batch state of ``blobs`` (each ``fits``): the rows of one length are read as
         one array (checked against the header and their label lengths at once)."""

@@ -485,11 +485,14 @@ def _json_items(data: dict[str, Any], resources: Resources, limit: int) -> list[
 
 def _usual(decoded: BinarySteps, resources: Resources, finite: bool) -> bool:
     """Whether every item of ``decoded`` passes :func:`array_request`'s checks, checked as a
-    whole (``finite``: the frame's x is)."""
+    whole (``finite``: the frame's x is), for a frame without times."""
+    return decoded.time is None and not resources.function.needs_time and _valid(decoded, finite)
+
+
+def _valid(decoded: BinarySteps, finite: bool) -> bool:
+    """:func:`_usual`'s checks but the time's."""
     return (
         finite
-        and decoded.time is None
-        and not resources.function.needs_time
         and decoded.series.count(None) == len(decoded.series)
         and min(decoded.seq) >= 1
         and max(decoded.seq) <= MAX_SEQ
@@ -497,16 +500,43 @@ def _usual(decoded: BinarySteps, resources: Resources, finite: bool) -> bool:
     )
 
 
+def _frame_times(values: list[Any]) -> np.ndarray | None:
+    """A one-step frame's ``time`` as ``[n]`` int64 Unix seconds where every item sent one
+    integer (``t`` or ``[t]``: what :func:`parse_step_times` reads for one step); None: any
+    other form (dates as text, a wrong count, a bool), read item by item."""
+    seconds = []
+    for value in values:
+        if type(value) is list:
+            if len(value) != 1:
+                return None
+            value = value[0]
+        if type(value) is not int:
+            return None
+        seconds.append(value)
+    try:
+        return np.array(seconds, dtype=np.int64)
+    except OverflowError:  # past int64: the per-item path answers it
+        return None
+
+
 def _frame_steps(decoded: BinarySteps, resources: Resources) -> FrameSteps | None:
-    """The usual frame as arrays (one timestep per item, no start, every item valid), or
-    None: the frame goes as StepRequests."""
+    """The usual frame as arrays (one timestep per item, no start, every item valid, each
+    with its time as Unix seconds or all without), or None: the frame goes as
+    StepRequests."""
     if decoded.x.shape[1] != 1 or any(decoded.start):
         return None
-    if not _usual(decoded, resources, bool(np.isfinite(decoded.x).all())):
+    time = None
+    if decoded.time is not None:
+        time = _frame_times(decoded.time)
+        if time is None:
+            return None
+    elif resources.function.needs_time:
+        return None  # each item's 422 time_required, the per-item way
+    if not _valid(decoded, bool(np.isfinite(decoded.x).all())):
         return None
     # (a copy: the frame's buffer is read-only, and torch takes the array as it is)
     x = np.array(decoded.x, dtype=np.float32)
-    return FrameSteps(decoded.stream, np.array(decoded.seq, dtype=np.int64), x)
+    return FrameSteps(decoded.stream, np.array(decoded.seq, dtype=np.int64), x, time)
 
 
 def _frame_answers(

@@ -336,10 +336,13 @@ def step_digest(
     return h.digest()
 
 
-def kept_digest(x: np.ndarray, single: bool) -> bytes:
-    """The digest of a step continued in bulk (``x [1, F]``, no start, series or time), kept
-    as numbers: what its request's digest was."""
-    return step_digest(x, False, single)
+def kept_digest(x: np.ndarray, single: bool, time: int | None = None) -> bytes:
+    """The digest of a step continued in bulk (``x [1, F]``, no start or series, its
+    ``time`` in Unix seconds or None: none sent), kept as numbers: what its request's digest
+    was."""
+    if time is None:
+        return step_digest(x, False, single)
+    return step_digest(x, False, single, None, np.array([time], "<i8"))
 
 
 def kept_answer(y: np.ndarray, single: bool) -> bytes:
@@ -409,9 +412,12 @@ class StateStore(abc.ABC):
         features: int,
         window: int,
         outputs: int,
+        timed: bool = False,
     ) -> ColumnTable | None:
         """The rows-of-arrays table the engine continues usual steps on in bulk, for streams of
-        ``layout``; None (the default): every step takes the per-stream path."""
+        ``layout``; ``timed``: its rows keep each kept step's time (whether one was sent, and
+        which), so it takes steps sent with a time as well as without; an untimed table takes
+        only steps without. None (the default): every step takes the per-stream path."""
         return None
 
     def commit_with_rows(

@@ -8,7 +8,8 @@ Two homes for a stream, never both:
 * a :class:`RowTable`: the streams the engine's columnar path continues, one row each of
   arrays shared by all of them (state bodies ``[rows, body_bytes]``, last seq, updated,
   generation, the replay window's answers ``[rows, W, O]`` as numbers, their JSON written only
-  when a record of the row is asked for). A batch is read with one gather and
+  when a record of the row is asked for; a timed table also keeps each kept step's time, which
+  its digest covers). A batch is read with one gather and
   written with one scatter per array, under one lock, with its compare-and-set on the
   generations as one array comparison::
 
@@ -80,11 +81,17 @@ class ColumnWrite:
     single: np.ndarray  # [m] bool: the step was sent as [F]
     updated: float
     extra: np.ndarray | None = None  # [m]: ``TableRead.extra`` of the items (None: none)
+    # [m] int64: each step's time as sent (Unix seconds); None: the steps were sent without
+    # one (a timed table only takes a write with times)
+    time: np.ndarray | None = None
 
 
 class ColumnTable(Protocol):
     """Streams of one row layout held as rows of arrays: a batch read with one gather, written
     with one compare-and-set per row (:class:`RowTable` in memory; the SQLite store's rows)."""
+
+    #: whether the rows keep each kept step's time (the table takes steps sent with a time)
+    timed: bool
 
     def read(self, streams: Sequence[str]) -> TableRead:
         """The rows of ``streams`` and, for those without one, their records."""
@@ -96,7 +103,8 @@ class ColumnTable(Protocol):
 class RowTable:
     """The streams of one row layout (the served run's, with its replay window ``window``)
     as rows of preallocated arrays, grown by doubling. Every method runs under the store's
-    lock; the arrays are only read or written there."""
+    lock; the arrays are only read or written there. ``timed``: each kept step's time is kept
+    too (and whether one was sent), so the steps of a run that reads times come here."""
 
     def __init__(
         self,
@@ -105,12 +113,14 @@ class RowTable:
         features: int,
         window: int,
         outputs: int,
+        timed: bool = False,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1 answers kept; received {window}")
         self._store = store
         self.body_bytes, self.features, self.window = body_bytes, features, window
         self.outputs = outputs
+        self.timed = timed
         self.index: dict[str, int] = {}
         self._free: list[int] = []
         self._streams: list[str | None] = []
@@ -129,6 +139,9 @@ class RowTable:
         self.kept_digest = np.empty((rows, self.window), object)  # None: derive from kept_x
         self.kept_x = np.zeros((rows, self.window, self.features), np.float32)
         self.kept_single = np.zeros((rows, self.window), bool)
+        # a timed table's kept steps' times (kept_timed False: sent without one)
+        self.kept_time = np.zeros((rows, self.window if self.timed else 0), np.int64)
+        self.kept_timed = np.zeros((rows, self.window if self.timed else 0), bool)
         self._free = list(range(rows - 1, -1, -1))
         self._streams = [None] * rows
         self._prefix = [b""] * rows
@@ -138,7 +151,7 @@ class RowTable:
         old = len(self.seq)
         arrays = (
             "body", "seq", "updated", "version", "kept_seq", "kept_output", "kept_y",
-            "kept_digest", "kept_x", "kept_single",
+            "kept_digest", "kept_x", "kept_single", "kept_time", "kept_timed",
         )  # fmt: skip
         kept = {name: getattr(self, name) for name in arrays}
         streams, prefixes = self._streams, self._prefix
@@ -199,7 +212,10 @@ class RowTable:
             digest = self.kept_digest[row, slot]
             if digest is None:
                 x = self.kept_x[row, slot][None, :]
-                digest = kept_digest(x, bool(self.kept_single[row, slot]))
+                sent = None
+                if self.timed and self.kept_timed[row, slot]:
+                    sent = int(self.kept_time[row, slot])
+                digest = kept_digest(x, bool(self.kept_single[row, slot]), sent)
             output = self.kept_output[row, slot]
             if output is None:  # (derived only when a record of the row is asked for)
                 output = kept_answer(self.kept_y[row, slot], bool(self.kept_single[row, slot]))
@@ -238,6 +254,8 @@ class RowTable:
     def write(self, batch: ColumnWrite) -> list[bool]:
         """Write every item whose compare-and-set holds (its row still holds the version read;
         a moved-in stream still holds the very record read); per item, whether written."""
+        if batch.time is not None and not self.timed:
+            raise ValueError("an untimed table cannot keep steps' times: ask table(timed=True)")
         with self._store.lock:
             rows = batch.rows.copy()
             present = rows >= 0
@@ -271,6 +289,10 @@ class RowTable:
             self.kept_digest[target, slot] = None
             self.kept_x[target, slot] = batch.x[take]
             self.kept_single[target, slot] = batch.single[take]
+            if self.timed:
+                sent = batch.time is not None
+                self.kept_timed[target, slot] = sent
+                self.kept_time[target, slot] = batch.time[take] if sent else 0  # type: ignore[index]
             return ok.tolist()
 
     def _keep(self, row: int, record: Record) -> None:
@@ -305,15 +327,16 @@ class MemoryStore(StateStore):
         features: int,
         window: int,
         outputs: int,
+        timed: bool = False,
     ) -> RowTable | None:
         """The row table of ``layout`` (created on first use); None when ``columns`` is off."""
         if not self.columns:
             return None
         with self.lock:
-            key = (layout, body_bytes, features, window, outputs)
+            key = (layout, body_bytes, features, window, outputs, timed)
             table = self._tables.get(key)
             if table is None:
-                table = RowTable(self, body_bytes, features, window, outputs)
+                table = RowTable(self, body_bytes, features, window, outputs, timed)
                 self._tables[key] = table
             return table
 

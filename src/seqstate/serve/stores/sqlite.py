@@ -143,15 +143,16 @@ class SQLiteStore(StateStore):
         features: int,
         window: int,
         outputs: int,
+        timed: bool = False,
     ) -> ColumnTable | None:
         """The rows of ``layout`` (see :mod:`seqstate.serve.stores.sqlite_rows`)."""
         if not isinstance(layout, bytes):
             return None
-        key = (layout, body_bytes, features, window, outputs)
+        key = (layout, body_bytes, features, window, outputs, timed)
         with self._known_lock:
             table = self._tables.get(key)
             if table is None:
-                table = SQLiteRows(self, layout, body_bytes, features, window, outputs)
+                table = SQLiteRows(self, layout, body_bytes, features, window, outputs, timed)
                 self._tables[key] = table
             return table
 
@@ -184,13 +185,11 @@ class SQLiteStore(StateStore):
                     missing = []
                     for stream in chunk:
                         record = known.get(stream)
-                        if record is None:
-                            missing.append(stream)  # never kept: read in full
-                        elif stream in held:  # (absent from the file: absent)
-                            if record.generation == held[stream]:
-                                found[stream] = record
-                            else:  # written since by another writer
-                                missing.append(stream)
+                        if record is not None and held.get(stream) == record.generation:
+                            found[stream] = record
+                        else:  # never kept, written since by another writer, or moved to
+                            # ``rows`` (or deleted) by another writer: read in full
+                            missing.append(stream)
                     chunk = missing
                 if chunk:
                     marks = ",".join("?" * len(chunk))

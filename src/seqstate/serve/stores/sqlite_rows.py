@@ -7,8 +7,9 @@ per-stream path wrote) or in ``rows``, never both. A row is::
     id, generation (16 random bytes, the CAS), updated (for expiry),
     data: one record of ``row_dtype`` -- seq, updated, the state body, and the replay window
           (step s in slot s % W: its seq, answer y [O] float64, input x [F] float32, whether
-          it was sent as [F]); the answers' JSON and the steps' digests are derived from these
-          numbers only when a record of the row is asked for (a replay, a gap)
+          it was sent as [F]; in a timed layout also its time int64 and whether one was
+          sent); the answers' JSON and the steps' digests are derived from these numbers
+          only when a record of the row is asked for (a replay, a gap)
     checksum: blake2b over id, generation and data (rewritten with every step)
     layout: written once, on move-in
     and in ``row_labels``, written once, on move-in (a row's record is rewritten whole by
@@ -83,26 +84,42 @@ _ROW_HASH = hashlib.blake2b(digest_size=16, person=b"seqstate-rows/1")  # never 
 _FIXED_HASH = hashlib.blake2b(digest_size=16, person=b"seqstate-rowf/1")
 
 
-def row_dtype(body_bytes: int, features: int, window: int, outputs: int) -> np.dtype:
-    """The numpy record of a row's ``data`` (little-endian, packed)."""
-    return np.dtype(
-        [
-            ("seq", "<i8"),
-            ("updated", "<f8"),
-            ("body", "u1", (body_bytes,)),
-            ("kept_seq", "<i8", (window,)),
-            ("kept_y", "<f8", (window, outputs)),
-            ("kept_x", "<f4", (window, features)),
-            ("kept_single", "u1", (window,)),
-        ]
-    )
+def row_dtype(
+    body_bytes: int, features: int, window: int, outputs: int, timed: bool = False
+) -> np.dtype:
+    """The numpy record of a row's ``data`` (little-endian, packed); ``timed``: with each
+    kept step's time and whether one was sent."""
+    fields = [
+        ("seq", "<i8"),
+        ("updated", "<f8"),
+        ("body", "u1", (body_bytes,)),
+        ("kept_seq", "<i8", (window,)),
+        ("kept_y", "<f8", (window, outputs)),
+        ("kept_x", "<f4", (window, features)),
+        ("kept_single", "u1", (window,)),
+    ]
+    if timed:
+        fields += [("kept_time", "<i8", (window,)), ("kept_timed", "u1", (window,))]
+    return np.dtype(fields)
 
 
-def layout_text(layout: bytes, body_bytes: int, features: int, window: int, outputs: int) -> str:
+def layout_text(
+    layout: bytes, body_bytes: int, features: int, window: int, outputs: int, timed: bool = False
+) -> str:
     """What a row stores of its layout: the sizes of its data, and a digest of the state row's
-    header (a row of another run or window is never continued in bulk)."""
+    header (a row of another run or window is never continued in bulk). A timed layout's
+    text starts with ``t`` (a reader that knows only untimed rows reads none of it)."""
     digest = hashlib.blake2b(layout, digest_size=8).hexdigest()
-    return f"{body_bytes},{features},{window},{outputs},{digest}"
+    return f"{'t' if timed else ''}{body_bytes},{features},{window},{outputs},{digest}"
+
+
+def _read_layout(layout: str) -> tuple[int, int, int, int, bool]:
+    """``(body_bytes, features, window, outputs, timed)`` of a layout text (ValueError: not
+    one)."""
+    timed = layout.startswith("t")
+    parts = layout.removeprefix("t").split(",")[:4]
+    body_bytes, features, window, outputs = (int(part) for part in parts)
+    return body_bytes, features, window, outputs, timed
 
 
 def _row_sum(name: bytes, generation: bytes, data: bytes) -> bytes:
@@ -143,8 +160,10 @@ def row_record(
     ):
         return corrupt
     try:
-        body_bytes, features, window, outputs = (int(part) for part in layout.split(",")[:4])
-        dtype = row_dtype(body_bytes, features, window, outputs)
+        body_bytes, features, window, outputs, timed = _read_layout(layout)
+        dtype = row_dtype(body_bytes, features, window, outputs, timed)
+        if len(data) != dtype.itemsize:
+            return corrupt
         row = np.frombuffer(data, dtype)[0]
     except (ValueError, TypeError):
         return corrupt
@@ -155,7 +174,10 @@ def row_record(
         slot = seq % window
         if int(row["kept_seq"][slot]) == seq:
             single = bool(row["kept_single"][slot])
-            digest = kept_digest(row["kept_x"][slot][None, :], single)
+            sent = None
+            if timed and row["kept_timed"][slot]:
+                sent = int(row["kept_time"][slot])
+            digest = kept_digest(row["kept_x"][slot][None, :], single, sent)
             output = kept_answer(row["kept_y"][slot], single)
         elif seq in earlier:  # kept before the stream moved in
             digest, output = earlier[seq]
@@ -190,18 +212,20 @@ class SQLiteRows:
         features: int,
         window: int,
         outputs: int,
+        timed: bool = False,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1 answers kept; received {window}")
         self._store = store
+        self.timed = timed  # the rows keep each kept step's time
         self.body_bytes, self.features, self.window, self.outputs = (
             body_bytes,
             features,
             window,
             outputs,
         )
-        self.dtype = row_dtype(body_bytes, features, window, outputs)
-        self.layout = layout_text(layout, body_bytes, features, window, outputs)
+        self.dtype = row_dtype(body_bytes, features, window, outputs, timed)
+        self.layout = layout_text(layout, body_bytes, features, window, outputs, timed)
         # stream -> (generation, data) of the rows this table wrote last, oldest first: a row
         # whose stored generation is still that one is not read (nor checksummed) again
         self._written: dict[str, tuple[bytes, bytes]] = {}
@@ -295,6 +319,12 @@ class SQLiteRows:
         data["kept_y"][items, slot] = batch.y
         data["kept_x"][items, slot] = batch.x
         data["kept_single"][items, slot] = batch.single
+        if self.timed:
+            sent = batch.time is not None
+            data["kept_timed"][items, slot] = sent
+            data["kept_time"][items, slot] = batch.time if sent else 0
+        elif batch.time is not None:
+            raise ValueError("an untimed table cannot keep steps' times: ask table(timed=True)")
         size = self.dtype.itemsize
         buffer = data.tobytes()
         generations = os.urandom(16 * m)
