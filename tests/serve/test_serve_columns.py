@@ -12,17 +12,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
+from equivalence import close_answers, same_outcomes, same_records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import OUTPUTS
 from seqstate.serve import jsonio
 from seqstate.serve.engine import Engine, StepRequest, StepResult
-from seqstate.serve.preprocess import RunRowCodec
 from seqstate.serve.rules import Reject
 from seqstate.serve.stores import MemoryStore
-from seqstate.serve.stores.base import history_entries
 
 
 class Clock:
@@ -35,51 +33,6 @@ class Clock:
 
 def _x(value: float, steps: int) -> np.ndarray:
     return np.full((steps, 3), value, np.float32)
-
-
-def _close_answers(a: bytes, b: bytes) -> None:
-    """Two answers' JSON: the same nulls, numbers equal to float32 rounding (the bulk path
-    runs its own model call, and a batch's composition moves the last bit, as it does for
-    the batcher's batches)."""
-    x = np.asarray(json.loads(a), dtype=np.float64)  # null -> nan
-    y = np.asarray(json.loads(b), dtype=np.float64)
-    assert x.shape == y.shape and np.allclose(x, y, rtol=1e-5, atol=1e-6, equal_nan=True)
-
-
-def _same_outcomes(got: list, want: list) -> None:
-    assert len(got) == len(want)
-    for a, b in zip(got, want, strict=True):
-        assert type(a) is type(b), (a, b)
-        if isinstance(a, Reject):
-            assert a == b
-        else:
-            assert (a.seq, a.replayed) == (b.seq, b.replayed)
-            _close_answers(a.output, b.output)
-
-
-def _same_records(
-    codec: RunRowCodec, table_store: MemoryStore, plain_store: MemoryStore, streams: list[str]
-) -> None:
-    got = table_store.get_many(streams)
-    want = plain_store.get_many(streams)
-    for stream, a, b in zip(streams, got, want, strict=True):
-        assert (a is None) == (b is None), stream
-        if a is None:
-            continue
-        assert a.intact(stream)
-        assert (a.seq, a.digest, a.updated) == (b.seq, b.digest, b.updated), stream
-        _close_answers(a.output, b.output)
-        head = len(a.state) - codec.body_bytes
-        assert a.state[:head] == b.state[:head]  # header and series label
-        sa, sb = codec.decode([a.state]), codec.decode([b.state])
-        tensors_a = [*sa.transforms.values(), *(t for m in sa.models for t in m.tensors())]
-        tensors_b = [*sb.transforms.values(), *(t for m in sb.models for t in m.tensors())]
-        for x, y in zip(tensors_a, tensors_b, strict=True):
-            assert torch.allclose(x, y, rtol=1e-5, atol=1e-6, equal_nan=True), stream
-        ha, hb = history_entries(a.history), history_entries(b.history)
-        assert [e[:2] for e in ha] == [e[:2] for e in hb], stream  # seqs and digests
-        for ea, eb in zip(ha, hb, strict=True):
-            _close_answers(ea[2], eb[2])
 
 
 STREAMS = [f"s{i}" for i in range(6)]
@@ -132,7 +85,7 @@ def test_the_bulk_path_answers_and_stores_as_the_per_stream_path(model, window, 
             for stream, offset, start, value, steps, single in batch
         ]
         got, want = bulk.process(requests), plain.process(requests)
-        _same_outcomes(got, want)
+        same_outcomes(got, want)
         for request, outcome in zip(requests, got, strict=True):
             if isinstance(outcome, StepResult):  # [O] for a step sent as [F], else [k][O]
                 parsed = json.loads(outcome.output)
@@ -142,7 +95,7 @@ def test_the_bulk_path_answers_and_stores_as_the_per_stream_path(model, window, 
         for request, outcome in zip(requests, got, strict=True):
             if isinstance(outcome, StepResult) and not outcome.replayed:
                 last[request.stream] = request.seq
-        _same_records(bulk.codec, table_store, plain_store, STREAMS)
+        same_records(bulk.codec, table_store, plain_store, STREAMS)
         assert table_store.count() == plain_store.count()
     assert table_store.expire(clock.now + 100, 20.0) == plain_store.expire(clock.now + 100, 20.0)
     assert table_store.count() == plain_store.count() == 0
@@ -165,10 +118,10 @@ def test_many_streams_move_to_the_table_and_grow_it(model):
             StepRequest(s, seq, x[i], single=True, start=False) for i, s in enumerate(streams)
         ]
         got = bulk.process(requests)
-        _same_outcomes(got, plain.process(requests))
+        same_outcomes(got, plain.process(requests))
         assert all(isinstance(o, StepResult) and not o.replayed for o in got)
     assert bulk.table is not None and len(bulk.table.index) == len(streams)
-    _same_records(bulk.codec, table_store, plain_store, streams)
+    same_records(bulk.codec, table_store, plain_store, streams)
     retry = [StepRequest(s, 5, x[i], single=True, start=False) for i, s in enumerate(streams)]
     again = bulk.process(retry)
     assert all(isinstance(o, StepResult) and o.replayed for o in again)
@@ -213,7 +166,7 @@ def test_a_bulk_step_that_loses_its_compare_and_set_is_a_replay_or_a_409(model):
         plain.process([StepRequest("s", seq, _x(-3.0, 1), single=True, start=False)])
     (want,) = plain_store.get_many(["s"])
     assert record.seq == want.seq == 3
-    _close_answers(record.output, want.output)
+    close_answers(record.output, want.output)
 
 
 def test_a_record_committed_over_a_table_row_moves_the_stream_back(model):

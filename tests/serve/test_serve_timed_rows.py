@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import websockets.sync.client
+from equivalence import same_outcomes, same_records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from served_runs import trained_runs
@@ -41,7 +41,7 @@ from seqstate.serve.frames import decode, decode_steps, encode
 from seqstate.serve.preprocess import RunRowCodec
 from seqstate.serve.rules import Reject
 from seqstate.serve.stores import MemoryStore, SQLiteStore
-from seqstate.serve.stores.base import history_entries, step_digest
+from seqstate.serve.stores.base import step_digest
 from seqstate.serve.websocket import _binary_answers, _frame_answers, _frame_steps
 
 STREAMS = [f"s{i}" for i in range(6)]
@@ -93,23 +93,6 @@ def _request(stream, seq, value, features, jitter, steps=1, start=False, series=
     return StepRequest(stream, seq, x, single=steps == 1, start=start, series=series, time=time)
 
 
-def _close(a: bytes, b: bytes) -> None:
-    x = np.asarray(json.loads(a), dtype=np.float64)  # null -> nan
-    y = np.asarray(json.loads(b), dtype=np.float64)
-    assert x.shape == y.shape and np.allclose(x, y, rtol=1e-5, atol=1e-6, equal_nan=True)
-
-
-def _same_outcomes(got: list, want: list) -> None:
-    assert len(got) == len(want)
-    for a, b in zip(got, want, strict=True):
-        assert type(a) is type(b), (a, b)
-        if isinstance(a, Reject):
-            assert a == b
-        else:
-            assert (a.seq, a.replayed) == (b.seq, b.replayed)
-            _close(a.output, b.output)
-
-
 def _stored(store: MemoryStore) -> list:
     """Every stream's record, less its generation and checksum (random per store)."""
     return [
@@ -119,27 +102,7 @@ def _stored(store: MemoryStore) -> list:
 
 
 def _same_records(codec: RunRowCodec, table_store: MemoryStore, plain_store: MemoryStore):
-    for stream, a, b in zip(
-        STREAMS, table_store.get_many(STREAMS), plain_store.get_many(STREAMS), strict=True
-    ):
-        assert (a is None) == (b is None), stream
-        if a is None:
-            continue
-        assert a.intact(stream)
-        assert (a.seq, a.digest, a.updated) == (b.seq, b.digest, b.updated), stream
-        _close(a.output, b.output)
-        head = len(a.state) - codec.body_bytes
-        assert a.state[:head] == b.state[:head]  # header and series label
-        sa, sb = codec.decode([a.state]), codec.decode([b.state])
-        assert torch.equal(sa.transforms["time"], sb.transforms["time"]), stream
-        tensors_a = [*sa.transforms.values(), *(t for m in sa.models for t in m.tensors())]
-        tensors_b = [*sb.transforms.values(), *(t for m in sb.models for t in m.tensors())]
-        for x, y in zip(tensors_a, tensors_b, strict=True):
-            assert torch.allclose(x, y, rtol=1e-5, atol=1e-6, equal_nan=True), stream
-        ha, hb = history_entries(a.history), history_entries(b.history)
-        assert [e[:2] for e in ha] == [e[:2] for e in hb], stream  # seqs and digests
-        for ea, eb in zip(ha, hb, strict=True):
-            _close(ea[2], eb[2])
+    same_records(codec, table_store, plain_store, STREAMS, exact=("time",))
 
 
 _STEP = st.tuples(
@@ -194,7 +157,7 @@ def test_timed_steps_in_bulk_answer_and_store_as_the_per_stream_path(served, win
                 )
             )
         got, want = bulk.process(requests), plain.process(requests)
-        _same_outcomes(got, want)
+        same_outcomes(got, want)
         for request, outcome in zip(requests, got, strict=True):
             if isinstance(outcome, StepResult) and not outcome.replayed:
                 last[request.stream] = request.seq
@@ -261,7 +224,7 @@ def test_a_frame_with_times_as_arrays_answers_and_stores_as_its_steps(served, wi
         reference = plain.process(requests)
         plain_count = len(groups[2])
         assert got[:plain_count] == want[:plain_count]
-        _same_outcomes(want, reference)
+        same_outcomes(want, reference)
         at = plain_count
         for frame, outcome in zip(frames, got[plain_count:], strict=True):
             assert type(outcome) is FrameOutcome
