@@ -67,14 +67,15 @@ class RunRowCodec:
     def __init__(self, template: RunState) -> None:
         if template.batch_size != 1:
             raise ValueError(f"template must be a batch-1 RunState; received {template.batch_size}")
+        #: per transform field: its name, torch dtype, shape and stored (little-endian) dtype
         self.transforms = [
-            (name, t.dtype, tuple(t.shape[1:]), np.dtype(str(t.dtype).removeprefix("torch.")))
+            (
+                name,
+                t.dtype,
+                tuple(t.shape[1:]),
+                np.dtype(str(t.dtype).removeprefix("torch.")).newbyteorder("<"),
+            )
             for name, t in template.transforms.items()
-        ]
-        #: per field: its name, torch dtype, shape and its stored (little-endian) NumPy dtype
-        self._stored = [
-            (name, dtype, shape, np_dtype.newbyteorder("<"))
-            for name, dtype, shape, np_dtype in self.transforms
         ]
         self.models = [StateCodec(state) for state in template.models]
         spec = {
@@ -89,6 +90,15 @@ class RunRowCodec:
         self.model_bytes = [c.row_bytes - len(c.header) for c in self.models]
         self.body_bytes = sum(self.transform_bytes) + sum(self.model_bytes)
         self._header_array = np.frombuffer(self.header, np.uint8)
+        #: where each row body holds its ``time`` field (one int64), or None: no such field
+        self._time_at: int | None = None
+        start = 0
+        for (name, _, shape, stored), size in zip(
+            self.transforms, self.transform_bytes, strict=True
+        ):
+            if name == "time" and not shape and stored == np.dtype("<i8"):
+                self._time_at = start
+            start += size
         self._labels: dict[str | None, bytes] = {}  # series -> its stored label
 
     def _series_end(self, blob: bytes) -> int | None:
@@ -164,7 +174,7 @@ class RunRowCodec:
         n = state.batch_size
         columns = []
         transforms = state.transforms
-        for name, _, _, stored in self._stored:
+        for name, _, _, stored in self.transforms:
             # the field as the step left it (an array, floats or a tensor): reading a fast
             # step's field as a tensor would make one per field only to read it back
             entry = entry_of(transforms, name)
@@ -183,17 +193,12 @@ class RunRowCodec:
         """The ``time`` transform (each row's last step's time, Unix seconds; ``NO_TIME``:
         none yet) of row bodies ``[n, body_bytes]``: ``[n]`` int64, read without decoding
         the rest."""
-        start = 0
-        for (name, _, shape, np_dtype), size in zip(
-            self.transforms, self.transform_bytes, strict=True
-        ):
-            if name == "time":
-                if shape or np_dtype != np.int64:
-                    break
-                block = np.ascontiguousarray(bodies[:, start : start + size])
-                return block.view("<i8").reshape(-1).astype(np.int64)
-            start += size
-        raise ValueError(f"the run's rows hold no time of one int64 per row: {self.header[:80]!r}")
+        at = self._time_at
+        if at is None:
+            raise ValueError(
+                f"the run's rows hold no time of one int64 per row: {self.header[:80]!r}"
+            )
+        return bodies[:, at : at + 8].copy().view("<i8").reshape(-1).astype(np.int64, copy=False)
 
     def decode(self, blobs: Sequence[bytes]) -> RunState:
         """The batch state of ``blobs`` (each ``fits``): the rows of one length are read as
@@ -224,7 +229,9 @@ class RunRowCodec:
         n = bodies.shape[0]
         transforms: dict[str, torch.Tensor] = {}
         start = 0
-        for (name, _, shape, stored), size in zip(self._stored, self.transform_bytes, strict=True):
+        for (name, _, shape, stored), size in zip(
+            self.transforms, self.transform_bytes, strict=True
+        ):
             # a copy of the field's bytes, aligned and the array's own (rows of a body may be
             # read from a shared buffer), read in the native byte order
             values = bodies[:, start : start + size].copy().view(stored).reshape(n, *shape)
