@@ -41,7 +41,7 @@ from seqstate.serve.frames import decode, decode_steps, encode
 from seqstate.serve.preprocess import RunRowCodec
 from seqstate.serve.rules import Reject
 from seqstate.serve.stores import MemoryStore, SQLiteStore
-from seqstate.serve.stores.base import step_digest
+from seqstate.serve.stores.base import RowShape, step_digest
 from seqstate.serve.websocket import _binary_answers, _frame_answers, _frame_steps
 
 STREAMS = [f"s{i}" for i in range(6)]
@@ -307,11 +307,12 @@ def _stored_of(store: MemoryStore, streams: list[str]) -> list:
 
 def test_timed_and_untimed_tables_are_not_one(model):
     store = MemoryStore()
-    layout = (b"layout", 8, 3, 1, 2)
-    timed, untimed = store.table(*layout, timed=True), store.table(*layout)
+    shape = RowShape(8, 3, 1, 2)
+    timed = store.table(b"layout", shape._replace(timed=True))
+    untimed = store.table(b"layout", shape)
     assert timed is not None and untimed is not None and timed is not untimed
     assert timed.timed and not untimed.timed
-    assert store.table(*layout, timed=True) is timed
+    assert store.table(b"layout", shape._replace(timed=True)) is timed
 
 
 def test_a_binary_frame_carries_its_times_as_arrays_when_each_item_sent_one_integer(
@@ -517,8 +518,8 @@ def test_sqlite_timed_rows_answer_and_store_as_the_memory_row_table(
 class _UntimedSQLite(SQLiteStore):
     """A store that has only untimed rows (what the previous code wrote for every run)."""
 
-    def table(self, *shape, timed=False):
-        return super().table(*shape, timed=False)
+    def table(self, layout, shape):
+        return super().table(layout, shape._replace(timed=False))
 
 
 def test_untimed_rows_of_an_earlier_file_are_continued_in_timed_rows(model, tmp_path):

@@ -41,6 +41,7 @@ from seqstate.serve.rules import Apply, Reject, Replay, decide, is_expired
 from seqstate.serve.schemas import MAX_SAMPLED_STEPS
 from seqstate.serve.stores.base import (
     Record,
+    RowShape,
     StateStore,
     Update,
     kept_answers,
@@ -264,16 +265,17 @@ class Engine:
         # keeps the steps' times where the store has one (it takes steps with and without a
         # time), else one without (steps without a time only: none for a run that reads
         # times)
-        shape = (
-            self.codec.header,
+        header = self.codec.header
+        shape = RowShape(
             self.codec.body_bytes,
             len(self.function.inputs),
             max(replay_window, 1),
             len(self.function.targets),
+            timed=True,
         )
-        self.table: ColumnTable | None = store.table(*shape, timed=True)
+        self.table: ColumnTable | None = store.table(header, shape)
         if self.table is None and not self.function.needs_time:
-            self.table = store.table(*shape, timed=False)
+            self.table = store.table(header, shape._replace(timed=False))
 
     def process(self, requests: Sequence[StepRequest | FrameSteps]) -> list[Any]:
         """Apply ``requests`` (distinct streams) and make the new states durable: per item

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # (memory.py imports this module)
 
 __all__ = [
     "Record",
+    "RowShape",
     "StateStore",
     "StoreError",
     "StoreFullError",
@@ -355,6 +356,19 @@ def kept_answer(y: np.ndarray, single: bool) -> bytes:
     return jsonio.dumps_finite(values if single else [values])
 
 
+class RowShape(NamedTuple):
+    """The sizes of a row table's rows: the state body's bytes, the raw inputs ``x`` and
+    targets kept per answer, the replay window, and whether each kept step's time is kept
+    (``timed``: the table takes steps sent with a time as well as without; untimed, only
+    steps without)."""
+
+    body_bytes: int
+    features: int
+    window: int
+    outputs: int
+    timed: bool = False
+
+
 class Update(NamedTuple):
     """Write ``record`` for ``stream`` if its stored generation is still ``expected``. (A
     named tuple, not a frozen dataclass: one per step, and building one costs several times
@@ -405,19 +419,10 @@ class StateStore(abc.ABC):
     def count(self) -> int:
         """Number of stored streams (expired ones not yet swept included)."""
 
-    def table(
-        self,
-        layout: Any,
-        body_bytes: int,
-        features: int,
-        window: int,
-        outputs: int,
-        timed: bool = False,
-    ) -> ColumnTable | None:
+    def table(self, layout: Any, shape: RowShape) -> ColumnTable | None:
         """The rows-of-arrays table the engine continues usual steps on in bulk, for streams of
-        ``layout``; ``timed``: its rows keep each kept step's time (whether one was sent, and
-        which), so it takes steps sent with a time as well as without; an untimed table takes
-        only steps without. None (the default): every step takes the per-stream path."""
+        ``layout`` (the run's row header) with rows of ``shape``; None (the default): every
+        step takes the per-stream path."""
         return None
 
     def commit_with_rows(

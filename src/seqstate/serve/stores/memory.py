@@ -35,6 +35,7 @@ import numpy as np
 
 from seqstate.serve.stores.base import (
     Record,
+    RowShape,
     StateStore,
     Update,
     history_entries,
@@ -106,21 +107,11 @@ class RowTable:
     lock; the arrays are only read or written there. ``timed``: each kept step's time is kept
     too (and whether one was sent), so the steps of a run that reads times come here."""
 
-    def __init__(
-        self,
-        store: MemoryStore,
-        body_bytes: int,
-        features: int,
-        window: int,
-        outputs: int,
-        timed: bool = False,
-    ) -> None:
-        if window < 1:
-            raise ValueError(f"window must be >= 1 answers kept; received {window}")
+    def __init__(self, store: MemoryStore, shape: RowShape) -> None:
+        if shape.window < 1:
+            raise ValueError(f"window must be >= 1 answers kept; received {shape.window}")
         self._store = store
-        self.body_bytes, self.features, self.window = body_bytes, features, window
-        self.outputs = outputs
-        self.timed = timed
+        self.body_bytes, self.features, self.window, self.outputs, self.timed = shape
         self.index: dict[str, int] = {}
         self._free: list[int] = []
         self._streams: list[str | None] = []
@@ -320,24 +311,15 @@ class MemoryStore(StateStore):
         self._versions = 0
         self._tables: dict[Any, RowTable] = {}
 
-    def table(
-        self,
-        layout: Any,
-        body_bytes: int,
-        features: int,
-        window: int,
-        outputs: int,
-        timed: bool = False,
-    ) -> RowTable | None:
-        """The row table of ``layout`` (created on first use); None when ``columns`` is off."""
+    def table(self, layout: Any, shape: RowShape) -> RowTable | None:
+        """The row table of ``layout`` and ``shape`` (created on first use); None when
+        ``columns`` is off."""
         if not self.columns:
             return None
         with self.lock:
-            key = (layout, body_bytes, features, window, outputs, timed)
-            table = self._tables.get(key)
+            table = self._tables.get((layout, shape))
             if table is None:
-                table = RowTable(self, body_bytes, features, window, outputs, timed)
-                self._tables[key] = table
+                table = self._tables[(layout, shape)] = RowTable(self, shape)
             return table
 
     def next_versions(self, count: int) -> np.ndarray:

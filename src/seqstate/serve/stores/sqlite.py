@@ -26,6 +26,7 @@ from typing import Any
 
 from seqstate.serve.stores.base import (
     Record,
+    RowShape,
     StateStore,
     StoreError,
     StoreFullError,
@@ -136,24 +137,14 @@ class SQLiteStore(StateStore):
         self._known_lock = threading.Lock()
         self._tables: dict[Any, SQLiteRows] = {}
 
-    def table(
-        self,
-        layout: Any,
-        body_bytes: int,
-        features: int,
-        window: int,
-        outputs: int,
-        timed: bool = False,
-    ) -> ColumnTable | None:
-        """The rows of ``layout`` (see :mod:`seqstate.serve.stores.sqlite_rows`)."""
+    def table(self, layout: Any, shape: RowShape) -> ColumnTable | None:
+        """The rows of ``layout`` and ``shape`` (see :mod:`seqstate.serve.stores.sqlite_rows`)."""
         if not isinstance(layout, bytes):
             return None
-        key = (layout, body_bytes, features, window, outputs, timed)
         with self._known_lock:
-            table = self._tables.get(key)
+            table = self._tables.get((layout, shape))
             if table is None:
-                table = SQLiteRows(self, layout, body_bytes, features, window, outputs, timed)
-                self._tables[key] = table
+                table = self._tables[(layout, shape)] = SQLiteRows(self, layout, shape)
             return table
 
     @contextlib.contextmanager

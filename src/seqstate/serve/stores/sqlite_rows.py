@@ -36,6 +36,7 @@ import numpy as np
 
 from seqstate.serve.stores.base import (
     Record,
+    RowShape,
     history_entries,
     kept_answer,
     kept_digest,
@@ -84,11 +85,10 @@ _ROW_HASH = hashlib.blake2b(digest_size=16, person=b"seqstate-rows/1")  # never 
 _FIXED_HASH = hashlib.blake2b(digest_size=16, person=b"seqstate-rowf/1")
 
 
-def row_dtype(
-    body_bytes: int, features: int, window: int, outputs: int, timed: bool = False
-) -> np.dtype:
-    """The numpy record of a row's ``data`` (little-endian, packed); ``timed``: with each
+def row_dtype(shape: RowShape) -> np.dtype:
+    """The numpy record of a row's ``data`` (little-endian, packed); a timed shape's with each
     kept step's time and whether one was sent."""
+    body_bytes, features, window, outputs, timed = shape
     fields = [
         ("seq", "<i8"),
         ("updated", "<f8"),
@@ -103,23 +103,20 @@ def row_dtype(
     return np.dtype(fields)
 
 
-def layout_text(
-    layout: bytes, body_bytes: int, features: int, window: int, outputs: int, timed: bool = False
-) -> str:
+def layout_text(layout: bytes, shape: RowShape) -> str:
     """What a row stores of its layout: the sizes of its data, and a digest of the state row's
     header (a row of another run or window is never continued in bulk). A timed layout's
     text starts with ``t`` (a reader that knows only untimed rows reads none of it)."""
     digest = hashlib.blake2b(layout, digest_size=8).hexdigest()
-    return f"{'t' if timed else ''}{body_bytes},{features},{window},{outputs},{digest}"
+    sizes = ",".join(str(size) for size in shape[:4])
+    return f"{'t' if shape.timed else ''}{sizes},{digest}"
 
 
-def _read_layout(layout: str) -> tuple[int, int, int, int, bool]:
-    """``(body_bytes, features, window, outputs, timed)`` of a layout text (ValueError: not
-    one)."""
-    timed = layout.startswith("t")
+def _read_layout(layout: str) -> RowShape:
+    """The :class:`RowShape` of a layout text (ValueError: not one)."""
     parts = layout.removeprefix("t").split(",")[:4]
     body_bytes, features, window, outputs = (int(part) for part in parts)
-    return body_bytes, features, window, outputs, timed
+    return RowShape(body_bytes, features, window, outputs, layout.startswith("t"))
 
 
 def _row_sum(name: bytes, generation: bytes, data: bytes) -> bytes:
@@ -160,8 +157,9 @@ def row_record(
     ):
         return corrupt
     try:
-        body_bytes, features, window, outputs, timed = _read_layout(layout)
-        dtype = row_dtype(body_bytes, features, window, outputs, timed)
+        shape = _read_layout(layout)
+        window, timed = shape.window, shape.timed
+        dtype = row_dtype(shape)
         if len(data) != dtype.itemsize:
             return corrupt
         row = np.frombuffer(data, dtype)[0]
@@ -204,28 +202,14 @@ class SQLiteRows:
     store's connections under its locks; a write inside a group commit runs in its
     transaction (:meth:`SQLiteStore.commit_with_rows`)."""
 
-    def __init__(
-        self,
-        store: SQLiteStore,
-        layout: bytes,
-        body_bytes: int,
-        features: int,
-        window: int,
-        outputs: int,
-        timed: bool = False,
-    ) -> None:
-        if window < 1:
-            raise ValueError(f"window must be >= 1 answers kept; received {window}")
+    def __init__(self, store: SQLiteStore, layout: bytes, shape: RowShape) -> None:
+        if shape.window < 1:
+            raise ValueError(f"window must be >= 1 answers kept; received {shape.window}")
         self._store = store
-        self.timed = timed  # the rows keep each kept step's time
-        self.body_bytes, self.features, self.window, self.outputs = (
-            body_bytes,
-            features,
-            window,
-            outputs,
-        )
-        self.dtype = row_dtype(body_bytes, features, window, outputs, timed)
-        self.layout = layout_text(layout, body_bytes, features, window, outputs, timed)
+        # (timed: the rows keep each kept step's time)
+        self.body_bytes, self.features, self.window, self.outputs, self.timed = shape
+        self.dtype = row_dtype(shape)
+        self.layout = layout_text(layout, shape)
         # stream -> (generation, data) of the rows this table wrote last, oldest first: a row
         # whose stored generation is still that one is not read (nor checksummed) again
         self._written: dict[str, tuple[bytes, bytes]] = {}
