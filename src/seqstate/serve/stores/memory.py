@@ -281,9 +281,9 @@ class RowTable:
             self.kept_x[target, slot] = batch.x[take]
             self.kept_single[target, slot] = batch.single[take]
             if self.timed:
-                sent = batch.time is not None
-                self.kept_timed[target, slot] = sent
-                self.kept_time[target, slot] = batch.time[take] if sent else 0  # type: ignore[index]
+                times = batch.time
+                self.kept_timed[target, slot] = times is not None
+                self.kept_time[target, slot] = 0 if times is None else times[take]
             return ok.tolist()
 
     def _keep(self, row: int, record: Record) -> None:
