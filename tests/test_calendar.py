@@ -12,6 +12,7 @@ from seqstate.recipe.calendar import (
     Frequency,
     future_times,
     infer_frequency,
+    observed_frequency,
     parse_times,
     season_length,
 )
@@ -132,3 +133,42 @@ def test_bad_arguments():
         infer_frequency(np.array([1, 2, 3]))
     with pytest.raises(ValueError, match="strictly increasing"):
         infer_frequency(np.array(["2020-02-01", "2020-01-01"], dtype="datetime64[ns]"))
+
+
+def business_hours(days: int = 63) -> np.ndarray:
+    """5-minute times from 07:00 to 21:00 on weekdays (169 a day, 845 a week)."""
+    stamps = pd.date_range("2021-03-01", periods=days * 288, freq="5min")
+    clock = stamps.hour * 60 + stamps.minute
+    return stamps[(stamps.day_of_week < 5) & (clock >= 7 * 60) & (clock <= 21 * 60)].to_numpy()
+
+
+def test_business_hours_step_through_their_slots_not_the_night():
+    times = business_hours()  # ends on a Friday at 21:00
+    frequency = observed_frequency(times)
+    assert frequency is not None and frequency.name == "5min"
+    assert len(frequency.slots) == 845 and frequency.cycle == 7 * 86_400
+    future = future_times(times, 3)
+    expected = ["2021-05-03T07:00", "2021-05-03T07:05", "2021-05-03T07:10"]
+    np.testing.assert_array_equal(future, np.array(expected, dtype="datetime64[ns]"))
+    # from inside the day the next slots follow at once
+    assert future_times(times[:-2], 3)[-1] == np.datetime64("2021-05-03T07:00")
+    # a holiday leaves the usual week as it is
+    holiday = times[(times < np.datetime64("2021-03-10")) | (times >= np.datetime64("2021-03-11"))]
+    assert observed_frequency(holiday).slots == frequency.slots
+    # the run file's entry reads back to the same calendar
+    again = Frequency.from_dict(frequency.to_dict())
+    assert (again.name, again.slots, again.cycle) == (frequency.name, frequency.slots, 604_800)
+    np.testing.assert_array_equal(again.future(times[-1], 200), future_times(times, 200))
+    # data on its whole calendar keeps the plain grid
+    assert (
+        observed_frequency(pd.date_range("2021-03-01", periods=900, freq="h").to_numpy()).slots
+        == ()
+    )
+
+
+def test_frequency_entries_with_bad_slots_are_refused():
+    with pytest.raises(ValueError, match="slots must lie in"):
+        Frequency.from_dict({"name": "h", "slots": [3600, 700_000], "cycle": 604_800})
+    with pytest.raises(ValueError, match="slots must lie in"):
+        Frequency.from_dict({"name": "h", "slots": [3600]})
+    assert Frequency.from_dict("MS") == Frequency("MS", "MS")

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from seqstate.recipe.calendar import observed_seasons
 from seqstate.recipe.choices import season_of, suggest
 from seqstate.recipe.sources import read_table
 
@@ -50,10 +51,65 @@ def test_short_series_and_numeric_times_get_no_season():
 
 @pytest.mark.parametrize(
     ("freq", "expected"),
-    [("h", (24, ("hour", "weekday"))), ("D", (7, ("weekday",))), ("QS", (4, ("month",)))],
+    [
+        ("h", (24, ("hour", "weekday"))),
+        ("30min", (48, ("hour", "weekday"))),
+        ("5min", (288, ("hour", "weekday"))),
+        ("D", (7, ("weekday",))),
+        ("B", (5, ("weekday",))),
+        ("W-SUN", (52, ("month",))),
+        ("MS", (12, ("month",))),
+        ("QS", (4, ("month",))),
+        ("YS", (0, ())),
+    ],
 )
 def test_season_of_reads_the_calendar(freq, expected):
-    assert season_of(pd.date_range("2020-01-01", periods=10, freq=freq).to_numpy()) == expected
+    """train's season and calendar come from the same calendar as evaluation's seasons: every
+    sub-daily step that divides a day, business days (5, not the 7 of their median spacing)."""
+    times = pd.date_range("2020-01-01", periods=40, freq=freq).to_numpy()
+    assert season_of(times) == expected
+    assert season_of(times)[0] == (observed_seasons(times) or (0,))[0]
+
+
+def test_a_half_hourly_seasonal_table_gets_seasonal_differences_and_the_hour():
+    times = pd.date_range("2020-01-06", periods=48 * 14, freq="30min")
+    rng = np.random.default_rng(0)
+    value = 100 + 20 * np.sin(2 * np.pi * np.arange(len(times)) / 48)
+    frame = pd.DataFrame({"t": times, "value": value + rng.normal(size=len(times))})
+    table = read_table(frame, features=["value"], targets=["value"], time_column="t")
+    suggestion = suggest(table)
+    assert suggestion.scaling.season == 48
+    assert suggestion.calendar == ("hour", "weekday")
+
+
+def business_hours(days: int, start: str = "2021-03-01") -> np.ndarray:
+    """5-minute times from 07:00 to 21:00 on weekdays (169 a day), as a call centre logs."""
+    stamps = pd.date_range(start, periods=days * 288, freq="5min")
+    clock = stamps.hour * 60 + stamps.minute
+    return stamps[(stamps.day_of_week < 5) & (clock >= 7 * 60) & (clock <= 21 * 60)].to_numpy()
+
+
+def test_business_hours_season_is_the_steps_of_a_usual_day_and_week():
+    times = business_hours(70)
+    assert observed_seasons(times) == (169, 845)
+    # its forecasts step through the same hours, so it gets the calendar's features
+    assert season_of(times) == (169, ("hour", "weekday"))
+    # a holiday (one weekday missing) leaves the usual day and week as they are
+    holiday = times[(times < np.datetime64("2021-03-10")) | (times >= np.datetime64("2021-03-11"))]
+    assert observed_seasons(holiday) == (169, 845)
+
+
+def test_gaps_without_a_usual_day_give_no_season():
+    stamps = pd.date_range("2021-03-01", periods=24 * 60, freq="h").to_numpy()
+    rng = np.random.default_rng(1)
+    sparse = np.sort(rng.choice(stamps, size=700, replace=False))
+    assert observed_seasons(sparse) == ()
+    assert season_of(sparse) == (0, ())
+    # a few missing hours are gaps, not another calendar
+    assert observed_seasons(np.delete(stamps, [5, 300, 901])) == (24, 168)
+    # every day from 09:00 to 17:00: a day of 8 steps, a week of 56
+    clock = pd.DatetimeIndex(stamps).hour
+    assert observed_seasons(stamps[(clock >= 9) & (clock < 17)]) == (8, 56)
 
 
 def test_hints_for_log_and_differences_are_not_applied():
@@ -90,3 +146,56 @@ def test_no_difference_hint_where_the_daily_season_beats_the_last_value():
     frame = pd.DataFrame({"time": times, "value": 100 + shape + level})
     table = read_table(frame, features=["value"], targets=["value"], time_column="time")
     assert not any("--difference 1" in hint for hint in suggest(table).hints)
+
+
+def test_a_season_hidden_in_noisy_changes_still_gets_the_calendar():
+    """Counts every hour with a smooth daily profile: each step's noise swamps the season in
+    the changes (no seasonal differences), but the profile holds most of the level's variance
+    around its trend, so the calendar features go in; pure noise gets neither."""
+    times = pd.date_range("2021-03-01", periods=24 * 60, freq="h")
+    rng = np.random.default_rng(2)
+    profile = 20 * (1 + np.sin(2 * np.pi * (times.hour.to_numpy() - 6) / 24))
+    counts = rng.poisson(profile + 5).astype(float)
+    table = read_table(
+        pd.DataFrame({"t": times, "calls": counts}),
+        features=["calls"],
+        targets=["calls"],
+        time_column="t",
+    )
+    suggestion = suggest(table)
+    assert suggestion.scaling.season == 0
+    assert suggestion.calendar == ("hour", "weekday")
+    assert any(
+        "mean profile holds" in r and "no seasonal differences" in r for r in suggestion.reasons
+    )
+    noise = pd.DataFrame({"t": times, "calls": rng.poisson(20, len(times)).astype(float)})
+    table = read_table(noise, features=["calls"], targets=["calls"], time_column="t")
+    assert suggest(table).calendar == () and suggest(table).scaling.season == 0
+
+
+def test_usual_days_without_usual_hours_get_their_season_but_no_calendar():
+    """8 hours a weekday, 09-17 one week and 10-18 the next: a usual day of 8 steps and week
+    of 40, but no hours every week holds, so forecasts cannot be stamped through the opening
+    hours, and the calendar features (of the stamped hours) stay out."""
+    stamps = pd.date_range("2021-03-01", periods=24 * 7 * 12, freq="h")
+    opens = np.where((stamps.isocalendar().week.to_numpy() % 2) == 0, 9, 10)
+    hour = stamps.hour.to_numpy()
+    kept = (stamps.day_of_week < 5) & (hour >= opens) & (hour < opens + 8)
+    times = stamps[kept].to_numpy()
+    assert observed_seasons(times) == (8, 40)
+    assert season_of(times) == (8, ())
+
+
+def test_a_short_season_hidden_in_noisy_changes_keeps_no_calendar():
+    """Monthly counts with the same kind of noisy season: 12 steps a season are too few for
+    the level's profile to add the month (measured: it lost on held-out monthly data)."""
+    times = pd.date_range("1990-01-01", periods=240, freq="MS")
+    rng = np.random.default_rng(3)
+    counts = rng.poisson(5 * (1 + np.sin(2 * np.pi * np.arange(240) / 12)) + 5).astype(float)
+    frame = pd.DataFrame({"t": times, "deaths": counts})
+    table = read_table(frame, features=["deaths"], targets=["deaths"], time_column="t")
+    from seqstate.recipe.choices import _seasonal_correlation, _seasonal_strength
+
+    assert _seasonal_correlation(counts, 12) <= 0.3 < 0.6 < _seasonal_strength(counts, 12)
+    suggestion = suggest(table)
+    assert suggestion.calendar == () and suggestion.scaling.season == 0

@@ -208,3 +208,36 @@ def test_a_stream_keeps_its_series(monthly):
     other = RunStreams.from_run(run)
     other.import_states(exported, {"a": "s0"})
     assert other.state("a").equal(streams.state("a"))
+
+
+def test_business_hours_forecast_steps_through_the_opening_hours(tmp_path):
+    """Data kept to 09:00-16:00 on weekdays: the run's calendar holds those hours, so the
+    forecast after a Friday's close is stamped from Monday 09:00 (the model's next steps),
+    with the calendar features of those hours, by the CLI and by a stream alike."""
+    stamps = pd.date_range("2024-03-04", periods=24 * 7 * 6, freq="h")  # from a Monday
+    stamps = stamps[(stamps.day_of_week < 5) & (stamps.hour >= 9) & (stamps.hour < 17)]
+    stamps = stamps[: len(stamps) - 3]  # ends on a Friday at 13:00
+    rng = np.random.default_rng(5)
+    value = 50 + 10 * np.sin(2 * np.pi * (stamps.hour - 9) / 8) + rng.random(len(stamps))
+    data = tmp_path / "shop.csv"
+    pd.DataFrame({"time": stamps, "value": value}).to_csv(data, index=False)
+    run = tmp_path / "run"
+    train(data, run, "-f", "value", "--time", "time")
+    loaded = Run.load(run)
+    assert loaded.frequency.cycle == 7 * 86_400 and len(loaded.frequency.slots) == 40
+    assert loaded.members[0].calendar == ("hour", "weekday")
+    out = tmp_path / "f.csv"
+    assert main(["forecast", str(run), str(data), "--horizon", "6", "--out", str(out)]) == 0
+    written = pd.read_csv(out)
+    expected = ["2024-04-12 14:00:00", "2024-04-12 15:00:00", "2024-04-12 16:00:00"]
+    expected += ["2024-04-15 09:00:00", "2024-04-15 10:00:00", "2024-04-15 11:00:00"]
+    assert written["time"].tolist() == expected
+    streams = RunStreams.from_run(run)
+    table = read(data, run)
+    x = step_tables.table_inputs(streams.function, table, 0)
+    time = step_tables.table_times(streams.function, table.times[0])
+    streams.step(["shop"], x[None], time=time[None], series=["shop"])
+    times, path = streams.forecast(["shop"], 6)
+    expected_s = pd.to_datetime(expected).to_numpy().astype("datetime64[s]").astype(np.int64)
+    np.testing.assert_array_equal(times[0], expected_s)
+    np.testing.assert_allclose(path[0, :, 0], written["predicted_value"], rtol=RTOL)

@@ -337,21 +337,26 @@ def _leaks(train: Any) -> list[str]:
 
 def _calendar(table: Any) -> str | None:
     """The time column's calendar in words, for datetime times."""
-    from seqstate.recipe.calendar import infer_frequency, season_length
+    from seqstate.recipe.calendar import observed_frequency, observed_seasons
 
     if table.columns.time is None or not np.issubdtype(table.times[0].dtype, np.datetime64):
         return None
-    frequency = infer_frequency(table.times[int(np.argmax(table.lengths))])
+    longest = table.times[int(np.argmax(table.lengths))]
+    frequency = observed_frequency(longest)
     if frequency is None:
         return "no regular calendar found in the time column; forecasts step by the median spacing"
+    seasons = observed_seasons(longest)
+    season = ("seasons " if len(seasons) > 1 else "season ") + (
+        " and ".join(str(m) for m in seasons) or "none"
+    )
     return (
-        f"{frequency.description} ({frequency.name}), season {season_length(frequency)}: "
-        "forecasts are stamped on this calendar"
+        f"{frequency.description} ({frequency.name}), {season}: forecasts are stamped on this "
+        "calendar"
     )
 
 
 def _gaps(train: Any) -> list[str]:
-    from seqstate.recipe.calendar import infer_frequency
+    from seqstate.recipe.calendar import observed_frequency
 
     if train.columns.time is None:
         return []
@@ -360,10 +365,11 @@ def _gaps(train: Any) -> list[str]:
         if len(times) < 3:
             continue
         if np.issubdtype(times.dtype, np.datetime64):
-            # On a calendar (months, business days...): a gap is a missing step of it.
-            frequency = infer_frequency(times)
+            # On a calendar (months, business days...): a gap is a missing step of it; data
+            # kept to the same hours of every week (business hours) keeps to its calendar.
+            frequency = observed_frequency(times)
             if frequency is not None:
-                if frequency.missing:
+                if frequency.missing and not frequency.slots:
                     irregular.append(series_id)
                 continue
         deltas = np.diff(times).astype(np.float64)

@@ -30,10 +30,13 @@ from seqstate._validate import check_int
 
 __all__ = [
     "Frequency",
+    "calendar_kinds",
     "format_time",
     "format_times",
     "future_times",
     "infer_frequency",
+    "observed_frequency",
+    "observed_seasons",
     "parse_times",
     "season_length",
     "season_lengths",
@@ -195,11 +198,17 @@ class Frequency:
             ``"months=N"`` for the same day of every N months (e.g. the 15th).
         description: in words, for messages (``"month starts"``).
         missing: steps of the grid between the first and last time that the series lacks.
+        slots: for data kept to part of its calendar (business hours), the times a cycle
+            holds, in seconds after the cycle's start (Monday 00:00 for a week, midnight for a
+            day, UTC wall time); ``()``: every step of the grid.
+        cycle: the slots' cycle in seconds (a week or a day); 0 without slots.
     """
 
     name: str
     description: str
     missing: int = 0
+    slots: tuple[int, ...] = ()
+    cycle: int = 0
 
     @property
     def offset(self) -> Any:
@@ -214,11 +223,37 @@ class Frequency:
         """The ``horizon`` times after ``last`` on this calendar, ``datetime64[ns]``."""
         import pandas as pd
 
+        if self.slots:
+            return _future_slots(last, int(horizon), self.slots, self.cycle)
         start = pd.Timestamp(last)
         offset = self.offset
         # last + k * step for each k (not step by step), so clamped month ends never drift.
         stamps = [start + k * offset for k in range(1, int(horizon) + 1)]
         return np.array(stamps, dtype="datetime64[ns]")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run file's entry (``missing`` is the history's, not the calendar's)."""
+        entry: dict[str, Any] = {"name": self.name, "description": self.description}
+        if self.slots:
+            entry |= {"slots": list(self.slots), "cycle": self.cycle}
+        return entry
+
+    @classmethod
+    def from_dict(cls, entry: Any) -> Frequency:
+        """What :meth:`to_dict` wrote (or a bare alias, as early runs stored it)."""
+        if isinstance(entry, str):
+            return cls(entry, entry)
+        name = str(entry["name"])
+        slots = tuple(int(v) for v in entry.get("slots", ()))
+        cycle = int(entry.get("cycle", 0))
+        if slots and (cycle <= 0 or any(not 0 <= v < cycle for v in slots)):
+            raise ValueError(
+                f"frequency slots must lie in [0, cycle {cycle}) seconds; received "
+                f"{list(slots)[:5]}..."
+            )
+        return cls(
+            name, str(entry.get("description", name)), slots=tuple(sorted(slots)), cycle=cycle
+        )
 
     def season(self) -> int:
         """Steps in a natural season (the MASE / seasonal-naive period), 1 when none."""
@@ -408,6 +443,108 @@ def season_lengths(frequency: Frequency | None) -> tuple[int, ...]:
     return (per_day, 7 * per_day)
 
 
+def observed_seasons(times: np.ndarray, frequency: Frequency | None = None) -> tuple[int, ...]:
+    """Every seasonal period of one series in steps, the shortest first; ``()`` when none.
+
+    The calendar's (:func:`season_lengths` of the inferred frequency) when the series keeps to
+    it. Sub-daily data observed on part of the calendar only (business hours: 07:00-21:00 on
+    weekdays, in 5 minutes) holds fewer steps a day and a week than the calendar has, so "the
+    same time yesterday" is not ``288`` steps back: its seasons are the steps of a usual day
+    and a usual week (169 and 845 there). A day (week) is usual when at least 80% of the whole
+    days (weeks) between the first and the last hold that many steps (days); without a usual
+    day there is no season, without a usual week only the daily one.
+
+    Args:
+        times: ``[L]`` the series' sorted ``datetime64`` times.
+        frequency: their :func:`infer_frequency`, when the caller has it.
+    """
+    frequency = frequency or infer_frequency(times)
+    seasons = season_lengths(frequency)
+    if frequency is None or not frequency.missing or len(seasons) != 2:
+        return seasons
+    days, steps_a_day = np.unique(np.asarray(times).astype("datetime64[D]"), return_counts=True)
+    day = _usual(steps_a_day)
+    if day is None:
+        return ()
+    # weeks from Monday (1970-01-01, day 0, was a Thursday)
+    weeks = (days.astype(np.int64) + 3) // 7
+    week = _usual(np.unique(weeks, return_counts=True)[1])
+    if day == seasons[0] and week == 7:  # a few steps missing here and there
+        return seasons
+    return (day,) if week is None or week == 1 else (day, day * week)
+
+
+_DAY_S = 86_400
+_MONDAY_S = 4 * _DAY_S  # 1970-01-05, the first Monday after the epoch (a Thursday)
+
+
+def observed_frequency(times: np.ndarray) -> Frequency | None:
+    """:func:`infer_frequency`, with the slots of a usual week (or day) for sub-daily data kept
+    to part of its calendar (:func:`observed_seasons`): its future steps through those slots
+    (from Friday 21:00 to Monday 07:00 for business hours), not through the night.
+
+    The slots are the times of the cycle that at least half of the whole cycles hold; when
+    they are not as many as the usual cycle's steps, the calendar stays the grid's.
+    """
+    frequency = infer_frequency(times)
+    seasons = observed_seasons(times, frequency)
+    if frequency is None or not seasons or seasons == season_lengths(frequency):
+        return frequency
+    cycle, anchor = (7 * _DAY_S, _MONDAY_S) if len(seasons) == 2 else (_DAY_S, 0)
+    seconds = np.asarray(times).astype("datetime64[s]").astype(np.int64)
+    within = (seconds - anchor) % cycle
+    number = (seconds - anchor) // cycle
+    whole = (number > number[0]) & (number < number[-1])
+    cycles = int(number[-1] - number[0] - 1)
+    if cycles < 2:
+        return frequency
+    offsets, held = np.unique(within[whole], return_counts=True)
+    slots = offsets[held >= 0.5 * cycles]
+    if len(slots) != seasons[-1]:
+        return frequency
+    words = f"{frequency.description}, {len(slots)} a {'week' if cycle > _DAY_S else 'day'}"
+    return dataclasses.replace(
+        frequency, description=words, slots=tuple(slots.tolist()), cycle=cycle
+    )
+
+
+def _future_slots(last: Any, horizon: int, slots: Sequence[int], cycle: int) -> np.ndarray:
+    """The ``horizon`` slot times after ``last``: the slots of ``last``'s cycle after it,
+    then those of the next cycles."""
+    anchor = _MONDAY_S if cycle == 7 * _DAY_S else 0
+    at = int(np.datetime64(last, "s").astype(np.int64))
+    start, into = divmod(at - anchor, cycle)
+    table = np.asarray(slots, dtype=np.int64)
+    first = int(np.searchsorted(table, into, side="right"))
+    k = first + np.arange(horizon)
+    seconds = anchor + (start + k // len(table)) * cycle + table[k % len(table)]
+    return seconds.astype("datetime64[s]").astype("datetime64[ns]")
+
+
+def _usual(counts: np.ndarray) -> int | None:
+    """The count that at least 80% of the whole periods hold (the first and the last period
+    of a series are partial and left out), or None: fewer than two whole periods, or none."""
+    whole = counts[1:-1]
+    if len(whole) < 2:
+        return None
+    values, often = np.unique(whole, return_counts=True)
+    best = int(np.argmax(often))
+    return int(values[best]) if often[best] >= 0.8 * len(whole) else None
+
+
+def calendar_kinds(frequency: Frequency | None) -> tuple[str, ...]:
+    """The calendar features (:func:`seqstate.recipe.covariates.calendar_features` kinds) that
+    carry a season of data on ``frequency``: hour and weekday for sub-daily steps, weekday for
+    days and business days, month for weeks, months and quarters; none for years, other
+    spacings and None."""
+    seasons = season_lengths(frequency)
+    if not seasons or frequency is None:
+        return ()
+    if len(seasons) == 2:
+        return ("hour", "weekday")
+    return ("weekday",) if frequency.name in ("B", "D") else ("month",)
+
+
 def _fixed_step_ns(name: str) -> int | None:
     """The step of a fixed-spacing alias (``30min``, ``h``, ``2h``) in ns, else None."""
     import pandas as pd
@@ -444,7 +581,7 @@ def future_times(times: np.ndarray, horizon: int, frequency: Frequency | None = 
         raise ValueError("times is empty; a series needs at least one time to stamp its future")
     ahead = np.arange(1, int(horizon) + 1)
     if np.issubdtype(array.dtype, np.datetime64):
-        frequency = frequency or infer_frequency(array)
+        frequency = frequency or observed_frequency(array)
         if frequency is not None:
             return frequency.future(array[-1], int(horizon))
         if len(array) < 2:

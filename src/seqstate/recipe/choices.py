@@ -269,17 +269,18 @@ Defaults = Choices
 # Scaling, transforms and calendar features.
 
 SEASONAL_ACF = 0.3  # the median lag-m autocorrelation of differences that calls a season
+# The share of the detrended variance that a season's mean profile must hold (the seasonal
+# strength of a classical decomposition, Wang, Smith & Hyndman 2006) for the calendar features
+# alone, in seasons of at least LONG_SEASON steps: a smooth daily profile changes little from
+# one step to the next, so in 5-minute counts the noise of each step swamps it in the changes
+# while the level shows it (bank calls: validation MASE 0.885 -> 0.617 with the hour and
+# weekday). Monthly series that fail the changes' test lost with the month as a feature
+# (elecequip 0.648 -> 0.741, deaths 0.510 -> 0.700 on the test years), so shorter seasons keep
+# the changes' test alone.
+SEASONAL_PROFILE = 0.6
+LONG_SEASON = 24
 LOG_SPAN = 10.0  # p95 / p5 of a positive series above which a log is suggested
 _DRIFT = 20.0  # a level range over this many median step sizes suggests lag-1 differences
-
-# Median spacing (in hours) -> (seasonal period in steps, calendar features).
-_CALENDARS = (
-    ((0.9, 1.1), 24, ("hour", "weekday")),
-    ((23.0, 25.0), 7, ("weekday",)),
-    ((24.0 * 6.5, 24.0 * 7.5), 52, ("month",)),
-    ((24.0 * 27.5, 24.0 * 31.5), 12, ("month",)),
-    ((24.0 * 88.0, 24.0 * 93.0), 4, ("month",)),
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,16 +294,31 @@ class Suggestion:
 
 
 def season_of(times: np.ndarray) -> tuple[int, tuple[str, ...]]:
-    """``(period, calendar features)`` of datetime ``times`` ``[L]``; ``(0, ())`` when the
-    times are numbers or their spacing matches no calendar."""
+    """``(period, calendar features)`` of datetime ``times`` ``[L]``: the main season of
+    :func:`seqstate.recipe.calendar.observed_seasons` (the one evaluation and the baselines
+    use) and the calendar's features; ``(0, ())`` when the times are numbers or their
+    calendar has no season.
+
+    Data kept to part of its calendar (business hours) gets the calendar's features when its
+    forecasts step through the same hours (:func:`~seqstate.recipe.calendar.observed_frequency`
+    found its slots): otherwise they would be stamped through the night, with features of
+    hours the model never saw, so the features are left out."""
+    from seqstate.recipe.calendar import (
+        calendar_kinds,
+        observed_frequency,
+        observed_seasons,
+        season_lengths,
+    )
+
     values = np.asarray(times)
     if not np.issubdtype(values.dtype, np.datetime64) or len(values) < 2:
         return 0, ()
-    hours = float(np.median(np.diff(values).astype("timedelta64[s]").astype(np.float64))) / 3600
-    for (low, high), period, calendar in _CALENDARS:
-        if low <= hours <= high:
-            return period, calendar
-    return 0, ()
+    frequency = observed_frequency(values)
+    seasons = observed_seasons(values, frequency)
+    if not seasons or frequency is None:
+        return 0, ()
+    stamped = bool(frequency.slots) or seasons == season_lengths(frequency)
+    return seasons[0], calendar_kinds(frequency) if stamped else ()
 
 
 def suggest(table: Any) -> Suggestion:
@@ -351,14 +367,38 @@ def suggest(table: Any) -> Suggestion:
                 f"{strength:.2f} > {SEASONAL_ACF}: a strong seasonal pattern)"
             )
         else:
-            reasons.append(
-                f"season: none (the changes' lag-{period} autocorrelation exceeds the "
-                f"half-season one by {strength:.2f} <= {SEASONAL_ACF}: no seasonal pattern of "
-                f"period {period})"
+            profile = float("nan")
+            if period >= LONG_SEASON:
+                profiles = [_seasonal_strength(v[:, 0], period) for v in values]
+                measured = [p for p in profiles if np.isfinite(p)]
+                profile = float(np.median(measured)) if measured else profile
+            changes = (
+                f"the changes' lag-{period} autocorrelation exceeds the half-season one by "
+                f"{strength:.2f} <= {SEASONAL_ACF}"
             )
-            calendar = ()
+            if profile > SEASONAL_PROFILE and calendar and period >= LONG_SEASON:
+                reasons.append(
+                    f"season: calendar {list(calendar)}, no seasonal differences (the season's "
+                    f"mean profile holds {profile:.2f} > {SEASONAL_PROFILE} of the variance "
+                    f"around the trend, but {changes}: the noise of each step hides the season "
+                    "in the changes)"
+                )
+            else:
+                level = (
+                    f", and the season's mean profile holds {profile:.2f} <= "
+                    f"{SEASONAL_PROFILE} of the variance around the trend"
+                    if np.isfinite(profile)
+                    else ""
+                )
+                reasons.append(
+                    f"season: none ({changes}{level}: no seasonal pattern of period {period})"
+                )
+                calendar = ()
     else:
-        reasons.append("season: none (the time column is not a calendar of regular steps)")
+        reasons.append(
+            "season: none (the time column holds no calendar with a season: not dates, "
+            "years, or no regular steps)"
+        )
 
     positive = all(bool((v > 0).all()) for v in values)
     if positive:
@@ -409,6 +449,28 @@ def _last_value_wins(table: Any, values: list[np.ndarray]) -> bool:
 
     last = error("seasonal_naive_1")
     return all(last < error(f"seasonal_naive_{m}") for m in seasons)
+
+
+def _seasonal_strength(series: np.ndarray, period: int) -> float:
+    """The share of ``series``' variance around its trend that the season's mean profile
+    holds: 1 - var(remainder) / var(detrended), the trend a centred moving average of one
+    season (a 2 x m average for even m), the profile the mean of each phase. NaN when the
+    series is shorter than two seasons or flat around its trend."""
+    if period < 2 or len(series) < 2 * period + 1:
+        return float("nan")
+    if period % 2:
+        kernel = np.full(period, 1.0 / period)
+    else:
+        kernel = np.r_[0.5, np.ones(period - 1), 0.5] / period
+    half = len(kernel) // 2
+    detrended = series[half : len(series) - half] - np.convolve(series, kernel, "valid")
+    phase = (np.arange(len(detrended)) + half) % period
+    counts = np.bincount(phase, minlength=period)
+    profile = np.bincount(phase, detrended, minlength=period) / np.maximum(counts, 1)
+    spread = float(detrended.var())
+    if spread == 0:
+        return float("nan")
+    return max(0.0, 1.0 - float((detrended - profile[phase]).var()) / spread)
 
 
 def _seasonal_correlation(series: np.ndarray, period: int) -> float:

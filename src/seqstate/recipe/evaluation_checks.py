@@ -7,18 +7,20 @@ from typing import Any
 
 import numpy as np
 
-from seqstate.recipe.calendar import infer_frequency, season_lengths
+from seqstate.recipe.calendar import observed_seasons
 
 __all__ = ["infer_season", "infer_seasons", "interval_lines", "interval_table_of"]
 
 
 def infer_seasons(table: Any) -> tuple[int, ...]:
     """Every seasonal period of ``table``'s calendar, the shortest first: ``(12,)`` for
-    months, ``(48, 336)`` for half hours; ``()`` when the series disagree or have none."""
+    months, ``(48, 336)`` for half hours, the steps of a usual day and week for business hours
+    (:func:`~seqstate.recipe.calendar.observed_seasons`); ``()`` when the series disagree or
+    have none."""
     found = set()
     for times in table.times[:50]:
         if np.issubdtype(np.asarray(times).dtype, np.datetime64) and len(times) >= 3:
-            found.add(season_lengths(infer_frequency(times)))
+            found.add(observed_seasons(times))
     return found.pop() if len(found) == 1 else ()
 
 

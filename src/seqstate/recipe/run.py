@@ -92,10 +92,7 @@ class Run:
             data = dict(metadata.get("data", {}))
             data["columns"] = self.columns.to_dict()
             if self.frequency is not None:
-                data["frequency"] = {
-                    "name": self.frequency.name,
-                    "description": self.frequency.description,
-                }
+                data["frequency"] = self.frequency.to_dict()
             metadata["data"] = data
             if member.scaling is not None:
                 # the scaling files and the preparation entry that names the calendar (a run
@@ -153,9 +150,7 @@ def _frequency(entry: Any) -> Any:
         return None
     from seqstate.recipe.calendar import Frequency
 
-    if isinstance(entry, str):
-        return Frequency(entry, entry)
-    return Frequency(str(entry["name"]), str(entry.get("description", entry["name"])))
+    return Frequency.from_dict(entry)
 
 
 def _seed(member: RunMember, k: int) -> int:

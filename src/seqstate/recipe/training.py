@@ -742,13 +742,13 @@ def _frequency(table: Any) -> dict[str, Any]:
     time (``Run.load`` reads it back); nothing where the times are not dates."""
     if _time_kind(table) != "datetime":
         return {}
-    from seqstate.recipe.calendar import infer_frequency
+    from seqstate.recipe.calendar import observed_frequency
 
     longest = max(range(len(table)), key=lambda i: len(table.times[i]))
-    frequency = infer_frequency(table.times[longest])
+    frequency = observed_frequency(table.times[longest])
     if frequency is None:
         return {}
-    return {"frequency": {"name": frequency.name, "description": frequency.description}}
+    return {"frequency": frequency.to_dict()}
 
 
 def _time_range(table: Any) -> dict[str, Any]:
