@@ -81,7 +81,9 @@ def _train(split: Split, tmp: Path, name: str, seed: int, *extra: str) -> tuple[
     data = tmp / "history.csv"
     if not data.exists():
         history = split.history.copy()
-        history["time"] = history["time"].dt.strftime("%Y-%m-%d")
+        stamps = history["time"]
+        within_day = not (stamps.dt.normalize() == stamps).all()  # half hours, 5 minutes
+        history["time"] = stamps.dt.strftime("%Y-%m-%d %H:%M:%S" if within_day else "%Y-%m-%d")
         if split.counts:
             history["value"] = history["value"].round().astype(int)
         history.to_csv(data, index=False)
