@@ -196,3 +196,17 @@ def test_doctor_prints_the_chosen_scaling_and_why(panel, capsys):
     assert "per series (5 series" in text and "differences at lag 12" in text
     assert "Threads" in text
     json.dumps(text)
+
+
+def test_doctor_on_business_hours_names_their_seasons_and_finds_no_gaps(tmp_path, capsys):
+    """Hours kept to 09:00-16:00 on weekdays are the data's calendar, not gaps in an hourly
+    grid: doctor names a day of 8 steps and a week of 40, and advises no resampling."""
+    stamps = pd.date_range("2024-03-04", periods=24 * 7 * 8, freq="h")
+    stamps = stamps[(stamps.day_of_week < 5) & (stamps.hour >= 9) & (stamps.hour < 17)]
+    value = 10 + np.sin(2 * np.pi * (stamps.hour.to_numpy() - 9) / 8)
+    data = tmp_path / "shop.csv"
+    pd.DataFrame({"time": stamps, "value": value}).to_csv(data, index=False)
+    assert main(["doctor", str(data), "-f", "value", "--time", "time"]) == 0
+    text = capsys.readouterr().out
+    assert "hours, 40 a week (h), seasons 8 and 40" in text
+    assert "gaps" not in text

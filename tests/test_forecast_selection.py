@@ -111,6 +111,25 @@ def test_evaluate_and_backtest_compare_with_the_daily_seasonal_naive_on_half_hou
     np.testing.assert_allclose(stored_naive[:, 0], expected)  # what backtest.png draws
 
 
+def test_business_hours_are_evaluated_against_the_same_hour_of_the_last_open_day():
+    """07:00-21:00 on weekdays every 5 minutes: a day is 169 steps, so evaluate's and the
+    backtest's seasonal naive (and the MASE scale) look 169 steps back, not 288."""
+    stamps = pd.date_range("2021-03-01", periods=288 * 42, freq="5min")
+    clock = stamps.hour * 60 + stamps.minute
+    stamps = stamps[(stamps.day_of_week < 5) & (clock >= 7 * 60) & (clock <= 21 * 60)]
+    rng = np.random.default_rng(1)
+    profile = 50 + 30 * np.sin(np.pi * (stamps.hour.to_numpy() - 7) / 14)
+    frame = pd.DataFrame({"time": stamps, "calls": rng.poisson(profile).astype(float)})
+    table = read_table(frame, features=["calls"], targets=["calls"], time_column="time")
+    assert infer_season(table) == 169
+    result = evaluate_forecaster(LastValue(), table, tail=169, horizon=169)
+    assert result.season == 169
+    history, actual = table.targets[0][:-169, 0], table.targets[0][-169:, 0]
+    naive = series_metrics(actual, seasonal_naive(history, 169, 169), history, 169)
+    assert result.rows[0]["naive_mase"] == pytest.approx(naive["mase"])
+    assert backtest(table, LastValue(), folds=1, horizon=169).season == 169
+
+
 # ------------------------------------------------------------------------------------------
 # Time formats
 # ------------------------------------------------------------------------------------------
