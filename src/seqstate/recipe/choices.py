@@ -384,14 +384,15 @@ def suggest(table: Any) -> Suggestion:
                     "in the changes)"
                 )
             else:
-                level = (
+                profile_note = (
                     f", and the season's mean profile holds {profile:.2f} <= "
                     f"{SEASONAL_PROFILE} of the variance around the trend"
                     if np.isfinite(profile)
                     else ""
                 )
                 reasons.append(
-                    f"season: none ({changes}{level}: no seasonal pattern of period {period})"
+                    f"season: none ({changes}{profile_note}: no seasonal pattern of period "
+                    f"{period})"
                 )
                 calendar = ()
     else:
