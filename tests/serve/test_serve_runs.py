@@ -289,3 +289,45 @@ def test_onnx_runtime_keeps_the_distribution_parameters_and_the_interval_state(
     onnx_state = dict(zip(names, state[: len(names)], strict=True))
     for key in ("interval.lag_sum", "interval.one_sum", "interval.last"):
         np.testing.assert_allclose(onnx_state[key], torch_state.transforms[key].numpy(), rtol=1e-9)
+
+
+def test_a_business_hours_run_stamps_its_served_forecast_through_its_opening_hours(tmp_path):
+    """A run trained on 09:00-16:00 weekdays, streamed to a Friday's 13:00 by a real server:
+    the forecast endpoint's times skip the night and the weekend as `seqstate forecast`'s do,
+    with the same values."""
+    stamps = pd.date_range("2024-03-04", periods=24 * 7 * 6, freq="h")  # from a Monday
+    stamps = stamps[(stamps.day_of_week < 5) & (stamps.hour >= 9) & (stamps.hour < 17)]
+    stamps = stamps[: len(stamps) - 3]  # ends on a Friday at 13:00
+    value = 50 + 10 * np.sin(2 * np.pi * (stamps.hour - 9) / 8)
+    frame = pd.DataFrame(
+        {"time": stamps, "value": value + np.random.default_rng(5).random(len(stamps))}
+    )
+    data = tmp_path / "shop.csv"
+    frame.to_csv(data, index=False)
+    run = tmp_path / "run"
+    args = ["train", str(data), "-f", "value", "--time", "time", "--select", "network"]
+    assert main([*args, "--epochs", "1", "--hidden-size", "4", "--quiet", "--out", str(run)]) == 0
+    out = tmp_path / "f.csv"
+    assert main(["forecast", str(run), str(data), "--horizon", "4", "--out", str(out)]) == 0
+    cli = pd.read_csv(out)
+    expected = ["2024-04-12T14:00:00", "2024-04-12T15:00:00", "2024-04-12T16:00:00"]
+    assert [pd.Timestamp(t).isoformat() for t in cli["time"]] == [*expected, "2024-04-15T09:00:00"]
+    server = ServerProcess(run)
+    try:
+        server.start()
+        with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as client:
+            rows = frame[["value"]].to_numpy().tolist()
+            times = [t.isoformat() for t in frame["time"]]
+            body = {"seq": 1, "x": rows, "time": times}
+            assert client.post("/v1/streams/shop/steps", json=body).status_code == 200
+            reply = client.post("/v1/streams/shop/forecast", json={"horizon": 4})
+            assert reply.status_code == 200, reply.text
+            answer = reply.json()
+        assert [pd.Timestamp(t).isoformat() for t in answer["time"]] == [
+            *expected,
+            "2024-04-15T09:00:00",
+        ]
+        np.testing.assert_allclose(np.asarray(answer["y"])[:, 0], cli["predicted_value"], rtol=RTOL)
+    finally:
+        server.stop()
+        server.log.close()
