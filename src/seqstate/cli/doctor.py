@@ -345,7 +345,7 @@ def _calendar(table: Any) -> str | None:
     frequency = observed_frequency(longest)
     if frequency is None:
         return "no regular calendar found in the time column; forecasts step by the median spacing"
-    seasons = observed_seasons(longest)
+    seasons = observed_seasons(longest, frequency)
     season = ("seasons " if len(seasons) > 1 else "season ") + (
         " and ".join(str(m) for m in seasons) or "none"
     )

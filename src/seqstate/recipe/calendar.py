@@ -487,8 +487,10 @@ def observed_frequency(times: np.ndarray) -> Frequency | None:
     they are not as many as the usual cycle's steps, the calendar stays the grid's.
     """
     frequency = infer_frequency(times)
+    if frequency is None:
+        return None
     seasons = observed_seasons(times, frequency)
-    if frequency is None or not seasons or seasons == season_lengths(frequency):
+    if not seasons or seasons == season_lengths(frequency):
         return frequency
     cycle, anchor = (7 * _DAY_S, _MONDAY_S) if len(seasons) == 2 else (_DAY_S, 0)
     seconds = np.asarray(times).astype("datetime64[s]").astype(np.int64)
