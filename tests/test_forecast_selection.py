@@ -21,6 +21,7 @@ from seqstate.recipe.baselines import (
     fit_damped_ets,
 )
 from seqstate.recipe.calendar import (
+    covered_seasons,
     format_times,
     future_times,
     infer_frequency,
@@ -29,6 +30,7 @@ from seqstate.recipe.calendar import (
     written_format,
 )
 from seqstate.recipe.evaluation import backtest, evaluate_forecaster, infer_season
+from seqstate.recipe.evaluation_checks import infer_seasons
 from seqstate.recipe.metrics import seasonal_naive, series_metrics
 from seqstate.recipe.run_forecaster import load_forecaster
 from seqstate.recipe.selection import (
@@ -674,3 +676,31 @@ def test_one_window_of_one_series_keeps_half_on_seasonal_naive(tmp_path, series)
         assert chosen.scores[chosen.chosen] == pytest.approx(chosen.scores[NAIVE] / 2)
     else:
         assert chosen.weights == {"network": 1.0} and "too thin" not in chosen.reason
+
+
+def test_seasons_the_data_does_not_hold_twice_are_not_seasons():
+    """A hundred minutes have no daily season: evaluation, selection and doctor compare with
+    the last value (a seasonal naive 1440 steps back would have nothing to repeat), while a
+    panel keeps the season its longest series holds twice, however short the others."""
+    minutes = pd.DataFrame(
+        {
+            "time": pd.date_range("2024-01-08", periods=100, freq="min"),
+            "value": np.cumsum(np.random.default_rng(0).normal(size=100)),
+        }
+    )
+    table = read_table(minutes, features=["value"], targets=["value"], time_column="time")
+    assert infer_seasons(table) == () and infer_season(table) == 1
+    assert evaluate_forecaster(LastValue(), table, tail=10, horizon=10).season == 1
+
+    def halves(days: int, series: str) -> pd.DataFrame:
+        times = pd.date_range("2024-01-08", periods=48 * days, freq="30min")
+        return pd.DataFrame({"id": series, "time": times, "value": np.arange(len(times)) % 48})
+
+    # 13 days hold the daily season (48) but not two weeks (336); 14 days hold both.
+    for days, expected in [(13, (48,)), (14, (48, 336))]:
+        panel = pd.concat([halves(days, "long"), halves(3, "short")])
+        table = read_table(
+            panel, features=["value"], targets=["value"], id_column="id", time_column="time"
+        )
+        assert infer_seasons(table) == expected
+    assert covered_seasons((48, 336), 671) == (48,) and covered_seasons((12,), 23) == ()

@@ -337,7 +337,7 @@ def _leaks(train: Any) -> list[str]:
 
 def _calendar(table: Any) -> str | None:
     """The time column's calendar in words, for datetime times."""
-    from seqstate.recipe.calendar import observed_frequency, observed_seasons
+    from seqstate.recipe.calendar import covered_seasons, observed_frequency, observed_seasons
 
     if table.columns.time is None or not np.issubdtype(table.times[0].dtype, np.datetime64):
         return None
@@ -345,7 +345,7 @@ def _calendar(table: Any) -> str | None:
     frequency = observed_frequency(longest)
     if frequency is None:
         return "no regular calendar found in the time column; forecasts step by the median spacing"
-    seasons = observed_seasons(longest, frequency)
+    seasons = covered_seasons(observed_seasons(longest, frequency), len(longest))
     season = ("seasons " if len(seasons) > 1 else "season ") + (
         " and ".join(str(m) for m in seasons) or "none"
     )

@@ -29,8 +29,10 @@ import numpy as np
 from seqstate._validate import check_int
 
 __all__ = [
+    "MIN_CYCLES",
     "Frequency",
     "calendar_kinds",
+    "covered_seasons",
     "format_time",
     "format_times",
     "future_times",
@@ -441,6 +443,18 @@ def season_lengths(frequency: Frequency | None) -> tuple[int, ...]:
         return ()
     per_day = day // step
     return (per_day, 7 * per_day)
+
+
+#: Whole cycles of a season the data must hold for it to count: with fewer, seasonal naive has
+#: no in-sample errors to scale by and a validation window of two seasons is longer than the
+#: data (a few hours of minutes have no daily season to speak of).
+MIN_CYCLES = 2
+
+
+def covered_seasons(seasons: Sequence[int], length: int) -> tuple[int, ...]:
+    """The ``seasons`` a series of ``length`` steps holds at least :data:`MIN_CYCLES` whole
+    cycles of (those of a panel: its longest series' length)."""
+    return tuple(m for m in seasons if length >= MIN_CYCLES * m)
 
 
 def observed_seasons(times: np.ndarray, frequency: Frequency | None = None) -> tuple[int, ...]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from seqstate.recipe.calendar import observed_seasons
+from seqstate.recipe.calendar import covered_seasons, observed_seasons
 
 __all__ = ["infer_season", "infer_seasons", "interval_lines", "interval_table_of"]
 
@@ -15,13 +15,16 @@ __all__ = ["infer_season", "infer_seasons", "interval_lines", "interval_table_of
 def infer_seasons(table: Any) -> tuple[int, ...]:
     """Every seasonal period of ``table``'s calendar, the shortest first: ``(12,)`` for
     months, ``(48, 336)`` for half hours, the steps of a usual day and week for business hours
-    (:func:`~seqstate.recipe.calendar.observed_seasons`); ``()`` when the series disagree or
-    have none."""
+    (:func:`~seqstate.recipe.calendar.observed_seasons`) that the longest series holds at
+    least twice (:func:`~seqstate.recipe.calendar.covered_seasons`); ``()`` when the series
+    disagree or have none."""
     found = set()
     for times in table.times[:50]:
         if np.issubdtype(np.asarray(times).dtype, np.datetime64) and len(times) >= 3:
             found.add(observed_seasons(times))
-    return found.pop() if len(found) == 1 else ()
+    if len(found) != 1:
+        return ()
+    return covered_seasons(found.pop(), max(len(times) for times in table.times))
 
 
 def infer_season(table: Any) -> int:
