@@ -79,7 +79,8 @@ def test_doctor_reports_every_data_problem_at_once_then_the_layout(files, tmp_pa
     problems = out.split("\n\n")[0]
     # Each problem with its column, its rows (data rows: 1-based, header not counted), values, fix
     assert "column 'v' is not a number at data row 4 ('n.a.')" in problems
-    assert "column 'v' is missing at data row 8 (empty), data row 71 (empty). Fill" in problems
+    assert "column 'v' is missing at data row 8 (empty), data row 71 (empty). Drop" in problems
+    assert "df.groupby(id)[column].ffill(), not across series" in problems
     assert "column 'id' is empty (no series id) at data row 21" in problems
     assert "column 'month' repeats a time of its series at data row 31 ('2017-06-01')" in problems
     assert "column 'month' is not a time at data row 61 ('someday')" in problems

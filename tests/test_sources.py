@@ -57,6 +57,10 @@ def test_without_time_column_rows_keep_their_order_stably():
     table = read_table(frame(), features=["temp"], id_column="id")
     np.testing.assert_array_equal(table.features[0][:, 0], [12.0, 10.0, 11.0])
     np.testing.assert_array_equal(table.features[1][:, 0], [1.0, 0.0, 2.0])
+    # each series steps through its own positions, not the file's rows between the others'
+    # (a forecast of series b continues at its step 3, not at a row of series a)
+    for times in table.times:
+        np.testing.assert_array_equal(times, [0, 1, 2])
 
 
 def test_without_id_column_the_table_is_one_series():
@@ -168,6 +172,10 @@ def test_nan_and_inf_name_the_row_and_column(tmp_path):
     data = frame()
     data.loc[2, "temp"] = np.nan
     with pytest.raises(ValueError, match=r"column 'temp' is missing \(NaN\) at data row 3 "):
+        read_table(write_csv(tmp_path, data), features=["temp"], id_column="id")
+    # the fix it names keeps the series apart (a plain ffill would carry one series' last
+    # value into the next series' first rows)
+    with pytest.raises(ValueError, match=r"groupby\(id\)\[column\]\.ffill\(\), not across"):
         read_table(write_csv(tmp_path, data), features=["temp"], id_column="id")
     data = frame().set_index(pd.Index([10, 20, 30, 40, 50, 60]))
     data.loc[50, "load"] = np.inf

@@ -568,7 +568,9 @@ def check_frame(frame: Any, data: dict[str, Any], *, source: str = "DataFrame") 
             "is missing",
             empty,
             column,
-            "Fill the gaps (e.g. DataFrame.ffill) or drop those rows.",
+            "Drop the rows before a series starts or after it ends (df.dropna(subset=[...])) "
+            "and fill gaps within each series (df.groupby(id)[column].ffill(), not across "
+            "series).",
         )
         values = numbers.to_numpy(dtype="float64", na_value=np.nan)
         add(name, "is infinite", np.isinf(values), column, "Replace or drop those rows.")

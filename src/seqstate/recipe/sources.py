@@ -179,7 +179,9 @@ def _numeric_column(frame: Any, name: str, rows: _Rows, *, integer: bool = False
         what = "is missing (NaN)" if np.isnan(values[position]) else f"is {values[position]}"
         raise ValueError(
             f"column {name!r} {what} at {rows.name(position)}; {bad.size} value(s) of {name!r} "
-            "are NaN or inf. Fill them (e.g. DataFrame.ffill) or drop those rows first."
+            "are NaN or inf. Drop the rows before a series starts or after it ends (a table "
+            "made from wide columns: df.dropna(subset=[...])), and fill gaps within each series "
+            "(df.groupby(id)[column].ffill(), not across series)."
         )
     if integer:
         fractional = np.flatnonzero((values != np.round(values)) | (values < 0))
@@ -388,7 +390,9 @@ def read_table(
     y_dtype = np.int64 if classify else np.float32
     for i, (begin, end) in enumerate(itertools.pairwise(bounds)):
         positions = order[begin:end]
-        series_times = times[positions]
+        # without a time column a series' steps are its own positions 0, 1, ... (the file's
+        # row numbers would step a series by the rows of the others between them)
+        series_times = times[positions] if time_column is not None else np.arange(len(positions))
         if time_column is not None and len(positions) > 1:
             same = np.flatnonzero(series_times[1:] == series_times[:-1])
             if same.size:
