@@ -156,6 +156,47 @@ def test_written_formats_round_trip(written):
     assert list(format_times(times, form)) == written
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        ["2021-03-31T16:00:00+02:00", "2021-03-31T17:00:00+02:00"],
+        ["2021-03-31T16:00:00Z", "2021-03-31T17:00:00Z"],
+        ["2021-03-31 16:30-05:30", "2021-03-31 17:30-05:30"],
+    ],
+)
+def test_times_with_one_utc_offset_are_written_back_with_it(written):
+    times = parse_times(written)  # UTC wall time inside
+    form = written_format(written, times)
+    assert form is not None
+    assert list(format_times(times, form)) == written
+
+
+def test_times_whose_offset_changes_are_written_in_utc_as_the_same_instants():
+    """Daylight saving (Berlin, 28 March 2021): the text does not tell the zone's future
+    offsets, so times go out in UTC, stated, never as local times an hour off."""
+    local = pd.date_range("2021-03-27 22:00", periods=6, freq="h", tz="Europe/Berlin")
+    written = [t.isoformat() for t in local]
+    assert {w[-6:] for w in written} == {"+01:00", "+02:00"}
+    times = parse_times(written)
+    form = written_format(written, times)
+    assert form is not None and form.endswith("|+00:00")
+    out = format_times(times, form)
+    assert list(pd.to_datetime(out, utc=True)) == list(local.tz_convert("UTC"))
+
+
+def test_forecast_times_continue_in_the_inputs_offset(tmp_path):
+    local = pd.date_range("2021-03-01", periods=24 * 21, freq="h", tz="Asia/Kolkata")
+    value = 10 + np.sin(2 * np.pi * np.arange(len(local)) / 24)
+    data = tmp_path / "h.csv"
+    pd.DataFrame({"t": [t.isoformat() for t in local], "y": value}).to_csv(data, index=False)
+    run = tmp_path / "run"
+    train = ["train", str(data), "-f", "y", "--time", "t", "--epochs", "1", "--hidden-size", "4"]
+    assert main([*train, "--no-progress", "--quiet", "--out", str(run)]) == 0
+    out = tmp_path / "f.csv"
+    assert main(["forecast", str(run), str(data), "--horizon", "2", "--out", str(out)]) == 0
+    assert list(pd.read_csv(out)["t"]) == ["2021-03-22T00:00:00+05:30", "2021-03-22T01:00:00+05:30"]
+
+
 def test_a_form_no_pattern_writes_back_gives_none():
     written = ["2024-1-5", "2024-1-6"]  # ISO-ish without zero padding
     assert written_format(written, parse_times(written)) is None

@@ -22,7 +22,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -109,7 +109,9 @@ def parse_times(values: Sequence[Any] | np.ndarray, name: str = "time") -> np.nd
         return np.asarray(periods.to_timestamp(how="start"), dtype="datetime64[ns]")
     best: tuple[int, Any] = (-1, None)
     for form in ("ISO8601", *_TEXT_FORMATS):
-        parsed = pd.to_datetime(text, format=form, errors="coerce")
+        # utc: text with offsets (which may change with daylight saving) as UTC instants
+        utc = form == "ISO8601" and bool(text.str.contains(_OFFSET).any())
+        parsed = pd.to_datetime(text, format=form, errors="coerce", utc=utc)
         read = int(parsed.notna().sum())
         if read == len(text):
             return _naive_ns(parsed)
@@ -135,20 +137,45 @@ _ISO_FORMATS = (
 )
 
 
+_OFFSET = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")  # 2021-03-31T16:00:00+02:00, ...Z
+
+
+def _offset_minutes(offset: str) -> int:
+    """``"+02:00"``, ``"-0530"`` or ``"Z"`` in minutes east of UTC."""
+    if offset == "Z":
+        return 0
+    digits = offset[1:].replace(":", "")
+    minutes = int(digits[:2]) * 60 + int(digits[2:])
+    return -minutes if offset[0] == "-" else minutes
+
+
 def written_format(text: Sequence[Any] | np.ndarray, times: np.ndarray) -> str | None:
     """How a text time column was written, so output times can be written the same way.
 
-    ``text`` holds the column as read (strings), ``times`` its parsed ``datetime64`` values.
-    Returns a format for :func:`format_times` (a ``strftime`` pattern; ``%q`` stands for the
-    quarter, as in ``"%YQ%q"`` for ``1998Q1``) that writes every sampled value back exactly as
-    it was read, or None when no format does (times are then written as ISO dates).
+    ``text`` holds the column as read (strings), ``times`` its parsed ``datetime64`` values
+    (UTC wall time for text with an offset). Returns a format for :func:`format_times` (a
+    ``strftime`` pattern; ``%q`` stands for the quarter, as in ``"%YQ%q"`` for ``1998Q1``)
+    that writes every sampled value back exactly as it was read, or None when no format does
+    (times are then written as ISO dates). Times written with a UTC offset keep it: one offset
+    throughout (``+02:00``, ``Z``) gives a pattern and ``"|+02:00"``, written in that offset;
+    offsets that change (a zone with daylight saving, whose future offsets the text does not
+    tell) give ``"|+00:00"``, the same instants written in UTC, so forecasts never read as
+    local times an hour off.
     """
     values = [v.strip() if isinstance(v, str) else None for v in np.asarray(text, dtype=object)]
     if not values or any(v is None for v in values) or len(values) != len(times):
         return None
     sample = np.unique(np.linspace(0, len(values) - 1, min(len(values), 64)).astype(int))
-    written = [values[i] for i in sample]
-    stamps = np.asarray(times)[sample]
+    written = [cast(str, values[i]) for i in sample]
+    stamps = np.asarray(times)[sample].astype("datetime64[ns]")
+    suffix = ""
+    offsets = [_OFFSET.search(v) for v in written]
+    if all(offsets):
+        found = [cast(re.Match[str], m).group(0) for m in offsets]
+        minutes = np.array([_offset_minutes(o) for o in found], dtype=np.int64)
+        stamps = stamps + minutes.astype("timedelta64[m]")  # each value's own wall time
+        written = [v[: len(v) - len(o)] for v, o in zip(written, found, strict=True)]
+        suffix = "|" + (found[0] if len(set(minutes.tolist())) == 1 else "+00:00")
     candidates: list[str] = []
     quarter = _QUARTER.match(written[0])
     if quarter:
@@ -158,7 +185,7 @@ def written_format(text: Sequence[Any] | np.ndarray, times: np.ndarray) -> str |
     for form in candidates:
         try:
             if list(format_times(stamps, form)) == written:
-                return form
+                return form + suffix
         except ValueError:
             continue
     return None
@@ -166,18 +193,24 @@ def written_format(text: Sequence[Any] | np.ndarray, times: np.ndarray) -> str |
 
 def format_times(times: np.ndarray, form: str | None) -> np.ndarray:
     """``datetime64`` ``times`` written with ``form`` (from :func:`written_format`) as an
-    object array of strings; the times themselves when ``form`` is None."""
+    object array of strings; the times themselves when ``form`` is None. A form ending in
+    ``"|<offset>"`` writes UTC ``times`` as wall times at that offset, the offset after them."""
     import pandas as pd
 
     if form is None:
         return np.asarray(times)
-    index = pd.DatetimeIndex(np.asarray(times).astype("datetime64[ns]"))
+    stamps = np.asarray(times).astype("datetime64[ns]")
+    offset = ""
+    if "|" in form:
+        form, offset = form.split("|", 1)
+        stamps = stamps + np.timedelta64(_offset_minutes(offset), "m")
+    index = pd.DatetimeIndex(stamps)
     if "%q" in form:
         head, tail = form.split("%q", 1)
         quarters = ((index.month - 1) // 3 + 1).astype(str)
         parts = zip(index.strftime(head), quarters, index.strftime(tail), strict=True)
-        return np.array([a + q + b for a, q, b in parts], dtype=object)
-    return np.asarray(index.strftime(form), dtype=object)
+        return np.array([a + q + b + offset for a, q, b in parts], dtype=object)
+    return np.array([text + offset for text in index.strftime(form)], dtype=object)
 
 
 def _naive_ns(parsed: Any) -> np.ndarray:
