@@ -105,8 +105,20 @@ def test_doctor_says_which_output_head_train_would_fit(
     counts = _write(tmp_path / "counts.csv", counts=True)
     real = _write(tmp_path / "real.csv", counts=False)
     columns = ["--features", "value", "--targets", "value", "--id", "id", "--time", "t"]
+    # judged as train judges it, on the targets the model reads: per-series scaling makes
+    # counts real numbers, so auto is studentt and negbin is refused, as train refuses it
     main(["doctor", str(counts), *columns, "--distribution", "auto"])
-    assert "non-negative integers, so negbin" in capsys.readouterr().out
+    assert "studentt distribution head (auto: the targets are counts, but" in (
+        capsys.readouterr().out
+    )
+    main(["doctor", str(counts), *columns, "--distribution", "auto", "--scaling", "none"])
+    assert "negbin distribution head (auto: the targets the model reads are" in (
+        capsys.readouterr().out
+    )
+    assert main(["doctor", str(counts), *columns, "--distribution", "negbin"]) == 1
+    assert "negbin models counts, but the model-space targets" in capsys.readouterr().out
+    assert main(["train", str(counts), *columns, "--distribution", "negbin", "--quiet"]) != 0
+    assert "negbin models counts, but the model-space targets" in capsys.readouterr().err
     main(["doctor", str(real), *columns, "--distribution", "auto"])
     assert "studentt distribution head (auto: the targets are not counts)" in (
         capsys.readouterr().out

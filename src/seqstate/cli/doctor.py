@@ -89,8 +89,12 @@ def _threads(report: Report, settings: dict[str, dict[str, Any]]) -> None:
     )
 
 
-def _explain_distribution(report: Report, table: Any, model: dict[str, Any]) -> None:
-    """The output head train would fit: a point model, or which distribution and why."""
+def _explain_distribution(report: Report, table: Any, train: Any, model: dict[str, Any]) -> None:
+    """The output head train would fit: a point model, or which distribution and why, judged
+    as ``train`` judges it, on the model-space training part ``train`` (after scaling and
+    transforms); a head ``train`` would refuse is a problem."""
+    from seqstate.recipe.training import choose_distribution
+
     name = model.get("distribution", "none")
     if table.columns.task != "regression":
         report.facts.append(("Output", "class probabilities"))
@@ -103,16 +107,25 @@ def _explain_distribution(report: Report, table: Any, model: dict[str, Any]) -> 
         )
         report.facts.append(("Output", text))
         return
-    counts = all(bool(np.all(t >= 0) and np.all(t == np.round(t))) for t in table.targets if t.size)
+    try:
+        head = choose_distribution(train, name, model.get("quantiles", "0.1,0.5,0.9"), "regression")
+    except ValueError as error:
+        report.problems.append(str(error))
+        return
+    text = f"a {head.name} distribution head"
     if name == "auto":
-        text = (
-            "a distribution head, auto: the targets are non-negative integers, so negbin if "
-            "the run leaves them unscaled (--scaling none), else studentt"
-            if counts
-            else "a studentt distribution head (auto: the targets are not counts)"
+        raw_counts = all(
+            bool(np.all(t >= 0) and np.all(t == np.round(t))) for t in table.targets if t.size
         )
-    else:
-        text = f"a {name} distribution head"
+        if head.name == "negbin":
+            text += " (auto: the targets the model reads are non-negative integers)"
+        elif raw_counts:
+            text += (
+                " (auto: the targets are counts, but the run's scaling or transforms change "
+                "them; --scaling none --seasonal-difference 0 keeps them counts, for negbin)"
+            )
+        else:
+            text += " (auto: the targets are not counts)"
     report.facts.append(("Output", text + "; forecasts are its medians"))
 
 
@@ -170,7 +183,6 @@ def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
         )
     )
     columns = table.columns
-    _explain_distribution(report, table, model)
     ahead = "the same step (labelling)" if columns.shift == 0 else f"{columns.shift} step(s) ahead"
     report.facts.append(
         (
@@ -185,6 +197,7 @@ def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
     except (ValueError, TypeError) as error:
         report.problems.append(f"{error}")
         return report
+    _explain_distribution(report, table, plan.train, model)
     report.facts += plan.lines()
     report.facts += [("  try", hint) for hint in plan.prepared.preparation.hints]
     _threads(report, settings)
