@@ -154,6 +154,9 @@ def test_missing_column_lists_available_and_suggests():
         read_table(frame(), features=["temp"], time_column="T")
     with pytest.raises(ValueError, match=r"target column 'y'"):
         read_table(frame(), features=["temp"], targets=["y"])
+    # a target that is also a feature (features default to the targets) is named as a target
+    with pytest.raises(ValueError, match=r"target column 'sales'"):
+        read_table(frame(), features=["sales"], targets=["sales"])
 
 
 def test_non_numeric_value_names_the_csv_data_row(tmp_path):
@@ -181,6 +184,20 @@ def test_nan_and_inf_name_the_row_and_column(tmp_path):
     data.loc[50, "load"] = np.inf
     with pytest.raises(ValueError, match=r"column 'load' is inf at the row with index label 50"):
         read_table(data, features=["temp", "load"])
+
+
+def test_variation_float32_cannot_hold_is_refused_not_read_as_a_constant():
+    """1e9 +- 10 steps by 64 in float32: the series would be read as nearly constant and
+    forecast as one. Values float32 holds (a level of 1e4 with changes of 0.5) are read."""
+    k = np.arange(120)
+    wave = 10 * np.sin(2 * np.pi * k / 12)
+    data = pd.DataFrame({"id": "a", "y": 1e9 + wave, "x": 1e4 + wave / 10})
+    with pytest.raises(ValueError, match=r"column 'y' changes by .* around 1e\+09, finer than"):
+        read_table(data, features=["x"], targets=["y"])
+    with pytest.raises(ValueError, match=r"column 'y' of series 'a' .* \(e\.g\. y - 1e\+09\)"):
+        read_table(data, features=["y"], id_column="id")
+    table = read_table(data.assign(y=data["y"] - 1e9), features=["x", "y"])
+    np.testing.assert_allclose(table.features[0][:, 1], wave, atol=1e-5)
 
 
 def test_nan_in_a_target_is_refused():

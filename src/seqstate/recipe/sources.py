@@ -332,8 +332,10 @@ def read_table(
     if not require_targets and any(name not in frame.columns for name in target_names):
         target_names = ()
     wanted: dict[str, str | None] = {"id": id_column, "time": time_column}
-    wanted |= {f"feature {i}": name for i, name in enumerate(feature_names)}
+    # targets first: a column that is both (features default to the targets) is named as
+    # the target the user asked for
     wanted |= {f"target {i}": name for i, name in enumerate(target_names)}
+    wanted |= {f"feature {i}": name for i, name in enumerate(feature_names)}
     for role, name in wanted.items():
         _check_columns(frame, {role.split(" ")[0]: name}, description)
 
@@ -412,8 +414,13 @@ def read_table(
                 f"with a target; every series needs more than {shift} rows. Drop short series "
                 "or lower shift."
             )
-        table_features.append(x[positions].astype(x_dtype))
-        table_targets.append(y[positions].astype(y_dtype))
+        series_x = x[positions].astype(x_dtype)
+        _check_resolution(x[positions], series_x, feature_names, id_list[i], id_column)
+        series_y = y[positions].astype(y_dtype)
+        if not classify:
+            _check_resolution(y[positions], series_y, target_names, id_list[i], id_column)
+        table_features.append(series_x)
+        table_targets.append(series_y)
         table_times.append(series_times)
         table_rows.append(positions.astype(np.int64))
 
@@ -435,6 +442,32 @@ def read_table(
         rows=table_rows,
         time_format=time_format,
     )
+
+
+#: The share of a series' step-to-step variation that rounding to float32 may take before
+#: the values are refused (the model, the state and the server's frames hold float32).
+RESOLUTION = 0.01
+
+
+def _check_resolution(
+    exact: np.ndarray, stored: np.ndarray, names: Sequence[str], series: Any, id_column: Any
+) -> None:
+    """Refuse columns whose variation float32 cannot hold: a level far above the changes
+    (1e9 +- 10: float32 steps by 64 there) would be read as a constant, silently.
+    ``exact [L, F]`` float64, ``stored`` the same as float32."""
+    if len(exact) < 3:
+        return
+    lost = np.std(exact - stored.astype(np.float64), axis=0)
+    changes = np.mean(np.abs(np.diff(exact, axis=0)), axis=0)
+    for k in np.flatnonzero(lost > RESOLUTION * changes).tolist():
+        owner = f" of series {series!r}" if id_column is not None else ""
+        level = float(np.median(np.abs(exact[:, k])))
+        raise ValueError(
+            f"column {names[k]!r}{owner} changes by about {float(changes[k]):.3g} a step "
+            f"around {level:.6g}, finer than float32 (which seqstate computes in) can hold "
+            f"there: it would be read as nearly constant. Subtract a baseline first (e.g. "
+            f"{names[k]} - {level:.6g}) or rescale the column."
+        )
 
 
 def pd_is_datetime(column: Any) -> bool:
