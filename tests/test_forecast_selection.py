@@ -234,6 +234,18 @@ def test_forecast_output_keeps_the_quarter_format(tmp_path):
     assert main(["predict", str(run), str(data), "--out", str(predicted)]) == 0
     source = pd.read_csv(data)
     assert list(pd.read_csv(predicted)["quarter"]) == list(source["quarter"])
+    # evaluate's and backtest's rows name their times as the input does too
+    rows = tmp_path / "rows.csv"
+    evaluate = ["evaluate", str(run), str(data), "--tail", "4", "--per-series", str(rows)]
+    assert main(evaluate) == 0
+    scored = pd.read_csv(rows)
+    assert set(scored["scored_from"]) == {"2007Q1"} and set(scored["warmup_to"]) == {"2006Q4"}
+    folds = tmp_path / "bt"
+    backtest = ["backtest", str(data), "-f", "value", "--folds", "2", "--horizon", "4"]
+    backtest += ["--epochs", "1", "--hidden-size", "4", *common, "--out", str(folds)]
+    assert main(backtest) == 0
+    assert set(pd.read_csv(folds / "backtest.csv")["origin"]) == {"2006Q1", "2007Q1"}
+    assert list(pd.read_csv(folds / "folds.csv")["origin_from"]) == ["2006Q1", "2007Q1"]
 
 
 # ------------------------------------------------------------------------------------------

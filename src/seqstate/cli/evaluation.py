@@ -103,7 +103,7 @@ def evaluate_forecaster_command(args: argparse.Namespace, forecaster: Any, table
     if args.per_series:
         target = Path(args.per_series)
         target.parent.mkdir(parents=True, exist_ok=True)
-        result.to_frame().to_csv(target, index=False)
+        _as_written(result.to_frame(), table).to_csv(target, index=False)
     if args.json:
         print(json.dumps(_json_safe(result.summary), sort_keys=True))
     else:
@@ -111,6 +111,32 @@ def evaluate_forecaster_command(args: argparse.Namespace, forecaster: Any, table
         if args.per_series:
             print(f"wrote the per-series metrics to {args.per_series}")
     return 0
+
+
+# The columns of evaluate's and backtest's rows that hold a time of the table.
+_TIME_COLUMNS = (
+    *("origin", "origin_from", "origin_to"),
+    *("warmup_from", "warmup_to", "scored_from", "scored_to"),
+)
+
+
+def _as_written(frame: Any, table: Any) -> Any:
+    """``frame`` with its time columns written as the input writes its times (``1998Q1``
+    stays ``1998Q1``), so the rows join the input on time; the rows hold them as ISO text."""
+    form = table.time_format
+    if form is None:
+        return frame
+    import numpy as np
+    import pandas as pd
+
+    from seqstate.recipe.calendar import format_times
+
+    frame = frame.copy()
+    for column in _TIME_COLUMNS:
+        if column in frame.columns:
+            times = pd.to_datetime(frame[column]).to_numpy(dtype="datetime64[ns]")
+            frame[column] = format_times(np.asarray(times), form)
+    return frame
 
 
 def add_backtest_command(parser: argparse.ArgumentParser) -> None:
@@ -151,8 +177,8 @@ def backtest_command(args: argparse.Namespace, table: Any, train: Any) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(result.rows).to_csv(out / "backtest.csv", index=False)
-        pd.DataFrame(result.folds).to_csv(out / "folds.csv", index=False)
+        _as_written(pd.DataFrame(result.rows), table).to_csv(out / "backtest.csv", index=False)
+        _as_written(pd.DataFrame(result.folds), table).to_csv(out / "folds.csv", index=False)
         written = ["backtest.csv", "folds.csv"]
         if plot_backtest(result, table, out / "backtest.png"):
             written.append("backtest.png")

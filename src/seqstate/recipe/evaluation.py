@@ -183,8 +183,8 @@ class Evaluation:
         lines += interval_lines(s, "horizon_")
         if s.get("one_step_undefined"):
             lines.append(
-                f"  {s['one_step_undefined']} series had a constant history: MASE/scaled RMSE "
-                "undefined, left out of the means"
+                f"  {s['one_step_undefined']} series had a history too short or constant for a "
+                "seasonal-naive scale: MASE/scaled RMSE undefined, left out of the means"
             )
         for series, why in self.skipped[:5]:
             lines.append(f"  skipped {series!r}: {why}")
