@@ -490,6 +490,10 @@ class _RunGraph(nn.Module):
             # the baselines validation chose, stepped beside the network and combined
             y, baselines = self.blend(state.transforms, x, y)
             stepped |= baselines
+        scale = self.function.history_scale
+        if scale is not None and self.function.columns.shift == 1:
+            # a stream whose history never varied answers its last value, as predict does
+            y = scale.hold_flat_graph(state.transforms, x, y)
         # a tensor the step leaves as it is (the series' statistics) is still its own output
         tensors = [
             stepped[name].clone() if stepped[name] is state.transforms[name] else stepped[name]

@@ -791,7 +791,8 @@ class RunStep(nn.Module):
                 members, new_state = self.forward(state, x_t, time_t)
                 network = members[0] if members.shape[0] == 1 else members.mean(dim=0)
             if self.blend is None:
-                return StepOutputs(network, members), new_state
+                answer = self._hold_flat(state, new_state.transforms, x_t, network)
+                return StepOutputs(answer, members), new_state
             baselines: Mapping[str, Entry]
             if x_t.device.type == "cpu":
                 answer, baselines = self._blend_rows(state, x_t, network)
@@ -806,7 +807,18 @@ class RunStep(nn.Module):
         held = StepTransforms.entries(stepped)  # (a new dict: updated in place)
         held.update(baselines)
         transforms = StepTransforms(held, known)
+        answer = self._hold_flat(state, transforms, x_t, answer)
         return StepOutputs(answer, members), RunState.unchecked(transforms, new_state.models)
+
+    def _hold_flat(
+        self, state: RunState, after: Mapping[str, Any], x: torch.Tensor, answer: torch.Tensor
+    ) -> torch.Tensor:
+        """The answer with the last value for a stream whose history never varied
+        (:meth:`HistoryScale.hold_flat`; a run with the MASE scale in its state and one-step
+        answers)."""
+        if self.history_scale is None or self.columns.shift != 1:
+            return answer
+        return self.history_scale.hold_flat(state.transforms, after, x, answer)
 
     def _blend_rows(
         self, state: RunState, x: torch.Tensor, network: torch.Tensor
@@ -1007,6 +1019,8 @@ class RunStep(nn.Module):
             answer = network
             if self.blend is not None:
                 answer = self.blend.combine(network, self.blend.forecast(state.transforms, horizon))
+            if self.history_scale is not None:  # (a stream that never varied: its value)
+                answer = self.history_scale.hold_flat_forecast(state.transforms, answer)
         return ForecastOutputs(times_t, answer, members)
 
     def interval_quantiles(
@@ -1114,6 +1128,8 @@ class RunStep(nn.Module):
                 centre = paths.median(dim=1, keepdim=True).values  # (B, 1, H, O)
                 parts = self.blend.forecast(state.transforms, horizon)
                 paths = paths - centre + self.blend.combine(centre, parts)
+            if self.history_scale is not None:  # (a stream that never varied: its value)
+                paths = self.history_scale.hold_flat_forecast(state.transforms, paths)
         return times_t, paths
 
     # --- checks ------------------------------------------------------------------------------

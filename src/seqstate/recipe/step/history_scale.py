@@ -18,6 +18,14 @@ which is :func:`seqstate.recipe.metrics.mase_scale` of the history, step by step
 whole, reset == separate, and the same number whether a table is run through ``forecast`` or
 streamed step by step through the server (the sums are float64 over the float32 values the
 step function reads).
+
+The same state tells when a stream's history has never varied (``one_sum == 0`` after two
+values or more: a constant series, a product that never sold). Its answer is then its last
+value (:meth:`HistoryScale.hold_flat`, :meth:`HistoryScale.hold_flat_forecast`), as every
+statistical baseline would answer, rather than what the network makes of a series it cannot
+tell from the others (a constant 7 forecast as 8.1 and rising, zeros as 0.2), and its
+calibrated interval has no width. The first change ends it: from then on the run answers as
+trained.
 """
 
 from __future__ import annotations
@@ -163,6 +171,76 @@ class HistoryScale:
             f"{PREFIX}lag_sum": lag_sum,
             f"{PREFIX}one_sum": one_sum,
         }
+
+    # --- flat histories --------------------------------------------------------------------
+
+    def flat_now(self, transforms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, O]`` bool: the streams whose history (two values or more) never varied."""
+        steps = transforms["steps"][:, None]
+        return (transforms[f"{PREFIX}one_sum"] == 0) & (steps >= 2)
+
+    def hold_flat(
+        self,
+        before: Mapping[str, torch.Tensor],
+        after: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        answer: torch.Tensor,
+    ) -> torch.Tensor:
+        """``answer [B, T, O]`` (one-step forecasts, float64) with the step's own target
+        value wherever the stream's history through that step (two values or more) never
+        varied; ``before``/``after``: the state around the steps ``x [B, T, F_raw]``. A NaN
+        answer (differencing without its past) stays NaN."""
+        if x.shape[1] == 1 and answer.device.type == "cpu" and not tracing():
+            # the streaming step, in NumPy: a stream that varied ends it in one test (one
+            # stream's sums are floats: tested as they are)
+            held_sum = entry_of(after, f"{PREFIX}one_sum")
+            if type(held_sum) is Floats and all(held_sum.values):
+                return answer
+            one = as_array(held_sum)  # [B, O]
+            if one.all():
+                return answer
+            steps = as_array(entry_of(after, "steps"))[:, None]
+            flat = (one == 0) & (steps >= 2)
+            if not flat.any():
+                return answer
+            last = as_array(entry_of(after, f"{PREFIX}last"))[:, -1]  # [B, O]
+            held = answer.numpy().copy()
+            rows = held[:, 0]
+            take = flat & np.isfinite(rows)
+            rows[take] = last[take]
+            return torch.from_numpy(held)
+        return self.hold_flat_graph(before, x, answer)
+
+    def hold_flat_graph(
+        self, before: Mapping[str, torch.Tensor], x: torch.Tensor, answer: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`hold_flat` in torch ops, data-independent (traced for export; any device):
+        each step's flatness from the state before the steps and their values."""
+        steps = x.shape[1]
+        values = x.index_select(2, self.target_inputs.to(x.device)).to(torch.float64)
+        last = before[f"{PREFIX}last"][:, -1:]  # [B, 1, O] the value before the steps
+        previous = torch.cat([last, values[:, :-1]], dim=1)
+        seen = before["steps"][:, None] + torch.arange(steps, device=x.device)  # [B, T]
+        later = (seen >= 1)[..., None]  # [B, T, 1]: a step with one before it
+        zero = torch.zeros((), dtype=torch.float64, device=x.device)
+        change = torch.where(later, (values - previous).abs(), zero)
+        total = before[f"{PREFIX}one_sum"][:, None] + change.cumsum(dim=1)
+        flat = (total == 0) & later & torch.isfinite(answer)
+        return torch.where(flat, values, answer)
+
+    def hold_flat_forecast(
+        self, transforms: Mapping[str, torch.Tensor], forecast: torch.Tensor
+    ) -> torch.Tensor:
+        """``forecast [B, ..., H, O]`` (a path per stream, or sample paths) as the last
+        value at every step for the streams whose history never varied."""
+        flat = self.flat_now(transforms)  # [B, O]
+        last = transforms[f"{PREFIX}last"][:, -1]  # [B, O]
+        shape = (flat.shape[0],) + (1,) * (forecast.dim() - 2) + (flat.shape[1],)
+        return torch.where(
+            flat.reshape(shape).to(forecast.device),
+            last.reshape(shape).to(forecast.device, forecast.dtype),
+            forecast,
+        )
 
     def scales(self, transforms: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``[B, O]`` float64: each stream's MASE scale per target (NaN: no variation yet)."""
