@@ -245,6 +245,16 @@ def test_forecast_output_keeps_the_quarter_format(tmp_path):
     backtest += ["--epochs", "1", "--hidden-size", "4", *common, "--out", str(folds)]
     assert main(backtest) == 0
     assert set(pd.read_csv(folds / "backtest.csv")["origin"]) == {"2006Q1", "2007Q1"}
+    renamed = tmp_path / "renamed.csv"
+    pd.read_csv(data).rename(columns={"id": "region"}).to_csv(renamed, index=False)
+    rows = tmp_path / "region_rows.csv"
+    run_b = tmp_path / "run_b"
+    columns = ["--id", "region", "--time", "quarter", "--no-progress", "--quiet"]
+    assert main([*train[:1], str(renamed), *train[2:], *columns, "--out", str(run_b)]) == 0
+    assert (
+        main(["evaluate", str(run_b), str(renamed), "--tail", "4", "--per-series", str(rows)]) == 0
+    )
+    assert list(pd.read_csv(rows)["region"]) == ["r0", "r1", "r2"]
     assert list(pd.read_csv(folds / "folds.csv")["origin_from"]) == ["2006Q1", "2007Q1"]
 
 

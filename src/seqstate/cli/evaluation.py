@@ -122,7 +122,11 @@ _TIME_COLUMNS = (
 
 def _as_written(frame: Any, table: Any) -> Any:
     """``frame`` with its time columns written as the input writes its times (``1998Q1``
-    stays ``1998Q1``), so the rows join the input on time; the rows hold them as ISO text."""
+    stays ``1998Q1``) and its ``id`` named as the input's id column (as ``forecast`` writes
+    them), so the rows join the input; the rows hold ISO text and ``id``."""
+    name = table.columns.id
+    if name is not None and name != "id" and name not in frame.columns:
+        frame = frame.rename(columns={"id": name})
     form = table.time_format
     if form is None:
         return frame
