@@ -147,6 +147,7 @@ def test_business_hours_are_evaluated_against_the_same_hour_of_the_last_open_day
         ["2024-01-31", "2024-02-29"],
         ["2024-01-31 12:30:00", "2024-01-31 13:00:00"],
         ["1939M01", "1939M02"],
+        ["Jan-1939", "Feb-1939"],  # (a year after a dash, not a UTC offset)
     ],
 )
 def test_written_formats_round_trip(written):

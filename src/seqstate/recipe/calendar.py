@@ -110,7 +110,7 @@ def parse_times(values: Sequence[Any] | np.ndarray, name: str = "time") -> np.nd
     best: tuple[int, Any] = (-1, None)
     for form in ("ISO8601", *_TEXT_FORMATS):
         # utc: text with offsets (which may change with daylight saving) as UTC instants
-        utc = form == "ISO8601" and bool(text.str.contains(_OFFSET).any())
+        utc = form == "ISO8601" and any(_OFFSET.search(v) for v in text)
         parsed = pd.to_datetime(text, format=form, errors="coerce", utc=utc)
         read = int(parsed.notna().sum())
         if read == len(text):
@@ -137,7 +137,9 @@ _ISO_FORMATS = (
 )
 
 
-_OFFSET = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")  # 2021-03-31T16:00:00+02:00, ...Z
+# a UTC offset after a time of day (2021-03-31T16:00:00+02:00, ...16:00Z); not the year of
+# "Jan-1939"
+_OFFSET = re.compile(r"\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$")
 
 
 def _offset_minutes(offset: str) -> int:
@@ -171,7 +173,7 @@ def written_format(text: Sequence[Any] | np.ndarray, times: np.ndarray) -> str |
     suffix = ""
     offsets = [_OFFSET.search(v) for v in written]
     if all(offsets):
-        found = [cast(re.Match[str], m).group(0) for m in offsets]
+        found = [cast(re.Match[str], m).group(1) for m in offsets]
         minutes = np.array([_offset_minutes(o) for o in found], dtype=np.int64)
         stamps = stamps + minutes.astype("timedelta64[m]")  # each value's own wall time
         written = [v[: len(v) - len(o)] for v, o in zip(written, found, strict=True)]
