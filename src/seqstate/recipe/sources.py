@@ -444,9 +444,10 @@ def read_table(
     )
 
 
-#: The share of a series' step-to-step variation that rounding to float32 may take before
-#: the values are refused (the model, the state and the server's frames hold float32).
-RESOLUTION = 0.01
+#: The share of a series' mean step-to-step change that rounding to float32 may take before
+#: the values are refused (the model, the state and the server's frames hold float32): a
+#: tenth, so Unix seconds of hourly steps (rounded by up to 64 s) still pass.
+RESOLUTION = 0.1
 
 
 def _check_resolution(
