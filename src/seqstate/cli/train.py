@@ -145,7 +145,13 @@ def handle_backtest(args: argparse.Namespace) -> int:
     def train(history: Any) -> Any:
         # What `seqstate train` with these flags writes ([scaling], defaults, refit, --seeds),
         # forecast through the RunForecaster that evaluate/forecast load from a run.
-        return train_forecaster(history, settings, announce=announce)
+        forecaster = train_forecaster(history, settings, announce=announce)
+        chosen = forecaster.selection()
+        if chosen is not None and announce is not None:
+            # what the folds are forecast with, as train says it (stderr, beside the
+            # training's own lines: stdout stays the result, or its JSON)
+            announce(f"backtest model: {chosen.lines()[-1]}")
+        return forecaster
 
     return backtest_command(args, table, train)
 
