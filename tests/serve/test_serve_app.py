@@ -432,7 +432,7 @@ def test_the_step_route_documents_its_body_answer_and_path_parameter(run_dir):
     """The single-step route parses its body itself (no per-request parameter solving); its
     OpenAPI operation still names the path parameter, the StepBody request body, the
     StepAnswer answer and the error answers."""
-    from seqstate.serve.schemas import StepBody
+    from seqstate.serve.schemas import ForecastBody, StepBody
 
     app = create_app(make_config(run_dir))
     operation = app.openapi()["paths"]["/v1/streams/{stream_id}/steps"]["post"]
@@ -443,6 +443,10 @@ def test_the_step_route_documents_its_body_answer_and_path_parameter(run_dir):
     schema = body["content"]["application/json"]["schema"]
     assert body["required"] and set(schema["properties"]) == set(StepBody.model_fields)
     assert schema["required"] == ["seq", "x"] and schema["additionalProperties"] is False
+    # the forecast route reads its body itself too (any Content-Type) and documents it
+    forecast = app.openapi()["paths"]["/v1/streams/{stream_id}/forecast"]["post"]
+    schema = forecast["requestBody"]["content"]["application/json"]["schema"]
+    assert set(schema["properties"]) == set(ForecastBody.model_fields)
     answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
     assert answer == {"$ref": "#/components/schemas/StepAnswer"}
     assert {"401", "409", "413", "422", "429", "503"} <= set(operation["responses"])

@@ -195,10 +195,22 @@ async def _refusals(run, _, frame):
             body = {"horizon": 2, "covariates": covariates}
             reply = await client.post("/v1/streams/a/forecast", json=body)
             assert reply.status_code == 422 and reply.json()["code"] == "invalid_covariates"
+        text = b'{"horizon": 2, "covariates": {"temp": [20.0, NaN]}}'  # (read as a value)
+        reply = await client.post("/v1/streams/a/forecast", content=text)
+        assert reply.status_code == 422 and reply.json()["code"] == "invalid_covariates"
+        assert "value 1 is nan" in reply.json()["message"]
         body = {"horizon": 2, "covariates": {"temp": [20.0, 21.0]}}
+        # the body is JSON whatever its Content-Type (curl -d sends a form type)
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        as_form = await client.post(
+            "/v1/streams/a/forecast", content=json.dumps(body), headers=form
+        )
+        assert as_form.status_code == 200, as_form.text
+        broken = await client.post("/v1/streams/a/forecast", content=b'{"horizon": ', headers=form)
+        assert broken.status_code == 400 and broken.json()["code"] == "invalid_json"
         once = (await client.post("/v1/streams/a/forecast", json=body)).json()
         again = (await client.post("/v1/streams/a/forecast", json=body)).json()
-        assert once == again and once["seq"] == 30
+        assert once == again == as_form.json() and once["seq"] == 30
         assert once["time"] == [pd.Timestamp(t).isoformat() for t in times[30:32]]
         assert (await client.get("/v1/streams/a")).json()["seq"] == 30  # nothing written
 

@@ -1067,12 +1067,18 @@ class Engine:
         values = np.zeros((1, horizon, len(names)), dtype=np.float32)
         for k, name in enumerate(names):
             column = given[name]
-            if len(column) != horizon or not all(np.isfinite(v) for v in column):
+            bad = [j for j, v in enumerate(column) if not np.isfinite(v)]
+            if len(column) != horizon or bad:
+                received = (
+                    f"received {len(column)}"
+                    if len(column) != horizon
+                    else f"value {bad[0]} is {column[bad[0]]}"
+                )
                 raise ApiError(
                     422,
                     "invalid_covariates",
                     f"covariates[{name!r}] must hold {horizon} finite values (one per forecast "
-                    f"step); received {len(column)}",
+                    f"step); {received}",
                 )
             values[0, :, k] = column
         return values

@@ -233,10 +233,16 @@ async def _batch_item(resources: Resources, item: BatchStep) -> bytes:
 # --- forecasts, streams, the run ------------------------------------------------------------
 
 
-async def post_forecast(stream_id: str, body: ForecastBody, request: Request) -> Response:
+async def post_forecast(stream_id: str, request: Request) -> Response:
     """The stream's forecast from its current state (the state is not changed); it waits for
     the stream's steps already received, so it reads the state they leave."""
     _check_stream_id(stream_id)
+    # the body is read as JSON whatever its Content-Type, as the step routes read theirs
+    # (``curl -d`` sends a form type: FastAPI's body parameter refused it, 422)
+    try:
+        body = ForecastBody.model_validate_json(await request.body())
+    except ValidationError as error:
+        raise api_error(error) from None
     return _json(await forecast_json(_resources(request), stream_id, body))
 
 
@@ -377,6 +383,7 @@ def add_routes(app: FastAPI, config: ServeConfig) -> None:
         response_model=ForecastAnswer,
         responses=ERRORS,
         summary="The stream's forecast from its current state (the state is not changed)",
+        openapi_extra=_body_schema(ForecastBody.model_json_schema()),
     )
     route(
         "/v1/model",
