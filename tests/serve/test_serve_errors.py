@@ -175,3 +175,27 @@ def test_the_help_shows_each_default_once():
     assert "(default: 2^20)" in text  # max-body-bytes
     with pytest.raises(ValueError, match="max_batch"):
         config_from_args(_parsed("/", "--token", TOKEN, "--max-batch", "0"))
+
+
+@pytest.mark.parametrize(
+    ("store", "message"),
+    [("foo://x", "unknown store 'foo://x'"), ("sqlite:///", "names no file")],
+)
+def test_a_bad_store_url_is_one_line_before_the_server_starts(
+    tmp_path, capsys, monkeypatch, store, message
+):
+    """Checked with the other options (exit 2, nothing started, no traceback), not by the
+    server's startup after its banner."""
+    import uvicorn
+
+    from seqstate.serve.command import run as serve
+
+    def started(*args, **kwargs):
+        raise AssertionError("the server started with a bad --store")
+
+    monkeypatch.setattr(uvicorn.Server, "run", started)
+    args = _parsed(str(tmp_path), "--token", TOKEN, "--store", store, "--port", "1")
+    assert serve(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seqstate serve: error: ") and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -136,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; 0 on a clean exit, 2 on a configuration error."""
     try:
         config = config_from_args(args)
+        from seqstate.serve.stores import store_kind
+
+        store_kind(config.store_url)  # a bad URL: one line now, not a traceback after startup
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1; received {args.workers}")
         if args.workers > 1 and config.store_url == "memory://":

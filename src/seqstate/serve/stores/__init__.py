@@ -20,30 +20,43 @@ __all__ = [
     "StoreError",
     "Update",
     "open_store",
+    "store_kind",
 ]
 
 
-def open_store(url: str, *, ttl_s: float = 0.0) -> StateStore:
-    """Open the store a URL names (``ttl_s`` is used by stores that expire keys natively)."""
+def store_kind(url: str) -> str:
+    """Which store ``url`` names (``memory``, ``sqlite``, ``redis``, ``redis+cluster``),
+    checked without opening anything, so a server refuses a bad URL before it starts."""
     if not isinstance(url, str):
         raise TypeError(f"store must be a URL string; received {type(url).__name__}")
     if url == "memory://":
-        return MemoryStore()
+        return "memory"
     if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///") :]
-        if not path:
+        if not url[len("sqlite:///") :]:
             raise ValueError(f"store {url!r} names no file; expected sqlite:///path/to/file.db")
-        # SQLAlchemy's convention: sqlite:///rel.db is relative, sqlite:////abs/file.db absolute
-        return SQLiteStore(path)
+        return "sqlite"
     if url.startswith("redis+cluster://"):
-        from seqstate.serve.stores.redis import RedisClusterStore
-
-        return RedisClusterStore(url, ttl_s=ttl_s)
+        return "redis+cluster"
     if url.startswith(("redis://", "rediss://", "unix://")):
-        from seqstate.serve.stores.redis import RedisStore
-
-        return RedisStore(url, ttl_s=ttl_s)
+        return "redis"
     raise ValueError(
         f"unknown store {url!r}; expected memory://, sqlite:///path/to/file.db, "
         "redis://host:port/db or redis+cluster://host:port"
     )
+
+
+def open_store(url: str, *, ttl_s: float = 0.0) -> StateStore:
+    """Open the store a URL names (``ttl_s`` is used by stores that expire keys natively)."""
+    kind = store_kind(url)
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        # SQLAlchemy's convention: sqlite:///rel.db is relative, sqlite:////abs/file.db absolute
+        return SQLiteStore(url[len("sqlite:///") :])
+    if kind == "redis+cluster":
+        from seqstate.serve.stores.redis import RedisClusterStore
+
+        return RedisClusterStore(url, ttl_s=ttl_s)
+    from seqstate.serve.stores.redis import RedisStore
+
+    return RedisStore(url, ttl_s=ttl_s)
