@@ -198,6 +198,27 @@ def test_doctor_prints_the_chosen_scaling_and_why(panel, capsys):
     json.dumps(text)
 
 
+def test_the_automatic_calendar_leaves_out_features_the_table_already_has(tmp_path, capsys):
+    """A table with its own month_sin/month_cos (the demo's elnino.csv): the automatic calendar
+    does not add them a second time (that clash failed doctor and train), and says so; asked
+    for by name it is still refused as a clash."""
+    data = panel_csv(tmp_path, scales=(1.0, 2.0))
+    frame = pd.read_csv(data)
+    angle = 2 * np.pi * (pd.to_datetime(frame["month"]).dt.month - 1) / 12
+    frame = frame.assign(month_sin=np.sin(angle), month_cos=np.cos(angle))
+    frame.to_csv(data, index=False)
+    columns = ["--features", "value,month_sin,month_cos", "--targets", "value"]
+    columns += ["--id", "id", "--time", "month"]
+    assert main(["doctor", str(data), *columns]) == 0
+    text = capsys.readouterr().out
+    assert "calendar: ['month'] left out (the table already has its columns" in text
+    assert main(["doctor", str(data), *columns, "--calendar", "month"]) == 1
+    assert "already has feature column(s) ['month_sin', 'month_cos']" in capsys.readouterr().out
+    run = tmp_path / "run"
+    assert main(["train", str(data), *columns, "--epochs", "1", "--quiet", "--out", str(run)]) == 0
+    assert read_model_json(run)["model"]["input_size"] == 3  # its own three columns only
+
+
 def test_doctor_on_business_hours_names_their_seasons_and_finds_no_gaps(tmp_path, capsys):
     """Hours kept to 09:00-16:00 on weekdays are the data's calendar, not gaps in an hourly
     grid: doctor names a day of 8 steps and a week of 40, and advises no resampling."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from seqstate.recipe.choices import Suggestion, season_of, suggest
-from seqstate.recipe.covariates import parse_calendar
+from seqstate.recipe.covariates import calendar_names, parse_calendar
 from seqstate.recipe.scaling import Scaling, ScalingConfig, transform_table
 
 __all__ = [
@@ -140,8 +140,18 @@ def resolve(train: Any, settings: dict[str, Any]) -> Preparation:
         season = _as_int(season, "season")
     calendar_value = values["calendar"]
     if calendar_value == "auto":
-        # The calendar of a seasonal pattern found in the data, or of a season asked for.
+        # The calendar of a seasonal pattern found in the data, or of a season asked for;
+        # not the kinds whose columns the table already holds (the user's own month_sin,
+        # month_cos: the same features, which --calendar month would refuse as a clash)
         calendar = suggestion.calendar or (season_of(train.times[0])[1] if season else ())
+        held = set(train.columns.features)
+        given = [kind for kind in calendar if set(calendar_names([kind])) & held]
+        if given:
+            calendar = tuple(kind for kind in calendar if kind not in given)
+            reasons.append(
+                f"calendar: {given} left out (the table already has its columns "
+                f"{[n for n in calendar_names(given) if n in held]})"
+            )
     else:
         calendar = parse_calendar(calendar_value)
     config = ScalingConfig(
