@@ -310,8 +310,10 @@ def _bands_note(outputs: Any, levels: tuple[float, ...], names: list[str]) -> st
         return ""
     if not outputs.has_intervals:
         return (
-            "\nnote: no quantile columns: this run has no interval table (trained before "
-            "intervals, or with --split none); train it again for calibrated intervals"
+            "\nnote: no quantile columns: this run has no interval table (it was trained "
+            "without a validation part to measure its errors on, as with --split none or a "
+            "model saved from fit, or before intervals existed); seqstate train with a "
+            "validation part gives calibrated intervals"
         )
     from seqstate.core.distributions import quantile_name
 

@@ -1001,9 +1001,9 @@ class Engine:
             raise ApiError(
                 422,
                 "sampling_unsupported",
-                "this run has no distribution head, so it cannot sample paths or answer "
-                "quantiles: leave samples/quantiles out, or train with seqstate train "
-                "--distribution auto|normal|studentt|negbin|quantile",
+                "this run has no distribution head, so it cannot sample paths: leave samples "
+                "out (quantiles alone are the run's calibrated intervals), or train with "
+                "seqstate train --distribution auto|normal|studentt|negbin|quantile",
             )
         if sampling.samples * horizon > MAX_SAMPLED_STEPS:
             raise ApiError(
