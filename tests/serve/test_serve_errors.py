@@ -199,3 +199,28 @@ def test_a_bad_store_url_is_one_line_before_the_server_starts(
     err = capsys.readouterr().err
     assert err.startswith("seqstate serve: error: ") and message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_port_another_server_holds_is_one_line_before_the_banner(tmp_path, capsys, monkeypatch):
+    """The banner says where the server listens: with the port taken it is never printed,
+    and the error names the port and the likely fix (it was uvicorn's bind error after it)."""
+    import socket
+
+    import uvicorn
+
+    from seqstate.serve.command import run as serve
+
+    def started(*args, **kwargs):
+        raise AssertionError("the server started on a port in use")
+
+    monkeypatch.setattr(uvicorn.Server, "run", started)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        args = _parsed(str(tmp_path), "--token", TOKEN, "--host", "127.0.0.1", "--port", str(port))
+        assert serve(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no banner
+    assert captured.err.startswith(f"seqstate serve: error: cannot listen on 127.0.0.1:{port}")
+    assert "pick another --port" in captured.err and len(captured.err.strip().splitlines()) == 1

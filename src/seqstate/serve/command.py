@@ -132,6 +132,31 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the server could not listen on ``host:port`` (another server holds the port, an
+    address this machine does not have), or None: a socket bound as uvicorn binds its own
+    (``SO_REUSEADDR``) and closed at once. Port 0 (any free port) is not probed."""
+    import socket
+
+    if not port:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as error:
+        return f"cannot listen on {host}:{port}: {error} (check --host)"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            return (
+                f"cannot listen on {host}:{port}: {error.strerror or error} (another server "
+                "on that port? pick another --port, or stop it)"
+            )
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; 0 on a clean exit, 2 on a configuration error."""
     try:
@@ -148,6 +173,10 @@ def run(args: argparse.Namespace) -> int:
             )
     except ValueError as error:
         print(f"seqstate serve: error: {error}", file=sys.stderr)
+        return 2
+    busy = _cannot_listen(args.host, args.port)
+    if busy is not None:  # before the banner, which would say it serves there
+        print(f"seqstate serve: error: {busy}", file=sys.stderr)
         return 2
     warning = exposure_warning(args.host, config.auth)
     if warning:
