@@ -93,7 +93,7 @@ def _explain_distribution(report: Report, table: Any, train: Any, model: dict[st
     """The output head train would fit: a point model, or which distribution and why, judged
     as ``train`` judges it, on the model-space training part ``train`` (after scaling and
     transforms); a head ``train`` would refuse is a problem."""
-    from seqstate.recipe.training import choose_distribution
+    from seqstate.recipe.training import choose_distribution, holds_counts
 
     name = model.get("distribution", "none")
     if table.columns.task != "regression":
@@ -114,12 +114,9 @@ def _explain_distribution(report: Report, table: Any, train: Any, model: dict[st
         return
     text = f"a {head.name} distribution head"
     if name == "auto":
-        raw_counts = all(
-            bool(np.all(t >= 0) and np.all(t == np.round(t))) for t in table.targets if t.size
-        )
         if head.name == "negbin":
             text += " (auto: the targets the model reads are non-negative integers)"
-        elif raw_counts:
+        elif holds_counts(table):
             text += (
                 " (auto: the targets are counts, but the run's scaling or transforms change "
                 "them; --scaling none --seasonal-difference 0 keeps them counts, for negbin)"

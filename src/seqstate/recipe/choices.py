@@ -376,7 +376,7 @@ def suggest(table: Any) -> Suggestion:
                 f"the changes' lag-{period} autocorrelation exceeds the half-season one by "
                 f"{strength:.2f} <= {SEASONAL_ACF}"
             )
-            if profile > SEASONAL_PROFILE and calendar and period >= LONG_SEASON:
+            if profile > SEASONAL_PROFILE and calendar:  # (NaN below LONG_SEASON)
                 reasons.append(
                     f"season: calendar {list(calendar)}, no seasonal differences (the season's "
                     f"mean profile holds {profile:.2f} > {SEASONAL_PROFILE} of the variance "

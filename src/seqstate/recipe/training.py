@@ -26,9 +26,11 @@ __all__ = [
     "TrainingPlan",
     "build_model",
     "choose_defaults",
+    "choose_distribution",
     "default_settings",
     "fit_config_for",
     "fit_fields",
+    "holds_counts",
     "lanes_for",
     "plan_training",
     "prepare_training_table",
@@ -205,6 +207,11 @@ def build_model(table: Any, *, seed: int, task: str = "regression", **model: Any
     )
 
 
+def holds_counts(table: Any) -> bool:
+    """Whether every target of ``table`` is a non-negative integer (what negbin models)."""
+    return all(bool(np.all(t >= 0) and np.all(t == np.round(t))) for t in table.targets if t.size)
+
+
 def choose_distribution(table: Any, name: Any, quantiles: Any, task: str) -> Any:
     """The [model] distribution for the model-space ``table``: None (a point model) or a
     :class:`seqstate.core.distributions.DistributionHead`. ``auto``: negbin when every target
@@ -218,7 +225,7 @@ def choose_distribution(table: Any, name: Any, quantiles: Any, task: str) -> Any
             f"model.distribution must be none, auto or one of {list(DISTRIBUTIONS)}; received "
             f"{name!r}"
         )
-    counts = all(bool(np.all(t >= 0) and np.all(t == np.round(t))) for t in table.targets if t.size)
+    counts = holds_counts(table)
     if name == "auto":
         name = "negbin" if counts else "studentt"
     if name == "negbin" and not counts:
