@@ -88,6 +88,11 @@ def forecast(
         ``[horizon, O]`` for one series, ``[n, horizon, O]`` otherwise (NumPy); a ``Forecast``
         when ``samples`` is given.
     """
+    if on_step is not None and not callable(on_step):
+        raise TypeError(
+            "on_step must be a function called with the number of forecast steps done, or "
+            f"None; received {type(on_step).__name__} {on_step!r}"
+        )
     if samples is not None:
         from seqstate.core.distributions import DEFAULT_QUANTILES
         from seqstate.inference.sampling import sample_forecast

@@ -70,6 +70,18 @@ class Forecast:
     samples: np.ndarray
     levels: tuple[float, ...] = DEFAULT_QUANTILES
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.samples, np.ndarray):
+            raise TypeError(
+                "samples must be a NumPy array [S, H, O] or [n, S, H, O]; received "
+                f"{type(self.samples).__name__}"
+            )
+        if self.samples.ndim not in (3, 4):
+            raise ValueError(
+                "samples must be [S, H, O] (one series) or [n, S, H, O] (many); received shape "
+                f"{self.samples.shape}"
+            )
+
     @property
     def median(self) -> np.ndarray:
         """``[H, O]`` or ``[n, H, O]``: the point forecast."""

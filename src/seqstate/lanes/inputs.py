@@ -84,6 +84,38 @@ def first_nonfinite_padded(array: np.ndarray, lengths: np.ndarray) -> tuple[int,
     return -1, -1
 
 
+def target_range(spec: TargetSpec, lengths: np.ndarray) -> tuple[float, float] | None:
+    """(smallest, largest) of the targets ``spec`` derives from sequences of ``lengths``
+    (only the steps that have one: from ``shift`` on for horizon targets), read in bounded
+    chunks like the NaN scan; None without targets or when no step has one."""
+    if spec.kind is None:
+        return None
+    if spec.kind == "labels":
+        labels = cast(np.ndarray, spec.labels)
+        return (float(labels.min()), float(labels.max())) if labels.size else None
+    source = cast(Source, spec.source)
+    data = source.data
+    low, high = math.inf, -math.inf
+    if isinstance(source, FlatSource):
+        counts = np.asarray(lengths, dtype=np.int64)
+        position = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        rows = np.sort((np.repeat(source.offsets, counts) + position)[position >= spec.shift])
+        chunk = max(1, _SCAN_ELEMENTS // max(1, source.width))
+        for begin in range(0, len(rows), chunk):
+            block = np.asarray(data[rows[begin : begin + chunk]])
+            low, high = min(low, float(block.min())), max(high, float(block.max()))
+    else:
+        steps = np.arange(data.shape[1])
+        chunk = max(1, _SCAN_ELEMENTS // max(1, data.shape[1] * source.width))
+        for begin in range(0, len(data), chunk):
+            block = np.asarray(data[begin : begin + chunk]).reshape(-1, data.shape[1], source.width)
+            rows = lengths[begin : begin + len(block), None]
+            kept = block[(steps[None, :] < rows) & (steps[None, :] >= spec.shift)]
+            if kept.size:
+                low, high = min(low, float(kept.min())), max(high, float(kept.max()))
+    return (low, high) if low <= high else None
+
+
 def as_rows(array: np.ndarray) -> np.ndarray:
     """(L,) -> (L, 1); (L, D) unchanged."""
     return array.reshape(len(array), 1) if array.ndim == 1 else array

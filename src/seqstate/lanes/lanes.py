@@ -56,6 +56,7 @@ from seqstate.lanes.inputs import (
     read_labels,
     read_sequences,
     read_targets,
+    target_range,
     to_array,
 )
 from seqstate.lanes.layout import Plan, packed_plan, segment_plan
@@ -329,6 +330,12 @@ class Lanes:
     def horizon(self) -> int:
         """``k`` for ``"next"`` (1) and horizon targets (``y[t] = x[t + k]``), else 0."""
         return self._targets.shift
+
+    def target_range(self) -> tuple[float, float] | None:
+        """(smallest, largest) target over the steps that have one (None without targets):
+        what ``fit`` checks a loss's domain against before training (class labels in
+        ``[0, C)``, counts ``>= 0``). Reads the targets once, in bounded chunks."""
+        return target_range(self._targets, self.lengths)
 
     @property
     def target_dtype(self) -> torch.dtype:

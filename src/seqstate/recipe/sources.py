@@ -301,6 +301,11 @@ def read_table(
     shift = _check_shift(shift)
     if task not in ("regression", "classification"):
         raise ValueError(f"task must be 'regression' or 'classification'; received {task!r}.")
+    if not isinstance(require_targets, bool):
+        raise TypeError(
+            f"require_targets must be True or False; received {type(require_targets).__name__} "
+            f"{require_targets!r}."
+        )
     for role, name in (("id_column", id_column), ("time_column", time_column)):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{role} must be a column name (str) or None; received {name!r}.")

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from seqstate._validate import check_int
 from seqstate.recipe.table import SequenceTable
 
 __all__ = ["Normalization", "constant_columns", "split_table"]
@@ -39,8 +40,14 @@ def split_table(
             ``(0, 1)``.
         seed: seed of the series permutation (``by="series"``).
     """
+    if not isinstance(table, SequenceTable):
+        raise TypeError(
+            f"table must be a SequenceTable (from read_table); received {type(table).__name__}. "
+            "Read a DataFrame or file with seqstate.read_table(..., targets=..., id_column=...)."
+        )
     if by not in ("series", "time"):
         raise ValueError(f"by must be 'series' or 'time'; received {by!r}.")
+    check_int(seed, "seed", 0)
     if (
         isinstance(fraction, bool)
         or not isinstance(fraction, int | float)

@@ -79,6 +79,13 @@ def check_compatible(model: nn.Module, lanes: Lanes, loss: MaskedLoss, name: str
             f"{name} has no targets (built with targets=None); fit and evaluate need targets: "
             "use targets='next', per-step targets or labels"
         )
+    longest = int(lanes.lengths.max()) if lanes.num_sequences else 0
+    if lanes.horizon and lanes.horizon >= longest:
+        raise ValueError(
+            f"{name} has horizon targets k={lanes.horizon} (y[t] = x[t + k]) but its longest "
+            f"sequence has {longest} steps, so no step has a target; use k < {longest} or "
+            "longer sequences"
+        )
     task = getattr(getattr(model, "config", None), "task", None)
     output_size = getattr(model, "output_size", None)
     integer_targets = lanes.target_dtype == torch.int64
@@ -108,3 +115,32 @@ def check_compatible(model: nn.Module, lanes: Lanes, loss: MaskedLoss, name: str
                 f"{name} has {lanes.num_outputs} targets per step but the model has "
                 f"output_size={output_size}; they must match for a regression loss"
             )
+    check_target_domain(model, lanes, loss, name)
+
+
+def check_target_domain(model: nn.Module, lanes: Lanes, loss: MaskedLoss, name: str) -> None:
+    """Targets the loss cannot score, refused before any weight changes (a window's check
+    during training would find them after some optimiser steps): class labels outside
+    ``[0, C)``, and negative targets for a negative binomial head."""
+    config = getattr(model, "config", None)
+    distribution = getattr(getattr(config, "distribution", None), "name", None)
+    if not loss.is_classification and distribution != "negbin":
+        return
+    span = lanes.target_range()
+    if span is None:
+        return
+    low, high = span
+    if loss.is_classification:
+        classes = getattr(model, "output_size", None)
+        if low < 0 or (isinstance(classes, int) and high >= classes):
+            raise ValueError(
+                f"class labels must be in [0, {classes}) for a model with output_size={classes} "
+                f"classes; {name} holds labels from {low:g} to {high:g}. Encode classes as "
+                "0..C-1 (or build the model with output_size above the largest label)."
+            )
+    elif low < 0:
+        raise ValueError(
+            f"a negative binomial head (distribution='negbin') models counts >= 0, but {name} "
+            f"holds targets down to {low:g}; use distribution='studentt' or 'normal' for "
+            "values that can be negative, or shift the targets to be >= 0"
+        )

@@ -70,6 +70,16 @@ class FitConfig:
         _check_float(self.momentum, "momentum", minimum=0.0)
         _check_float(self.min_lr, "min_lr", minimum=0.0)
         _check_float(self.min_delta, "min_delta", minimum=0.0)
+        if self.momentum >= 1.0:
+            raise ValueError(
+                f"FitConfig.momentum must be in [0, 1) (at 1 or more SGD's velocity never "
+                f"decays); received {self.momentum!r}"
+            )
+        if self.min_lr > self.lr:
+            raise ValueError(
+                f"FitConfig.min_lr ({self.min_lr!r}) is above lr ({self.lr!r}): the floor of "
+                "the schedule must be at most the starting rate; lower min_lr"
+            )
         _check_float(self.lr_factor, "lr_factor", minimum=0.0, strict=True)
         if self.lr_factor >= 1.0:
             raise ValueError(
@@ -130,7 +140,17 @@ class FitConfig:
 
     @classmethod
     def from_json(cls, text: str) -> FitConfig:
-        return cls.from_dict(json.loads(text))
+        if not isinstance(text, str | bytes):
+            raise TypeError(f"text must be a JSON string; received {type(text).__name__}")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"FitConfig JSON could not be read: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"FitConfig JSON must be an object of fields; received {type(data).__name__}"
+            )
+        return cls.from_dict(data)
 
 
 class _NoStream:

@@ -74,6 +74,13 @@ def fit(
         The :class:`History`. The model ends in eval mode, on the training device.
     """
     check_core(model)
+    for hook, hook_name in ((on_window, "on_window"), (on_epoch, "on_epoch")):
+        if hook is not None and not callable(hook):
+            raise TypeError(
+                f"{hook_name} must be a function (called with each "
+                f"{'window' if hook_name == 'on_window' else 'epoch'}'s record) or None; "
+                f"received {type(hook).__name__} {hook!r}"
+            )
     check_lanes(train, "train")
     if validation is not None:
         check_lanes(validation, "validation")
@@ -96,6 +103,16 @@ def fit(
             )
         config = dataclasses.replace(config, **overrides)
 
+    if config.optimizer in ("adam", "adamw") and any(
+        p.dtype == torch.float16 for p in model.parameters()
+    ):
+        # Adam's eps (1e-8) and squared gradients underflow in float16: the first step
+        # divides by zero and every weight becomes NaN.
+        raise ValueError(
+            f"optimizer={config.optimizer!r} cannot train float16 weights (its running "
+            "squares and eps underflow to 0 and the weights become NaN); train in float32 "
+            "(model.float()) or bfloat16 and convert afterwards, or use optimizer='sgd'"
+        )
     loss = resolve_loss(config, model, train)
     check_compatible(model, train, loss, "train")
     if validation is not None:
