@@ -154,5 +154,5 @@ def test_run_forecaster_reads_covariates_and_times_from_the_future_rows():
         covariate_names=["price"],
     )
     assert not np.allclose(np.stack(other.mean)[:, 1:], result[:, 1:])
-    with pytest.raises(ValueError, match=r"covariates \['price'\]; pass their future rows"):
+    with pytest.raises(ValueError, match=r"covariates \['price'\]; pass their future values"):
         forecaster.forecast(history, 6)

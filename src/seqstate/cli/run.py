@@ -372,7 +372,7 @@ def handle_forecast(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from seqstate.recipe.calendar import future_times
+    from seqstate.recipe.calendar import forecast_stamps
     from seqstate.recipe.covariates import future_covariates
     from seqstate.recipe.forecaster import why_not_forecastable
     from seqstate.recipe.run_forecaster import forecaster_of
@@ -396,13 +396,8 @@ def handle_forecast(args: argparse.Namespace) -> int:
     horizon = args.horizon
     _check_horizon(horizon, table, columns)
     _threads_for(model, len(table))
-    stamps = []
-    for times in table.times:
-        # On the series' own calendar: monthly data steps by months, not by 31 days.
-        if columns.time is None:
-            stamps.append(times[-1] + np.arange(1, horizon + 1))
-        else:
-            stamps.append(future_times(times, horizon))
+    # On each series' own calendar: monthly data steps by months, not by 31 days.
+    stamps = forecast_stamps(table, horizon)
     known = future_covariates(args.covariates, covariates, table, horizon) if covariates else None
     features = []
     for index in range(len(table)):

@@ -33,6 +33,7 @@ __all__ = [
     "Frequency",
     "calendar_kinds",
     "covered_seasons",
+    "forecast_stamps",
     "format_time",
     "format_times",
     "future_times",
@@ -613,6 +614,14 @@ def season_length(frequency: Frequency | None) -> int:
     hours, 48 half hours); 1 (no seasonality) for years, other spacings and None."""
     seasons = season_lengths(frequency)
     return seasons[0] if seasons else 1
+
+
+def forecast_stamps(table: Any, horizon: int) -> list[np.ndarray]:
+    """Each series' ``[horizon]`` forecast times: on its own calendar (:func:`future_times`)
+    with a time column, the next step numbers without one (a series then steps 0..L-1)."""
+    if table.columns.time is None:
+        return [np.asarray(t)[-1] + np.arange(1, int(horizon) + 1) for t in table.times]
+    return [future_times(t, horizon) for t in table.times]
 
 
 def future_times(times: np.ndarray, horizon: int, frequency: Frequency | None = None) -> np.ndarray:

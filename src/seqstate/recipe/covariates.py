@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 __all__ = [
     "CALENDAR_KINDS",
+    "Future",
     "calendar_features",
     "calendar_names",
     "future_covariates",
+    "match_future",
     "parse_calendar",
+    "read_future",
     "with_calendar",
 ]
 
@@ -135,42 +138,86 @@ def future_covariates(
         error :func:`seqstate.recipe.sources.read_table` raises for the file (missing columns, NaN,
         duplicate times).
     """
+    return match_future(read_future(source, names, table), names, table, horizon).values
+
+
+def read_future(source: Any, names: Sequence[str], table: Any) -> Any:
+    """The future rows in ``source`` (a DataFrame or a .csv/.tsv/.parquet path) read like
+    ``table``: its id and time columns, and the columns ``names``."""
     from seqstate.recipe.sources import read_table
 
-    columns = table.columns
-    if columns.time is None:
+    if table.columns.time is None:
         raise ValueError(
             "future covariates are matched to the forecast by time, and the run has no time "
             "column; train with --time to forecast with future covariates."
         )
-    future = read_table(
+    return read_table(
         source,
         features=list(names),
-        id_column=columns.id,
-        time_column=columns.time,
+        id_column=table.columns.id,
+        time_column=table.columns.time,
         require_targets=False,
     )
-    by_id = {(str(key)): index for index, key in enumerate(future.ids)}
-    result = []
+
+
+class Future(NamedTuple):
+    """What :func:`match_future` found for each series: ``values [horizon, K]`` float32 and
+    the ``times [horizon]`` of those rows."""
+
+    values: list[np.ndarray]
+    times: list[np.ndarray]
+
+
+def match_future(future: Any, names: Sequence[str], table: Any, horizon: int) -> Future:
+    """The columns ``names`` of ``future`` (a table of rows after the history's) for each
+    series of ``table``: matched by series id and column name, never by position; with a time
+    column, the first ``horizon`` rows after each series' last time, else its first rows.
+
+    Raises ValueError naming the column, the series or the row where ``future`` lacks one or
+    holds NaN.
+    """
+    columns = table.columns
+    held = list(future.columns.features)
+    missing = [name for name in names if name not in held]
+    if missing:
+        raise ValueError(
+            f"{future.source} has no column(s) {missing}; the forecast needs the future values "
+            f"of {list(names)} (it holds {held})."
+        )
+    picked = [held.index(name) for name in names]
+    by_id = {str(key): index for index, key in enumerate(future.ids)}
+    values, times = [], []
     for index, series_id in enumerate(table.ids):
         owner = f"series {series_id!r}" if columns.id else "the series"
         row = by_id.get(str(series_id))
+        last = table.times[index][-1]
         if row is None:
             raise ValueError(
                 f"{future.source} has no rows for {owner}; it needs the {horizon} rows after "
-                f"its last time ({_shown(table.times[index][-1])})."
+                f"its last time ({_shown(last)})."
             )
-        last = table.times[index][-1]
-        after = future.times[row] > last
-        values = future.features[row][after][:horizon]
-        if len(values) < horizon:
+        rows, stamps = np.asarray(future.features[row]), np.asarray(future.times[row])
+        if columns.time is not None:
+            after = stamps > last
+            rows, stamps = rows[after], stamps[after]
+        found = rows[:horizon][:, picked]
+        if len(found) < horizon:
             raise ValueError(
-                f"{future.source} has {len(values)} row(s) after the last time "
+                f"{future.source} has {len(found)} row(s) after the last time "
                 f"({_shown(last)}) of {owner}; the forecast of {horizon} step(s) needs "
                 f"{horizon}, one per forecast step."
             )
-        result.append(values.astype(np.float32))
-    return result
+        bad = ~np.isfinite(found.astype(np.float64))
+        if bad.any():
+            step, column = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{future.source} holds {found[step, column]} in {names[column]!r} of {owner} "
+                f"at {_shown(stamps[step])} (forecast step {step + 1}); the known future values "
+                "must be finite."
+            )
+        values.append(found.astype(np.float32))
+        times.append(stamps[:horizon])
+    return Future(values, times)
 
 
 def _shown(value: Any) -> str:

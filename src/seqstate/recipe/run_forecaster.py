@@ -368,20 +368,40 @@ class RunForecaster:
         return paths.numpy()
 
     def _future_inputs(self, table: Any, horizon: int, future: Any) -> tuple[Any, Any]:
-        """(covariates, times) of the forecast steps from ``future``, where the run reads them."""
+        """(covariates, times) of the forecast steps, where the run reads them.
+
+        ``future`` holds the rows after each series' end: a table read like the history (a
+        :class:`~seqstate.recipe.table.SequenceTable`), or a DataFrame or file with the id
+        and time columns and the covariates. Its rows are matched by series id, column name
+        and time, never by position (:func:`seqstate.recipe.covariates.match_future`), and
+        their times are the calendar's. Without ``future`` the times are each series' next
+        ``horizon`` stamps on its own calendar (:func:`seqstate.recipe.calendar.
+        forecast_stamps`, as ``seqstate forecast`` stamps them).
+        """
+        from seqstate._validate import check_int
+        from seqstate.recipe.calendar import forecast_stamps
+        from seqstate.recipe.covariates import match_future, read_future
+        from seqstate.recipe.table import SequenceTable
+
+        horizon = check_int(horizon, "horizon", 1, "It is the number of steps to forecast.")
         columns = table.columns
         names = [name for name in columns.features if name not in columns.targets]
-        covariates = None
-        if names:
-            if future is None:
-                raise ValueError(f"the run reads the covariates {names}; pass their future rows.")
-            picked = [columns.features.index(name) for name in names]
-            covariates = [np.asarray(f)[:horizon, picked] for f in future.features]
+        calendar = any(member.calendar for member in self.members)
+        if names and future is None:
+            raise ValueError(
+                f"the run reads the covariates {names}; pass their future values as future= "
+                "(a DataFrame or file with the id and time columns and the rows after each "
+                "series' end, or a table read from one)."
+            )
+        matched = None
+        if future is not None and (names or calendar):
+            if not isinstance(future, SequenceTable):
+                future = read_future(future, names, table)
+            matched = match_future(future, names, table, horizon)
+        covariates = matched.values if names and matched is not None else None
         times = None
-        if any(member.calendar for member in self.members):
-            if future is None:
-                raise ValueError("the run reads calendar features; pass the future rows' times.")
-            times = [np.asarray(t)[:horizon] for t in future.times]
+        if calendar:
+            times = matched.times if matched is not None else forecast_stamps(table, horizon)
         return covariates, times
 
     # -- the validation's choice (recipe/selection.py), run by the step function -------------

@@ -1004,15 +1004,7 @@ class RunStep(nn.Module):
         _check_on_step(on_step)
         b = state.batch_size
         times_t = self._future_times(state, horizon, times)
-        covariates_t = None
-        if covariates is not None:
-            covariates_t = torch.as_tensor(np.asarray(covariates, dtype=np.float32))
-            expected = (b, horizon, len(self.covariates))
-            if tuple(covariates_t.shape) != expected:
-                raise ValueError(
-                    f"covariates must have shape [B, horizon, K]={list(expected)} (the "
-                    f"covariates {list(self.covariates)}); received {list(covariates_t.shape)}"
-                )
+        covariates_t = self._check_covariates(covariates, b, horizon)
         with torch.no_grad():
             members = self._roll_out(state, times_t, covariates_t, horizon, 0, None, on_step)
             network = members[0] if members.shape[0] == 1 else members.mean(dim=0)
@@ -1106,9 +1098,7 @@ class RunStep(nn.Module):
             raise TypeError(f"state must be a RunState; received {type(state).__name__}")
         _check_on_step(on_step)
         times_t = self._future_times(state, horizon, times)
-        covariates_t = None
-        if covariates is not None:
-            covariates_t = torch.as_tensor(np.asarray(covariates, dtype=np.float32))
+        covariates_t = self._check_covariates(covariates, state.batch_size, horizon)
         generator = torch.Generator()
         if seed is None:
             generator.seed()
@@ -1140,6 +1130,28 @@ class RunStep(nn.Module):
         why = why_not_forecastable(self.columns)
         if why is not None:
             raise ValueError(f"this run cannot forecast: {why}")
+
+    def _check_covariates(self, covariates: Any, b: int, horizon: int) -> torch.Tensor | None:
+        """``covariates [B, horizon, K]`` as a float32 tensor (None stays None: the run
+        has no covariates, or the roll-out says it needs them)."""
+        if covariates is None:
+            return None
+        covariates_t = torch.as_tensor(np.array(covariates, dtype=np.float32))
+        expected = (b, horizon, len(self.covariates))
+        if tuple(covariates_t.shape) != expected:
+            raise ValueError(
+                f"covariates must have shape [B, horizon, K]={list(expected)} (the "
+                f"covariates {list(self.covariates)}); received {list(covariates_t.shape)}"
+            )
+        bad = ~torch.isfinite(covariates_t)
+        if bool(bad.any()):
+            row, step, column = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"covariates hold {float(covariates_t[row, step, column])} at row {row}, "
+                f"forecast step {step}, column {self.covariates[column]!r}; the known future "
+                "values must be finite"
+            )
+        return covariates_t
 
     def _future_times(self, state: RunState, horizon: int, times: Any) -> torch.Tensor:
         b = state.batch_size
@@ -1209,7 +1221,7 @@ class RunStep(nn.Module):
         self._check_domain(x_t)
         time_t = None
         if time is not None:
-            time_t = time if isinstance(time, torch.Tensor) else torch.as_tensor(np.asarray(time))
+            time_t = time if isinstance(time, torch.Tensor) else _time_tensor(time)
             if time_t.dim() == 1:
                 time_t = time_t[:, None]
             if time_t.is_floating_point() or time_t.dtype == torch.bool:
@@ -1221,6 +1233,7 @@ class RunStep(nn.Module):
                     f"time must have shape [B, T]={list(x_t.shape[:2])} like x; received "
                     f"{list(time_t.shape)}"
                 )
+            _check_order(entry_of(state.transforms, "time"), time_t)
         elif self.needs_time:
             raise ValueError(
                 "this run reads calendar features: each step needs its time, [B, T] int64 Unix "
@@ -1318,3 +1331,42 @@ def _checked_time(time: _T | None, kinds: Sequence[str]) -> _T:
             "seconds)"
         )
     return time
+
+
+def _time_tensor(time: Any) -> torch.Tensor:
+    """A step's ``time`` as an int64 tensor: numbers as given (Unix seconds), datetime64 as
+    their Unix seconds; text and other objects refused."""
+    array = np.asarray(time)
+    if np.issubdtype(array.dtype, np.datetime64):
+        array = array.astype("datetime64[s]").astype(np.int64)
+    elif array.dtype.kind not in "iuf" and array.size:
+        raise TypeError(
+            "time must be int64 Unix seconds or numpy datetime64, [B] or [B, T]; received an "
+            f"array of dtype {array.dtype} (convert text first: pd.to_datetime(...))"
+        )
+    # (a copy of a read-only array: torch shares memory and warns about writing to it)
+    return torch.from_numpy(np.array(array, copy=not array.flags.writeable))
+
+
+def _check_order(last: Any, time: torch.Tensor) -> None:
+    """Each stream's times must increase: along its ``time [B, T]`` row and from its last
+    step's (:data:`NO_TIME`: none yet)."""
+    if time.shape == (1, 1) and isinstance(last, Floats):
+        before, now = last.values[0], int(time[0, 0])  # (one stream's step: no arrays)
+        if before != NO_TIME and now <= before:
+            raise ValueError(
+                f"time must increase within each stream: row 0 steps at {now} after {before}; "
+                "give each step a later time than the stream's last (Unix seconds)"
+            )
+        return
+    times = time.cpu().numpy()
+    held = last.cpu().numpy() if isinstance(last, torch.Tensor) else as_array(last)
+    previous = np.concatenate([held.reshape(-1, 1), times[:, :-1]], axis=1)
+    bad = (times <= previous) & (previous != NO_TIME)
+    if bad.any():
+        row, step = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"time must increase within each stream: row {row} steps at {int(times[row, step])} "
+            f"(step {step}) after {int(previous[row, step])}; give each step a later time than "
+            "the stream's last (Unix seconds)"
+        )

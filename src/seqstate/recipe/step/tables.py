@@ -90,9 +90,11 @@ def _run_group(
     stamps = [table_times(run_step, t) for t in table.times]
     time = None
     if all(s is not None for s in stamps):
+        # (a shorter series' padding steps on after its end: times must increase, and
+        # nothing of those steps is kept)
         time = np.stack(
             [
-                np.concatenate([s, np.repeat(s[-1:], longest - len(s))])
+                np.concatenate([s, s[-1] + np.arange(1, longest - len(s) + 1)])
                 for s in stamps
                 if s is not None
             ]
