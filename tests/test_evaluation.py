@@ -411,3 +411,12 @@ def test_backtest_keeps_the_bands_and_draws_them(tmp_path):
     assert all(0.0 <= r["model_coverage_95"] <= 1.0 for r in result.rows)
     assert "80% interval" in result.text()
     assert plot_backtest(result, table, tmp_path / "backtest.png")
+
+
+def test_warmup_until_of_another_kind_than_the_dates_is_a_type_error_naming_it():
+    table = table_of(panel())
+    forecaster = ModelForecaster(model_for(table))
+    with pytest.raises(TypeError, match="warmup_until must be a date"):
+        evaluate_forecaster(forecaster, table, warmup_until=1.5)
+    dated = evaluate_forecaster(forecaster, table, warmup_until=pd.Timestamp("2008-12-01"))
+    assert [r["scored_steps"] for r in dated.rows] == [12, 12, 12]

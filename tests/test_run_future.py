@@ -174,3 +174,11 @@ def test_step_times_may_be_datetime64_and_text_is_refused_by_name():
     text = np.datetime_as_string(time[:, 35:40].astype("datetime64[s]"))
     with pytest.raises(TypeError, match="time must be int64 Unix seconds or numpy datetime64"):
         run_step.step(state, x[:, 35:40], text)
+
+
+@pytest.mark.parametrize("path", [None, 5])
+def test_loading_a_run_from_something_that_is_not_a_path_names_the_argument(path):
+    from seqstate.recipe.run import Run
+
+    with pytest.raises(TypeError, match="path must be a run directory"):
+        Run.load(path)

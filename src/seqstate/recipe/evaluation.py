@@ -26,6 +26,7 @@ is what users get.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import warnings
 from typing import Any
@@ -78,8 +79,15 @@ def _cut_at(table: Any, until: Any) -> list[int]:
         if np.issubdtype(times.dtype, np.datetime64):
             if isinstance(until, str):
                 bound = parse_times([until], "warmup_until")[0]
+            elif isinstance(until, np.datetime64 | datetime.date):  # (datetime too)
+                value: Any = until
+                bound = np.datetime64(value, "ns")
             else:
-                bound = np.datetime64(until, "ns")
+                raise TypeError(
+                    "warmup_until must be a date (a string like '2020-01-31', a datetime or "
+                    "numpy datetime64) like the time column; received "
+                    f"{type(until).__name__} {until!r}"
+                )
             cuts.append(int(np.searchsorted(times.astype("datetime64[ns]"), bound, "right")))
         else:
             if isinstance(until, str):

@@ -16,6 +16,7 @@ frequency); ``run.step_function()`` is the run as one stateful step function
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,11 @@ class Run:
         from seqstate.recipe.preparation import load as load_preparation
         from seqstate.recipe.preparation import member_dirs
 
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(
+                f"path must be a run directory (str or path); received {type(path).__name__} "
+                f"{path!r}"
+            )
         members = []
         for directory in member_dirs(path):
             metadata = read_model_json(directory).get("metadata", {})
