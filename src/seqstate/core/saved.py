@@ -18,16 +18,26 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from seqstate._io import atomic_path, write_text_atomic
 from seqstate.core.model import ModelConfig, SequenceModel
 
-__all__ = ["MODEL_FILE", "MODEL_JSON", "RUN_FORMAT", "load_model", "read_model_json", "save_model"]
+__all__ = [
+    "MODEL_FILE",
+    "MODEL_JSON",
+    "RUN_FORMAT",
+    "check_device",
+    "load_model",
+    "read_model_json",
+    "save_model",
+]
 
 RUN_FORMAT = "seqstate.run/1"
 MODEL_JSON = "model.json"
@@ -37,19 +47,33 @@ MODEL_FILE = "model.safetensors"
 def save_model(
     model: SequenceModel, run_dir: str | os.PathLike[str], *, metadata: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``model.json`` and ``model.safetensors`` into ``run_dir`` (created if needed)."""
+    """Write ``model.json`` and ``model.safetensors`` into ``run_dir`` (created if needed).
+
+    Everything is checked and serialised first: on bad input nothing is created."""
     if not isinstance(model, SequenceModel):
         raise TypeError(
             f"model must be a seqstate.SequenceModel to be saved with its config; received "
             f"{type(model).__name__} (save a custom module's state_dict with safetensors yourself)"
         )
-    run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    run = _run_path(run_dir)
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise TypeError(
+            f"metadata must be a dict of JSON values (e.g. {{'features': ['x', 'y']}}) or None; "
+            f"received {type(metadata).__name__} {metadata!r}"
+        )
     meta = dict(metadata or {})
     meta.setdefault("seqstate_version", _version())
     document = {"format": RUN_FORMAT, "model": model.config.to_dict(), "metadata": meta}
-    text = json.dumps(document, indent=2, sort_keys=True)  # fails early on non-JSON metadata
+    try:
+        text = json.dumps(document, indent=2, sort_keys=True)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"metadata must hold only JSON values (str keys; str, number, bool, None, list and "
+            f"dict values); json cannot write it: {error}. Convert it first, e.g. an array "
+            "with .tolist()"
+        ) from None
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    run.mkdir(parents=True, exist_ok=True)
     # Weights first, then the JSON that describes them: each write is atomic, so a crash
     # never leaves a half-written file behind.
     with atomic_path(run / MODEL_FILE) as tmp:
@@ -60,7 +84,7 @@ def save_model(
 
 def read_model_json(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The parsed ``model.json`` of a run directory, checked for format."""
-    path = Path(run_dir) / MODEL_JSON
+    path = _run_path(run_dir) / MODEL_JSON
     if not path.is_file():
         raise FileNotFoundError(
             f"run_dir {str(run_dir)!r} has no {MODEL_JSON}: expected a directory written by "
@@ -79,14 +103,36 @@ def read_model_json(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 def load_model(
     run_dir: str | os.PathLike[str], *, device: torch.device | str | None = None
 ) -> SequenceModel:
-    """Rebuild the model of a run directory in eval mode. Weights load without unpickling."""
-    document = read_model_json(run_dir)
-    config = ModelConfig.from_dict(document["model"])
+    """Rebuild the model of a run directory in eval mode, in the dtype it was saved in.
+    Weights load without unpickling."""
+    run = _run_path(run_dir)
+    target = check_device(device)
+    document = read_model_json(run)
+    path = run / MODEL_JSON
+    if "model" not in document:
+        raise ValueError(
+            f"{path} has no 'model' entry (the model's config); found keys "
+            f"{sorted(document)}. The file is damaged: save the model again"
+        )
+    try:
+        config = ModelConfig.from_dict(document["model"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path} holds an unreadable model config: {error}") from None
     model = SequenceModel(config)
-    weights = Path(run_dir) / MODEL_FILE
+    weights = run / MODEL_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"run_dir {str(run_dir)!r} has no {MODEL_FILE}")
-    tensors = load_file(str(weights))
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(
+            f"{weights} is not a readable safetensors file ({error}); expected the weights "
+            "written by seqstate.save_model / fit. The file is damaged: save the model again"
+        ) from None
+    _check_weights(model, tensors, weights)
+    dtype = _stored_dtype(model, tensors)
+    if dtype is not None:
+        model = model.to(dtype)  # (load_state_dict would cast the weights to float32)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise ValueError(
@@ -94,7 +140,79 @@ def load_model(
             f"unexpected {sorted(unexpected)}"
         )
     model.eval()
-    return model.to(device) if device is not None else model
+    return model.to(target) if target is not None else model
+
+
+def check_device(device: Any, name: str = "device") -> torch.device | None:
+    """``device`` as a torch.device that this machine has ('auto': CUDA when available, else
+    the CPU); None stays None. The wording is fit's (``seqstate.train.checks.resolve_device``)."""
+    if device is None:
+        return None
+    if isinstance(device, str):
+        if device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            target = torch.device(device)
+        except RuntimeError:
+            raise ValueError(
+                f"{name} must be 'auto', 'cpu', 'cuda' or 'cuda:N' (or a torch.device); "
+                f"received {device!r}"
+            ) from None
+    elif isinstance(device, torch.device):
+        target = device
+    else:
+        raise TypeError(
+            f"{name} must be a string such as 'auto', 'cpu' or 'cuda:0', or a torch.device; "
+            f"received {type(device).__name__} {device!r}"
+        )
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{name}={str(device)!r} but CUDA is not available on this machine; use "
+                f"{name}='cpu' or 'auto'"
+            )
+        count = torch.cuda.device_count()
+        if target.index is not None and target.index >= count:
+            raise ValueError(
+                f"{name}={str(device)!r} but this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}; use one of them or 'auto'"
+            )
+    elif target.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"{name}={str(device)!r} but MPS is not available on this machine; use "
+            f"{name}='cpu' or 'auto'"
+        )
+    return target
+
+
+def _run_path(run_dir: Any) -> Path:
+    if not isinstance(run_dir, str | os.PathLike):
+        raise TypeError(
+            f"run_dir must be a path (a str or a pathlib.Path) to a run directory; received "
+            f"{type(run_dir).__name__} {run_dir!r}"
+        )
+    return Path(run_dir)
+
+
+def _check_weights(model: SequenceModel, tensors: dict[str, torch.Tensor], weights: Path) -> None:
+    """Every stored tensor the model has must have the model's shape for it."""
+    expected = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    wrong = [
+        f"{name}: expected {list(expected[name])}, found {list(tensor.shape)}"
+        for name, tensor in tensors.items()
+        if name in expected and tuple(tensor.shape) != expected[name]
+    ]
+    if wrong:
+        raise ValueError(
+            f"{weights} does not match the config in {MODEL_JSON} (tensor shapes: "
+            f"{'; '.join(wrong)}). Were the files of two runs mixed? Save the model again"
+        )
+
+
+def _stored_dtype(model: SequenceModel, tensors: dict[str, torch.Tensor]) -> torch.dtype | None:
+    """The dtype the model's parameters were saved in, when they share one."""
+    dtypes = {tensors[name].dtype for name, _ in model.named_parameters() if name in tensors}
+    return dtypes.pop() if len(dtypes) == 1 else None
 
 
 def _version() -> str:

@@ -21,6 +21,7 @@ from torch import nn
 
 from seqstate._validate import check_int
 from seqstate.core.protocol import SequenceCore, check_sized_core
+from seqstate.core.saved import check_device
 from seqstate.core.state import State
 from seqstate.lanes.layout import Plan, packed_plan
 
@@ -38,24 +39,42 @@ Form = Literal["one", "stack", "list"]
 # --------------------------------------------------------------------------------------------
 
 
+#: Model dtypes NumPy has no twin for, and the NumPy dtype inputs are read and outputs given in.
+_NUMPY_STAND_INS = {torch.bfloat16: np.dtype(np.float32)}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
     input_size: int  # F
     output_size: int  # O
     dtype: torch.dtype  # of the parameters; inputs are cast to it
     device: torch.device  # of the parameters; inputs are moved to it
-    numpy_dtype: np.dtype  # the NumPy twin of dtype: inputs are read and outputs given in it
+    numpy_dtype: np.dtype  # dtype's NumPy twin (bfloat16's: float32): inputs read, outputs given
     state_type: type[State] | None  # None when the model does not declare one
+
+    @property
+    def numpy_is_exact(self) -> bool:
+        """Whether ``numpy_dtype`` is ``dtype`` itself (False for bfloat16, read as float32)."""
+        return self.dtype not in _NUMPY_STAND_INS
+
+    def to_numpy(self, tensor: torch.Tensor) -> np.ndarray:
+        """``tensor`` (in the model's dtype, anywhere) as a NumPy array in ``numpy_dtype``."""
+        tensor = tensor.cpu()
+        if tensor.dtype in _NUMPY_STAND_INS:
+            tensor = tensor.float()
+        return tensor.numpy()
 
 
 def prepare_model(model: Any, device: torch.device | str | None) -> tuple[nn.Module, ModelInfo]:
-    """Check the model protocol; copy the model to ``device`` when it lives elsewhere."""
+    """Check the model protocol and ``device``; copy the model to ``device`` when it lives
+    elsewhere."""
     input_size, output_size = check_sized_core(model)
+    target = check_device(device)
     parameter = next(model.parameters(), None)
     if parameter is None:
         raise TypeError(f"model ({type(model).__name__}) has no parameters")
-    if device is not None:
-        target = torch.device(device)
+    numpy_dtype = _numpy_dtype(parameter.dtype)
+    if target is not None:
         here = parameter.device
         if target.type != here.type or (target.index is not None and target.index != here.index):
             # A copy, so the caller's model stays where it is.
@@ -65,10 +84,24 @@ def prepare_model(model: Any, device: torch.device | str | None) -> tuple[nn.Mod
         input_size=input_size,
         output_size=output_size,
         dtype=parameter.dtype,
-        numpy_dtype=torch.empty((), dtype=parameter.dtype).numpy().dtype,
+        numpy_dtype=numpy_dtype,
         device=parameter.device,
         state_type=getattr(model, "state_type", None),
     )
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    stand_in = _NUMPY_STAND_INS.get(dtype)
+    if stand_in is not None:
+        return stand_in
+    try:
+        return torch.empty((), dtype=dtype).numpy().dtype
+    except TypeError:
+        raise TypeError(
+            f"model has parameters of dtype {dtype}, which seqstate cannot run (NumPy has no "
+            "such dtype); convert the model with model.float() (or .double(), .half(), "
+            ".to(torch.bfloat16))"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -99,7 +132,10 @@ def check_positive_int(value: Any, name: str, default: int, meaning: str) -> int
 
 def as_numeric(value: Any, name: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if value.dtype in _NUMPY_STAND_INS:  # (bfloat16: exact in float32)
+            value = value.float()
+        value = value.numpy()
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as error:
@@ -231,7 +267,7 @@ def run_chunked(
             B, T = seq.shape
             x = np.zeros((B, T, info.input_size), dtype=info.numpy_dtype)
             x[valid] = flat[where]
-            x_t = torch.from_numpy(x).to(info.device)
+            x_t = torch.from_numpy(x).to(info.device, info.dtype)
             # Lanes pads only after a lane's last sequence, so without state capture padding can
             # run as ordinary steps (outputs dropped, the spoilt state is never read): no mask,
             # which keeps the plain fused kernel (packed sequences are much slower on CPU).
@@ -248,7 +284,7 @@ def run_chunked(
                 y, state, final = _run_capturing(
                     model, x_t, state, reset, mask, seq, step, valid, lengths, final
                 )
-            outputs[where] = y.cpu().numpy()[valid]
+            outputs[where] = info.to_numpy(y)[valid]
     return np.split(outputs, np.cumsum(lengths)[:-1]), final
 
 

@@ -139,7 +139,7 @@ def forecast(
         raise RuntimeError("internal error: no final state was captured")
     result = torch.empty((n, horizon, info.output_size), dtype=info.dtype, device=info.device)
     result[:, 0] = torch.from_numpy(np.stack([out[-1] for out in outputs])).to(info.device)
-    future_t = torch.from_numpy(future).to(info.device)
+    future_t = torch.from_numpy(future).to(info.device, info.dtype)
     fed_t = torch.tensor(fed, device=info.device)
     others_t = torch.tensor(others, dtype=torch.long, device=info.device)
     x = torch.empty((n, 1, info.input_size), dtype=info.dtype, device=info.device)
@@ -151,5 +151,5 @@ def forecast(
             result[:, h] = y[:, 0]
             if on_step is not None:
                 on_step(h + 1)
-    array = result.cpu().numpy()
+    array = info.to_numpy(result)
     return array[0] if form == "one" else array

@@ -178,11 +178,12 @@ def sample_forecast(
         generator.manual_seed(seed)
     rows = torch.arange(n, device=info.device).repeat_interleave(samples)  # series i: S rows
     state = state.select(rows)
-    raw = torch.from_numpy(np.stack([out[-1] for out in outputs])).to(info.device)[rows]
+    raw = torch.from_numpy(np.stack([out[-1] for out in outputs])).to(info.device, info.dtype)
+    raw = raw[rows]
     paths = torch.empty(
         (n * samples, horizon, info.output_size), dtype=info.dtype, device=info.device
     )
-    future_t = torch.from_numpy(future).to(info.device)[rows]
+    future_t = torch.from_numpy(future).to(info.device, info.dtype)[rows]
     fed_t = torch.tensor(fed, device=info.device)
     others_t = torch.tensor(others, dtype=torch.long, device=info.device)
     x = torch.empty((n * samples, 1, info.input_size), dtype=info.dtype, device=info.device)
@@ -194,5 +195,5 @@ def sample_forecast(
                 x[:, 0, others_t] = future_t[:, h]
                 step, state = sequence_model.distribution_parameters(x, state)
                 raw = step[:, 0]
-    array = paths.reshape(n, samples, horizon, info.output_size).cpu().numpy()
+    array = info.to_numpy(paths.reshape(n, samples, horizon, info.output_size))
     return Forecast(array[0] if form == "one" else array, levels)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import Any, cast
 
 import numpy as np
@@ -59,7 +59,7 @@ StreamId = str | int
 _ID_TYPES = {str, int}  # (exact types: bool, a subclass of int, is refused)
 
 
-def _check_id(stream_id: Any, name: str = "stream id") -> StreamId:
+def _check_id(stream_id: Any, name: str = "stream_id") -> StreamId:
     if isinstance(stream_id, np.integer):
         stream_id = int(stream_id)
     if isinstance(stream_id, bool) or not isinstance(stream_id, str | int):
@@ -365,8 +365,8 @@ class Streams:
     Args:
         model: a :class:`seqstate.SequenceModel` (or the same protocol). Run in eval mode under
             ``torch.no_grad`` (its training flag is restored after each step).
-        device: where states live and the model runs (default: the model's device; a model
-            elsewhere is copied there).
+        device: where states live and the model runs: 'auto', 'cpu', 'cuda', 'cuda:N' or a
+            torch.device (default: the model's device; a model elsewhere is copied there).
 
     Example::
 
@@ -391,8 +391,10 @@ class Streams:
         # the one-step hot path (None where the model has none, or runs off the CPU: the
         # NumPy input would be copied there) and its 2-D views of the buffer rows [0, n) per
         # layer: (buffer, n, views)
+        # (a bfloat16 model reads float32 NumPy input: no hot path, the general one casts)
         on_cpu = self._info.device.type == "cpu"
-        self._direct = DirectStep.of(self._model) if on_cpu else None
+        exact = self._info.numpy_is_exact
+        self._direct = DirectStep.of(self._model) if on_cpu and exact else None
         # up to this many streams, the hot path keeps the kernels' new states (_DEFERRED_VALUES)
         self._deferred_streams = _DEFERRED_VALUES // self._stored.hidden_size
         self._layer_views: tuple[State, int, list[list[torch.Tensor]]] | None = None
@@ -448,13 +450,14 @@ class Streams:
         """Advance each stream in ``ids`` by its row of ``x``, all in one model call.
 
         Args:
-            ids: n distinct stream ids (str or int). An unknown id starts a stream from a zero
-                state.
+            ids: n distinct stream ids (str or int), in the order of the rows of ``x``: a list
+                or tuple (a set, which has no order, is refused). An unknown id starts a stream
+                from a zero state.
             x: ``[n, F]`` (one step per stream) or ``[n, k, F]`` (k steps each), numpy or torch.
 
         Returns:
-            ``[n, O]`` or ``[n, k, O]`` NumPy outputs in the model's dtype, rows in ``ids``
-            order.
+            ``[n, O]`` or ``[n, k, O]`` NumPy outputs in the model's dtype (float32 for a
+            bfloat16 model), rows in ``ids`` order.
 
         Raises:
             ValueError / TypeError: duplicate or invalid ids, wrong shape, wrong feature count,
@@ -493,8 +496,8 @@ class Streams:
                 # gather the rows once (the ids are distinct and known: no State.select checks)
                 stored = [t.index_select(1, rows) for t in self._buffer.tensors()]
             inputs = torch.from_numpy(array[:, 0] if single else array)
-            if not on_cpu:
-                inputs = inputs.to(device)
+            if not on_cpu or inputs.dtype is not self._info.dtype:
+                inputs = inputs.to(device, self._info.dtype)  # (bfloat16: from float32)
             state = type(self._buffer)._unchecked(*stored)
             y, state = _advance(self._model, state, inputs, single)
         except BaseException:
@@ -506,7 +509,7 @@ class Streams:
         else:
             for buffer, new in zip(self._buffer.tensors(), state.tensors(), strict=True):
                 buffer.index_copy_(1, rows, new)
-        return (y if on_cpu else y.cpu()).numpy()
+        return self._info.to_numpy(y)
 
     def _step_directly(self, ids: list[Any], x: np.ndarray) -> np.ndarray | None:
         """The hot path of :meth:`step`: one step ``x`` [n, F] of every live stream, in row
@@ -591,12 +594,13 @@ class Streams:
 
     def end(self, stream_id: StreamId) -> None:
         """Remove ``stream_id`` and its state. Raises KeyError for an unknown id."""
+        stream_id = _check_id(stream_id)
         self._row_of(stream_id)
         self._remove([stream_id])
 
     def state(self, stream_id: StreamId) -> State:
         """A copy of the state of ``stream_id`` (batch 1); changing it changes no stream."""
-        return self._buffer.select([self._row_of(stream_id)])
+        return self._buffer.select([self._row_of(_check_id(stream_id))])
 
     # --- saving and restoring ---------------------------------------------------------------
 
@@ -641,6 +645,12 @@ class Streams:
             raise TypeError(
                 f"ids must be a list of stream ids (str or int), one per row of x; received "
                 f"{type(ids).__name__} {ids!r}. For one stream pass [id] and x[None]"
+            )
+        if isinstance(ids, Set | Mapping):  # (no order: which row of x is whose?)
+            raise TypeError(
+                f"ids must be an ordered sequence such as a list or tuple, one id per row of x "
+                f"in x's order; received {type(ids).__name__}. Pass list(ids) in the order of "
+                "the rows of x"
             )
         checked = list(ids)
         if not set(map(type, checked)) <= {str, int}:  # (exact types: bool is refused)
@@ -704,6 +714,9 @@ class Streams:
 
     def _remove(self, ids: list[StreamId]) -> None:
         """Drop streams; the last live row moves into each freed row."""
+        if not ids:
+            return
+        self._settle()  # (the hot path's pending rows are rows [0, n) of the streams before)
         for stream_id in ids:
             row = self._rows.pop(stream_id)
             last = len(self._ids) - 1
