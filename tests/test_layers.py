@@ -1004,9 +1004,12 @@ def test_initial_state_is_zero_of_the_right_type(factory: Callable, state_type: 
     assert torch.equal(y_none, y_zero) and s_none.equal(s_zero)  # one call, zeros either way
 
 
-@pytest.mark.parametrize("batch_size", [-1, 2.0, True, "3"])
-def test_initial_state_rejects_bad_batch_size(batch_size: object) -> None:
-    with pytest.raises(ValueError, match="batch_size"):
+@pytest.mark.parametrize(
+    ("batch_size", "error"),
+    [(-1, ValueError), (2.0, TypeError), (True, TypeError), ("3", TypeError)],
+)
+def test_initial_state_rejects_bad_batch_size(batch_size: object, error: type) -> None:
+    with pytest.raises(error, match="batch_size"):
         LSTM(2, 3).initial_state(batch_size)  # type: ignore[arg-type]
 
 

@@ -95,7 +95,7 @@ from torch import _VF, nn
 from torch.nn import functional
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from seqstate._validate import check_flags
+from seqstate._validate import check_bool, check_flags, check_int, check_number
 from seqstate.core.split import run_split
 from seqstate.core.state import GRUState, LSTMState, RNNState, State
 from seqstate.core.timeline import FLAG, Timeline, flag_pattern, plan_window, run_timeline
@@ -134,6 +134,10 @@ _NO_EXPORTED_FLAGS = (
     "{name}: torch.export cannot trace reset= or mask= (the kernel calls depend on their "
     "values, and a SequenceModel with mask_value always has a mask); export the plain call "
     "without them, or use seqstate.export_onnx, whose graph takes the state and mask of a chunk"
+)
+_BAD_TIMELINE = (
+    "{name}: timeline must be a seqstate Timeline (the window's plan, e.g. Window.timeline) "
+    "or None; received {received.__class__.__name__}. Leave it out to plan from reset and mask"
 )
 
 
@@ -179,6 +183,26 @@ class ResettableLayer:
         _refuse_positional(name, more_positional, self._torch_positional)
         if strategy not in ("auto", "split"):
             raise ValueError(f"{name}: strategy must be 'auto' or 'split'; received {strategy!r}")
+        input_size = check_int(input_size, f"{name}: input_size", 1)
+        hidden_size = check_int(hidden_size, f"{name}: hidden_size", 1)
+        num_layers = check_int(num_layers, f"{name}: num_layers", 1)
+        dropout = check_number(dropout, f"{name}: dropout", minimum=0.0)
+        if dropout > 1.0:
+            raise ValueError(
+                f"{name}: dropout must be a probability in [0, 1]; received {dropout!r}"
+            )
+        bias = check_bool(bias, f"{name}: bias")
+        if dtype is not None:
+            if not isinstance(dtype, torch.dtype):
+                raise TypeError(
+                    f"{name}: dtype must be a torch.dtype (e.g. torch.float32) or None; "
+                    f"received {type(dtype).__name__} {dtype!r}"
+                )
+            if not dtype.is_floating_point:
+                raise ValueError(
+                    f"{name}: dtype must be a floating dtype (torch.float32, torch.float64, "
+                    f"...): the weights are trained; received {dtype}"
+                )
         # Drop-in honesty: torch options the stateful protocol cannot keep are refused here,
         # not left to fail on the first call.
         if batch_first is not True:
@@ -258,8 +282,7 @@ class ResettableLayer:
         dtype: torch.dtype | None = None,
     ) -> State:
         """Zero state ``[num_layers, batch_size, hidden_size]`` on the parameters' device."""
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 0:
-            raise ValueError(f"batch_size must be an int >= 0; received {batch_size!r}")
+        batch_size = check_int(batch_size, "batch_size", 0)
         weight = self.weight_ih_l0  # type: ignore[attr-defined]  # set by torch's RNNBase
         return self.state_type.zeros(
             self.num_layers,
@@ -291,6 +314,8 @@ class ResettableLayer:
         x = self._check_input(x)
         B, T, _ = x.shape
         state = self._check_state(state, B, x)
+        if timeline is not None and not isinstance(timeline, Timeline):
+            raise TypeError(_BAD_TIMELINE.format(name=type(self).__name__, received=timeline))
         if (
             timeline is None
             or torch.compiler.is_compiling()  # (planned inside, by the compiler-disabled planner)

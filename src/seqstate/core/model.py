@@ -37,13 +37,16 @@ turns them into the distribution of each output in raw units
 
 from __future__ import annotations
 
+import reprlib
 import weakref
+from collections.abc import Mapping
 from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from seqstate._validate import check_flags
 from seqstate.core.activations import ACTIVATIONS
 from seqstate.core.activations import activation as activation_function
 from seqstate.core.cells import CELLS
@@ -314,14 +317,16 @@ class SequenceModel(nn.Module):
             # Keras's Masking, on the raw input: padding is a step whose features all equal it.
             derived = (x != self.config.mask_value).any(dim=-1)  # (B, T)
             if mask is not None:
-                if not isinstance(mask, torch.Tensor) or mask.shape != derived.shape:
-                    shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask)
-                    raise ValueError(
-                        f"mask must have shape [B, T]={list(derived.shape)} like x; received "
-                        f"{shape}"
-                    )
-                derived = derived & mask.to(derived.device).bool()
+                # the layers' own check of a mask: a bool (or 0/1) tensor [B, T]
+                B, T = derived.shape
+                given = check_flags(mask, "mask", B, T, derived.device)
+                derived = derived & cast(torch.Tensor, given)
             mask = derived
+            if timeline is not None and not isinstance(timeline, Timeline):
+                raise TypeError(
+                    "SequenceModel: timeline must be a seqstate Timeline (Window.timeline) or "
+                    f"None; received {type(timeline).__name__}. Leave it out"
+                )
             timeline = None  # (the plan of the given flags, not of the derived mask)
         # (traced for export or compilation: the plain ops, no data-dependent check)
         skip_input = False if torch.compiler.is_compiling() else self._identity_normalisation()[0]
@@ -498,24 +503,43 @@ class SequenceModel(nn.Module):
     ) -> None:
         """Store normalisation statistics (per feature / per output) in the model's buffers.
 
-        A zero or non-finite std is replaced by 1 (a constant feature carries no scale).
+        Each is a number per feature / output (a list, array or tensor). A zero or non-finite
+        std is replaced by 1 (a constant feature carries no scale); a negative one is refused.
+        ``output_mean`` and ``output_std`` come together (regression only). Everything is
+        checked before any buffer changes.
         """
         pairs = [("input", input_mean, input_std, self.input_size)]
-        if output_mean is not None or output_std is not None:
+        if (output_mean is None) != (output_std is None):
+            missing = "output_std" if output_std is None else "output_mean"
+            raise ValueError(
+                "output_mean and output_std must be given together (or both left out); "
+                f"received {missing}=None with the other given. Pass both, or neither to keep "
+                "the outputs unscaled"
+            )
+        if output_mean is not None:
             if self.config.task != "regression":
-                raise ValueError("output normalisation applies to regression models only")
-            pairs.append(("output", output_mean, output_std, self.output_size))
-        for prefix, mean, std, size in pairs:
-            mean_t = torch.as_tensor(mean, dtype=torch.float64).flatten()
-            std_t = torch.as_tensor(std, dtype=torch.float64).flatten()
-            if mean_t.numel() != size or std_t.numel() != size:
                 raise ValueError(
-                    f"{prefix}_mean and {prefix}_std must have {size} values; received "
-                    f"{mean_t.numel()} and {std_t.numel()}"
+                    "output_mean and output_std apply to regression models only; this model's "
+                    f"task is {self.config.task!r}: leave them out"
                 )
+            pairs.append(("output", output_mean, output_std, self.output_size))
+        checked = []
+        for prefix, mean, std, size in pairs:
+            mean_t = _statistic(mean, f"{prefix}_mean", size)
+            std_t = _statistic(std, f"{prefix}_std", size)
             if not torch.isfinite(mean_t).all():
-                raise ValueError(f"{prefix}_mean must be finite; received {mean_t.tolist()}")
+                raise ValueError(
+                    f"{prefix}_mean must be finite; received {mean_t.tolist()}. Compute it over "
+                    "the training data without missing values"
+                )
+            if (torch.isfinite(std_t) & (std_t < 0)).any():  # (non-finite: documented as 1)
+                raise ValueError(
+                    f"{prefix}_std must be >= 0 (a standard deviation); received "
+                    f"{std_t.tolist()}. Pass the spread itself (e.g. x.std(axis=0))"
+                )
             std_t = torch.where(torch.isfinite(std_t) & (std_t > 0), std_t, 1.0)
+            checked.append((prefix, mean_t, std_t))
+        for prefix, mean_t, std_t in checked:  # (all checked: now change the buffers)
             shift, scale = getattr(self, f"{prefix}_shift"), getattr(self, f"{prefix}_scale")
             shift.copy_(mean_t.to(shift.dtype))
             scale.copy_(std_t.to(scale.dtype))
@@ -583,6 +607,28 @@ def _identity_pair(tensors: tuple[Any, ...]) -> tuple[bool, bool]:
         bool((input_shift == 0).all() and (input_scale == 1).all()),
         bool((output_shift == 0).all() and (output_scale == 1).all()),
     )
+
+
+def _statistic(value: Any, name: str, size: int) -> torch.Tensor:
+    """A normalisation statistic (a number, list, array or tensor) as ``size`` float64s."""
+    if value is None or isinstance(value, str | bytes | Mapping):
+        tensor = None
+    else:
+        try:
+            tensor = torch.as_tensor(value, dtype=torch.float64).flatten()
+        except (TypeError, ValueError, RuntimeError):  # (strings in a list, ragged lists, ...)
+            tensor = None
+    if tensor is None:
+        raise TypeError(
+            f"{name} must be {size} numbers (a list, NumPy array or tensor); received "
+            f"{type(value).__name__} {reprlib.repr(value)}"
+        )
+    if tensor.numel() != size:
+        raise ValueError(
+            f"{name} must have {size} values (one per {name.partition('_')[0]} column); "
+            f"received {tensor.numel()}"
+        )
+    return tensor
 
 
 def _tensor_buffers(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -332,7 +332,9 @@ class ModelConfig:
                 )
             base["cell"], base["hidden_size"] = first.kind, first.hidden_size
             base["num_layers"] = len(self.layers)
-            base["nonlinearity"] = first.activation if first.kind == "rnn" else None
+            # an RNN's nonlinearity goes with the cell: a change to another cell leaves it
+            keeps_rnn = first.kind == "rnn" and changes.get("cell", "rnn") == "rnn"
+            base["nonlinearity"] = first.activation if keeps_rnn else None
         elif "layers" not in changes:
             base["layers"] = self.layers
         return ModelConfig(**{**base, **changes})
@@ -483,6 +485,15 @@ def _shorthand_stack(
     if nonlinearity not in (None, "tanh", "relu"):
         raise ValueError(
             f"ModelConfig.nonlinearity must be 'tanh' or 'relu'; received {nonlinearity!r}"
+        )
+    # (a version-1 config writes nonlinearity='tanh' for every cell: that one is the default)
+    if kind != "rnn" and nonlinearity not in (None, "tanh"):
+        raise ValueError(
+            f"ModelConfig.nonlinearity applies to cell='rnn' only; received "
+            f"nonlinearity={nonlinearity!r} with cell={kind!r}"
+            f"{' (the default)' if cell is None else ''}. Use cell='rnn', or leave "
+            f"nonlinearity out (for another activation of a {kind} layer, pass layers="
+            f"[RecurrentSpec({kind!r}, {size}, activation={nonlinearity!r})])"
         )
     activation = nonlinearity if kind == "rnn" and nonlinearity is not None else "tanh"
     return tuple(RecurrentSpec(kind, size, activation) for _ in range(count))

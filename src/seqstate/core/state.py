@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import re
+import reprlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
@@ -27,6 +28,8 @@ import torch
 import torch.utils._pytree as pytree  # torch's pytree registry (no public module yet)
 from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
+
+from seqstate._validate import check_int
 
 __all__ = ["GRUState", "LSTMState", "RNNState", "Rows", "State", "stack_state_type"]
 
@@ -43,6 +46,18 @@ _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 # the instance-dict key of a state's per-layer 2-D fields (State._of_layers): not an identifier
 # a dataclass field can have
 _PER_LAYER = "per layer"
+
+
+class RowIndexError(ValueError, IndexError):
+    """A row index outside the state's batch: a ``ValueError`` (the house rule for a value out
+    of range) that is also the ``IndexError`` it was before (like NumPy's ``AxisError``)."""
+
+
+def _layout(state: State) -> tuple[list[tuple[int, int]], str]:
+    """A state's fields' ``(num_layers, hidden)`` and its device: what :meth:`State.cat` needs
+    its states to share."""
+    tensors = state.tensors()
+    return [(t.shape[0], t.shape[2]) for t in tensors], str(tensors[0].device)
 
 
 def _register_pytree(cls: type[State]) -> None:
@@ -101,6 +116,13 @@ class State:
                     f"{type(self).__name__}.{name} must have shape (num_layers, batch, hidden) "
                     f"matching the other fields' (num_layers, batch)={tuple(first.shape[:2])}; "
                     f"received {tuple(t.shape)}"
+                )
+            # one dtype and device: a mixed state would only fail later, inside a kernel
+            if t is not first and (t.dtype != first.dtype or t.device != first.device):
+                raise ValueError(
+                    f"{type(self).__name__}.{name} must have the dtype and device of the other "
+                    f"fields ({first.dtype} on {first.device}); received {t.dtype} on "
+                    f"{t.device}. Move it with tensor.to(other_field)"
                 )
 
     # --- structure -------------------------------------------------------------------------
@@ -228,12 +250,18 @@ class State:
         device: torch.device | str | None = None,
     ) -> S:
         """A zero state ``(num_layers, batch_size, hidden_size)`` for every field."""
-        shape = (num_layers, batch_size, hidden_size)
-        return cls(*(torch.zeros(shape, dtype=dtype, device=device) for _ in cls.field_names()))
+        shape = (
+            check_int(num_layers, "num_layers", 1),
+            check_int(batch_size, "batch_size", 0),
+            check_int(hidden_size, "hidden_size", 1),
+        )
+        return cls._unchecked(
+            *[torch.zeros(shape, dtype=dtype, device=device) for _ in cls.field_names()]
+        )
 
     def zeros_like(self: S, batch_size: int | None = None) -> S:
         """Zeros of this state's type, layers, hidden size, dtype and device."""
-        b = self.batch_size if batch_size is None else batch_size
+        b = self.batch_size if batch_size is None else check_int(batch_size, "batch_size", 0)
         return self._replace([t.new_zeros((t.shape[0], b, t.shape[2])) for t in self.tensors()])
 
     @classmethod
@@ -247,7 +275,19 @@ class State:
             raise TypeError(f"State.cat needs states of one type; received {names}")
         first = states[0]
         columns = zip(*(s.tensors() for s in states), strict=True)
-        return first._replace([torch.cat(list(col), dim=1) for col in columns])
+        try:
+            return first._replace([torch.cat(list(col), dim=1) for col in columns])
+        except RuntimeError:  # (looked into only then: the server concatenates every batch)
+            expected = _layout(first)
+            for position, state in enumerate(states):
+                if _layout(state) != expected:
+                    raise ValueError(
+                        "State.cat needs states that differ only in batch size: fields "
+                        f"(num_layers, hidden) and device {expected} like states[0]; "
+                        f"states[{position}] has {_layout(state)}. Concatenate states of one "
+                        "model, on one device"
+                    ) from None
+            raise
 
     # --- row operations --------------------------------------------------------------------
 
@@ -272,7 +312,13 @@ class State:
             return torch.arange(b)[rows]
         if isinstance(rows, int):
             rows = [rows]
-        index = torch.as_tensor(rows)
+        try:
+            index = torch.as_tensor(rows)
+        except (TypeError, ValueError, RuntimeError):  # (a str, None, a ragged list, ...)
+            raise TypeError(
+                f"{argument} must be a bool mask (batch,), a 1-D integer index, an int or a "
+                f"slice; received {type(rows).__name__} {reprlib.repr(rows)}"
+            ) from None
         if index.numel() == 0 and not isinstance(rows, torch.Tensor):
             index = index.long()  # torch.as_tensor([]) is float32; [] means "no rows"
         if index.dtype == torch.bool:
@@ -289,9 +335,10 @@ class State:
             )
         index = index.long()
         if index.numel() and (index.min() < -b or index.max() >= b):
-            raise IndexError(
+            raise RowIndexError(
                 f"{argument} index out of range for batch size {b}; received values in "
-                f"[{int(index.min())}, {int(index.max())}]"
+                f"[{int(index.min())}, {int(index.max())}]. Rows are 0..{b - 1} (or "
+                f"-{b}..-1 from the end)"
             )
         return index % b if index.numel() else index
 
