@@ -195,10 +195,16 @@ def test_predict_and_streams_refuse_a_device_name_torch_does_not_know(device):
         Streams(model, device=device)
 
 
-@pytest.mark.parametrize("device", [5, 1.0, ["cpu"]])
+@pytest.mark.parametrize("device", [True, 1.0, ["cpu"]])
 def test_a_device_of_another_type_is_a_type_error(device):
     with pytest.raises(TypeError, match="device must be a string such as 'auto'"):
         predict(make_model(), np.ones((5, F), np.float32), device=device)
+
+
+@no_cuda
+def test_an_int_device_is_a_cuda_index_as_torch_reads_it():
+    with pytest.raises(ValueError, match="device='cuda:5' but CUDA is not available"):
+        predict(make_model(), np.ones((5, F), np.float32), device=5)
 
 
 @no_cuda

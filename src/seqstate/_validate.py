@@ -15,7 +15,7 @@ import numpy as np
 if TYPE_CHECKING:  # check_flags imports torch when called: the other checks load without it
     import torch
 
-__all__ = ["check_bool", "check_flags", "check_int", "check_number"]
+__all__ = ["check_bool", "check_device", "check_flags", "check_int", "check_number"]
 
 
 def _hinted(message: str, hint: str) -> str:
@@ -82,3 +82,50 @@ def check_flags(flags: Any, name: str, B: int, T: int, device: torch.device) -> 
             raise ValueError(f"{name} must hold only 0/1 (or bool); received other values")
         flags = flags.bool()
     return flags.to(device)
+
+
+def check_device(device: Any, name: str = "device") -> torch.device | None:
+    """``device`` as a torch.device that this machine has ('auto': CUDA when available, else
+    the CPU; an int N: 'cuda:N', as torch reads it); None stays None. ``fit``, inference and
+    loading all resolve their device here."""
+    import torch
+
+    if device is None:
+        return None
+    if isinstance(device, int | np.integer) and not isinstance(device, bool):
+        device = f"cuda:{int(device)}"
+    if isinstance(device, str):
+        if device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            target = torch.device(device)
+        except RuntimeError:
+            raise ValueError(
+                f"{name} must be 'auto', 'cpu', 'cuda' or 'cuda:N' (or a torch.device); "
+                f"received {device!r}"
+            ) from None
+    elif isinstance(device, torch.device):
+        target = device
+    else:
+        raise TypeError(
+            f"{name} must be a string such as 'auto', 'cpu' or 'cuda:0', or a torch.device; "
+            f"received {type(device).__name__} {device!r}"
+        )
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{name}={str(device)!r} but CUDA is not available on this machine; use "
+                f"{name}='cpu' or 'auto'"
+            )
+        count = torch.cuda.device_count()
+        if target.index is not None and target.index >= count:
+            raise ValueError(
+                f"{name}={str(device)!r} but this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}; use one of them or 'auto'"
+            )
+    elif target.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"{name}={str(device)!r} but MPS is not available on this machine; use "
+            f"{name}='cpu' or 'auto'"
+        )
+    return target

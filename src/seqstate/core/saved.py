@@ -27,13 +27,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from seqstate._io import atomic_path, write_text_atomic
+from seqstate._validate import check_device
 from seqstate.core.model import ModelConfig, SequenceModel
 
 __all__ = [
     "MODEL_FILE",
     "MODEL_JSON",
     "RUN_FORMAT",
-    "check_device",
     "load_model",
     "read_model_json",
     "save_model",
@@ -141,48 +141,6 @@ def load_model(
         )
     model.eval()
     return model.to(target) if target is not None else model
-
-
-def check_device(device: Any, name: str = "device") -> torch.device | None:
-    """``device`` as a torch.device that this machine has ('auto': CUDA when available, else
-    the CPU); None stays None. The wording is fit's (``seqstate.train.checks.resolve_device``)."""
-    if device is None:
-        return None
-    if isinstance(device, str):
-        if device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            target = torch.device(device)
-        except RuntimeError:
-            raise ValueError(
-                f"{name} must be 'auto', 'cpu', 'cuda' or 'cuda:N' (or a torch.device); "
-                f"received {device!r}"
-            ) from None
-    elif isinstance(device, torch.device):
-        target = device
-    else:
-        raise TypeError(
-            f"{name} must be a string such as 'auto', 'cpu' or 'cuda:0', or a torch.device; "
-            f"received {type(device).__name__} {device!r}"
-        )
-    if target.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"{name}={str(device)!r} but CUDA is not available on this machine; use "
-                f"{name}='cpu' or 'auto'"
-            )
-        count = torch.cuda.device_count()
-        if target.index is not None and target.index >= count:
-            raise ValueError(
-                f"{name}={str(device)!r} but this machine has {count} CUDA device(s), "
-                f"cuda:0 to cuda:{count - 1}; use one of them or 'auto'"
-            )
-    elif target.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(
-            f"{name}={str(device)!r} but MPS is not available on this machine; use "
-            f"{name}='cpu' or 'auto'"
-        )
-    return target
 
 
 def _run_path(run_dir: Any) -> Path:

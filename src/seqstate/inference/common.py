@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqstate._validate import check_int
+from seqstate._validate import check_device, check_int
 from seqstate.core.protocol import SequenceCore, check_sized_core
-from seqstate.core.saved import check_device
 from seqstate.core.state import State
 from seqstate.lanes.layout import Plan, packed_plan
 

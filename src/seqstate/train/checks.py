@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
+from seqstate._validate import check_device
 from seqstate.lanes.lanes import Lanes
 from seqstate.train.config import FitConfig
 from seqstate.train.losses import MaskedLoss
@@ -16,14 +17,8 @@ if TYPE_CHECKING:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={name!r} but CUDA is not available on this machine; use device='cpu' or 'auto'"
-        )
-    return device
+    """FitConfig.device as the torch.device training runs on (:func:`check_device`'s rule)."""
+    return cast(torch.device, check_device(name))
 
 
 def check_lanes(lanes: Any, name: str) -> None:
