@@ -62,11 +62,18 @@ def panel(tmp_path_factory):
     return root, history, truth
 
 
-def test_per_series_scaling_beats_global_on_a_panel_of_very_different_scales(panel, capsys):
-    root, history, truth = panel
+@pytest.fixture(scope="module")
+def runs(panel):
+    """The panel's runs with per-series and with global scaling (each test may need them,
+    whatever ran before it)."""
+    root, history, _ = panel
     train(history, root / "series")
     train(history, root / "global", "--scaling", "global")
-    capsys.readouterr()
+    return root
+
+
+def test_per_series_scaling_beats_global_on_a_panel_of_very_different_scales(panel, runs):
+    root, history, truth = panel
     series = forecast_error(root / "series", history, truth, root, "series")
     pooled = forecast_error(root / "global", history, truth, root, "global")
     assert series < 0.1 and series * 3 < pooled, (series, pooled)
@@ -75,7 +82,7 @@ def test_per_series_scaling_beats_global_on_a_panel_of_very_different_scales(pan
     assert metadata["calendar"] == ["month"] and len(metadata["reasons"]) == 2
 
 
-def test_an_unseen_series_is_scaled_from_its_own_context(panel, tmp_path):
+def test_an_unseen_series_is_scaled_from_its_own_context(panel, runs, tmp_path):
     root, history, _ = panel
     frame = pd.read_csv(history)
     new = frame[frame["id"] == "s2"].assign(id="new", value=lambda f: f["value"] * 50.0)

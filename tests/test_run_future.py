@@ -182,3 +182,9 @@ def test_loading_a_run_from_something_that_is_not_a_path_names_the_argument(path
 
     with pytest.raises(TypeError, match="path must be a run directory"):
         Run.load(path)
+
+
+def test_step_times_in_milliseconds_are_refused_for_a_calendar_run():
+    run_step, state, x, time = _stepped()
+    with pytest.raises(ValueError, match="after the year 9999"):
+        run_step.step(state, x[:, 35:40], time[:, 35:40] * 1000)

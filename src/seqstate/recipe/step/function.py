@@ -54,6 +54,8 @@ __all__ = ["NO_TIME", "MemberStep", "RunStep"]
 _T = TypeVar("_T")
 
 NO_TIME = -(2**63)  # the "time" of a stream that has not been given one
+#: 9999-12-31T23:59:59 in Unix seconds: a calendar run's later time is in other units
+_LAST_SECOND = 253_402_300_799
 
 # x of at most this many values is checked in Python floats (a served step of a few streams)
 _SMALL = 64
@@ -1233,7 +1235,7 @@ class RunStep(nn.Module):
                     f"time must have shape [B, T]={list(x_t.shape[:2])} like x; received "
                     f"{list(time_t.shape)}"
                 )
-            _check_order(entry_of(state.transforms, "time"), time_t)
+            _check_order(entry_of(state.transforms, "time"), time_t, dates=self.needs_time)
         elif self.needs_time:
             raise ValueError(
                 "this run reads calendar features: each step needs its time, [B, T] int64 Unix "
@@ -1348,25 +1350,33 @@ def _time_tensor(time: Any) -> torch.Tensor:
     return torch.from_numpy(np.array(array, copy=not array.flags.writeable))
 
 
-def _check_order(last: Any, time: torch.Tensor) -> None:
+def _check_order(last: Any, time: torch.Tensor, *, dates: bool) -> None:
     """Each stream's times must increase: along its ``time [B, T]`` row and from its last
-    step's (:data:`NO_TIME`: none yet)."""
+    step's (:data:`NO_TIME`: none yet); ``dates``: and be Unix seconds of a date before the
+    year 10000 (a larger one is in milliseconds or nanoseconds)."""
     if time.shape == (1, 1) and isinstance(last, Floats):
         before, now = last.values[0], int(time[0, 0])  # (one stream's step: no arrays)
+        latest = now
         if before != NO_TIME and now <= before:
             raise ValueError(
                 f"time must increase within each stream: row 0 steps at {now} after {before}; "
                 "give each step a later time than the stream's last (Unix seconds)"
             )
-        return
-    times = time.cpu().numpy()
-    held = last.cpu().numpy() if isinstance(last, torch.Tensor) else as_array(last)
-    previous = np.concatenate([held.reshape(-1, 1), times[:, :-1]], axis=1)
-    bad = (times <= previous) & (previous != NO_TIME)
-    if bad.any():
-        row, step = (int(i) for i in np.argwhere(bad)[0])
+    else:
+        times = time.cpu().numpy()
+        held = last.cpu().numpy() if isinstance(last, torch.Tensor) else as_array(last)
+        previous = np.concatenate([held.reshape(-1, 1), times[:, :-1]], axis=1)
+        bad = (times <= previous) & (previous != NO_TIME)
+        if bad.any():
+            row, step = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"time must increase within each stream: row {row} steps at "
+                f"{int(times[row, step])} (step {step}) after {int(previous[row, step])}; give "
+                "each step a later time than the stream's last (Unix seconds)"
+            )
+        latest = int(times.max()) if dates and times.size else 0
+    if dates and latest > _LAST_SECOND:
         raise ValueError(
-            f"time must increase within each stream: row {row} steps at {int(times[row, step])} "
-            f"(step {step}) after {int(previous[row, step])}; give each step a later time than "
-            "the stream's last (Unix seconds)"
+            f"time must be Unix seconds; {latest} is after the year 9999 (milliseconds or "
+            "nanoseconds? divide by 1000 or 10**9)"
         )
