@@ -1235,7 +1235,8 @@ class RunStep(nn.Module):
                     f"time must have shape [B, T]={list(x_t.shape[:2])} like x; received "
                     f"{list(time_t.shape)}"
                 )
-            _check_order(entry_of(state.transforms, "time"), time_t, dates=self.needs_time)
+            times = time_t.numpy() if time_t.device.type == "cpu" else time_t.cpu().numpy()
+            _check_order(entry_of(state.transforms, "time"), times, dates=self.needs_time)
         elif self.needs_time:
             raise ValueError(
                 "this run reads calendar features: each step needs its time, [B, T] int64 Unix "
@@ -1350,12 +1351,17 @@ def _time_tensor(time: Any) -> torch.Tensor:
     return torch.from_numpy(np.array(array, copy=not array.flags.writeable))
 
 
-def _check_order(last: Any, time: torch.Tensor, *, dates: bool) -> None:
-    """Each stream's times must increase: along its ``time [B, T]`` row and from its last
-    step's (:data:`NO_TIME`: none yet); ``dates``: and be Unix seconds of a date before the
-    year 10000 (a larger one is in milliseconds or nanoseconds)."""
-    if time.shape == (1, 1) and isinstance(last, Floats):
-        before, now = last.values[0], int(time[0, 0])  # (one stream's step: no arrays)
+def _check_order(last: Any, times: np.ndarray, *, dates: bool) -> None:
+    """Each stream's ``times [B, T]`` must increase: along its row and from its last step's
+    (:data:`NO_TIME`: none yet); ``dates``: and be Unix seconds of a date before the year
+    10000 (a larger one is in milliseconds or nanoseconds)."""
+    if times.shape == (1, 1):  # (one stream's step: Python numbers, no array operations)
+        now = int(times[0, 0])
+        if isinstance(last, Floats):
+            before = last.values[0]
+        else:
+            held = last.reshape(-1)[0]
+            before = int(held.item() if isinstance(held, torch.Tensor) else held)
         latest = now
         if before != NO_TIME and now <= before:
             raise ValueError(
@@ -1363,7 +1369,6 @@ def _check_order(last: Any, time: torch.Tensor, *, dates: bool) -> None:
                 "give each step a later time than the stream's last (Unix seconds)"
             )
     else:
-        times = time.cpu().numpy()
         held = last.cpu().numpy() if isinstance(last, torch.Tensor) else as_array(last)
         previous = np.concatenate([held.reshape(-1, 1), times[:, :-1]], axis=1)
         bad = (times <= previous) & (previous != NO_TIME)
