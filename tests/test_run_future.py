@@ -68,31 +68,23 @@ def test_a_calendar_run_without_covariates_forecasts_on_each_series_own_calendar
         )
         for series, times in zip(table.ids, table.times, strict=True)
     )
-    given = read_table(
-        future,
-        features=["value"],
-        targets=[],
-        id_column="id",
-        time_column="month",
-        require_targets=False,
-    )
-    expected = forecaster.forecast(table, HORIZON, given)
-    # without future rows the months follow each series' end, as `seqstate forecast` stamps
-    np.testing.assert_array_equal(forecaster.forecast(table, HORIZON), expected)
-    # given future rows, their own times are the calendar's: half a year on, other months
-    shifted = future.assign(month=future["month"] + pd.DateOffset(months=6))
-    later = forecaster.forecast(
-        table,
-        HORIZON,
-        read_table(
-            shifted,
+
+    def read(frame):
+        return read_table(
+            frame,
             features=["value"],
             targets=[],
             id_column="id",
             time_column="month",
             require_targets=False,
-        ),
-    )
+        )
+
+    expected = forecaster.forecast(table, HORIZON, read(future))
+    # without future rows the months follow each series' end, as `seqstate forecast` stamps
+    np.testing.assert_array_equal(forecaster.forecast(table, HORIZON), expected)
+    # given future rows, their own times are the calendar's: half a year on, other months
+    shifted = future.assign(month=future["month"] + pd.DateOffset(months=6))
+    later = forecaster.forecast(table, HORIZON, read(shifted))
     assert not np.allclose(later, expected)
 
 
