@@ -75,8 +75,9 @@ class RunStreams:
         Args:
             ids: one id per row, no repeats.
             x: ``[n, F]`` (one step) or ``[n, T, F]`` raw values of the run's inputs.
-            time: ``[n]`` / ``[n, T]`` int64 Unix seconds (required where the run reads the
-                calendar).
+            time: ``[n]`` / ``[n, T]`` int64 Unix seconds or numpy datetime64 (required where
+                the run reads the calendar); each stream's times increase, within a call and
+                after its last step.
             series: each stream's series, needed on a stream's first step where the run scales
                 per series; a later step may repeat it (a different one is refused).
 

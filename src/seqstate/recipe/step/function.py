@@ -757,8 +757,9 @@ class RunStep(nn.Module):
             state: from :meth:`initial_state` or a previous step (not changed).
             x: ``[B, T, F_raw]`` raw values of :attr:`inputs` (float; ``[B, F_raw]`` for one
                 step).
-            time: ``[B, T]`` int64 Unix seconds of each step (``[B]`` for one step); required
-                when :attr:`needs_time`, else optional.
+            time: ``[B, T]`` int64 Unix seconds (or numpy datetime64) of each step (``[B]``
+                for one step); required when :attr:`needs_time`, else optional. Each row's
+                times increase, within the call and after its last step (ValueError).
 
         Returns:
             ``(y [B, T, O] float64 raw units, new state)``: y at step t predicts the targets
