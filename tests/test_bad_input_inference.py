@@ -292,3 +292,16 @@ def test_run_dir_that_is_not_a_path():
         save_model(make_model(), 5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"run_dir must be a path .*received int 5"):
         load_model(5)  # type: ignore[arg-type]
+
+
+def test_forecast_reads_no_covariate_from_the_last_row_so_nan_there_is_taken():
+    model = SequenceModel(input_size=F, output_size=O, hidden_size=H).eval()
+    context = np.random.default_rng(8).normal(size=(5, F)).astype(np.float32)
+    covariates = np.ones((3, F - 1), np.float32)
+    expected = forecast(model, context, 3, target_features=[0], covariates=covariates)
+    covariates[-1] = np.nan  # the docstring: the last row feeds no step
+    got = forecast(model, context, 3, target_features=[0], covariates=covariates)
+    np.testing.assert_array_equal(got, expected)
+    covariates[0] = np.nan
+    with pytest.raises(ValueError, match="covariates"):
+        forecast(model, context, 3, target_features=[0], covariates=covariates)
