@@ -289,3 +289,33 @@ def test_a_run_of_two_fused_groups_blending_ets_runs_at_any_chunk_length(tmp_pat
         for chunk in (1, 7, x.shape[1]):
             got, _ = run_onnx(session, function, x, None, [None] * batch, chunk)
             np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("distribution", ["studentt", "negbin", "quantile"])
+def test_a_distribution_head_exports_its_median_in_raw_units(tmp_path, distribution) -> None:
+    # y is what the model answers (its distributions' medians), not the head's raw parameters
+    torch.manual_seed(0)
+    model = SequenceModel(
+        input_size=F, output_size=O, cell="gru", hidden_size=H, distribution=distribution
+    ).eval()
+    if distribution != "negbin":  # (a count head is scaled, never shifted)
+        model.set_normalization([0.0] * F, [1.0] * F, [1.0] * O, [2.0] * O)
+    session = ort.InferenceSession(
+        str(export_onnx(model, tmp_path / "d.onnx")), providers=["CPUExecutionProvider"]
+    )
+    x = torch.randn(2, 5, F)
+    state = [t.numpy() for t in model.initial_state(2).tensors()]
+    got = session.run(None, _feeds(model, x, None, state))[0]
+    with torch.no_grad():
+        expected, _ = model(x)
+    assert got.shape == (2, 5, O)
+    np.testing.assert_allclose(got, expected.numpy(), **TOL)
+
+
+def test_export_checks_its_target_and_opset_before_creating_anything(tmp_path: Path) -> None:
+    target = tmp_path / "new" / "deeper" / "m.onnx"
+    with pytest.raises(TypeError, match="opset must be an int"):
+        export_onnx(_model("gru"), target, opset="18")
+    with pytest.raises(ValueError, match="is a directory; give the file to write"):
+        export_onnx(_model("gru"), tmp_path)
+    assert not (tmp_path / "new").exists()

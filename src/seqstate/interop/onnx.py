@@ -130,7 +130,10 @@ class _Graph(nn.Module):
         y = hidden
         for linear, act in zip(model.dense_layers, model._head_activations, strict=True):
             y = act(linear(y))
-        if config.task == "regression" and not raw:
+        if config.distribution is not None and not raw:
+            # the model's answer: its distribution's median in raw units (forward's rule)
+            y = _median(model, y).to(y.dtype)
+        elif config.task == "regression" and not raw:
             y = y * model.output_scale + model.output_shift
         if mask is not None:
             y = torch.where(mask[..., None], y, torch.zeros_like(y))
@@ -279,17 +282,7 @@ def export_onnx(
             f"received {type(model_or_run_dir).__name__} (a custom module has no declared "
             "structure to export)"
         )
-    if not isinstance(path, str | os.PathLike):
-        raise TypeError(f"path must be a str or os.PathLike; received {type(path).__name__}")
-    if opset is not None and (
-        not isinstance(opset, int) or isinstance(opset, bool) or not 18 <= opset <= 23
-    ):
-        wrong_type = not isinstance(opset, int) or isinstance(opset, bool)
-        raise (TypeError if wrong_type else ValueError)(
-            f"opset must be an int in [18, 23] (or None for 18); received {opset!r}"
-        )
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = _checked_target(path, opset)
 
     # Export a float32 CPU copy in eval mode; the caller's model is left untouched.
     copy = SequenceModel(model.config)
@@ -325,9 +318,31 @@ def export_onnx(
     program.optimize()
     proto = program.model_proto
     _declare_output_shapes(proto, copy, outputs)
+    target.parent.mkdir(parents=True, exist_ok=True)  # (only once the graph is made)
     with atomic_path(target) as tmp:  # nothing is left behind when the check fails
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp))
+    return target
+
+
+def _checked_target(path: Any, opset: Any) -> Path:
+    """``path`` as the file an export writes, and ``opset`` checked; nothing is created."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a str or os.PathLike; received {type(path).__name__}")
+    if opset is not None:
+        if not isinstance(opset, int) or isinstance(opset, bool):
+            raise TypeError(
+                f"opset must be an int in [18, 23] (or None for 18); received "
+                f"{type(opset).__name__} {opset!r}"
+            )
+        if not 18 <= opset <= 23:
+            raise ValueError(f"opset must be an int in [18, 23] (or None for 18); received {opset}")
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(
+            f"path {str(path)!r} is a directory; give the file to write, e.g. "
+            f"{str(target / 'model.onnx')!r}"
+        )
     return target
 
 
@@ -408,6 +423,15 @@ class _MemberGraph(nn.Module):
         if distribution.head.name == "negbin":
             return _RecurrenceNegbin(distribution)
         return distribution
+
+
+def _median(model: SequenceModel, raw: torch.Tensor) -> torch.Tensor:
+    """The median of the distributions of a head's ``raw`` parameters, computed by ops ONNX
+    has (a negative binomial's by :class:`_RecurrenceNegbin`)."""
+    distribution = model.distribution(raw)
+    if distribution.head.name == "negbin":
+        return _RecurrenceNegbin(distribution).median()
+    return distribution.median()
 
 
 class _RecurrenceNegbin:
@@ -566,12 +590,7 @@ def export_run_onnx(
 
     if not isinstance(run_dir, str | os.PathLike):
         raise TypeError(f"run_dir must be a run directory path; received {type(run_dir).__name__}")
-    if not isinstance(path, str | os.PathLike):
-        raise TypeError(f"path must be a str or os.PathLike; received {type(path).__name__}")
-    if opset is not None and (
-        not isinstance(opset, int) or isinstance(opset, bool) or not 18 <= opset <= 23
-    ):
-        raise ValueError(f"opset must be an int in [18, 23] (or None for 18); received {opset!r}")
+    target = _checked_target(path, opset)
     function = copy.deepcopy(Run.load(Path(run_dir)).step_function()).cpu().eval()
     blend = None
     if function.blend is not None:
@@ -599,8 +618,6 @@ def export_run_onnx(
         for tensor in model_state.tensors():
             example.append(tensor)
             shapes.append({1: batch_dim})
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     with _exporter_noise(), torch.no_grad():
         program = torch.onnx.export(
             graph,
@@ -625,6 +642,7 @@ def export_run_onnx(
     _declare_time_axis(
         proto, [n for n in outputs if n == "y" or n.endswith(".distribution_parameters")]
     )
+    target.parent.mkdir(parents=True, exist_ok=True)  # (only once the graph is made)
     with atomic_path(target) as tmp:
         onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp))
