@@ -290,3 +290,8 @@ def test_masking_model_takes_a_0_1_int_mask_as_bool() -> None:
     y_int, state_int = model(x, mask=flags)
     y_bool, state_bool = model(x, mask=flags.bool())
     assert torch.equal(y_int, y_bool) and state_int.equal(state_bool)
+
+
+def test_a_state_of_integer_tensors_is_a_type_error():
+    with pytest.raises(TypeError, match="must hold floating values"):
+        LSTMState(torch.zeros(1, 2, 4, dtype=torch.int64), torch.zeros(1, 2, 4, dtype=torch.int64))

@@ -117,6 +117,12 @@ class State:
                     f"matching the other fields' (num_layers, batch)={tuple(first.shape[:2])}; "
                     f"received {tuple(t.shape)}"
                 )
+            if t is first and not t.is_floating_point():
+                raise TypeError(
+                    f"{type(self).__name__}.{name} must hold floating values (the cells' "
+                    f"hidden state); received dtype {t.dtype}. Use torch.zeros(..., "
+                    "dtype=torch.float32) or .float()"
+                )
             # one dtype and device: a mixed state would only fail later, inside a kernel
             if t is not first and (t.dtype != first.dtype or t.device != first.device):
                 raise ValueError(
