@@ -374,6 +374,39 @@ def test_train_is_reproducible_and_resume_is_exact(data, tmp_path):
     assert (resumed / "model.safetensors").read_bytes() == a
 
 
+@pytest.mark.parametrize("refit", [[], ["--no-refit"]])
+def test_resume_before_the_first_checkpoint_trains_from_the_start(
+    data, tmp_path, monkeypatch, capsys, refit
+):
+    import seqstate.train as training
+
+    args = ["train", str(data), "-f", "value,aux", "-t", "value", "--id", "id", "--time", "t"]
+    args += [*TINY, "--split", "time", *refit]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    real = training.fit
+
+    class Stop(Exception):
+        pass
+
+    def stopped(*positional, **keywords):  # stops in the second epoch: no checkpoint yet
+        def hook(end):
+            if end.epoch == 1 and end.window == 2:
+                raise Stop
+
+        return real(*positional, **{**keywords, "on_window": hook})
+
+    monkeypatch.setattr(training, "fit", stopped)
+    with pytest.raises(Stop):
+        main([*args, "--out", str(tmp_path / "cut")])
+    monkeypatch.setattr(training, "fit", real)
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    said = capsys.readouterr()
+    assert "no checkpoint was written yet; training from the start" in said.out + said.err
+    whole = (tmp_path / "whole" / "model.safetensors").read_bytes()
+    assert (tmp_path / "cut" / "model.safetensors").read_bytes() == whole
+
+
 def test_distributed_outside_torchrun_is_a_one_line_error(data, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", str(data), "-f", "value,aux", "-t", "value", "--id", "id", "--time", "t"]

@@ -270,3 +270,47 @@ def test_resume_allows_progress_and_checkpoint_frequency_to_change(interrupted_r
         model, make_lanes(), run_dir=run_dir, resume=True, checkpoint_every=2, progress=True
     )
     assert len(history) == CONFIG.epochs
+
+
+def test_a_non_finite_validation_loss_is_checkpointed_and_resumed_exactly(tmp_path):
+    # inf in the history (a validation set the model cannot fit) used to fail every checkpoint
+    def sequences(seed: int, scale: float = 1.0) -> list[np.ndarray]:
+        rng = np.random.default_rng(seed)
+        return [scale * rng.standard_normal((8, 2)).astype(np.float32) for _ in range(6)]
+
+    train = Lanes.from_sequences(sequences(0), lanes=2, window=4)
+    validation = Lanes.from_sequences(sequences(9, 1e20), lanes=2, window=4)
+    torch.manual_seed(0)
+    whole = SequenceModel(input_size=2, output_size=2, hidden_size=4)
+    history = fit(
+        whole, train, validation=validation, epochs=3, progress=False, run_dir=tmp_path / "a"
+    )
+    assert history["val_loss"][0] == math.inf
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_epoch_two(end: WindowEnd) -> None:
+        if end.epoch == 1 and end.window == 1:
+            raise Stop
+
+    torch.manual_seed(0)
+    model = SequenceModel(input_size=2, output_size=2, hidden_size=4)
+    config = {"epochs": 3, "progress": False, "checkpoint_every": 1}
+    with pytest.raises(Stop):
+        fit(
+            model,
+            train,
+            validation=validation,
+            run_dir=tmp_path / "b",
+            on_window=stop_in_epoch_two,
+            **config,
+        )
+    records = load_snapshot(tmp_path / "b" / "checkpoint").info["history"]["records"]
+    assert [r["val_loss"] for r in records] == [math.inf]
+    resumed = fit(
+        model, train, validation=validation, run_dir=tmp_path / "b", resume=True, **config
+    )
+    assert resumed["val_loss"] == history["val_loss"]
+    for name, value in whole.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name

@@ -527,12 +527,20 @@ def _train_on(
     if announce is not None:
         for topic, text in plan.lines():
             announce(f"  {topic:<9} {text}")
+    from seqstate.train.runfiles import CHECKPOINT_DIR
+    from seqstate.train.snapshots import has_snapshot
+
+    first_dir = run_dir / SELECTION_DIR if refit and run_dir is not None else run_dir
+    begun = first_dir is not None and has_snapshot(first_dir / CHECKPOINT_DIR)
+    if resume and not begun and announce is not None:
+        # (stopped before its first checkpoint: the seeded run from the start is the same run)
+        announce("resume: no checkpoint was written yet; training from the start")
     fitted = _fit_on(
         train,
         validation,
         settings,
-        run_dir=run_dir / SELECTION_DIR if refit and run_dir is not None else run_dir,
-        resume=resume,
+        run_dir=first_dir,
+        resume=resume and begun,
         announce=announce,
     )
     chosen = select_members(raw, fitted[0], prepared, validation, settings)
@@ -546,9 +554,6 @@ def _train_on(
                 f"refit: training again on every row ({int(table.lengths.sum())} steps) for "
                 f"{refit_settings['fit']['epochs']} epoch(s), the best epoch count on validation"
             )
-        from seqstate.train.runfiles import CHECKPOINT_DIR
-        from seqstate.train.snapshots import has_snapshot
-
         fitted = _fit_on(
             table,
             None,

@@ -167,9 +167,11 @@ def save_snapshot(directory: Path, name: str, snapshot: Snapshot) -> Path:
 
     optimizer_tensors: dict[str, torch.Tensor] = {}
     scheduler_tensors: dict[str, torch.Tensor] = {}
+    # (encoded: a history or best loss may hold inf or NaN, which JSON cannot)
+    info = {key: encode(value, scheduler_tensors, key) for key, value in snapshot.info.items()}
     document = {
         "format": SNAPSHOT_FORMAT,
-        **snapshot.info,
+        **info,
         "optimizer": encode(snapshot.optimizer, optimizer_tensors, "optimizer"),
         "scheduler": encode(snapshot.scheduler, scheduler_tensors, "scheduler"),
         "rng": snapshot.rng[0],
@@ -177,7 +179,10 @@ def save_snapshot(directory: Path, name: str, snapshot: Snapshot) -> Path:
         "has_state": snapshot.carried_state is not None,
     }
     if scheduler_tensors:
-        raise TypeError("the lr scheduler state holds tensors; only plain values are supported")
+        raise TypeError(
+            "the lr scheduler state or the training info holds tensors; only plain values are "
+            "supported"
+        )
     text = json.dumps(document, indent=1, sort_keys=True, allow_nan=False)
 
     _save_tensors(snapshot.weights, partial / "weights.safetensors")
@@ -228,7 +233,7 @@ def load_snapshot(directory: Path) -> Snapshot:
     best = load_file(str(folder / "best.safetensors")) if document.pop("has_best") else None
     state = (folder / "state.safetensors").read_bytes() if document.pop("has_state") else None
     return Snapshot(
-        info=document,
+        info={key: decode(value, {}) for key, value in document.items()},
         weights=load_file(str(folder / "weights.safetensors")),
         optimizer=optimizer,
         scheduler=scheduler,
