@@ -213,6 +213,17 @@ def test_every_import_is_a_run_directory(saved, case: Case, tmp_path: Path) -> N
     _assert_equals_keras(load_model(run), entry, info, case.masked)
 
 
+def test_import_checks_where_it_writes_before_reading(saved, tmp_path: Path) -> None:
+    source = saved[CASES[0].name]["h5"]
+    with pytest.raises(TypeError, match="out_run_dir must be a path"):
+        keras_import.import_keras(source, None)
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    with pytest.raises(ValueError, match=r"out_run_dir .* is a file"):
+        keras_import.import_keras(source, taken)
+    assert taken.read_text() == "a file"
+
+
 def test_describe_reports_structure(saved) -> None:
     info = keras_import.describe(saved["mixed_masked"]["keras"])
     assert (info.input_size, info.output_size, info.mask_value) == (F, 1, 0.0)

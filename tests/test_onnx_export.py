@@ -236,7 +236,7 @@ def test_export_rejects_bad_arguments(tmp_path: Path) -> None:
         export_onnx(torch.nn.LSTM(3, 4), tmp_path / "m.onnx")
     with pytest.raises(ValueError, match=r"opset must be an int in \[18, 23\]"):
         export_onnx(_model("gru"), tmp_path / "m.onnx", opset=9)
-    with pytest.raises(FileNotFoundError, match=r"has no model\.json"):
+    with pytest.raises(FileNotFoundError, match=r"model_or_run_dir: .*has no model\.json"):
         export_onnx(tmp_path / "missing_run", tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
 

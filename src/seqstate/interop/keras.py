@@ -127,6 +127,15 @@ def import_keras(
     """
     from seqstate.core.saved import save_model
 
+    if not isinstance(out_run_dir, str | os.PathLike):
+        raise TypeError(
+            f"out_run_dir must be a path (a str or a pathlib.Path) to write the run to; "
+            f"received {type(out_run_dir).__name__} {out_run_dir!r}"
+        )
+    if Path(out_run_dir).exists() and not Path(out_run_dir).is_dir():
+        raise ValueError(
+            f"out_run_dir {str(out_run_dir)!r} is a file; give a directory to write the run to"
+        )
     parsed = parse(read_keras_file(path, keras_version=keras_version))
     info = _info(parsed)
     feature_names = _names(features, info.input_size, "x", "features")

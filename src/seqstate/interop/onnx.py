@@ -275,7 +275,10 @@ def export_onnx(
     elif isinstance(model_or_run_dir, str | os.PathLike):
         from seqstate.core.saved import load_model
 
-        model = load_model(model_or_run_dir)
+        try:
+            model = load_model(model_or_run_dir)
+        except FileNotFoundError as error:  # (its message names run_dir)
+            raise FileNotFoundError(f"model_or_run_dir: {error}") from None
     else:
         raise TypeError(
             "model_or_run_dir must be a seqstate.SequenceModel or a run directory path; "
