@@ -180,3 +180,42 @@ def test_step_times_in_milliseconds_are_refused_for_a_calendar_run():
     run_step, state, x, time = _stepped()
     with pytest.raises(ValueError, match="after the year 9999"):
         run_step.step(state, x[:, 35:40], time[:, 35:40] * 1000)
+
+
+def test_one_step_scores_of_an_unseen_series_read_no_row_after_the_cut():
+    # A series the run never saw is scaled by its own rows: evaluate gives the warm-up rows
+    # only, so changing rows after the cut changes no prediction before them.
+    from seqstate.recipe.evaluation import evaluate_forecaster
+
+    table, members, _ = build("monthly defaults")
+    forecaster = RunForecaster([RunMember(m.model, m.scaling, m.calendar) for m in members])
+    frame = pd.DataFrame(
+        {"id": "new", "month": table.times[0], "value": table.targets[0][:, 0] * 3.0}
+    )
+    changed = frame.assign(
+        value=np.where(frame.index >= 38, frame["value"] + 500.0, frame["value"])
+    )
+    read = [
+        read_table(f, features=["value"], targets=["value"], id_column="id", time_column="month")
+        for f in (frame, changed)
+    ]
+    cut = 32
+    with_context = [
+        forecaster.predict(t, context=t.slice_steps(0, [cut]))[0][cut - 1 : 37] for t in read
+    ]
+    np.testing.assert_array_equal(with_context[0], with_context[1])
+    whole = [forecaster.predict(t)[0][cut - 1 : 37] for t in read]
+    assert not np.allclose(whole[0], whole[1])  # (what a whole-table context read)
+
+    seen = []
+
+    class Spy:
+        def predict(self, table, context=None):
+            seen.append(None if context is None else [len(f) for f in context.features])
+            return forecaster.predict(table, context=context)
+
+        def forecast(self, table, horizon, future):
+            return forecaster.forecast(table, horizon, future)
+
+    evaluate_forecaster(Spy(), read[1], tail=len(frame) - cut)
+    assert seen == [[cut]]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
 import math
 import warnings
 from typing import Any
@@ -69,6 +70,15 @@ __all__ = [
     "evaluate_warm",
     "infer_season",
 ]
+
+
+def _one_step(forecaster: Any, table: Any, cuts: list[int]) -> list[np.ndarray]:
+    """``forecaster.predict(table)``; where it takes a ``context``, the rows before each
+    series' cut: a series the run never saw is then scaled by its warm-up alone, so no
+    score reads a row after its cut."""
+    if "context" in inspect.signature(forecaster.predict).parameters:
+        return list(forecaster.predict(table, context=table.slice_steps(0, cuts)))
+    return list(forecaster.predict(table))
 
 
 def _cut_at(table: Any, until: Any) -> list[int]:
@@ -275,7 +285,7 @@ def evaluate_forecaster(
             "inside the series"
         )
 
-    outputs = forecaster.predict(table.select(kept))
+    outputs = _one_step(forecaster, table.select(kept), [cuts[i] for i in kept])
     feed = forecast_columns(table.columns)
     horizon_note = why_not_forecastable(table.columns)
     forecasts = horizon_forecasts(forecaster, table, kept, cuts, horizon, feed)

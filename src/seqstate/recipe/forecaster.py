@@ -26,7 +26,10 @@ class Forecaster(Protocol):
     forecast); the columns the forecast feeds are NaN there, so the answer cannot leak.
 
     Tables (not bare arrays) carry the series ids and times, which per-series scaling and
-    calendar covariates need.
+    calendar covariates need. ``predict`` may also take ``context`` (a table of the first rows
+    of the same series): evaluation then passes each series' warm-up rows, so that whatever
+    the forecaster reads from a series' history (a series it never saw is scaled by it) ends
+    at the cut.
     """
 
     def predict(self, table: Any) -> list[np.ndarray]: ...

@@ -264,15 +264,18 @@ class RunForecaster:
             )
         return self._steps[columns]
 
-    def predict(self, table: Any) -> list[np.ndarray]:
-        return self.predict_outputs(table).mean
+    def predict(self, table: Any, context: Any = None) -> list[np.ndarray]:
+        return self.predict_outputs(table, context).mean
 
-    def predict_outputs(self, table: Any) -> TableOutputs:
+    def predict_outputs(self, table: Any, context: Any = None) -> TableOutputs:
+        """``context``: the rows of the same series that give the statistics of series the
+        run never saw (default: ``table``'s own; see :func:`seqstate.recipe.step.tables.
+        predict_table`)."""
         from seqstate.recipe.step import tables
 
         self._check_table(table)
         run_step = self.step_function(table.columns)
-        answers, state = tables.warm_up(run_step, table)
+        answers, state = tables.warm_up(run_step, table, context=context)
         outputs = TableOutputs(
             answers.answers, [np.asarray(o).std(axis=0) for o in answers.members]
         )

@@ -78,7 +78,7 @@ class TableAnswers(NamedTuple):
 
 
 def _run_group(
-    run_step: RunStep, table: Any, chunk: int
+    run_step: RunStep, table: Any, chunk: int, context: Any
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], RunState]:
     """Each series' answers ``[L_i, O]``, member outputs ``[K, L_i, O]`` and the state after
     its last step."""
@@ -99,7 +99,7 @@ def _run_group(
                 if s is not None
             ]
         )
-    state = run_step.initial_state(list(table.ids), context=table)
+    state = run_step.initial_state(list(table.ids), context=table if context is None else context)
     # Chunks also end at each series' end, so its final state is taken before any padding.
     bounds = sorted({*range(chunk, longest, chunk), *lengths, longest})
     pieces, answers = [], []
@@ -146,23 +146,35 @@ def _realign(values: torch.Tensor, lengths: Sequence[int], delay: int, dim: int)
 
 
 def predict_table(
-    run_step: RunStep, table: Any, *, chunk: int | None = None, batch_size: int | None = None
+    run_step: RunStep,
+    table: Any,
+    *,
+    chunk: int | None = None,
+    batch_size: int | None = None,
+    context: Any = None,
 ) -> TableAnswers:
     """Each series' predictions (row t: the targets ``shift`` steps later; NaN while
-    differencing has no past), the answers and the members'."""
-    outputs, _ = _each_group(run_step, table, chunk, batch_size)
+    differencing has no past), the answers and the members'. ``context``: a table of the same
+    series (in order) whose rows give the statistics of the series the run never saw (default:
+    ``table``'s own; evaluation gives the warm-up rows, so a score reads no later row)."""
+    outputs, _ = _each_group(run_step, table, chunk, batch_size, context)
     return outputs
 
 
 def warm_up(
-    run_step: RunStep, table: Any, *, chunk: int | None = None, batch_size: int | None = None
+    run_step: RunStep,
+    table: Any,
+    *,
+    chunk: int | None = None,
+    batch_size: int | None = None,
+    context: Any = None,
 ) -> tuple[TableAnswers, RunState]:
     """:func:`predict_table` and the state after each series' last row (batch n)."""
-    return _each_group(run_step, table, chunk, batch_size)
+    return _each_group(run_step, table, chunk, batch_size, context)
 
 
 def _each_group(
-    run_step: RunStep, table: Any, chunk: int | None, batch_size: int | None
+    run_step: RunStep, table: Any, chunk: int | None, batch_size: int | None, context: Any = None
 ) -> tuple[TableAnswers, RunState]:
     chunk = chunk or DEFAULT_CHUNK
     batch_size = batch_size or DEFAULT_BATCH
@@ -173,7 +185,8 @@ def _each_group(
     positions: list[int] = []
     for begin in range(0, len(table), batch_size):
         members = [int(i) for i in order[begin : begin + batch_size]]
-        answer, result, state = _run_group(run_step, table.select(members), chunk)
+        given = None if context is None else context.select(members)
+        answer, result, state = _run_group(run_step, table.select(members), chunk, given)
         for position, i in enumerate(members):
             answers[i] = answer[position].numpy()
             outputs[i] = result[position].numpy()
