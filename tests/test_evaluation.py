@@ -420,3 +420,35 @@ def test_warmup_until_of_another_kind_than_the_dates_is_a_type_error_naming_it()
         evaluate_forecaster(forecaster, table, warmup_until=1.5)
     dated = evaluate_forecaster(forecaster, table, warmup_until=pd.Timestamp("2008-12-01"))
     assert [r["scored_steps"] for r in dated.rows] == [12, 12, 12]
+
+
+def test_time_ranges_compare_times_not_their_text():
+    # numeric times: 9 comes before 10 (as text "10" < "9")
+    frame = pd.DataFrame(
+        {
+            "id": ["a"] * 60 + ["c"] * 15,
+            "t": list(range(60)) + list(range(15)),
+            "value": np.sin(np.arange(75) / 3.0) + 2.0,
+        }
+    )
+    table = read_table(
+        frame, features=["value"], targets=["value"], id_column="id", time_column="t"
+    )
+    result = backtest(table, Oracle(table), folds=2, horizon=3)
+    assert (result.folds[0]["origin_from"], result.folds[0]["origin_to"]) == ("9", "54")
+    scored = evaluate_forecaster(Oracle(table), table, tail=5)
+    assert (scored.summary["scored_from"], scored.summary["scored_to"]) == ("10", "59")
+
+
+def test_a_backtest_without_any_mase_gives_no_verdict_and_says_why():
+    frame = pd.DataFrame(
+        {
+            "id": "k",
+            "month": pd.date_range("2001-01", periods=40, freq="MS").strftime("%Y-%m"),
+            "value": 5.0,
+        }
+    )
+    table = table_of(frame)
+    text = backtest(table, Oracle(table), folds=2, horizon=3).text()
+    assert "no verdict against seasonal naive" in text and "does not beat" not in text
+    assert "MASE is undefined for 1 series' target(s)" in text

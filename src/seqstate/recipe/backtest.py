@@ -24,6 +24,7 @@ from seqstate.recipe.evaluation_checks import (
     interval_lines,
     interval_table_of,
     series_name,
+    time_bounds,
     time_text,
 )
 from seqstate.recipe.forecaster import (
@@ -100,11 +101,23 @@ class Backtest:
             f"{s['model_smape']:>13.4g}{s['naive_smape']:>13.4g}"
         )
         lines += interval_lines(s, "model_")
-        verdict = "beats" if s["model_mase"] < s["naive_mase"] else "does not beat"
-        lines.append(
-            f"  the model {verdict} seasonal naive on mean MASE "
-            f"({s['model_mase']:.4g} vs {s['naive_mase']:.4g})"
-        )
+        undefined = max(int(f.get("naive_undefined", 0)) for f in self.folds)
+        if undefined:
+            lines.append(
+                f"  MASE is undefined for {undefined} series' target(s) of a fold (a history "
+                "that never changed at the season's lag has no scale); the means leave them out"
+            )
+        if math.isfinite(s["model_mase"]) and math.isfinite(s["naive_mase"]):
+            verdict = "beats" if s["model_mase"] < s["naive_mase"] else "does not beat"
+            lines.append(
+                f"  the model {verdict} seasonal naive on mean MASE "
+                f"({s['model_mase']:.4g} vs {s['naive_mase']:.4g})"
+            )
+        else:
+            lines.append(
+                "  no verdict against seasonal naive: no series has a MASE (every history is "
+                "constant at the season's lag); compare the MAE in backtest.csv"
+            )
         for series, why in self.skipped[:5]:
             lines.append(f"  skipped {series!r}: {why}")
         return "\n".join(lines)
@@ -237,18 +250,17 @@ def backtest(
                     row |= {f"model_{k}": v for k, v in scores[o].items()}
                 these.append(row)
         rows += these
-        fold_summary: dict[str, Any] = {
-            "fold": fold,
-            "origin_from": min(r["origin"] for r in these),
-            "origin_to": max(r["origin"] for r in these),
-        }
+        first, last = time_bounds([table.times[i][cut[i]] for i in kept])
+        fold_summary: dict[str, Any] = {"fold": fold, "origin_from": first, "origin_to": last}
         fold_summary |= mean_metrics(these, "model_")
         fold_summary |= mean_metrics(these, "naive_")
         fold_rows.append(fold_summary)
 
     summary: dict[str, Any] = {"series": len(kept), "folds": folds, "horizon": horizon}
     for key in fold_rows[0]:
-        if key.startswith(("model_", "naive_")) and not key.endswith("undefined"):
+        if key.endswith("undefined"):  # (the most of any fold: a series' history only grows)
+            summary[key] = max(int(f[key]) for f in fold_rows)
+        elif key.startswith(("model_", "naive_")):
             values = [f[key] for f in fold_rows if math.isfinite(f[key])]
             summary[key] = float(np.mean(values)) if values else math.nan
     return Backtest(

@@ -46,6 +46,7 @@ from seqstate.recipe.evaluation_checks import (
     interval_lines,
     interval_table_of,
     series_name,
+    time_bounds,
     time_text,
 )
 from seqstate.recipe.forecaster import (
@@ -339,10 +340,10 @@ def evaluate_forecaster(
         "skipped_series": len(skipped),
         "warmup_steps": int(sum(cuts[i] for i in kept)),
         "scored_steps": int(sum(len(table.features[i]) - cuts[i] for i in kept)),
-        "warmup_from": min(r["warmup_from"] for r in rows),
-        "warmup_to": max(r["warmup_to"] for r in rows),
-        "scored_from": min(r["scored_from"] for r in rows),
-        "scored_to": max(r["scored_to"] for r in rows),
+        "warmup_from": time_bounds([table.times[i][0] for i in kept])[0],
+        "warmup_to": time_bounds([table.times[i][cuts[i] - 1] for i in kept])[1],
+        "scored_from": time_bounds([table.times[i][cuts[i]] for i in kept])[0],
+        "scored_to": time_bounds([table.times[i][-1] for i in kept])[1],
         "season": season,
     }
     summary |= mean_metrics(rows, "one_step_")

@@ -63,6 +63,15 @@ def time_text(times: np.ndarray, index: int) -> str:
     return format_time(times[index])
 
 
+def time_bounds(stamps: Any) -> tuple[str, str]:
+    """(earliest, latest) of raw times, as text: compared as times (9 before 10), never as
+    their text."""
+    from seqstate.recipe.calendar import format_time
+
+    values = np.asarray(stamps)
+    return format_time(values.min()), format_time(values.max())
+
+
 def series_name(table: Any, index: int) -> Any:
     return table.ids[index] if table.columns.id is not None else "(the series)"
 
