@@ -321,6 +321,18 @@ def test_doctor_flags_constant_features_and_leaks(tmp_path, capsys):
     assert "feature 'future' at each step equals target 'value' at 1 step(s) later" in text
 
 
+def test_doctor_flags_a_series_that_never_changes_in_a_panel(tmp_path, capsys):
+    frame = make_table().sort_values(["id", "t"])
+    first = frame["id"] == frame["id"].iloc[0]
+    frame.loc[first, "value"] = 3.0
+    path = tmp_path / "flat.csv"
+    frame.to_csv(path, index=False)
+    args = ["doctor", str(path), "-f", "value", "--id", "id", "--time", "t"]
+    assert main([*args, "--lanes", "2", "--window", "8"]) == 0
+    text = capsys.readouterr().out
+    assert f"1 series never change (e.g. {frame['id'].iloc[0]!r})" in text
+
+
 def test_one_line_error_and_exit_code_in_a_subprocess(tmp_path):
     command = [sys.executable, "-m", "seqstate.cli", "train", str(tmp_path / "missing.csv")]
     result = subprocess.run(

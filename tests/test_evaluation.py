@@ -452,3 +452,15 @@ def test_a_backtest_without_any_mase_gives_no_verdict_and_says_why():
     text = backtest(table, Oracle(table), folds=2, horizon=3).text()
     assert "no verdict against seasonal naive" in text and "does not beat" not in text
     assert "MASE is undefined for 1 series' target(s)" in text
+
+
+def test_a_tail_longer_than_every_series_says_to_shorten_it():
+    table = table_of(panel((30, 12, 20)))
+    with pytest.raises(
+        ValueError, match=r"tail=40 .* Use a tail shorter than the longest series \(30"
+    ):
+        evaluate_forecaster(Oracle(table), table, tail=40)
+    result = evaluate_forecaster(Oracle(table), table, tail=15)
+    assert ("s1", "only 0 step(s) to warm up on (it has 12 steps; a tail under 12 scores it)") in [
+        (str(i), why) for i, why in result.skipped
+    ]

@@ -275,6 +275,16 @@ def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
             f"feature {name!r} never changes in the training data: it carries no information "
             "(and cannot be normalised). Drop it from --features."
         )
+    flat = [
+        table.ids[i].item() if isinstance(table.ids[i], np.generic) else table.ids[i]
+        for i, targets in enumerate(table.targets)
+        if len(table) > 1 and len(targets) > 1 and np.ptp(np.asarray(targets), axis=0).max() == 0
+    ]
+    if flat:
+        report.warnings.append(
+            f"{len(flat)} series never change (e.g. {flat[0]!r}): they have no MASE scale, so "
+            "evaluate and backtest leave them out of their means"
+        )
     for warning in _leaks(table):
         report.warnings.append(warning)
     for warning in _gaps(table):

@@ -273,17 +273,26 @@ def evaluate_forecaster(
     skipped: list[tuple[Any, str]] = []
     for i, (features, cut) in enumerate(zip(table.features, cuts, strict=True)):
         if cut < max(1, shift):
-            skipped.append((series_name(table, i), f"only {max(cut, 0)} step(s) to warm up on"))
+            short = f"only {max(cut, 0)} step(s) to warm up on"
+            if tail is not None:
+                short += f" (it has {len(features)} steps; a tail under {len(features)} scores it)"
+            skipped.append((series_name(table, i), short))
         elif cut >= len(features):
             skipped.append((series_name(table, i), "no step after the cut to score"))
         else:
             kept.append(i)
     if not kept:
         where = f"warmup_until={warmup_until!r}" if tail is None else f"tail={tail}"
+        longest = max(len(f) for f in table.features)
+        fix = (
+            "Pick a time inside the series"
+            if tail is None
+            else f"Use a tail shorter than the longest series ({longest} steps), so that some "
+            "history remains to warm up on"
+        )
         raise ValueError(
             f"{where} leaves no series with both a history and steps to score "
-            f"({len(table)} series; e.g. {skipped[0][0]!r}: {skipped[0][1]}). Pick a time "
-            "inside the series"
+            f"({len(table)} series; e.g. {skipped[0][0]!r}: {skipped[0][1]}). {fix}"
         )
 
     outputs = _one_step(forecaster, table.select(kept), [cuts[i] for i in kept])
