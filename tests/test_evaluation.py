@@ -464,3 +464,16 @@ def test_a_tail_longer_than_every_series_says_to_shorten_it():
     assert ("s1", "only 0 step(s) to warm up on (it has 12 steps; a tail under 12 scores it)") in [
         (str(i), why) for i, why in result.skipped
     ]
+
+
+def test_series_with_gaps_in_time_are_named_in_evaluate_and_backtest():
+    frame = panel((36, 36))
+    frame = frame.drop(index=frame.index[(frame["id"] == "s0")][10])  # one month of s0 missing
+    table = table_of(frame)
+    scored = evaluate_forecaster(Oracle(table), table, tail=6)
+    folds = backtest(table, Oracle(table), folds=2, horizon=3)
+    for result in (scored, folds):
+        assert result.gaps == ("s0",) and result.to_dict()["series_with_gaps"] == ["s0"]
+        assert "1 series have gaps in time ('s0')" in result.text()
+    whole = table_of(panel((36, 36)))
+    assert "gaps in time" not in evaluate_forecaster(Oracle(whole), whole, tail=6).text()

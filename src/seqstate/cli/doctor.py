@@ -376,26 +376,9 @@ def _calendar(table: Any) -> str | None:
 
 
 def _gaps(train: Any) -> list[str]:
-    from seqstate.recipe.calendar import observed_frequency
+    from seqstate.recipe.calendar import gapped_series
 
-    if train.columns.time is None:
-        return []
-    irregular = []
-    for series_id, times in zip(train.ids, train.times, strict=True):
-        if len(times) < 3:
-            continue
-        if np.issubdtype(times.dtype, np.datetime64):
-            # On a calendar (months, business days...): a gap is a missing step of it; data
-            # kept to the same hours of every week (business hours) keeps to its calendar.
-            frequency = observed_frequency(times)
-            if frequency is not None:
-                if frequency.missing and not frequency.slots:
-                    irregular.append(series_id)
-                continue
-        deltas = np.diff(times).astype(np.float64)
-        median = float(np.median(deltas))
-        if median > 0 and float(deltas.max()) > 2.5 * median:
-            irregular.append(series_id)
+    irregular = gapped_series(train)
     if not irregular:
         return []
     if train.columns.id is None:

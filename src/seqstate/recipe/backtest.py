@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from seqstate._validate import check_int
+from seqstate.recipe.calendar import gapped_series
 from seqstate.recipe.evaluation_checks import (
     check_regression,
     check_season,
+    gap_lines,
     interval_lines,
     interval_table_of,
     series_name,
@@ -64,6 +66,7 @@ class Backtest:
     season: int
     refit: bool
     bands: dict[tuple[int, int], np.ndarray] = dataclasses.field(default_factory=dict)
+    gaps: tuple[Any, ...] = ()  # ids of the scored series with gaps in time
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +74,7 @@ class Backtest:
             "folds": self.folds,
             "series": self.rows,
             "skipped": [{"id": i, "reason": r} for i, r in self.skipped],
+            "series_with_gaps": list(self.gaps),
         }
 
     def text(self) -> str:
@@ -118,6 +122,7 @@ class Backtest:
                 "  no verdict against seasonal naive: no series has a MASE (every history is "
                 "constant at the season's lag); compare the MAE in backtest.csv"
             )
+        lines += gap_lines(self.gaps, self.season)
         for series, why in self.skipped[:5]:
             lines.append(f"  skipped {series!r}: {why}")
         return "\n".join(lines)
@@ -263,8 +268,9 @@ def backtest(
         elif key.startswith(("model_", "naive_")):
             values = [f[key] for f in fold_rows if math.isfinite(f[key])]
             summary[key] = float(np.mean(values)) if values else math.nan
+    gaps = tuple(gapped_series(table.select(kept)))
     return Backtest(
-        rows, fold_rows, summary, stored, origins, skipped, horizon, season, refit, bands
+        rows, fold_rows, summary, stored, origins, skipped, horizon, season, refit, bands, gaps
     )
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "format_time",
     "format_times",
     "future_times",
+    "gapped_series",
     "infer_frequency",
     "observed_frequency",
     "observed_seasons",
@@ -614,6 +615,30 @@ def season_length(frequency: Frequency | None) -> int:
     hours, 48 half hours); 1 (no seasonality) for years, other spacings and None."""
     seasons = season_lengths(frequency)
     return seasons[0] if seasons else 1
+
+
+def gapped_series(table: Any) -> list[Any]:
+    """The ids of ``table``'s series with gaps in time: a missing step of their calendar
+    (months, business days...; data kept to the same hours of every week keeps to its
+    calendar), or, off a calendar, a step more than 2.5x their median spacing. A model, the
+    MASE's seasonal lag and seasonal naive all count rows, so a gap shifts what they compare."""
+    if table.columns.time is None:
+        return []
+    gapped = []
+    for series_id, times in zip(table.ids, table.times, strict=True):
+        if len(times) < 3:
+            continue
+        if np.issubdtype(times.dtype, np.datetime64):
+            frequency = observed_frequency(times)
+            if frequency is not None:
+                if frequency.missing and not frequency.slots:
+                    gapped.append(series_id)
+                continue
+        deltas = np.diff(times).astype(np.float64)
+        median = float(np.median(deltas))
+        if median > 0 and float(deltas.max()) > 2.5 * median:
+            gapped.append(series_id)
+    return gapped
 
 
 def forecast_stamps(table: Any, horizon: int) -> list[np.ndarray]:

@@ -38,10 +38,11 @@ from seqstate._validate import check_int
 from seqstate.recipe.backtest import Backtest, backtest
 from seqstate.recipe.backtest import TrainFunction as TrainFunction
 from seqstate.recipe.backtest import plot_backtest as plot_backtest
-from seqstate.recipe.calendar import parse_times
+from seqstate.recipe.calendar import gapped_series, parse_times
 from seqstate.recipe.evaluation_checks import (
     check_regression,
     check_season,
+    gap_lines,
     infer_season,
     interval_lines,
     interval_table_of,
@@ -149,6 +150,7 @@ class Evaluation:
     in_sample: bool = (
         False  # evaluate_forecaster_in_sample: every row from a zero state, no warm-up
     )
+    gaps: tuple[Any, ...] = ()  # ids of the scored series with gaps in time
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,6 +159,7 @@ class Evaluation:
             "skipped": [{"id": i, "reason": r} for i, r in self.skipped],
             "season": self.season,
             "horizon_note": self.horizon_note,
+            "series_with_gaps": list(self.gaps),
         }
 
     def to_frame(self) -> Any:
@@ -205,6 +208,7 @@ class Evaluation:
                 f"  {s['one_step_undefined']} series had a history too short or constant for a "
                 "seasonal-naive scale: MASE/scaled RMSE undefined, left out of the means"
             )
+        lines += gap_lines(self.gaps, self.season)
         for series, why in self.skipped[:5]:
             lines.append(f"  skipped {series!r}: {why}")
         if len(self.skipped) > 5:
@@ -360,7 +364,8 @@ def evaluate_forecaster(
         summary["horizon"] = max(int(r["horizon"]) for r in rows if "horizon" in r)
         summary |= mean_metrics(rows, "horizon_")
         summary |= mean_metrics(rows, "naive_")
-    return Evaluation(rows, summary, skipped, season, horizon_note)
+    gaps = tuple(gapped_series(table.select(kept)))
+    return Evaluation(rows, summary, skipped, season, horizon_note, gaps=gaps)
 
 
 def _scored(actual: np.ndarray, predicted: np.ndarray, history: np.ndarray, season: int) -> dict:

@@ -63,6 +63,20 @@ def time_text(times: np.ndarray, index: int) -> str:
     return format_time(times[index])
 
 
+def gap_lines(gaps: Any, season: int) -> list[str]:
+    """The note on series with gaps in time (:func:`seqstate.recipe.calendar.gapped_series`),
+    or none."""
+    if not len(gaps):
+        return []
+    shown = ", ".join(repr(g) for g in list(gaps)[:3]) + (" ..." if len(gaps) > 3 else "")
+    lag = f"the MASE's lag of {season} rows and seasonal naive" if season > 1 else "the scores"
+    return [
+        f"  note: {len(gaps)} series have gaps in time ({shown}): {lag} count rows, not "
+        "calendar steps, so their scores compare other times; resample them to a regular "
+        "calendar for comparable scores"
+    ]
+
+
 def time_bounds(stamps: Any) -> tuple[str, str]:
     """(earliest, latest) of raw times, as text: compared as times (9 before 10), never as
     their text."""
