@@ -74,11 +74,13 @@ def fit(
         The :class:`History`. The model ends in eval mode, on the training device.
     """
     check_core(model)
-    for hook, hook_name in ((on_window, "on_window"), (on_epoch, "on_epoch")):
+    for hook, hook_name, what in (
+        (on_window, "on_window", "window"),
+        (on_epoch, "on_epoch", "epoch"),
+    ):
         if hook is not None and not callable(hook):
             raise TypeError(
-                f"{hook_name} must be a function (called with each "
-                f"{'window' if hook_name == 'on_window' else 'epoch'}'s record) or None; "
+                f"{hook_name} must be a function (called with each {what}'s record) or None; "
                 f"received {type(hook).__name__} {hook!r}"
             )
     check_lanes(train, "train")

@@ -166,19 +166,19 @@ def save_snapshot(directory: Path, name: str, snapshot: Snapshot) -> Path:
     partial.mkdir()
 
     optimizer_tensors: dict[str, torch.Tensor] = {}
-    scheduler_tensors: dict[str, torch.Tensor] = {}
+    plain_tensors: dict[str, torch.Tensor] = {}  # (the info and scheduler hold none)
     # (encoded: a history or best loss may hold inf or NaN, which JSON cannot)
-    info = {key: encode(value, scheduler_tensors, key) for key, value in snapshot.info.items()}
+    info = {key: encode(value, plain_tensors, key) for key, value in snapshot.info.items()}
     document = {
         "format": SNAPSHOT_FORMAT,
         **info,
         "optimizer": encode(snapshot.optimizer, optimizer_tensors, "optimizer"),
-        "scheduler": encode(snapshot.scheduler, scheduler_tensors, "scheduler"),
+        "scheduler": encode(snapshot.scheduler, plain_tensors, "scheduler"),
         "rng": snapshot.rng[0],
         "has_best": snapshot.best_weights is not None,
         "has_state": snapshot.carried_state is not None,
     }
-    if scheduler_tensors:
+    if plain_tensors:
         raise TypeError(
             "the lr scheduler state or the training info holds tensors; only plain values are "
             "supported"

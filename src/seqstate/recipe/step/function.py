@@ -1358,11 +1358,7 @@ def _check_order(last: Any, times: np.ndarray, *, dates: bool) -> None:
     10000 (a larger one is in milliseconds or nanoseconds)."""
     if times.shape == (1, 1):  # (one stream's step: Python numbers, no array operations)
         now = int(times[0, 0])
-        if isinstance(last, Floats):
-            before = last.values[0]
-        else:
-            held = last.reshape(-1)[0]
-            before = int(held.item() if isinstance(held, torch.Tensor) else held)
+        before = last.values[0] if isinstance(last, Floats) else int(last.reshape(-1)[0])
         latest = now
         if before != NO_TIME and now <= before:
             raise ValueError(
