@@ -644,3 +644,32 @@ def test_cli_import_keras_then_predict(saved, tmp_path: Path, capsys) -> None:
         np.testing.assert_allclose(predicted[real], entry["y"][series, real, 0], atol=1e-5)
     assert main(["import-keras", str(entry["h5"]), str(tmp_path / "bad"), "--features", "a,b"]) == 1
     assert "features must name the model's 3 inputs" in capsys.readouterr().err
+
+
+def _edit_h5_config(source: Path, target: Path, edit, keras_version: str) -> None:
+    """A copy of an .h5 file with ``edit`` applied to each GRU layer's config."""
+    shutil.copy(source, target)
+    with h5py.File(target, "r+") as h5:
+        config = json.loads(h5.attrs["model_config"])
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "GRU":
+                edit(layer["config"])
+        h5.attrs["model_config"] = json.dumps(config)
+        h5["model_weights"].attrs["keras_version"] = keras_version
+
+
+@pytest.mark.parametrize("name", ["gru_reset_before", "gru_stack_dropout"])
+def test_gru_without_reset_after_in_its_config_reads_it_from_the_bias(saved, name, tmp_path):
+    # Keras before 2.1.3 wrote no reset_after (its GRU reset before the product); the bias's
+    # shape tells the two apart, so a file from either side imports as Keras ran it.
+    old = tmp_path / "old.h5"
+    _edit_h5_config(saved[name]["h5"], old, lambda config: config.pop("reset_after"), "2.1.2")
+    _assert_equals_keras(keras_import.load(old), saved[name], keras_import.describe(old), False)
+
+
+def test_gru_whose_config_and_bias_disagree_is_refused(saved, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.h5"
+    edit = lambda config: config.update(reset_after=True)  # noqa: E731
+    _edit_h5_config(saved["gru_reset_before"]["h5"], bad, edit, "2.15.0")
+    with pytest.raises(KerasImportError, match=r"GRU\(reset_after=True\) has a bias of shape"):
+        keras_import.load(bad)

@@ -218,6 +218,26 @@ def _dense(name: str, config: dict[str, Any], weights: list[np.ndarray], keras2:
     return Dense(name, int(config["units"]), activation, use_bias, weights)
 
 
+def _reset_after(
+    name: str, config: dict[str, Any], weights: list[np.ndarray], use_bias: bool
+) -> bool:
+    """A GRU's ``reset_after``: the config's, checked against the bias's shape ((2, 3H) when
+    true, (3H,) when false). A config without the key predates the option (Keras < 2.1.3),
+    whose GRU applied the reset gate before the matrix product: false, unless the bias says
+    otherwise (a hand-edited config)."""
+    rows = weights[2].ndim if use_bias else None  # 2: input and recurrent bias rows
+    if "reset_after" not in config:
+        return rows == 2
+    reset_after = bool(config["reset_after"])
+    if rows is not None and rows != (2 if reset_after else 1):
+        raise KerasImportError(
+            f"layer {name!r}: GRU(reset_after={reset_after}) has a bias of shape "
+            f"{weights[2].shape}; expected {'(2, 3*units)' if reset_after else '(3*units,)'}. "
+            "The file's config and weights disagree: re-save the model from Keras"
+        )
+    return reset_after
+
+
 def _recurrent(
     name: str, class_name: str, config: dict[str, Any], weights: list[np.ndarray], keras2: bool
 ) -> Recurrent:
@@ -236,13 +256,13 @@ def _recurrent(
             config.get("recurrent_activation", "sigmoid"), name, "recurrent_activation", keras2
         )
     use_bias = bool(config.get("use_bias", True))
-    reset_after = bool(config.get("reset_after", True)) if kind == "gru" else True
     expected = 3 if use_bias else 2
     if len(weights) != expected:
         raise KerasImportError(
             f"layer {name!r}: expected {expected} weight arrays (kernel, recurrent_kernel"
             f"{', bias' if use_bias else ''}) in the file; found {len(weights)}"
         )
+    reset_after = _reset_after(name, config, weights, use_bias) if kind == "gru" else True
     gates = CELLS[kind].gates
     if weights[1].shape != (units, gates * units):
         raise KerasImportError(
