@@ -541,6 +541,26 @@ def test_metrics_file_appends_exactly_what_a_whole_rewrite_writes(tmp_path):
     assert path.read_text() == reference(4)
 
 
+def test_metrics_file_is_strict_json_when_a_loss_diverges(tmp_path):
+    from seqstate.train.runfiles import METRICS_FILE, MetricsFile
+
+    def strict(text: str) -> dict:
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+
+    records = [
+        {"epoch": 0, "loss": 1.5, "val_loss": float("inf")},
+        {"epoch": 1, "loss": float("nan"), "val_loss": float("-inf")},
+    ]
+    metrics = MetricsFile(tmp_path)
+    metrics.write(History(records=records[:1]))  # whole
+    metrics.write(History(records=records))  # appended
+    lines = [strict(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    assert lines == [
+        {"epoch": 1, "epoch_index": 0, "loss": 1.5, "val_loss": None},
+        {"epoch": 2, "epoch_index": 1, "loss": None, "val_loss": None},
+    ]
+
+
 def test_run_dir_holds_model_metrics_and_plot(tmp_path):
     lanes = Lanes.from_series(sine_series(200), lanes=4, window=10)
     model = make_model()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,8 @@ def write_metrics(run_dir: Path, history: History) -> None:
     # plot): "epoch" here is that number, "epoch_index" the 0-based History.records index.
     run_dir.mkdir(parents=True, exist_ok=True)
     text = "".join(
-        json.dumps(metrics_line(record), sort_keys=True) + "\n" for record in history.records
+        json.dumps(metrics_line(record), sort_keys=True, allow_nan=False) + "\n"
+        for record in history.records
     )
     write_text_atomic(run_dir / METRICS_FILE, text)
 
@@ -48,7 +50,7 @@ class MetricsFile:
             write_metrics(self.path.parent, history)
         elif self.written < len(records):
             text = "".join(
-                json.dumps(metrics_line(record), sort_keys=True) + "\n"
+                json.dumps(metrics_line(record), sort_keys=True, allow_nan=False) + "\n"
                 for record in records[self.written :]
             )
             with open(self.path, "a", encoding="utf-8") as file:
@@ -57,9 +59,17 @@ class MetricsFile:
 
 
 def metrics_line(record: dict[str, Any]) -> dict[str, Any]:
-    """One line of metrics.jsonl: the History record with ``epoch`` numbered from 1 and the
-    0-based index as ``epoch_index``."""
-    return {**record, "epoch": int(record["epoch"]) + 1, "epoch_index": int(record["epoch"])}
+    """One line of metrics.jsonl: the History record with ``epoch`` numbered from 1, the
+    0-based index as ``epoch_index``, and a non-finite number (a loss that diverged) as
+    ``null``: strict JSON readers (``jq``, JavaScript, pandas) refuse ``NaN``/``Infinity``."""
+    line = {key: _json_number(value) for key, value in record.items()}
+    return {**line, "epoch": int(record["epoch"]) + 1, "epoch_index": int(record["epoch"])}
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def write_plot(run_dir: Path, history: History) -> None:
