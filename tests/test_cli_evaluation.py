@@ -71,6 +71,20 @@ def test_evaluate_without_a_warm_up_says_what_it_did(run, panel, capsys):
     assert "from a zero state" in capsys.readouterr().out
 
 
+def test_evaluate_json_names_the_series_it_skipped(run, panel, capsys, tmp_path):
+    # A series that starts after the warm-up point has no history to warm on: the text says it
+    # skipped it, and so must the JSON a script reads (it was left out of every count).
+    late = pd.DataFrame({"id": "late", "month": ["1944 Mar", "1944 Apr"], "value": [1.0, 2.0]})
+    data = tmp_path / "with_late.csv"
+    pd.concat([pd.read_csv(panel), late]).to_csv(data, index=False)
+    args = ["evaluate", str(run), str(data), "--warmup-until", "1943 Dec", "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["series"] == 3
+    assert [entry["id"] for entry in summary["skipped"]] == ["late"]
+    assert summary["skipped"][0]["reason"] and summary["series_with_gaps"] == []
+
+
 def test_evaluate_refuses_a_bad_warm_up_time(run, panel, capsys):
     assert main(["evaluate", str(run), str(panel), "--warmup-until", "soon"]) == 1
     assert "no date format reads" in capsys.readouterr().err

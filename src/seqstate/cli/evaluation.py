@@ -80,6 +80,19 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _json_summary(result: Any) -> str:
+    """``--json``'s line: the summary, and the series it left out with why (an id the table
+    holds that is in neither ``series`` count nor the scores must be named, as the text does)
+    and those with gaps in time."""
+    document = result.to_dict()
+    summary = {
+        **result.summary,
+        "skipped": document["skipped"],
+        "series_with_gaps": document["series_with_gaps"],
+    }
+    return json.dumps(_json_safe(summary), sort_keys=True)
+
+
 def evaluate_forecaster_command(args: argparse.Namespace, forecaster: Any, table: Any) -> int:
     """Run ``seqstate evaluate`` on a loaded run (``forecaster``) and table."""
     from seqstate.recipe.evaluation import evaluate_forecaster, evaluate_forecaster_in_sample
@@ -105,7 +118,7 @@ def evaluate_forecaster_command(args: argparse.Namespace, forecaster: Any, table
         target.parent.mkdir(parents=True, exist_ok=True)
         _as_written(result.to_frame(), table).to_csv(target, index=False)
     if args.json:
-        print(json.dumps(_json_safe(result.summary), sort_keys=True))
+        print(_json_summary(result))
     else:
         print(f"{args.data}: {result.text()}")
         if args.per_series:
@@ -187,7 +200,7 @@ def backtest_command(args: argparse.Namespace, table: Any, train: Any) -> int:
         if plot_backtest(result, table, out / "backtest.png"):
             written.append("backtest.png")
     if args.json:
-        print(json.dumps(_json_safe(result.summary), sort_keys=True))
+        print(_json_summary(result))
     else:
         print(result.text())
         if written:
