@@ -3,6 +3,7 @@ uninterrupted run ends; a checkpoint that cannot be continued exactly is refused
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -270,6 +271,39 @@ def test_resume_allows_progress_and_checkpoint_frequency_to_change(interrupted_r
         model, make_lanes(), run_dir=run_dir, resume=True, checkpoint_every=2, progress=True
     )
     assert len(history) == CONFIG.epochs
+
+
+@pytest.mark.parametrize(("first", "then"), [("mse", None), (None, "mse")])
+def test_resume_reads_the_default_loss_as_its_name(tmp_path, first, then):
+    # loss=None is the model's default loss ("mse" here): naming it, or leaving it out, on
+    # resume continues the same run; another loss is still refused.
+    with pytest.raises(Interrupted):
+        fit(
+            make_model(),
+            make_lanes(),
+            config=dataclasses.replace(CONFIG, loss=first),
+            run_dir=tmp_path / "run",
+            on_window=interrupt_after(14),
+        )
+    resumed = make_model()
+    fit(
+        resumed,
+        make_lanes(),
+        config=dataclasses.replace(CONFIG, loss=then),
+        run_dir=tmp_path / "a",
+        resume=tmp_path / "run",
+    )
+    whole = make_model()
+    fit(whole, make_lanes(), config=CONFIG, run_dir=tmp_path / "b")
+    assert_same_weights(resumed, whole)
+    with pytest.raises(ValueError, match="the loss differs"):
+        fit(
+            make_model(),
+            make_lanes(),
+            config=dataclasses.replace(CONFIG, loss="mae"),
+            run_dir=tmp_path / "c",
+            resume=tmp_path / "run",
+        )
 
 
 def test_a_non_finite_validation_loss_is_checkpointed_and_resumed_exactly(tmp_path):

@@ -112,10 +112,13 @@ def check_resume(
                 "with the same model, data and lanes, or start a new run_dir."
             )
     saved = FitConfig.from_dict(info["config"])
+    # The loss is compared resolved (the signature's name, above): loss=None is the model's
+    # default loss, so None and the name it resolves to continue the same run.
     changed = [
         f.name
         for f in dataclasses.fields(FitConfig)
-        if f.name not in RESUME_FREE and getattr(saved, f.name) != getattr(config, f.name)
+        if f.name not in (*RESUME_FREE, "loss")
+        and getattr(saved, f.name) != getattr(config, f.name)
     ]
     if config.schedule == "cosine" and saved.epochs != config.epochs:
         changed.append("epochs (the cosine schedule spans them)")
