@@ -14,6 +14,7 @@ import seqstate as ss
 from seqstate.core.layers import GRU, LSTM, RNN
 from seqstate.core.model_config import ModelConfig
 from seqstate.core.state import LSTMState
+from seqstate.core.stepwise import StepwiseLayer
 
 
 def _model(**fields: Any) -> ss.SequenceModel:
@@ -206,9 +207,17 @@ def test_state_map_to_one_dtype_still_works() -> None:
 # --- 6. timeline of the wrong type ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layer_type", [LSTM, GRU, RNN])
-def test_layer_timeline_of_the_wrong_type_is_a_type_error(layer_type: type) -> None:
-    layer = layer_type(2, 4)
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LSTM(2, 4),
+        lambda: GRU(2, 4),
+        lambda: RNN(2, 4),
+        lambda: StepwiseLayer("gru", 2, 4, recurrent_activation="hard_sigmoid"),
+    ],
+)
+def test_layer_timeline_of_the_wrong_type_is_a_type_error(make) -> None:
+    layer = make()
     with pytest.raises(TypeError, match=r"timeline must be a seqstate Timeline.*received str"):
         layer(torch.zeros(2, 3, 2), timeline="abc")
 

@@ -98,7 +98,14 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from seqstate._validate import check_bool, check_flags, check_int, check_number
 from seqstate.core.split import run_split
 from seqstate.core.state import GRUState, LSTMState, RNNState, State
-from seqstate.core.timeline import FLAG, Timeline, flag_pattern, plan_window, run_timeline
+from seqstate.core.timeline import (
+    FLAG,
+    Timeline,
+    check_timeline,
+    flag_pattern,
+    plan_window,
+    run_timeline,
+)
 
 __all__ = ["GRU", "LSTM", "RNN", "Strategy"]
 
@@ -134,10 +141,6 @@ _NO_EXPORTED_FLAGS = (
     "{name}: torch.export cannot trace reset= or mask= (the kernel calls depend on their "
     "values, and a SequenceModel with mask_value always has a mask); export the plain call "
     "without them, or use seqstate.export_onnx, whose graph takes the state and mask of a chunk"
-)
-_BAD_TIMELINE = (
-    "{name}: timeline must be a seqstate Timeline (the window's plan, e.g. Window.timeline) "
-    "or None; received {received.__class__.__name__}. Leave it out to plan from reset and mask"
 )
 
 
@@ -314,8 +317,7 @@ class ResettableLayer:
         x = self._check_input(x)
         B, T, _ = x.shape
         state = self._check_state(state, B, x)
-        if timeline is not None and not isinstance(timeline, Timeline):
-            raise TypeError(_BAD_TIMELINE.format(name=type(self).__name__, received=timeline))
+        check_timeline(timeline, type(self).__name__)
         if (
             timeline is None
             or torch.compiler.is_compiling()  # (planned inside, by the compiler-disabled planner)

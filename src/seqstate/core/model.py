@@ -55,7 +55,7 @@ from seqstate.core.layers import GRU, LSTM, RNN
 from seqstate.core.model_config import CONFIG_VERSION, DenseSpec, ModelConfig, RecurrentSpec
 from seqstate.core.state import State, stack_state_type
 from seqstate.core.stepwise import StepwiseLayer
-from seqstate.core.timeline import Timeline
+from seqstate.core.timeline import Timeline, check_timeline
 
 __all__ = ["CONFIG_VERSION", "DenseSpec", "ModelConfig", "RecurrentSpec", "SequenceModel"]
 
@@ -322,11 +322,7 @@ class SequenceModel(nn.Module):
                 given = check_flags(mask, "mask", B, T, derived.device)
                 derived = derived & cast(torch.Tensor, given)
             mask = derived
-            if timeline is not None and not isinstance(timeline, Timeline):
-                raise TypeError(
-                    "SequenceModel: timeline must be a seqstate Timeline (Window.timeline) or "
-                    f"None; received {type(timeline).__name__}. Leave it out"
-                )
+            check_timeline(timeline, "SequenceModel")
             timeline = None  # (the plan of the given flags, not of the derived mask)
         # (traced for export or compilation: the plain ops, no data-dependent check)
         skip_input = False if torch.compiler.is_compiling() else self._identity_normalisation()[0]

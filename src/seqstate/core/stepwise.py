@@ -22,7 +22,7 @@ inside a ``scan``), so the exported graph computes what this layer computes.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,9 +32,7 @@ from seqstate.core.activations import activation as activation_function
 from seqstate.core.activations import check_activation
 from seqstate.core.cells import CellKind, cell_kind
 from seqstate.core.state import State
-
-if TYPE_CHECKING:
-    from seqstate.core.timeline import Timeline
+from seqstate.core.timeline import Timeline, check_timeline
 
 __all__ = ["StepwiseLayer", "cell_step", "is_fused"]
 
@@ -204,6 +202,7 @@ class StepwiseLayer(nn.Module):
         x = _check_input(self, x)
         B, T, _ = x.shape
         state = _check_state(self, state, B, x)
+        check_timeline(timeline, type(self).__name__)
         reset = check_flags(reset, "reset", B, T, x.device)
         mask = check_flags(mask, "mask", B, T, x.device)
         hidden = state.tensors()[0][0]  # (B, H)

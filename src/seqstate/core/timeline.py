@@ -24,7 +24,7 @@ from seqstate._validate import check_flags
 from seqstate.core.kernels import LayerKernels
 from seqstate.core.state import State
 
-__all__ = ["FLAG", "Timeline", "flag_pattern", "plan_window", "run_timeline"]
+__all__ = ["FLAG", "Timeline", "check_timeline", "flag_pattern", "plan_window", "run_timeline"]
 
 # Flag weight: saturates sigmoid to exactly 0/1 (and ReLU to 0) in float32 and float64 as long
 # as the rest of the pre-activation stays below _SAFE_BOUND: sigmoid(-x) underflows to exactly 0
@@ -180,6 +180,17 @@ class Timeline:
     def __repr__(self) -> str:
         kind = "plain" if self.plan is None else f"timeline of {self.plan.steps} steps"
         return f"Timeline(B={self.batch_size}, T={self.length}, {kind})"
+
+
+def check_timeline(timeline: Any, owner: str) -> None:
+    """Refuse a ``timeline=`` that is neither a :class:`Timeline` nor None (TypeError), for
+    every layer and model that takes one, fused or step by step."""
+    if timeline is not None and not isinstance(timeline, Timeline):
+        raise TypeError(
+            f"{owner}: timeline must be a seqstate Timeline (the window's plan, e.g. "
+            f"Window.timeline) or None; received {type(timeline).__name__}. Leave it out to "
+            "plan from reset and mask"
+        )
 
 
 def host_only(fn: Any) -> Any:
