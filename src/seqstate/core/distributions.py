@@ -214,16 +214,21 @@ class OutputDistribution:
         if self.head.name == "negbin":
             # the log pmf written out (torch's log_prob rejects nothing, but keeps it explicit
             # and differentiable in both parameters): r = 1/dispersion, p = mean / (mean + r)
-            mean, dispersion = self.params["mean"], self.params["dispersion"]
+            # In float64 whatever the head's dtype (as its quantiles): in float32
+            # lgamma(y + r) - lgamma(r) cancels when r = 1 / dispersion is large (0.17 nats
+            # off at dispersion 2e-6) and its gradient in the dispersion rounds to 0.
+            dtype = self.params["mean"].dtype
+            mean, dispersion = self.params["mean"].double(), self.params["dispersion"].double()
+            y = target.double()
             r = 1.0 / dispersion
             log_pmf = (
-                torch.lgamma(target + r)
+                torch.lgamma(y + r)
                 - torch.lgamma(r)
-                - torch.lgamma(target + 1.0)
+                - torch.lgamma(y + 1.0)
                 + r * torch.log(r / (r + mean))
-                + target * torch.log(mean / (r + mean))
+                + y * torch.log(mean / (r + mean))
             )
-            return -log_pmf
+            return (-log_pmf).to(dtype)
         # the log densities written out: torch's StudentT builds a validating Chi2, which
         # raises on a NaN at a step whose loss is masked out anyway
         p = self.params
@@ -231,9 +236,11 @@ class OutputDistribution:
         if self.head.name == "normal":
             return 0.5 * z.square() + torch.log(p["sd"]) + 0.5 * math.log(2 * math.pi)
         df = p["df"]
+        # (the lgamma difference in float64: in float32 it cancels at large df)
+        wide = df.double()
+        constant = (torch.lgamma(wide / 2) - torch.lgamma((wide + 1) / 2)).to(df.dtype)
         return (
-            torch.lgamma(df / 2)
-            - torch.lgamma((df + 1) / 2)
+            constant
             + 0.5 * torch.log(df * math.pi)
             + torch.log(p["sd"])
             + (df + 1) / 2 * torch.log1p(z.square() / df)
@@ -258,8 +265,10 @@ class OutputDistribution:
 
         normal: closed form; negative binomial: exact, from the cumulative pmf (in float64);
         quantile head:
-        linear between its levels, flat past the outermost; Student-t: the CDF by quadrature,
-        inverted by bisection (torch has no Student-t inverse CDF), to about 1e-9.
+        linear between its levels, a Laplace tail past the outermost (a level outside the
+        trained ones still has its own quantile, from the slope of the two outermost);
+        Student-t: the CDF by quadrature, inverted by bisection (torch has no Student-t
+        inverse CDF), to about 1e-9.
         """
         levels = _check_levels(levels, "levels")
         shape = self.batch_shape
@@ -281,7 +290,10 @@ class OutputDistribution:
             mean, dispersion = self.params["mean"], self.params["dispersion"]
             exact = _negbin_quantiles(mean.double(), dispersion.double(), levels)
             return exact.to(mean.dtype)
-        standard = _standard_t_quantiles(self.params["df"], levels)  # [..., O, Q]
+        # in float64 whatever the head's dtype: cos(u) ** (df - 1) and the lgamma difference
+        # of the CDF's constant lose the quantile in float32 at large df (18% at df 3e5)
+        df = self.params["df"]
+        standard = _standard_t_quantiles(df.double(), levels).to(df.dtype)  # [..., O, Q]
         return self.params["loc"][..., None] + self.params["sd"][..., None] * standard
 
     def sample(
@@ -417,6 +429,20 @@ def _standard_t_quantiles(df: torch.Tensor, levels: Sequence[float]) -> torch.Te
     return torch.where(q < 0.5, -t, t)
 
 
+def _tail_slopes(values: torch.Tensor, grid: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(below, above) [..., 1]: the Laplace tails' slopes past a quantile head's outermost
+    levels, each through its two outermost quantiles on the tail's log scale, as the run's
+    interval tables extend their grid
+    (:meth:`seqstate.recipe.intervals.IntervalTable.standard_quantiles`)::
+
+        Q(tau) = Q(t_K) + above * log((1 - t_K) / (1 - tau))   tau > t_K
+        Q(tau) = Q(t_0) - below * log(t_0 / tau)               tau < t_0
+    """
+    above = (values[..., -1:] - values[..., -2:-1]) / math.log((1 - grid[-2]) / (1 - grid[-1]))
+    below = (values[..., 1:2] - values[..., :1]) / math.log(grid[1] / grid[0])
+    return below, above
+
+
 def _interpolate(
     values: torch.Tensor, known: Sequence[float], levels: Sequence[float]
 ) -> torch.Tensor:
@@ -434,14 +460,23 @@ def _interpolate(
     index = torch.tensor(left, device=values.device)
     y0 = values.index_select(-1, index)
     y1 = values.index_select(-1, torch.tensor(right, device=values.device))
-    return y0 + torch.tensor(weight, dtype=values.dtype, device=values.device) * (y1 - y0)
+    inside = y0 + torch.tensor(weight, dtype=values.dtype, device=values.device) * (y1 - y0)
+    if grid[0] <= min(levels) and max(levels) <= grid[-1]:
+        return inside
+    below, above = _tail_slopes(values, grid)
+    # each level's distance into a tail on the log scale (0 inside the grid): Python numbers
+    up = [math.log((1 - grid[-1]) / (1 - q)) if q > grid[-1] else 0.0 for q in levels]
+    down = [math.log(grid[0] / q) if q < grid[0] else 0.0 for q in levels]
+    options = {"dtype": values.dtype, "device": values.device}
+    return inside + above * torch.tensor(up, **options) - below * torch.tensor(down, **options)
 
 
 def _interpolate_at(
     values: torch.Tensor, known: Sequence[float], levels: torch.Tensor
 ) -> torch.Tensor:
-    """Piecewise-linear quantile function through (known[i], values[..., i]), flat past the
-    ends: ``values`` [..., Q], ``levels`` [..., L] -> [..., L]."""
+    """The quantile head's quantile function: piecewise linear through (known[i],
+    values[..., i]), a Laplace tail past each end (:func:`_tail_slopes`): ``values``
+    [..., Q], ``levels`` [..., L] in (0, 1) -> [..., L]."""
     grid = torch.as_tensor(known, dtype=values.dtype, device=values.device)
     if len(known) == 1:
         return values[..., :1].expand(levels.shape)
@@ -450,7 +485,13 @@ def _interpolate_at(
     x0, x1 = grid[left], grid[right]
     y0, y1 = torch.gather(values, -1, left), torch.gather(values, -1, right)
     weight = ((levels - x0) / (x1 - x0)).clamp(0.0, 1.0)
-    return y0 + weight * (y1 - y0)
+    inside = y0 + weight * (y1 - y0)
+    below, above = _tail_slopes(values, [float(k) for k in known])
+    # (clamped: a level of exactly 0 from torch.rand would be an infinite draw)
+    tiny = torch.finfo(values.dtype).tiny
+    up = torch.log((1 - grid[-1]) / (1 - levels)).clamp_min(0.0)
+    down = torch.log(grid[0] / levels.clamp_min(tiny)).clamp_min(0.0)
+    return inside + above * up - below * down
 
 
 def _standard_gamma(
