@@ -176,10 +176,32 @@ def test_loading_a_run_from_something_that_is_not_a_path_names_the_argument(path
         Run.load(path)
 
 
-def test_step_times_in_milliseconds_are_refused_for_a_calendar_run():
+def test_step_times_a_calendar_cannot_stamp_are_refused():
+    # A calendar run stamps dates as datetime64[ns] (1677-09-21 .. 2262-04-11): times in
+    # milliseconds, or past that range, would wrap to other dates silently.
     run_step, state, x, time = _stepped()
-    with pytest.raises(ValueError, match="after the year 9999"):
+    before = state.to_bytes()
+    between = "between 1677-09-21 and 2262-04-11"
+    with pytest.raises(ValueError, match=f"time must be Unix seconds of a date {between}"):
         run_step.step(state, x[:, 35:40], time[:, 35:40] * 1000)
+    with pytest.raises(ValueError, match="received 10000000000"):
+        run_step.step(state, x[:, 35:36], np.full((len(x), 1), 10**10))  # 2286
+    with pytest.raises(ValueError, match=r"marks a stream without a time"):
+        run_step.step(state, x[:, 35:36], np.full((len(x), 1), -(2**63)))
+    assert state.to_bytes() == before
+
+
+def test_a_forecast_past_the_last_date_a_calendar_stamps_is_refused():
+    from seqstate.recipe.calendar import Frequency
+
+    monthly = Frequency.from_dict("MS")
+    last = np.datetime64("2262-01-01T00:00:00")
+    assert str(monthly.future(last, 3)[-1]) == "2262-04-01T00:00:00.000000000"
+    with pytest.raises(ValueError, match="a forecast's time must be Unix seconds of a date"):
+        monthly.future(last, 4)  # 2262-05 would wrap to 1677
+    hourly_slots = Frequency("h", "hourly", slots=(0, 3600), cycle=7200)
+    with pytest.raises(ValueError, match="a forecast's time must be Unix seconds of a date"):
+        hourly_slots.future(np.datetime64("2262-04-11T23:00:00"), 2)
 
 
 def test_one_step_scores_of_an_unseen_series_read_no_row_after_the_cut():

@@ -169,6 +169,10 @@ async def _refusals(run, _, frame):
             ({"seq": 1, "x": rows[:2], "time": times[1::-1], "series": "h0"}, 422, "invalid_time"),
             ({"seq": 1, "x": rows[:2], "time": times[0], "series": "h0"}, 422, "invalid_time"),
             ({"seq": 1, "x": rows[0][:1], "time": times[0], "series": "h0"}, 422, "invalid_x"),
+            # past int64, the "no time" mark, past 2262 (a date a calendar cannot stamp)
+            ({"seq": 1, "x": rows[0], "time": 2**63 + 5, "series": "h0"}, 422, "invalid_time"),
+            ({"seq": 1, "x": rows[0], "time": -(2**63), "series": "h0"}, 422, "invalid_time"),
+            ({"seq": 1, "x": rows[0], "time": 10**10, "series": "h0"}, 422, "invalid_time"),
         ]
         for body, status, code in cases:
             reply = await step(body)
@@ -176,6 +180,15 @@ async def _refusals(run, _, frame):
             assert (await client.get("/v1/streams/a")).status_code == 404  # nothing stored
         missing = await client.post("/v1/streams/a/forecast", json={"horizon": 2})
         assert missing.status_code == 404
+        # in a batch, each item succeeds or fails alone: a time past int64 refuses its own
+        good = {"id": "b0", "seq": 1, "x": rows[0], "time": times[0], "series": "h0"}
+        bad = {**good, "id": "b1", "time": 2**63 + 5}
+        batch = await client.post("/v1/steps", json={"steps": [good, bad]})
+        assert batch.status_code == 200, batch.text
+        answers = batch.json()["results"]
+        assert [a["status"] for a in answers] == [200, 422]
+        assert "time" in answers[1]["error"]["message"], answers[1]
+        assert (await client.delete("/v1/streams/b0")).status_code in (200, 204)
         first = await step({"seq": 1, "x": rows[0], "time": times[0], "series": "h0"})
         assert first.status_code == 200 and first.json()["y"] == [None]  # differencing warms up
         warming = await client.post("/v1/streams/a/forecast", json={"horizon": 2})

@@ -107,6 +107,24 @@ def test_a_binary_step_is_the_json_single_step_and_refusals_are_per_item(server,
     assert header["errors"]["2"]["code"] == "invalid_x"
 
 
+def test_a_time_past_int64_refuses_its_item_and_the_connection_goes_on(server):
+    # (a time past int64 once raised OverflowError in the frame's path and dropped the
+    # connection with every frame pipelined after it)
+    x = np.asarray([[x_for(7, 1)], [x_for(8, 1)]], dtype=np.float32)
+    with _connect(server) as ws:
+        ws.send(_binary_steps(["t7", "t8"], [1, 1], x, time=[[100], [2**63 + 5]]))
+        ws.send(json.dumps({"stream": "t9", "seq": 1, "x": x_for(9, 1), "time": -(2**63)}))
+        ws.send(json.dumps({"stream": "t9", "seq": 1, "x": x_for(9, 1)}))
+        # (answers to different streams may come in any order)
+        answers = [ws.recv(timeout=30) for _ in range(3)]
+    (header, _), *_ = [decode(a) for a in answers if isinstance(a, bytes)]
+    texts = [json.loads(a) for a in answers if isinstance(a, str)]
+    refused, applied = sorted(texts, key=lambda answer: "error" not in answer)
+    assert header["status"] == [200, 422]
+    assert header["errors"]["1"]["code"] == "invalid_time"
+    assert refused["error"]["code"] == "invalid_time" and applied["seq"] == 1
+
+
 def test_whole_frame_refusals_name_the_problem(server):
     with _connect(server) as ws:
         too_many = np.zeros((1025, 1, FEATURES), dtype=np.float32)
@@ -138,6 +156,9 @@ def test_binary_frames_round_trip(n, k, values, start):
     bad_seq = _binary_steps(streams, [True] * n, x)  # a bool is not a seq
     with pytest.raises(ApiError, match=r"header\.seq"):
         decode_steps(bad_seq, FEATURES, max_items=10, max_steps=10)
+    misspelt = _binary_steps(streams, list(range(1, n + 1)), x, serie=["a"] * n)
+    with pytest.raises(ApiError, match=r"header\.serie is not a steps frame's key"):
+        decode_steps(misspelt, FEATURES, max_items=10, max_steps=10)
 
 
 def test_answer_frames_read_answers_of_either_nesting():

@@ -29,9 +29,12 @@ import numpy as np
 from seqstate._validate import check_int
 
 __all__ = [
+    "FIRST_SECOND",
+    "LAST_SECOND",
     "MIN_CYCLES",
     "Frequency",
     "calendar_kinds",
+    "check_date_range",
     "covered_seasons",
     "forecast_stamps",
     "format_time",
@@ -46,6 +49,24 @@ __all__ = [
     "season_lengths",
     "written_format",
 ]
+
+#: The Unix seconds a calendar can stamp: the datetime64[ns] range (1677-09-21T00:12:44 ..
+#: 2262-04-11T23:47:16) that pandas reads tables in; a time outside it would wrap silently.
+FIRST_SECOND = -9_223_372_036
+LAST_SECOND = 9_223_372_036
+
+
+def check_date_range(first: int, last: int, what: str) -> None:
+    """Refuse Unix seconds outside [:data:`FIRST_SECOND`, :data:`LAST_SECOND`] (ValueError
+    naming ``what``): a calendar's dates are datetime64[ns]."""
+    if first < FIRST_SECOND or last > LAST_SECOND:
+        bad = first if first < FIRST_SECOND else last
+        units = " (in milliseconds or nanoseconds? divide by 1000 or 10**9)" if bad > 0 else ""
+        raise ValueError(
+            f"{what} must be Unix seconds of a date between 1677-09-21 and 2262-04-11 (the "
+            f"dates a calendar run stamps, datetime64[ns]); received {bad}{units}"
+        )
+
 
 # Formats tried, in order, on a whole text column (after ISO 8601). Each must read every value.
 _TEXT_FORMATS = (
@@ -263,12 +284,18 @@ class Frequency:
         import pandas as pd
 
         if self.slots:
-            return _future_slots(last, int(horizon), self.slots, self.cycle)
-        start = pd.Timestamp(last)
-        offset = self.offset
-        # last + k * step for each k (not step by step), so clamped month ends never drift.
-        stamps = [start + k * offset for k in range(1, int(horizon) + 1)]
-        return np.array(stamps, dtype="datetime64[ns]")
+            seconds = _future_slots(last, int(horizon), self.slots, self.cycle)
+        else:
+            start = pd.Timestamp(np.datetime64(last, "s"))
+            offset = self.offset
+            # last + k * step for each k (not step by step), so clamped month ends never
+            # drift; in seconds, where a date past 2262 does not wrap as in nanoseconds
+            stamps = [start + k * offset for k in range(1, int(horizon) + 1)]
+            seconds = np.array(stamps, dtype="datetime64[s]")
+        if len(seconds):
+            values = seconds.astype(np.int64)
+            check_date_range(int(values.min()), int(values.max()), "a forecast's time")
+        return seconds.astype("datetime64[ns]")
 
     def to_dict(self) -> dict[str, Any]:
         """The run file's entry (``missing`` is the history's, not the calendar's)."""
@@ -571,7 +598,7 @@ def _future_slots(last: Any, horizon: int, slots: Sequence[int], cycle: int) -> 
     first = int(np.searchsorted(table, into, side="right"))
     k = first + np.arange(horizon)
     seconds = anchor + (start + k // len(table)) * cycle + table[k % len(table)]
-    return seconds.astype("datetime64[s]").astype("datetime64[ns]")
+    return seconds.astype("datetime64[s]")
 
 
 def _usual(counts: np.ndarray) -> int | None:

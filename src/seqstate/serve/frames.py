@@ -98,12 +98,21 @@ def decode(raw: bytes) -> tuple[dict[str, Any], np.ndarray]:
     return header, np.frombuffer(body, dtype=_FLOAT).reshape(shape)
 
 
+#: The keys of a client's steps frame header.
+_STEPS_KEYS = frozenset({"op", "stream", "seq", "shape", "start", "series", "time"})
+
+
 def decode_steps(raw: bytes, features: int, max_items: int, max_steps: int) -> BinarySteps:
     """A client's binary steps frame, checked (ApiError 400/413/422 naming the field)."""
     header, x = decode(raw)
     n, k, f = x.shape
     if header.get("op") != "steps":
         raise _invalid(f'header.op must be "steps"; received {header.get("op")!r}')
+    unknown = sorted(set(header) - _STEPS_KEYS)
+    if unknown:  # (as a JSON frame's unknown field: a misspelt "serie" is not dropped)
+        raise _invalid(
+            f"header.{unknown[0]} is not a steps frame's key; the keys are {sorted(_STEPS_KEYS)}"
+        )
     if n < 1 or k < 1:
         raise ApiError(422, "invalid_request", f"shape must have n >= 1 and k >= 1; got {[n, k]}")
     if n > max_items:

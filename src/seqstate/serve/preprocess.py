@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from seqstate.recipe.calendar import check_date_range
 from seqstate.recipe.step import RunState, RunStep
 from seqstate.recipe.step.state import as_array, entry_of
 from seqstate.serve.codec import StateCodec
@@ -262,10 +263,13 @@ def parse_step_times(values: Any, steps: int) -> np.ndarray:
     """A request's ``time`` (one value, or one per step) -> ``[steps]`` int64 Unix seconds.
 
     Values are Unix seconds (integers) or dates written as the CSV reader reads them
-    (``2024-01-31``, ``2024-01-31T12:00:00``, ``2024-01``, ``2024 Jan``, ``2024Q1``).
+    (``2024-01-31``, ``2024-01-31T12:00:00``, ``2024-01``, ``2024 Jan``, ``2024Q1``), of dates
+    between 1677-09-21 and 2262-04-11 (what a calendar stamps; another integer is in other
+    units, or past int64).
 
     Raises:
-        ApiError 422 ``invalid_time``: wrong count, unreadable, or not increasing.
+        ApiError 422 ``invalid_time``: wrong count, unreadable, out of range, or not
+        increasing.
     """
     items = values if isinstance(values, list) else [values]
     if len(items) != steps:
@@ -276,6 +280,10 @@ def parse_step_times(values: Any, steps: int) -> np.ndarray:
             "time for a one-step x, a list for k steps)",
         )
     if all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        try:  # (Python ints: one past int64 would raise OverflowError in numpy)
+            check_date_range(min(items), max(items), "time")
+        except ValueError as error:
+            raise ApiError(422, "invalid_time", str(error)) from None
         seconds = np.asarray(items, dtype=np.int64)
     elif all(isinstance(v, str) for v in items):
         from seqstate.recipe.calendar import parse_times

@@ -48,6 +48,7 @@ import numpy as np
 from pydantic import TypeAdapter
 from starlette.websockets import WebSocket
 
+from seqstate.recipe.calendar import FIRST_SECOND, LAST_SECOND
 from seqstate.serve import jsonio
 from seqstate.serve.config import valid_stream_ids
 from seqstate.serve.engine import FrameOutcome, FrameSteps, StepRequest, StepResult
@@ -513,10 +514,9 @@ def _frame_times(values: list[Any]) -> np.ndarray | None:
         if type(value) is not int:
             return None
         seconds.append(value)
-    try:
-        return np.array(seconds, dtype=np.int64)
-    except OverflowError:  # past int64: the per-item path answers it
-        return None
+    if seconds and (min(seconds) < FIRST_SECOND or max(seconds) > LAST_SECOND):
+        return None  # out of range (or past int64): the per-item path answers its 422
+    return np.array(seconds, dtype=np.int64)
 
 
 def _frame_steps(decoded: BinarySteps, resources: Resources) -> FrameSteps | None:

@@ -35,6 +35,7 @@ from torch import nn
 from seqstate.core.state import State
 from seqstate.inference.direct import DirectStep
 from seqstate.inference.streams import advance
+from seqstate.recipe.calendar import check_date_range
 from seqstate.recipe.step import cells
 from seqstate.recipe.step.blend import NETWORK, Blend
 from seqstate.recipe.step.history_scale import HistoryScale
@@ -54,8 +55,6 @@ __all__ = ["NO_TIME", "MemberStep", "RunStep"]
 _T = TypeVar("_T")
 
 NO_TIME = -(2**63)  # the "time" of a stream that has not been given one
-#: 9999-12-31T23:59:59 in Unix seconds: a calendar run's later time is in other units
-_LAST_SECOND = 253_402_300_799
 
 # x of at most this many values is checked in Python floats (a served step of a few streams)
 _SMALL = 64
@@ -1352,20 +1351,32 @@ def _time_tensor(time: Any) -> torch.Tensor:
     return torch.from_numpy(np.array(array, copy=not array.flags.writeable))
 
 
+def _refuse_no_time() -> None:
+    raise ValueError(
+        f"time {NO_TIME} (-2**63) marks a stream without a time; give each step a real time "
+        "(Unix seconds)"
+    )
+
+
 def _check_order(last: Any, times: np.ndarray, *, dates: bool) -> None:
     """Each stream's ``times [B, T]`` must increase: along its row and from its last step's
-    (:data:`NO_TIME`: none yet); ``dates``: and be Unix seconds of a date before the year
-    10000 (a larger one is in milliseconds or nanoseconds)."""
+    (:data:`NO_TIME`: none yet, never a step's time); ``dates``: and be Unix seconds of a
+    date a calendar can stamp (:func:`seqstate.recipe.calendar.check_date_range`)."""
     if times.shape == (1, 1):  # (one stream's step: Python numbers, no array operations)
         now = int(times[0, 0])
+        if now == NO_TIME:
+            _refuse_no_time()
         before = last.values[0] if isinstance(last, Floats) else int(last.reshape(-1)[0])
-        latest = now
+        earliest = latest = now
         if before != NO_TIME and now <= before:
             raise ValueError(
                 f"time must increase within each stream: row 0 steps at {now} after {before}; "
                 "give each step a later time than the stream's last (Unix seconds)"
             )
     else:
+        earliest, latest = (int(times.min()), int(times.max())) if times.size else (0, 0)
+        if earliest == NO_TIME:
+            _refuse_no_time()
         held = last.cpu().numpy() if isinstance(last, torch.Tensor) else as_array(last)
         previous = np.concatenate([held.reshape(-1, 1), times[:, :-1]], axis=1)
         bad = (times <= previous) & (previous != NO_TIME)
@@ -1376,9 +1387,5 @@ def _check_order(last: Any, times: np.ndarray, *, dates: bool) -> None:
                 f"{int(times[row, step])} (step {step}) after {int(previous[row, step])}; give "
                 "each step a later time than the stream's last (Unix seconds)"
             )
-        latest = int(times.max()) if dates and times.size else 0
-    if dates and latest > _LAST_SECOND:
-        raise ValueError(
-            f"time must be Unix seconds; {latest} is after the year 9999 (milliseconds or "
-            "nanoseconds? divide by 1000 or 10**9)"
-        )
+    if dates:
+        check_date_range(earliest, latest, "time")
