@@ -1117,7 +1117,7 @@ class RunStep(nn.Module):
                 # combination of that median with the baselines' forecasts. (A weighted sum
                 # of the paths with deterministic baselines would shrink the spread by the
                 # network's weight: to nothing where validation chose baselines alone.)
-                centre = paths.median(dim=1, keepdim=True).values  # (B, 1, H, O)
+                centre = _path_median(paths)  # (B, 1, H, O)
                 parts = self.blend.forecast(state.transforms, horizon)
                 paths = paths - centre + self.blend.combine(centre, parts)
             if self.history_scale is not None:  # (a stream that never varied: its value)
@@ -1349,6 +1349,18 @@ def _time_tensor(time: Any) -> torch.Tensor:
         )
     # (a copy of a read-only array: torch shares memory and warns about writing to it)
     return torch.from_numpy(np.array(array, copy=not array.flags.writeable))
+
+
+def _path_median(paths: torch.Tensor) -> torch.Tensor:
+    """``paths [B, S, H, O]`` -> ``[B, 1, H, O]``: the median over the S paths, the mean of
+    the two middle ones for an even S (as np.median, which the answers' median column is;
+    torch's median takes the lower one)."""
+    ordered = paths.sort(dim=1).values
+    middle = paths.shape[1] // 2
+    upper = ordered[:, middle : middle + 1]
+    if paths.shape[1] % 2:
+        return upper
+    return (ordered[:, middle - 1 : middle] + upper) / 2
 
 
 def _refuse_no_time() -> None:
