@@ -266,3 +266,18 @@ def test_float32_heads_keep_their_precision_where_lgamma_cancels() -> None:
     (expected_grad,) = torch.autograd.grad(reference.nll(counts.double()).sum(), wide)
     torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-3, atol=1e-7)
     assert bool((grad[:, 1] != 0).all())  # the dispersion still learns
+
+
+def test_levels_whose_column_names_collide_are_refused() -> None:
+    from seqstate.cli.settings import CliError
+    from seqstate.cli.run import _levels
+    from seqstate.recipe.intervals import check_levels
+
+    assert quantile_name(0.025) == "q2.5" and quantile_name(1e-8) == "q0.000001"
+    with pytest.raises(ValueError, match=r"1e-09 and 2e-09 are both written 'q0'"):
+        check_levels([1e-9, 2e-9])
+    with pytest.raises(ValueError, match="both written 'q12.345679'"):
+        DistributionHead("quantile", (0.123456789, 0.1234567891))
+    with pytest.raises(CliError, match="--quantiles: levels"):
+        _levels("1e-9,2e-9")
+    assert _levels("0.1,0.9,0.1") == (0.1, 0.9)  # a repeated level is one column

@@ -288,6 +288,8 @@ def _output_frame(
 
 def _levels(text: Any) -> tuple[float, ...]:
     """``--quantiles`` as sorted levels; ``()`` for ``none``."""
+    from seqstate.core.distributions import check_quantile_names
+
     if text is None or str(text).strip().lower() in ("", "none"):
         return ()
     try:
@@ -301,6 +303,10 @@ def _levels(text: Any) -> tuple[float, ...]:
             f"--quantiles must be levels strictly between 0 and 1, like 0.1,0.9 (0.025 for "
             f"the 2.5% quantile); received {text!r}"
         )
+    try:
+        check_quantile_names(levels, "--quantiles")
+    except ValueError as error:
+        raise CliError(str(error)) from None
     return tuple(sorted(set(levels)))
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "DISTRIBUTIONS",
     "DistributionHead",
     "OutputDistribution",
+    "check_quantile_names",
     "negbin_quantiles_by_recurrence",
     "pinball_loss",
     "quantile_name",
@@ -72,6 +73,21 @@ def quantile_name(level: float) -> str:
     return f"q{text}"
 
 
+def check_quantile_names(levels: Sequence[float], argument: str) -> None:
+    """Refuse distinct levels that :func:`quantile_name` writes alike (ValueError): their
+    columns would overwrite each other (1e-9 and 2e-9 are both ``q0``)."""
+    seen: dict[str, float] = {}
+    for level in levels:
+        name = quantile_name(float(level))
+        if name in seen and seen[name] != float(level):
+            raise ValueError(
+                f"{argument}: levels {seen[name]!r} and {level!r} are both written {name!r} "
+                "(columns name a level to 1e-8, its percentage to 6 decimals); give levels "
+                "that differ there"
+            )
+        seen[name] = float(level)
+
+
 def _check_levels(levels: Sequence[float], argument: str) -> tuple[float, ...]:
     if isinstance(levels, str | bytes) or not isinstance(levels, Sequence):
         raise TypeError(
@@ -90,6 +106,7 @@ def _check_levels(levels: Sequence[float], argument: str) -> tuple[float, ...]:
         raise ValueError(f"{argument} must hold at least one level; received none")
     if sorted(set(values)) != values:
         raise ValueError(f"{argument} must be strictly increasing; received {values}")
+    check_quantile_names(values, argument)
     return tuple(values)
 
 

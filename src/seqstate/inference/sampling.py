@@ -29,7 +29,11 @@ import torch
 from torch import nn
 
 from seqstate._validate import check_int
-from seqstate.core.distributions import DEFAULT_QUANTILES, quantile_name
+from seqstate.core.distributions import (
+    DEFAULT_QUANTILES,
+    check_quantile_names,
+    quantile_name,
+)
 from seqstate.core.model import SequenceModel
 from seqstate.core.state import State
 from seqstate.inference.common import (
@@ -152,6 +156,7 @@ def sample_forecast(
     horizon = check_int(horizon, "horizon", 1, "It is the number of steps to forecast.")
     samples = check_int(samples, "samples", 1, "It is the number of sample paths per series.")
     levels = tuple(_check_level(q, f"quantiles[{i}]") for i, q in enumerate(quantiles))
+    check_quantile_names(levels, "quantiles")
     if seed is not None:
         seed = check_int(seed, "seed", 0, "It seeds the sample paths.")
     chunk = check_positive_int(chunk, "chunk", DEFAULT_CHUNK, "steps per model call")
