@@ -75,3 +75,15 @@ def test_predict_answers_what_evaluate_scores(run, capsys):
     assert accuracy == pytest.approx(scored["accuracy"], abs=1e-6)
     probabilities = predicted[["probability_0", "probability_1"]].to_numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_evaluate_refuses_forecast_options_for_a_classifier(run, capsys):
+    # A classifier is scored on every row from a zero state: --tail and the other options of
+    # a forecast score were ignored (exit 0, no per-series file); now they are refused.
+    data = str(run / "labels.csv")
+    per_series = run / "per_series.csv"
+    args = ["evaluate", str(run / "run"), data, "--tail", "5", "--per-series", str(per_series)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "--tail, --per-series: a classification run is scored on every row" in err
+    assert not per_series.exists()

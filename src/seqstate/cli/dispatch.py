@@ -237,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
         "calibrated intervals, or of the sample paths with --samples (default 0.1,0.9; "
         "'none' for the point forecast alone)",
     )
-    forecast.add_argument("--seed", type=int, help="seed of the sample paths (reproducible)")
+    forecast.add_argument(
+        "--seed", type=int, help="seed of the sample paths (default 0: the same paths each run)"
+    )
     forecast.add_argument("--paths", help="write the sample paths to this table too")
 
     demo = command("demo", handle_demo, "train on generated and real data and show what state buys")

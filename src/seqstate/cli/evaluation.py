@@ -97,6 +97,10 @@ def evaluate_forecaster_command(args: argparse.Namespace, forecaster: Any, table
     """Run ``seqstate evaluate`` on a loaded run (``forecaster``) and table."""
     from seqstate.recipe.evaluation import evaluate_forecaster, evaluate_forecaster_in_sample
 
+    if args.per_series and Path(args.per_series).suffix.lower() != ".csv":
+        raise ValueError(
+            f"--per-series writes CSV: give a path ending in .csv; received {args.per_series!r}"
+        )
     warm = args.warmup_until is not None or args.tail is not None
     if not warm and args.horizon is not None:
         raise ValueError("--horizon needs --warmup-until or --tail (the point to forecast from)")

@@ -62,6 +62,23 @@ def handle_evaluate(args: argparse.Namespace) -> int:
     table = _read_for_run(args.data, columns, require_targets=True)
     _threads_for(model, len(table))
     if columns.task != "regression":
+        given = [
+            flag
+            for flag, value in (
+                ("--tail", args.tail),
+                ("--warmup-until", args.warmup_until),
+                ("--horizon", args.horizon),
+                ("--season", args.season),
+                ("--per-series", args.per_series),
+            )
+            if value is not None
+        ]
+        if given:
+            raise CliError(
+                f"{', '.join(given)}: a {columns.task} run is scored on every row from a zero "
+                "state (accuracy and loss); these options score forecasts of a regression run. "
+                "Leave them out"
+            )
         return _evaluate_on_lanes(args, run, table)
     warned = _trained_past(metadata, args.warmup_until)
     if warned and not args.json:
@@ -147,6 +164,24 @@ def _write_frame(frame: Any, target: Path, kind: str) -> None:
             frame.to_csv(tmp, index=False, sep="\t" if kind == "tsv" else ",")
 
 
+#: The columns predict and forecast write besides a run's id and time columns.
+_WRITTEN = ("horizon", "path", "step")
+_WRITTEN_PREFIXES = ("predicted_", "probability_")
+
+
+def check_key_names(id_column: str | None, time_column: str | None) -> None:
+    """Refuse an id or time column named like a column predict/forecast write (``horizon``,
+    ``path``, ``step``, ``predicted_*``, ``probability_*``): the output would overwrite it
+    with its own values (forecasts in place of ids, 1..H in place of times)."""
+    for role, name in (("--id", id_column), ("--time", time_column)):
+        if name is not None and (name in _WRITTEN or name.startswith(_WRITTEN_PREFIXES)):
+            raise CliError(
+                f"{role} column {name!r} is named like a column predict and forecast write "
+                f"({', '.join(_WRITTEN)}, predicted_*, probability_*): its values would be "
+                "overwritten in their output. Rename the column in the data (and train again)"
+            )
+
+
 def _key_columns(columns: Any, table: Any, index: int, times: Any) -> dict[str, Any]:
     from seqstate.recipe.calendar import format_times
 
@@ -167,8 +202,12 @@ def handle_predict(args: argparse.Namespace) -> int:
     from seqstate.recipe.run_forecaster import encode_table
 
     target, kind = _output_path(args.out)
+    for flag, value in (("--chunk", args.chunk), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise CliError(f"{flag} must be an int >= 1; received {value}")
     run = _read_run(args.run_dir)
     model, columns = run.members[0].model, run.columns
+    check_key_names(columns.id, columns.time)
     table = _read_for_run(args.data, columns, require_targets=False)
     _threads_for(model, len(table))
     names = _output_names(columns, model)
@@ -386,12 +425,26 @@ def handle_forecast(args: argparse.Namespace) -> int:
     target, kind = _output_path(args.out)
     if args.horizon is None or args.horizon < 1:
         raise CliError(f"--horizon must be an int >= 1; received {args.horizon}")
+    samples = getattr(args, "samples", None)
+    if samples is None:
+        for flag, value in (("--paths", args.paths), ("--seed", args.seed)):
+            if value is not None:
+                raise CliError(
+                    f"{flag} is for sample paths: give --samples N with it (without --samples "
+                    "the quantiles are the run's calibrated intervals, which draw nothing)"
+                )
     run = _read_run(args.run_dir)
     model, columns = run.members[0].model, run.columns
+    check_key_names(columns.id, columns.time)
     cannot = why_not_forecastable(columns)
     if cannot is not None:
         raise CliError(f"{cannot}. Use `seqstate predict` instead")
     covariates = [name for name in columns.features if name not in columns.targets]
+    if args.covariates and not covariates:
+        raise CliError(
+            f"this run reads no covariates (only {list(columns.targets)}), so --covariates "
+            f"{args.covariates} would be ignored; leave it out"
+        )
     if covariates and not args.covariates:
         raise CliError(
             f"this run reads the covariates {covariates} besides {list(columns.targets)}: give "
@@ -416,7 +469,6 @@ def handle_forecast(args: argparse.Namespace) -> int:
     future = dataclasses.replace(table, features=features, times=stamps)
     forecaster = forecaster_of(run)
     names = _output_names(columns, forecaster.members[0].model)
-    samples = getattr(args, "samples", None)
     if samples is not None:
         frame = _sampled_frame(args, forecaster, columns, table, future, names, stamps)
         _write_frame(frame, target, kind)
@@ -539,7 +591,8 @@ def _sampled_frame(
         raise CliError(f"--samples must be an int >= 1; received {args.samples}")
     levels = _levels(args.quantiles)
     horizon = args.horizon
-    paths = forecaster.sample_paths(table, horizon, future, samples=args.samples, seed=args.seed)
+    seed = 0 if args.seed is None else args.seed  # reproducible unless asked otherwise
+    paths = forecaster.sample_paths(table, horizon, future, samples=args.samples, seed=seed)
     frames, path_frames = [], []
     for index in range(len(table)):
         data = _key_columns(columns, table, index, stamps[index])

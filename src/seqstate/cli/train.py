@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from seqstate.cli.evaluation import backtest_command
+from seqstate.cli.run import check_key_names
 from seqstate.cli.settings import CliError, load_settings
 
 
@@ -28,6 +29,7 @@ def _train_run(args: argparse.Namespace, *, main: bool) -> int:
     from seqstate.recipe.training import train_ensemble, train_run
 
     settings = load_settings(args)
+    check_key_names(settings["data"]["id"], settings["data"]["time"])
     announce = None if args.quiet else (lambda line: print(line, file=sys.stderr))
     if announce is not None and main:
         _warn_order(settings, announce)

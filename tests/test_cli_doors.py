@@ -1,0 +1,97 @@
+"""Command-line options that were accepted and then ignored, or wrote over the user's
+columns: each is refused at once, by name, before anything is written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from seqstate.cli import main
+
+SMALL = ["--hidden-size", "8", "--epochs", "2", "--no-progress", "-q"]
+
+
+def _quarterly(id_column: str = "id", time_column: str = "quarter") -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    quarters = pd.period_range("1995Q1", periods=40, freq="Q").astype(str)
+    frames = [
+        pd.DataFrame(
+            {
+                id_column: name,
+                time_column: quarters,
+                "y": 10 + np.sin(np.arange(40) * np.pi / 2) + rng.normal(scale=0.1, size=40),
+            }
+        )
+        for name in ("a", "b")
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("doors")
+    _quarterly().to_csv(folder / "q.csv", index=False)
+    args = ["train", str(folder / "q.csv"), "-f", "y", "--id", "id", "--time", "quarter"]
+    assert main([*args, *SMALL, "--distribution", "normal", "--out", str(folder / "run")]) == 0
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--paths", "p.csv"], "--paths is for sample paths: give --samples N"),
+        (["--seed", "3"], "--seed is for sample paths: give --samples N"),
+        (["--covariates", "nope.csv"], "this run reads no covariates"),
+    ],
+)
+def test_forecast_refuses_options_it_would_ignore(run, capsys, extra, message):
+    out = run / "f.csv"
+    args = ["forecast", str(run / "run"), str(run / "q.csv"), "--horizon", "2", "--out", str(out)]
+    assert main([*args, *extra]) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists() and not (run / "p.csv").exists()
+
+
+def test_sampled_forecasts_are_reproducible_without_a_seed(run):
+    args = ["forecast", str(run / "run"), str(run / "q.csv"), "--horizon", "3", "--samples", "20"]
+    written = []
+    for name in ("s1.csv", "s2.csv"):
+        assert main([*args, "--out", str(run / name)]) == 0
+        written.append(pd.read_csv(run / name))
+    pd.testing.assert_frame_equal(written[0], written[1])
+    assert main([*args, "--seed", "5", "--out", str(run / "s3.csv")]) == 0
+    assert not written[0].equals(pd.read_csv(run / "s3.csv"))
+
+
+def test_predict_refuses_a_chunk_or_batch_size_below_one(run, capsys):
+    args = ["predict", str(run / "run"), str(run / "q.csv"), "--out", str(run / "p.csv")]
+    for flag in ("--chunk", "--batch-size"):
+        assert main([*args, flag, "0"]) == 1
+        assert f"{flag} must be an int >= 1; received 0" in capsys.readouterr().err
+
+
+def test_evaluate_per_series_refuses_a_file_it_would_not_write_as_named(run, capsys):
+    target = run / "scores.parquet"
+    args = ["evaluate", str(run / "run"), str(run / "q.csv"), "--tail", "4"]
+    assert main([*args, "--per-series", str(target)]) == 1
+    assert "--per-series writes CSV" in capsys.readouterr().err
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    ("id_column", "time_column", "named"),
+    [
+        ("predicted_y", "quarter", "--id column 'predicted_y'"),
+        ("id", "horizon", "--time column 'horizon'"),
+    ],
+)
+def test_train_refuses_key_columns_named_like_output_columns(
+    tmp_path, capsys, id_column, time_column, named
+):
+    # forecast would write its forecasts over the ids, or 1..H over the times
+    _quarterly(id_column, time_column).to_csv(tmp_path / "q.csv", index=False)
+    args = ["train", str(tmp_path / "q.csv"), "-f", "y", "--id", id_column, "--time", time_column]
+    assert main([*args, *SMALL, "--out", str(tmp_path / "run")]) == 1
+    assert f"{named} is named like a column predict and forecast write" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
