@@ -225,7 +225,14 @@ def test_forecast_needs_the_future_of_covariates(run, data, tmp_path, capsys):
     short = tmp_path / "short.csv"
     future[future["t"] != future["id"].map(last) + 2].to_csv(short, index=False)
     assert main([*args, "--covariates", str(short)]) == 1
-    assert "needs 2, one per forecast step" in capsys.readouterr().err
+    assert "has no row for series" in capsys.readouterr().err
+    # matched by time, never by position: a row missing in the middle is refused, not filled
+    # by the next row's value
+    gap = future[future["t"] != future["id"].map(last) + 1]
+    third = gap.assign(t=gap["t"] + 1, aux=9.0)  # the rows at end + 2 and end + 3
+    pd.concat([gap, third]).to_csv(short, index=False)
+    assert main([*args, "--covariates", str(short)]) == 1
+    assert "forecast step 1" in capsys.readouterr().err
 
 
 def test_config_file_and_flags(data, tmp_path):

@@ -269,14 +269,14 @@ def test_float32_heads_keep_their_precision_where_lgamma_cancels() -> None:
 
 
 def test_levels_whose_column_names_collide_are_refused() -> None:
-    from seqstate.cli.settings import CliError
     from seqstate.cli.run import _levels
+    from seqstate.cli.settings import CliError
     from seqstate.recipe.intervals import check_levels
 
     assert quantile_name(0.025) == "q2.5" and quantile_name(1e-8) == "q0.000001"
     with pytest.raises(ValueError, match=r"1e-09 and 2e-09 are both written 'q0'"):
         check_levels([1e-9, 2e-9])
-    with pytest.raises(ValueError, match="both written 'q12.345679'"):
+    with pytest.raises(ValueError, match=r"both written 'q12\.345679'"):
         DistributionHead("quantile", (0.123456789, 0.1234567891))
     with pytest.raises(CliError, match="--quantiles: levels"):
         _levels("1e-9,2e-9")

@@ -457,7 +457,9 @@ def handle_forecast(args: argparse.Namespace) -> int:
     _threads_for(model, len(table))
     # On each series' own calendar: monthly data steps by months, not by 31 days.
     stamps = forecast_stamps(table, horizon)
-    known = future_covariates(args.covariates, covariates, table, horizon) if covariates else None
+    known = None
+    if covariates:  # (each series' rows at exactly its forecast times)
+        known = future_covariates(args.covariates, covariates, table, horizon, stamps)
     features = []
     for index in range(len(table)):
         # The future rows: the fed target columns are unknown (NaN), the covariates known.

@@ -119,6 +119,7 @@ def future_covariates(
     names: Sequence[str],
     table: Any,
     horizon: int,
+    stamps: Sequence[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """Known future values of the columns ``names`` for each series of ``table``.
 
@@ -128,17 +129,22 @@ def future_covariates(
         names: the covariate columns, in the order the model reads them.
         table: the forecast's context (a :class:`seqstate.recipe.sources.SequenceTable`).
         horizon: the forecast's steps.
+        stamps: each series' forecast times (``[horizon]``, as
+            :func:`seqstate.recipe.calendar.forecast_stamps` gives them): row h is the row at
+            exactly that time, and a time the file lacks is refused; None: the first
+            ``horizon`` rows after the series' last time.
 
     Returns:
         One ``[horizon, K]`` float32 array per series of ``table``: row h holds the values at
-        forecast step h (the first ``horizon`` rows after the series' last time).
+        forecast step h.
 
     Raises:
         ValueError naming the series when it has fewer than ``horizon`` future rows, and any
         error :func:`seqstate.recipe.sources.read_table` raises for the file (missing columns, NaN,
         duplicate times).
     """
-    return match_future(read_future(source, names, table), names, table, horizon).values
+    future = read_future(source, names, table)
+    return match_future(future, names, table, horizon, stamps).values
 
 
 def read_future(source: Any, names: Sequence[str], table: Any) -> Any:
@@ -168,10 +174,17 @@ class Future(NamedTuple):
     times: list[np.ndarray]
 
 
-def match_future(future: Any, names: Sequence[str], table: Any, horizon: int) -> Future:
+def match_future(
+    future: Any,
+    names: Sequence[str],
+    table: Any,
+    horizon: int,
+    stamps: Sequence[np.ndarray] | None = None,
+) -> Future:
     """The columns ``names`` of ``future`` (a table of rows after the history's) for each
-    series of ``table``: matched by series id and column name, never by position; with a time
-    column, the first ``horizon`` rows after each series' last time, else its first rows.
+    series of ``table``: matched by series id and column name, never by position; with
+    ``stamps`` (each series' forecast times), the rows at exactly those times; else, with a
+    time column, the first ``horizon`` rows after each series' last time, else its first rows.
 
     Raises ValueError naming the column, the series or the row where ``future`` lacks one or
     holds NaN.
@@ -196,10 +209,13 @@ def match_future(future: Any, names: Sequence[str], table: Any, horizon: int) ->
                 f"{future.source} has no rows for {owner}; it needs the {horizon} rows after "
                 f"its last time ({_shown(last)})."
             )
-        rows, stamps = np.asarray(future.features[row]), np.asarray(future.times[row])
-        if columns.time is not None:
-            after = stamps > last
-            rows, stamps = rows[after], stamps[after]
+        rows, held_times = np.asarray(future.features[row]), np.asarray(future.times[row])
+        if stamps is not None:
+            wanted = np.asarray(stamps[index])
+            rows, held_times = _rows_at(rows, held_times, wanted, owner, future, last)
+        elif columns.time is not None:
+            after = held_times > last
+            rows, held_times = rows[after], held_times[after]
         found = rows[:horizon][:, picked]
         if len(found) < horizon:
             raise ValueError(
@@ -212,12 +228,33 @@ def match_future(future: Any, names: Sequence[str], table: Any, horizon: int) ->
             step, column = (int(i) for i in np.argwhere(bad)[0])
             raise ValueError(
                 f"{future.source} holds {found[step, column]} in {names[column]!r} of {owner} "
-                f"at {_shown(stamps[step])} (forecast step {step + 1}); the known future values "
-                "must be finite."
+                f"at {_shown(held_times[step])} (forecast step {step + 1}); the known future "
+                "values must be finite."
             )
         values.append(found.astype(np.float32))
-        times.append(stamps[:horizon])
+        times.append(held_times[:horizon])
     return Future(values, times)
+
+
+def _rows_at(
+    rows: np.ndarray, held: np.ndarray, wanted: np.ndarray, owner: str, future: Any, last: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of one series at exactly the times ``wanted`` (its forecast steps); a time
+    the series' rows lack is refused by name (its rows are sorted by time)."""
+    if held.dtype != wanted.dtype:
+        held = held.astype(wanted.dtype) if held.size else held.reshape(0).astype(wanted.dtype)
+    at = np.searchsorted(held, wanted).clip(max=max(len(held) - 1, 0))
+    hit = (held[at] == wanted) if held.size else np.zeros(len(wanted), dtype=bool)
+    if not hit.all():
+        step = int(np.flatnonzero(~hit)[0])
+        raise ValueError(
+            f"{future.source} has no row for {owner} at {_shown(wanted[step])}, forecast step "
+            f"{step + 1}; the forecast steps on the series' calendar after its last time "
+            f"({_shown(last)}): {', '.join(_shown(t) for t in wanted[:3])}"
+            f"{', ...' if len(wanted) > 3 else ''}, and each needs its row (matched by time, "
+            "never by position)."
+        )
+    return rows[at], held[at]
 
 
 def _shown(value: Any) -> str:
