@@ -34,6 +34,9 @@ def run(tmp_path_factory):
     _quarterly().to_csv(folder / "q.csv", index=False)
     args = ["train", str(folder / "q.csv"), "-f", "y", "--id", "id", "--time", "quarter"]
     assert main([*args, *SMALL, "--distribution", "normal", "--out", str(folder / "run")]) == 0
+    # (without seasonal differences, which need a year of rows per series)
+    plain = ["--seasonal-difference", "0", "--out", str(folder / "plain")]
+    assert main([*args, *SMALL, *plain]) == 0
     return folder
 
 
@@ -95,3 +98,21 @@ def test_train_refuses_key_columns_named_like_output_columns(
     assert main([*args, *SMALL, "--out", str(tmp_path / "run")]) == 1
     assert f"{named} is named like a column predict and forecast write" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_series_too_short_for_its_own_calendar_forecasts_on_the_runs(run):
+    # One row (2004Q4) once stepped by a day, written 2004Q4 three times; two rows a
+    # year apart stepped by a year. Both now step on the run's quarters.
+    rows = pd.DataFrame(
+        {"id": ["one", "two", "two"], "quarter": ["2004Q4", "2003Q1", "2004Q1"], "y": 10.0}
+    )
+    data = run / "short.csv"
+    pd.concat([_quarterly(), rows]).to_csv(data, index=False)
+    out = run / "short_forecast.csv"
+    args = ["forecast", str(run / "plain"), str(data), "--horizon", "3", "--out", str(out)]
+    assert main(args) == 0
+    written = pd.read_csv(out)
+    stamps = {key: list(group["quarter"]) for key, group in written.groupby("id")}
+    assert stamps["one"] == ["2005Q1", "2005Q2", "2005Q3"]
+    assert stamps["two"] == ["2004Q2", "2004Q3", "2004Q4"]
+    assert stamps["a"] == ["2005Q1", "2005Q2", "2005Q3"]

@@ -456,7 +456,7 @@ def handle_forecast(args: argparse.Namespace) -> int:
     _check_horizon(horizon, table, columns)
     _threads_for(model, len(table))
     # On each series' own calendar: monthly data steps by months, not by 31 days.
-    stamps = forecast_stamps(table, horizon)
+    stamps = forecast_stamps(table, horizon, run.frequency)
     known = None
     if covariates:  # (each series' rows at exactly its forecast times)
         known = future_covariates(args.covariates, covariates, table, horizon, stamps)

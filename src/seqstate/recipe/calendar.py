@@ -668,12 +668,25 @@ def gapped_series(table: Any) -> list[Any]:
     return gapped
 
 
-def forecast_stamps(table: Any, horizon: int) -> list[np.ndarray]:
+#: A series with fewer times than this shows no calendar of its own (one spacing, maybe a
+#: gap): its forecast steps on the run's.
+_OWN_CALENDAR = 3
+
+
+def forecast_stamps(
+    table: Any, horizon: int, frequency: Frequency | None = None
+) -> list[np.ndarray]:
     """Each series' ``[horizon]`` forecast times: on its own calendar (:func:`future_times`)
-    with a time column, the next step numbers without one (a series then steps 0..L-1)."""
+    with a time column, the next step numbers without one (a series then steps 0..L-1).
+
+    ``frequency``: the run's calendar (:attr:`seqstate.recipe.run.Run.frequency`), for the
+    series too short to show their own (one or two rows: a quarterly series of one row would
+    otherwise step by a day, and of two rows a year apart by a year)."""
     if table.columns.time is None:
         return [np.asarray(t)[-1] + np.arange(1, int(horizon) + 1) for t in table.times]
-    return [future_times(t, horizon) for t in table.times]
+    return [
+        future_times(t, horizon, frequency if len(t) < _OWN_CALENDAR else None) for t in table.times
+    ]
 
 
 def future_times(times: np.ndarray, horizon: int, frequency: Frequency | None = None) -> np.ndarray:

@@ -404,7 +404,11 @@ class RunForecaster:
         covariates = matched.values if names and matched is not None else None
         times = None
         if calendar:
-            times = matched.times if matched is not None else forecast_stamps(table, horizon)
+            if matched is not None:
+                times = matched.times
+            else:  # (the run's frequency, where its step function knows one)
+                step = self._steps.get(columns)
+                times = forecast_stamps(table, horizon, getattr(step, "frequency", None))
         return covariates, times
 
     # -- the validation's choice (recipe/selection.py), run by the step function -------------
