@@ -88,6 +88,30 @@ def test_run_paths_are_reproducible_spread_and_leave_the_state_unchanged() -> No
     assert bool(torch.isfinite(first).all()) and bool((first > -1).all())  # log1p's domain
 
 
+def test_a_streams_paths_depend_on_its_key_not_on_the_other_streams() -> None:
+    # Each stream draws from its own generator seeded by (seed, key): the paths of stream 1
+    # are the same alone as beside the others, and keyed by its series id they follow it to
+    # another row; two keys give two sets of paths.
+    table, _, run_step = build("log1p difference", "studentt")
+    state, covariates, stamps = warm(run_step, table, 3)
+    ids = list(table.ids)
+    _, together = run_step.sample_forecast(
+        state, 3, covariates, times=stamps, samples=7, seed=5, keys=ids
+    )
+    one = state.select([1])
+    row = lambda a: None if a is None else a[1:2]  # noqa: E731
+    _, alone = run_step.sample_forecast(
+        one, 3, row(covariates), times=row(stamps), samples=7, seed=5, keys=ids[1:2]
+    )
+    torch.testing.assert_close(alone[0], together[1], rtol=1e-12, atol=0)
+    _, renamed = run_step.sample_forecast(
+        one, 3, row(covariates), times=row(stamps), samples=7, seed=5, keys=["other"]
+    )
+    assert not torch.equal(renamed[0], together[1])
+    with pytest.raises(ValueError, match="keys must hold one key"):
+        run_step.sample_forecast(state, 3, covariates, times=stamps, samples=2, keys=ids[:1])
+
+
 def test_a_point_run_refuses_sample_paths() -> None:
     make, *_ = RUNS["plain"]
     table = make()

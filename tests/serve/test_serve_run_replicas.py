@@ -10,6 +10,7 @@ import threading
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from served_runs import table_rows, trained_runs
@@ -228,13 +229,32 @@ def test_sampled_forecasts_answer_quantiles_and_a_run_without_a_head_refuses(run
             x = np.asarray(body["x"], dtype=np.float32).reshape(1, -1, len(function.inputs))
             stamps = np.atleast_1d(np.asarray(body["time"], dtype="datetime64[s]"))
             _, state = function.step(state, x, stamps.astype(np.int64)[None])
-        _, paths = function.sample_forecast(state, HORIZON, samples=50, seed=3)
+        # (a stream's paths are keyed by the series it is bound to)
+        _, paths = function.sample_forecast(state, HORIZON, samples=50, seed=3, keys=[series])
     drawn = paths[0].numpy()  # (samples, H, O)
     assert set(first["quantiles"]) == {"0.1", "0.5", "0.9"}
     for level in (0.1, 0.5, 0.9):
         np.testing.assert_allclose(
             first["quantiles"][f"{level:g}"], np.quantile(drawn, level, axis=0), rtol=RTOL
         )
+    # the same series' paths from a table forecast (what seqstate forecast --samples draws),
+    # in a panel beside other series: the served quantiles are the CLI's
+    from seqstate.recipe.run_forecaster import load_forecaster
+    from seqstate.recipe.sources import read_table
+
+    history = pd.concat([frame[frame["id"] != series], frame[frame["id"] == series].head(8)])
+    table = read_table(
+        history, features=["value"], targets=["value"], id_column="id", time_column="month"
+    )
+    panel = load_forecaster(run).sample_paths(table, HORIZON, samples=50, seed=3)
+    np.testing.assert_allclose(panel[list(table.ids).index(series)], drawn, rtol=RTOL, atol=1e-9)
+    alone = table.select([list(table.ids).index(series)])
+    np.testing.assert_allclose(
+        load_forecaster(run).sample_paths(alone, HORIZON, samples=50, seed=3)[0],
+        drawn,
+        rtol=RTOL,
+        atol=1e-9,
+    )
     low, high = np.asarray(first["quantiles"]["0.1"]), np.asarray(first["quantiles"]["0.9"])
     assert (low <= high).all() and first["quantiles_from"] == "samples"
     # without samples: the run's calibrated quantiles, at the levels asked, in their order

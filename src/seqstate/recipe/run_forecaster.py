@@ -365,8 +365,9 @@ class RunForecaster:
         known = None
         if covariates is not None:
             known = np.stack([np.asarray(c, dtype=np.float32)[:horizon] for c in covariates])
+        # (keyed by series id: a series draws the same paths alone, in any panel, served)
         _, paths = run_step.sample_forecast(
-            state, horizon, known, times=stamps, samples=samples, seed=seed
+            state, horizon, known, times=stamps, samples=samples, seed=seed, keys=list(table.ids)
         )
         return paths.numpy()
 

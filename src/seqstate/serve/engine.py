@@ -963,7 +963,8 @@ class Engine:
         shown: list[Any] = iso_times(stamps) if has_time and self.function.frequency else stamps
         quantiles = None
         if sampling is not None:
-            quantiles = self._quantiles(state, horizon, future, sampling)
+            series = self.codec.series(record.state)  # (its paths' key, as the CLI's)
+            quantiles = self._quantiles(state, horizon, future, sampling, series)
         elif levels:
             bands = self.function.interval_quantiles(state, y.cpu(), levels)
             if bands is not None:  # [1, H, O, Q]
@@ -1019,7 +1020,12 @@ class Engine:
             )
 
     def _quantiles(
-        self, state: RunState, horizon: int, future: np.ndarray | None, sampling: Sampling
+        self,
+        state: RunState,
+        horizon: int,
+        future: np.ndarray | None,
+        sampling: Sampling,
+        series: str | None,
     ) -> dict[float, list[list[float]]]:
         try:
             with torch.inference_mode():
@@ -1029,6 +1035,7 @@ class Engine:
                     future,
                     samples=sampling.samples,
                     seed=sampling.seed,
+                    keys=[series],
                 )
         except ValueError as error:
             raise ApiError(422, "invalid_forecast", str(error)) from None

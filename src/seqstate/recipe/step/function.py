@@ -23,6 +23,7 @@ per-series scaling)::
 
 from __future__ import annotations
 
+import hashlib
 import math
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -50,7 +51,7 @@ from seqstate.recipe.step.state import (
     fewest_steps,
 )
 
-__all__ = ["NO_TIME", "MemberStep", "RunStep"]
+__all__ = ["NO_TIME", "MemberStep", "RunStep", "stream_seed"]
 
 _T = TypeVar("_T")
 
@@ -493,7 +494,7 @@ class MemberStep(nn.Module):
         prefix: str,
         *,
         samples: int = 0,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> torch.Tensor:
         """``[B, H, O]`` float64 raw units: roll out from the state (which is not changed).
 
@@ -522,7 +523,7 @@ class MemberStep(nn.Module):
         prefix: str,
         *,
         samples: int = 0,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> Iterator[torch.Tensor]:
         """:meth:`forecast` one step at a time: yields each step's ``[B, O]`` (``[B * samples,
         O]``) raw values, so a caller can interleave members and report progress."""
@@ -545,7 +546,7 @@ class MemberStep(nn.Module):
         z = transforms[prefix + "output"]  # (B, O) model space: the last step's output
         if samples:
             model: Any = self.model
-            z = model.distribution(transforms[prefix + "parameters"]).sample(generator=generator)
+            z = _draw(model, transforms[prefix + "parameters"], generator)
         location = transforms.get(prefix + "location", empty)
         scale = transforms.get(prefix + "scale", empty)
         scaled_covariates = None
@@ -583,10 +584,37 @@ class MemberStep(nn.Module):
                 x[:, 0, self.feature_count :] = calendar[:, h]
             if samples:
                 raw, model_state = model.distribution_parameters(x, model_state)
-                z = model.distribution(raw[:, 0]).sample(generator=generator)
+                z = _draw(model, raw[:, 0], generator)
             else:
                 y, model_state = self.model(x, model_state)
                 z = y[:, 0]
+
+
+#: Where sample paths draw from: one generator per stream (its ``samples`` rows, in stream
+#: order), one for every row, or torch's default.
+Generators = Sequence[torch.Generator] | torch.Generator | None
+
+
+def _draw(model: Any, raw: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """One draw per row of ``raw [B * S, k * O]`` (stream b's S paths: rows b*S .. b*S+S-1)
+    in model space; with one generator per stream, each stream's rows from its own, so its
+    draws do not depend on the other streams in the call."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return model.distribution(raw).sample(generator=generator)
+    size = raw.shape[0] // len(generator)
+    parts = [
+        model.distribution(raw[b * size : (b + 1) * size]).sample(generator=g)
+        for b, g in enumerate(generator)
+    ]
+    return torch.cat(parts)
+
+
+def stream_seed(seed: int, key: Any) -> int:
+    """The seed of one stream's sample paths: from the call's ``seed`` and the stream's key
+    (its series id; None for a run without one), so a series draws the same paths alone, in
+    any panel, in the CLI and on the server."""
+    text = f"{int(seed)}:{'' if key is None else key}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 
 
 def _paths(steps: list[torch.Tensor], samples: int) -> torch.Tensor:
@@ -1041,7 +1069,7 @@ class RunStep(nn.Module):
         covariates: torch.Tensor | None,
         horizon: int,
         samples: int,
-        generator: torch.Generator | None,
+        generator: Generators,
         on_step: OnStep | None,
     ) -> torch.Tensor:
         """Every member's roll-out, step by step side by side (so progress is reported as the
@@ -1078,6 +1106,7 @@ class RunStep(nn.Module):
         times: Any = None,
         samples: int,
         seed: int | None = None,
+        keys: Sequence[Any] | None = None,
         on_step: OnStep | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample paths from the streams' current state (not changed): each path draws every
@@ -1086,6 +1115,11 @@ class RunStep(nn.Module):
         where validation chose baselines, the paths are re-centred on the selection's answer
         (the paths' median combined with the baselines' forecasts by the selection's weights,
         as the point forecast is) and keep the network's spread about it.
+
+        Each stream draws from its own generator, seeded by ``seed`` and its key
+        (:func:`stream_seed`): ``keys`` one per stream, its series id (``RunForecaster`` and
+        the server pass them), default its row. A stream's paths then depend on the seed, its
+        key and its state alone, not on which other streams share the call.
 
         Returns:
             ``(times [B, H] int64, paths [B, K * samples, H, O] float64 raw units)``.
@@ -1101,11 +1135,16 @@ class RunStep(nn.Module):
         _check_on_step(on_step)
         times_t = self._future_times(state, horizon, times)
         covariates_t = self._check_covariates(covariates, state.batch_size, horizon)
-        generator = torch.Generator()
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(int(seed))
+        if keys is None:
+            keys = range(state.batch_size)
+        elif isinstance(keys, str) or len(keys) != state.batch_size:
+            raise ValueError(
+                f"keys must hold one key (series id) per stream: {state.batch_size}; received "
+                f"{keys!r:.80}"
+            )
+        if seed is None:  # (fresh paths: a random base seed, one stream seed per key as ever)
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        generator = [torch.Generator().manual_seed(stream_seed(int(seed), key)) for key in keys]
         with torch.no_grad():
             members = self._roll_out(
                 state, times_t, covariates_t, horizon, int(samples), generator, on_step
