@@ -484,8 +484,10 @@ def _interpolate(
     # each level's distance into a tail on the log scale (0 inside the grid): Python numbers
     up = [math.log((1 - grid[-1]) / (1 - q)) if q > grid[-1] else 0.0 for q in levels]
     down = [math.log(grid[0] / q) if q < grid[0] else 0.0 for q in levels]
-    options = {"dtype": values.dtype, "device": values.device}
-    return inside + above * torch.tensor(up, **options) - below * torch.tensor(down, **options)
+    dtype, device = values.dtype, values.device
+    distance_up = torch.tensor(up, dtype=dtype, device=device)
+    distance_down = torch.tensor(down, dtype=dtype, device=device)
+    return inside + above * distance_up - below * distance_down
 
 
 def _interpolate_at(
