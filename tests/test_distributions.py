@@ -269,15 +269,16 @@ def test_float32_heads_keep_their_precision_where_lgamma_cancels() -> None:
 
 
 def test_levels_whose_column_names_collide_are_refused() -> None:
+    # Where levels name columns (forecast's --quantiles, a sampled Forecast's quantiles()),
+    # two levels written alike would overwrite each other: refused; elsewhere they are numbers.
     from seqstate.cli.run import _levels
     from seqstate.cli.settings import CliError
-    from seqstate.recipe.intervals import check_levels
+    from seqstate.core.distributions import check_quantile_names
 
     assert quantile_name(0.025) == "q2.5" and quantile_name(1e-8) == "q0.000001"
     with pytest.raises(ValueError, match=r"1e-09 and 2e-09 are both written 'q0'"):
-        check_levels([1e-9, 2e-9])
-    with pytest.raises(ValueError, match=r"both written 'q12\.345679'"):
-        DistributionHead("quantile", (0.123456789, 0.1234567891))
+        check_quantile_names([1e-9, 2e-9], "levels")
     with pytest.raises(CliError, match="--quantiles: levels"):
         _levels("1e-9,2e-9")
     assert _levels("0.1,0.9,0.1") == (0.1, 0.9)  # a repeated level is one column
+    DistributionHead("quantile", (0.123456789, 0.1234567891))  # (a head's levels name nothing)

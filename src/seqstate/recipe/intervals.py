@@ -74,8 +74,6 @@ from typing import Any
 
 import numpy as np
 
-from seqstate.core.distributions import check_quantile_names
-
 __all__ = [
     "DEFAULT_LEVELS",
     "FLOOR_PATHS",
@@ -211,7 +209,6 @@ def check_levels(levels: Any, argument: str = "levels", *, sort: bool = True) ->
         values.append(float(level))
     if not values:
         raise ValueError(f"{argument} is empty; give at least one level, like (0.1, 0.9)")
-    check_quantile_names(values, argument)
     return tuple(sorted(set(values))) if sort else tuple(values)
 
 
