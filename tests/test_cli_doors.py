@@ -116,3 +116,25 @@ def test_a_series_too_short_for_its_own_calendar_forecasts_on_the_runs(run):
     assert stamps["one"] == ["2005Q1", "2005Q2", "2005Q3"]
     assert stamps["two"] == ["2004Q2", "2004Q3", "2004Q4"]
     assert stamps["a"] == ["2005Q1", "2005Q2", "2005Q3"]
+
+
+def test_zone_aware_times_come_back_in_their_zone(tmp_path):
+    # A parquet column of Europe/Berlin times was read as UTC and written back naive: an
+    # hour off the local time the user reads (the first forecast step looked like the last).
+    pytest.importorskip("pyarrow")
+    stamps = pd.date_range("2024-01-01", periods=60, freq="D", tz="Europe/Berlin")
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"t": stamps, "y": 5 + np.sin(np.arange(60)) + rng.normal(size=60) * 0.1})
+    frame.to_parquet(tmp_path / "zoned.parquet")
+    args = ["train", str(tmp_path / "zoned.parquet"), "-f", "y", "--time", "t", *SMALL]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    for name in ("f.csv", "f.parquet"):
+        forecast = ["forecast", str(tmp_path / "run"), str(tmp_path / "zoned.parquet")]
+        assert main([*forecast, "--horizon", "2", "--out", str(tmp_path / name)]) == 0
+    written = pd.read_parquet(tmp_path / "f.parquet")["t"]
+    assert str(written.dt.tz) == "Europe/Berlin"
+    assert list(written) == list(
+        pd.date_range("2024-03-01", periods=2, freq="D", tz="Europe/Berlin")
+    )
+    text = pd.read_csv(tmp_path / "f.csv")["t"]
+    assert list(text) == ["2024-03-01 00:00:00+01:00", "2024-03-02 00:00:00+01:00"]

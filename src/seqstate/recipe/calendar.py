@@ -32,6 +32,7 @@ __all__ = [
     "FIRST_SECOND",
     "LAST_SECOND",
     "MIN_CYCLES",
+    "ZONE_FORM",
     "Frequency",
     "calendar_kinds",
     "check_date_range",
@@ -48,6 +49,7 @@ __all__ = [
     "season_length",
     "season_lengths",
     "written_format",
+    "written_readings",
 ]
 
 #: The Unix seconds a calendar can stamp: the datetime64[ns] range (1677-09-21T00:12:44 ..
@@ -96,6 +98,19 @@ def format_time(value: Any) -> str:
     if hasattr(value, "to_datetime64"):  # pandas Timestamp
         return format_time(value.to_datetime64())
     return str(value.item() if isinstance(value, np.generic) else value)
+
+
+def written_readings(text: Any) -> list[Any]:
+    """Which values of ``text`` (a pandas Series of str, or None) each written date form of
+    :func:`parse_times` reads (boolean Series): quarters, then its text formats; a reader
+    names the value the best of them cannot read."""
+    import pandas as pd
+
+    stripped = text.map(lambda value: value.strip() if isinstance(value, str) else None)
+    quarters = stripped.map(lambda value: isinstance(value, str) and bool(_QUARTER.match(value)))
+    return [quarters.astype(bool)] + [
+        pd.to_datetime(stripped, format=form, errors="coerce").notna() for form in _TEXT_FORMATS
+    ]
 
 
 def parse_times(values: Sequence[Any] | np.ndarray, name: str = "time") -> np.ndarray:
@@ -216,15 +231,25 @@ def written_format(text: Sequence[Any] | np.ndarray, times: np.ndarray) -> str |
     return None
 
 
+#: The time format of a column of zone-aware datetimes: this prefix, then the zone's name
+#: (``"tz:Europe/Berlin"``); its times are read as UTC and written back in that zone.
+ZONE_FORM = "tz:"
+
+
 def format_times(times: np.ndarray, form: str | None) -> np.ndarray:
     """``datetime64`` ``times`` written with ``form`` (from :func:`written_format`) as an
     object array of strings; the times themselves when ``form`` is None. A form ending in
-    ``"|<offset>"`` writes UTC ``times`` as wall times at that offset, the offset after them."""
+    ``"|<offset>"`` writes UTC ``times`` as wall times at that offset, the offset after them;
+    ``"tz:<zone>"`` (a column of zone-aware datetimes, as a parquet file holds) gives them as
+    zone-aware timestamps in that zone (:data:`ZONE_FORM`)."""
     import pandas as pd
 
     if form is None:
         return np.asarray(times)
     stamps = np.asarray(times).astype("datetime64[ns]")
+    if form.startswith(ZONE_FORM):  # (UTC inside, as the reader converted them)
+        zone = form[len(ZONE_FORM) :]
+        return np.array(list(pd.DatetimeIndex(stamps).tz_localize("UTC").tz_convert(zone)))
     offset = ""
     if "|" in form:
         form, offset = form.split("|", 1)

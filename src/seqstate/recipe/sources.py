@@ -27,6 +27,7 @@ Splits and normalisation live in :mod:`seqstate.recipe.splits`, the table classe
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import itertools
 import os
@@ -108,8 +109,9 @@ def _as_names(value: Any, argument: str, *, allow_empty: bool = False) -> tuple[
     return names
 
 
-def _read_frame(source: Any) -> tuple[Any, str, bool]:
-    """(DataFrame, description, from_file)."""
+def _read_frame(source: Any, id_column: str | None = None) -> tuple[Any, str, bool]:
+    """(DataFrame, description, from_file). A CSV/TSV's ``id_column`` is read as text where
+    reading it as numbers would change an id (:func:`_ids_as_written`)."""
     import pandas as pd
 
     if isinstance(source, pd.DataFrame):
@@ -132,13 +134,49 @@ def _read_frame(source: Any) -> tuple[Any, str, bool]:
     if kind == "parquet":
         frame = pd.read_parquet(path)
     else:
+        sep = "\t" if kind == "tsv" else ","
         try:
-            frame = pd.read_csv(path, sep="\t" if kind == "tsv" else ",")
+            frame = pd.read_csv(path, sep=sep)
         except pd.errors.EmptyDataError:
             raise ValueError(
                 f"{path.name} is empty; expected a header row and data rows."
             ) from None
+        if id_column is not None and id_column in frame.columns:
+            frame = _ids_as_written(frame, path, sep, id_column)
     return frame, path.name, True
+
+
+def _ids_as_written(frame: Any, path: Path, sep: str, name: str) -> Any:
+    """``frame`` with its id column ``name`` read as the text the file holds, where pandas'
+    reading of it as numbers (or True/False) changed an id: ``001`` read as 1 (forecasts would
+    write ``1``, which no longer joins the input), or ``01``, ``1`` and ``001`` (``1`` and
+    ``1.0``, `` 1`` and ``1``) merged into one series. Ids that a number writes back exactly
+    as the file does (``1``, ``2``, ``10``; ``1.5``) stay numbers, as before: runs trained on
+    them stored them as numbers."""
+    import pandas as pd
+
+    column = frame[name]
+    if not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)):
+        return frame  # already text: read as written
+    if not isinstance(frame.index, pd.RangeIndex):
+        return frame  # rows longer than the header: pandas made the first column an index
+    try:
+        position = list(frame.columns).index(name)
+        text = pd.read_csv(path, sep=sep, usecols=[position], dtype=str).iloc[:, 0]
+    except (ValueError, pd.errors.ParserError):
+        return frame  # not expected: keep the reading as it was
+    read = column.notna().to_numpy()
+    if len(text) != len(column) or not np.array_equal(text.notna().to_numpy(), read):
+        return frame  # not the same cells (not expected): keep the reading as it was
+    pairs = pd.DataFrame({"text": text[read], "value": column[read]}).drop_duplicates()
+    unchanged = all(
+        str(written).strip() == str(_plain(value))
+        for written, value in zip(pairs["text"], pairs["value"], strict=True)
+    )
+    if unchanged and pairs["value"].nunique() == len(pairs):
+        return frame
+    frame[name] = text
+    return frame
 
 
 def _check_columns(frame: Any, wanted: dict[str, str | None], source: str) -> None:
@@ -216,36 +254,76 @@ def _time_column(frame: Any, name: str, rows: _Rows) -> np.ndarray:
             )
         return column.to_numpy()
     else:
+        # Missing cells first: the readings below would blame some other row for them.
+        blank = column.isna().to_numpy() | column.map(
+            lambda value: isinstance(value, str) and not value.strip()
+        ).to_numpy(dtype=bool)
+        if blank.any():
+            raise ValueError(
+                f"time column {name!r} is missing at {rows.name(int(np.flatnonzero(blank)[0]))}; "
+                "every row needs a time."
+            )
+        if column.dtype == object and column.map(_is_date_value).all():
+            # Python dates and datetimes (a Parquet date32 column reads as datetime.date);
+            # datetimes with an offset become UTC wall time, as for a datetime64 column.
+            try:
+                parsed = pd.to_datetime(column, utc=True)
+            except (ValueError, OverflowError):  # pandas 2: a date past datetime64[ns]
+                parsed = pd.to_datetime(column, utc=True, errors="coerce")
+            return _checked_times(parsed.dt.tz_localize(None), column, name, rows)
         # Text: all numbers (read as strings) or all ISO-8601 dates; report the first value
         # that fits neither, judged against the reading that fits more of the column.
         numbers = pd.to_numeric(column, errors="coerce")
         if numbers.notna().all():
             return _time_column(frame.assign(**{name: numbers}), name, rows)
+        from seqstate.recipe.calendar import parse_times, written_readings
+
         text = column.map(lambda value: value if isinstance(value, str) else None)
         parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
         if not parsed.notna().all() and text.notna().all():
             # Not ISO 8601: dates as people write them ("1939 Jan", "1939Q1", "1939M01").
-            from seqstate.recipe.calendar import parse_times
-
             try:
                 return parse_times(text.to_numpy(dtype=object), f"time column {name!r}")
             except ValueError:
                 pass  # the message below names the row
         if not parsed.notna().all():
-            failed = numbers if numbers.notna().sum() > parsed.notna().sum() else parsed
-            position = int(np.flatnonzero(failed.isna().to_numpy())[0])
+            # the reading that reads most of the column (ISO 8601 on a tie) names the value
+            # it cannot read; a quarter column's first row is not the culprit
+            readings = [parsed.notna(), numbers.notna(), *written_readings(text)]
+            best = max(readings, key=lambda read: int(read.sum()))
+            position = int(np.flatnonzero(~best.to_numpy(dtype=bool))[0])
             value = column.iloc[position]
-            if pd.isna(value):
-                raise ValueError(
-                    f"time column {name!r} is missing at {rows.name(position)}; every row "
-                    "needs a time."
-                )
             raise ValueError(
                 f"time column {name!r} holds {_plain(value)!r} at {rows.name(position)}, which "
                 "is neither a number nor a date/time in one format for the whole column (like "
                 "2024-01-31, 2024-01-31T12:00:00, 2024-01, '2024 Jan', 2024Q1 or 2024M01)."
             )
         parsed = parsed.dt.tz_localize(None)
+    return _checked_times(parsed, column, name, rows)
+
+
+def _is_date_value(value: Any) -> bool:
+    """A date or datetime object (``datetime.date``, ``datetime.datetime``, a pandas
+    Timestamp or a NumPy datetime64), not text."""
+    return isinstance(value, datetime.date | np.datetime64)
+
+
+def _checked_times(parsed: Any, column: Any, name: str, rows: _Rows) -> np.ndarray:
+    """``parsed`` (naive datetimes, any unit) as datetime64[ns], refusing missing times and
+    dates datetime64[ns] cannot hold (converting them would wrap them to other dates)."""
+    import pandas as pd
+
+    unread = (parsed.isna() & column.notna()).to_numpy(dtype=bool)
+    outside = np.flatnonzero(
+        unread | ((parsed < pd.Timestamp.min) | (parsed > pd.Timestamp.max)).to_numpy(dtype=bool)
+    )
+    if outside.size:
+        position = int(outside[0])
+        raise ValueError(
+            f"time column {name!r} holds {str(column.iloc[position])!r} at "
+            f"{rows.name(position)}, outside the dates seqstate can hold (1677-09-21 to "
+            "2262-04-11, datetime64[ns])."
+        )
     values = parsed.to_numpy(dtype="datetime64[ns]")
     bad = np.flatnonzero(np.isnat(values))
     if bad.size:
@@ -277,9 +355,12 @@ def read_table(
         features: input columns (a list, or one comma-separated string), in model order.
         targets: target columns (may include feature columns, e.g. to forecast them). For
             ``task="classification"``: one column of integer class indices.
-        id_column: column naming the series; ``None`` reads the table as one series.
-        time_column: column to sort by inside each series (numbers, datetimes or ISO-8601
-            strings); ``None`` keeps the rows' order.
+        id_column: column naming the series; ``None`` reads the table as one series. A CSV's
+            ids are read as numbers only where the numbers write them back as the file does
+            (``1``, ``10``); ``001``, or ``1`` beside ``01``, stay text as written.
+        time_column: column to sort by inside each series (numbers, datetimes, date objects
+            or dates as text, :func:`seqstate.recipe.calendar.parse_times`); ``None`` keeps the
+            rows' order.
         shift: ``y[t]`` is the target columns at step ``t + shift`` (1: next step; 0: same step).
         task: ``"regression"`` or ``"classification"``.
         require_targets: False to read tables for prediction: ``targets`` are then read only
@@ -331,7 +412,7 @@ def read_table(
                 "target."
             )
 
-    frame, description, from_file = _read_frame(source)
+    frame, description, from_file = _read_frame(source, id_column)
     if len(frame) == 0:
         raise ValueError(f"{description} has no data rows.")
     if not require_targets and any(name not in frame.columns for name in target_names):
@@ -363,10 +444,13 @@ def read_table(
     )
     time_format = None
     if time_column is not None and np.issubdtype(times.dtype, np.datetime64):
-        from seqstate.recipe.calendar import written_format
+        from seqstate.recipe.calendar import ZONE_FORM, written_format
 
         raw = frame[time_column]
-        if not pd_is_datetime(raw):
+        zone = getattr(getattr(raw, "dt", None), "tz", None) if pd_is_datetime(raw) else None
+        if zone is not None:  # read as UTC; written back in the column's zone
+            time_format = ZONE_FORM + str(zone)
+        elif not pd_is_datetime(raw):
             time_format = written_format(raw.to_numpy(dtype=object), times)
 
     # Group by id in order of first appearance; codes keep the grouping O(N log N).

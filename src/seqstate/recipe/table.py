@@ -68,8 +68,9 @@ class SequenceTable:
         rows: one ``[L_i]`` int64 array per series: the 0-based position in the read table
             of each step (None when the table was not read by ``read_table``).
         time_format: how a text time column was written (``"%YQ%q"`` for ``1998Q1``, see
-            :func:`seqstate.recipe.calendar.written_format`), so output times keep it; None
-            for numbers, datetimes and forms no pattern writes back exactly.
+            :func:`seqstate.recipe.calendar.written_format`), or the zone of a column of
+            zone-aware datetimes (``"tz:Europe/Berlin"``, read as UTC), so output times keep
+            it; None for numbers, naive datetimes and forms no pattern writes back exactly.
     """
 
     columns: Columns
