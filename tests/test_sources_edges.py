@@ -185,3 +185,26 @@ def test_dates_past_what_datetime64_ns_holds_are_refused_with_their_row():
     frame = pd.DataFrame({"t": ["2020-01-01", "3000-01-01"], "y": [1.0, 2.0]})
     with pytest.raises(ValueError, match=r"holds '3000-01-01' at the row with index label 1"):
         read_table(frame, features=["y"], time_column="t")
+
+
+def test_rows_ending_in_a_delimiter_keep_their_columns(tmp_path):
+    # pandas took the first column for an index when every data row ended in a comma: each
+    # column then held its right-hand neighbour's values (ids read as times...)
+    path = tmp_path / "trailing.csv"
+    path.write_text("id,t,y\na,1,2.0,\na,2,3.0,\nb,1,4.0,\nb,2,5.0,\n")
+    table = read_table(path, features=["y"], id_column="id", time_column="t")
+    assert table.ids == ["a", "b"]
+    assert [f.ravel().tolist() for f in table.features] == [[2.0, 3.0], [4.0, 5.0]]
+
+
+def test_doctor_reads_ids_as_train_does(tmp_path, capsys):
+    # doctor read the file with its own reader, which merged 01, 1 and 001 into one series
+    # (and reported their times as repeated)
+    from seqstate.cli import main
+
+    path = tmp_path / "ids.csv"
+    rows = [f"{i},{t},{float(t)}" for i in ("01", "1", "001") for t in range(30)]
+    path.write_text("id,t,y\n" + "\n".join(rows) + "\n")
+    main(["doctor", str(path), "-f", "y", "--id", "id", "--time", "t"])
+    out = capsys.readouterr().out
+    assert "3 series, 90 steps" in out and "repeats a time" not in out, out

@@ -21,7 +21,6 @@ __all__ = [
     "check_frame",
     "diagnose",
     "order_warning",
-    "read_frame",
     "source_name",
 ]
 
@@ -135,7 +134,7 @@ def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
     """
     import copy
 
-    from seqstate.recipe.sources import constant_columns
+    from seqstate.recipe.sources import constant_columns, read_frame
     from seqstate.recipe.training import lanes_for, plan_training, read_training_table
 
     report = Report()
@@ -143,7 +142,7 @@ def diagnose(settings: dict[str, dict[str, Any]]) -> Report:
     data, layout, model = settings["data"], settings["layout"], settings["model"]
     report.facts.append(("Data", str(data["path"])))
     try:
-        frame = read_frame(data["path"])
+        frame, _, _ = read_frame(data["path"], data["id"])
     except (ValueError, TypeError, OSError) as error:
         report.problems.append(f"{error}")
         return report
@@ -461,27 +460,6 @@ def source_name(source: Any) -> str:
     import pandas as pd
 
     return "DataFrame" if isinstance(source, pd.DataFrame) else Path(str(source)).name
-
-
-def read_frame(source: Any) -> Any:
-    """The table as a pandas DataFrame (a path to .csv/.tsv/.parquet, or a DataFrame)."""
-    import pandas as pd
-
-    if isinstance(source, pd.DataFrame):
-        return source
-    from seqstate.recipe.sources import read_table
-
-    path = Path(str(source))
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".tsv", ".parquet", ".pq") or not path.is_file():
-        # read_table's own message names the path, the suffixes or the missing file
-        read_table(path, features=["?"])
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    try:
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{path.name} is empty; expected a header row and data rows.") from None
 
 
 def check_frame(frame: Any, data: dict[str, Any], *, source: str = "DataFrame") -> FrameCheck:

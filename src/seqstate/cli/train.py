@@ -68,13 +68,14 @@ def _train_run(args: argparse.Namespace, *, main: bool) -> int:
 def _warn_order(settings: dict[str, dict[str, Any]], announce: Any) -> None:
     """Without a time column the file's order is the time order: say so when a column that
     looks like a time says otherwise (``doctor`` warns the same)."""
-    from seqstate.cli.doctor import order_warning, read_frame, source_name
+    from seqstate.cli.doctor import order_warning, source_name
+    from seqstate.recipe.sources import read_frame
 
     data = settings["data"]
     if data["time"] is not None:
         return
     try:
-        frame = read_frame(data["path"])
+        frame, _, _ = read_frame(data["path"], data["id"])
     except (ValueError, TypeError, OSError):
         return  # train's own reading reports it
     warning = order_warning(frame, data, source=source_name(data["path"]))

@@ -46,6 +46,7 @@ __all__ = [
     "Columns",
     "Normalization",
     "SequenceTable",
+    "read_frame",
     "read_table",
     "split_table",
 ]
@@ -109,9 +110,11 @@ def _as_names(value: Any, argument: str, *, allow_empty: bool = False) -> tuple[
     return names
 
 
-def _read_frame(source: Any, id_column: str | None = None) -> tuple[Any, str, bool]:
-    """(DataFrame, description, from_file). A CSV/TSV's ``id_column`` is read as text where
-    reading it as numbers would change an id (:func:`_ids_as_written`)."""
+def read_frame(source: Any, id_column: str | None = None) -> tuple[Any, str, bool]:
+    """``source`` (a DataFrame or a .csv/.tsv/.parquet path) as ``(DataFrame, description,
+    from_file)``, as :func:`read_table` and ``doctor`` read it: a CSV/TSV's ``id_column`` as
+    text where reading it as numbers would change an id (:func:`_ids_as_written`), and a
+    delimiter at the end of each line not taken for an index column."""
     import pandas as pd
 
     if isinstance(source, pd.DataFrame):
@@ -136,7 +139,8 @@ def _read_frame(source: Any, id_column: str | None = None) -> tuple[Any, str, bo
     else:
         sep = "\t" if kind == "tsv" else ","
         try:
-            frame = pd.read_csv(path, sep=sep)
+            # (index_col=False: rows ending in a delimiter would shift every column by one)
+            frame = pd.read_csv(path, sep=sep, index_col=False)
         except pd.errors.EmptyDataError:
             raise ValueError(
                 f"{path.name} is empty; expected a header row and data rows."
@@ -412,7 +416,7 @@ def read_table(
                 "target."
             )
 
-    frame, description, from_file = _read_frame(source, id_column)
+    frame, description, from_file = read_frame(source, id_column)
     if len(frame) == 0:
         raise ValueError(f"{description} has no data rows.")
     if not require_targets and any(name not in frame.columns for name in target_names):
