@@ -208,3 +208,20 @@ def test_doctor_reads_ids_as_train_does(tmp_path, capsys):
     main(["doctor", str(path), "-f", "y", "--id", "id", "--time", "t"])
     out = capsys.readouterr().out
     assert "3 series, 90 steps" in out and "repeats a time" not in out, out
+
+
+@pytest.mark.parametrize(
+    "written", [["2024Q1", "3000Q2", "2024Q3"], ["2024 Jan", "3000 Feb", "2024 Mar"]]
+)
+def test_written_dates_past_what_datetime64_ns_holds_name_their_row(written):
+    # pandas reads 3000Q2 in seconds; cast to nanoseconds it was 1831 (an IndexError in the
+    # message's row search, once parse_times caught it)
+    from seqstate.recipe.calendar import DateOutOfRange, parse_times
+
+    frame = pd.DataFrame({"q": written, "y": [1.0, 2.0, 3.0]})
+    with pytest.raises(
+        ValueError, match=r"holds '3000 ?\w+' at the row with index label 1, a date outside"
+    ):
+        read_table(frame, features=["y"], time_column="q")
+    with pytest.raises(DateOutOfRange, match=r"\(value 1\), a date outside 1677-09-21"):
+        parse_times(written)

@@ -33,6 +33,7 @@ __all__ = [
     "LAST_SECOND",
     "MIN_CYCLES",
     "ZONE_FORM",
+    "DateOutOfRange",
     "Frequency",
     "calendar_kinds",
     "check_date_range",
@@ -144,7 +145,8 @@ def parse_times(values: Sequence[Any] | np.ndarray, name: str = "time") -> np.nd
             quarter=quarters[1].astype(int).to_numpy(),
             freq="Q",
         )
-        return np.asarray(periods.to_timestamp(how="start"), dtype="datetime64[ns]")
+        starts = np.asarray(periods.to_timestamp(how="start"))
+        return _in_range_ns(starts, text, name)
     best: tuple[int, Any] = (-1, None)
     for form in ("ISO8601", *_TEXT_FORMATS):
         # utc: text with offsets (which may change with daylight saving) as UTC instants
@@ -152,7 +154,7 @@ def parse_times(values: Sequence[Any] | np.ndarray, name: str = "time") -> np.nd
         parsed = pd.to_datetime(text, format=form, errors="coerce", utc=utc)
         read = int(parsed.notna().sum())
         if read == len(text):
-            return _naive_ns(parsed)
+            return _in_range_ns(_naive(parsed), text, name)
         if read > best[0]:
             best = (read, parsed)
     failed = best[1] if best[1] is not None else text
@@ -263,10 +265,36 @@ def format_times(times: np.ndarray, form: str | None) -> np.ndarray:
     return np.array([text + offset for text in index.strftime(form)], dtype=object)
 
 
-def _naive_ns(parsed: Any) -> np.ndarray:
+def _naive(parsed: Any) -> np.ndarray:
+    """Parsed datetimes (a Series, any unit) as naive UTC datetime64 in their own unit."""
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-    return parsed.to_numpy(dtype="datetime64[ns]")
+    return parsed.to_numpy()
+
+
+def _in_range_ns(stamps: np.ndarray, text: Any, name: str) -> np.ndarray:
+    """``stamps`` (datetime64, any unit) as datetime64[ns], refusing a date outside what it
+    holds (1677-09-21 .. 2262-04-11): pandas reads 3000Q1 in seconds, and a cast to
+    nanoseconds would wrap it to 1830 silently."""
+    seconds = stamps.astype("datetime64[s]").astype(np.int64)
+    outside = np.flatnonzero((seconds < FIRST_SECOND) | (seconds > LAST_SECOND))
+    if outside.size:
+        position = int(outside[0])
+        raise DateOutOfRange(
+            f"{name} holds {text.iloc[position]!r} (value {position}), a date outside "
+            "1677-09-21 .. 2262-04-11 (the dates a calendar stamps, datetime64[ns])",
+            position,
+        )
+    return stamps.astype("datetime64[ns]")
+
+
+class DateOutOfRange(ValueError):
+    """A date written as text that datetime64[ns] cannot hold; ``position``: its value's
+    index in the column (a reader names its row)."""
+
+    def __init__(self, message: str, position: int) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 # --------------------------------------------------------------------------------------------

@@ -280,7 +280,7 @@ def _time_column(frame: Any, name: str, rows: _Rows) -> np.ndarray:
         numbers = pd.to_numeric(column, errors="coerce")
         if numbers.notna().all():
             return _time_column(frame.assign(**{name: numbers}), name, rows)
-        from seqstate.recipe.calendar import parse_times, written_readings
+        from seqstate.recipe.calendar import DateOutOfRange, parse_times, written_readings
 
         text = column.map(lambda value: value if isinstance(value, str) else None)
         parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
@@ -288,6 +288,12 @@ def _time_column(frame: Any, name: str, rows: _Rows) -> np.ndarray:
             # Not ISO 8601: dates as people write them ("1939 Jan", "1939Q1", "1939M01").
             try:
                 return parse_times(text.to_numpy(dtype=object), f"time column {name!r}")
+            except DateOutOfRange as error:
+                raise ValueError(
+                    f"time column {name!r} holds {_plain(column.iloc[error.position])!r} at "
+                    f"{rows.name(error.position)}, a date outside 1677-09-21 .. 2262-04-11 (the "
+                    "dates a calendar stamps); fix that row or drop it."
+                ) from None
             except ValueError:
                 pass  # the message below names the row
         if not parsed.notna().all():
