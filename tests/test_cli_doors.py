@@ -138,3 +138,13 @@ def test_zone_aware_times_come_back_in_their_zone(tmp_path):
     )
     text = pd.read_csv(tmp_path / "f.csv")["t"]
     assert list(text) == ["2024-03-01 00:00:00+01:00", "2024-03-02 00:00:00+01:00"]
+
+
+def test_forecast_quiet_prints_nothing(run, capsys):
+    out = run / "quiet.csv"
+    args = ["forecast", str(run / "run"), str(run / "q.csv"), "--horizon", "2", "--out", str(out)]
+    assert main([*args, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and out.exists()
+    assert main([*args, "--samples", "5", "-q"]) == 0
+    assert capsys.readouterr().out == ""

@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-progress", action="store_true", help="no progress bar (long horizons show one)"
     )
     forecast.add_argument(
+        "--quiet", "-q", action="store_true", help="print nothing (errors still go to stderr)"
+    )
+    forecast.add_argument(
         "--samples",
         type=int,
         help="sample paths per series (a run trained with --distribution): the median and "

@@ -474,19 +474,23 @@ def handle_forecast(args: argparse.Namespace) -> int:
     if samples is not None:
         frame = _sampled_frame(args, forecaster, columns, table, future, names, stamps)
         _write_frame(frame, target, kind)
+        if args.quiet:
+            return 0
         print(
             f"wrote {len(frame)} rows to {target}: {horizon} step(s) past the end of each of "
             f"{len(table)} series, the median and quantiles of {samples} sample paths"
         )
         return 0
     levels = _levels(getattr(args, "quantiles", None))
-    with forecast_progress(horizon, quiet=args.no_progress) as on_step:
+    with forecast_progress(horizon, quiet=args.no_progress or args.quiet) as on_step:
         outputs = forecaster.forecast_outputs(table, horizon, future, on_step=on_step)
     several = len(forecaster.members) > 1
     frame = _output_frame(
         columns, table, outputs, names, stamps, several, horizon=horizon, levels=levels
     )
     _write_frame(frame, target, kind)
+    if args.quiet:
+        return 0
     members = (
         f" (the mean of {len(forecaster.members)} seeds; *_spread: their std)" if several else ""
     )
