@@ -148,3 +148,11 @@ def test_forecast_quiet_prints_nothing(run, capsys):
     assert captured.out == "" and out.exists()
     assert main([*args, "--samples", "5", "-q"]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_a_calendar_feature_that_never_changes_is_refused(run, capsys):
+    # --calendar hour on quarterly data added two constant columns without a word
+    args = ["train", str(run / "q.csv"), "-f", "y", "--id", "id", "--time", "quarter", *SMALL]
+    assert main([*args, "--calendar", "hour", "--out", str(run / "hourly")]) == 1
+    assert "calendar feature 'hour' is the same at every time" in capsys.readouterr().err
+    assert not (run / "hourly").exists()

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from seqstate.recipe.choices import Suggestion, season_of, suggest
-from seqstate.recipe.covariates import calendar_names, parse_calendar
+from seqstate.recipe.covariates import calendar_features, calendar_names, parse_calendar
 from seqstate.recipe.scaling import Scaling, ScalingConfig, transform_table
 
 __all__ = [
@@ -154,6 +157,7 @@ def resolve(train: Any, settings: dict[str, Any]) -> Preparation:
             )
     else:
         calendar = parse_calendar(calendar_value)
+        _check_calendar_varies(train, calendar)
     config = ScalingConfig(
         method=method,
         transform=values["transform"],
@@ -161,6 +165,23 @@ def resolve(train: Any, settings: dict[str, Any]) -> Preparation:
         season=season,
     )
     return Preparation(config, tuple(calendar), tuple(reasons), suggestion.hints)
+
+
+def _check_calendar_varies(table: Any, kinds: Sequence[str]) -> None:
+    """Refuse a calendar feature asked for by name whose columns never change in ``table``
+    (``--calendar hour`` on quarterly data: every time is at midnight), as constant inputs a
+    model cannot use; naming it was a mistake the user should hear of."""
+    if not kinds or not all(np.issubdtype(np.asarray(t).dtype, np.datetime64) for t in table.times):
+        return  # (numbers as times: the calendar's own check refuses them)
+    times = np.concatenate([np.asarray(t) for t in table.times])
+    for kind in kinds:
+        columns = calendar_features(times, [kind])
+        if len(times) > 1 and bool((columns == columns[:1]).all()):
+            raise ValueError(
+                f"calendar feature {kind!r} is the same at every time of the table (its "
+                "columns would be constant); leave it out of --calendar (or use --calendar "
+                "auto, which picks the features the data's calendar carries)"
+            )
 
 
 def prepare(
