@@ -107,3 +107,14 @@ def test_the_old_module_paths_resolve_to_choices_with_a_warning() -> None:
             module = importlib.import_module(old)
         assert module is choices
     assert choices.Defaults is choices.Choices
+
+
+@pytest.mark.parametrize("lengths", [[40, 40], [120], [30, 31, 29], [50] * 7])
+@pytest.mark.parametrize("share", [2, 3, 4])
+def test_a_distributed_run_gets_lanes_its_processes_share_equally(lengths, share):
+    # `torchrun --nproc_per_node N seqstate train --distributed` chose lanes from the data
+    # alone (1 or 3 for 2 processes), and every rank refused them
+    chosen = choose(lengths, share=share)
+    assert chosen["lanes"] % share == 0 and chosen["lanes"] >= choose(lengths)["lanes"]
+    assert f"a multiple of the {share} processes" in chosen.text()
+    assert choose(lengths, lanes=5, share=share)["lanes"] == 5  # a given count is the user's

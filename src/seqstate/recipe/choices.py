@@ -142,7 +142,9 @@ def _check_lengths(lengths: Any) -> np.ndarray:
     return sizes.astype(np.int64)
 
 
-def _choose_layout(sizes: np.ndarray, lanes: int | None, window: int | None) -> list[Choice]:
+def _choose_layout(
+    sizes: np.ndarray, lanes: int | None, window: int | None, share: int = 1
+) -> list[Choice]:
     n, total = len(sizes), int(sizes.sum())
     what = "one series" if n == 1 else f"{n} series"
     if window is None:
@@ -162,10 +164,14 @@ def _choose_layout(sizes: np.ndarray, lanes: int | None, window: int | None) -> 
         lanes_value = min(
             candidates, key=lambda b: (round(layout_cost(sizes, b, window_value)[1], 3), -b)
         )
+        # a distributed run's processes each take an equal part of the lanes
+        lanes_value = share * -(-lanes_value // share)
     else:
         lanes_value = lanes
     windows, padding = layout_cost(sizes, lanes_value, window_value)
     effect = f"{windows} windows per epoch, {padding:.0%} padding"
+    if lanes is None and share > 1:
+        effect += f"; a multiple of the {share} processes, which share them equally"
     if lanes is None:
         if n == 1:
             why = (
@@ -197,6 +203,7 @@ def choose(
     epochs: int | None = None,
     patience: int | None = None,
     validation: bool = True,
+    share: int = 1,
 ) -> Choices:
     """Choose the layout and epoch budget for training series of ``lengths`` (the part that
     will be trained on); a value given here is kept and reported as given.
@@ -205,9 +212,11 @@ def choose(
         lengths: ``[n]`` steps per series.
         lanes, window, epochs, patience: the user's values, or None to choose.
         validation: whether there is a validation set (early stopping needs one).
+        share: a chosen lane count is a multiple of this (the processes of a distributed run,
+            each taking an equal part of the lanes).
     """
     sizes = _check_lengths(lengths)
-    choices = _choose_layout(sizes, lanes, window)
+    choices = _choose_layout(sizes, lanes, window, share)
     windows, _ = layout_cost(sizes, choices[0].value, choices[1].value)
     if epochs is None:
         value = int(np.clip(math.ceil(UPDATE_BUDGET / windows), MIN_EPOCHS, MAX_EPOCHS))
@@ -254,12 +263,26 @@ def apply(settings: dict[str, dict[str, Any]], lengths: Sequence[int] | np.ndarr
         epochs=fit.get("epochs"),
         patience=fit.get("patience") if "patience" in fit else None,
         validation=validation,
+        share=_processes(),
     )
     layout["lanes"], layout["window"] = defaults["lanes"], defaults["window"]
     fit["epochs"] = defaults["epochs"]
     if defaults["patience"] is not None:
         fit["patience"] = defaults["patience"]
     return defaults
+
+
+def _processes() -> int:
+    """The processes of the distributed run this one belongs to (1 outside one)."""
+    import sys
+
+    if "torch" not in sys.modules:  # (doctor: nothing imported torch, so nothing is running)
+        return 1
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_world_size())
+    return 1
 
 
 #: The name :class:`Choices` had before (``seqstate.recipe.defaults.Defaults``).

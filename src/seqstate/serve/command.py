@@ -54,14 +54,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help=help_text + shown,
             **extra,
         )
-    parser.add_argument("--workers", type=int, default=1, help="server processes (shared store)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="server processes (shared store; default 1)"
+    )
     parser.add_argument(
         "--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="event loop"
     )
     parser.add_argument(
         "--http", default="auto", choices=["auto", "httptools", "h11"], help="HTTP parser"
     )
-    parser.add_argument("--log-level", default="warning", help="uvicorn log level")
+    parser.add_argument(
+        "--log-level", default="warning", help="uvicorn log level (default warning)"
+    )
 
 
 def config_options() -> list[dataclasses.Field[Any]]:

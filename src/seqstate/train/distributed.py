@@ -119,7 +119,7 @@ def init_from_env(backend: str | None = None, *, timeout: float | None = None) -
         raise ValueError(
             f"init_from_env needs the environment torchrun sets ({', '.join(_ENVIRONMENT)}); "
             f"missing {missing}. Launch with `torchrun --nproc_per_node N script.py` (or "
-            "`torchrun ... -m seqstate.cli.dispatch train --distributed ...`)."
+            "`torchrun --no-python --nproc_per_node N seqstate train DATA --distributed ...`)."
         )
     rank = _env_int("RANK", 0)
     world_size = _env_int("WORLD_SIZE", 1)
