@@ -381,3 +381,13 @@ def test_sqlite_new_files_hold_a_row_per_page_and_old_files_keep_their_pages(tmp
     (a,) = reopened.get_many(["a"])
     assert a is not None and a.seq == 1 and a.intact("a")
     reopened.close()
+
+
+def test_an_unreachable_redis_cluster_opens_and_answers_store_errors():
+    # The cluster client finds its nodes when it is made: made at open, an unreachable
+    # cluster ended the server's start with the client's traceback; a plain redis:// starts
+    # and answers 503 until the store is up, and so does a cluster now.
+    pytest.importorskip("redis")
+    store = open_store("redis+cluster://127.0.0.1:1?replicas=0", ttl_s=0)
+    with pytest.raises(StoreError, match="cannot reach Redis Cluster"):
+        store.get_many(["a"])

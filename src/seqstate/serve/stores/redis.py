@@ -186,7 +186,9 @@ class RedisClusterStore(RedisStore):
         from urllib.parse import parse_qs, urlsplit
 
         import redis
-        from redis.cluster import RedisCluster
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import RedisClusterException
+        from redis.retry import Retry
 
         self._redis_errors = (redis.RedisError,)
         self._response_error = redis.ResponseError
@@ -204,20 +206,36 @@ class RedisClusterStore(RedisStore):
                 raise ValueError("expected redis+cluster://host:port?replicas=N&wait_ms=T")
         except ValueError as error:
             raise ValueError(f"invalid Redis Cluster URL {url!r}: {error}") from None
-        try:
-            self._cluster = RedisCluster(
-                host=host,
-                port=port,
-                password=parts.password,
-                socket_timeout=5,
-                socket_connect_timeout=2,
-                cluster_error_retry_attempts=3,
-            )
-        except self._redis_errors as error:
-            raise StoreError(f"cannot reach Redis Cluster {url!r}: {error}") from None
+        # Connected on first use, not here: the client finds the cluster's nodes when it is
+        # made, and a server whose cluster is down must start and answer 503 until it is up,
+        # as one on an unreachable redis:// does (not exit with the client's traceback).
+        self._cluster_options: dict[str, Any] = dict(
+            host=host,
+            port=port,
+            password=parts.password,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            retry=Retry(ExponentialBackoff(), 3),  # (cluster errors: 3 tries)
+        )
+        self._unreachable = (redis.RedisError, RedisClusterException)
+        self._connected: Any = None
+
+    @property
+    def _cluster(self) -> Any:
+        if self._connected is None:
+            from redis.cluster import RedisCluster
+
+            try:
+                self._connected = RedisCluster(**self._cluster_options)
+            except self._unreachable as error:
+                raise StoreError(f"cannot reach Redis Cluster {self.url!r}: {error}") from None
+        return self._connected
+
+    @property
+    def _client(self) -> Any:  # type: ignore[override]
         # reads (get_many's pipeline, ping, delete) go through the cluster client as through
         # a plain one: it routes each key to its slot's master
-        self._client = self._cluster  # type: ignore[assignment]
+        return self._cluster
 
     def _key(self, stream: str) -> str:
         return self.prefix + "{" + stream + "}"  # the hash tag: one slot per stream
