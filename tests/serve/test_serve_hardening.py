@@ -285,10 +285,27 @@ def test_live_streams_and_in_flight_bytes_are_bounded(run_dir):
             assert (await client.post("/v1/streams/a/steps", json={"seq": 2, "x": X})).is_success
             assert (await client.delete("/v1/streams/b")).status_code == 200
             assert (await client.post("/v1/streams/c/steps", json={"seq": 1, "x": X})).is_success
+            # a body past the whole in-flight bound could never be read: 413, not a 429 to
+            # retry forever
             big = {"seq": 1, "x": [X] * 40}  # under max_body_bytes, over the in-flight bound
-            busy = await client.post("/v1/streams/d/steps", json=big)
+            never = await client.post("/v1/streams/d/steps", json=big)
+            assert never.status_code == 413 and never.json()["code"] == "body_too_large"
+            assert never.json()["limit"] == 400
+            # bodies that fit alone but not together: the one past the bound waits its turn
+            release = asyncio.Event()
+
+            async def slow_body():
+                yield b'{"seq": 3, "x": [' + b" " * 300  # held: 300+ bytes in flight
+                await release.wait()
+                yield b"[0.1, 0.2, 0.3]]}"
+
+            held = asyncio.create_task(client.post("/v1/streams/a/steps", content=slow_body()))
+            await asyncio.sleep(0.2)
+            busy = await client.post("/v1/streams/f/steps", json={"seq": 1, "x": [X] * 5})
+            release.set()
             assert busy.status_code == 429 and busy.json()["code"] == "server_busy"
             assert busy.headers["retry-after"] == "1"
+            assert (await held).status_code == 200, (await held).text
 
     run(main())
 

@@ -180,7 +180,8 @@ class Edge:
     async def _read_body_now(
         self, scope: Scope, receive: Any, reserved: list[int]
     ) -> tuple[bytes | None, Any]:
-        limit = self.max_body_bytes
+        # (a body past the in-flight budget could never be read: 413, not a 429 to retry)
+        limit = min(self.max_body_bytes, self.max_inflight_bytes)
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
