@@ -298,6 +298,7 @@ class RunForecaster:
         :attr:`seqstate.recipe.step.RunStep.progress_every` steps and at the end)."""
         from seqstate.recipe.step import tables
 
+        _check_table_type(table)
         columns = table.columns
         covariates, times = self._future_inputs(table, horizon, future)
         self._check_table(table)
@@ -353,6 +354,7 @@ class RunForecaster:
         paths)."""
         from seqstate.recipe.step import tables
 
+        _check_table_type(table)
         covariates, times = self._future_inputs(table, horizon, future)
         self._check_table(table)
         run_step = self.step_function(table.columns)
@@ -422,10 +424,24 @@ class RunForecaster:
         return selection_of(self.members)
 
     def _check_table(self, table: Any) -> None:
+        _check_table_type(table)
         # The table-level refusals (too short to difference, outside log's domain), once.
         for member in self.members:
             if member.scaling is not None:
                 member.scaling.check_table(table, member.scaling.config)
+
+
+def _check_table_type(table: Any, argument: str = "table") -> None:
+    """TypeError unless ``table`` is a :class:`~seqstate.recipe.table.SequenceTable` (a path
+    or DataFrame has no run columns to read it by)."""
+    from seqstate.recipe.table import SequenceTable
+
+    if not isinstance(table, SequenceTable):
+        raise TypeError(
+            f"{argument} must be a SequenceTable read with the run's columns: "
+            "seqstate.recipe.sources.read_table(path or DataFrame, features=..., targets=..., "
+            f"id_column=..., time_column=...); received {type(table).__name__}"
+        )
 
 
 def load_forecaster(run_dir: Any) -> RunForecaster:
