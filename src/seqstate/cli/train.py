@@ -134,7 +134,12 @@ def _print_ensemble(results: list[Any], settings: dict[str, dict[str, Any]]) -> 
             print(line)
     out = results[0].out
     print(f"wrote {out}/ (model.json, ..., members/seed-*/)")
-    print(f"next: seqstate forecast {out} {settings['data']['path']} --horizon H --out f.csv")
+    data = settings["data"]
+    targets = data["targets"] or data["features"]
+    # (a run that reads covariates forecasts with their future values)
+    known = [name for name in data["features"] or () if name not in (targets or ())]
+    future = " --covariates FUTURE.csv" if known else ""
+    print(f"next: seqstate forecast {out} {data['path']} --horizon H{future} --out f.csv")
 
 
 def handle_backtest(args: argparse.Namespace) -> int:
