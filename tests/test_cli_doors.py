@@ -156,3 +156,18 @@ def test_a_calendar_feature_that_never_changes_is_refused(run, capsys):
     assert main([*args, "--calendar", "hour", "--out", str(run / "hourly")]) == 1
     assert "calendar feature 'hour' is the same at every time" in capsys.readouterr().err
     assert not (run / "hourly").exists()
+
+
+def test_a_missing_parquet_engine_names_the_extra_that_installs_it(tmp_path, capsys, monkeypatch):
+    # pandas' own ImportError names no module, so the one-line error could not say
+    # `pip install 'seqstate[data]'`
+    def no_engine(*args, **kwargs):
+        raise ImportError("Unable to find a usable engine; tried using: 'pyarrow', 'fastparquet'.")
+
+    monkeypatch.setattr(pd, "read_parquet", no_engine)
+    (tmp_path / "d.parquet").write_bytes(b"PAR1")
+    assert main(["doctor", str(tmp_path / "d.parquet"), "-f", "y"]) in (0, 1)
+    assert (
+        main(["train", str(tmp_path / "d.parquet"), "-f", "y", "--out", str(tmp_path / "r")]) == 1
+    )
+    assert "pip install 'seqstate[data]'" in capsys.readouterr().err

@@ -246,7 +246,7 @@ def test_one_step_scores_of_an_unseen_series_read_no_row_after_the_cut():
 @pytest.mark.parametrize("given", ["data.csv", pd.DataFrame({"value": [1.0, 2.0]})])
 def test_a_run_forecaster_names_the_table_it_needs(given):
     # a path or a DataFrame raised AttributeError ('str' object has no attribute 'columns')
-    table, members, _ = build("monthly defaults")
+    _, members, _ = build("monthly defaults")
     forecaster = RunForecaster([RunMember(m.model, m.scaling, m.calendar) for m in members])
     for call in (
         lambda: forecaster.forecast_outputs(given, 3),

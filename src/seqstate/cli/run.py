@@ -159,7 +159,10 @@ def _write_frame(frame: Any, target: Path, kind: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
         if kind == "parquet":
-            frame.to_parquet(tmp, index=False)
+            try:
+                frame.to_parquet(tmp, index=False)
+            except ImportError as error:  # (pandas' message names no module to install)
+                raise ImportError(f"writing {target.name}: {error}", name="pyarrow") from None
         else:
             frame.to_csv(tmp, index=False, sep="\t" if kind == "tsv" else ",")
 

@@ -110,6 +110,19 @@ def _as_names(value: Any, argument: str, *, allow_empty: bool = False) -> tuple[
     return names
 
 
+def _read_parquet(path: Path) -> Any:
+    """``pd.read_parquet``; without a parquet engine an ImportError naming pyarrow (pandas'
+    own names none, so the command line could not say which extra installs it)."""
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except ImportError as error:
+        if "pyarrow" not in str(error) and "engine" not in str(error):
+            raise
+        raise ImportError(f"reading {path.name} needs pyarrow", name="pyarrow") from None
+
+
 def read_frame(source: Any, id_column: str | None = None) -> tuple[Any, str, bool]:
     """``source`` (a DataFrame or a .csv/.tsv/.parquet path) as ``(DataFrame, description,
     from_file)``, as :func:`read_table` and ``doctor`` read it: a CSV/TSV's ``id_column`` as
@@ -135,7 +148,7 @@ def read_frame(source: Any, id_column: str | None = None) -> tuple[Any, str, boo
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist.")
     if kind == "parquet":
-        frame = pd.read_parquet(path)
+        frame = _read_parquet(path)
     else:
         sep = "\t" if kind == "tsv" else ","
         try:
