@@ -195,3 +195,12 @@ def test_backtest_scales_each_series_by_default_and_beats_global_scaling(tmp_pat
         assert main([*args, "--scaling", method]) == 0
         scores[method] = json.loads(capsys.readouterr().out)["model_mase"]
     assert scores["auto"] * 3 < scores["global"], scores
+
+
+def test_evaluate_says_when_the_tail_it_scores_was_trained_on(run, panel, capsys):
+    # --warmup-until said so; --tail did not, and --json hid the note (stderr: stdout stays
+    # the JSON)
+    assert main(["evaluate", str(run), str(panel), "--tail", "6", "--json"]) == 0
+    captured = capsys.readouterr()
+    json.loads(captured.out)
+    assert "--tail 6 scores rows from 1944-07-01: they were seen in training" in captured.err

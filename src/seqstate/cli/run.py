@@ -81,7 +81,9 @@ def handle_evaluate(args: argparse.Namespace) -> int:
             )
         return _evaluate_on_lanes(args, run, table)
     warned = _trained_past(metadata, args.warmup_until)
-    if warned and not args.json:
+    if warned is None and args.tail is not None:
+        warned = _tail_trained(metadata, table, args.tail)
+    if warned:  # (stderr: with --json, stdout stays the JSON alone)
         print(f"note: {warned}", file=sys.stderr)
     # The run's models with its scaling and calendar: answers in raw units.
     return evaluate_forecaster_command(args, forecaster_of(run), table)
@@ -114,6 +116,37 @@ def _trained_past(metadata: dict[str, Any], until: str | None) -> str | None:
         f"the run was trained on rows up to {shown}, after --warmup-until {until}: the scored "
         "rows were seen in training (in-sample). Train on the rows up to that time for an "
         "honest hold-out, or use `seqstate backtest`"
+    )
+
+
+def _tail_trained(metadata: dict[str, Any], table: Any, tail: Any) -> str | None:
+    """A warning when the run was trained on rows of the last ``tail`` steps of a series."""
+    import numpy as np
+
+    last = metadata.get("data", {}).get("time_last")
+    if last is None or not isinstance(tail, int) or tail < 1:
+        return None
+    firsts = [np.asarray(t)[-tail] for t in table.times if len(t) > tail]
+    if not firsts:
+        return None
+    from seqstate.recipe.calendar import format_time, parse_times
+
+    trained: Any
+    first: Any
+    try:
+        if metadata["data"].get("time_kind") == "datetime":
+            trained = parse_times([str(last)])[0]
+            first = min(np.asarray(f, dtype="datetime64[ns]") for f in firsts)
+        else:
+            trained, first = float(last), float(min(firsts))
+    except (ValueError, TypeError):
+        return None
+    if trained < first:
+        return None
+    return (
+        f"the run was trained on rows up to {format_time(trained)}, and --tail {tail} scores "
+        f"rows from {format_time(first)}: they were seen in training (in-sample). Train on "
+        "the rows before them for an honest hold-out, or use `seqstate backtest`"
     )
 
 
