@@ -190,3 +190,17 @@ def test_bad_settings_and_data_are_refused_with_named_errors():
         Scaling.fit(short, ScalingConfig(difference=1, season=6)).encode(short)
     with pytest.raises(ValueError, match="unknown scaling setting"):
         ScalingConfig.from_dict({"method": "series", "robust": True})
+
+
+def test_a_run_fitted_on_numeric_ids_finds_them_by_their_zero_padded_text():
+    # Runs fitted before ids kept their text stored "001" as the number 1; the same file
+    # now reads "001", which must still find its series (and text ids stay exact).
+    frame = panel(scales=(1.0, 10.0))
+    frame["id"] = frame["id"].map({"s0": 1, "s1": 2})
+    scaling = Scaling.fit(read(frame))
+    assert [scaling.row_of(i) for i in ("001", "2", 1, "2.0")] == [0, 1, 0, 1]
+    assert scaling.row_of("003") is None and scaling.row_of("x") is None
+    text = Scaling.fit(
+        read(panel(scales=(1.0, 10.0)).assign(id=lambda f: f["id"].map({"s0": "01", "s1": "1"})))
+    )
+    assert [text.row_of("01"), text.row_of("1")] == [0, 1]

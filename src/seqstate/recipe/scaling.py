@@ -422,7 +422,19 @@ class Scaling:
                 lookup.setdefault(("text", str(key)), position)
             object.__setattr__(self, "_lookup", lookup)
         found = lookup.get(("value", series_id))
-        return found if found is not None else lookup.get(("text", str(series_id)))
+        if found is None:
+            found = lookup.get(("text", str(series_id)))
+        if found is None and isinstance(series_id, str):
+            # A run trained before ids kept their text read "001" as the number 1: its ids
+            # are numbers, and the text names one by its value
+            try:
+                number = float(series_id)
+            except ValueError:
+                return None
+            if number.is_integer():
+                found = lookup.get(("value", int(number)))
+            found = found if found is not None else lookup.get(("value", number))
+        return found
 
     def _indices(self, columns: Any) -> tuple[list[int], list[int]]:
         """Positions of ``columns``' features and scaled targets (none for a classifier)."""
