@@ -250,3 +250,12 @@ def test_binary_frames_of_many_streams_answer_as_the_per_stream_engine(server, m
         repeated, repeated_requests = frame([8, 8, 9], names)
         ws.send(repeated)
         check(ws.recv(timeout=60), expected(repeated_requests))
+
+
+def test_a_refused_forecast_answers_with_its_op(server):
+    # a client that routes answers by "op" found its forecast's error without one
+    with _connect(server) as ws:
+        ws.send(json.dumps({"op": "forecast", "stream": "never-stepped", "horizon": 2}))
+        answer = json.loads(ws.recv(timeout=30))
+    assert answer["op"] == "forecast" and answer["stream"] == "never-stepped"
+    assert answer["status"] == 404 and answer["error"]["code"] == "stream_not_found"

@@ -122,15 +122,22 @@ def http_response(error: BaseException | Reject, headers: dict[str, str] | None 
 
 
 def item_error(
-    error: BaseException | Reject, *, key: str, stream: str | None, seq: int | None
+    error: BaseException | Reject,
+    *,
+    key: str,
+    stream: str | None,
+    seq: int | None,
+    op: str | None = None,
 ) -> bytes:
     """One failed item: ``{key: stream, "seq", "status", "error": {code, message, ...}}``
-    (``key`` is ``"id"`` in ``POST /v1/steps``, ``"stream"`` on the WebSocket). An error may
-    name its own stream and seq (an item that failed validation knows what it could read)."""
+    (``key`` is ``"id"`` in ``POST /v1/steps``, ``"stream"`` on the WebSocket; ``op``: the
+    operation a WebSocket forecast or end answers, as its success does). An error may name
+    its own stream and seq (an item that failed validation knows what it could read)."""
     problem = api_error(error)
     extra = dict(problem.extra)
     named = extra.pop("stream", stream)  # an item that failed validation names what it read
     stream = extra.pop("id", named)
     seq = extra.pop("seq", seq)
     body = {"code": problem.code, "message": problem.message, **extra}
-    return jsonio.dumps({key: stream, "seq": seq, "status": problem.status, "error": body})
+    head: dict[str, Any] = {key: stream} if op is None else {key: stream, "op": op}
+    return jsonio.dumps({**head, "seq": seq, "status": problem.status, "error": body})

@@ -278,7 +278,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             try:
                 answer = await forecast_json(resources, frame.stream, frame)
             except (ApiError, StoreError) as error:
-                return _error(error, frame.stream, None)
+                return _error(error, frame.stream, None, op="forecast")
             return b'{"stream":"' + frame.stream.encode() + b'","op":"forecast",' + answer[1:]
 
         future = asyncio.ensure_future(after(last.get(frame.stream), forecast))
@@ -289,7 +289,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             if last.get(frame.stream) is f:
                 del last[frame.stream]
             if f.cancelled() or f.exception() is not None:
-                answer = _error(_Internal(), frame.stream, None)
+                answer = _error(_Internal(), frame.stream, None, op="forecast")
             else:
                 answer = f.result()
             put(answer, charge)
@@ -301,7 +301,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             try:
                 existed = await asyncio.to_thread(resources.store.delete, frame.stream)
             except StoreError as error:
-                return _error(error, frame.stream, None)
+                return _error(error, frame.stream, None, op="end")
             resources.live.add(-int(existed))
             return jsonio.dumps({"stream": frame.stream, "op": "end", "deleted": existed})
 
@@ -313,7 +313,7 @@ async def serve_websocket(websocket: WebSocket, resources: Resources) -> None:
             if last.get(frame.stream) is f:
                 del last[frame.stream]
             if f.cancelled() or f.exception() is not None:
-                answer = _error(_Internal(), frame.stream, None)
+                answer = _error(_Internal(), frame.stream, None, op="end")
             else:
                 answer = f.result()
             put(answer, charge)
@@ -671,8 +671,10 @@ class _Internal(Exception):
     """A task that failed unexpectedly: answered as 500 internal (errors.py)."""
 
 
-def _error(error: BaseException | Reject, stream: str | None, seq: int | None) -> bytes:
-    return item_error(error, key="stream", stream=stream, seq=seq)
+def _error(
+    error: BaseException | Reject, stream: str | None, seq: int | None, op: str | None = None
+) -> bytes:
+    return item_error(error, key="stream", stream=stream, seq=seq, op=op)
 
 
 def _invalid_frame(raw: Any, error: ValueError) -> bytes:
