@@ -477,3 +477,14 @@ def test_series_with_gaps_in_time_are_named_in_evaluate_and_backtest():
         assert "1 series have gaps in time ('s0')" in result.text()
     whole = table_of(panel((36, 36)))
     assert "gaps in time" not in evaluate_forecaster(Oracle(whole), whole, tail=6).text()
+
+
+def test_a_season_longer_than_the_warm_up_says_naive_repeats_the_last_value():
+    # seasonal naive falls back to the last value where the warm-up is shorter than the
+    # season; the text printed "seasonal naive (season 100)" as if it had not
+    table = table_of(panel((36, 36)))
+    long = evaluate_forecaster(Oracle(table), table, tail=6, season=100)
+    assert long.summary["naive_short_series"] == 2
+    assert "2 series warmed on fewer steps than the season (100)" in long.text()
+    usual = evaluate_forecaster(Oracle(table), table, tail=6, season=12)
+    assert usual.summary["naive_short_series"] == 0 and "fewer steps" not in usual.text()

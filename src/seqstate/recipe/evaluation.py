@@ -208,6 +208,11 @@ class Evaluation:
                 f"  {s['one_step_undefined']} series had a history too short or constant for a "
                 "seasonal-naive scale: MASE/scaled RMSE undefined, left out of the means"
             )
+        if s.get("naive_short_series"):
+            lines.append(
+                f"  {s['naive_short_series']} series warmed on fewer steps than the season "
+                f"({self.season}): their seasonal naive repeats the last value"
+            )
         lines += gap_lines(self.gaps, self.season)
         for series, why in self.skipped[:5]:
             lines.append(f"  skipped {series!r}: {why}")
@@ -358,6 +363,8 @@ def evaluate_forecaster(
         "scored_from": time_bounds([table.times[i][cuts[i]] for i in kept])[0],
         "scored_to": time_bounds([table.times[i][-1] for i in kept])[1],
         "season": season,
+        # seasonal naive repeats the last value where the warm-up is shorter than the season
+        "naive_short_series": sum(1 for i in kept if i in forecasts and cuts[i] < season),
     }
     summary |= mean_metrics(rows, "one_step_")
     if forecasts:
