@@ -8,7 +8,7 @@ import torch
 
 from seqstate.core.model import SequenceModel
 from seqstate.inference.forecasting import forecast
-from seqstate.inference.sampling import Forecast, sample_forecast
+from seqstate.inference.sampling import Forecast, sample_forecast, stream_seed
 from seqstate.lanes.lanes import Lanes
 from seqstate.train import fit
 
@@ -54,8 +54,9 @@ def test_sample_paths_are_the_plain_loop_and_reproducible(trained) -> None:
     np.testing.assert_array_equal(result.samples, again.samples)
     other = sample_forecast(model, context, 4, samples=7, seed=12)
     assert not np.array_equal(result.samples, other.samples)
-    # the plain loop: warm up each series, 7 rows of its state, sample, feed back
-    generator = torch.Generator().manual_seed(11)
+    # the plain loop: warm up each series, 7 rows of its state, sample (series i from its own
+    # generator, seeded by the seed and its key, its position), feed back
+    generators = [torch.Generator().manual_seed(stream_seed(11, i)) for i in range(3)]
     with torch.no_grad():
         raws, states = [], []
         for series in context:
@@ -65,12 +66,23 @@ def test_sample_paths_are_the_plain_loop_and_reproducible(trained) -> None:
         raw, state = torch.cat(raws), type(states[0]).cat(states)
         paths = []
         for _ in range(4):
-            value = model.distribution(raw).sample(generator=generator)  # [21, 1]
+            value = torch.cat(
+                [
+                    model.distribution(raw[7 * i : 7 * i + 7]).sample(generator=g)
+                    for i, g in enumerate(generators)
+                ]
+            )  # [21, 1]
             paths.append(value)
             step, state = model.distribution_parameters(value[:, None], state)
             raw = step[:, 0]
     expected = torch.stack(paths, 1).reshape(3, 7, 4, 1).numpy()
     np.testing.assert_allclose(result.samples, expected, rtol=1e-5, atol=1e-6)
+    # keyed, a series draws the same paths alone as beside the others
+    keyed = sample_forecast(model, context, 4, samples=7, seed=11, keys=["a", "b", "c"])
+    alone = sample_forecast(model, context[1:2], 4, samples=7, seed=11, keys=["b"])
+    np.testing.assert_allclose(alone.samples[0], keyed.samples[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="keys must hold one key per series"):
+        sample_forecast(model, context, 4, samples=7, seed=11, keys=["a"])
 
 
 def test_forecast_quantiles_are_monotone_and_named(trained) -> None:

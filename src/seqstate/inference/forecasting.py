@@ -49,6 +49,7 @@ def forecast(
     samples: int | None = None,
     quantiles: Sequence[float] | None = None,
     seed: int | None = None,
+    keys: Sequence[Any] | None = None,
 ) -> Any:
     """Warm the state up on ``context``, then forecast ``horizon`` steps autoregressively.
 
@@ -79,8 +80,9 @@ def forecast(
         chunk, batch_size, device: as in :func:`predict`, for the warm-up.
         on_step: called with the number of forecast steps done after each one (a progress
             bar for long horizons).
-        samples, quantiles, seed: for a model with a distribution head, ``samples`` sample
-            paths per series (see :func:`seqstate.inference.sampling.sample_forecast`); a
+        samples, quantiles, seed, keys: for a model with a distribution head, ``samples``
+            sample paths per series, each series' from a generator seeded by ``seed`` and its
+            key (see :func:`seqstate.inference.sampling.sample_forecast`); a
             :class:`~seqstate.inference.sampling.Forecast` is returned then. Without
             ``samples`` a distribution model's forecast feeds its medians back.
 
@@ -104,15 +106,16 @@ def forecast(
             samples=samples,
             quantiles=DEFAULT_QUANTILES if quantiles is None else quantiles,
             seed=seed,
+            keys=keys,
             covariates=covariates,
             target_features=target_features,
             chunk=chunk,
             batch_size=batch_size,
             device=device,
         )
-    if quantiles is not None or seed is not None:
+    if quantiles is not None or seed is not None or keys is not None:
         raise ValueError(
-            "forecast: quantiles and seed apply to sample paths; give samples=N too (a model "
+            "forecast: quantiles, seed and keys apply to sample paths; give samples=N too (a model "
             "with a distribution head)"
         )
     model, info = prepare_model(model, device)

@@ -21,6 +21,7 @@ Every path draws from the same generator, so a seed gives the same paths.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -48,10 +49,37 @@ from seqstate.inference.common import (
     run_chunked,
 )
 
-__all__ = ["DEFAULT_SAMPLES", "Forecast", "sample_forecast"]
+__all__ = ["DEFAULT_SAMPLES", "Forecast", "Generators", "draw", "sample_forecast", "stream_seed"]
 
 #: Sample paths per series when none are asked for.
 DEFAULT_SAMPLES = 200
+
+
+#: Where sample paths draw from: one generator per stream (its ``samples`` rows, in stream
+#: order), one for every row, or torch's default.
+Generators = Sequence[torch.Generator] | torch.Generator | None
+
+
+def draw(model: Any, raw: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """One draw per row of ``raw [B * S, k * O]`` (stream b's S paths: rows b*S .. b*S+S-1)
+    in model space; with one generator per stream, each stream's rows from its own, so its
+    draws do not depend on the other streams in the call."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return model.distribution(raw).sample(generator=generator)
+    size = raw.shape[0] // len(generator)
+    parts = [
+        model.distribution(raw[b * size : (b + 1) * size]).sample(generator=g)
+        for b, g in enumerate(generator)
+    ]
+    return torch.cat(parts)
+
+
+def stream_seed(seed: int, key: Any) -> int:
+    """The seed of one stream's sample paths: from the call's ``seed`` and the stream's key
+    (its series id; None for a run without one), so a series draws the same paths alone, in
+    any panel, in the CLI and on the server."""
+    text = f"{int(seed)}:{'' if key is None else key}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 
 
 def _check_level(level: Any, argument: str) -> float:
@@ -124,6 +152,7 @@ def sample_forecast(
     samples: int = DEFAULT_SAMPLES,
     quantiles: Sequence[float] = DEFAULT_QUANTILES,
     seed: int | None = None,
+    keys: Sequence[Any] | None = None,
     covariates: Any = None,
     target_features: Sequence[int] | None = None,
     chunk: int | None = None,
@@ -139,7 +168,10 @@ def sample_forecast(
             :func:`seqstate.forecast`.
         samples: paths per series, >= 1.
         quantiles: the levels :meth:`Forecast.quantiles` reports.
-        seed: seeds the paths' generator (None: a fresh random seed).
+        seed: seeds the paths (None: a fresh random seed).
+        keys: one per series of ``context`` (their ids): series i draws from a generator
+            seeded by ``seed`` and ``keys[i]`` (:func:`stream_seed`), so its paths do not
+            depend on the other series in the call; default its position.
 
     Returns:
         a :class:`Forecast`.
@@ -176,11 +208,19 @@ def sample_forecast(
     )
     if state is None:  # capture_state=True always returns one
         raise RuntimeError("internal error: no final state was captured")
-    generator = torch.Generator(device=info.device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
+    if keys is None:
+        keys = range(n)
+    elif isinstance(keys, str) or not isinstance(keys, Sequence) or len(keys) != n:
+        raise ValueError(
+            f"keys must hold one key per series of context ({n}), like their ids; received "
+            f"{keys!r:.80}"
+        )
+    if seed is None:  # (fresh paths: a random base seed)
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    # each series from its own generator: its paths do not depend on the other series
+    generator = [
+        torch.Generator(device=info.device).manual_seed(stream_seed(seed, key)) for key in keys
+    ]
     rows = torch.arange(n, device=info.device).repeat_interleave(samples)  # series i: S rows
     state = state.select(rows)
     raw = torch.from_numpy(np.stack([out[-1] for out in outputs])).to(info.device, info.dtype)
@@ -194,7 +234,7 @@ def sample_forecast(
     x = torch.empty((n * samples, 1, info.input_size), dtype=info.dtype, device=info.device)
     with evaluating(model):
         for h in range(horizon):
-            paths[:, h] = sequence_model.distribution(raw).sample(generator=generator)
+            paths[:, h] = draw(sequence_model, raw, generator)
             if h + 1 < horizon:
                 x[:, 0, fed_t] = paths[:, h]
                 x[:, 0, others_t] = future_t[:, h]

@@ -23,7 +23,6 @@ per-series scaling)::
 
 from __future__ import annotations
 
-import hashlib
 import math
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -35,6 +34,7 @@ from torch import nn
 
 from seqstate.core.state import State
 from seqstate.inference.direct import DirectStep
+from seqstate.inference.sampling import Generators, draw, stream_seed
 from seqstate.inference.streams import advance
 from seqstate.recipe.calendar import check_date_range
 from seqstate.recipe.step import cells
@@ -51,7 +51,7 @@ from seqstate.recipe.step.state import (
     fewest_steps,
 )
 
-__all__ = ["NO_TIME", "MemberStep", "RunStep", "stream_seed"]
+__all__ = ["NO_TIME", "MemberStep", "RunStep"]
 
 _T = TypeVar("_T")
 
@@ -546,7 +546,7 @@ class MemberStep(nn.Module):
         z = transforms[prefix + "output"]  # (B, O) model space: the last step's output
         if samples:
             model: Any = self.model
-            z = _draw(model, transforms[prefix + "parameters"], generator)
+            z = draw(model, transforms[prefix + "parameters"], generator)
         location = transforms.get(prefix + "location", empty)
         scale = transforms.get(prefix + "scale", empty)
         scaled_covariates = None
@@ -584,37 +584,10 @@ class MemberStep(nn.Module):
                 x[:, 0, self.feature_count :] = calendar[:, h]
             if samples:
                 raw, model_state = model.distribution_parameters(x, model_state)
-                z = _draw(model, raw[:, 0], generator)
+                z = draw(model, raw[:, 0], generator)
             else:
                 y, model_state = self.model(x, model_state)
                 z = y[:, 0]
-
-
-#: Where sample paths draw from: one generator per stream (its ``samples`` rows, in stream
-#: order), one for every row, or torch's default.
-Generators = Sequence[torch.Generator] | torch.Generator | None
-
-
-def _draw(model: Any, raw: torch.Tensor, generator: Generators) -> torch.Tensor:
-    """One draw per row of ``raw [B * S, k * O]`` (stream b's S paths: rows b*S .. b*S+S-1)
-    in model space; with one generator per stream, each stream's rows from its own, so its
-    draws do not depend on the other streams in the call."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return model.distribution(raw).sample(generator=generator)
-    size = raw.shape[0] // len(generator)
-    parts = [
-        model.distribution(raw[b * size : (b + 1) * size]).sample(generator=g)
-        for b, g in enumerate(generator)
-    ]
-    return torch.cat(parts)
-
-
-def stream_seed(seed: int, key: Any) -> int:
-    """The seed of one stream's sample paths: from the call's ``seed`` and the stream's key
-    (its series id; None for a run without one), so a series draws the same paths alone, in
-    any panel, in the CLI and on the server."""
-    text = f"{int(seed)}:{'' if key is None else key}".encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 
 
 def _paths(steps: list[torch.Tensor], samples: int) -> torch.Tensor:
