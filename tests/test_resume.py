@@ -241,7 +241,7 @@ def interrupted_run(tmp_path_factory):
     [
         ({"model": {"hidden_size": 11}}, "the model .* differs"),
         ({"model": {"dropout": 0.1}}, "the model .* differs"),
-        ({"lanes": {"window": 6}}, "training lane layout .* window=5 but received 6"),
+        ({"lanes": {"window": 6}}, "training data or lane layout .* window=5 but received 6"),
         ({"config": {"lr": 1e-2}}, r"FitConfig fields changed \(lr: 0.005 -> 0.01\)"),
         ({"config": {"seed": 4}}, "FitConfig fields changed"),
         (
@@ -304,6 +304,25 @@ def test_resume_reads_the_default_loss_as_its_name(tmp_path, first, then):
             run_dir=tmp_path / "c",
             resume=tmp_path / "run",
         )
+
+
+def test_resume_on_other_values_of_the_same_layout_is_refused(interrupted_run, tmp_path):
+    # The checkpoint's signature held the lanes' layout only: a resume on other data of the
+    # same lengths continued silently. The data's digest is kept and compared now; a
+    # checkpoint written before it (no digest) still resumes.
+    other = [s + 1.0 for s in sequences()]
+    lanes = Lanes.from_sequences(other, lanes=3, window=5, shuffle=True, seed=1)
+    with pytest.raises(ValueError, match=r"training data or lane layout .* data="):
+        fit(make_model(), lanes, run_dir=interrupted_run, resume=True)
+    legacy = tmp_path / "legacy"
+    shutil.copytree(interrupted_run, legacy)
+    folder = legacy / "checkpoint" / (legacy / "checkpoint" / "latest").read_text().strip()
+    document = json.loads((folder / "train.json").read_text())
+    del document["signature"]["train"]["data"]  # as a checkpoint of the previous release
+    (folder / "train.json").write_text(json.dumps(document, indent=1, sort_keys=True))
+    resumed = make_model()
+    history = fit(resumed, make_lanes(), run_dir=legacy, resume=True)
+    assert len(history) == CONFIG.epochs
 
 
 def test_a_non_finite_validation_loss_is_checkpointed_and_resumed_exactly(tmp_path):

@@ -145,6 +145,11 @@ class FlatSource:
         rows = np.asarray(self.data[self.offsets[seq] + step])  # fancy index: reads only these
         return rows.reshape(len(seq), self.width).astype(self.dtype, copy=False)
 
+    def digest(self, hasher: Any, lengths: np.ndarray) -> None:
+        """Feed ``hasher`` the valid rows of every sequence, in order (as ``dtype``)."""
+        for start, length in zip(self.offsets.tolist(), lengths.tolist(), strict=True):
+            hasher.update(_contiguous(self.data[start : start + length], self.dtype))
+
 
 class PaddedSource:
     """An ``(n, L)`` or ``(n, L, D)`` array; sequence ``i`` is ``data[i, :lengths[i]]``."""
@@ -157,6 +162,16 @@ class PaddedSource:
     def gather(self, seq: np.ndarray, step: np.ndarray) -> np.ndarray:
         rows = np.asarray(self.data[seq, step])
         return rows.reshape(len(seq), self.width).astype(self.dtype, copy=False)
+
+    def digest(self, hasher: Any, lengths: np.ndarray) -> None:
+        """Feed ``hasher`` the valid rows of every sequence, in order (as ``dtype``): the
+        padding past a sequence's length is not its data."""
+        for index, length in enumerate(lengths.tolist()):
+            hasher.update(_contiguous(self.data[index, :length], self.dtype))
+
+
+def _contiguous(rows: Any, dtype: np.dtype) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(rows), dtype=dtype)
 
 
 Source = FlatSource | PaddedSource

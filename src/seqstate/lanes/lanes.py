@@ -38,6 +38,7 @@ order), never from a padded copy of the data, so memory stays proportional to th
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, cast
@@ -129,6 +130,23 @@ class Lanes:
         # Where each sequence starts in the concatenation of all sequences (for `collect`).
         self._flat_offsets = np.concatenate([[0], np.cumsum(_lengths)[:-1]]).astype(np.int64)
         self._plans: dict[int, Plan] = {}
+
+    def data_digest(self) -> str:
+        """A digest of the data itself: every sequence's valid input rows, its targets or
+        labels, and its length (a resumed fit must find the data its checkpoint was trained
+        on, not only the same layout). Reads all of it: computed where a checkpoint needs it."""
+        hasher = hashlib.blake2b(digest_size=16)
+        lengths = np.ascontiguousarray(self._lengths, dtype=np.int64)
+        hasher.update(lengths.tobytes())
+        self._source.digest(hasher, lengths)
+        targets = self._targets
+        hasher.update(f"{targets.kind}:{targets.shift}:{targets.num_outputs}".encode())
+        if targets.source is not None:
+            # per-step targets cover each sequence's steps, as its inputs do
+            targets.source.digest(hasher, lengths)
+        if targets.labels is not None:
+            hasher.update(np.ascontiguousarray(targets.labels, dtype=targets.dtype).tobytes())
+        return hasher.hexdigest()
 
     # ---- constructors ----------------------------------------------------------------------
 

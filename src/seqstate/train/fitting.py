@@ -129,8 +129,11 @@ def fit(
         )
     signature = {
         "model": model_signature(model),
-        "train": lanes_signature(train),
-        "validation": None if validation is None else lanes_signature(validation),
+        # (the data's digest where a checkpoint is written or read: it reads all the data)
+        "train": lanes_signature(train, data=run is not None),
+        "validation": None
+        if validation is None
+        else lanes_signature(validation, data=run is not None),
         "loss": loss.name,
     }
     if snapshot is not None and source is not None:  # a snapshot is read from a source

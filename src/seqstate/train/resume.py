@@ -75,9 +75,11 @@ def model_signature(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def lanes_signature(lanes: Lanes) -> dict[str, Any]:
+def lanes_signature(lanes: Lanes, *, data: bool = False) -> dict[str, Any]:
+    """The lanes' layout; with ``data``, also a digest of the data itself
+    (:meth:`Lanes.data_digest`), so a resume on other values of the same shape is refused."""
     lengths = np.ascontiguousarray(lanes.lengths, dtype=np.int64)
-    return {
+    signature = {
         "lanes": lanes.num_lanes,
         "window": lanes.window,
         "features": lanes.num_features,
@@ -90,6 +92,9 @@ def lanes_signature(lanes: Lanes) -> dict[str, Any]:
         "seed": lanes.seed,
         "windows": len(lanes),
     }
+    if data:
+        signature["data"] = lanes.data_digest()
+    return signature
 
 
 def check_resume(
@@ -101,14 +106,18 @@ def check_resume(
     saved_signature = info["signature"]
     for part, what in (
         ("model", "model (class, config or parameter shapes)"),
-        ("train", "training lane layout (lanes, window, windows, sequences, targets, shuffle)"),
-        ("validation", "validation lane layout"),
+        ("train", "training data or lane layout (values, lanes, window, sequences, targets)"),
+        ("validation", "validation data or lane layout"),
         ("loss", "loss"),
     ):
-        if saved_signature[part] != signature[part]:
+        given = signature[part]
+        if isinstance(given, dict) and isinstance(saved_signature[part], dict):
+            # (a checkpoint written before the data's digest was kept has none to compare)
+            given = {k: v for k, v in given.items() if k in saved_signature[part]}
+        if saved_signature[part] != given:
             raise ValueError(
                 f"cannot resume from {where}: the {what} differs from the checkpoint's; "
-                f"checkpoint {differences(saved_signature[part], signature[part])}. Resume "
+                f"checkpoint {differences(saved_signature[part], given)}. Resume "
                 "with the same model, data and lanes, or start a new run_dir."
             )
     saved = FitConfig.from_dict(info["config"])
