@@ -204,3 +204,7 @@ def test_evaluate_says_when_the_tail_it_scores_was_trained_on(run, panel, capsys
     captured = capsys.readouterr()
     json.loads(captured.out)
     assert "--tail 6 scores rows from 1944-07-01: they were seen in training" in captured.err
+    args = ["evaluate", str(run), str(panel), "--warmup-until", "1943 Dec", "--json"]
+    assert main(args) == 0
+    note = capsys.readouterr().err
+    assert "and --warmup-until 1943 Dec scores the rows after it: they were seen" in note

@@ -89,65 +89,74 @@ def handle_evaluate(args: argparse.Namespace) -> int:
     return evaluate_forecaster_command(args, forecaster_of(run), table)
 
 
-def _trained_past(metadata: dict[str, Any], until: str | None) -> str | None:
-    """A warning when the run was trained on rows after ``until`` (they would be scored)."""
-    last = metadata.get("data", {}).get("time_last")
-    if until is None or last is None:
+def _trained_until(metadata: dict[str, Any]) -> Any:
+    """The run's last trained time, read as the table reads its times (a datetime64 or a
+    number), or None when the run records none that reads."""
+    data = metadata.get("data", {})
+    last = data.get("time_last")
+    if last is None:
         return None
     from seqstate.recipe.calendar import parse_times
 
     try:
-        if metadata["data"].get("time_kind") == "datetime":
-            trained_past = parse_times([str(last)])[0] > parse_times([until])[0]
-        else:
-            trained_past = float(last) > float(until)
+        if data.get("time_kind") == "datetime":
+            return parse_times([str(last)])[0]
+        number = float(last)
     except (ValueError, TypeError):
         return None
-    if not trained_past:
-        return None
+    return int(number) if number.is_integer() else number  # (shown as the table writes it)
+
+
+def _in_sample(trained: Any, scored: str) -> str:
     from seqstate.recipe.calendar import format_time
 
-    shown = (
-        format_time(parse_times([str(last)])[0])
-        if metadata["data"].get("time_kind") == ("datetime")
-        else last
-    )
     return (
-        f"the run was trained on rows up to {shown}, after --warmup-until {until}: the scored "
-        "rows were seen in training (in-sample). Train on the rows up to that time for an "
-        "honest hold-out, or use `seqstate backtest`"
+        f"the run was trained on rows up to {format_time(trained)}, {scored}: they were seen in "
+        "training (in-sample). Train on the rows before them for an honest hold-out, or use "
+        "`seqstate backtest`"
     )
+
+
+def _trained_past(metadata: dict[str, Any], until: str | None) -> str | None:
+    """A warning when the run was trained on rows after ``until`` (they would be scored)."""
+    import numpy as np
+
+    trained = _trained_until(metadata)
+    if until is None or trained is None:
+        return None
+    from seqstate.recipe.calendar import parse_times
+
+    try:
+        cut = parse_times([until])[0] if isinstance(trained, np.datetime64) else float(until)
+    except (ValueError, TypeError):
+        return None
+    if not trained > cut:
+        return None
+    return _in_sample(trained, f"and --warmup-until {until} scores the rows after it")
 
 
 def _tail_trained(metadata: dict[str, Any], table: Any, tail: Any) -> str | None:
     """A warning when the run was trained on rows of the last ``tail`` steps of a series."""
     import numpy as np
 
-    last = metadata.get("data", {}).get("time_last")
-    if last is None or not isinstance(tail, int) or tail < 1:
+    trained = _trained_until(metadata)
+    if trained is None or not isinstance(tail, int) or tail < 1:
         return None
     firsts = [np.asarray(t)[-tail] for t in table.times if len(t) > tail]
     if not firsts:
         return None
-    from seqstate.recipe.calendar import format_time, parse_times
-
-    trained: Any
-    first: Any
     try:
-        if metadata["data"].get("time_kind") == "datetime":
-            trained = parse_times([str(last)])[0]
-            first = min(np.asarray(f, dtype="datetime64[ns]") for f in firsts)
+        if isinstance(trained, np.datetime64):
+            first: Any = min(np.asarray(f, dtype="datetime64[ns]") for f in firsts)
         else:
-            trained, first = float(last), float(min(firsts))
+            first = float(min(firsts))
     except (ValueError, TypeError):
         return None
     if trained < first:
         return None
-    return (
-        f"the run was trained on rows up to {format_time(trained)}, and --tail {tail} scores "
-        f"rows from {format_time(first)}: they were seen in training (in-sample). Train on "
-        "the rows before them for an honest hold-out, or use `seqstate backtest`"
-    )
+    from seqstate.recipe.calendar import format_time
+
+    return _in_sample(trained, f"and --tail {tail} scores rows from {format_time(first)}")
 
 
 def _evaluate_on_lanes(args: argparse.Namespace, run: Any, table: Any) -> int:
