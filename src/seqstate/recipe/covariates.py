@@ -241,8 +241,7 @@ def _rows_at(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The rows of one series at exactly the times ``wanted`` (its forecast steps); a time
     the series' rows lack is refused by name (its rows are sorted by time)."""
-    if held.dtype != wanted.dtype:
-        held = held.astype(wanted.dtype) if held.size else held.reshape(0).astype(wanted.dtype)
+    held = held.astype(wanted.dtype, copy=False)
     at = np.searchsorted(held, wanted).clip(max=max(len(held) - 1, 0))
     hit = (held[at] == wanted) if held.size else np.zeros(len(wanted), dtype=bool)
     if not hit.all():

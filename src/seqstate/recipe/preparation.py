@@ -173,7 +173,7 @@ def _check_calendar_varies(table: Any, kinds: Sequence[str]) -> None:
     model cannot use; naming it was a mistake the user should hear of."""
     if not kinds or not all(np.issubdtype(np.asarray(t).dtype, np.datetime64) for t in table.times):
         return  # (numbers as times: the calendar's own check refuses them)
-    times = np.concatenate([np.asarray(t) for t in table.times])
+    times = np.unique(np.concatenate([np.asarray(t) for t in table.times]))  # (a panel's share)
     for kind in kinds:
         columns = calendar_features(times, [kind])
         if len(times) > 1 and bool((columns == columns[:1]).all()):

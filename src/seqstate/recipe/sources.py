@@ -175,8 +175,6 @@ def _ids_as_written(frame: Any, path: Path, sep: str, name: str) -> Any:
     column = frame[name]
     if not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)):
         return frame  # already text: read as written
-    if not isinstance(frame.index, pd.RangeIndex):
-        return frame  # rows longer than the header: pandas made the first column an index
     try:
         position = list(frame.columns).index(name)
         text = pd.read_csv(path, sep=sep, usecols=[position], dtype=str).iloc[:, 0]
