@@ -49,7 +49,15 @@ from seqstate.inference.common import (
     run_chunked,
 )
 
-__all__ = ["DEFAULT_SAMPLES", "Forecast", "Generators", "draw", "sample_forecast", "stream_seed"]
+__all__ = [
+    "DEFAULT_SAMPLES",
+    "Forecast",
+    "Generators",
+    "draw",
+    "sample_forecast",
+    "stream_generators",
+    "stream_seed",
+]
 
 #: Sample paths per series when none are asked for.
 DEFAULT_SAMPLES = 200
@@ -80,6 +88,23 @@ def stream_seed(seed: int, key: Any) -> int:
     any panel, in the CLI and on the server."""
     text = f"{int(seed)}:{'' if key is None else key}".encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
+def stream_generators(
+    seed: int | None, keys: Sequence[Any] | None, count: int, device: Any = None
+) -> list[torch.Generator]:
+    """One generator per stream (series), seeded by :func:`stream_seed` from ``seed`` (None:
+    a fresh random one) and its key (``keys``: one per stream, like their ids; None: the
+    stream's position). ValueError unless ``keys`` holds ``count`` keys."""
+    if keys is None:
+        keys = range(count)
+    elif isinstance(keys, str) or not isinstance(keys, Sequence) or len(keys) != count:
+        raise ValueError(
+            f"keys must hold one key per series ({count}), like their ids; received {keys!r:.80}"
+        )
+    if seed is None:  # (fresh paths: a random base seed)
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    return [torch.Generator(device=device).manual_seed(stream_seed(seed, key)) for key in keys]
 
 
 def _check_level(level: Any, argument: str) -> float:
@@ -208,19 +233,8 @@ def sample_forecast(
     )
     if state is None:  # capture_state=True always returns one
         raise RuntimeError("internal error: no final state was captured")
-    if keys is None:
-        keys = range(n)
-    elif isinstance(keys, str) or not isinstance(keys, Sequence) or len(keys) != n:
-        raise ValueError(
-            f"keys must hold one key per series of context ({n}), like their ids; received "
-            f"{keys!r:.80}"
-        )
-    if seed is None:  # (fresh paths: a random base seed)
-        seed = int(torch.randint(0, 2**62, (1,)).item())
     # each series from its own generator: its paths do not depend on the other series
-    generator = [
-        torch.Generator(device=info.device).manual_seed(stream_seed(seed, key)) for key in keys
-    ]
+    generator = stream_generators(seed, keys, n, info.device)
     rows = torch.arange(n, device=info.device).repeat_interleave(samples)  # series i: S rows
     state = state.select(rows)
     raw = torch.from_numpy(np.stack([out[-1] for out in outputs])).to(info.device, info.dtype)

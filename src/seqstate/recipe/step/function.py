@@ -34,7 +34,7 @@ from torch import nn
 
 from seqstate.core.state import State
 from seqstate.inference.direct import DirectStep
-from seqstate.inference.sampling import Generators, draw, stream_seed
+from seqstate.inference.sampling import Generators, draw, stream_generators
 from seqstate.inference.streams import advance
 from seqstate.recipe.calendar import check_date_range
 from seqstate.recipe.step import cells
@@ -1090,9 +1090,10 @@ class RunStep(nn.Module):
         as the point forecast is) and keep the network's spread about it.
 
         Each stream draws from its own generator, seeded by ``seed`` and its key
-        (:func:`stream_seed`): ``keys`` one per stream, its series id (``RunForecaster`` and
-        the server pass them), default its row. A stream's paths then depend on the seed, its
-        key and its state alone, not on which other streams share the call.
+        (:func:`seqstate.inference.sampling.stream_generators`): ``keys`` one per stream, its
+        series id (``RunForecaster`` and the server pass them), default its row. A stream's
+        paths then depend on the seed, its key and its state alone, not on which other
+        streams share the call.
 
         Returns:
             ``(times [B, H] int64, paths [B, K * samples, H, O] float64 raw units)``.
@@ -1108,16 +1109,7 @@ class RunStep(nn.Module):
         _check_on_step(on_step)
         times_t = self._future_times(state, horizon, times)
         covariates_t = self._check_covariates(covariates, state.batch_size, horizon)
-        if keys is None:
-            keys = range(state.batch_size)
-        elif isinstance(keys, str) or len(keys) != state.batch_size:
-            raise ValueError(
-                f"keys must hold one key (series id) per stream: {state.batch_size}; received "
-                f"{keys!r:.80}"
-            )
-        if seed is None:  # (fresh paths: a random base seed, one stream seed per key as ever)
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        generator = [torch.Generator().manual_seed(stream_seed(int(seed), key)) for key in keys]
+        generator = stream_generators(None if seed is None else int(seed), keys, state.batch_size)
         with torch.no_grad():
             members = self._roll_out(
                 state, times_t, covariates_t, horizon, int(samples), generator, on_step
